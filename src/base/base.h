@@ -1,0 +1,310 @@
+/*
+ * base: the vocabulary every other layer speaks.
+ *
+ * Errors as values (one append-only table), JSON-lines logging, option tables
+ * (flags + BACKBONE_* environment), wall and monotonic clocks, UUIDv7, random
+ * numbers and jitter, memory helpers (xmalloc, growable buffers, arenas).
+ *
+ * JSON is part of the vocabulary: this header is the one place that includes
+ * <jansson.h>, so json_t reaches every module through it.
+ *
+ * Thread-safety: everything here is safe to call from any thread unless a
+ * declaration says otherwise.
+ */
+#ifndef BB_BASE_H
+#define BB_BASE_H
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define BB_WUR       __attribute__((warn_unused_result))
+#define BB_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define BB_NORETURN  __attribute__((noreturn))
+#define BB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Cheap invariant checks that stay on in release builds (Redis's serverAssert). */
+#define BB_ASSERT(cond)                                                                           \
+    do {                                                                                          \
+        if (!(cond))                                                                              \
+            bb_panic(__FILE__, __LINE__, "assertion failed: %s", #cond);                          \
+    } while (0)
+
+BB_NORETURN BB_PRINTF(3, 4) void bb_panic(const char *file, int line, const char *fmt, ...);
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The error vocabulary. Append-only: a code's number never changes and is
+ * never reused. Columns: name, number, HTTP status, slug (the stable part of
+ * the problem+json `type`), title (the problem's human `title`).
+ */
+#define BB_ERR_TABLE(X)                                                                           \
+    X(OK, 0, 200, "ok", "OK")                                                                     \
+    X(INVALID, 1, 400, "invalid_request", "Invalid request")                                      \
+    X(MALFORMED, 2, 400, "malformed_json", "Malformed JSON")                                      \
+    X(UNAUTHORIZED, 3, 401, "unauthorized", "Unauthorized")                                       \
+    X(NOT_FOUND, 4, 404, "not_found", "Not found")                                                \
+    X(METHOD, 5, 405, "method_not_allowed", "Method not allowed")                                 \
+    X(CONFLICT, 6, 409, "conflict", "Conflict")                                                   \
+    X(LOCK_HELD, 7, 409, "lock_held", "Lock is held")                                             \
+    X(STALE_TOKEN, 8, 409, "stale_token", "Stale fencing token")                                  \
+    X(LOCK_EXPIRED, 9, 409, "lock_expired", "Lock expired")                                       \
+    X(NOT_HELD, 10, 409, "lock_not_held", "Lock is not held")                                     \
+    X(TOO_LARGE, 11, 413, "payload_too_large", "Payload too large")                               \
+    X(MEDIA_TYPE, 12, 415, "unsupported_media_type", "Unsupported media type")                    \
+    X(OVERLOADED, 13, 503, "overloaded", "Server overloaded")                                     \
+    X(UNAVAILABLE, 14, 503, "unavailable", "Service unavailable")                                 \
+    X(RETRY, 15, 503, "transient_conflict", "Transient conflict")                                 \
+    X(TIMEOUT, 16, 504, "timeout", "Timed out")                                                   \
+    X(STORE, 17, 500, "store_error", "Database error")                                            \
+    X(INTERNAL, 18, 500, "internal", "Internal error")                                            \
+    X(IO, 19, 500, "io_error", "I/O error")                                                       \
+    X(USAGE, 20, 400, "usage", "Usage error")
+
+enum err {
+#define BB_ERR_ENUM(name, num, status, slug, title) ERR_##name = num,
+    BB_ERR_TABLE(BB_ERR_ENUM)
+#undef BB_ERR_ENUM
+};
+
+/* Name of the code in the table ("LOCK_HELD"); "UNKNOWN" for a number not in it. */
+const char *bb_err_name(enum err code);
+/* Stable slug ("lock_held"), used in problem+json `type`. */
+const char *bb_err_slug(enum err code);
+/* Human title ("Lock is held"). */
+const char *bb_err_title(enum err code);
+/* HTTP status the code maps to (500 for unknown codes). */
+int bb_err_http_status(enum err code);
+
+/*
+ * An error a user can act on: the code, the field at fault (may be empty) and
+ * a human sentence. Owned by whoever asks for the operation (a request, a CLI
+ * command); filled by the function that fails.
+ */
+struct bb_error {
+    enum err code;
+    char field[96];
+    char detail[512];
+};
+
+/* Fill `e` (if non-NULL) and return `code`, so call sites read
+ * `return bb_fail(e, ERR_INVALID, "ttl_ms", "must be positive");`. */
+BB_PRINTF(4, 5) enum err bb_fail(struct bb_error *e, enum err code, const char *field,
+                                 const char *fmt, ...);
+void bb_error_clear(struct bb_error *e);
+
+/* ------------------------------------------------------------------------ */
+/* Memory                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Allocation that aborts on out-of-memory; every network-sized input is capped
+ * before it reaches these. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Copy at most dst_size-1 bytes and NUL-terminate; returns strlen(src) so a
+ * caller can detect truncation (BSD strlcpy). */
+size_t bb_strlcpy(char *dst, const char *src, size_t dst_size);
+
+/* Growable byte buffer, always NUL-terminated. */
+struct bb_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+void bb_buf_init(struct bb_buf *b);
+void bb_buf_deinit(struct bb_buf *b);
+void bb_buf_reset(struct bb_buf *b);
+void bb_buf_append(struct bb_buf *b, const void *p, size_t n);
+void bb_buf_puts(struct bb_buf *b, const char *s);
+BB_PRINTF(2, 3) void bb_buf_printf(struct bb_buf *b, const char *fmt, ...);
+void bb_buf_vprintf(struct bb_buf *b, const char *fmt, va_list ap);
+/* Append `s` as a quoted JSON string (escapes control characters, " and \). */
+void bb_buf_json_string(struct bb_buf *b, const char *s);
+
+/* Bump allocator for per-request scratch memory: everything is freed at once
+ * by bb_arena_deinit. Not thread-safe; one owner at a time. */
+struct bb_arena_chunk;
+struct bb_arena {
+    struct bb_arena_chunk *head;
+};
+void bb_arena_init(struct bb_arena *a);
+void bb_arena_deinit(struct bb_arena *a);
+void *bb_arena_alloc(struct bb_arena *a, size_t n);
+char *bb_arena_strdup(struct bb_arena *a, const char *s);
+BB_PRINTF(2, 3) char *bb_arena_printf(struct bb_arena *a, const char *fmt, ...);
+
+/* ------------------------------------------------------------------------ */
+/* Time                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* The only clocks in the program. Logic takes `now_ms` as an argument so that
+ * tests drive time; only edges (HTTP handlers, loops) call these. */
+int64_t bb_wall_ms(void);  /* CLOCK_REALTIME, ms since the epoch */
+int64_t bb_mono_ms(void);  /* CLOCK_MONOTONIC, ms */
+int64_t bb_mono_ns(void);  /* CLOCK_MONOTONIC, ns (latency measurement) */
+/* Format wall ms as RFC 3339 UTC with milliseconds ("2026-11-23T10:00:00.123Z");
+ * `out` needs 25 bytes. */
+void bb_wall_ms_format(int64_t wall_ms, char out[32]);
+/* Sleep for `ms` (loops and back-off only; never as synchronisation). */
+void bb_sleep_ms(int64_t ms);
+
+/*
+ * Parse a duration: an integer followed by a unit (ms, s, m, h) or a bare
+ * integer meaning milliseconds. "30s" -> 30000. Rejects negative numbers,
+ * overflow and trailing garbage.
+ */
+BB_WUR enum err bb_duration_parse(const char *text, int64_t *out_ms);
+/* Parse a size: integer with optional unit (B, KiB, MiB, GiB, or k/m/g). */
+BB_WUR enum err bb_size_parse(const char *text, int64_t *out_bytes);
+
+/* ------------------------------------------------------------------------ */
+/* Random numbers, jitter, UUIDv7                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Uniform 64 random bits from a per-thread generator seeded by getrandom(2). */
+uint64_t bb_rand_u64(void);
+/* Uniform integer in [0, bound) without modulo bias; bound > 0. */
+uint64_t bb_rand_below(uint64_t bound);
+/* `base_ms` moved by a uniform random amount within ±fraction of itself,
+ * never below 0. fraction in [0, 1]. */
+int64_t bb_jitter_ms(int64_t base_ms, double fraction);
+/* Fill `out` with cryptographically strong random bytes (getrandom). */
+BB_WUR enum err bb_random_bytes(void *out, size_t n);
+
+/* UUIDv7 (RFC 9562): 48-bit ms timestamp then random bits, monotonic within
+ * this process (a counter in rand_a breaks ties inside one millisecond).
+ * `out` receives the canonical 36-char text plus NUL. */
+void bb_uuid7(char out[37]);
+/* Same, with an explicit timestamp (tests). */
+void bb_uuid7_at(int64_t wall_ms, char out[37]);
+bool bb_uuid_is_valid(const char *text);
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                  */
+/* ------------------------------------------------------------------------ */
+
+enum bb_log_level { BB_LOG_DEBUG, BB_LOG_INFO, BB_LOG_WARN, BB_LOG_ERROR, BB_LOG_OFF };
+
+/* The one mutable global besides the metrics registry. */
+extern _Atomic int bb_log_level;
+
+BB_WUR enum err bb_log_level_parse(const char *text, enum bb_log_level *out);
+const char *bb_log_level_name(enum bb_log_level level);
+/* Redirect log output (default stderr). Not thread-safe: call at start-up. */
+void bb_log_set_stream(FILE *f);
+
+/*
+ * Per-thread context fields added to every line this thread logs: the request
+ * id and the W3C traceparent of the work in hand. Strings are copied.
+ */
+void bb_log_context_set(const char *request_id, const char *traceparent);
+void bb_log_context_clear(void);
+
+/*
+ * One structured line: {"ts":..,"level":..,"event":..,<fields>,<context>}.
+ * `fields` is a printf format made only of space-separated `key=%spec` pairs
+ * (%s %d %u %ld %lu %lld %llu %zu %f %c is not supported); each becomes a JSON
+ * member, strings escaped, numbers bare. The compiler checks the arguments.
+ */
+BB_PRINTF(5, 6) void bb_log_emit(enum bb_log_level level, const char *file, int line,
+                                 const char *event, const char *fields, ...);
+
+#define BB_LOG_AT(level, event, ...)                                                              \
+    do {                                                                                          \
+        if ((int)(level) >= bb_log_level)                                                         \
+            bb_log_emit((level), __FILE__, __LINE__, (event), __VA_ARGS__);                       \
+    } while (0)
+#define log_debug(event, ...) BB_LOG_AT(BB_LOG_DEBUG, event, __VA_ARGS__)
+#define log_info(event, ...)  BB_LOG_AT(BB_LOG_INFO, event, __VA_ARGS__)
+#define log_warn(event, ...)  BB_LOG_AT(BB_LOG_WARN, event, __VA_ARGS__)
+#define log_error(event, ...) BB_LOG_AT(BB_LOG_ERROR, event, __VA_ARGS__)
+
+/* Rate-limited: at most `per_sec` lines per second from this call site; the
+ * line after a quiet spell reports how many were suppressed. */
+struct bb_log_limit {
+    _Atomic int64_t window_ms;
+    _Atomic int count;
+    _Atomic int suppressed;
+};
+bool bb_log_limit_allow(struct bb_log_limit *lim, int per_sec, int *suppressed_out);
+#define log_error_limited(per_sec, event, fields, ...)                                            \
+    do {                                                                                          \
+        static struct bb_log_limit bb__lim_;                                                      \
+        int bb__sup_ = 0;                                                                         \
+        if (bb_log_level <= BB_LOG_ERROR && bb_log_limit_allow(&bb__lim_, (per_sec), &bb__sup_))  \
+            bb_log_emit(BB_LOG_ERROR, __FILE__, __LINE__, (event), fields " suppressed=%d",       \
+                        __VA_ARGS__, bb__sup_);                                                   \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Option tables: flags and BACKBONE_* environment variables                */
+/* ------------------------------------------------------------------------ */
+
+enum bb_opt_type {
+    BB_OPT_STRING,   /* char * (heap; freed by bb_opts_free) */
+    BB_OPT_INT,      /* int64_t */
+    BB_OPT_DURATION, /* int64_t milliseconds, "30s", "500ms" */
+    BB_OPT_SIZE,     /* int64_t bytes, "1MiB" */
+    BB_OPT_BOOL,     /* bool; "--flag" alone means true */
+};
+
+/*
+ * One row of an option table: `--name` on the command line, `BACKBONE_NAME`
+ * (upper-cased, '-' -> '_') in the environment when env is enabled. Defaults
+ * are written as text and parsed like user input, so `--help` shows them
+ * verbatim. min/max bound integers, durations and sizes (inclusive).
+ */
+struct bb_opt {
+    const char *name;
+    enum bb_opt_type type;
+    size_t offset; /* into the destination struct */
+    int64_t min;
+    int64_t max;
+    const char *def; /* NULL: no default (string NULL / number 0 / false) */
+    const char *doc;
+};
+
+/*
+ * Apply defaults, then the environment (if use_env), then argv. Arguments not
+ * starting with "--" are positionals, returned in order in `positional`
+ * (pointers into argv; at most max_positional; more is a usage error).
+ * "--" ends option parsing. Errors name the option: "--ttl: ...".
+ */
+BB_WUR enum err bb_opts_parse(const struct bb_opt *opts, size_t n_opts, void *dst, int argc,
+                              char **argv, bool use_env, const char **positional,
+                              size_t max_positional, size_t *n_positional, struct bb_error *e);
+/* Free heap strings held by string options in `dst`. */
+void bb_opts_free(const struct bb_opt *opts, size_t n_opts, void *dst);
+/* Print one line per option with its type, default, bounds and doc. */
+void bb_opts_help(FILE *out, const struct bb_opt *opts, size_t n_opts, bool show_env);
+
+/* ------------------------------------------------------------------------ */
+/* JSON helpers (jansson)                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Strict readers for request bodies. Each reports the field it rejects.
+ * `required` false: a missing member leaves *out untouched and returns ERR_OK.
+ * Integers must be JSON integers (not 1.0, not "1"); strings must be
+ * non-empty and at most max_len bytes.
+ */
+BB_WUR enum err bb_json_int(const json_t *obj, const char *key, bool required, int64_t min,
+                            int64_t max, int64_t *out, struct bb_error *e);
+BB_WUR enum err bb_json_string(const json_t *obj, const char *key, bool required,
+                               size_t max_len, const char **out, struct bb_error *e);
+/* Reject members not named in `allowed` (NULL-terminated). */
+BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e);
+/* Serialize compactly into a heap string (free()). Aborts on OOM. */
+char *bb_json_dumps(const json_t *v);
+
+#endif /* BB_BASE_H */

@@ -1,0 +1,82 @@
+/*
+ * json.c: strict readers for JSON request bodies. Each failure names the
+ * member at fault, so the HTTP layer can put it in problem+json's `field`.
+ */
+#include "base/base.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+enum err
+bb_json_int(const json_t *obj, const char *key, bool required, int64_t min, int64_t max,
+            int64_t *out, struct bb_error *e)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        if (required)
+            return bb_fail(e, ERR_INVALID, key, "%s is required", key);
+        return ERR_OK;
+    }
+    if (!json_is_integer(v))
+        return bb_fail(e, ERR_INVALID, key, "%s must be an integer", key);
+    json_int_t n = json_integer_value(v);
+    if (n < min || n > max)
+        return bb_fail(e, ERR_INVALID, key, "%s must be between %" PRId64 " and %" PRId64, key,
+                       min, max);
+    *out = n;
+    return ERR_OK;
+}
+
+enum err
+bb_json_string(const json_t *obj, const char *key, bool required, size_t max_len,
+               const char **out, struct bb_error *e)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        if (required)
+            return bb_fail(e, ERR_INVALID, key, "%s is required", key);
+        return ERR_OK;
+    }
+    if (!json_is_string(v))
+        return bb_fail(e, ERR_INVALID, key, "%s must be a string", key);
+    size_t len = json_string_length(v);
+    const char *s = json_string_value(v);
+    if (len == 0)
+        return bb_fail(e, ERR_INVALID, key, "%s must not be empty", key);
+    if (len > max_len)
+        return bb_fail(e, ERR_INVALID, key, "%s is longer than %zu bytes", key, max_len);
+    if (memchr(s, '\0', len) != NULL)
+        return bb_fail(e, ERR_INVALID, key, "%s must not contain NUL characters", key);
+    *out = s;
+    return ERR_OK;
+}
+
+enum err
+bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e)
+{
+    const char *key;
+    const json_t *value;
+    json_object_foreach((json_t *)obj, key, value)
+    {
+        (void)value;
+        bool known = false;
+        for (const char *const *a = allowed; *a; a++) {
+            if (strcmp(*a, key) == 0) {
+                known = true;
+                break;
+            }
+        }
+        if (!known)
+            return bb_fail(e, ERR_INVALID, key, "unknown field '%s'", key);
+    }
+    return ERR_OK;
+}
+
+char *
+bb_json_dumps(const json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (s == NULL)
+        bb_panic(__FILE__, __LINE__, "json_dumps failed");
+    return s;
+}

@@ -1,0 +1,248 @@
+/*
+ * mem.c: allocation that aborts on OOM, bounded string copies, growable
+ * buffers and the per-request arena.
+ */
+#include "base/base.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static BB_NORETURN void
+oom(size_t n)
+{
+    fprintf(stderr, "backbone: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *
+xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (p == NULL)
+        oom(n);
+    return p;
+}
+
+void *
+xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (p == NULL)
+        oom(n * size);
+    return p;
+}
+
+void *
+xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (q == NULL)
+        oom(n);
+    return q;
+}
+
+char *
+xstrdup(const char *s)
+{
+    return xstrndup(s, strlen(s));
+}
+
+char *
+xstrndup(const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *p = xmalloc(len + 1);
+    memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+size_t
+bb_strlcpy(char *dst, const char *src, size_t dst_size)
+{
+    size_t len = strlen(src);
+    if (dst_size > 0) {
+        size_t n = len < dst_size - 1 ? len : dst_size - 1;
+        memcpy(dst, src, n);
+        dst[n] = '\0';
+    }
+    return len;
+}
+
+void
+bb_buf_init(struct bb_buf *b)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+void
+bb_buf_deinit(struct bb_buf *b)
+{
+    free(b->data);
+    bb_buf_init(b);
+}
+
+void
+bb_buf_reset(struct bb_buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+static void
+buf_reserve(struct bb_buf *b, size_t extra)
+{
+    BB_ASSERT(b->len + extra + 1 > b->len); /* no wrap-around */
+    if (b->len + extra + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    b->data = xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+void
+bb_buf_append(struct bb_buf *b, const void *p, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+void
+bb_buf_puts(struct bb_buf *b, const char *s)
+{
+    bb_buf_append(b, s, strlen(s));
+}
+
+void
+bb_buf_vprintf(struct bb_buf *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    BB_ASSERT(n >= 0);
+    buf_reserve(b, (size_t)n);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    b->len += (size_t)n;
+}
+
+void
+bb_buf_printf(struct bb_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bb_buf_vprintf(b, fmt, ap);
+    va_end(ap);
+}
+
+void
+bb_buf_json_string(struct bb_buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    bb_buf_append(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"':
+            bb_buf_append(b, "\\\"", 2);
+            break;
+        case '\\':
+            bb_buf_append(b, "\\\\", 2);
+            break;
+        case '\n':
+            bb_buf_append(b, "\\n", 2);
+            break;
+        case '\r':
+            bb_buf_append(b, "\\r", 2);
+            break;
+        case '\t':
+            bb_buf_append(b, "\\t", 2);
+            break;
+        default:
+            if (*p < 0x20) {
+                char esc[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
+                bb_buf_append(b, esc, sizeof esc);
+            } else {
+                bb_buf_append(b, p, 1);
+            }
+        }
+    }
+    bb_buf_append(b, "\"", 1);
+}
+
+/* Arena: a list of chunks; big requests get a chunk of their own. */
+struct bb_arena_chunk {
+    struct bb_arena_chunk *next;
+    size_t used;
+    size_t cap;
+    _Alignas(max_align_t) unsigned char mem[];
+};
+
+enum { ARENA_CHUNK_BYTES = 4096 };
+
+void
+bb_arena_init(struct bb_arena *a)
+{
+    a->head = NULL;
+}
+
+void
+bb_arena_deinit(struct bb_arena *a)
+{
+    struct bb_arena_chunk *c = a->head;
+    while (c) {
+        struct bb_arena_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    a->head = NULL;
+}
+
+void *
+bb_arena_alloc(struct bb_arena *a, size_t n)
+{
+    const size_t align = _Alignof(max_align_t);
+    n = (n + align - 1) & ~(align - 1);
+    struct bb_arena_chunk *c = a->head;
+    if (c == NULL || c->cap - c->used < n) {
+        size_t cap = n > ARENA_CHUNK_BYTES ? n : ARENA_CHUNK_BYTES;
+        c = xmalloc(sizeof *c + cap);
+        c->used = 0;
+        c->cap = cap;
+        c->next = a->head;
+        a->head = c;
+    }
+    void *p = c->mem + c->used;
+    c->used += n;
+    return p;
+}
+
+char *
+bb_arena_strdup(struct bb_arena *a, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = bb_arena_alloc(a, n);
+    memcpy(p, s, n);
+    return p;
+}
+
+char *
+bb_arena_printf(struct bb_arena *a, const char *fmt, ...)
+{
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    BB_ASSERT(n >= 0);
+    char *p = bb_arena_alloc(a, (size_t)n + 1);
+    vsnprintf(p, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    return p;
+}

@@ -1,0 +1,41 @@
+/*
+ * cli: the `backbone` command: `serve` (the daemon), `migrate`, `version`,
+ * and client subcommands that speak the HTTP API (`locks`, `fenced`).
+ *
+ * Exit codes, for scripts: 0 success; 1 the server refused (a 4xx answer,
+ * such as a lock held by someone else); 2 usage error; 3 the server could
+ * not be reached or failed (5xx).
+ */
+#ifndef BB_CLI_H
+#define BB_CLI_H
+
+#include "base/base.h"
+
+enum cli_exit { CLI_OK = 0, CLI_REFUSED = 1, CLI_USAGE = 2, CLI_UNAVAILABLE = 3 };
+
+/* Options of the daemon (one table in config.c: flags, BACKBONE_* env, --help). */
+struct serve_config {
+    char *db;
+    char *host;
+    int64_t port;
+    int64_t http_threads;
+    int64_t body_limit_bytes;
+    char *api_token;
+    char *log_level;
+    int64_t db_pool;
+    int64_t db_batch;
+    int64_t shutdown_timeout_ms;
+};
+
+/* Parse serve/migrate options (argv after the subcommand). Returns CLI_OK,
+ * or CLI_USAGE after printing the error (or help, with *help_shown). */
+int serve_config_load(struct serve_config *cfg, int argc, char **argv, const char *command,
+                      bool *help_shown);
+void serve_config_free(struct serve_config *cfg);
+
+int cli_serve(int argc, char **argv);
+int cli_migrate(int argc, char **argv);
+int cli_locks(int argc, char **argv);
+int cli_fenced(int argc, char **argv);
+
+#endif /* BB_CLI_H */

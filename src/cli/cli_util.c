@@ -1,0 +1,95 @@
+/*
+ * cli_util.c: the client side of the HTTP API for CLI subcommands.
+ */
+#include "cli/cli_int.h"
+
+#include "http/http.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void
+cli_print_json(const json_t *v)
+{
+    char *text = bb_json_dumps(v);
+    puts(text);
+    free(text);
+}
+
+int
+cli_parse(const struct bb_opt *opts, size_t n, void *dst, int argc, char **argv,
+          const char *usage, const char **pos, size_t max_pos, size_t *n_pos)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: %s\n\noptions:\n", usage);
+            bb_opts_help(stdout, opts, n, false);
+            return CLI_OK;
+        }
+    }
+    struct bb_error e;
+    bb_error_clear(&e);
+    if (bb_opts_parse(opts, n, dst, argc, argv, true, pos, max_pos, n_pos, &e) != ERR_OK) {
+        fprintf(stderr, "backbone: %s\nusage: %s\n", e.detail, usage);
+        return CLI_USAGE;
+    }
+    return -1;
+}
+
+static int
+exit_for_status(long status)
+{
+    if (status >= 200 && status < 300)
+        return CLI_OK;
+    if (status >= 400 && status < 500)
+        return CLI_REFUSED;
+    return CLI_UNAVAILABLE;
+}
+
+int
+cli_call(const struct cli_client *c, const char *method, const char *path, json_t *body,
+         json_t **out)
+{
+    *out = NULL;
+    struct bb_buf url;
+    bb_buf_init(&url);
+    size_t n = strlen(c->server);
+    while (n > 0 && c->server[n - 1] == '/')
+        n--;
+    bb_buf_append(&url, c->server, n);
+    bb_buf_puts(&url, path);
+    char *text = body ? bb_json_dumps(body) : NULL;
+    struct http_client_response resp;
+    struct bb_error e;
+    bb_error_clear(&e);
+    enum err rc = http_client_request(method, url.data, c->api_token, text, c->timeout_ms, &resp,
+                                      &e);
+    free(text);
+    bb_buf_deinit(&url);
+    if (rc != ERR_OK) {
+        fprintf(stderr, "backbone: %s (%s)\n", e.detail, c->server);
+        return rc == ERR_USAGE ? CLI_USAGE : CLI_UNAVAILABLE;
+    }
+    json_error_t jerr;
+    json_t *doc = resp.body.len ? json_loadb(resp.body.data, resp.body.len, 0, &jerr) : NULL;
+    int code = exit_for_status(resp.status);
+    if (doc == NULL) {
+        fprintf(stderr, "backbone: server answered %ld with a body that is not JSON\n",
+                resp.status);
+        code = CLI_UNAVAILABLE;
+    } else if (code != CLI_OK) {
+        if (c->json) {
+            cli_print_json(doc);
+        } else {
+            const char *detail = json_string_value(json_object_get(doc, "detail"));
+            const char *title = json_string_value(json_object_get(doc, "title"));
+            fprintf(stderr, "backbone: %s (HTTP %ld)\n",
+                    detail ? detail : title ? title : "request failed", resp.status);
+        }
+        json_decref(doc);
+        doc = NULL;
+    }
+    bb_buf_deinit(&resp.body);
+    *out = doc;
+    return code;
+}

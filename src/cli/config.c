@@ -1,0 +1,68 @@
+/*
+ * config.c: the daemon's option table. Each row is a flag, a BACKBONE_*
+ * variable, a default, bounds and the line `backbone serve --help` prints.
+ */
+#include "cli/cli.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OFF(field) offsetof(struct serve_config, field)
+
+static const struct bb_opt SERVE_OPTS[] = {
+    {"db", BB_OPT_STRING, OFF(db), 0, 0, "sqlite:backbone.db",
+     "database URL: sqlite:PATH (embedded) or postgres://user@host:port/db"},
+    {"host", BB_OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "address to listen on (numeric)"},
+    {"port", BB_OPT_INT, OFF(port), 0, 65535, "8080", "TCP port to listen on (0: any free port)"},
+    {"http-threads", BB_OPT_INT, OFF(http_threads), 1, 64, "2", "HTTP event-loop threads"},
+    {"body-limit", BB_OPT_SIZE, OFF(body_limit_bytes), 1024, 64 << 20, "1MiB",
+     "largest request body accepted (413 beyond)"},
+    {"api-token", BB_OPT_STRING, OFF(api_token), 0, 0, NULL,
+     "when set, every endpoint but /healthz needs 'Authorization: Bearer TOKEN'"},
+    {"log-level", BB_OPT_STRING, OFF(log_level), 0, 0, "info", "debug, info, warn, error or off"},
+    {"db-pool", BB_OPT_INT, OFF(db_pool), 0, 256, "0",
+     "database threads/connections (0: engine default, 8 on PostgreSQL, 2 readers on SQLite)"},
+    {"db-batch", BB_OPT_INT, OFF(db_batch), 0, 4096, "0",
+     "most requests grouped into one commit (0: engine default, 256 on SQLite, 1 on PostgreSQL)"},
+    {"shutdown-timeout", BB_OPT_DURATION, OFF(shutdown_timeout_ms), 0, 3600000, "10s",
+     "on SIGTERM, how long in-flight requests may take to finish"},
+};
+
+int
+serve_config_load(struct serve_config *cfg, int argc, char **argv, const char *command,
+                  bool *help_shown)
+{
+    *help_shown = false;
+    memset(cfg, 0, sizeof *cfg);
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: backbone %s [options]\n\noptions (flag, or BACKBONE_* variable):\n",
+                   command);
+            bb_opts_help(stdout, SERVE_OPTS, BB_ARRAY_LEN(SERVE_OPTS), true);
+            *help_shown = true;
+            return CLI_OK;
+        }
+    }
+    struct bb_error e;
+    bb_error_clear(&e);
+    if (bb_opts_parse(SERVE_OPTS, BB_ARRAY_LEN(SERVE_OPTS), cfg, argc, argv, true, NULL, 0, NULL,
+                      &e) != ERR_OK) {
+        fprintf(stderr, "backbone %s: %s\n", command, e.detail);
+        return CLI_USAGE;
+    }
+    enum bb_log_level level;
+    if (bb_log_level_parse(cfg->log_level, &level) != ERR_OK) {
+        fprintf(stderr, "backbone %s: --log-level: expected debug, info, warn, error or off, "
+                        "got '%s'\n", command, cfg->log_level);
+        return CLI_USAGE;
+    }
+    bb_log_level = level;
+    return CLI_OK;
+}
+
+void
+serve_config_free(struct serve_config *cfg)
+{
+    bb_opts_free(SERVE_OPTS, BB_ARRAY_LEN(SERVE_OPTS), cfg);
+}

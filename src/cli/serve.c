@@ -1,0 +1,292 @@
+/*
+ * serve.c: `backbone serve` and `backbone migrate`: build the application
+ * from its modules, run it until SIGTERM/SIGINT, and take it down in order.
+ *
+ * Start-up: open the store (SQLite: take ownership of the file), apply every
+ * module's migrations, create the services, listen.
+ * Shutdown (graceful, bounded by --shutdown-timeout): stop accepting and
+ * answer new requests 503; answer parked lock waiters 503; wait for requests
+ * in flight to get their answers (their transactions commit first); stop
+ * HTTP; stop the services; close the store.
+ */
+#include "cli/cli.h"
+
+#include "http/http.h"
+#include "locks/locks.h"
+#include "metrics/metrics.h"
+#include "store/store.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { MAX_ROUTES = 64 };
+
+struct app {
+    struct serve_config cfg;
+    struct store *store;
+    struct lock_service *locks;
+    struct http_server *http;
+    int64_t started_wall_ms;
+};
+
+/* Every module's schema, in dependency order. */
+static enum err
+migrate_all(struct store *s, struct bb_error *e)
+{
+    struct {
+        const char *module;
+        const struct store_migration *(*list)(size_t *n);
+    } modules[] = {
+        {"locks", lock_migrations},
+    };
+    struct store_conn *c;
+    enum err rc = store_conn_open(s, &c, e);
+    if (rc != ERR_OK)
+        return rc;
+    for (size_t i = 0; i < BB_ARRAY_LEN(modules) && rc == ERR_OK; i++) {
+        size_t n;
+        const struct store_migration *m = modules[i].list(&n);
+        rc = store_migrate(c, modules[i].module, m, n, NULL, e);
+    }
+    store_conn_close(c);
+    return rc;
+}
+
+static enum err
+open_store(const struct serve_config *cfg, struct store **out, struct bb_error *e)
+{
+    struct store_options so;
+    store_options_defaults(&so, cfg->db);
+    if (cfg->db_pool > 0)
+        so.pool_size = (int)cfg->db_pool;
+    if (cfg->db_batch > 0)
+        so.batch_max = (int)cfg->db_batch;
+    so.exclusive = true;
+    return store_open(&so, out, e);
+}
+
+/* ---- system routes: liveness, readiness, metrics --------------------------------- */
+
+static struct metrics_def M_BUILD = {
+    .name = "backbone_build_info",
+    .help = "Always 1; labels carry the version.",
+    .type = METRICS_GAUGE,
+    .labels = {"version"},
+};
+static struct metrics_def M_RSS = {
+    .name = "backbone_process_resident_memory_bytes",
+    .help = "Resident set size of this process.",
+    .type = METRICS_GAUGE,
+};
+static struct metrics_def M_START = {
+    .name = "backbone_process_start_time_seconds",
+    .help = "Start time of this process since the Unix epoch.",
+    .type = METRICS_GAUGE,
+};
+
+static int64_t
+rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (int64_t)resident * sysconf(_SC_PAGESIZE);
+}
+
+static void
+handle_healthz(struct http_req *r, void *ctx)
+{
+    (void)ctx;
+    json_t *body = json_object();
+    json_object_set_new(body, "status", json_string("ok"));
+    http_reply_json(r, 200, body);
+}
+
+static enum err
+ready_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    return store_ping(c, e);
+}
+
+static void
+ready_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
+{
+    struct app *app = arg;
+    if (rc != ERR_OK) {
+        struct bb_error down = *e;
+        down.code = ERR_UNAVAILABLE;
+        http_reply_problem(r, &down, NULL);
+        return;
+    }
+    json_t *body = json_object();
+    json_object_set_new(body, "status", json_string("ready"));
+    json_object_set_new(body, "engine",
+                        json_string(store_engine_name(store_engine_of(app->store))));
+    http_reply_json(r, 200, body);
+}
+
+static void
+handle_readyz(struct http_req *r, void *ctx)
+{
+    struct app *app = ctx;
+    http_req_run(r, app->store, STORE_READ, ready_work, ready_reply, app);
+}
+
+static enum err
+metrics_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    return lock_metrics_refresh(c, bb_wall_ms(), e);
+}
+
+static void
+metrics_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
+{
+    (void)arg;
+    if (rc != ERR_OK) /* still serve what we have: the database gauges are stale */
+        log_warn("metrics.refresh_failed", "detail=%s", e->detail);
+    metrics_set(&M_RSS, (double)rss_bytes());
+    struct bb_buf out;
+    bb_buf_init(&out);
+    metrics_render(&out);
+    http_reply_raw(r, 200, "text/plain; version=0.0.4; charset=utf-8", out.data, out.len);
+}
+
+static void
+handle_metrics(struct http_req *r, void *ctx)
+{
+    struct app *app = ctx;
+    http_req_run(r, app->store, STORE_READ, metrics_work, metrics_reply, app);
+}
+
+static size_t
+app_routes(struct app *app, struct http_route *routes, size_t max)
+{
+    size_t n = 0;
+    routes[n++] = (struct http_route){"GET", "/healthz", handle_healthz, app, true};
+    routes[n++] = (struct http_route){"GET", "/readyz", handle_readyz, app, false};
+    routes[n++] = (struct http_route){"GET", "/metrics", handle_metrics, app, false};
+    n += lock_service_routes(app->locks, routes + n, max - n);
+    return n;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+static enum err
+app_start(struct app *app, struct bb_error *e)
+{
+    app->started_wall_ms = bb_wall_ms();
+    metrics_set(&M_BUILD, 1, BB_VERSION);
+    metrics_set(&M_START, (double)app->started_wall_ms / 1000.0);
+    enum err rc = open_store(&app->cfg, &app->store, e);
+    if (rc == ERR_OK)
+        rc = migrate_all(app->store, e);
+    if (rc == ERR_OK)
+        rc = lock_service_create(app->store, &app->locks, e);
+    if (rc != ERR_OK)
+        return rc;
+    struct http_route routes[MAX_ROUTES];
+    size_t n = app_routes(app, routes, MAX_ROUTES);
+    struct http_server_options ho;
+    http_server_options_defaults(&ho);
+    ho.host = app->cfg.host;
+    ho.port = (int)app->cfg.port;
+    ho.threads = (int)app->cfg.http_threads;
+    ho.body_limit_bytes = app->cfg.body_limit_bytes;
+    ho.api_token = app->cfg.api_token;
+    rc = http_server_start(&ho, routes, n, &app->http, e);
+    if (rc != ERR_OK)
+        return rc;
+    log_info("server.listening", "host=%s port=%d engine=%s version=%s pid=%d", app->cfg.host,
+             http_server_port(app->http), store_engine_name(store_engine_of(app->store)),
+             BB_VERSION, (int)getpid());
+    return ERR_OK;
+}
+
+static void
+app_stop(struct app *app)
+{
+    int64_t t0 = bb_mono_ms();
+    http_server_drain(app->http);
+    lock_service_stop_waiting(app->locks);
+    http_server_stop(app->http, app->cfg.shutdown_timeout_ms);
+    lock_service_destroy(app->locks);
+    store_close(app->store);
+    log_info("server.stopped", "duration_ms=%lld", (long long)(bb_mono_ms() - t0));
+}
+
+int
+cli_serve(int argc, char **argv)
+{
+    struct app app;
+    memset(&app, 0, sizeof app);
+    bool help;
+    int code = serve_config_load(&app.cfg, argc, argv, "serve", &help);
+    if (code != CLI_OK || help) {
+        serve_config_free(&app.cfg);
+        return code;
+    }
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    /* Blocked before any thread starts, so every thread inherits the mask and
+     * only sigwait below receives them. */
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct bb_error e;
+    bb_error_clear(&e);
+    if (app_start(&app, &e) != ERR_OK) {
+        log_error("server.start_failed", "field=%s detail=%s", e.field, e.detail);
+        fprintf(stderr, "backbone serve: %s\n", e.detail);
+        if (app.http)
+            http_server_stop(app.http, 0);
+        lock_service_destroy(app.locks);
+        store_close(app.store);
+        serve_config_free(&app.cfg);
+        metrics_shutdown();
+        return CLI_UNAVAILABLE;
+    }
+    int sig = 0;
+    sigwait(&signals, &sig);
+    log_info("server.stopping", "signal=%d", sig);
+    app_stop(&app);
+    serve_config_free(&app.cfg);
+    metrics_shutdown();
+    return CLI_OK;
+}
+
+int
+cli_migrate(int argc, char **argv)
+{
+    struct serve_config cfg;
+    bool help;
+    int code = serve_config_load(&cfg, argc, argv, "migrate", &help);
+    if (code != CLI_OK || help) {
+        serve_config_free(&cfg);
+        return code;
+    }
+    struct bb_error e;
+    bb_error_clear(&e);
+    struct store *s = NULL;
+    enum err rc = open_store(&cfg, &s, &e);
+    if (rc == ERR_OK)
+        rc = migrate_all(s, &e);
+    store_close(s);
+    if (rc == ERR_OK)
+        printf("schema up to date (%s)\n", cfg.db);
+    else
+        fprintf(stderr, "backbone migrate: %s\n", e.detail);
+    serve_config_free(&cfg);
+    metrics_shutdown();
+    return rc == ERR_OK ? CLI_OK : CLI_UNAVAILABLE;
+}

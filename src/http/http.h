@@ -1,0 +1,143 @@
+/*
+ * http: the HTTP server adapter (libmicrohttpd underneath) and a small HTTP
+ * client (libcurl underneath).
+ *
+ * Server: a routing table of `METHOD /path/{param}` patterns; request bodies
+ * gathered up to a hard limit (413 beyond it, checked before anything is
+ * allocated); JSON bodies parsed strictly; every error answered as
+ * application/problem+json; optional bearer-token auth; one log line and
+ * metrics per request (backbone_http_requests_total{route,method,status},
+ * backbone_http_request_duration_seconds{route,method}).
+ *
+ * A handler answers either before it returns (http_reply_*), or later from
+ * any thread: it calls http_req_suspend() first, hands the request to someone
+ * (the store executor, a waiter list) and returns; exactly one http_reply_*
+ * call answers it afterwards. The HTTP thread is never blocked meanwhile.
+ *
+ * Lifetime: a `struct http_req` lives until its response has been sent. After
+ * calling http_reply_* on a suspended request the caller must not touch it.
+ */
+#ifndef BB_HTTP_H
+#define BB_HTTP_H
+
+#include "base/base.h"
+#include "store/store.h"
+
+struct http_server;
+struct http_req;
+
+typedef void http_handler_fn(struct http_req *req, void *ctx);
+
+struct http_route {
+    const char *method;  /* "GET", "POST", "PUT", "DELETE" */
+    const char *pattern; /* "/locks/{name}/acquire"; also the metrics `route` label */
+    http_handler_fn *fn;
+    void *ctx;
+    bool public_route; /* reachable without the API token (liveness probes) */
+};
+
+struct http_server_options {
+    const char *host; /* numeric IPv4 or IPv6 address */
+    int port;         /* 0: pick a free port (see http_server_port) */
+    int threads;
+    int64_t body_limit_bytes;
+    int64_t idle_timeout_ms; /* keep-alive connections idle this long are closed */
+    int max_connections;
+    const char *api_token; /* NULL or "": no auth */
+};
+
+void http_server_options_defaults(struct http_server_options *o);
+
+/* Start listening. Routes are copied. Errors: ERR_INVALID (address),
+ * ERR_UNAVAILABLE (cannot bind). */
+BB_WUR enum err http_server_start(const struct http_server_options *o,
+                                  const struct http_route *routes, size_t n_routes,
+                                  struct http_server **out, struct bb_error *e);
+int http_server_port(const struct http_server *s);
+/* Stop accepting connections; requests arriving on open connections are
+ * answered 503 with Connection: close. Requests in flight go on. */
+void http_server_drain(struct http_server *s);
+/* Wait (up to timeout_ms) for every suspended request to be answered, then
+ * close every connection and free the server. NULL is fine. */
+void http_server_stop(struct http_server *s, int64_t timeout_ms);
+
+/* ---- reading a request (valid until it is answered) ------------------------- */
+
+const char *http_req_method(const struct http_req *r);
+const char *http_req_path(const struct http_req *r);
+const char *http_req_route(const struct http_req *r);
+/* A `{name}` segment of the matched pattern; NULL if the pattern has none. */
+const char *http_req_param(const struct http_req *r, const char *name);
+/* Query-string argument or header. Only in the handler's synchronous part
+ * (before it returns): they read libmicrohttpd's connection. */
+const char *http_req_query(struct http_req *r, const char *key);
+const char *http_req_header(struct http_req *r, const char *name);
+/* The request id (X-Request-Id if the client sent a sane one, else a UUIDv7)
+ * and W3C traceparent (NULL if absent or malformed). */
+const char *http_req_id(const struct http_req *r);
+const char *http_req_traceparent(const struct http_req *r);
+/* Scratch memory freed with the request. */
+struct bb_arena *http_req_arena(struct http_req *r);
+/* An error buffer owned by the request, for handlers to fill. */
+struct bb_error *http_req_error(struct http_req *r);
+
+/*
+ * The body parsed as a JSON object. ERR_MALFORMED (with line and column) for
+ * invalid JSON or invalid UTF-8, ERR_INVALID when it is not an object or is
+ * empty. The object belongs to the request.
+ */
+BB_WUR enum err http_req_json_object(struct http_req *r, json_t **out, struct bb_error *e);
+
+/* ---- answering ------------------------------------------------------------------ */
+
+/* Answer later, from any thread. Call before handing the request away. */
+void http_req_suspend(struct http_req *r);
+
+/*
+ * Run `work` on the store's executor for this request, then call `reply` (on
+ * a store thread) with the outcome; `reply` must answer the request or hand
+ * it on. Suspends the request. When the store refuses the unit (queue full,
+ * shutting down) the request is answered 503 at once and `reply` is never
+ * called. The log context (request id, traceparent) follows the request.
+ */
+typedef void http_store_reply_fn(struct http_req *r, void *arg, enum err rc,
+                                 const struct bb_error *e);
+void http_req_run(struct http_req *r, struct store *s, enum store_txn mode, store_work_fn *work,
+                  http_store_reply_fn *reply, void *arg);
+
+/* Add a response header (before the reply). Strings are copied. */
+void http_req_add_header(struct http_req *r, const char *name, const char *value);
+/* JSON response; steals the reference to `body`. */
+void http_reply_json(struct http_req *r, int status, json_t *body);
+/* Any body; takes ownership of `body` (malloc'd, may be NULL when len 0). */
+void http_reply_raw(struct http_req *r, int status, const char *content_type, char *body,
+                    size_t len);
+/* application/problem+json from `e`; `extra` (stolen, may be NULL) adds
+ * members, such as a lock's holder. */
+void http_reply_problem(struct http_req *r, const struct bb_error *e, json_t *extra);
+/* The problem document itself (tests, CLI): type, title, status, detail, field. */
+json_t *http_problem_json(const struct bb_error *e, const char *instance);
+
+/* ---- client ---------------------------------------------------------------------------- */
+
+struct http_client_response {
+    long status;
+    struct bb_buf body;
+};
+
+/*
+ * One request with a timeout. `body` (JSON text) may be NULL. `token` adds
+ * `Authorization: Bearer`. A connection refused before anything was sent is
+ * retried twice (the request never reached a server); nothing else is. On
+ * ERR_OK the caller owns resp->body (bb_buf_deinit). Errors: ERR_UNAVAILABLE
+ * (cannot connect), ERR_TIMEOUT, ERR_IO.
+ */
+BB_WUR enum err http_client_request(const char *method, const char *url, const char *token,
+                                    const char *body, int64_t timeout_ms,
+                                    struct http_client_response *resp, struct bb_error *e);
+/* Percent-encode a path segment into `out`. */
+void http_client_escape(const char *segment, struct bb_buf *out);
+void http_client_global_init(void);
+void http_client_global_cleanup(void);
+
+#endif /* BB_HTTP_H */

@@ -1,0 +1,132 @@
+/*
+ * http_route.c: the routing table. Patterns are split into segments once;
+ * a request path is split the same way and compared segment by segment.
+ * Tables are small (tens of routes), so a linear scan is the fastest thing.
+ */
+#include "http/http_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Split "/a/b/c" into segments (copies into `arena`, or xstrdup when NULL).
+ * Returns the count, or -1 when there are too many or a segment is empty
+ * (a trailing slash is tolerated). */
+static int
+split_path(const char *path, struct bb_arena *arena, char **out)
+{
+    if (path[0] != '/')
+        return -1;
+    int n = 0;
+    const char *p = path + 1;
+    while (*p) {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (len == 0)
+            return slash && slash[1] == '\0' ? n : -1;
+        if (n == HTTP__MAX_SEGMENTS)
+            return -1;
+        char *seg = arena ? bb_arena_alloc(arena, len + 1) : xmalloc(len + 1);
+        memcpy(seg, p, len);
+        seg[len] = '\0';
+        out[n++] = seg;
+        if (!slash)
+            break;
+        p = slash + 1;
+    }
+    return n;
+}
+
+static bool
+is_param(const char *segment)
+{
+    size_t n = strlen(segment);
+    return n > 2 && segment[0] == '{' && segment[n - 1] == '}';
+}
+
+enum err
+http__router_init(struct http__router *rt, const struct http_route *routes, size_t n,
+                  struct bb_error *e)
+{
+    rt->routes = xcalloc(n ? n : 1, sizeof *rt->routes);
+    rt->n_routes = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct http__route *r = &rt->routes[i];
+        r->pub = routes[i];
+        int count = split_path(routes[i].pattern, NULL, r->segments);
+        if (count < 0) {
+            http__router_deinit(rt);
+            return bb_fail(e, ERR_INTERNAL, "", "bad route pattern %s", routes[i].pattern);
+        }
+        r->n_segments = (size_t)count;
+        rt->n_routes++;
+    }
+    return ERR_OK;
+}
+
+void
+http__router_deinit(struct http__router *rt)
+{
+    for (size_t i = 0; i < rt->n_routes; i++) {
+        for (size_t k = 0; k < rt->routes[i].n_segments; k++)
+            free(rt->routes[i].segments[k]);
+    }
+    free(rt->routes);
+    rt->routes = NULL;
+    rt->n_routes = 0;
+}
+
+static bool
+path_matches(const struct http__route *r, char **segs, size_t n)
+{
+    if (r->n_segments != n)
+        return false;
+    for (size_t k = 0; k < n; k++) {
+        if (!is_param(r->segments[k]) && strcmp(r->segments[k], segs[k]) != 0)
+            return false;
+    }
+    return true;
+}
+
+enum http__match
+http__router_match(const struct http__router *rt, const char *method, const char *path,
+                   struct bb_arena *arena, const struct http__route **route,
+                   struct http__param params[HTTP__MAX_PARAMS], size_t *n_params, char *allow,
+                   size_t allow_len)
+{
+    char *segs[HTTP__MAX_SEGMENTS];
+    int n = split_path(path, arena, segs);
+    *n_params = 0;
+    allow[0] = '\0';
+    if (n < 0)
+        return HTTP__NO_PATH;
+    const char *want = strcmp(method, "HEAD") == 0 ? "GET" : method;
+    bool path_seen = false;
+    for (size_t i = 0; i < rt->n_routes; i++) {
+        const struct http__route *r = &rt->routes[i];
+        if (!path_matches(r, segs, (size_t)n))
+            continue;
+        path_seen = true;
+        if (strcmp(r->pub.method, want) != 0) {
+            if (strstr(allow, r->pub.method) == NULL) {
+                size_t used = strlen(allow);
+                snprintf(allow + used, allow_len - used, "%s%s", used ? ", " : "",
+                         r->pub.method);
+            }
+            continue;
+        }
+        for (size_t k = 0; k < r->n_segments && *n_params < HTTP__MAX_PARAMS; k++) {
+            if (is_param(r->segments[k])) {
+                size_t len = strlen(r->segments[k]) - 2;
+                char *name = bb_arena_alloc(arena, len + 1);
+                memcpy(name, r->segments[k] + 1, len);
+                name[len] = '\0';
+                params[*n_params].name = name;
+                params[*n_params].value = segs[k];
+                (*n_params)++;
+            }
+        }
+        *route = r;
+        return HTTP__MATCHED;
+    }
+    return path_seen ? HTTP__NO_METHOD : HTTP__NO_PATH;
+}

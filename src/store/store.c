@@ -1,0 +1,533 @@
+/*
+ * store.c: the engine-neutral half of the store: URLs, opening and closing,
+ * statement slots, parameters, rows, transactions and the store's metrics.
+ * Engine specifics live behind `struct store__ops` in store_sqlite.c and
+ * store_pg.c.
+ */
+#include "store/store.h"
+
+#include "metrics/metrics.h"
+#include "store/store_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+static _Atomic int next_slot = 1;
+
+struct store_param
+sp_text(const char *s)
+{
+    if (s == NULL)
+        return sp_null();
+    return (struct store_param){.type = STORE_T_TEXT, .s = s, .len = strlen(s)};
+}
+
+struct store_param
+sp_textn(const char *s, size_t len)
+{
+    if (s == NULL)
+        return sp_null();
+    return (struct store_param){.type = STORE_T_TEXT, .s = s, .len = len};
+}
+
+int
+store__stmt_slot(struct store_stmt *st)
+{
+    int slot = atomic_load(&st->slot);
+    if (slot != 0)
+        return slot;
+    int fresh = atomic_fetch_add(&next_slot, 1);
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&st->slot, &expected, fresh))
+        return fresh;
+    return expected; /* another thread assigned it first; `fresh` stays unused */
+}
+
+const char *
+store__stmt_sql(const struct store_stmt *st, enum store_engine engine)
+{
+    if (engine == STORE_POSTGRES && st->sql_pg)
+        return st->sql_pg;
+    if (engine == STORE_SQLITE && st->sql_sqlite)
+        return st->sql_sqlite;
+    return st->sql;
+}
+
+void
+store__conn_reserve(struct store_conn *c, int slot)
+{
+    if ((size_t)slot < c->n_prepared)
+        return;
+    size_t n = c->n_prepared ? c->n_prepared : 16;
+    while (n <= (size_t)slot)
+        n *= 2;
+    c->prepared = xrealloc(c->prepared, n * sizeof *c->prepared);
+    memset(c->prepared + c->n_prepared, 0, (n - c->n_prepared) * sizeof *c->prepared);
+    c->n_prepared = n;
+}
+
+const char *
+store_engine_name(enum store_engine engine)
+{
+    return engine == STORE_SQLITE ? "sqlite" : "postgres";
+}
+
+enum store_engine
+store_engine_of(const struct store *s)
+{
+    return s->ops->engine;
+}
+
+void
+store_options_defaults(struct store_options *o, const char *url)
+{
+    bool pg = url && (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0);
+    o->url = url;
+    /* PostgreSQL groups concurrent commits itself, so each thread runs one
+     * unit per transaction; SQLite has one writer, which groups. */
+    o->pool_size = pg ? 8 : 2;
+    o->batch_max = pg ? 1 : 256;
+    o->queue_max = 65536;
+    o->busy_timeout_ms = 5000;
+    o->exclusive = false;
+}
+
+/* Parse the URL into an engine (and, for SQLite, a path). */
+static enum err
+store_parse_url(struct store *s, const char *url, struct bb_error *e)
+{
+    if (url == NULL || *url == '\0')
+        return bb_fail(e, ERR_INVALID, "db", "database URL is empty");
+    if (strncmp(url, "sqlite:", 7) == 0) {
+        const char *path = url + 7;
+        if (strncmp(path, "//", 2) == 0)
+            path += 2;
+        if (*path == '\0')
+            return bb_fail(e, ERR_INVALID, "db", "sqlite URL needs a path: sqlite:PATH");
+        s->ops = &store__sqlite_ops;
+        s->sqlite_path = xstrdup(path);
+        return ERR_OK;
+    }
+    if (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0) {
+        s->ops = &store__pg_ops;
+        return ERR_OK;
+    }
+    return bb_fail(e, ERR_INVALID, "db",
+                   "unsupported database URL '%.64s': use sqlite:PATH or postgres://...", url);
+}
+
+/* SQLite has one owning process (in-process wake-ups depend on it): hold an
+ * exclusive flock on PATH.owner for the store's lifetime. */
+static enum err
+store_take_ownership(struct store *s, struct bb_error *e)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s.owner", s->sqlite_path) >= sizeof path)
+        return bb_fail(e, ERR_INVALID, "db", "sqlite path too long");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return bb_fail(e, ERR_UNAVAILABLE, "db", "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        return bb_fail(e, ERR_UNAVAILABLE, "db",
+                       "%s is in use by another backbone process (one process owns a SQLite "
+                       "database; reach it over HTTP, or use PostgreSQL for several)",
+                       s->sqlite_path);
+    }
+    s->owner_fd = fd;
+    return ERR_OK;
+}
+
+enum err
+store_open(const struct store_options *o, struct store **out, struct bb_error *e)
+{
+    struct store *s = xcalloc(1, sizeof *s);
+    s->opt = *o;
+    s->owner_fd = -1;
+    s->listener_wake_fd = -1;
+    pthread_mutex_init(&s->subs_mu, NULL);
+    enum err rc = store_parse_url(s, o->url, e);
+    if (rc != ERR_OK)
+        goto fail;
+    s->url = xstrdup(o->url);
+    s->opt.url = s->url;
+    if (s->opt.pool_size < 1)
+        s->opt.pool_size = 1;
+    if (s->opt.batch_max < 1)
+        s->opt.batch_max = 1;
+    if (s->opt.queue_max < 1)
+        s->opt.queue_max = 1;
+    store__metrics_register();
+    if (s->ops->engine == STORE_SQLITE && o->exclusive) {
+        rc = store_take_ownership(s, e);
+        if (rc != ERR_OK)
+            goto fail;
+    }
+    /* One connection up front, so a bad URL fails here with a clear error. */
+    struct store_conn *probe;
+    rc = store_conn_open(s, &probe, e);
+    if (rc != ERR_OK)
+        goto fail;
+    store_conn_close(probe);
+    rc = store__exec_start(s, e);
+    if (rc != ERR_OK)
+        goto fail;
+    *out = s;
+    return ERR_OK;
+fail:
+    store_close(s);
+    return rc;
+}
+
+void
+store_close(struct store *s)
+{
+    if (s == NULL)
+        return;
+    store__listener_stop(s);
+    store__exec_stop(s);
+    free(s->subs);
+    pthread_mutex_destroy(&s->subs_mu);
+    if (s->owner_fd >= 0)
+        close(s->owner_fd);
+    free(s->sqlite_path);
+    free(s->url);
+    free(s);
+}
+
+enum err
+store__conn_connect(struct store *s, struct store_conn **out, struct bb_error *e)
+{
+    struct store_conn *c = xcalloc(1, sizeof *c);
+    c->store = s;
+    c->ops = s->ops;
+    enum err rc = s->ops->connect(s, c, e);
+    if (rc != ERR_OK) {
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return ERR_OK;
+}
+
+enum err
+store_conn_open(struct store *s, struct store_conn **out, struct bb_error *e)
+{
+    return store__conn_connect(s, out, e);
+}
+
+void
+store_conn_close(struct store_conn *c)
+{
+    if (c == NULL)
+        return;
+    if (c->in_txn)
+        store_rollback(c);
+    c->ops->disconnect(c); /* frees the prepared handles too */
+    store__notes_truncate(c, 0);
+    free(c->notes);
+    free(c->prepared);
+    free(c);
+}
+
+enum store_engine
+store_conn_engine(const struct store_conn *c)
+{
+    return c->ops->engine;
+}
+
+enum err
+store_query(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+            size_t n_params, struct store_rows *out, struct bb_error *e)
+{
+    memset(out, 0, sizeof *out);
+    out->engine = c->ops->engine;
+    out->row = -1;
+    return c->ops->query(c, st, params, n_params, out, NULL, e);
+}
+
+enum err
+store_exec(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+           size_t n_params, int64_t *changes, struct bb_error *e)
+{
+    int64_t n = 0;
+    enum err rc = c->ops->query(c, st, params, n_params, NULL, &n, e);
+    if (rc == ERR_OK && changes)
+        *changes = n;
+    return rc;
+}
+
+bool
+store_next(struct store_rows *r)
+{
+    if (r->row + 1 >= r->nrows)
+        return false;
+    r->row++;
+    return true;
+}
+
+static const struct store__ops *
+rows_ops(const struct store_rows *r)
+{
+    return r->engine == STORE_SQLITE ? &store__sqlite_ops : &store__pg_ops;
+}
+
+bool
+store_col_is_null(const struct store_rows *r, int col)
+{
+    BB_ASSERT(r->row >= 0 && r->row < r->nrows && col >= 0 && col < r->ncols);
+    return rows_ops(r)->col_is_null(r, col);
+}
+
+int64_t
+store_col_int(const struct store_rows *r, int col)
+{
+    BB_ASSERT(r->row >= 0 && r->row < r->nrows && col >= 0 && col < r->ncols);
+    return rows_ops(r)->col_int(r, col);
+}
+
+const char *
+store_col_text(const struct store_rows *r, int col)
+{
+    BB_ASSERT(r->row >= 0 && r->row < r->nrows && col >= 0 && col < r->ncols);
+    return rows_ops(r)->col_text(r, col);
+}
+
+size_t
+store_col_len(const struct store_rows *r, int col)
+{
+    BB_ASSERT(r->row >= 0 && r->row < r->nrows && col >= 0 && col < r->ncols);
+    return rows_ops(r)->col_len(r, col);
+}
+
+void
+store_rows_close(struct store_rows *r)
+{
+    if (r->impl)
+        rows_ops(r)->rows_free(r);
+    r->impl = NULL;
+    r->nrows = 0;
+}
+
+enum err
+store_begin(struct store_conn *c, enum store_txn mode, struct bb_error *e)
+{
+    BB_ASSERT(!c->in_txn);
+    const char *sql = mode == STORE_WRITE ? c->ops->begin_write_sql : c->ops->begin_read_sql;
+    if (sql == NULL) {
+        c->in_txn = c->txn_virtual = true;
+        return ERR_OK;
+    }
+    enum err rc = c->ops->exec_script(c, sql, e);
+    if (rc == ERR_OK)
+        c->in_txn = true;
+    return rc;
+}
+
+enum err
+store_commit(struct store_conn *c, struct bb_error *e)
+{
+    BB_ASSERT(c->in_txn);
+    if (!c->txn_virtual) {
+        enum err rc = c->ops->exec_script(c, "COMMIT", e);
+        if (rc != ERR_OK) {
+            store_rollback(c);
+            return rc;
+        }
+    }
+    c->in_txn = c->txn_virtual = false;
+    store__notes_deliver(c);
+    return ERR_OK;
+}
+
+void
+store_rollback(struct store_conn *c)
+{
+    if (!c->in_txn)
+        return;
+    if (!c->txn_virtual) {
+        struct bb_error ignored;
+        /* A failed ROLLBACK leaves nothing to do: the connection is broken and
+         * will be replaced, and the server discards the transaction. */
+        (void)c->ops->exec_script(c, "ROLLBACK", &ignored);
+    }
+    c->in_txn = c->txn_virtual = false;
+    store__notes_truncate(c, 0);
+}
+
+enum err
+store_ping(struct store_conn *c, struct bb_error *e)
+{
+    static struct store_stmt ping = {.sql = "SELECT 1"};
+    struct store_rows r;
+    enum err rc = store_query(c, &ping, NULL, 0, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool ok = store_next(&r) && store_col_int(&r, 0) == 1;
+    store_rows_close(&r);
+    return ok ? ERR_OK : bb_fail(e, ERR_STORE, "", "SELECT 1 returned no row");
+}
+
+static bool
+channel_is_valid(const char *channel)
+{
+    size_t n = strlen(channel);
+    if (n == 0 || n > 63)
+        return false;
+    for (const char *p = channel; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return false;
+    }
+    return true;
+}
+
+enum err
+store_notify(struct store_conn *c, const char *channel, const char *payload, struct bb_error *e)
+{
+    BB_ASSERT(channel_is_valid(channel));
+    if (strlen(payload) > 7999)
+        return bb_fail(e, ERR_INVALID, "", "notification payload longer than 7999 bytes");
+    if (c->ops->notify)
+        return c->ops->notify(c, channel, payload, e);
+    if (c->n_notes == c->cap_notes) {
+        c->cap_notes = c->cap_notes ? c->cap_notes * 2 : 8;
+        c->notes = xrealloc(c->notes, c->cap_notes * sizeof *c->notes);
+    }
+    c->notes[c->n_notes].channel = xstrdup(channel);
+    c->notes[c->n_notes].payload = xstrdup(payload);
+    c->n_notes++;
+    return ERR_OK;
+}
+
+void
+store__notes_truncate(struct store_conn *c, size_t keep)
+{
+    while (c->n_notes > keep) {
+        c->n_notes--;
+        free(c->notes[c->n_notes].channel);
+        free(c->notes[c->n_notes].payload);
+    }
+}
+
+void
+store__notes_deliver(struct store_conn *c)
+{
+    for (size_t i = 0; i < c->n_notes; i++)
+        store__dispatch(c->store, c->notes[i].channel, c->notes[i].payload);
+    store__notes_truncate(c, 0);
+}
+
+enum err
+store_listen(struct store *s, const char *channel, store_listen_fn *fn, void *arg)
+{
+    BB_ASSERT(channel_is_valid(channel));
+    pthread_mutex_lock(&s->subs_mu);
+    s->subs = xrealloc(s->subs, (s->n_subs + 1) * sizeof *s->subs);
+    struct store__sub *sub = &s->subs[s->n_subs++];
+    bb_strlcpy(sub->channel, channel, sizeof sub->channel);
+    sub->fn = fn;
+    sub->arg = arg;
+    pthread_mutex_unlock(&s->subs_mu);
+    s->subs_changed = true;
+    if (s->ops->engine == STORE_POSTGRES)
+        return store__listener_start(s, NULL);
+    return ERR_OK;
+}
+
+void
+store_unlisten(struct store *s, store_listen_fn *fn, void *arg)
+{
+    pthread_mutex_lock(&s->subs_mu);
+    size_t k = 0;
+    for (size_t i = 0; i < s->n_subs; i++) {
+        if (s->subs[i].fn != fn || s->subs[i].arg != arg)
+            s->subs[k++] = s->subs[i];
+    }
+    s->n_subs = k;
+    pthread_mutex_unlock(&s->subs_mu);
+}
+
+void
+store__dispatch(struct store *s, const char *channel, const char *payload)
+{
+    pthread_mutex_lock(&s->subs_mu);
+    for (size_t i = 0; i < s->n_subs; i++) {
+        if (payload == NULL || strcmp(s->subs[i].channel, channel) == 0)
+            s->subs[i].fn(s->subs[i].arg, s->subs[i].channel, payload);
+    }
+    pthread_mutex_unlock(&s->subs_mu);
+}
+
+/* ---- metrics ----------------------------------------------------------------- */
+
+static const double BATCH_BUCKETS[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+
+static struct metrics_def M_TXN = {
+    .name = "backbone_store_transactions_total",
+    .help = "Write transactions committed by the store executor, by engine and result.",
+    .type = METRICS_COUNTER,
+    .labels = {"engine", "result"},
+};
+static struct metrics_def M_BATCH = {
+    .name = "backbone_store_batch_units",
+    .help = "Units of work grouped into one write transaction (group commit).",
+    .type = METRICS_HISTOGRAM,
+    .labels = {"engine"},
+    .buckets = BATCH_BUCKETS,
+    .n_buckets = BB_ARRAY_LEN(BATCH_BUCKETS),
+};
+static struct metrics_def M_COMMIT = {
+    .name = "backbone_store_transaction_duration_seconds",
+    .help = "Time from BEGIN to the end of COMMIT of executor transactions.",
+    .type = METRICS_HISTOGRAM,
+    .labels = {"engine"},
+    .buckets = METRICS_LATENCY_BUCKETS,
+    .n_buckets = METRICS_LATENCY_BUCKETS_N,
+};
+static struct metrics_def M_RETRY = {
+    .name = "backbone_store_conflict_retries_total",
+    .help = "Units of work retried after a busy or serialization conflict.",
+    .type = METRICS_COUNTER,
+    .labels = {"engine"},
+};
+static struct metrics_def M_QUEUE = {
+    .name = "backbone_store_queue_depth",
+    .help = "Units of work waiting for an executor thread.",
+    .type = METRICS_GAUGE,
+};
+
+void
+store__metrics_register(void)
+{
+    metrics_register(&M_TXN);
+    metrics_register(&M_BATCH);
+    metrics_register(&M_COMMIT);
+    metrics_register(&M_RETRY);
+    metrics_register(&M_QUEUE);
+}
+
+void
+store__metrics_batch(enum store_engine engine, size_t n_units, int64_t commit_ns, bool ok)
+{
+    const char *eng = store_engine_name(engine);
+    metrics_add(&M_TXN, 1, eng, ok ? "committed" : "failed");
+    metrics_observe(&M_BATCH, (double)n_units, eng);
+    metrics_observe(&M_COMMIT, (double)commit_ns / 1e9, eng);
+}
+
+void
+store__metrics_retry(enum store_engine engine)
+{
+    metrics_add(&M_RETRY, 1, store_engine_name(engine));
+}
+
+void
+store__metrics_queue_depth(size_t depth)
+{
+    metrics_set(&M_QUEUE, (double)depth);
+}

@@ -1,0 +1,205 @@
+/*
+ * store: one small database interface over two engines, SQLite (embedded
+ * default, WAL, synchronous=FULL) and PostgreSQL (libpq).
+ *
+ * Three levels, lowest first:
+ *   - connections and statements: store_conn_open, store_query/store_exec
+ *     with bound parameters only ($1..$n in the SQL text on both engines);
+ *   - transactions: store_begin/commit/rollback on a connection;
+ *   - the executor: store_submit hands a unit of work to the store's own
+ *     threads, which run it inside a transaction and group the commits of
+ *     concurrent units into one (one fsync for many requests). Busy and
+ *     serialization conflicts are retried there. Callers are told the outcome
+ *     only after the commit is durable.
+ * Plus versioned migrations per module, and notifications (PostgreSQL
+ * LISTEN/NOTIFY; in-process delivery on SQLite).
+ *
+ * Thread-safety: a `struct store` may be used from any thread. A
+ * `struct store_conn` belongs to one thread at a time.
+ */
+#ifndef BB_STORE_H
+#define BB_STORE_H
+
+#include "base/base.h"
+
+enum store_engine { STORE_SQLITE, STORE_POSTGRES };
+
+struct store;
+struct store_conn;
+
+struct store_options {
+    const char *url;        /* "sqlite:PATH" or "postgres://..." / "postgresql://..." */
+    int pool_size;          /* executor threads (PostgreSQL connections, SQLite readers) */
+    int batch_max;          /* most units of work grouped into one write transaction */
+    int queue_max;          /* pending units before store_submit answers ERR_OVERLOADED */
+    int64_t busy_timeout_ms;
+    bool exclusive;         /* SQLite: refuse to open a file another process owns */
+};
+
+/* Defaults suited to the engine the URL names. */
+void store_options_defaults(struct store_options *o, const char *url);
+
+/*
+ * Open the store: checks the URL, connects once (so a bad URL or an
+ * unreachable server fails here) and starts the executor threads.
+ * Errors: ERR_INVALID (URL), ERR_UNAVAILABLE (cannot connect, or the SQLite
+ * file is owned by another process), ERR_STORE.
+ */
+BB_WUR enum err store_open(const struct store_options *o, struct store **out,
+                           struct bb_error *e);
+/* Finish queued work, stop the threads, close every connection. NULL is fine. */
+void store_close(struct store *s);
+
+enum store_engine store_engine_of(const struct store *s);
+const char *store_engine_name(enum store_engine engine);
+
+/* ---- statements ----------------------------------------------------------- */
+
+/*
+ * A statement, declared once as a static and prepared lazily on each
+ * connection that runs it. `sql` serves both engines unless an engine's own
+ * text is given. Parameters are written $1..$n on both engines.
+ */
+struct store_stmt {
+    const char *sql;
+    const char *sql_pg;
+    const char *sql_sqlite;
+    _Atomic int slot; /* private: index of the prepared handle on a connection */
+};
+
+enum store_type { STORE_T_NULL, STORE_T_INT, STORE_T_TEXT };
+
+struct store_param {
+    enum store_type type;
+    int64_t i;
+    const char *s;
+    size_t len;
+};
+
+static inline struct store_param
+sp_int(int64_t v)
+{
+    return (struct store_param){.type = STORE_T_INT, .i = v};
+}
+
+/* Text parameter; NULL binds SQL NULL. The string is borrowed for the call. */
+struct store_param sp_text(const char *s);
+struct store_param sp_textn(const char *s, size_t len);
+
+static inline struct store_param
+sp_null(void)
+{
+    return (struct store_param){.type = STORE_T_NULL};
+}
+
+/*
+ * Result rows, fully read when store_query returns (so no error can surface
+ * halfway through iteration). Column values stay valid until
+ * store_rows_close.
+ */
+struct store_rows {
+    enum store_engine engine;
+    int nrows;
+    int ncols;
+    int row; /* current row, -1 before the first store_next */
+    void *impl;
+};
+
+BB_WUR enum err store_query(struct store_conn *c, struct store_stmt *st,
+                            const struct store_param *params, size_t n_params,
+                            struct store_rows *out, struct bb_error *e);
+/* Run a statement that returns no rows; *changes (if non-NULL) gets the
+ * number of rows inserted, updated or deleted. */
+BB_WUR enum err store_exec(struct store_conn *c, struct store_stmt *st,
+                           const struct store_param *params, size_t n_params, int64_t *changes,
+                           struct bb_error *e);
+bool store_next(struct store_rows *r);
+bool store_col_is_null(const struct store_rows *r, int col);
+int64_t store_col_int(const struct store_rows *r, int col);
+const char *store_col_text(const struct store_rows *r, int col); /* "" for NULL */
+size_t store_col_len(const struct store_rows *r, int col);
+void store_rows_close(struct store_rows *r);
+
+/* ---- connections and transactions ---------------------------------------- */
+
+BB_WUR enum err store_conn_open(struct store *s, struct store_conn **out, struct bb_error *e);
+void store_conn_close(struct store_conn *c);
+enum store_engine store_conn_engine(const struct store_conn *c);
+
+enum store_txn { STORE_READ, STORE_WRITE };
+
+/* BEGIN (SQLite: BEGIN IMMEDIATE for writes, so writers queue up front
+ * instead of failing at commit). */
+BB_WUR enum err store_begin(struct store_conn *c, enum store_txn mode, struct bb_error *e);
+BB_WUR enum err store_commit(struct store_conn *c, struct bb_error *e);
+void store_rollback(struct store_conn *c);
+/* SELECT 1: the database answers. */
+BB_WUR enum err store_ping(struct store_conn *c, struct bb_error *e);
+
+/* ---- the executor ---------------------------------------------------------- */
+
+/*
+ * A unit of work: runs on a store thread inside a transaction and must touch
+ * nothing but the database and `arg` (it may run more than once when a
+ * conflict forces a retry). Returning anything but ERR_OK rolls back the
+ * unit's own changes only. ERR_RETRY asks for a retry.
+ */
+typedef enum err store_work_fn(struct store_conn *c, void *arg, struct bb_error *e);
+/* Called once per submitted unit, on a store thread, after the commit (or
+ * the failure) is final. `e` is NULL on success. */
+typedef void store_done_fn(void *arg, enum err rc, const struct bb_error *e);
+
+/*
+ * Queue `work`. On ERR_OK, `done` will be called exactly once. On failure
+ * (ERR_OVERLOADED: the queue is full; ERR_UNAVAILABLE: the store is
+ * stopping) `done` is never called.
+ */
+BB_WUR enum err store_submit(struct store *s, enum store_txn mode, store_work_fn *work,
+                             store_done_fn *done, void *arg);
+/* Submit and wait for the outcome (CLI, tests, start-up). */
+BB_WUR enum err store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg,
+                          struct bb_error *e);
+
+/* ---- notifications ----------------------------------------------------------- */
+
+/*
+ * Queue a notification inside the open transaction; it is delivered to
+ * every listener (in every process, on PostgreSQL) after the commit, and
+ * dropped if the transaction or the unit rolls back. channel: [a-z0-9_],
+ * at most 63 bytes; payload at most 7999 bytes.
+ */
+BB_WUR enum err store_notify(struct store_conn *c, const char *channel, const char *payload,
+                             struct bb_error *e);
+/*
+ * Callback for a channel. `payload` NULL means "notifications may have been
+ * missed" (the listener reconnected): recheck everything. Runs on a store
+ * thread; keep it short.
+ */
+typedef void store_listen_fn(void *arg, const char *channel, const char *payload);
+BB_WUR enum err store_listen(struct store *s, const char *channel, store_listen_fn *fn,
+                             void *arg);
+/* Remove every subscription with this fn and arg. Once it returns, fn is
+ * not running and will not be called again for them. */
+void store_unlisten(struct store *s, store_listen_fn *fn, void *arg);
+
+/* ---- migrations ------------------------------------------------------------- */
+
+/* One schema step of a module; versions start at 1 and grow by 1. */
+struct store_migration {
+    int version;
+    const char *name;
+    const char *sqlite;
+    const char *pg;
+};
+
+/*
+ * Apply the module's migrations not yet applied, each in its own
+ * transaction, recorded in `schema_migrations(module, version)`. Safe to run
+ * from several processes at once (PostgreSQL: an advisory lock; SQLite:
+ * BEGIN IMMEDIATE). `*applied` (if non-NULL) gets how many ran.
+ */
+BB_WUR enum err store_migrate(struct store_conn *c, const char *module,
+                              const struct store_migration *m, size_t n, int *applied,
+                              struct bb_error *e);
+
+#endif /* BB_STORE_H */
