@@ -21,16 +21,16 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define BB_WUR       __attribute__((warn_unused_result))
+#define BB_WUR          __attribute__((warn_unused_result))
 #define BB_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#define BB_NORETURN  __attribute__((noreturn))
+#define BB_NORETURN     __attribute__((noreturn))
 #define BB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Cheap invariant checks that stay on in release builds (Redis's serverAssert). */
-#define BB_ASSERT(cond)                                                                           \
-    do {                                                                                          \
-        if (!(cond))                                                                              \
-            bb_panic(__FILE__, __LINE__, "assertion failed: %s", #cond);                          \
+#define BB_ASSERT(cond)                                                  \
+    do {                                                                 \
+        if (!(cond))                                                     \
+            bb_panic(__FILE__, __LINE__, "assertion failed: %s", #cond); \
     } while (0)
 
 BB_NORETURN BB_PRINTF(3, 4) void bb_panic(const char *file, int line, const char *fmt, ...);
@@ -44,27 +44,27 @@ BB_NORETURN BB_PRINTF(3, 4) void bb_panic(const char *file, int line, const char
  * never reused. Columns: name, number, HTTP status, slug (the stable part of
  * the problem+json `type`), title (the problem's human `title`).
  */
-#define BB_ERR_TABLE(X)                                                                           \
-    X(OK, 0, 200, "ok", "OK")                                                                     \
-    X(INVALID, 1, 400, "invalid_request", "Invalid request")                                      \
-    X(MALFORMED, 2, 400, "malformed_json", "Malformed JSON")                                      \
-    X(UNAUTHORIZED, 3, 401, "unauthorized", "Unauthorized")                                       \
-    X(NOT_FOUND, 4, 404, "not_found", "Not found")                                                \
-    X(METHOD, 5, 405, "method_not_allowed", "Method not allowed")                                 \
-    X(CONFLICT, 6, 409, "conflict", "Conflict")                                                   \
-    X(LOCK_HELD, 7, 409, "lock_held", "Lock is held")                                             \
-    X(STALE_TOKEN, 8, 409, "stale_token", "Stale fencing token")                                  \
-    X(LOCK_EXPIRED, 9, 409, "lock_expired", "Lock expired")                                       \
-    X(NOT_HELD, 10, 409, "lock_not_held", "Lock is not held")                                     \
-    X(TOO_LARGE, 11, 413, "payload_too_large", "Payload too large")                               \
-    X(MEDIA_TYPE, 12, 415, "unsupported_media_type", "Unsupported media type")                    \
-    X(OVERLOADED, 13, 503, "overloaded", "Server overloaded")                                     \
-    X(UNAVAILABLE, 14, 503, "unavailable", "Service unavailable")                                 \
-    X(RETRY, 15, 503, "transient_conflict", "Transient conflict")                                 \
-    X(TIMEOUT, 16, 504, "timeout", "Timed out")                                                   \
-    X(STORE, 17, 500, "store_error", "Database error")                                            \
-    X(INTERNAL, 18, 500, "internal", "Internal error")                                            \
-    X(IO, 19, 500, "io_error", "I/O error")                                                       \
+#define BB_ERR_TABLE(X)                                                        \
+    X(OK, 0, 200, "ok", "OK")                                                  \
+    X(INVALID, 1, 400, "invalid_request", "Invalid request")                   \
+    X(MALFORMED, 2, 400, "malformed_json", "Malformed JSON")                   \
+    X(UNAUTHORIZED, 3, 401, "unauthorized", "Unauthorized")                    \
+    X(NOT_FOUND, 4, 404, "not_found", "Not found")                             \
+    X(METHOD, 5, 405, "method_not_allowed", "Method not allowed")              \
+    X(CONFLICT, 6, 409, "conflict", "Conflict")                                \
+    X(LOCK_HELD, 7, 409, "lock_held", "Lock is held")                          \
+    X(STALE_TOKEN, 8, 409, "stale_token", "Stale fencing token")               \
+    X(LOCK_EXPIRED, 9, 409, "lock_expired", "Lock expired")                    \
+    X(NOT_HELD, 10, 409, "lock_not_held", "Lock is not held")                  \
+    X(TOO_LARGE, 11, 413, "payload_too_large", "Payload too large")            \
+    X(MEDIA_TYPE, 12, 415, "unsupported_media_type", "Unsupported media type") \
+    X(OVERLOADED, 13, 503, "overloaded", "Server overloaded")                  \
+    X(UNAVAILABLE, 14, 503, "unavailable", "Service unavailable")              \
+    X(RETRY, 15, 503, "transient_conflict", "Transient conflict")              \
+    X(TIMEOUT, 16, 504, "timeout", "Timed out")                                \
+    X(STORE, 17, 500, "store_error", "Database error")                         \
+    X(INTERNAL, 18, 500, "internal", "Internal error")                         \
+    X(IO, 19, 500, "io_error", "I/O error")                                    \
     X(USAGE, 20, 400, "usage", "Usage error")
 
 enum err {
@@ -95,8 +95,8 @@ struct bb_error {
 
 /* Fill `e` (if non-NULL) and return `code`, so call sites read
  * `return bb_fail(e, ERR_INVALID, "ttl_ms", "must be positive");`. */
-BB_PRINTF(4, 5) enum err bb_fail(struct bb_error *e, enum err code, const char *field,
-                                 const char *fmt, ...);
+BB_PRINTF(4, 5)
+enum err bb_fail(struct bb_error *e, enum err code, const char *field, const char *fmt, ...);
 void bb_error_clear(struct bb_error *e);
 
 /* ------------------------------------------------------------------------ */
@@ -149,9 +149,9 @@ BB_PRINTF(2, 3) char *bb_arena_printf(struct bb_arena *a, const char *fmt, ...);
 
 /* The only clocks in the program. Logic takes `now_ms` as an argument so that
  * tests drive time; only edges (HTTP handlers, loops) call these. */
-int64_t bb_wall_ms(void);  /* CLOCK_REALTIME, ms since the epoch */
-int64_t bb_mono_ms(void);  /* CLOCK_MONOTONIC, ms */
-int64_t bb_mono_ns(void);  /* CLOCK_MONOTONIC, ns (latency measurement) */
+int64_t bb_wall_ms(void); /* CLOCK_REALTIME, ms since the epoch */
+int64_t bb_mono_ms(void); /* CLOCK_MONOTONIC, ms */
+int64_t bb_mono_ns(void); /* CLOCK_MONOTONIC, ns (latency measurement) */
 /* Format wall ms as RFC 3339 UTC with milliseconds ("2026-11-23T10:00:00.123Z");
  * `out` needs 25 bytes. */
 void bb_wall_ms_format(int64_t wall_ms, char out[32]);
@@ -216,13 +216,14 @@ void bb_log_context_clear(void);
  * (%s %d %u %ld %lu %lld %llu %zu %f %c is not supported); each becomes a JSON
  * member, strings escaped, numbers bare. The compiler checks the arguments.
  */
-BB_PRINTF(5, 6) void bb_log_emit(enum bb_log_level level, const char *file, int line,
-                                 const char *event, const char *fields, ...);
+BB_PRINTF(5, 6)
+void bb_log_emit(enum bb_log_level level, const char *file, int line, const char *event,
+                 const char *fields, ...);
 
-#define BB_LOG_AT(level, event, ...)                                                              \
-    do {                                                                                          \
-        if ((int)(level) >= bb_log_level)                                                         \
-            bb_log_emit((level), __FILE__, __LINE__, (event), __VA_ARGS__);                       \
+#define BB_LOG_AT(level, event, ...)                                        \
+    do {                                                                    \
+        if ((int)(level) >= bb_log_level)                                   \
+            bb_log_emit((level), __FILE__, __LINE__, (event), __VA_ARGS__); \
     } while (0)
 #define log_debug(event, ...) BB_LOG_AT(BB_LOG_DEBUG, event, __VA_ARGS__)
 #define log_info(event, ...)  BB_LOG_AT(BB_LOG_INFO, event, __VA_ARGS__)
@@ -236,14 +237,16 @@ struct bb_log_limit {
     _Atomic int count;
     _Atomic int suppressed;
 };
-bool bb_log_limit_allow(struct bb_log_limit *lim, int per_sec, int *suppressed_out);
-#define log_error_limited(per_sec, event, fields, ...)                                            \
-    do {                                                                                          \
-        static struct bb_log_limit bb__lim_;                                                      \
-        int bb__sup_ = 0;                                                                         \
-        if (bb_log_level <= BB_LOG_ERROR && bb_log_limit_allow(&bb__lim_, (per_sec), &bb__sup_))  \
-            bb_log_emit(BB_LOG_ERROR, __FILE__, __LINE__, (event), fields " suppressed=%d",       \
-                        __VA_ARGS__, bb__sup_);                                                   \
+bool bb_log_limit_allow(struct bb_log_limit *lim, int per_sec, int64_t now_mono_ms,
+                        int *suppressed_out);
+#define log_error_limited(per_sec, event, fields, ...)                                      \
+    do {                                                                                    \
+        static struct bb_log_limit bb__lim_;                                                \
+        int bb__sup_ = 0;                                                                   \
+        if (bb_log_level <= BB_LOG_ERROR &&                                                 \
+            bb_log_limit_allow(&bb__lim_, (per_sec), bb_mono_ms(), &bb__sup_))              \
+            bb_log_emit(BB_LOG_ERROR, __FILE__, __LINE__, (event), fields " suppressed=%d", \
+                        __VA_ARGS__, bb__sup_);                                             \
     } while (0)
 
 /* ------------------------------------------------------------------------ */
@@ -272,7 +275,12 @@ struct bb_opt {
     int64_t max;
     const char *def; /* NULL: no default (string NULL / number 0 / false) */
     const char *doc;
+    unsigned flags; /* BB_OPT_NO_ENV */
 };
+
+/* The option has no BACKBONE_* variable (per-invocation arguments such as a
+ * lock's owner, which an environment variable would only leak into). */
+#define BB_OPT_NO_ENV 1u
 
 /*
  * Apply defaults, then the environment (if use_env), then argv. Arguments not
@@ -300,8 +308,8 @@ void bb_opts_help(FILE *out, const struct bb_opt *opts, size_t n_opts, bool show
  */
 BB_WUR enum err bb_json_int(const json_t *obj, const char *key, bool required, int64_t min,
                             int64_t max, int64_t *out, struct bb_error *e);
-BB_WUR enum err bb_json_string(const json_t *obj, const char *key, bool required,
-                               size_t max_len, const char **out, struct bb_error *e);
+BB_WUR enum err bb_json_string(const json_t *obj, const char *key, bool required, size_t max_len,
+                               const char **out, struct bb_error *e);
 /* Reject members not named in `allowed` (NULL-terminated). */
 BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e);
 /* Serialize compactly into a heap string (free()). Aborts on OOM. */

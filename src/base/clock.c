@@ -111,8 +111,8 @@ enum err
 bb_size_parse(const char *text, int64_t *out_bytes)
 {
     static const struct unit units[] = {
-        {"", 1},          {"B", 1},           {"k", 1024},         {"KiB", 1024},
-        {"m", 1 << 20},   {"MiB", 1 << 20},   {"g", 1 << 30},      {"GiB", 1 << 30},
+        {"", 1},        {"B", 1},         {"k", 1024},    {"KiB", 1024},
+        {"m", 1 << 20}, {"MiB", 1 << 20}, {"g", 1 << 30}, {"GiB", 1 << 30},
     };
     return parse_with_units(text, units, BB_ARRAY_LEN(units), out_bytes);
 }

@@ -21,15 +21,15 @@ bb_json_int(const json_t *obj, const char *key, bool required, int64_t min, int6
         return bb_fail(e, ERR_INVALID, key, "%s must be an integer", key);
     json_int_t n = json_integer_value(v);
     if (n < min || n > max)
-        return bb_fail(e, ERR_INVALID, key, "%s must be between %" PRId64 " and %" PRId64, key,
-                       min, max);
+        return bb_fail(e, ERR_INVALID, key, "%s must be between %" PRId64 " and %" PRId64, key, min,
+                       max);
     *out = n;
     return ERR_OK;
 }
 
 enum err
-bb_json_string(const json_t *obj, const char *key, bool required, size_t max_len,
-               const char **out, struct bb_error *e)
+bb_json_string(const json_t *obj, const char *key, bool required, size_t max_len, const char **out,
+               struct bb_error *e)
 {
     const json_t *v = json_object_get(obj, key);
     if (v == NULL) {

@@ -184,9 +184,8 @@ bb_log_emit(enum bb_log_level level, const char *file, int line, const char *eve
 }
 
 bool
-bb_log_limit_allow(struct bb_log_limit *lim, int per_sec, int *suppressed_out)
+bb_log_limit_allow(struct bb_log_limit *lim, int per_sec, int64_t now, int *suppressed_out)
 {
-    int64_t now = bb_mono_ms();
     int64_t window = lim->window_ms;
     if (now - window >= 1000) {
         lim->window_ms = now;

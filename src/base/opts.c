@@ -141,7 +141,7 @@ apply_defaults_and_env(const struct bb_opt *opts, size_t n_opts, void *dst, bool
             enum err rc = opt_set(o, dst, o->def, source, e);
             BB_ASSERT(rc == ERR_OK); /* a bad default is a programming error */
         }
-        if (!use_env)
+        if (!use_env || (o->flags & BB_OPT_NO_ENV))
             continue;
         char var[128];
         env_name(o->name, var, sizeof var);
@@ -157,8 +157,8 @@ apply_defaults_and_env(const struct bb_opt *opts, size_t n_opts, void *dst, bool
 
 enum err
 bb_opts_parse(const struct bb_opt *opts, size_t n_opts, void *dst, int argc, char **argv,
-              bool use_env, const char **positional, size_t max_positional,
-              size_t *n_positional, struct bb_error *e)
+              bool use_env, const char **positional, size_t max_positional, size_t *n_positional,
+              struct bb_error *e)
 {
     size_t npos = 0;
     enum err rc = apply_defaults_and_env(opts, n_opts, dst, use_env, e);
@@ -182,8 +182,8 @@ bb_opts_parse(const struct bb_opt *opts, size_t n_opts, void *dst, int argc, cha
         size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
         const struct bb_opt *o = opt_find(opts, n_opts, name, name_len);
         if (o == NULL)
-            return bb_fail(e, ERR_USAGE, "", "unknown option '--%.*s' (see --help)",
-                           (int)name_len, name);
+            return bb_fail(e, ERR_USAGE, "", "unknown option '--%.*s' (see --help)", (int)name_len,
+                           name);
         const char *value;
         if (eq) {
             value = eq + 1;
@@ -224,7 +224,8 @@ bb_opts_help(FILE *out, const struct bb_opt *opts, size_t n_opts, bool show_env)
     for (size_t i = 0; i < n_opts; i++) {
         const struct bb_opt *o = &opts[i];
         char var[128] = "";
-        if (show_env)
+        bool env = show_env && !(o->flags & BB_OPT_NO_ENV);
+        if (env)
             env_name(o->name, var, sizeof var);
         fprintf(out, "  --%-18s %s\n", o->name, o->doc);
         fprintf(out, "  %-20s %s", "", type_hint(o->type));
@@ -232,7 +233,7 @@ bb_opts_help(FILE *out, const struct bb_opt *opts, size_t n_opts, bool show_env)
             fprintf(out, ", default %s", o->def);
         if (o->type != BB_OPT_STRING && o->type != BB_OPT_BOOL)
             fprintf(out, ", %" PRId64 "..%" PRId64, o->min, o->max);
-        if (show_env)
+        if (env)
             fprintf(out, ", env %s", var);
         fputc('\n', out);
     }

@@ -85,7 +85,7 @@ bb_jitter_ms(int64_t base_ms, double fraction)
 }
 
 static pthread_mutex_t uuid_mu = PTHREAD_MUTEX_INITIALIZER;
-static int64_t uuid_last_ms; /* guarded by uuid_mu */
+static int64_t uuid_last_ms;  /* guarded by uuid_mu */
 static uint16_t uuid_counter; /* guarded by uuid_mu; 12 bits */
 
 void

@@ -6,23 +6,15 @@
 
 #include "cli/cli.h"
 
-/* Options every client subcommand takes (appended to its own table). */
+/* Options every client subcommand takes. A subcommand's argument struct
+ * starts with a `struct cli_client`, and cli_parse adds these options to
+ * the subcommand's own table. */
 struct cli_client {
     char *server;
     char *api_token;
     bool json;
     int64_t timeout_ms;
 };
-
-#define CLI_CLIENT_OPTS(type, member)                                                             \
-    {"server", BB_OPT_STRING, offsetof(type, member.server), 0, 0, "http://127.0.0.1:8080",      \
-     "Backbone server URL"},                                                                      \
-        {"api-token", BB_OPT_STRING, offsetof(type, member.api_token), 0, 0, NULL,                \
-         "bearer token, if the server requires one"},                                             \
-        {"json", BB_OPT_BOOL, offsetof(type, member.json), 0, 0, "false",                         \
-         "print the server's JSON answer instead of text"},                                       \
-        {"timeout", BB_OPT_DURATION, offsetof(type, member.timeout_ms), 1, 3600000, "30s",        \
-         "give up on the server after this long"}
 
 /*
  * Send one request (path already escaped; body may be NULL) and decode the
@@ -34,9 +26,12 @@ int cli_call(const struct cli_client *c, const char *method, const char *path, j
              json_t **out);
 /* Print `v` as one line of JSON (the --json output). */
 void cli_print_json(const json_t *v);
-/* Parse options for a subcommand, handling --help. Returns -1 to go on, or
- * an exit code to return. */
+/* Parse options for a subcommand (its table plus the client options),
+ * handling --help. `dst` starts with a struct cli_client. Returns -1 to go
+ * on, or an exit code to return. */
 int cli_parse(const struct bb_opt *opts, size_t n, void *dst, int argc, char **argv,
               const char *usage, const char **pos, size_t max_pos, size_t *n_pos);
+/* Free what cli_parse allocated in `dst`. */
+void cli_free(const struct bb_opt *opts, size_t n, void *dst);
 
 #endif /* BB_CLI_INT_H */

@@ -12,7 +12,7 @@
 #include <string.h>
 
 struct locks_args {
-    struct cli_client client;
+    struct cli_client client; /* first: cli_parse fills it */
     char *owner;
     int64_t ttl_ms;
     int64_t wait_ms;
@@ -25,24 +25,27 @@ struct locks_args {
 #define OFF(f) offsetof(struct locks_args, f)
 
 static const struct bb_opt LOCKS_OPTS[] = {
-    {"owner", BB_OPT_STRING, OFF(owner), 0, 0, NULL, "who holds the lock (acquire)"},
-    {"ttl", BB_OPT_DURATION, OFF(ttl_ms), 10, 86400000, "30s", "lease length (acquire, renew)"},
-    {"wait", BB_OPT_DURATION, OFF(wait_ms), 0, 300000, "0", "wait this long for a held lock"},
-    {"token", BB_OPT_INT, OFF(token), 0, INT64_MAX, "0", "fencing token (renew, release, put)"},
-    {"limit", BB_OPT_INT, OFF(limit), 1, 1000, "100", "most locks to list"},
-    {"after", BB_OPT_STRING, OFF(after), 0, 0, NULL, "list locks named after this one"},
-    {"value", BB_OPT_STRING, OFF(value), 0, 0, NULL, "JSON value to store (fenced put)"},
-    CLI_CLIENT_OPTS(struct locks_args, client),
+    {"owner", BB_OPT_STRING, OFF(owner), 0, 0, NULL, "who holds the lock (acquire)", BB_OPT_NO_ENV},
+    {"ttl", BB_OPT_DURATION, OFF(ttl_ms), 10, 86400000, "30s", "lease length (acquire, renew)",
+     BB_OPT_NO_ENV},
+    {"wait", BB_OPT_DURATION, OFF(wait_ms), 0, 300000, "0", "wait this long for a held lock",
+     BB_OPT_NO_ENV},
+    {"token", BB_OPT_INT, OFF(token), 0, INT64_MAX, "0", "fencing token (renew, release, put)",
+     BB_OPT_NO_ENV},
+    {"limit", BB_OPT_INT, OFF(limit), 1, 1000, "100", "most locks to list", BB_OPT_NO_ENV},
+    {"after", BB_OPT_STRING, OFF(after), 0, 0, NULL, "list locks named after this one",
+     BB_OPT_NO_ENV},
+    {"value", BB_OPT_STRING, OFF(value), 0, 0, NULL, "JSON value to store (fenced put)",
+     BB_OPT_NO_ENV},
 };
 
-static const char LOCKS_USAGE[] =
-    "backbone locks acquire NAME --owner O [--ttl 30s] [--wait 5s]\n"
-    "       backbone locks renew NAME --token N [--ttl 30s]\n"
-    "       backbone locks release NAME --token N\n"
-    "       backbone locks show NAME\n"
-    "       backbone locks list [--limit N] [--after NAME]\n"
-    "       backbone fenced put KEY --token N --value JSON\n"
-    "       backbone fenced get KEY";
+static const char LOCKS_USAGE[] = "backbone locks acquire NAME --owner O [--ttl 30s] [--wait 5s]\n"
+                                  "       backbone locks renew NAME --token N [--ttl 30s]\n"
+                                  "       backbone locks release NAME --token N\n"
+                                  "       backbone locks show NAME\n"
+                                  "       backbone locks list [--limit N] [--after NAME]\n"
+                                  "       backbone fenced put KEY --token N --value JSON\n"
+                                  "       backbone fenced get KEY";
 
 /* "/locks/<escaped name><suffix>" */
 static void
@@ -185,8 +188,8 @@ run(int argc, char **argv, bool fenced)
     memset(&a, 0, sizeof a);
     const char *pos[2];
     size_t npos = 0;
-    int code = cli_parse(LOCKS_OPTS, BB_ARRAY_LEN(LOCKS_OPTS), &a, argc, argv, LOCKS_USAGE, pos,
-                         2, &npos);
+    int code =
+        cli_parse(LOCKS_OPTS, BB_ARRAY_LEN(LOCKS_OPTS), &a, argc, argv, LOCKS_USAGE, pos, 2, &npos);
     if (code < 0) {
         if (npos == 1 && strcmp(pos[0], "list") == 0 && !fenced) {
             struct bb_buf path;
@@ -203,7 +206,7 @@ run(int argc, char **argv, bool fenced)
             code = fenced ? fenced_run(pos[0], pos[1], &a) : locks_run(pos[0], pos[1], &a);
         }
     }
-    bb_opts_free(LOCKS_OPTS, BB_ARRAY_LEN(LOCKS_OPTS), &a);
+    cli_free(LOCKS_OPTS, BB_ARRAY_LEN(LOCKS_OPTS), &a);
     return code;
 }
 

@@ -12,21 +12,24 @@
 
 static const struct bb_opt SERVE_OPTS[] = {
     {"db", BB_OPT_STRING, OFF(db), 0, 0, "sqlite:backbone.db",
-     "database URL: sqlite:PATH (embedded) or postgres://user@host:port/db"},
-    {"host", BB_OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "address to listen on (numeric)"},
-    {"port", BB_OPT_INT, OFF(port), 0, 65535, "8080", "TCP port to listen on (0: any free port)"},
-    {"http-threads", BB_OPT_INT, OFF(http_threads), 1, 64, "2", "HTTP event-loop threads"},
+     "database URL: sqlite:PATH (embedded) or postgres://user@host:port/db", 0},
+    {"host", BB_OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "address to listen on (numeric)", 0},
+    {"port", BB_OPT_INT, OFF(port), 0, 65535, "8080", "TCP port to listen on (0: any free port)",
+     0},
+    {"http-threads", BB_OPT_INT, OFF(http_threads), 1, 64, "2", "HTTP event-loop threads", 0},
     {"body-limit", BB_OPT_SIZE, OFF(body_limit_bytes), 1024, 64 << 20, "1MiB",
-     "largest request body accepted (413 beyond)"},
+     "largest request body accepted (413 beyond)", 0},
     {"api-token", BB_OPT_STRING, OFF(api_token), 0, 0, NULL,
-     "when set, every endpoint but /healthz needs 'Authorization: Bearer TOKEN'"},
-    {"log-level", BB_OPT_STRING, OFF(log_level), 0, 0, "info", "debug, info, warn, error or off"},
+     "when set, every endpoint but /healthz needs 'Authorization: Bearer TOKEN'", 0},
+    {"log-level", BB_OPT_STRING, OFF(log_level), 0, 0, "info", "debug, info, warn, error or off",
+     0},
     {"db-pool", BB_OPT_INT, OFF(db_pool), 0, 256, "0",
-     "database threads/connections (0: engine default, 8 on PostgreSQL, 2 readers on SQLite)"},
+     "database threads/connections (0: engine default, 8 on PostgreSQL, 2 readers on SQLite)", 0},
     {"db-batch", BB_OPT_INT, OFF(db_batch), 0, 4096, "0",
-     "most requests grouped into one commit (0: engine default, 256 on SQLite, 1 on PostgreSQL)"},
+     "most requests grouped into one commit (0: engine default, 256 on SQLite, 1 on PostgreSQL)",
+     0},
     {"shutdown-timeout", BB_OPT_DURATION, OFF(shutdown_timeout_ms), 0, 3600000, "10s",
-     "on SIGTERM, how long in-flight requests may take to finish"},
+     "on SIGTERM, how long in-flight requests may take to finish", 0},
 };
 
 int
@@ -53,8 +56,10 @@ serve_config_load(struct serve_config *cfg, int argc, char **argv, const char *c
     }
     enum bb_log_level level;
     if (bb_log_level_parse(cfg->log_level, &level) != ERR_OK) {
-        fprintf(stderr, "backbone %s: --log-level: expected debug, info, warn, error or off, "
-                        "got '%s'\n", command, cfg->log_level);
+        fprintf(stderr,
+                "backbone %s: --log-level: expected debug, info, warn, error or off, "
+                "got '%s'\n",
+                command, cfg->log_level);
         return CLI_USAGE;
     }
     bb_log_level = level;

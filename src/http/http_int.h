@@ -40,7 +40,7 @@ void http__router_deinit(struct http__router *rt);
 enum http__match http__router_match(const struct http__router *rt, const char *method,
                                     const char *path, struct bb_arena *arena,
                                     const struct http__route **route,
-                                    struct http__param params[HTTP__MAX_PARAMS],
-                                    size_t *n_params, char *allow, size_t allow_len);
+                                    struct http__param params[HTTP__MAX_PARAMS], size_t *n_params,
+                                    char *allow, size_t allow_len);
 
 #endif /* BB_HTTP_INT_H */

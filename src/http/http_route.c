@@ -109,8 +109,7 @@ http__router_match(const struct http__router *rt, const char *method, const char
         if (strcmp(r->pub.method, want) != 0) {
             if (strstr(allow, r->pub.method) == NULL) {
                 size_t used = strlen(allow);
-                snprintf(allow + used, allow_len - used, "%s%s", used ? ", " : "",
-                         r->pub.method);
+                snprintf(allow + used, allow_len - used, "%s%s", used ? ", " : "", r->pub.method);
             }
             continue;
         }

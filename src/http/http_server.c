@@ -78,7 +78,7 @@ struct http_req {
     int64_t start_ns;
     struct header headers[MAX_EXTRA_HEADERS];
     int n_headers;
-    int status;                           /* written before `response` is published */
+    int status;                              /* written before `response` is published */
     _Atomic(struct MHD_Response *) response; /* published by http_reply_raw */
 };
 
@@ -227,9 +227,8 @@ void
 http_reply_raw(struct http_req *r, int status, const char *content_type, char *body, size_t len)
 {
     BB_ASSERT(atomic_load(&r->response) == NULL);
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body ? body : (void *)"", body ? MHD_RESPMEM_MUST_FREE
-                                                                            : MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, body ? body : (void *)"", body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (resp == NULL)
         bb_panic(__FILE__, __LINE__, "cannot create HTTP response");
     if (content_type)
@@ -418,8 +417,8 @@ req_record(struct http_req *r)
             path[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
         path[n] = '\0';
         bb_log_context_set(r->id, r->traceparent);
-        log_info("http.request", "method=%s route=%s path=%s status=%d duration_us=%lld",
-                 method, route, path, r->status, (long long)(secs * 1e6));
+        log_info("http.request", "method=%s route=%s path=%s status=%d duration_us=%lld", method,
+                 route, path, r->status, (long long)(secs * 1e6));
         bb_log_context_clear();
     }
 }
@@ -471,9 +470,8 @@ dispatch(struct http_req *r)
         return;
     }
     char allow[64];
-    enum http__match m = http__router_match(&srv->router, r->method, r->path, &r->arena,
-                                            &r->route, r->params, &r->n_params, allow,
-                                            sizeof allow);
+    enum http__match m = http__router_match(&srv->router, r->method, r->path, &r->arena, &r->route,
+                                            r->params, &r->n_params, allow, sizeof allow);
     if (!authorized(r)) {
         reply_error(r, ERR_UNAUTHORIZED, "Authorization", "missing or wrong bearer token");
         return;
@@ -492,8 +490,7 @@ dispatch(struct http_req *r)
     if (m == HTTP__NO_METHOD) {
         http_req_add_header(r, "Allow", allow);
         char detail[128];
-        snprintf(detail, sizeof detail, "%.16s is not allowed here; allowed: %s", r->method,
-                 allow);
+        snprintf(detail, sizeof detail, "%.16s is not allowed here; allowed: %s", r->method, allow);
         reply_error(r, ERR_METHOD, "", detail);
         return;
     }
@@ -531,8 +528,7 @@ check_announced_length(struct http_req *r)
 
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-           const char *version, const char *upload_data, size_t *upload_data_size,
-           void **con_cls)
+           const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     struct http_server *srv = cls;

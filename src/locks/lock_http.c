@@ -174,9 +174,9 @@ grant_json(const struct lock_grant *g, bool with_token, int64_t now_wall_ms)
         json_object_set_new(o, "token", json_integer(g->token));
     json_object_set_new(o, "epoch", json_integer(g->epoch));
     json_object_set_new(o, "expires_at", json_string(expires));
-    json_object_set_new(o, "expires_in_ms",
-                        json_integer(g->expires_at_ms > now_wall_ms ? g->expires_at_ms - now_wall_ms
-                                                                    : 0));
+    json_object_set_new(
+        o, "expires_in_ms",
+        json_integer(g->expires_at_ms > now_wall_ms ? g->expires_at_ms - now_wall_ms : 0));
     json_object_set_new(o, "acquired_at", json_string(acquired));
     return o;
 }
@@ -253,8 +253,7 @@ static enum err
 acquire_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct locks__op *op = arg;
-    return lock_acquire(c, op->name, op->owner, op->ttl_ms, bb_wall_ms(), &op->grant, &op->how,
-                        e);
+    return lock_acquire(c, op->name, op->owner, op->ttl_ms, bb_wall_ms(), &op->grant, &op->how, e);
 }
 
 static void acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e);
@@ -438,7 +437,8 @@ handle_release(struct http_req *r, void *ctx)
     http_req_run(r, op->svc->store, STORE_WRITE, release_work, release_reply, op);
 }
 
-/* ---- reads ------------------------------------------------------------------------------------ */
+/* ---- reads ------------------------------------------------------------------------------------
+ */
 
 static enum err
 get_work(struct store_conn *c, void *arg, struct bb_error *e)
@@ -552,7 +552,8 @@ handle_list(struct http_req *r, void *ctx)
     http_req_run(r, op->svc->store, STORE_READ, list_work, list_reply, op);
 }
 
-/* ---- fenced writes ---------------------------------------------------------------------------- */
+/* ---- fenced writes ----------------------------------------------------------------------------
+ */
 
 static enum err
 fenced_put_work(struct store_conn *c, void *arg, struct bb_error *e)
@@ -641,7 +642,8 @@ handle_fenced_get(struct http_req *r, void *ctx)
     http_req_run(r, op->svc->store, STORE_READ, fenced_get_work, fenced_get_reply, op);
 }
 
-/* ---- the service ------------------------------------------------------------------------------ */
+/* ---- the service ------------------------------------------------------------------------------
+ */
 
 enum err
 lock_service_create(struct store *s, struct lock_service **out, struct bb_error *e)

@@ -229,8 +229,8 @@ refusal(struct bb_error *e, enum err why, const char *name, const struct lock_ro
 }
 
 enum err
-lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms,
-           int64_t now_ms, struct lock_grant *out, struct bb_error *e)
+lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms, int64_t now_ms,
+           struct lock_grant *out, struct bb_error *e)
 {
     struct lock_row row;
     enum err rc = row_read(c, &LOCK_SELECT, name, &row, e);
@@ -347,8 +347,8 @@ fence_apply(struct store_conn *c, struct store_stmt *st, const struct store_para
         return rc;
     locks__metric_fence_refused();
     return bb_fail(e, ERR_STALE_TOKEN, "token",
-                   "token %lld is older than token %lld already accepted for %s",
-                   (long long)token, (long long)highest, key);
+                   "token %lld is older than token %lld already accepted for %s", (long long)token,
+                   (long long)highest, key);
 }
 
 enum err

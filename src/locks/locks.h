@@ -93,14 +93,13 @@ BB_WUR enum err lock_acquire(struct store_conn *c, const char *name, const char 
                              enum lock_outcome *how, struct bb_error *e);
 /* Extend the lease. ERR_STALE_TOKEN (not the current token), ERR_LOCK_EXPIRED
  * (the lease ran out: acquire again), ERR_NOT_HELD (released or never held). */
-BB_WUR enum err lock_renew(struct store_conn *c, const char *name, int64_t token,
-                           int64_t ttl_ms, int64_t now_ms, struct lock_grant *out,
-                           struct bb_error *e);
+BB_WUR enum err lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms,
+                           int64_t now_ms, struct lock_grant *out, struct bb_error *e);
 /* Release. Releasing again with the same token succeeds (idempotent), as
  * does releasing a lease that ran out but was not taken over.
  * ERR_STALE_TOKEN, ERR_NOT_HELD (never held). */
-BB_WUR enum err lock_release(struct store_conn *c, const char *name, int64_t token,
-                             int64_t now_ms, struct bb_error *e);
+BB_WUR enum err lock_release(struct store_conn *c, const char *name, int64_t token, int64_t now_ms,
+                             struct bb_error *e);
 /* The current holder; ERR_NOT_FOUND when free (detail says why). Token
  * zeroed. */
 BB_WUR enum err lock_get(struct store_conn *c, const char *name, int64_t now_ms,
@@ -136,8 +135,7 @@ const struct store_migration *lock_migrations(size_t *n);
 struct lock_service;
 
 /* Registers metrics and subscribes to release notifications. */
-BB_WUR enum err lock_service_create(struct store *s, struct lock_service **out,
-                                    struct bb_error *e);
+BB_WUR enum err lock_service_create(struct store *s, struct lock_service **out, struct bb_error *e);
 /* Copy the service's routes into `out` (at most `max`); returns how many. */
 size_t lock_service_routes(struct lock_service *svc, struct http_route *out, size_t max);
 /* Answer every parked blocking acquire with 503 and park no more

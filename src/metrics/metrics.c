@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-const double METRICS_LATENCY_BUCKETS[METRICS_LATENCY_BUCKETS_N] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                          0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5,
-                                          5,      10};
+const double METRICS_LATENCY_BUCKETS[METRICS_LATENCY_BUCKETS_N] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 
 struct metrics_series {
     struct metrics_family *family;
@@ -331,8 +331,8 @@ metrics_render(struct bb_buf *out)
 {
     pthread_mutex_lock(&registry_mu);
     for (struct metrics_family *f = registry_head; f; f = f->next) {
-        bb_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", f->def->name, f->def->help,
-                      f->def->name, type_name(f->def->type));
+        bb_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", f->def->name, f->def->help, f->def->name,
+                      type_name(f->def->type));
         pthread_mutex_lock(&f->mu);
         for (size_t i = 0; i < f->n_series; i++)
             render_series(out, f, f->series[i]);

@@ -86,7 +86,8 @@ store_engine_of(const struct store *s)
 void
 store_options_defaults(struct store_options *o, const char *url)
 {
-    bool pg = url && (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0);
+    bool pg =
+        url && (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0);
     o->url = url;
     /* PostgreSQL groups concurrent commits itself, so each thread runs one
      * unit per transaction; SQLite has one writer, which groups. */

@@ -28,12 +28,12 @@ struct store;
 struct store_conn;
 
 struct store_options {
-    const char *url;        /* "sqlite:PATH" or "postgres://..." / "postgresql://..." */
-    int pool_size;          /* executor threads (PostgreSQL connections, SQLite readers) */
-    int batch_max;          /* most units of work grouped into one write transaction */
-    int queue_max;          /* pending units before store_submit answers ERR_OVERLOADED */
+    const char *url; /* "sqlite:PATH" or "postgres://..." / "postgresql://..." */
+    int pool_size;   /* executor threads (PostgreSQL connections, SQLite readers) */
+    int batch_max;   /* most units of work grouped into one write transaction */
+    int queue_max;   /* pending units before store_submit answers ERR_OVERLOADED */
     int64_t busy_timeout_ms;
-    bool exclusive;         /* SQLite: refuse to open a file another process owns */
+    bool exclusive; /* SQLite: refuse to open a file another process owns */
 };
 
 /* Defaults suited to the engine the URL names. */
@@ -45,8 +45,7 @@ void store_options_defaults(struct store_options *o, const char *url);
  * Errors: ERR_INVALID (URL), ERR_UNAVAILABLE (cannot connect, or the SQLite
  * file is owned by another process), ERR_STORE.
  */
-BB_WUR enum err store_open(const struct store_options *o, struct store **out,
-                           struct bb_error *e);
+BB_WUR enum err store_open(const struct store_options *o, struct store **out, struct bb_error *e);
 /* Finish queued work, stop the threads, close every connection. NULL is fine. */
 void store_close(struct store *s);
 
@@ -176,8 +175,7 @@ BB_WUR enum err store_notify(struct store_conn *c, const char *channel, const ch
  * thread; keep it short.
  */
 typedef void store_listen_fn(void *arg, const char *channel, const char *payload);
-BB_WUR enum err store_listen(struct store *s, const char *channel, store_listen_fn *fn,
-                             void *arg);
+BB_WUR enum err store_listen(struct store *s, const char *channel, store_listen_fn *fn, void *arg);
 /* Remove every subscription with this fn and arg. Once it returns, fn is
  * not running and will not be called again for them. */
 void store_unlisten(struct store *s, store_listen_fn *fn, void *arg);

@@ -122,16 +122,15 @@ run_done(void *arg, enum err rc, const struct bb_error *e)
 }
 
 enum err
-store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg,
-          struct bb_error *e)
+store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg, struct bb_error *e)
 {
     struct run_wait w = {.work = work, .arg = arg};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
     enum err rc = store_submit(s, mode, run_work, run_done, &w);
     if (rc != ERR_OK) {
-        bb_fail(e, rc, "", "%s", rc == ERR_OVERLOADED ? "database queue is full"
-                                                      : "store is shutting down");
+        bb_fail(e, rc, "", "%s",
+                rc == ERR_OVERLOADED ? "database queue is full" : "store is shutting down");
     } else {
         pthread_mutex_lock(&w.mu);
         while (!w.finished)

@@ -12,13 +12,12 @@
 
 #include <string.h>
 
-static const char *const BOOTSTRAP =
-    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-    " module TEXT NOT NULL,"
-    " version INTEGER NOT NULL,"
-    " name TEXT NOT NULL,"
-    " applied_at_ms BIGINT NOT NULL,"
-    " PRIMARY KEY (module, version))";
+static const char *const BOOTSTRAP = "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                     " module TEXT NOT NULL,"
+                                     " version INTEGER NOT NULL,"
+                                     " name TEXT NOT NULL,"
+                                     " applied_at_ms BIGINT NOT NULL,"
+                                     " PRIMARY KEY (module, version))";
 
 /* Arbitrary constant naming Backbone's migration advisory lock. */
 static struct store_stmt MIGRATION_LOCK = {.sql = "SELECT pg_advisory_xact_lock(7283464619)"};
@@ -95,8 +94,8 @@ apply_step(struct store_conn *c, const char *module, const struct store_migratio
 }
 
 enum err
-store_migrate(struct store_conn *c, const char *module, const struct store_migration *m,
-              size_t n, int *applied, struct bb_error *e)
+store_migrate(struct store_conn *c, const char *module, const struct store_migration *m, size_t n,
+              int *applied, struct bb_error *e)
 {
     int count = 0;
     for (size_t i = 0; i < n; i++) {

@@ -24,7 +24,7 @@ static PGconn *
 pg_connect_url(const char *url, char *err, size_t err_len)
 {
     const char *const keys[] = {"dbname", "application_name", "connect_timeout", NULL};
-    const char *const values[] = {url, "backbone", "10", NULL};
+    const char *const values[] = {url, "backbone", "5", NULL};
     PGconn *pg = PQconnectdbParams(keys, values, 1);
     if (pg == NULL) {
         bb_strlcpy(err, "out of memory", err_len);
@@ -60,8 +60,7 @@ pg_error(struct store_conn *c, const PGresult *res, const char *what, struct bb_
         log_error_limited(10, "store.pg_connection_lost", "what=%s message=%s", what, clean);
         return bb_fail(e, ERR_UNAVAILABLE, "", "database connection lost");
     }
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
-        strcmp(state, "55P03") == 0)
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0)
         return bb_fail(e, ERR_RETRY, "", "transient database conflict (%s)", state);
     if (strcmp(state, "23505") == 0)
         return bb_fail(e, ERR_CONFLICT, "", "unique constraint: %s", clean);
@@ -113,8 +112,8 @@ pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
 static char pg_prepared_marker;
 
 static enum err
-pg_prepare(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
-           size_t n, char *name, size_t name_len, struct bb_error *e)
+pg_prepare(struct store_conn *c, struct store_stmt *st, const struct store_param *params, size_t n,
+           char *name, size_t name_len, struct bb_error *e)
 {
     int slot = store__stmt_slot(st);
     snprintf(name, name_len, "bb%d", slot);

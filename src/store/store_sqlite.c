@@ -140,8 +140,7 @@ sq_prepare(struct store_conn *c, struct store_stmt *st, struct sq_stmt **out, st
         if (k < 1 || k > count || end == NULL || *end != '\0') {
             sqlite3_finalize(stmt);
             free(p);
-            return bb_fail(e, ERR_INTERNAL, "", "statement parameters must be $1..$n: %.80s",
-                           sql);
+            return bb_fail(e, ERR_INTERNAL, "", "statement parameters must be $1..$n: %.80s", sql);
         }
         p->map[k - 1] = idx;
     }
@@ -178,8 +177,8 @@ sq_copy_row(struct sq_rows *rows, struct store_rows *out, sqlite3_stmt *stmt)
 {
     if (out->nrows == rows->cap_rows) {
         rows->cap_rows = rows->cap_rows ? rows->cap_rows * 2 : 4;
-        rows->cells =
-            xrealloc(rows->cells, (size_t)rows->cap_rows * (size_t)out->ncols * sizeof *rows->cells);
+        rows->cells = xrealloc(rows->cells,
+                               (size_t)rows->cap_rows * (size_t)out->ncols * sizeof *rows->cells);
     }
     struct sq_cell *row = &rows->cells[(size_t)out->nrows * (size_t)out->ncols];
     for (int col = 0; col < out->ncols; col++) {

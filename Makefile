@@ -1,0 +1,34 @@
+# The two commands of the README. Both install what is missing first
+# (scripts/deps.sh: apt-get, as root, idempotent).
+#   make run    build and start `backbone serve` on ./backbone.db (SQLite)
+#   make test   build normal + ASan/UBSan, start a private PostgreSQL, run all tests
+.PHONY: run test build asan bench format clean
+
+run:
+	scripts/deps.sh run
+	cmake --preset dev >/dev/null
+	cmake --build build -j$$(nproc)
+	./build/backbone serve
+
+test:
+	scripts/test.sh
+
+build:
+	cmake --preset dev >/dev/null
+	cmake --build build -j$$(nproc)
+
+asan:
+	cmake --preset asan >/dev/null
+	cmake --build build-asan -j$$(nproc)
+
+bench:
+	scripts/deps.sh bench
+	cmake --preset release >/dev/null
+	cmake --build build-release -j$$(nproc)
+	bench/locks/run.sh
+
+format:
+	scripts/format.sh
+
+clean:
+	rm -rf build build-asan build-tsan build-release

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the Debian packages Backbone needs, and only those missing.
+# Idempotent: a second run installs nothing and makes no network calls.
+#   scripts/deps.sh run     build and run the server
+#   scripts/deps.sh test    ... plus PostgreSQL 15, cmocka, pytest (the test suite)
+#   scripts/deps.sh bench   ... plus etcd, Redis and Node.js (the peers we race)
+set -euo pipefail
+
+profile=${1:-run}
+run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata
+  libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libpq-dev)
+test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
+  clang-format curl procps)
+bench_pkgs=(etcd-server etcd-client redis-server redis-tools nodejs npm curl)
+
+case "$profile" in
+run) want=("${run_pkgs[@]}") ;;
+test) want=("${run_pkgs[@]}" "${test_pkgs[@]}") ;;
+bench) want=("${run_pkgs[@]}" "${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
+*) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$p")
+done
+# Node.js is also fine when it came from elsewhere (the machine may have its own).
+if [ "$profile" = bench ] && command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=($(printf '%s\n' "${missing[@]}" | grep -vx -e nodejs -e npm || true))
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "deps: run as root (or install sudo) to install: ${missing[*]}" >&2; exit 1; }
+  sudo=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it: install what is missing,
+# build a normal and an ASan+UBSan build, start a throwaway PostgreSQL, run
+# every test on both engines in both builds, and stop PostgreSQL even when a
+# test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh test
+jobs=$(nproc)
+
+cmake --preset dev >/dev/null
+cmake --build build -j"$jobs"
+cmake --preset asan >/dev/null
+cmake --build build-asan -j"$jobs"
+
+scripts/format.sh --check
+
+pgdir=$(mktemp -d /tmp/backbone-pg.XXXXXX)
+trap 'scripts/pg-test.sh stop "$pgdir"' EXIT
+export BACKBONE_TEST_PG_URL=$(scripts/pg-test.sh start "$pgdir")
+export BACKBONE_TEST_REQUIRE_PG=1
+echo "test PostgreSQL: $BACKBONE_TEST_PG_URL"
+
+status=0
+for b in build build-asan; do
+  echo "== ctest $b"
+  ctest --test-dir "$b" --output-on-failure -j2 --timeout 600 || status=1
+done
+exit $status

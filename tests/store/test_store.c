@@ -1,0 +1,644 @@
+/*
+ * test_store.c: the store's conformance suite. Every test runs once on
+ * SQLite and once on PostgreSQL (BB_TEST_ENGINE), each on a fresh database.
+ */
+#include "testsupport.h"
+
+#include "metrics/metrics.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct store_stmt CREATE_T = {
+    .sql = "CREATE TABLE t (id BIGINT PRIMARY KEY, n BIGINT, s TEXT)",
+};
+static struct store_stmt INSERT_T = {.sql = "INSERT INTO t (id, n, s) VALUES ($1, $2, $3)"};
+static struct store_stmt SELECT_T = {.sql = "SELECT id, n, s FROM t WHERE id = $1"};
+static struct store_stmt COUNT_T = {.sql = "SELECT COUNT(*) FROM t"};
+static struct store_stmt UPDATE_T = {.sql = "UPDATE t SET n = n + 1 WHERE id <= $1"};
+
+static struct store_conn *
+conn(struct test_db *db)
+{
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    return c;
+}
+
+static void
+create_t(struct test_db *db)
+{
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    assert_ok(store_exec(c, &CREATE_T, NULL, 0, NULL, &e), &e);
+    store_conn_close(c);
+}
+
+static int64_t
+count_t(struct store_conn *c)
+{
+    struct store_rows r;
+    struct bb_error e;
+    assert_ok(store_query(c, &COUNT_T, NULL, 0, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    return n;
+}
+
+static bool
+row_exists(struct store_conn *c, int64_t id)
+{
+    struct store_rows r;
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(id)};
+    assert_ok(store_query(c, &SELECT_T, p, 1, &r, &e), &e);
+    bool found = store_next(&r);
+    store_rows_close(&r);
+    return found;
+}
+
+/* ---- statements and parameters ------------------------------------------------ */
+
+static void
+parameters_round_trip_exactly(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    static const struct {
+        int64_t id;
+        int64_t n;
+        const char *s;
+    } rows[] = {
+        {1, INT64_MAX, "plain"},
+        {2, INT64_MIN, "caf\xc3\xa9 \xe2\x9c\x93 \"quotes\" 'single' \\ back"},
+        {3, 0, "'); DROP TABLE t; --"},
+        {4, -1, NULL},
+        {5, 42, ""},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(rows); i++) {
+        const struct store_param p[] = {sp_int(rows[i].id), sp_int(rows[i].n), sp_text(rows[i].s)};
+        int64_t changes = 0;
+        assert_ok(store_exec(c, &INSERT_T, p, 3, &changes, &e), &e);
+        assert_int_equal(changes, 1);
+    }
+    for (size_t i = 0; i < BB_ARRAY_LEN(rows); i++) {
+        struct store_rows r;
+        const struct store_param p[] = {sp_int(rows[i].id)};
+        assert_ok(store_query(c, &SELECT_T, p, 1, &r, &e), &e);
+        assert_int_equal(r.ncols, 3);
+        assert_true(store_next(&r));
+        assert_int_equal(store_col_int(&r, 1), rows[i].n);
+        if (rows[i].s == NULL) {
+            assert_true(store_col_is_null(&r, 2));
+            assert_string_equal(store_col_text(&r, 2), "");
+        } else {
+            assert_false(store_col_is_null(&r, 2));
+            assert_string_equal(store_col_text(&r, 2), rows[i].s);
+            assert_int_equal(store_col_len(&r, 2), strlen(rows[i].s));
+        }
+        assert_false(store_next(&r));
+        store_rows_close(&r);
+    }
+    assert_int_equal(count_t(c), BB_ARRAY_LEN(rows)); /* the table survived row 3 */
+    store_conn_close(c);
+}
+
+static void
+text_parameters_with_length_need_no_terminator(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    const char buf[] = {'a', 'b', 'c', 'X', 'Y'};
+    const struct store_param p[] = {sp_int(1), sp_int(0), sp_textn(buf, 3)};
+    assert_ok(store_exec(c, &INSERT_T, p, 3, NULL, &e), &e);
+    struct store_rows r;
+    const struct store_param q[] = {sp_int(1)};
+    assert_ok(store_query(c, &SELECT_T, q, 1, &r, &e), &e);
+    assert_true(store_next(&r));
+    assert_string_equal(store_col_text(&r, 2), "abc");
+    store_rows_close(&r);
+    store_conn_close(c);
+}
+
+static void
+exec_reports_rows_changed(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    for (int i = 1; i <= 5; i++) {
+        const struct store_param p[] = {sp_int(i), sp_int(0), sp_text("x")};
+        assert_ok(store_exec(c, &INSERT_T, p, 3, NULL, &e), &e);
+    }
+    int64_t changes = 0;
+    const struct store_param p[] = {sp_int(3)};
+    assert_ok(store_exec(c, &UPDATE_T, p, 1, &changes, &e), &e);
+    assert_int_equal(changes, 3);
+    store_conn_close(c);
+}
+
+static void
+unique_violation_is_a_conflict(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(1), sp_int(0), sp_text("x")};
+    assert_ok(store_exec(c, &INSERT_T, p, 3, NULL, &e), &e);
+    assert_int_equal(store_exec(c, &INSERT_T, p, 3, NULL, &e), ERR_CONFLICT);
+    /* The connection is still usable afterwards. */
+    assert_int_equal(count_t(c), 1);
+    store_conn_close(c);
+}
+
+static void
+rollback_discards_and_commit_keeps(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    const struct store_param p1[] = {sp_int(1), sp_int(0), sp_text("x")};
+    assert_ok(store_exec(c, &INSERT_T, p1, 3, NULL, &e), &e);
+    store_rollback(c);
+    assert_int_equal(count_t(c), 0);
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    assert_ok(store_exec(c, &INSERT_T, p1, 3, NULL, &e), &e);
+    assert_ok(store_commit(c, &e), &e);
+    struct store_conn *other = conn(db);
+    assert_int_equal(count_t(other), 1);
+    store_conn_close(other);
+    store_conn_close(c);
+}
+
+static void
+bad_sql_is_a_store_error_not_a_crash(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    struct store_stmt bad = {.sql = "SELEC nonsense"};
+    assert_int_equal(store_exec(c, &bad, NULL, 0, NULL, &e), ERR_STORE);
+    assert_ok(store_ping(c, &e), &e);
+    store_conn_close(c);
+}
+
+/* ---- the executor --------------------------------------------------------------- */
+
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started;
+    bool open;
+};
+
+static void
+gate_init(struct gate *g)
+{
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->started = g->open = false;
+}
+
+static void
+gate_set(struct gate *g, bool *flag)
+{
+    pthread_mutex_lock(&g->mu);
+    *flag = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Wait for *flag with a generous deadline (a hang fails instead of blocking CI). */
+static void
+gate_wait(struct gate *g, bool *flag)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 60;
+    pthread_mutex_lock(&g->mu);
+    while (!*flag) {
+        if (pthread_cond_timedwait(&g->cv, &g->mu, &ts) != 0)
+            fail_msg("timed out waiting");
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void
+nop_done(void *arg, enum err rc, const struct bb_error *e)
+{
+    (void)arg;
+    (void)rc;
+    (void)e;
+}
+
+/* A unit that holds the executor until the gate opens. */
+static enum err
+blocker_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)c;
+    (void)e;
+    struct gate *g = arg;
+    gate_set(g, &g->started);
+    gate_wait(g, &g->open);
+    return ERR_OK;
+}
+
+struct unit {
+    int64_t id;
+    enum err result; /* what the work returns after inserting */
+    int retries_left;
+    int runs;
+    /* filled by done */
+    bool done;
+    int done_calls;
+    enum err rc;
+    bool visible_in_done;
+    struct test_db *db;
+    struct gate *gate;
+};
+
+static enum err
+unit_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct unit *u = arg;
+    u->runs++;
+    const struct store_param p[] = {sp_int(u->id), sp_int(0), sp_text("unit")};
+    enum err rc = store_exec(c, &INSERT_T, p, 3, NULL, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (u->retries_left > 0) {
+        u->retries_left--;
+        return bb_fail(e, ERR_RETRY, "", "try again");
+    }
+    if (u->result != ERR_OK)
+        return bb_fail(e, u->result, "id", "unit %lld refuses", (long long)u->id);
+    return ERR_OK;
+}
+
+static void
+unit_done(void *arg, enum err rc, const struct bb_error *e)
+{
+    struct unit *u = arg;
+    if (rc != ERR_OK)
+        assert_non_null(e);
+    u->rc = rc;
+    u->done_calls++;
+    if (rc == ERR_OK) {
+        /* Reported only after the commit: another connection already sees it. */
+        struct store_conn *c = conn(u->db);
+        u->visible_in_done = row_exists(c, u->id);
+        store_conn_close(c);
+    }
+    gate_set(u->gate, &u->done);
+}
+
+static double
+batch_sum(enum store_engine engine)
+{
+    struct bb_buf out;
+    bb_buf_init(&out);
+    metrics_render(&out);
+    char needle[96];
+    snprintf(needle, sizeof needle, "backbone_store_batch_units_sum{engine=\"%s\"} ",
+             store_engine_name(engine));
+    const char *p = strstr(out.data, needle);
+    double v = p ? strtod(p + strlen(needle), NULL) : 0;
+    bb_buf_deinit(&out);
+    return v;
+}
+
+static struct test_db *
+single_thread_db(int batch_max, int queue_max)
+{
+    struct store_options o;
+    store_options_defaults(&o, test_engine() == STORE_POSTGRES ? "postgres://" : "sqlite:x");
+    o.pool_size = 1;
+    o.batch_max = batch_max;
+    o.queue_max = queue_max;
+    return test_db_create_with(&o);
+}
+
+static void
+failing_unit_in_a_batch_undoes_only_its_own_changes(void **state)
+{
+    (void)state;
+    struct test_db *db = single_thread_db(16, 1000);
+    create_t(db);
+    struct gate g;
+    gate_init(&g);
+    assert_int_equal(store_submit(db->store, STORE_WRITE, blocker_work, nop_done, &g), ERR_OK);
+    gate_wait(&g, &g.started);
+    double before = batch_sum(test_engine());
+    struct unit units[3] = {
+        {.id = 1, .result = ERR_OK},
+        {.id = 2, .result = ERR_CONFLICT},
+        {.id = 3, .result = ERR_OK},
+    };
+    struct gate done_gates[3];
+    for (int i = 0; i < 3; i++) {
+        gate_init(&done_gates[i]);
+        units[i].db = db;
+        units[i].gate = &done_gates[i];
+        assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &units[i]),
+                         ERR_OK);
+    }
+    gate_set(&g, &g.open);
+    for (int i = 0; i < 3; i++)
+        gate_wait(&done_gates[i], &units[i].done);
+    assert_int_equal(units[0].rc, ERR_OK);
+    assert_int_equal(units[1].rc, ERR_CONFLICT);
+    assert_int_equal(units[2].rc, ERR_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(units[i].done_calls, 1);
+    assert_true(units[0].visible_in_done && units[2].visible_in_done);
+    /* The three went through one transaction (blocker + 3 units observed). */
+    assert_true(batch_sum(test_engine()) - before >= 3);
+    struct store_conn *c = conn(db);
+    assert_true(row_exists(c, 1));
+    assert_false(row_exists(c, 2));
+    assert_true(row_exists(c, 3));
+    store_conn_close(c);
+    test_db_destroy(db);
+}
+
+static void
+transient_conflicts_are_retried_then_succeed(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct gate g;
+    gate_init(&g);
+    struct unit u = {.id = 7, .retries_left = 2, .db = db, .gate = &g};
+    assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &u), ERR_OK);
+    gate_wait(&g, &u.done);
+    assert_int_equal(u.rc, ERR_OK);
+    assert_int_equal(u.runs, 3);
+    assert_int_equal(u.done_calls, 1);
+    struct store_conn *c = conn(db);
+    assert_int_equal(count_t(c), 1); /* the two failed runs left nothing */
+    store_conn_close(c);
+}
+
+static enum err
+failing_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)c;
+    (void)arg;
+    return bb_fail(e, ERR_NOT_FOUND, "thing", "no thing %d", 42);
+}
+
+static void
+store_run_returns_the_units_error(void **state)
+{
+    struct test_db *db = *state;
+    struct bb_error e;
+    bb_error_clear(&e);
+    assert_int_equal(store_run(db->store, STORE_READ, failing_work, NULL, &e), ERR_NOT_FOUND);
+    assert_string_equal(e.field, "thing");
+    assert_string_equal(e.detail, "no thing 42");
+}
+
+static void
+full_queue_refuses_new_units(void **state)
+{
+    (void)state;
+    struct test_db *db = single_thread_db(1, 2);
+    create_t(db);
+    struct gate g;
+    gate_init(&g);
+    assert_int_equal(store_submit(db->store, STORE_WRITE, blocker_work, nop_done, &g), ERR_OK);
+    gate_wait(&g, &g.started);
+    struct gate dg[2];
+    struct unit u[2] = {{.id = 1}, {.id = 2}};
+    for (int i = 0; i < 2; i++) {
+        gate_init(&dg[i]);
+        u[i].db = db;
+        u[i].gate = &dg[i];
+        assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &u[i]),
+                         ERR_OK);
+    }
+    struct unit extra = {.id = 3, .db = db, .gate = &dg[0]};
+    assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &extra),
+                     ERR_OVERLOADED);
+    gate_set(&g, &g.open);
+    for (int i = 0; i < 2; i++)
+        gate_wait(&dg[i], &u[i].done);
+    assert_int_equal(extra.runs, 0);
+    test_db_destroy(db);
+}
+
+/* ---- notifications ------------------------------------------------------------------- */
+
+struct inbox {
+    struct gate g;
+    char got[8][64];
+    int n;
+    bool arrived;
+};
+
+static void
+on_note(void *arg, const char *channel, const char *payload)
+{
+    (void)channel;
+    struct inbox *in = arg;
+    if (payload == NULL)
+        return; /* a resync hint, not a message */
+    pthread_mutex_lock(&in->g.mu);
+    if (in->n < 8)
+        bb_strlcpy(in->got[in->n++], payload, sizeof in->got[0]);
+    in->arrived = true;
+    pthread_cond_broadcast(&in->g.cv);
+    pthread_mutex_unlock(&in->g.mu);
+}
+
+struct note_unit {
+    const char *channel;
+    const char *payload;
+    bool fail;
+};
+
+static enum err
+notify_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct note_unit *u = arg;
+    enum err rc = store_notify(c, u->channel, u->payload, e);
+    if (rc == ERR_OK && u->fail)
+        rc = bb_fail(e, ERR_CONFLICT, "", "changed my mind");
+    return rc;
+}
+
+static void
+notifications_arrive_after_commit_and_never_after_rollback(void **state)
+{
+    (void)state;
+    struct test_db *db = single_thread_db(1, 100);
+    char channel[64];
+    snprintf(channel, sizeof channel, "t_note_%d", (int)getpid());
+    struct inbox in;
+    memset(&in, 0, sizeof in);
+    gate_init(&in.g);
+    assert_int_equal(store_listen(db->store, channel, on_note, &in), ERR_OK);
+    struct bb_error e;
+    struct note_unit bad = {channel, "rolled-back", true};
+    struct note_unit good = {channel, "committed", false};
+    /* The LISTEN connection may still be starting: send until one arrives. */
+    for (int i = 0; i < 600; i++) {
+        assert_int_equal(store_run(db->store, STORE_WRITE, notify_work, &bad, &e), ERR_CONFLICT);
+        assert_ok(store_run(db->store, STORE_WRITE, notify_work, &good, &e), &e);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_mutex_lock(&in.g.mu);
+        while (!in.arrived && pthread_cond_timedwait(&in.g.cv, &in.g.mu, &ts) == 0) {
+        }
+        bool arrived = in.arrived;
+        pthread_mutex_unlock(&in.g.mu);
+        if (arrived)
+            break;
+    }
+    store_unlisten(db->store, on_note, &in);
+    assert_true(in.n >= 1);
+    for (int i = 0; i < in.n; i++)
+        assert_string_equal(in.got[i], "committed");
+    test_db_destroy(db);
+}
+
+/* ---- migrations ------------------------------------------------------------------------ */
+
+static const struct store_migration M[] = {
+    {1, "one", "CREATE TABLE m1 (x INTEGER)", "CREATE TABLE m1 (x INTEGER)"},
+    {2, "two", "CREATE TABLE m2 (x INTEGER)", "CREATE TABLE m2 (x INTEGER)"},
+    {3, "broken", "CREATE TABLE m3 (x INTEGER); SELEC oops", "CREATE TABLE m3 (x INTEGER); SELEC oops"},
+};
+
+static void
+migrations_apply_once(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    int applied = -1;
+    assert_ok(store_migrate(c, "demo", M, 2, &applied, &e), &e);
+    assert_int_equal(applied, 2);
+    assert_ok(store_migrate(c, "demo", M, 2, &applied, &e), &e);
+    assert_int_equal(applied, 0);
+    struct store_stmt q = {.sql = "SELECT COUNT(*) FROM m1"};
+    assert_ok(store_exec(c, &q, NULL, 0, NULL, &e), &e);
+    store_conn_close(c);
+}
+
+static void
+failed_migration_leaves_no_trace(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    int applied;
+    assert_int_not_equal(store_migrate(c, "demo", M, 3, &applied, &e), ERR_OK);
+    /* Steps 1 and 2 stay; step 3's table does not exist; running the two good
+     * steps again finds nothing to do. */
+    struct store_stmt q = {.sql = "SELECT COUNT(*) FROM m3"};
+    assert_int_equal(store_exec(c, &q, NULL, 0, NULL, &e), ERR_STORE);
+    assert_ok(store_migrate(c, "demo", M, 2, &applied, &e), &e);
+    assert_int_equal(applied, 0);
+    store_conn_close(c);
+}
+
+static void
+a_newer_schema_is_refused(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    assert_ok(store_migrate(c, "demo", M, 2, NULL, &e), &e);
+    assert_int_equal(store_migrate(c, "demo", M, 1, NULL, &e), ERR_STORE);
+    assert_non_null(strstr(e.detail, "newer than this binary"));
+    store_conn_close(c);
+}
+
+/* ---- opening ------------------------------------------------------------------------------ */
+
+static void
+bad_urls_are_refused_clearly(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *url;
+        enum err code;
+    } cases[] = {
+        {"", ERR_INVALID},
+        {"mysql://x", ERR_INVALID},
+        {"sqlite:", ERR_INVALID},
+        {"sqlite:/nonexistent-dir/x/y.db", ERR_UNAVAILABLE},
+        {"postgres://postgres@127.0.0.1:1/none?connect_timeout=2", ERR_UNAVAILABLE},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        struct store_options o;
+        store_options_defaults(&o, cases[i].url);
+        struct store *s = NULL;
+        struct bb_error e;
+        bb_error_clear(&e);
+        assert_int_equal(store_open(&o, &s, &e), cases[i].code);
+        assert_null(s);
+        assert_true(e.detail[0] != '\0');
+    }
+}
+
+static void
+sqlite_file_has_one_owning_process(void **state)
+{
+    struct test_db *db = *state;
+    if (db->engine != STORE_SQLITE)
+        return; /* PostgreSQL is shared by design */
+    struct store_options o;
+    store_options_defaults(&o, db->url);
+    o.exclusive = true;
+    struct store *first, *second = NULL;
+    struct bb_error e;
+    assert_ok(store_open(&o, &first, &e), &e);
+    assert_int_equal(store_open(&o, &second, &e), ERR_UNAVAILABLE);
+    assert_non_null(strstr(e.detail, "in use by another backbone process"));
+    store_close(first);
+    assert_ok(store_open(&o, &second, &e), &e); /* released with the first */
+    store_close(second);
+}
+
+#define DB_TEST(name) cmocka_unit_test_setup_teardown(name, test_db_setup, test_db_teardown)
+
+static const struct CMUnitTest tests[] = {
+    DB_TEST(parameters_round_trip_exactly),
+    DB_TEST(text_parameters_with_length_need_no_terminator),
+    DB_TEST(exec_reports_rows_changed),
+    DB_TEST(unique_violation_is_a_conflict),
+    DB_TEST(rollback_discards_and_commit_keeps),
+    DB_TEST(bad_sql_is_a_store_error_not_a_crash),
+    cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
+    DB_TEST(transient_conflicts_are_retried_then_succeed),
+    DB_TEST(store_run_returns_the_units_error),
+    cmocka_unit_test(full_queue_refuses_new_units),
+    cmocka_unit_test(notifications_arrive_after_commit_and_never_after_rollback),
+    DB_TEST(migrations_apply_once),
+    DB_TEST(failed_migration_leaves_no_trace),
+    DB_TEST(a_newer_schema_is_refused),
+    cmocka_unit_test(bad_urls_are_refused_clearly),
+    DB_TEST(sqlite_file_has_one_owning_process),
+};
+
+TEST_MAIN(tests, true)

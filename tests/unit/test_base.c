@@ -1,0 +1,436 @@
+/*
+ * test_base.c: errors, durations, ids, jitter, options, JSON readers, logs.
+ */
+#include "testsupport.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void
+error_table_codes_are_unique_and_mapped(void **state)
+{
+    (void)state;
+    static const enum err codes[] = {
+#define CODE(name, num, status, slug, title) ERR_##name,
+        BB_ERR_TABLE(CODE)
+#undef CODE
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(codes); i++) {
+        assert_int_equal(codes[i], i); /* append-only and dense */
+        assert_string_not_equal(bb_err_name(codes[i]), "UNKNOWN");
+        int status = bb_err_http_status(codes[i]);
+        assert_true(status >= 200 && status < 600);
+        for (size_t k = 0; k < i; k++)
+            assert_string_not_equal(bb_err_slug(codes[i]), bb_err_slug(codes[k]));
+    }
+    assert_string_equal(bb_err_name((enum err)9999), "UNKNOWN");
+    assert_int_equal(bb_err_http_status((enum err)9999), 500);
+}
+
+static void
+fail_fills_the_error_and_returns_the_code(void **state)
+{
+    (void)state;
+    struct bb_error e;
+    bb_error_clear(&e);
+    assert_int_equal(bb_fail(&e, ERR_INVALID, "ttl_ms", "must be %d or more", 10), ERR_INVALID);
+    assert_int_equal(e.code, ERR_INVALID);
+    assert_string_equal(e.field, "ttl_ms");
+    assert_string_equal(e.detail, "must be 10 or more");
+    assert_int_equal(bb_fail(NULL, ERR_IO, NULL, "x"), ERR_IO);
+}
+
+static void
+duration_parse_accepts_units(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        int64_t ms;
+    } cases[] = {
+        {"0", 0},        {"250", 250},          {"250ms", 250},
+        {"30s", 30000},  {"5m", 300000},        {"2h", 7200000},
+        {"1s", 1000},    {"9223372036854775807", INT64_MAX},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        int64_t v = -1;
+        assert_int_equal(bb_duration_parse(cases[i].text, &v), ERR_OK);
+        assert_int_equal(v, cases[i].ms);
+    }
+}
+
+static void
+duration_parse_rejects_garbage(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"",     "-1",  "1x", "1.5s", "s", " 1s", "1s ",
+                                      "1 s", "1sec", "99999999999999999999", "9223372036854775807s"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++) {
+        int64_t v;
+        assert_int_equal(bb_duration_parse(bad[i], &v), ERR_INVALID);
+    }
+    int64_t v;
+    assert_int_equal(bb_duration_parse(NULL, &v), ERR_INVALID);
+}
+
+static void
+size_parse_accepts_binary_units(void **state)
+{
+    (void)state;
+    int64_t v;
+    assert_int_equal(bb_size_parse("1MiB", &v), ERR_OK);
+    assert_int_equal(v, 1 << 20);
+    assert_int_equal(bb_size_parse("512KiB", &v), ERR_OK);
+    assert_int_equal(v, 512 * 1024);
+    assert_int_equal(bb_size_parse("100", &v), ERR_OK);
+    assert_int_equal(v, 100);
+    assert_int_equal(bb_size_parse("1MB", &v), ERR_INVALID);
+}
+
+static void
+uuid7_is_well_formed_and_increasing(void **state)
+{
+    (void)state;
+    char prev[37] = "";
+    for (int i = 0; i < 20000; i++) {
+        char id[37];
+        bb_uuid7(id);
+        assert_true(bb_uuid_is_valid(id));
+        assert_int_equal(id[14], '7');                  /* version */
+        assert_non_null(strchr("89ab", id[19]));        /* variant 10xx */
+        assert_true(strcmp(prev, id) < 0);              /* monotonic in this process */
+        memcpy(prev, id, sizeof prev);
+    }
+}
+
+static void
+uuid7_starts_with_its_timestamp(void **state)
+{
+    (void)state;
+    /* Later than anything issued so far, so the monotonic guard leaves it be. */
+    int64_t ts = bb_wall_ms() + 1000000000;
+    char id[37];
+    bb_uuid7_at(ts, id);
+    char hex[13];
+    snprintf(hex, sizeof hex, "%012llx", (unsigned long long)ts);
+    assert_memory_equal(id, hex, 8);
+    assert_memory_equal(id + 9, hex + 8, 4);
+    assert_false(bb_uuid_is_valid("not-a-uuid"));
+    assert_false(bb_uuid_is_valid("0123456789ab-cdef-0123-4567-89abcdef0123"));
+}
+
+static void
+jitter_stays_within_its_fraction(void **state)
+{
+    (void)state;
+    bool below = false, above = false;
+    for (int i = 0; i < 10000; i++) {
+        int64_t v = bb_jitter_ms(1000, 0.25);
+        assert_true(v >= 750 && v <= 1250);
+        below |= v < 1000;
+        above |= v > 1000;
+    }
+    assert_true(below && above); /* it does move both ways */
+    assert_int_equal(bb_jitter_ms(1000, 0), 1000);
+    assert_int_equal(bb_jitter_ms(-5, 0.5), 0);
+}
+
+static void
+rand_below_stays_in_range(void **state)
+{
+    (void)state;
+    int seen[7] = {0};
+    for (int i = 0; i < 7000; i++)
+        seen[bb_rand_below(7)]++;
+    for (int i = 0; i < 7; i++)
+        assert_true(seen[i] > 0);
+}
+
+struct opts_dst {
+    char *name;
+    int64_t count;
+    int64_t wait_ms;
+    int64_t size;
+    bool flag;
+};
+
+static const struct bb_opt OPTS[] = {
+    {"name", BB_OPT_STRING, offsetof(struct opts_dst, name), 0, 0, "anon", "a name", 0},
+    {"count", BB_OPT_INT, offsetof(struct opts_dst, count), 1, 10, "3", "a count", 0},
+    {"wait", BB_OPT_DURATION, offsetof(struct opts_dst, wait_ms), 0, 60000, "1s", "a wait", 0},
+    {"size", BB_OPT_SIZE, offsetof(struct opts_dst, size), 0, 1 << 30, "1KiB", "a size", 0},
+    {"flag", BB_OPT_BOOL, offsetof(struct opts_dst, flag), 0, 0, "false", "a flag", BB_OPT_NO_ENV},
+};
+
+static enum err
+parse(struct opts_dst *d, int argc, char **argv, struct bb_error *e)
+{
+    memset(d, 0, sizeof *d);
+    return bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), d, argc, argv, true, NULL, 0, NULL, e);
+}
+
+static void
+options_apply_defaults_then_env_then_flags(void **state)
+{
+    (void)state;
+    struct opts_dst d;
+    struct bb_error e;
+    assert_ok(parse(&d, 0, NULL, &e), &e);
+    assert_string_equal(d.name, "anon");
+    assert_int_equal(d.count, 3);
+    assert_int_equal(d.wait_ms, 1000);
+    assert_int_equal(d.size, 1024);
+    assert_false(d.flag);
+    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
+
+    setenv("BACKBONE_COUNT", "5", 1);
+    setenv("BACKBONE_FLAG", "true", 1); /* NO_ENV: ignored */
+    char *argv[] = {(char *)"--wait=30s", (char *)"--name", (char *)"n1", (char *)"--flag"};
+    assert_ok(parse(&d, 4, argv, &e), &e);
+    assert_int_equal(d.count, 5);
+    assert_int_equal(d.wait_ms, 30000);
+    assert_string_equal(d.name, "n1");
+    assert_true(d.flag);
+    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
+
+    char *argv2[] = {(char *)"--count", (char *)"7"};
+    assert_ok(parse(&d, 2, argv2, &e), &e);
+    assert_int_equal(d.count, 7); /* flags win over the environment */
+    assert_false(d.flag);
+    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
+    unsetenv("BACKBONE_COUNT");
+    unsetenv("BACKBONE_FLAG");
+}
+
+static void
+options_reject_bad_values_naming_the_option(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *arg;
+        const char *needle;
+    } cases[] = {
+        {"--count=11", "--count: 11 is out of range"},
+        {"--count=x", "--count: expected integer"},
+        {"--wait=5x", "--wait: expected duration"},
+        {"--flag=maybe", "--flag: expected true or false"},
+        {"--nope=1", "unknown option '--nope'"},
+        {"--count", "--count: missing value"},
+        {"extra", "unexpected argument 'extra'"},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        struct opts_dst d;
+        struct bb_error e;
+        bb_error_clear(&e);
+        char *argv[] = {(char *)cases[i].arg};
+        assert_int_equal(parse(&d, 1, argv, &e), ERR_USAGE);
+        if (strstr(e.detail, cases[i].needle) == NULL)
+            fail_msg("'%s' gave '%s'", cases[i].arg, e.detail);
+        bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
+    }
+    setenv("BACKBONE_COUNT", "0", 1);
+    struct opts_dst d;
+    struct bb_error e;
+    assert_int_equal(parse(&d, 0, NULL, &e), ERR_USAGE);
+    assert_non_null(strstr(e.detail, "BACKBONE_COUNT"));
+    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
+    unsetenv("BACKBONE_COUNT");
+}
+
+static void
+options_collect_positionals_and_stop_at_double_dash(void **state)
+{
+    (void)state;
+    struct opts_dst d;
+    memset(&d, 0, sizeof d);
+    struct bb_error e;
+    const char *pos[3];
+    size_t n = 0;
+    char *argv[] = {(char *)"acquire", (char *)"--count", (char *)"2", (char *)"lock-a", (char *)"--", (char *)"--count"};
+    assert_ok(bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), &d, 6, argv, false, pos, 3, &n, &e), &e);
+    assert_int_equal(n, 3);
+    assert_string_equal(pos[0], "acquire");
+    assert_string_equal(pos[1], "lock-a");
+    assert_string_equal(pos[2], "--count");
+    assert_int_equal(d.count, 2);
+    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
+}
+
+static void
+json_int_accepts_only_integers_in_range(void **state)
+{
+    (void)state;
+    json_t *o = json_pack("{s:i, s:s, s:f, s:b, s:I}", "ok", 5, "str", "5", "real", 5.0, "bool",
+                          1, "big", (json_int_t)INT64_MAX);
+    struct bb_error e;
+    int64_t v = 0;
+    assert_ok(bb_json_int(o, "ok", true, 0, 10, &v, &e), &e);
+    assert_int_equal(v, 5);
+    assert_int_equal(bb_json_int(o, "ok", true, 6, 10, &v, &e), ERR_INVALID);
+    assert_string_equal(e.field, "ok");
+    assert_non_null(strstr(e.detail, "between 6 and 10"));
+    const char *wrong[] = {"str", "real", "bool"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(wrong); i++) {
+        assert_int_equal(bb_json_int(o, wrong[i], true, 0, 10, &v, &e), ERR_INVALID);
+        assert_string_equal(e.field, wrong[i]);
+        assert_non_null(strstr(e.detail, "must be an integer"));
+    }
+    assert_ok(bb_json_int(o, "big", true, 0, INT64_MAX, &v, &e), &e);
+    assert_int_equal(v, INT64_MAX); /* exact: never through a double */
+    v = 42;
+    assert_ok(bb_json_int(o, "missing", false, 0, 1, &v, &e), &e);
+    assert_int_equal(v, 42);
+    assert_int_equal(bb_json_int(o, "missing", true, 0, 1, &v, &e), ERR_INVALID);
+    assert_non_null(strstr(e.detail, "is required"));
+    json_decref(o);
+}
+
+static void
+json_string_rejects_empty_long_and_nul(void **state)
+{
+    (void)state;
+    json_t *o = json_object();
+    json_object_set_new(o, "empty", json_string(""));
+    json_object_set_new(o, "long", json_string("abcdef"));
+    json_object_set_new(o, "nul", json_stringn("a\0b", 3));
+    json_object_set_new(o, "num", json_integer(1));
+    struct bb_error e;
+    const char *s;
+    assert_int_equal(bb_json_string(o, "empty", true, 5, &s, &e), ERR_INVALID);
+    assert_int_equal(bb_json_string(o, "long", true, 5, &s, &e), ERR_INVALID);
+    assert_non_null(strstr(e.detail, "longer than 5"));
+    assert_int_equal(bb_json_string(o, "nul", true, 5, &s, &e), ERR_INVALID);
+    assert_int_equal(bb_json_string(o, "num", true, 5, &s, &e), ERR_INVALID);
+    assert_ok(bb_json_string(o, "long", true, 6, &s, &e), &e);
+    assert_string_equal(s, "abcdef");
+    json_decref(o);
+}
+
+static void
+json_only_names_the_unknown_field(void **state)
+{
+    (void)state;
+    json_t *o = json_pack("{s:i, s:i}", "owner", 1, "tll_ms", 2);
+    static const char *const allowed[] = {"owner", "ttl_ms", NULL};
+    struct bb_error e;
+    assert_int_equal(bb_json_only(o, allowed, &e), ERR_INVALID);
+    assert_string_equal(e.field, "tll_ms");
+    json_decref(o);
+}
+
+static void
+buf_json_string_escapes_controls_and_quotes(void **state)
+{
+    (void)state;
+    struct bb_buf b;
+    bb_buf_init(&b);
+    bb_buf_json_string(&b, "a\"b\\c\nd\x01");
+    assert_string_equal(b.data, "\"a\\\"b\\\\c\\nd\\u0001\"");
+    json_t *back = json_loads(b.data, JSON_DECODE_ANY, NULL);
+    assert_non_null(back);
+    assert_string_equal(json_string_value(back), "a\"b\\c\nd\x01");
+    json_decref(back);
+    bb_buf_deinit(&b);
+}
+
+static void
+log_lines_are_json_with_typed_fields_and_context(void **state)
+{
+    (void)state;
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    bb_log_set_stream(f);
+    bb_log_level = BB_LOG_INFO;
+    bb_log_context_set("req-1", NULL);
+    log_info("test.event", "name=%s count=%d big=%lld size=%zu ratio=%f", "a \"q\"", -3,
+             (long long)INT64_MAX, (size_t)7, 0.5);
+    bb_log_context_clear();
+    log_debug("test.hidden", "x=%d", 1); /* below the level: not written */
+    bb_log_set_stream(NULL);
+    rewind(f);
+    char line[1024];
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_null(fgets(line + strlen(line), (int)(sizeof line - strlen(line)), f));
+    fclose(f);
+    json_error_t jerr;
+    json_t *doc = json_loads(line, 0, &jerr);
+    if (doc == NULL)
+        fail_msg("not JSON: %s (%s)", line, jerr.text);
+    assert_string_equal(json_string_value(json_object_get(doc, "event")), "test.event");
+    assert_string_equal(json_string_value(json_object_get(doc, "level")), "info");
+    assert_string_equal(json_string_value(json_object_get(doc, "name")), "a \"q\"");
+    assert_int_equal(json_integer_value(json_object_get(doc, "count")), -3);
+    assert_int_equal(json_integer_value(json_object_get(doc, "big")), INT64_MAX);
+    assert_int_equal(json_integer_value(json_object_get(doc, "size")), 7);
+    assert_true(json_number_value(json_object_get(doc, "ratio")) == 0.5);
+    assert_string_equal(json_string_value(json_object_get(doc, "request_id")), "req-1");
+    json_decref(doc);
+}
+
+static void
+log_limit_suppresses_and_counts_bursts(void **state)
+{
+    (void)state;
+    struct bb_log_limit lim;
+    memset(&lim, 0, sizeof lim);
+    int allowed = 0, sup = -1;
+    for (int i = 0; i < 50; i++)
+        allowed += bb_log_limit_allow(&lim, 5, 10000, &sup);
+    assert_int_equal(allowed, 5);
+    /* A second later the next line gets through and reports the 45. */
+    assert_true(bb_log_limit_allow(&lim, 5, 11000, &sup));
+    assert_int_equal(sup, 45);
+}
+
+static void
+arena_allocations_are_aligned_and_survive_growth(void **state)
+{
+    (void)state;
+    struct bb_arena a;
+    bb_arena_init(&a);
+    char *first = bb_arena_strdup(&a, "first");
+    for (int i = 0; i < 1000; i++) {
+        void *p = bb_arena_alloc(&a, (size_t)(i % 97) + 1);
+        assert_int_equal((uintptr_t)p % _Alignof(max_align_t), 0);
+        memset(p, 0xab, (size_t)(i % 97) + 1);
+    }
+    char *big = bb_arena_alloc(&a, 100000);
+    memset(big, 1, 100000);
+    assert_string_equal(first, "first");
+    assert_string_equal(bb_arena_printf(&a, "%d-%s", 7, "x"), "7-x");
+    bb_arena_deinit(&a);
+}
+
+static void
+strlcpy_truncates_and_reports_the_source_length(void **state)
+{
+    (void)state;
+    char small[4];
+    assert_int_equal(bb_strlcpy(small, "abcdef", sizeof small), 6);
+    assert_string_equal(small, "abc");
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(error_table_codes_are_unique_and_mapped),
+    cmocka_unit_test(fail_fills_the_error_and_returns_the_code),
+    cmocka_unit_test(duration_parse_accepts_units),
+    cmocka_unit_test(duration_parse_rejects_garbage),
+    cmocka_unit_test(size_parse_accepts_binary_units),
+    cmocka_unit_test(uuid7_is_well_formed_and_increasing),
+    cmocka_unit_test(uuid7_starts_with_its_timestamp),
+    cmocka_unit_test(jitter_stays_within_its_fraction),
+    cmocka_unit_test(rand_below_stays_in_range),
+    cmocka_unit_test(options_apply_defaults_then_env_then_flags),
+    cmocka_unit_test(options_reject_bad_values_naming_the_option),
+    cmocka_unit_test(options_collect_positionals_and_stop_at_double_dash),
+    cmocka_unit_test(json_int_accepts_only_integers_in_range),
+    cmocka_unit_test(json_string_rejects_empty_long_and_nul),
+    cmocka_unit_test(json_only_names_the_unknown_field),
+    cmocka_unit_test(buf_json_string_escapes_controls_and_quotes),
+    cmocka_unit_test(log_lines_are_json_with_typed_fields_and_context),
+    cmocka_unit_test(log_limit_suppresses_and_counts_bursts),
+    cmocka_unit_test(arena_allocations_are_aligned_and_survive_growth),
+    cmocka_unit_test(strlcpy_truncates_and_reports_the_source_length),
+};
+
+TEST_MAIN(tests, false)

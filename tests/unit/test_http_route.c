@@ -1,0 +1,153 @@
+/*
+ * test_http_route.c: the router (path patterns, parameters, 404 vs 405) and
+ * the problem+json document.
+ */
+#include "testsupport.h"
+
+#include "http/http_int.h"
+
+#include <string.h>
+
+static void
+noop(struct http_req *r, void *ctx)
+{
+    (void)r;
+    (void)ctx;
+}
+
+static const struct http_route ROUTES[] = {
+    {"POST", "/locks/{name}/acquire", noop, NULL, false},
+    {"GET", "/locks/{name}", noop, NULL, false},
+    {"GET", "/locks", noop, NULL, false},
+    {"PUT", "/fenced/{key}", noop, NULL, false},
+    {"GET", "/fenced/{key}", noop, NULL, false},
+};
+
+struct fixture {
+    struct http__router rt;
+    struct bb_arena arena;
+};
+
+static int
+setup(void **state)
+{
+    struct fixture *f = xcalloc(1, sizeof *f);
+    struct bb_error e;
+    assert_ok(http__router_init(&f->rt, ROUTES, BB_ARRAY_LEN(ROUTES), &e), &e);
+    bb_arena_init(&f->arena);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    http__router_deinit(&f->rt);
+    bb_arena_deinit(&f->arena);
+    free(f);
+    return 0;
+}
+
+static enum http__match
+match(struct fixture *f, const char *method, const char *path, const struct http__route **route,
+      struct http__param *params, size_t *n, char *allow)
+{
+    return http__router_match(&f->rt, method, path, &f->arena, route, params, n, allow, 64);
+}
+
+static void
+path_parameters_are_extracted(void **state)
+{
+    struct fixture *f = *state;
+    const struct http__route *route = NULL;
+    struct http__param params[HTTP__MAX_PARAMS];
+    size_t n;
+    char allow[64];
+    assert_int_equal(match(f, "POST", "/locks/orders-1/acquire", &route, params, &n, allow),
+                     HTTP__MATCHED);
+    assert_string_equal(route->pub.pattern, "/locks/{name}/acquire");
+    assert_int_equal(n, 1);
+    assert_string_equal(params[0].name, "name");
+    assert_string_equal(params[0].value, "orders-1");
+    assert_int_equal(match(f, "GET", "/locks", &route, params, &n, allow), HTTP__MATCHED);
+    assert_int_equal(n, 0);
+    assert_int_equal(match(f, "GET", "/locks/", &route, params, &n, allow), HTTP__MATCHED);
+}
+
+static void
+unknown_paths_are_404_and_wrong_methods_405_with_allow(void **state)
+{
+    struct fixture *f = *state;
+    const struct http__route *route;
+    struct http__param params[HTTP__MAX_PARAMS];
+    size_t n;
+    char allow[64];
+    assert_int_equal(match(f, "GET", "/nope", &route, params, &n, allow), HTTP__NO_PATH);
+    assert_int_equal(match(f, "GET", "/locks/a/b/c", &route, params, &n, allow), HTTP__NO_PATH);
+    assert_int_equal(match(f, "GET", "//locks", &route, params, &n, allow), HTTP__NO_PATH);
+    assert_int_equal(match(f, "GET", "relative", &route, params, &n, allow), HTTP__NO_PATH);
+    assert_int_equal(match(f, "DELETE", "/fenced/k", &route, params, &n, allow), HTTP__NO_METHOD);
+    assert_string_equal(allow, "PUT, GET");
+}
+
+static void
+head_is_served_by_get_routes(void **state)
+{
+    struct fixture *f = *state;
+    const struct http__route *route;
+    struct http__param params[HTTP__MAX_PARAMS];
+    size_t n;
+    char allow[64];
+    assert_int_equal(match(f, "HEAD", "/locks", &route, params, &n, allow), HTTP__MATCHED);
+}
+
+static void
+too_many_segments_do_not_overflow(void **state)
+{
+    struct fixture *f = *state;
+    const struct http__route *route;
+    struct http__param params[HTTP__MAX_PARAMS];
+    size_t n;
+    char allow[64];
+    struct bb_buf path;
+    bb_buf_init(&path);
+    for (int i = 0; i < 1000; i++)
+        bb_buf_puts(&path, "/x");
+    assert_int_equal(match(f, "GET", path.data, &route, params, &n, allow), HTTP__NO_PATH);
+    bb_buf_deinit(&path);
+}
+
+static void
+problem_document_names_type_status_and_field(void **state)
+{
+    (void)state;
+    struct bb_error e;
+    bb_fail(&e, ERR_INVALID, "ttl_ms", "ttl_ms must be between 10 and 86400000");
+    json_t *doc = http_problem_json(&e, "/locks/a/acquire");
+    assert_string_equal(json_string_value(json_object_get(doc, "type")),
+                        "urn:backbone:problem:invalid_request");
+    assert_string_equal(json_string_value(json_object_get(doc, "title")), "Invalid request");
+    assert_int_equal(json_integer_value(json_object_get(doc, "status")), 400);
+    assert_string_equal(json_string_value(json_object_get(doc, "field")), "ttl_ms");
+    assert_string_equal(json_string_value(json_object_get(doc, "instance")), "/locks/a/acquire");
+    json_decref(doc);
+    /* A detail cut in the middle of a UTF-8 sequence still gives a document. */
+    bb_fail(&e, ERR_LOCK_HELD, "", "held by \xc3");
+    doc = http_problem_json(&e, NULL);
+    assert_int_equal(json_integer_value(json_object_get(doc, "status")), 409);
+    assert_non_null(json_object_get(doc, "detail"));
+    assert_null(json_object_get(doc, "field"));
+    json_decref(doc);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown(path_parameters_are_extracted, setup, teardown),
+    cmocka_unit_test_setup_teardown(unknown_paths_are_404_and_wrong_methods_405_with_allow, setup,
+                                    teardown),
+    cmocka_unit_test_setup_teardown(head_is_served_by_get_routes, setup, teardown),
+    cmocka_unit_test_setup_teardown(too_many_segments_do_not_overflow, setup, teardown),
+    cmocka_unit_test(problem_document_names_type_status_and_field),
+};
+
+TEST_MAIN(tests, false)
