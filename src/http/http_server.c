@@ -188,8 +188,18 @@ http_req_json_object(struct http_req *r, json_t **out, struct bb_error *e)
     if (r->json == NULL) {
         if (r->body.len == 0)
             return bb_fail(e, ERR_INVALID, "", "request body must be a JSON object");
+        /* A raw NUL byte is never valid JSON, and jansson would stop
+         * reading at one instead of refusing the rest. */
+        const char *nul = memchr(r->body.data, '\0', r->body.len);
+        if (nul)
+            return bb_fail(e, ERR_MALFORMED, "", "malformed JSON: NUL byte at offset %zu",
+                           (size_t)(nul - r->body.data));
         json_error_t jerr;
-        r->json = json_loadb(r->body.data, r->body.len, JSON_REJECT_DUPLICATES, &jerr);
+        /* Any JSON value parses (a scalar is then refused as "not an
+         * object"), and \u0000 is data like any other character; duplicate
+         * member names are refused, being ambiguous. */
+        r->json = json_loadb(r->body.data, r->body.len,
+                             JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
         if (r->json == NULL)
             return bb_fail(e, ERR_MALFORMED, "", "malformed JSON at line %d, column %d: %s",
                            jerr.line, jerr.column, jerr.text);

@@ -427,8 +427,7 @@ full_queue_refuses_new_units(void **state)
         gate_init(&dg[i]);
         u[i].db = db;
         u[i].gate = &dg[i];
-        assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &u[i]),
-                         ERR_OK);
+        assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &u[i]), ERR_OK);
     }
     struct unit extra = {.id = 3, .db = db, .gate = &dg[0]};
     assert_int_equal(store_submit(db->store, STORE_WRITE, unit_work, unit_done, &extra),
@@ -525,7 +524,8 @@ notifications_arrive_after_commit_and_never_after_rollback(void **state)
 static const struct store_migration M[] = {
     {1, "one", "CREATE TABLE m1 (x INTEGER)", "CREATE TABLE m1 (x INTEGER)"},
     {2, "two", "CREATE TABLE m2 (x INTEGER)", "CREATE TABLE m2 (x INTEGER)"},
-    {3, "broken", "CREATE TABLE m3 (x INTEGER); SELEC oops", "CREATE TABLE m3 (x INTEGER); SELEC oops"},
+    {3, "broken", "CREATE TABLE m3 (x INTEGER); SELEC oops",
+     "CREATE TABLE m3 (x INTEGER); SELEC oops"},
 };
 
 static void

@@ -21,10 +21,10 @@
  * the suite needs PostgreSQL and none is configured, unless
  * BACKBONE_TEST_REQUIRE_PG=1, which makes that a failure. */
 int test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n, bool needs_db);
-#define TEST_MAIN(tests, needs_db)                                                                \
-    int main(int argc, char **argv)                                                               \
-    {                                                                                             \
-        return test_main(argc, argv, tests, BB_ARRAY_LEN(tests), needs_db);                       \
+#define TEST_MAIN(tests, needs_db)                                          \
+    int main(int argc, char **argv)                                         \
+    {                                                                       \
+        return test_main(argc, argv, tests, BB_ARRAY_LEN(tests), needs_db); \
     }
 
 struct test_db {
@@ -48,11 +48,11 @@ int test_db_setup(void **state);
 int test_db_teardown(void **state);
 
 /* Assert rc == ERR_OK, printing the error's detail otherwise. */
-#define assert_ok(rc, e)                                                                          \
-    do {                                                                                          \
-        enum err assert_rc_ = (rc);                                                               \
-        if (assert_rc_ != ERR_OK)                                                                 \
-            fail_msg("%s: %s (%s)", #rc, bb_err_name(assert_rc_), (e)->detail);                   \
+#define assert_ok(rc, e)                                                        \
+    do {                                                                        \
+        enum err assert_rc_ = (rc);                                             \
+        if (assert_rc_ != ERR_OK)                                               \
+            fail_msg("%s: %s (%s)", #rc, bb_err_name(assert_rc_), (e)->detail); \
     } while (0)
 
 #endif /* BB_TESTSUPPORT_H */

@@ -48,9 +48,8 @@ duration_parse_accepts_units(void **state)
         const char *text;
         int64_t ms;
     } cases[] = {
-        {"0", 0},        {"250", 250},          {"250ms", 250},
-        {"30s", 30000},  {"5m", 300000},        {"2h", 7200000},
-        {"1s", 1000},    {"9223372036854775807", INT64_MAX},
+        {"0", 0},       {"250", 250},    {"250ms", 250}, {"30s", 30000},
+        {"5m", 300000}, {"2h", 7200000}, {"1s", 1000},   {"9223372036854775807", INT64_MAX},
     };
     for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
         int64_t v = -1;
@@ -63,8 +62,17 @@ static void
 duration_parse_rejects_garbage(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"",     "-1",  "1x", "1.5s", "s", " 1s", "1s ",
-                                      "1 s", "1sec", "99999999999999999999", "9223372036854775807s"};
+    static const char *const bad[] = {"",
+                                      "-1",
+                                      "1x",
+                                      "1.5s",
+                                      "s",
+                                      " 1s",
+                                      "1s ",
+                                      "1 s",
+                                      "1sec",
+                                      "99999999999999999999",
+                                      "9223372036854775807s"};
     for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++) {
         int64_t v;
         assert_int_equal(bb_duration_parse(bad[i], &v), ERR_INVALID);
@@ -96,9 +104,9 @@ uuid7_is_well_formed_and_increasing(void **state)
         char id[37];
         bb_uuid7(id);
         assert_true(bb_uuid_is_valid(id));
-        assert_int_equal(id[14], '7');                  /* version */
-        assert_non_null(strchr("89ab", id[19]));        /* variant 10xx */
-        assert_true(strcmp(prev, id) < 0);              /* monotonic in this process */
+        assert_int_equal(id[14], '7');           /* version */
+        assert_non_null(strchr("89ab", id[19])); /* variant 10xx */
+        assert_true(strcmp(prev, id) < 0);       /* monotonic in this process */
         memcpy(prev, id, sizeof prev);
     }
 }
@@ -246,7 +254,8 @@ options_collect_positionals_and_stop_at_double_dash(void **state)
     struct bb_error e;
     const char *pos[3];
     size_t n = 0;
-    char *argv[] = {(char *)"acquire", (char *)"--count", (char *)"2", (char *)"lock-a", (char *)"--", (char *)"--count"};
+    char *argv[] = {(char *)"acquire", (char *)"--count", (char *)"2",
+                    (char *)"lock-a",  (char *)"--",      (char *)"--count"};
     assert_ok(bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), &d, 6, argv, false, pos, 3, &n, &e), &e);
     assert_int_equal(n, 3);
     assert_string_equal(pos[0], "acquire");
@@ -260,8 +269,8 @@ static void
 json_int_accepts_only_integers_in_range(void **state)
 {
     (void)state;
-    json_t *o = json_pack("{s:i, s:s, s:f, s:b, s:I}", "ok", 5, "str", "5", "real", 5.0, "bool",
-                          1, "big", (json_int_t)INT64_MAX);
+    json_t *o = json_pack("{s:i, s:s, s:f, s:b, s:I}", "ok", 5, "str", "5", "real", 5.0, "bool", 1,
+                          "big", (json_int_t)INT64_MAX);
     struct bb_error e;
     int64_t v = 0;
     assert_ok(bb_json_int(o, "ok", true, 0, 10, &v, &e), &e);

@@ -31,10 +31,10 @@ lifecycle_table_allows_only_real_transitions(void **state)
         enum lock_state from, to;
         bool ok;
     } cases[] = {
-        {LOCK_FREE, LOCK_HELD, true},     {LOCK_FREE, LOCK_FREE, false},
-        {LOCK_FREE, LOCK_EXPIRED, false}, {LOCK_HELD, LOCK_HELD, true},
-        {LOCK_HELD, LOCK_FREE, true},     {LOCK_HELD, LOCK_EXPIRED, true},
-        {LOCK_EXPIRED, LOCK_HELD, true},  {LOCK_EXPIRED, LOCK_FREE, true},
+        {LOCK_FREE, LOCK_HELD, true},        {LOCK_FREE, LOCK_FREE, false},
+        {LOCK_FREE, LOCK_EXPIRED, false},    {LOCK_HELD, LOCK_HELD, true},
+        {LOCK_HELD, LOCK_FREE, true},        {LOCK_HELD, LOCK_EXPIRED, true},
+        {LOCK_EXPIRED, LOCK_HELD, true},     {LOCK_EXPIRED, LOCK_FREE, true},
         {LOCK_EXPIRED, LOCK_EXPIRED, false},
     };
     for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++)

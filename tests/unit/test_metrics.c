@@ -31,7 +31,8 @@ counters_render_one_line_per_label_set(void **state)
     struct bb_buf out;
     bb_buf_init(&out);
     metrics_render(&out);
-    assert_contains(out.data, "# HELP test_things_total Things.\n# TYPE test_things_total counter\n");
+    assert_contains(out.data,
+                    "# HELP test_things_total Things.\n# TYPE test_things_total counter\n");
     assert_contains(out.data, "test_things_total{kind=\"a\",result=\"ok\"} 3\n");
     assert_contains(out.data, "test_things_total{kind=\"b\",result=\"fail\"} 1\n");
     bb_buf_deinit(&out);

@@ -1,0 +1,226 @@
+"""End-to-end harness: the real `backbone` binary on an ephemeral port, a
+fresh database per test (a SQLite file, or a new PostgreSQL database), driven
+over HTTP.
+
+Environment (set by CTest, see tests/CMakeLists.txt):
+  BACKBONE_BIN           the binary under test
+  BB_TEST_ENGINE         sqlite | pg
+  BACKBONE_TEST_PG_URL   a PostgreSQL to create databases in (pg only)
+  BB_TEST_SANITIZED      the binary has ASan/UBSan: check its exit for reports
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+
+BIN = os.environ.get("BACKBONE_BIN", "")
+ENGINE = os.environ.get("BB_TEST_ENGINE", "sqlite")
+PG_URL = os.environ.get("BACKBONE_TEST_PG_URL", "")
+SANITIZED = os.environ.get("BB_TEST_SANITIZED", "0") in ("1", "ON", "TRUE", "true")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+# Generous: a sanitized build on a busy 2-core machine starts slowly.
+START_TIMEOUT_S = 60
+
+
+def pytest_sessionstart(session):
+    if not BIN or not os.path.exists(BIN):
+        pytest.exit("BACKBONE_BIN is not set to a built backbone binary", returncode=2)
+    if ENGINE == "pg" and not PG_URL:
+        if os.environ.get("BACKBONE_TEST_REQUIRE_PG") == "1":
+            pytest.exit("BACKBONE_TEST_PG_URL is not set", returncode=1)
+        pytest.exit("no PostgreSQL configured: skipped", returncode=77)
+
+
+_poll = threading.Event()  # never set: its wait() is the poll interval
+
+
+def await_condition(predicate, timeout_s=30, what="condition"):
+    """Poll `predicate` (every 10 ms) until it returns a truthy value; fail
+    after timeout_s. The only way tests wait for anything."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        _poll.wait(0.01)
+
+
+def psql(sql, url=None):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", url or PG_URL, "-c", sql],
+                   check=True, capture_output=True)
+
+
+class Database:
+    """A fresh database for one test."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        if ENGINE == "sqlite":
+            self.url = f"sqlite:{tmp_path / 'backbone.db'}"
+            self.name = None
+        else:
+            self.name = "bb_e2e_" + uuid.uuid4().hex[:16]
+            psql(f"CREATE DATABASE {self.name}")
+            self.url = urllib.parse.urlparse(PG_URL)._replace(path="/" + self.name).geturl()
+
+    def drop(self):
+        if self.name:
+            psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+class Server:
+    """One `backbone serve` process."""
+
+    def __init__(self, db, workdir, args=(), env=None):
+        self.db = db
+        self.workdir = pathlib.Path(workdir)
+        self.args = list(args)
+        self.env = env or {}
+        self.proc = None
+        self.port = None
+        self.runs = 0
+        self.session = requests.Session()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self):
+        return self.workdir / f"server-{self.runs}.log"
+
+    def start(self, port=0):
+        self.runs += 1
+        env = dict(os.environ)
+        env.update(self.env)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        self.log = open(self.log_path, "wb")
+        cmd = [BIN, "serve", "--db", self.db.url, "--port", str(port)] + self.args
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
+            for line in self.lines():
+                if line.get("event") == "server.listening":
+                    return line["port"]
+            return None
+
+        self.port = await_condition(listening, START_TIMEOUT_S, "server to listen")
+        return self
+
+    def lines(self):
+        out = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                pass
+        return out
+
+    def output(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Stop with `sig` and check a clean exit (code 0, no sanitizer report)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.log.close()
+        text = self.output()
+        assert code == 0, f"server exited {code}:\n{text[-4000:]}"
+        for mark in SANITIZER_MARKS:
+            assert mark not in text, f"sanitizer report:\n{text[-8000:]}"
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.close()
+        self.session.close()
+        self.session = requests.Session()
+
+    # -- HTTP ------------------------------------------------------------
+    def request(self, method, path, body=None, raw=None, headers=None, timeout=60):
+        kwargs = {"timeout": timeout, "headers": headers or {}}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        return self.session.request(method, self.url + path, **kwargs)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def put(self, path, body=None, **kw):
+        return self.request("PUT", path, body, **kw)
+
+    def metrics(self):
+        r = self.get("/metrics")
+        assert r.status_code == 200
+        return r.text
+
+    def metric(self, name, labels=""):
+        """The value of one sample, e.g. metric('backbone_lock_waiters')."""
+        wanted = name + (("{" + labels + "}") if labels else "")
+        for line in self.metrics().splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split(" ")[1])
+        return None
+
+
+@pytest.fixture
+def database(tmp_path):
+    db = Database(tmp_path)
+    yield db
+    db.drop()
+
+
+@pytest.fixture
+def make_server(database, tmp_path):
+    """Factory: make_server(args=[...], env={...}) starts a server on the test's
+    database; every server it made is stopped (and checked) at the end."""
+    servers = []
+
+    def make(args=(), env=None, start=True):
+        s = Server(database, tmp_path, args, env)
+        servers.append(s)
+        return s.start() if start else s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server()
+
+
+def problem(resp, status, type_slug=None, field=None):
+    """Assert `resp` is a problem+json with this status (type, field) and return it."""
+    assert resp.status_code == status, f"{resp.status_code} {resp.text}"
+    assert resp.headers["Content-Type"].startswith("application/problem+json"), resp.headers
+    doc = resp.json()
+    assert doc["status"] == status
+    assert doc["title"] and doc["detail"]
+    if type_slug:
+        assert doc["type"] == "urn:backbone:problem:" + type_slug, doc
+    if field is not None:
+        assert doc.get("field") == field, doc
+    return doc

@@ -1,0 +1,177 @@
+"""The HTTP foundation: probes, metrics, routing errors, body limits, strict
+JSON, auth, request ids, configuration errors."""
+import os
+import pathlib
+import socket
+import subprocess
+
+import pytest
+
+from conftest import BIN, ENGINE, problem
+
+# JSONTestSuite (MIT) sits beside the project in ../shared/testdata.
+JSON_SUITE = pathlib.Path(os.environ.get(
+    "BB_JSON_SUITE",
+    pathlib.Path(__file__).resolve().parents[3] / "shared/testdata/jsontestsuite/test_parsing"))
+
+
+def test_liveness_readiness_and_version(server):
+    r = server.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = server.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "engine": "sqlite" if ENGINE == "sqlite" else "postgres"}
+    out = subprocess.run([BIN, "version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("backbone ")
+
+
+def test_metrics_are_prometheus_text_with_http_families(server):
+    server.get("/healthz")
+    server.get("/nope")
+    text = server.metrics()
+    assert server.get("/metrics").headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert '# TYPE backbone_http_requests_total counter' in text
+    assert 'backbone_http_requests_total{route="/healthz",method="GET",status="200"} 1' in text
+    assert 'backbone_http_requests_total{route="unmatched",method="GET",status="404"} 1' in text
+    assert '# TYPE backbone_http_request_duration_seconds histogram' in text
+    assert 'backbone_http_request_duration_seconds_bucket{route="/healthz",method="GET",le="+Inf"} 1' in text
+    for family in ("backbone_lock_acquisitions_total", "backbone_lock_contentions_total",
+                   "backbone_lock_takeovers_total", "backbone_lock_renew_failures_total",
+                   "backbone_lock_release_failures_total", "backbone_locks_held",
+                   "backbone_store_transactions_total", "backbone_process_resident_memory_bytes"):
+        assert f"# TYPE {family} " in text, family
+
+
+def test_unknown_route_is_404_and_wrong_method_405_with_allow(server):
+    problem(server.get("/no/such/thing"), 404, "not_found")
+    r = server.request("DELETE", "/locks")
+    problem(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == "GET"
+
+
+def raw_http(port, head, body=b""):
+    """Send raw bytes; return the status line and the response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_oversized_body_is_413_and_the_server_stays_healthy(server):
+    big = b'{"owner":"' + b"x" * (5 * 1024 * 1024) + b'"}'
+    doc = problem(server.post("/locks/a/acquire", raw=big,
+                              headers={"Content-Type": "application/json"}), 413,
+                  "payload_too_large")
+    assert "1048576" in doc["detail"]
+    # With Expect: 100-continue the answer comes before the body is sent.
+    head = (b"POST /locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(big))
+    assert raw_http(server.port, head).startswith(b"HTTP/1.1 413")
+    assert server.get("/healthz").status_code == 200
+    assert server.get("/locks").json()["locks"] == []
+
+
+def test_body_limit_is_configurable(make_server):
+    s = make_server(["--body-limit", "2KiB"])
+    problem(s.post("/locks/a/acquire", {"owner": "x" * 3000}), 413)
+    assert s.post("/locks/a/acquire", {"owner": "x" * 100}).status_code == 200
+
+
+# Valid JSON that we refuse: duplicate member names by design (RFC 8259 leaves
+# their meaning open), and a NUL inside a member name, which jansson cannot
+# represent.
+REFUSED_VALID = {"y_object_duplicated_key.json", "y_object_duplicated_key_and_value.json",
+                 "y_object_escaped_null_in_key.json"}
+
+
+@pytest.mark.parametrize("kind", ["n", "i", "y"])
+@pytest.mark.skipif(not JSON_SUITE.is_dir(), reason=f"JSONTestSuite corpus not at {JSON_SUITE}")
+def test_json_test_suite_bodies_get_4xx_and_never_harm_the_server(server, kind):
+    files = sorted(JSON_SUITE.glob(f"{kind}_*.json"))
+    assert files, JSON_SUITE
+    for f in files:
+        data = f.read_bytes()
+        r = server.post("/locks/suite/acquire", raw=data, headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, (f.name, r.status_code, r.text)
+        doc = problem(r, r.status_code)
+        if kind == "n":
+            expected = "invalid_request" if len(data) == 0 else "malformed_json"
+            assert doc["type"] == "urn:backbone:problem:" + expected, (f.name, doc)
+        if kind == "y" and f.name not in REFUSED_VALID:
+            # Valid JSON: refused for what it says (no owner...), not how.
+            assert doc["type"] != "urn:backbone:problem:malformed_json", (f.name, doc)
+    assert server.get("/healthz").status_code == 200
+    assert server.get("/locks").json()["locks"] == []
+
+
+def test_non_json_content_type_is_415(server):
+    problem(server.post("/locks/a/acquire", raw=b"owner=x",
+                        headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type",
+            "Content-Type")
+
+
+def test_request_ids_are_echoed_or_generated(server):
+    r = server.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert r.headers["X-Request-Id"] == "abc-123"
+    r = server.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
+    assert len(r.headers["X-Request-Id"]) == 36
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    server.get("/locks", headers={"traceparent": tp, "X-Request-Id": "trace-me"})
+    logged = [l for l in server.lines() if l.get("request_id") == "trace-me"]
+    assert logged and logged[-1]["traceparent"] == tp
+    assert logged[-1]["event"] == "http.request" and logged[-1]["status"] == 200
+
+
+def test_api_token_guards_everything_but_healthz(make_server):
+    s = make_server(["--api-token", "s3cret"])
+    assert s.get("/healthz").status_code == 200
+    r = s.get("/locks")
+    problem(r, 401, "unauthorized")
+    assert r.headers["WWW-Authenticate"] == "Bearer"
+    problem(s.get("/locks", headers={"Authorization": "Bearer wrong"}), 401)
+    problem(s.get("/locks", headers={"Authorization": "Bearer s3cret-and-more"}), 401)
+    problem(s.get("/metrics"), 401)
+    problem(s.get("/nope"), 401)  # no route discovery without the token
+    ok = {"Authorization": "Bearer s3cret"}
+    assert s.get("/locks", headers=ok).status_code == 200
+    assert s.get("/metrics", headers=ok).status_code == 200
+
+
+def run_backbone(*args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=60)
+
+
+def test_configuration_errors_name_the_option(database):
+    r = run_backbone("serve", "--db", database.url, "--port", "99999")
+    assert r.returncode == 2 and "--port" in r.stderr and "out of range" in r.stderr
+    r = run_backbone("serve", "--db", database.url, env={"BACKBONE_PORT": "abc"})
+    assert r.returncode == 2 and "BACKBONE_PORT" in r.stderr
+    r = run_backbone("serve", "--db", database.url, "--log-level", "loud")
+    assert r.returncode == 2 and "--log-level" in r.stderr
+    r = run_backbone("serve", "--bogus")
+    assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
+    r = run_backbone("serve", "--db", "mysql://nope", "--port", "0")
+    assert r.returncode == 3 and "unsupported database URL" in r.stderr
+    r = run_backbone("serve", "--help")
+    assert r.returncode == 0 and "BACKBONE_DB" in r.stdout
+
+
+def test_migrate_applies_the_schema_and_is_idempotent(database):
+    for _ in range(2):
+        r = run_backbone("migrate", "--db", database.url)
+        assert r.returncode == 0, r.stderr
+        assert "schema up to date" in r.stdout
+
+
+@pytest.mark.skipif(ENGINE != "sqlite", reason="PostgreSQL is shared by many processes by design")
+def test_one_process_owns_a_sqlite_file(server, database):
+    r = run_backbone("serve", "--db", database.url, "--port", "0")
+    assert r.returncode == 3
+    assert "in use by another backbone process" in r.stderr
