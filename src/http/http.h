@@ -57,8 +57,8 @@ int http_server_port(const struct http_server *s);
 /* Stop accepting connections; requests arriving on open connections are
  * answered 503 with Connection: close. Requests in flight go on. */
 void http_server_drain(struct http_server *s);
-/* Wait (up to timeout_ms) for every suspended request to be answered, then
- * close every connection and free the server. NULL is fine. */
+/* Wait (up to timeout_ms) for every request in flight to be answered and its
+ * answer sent, then close every connection and free the server. NULL is fine. */
 void http_server_stop(struct http_server *s, int64_t timeout_ms);
 
 /* ---- reading a request (valid until it is answered) ------------------------- */
@@ -125,13 +125,23 @@ struct http_client_response {
     struct bb_buf body;
 };
 
+/* A client that keeps its connection alive between requests. One thread at
+ * a time. `token` (may be NULL) adds `Authorization: Bearer`. */
+struct http_client;
+struct http_client *http_client_create(const char *token, int64_t timeout_ms);
+void http_client_destroy(struct http_client *c);
+
 /*
- * One request with a timeout. `body` (JSON text) may be NULL. `token` adds
- * `Authorization: Bearer`. A connection refused before anything was sent is
- * retried twice (the request never reached a server); nothing else is. On
- * ERR_OK the caller owns resp->body (bb_buf_deinit). Errors: ERR_UNAVAILABLE
- * (cannot connect), ERR_TIMEOUT, ERR_IO.
+ * One request; `body` (JSON text) may be NULL. A connection refused before
+ * anything was sent is retried twice (the request never reached a server);
+ * nothing else is. On ERR_OK the caller owns resp->body (bb_buf_deinit).
+ * Errors: ERR_UNAVAILABLE (cannot connect), ERR_TIMEOUT, ERR_IO, ERR_USAGE
+ * (bad URL).
  */
+BB_WUR enum err http_client_do(struct http_client *c, const char *method, const char *url,
+                               const char *body, struct http_client_response *resp,
+                               struct bb_error *e);
+/* The same with a one-off client. */
 BB_WUR enum err http_client_request(const char *method, const char *url, const char *token,
                                     const char *body, int64_t timeout_ms,
                                     struct http_client_response *resp, struct bb_error *e);

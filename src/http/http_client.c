@@ -72,35 +72,70 @@ perform(CURL *h, struct http_client_response *resp, struct bb_error *e, bool *re
     return bb_fail(e, ERR_IO, "", "HTTP request failed: %s", why);
 }
 
-enum err
-http_client_request(const char *method, const char *url, const char *token, const char *body,
-                    int64_t timeout_ms, struct http_client_response *resp, struct bb_error *e)
+struct http_client {
+    CURL *h;
+    struct curl_slist *headers;
+    struct curl_slist *json_headers;
+    int64_t timeout_ms;
+};
+
+struct http_client *
+http_client_create(const char *token, int64_t timeout_ms)
 {
-    CURL *h = curl_easy_init();
-    if (h == NULL)
-        return bb_fail(e, ERR_INTERNAL, "", "curl_easy_init failed");
-    struct curl_slist *headers = NULL;
-    headers = curl_slist_append(headers, "Accept: application/json");
-    if (body)
-        headers = curl_slist_append(headers, "Content-Type: application/json");
-    struct bb_buf auth;
-    bb_buf_init(&auth);
+    struct http_client *c = xcalloc(1, sizeof *c);
+    c->h = curl_easy_init();
+    if (c->h == NULL)
+        bb_panic(__FILE__, __LINE__, "curl_easy_init failed");
+    c->timeout_ms = timeout_ms;
+    c->headers = curl_slist_append(NULL, "Accept: application/json");
     if (token && *token) {
+        struct bb_buf auth;
+        bb_buf_init(&auth);
         bb_buf_printf(&auth, "Authorization: Bearer %s", token);
-        headers = curl_slist_append(headers, auth.data);
+        c->headers = curl_slist_append(c->headers, auth.data);
+        bb_buf_deinit(&auth);
     }
+    /* Same list plus the body's type (curl_slist has no copy: rebuild). */
+    for (struct curl_slist *l = c->headers; l; l = l->next)
+        c->json_headers = curl_slist_append(c->json_headers, l->data);
+    c->json_headers = curl_slist_append(c->json_headers, "Content-Type: application/json");
+    if (c->headers == NULL || c->json_headers == NULL)
+        bb_panic(__FILE__, __LINE__, "curl_slist_append failed");
+    return c;
+}
+
+void
+http_client_destroy(struct http_client *c)
+{
+    if (c == NULL)
+        return;
+    curl_slist_free_all(c->headers);
+    curl_slist_free_all(c->json_headers);
+    curl_easy_cleanup(c->h);
+    free(c);
+}
+
+enum err
+http_client_do(struct http_client *c, const char *method, const char *url, const char *body,
+               struct http_client_response *resp, struct bb_error *e)
+{
+    CURL *h = c->h;
     resp->status = 0;
     bb_buf_init(&resp->body);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, body ? c->json_headers : c->headers);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp->body);
     if (body) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    } else {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     }
     enum err rc;
     for (int attempt = 0;; attempt++) {
@@ -112,8 +147,15 @@ http_client_request(const char *method, const char *url, const char *token, cons
     }
     if (rc != ERR_OK)
         bb_buf_deinit(&resp->body);
-    curl_slist_free_all(headers);
-    bb_buf_deinit(&auth);
-    curl_easy_cleanup(h);
+    return rc;
+}
+
+enum err
+http_client_request(const char *method, const char *url, const char *token, const char *body,
+                    int64_t timeout_ms, struct http_client_response *resp, struct bb_error *e)
+{
+    struct http_client *c = http_client_create(token, timeout_ms);
+    enum err rc = http_client_do(c, method, url, body, resp, e);
+    http_client_destroy(c);
     return rc;
 }

@@ -17,7 +17,11 @@
  * HTTP thread, which queues the response. A suspended connection is never
  * closed by libmicrohttpd, so the request cannot be freed under the replier.
  *
- * Locking: `mu` guards `n_suspended`; nothing else is shared between threads
+ * Shutdown waits until every request begun has completed (its response sent),
+ * not merely answered: libmicrohttpd closes connections on stop, and would
+ * cut off a response still queued.
+ *
+ * Locking: `mu` guards the counters; nothing else is shared between threads
  * except the atomics marked below.
  */
 #include "http/http_int.h"
@@ -50,6 +54,7 @@ struct http_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int n_suspended; /* guarded by mu */
+    int n_active;    /* requests begun and not yet completed; guarded by mu */
 };
 
 struct header {
@@ -368,6 +373,9 @@ req_create(struct http_server *srv, struct MHD_Connection *conn, const char *url
            const char *method)
 {
     struct http_req *r = xcalloc(1, sizeof *r);
+    pthread_mutex_lock(&srv->mu);
+    srv->n_active++;
+    pthread_mutex_unlock(&srv->mu);
     r->srv = srv;
     r->conn = conn;
     r->start_ns = bb_mono_ns();
@@ -599,12 +607,17 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct http_req *r = *con_cls;
     if (r == NULL)
         return;
+    struct http_server *srv = r->srv;
     if (atomic_load(&r->response) != NULL)
         req_record(r);
     else
         log_debug("http.aborted", "path=%s code=%d", r->path, (int)toe);
     req_destroy(r);
     *con_cls = NULL;
+    pthread_mutex_lock(&srv->mu);
+    srv->n_active--;
+    pthread_cond_broadcast(&srv->cv);
+    pthread_mutex_unlock(&srv->mu);
 }
 
 static void
@@ -715,17 +728,19 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
         deadline.tv_nsec -= 1000000000;
     }
     pthread_mutex_lock(&s->mu);
-    while (s->n_suspended > 0) {
+    while (s->n_active > 0) {
         if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) != 0)
             break;
     }
-    int left = s->n_suspended;
+    int suspended = s->n_suspended, active = s->n_active;
     pthread_mutex_unlock(&s->mu);
-    if (left > 0) {
+    if (suspended > 0) {
         /* Stopping now would violate libmicrohttpd's contract; leak instead. */
-        log_error("http.stop_timeout", "suspended=%d", left);
+        log_error("http.stop_timeout", "suspended=%d", suspended);
         return;
     }
+    if (active > 0)
+        log_warn("http.stop_timeout", "unfinished=%d", active);
     MHD_stop_daemon(s->daemon);
     http__router_deinit(&s->router);
     pthread_mutex_destroy(&s->mu);

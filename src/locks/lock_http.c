@@ -37,8 +37,10 @@ struct locks__op {
     uint64_t seen_seq;
     bool parked_before;
     /* results */
-    struct lock_grant grant;
+    struct lock_grant grant; /* the grant, or the holder when refused */
     enum lock_outcome how;
+    bool held; /* refused: someone else holds it */
+    struct bb_error held_error;
     json_t *list;
     char *value_out;
 };
@@ -253,7 +255,18 @@ static enum err
 acquire_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct locks__op *op = arg;
-    return lock_acquire(c, op->name, op->owner, op->ttl_ms, bb_wall_ms(), &op->grant, &op->how, e);
+    int64_t now = bb_wall_ms();
+    int64_t wait_left = op->deadline_mono_ms - bb_mono_ms();
+    enum err rc = lock_acquire(c, op->name, op->owner, op->ttl_ms, now,
+                               wait_left > 0 ? now + wait_left : 0, &op->grant, &op->how, e);
+    op->held = rc == ERR_LOCK_HELD;
+    if (!op->held)
+        return rc;
+    /* Refused, but the unit commits: a waiting acquire marked the lock so
+     * that its release is announced. The reply reads op->held. */
+    op->held_error = *e;
+    bb_error_clear(e);
+    return ERR_OK;
 }
 
 static void acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e);
@@ -269,6 +282,10 @@ static void
 acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
 {
     struct locks__op *op = arg;
+    if (rc == ERR_OK && op->held) {
+        rc = ERR_LOCK_HELD;
+        e = &op->held_error;
+    }
     int64_t now_mono = bb_mono_ms();
     double waited = (double)(now_mono - op->started_mono_ms) / 1000.0;
     if (rc == ERR_OK) {

@@ -76,18 +76,24 @@ locks__decide_acquire(const struct lock_row *row, const char *owner, int64_t now
 {
     if (!row->exists)
         return LOCKS__INSERT;
-    switch (lock_row_state(row, now_ms)) {
+    enum lock_state state = lock_row_state(row, now_ms);
+    enum locks__decision d = LOCKS__DENY;
+    switch (state) {
     case LOCK_FREE:
-        return LOCKS__GRANT;
+        d = LOCKS__GRANT;
+        break;
     case LOCK_HELD:
-        return strcmp(row->owner, owner) == 0 ? LOCKS__REENTER : LOCKS__DENY;
+        d = strcmp(row->owner, owner) == 0 ? LOCKS__REENTER : LOCKS__DENY;
+        break;
     case LOCK_EXPIRED:
         /* Even its own former owner gets a new token: the old one may
          * already have been refused somewhere, and a fresh lease is a fresh
          * grant. */
-        return LOCKS__TAKEOVER;
+        d = LOCKS__TAKEOVER;
+        break;
     }
-    return LOCKS__DENY;
+    BB_ASSERT(d == LOCKS__DENY || lock_can_transition(state, LOCK_HELD));
+    return d;
 }
 
 enum err
@@ -111,12 +117,13 @@ locks__decide_renew(const struct lock_row *row, int64_t token, int64_t now_ms)
 enum err
 locks__decide_release(const struct lock_row *row, int64_t token, int64_t now_ms, bool *changes)
 {
-    (void)now_ms; /* held or expired: the current token may release either way */
+    /* Held or expired, the current token may release it. */
     *changes = false;
     if (!row->exists)
         return ERR_NOT_HELD;
     if (token != row->token)
         return ERR_STALE_TOKEN;
     *changes = row->has_owner;
+    BB_ASSERT(!*changes || lock_can_transition(lock_row_state(row, now_ms), LOCK_FREE));
     return ERR_OK;
 }

@@ -1,12 +1,23 @@
 /*
  * lock_store.c: locks and fences in the database.
  *
- * Every change is read-decide-write: read the row (FOR UPDATE on PostgreSQL,
- * which serialises concurrent acquirers of one name; SQLite has a single
- * writer already), decide with lock_state.c, then write with a
- * compare-and-set on `version`. A CAS that matches no row means someone else
- * won a race we could not see; the unit answers ERR_RETRY and the executor
- * runs it again against the new state.
+ * Every transition is one conditional write, so that it costs one statement
+ * and holds no row lock across round trips:
+ *   acquire: an upsert whose DO UPDATE ... WHERE only matches a row that is
+ *            free, expired, or held by the same owner; its CASE expressions
+ *            are lock_state.c's decision table written in SQL (a test holds
+ *            the two to each other on both engines);
+ *   renew:   UPDATE ... WHERE token = $token AND the lease is live;
+ *   release: UPDATE ... WHERE token = $token AND someone holds it.
+ * A release announces itself (a notification that wakes blocking acquires in
+ * every process) only while `waiters_until_ms` says someone may be waiting:
+ * an acquire that is refused and will wait raises that mark to its own
+ * deadline, in the same statement that reads the holder. Releases nobody
+ * waits for stay silent, which is most of them.
+ * Only when the write matches nothing do we read the row, to say why, using
+ * lock_state.c; if the row turns out to allow the transition after all (it
+ * changed between the two statements), the unit answers ERR_RETRY and the
+ * executor runs it again.
  */
 #include "locks/locks_int.h"
 
@@ -25,7 +36,8 @@ static const struct store_migration MIGRATIONS[] = {
                   " expires_at_ms INTEGER,"
                   " acquired_at_ms INTEGER,"
                   " updated_at_ms INTEGER NOT NULL,"
-                  " version INTEGER NOT NULL"
+                  " grant_kind INTEGER NOT NULL,"
+                  " waiters_until_ms INTEGER NOT NULL DEFAULT 0"
                   ") WITHOUT ROWID;"
                   "CREATE TABLE fences ("
                   " key TEXT PRIMARY KEY,"
@@ -41,7 +53,8 @@ static const struct store_migration MIGRATIONS[] = {
               " expires_at_ms BIGINT,"
               " acquired_at_ms BIGINT,"
               " updated_at_ms BIGINT NOT NULL,"
-              " version BIGINT NOT NULL);"
+              " grant_kind INTEGER NOT NULL,"
+              " waiters_until_ms BIGINT NOT NULL DEFAULT 0);"
               "CREATE TABLE fences ("
               " key TEXT PRIMARY KEY,"
               " token BIGINT NOT NULL,"
@@ -57,24 +70,55 @@ lock_migrations(size_t *n)
     return MIGRATIONS;
 }
 
-#define LOCK_COLUMNS "owner, token, epoch, expires_at_ms, acquired_at_ms, version"
+/* The statement reports the outcome in the enum's own numbering. */
+_Static_assert(LOCK_GRANTED == 0 && LOCK_REENTERED == 1 && LOCK_TAKEOVER == 2,
+               "grant_kind values are enum lock_outcome");
+
+#define LOCK_COLUMNS "owner, token, epoch, expires_at_ms, acquired_at_ms"
 
 static struct store_stmt LOCK_SELECT = {
     .sql = "SELECT " LOCK_COLUMNS " FROM locks WHERE name = $1",
-    .sql_pg = "SELECT " LOCK_COLUMNS " FROM locks WHERE name = $1 FOR UPDATE",
 };
-static struct store_stmt LOCK_SELECT_READ = {
-    .sql = "SELECT " LOCK_COLUMNS " FROM locks WHERE name = $1",
-};
-static struct store_stmt LOCK_INSERT = {
+/* $1 name, $2 owner, $3 now, $4 ttl. grant_kind: 0 granted, 1 reentered,
+ * 2 takeover (enum lock_outcome). SET expressions see the row as it was. */
+static struct store_stmt LOCK_ACQUIRE = {
     .sql = "INSERT INTO locks (name, owner, token, epoch, expires_at_ms, acquired_at_ms,"
-           " updated_at_ms, version) VALUES ($1, $2, 1, 1, $3, $4, $4, 1)"
-           " ON CONFLICT (name) DO NOTHING",
+           " updated_at_ms, grant_kind) VALUES ($1, $2, 1, 1, $3 + $4, $3, $3, 0)"
+           " ON CONFLICT (name) DO UPDATE SET"
+           " owner = excluded.owner,"
+           " token = CASE WHEN locks.owner = excluded.owner AND locks.expires_at_ms > $3"
+           "   THEN locks.token ELSE locks.token + 1 END,"
+           " epoch = CASE WHEN locks.owner IS NOT NULL AND locks.expires_at_ms <= $3"
+           "   THEN locks.epoch + 1 ELSE locks.epoch END,"
+           " expires_at_ms = excluded.expires_at_ms,"
+           " acquired_at_ms = CASE WHEN locks.owner = excluded.owner"
+           "   AND locks.expires_at_ms > $3 THEN locks.acquired_at_ms ELSE $3 END,"
+           " updated_at_ms = $3,"
+           " grant_kind = CASE WHEN locks.owner IS NULL THEN 0"
+           "   WHEN locks.owner = excluded.owner AND locks.expires_at_ms > $3 THEN 1 ELSE 2 END"
+           " WHERE locks.owner IS NULL OR locks.expires_at_ms <= $3"
+           "   OR locks.owner = excluded.owner"
+           " RETURNING token, epoch, expires_at_ms, acquired_at_ms, grant_kind",
 };
-static struct store_stmt LOCK_UPDATE = {
-    .sql = "UPDATE locks SET owner = $2, token = $3, epoch = $4, expires_at_ms = $5,"
-           " acquired_at_ms = $6, updated_at_ms = $7, version = version + 1"
-           " WHERE name = $1 AND version = $8",
+/* $1 name, $2 token, $3 now, $4 ttl */
+static struct store_stmt LOCK_RENEW = {
+    .sql = "UPDATE locks SET expires_at_ms = $3 + $4, updated_at_ms = $3"
+           " WHERE name = $1 AND token = $2 AND owner IS NOT NULL AND expires_at_ms > $3"
+           " RETURNING " LOCK_COLUMNS,
+};
+/* $1 name, $2 token, $3 now */
+static struct store_stmt LOCK_RELEASE = {
+    .sql = "UPDATE locks SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+           " updated_at_ms = $3 WHERE name = $1 AND token = $2 AND owner IS NOT NULL"
+           " RETURNING waiters_until_ms",
+};
+/* A refused acquire that will wait: note until when, and read the holder.
+ * $1 name, $2 wait deadline (wall ms) */
+static struct store_stmt LOCK_MARK_WAITING = {
+    .sql_pg = "UPDATE locks SET waiters_until_ms = GREATEST(waiters_until_ms, $2)"
+              " WHERE name = $1 RETURNING " LOCK_COLUMNS,
+    .sql_sqlite = "UPDATE locks SET waiters_until_ms = MAX(waiters_until_ms, $2)"
+                  " WHERE name = $1 RETURNING " LOCK_COLUMNS,
 };
 static struct store_stmt LOCK_LIST = {
     .sql = "SELECT name, owner, token, epoch, expires_at_ms, acquired_at_ms FROM locks"
@@ -100,14 +144,16 @@ static struct store_stmt FENCE_GET = {
     .sql = "SELECT token, value FROM fences WHERE key = $1",
 };
 
+/* Read the row with `st` ($1 name, and $2 `arg` when the statement takes
+ * one); a missing row reads as exists = false. */
 static enum err
-row_read(struct store_conn *c, struct store_stmt *st, const char *name, struct lock_row *row,
-         struct bb_error *e)
+row_read(struct store_conn *c, struct store_stmt *st, const char *name, int64_t arg,
+         struct lock_row *row, struct bb_error *e)
 {
     memset(row, 0, sizeof *row);
     struct store_rows r;
-    const struct store_param p[] = {sp_text(name)};
-    enum err rc = store_query(c, st, p, 1, &r, e);
+    const struct store_param p[] = {sp_text(name), sp_int(arg)};
+    enum err rc = store_query(c, st, p, st == &LOCK_SELECT ? 1 : 2, &r, e);
     if (rc != ERR_OK)
         return rc;
     if (store_next(&r)) {
@@ -118,32 +164,9 @@ row_read(struct store_conn *c, struct store_stmt *st, const char *name, struct l
         row->epoch = store_col_int(&r, 2);
         row->expires_at_ms = store_col_int(&r, 3);
         row->acquired_at_ms = store_col_int(&r, 4);
-        row->version = store_col_int(&r, 5);
     }
     store_rows_close(&r);
     return ERR_OK;
-}
-
-/* Write the row's new state if nobody changed it since we read `version`. */
-static enum err
-row_cas(struct store_conn *c, const char *name, const struct lock_row *next, int64_t version,
-        int64_t now_ms, struct bb_error *e)
-{
-    const struct store_param p[] = {
-        sp_text(name),
-        next->has_owner ? sp_text(next->owner) : sp_null(),
-        sp_int(next->token),
-        sp_int(next->epoch),
-        next->has_owner ? sp_int(next->expires_at_ms) : sp_null(),
-        next->has_owner ? sp_int(next->acquired_at_ms) : sp_null(),
-        sp_int(now_ms),
-        sp_int(version),
-    };
-    int64_t changed = 0;
-    enum err rc = store_exec(c, &LOCK_UPDATE, p, BB_ARRAY_LEN(p), &changed, e);
-    if (rc == ERR_OK && changed != 1)
-        return bb_fail(e, ERR_RETRY, "", "lock %s changed concurrently", name);
-    return rc;
 }
 
 static void
@@ -157,58 +180,6 @@ grant_from_row(const char *name, const struct lock_row *row, bool with_token,
     out->epoch = row->epoch;
     out->expires_at_ms = row->expires_at_ms;
     out->acquired_at_ms = row->acquired_at_ms;
-}
-
-enum err
-lock_acquire(struct store_conn *c, const char *name, const char *owner, int64_t ttl_ms,
-             int64_t now_ms, struct lock_grant *out, enum lock_outcome *how, struct bb_error *e)
-{
-    struct lock_row row;
-    enum err rc = row_read(c, &LOCK_SELECT, name, &row, e);
-    if (rc != ERR_OK)
-        return rc;
-    struct lock_row next = row;
-    next.has_owner = true;
-    bb_strlcpy(next.owner, owner, sizeof next.owner);
-    next.expires_at_ms = now_ms + ttl_ms;
-    next.acquired_at_ms = now_ms;
-    switch (locks__decide_acquire(&row, owner, now_ms)) {
-    case LOCKS__INSERT: {
-        const struct store_param p[] = {sp_text(name), sp_text(owner), sp_int(now_ms + ttl_ms),
-                                        sp_int(now_ms)};
-        int64_t inserted = 0;
-        rc = store_exec(c, &LOCK_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
-        if (rc == ERR_OK && inserted != 1)
-            return bb_fail(e, ERR_RETRY, "", "lock %s created concurrently", name);
-        if (rc != ERR_OK)
-            return rc;
-        next.token = next.epoch = 1;
-        *how = LOCK_GRANTED;
-        grant_from_row(name, &next, true, out);
-        return ERR_OK;
-    }
-    case LOCKS__DENY:
-        grant_from_row(name, &row, false, out);
-        return bb_fail(e, ERR_LOCK_HELD, "", "lock %s is held by another owner", name);
-    case LOCKS__REENTER:
-        next.acquired_at_ms = row.acquired_at_ms;
-        *how = LOCK_REENTERED;
-        break;
-    case LOCKS__GRANT:
-        next.token = row.token + 1;
-        *how = LOCK_GRANTED;
-        break;
-    case LOCKS__TAKEOVER:
-        next.token = row.token + 1;
-        next.epoch = row.epoch + 1;
-        *how = LOCK_TAKEOVER;
-        break;
-    }
-    BB_ASSERT(lock_can_transition(lock_row_state(&row, now_ms), LOCK_HELD));
-    rc = row_cas(c, name, &next, row.version, now_ms, e);
-    if (rc == ERR_OK)
-        grant_from_row(name, &next, true, out);
-    return rc;
 }
 
 static enum err
@@ -229,46 +200,98 @@ refusal(struct bb_error *e, enum err why, const char *name, const struct lock_ro
 }
 
 enum err
+lock_acquire(struct store_conn *c, const char *name, const char *owner, int64_t ttl_ms,
+             int64_t now_ms, int64_t wait_until_ms, struct lock_grant *out, enum lock_outcome *how,
+             struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(name), sp_text(owner), sp_int(now_ms), sp_int(ttl_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &LOCK_ACQUIRE, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (store_next(&r)) {
+        memset(out, 0, sizeof *out);
+        bb_strlcpy(out->name, name, sizeof out->name);
+        bb_strlcpy(out->owner, owner, sizeof out->owner);
+        out->token = store_col_int(&r, 0);
+        out->epoch = store_col_int(&r, 1);
+        out->expires_at_ms = store_col_int(&r, 2);
+        out->acquired_at_ms = store_col_int(&r, 3);
+        *how = (enum lock_outcome)store_col_int(&r, 4);
+        store_rows_close(&r);
+        return ERR_OK;
+    }
+    store_rows_close(&r);
+    /* Nothing written: someone else holds it. Say who, and if the caller
+     * will wait, mark the lock so that its release is announced. */
+    struct lock_row row;
+    bool waits = wait_until_ms > now_ms;
+    rc = row_read(c, waits ? &LOCK_MARK_WAITING : &LOCK_SELECT, name, wait_until_ms, &row, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (locks__decide_acquire(&row, owner, now_ms) != LOCKS__DENY)
+        return bb_fail(e, ERR_RETRY, "", "lock %s changed concurrently", name);
+    grant_from_row(name, &row, false, out);
+    return bb_fail(e, ERR_LOCK_HELD, "", "lock %s is held by another owner", name);
+}
+
+enum err
 lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms, int64_t now_ms,
            struct lock_grant *out, struct bb_error *e)
 {
+    const struct store_param p[] = {sp_text(name), sp_int(token), sp_int(now_ms), sp_int(ttl_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &LOCK_RENEW, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (store_next(&r)) {
+        struct lock_row row = {.exists = true, .has_owner = true};
+        bb_strlcpy(row.owner, store_col_text(&r, 0), sizeof row.owner);
+        row.token = store_col_int(&r, 1);
+        row.epoch = store_col_int(&r, 2);
+        row.expires_at_ms = store_col_int(&r, 3);
+        row.acquired_at_ms = store_col_int(&r, 4);
+        store_rows_close(&r);
+        grant_from_row(name, &row, true, out);
+        return ERR_OK;
+    }
+    store_rows_close(&r);
     struct lock_row row;
-    enum err rc = row_read(c, &LOCK_SELECT, name, &row, e);
+    rc = row_read(c, &LOCK_SELECT, name, 0, &row, e);
     if (rc != ERR_OK)
         return rc;
     enum err verdict = locks__decide_renew(&row, token, now_ms);
-    if (verdict != ERR_OK)
-        return refusal(e, verdict, name, &row, token);
-    struct lock_row next = row;
-    next.expires_at_ms = now_ms + ttl_ms;
-    rc = row_cas(c, name, &next, row.version, now_ms, e);
-    if (rc == ERR_OK)
-        grant_from_row(name, &next, true, out);
-    return rc;
+    if (verdict == ERR_OK)
+        return bb_fail(e, ERR_RETRY, "", "lock %s changed concurrently", name);
+    return refusal(e, verdict, name, &row, token);
 }
 
 enum err
 lock_release(struct store_conn *c, const char *name, int64_t token, int64_t now_ms,
              struct bb_error *e)
 {
+    const struct store_param p[] = {sp_text(name), sp_int(token), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &LOCK_RELEASE, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (store_next(&r)) {
+        bool waited_for = store_col_int(&r, 0) > now_ms;
+        store_rows_close(&r);
+        return waited_for ? store_notify(c, LOCKS__CHANNEL, name, e) : ERR_OK;
+    }
+    store_rows_close(&r);
     struct lock_row row;
-    enum err rc = row_read(c, &LOCK_SELECT, name, &row, e);
+    rc = row_read(c, &LOCK_SELECT, name, 0, &row, e);
     if (rc != ERR_OK)
         return rc;
     bool changes;
     enum err verdict = locks__decide_release(&row, token, now_ms, &changes);
     if (verdict != ERR_OK)
         return refusal(e, verdict, name, &row, token);
-    if (!changes)
-        return ERR_OK; /* released before with this token: idempotent */
-    BB_ASSERT(lock_can_transition(lock_row_state(&row, now_ms), LOCK_FREE));
-    struct lock_row next = row;
-    next.has_owner = false;
-    next.owner[0] = '\0';
-    rc = row_cas(c, name, &next, row.version, now_ms, e);
-    if (rc == ERR_OK)
-        rc = store_notify(c, LOCKS__CHANNEL, name, e);
-    return rc;
+    if (changes)
+        return bb_fail(e, ERR_RETRY, "", "lock %s changed concurrently", name);
+    return ERR_OK; /* released before with this token: idempotent */
 }
 
 enum err
@@ -276,7 +299,7 @@ lock_get(struct store_conn *c, const char *name, int64_t now_ms, struct lock_gra
          struct bb_error *e)
 {
     struct lock_row row;
-    enum err rc = row_read(c, &LOCK_SELECT_READ, name, &row, e);
+    enum err rc = row_read(c, &LOCK_SELECT, name, 0, &row, e);
     if (rc != ERR_OK)
         return rc;
     switch (lock_row_state(&row, now_ms)) {

@@ -65,7 +65,6 @@ struct lock_row {
     int64_t epoch;
     int64_t expires_at_ms;
     int64_t acquired_at_ms;
-    int64_t version;
 };
 
 enum lock_state lock_row_state(const struct lock_row *row, int64_t now_ms);
@@ -87,10 +86,14 @@ bool lock_name_is_valid(const char *name);
  * Acquire `name` for `owner` for ttl_ms. ERR_OK: *out is the grant and *how
  * says how it came about. ERR_LOCK_HELD: another owner holds it; *out
  * describes the holder (token zeroed: a token is its holder's capability).
+ * `wait_until_ms` (wall clock; 0 when not waiting): the caller will wait for
+ * the lock until then if refused, so its release must be announced; the
+ * lock is marked so in the caller's transaction, which must commit for the
+ * mark to count.
  */
 BB_WUR enum err lock_acquire(struct store_conn *c, const char *name, const char *owner,
-                             int64_t ttl_ms, int64_t now_ms, struct lock_grant *out,
-                             enum lock_outcome *how, struct bb_error *e);
+                             int64_t ttl_ms, int64_t now_ms, int64_t wait_until_ms,
+                             struct lock_grant *out, enum lock_outcome *how, struct bb_error *e);
 /* Extend the lease. ERR_STALE_TOKEN (not the current token), ERR_LOCK_EXPIRED
  * (the lease ran out: acquire again), ERR_NOT_HELD (released or never held). */
 BB_WUR enum err lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms,

@@ -319,12 +319,7 @@ enum err
 store_begin(struct store_conn *c, enum store_txn mode, struct bb_error *e)
 {
     BB_ASSERT(!c->in_txn);
-    const char *sql = mode == STORE_WRITE ? c->ops->begin_write_sql : c->ops->begin_read_sql;
-    if (sql == NULL) {
-        c->in_txn = c->txn_virtual = true;
-        return ERR_OK;
-    }
-    enum err rc = c->ops->exec_script(c, sql, e);
+    enum err rc = c->ops->begin(c, mode, e);
     if (rc == ERR_OK)
         c->in_txn = true;
     return rc;
@@ -334,16 +329,10 @@ enum err
 store_commit(struct store_conn *c, struct bb_error *e)
 {
     BB_ASSERT(c->in_txn);
-    if (!c->txn_virtual) {
-        enum err rc = c->ops->exec_script(c, "COMMIT", e);
-        if (rc != ERR_OK) {
-            store_rollback(c);
-            return rc;
-        }
-    }
-    c->in_txn = c->txn_virtual = false;
-    store__notes_deliver(c);
-    return ERR_OK;
+    enum err rc = c->ops->commit(c, e);
+    c->in_txn = false;
+    store__notes_truncate(c, 0);
+    return rc;
 }
 
 void
@@ -351,13 +340,8 @@ store_rollback(struct store_conn *c)
 {
     if (!c->in_txn)
         return;
-    if (!c->txn_virtual) {
-        struct bb_error ignored;
-        /* A failed ROLLBACK leaves nothing to do: the connection is broken and
-         * will be replaced, and the server discards the transaction. */
-        (void)c->ops->exec_script(c, "ROLLBACK", &ignored);
-    }
-    c->in_txn = c->txn_virtual = false;
+    c->ops->rollback(c);
+    c->in_txn = false;
     store__notes_truncate(c, 0);
 }
 
@@ -393,8 +377,14 @@ store_notify(struct store_conn *c, const char *channel, const char *payload, str
     BB_ASSERT(channel_is_valid(channel));
     if (strlen(payload) > 7999)
         return bb_fail(e, ERR_INVALID, "", "notification payload longer than 7999 bytes");
-    if (c->ops->notify)
-        return c->ops->notify(c, channel, payload, e);
+    if (!c->in_txn) {
+        /* Outside a transaction: a transaction of its own. */
+        enum err rc = store_begin(c, STORE_WRITE, e);
+        if (rc != ERR_OK)
+            return rc;
+        rc = store_notify(c, channel, payload, e);
+        return rc == ERR_OK ? store_commit(c, e) : rc;
+    }
     if (c->n_notes == c->cap_notes) {
         c->cap_notes = c->cap_notes ? c->cap_notes * 2 : 8;
         c->notes = xrealloc(c->notes, c->cap_notes * sizeof *c->notes);
@@ -420,7 +410,6 @@ store__notes_deliver(struct store_conn *c)
 {
     for (size_t i = 0; i < c->n_notes; i++)
         store__dispatch(c->store, c->notes[i].channel, c->notes[i].payload);
-    store__notes_truncate(c, 0);
 }
 
 enum err

@@ -164,8 +164,9 @@ BB_WUR enum err store_run(struct store *s, enum store_txn mode, store_work_fn *w
 /*
  * Queue a notification inside the open transaction; it is delivered to
  * every listener (in every process, on PostgreSQL) after the commit, and
- * dropped if the transaction or the unit rolls back. channel: [a-z0-9_],
- * at most 63 bytes; payload at most 7999 bytes.
+ * dropped if the transaction or the unit rolls back. Outside a transaction
+ * it is sent at once. channel: [a-z0-9_], at most 63 bytes; payload at most
+ * 7999 bytes.
  */
 BB_WUR enum err store_notify(struct store_conn *c, const char *channel, const char *payload,
                              struct bb_error *e);

@@ -28,14 +28,15 @@ struct store__ops {
     int64_t (*col_int)(const struct store_rows *r, int col);
     const char *(*col_text)(const struct store_rows *r, int col);
     size_t (*col_len)(const struct store_rows *r, int col);
-    /* Send a notification inside the transaction (PostgreSQL only; SQLite
-     * queues it in the connection and the executor delivers it). */
-    enum err (*notify)(struct store_conn *c, const char *channel, const char *payload,
-                       struct bb_error *e);
+    /* Transactions. `commit` also publishes the notifications queued in
+     * c->notes: SQLite delivers them in-process after the commit, PostgreSQL
+     * sends them with the COMMIT (every process's listener gets them). On
+     * failure the transaction is rolled back. */
+    enum err (*begin)(struct store_conn *c, enum store_txn mode, struct bb_error *e);
+    enum err (*commit)(struct store_conn *c, struct bb_error *e);
+    void (*rollback)(struct store_conn *c);
     /* Connection unusable (server gone): drop and reconnect before reuse. */
     bool (*is_broken)(const struct store_conn *c);
-    const char *begin_read_sql; /* NULL: reads run as autocommit statements */
-    const char *begin_write_sql;
 };
 
 extern const struct store__ops store__sqlite_ops;
@@ -53,9 +54,8 @@ struct store_conn {
     void **prepared; /* indexed by store_stmt.slot; engine-owned handles */
     size_t n_prepared;
     bool in_txn;
-    bool txn_virtual; /* a PostgreSQL read: autocommit statements, no BEGIN */
-    /* Notifications raised in the open transaction (SQLite), delivered after
-     * commit. */
+    /* Notifications raised in the open transaction, published by commit;
+     * a unit that rolls back to its savepoint drops its own. */
     struct store__note *notes;
     size_t n_notes;
     size_t cap_notes;

@@ -6,6 +6,12 @@
  * strings). Integers travel as decimal text, strings in binary format (their
  * raw bytes with a length), so no string needs a NUL terminator and nothing
  * is ever spliced into SQL text. Results come back in text format.
+ *
+ * Round trips are what a transaction costs here, so the engine saves them
+ * with libpq's pipeline mode: BEGIN is sent together with the transaction's
+ * first statement (and its PREPARE, on first use), and the notifications a
+ * transaction raised are sent together with its COMMIT. A read runs as
+ * autocommit statements (READ COMMITTED gives each its own snapshot anyway).
  */
 #include "store/store_int.h"
 
@@ -18,6 +24,20 @@ enum { PG_INT8OID = 20, PG_TEXTOID = 25, PG_MAX_PARAMS = 64 };
 
 struct pg_conn {
     PGconn *pg;
+    bool begin_pending; /* a write transaction began; BEGIN goes with the next command */
+    bool txn_open;      /* BEGIN was sent */
+};
+
+/* One command of a pipeline. */
+struct pg_cmd {
+    const char *sql;          /* PQsendQueryParams text, or the PREPARE text */
+    const char *prepare_name; /* set: PQsendPrepare(prepare_name, sql) */
+    const char *exec_name;    /* set: PQsendQueryPrepared(exec_name) */
+    int n;
+    const Oid *types;
+    const char *const *values;
+    const int *lengths;
+    const int *formats;
 };
 
 static PGconn *
@@ -95,16 +115,104 @@ pg_disconnect(struct store_conn *c)
     c->impl = NULL;
 }
 
+/*
+ * Send `cmds` as one pipeline and read every result. The result of command
+ * `keep` (-1: none) is handed back in *kept on success. The first failure is
+ * reported; commands after it were skipped by the server.
+ */
+static enum err
+pg_pipeline(struct store_conn *c, const struct pg_cmd *cmds, int n, int keep, PGresult **kept,
+            int *failed_at, struct bb_error *e)
+{
+    struct pg_conn *pc = c->impl;
+    PGconn *pg = pc->pg;
+    int failed = 0; /* index of the first command that did not succeed */
+    if (kept)
+        *kept = NULL;
+    if (failed_at)
+        *failed_at = 0;
+    if (PQenterPipelineMode(pg) != 1)
+        return pg_error(c, NULL, "pipeline", e);
+    bool sent = true;
+    for (int i = 0; i < n && sent; i++) {
+        const struct pg_cmd *k = &cmds[i];
+        if (k->prepare_name)
+            sent = PQsendPrepare(pg, k->prepare_name, k->sql, k->n, k->types) == 1;
+        else if (k->exec_name)
+            sent = PQsendQueryPrepared(pg, k->exec_name, k->n, k->values, k->lengths, k->formats,
+                                       0) == 1;
+        else
+            sent = PQsendQueryParams(pg, k->sql, k->n, k->types, k->values, k->lengths, k->formats,
+                                     0) == 1;
+    }
+    if (!sent || PQpipelineSync(pg) != 1) {
+        enum err rc = pg_error(c, NULL, "pipeline send", e);
+        (void)PQexitPipelineMode(pg);
+        return rc;
+    }
+    enum err rc = ERR_OK;
+    for (int i = 0; i < n; i++) {
+        PGresult *res = PQgetResult(pg);
+        if (res == NULL) { /* the connection broke: no more results will come */
+            rc = pg_error(c, NULL, "pipeline", e);
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (rc == ERR_OK && st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+            rc =
+                pg_error(c, res, st == PGRES_PIPELINE_ABORTED ? "pipeline aborted" : "pipeline", e);
+        if (rc == ERR_OK)
+            failed = i + 1;
+        if (i == keep && rc == ERR_OK && kept)
+            *kept = res;
+        else
+            PQclear(res);
+        PQclear(PQgetResult(pg)); /* the NULL that ends each command's results */
+    }
+    /* Drain up to the sync point; a broken connection ends it early. */
+    for (;;) {
+        PGresult *res = PQgetResult(pg);
+        if (res == NULL && PQstatus(pg) != CONNECTION_OK)
+            break;
+        ExecStatusType st = PQresultStatus(res);
+        PQclear(res);
+        if (st == PGRES_PIPELINE_SYNC || res == NULL)
+            break;
+    }
+    (void)PQexitPipelineMode(pg);
+    if (rc != ERR_OK && kept && *kept) {
+        PQclear(*kept);
+        *kept = NULL;
+    }
+    if (rc == ERR_OK && PQstatus(pg) != CONNECTION_OK)
+        rc = pg_error(c, NULL, "pipeline", e);
+    if (failed_at)
+        *failed_at = failed;
+    return rc;
+}
+
 static enum err
 pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
 {
     struct pg_conn *pc = c->impl;
-    PGresult *res = PQexec(pc->pg, sql);
+    /* The simple protocol takes several statements at once: the pending
+     * BEGIN rides along with the first script of the transaction. */
+    struct bb_buf text;
+    bb_buf_init(&text);
+    if (pc->begin_pending)
+        bb_buf_puts(&text, "BEGIN;");
+    bb_buf_puts(&text, sql);
+    PGresult *res = PQexec(pc->pg, text.data);
+    bb_buf_deinit(&text);
     ExecStatusType st = PQresultStatus(res);
     enum err rc = ERR_OK;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
         rc = pg_error(c, res, "exec", e);
     PQclear(res);
+    if (pc->begin_pending && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
+        pc->begin_pending = false;
+        pc->txn_open = true;
+    }
     return rc;
 }
 
@@ -112,40 +220,17 @@ pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
 static char pg_prepared_marker;
 
 static enum err
-pg_prepare(struct store_conn *c, struct store_stmt *st, const struct store_param *params, size_t n,
-           char *name, size_t name_len, struct bb_error *e)
-{
-    int slot = store__stmt_slot(st);
-    snprintf(name, name_len, "bb%d", slot);
-    store__conn_reserve(c, slot);
-    if (c->prepared[slot])
-        return ERR_OK;
-    Oid types[PG_MAX_PARAMS];
-    for (size_t i = 0; i < n; i++)
-        types[i] = params[i].type == STORE_T_INT    ? PG_INT8OID
-                   : params[i].type == STORE_T_TEXT ? PG_TEXTOID
-                                                    : 0;
-    struct pg_conn *pc = c->impl;
-    PGresult *res = PQprepare(pc->pg, name, store__stmt_sql(st, STORE_POSTGRES), (int)n, types);
-    enum err rc = ERR_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = pg_error(c, res, "prepare", e);
-    PQclear(res);
-    if (rc == ERR_OK)
-        c->prepared[slot] = &pg_prepared_marker;
-    return rc;
-}
-
-static enum err
 pg_query(struct store_conn *c, struct store_stmt *st, const struct store_param *params, size_t n,
          struct store_rows *out, int64_t *changes, struct bb_error *e)
 {
     if (n > PG_MAX_PARAMS)
         return bb_fail(e, ERR_INTERNAL, "", "too many statement parameters (%zu)", n);
+    struct pg_conn *pc = c->impl;
+    int slot = store__stmt_slot(st);
     char name[32];
-    enum err rc = pg_prepare(c, st, params, n, name, sizeof name, e);
-    if (rc != ERR_OK)
-        return rc;
+    snprintf(name, sizeof name, "bb%d", slot);
+    store__conn_reserve(c, slot);
+    Oid types[PG_MAX_PARAMS];
     const char *values[PG_MAX_PARAMS];
     int lengths[PG_MAX_PARAMS];
     int formats[PG_MAX_PARAMS];
@@ -154,27 +239,47 @@ pg_query(struct store_conn *c, struct store_stmt *st, const struct store_param *
         const struct store_param *p = &params[i];
         lengths[i] = 0;
         formats[i] = 0;
+        types[i] = 0;
+        values[i] = NULL;
         if (p->type == STORE_T_INT) {
             snprintf(ints[i], sizeof ints[i], "%" PRId64, p->i);
             values[i] = ints[i];
+            types[i] = PG_INT8OID;
         } else if (p->type == STORE_T_TEXT) {
             if (p->len > INT32_MAX)
                 return bb_fail(e, ERR_TOO_LARGE, "", "parameter too large");
             values[i] = p->s;
             lengths[i] = (int)p->len;
             formats[i] = 1; /* binary text: raw bytes, no terminator needed */
-        } else {
-            values[i] = NULL;
+            types[i] = PG_TEXTOID;
         }
     }
-    struct pg_conn *pc = c->impl;
-    PGresult *res = PQexecPrepared(pc->pg, name, (int)n, values, lengths, formats, 0);
-    ExecStatusType status = PQresultStatus(res);
-    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-        rc = pg_error(c, res, "query", e);
-        PQclear(res);
-        return rc;
+    struct pg_cmd cmds[3];
+    int k = 0;
+    bool began = pc->begin_pending;
+    if (began)
+        cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
+    bool preparing = c->prepared[slot] == NULL;
+    if (preparing) /* parameter types come from this first call */
+        cmds[k++] = (struct pg_cmd){.sql = store__stmt_sql(st, STORE_POSTGRES),
+                                    .prepare_name = name,
+                                    .n = (int)n,
+                                    .types = types};
+    cmds[k++] = (struct pg_cmd){
+        .exec_name = name, .n = (int)n, .values = values, .lengths = lengths, .formats = formats};
+    PGresult *res = NULL;
+    int done = 0;
+    enum err rc = pg_pipeline(c, cmds, k, k - 1, &res, &done, e);
+    if (began && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
+        pc->begin_pending = false;
+        pc->txn_open = true;
     }
+    /* Prepared statements outlive transactions: remember a PREPARE that
+     * succeeded even if the statement after it failed. */
+    if (preparing && done >= k - 1)
+        c->prepared[slot] = &pg_prepared_marker;
+    if (rc != ERR_OK)
+        return rc;
     if (changes) {
         const char *t = PQcmdTuples(res);
         *changes = *t ? strtoll(t, NULL, 10) : 0;
@@ -220,11 +325,62 @@ pg_col_len(const struct store_rows *r, int col)
 }
 
 static enum err
-pg_notify(struct store_conn *c, const char *channel, const char *payload, struct bb_error *e)
+pg_begin(struct store_conn *c, enum store_txn mode, struct bb_error *e)
 {
-    static struct store_stmt notify = {.sql = "SELECT pg_notify($1, $2)"};
-    const struct store_param p[] = {sp_text(channel), sp_text(payload)};
-    return store_exec(c, &notify, p, 2, NULL, e);
+    (void)e;
+    struct pg_conn *pc = c->impl;
+    /* Reads: autocommit statements. Writes: BEGIN goes with the first
+     * command, saving a round trip. */
+    pc->begin_pending = mode == STORE_WRITE;
+    pc->txn_open = false;
+    return ERR_OK;
+}
+
+/* COMMIT, preceded in the same round trip by the transaction's
+ * notifications (delivered by PostgreSQL to every listener at commit). */
+static enum err
+pg_commit(struct store_conn *c, struct bb_error *e)
+{
+    struct pg_conn *pc = c->impl;
+    if (!pc->txn_open && c->n_notes == 0) {
+        pc->begin_pending = false; /* nothing was sent: nothing to commit */
+        return ERR_OK;
+    }
+    size_t n = c->n_notes + 2;
+    struct pg_cmd *cmds = xcalloc(n, sizeof *cmds);
+    const char **values = xcalloc(2 * (c->n_notes ? c->n_notes : 1), sizeof *values);
+    int k = 0;
+    if (!pc->txn_open)
+        cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
+    for (size_t i = 0; i < c->n_notes; i++) {
+        values[2 * i] = c->notes[i].channel;
+        values[2 * i + 1] = c->notes[i].payload;
+        cmds[k++] =
+            (struct pg_cmd){.sql = "SELECT pg_notify($1, $2)", .n = 2, .values = &values[2 * i]};
+    }
+    cmds[k++] = (struct pg_cmd){.sql = "COMMIT"};
+    enum err rc = pg_pipeline(c, cmds, k, -1, NULL, NULL, e);
+    free(cmds);
+    free((void *)values);
+    if (rc != ERR_OK && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
+        PGresult *res = PQexec(pc->pg, "ROLLBACK");
+        PQclear(res);
+    }
+    pc->begin_pending = pc->txn_open = false;
+    return rc;
+}
+
+static void
+pg_rollback(struct store_conn *c)
+{
+    struct pg_conn *pc = c->impl;
+    if (pc->txn_open || PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
+        /* A failed ROLLBACK means the connection is gone; the server drops
+         * the transaction with it. */
+        PGresult *res = PQexec(pc->pg, "ROLLBACK");
+        PQclear(res);
+    }
+    pc->begin_pending = pc->txn_open = false;
 }
 
 static bool
@@ -245,12 +401,10 @@ const struct store__ops store__pg_ops = {
     .col_int = pg_col_int,
     .col_text = pg_col_text,
     .col_len = pg_col_len,
-    .notify = pg_notify,
+    .begin = pg_begin,
+    .commit = pg_commit,
+    .rollback = pg_rollback,
     .is_broken = pg_is_broken,
-    /* READ COMMITTED gives each statement its own snapshot either way, so a
-     * read needs no BEGIN/COMMIT round trips. */
-    .begin_read_sql = NULL,
-    .begin_write_sql = "BEGIN",
 };
 
 /* ---- the listener connection ---------------------------------------------- */

@@ -286,6 +286,36 @@ sq_col_len(const struct store_rows *r, int col)
     return sq_cell(r, col)->len;
 }
 
+/* BEGIN IMMEDIATE for writes: a writer queues for the lock up front instead
+ * of failing at commit. */
+static enum err
+sq_begin(struct store_conn *c, enum store_txn mode, struct bb_error *e)
+{
+    return sq_exec_script(c, mode == STORE_WRITE ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED", e);
+}
+
+static enum err
+sq_commit(struct store_conn *c, struct bb_error *e)
+{
+    enum err rc = sq_exec_script(c, "COMMIT", e);
+    if (rc != ERR_OK) {
+        struct bb_error ignored;
+        (void)sq_exec_script(c, "ROLLBACK", &ignored);
+        return rc;
+    }
+    store__notes_deliver(c); /* one process owns the file: local delivery is all */
+    return ERR_OK;
+}
+
+static void
+sq_rollback(struct store_conn *c)
+{
+    struct bb_error ignored;
+    /* A failed ROLLBACK means SQLite already rolled back (or the handle is
+     * gone): nothing is left to undo either way. */
+    (void)sq_exec_script(c, "ROLLBACK", &ignored);
+}
+
 static bool
 sq_is_broken(const struct store_conn *c)
 {
@@ -303,8 +333,8 @@ const struct store__ops store__sqlite_ops = {
     .col_int = sq_col_int,
     .col_text = sq_col_text,
     .col_len = sq_col_len,
-    .notify = NULL, /* queued in the connection, delivered after commit */
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
     .is_broken = sq_is_broken,
-    .begin_read_sql = "BEGIN DEFERRED",
-    .begin_write_sql = "BEGIN IMMEDIATE",
 };

@@ -5,7 +5,7 @@
  */
 #include "testsupport.h"
 
-#include "locks/locks.h"
+#include "locks/locks_int.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,7 +47,7 @@ acquire_ok(struct store_conn *c, const char *name, const char *owner, int64_t tt
     struct lock_grant g;
     enum lock_outcome how;
     struct bb_error e;
-    assert_ok(lock_acquire(c, name, owner, ttl, now, &g, &how, &e), &e);
+    assert_ok(lock_acquire(c, name, owner, ttl, now, 0, &g, &how, &e), &e);
     assert_int_equal(how, expect);
     assert_string_equal(g.owner, owner);
     assert_int_equal(g.expires_at_ms, now + ttl);
@@ -95,7 +95,7 @@ acquire_while_held_names_the_holder_but_not_its_token(void **state)
     struct lock_grant g;
     enum lock_outcome how;
     struct bb_error e;
-    assert_int_equal(lock_acquire(f->c, "L", "w2", 1000, T0 + 999, &g, &how, &e), ERR_LOCK_HELD);
+    assert_int_equal(lock_acquire(f->c, "L", "w2", 1000, T0 + 999, 0, &g, &how, &e), ERR_LOCK_HELD);
     assert_string_equal(g.owner, "w1");
     assert_int_equal(g.expires_at_ms, T0 + 1000);
     assert_int_equal(g.token, 0);
@@ -216,6 +216,97 @@ fence_accepts_equal_or_newer_tokens_and_refuses_older(void **state)
     assert_int_equal(lock_fenced_get(f->c, "none", &value, &token, &e), ERR_NOT_FOUND);
 }
 
+/* ---- the SQL against the decision table -------------------------------------------------- */
+
+static struct lock_row
+read_row(struct store_conn *c, const char *name)
+{
+    static struct store_stmt select = {
+        .sql = "SELECT owner, token, epoch, expires_at_ms FROM locks WHERE name = $1"};
+    struct lock_row row;
+    memset(&row, 0, sizeof row);
+    struct store_rows r;
+    struct bb_error e;
+    const struct store_param p[] = {sp_text(name)};
+    assert_ok(store_query(c, &select, p, 1, &r, &e), &e);
+    if (store_next(&r)) {
+        row.exists = true;
+        row.has_owner = !store_col_is_null(&r, 0);
+        bb_strlcpy(row.owner, store_col_text(&r, 0), sizeof row.owner);
+        row.token = store_col_int(&r, 1);
+        row.epoch = store_col_int(&r, 2);
+        row.expires_at_ms = store_col_int(&r, 3);
+    }
+    store_rows_close(&r);
+    return row;
+}
+
+static void
+acquire_statement_agrees_with_the_decision_table(void **state)
+{
+    struct fixture *f = *state;
+    /* Each scenario leaves lock `name` in some state by T0 + 500, then w1
+     * acquires at T0 + 500. */
+    static const struct {
+        const char *name;
+        const char *setup_owner; /* NULL: never held */
+        int64_t setup_ttl;
+        bool release;
+    } scenarios[] = {
+        {"never", NULL, 0, false},          {"released", "w2", 1000, true},
+        {"held-by-me", "w1", 1000, false},  {"held-by-other", "w2", 1000, false},
+        {"expired-mine", "w1", 100, false}, {"expired-other", "w2", 100, false},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(scenarios); i++) {
+        struct bb_error e;
+        const char *name = scenarios[i].name;
+        if (scenarios[i].setup_owner) {
+            struct lock_grant g;
+            enum lock_outcome how;
+            assert_ok(lock_acquire(f->c, name, scenarios[i].setup_owner, scenarios[i].setup_ttl, T0,
+                                   0, &g, &how, &e),
+                      &e);
+            if (scenarios[i].release)
+                assert_ok(lock_release(f->c, name, g.token, T0, &e), &e);
+        }
+        int64_t now = T0 + 500;
+        struct lock_row before = read_row(f->c, name);
+        enum locks__decision want = locks__decide_acquire(&before, "w1", now);
+        struct lock_grant g;
+        enum lock_outcome how;
+        enum err rc = lock_acquire(f->c, name, "w1", 1000, now, 0, &g, &how, &e);
+        struct lock_row after = read_row(f->c, name);
+        switch (want) {
+        case LOCKS__INSERT:
+        case LOCKS__GRANT:
+            assert_int_equal(rc, ERR_OK);
+            assert_int_equal(how, LOCK_GRANTED);
+            assert_int_equal(g.token, before.token + 1);
+            assert_int_equal(g.epoch, before.exists ? before.epoch : 1);
+            break;
+        case LOCKS__REENTER:
+            assert_int_equal(rc, ERR_OK);
+            assert_int_equal(how, LOCK_REENTERED);
+            assert_int_equal(g.token, before.token);
+            assert_int_equal(g.epoch, before.epoch);
+            break;
+        case LOCKS__TAKEOVER:
+            assert_int_equal(rc, ERR_OK);
+            assert_int_equal(how, LOCK_TAKEOVER);
+            assert_int_equal(g.token, before.token + 1);
+            assert_int_equal(g.epoch, before.epoch + 1);
+            break;
+        case LOCKS__DENY:
+            assert_int_equal(rc, ERR_LOCK_HELD);
+            assert_memory_equal(&after, &before, sizeof after); /* nothing written */
+            continue;
+        }
+        assert_string_equal(after.owner, "w1");
+        assert_int_equal(after.token, g.token);
+        assert_int_equal(after.expires_at_ms, now + 1000);
+    }
+}
+
 /* ---- mutual exclusion under real concurrency ------------------------------------------ */
 
 enum { THREADS = 6, ROUNDS = 40 };
@@ -241,7 +332,7 @@ static enum err
 race_acquire(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct race_op *op = arg;
-    return lock_acquire(c, "hot", op->owner, 60000, bb_wall_ms(), &op->grant, &op->how, e);
+    return lock_acquire(c, "hot", op->owner, 60000, bb_wall_ms(), 0, &op->grant, &op->how, e);
 }
 
 static enum err
@@ -317,6 +408,7 @@ static const struct CMUnitTest tests[] = {
     LOCK_TEST(get_reports_a_held_lock_and_forgets_an_expired_one),
     LOCK_TEST(list_shows_held_locks_in_name_order_with_paging),
     LOCK_TEST(fence_accepts_equal_or_newer_tokens_and_refuses_older),
+    LOCK_TEST(acquire_statement_agrees_with_the_decision_table),
     LOCK_TEST(concurrent_acquirers_never_overlap_and_tokens_follow_grants),
 };
 
