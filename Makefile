@@ -22,9 +22,6 @@ asan:
 	cmake --build build-asan -j$$(nproc)
 
 bench:
-	scripts/deps.sh bench
-	cmake --preset release >/dev/null
-	cmake --build build-release -j$$(nproc)
 	bench/locks/run.sh
 
 format:

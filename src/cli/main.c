@@ -11,7 +11,7 @@ static const char USAGE[] =
     "usage: backbone <command> [options]\n"
     "\n"
     "commands:\n"
-    "  serve      run the server (HTTP API, workers) on SQLite or PostgreSQL\n"
+    "  serve      run the server (HTTP API) on SQLite or PostgreSQL\n"
     "  migrate    apply database migrations and exit\n"
     "  locks      acquire, renew, release, show and list fenced locks\n"
     "  fenced     fenced writes: put and get values guarded by a fencing token\n"
