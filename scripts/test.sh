@@ -14,8 +14,6 @@ cmake --build build -j"$jobs"
 cmake --preset asan >/dev/null
 cmake --build build-asan -j"$jobs"
 
-scripts/format.sh --check
-
 pgdir=$(mktemp -d /tmp/backbone-pg.XXXXXX)
 trap 'scripts/pg-test.sh stop "$pgdir"' EXIT
 export BACKBONE_TEST_PG_URL=$(scripts/pg-test.sh start "$pgdir")
@@ -27,4 +25,6 @@ for b in build build-asan; do
   echo "== ctest $b"
   ctest --test-dir "$b" --output-on-failure -j2 --timeout 600 || status=1
 done
+echo "== clang-format"
+scripts/format.sh --check || status=1
 exit $status

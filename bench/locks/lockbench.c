@@ -225,8 +225,8 @@ main(int argc, char **argv)
     pthread_t *threads = xcalloc(n, sizeof *threads);
     int64_t start = bb_mono_ns();
     for (size_t i = 0; i < n; i++) {
-        clients[i] = (struct client){.cfg = &cfg, .id = (int)i,
-                                     .end_ns = start + cfg.duration_ms * 1000000};
+        clients[i] =
+            (struct client){.cfg = &cfg, .id = (int)i, .end_ns = start + cfg.duration_ms * 1000000};
         pthread_create(&threads[i], NULL, client_main, &clients[i]);
     }
     size_t total = 0;
