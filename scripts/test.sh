@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` and CI run it: install what is missing,
 # build a normal and an ASan+UBSan build, start a throwaway PostgreSQL, run
-# every test on both engines in both builds, and stop PostgreSQL even when a
+# every test on both engines in both builds, run the concurrency tests again
+# under ThreadSanitizer, check formatting, and stop PostgreSQL even when a
 # test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ cmake --preset dev >/dev/null
 cmake --build build -j"$jobs"
 cmake --preset asan >/dev/null
 cmake --build build-asan -j"$jobs"
+cmake --preset tsan >/dev/null
+cmake --build build-tsan -j"$jobs"
 
 pgdir=$(mktemp -d /tmp/backbone-pg.XXXXXX)
 trap 'scripts/pg-test.sh stop "$pgdir"' EXIT
@@ -25,6 +28,9 @@ for b in build build-asan; do
   echo "== ctest $b"
   ctest --test-dir "$b" --output-on-failure -j2 --timeout 600 || status=1
 done
+echo "== ctest build-tsan (concurrency tests)"
+ctest --test-dir build-tsan --output-on-failure -j2 --timeout 600 \
+  -R 'store\.|lock_store\.|e2e_.*lock' || status=1
 echo "== clang-format"
 scripts/format.sh --check || status=1
 exit $status

@@ -25,7 +25,8 @@ BIN = os.environ.get("BACKBONE_BIN", "")
 ENGINE = os.environ.get("BB_TEST_ENGINE", "sqlite")
 PG_URL = os.environ.get("BACKBONE_TEST_PG_URL", "")
 SANITIZED = os.environ.get("BB_TEST_SANITIZED", "0") in ("1", "ON", "TRUE", "true")
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer")
 
 # Generous: a sanitized build on a busy 2-core machine starts slowly.
 START_TIMEOUT_S = 60
