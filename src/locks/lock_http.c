@@ -686,9 +686,9 @@ lock_service_routes(struct lock_service *svc, struct http_route *out, size_t max
         {"PUT", "/fenced/{key}", handle_fenced_put, svc, false},
         {"GET", "/fenced/{key}", handle_fenced_get, svc, false},
     };
-    size_t n = BB_ARRAY_LEN(routes) < max ? BB_ARRAY_LEN(routes) : max;
-    memcpy(out, routes, n * sizeof *out);
-    return n;
+    BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
+    memcpy(out, routes, sizeof routes);
+    return BB_ARRAY_LEN(routes);
 }
 
 void

@@ -98,7 +98,7 @@ static struct store_stmt LOCK_ACQUIRE = {
            "   WHEN locks.owner = excluded.owner AND locks.expires_at_ms > $3 THEN 1 ELSE 2 END"
            " WHERE locks.owner IS NULL OR locks.expires_at_ms <= $3"
            "   OR locks.owner = excluded.owner"
-           " RETURNING token, epoch, expires_at_ms, acquired_at_ms, grant_kind",
+           " RETURNING " LOCK_COLUMNS ", grant_kind",
 };
 /* $1 name, $2 token, $3 now, $4 ttl */
 static struct store_stmt LOCK_RENEW = {
@@ -144,6 +144,20 @@ static struct store_stmt FENCE_GET = {
     .sql = "SELECT token, value FROM fences WHERE key = $1",
 };
 
+/* The current result row, whose first columns are LOCK_COLUMNS. */
+static void
+row_from(const struct store_rows *r, struct lock_row *row)
+{
+    memset(row, 0, sizeof *row);
+    row->exists = true;
+    row->has_owner = !store_col_is_null(r, 0);
+    bb_strlcpy(row->owner, store_col_text(r, 0), sizeof row->owner);
+    row->token = store_col_int(r, 1);
+    row->epoch = store_col_int(r, 2);
+    row->expires_at_ms = store_col_int(r, 3);
+    row->acquired_at_ms = store_col_int(r, 4);
+}
+
 /* Read the row with `st` ($1 name, and $2 `arg` when the statement takes
  * one); a missing row reads as exists = false. */
 static enum err
@@ -156,15 +170,8 @@ row_read(struct store_conn *c, struct store_stmt *st, const char *name, int64_t 
     enum err rc = store_query(c, st, p, st == &LOCK_SELECT ? 1 : 2, &r, e);
     if (rc != ERR_OK)
         return rc;
-    if (store_next(&r)) {
-        row->exists = true;
-        row->has_owner = !store_col_is_null(&r, 0);
-        bb_strlcpy(row->owner, store_col_text(&r, 0), sizeof row->owner);
-        row->token = store_col_int(&r, 1);
-        row->epoch = store_col_int(&r, 2);
-        row->expires_at_ms = store_col_int(&r, 3);
-        row->acquired_at_ms = store_col_int(&r, 4);
-    }
+    if (store_next(&r))
+        row_from(&r, row);
     store_rows_close(&r);
     return ERR_OK;
 }
@@ -209,22 +216,17 @@ lock_acquire(struct store_conn *c, const char *name, const char *owner, int64_t 
     enum err rc = store_query(c, &LOCK_ACQUIRE, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)
         return rc;
+    struct lock_row row;
     if (store_next(&r)) {
-        memset(out, 0, sizeof *out);
-        bb_strlcpy(out->name, name, sizeof out->name);
-        bb_strlcpy(out->owner, owner, sizeof out->owner);
-        out->token = store_col_int(&r, 0);
-        out->epoch = store_col_int(&r, 1);
-        out->expires_at_ms = store_col_int(&r, 2);
-        out->acquired_at_ms = store_col_int(&r, 3);
-        *how = (enum lock_outcome)store_col_int(&r, 4);
+        row_from(&r, &row);
+        *how = (enum lock_outcome)store_col_int(&r, 5);
         store_rows_close(&r);
+        grant_from_row(name, &row, true, out);
         return ERR_OK;
     }
     store_rows_close(&r);
     /* Nothing written: someone else holds it. Say who, and if the caller
      * will wait, mark the lock so that its release is announced. */
-    struct lock_row row;
     bool waits = wait_until_ms > now_ms;
     rc = row_read(c, waits ? &LOCK_MARK_WAITING : &LOCK_SELECT, name, wait_until_ms, &row, e);
     if (rc != ERR_OK)
@@ -244,19 +246,14 @@ lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms
     enum err rc = store_query(c, &LOCK_RENEW, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)
         return rc;
+    struct lock_row row;
     if (store_next(&r)) {
-        struct lock_row row = {.exists = true, .has_owner = true};
-        bb_strlcpy(row.owner, store_col_text(&r, 0), sizeof row.owner);
-        row.token = store_col_int(&r, 1);
-        row.epoch = store_col_int(&r, 2);
-        row.expires_at_ms = store_col_int(&r, 3);
-        row.acquired_at_ms = store_col_int(&r, 4);
+        row_from(&r, &row);
         store_rows_close(&r);
         grant_from_row(name, &row, true, out);
         return ERR_OK;
     }
     store_rows_close(&r);
-    struct lock_row row;
     rc = row_read(c, &LOCK_SELECT, name, 0, &row, e);
     if (rc != ERR_OK)
         return rc;

@@ -139,7 +139,8 @@ struct lock_service;
 
 /* Registers metrics and subscribes to release notifications. */
 BB_WUR enum err lock_service_create(struct store *s, struct lock_service **out, struct bb_error *e);
-/* Copy the service's routes into `out` (at most `max`); returns how many. */
+/* Copy the service's routes into `out` (room for `max`, which must be
+ * enough); returns how many. */
 size_t lock_service_routes(struct lock_service *svc, struct http_route *out, size_t max);
 /* Answer every parked blocking acquire with 503 and park no more
  * (shutdown, before the HTTP server stops). */

@@ -459,7 +459,8 @@ static const double BATCH_BUCKETS[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 
 static struct metrics_def M_TXN = {
     .name = "backbone_store_transactions_total",
-    .help = "Write transactions committed by the store executor, by engine and result.",
+    .help = "Write transactions run by the store executor, by engine and result "
+            "(committed, rolled_back).",
     .type = METRICS_COUNTER,
     .labels = {"engine", "result"},
 };
@@ -505,7 +506,7 @@ void
 store__metrics_batch(enum store_engine engine, size_t n_units, int64_t commit_ns, bool ok)
 {
     const char *eng = store_engine_name(engine);
-    metrics_add(&M_TXN, 1, eng, ok ? "committed" : "failed");
+    metrics_add(&M_TXN, 1, eng, ok ? "committed" : "rolled_back");
     metrics_observe(&M_BATCH, (double)n_units, eng);
     metrics_observe(&M_COMMIT, (double)commit_ns / 1e9, eng);
 }
