@@ -51,22 +51,19 @@ rss_line() { # label pid
   echo "{\"rss\":\"$1\",\"peak_rss_kb\":$(peak_rss_kb "$2")}" | tee -a "$results"
 }
 
-# --- Backbone on SQLite ----------------------------------------------------------
-"$bin" serve --db "sqlite:$work/bench.db" --port 18180 --log-level warn &
-pids+=($!)
-wait_http http://127.0.0.1:18180/readyz
-for c in $CLIENTS; do point backbone backbone-sqlite http://127.0.0.1:18180 "$c"; done
-rss_line backbone-sqlite "${pids[-1]}"
-kill "${pids[-1]}"; wait "${pids[-1]}" || true
+backbone() { # label db-url port
+  "$bin" serve --db "$2" --port "$3" --log-level warn &
+  local pid=$!
+  pids+=($pid)
+  wait_http "http://127.0.0.1:$3/readyz"
+  for c in $CLIENTS; do point backbone "$1" "http://127.0.0.1:$3" "$c"; done
+  rss_line "$1" "$pid"
+  kill "$pid"
+  wait "$pid" || true
+}
 
-# --- Backbone on PostgreSQL ------------------------------------------------------
-pg_url=$(scripts/pg-test.sh start "$pgdir")
-"$bin" serve --db "$pg_url" --port 18181 --log-level warn &
-pids+=($!)
-wait_http http://127.0.0.1:18181/readyz
-for c in $CLIENTS; do point backbone backbone-postgres http://127.0.0.1:18181 "$c"; done
-rss_line backbone-postgres "${pids[-1]}"
-kill "${pids[-1]}"; wait "${pids[-1]}" || true
+backbone backbone-sqlite "sqlite:$work/bench.db" 18180
+backbone backbone-postgres "$(scripts/pg-test.sh start "$pgdir")" 18181
 
 # --- etcd 3.4, single node, its v3 JSON gateway ------------------------------------
 etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 \
