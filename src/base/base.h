@@ -159,6 +159,30 @@ void bb_wall_ms_format(int64_t wall_ms, char out[32]);
 void bb_sleep_ms(int64_t ms);
 
 /*
+ * Time zones (tzdata). glibc converts local time only through the
+ * process-wide TZ, so these switch it under a mutex. bb_tz_init() pins
+ * TZ=UTC once, before any thread starts (so that switching never grows the
+ * environment under a concurrent getenv); nothing else in the program uses
+ * local time (logs and the API use UTC).
+ */
+struct bb_civil {
+    int year, month, day; /* month 1..12, day 1..31 */
+    int hour, minute, second;
+};
+void bb_tz_init(void);
+/* Is `tz` a zone name ("UTC", "Europe/Paris") found in the system's tzdata? */
+bool bb_tz_exists(const char *tz);
+/* The instants (epoch seconds) at which clocks in `tz` show `c`: none in a
+ * spring-forward gap, two in a fall-back overlap (earliest first). Returns
+ * how many (0..2). */
+int bb_tz_civil_to_epoch(const char *tz, const struct bb_civil *c, int64_t out[2]);
+/* What clocks in `tz` show at `epoch_s`. */
+void bb_tz_epoch_to_civil(const char *tz, int64_t epoch_s, struct bb_civil *out);
+/* Parse RFC 3339 ("2026-11-23T10:00:00Z", "...T10:00:00.250+01:00") into
+ * epoch ms. */
+BB_WUR enum err bb_rfc3339_parse(const char *text, int64_t *out_ms);
+
+/*
  * Parse a duration: an integer followed by a unit (ms, s, m, h) or a bare
  * integer meaning milliseconds. "30s" -> 30000. Rejects negative numbers,
  * overflow and trailing garbage.

@@ -22,6 +22,7 @@ static const char USAGE[] =
 int
 main(int argc, char **argv)
 {
+    bb_tz_init(); /* before any thread: see base.h */
     if (argc < 2) {
         fputs(USAGE, stderr);
         return CLI_USAGE;

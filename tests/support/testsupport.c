@@ -33,6 +33,7 @@ test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n, bool 
         return req && strcmp(req, "1") == 0 ? 1 : 77;
     }
     bb_log_level = BB_LOG_WARN;
+    bb_tz_init();
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     return _cmocka_run_group_tests(argv[0], tests, n, NULL, NULL);

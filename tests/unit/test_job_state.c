@@ -1,0 +1,207 @@
+/*
+ * test_job_state.c: the job lifecycle table, retry backoff, names, RFC 3339
+ * times and cron (parsing, and next fire times across daylight saving).
+ */
+#include "testsupport.h"
+
+#include "jobs/jobs.h"
+
+#include <string.h>
+
+static void
+lifecycle_table_allows_only_real_transitions(void **state)
+{
+    (void)state;
+    static const struct {
+        enum job_state from, to;
+        bool ok;
+    } cases[] = {
+        {JOB_PENDING, JOB_RUNNING, true},     {JOB_PENDING, JOB_COMPLETED, false},
+        {JOB_PENDING, JOB_DEAD, false},       {JOB_PENDING, JOB_CANCELLED, true},
+        {JOB_RUNNING, JOB_COMPLETED, true},   {JOB_RUNNING, JOB_PENDING, true},
+        {JOB_RUNNING, JOB_DEAD, true},        {JOB_RUNNING, JOB_RUNNING, false},
+        {JOB_COMPLETED, JOB_RUNNING, false},  {JOB_COMPLETED, JOB_PENDING, true},
+        {JOB_DEAD, JOB_PENDING, true},        {JOB_DEAD, JOB_COMPLETED, false},
+        {JOB_CANCELLED, JOB_RUNNING, false},  {JOB_CANCELLED, JOB_PENDING, true},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++)
+        assert_int_equal(job_can_transition(cases[i].from, cases[i].to), cases[i].ok);
+    for (int s = 0; s < JOB_STATE_COUNT; s++) {
+        enum job_state back;
+        assert_true(job_state_parse(job_state_name((enum job_state)s), &back));
+        assert_int_equal(back, s);
+    }
+    enum job_state x;
+    assert_false(job_state_parse("done", &x));
+    assert_true(job_is_terminal(JOB_DEAD) && !job_is_terminal(JOB_RUNNING));
+}
+
+static void
+default_backoff_is_1_4_16_64_seconds_with_bounded_jitter(void **state)
+{
+    (void)state;
+    struct job_backoff b;
+    job_backoff_defaults(&b);
+    static const int64_t want[] = {1000, 4000, 16000, 64000};
+    for (int retry = 1; retry <= 4; retry++) {
+        assert_int_equal(job_backoff_delay_ms(&b, retry, 0.5), want[retry - 1]);
+        int64_t lo = job_backoff_delay_ms(&b, retry, 0.0);
+        int64_t hi = job_backoff_delay_ms(&b, retry, 0.999999);
+        assert_true(lo >= want[retry - 1] * 9 / 10 && lo < want[retry - 1]);
+        assert_true(hi > want[retry - 1] && hi <= want[retry - 1] * 11 / 10);
+    }
+    assert_int_equal(job_backoff_delay_ms(&b, 40, 0.5), b.cap_ms);
+    struct job_backoff flat = {.base_ms = 250, .factor_milli = 1000, .cap_ms = 1000,
+                               .jitter_pct = 0};
+    assert_int_equal(job_backoff_delay_ms(&flat, 7, 0.9), 250);
+}
+
+static void
+names_and_external_handlers(void **state)
+{
+    (void)state;
+    assert_true(job_name_is_valid("emails.send-v2:eu"));
+    assert_false(job_name_is_valid(""));
+    assert_false(job_name_is_valid("a b"));
+    assert_false(job_name_is_valid("a/b"));
+    assert_true(job_handler_is_external("external"));
+    assert_true(job_handler_is_external("external:send-email"));
+    assert_false(job_handler_is_external("externals"));
+    assert_false(job_handler_is_external("noop"));
+}
+
+static void
+rfc3339_times_parse_with_offsets_and_fractions(void **state)
+{
+    (void)state;
+    int64_t ms;
+    assert_int_equal(bb_rfc3339_parse("1970-01-01T00:00:00Z", &ms), ERR_OK);
+    assert_int_equal(ms, 0);
+    assert_int_equal(bb_rfc3339_parse("2026-11-23T10:00:00.250+01:00", &ms), ERR_OK);
+    assert_int_equal(ms, 1795424400250);
+    assert_int_equal(bb_rfc3339_parse("2024-02-29T23:59:59.9999Z", &ms), ERR_OK);
+    static const char *const bad[] = {"2026-11-23", "2026-11-23T10:00:00", "2025-02-29T00:00:00Z",
+                                      "2026-13-01T00:00:00Z", "2026-11-23T24:00:00Z",
+                                      "2026-11-23T10:00:00Zjunk", "2026-11-23T10:00:00+1:00"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++)
+        assert_int_equal(bb_rfc3339_parse(bad[i], &ms), ERR_INVALID);
+}
+
+static int64_t
+at(const char *rfc3339)
+{
+    int64_t ms;
+    assert_int_equal(bb_rfc3339_parse(rfc3339, &ms), ERR_OK);
+    return ms;
+}
+
+static void
+assert_next(const char *expr, const char *tz, const char *after, const char *want)
+{
+    struct job_cron c;
+    struct bb_error e;
+    assert_ok(job_cron_parse(expr, &c, &e), &e);
+    int64_t next;
+    assert_ok(job_cron_next(&c, tz, at(after), &next, &e), &e);
+    if (next != at(want)) {
+        char got[32];
+        bb_wall_ms_format(next, got);
+        fail_msg("%s in %s after %s: got %s, want %s", expr, tz, after, got, want);
+    }
+}
+
+static void
+cron_next_fire_times_in_utc(void **state)
+{
+    (void)state;
+    assert_next("*/5 * * * *", "UTC", "2026-11-23T10:02:30Z", "2026-11-23T10:05:00Z");
+    assert_next("*/5 * * * *", "UTC", "2026-11-23T10:05:00Z", "2026-11-23T10:10:00Z");
+    assert_next("0 9 * * MON-FRI", "UTC", "2026-11-27T10:00:00Z", "2026-11-30T09:00:00Z");
+    assert_next("30 4 1,15 * *", "UTC", "2026-11-15T05:00:00Z", "2026-12-01T04:30:00Z");
+    assert_next("0 0 29 2 *", "UTC", "2026-01-01T00:00:00Z", "2028-02-29T00:00:00Z");
+    assert_next("*/10 * * * * *", "UTC", "2026-11-23T10:00:05Z", "2026-11-23T10:00:10Z");
+    assert_next("@hourly", "UTC", "2026-11-23T10:00:00Z", "2026-11-23T11:00:00Z");
+    assert_next("0 12 * JAN,jul SUN", "UTC", "2026-11-23T00:00:00Z", "2027-01-03T12:00:00Z");
+    /* Both day fields restricted: either matches (Vixie cron). */
+    assert_next("0 0 13 * FRI", "UTC", "2026-11-01T00:00:00Z", "2026-11-06T00:00:00Z");
+    assert_next("0 0 * * 7", "UTC", "2026-11-23T00:00:00Z", "2026-11-29T00:00:00Z");
+}
+
+static void
+cron_honours_time_zones_and_daylight_saving(void **state)
+{
+    (void)state;
+    /* 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer. */
+    assert_next("0 9 * * *", "Europe/Paris", "2026-11-23T12:00:00Z", "2026-11-24T08:00:00Z");
+    assert_next("0 9 * * *", "Europe/Paris", "2026-07-01T12:00:00Z", "2026-07-02T07:00:00Z");
+    /* 2026-03-29 02:30 does not exist in Paris (02:00 -> 03:00): skipped. */
+    assert_next("30 2 * * *", "Europe/Paris", "2026-03-28T12:00:00Z", "2026-03-30T00:30:00Z");
+    /* 2026-10-25 02:30 happens twice in Paris: fires once, at the first. */
+    assert_next("30 2 * * *", "Europe/Paris", "2026-10-24T12:00:00Z", "2026-10-25T00:30:00Z");
+    assert_next("30 2 * * *", "Europe/Paris", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z");
+    assert_next("0 0 * * *", "America/New_York", "2026-11-23T12:00:00Z", "2026-11-24T05:00:00Z");
+}
+
+static void
+bad_cron_expressions_name_their_fault(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *expr;
+        const char *needle;
+    } cases[] = {
+        {"* * * *", "needs 5 fields"},
+        {"* * * * * * *", "needs 5 fields"},
+        {"61 * * * *", "minute: 61 is out of range 0-59"},
+        {"* 24 * * *", "hour"},
+        {"* * 0 * *", "day of month"},
+        {"* * * 13 *", "month"},
+        {"* * * * 8", "day of week"},
+        {"*/0 * * * *", "cannot read"},
+        {"5-1 * * * *", "out of range"},
+        {"a * * * *", "cannot read"},
+        {"1,,2 * * * *", "cannot read"},
+        {"* * * FOO *", "cannot read"},
+        {"@often", "needs 5 fields"},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        struct job_cron c;
+        struct bb_error e;
+        bb_error_clear(&e);
+        assert_int_equal(job_cron_parse(cases[i].expr, &c, &e), ERR_INVALID);
+        assert_string_equal(e.field, "cron");
+        if (strstr(e.detail, cases[i].needle) == NULL)
+            fail_msg("'%s' gave '%s'", cases[i].expr, e.detail);
+    }
+    struct job_cron c;
+    struct bb_error e;
+    assert_ok(job_cron_parse("0 0 30 2 *", &c, &e), &e);
+    int64_t next;
+    assert_int_equal(job_cron_next(&c, "UTC", 0, &next, &e), ERR_INVALID);
+    assert_non_null(strstr(e.detail, "never fires"));
+}
+
+static void
+time_zones_come_from_tzdata(void **state)
+{
+    (void)state;
+    assert_true(job_tz_is_valid("UTC"));
+    assert_true(job_tz_is_valid("Europe/Paris"));
+    assert_false(job_tz_is_valid("Mars/Olympus_Mons"));
+    assert_false(job_tz_is_valid("../../etc/passwd"));
+    assert_false(job_tz_is_valid("/etc/localtime"));
+    assert_false(job_tz_is_valid(""));
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(lifecycle_table_allows_only_real_transitions),
+    cmocka_unit_test(default_backoff_is_1_4_16_64_seconds_with_bounded_jitter),
+    cmocka_unit_test(names_and_external_handlers),
+    cmocka_unit_test(rfc3339_times_parse_with_offsets_and_fractions),
+    cmocka_unit_test(cron_next_fire_times_in_utc),
+    cmocka_unit_test(cron_honours_time_zones_and_daylight_saving),
+    cmocka_unit_test(bad_cron_expressions_name_their_fault),
+    cmocka_unit_test(time_zones_come_from_tzdata),
+};
+
+TEST_MAIN(tests, false)
