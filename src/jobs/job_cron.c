@@ -28,12 +28,9 @@ static const char *const MONTH_NAMES[] = {"JAN", "FEB", "MAR", "APR", "MAY", "JU
 static const char *const DAY_NAMES[] = {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"};
 
 static const struct field_spec FIELDS[] = {
-    {"second", 0, 59, NULL, 0},
-    {"minute", 0, 59, NULL, 0},
-    {"hour", 0, 23, NULL, 0},
-    {"day of month", 1, 31, NULL, 0},
-    {"month", 1, 12, MONTH_NAMES, 12},
-    {"day of week", 0, 7, DAY_NAMES, 7},
+    {"second", 0, 59, NULL, 0},        {"minute", 0, 59, NULL, 0},
+    {"hour", 0, 23, NULL, 0},          {"day of month", 1, 31, NULL, 0},
+    {"month", 1, 12, MONTH_NAMES, 12}, {"day of week", 0, 7, DAY_NAMES, 7},
 };
 
 static bool
@@ -142,8 +139,8 @@ job_cron_parse(const char *expr, struct job_cron *out, struct bb_error *e)
                        "cron needs 5 fields (minute hour day month weekday) or 6 (seconds "
                        "first), got %d",
                        n);
-    int first = n == 5 ? 1 : 0; /* index into FIELDS of fields[0] */
-    uint64_t bits[6] = {1, 0, 0, 0, 0, 0};  /* 5 fields: second 0 */
+    int first = n == 5 ? 1 : 0;            /* index into FIELDS of fields[0] */
+    uint64_t bits[6] = {1, 0, 0, 0, 0, 0}; /* 5 fields: second 0 */
     for (int i = 0; i < n; i++) {
         enum err rc = parse_field(fields[i], &FIELDS[first + i], &bits[first + i], e);
         if (rc != ERR_OK)

@@ -19,17 +19,15 @@ static const char *const STATE_NAMES[JOB_STATE_COUNT] = {
  *   completed, cancelled, dead -> pending (run again / redrive) */
 static const bool TRANSITIONS[JOB_STATE_COUNT][JOB_STATE_COUNT] = {
     [JOB_PENDING] = {[JOB_RUNNING] = true, [JOB_CANCELLED] = true, [JOB_PENDING] = true},
-    [JOB_RUNNING] = {[JOB_COMPLETED] = true,
-                     [JOB_PENDING] = true,
-                     [JOB_DEAD] = true,
-                     [JOB_CANCELLED] = true},
+    [JOB_RUNNING] =
+        {[JOB_COMPLETED] = true, [JOB_PENDING] = true, [JOB_DEAD] = true, [JOB_CANCELLED] = true},
     [JOB_COMPLETED] = {[JOB_PENDING] = true},
     [JOB_CANCELLED] = {[JOB_PENDING] = true},
     [JOB_DEAD] = {[JOB_PENDING] = true},
 };
 
 static const char *const OUTCOME_NAMES[] = {
-    [JOB_OUTCOME_COMPLETED] = "completed", [JOB_OUTCOME_FAILED] = "failed",
+    [JOB_OUTCOME_COMPLETED] = "completed",          [JOB_OUTCOME_FAILED] = "failed",
     [JOB_OUTCOME_PERMANENT] = "failed_permanently", [JOB_OUTCOME_TIMEOUT] = "timeout",
     [JOB_OUTCOME_EXPIRED] = "lease_expired",
 };

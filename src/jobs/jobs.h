@@ -28,9 +28,9 @@
 #include "store/store.h"
 
 enum {
-    JOB_NAME_MAX = 100,       /* queue, handler and schedule names */
+    JOB_NAME_MAX = 100, /* queue, handler and schedule names */
     JOB_UNIQUE_KEY_MAX = 200,
-    JOB_ERROR_MAX = 2000,     /* bytes of an attempt's error kept */
+    JOB_ERROR_MAX = 2000, /* bytes of an attempt's error kept */
     JOB_PRIORITY_MIN = -1000,
     JOB_PRIORITY_MAX = 1000,
     JOB_ATTEMPTS_MAX = 1000,
@@ -78,9 +78,9 @@ struct job_cron {
     uint64_t second; /* bit i set: second i matches */
     uint64_t minute;
     uint32_t hour;
-    uint32_t mday; /* bits 1..31 */
+    uint32_t mday;  /* bits 1..31 */
     uint16_t month; /* bits 1..12 */
-    uint8_t wday; /* bits 0..6, Sunday = 0 */
+    uint8_t wday;   /* bits 0..6, Sunday = 0 */
     bool mday_star;
     bool wday_star;
 };
@@ -128,20 +128,20 @@ BB_WUR enum err job_queue_list_json(struct store_conn *c, const char *only, int6
 
 /* What a submit asks for. Strings are borrowed for the call. */
 struct job_spec {
-    const char *queue;   /* default "default" */
-    const char *handler; /* required */
-    const char *payload; /* JSON text; NULL means {} */
-    const char *target;  /* JSON text for the "http" handler ({"url":...}); may be NULL */
-    int64_t run_at_ms;   /* 0: now */
-    int64_t priority;    /* higher runs first */
-    int64_t max_attempts;         /* 0: the queue's */
-    bool has_backoff;             /* else the queue's */
+    const char *queue;    /* default "default" */
+    const char *handler;  /* required */
+    const char *payload;  /* JSON text; NULL means {} */
+    const char *target;   /* JSON text for the "http" handler ({"url":...}); may be NULL */
+    int64_t run_at_ms;    /* 0: now */
+    int64_t priority;     /* higher runs first */
+    int64_t max_attempts; /* 0: the queue's */
+    bool has_backoff;     /* else the queue's */
     struct job_backoff backoff;
-    int64_t max_duration_ms;      /* 0: the queue's lease */
-    const char *unique_key;       /* NULL: none */
-    const char *tags;             /* JSON array text; NULL: [] */
-    const char *schedule;         /* the schedule that fired it, or NULL */
-    int64_t scheduled_for_ms;     /* that fire's time */
+    int64_t max_duration_ms;  /* 0: the queue's lease */
+    const char *unique_key;   /* NULL: none */
+    const char *tags;         /* JSON array text; NULL: [] */
+    const char *schedule;     /* the schedule that fired it, or NULL */
+    int64_t scheduled_for_ms; /* that fire's time */
 };
 
 /*
@@ -156,14 +156,14 @@ BB_WUR enum err job_submit(struct store_conn *c, const struct job_spec *spec, in
 /* ---- reading ------------------------------------------------------------------------------- */
 
 /* A job as the API shows it (JSON object), with its attempts when asked. */
-BB_WUR enum err job_get_json(struct store_conn *c, int64_t id, bool with_attempts,
-                             int64_t now_ms, json_t **out, struct bb_error *e);
+BB_WUR enum err job_get_json(struct store_conn *c, int64_t id, bool with_attempts, int64_t now_ms,
+                             json_t **out, struct bb_error *e);
 
 struct job_filter {
-    const char *queue;  /* NULL: all */
+    const char *queue; /* NULL: all */
     bool has_state;
     enum job_state state;
-    int64_t after_id;   /* page after this id (0: from the start) */
+    int64_t after_id; /* page after this id (0: from the start) */
     int64_t limit;
 };
 /* {"jobs":[...], "next_after": id|null}, newest last (id order). */
@@ -186,7 +186,8 @@ BB_WUR enum err job_redrive_dead(struct store_conn *c, const char *queue, int64_
 BB_WUR enum err job_purge_dead(struct store_conn *c, const char *queue, int64_t *n,
                                struct bb_error *e);
 
-/* ---- leases ------------------------------------------------------------------------------------ */
+/* ---- leases ------------------------------------------------------------------------------------
+ */
 
 /* A claimed job, as a worker needs it. Strings are heap copies. */
 struct job_lease {
@@ -195,7 +196,7 @@ struct job_lease {
     char *handler;
     char *payload;
     char *target;
-    int64_t attempt;      /* 1 on the first run */
+    int64_t attempt; /* 1 on the first run */
     int64_t attempt_limit;
     int64_t lease_token;
     int64_t lease_expires_at_ms;
@@ -234,11 +235,11 @@ struct job_finish {
     int64_t id;
     int64_t token;
     enum job_outcome outcome;
-    const char *error;  /* for failures; may be NULL */
+    const char *error; /* for failures; may be NULL */
     const char *worker;
     int64_t started_at_ms;
     /* result */
-    enum err rc;        /* ERR_OK, or ERR_STALE_TOKEN when the lease was lost */
+    enum err rc;          /* ERR_OK, or ERR_STALE_TOKEN when the lease was lost */
     enum job_state state; /* where the job went */
 };
 /*
@@ -250,23 +251,24 @@ struct job_finish {
 BB_WUR enum err job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n,
                                  int64_t now_ms, double (*rand01)(void), struct bb_error *e);
 /* Rescue jobs whose lease ran out (at most `limit`). *n gets how many. */
-BB_WUR enum err job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit,
-                                   int64_t *n, struct bb_error *e);
+BB_WUR enum err job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t *n,
+                                   struct bb_error *e);
 
-/* ---- schedules (cron and fixed intervals) ----------------------------------------------------- */
+/* ---- schedules (cron and fixed intervals) -----------------------------------------------------
+ */
 
 struct job_schedule {
     char name[JOB_NAME_MAX + 1];
-    char cron[128];       /* empty when interval_ms is set */
-    char tz[64];          /* cron's time zone, default UTC */
-    int64_t interval_ms;  /* 0 when cron is set */
-    struct job_spec job;  /* what each fire submits (run_at ignored) */
+    char cron[128];      /* empty when interval_ms is set */
+    char tz[64];         /* cron's time zone, default UTC */
+    int64_t interval_ms; /* 0 when cron is set */
+    struct job_spec job; /* what each fire submits (run_at ignored) */
     bool paused;
 };
 
 /* Create or replace; computes the next fire time after now. */
-BB_WUR enum err job_schedule_put(struct store_conn *c, const struct job_schedule *s,
-                                 int64_t now_ms, int64_t *next_fire_ms, struct bb_error *e);
+BB_WUR enum err job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now_ms,
+                                 int64_t *next_fire_ms, struct bb_error *e);
 BB_WUR enum err job_schedule_delete(struct store_conn *c, const char *name, struct bb_error *e);
 BB_WUR enum err job_schedule_set_paused(struct store_conn *c, const char *name, bool paused,
                                         int64_t now_ms, struct bb_error *e);
@@ -284,7 +286,8 @@ BB_WUR enum err job_schedule_list_json(struct store_conn *c, const char *only, i
 BB_WUR enum err job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n,
                                       struct bb_error *e);
 
-/* ---- handlers and workers ---------------------------------------------------------------------- */
+/* ---- handlers and workers ----------------------------------------------------------------------
+ */
 
 /* What a handler sees. */
 struct job_run {
@@ -335,7 +338,8 @@ BB_WUR enum err job_scheduler_start(struct store *s, int64_t tick_ms, struct job
                                     struct bb_error *e);
 void job_scheduler_stop(struct job_scheduler *sch);
 
-/* ---- the HTTP service ------------------------------------------------------------------------- */
+/* ---- the HTTP service -------------------------------------------------------------------------
+ */
 
 struct job_service_options {
     int64_t payload_limit_bytes;

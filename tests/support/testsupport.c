@@ -4,6 +4,7 @@
  */
 #include "testsupport.h"
 
+#include "jobs/jobs.h"
 #include "locks/locks.h"
 
 #include <stdlib.h>
@@ -63,6 +64,10 @@ migrate(struct store *s, struct bb_error *e)
     size_t n;
     const struct store_migration *m = lock_migrations(&n);
     rc = store_migrate(c, "locks", m, n, NULL, e);
+    if (rc == ERR_OK) {
+        m = job_migrations(&n);
+        rc = store_migrate(c, "jobs", m, n, NULL, e);
+    }
     store_conn_close(c);
     return rc;
 }

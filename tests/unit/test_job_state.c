@@ -16,13 +16,13 @@ lifecycle_table_allows_only_real_transitions(void **state)
         enum job_state from, to;
         bool ok;
     } cases[] = {
-        {JOB_PENDING, JOB_RUNNING, true},     {JOB_PENDING, JOB_COMPLETED, false},
-        {JOB_PENDING, JOB_DEAD, false},       {JOB_PENDING, JOB_CANCELLED, true},
-        {JOB_RUNNING, JOB_COMPLETED, true},   {JOB_RUNNING, JOB_PENDING, true},
-        {JOB_RUNNING, JOB_DEAD, true},        {JOB_RUNNING, JOB_RUNNING, false},
-        {JOB_COMPLETED, JOB_RUNNING, false},  {JOB_COMPLETED, JOB_PENDING, true},
-        {JOB_DEAD, JOB_PENDING, true},        {JOB_DEAD, JOB_COMPLETED, false},
-        {JOB_CANCELLED, JOB_RUNNING, false},  {JOB_CANCELLED, JOB_PENDING, true},
+        {JOB_PENDING, JOB_RUNNING, true},    {JOB_PENDING, JOB_COMPLETED, false},
+        {JOB_PENDING, JOB_DEAD, false},      {JOB_PENDING, JOB_CANCELLED, true},
+        {JOB_RUNNING, JOB_COMPLETED, true},  {JOB_RUNNING, JOB_PENDING, true},
+        {JOB_RUNNING, JOB_DEAD, true},       {JOB_RUNNING, JOB_RUNNING, false},
+        {JOB_COMPLETED, JOB_RUNNING, false}, {JOB_COMPLETED, JOB_PENDING, true},
+        {JOB_DEAD, JOB_PENDING, true},       {JOB_DEAD, JOB_COMPLETED, false},
+        {JOB_CANCELLED, JOB_RUNNING, false}, {JOB_CANCELLED, JOB_PENDING, true},
     };
     for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++)
         assert_int_equal(job_can_transition(cases[i].from, cases[i].to), cases[i].ok);
@@ -51,8 +51,8 @@ default_backoff_is_1_4_16_64_seconds_with_bounded_jitter(void **state)
         assert_true(hi > want[retry - 1] && hi <= want[retry - 1] * 11 / 10);
     }
     assert_int_equal(job_backoff_delay_ms(&b, 40, 0.5), b.cap_ms);
-    struct job_backoff flat = {.base_ms = 250, .factor_milli = 1000, .cap_ms = 1000,
-                               .jitter_pct = 0};
+    struct job_backoff flat = {
+        .base_ms = 250, .factor_milli = 1000, .cap_ms = 1000, .jitter_pct = 0};
     assert_int_equal(job_backoff_delay_ms(&flat, 7, 0.9), 250);
 }
 
@@ -80,9 +80,13 @@ rfc3339_times_parse_with_offsets_and_fractions(void **state)
     assert_int_equal(bb_rfc3339_parse("2026-11-23T10:00:00.250+01:00", &ms), ERR_OK);
     assert_int_equal(ms, 1795424400250);
     assert_int_equal(bb_rfc3339_parse("2024-02-29T23:59:59.9999Z", &ms), ERR_OK);
-    static const char *const bad[] = {"2026-11-23", "2026-11-23T10:00:00", "2025-02-29T00:00:00Z",
-                                      "2026-13-01T00:00:00Z", "2026-11-23T24:00:00Z",
-                                      "2026-11-23T10:00:00Zjunk", "2026-11-23T10:00:00+1:00"};
+    static const char *const bad[] = {"2026-11-23",
+                                      "2026-11-23T10:00:00",
+                                      "2025-02-29T00:00:00Z",
+                                      "2026-13-01T00:00:00Z",
+                                      "2026-11-23T24:00:00Z",
+                                      "2026-11-23T10:00:00Zjunk",
+                                      "2026-11-23T10:00:00+1:00"};
     for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++)
         assert_int_equal(bb_rfc3339_parse(bad[i], &ms), ERR_INVALID);
 }

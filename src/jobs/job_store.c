@@ -1,0 +1,1368 @@
+/*
+ * job_store.c: jobs, queues, attempts and schedules in the database.
+ *
+ * Every state change is a compare-and-set on (state, lease_token): a claim
+ * moves pending -> running and bumps lease_token; completing, failing,
+ * heartbeating and rescuing all require the token they were given, so a
+ * worker whose lease was rescued (or revoked by a cancel) changes nothing.
+ * On PostgreSQL, claimers skip rows other claimers have locked (FOR UPDATE
+ * SKIP LOCKED), so many workers claim concurrently without waiting on each
+ * other; SQLite has a single writer.
+ *
+ * The hot paths are set-based: a claim takes up to N jobs in one statement,
+ * and completions of a whole batch are one UPDATE plus one INSERT of their
+ * attempt rows, fed a JSON array (json_to_recordset on PostgreSQL, json_each
+ * on SQLite).
+ */
+#include "jobs/jobs_int.h"
+
+#include "locks/locks.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QUEUE_DEFAULTS_SQL                                                                        \
+    "INSERT INTO job_queues (name, paused, concurrency, max_attempts, backoff_base_ms,"            \
+    " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, lease_ms, created_at_ms,"          \
+    " updated_at_ms) VALUES ('default', 0, 0, 5, 1000, 4000, 3600000, 10, 60000, 0, 0);"
+
+static const struct store_migration MIGRATIONS[] = {
+    {
+        .version = 1,
+        .name = "queues, jobs, attempts, schedules",
+        .sqlite = "CREATE TABLE job_queues ("
+                  " name TEXT PRIMARY KEY, paused INTEGER NOT NULL, concurrency INTEGER NOT NULL,"
+                  " max_attempts INTEGER NOT NULL, backoff_base_ms INTEGER NOT NULL,"
+                  " backoff_factor_milli INTEGER NOT NULL, backoff_cap_ms INTEGER NOT NULL,"
+                  " backoff_jitter_pct INTEGER NOT NULL, lease_ms INTEGER NOT NULL,"
+                  " created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL"
+                  ") WITHOUT ROWID;" QUEUE_DEFAULTS_SQL
+                  "CREATE TABLE jobs ("
+                  " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                  " queue TEXT NOT NULL, handler TEXT NOT NULL, external INTEGER NOT NULL,"
+                  " state TEXT NOT NULL, priority INTEGER NOT NULL, run_at_ms INTEGER NOT NULL,"
+                  " payload TEXT NOT NULL, target TEXT, tags TEXT NOT NULL, unique_key TEXT,"
+                  " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
+                  " attempt_limit INTEGER NOT NULL, backoff_base_ms INTEGER NOT NULL,"
+                  " backoff_factor_milli INTEGER NOT NULL, backoff_cap_ms INTEGER NOT NULL,"
+                  " backoff_jitter_pct INTEGER NOT NULL, max_duration_ms INTEGER NOT NULL,"
+                  " lease_token INTEGER NOT NULL, leased_by TEXT, lease_expires_at_ms INTEGER,"
+                  " started_at_ms INTEGER, finished_at_ms INTEGER, last_error TEXT,"
+                  " schedule TEXT, scheduled_for_ms INTEGER,"
+                  " created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);"
+                  "CREATE INDEX jobs_ready ON jobs (queue, external, priority DESC, run_at_ms, id)"
+                  " WHERE state = 'pending';"
+                  "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
+                  "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
+                  "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
+                  " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
+                  "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule, scheduled_for_ms)"
+                  " WHERE schedule IS NOT NULL;"
+                  "CREATE TABLE job_attempts ("
+                  " job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, worker TEXT,"
+                  " started_at_ms INTEGER, finished_at_ms INTEGER NOT NULL,"
+                  " outcome TEXT NOT NULL, error TEXT, PRIMARY KEY (job_id, attempt)"
+                  ") WITHOUT ROWID;"
+                  "CREATE TABLE job_schedules ("
+                  " name TEXT PRIMARY KEY, cron TEXT, tz TEXT NOT NULL,"
+                  " interval_ms INTEGER NOT NULL, spec TEXT NOT NULL, queue TEXT NOT NULL,"
+                  " handler TEXT NOT NULL, paused INTEGER NOT NULL,"
+                  " next_fire_at_ms INTEGER NOT NULL, last_fire_at_ms INTEGER,"
+                  " created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL"
+                  ") WITHOUT ROWID;"
+                  "CREATE TABLE job_ledger ("
+                  " job_id INTEGER PRIMARY KEY, lease_token INTEGER NOT NULL,"
+                  " recorded_at_ms INTEGER NOT NULL);",
+        .pg = "CREATE TABLE job_queues ("
+              " name TEXT PRIMARY KEY, paused INTEGER NOT NULL, concurrency BIGINT NOT NULL,"
+              " max_attempts BIGINT NOT NULL, backoff_base_ms BIGINT NOT NULL,"
+              " backoff_factor_milli BIGINT NOT NULL, backoff_cap_ms BIGINT NOT NULL,"
+              " backoff_jitter_pct BIGINT NOT NULL, lease_ms BIGINT NOT NULL,"
+              " created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);" QUEUE_DEFAULTS_SQL
+              "CREATE TABLE jobs ("
+              " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+              " queue TEXT NOT NULL, handler TEXT NOT NULL, external INTEGER NOT NULL,"
+              " state TEXT NOT NULL, priority BIGINT NOT NULL, run_at_ms BIGINT NOT NULL,"
+              " payload TEXT NOT NULL, target TEXT, tags TEXT NOT NULL, unique_key TEXT,"
+              " attempt BIGINT NOT NULL, max_attempts BIGINT NOT NULL,"
+              " attempt_limit BIGINT NOT NULL, backoff_base_ms BIGINT NOT NULL,"
+              " backoff_factor_milli BIGINT NOT NULL, backoff_cap_ms BIGINT NOT NULL,"
+              " backoff_jitter_pct BIGINT NOT NULL, max_duration_ms BIGINT NOT NULL,"
+              " lease_token BIGINT NOT NULL, leased_by TEXT, lease_expires_at_ms BIGINT,"
+              " started_at_ms BIGINT, finished_at_ms BIGINT, last_error TEXT,"
+              " schedule TEXT, scheduled_for_ms BIGINT,"
+              " created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);"
+              "CREATE INDEX jobs_ready ON jobs (queue, external, priority DESC, run_at_ms, id)"
+              " WHERE state = 'pending';"
+              "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
+              "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
+              "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
+              " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
+              "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule, scheduled_for_ms)"
+              " WHERE schedule IS NOT NULL;"
+              "CREATE TABLE job_attempts ("
+              " job_id BIGINT NOT NULL, attempt BIGINT NOT NULL, worker TEXT,"
+              " started_at_ms BIGINT, finished_at_ms BIGINT NOT NULL,"
+              " outcome TEXT NOT NULL, error TEXT, PRIMARY KEY (job_id, attempt));"
+              "CREATE TABLE job_schedules ("
+              " name TEXT PRIMARY KEY, cron TEXT, tz TEXT NOT NULL,"
+              " interval_ms BIGINT NOT NULL, spec TEXT NOT NULL, queue TEXT NOT NULL,"
+              " handler TEXT NOT NULL, paused INTEGER NOT NULL,"
+              " next_fire_at_ms BIGINT NOT NULL, last_fire_at_ms BIGINT,"
+              " created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);"
+              "CREATE TABLE job_ledger ("
+              " job_id BIGINT PRIMARY KEY, lease_token BIGINT NOT NULL,"
+              " recorded_at_ms BIGINT NOT NULL);",
+    },
+};
+
+const struct store_migration *
+job_migrations(size_t *n)
+{
+    *n = BB_ARRAY_LEN(MIGRATIONS);
+    return MIGRATIONS;
+}
+
+/* A statement's single integer answer (0 when no row). */
+static enum err
+query_int(struct store_conn *c, struct store_stmt *st, const struct store_param *p, size_t n,
+          int64_t *out, bool *found, struct bb_error *e)
+{
+    struct store_rows r;
+    enum err rc = store_query(c, st, p, n, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool got = store_next(&r);
+    *out = got ? store_col_int(&r, 0) : 0;
+    if (found)
+        *found = got;
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+static json_t *
+time_json(const struct store_rows *r, int col)
+{
+    if (store_col_is_null(r, col))
+        return json_null();
+    char buf[32];
+    bb_wall_ms_format(store_col_int(r, col), buf);
+    return json_string(buf);
+}
+
+/* Stored JSON text back to a value (null if absent or unreadable). */
+static json_t *
+stored_json(const struct store_rows *r, int col)
+{
+    if (store_col_is_null(r, col))
+        return json_null();
+    json_t *v = json_loadb(store_col_text(r, col), store_col_len(r, col),
+                           JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    return v ? v : json_null();
+}
+
+static json_t *
+text_json(const struct store_rows *r, int col)
+{
+    if (store_col_is_null(r, col))
+        return json_null();
+    json_t *v = json_stringn(store_col_text(r, col), store_col_len(r, col));
+    return v ? v : json_null();
+}
+
+/* ---- queues ---------------------------------------------------------------------- */
+
+#define QUEUE_COLUMNS                                                                             \
+    "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli,"            \
+    " backoff_cap_ms, backoff_jitter_pct, lease_ms"
+
+static struct store_stmt QUEUE_PUT = {
+    .sql = "INSERT INTO job_queues (" QUEUE_COLUMNS ", created_at_ms, updated_at_ms)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+           " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
+           " concurrency = excluded.concurrency, max_attempts = excluded.max_attempts,"
+           " backoff_base_ms = excluded.backoff_base_ms,"
+           " backoff_factor_milli = excluded.backoff_factor_milli,"
+           " backoff_cap_ms = excluded.backoff_cap_ms,"
+           " backoff_jitter_pct = excluded.backoff_jitter_pct, lease_ms = excluded.lease_ms,"
+           " updated_at_ms = excluded.updated_at_ms",
+};
+static struct store_stmt QUEUE_GET = {
+    .sql = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE name = $1",
+};
+/* The claim's view of a queue; PostgreSQL locks the row of a queue with a
+ * concurrency limit, so claimers of that queue count running jobs one at a
+ * time. */
+static struct store_stmt QUEUE_GET_LOCKED = {
+    .sql = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE name = $1",
+    .sql_pg = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE name = $1 FOR UPDATE",
+};
+static struct store_stmt QUEUE_PAUSE = {
+    .sql = "UPDATE job_queues SET paused = $2, updated_at_ms = $3 WHERE name = $1",
+};
+static struct store_stmt QUEUE_LIST = {
+    .sql = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE ($1 = '' OR name = $1) ORDER BY name",
+};
+static struct store_stmt QUEUE_DEPTH = {
+    .sql = "SELECT queue, state, CASE WHEN state = 'pending' AND run_at_ms > $1 THEN 1 ELSE 0 END,"
+           " COUNT(*) FROM jobs GROUP BY queue, state,"
+           " CASE WHEN state = 'pending' AND run_at_ms > $1 THEN 1 ELSE 0 END",
+};
+static struct store_stmt QUEUE_RUNNING = {
+    .sql = "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND state = 'running'",
+};
+
+void
+job_queue_defaults(struct job_queue *q, const char *name)
+{
+    memset(q, 0, sizeof *q);
+    bb_strlcpy(q->name, name, sizeof q->name);
+    q->max_attempts = 5;
+    job_backoff_defaults(&q->backoff);
+    q->lease_ms = 60000;
+}
+
+static void
+queue_from_row(const struct store_rows *r, struct job_queue *q)
+{
+    memset(q, 0, sizeof *q);
+    bb_strlcpy(q->name, store_col_text(r, 0), sizeof q->name);
+    q->paused = store_col_int(r, 1) != 0;
+    q->concurrency = store_col_int(r, 2);
+    q->max_attempts = store_col_int(r, 3);
+    q->backoff.base_ms = store_col_int(r, 4);
+    q->backoff.factor_milli = store_col_int(r, 5);
+    q->backoff.cap_ms = store_col_int(r, 6);
+    q->backoff.jitter_pct = store_col_int(r, 7);
+    q->lease_ms = store_col_int(r, 8);
+}
+
+enum err
+job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {
+        sp_text(q->name),          sp_int(q->paused),
+        sp_int(q->concurrency),    sp_int(q->max_attempts),
+        sp_int(q->backoff.base_ms), sp_int(q->backoff.factor_milli),
+        sp_int(q->backoff.cap_ms), sp_int(q->backoff.jitter_pct),
+        sp_int(q->lease_ms),       sp_int(now_ms),
+    };
+    return store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+}
+
+static enum err
+queue_read(struct store_conn *c, struct store_stmt *st, const char *name, struct job_queue *out,
+           struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(name)};
+    enum err rc = store_query(c, st, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool found = store_next(&r);
+    if (found)
+        queue_from_row(&r, out);
+    store_rows_close(&r);
+    return found ? ERR_OK : bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", name);
+}
+
+enum err
+job_queue_get(struct store_conn *c, const char *name, struct job_queue *out, struct bb_error *e)
+{
+    return queue_read(c, &QUEUE_GET, name, out, e);
+}
+
+enum err
+job_queue_set_paused(struct store_conn *c, const char *name, bool paused, int64_t now_ms,
+                     struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(name), sp_int(paused), sp_int(now_ms)};
+    int64_t changed;
+    enum err rc = store_exec(c, &QUEUE_PAUSE, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        return bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", name);
+    if (rc == ERR_OK && !paused)
+        rc = store_notify(c, JOBS__CHANNEL, name, e); /* its jobs may run now */
+    return rc;
+}
+
+static json_t *
+backoff_json(const struct job_backoff *b)
+{
+    return json_pack("{s:I, s:f, s:I, s:I}", "base_ms", (json_int_t)b->base_ms, "factor",
+                     (double)b->factor_milli / 1000.0, "cap_ms", (json_int_t)b->cap_ms,
+                     "jitter_pct", (json_int_t)b->jitter_pct);
+}
+
+static json_t *
+queue_json(const struct job_queue *q)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(q->name));
+    json_object_set_new(o, "paused", json_boolean(q->paused));
+    json_object_set_new(o, "concurrency", json_integer(q->concurrency));
+    json_object_set_new(o, "max_attempts", json_integer(q->max_attempts));
+    json_object_set_new(o, "backoff", backoff_json(&q->backoff));
+    json_object_set_new(o, "lease_ms", json_integer(q->lease_ms));
+    json_t *depth = json_object();
+    static const char *const keys[] = {"ready",     "scheduled", "running",
+                                       "completed", "cancelled", "dead"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(keys); i++)
+        json_object_set_new(depth, keys[i], json_integer(0));
+    json_object_set_new(o, "depth", depth);
+    return o;
+}
+
+enum err
+job_queue_list_json(struct store_conn *c, const char *only, int64_t now_ms, json_t **out,
+                    struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(only ? only : "")};
+    enum err rc = store_query(c, &QUEUE_LIST, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *queues = json_object(); /* name -> queue, to add depths below */
+    json_t *list = json_array();
+    while (store_next(&r)) {
+        struct job_queue q;
+        queue_from_row(&r, &q);
+        json_t *qj = queue_json(&q);
+        json_object_set(queues, q.name, qj);
+        json_array_append_new(list, qj);
+    }
+    store_rows_close(&r);
+    const struct store_param d[] = {sp_int(now_ms)};
+    rc = store_query(c, &QUEUE_DEPTH, d, 1, &r, e);
+    if (rc == ERR_OK) {
+        while (store_next(&r)) {
+            json_t *qj = json_object_get(queues, store_col_text(&r, 0));
+            if (qj == NULL)
+                continue;
+            const char *state = store_col_text(&r, 1);
+            if (strcmp(state, "pending") == 0)
+                state = store_col_int(&r, 2) ? "scheduled" : "ready";
+            json_t *depth = json_object_get(qj, "depth");
+            json_object_set_new(depth, state, json_integer(store_col_int(&r, 3)));
+        }
+        store_rows_close(&r);
+    }
+    json_decref(queues);
+    if (rc != ERR_OK) {
+        json_decref(list);
+        return rc;
+    }
+    if (only && json_array_size(list) == 0) {
+        json_decref(list);
+        return bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", only);
+    }
+    *out = list;
+    return ERR_OK;
+}
+
+/* ---- submitting -------------------------------------------------------------------------- */
+
+#define JOB_INSERT_COLUMNS                                                                        \
+    "(queue, handler, external, state, priority, run_at_ms, payload, target, tags, unique_key,"  \
+    " attempt, max_attempts, attempt_limit, backoff_base_ms, backoff_factor_milli,"               \
+    " backoff_cap_ms, backoff_jitter_pct, max_duration_ms, lease_token, schedule,"                \
+    " scheduled_for_ms, created_at_ms, updated_at_ms)"
+#define JOB_INSERT_VALUES                                                                         \
+    " VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13, $14,"    \
+    " $15, 0, $16, $17, $18, $18)"
+
+static struct store_stmt JOB_INSERT = {
+    .sql = "INSERT INTO jobs " JOB_INSERT_COLUMNS JOB_INSERT_VALUES " RETURNING id",
+};
+static struct store_stmt JOB_INSERT_UNIQUE = {
+    .sql = "INSERT INTO jobs " JOB_INSERT_COLUMNS JOB_INSERT_VALUES
+           " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL"
+           " AND state IN ('pending', 'running') DO NOTHING RETURNING id",
+};
+static struct store_stmt JOB_INSERT_FIRE = {
+    .sql = "INSERT INTO jobs " JOB_INSERT_COLUMNS JOB_INSERT_VALUES
+           " ON CONFLICT (schedule, scheduled_for_ms) WHERE schedule IS NOT NULL"
+           " DO NOTHING RETURNING id",
+};
+static struct store_stmt JOB_BY_UNIQUE = {
+    .sql = "SELECT id FROM jobs WHERE queue = $1 AND unique_key = $2"
+           " AND state IN ('pending', 'running')",
+};
+
+enum err
+job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, int64_t *id,
+           bool *created, struct bb_error *e)
+{
+    const char *queue = spec->queue ? spec->queue : "default";
+    struct job_queue q;
+    enum err rc = job_queue_get(c, queue, &q, e);
+    if (rc != ERR_OK)
+        return rc;
+    const struct job_backoff *b = spec->has_backoff ? &spec->backoff : &q.backoff;
+    int64_t attempts = spec->max_attempts > 0 ? spec->max_attempts : q.max_attempts;
+    int64_t run_at = spec->run_at_ms > 0 ? spec->run_at_ms : now_ms;
+    const struct store_param p[] = {
+        sp_text(queue),
+        sp_text(spec->handler),
+        sp_int(job_handler_is_external(spec->handler)),
+        sp_int(spec->priority),
+        sp_int(run_at),
+        sp_text(spec->payload ? spec->payload : "{}"),
+        sp_text(spec->target),
+        sp_text(spec->tags ? spec->tags : "[]"),
+        sp_text(spec->unique_key),
+        sp_int(attempts),
+        sp_int(b->base_ms),
+        sp_int(b->factor_milli),
+        sp_int(b->cap_ms),
+        sp_int(b->jitter_pct),
+        sp_int(spec->max_duration_ms > 0 ? spec->max_duration_ms : q.lease_ms),
+        sp_text(spec->schedule),
+        spec->schedule ? sp_int(spec->scheduled_for_ms) : sp_null(),
+        sp_int(now_ms),
+    };
+    struct store_stmt *st = spec->schedule     ? &JOB_INSERT_FIRE
+                            : spec->unique_key ? &JOB_INSERT_UNIQUE
+                                               : &JOB_INSERT;
+    bool inserted;
+    rc = query_int(c, st, p, BB_ARRAY_LEN(p), id, &inserted, e);
+    if (rc != ERR_OK)
+        return rc;
+    *created = inserted;
+    if (!inserted && spec->unique_key) {
+        const struct store_param u[] = {sp_text(queue), sp_text(spec->unique_key)};
+        bool found;
+        rc = query_int(c, &JOB_BY_UNIQUE, u, 2, id, &found, e);
+        if (rc == ERR_OK && !found) /* it finished between the two statements */
+            return bb_fail(e, ERR_RETRY, "", "unique job changed concurrently");
+        return rc;
+    }
+    if (inserted && run_at <= now_ms && !q.paused)
+        rc = store_notify(c, JOBS__CHANNEL, queue, e);
+    return rc;
+}
+
+/* ---- reading ------------------------------------------------------------------------------- */
+
+#define JOB_COLUMNS                                                                               \
+    "id, queue, handler, state, priority, run_at_ms, payload, target, tags, unique_key,"         \
+    " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"            \
+    " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"                 \
+    " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli,"    \
+    " backoff_cap_ms, backoff_jitter_pct"
+
+static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
+static struct store_stmt JOB_ATTEMPTS = {
+    .sql = "SELECT attempt, worker, started_at_ms, finished_at_ms, outcome, error"
+           " FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+};
+static struct store_stmt JOB_LIST = {
+    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE ($1 = '' OR queue = $1)"
+           " AND ($2 = '' OR state = $2) AND id > $3 ORDER BY id LIMIT $4",
+};
+
+static json_t *
+job_row_json(const struct store_rows *r, int64_t now_ms)
+{
+    json_t *o = json_object();
+    const char *state = store_col_text(r, 3);
+    json_object_set_new(o, "job_id", json_integer(store_col_int(r, 0)));
+    json_object_set_new(o, "queue", text_json(r, 1));
+    json_object_set_new(o, "handler", text_json(r, 2));
+    json_object_set_new(o, "state", json_string(state));
+    json_object_set_new(o, "ready", json_boolean(strcmp(state, "pending") == 0 &&
+                                                 store_col_int(r, 5) <= now_ms));
+    json_object_set_new(o, "priority", json_integer(store_col_int(r, 4)));
+    json_object_set_new(o, "run_at", time_json(r, 5));
+    json_object_set_new(o, "payload", stored_json(r, 6));
+    if (!store_col_is_null(r, 7))
+        json_object_set_new(o, "target", stored_json(r, 7));
+    json_object_set_new(o, "tags", stored_json(r, 8));
+    json_object_set_new(o, "unique_key", text_json(r, 9));
+    json_object_set_new(o, "attempt", json_integer(store_col_int(r, 10)));
+    json_object_set_new(o, "max_attempts", json_integer(store_col_int(r, 11)));
+    json_object_set_new(o, "attempt_limit", json_integer(store_col_int(r, 12)));
+    json_object_set_new(o, "max_duration_seconds",
+                        json_integer((store_col_int(r, 13) + 999) / 1000));
+    if (strcmp(state, "running") == 0) {
+        json_t *lease = json_object();
+        json_object_set_new(lease, "worker", text_json(r, 15));
+        json_object_set_new(lease, "expires_at", time_json(r, 16));
+        json_object_set_new(o, "lease", lease);
+    }
+    json_object_set_new(o, "started_at", time_json(r, 17));
+    json_object_set_new(o, "finished_at", time_json(r, 18));
+    json_object_set_new(o, "last_error", text_json(r, 19));
+    json_object_set_new(o, "schedule", text_json(r, 20));
+    json_object_set_new(o, "created_at", time_json(r, 22));
+    json_object_set_new(o, "updated_at", time_json(r, 23));
+    struct job_backoff b = {store_col_int(r, 24), store_col_int(r, 25), store_col_int(r, 26),
+                            store_col_int(r, 27)};
+    json_object_set_new(o, "backoff", backoff_json(&b));
+    return o;
+}
+
+static enum err
+attempts_json(struct store_conn *c, int64_t id, json_t **out, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(id)};
+    enum err rc = store_query(c, &JOB_ATTEMPTS, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *list = json_array();
+    while (store_next(&r)) {
+        json_t *a = json_object();
+        json_object_set_new(a, "attempt", json_integer(store_col_int(&r, 0)));
+        json_object_set_new(a, "worker", text_json(&r, 1));
+        json_object_set_new(a, "started_at", time_json(&r, 2));
+        json_object_set_new(a, "finished_at", time_json(&r, 3));
+        json_object_set_new(a, "outcome", text_json(&r, 4));
+        json_object_set_new(a, "error", text_json(&r, 5));
+        json_object_set_new(a, "duration_ms",
+                            store_col_is_null(&r, 2)
+                                ? json_null()
+                                : json_integer(store_col_int(&r, 3) - store_col_int(&r, 2)));
+        json_array_append_new(list, a);
+    }
+    store_rows_close(&r);
+    *out = list;
+    return ERR_OK;
+}
+
+enum err
+job_get_json(struct store_conn *c, int64_t id, bool with_attempts, int64_t now_ms, json_t **out,
+             struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(id)};
+    enum err rc = store_query(c, &JOB_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "job_id", "no job %" PRId64, id);
+    }
+    json_t *job = job_row_json(&r, now_ms);
+    store_rows_close(&r);
+    if (with_attempts) {
+        json_t *attempts;
+        rc = attempts_json(c, id, &attempts, e);
+        if (rc != ERR_OK) {
+            json_decref(job);
+            return rc;
+        }
+        json_object_set_new(job, "attempts", attempts);
+    }
+    *out = job;
+    return ERR_OK;
+}
+
+enum err
+job_list_json(struct store_conn *c, const struct job_filter *f, int64_t now_ms, json_t **out,
+              struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {
+        sp_text(f->queue ? f->queue : ""),
+        sp_text(f->has_state ? job_state_name(f->state) : ""),
+        sp_int(f->after_id),
+        sp_int(f->limit),
+    };
+    enum err rc = store_query(c, &JOB_LIST, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *jobs = json_array();
+    int64_t last = 0;
+    while (store_next(&r)) {
+        json_array_append_new(jobs, job_row_json(&r, now_ms));
+        last = store_col_int(&r, 0);
+    }
+    store_rows_close(&r);
+    json_t *page = json_object();
+    json_object_set_new(page, "jobs", jobs);
+    json_object_set_new(page, "next_after", (int64_t)json_array_size(jobs) == f->limit
+                                                ? json_integer(last)
+                                                : json_null());
+    *out = page;
+    return ERR_OK;
+}
+
+/* ---- changing jobs by hand ------------------------------------------------------------------ */
+
+static struct store_stmt JOB_STATE = {.sql = "SELECT state, queue FROM jobs WHERE id = $1"};
+static struct store_stmt JOB_CANCEL = {
+    .sql = "UPDATE jobs SET state = 'cancelled', lease_token = lease_token + 1,"
+           " lease_expires_at_ms = NULL, finished_at_ms = $2, updated_at_ms = $2"
+           " WHERE id = $1 AND state IN ('pending', 'running')",
+};
+static struct store_stmt JOB_RUN_PENDING_NOW = {
+    .sql = "UPDATE jobs SET run_at_ms = $2, updated_at_ms = $2 WHERE id = $1 AND state = 'pending'",
+};
+/* A finished job again: a fresh set of attempts after those it used. */
+static struct store_stmt JOB_REENQUEUE = {
+    .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $2, attempt_limit = attempt +"
+           " max_attempts, finished_at_ms = NULL, lease_expires_at_ms = NULL,"
+           " updated_at_ms = $2 WHERE id = $1 AND state IN ('completed', 'cancelled', 'dead')",
+};
+static struct store_stmt JOB_REDRIVE_DEAD = {
+    .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $2, attempt_limit = attempt +"
+           " max_attempts, finished_at_ms = NULL, updated_at_ms = $2"
+           " WHERE state = 'dead' AND ($1 = '' OR queue = $1)",
+};
+static struct store_stmt JOB_PURGE_DEAD = {
+    .sql = "DELETE FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1)",
+};
+static struct store_stmt JOB_PURGE_DEAD_ATTEMPTS = {
+    .sql = "DELETE FROM job_attempts WHERE job_id IN"
+           " (SELECT id FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1))",
+};
+
+/* The job's state, for an error that says why a change did not apply. */
+static enum err
+state_conflict(struct store_conn *c, int64_t id, const char *what, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(id)};
+    enum err rc = store_query(c, &JOB_STATE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "job_id", "no job %" PRId64, id);
+    }
+    rc = bb_fail(e, ERR_CONFLICT, "job_id", "job %" PRId64 " is %s: cannot %s it", id,
+                 store_col_text(&r, 0), what);
+    store_rows_close(&r);
+    return rc;
+}
+
+enum err
+job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
+    int64_t changed;
+    enum err rc = store_exec(c, &JOB_CANCEL, p, 2, &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        return state_conflict(c, id, "cancel", e);
+    return rc;
+}
+
+enum err
+job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
+    int64_t changed;
+    enum err rc = store_exec(c, &JOB_RUN_PENDING_NOW, p, 2, &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        rc = store_exec(c, &JOB_REENQUEUE, p, 2, &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        return state_conflict(c, id, "run", e);
+    if (rc != ERR_OK)
+        return rc;
+    struct store_rows r;
+    const struct store_param q[] = {sp_int(id)};
+    rc = store_query(c, &JOB_STATE, q, 1, &r, e);
+    if (rc == ERR_OK && store_next(&r))
+        rc = store_notify(c, JOBS__CHANNEL, store_col_text(&r, 1), e);
+    if (rc == ERR_OK)
+        store_rows_close(&r);
+    return rc;
+}
+
+enum err
+job_redrive_dead(struct store_conn *c, const char *queue, int64_t now_ms, int64_t *n,
+                 struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(queue ? queue : ""), sp_int(now_ms)};
+    enum err rc = store_exec(c, &JOB_REDRIVE_DEAD, p, 2, n, e);
+    if (rc == ERR_OK && *n > 0)
+        rc = store_notify(c, JOBS__CHANNEL, queue ? queue : "", e);
+    return rc;
+}
+
+enum err
+job_purge_dead(struct store_conn *c, const char *queue, int64_t *n, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(queue ? queue : "")};
+    enum err rc = store_exec(c, &JOB_PURGE_DEAD_ATTEMPTS, p, 1, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &JOB_PURGE_DEAD, p, 1, n, e);
+    return rc;
+}
+
+/* ---- leases ------------------------------------------------------------------------------------- */
+
+#define LEASE_COLUMNS                                                                             \
+    "id, queue, handler, payload, target, attempt, attempt_limit, lease_token,"                  \
+    " lease_expires_at_ms, max_duration_ms, created_at_ms, run_at_ms"
+
+/* $1 queue, $2 external, $3 now, $4 max, $5 worker, $6 lease_ms */
+static struct store_stmt JOB_CLAIM = {
+    .sql = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
+           " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 + $6,"
+           " started_at_ms = $3, updated_at_ms = $3"
+           " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
+           " AND external = $2 AND run_at_ms <= $3"
+           " ORDER BY priority DESC, run_at_ms, id LIMIT $4)"
+           " RETURNING " LEASE_COLUMNS,
+    .sql_pg = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
+              " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 + $6,"
+              " started_at_ms = $3, updated_at_ms = $3"
+              " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
+              " AND external = $2 AND run_at_ms <= $3"
+              " ORDER BY priority DESC, run_at_ms, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
+              " RETURNING " LEASE_COLUMNS,
+};
+static struct store_stmt JOB_HEARTBEAT = {
+    .sql = "UPDATE jobs SET lease_expires_at_ms = $4, updated_at_ms = $3"
+           " WHERE id = $1 AND lease_token = $2 AND state = 'running'"
+           " AND lease_expires_at_ms > $3",
+};
+
+void
+job_lease_deinit(struct job_lease *l)
+{
+    free(l->queue);
+    free(l->handler);
+    free(l->payload);
+    free(l->target);
+    memset(l, 0, sizeof *l);
+}
+
+static int
+lease_order(const void *a, const void *b)
+{
+    const struct job_lease *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+enum err
+job_claim(struct store_conn *c, const char *queue, const char *worker, bool external, int64_t max,
+          int64_t lease_ms, int64_t now_ms, struct job_lease **leases, size_t *n,
+          struct bb_error *e)
+{
+    *leases = NULL;
+    *n = 0;
+    struct job_queue q;
+    enum err rc = queue_read(c, &QUEUE_GET, queue, &q, e);
+    if (rc != ERR_OK || q.paused || max <= 0)
+        return rc;
+    if (q.concurrency > 0) {
+        /* Serialise this queue's claimers to count running jobs exactly. */
+        rc = queue_read(c, &QUEUE_GET_LOCKED, queue, &q, e);
+        int64_t running = 0;
+        const struct store_param p[] = {sp_text(queue)};
+        if (rc == ERR_OK)
+            rc = query_int(c, &QUEUE_RUNNING, p, 1, &running, NULL, e);
+        if (rc != ERR_OK)
+            return rc;
+        if (running >= q.concurrency)
+            return ERR_OK;
+        if (max > q.concurrency - running)
+            max = q.concurrency - running;
+    }
+    const struct store_param p[] = {sp_text(queue), sp_int(external), sp_int(now_ms),
+                                    sp_int(max),    sp_text(worker),  sp_int(lease_ms)};
+    struct store_rows r;
+    rc = store_query(c, &JOB_CLAIM, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (r.nrows > 0) {
+        *leases = xcalloc((size_t)r.nrows, sizeof **leases);
+        while (store_next(&r)) {
+            struct job_lease *l = &(*leases)[(*n)++];
+            l->id = store_col_int(&r, 0);
+            l->queue = xstrdup(store_col_text(&r, 1));
+            l->handler = xstrdup(store_col_text(&r, 2));
+            l->payload = xstrdup(store_col_text(&r, 3));
+            l->target = store_col_is_null(&r, 4) ? NULL : xstrdup(store_col_text(&r, 4));
+            l->attempt = store_col_int(&r, 5);
+            l->attempt_limit = store_col_int(&r, 6);
+            l->lease_token = store_col_int(&r, 7);
+            l->lease_expires_at_ms = store_col_int(&r, 8);
+            l->max_duration_ms = store_col_int(&r, 9);
+            l->created_at_ms = store_col_int(&r, 10);
+            l->run_at_ms = store_col_int(&r, 11);
+        }
+        qsort(*leases, *n, sizeof **leases, lease_order);
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+enum err
+job_heartbeat(struct store_conn *c, int64_t id, int64_t token, int64_t lease_ms, int64_t now_ms,
+              int64_t *expires_at_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id), sp_int(token), sp_int(now_ms),
+                                    sp_int(now_ms + lease_ms)};
+    int64_t changed;
+    enum err rc = store_exec(c, &JOB_HEARTBEAT, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (changed == 0)
+        return bb_fail(e, ERR_STALE_TOKEN, "token",
+                       "lease token %" PRId64 " no longer holds job %" PRId64
+                       " (it ran out, was rescued, finished or was cancelled)",
+                       token, id);
+    *expires_at_ms = now_ms + lease_ms;
+    return ERR_OK;
+}
+
+/* ---- finishing attempts ---------------------------------------------------------------------- */
+
+/* Completions, many at once. $1: JSON array of {"id","token"}; $2 now. */
+static struct store_stmt JOB_COMPLETE_MANY = {
+    .sql_sqlite = "UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
+                  " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
+                  " WHERE state = 'running' AND (id, lease_token) IN"
+                  " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
+                  " FROM json_each($1)) RETURNING id, attempt",
+    .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
+              " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
+              " FROM json_to_recordset($1::json) AS x(id bigint, token bigint)"
+              " WHERE jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
+              " RETURNING jobs.id, jobs.attempt",
+};
+/* Attempt rows, many at once. $1: JSON array of {id, attempt, worker,
+ * started, finished, outcome, error}. */
+static struct store_stmt ATTEMPTS_INSERT_MANY = {
+    .sql_sqlite = "INSERT INTO job_attempts (job_id, attempt, worker, started_at_ms,"
+                  " finished_at_ms, outcome, error) SELECT json_extract(value, '$.id'),"
+                  " json_extract(value, '$.attempt'), json_extract(value, '$.worker'),"
+                  " json_extract(value, '$.started'), json_extract(value, '$.finished'),"
+                  " json_extract(value, '$.outcome'), json_extract(value, '$.error')"
+                  " FROM json_each($1) WHERE true ON CONFLICT DO NOTHING",
+    .sql_pg = "INSERT INTO job_attempts (job_id, attempt, worker, started_at_ms,"
+              " finished_at_ms, outcome, error) SELECT id, attempt, worker, started, finished,"
+              " outcome, error FROM json_to_recordset($1::json) AS x(id bigint, attempt bigint,"
+              " worker text, started bigint, finished bigint, outcome text, error text)"
+              " ON CONFLICT DO NOTHING",
+};
+/* One failure: read what the retry decision needs, under the token. */
+static struct store_stmt JOB_FAIL_READ = {
+    .sql = "SELECT attempt, attempt_limit, backoff_base_ms, backoff_factor_milli,"
+           " backoff_cap_ms, backoff_jitter_pct, queue FROM jobs"
+           " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+};
+static struct store_stmt JOB_FAIL_WRITE = {
+    .sql = "UPDATE jobs SET state = $3, run_at_ms = $4, last_error = $5, lease_expires_at_ms = NULL,"
+           " finished_at_ms = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END, updated_at_ms = $6"
+           " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+};
+
+/*
+ * An attempt's error as stored: at most JOB_ERROR_MAX bytes of valid UTF-8
+ * without control characters (handlers report whatever they got back, and
+ * PostgreSQL refuses invalid UTF-8), cut on a character boundary.
+ */
+static void
+error_text(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)in;
+    while (*p && o + 4 < cap) {
+        int len = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
+                              : (*p & 0xf8) == 0xf0 ? 4 : 0;
+        bool ok = len > 0 && !(len == 1 && (*p < 0x20 || *p == 0x7f)) && (len != 2 || *p >= 0xc2);
+        for (int i = 1; ok && i < len; i++)
+            ok = (p[i] & 0xc0) == 0x80;
+        if (!ok) {
+            out[o++] = *p == '\n' || *p == '\t' ? ' ' : '?';
+            p++;
+            continue;
+        }
+        memcpy(out + o, p, (size_t)len);
+        o += (size_t)len;
+        p += len;
+    }
+    out[o] = '\0';
+}
+
+/* Append one attempt record to the JSON array for ATTEMPTS_INSERT_MANY. */
+static void
+attempt_row(json_t *rows, const struct job_finish *f, int64_t attempt, int64_t now_ms)
+{
+    json_t *a = json_pack("{s:I, s:I, s:I, s:I, s:s}", "id", (json_int_t)f->id, "attempt",
+                          (json_int_t)attempt, "started", (json_int_t)f->started_at_ms,
+                          "finished", (json_int_t)now_ms, "outcome",
+                          job_outcome_name(f->outcome));
+    json_t *w = f->worker ? json_string(f->worker) : NULL;
+    json_object_set_new(a, "worker", w ? w : json_null());
+    json_t *err = NULL;
+    if (f->error) {
+        char text[JOB_ERROR_MAX + 1];
+        error_text(f->error, text, sizeof text);
+        err = json_string(text);
+    }
+    json_object_set_new(a, "error", err ? err : json_null());
+    json_array_append_new(rows, a);
+}
+
+static enum err
+complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t now_ms,
+              json_t *attempts, struct bb_error *e)
+{
+    json_t *keys = json_array();
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].outcome == JOB_OUTCOME_COMPLETED)
+            json_array_append_new(keys, json_pack("{s:I, s:I}", "id", (json_int_t)items[i].id,
+                                                  "token", (json_int_t)items[i].token));
+    }
+    if (json_array_size(keys) == 0) {
+        json_decref(keys);
+        return ERR_OK;
+    }
+    char *text = bb_json_dumps(keys);
+    json_decref(keys);
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    enum err rc = store_query(c, &JOB_COMPLETE_MANY, p, 2, &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    /* Items not in the answer had a stale token. ids are few per batch: a
+     * linear match is fine. */
+    while (store_next(&r)) {
+        int64_t id = store_col_int(&r, 0);
+        for (size_t i = 0; i < n; i++) {
+            if (items[i].id == id && items[i].outcome == JOB_OUTCOME_COMPLETED &&
+                items[i].rc == ERR_STALE_TOKEN) {
+                items[i].rc = ERR_OK;
+                items[i].state = JOB_COMPLETED;
+                attempt_row(attempts, &items[i], store_col_int(&r, 1), now_ms);
+                break;
+            }
+        }
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+static enum err
+fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*rand01)(void),
+         json_t *attempts, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(f->id), sp_int(f->token)};
+    enum err rc = store_query(c, &JOB_FAIL_READ, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return ERR_OK; /* stale: f->rc stays ERR_STALE_TOKEN */
+    }
+    int64_t attempt = store_col_int(&r, 0);
+    int64_t limit = store_col_int(&r, 1);
+    struct job_backoff b = {store_col_int(&r, 2), store_col_int(&r, 3), store_col_int(&r, 4),
+                            store_col_int(&r, 5)};
+    store_rows_close(&r);
+    bool dead = f->outcome == JOB_OUTCOME_PERMANENT || attempt >= limit;
+    int64_t run_at = now_ms;
+    /* A lost lease already made the job wait a whole lease: retry at once. */
+    if (!dead && f->outcome != JOB_OUTCOME_EXPIRED)
+        run_at += job_backoff_delay_ms(&b, (int)attempt, rand01());
+    char cut[JOB_ERROR_MAX + 1];
+    error_text(f->error ? f->error : job_outcome_name(f->outcome), cut, sizeof cut);
+    const struct store_param w[] = {sp_int(f->id),    sp_int(f->token),
+                                    sp_text(dead ? "dead" : "pending"),
+                                    sp_int(run_at),   sp_text(cut),
+                                    sp_int(now_ms)};
+    int64_t changed;
+    rc = store_exec(c, &JOB_FAIL_WRITE, w, BB_ARRAY_LEN(w), &changed, e);
+    if (rc != ERR_OK || changed == 0)
+        return rc;
+    f->rc = ERR_OK;
+    f->state = dead ? JOB_DEAD : JOB_PENDING;
+    attempt_row(attempts, f, attempt, now_ms);
+    return ERR_OK;
+}
+
+enum err
+job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64_t now_ms,
+                 double (*rand01)(void), struct bb_error *e)
+{
+    for (size_t i = 0; i < n; i++)
+        items[i].rc = ERR_STALE_TOKEN; /* until the database says otherwise */
+    json_t *attempts = json_array();
+    enum err rc = complete_many(c, items, n, now_ms, attempts, e);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        if (items[i].outcome != JOB_OUTCOME_COMPLETED)
+            rc = fail_one(c, &items[i], now_ms, rand01, attempts, e);
+    }
+    if (rc == ERR_OK && json_array_size(attempts) > 0) {
+        char *text = bb_json_dumps(attempts);
+        const struct store_param p[] = {sp_text(text)};
+        rc = store_exec(c, &ATTEMPTS_INSERT_MANY, p, 1, NULL, e);
+        free(text);
+    }
+    json_decref(attempts);
+    return rc;
+}
+
+static struct store_stmt JOB_EXPIRED = {
+    .sql = "SELECT id, lease_token, leased_by, started_at_ms FROM jobs"
+           " WHERE state = 'running' AND lease_expires_at_ms <= $1"
+           " ORDER BY lease_expires_at_ms LIMIT $2",
+    .sql_pg = "SELECT id, lease_token, leased_by, started_at_ms FROM jobs"
+              " WHERE state = 'running' AND lease_expires_at_ms <= $1"
+              " ORDER BY lease_expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+};
+
+static double
+half(void)
+{
+    return 0.5;
+}
+
+enum err
+job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t *n,
+                   struct bb_error *e)
+{
+    *n = 0;
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(now_ms), sp_int(limit)};
+    enum err rc = store_query(c, &JOB_EXPIRED, p, 2, &r, e);
+    if (rc != ERR_OK || r.nrows == 0) {
+        if (rc == ERR_OK)
+            store_rows_close(&r);
+        return rc;
+    }
+    struct job_finish *items = xcalloc((size_t)r.nrows, sizeof *items);
+    char **workers = xcalloc((size_t)r.nrows, sizeof *workers);
+    size_t k = 0;
+    while (store_next(&r)) {
+        workers[k] = xstrdup(store_col_text(&r, 2));
+        items[k] = (struct job_finish){.id = store_col_int(&r, 0),
+                                       .token = store_col_int(&r, 1),
+                                       .outcome = JOB_OUTCOME_EXPIRED,
+                                       .error = "lease expired before the attempt finished",
+                                       .worker = workers[k],
+                                       .started_at_ms = store_col_int(&r, 3)};
+        k++;
+    }
+    store_rows_close(&r);
+    rc = job_finish_batch(c, items, k, now_ms, half, e);
+    for (size_t i = 0; i < k; i++) {
+        if (items[i].rc == ERR_OK)
+            (*n)++;
+        free(workers[i]);
+    }
+    free(workers);
+    free(items);
+    if (rc == ERR_OK && *n > 0)
+        rc = store_notify(c, JOBS__CHANNEL, "", e);
+    return rc;
+}
+
+/* ---- schedules ----------------------------------------------------------------------------------- */
+
+static struct store_stmt SCHEDULE_PUT = {
+    .sql = "INSERT INTO job_schedules (name, cron, tz, interval_ms, spec, queue, handler, paused,"
+           " next_fire_at_ms, created_at_ms, updated_at_ms)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+           " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz,"
+           " interval_ms = excluded.interval_ms, spec = excluded.spec, queue = excluded.queue,"
+           " handler = excluded.handler, paused = excluded.paused,"
+           " next_fire_at_ms = excluded.next_fire_at_ms, updated_at_ms = excluded.updated_at_ms",
+};
+static struct store_stmt SCHEDULE_DELETE = {.sql = "DELETE FROM job_schedules WHERE name = $1"};
+static struct store_stmt SCHEDULE_PAUSE = {
+    .sql = "UPDATE job_schedules SET paused = $2, updated_at_ms = $3 WHERE name = $1",
+};
+#define SCHEDULE_COLUMNS                                                                          \
+    "name, cron, tz, interval_ms, spec, queue, handler, paused, next_fire_at_ms,"                 \
+    " last_fire_at_ms, created_at_ms"
+static struct store_stmt SCHEDULE_LIST = {
+    .sql = "SELECT " SCHEDULE_COLUMNS " FROM job_schedules WHERE ($1 = '' OR name = $1)"
+           " ORDER BY name",
+};
+static struct store_stmt SCHEDULE_DUE = {
+    .sql = "SELECT " SCHEDULE_COLUMNS " FROM job_schedules WHERE paused = 0"
+           " AND next_fire_at_ms <= $1 ORDER BY next_fire_at_ms LIMIT 100",
+    .sql_pg = "SELECT " SCHEDULE_COLUMNS " FROM job_schedules WHERE paused = 0"
+              " AND next_fire_at_ms <= $1 ORDER BY next_fire_at_ms LIMIT 100"
+              " FOR UPDATE SKIP LOCKED",
+};
+/* Advance only if nobody else fired this time already. */
+static struct store_stmt SCHEDULE_ADVANCE = {
+    .sql = "UPDATE job_schedules SET next_fire_at_ms = $3, last_fire_at_ms = $2,"
+           " updated_at_ms = $4 WHERE name = $1 AND next_fire_at_ms = $2",
+};
+
+/* The next fire strictly after `after_ms`. */
+static enum err
+schedule_next(const char *cron, const char *tz, int64_t interval_ms, int64_t after_ms,
+              int64_t *next, struct bb_error *e)
+{
+    if (interval_ms > 0) {
+        *next = after_ms + interval_ms;
+        return ERR_OK;
+    }
+    struct job_cron parsed;
+    enum err rc = job_cron_parse(cron, &parsed, e);
+    if (rc == ERR_OK)
+        rc = job_cron_next(&parsed, tz, after_ms, next, e);
+    return rc;
+}
+
+/* The job part of a schedule, stored as JSON so each fire rebuilds it. */
+static json_t *
+spec_json(const struct job_spec *s)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "queue", json_string(s->queue ? s->queue : "default"));
+    json_object_set_new(o, "handler", json_string(s->handler));
+    json_t *payload = json_loads(s->payload ? s->payload : "{}", JSON_DECODE_ANY, NULL);
+    json_object_set_new(o, "payload", payload ? payload : json_object());
+    if (s->target)
+        json_object_set_new(o, "target", json_loads(s->target, JSON_DECODE_ANY, NULL));
+    json_object_set_new(o, "priority", json_integer(s->priority));
+    json_object_set_new(o, "max_attempts", json_integer(s->max_attempts));
+    json_object_set_new(o, "max_duration_ms", json_integer(s->max_duration_ms));
+    if (s->unique_key)
+        json_object_set_new(o, "unique_key", json_string(s->unique_key));
+    if (s->tags)
+        json_object_set_new(o, "tags", json_loads(s->tags, JSON_DECODE_ANY, NULL));
+    if (s->has_backoff)
+        json_object_set_new(o, "backoff", json_pack("{s:I, s:I, s:I, s:I}", "base_ms",
+                                                    (json_int_t)s->backoff.base_ms,
+                                                    "factor_milli",
+                                                    (json_int_t)s->backoff.factor_milli,
+                                                    "cap_ms", (json_int_t)s->backoff.cap_ms,
+                                                    "jitter_pct",
+                                                    (json_int_t)s->backoff.jitter_pct));
+    return o;
+}
+
+enum err
+job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now_ms,
+                 int64_t *next_fire_ms, struct bb_error *e)
+{
+    struct job_queue q;
+    enum err rc = job_queue_get(c, s->job.queue ? s->job.queue : "default", &q, e);
+    if (rc != ERR_OK)
+        return rc;
+    const char *tz = s->tz[0] ? s->tz : "UTC";
+    rc = schedule_next(s->cron, tz, s->interval_ms, now_ms, next_fire_ms, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *spec = spec_json(&s->job);
+    char *text = bb_json_dumps(spec);
+    json_decref(spec);
+    const struct store_param p[] = {
+        sp_text(s->name),
+        s->interval_ms > 0 ? sp_null() : sp_text(s->cron),
+        sp_text(tz),
+        sp_int(s->interval_ms),
+        sp_text(text),
+        sp_text(q.name),
+        sp_text(s->job.handler),
+        sp_int(s->paused),
+        sp_int(*next_fire_ms),
+        sp_int(now_ms),
+    };
+    rc = store_exec(c, &SCHEDULE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+    free(text);
+    return rc;
+}
+
+enum err
+job_schedule_delete(struct store_conn *c, const char *name, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(name)};
+    int64_t changed;
+    enum err rc = store_exec(c, &SCHEDULE_DELETE, p, 1, &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        return bb_fail(e, ERR_NOT_FOUND, "name", "no schedule named %s", name);
+    return rc;
+}
+
+enum err
+job_schedule_set_paused(struct store_conn *c, const char *name, bool paused, int64_t now_ms,
+                        struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(name), sp_int(paused), sp_int(now_ms)};
+    int64_t changed;
+    enum err rc = store_exec(c, &SCHEDULE_PAUSE, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        return bb_fail(e, ERR_NOT_FOUND, "name", "no schedule named %s", name);
+    return rc;
+}
+
+enum err
+job_schedule_list_json(struct store_conn *c, const char *only, int upcoming, json_t **out,
+                       struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(only ? only : "")};
+    enum err rc = store_query(c, &SCHEDULE_LIST, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *list = json_array();
+    while (store_next(&r)) {
+        json_t *o = json_object();
+        const char *cron = store_col_is_null(&r, 1) ? NULL : store_col_text(&r, 1);
+        const char *tz = store_col_text(&r, 2);
+        int64_t interval = store_col_int(&r, 3);
+        json_object_set_new(o, "name", text_json(&r, 0));
+        json_object_set_new(o, "cron", text_json(&r, 1));
+        json_object_set_new(o, "timezone", text_json(&r, 2));
+        json_object_set_new(o, "every_ms", interval ? json_integer(interval) : json_null());
+        json_object_set_new(o, "job", stored_json(&r, 4));
+        json_object_set_new(o, "paused", json_boolean(store_col_int(&r, 7) != 0));
+        json_object_set_new(o, "next_fire_at", time_json(&r, 8));
+        json_object_set_new(o, "last_fire_at", time_json(&r, 9));
+        json_object_set_new(o, "created_at", time_json(&r, 10));
+        json_t *next = json_array();
+        int64_t t = store_col_int(&r, 8);
+        for (int i = 0; i < upcoming; i++) {
+            char buf[32];
+            bb_wall_ms_format(t, buf);
+            json_array_append_new(next, json_string(buf));
+            struct bb_error ignored;
+            if (schedule_next(cron, tz, interval, t, &t, &ignored) != ERR_OK)
+                break;
+        }
+        json_object_set_new(o, "upcoming", next);
+        json_array_append_new(list, o);
+    }
+    store_rows_close(&r);
+    if (only && json_array_size(list) == 0) {
+        json_decref(list);
+        return bb_fail(e, ERR_NOT_FOUND, "name", "no schedule named %s", only);
+    }
+    *out = list;
+    return ERR_OK;
+}
+
+/* Rebuild the job spec a schedule stores (strings borrowed from `spec`). */
+static void
+spec_from_json(const json_t *spec, struct job_spec *s, char **payload, char **target,
+               char **tags)
+{
+    memset(s, 0, sizeof *s);
+    s->queue = json_string_value(json_object_get(spec, "queue"));
+    s->handler = json_string_value(json_object_get(spec, "handler"));
+    *payload = bb_json_dumps(json_object_get(spec, "payload"));
+    s->payload = *payload;
+    const json_t *t = json_object_get(spec, "target");
+    *target = t && !json_is_null(t) ? bb_json_dumps(t) : NULL;
+    s->target = *target;
+    const json_t *tg = json_object_get(spec, "tags");
+    *tags = tg && !json_is_null(tg) ? bb_json_dumps(tg) : NULL;
+    s->tags = *tags;
+    s->priority = json_integer_value(json_object_get(spec, "priority"));
+    s->max_attempts = json_integer_value(json_object_get(spec, "max_attempts"));
+    s->max_duration_ms = json_integer_value(json_object_get(spec, "max_duration_ms"));
+    s->unique_key = json_string_value(json_object_get(spec, "unique_key"));
+    const json_t *b = json_object_get(spec, "backoff");
+    if (json_is_object(b)) {
+        s->has_backoff = true;
+        s->backoff.base_ms = json_integer_value(json_object_get(b, "base_ms"));
+        s->backoff.factor_milli = json_integer_value(json_object_get(b, "factor_milli"));
+        s->backoff.cap_ms = json_integer_value(json_object_get(b, "cap_ms"));
+        s->backoff.jitter_pct = json_integer_value(json_object_get(b, "jitter_pct"));
+    }
+}
+
+/* Fire one due schedule row: advance it (compare-and-set), then submit. */
+static enum err
+fire_one(struct store_conn *c, const struct store_rows *r, int64_t now_ms, int64_t *n,
+         struct bb_error *e)
+{
+    const char *name = store_col_text(r, 0);
+    const char *cron = store_col_is_null(r, 1) ? NULL : store_col_text(r, 1);
+    const char *tz = store_col_text(r, 2);
+    int64_t interval = store_col_int(r, 3);
+    int64_t due = store_col_int(r, 8);
+    /* The latest fire time not after now: missed fires collapse into it. */
+    int64_t fire = due, next = due;
+    for (int guard = 0; guard < 100000; guard++) {
+        enum err rc = schedule_next(cron, tz, interval, fire, &next, e);
+        if (rc != ERR_OK)
+            return rc;
+        if (next > now_ms)
+            break;
+        fire = next;
+    }
+    if (next <= now_ms && interval > 0) /* very long outage: jump ahead */
+        next = now_ms + interval - (now_ms - fire) % interval;
+    const struct store_param p[] = {sp_text(name), sp_int(due), sp_int(next), sp_int(now_ms)};
+    int64_t changed;
+    enum err rc = store_exec(c, &SCHEDULE_ADVANCE, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc != ERR_OK || changed == 0)
+        return rc; /* another process fired it */
+    json_t *spec_doc = json_loadb(store_col_text(r, 4), store_col_len(r, 4), 0, NULL);
+    if (spec_doc == NULL)
+        return bb_fail(e, ERR_STORE, "", "schedule %s has an unreadable job", name);
+    struct job_spec s;
+    char *payload, *target, *tags;
+    spec_from_json(spec_doc, &s, &payload, &target, &tags);
+    s.schedule = name;
+    s.scheduled_for_ms = fire;
+    s.run_at_ms = now_ms;
+    int64_t id;
+    bool created = false;
+    if (s.unique_key) {
+        /* A fire is skipped while the previous fire's job is still pending
+         * or running under the same key. */
+        const struct store_param u[] = {sp_text(s.queue), sp_text(s.unique_key)};
+        bool busy;
+        rc = query_int(c, &JOB_BY_UNIQUE, u, 2, &id, &busy, e);
+        if (rc == ERR_OK && busy) {
+            s.handler = NULL; /* skip */
+        } else {
+            s.unique_key = NULL; /* checked here; the insert keys on the fire */
+        }
+    }
+    if (rc == ERR_OK && s.handler)
+        rc = job_submit(c, &s, now_ms, &id, &created, e);
+    if (rc == ERR_OK && created)
+        (*n)++;
+    json_decref(spec_doc);
+    free(payload);
+    free(target);
+    free(tags);
+    return rc;
+}
+
+enum err
+job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct bb_error *e)
+{
+    *n = 0;
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(now_ms)};
+    enum err rc = store_query(c, &SCHEDULE_DUE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    while (rc == ERR_OK && store_next(&r))
+        rc = fire_one(c, &r, now_ms, n, e);
+    store_rows_close(&r);
+    return rc;
+}
+
+/* ---- metrics from the database --------------------------------------------------------------------- */
+
+enum err
+job_metrics_refresh(struct store_conn *c, int64_t now_ms, struct bb_error *e)
+{
+    json_t *queues;
+    enum err rc = job_queue_list_json(c, NULL, now_ms, &queues, e);
+    if (rc != ERR_OK)
+        return rc;
+    size_t i;
+    json_t *q;
+    json_array_foreach(queues, i, q)
+    {
+        const char *name = json_string_value(json_object_get(q, "name"));
+        const char *state;
+        json_t *count;
+        json_object_foreach(json_object_get(q, "depth"), state, count)
+            jobs__metric_depth(name, state, json_integer_value(count));
+    }
+    json_decref(queues);
+    return ERR_OK;
+}

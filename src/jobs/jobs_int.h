@@ -1,0 +1,41 @@
+/*
+ * jobs_int.h: shared inside src/jobs only.
+ */
+#ifndef BB_JOBS_INT_H
+#define BB_JOBS_INT_H
+
+#include "jobs/jobs.h"
+
+/* Channel announcing new ready work; payload: the queue name. */
+#define JOBS__CHANNEL "bb_job_ready"
+
+/* Parse a job spec from a JSON request body (POST /jobs, batch items, the
+ * job part of a schedule). `prefix` ("", "jobs[3].") goes before field
+ * names in errors. Strings point into `body` or `arena`. Cron/interval
+ * fields are reported through *recurring (NULL: refused). */
+struct jobs__recurring {
+    bool present;
+    const char *cron;
+    const char *tz;
+    int64_t interval_ms;
+    const char *name;
+};
+enum err jobs__spec_from_json(const json_t *body, const struct job_registry *reg,
+                              int64_t payload_limit, int64_t now_ms, const char *prefix,
+                              struct bb_arena *arena, struct job_spec *spec,
+                              struct jobs__recurring *recurring, struct bb_error *e);
+
+/* Handlers (job_handlers.c). */
+job_handler_fn *jobs__registry_find(const struct job_registry *r, const char *name, void **ctx);
+void jobs__handlers_global_init(void);
+
+/* Metrics, counted by callers after their transaction commits. */
+void jobs__metrics_register(void);
+void jobs__metric_submitted(const char *queue, int64_t n);
+void jobs__metric_started(const char *queue, double queue_latency_s);
+void jobs__metric_finished(const char *queue, enum job_outcome outcome, double duration_s);
+void jobs__metric_stale(const char *what);
+void jobs__metric_rescued(int64_t n);
+void jobs__metric_depth(const char *queue, const char *state, int64_t n);
+
+#endif /* BB_JOBS_INT_H */

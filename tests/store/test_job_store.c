@@ -1,0 +1,601 @@
+/*
+ * test_job_store.c: jobs in the database, on both engines, with an injected
+ * clock: submit, unique keys, claims (priority, pause, concurrency, external),
+ * fenced completion, retries with backoff, dead letters, cancellation,
+ * rescue of expired leases, transactional enqueue, schedules, and
+ * concurrent claimers.
+ */
+#include "testsupport.h"
+
+#include "jobs/jobs.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const int64_t T0 = 1800000000000;
+
+struct fixture {
+    struct test_db *db;
+    struct store_conn *c;
+};
+
+static int
+setup(void **state)
+{
+    struct fixture *f = xcalloc(1, sizeof *f);
+    f->db = test_db_create();
+    struct bb_error e;
+    assert_ok(store_conn_open(f->db->store, &f->c, &e), &e);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    store_conn_close(f->c);
+    test_db_destroy(f->db);
+    free(f);
+    return 0;
+}
+
+static int64_t
+submit(struct store_conn *c, const char *queue, const char *handler, int64_t priority,
+       int64_t run_at, int64_t now)
+{
+    struct job_spec s = {.queue = queue, .handler = handler, .priority = priority,
+                         .run_at_ms = run_at, .payload = "{\"n\":1}"};
+    int64_t id;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(c, &s, now, &id, &created, &e), &e);
+    assert_true(created);
+    return id;
+}
+
+static json_t *
+get(struct store_conn *c, int64_t id, int64_t now)
+{
+    json_t *j;
+    struct bb_error e;
+    assert_ok(job_get_json(c, id, true, now, &j, &e), &e);
+    return j;
+}
+
+static const char *
+state_of(struct store_conn *c, int64_t id, int64_t now)
+{
+    static char buf[32];
+    json_t *j = get(c, id, now);
+    bb_strlcpy(buf, json_string_value(json_object_get(j, "state")), sizeof buf);
+    json_decref(j);
+    return buf;
+}
+
+static void
+free_leases(struct job_lease *l, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        job_lease_deinit(&l[i]);
+    free(l);
+}
+
+static struct job_lease
+claim_one(struct store_conn *c, const char *queue, int64_t now)
+{
+    struct job_lease *l;
+    size_t n;
+    struct bb_error e;
+    assert_ok(job_claim(c, queue, "w1", false, 1, 30000, now, &l, &n, &e), &e);
+    assert_int_equal(n, 1);
+    struct job_lease one = l[0];
+    free(l);
+    return one;
+}
+
+static double
+mid(void)
+{
+    return 0.5;
+}
+
+static enum err
+finish(struct store_conn *c, int64_t id, int64_t token, enum job_outcome outcome, int64_t now,
+         enum job_state *state)
+{
+    struct job_finish f = {.id = id, .token = token, .outcome = outcome, .worker = "w1",
+                           .started_at_ms = now - 5, .error = "boom \xff bad utf8"};
+    struct bb_error e;
+    assert_ok(job_finish_batch(c, &f, 1, now, mid, &e), &e);
+    if (state)
+        *state = f.state;
+    return f.rc;
+}
+
+static void
+submit_and_read_back(void **state)
+{
+    struct fixture *f = *state;
+    struct job_spec s = {.queue = "default", .handler = "noop", .payload = "{\"a\":[1,2]}",
+                         .priority = 5, .max_attempts = 3, .max_duration_ms = 7000,
+                         .tags = "[\"x\",\"y\"]", .run_at_ms = T0 + 60000};
+    int64_t id;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(f->c, &s, T0, &id, &created, &e), &e);
+    assert_true(created && id > 0);
+    json_t *j = get(f->c, id, T0);
+    assert_int_equal(json_integer_value(json_object_get(j, "job_id")), id);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "pending");
+    assert_false(json_is_true(json_object_get(j, "ready")));
+    assert_int_equal(json_integer_value(json_object_get(j, "priority")), 5);
+    assert_int_equal(json_integer_value(json_object_get(j, "max_attempts")), 3);
+    assert_int_equal(json_integer_value(json_object_get(j, "max_duration_seconds")), 7);
+    assert_int_equal(json_integer_value(
+                         json_array_get(json_object_get(json_object_get(j, "payload"), "a"), 1)),
+                     2);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(j, "tags"), 1)), "y");
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 0);
+    json_decref(j);
+    struct job_spec bad = {.queue = "nope", .handler = "noop"};
+    assert_int_equal(job_submit(f->c, &bad, T0, &id, &created, &e), ERR_NOT_FOUND);
+    assert_string_equal(e.field, "queue");
+}
+
+static void
+unique_key_returns_the_first_job_until_it_finishes(void **state)
+{
+    struct fixture *f = *state;
+    struct job_spec s = {.handler = "noop", .unique_key = "order-42"};
+    int64_t a, b;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(f->c, &s, T0, &a, &created, &e), &e);
+    assert_true(created);
+    assert_ok(job_submit(f->c, &s, T0, &b, &created, &e), &e);
+    assert_false(created);
+    assert_int_equal(a, b);
+    struct job_lease l = claim_one(f->c, "default", T0);
+    assert_ok(job_submit(f->c, &s, T0, &b, &created, &e), &e); /* running: still the same */
+    assert_false(created);
+    assert_int_equal(finish(f->c, l.id, l.lease_token, JOB_OUTCOME_COMPLETED, T0 + 1, NULL),
+                     ERR_OK);
+    job_lease_deinit(&l);
+    assert_ok(job_submit(f->c, &s, T0 + 2, &b, &created, &e), &e);
+    assert_true(created);
+    assert_int_not_equal(a, b);
+}
+
+static void
+claims_take_ready_jobs_by_priority_then_age(void **state)
+{
+    struct fixture *f = *state;
+    int64_t low = submit(f->c, NULL, "noop", 0, T0 - 300, T0 - 300);
+    int64_t high = submit(f->c, NULL, "noop", 10, T0 - 100, T0 - 100);
+    int64_t old = submit(f->c, NULL, "noop", 0, T0 - 500, T0 - 500);
+    submit(f->c, NULL, "noop", 99, T0 + 1000, T0); /* not ready yet */
+    submit(f->c, NULL, "external:mail", 99, T0, T0); /* for the pull API */
+    struct job_lease *l;
+    size_t n;
+    struct bb_error e;
+    assert_ok(job_claim(f->c, "default", "w1", false, 2, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 2);
+    /* The two best: priority 10, then the oldest of priority 0. */
+    bool got_high = l[0].id == high || l[1].id == high;
+    bool got_old = l[0].id == old || l[1].id == old;
+    assert_true(got_high && got_old);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(l[i].attempt, 1);
+        assert_int_equal(l[i].lease_token, 1);
+        assert_int_equal(l[i].lease_expires_at_ms, T0 + 30000);
+        assert_string_equal(l[i].handler, "noop");
+    }
+    free_leases(l, n);
+    assert_ok(job_claim(f->c, "default", "w1", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_int_equal(l[0].id, low);
+    free_leases(l, n);
+    assert_ok(job_claim(f->c, "default", "w1", true, 10, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_string_equal(l[0].handler, "external:mail");
+    free_leases(l, n);
+}
+
+static void
+paused_queues_and_concurrency_limits_hold_claims_back(void **state)
+{
+    struct fixture *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "limited");
+    q.concurrency = 2;
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    for (int i = 0; i < 5; i++)
+        submit(f->c, "limited", "noop", 0, T0, T0);
+    struct job_lease *l;
+    size_t n;
+    assert_ok(job_claim(f->c, "limited", "w1", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 2);
+    struct job_lease keep = l[0];
+    job_lease_deinit(&l[1]);
+    free(l);
+    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 0);
+    free(l);
+    assert_int_equal(finish(f->c, keep.id, keep.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL),
+                     ERR_OK);
+    job_lease_deinit(&keep);
+    assert_ok(job_queue_set_paused(f->c, "limited", true, T0, &e), &e);
+    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 0);
+    free(l);
+    assert_ok(job_queue_set_paused(f->c, "limited", false, T0, &e), &e);
+    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_int_equal(n, 1);
+    free_leases(l, n);
+    json_t *queues;
+    assert_ok(job_queue_list_json(f->c, "limited", T0, &queues, &e), &e);
+    json_t *depth = json_object_get(json_array_get(queues, 0), "depth");
+    assert_int_equal(json_integer_value(json_object_get(depth, "ready")), 2);
+    assert_int_equal(json_integer_value(json_object_get(depth, "running")), 2);
+    assert_int_equal(json_integer_value(json_object_get(depth, "completed")), 1);
+    json_decref(queues);
+    assert_int_equal(job_queue_set_paused(f->c, "nope", true, T0, &e), ERR_NOT_FOUND);
+}
+
+static void
+completion_with_a_stale_lease_token_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct job_lease first = claim_one(f->c, "default", T0);
+    /* The lease runs out: rescued, claimed again with a new token. */
+    int64_t rescued;
+    struct bb_error e;
+    assert_ok(job_rescue_expired(f->c, T0 + 30000, 100, &rescued, &e), &e);
+    assert_int_equal(rescued, 1);
+    assert_string_equal(state_of(f->c, id, T0 + 30000), "pending");
+    struct job_lease second = claim_one(f->c, "default", T0 + 30001);
+    assert_int_equal(second.lease_token, first.lease_token + 1);
+    assert_int_equal(second.attempt, 2);
+    int64_t exp;
+    assert_int_equal(job_heartbeat(f->c, id, first.lease_token, 1000, T0 + 30002, &exp, &e),
+                     ERR_STALE_TOKEN);
+    assert_int_equal(finish(f->c, id, first.lease_token, JOB_OUTCOME_COMPLETED, T0 + 30003, NULL),
+                     ERR_STALE_TOKEN);
+    assert_int_equal(finish(f->c, id, first.lease_token, JOB_OUTCOME_FAILED, T0 + 30003, NULL),
+                     ERR_STALE_TOKEN);
+    assert_ok(job_heartbeat(f->c, id, second.lease_token, 1000, T0 + 30004, &exp, &e), &e);
+    assert_int_equal(exp, T0 + 31004);
+    enum job_state st;
+    assert_int_equal(
+        finish(f->c, id, second.lease_token, JOB_OUTCOME_COMPLETED, T0 + 30005, &st), ERR_OK);
+    assert_int_equal(st, JOB_COMPLETED);
+    json_t *j = get(f->c, id, T0 + 30005);
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 0), "outcome")),
+                        "lease_expired");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 1), "outcome")),
+                        "completed");
+    json_decref(j);
+    job_lease_deinit(&first);
+    job_lease_deinit(&second);
+}
+
+static void
+failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
+{
+    struct fixture *f = *state;
+    struct job_spec s = {.handler = "noop", .max_attempts = 3};
+    int64_t id;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(f->c, &s, T0, &id, &created, &e), &e);
+    int64_t now = T0;
+    static const int64_t backoff[] = {1000, 4000};
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        struct job_lease l = claim_one(f->c, "default", now);
+        assert_int_equal(l.attempt, attempt);
+        enum job_state st;
+        assert_int_equal(finish(f->c, id, l.lease_token, JOB_OUTCOME_FAILED, now, &st), ERR_OK);
+        job_lease_deinit(&l);
+        if (attempt < 3) {
+            assert_int_equal(st, JOB_PENDING);
+            json_t *j = get(f->c, id, now);
+            int64_t run_at;
+            assert_ok(bb_rfc3339_parse(json_string_value(json_object_get(j, "run_at")), &run_at),
+                      &e);
+            assert_int_equal(run_at, now + backoff[attempt - 1]);
+            json_decref(j);
+            /* Not claimable before its backoff ends. */
+            struct job_lease *none;
+            size_t n;
+            assert_ok(job_claim(f->c, "default", "w1", false, 1, 1000, now + 1, &none, &n, &e),
+                      &e);
+            assert_int_equal(n, 0);
+            free(none);
+            now += backoff[attempt - 1];
+        } else {
+            assert_int_equal(st, JOB_DEAD);
+        }
+    }
+    json_t *j = get(f->c, id, now);
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 3);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *a = json_array_get(attempts, i);
+        assert_string_equal(json_string_value(json_object_get(a, "outcome")), "failed");
+        assert_string_equal(json_string_value(json_object_get(a, "error")), "boom ? bad utf8");
+        assert_int_equal(json_integer_value(json_object_get(a, "duration_ms")), 5);
+    }
+    assert_string_equal(json_string_value(json_object_get(j, "last_error")), "boom ? bad utf8");
+    json_decref(j);
+    /* Redrive: pending again, with a fresh set of three attempts. */
+    int64_t n;
+    assert_ok(job_redrive_dead(f->c, "default", now, &n, &e), &e);
+    assert_int_equal(n, 1);
+    struct job_lease l = claim_one(f->c, "default", now);
+    assert_int_equal(l.attempt, 4);
+    assert_int_equal(l.attempt_limit, 6);
+    job_lease_deinit(&l);
+}
+
+static void
+permanent_failure_dies_at_once_and_purge_removes_it(void **state)
+{
+    struct fixture *f = *state;
+    int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct job_lease l = claim_one(f->c, "default", T0);
+    enum job_state st;
+    assert_int_equal(finish(f->c, id, l.lease_token, JOB_OUTCOME_PERMANENT, T0, &st), ERR_OK);
+    assert_int_equal(st, JOB_DEAD);
+    job_lease_deinit(&l);
+    int64_t n;
+    struct bb_error e;
+    assert_ok(job_purge_dead(f->c, NULL, &n, &e), &e);
+    assert_int_equal(n, 1);
+    json_t *j;
+    assert_int_equal(job_get_json(f->c, id, true, T0, &j, &e), ERR_NOT_FOUND);
+}
+
+static void
+cancel_revokes_a_running_lease_and_run_now_brings_it_back(void **state)
+{
+    struct fixture *f = *state;
+    int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct job_lease l = claim_one(f->c, "default", T0);
+    struct bb_error e;
+    assert_ok(job_cancel(f->c, id, T0 + 1, &e), &e);
+    assert_int_equal(finish(f->c, id, l.lease_token, JOB_OUTCOME_COMPLETED, T0 + 2, NULL),
+                     ERR_STALE_TOKEN);
+    assert_string_equal(state_of(f->c, id, T0 + 2), "cancelled");
+    assert_int_equal(job_cancel(f->c, id, T0 + 3, &e), ERR_CONFLICT);
+    assert_non_null(strstr(e.detail, "is cancelled"));
+    assert_ok(job_run_now(f->c, id, T0 + 4, &e), &e);
+    assert_string_equal(state_of(f->c, id, T0 + 4), "pending");
+    int64_t later = submit(f->c, NULL, "noop", 0, T0 + 100000, T0);
+    assert_ok(job_run_now(f->c, later, T0 + 5, &e), &e); /* pending: now, not in 100 s */
+    json_t *j = get(f->c, later, T0 + 5);
+    assert_true(json_is_true(json_object_get(j, "ready")));
+    json_decref(j);
+    assert_int_equal(job_run_now(f->c, 999999, T0, &e), ERR_NOT_FOUND);
+    job_lease_deinit(&l);
+}
+
+static void
+enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    int64_t gone = submit(f->c, NULL, "noop", 0, T0, T0);
+    store_rollback(f->c);
+    json_t *j;
+    assert_int_equal(job_get_json(f->c, gone, false, T0, &j, &e), ERR_NOT_FOUND);
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    int64_t kept = submit(f->c, NULL, "noop", 0, T0, T0);
+    assert_ok(store_commit(f->c, &e), &e);
+    assert_ok(job_get_json(f->c, kept, false, T0, &j, &e), &e);
+    json_decref(j);
+}
+
+static void
+schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
+{
+    struct fixture *f = *state;
+    struct job_schedule s = {.interval_ms = 60000};
+    bb_strlcpy(s.name, "tick", sizeof s.name);
+    s.job = (struct job_spec){.handler = "noop", .payload = "{\"k\":1}"};
+    int64_t next;
+    struct bb_error e;
+    assert_ok(job_schedule_put(f->c, &s, T0, &next, &e), &e);
+    assert_int_equal(next, T0 + 60000);
+    int64_t n;
+    assert_ok(job_schedule_fire_due(f->c, T0 + 59999, &n, &e), &e);
+    assert_int_equal(n, 0);
+    /* Two processes notice the same fire: one job. */
+    assert_ok(job_schedule_fire_due(f->c, T0 + 60000, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_ok(job_schedule_fire_due(f->c, T0 + 60000, &n, &e), &e);
+    assert_int_equal(n, 0);
+    /* Down for 10 minutes: one job for the latest missed time, not ten. */
+    assert_ok(job_schedule_fire_due(f->c, T0 + 660000 + 5, &n, &e), &e);
+    assert_int_equal(n, 1);
+    json_t *list;
+    assert_ok(job_schedule_list_json(f->c, "tick", 3, &list, &e), &e);
+    json_t *sch = json_array_get(list, 0);
+    json_t *up = json_object_get(sch, "upcoming");
+    assert_int_equal(json_array_size(up), 3);
+    int64_t t0, t1;
+    assert_ok(bb_rfc3339_parse(json_string_value(json_array_get(up, 0)), &t0), &e);
+    assert_ok(bb_rfc3339_parse(json_string_value(json_array_get(up, 1)), &t1), &e);
+    assert_int_equal(t0, T0 + 720000);
+    assert_int_equal(t1 - t0, 60000);
+    json_decref(list);
+    struct job_filter filter = {.limit = 10};
+    json_t *page;
+    assert_ok(job_list_json(f->c, &filter, T0 + 700000, &page, &e), &e);
+    json_t *jobs = json_object_get(page, "jobs");
+    assert_int_equal(json_array_size(jobs), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(jobs, 0), "schedule")),
+                        "tick");
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(json_array_get(jobs, 1), "payload"), "k")),
+                     1);
+    json_decref(page);
+    assert_ok(job_schedule_set_paused(f->c, "tick", true, T0, &e), &e);
+    assert_ok(job_schedule_fire_due(f->c, T0 + 10000000, &n, &e), &e);
+    assert_int_equal(n, 0);
+    assert_ok(job_schedule_delete(f->c, "tick", &e), &e);
+    assert_int_equal(job_schedule_delete(f->c, "tick", &e), ERR_NOT_FOUND);
+}
+
+static void
+cron_schedules_use_their_time_zone(void **state)
+{
+    struct fixture *f = *state;
+    struct job_schedule s = {0};
+    bb_strlcpy(s.name, "morning", sizeof s.name);
+    bb_strlcpy(s.cron, "0 9 * * *", sizeof s.cron);
+    bb_strlcpy(s.tz, "Europe/Paris", sizeof s.tz);
+    s.job = (struct job_spec){.handler = "noop"};
+    int64_t next, want;
+    struct bb_error e;
+    assert_ok(bb_rfc3339_parse("2026-11-24T08:00:00Z", &want), &e);
+    int64_t now;
+    assert_ok(bb_rfc3339_parse("2026-11-23T12:00:00Z", &now), &e);
+    assert_ok(job_schedule_put(f->c, &s, now, &next, &e), &e);
+    assert_int_equal(next, want);
+}
+
+static void
+list_pages_and_filters(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[5];
+    for (int i = 0; i < 5; i++)
+        ids[i] = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct job_lease l = claim_one(f->c, "default", T0);
+    struct job_filter flt = {.limit = 2, .has_state = true, .state = JOB_PENDING};
+    json_t *page;
+    struct bb_error e;
+    assert_ok(job_list_json(f->c, &flt, T0, &page, &e), &e);
+    assert_int_equal(json_array_size(json_object_get(page, "jobs")), 2);
+    int64_t after = json_integer_value(json_object_get(page, "next_after"));
+    json_decref(page);
+    flt.after_id = after;
+    flt.limit = 10;
+    assert_ok(job_list_json(f->c, &flt, T0, &page, &e), &e);
+    assert_int_equal(json_array_size(json_object_get(page, "jobs")), 2);
+    assert_true(json_is_null(json_object_get(page, "next_after")));
+    json_decref(page);
+    flt.state = JOB_RUNNING;
+    flt.after_id = 0;
+    assert_ok(job_list_json(f->c, &flt, T0, &page, &e), &e);
+    json_t *only = json_array_get(json_object_get(page, "jobs"), 0);
+    assert_int_equal(json_integer_value(json_object_get(only, "job_id")), l.id);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(only, "lease"), "worker")),
+                        "w1");
+    json_decref(page);
+    job_lease_deinit(&l);
+    (void)ids;
+}
+
+/* ---- concurrent claimers ----------------------------------------------------------------- */
+
+enum { CLAIMERS = 6, JOBS = 300 };
+
+struct claim_race {
+    struct store *store;
+    _Atomic int claimed[JOBS + 1];
+    _Atomic int total;
+    _Atomic int failures;
+    int64_t base_id;
+};
+
+struct claim_op {
+    struct claim_race *race;
+    struct job_lease *leases;
+    size_t n;
+};
+
+static enum err
+claim_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct claim_op *op = arg;
+    for (size_t i = 0; i < op->n; i++)
+        job_lease_deinit(&op->leases[i]);
+    free(op->leases);
+    return job_claim(c, "default", "racer", false, 3, 60000, bb_wall_ms(), &op->leases, &op->n,
+                     e);
+}
+
+static void *
+claimer(void *arg)
+{
+    struct claim_race *race = arg;
+    struct claim_op op = {.race = race};
+    for (;;) {
+        struct bb_error e;
+        if (store_run(race->store, STORE_WRITE, claim_work, &op, &e) != ERR_OK) {
+            atomic_fetch_add(&race->failures, 1);
+            break;
+        }
+        if (op.n == 0)
+            break;
+        for (size_t i = 0; i < op.n; i++) {
+            int64_t k = op.leases[i].id - race->base_id;
+            if (k >= 0 && k < JOBS)
+                atomic_fetch_add(&race->claimed[k], 1);
+            atomic_fetch_add(&race->total, 1);
+        }
+    }
+    for (size_t i = 0; i < op.n; i++)
+        job_lease_deinit(&op.leases[i]);
+    free(op.leases);
+    return NULL;
+}
+
+static void
+concurrent_claimers_never_share_a_job(void **state)
+{
+    struct fixture *f = *state;
+    struct claim_race race = {.store = f->db->store};
+    int64_t now = bb_wall_ms();
+    race.base_id = submit(f->c, NULL, "noop", 0, now, now);
+    for (int i = 1; i < JOBS; i++)
+        assert_int_equal(submit(f->c, NULL, "noop", 0, now, now), race.base_id + i);
+    pthread_t t[CLAIMERS];
+    for (int i = 0; i < CLAIMERS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, claimer, &race), 0);
+    for (int i = 0; i < CLAIMERS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(race.failures, 0);
+    assert_int_equal(race.total, JOBS);
+    for (int i = 0; i < JOBS; i++)
+        assert_int_equal(race.claimed[i], 1);
+}
+
+#define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+static const struct CMUnitTest tests[] = {
+    JOB_TEST(submit_and_read_back),
+    JOB_TEST(unique_key_returns_the_first_job_until_it_finishes),
+    JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
+    JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
+    JOB_TEST(completion_with_a_stale_lease_token_is_refused),
+    JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
+    JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
+    JOB_TEST(cancel_revokes_a_running_lease_and_run_now_brings_it_back),
+    JOB_TEST(enqueue_commits_or_rolls_back_with_the_callers_transaction),
+    JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),
+    JOB_TEST(cron_schedules_use_their_time_zone),
+    JOB_TEST(list_pages_and_filters),
+    JOB_TEST(concurrent_claimers_never_share_a_job),
+};
+
+TEST_MAIN(tests, true)
