@@ -118,6 +118,31 @@ void http_reply_problem(struct http_req *r, const struct bb_error *e, json_t *ex
 /* The problem document itself (tests, CLI): type, title, status, detail, field. */
 json_t *http_problem_json(const struct bb_error *e, const char *instance);
 
+/* ---- waiting without holding a thread --------------------------------------------------- */
+
+/*
+ * A list of parked waiters (blocking acquires, long-poll claims) served by
+ * one thread. Each entry has a key; waking a key (or all, with NULL) makes
+ * its entries retry at once. Entries also retry at `retry_at` and give up at
+ * their deadline (give_up with ERR_TIMEOUT) or when the list stops
+ * (ERR_UNAVAILABLE). Callbacks run on the list's thread.
+ */
+typedef void http_wait_fn(void *arg);
+typedef void http_giveup_fn(void *arg, enum err why);
+struct http_waitlist;
+/* `on_count` (may be NULL) hears how many entries are parked (a gauge). */
+struct http_waitlist *http_waitlist_create(const char *thread_name, void (*on_count)(int64_t));
+/* The wake counter: read it before an attempt, pass it to park. */
+uint64_t http_waitlist_seq(struct http_waitlist *w);
+/* Park; false when the list is stopping (the caller answers itself). */
+bool http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mono_ms,
+                        int64_t deadline_mono_ms, uint64_t seen_seq, http_wait_fn *retry,
+                        http_giveup_fn *give_up, void *arg);
+void http_waitlist_wake(struct http_waitlist *w, const char *key);
+/* Give every entry up (ERR_UNAVAILABLE) and park no more. */
+void http_waitlist_stop(struct http_waitlist *w);
+void http_waitlist_destroy(struct http_waitlist *w);
+
 /* ---- client ---------------------------------------------------------------------------- */
 
 struct http_client_response {

@@ -22,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QUEUE_DEFAULTS_SQL                                                                        \
-    "INSERT INTO job_queues (name, paused, concurrency, max_attempts, backoff_base_ms,"            \
-    " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, lease_ms, created_at_ms,"          \
+#define QUEUE_DEFAULTS_SQL                                                                \
+    "INSERT INTO job_queues (name, paused, concurrency, max_attempts, backoff_base_ms,"   \
+    " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, lease_ms, created_at_ms," \
     " updated_at_ms) VALUES ('default', 0, 0, 5, 1000, 4000, 3600000, 10, 60000, 0, 0);"
 
 static const struct store_migration MIGRATIONS[] = {
@@ -37,8 +37,7 @@ static const struct store_migration MIGRATIONS[] = {
                   " backoff_factor_milli INTEGER NOT NULL, backoff_cap_ms INTEGER NOT NULL,"
                   " backoff_jitter_pct INTEGER NOT NULL, lease_ms INTEGER NOT NULL,"
                   " created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL"
-                  ") WITHOUT ROWID;" QUEUE_DEFAULTS_SQL
-                  "CREATE TABLE jobs ("
+                  ") WITHOUT ROWID;" QUEUE_DEFAULTS_SQL "CREATE TABLE jobs ("
                   " id INTEGER PRIMARY KEY AUTOINCREMENT,"
                   " queue TEXT NOT NULL, handler TEXT NOT NULL, external INTEGER NOT NULL,"
                   " state TEXT NOT NULL, priority INTEGER NOT NULL, run_at_ms INTEGER NOT NULL,"
@@ -173,8 +172,8 @@ text_json(const struct store_rows *r, int col)
 
 /* ---- queues ---------------------------------------------------------------------- */
 
-#define QUEUE_COLUMNS                                                                             \
-    "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli,"            \
+#define QUEUE_COLUMNS                                                                 \
+    "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli," \
     " backoff_cap_ms, backoff_jitter_pct, lease_ms"
 
 static struct store_stmt QUEUE_PUT = {
@@ -242,11 +241,11 @@ enum err
 job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {
-        sp_text(q->name),          sp_int(q->paused),
-        sp_int(q->concurrency),    sp_int(q->max_attempts),
+        sp_text(q->name),           sp_int(q->paused),
+        sp_int(q->concurrency),     sp_int(q->max_attempts),
         sp_int(q->backoff.base_ms), sp_int(q->backoff.factor_milli),
-        sp_int(q->backoff.cap_ms), sp_int(q->backoff.jitter_pct),
-        sp_int(q->lease_ms),       sp_int(now_ms),
+        sp_int(q->backoff.cap_ms),  sp_int(q->backoff.jitter_pct),
+        sp_int(q->lease_ms),        sp_int(now_ms),
     };
     return store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
 }
@@ -363,13 +362,13 @@ job_queue_list_json(struct store_conn *c, const char *only, int64_t now_ms, json
 
 /* ---- submitting -------------------------------------------------------------------------- */
 
-#define JOB_INSERT_COLUMNS                                                                        \
-    "(queue, handler, external, state, priority, run_at_ms, payload, target, tags, unique_key,"  \
-    " attempt, max_attempts, attempt_limit, backoff_base_ms, backoff_factor_milli,"               \
-    " backoff_cap_ms, backoff_jitter_pct, max_duration_ms, lease_token, schedule,"                \
+#define JOB_INSERT_COLUMNS                                                                      \
+    "(queue, handler, external, state, priority, run_at_ms, payload, target, tags, unique_key," \
+    " attempt, max_attempts, attempt_limit, backoff_base_ms, backoff_factor_milli,"             \
+    " backoff_cap_ms, backoff_jitter_pct, max_duration_ms, lease_token, schedule,"              \
     " scheduled_for_ms, created_at_ms, updated_at_ms)"
-#define JOB_INSERT_VALUES                                                                         \
-    " VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13, $14,"    \
+#define JOB_INSERT_VALUES                                                                      \
+    " VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13, $14," \
     " $15, 0, $16, $17, $18, $18)"
 
 static struct store_stmt JOB_INSERT = {
@@ -445,11 +444,11 @@ job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, in
 
 /* ---- reading ------------------------------------------------------------------------------- */
 
-#define JOB_COLUMNS                                                                               \
-    "id, queue, handler, state, priority, run_at_ms, payload, target, tags, unique_key,"         \
-    " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"            \
-    " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"                 \
-    " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli,"    \
+#define JOB_COLUMNS                                                                           \
+    "id, queue, handler, state, priority, run_at_ms, payload, target, tags, unique_key,"      \
+    " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"         \
+    " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"              \
+    " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli," \
     " backoff_cap_ms, backoff_jitter_pct"
 
 static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
@@ -471,8 +470,8 @@ job_row_json(const struct store_rows *r, int64_t now_ms)
     json_object_set_new(o, "queue", text_json(r, 1));
     json_object_set_new(o, "handler", text_json(r, 2));
     json_object_set_new(o, "state", json_string(state));
-    json_object_set_new(o, "ready", json_boolean(strcmp(state, "pending") == 0 &&
-                                                 store_col_int(r, 5) <= now_ms));
+    json_object_set_new(
+        o, "ready", json_boolean(strcmp(state, "pending") == 0 && store_col_int(r, 5) <= now_ms));
     json_object_set_new(o, "priority", json_integer(store_col_int(r, 4)));
     json_object_set_new(o, "run_at", time_json(r, 5));
     json_object_set_new(o, "payload", stored_json(r, 6));
@@ -582,9 +581,9 @@ job_list_json(struct store_conn *c, const struct job_filter *f, int64_t now_ms, 
     store_rows_close(&r);
     json_t *page = json_object();
     json_object_set_new(page, "jobs", jobs);
-    json_object_set_new(page, "next_after", (int64_t)json_array_size(jobs) == f->limit
-                                                ? json_integer(last)
-                                                : json_null());
+    json_object_set_new(page, "next_after",
+                        (int64_t)json_array_size(jobs) == f->limit ? json_integer(last)
+                                                                   : json_null());
     *out = page;
     return ERR_OK;
 }
@@ -692,10 +691,11 @@ job_purge_dead(struct store_conn *c, const char *queue, int64_t *n, struct bb_er
     return rc;
 }
 
-/* ---- leases ------------------------------------------------------------------------------------- */
+/* ---- leases -------------------------------------------------------------------------------------
+ */
 
-#define LEASE_COLUMNS                                                                             \
-    "id, queue, handler, payload, target, attempt, attempt_limit, lease_token,"                  \
+#define LEASE_COLUMNS                                                           \
+    "id, queue, handler, payload, target, attempt, attempt_limit, lease_token," \
     " lease_expires_at_ms, max_duration_ms, created_at_ms, run_at_ms"
 
 /* $1 queue, $2 external, $3 now, $4 max, $5 worker, $6 lease_ms */
@@ -848,9 +848,10 @@ static struct store_stmt JOB_FAIL_READ = {
            " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 static struct store_stmt JOB_FAIL_WRITE = {
-    .sql = "UPDATE jobs SET state = $3, run_at_ms = $4, last_error = $5, lease_expires_at_ms = NULL,"
-           " finished_at_ms = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END, updated_at_ms = $6"
-           " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+    .sql =
+        "UPDATE jobs SET state = $3, run_at_ms = $4, last_error = $5, lease_expires_at_ms = NULL,"
+        " finished_at_ms = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END, updated_at_ms = $6"
+        " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 
 /*
@@ -864,8 +865,11 @@ error_text(const char *in, char *out, size_t cap)
     size_t o = 0;
     const unsigned char *p = (const unsigned char *)in;
     while (*p && o + 4 < cap) {
-        int len = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
-                              : (*p & 0xf8) == 0xf0 ? 4 : 0;
+        int len = *p < 0x80             ? 1
+                  : (*p & 0xe0) == 0xc0 ? 2
+                  : (*p & 0xf0) == 0xe0 ? 3
+                  : (*p & 0xf8) == 0xf0 ? 4
+                                        : 0;
         bool ok = len > 0 && !(len == 1 && (*p < 0x20 || *p == 0x7f)) && (len != 2 || *p >= 0xc2);
         for (int i = 1; ok && i < len; i++)
             ok = (p[i] & 0xc0) == 0x80;
@@ -886,9 +890,8 @@ static void
 attempt_row(json_t *rows, const struct job_finish *f, int64_t attempt, int64_t now_ms)
 {
     json_t *a = json_pack("{s:I, s:I, s:I, s:I, s:s}", "id", (json_int_t)f->id, "attempt",
-                          (json_int_t)attempt, "started", (json_int_t)f->started_at_ms,
-                          "finished", (json_int_t)now_ms, "outcome",
-                          job_outcome_name(f->outcome));
+                          (json_int_t)attempt, "started", (json_int_t)f->started_at_ms, "finished",
+                          (json_int_t)now_ms, "outcome", job_outcome_name(f->outcome));
     json_t *w = f->worker ? json_string(f->worker) : NULL;
     json_object_set_new(a, "worker", w ? w : json_null());
     json_t *err = NULL;
@@ -966,10 +969,9 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
         run_at += job_backoff_delay_ms(&b, (int)attempt, rand01());
     char cut[JOB_ERROR_MAX + 1];
     error_text(f->error ? f->error : job_outcome_name(f->outcome), cut, sizeof cut);
-    const struct store_param w[] = {sp_int(f->id),    sp_int(f->token),
-                                    sp_text(dead ? "dead" : "pending"),
-                                    sp_int(run_at),   sp_text(cut),
-                                    sp_int(now_ms)};
+    const struct store_param w[] = {
+        sp_int(f->id),  sp_int(f->token), sp_text(dead ? "dead" : "pending"),
+        sp_int(run_at), sp_text(cut),     sp_int(now_ms)};
     int64_t changed;
     rc = store_exec(c, &JOB_FAIL_WRITE, w, BB_ARRAY_LEN(w), &changed, e);
     if (rc != ERR_OK || changed == 0)
@@ -1057,7 +1059,8 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
     return rc;
 }
 
-/* ---- schedules ----------------------------------------------------------------------------------- */
+/* ---- schedules
+ * ----------------------------------------------------------------------------------- */
 
 static struct store_stmt SCHEDULE_PUT = {
     .sql = "INSERT INTO job_schedules (name, cron, tz, interval_ms, spec, queue, handler, paused,"
@@ -1072,8 +1075,8 @@ static struct store_stmt SCHEDULE_DELETE = {.sql = "DELETE FROM job_schedules WH
 static struct store_stmt SCHEDULE_PAUSE = {
     .sql = "UPDATE job_schedules SET paused = $2, updated_at_ms = $3 WHERE name = $1",
 };
-#define SCHEDULE_COLUMNS                                                                          \
-    "name, cron, tz, interval_ms, spec, queue, handler, paused, next_fire_at_ms,"                 \
+#define SCHEDULE_COLUMNS                                                          \
+    "name, cron, tz, interval_ms, spec, queue, handler, paused, next_fire_at_ms," \
     " last_fire_at_ms, created_at_ms"
 static struct store_stmt SCHEDULE_LIST = {
     .sql = "SELECT " SCHEDULE_COLUMNS " FROM job_schedules WHERE ($1 = '' OR name = $1)"
@@ -1127,13 +1130,12 @@ spec_json(const struct job_spec *s)
     if (s->tags)
         json_object_set_new(o, "tags", json_loads(s->tags, JSON_DECODE_ANY, NULL));
     if (s->has_backoff)
-        json_object_set_new(o, "backoff", json_pack("{s:I, s:I, s:I, s:I}", "base_ms",
-                                                    (json_int_t)s->backoff.base_ms,
-                                                    "factor_milli",
-                                                    (json_int_t)s->backoff.factor_milli,
-                                                    "cap_ms", (json_int_t)s->backoff.cap_ms,
-                                                    "jitter_pct",
-                                                    (json_int_t)s->backoff.jitter_pct));
+        json_object_set_new(o, "backoff",
+                            json_pack("{s:I, s:I, s:I, s:I}", "base_ms",
+                                      (json_int_t)s->backoff.base_ms, "factor_milli",
+                                      (json_int_t)s->backoff.factor_milli, "cap_ms",
+                                      (json_int_t)s->backoff.cap_ms, "jitter_pct",
+                                      (json_int_t)s->backoff.jitter_pct));
     return o;
 }
 
@@ -1240,8 +1242,7 @@ job_schedule_list_json(struct store_conn *c, const char *only, int upcoming, jso
 
 /* Rebuild the job spec a schedule stores (strings borrowed from `spec`). */
 static void
-spec_from_json(const json_t *spec, struct job_spec *s, char **payload, char **target,
-               char **tags)
+spec_from_json(const json_t *spec, struct job_spec *s, char **payload, char **target, char **tags)
 {
     memset(s, 0, sizeof *s);
     s->queue = json_string_value(json_object_get(spec, "queue"));
@@ -1344,7 +1345,8 @@ job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct b
     return rc;
 }
 
-/* ---- metrics from the database --------------------------------------------------------------------- */
+/* ---- metrics from the database
+ * --------------------------------------------------------------------- */
 
 enum err
 job_metrics_refresh(struct store_conn *c, int64_t now_ms, struct bb_error *e)

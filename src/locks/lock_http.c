@@ -7,6 +7,13 @@
  * store thread once the unit has committed. A `struct locks__op` carries the
  * request's inputs and outputs; it lives in the request's arena and dies with
  * the request.
+ *
+ * A blocking acquire that finds its lock held is parked on a wait list
+ * (http_waitlist) without holding a thread, and retried when a release of
+ * its lock is announced (a store notification: in-process on SQLite,
+ * LISTEN/NOTIFY from any process on PostgreSQL; payload NULL after a
+ * listener reconnect wakes everyone), when the holder's lease runs out, and
+ * at least every RECHECK_MS as a backstop against a lost notification.
  */
 #include "locks/locks_int.h"
 
@@ -15,11 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { LIST_LIMIT_DEFAULT = 100, LIST_LIMIT_MAX = 1000 };
+enum { LIST_LIMIT_DEFAULT = 100, LIST_LIMIT_MAX = 1000, RECHECK_MS = 1000 };
 
 struct lock_service {
     struct store *store;
-    struct locks__waiters *waiters;
+    struct http_waitlist *waiters;
 };
 
 struct locks__op {
@@ -274,8 +281,30 @@ static void acquire_reply(struct http_req *r, void *arg, enum err rc, const stru
 static void
 acquire_submit(struct locks__op *op)
 {
-    op->seen_seq = locks__waiters_seq(op->svc->waiters);
+    op->seen_seq = http_waitlist_seq(op->svc->waiters);
     http_req_run(op->req, op->svc->store, STORE_WRITE, acquire_work, acquire_reply, op);
+}
+
+static void
+acquire_retry(void *arg)
+{
+    acquire_submit(arg);
+}
+
+static void
+acquire_give_up(void *arg, enum err why)
+{
+    struct locks__op *op = arg;
+    struct bb_error e;
+    if (why == ERR_TIMEOUT) {
+        locks__metric_wait((double)(bb_mono_ms() - op->started_mono_ms) / 1000.0, false);
+        bb_fail(&e, ERR_LOCK_HELD, "", "lock %s is still held after waiting %lld ms", op->name,
+                (long long)(bb_mono_ms() - op->started_mono_ms));
+        http_reply_problem(op->req, &e, holder_json(&op->grant));
+        return;
+    }
+    bb_fail(&e, ERR_UNAVAILABLE, "", "server is shutting down");
+    http_reply_problem(op->req, &e, NULL);
 }
 
 static void
@@ -306,50 +335,18 @@ acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error 
         /* Retry when the holder's lease runs out, or sooner on a release. */
         int64_t lease_left = op->grant.expires_at_ms - bb_wall_ms();
         int64_t retry_at = now_mono + (lease_left > 0 ? lease_left : 0) + 1;
+        if (retry_at > now_mono + RECHECK_MS)
+            retry_at = now_mono + RECHECK_MS;
         op->parked_before = true;
-        if (locks__waiters_park(op->svc->waiters, op, retry_at, op->seen_seq))
+        if (http_waitlist_park(op->svc->waiters, op->name, retry_at, op->deadline_mono_ms,
+                               op->seen_seq, acquire_retry, acquire_give_up, op))
             return;
-        struct bb_error stop;
-        bb_fail(&stop, ERR_UNAVAILABLE, "", "server is shutting down");
-        http_reply_problem(r, &stop, NULL);
+        acquire_give_up(op, ERR_UNAVAILABLE);
         return;
     }
     if (op->parked_before)
         locks__metric_wait(waited, false);
     http_reply_problem(r, e, holder_json(&op->grant));
-}
-
-const char *
-locks__op_name(const struct locks__op *op)
-{
-    return op->name;
-}
-
-int64_t
-locks__op_deadline(const struct locks__op *op)
-{
-    return op->deadline_mono_ms;
-}
-
-void
-locks__op_retry(struct locks__op *op)
-{
-    acquire_submit(op);
-}
-
-void
-locks__op_give_up(struct locks__op *op, enum err why)
-{
-    struct bb_error e;
-    if (why == ERR_LOCK_HELD) {
-        locks__metric_wait((double)(bb_mono_ms() - op->started_mono_ms) / 1000.0, false);
-        bb_fail(&e, ERR_LOCK_HELD, "", "lock %s is still held after waiting %lld ms", op->name,
-                (long long)(bb_mono_ms() - op->started_mono_ms));
-        http_reply_problem(op->req, &e, holder_json(&op->grant));
-        return;
-    }
-    bb_fail(&e, why, "", "server is shutting down");
-    http_reply_problem(op->req, &e, NULL);
 }
 
 static void
@@ -662,14 +659,28 @@ handle_fenced_get(struct http_req *r, void *ctx)
 /* ---- the service ------------------------------------------------------------------------------
  */
 
+/* A release was announced (payload: the lock), or notifications may have
+ * been lost (payload NULL): wake whoever waits. */
+static void
+on_release(void *arg, const char *channel, const char *payload)
+{
+    (void)channel;
+    struct lock_service *svc = arg;
+    http_waitlist_wake(svc->waiters, payload);
+}
+
 enum err
 lock_service_create(struct store *s, struct lock_service **out, struct bb_error *e)
 {
-    (void)e;
     locks__metrics_register();
     struct lock_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
-    svc->waiters = locks__waiters_create(s);
+    svc->waiters = http_waitlist_create("bb-lock-wait", locks__metric_waiters);
+    enum err rc = store_listen(s, LOCKS__CHANNEL, on_release, svc);
+    if (rc != ERR_OK) {
+        lock_service_destroy(svc);
+        return bb_fail(e, rc, "", "cannot listen for lock releases");
+    }
     *out = svc;
     return ERR_OK;
 }
@@ -695,7 +706,7 @@ void
 lock_service_stop_waiting(struct lock_service *svc)
 {
     if (svc)
-        locks__waiters_stop(svc->waiters);
+        http_waitlist_stop(svc->waiters);
 }
 
 void
@@ -703,6 +714,7 @@ lock_service_destroy(struct lock_service *svc)
 {
     if (svc == NULL)
         return;
-    locks__waiters_destroy(svc->waiters);
+    store_unlisten(svc->store, on_release, svc);
+    http_waitlist_destroy(svc->waiters);
     free(svc);
 }

@@ -46,8 +46,11 @@ static int64_t
 submit(struct store_conn *c, const char *queue, const char *handler, int64_t priority,
        int64_t run_at, int64_t now)
 {
-    struct job_spec s = {.queue = queue, .handler = handler, .priority = priority,
-                         .run_at_ms = run_at, .payload = "{\"n\":1}"};
+    struct job_spec s = {.queue = queue,
+                         .handler = handler,
+                         .priority = priority,
+                         .run_at_ms = run_at,
+                         .payload = "{\"n\":1}"};
     int64_t id;
     bool created;
     struct bb_error e;
@@ -104,10 +107,14 @@ mid(void)
 
 static enum err
 finish(struct store_conn *c, int64_t id, int64_t token, enum job_outcome outcome, int64_t now,
-         enum job_state *state)
+       enum job_state *state)
 {
-    struct job_finish f = {.id = id, .token = token, .outcome = outcome, .worker = "w1",
-                           .started_at_ms = now - 5, .error = "boom \xff bad utf8"};
+    struct job_finish f = {.id = id,
+                           .token = token,
+                           .outcome = outcome,
+                           .worker = "w1",
+                           .started_at_ms = now - 5,
+                           .error = "boom \xff bad utf8"};
     struct bb_error e;
     assert_ok(job_finish_batch(c, &f, 1, now, mid, &e), &e);
     if (state)
@@ -119,9 +126,14 @@ static void
 submit_and_read_back(void **state)
 {
     struct fixture *f = *state;
-    struct job_spec s = {.queue = "default", .handler = "noop", .payload = "{\"a\":[1,2]}",
-                         .priority = 5, .max_attempts = 3, .max_duration_ms = 7000,
-                         .tags = "[\"x\",\"y\"]", .run_at_ms = T0 + 60000};
+    struct job_spec s = {.queue = "default",
+                         .handler = "noop",
+                         .payload = "{\"a\":[1,2]}",
+                         .priority = 5,
+                         .max_attempts = 3,
+                         .max_duration_ms = 7000,
+                         .tags = "[\"x\",\"y\"]",
+                         .run_at_ms = T0 + 60000};
     int64_t id;
     bool created;
     struct bb_error e;
@@ -134,9 +146,9 @@ submit_and_read_back(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "priority")), 5);
     assert_int_equal(json_integer_value(json_object_get(j, "max_attempts")), 3);
     assert_int_equal(json_integer_value(json_object_get(j, "max_duration_seconds")), 7);
-    assert_int_equal(json_integer_value(
-                         json_array_get(json_object_get(json_object_get(j, "payload"), "a"), 1)),
-                     2);
+    assert_int_equal(
+        json_integer_value(json_array_get(json_object_get(json_object_get(j, "payload"), "a"), 1)),
+        2);
     assert_string_equal(json_string_value(json_array_get(json_object_get(j, "tags"), 1)), "y");
     assert_int_equal(json_array_size(json_object_get(j, "attempts")), 0);
     json_decref(j);
@@ -176,7 +188,7 @@ claims_take_ready_jobs_by_priority_then_age(void **state)
     int64_t low = submit(f->c, NULL, "noop", 0, T0 - 300, T0 - 300);
     int64_t high = submit(f->c, NULL, "noop", 10, T0 - 100, T0 - 100);
     int64_t old = submit(f->c, NULL, "noop", 0, T0 - 500, T0 - 500);
-    submit(f->c, NULL, "noop", 99, T0 + 1000, T0); /* not ready yet */
+    submit(f->c, NULL, "noop", 99, T0 + 1000, T0);   /* not ready yet */
     submit(f->c, NULL, "external:mail", 99, T0, T0); /* for the pull API */
     struct job_lease *l;
     size_t n;
@@ -271,8 +283,8 @@ completion_with_a_stale_lease_token_is_refused(void **state)
     assert_ok(job_heartbeat(f->c, id, second.lease_token, 1000, T0 + 30004, &exp, &e), &e);
     assert_int_equal(exp, T0 + 31004);
     enum job_state st;
-    assert_int_equal(
-        finish(f->c, id, second.lease_token, JOB_OUTCOME_COMPLETED, T0 + 30005, &st), ERR_OK);
+    assert_int_equal(finish(f->c, id, second.lease_token, JOB_OUTCOME_COMPLETED, T0 + 30005, &st),
+                     ERR_OK);
     assert_int_equal(st, JOB_COMPLETED);
     json_t *j = get(f->c, id, T0 + 30005);
     json_t *attempts = json_object_get(j, "attempts");
@@ -314,8 +326,7 @@ failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
             /* Not claimable before its backoff ends. */
             struct job_lease *none;
             size_t n;
-            assert_ok(job_claim(f->c, "default", "w1", false, 1, 1000, now + 1, &none, &n, &e),
-                      &e);
+            assert_ok(job_claim(f->c, "default", "w1", false, 1, 1000, now + 1, &none, &n, &e), &e);
             assert_int_equal(n, 0);
             free(none);
             now += backoff[attempt - 1];
@@ -443,8 +454,8 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     assert_int_equal(json_array_size(jobs), 2);
     assert_string_equal(json_string_value(json_object_get(json_array_get(jobs, 0), "schedule")),
                         "tick");
-    assert_int_equal(json_integer_value(json_object_get(
-                         json_object_get(json_array_get(jobs, 1), "payload"), "k")),
+    assert_int_equal(json_integer_value(
+                         json_object_get(json_object_get(json_array_get(jobs, 1), "payload"), "k")),
                      1);
     json_decref(page);
     assert_ok(job_schedule_set_paused(f->c, "tick", true, T0, &e), &e);
@@ -498,8 +509,8 @@ list_pages_and_filters(void **state)
     assert_ok(job_list_json(f->c, &flt, T0, &page, &e), &e);
     json_t *only = json_array_get(json_object_get(page, "jobs"), 0);
     assert_int_equal(json_integer_value(json_object_get(only, "job_id")), l.id);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(only, "lease"), "worker")),
-                        "w1");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(only, "lease"), "worker")), "w1");
     json_decref(page);
     job_lease_deinit(&l);
     (void)ids;
@@ -530,8 +541,7 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     for (size_t i = 0; i < op->n; i++)
         job_lease_deinit(&op->leases[i]);
     free(op->leases);
-    return job_claim(c, "default", "racer", false, 3, 60000, bb_wall_ms(), &op->leases, &op->n,
-                     e);
+    return job_claim(c, "default", "racer", false, 3, 60000, bb_wall_ms(), &op->leases, &op->n, e);
 }
 
 static void *

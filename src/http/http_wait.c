@@ -1,0 +1,216 @@
+/*
+ * http_wait.c: parking suspended requests until something they wait for may
+ * have happened: a blocking lock acquire, a long-poll claim.
+ *
+ * A parked entry has a key (a lock name, a queue), a time to retry anyway,
+ * and a deadline. One thread per list sleeps on a condition variable until
+ * the earliest of those; http_waitlist_wake(key) marks entries due at once.
+ * Due entries get their retry callback (which re-parks them if they still
+ * have to wait); entries past their deadline get give_up.
+ *
+ * Lost wake-ups: an entry notes the list's wake counter before its attempt
+ * (http_waitlist_seq); if a wake came between the attempt and the parking,
+ * the entry is due at once.
+ *
+ * Locking: `mu` guards the list and `stopping`; callbacks run without it.
+ */
+#include "http/http.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct parked {
+    struct parked *next;
+    char *key;
+    int64_t retry_at_mono_ms;
+    int64_t deadline_mono_ms;
+    bool due;
+    http_wait_fn *retry;
+    http_giveup_fn *give_up;
+    void *arg;
+};
+
+struct http_waitlist {
+    char name[16];
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct parked *head; /* guarded by mu */
+    int64_t count;       /* guarded by mu */
+    bool stopping;       /* guarded by mu */
+    _Atomic uint64_t wakes;
+    void (*on_count)(int64_t);
+};
+
+/* Detach entries that are due, past their deadline, or (stopping) all. */
+static struct parked *
+take_ready(struct http_waitlist *w, int64_t now, int64_t *next_wake)
+{
+    struct parked *ready = NULL, **pp = &w->head;
+    *next_wake = now + 60000;
+    while (*pp) {
+        struct parked *p = *pp;
+        if (w->stopping || p->due || p->retry_at_mono_ms <= now || p->deadline_mono_ms <= now) {
+            *pp = p->next;
+            p->next = ready;
+            ready = p;
+            w->count--;
+            continue;
+        }
+        if (p->retry_at_mono_ms < *next_wake)
+            *next_wake = p->retry_at_mono_ms;
+        if (p->deadline_mono_ms < *next_wake)
+            *next_wake = p->deadline_mono_ms;
+        pp = &p->next;
+    }
+    if (w->on_count)
+        w->on_count(w->count);
+    return ready;
+}
+
+static void
+wait_until(struct http_waitlist *w, int64_t mono_ms)
+{
+    int64_t delta = mono_ms - bb_mono_ms();
+    if (delta <= 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += delta / 1000;
+    ts.tv_nsec += (delta % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+}
+
+static void *
+waitlist_main(void *arg)
+{
+    struct http_waitlist *w = arg;
+    pthread_setname_np(pthread_self(), w->name);
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        int64_t now = bb_mono_ms(), next_wake;
+        struct parked *ready = take_ready(w, now, &next_wake);
+        bool stopping = w->stopping;
+        if (ready) {
+            pthread_mutex_unlock(&w->mu);
+            while (ready) {
+                struct parked *next = ready->next;
+                if (stopping)
+                    ready->give_up(ready->arg, ERR_UNAVAILABLE);
+                else if (ready->deadline_mono_ms <= now && !ready->due)
+                    ready->give_up(ready->arg, ERR_TIMEOUT);
+                else
+                    ready->retry(ready->arg);
+                free(ready->key);
+                free(ready);
+                ready = next;
+            }
+            pthread_mutex_lock(&w->mu);
+            continue;
+        }
+        if (stopping)
+            break;
+        wait_until(w, next_wake);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+struct http_waitlist *
+http_waitlist_create(const char *thread_name, void (*on_count)(int64_t))
+{
+    struct http_waitlist *w = xcalloc(1, sizeof *w);
+    bb_strlcpy(w->name, thread_name, sizeof w->name);
+    w->on_count = on_count;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&w->thread, NULL, waitlist_main, w) != 0)
+        bb_panic(__FILE__, __LINE__, "cannot start %s thread", thread_name);
+    return w;
+}
+
+uint64_t
+http_waitlist_seq(struct http_waitlist *w)
+{
+    return w->wakes;
+}
+
+bool
+http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mono_ms,
+                   int64_t deadline_mono_ms, uint64_t seen_seq, http_wait_fn *retry,
+                   http_giveup_fn *give_up, void *arg)
+{
+    struct parked *p = xcalloc(1, sizeof *p);
+    p->key = xstrdup(key);
+    p->retry_at_mono_ms = retry_at_mono_ms;
+    p->deadline_mono_ms = deadline_mono_ms;
+    p->retry = retry;
+    p->give_up = give_up;
+    p->arg = arg;
+    pthread_mutex_lock(&w->mu);
+    if (w->stopping) {
+        pthread_mutex_unlock(&w->mu);
+        free(p->key);
+        free(p);
+        return false;
+    }
+    p->due = w->wakes != seen_seq;
+    p->next = w->head;
+    w->head = p;
+    w->count++;
+    if (w->on_count)
+        w->on_count(w->count);
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return true;
+}
+
+void
+http_waitlist_wake(struct http_waitlist *w, const char *key)
+{
+    pthread_mutex_lock(&w->mu);
+    w->wakes++;
+    bool any = false;
+    for (struct parked *p = w->head; p; p = p->next) {
+        if (key == NULL || strcmp(p->key, key) == 0) {
+            p->due = true;
+            any = true;
+        }
+    }
+    if (any)
+        pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void
+http_waitlist_stop(struct http_waitlist *w)
+{
+    pthread_mutex_lock(&w->mu);
+    bool already = w->stopping;
+    w->stopping = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (!already)
+        pthread_join(w->thread, NULL);
+}
+
+void
+http_waitlist_destroy(struct http_waitlist *w)
+{
+    if (w == NULL)
+        return;
+    http_waitlist_stop(w);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+}
