@@ -25,6 +25,13 @@ struct serve_config {
     int64_t db_pool;
     int64_t db_batch;
     int64_t shutdown_timeout_ms;
+    int64_t workers;
+    char *worker_queues;
+    int64_t job_poll_ms;
+    bool job_wakeups;
+    int64_t payload_limit_bytes;
+    char *webhook_secret;
+    int64_t scheduler_tick_ms;
 };
 
 /* Parse serve/migrate options (argv after the subcommand). Returns CLI_OK,
@@ -34,7 +41,12 @@ int serve_config_load(struct serve_config *cfg, int argc, char **argv, const cha
 void serve_config_free(struct serve_config *cfg);
 
 int cli_serve(int argc, char **argv);
+int cli_worker(int argc, char **argv);
 int cli_migrate(int argc, char **argv);
+int cli_jobs(int argc, char **argv);
+int cli_queues(int argc, char **argv);
+int cli_schedules(int argc, char **argv);
+int cli_dlq(int argc, char **argv);
 int cli_locks(int argc, char **argv);
 int cli_fenced(int argc, char **argv);
 

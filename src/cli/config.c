@@ -29,7 +29,21 @@ static const struct bb_opt SERVE_OPTS[] = {
      "most requests grouped into one commit (0: engine default, 256 on SQLite, 1 on PostgreSQL)",
      0},
     {"shutdown-timeout", BB_OPT_DURATION, OFF(shutdown_timeout_ms), 0, 3600000, "10s",
-     "on SIGTERM, how long in-flight requests may take to finish", 0},
+     "on SIGTERM, how long in-flight requests and running jobs may take to finish", 0},
+    {"workers", BB_OPT_INT, OFF(workers), 0, 1024, "10",
+     "jobs this process runs at once (embedded workers; 0: none)", 0},
+    {"worker-queues", BB_OPT_STRING, OFF(worker_queues), 0, 0, NULL,
+     "comma-separated queues the embedded workers take jobs from (default: every queue)", 0},
+    {"job-poll", BB_OPT_DURATION, OFF(job_poll_ms), 10, 3600000, "1s",
+     "how often idle workers look for jobs when no wake-up arrives", 0},
+    {"job-wakeups", BB_OPT_BOOL, OFF(job_wakeups), 0, 0, "true",
+     "wake idle workers when jobs are submitted (false: polling alone, for testing it)", 0},
+    {"payload-limit", BB_OPT_SIZE, OFF(payload_limit_bytes), 16, 64 << 20, "256KiB",
+     "largest job payload accepted (413 beyond)", 0},
+    {"webhook-secret", BB_OPT_STRING, OFF(webhook_secret), 0, 0, NULL,
+     "signs the http handler's requests: X-Backbone-Signature: sha256=HMAC(body)", 0},
+    {"scheduler-tick", BB_OPT_DURATION, OFF(scheduler_tick_ms), 50, 60000, "500ms",
+     "how often expired leases are rescued and schedules fired", 0},
 };
 
 int

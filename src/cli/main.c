@@ -11,8 +11,13 @@ static const char USAGE[] =
     "usage: backbone <command> [options]\n"
     "\n"
     "commands:\n"
-    "  serve      run the server (HTTP API) on SQLite or PostgreSQL\n"
+    "  serve      run the server (HTTP API, workers, scheduler) on SQLite or PostgreSQL\n"
+    "  worker     run workers and the scheduler alone, against a shared database\n"
     "  migrate    apply database migrations and exit\n"
+    "  jobs       submit, show, list, cancel and retry jobs\n"
+    "  queues     list, show, configure, pause and resume queues\n"
+    "  schedules  cron and interval schedules: create, list, pause, resume, delete\n"
+    "  dlq        the dead-letter queue: list, show, redrive, purge\n"
     "  locks      acquire, renew, release, show and list fenced locks\n"
     "  fenced     fenced writes: put and get values guarded by a fencing token\n"
     "  version    print the version\n"
@@ -32,6 +37,8 @@ main(int argc, char **argv)
     char **sub_argv = argv + 2;
     if (strcmp(cmd, "serve") == 0)
         return cli_serve(sub_argc, sub_argv);
+    if (strcmp(cmd, "worker") == 0)
+        return cli_worker(sub_argc, sub_argv);
     if (strcmp(cmd, "migrate") == 0)
         return cli_migrate(sub_argc, sub_argv);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
@@ -48,6 +55,14 @@ main(int argc, char **argv)
         code = cli_locks(sub_argc, sub_argv);
     } else if (strcmp(cmd, "fenced") == 0) {
         code = cli_fenced(sub_argc, sub_argv);
+    } else if (strcmp(cmd, "jobs") == 0) {
+        code = cli_jobs(sub_argc, sub_argv);
+    } else if (strcmp(cmd, "queues") == 0) {
+        code = cli_queues(sub_argc, sub_argv);
+    } else if (strcmp(cmd, "schedules") == 0) {
+        code = cli_schedules(sub_argc, sub_argv);
+    } else if (strcmp(cmd, "dlq") == 0) {
+        code = cli_dlq(sub_argc, sub_argv);
     } else {
         fprintf(stderr, "backbone: unknown command '%s'\n\n%s", cmd, USAGE);
         code = CLI_USAGE;

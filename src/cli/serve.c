@@ -2,16 +2,22 @@
  * serve.c: `backbone serve` and `backbone migrate`: build the application
  * from its modules, run it until SIGTERM/SIGINT, and take it down in order.
  *
+ * `backbone worker` is the same without HTTP: workers and the scheduler
+ * alone against a shared (PostgreSQL) database.
+ *
  * Start-up: open the store (SQLite: take ownership of the file), apply every
- * module's migrations, create the services, listen.
+ * module's migrations, create the services, start the embedded workers and
+ * the scheduler, listen.
  * Shutdown (graceful, bounded by --shutdown-timeout): stop accepting and
- * answer new requests 503; answer parked lock waiters 503; wait for requests
- * in flight to get their answers (their transactions commit first); stop
- * HTTP; stop the services; close the store.
+ * answer new requests 503; answer parked lock waiters and long-poll claims
+ * 503; stop the scheduler; let running jobs finish until the deadline and
+ * hand back the rest; wait for requests in flight to get their answers (their
+ * transactions commit first); stop HTTP; stop the services; close the store.
  */
 #include "cli/cli.h"
 
 #include "http/http.h"
+#include "jobs/jobs.h"
 #include "locks/locks.h"
 #include "metrics/metrics.h"
 #include "store/store.h"
@@ -28,7 +34,12 @@ struct app {
     struct serve_config cfg;
     struct store *store;
     struct lock_service *locks;
+    struct job_registry *registry;
+    struct job_service *jobs;
+    struct job_pool *pool;
+    struct job_scheduler *scheduler;
     struct http_server *http;
+    char **worker_queues; /* NULL-terminated, from --worker-queues */
     int64_t started_wall_ms;
 };
 
@@ -41,6 +52,7 @@ migrate_all(struct store *s, struct bb_error *e)
         const struct store_migration *(*list)(size_t *n);
     } modules[] = {
         {"locks", lock_migrations},
+        {"jobs", job_migrations},
     };
     struct store_conn *c;
     enum err rc = store_conn_open(s, &c, e);
@@ -144,7 +156,8 @@ static enum err
 metrics_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     (void)arg;
-    return lock_metrics_refresh(c, bb_wall_ms(), e);
+    enum err rc = lock_metrics_refresh(c, bb_wall_ms(), e);
+    return rc == ERR_OK ? job_metrics_refresh(c, bb_wall_ms(), e) : rc;
 }
 
 static void
@@ -175,23 +188,80 @@ app_routes(struct app *app, struct http_route *routes, size_t max)
     routes[n++] = (struct http_route){"GET", "/readyz", handle_readyz, app, false};
     routes[n++] = (struct http_route){"GET", "/metrics", handle_metrics, app, false};
     n += lock_service_routes(app->locks, routes + n, max - n);
+    n += job_service_routes(app->jobs, routes + n, max - n);
     return n;
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
 
+/* "a,b,c" into a NULL-terminated array (NULL for none). */
+static char **
+split_list(const char *text)
+{
+    if (text == NULL || *text == '\0')
+        return NULL;
+    size_t n = 1;
+    for (const char *p = text; *p; p++)
+        n += *p == ',';
+    char **out = xcalloc(n + 1, sizeof *out);
+    size_t k = 0;
+    const char *p = text;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len > 0)
+            out[k++] = xstrndup(p, len);
+        p += len + (comma != NULL);
+    }
+    return out;
+}
+
+static void
+free_list(char **list)
+{
+    for (size_t i = 0; list && list[i]; i++)
+        free(list[i]);
+    free(list);
+}
+
+/* Store, schema, services, workers, scheduler; HTTP when `with_http`. */
 static enum err
-app_start(struct app *app, struct bb_error *e)
+app_start(struct app *app, bool with_http, struct bb_error *e)
 {
     app->started_wall_ms = bb_wall_ms();
     metrics_set(&M_BUILD, 1, BB_VERSION);
     metrics_set(&M_START, (double)app->started_wall_ms / 1000.0);
+    app->worker_queues = split_list(app->cfg.worker_queues);
+    for (size_t i = 0; app->worker_queues && app->worker_queues[i]; i++) {
+        if (!job_name_is_valid(app->worker_queues[i]))
+            return bb_fail(e, ERR_USAGE, "worker-queues",
+                           "--worker-queues: '%s' is not a queue "
+                           "name",
+                           app->worker_queues[i]);
+    }
     enum err rc = open_store(&app->cfg, &app->store, e);
     if (rc == ERR_OK)
         rc = migrate_all(app->store, e);
-    if (rc == ERR_OK)
-        rc = lock_service_create(app->store, &app->locks, e);
     if (rc != ERR_OK)
+        return rc;
+    app->registry = job_registry_create(app->cfg.webhook_secret);
+    if (with_http) {
+        struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
+        rc = lock_service_create(app->store, &app->locks, e);
+        if (rc == ERR_OK)
+            rc = job_service_create(app->store, app->registry, &jo, &app->jobs, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
+    rc = job_scheduler_start(app->store, app->cfg.scheduler_tick_ms, &app->scheduler, e);
+    if (rc == ERR_OK && app->cfg.workers > 0) {
+        struct job_pool_options po = {.queues = (const char *const *)app->worker_queues,
+                                      .concurrency = (int)app->cfg.workers,
+                                      .poll_ms = app->cfg.job_poll_ms,
+                                      .ignore_wakeups = !app->cfg.job_wakeups};
+        rc = job_pool_start(app->store, app->registry, &po, &app->pool, e);
+    }
+    if (rc != ERR_OK || !with_http)
         return rc;
     struct http_route routes[MAX_ROUTES];
     size_t n = app_routes(app, routes, MAX_ROUTES);
@@ -211,25 +281,35 @@ app_start(struct app *app, struct bb_error *e)
     return ERR_OK;
 }
 
+/* Take everything down in order (also after a failed start: NULLs are fine). */
 static void
 app_stop(struct app *app)
 {
     int64_t t0 = bb_mono_ms();
+    int64_t deadline = t0 + app->cfg.shutdown_timeout_ms;
     http_server_drain(app->http);
     lock_service_stop_waiting(app->locks);
-    http_server_stop(app->http, app->cfg.shutdown_timeout_ms);
+    job_service_stop_waiting(app->jobs);
+    job_scheduler_stop(app->scheduler);
+    job_pool_stop(app->pool, deadline);
+    int64_t left = deadline - bb_mono_ms();
+    http_server_stop(app->http, left > 1000 ? left : 1000);
     lock_service_destroy(app->locks);
+    job_service_destroy(app->jobs);
+    job_registry_destroy(app->registry);
     store_close(app->store);
+    free_list(app->worker_queues);
     log_info("server.stopped", "duration_ms=%lld", (long long)(bb_mono_ms() - t0));
 }
 
-int
-cli_serve(int argc, char **argv)
+/* serve and worker: run until SIGTERM/SIGINT. */
+static int
+run(int argc, char **argv, const char *command, bool with_http)
 {
     struct app app;
     memset(&app, 0, sizeof app);
     bool help;
-    int code = serve_config_load(&app.cfg, argc, argv, "serve", &help);
+    int code = serve_config_load(&app.cfg, argc, argv, command, &help);
     if (code != CLI_OK || help) {
         serve_config_free(&app.cfg);
         return code;
@@ -245,24 +325,36 @@ cli_serve(int argc, char **argv)
 
     struct bb_error e;
     bb_error_clear(&e);
-    if (app_start(&app, &e) != ERR_OK) {
+    code = CLI_OK;
+    if (app_start(&app, with_http, &e) != ERR_OK) {
         log_error("server.start_failed", "field=%s detail=%s", e.field, e.detail);
-        fprintf(stderr, "backbone serve: %s\n", e.detail);
-        if (app.http)
-            http_server_stop(app.http, 0);
-        lock_service_destroy(app.locks);
-        store_close(app.store);
-        serve_config_free(&app.cfg);
-        metrics_shutdown();
-        return CLI_UNAVAILABLE;
+        fprintf(stderr, "backbone %s: %s\n", command, e.detail);
+        code = e.code == ERR_USAGE ? CLI_USAGE : CLI_UNAVAILABLE;
+    } else {
+        if (!with_http)
+            log_info("worker.started", "engine=%s workers=%lld pid=%d",
+                     store_engine_name(store_engine_of(app.store)), (long long)app.cfg.workers,
+                     (int)getpid());
+        int sig = 0;
+        sigwait(&signals, &sig);
+        log_info("server.stopping", "signal=%d", sig);
     }
-    int sig = 0;
-    sigwait(&signals, &sig);
-    log_info("server.stopping", "signal=%d", sig);
     app_stop(&app);
     serve_config_free(&app.cfg);
     metrics_shutdown();
-    return CLI_OK;
+    return code;
+}
+
+int
+cli_serve(int argc, char **argv)
+{
+    return run(argc, argv, "serve", true);
+}
+
+int
+cli_worker(int argc, char **argv)
+{
+    return run(argc, argv, "worker", false);
 }
 
 int

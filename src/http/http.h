@@ -155,6 +155,8 @@ struct http_client_response {
 struct http_client;
 struct http_client *http_client_create(const char *token, int64_t timeout_ms);
 void http_client_destroy(struct http_client *c);
+/* Send this header with every request of `c` ("Name", "value"). */
+void http_client_add_header(struct http_client *c, const char *name, const char *value);
 
 /*
  * One request; `body` (JSON text) may be NULL. A connection refused before

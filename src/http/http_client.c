@@ -105,6 +105,19 @@ http_client_create(const char *token, int64_t timeout_ms)
 }
 
 void
+http_client_add_header(struct http_client *c, const char *name, const char *value)
+{
+    struct bb_buf line;
+    bb_buf_init(&line);
+    bb_buf_printf(&line, "%s: %s", name, value);
+    c->headers = curl_slist_append(c->headers, line.data);
+    c->json_headers = curl_slist_append(c->json_headers, line.data);
+    bb_buf_deinit(&line);
+    if (c->headers == NULL || c->json_headers == NULL)
+        bb_panic(__FILE__, __LINE__, "curl_slist_append failed");
+}
+
+void
 http_client_destroy(struct http_client *c)
 {
     if (c == NULL)

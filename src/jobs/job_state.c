@@ -29,7 +29,7 @@ static const bool TRANSITIONS[JOB_STATE_COUNT][JOB_STATE_COUNT] = {
 static const char *const OUTCOME_NAMES[] = {
     [JOB_OUTCOME_COMPLETED] = "completed",          [JOB_OUTCOME_FAILED] = "failed",
     [JOB_OUTCOME_PERMANENT] = "failed_permanently", [JOB_OUTCOME_TIMEOUT] = "timeout",
-    [JOB_OUTCOME_EXPIRED] = "lease_expired",
+    [JOB_OUTCOME_EXPIRED] = "lease_expired",        [JOB_OUTCOME_INTERRUPTED] = "interrupted",
 };
 
 const char *

@@ -53,6 +53,7 @@ static const struct store_migration MIGRATIONS[] = {
                   "CREATE INDEX jobs_ready ON jobs (queue, external, priority DESC, run_at_ms, id)"
                   " WHERE state = 'pending';"
                   "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
+                  "CREATE INDEX jobs_due ON jobs (run_at_ms) WHERE state = 'pending';"
                   "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
                   "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
                   " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
@@ -95,6 +96,7 @@ static const struct store_migration MIGRATIONS[] = {
               "CREATE INDEX jobs_ready ON jobs (queue, external, priority DESC, run_at_ms, id)"
               " WHERE state = 'pending';"
               "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
+              "CREATE INDEX jobs_due ON jobs (run_at_ms) WHERE state = 'pending';"
               "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
               "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
               " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
@@ -701,14 +703,16 @@ job_purge_dead(struct store_conn *c, const char *queue, int64_t *n, struct bb_er
 /* $1 queue, $2 external, $3 now, $4 max, $5 worker, $6 lease_ms */
 static struct store_stmt JOB_CLAIM = {
     .sql = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
-           " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 + $6,"
+           " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
+           " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
            " started_at_ms = $3, updated_at_ms = $3"
            " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
            " AND external = $2 AND run_at_ms <= $3"
            " ORDER BY priority DESC, run_at_ms, id LIMIT $4)"
            " RETURNING " LEASE_COLUMNS,
     .sql_pg = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
-              " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 + $6,"
+              " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
+              " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
               " started_at_ms = $3, updated_at_ms = $3"
               " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
               " AND external = $2 AND run_at_ms <= $3"
@@ -819,12 +823,12 @@ static struct store_stmt JOB_COMPLETE_MANY = {
                   " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
-                  " FROM json_each($1)) RETURNING id, attempt",
+                  " FROM json_each($1)) RETURNING id, attempt, leased_by, started_at_ms",
     .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
               " FROM json_to_recordset($1::json) AS x(id bigint, token bigint)"
               " WHERE jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
-              " RETURNING jobs.id, jobs.attempt",
+              " RETURNING jobs.id, jobs.attempt, jobs.leased_by, jobs.started_at_ms",
 };
 /* Attempt rows, many at once. $1: JSON array of {id, attempt, worker,
  * started, finished, outcome, error}. */
@@ -844,13 +848,14 @@ static struct store_stmt ATTEMPTS_INSERT_MANY = {
 /* One failure: read what the retry decision needs, under the token. */
 static struct store_stmt JOB_FAIL_READ = {
     .sql = "SELECT attempt, attempt_limit, backoff_base_ms, backoff_factor_milli,"
-           " backoff_cap_ms, backoff_jitter_pct, queue FROM jobs"
+           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms FROM jobs"
            " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 static struct store_stmt JOB_FAIL_WRITE = {
     .sql =
         "UPDATE jobs SET state = $3, run_at_ms = $4, last_error = $5, lease_expires_at_ms = NULL,"
-        " finished_at_ms = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END, updated_at_ms = $6"
+        " finished_at_ms = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END, updated_at_ms = $6,"
+        " attempt_limit = attempt_limit + $7"
         " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 
@@ -885,14 +890,16 @@ error_text(const char *in, char *out, size_t cap)
     out[o] = '\0';
 }
 
-/* Append one attempt record to the JSON array for ATTEMPTS_INSERT_MANY. */
+/* Append one attempt record to the JSON array for ATTEMPTS_INSERT_MANY;
+ * `worker` and `started_at_ms` come from the job's row. */
 static void
-attempt_row(json_t *rows, const struct job_finish *f, int64_t attempt, int64_t now_ms)
+attempt_row(json_t *rows, const struct job_finish *f, int64_t attempt, const char *worker,
+            int64_t started_at_ms, int64_t now_ms)
 {
     json_t *a = json_pack("{s:I, s:I, s:I, s:I, s:s}", "id", (json_int_t)f->id, "attempt",
-                          (json_int_t)attempt, "started", (json_int_t)f->started_at_ms, "finished",
+                          (json_int_t)attempt, "started", (json_int_t)started_at_ms, "finished",
                           (json_int_t)now_ms, "outcome", job_outcome_name(f->outcome));
-    json_t *w = f->worker ? json_string(f->worker) : NULL;
+    json_t *w = worker ? json_string(worker) : NULL;
     json_object_set_new(a, "worker", w ? w : json_null());
     json_t *err = NULL;
     if (f->error) {
@@ -935,7 +942,8 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
                 items[i].rc == ERR_STALE_TOKEN) {
                 items[i].rc = ERR_OK;
                 items[i].state = JOB_COMPLETED;
-                attempt_row(attempts, &items[i], store_col_int(&r, 1), now_ms);
+                attempt_row(attempts, &items[i], store_col_int(&r, 1), store_col_text(&r, 2),
+                            store_col_int(&r, 3), now_ms);
                 break;
             }
         }
@@ -961,24 +969,31 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     int64_t limit = store_col_int(&r, 1);
     struct job_backoff b = {store_col_int(&r, 2), store_col_int(&r, 3), store_col_int(&r, 4),
                             store_col_int(&r, 5)};
+    char worker[128];
+    bb_strlcpy(worker, store_col_text(&r, 6), sizeof worker);
+    int64_t started = store_col_int(&r, 7);
     store_rows_close(&r);
-    bool dead = f->outcome == JOB_OUTCOME_PERMANENT || attempt >= limit;
+    /* An interrupted attempt (its worker stopped) does not count. */
+    bool interrupted = f->outcome == JOB_OUTCOME_INTERRUPTED;
+    bool dead = f->outcome == JOB_OUTCOME_PERMANENT || (attempt >= limit && !interrupted);
     int64_t run_at = now_ms;
     /* A lost lease already made the job wait a whole lease: retry at once. */
-    if (!dead && f->outcome != JOB_OUTCOME_EXPIRED)
+    if (!dead && f->outcome != JOB_OUTCOME_EXPIRED && !interrupted)
         run_at += job_backoff_delay_ms(&b, (int)attempt, rand01());
     char cut[JOB_ERROR_MAX + 1];
     error_text(f->error ? f->error : job_outcome_name(f->outcome), cut, sizeof cut);
     const struct store_param w[] = {
-        sp_int(f->id),  sp_int(f->token), sp_text(dead ? "dead" : "pending"),
-        sp_int(run_at), sp_text(cut),     sp_int(now_ms)};
+        sp_int(f->id),       sp_int(f->token), sp_text(dead ? "dead" : "pending"),
+        sp_int(run_at),      sp_text(cut),     sp_int(now_ms),
+        sp_int(interrupted),
+    };
     int64_t changed;
     rc = store_exec(c, &JOB_FAIL_WRITE, w, BB_ARRAY_LEN(w), &changed, e);
     if (rc != ERR_OK || changed == 0)
         return rc;
     f->rc = ERR_OK;
     f->state = dead ? JOB_DEAD : JOB_PENDING;
-    attempt_row(attempts, f, attempt, now_ms);
+    attempt_row(attempts, f, attempt, worker, started, now_ms);
     return ERR_OK;
 }
 
@@ -1005,10 +1020,10 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
 }
 
 static struct store_stmt JOB_EXPIRED = {
-    .sql = "SELECT id, lease_token, leased_by, started_at_ms FROM jobs"
+    .sql = "SELECT id, lease_token FROM jobs"
            " WHERE state = 'running' AND lease_expires_at_ms <= $1"
            " ORDER BY lease_expires_at_ms LIMIT $2",
-    .sql_pg = "SELECT id, lease_token, leased_by, started_at_ms FROM jobs"
+    .sql_pg = "SELECT id, lease_token FROM jobs"
               " WHERE state = 'running' AND lease_expires_at_ms <= $1"
               " ORDER BY lease_expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
 };
@@ -1027,32 +1042,20 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
     struct store_rows r;
     const struct store_param p[] = {sp_int(now_ms), sp_int(limit)};
     enum err rc = store_query(c, &JOB_EXPIRED, p, 2, &r, e);
-    if (rc != ERR_OK || r.nrows == 0) {
-        if (rc == ERR_OK)
-            store_rows_close(&r);
+    if (rc != ERR_OK)
         return rc;
-    }
-    struct job_finish *items = xcalloc((size_t)r.nrows, sizeof *items);
-    char **workers = xcalloc((size_t)r.nrows, sizeof *workers);
+    struct job_finish *items = xcalloc((size_t)(r.nrows ? r.nrows : 1), sizeof *items);
     size_t k = 0;
-    while (store_next(&r)) {
-        workers[k] = xstrdup(store_col_text(&r, 2));
-        items[k] = (struct job_finish){.id = store_col_int(&r, 0),
-                                       .token = store_col_int(&r, 1),
-                                       .outcome = JOB_OUTCOME_EXPIRED,
-                                       .error = "lease expired before the attempt finished",
-                                       .worker = workers[k],
-                                       .started_at_ms = store_col_int(&r, 3)};
-        k++;
-    }
+    while (store_next(&r))
+        items[k++] = (struct job_finish){.id = store_col_int(&r, 0),
+                                         .token = store_col_int(&r, 1),
+                                         .outcome = JOB_OUTCOME_EXPIRED,
+                                         .error = "lease expired before the attempt finished"};
     store_rows_close(&r);
-    rc = job_finish_batch(c, items, k, now_ms, half, e);
-    for (size_t i = 0; i < k; i++) {
-        if (items[i].rc == ERR_OK)
-            (*n)++;
-        free(workers[i]);
-    }
-    free(workers);
+    if (k > 0)
+        rc = job_finish_batch(c, items, k, now_ms, half, e);
+    for (size_t i = 0; i < k && rc == ERR_OK; i++)
+        *n += items[i].rc == ERR_OK;
     free(items);
     if (rc == ERR_OK && *n > 0)
         rc = store_notify(c, JOBS__CHANNEL, "", e);
@@ -1343,6 +1346,46 @@ job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct b
         rc = fire_one(c, &r, now_ms, n, e);
     store_rows_close(&r);
     return rc;
+}
+
+/* ---- for the workers
+ * -------------------------------------------------------------------------------- */
+
+static struct store_stmt QUEUE_NAMES = {
+    .sql = "SELECT name FROM job_queues WHERE paused = 0 ORDER BY name",
+};
+static struct store_stmt NEXT_DUE = {
+    .sql = "SELECT MIN(run_at_ms) FROM jobs WHERE state = 'pending' AND run_at_ms > $1",
+};
+
+enum err
+jobs__queue_names(struct store_conn *c, char ***names, size_t *n, struct bb_error *e)
+{
+    struct store_rows r;
+    enum err rc = store_query(c, &QUEUE_NAMES, NULL, 0, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    *n = 0;
+    *names = xcalloc((size_t)(r.nrows ? r.nrows : 1), sizeof **names);
+    while (store_next(&r))
+        (*names)[(*n)++] = xstrdup(store_col_text(&r, 0));
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+void
+jobs__free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+enum err
+jobs__next_due(struct store_conn *c, int64_t now_ms, int64_t *next_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(now_ms)};
+    return query_int(c, &NEXT_DUE, p, 1, next_ms, NULL, e);
 }
 
 /* ---- metrics from the database

@@ -208,7 +208,8 @@ void job_lease_deinit(struct job_lease *l);
 
 /*
  * Claim up to `max` ready jobs of `queue` for `worker`, highest priority
- * first, then oldest run_at. `external` picks the pull API's jobs (handler
+ * first, then oldest run_at. The lease lasts `lease_ms`, or (0) each job's
+ * max_duration plus a second. `external` picks the pull API's jobs (handler
  * "external...") or the embedded workers'. Honours the queue's pause and
  * concurrency limit. On PostgreSQL concurrent claimers skip each other's rows
  * (FOR UPDATE SKIP LOCKED). *leases is a heap array (free each with
@@ -224,10 +225,12 @@ BB_WUR enum err job_heartbeat(struct store_conn *c, int64_t id, int64_t token, i
 /* How an attempt ended. */
 enum job_outcome {
     JOB_OUTCOME_COMPLETED,
-    JOB_OUTCOME_FAILED,    /* retried while attempts remain */
-    JOB_OUTCOME_PERMANENT, /* no retry: dead at once */
-    JOB_OUTCOME_TIMEOUT,   /* ran past max_duration; retried */
-    JOB_OUTCOME_EXPIRED,   /* the lease ran out (rescued) */
+    JOB_OUTCOME_FAILED,      /* retried while attempts remain */
+    JOB_OUTCOME_PERMANENT,   /* no retry: dead at once */
+    JOB_OUTCOME_TIMEOUT,     /* ran past max_duration; retried */
+    JOB_OUTCOME_EXPIRED,     /* the lease ran out (rescued); retried at once */
+    JOB_OUTCOME_INTERRUPTED, /* its worker stopped and handed it back: retried at once,
+                              * not counted against max_attempts */
 };
 const char *job_outcome_name(enum job_outcome o);
 
@@ -236,8 +239,6 @@ struct job_finish {
     int64_t token;
     enum job_outcome outcome;
     const char *error; /* for failures; may be NULL */
-    const char *worker;
-    int64_t started_at_ms;
     /* result */
     enum err rc;          /* ERR_OK, or ERR_STALE_TOKEN when the lease was lost */
     enum job_state state; /* where the job went */
@@ -294,10 +295,13 @@ struct job_run {
     const struct job_lease *job;
     struct store *store;
     const char *worker;
-    void *ctx;            /* the handler's registration context */
-    _Atomic bool *cancel; /* set when the worker stops or the deadline passes */
-    struct bb_buf error;  /* the handler writes why it failed */
+    void *ctx;                /* the handler's registration context */
+    _Atomic bool *cancel;     /* set when the worker stops */
+    int64_t deadline_mono_ms; /* the attempt's max_duration ends here */
+    struct bb_buf error;      /* the handler writes why it failed */
 };
+/* Should a handler stop now (deadline passed, or the worker is stopping)? */
+bool job_run_should_stop(const struct job_run *run);
 
 /* A handler's verdict on one attempt. */
 enum job_verdict { JOB_DONE, JOB_RETRY, JOB_FAIL_PERMANENTLY };

@@ -25,9 +25,15 @@ enum err jobs__spec_from_json(const json_t *body, const struct job_registry *reg
                               struct bb_arena *arena, struct job_spec *spec,
                               struct jobs__recurring *recurring, struct bb_error *e);
 
+/* Store helpers for the workers (job_store.c). */
+/* Names of the queues not paused (heap array; jobs__free_names). */
+enum err jobs__queue_names(struct store_conn *c, char ***names, size_t *n, struct bb_error *e);
+void jobs__free_names(char **names, size_t n);
+/* The earliest run_at of a pending job later than now (0: none). */
+enum err jobs__next_due(struct store_conn *c, int64_t now_ms, int64_t *next_ms, struct bb_error *e);
+
 /* Handlers (job_handlers.c). */
 job_handler_fn *jobs__registry_find(const struct job_registry *r, const char *name, void **ctx);
-void jobs__handlers_global_init(void);
 
 /* Metrics, counted by callers after their transaction commits. */
 void jobs__metrics_register(void);

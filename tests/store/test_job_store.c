@@ -112,8 +112,7 @@ finish(struct store_conn *c, int64_t id, int64_t token, enum job_outcome outcome
     struct job_finish f = {.id = id,
                            .token = token,
                            .outcome = outcome,
-                           .worker = "w1",
-                           .started_at_ms = now - 5,
+
                            .error = "boom \xff bad utf8"};
     struct bb_error e;
     assert_ok(job_finish_batch(c, &f, 1, now, mid, &e), &e);

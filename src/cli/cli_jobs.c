@@ -1,0 +1,456 @@
+/*
+ * cli_jobs.c: `backbone jobs|queues|schedules|dlq ...`, clients of the jobs
+ * API. Lists print one line per item; single objects print as indented JSON
+ * (readable, and the same shape scripts get with --json).
+ */
+#include "cli/cli_int.h"
+
+#include "http/http.h"
+
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct jobs_args {
+    struct cli_client client; /* first: cli_parse fills it */
+    char *handler;
+    char *queue;
+    char *payload;
+    char *run_at;
+    char *delay;
+    char *cron;
+    char *tz;
+    int64_t every_ms;
+    char *name;
+    int64_t priority;
+    char *unique_key;
+    int64_t max_attempts;
+    int64_t timeout_ms;
+    char *target_url;
+    char *state;
+    int64_t limit;
+    int64_t after;
+    int64_t concurrency;
+    char *paused;
+};
+
+#define OFF(f) offsetof(struct jobs_args, f)
+#define NO_ENV BB_OPT_NO_ENV
+
+static const struct bb_opt JOBS_OPTS[] = {
+    {"handler", BB_OPT_STRING, OFF(handler), 0, 0, NULL, "handler (submit, schedules create)",
+     NO_ENV},
+    {"queue", BB_OPT_STRING, OFF(queue), 0, 0, NULL, "queue (submit, list, dlq)", NO_ENV},
+    {"payload", BB_OPT_STRING, OFF(payload), 0, 0, NULL, "JSON payload", NO_ENV},
+    {"run-at", BB_OPT_STRING, OFF(run_at), 0, 0, NULL, "RFC 3339 time to run at", NO_ENV},
+    {"delay", BB_OPT_STRING, OFF(delay), 0, 0, NULL, "run after a delay (30s, 5m)", NO_ENV},
+    {"cron", BB_OPT_STRING, OFF(cron), 0, 0, NULL, "cron expression (recurring)", NO_ENV},
+    {"tz", BB_OPT_STRING, OFF(tz), 0, 0, NULL, "time zone of --cron (default UTC)", NO_ENV},
+    {"every", BB_OPT_DURATION, OFF(every_ms), 0, 366LL * 86400000, "0",
+     "run every interval (recurring)", NO_ENV},
+    {"name", BB_OPT_STRING, OFF(name), 0, 0, NULL, "name of a recurring job", NO_ENV},
+    {"priority", BB_OPT_INT, OFF(priority), -1000, 1000, "0", "higher runs first", NO_ENV},
+    {"unique-key", BB_OPT_STRING, OFF(unique_key), 0, 0, NULL,
+     "at most one pending or running job per key", NO_ENV},
+    {"max-attempts", BB_OPT_INT, OFF(max_attempts), 0, 1000, "0", "attempts before dead", NO_ENV},
+    {"max-duration", BB_OPT_DURATION, OFF(timeout_ms), 0, 86400000, "0",
+     "how long an attempt may run", NO_ENV},
+    {"target-url", BB_OPT_STRING, OFF(target_url), 0, 0, NULL, "URL for the http handler", NO_ENV},
+    {"state", BB_OPT_STRING, OFF(state), 0, 0, NULL, "filter: pending, running, ..., dead", NO_ENV},
+    {"limit", BB_OPT_INT, OFF(limit), 1, 1000, "100", "most items to list", NO_ENV},
+    {"after", BB_OPT_INT, OFF(after), 0, INT64_MAX, "0", "list after this job id", NO_ENV},
+    {"concurrency", BB_OPT_INT, OFF(concurrency), -1, 100000, "-1",
+     "queues put: most running jobs (0: no limit)", NO_ENV},
+    {"paused", BB_OPT_STRING, OFF(paused), 0, 0, NULL, "queues put: true or false", NO_ENV},
+};
+
+static const char JOBS_USAGE[] =
+    "backbone jobs submit --handler H [--queue Q] [--payload JSON] [--run-at T | --delay 5s |\n"
+    "                     --cron EXPR [--tz ZONE] [--name N] | --every 30s] [--priority N]\n"
+    "                     [--unique-key K] [--max-attempts N] [--max-duration 60s] [--target-url "
+    "U]\n"
+    "       backbone jobs get|history|cancel|retry|run ID\n"
+    "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
+    "       backbone queues list | show Q | pause Q | resume Q\n"
+    "       backbone queues put Q [--concurrency N] [--max-attempts N] [--paused true|false]\n"
+    "       backbone schedules list | show N | pause N | resume N | delete N\n"
+    "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
+    "       backbone dlq list [--queue Q] | show ID | redrive ID | redrive-all [--queue Q] |\n"
+    "                    purge [--queue Q]";
+
+static int
+usage_error(const char *msg)
+{
+    fprintf(stderr, "backbone: %s\nusage: %s\n", msg, JOBS_USAGE);
+    return CLI_USAGE;
+}
+
+static void
+print_pretty(const json_t *v)
+{
+    char *text = json_dumps(v, JSON_INDENT(2) | JSON_ENCODE_ANY);
+    if (text)
+        puts(text);
+    free(text);
+}
+
+static const char *
+str(const json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "-";
+}
+
+static void
+print_job_line(const json_t *j)
+{
+    printf("%" JSON_INTEGER_FORMAT "  %-10s %-16s %-20s attempt %" JSON_INTEGER_FORMAT
+           "/%" JSON_INTEGER_FORMAT "  run_at %s%s%s\n",
+           json_integer_value(json_object_get(j, "job_id")), str(j, "state"), str(j, "queue"),
+           str(j, "handler"), json_integer_value(json_object_get(j, "attempt")),
+           json_integer_value(json_object_get(j, "attempt_limit")), str(j, "run_at"),
+           json_is_string(json_object_get(j, "last_error")) ? "  error: " : "",
+           json_is_string(json_object_get(j, "last_error")) ? str(j, "last_error") : "");
+}
+
+/* Call, then print: `human` prints the answer for people (NULL: pretty JSON). */
+static int
+call(const struct jobs_args *a, const char *method, const char *path, json_t *body,
+     void (*human)(const json_t *))
+{
+    json_t *out;
+    int code = cli_call(&a->client, method, path, body, &out);
+    json_decref(body);
+    if (code != CLI_OK)
+        return code;
+    if (a->client.json)
+        cli_print_json(out);
+    else if (human)
+        human(out);
+    else
+        print_pretty(out);
+    json_decref(out);
+    return CLI_OK;
+}
+
+static void
+human_jobs(const json_t *page)
+{
+    const json_t *jobs = json_object_get(page, "jobs");
+    size_t i;
+    const json_t *j;
+    if (json_array_size(jobs) == 0)
+        printf("no jobs\n");
+    json_array_foreach(jobs, i, j) print_job_line(j);
+    const json_t *next = json_object_get(page, "next_after");
+    if (json_is_integer(next))
+        printf("more: --after %" JSON_INTEGER_FORMAT "\n", json_integer_value(next));
+}
+
+static void
+human_submitted(const json_t *o)
+{
+    if (json_object_get(o, "schedule"))
+        printf("schedule %s, next fire %s\n", str(o, "schedule"), str(o, "next_fire_at"));
+    else
+        printf("job %" JSON_INTEGER_FORMAT " %s, runs at %s\n",
+               json_integer_value(json_object_get(o, "job_id")),
+               json_is_true(json_object_get(o, "duplicate")) ? "(already queued under that key)"
+                                                             : "queued",
+               str(o, "run_at"));
+}
+
+static void
+human_queues(const json_t *o)
+{
+    const json_t *queues = json_object_get(o, "queues");
+    size_t i;
+    const json_t *q;
+    json_array_foreach(queues, i, q)
+    {
+        const json_t *d = json_object_get(q, "depth");
+        printf("%-20s %s ready %" JSON_INTEGER_FORMAT " scheduled %" JSON_INTEGER_FORMAT
+               " running %" JSON_INTEGER_FORMAT " dead %" JSON_INTEGER_FORMAT
+               " concurrency %" JSON_INTEGER_FORMAT "\n",
+               str(q, "name"), json_is_true(json_object_get(q, "paused")) ? "paused " : "active ",
+               json_integer_value(json_object_get(d, "ready")),
+               json_integer_value(json_object_get(d, "scheduled")),
+               json_integer_value(json_object_get(d, "running")),
+               json_integer_value(json_object_get(d, "dead")),
+               json_integer_value(json_object_get(q, "concurrency")));
+    }
+}
+
+static void
+human_schedules(const json_t *o)
+{
+    const json_t *list = json_object_get(o, "schedules");
+    size_t i;
+    const json_t *s;
+    if (json_array_size(list) == 0)
+        printf("no schedules\n");
+    json_array_foreach(list, i, s)
+    {
+        const json_t *every = json_object_get(s, "every_ms");
+        printf("%-24s %-20s %s next %s%s\n", str(s, "name"),
+               json_is_integer(every) ? "every" : str(s, "cron"),
+               json_is_integer(every) ? "" : str(s, "timezone"), str(s, "next_fire_at"),
+               json_is_true(json_object_get(s, "paused")) ? "  (paused)" : "");
+    }
+}
+
+/* Short answers (cancelled, paused, purged...): one line of JSON. */
+static void
+human_done(const json_t *o)
+{
+    cli_print_json(o);
+}
+
+/* The body of a submit or a schedule, from the flags. */
+static int
+job_body(const struct jobs_args *a, json_t **out)
+{
+    json_t *b = json_object();
+    if (a->handler)
+        json_object_set_new(b, "handler", json_string(a->handler));
+    if (a->queue)
+        json_object_set_new(b, "queue", json_string(a->queue));
+    if (a->payload) {
+        json_t *p = json_loads(a->payload, JSON_DECODE_ANY, NULL);
+        if (p == NULL) {
+            json_decref(b);
+            return usage_error("--payload must be JSON");
+        }
+        json_object_set_new(b, "payload", p);
+    }
+    if (a->run_at)
+        json_object_set_new(b, "run_at", json_string(a->run_at));
+    if (a->delay) {
+        int64_t ms;
+        if (bb_duration_parse(a->delay, &ms) != ERR_OK) {
+            json_decref(b);
+            return usage_error("--delay: expected a duration such as 30s or 5m");
+        }
+        json_object_set_new(b, "delay_ms", json_integer(ms));
+    }
+    if (a->cron)
+        json_object_set_new(b, "cron", json_string(a->cron));
+    if (a->tz)
+        json_object_set_new(b, "timezone", json_string(a->tz));
+    if (a->every_ms > 0)
+        json_object_set_new(b, "every_ms", json_integer(a->every_ms));
+    if (a->name)
+        json_object_set_new(b, "name", json_string(a->name));
+    if (a->priority)
+        json_object_set_new(b, "priority", json_integer(a->priority));
+    if (a->unique_key)
+        json_object_set_new(b, "unique_key", json_string(a->unique_key));
+    if (a->max_attempts)
+        json_object_set_new(b, "max_attempts", json_integer(a->max_attempts));
+    if (a->timeout_ms)
+        json_object_set_new(b, "max_duration_seconds", json_integer((a->timeout_ms + 999) / 1000));
+    if (a->target_url)
+        json_object_set_new(b, "target", json_pack("{s:s}", "url", a->target_url));
+    *out = b;
+    return CLI_OK;
+}
+
+static int
+parse(struct jobs_args *a, int argc, char **argv, const char **pos, size_t *npos)
+{
+    memset(a, 0, sizeof *a);
+    return cli_parse(JOBS_OPTS, BB_ARRAY_LEN(JOBS_OPTS), a, argc, argv, JOBS_USAGE, pos, 3, npos);
+}
+
+/* "/prefix/<escaped>suffix" */
+static void
+path_for(struct bb_buf *b, const char *prefix, const char *item, const char *suffix)
+{
+    bb_buf_puts(b, prefix);
+    http_client_escape(item, b);
+    bb_buf_puts(b, suffix);
+}
+
+static int
+jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
+{
+    struct bb_buf path;
+    bb_buf_init(&path);
+    int code;
+    if (strcmp(cmd, "submit") == 0) {
+        json_t *body;
+        if (a->handler == NULL)
+            return usage_error("submit needs --handler");
+        if ((code = job_body(a, &body)) != CLI_OK)
+            return code;
+        return call(a, "POST", "/jobs", body, human_submitted);
+    }
+    if (strcmp(cmd, "list") == 0) {
+        bb_buf_printf(&path, "/jobs?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
+        if (a->queue) {
+            bb_buf_puts(&path, "&queue=");
+            http_client_escape(a->queue, &path);
+        }
+        if (a->state) {
+            bb_buf_puts(&path, "&state=");
+            http_client_escape(a->state, &path);
+        }
+        code = call(a, "GET", path.data, NULL, human_jobs);
+    } else if (arg == NULL) {
+        return usage_error("expected a job id");
+    } else if (strcmp(cmd, "get") == 0 || strcmp(cmd, "history") == 0) {
+        path_for(&path, "/jobs/", arg, strcmp(cmd, "history") == 0 ? "/history" : "");
+        code = call(a, "GET", path.data, NULL, NULL);
+    } else if (strcmp(cmd, "cancel") == 0 || strcmp(cmd, "retry") == 0 || strcmp(cmd, "run") == 0) {
+        char suffix[16];
+        snprintf(suffix, sizeof suffix, "/%s", cmd);
+        path_for(&path, "/jobs/", arg, suffix);
+        code = call(a, "POST", path.data, json_object(), human_done);
+    } else {
+        code = usage_error("unknown jobs command");
+    }
+    bb_buf_deinit(&path);
+    return code;
+}
+
+static int
+queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
+{
+    struct bb_buf path;
+    bb_buf_init(&path);
+    int code;
+    if (strcmp(cmd, "list") == 0) {
+        code = call(a, "GET", "/queues", NULL, human_queues);
+    } else if (arg == NULL) {
+        code = usage_error("expected a queue name");
+    } else if (strcmp(cmd, "show") == 0) {
+        path_for(&path, "/queues/", arg, "");
+        code = call(a, "GET", path.data, NULL, NULL);
+    } else if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0) {
+        path_for(&path, "/queues/", arg, strcmp(cmd, "pause") == 0 ? "/pause" : "/resume");
+        code = call(a, "POST", path.data, json_object(), human_done);
+    } else if (strcmp(cmd, "put") == 0) {
+        json_t *body = json_object();
+        if (a->concurrency >= 0)
+            json_object_set_new(body, "concurrency", json_integer(a->concurrency));
+        if (a->max_attempts)
+            json_object_set_new(body, "max_attempts", json_integer(a->max_attempts));
+        if (a->paused)
+            json_object_set_new(body, "paused", json_boolean(strcmp(a->paused, "true") == 0));
+        path_for(&path, "/queues/", arg, "");
+        code = call(a, "PUT", path.data, body, NULL);
+    } else {
+        code = usage_error("unknown queues command");
+    }
+    bb_buf_deinit(&path);
+    return code;
+}
+
+static int
+schedules_cmd(struct jobs_args *a, const char *cmd, const char *arg)
+{
+    struct bb_buf path;
+    bb_buf_init(&path);
+    int code;
+    if (strcmp(cmd, "list") == 0) {
+        code = call(a, "GET", "/schedules", NULL, human_schedules);
+    } else if (arg == NULL) {
+        code = usage_error("expected a schedule name");
+    } else if (strcmp(cmd, "create") == 0) {
+        json_t *body;
+        if (a->handler == NULL)
+            return usage_error("schedules create needs --handler");
+        if ((code = job_body(a, &body)) != CLI_OK)
+            return code;
+        json_object_set_new(body, "name", json_string(arg));
+        code = call(a, "POST", "/schedules", body, human_submitted);
+    } else if (strcmp(cmd, "show") == 0) {
+        path_for(&path, "/schedules/", arg, "");
+        code = call(a, "GET", path.data, NULL, NULL);
+    } else if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0) {
+        path_for(&path, "/schedules/", arg, strcmp(cmd, "pause") == 0 ? "/pause" : "/resume");
+        code = call(a, "POST", path.data, json_object(), human_done);
+    } else if (strcmp(cmd, "delete") == 0) {
+        path_for(&path, "/schedules/", arg, "");
+        code = call(a, "DELETE", path.data, NULL, human_done);
+    } else {
+        code = usage_error("unknown schedules command");
+    }
+    bb_buf_deinit(&path);
+    return code;
+}
+
+static int
+dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
+{
+    struct bb_buf path;
+    bb_buf_init(&path);
+    int code;
+    bool bulk =
+        strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 || strcmp(cmd, "purge") == 0;
+    if (bulk) {
+        bb_buf_puts(&path, strcmp(cmd, "redrive-all") == 0 ? "/dlq/redrive" : "/dlq");
+        bb_buf_printf(&path, "?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
+        if (a->queue) {
+            bb_buf_puts(&path, "&queue=");
+            http_client_escape(a->queue, &path);
+        }
+        code = strcmp(cmd, "list") == 0    ? call(a, "GET", path.data, NULL, human_jobs)
+               : strcmp(cmd, "purge") == 0 ? call(a, "DELETE", path.data, NULL, human_done)
+                                           : call(a, "POST", path.data, json_object(), human_done);
+    } else if (arg == NULL) {
+        code = usage_error("expected a job id");
+    } else if (strcmp(cmd, "show") == 0) {
+        path_for(&path, "/dlq/", arg, "");
+        code = call(a, "GET", path.data, NULL, NULL);
+    } else if (strcmp(cmd, "redrive") == 0) {
+        path_for(&path, "/dlq/", arg, "/redrive");
+        code = call(a, "POST", path.data, json_object(), human_done);
+    } else {
+        code = usage_error("unknown dlq command");
+    }
+    bb_buf_deinit(&path);
+    return code;
+}
+
+static int
+dispatch(int argc, char **argv, int (*fn)(struct jobs_args *, const char *, const char *))
+{
+    struct jobs_args a;
+    const char *pos[3];
+    size_t npos = 0;
+    int code = parse(&a, argc, argv, pos, &npos);
+    if (code < 0) {
+        if (npos == 0 || npos > 2)
+            code = usage_error("expected a command (and an id or a name)");
+        else
+            code = fn(&a, pos[0], npos > 1 ? pos[1] : NULL);
+    }
+    cli_free(JOBS_OPTS, BB_ARRAY_LEN(JOBS_OPTS), &a);
+    return code;
+}
+
+int
+cli_jobs(int argc, char **argv)
+{
+    return dispatch(argc, argv, jobs_cmd);
+}
+
+int
+cli_queues(int argc, char **argv)
+{
+    return dispatch(argc, argv, queues_cmd);
+}
+
+int
+cli_schedules(int argc, char **argv)
+{
+    return dispatch(argc, argv, schedules_cmd);
+}
+
+int
+cli_dlq(int argc, char **argv)
+{
+    return dispatch(argc, argv, dlq_cmd);
+}

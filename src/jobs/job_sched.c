@@ -1,0 +1,123 @@
+/*
+ * job_sched.c: the scheduler thread ("bb-job-sched"): every tick it rescues
+ * jobs whose lease ran out and fires the schedules that are due. Any number
+ * of processes may run one against the same database: rescue claims expired
+ * rows with FOR UPDATE SKIP LOCKED (PostgreSQL) and every change is a
+ * compare-and-set on the lease token; a schedule fire advances next_fire_at
+ * with a compare-and-set, so each fire happens once.
+ */
+#include "jobs/jobs_int.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+enum { RESCUE_BATCH = 1000 };
+
+struct job_scheduler {
+    struct store *store;
+    int64_t tick_ms;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stopping; /* guarded by mu */
+};
+
+struct tick_unit {
+    int64_t rescued;
+    int64_t fired;
+};
+
+static enum err
+rescue_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct tick_unit *u = arg;
+    return job_rescue_expired(c, bb_wall_ms(), RESCUE_BATCH, &u->rescued, e);
+}
+
+static enum err
+fire_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct tick_unit *u = arg;
+    return job_schedule_fire_due(c, bb_wall_ms(), &u->fired, e);
+}
+
+static void
+tick(struct job_scheduler *s)
+{
+    struct tick_unit u = {0};
+    struct bb_error e;
+    if (store_run(s->store, STORE_WRITE, rescue_work, &u, &e) != ERR_OK)
+        log_error_limited(1, "jobs.rescue_failed", "detail=%s", e.detail);
+    else if (u.rescued > 0) {
+        jobs__metric_rescued(u.rescued);
+        log_warn("jobs.rescued", "jobs=%lld", (long long)u.rescued);
+    }
+    if (store_run(s->store, STORE_WRITE, fire_work, &u, &e) != ERR_OK)
+        log_error_limited(1, "jobs.schedule_failed", "detail=%s", e.detail);
+    else if (u.fired > 0)
+        jobs__metric_submitted("scheduled", u.fired);
+}
+
+static void *
+scheduler_main(void *arg)
+{
+    struct job_scheduler *s = arg;
+    pthread_setname_np(pthread_self(), "bb-job-sched");
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping) {
+        pthread_mutex_unlock(&s->mu);
+        tick(s);
+        pthread_mutex_lock(&s->mu);
+        if (s->stopping)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += s->tick_ms / 1000;
+        ts.tv_nsec += (s->tick_ms % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+enum err
+job_scheduler_start(struct store *st, int64_t tick_ms, struct job_scheduler **out,
+                    struct bb_error *e)
+{
+    jobs__metrics_register();
+    struct job_scheduler *s = xcalloc(1, sizeof *s);
+    s->store = st;
+    s->tick_ms = tick_ms > 0 ? tick_ms : 500;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&s->thread, NULL, scheduler_main, s) != 0) {
+        free(s);
+        return bb_fail(e, ERR_INTERNAL, "", "cannot start the job scheduler thread");
+    }
+    *out = s;
+    return ERR_OK;
+}
+
+void
+job_scheduler_stop(struct job_scheduler *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}

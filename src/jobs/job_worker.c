@@ -1,0 +1,571 @@
+/*
+ * job_worker.c: the embedded worker pool.
+ *
+ * Three kinds of threads, passing work as messages through lists guarded by
+ * one mutex:
+ *   fetcher    claims as many jobs as there are free slots, in one unit of
+ *              work (one statement per queue), and hands them to the runners;
+ *              then sleeps until a job is announced (store notification:
+ *              in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), a slot
+ *              frees up, the next delayed job falls due, or poll_ms passes
+ *              (the fallback when a notification is lost);
+ *   runners    (concurrency of them) run one handler each, outside any
+ *              transaction, and hand the outcome to the completer;
+ *   completer  records every outcome waiting, in one transaction (group
+ *              commit: one fsync for many jobs), retrying while the database
+ *              is away. A refused outcome (stale lease) is counted and
+ *              dropped: someone else owns that job now.
+ *
+ * Stop: claim no more; hand back jobs claimed but not started; let running
+ * jobs finish until the deadline, then tell them to stop (job_run's cancel)
+ * and hand back their leases (outcome "interrupted": pending again at once,
+ * not counted against max_attempts); record everything; join.
+ *
+ * Locking: `mu` guards every field marked so; it is never held while running
+ * a handler or calling into the store.
+ */
+#include "jobs/jobs_int.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { FINISH_BATCH_MAX = 1000, STUCK_GRACE_MS = 3000 };
+
+struct ready {
+    struct ready *next;
+    struct job_lease lease;
+};
+
+struct done {
+    struct done *next;
+    struct job_finish f;
+    char *error;
+    char *queue;
+    double duration_s;
+};
+
+struct job_pool {
+    struct store *store;
+    const struct job_registry *reg;
+    int concurrency;
+    int64_t poll_ms;
+    bool ignore_wakeups;
+    char worker[128];
+    char **queues; /* NULL: every queue */
+    size_t n_queues;
+
+    pthread_t fetcher;
+    pthread_t completer;
+    bool started; /* fetcher and completer are running */
+    pthread_t *runners;
+    int n_runners;
+
+    pthread_mutex_t mu;
+    pthread_cond_t fetch_cv;  /* the fetcher: a slot freed, or a wake-up */
+    pthread_cond_t run_cv;    /* the runners: a job is ready */
+    pthread_cond_t done_cv;   /* the completer: an outcome is waiting */
+    pthread_cond_t idle_cv;   /* stop: a runner went idle */
+    struct ready *ready_head; /* guarded by mu */
+    struct ready *ready_tail; /* guarded by mu */
+    int n_ready;              /* guarded by mu */
+    int running;              /* guarded by mu */
+    struct done *done_head;   /* guarded by mu */
+    int n_done;               /* guarded by mu */
+    bool stopping;            /* guarded by mu */
+    bool wake;                /* guarded by mu */
+    bool completer_stop;      /* guarded by mu */
+    _Atomic bool cancel;      /* handlers watch it */
+};
+
+static double
+rand01(void)
+{
+    return (double)bb_rand_below(1000000) / 1000000.0;
+}
+
+/* ---- fetching ------------------------------------------------------------------------ */
+
+struct claim_unit {
+    struct job_pool *pool;
+    int64_t want;
+    struct job_lease *leases; /* all queues together */
+    size_t n;
+    int64_t next_due_ms; /* earliest future run_at, 0 if none */
+};
+
+static enum err
+claim_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct claim_unit *u = arg;
+    struct job_pool *p = u->pool;
+    for (size_t i = 0; i < u->n; i++)
+        job_lease_deinit(&u->leases[i]);
+    free(u->leases);
+    u->leases = NULL;
+    u->n = 0;
+    u->next_due_ms = 0;
+    int64_t now = bb_wall_ms();
+    char **names = p->queues;
+    size_t n_names = p->n_queues;
+    enum err rc = ERR_OK;
+    if (names == NULL)
+        rc = jobs__queue_names(c, &names, &n_names, e);
+    /* Start at a different queue each time so none starves the others. */
+    size_t start = n_names ? bb_rand_below(n_names) : 0;
+    for (size_t k = 0; k < n_names && rc == ERR_OK && (int64_t)u->n < u->want; k++) {
+        struct job_lease *got;
+        size_t n_got;
+        rc = job_claim(c, names[(start + k) % n_names], p->worker, false, u->want - (int64_t)u->n,
+                       0, now, &got, &n_got, e);
+        if (rc == ERR_OK && n_got) {
+            u->leases = xrealloc(u->leases, (u->n + n_got) * sizeof *u->leases);
+            memcpy(u->leases + u->n, got, n_got * sizeof *got);
+            u->n += n_got;
+            free(got);
+        } else if (rc == ERR_NOT_FOUND) {
+            rc = ERR_OK; /* a queue we serve does not exist (yet) */
+            bb_error_clear(e);
+        }
+    }
+    if (rc == ERR_OK && (int64_t)u->n < u->want)
+        rc = jobs__next_due(c, now, &u->next_due_ms, e);
+    if (names != p->queues)
+        jobs__free_names(names, n_names);
+    return rc;
+}
+
+/* Wait on fetch_cv until `deadline_wall_ms` (mu held). */
+static void
+fetch_wait(struct job_pool *p, int64_t wait_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += wait_ms / 1000;
+    ts.tv_nsec += (wait_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&p->fetch_cv, &p->mu, &ts);
+}
+
+static void *
+fetcher_main(void *arg)
+{
+    struct job_pool *p = arg;
+    pthread_setname_np(pthread_self(), "bb-job-fetch");
+    struct claim_unit u = {.pool = p};
+    int64_t failures = 0;
+    pthread_mutex_lock(&p->mu);
+    while (!p->stopping) {
+        int free_slots = p->concurrency - p->running - p->n_ready;
+        if (free_slots <= 0) {
+            pthread_cond_wait(&p->fetch_cv, &p->mu);
+            continue;
+        }
+        p->wake = false;
+        pthread_mutex_unlock(&p->mu);
+        u.want = free_slots;
+        struct bb_error e;
+        enum err rc = store_run(p->store, STORE_WRITE, claim_work, &u, &e);
+        int64_t now = bb_wall_ms();
+        pthread_mutex_lock(&p->mu);
+        if (rc != ERR_OK) {
+            /* The database is away: back off, up to the poll interval. */
+            log_error_limited(1, "jobs.claim_failed", "detail=%s", e.detail);
+            int64_t wait = 50LL << (failures < 5 ? failures : 5);
+            failures++;
+            fetch_wait(p, wait < p->poll_ms ? wait : p->poll_ms);
+            continue;
+        }
+        failures = 0;
+        for (size_t i = 0; i < u.n; i++) {
+            struct ready *r = xcalloc(1, sizeof *r);
+            r->lease = u.leases[i];
+            jobs__metric_started(r->lease.queue, (double)(now - r->lease.run_at_ms) / 1000.0);
+            if (p->ready_tail)
+                p->ready_tail->next = r;
+            else
+                p->ready_head = r;
+            p->ready_tail = r;
+            p->n_ready++;
+        }
+        bool full = (int64_t)u.n == u.want;
+        free(u.leases);
+        u.leases = NULL;
+        u.n = 0;
+        if (u.want > 0)
+            pthread_cond_broadcast(&p->run_cv);
+        if (full || p->wake || p->stopping)
+            continue; /* there may be more right away */
+        int64_t wait = p->poll_ms;
+        if (u.next_due_ms > 0 && u.next_due_ms - now < wait)
+            wait = u.next_due_ms - now > 0 ? u.next_due_ms - now : 0;
+        if (wait > 0)
+            fetch_wait(p, wait);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void
+on_ready(void *arg, const char *channel, const char *payload)
+{
+    (void)channel;
+    struct job_pool *p = arg;
+    if (payload && payload[0] && p->queues) {
+        bool ours = false;
+        for (size_t i = 0; i < p->n_queues && !ours; i++)
+            ours = strcmp(p->queues[i], payload) == 0;
+        if (!ours)
+            return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->wake = true;
+    pthread_cond_signal(&p->fetch_cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- running --------------------------------------------------------------------------- */
+
+static void
+queue_done(struct job_pool *p, struct done *d)
+{
+    /* mu held */
+    d->next = p->done_head;
+    p->done_head = d;
+    p->n_done++;
+    pthread_cond_signal(&p->done_cv);
+}
+
+static struct done *
+done_new(struct job_lease *lease, enum job_outcome outcome, const char *error, double duration_s)
+{
+    struct done *d = xcalloc(1, sizeof *d);
+    d->error = error ? xstrdup(error) : NULL;
+    d->queue = xstrdup(lease->queue);
+    d->duration_s = duration_s;
+    d->f = (struct job_finish){
+        .id = lease->id, .token = lease->lease_token, .outcome = outcome, .error = d->error};
+    return d;
+}
+
+static enum job_outcome
+outcome_of(enum job_verdict v, const struct job_run *run, bool cancelled)
+{
+    if (v == JOB_DONE)
+        return JOB_OUTCOME_COMPLETED;
+    if (v == JOB_FAIL_PERMANENTLY)
+        return JOB_OUTCOME_PERMANENT;
+    if (cancelled)
+        return JOB_OUTCOME_INTERRUPTED;
+    return bb_mono_ms() >= run->deadline_mono_ms ? JOB_OUTCOME_TIMEOUT : JOB_OUTCOME_FAILED;
+}
+
+static void
+run_one(struct job_pool *p, struct job_lease *lease)
+{
+    void *ctx = NULL;
+    job_handler_fn *fn = jobs__registry_find(p->reg, lease->handler, &ctx);
+    struct job_run run = {.job = lease,
+                          .store = p->store,
+                          .worker = p->worker,
+                          .ctx = ctx,
+                          .cancel = &p->cancel,
+                          .deadline_mono_ms = bb_mono_ms() + lease->max_duration_ms};
+    bb_buf_init(&run.error);
+    int64_t t0 = bb_mono_ns();
+    enum job_verdict v;
+    if (fn == NULL) {
+        bb_buf_printf(&run.error, "no handler named %s in worker %s", lease->handler, p->worker);
+        v = JOB_RETRY; /* another worker may have it */
+    } else {
+        bb_log_context_set(NULL, NULL);
+        v = fn(&run);
+    }
+    double duration = (double)(bb_mono_ns() - t0) / 1e9;
+    enum job_outcome outcome = outcome_of(v, &run, p->cancel);
+    struct done *d = done_new(lease, outcome, run.error.len ? run.error.data : NULL, duration);
+    bb_buf_deinit(&run.error);
+    pthread_mutex_lock(&p->mu);
+    queue_done(p, d);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *
+runner_main(void *arg)
+{
+    struct job_pool *p = arg;
+    pthread_setname_np(pthread_self(), "bb-job-run");
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->ready_head == NULL && !p->stopping)
+            pthread_cond_wait(&p->run_cv, &p->mu);
+        if (p->ready_head == NULL || p->stopping)
+            break; /* stopping: jobs not started are handed back by stop */
+        struct ready *r = p->ready_head;
+        p->ready_head = r->next;
+        if (p->ready_head == NULL)
+            p->ready_tail = NULL;
+        p->n_ready--;
+        p->running++;
+        pthread_mutex_unlock(&p->mu);
+        run_one(p, &r->lease);
+        job_lease_deinit(&r->lease);
+        free(r);
+        pthread_mutex_lock(&p->mu);
+        p->running--;
+        pthread_cond_signal(&p->fetch_cv);
+        pthread_cond_broadcast(&p->idle_cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* ---- recording outcomes ------------------------------------------------------------------ */
+
+struct finish_unit {
+    struct job_finish *items;
+    size_t n;
+};
+
+static enum err
+finish_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct finish_unit *u = arg;
+    return job_finish_batch(c, u->items, u->n, bb_wall_ms(), rand01, e);
+}
+
+/* Record `list` (consumed); retries while the store is away unless told to
+ * stop. */
+static void
+record(struct job_pool *p, struct done *list, size_t n)
+{
+    struct done **all = xcalloc(n, sizeof *all);
+    struct finish_unit u = {.items = xcalloc(n, sizeof *u.items), .n = n};
+    size_t k = 0;
+    for (struct done *d = list; d; d = d->next) {
+        all[k] = d;
+        u.items[k++] = d->f;
+    }
+    for (int attempt = 0;; attempt++) {
+        struct bb_error e;
+        enum err rc = store_run(p->store, STORE_WRITE, finish_work, &u, &e);
+        if (rc == ERR_OK)
+            break;
+        log_error_limited(1, "jobs.record_failed", "jobs=%zu detail=%s", n, e.detail);
+        pthread_mutex_lock(&p->mu);
+        bool give_up = p->completer_stop && attempt >= 3;
+        pthread_mutex_unlock(&p->mu);
+        if (give_up) {
+            /* Their leases will run out and the jobs will be rescued. */
+            for (size_t i = 0; i < n; i++)
+                u.items[i].rc = ERR_UNAVAILABLE;
+            break;
+        }
+        bb_sleep_ms(bb_jitter_ms(attempt < 5 ? 100LL << attempt : 3000, 0.2));
+    }
+    bool rescheduled = false;
+    for (size_t i = 0; i < n; i++) {
+        struct job_finish *f = &u.items[i];
+        rescheduled |= f->rc == ERR_OK && f->state == JOB_PENDING;
+        if (f->rc == ERR_OK) {
+            jobs__metric_finished(all[i]->queue, f->outcome, all[i]->duration_s);
+        } else if (f->rc == ERR_STALE_TOKEN) {
+            jobs__metric_stale(f->outcome == JOB_OUTCOME_COMPLETED ? "complete" : "fail");
+            log_warn("jobs.stale_outcome", "job=%lld outcome=%s", (long long)f->id,
+                     job_outcome_name(f->outcome));
+        }
+        free(all[i]->error);
+        free(all[i]->queue);
+        free(all[i]);
+    }
+    free(u.items);
+    free(all);
+    if (rescheduled) {
+        /* A retry is due soon: let the fetcher see its run_at. */
+        pthread_mutex_lock(&p->mu);
+        p->wake = true;
+        pthread_cond_signal(&p->fetch_cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static void *
+completer_main(void *arg)
+{
+    struct job_pool *p = arg;
+    pthread_setname_np(pthread_self(), "bb-job-done");
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->done_head == NULL && !p->completer_stop)
+            pthread_cond_wait(&p->done_cv, &p->mu);
+        if (p->done_head == NULL)
+            break;
+        /* Take up to FINISH_BATCH_MAX outcomes. */
+        struct done *batch = p->done_head, *last = batch;
+        size_t n = 1;
+        while (last->next && n < FINISH_BATCH_MAX) {
+            last = last->next;
+            n++;
+        }
+        p->done_head = last->next;
+        last->next = NULL;
+        p->n_done -= (int)n;
+        pthread_mutex_unlock(&p->mu);
+        record(p, batch, n);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------------- */
+
+static void
+split_queues(struct job_pool *p, const char *const *queues)
+{
+    if (queues == NULL || queues[0] == NULL)
+        return;
+    size_t n = 0;
+    while (queues[n])
+        n++;
+    p->queues = xcalloc(n, sizeof *p->queues);
+    for (size_t i = 0; i < n; i++)
+        p->queues[i] = xstrdup(queues[i]);
+    p->n_queues = n;
+}
+
+enum err
+job_pool_start(struct store *s, const struct job_registry *r, const struct job_pool_options *o,
+               struct job_pool **out, struct bb_error *e)
+{
+    jobs__metrics_register();
+    struct job_pool *p = xcalloc(1, sizeof *p);
+    p->store = s;
+    p->reg = r;
+    p->concurrency = o->concurrency > 0 ? o->concurrency : 1;
+    p->poll_ms = o->poll_ms > 0 ? o->poll_ms : 1000;
+    p->ignore_wakeups = o->ignore_wakeups;
+    if (o->worker_name && *o->worker_name) {
+        bb_strlcpy(p->worker, o->worker_name, sizeof p->worker);
+    } else {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        snprintf(p->worker, sizeof p->worker, "%s:%d", host, (int)getpid());
+    }
+    split_queues(p, o->queues);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->fetch_cv, &ca);
+    pthread_cond_init(&p->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&p->run_cv, NULL);
+    pthread_cond_init(&p->done_cv, NULL);
+    if (!p->ignore_wakeups) {
+        enum err rc = store_listen(s, JOBS__CHANNEL, on_ready, p);
+        if (rc != ERR_OK) {
+            job_pool_stop(p, 0);
+            return bb_fail(e, rc, "", "cannot listen for new jobs");
+        }
+    }
+    p->runners = xcalloc((size_t)p->concurrency, sizeof *p->runners);
+    for (int i = 0; i < p->concurrency; i++) {
+        if (pthread_create(&p->runners[i], NULL, runner_main, p) != 0)
+            bb_panic(__FILE__, __LINE__, "cannot start job runner threads");
+        p->n_runners++;
+    }
+    if (pthread_create(&p->completer, NULL, completer_main, p) != 0 ||
+        pthread_create(&p->fetcher, NULL, fetcher_main, p) != 0)
+        bb_panic(__FILE__, __LINE__, "cannot start job pool threads");
+    p->started = true;
+    log_info("jobs.pool_started", "worker=%s concurrency=%d queues=%zu", p->worker, p->concurrency,
+             p->n_queues);
+    *out = p;
+    return ERR_OK;
+}
+
+/* Wait on idle_cv until no job runs or `deadline` (monotonic) passes; mu held. */
+static void
+wait_idle(struct job_pool *p, int64_t deadline)
+{
+    while (p->running > 0 && bb_mono_ms() < deadline) {
+        int64_t left = deadline - bb_mono_ms();
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&p->idle_cv, &p->mu, &ts);
+    }
+}
+
+void
+job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
+{
+    if (p == NULL)
+        return;
+    if (!p->ignore_wakeups)
+        store_unlisten(p->store, on_ready, p);
+    pthread_mutex_lock(&p->mu);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->fetch_cv);
+    pthread_cond_broadcast(&p->run_cv);
+    pthread_mutex_unlock(&p->mu);
+    if (p->started) /* join the fetcher first, then hand back what it claimed */
+        pthread_join(p->fetcher, NULL);
+    pthread_mutex_lock(&p->mu);
+    /* Jobs claimed but never started go straight back. */
+    while (p->ready_head) {
+        struct ready *r = p->ready_head;
+        p->ready_head = r->next;
+        p->n_ready--;
+        queue_done(p, done_new(&r->lease, JOB_OUTCOME_INTERRUPTED,
+                               "worker stopping: handed back before it started", 0));
+        job_lease_deinit(&r->lease);
+        free(r);
+    }
+    p->ready_tail = NULL;
+    wait_idle(p, deadline_mono_ms);
+    int stuck = 0;
+    if (p->running > 0) {
+        /* Out of time: ask handlers to stop; they hand their leases back. */
+        p->cancel = true;
+        wait_idle(p, bb_mono_ms() + STUCK_GRACE_MS);
+        stuck = p->running;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (stuck > 0) {
+        /* A handler ignores cancellation: its lease will run out and the
+         * job will be rescued. Leave the pool to the exiting process. */
+        log_error("jobs.pool_stuck", "running=%d", stuck);
+        return;
+    }
+    for (int i = 0; i < p->n_runners; i++)
+        pthread_join(p->runners[i], NULL);
+    pthread_mutex_lock(&p->mu);
+    p->completer_stop = true;
+    pthread_cond_signal(&p->done_cv);
+    pthread_mutex_unlock(&p->mu);
+    if (p->started)
+        pthread_join(p->completer, NULL);
+    log_info("jobs.pool_stopped", "worker=%s", p->worker);
+    for (size_t i = 0; i < p->n_queues; i++)
+        free(p->queues[i]);
+    free(p->queues);
+    free(p->runners);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->fetch_cv);
+    pthread_cond_destroy(&p->run_cv);
+    pthread_cond_destroy(&p->done_cv);
+    pthread_cond_destroy(&p->idle_cv);
+    free(p);
+}
