@@ -188,7 +188,12 @@ bb_opts_parse(const struct bb_opt *opts, size_t n_opts, void *dst, int argc, cha
         if (eq) {
             value = eq + 1;
         } else if (o->type == BB_OPT_BOOL) {
-            value = "true";
+            /* "--flag", or "--flag false" when a boolean follows. */
+            bool ignored;
+            if (i + 1 < argc && parse_bool(argv[i + 1], &ignored) == ERR_OK)
+                value = argv[++i];
+            else
+                value = "true";
         } else if (i + 1 < argc) {
             value = argv[++i];
         } else {

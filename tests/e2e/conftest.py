@@ -79,6 +79,17 @@ class Database:
         if self.name:
             psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
 
+    def scalar(self, sql):
+        """One value, read straight from the database (test checks only)."""
+        if self.name is None:
+            import sqlite3
+            path = self.url[len("sqlite:"):]
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as c:
+                return c.execute(sql).fetchone()[0]
+        out = subprocess.run(["psql", "-tAq", "-d", self.url, "-c", sql], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        return int(out) if out.lstrip("-").isdigit() else out
+
 
 class Server:
     """One `backbone serve` process."""
@@ -213,6 +224,14 @@ def make_server(database, tmp_path):
 @pytest.fixture
 def server(make_server):
     return make_server()
+
+
+def wait_job(server, job_id, states=("completed",), timeout_s=60):
+    """Poll GET /jobs/{id} until its state is one of `states`; return it."""
+    def done():
+        j = server.get(f"/jobs/{job_id}").json()
+        return j if j["state"] in states else None
+    return await_condition(done, timeout_s, f"job {job_id} to be {'/'.join(states)}")
 
 
 def problem(resp, status, type_slug=None, field=None):

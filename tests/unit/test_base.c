@@ -201,8 +201,8 @@ options_apply_defaults_then_env_then_flags(void **state)
     assert_true(d.flag);
     bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);
 
-    char *argv2[] = {(char *)"--count", (char *)"7"};
-    assert_ok(parse(&d, 2, argv2, &e), &e);
+    char *argv2[] = {(char *)"--count", (char *)"7", (char *)"--flag", (char *)"false"};
+    assert_ok(parse(&d, 4, argv2, &e), &e);
     assert_int_equal(d.count, 7); /* flags win over the environment */
     assert_false(d.flag);
     bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &d);

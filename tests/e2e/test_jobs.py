@@ -1,0 +1,341 @@
+"""The jobs API end to end: the seed worker API, scheduling, retries and dead
+letters, unique keys, cancellation, batches, queues, schedules, the pull API,
+HTTP push handlers, wake-ups and their polling fallback, and bad input."""
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+
+import pytest
+import requests
+
+from conftest import await_condition, problem, wait_job
+
+
+def submit(server, body, status=201):
+    r = server.post("/jobs", body)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def test_seed_worker_api_keeps_working(server):
+    r = server.post("/jobs", {"schedule": "now", "payload": "{}", "max_duration_seconds": 60})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    assert isinstance(job_id, int)
+    job = wait_job(server, job_id)
+    assert job["job_id"] == job_id and job["payload"] == {} and job["attempt"] == 1
+    assert job["max_duration_seconds"] == 60
+    assert server.post(f"/jobs/{job_id}/run").json() == {"job_id": job_id, "state": "pending"}
+    job = wait_job(server, job_id)
+    assert job["attempt"] == 2
+    assert [a["outcome"] for a in job["attempts"]] == ["completed", "completed"]
+
+
+def test_a_job_runs_at_its_time_not_before(server):
+    body = {"handler": "noop", "delay_ms": 400}
+    job_id = submit(server, body)["job_id"]
+    first = server.get(f"/jobs/{job_id}").json()
+    assert first["state"] == "pending" and first["ready"] is False
+    job = wait_job(server, job_id)
+    assert job["started_at"] >= job["run_at"]  # RFC 3339 UTC strings sort as times
+    assert job["run_at"] > job["created_at"]
+
+
+def test_retries_back_off_then_the_job_is_dead_with_every_error(server):
+    body = {"handler": "fail", "max_attempts": 3, "backoff": {"base_ms": 50, "factor": 2}}
+    job_id = submit(server, body)["job_id"]
+    job = wait_job(server, job_id, ("dead",))
+    assert job["attempt"] == 3
+    assert [a["outcome"] for a in job["attempts"]] == ["failed"] * 3
+    assert [a["error"] for a in job["attempts"]] == [
+        f"failed on purpose (attempt {n})" for n in (1, 2, 3)]
+    assert job["last_error"] == "failed on purpose (attempt 3)"
+    dlq = server.get("/dlq").json()["jobs"]
+    assert [j["job_id"] for j in dlq] == [job_id]
+    assert server.get(f"/dlq/{job_id}").json()["attempts"][2]["outcome"] == "failed"
+    history = server.get(f"/jobs/{job_id}/history").json()
+    assert len(history["attempts"]) == 3 and history["attempts"][0]["worker"]
+    # Redrive: a fresh set of attempts, and dead again after them.
+    assert server.post(f"/dlq/{job_id}/redrive").status_code == 200
+    job = await_condition(lambda: (lambda j: j if j["attempt"] == 6 and j["state"] == "dead"
+                                   else None)(server.get(f"/jobs/{job_id}").json()),
+                          what="the redriven job to fail 3 more times")
+    assert job["attempt_limit"] == 6
+    assert server.request("DELETE", "/dlq").json() == {"purged": 1}
+    problem(server.get(f"/jobs/{job_id}"), 404, "not_found")
+
+
+def test_permanent_failure_skips_the_retries(server):
+    job_id = submit(server, {"handler": "fail_permanently", "max_attempts": 5})["job_id"]
+    job = wait_job(server, job_id, ("dead",))
+    assert job["attempt"] == 1
+    assert job["attempts"][0]["outcome"] == "failed_permanently"
+
+
+def test_unique_key_returns_the_first_job_while_it_is_pending(server):
+    server.put("/queues/held", {"paused": True})
+    a = submit(server, {"queue": "held", "handler": "noop", "unique_key": "order-7"})
+    r = server.post("/jobs", {"queue": "held", "handler": "noop", "unique_key": "order-7"})
+    assert r.status_code == 200
+    assert r.json()["job_id"] == a["job_id"] and r.json()["duplicate"] is True
+    other = submit(server, {"queue": "held", "handler": "noop", "unique_key": "order-8"})
+    assert other["job_id"] != a["job_id"]
+
+
+def test_cancel_stops_a_pending_and_a_running_job(server):
+    server.put("/queues/held", {"paused": True})
+    pending = submit(server, {"queue": "held", "handler": "noop"})["job_id"]
+    assert server.post(f"/jobs/{pending}/cancel").json()["state"] == "cancelled"
+    problem(server.post(f"/jobs/{pending}/cancel"), 409, "conflict", "job_id")
+    running = submit(server, {"handler": "sleep", "payload": {"ms": 60000}})["job_id"]
+    wait_job(server, running, ("running",))
+    assert server.post(f"/jobs/{running}/cancel").status_code == 200
+    # The worker's outcome comes with a revoked lease: refused, stays cancelled.
+    job = wait_job(server, running, ("cancelled",))
+    assert job["state"] == "cancelled"
+    assert server.post(f"/jobs/{running}/retry").json()["state"] == "pending"
+
+
+def test_batch_submit_is_one_transaction(server):
+    jobs = [{"handler": "noop", "payload": {"i": i}} for i in range(50)]
+    r = server.post("/jobs/batch", {"jobs": jobs})
+    assert r.status_code == 201, r.text
+    ids = [j["job_id"] for j in r.json()["jobs"]]
+    assert len(set(ids)) == 50 and all(j["created"] for j in r.json()["jobs"])
+    for i in ids[::10]:
+        wait_job(server, i)
+    before = server.get("/jobs?limit=1000").json()["jobs"]
+    bad = jobs[:3] + [{"handler": "noop", "queue": "nope"}]
+    problem(server.post("/jobs/batch", {"jobs": bad}), 400, "invalid_request", "jobs[3].queue")
+    bad = jobs[:3] + [{"handler": "noop", "priority": "high"}]
+    problem(server.post("/jobs/batch", {"jobs": bad}), 400, "invalid_request", "jobs[3].priority")
+    assert len(server.get("/jobs?limit=1000").json()["jobs"]) == len(before)  # nothing written
+
+
+def test_list_filters_and_pages(server):
+    server.put("/queues/held", {"paused": True})
+    ids = [submit(server, {"queue": "held", "handler": "noop"})["job_id"] for _ in range(5)]
+    page = server.get("/jobs?queue=held&state=pending&limit=2").json()
+    assert [j["job_id"] for j in page["jobs"]] == ids[:2]
+    page = server.get(f"/jobs?queue=held&limit=10&after={page['next_after']}").json()
+    assert [j["job_id"] for j in page["jobs"]] == ids[2:] and page["next_after"] is None
+    problem(server.get("/jobs?state=done"), 400, "invalid_request", "state")
+    problem(server.get("/jobs?limit=0"), 400, "invalid_request", "limit")
+
+
+def test_queues_pause_resume_and_limit_concurrency(server):
+    r = server.put("/queues/emails", {"concurrency": 1, "max_attempts": 2})
+    assert r.status_code == 201
+    q = r.json()
+    assert q["name"] == "emails" and q["concurrency"] == 1 and q["max_attempts"] == 2
+    assert server.put("/queues/emails", {"paused": True}).json()["concurrency"] == 1
+    ids = [submit(server, {"queue": "emails", "handler": "sleep", "payload": {"ms": 200}})["job_id"]
+           for _ in range(3)]
+    depth = server.get("/queues/emails").json()["depth"]
+    assert depth["ready"] == 3 and depth["running"] == 0
+    assert server.post("/queues/emails/resume").json() == {"name": "emails", "paused": False}
+    # One at a time: never two running.
+    def all_done():
+        d = server.get("/queues/emails").json()["depth"]
+        assert d["running"] <= 1, d
+        return d["completed"] == 3
+    await_condition(all_done, what="three jobs, one at a time")
+    runs = sorted((server.get(f"/jobs/{i}").json()["started_at"],
+                   server.get(f"/jobs/{i}").json()["finished_at"]) for i in ids)
+    for (s1, f1), (s2, _) in zip(runs, runs[1:]):
+        assert s2 >= f1
+    names = [q["name"] for q in server.get("/queues").json()["queues"]]
+    assert names == ["default", "emails"]
+    problem(server.post("/queues/nope/pause"), 404, "not_found", "queue")
+
+
+def test_schedules_fire_on_their_interval_and_can_be_paused(server):
+    r = server.post("/schedules", {"name": "tick", "every_ms": 1000, "handler": "noop",
+                                   "payload": {"k": 1}})
+    assert r.status_code == 201, r.text
+    await_condition(lambda: len(server.get("/jobs?limit=100").json()["jobs"]) >= 2,
+                    what="two fires")
+    sch = server.get("/schedules/tick").json()
+    assert sch["every_ms"] == 1000 and len(sch["upcoming"]) == 5
+    fired = [j for j in server.get("/jobs?limit=100").json()["jobs"] if j["schedule"] == "tick"]
+    assert all(j["payload"] == {"k": 1} for j in fired)
+    assert server.post("/schedules/tick/pause").json()["paused"] is True
+    assert server.request("DELETE", "/schedules/tick").json()["deleted"] is True
+    problem(server.get("/schedules/tick"), 404, "not_found")
+    r = server.post("/jobs", {"handler": "noop", "cron": "0 9 * * MON-FRI",
+                              "timezone": "Europe/Paris", "name": "standup"})
+    assert r.status_code == 201 and r.json()["schedule"] == "standup"
+    listed = server.get("/schedules").json()["schedules"]
+    assert [s["name"] for s in listed] == ["standup"]
+    assert listed[0]["timezone"] == "Europe/Paris"
+
+
+def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
+    # A long-poll claim waits, and is answered when a job arrives.
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=requests.post(
+        f"{server.url}/queues/default/claim",
+        json={"worker": "py-1", "max": 5, "lease_ms": 30000, "wait_ms": 30000}, timeout=60)))
+    t.start()
+    await_condition(lambda: server.metric("backbone_job_claim_waiters") == 1,
+                    what="a parked claim")
+    job_id = submit(server, {"handler": "external:email", "payload": {"to": "a@b"}})["job_id"]
+    t.join(timeout=60)
+    claimed = result["r"].json()["jobs"]
+    assert [j["job_id"] for j in claimed] == [job_id]
+    lease = claimed[0]
+    assert lease["payload"] == {"to": "a@b"} and lease["lease_token"] == 1
+    assert lease["handler"] == "external:email" and lease["attempt"] == 1
+    hb = server.post(f"/jobs/{job_id}/heartbeat", {"token": 1, "lease_ms": 60000})
+    assert hb.status_code == 200 and hb.json()["lease_expires_at"]
+    problem(server.post(f"/jobs/{job_id}/complete", {"token": 2}), 409, "stale_token", "token")
+    assert server.post(f"/jobs/{job_id}/complete", {"token": 1}).json()["state"] == "completed"
+    problem(server.post(f"/jobs/{job_id}/complete", {"token": 1}), 409, "stale_token")
+    # Nothing to claim: an empty answer after the wait.
+    r = server.post("/queues/default/claim", {"worker": "py-1", "wait_ms": 100})
+    assert r.json() == {"jobs": []}
+    # Embedded workers never take external jobs, and pull workers never take theirs.
+    other = submit(server, {"handler": "external:sms"})["job_id"]
+    got = server.post("/queues/default/claim", {"worker": "py-2", "max": 10}).json()["jobs"]
+    assert [j["job_id"] for j in got] == [other]
+    r = server.post(f"/jobs/{other}/fail", {"token": 1, "error": "bad number", "retry": False})
+    assert r.json()["state"] == "dead"
+    assert server.get(f"/jobs/{other}").json()["attempts"][0]["error"] == "bad number"
+    assert server.metric("backbone_job_stale_reports_total", 'report="complete"') == 2
+
+
+class Sink(http.server.BaseHTTPRequestHandler):
+    """Receives webhook pushes; answers with the status the path asks for."""
+    received = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Sink.received.append((self.path, dict(self.headers), body))
+        status = int(self.path.strip("/") or 200)
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def sink():
+    Sink.received = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", Sink.received
+    srv.shutdown()
+
+
+def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):
+    url, received = sink
+    server = make_server(["--webhook-secret", "hush"])
+    ok = submit(server, {"handler": "http", "target": {"url": url + "/200"},
+                         "payload": {"order": 42}})["job_id"]
+    wait_job(server, ok)
+    path, headers, body = received[0]
+    assert json.loads(body) == {"order": 42}
+    assert headers["X-Backbone-Job-Id"] == str(ok) and headers["X-Backbone-Attempt"] == "1"
+    want = "sha256=" + hmac.new(b"hush", body, hashlib.sha256).hexdigest()
+    assert headers["X-Backbone-Signature"] == want
+    flaky = submit(server, {"handler": "http", "target": {"url": url + "/503"},
+                            "max_attempts": 2, "backoff": {"base_ms": 10}})["job_id"]
+    job = wait_job(server, flaky, ("dead",))
+    assert job["attempt"] == 2 and "answered 503" in job["last_error"]
+    refused = submit(server, {"handler": "http", "target": {"url": url + "/422"},
+                              "max_attempts": 5})["job_id"]
+    job = wait_job(server, refused, ("dead",))
+    assert job["attempt"] == 1 and job["attempts"][0]["outcome"] == "failed_permanently"
+
+
+def test_idle_workers_are_woken_without_polling(make_server):
+    # Polling every minute: only a wake-up can run the job within the wait.
+    server = make_server(["--job-poll", "60s"])
+    server.get("/healthz")
+    job_id = submit(server, {"handler": "noop"})["job_id"]
+    wait_job(server, job_id, timeout_s=20)
+
+
+def test_polling_finds_jobs_when_wakeups_are_lost(make_server):
+    # Wake-ups dropped: the poll (200 ms) still finds the job.
+    server = make_server(["--job-wakeups", "false", "--job-poll", "200ms"])
+    job_id = submit(server, {"handler": "noop"})["job_id"]
+    wait_job(server, job_id, timeout_s=20)
+
+
+def test_job_metrics(server):
+    job_id = submit(server, {"handler": "fail", "max_attempts": 1})["job_id"]
+    wait_job(server, job_id, ("dead",))
+    ok = submit(server, {"handler": "noop"})["job_id"]
+    wait_job(server, ok)
+    m = server.metric
+    assert m("backbone_jobs_submitted_total", 'queue="default"') == 2
+    assert m("backbone_jobs_started_total", 'queue="default"') == 2
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="completed"') == 1
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="failed"') == 1
+    assert m("backbone_jobs", 'queue="default",state="dead"') == 1
+    assert m("backbone_job_duration_seconds_count", 'queue="default"') == 2
+    assert m("backbone_job_queue_latency_seconds_count", 'queue="default"') == 2
+
+
+BAD_JOBS = [
+    # (body, status, type, field)
+    ({"handler": "noop", "cron": "61 * * * *"}, 400, "invalid_request", "cron"),
+    ({"handler": "noop", "cron": "* * *"}, 400, "invalid_request", "cron"),
+    ({"handler": "noop", "cron": "* * * * *", "timezone": "Mars/Olympus"}, 400,
+     "invalid_request", "timezone"),
+    ({"handler": "noop", "delay_ms": -1}, 400, "invalid_request", "delay_ms"),
+    ({"handler": "noop", "run_at": "tomorrow"}, 400, "invalid_request", "run_at"),
+    ({"handler": "noop", "run_at": "2026-01-01T00:00:00Z", "delay_ms": 5}, 400,
+     "invalid_request", "schedule"),
+    ({"handler": "noop", "schedule": "later"}, 400, "invalid_request", "schedule"),
+    ({"handler": "noop", "payload": "{not json"}, 400, "invalid_request", "payload"),
+    ({"handler": "noop", "payload": {"blob": "x" * 300000}}, 413, "payload_too_large", "payload"),
+    ({"handler": "nope"}, 400, "invalid_request", "handler"),
+    ({"handler": "noop", "queue": "ghost"}, 400, "invalid_request", "queue"),
+    ({"handler": "noop", "queue": "a b"}, 400, "invalid_request", "queue"),
+    ({"handler": "noop", "priority": 5000}, 400, "invalid_request", "priority"),
+    ({"handler": "noop", "max_attempts": 0}, 400, "invalid_request", "max_attempts"),
+    ({"handler": "noop", "max_duration_seconds": -1}, 400, "invalid_request",
+     "max_duration_seconds"),
+    ({"handler": "noop", "backoff": {"factor": 0.5}}, 400, "invalid_request", "backoff.factor"),
+    ({"handler": "noop", "backoff": {"base": 1}}, 400, "invalid_request", "backoff.base"),
+    ({"handler": "noop", "tags": "x"}, 400, "invalid_request", "tags"),
+    ({"handler": "noop", "every_ms": 10}, 400, "invalid_request", "every_ms"),
+    ({"handler": "http"}, 400, "invalid_request", "target"),
+    ({"handler": "http", "target": {"url": "ftp://x"}}, 400, "invalid_request", "target.url"),
+    ({"handler": "noop", "colour": "red"}, 400, "invalid_request", "colour"),
+    ({"handler": "noop", "name": "n"}, 400, "invalid_request", "name"),
+]
+
+
+@pytest.mark.parametrize("body,status,kind,field", BAD_JOBS,
+                         ids=[f"{i}-{c[3]}" for i, c in enumerate(BAD_JOBS)])
+def test_bad_jobs_get_a_precise_problem_and_write_nothing(server, body, status, kind, field):
+    problem(server.post("/jobs", body), status, kind, field)
+    assert server.get("/jobs").json()["jobs"] == []
+    assert server.get("/schedules").json()["schedules"] == []
+
+
+def test_bad_requests_elsewhere(server):
+    problem(server.get("/jobs/abc"), 400, "invalid_request", "job_id")
+    problem(server.get("/jobs/999"), 404, "not_found", "job_id")
+    problem(server.post("/queues/default/claim", {}), 400, "invalid_request", "worker")
+    problem(server.post("/queues/default/claim", {"worker": "w", "max": 1000}), 400,
+            "invalid_request", "max")
+    problem(server.post("/queues/ghost/claim", {"worker": "w"}), 404, "not_found", "queue")
+    problem(server.post("/jobs/1/complete", {}), 400, "invalid_request", "token")
+    problem(server.post("/jobs/1/fail", {"token": 1}), 400, "invalid_request", "error")
+    problem(server.post("/jobs/batch", {"jobs": []}), 400, "invalid_request", "jobs")
+    problem(server.post("/jobs/batch", {"jobs": [{"handler": "noop"}] * 1001}), 400,
+            "invalid_request", "jobs")
+    problem(server.put("/queues/q1", {"concurrency": -1}), 400, "invalid_request", "concurrency")
+    problem(server.post("/schedules", {"handler": "noop"}), 400, "invalid_request", "cron")
+    problem(server.post("/schedules", {"handler": "noop", "every_ms": 5000}), 400,
+            "invalid_request", "name")
