@@ -1,0 +1,165 @@
+"""Jobs survive crashes and shutdowns: kill -9 in the middle of a job and of
+10,000 jobs, graceful SIGTERM, and (PostgreSQL) several processes sharing one
+database: cron fires once, each job is claimed by one worker at a time, and a
+dead process's work is taken over after its lease runs out."""
+import os
+import signal
+import subprocess
+
+import pytest
+import requests
+
+from conftest import BIN, ENGINE, Server, await_condition, wait_job
+
+
+def submit(server, body):
+    r = server.post("/jobs", body)
+    assert r.status_code == 201, r.text
+    return r.json()["job_id"]
+
+
+def test_kill9_mid_job_the_job_finishes_later_exactly_once(make_server, database):
+    server = make_server()
+    # 2 s of work, a 2 s limit: the lease is 3 s.
+    job_id = submit(server, {"handler": "ledger", "payload": {"ms": 2000},
+                             "max_duration_seconds": 2})
+    wait_job(server, job_id, ("running",))
+    server.kill9()
+    server.start()
+    job = wait_job(server, job_id, timeout_s=60)
+    outcomes = [a["outcome"] for a in job["attempts"]]
+    assert outcomes == ["lease_expired", "completed"], outcomes
+    assert database.scalar(f"SELECT COUNT(*) FROM job_ledger WHERE job_id = {job_id}") == 1
+
+
+def test_kill9_with_10000_jobs_queued_and_running_each_done_exactly_once(make_server, database):
+    server = make_server(["--workers", "20"])
+    total = 10000
+    for start in range(0, total, 1000):
+        jobs = [{"handler": "ledger", "max_duration_seconds": 2} for _ in range(1000)]
+        r = server.post("/jobs/batch", {"jobs": jobs}, timeout=120)
+        assert r.status_code == 201, r.text
+
+    def completed():
+        return server.get("/queues/default").json()["depth"]["completed"]
+
+    await_condition(lambda: completed() >= 1000, timeout_s=120, what="1,000 jobs done")
+    server.kill9()
+    server.start()
+    await_condition(lambda: completed() == total, timeout_s=600, what="all jobs done")
+    assert database.scalar("SELECT COUNT(*) FROM jobs") == total
+    assert database.scalar("SELECT COUNT(*) FROM jobs WHERE state <> 'completed'") == 0
+    assert database.scalar("SELECT COUNT(*) FROM job_ledger") == total
+    assert database.scalar(
+        "SELECT COUNT(*) FROM jobs JOIN job_ledger ON job_ledger.job_id = jobs.id") == total
+
+
+def test_sigterm_lets_short_jobs_finish_and_hands_long_ones_back(make_server):
+    server = make_server(["--shutdown-timeout", "1500ms", "--workers", "4"])
+    short = submit(server, {"handler": "sleep", "payload": {"ms": 300}})
+    long_ = submit(server, {"handler": "sleep", "payload": {"ms": 60000},
+                            "max_duration_seconds": 120})
+    wait_job(server, short, ("running", "completed"))
+    wait_job(server, long_, ("running",))
+    server.stop()  # SIGTERM; checks exit code 0
+    lines = [l for l in server.lines() if l.get("event") == "jobs.pool_stopped"]
+    assert lines, "the pool stopped cleanly"
+    server.args = ["--workers", "0"]  # look without running anything
+    server.start()
+    assert server.get(f"/jobs/{short}").json()["state"] == "completed"
+    job = server.get(f"/jobs/{long_}").json()
+    assert job["state"] == "pending" and job["ready"] is True
+    assert job["attempts"][-1]["outcome"] == "interrupted"
+    assert job["attempt_limit"] == job["max_attempts"] + 1  # the interrupted one is not counted
+
+
+# ---- several processes on one PostgreSQL ---------------------------------------------------
+
+pg_only = pytest.mark.skipif(ENGINE != "pg", reason="SQLite has one owning process")
+
+
+def start_worker(database, tmp_path, name, args=()):
+    """A `backbone worker` process (no HTTP) on the shared database."""
+    log = open(tmp_path / f"{name}.log", "wb")
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    proc = subprocess.Popen([BIN, "worker", "--db", database.url, *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+    return proc, log
+
+
+def stop_worker(proc, log):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    log.close()
+
+
+@pg_only
+def test_three_processes_share_the_work_and_fire_cron_once(make_server, database, tmp_path):
+    server = make_server(["--workers", "5", "--scheduler-tick", "100ms"])
+    workers = [start_worker(database, tmp_path, f"w{i}", ["--workers", "5",
+                                                          "--scheduler-tick", "100ms"])
+               for i in range(2)]
+    try:
+        r = server.post("/schedules", {"name": "tick", "every_ms": 1000, "handler": "ledger"})
+        assert r.status_code == 201
+        jobs = [{"handler": "ledger", "payload": {"ms": 20}} for _ in range(300)]
+        assert server.post("/jobs/batch", {"jobs": jobs}).status_code == 201
+        await_condition(lambda: database.scalar(
+            "SELECT COUNT(*) FROM jobs WHERE schedule = 'tick' AND state = 'completed'") >= 4,
+            timeout_s=120, what="four fires")
+        await_condition(lambda: database.scalar(
+            "SELECT COUNT(*) FROM jobs WHERE schedule IS NULL AND state = 'completed'") == 300,
+            timeout_s=120, what="300 jobs")
+    finally:
+        for proc, log in workers:
+            stop_worker(proc, log)
+    assert server.post("/schedules/tick/pause").status_code == 200
+    # Each fire time made one job, and every job was claimed once: attempt 1,
+    # one ledger entry.
+    assert database.scalar("SELECT COUNT(*) FROM jobs WHERE schedule = 'tick'") == \
+        database.scalar("SELECT COUNT(DISTINCT scheduled_for_ms) FROM jobs WHERE schedule = 'tick'")
+    assert database.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'completed' AND attempt <> 1") == 0
+    assert database.scalar("SELECT COUNT(*) FROM job_attempts WHERE outcome <> 'completed'") == 0
+    assert database.scalar(
+        "SELECT COUNT(*) FROM jobs JOIN job_ledger ON job_ledger.job_id = jobs.id"
+        " WHERE jobs.state = 'completed'") == database.scalar(
+        "SELECT COUNT(*) FROM jobs WHERE state = 'completed'")
+    # The work was shared.
+    assert database.scalar("SELECT COUNT(DISTINCT leased_by) FROM jobs") >= 2
+
+
+@pg_only
+def test_a_killed_workers_jobs_go_to_the_others_after_its_lease(make_server, database, tmp_path):
+    server = make_server(["--workers", "0"])
+    server.put("/queues/slow", {})
+    a = start_worker(database, tmp_path, "a", ["--workers", "1", "--worker-queues", "slow",
+                                               "--scheduler-tick", "100ms"])
+    b = start_worker(database, tmp_path, "b", ["--workers", "1", "--worker-queues", "slow",
+                                               "--scheduler-tick", "100ms"])
+    try:
+        ids = [submit(server, {"queue": "slow", "handler": "ledger", "payload": {"ms": 3000},
+                               "max_duration_seconds": 4}) for _ in range(2)]
+
+        def both_running():
+            jobs = [server.get(f"/jobs/{i}").json() for i in ids]
+            if all(j["state"] == "running" for j in jobs):
+                return [j["lease"]["worker"] for j in jobs]
+            return None
+
+        running_on = await_condition(both_running, what="each worker running one job")
+        assert len(set(running_on)) == 2
+        victim = ids[running_on.index(next(w for w in running_on
+                                           if w.endswith(f":{a[0].pid}")))]
+        a[0].send_signal(signal.SIGKILL)
+        a[0].wait(timeout=30)
+        job = wait_job(server, victim, timeout_s=60)
+        assert [x["outcome"] for x in job["attempts"]] == ["lease_expired", "completed"]
+        assert job["attempts"][0]["worker"].endswith(f":{a[0].pid}")
+        assert job["attempts"][1]["worker"].endswith(f":{b[0].pid}")
+        wait_job(server, [i for i in ids if i != victim][0])
+        assert database.scalar("SELECT COUNT(*) FROM job_ledger") == 2
+    finally:
+        a[1].close()
+        stop_worker(*b)
