@@ -222,15 +222,15 @@ handle_http(struct job_run *run)
     struct bb_error e;
     enum err rc = http_client_do(client, "POST", url, run->job->payload, &resp, &e);
     http_client_destroy(client);
-    json_decref(target);
-    if (rc != ERR_OK) {
+    long status = rc == ERR_OK ? resp.status : 0;
+    if (rc != ERR_OK)
         bb_buf_printf(&run->error, "POST %s: %s", url, e.detail);
-        return JOB_RETRY;
-    }
-    long status = resp.status;
-    if (status < 200 || status >= 300)
+    else if (status < 200 || status >= 300)
         bb_buf_printf(&run->error, "POST %s answered %ld: %.200s", url, status,
                       resp.body.data ? resp.body.data : "");
+    json_decref(target); /* `url` points into it: freed only now */
+    if (rc != ERR_OK)
+        return JOB_RETRY;
     bb_buf_deinit(&resp.body);
     if (status >= 200 && status < 300)
         return JOB_DONE;

@@ -850,6 +850,8 @@ static void
 claim_give_up(void *arg, enum err why)
 {
     struct jop *op = arg;
+    json_decref(op->out); /* the empty answer the last attempt left */
+    op->out = NULL;
     if (why == ERR_TIMEOUT) { /* nothing came: an empty answer, as a long poll does */
         http_reply_json(op->req, 200, json_pack("{s:[]}", "jobs"));
         return;

@@ -1,0 +1,370 @@
+/*
+ * jobbench: load for Backbone's job API, one measurement per run, printed as
+ * one JSON line.
+ *
+ *   jobbench submit  --url U --duration 5s   one client submitting no-op jobs one
+ *                                             by one: jobs/s, p50/p99 per submit
+ *   jobbench batch   --url U --jobs 20000    batches of 1000 in one request each
+ *   jobbench process --url U --jobs 20000    submit into a paused queue, resume it,
+ *                                             time first start to last completion
+ *   jobbench latency --url U --samples 200   idle system: a waiting pull claim vs
+ *                                             a submit; time submit sent -> job claimed
+ *   jobbench deep    --url U --jobs 1000000  queue N jobs, then time single claims
+ *
+ * Every submit answered 201 is durable (the server commits before answering).
+ */
+#include "http/http.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct config {
+    char *url;
+    char *label;
+    int64_t duration_ms;
+    int64_t jobs;
+    int64_t samples;
+    int64_t clients;
+};
+
+#define OFF(f) offsetof(struct config, f)
+static const struct bb_opt OPTS[] = {
+    {"url", BB_OPT_STRING, OFF(url), 0, 0, "http://127.0.0.1:8080", "server URL", 0},
+    {"label", BB_OPT_STRING, OFF(label), 0, 0, "", "name printed with the result", 0},
+    {"duration", BB_OPT_DURATION, OFF(duration_ms), 100, 3600000, "5s", "submit: how long", 0},
+    {"jobs", BB_OPT_INT, OFF(jobs), 1, 100000000, "20000", "batch/process/deep: how many", 0},
+    {"samples", BB_OPT_INT, OFF(samples), 1, 100000, "200", "latency/deep: measurements", 0},
+    {"clients", BB_OPT_INT, OFF(clients), 1, 64, "1", "submit: concurrent clients", 0},
+};
+
+static struct config cfg;
+
+/* One request; exits unless the status is `want` (0: any 2xx). */
+static json_t *
+call(struct http_client *h, const char *method, const char *path, const char *body, long want)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", cfg.url, path);
+    struct http_client_response resp;
+    struct bb_error e;
+    if (http_client_do(h, method, url, body, &resp, &e) != ERR_OK) {
+        fprintf(stderr, "jobbench: %s %s: %s\n", method, path, e.detail);
+        exit(1);
+    }
+    if (want ? resp.status != want : resp.status / 100 != 2) {
+        fprintf(stderr, "jobbench: %s %s answered %ld: %.300s\n", method, path, resp.status,
+                resp.body.data ? resp.body.data : "");
+        exit(1);
+    }
+    json_t *doc = json_loadb(resp.body.data, resp.body.len, 0, NULL);
+    bb_buf_deinit(&resp.body);
+    return doc;
+}
+
+static int
+cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void
+percentiles(int64_t *ns, size_t n, double *p50_ms, double *p99_ms)
+{
+    qsort(ns, n, sizeof *ns, cmp_i64);
+    *p50_ms = n ? (double)ns[n / 2] / 1e6 : 0;
+    *p99_ms = n ? (double)ns[(size_t)((double)n * 0.99)] / 1e6 : 0;
+}
+
+/* ---- submit ---------------------------------------------------------------------------- */
+
+struct submitter {
+    int64_t end_ns;
+    int64_t *lat;
+    size_t n, cap;
+};
+
+static void *
+submit_main(void *arg)
+{
+    struct submitter *s = arg;
+    struct http_client *h = http_client_create(NULL, 30000);
+    while (bb_mono_ns() < s->end_ns) {
+        int64_t t0 = bb_mono_ns();
+        json_decref(call(h, "POST", "/jobs", "{\"queue\":\"sink\",\"handler\":\"noop\"}", 201));
+        if (s->n == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 4096;
+            s->lat = xrealloc(s->lat, s->cap * sizeof *s->lat);
+        }
+        s->lat[s->n++] = bb_mono_ns() - t0;
+    }
+    http_client_destroy(h);
+    return NULL;
+}
+
+/* A paused queue: submits measure the API and the commit, not the workers. */
+static void
+paused_queue(struct http_client *h, const char *name)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/queues/%s", name);
+    json_t *q = call(h, "PUT", path, "{\"paused\":true}", 0);
+    json_decref(q);
+}
+
+static void
+run_submit(void)
+{
+    struct http_client *h = http_client_create(NULL, 30000);
+    paused_queue(h, "sink");
+    http_client_destroy(h);
+    size_t n = (size_t)cfg.clients;
+    struct submitter *s = xcalloc(n, sizeof *s);
+    pthread_t *t = xcalloc(n, sizeof *t);
+    int64_t start = bb_mono_ns();
+    for (size_t i = 0; i < n; i++) {
+        s[i].end_ns = start + cfg.duration_ms * 1000000;
+        pthread_create(&t[i], NULL, submit_main, &s[i]);
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        total += s[i].n;
+    }
+    double secs = (double)(bb_mono_ns() - start) / 1e9;
+    int64_t *all = xcalloc(total ? total : 1, sizeof *all);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(all + k, s[i].lat, s[i].n * sizeof *all);
+        k += s[i].n;
+        free(s[i].lat);
+    }
+    double p50, p99;
+    percentiles(all, total, &p50, &p99);
+    printf("{\"bench\":\"submit\",\"label\":\"%s\",\"clients\":%zu,\"jobs\":%zu,"
+           "\"jobs_per_s\":%.0f,\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
+           cfg.label, n, total, (double)total / secs, p50, p99);
+    free(all);
+    free(s);
+    free(t);
+}
+
+/* ---- batches ---------------------------------------------------------------------------- */
+
+static char *
+batch_body(const char *queue, const char *handler, int64_t n)
+{
+    struct bb_buf b;
+    bb_buf_init(&b);
+    bb_buf_puts(&b, "{\"jobs\":[");
+    for (int64_t i = 0; i < n; i++)
+        bb_buf_printf(&b, "%s{\"queue\":\"%s\",\"handler\":\"%s\",\"payload\":{\"i\":%" PRId64 "}}",
+                      i ? "," : "", queue, handler, i);
+    bb_buf_puts(&b, "]}");
+    return b.data;
+}
+
+/* Submit `total` jobs in requests of 1000; returns jobs/s. */
+static double
+submit_batches(struct http_client *h, const char *queue, const char *handler, int64_t total)
+{
+    char *body = batch_body(queue, handler, total < 1000 ? total : 1000);
+    int64_t t0 = bb_mono_ns();
+    for (int64_t done = 0; done < total; done += 1000)
+        json_decref(call(h, "POST", "/jobs/batch", body, 201));
+    double secs = (double)(bb_mono_ns() - t0) / 1e9;
+    free(body);
+    return (double)total / secs;
+}
+
+static void
+run_batch(void)
+{
+    struct http_client *h = http_client_create(NULL, 120000);
+    paused_queue(h, "sink");
+    double rate = submit_batches(h, "sink", "noop", cfg.jobs);
+    printf("{\"bench\":\"batch\",\"label\":\"%s\",\"jobs\":%" PRId64 ",\"jobs_per_s\":%.0f}\n",
+           cfg.label, cfg.jobs, rate);
+    http_client_destroy(h);
+}
+
+/* ---- processing ----------------------------------------------------------------------------- */
+
+/* Does `queue` still have a job in `state`? One indexed row, not a count. */
+static bool
+any_job(struct http_client *h, const char *queue, const char *state)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/jobs?queue=%s&state=%s&limit=1", queue, state);
+    json_t *page = call(h, "GET", path, NULL, 200);
+    bool any = json_array_size(json_object_get(page, "jobs")) > 0;
+    json_decref(page);
+    return any;
+}
+
+static void
+run_process(void)
+{
+    struct http_client *h = http_client_create(NULL, 120000);
+    paused_queue(h, "work");
+    submit_batches(h, "work", "noop", cfg.jobs);
+    int64_t t0 = bb_mono_ns();
+    json_decref(call(h, "POST", "/queues/work/resume", "{}", 200));
+    while (any_job(h, "work", "pending") || any_job(h, "work", "running"))
+        bb_sleep_ms(2);
+    double secs = (double)(bb_mono_ns() - t0) / 1e9;
+    printf("{\"bench\":\"process\",\"label\":\"%s\",\"jobs\":%" PRId64 ",\"jobs_per_s\":%.0f}\n",
+           cfg.label, cfg.jobs, (double)cfg.jobs / secs);
+    http_client_destroy(h);
+}
+
+/* ---- latency ------------------------------------------------------------------------------ */
+
+struct claimer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool parked;
+    int64_t claimed_ns;
+};
+
+static void *
+claim_main(void *arg)
+{
+    struct claimer *c = arg;
+    struct http_client *h = http_client_create(NULL, 30000);
+    json_t *r = call(h, "POST", "/queues/lat/claim",
+                     "{\"worker\":\"bench\",\"max\":1,\"wait_ms\":20000}", 200);
+    int64_t got = bb_mono_ns();
+    json_t *job = json_array_get(json_object_get(r, "jobs"), 0);
+    if (job == NULL) {
+        fprintf(stderr, "jobbench: the claim came back empty\n");
+        exit(1);
+    }
+    char path[64], body[64];
+    snprintf(path, sizeof path, "/jobs/%" JSON_INTEGER_FORMAT "/complete",
+             json_integer_value(json_object_get(job, "job_id")));
+    snprintf(body, sizeof body, "{\"token\":%" JSON_INTEGER_FORMAT "}",
+             json_integer_value(json_object_get(job, "lease_token")));
+    json_decref(call(h, "POST", path, body, 200));
+    json_decref(r);
+    pthread_mutex_lock(&c->mu);
+    c->claimed_ns = got;
+    pthread_mutex_unlock(&c->mu);
+    http_client_destroy(h);
+    return NULL;
+}
+
+/* Wait until the server has parked the claim (its gauge says so). */
+static void
+await_parked(struct http_client *h)
+{
+    for (int i = 0; i < 20000; i++) {
+        char url[256];
+        snprintf(url, sizeof url, "%s/metrics", cfg.url);
+        struct http_client_response resp;
+        struct bb_error e;
+        if (http_client_do(h, "GET", url, NULL, &resp, &e) == ERR_OK) {
+            bool parked = resp.body.data &&
+                          strstr(resp.body.data, "\nbackbone_job_claim_waiters 1\n") != NULL;
+            bb_buf_deinit(&resp.body);
+            if (parked)
+                return;
+        }
+        bb_sleep_ms(1);
+    }
+    fprintf(stderr, "jobbench: the claim never parked\n");
+    exit(1);
+}
+
+static void
+run_latency(void)
+{
+    struct http_client *h = http_client_create(NULL, 30000);
+    json_decref(call(h, "PUT", "/queues/lat", "{}", 0));
+    int64_t *lat = xcalloc((size_t)cfg.samples, sizeof *lat);
+    for (int64_t i = 0; i < cfg.samples; i++) {
+        struct claimer c = {.claimed_ns = 0};
+        pthread_mutex_init(&c.mu, NULL);
+        pthread_t t;
+        pthread_create(&t, NULL, claim_main, &c);
+        await_parked(h);
+        int64_t t0 = bb_mono_ns();
+        json_decref(
+            call(h, "POST", "/jobs", "{\"queue\":\"lat\",\"handler\":\"external:lat\"}", 201));
+        pthread_join(t, NULL);
+        lat[i] = c.claimed_ns - t0;
+        pthread_mutex_destroy(&c.mu);
+    }
+    double p50, p99;
+    percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    printf("{\"bench\":\"latency\",\"label\":\"%s\",\"samples\":%" PRId64
+           ",\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
+           cfg.label, cfg.samples, p50, p99);
+    free(lat);
+    http_client_destroy(h);
+}
+
+static void
+run_deep(void)
+{
+    struct http_client *h = http_client_create(NULL, 120000);
+    json_decref(call(h, "PUT", "/queues/deep", "{}", 0));
+    double rate = submit_batches(h, "deep", "external:deep", cfg.jobs);
+    int64_t *lat = xcalloc((size_t)cfg.samples, sizeof *lat);
+    for (int64_t i = 0; i < cfg.samples; i++) {
+        int64_t t0 = bb_mono_ns();
+        json_t *r = call(h, "POST", "/queues/deep/claim", "{\"worker\":\"bench\",\"max\":1}", 200);
+        lat[i] = bb_mono_ns() - t0;
+        if (json_array_size(json_object_get(r, "jobs")) != 1) {
+            fprintf(stderr, "jobbench: claim found nothing\n");
+            exit(1);
+        }
+        json_decref(r);
+    }
+    double p50, p99;
+    percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    printf("{\"bench\":\"deep\",\"label\":\"%s\",\"queued\":%" PRId64 ",\"fill_jobs_per_s\":%.0f,"
+           "\"claim_p50_ms\":%.2f,\"claim_p99_ms\":%.2f}\n",
+           cfg.label, cfg.jobs, rate, p50, p99);
+    free(lat);
+    http_client_destroy(h);
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *pos[1];
+    size_t npos = 0;
+    struct bb_error e;
+    if (bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), &cfg, argc - 1, argv + 1, false, pos, 1, &npos,
+                      &e) != ERR_OK ||
+        npos != 1) {
+        fprintf(stderr, "usage: jobbench submit|batch|process|latency|deep [options]\n%s\n",
+                npos == 1 ? e.detail : "");
+        bb_opts_help(stderr, OPTS, BB_ARRAY_LEN(OPTS), false);
+        return 2;
+    }
+    http_client_global_init();
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } benches[] = {{"submit", run_submit},
+                   {"batch", run_batch},
+                   {"process", run_process},
+                   {"latency", run_latency},
+                   {"deep", run_deep}};
+    int code = 2;
+    for (size_t i = 0; i < BB_ARRAY_LEN(benches); i++) {
+        if (strcmp(pos[0], benches[i].name) == 0) {
+            benches[i].fn();
+            code = 0;
+        }
+    }
+    if (code)
+        fprintf(stderr, "jobbench: unknown benchmark %s\n", pos[0]);
+    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &cfg);
+    http_client_global_cleanup();
+    return code;
+}
