@@ -55,6 +55,7 @@ static const struct store_migration MIGRATIONS[] = {
                   "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
                   "CREATE INDEX jobs_due ON jobs (run_at_ms) WHERE state = 'pending';"
                   "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
+                  "CREATE INDEX jobs_by_queue ON jobs (queue, id);"
                   "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
                   " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
                   "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule, scheduled_for_ms)"
@@ -98,6 +99,7 @@ static const struct store_migration MIGRATIONS[] = {
               "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
               "CREATE INDEX jobs_due ON jobs (run_at_ms) WHERE state = 'pending';"
               "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
+              "CREATE INDEX jobs_by_queue ON jobs (queue, id);"
               "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
               " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
               "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule, scheduled_for_ms)"
@@ -458,9 +460,19 @@ static struct store_stmt JOB_ATTEMPTS = {
     .sql = "SELECT attempt, worker, started_at_ms, finished_at_ms, outcome, error"
            " FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
 };
-static struct store_stmt JOB_LIST = {
-    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE ($1 = '' OR queue = $1)"
-           " AND ($2 = '' OR state = $2) AND id > $3 ORDER BY id LIMIT $4",
+/* One statement per filter combination, so each can use its index. */
+static struct store_stmt JOB_LIST_ALL = {
+    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id > $1 ORDER BY id LIMIT $2",
+};
+static struct store_stmt JOB_LIST_QUEUE = {
+    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE queue = $3 AND id > $1 ORDER BY id LIMIT $2",
+};
+static struct store_stmt JOB_LIST_STATE = {
+    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE state = $3 AND id > $1 ORDER BY id LIMIT $2",
+};
+static struct store_stmt JOB_LIST_BOTH = {
+    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE state = $3 AND queue = $4 AND id > $1"
+           " ORDER BY id LIMIT $2",
 };
 
 static json_t *
@@ -565,13 +577,20 @@ job_list_json(struct store_conn *c, const struct job_filter *f, int64_t now_ms, 
               struct bb_error *e)
 {
     struct store_rows r;
-    const struct store_param p[] = {
-        sp_text(f->queue ? f->queue : ""),
-        sp_text(f->has_state ? job_state_name(f->state) : ""),
-        sp_int(f->after_id),
-        sp_int(f->limit),
-    };
-    enum err rc = store_query(c, &JOB_LIST, p, BB_ARRAY_LEN(p), &r, e);
+    struct store_param p[4] = {sp_int(f->after_id), sp_int(f->limit)};
+    struct store_stmt *st = &JOB_LIST_ALL;
+    size_t n = 2;
+    if (f->has_state)
+        p[n++] = sp_text(job_state_name(f->state));
+    if (f->queue)
+        p[n++] = sp_text(f->queue);
+    if (f->has_state && f->queue)
+        st = &JOB_LIST_BOTH;
+    else if (f->has_state)
+        st = &JOB_LIST_STATE;
+    else if (f->queue)
+        st = &JOB_LIST_QUEUE;
+    enum err rc = store_query(c, st, p, n, &r, e);
     if (rc != ERR_OK)
         return rc;
     json_t *jobs = json_array();

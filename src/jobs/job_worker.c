@@ -3,8 +3,16 @@
  *
  * Three kinds of threads, passing work as messages through lists guarded by
  * one mutex:
- *   fetcher    claims as many jobs as there are free slots, in one unit of
- *              work (one statement per queue), and hands them to the runners;
+ *   fetcher    claims jobs in batches, in one unit of work (one statement per
+ *              queue), and hands them to the runners. It keeps up to
+ *              `capacity` jobs claimed (running or ready): the concurrency
+ *              plus a prefetch, and claims again when half of that is free or
+ *              a runner sits idle, so batches stay large under load. The
+ *              prefetch adapts: as many as the concurrency while jobs take a
+ *              while (so other processes get their share of slow jobs), up to
+ *              8 times as many (at least 64, at most 1000) while recent jobs
+ *              finish in under FAST_JOB_US, where a claim's commit would
+ *              otherwise cost more than the jobs themselves;
  *              then sleeps until a job is announced (store notification:
  *              in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), a slot
  *              frees up, the next delayed job falls due, or poll_ms passes
@@ -32,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { FINISH_BATCH_MAX = 1000, STUCK_GRACE_MS = 3000 };
+enum { FINISH_BATCH_MAX = 1000, STUCK_GRACE_MS = 3000, FAST_JOB_US = 2000 };
 
 struct ready {
     struct ready *next;
@@ -51,6 +59,8 @@ struct job_pool {
     struct store *store;
     const struct job_registry *reg;
     int concurrency;
+    int capacity;           /* most jobs claimed at once: running plus ready; guarded by mu */
+    double avg_duration_us; /* moving average of recent jobs; guarded by mu */
     int64_t poll_ms;
     bool ignore_wakeups;
     char worker[128];
@@ -84,6 +94,28 @@ static double
 rand01(void)
 {
     return (double)bb_rand_below(1000000) / 1000000.0;
+}
+
+/* mu held. Would the fetcher claim now? (Its wait condition, inverted.) */
+static bool
+fetch_due(const struct job_pool *p)
+{
+    int free_slots = p->capacity - p->running - p->n_ready;
+    return free_slots >= p->capacity / 2 || (p->n_ready == 0 && p->running < p->concurrency);
+}
+
+/* mu held. Update the moving average of job durations and the capacity. */
+static void
+adapt_prefetch(struct job_pool *p, double duration_us)
+{
+    p->avg_duration_us =
+        p->avg_duration_us >= 1e9 ? duration_us : 0.9 * p->avg_duration_us + 0.1 * duration_us;
+    int prefetch = p->concurrency;
+    if (p->avg_duration_us < FAST_JOB_US) {
+        prefetch = 8 * p->concurrency;
+        prefetch = prefetch < 64 ? 64 : prefetch > 1000 ? 1000 : prefetch;
+    }
+    p->capacity = p->concurrency + prefetch;
 }
 
 /* ---- fetching ------------------------------------------------------------------------ */
@@ -161,8 +193,8 @@ fetcher_main(void *arg)
     int64_t failures = 0;
     pthread_mutex_lock(&p->mu);
     while (!p->stopping) {
-        int free_slots = p->concurrency - p->running - p->n_ready;
-        if (free_slots <= 0) {
+        int free_slots = p->capacity - p->running - p->n_ready;
+        if (!fetch_due(p)) {
             pthread_cond_wait(&p->fetch_cv, &p->mu);
             continue;
         }
@@ -231,14 +263,16 @@ on_ready(void *arg, const char *channel, const char *payload)
 
 /* ---- running --------------------------------------------------------------------------- */
 
+/* mu held. The completer waits only on an empty list: wake it then. */
 static void
 queue_done(struct job_pool *p, struct done *d)
 {
-    /* mu held */
+    bool was_empty = p->done_head == NULL;
     d->next = p->done_head;
     p->done_head = d;
     p->n_done++;
-    pthread_cond_signal(&p->done_cv);
+    if (was_empty)
+        pthread_cond_signal(&p->done_cv);
 }
 
 static struct done *
@@ -265,7 +299,8 @@ outcome_of(enum job_verdict v, const struct job_run *run, bool cancelled)
     return bb_mono_ms() >= run->deadline_mono_ms ? JOB_OUTCOME_TIMEOUT : JOB_OUTCOME_FAILED;
 }
 
-static void
+/* Run one job; returns its outcome, to be queued by the caller. */
+static struct done *
 run_one(struct job_pool *p, struct job_lease *lease)
 {
     void *ctx = NULL;
@@ -290,9 +325,7 @@ run_one(struct job_pool *p, struct job_lease *lease)
     enum job_outcome outcome = outcome_of(v, &run, p->cancel);
     struct done *d = done_new(lease, outcome, run.error.len ? run.error.data : NULL, duration);
     bb_buf_deinit(&run.error);
-    pthread_mutex_lock(&p->mu);
-    queue_done(p, d);
-    pthread_mutex_unlock(&p->mu);
+    return d;
 }
 
 static void *
@@ -313,13 +346,17 @@ runner_main(void *arg)
         p->n_ready--;
         p->running++;
         pthread_mutex_unlock(&p->mu);
-        run_one(p, &r->lease);
+        struct done *d = run_one(p, &r->lease);
         job_lease_deinit(&r->lease);
         free(r);
         pthread_mutex_lock(&p->mu);
+        queue_done(p, d);
         p->running--;
-        pthread_cond_signal(&p->fetch_cv);
-        pthread_cond_broadcast(&p->idle_cv);
+        adapt_prefetch(p, d->duration_s * 1e6);
+        if (fetch_due(p))
+            pthread_cond_signal(&p->fetch_cv);
+        if (p->stopping)
+            pthread_cond_broadcast(&p->idle_cv);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -448,6 +485,8 @@ job_pool_start(struct store *s, const struct job_registry *r, const struct job_p
     p->store = s;
     p->reg = r;
     p->concurrency = o->concurrency > 0 ? o->concurrency : 1;
+    p->capacity = 2 * p->concurrency;
+    p->avg_duration_us = 1e9; /* unknown: assume slow until jobs show otherwise */
     p->poll_ms = o->poll_ms > 0 ? o->poll_ms : 1000;
     p->ignore_wakeups = o->ignore_wakeups;
     if (o->worker_name && *o->worker_name) {
