@@ -1,6 +1,6 @@
-"""Turn a benchmark's JSON lines into the Markdown table the README shows.
+"""Turn a benchmark's JSON lines into the Markdown tables the README shows.
 
-usage: report.py locks RESULTS.jsonl
+usage: report.py locks|jobs RESULTS.jsonl
 """
 import json
 import sys
@@ -26,8 +26,44 @@ def locks(rows):
               f"| {fmt(r.get('p99_ms'))} | {ratio} | {mem_s} |")
 
 
+def jobs(rows):
+    rss = {r["rss"]: r["peak_rss_kb"] for r in rows if "rss" in r}
+    ours = {}
+    for r in rows:
+        if r.get("bench"):
+            ours[(r["bench"], r["label"])] = r
+    print("| system | process, 10 workers | process, 100 workers | submit one by one "
+          "(p50/p99 ms) | submit in batches of 1000 | ready-to-start p50/p99 ms | "
+          "claim with 1M queued p50/p99 ms | peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for engine in ("sqlite", "postgres"):
+        b = f"backbone-{engine}"
+        g = lambda k, l: ours.get((k, l), {})
+        sub, bat, lat = g("submit", b), g("batch", b), g("latency", b)
+        deep = g("deep", b)
+        mem = max(v for k, v in rss.items() if k.startswith(b)) if rss else 0
+        print(f"| Backbone, {engine} | {g('process', b + '-w10').get('jobs_per_s', 0):,.0f} "
+              f"| {g('process', b + '-w100').get('jobs_per_s', 0):,.0f} "
+              f"| {sub.get('jobs_per_s', 0):,.0f} ({fmt(sub.get('p50_ms'))}/{fmt(sub.get('p99_ms'))}) "
+              f"| {bat.get('jobs_per_s', 0):,.0f} "
+              f"| {fmt(lat.get('p50_ms'))}/{fmt(lat.get('p99_ms'))} "
+              f"| {fmt(deep.get('claim_p50_ms'))}/{fmt(deep.get('claim_p99_ms'))} "
+              f"| {mem / 1024:.0f} MiB |")
+    peers = {}
+    for r in rows:
+        if r.get("peer"):
+            peers.setdefault(r["peer"], {})[r["CONC"]] = r
+    names = {"graphile-worker": "graphile-worker (PostgreSQL)", "pg-boss": "pg-boss (PostgreSQL)",
+             "bullmq": "BullMQ (Redis, no persistence)", "celery": "Celery (Redis, no persistence)"}
+    for peer, by_conc in peers.items():
+        r10, r100 = by_conc.get(10, {}), by_conc.get(100, {})
+        print(f"| {names.get(peer, peer)} | {r10.get('process_per_s', 0):,.0f} "
+              f"| {r100.get('process_per_s', 0):,.0f} | {r10.get('enqueue_single_per_s', 0):,.0f} "
+              f"| {r10.get('enqueue_batch_per_s', 0):,.0f} | – | – | – |")
+
+
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
     with open(path) as f:
         data = [json.loads(line) for line in f if line.strip()]
-    {"locks": locks}[kind](data)
+    {"locks": locks, "jobs": jobs}[kind](data)
