@@ -23,6 +23,7 @@ asan:
 
 bench:
 	bench/locks/run.sh
+	bench/jobs/run.sh
 
 format:
 	scripts/format.sh
