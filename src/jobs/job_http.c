@@ -490,27 +490,28 @@ static enum err
 batch_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
-    int64_t now = bb_wall_ms();
+    int64_t *ids = xcalloc(op->n_specs, sizeof *ids);
+    bool *created = xcalloc(op->n_specs, sizeof *created);
+    size_t at = 0;
+    enum err rc = job_submit_many(c, op->specs, op->n_specs, bb_wall_ms(), ids, created, &at, e);
+    if (rc != ERR_OK) {
+        free(ids);
+        free(created);
+        char f[sizeof e->field + 32];
+        snprintf(f, sizeof f, "jobs[%zu].%s", at, e->field[0] ? e->field : "job");
+        char detail[sizeof e->detail];
+        bb_strlcpy(detail, e->detail, sizeof detail); /* bb_fail writes e->detail */
+        return bb_fail(e, rc == ERR_NOT_FOUND ? ERR_INVALID : rc, f, "jobs[%zu]: %s", at, detail);
+    }
     json_t *list = json_array();
     op->n = 0;
     for (size_t i = 0; i < op->n_specs; i++) {
-        int64_t id;
-        bool created;
-        enum err rc = job_submit(c, &op->specs[i], now, &id, &created, e);
-        if (rc != ERR_OK) {
-            json_decref(list);
-            char f[sizeof e->field + 32];
-            snprintf(f, sizeof f, "jobs[%zu].%s", i, e->field[0] ? e->field : "job");
-            if (rc == ERR_NOT_FOUND)
-                rc = ERR_INVALID;
-            char detail[sizeof e->detail];
-            bb_strlcpy(detail, e->detail, sizeof detail); /* bb_fail writes e->detail */
-            return bb_fail(e, rc, f, "jobs[%zu]: %s", i, detail);
-        }
-        op->n += created;
+        op->n += created[i];
         json_array_append_new(
-            list, json_pack("{s:I, s:b}", "job_id", (json_int_t)id, "created", created));
+            list, json_pack("{s:I, s:b}", "job_id", (json_int_t)ids[i], "created", created[i]));
     }
+    free(ids);
+    free(created);
     jop_answer(op, 201, json_pack("{s:o}", "jobs", list));
     return ERR_OK;
 }

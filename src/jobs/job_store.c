@@ -13,6 +13,11 @@
  * and completions of a whole batch are one UPDATE plus one INSERT of their
  * attempt rows, fed a JSON array (json_to_recordset on PostgreSQL, json_each
  * on SQLite).
+ *
+ * Indexes are few and mostly partial (ready jobs, running leases, due times,
+ * unique keys, schedule fires, dead letters): PostgreSQL adds an entry to
+ * every full index on each update of a row, and a job's row is updated at
+ * least twice.
  */
 #include "jobs/jobs_int.h"
 
@@ -54,8 +59,7 @@ static const struct store_migration MIGRATIONS[] = {
                   " WHERE state = 'pending';"
                   "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
                   "CREATE INDEX jobs_due ON jobs (run_at_ms) WHERE state = 'pending';"
-                  "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
-                  "CREATE INDEX jobs_by_queue ON jobs (queue, id);"
+                  "CREATE INDEX jobs_dead ON jobs (queue, id) WHERE state = 'dead';"
                   "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
                   " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
                   "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule, scheduled_for_ms)"
@@ -98,8 +102,7 @@ static const struct store_migration MIGRATIONS[] = {
               " WHERE state = 'pending';"
               "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms) WHERE state = 'running';"
               "CREATE INDEX jobs_due ON jobs (run_at_ms) WHERE state = 'pending';"
-              "CREATE INDEX jobs_by_state ON jobs (state, queue, id);"
-              "CREATE INDEX jobs_by_queue ON jobs (queue, id);"
+              "CREATE INDEX jobs_dead ON jobs (queue, id) WHERE state = 'dead';"
               "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
               " WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');"
               "CREATE UNIQUE INDEX jobs_fires ON jobs (schedule, scheduled_for_ms)"
@@ -393,24 +396,21 @@ static struct store_stmt JOB_BY_UNIQUE = {
            " AND state IN ('pending', 'running')",
 };
 
-enum err
-job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, int64_t *id,
-           bool *created, struct bb_error *e)
+enum { INSERT_PARAMS = 18 };
+
+/* JOB_INSERT's parameters for `spec` in queue `q`. */
+static void
+insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t now_ms,
+              struct store_param p[INSERT_PARAMS])
 {
-    const char *queue = spec->queue ? spec->queue : "default";
-    struct job_queue q;
-    enum err rc = job_queue_get(c, queue, &q, e);
-    if (rc != ERR_OK)
-        return rc;
-    const struct job_backoff *b = spec->has_backoff ? &spec->backoff : &q.backoff;
-    int64_t attempts = spec->max_attempts > 0 ? spec->max_attempts : q.max_attempts;
-    int64_t run_at = spec->run_at_ms > 0 ? spec->run_at_ms : now_ms;
-    const struct store_param p[] = {
-        sp_text(queue),
+    const struct job_backoff *b = spec->has_backoff ? &spec->backoff : &q->backoff;
+    int64_t attempts = spec->max_attempts > 0 ? spec->max_attempts : q->max_attempts;
+    const struct store_param values[INSERT_PARAMS] = {
+        sp_text(q->name),
         sp_text(spec->handler),
         sp_int(job_handler_is_external(spec->handler)),
         sp_int(spec->priority),
-        sp_int(run_at),
+        sp_int(spec->run_at_ms > 0 ? spec->run_at_ms : now_ms),
         sp_text(spec->payload ? spec->payload : "{}"),
         sp_text(spec->target),
         sp_text(spec->tags ? spec->tags : "[]"),
@@ -420,16 +420,30 @@ job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, in
         sp_int(b->factor_milli),
         sp_int(b->cap_ms),
         sp_int(b->jitter_pct),
-        sp_int(spec->max_duration_ms > 0 ? spec->max_duration_ms : q.lease_ms),
+        sp_int(spec->max_duration_ms > 0 ? spec->max_duration_ms : q->lease_ms),
         sp_text(spec->schedule),
         spec->schedule ? sp_int(spec->scheduled_for_ms) : sp_null(),
         sp_int(now_ms),
     };
+    memcpy(p, values, sizeof values);
+}
+
+enum err
+job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, int64_t *id,
+           bool *created, struct bb_error *e)
+{
+    const char *queue = spec->queue ? spec->queue : "default";
+    struct job_queue q;
+    enum err rc = job_queue_get(c, queue, &q, e);
+    if (rc != ERR_OK)
+        return rc;
+    struct store_param p[INSERT_PARAMS];
+    insert_params(spec, &q, now_ms, p);
     struct store_stmt *st = spec->schedule     ? &JOB_INSERT_FIRE
                             : spec->unique_key ? &JOB_INSERT_UNIQUE
                                                : &JOB_INSERT;
     bool inserted;
-    rc = query_int(c, st, p, BB_ARRAY_LEN(p), id, &inserted, e);
+    rc = query_int(c, st, p, INSERT_PARAMS, id, &inserted, e);
     if (rc != ERR_OK)
         return rc;
     *created = inserted;
@@ -441,8 +455,66 @@ job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, in
             return bb_fail(e, ERR_RETRY, "", "unique job changed concurrently");
         return rc;
     }
+    int64_t run_at = spec->run_at_ms > 0 ? spec->run_at_ms : now_ms;
     if (inserted && run_at <= now_ms && !q.paused)
         rc = store_notify(c, JOBS__CHANNEL, queue, e);
+    return rc;
+}
+
+enum err
+job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, int64_t now_ms,
+                int64_t *ids, bool *created, size_t *failed_at, struct bb_error *e)
+{
+    struct store_param *params = xcalloc(n ? n : 1, INSERT_PARAMS * sizeof *params);
+    size_t *rows = xcalloc(n ? n : 1, sizeof *rows); /* spec index of each plain row */
+    int64_t *got = xcalloc(n ? n : 1, sizeof *got);
+    /* Each distinct queue's settings, alive for the whole call: the rows'
+     * parameters borrow their names. */
+    struct job_queue *queues = xcalloc(n ? n : 1, sizeof *queues);
+    size_t n_queues = 0;
+    size_t n_rows = 0;
+    enum err rc = ERR_OK;
+    const char *notify_queues[16];
+    size_t n_notify = 0;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        const struct job_spec *sp = &specs[i];
+        *failed_at = i;
+        if (sp->unique_key || sp->schedule) { /* may find a job: one by one */
+            rc = job_submit(c, sp, now_ms, &ids[i], &created[i], e);
+            continue;
+        }
+        const char *queue = sp->queue ? sp->queue : "default";
+        struct job_queue *q = NULL;
+        for (size_t k = 0; k < n_queues && q == NULL; k++)
+            q = strcmp(queues[k].name, queue) == 0 ? &queues[k] : NULL;
+        if (q == NULL) {
+            q = &queues[n_queues];
+            rc = job_queue_get(c, queue, q, e);
+            if (rc != ERR_OK)
+                break;
+            n_queues++;
+        }
+        insert_params(sp, q, now_ms, params + n_rows * INSERT_PARAMS);
+        rows[n_rows++] = i;
+        bool ready = (sp->run_at_ms > 0 ? sp->run_at_ms : now_ms) <= now_ms && !q->paused;
+        bool known = false;
+        for (size_t k = 0; k < n_notify && !known; k++)
+            known = strcmp(notify_queues[k], queue) == 0;
+        if (ready && !known && n_notify < BB_ARRAY_LEN(notify_queues))
+            notify_queues[n_notify++] = q->name;
+    }
+    if (rc == ERR_OK)
+        rc = store_exec_many(c, &JOB_INSERT, params, INSERT_PARAMS, n_rows, got, e);
+    for (size_t k = 0; k < n_rows && rc == ERR_OK; k++) {
+        ids[rows[k]] = got[k];
+        created[rows[k]] = true;
+    }
+    for (size_t k = 0; k < n_notify && rc == ERR_OK; k++)
+        rc = store_notify(c, JOBS__CHANNEL, notify_queues[k], e);
+    free(params);
+    free(rows);
+    free(got);
+    free(queues);
     return rc;
 }
 
@@ -761,6 +833,32 @@ lease_order(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+/* The claimed rows (LEASE_COLUMNS) into a heap array; closes `r`. */
+static void
+leases_from(struct store_rows *r, struct job_lease **leases, size_t *n)
+{
+    if (r->nrows > 0) {
+        *leases = xcalloc((size_t)r->nrows, sizeof **leases);
+        while (store_next(r)) {
+            struct job_lease *l = &(*leases)[(*n)++];
+            l->id = store_col_int(r, 0);
+            l->queue = xstrdup(store_col_text(r, 1));
+            l->handler = xstrdup(store_col_text(r, 2));
+            l->payload = xstrdup(store_col_text(r, 3));
+            l->target = store_col_is_null(r, 4) ? NULL : xstrdup(store_col_text(r, 4));
+            l->attempt = store_col_int(r, 5);
+            l->attempt_limit = store_col_int(r, 6);
+            l->lease_token = store_col_int(r, 7);
+            l->lease_expires_at_ms = store_col_int(r, 8);
+            l->max_duration_ms = store_col_int(r, 9);
+            l->created_at_ms = store_col_int(r, 10);
+            l->run_at_ms = store_col_int(r, 11);
+        }
+        qsort(*leases, *n, sizeof **leases, lease_order);
+    }
+    store_rows_close(r);
+}
+
 enum err
 job_claim(struct store_conn *c, const char *queue, const char *worker, bool external, int64_t max,
           int64_t lease_ms, int64_t now_ms, struct job_lease **leases, size_t *n,
@@ -792,26 +890,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
     rc = store_query(c, &JOB_CLAIM, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)
         return rc;
-    if (r.nrows > 0) {
-        *leases = xcalloc((size_t)r.nrows, sizeof **leases);
-        while (store_next(&r)) {
-            struct job_lease *l = &(*leases)[(*n)++];
-            l->id = store_col_int(&r, 0);
-            l->queue = xstrdup(store_col_text(&r, 1));
-            l->handler = xstrdup(store_col_text(&r, 2));
-            l->payload = xstrdup(store_col_text(&r, 3));
-            l->target = store_col_is_null(&r, 4) ? NULL : xstrdup(store_col_text(&r, 4));
-            l->attempt = store_col_int(&r, 5);
-            l->attempt_limit = store_col_int(&r, 6);
-            l->lease_token = store_col_int(&r, 7);
-            l->lease_expires_at_ms = store_col_int(&r, 8);
-            l->max_duration_ms = store_col_int(&r, 9);
-            l->created_at_ms = store_col_int(&r, 10);
-            l->run_at_ms = store_col_int(&r, 11);
-        }
-        qsort(*leases, *n, sizeof **leases, lease_order);
-    }
-    store_rows_close(&r);
+    leases_from(&r, leases, n);
     return ERR_OK;
 }
 
@@ -1370,18 +1449,47 @@ job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct b
 /* ---- for the workers
  * -------------------------------------------------------------------------------- */
 
-static struct store_stmt QUEUE_NAMES = {
-    .sql = "SELECT name FROM job_queues WHERE paused = 0 ORDER BY name",
+static struct store_stmt LIMITED_QUEUES = {
+    .sql = "SELECT name FROM job_queues WHERE paused = 0 AND concurrency > 0 ORDER BY name",
+};
+#define CLAIM_SET                                                                              \
+    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1," \
+    " leased_by = $3, lease_expires_at_ms = $1 + max_duration_ms + 1000, started_at_ms = $1,"  \
+    " updated_at_ms = $1"
+/*
+ * The embedded workers' claim over every queue that is not paused and has no
+ * concurrency limit ($4: a JSON array of queue names to stay within; [] for
+ * all): each queue's best ready jobs through its own index, then the best of
+ * those overall (priority, then age). A paused queue's backlog is never
+ * scanned. $1 now, $2 max, $3 worker.
+ */
+static struct store_stmt CLAIM_UNLIMITED = {
+    .sql_pg = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q CROSS JOIN LATERAL"
+                        " (SELECT id, priority, run_at_ms FROM jobs WHERE queue = q.name"
+                        " AND state = 'pending' AND external = 0 AND run_at_ms <= $1"
+                        " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
+                        " WHERE q.paused = 0 AND q.concurrency = 0 AND (json_array_length($4::json)"
+                        " = 0 OR q.name IN (SELECT json_array_elements_text($4::json)))"
+                        " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
+                        " RETURNING " LEASE_COLUMNS,
+    .sql_sqlite = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q JOIN jobs j ON j.id IN"
+                            " (SELECT id FROM jobs WHERE queue = q.name AND state = 'pending'"
+                            " AND external = 0 AND run_at_ms <= $1"
+                            " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
+                            " WHERE q.paused = 0 AND q.concurrency = 0 AND (json_array_length($4)"
+                            " = 0 OR q.name IN (SELECT value FROM json_each($4)))"
+                            " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
+                            " RETURNING " LEASE_COLUMNS,
 };
 static struct store_stmt NEXT_DUE = {
     .sql = "SELECT MIN(run_at_ms) FROM jobs WHERE state = 'pending' AND run_at_ms > $1",
 };
 
 enum err
-jobs__queue_names(struct store_conn *c, char ***names, size_t *n, struct bb_error *e)
+jobs__limited_queues(struct store_conn *c, char ***names, size_t *n, struct bb_error *e)
 {
     struct store_rows r;
-    enum err rc = store_query(c, &QUEUE_NAMES, NULL, 0, &r, e);
+    enum err rc = store_query(c, &LIMITED_QUEUES, NULL, 0, &r, e);
     if (rc != ERR_OK)
         return rc;
     *n = 0;
@@ -1398,6 +1506,22 @@ jobs__free_names(char **names, size_t n)
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
+}
+
+enum err
+jobs__claim_unlimited(struct store_conn *c, const char *queues_json, const char *worker,
+                      int64_t max, int64_t now_ms, struct job_lease **leases, size_t *n,
+                      struct bb_error *e)
+{
+    *leases = NULL;
+    *n = 0;
+    const struct store_param p[] = {sp_int(now_ms), sp_int(max), sp_text(worker),
+                                    sp_text(queues_json ? queues_json : "[]")};
+    struct store_rows r;
+    enum err rc = store_query(c, &CLAIM_UNLIMITED, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc == ERR_OK)
+        leases_from(&r, leases, n);
+    return rc;
 }
 
 enum err

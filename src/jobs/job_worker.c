@@ -8,11 +8,11 @@
  *              `capacity` jobs claimed (running or ready): the concurrency
  *              plus a prefetch, and claims again when half of that is free or
  *              a runner sits idle, so batches stay large under load. The
- *              prefetch adapts: as many as the concurrency while jobs take a
- *              while (so other processes get their share of slow jobs), up to
- *              8 times as many (at least 64, at most 1000) while recent jobs
- *              finish in under FAST_JOB_US, where a claim's commit would
- *              otherwise cost more than the jobs themselves;
+ *              prefetch adapts: none while jobs take a while (a job waiting in
+ *              one process's buffer could run now in another's idle worker),
+ *              8 times the concurrency (at least 64, at most 1000) while
+ *              recent jobs finish in under FAST_JOB_US, where a claim's commit
+ *              would otherwise cost more than the jobs themselves;
  *              then sleeps until a job is announced (store notification:
  *              in-process on SQLite, LISTEN/NOTIFY on PostgreSQL), a slot
  *              frees up, the next delayed job falls due, or poll_ms passes
@@ -66,6 +66,7 @@ struct job_pool {
     char worker[128];
     char **queues; /* NULL: every queue */
     size_t n_queues;
+    char *queues_json; /* the same as a JSON array, for the claim; NULL: every queue */
 
     pthread_t fetcher;
     pthread_t completer;
@@ -110,7 +111,7 @@ adapt_prefetch(struct job_pool *p, double duration_us)
 {
     p->avg_duration_us =
         p->avg_duration_us >= 1e9 ? duration_us : 0.9 * p->avg_duration_us + 0.1 * duration_us;
-    int prefetch = p->concurrency;
+    int prefetch = 0;
     if (p->avg_duration_us < FAST_JOB_US) {
         prefetch = 8 * p->concurrency;
         prefetch = prefetch < 64 ? 64 : prefetch > 1000 ? 1000 : prefetch;
@@ -128,6 +129,29 @@ struct claim_unit {
     int64_t next_due_ms; /* earliest future run_at, 0 if none */
 };
 
+static void
+unit_append(struct claim_unit *u, struct job_lease *got, size_t n_got)
+{
+    if (n_got) {
+        u->leases = xrealloc(u->leases, (u->n + n_got) * sizeof *u->leases);
+        memcpy(u->leases + u->n, got, n_got * sizeof *got);
+        u->n += n_got;
+    }
+    free(got);
+}
+
+static bool
+serves(const struct job_pool *p, const char *queue)
+{
+    for (size_t i = 0; i < p->n_queues; i++) {
+        if (strcmp(p->queues[i], queue) == 0)
+            return true;
+    }
+    return p->queues == NULL;
+}
+
+/* One claim: every unlimited queue in one statement, then each queue with a
+ * concurrency limit on its own (it counts its running jobs exactly). */
 static enum err
 claim_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -140,32 +164,29 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     u->n = 0;
     u->next_due_ms = 0;
     int64_t now = bb_wall_ms();
-    char **names = p->queues;
-    size_t n_names = p->n_queues;
-    enum err rc = ERR_OK;
-    if (names == NULL)
-        rc = jobs__queue_names(c, &names, &n_names, e);
-    /* Start at a different queue each time so none starves the others. */
-    size_t start = n_names ? bb_rand_below(n_names) : 0;
-    for (size_t k = 0; k < n_names && rc == ERR_OK && (int64_t)u->n < u->want; k++) {
-        struct job_lease *got;
-        size_t n_got;
-        rc = job_claim(c, names[(start + k) % n_names], p->worker, false, u->want - (int64_t)u->n,
-                       0, now, &got, &n_got, e);
-        if (rc == ERR_OK && n_got) {
-            u->leases = xrealloc(u->leases, (u->n + n_got) * sizeof *u->leases);
-            memcpy(u->leases + u->n, got, n_got * sizeof *got);
-            u->n += n_got;
-            free(got);
-        } else if (rc == ERR_NOT_FOUND) {
-            rc = ERR_OK; /* a queue we serve does not exist (yet) */
-            bb_error_clear(e);
+    struct job_lease *got;
+    size_t n_got;
+    enum err rc =
+        jobs__claim_unlimited(c, p->queues_json, p->worker, u->want, now, &got, &n_got, e);
+    if (rc == ERR_OK)
+        unit_append(u, got, n_got);
+    if (rc == ERR_OK && (int64_t)u->n < u->want) {
+        char **limited;
+        size_t n_limited;
+        rc = jobs__limited_queues(c, &limited, &n_limited, e);
+        for (size_t k = 0; rc == ERR_OK && k < n_limited && (int64_t)u->n < u->want; k++) {
+            if (!serves(p, limited[k]))
+                continue;
+            rc = job_claim(c, limited[k], p->worker, false, u->want - (int64_t)u->n, 0, now, &got,
+                           &n_got, e);
+            if (rc == ERR_OK)
+                unit_append(u, got, n_got);
         }
+        if (rc == ERR_OK)
+            jobs__free_names(limited, n_limited);
     }
     if (rc == ERR_OK && (int64_t)u->n < u->want)
         rc = jobs__next_due(c, now, &u->next_due_ms, e);
-    if (names != p->queues)
-        jobs__free_names(names, n_names);
     return rc;
 }
 
@@ -471,9 +492,14 @@ split_queues(struct job_pool *p, const char *const *queues)
     while (queues[n])
         n++;
     p->queues = xcalloc(n, sizeof *p->queues);
-    for (size_t i = 0; i < n; i++)
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
         p->queues[i] = xstrdup(queues[i]);
+        json_array_append_new(list, json_string(queues[i]));
+    }
     p->n_queues = n;
+    p->queues_json = bb_json_dumps(list);
+    json_decref(list);
 }
 
 enum err
@@ -485,7 +511,7 @@ job_pool_start(struct store *s, const struct job_registry *r, const struct job_p
     p->store = s;
     p->reg = r;
     p->concurrency = o->concurrency > 0 ? o->concurrency : 1;
-    p->capacity = 2 * p->concurrency;
+    p->capacity = p->concurrency;
     p->avg_duration_us = 1e9; /* unknown: assume slow until jobs show otherwise */
     p->poll_ms = o->poll_ms > 0 ? o->poll_ms : 1000;
     p->ignore_wakeups = o->ignore_wakeups;
@@ -600,6 +626,7 @@ job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
     for (size_t i = 0; i < p->n_queues; i++)
         free(p->queues[i]);
     free(p->queues);
+    free(p->queues_json);
     free(p->runners);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->fetch_cv);

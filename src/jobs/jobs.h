@@ -153,6 +153,13 @@ struct job_spec {
 BB_WUR enum err job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms,
                            int64_t *id, bool *created, struct bb_error *e);
 
+/* Enqueue many jobs at once, inside the caller's transaction: one
+ * statement per queue (jobs with a unique key go one by one). On failure
+ * *failed_at is the spec at fault (a missing queue, say). */
+BB_WUR enum err job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n,
+                                int64_t now_ms, int64_t *ids, bool *created, size_t *failed_at,
+                                struct bb_error *e);
+
 /* ---- reading ------------------------------------------------------------------------------- */
 
 /* A job as the API shows it (JSON object), with its attempts when asked. */

@@ -26,8 +26,16 @@ enum err jobs__spec_from_json(const json_t *body, const struct job_registry *reg
                               struct jobs__recurring *recurring, struct bb_error *e);
 
 /* Store helpers for the workers (job_store.c). */
-/* Names of the queues not paused (heap array; jobs__free_names). */
-enum err jobs__queue_names(struct store_conn *c, char ***names, size_t *n, struct bb_error *e);
+/* Names of the queues not paused that have a concurrency limit (heap array;
+ * jobs__free_names). */
+enum err jobs__limited_queues(struct store_conn *c, char ***names, size_t *n, struct bb_error *e);
+/* Claim for the embedded workers from every queue not paused and without a
+ * concurrency limit, within `queues_json` (a JSON array of names; NULL or []
+ * for all): best priority first, then oldest, in one statement. The lease
+ * is each job's max_duration plus a second. */
+enum err jobs__claim_unlimited(struct store_conn *c, const char *queues_json, const char *worker,
+                               int64_t max, int64_t now_ms, struct job_lease **leases, size_t *n,
+                               struct bb_error *e);
 void jobs__free_names(char **names, size_t n);
 /* The earliest run_at of a pending job later than now (0: none). */
 enum err jobs__next_due(struct store_conn *c, int64_t now_ms, int64_t *next_ms, struct bb_error *e);

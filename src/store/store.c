@@ -263,6 +263,15 @@ store_exec(struct store_conn *c, struct store_stmt *st, const struct store_param
     return rc;
 }
 
+enum err
+store_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+                size_t n_params, size_t n_rows, int64_t *first_ints, struct bb_error *e)
+{
+    if (n_rows == 0)
+        return ERR_OK;
+    return c->ops->exec_many(c, st, params, n_params, n_rows, first_ints, e);
+}
+
 bool
 store_next(struct store_rows *r)
 {

@@ -112,6 +112,16 @@ BB_WUR enum err store_query(struct store_conn *c, struct store_stmt *st,
 BB_WUR enum err store_exec(struct store_conn *c, struct store_stmt *st,
                            const struct store_param *params, size_t n_params, int64_t *changes,
                            struct bb_error *e);
+/*
+ * Run `st` once per row of parameters (`params` holds n_rows rows of
+ * n_params, row after row), in order, as if by n_rows store_exec calls, but
+ * without a round trip each on PostgreSQL (pipelined). If `first_ints` is
+ * non-NULL it receives, per row, the first column of the statement's first
+ * result row (an INSERT ... RETURNING id), or 0 when it returned none.
+ */
+BB_WUR enum err store_exec_many(struct store_conn *c, struct store_stmt *st,
+                                const struct store_param *params, size_t n_params, size_t n_rows,
+                                int64_t *first_ints, struct bb_error *e);
 bool store_next(struct store_rows *r);
 bool store_col_is_null(const struct store_rows *r, int col);
 int64_t store_col_int(const struct store_rows *r, int col);

@@ -116,19 +116,20 @@ pg_disconnect(struct store_conn *c)
 }
 
 /*
- * Send `cmds` as one pipeline and read every result. The result of command
- * `keep` (-1: none) is handed back in *kept on success. The first failure is
- * reported; commands after it were skipped by the server.
+ * Send `cmds` as one pipeline and read every result. With `results` (room
+ * for n), each command's result is handed back (the caller PQclear's them);
+ * on failure none is. The first failure is reported; commands after it were
+ * skipped by the server. *failed_at gets how many succeeded.
  */
 static enum err
-pg_pipeline(struct store_conn *c, const struct pg_cmd *cmds, int n, int keep, PGresult **kept,
+pg_pipeline(struct store_conn *c, const struct pg_cmd *cmds, int n, PGresult **results,
             int *failed_at, struct bb_error *e)
 {
     struct pg_conn *pc = c->impl;
     PGconn *pg = pc->pg;
-    int failed = 0; /* index of the first command that did not succeed */
-    if (kept)
-        *kept = NULL;
+    int failed = 0; /* how many commands succeeded before the first failure */
+    if (results)
+        memset(results, 0, (size_t)n * sizeof *results);
     if (failed_at)
         *failed_at = 0;
     if (PQenterPipelineMode(pg) != 1)
@@ -163,8 +164,8 @@ pg_pipeline(struct store_conn *c, const struct pg_cmd *cmds, int n, int keep, PG
                 pg_error(c, res, st == PGRES_PIPELINE_ABORTED ? "pipeline aborted" : "pipeline", e);
         if (rc == ERR_OK)
             failed = i + 1;
-        if (i == keep && rc == ERR_OK && kept)
-            *kept = res;
+        if (results && rc == ERR_OK)
+            results[i] = res;
         else
             PQclear(res);
         PQclear(PQgetResult(pg)); /* the NULL that ends each command's results */
@@ -180,12 +181,14 @@ pg_pipeline(struct store_conn *c, const struct pg_cmd *cmds, int n, int keep, PG
             break;
     }
     (void)PQexitPipelineMode(pg);
-    if (rc != ERR_OK && kept && *kept) {
-        PQclear(*kept);
-        *kept = NULL;
-    }
     if (rc == ERR_OK && PQstatus(pg) != CONNECTION_OK)
         rc = pg_error(c, NULL, "pipeline", e);
+    if (rc != ERR_OK && results) {
+        for (int i = 0; i < n; i++) {
+            PQclear(results[i]);
+            results[i] = NULL;
+        }
+    }
     if (failed_at)
         *failed_at = failed;
     return rc;
@@ -219,65 +222,110 @@ pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
 /* The prepared-statement marker: any non-NULL pointer will do. */
 static char pg_prepared_marker;
 
-static enum err
-pg_query(struct store_conn *c, struct store_stmt *st, const struct store_param *params, size_t n,
-         struct store_rows *out, int64_t *changes, struct bb_error *e)
-{
-    if (n > PG_MAX_PARAMS)
-        return bb_fail(e, ERR_INTERNAL, "", "too many statement parameters (%zu)", n);
-    struct pg_conn *pc = c->impl;
-    int slot = store__stmt_slot(st);
-    char name[32];
-    snprintf(name, sizeof name, "bb%d", slot);
-    store__conn_reserve(c, slot);
+/* One execution's parameters as libpq wants them. */
+struct pg_args {
     Oid types[PG_MAX_PARAMS];
     const char *values[PG_MAX_PARAMS];
     int lengths[PG_MAX_PARAMS];
     int formats[PG_MAX_PARAMS];
     char ints[PG_MAX_PARAMS][24];
+};
+
+static enum err
+pg_args_fill(struct pg_args *a, const struct store_param *params, size_t n, struct bb_error *e)
+{
+    if (n > PG_MAX_PARAMS)
+        return bb_fail(e, ERR_INTERNAL, "", "too many statement parameters (%zu)", n);
     for (size_t i = 0; i < n; i++) {
         const struct store_param *p = &params[i];
-        lengths[i] = 0;
-        formats[i] = 0;
-        types[i] = 0;
-        values[i] = NULL;
+        a->lengths[i] = 0;
+        a->formats[i] = 0;
+        a->types[i] = 0;
+        a->values[i] = NULL;
         if (p->type == STORE_T_INT) {
-            snprintf(ints[i], sizeof ints[i], "%" PRId64, p->i);
-            values[i] = ints[i];
-            types[i] = PG_INT8OID;
+            snprintf(a->ints[i], sizeof a->ints[i], "%" PRId64, p->i);
+            a->values[i] = a->ints[i];
+            a->types[i] = PG_INT8OID;
         } else if (p->type == STORE_T_TEXT) {
             if (p->len > INT32_MAX)
                 return bb_fail(e, ERR_TOO_LARGE, "", "parameter too large");
-            values[i] = p->s;
-            lengths[i] = (int)p->len;
-            formats[i] = 1; /* binary text: raw bytes, no terminator needed */
-            types[i] = PG_TEXTOID;
+            a->values[i] = p->s;
+            a->lengths[i] = (int)p->len;
+            a->formats[i] = 1; /* binary text: raw bytes, no terminator needed */
+            a->types[i] = PG_TEXTOID;
         }
     }
-    struct pg_cmd cmds[3];
+    return ERR_OK;
+}
+
+/*
+ * Pipeline [BEGIN if pending] [PREPARE on first use] and the executions of
+ * `st` for `rows` rows of parameters; results of the executions go to
+ * `results` (rows entries), the caller PQclear's them.
+ */
+static enum err
+pg_run(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+       size_t n_params, size_t rows, PGresult **results, struct bb_error *e)
+{
+    struct pg_conn *pc = c->impl;
+    int slot = store__stmt_slot(st);
+    char name[32];
+    snprintf(name, sizeof name, "bb%d", slot);
+    store__conn_reserve(c, slot);
+    size_t n_cmds = rows + 2;
+    struct pg_cmd *cmds = xcalloc(n_cmds, sizeof *cmds);
+    struct pg_args *args = xcalloc(rows, sizeof *args);
+    PGresult **all = xcalloc(n_cmds, sizeof *all);
     int k = 0;
     bool began = pc->begin_pending;
     if (began)
         cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
+    enum err rc = pg_args_fill(&args[0], params, n_params, e);
     bool preparing = c->prepared[slot] == NULL;
-    if (preparing) /* parameter types come from this first call */
+    if (rc == ERR_OK && preparing) /* parameter types come from the first row */
         cmds[k++] = (struct pg_cmd){.sql = store__stmt_sql(st, STORE_POSTGRES),
                                     .prepare_name = name,
-                                    .n = (int)n,
-                                    .types = types};
-    cmds[k++] = (struct pg_cmd){
-        .exec_name = name, .n = (int)n, .values = values, .lengths = lengths, .formats = formats};
-    PGresult *res = NULL;
+                                    .n = (int)n_params,
+                                    .types = args[0].types};
+    int first_exec = k;
+    for (size_t r = 0; r < rows && rc == ERR_OK; r++) {
+        if (r > 0)
+            rc = pg_args_fill(&args[r], params + r * n_params, n_params, e);
+        cmds[k++] = (struct pg_cmd){.exec_name = name,
+                                    .n = (int)n_params,
+                                    .values = args[r].values,
+                                    .lengths = args[r].lengths,
+                                    .formats = args[r].formats};
+    }
     int done = 0;
-    enum err rc = pg_pipeline(c, cmds, k, k - 1, &res, &done, e);
+    if (rc == ERR_OK)
+        rc = pg_pipeline(c, cmds, k, all, &done, e);
     if (began && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
         pc->begin_pending = false;
         pc->txn_open = true;
     }
     /* Prepared statements outlive transactions: remember a PREPARE that
-     * succeeded even if the statement after it failed. */
-    if (preparing && done >= k - 1)
+     * succeeded even if a statement after it failed. */
+    if (preparing && done > first_exec - 1)
         c->prepared[slot] = &pg_prepared_marker;
+    for (int i = 0; i < k; i++) {
+        if (i >= first_exec && rc == ERR_OK)
+            results[i - first_exec] = all[i];
+        else
+            PQclear(all[i]);
+    }
+    free(all);
+    free(args);
+    free(cmds);
+    return rc;
+}
+
+static enum err
+pg_query(struct store_conn *c, struct store_stmt *st, const struct store_param *params, size_t n,
+         struct store_rows *out, int64_t *changes, struct bb_error *e)
+{
+    PGresult *res = NULL;
+    enum err rc = pg_run(c, st, params, n, 1, &res, e);
     if (rc != ERR_OK)
         return rc;
     if (changes) {
@@ -292,6 +340,31 @@ pg_query(struct store_conn *c, struct store_stmt *st, const struct store_param *
         PQclear(res);
     }
     return ERR_OK;
+}
+
+/* Chunks bound how far the pipeline writes ahead of its reads: with a
+ * blocking connection both sides could otherwise stall on full buffers. */
+enum { EXEC_MANY_CHUNK = 256 };
+
+static enum err
+pg_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+             size_t n_params, size_t n_rows, int64_t *first_ints, struct bb_error *e)
+{
+    PGresult **res = xcalloc(EXEC_MANY_CHUNK, sizeof *res);
+    enum err rc = ERR_OK;
+    for (size_t at = 0; at < n_rows && rc == ERR_OK; at += EXEC_MANY_CHUNK) {
+        size_t rows = n_rows - at < EXEC_MANY_CHUNK ? n_rows - at : EXEC_MANY_CHUNK;
+        rc = pg_run(c, st, params + at * n_params, n_params, rows, res, e);
+        for (size_t r = 0; r < rows && rc == ERR_OK; r++) {
+            if (first_ints)
+                first_ints[at + r] = PQntuples(res[r]) > 0 && PQnfields(res[r]) > 0
+                                         ? strtoll(PQgetvalue(res[r], 0, 0), NULL, 10)
+                                         : 0;
+            PQclear(res[r]);
+        }
+    }
+    free(res);
+    return rc;
 }
 
 static void
@@ -359,7 +432,7 @@ pg_commit(struct store_conn *c, struct bb_error *e)
             (struct pg_cmd){.sql = "SELECT pg_notify($1, $2)", .n = 2, .values = &values[2 * i]};
     }
     cmds[k++] = (struct pg_cmd){.sql = "COMMIT"};
-    enum err rc = pg_pipeline(c, cmds, k, -1, NULL, NULL, e);
+    enum err rc = pg_pipeline(c, cmds, k, NULL, NULL, e);
     free(cmds);
     free((void *)values);
     if (rc != ERR_OK && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
@@ -396,6 +469,7 @@ const struct store__ops store__pg_ops = {
     .disconnect = pg_disconnect,
     .exec_script = pg_exec_script,
     .query = pg_query,
+    .exec_many = pg_exec_many,
     .rows_free = pg_rows_free,
     .col_is_null = pg_col_is_null,
     .col_int = pg_col_int,

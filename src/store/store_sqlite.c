@@ -246,6 +246,36 @@ sq_query(struct store_conn *c, struct store_stmt *st, const struct store_param *
     return rc;
 }
 
+/* In-process statements cost no round trip: bind, step, reset, per row. */
+static enum err
+sq_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+             size_t n_params, size_t n_rows, int64_t *first_ints, struct bb_error *e)
+{
+    struct sq_stmt *p = NULL;
+    enum err rc = sq_prepare(c, st, &p, e);
+    for (size_t row = 0; row < n_rows && rc == ERR_OK; row++) {
+        rc = sq_bind(c, p, params + row * n_params, n_params, e);
+        if (first_ints)
+            first_ints[row] = 0;
+        bool first = true;
+        while (rc == ERR_OK) {
+            int step = sqlite3_step(p->stmt);
+            if (step == SQLITE_DONE)
+                break;
+            if (step != SQLITE_ROW) {
+                rc = sq_error(c, step, "step", e);
+                break;
+            }
+            if (first && first_ints)
+                first_ints[row] = sqlite3_column_int64(p->stmt, 0);
+            first = false;
+        }
+        sqlite3_reset(p->stmt);
+        sqlite3_clear_bindings(p->stmt);
+    }
+    return rc;
+}
+
 static void
 sq_rows_free(struct store_rows *r)
 {
@@ -328,6 +358,7 @@ const struct store__ops store__sqlite_ops = {
     .disconnect = sq_disconnect,
     .exec_script = sq_exec_script,
     .query = sq_query,
+    .exec_many = sq_exec_many,
     .rows_free = sq_rows_free,
     .col_is_null = sq_col_is_null,
     .col_int = sq_col_int,

@@ -516,6 +516,47 @@ list_pages_and_filters(void **state)
     (void)ids;
 }
 
+static void
+many_jobs_insert_in_order_across_queues_and_keys(void **state)
+{
+    struct fixture *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "other");
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    struct job_spec specs[5] = {
+        {.handler = "noop", .payload = "{\"i\":0}"},
+        {.queue = "other", .handler = "noop", .payload = "{\"i\":1}", .max_attempts = 2},
+        {.handler = "noop", .unique_key = "k", .payload = "{\"i\":2}"},
+        {.handler = "noop", .payload = "{\"i\":3}", .priority = 7},
+        {.handler = "noop", .unique_key = "k", .payload = "{\"i\":4}"},
+    };
+    int64_t ids[5];
+    bool created[5];
+    size_t at;
+    assert_ok(job_submit_many(f->c, specs, 5, T0, ids, created, &at, &e), &e);
+    assert_true(created[0] && created[1] && created[2] && created[3]);
+    assert_false(created[4]); /* same key as [2] */
+    assert_int_equal(ids[4], ids[2]);
+    assert_true(ids[0] < ids[3]); /* one queue's rows keep their order */
+    for (int i = 0; i < 4; i++) {
+        json_t *j = get(f->c, ids[i], T0);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "payload"), "i")),
+                         i);
+        json_decref(j);
+    }
+    json_t *j = get(f->c, ids[1], T0);
+    assert_string_equal(json_string_value(json_object_get(j, "queue")), "other");
+    assert_int_equal(json_integer_value(json_object_get(j, "max_attempts")), 2);
+    json_decref(j);
+    j = get(f->c, ids[3], T0);
+    assert_int_equal(json_integer_value(json_object_get(j, "priority")), 7);
+    json_decref(j);
+    struct job_spec bad[2] = {{.handler = "noop"}, {.queue = "ghost", .handler = "noop"}};
+    assert_int_equal(job_submit_many(f->c, bad, 2, T0, ids, created, &at, &e), ERR_NOT_FOUND);
+    assert_int_equal(at, 1);
+}
+
 /* ---- concurrent claimers ----------------------------------------------------------------- */
 
 enum { CLAIMERS = 6, JOBS = 300 };
@@ -605,6 +646,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),
     JOB_TEST(cron_schedules_use_their_time_zone),
     JOB_TEST(list_pages_and_filters),
+    JOB_TEST(many_jobs_insert_in_order_across_queues_and_keys),
     JOB_TEST(concurrent_claimers_never_share_a_job),
 };
 
