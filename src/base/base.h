@@ -128,6 +128,11 @@ void bb_buf_append(struct bb_buf *b, const void *p, size_t n);
 void bb_buf_puts(struct bb_buf *b, const char *s);
 BB_PRINTF(2, 3) void bb_buf_printf(struct bb_buf *b, const char *fmt, ...);
 void bb_buf_vprintf(struct bb_buf *b, const char *fmt, va_list ap);
+/* Copy `src` as text safe to store and show on one line: each byte of an
+ * invalid UTF-8 sequence becomes '?', each control character a space; cut
+ * on a character boundary to fit `cap` (> 0) with its NUL. Returns the
+ * length written. */
+size_t bb_utf8_copy(char *dst, size_t cap, const char *src);
 /* Append `s` as a quoted JSON string (escapes control characters, " and \). */
 void bb_buf_json_string(struct bb_buf *b, const char *s);
 
@@ -183,7 +188,7 @@ void bb_tz_epoch_to_civil(const char *tz, int64_t epoch_s, struct bb_civil *out)
 BB_WUR enum err bb_rfc3339_parse(const char *text, int64_t *out_ms);
 
 /*
- * Parse a duration: an integer followed by a unit (ms, s, m, h) or a bare
+ * Parse a duration: an integer followed by a unit (ms, s, m, h, d) or a bare
  * integer meaning milliseconds. "30s" -> 30000. Rejects negative numbers,
  * overflow and trailing garbage.
  */

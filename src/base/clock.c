@@ -105,7 +105,7 @@ enum err
 bb_duration_parse(const char *text, int64_t *out_ms)
 {
     static const struct unit units[] = {
-        {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000},
+        {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
     };
     return parse_with_units(text, units, BB_ARRAY_LEN(units), out_ms);
 }

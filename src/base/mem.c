@@ -246,3 +246,59 @@ bb_arena_printf(struct bb_arena *a, const char *fmt, ...)
     va_end(ap2);
     return p;
 }
+
+/* Length of the valid UTF-8 sequence at `p` (RFC 3629: no overlong forms,
+ * no surrogates, nothing above U+10FFFF), or 0. */
+static size_t
+utf8_sequence_len(const unsigned char *p)
+{
+    if (p[0] < 0x80)
+        return 1;
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (p[0] >= 0xC2 && p[0] <= 0xDF) {
+        n = 2;
+    } else if (p[0] >= 0xE0 && p[0] <= 0xEF) {
+        n = 3;
+        lo = p[0] == 0xE0 ? 0xA0 : 0x80;
+        hi = p[0] == 0xED ? 0x9F : 0xBF;
+    } else if (p[0] >= 0xF0 && p[0] <= 0xF4) {
+        n = 4;
+        lo = p[0] == 0xF0 ? 0x90 : 0x80;
+        hi = p[0] == 0xF4 ? 0x8F : 0xBF;
+    } else {
+        return 0;
+    }
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xBF) /* also stops at the NUL */
+            return 0;
+    }
+    return n;
+}
+
+size_t
+bb_utf8_copy(char *dst, size_t cap, const char *src)
+{
+    BB_ASSERT(cap > 0);
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)src;
+    while (*p) {
+        size_t n = utf8_sequence_len(p);
+        if (n == 0 || (n == 1 && (*p < 0x20 || *p == 0x7F))) {
+            if (o + 1 >= cap)
+                break;
+            dst[o++] = n == 0 ? '?' : ' ';
+            p++;
+            continue;
+        }
+        if (o + n >= cap)
+            break;
+        memcpy(dst + o, p, n);
+        o += n;
+        p += n;
+    }
+    dst[o] = '\0';
+    return o;
+}

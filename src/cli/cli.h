@@ -31,6 +31,8 @@ struct serve_config {
     bool job_wakeups;
     int64_t payload_limit_bytes;
     char *webhook_secret;
+    char *exec_allow;
+    int64_t job_retention_ms;
     int64_t scheduler_tick_ms;
 };
 

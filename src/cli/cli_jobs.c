@@ -28,6 +28,7 @@ struct jobs_args {
     int64_t max_attempts;
     int64_t timeout_ms;
     char *target_url;
+    char *target;
     char *state;
     int64_t limit;
     int64_t after;
@@ -57,6 +58,8 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"max-duration", BB_OPT_DURATION, OFF(timeout_ms), 0, 86400000, "0",
      "how long an attempt may run", NO_ENV},
     {"target-url", BB_OPT_STRING, OFF(target_url), 0, 0, NULL, "URL for the http handler", NO_ENV},
+    {"target", BB_OPT_STRING, OFF(target), 0, 0, NULL,
+     "the handler's target as JSON (exec: {\"argv\":[...]})", NO_ENV},
     {"state", BB_OPT_STRING, OFF(state), 0, 0, NULL, "filter: pending, running, ..., dead", NO_ENV},
     {"limit", BB_OPT_INT, OFF(limit), 1, 1000, "100", "most items to list", NO_ENV},
     {"after", BB_OPT_INT, OFF(after), 0, INT64_MAX, "0", "list after this job id", NO_ENV},
@@ -68,8 +71,8 @@ static const struct bb_opt JOBS_OPTS[] = {
 static const char JOBS_USAGE[] =
     "backbone jobs submit --handler H [--queue Q] [--payload JSON] [--run-at T | --delay 5s |\n"
     "                     --cron EXPR [--tz ZONE] [--name N] | --every 30s] [--priority N]\n"
-    "                     [--unique-key K] [--max-attempts N] [--max-duration 60s] [--target-url "
-    "U]\n"
+    "                     [--unique-key K] [--max-attempts N] [--max-duration 60s]\n"
+    "                     [--target-url U | --target JSON]\n"
     "       backbone jobs get|history|cancel|retry|run ID\n"
     "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
     "       backbone queues list | show Q | pause Q | resume Q\n"
@@ -183,6 +186,14 @@ human_queues(const json_t *o)
 }
 
 static void
+human_queue(const json_t *q)
+{
+    json_t *list = json_pack("{s:[O]}", "queues", q);
+    human_queues(list);
+    json_decref(list);
+}
+
+static void
 human_schedules(const json_t *o)
 {
     const json_t *list = json_object_get(o, "schedules");
@@ -200,11 +211,46 @@ human_schedules(const json_t *o)
     }
 }
 
-/* Short answers (cancelled, paused, purged...): one line of JSON. */
+/* Short answers (cancelled, paused, purged...): "job_id 3, state pending". */
 static void
 human_done(const json_t *o)
 {
-    cli_print_json(o);
+    const char *key;
+    const json_t *v;
+    const char *sep = "";
+    json_object_foreach((json_t *)o, key, v)
+    {
+        char *text = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY);
+        printf("%s%s %s", sep, key, text ? text : json_string_value(v));
+        free(text);
+        sep = ", ";
+    }
+    printf("\n");
+}
+
+static void
+human_history(const json_t *o)
+{
+    const json_t *attempts = json_object_get(o, "attempts");
+    size_t i;
+    const json_t *a;
+    if (json_array_size(attempts) == 0)
+        printf("job %" JSON_INTEGER_FORMAT " has not run yet\n",
+               json_integer_value(json_object_get(o, "job_id")));
+    json_array_foreach(attempts, i, a)
+    {
+        const json_t *ms = json_object_get(a, "duration_ms");
+        printf("attempt %" JSON_INTEGER_FORMAT "  %-18s %-20s %s  ",
+               json_integer_value(json_object_get(a, "attempt")), str(a, "outcome"),
+               str(a, "worker"), str(a, "started_at"));
+        if (json_is_integer(ms))
+            printf("%" JSON_INTEGER_FORMAT " ms", json_integer_value(ms));
+        else
+            printf("-");
+        if (json_is_string(json_object_get(a, "error")))
+            printf("  error: %s", str(a, "error"));
+        printf("\n");
+    }
 }
 
 /* The body of a submit or a schedule, from the flags. */
@@ -250,8 +296,20 @@ job_body(const struct jobs_args *a, json_t **out)
         json_object_set_new(b, "max_attempts", json_integer(a->max_attempts));
     if (a->timeout_ms)
         json_object_set_new(b, "max_duration_seconds", json_integer((a->timeout_ms + 999) / 1000));
+    if (a->target_url && a->target) {
+        json_decref(b);
+        return usage_error("--target-url and --target exclude each other");
+    }
     if (a->target_url)
         json_object_set_new(b, "target", json_pack("{s:s}", "url", a->target_url));
+    if (a->target) {
+        json_t *t = json_loads(a->target, 0, NULL);
+        if (t == NULL) {
+            json_decref(b);
+            return usage_error("--target must be a JSON object");
+        }
+        json_object_set_new(b, "target", t);
+    }
     *out = b;
     return CLI_OK;
 }
@@ -299,9 +357,12 @@ jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         code = call(a, "GET", path.data, NULL, human_jobs);
     } else if (arg == NULL) {
         return usage_error("expected a job id");
-    } else if (strcmp(cmd, "get") == 0 || strcmp(cmd, "history") == 0) {
-        path_for(&path, "/jobs/", arg, strcmp(cmd, "history") == 0 ? "/history" : "");
+    } else if (strcmp(cmd, "get") == 0) {
+        path_for(&path, "/jobs/", arg, "");
         code = call(a, "GET", path.data, NULL, NULL);
+    } else if (strcmp(cmd, "history") == 0) {
+        path_for(&path, "/jobs/", arg, "/history");
+        code = call(a, "GET", path.data, NULL, human_history);
     } else if (strcmp(cmd, "cancel") == 0 || strcmp(cmd, "retry") == 0 || strcmp(cmd, "run") == 0) {
         char suffix[16];
         snprintf(suffix, sizeof suffix, "/%s", cmd);
@@ -326,7 +387,7 @@ queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         code = usage_error("expected a queue name");
     } else if (strcmp(cmd, "show") == 0) {
         path_for(&path, "/queues/", arg, "");
-        code = call(a, "GET", path.data, NULL, NULL);
+        code = call(a, "GET", path.data, NULL, human_queue);
     } else if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0) {
         path_for(&path, "/queues/", arg, strcmp(cmd, "pause") == 0 ? "/pause" : "/resume");
         code = call(a, "POST", path.data, json_object(), human_done);
@@ -339,7 +400,7 @@ queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         if (a->paused)
             json_object_set_new(body, "paused", json_boolean(strcmp(a->paused, "true") == 0));
         path_for(&path, "/queues/", arg, "");
-        code = call(a, "PUT", path.data, body, NULL);
+        code = call(a, "PUT", path.data, body, human_queue);
     } else {
         code = usage_error("unknown queues command");
     }

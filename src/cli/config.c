@@ -10,40 +10,128 @@
 
 #define OFF(field) offsetof(struct serve_config, field)
 
+/* Rows `backbone serve` and `backbone worker` share. */
+#define COMMON_OPTS                                                                                 \
+    {"db",                                                                                          \
+     BB_OPT_STRING,                                                                                 \
+     OFF(db),                                                                                       \
+     0,                                                                                             \
+     0,                                                                                             \
+     "sqlite:backbone.db",                                                                          \
+     "database URL: sqlite:PATH (embedded) or postgres://user@host:port/db",                        \
+     0},                                                                                            \
+        {"host", BB_OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "address to listen on (numeric)", 0}, \
+        {"http-threads", BB_OPT_INT, OFF(http_threads), 1, 64, "2", "HTTP event-loop threads", 0},  \
+        {"api-token",                                                                               \
+         BB_OPT_STRING,                                                                             \
+         OFF(api_token),                                                                            \
+         0,                                                                                         \
+         0,                                                                                         \
+         NULL,                                                                                      \
+         "when set, every endpoint but /healthz needs 'Authorization: Bearer TOKEN'",               \
+         0},                                                                                        \
+        {"log-level",                                                                               \
+         BB_OPT_STRING,                                                                             \
+         OFF(log_level),                                                                            \
+         0,                                                                                         \
+         0,                                                                                         \
+         "info",                                                                                    \
+         "debug, info, warn, error or off",                                                         \
+         0},                                                                                        \
+        {"db-pool",                                                                                 \
+         BB_OPT_INT,                                                                                \
+         OFF(db_pool),                                                                              \
+         0,                                                                                         \
+         256,                                                                                       \
+         "0",                                                                                       \
+         "database threads/connections (0: engine default, 8 on PostgreSQL, 2 readers on SQLite)",  \
+         0},                                                                                        \
+        {"db-batch",                                                                                \
+         BB_OPT_INT,                                                                                \
+         OFF(db_batch),                                                                             \
+         0,                                                                                         \
+         4096,                                                                                      \
+         "0",                                                                                       \
+         "most requests grouped into one commit (0: engine default, 256 on SQLite, 1 on "           \
+         "PostgreSQL)",                                                                             \
+         0},                                                                                        \
+        {"shutdown-timeout",                                                                        \
+         BB_OPT_DURATION,                                                                           \
+         OFF(shutdown_timeout_ms),                                                                  \
+         0,                                                                                         \
+         3600000,                                                                                   \
+         "10s",                                                                                     \
+         "on SIGTERM, how long in-flight requests and running jobs may take to finish",             \
+         0},                                                                                        \
+        {"job-poll",                                                                                \
+         BB_OPT_DURATION,                                                                           \
+         OFF(job_poll_ms),                                                                          \
+         10,                                                                                        \
+         3600000,                                                                                   \
+         "1s",                                                                                      \
+         "how often idle workers look for jobs when no wake-up arrives",                            \
+         0},                                                                                        \
+        {"job-wakeups",                                                                             \
+         BB_OPT_BOOL,                                                                               \
+         OFF(job_wakeups),                                                                          \
+         0,                                                                                         \
+         0,                                                                                         \
+         "true",                                                                                    \
+         "wake idle workers when jobs are submitted (false: polling alone, for testing it)",        \
+         0},                                                                                        \
+        {"webhook-secret",                                                                          \
+         BB_OPT_STRING,                                                                             \
+         OFF(webhook_secret),                                                                       \
+         0,                                                                                         \
+         0,                                                                                         \
+         NULL,                                                                                      \
+         "signs the http handler's requests: X-Backbone-Signature: sha256=HMAC(body)",              \
+         0},                                                                                        \
+        {"exec-allow",                                                                              \
+         BB_OPT_STRING,                                                                             \
+         OFF(exec_allow),                                                                           \
+         0,                                                                                         \
+         0,                                                                                         \
+         NULL,                                                                                      \
+         "comma-separated directories whose commands exec jobs may run (default: exec is off)",     \
+         0},                                                                                        \
+        {"job-retention",                                                                           \
+         BB_OPT_DURATION,                                                                           \
+         OFF(job_retention_ms),                                                                     \
+         0,                                                                                         \
+         INT64_C(3153600000000),                                                                    \
+         "7d",                                                                                      \
+         "how long completed and cancelled jobs are kept (0: forever; dead jobs stay until "        \
+         "purged)",                                                                                 \
+         0},                                                                                        \
+    {                                                                                               \
+        "scheduler-tick", BB_OPT_DURATION, OFF(scheduler_tick_ms), 50, 60000, "500ms",              \
+            "how often expired leases are rescued and schedules fired", 0                           \
+    }
+
 static const struct bb_opt SERVE_OPTS[] = {
-    {"db", BB_OPT_STRING, OFF(db), 0, 0, "sqlite:backbone.db",
-     "database URL: sqlite:PATH (embedded) or postgres://user@host:port/db", 0},
-    {"host", BB_OPT_STRING, OFF(host), 0, 0, "127.0.0.1", "address to listen on (numeric)", 0},
+    COMMON_OPTS,
     {"port", BB_OPT_INT, OFF(port), 0, 65535, "8080", "TCP port to listen on (0: any free port)",
      0},
-    {"http-threads", BB_OPT_INT, OFF(http_threads), 1, 64, "2", "HTTP event-loop threads", 0},
     {"body-limit", BB_OPT_SIZE, OFF(body_limit_bytes), 1024, 64 << 20, "1MiB",
      "largest request body accepted (413 beyond)", 0},
-    {"api-token", BB_OPT_STRING, OFF(api_token), 0, 0, NULL,
-     "when set, every endpoint but /healthz needs 'Authorization: Bearer TOKEN'", 0},
-    {"log-level", BB_OPT_STRING, OFF(log_level), 0, 0, "info", "debug, info, warn, error or off",
-     0},
-    {"db-pool", BB_OPT_INT, OFF(db_pool), 0, 256, "0",
-     "database threads/connections (0: engine default, 8 on PostgreSQL, 2 readers on SQLite)", 0},
-    {"db-batch", BB_OPT_INT, OFF(db_batch), 0, 4096, "0",
-     "most requests grouped into one commit (0: engine default, 256 on SQLite, 1 on PostgreSQL)",
-     0},
-    {"shutdown-timeout", BB_OPT_DURATION, OFF(shutdown_timeout_ms), 0, 3600000, "10s",
-     "on SIGTERM, how long in-flight requests and running jobs may take to finish", 0},
+    {"payload-limit", BB_OPT_SIZE, OFF(payload_limit_bytes), 16, 64 << 20, "256KiB",
+     "largest job payload accepted (413 beyond)", 0},
     {"workers", BB_OPT_INT, OFF(workers), 0, 1024, "10",
      "jobs this process runs at once (embedded workers; 0: none)", 0},
     {"worker-queues", BB_OPT_STRING, OFF(worker_queues), 0, 0, NULL,
      "comma-separated queues the embedded workers take jobs from (default: every queue)", 0},
-    {"job-poll", BB_OPT_DURATION, OFF(job_poll_ms), 10, 3600000, "1s",
-     "how often idle workers look for jobs when no wake-up arrives", 0},
-    {"job-wakeups", BB_OPT_BOOL, OFF(job_wakeups), 0, 0, "true",
-     "wake idle workers when jobs are submitted (false: polling alone, for testing it)", 0},
-    {"payload-limit", BB_OPT_SIZE, OFF(payload_limit_bytes), 16, 64 << 20, "256KiB",
-     "largest job payload accepted (413 beyond)", 0},
-    {"webhook-secret", BB_OPT_STRING, OFF(webhook_secret), 0, 0, NULL,
-     "signs the http handler's requests: X-Backbone-Signature: sha256=HMAC(body)", 0},
-    {"scheduler-tick", BB_OPT_DURATION, OFF(scheduler_tick_ms), 50, 60000, "500ms",
-     "how often expired leases are rescued and schedules fired", 0},
+};
+
+/* `backbone worker`: workers alone; HTTP only for /healthz, /readyz and
+ * /metrics, and only when --port is given. */
+static const struct bb_opt WORKER_OPTS[] = {
+    COMMON_OPTS,
+    {"port", BB_OPT_INT, OFF(port), -1, 65535, "-1",
+     "TCP port for /healthz, /readyz and /metrics (-1: no HTTP; 0: any free port)", 0},
+    {"concurrency", BB_OPT_INT, OFF(workers), 1, 1024, "10", "jobs this process runs at once", 0},
+    {"queues", BB_OPT_STRING, OFF(worker_queues), 0, 0, NULL,
+     "comma-separated queues to take jobs from (default: every queue)", 0},
 };
 
 int
@@ -52,19 +140,21 @@ serve_config_load(struct serve_config *cfg, int argc, char **argv, const char *c
 {
     *help_shown = false;
     memset(cfg, 0, sizeof *cfg);
+    bool worker = strcmp(command, "worker") == 0;
+    const struct bb_opt *opts = worker ? WORKER_OPTS : SERVE_OPTS;
+    size_t n_opts = worker ? BB_ARRAY_LEN(WORKER_OPTS) : BB_ARRAY_LEN(SERVE_OPTS);
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: backbone %s [options]\n\noptions (flag, or BACKBONE_* variable):\n",
                    command);
-            bb_opts_help(stdout, SERVE_OPTS, BB_ARRAY_LEN(SERVE_OPTS), true);
+            bb_opts_help(stdout, opts, n_opts, true);
             *help_shown = true;
             return CLI_OK;
         }
     }
     struct bb_error e;
     bb_error_clear(&e);
-    if (bb_opts_parse(SERVE_OPTS, BB_ARRAY_LEN(SERVE_OPTS), cfg, argc, argv, true, NULL, 0, NULL,
-                      &e) != ERR_OK) {
+    if (bb_opts_parse(opts, n_opts, cfg, argc, argv, true, NULL, 0, NULL, &e) != ERR_OK) {
         fprintf(stderr, "backbone %s: %s\n", command, e.detail);
         return CLI_USAGE;
     }
@@ -83,5 +173,6 @@ serve_config_load(struct serve_config *cfg, int argc, char **argv, const char *c
 void
 serve_config_free(struct serve_config *cfg)
 {
+    /* Both tables own the same string fields. */
     bb_opts_free(SERVE_OPTS, BB_ARRAY_LEN(SERVE_OPTS), cfg);
 }

@@ -2,8 +2,9 @@
  * serve.c: `backbone serve` and `backbone migrate`: build the application
  * from its modules, run it until SIGTERM/SIGINT, and take it down in order.
  *
- * `backbone worker` is the same without HTTP: workers and the scheduler
- * alone against a shared (PostgreSQL) database.
+ * `backbone worker` is the same without the API: workers and the scheduler
+ * alone against a shared (PostgreSQL) database, with HTTP for /healthz,
+ * /readyz and /metrics only, and only when --port is given.
  *
  * Start-up: open the store (SQLite: take ownership of the file), apply every
  * module's migrations, create the services, start the embedded workers and
@@ -40,6 +41,7 @@ struct app {
     struct job_scheduler *scheduler;
     struct http_server *http;
     char **worker_queues; /* NULL-terminated, from --worker-queues */
+    char **exec_allow;    /* NULL-terminated, from --exec-allow */
     int64_t started_wall_ms;
 };
 
@@ -187,8 +189,10 @@ app_routes(struct app *app, struct http_route *routes, size_t max)
     routes[n++] = (struct http_route){"GET", "/healthz", handle_healthz, app, true};
     routes[n++] = (struct http_route){"GET", "/readyz", handle_readyz, app, false};
     routes[n++] = (struct http_route){"GET", "/metrics", handle_metrics, app, false};
-    n += lock_service_routes(app->locks, routes + n, max - n);
-    n += job_service_routes(app->jobs, routes + n, max - n);
+    if (app->locks != NULL)
+        n += lock_service_routes(app->locks, routes + n, max - n);
+    if (app->jobs != NULL)
+        n += job_service_routes(app->jobs, routes + n, max - n);
     return n;
 }
 
@@ -224,9 +228,9 @@ free_list(char **list)
     free(list);
 }
 
-/* Store, schema, services, workers, scheduler; HTTP when `with_http`. */
+/* Store, schema, services (when `with_api`), workers, scheduler, HTTP. */
 static enum err
-app_start(struct app *app, bool with_http, struct bb_error *e)
+app_start(struct app *app, bool with_api, struct bb_error *e)
 {
     app->started_wall_ms = bb_wall_ms();
     metrics_set(&M_BUILD, 1, BB_VERSION);
@@ -239,13 +243,18 @@ app_start(struct app *app, bool with_http, struct bb_error *e)
                            "name",
                            app->worker_queues[i]);
     }
-    enum err rc = open_store(&app->cfg, &app->store, e);
+    app->exec_allow = split_list(app->cfg.exec_allow);
+    struct job_registry_options ro = {.http_secret = app->cfg.webhook_secret,
+                                      .exec_allow = (const char *const *)app->exec_allow};
+    enum err rc = job_registry_create(&ro, &app->registry, e);
+    if (rc == ERR_OK)
+        rc = open_store(&app->cfg, &app->store, e);
     if (rc == ERR_OK)
         rc = migrate_all(app->store, e);
     if (rc != ERR_OK)
         return rc;
-    app->registry = job_registry_create(app->cfg.webhook_secret);
-    if (with_http) {
+
+    if (with_api) {
         struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
         rc = lock_service_create(app->store, &app->locks, e);
         if (rc == ERR_OK)
@@ -253,7 +262,9 @@ app_start(struct app *app, bool with_http, struct bb_error *e)
         if (rc != ERR_OK)
             return rc;
     }
-    rc = job_scheduler_start(app->store, app->cfg.scheduler_tick_ms, &app->scheduler, e);
+    struct job_scheduler_options so = {.tick_ms = app->cfg.scheduler_tick_ms,
+                                       .retention_ms = app->cfg.job_retention_ms};
+    rc = job_scheduler_start(app->store, &so, &app->scheduler, e);
     if (rc == ERR_OK && app->cfg.workers > 0) {
         struct job_pool_options po = {.queues = (const char *const *)app->worker_queues,
                                       .concurrency = (int)app->cfg.workers,
@@ -261,7 +272,7 @@ app_start(struct app *app, bool with_http, struct bb_error *e)
                                       .ignore_wakeups = !app->cfg.job_wakeups};
         rc = job_pool_start(app->store, app->registry, &po, &app->pool, e);
     }
-    if (rc != ERR_OK || !with_http)
+    if (rc != ERR_OK || app->cfg.port < 0) /* a worker without --port */
         return rc;
     struct http_route routes[MAX_ROUTES];
     size_t n = app_routes(app, routes, MAX_ROUTES);
@@ -270,7 +281,8 @@ app_start(struct app *app, bool with_http, struct bb_error *e)
     ho.host = app->cfg.host;
     ho.port = (int)app->cfg.port;
     ho.threads = (int)app->cfg.http_threads;
-    ho.body_limit_bytes = app->cfg.body_limit_bytes;
+    if (app->cfg.body_limit_bytes > 0) /* a worker has only GET routes */
+        ho.body_limit_bytes = app->cfg.body_limit_bytes;
     ho.api_token = app->cfg.api_token;
     rc = http_server_start(&ho, routes, n, &app->http, e);
     if (rc != ERR_OK)
@@ -299,12 +311,13 @@ app_stop(struct app *app)
     job_registry_destroy(app->registry);
     store_close(app->store);
     free_list(app->worker_queues);
+    free_list(app->exec_allow);
     log_info("server.stopped", "duration_ms=%lld", (long long)(bb_mono_ms() - t0));
 }
 
 /* serve and worker: run until SIGTERM/SIGINT. */
 static int
-run(int argc, char **argv, const char *command, bool with_http)
+run(int argc, char **argv, const char *command, bool with_api)
 {
     struct app app;
     memset(&app, 0, sizeof app);
@@ -326,12 +339,12 @@ run(int argc, char **argv, const char *command, bool with_http)
     struct bb_error e;
     bb_error_clear(&e);
     code = CLI_OK;
-    if (app_start(&app, with_http, &e) != ERR_OK) {
+    if (app_start(&app, with_api, &e) != ERR_OK) {
         log_error("server.start_failed", "field=%s detail=%s", e.field, e.detail);
         fprintf(stderr, "backbone %s: %s\n", command, e.detail);
         code = e.code == ERR_USAGE ? CLI_USAGE : CLI_UNAVAILABLE;
     } else {
-        if (!with_http)
+        if (!with_api)
             log_info("worker.started", "engine=%s workers=%lld pid=%d",
                      store_engine_name(store_engine_of(app.store)), (long long)app.cfg.workers,
                      (int)getpid());

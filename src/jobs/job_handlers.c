@@ -25,7 +25,8 @@ struct handler {
 struct job_registry {
     struct handler *handlers;
     size_t n;
-    char *http_secret; /* signs webhook bodies; NULL: unsigned */
+    char *http_secret;       /* signs webhook bodies; NULL: unsigned */
+    struct jobs__exec *exec; /* NULL: exec disabled */
 };
 
 bool
@@ -71,7 +72,33 @@ job_registry_destroy(struct job_registry *r)
         return;
     free(r->handlers);
     free(r->http_secret);
+    jobs__exec_destroy(r->exec);
     free(r);
+}
+
+void
+job_registry_names(const struct job_registry *r, struct bb_buf *out)
+{
+    for (size_t i = 0; i < r->n; i++)
+        bb_buf_printf(out, "%s%s", i ? ", " : "", r->handlers[i].name);
+}
+
+enum err
+job_registry_check_target(const struct job_registry *r, const char *handler, const json_t *target,
+                          struct bb_error *e)
+{
+    if (target != NULL && !json_is_object(target))
+        return bb_fail(e, ERR_INVALID, "target", "target must be an object");
+    if (strcmp(handler, "exec") == 0 && r->exec != NULL)
+        return jobs__exec_check_target(r->exec, target, e);
+    if (strcmp(handler, "http") != 0)
+        return ERR_OK;
+    if (target == NULL)
+        return bb_fail(e, ERR_INVALID, "target", "the http handler needs target.url");
+    const char *url = json_string_value(json_object_get(target, "url"));
+    if (url == NULL || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
+        return bb_fail(e, ERR_INVALID, "target.url", "target.url must be an http(s) URL");
+    return ERR_OK;
 }
 
 /* ---- built-ins ----------------------------------------------------------------------- */
@@ -228,6 +255,7 @@ handle_http(struct job_run *run)
     else if (status < 200 || status >= 300)
         bb_buf_printf(&run->error, "POST %s answered %ld: %.200s", url, status,
                       resp.body.data ? resp.body.data : "");
+
     json_decref(target); /* `url` points into it: freed only now */
     if (rc != ERR_OK)
         return JOB_RETRY;
@@ -239,16 +267,27 @@ handle_http(struct job_run *run)
     return JOB_RETRY;
 }
 
-struct job_registry *
-job_registry_create(const char *http_secret)
+enum err
+job_registry_create(const struct job_registry_options *o, struct job_registry **out,
+                    struct bb_error *e)
 {
     struct job_registry *r = xcalloc(1, sizeof *r);
-    r->http_secret = http_secret && *http_secret ? xstrdup(http_secret) : NULL;
+    r->http_secret = o->http_secret && *o->http_secret ? xstrdup(o->http_secret) : NULL;
+    if (o->exec_allow != NULL) {
+        enum err rc = jobs__exec_create(o->exec_allow, &r->exec, e);
+        if (rc != ERR_OK) {
+            job_registry_destroy(r);
+            return rc;
+        }
+    }
     job_registry_add(r, "noop", handle_noop, NULL);
     job_registry_add(r, "fail", handle_fail, NULL);
     job_registry_add(r, "fail_permanently", handle_fail_permanently, NULL);
     job_registry_add(r, "sleep", handle_sleep, NULL);
     job_registry_add(r, "ledger", handle_ledger, NULL);
     job_registry_add(r, "http", handle_http, r);
-    return r;
+    if (r->exec != NULL)
+        job_registry_add(r, "exec", jobs__exec_handle, r->exec);
+    *out = r;
+    return ERR_OK;
 }

@@ -287,24 +287,35 @@ tags_member(const json_t *body, struct bb_arena *a, const char **out, struct bb_
 }
 
 static enum err
-target_member(const json_t *body, const char *handler, struct bb_arena *a, const char **out,
-              struct bb_error *e)
+target_member(const json_t *body, const struct job_registry *reg, const char *handler,
+              struct bb_arena *a, const char **out, struct bb_error *e)
 {
     const json_t *t = json_object_get(body, "target");
-    bool http = strcmp(handler, "http") == 0;
-    if (t == NULL)
-        return http ? bb_fail(e, ERR_INVALID, "target", "the http handler needs target.url")
-                    : ERR_OK;
-    if (!json_is_object(t))
-        return bb_fail(e, ERR_INVALID, "target", "target must be an object");
-    const char *url = json_string_value(json_object_get(t, "url"));
-    if (http &&
-        (url == NULL || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)))
-        return bb_fail(e, ERR_INVALID, "target.url", "target.url must be an http(s) URL");
+    enum err rc = job_registry_check_target(reg, handler, t, e);
+    if (rc != ERR_OK || t == NULL)
+        return rc;
     char *text = bb_json_dumps(t);
     *out = bb_arena_strdup(a, text);
     free(text);
     return ERR_OK;
+}
+
+static enum err
+unknown_handler(const struct job_registry *reg, const char *handler, struct bb_error *e)
+{
+    if (strcmp(handler, "exec") == 0)
+        return bb_fail(e, ERR_INVALID, "handler",
+                       "the exec handler is off: start the server with --exec-allow DIR to let "
+                       "jobs run the commands in DIR");
+    struct bb_buf names;
+    bb_buf_init(&names);
+    job_registry_names(reg, &names);
+    bb_fail(e, ERR_INVALID, "handler",
+            "unknown handler '%.100s': this server runs %s; external:NAME is for workers that "
+            "claim over HTTP",
+            handler, names.data);
+    bb_buf_deinit(&names);
+    return ERR_INVALID;
 }
 
 static const char *const SPEC_FIELDS[] = {
@@ -390,14 +401,11 @@ jobs__spec_from_json(const json_t *body, const struct job_registry *reg, int64_t
         spec->handler = "noop"; /* the seed API's jobs name no handler */
     if (rc == ERR_OK &&
         (!job_name_is_valid(spec->handler) || !job_registry_has(reg, spec->handler)))
-        rc = bb_fail(e, ERR_INVALID, "handler",
-                     "unknown handler '%.100s': built in are noop, fail, fail_permanently, sleep, "
-                     "ledger and http; external:NAME is for workers that claim over HTTP",
-                     spec->handler);
+        rc = unknown_handler(reg, spec->handler, e);
     if (rc == ERR_OK)
         rc = payload_member(body, payload_limit, arena, &spec->payload, e);
     if (rc == ERR_OK)
-        rc = target_member(body, spec->handler, arena, &spec->target, e);
+        rc = target_member(body, reg, spec->handler, arena, &spec->target, e);
     if (rc == ERR_OK)
         rc = timing_members(body, now_ms, spec, rec, e);
     if (rc == ERR_OK)

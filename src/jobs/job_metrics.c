@@ -55,6 +55,11 @@ static struct metrics_def M_RESCUES = {
     .help = "Jobs whose lease ran out and were taken back for a retry.",
     .type = METRICS_COUNTER,
 };
+static struct metrics_def M_PRUNED = {
+    .name = "backbone_jobs_pruned_total",
+    .help = "Completed and cancelled jobs deleted after the retention period (--job-retention).",
+    .type = METRICS_COUNTER,
+};
 static struct metrics_def M_STALE = {
     .name = "backbone_job_stale_reports_total",
     .help = "Completions, failures and heartbeats refused because the lease token was stale "
@@ -66,8 +71,8 @@ static struct metrics_def M_STALE = {
 void
 jobs__metrics_register(void)
 {
-    struct metrics_def *all[] = {&M_SUBMITTED, &M_STARTED, &M_FINISHED, &M_DURATION,
-                                 &M_LATENCY,   &M_DEPTH,   &M_RESCUES,  &M_STALE};
+    struct metrics_def *all[] = {&M_SUBMITTED, &M_STARTED, &M_FINISHED, &M_DURATION, &M_LATENCY,
+                                 &M_DEPTH,     &M_RESCUES, &M_STALE,    &M_PRUNED};
     for (size_t i = 0; i < BB_ARRAY_LEN(all); i++)
         metrics_register(all[i]);
 }
@@ -102,6 +107,12 @@ void
 jobs__metric_rescued(int64_t n)
 {
     metrics_add(&M_RESCUES, (double)n);
+}
+
+void
+jobs__metric_pruned(int64_t n)
+{
+    metrics_add(&M_PRUNED, (double)n);
 }
 
 void

@@ -4,7 +4,9 @@
  * of processes may run one against the same database: rescue claims expired
  * rows with FOR UPDATE SKIP LOCKED (PostgreSQL) and every change is a
  * compare-and-set on the lease token; a schedule fire advances next_fire_at
- * with a compare-and-set, so each fire happens once.
+ * with a compare-and-set, so each fire happens once. With a retention set it
+ * also sweeps finished jobs out, a window of ids per tick, more windows
+ * while they are mostly prunable (old jobs have low ids).
  */
 #include "jobs/jobs_int.h"
 
@@ -12,11 +14,13 @@
 #include <stdlib.h>
 #include <time.h>
 
-enum { RESCUE_BATCH = 1000 };
+enum { RESCUE_BATCH = 1000, PRUNE_WINDOW = 5000, PRUNE_WINDOWS_MAX = 20 };
 
 struct job_scheduler {
     struct store *store;
     int64_t tick_ms;
+    int64_t retention_ms;
+    int64_t prune_cursor; /* the sweep's last id; scheduler thread only */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -24,8 +28,10 @@ struct job_scheduler {
 };
 
 struct tick_unit {
+    struct job_scheduler *sch;
     int64_t rescued;
     int64_t fired;
+    int64_t pruned;
 };
 
 static enum err
@@ -42,10 +48,39 @@ fire_work(struct store_conn *c, void *arg, struct bb_error *e)
     return job_schedule_fire_due(c, bb_wall_ms(), &u->fired, e);
 }
 
+static enum err
+prune_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct tick_unit *u = arg;
+    return job_prune_finished(c, bb_wall_ms() - u->sch->retention_ms, PRUNE_WINDOW,
+                              &u->sch->prune_cursor, &u->pruned, e);
+}
+
+static void
+prune(struct job_scheduler *s)
+{
+    struct tick_unit u = {.sch = s};
+    int64_t total = 0;
+    for (int i = 0; i < PRUNE_WINDOWS_MAX; i++) {
+        struct bb_error e;
+        if (store_run(s->store, STORE_WRITE, prune_work, &u, &e) != ERR_OK) {
+            log_error_limited(1, "jobs.prune_failed", "detail=%s", e.detail);
+            break;
+        }
+        total += u.pruned;
+        if (s->prune_cursor == 0 || u.pruned < PRUNE_WINDOW / 2)
+            break;
+    }
+    if (total > 0) {
+        jobs__metric_pruned(total);
+        log_info("jobs.pruned", "jobs=%lld", (long long)total);
+    }
+}
+
 static void
 tick(struct job_scheduler *s)
 {
-    struct tick_unit u = {0};
+    struct tick_unit u = {.sch = s};
     struct bb_error e;
     if (store_run(s->store, STORE_WRITE, rescue_work, &u, &e) != ERR_OK)
         log_error_limited(1, "jobs.rescue_failed", "detail=%s", e.detail);
@@ -57,6 +92,8 @@ tick(struct job_scheduler *s)
         log_error_limited(1, "jobs.schedule_failed", "detail=%s", e.detail);
     else if (u.fired > 0)
         jobs__metric_submitted("scheduled", u.fired);
+    if (s->retention_ms > 0)
+        prune(s);
 }
 
 static void *
@@ -86,13 +123,14 @@ scheduler_main(void *arg)
 }
 
 enum err
-job_scheduler_start(struct store *st, int64_t tick_ms, struct job_scheduler **out,
-                    struct bb_error *e)
+job_scheduler_start(struct store *st, const struct job_scheduler_options *o,
+                    struct job_scheduler **out, struct bb_error *e)
 {
     jobs__metrics_register();
     struct job_scheduler *s = xcalloc(1, sizeof *s);
     s->store = st;
-    s->tick_ms = tick_ms > 0 ? tick_ms : 500;
+    s->tick_ms = o->tick_ms > 0 ? o->tick_ms : 500;
+    s->retention_ms = o->retention_ms;
     pthread_mutex_init(&s->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

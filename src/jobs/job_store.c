@@ -957,37 +957,6 @@ static struct store_stmt JOB_FAIL_WRITE = {
         " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 
-/*
- * An attempt's error as stored: at most JOB_ERROR_MAX bytes of valid UTF-8
- * without control characters (handlers report whatever they got back, and
- * PostgreSQL refuses invalid UTF-8), cut on a character boundary.
- */
-static void
-error_text(const char *in, char *out, size_t cap)
-{
-    size_t o = 0;
-    const unsigned char *p = (const unsigned char *)in;
-    while (*p && o + 4 < cap) {
-        int len = *p < 0x80             ? 1
-                  : (*p & 0xe0) == 0xc0 ? 2
-                  : (*p & 0xf0) == 0xe0 ? 3
-                  : (*p & 0xf8) == 0xf0 ? 4
-                                        : 0;
-        bool ok = len > 0 && !(len == 1 && (*p < 0x20 || *p == 0x7f)) && (len != 2 || *p >= 0xc2);
-        for (int i = 1; ok && i < len; i++)
-            ok = (p[i] & 0xc0) == 0x80;
-        if (!ok) {
-            out[o++] = *p == '\n' || *p == '\t' ? ' ' : '?';
-            p++;
-            continue;
-        }
-        memcpy(out + o, p, (size_t)len);
-        o += (size_t)len;
-        p += len;
-    }
-    out[o] = '\0';
-}
-
 /* Append one attempt record to the JSON array for ATTEMPTS_INSERT_MANY;
  * `worker` and `started_at_ms` come from the job's row. */
 static void
@@ -1002,7 +971,7 @@ attempt_row(json_t *rows, const struct job_finish *f, int64_t attempt, const cha
     json_t *err = NULL;
     if (f->error) {
         char text[JOB_ERROR_MAX + 1];
-        error_text(f->error, text, sizeof text);
+        bb_utf8_copy(text, sizeof text, f->error);
         err = json_string(text);
     }
     json_object_set_new(a, "error", err ? err : json_null());
@@ -1079,7 +1048,7 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     if (!dead && f->outcome != JOB_OUTCOME_EXPIRED && !interrupted)
         run_at += job_backoff_delay_ms(&b, (int)attempt, rand01());
     char cut[JOB_ERROR_MAX + 1];
-    error_text(f->error ? f->error : job_outcome_name(f->outcome), cut, sizeof cut);
+    bb_utf8_copy(cut, sizeof cut, f->error ? f->error : job_outcome_name(f->outcome));
     const struct store_param w[] = {
         sp_int(f->id),       sp_int(f->token), sp_text(dead ? "dead" : "pending"),
         sp_int(run_at),      sp_text(cut),     sp_int(now_ms),
@@ -1157,6 +1126,42 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
     free(items);
     if (rc == ERR_OK && *n > 0)
         rc = store_notify(c, JOBS__CHANNEL, "", e);
+    return rc;
+}
+
+static struct store_stmt PRUNE_WINDOW = {
+    .sql = "SELECT max(id) FROM (SELECT id FROM jobs WHERE id > $1 ORDER BY id LIMIT $2) w",
+};
+#define PRUNABLE                                                                             \
+    "SELECT id FROM jobs WHERE id > $1 AND id <= $2 AND state IN ('completed', 'cancelled')" \
+    " AND finished_at_ms < $3"
+static struct store_stmt PRUNE_ATTEMPTS = {
+    .sql = "DELETE FROM job_attempts WHERE job_id IN (" PRUNABLE ")",
+};
+static struct store_stmt PRUNE_JOBS = {.sql = "DELETE FROM jobs WHERE id IN (" PRUNABLE ")"};
+
+enum err
+job_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit, int64_t *cursor,
+                   int64_t *deleted, struct bb_error *e)
+{
+    *deleted = 0;
+    struct store_rows r;
+    const struct store_param w[] = {sp_int(*cursor), sp_int(limit)};
+    enum err rc = store_query(c, &PRUNE_WINDOW, w, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    int64_t end = store_next(&r) && !store_col_is_null(&r, 0) ? store_col_int(&r, 0) : 0;
+    store_rows_close(&r);
+    if (end == 0) { /* past the last job: start over */
+        *cursor = 0;
+        return ERR_OK;
+    }
+    const struct store_param p[] = {sp_int(*cursor), sp_int(end), sp_int(before_ms)};
+    rc = store_exec(c, &PRUNE_ATTEMPTS, p, 3, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &PRUNE_JOBS, p, 3, deleted, e);
+    if (rc == ERR_OK)
+        *cursor = end;
     return rc;
 }
 

@@ -131,7 +131,7 @@ struct job_spec {
     const char *queue;    /* default "default" */
     const char *handler;  /* required */
     const char *payload;  /* JSON text; NULL means {} */
-    const char *target;   /* JSON text for the "http" handler ({"url":...}); may be NULL */
+    const char *target;   /* JSON text: what "http" posts to, what "exec" runs; may be NULL */
     int64_t run_at_ms;    /* 0: now */
     int64_t priority;     /* higher runs first */
     int64_t max_attempts; /* 0: the queue's */
@@ -261,6 +261,13 @@ BB_WUR enum err job_finish_batch(struct store_conn *c, struct job_finish *items,
 /* Rescue jobs whose lease ran out (at most `limit`). *n gets how many. */
 BB_WUR enum err job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t *n,
                                    struct bb_error *e);
+/* Retention, a sweep in id order that needs no index of its own: among the
+ * `limit` jobs after id *cursor, delete the completed and cancelled ones
+ * that finished before `before_ms`, with their attempts (dead jobs stay
+ * until purged). *cursor moves past them, or back to 0 at the table's end;
+ * *deleted gets how many went. */
+BB_WUR enum err job_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit,
+                                   int64_t *cursor, int64_t *deleted, struct bb_error *e);
 
 /* ---- schedules (cron and fixed intervals) -----------------------------------------------------
  */
@@ -318,13 +325,26 @@ typedef enum job_verdict job_handler_fn(struct job_run *run);
  * "fail" (always retryable failure), "fail_permanently", "sleep" (payload
  * {"ms":N}, honours cancel), "ledger" (records the job once in job_ledger,
  * fenced by the lease: the idempotent handler of the crash tests), "http"
- * (push: POST the payload to target.url). Register before starting workers;
- * read-only afterwards. */
+ * (push: POST the payload to target.url) and, when exec_allow names
+ * directories, "exec" (run target.argv with the payload on stdin; see
+ * job_exec.c). Register before starting workers; read-only afterwards. */
+struct job_registry_options {
+    const char *http_secret;       /* signs webhook bodies; NULL: unsigned */
+    const char *const *exec_allow; /* NULL-terminated directories; NULL: no exec */
+};
 struct job_registry;
-struct job_registry *job_registry_create(const char *http_secret);
+BB_WUR enum err job_registry_create(const struct job_registry_options *o, struct job_registry **out,
+                                    struct bb_error *e);
 void job_registry_destroy(struct job_registry *r);
 void job_registry_add(struct job_registry *r, const char *name, job_handler_fn *fn, void *ctx);
 bool job_registry_has(const struct job_registry *r, const char *name);
+/* Append the registered names, comma-separated, to `out`. */
+void job_registry_names(const struct job_registry *r, struct bb_buf *out);
+/* Check a job's target (JSON, NULL when absent) for its handler: "http"
+ * needs {"url": "http(s)://..."}, "exec" a command it may run; others take
+ * any object. Errors name target.* fields. */
+BB_WUR enum err job_registry_check_target(const struct job_registry *r, const char *handler,
+                                          const json_t *target, struct bb_error *e);
 
 /* The embedded worker pool. */
 struct job_pool_options {
@@ -342,11 +362,16 @@ BB_WUR enum err job_pool_start(struct store *s, const struct job_registry *r,
  * then cancel them and hand their leases back (they run again elsewhere). */
 void job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms);
 
-/* The scheduler: rescues expired leases and fires schedules, in every
- * process that runs it (safe to run many). */
+/* The scheduler: rescues expired leases, fires schedules and deletes
+ * finished jobs past their retention, in every process that runs it (safe
+ * to run many). */
+struct job_scheduler_options {
+    int64_t tick_ms;      /* default 500 */
+    int64_t retention_ms; /* completed/cancelled jobs kept this long; 0: forever */
+};
 struct job_scheduler;
-BB_WUR enum err job_scheduler_start(struct store *s, int64_t tick_ms, struct job_scheduler **out,
-                                    struct bb_error *e);
+BB_WUR enum err job_scheduler_start(struct store *s, const struct job_scheduler_options *o,
+                                    struct job_scheduler **out, struct bb_error *e);
 void job_scheduler_stop(struct job_scheduler *sch);
 
 /* ---- the HTTP service -------------------------------------------------------------------------

@@ -43,6 +43,18 @@ enum err jobs__next_due(struct store_conn *c, int64_t now_ms, int64_t *next_ms, 
 /* Handlers (job_handlers.c). */
 job_handler_fn *jobs__registry_find(const struct job_registry *r, const char *name, void **ctx);
 
+/* The exec handler (job_exec.c): commands from the directories in `dirs`
+ * (NULL-terminated, absolute, resolved at creation). */
+struct jobs__exec;
+enum err jobs__exec_create(const char *const *dirs, struct jobs__exec **out, struct bb_error *e);
+void jobs__exec_destroy(struct jobs__exec *x);
+/* Is `target` a command this process may run ({"argv", "env",
+ * "permanent_exit_codes"})? Errors name target.* fields. */
+enum err jobs__exec_check_target(const struct jobs__exec *x, const json_t *target,
+                                 struct bb_error *e);
+/* The handler; its registration context is the struct jobs__exec. */
+enum job_verdict jobs__exec_handle(struct job_run *run);
+
 /* Metrics, counted by callers after their transaction commits. */
 void jobs__metrics_register(void);
 void jobs__metric_submitted(const char *queue, int64_t n);
@@ -50,6 +62,7 @@ void jobs__metric_started(const char *queue, double queue_latency_s);
 void jobs__metric_finished(const char *queue, enum job_outcome outcome, double duration_s);
 void jobs__metric_stale(const char *what);
 void jobs__metric_rescued(int64_t n);
+void jobs__metric_pruned(int64_t n);
 void jobs__metric_depth(const char *queue, const char *state, int64_t n);
 
 #endif /* BB_JOBS_INT_H */

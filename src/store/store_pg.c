@@ -40,6 +40,20 @@ struct pg_cmd {
     const int *formats;
 };
 
+/* Server notices ("relation ... already exists, skipping") go to the log
+ * at debug level, not to stderr. */
+static void
+pg_notice(void *arg, const char *message)
+{
+    (void)arg;
+    char text[512];
+    bb_strlcpy(text, message, sizeof text);
+    size_t n = strlen(text);
+    while (n > 0 && text[n - 1] == '\n')
+        text[--n] = '\0';
+    log_debug("store.pg_notice", "message=%s", text);
+}
+
 static PGconn *
 pg_connect_url(const char *url, char *err, size_t err_len)
 {
@@ -58,6 +72,7 @@ pg_connect_url(const char *url, char *err, size_t err_len)
         PQfinish(pg);
         return NULL;
     }
+    PQsetNoticeProcessor(pg, pg_notice, NULL);
     return pg;
 }
 

@@ -226,6 +226,14 @@ def server(make_server):
     return make_server()
 
 
+def cli(*args, server=None, env=None):
+    """Run the backbone CLI (against `server` when given); the CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    cmd = [BIN, *args] + (["--server", server.url] if server else [])
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
+
+
 def wait_job(server, job_id, states=("completed",), timeout_s=60):
     """Poll GET /jobs/{id} until its state is one of `states`; return it."""
     def done():

@@ -1,18 +1,10 @@
 """The `backbone locks` / `backbone fenced` CLI against a live server: human
 output, --json, and exit codes (0 ok, 1 refused, 2 usage, 3 unreachable)."""
 import json
-import os
 import socket
-import subprocess
 
-from conftest import BIN
+from conftest import cli
 
-
-def cli(*args, server=None, env=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    cmd = [BIN, *args] + (["--server", server.url] if server else [])
-    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
 
 
 def test_lock_cycle_with_human_output(server):

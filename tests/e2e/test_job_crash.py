@@ -1,7 +1,9 @@
 """Jobs survive crashes and shutdowns: kill -9 in the middle of a job and of
 10,000 jobs, graceful SIGTERM, and (PostgreSQL) several processes sharing one
 database: cron fires once, each job is claimed by one worker at a time, and a
-dead process's work is taken over after its lease runs out."""
+dead process's work is taken over after its lease runs out; a worker process
+serves health and metrics."""
+import json
 import os
 import signal
 import subprocess
@@ -79,7 +81,7 @@ pg_only = pytest.mark.skipif(ENGINE != "pg", reason="SQLite has one owning proce
 
 
 def start_worker(database, tmp_path, name, args=()):
-    """A `backbone worker` process (no HTTP) on the shared database."""
+    """A `backbone worker` process on the shared database."""
     log = open(tmp_path / f"{name}.log", "wb")
     env = dict(os.environ)
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -98,7 +100,7 @@ def stop_worker(proc, log):
 @pg_only
 def test_three_processes_share_the_work_and_fire_cron_once(make_server, database, tmp_path):
     server = make_server(["--workers", "5", "--scheduler-tick", "100ms"])
-    workers = [start_worker(database, tmp_path, f"w{i}", ["--workers", "5",
+    workers = [start_worker(database, tmp_path, f"w{i}", ["--concurrency", "5",
                                                           "--scheduler-tick", "100ms"])
                for i in range(2)]
     try:
@@ -134,9 +136,9 @@ def test_three_processes_share_the_work_and_fire_cron_once(make_server, database
 def test_a_killed_workers_jobs_go_to_the_others_after_its_lease(make_server, database, tmp_path):
     server = make_server(["--workers", "0"])
     server.put("/queues/slow", {})
-    a = start_worker(database, tmp_path, "a", ["--workers", "1", "--worker-queues", "slow",
+    a = start_worker(database, tmp_path, "a", ["--concurrency", "1", "--queues", "slow",
                                                "--scheduler-tick", "100ms"])
-    b = start_worker(database, tmp_path, "b", ["--workers", "1", "--worker-queues", "slow",
+    b = start_worker(database, tmp_path, "b", ["--concurrency", "1", "--queues", "slow",
                                                "--scheduler-tick", "100ms"])
     try:
         ids = [submit(server, {"queue": "slow", "handler": "ledger", "payload": {"ms": 3000},
@@ -163,3 +165,31 @@ def test_a_killed_workers_jobs_go_to_the_others_after_its_lease(make_server, dat
     finally:
         a[1].close()
         stop_worker(*b)
+
+
+@pg_only
+def test_a_worker_serves_health_and_metrics_and_nothing_else(make_server, database, tmp_path):
+    server = make_server(["--workers", "0"])
+    for queue in ("mq", "elsewhere"):
+        assert server.put(f"/queues/{queue}", {}).status_code == 201
+    proc, log = start_worker(database, tmp_path, "m", ["--queues", "mq", "--port", "0"])
+    try:
+        def port():
+            for raw in (tmp_path / "m.log").read_text().splitlines():
+                if '"server.listening"' in raw:
+                    return json.loads(raw)["port"]
+            assert proc.poll() is None, (tmp_path / "m.log").read_text()
+            return None
+        url = f"http://127.0.0.1:{await_condition(port, what='the worker to listen')}"
+        other = submit(server, {"queue": "elsewhere", "handler": "noop"})
+        mine = submit(server, {"queue": "mq", "handler": "noop"})
+        wait_job(server, mine)
+        assert requests.get(url + "/healthz").status_code == 200
+        assert requests.get(url + "/readyz").status_code == 200
+        metrics = requests.get(url + "/metrics").text
+        assert 'backbone_jobs_finished_total{queue="mq",outcome="completed"} 1' in metrics
+        assert requests.post(url + "/jobs", json={"handler": "noop"}).status_code == 404
+        # It takes jobs from its own queues only.
+        assert server.get(f"/jobs/{other}").json()["state"] == "pending"
+    finally:
+        stop_worker(proc, log)

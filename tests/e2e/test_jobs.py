@@ -276,6 +276,20 @@ def test_polling_finds_jobs_when_wakeups_are_lost(make_server):
     wait_job(server, job_id, timeout_s=20)
 
 
+def test_finished_jobs_are_pruned_after_the_retention_and_dead_ones_kept(make_server):
+    server = make_server(["--job-retention", "1s", "--scheduler-tick", "100ms"])
+    done = [submit(server, {"handler": "noop"})["job_id"] for _ in range(3)]
+    dead = submit(server, {"handler": "fail_permanently"})["job_id"]
+    for job_id in done:
+        wait_job(server, job_id)
+    wait_job(server, dead, ("dead",))
+    await_condition(lambda: all(server.get(f"/jobs/{i}").status_code == 404 for i in done),
+                    what="the completed jobs to be pruned")
+    assert server.get(f"/jobs/{done[0]}/history").status_code == 404
+    assert server.get(f"/jobs/{dead}").json()["state"] == "dead"
+    assert server.metric("backbone_jobs_pruned_total") == 3
+
+
 def test_job_metrics(server):
     job_id = submit(server, {"handler": "fail", "max_attempts": 1})["job_id"]
     wait_job(server, job_id, ("dead",))

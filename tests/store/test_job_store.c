@@ -2,8 +2,8 @@
  * test_job_store.c: jobs in the database, on both engines, with an injected
  * clock: submit, unique keys, claims (priority, pause, concurrency, external),
  * fenced completion, retries with backoff, dead letters, cancellation,
- * rescue of expired leases, transactional enqueue, schedules, and
- * concurrent claimers.
+ * rescue of expired leases, transactional enqueue, schedules, retention
+ * and concurrent claimers.
  */
 #include "testsupport.h"
 
@@ -516,6 +516,68 @@ list_pages_and_filters(void **state)
     (void)ids;
 }
 
+static int64_t
+count_attempts(struct store_conn *c, int64_t id)
+{
+    static struct store_stmt COUNT = {.sql = "SELECT COUNT(*) FROM job_attempts WHERE job_id = $1"};
+    struct store_rows r;
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(id)};
+    assert_ok(store_query(c, &COUNT, p, 1, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    return n;
+}
+
+static void
+retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    /* Finished long ago: completed (old), cancelled (cancelled), dead. */
+    int64_t old = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct job_lease l = claim_one(f->c, "default", T0);
+    assert_int_equal(finish(f->c, old, l.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL), ERR_OK);
+    job_lease_deinit(&l);
+    int64_t cancelled = submit(f->c, NULL, "noop", 0, T0, T0);
+    assert_ok(job_cancel(f->c, cancelled, T0, &e), &e);
+    int64_t dead = submit(f->c, NULL, "noop", 0, T0, T0);
+    l = claim_one(f->c, "default", T0);
+    assert_int_equal(finish(f->c, dead, l.lease_token, JOB_OUTCOME_PERMANENT, T0, NULL), ERR_OK);
+    job_lease_deinit(&l);
+    /* Finished recently, running, pending. */
+    int64_t recent = submit(f->c, NULL, "noop", 0, T0, T0);
+    l = claim_one(f->c, "default", T0);
+    assert_int_equal(finish(f->c, recent, l.lease_token, JOB_OUTCOME_COMPLETED, T0 + 9000, NULL),
+                     ERR_OK);
+    job_lease_deinit(&l);
+    int64_t running = submit(f->c, NULL, "noop", 0, T0, T0);
+    l = claim_one(f->c, "default", T0);
+    job_lease_deinit(&l);
+    int64_t pending = submit(f->c, NULL, "noop", 0, T0, T0);
+    assert_int_equal(count_attempts(f->c, old), 1);
+
+    /* Windows of two ids: the sweep takes three steps, then starts over. */
+    int64_t cursor = 0, deleted, total = 0, steps = 0;
+    do {
+        assert_ok(job_prune_finished(f->c, T0 + 5000, 2, &cursor, &deleted, &e), &e);
+        total += deleted;
+        steps++;
+    } while (cursor != 0);
+    assert_int_equal(total, 2);
+    assert_int_equal(steps, 4);
+    json_t *j;
+    assert_int_equal(job_get_json(f->c, old, false, T0, &j, &e), ERR_NOT_FOUND);
+    assert_int_equal(job_get_json(f->c, cancelled, false, T0, &j, &e), ERR_NOT_FOUND);
+    assert_int_equal(count_attempts(f->c, old), 0);
+    assert_string_equal(state_of(f->c, dead, T0), "dead");
+    assert_string_equal(state_of(f->c, recent, T0), "completed");
+    assert_string_equal(state_of(f->c, running, T0), "running");
+    assert_string_equal(state_of(f->c, pending, T0), "pending");
+    assert_int_equal(count_attempts(f->c, recent), 1);
+}
+
 static void
 many_jobs_insert_in_order_across_queues_and_keys(void **state)
 {
@@ -646,6 +708,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),
     JOB_TEST(cron_schedules_use_their_time_zone),
     JOB_TEST(list_pages_and_filters),
+    JOB_TEST(retention_prunes_old_finished_jobs_and_their_attempts_only),
     JOB_TEST(many_jobs_insert_in_order_across_queues_and_keys),
     JOB_TEST(concurrent_claimers_never_share_a_job),
 };

@@ -48,8 +48,9 @@ duration_parse_accepts_units(void **state)
         const char *text;
         int64_t ms;
     } cases[] = {
-        {"0", 0},       {"250", 250},    {"250ms", 250}, {"30s", 30000},
-        {"5m", 300000}, {"2h", 7200000}, {"1s", 1000},   {"9223372036854775807", INT64_MAX},
+        {"0", 0},          {"250", 250},   {"250ms", 250},
+        {"30s", 30000},    {"5m", 300000}, {"2h", 7200000},
+        {"7d", 604800000}, {"1s", 1000},   {"9223372036854775807", INT64_MAX},
     };
     for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
         int64_t v = -1;
@@ -343,6 +344,25 @@ buf_json_string_escapes_controls_and_quotes(void **state)
 }
 
 static void
+utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters(void **state)
+{
+    (void)state;
+    const char *in = "ok \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80|\xff|\xc0\xaf|\xed\xa0\x80|"
+                     "\xe2\x82|\x01\x7f|\n\t";
+    const char *want = "ok \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80|?|??|???|??|  |  ";
+    char out[64];
+    assert_int_equal(bb_utf8_copy(out, sizeof out, in), strlen(want));
+    assert_string_equal(out, want);
+    json_t *j = json_string(out); /* jansson accepts only valid UTF-8 */
+    assert_non_null(j);
+    json_decref(j);
+    char small[6]; /* "ok \xc3\xa9" needs 5 + NUL; one byte less cuts the é whole */
+    assert_int_equal(bb_utf8_copy(small, sizeof small, in), 5);
+    assert_int_equal(bb_utf8_copy(small, 5, in), 3);
+    assert_string_equal(small, "ok ");
+}
+
+static void
 log_lines_are_json_with_typed_fields_and_context(void **state)
 {
     (void)state;
@@ -436,6 +456,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(json_string_rejects_empty_long_and_nul),
     cmocka_unit_test(json_only_names_the_unknown_field),
     cmocka_unit_test(buf_json_string_escapes_controls_and_quotes),
+    cmocka_unit_test(utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters),
     cmocka_unit_test(log_lines_are_json_with_typed_fields_and_context),
     cmocka_unit_test(log_limit_suppresses_and_counts_bursts),
     cmocka_unit_test(arena_allocations_are_aligned_and_survive_growth),

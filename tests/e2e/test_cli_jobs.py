@@ -1,0 +1,123 @@
+"""The `backbone jobs|queues|schedules|dlq` CLI against a live server: each
+command's human output, --json, and exit codes (0 ok, 1 refused, 2 usage)."""
+import json
+import re
+
+from conftest import cli, wait_job
+
+
+def ok(*args, server):
+    r = cli(*args, server=server)
+    assert r.returncode == 0, (args, r.stderr)
+    return r.stdout
+
+
+def test_jobs_submit_get_list_history_cancel_retry(server):
+    out = ok("jobs", "submit", "--handler", "noop", "--payload", '{"order": 7}', "--priority", "3",
+             server=server)
+    m = re.fullmatch(r"job (\d+) queued, runs at \S+Z\n", out)
+    assert m, out
+    job_id = int(m.group(1))
+    wait_job(server, job_id)
+    got = json.loads(ok("jobs", "get", str(job_id), "--json", server=server))
+    assert got["payload"] == {"order": 7} and got["priority"] == 3
+    assert got["state"] == "completed"
+    listed = ok("jobs", "list", "--state", "completed", server=server)
+    assert re.match(rf"{job_id}  completed  default\s+noop\s+attempt 1/5  run_at ", listed)
+    history = ok("jobs", "history", str(job_id), server=server)
+    assert re.fullmatch(r"attempt 1  completed\s+\S+\s+\S+Z  \d+ ms\n", history), history
+    r = cli("jobs", "cancel", str(job_id), server=server)
+    assert r.returncode == 1 and "cannot cancel" in r.stderr and "409" in r.stderr
+    assert ok("jobs", "retry", str(job_id), server=server) == \
+        f"job_id {job_id}, state pending\n"
+    wait_job(server, job_id)
+    later = int(re.match(r"job (\d+)", ok("jobs", "submit", "--handler", "noop", "--delay", "1h",
+                                          server=server)).group(1))
+    assert ok("jobs", "cancel", str(later), server=server) == \
+        f"job_id {later}, state cancelled\n"
+    r = cli("jobs", "get", "999999", server=server)
+    assert r.returncode == 1 and "no job 999999" in r.stderr
+
+
+def test_unique_keys_and_targets(server):
+    first = ok("jobs", "submit", "--handler", "noop", "--delay", "1h", "--unique-key", "k1",
+               server=server)
+    again = ok("jobs", "submit", "--handler", "noop", "--delay", "1h", "--unique-key", "k1",
+               server=server)
+    assert re.match(r"job \d+", first).group(0) == re.match(r"job \d+", again).group(0)
+    assert "already queued under that key" in again
+    r = cli("jobs", "submit", "--handler", "http", "--target", '{"url": "ftp://x"}',
+            server=server)
+    assert r.returncode == 1 and "target.url" in r.stderr and "400" in r.stderr
+    assert re.match(r"job \d+ queued", ok("jobs", "submit", "--handler", "http", "--target-url",
+                                          "http://127.0.0.1:9/x", "--delay", "1h",
+                                          server=server))
+
+
+def test_queues(server):
+    assert ok("queues", "put", "mail", "--concurrency", "2", server=server).startswith(
+        "mail                 active  ready 0 scheduled 0 running 0 dead 0 concurrency 2")
+    assert ok("queues", "pause", "mail", server=server) == "name mail, paused true\n"
+    assert "mail                 paused" in ok("queues", "list", server=server)
+    assert ok("queues", "show", "mail", server=server).startswith("mail                 paused")
+    assert ok("queues", "resume", "mail", server=server) == "name mail, paused false\n"
+    q = json.loads(ok("queues", "show", "mail", "--json", server=server))
+    assert q["concurrency"] == 2 and q["paused"] is False
+    r = cli("queues", "show", "nope", server=server)
+    assert r.returncode == 1 and "404" in r.stderr
+
+
+def test_schedules(server):
+    out = ok("schedules", "create", "nightly", "--cron", "0 3 * * *", "--tz", "Europe/Paris",
+             "--handler", "noop", server=server)
+    assert re.fullmatch(r"schedule nightly, next fire \S+T0[12]:00:00.000Z\n", out), out
+    assert re.match(r"nightly\s+0 3 \* \* \*\s+Europe/Paris next ",
+                    ok("schedules", "list", server=server))
+    shown = json.loads(ok("schedules", "show", "nightly", "--json", server=server))
+    assert len(shown["upcoming"]) == 5
+    assert ok("schedules", "pause", "nightly", server=server) == "name nightly, paused true\n"
+    assert "(paused)" in ok("schedules", "list", server=server)
+    assert ok("schedules", "resume", "nightly", server=server) == "name nightly, paused false\n"
+    assert ok("schedules", "delete", "nightly", server=server) == "name nightly, deleted true\n"
+    assert ok("schedules", "list", server=server) == "no schedules\n"
+    r = cli("schedules", "create", "bad", "--cron", "61 * * * *", "--handler", "noop",
+            server=server)
+    assert r.returncode == 1 and "cron" in r.stderr
+
+
+def test_dead_letters(server):
+    ids = [int(re.match(r"job (\d+)", ok("jobs", "submit", "--handler", "fail_permanently",
+                                         server=server)).group(1)) for _ in range(3)]
+    for job_id in ids:
+        wait_job(server, job_id, ("dead",))
+    listed = ok("dlq", "list", server=server).splitlines()
+    assert [int(line.split()[0]) for line in listed] == ids
+    assert all("error: failed on purpose, permanently" in line for line in listed)
+    assert json.loads(ok("dlq", "show", str(ids[0]), "--json", server=server))["state"] == "dead"
+    assert ok("dlq", "redrive", str(ids[0]), server=server) == \
+        f"job_id {ids[0]}, state pending\n"
+    wait_job(server, ids[0], ("dead",))
+    assert ok("dlq", "redrive-all", server=server) == "redriven 3\n"
+    for job_id in ids:
+        wait_job(server, job_id, ("dead",))
+    assert ok("dlq", "purge", server=server) == "purged 3\n"
+    assert ok("dlq", "list", server=server) == "no jobs\n"
+
+
+def test_jobs_usage_errors_exit_2():
+    for args, needle in [
+        (["jobs", "submit"], "submit needs --handler"),
+        (["jobs", "submit", "--handler", "noop", "--payload", "{nope"], "--payload must be JSON"),
+        (["jobs", "submit", "--handler", "exec", "--target", "[1"], "--target must be a JSON"),
+        (["jobs", "submit", "--handler", "http", "--target", "{}", "--target-url", "http://x"],
+         "exclude each other"),
+        (["jobs", "submit", "--handler", "noop", "--delay", "soon"], "--delay"),
+        (["jobs", "get"], "expected a job id"),
+        (["jobs", "frob", "1"], "unknown jobs command"),
+        (["queues", "show"], "expected a queue name"),
+        (["schedules", "create", "x"], "needs --handler"),
+        (["dlq", "frob", "1"], "unknown dlq command"),
+    ]:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr, (args, r.stderr)
