@@ -3,7 +3,7 @@
 # Idempotent: a second run installs nothing and makes no network calls.
 #   scripts/deps.sh run     build and run the server
 #   scripts/deps.sh test    ... plus PostgreSQL 15, cmocka, pytest (the test suite)
-#   scripts/deps.sh bench   ... plus etcd, Redis and Node.js (the peers we race)
+#   scripts/deps.sh bench   ... plus etcd, Redis, Node.js and Celery (the peers we race)
 set -euo pipefail
 
 profile=${1:-run}
@@ -12,7 +12,7 @@ run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata
 test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
   python3-yaml
   clang-format curl procps)
-bench_pkgs=(etcd-server etcd-client redis-server redis-tools nodejs npm curl)
+bench_pkgs=(etcd-server etcd-client redis-server redis-tools nodejs npm curl python3-celery python3-redis)
 
 case "$profile" in
 run) want=("${run_pkgs[@]}") ;;

@@ -9,7 +9,8 @@
  *                                             time first start to last completion
  *   jobbench latency --url U --samples 200   idle system: a waiting pull claim vs
  *                                             a submit; time submit sent -> job claimed
- *   jobbench deep    --url U --jobs 1000000  queue N jobs, then time single claims
+ *   jobbench deep    --url U --jobs 1000000  queue N jobs, then time single claims and a
+ *                                            /metrics scrape
  *
  * Every submit answered 201 is durable (the server commits before answering).
  */
@@ -325,9 +326,18 @@ run_deep(void)
     }
     double p50, p99;
     percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    /* What a Prometheus scrape costs with that many jobs (depth by state). */
+    int64_t scrape[5];
+    for (size_t i = 0; i < BB_ARRAY_LEN(scrape); i++) {
+        int64_t t0 = bb_mono_ns();
+        json_decref(call(h, "GET", "/metrics", NULL, 200));
+        scrape[i] = bb_mono_ns() - t0;
+    }
+    double scrape_ms, ignored;
+    percentiles(scrape, BB_ARRAY_LEN(scrape), &scrape_ms, &ignored);
     printf("{\"bench\":\"deep\",\"label\":\"%s\",\"queued\":%" PRId64 ",\"fill_jobs_per_s\":%.0f,"
-           "\"claim_p50_ms\":%.2f,\"claim_p99_ms\":%.2f}\n",
-           cfg.label, cfg.jobs, rate, p50, p99);
+           "\"claim_p50_ms\":%.2f,\"claim_p99_ms\":%.2f,\"metrics_scrape_ms\":%.1f}\n",
+           cfg.label, cfg.jobs, rate, p50, p99, scrape_ms);
     free(lat);
     http_client_destroy(h);
 }

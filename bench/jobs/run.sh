@@ -72,6 +72,8 @@ for engine in sqlite postgres; do
   label=backbone-$engine
   backbone_up "$(fresh_db $engine jb1)" 10
   jb submit --duration 5s --label "$label"
+  jb submit --duration 5s --clients 64 --label "$label-c64"
+
   jb batch --jobs "$N" --label "$label"
   jb latency --samples 200 --label "$label"
   jb process --jobs "$N" --label "$label-w10"

@@ -45,7 +45,7 @@ static struct metrics_def M_LATENCY = {
 };
 static struct metrics_def M_DEPTH = {
     .name = "backbone_jobs",
-    .help = "Jobs by queue and state (ready, scheduled, running, completed, cancelled, dead: "
+    .help = "Jobs waiting or running, by queue and state (ready, scheduled, running, dead: "
             "the dead-letter queue).",
     .type = METRICS_GAUGE,
     .labels = {"queue", "state"},

@@ -210,10 +210,16 @@ static struct store_stmt QUEUE_PAUSE = {
 static struct store_stmt QUEUE_LIST = {
     .sql = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE ($1 = '' OR name = $1) ORDER BY name",
 };
+/* Depth counts only the live states, each through its partial index, so
+ * its cost follows the backlog, not the finished jobs kept for retention.
+ * $2: one queue, or '' for all. */
 static struct store_stmt QUEUE_DEPTH = {
-    .sql = "SELECT queue, state, CASE WHEN state = 'pending' AND run_at_ms > $1 THEN 1 ELSE 0 END,"
-           " COUNT(*) FROM jobs GROUP BY queue, state,"
-           " CASE WHEN state = 'pending' AND run_at_ms > $1 THEN 1 ELSE 0 END",
+    .sql = "SELECT queue, 'pending', COUNT(*), COUNT(*) FILTER (WHERE run_at_ms > $1) FROM jobs"
+           " WHERE state = 'pending' AND ($2 = '' OR queue = $2) GROUP BY queue"
+           " UNION ALL SELECT queue, 'running', COUNT(*), 0 FROM jobs"
+           " WHERE state = 'running' AND ($2 = '' OR queue = $2) GROUP BY queue"
+           " UNION ALL SELECT queue, 'dead', COUNT(*), 0 FROM jobs"
+           " WHERE state = 'dead' AND ($2 = '' OR queue = $2) GROUP BY queue",
 };
 static struct store_stmt QUEUE_RUNNING = {
     .sql = "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND state = 'running'",
@@ -312,8 +318,7 @@ queue_json(const struct job_queue *q)
     json_object_set_new(o, "backoff", backoff_json(&q->backoff));
     json_object_set_new(o, "lease_ms", json_integer(q->lease_ms));
     json_t *depth = json_object();
-    static const char *const keys[] = {"ready",     "scheduled", "running",
-                                       "completed", "cancelled", "dead"};
+    static const char *const keys[] = {"ready", "scheduled", "running", "dead"};
     for (size_t i = 0; i < BB_ARRAY_LEN(keys); i++)
         json_object_set_new(depth, keys[i], json_integer(0));
     json_object_set_new(o, "depth", depth);
@@ -339,18 +344,22 @@ job_queue_list_json(struct store_conn *c, const char *only, int64_t now_ms, json
         json_array_append_new(list, qj);
     }
     store_rows_close(&r);
-    const struct store_param d[] = {sp_int(now_ms)};
-    rc = store_query(c, &QUEUE_DEPTH, d, 1, &r, e);
+    const struct store_param d[] = {sp_int(now_ms), sp_text(only ? only : "")};
+    rc = store_query(c, &QUEUE_DEPTH, d, 2, &r, e);
     if (rc == ERR_OK) {
         while (store_next(&r)) {
             json_t *qj = json_object_get(queues, store_col_text(&r, 0));
             if (qj == NULL)
                 continue;
-            const char *state = store_col_text(&r, 1);
-            if (strcmp(state, "pending") == 0)
-                state = store_col_int(&r, 2) ? "scheduled" : "ready";
             json_t *depth = json_object_get(qj, "depth");
-            json_object_set_new(depth, state, json_integer(store_col_int(&r, 3)));
+            const char *state = store_col_text(&r, 1);
+            int64_t n = store_col_int(&r, 2), later = store_col_int(&r, 3);
+            if (strcmp(state, "pending") == 0) {
+                json_object_set_new(depth, "ready", json_integer(n - later));
+                json_object_set_new(depth, "scheduled", json_integer(later));
+            } else {
+                json_object_set_new(depth, state, json_integer(n));
+            }
         }
         store_rows_close(&r);
     }
