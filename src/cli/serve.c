@@ -253,7 +253,6 @@ app_start(struct app *app, bool with_api, struct bb_error *e)
         rc = migrate_all(app->store, e);
     if (rc != ERR_OK)
         return rc;
-
     if (with_api) {
         struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
         rc = lock_service_create(app->store, &app->locks, e);

@@ -338,6 +338,20 @@ struct exec_result {
     struct bb_buf tail; /* end of its output */
 };
 
+/* Read what the command wrote so far; close the pipe (-1) at its end. */
+static void
+exec_drain(int *fd, struct bb_buf *tail)
+{
+    char chunk[4096];
+    ssize_t got;
+    while ((got = read(*fd, chunk, sizeof chunk)) > 0)
+        exec_output_keep(tail, chunk, (size_t)got);
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
 /*
  * Feed the payload, collect the output's tail and wait for the process,
  * signalling its group when the run must stop. Waits on a pidfd, so the
@@ -374,16 +388,8 @@ exec_supervise(struct job_run *run, pid_t pid, int in_fd, int out_fd, struct exe
         int timeout = pidfd >= 0 ? 50 : 5;
         if (poll(fds, n, timeout) < 0 && errno != EINTR)
             break;
-        if (out_fd >= 0) {
-            char chunk[4096];
-            ssize_t got;
-            while ((got = read(out_fd, chunk, sizeof chunk)) > 0)
-                exec_output_keep(&res->tail, chunk, (size_t)got);
-            if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
-                close(out_fd);
-                out_fd = -1;
-            }
-        }
+        if (out_fd >= 0)
+            exec_drain(&out_fd, &res->tail);
         if (in_fd >= 0) {
             ssize_t put = left > 0 ? write(in_fd, payload, left) : 0;
             if (put > 0) {
@@ -403,13 +409,10 @@ exec_supervise(struct job_run *run, pid_t pid, int in_fd, int out_fd, struct exe
         waitpid(pid, &res->status, 0);
     }
     /* What it wrote just before exiting (descendants may hold the pipe). */
-    if (out_fd >= 0) {
-        char chunk[4096];
-        ssize_t got;
-        while ((got = read(out_fd, chunk, sizeof chunk)) > 0)
-            exec_output_keep(&res->tail, chunk, (size_t)got);
+    if (out_fd >= 0)
+        exec_drain(&out_fd, &res->tail);
+    if (out_fd >= 0)
         close(out_fd);
-    }
     if (in_fd >= 0)
         close(in_fd);
     if (pidfd >= 0)
