@@ -361,3 +361,15 @@ def test_bad_requests_elsewhere(server):
     problem(server.post("/schedules", {"handler": "noop"}), 400, "invalid_request", "cron")
     problem(server.post("/schedules", {"handler": "noop", "every_ms": 5000}), 400,
             "invalid_request", "name")
+
+
+def test_the_payload_limit_is_configurable_and_checked_in_batches(make_server):
+    server = make_server(["--payload-limit", "1KiB"])
+    assert server.post("/jobs", {"handler": "noop", "payload": {"x": "y" * 900}}).status_code == 201
+    problem(server.post("/jobs", {"handler": "noop", "payload": {"x": "y" * 1100}}), 413,
+            "payload_too_large", "payload")
+    jobs = [{"handler": "noop"}, {"handler": "noop", "payload": {"x": "y" * 1100}}]
+    problem(server.post("/jobs/batch", {"jobs": jobs}), 413, "payload_too_large",
+            "jobs[1].payload")
+    # Nothing half-written: the first job is still the only one.
+    assert [j["job_id"] for j in server.get("/jobs").json()["jobs"]] == [1]
