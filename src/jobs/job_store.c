@@ -24,6 +24,7 @@
 #include "locks/locks.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -405,7 +406,74 @@ static struct store_stmt JOB_BY_UNIQUE = {
            " AND state IN ('pending', 'running')",
 };
 
-enum { INSERT_PARAMS = 18 };
+enum { INSERT_PARAMS = 18, INSERT_CHUNK = 64 };
+
+/*
+ * Batches insert INSERT_CHUNK jobs per statement (one multi-row VALUES),
+ * which costs the database far less than a statement per job. Identity
+ * values are drawn in VALUES order, so the returned ids, sorted, are the
+ * rows' ids in order, whatever order RETURNING lists them in.
+ */
+static char insert_chunk_sql[256 + INSERT_CHUNK * 160];
+static struct store_stmt JOB_INSERT_CHUNK = {.sql = insert_chunk_sql};
+static pthread_once_t insert_chunk_once = PTHREAD_ONCE_INIT;
+
+static void
+insert_chunk_build(void)
+{
+    struct bb_buf b;
+    bb_buf_init(&b);
+    bb_buf_puts(&b, "INSERT INTO jobs " JOB_INSERT_COLUMNS " VALUES ");
+    for (int r = 0; r < INSERT_CHUNK; r++) {
+        int k = r * INSERT_PARAMS;
+        bb_buf_printf(&b,
+                      "%s($%d, $%d, $%d, 'pending', $%d, $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d,"
+                      " $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d)",
+                      r ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8, k + 9,
+                      k + 10, k + 10, k + 11, k + 12, k + 13, k + 14, k + 15, k + 16, k + 17,
+                      k + 18, k + 18);
+    }
+    bb_buf_puts(&b, " RETURNING id");
+    BB_ASSERT(b.len < sizeof insert_chunk_sql);
+    memcpy(insert_chunk_sql, b.data, b.len + 1);
+    bb_buf_deinit(&b);
+}
+
+static int
+cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Insert n_rows prepared rows (INSERT_PARAMS each); ids[k] gets row k's. */
+static enum err
+insert_rows(struct store_conn *c, const struct store_param *params, size_t n_rows, int64_t *ids,
+            struct bb_error *e)
+{
+    pthread_once(&insert_chunk_once, insert_chunk_build);
+    size_t done = 0;
+    enum err rc = ERR_OK;
+    for (; n_rows - done >= INSERT_CHUNK && rc == ERR_OK; done += INSERT_CHUNK) {
+        struct store_rows r;
+        rc = store_query(c, &JOB_INSERT_CHUNK, params + done * INSERT_PARAMS,
+                         INSERT_CHUNK * INSERT_PARAMS, &r, e);
+        if (rc != ERR_OK)
+            break;
+        size_t k = 0;
+        while (store_next(&r) && k < INSERT_CHUNK)
+            ids[done + k++] = store_col_int(&r, 0);
+        store_rows_close(&r);
+        if (k != INSERT_CHUNK)
+            return bb_fail(e, ERR_STORE, "", "batch insert returned %zu ids for %d rows", k,
+                           INSERT_CHUNK);
+        qsort(ids + done, INSERT_CHUNK, sizeof *ids, cmp_id);
+    }
+    if (rc == ERR_OK && done < n_rows)
+        rc = store_exec_many(c, &JOB_INSERT, params + done * INSERT_PARAMS, INSERT_PARAMS,
+                             n_rows - done, ids + done, e);
+    return rc;
+}
 
 /* JOB_INSERT's parameters for `spec` in queue `q`. */
 static void
@@ -513,7 +581,7 @@ job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, in
             notify_queues[n_notify++] = q->name;
     }
     if (rc == ERR_OK)
-        rc = store_exec_many(c, &JOB_INSERT, params, INSERT_PARAMS, n_rows, got, e);
+        rc = insert_rows(c, params, n_rows, got, e);
     for (size_t k = 0; k < n_rows && rc == ERR_OK; k++) {
         ids[rows[k]] = got[k];
         created[rows[k]] = true;

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PG_INT8OID = 20, PG_TEXTOID = 25, PG_MAX_PARAMS = 64 };
+enum { PG_INT8OID = 20, PG_TEXTOID = 25, PG_MAX_PARAMS = 65535 /* the protocol's limit */ };
 
 struct pg_conn {
     PGconn *pg;
@@ -237,22 +237,46 @@ pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
 /* The prepared-statement marker: any non-NULL pointer will do. */
 static char pg_prepared_marker;
 
-/* One execution's parameters as libpq wants them. */
+/* Executions' parameters as libpq wants them: `total` slots, row after row. */
 struct pg_args {
-    Oid types[PG_MAX_PARAMS];
-    const char *values[PG_MAX_PARAMS];
-    int lengths[PG_MAX_PARAMS];
-    int formats[PG_MAX_PARAMS];
-    char ints[PG_MAX_PARAMS][24];
+    Oid *types;
+    const char **values;
+    int *lengths;
+    int *formats;
+    char (*ints)[24];
 };
 
+static void
+pg_args_init(struct pg_args *a, size_t total)
+{
+    size_t n = total ? total : 1;
+    a->types = xcalloc(n, sizeof *a->types);
+    a->values = xcalloc(n, sizeof *a->values);
+    a->lengths = xcalloc(n, sizeof *a->lengths);
+    a->formats = xcalloc(n, sizeof *a->formats);
+    a->ints = xcalloc(n, sizeof *a->ints);
+}
+
+static void
+pg_args_deinit(struct pg_args *a)
+{
+    free(a->types);
+    free(a->values);
+    free(a->lengths);
+    free(a->formats);
+    free(a->ints);
+}
+
+/* Fill slots [at, at + n) from `params`. */
 static enum err
-pg_args_fill(struct pg_args *a, const struct store_param *params, size_t n, struct bb_error *e)
+pg_args_fill(struct pg_args *a, size_t at, const struct store_param *params, size_t n,
+             struct bb_error *e)
 {
     if (n > PG_MAX_PARAMS)
         return bb_fail(e, ERR_INTERNAL, "", "too many statement parameters (%zu)", n);
-    for (size_t i = 0; i < n; i++) {
-        const struct store_param *p = &params[i];
+    for (size_t j = 0; j < n; j++) {
+        const struct store_param *p = &params[j];
+        size_t i = at + j;
         a->lengths[i] = 0;
         a->formats[i] = 0;
         a->types[i] = 0;
@@ -289,28 +313,30 @@ pg_run(struct store_conn *c, struct store_stmt *st, const struct store_param *pa
     store__conn_reserve(c, slot);
     size_t n_cmds = rows + 2;
     struct pg_cmd *cmds = xcalloc(n_cmds, sizeof *cmds);
-    struct pg_args *args = xcalloc(rows, sizeof *args);
+    struct pg_args args;
+    pg_args_init(&args, rows * n_params);
     PGresult **all = xcalloc(n_cmds, sizeof *all);
     int k = 0;
     bool began = pc->begin_pending;
     if (began)
         cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
-    enum err rc = pg_args_fill(&args[0], params, n_params, e);
+    enum err rc = pg_args_fill(&args, 0, params, n_params, e);
     bool preparing = c->prepared[slot] == NULL;
     if (rc == ERR_OK && preparing) /* parameter types come from the first row */
         cmds[k++] = (struct pg_cmd){.sql = store__stmt_sql(st, STORE_POSTGRES),
                                     .prepare_name = name,
                                     .n = (int)n_params,
-                                    .types = args[0].types};
+                                    .types = args.types};
     int first_exec = k;
     for (size_t r = 0; r < rows && rc == ERR_OK; r++) {
+        size_t at = r * n_params;
         if (r > 0)
-            rc = pg_args_fill(&args[r], params + r * n_params, n_params, e);
+            rc = pg_args_fill(&args, at, params + at, n_params, e);
         cmds[k++] = (struct pg_cmd){.exec_name = name,
                                     .n = (int)n_params,
-                                    .values = args[r].values,
-                                    .lengths = args[r].lengths,
-                                    .formats = args[r].formats};
+                                    .values = args.values + at,
+                                    .lengths = args.lengths + at,
+                                    .formats = args.formats + at};
     }
     int done = 0;
     if (rc == ERR_OK)
@@ -330,7 +356,7 @@ pg_run(struct store_conn *c, struct store_stmt *st, const struct store_param *pa
             PQclear(all[i]);
     }
     free(all);
-    free(args);
+    pg_args_deinit(&args);
     free(cmds);
     return rc;
 }

@@ -619,6 +619,40 @@ many_jobs_insert_in_order_across_queues_and_keys(void **state)
     assert_int_equal(at, 1);
 }
 
+static void
+a_large_batch_keeps_each_rows_id_and_order(void **state)
+{
+    struct fixture *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "other");
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    enum { N = 150 }; /* two multi-row statements and a remainder */
+    struct job_spec specs[N];
+    char payloads[N][16];
+    for (int i = 0; i < N; i++) {
+        snprintf(payloads[i], sizeof payloads[i], "{\"i\":%d}", i);
+        specs[i] = (struct job_spec){.queue = i % 3 ? "default" : "other",
+                                     .handler = "noop",
+                                     .payload = payloads[i],
+                                     .priority = i % 5};
+    }
+    int64_t ids[N];
+    bool created[N];
+    size_t at;
+    assert_ok(job_submit_many(f->c, specs, N, T0, ids, created, &at, &e), &e);
+    for (int i = 0; i < N; i++) {
+        assert_true(created[i]);
+        assert_true(i == 0 || ids[i] > ids[i - 1]);
+        json_t *j = get(f->c, ids[i], T0);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "payload"), "i")),
+                         i);
+        assert_string_equal(json_string_value(json_object_get(j, "queue")), specs[i].queue);
+        assert_int_equal(json_integer_value(json_object_get(j, "priority")), i % 5);
+        json_decref(j);
+    }
+}
+
 /* ---- concurrent claimers ----------------------------------------------------------------- */
 
 enum { CLAIMERS = 6, JOBS = 300 };
@@ -710,6 +744,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(list_pages_and_filters),
     JOB_TEST(retention_prunes_old_finished_jobs_and_their_attempts_only),
     JOB_TEST(many_jobs_insert_in_order_across_queues_and_keys),
+    JOB_TEST(a_large_batch_keeps_each_rows_id_and_order),
     JOB_TEST(concurrent_claimers_never_share_a_job),
 };
 
