@@ -65,7 +65,13 @@ BB_NORETURN BB_PRINTF(3, 4) void bb_panic(const char *file, int line, const char
     X(STORE, 17, 500, "store_error", "Database error")                         \
     X(INTERNAL, 18, 500, "internal", "Internal error")                         \
     X(IO, 19, 500, "io_error", "I/O error")                                    \
-    X(USAGE, 20, 400, "usage", "Usage error")
+    X(USAGE, 20, 400, "usage", "Usage error")                                  \
+    X(IDEMPOTENCY_MISMATCH, 21, 422, "idempotency_key_reused",                 \
+      "Idempotency key reused for another request")                            \
+    X(INSUFFICIENT_STOCK, 22, 409, "insufficient_stock", "Insufficient stock") \
+    X(PAYMENT_DECLINED, 23, 402, "payment_declined", "Payment declined")       \
+    X(UPSTREAM, 24, 502, "upstream_error", "Upstream service failed")          \
+    X(RESERVATION_EXPIRED, 25, 409, "reservation_expired", "Reservation expired")
 
 enum err {
 #define BB_ERR_ENUM(name, num, status, slug, title) ERR_##name = num,
@@ -110,6 +116,14 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+
+/* An identifier (queue, SKU, order id...): 1..max of A-Z a-z 0-9 . _ : - */
+bool bb_ident_is_valid(const char *s, size_t max);
+
+/* An active ISO 4217 currency code ("EUR"). Amounts are integers in the
+ * currency's minor unit, at most BB_AMOUNT_MAX. */
+bool bb_currency_is_valid(const char *code);
+#define BB_AMOUNT_MAX INT64_C(1000000000000000) /* 10^15 minor units */
 
 /* Copy at most dst_size-1 bytes and NUL-terminate; returns strlen(src) so a
  * caller can detect truncation (BSD strlcpy). */
@@ -218,6 +232,10 @@ void bb_uuid7(char out[37]);
 void bb_uuid7_at(int64_t wall_ms, char out[37]);
 bool bb_uuid_is_valid(const char *text);
 
+/* Lowercase hex SHA-256 of `data`, and HMAC-SHA256 of `data` under `key`. */
+void bb_sha256_hex(const void *data, size_t len, char out[65]);
+void bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65]);
+
 /* ------------------------------------------------------------------------ */
 /* Logging                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -238,6 +256,9 @@ void bb_log_set_stream(FILE *f);
  */
 void bb_log_context_set(const char *request_id, const char *traceparent);
 void bb_log_context_clear(void);
+/* This thread's traceparent (the work in hand's), or NULL. Valid until the
+ * context changes. */
+const char *bb_log_context_traceparent(void);
 
 /*
  * One structured line: {"ts":..,"level":..,"event":..,<fields>,<context>}.
@@ -339,6 +360,14 @@ BB_WUR enum err bb_json_int(const json_t *obj, const char *key, bool required, i
                             int64_t max, int64_t *out, struct bb_error *e);
 BB_WUR enum err bb_json_string(const json_t *obj, const char *key, bool required, size_t max_len,
                                const char **out, struct bb_error *e);
+/* An identifier (bb_ident_is_valid), and text without control characters. */
+BB_WUR enum err bb_json_ident(const json_t *obj, const char *key, bool required, size_t max_len,
+                              const char **out, struct bb_error *e);
+BB_WUR enum err bb_json_text(const json_t *obj, const char *key, bool required, size_t max_len,
+                             const char **out, struct bb_error *e);
+/* Put `prefix` ("items[3].") before the failed field ("qty"); an error
+ * without a field gets the prefix alone ("items[3]"). */
+void bb_error_prefix_field(struct bb_error *e, const char *prefix);
 /* Reject members not named in `allowed` (NULL-terminated). */
 BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e);
 /* Serialize compactly into a heap string (free()). Aborts on OOM. */

@@ -5,6 +5,7 @@
 #include "base/base.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 enum err
@@ -49,6 +50,49 @@ bb_json_string(const json_t *obj, const char *key, bool required, size_t max_len
         return bb_fail(e, ERR_INVALID, key, "%s must not contain NUL characters", key);
     *out = s;
     return ERR_OK;
+}
+
+enum err
+bb_json_ident(const json_t *obj, const char *key, bool required, size_t max_len, const char **out,
+              struct bb_error *e)
+{
+    const char *v = NULL;
+    enum err rc = bb_json_string(obj, key, required, max_len, &v, e);
+    if (rc != ERR_OK || v == NULL)
+        return rc;
+    if (!bb_ident_is_valid(v, max_len))
+        return bb_fail(e, ERR_INVALID, key,
+                       "%s must be 1 to %zu characters from A-Z a-z 0-9 . _ : -", key, max_len);
+    *out = v;
+    return ERR_OK;
+}
+
+enum err
+bb_json_text(const json_t *obj, const char *key, bool required, size_t max_len, const char **out,
+             struct bb_error *e)
+{
+    const char *v = NULL;
+    enum err rc = bb_json_string(obj, key, required, max_len, &v, e);
+    if (rc != ERR_OK || v == NULL)
+        return rc;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            return bb_fail(e, ERR_INVALID, key, "%s must not contain control characters", key);
+    }
+    *out = v;
+    return ERR_OK;
+}
+
+void
+bb_error_prefix_field(struct bb_error *e, const char *prefix)
+{
+    char field[sizeof e->field];
+    size_t n = strlen(prefix);
+    if (e->field[0] == '\0' && n > 0 && prefix[n - 1] == '.')
+        snprintf(field, sizeof field, "%.*s", (int)(n - 1), prefix);
+    else
+        snprintf(field, sizeof field, "%s%s", prefix, e->field);
+    bb_strlcpy(e->field, field, sizeof e->field);
 }
 
 enum err

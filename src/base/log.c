@@ -60,6 +60,12 @@ bb_log_context_clear(void)
     ctx_traceparent[0] = '\0';
 }
 
+const char *
+bb_log_context_traceparent(void)
+{
+    return ctx_traceparent[0] ? ctx_traceparent : NULL;
+}
+
 /*
  * Length modifiers we accept, in the order to try them (longest first). The
  * conversion letter that follows decides how the argument is read.

@@ -302,3 +302,18 @@ bb_utf8_copy(char *dst, size_t cap, const char *src)
     dst[o] = '\0';
     return o;
 }
+
+bool
+bb_ident_is_valid(const char *s, size_t max)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= max)
+            return false;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return n > 0;
+}

@@ -10,6 +10,7 @@
 #define BB_CLI_H
 
 #include "base/base.h"
+#include "store/store.h"
 
 enum cli_exit { CLI_OK = 0, CLI_REFUSED = 1, CLI_USAGE = 2, CLI_UNAVAILABLE = 3 };
 
@@ -34,6 +35,8 @@ struct serve_config {
     char *exec_allow;
     int64_t job_retention_ms;
     int64_t scheduler_tick_ms;
+    char *roles;
+    int64_t reservation_sweep_ms;
 };
 
 /* Parse serve/migrate options (argv after the subcommand). Returns CLI_OK,
@@ -41,6 +44,9 @@ struct serve_config {
 int serve_config_load(struct serve_config *cfg, int argc, char **argv, const char *command,
                       bool *help_shown);
 void serve_config_free(struct serve_config *cfg);
+
+/* Apply every module's migrations, in dependency order. */
+BB_WUR enum err backbone_migrate_all(struct store *s, struct bb_error *e);
 
 int cli_serve(int argc, char **argv);
 int cli_worker(int argc, char **argv);

@@ -18,9 +18,12 @@
 #include "cli/cli.h"
 
 #include "http/http.h"
+#include "inventory/inventory.h"
 #include "jobs/jobs.h"
 #include "locks/locks.h"
 #include "metrics/metrics.h"
+#include "orders/orders.h"
+#include "outbox/outbox.h"
 #include "store/store.h"
 
 #include <pthread.h>
@@ -29,7 +32,26 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { MAX_ROUTES = 64 };
+enum { MAX_ROUTES = 128 };
+
+/* What a process runs (--roles). */
+enum role {
+    ROLE_LOCKS = 1 << 0,
+    ROLE_JOBS = 1 << 1, /* the jobs API */
+    ROLE_WORKERS = 1 << 2,
+    ROLE_SCHEDULER = 1 << 3,
+    ROLE_INVENTORY = 1 << 4,
+    ROLE_OUTBOX = 1 << 5,
+    ROLE_ORDERS = 1 << 6,
+};
+static const struct {
+    const char *name;
+    unsigned bits;
+} ROLES[] = {
+    {"locks", ROLE_LOCKS},         {"jobs", ROLE_JOBS},           {"workers", ROLE_WORKERS},
+    {"scheduler", ROLE_SCHEDULER}, {"inventory", ROLE_INVENTORY}, {"outbox", ROLE_OUTBOX},
+    {"orders", ROLE_ORDERS},
+};
 
 struct app {
     struct serve_config cfg;
@@ -39,22 +61,29 @@ struct app {
     struct job_service *jobs;
     struct job_pool *pool;
     struct job_scheduler *scheduler;
+    struct inventory_service *inventory;
+    struct outbox_service *outbox;
+    struct order_service *orders;
     struct http_server *http;
+    unsigned roles;
     char **worker_queues; /* NULL-terminated, from --worker-queues */
     char **exec_allow;    /* NULL-terminated, from --exec-allow */
     int64_t started_wall_ms;
 };
 
-/* Every module's schema, in dependency order. */
-static enum err
-migrate_all(struct store *s, struct bb_error *e)
+enum err
+backbone_migrate_all(struct store *s, struct bb_error *e)
 {
     struct {
         const char *module;
         const struct store_migration *(*list)(size_t *n);
     } modules[] = {
+        {"idempotency", store_idem_migrations},
         {"locks", lock_migrations},
         {"jobs", job_migrations},
+        {"outbox", outbox_migrations},
+        {"inventory", inventory_migrations},
+        {"orders", order_migrations},
     };
     struct store_conn *c;
     enum err rc = store_conn_open(s, &c, e);
@@ -193,6 +222,12 @@ app_routes(struct app *app, struct http_route *routes, size_t max)
         n += lock_service_routes(app->locks, routes + n, max - n);
     if (app->jobs != NULL)
         n += job_service_routes(app->jobs, routes + n, max - n);
+    if (app->outbox != NULL)
+        n += outbox_service_routes(app->outbox, routes + n, max - n);
+    if (app->inventory != NULL)
+        n += inventory_service_routes(app->inventory, routes + n, max - n);
+    if (app->orders != NULL)
+        n += order_service_routes(app->orders, routes + n, max - n);
     return n;
 }
 
@@ -228,9 +263,37 @@ free_list(char **list)
     free(list);
 }
 
-/* Store, schema, services (when `with_api`), workers, scheduler, HTTP. */
+/* --roles: "all" or names from ROLES. */
 static enum err
-app_start(struct app *app, bool with_api, struct bb_error *e)
+roles_parse(const char *text, unsigned *out, struct bb_error *e)
+{
+    *out = 0;
+    char **names = split_list(text);
+    enum err rc = names ? ERR_OK : bb_fail(e, ERR_USAGE, "roles", "--roles: none given");
+    for (size_t i = 0; names && names[i] && rc == ERR_OK; i++) {
+        if (strcmp(names[i], "all") == 0) {
+            *out = ~0u;
+            continue;
+        }
+        size_t k = 0;
+        while (k < BB_ARRAY_LEN(ROLES) && strcmp(ROLES[k].name, names[i]) != 0)
+            k++;
+        if (k == BB_ARRAY_LEN(ROLES))
+            rc = bb_fail(e, ERR_USAGE, "roles",
+                         "--roles: unknown role '%s' (all, locks, jobs, workers, scheduler, "
+                         "inventory, orders, outbox)",
+                         names[i]);
+        else
+            *out |= ROLES[k].bits;
+    }
+    free_list(names);
+    return rc;
+}
+
+/* Store, schema, then what app->roles asks for: services, workers,
+ * scheduler; HTTP. */
+static enum err
+app_start(struct app *app, struct bb_error *e)
 {
     app->started_wall_ms = bb_wall_ms();
     metrics_set(&M_BUILD, 1, BB_VERSION);
@@ -250,21 +313,31 @@ app_start(struct app *app, bool with_api, struct bb_error *e)
     if (rc == ERR_OK)
         rc = open_store(&app->cfg, &app->store, e);
     if (rc == ERR_OK)
-        rc = migrate_all(app->store, e);
+        rc = backbone_migrate_all(app->store, e);
     if (rc != ERR_OK)
         return rc;
-    if (with_api) {
-        struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
+    unsigned roles = app->roles;
+    if (roles & ROLE_LOCKS)
         rc = lock_service_create(app->store, &app->locks, e);
-        if (rc == ERR_OK)
-            rc = job_service_create(app->store, app->registry, &jo, &app->jobs, e);
-        if (rc != ERR_OK)
-            return rc;
+    if (rc == ERR_OK && (roles & ROLE_JOBS)) {
+        struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
+        rc = job_service_create(app->store, app->registry, &jo, &app->jobs, e);
     }
-    struct job_scheduler_options so = {.tick_ms = app->cfg.scheduler_tick_ms,
-                                       .retention_ms = app->cfg.job_retention_ms};
-    rc = job_scheduler_start(app->store, &so, &app->scheduler, e);
-    if (rc == ERR_OK && app->cfg.workers > 0) {
+    if (rc == ERR_OK && (roles & ROLE_OUTBOX))
+        app->outbox = outbox_service_create(app->store);
+    if (rc == ERR_OK && (roles & ROLE_ORDERS))
+        app->orders = order_service_create(app->store);
+    if (rc == ERR_OK && (roles & ROLE_INVENTORY))
+        rc =
+            inventory_service_create(app->store, app->cfg.reservation_sweep_ms, &app->inventory, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (roles & ROLE_SCHEDULER) {
+        struct job_scheduler_options so = {.tick_ms = app->cfg.scheduler_tick_ms,
+                                           .retention_ms = app->cfg.job_retention_ms};
+        rc = job_scheduler_start(app->store, &so, &app->scheduler, e);
+    }
+    if (rc == ERR_OK && (roles & ROLE_WORKERS) && app->cfg.workers > 0) {
         struct job_pool_options po = {.queues = (const char *const *)app->worker_queues,
                                       .concurrency = (int)app->cfg.workers,
                                       .poll_ms = app->cfg.job_poll_ms,
@@ -307,6 +380,9 @@ app_stop(struct app *app)
     http_server_stop(app->http, left > 1000 ? left : 1000);
     lock_service_destroy(app->locks);
     job_service_destroy(app->jobs);
+    inventory_service_destroy(app->inventory);
+    outbox_service_destroy(app->outbox);
+    order_service_destroy(app->orders);
     job_registry_destroy(app->registry);
     store_close(app->store);
     free_list(app->worker_queues);
@@ -338,7 +414,12 @@ run(int argc, char **argv, const char *command, bool with_api)
     struct bb_error e;
     bb_error_clear(&e);
     code = CLI_OK;
-    if (app_start(&app, with_api, &e) != ERR_OK) {
+    enum err rc = ERR_OK;
+    if (with_api)
+        rc = roles_parse(app.cfg.roles, &app.roles, &e);
+    else
+        app.roles = ROLE_WORKERS | ROLE_SCHEDULER;
+    if (rc != ERR_OK || app_start(&app, &e) != ERR_OK) {
         log_error("server.start_failed", "field=%s detail=%s", e.field, e.detail);
         fprintf(stderr, "backbone %s: %s\n", command, e.detail);
         code = e.code == ERR_USAGE ? CLI_USAGE : CLI_UNAVAILABLE;
@@ -384,7 +465,7 @@ cli_migrate(int argc, char **argv)
     struct store *s = NULL;
     enum err rc = open_store(&cfg, &s, &e);
     if (rc == ERR_OK)
-        rc = migrate_all(s, &e);
+        rc = backbone_migrate_all(s, &e);
     store_close(s);
     if (rc == ERR_OK)
         printf("schema up to date (%s)\n", cfg.db);

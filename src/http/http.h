@@ -68,10 +68,18 @@ const char *http_req_path(const struct http_req *r);
 const char *http_req_route(const struct http_req *r);
 /* A `{name}` segment of the matched pattern; NULL if the pattern has none. */
 const char *http_req_param(const struct http_req *r, const char *name);
+/* A `{name}` segment that must be an identifier (bb_ident_is_valid). */
+BB_WUR enum err http_req_param_ident(struct http_req *r, const char *name, size_t max,
+                                     const char **out, struct bb_error *e);
 /* Query-string argument or header. Only in the handler's synchronous part
  * (before it returns): they read libmicrohttpd's connection. */
 const char *http_req_query(struct http_req *r, const char *key);
+/* ?key=N as an integer in [min, max]; *out untouched when absent. */
+BB_WUR enum err http_req_query_int(struct http_req *r, const char *key, int64_t min, int64_t max,
+                                   int64_t *out, struct bb_error *e);
 const char *http_req_header(struct http_req *r, const char *name);
+/* The Idempotency-Key header, required and valid (a copy in the arena). */
+BB_WUR enum err http_req_idempotency_key(struct http_req *r, const char **out, struct bb_error *e);
 /* The request id (X-Request-Id if the client sent a sane one, else a UUIDv7)
  * and W3C traceparent (NULL if absent or malformed). */
 const char *http_req_id(const struct http_req *r);
@@ -87,6 +95,11 @@ struct bb_error *http_req_error(struct http_req *r);
  * empty. The object belongs to the request.
  */
 BB_WUR enum err http_req_json_object(struct http_req *r, json_t **out, struct bb_error *e);
+/* The body as an object holding only the `allowed` members. */
+BB_WUR enum err http_req_json_only(struct http_req *r, const char *const *allowed, json_t **out,
+                                   struct bb_error *e);
+/* An object, or an empty body as an empty object (optional bodies). */
+BB_WUR enum err http_req_json_optional(struct http_req *r, json_t **out, struct bb_error *e);
 
 /* ---- answering ------------------------------------------------------------------ */
 
@@ -104,6 +117,25 @@ typedef void http_store_reply_fn(struct http_req *r, void *arg, enum err rc,
                                  const struct bb_error *e);
 void http_req_run(struct http_req *r, struct store *s, enum store_txn mode, store_work_fn *work,
                   http_store_reply_fn *reply, void *arg);
+
+/*
+ * The common case of http_req_run: `work` answers with JSON. It sets
+ * a->body (and a->status, 200 unless set) on success; when it fails, the
+ * request gets the problem, with a->extra's members (if set) added. Both
+ * are stolen. A unit the store retries starts with a fresh answer.
+ * `after` (may be NULL) hears the final outcome before the answer is sent,
+ * once the transaction has committed or rolled back (to count metrics).
+ */
+struct http_answer {
+    int status;
+    json_t *body;
+    json_t *extra;
+};
+typedef enum err http_json_work_fn(struct store_conn *c, void *arg, struct http_answer *a,
+                                   struct bb_error *e);
+typedef void http_json_after_fn(void *arg, enum err rc, const struct http_answer *a);
+void http_req_run_json(struct http_req *r, struct store *s, enum store_txn mode,
+                       http_json_work_fn *work, http_json_after_fn *after, void *arg);
 
 /* Add a response header (before the reply). Strings are copied. */
 void http_req_add_header(struct http_req *r, const char *name, const char *value);

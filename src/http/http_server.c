@@ -29,6 +29,8 @@
 #include "metrics/metrics.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -156,6 +158,23 @@ http_req_query(struct http_req *r, const char *key)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+enum err
+http_req_query_int(struct http_req *r, const char *key, int64_t min, int64_t max, int64_t *out,
+                   struct bb_error *e)
+{
+    const char *v = http_req_query(r, key);
+    if (v == NULL)
+        return ERR_OK;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || errno != 0 || n < min || n > max)
+        return bb_fail(e, ERR_INVALID, key, "%s must be an integer from %" PRId64 " to %" PRId64,
+                       key, min, max);
+    *out = n;
+    return ERR_OK;
+}
+
 const char *
 http_req_header(struct http_req *r, const char *name)
 {
@@ -213,6 +232,47 @@ http_req_json_object(struct http_req *r, json_t **out, struct bb_error *e)
         return bb_fail(e, ERR_INVALID, "", "request body must be a JSON object");
     *out = r->json;
     return ERR_OK;
+}
+
+enum err
+http_req_idempotency_key(struct http_req *r, const char **out, struct bb_error *e)
+{
+    const char *key = http_req_header(r, "Idempotency-Key");
+    if (key == NULL)
+        return bb_fail(e, ERR_INVALID, "Idempotency-Key", "the Idempotency-Key header is required");
+    if (!store_idem_key_is_valid(key))
+        return bb_fail(e, ERR_INVALID, "Idempotency-Key",
+                       "Idempotency-Key must be 1 to %d visible ASCII characters",
+                       STORE_IDEM_KEY_MAX);
+    *out = bb_arena_strdup(&r->arena, key);
+    return ERR_OK;
+}
+
+enum err
+http_req_param_ident(struct http_req *r, const char *name, size_t max, const char **out,
+                     struct bb_error *e)
+{
+    const char *v = http_req_param(r, name);
+    if (v == NULL || !bb_ident_is_valid(v, max))
+        return bb_fail(e, ERR_INVALID, name,
+                       "%s must be 1 to %zu characters from A-Z a-z 0-9 . _ : -", name, max);
+    *out = v;
+    return ERR_OK;
+}
+
+enum err
+http_req_json_only(struct http_req *r, const char *const *allowed, json_t **out, struct bb_error *e)
+{
+    enum err rc = http_req_json_object(r, out, e);
+    return rc == ERR_OK ? bb_json_only(*out, allowed, e) : rc;
+}
+
+enum err
+http_req_json_optional(struct http_req *r, json_t **out, struct bb_error *e)
+{
+    if (r->json == NULL && r->body.len == 0)
+        r->json = json_object();
+    return http_req_json_object(r, out, e);
 }
 
 /* ---- answering ----------------------------------------------------------------------- */
@@ -329,6 +389,54 @@ http_req_run(struct http_req *r, struct store *s, enum store_txn mode, store_wor
                                        : "server is shutting down");
         http_reply_problem(r, &r->err, NULL);
     }
+}
+
+/* http_req_run_json's unit: its work, its argument and its answer. */
+struct json_unit {
+    http_json_work_fn *work;
+    http_json_after_fn *after;
+    void *arg;
+    struct http_answer answer;
+};
+
+static void
+answer_clear(struct http_answer *a)
+{
+    json_decref(a->body);
+    json_decref(a->extra);
+    *a = (struct http_answer){.status = 200};
+}
+
+static enum err
+json_unit_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct json_unit *u = arg;
+    answer_clear(&u->answer); /* a retried unit starts afresh */
+    return u->work(c, u->arg, &u->answer, e);
+}
+
+static void
+json_unit_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
+{
+    struct json_unit *u = arg;
+    if (u->after)
+        u->after(u->arg, rc, &u->answer);
+    if (rc != ERR_OK) {
+        json_decref(u->answer.body);
+        http_reply_problem(r, e, u->answer.extra);
+        return;
+    }
+    json_decref(u->answer.extra);
+    http_reply_json(r, u->answer.status, u->answer.body ? u->answer.body : json_object());
+}
+
+void
+http_req_run_json(struct http_req *r, struct store *s, enum store_txn mode, http_json_work_fn *work,
+                  http_json_after_fn *after, void *arg)
+{
+    struct json_unit *u = bb_arena_alloc(&r->arena, sizeof *u);
+    *u = (struct json_unit){.work = work, .after = after, .arg = arg, .answer = {.status = 200}};
+    http_req_run(r, s, mode, json_unit_work, json_unit_reply, u);
 }
 
 static void

@@ -1,6 +1,5 @@
 /*
- * job_handlers.c: the handler registry and the built-in handlers (the one
- * file that includes <openssl/hmac.h>, for webhook signatures).
+ * job_handlers.c: the handler registry and the built-in handlers.
  *
  * Handlers run on a worker thread, outside any transaction. They must watch
  * job_run_should_stop() in anything long: it turns true when the attempt's
@@ -11,8 +10,6 @@
 #include "locks/locks.h"
 
 #include <inttypes.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -199,21 +196,6 @@ handle_ledger(struct job_run *run)
 
 /* ---- HTTP push --------------------------------------------------------------------------- */
 
-static void
-hmac_hex(const char *secret, const char *body, char out[65])
-{
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, strlen(body), mac,
-         &len);
-    static const char hex[] = "0123456789abcdef";
-    for (unsigned i = 0; i < len && i < 32; i++) {
-        out[2 * i] = hex[mac[i] >> 4];
-        out[2 * i + 1] = hex[mac[i] & 15];
-    }
-    out[64] = '\0';
-}
-
 /*
  * POST the payload to target.url. 2xx: done. 408, 429, 5xx, a timeout or a
  * connection failure: retried. Other 4xx: a permanent failure, unless the
@@ -241,7 +223,7 @@ handle_http(struct job_run *run)
     http_client_add_header(client, "X-Backbone-Attempt", attempt);
     if (reg->http_secret) {
         char mac[65], value[80];
-        hmac_hex(reg->http_secret, run->job->payload, mac);
+        bb_hmac_sha256_hex(reg->http_secret, run->job->payload, strlen(run->job->payload), mac);
         snprintf(value, sizeof value, "sha256=%s", mac);
         http_client_add_header(client, "X-Backbone-Signature", value);
     }

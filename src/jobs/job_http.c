@@ -148,23 +148,6 @@ path_name(struct http_req *r, const char *param, const char **out, struct bb_err
     return ERR_OK;
 }
 
-/* ?limit=N (1..max). */
-static enum err
-query_int(struct http_req *r, const char *key, int64_t min, int64_t max, int64_t *out,
-          struct bb_error *e)
-{
-    const char *v = http_req_query(r, key);
-    if (v == NULL)
-        return ERR_OK;
-    char *end;
-    long long n = strtoll(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || n < min || n > max)
-        return bb_fail(e, ERR_INVALID, key, "%s must be an integer from %" PRId64 " to %" PRId64,
-                       key, min, max);
-    *out = n;
-    return ERR_OK;
-}
-
 /* Field name with the batch prefix, in the arena. */
 static const char *
 field(struct bb_arena *a, const char *prefix, const char *name)
@@ -664,8 +647,8 @@ list_jobs(struct http_req *r, void *ctx, bool dead_only)
         fail_now(r, e);
         return;
     }
-    if (query_int(r, "limit", 1, LIST_LIMIT_MAX, &op->filter.limit, e) != ERR_OK ||
-        query_int(r, "after", 0, INT64_MAX, &op->filter.after_id, e) != ERR_OK) {
+    if (http_req_query_int(r, "limit", 1, LIST_LIMIT_MAX, &op->filter.limit, e) != ERR_OK ||
+        http_req_query_int(r, "after", 0, INT64_MAX, &op->filter.after_id, e) != ERR_OK) {
         fail_now(r, e);
         return;
     }

@@ -96,16 +96,7 @@ job_backoff_delay_ms(const struct job_backoff *b, int retry, double rand01)
 bool
 job_name_is_valid(const char *name)
 {
-    size_t n = 0;
-    for (; name[n]; n++) {
-        char c = name[n];
-        if (n >= JOB_NAME_MAX)
-            return false;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return false;
-    }
-    return n > 0;
+    return bb_ident_is_valid(name, JOB_NAME_MAX);
 }
 
 bool

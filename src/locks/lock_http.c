@@ -529,31 +529,17 @@ list_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
     http_reply_json(r, 200, body);
 }
 
-/* ?limit=N (1..max) from the query string; default when absent. */
-static enum err
-query_limit(struct http_req *r, int def, int max, int *out, struct bb_error *e)
-{
-    const char *v = http_req_query(r, "limit");
-    *out = def;
-    if (v == NULL)
-        return ERR_OK;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || n < 1 || n > max)
-        return bb_fail(e, ERR_INVALID, "limit", "limit must be an integer from 1 to %d", max);
-    *out = (int)n;
-    return ERR_OK;
-}
-
 static void
 handle_list(struct http_req *r, void *ctx)
 {
     struct bb_error *e = http_req_error(r);
     struct locks__op *op = op_new(r, ctx);
-    if (query_limit(r, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, &op->limit, e) != ERR_OK) {
+    int64_t limit = LIST_LIMIT_DEFAULT;
+    if (http_req_query_int(r, "limit", 1, LIST_LIMIT_MAX, &limit, e) != ERR_OK) {
         reply_failure(r, e);
         return;
     }
+    op->limit = (int)limit;
     const char *after = http_req_query(r, "after");
     if (after) {
         if (!lock_name_is_valid(after)) {

@@ -211,4 +211,38 @@ BB_WUR enum err store_migrate(struct store_conn *c, const char *module,
                               const struct store_migration *m, size_t n, int *applied,
                               struct bb_error *e);
 
+/* ---- idempotency records --------------------------------------------------- */
+
+/*
+ * For APIs that take an Idempotency-Key: the first request with a key does
+ * the work and saves its answer; a later one with the same key and the same
+ * request (fingerprint: a hash of its canonical form) gets that answer back;
+ * the same key with another request is refused. Both calls run inside the
+ * caller's transaction, so the work and the answer commit together; a
+ * request that failed is not remembered. Scopes keep APIs apart.
+ */
+enum { STORE_IDEM_KEY_MAX = 255 };
+struct store_idem {
+    bool replay; /* a saved answer for this same request: send it */
+    int status;
+    char *body; /* heap; JSON text or NULL */
+};
+/* Visible ASCII, 1..STORE_IDEM_KEY_MAX bytes. */
+bool store_idem_key_is_valid(const char *key);
+/* ERR_OK and !out->replay: the key is new and held by this transaction (a
+ * concurrent request with it waits, then replays); do the work, then
+ * store_idem_save. ERR_OK and out->replay: answer with out->status/body.
+ * ERR_IDEMPOTENCY_MISMATCH: the key went with another request. ERR_INVALID:
+ * a malformed key (field "Idempotency-Key"). */
+BB_WUR enum err store_idem_claim(struct store_conn *c, const char *scope, const char *key,
+                                 const char *fingerprint, int64_t now_ms, struct store_idem *out,
+                                 struct bb_error *e);
+BB_WUR enum err store_idem_save(struct store_conn *c, const char *scope, const char *key,
+                                int status, const char *body, struct bb_error *e);
+void store_idem_deinit(struct store_idem *i);
+/* Forget up to `limit` records older than `before_ms`; *n gets how many. */
+BB_WUR enum err store_idem_prune(struct store_conn *c, int64_t before_ms, int64_t limit, int64_t *n,
+                                 struct bb_error *e);
+const struct store_migration *store_idem_migrations(size_t *n);
+
 #endif /* BB_STORE_H */

@@ -4,8 +4,7 @@
  */
 #include "testsupport.h"
 
-#include "jobs/jobs.h"
-#include "locks/locks.h"
+#include "cli/cli.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -54,24 +53,6 @@ run_sql(struct store *s, const char *sql, struct bb_error *e)
     return rc;
 }
 
-static enum err
-migrate(struct store *s, struct bb_error *e)
-{
-    struct store_conn *c;
-    enum err rc = store_conn_open(s, &c, e);
-    if (rc != ERR_OK)
-        return rc;
-    size_t n;
-    const struct store_migration *m = lock_migrations(&n);
-    rc = store_migrate(c, "locks", m, n, NULL, e);
-    if (rc == ERR_OK) {
-        m = job_migrations(&n);
-        rc = store_migrate(c, "jobs", m, n, NULL, e);
-    }
-    store_conn_close(c);
-    return rc;
-}
-
 struct test_db *
 test_db_create_with(const struct store_options *o)
 {
@@ -103,7 +84,7 @@ test_db_create_with(const struct store_options *o)
     struct store_options so = *o;
     so.url = db->url;
     assert_ok(store_open(&so, &db->store, &e), &e);
-    assert_ok(migrate(db->store, &e), &e);
+    assert_ok(backbone_migrate_all(db->store, &e), &e);
     return db;
 }
 

@@ -363,6 +363,18 @@ utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters(void **s
 }
 
 static void
+digests_match_the_published_test_vectors(void **state)
+{
+    (void)state;
+    char out[65];
+    bb_sha256_hex("abc", 3, out); /* FIPS 180-2, appendix B.1 */
+    assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const char *data = "what do ya want for nothing?"; /* RFC 4231, test case 2 */
+    bb_hmac_sha256_hex("Jefe", data, strlen(data), out);
+    assert_string_equal(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+static void
 log_lines_are_json_with_typed_fields_and_context(void **state)
 {
     (void)state;
@@ -457,6 +469,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(json_only_names_the_unknown_field),
     cmocka_unit_test(buf_json_string_escapes_controls_and_quotes),
     cmocka_unit_test(utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters),
+    cmocka_unit_test(digests_match_the_published_test_vectors),
     cmocka_unit_test(log_lines_are_json_with_typed_fields_and_context),
     cmocka_unit_test(log_limit_suppresses_and_counts_bursts),
     cmocka_unit_test(arena_allocations_are_aligned_and_survive_growth),

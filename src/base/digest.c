@@ -1,0 +1,41 @@
+/*
+ * digest.c: SHA-256 and HMAC-SHA256 in hex (the one file that includes
+ * OpenSSL's headers): request fingerprints for idempotency keys, webhook
+ * signatures.
+ */
+#include "base/base.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <string.h>
+
+static void
+hex(const unsigned char *mac, unsigned len, char out[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (unsigned i = 0; i < len && i < 32; i++) {
+        out[2 * i] = digits[mac[i] >> 4];
+        out[2 * i + 1] = digits[mac[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+void
+bb_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1)
+        bb_panic(__FILE__, __LINE__, "SHA-256 failed");
+    hex(md, n, out);
+}
+
+void
+bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65])
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (HMAC(EVP_sha256(), key, (int)strlen(key), data, len, mac, &n) == NULL)
+        bb_panic(__FILE__, __LINE__, "HMAC-SHA256 failed");
+    hex(mac, n, out);
+}

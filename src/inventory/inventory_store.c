@@ -1,0 +1,594 @@
+/*
+ * inventory_store.c: the inventory's tables, its reservation lifecycle
+ * table, and every change, each with its outbox event.
+ */
+#include "inventory/inventory.h"
+
+#include "outbox/outbox.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct store_migration MIGRATIONS[] = {
+    {
+        .version = 1,
+        .name = "products, reservations, adjustments",
+        .sqlite = "CREATE TABLE inventory_products ("
+                  " sku TEXT PRIMARY KEY, name TEXT NOT NULL, on_hand INTEGER NOT NULL,"
+                  " reserved INTEGER NOT NULL, created_at_ms INTEGER NOT NULL,"
+                  " updated_at_ms INTEGER NOT NULL,"
+                  " CHECK (reserved >= 0 AND reserved <= on_hand)) WITHOUT ROWID;"
+                  "CREATE TABLE inventory_reservations ("
+                  " order_id TEXT PRIMARY KEY, state TEXT NOT NULL, items TEXT NOT NULL,"
+                  " expires_at_ms INTEGER NOT NULL, created_at_ms INTEGER NOT NULL,"
+                  " updated_at_ms INTEGER NOT NULL) WITHOUT ROWID;"
+                  "CREATE INDEX inventory_reservations_due ON inventory_reservations"
+                  " (expires_at_ms) WHERE state = 'active';"
+                  "CREATE TABLE inventory_adjustments ("
+                  " id INTEGER PRIMARY KEY AUTOINCREMENT, sku TEXT NOT NULL,"
+                  " delta INTEGER NOT NULL, reason TEXT NOT NULL, key TEXT,"
+                  " on_hand_after INTEGER NOT NULL, created_at_ms INTEGER NOT NULL);"
+                  "CREATE INDEX inventory_adjustments_by_sku ON inventory_adjustments (sku, id);",
+        .pg = "CREATE TABLE inventory_products ("
+              " sku TEXT PRIMARY KEY, name TEXT NOT NULL, on_hand BIGINT NOT NULL,"
+              " reserved BIGINT NOT NULL, created_at_ms BIGINT NOT NULL,"
+              " updated_at_ms BIGINT NOT NULL,"
+              " CHECK (reserved >= 0 AND reserved <= on_hand));"
+              "CREATE TABLE inventory_reservations ("
+              " order_id TEXT PRIMARY KEY, state TEXT NOT NULL, items TEXT NOT NULL,"
+              " expires_at_ms BIGINT NOT NULL, created_at_ms BIGINT NOT NULL,"
+              " updated_at_ms BIGINT NOT NULL);"
+              "CREATE INDEX inventory_reservations_due ON inventory_reservations"
+              " (expires_at_ms) WHERE state = 'active';"
+              "CREATE TABLE inventory_adjustments ("
+              " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sku TEXT NOT NULL,"
+              " delta BIGINT NOT NULL, reason TEXT NOT NULL, key TEXT,"
+              " on_hand_after BIGINT NOT NULL, created_at_ms BIGINT NOT NULL);"
+              "CREATE INDEX inventory_adjustments_by_sku ON inventory_adjustments (sku, id);",
+    },
+};
+
+const struct store_migration *
+inventory_migrations(size_t *n)
+{
+    *n = BB_ARRAY_LEN(MIGRATIONS);
+    return MIGRATIONS;
+}
+
+/* ---- the reservation lifecycle ---------------------------------------------------------- */
+
+static const char *const STATE_NAMES[] = {
+    [INVENTORY_ACTIVE] = "active",
+    [INVENTORY_COMMITTED] = "committed",
+    [INVENTORY_RELEASED] = "released",
+    [INVENTORY_EXPIRED] = "expired",
+};
+
+const char *
+inventory_state_name(enum inventory_reservation_state s)
+{
+    return (size_t)s < BB_ARRAY_LEN(STATE_NAMES) ? STATE_NAMES[s] : "unknown";
+}
+
+/* active -> committed | released | expired; the others are final. */
+static const bool TRANSITIONS[4][4] = {
+    [INVENTORY_ACTIVE] =
+        {[INVENTORY_COMMITTED] = true, [INVENTORY_RELEASED] = true, [INVENTORY_EXPIRED] = true},
+};
+
+bool
+inventory_can_transition(enum inventory_reservation_state from, enum inventory_reservation_state to)
+{
+    return (size_t)from < 4 && (size_t)to < 4 && TRANSITIONS[from][to];
+}
+
+static enum inventory_reservation_state
+state_parse(const char *name)
+{
+    for (size_t i = 0; i < BB_ARRAY_LEN(STATE_NAMES); i++) {
+        if (strcmp(STATE_NAMES[i], name) == 0)
+            return (enum inventory_reservation_state)i;
+    }
+    bb_panic(__FILE__, __LINE__, "unknown reservation state '%s' in the database", name);
+}
+
+/* ---- products ------------------------------------------------------------------------- */
+
+static struct store_stmt PRODUCT_INSERT = {
+    .sql = "INSERT INTO inventory_products (sku, name, on_hand, reserved, created_at_ms,"
+           " updated_at_ms) VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (sku) DO NOTHING",
+};
+static struct store_stmt PRODUCT_GET = {
+    .sql = "SELECT sku, name, on_hand, reserved, created_at_ms, updated_at_ms"
+           " FROM inventory_products WHERE sku = $1",
+};
+/* on_hand += $2, within bounds: never below reserved, zero or the cap. */
+static struct store_stmt PRODUCT_ADD = {
+    .sql = "UPDATE inventory_products SET on_hand = on_hand + $2, updated_at_ms = $3"
+           " WHERE sku = $1 AND on_hand + $2 >= reserved AND on_hand + $2 <= $4",
+};
+static struct store_stmt ADJUSTMENT_INSERT = {
+    .sql = "INSERT INTO inventory_adjustments (sku, delta, reason, key, on_hand_after,"
+           " created_at_ms) SELECT sku, $2, $3, $4, on_hand, $5 FROM inventory_products"
+           " WHERE sku = $1",
+};
+
+static json_t *
+product_json(struct store_rows *r)
+{
+    char created[32], updated[32];
+    bb_wall_ms_format(store_col_int(r, 4), created);
+    bb_wall_ms_format(store_col_int(r, 5), updated);
+    int64_t on_hand = store_col_int(r, 2), reserved = store_col_int(r, 3);
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "sku", store_col_text(r, 0), "name",
+                     store_col_text(r, 1), "on_hand", (json_int_t)on_hand, "reserved",
+                     (json_int_t)reserved, "available", (json_int_t)(on_hand - reserved),
+                     "created_at", created, "updated_at", updated);
+}
+
+enum err
+inventory_product_get_json(struct store_conn *c, const char *sku, json_t **out, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(sku)};
+    enum err rc = store_query(c, &PRODUCT_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "sku", "no product with sku %s", sku);
+    }
+    *out = product_json(&r);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+/* Record an on_hand change and announce it. */
+static enum err
+adjusted(struct store_conn *c, const char *sku, int64_t delta, const char *reason, const char *key,
+         int64_t now_ms, json_t **product, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(sku), sp_int(delta), sp_text(reason), sp_text(key),
+                                    sp_int(now_ms)};
+    enum err rc = store_exec(c, &ADJUSTMENT_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+    if (rc == ERR_OK)
+        rc = inventory_product_get_json(c, sku, product, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *data =
+        json_pack("{s:s, s:I, s:s, s:O, s:s?}", "sku", sku, "delta", (json_int_t)delta, "reason",
+                  reason, "on_hand", json_object_get(*product, "on_hand"), "key", key);
+    struct outbox_event ev = {.type = "inventory.adjusted.v1",
+                              .aggregate_type = "product",
+                              .aggregate_id = sku,
+                              .data = data};
+    rc = outbox_append(c, &ev, now_ms, e);
+    json_decref(data);
+    if (rc != ERR_OK) {
+        json_decref(*product);
+        *product = NULL;
+    }
+    return rc;
+}
+
+enum err
+inventory_product_create(struct store_conn *c, const char *sku, const char *name, int64_t stock,
+                         int64_t now_ms, json_t **out, bool *created, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(sku), sp_text(name), sp_int(stock), sp_int(now_ms)};
+    int64_t inserted = 0;
+    enum err rc = store_exec(c, &PRODUCT_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
+    if (rc != ERR_OK)
+        return rc;
+    *created = inserted == 1;
+    if (*created && stock > 0)
+        return adjusted(c, sku, stock, "initial stock", NULL, now_ms, out, e);
+    rc = inventory_product_get_json(c, sku, out, e);
+    if (rc == ERR_OK && !*created &&
+        strcmp(json_string_value(json_object_get(*out, "name")), name) != 0) {
+        json_decref(*out);
+        *out = NULL;
+        return bb_fail(e, ERR_CONFLICT, "sku", "product %s exists with another name", sku);
+    }
+    return rc;
+}
+
+/* Claim an idempotency key; on a replay, *replayed gets the first answer. */
+static enum err
+idem_claim(struct store_conn *c, const char *scope, const char *key, const char *fingerprint,
+           int64_t now_ms, json_t **replayed, struct bb_error *e)
+{
+    struct store_idem idem;
+    *replayed = NULL;
+    enum err rc = store_idem_claim(c, scope, key, fingerprint, now_ms, &idem, e);
+    if (rc == ERR_OK && idem.replay)
+        *replayed = idem.body ? json_loads(idem.body, 0, NULL) : json_object();
+    store_idem_deinit(&idem);
+    return rc;
+}
+
+static enum err
+idem_save(struct store_conn *c, const char *scope, const char *key, const json_t *answer,
+          struct bb_error *e)
+{
+    char *body = bb_json_dumps(answer);
+    enum err rc = store_idem_save(c, scope, key, 200, body, e);
+    free(body);
+    return rc;
+}
+
+/* Change on_hand by `delta` under an idempotency key in `scope`. */
+static enum err
+change_stock(struct store_conn *c, const char *scope, const char *key, const char *sku,
+             int64_t delta, const char *reason, int64_t now_ms, json_t **out, struct bb_error *e)
+{
+    struct bb_buf canon;
+    bb_buf_init(&canon);
+    bb_buf_printf(&canon, "%s\n%" PRId64 "\n%s", sku, delta, reason);
+    char fingerprint[65];
+    bb_sha256_hex(canon.data, canon.len, fingerprint);
+    bb_buf_deinit(&canon);
+    enum err rc = idem_claim(c, scope, key, fingerprint, now_ms, out, e);
+    if (rc != ERR_OK || *out != NULL)
+        return rc;
+    const struct store_param p[] = {sp_text(sku), sp_int(delta), sp_int(now_ms),
+                                    sp_int(INVENTORY_STOCK_MAX)};
+    int64_t changed = 0;
+    rc = store_exec(c, &PRODUCT_ADD, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (changed == 0) {
+        json_t *product;
+        rc = inventory_product_get_json(c, sku, &product, e);
+        if (rc != ERR_OK)
+            return rc;
+        int64_t on_hand = json_integer_value(json_object_get(product, "on_hand"));
+        int64_t reserved = json_integer_value(json_object_get(product, "reserved"));
+        json_decref(product);
+        if (delta > 0)
+            return bb_fail(e, ERR_INVALID, "qty", "%s would hold more than %" PRId64 " units", sku,
+                           INVENTORY_STOCK_MAX);
+        return bb_fail(e, ERR_INSUFFICIENT_STOCK, "delta",
+                       "%s has %" PRId64 " on hand, %" PRId64
+                       " of them reserved: cannot remove %" PRId64,
+                       sku, on_hand, reserved, -delta);
+    }
+    rc = adjusted(c, sku, delta, reason, key, now_ms, out, e);
+    if (rc == ERR_OK)
+        rc = idem_save(c, scope, key, *out, e);
+    if (rc != ERR_OK) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+enum err
+inventory_stock_add(struct store_conn *c, const char *sku, int64_t qty, const char *key,
+                    int64_t now_ms, json_t **out, struct bb_error *e)
+{
+    return change_stock(c, "inventory.stock", key, sku, qty, "restock", now_ms, out, e);
+}
+
+enum err
+inventory_adjust(struct store_conn *c, const char *key, const char *sku, int64_t delta,
+                 const char *reason, int64_t now_ms, json_t **out, struct bb_error *e)
+{
+    return change_stock(c, "inventory.adjust", key, sku, delta, reason, now_ms, out, e);
+}
+
+/* ---- reservations ---------------------------------------------------------------------- */
+
+static struct store_stmt TAKE = {
+    .sql = "UPDATE inventory_products SET reserved = reserved + $2, updated_at_ms = $3"
+           " WHERE sku = $1 AND on_hand - reserved >= $2",
+};
+static struct store_stmt GIVE_BACK = {
+    .sql = "UPDATE inventory_products SET reserved = reserved - $2, updated_at_ms = $3"
+           " WHERE sku = $1",
+};
+static struct store_stmt SELL = {
+    .sql = "UPDATE inventory_products SET reserved = reserved - $2, on_hand = on_hand - $2,"
+           " updated_at_ms = $3 WHERE sku = $1",
+};
+static struct store_stmt RESERVATION_INSERT = {
+    .sql = "INSERT INTO inventory_reservations (order_id, state, items, expires_at_ms,"
+           " created_at_ms, updated_at_ms) VALUES ($1, 'active', $2, $3, $4, $4)",
+};
+static struct store_stmt RESERVATION_GET = {
+    .sql = "SELECT order_id, state, items, expires_at_ms, created_at_ms, updated_at_ms"
+           " FROM inventory_reservations WHERE order_id = $1",
+};
+/* The compare-and-set of every transition. */
+static struct store_stmt RESERVATION_MOVE = {
+    .sql = "UPDATE inventory_reservations SET state = $3, updated_at_ms = $4"
+           " WHERE order_id = $1 AND state = $2",
+};
+static struct store_stmt RESERVATIONS_DUE = {
+    .sql = "SELECT order_id FROM inventory_reservations WHERE state = 'active'"
+           " AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2",
+    .sql_pg = "SELECT order_id FROM inventory_reservations WHERE state = 'active'"
+              " AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+};
+
+/* A reservation as read, the API's JSON and what a transition needs. */
+struct reservation {
+    json_t *json; /* {order_id, state, items, expires_at, created_at, updated_at} */
+    enum inventory_reservation_state state;
+    int64_t expires_at_ms;
+};
+
+static enum err
+reservation_read(struct store_conn *c, const char *order_id, struct reservation *res,
+                 struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(order_id)};
+    enum err rc = store_query(c, &RESERVATION_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "order_id", "no reservation for order %s", order_id);
+    }
+    char expires[32], created[32], updated[32];
+    res->expires_at_ms = store_col_int(&r, 3);
+    bb_wall_ms_format(res->expires_at_ms, expires);
+    bb_wall_ms_format(store_col_int(&r, 4), created);
+    bb_wall_ms_format(store_col_int(&r, 5), updated);
+    res->state = state_parse(store_col_text(&r, 1));
+    json_t *items = json_loads(store_col_text(&r, 2), 0, NULL);
+    res->json =
+        json_pack("{s:s, s:s, s:o, s:s, s:s, s:s}", "order_id", store_col_text(&r, 0), "state",
+                  inventory_state_name(res->state), "items", items ? items : json_array(),
+                  "expires_at", expires, "created_at", created, "updated_at", updated);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+enum err
+inventory_reservation_get_json(struct store_conn *c, const char *order_id, json_t **out,
+                               struct bb_error *e)
+{
+    struct reservation res;
+    enum err rc = reservation_read(c, order_id, &res, e);
+    if (rc == ERR_OK)
+        *out = res.json;
+    return rc;
+}
+
+static int
+item_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct inventory_item *)a)->sku, ((const struct inventory_item *)b)->sku);
+}
+
+/* Items sorted by SKU, as stored and compared: [{"sku","qty"}...]. */
+static json_t *
+items_json(const struct inventory_item *items, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(
+            a, json_pack("{s:s, s:I}", "sku", items[i].sku, "qty", (json_int_t)items[i].qty));
+    return a;
+}
+
+/* Announce a reservation event with its items. */
+static enum err
+reservation_event(struct store_conn *c, const char *type, const char *order_id, const json_t *items,
+                  const char *reason, int64_t expires_at_ms, int64_t now_ms, struct bb_error *e)
+{
+    json_t *data = json_pack("{s:s, s:O}", "order_id", order_id, "items", items);
+    if (reason)
+        json_object_set_new(data, "reason", json_string(reason));
+    if (expires_at_ms > 0) {
+        char at[32];
+        bb_wall_ms_format(expires_at_ms, at);
+        json_object_set_new(data, "expires_at", json_string(at));
+    }
+    struct outbox_event ev = {
+        .type = type, .aggregate_type = "reservation", .aggregate_id = order_id, .data = data};
+    enum err rc = outbox_append(c, &ev, now_ms, e);
+    json_decref(data);
+    return rc;
+}
+
+/* Take each item's stock; shortages are collected, the rest is up to the
+ * transaction (the caller fails it, undoing every take). */
+static enum err
+take_items(struct store_conn *c, const struct inventory_item *sorted, const size_t *order, size_t n,
+           int64_t now_ms, json_t **short_items, struct bb_error *e)
+{
+    *short_items = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct store_param p[] = {sp_text(sorted[i].sku), sp_int(sorted[i].qty),
+                                        sp_int(now_ms)};
+        int64_t changed = 0;
+        enum err rc = store_exec(c, &TAKE, p, BB_ARRAY_LEN(p), &changed, e);
+        if (rc != ERR_OK)
+            return rc;
+        if (changed == 1)
+            continue;
+        json_t *product;
+        if (inventory_product_get_json(c, sorted[i].sku, &product, e) != ERR_OK) {
+            json_decref(*short_items);
+            *short_items = NULL;
+            char field[32];
+            snprintf(field, sizeof field, "items[%zu].sku", order[i]);
+            return bb_fail(e, ERR_NOT_FOUND, field, "no product with sku %s", sorted[i].sku);
+        }
+        if (*short_items == NULL)
+            *short_items = json_array();
+        json_array_append_new(*short_items,
+                              json_pack("{s:s, s:I, s:O}", "sku", sorted[i].sku, "requested",
+                                        (json_int_t)sorted[i].qty, "available",
+                                        json_object_get(product, "available")));
+        json_decref(product);
+    }
+    if (*short_items == NULL)
+        return ERR_OK;
+    size_t k = json_array_size(*short_items);
+    return bb_fail(e, ERR_INSUFFICIENT_STOCK, "items", "%zu of %zu item%s short of stock", k, n,
+                   n == 1 ? " is" : "s are");
+}
+
+enum err
+inventory_reserve(struct store_conn *c, const char *order_id, const struct inventory_item *items,
+                  size_t n, int64_t ttl_ms, int64_t now_ms, json_t **out, bool *created,
+                  json_t **short_items, struct bb_error *e)
+{
+    *short_items = NULL;
+    *created = false;
+    BB_ASSERT(n > 0 && n <= INVENTORY_ITEMS_MAX);
+    struct inventory_item sorted[INVENTORY_ITEMS_MAX];
+    size_t order[INVENTORY_ITEMS_MAX];
+    memcpy(sorted, items, n * sizeof *items);
+    qsort(sorted, n, sizeof *sorted, item_cmp);
+    for (size_t i = 0; i < n; i++) { /* where each sorted item was asked */
+        for (size_t k = 0; k < n; k++) {
+            if (items[k].sku == sorted[i].sku)
+                order[i] = k;
+        }
+    }
+    json_t *wanted = items_json(sorted, n);
+    struct reservation res;
+    enum err rc = reservation_read(c, order_id, &res, e);
+    if (rc == ERR_OK) { /* asked before: the same answer, if the same question */
+        bool same = json_equal(json_object_get(res.json, "items"), wanted);
+        json_decref(wanted);
+        if (!same) {
+            json_decref(res.json);
+            return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "items",
+                           "order %s already has a reservation for other items", order_id);
+        }
+        *out = res.json;
+        return ERR_OK;
+    }
+    if (rc != ERR_NOT_FOUND) {
+        json_decref(wanted);
+        return rc;
+    }
+    bb_error_clear(e);
+    rc = take_items(c, sorted, order, n, now_ms, short_items, e);
+    char *text = bb_json_dumps(wanted);
+    const struct store_param p[] = {sp_text(order_id), sp_text(text), sp_int(now_ms + ttl_ms),
+                                    sp_int(now_ms)};
+    if (rc == ERR_OK)
+        rc = store_exec(c, &RESERVATION_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+    free(text);
+    if (rc == ERR_OK)
+        rc = reservation_event(c, "inventory.reserved.v1", order_id, wanted, NULL, now_ms + ttl_ms,
+                               now_ms, e);
+    json_decref(wanted);
+    if (rc == ERR_OK)
+        rc = inventory_reservation_get_json(c, order_id, out, e);
+    *created = rc == ERR_OK;
+    return rc;
+}
+
+/* Move a reservation from `from` to `to` with a compare-and-set, moving its
+ * items' stock with `stock` and announcing `event` (with `reason`). */
+static enum err
+reservation_move(struct store_conn *c, const char *order_id, const struct reservation *res,
+                 enum inventory_reservation_state to, struct store_stmt *stock, const char *event,
+                 const char *reason, int64_t now_ms, struct bb_error *e)
+{
+    BB_ASSERT(inventory_can_transition(res->state, to));
+    const struct store_param p[] = {sp_text(order_id), sp_text(inventory_state_name(res->state)),
+                                    sp_text(inventory_state_name(to)), sp_int(now_ms)};
+    int64_t changed = 0;
+    enum err rc = store_exec(c, &RESERVATION_MOVE, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc == ERR_OK && changed != 1)
+        return bb_fail(e, ERR_RETRY, "", "reservation %s changed concurrently", order_id);
+    const json_t *items = json_object_get(res->json, "items");
+    size_t i;
+    const json_t *item;
+    json_array_foreach(items, i, item)
+    {
+        if (rc != ERR_OK)
+            break;
+        const struct store_param q[] = {sp_text(json_string_value(json_object_get(item, "sku"))),
+                                        sp_int(json_integer_value(json_object_get(item, "qty"))),
+                                        sp_int(now_ms)};
+        rc = store_exec(c, stock, q, BB_ARRAY_LEN(q), NULL, e);
+    }
+    if (rc == ERR_OK)
+        rc = reservation_event(c, event, order_id, items, reason, 0, now_ms, e);
+    return rc;
+}
+
+/* Read, apply `to` if the reservation is active, answer its JSON. */
+static enum err
+reservation_finish(struct store_conn *c, const char *order_id, enum inventory_reservation_state to,
+                   int64_t now_ms, json_t **out, struct bb_error *e)
+{
+    struct reservation res;
+    enum err rc = reservation_read(c, order_id, &res, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (res.state == INVENTORY_ACTIVE && to == INVENTORY_COMMITTED && now_ms >= res.expires_at_ms)
+        rc = bb_fail(e, ERR_RESERVATION_EXPIRED, "order_id",
+                     "the reservation for order %s expired before its commit", order_id);
+    else if (res.state == INVENTORY_ACTIVE && to == INVENTORY_COMMITTED)
+        rc = reservation_move(c, order_id, &res, to, &SELL, "inventory.committed.v1", NULL, now_ms,
+                              e);
+    else if (res.state == INVENTORY_ACTIVE)
+        rc = reservation_move(c, order_id, &res, to, &GIVE_BACK, "inventory.released.v1",
+                              to == INVENTORY_EXPIRED ? "expired" : "released", now_ms, e);
+    else if (res.state == to || (to == INVENTORY_RELEASED && res.state == INVENTORY_EXPIRED))
+        rc = ERR_OK; /* done before: answered as is */
+    else if (res.state == INVENTORY_EXPIRED)
+        rc = bb_fail(e, ERR_RESERVATION_EXPIRED, "order_id", "the reservation for order %s expired",
+                     order_id);
+    else
+        rc = bb_fail(e, ERR_CONFLICT, "order_id", "the reservation for order %s is %s", order_id,
+                     inventory_state_name(res.state));
+    json_decref(res.json);
+    if (rc == ERR_OK)
+        rc = inventory_reservation_get_json(c, order_id, out, e);
+    return rc;
+}
+
+enum err
+inventory_release(struct store_conn *c, const char *order_id, int64_t now_ms, json_t **out,
+                  struct bb_error *e)
+{
+    return reservation_finish(c, order_id, INVENTORY_RELEASED, now_ms, out, e);
+}
+
+enum err
+inventory_commit(struct store_conn *c, const char *order_id, int64_t now_ms, json_t **out,
+                 struct bb_error *e)
+{
+    return reservation_finish(c, order_id, INVENTORY_COMMITTED, now_ms, out, e);
+}
+
+enum err
+inventory_expire_due(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t *n,
+                     struct bb_error *e)
+{
+    *n = 0;
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(now_ms), sp_int(limit)};
+    enum err rc = store_query(c, &RESERVATIONS_DUE, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    size_t count = (size_t)r.nrows, k = 0;
+    char **ids = xcalloc(count ? count : 1, sizeof *ids);
+    while (store_next(&r))
+        ids[k++] = xstrdup(store_col_text(&r, 0));
+    store_rows_close(&r);
+    for (size_t i = 0; i < k; i++) {
+        json_t *res = NULL;
+        if (rc == ERR_OK)
+            rc = reservation_finish(c, ids[i], INVENTORY_EXPIRED, now_ms, &res, e);
+        json_decref(res);
+        free(ids[i]);
+    }
+    free(ids);
+    if (rc == ERR_OK)
+        *n = (int64_t)k;
+    return rc;
+}

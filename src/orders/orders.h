@@ -1,0 +1,82 @@
+/*
+ * orders: orders created from a checkout (one per checkout, however often
+ * it is asked), their items, and a status timeline (every transition with
+ * its time and reason). PENDING -> CONFIRMED or PENDING -> CANCELLED; both
+ * are idempotent, and neither undoes the other.
+ *
+ * Every change writes its event in the same transaction: order.created.v1,
+ * order.status.changed.v1. The store functions run inside the caller's open
+ * transaction and take the wall clock from the caller.
+ */
+#ifndef BB_ORDERS_H
+#define BB_ORDERS_H
+
+#include "base/base.h"
+#include "http/http.h"
+#include "store/store.h"
+
+enum {
+    ORDER_ID_MAX = 100, /* checkout and customer ids too: A-Z a-z 0-9 . _ : - */
+    ORDER_SKU_MAX = 64,
+    ORDER_ITEMS_MAX = 100,
+    ORDER_QTY_MAX = 1000000,
+    ORDER_REASON_MAX = 200,
+};
+
+enum order_status {
+    ORDER_PENDING,   /* created; the checkout is still running */
+    ORDER_CONFIRMED, /* paid and its stock sold */
+    ORDER_CANCELLED, /* given up; compensated */
+};
+const char *order_status_name(enum order_status s);
+/* The lifecycle table. */
+bool order_can_transition(enum order_status from, enum order_status to);
+
+struct order_item {
+    const char *sku;
+    int64_t qty;
+    int64_t unit_price; /* minor units */
+};
+
+struct order_spec {
+    const char *checkout_id;
+    const char *customer_id;
+    const char *currency;
+    const struct order_item *items;
+    size_t n_items;
+};
+
+/* Parse items [{sku, qty, unit_price}] (1..ORDER_ITEMS_MAX, distinct SKUs)
+ * into `out` (room for ORDER_ITEMS_MAX); errors name items[i].field. The
+ * items borrow strings from `items`. */
+BB_WUR enum err order_items_from_json(const json_t *items, struct order_item *out, size_t *n,
+                                      struct bb_error *e);
+
+/*
+ * Create the order of a checkout. Again for the same checkout: the existing
+ * order (*created false); with other contents: ERR_IDEMPOTENCY_MISMATCH.
+ * ERR_INVALID when the total exceeds BB_AMOUNT_MAX.
+ */
+BB_WUR enum err order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms,
+                             json_t **out, bool *created, struct bb_error *e);
+/* {order_id, checkout_id, customer_id, currency, total_amount, status,
+ * items, timeline, created_at, updated_at}. */
+BB_WUR enum err order_get_json(struct store_conn *c, const char *order_id, json_t **out,
+                               struct bb_error *e);
+BB_WUR enum err order_find_by_checkout(struct store_conn *c, const char *checkout_id, json_t **out,
+                                       struct bb_error *e);
+/* PENDING -> CONFIRMED / CANCELLED with a reason; idempotent once there;
+ * ERR_CONFLICT from the other final state. */
+BB_WUR enum err order_confirm(struct store_conn *c, const char *order_id, const char *reason,
+                              int64_t now_ms, json_t **out, struct bb_error *e);
+BB_WUR enum err order_cancel(struct store_conn *c, const char *order_id, const char *reason,
+                             int64_t now_ms, json_t **out, struct bb_error *e);
+
+const struct store_migration *order_migrations(size_t *n);
+
+struct order_service;
+struct order_service *order_service_create(struct store *s);
+size_t order_service_routes(struct order_service *svc, struct http_route *out, size_t max);
+void order_service_destroy(struct order_service *svc);
+
+#endif /* BB_ORDERS_H */

@@ -1,0 +1,220 @@
+/*
+ * outbox.c: the outbox table, appends, ordered gapless reads, GET /outbox.
+ */
+#include "outbox/outbox.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct store_migration MIGRATIONS[] = {
+    {
+        .version = 1,
+        .name = "outbox events",
+        .sqlite = "CREATE TABLE outbox_events ("
+                  " id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,"
+                  " type TEXT NOT NULL, aggregate_type TEXT NOT NULL,"
+                  " aggregate_id TEXT NOT NULL, data TEXT NOT NULL, traceparent TEXT,"
+                  " created_at_ms INTEGER NOT NULL, published_at_ms INTEGER, claimed_by TEXT,"
+                  " claim_expires_at_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0);"
+                  "CREATE INDEX outbox_unpublished ON outbox_events (id)"
+                  " WHERE published_at_ms IS NULL;"
+                  "CREATE INDEX outbox_by_aggregate ON outbox_events (aggregate_id, id);",
+        .pg = "CREATE TABLE outbox_events ("
+              " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+              " event_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, aggregate_type TEXT NOT NULL,"
+              " aggregate_id TEXT NOT NULL, data TEXT NOT NULL, traceparent TEXT,"
+              " created_at_ms BIGINT NOT NULL, published_at_ms BIGINT, claimed_by TEXT,"
+              " claim_expires_at_ms BIGINT, attempts INTEGER NOT NULL DEFAULT 0,"
+              " txid xid8 NOT NULL DEFAULT pg_current_xact_id());"
+              "CREATE INDEX outbox_unpublished ON outbox_events (id)"
+              " WHERE published_at_ms IS NULL;"
+              "CREATE INDEX outbox_by_aggregate ON outbox_events (aggregate_id, id);",
+    },
+};
+
+const struct store_migration *
+outbox_migrations(size_t *n)
+{
+    *n = BB_ARRAY_LEN(MIGRATIONS);
+    return MIGRATIONS;
+}
+
+static struct store_stmt APPEND = {
+    .sql = "INSERT INTO outbox_events (event_id, type, aggregate_type, aggregate_id, data,"
+           " traceparent, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+};
+
+enum err
+outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_ms,
+              struct bb_error *e)
+{
+    char id[37];
+    bb_uuid7_at(now_ms, id);
+    char *data = bb_json_dumps(ev->data);
+    const char *tp = ev->traceparent ? ev->traceparent : bb_log_context_traceparent();
+    const struct store_param p[] = {sp_text(id),
+                                    sp_text(ev->type),
+                                    sp_text(ev->aggregate_type),
+                                    sp_text(ev->aggregate_id),
+                                    sp_text(data),
+                                    sp_text(tp),
+                                    sp_int(now_ms)};
+    enum err rc = store_exec(c, &APPEND, p, BB_ARRAY_LEN(p), NULL, e);
+    free(data);
+    if (rc == ERR_OK)
+        rc = store_notify(c, OUTBOX_CHANNEL, ev->type, e);
+    return rc;
+}
+
+/* PostgreSQL: only events whose transaction began before every transaction
+ * still running (so none with a smaller id can still appear). */
+#define OUTBOX_COLUMNS \
+    "id, event_id, type, aggregate_type, aggregate_id, data, traceparent, created_at_ms"
+#define SETTLED_PG " AND txid < pg_snapshot_xmin(pg_current_snapshot())"
+static struct store_stmt LIST = {
+    .sql_sqlite = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE id > $1"
+                  " AND ($3 = '' OR type = $3) ORDER BY id LIMIT $2",
+    .sql_pg = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE id > $1"
+              " AND ($3 = '' OR type = $3)" SETTLED_PG " ORDER BY id LIMIT $2",
+};
+static struct store_stmt LIST_AGGREGATE = {
+    .sql_sqlite = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE aggregate_id = $4"
+                  " AND id > $1 AND ($3 = '' OR type = $3) ORDER BY id LIMIT $2",
+    .sql_pg = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE aggregate_id = $4"
+              " AND id > $1 AND ($3 = '' OR type = $3)" SETTLED_PG " ORDER BY id LIMIT $2",
+};
+
+static json_t *
+event_json(struct store_rows *r)
+{
+    char at[32];
+    bb_wall_ms_format(store_col_int(r, 7), at);
+    json_t *data = json_loads(store_col_text(r, 5), JSON_DECODE_ANY, NULL);
+    json_t *o = json_object();
+    json_object_set_new(o, "seq", json_integer(store_col_int(r, 0)));
+    json_object_set_new(o, "event_id", json_string(store_col_text(r, 1)));
+    json_object_set_new(o, "type", json_string(store_col_text(r, 2)));
+    json_object_set_new(o, "aggregate_type", json_string(store_col_text(r, 3)));
+    json_object_set_new(o, "aggregate_id", json_string(store_col_text(r, 4)));
+    json_object_set_new(o, "occurred_at", json_string(at));
+    json_object_set_new(o, "traceparent",
+                        store_col_is_null(r, 6) ? json_null() : json_string(store_col_text(r, 6)));
+    json_object_set_new(o, "data", data ? data : json_null());
+    return o;
+}
+
+enum err
+outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **out,
+                 struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(f->after), sp_int(f->limit),
+                                    sp_text(f->type ? f->type : ""),
+                                    sp_text(f->aggregate_id ? f->aggregate_id : "")};
+    struct store_rows r;
+    enum err rc = store_query(c, f->aggregate_id ? &LIST_AGGREGATE : &LIST, p,
+                              f->aggregate_id ? 4 : 3, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *events = json_array();
+    int64_t last = 0;
+    while (store_next(&r)) {
+        last = store_col_int(&r, 0);
+        json_array_append_new(events, event_json(&r));
+    }
+    store_rows_close(&r);
+    json_t *body = json_object();
+    bool full = (int64_t)json_array_size(events) == f->limit;
+    json_object_set_new(body, "events", events);
+    json_object_set_new(body, "next_after", full ? json_integer(last) : json_null());
+    *out = body;
+    return ERR_OK;
+}
+
+/* ---- GET /outbox ------------------------------------------------------------------------- */
+
+struct outbox_service {
+    struct store *store;
+};
+
+struct list_op {
+    struct outbox_filter filter;
+    json_t *out;
+};
+
+static enum err
+list_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct list_op *op = arg;
+    return outbox_list_json(c, &op->filter, &op->out, e);
+}
+
+static void
+list_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
+{
+    struct list_op *op = arg;
+    if (rc != ERR_OK)
+        http_reply_problem(r, e, NULL);
+    else
+        http_reply_json(r, 200, op->out);
+}
+
+/* Event types and aggregate ids as query arguments: printable, bounded. */
+static enum err
+query_text(struct http_req *r, const char *key, const char **out, struct bb_error *e)
+{
+    const char *v = http_req_query(r, key);
+    if (v == NULL)
+        return ERR_OK;
+    size_t n = strlen(v);
+    bool ok = n > 0 && n <= 200;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = (unsigned char)v[i] >= 0x20 && v[i] != 0x7f;
+    if (!ok)
+        return bb_fail(e, ERR_INVALID, key, "%s must be 1 to 200 printable characters", key);
+    *out = bb_arena_strdup(http_req_arena(r), v);
+    return ERR_OK;
+}
+
+static void
+handle_list(struct http_req *r, void *ctx)
+{
+    struct outbox_service *svc = ctx;
+    struct bb_error *e = http_req_error(r);
+    struct list_op *op = bb_arena_alloc(http_req_arena(r), sizeof *op);
+    memset(op, 0, sizeof *op);
+    op->filter.limit = OUTBOX_LIST_DEFAULT;
+    if (http_req_query_int(r, "after", 0, INT64_MAX, &op->filter.after, e) != ERR_OK ||
+        http_req_query_int(r, "limit", 1, OUTBOX_LIST_MAX, &op->filter.limit, e) != ERR_OK ||
+        query_text(r, "type", &op->filter.type, e) != ERR_OK ||
+        query_text(r, "aggregate_id", &op->filter.aggregate_id, e) != ERR_OK) {
+        http_reply_problem(r, e, NULL);
+        return;
+    }
+    http_req_run(r, svc->store, STORE_READ, list_work, list_reply, op);
+}
+
+struct outbox_service *
+outbox_service_create(struct store *s)
+{
+    struct outbox_service *svc = xcalloc(1, sizeof *svc);
+    svc->store = s;
+    return svc;
+}
+
+size_t
+outbox_service_routes(struct outbox_service *svc, struct http_route *out, size_t max)
+{
+    const struct http_route routes[] = {
+        {"GET", "/outbox", handle_list, svc, false},
+    };
+    BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
+    memcpy(out, routes, sizeof routes);
+    return BB_ARRAY_LEN(routes);
+}
+
+void
+outbox_service_destroy(struct outbox_service *svc)
+{
+    free(svc);
+}
