@@ -1,0 +1,395 @@
+/*
+ * test_inventory_store.c: the inventory on both engines: all-or-none
+ * reservations, the same order asked twice, commit/release/expiry along the
+ * lifecycle table, stock by idempotency key, adjustments, events, and
+ * concurrent buyers who never oversell.
+ */
+#include "testsupport.h"
+
+#include "inventory/inventory.h"
+#include "outbox/outbox.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const int64_t T0 = 1800000000000;
+
+struct fixture {
+    struct test_db *db;
+    struct store_conn *c;
+};
+
+static int
+setup(void **state)
+{
+    struct fixture *f = xcalloc(1, sizeof *f);
+    f->db = test_db_create();
+    struct bb_error e;
+    assert_ok(store_conn_open(f->db->store, &f->c, &e), &e);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    store_conn_close(f->c);
+    test_db_destroy(f->db);
+    free(f);
+    return 0;
+}
+
+/* Mutations that may fail run in a transaction, as the executor runs them:
+ * begin(), then end() commits on success and rolls back otherwise. */
+static void
+begin(struct store_conn *c)
+{
+    struct bb_error e;
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+}
+
+static enum err
+end(struct store_conn *c, enum err rc)
+{
+    struct bb_error e;
+    if (rc == ERR_OK)
+        assert_ok(store_commit(c, &e), &e);
+    else
+        store_rollback(c);
+    return rc;
+}
+
+static void
+product(struct store_conn *c, const char *sku, int64_t stock)
+{
+    json_t *p;
+    bool created;
+    struct bb_error e;
+    assert_ok(inventory_product_create(c, sku, sku, stock, T0, &p, &created, &e), &e);
+    assert_true(created);
+    json_decref(p);
+}
+
+/* on_hand, reserved of a product. */
+static void
+stock_of(struct store_conn *c, const char *sku, int64_t *on_hand, int64_t *reserved)
+{
+    json_t *p;
+    struct bb_error e;
+    assert_ok(inventory_product_get_json(c, sku, &p, &e), &e);
+    *on_hand = json_integer_value(json_object_get(p, "on_hand"));
+    *reserved = json_integer_value(json_object_get(p, "reserved"));
+    assert_int_equal(json_integer_value(json_object_get(p, "available")), *on_hand - *reserved);
+    json_decref(p);
+}
+
+static enum err
+reserve(struct store_conn *c, const char *order_id, const struct inventory_item *items, size_t n,
+        int64_t ttl_ms, int64_t now, bool *created, json_t **short_items, struct bb_error *e)
+{
+    json_t *res = NULL;
+    json_t *shorts = NULL;
+    bool made = false;
+    enum err rc = inventory_reserve(c, order_id, items, n, ttl_ms, now, &res, &made, &shorts, e);
+    json_decref(res);
+    if (created)
+        *created = made;
+    if (short_items)
+        *short_items = shorts;
+    else
+        json_decref(shorts);
+    return rc;
+}
+
+static const char *
+state_of(struct store_conn *c, const char *order_id)
+{
+    static char buf[32];
+    json_t *r;
+    struct bb_error e;
+    assert_ok(inventory_reservation_get_json(c, order_id, &r, &e), &e);
+    bb_strlcpy(buf, json_string_value(json_object_get(r, "state")), sizeof buf);
+    json_decref(r);
+    return buf;
+}
+
+/* How many events of `type` a reader sees, once it sees `want` (on
+ * PostgreSQL an event shows once every older transaction in the cluster has
+ * ended, and other test processes share the cluster) or after 10 s. */
+static int64_t
+events(struct store_conn *c, const char *type, int64_t want)
+{
+    int64_t n = 0;
+    for (int64_t deadline = bb_mono_ms() + 10000; bb_mono_ms() < deadline; bb_sleep_ms(10)) {
+        struct outbox_filter f = {.limit = 1000, .type = type};
+        json_t *page;
+        struct bb_error e;
+        assert_ok(outbox_list_json(c, &f, &page, &e), &e);
+        n = (int64_t)json_array_size(json_object_get(page, "events"));
+        json_decref(page);
+        if (n >= want)
+            break;
+    }
+    return n;
+}
+
+static void
+the_lifecycle_table_allows_only_real_transitions(void **state)
+{
+    (void)state;
+    assert_true(inventory_can_transition(INVENTORY_ACTIVE, INVENTORY_COMMITTED));
+    assert_true(inventory_can_transition(INVENTORY_ACTIVE, INVENTORY_RELEASED));
+    assert_true(inventory_can_transition(INVENTORY_ACTIVE, INVENTORY_EXPIRED));
+    for (int from = INVENTORY_COMMITTED; from <= INVENTORY_EXPIRED; from++)
+        for (int to = INVENTORY_ACTIVE; to <= INVENTORY_EXPIRED; to++)
+            assert_false(inventory_can_transition(from, to));
+    assert_false(inventory_can_transition(INVENTORY_ACTIVE, INVENTORY_ACTIVE));
+}
+
+static void
+a_reservation_takes_every_item_or_none(void **state)
+{
+    struct fixture *f = *state;
+    product(f->c, "A", 5);
+    product(f->c, "B", 1);
+    const struct inventory_item too_much[] = {{"A", 2}, {"B", 3}};
+    json_t *shorts;
+    struct bb_error e;
+    begin(f->c);
+    assert_int_equal(end(f->c, reserve(f->c, "o1", too_much, 2, 60000, T0, NULL, &shorts, &e)),
+                     ERR_INSUFFICIENT_STOCK);
+    assert_int_equal(json_array_size(shorts), 1);
+    json_t *s = json_array_get(shorts, 0);
+    assert_string_equal(json_string_value(json_object_get(s, "sku")), "B");
+    assert_int_equal(json_integer_value(json_object_get(s, "requested")), 3);
+    assert_int_equal(json_integer_value(json_object_get(s, "available")), 1);
+    json_decref(shorts);
+    int64_t on_hand, reserved;
+    stock_of(f->c, "A", &on_hand, &reserved);
+    assert_int_equal(reserved, 0); /* A was taken, then given back by the rollback */
+    const struct inventory_item unknown[] = {{"A", 1}, {"NOPE", 1}};
+    begin(f->c);
+    assert_int_equal(end(f->c, reserve(f->c, "o1", unknown, 2, 60000, T0, NULL, NULL, &e)),
+                     ERR_NOT_FOUND);
+    assert_string_equal(e.field, "items[1].sku");
+    const struct inventory_item fits[] = {{"B", 1}, {"A", 5}};
+    bool created;
+    assert_ok(reserve(f->c, "o1", fits, 2, 60000, T0, &created, NULL, &e), &e);
+    assert_true(created);
+    stock_of(f->c, "A", &on_hand, &reserved);
+    assert_int_equal(on_hand, 5);
+    assert_int_equal(reserved, 5);
+    stock_of(f->c, "B", &on_hand, &reserved);
+    assert_int_equal(reserved, 1);
+    assert_int_equal(events(f->c, "inventory.reserved.v1", 1), 1);
+}
+
+static void
+the_same_order_gets_the_same_reservation(void **state)
+{
+    struct fixture *f = *state;
+    product(f->c, "A", 5);
+    product(f->c, "B", 5);
+    const struct inventory_item items[] = {{"A", 2}, {"B", 1}};
+    const struct inventory_item reordered[] = {{"B", 1}, {"A", 2}};
+    const struct inventory_item other[] = {{"A", 3}};
+    bool created;
+    struct bb_error e;
+    assert_ok(reserve(f->c, "o1", items, 2, 60000, T0, &created, NULL, &e), &e);
+    assert_true(created);
+    assert_ok(reserve(f->c, "o1", reordered, 2, 60000, T0 + 5, &created, NULL, &e), &e);
+    assert_false(created);
+    assert_int_equal(reserve(f->c, "o1", other, 1, 60000, T0, &created, NULL, &e),
+                     ERR_IDEMPOTENCY_MISMATCH);
+    int64_t on_hand, reserved;
+    stock_of(f->c, "A", &on_hand, &reserved);
+    assert_int_equal(reserved, 2); /* taken once */
+    assert_int_equal(events(f->c, "inventory.reserved.v1", 1), 1);
+}
+
+static void
+commit_sells_and_release_gives_back_each_once(void **state)
+{
+    struct fixture *f = *state;
+    product(f->c, "A", 10);
+    const struct inventory_item items[] = {{"A", 4}};
+    struct bb_error e;
+    json_t *r;
+    assert_ok(reserve(f->c, "sold", items, 1, 60000, T0, NULL, NULL, &e), &e);
+    assert_ok(reserve(f->c, "kept", items, 1, 60000, T0, NULL, NULL, &e), &e);
+    for (int i = 0; i < 2; i++) { /* the second time answers as is */
+        assert_ok(inventory_commit(f->c, "sold", T0 + 1, &r, &e), &e);
+        assert_string_equal(json_string_value(json_object_get(r, "state")), "committed");
+        json_decref(r);
+        assert_ok(inventory_release(f->c, "kept", T0 + 1, &r, &e), &e);
+        assert_string_equal(json_string_value(json_object_get(r, "state")), "released");
+        json_decref(r);
+    }
+    int64_t on_hand, reserved;
+    stock_of(f->c, "A", &on_hand, &reserved);
+    assert_int_equal(on_hand, 6);
+    assert_int_equal(reserved, 0);
+    assert_int_equal(inventory_release(f->c, "sold", T0 + 2, &r, &e), ERR_CONFLICT);
+    assert_int_equal(inventory_commit(f->c, "kept", T0 + 2, &r, &e), ERR_CONFLICT);
+    assert_int_equal(inventory_release(f->c, "never", T0 + 2, &r, &e), ERR_NOT_FOUND);
+    assert_int_equal(events(f->c, "inventory.committed.v1", 1), 1);
+    assert_int_equal(events(f->c, "inventory.released.v1", 1), 1);
+}
+
+static void
+an_expired_reservation_gives_its_stock_back_and_cannot_be_sold(void **state)
+{
+    struct fixture *f = *state;
+    product(f->c, "A", 3);
+    const struct inventory_item two[] = {{"A", 2}}, one[] = {{"A", 1}};
+    struct bb_error e;
+    json_t *r;
+    int64_t n, on_hand, reserved;
+    assert_ok(reserve(f->c, "late", two, 1, 1000, T0, NULL, NULL, &e), &e);
+    assert_ok(reserve(f->c, "other", one, 1, 60000, T0, NULL, NULL, &e), &e);
+    assert_ok(inventory_expire_due(f->c, T0 + 999, 100, &n, &e), &e);
+    assert_int_equal(n, 0);
+    /* Past its TTL, before the sweeper: refused, nothing sold. */
+    begin(f->c);
+    assert_int_equal(end(f->c, inventory_commit(f->c, "late", T0 + 1000, &r, &e)),
+                     ERR_RESERVATION_EXPIRED);
+    assert_string_equal(state_of(f->c, "late"), "active");
+    assert_ok(inventory_expire_due(f->c, T0 + 1000, 100, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_string_equal(state_of(f->c, "late"), "expired");
+    assert_string_equal(state_of(f->c, "other"), "active");
+    stock_of(f->c, "A", &on_hand, &reserved);
+    assert_int_equal(on_hand, 3);
+    assert_int_equal(reserved, 1);
+    assert_int_equal(inventory_commit(f->c, "late", T0 + 2000, &r, &e), ERR_RESERVATION_EXPIRED);
+    assert_ok(inventory_release(f->c, "late", T0 + 2000, &r, &e), &e); /* as is */
+    assert_string_equal(json_string_value(json_object_get(r, "state")), "expired");
+    json_decref(r);
+    assert_ok(inventory_expire_due(f->c, T0 + 2000, 100, &n, &e), &e);
+    assert_int_equal(n, 0);
+    assert_int_equal(events(f->c, "inventory.released.v1", 1), 1);
+    struct outbox_filter flt = {.limit = 10, .type = "inventory.released.v1"};
+    json_t *page;
+    assert_ok(outbox_list_json(f->c, &flt, &page, &e), &e);
+    json_t *ev = json_array_get(json_object_get(page, "events"), 0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ev, "data"), "reason")),
+                        "expired");
+    assert_int_equal(json_array_size(json_object_get(page, "events")), 1);
+    json_decref(page);
+}
+
+static void
+stock_and_adjustments_apply_once_per_key(void **state)
+{
+    struct fixture *f = *state;
+    product(f->c, "A", 0);
+    struct bb_error e;
+    json_t *p;
+    for (int i = 0; i < 2; i++) {
+        assert_ok(inventory_stock_add(f->c, "A", 7, "delivery-1", T0 + i, &p, &e), &e);
+        assert_int_equal(json_integer_value(json_object_get(p, "on_hand")), 7);
+        json_decref(p);
+    }
+    begin(f->c);
+    assert_int_equal(end(f->c, inventory_stock_add(f->c, "A", 8, "delivery-1", T0, &p, &e)),
+                     ERR_IDEMPOTENCY_MISMATCH);
+    begin(f->c);
+    assert_int_equal(end(f->c, inventory_stock_add(f->c, "NOPE", 1, "delivery-2", T0, &p, &e)),
+                     ERR_NOT_FOUND);
+    const struct inventory_item items[] = {{"A", 5}};
+    assert_ok(reserve(f->c, "o1", items, 1, 60000, T0, NULL, NULL, &e), &e);
+    /* Reserved stock cannot be corrected away. */
+    begin(f->c);
+    assert_int_equal(end(f->c, inventory_adjust(f->c, "count-1", "A", -3, "shrinkage", T0, &p, &e)),
+                     ERR_INSUFFICIENT_STOCK);
+    for (int i = 0; i < 2; i++) {
+        assert_ok(inventory_adjust(f->c, "count-2", "A", -2, "shrinkage", T0, &p, &e), &e);
+        assert_int_equal(json_integer_value(json_object_get(p, "on_hand")), 5);
+        json_decref(p);
+    }
+    assert_ok(inventory_adjust(f->c, "return-1", "A", 1, "customer return", T0, &p, &e), &e);
+    assert_int_equal(json_integer_value(json_object_get(p, "available")), 1);
+    json_decref(p);
+    assert_int_equal(events(f->c, "inventory.adjusted.v1", 3), 3);
+}
+
+/* ---- concurrent buyers ---------------------------------------------------------------------- */
+
+enum { BUYERS = 16, TRIES = 10, UNITS = 10 };
+
+struct race {
+    struct store *store;
+    _Atomic int next;
+    _Atomic int granted;
+    _Atomic int short_;
+    _Atomic int failed;
+};
+
+struct buy {
+    struct race *race;
+    char order_id[32];
+};
+
+static enum err
+buy_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct buy *b = arg;
+    const struct inventory_item items[] = {{"HOT", 1}};
+    return reserve(c, b->order_id, items, 1, 60000, bb_wall_ms(), NULL, NULL, e);
+}
+
+static void *
+buyer(void *arg)
+{
+    struct race *race = arg;
+    for (int i = 0; i < TRIES; i++) {
+        struct buy b = {.race = race};
+        snprintf(b.order_id, sizeof b.order_id, "order-%d", atomic_fetch_add(&race->next, 1));
+        struct bb_error e;
+        enum err rc = store_run(race->store, STORE_WRITE, buy_work, &b, &e);
+        if (rc == ERR_OK)
+            atomic_fetch_add(&race->granted, 1);
+        else if (rc == ERR_INSUFFICIENT_STOCK)
+            atomic_fetch_add(&race->short_, 1);
+        else
+            atomic_fetch_add(&race->failed, 1);
+    }
+    return NULL;
+}
+
+static void
+concurrent_buyers_never_oversell(void **state)
+{
+    struct fixture *f = *state;
+    product(f->c, "HOT", UNITS);
+    struct race race = {.store = f->db->store};
+    pthread_t t[BUYERS];
+    for (int i = 0; i < BUYERS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, buyer, &race), 0);
+    for (int i = 0; i < BUYERS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(race.failed, 0);
+    assert_int_equal(race.granted, UNITS);
+    assert_int_equal(race.short_, BUYERS * TRIES - UNITS);
+    int64_t on_hand, reserved;
+    stock_of(f->c, "HOT", &on_hand, &reserved);
+    assert_int_equal(reserved, UNITS);
+    assert_int_equal(events(f->c, "inventory.reserved.v1", UNITS), UNITS);
+}
+
+#define INV_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(the_lifecycle_table_allows_only_real_transitions),
+    INV_TEST(a_reservation_takes_every_item_or_none),
+    INV_TEST(the_same_order_gets_the_same_reservation),
+    INV_TEST(commit_sells_and_release_gives_back_each_once),
+    INV_TEST(an_expired_reservation_gives_its_stock_back_and_cannot_be_sold),
+    INV_TEST(stock_and_adjustments_apply_once_per_key),
+    INV_TEST(concurrent_buyers_never_oversell),
+};
+
+TEST_MAIN(tests, true)

@@ -1,0 +1,135 @@
+/*
+ * test_order_store.c: orders on both engines: one per checkout, the status
+ * table with its timeline, and their events.
+ */
+#include "testsupport.h"
+
+#include "orders/orders.h"
+#include "outbox/outbox.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const int64_t T0 = 1800000000000;
+
+static const struct order_item ITEMS[] = {{"A", 2, 250}, {"B", 1, 1000}};
+
+static struct order_spec
+spec(const char *checkout_id)
+{
+    return (struct order_spec){.checkout_id = checkout_id,
+                               .customer_id = "cust-1",
+                               .currency = "EUR",
+                               .items = ITEMS,
+                               .n_items = BB_ARRAY_LEN(ITEMS)};
+}
+
+static void
+the_status_table_allows_only_real_transitions(void **state)
+{
+    (void)state;
+    assert_true(order_can_transition(ORDER_PENDING, ORDER_CONFIRMED));
+    assert_true(order_can_transition(ORDER_PENDING, ORDER_CANCELLED));
+    assert_false(order_can_transition(ORDER_CONFIRMED, ORDER_CANCELLED));
+    assert_false(order_can_transition(ORDER_CANCELLED, ORDER_CONFIRMED));
+    assert_false(order_can_transition(ORDER_CONFIRMED, ORDER_PENDING));
+    assert_false(order_can_transition(ORDER_PENDING, ORDER_PENDING));
+}
+
+static void
+one_order_per_checkout(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    struct order_spec s = spec("chk-1");
+    json_t *first, *again;
+    bool created;
+    assert_ok(order_create(c, &s, T0, &first, &created, &e), &e);
+    assert_true(created);
+    assert_int_equal(json_integer_value(json_object_get(first, "total_amount")), 1500);
+    assert_string_equal(json_string_value(json_object_get(first, "status")), "PENDING");
+    assert_int_equal(json_array_size(json_object_get(first, "items")), 2);
+    assert_ok(order_create(c, &s, T0 + 5, &again, &created, &e), &e);
+    assert_false(created);
+    assert_true(json_equal(json_object_get(first, "order_id"), json_object_get(again, "order_id")));
+    json_decref(again);
+    s.customer_id = "cust-2";
+    assert_int_equal(order_create(c, &s, T0, &again, &created, &e), ERR_IDEMPOTENCY_MISMATCH);
+    assert_string_equal(e.field, "checkout_id");
+    assert_ok(order_find_by_checkout(c, "chk-1", &again, &e), &e);
+    assert_true(json_equal(json_object_get(first, "order_id"), json_object_get(again, "order_id")));
+    json_decref(again);
+    assert_int_equal(order_find_by_checkout(c, "chk-2", &again, &e), ERR_NOT_FOUND);
+    const struct order_item huge[] = {{"A", 1000000, BB_AMOUNT_MAX}};
+    struct order_spec big = spec("chk-3");
+    big.items = huge;
+    big.n_items = 1;
+    assert_int_equal(order_create(c, &big, T0, &again, &created, &e), ERR_INVALID);
+    json_decref(first);
+    store_conn_close(c);
+}
+
+static void
+confirm_and_cancel_are_idempotent_and_final(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    json_t *a, *b, *o;
+    bool created;
+    struct order_spec sa = spec("chk-a"), sb = spec("chk-b");
+    assert_ok(order_create(c, &sa, T0, &a, &created, &e), &e);
+    assert_ok(order_create(c, &sb, T0, &b, &created, &e), &e);
+    const char *ida = json_string_value(json_object_get(a, "order_id"));
+    const char *idb = json_string_value(json_object_get(b, "order_id"));
+    for (int i = 0; i < 2; i++) {
+        assert_ok(order_confirm(c, ida, NULL, T0 + 10 + i, &o, &e), &e);
+        assert_string_equal(json_string_value(json_object_get(o, "status")), "CONFIRMED");
+        assert_int_equal(json_array_size(json_object_get(o, "timeline")), 2);
+        json_decref(o);
+        assert_ok(order_cancel(c, idb, "payment declined", T0 + 10 + i, &o, &e), &e);
+        json_t *last = json_array_get(json_object_get(o, "timeline"), 1);
+        assert_string_equal(json_string_value(json_object_get(last, "status")), "CANCELLED");
+        assert_string_equal(json_string_value(json_object_get(last, "reason")), "payment declined");
+        json_decref(o);
+    }
+    assert_int_equal(order_cancel(c, ida, NULL, T0 + 20, &o, &e), ERR_CONFLICT);
+    assert_int_equal(order_confirm(c, idb, NULL, T0 + 20, &o, &e), ERR_CONFLICT);
+    assert_int_equal(order_confirm(c, "nope", NULL, T0 + 20, &o, &e), ERR_NOT_FOUND);
+    /* Events: two created, one change each. */
+    json_t *page = NULL;
+    size_t n = 0;
+    for (int64_t deadline = bb_mono_ms() + 10000; bb_mono_ms() < deadline && n < 4;
+         bb_sleep_ms(10)) {
+        json_decref(page);
+        struct outbox_filter f = {.limit = 100};
+        assert_ok(outbox_list_json(c, &f, &page, &e), &e);
+        n = json_array_size(json_object_get(page, "events"));
+    }
+    json_t *events = json_object_get(page, "events");
+    assert_int_equal(n, 4);
+    const char *want[] = {"order.created.v1", "order.created.v1", "order.status.changed.v1",
+                          "order.status.changed.v1"};
+    for (size_t i = 0; i < 4; i++)
+        assert_string_equal(json_string_value(json_object_get(json_array_get(events, i), "type")),
+                            want[i]);
+    json_t *change = json_object_get(json_array_get(events, 3), "data");
+    assert_string_equal(json_string_value(json_object_get(change, "from")), "PENDING");
+    assert_string_equal(json_string_value(json_object_get(change, "to")), "CANCELLED");
+    json_decref(page);
+    json_decref(a);
+    json_decref(b);
+    store_conn_close(c);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(the_status_table_allows_only_real_transitions),
+    cmocka_unit_test_setup_teardown(one_order_per_checkout, test_db_setup, test_db_teardown),
+    cmocka_unit_test_setup_teardown(confirm_and_cancel_are_idempotent_and_final, test_db_setup,
+                                    test_db_teardown),
+};
+
+TEST_MAIN(tests, true)
