@@ -10,7 +10,7 @@ profile=${1:-run}
 run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libpq-dev libssl-dev)
 test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
-  python3-yaml
+  python3-yaml python3-jsonschema
   clang-format curl procps)
 bench_pkgs=(etcd-server etcd-client redis-server redis-tools nodejs npm curl python3-celery python3-redis)
 

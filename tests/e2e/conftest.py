@@ -234,6 +234,41 @@ def cli(*args, server=None, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
 
 
+EVENTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "docs" / "events"
+
+
+def outbox_events(server, **filters):
+    """Every event GET /outbox lists now, paging through to the end."""
+    events, after = [], 0
+    while True:
+        query = "&".join(f"{k}={v}" for k, v in filters.items())
+        page = server.get(f"/outbox?after={after}&limit=1000&{query}").json()
+        events += page["events"]
+        if page["next_after"] is None:
+            return events
+        after = page["next_after"]
+
+
+def check_events(server, want_types=()):
+    """Validate every event against docs/events (the envelope and its type's
+    schema; each type must have one); check seqs grow and that each of
+    `want_types` occurs. Returns the events."""
+    import jsonschema
+    checker = jsonschema.FormatChecker()
+    envelope = json.loads((EVENTS_DIR / "envelope.json").read_text())
+    events = outbox_events(server)
+    seqs = [ev["seq"] for ev in events]
+    assert seqs == sorted(set(seqs)), seqs
+    for ev in events:
+        jsonschema.validate(ev, envelope, format_checker=checker)
+        schema = EVENTS_DIR / f"{ev['type']}.json"
+        assert schema.exists(), f"no schema for {ev['type']}"
+        jsonschema.validate(ev["data"], json.loads(schema.read_text()), format_checker=checker)
+    missing = set(want_types) - {ev["type"] for ev in events}
+    assert not missing, missing
+    return events
+
+
 def wait_job(server, job_id, states=("completed",), timeout_s=60):
     """Poll GET /jobs/{id} until its state is one of `states`; return it."""
     def done():
