@@ -232,6 +232,18 @@ void bb_uuid7(char out[37]);
 void bb_uuid7_at(int64_t wall_ms, char out[37]);
 bool bb_uuid_is_valid(const char *text);
 
+/* A pool of `threads` threads named `name` running tasks from a queue of
+ * at most `queue_max`. Submit answers ERR_OVERLOADED when the queue is full
+ * and ERR_UNAVAILABLE once stop began; a task accepted always runs. Stop
+ * runs what is queued and joins the threads (submit stays safe to call);
+ * destroy stops, then frees. */
+typedef void bb_task_fn(void *arg);
+struct bb_pool;
+struct bb_pool *bb_pool_create(const char *name, size_t threads, size_t queue_max);
+BB_WUR enum err bb_pool_submit(struct bb_pool *p, bb_task_fn *fn, void *arg);
+void bb_pool_stop(struct bb_pool *p);
+void bb_pool_destroy(struct bb_pool *p);
+
 /* Lowercase hex SHA-256 of `data`, and HMAC-SHA256 of `data` under `key`. */
 void bb_sha256_hex(const void *data, size_t len, char out[65]);
 void bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65]);

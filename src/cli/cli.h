@@ -37,6 +37,13 @@ struct serve_config {
     int64_t scheduler_tick_ms;
     char *roles;
     int64_t reservation_sweep_ms;
+    char *psp_latency_ms; /* strings: unset falls back to MOCK_* variables */
+    char *psp_failure_rate;
+    char *psp_timeout_rate;
+    char *psp_decline_rate;
+    int64_t psp_seed;
+    int64_t psp_timeout_ms;
+    int64_t psp_threads;
 };
 
 /* Parse serve/migrate options (argv after the subcommand). Returns CLI_OK,

@@ -123,10 +123,24 @@ static const struct bb_opt SERVE_OPTS[] = {
      "comma-separated queues the embedded workers take jobs from (default: every queue)", 0},
     {"roles", BB_OPT_STRING, OFF(roles), 0, 0, "all",
      "what this process runs: all, or a comma-separated subset of locks, jobs, workers, "
-     "scheduler, inventory, orders, outbox",
+     "scheduler, inventory, orders, payments, outbox",
      0},
     {"reservation-sweep", BB_OPT_DURATION, OFF(reservation_sweep_ms), 10, 3600000, "1s",
      "how often reservations past their TTL are expired (their stock returns)", 0},
+    {"psp-latency-ms", BB_OPT_STRING, OFF(psp_latency_ms), 0, 0, NULL,
+     "the PSP mock's latency in ms (default: MOCK_LATENCY_MS, else 0)", 0},
+    {"psp-failure-rate", BB_OPT_STRING, OFF(psp_failure_rate), 0, 0, NULL,
+     "share of PSP calls that fail, 0 to 1 (default: MOCK_FAILURE_RATE, else 0)", 0},
+    {"psp-timeout-rate", BB_OPT_STRING, OFF(psp_timeout_rate), 0, 0, NULL,
+     "share of PSP calls that hang past --psp-timeout, 0 to 1 (default 0)", 0},
+    {"psp-decline-rate", BB_OPT_STRING, OFF(psp_decline_rate), 0, 0, NULL,
+     "share of authorizations the PSP mock declines, 0 to 1 (default 0)", 0},
+    {"psp-seed", BB_OPT_INT, OFF(psp_seed), 0, INT64_MAX, "1",
+     "seed of the PSP mock's draws (the same seed, the same answers)", 0},
+    {"psp-timeout", BB_OPT_DURATION, OFF(psp_timeout_ms), 10, 600000, "2s",
+     "how long a payment waits for the PSP before giving up (retry with the same key)", 0},
+    {"psp-threads", BB_OPT_INT, OFF(psp_threads), 1, 1024, "32",
+     "payment requests waiting on the PSP at once", 0},
 };
 
 /* `backbone worker`: workers alone; HTTP only for /healthz, /readyz and

@@ -24,6 +24,7 @@
 #include "metrics/metrics.h"
 #include "orders/orders.h"
 #include "outbox/outbox.h"
+#include "payments/payments.h"
 #include "store/store.h"
 
 #include <pthread.h>
@@ -43,6 +44,7 @@ enum role {
     ROLE_INVENTORY = 1 << 4,
     ROLE_OUTBOX = 1 << 5,
     ROLE_ORDERS = 1 << 6,
+    ROLE_PAYMENTS = 1 << 7,
 };
 static const struct {
     const char *name;
@@ -50,7 +52,7 @@ static const struct {
 } ROLES[] = {
     {"locks", ROLE_LOCKS},         {"jobs", ROLE_JOBS},           {"workers", ROLE_WORKERS},
     {"scheduler", ROLE_SCHEDULER}, {"inventory", ROLE_INVENTORY}, {"outbox", ROLE_OUTBOX},
-    {"orders", ROLE_ORDERS},
+    {"orders", ROLE_ORDERS},       {"payments", ROLE_PAYMENTS},
 };
 
 struct app {
@@ -64,6 +66,7 @@ struct app {
     struct inventory_service *inventory;
     struct outbox_service *outbox;
     struct order_service *orders;
+    struct payments *payments;
     struct http_server *http;
     unsigned roles;
     char **worker_queues; /* NULL-terminated, from --worker-queues */
@@ -84,6 +87,7 @@ backbone_migrate_all(struct store *s, struct bb_error *e)
         {"outbox", outbox_migrations},
         {"inventory", inventory_migrations},
         {"orders", order_migrations},
+        {"payments", payment_migrations},
     };
     struct store_conn *c;
     enum err rc = store_conn_open(s, &c, e);
@@ -228,6 +232,8 @@ app_routes(struct app *app, struct http_route *routes, size_t max)
         n += inventory_service_routes(app->inventory, routes + n, max - n);
     if (app->orders != NULL)
         n += order_service_routes(app->orders, routes + n, max - n);
+    if (app->payments != NULL)
+        n += payments_routes(app->payments, routes + n, max - n);
     return n;
 }
 
@@ -263,6 +269,48 @@ free_list(char **list)
     free(list);
 }
 
+/* A rate from a flag, else the seed's variable, else 0. */
+static enum err
+rate_option(const char *flag_value, const char *env, const char *name, double *out,
+            struct bb_error *e)
+{
+    const char *text = flag_value ? flag_value : getenv(env);
+    *out = 0;
+    if (text == NULL || *text == '\0')
+        return ERR_OK;
+    char *end;
+    double v = strtod(text, &end);
+    if (*end != '\0' || !(v >= 0 && v <= 1))
+        return bb_fail(e, ERR_USAGE, name, "--%s: expected a number from 0 to 1, got '%s'", name,
+                       text);
+    *out = v;
+    return ERR_OK;
+}
+
+/* The PSP mock and the payments' settings from --psp-* and MOCK_*. */
+static enum err
+payments_options_load(const struct serve_config *cfg, struct payments_options *po,
+                      struct bb_error *e)
+{
+    memset(po, 0, sizeof *po);
+    po->psp_timeout_ms = cfg->psp_timeout_ms;
+    po->threads = (int)cfg->psp_threads;
+    po->psp.seed = (uint64_t)cfg->psp_seed;
+    const char *latency = cfg->psp_latency_ms ? cfg->psp_latency_ms : getenv("MOCK_LATENCY_MS");
+    if (latency && *latency && bb_duration_parse(latency, &po->psp.latency_ms) != ERR_OK)
+        return bb_fail(e, ERR_USAGE, "psp-latency-ms",
+                       "--psp-latency-ms: expected milliseconds, got '%s'", latency);
+    enum err rc = rate_option(cfg->psp_failure_rate, "MOCK_FAILURE_RATE", "psp-failure-rate",
+                              &po->psp.failure_rate, e);
+    if (rc == ERR_OK)
+        rc = rate_option(cfg->psp_timeout_rate, "MOCK_TIMEOUT_RATE", "psp-timeout-rate",
+                         &po->psp.timeout_rate, e);
+    if (rc == ERR_OK)
+        rc = rate_option(cfg->psp_decline_rate, "MOCK_DECLINE_RATE", "psp-decline-rate",
+                         &po->psp.decline_rate, e);
+    return rc;
+}
+
 /* --roles: "all" or names from ROLES. */
 static enum err
 roles_parse(const char *text, unsigned *out, struct bb_error *e)
@@ -281,7 +329,7 @@ roles_parse(const char *text, unsigned *out, struct bb_error *e)
         if (k == BB_ARRAY_LEN(ROLES))
             rc = bb_fail(e, ERR_USAGE, "roles",
                          "--roles: unknown role '%s' (all, locks, jobs, workers, scheduler, "
-                         "inventory, orders, outbox)",
+                         "inventory, orders, payments, outbox)",
                          names[i]);
         else
             *out |= ROLES[k].bits;
@@ -327,6 +375,12 @@ app_start(struct app *app, struct bb_error *e)
         app->outbox = outbox_service_create(app->store);
     if (rc == ERR_OK && (roles & ROLE_ORDERS))
         app->orders = order_service_create(app->store);
+    if (rc == ERR_OK && (roles & ROLE_PAYMENTS)) {
+        struct payments_options po;
+        rc = payments_options_load(&app->cfg, &po, e);
+        if (rc == ERR_OK)
+            rc = payments_create(app->store, &po, &app->payments, e);
+    }
     if (rc == ERR_OK && (roles & ROLE_INVENTORY))
         rc =
             inventory_service_create(app->store, app->cfg.reservation_sweep_ms, &app->inventory, e);
@@ -376,6 +430,7 @@ app_stop(struct app *app)
     job_service_stop_waiting(app->jobs);
     job_scheduler_stop(app->scheduler);
     job_pool_stop(app->pool, deadline);
+    payments_stop(app->payments);
     int64_t left = deadline - bb_mono_ms();
     http_server_stop(app->http, left > 1000 ? left : 1000);
     lock_service_destroy(app->locks);
@@ -383,6 +438,7 @@ app_stop(struct app *app)
     inventory_service_destroy(app->inventory);
     outbox_service_destroy(app->outbox);
     order_service_destroy(app->orders);
+    payments_destroy(app->payments);
     job_registry_destroy(app->registry);
     store_close(app->store);
     free_list(app->worker_queues);

@@ -1,0 +1,252 @@
+/*
+ * payment_psp.c: the PSP mock. It behaves like a payment provider reached
+ * over a network: it takes time (latency_ms), sometimes fails (failure
+ * rate, fail_next), sometimes does the work but never answers in time
+ * (timeout rate, hang_next), and declines some authorizations (decline
+ * rate, listed cards and amounts). Draws are deterministic: a hash of the
+ * seed, the operation and its idempotency key.
+ *
+ * Like a real PSP it keeps its own record (psp_charges), keyed by the
+ * caller's idempotency key: a call repeated with a key it has seen gets the
+ * recorded answer and does nothing twice. That record is what the
+ * reconciliation checks count charges against.
+ *
+ * Locking: `mu` guards `cfg` (changed at run time through PUT /psp/config).
+ */
+#include "payments/payments_int.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct payments__psp {
+    struct store *store;
+    pthread_mutex_t mu;
+    struct psp_config cfg; /* guarded by mu */
+};
+
+static const char *const OUTCOMES[] = {
+    [PSP_APPROVED] = "approved",
+    [PSP_DECLINED] = "declined",
+    [PSP_ERROR] = "error",
+    [PSP_TIMEOUT] = "timeout",
+};
+
+const char *
+payments__psp_outcome_name(enum payments__psp_outcome o)
+{
+    return (size_t)o < BB_ARRAY_LEN(OUTCOMES) ? OUTCOMES[o] : "unknown";
+}
+
+struct payments__psp *
+payments__psp_create(struct store *s, const struct psp_config *c)
+{
+    struct payments__psp *psp = xcalloc(1, sizeof *psp);
+    psp->store = s;
+    pthread_mutex_init(&psp->mu, NULL);
+    psp->cfg = *c;
+    return psp;
+}
+
+void
+payments__psp_destroy(struct payments__psp *psp)
+{
+    if (psp == NULL)
+        return;
+    pthread_mutex_destroy(&psp->mu);
+    free(psp);
+}
+
+void
+payments__psp_config_get(struct payments__psp *psp, struct psp_config *out)
+{
+    pthread_mutex_lock(&psp->mu);
+    *out = psp->cfg;
+    pthread_mutex_unlock(&psp->mu);
+}
+
+void
+payments__psp_config_set(struct payments__psp *psp, const struct psp_config *c)
+{
+    pthread_mutex_lock(&psp->mu);
+    psp->cfg = *c;
+    pthread_mutex_unlock(&psp->mu);
+}
+
+/* A uniform draw in [0, 1) from the seed, a salt and the key (FNV-1a, then
+ * a splitmix64 finaliser). */
+static double
+draw(uint64_t seed, const char *salt, const char *key)
+{
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (const char *s = salt; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    for (const char *s = key; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    return (double)(h >> 11) / (double)(1ull << 53);
+}
+
+/* What the PSP decides for a call it has not seen, and whether it fails or
+ * hangs first. */
+static void
+decide(struct payments__psp *psp, const struct payments__psp_call *call, bool *fail, bool *hang,
+       int64_t *latency_ms, struct payments__psp_answer *a)
+{
+    pthread_mutex_lock(&psp->mu);
+    struct psp_config *c = &psp->cfg;
+    *latency_ms = c->latency_ms;
+    *hang = *fail = false;
+    if (c->hang_next > 0) {
+        c->hang_next--;
+        *hang = true;
+    } else if (c->fail_next > 0) {
+        c->fail_next--;
+        *fail = true;
+    } else {
+        double r = draw(c->seed, call->op, call->key);
+        *hang = r < c->timeout_rate;
+        *fail = !*hang && r < c->timeout_rate + c->failure_rate;
+    }
+    a->outcome = PSP_APPROVED;
+    bool authorize = strcmp(call->op, "authorize") == 0;
+    for (size_t i = 0; authorize && i < c->n_decline_cards && call->card; i++) {
+        if (strcmp(c->decline_cards[i], call->card) == 0) {
+            a->outcome = PSP_DECLINED;
+            bb_strlcpy(a->reason, "card declined", sizeof a->reason);
+        }
+    }
+    for (size_t i = 0; authorize && i < c->n_decline_amounts; i++) {
+        if (c->decline_amounts[i] == call->amount) {
+            a->outcome = PSP_DECLINED;
+            bb_strlcpy(a->reason, "amount declined", sizeof a->reason);
+        }
+    }
+    if (authorize && a->outcome == PSP_APPROVED &&
+        draw(c->seed, "decline", call->key) < c->decline_rate) {
+        a->outcome = PSP_DECLINED;
+        bb_strlcpy(a->reason, "insufficient funds", sizeof a->reason);
+    }
+    pthread_mutex_unlock(&psp->mu);
+}
+
+/* psp_charges is created with the payment tables (payment_store.c). */
+static struct store_stmt CHARGE_RECORD = {
+    .sql = "INSERT INTO psp_charges (key, op, reference, amount, currency, outcome, reason,"
+           " created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+           " ON CONFLICT (key) DO NOTHING",
+};
+static struct store_stmt CHARGE_GET = {
+    .sql = "SELECT reference, outcome, reason FROM psp_charges WHERE key = $1",
+};
+
+struct record_unit {
+    const struct payments__psp_call *call;
+    struct payments__psp_answer *a;
+    int64_t now_ms;
+};
+
+/* Record the decision, or read the one recorded for this key before. */
+static enum err
+record_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct record_unit *u = arg;
+    const struct payments__psp_call *call = u->call;
+    struct payments__psp_answer *a = u->a;
+    const struct store_param p[] = {sp_text(call->key),
+                                    sp_text(call->op),
+                                    sp_text(a->reference),
+                                    sp_int(call->amount),
+                                    sp_text(call->currency),
+                                    sp_text(payments__psp_outcome_name(a->outcome)),
+                                    sp_text(a->reason[0] ? a->reason : NULL),
+                                    sp_int(u->now_ms)};
+    int64_t inserted = 0;
+    enum err rc = store_exec(c, &CHARGE_RECORD, p, BB_ARRAY_LEN(p), &inserted, e);
+    if (rc != ERR_OK || inserted == 1)
+        return rc;
+    struct store_rows r;
+    rc = store_query(c, &CHARGE_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (store_next(&r)) {
+        bb_strlcpy(a->reference, store_col_text(&r, 0), sizeof a->reference);
+        a->outcome = strcmp(store_col_text(&r, 1), "declined") == 0 ? PSP_DECLINED : PSP_APPROVED;
+        bb_strlcpy(a->reason, store_col_is_null(&r, 2) ? "" : store_col_text(&r, 2),
+                   sizeof a->reason);
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+void
+payments__psp_call(struct payments__psp *psp, const struct payments__psp_call *call,
+                   int64_t timeout_ms, struct payments__psp_answer *a)
+{
+    memset(a, 0, sizeof *a);
+    int64_t t0 = bb_mono_ms();
+    bool fail, hang;
+    int64_t latency;
+    decide(psp, call, &fail, &hang, &latency, a);
+    char digest[65];
+    bb_sha256_hex(call->key, strlen(call->key), digest);
+    snprintf(a->reference, sizeof a->reference, "psp_%.24s", digest);
+    if (latency >= timeout_ms)
+        hang = true;
+    if (!fail) {
+        struct record_unit u = {.call = call, .a = a, .now_ms = bb_wall_ms()};
+        struct bb_error e;
+        if (store_run(psp->store, STORE_WRITE, record_work, &u, &e) != ERR_OK)
+            fail = true; /* the PSP's own database failed: a transient error */
+    }
+    bb_sleep_ms(hang ? timeout_ms : latency);
+    if (hang) {
+        a->outcome = PSP_TIMEOUT;
+        snprintf(a->reason, sizeof a->reason, "no answer from the PSP within %" PRId64 " ms",
+                 timeout_ms);
+    } else if (fail) {
+        a->outcome = PSP_ERROR;
+        bb_strlcpy(a->reason, "the PSP failed (try again)", sizeof a->reason);
+    }
+    a->latency_ms = bb_mono_ms() - t0;
+}
+
+static struct store_stmt CHARGES_LIST = {
+    .sql = "SELECT seq, key, op, reference, amount, currency, outcome, reason, created_at_ms"
+           " FROM psp_charges WHERE seq > $1 ORDER BY seq LIMIT $2",
+};
+
+enum err
+payments__psp_list_json(struct store_conn *c, int64_t after, int64_t limit, json_t **out,
+                        struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(after), sp_int(limit)};
+    enum err rc = store_query(c, &CHARGES_LIST, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *list = json_array();
+    int64_t last = 0;
+    while (store_next(&r)) {
+        char at[32];
+        last = store_col_int(&r, 0);
+        bb_wall_ms_format(store_col_int(&r, 8), at);
+        json_array_append_new(
+            list,
+            json_pack("{s:I, s:s, s:s, s:s, s:I, s:s, s:s, s:s?, s:s}", "seq", (json_int_t)last,
+                      "key", store_col_text(&r, 1), "op", store_col_text(&r, 2), "reference",
+                      store_col_text(&r, 3), "amount", (json_int_t)store_col_int(&r, 4), "currency",
+                      store_col_text(&r, 5), "outcome", store_col_text(&r, 6), "reason",
+                      store_col_is_null(&r, 7) ? NULL : store_col_text(&r, 7), "at", at));
+    }
+    store_rows_close(&r);
+    bool full = (int64_t)json_array_size(list) == limit;
+    *out = json_pack("{s:o, s:o}", "charges", list, "next_after",
+                     full ? json_integer(last) : json_null());
+    return ERR_OK;
+}

@@ -1,0 +1,123 @@
+/*
+ * payments: authorizations, captures, voids and refunds through a payment
+ * service provider (PSP), with a ledger of payments, every PSP attempt
+ * (latency, outcome) and refunds; and the PSP mock Backbone ships with.
+ *
+ * A PSP call never runs inside a database transaction: an operation is a
+ * transaction that records the intent (a PENDING payment), the call, and a
+ * transaction that records the outcome with a compare-and-set on the
+ * payment's state. The PSP is called with an idempotency key derived from
+ * the payment, so a call retried after a timeout or a crash is answered
+ * from the PSP's own record and never charges twice; a request retried with
+ * the same idempotency key gets the same payment back.
+ *
+ * State table: PENDING -> AUTHORIZED | FAILED (declined) | VOIDED;
+ * AUTHORIZED -> CAPTURED | VOIDED; CAPTURED -> REFUNDED (when refunds reach
+ * the captured amount; partial refunds keep it CAPTURED). Amounts are
+ * integer minor units with an ISO 4217 currency.
+ *
+ * Fencing: a request may carry a lock token for "payment:{order_id}" (the
+ * saga's payment lock); a token older than one already used is refused
+ * (ERR_STALE_TOKEN) before the PSP is called and again when the outcome is
+ * recorded.
+ *
+ * Events, in the transaction of each change: payment.authorized.v1,
+ * payment.failed.v1, payment.captured.v1, payment.voided.v1,
+ * payment.refunded.v1.
+ */
+#ifndef BB_PAYMENTS_H
+#define BB_PAYMENTS_H
+
+#include "base/base.h"
+#include "http/http.h"
+#include "store/store.h"
+
+enum {
+    PAYMENT_ORDER_ID_MAX = 100,
+    PAYMENT_CARD_MAX = 64,
+    PAYMENT_ID_LEN = 36, /* a UUIDv7 */
+    PSP_DECLINE_LIST_MAX = 16,
+};
+
+enum payment_state {
+    PAYMENT_PENDING,    /* recorded; the PSP's answer is not known yet */
+    PAYMENT_AUTHORIZED, /* funds held */
+    PAYMENT_FAILED,     /* declined */
+    PAYMENT_CAPTURED,   /* charged (refunds may follow) */
+    PAYMENT_VOIDED,     /* the hold was released */
+    PAYMENT_REFUNDED,   /* every captured unit went back */
+};
+const char *payment_state_name(enum payment_state s);
+/* The state table. */
+bool payment_can_transition(enum payment_state from, enum payment_state to);
+
+/* How the PSP mock behaves; every rate is drawn deterministically from the
+ * seed and the call's idempotency key. */
+struct psp_config {
+    int64_t latency_ms;
+    double failure_rate; /* transient errors (retryable) */
+    double timeout_rate; /* hangs past the caller's timeout (after processing) */
+    double decline_rate; /* authorizations declined */
+    uint64_t seed;
+    char decline_cards[PSP_DECLINE_LIST_MAX][PAYMENT_CARD_MAX + 1];
+    size_t n_decline_cards;
+    int64_t decline_amounts[PSP_DECLINE_LIST_MAX];
+    size_t n_decline_amounts;
+    int64_t fail_next; /* the next N calls fail */
+    int64_t hang_next; /* the next N calls hang */
+};
+
+struct payments_options {
+    struct psp_config psp;
+    int64_t psp_timeout_ms; /* the caller's timeout on each PSP call */
+    int threads;            /* HTTP requests served at once (each waits on the PSP) */
+};
+
+/* An authorization request. */
+struct payment_request {
+    const char *order_id;
+    int64_t amount;
+    const char *currency;
+    const char *card; /* opaque card token; may be NULL */
+    const char *idempotency_key;
+    int64_t lock_token; /* > 0: fenced by the lock payment:{order_id} */
+};
+
+struct payments;
+BB_WUR enum err payments_create(struct store *s, const struct payments_options *o,
+                                struct payments **out, struct bb_error *e);
+/* Answer the requests in hand and take no more (before HTTP stops). */
+void payments_stop(struct payments *p);
+void payments_destroy(struct payments *p);
+size_t payments_routes(struct payments *p, struct http_route *out, size_t max);
+
+/*
+ * The operations, synchronous (they wait on the PSP: call them from a
+ * worker thread). Each puts the payment's JSON in *out when it exists, also
+ * when failing (caller frees). Errors: ERR_PAYMENT_DECLINED (now FAILED),
+ * ERR_UPSTREAM or ERR_TIMEOUT (the PSP failed or did not answer: retry with
+ * the same key), ERR_CONFLICT (the state table forbids it),
+ * ERR_IDEMPOTENCY_MISMATCH, ERR_STALE_TOKEN, ERR_NOT_FOUND, ERR_INVALID.
+ */
+BB_WUR enum err payment_authorize(struct payments *p, const struct payment_request *req,
+                                  json_t **out, struct bb_error *e);
+/* Capture `amount` (0: all) of an authorization; idempotent once captured. */
+BB_WUR enum err payment_capture(struct payments *p, const char *payment_id, int64_t amount,
+                                int64_t lock_token, json_t **out, struct bb_error *e);
+/* Release an authorization (or a pending one); idempotent once voided. */
+BB_WUR enum err payment_void(struct payments *p, const char *payment_id, int64_t lock_token,
+                             json_t **out, struct bb_error *e);
+/* Refund `amount` (0: what remains) of a capture, once per key. */
+BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64_t amount,
+                               const char *key, int64_t lock_token, json_t **out,
+                               struct bb_error *e);
+
+/* {authorization_id, order_id, amount, currency, state, captured_amount,
+ * refunded_amount, psp_reference, failure_reason, attempts, refunds,
+ * created_at, updated_at}, in the caller's transaction. */
+BB_WUR enum err payment_get_json(struct store_conn *c, const char *payment_id, json_t **out,
+                                 struct bb_error *e);
+
+const struct store_migration *payment_migrations(size_t *n);
+
+#endif /* BB_PAYMENTS_H */

@@ -1,0 +1,83 @@
+/*
+ * payments_int.h: shared inside src/payments only.
+ */
+#ifndef BB_PAYMENTS_INT_H
+#define BB_PAYMENTS_INT_H
+
+#include "payments/payments.h"
+
+/* ---- the PSP mock (payment_psp.c) ------------------------------------------------------- */
+
+enum payments__psp_outcome {
+    PSP_APPROVED,
+    PSP_DECLINED,
+    PSP_ERROR,   /* a transient failure: nothing was done */
+    PSP_TIMEOUT, /* no answer in time (the PSP may have acted: ask again) */
+};
+const char *payments__psp_outcome_name(enum payments__psp_outcome o);
+
+struct payments__psp_call {
+    const char *op;  /* authorize, capture, void, refund */
+    const char *key; /* the PSP's idempotency key: same key, same answer */
+    int64_t amount;
+    const char *currency;
+    const char *card; /* may be NULL */
+};
+
+struct payments__psp_answer {
+    enum payments__psp_outcome outcome;
+    char reference[40];
+    char reason[96];
+    int64_t latency_ms;
+};
+
+struct payments__psp;
+struct payments__psp *payments__psp_create(struct store *s, const struct psp_config *c);
+void payments__psp_destroy(struct payments__psp *psp);
+void payments__psp_config_get(struct payments__psp *psp, struct psp_config *out);
+void payments__psp_config_set(struct payments__psp *psp, const struct psp_config *c);
+/* One call, waiting out the mock's latency (at most timeout_ms). */
+void payments__psp_call(struct payments__psp *psp, const struct payments__psp_call *call,
+                        int64_t timeout_ms, struct payments__psp_answer *a);
+/* The PSP's own record of what it did: {"charges":[...], "next_after"}. */
+enum err payments__psp_list_json(struct store_conn *c, int64_t after, int64_t limit, json_t **out,
+                                 struct bb_error *e);
+
+/* ---- the ledger (payment_store.c) ------------------------------------------------------- */
+
+/* A payment row, as the operations need it. */
+struct payments__row {
+    char id[PAYMENT_ID_LEN + 1];
+    char order_id[PAYMENT_ORDER_ID_MAX + 1];
+    char key[STORE_IDEM_KEY_MAX + 1]; /* the authorization's idempotency key */
+    char fingerprint[65];
+    int64_t amount;
+    char currency[4];
+    char card[PAYMENT_CARD_MAX + 1];
+    enum payment_state state;
+    int64_t captured;
+    int64_t refunded; /* refunds approved or still being asked for */
+};
+bool payments__state_parse(const char *name, enum payment_state *out);
+/* ERR_NOT_FOUND naming authorization_id. */
+enum err payments__row_get(struct store_conn *c, const char *payment_id, struct payments__row *row,
+                           struct bb_error *e);
+enum err payments__row_by_key(struct store_conn *c, const char *key, struct payments__row *row,
+                              bool *found, struct bb_error *e);
+
+/* ---- the service (payment_service.c) ----------------------------------------------------- */
+
+struct payments {
+    struct store *store;
+    struct payments__psp *psp;
+    int64_t psp_timeout_ms;
+    struct bb_pool *pool; /* HTTP requests waiting on the PSP */
+};
+
+/* ---- metrics (payment_http.c) ---------------------------------------------------------- */
+
+void payments__metrics_register(void);
+void payments__metric_attempt(const char *op, enum payments__psp_outcome o, int64_t latency_ms);
+void payments__metric_failure(const char *reason);
+
+#endif /* BB_PAYMENTS_INT_H */
