@@ -48,9 +48,8 @@ fence(struct store_conn *c, const struct pay_op *op, const char *order_id, struc
 }
 
 static struct store_stmt ATTEMPT_INSERT = {
-    .sql = "INSERT INTO payment_attempts (payment_id, seq, op, outcome, latency_ms, detail, at_ms)"
-           " SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6 FROM payment_attempts"
-           " WHERE payment_id = $1",
+    .sql = "INSERT INTO payment_attempts (payment_id, op, outcome, latency_ms, detail, at_ms)"
+           " VALUES ($1, $2, $3, $4, $5, $6)",
 };
 static struct store_stmt PAYMENT_MOVE = {
     .sql = "UPDATE payments SET state = $3, updated_at_ms = $4,"

@@ -22,9 +22,10 @@ static const struct store_migration MIGRATIONS[] = {
                   " WITHOUT ROWID;"
                   "CREATE INDEX payments_by_order ON payments (order_id);"
                   "CREATE TABLE payment_attempts ("
-                  " payment_id TEXT NOT NULL, seq INTEGER NOT NULL, op TEXT NOT NULL,"
-                  " outcome TEXT NOT NULL, latency_ms INTEGER NOT NULL, detail TEXT,"
-                  " at_ms INTEGER NOT NULL, PRIMARY KEY (payment_id, seq)) WITHOUT ROWID;"
+                  " id INTEGER PRIMARY KEY AUTOINCREMENT, payment_id TEXT NOT NULL,"
+                  " op TEXT NOT NULL, outcome TEXT NOT NULL, latency_ms INTEGER NOT NULL,"
+                  " detail TEXT, at_ms INTEGER NOT NULL);"
+                  "CREATE INDEX payment_attempts_by_payment ON payment_attempts (payment_id, id);"
                   "CREATE TABLE payment_refunds ("
                   " id TEXT PRIMARY KEY, payment_id TEXT NOT NULL,"
                   " idempotency_key TEXT NOT NULL UNIQUE, amount INTEGER NOT NULL,"
@@ -46,9 +47,10 @@ static const struct store_migration MIGRATIONS[] = {
               " CHECK (captured_amount <= amount AND refunded_amount <= captured_amount));"
               "CREATE INDEX payments_by_order ON payments (order_id);"
               "CREATE TABLE payment_attempts ("
-              " payment_id TEXT NOT NULL, seq INTEGER NOT NULL, op TEXT NOT NULL,"
-              " outcome TEXT NOT NULL, latency_ms BIGINT NOT NULL, detail TEXT,"
-              " at_ms BIGINT NOT NULL, PRIMARY KEY (payment_id, seq));"
+              " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payment_id TEXT NOT NULL,"
+              " op TEXT NOT NULL, outcome TEXT NOT NULL, latency_ms BIGINT NOT NULL,"
+              " detail TEXT, at_ms BIGINT NOT NULL);"
+              "CREATE INDEX payment_attempts_by_payment ON payment_attempts (payment_id, id);"
               "CREATE TABLE payment_refunds ("
               " id TEXT PRIMARY KEY, payment_id TEXT NOT NULL,"
               " idempotency_key TEXT NOT NULL UNIQUE, amount BIGINT NOT NULL,"
@@ -124,7 +126,7 @@ static struct store_stmt PAYMENT_BY_KEY = {
 };
 static struct store_stmt ATTEMPTS_GET = {
     .sql = "SELECT op, outcome, latency_ms, detail, at_ms FROM payment_attempts"
-           " WHERE payment_id = $1 ORDER BY seq",
+           " WHERE payment_id = $1 ORDER BY id",
 };
 static struct store_stmt REFUNDS_GET = {
     .sql = "SELECT id, amount, state, created_at_ms FROM payment_refunds WHERE payment_id = $1"

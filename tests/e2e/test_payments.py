@@ -1,0 +1,170 @@
+"""Payments over HTTP through the PSP mock: authorize, capture, void and
+refund along the state table; idempotency keys; declines, PSP failures and
+hangs past the caller's timeout, retried without charging twice; the mock's
+settings from flags, the seed's MOCK_* variables and PUT /psp/config; bad
+input; metrics and events."""
+import concurrent.futures
+
+import pytest
+
+from conftest import check_events, outbox_events, problem
+
+
+def authorize(server, key, status=200, **body):
+    req = {"order_id": "o-1", "amount": 1500, "currency": "EUR", "idempotency_key": key, **body}
+    r = server.post("/payments/authorize", req)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def charges(server):
+    return server.get("/psp/charges?limit=1000").json()["charges"]
+
+
+def test_authorize_capture_refund_with_idempotency(server):
+    a = authorize(server, "pay-1", card="tok_visa")
+    assert a["state"] == "AUTHORIZED" and a["psp_reference"].startswith("psp_")
+    assert authorize(server, "pay-1", card="tok_visa") == a
+    doc = problem(server.post("/payments/authorize", {"order_id": "o-1", "amount": 1600,
+                                                      "currency": "EUR",
+                                                      "idempotency_key": "pay-1"}),
+                  422, "idempotency_key_reused", "idempotency_key")
+    assert doc["authorization_id"] == a["authorization_id"]
+    pid = a["authorization_id"]
+    for _ in range(2):  # a second capture is no second charge
+        c = server.post(f"/payments/capture/{pid}")
+        assert c.status_code == 200 and c.json()["state"] == "CAPTURED", c.text
+    problem(server.post(f"/payments/void/{pid}"), 409, "conflict")
+    r1 = server.post(f"/payments/{pid}/refund", {"amount": 500, "idempotency_key": "ref-1"})
+    assert r1.status_code == 200 and r1.json()["refunded_amount"] == 500
+    again = server.post(f"/payments/{pid}/refund", {"amount": 500, "idempotency_key": "ref-1"})
+    assert again.json()["refunded_amount"] == 500
+    problem(server.post(f"/payments/{pid}/refund", {"amount": 1001, "idempotency_key": "ref-2"}),
+            400, "invalid_request", "amount")
+    rest = server.post(f"/payments/{pid}/refund", {"idempotency_key": "ref-3"}).json()
+    assert rest["state"] == "REFUNDED" and rest["refunded_amount"] == 1500
+    assert [x["amount"] for x in rest["refunds"]] == [500, 1000]
+    ops = sorted(c["op"] for c in charges(server))
+    assert ops == ["authorize", "capture", "refund", "refund"]  # each once
+    assert server.get(f"/payments/{pid}").json() == rest
+    assert server.get("/payments?order_id=o-1").json() == {"payments": [rest]}
+
+
+def test_void_releases_and_then_nothing_can_be_captured(server):
+    pid = authorize(server, "pay-v")["authorization_id"]
+    for _ in range(2):
+        v = server.post(f"/payments/void/{pid}")
+        assert v.status_code == 200 and v.json()["state"] == "VOIDED"
+    doc = problem(server.post(f"/payments/capture/{pid}"), 409, "conflict")
+    assert doc["state"] == "VOIDED" and doc["authorization_id"] == pid
+    problem(server.post(f"/payments/{pid}/refund", {"idempotency_key": "r"}), 409, "conflict")
+
+
+def test_declines_are_final_and_psp_trouble_is_retried_without_a_second_charge(make_server):
+    server = make_server(["--psp-timeout", "300ms"])
+    cfg = server.put("/psp/config", {"decline_cards": ["tok_stolen"], "decline_amounts": [666],
+                                     "hang_next": 1, "fail_next": 1})
+    assert cfg.status_code == 200 and cfg.json()["hang_next"] == 1
+    hung = problem(server.post("/payments/authorize", {
+        "order_id": "o-h", "amount": 100, "currency": "EUR", "idempotency_key": "pay-h"}),
+        504, "timeout")
+    assert hung["state"] == "PENDING"
+    failed = problem(server.post("/payments/authorize", {
+        "order_id": "o-h", "amount": 100, "currency": "EUR", "idempotency_key": "pay-h"}),
+        502, "upstream_error")
+    assert failed["authorization_id"] == hung["authorization_id"]
+    ok = authorize(server, "pay-h", order_id="o-h", amount=100)
+    assert ok["state"] == "AUTHORIZED"
+    assert [a["outcome"] for a in ok["attempts"]] == ["timeout", "error", "approved"]
+    assert len([c for c in charges(server) if c["key"] == "authorize:pay-h"]) == 1
+    card = problem(server.post("/payments/authorize", {
+        "order_id": "o-d", "amount": 100, "currency": "EUR", "idempotency_key": "pay-d",
+        "card": "tok_stolen"}), 402, "payment_declined")
+    assert card["state"] == "FAILED"
+    problem(server.post("/payments/authorize", {
+        "order_id": "o-d", "amount": 666, "currency": "EUR", "idempotency_key": "pay-e"}),
+        402, "payment_declined")
+    # Declined is final: a retry answers the same.
+    problem(server.post("/payments/authorize", {
+        "order_id": "o-d", "amount": 100, "currency": "EUR", "idempotency_key": "pay-d",
+        "card": "tok_stolen"}), 402, "payment_declined")
+    m = server.metric
+    assert m("backbone_payment_failures_total", 'reason="declined"') == 3
+    assert m("backbone_payment_failures_total", 'reason="timeout"') == 1
+    assert m("backbone_payment_failures_total", 'reason="psp_error"') == 1
+    assert m("backbone_payment_attempt_latency_seconds_count",
+             'op="authorize",outcome="approved"') == 1
+
+
+def test_the_mock_takes_its_settings_from_flags_and_the_seed_variables(make_server):
+    server = make_server(["--psp-seed", "3"], env={"MOCK_LATENCY_MS": "40",
+                                                   "MOCK_FAILURE_RATE": "0.25"})
+    cfg = server.get("/psp/config").json()
+    assert (cfg["latency_ms"], cfg["failure_rate"], cfg["seed"]) == (40, 0.25, 3)
+    server.put("/psp/config", {"failure_rate": 0})
+    a = authorize(server, "pay-l")
+    assert a["attempts"][0]["latency_ms"] >= 40  # the mock waited at least its latency
+
+
+def test_concurrent_retries_of_one_authorization_charge_once(server):
+    def go(_):
+        return server.session.post(f"{server.url}/payments/authorize", json={
+            "order_id": "o-c", "amount": 700, "currency": "EUR", "idempotency_key": "pay-c"},
+            timeout=60).json()["authorization_id"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        ids = set(pool.map(go, range(32)))
+    assert len(ids) == 1
+    assert len(charges(server)) == 1
+    assert len(outbox_events(server, type="payment.authorized.v1")) == 1
+
+
+BAD = [
+    ({"order_id": "o", "amount": 0, "currency": "EUR", "idempotency_key": "k"}, "amount"),
+    ({"order_id": "o", "amount": -5, "currency": "EUR", "idempotency_key": "k"}, "amount"),
+    ({"order_id": "o", "amount": 1.5, "currency": "EUR", "idempotency_key": "k"}, "amount"),
+    ({"order_id": "o", "amount": 5, "currency": "eur", "idempotency_key": "k"}, "currency"),
+    ({"order_id": "o", "amount": 5, "currency": "ZZZ", "idempotency_key": "k"}, "currency"),
+    ({"order_id": "o", "amount": 5, "currency": "EUR"}, "idempotency_key"),
+    ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "a b"},
+     "idempotency_key"),
+    ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "k", "tip": 1}, "tip"),
+    ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "k", "lock_token": 0},
+     "lock_token"),
+    ({"amount": 5, "currency": "EUR", "idempotency_key": "k"}, "order_id"),
+]
+
+
+@pytest.mark.parametrize("body,field", BAD)
+def test_bad_payments_get_a_precise_problem_and_charge_nothing(server, body, field):
+    problem(server.post("/payments/authorize", body), 400, "invalid_request", field)
+    assert charges(server) == [] and outbox_events(server) == []
+
+
+def test_bad_settle_requests_and_bad_psp_settings(server):
+    pid = authorize(server, "pay-b")["authorization_id"]
+    problem(server.post(f"/payments/void/{pid}", {"amount": 5}), 400, "invalid_request", "amount")
+    problem(server.post(f"/payments/capture/{pid}", {"idempotency_key": "x"}), 400,
+            "invalid_request", "idempotency_key")
+    problem(server.post(f"/payments/capture/{pid}", {"amount": 99999}), 400, "invalid_request",
+            "amount")
+    problem(server.post(f"/payments/{pid}/refund", {"amount": 5}), 400, "invalid_request",
+            "idempotency_key")
+    problem(server.post("/payments/capture/not-a-payment"), 404, "not_found", "authorization_id")
+    problem(server.put("/psp/config", {"failure_rate": 2}), 400, "invalid_request", "failure_rate")
+    problem(server.put("/psp/config", {"decline_cards": [""]}), 400, "invalid_request",
+            "decline_cards")
+    problem(server.put("/psp/config", {"latency": 5}), 400, "invalid_request", "latency")
+    problem(server.get("/payments"), 400, "invalid_request", "order_id")
+
+
+def test_every_payment_change_writes_an_event_that_matches_its_schema(server):
+    server.put("/psp/config", {"decline_cards": ["tok_bad"]})
+    a = authorize(server, "pay-1")["authorization_id"]
+    server.post(f"/payments/capture/{a}")
+    server.post(f"/payments/{a}/refund", {"amount": 100, "idempotency_key": "r"})
+    b = authorize(server, "pay-2", order_id="o-2")["authorization_id"]
+    server.post(f"/payments/void/{b}")
+    authorize(server, "pay-3", status=402, order_id="o-3", card="tok_bad")
+    check_events(server, ["payment.authorized.v1", "payment.captured.v1", "payment.refunded.v1",
+                          "payment.voided.v1", "payment.failed.v1"])
