@@ -123,7 +123,7 @@ static const struct bb_opt SERVE_OPTS[] = {
      "comma-separated queues the embedded workers take jobs from (default: every queue)", 0},
     {"roles", BB_OPT_STRING, OFF(roles), 0, 0, "all",
      "what this process runs: all, or a comma-separated subset of locks, jobs, workers, "
-     "scheduler, inventory, orders, payments, outbox",
+     "scheduler, inventory, orders, payments, checkout, outbox",
      0},
     {"reservation-sweep", BB_OPT_DURATION, OFF(reservation_sweep_ms), 10, 3600000, "1s",
      "how often reservations past their TTL are expired (their stock returns)", 0},

@@ -17,6 +17,7 @@
  */
 #include "cli/cli.h"
 
+#include "checkout/checkout.h"
 #include "http/http.h"
 #include "inventory/inventory.h"
 #include "jobs/jobs.h"
@@ -45,6 +46,7 @@ enum role {
     ROLE_OUTBOX = 1 << 5,
     ROLE_ORDERS = 1 << 6,
     ROLE_PAYMENTS = 1 << 7,
+    ROLE_CHECKOUT = 1 << 8,
 };
 static const struct {
     const char *name;
@@ -52,7 +54,7 @@ static const struct {
 } ROLES[] = {
     {"locks", ROLE_LOCKS},         {"jobs", ROLE_JOBS},           {"workers", ROLE_WORKERS},
     {"scheduler", ROLE_SCHEDULER}, {"inventory", ROLE_INVENTORY}, {"outbox", ROLE_OUTBOX},
-    {"orders", ROLE_ORDERS},       {"payments", ROLE_PAYMENTS},
+    {"orders", ROLE_ORDERS},       {"payments", ROLE_PAYMENTS},   {"checkout", ROLE_CHECKOUT},
 };
 
 struct app {
@@ -67,6 +69,7 @@ struct app {
     struct outbox_service *outbox;
     struct order_service *orders;
     struct payments *payments;
+    struct checkout_service *checkout;
     struct http_server *http;
     unsigned roles;
     char **worker_queues; /* NULL-terminated, from --worker-queues */
@@ -88,6 +91,7 @@ backbone_migrate_all(struct store *s, struct bb_error *e)
         {"inventory", inventory_migrations},
         {"orders", order_migrations},
         {"payments", payment_migrations},
+        {"checkout", checkout_migrations},
     };
     struct store_conn *c;
     enum err rc = store_conn_open(s, &c, e);
@@ -234,6 +238,8 @@ app_routes(struct app *app, struct http_route *routes, size_t max)
         n += order_service_routes(app->orders, routes + n, max - n);
     if (app->payments != NULL)
         n += payments_routes(app->payments, routes + n, max - n);
+    if (app->checkout != NULL)
+        n += checkout_service_routes(app->checkout, routes + n, max - n);
     return n;
 }
 
@@ -329,7 +335,7 @@ roles_parse(const char *text, unsigned *out, struct bb_error *e)
         if (k == BB_ARRAY_LEN(ROLES))
             rc = bb_fail(e, ERR_USAGE, "roles",
                          "--roles: unknown role '%s' (all, locks, jobs, workers, scheduler, "
-                         "inventory, orders, payments, outbox)",
+                         "inventory, orders, payments, checkout, outbox)",
                          names[i]);
         else
             *out |= ROLES[k].bits;
@@ -375,6 +381,8 @@ app_start(struct app *app, struct bb_error *e)
         app->outbox = outbox_service_create(app->store);
     if (rc == ERR_OK && (roles & ROLE_ORDERS))
         app->orders = order_service_create(app->store);
+    if (rc == ERR_OK && (roles & ROLE_CHECKOUT))
+        app->checkout = checkout_service_create(app->store);
     if (rc == ERR_OK && (roles & ROLE_PAYMENTS)) {
         struct payments_options po;
         rc = payments_options_load(&app->cfg, &po, e);
@@ -439,6 +447,7 @@ app_stop(struct app *app)
     outbox_service_destroy(app->outbox);
     order_service_destroy(app->orders);
     payments_destroy(app->payments);
+    checkout_service_destroy(app->checkout);
     job_registry_destroy(app->registry);
     store_close(app->store);
     free_list(app->worker_queues);

@@ -1,0 +1,56 @@
+/*
+ * checkout: the edge of the checkout flow. POST /checkout validates a
+ * basket, writes the checkout and its checkout.requested.v1 event in one
+ * transaction and answers 202 at once; the saga (a later module) drives it
+ * to COMPLETED or FAILED from that event.
+ *
+ * Idempotency: a checkout is keyed by its Idempotency-Key. The same key
+ * with the same body answers the same checkout (however many times, however
+ * concurrently: the key is unique in the table, and a second insert waits
+ * for the first); the same key with another body is refused (422).
+ */
+#ifndef BB_CHECKOUT_H
+#define BB_CHECKOUT_H
+
+#include "base/base.h"
+#include "http/http.h"
+#include "orders/orders.h"
+#include "store/store.h"
+
+enum checkout_status {
+    CHECKOUT_PENDING,   /* accepted; the saga is running */
+    CHECKOUT_COMPLETED, /* the order is confirmed */
+    CHECKOUT_FAILED,    /* given up, compensated; `reason` says why */
+};
+const char *checkout_status_name(enum checkout_status s);
+
+/* A validated checkout request. */
+struct checkout_request {
+    const char *idempotency_key;
+    const char *fingerprint; /* SHA-256 hex of the canonical body */
+    const char *customer_id;
+    const char *currency;
+    const char *card; /* may be NULL */
+    struct order_item items[ORDER_ITEMS_MAX];
+    size_t n_items;
+    int64_t total_amount;
+};
+
+/* Accept a checkout (or answer the key's checkout): *out gets
+ * {checkout_id, status, ...}; *created says whether this call made it.
+ * ERR_IDEMPOTENCY_MISMATCH when the key went with another body. */
+BB_WUR enum err checkout_accept(struct store_conn *c, const struct checkout_request *req,
+                                int64_t now_ms, json_t **out, bool *created, struct bb_error *e);
+/* {checkout_id, status, reason, order_id, customer_id, currency,
+ * total_amount, items, payment, created_at, updated_at}. */
+BB_WUR enum err checkout_get_json(struct store_conn *c, const char *checkout_id, json_t **out,
+                                  struct bb_error *e);
+
+const struct store_migration *checkout_migrations(size_t *n);
+
+struct checkout_service;
+struct checkout_service *checkout_service_create(struct store *s);
+size_t checkout_service_routes(struct checkout_service *svc, struct http_route *out, size_t max);
+void checkout_service_destroy(struct checkout_service *svc);
+
+#endif /* BB_CHECKOUT_H */

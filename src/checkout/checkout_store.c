@@ -1,0 +1,175 @@
+/*
+ * checkout_store.c: the checkouts table; accepting a checkout with its
+ * checkout.requested.v1 event in one transaction; reading one back.
+ */
+#include "checkout/checkout.h"
+
+#include "outbox/outbox.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const struct store_migration MIGRATIONS[] = {
+    {
+        .version = 1,
+        .name = "checkouts",
+        .sqlite = "CREATE TABLE checkouts ("
+                  " id TEXT PRIMARY KEY, idempotency_key TEXT NOT NULL UNIQUE,"
+                  " fingerprint TEXT NOT NULL, customer_id TEXT NOT NULL,"
+                  " currency TEXT NOT NULL, total_amount INTEGER NOT NULL, body TEXT NOT NULL,"
+                  " status TEXT NOT NULL, reason TEXT, order_id TEXT,"
+                  " created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL)"
+                  " WITHOUT ROWID;",
+        .pg = "CREATE TABLE checkouts ("
+              " id TEXT PRIMARY KEY, idempotency_key TEXT NOT NULL UNIQUE,"
+              " fingerprint TEXT NOT NULL, customer_id TEXT NOT NULL,"
+              " currency TEXT NOT NULL, total_amount BIGINT NOT NULL, body TEXT NOT NULL,"
+              " status TEXT NOT NULL, reason TEXT, order_id TEXT,"
+              " created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);",
+    },
+};
+
+const struct store_migration *
+checkout_migrations(size_t *n)
+{
+    *n = BB_ARRAY_LEN(MIGRATIONS);
+    return MIGRATIONS;
+}
+
+static const char *const STATUS_NAMES[] = {
+    [CHECKOUT_PENDING] = "PENDING",
+    [CHECKOUT_COMPLETED] = "COMPLETED",
+    [CHECKOUT_FAILED] = "FAILED",
+};
+
+const char *
+checkout_status_name(enum checkout_status s)
+{
+    return (size_t)s < BB_ARRAY_LEN(STATUS_NAMES) ? STATUS_NAMES[s] : "UNKNOWN";
+}
+
+static struct store_stmt CHECKOUT_INSERT = {
+    .sql = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id, currency,"
+           " total_amount, body, status, created_at_ms, updated_at_ms)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8)"
+           " ON CONFLICT (idempotency_key) DO NOTHING",
+};
+#define CHECKOUT_COLUMNS                                                                    \
+    "id, fingerprint, customer_id, currency, total_amount, body, status, reason, order_id," \
+    " created_at_ms, updated_at_ms"
+static struct store_stmt CHECKOUT_GET = {
+    .sql = "SELECT " CHECKOUT_COLUMNS " FROM checkouts WHERE id = $1",
+};
+static struct store_stmt CHECKOUT_BY_KEY = {
+    .sql = "SELECT " CHECKOUT_COLUMNS " FROM checkouts WHERE idempotency_key = $1",
+};
+
+/* The checkout's JSON from a row; *fingerprint (if non-NULL) gets its hash. */
+static json_t *
+checkout_json(struct store_rows *r, char fingerprint[65])
+{
+    if (fingerprint)
+        bb_strlcpy(fingerprint, store_col_text(r, 1), 65);
+    char created[32], updated[32];
+    bb_wall_ms_format(store_col_int(r, 9), created);
+    bb_wall_ms_format(store_col_int(r, 10), updated);
+    json_t *body = json_loads(store_col_text(r, 5), 0, NULL);
+    json_t *o = json_pack(
+        "{s:s, s:s, s:s?, s:s?, s:s, s:s, s:I, s:O, s:O, s:s, s:s}", "checkout_id",
+        store_col_text(r, 0), "status", store_col_text(r, 6), "reason",
+        store_col_is_null(r, 7) ? NULL : store_col_text(r, 7), "order_id",
+        store_col_is_null(r, 8) ? NULL : store_col_text(r, 8), "customer_id", store_col_text(r, 2),
+        "currency", store_col_text(r, 3), "total_amount", (json_int_t)store_col_int(r, 4), "items",
+        json_object_get(body, "items"), "payment", json_object_get(body, "payment"), "created_at",
+        created, "updated_at", updated);
+    json_decref(body);
+    return o;
+}
+
+static enum err
+checkout_read(struct store_conn *c, struct store_stmt *st, const char *key, json_t **out,
+              char fingerprint[65], struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(key)};
+    enum err rc = store_query(c, st, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (store_next(&r))
+        *out = checkout_json(&r, fingerprint);
+    else
+        rc = bb_fail(e, ERR_NOT_FOUND, "checkout_id", "no checkout %s", key);
+    store_rows_close(&r);
+    return rc;
+}
+
+enum err
+checkout_get_json(struct store_conn *c, const char *checkout_id, json_t **out, struct bb_error *e)
+{
+    return checkout_read(c, &CHECKOUT_GET, checkout_id, out, NULL, e);
+}
+
+/* The body as stored and announced: {customer_id, currency, items, payment}. */
+static json_t *
+request_json(const struct checkout_request *req)
+{
+    json_t *items = json_array();
+    for (size_t i = 0; i < req->n_items; i++)
+        json_array_append_new(items, json_pack("{s:s, s:I, s:I}", "sku", req->items[i].sku, "qty",
+                                               (json_int_t)req->items[i].qty, "unit_price",
+                                               (json_int_t)req->items[i].unit_price));
+    json_t *payment = json_object();
+    if (req->card)
+        json_object_set_new(payment, "card", json_string(req->card));
+    return json_pack("{s:s, s:s, s:o, s:o}", "customer_id", req->customer_id, "currency",
+                     req->currency, "items", items, "payment", payment);
+}
+
+enum err
+checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_t now_ms,
+                json_t **out, bool *created, struct bb_error *e)
+{
+    *created = false;
+    char id[37];
+    bb_uuid7_at(now_ms, id);
+    json_t *body = request_json(req);
+    char *text = bb_json_dumps(body);
+    const struct store_param p[] = {sp_text(id),
+                                    sp_text(req->idempotency_key),
+                                    sp_text(req->fingerprint),
+                                    sp_text(req->customer_id),
+                                    sp_text(req->currency),
+                                    sp_int(req->total_amount),
+                                    sp_text(text),
+                                    sp_int(now_ms)};
+    int64_t inserted = 0;
+    enum err rc = store_exec(c, &CHECKOUT_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
+    free(text);
+    if (rc == ERR_OK && inserted == 1) {
+        json_object_set_new(body, "checkout_id", json_string(id));
+        json_object_set_new(body, "total_amount", json_integer(req->total_amount));
+        struct outbox_event ev = {.type = "checkout.requested.v1",
+                                  .aggregate_type = "checkout",
+                                  .aggregate_id = id,
+                                  .data = body};
+        rc = outbox_append(c, &ev, now_ms, e);
+        if (rc == ERR_OK)
+            rc = checkout_get_json(c, id, out, e);
+        *created = rc == ERR_OK;
+        json_decref(body);
+        return rc;
+    }
+    json_decref(body);
+    if (rc != ERR_OK)
+        return rc;
+    char fingerprint[65];
+    rc = checkout_read(c, &CHECKOUT_BY_KEY, req->idempotency_key, out, fingerprint, e);
+    if (rc == ERR_OK && strcmp(fingerprint, req->fingerprint) != 0) {
+        json_decref(*out);
+        *out = NULL;
+        return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "Idempotency-Key",
+                       "Idempotency-Key %s was already used for a different checkout",
+                       req->idempotency_key);
+    }
+    return rc;
+}

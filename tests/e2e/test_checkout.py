@@ -1,0 +1,127 @@
+"""The edge checkout over HTTP: 202 at once with its outbox event, one
+checkout per Idempotency-Key (replays, another body, ten concurrent
+requests), bad input, and kill -9 during a burst losing or doubling
+nothing."""
+import concurrent.futures
+
+import pytest
+import requests
+
+from conftest import ENGINE, check_events, outbox_events, problem
+
+BODY = {"customer_id": "cust-1", "currency": "EUR", "payment": {"card": "tok_visa"},
+        "items": [{"sku": "A", "qty": 2, "unit_price": 1250}, {"sku": "B", "qty": 1,
+                                                               "unit_price": 500}]}
+
+
+def checkout(server, key, body=BODY, status=202):
+    r = server.post("/checkout", body, headers={"Idempotency-Key": key})
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def test_a_checkout_is_accepted_at_once_with_its_event(server):
+    c = checkout(server, "k-1")
+    assert c["status"] == "PENDING" and c["total_amount"] == 3000 and c["order_id"] is None
+    assert server.get(f"/checkout/{c['checkout_id']}").json() == c
+    events = check_events(server, ["checkout.requested.v1"])
+    assert [e["aggregate_id"] for e in events] == [c["checkout_id"]]
+    assert events[0]["data"]["items"] == BODY["items"]
+    problem(server.get("/checkout/nope"), 404, "not_found", "checkout_id")
+
+
+def test_one_checkout_per_key(server):
+    first = checkout(server, "k-1")
+    reordered = {k: BODY[k] for k in reversed(list(BODY))}
+    assert checkout(server, "k-1", reordered) == first
+    other = {**BODY, "items": [{"sku": "A", "qty": 3, "unit_price": 1250}]}
+    problem(server.post("/checkout", other, headers={"Idempotency-Key": "k-1"}), 422,
+            "idempotency_key_reused", "Idempotency-Key")
+    assert checkout(server, "k-2")["checkout_id"] != first["checkout_id"]
+    assert len(outbox_events(server, type="checkout.requested.v1")) == 2
+
+
+def test_ten_concurrent_requests_with_one_key_make_one_checkout(server):
+    def go(_):
+        with requests.Session() as s:
+            r = s.post(f"{server.url}/checkout", json=BODY, headers={"Idempotency-Key": "same"},
+                       timeout=60)
+            return r.status_code, r.json()["checkout_id"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(go, range(10)))
+    assert {status for status, _ in answers} == {202}
+    assert len({cid for _, cid in answers}) == 1
+    assert len(outbox_events(server, type="checkout.requested.v1")) == 1
+
+
+BAD = [
+    ({**BODY, "items": [{"sku": "A", "qty": -1, "unit_price": 1}]}, "items[0].qty"),
+    ({**BODY, "items": [{"sku": "A", "qty": 1, "unit_price": 0.5}]}, "items[0].unit_price"),
+    ({**BODY, "items": [{"sku": "no sku", "qty": 1, "unit_price": 1}]}, "items[0].sku"),
+    ({**BODY, "items": [{"sku": "A", "qty": 1, "unit_price": 1}] * 10000}, "items"),
+    ({**BODY, "items": []}, "items"),
+    ({**BODY, "currency": "EURO"}, "currency"),
+    ({**BODY, "currency": "ABC"}, "currency"),
+    ({**BODY, "payment": "card"}, "payment"),
+    ({**BODY, "payment": {"method": "cash"}}, "payment.method"),
+    ({**BODY, "payment": {"card": "x", "cvv": "123"}}, "payment.cvv"),
+    ({**BODY, "coupon": "FREE"}, "coupon"),
+    ({k: v for k, v in BODY.items() if k != "customer_id"}, "customer_id"),
+    ({**BODY, "items": [{"sku": "A", "qty": 1000000, "unit_price": 10**15}]}, "items"),
+]
+
+
+@pytest.mark.parametrize("body,field", BAD)
+def test_bad_checkouts_get_a_precise_problem_and_write_nothing(server, body, field):
+    problem(server.post("/checkout", body, headers={"Idempotency-Key": "k"}), 400,
+            "invalid_request", field)
+    assert outbox_events(server) == []
+
+
+def test_malformed_and_keyless_requests(server):
+    problem(server.request("POST", "/checkout", raw=b'{"customer_id": ',
+                           headers={"Idempotency-Key": "k"}), 400, "malformed_json")
+    problem(server.post("/checkout", BODY), 400, "invalid_request", "Idempotency-Key")
+    problem(server.post("/checkout", BODY, headers={"Idempotency-Key": "has space"}), 400,
+            "invalid_request", "Idempotency-Key")
+    assert outbox_events(server) == []
+
+
+def test_kill9_during_a_burst_loses_no_accepted_checkout_and_doubles_none(make_server):
+    server = make_server(["--http-threads", "4"])
+    keys = [f"burst-{i}" for i in range(400)]
+    accepted = {}
+
+    def go(key):
+        try:
+            r = requests.post(f"{server.url}/checkout", json=BODY,
+                              headers={"Idempotency-Key": key}, timeout=30)
+        except requests.RequestException:
+            return key, None
+        return key, r.json()["checkout_id"] if r.status_code == 202 else None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [pool.submit(go, k) for k in keys]
+        # Kill once part of the burst has been answered.
+        done = 0
+        for f in concurrent.futures.as_completed(futures):
+            done += 1
+            key, cid = f.result()
+            if cid:
+                accepted[key] = cid
+            if done == 100:
+                server.kill9()
+    assert 100 <= len(accepted) < len(keys), len(accepted)
+    server.start()
+    # Every checkout answered 202 is there, once; sending every key again
+    # makes the missing ones and repeats none.
+    for key, cid in accepted.items():
+        assert server.get(f"/checkout/{cid}").json()["checkout_id"] == cid
+    for key in keys:
+        again = checkout(server, key)
+        if key in accepted:
+            assert again["checkout_id"] == accepted[key]
+    events = outbox_events(server, type="checkout.requested.v1")
+    assert len(events) == len(keys)
+    assert len({e["aggregate_id"] for e in events}) == len(keys)
