@@ -54,8 +54,8 @@ BB_WUR enum err http_server_start(const struct http_server_options *o,
                                   const struct http_route *routes, size_t n_routes,
                                   struct http_server **out, struct bb_error *e);
 int http_server_port(const struct http_server *s);
-/* Stop accepting connections; requests arriving on open connections are
- * answered 503 with Connection: close. Requests in flight go on. */
+/* Stop serving: every request that arrives from now on, on a new or an open
+ * connection, is answered 503 with Connection: close. Requests in flight go on. */
 void http_server_drain(struct http_server *s);
 /* Wait (up to timeout_ms) for every request in flight to be answered and its
  * answer sent, then close every connection and free the server. NULL is fine. */
@@ -189,6 +189,8 @@ struct http_client *http_client_create(const char *token, int64_t timeout_ms);
 void http_client_destroy(struct http_client *c);
 /* Send this header with every request of `c` ("Name", "value"). */
 void http_client_add_header(struct http_client *c, const char *name, const char *value);
+/* The same, replacing any earlier value of that header (per-request keys). */
+void http_client_set_header(struct http_client *c, const char *name, const char *value);
 
 /*
  * One request; `body` (JSON text) may be NULL. A connection refused before

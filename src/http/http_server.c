@@ -815,10 +815,11 @@ http_server_drain(struct http_server *s)
 {
     if (s == NULL || s->draining)
         return;
+    /* The listen socket stays open until http_server_stop: MHD_quiesce_daemon
+     * races with libmicrohttpd's own epoll workers (an open defect in 0.9.75
+     * that aborts the process when both remove the listen FD), so new
+     * connections are accepted and answered 503 instead. */
     s->draining = true;
-    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
 }
 
 void
