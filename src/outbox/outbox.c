@@ -31,6 +31,20 @@ static const struct store_migration MIGRATIONS[] = {
               " WHERE published_at_ms IS NULL;"
               "CREATE INDEX outbox_by_aggregate ON outbox_events (aggregate_id, id);",
     },
+    {
+        /* PostgreSQL: seq is given by the sequencer (outbox_list_json), in
+         * commit order; SQLite commits one at a time, so seq is the id. */
+        .version = 2,
+        .name = "outbox seq",
+        .sqlite = "SELECT 1;",
+        .pg = "ALTER TABLE outbox_events ADD COLUMN seq BIGINT;"
+              "UPDATE outbox_events SET seq = id;"
+              "CREATE UNIQUE INDEX outbox_by_seq ON outbox_events (seq);"
+              "CREATE INDEX outbox_unsequenced ON outbox_events (id) WHERE seq IS NULL;"
+              "DROP INDEX outbox_by_aggregate;"
+              "CREATE INDEX outbox_by_aggregate ON outbox_events (aggregate_id, seq);"
+              "ALTER TABLE outbox_events DROP COLUMN txid;",
+    },
 };
 
 const struct store_migration *
@@ -62,27 +76,48 @@ outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_m
                                     sp_int(now_ms)};
     enum err rc = store_exec(c, &APPEND, p, BB_ARRAY_LEN(p), NULL, e);
     free(data);
-    if (rc == ERR_OK)
-        rc = store_notify(c, OUTBOX_CHANNEL, ev->type, e);
     return rc;
 }
 
-/* PostgreSQL: only events whose transaction began before every transaction
- * still running (so none with a smaller id can still appear). */
-#define OUTBOX_COLUMNS \
-    "id, event_id, type, aggregate_type, aggregate_id, data, traceparent, created_at_ms"
-#define SETTLED_PG " AND txid < pg_snapshot_xmin(pg_current_snapshot())"
+/*
+ * PostgreSQL: ids are taken when events are inserted, not when they commit,
+ * so a reader paging by id could pass an id whose transaction commits later.
+ * The sequencer gives seqs instead, in id order, to the committed events
+ * that have none, one sequencer at a time (the advisory lock, held to the
+ * commit): seqs become visible in the order they are given, and an event
+ * committed before a read has its seq by the end of it. Ids are taken after
+ * the aggregate's row is locked, so one aggregate's events keep the order
+ * they happened in.
+ */
+enum { SEQUENCE_BATCH = 10000 };
+static struct store_stmt SEQUENCER_LOCK = {.sql = "SELECT pg_advisory_xact_lock(6726411803893)"};
+static struct store_stmt SEQUENCE = {
+    .sql = "WITH batch AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM"
+           " (SELECT id FROM outbox_events WHERE seq IS NULL ORDER BY id LIMIT $1) t),"
+           " base AS (SELECT COALESCE(max(seq), 0) AS b FROM outbox_events)"
+           " UPDATE outbox_events o SET seq = base.b + batch.n FROM batch, base"
+           " WHERE o.id = batch.id",
+};
+#define OUTBOX_COLUMNS(seq) \
+    seq ", event_id, type, aggregate_type, aggregate_id, data, traceparent, created_at_ms"
 static struct store_stmt LIST = {
-    .sql_sqlite = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE id > $1"
-                  " AND ($3 = '' OR type = $3) ORDER BY id LIMIT $2",
-    .sql_pg = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE id > $1"
-              " AND ($3 = '' OR type = $3)" SETTLED_PG " ORDER BY id LIMIT $2",
+    .sql_sqlite = "SELECT " OUTBOX_COLUMNS("id") " FROM outbox_events WHERE id > $1"
+                                                 " AND ($3 = '' OR type = $3) ORDER BY id LIMIT $2",
+    .sql_pg = "SELECT " OUTBOX_COLUMNS("seq") " FROM outbox_events WHERE seq > $1"
+                                              " AND ($3 = '' OR type = $3) ORDER BY seq LIMIT $2",
 };
 static struct store_stmt LIST_AGGREGATE = {
-    .sql_sqlite = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE aggregate_id = $4"
-                  " AND id > $1 AND ($3 = '' OR type = $3) ORDER BY id LIMIT $2",
-    .sql_pg = "SELECT " OUTBOX_COLUMNS " FROM outbox_events WHERE aggregate_id = $4"
-              " AND id > $1 AND ($3 = '' OR type = $3)" SETTLED_PG " ORDER BY id LIMIT $2",
+    .sql_sqlite = "SELECT " OUTBOX_COLUMNS(
+        "id") " FROM outbox_events WHERE aggregate_id = $4"
+              " AND id > $1 AND ($3 = '' OR type = $3) ORDER BY id LIMIT $2",
+    .sql_pg = "SELECT " OUTBOX_COLUMNS(
+        "seq") " FROM outbox_events WHERE aggregate_id = $4"
+               " AND seq > $1 AND ($3 = '' OR type = $3) ORDER BY seq LIMIT $2",
+};
+/* PostgreSQL: committed events the sequencer left for its next round. */
+static struct store_stmt HELD_BACK = {
+    .sql = "SELECT count(*) FROM outbox_events WHERE seq IS NULL"
+           " AND ($1 = '' OR type = $1) AND ($2 = '' OR aggregate_id = $2)",
 };
 
 static json_t *
@@ -108,12 +143,22 @@ enum err
 outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **out,
                  struct bb_error *e)
 {
+    bool pg = store_conn_engine(c) == STORE_POSTGRES;
     const struct store_param p[] = {sp_int(f->after), sp_int(f->limit),
                                     sp_text(f->type ? f->type : ""),
                                     sp_text(f->aggregate_id ? f->aggregate_id : "")};
+    const struct store_param batch[] = {sp_int(SEQUENCE_BATCH)};
+    enum err rc = ERR_OK;
+    if (pg) {
+        rc = store_exec(c, &SEQUENCER_LOCK, NULL, 0, NULL, e);
+        if (rc == ERR_OK)
+            rc = store_exec(c, &SEQUENCE, batch, 1, NULL, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
     struct store_rows r;
-    enum err rc = store_query(c, f->aggregate_id ? &LIST_AGGREGATE : &LIST, p,
-                              f->aggregate_id ? 4 : 3, &r, e);
+    rc = store_query(c, f->aggregate_id ? &LIST_AGGREGATE : &LIST, p, f->aggregate_id ? 4 : 3, &r,
+                     e);
     if (rc != ERR_OK)
         return rc;
     json_t *events = json_array();
@@ -123,10 +168,22 @@ outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **o
         json_array_append_new(events, event_json(&r));
     }
     store_rows_close(&r);
-    json_t *body = json_object();
     bool full = (int64_t)json_array_size(events) == f->limit;
+    int64_t held_back = 0;
+    if (!full && pg) {
+        rc = store_query(c, &HELD_BACK, p + 2, 2, &r, e);
+        if (rc != ERR_OK) {
+            json_decref(events);
+            return rc;
+        }
+        if (store_next(&r))
+            held_back = store_col_int(&r, 0);
+        store_rows_close(&r);
+    }
+    json_t *body = json_object();
     json_object_set_new(body, "events", events);
     json_object_set_new(body, "next_after", full ? json_integer(last) : json_null());
+    json_object_set_new(body, "held_back", json_integer(held_back));
     *out = body;
     return ERR_OK;
 }
@@ -191,7 +248,9 @@ handle_list(struct http_req *r, void *ctx)
         http_reply_problem(r, e, NULL);
         return;
     }
-    http_req_run(r, svc->store, STORE_READ, list_work, list_reply, op);
+    /* PostgreSQL: the sequencer writes. */
+    enum store_txn mode = store_engine_of(svc->store) == STORE_POSTGRES ? STORE_WRITE : STORE_READ;
+    http_req_run(r, svc->store, mode, list_work, list_reply, op);
 }
 
 struct outbox_service *

@@ -238,15 +238,18 @@ EVENTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "docs" / "events"
 
 
 def outbox_events(server, **filters):
-    """Every event GET /outbox lists now, paging through to the end."""
+    """Every event committed so far, paging through GET /outbox to the end and
+    coming back while events are held back (on PostgreSQL, events beyond one
+    read's sequencing batch)."""
     events, after = [], 0
+    query = "&".join(f"{k}={v}" for k, v in filters.items())
     while True:
-        query = "&".join(f"{k}={v}" for k, v in filters.items())
         page = server.get(f"/outbox?after={after}&limit=1000&{query}").json()
         events += page["events"]
-        if page["next_after"] is None:
+        if page["events"]:
+            after = page["events"][-1]["seq"]
+        if page["next_after"] is None and page["held_back"] == 0:
             return events
-        after = page["next_after"]
 
 
 def check_events(server, want_types=()):

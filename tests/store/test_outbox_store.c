@@ -1,8 +1,8 @@
 /*
  * test_outbox_store.c: the outbox and idempotency records on both engines:
  * events commit or vanish with their transaction, pages follow seq with
- * filters, a reader never sees a gap (PostgreSQL: an event waits for older
- * transactions), and a key's answer is saved once and replayed.
+ * filters, a reader never sees a gap (PostgreSQL: seqs follow commits, given
+ * by the sequencer), and a key's answer is saved once and replayed.
  */
 #include "testsupport.h"
 
@@ -28,21 +28,6 @@ append(struct store_conn *c, const char *type, const char *aggregate, int n)
     json_decref(data);
 }
 
-/* The page a reader gets once it holds `want` events (10 s at most: other
- * test processes' transactions share the PostgreSQL cluster). */
-static json_t *
-page_of(struct store_conn *c, const struct outbox_filter *f, size_t want)
-{
-    json_t *page = NULL;
-    struct bb_error e;
-    for (int64_t deadline = bb_mono_ms() + 10000;; bb_sleep_ms(10)) {
-        json_decref(page);
-        assert_ok(outbox_list_json(c, f, &page, &e), &e);
-        if (json_array_size(json_object_get(page, "events")) >= want || bb_mono_ms() > deadline)
-            return page;
-    }
-}
-
 static int64_t
 seq_at(const json_t *page, size_t i)
 {
@@ -64,7 +49,7 @@ events_commit_or_vanish_with_their_transaction(void **state)
     append(c, "thing.made.v1", "kept", 2);
     assert_ok(store_commit(c, &e), &e);
     struct outbox_filter f = {.limit = 10};
-    json_t *page = page_of(c, &f, 1);
+    json_t *page = test_outbox_page(c, &f);
     json_t *events = json_object_get(page, "events");
     assert_int_equal(json_array_size(events), 1);
     json_t *ev = json_array_get(events, 0);
@@ -88,23 +73,30 @@ pages_follow_seq_with_filters(void **state)
     for (int i = 0; i < 5; i++)
         append(c, i % 2 ? "thing.changed.v1" : "thing.made.v1", i < 3 ? "x" : "y", i);
     struct outbox_filter f = {.limit = 2};
-    json_t *page = page_of(c, &f, 2);
+    json_t *page = test_outbox_page(c, &f);
     assert_true(seq_at(page, 0) < seq_at(page, 1));
     f.after = json_integer_value(json_object_get(page, "next_after"));
     assert_int_equal(f.after, seq_at(page, 1));
     json_decref(page);
-    page = page_of(c, &f, 2);
+    page = test_outbox_page(c, &f);
     assert_true(seq_at(page, 0) > f.after);
     json_decref(page);
     struct outbox_filter made = {.limit = 10, .type = "thing.made.v1"};
-    page = page_of(c, &made, 3);
+    page = test_outbox_page(c, &made);
     assert_int_equal(json_array_size(json_object_get(page, "events")), 3);
     json_decref(page);
     struct outbox_filter of_y = {.limit = 10, .aggregate_id = "y"};
-    page = page_of(c, &of_y, 2);
+    page = test_outbox_page(c, &of_y);
     assert_int_equal(json_array_size(json_object_get(page, "events")), 2);
     json_decref(page);
     store_conn_close(c);
+}
+
+static const char *
+aggregate_at(const json_t *page, size_t i)
+{
+    return json_string_value(
+        json_object_get(json_array_get(json_object_get(page, "events"), i), "aggregate_id"));
 }
 
 static void
@@ -118,30 +110,60 @@ a_reader_never_sees_a_gap(void **state)
     assert_ok(store_conn_open(db->store, &reader, &e), &e);
     struct outbox_filter f = {.limit = 10};
     if (db->engine == STORE_POSTGRES) {
-        /* An older transaction holds seq 1 while a newer one commits seq 2:
-         * a reader sees neither, so it cannot move past 1 and miss it. */
+        /* An older transaction takes an id while a newer one takes the next
+         * and commits first: seqs follow the commits, so a reader that has
+         * read the newer event still gets the older one after it. */
         assert_ok(store_begin(older, STORE_WRITE, &e), &e);
         append(older, "thing.made.v1", "slow", 1);
         append(newer, "thing.made.v1", "fast", 2);
-        json_t *page;
-        assert_ok(outbox_list_json(reader, &f, &page, &e), &e);
-        assert_int_equal(json_array_size(json_object_get(page, "events")), 0);
+        json_t *page = test_outbox_page(reader, &f);
+        assert_int_equal(json_array_size(json_object_get(page, "events")), 1);
+        assert_string_equal(aggregate_at(page, 0), "fast");
+        f.after = seq_at(page, 0);
         json_decref(page);
         assert_ok(store_commit(older, &e), &e);
     } else { /* one writer: commit order is seq order */
-        append(older, "thing.made.v1", "slow", 1);
         append(newer, "thing.made.v1", "fast", 2);
+        json_t *page = test_outbox_page(reader, &f);
+        f.after = seq_at(page, 0);
+        json_decref(page);
+        append(older, "thing.made.v1", "slow", 1);
     }
-    json_t *page = page_of(reader, &f, 2);
-    json_t *events = json_object_get(page, "events");
-    assert_int_equal(json_array_size(events), 2);
-    assert_string_equal(
-        json_string_value(json_object_get(json_array_get(events, 0), "aggregate_id")), "slow");
-    assert_true(seq_at(page, 0) < seq_at(page, 1));
+    json_t *page = test_outbox_page(reader, &f);
+    assert_int_equal(json_array_size(json_object_get(page, "events")), 1);
+    assert_string_equal(aggregate_at(page, 0), "slow");
+    assert_int_equal(seq_at(page, 0), f.after + 1);
+    assert_int_equal(json_integer_value(json_object_get(page, "held_back")), 0);
     json_decref(page);
     store_conn_close(older);
     store_conn_close(newer);
     store_conn_close(reader);
+}
+
+/* PostgreSQL's sequencer gives 10,000 seqs a read and says what it left. */
+static void
+a_read_says_how_many_events_wait_for_their_seq(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    for (int i = 0; i < 10005; i++)
+        append(c, "thing.made.v1", "many", i);
+    assert_ok(store_commit(c, &e), &e);
+    struct outbox_filter f = {.after = 9995, .limit = 1000};
+    json_t *page = test_outbox_page(c, &f);
+    bool pg = db->engine == STORE_POSTGRES;
+    assert_int_equal(json_array_size(json_object_get(page, "events")), pg ? 5 : 10);
+    assert_int_equal(json_integer_value(json_object_get(page, "held_back")), pg ? 5 : 0);
+    json_decref(page);
+    page = test_outbox_page(c, &f);
+    assert_int_equal(json_array_size(json_object_get(page, "events")), 10);
+    assert_int_equal(seq_at(page, 9), 10005);
+    assert_int_equal(json_integer_value(json_object_get(page, "held_back")), 0);
+    json_decref(page);
+    store_conn_close(c);
 }
 
 static void
@@ -188,6 +210,7 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(events_commit_or_vanish_with_their_transaction),
     DB_TEST(pages_follow_seq_with_filters),
     DB_TEST(a_reader_never_sees_a_gap),
+    DB_TEST(a_read_says_how_many_events_wait_for_their_seq),
     DB_TEST(an_idempotency_key_answers_once_and_refuses_other_requests),
 };
 

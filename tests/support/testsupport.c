@@ -5,6 +5,7 @@
 #include "testsupport.h"
 
 #include "cli/cli.h"
+#include "outbox/outbox.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -136,4 +137,15 @@ test_db_teardown(void **state)
 {
     test_db_destroy(*state);
     return 0;
+}
+
+json_t *
+test_outbox_page(struct store_conn *c, const struct outbox_filter *f)
+{
+    struct bb_error e;
+    json_t *page = NULL;
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    assert_ok(outbox_list_json(c, f, &page, &e), &e);
+    assert_ok(store_commit(c, &e), &e);
+    return page;
 }

@@ -43,6 +43,11 @@ struct test_db *test_db_create(void);
 struct test_db *test_db_create_with(const struct store_options *o);
 void test_db_destroy(struct test_db *db);
 
+/* One page of GET /outbox's body as a reader on `c` gets it (in a write
+ * transaction, as the outbox's sequencer wants on PostgreSQL). */
+struct outbox_filter;
+json_t *test_outbox_page(struct store_conn *c, const struct outbox_filter *f);
+
 /* cmocka setup/teardown that put a test_db in *state. */
 int test_db_setup(void **state);
 int test_db_teardown(void **state);
