@@ -24,6 +24,7 @@ asan:
 bench:
 	bench/locks/run.sh
 	bench/jobs/run.sh
+	bench/checkout/run.sh
 
 format:
 	scripts/format.sh

@@ -1,6 +1,6 @@
 """Turn a benchmark's JSON lines into the Markdown tables the README shows.
 
-usage: report.py locks|jobs RESULTS.jsonl
+usage: report.py locks|jobs|checkout RESULTS.jsonl
 """
 import json
 import sys
@@ -70,8 +70,25 @@ def jobs(rows):
                   f"{deep['metrics_scrape_ms']:.0f} ms.")
 
 
+def checkout(rows):
+    rss = {r["rss"]: r["peak_rss_kb"] for r in rows if "rss" in r}
+    print("| engine | checkouts accepted/s (p50/p99 ms) | reservations/s, 1 hot SKU (p50/p99 ms) "
+          "| reservations/s, 10,000 SKUs (p50/p99 ms) | peak RSS |")
+    print("|---|---:|---:|---:|---:|")
+    for engine in ("sqlite", "postgres"):
+        label = f"backbone-{engine}"
+        mine = [r for r in rows if r.get("label") == label]
+        cell = {}
+        for r in mine:
+            key = r["bench"] if r["bench"] == "checkout" else f"reserve-{r['skus']}"
+            cell[key] = f"{r['per_s']:,.0f} ({fmt(r['p50_ms'])}/{fmt(r['p99_ms'])})"
+        mem = rss.get(label, 0)
+        print(f"| {engine} | {cell.get('checkout', '–')} | {cell.get('reserve-1', '–')} "
+              f"| {cell.get('reserve-10000', '–')} | {mem / 1024:.0f} MiB |")
+
+
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
     with open(path) as f:
         data = [json.loads(line) for line in f if line.strip()]
-    {"locks": locks, "jobs": jobs}[kind](data)
+    {"locks": locks, "jobs": jobs, "checkout": checkout}[kind](data)

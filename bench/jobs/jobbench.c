@@ -14,7 +14,7 @@
  *
  * Every submit answered 201 is durable (the server commits before answering).
  */
-#include "http/http.h"
+#include "benchlib.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -42,67 +42,21 @@ static const struct bb_opt OPTS[] = {
 
 static struct config cfg;
 
-/* One request; exits unless the status is `want` (0: any 2xx). */
+/* One request to the server under test. */
 static json_t *
 call(struct http_client *h, const char *method, const char *path, const char *body, long want)
 {
-    char url[512];
-    snprintf(url, sizeof url, "%s%s", cfg.url, path);
-    struct http_client_response resp;
-    struct bb_error e;
-    if (http_client_do(h, method, url, body, &resp, &e) != ERR_OK) {
-        fprintf(stderr, "jobbench: %s %s: %s\n", method, path, e.detail);
-        exit(1);
-    }
-    if (want ? resp.status != want : resp.status / 100 != 2) {
-        fprintf(stderr, "jobbench: %s %s answered %ld: %.300s\n", method, path, resp.status,
-                resp.body.data ? resp.body.data : "");
-        exit(1);
-    }
-    json_t *doc = json_loadb(resp.body.data, resp.body.len, 0, NULL);
-    bb_buf_deinit(&resp.body);
-    return doc;
-}
-
-static int
-cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-static void
-percentiles(int64_t *ns, size_t n, double *p50_ms, double *p99_ms)
-{
-    qsort(ns, n, sizeof *ns, cmp_i64);
-    *p50_ms = n ? (double)ns[n / 2] / 1e6 : 0;
-    *p99_ms = n ? (double)ns[(size_t)((double)n * 0.99)] / 1e6 : 0;
+    return bench_call(h, cfg.url, method, path, body, want);
 }
 
 /* ---- submit ---------------------------------------------------------------------------- */
 
-struct submitter {
-    int64_t end_ns;
-    int64_t *lat;
-    size_t n, cap;
-};
-
-static void *
-submit_main(void *arg)
+static bool
+submit_one(struct http_client *h, void *ctx, size_t client, uint64_t i)
 {
-    struct submitter *s = arg;
-    struct http_client *h = http_client_create(NULL, 30000);
-    while (bb_mono_ns() < s->end_ns) {
-        int64_t t0 = bb_mono_ns();
-        json_decref(call(h, "POST", "/jobs", "{\"queue\":\"sink\",\"handler\":\"noop\"}", 201));
-        if (s->n == s->cap) {
-            s->cap = s->cap ? s->cap * 2 : 4096;
-            s->lat = xrealloc(s->lat, s->cap * sizeof *s->lat);
-        }
-        s->lat[s->n++] = bb_mono_ns() - t0;
-    }
-    http_client_destroy(h);
-    return NULL;
+    (void)ctx, (void)client, (void)i;
+    json_decref(call(h, "POST", "/jobs", "{\"queue\":\"sink\",\"handler\":\"noop\"}", 201));
+    return true;
 }
 
 /* A paused queue: submits measure the API and the commit, not the workers. */
@@ -121,35 +75,11 @@ run_submit(void)
     struct http_client *h = http_client_create(NULL, 30000);
     paused_queue(h, "sink");
     http_client_destroy(h);
-    size_t n = (size_t)cfg.clients;
-    struct submitter *s = xcalloc(n, sizeof *s);
-    pthread_t *t = xcalloc(n, sizeof *t);
-    int64_t start = bb_mono_ns();
-    for (size_t i = 0; i < n; i++) {
-        s[i].end_ns = start + cfg.duration_ms * 1000000;
-        pthread_create(&t[i], NULL, submit_main, &s[i]);
-    }
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        pthread_join(t[i], NULL);
-        total += s[i].n;
-    }
-    double secs = (double)(bb_mono_ns() - start) / 1e9;
-    int64_t *all = xcalloc(total ? total : 1, sizeof *all);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(all + k, s[i].lat, s[i].n * sizeof *all);
-        k += s[i].n;
-        free(s[i].lat);
-    }
-    double p50, p99;
-    percentiles(all, total, &p50, &p99);
-    printf("{\"bench\":\"submit\",\"label\":\"%s\",\"clients\":%zu,\"jobs\":%zu,"
+    struct bench_result res;
+    bench_run((size_t)cfg.clients, cfg.duration_ms, submit_one, NULL, &res);
+    printf("{\"bench\":\"submit\",\"label\":\"%s\",\"clients\":%" PRId64 ",\"jobs\":%zu,"
            "\"jobs_per_s\":%.0f,\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
-           cfg.label, n, total, (double)total / secs, p50, p99);
-    free(all);
-    free(s);
-    free(t);
+           cfg.label, cfg.clients, res.ok, res.ok_per_s, res.p50_ms, res.p99_ms);
 }
 
 /* ---- batches ---------------------------------------------------------------------------- */
@@ -299,7 +229,7 @@ run_latency(void)
         pthread_mutex_destroy(&c.mu);
     }
     double p50, p99;
-    percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    bench_percentiles(lat, (size_t)cfg.samples, &p50, &p99);
     printf("{\"bench\":\"latency\",\"label\":\"%s\",\"samples\":%" PRId64
            ",\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
            cfg.label, cfg.samples, p50, p99);
@@ -325,7 +255,7 @@ run_deep(void)
         json_decref(r);
     }
     double p50, p99;
-    percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    bench_percentiles(lat, (size_t)cfg.samples, &p50, &p99);
     /* What a Prometheus scrape costs with that many jobs (depth by state). */
     int64_t scrape[5];
     for (size_t i = 0; i < BB_ARRAY_LEN(scrape); i++) {
@@ -334,7 +264,7 @@ run_deep(void)
         scrape[i] = bb_mono_ns() - t0;
     }
     double scrape_ms, ignored;
-    percentiles(scrape, BB_ARRAY_LEN(scrape), &scrape_ms, &ignored);
+    bench_percentiles(scrape, BB_ARRAY_LEN(scrape), &scrape_ms, &ignored);
     printf("{\"bench\":\"deep\",\"label\":\"%s\",\"queued\":%" PRId64 ",\"fill_jobs_per_s\":%.0f,"
            "\"claim_p50_ms\":%.2f,\"claim_p99_ms\":%.2f,\"metrics_scrape_ms\":%.1f}\n",
            cfg.label, cfg.jobs, rate, p50, p99, scrape_ms);
@@ -356,6 +286,7 @@ main(int argc, char **argv)
         bb_opts_help(stderr, OPTS, BB_ARRAY_LEN(OPTS), false);
         return 2;
     }
+    bench_name = "jobbench";
     http_client_global_init();
     static const struct {
         const char *name;

@@ -16,72 +16,23 @@ root=$(pwd)
 N=${N:-20000}
 DEEP=${DEEP:-1000000}
 peers=${PEERS_DIR:-$root/../shared/peers}
-work=$(mktemp -d /tmp/backbone-jobbench.XXXXXX)
-pgdir=$(mktemp -d /tmp/backbone-jobbench-pg.XXXXXX)
-results=$work/results.jsonl
-pids=()
-
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  scripts/pg-test.sh stop "$pgdir"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-scripts/deps.sh bench >/dev/null
-cmake --preset release >/dev/null
-cmake --build build-release -j"$(nproc)" >/dev/null
-bin=$root/build-release/backbone
+. bench/lib.sh
 jobbench=$root/build-release/bench/jobbench
-pg_url=$(scripts/pg-test.sh start "$pgdir")
-pg_port=$(cat "$pgdir/port")
-
-wait_http() {
-  for _ in $(seq 400); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "bench: $1 did not come up" >&2; exit 1
-}
-
-fresh_db() { # engine name -> URL
-  if [ "$1" = sqlite ]; then
-    rm -f "$work/$2.db"*
-    echo "sqlite:$work/$2.db"
-  else
-    psql -q -d "$pg_url" -c "DROP DATABASE IF EXISTS $2" -c "CREATE DATABASE $2" >/dev/null 2>&1
-    echo "postgres://postgres@127.0.0.1:$pg_port/$2"
-  fi
-}
-
-backbone_up() { # url workers -> sets srv_pid
-  "$bin" serve --db "$1" --port 18190 --log-level warn --workers "$2" &
-  srv_pid=$!
-  pids+=($srv_pid)
-  wait_http http://127.0.0.1:18190/readyz
-}
-
-backbone_down() {
-  echo "{\"rss\":\"$1\",\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' /proc/$srv_pid/status)}" |
-    tee -a "$results"
-  kill "$srv_pid"
-  wait "$srv_pid" || true
-}
-
 jb() { "$jobbench" "$@" --url http://127.0.0.1:18190 | tee -a "$results"; }
 
 for engine in sqlite postgres; do
   label=backbone-$engine
-  backbone_up "$(fresh_db $engine jb1)" 10
+  backbone_up "$(fresh_db $engine jb1)" --workers 10
   jb submit --duration 5s --label "$label"
   jb submit --duration 5s --clients 64 --label "$label-c64"
-
   jb batch --jobs "$N" --label "$label"
   jb latency --samples 200 --label "$label"
   jb process --jobs "$N" --label "$label-w10"
   backbone_down "$label"
-  backbone_up "$(fresh_db $engine jb2)" 100
+  backbone_up "$(fresh_db $engine jb2)" --workers 100
   jb process --jobs "$N" --label "$label-w100"
   backbone_down "$label-w100"
-  backbone_up "$(fresh_db $engine jb3)" 10
+  backbone_up "$(fresh_db $engine jb3)" --workers 10
   jb deep --jobs "$DEEP" --samples 500 --label "$label"
   backbone_down "$label-deep"
 done

@@ -6,6 +6,7 @@
 
 #include <curl/curl.h>
 #include <string.h>
+#include <strings.h>
 
 enum { CONNECT_RETRIES = 2, MAX_RESPONSE_BYTES = 64 << 20 };
 
@@ -115,6 +116,29 @@ http_client_add_header(struct http_client *c, const char *name, const char *valu
     bb_buf_deinit(&line);
     if (c->headers == NULL || c->json_headers == NULL)
         bb_panic(__FILE__, __LINE__, "curl_slist_append failed");
+}
+
+/* `list` without the lines of header `name` (a new list; `list` is freed). */
+static struct curl_slist *
+slist_without(struct curl_slist *list, const char *name)
+{
+    size_t n = strlen(name);
+    struct curl_slist *out = NULL;
+    for (struct curl_slist *l = list; l; l = l->next) {
+        if (!(strncasecmp(l->data, name, n) == 0 && l->data[n] == ':') &&
+            (out = curl_slist_append(out, l->data)) == NULL)
+            bb_panic(__FILE__, __LINE__, "curl_slist_append failed");
+    }
+    curl_slist_free_all(list);
+    return out;
+}
+
+void
+http_client_set_header(struct http_client *c, const char *name, const char *value)
+{
+    c->headers = slist_without(c->headers, name);
+    c->json_headers = slist_without(c->json_headers, name);
+    http_client_add_header(c, name, value);
 }
 
 void

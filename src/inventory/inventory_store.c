@@ -294,7 +294,8 @@ static struct store_stmt SELL = {
 };
 static struct store_stmt RESERVATION_INSERT = {
     .sql = "INSERT INTO inventory_reservations (order_id, state, items, expires_at_ms,"
-           " created_at_ms, updated_at_ms) VALUES ($1, 'active', $2, $3, $4, $4)",
+           " created_at_ms, updated_at_ms) VALUES ($1, 'active', $2, $3, $4, $4)"
+           " ON CONFLICT (order_id) DO NOTHING",
 };
 static struct store_stmt RESERVATION_GET = {
     .sql = "SELECT order_id, state, items, expires_at_ms, created_at_ms, updated_at_ms"
@@ -471,20 +472,31 @@ inventory_reserve(struct store_conn *c, const char *order_id, const struct inven
         return rc;
     }
     bb_error_clear(e);
-    rc = take_items(c, sorted, order, n, now_ms, short_items, e);
+    /* The stock is taken last: a product's row stays locked from its
+     * UPDATE to the commit, so a hot product is held as briefly as can be. */
     char *text = bb_json_dumps(wanted);
     const struct store_param p[] = {sp_text(order_id), sp_text(text), sp_int(now_ms + ttl_ms),
                                     sp_int(now_ms)};
-    if (rc == ERR_OK)
-        rc = store_exec(c, &RESERVATION_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+    int64_t inserted = 0;
+    rc = store_exec(c, &RESERVATION_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
     free(text);
+    if (rc == ERR_OK && inserted == 0) /* the same order, concurrently: answer as it did */
+        rc = bb_fail(e, ERR_RETRY, "", "order %s was reserved concurrently", order_id);
     if (rc == ERR_OK)
         rc = reservation_event(c, "inventory.reserved.v1", order_id, wanted, NULL, now_ms + ttl_ms,
                                now_ms, e);
-    json_decref(wanted);
     if (rc == ERR_OK)
-        rc = inventory_reservation_get_json(c, order_id, out, e);
-    *created = rc == ERR_OK;
+        rc = take_items(c, sorted, order, n, now_ms, short_items, e);
+    if (rc == ERR_OK) {
+        char expires[32], created_at[32];
+        bb_wall_ms_format(now_ms + ttl_ms, expires);
+        bb_wall_ms_format(now_ms, created_at);
+        *out = json_pack("{s:s, s:s, s:O, s:s, s:s, s:s}", "order_id", order_id, "state",
+                         inventory_state_name(INVENTORY_ACTIVE), "items", wanted, "expires_at",
+                         expires, "created_at", created_at, "updated_at", created_at);
+        *created = true;
+    }
+    json_decref(wanted);
     return rc;
 }
 
