@@ -37,6 +37,7 @@ struct serve_config {
     int64_t scheduler_tick_ms;
     char *roles;
     int64_t reservation_sweep_ms;
+    int64_t idempotency_retention_ms;
     char *psp_latency_ms; /* strings: unset falls back to MOCK_* variables */
     char *psp_failure_rate;
     char *psp_timeout_rate;

@@ -389,9 +389,11 @@ app_start(struct app *app, struct bb_error *e)
         if (rc == ERR_OK)
             rc = payments_create(app->store, &po, &app->payments, e);
     }
-    if (rc == ERR_OK && (roles & ROLE_INVENTORY))
-        rc =
-            inventory_service_create(app->store, app->cfg.reservation_sweep_ms, &app->inventory, e);
+    if (rc == ERR_OK && (roles & ROLE_INVENTORY)) {
+        struct inventory_options inv = {.sweep_ms = app->cfg.reservation_sweep_ms,
+                                        .key_retention_ms = app->cfg.idempotency_retention_ms};
+        rc = inventory_service_create(app->store, &inv, &app->inventory, e);
+    }
     if (rc != ERR_OK)
         return rc;
     if (roles & ROLE_SCHEDULER) {

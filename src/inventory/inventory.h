@@ -105,10 +105,16 @@ BB_WUR enum err inventory_expire_due(struct store_conn *c, int64_t now_ms, int64
 
 const struct store_migration *inventory_migrations(size_t *n);
 
-/* The HTTP service, and its sweeper thread expiring reservations every
- * `sweep_ms`. */
+/* The HTTP service, and its sweeper thread: every `sweep_ms` it expires
+ * reservations past their TTL, and once a minute (or once a retention, if
+ * shorter) it forgets idempotency keys (stock additions, adjustments) older
+ * than `key_retention_ms` (0: never). */
+struct inventory_options {
+    int64_t sweep_ms;
+    int64_t key_retention_ms;
+};
 struct inventory_service;
-BB_WUR enum err inventory_service_create(struct store *s, int64_t sweep_ms,
+BB_WUR enum err inventory_service_create(struct store *s, const struct inventory_options *o,
                                          struct inventory_service **out, struct bb_error *e);
 size_t inventory_service_routes(struct inventory_service *svc, struct http_route *out, size_t max);
 void inventory_service_destroy(struct inventory_service *svc);

@@ -15,11 +15,12 @@
 #include <string.h>
 #include <time.h>
 
-enum { SWEEP_BATCH = 500 };
+enum { SWEEP_BATCH = 500, PRUNE_EVERY_MS = 60000 };
 
 struct inventory_service {
     struct store *store;
-    int64_t sweep_ms;
+    struct inventory_options opt;
+    int64_t pruned_at_ms; /* monotonic; the sweeper's own */
     pthread_t sweeper;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -396,6 +397,38 @@ sweep_work(struct store_conn *c, void *arg, struct bb_error *e)
     return inventory_expire_due(c, bb_wall_ms(), SWEEP_BATCH, arg, e);
 }
 
+struct prune_op {
+    int64_t before_ms;
+    int64_t n;
+};
+
+static enum err
+prune_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct prune_op *op = arg;
+    return store_idem_prune(c, op->before_ms, SWEEP_BATCH, &op->n, e);
+}
+
+/* Forget idempotency keys past their retention, a batch at a time. */
+static void
+prune_keys(struct inventory_service *svc)
+{
+    int64_t now = bb_mono_ms();
+    int64_t every =
+        svc->opt.key_retention_ms < PRUNE_EVERY_MS ? svc->opt.key_retention_ms : PRUNE_EVERY_MS;
+    if (svc->opt.key_retention_ms <= 0 || now - svc->pruned_at_ms < every)
+        return;
+    svc->pruned_at_ms = now;
+    struct prune_op op = {.before_ms = bb_wall_ms() - svc->opt.key_retention_ms};
+    struct bb_error e;
+    do {
+        if (store_run(svc->store, STORE_WRITE, prune_work, &op, &e) != ERR_OK) {
+            log_error_limited(1, "inventory.key_prune_failed", "detail=%s", e.detail);
+            return;
+        }
+    } while (op.n == SWEEP_BATCH);
+}
+
 static void *
 sweeper_main(void *arg)
 {
@@ -416,13 +449,14 @@ sweeper_main(void *arg)
                 log_info("inventory.expired", "reservations=%lld", (long long)n);
             }
         } while (n == SWEEP_BATCH);
+        prune_keys(svc);
         pthread_mutex_lock(&svc->mu);
         if (svc->stopping)
             break;
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t ns = ts.tv_nsec + (svc->sweep_ms % 1000) * 1000000;
-        ts.tv_sec += svc->sweep_ms / 1000 + ns / 1000000000;
+        int64_t ns = ts.tv_nsec + (svc->opt.sweep_ms % 1000) * 1000000;
+        ts.tv_sec += svc->opt.sweep_ms / 1000 + ns / 1000000000;
         ts.tv_nsec = ns % 1000000000;
         pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
     }
@@ -431,13 +465,16 @@ sweeper_main(void *arg)
 }
 
 enum err
-inventory_service_create(struct store *s, int64_t sweep_ms, struct inventory_service **out,
-                         struct bb_error *e)
+inventory_service_create(struct store *s, const struct inventory_options *o,
+                         struct inventory_service **out, struct bb_error *e)
 {
     metrics_init();
     struct inventory_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
-    svc->sweep_ms = sweep_ms > 0 ? sweep_ms : 1000;
+    svc->opt = *o;
+    if (svc->opt.sweep_ms <= 0)
+        svc->opt.sweep_ms = 1000;
+    svc->pruned_at_ms = bb_mono_ms() - PRUNE_EVERY_MS; /* a first pass at start */
     pthread_mutex_init(&svc->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

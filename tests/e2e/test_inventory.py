@@ -115,6 +115,17 @@ def test_adjustments_apply_once_and_never_below_reserved(server):
     assert ret.json()["available"] == 2
 
 
+def test_idempotency_keys_are_forgotten_after_their_retention(make_server):
+    server = make_server(["--idempotency-retention", "1s", "--reservation-sweep", "20ms"])
+    product(server, "A")
+    restock = lambda: server.post("/inventory/products/A/stock", {"qty": 5},  # noqa: E731
+                                  headers={"Idempotency-Key": "restock-1"}).json()["on_hand"]
+    assert restock() == 5
+    # Replays answer 5 until the key is forgotten; then the key is new again.
+    await_condition(lambda: restock() == 10, what="the key to be forgotten")
+    assert stock(server, "A")["on_hand"] == 10
+
+
 def test_200_buyers_racing_for_the_last_10_units_get_exactly_10(server):
     product(server, "HOT", 10)
 
