@@ -151,7 +151,8 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
         struct outbox_event ev = {.type = "checkout.requested.v1",
                                   .aggregate_type = "checkout",
                                   .aggregate_id = id,
-                                  .data = body};
+                                  .data = body,
+                                  .for_consumer = true};
         rc = outbox_append(c, &ev, now_ms, e);
         if (rc == ERR_OK)
             rc = checkout_get_json(c, id, out, e);

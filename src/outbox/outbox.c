@@ -45,6 +45,23 @@ static const struct store_migration MIGRATIONS[] = {
               "CREATE INDEX outbox_by_aggregate ON outbox_events (aggregate_id, seq);"
               "ALTER TABLE outbox_events DROP COLUMN txid;",
     },
+    {
+        /* Events for in-process consumers (the saga starter) wait with
+         * handled_at_ms NULL; every other event is born handled. Checkouts
+         * accepted before this version still get their sagas. */
+        .version = 3,
+        .name = "outbox consumers",
+        .sqlite = "ALTER TABLE outbox_events ADD COLUMN handled_at_ms INTEGER;"
+                  "UPDATE outbox_events SET handled_at_ms = created_at_ms"
+                  " WHERE type <> 'checkout.requested.v1';"
+                  "CREATE INDEX outbox_unhandled ON outbox_events (type, id)"
+                  " WHERE handled_at_ms IS NULL;",
+        .pg = "ALTER TABLE outbox_events ADD COLUMN handled_at_ms BIGINT;"
+              "UPDATE outbox_events SET handled_at_ms = created_at_ms"
+              " WHERE type <> 'checkout.requested.v1';"
+              "CREATE INDEX outbox_unhandled ON outbox_events (type, id)"
+              " WHERE handled_at_ms IS NULL;",
+    },
 };
 
 const struct store_migration *
@@ -56,7 +73,8 @@ outbox_migrations(size_t *n)
 
 static struct store_stmt APPEND = {
     .sql = "INSERT INTO outbox_events (event_id, type, aggregate_type, aggregate_id, data,"
-           " traceparent, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+           " traceparent, created_at_ms, handled_at_ms)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 = 1 THEN NULL ELSE $7 END)",
 };
 
 enum err
@@ -73,7 +91,8 @@ outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_m
                                     sp_text(ev->aggregate_id),
                                     sp_text(data),
                                     sp_text(tp),
-                                    sp_int(now_ms)};
+                                    sp_int(now_ms),
+                                    sp_int(ev->for_consumer ? 1 : 0)};
     enum err rc = store_exec(c, &APPEND, p, BB_ARRAY_LEN(p), NULL, e);
     free(data);
     return rc;
@@ -186,6 +205,61 @@ outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **o
     json_object_set_new(body, "held_back", json_integer(held_back));
     *out = body;
     return ERR_OK;
+}
+
+/* ---- in-process consumers ------------------------------------------------------------------ */
+
+static struct store_stmt CLAIM = {
+    .sql_sqlite = "SELECT id, aggregate_id, data FROM outbox_events"
+                  " WHERE type = $1 AND handled_at_ms IS NULL ORDER BY id LIMIT $2",
+    .sql_pg = "SELECT id, aggregate_id, data FROM outbox_events"
+              " WHERE type = $1 AND handled_at_ms IS NULL ORDER BY id LIMIT $2"
+              " FOR UPDATE SKIP LOCKED",
+};
+static struct store_stmt MARK_HANDLED = {
+    .sql = "UPDATE outbox_events SET handled_at_ms = $2 WHERE id = $1",
+};
+
+enum err
+outbox_claim(struct store_conn *c, const char *type, int64_t limit, struct outbox_claimed **out,
+             size_t *n, struct bb_error *e)
+{
+    *out = NULL;
+    *n = 0;
+    const struct store_param p[] = {sp_text(type), sp_int(limit)};
+    struct store_rows r;
+    enum err rc = store_query(c, &CLAIM, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    struct outbox_claimed *a = r.nrows > 0 ? xcalloc((size_t)r.nrows, sizeof *a) : NULL;
+    size_t k = 0;
+    while (store_next(&r)) {
+        a[k].id = store_col_int(&r, 0);
+        a[k].aggregate_id = xstrdup(store_col_text(&r, 1));
+        a[k].data = json_loads(store_col_text(&r, 2), JSON_DECODE_ANY, NULL);
+        k++;
+    }
+    store_rows_close(&r);
+    *out = a;
+    *n = k;
+    return ERR_OK;
+}
+
+enum err
+outbox_mark_handled(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
+    return store_exec(c, &MARK_HANDLED, p, BB_ARRAY_LEN(p), NULL, e);
+}
+
+void
+outbox_claimed_free(struct outbox_claimed *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(a[i].aggregate_id);
+        json_decref(a[i].data);
+    }
+    free(a);
 }
 
 /* ---- GET /outbox ------------------------------------------------------------------------- */

@@ -38,6 +38,7 @@ struct outbox_event {
     const char *aggregate_id;
     const json_t *data;      /* the event's body */
     const char *traceparent; /* NULL: the current thread's (the request's) */
+    bool for_consumer;       /* an in-process consumer claims it (outbox_claim) */
 };
 
 /* Append `ev` in the caller's open transaction. */
@@ -58,6 +59,24 @@ struct outbox_filter {
  * SQLite). Every event committed before the call is listed once it is 0. */
 BB_WUR enum err outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **out,
                                  struct bb_error *e);
+
+/* An event claimed by an in-process consumer. */
+struct outbox_claimed {
+    int64_t id;
+    char *aggregate_id;
+    json_t *data;
+};
+/*
+ * Claim up to `limit` events of `type` appended for_consumer and not yet
+ * handled, oldest first, in the caller's write transaction; on PostgreSQL
+ * rows other claimers hold are skipped (FOR UPDATE SKIP LOCKED). The
+ * consumer does its work and outbox_mark_handled in the same transaction.
+ */
+BB_WUR enum err outbox_claim(struct store_conn *c, const char *type, int64_t limit,
+                             struct outbox_claimed **out, size_t *n, struct bb_error *e);
+BB_WUR enum err outbox_mark_handled(struct store_conn *c, int64_t id, int64_t now_ms,
+                                    struct bb_error *e);
+void outbox_claimed_free(struct outbox_claimed *a, size_t n);
 
 const struct store_migration *outbox_migrations(size_t *n);
 

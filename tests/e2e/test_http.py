@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, ENGINE, problem
+from conftest import BIN, ENGINE, await_condition, problem
 
 # JSONTestSuite (MIT) sits beside the project in ../shared/testdata.
 JSON_SUITE = pathlib.Path(os.environ.get(
@@ -122,8 +122,11 @@ def test_request_ids_are_echoed_or_generated(server):
     assert len(r.headers["X-Request-Id"]) == 36
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     server.get("/locks", headers={"traceparent": tp, "X-Request-Id": "trace-me"})
-    logged = [l for l in server.lines() if l.get("request_id") == "trace-me"]
-    assert logged and logged[-1]["traceparent"] == tp
+    # The request's log line is written once its answer has gone out.
+    logged = await_condition(
+        lambda: [l for l in server.lines() if l.get("request_id") == "trace-me"],
+        what="the request's log line")
+    assert logged[-1]["traceparent"] == tp
     assert logged[-1]["event"] == "http.request" and logged[-1]["status"] == 200
 
 
