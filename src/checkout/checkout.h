@@ -14,8 +14,14 @@
 
 #include "base/base.h"
 #include "http/http.h"
+#include "jobs/jobs.h"
 #include "orders/orders.h"
+#include "payments/payments.h"
+#include "saga/saga.h"
 #include "store/store.h"
+
+/* The built-in job handler that records a confirmed order for shipping. */
+#define CHECKOUT_FULFILMENT_HANDLER "fulfilment"
 
 enum checkout_status {
     CHECKOUT_PENDING,   /* accepted; the saga is running */
@@ -48,8 +54,26 @@ BB_WUR enum err checkout_get_json(struct store_conn *c, const char *checkout_id,
 
 const struct store_migration *checkout_migrations(size_t *n);
 
+/*
+ * The checkout saga (see checkout_saga.c): registers its definition with
+ * the engine and the "fulfilment" handler in `r`. Its payment steps call
+ * `payments` in process.
+ */
+struct checkout_saga_options {
+    struct payments *payments;
+    int64_t reservation_ttl_ms;  /* default 10 min */
+    int64_t payment_lock_ttl_ms; /* payment:{order_id}, default 30 s */
+};
+struct checkout_saga;
+BB_WUR enum err checkout_saga_create(struct saga_engine *eng, struct job_registry *r,
+                                     const struct checkout_saga_options *o,
+                                     struct checkout_saga **out, struct bb_error *e);
+void checkout_saga_destroy(struct checkout_saga *cs);
+
 struct checkout_service;
-struct checkout_service *checkout_service_create(struct store *s);
+/* POST /checkout, GET /checkout/{id}; each accepted checkout wakes the saga
+ * starters through `a` (may be NULL). */
+struct checkout_service *checkout_service_create(struct store *s, struct saga_announcer *a);
 size_t checkout_service_routes(struct checkout_service *svc, struct http_route *out, size_t max);
 void checkout_service_destroy(struct checkout_service *svc);
 

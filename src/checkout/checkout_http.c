@@ -10,6 +10,7 @@
 
 struct checkout_service {
     struct store *store;
+    struct saga_announcer *announcer;
 };
 
 struct checkout_op {
@@ -99,6 +100,8 @@ accepted(void *arg, enum err rc, const struct http_answer *a)
     struct checkout_op *op = arg;
     (void)a;
     metrics_add(&M_CHECKOUTS, 1, rc != ERR_OK ? "refused" : op->created ? "accepted" : "replayed");
+    if (rc == ERR_OK && op->created)
+        saga_announce(op->svc->announcer);
 }
 
 static void
@@ -138,11 +141,12 @@ handle_get(struct http_req *r, void *ctx)
 }
 
 struct checkout_service *
-checkout_service_create(struct store *s)
+checkout_service_create(struct store *s, struct saga_announcer *a)
 {
     metrics_register(&M_CHECKOUTS);
     struct checkout_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
+    svc->announcer = a;
     return svc;
 }
 

@@ -2,7 +2,7 @@
  * checkout_store.c: the checkouts table; accepting a checkout with its
  * checkout.requested.v1 event in one transaction; reading one back.
  */
-#include "checkout/checkout.h"
+#include "checkout/checkout_int.h"
 
 #include "outbox/outbox.h"
 
@@ -26,6 +26,14 @@ static const struct store_migration MIGRATIONS[] = {
               " currency TEXT NOT NULL, total_amount BIGINT NOT NULL, body TEXT NOT NULL,"
               " status TEXT NOT NULL, reason TEXT, order_id TEXT,"
               " created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);",
+    },
+    {
+        .version = 2,
+        .name = "fulfilments",
+        .sqlite = "CREATE TABLE fulfilments (order_id TEXT PRIMARY KEY, checkout_id TEXT NOT NULL,"
+                  " job_id INTEGER NOT NULL, recorded_at_ms INTEGER NOT NULL) WITHOUT ROWID;",
+        .pg = "CREATE TABLE fulfilments (order_id TEXT PRIMARY KEY, checkout_id TEXT NOT NULL,"
+              " job_id BIGINT NOT NULL, recorded_at_ms BIGINT NOT NULL);",
     },
 };
 
@@ -173,4 +181,29 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
                        req->idempotency_key);
     }
     return rc;
+}
+
+static struct store_stmt CHECKOUT_SET_ORDER = {
+    .sql = "UPDATE checkouts SET order_id = $2, updated_at_ms = $3 WHERE id = $1",
+};
+static struct store_stmt CHECKOUT_FINISH = {
+    .sql = "UPDATE checkouts SET status = $2, reason = $3, updated_at_ms = $4"
+           " WHERE id = $1 AND status = 'PENDING'",
+};
+
+enum err
+checkout__set_order(struct store_conn *c, const char *checkout_id, const char *order_id,
+                    int64_t now_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(checkout_id), sp_text(order_id), sp_int(now_ms)};
+    return store_exec(c, &CHECKOUT_SET_ORDER, p, BB_ARRAY_LEN(p), NULL, e);
+}
+
+enum err
+checkout__finish(struct store_conn *c, const char *checkout_id, enum checkout_status status,
+                 const char *reason, int64_t now_ms, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(checkout_id), sp_text(checkout_status_name(status)),
+                                    reason ? sp_text(reason) : sp_null(), sp_int(now_ms)};
+    return store_exec(c, &CHECKOUT_FINISH, p, BB_ARRAY_LEN(p), NULL, e);
 }

@@ -26,6 +26,7 @@
 #include "orders/orders.h"
 #include "outbox/outbox.h"
 #include "payments/payments.h"
+#include "saga/saga.h"
 #include "store/store.h"
 
 #include <pthread.h>
@@ -47,6 +48,7 @@ enum role {
     ROLE_ORDERS = 1 << 6,
     ROLE_PAYMENTS = 1 << 7,
     ROLE_CHECKOUT = 1 << 8,
+    ROLE_SAGAS = 1 << 9, /* the saga starter and API (workers run the steps) */
 };
 static const struct {
     const char *name;
@@ -55,6 +57,7 @@ static const struct {
     {"locks", ROLE_LOCKS},         {"jobs", ROLE_JOBS},           {"workers", ROLE_WORKERS},
     {"scheduler", ROLE_SCHEDULER}, {"inventory", ROLE_INVENTORY}, {"outbox", ROLE_OUTBOX},
     {"orders", ROLE_ORDERS},       {"payments", ROLE_PAYMENTS},   {"checkout", ROLE_CHECKOUT},
+    {"sagas", ROLE_SAGAS},
 };
 
 struct app {
@@ -70,6 +73,9 @@ struct app {
     struct order_service *orders;
     struct payments *payments;
     struct checkout_service *checkout;
+    struct saga_engine *sagas;
+    struct saga_announcer *announcer;
+    struct checkout_saga *checkout_saga;
     struct http_server *http;
     unsigned roles;
     char **worker_queues; /* NULL-terminated, from --worker-queues */
@@ -92,6 +98,7 @@ backbone_migrate_all(struct store *s, struct bb_error *e)
         {"orders", order_migrations},
         {"payments", payment_migrations},
         {"checkout", checkout_migrations},
+        {"sagas", saga_migrations},
     };
     struct store_conn *c;
     enum err rc = store_conn_open(s, &c, e);
@@ -196,6 +203,8 @@ metrics_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     (void)arg;
     enum err rc = lock_metrics_refresh(c, bb_wall_ms(), e);
+    if (rc == ERR_OK)
+        rc = saga_metrics_refresh(c, e);
     return rc == ERR_OK ? job_metrics_refresh(c, bb_wall_ms(), e) : rc;
 }
 
@@ -236,8 +245,10 @@ app_routes(struct app *app, struct http_route *routes, size_t max)
         n += inventory_service_routes(app->inventory, routes + n, max - n);
     if (app->orders != NULL)
         n += order_service_routes(app->orders, routes + n, max - n);
-    if (app->payments != NULL)
+    if (app->payments != NULL && (app->roles & ROLE_PAYMENTS))
         n += payments_routes(app->payments, routes + n, max - n);
+    if (app->sagas != NULL && (app->roles & ROLE_SAGAS))
+        n += saga_routes(app->sagas, routes + n, max - n);
     if (app->checkout != NULL)
         n += checkout_service_routes(app->checkout, routes + n, max - n);
     return n;
@@ -335,7 +346,7 @@ roles_parse(const char *text, unsigned *out, struct bb_error *e)
         if (k == BB_ARRAY_LEN(ROLES))
             rc = bb_fail(e, ERR_USAGE, "roles",
                          "--roles: unknown role '%s' (all, locks, jobs, workers, scheduler, "
-                         "inventory, orders, payments, checkout, outbox)",
+                         "inventory, orders, payments, checkout, outbox, sagas)",
                          names[i]);
         else
             *out |= ROLES[k].bits;
@@ -381,9 +392,12 @@ app_start(struct app *app, struct bb_error *e)
         app->outbox = outbox_service_create(app->store);
     if (rc == ERR_OK && (roles & ROLE_ORDERS))
         app->orders = order_service_create(app->store);
-    if (rc == ERR_OK && (roles & ROLE_CHECKOUT))
-        app->checkout = checkout_service_create(app->store);
-    if (rc == ERR_OK && (roles & ROLE_PAYMENTS)) {
+    if (rc == ERR_OK && (roles & ROLE_CHECKOUT)) {
+        app->announcer = saga_announcer_create(app->store);
+        app->checkout = checkout_service_create(app->store, app->announcer);
+    }
+    /* Workers run the checkout saga's payment steps in process. */
+    if (rc == ERR_OK && (roles & (ROLE_PAYMENTS | ROLE_WORKERS))) {
         struct payments_options po;
         rc = payments_options_load(&app->cfg, &po, e);
         if (rc == ERR_OK)
@@ -393,6 +407,17 @@ app_start(struct app *app, struct bb_error *e)
         struct inventory_options inv = {.sweep_ms = app->cfg.reservation_sweep_ms,
                                         .key_retention_ms = app->cfg.idempotency_retention_ms};
         rc = inventory_service_create(app->store, &inv, &app->inventory, e);
+    }
+    if (rc == ERR_OK && (roles & (ROLE_WORKERS | ROLE_SAGAS))) {
+        struct saga_engine_options so = {.poll_ms = app->cfg.saga_poll_ms,
+                                         .run_starter = (roles & ROLE_SAGAS) != 0};
+        rc = saga_engine_create(app->store, app->registry, &so, &app->sagas, e);
+        struct checkout_saga_options co = {
+            .payments = app->payments, .reservation_ttl_ms = app->cfg.checkout_reservation_ttl_ms};
+        if (rc == ERR_OK)
+            rc = checkout_saga_create(app->sagas, app->registry, &co, &app->checkout_saga, e);
+        if (rc == ERR_OK)
+            rc = saga_engine_start(app->sagas, e);
     }
     if (rc != ERR_OK)
         return rc;
@@ -439,6 +464,7 @@ app_stop(struct app *app)
     lock_service_stop_waiting(app->locks);
     job_service_stop_waiting(app->jobs);
     job_scheduler_stop(app->scheduler);
+    saga_engine_stop(app->sagas);
     job_pool_stop(app->pool, deadline);
     payments_stop(app->payments);
     int64_t left = deadline - bb_mono_ms();
@@ -450,6 +476,9 @@ app_stop(struct app *app)
     order_service_destroy(app->orders);
     payments_destroy(app->payments);
     checkout_service_destroy(app->checkout);
+    saga_announcer_destroy(app->announcer);
+    saga_engine_destroy(app->sagas);
+    checkout_saga_destroy(app->checkout_saga);
     job_registry_destroy(app->registry);
     store_close(app->store);
     free_list(app->worker_queues);
@@ -485,7 +514,7 @@ run(int argc, char **argv, const char *command, bool with_api)
     if (with_api)
         rc = roles_parse(app.cfg.roles, &app.roles, &e);
     else
-        app.roles = ROLE_WORKERS | ROLE_SCHEDULER;
+        app.roles = ROLE_WORKERS | ROLE_SCHEDULER | ROLE_SAGAS;
     if (rc != ERR_OK || app_start(&app, &e) != ERR_OK) {
         log_error("server.start_failed", "field=%s detail=%s", e.field, e.detail);
         fprintf(stderr, "backbone %s: %s\n", command, e.detail);

@@ -155,7 +155,7 @@ def test_queues_pause_resume_and_limit_concurrency(server):
     for (s1, f1), (s2, _) in zip(runs, runs[1:]):
         assert s2 >= f1 - 50, runs
     names = [q["name"] for q in server.get("/queues").json()["queues"]]
-    assert names == ["default", "emails"]
+    assert names == ["default", "emails", "sagas"]  # the saga engine's steps run on "sagas"
     problem(server.post("/queues/nope/pause"), 404, "not_found", "queue")
 
 

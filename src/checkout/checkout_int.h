@@ -1,0 +1,14 @@
+/* checkout_int.h: private to src/checkout. */
+#ifndef BB_CHECKOUT_INT_H
+#define BB_CHECKOUT_INT_H
+
+#include "checkout/checkout.h"
+
+/* The saga's word on a checkout: its order, then how it ended. */
+BB_WUR enum err checkout__set_order(struct store_conn *c, const char *checkout_id,
+                                    const char *order_id, int64_t now_ms, struct bb_error *e);
+BB_WUR enum err checkout__finish(struct store_conn *c, const char *checkout_id,
+                                 enum checkout_status status, const char *reason, int64_t now_ms,
+                                 struct bb_error *e);
+
+#endif /* BB_CHECKOUT_INT_H */

@@ -1,0 +1,488 @@
+/*
+ * checkout_saga.c: the checkout saga, started by checkout.requested.v1:
+ *
+ *   create order -> reserve inventory -> authorize payment -> capture payment
+ *   -> commit reservation -> confirm order (and enqueue its fulfilment)
+ *
+ * compensated by cancel order, release reservation (or give sold stock
+ * back), void or refund payment. Database steps run in the saga's
+ * transition transaction, so they and the saga's move commit together;
+ * payment steps call the PSP outside any transaction, with the step's key
+ * (a retry never charges twice) and the fencing token of the lock
+ * payment:{order_id}, taken per run, so a run that lost its job lease is
+ * refused by the payments ledger.
+ */
+#include "checkout/checkout_int.h"
+
+#include "inventory/inventory.h"
+#include "locks/locks.h"
+#include "payments/payments.h"
+#include "saga/saga.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct checkout_saga {
+    struct checkout_saga_options opt;
+    struct saga_def def;
+};
+
+static const char *
+data_text(const struct saga_step_run *run, const char *key)
+{
+    return json_string_value(json_object_get(run->data, key));
+}
+
+/* Transient trouble: try again; if it lasts, the customer reads `reason`. */
+static enum saga_outcome
+retry(struct saga_step_run *run, const char *reason)
+{
+    bb_strlcpy(run->reason, reason, sizeof run->reason);
+    return SAGA_STEP_RETRY;
+}
+
+static enum saga_outcome
+fail(struct saga_step_run *run, const char *reason)
+{
+    bb_strlcpy(run->reason, reason, sizeof run->reason);
+    return SAGA_STEP_FAIL;
+}
+
+/* ---- order ---------------------------------------------------------------------------------- */
+
+static enum saga_outcome
+create_order(struct saga_step_run *run, struct bb_error *e)
+{
+    struct order_item items[ORDER_ITEMS_MAX];
+    size_t n;
+    if (order_items_from_json(json_object_get(run->data, "items"), items, &n, e) != ERR_OK)
+        return fail(run, "the basket is not valid");
+    struct order_spec spec = {.checkout_id = data_text(run, "checkout_id"),
+                              .customer_id = data_text(run, "customer_id"),
+                              .currency = data_text(run, "currency"),
+                              .items = items,
+                              .n_items = n};
+    json_t *order = NULL;
+    bool created;
+    int64_t now = bb_wall_ms();
+    enum err rc = order_create(run->c, &spec, now, &order, &created, e);
+    if (rc == ERR_OK) {
+        const char *id = json_string_value(json_object_get(order, "order_id"));
+        json_object_set_new(run->data, "order_id", json_string(id));
+        rc = checkout__set_order(run->c, spec.checkout_id, id, now, e);
+    }
+    json_decref(order);
+    if (rc == ERR_IDEMPOTENCY_MISMATCH || rc == ERR_INVALID)
+        return fail(run, "the order could not be created");
+    return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the order could not be created");
+}
+
+static enum saga_outcome
+cancel_order(struct saga_step_run *run, struct bb_error *e)
+{
+    const char *order_id = data_text(run, "order_id");
+    if (order_id == NULL)
+        return SAGA_STEP_OK;
+    json_t *order = NULL;
+    enum err rc = order_cancel(run->c, order_id,
+                               run->failure && *run->failure ? run->failure : "checkout failed",
+                               bb_wall_ms(), &order, e);
+    json_decref(order);
+    return rc == ERR_OK || rc == ERR_NOT_FOUND ? SAGA_STEP_OK : SAGA_STEP_RETRY;
+}
+
+static enum saga_outcome
+confirm_order(struct saga_step_run *run, struct bb_error *e)
+{
+    const char *order_id = data_text(run, "order_id");
+    json_t *order = NULL;
+    int64_t now = bb_wall_ms();
+    enum err rc = order_confirm(run->c, order_id, "paid", now, &order, e);
+    json_decref(order);
+    if (rc == ERR_CONFLICT)
+        return fail(run, "the order was cancelled");
+    if (rc != ERR_OK)
+        return retry(run, "the order could not be confirmed");
+    /* Fulfilment follows, in the same transaction. */
+    char payload[256], unique[160];
+    snprintf(payload, sizeof payload, "{\"order_id\":\"%s\",\"checkout_id\":\"%s\"}", order_id,
+             data_text(run, "checkout_id"));
+    snprintf(unique, sizeof unique, "fulfil:%s", order_id);
+    struct job_spec spec = {.queue = "default",
+                            .handler = CHECKOUT_FULFILMENT_HANDLER,
+                            .payload = payload,
+                            .unique_key = unique};
+    int64_t job_id;
+    bool created;
+    rc = job_submit(run->c, &spec, now, &job_id, &created, e);
+    return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the order could not be confirmed");
+}
+
+/* ---- inventory ---------------------------------------------------------------------------- */
+
+/* The basket's SKUs and quantities. */
+static size_t
+basket(const struct saga_step_run *run, struct inventory_item *out)
+{
+    json_t *items = json_object_get(run->data, "items");
+    size_t i, n = 0;
+    json_t *it;
+    json_array_foreach(items, i, it)
+    {
+        if (n == INVENTORY_ITEMS_MAX)
+            break;
+        out[n].sku = json_string_value(json_object_get(it, "sku"));
+        out[n].qty = json_integer_value(json_object_get(it, "qty"));
+        n++;
+    }
+    return n;
+}
+
+static enum saga_outcome
+reserve_inventory(struct saga_step_run *run, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    struct inventory_item items[INVENTORY_ITEMS_MAX];
+    size_t n = basket(run, items);
+    json_t *res = NULL, *short_items = NULL;
+    bool created;
+    enum err rc =
+        inventory_reserve(run->c, data_text(run, "order_id"), items, n, cs->opt.reservation_ttl_ms,
+                          bb_wall_ms(), &res, &created, &short_items, e);
+    json_decref(res);
+    json_decref(short_items);
+    if (rc == ERR_INSUFFICIENT_STOCK)
+        return fail(run, "out of stock");
+    if (rc == ERR_NOT_FOUND)
+        return fail(run, "a product in the basket is not sold here");
+    if (rc == ERR_IDEMPOTENCY_MISMATCH)
+        return fail(run, "the stock could not be reserved");
+    return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the stock could not be reserved");
+}
+
+/* Give the stock back: release the reservation, or, once it was sold,
+ * return the units with an adjustment per item. */
+static enum saga_outcome
+release_inventory(struct saga_step_run *run, struct bb_error *e)
+{
+    const char *order_id = data_text(run, "order_id");
+    json_t *res = NULL;
+    int64_t now = bb_wall_ms();
+    enum err rc = inventory_release(run->c, order_id, now, &res, e);
+    json_decref(res);
+    if (rc == ERR_OK || rc == ERR_NOT_FOUND)
+        return SAGA_STEP_OK;
+    if (rc != ERR_CONFLICT)
+        return SAGA_STEP_RETRY;
+    struct inventory_item items[INVENTORY_ITEMS_MAX];
+    size_t n = basket(run, items);
+    for (size_t i = 0; i < n; i++) {
+        char key[256];
+        snprintf(key, sizeof key, "%s:%s", run->key, items[i].sku);
+        rc = inventory_adjust(run->c, key, items[i].sku, items[i].qty, "checkout compensated", now,
+                              &res, e);
+        json_decref(res);
+        res = NULL;
+        if (rc != ERR_OK)
+            return SAGA_STEP_RETRY;
+    }
+    return SAGA_STEP_OK;
+}
+
+static enum saga_outcome
+commit_reservation(struct saga_step_run *run, struct bb_error *e)
+{
+    json_t *res = NULL;
+    enum err rc = inventory_commit(run->c, data_text(run, "order_id"), bb_wall_ms(), &res, e);
+    json_decref(res);
+    if (rc == ERR_RESERVATION_EXPIRED)
+        return fail(run, "the reservation expired before the payment completed");
+    if (rc == ERR_CONFLICT || rc == ERR_NOT_FOUND)
+        return fail(run, "the reserved stock was released");
+    return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the stock could not be committed");
+}
+
+/* ---- payment ------------------------------------------------------------------------------- */
+
+struct lock_op {
+    char name[128];
+    char owner[128];
+    int64_t ttl_ms;
+    struct lock_grant grant;
+    enum lock_outcome how;
+};
+
+static enum err
+lock_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct lock_op *op = arg;
+    return lock_acquire(c, op->name, op->owner, op->ttl_ms, bb_wall_ms(), 0, &op->grant, &op->how,
+                        e);
+}
+
+static enum err
+unlock_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct lock_op *op = arg;
+    return lock_release(c, op->name, op->grant.token, bb_wall_ms(), e);
+}
+
+/* Take payment:{order_id} for this run (the owner names the job's lease,
+ * so a later run of the step is another owner with a larger token). */
+static enum err
+payment_lock(const struct saga_step_run *run, struct lock_op *op, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    memset(op, 0, sizeof *op);
+    snprintf(op->name, sizeof op->name, "payment:%s", data_text(run, "order_id"));
+    snprintf(op->owner, sizeof op->owner, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
+    op->ttl_ms = cs->opt.payment_lock_ttl_ms;
+    return store_run(run->store, STORE_WRITE, lock_work, op, e);
+}
+
+static void
+payment_unlock(const struct saga_step_run *run, struct lock_op *op)
+{
+    struct bb_error e;
+    if (store_run(run->store, STORE_WRITE, unlock_work, op, &e) != ERR_OK)
+        log_debug("checkout.unlock_failed", "lock=%s detail=%s", op->name, e.detail);
+}
+
+static enum saga_outcome
+payment_trouble(struct saga_step_run *run, enum err rc)
+{
+    switch (rc) {
+    case ERR_PAYMENT_DECLINED:
+        return fail(run, "the payment was declined");
+    case ERR_UPSTREAM:
+    case ERR_TIMEOUT:
+    case ERR_STALE_TOKEN:
+    case ERR_LOCK_HELD:
+    case ERR_RETRY:
+    case ERR_STORE:
+    case ERR_UNAVAILABLE:
+    case ERR_OVERLOADED:
+        return retry(run, "the payment service is unavailable");
+    default:
+        return fail(run, "the payment could not be taken");
+    }
+}
+
+static enum saga_outcome
+authorize_payment(struct saga_step_run *run, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    struct lock_op lk;
+    enum err rc = payment_lock(run, &lk, e);
+    if (rc != ERR_OK)
+        return payment_trouble(run, rc);
+    struct payment_request req = {
+        .order_id = data_text(run, "order_id"),
+        .amount = json_integer_value(json_object_get(run->data, "total_amount")),
+        .currency = data_text(run, "currency"),
+        .card = data_text(run, "card"),
+        .idempotency_key = run->key,
+        .lock_token = lk.grant.token,
+    };
+    json_t *pay = NULL;
+    rc = payment_authorize(cs->opt.payments, &req, &pay, e);
+    const char *id = json_string_value(json_object_get(pay, "authorization_id"));
+    if (id) /* also when it failed: the compensation voids what may be pending */
+        json_object_set_new(run->data, "authorization_id", json_string(id));
+    json_decref(pay);
+    payment_unlock(run, &lk);
+    return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
+}
+
+static enum saga_outcome
+capture_payment(struct saga_step_run *run, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    struct lock_op lk;
+    enum err rc = payment_lock(run, &lk, e);
+    if (rc != ERR_OK)
+        return payment_trouble(run, rc);
+    json_t *pay = NULL;
+    rc = payment_capture(cs->opt.payments, data_text(run, "authorization_id"), 0, lk.grant.token,
+                         &pay, e);
+    json_decref(pay);
+    payment_unlock(run, &lk);
+    return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
+}
+
+struct payment_read {
+    const char *id;
+    json_t *payment;
+};
+
+static enum err
+payment_read_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct payment_read *pr = arg;
+    json_decref(pr->payment);
+    pr->payment = NULL;
+    return payment_get_json(c, pr->id, &pr->payment, e);
+}
+
+/* Undo the payment, whatever became of it: void what is pending or
+ * authorized, refund what was captured, leave the rest. */
+static enum saga_outcome
+undo_payment(struct saga_step_run *run, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    struct payment_read pr = {.id = data_text(run, "authorization_id")};
+    if (pr.id == NULL)
+        return SAGA_STEP_OK; /* never reached the ledger */
+    enum err rc = store_run(run->store, STORE_READ, payment_read_work, &pr, e);
+    if (rc == ERR_NOT_FOUND)
+        return SAGA_STEP_OK;
+    if (rc != ERR_OK)
+        return SAGA_STEP_RETRY;
+    enum payment_state st = PAYMENT_PENDING;
+    const char *state = json_string_value(json_object_get(pr.payment, "state"));
+    for (int s = PAYMENT_PENDING; s <= PAYMENT_REFUNDED; s++)
+        if (state && strcmp(state, payment_state_name((enum payment_state)s)) == 0)
+            st = (enum payment_state)s;
+    json_decref(pr.payment);
+    if (st == PAYMENT_FAILED || st == PAYMENT_VOIDED || st == PAYMENT_REFUNDED)
+        return SAGA_STEP_OK;
+    struct lock_op lk;
+    rc = payment_lock(run, &lk, e);
+    if (rc != ERR_OK)
+        return SAGA_STEP_RETRY;
+    json_t *pay = NULL;
+    if (st == PAYMENT_CAPTURED)
+        rc = payment_refund(cs->opt.payments, pr.id, 0, run->key, lk.grant.token, &pay, e);
+    else
+        rc = payment_void(cs->opt.payments, pr.id, lk.grant.token, &pay, e);
+    json_decref(pay);
+    payment_unlock(run, &lk);
+    return rc == ERR_OK ? SAGA_STEP_OK : SAGA_STEP_RETRY;
+}
+
+/* ---- the definition ------------------------------------------------------------------------ */
+
+static const struct saga_step_def STEPS[] = {
+    {.name = "create_order", .action = create_order, .compensate = cancel_order, .in_txn = true},
+    {.name = "reserve_inventory",
+     .action = reserve_inventory,
+     .compensate = release_inventory,
+     .in_txn = true},
+    {.name = "authorize_payment",
+     .action = authorize_payment,
+     .compensate = undo_payment,
+     .undo_on_failure = true},
+    {.name = "capture_payment",
+     .action = capture_payment,
+     .compensate = undo_payment,
+     .undo_on_failure = true},
+    {.name = "commit_reservation", .action = commit_reservation, .in_txn = true},
+    {.name = "confirm_order", .action = confirm_order, .in_txn = true},
+};
+
+static enum err
+from_event(const json_t *event, const char *checkout_id, json_t **data, void *ctx,
+           struct bb_error *e)
+{
+    (void)ctx;
+    json_t *items = json_object_get(event, "items");
+    const char *customer = json_string_value(json_object_get(event, "customer_id"));
+    const char *currency = json_string_value(json_object_get(event, "currency"));
+    json_t *total = json_object_get(event, "total_amount");
+    if (!json_is_array(items) || customer == NULL || currency == NULL || !json_is_integer(total))
+        return bb_fail(e, ERR_INVALID, "", "checkout %s: the event lacks its basket", checkout_id);
+    const char *card =
+        json_string_value(json_object_get(json_object_get(event, "payment"), "card"));
+    *data = json_pack("{s:s, s:s, s:s, s:O, s:O, s:s?}", "checkout_id", checkout_id, "customer_id",
+                      customer, "currency", currency, "total_amount", total, "items", items, "card",
+                      card);
+    return *data ? ERR_OK : bb_fail(e, ERR_INVALID, "", "checkout %s: bad event", checkout_id);
+}
+
+static enum err
+on_end(struct store_conn *c, const char *saga_id, enum saga_state end, const json_t *data,
+       const char *reason, void *ctx, struct bb_error *e)
+{
+    (void)saga_id;
+    (void)ctx;
+    const char *checkout_id = json_string_value(json_object_get(data, "checkout_id"));
+    return checkout__finish(c, checkout_id,
+                            end == SAGA_COMPLETED ? CHECKOUT_COMPLETED : CHECKOUT_FAILED,
+                            end == SAGA_COMPLETED ? NULL : reason, bb_wall_ms(), e);
+}
+
+/* ---- fulfilment -------------------------------------------------------------------------- */
+
+static struct store_stmt FULFILMENT_INSERT = {
+    .sql = "INSERT INTO fulfilments (order_id, checkout_id, job_id, recorded_at_ms)"
+           " VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+};
+
+struct fulfil_op {
+    const char *order_id;
+    const char *checkout_id;
+    int64_t job_id;
+};
+
+static enum err
+fulfil_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct fulfil_op *op = arg;
+    const struct store_param p[] = {sp_text(op->order_id), sp_text(op->checkout_id),
+                                    sp_int(op->job_id), sp_int(bb_wall_ms())};
+    return store_exec(c, &FULFILMENT_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+}
+
+/* Records the order for shipping (a later wave ships it), once. */
+static enum job_verdict
+fulfil(struct job_run *run)
+{
+    json_t *p = json_loads(run->job->payload, 0, NULL);
+    struct fulfil_op op = {.order_id = json_string_value(json_object_get(p, "order_id")),
+                           .checkout_id = json_string_value(json_object_get(p, "checkout_id")),
+                           .job_id = run->job->id};
+    enum job_verdict v = JOB_DONE;
+    struct bb_error e;
+    if (op.order_id == NULL || op.checkout_id == NULL) {
+        bb_buf_puts(&run->error, "payload needs order_id and checkout_id");
+        v = JOB_FAIL_PERMANENTLY;
+    } else if (store_run(run->store, STORE_WRITE, fulfil_work, &op, &e) != ERR_OK) {
+        bb_buf_puts(&run->error, e.detail);
+        v = JOB_RETRY;
+    }
+    json_decref(p);
+    return v;
+}
+
+enum err
+checkout_saga_create(struct saga_engine *eng, struct job_registry *r,
+                     const struct checkout_saga_options *o, struct checkout_saga **out,
+                     struct bb_error *e)
+{
+    (void)e;
+    struct checkout_saga *cs = xcalloc(1, sizeof *cs);
+    cs->opt = *o;
+    if (cs->opt.reservation_ttl_ms <= 0)
+        cs->opt.reservation_ttl_ms = 600000;
+    if (cs->opt.payment_lock_ttl_ms <= 0)
+        cs->opt.payment_lock_ttl_ms = 30000;
+    cs->def = (struct saga_def){.type = "checkout",
+                                .steps = STEPS,
+                                .n_steps = BB_ARRAY_LEN(STEPS),
+                                .start_event = "checkout.requested.v1",
+                                .from_event = from_event,
+                                .on_end = on_end,
+                                .ctx = cs};
+    saga_engine_add(eng, &cs->def);
+    if (r)
+        job_registry_add(r, CHECKOUT_FULFILMENT_HANDLER, fulfil, cs);
+    *out = cs;
+    return ERR_OK;
+}
+
+void
+checkout_saga_destroy(struct checkout_saga *cs)
+{
+    free(cs);
+}

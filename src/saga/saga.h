@@ -1,0 +1,165 @@
+/*
+ * saga: durable multi-step workflows with compensation, executed as jobs.
+ *
+ * A saga definition is an ordered list of steps, each an action and a
+ * compensation (C functions, registered by the definition's type). An
+ * instance is a row (type, state, current step, data, retry count, next
+ * retry time, version) with a timeline of every step's outcome. Each step
+ * runs as a job of the "sagas" queue (handler "saga"), so it inherits
+ * leases and crash recovery: a worker that dies mid-step leaves its lease to
+ * expire and the step runs again. Every transition (the next step, a retry,
+ * the turn to compensation, the end) is one transaction that bumps the
+ * instance's version, records the outcome and enqueues the next job; a job
+ * whose version is no longer the instance's does nothing.
+ *
+ * States: RUNNING -> COMPLETED, or RUNNING -> COMPENSATING -> FAILED, or
+ * COMPENSATING -> STUCK when a compensation keeps failing (a person acts:
+ * POST /sagas/{id}/retry). A step that asks for a retry runs again after the
+ * "sagas" queue's backoff (defaults 1 s, 4 s, 16 s, 64 s) until the queue's
+ * max_attempts (5); after the last, or on a permanent failure, the
+ * compensations run in reverse order from the last step that succeeded (or
+ * from the failed step itself when its definition says it may have left
+ * something behind).
+ *
+ * Steps must be idempotent: an action may run again after a crash. The
+ * engine hands each a key derived from the instance and the step.
+ *
+ * Starting: a definition names the outbox event type that starts it; a
+ * starter thread claims such events (FOR UPDATE SKIP LOCKED on PostgreSQL),
+ * makes one instance per event's aggregate and marks the event handled, in
+ * one transaction. It wakes on a notification (saga_announce: LISTEN/NOTIFY
+ * on PostgreSQL, in process on SQLite) and polls as a fallback.
+ */
+#ifndef BB_SAGA_H
+#define BB_SAGA_H
+
+#include "base/base.h"
+#include "http/http.h"
+#include "jobs/jobs.h"
+#include "store/store.h"
+
+enum {
+    SAGA_ID_LEN = 36, /* a UUIDv7 */
+    SAGA_STEPS_MAX = 16,
+    SAGA_REASON_MAX = 200,
+};
+
+enum saga_state { SAGA_RUNNING, SAGA_COMPENSATING, SAGA_COMPLETED, SAGA_FAILED, SAGA_STUCK };
+const char *saga_state_name(enum saga_state s);
+bool saga_state_from_name(const char *name, enum saga_state *out);
+
+/* A step's verdict. */
+enum saga_outcome {
+    SAGA_STEP_OK,
+    SAGA_STEP_RETRY, /* transient: try again after the backoff */
+    SAGA_STEP_FAIL,  /* permanent: compensate now (a compensation: STUCK) */
+};
+
+/* What a step sees. */
+struct saga_step_run {
+    const char *saga_id;
+    const char *type;
+    const char *step;     /* the step's name */
+    bool compensating;    /* running the compensation */
+    const char *failure;  /* compensating: why the saga failed ("out of stock") */
+    const char *key;      /* "saga:{id}:{step}" ("...:undo" for a compensation) */
+    json_t *data;         /* the instance's data: read it; set results in it */
+    struct store_conn *c; /* in-transaction steps: the open transaction; else NULL */
+    struct store *store;
+    void *ctx;           /* the definition's */
+    int64_t attempt;     /* 1 on the first run of this step */
+    int64_t lease_token; /* the job's lease token (unique per run) */
+    const struct job_run *job;
+    /* A failing step says why, for people (`reason`, e.g. "out of stock")
+     * and for operators (`e`). */
+    char reason[SAGA_REASON_MAX + 1];
+};
+typedef enum saga_outcome saga_step_fn(struct saga_step_run *run, struct bb_error *e);
+
+struct saga_step_def {
+    const char *name;
+    saga_step_fn *action;
+    saga_step_fn *compensate; /* NULL: nothing to undo */
+    bool in_txn;              /* action and compensation run in the transition's transaction */
+    bool undo_on_failure;     /* a failed action may have left something: compensate it too */
+};
+
+/* The end of an instance, in the transaction that records it. */
+typedef enum err saga_end_fn(struct store_conn *c, const char *saga_id, enum saga_state end,
+                             const json_t *data, const char *reason, void *ctx, struct bb_error *e);
+/* The instance's data from the starting event's data; the event's
+ * aggregate id correlates (one instance per type and aggregate). */
+typedef enum err saga_start_fn(const json_t *event_data, const char *aggregate_id, json_t **data,
+                               void *ctx, struct bb_error *e);
+
+struct saga_def {
+    const char *type; /* "checkout" */
+    const struct saga_step_def *steps;
+    size_t n_steps;
+    const char *start_event; /* outbox event type that starts one; NULL: none */
+    saga_start_fn *from_event;
+    saga_end_fn *on_end; /* may be NULL */
+    void *ctx;
+};
+
+struct saga_engine_options {
+    int64_t poll_ms;       /* the starter's fallback poll (default 5000) */
+    bool run_starter;      /* claim starting events in this process */
+    int64_t step_lease_ms; /* a step's job lease (default 30 s) */
+};
+struct saga_engine;
+/* Registers the job handler "saga" in `r` (before workers start). */
+BB_WUR enum err saga_engine_create(struct store *s, struct job_registry *r,
+                                   const struct saga_engine_options *o, struct saga_engine **out,
+                                   struct bb_error *e);
+/* Add a definition (before saga_engine_start); `def` must outlive the engine. */
+void saga_engine_add(struct saga_engine *eng, const struct saga_def *def);
+/* Create the "sagas" queue if missing and start the starter thread. */
+BB_WUR enum err saga_engine_start(struct saga_engine *eng, struct bb_error *e);
+void saga_engine_stop(struct saga_engine *eng);
+void saga_engine_destroy(struct saga_engine *eng);
+
+/*
+ * Wake starters (in every process on PostgreSQL) after a starting event
+ * committed. Cheap and coalesced: a burst of calls makes one notification,
+ * sent after the caller's commit by a thread of its own.
+ */
+struct saga_announcer;
+struct saga_announcer *saga_announcer_create(struct store *s);
+void saga_announce(struct saga_announcer *a);
+void saga_announcer_destroy(struct saga_announcer *a);
+
+/* Start an instance inside the caller's transaction: one per (type,
+ * correlation id); *created false when it existed (*id is that one's). */
+BB_WUR enum err saga_start(struct store_conn *c, const struct saga_def *def,
+                           const char *correlation_id, const json_t *data, int64_t now_ms,
+                           char id[SAGA_ID_LEN + 1], bool *created, struct bb_error *e);
+
+/* {saga_id, type, correlation_id, state, step, steps:[names], data, retries,
+ * next_retry_at, reason, created_at, updated_at, timeline:[{step, phase,
+ * outcome, attempt, error, started_at, ended_at, duration_ms}]}. */
+BB_WUR enum err saga_get_json(struct store_conn *c, const char *id, json_t **out,
+                              struct bb_error *e);
+struct saga_filter {
+    const char *type;  /* NULL: any */
+    const char *state; /* NULL: any */
+    const char *correlation_id;
+    const char *after; /* id to page after */
+    int64_t limit;
+};
+/* {"sagas":[...without timeline], "next_after": id|null}, id order. */
+BB_WUR enum err saga_list_json(struct store_conn *c, const struct saga_filter *f, json_t **out,
+                               struct bb_error *e);
+/* A STUCK instance compensates again from where it stopped (new job).
+ * ERR_CONFLICT in any other state. */
+BB_WUR enum err saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out,
+                           struct bb_error *e);
+
+const struct store_migration *saga_migrations(size_t *n);
+
+/* GET /sagas, GET /sagas/{id}, POST /sagas/{id}/retry. */
+size_t saga_routes(struct saga_engine *eng, struct http_route *out, size_t max);
+/* saga_stuck gauge and the like, before a scrape. */
+BB_WUR enum err saga_metrics_refresh(struct store_conn *c, struct bb_error *e);
+
+#endif /* BB_SAGA_H */

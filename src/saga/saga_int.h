@@ -1,0 +1,56 @@
+/* saga_int.h: private to src/saga. */
+#ifndef BB_SAGA_INT_H
+#define BB_SAGA_INT_H
+
+#include "saga/saga.h"
+
+#define SAGA_QUEUE   "sagas"
+#define SAGA_HANDLER "saga"
+#define SAGA_CHANNEL "bb_saga_start"
+enum {
+    SAGA_JOB_ATTEMPTS = 25,     /* a step's job: crashes and database errors only */
+    SAGA_STEP_LEASE_MS = 30000, /* a step's job lease */
+    SAGA_TYPE_MAX = 64,
+};
+
+/* An instance as the engine works on it. */
+struct saga_instance {
+    char id[SAGA_ID_LEN + 1];
+    char type[SAGA_TYPE_MAX + 1];
+    char correlation_id[256];
+    enum saga_state state;
+    int step;
+    int64_t version;
+    json_t *data;
+    int64_t retries;
+    char reason[SAGA_REASON_MAX + 1];
+};
+
+/* What one run of a step came to. */
+struct saga_step_result {
+    enum saga_outcome outcome;
+    const json_t *data; /* the data after the step (NULL: unchanged) */
+    const char *reason; /* for people; "" when none */
+    const char *error;  /* for operators; NULL when none */
+    int64_t started_at_ms;
+};
+
+BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_instance *out,
+                           bool *found, struct bb_error *e);
+void saga__instance_deinit(struct saga_instance *in);
+/* Record `res` and move the instance on (compare-and-set on its version:
+ * ERR_CONFLICT when another run moved it first). */
+BB_WUR enum err saga__transition(struct store_conn *c, const struct saga_def *def,
+                                 const struct saga_instance *in, const struct saga_step_result *res,
+                                 int64_t now_ms, struct bb_error *e);
+
+/* The definitions of this process, by type (NULL: none). */
+const struct saga_def *saga__def_find(const char *type);
+
+void saga__metric_started(const char *type);
+void saga__metric_transition(const char *type, enum saga_state from, enum saga_state to);
+void saga__metric_step(const char *type, const char *step, bool compensating, double seconds);
+void saga__metric_stuck_reset(void);
+void saga__metric_stuck(const char *type, int64_t n);
+
+#endif /* BB_SAGA_INT_H */

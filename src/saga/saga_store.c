@@ -1,0 +1,479 @@
+/*
+ * saga_store.c: the sagas and saga_steps tables, starting an instance,
+ * transitions (each one transaction: compare-and-set on the version, the
+ * timeline row, the next job), reading and the stuck retry.
+ */
+#include "saga/saga_int.h"
+
+#include "outbox/outbox.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct store_migration MIGRATIONS[] = {
+    {
+        .version = 1,
+        .name = "sagas and their timelines",
+        .sqlite = "CREATE TABLE sagas ("
+                  " id TEXT PRIMARY KEY, type TEXT NOT NULL, correlation_id TEXT NOT NULL,"
+                  " state TEXT NOT NULL, step INTEGER NOT NULL, version INTEGER NOT NULL,"
+                  " data TEXT NOT NULL, retries INTEGER NOT NULL DEFAULT 0,"
+                  " next_retry_at_ms INTEGER, reason TEXT, error TEXT, job_id INTEGER,"
+                  " created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL,"
+                  " UNIQUE (type, correlation_id)) WITHOUT ROWID;"
+                  "CREATE INDEX sagas_by_state ON sagas (state, id);"
+                  "CREATE TABLE saga_steps ("
+                  " id INTEGER PRIMARY KEY AUTOINCREMENT, saga_id TEXT NOT NULL,"
+                  " step TEXT NOT NULL, phase TEXT NOT NULL, outcome TEXT NOT NULL,"
+                  " attempt INTEGER NOT NULL, error TEXT, started_at_ms INTEGER NOT NULL,"
+                  " ended_at_ms INTEGER NOT NULL);"
+                  "CREATE INDEX saga_steps_by_saga ON saga_steps (saga_id, id);",
+        .pg = "CREATE TABLE sagas ("
+              " id TEXT PRIMARY KEY, type TEXT NOT NULL, correlation_id TEXT NOT NULL,"
+              " state TEXT NOT NULL, step INTEGER NOT NULL, version BIGINT NOT NULL,"
+              " data TEXT NOT NULL, retries INTEGER NOT NULL DEFAULT 0,"
+              " next_retry_at_ms BIGINT, reason TEXT, error TEXT, job_id BIGINT,"
+              " created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL,"
+              " UNIQUE (type, correlation_id));"
+              "CREATE INDEX sagas_by_state ON sagas (state, id);"
+              "CREATE TABLE saga_steps ("
+              " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, saga_id TEXT NOT NULL,"
+              " step TEXT NOT NULL, phase TEXT NOT NULL, outcome TEXT NOT NULL,"
+              " attempt INTEGER NOT NULL, error TEXT, started_at_ms BIGINT NOT NULL,"
+              " ended_at_ms BIGINT NOT NULL);"
+              "CREATE INDEX saga_steps_by_saga ON saga_steps (saga_id, id);",
+    },
+};
+
+const struct store_migration *
+saga_migrations(size_t *n)
+{
+    *n = BB_ARRAY_LEN(MIGRATIONS);
+    return MIGRATIONS;
+}
+
+static const char *const STATE_NAMES[] = {
+    [SAGA_RUNNING] = "RUNNING",     [SAGA_COMPENSATING] = "COMPENSATING",
+    [SAGA_COMPLETED] = "COMPLETED", [SAGA_FAILED] = "FAILED",
+    [SAGA_STUCK] = "STUCK",
+};
+
+const char *
+saga_state_name(enum saga_state s)
+{
+    return (size_t)s < BB_ARRAY_LEN(STATE_NAMES) ? STATE_NAMES[s] : "UNKNOWN";
+}
+
+bool
+saga_state_from_name(const char *name, enum saga_state *out)
+{
+    for (size_t i = 0; i < BB_ARRAY_LEN(STATE_NAMES); i++) {
+        if (strcmp(name, STATE_NAMES[i]) == 0) {
+            *out = (enum saga_state)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* ---- a step's job ------------------------------------------------------------------------ */
+
+static enum err
+enqueue_step(struct store_conn *c, const char *id, int64_t version, int64_t run_at_ms,
+             int64_t now_ms, int64_t *job_id, struct bb_error *e)
+{
+    char payload[128];
+    snprintf(payload, sizeof payload, "{\"saga_id\":\"%s\",\"version\":%" PRId64 "}", id, version);
+    struct job_spec spec = {.queue = SAGA_QUEUE,
+                            .handler = SAGA_HANDLER,
+                            .payload = payload,
+                            .run_at_ms = run_at_ms,
+                            .max_attempts = SAGA_JOB_ATTEMPTS,
+                            .max_duration_ms = SAGA_STEP_LEASE_MS};
+    bool created;
+    return job_submit(c, &spec, now_ms, job_id, &created, e);
+}
+
+/* ---- starting ---------------------------------------------------------------------------- */
+
+static struct store_stmt SAGA_INSERT = {
+    .sql = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
+           " created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'RUNNING', 0, 1, $4, $5, $5)"
+           " ON CONFLICT (type, correlation_id) DO NOTHING",
+};
+static struct store_stmt SAGA_BY_CORRELATION = {
+    .sql = "SELECT id FROM sagas WHERE type = $1 AND correlation_id = $2",
+};
+static struct store_stmt SAGA_SET_JOB = {
+    .sql = "UPDATE sagas SET job_id = $2 WHERE id = $1",
+};
+
+enum err
+saga_start(struct store_conn *c, const struct saga_def *def, const char *correlation_id,
+           const json_t *data, int64_t now_ms, char id[SAGA_ID_LEN + 1], bool *created,
+           struct bb_error *e)
+{
+    bb_uuid7_at(now_ms, id);
+    char *text = bb_json_dumps(data);
+    const struct store_param p[] = {sp_text(id), sp_text(def->type), sp_text(correlation_id),
+                                    sp_text(text), sp_int(now_ms)};
+    int64_t inserted = 0;
+    enum err rc = store_exec(c, &SAGA_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
+    free(text);
+    *created = rc == ERR_OK && inserted == 1;
+    if (rc == ERR_OK && !*created) {
+        struct store_rows r;
+        rc = store_query(c, &SAGA_BY_CORRELATION, p + 1, 2, &r, e);
+        if (rc != ERR_OK)
+            return rc;
+        if (store_next(&r))
+            bb_strlcpy(id, store_col_text(&r, 0), SAGA_ID_LEN + 1);
+        store_rows_close(&r);
+        return ERR_OK;
+    }
+    int64_t job_id = 0;
+    if (rc == ERR_OK)
+        rc = enqueue_step(c, id, 1, 0, now_ms, &job_id, e);
+    if (rc == ERR_OK) {
+        const struct store_param q[] = {sp_text(id), sp_int(job_id)};
+        rc = store_exec(c, &SAGA_SET_JOB, q, BB_ARRAY_LEN(q), NULL, e);
+    }
+    if (rc == ERR_OK)
+        saga__metric_started(def->type);
+    return rc;
+}
+
+/* ---- reading an instance ----------------------------------------------------------------- */
+
+#define SAGA_COLUMNS                                                                   \
+    "id, type, correlation_id, state, step, version, data, retries, next_retry_at_ms," \
+    " reason, error, job_id, created_at_ms, updated_at_ms"
+static struct store_stmt SAGA_GET = {
+    .sql = "SELECT " SAGA_COLUMNS " FROM sagas WHERE id = $1",
+};
+
+static void
+instance_from_row(struct store_rows *r, struct saga_instance *out)
+{
+    memset(out, 0, sizeof *out);
+    bb_strlcpy(out->id, store_col_text(r, 0), sizeof out->id);
+    bb_strlcpy(out->type, store_col_text(r, 1), sizeof out->type);
+    bb_strlcpy(out->correlation_id, store_col_text(r, 2), sizeof out->correlation_id);
+    if (!saga_state_from_name(store_col_text(r, 3), &out->state))
+        out->state = SAGA_STUCK;
+    out->step = (int)store_col_int(r, 4);
+    out->version = store_col_int(r, 5);
+    out->data = json_loads(store_col_text(r, 6), 0, NULL);
+    if (out->data == NULL)
+        out->data = json_object();
+    out->retries = store_col_int(r, 7);
+    if (!store_col_is_null(r, 9))
+        bb_strlcpy(out->reason, store_col_text(r, 9), sizeof out->reason);
+}
+
+enum err
+saga__load(struct store_conn *c, const char *id, struct saga_instance *out, bool *found,
+           struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(id)};
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    *found = store_next(&r);
+    if (*found)
+        instance_from_row(&r, out);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+void
+saga__instance_deinit(struct saga_instance *in)
+{
+    json_decref(in->data);
+    in->data = NULL;
+}
+
+/* ---- transitions ------------------------------------------------------------------------- */
+
+static struct store_stmt SAGA_UPDATE = {
+    .sql = "UPDATE sagas SET state = $3, step = $4, version = version + 1, data = $5,"
+           " retries = $6, next_retry_at_ms = $7, reason = COALESCE($8, reason),"
+           " error = $9, job_id = $10, updated_at_ms = $11 WHERE id = $1 AND version = $2",
+};
+static struct store_stmt STEP_INSERT = {
+    .sql = "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt, error,"
+           " started_at_ms, ended_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+};
+
+/* The last step at or before `i` that has a compensation; -1: none. */
+static int
+compensable_from(const struct saga_def *def, int i)
+{
+    while (i >= 0 && def->steps[i].compensate == NULL)
+        i--;
+    return i;
+}
+
+static const char *
+outcome_name(enum saga_outcome o)
+{
+    return o == SAGA_STEP_OK ? "ok" : o == SAGA_STEP_RETRY ? "retry" : "failed";
+}
+
+enum err
+saga__transition(struct store_conn *c, const struct saga_def *def, const struct saga_instance *in,
+                 const struct saga_step_result *res, int64_t now_ms, struct bb_error *e)
+{
+    const struct saga_step_def *sd = &def->steps[in->step];
+    bool compensating = in->state == SAGA_COMPENSATING;
+    enum saga_state next_state = in->state;
+    int next_step = in->step;
+    int64_t retries = 0, run_at = 0;
+    const char *reason = NULL;
+    const char *error = res->outcome == SAGA_STEP_OK ? NULL : res->error;
+    enum saga_outcome outcome = res->outcome;
+
+    if (outcome == SAGA_STEP_RETRY) {
+        struct job_queue q;
+        enum err rc = job_queue_get(c, SAGA_QUEUE, &q, e);
+        if (rc != ERR_OK)
+            return rc;
+        if (in->retries + 1 >= q.max_attempts) {
+            outcome = SAGA_STEP_FAIL; /* out of attempts: as good as permanent */
+        } else {
+            retries = in->retries + 1;
+            run_at = now_ms + job_backoff_delay_ms(&q.backoff, (int)retries,
+                                                   (double)bb_rand_below(1000000) / 1e6);
+        }
+    }
+    if (outcome == SAGA_STEP_OK && !compensating) {
+        next_step = in->step + 1;
+        if ((size_t)next_step == def->n_steps) {
+            next_state = SAGA_COMPLETED;
+            next_step = in->step;
+        }
+    } else if (outcome == SAGA_STEP_OK) {
+        next_step = compensable_from(def, in->step - 1);
+        if (next_step < 0) {
+            next_state = SAGA_FAILED;
+            next_step = in->step;
+        }
+    } else if (outcome == SAGA_STEP_FAIL && !compensating) {
+        reason = res->reason[0] ? res->reason : "could not be completed";
+        next_state = SAGA_COMPENSATING;
+        next_step = compensable_from(def, sd->undo_on_failure ? in->step : in->step - 1);
+        if (next_step < 0) {
+            next_state = SAGA_FAILED;
+            next_step = in->step;
+        }
+    } else if (outcome == SAGA_STEP_FAIL) {
+        next_state = SAGA_STUCK;
+    }
+
+    bool ends = next_state == SAGA_COMPLETED || next_state == SAGA_FAILED;
+    bool waits = ends || next_state == SAGA_STUCK;
+    int64_t job_id = 0;
+    enum err rc = ERR_OK;
+    if (!waits)
+        rc = enqueue_step(c, in->id, in->version + 1, run_at, now_ms, &job_id, e);
+    char *data = bb_json_dumps(res->data ? res->data : in->data);
+    const struct store_param p[] = {sp_text(in->id),
+                                    sp_int(in->version),
+                                    sp_text(saga_state_name(next_state)),
+                                    sp_int(next_step),
+                                    sp_text(data),
+                                    sp_int(retries),
+                                    run_at ? sp_int(run_at) : sp_null(),
+                                    reason ? sp_text(reason) : sp_null(),
+                                    error ? sp_text(error) : sp_null(),
+                                    job_id ? sp_int(job_id) : sp_null(),
+                                    sp_int(now_ms)};
+    int64_t changed = 0;
+    if (rc == ERR_OK)
+        rc = store_exec(c, &SAGA_UPDATE, p, BB_ARRAY_LEN(p), &changed, e);
+    free(data);
+    if (rc == ERR_OK && changed == 0) /* another run moved it on: this one is stale */
+        return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", in->id);
+    const struct store_param s[] = {sp_text(in->id),
+                                    sp_text(sd->name),
+                                    sp_text(compensating ? "compensation" : "action"),
+                                    sp_text(outcome_name(res->outcome)),
+                                    sp_int(in->retries + 1),
+                                    error ? sp_text(error) : sp_null(),
+                                    sp_int(res->started_at_ms),
+                                    sp_int(now_ms)};
+    if (rc == ERR_OK)
+        rc = store_exec(c, &STEP_INSERT, s, BB_ARRAY_LEN(s), NULL, e);
+    if (rc == ERR_OK && ends && def->on_end) {
+        const char *why = NULL;
+        if (next_state == SAGA_FAILED)
+            why = reason ? reason : in->reason[0] ? in->reason : "could not be completed";
+        rc = def->on_end(c, in->id, next_state, res->data ? res->data : in->data, why, def->ctx, e);
+    }
+    if (rc == ERR_OK)
+        saga__metric_transition(def->type, in->state, next_state);
+    return rc;
+}
+
+/* ---- the stuck retry --------------------------------------------------------------------- */
+
+static struct store_stmt SAGA_UNSTICK = {
+    .sql = "UPDATE sagas SET state = 'COMPENSATING', version = version + 1, retries = 0,"
+           " job_id = $3, updated_at_ms = $4 WHERE id = $1 AND version = $2"
+           " AND state = 'STUCK'",
+};
+
+enum err
+saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, struct bb_error *e)
+{
+    struct saga_instance in;
+    bool found;
+    enum err rc = saga__load(c, id, &in, &found, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!found)
+        return bb_fail(e, ERR_NOT_FOUND, "saga_id", "no saga %s", id);
+    if (in.state != SAGA_STUCK) {
+        rc = bb_fail(e, ERR_CONFLICT, "saga_id",
+                     "saga %s is %s: only a STUCK saga is retried by hand", id,
+                     saga_state_name(in.state));
+        saga__instance_deinit(&in);
+        return rc;
+    }
+    int64_t job_id = 0;
+    rc = enqueue_step(c, id, in.version + 1, 0, now_ms, &job_id, e);
+    const struct store_param p[] = {sp_text(id), sp_int(in.version), sp_int(job_id),
+                                    sp_int(now_ms)};
+    int64_t changed = 0;
+    if (rc == ERR_OK)
+        rc = store_exec(c, &SAGA_UNSTICK, p, BB_ARRAY_LEN(p), &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        rc = bb_fail(e, ERR_RETRY, "", "saga %s changed concurrently", id);
+    saga__instance_deinit(&in);
+    return rc == ERR_OK ? saga_get_json(c, id, out, e) : rc;
+}
+
+/* ---- JSON ---------------------------------------------------------------------------------- */
+
+static struct store_stmt STEPS_OF = {
+    .sql = "SELECT step, phase, outcome, attempt, error, started_at_ms, ended_at_ms"
+           " FROM saga_steps WHERE saga_id = $1 ORDER BY id",
+};
+
+static json_t *
+saga_row_json(struct store_rows *r)
+{
+    char created[32], updated[32], retry_at[32];
+    bb_wall_ms_format(store_col_int(r, 12), created);
+    bb_wall_ms_format(store_col_int(r, 13), updated);
+    bool has_retry = !store_col_is_null(r, 8);
+    if (has_retry)
+        bb_wall_ms_format(store_col_int(r, 8), retry_at);
+    const struct saga_def *def = saga__def_find(store_col_text(r, 1));
+    json_t *steps = json_array();
+    for (size_t i = 0; def && i < def->n_steps; i++)
+        json_array_append_new(steps, json_string(def->steps[i].name));
+    int step = (int)store_col_int(r, 4);
+    json_t *data = json_loads(store_col_text(r, 6), 0, NULL);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:s, s:s?, s:i, s:o, s:o, s:I, s:s?, s:s?, s:s?,"
+                  " s:s, s:s}",
+                  "saga_id", store_col_text(r, 0), "type", store_col_text(r, 1), "correlation_id",
+                  store_col_text(r, 2), "state", store_col_text(r, 3), "step",
+                  def && (size_t)step < def->n_steps ? def->steps[step].name : NULL, "step_index",
+                  step, "steps", steps, "data", data ? data : json_object(), "retries",
+                  (json_int_t)store_col_int(r, 7), "next_retry_at", has_retry ? retry_at : NULL,
+                  "reason", store_col_is_null(r, 9) ? NULL : store_col_text(r, 9), "error",
+                  store_col_is_null(r, 10) ? NULL : store_col_text(r, 10), "created_at", created,
+                  "updated_at", updated);
+    json_object_set_new(
+        o, "job_id", store_col_is_null(r, 11) ? json_null() : json_integer(store_col_int(r, 11)));
+    return o;
+}
+
+enum err
+saga_get_json(struct store_conn *c, const char *id, json_t **out, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(id)};
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "saga_id", "no saga %s", id);
+    }
+    json_t *o = saga_row_json(&r);
+    store_rows_close(&r);
+    rc = store_query(c, &STEPS_OF, p, 1, &r, e);
+    if (rc != ERR_OK) {
+        json_decref(o);
+        return rc;
+    }
+    json_t *timeline = json_array();
+    while (store_next(&r)) {
+        char started[32], ended[32];
+        bb_wall_ms_format(store_col_int(&r, 5), started);
+        bb_wall_ms_format(store_col_int(&r, 6), ended);
+        json_array_append_new(
+            timeline, json_pack("{s:s, s:s, s:s, s:I, s:s?, s:s, s:s, s:I}", "step",
+                                store_col_text(&r, 0), "phase", store_col_text(&r, 1), "outcome",
+                                store_col_text(&r, 2), "attempt", (json_int_t)store_col_int(&r, 3),
+                                "error", store_col_is_null(&r, 4) ? NULL : store_col_text(&r, 4),
+                                "started_at", started, "ended_at", ended, "duration_ms",
+                                (json_int_t)(store_col_int(&r, 6) - store_col_int(&r, 5))));
+    }
+    store_rows_close(&r);
+    json_object_set_new(o, "timeline", timeline);
+    *out = o;
+    return ERR_OK;
+}
+
+static struct store_stmt SAGA_LIST = {
+    .sql = "SELECT " SAGA_COLUMNS " FROM sagas WHERE id > $1 AND ($2 = '' OR type = $2)"
+           " AND ($3 = '' OR state = $3) AND ($4 = '' OR correlation_id = $4)"
+           " ORDER BY id LIMIT $5",
+};
+
+enum err
+saga_list_json(struct store_conn *c, const struct saga_filter *f, json_t **out, struct bb_error *e)
+{
+    const struct store_param p[] = {
+        sp_text(f->after ? f->after : ""), sp_text(f->type ? f->type : ""),
+        sp_text(f->state ? f->state : ""), sp_text(f->correlation_id ? f->correlation_id : ""),
+        sp_int(f->limit)};
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_LIST, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *list = json_array();
+    char last[SAGA_ID_LEN + 1] = "";
+    while (store_next(&r)) {
+        bb_strlcpy(last, store_col_text(&r, 0), sizeof last);
+        json_array_append_new(list, saga_row_json(&r));
+    }
+    store_rows_close(&r);
+    bool full = (int64_t)json_array_size(list) == f->limit;
+    *out = json_pack("{s:o, s:s?}", "sagas", list, "next_after", full ? last : NULL);
+    return ERR_OK;
+}
+
+static struct store_stmt SAGA_STUCK_COUNT = {
+    .sql = "SELECT type, count(*) FROM sagas WHERE state = 'STUCK' GROUP BY type",
+};
+
+enum err
+saga_metrics_refresh(struct store_conn *c, struct bb_error *e)
+{
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_STUCK_COUNT, NULL, 0, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    saga__metric_stuck_reset();
+    while (store_next(&r))
+        saga__metric_stuck(store_col_text(&r, 0), store_col_int(&r, 1));
+    store_rows_close(&r);
+    return ERR_OK;
+}
