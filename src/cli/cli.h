@@ -65,6 +65,7 @@ int cli_jobs(int argc, char **argv);
 int cli_queues(int argc, char **argv);
 int cli_schedules(int argc, char **argv);
 int cli_dlq(int argc, char **argv);
+int cli_sagas(int argc, char **argv);
 int cli_locks(int argc, char **argv);
 int cli_fenced(int argc, char **argv);
 

@@ -18,6 +18,7 @@ static const char USAGE[] =
     "  queues     list, show, configure, pause and resume queues\n"
     "  schedules  cron and interval schedules: create, list, pause, resume, delete\n"
     "  dlq        the dead-letter queue: list, show, redrive, purge\n"
+    "  sagas      saga instances: list, get (with the timeline), retry a stuck one\n"
     "  locks      acquire, renew, release, show and list fenced locks\n"
     "  fenced     fenced writes: put and get values guarded by a fencing token\n"
     "  version    print the version\n"
@@ -63,6 +64,8 @@ main(int argc, char **argv)
         code = cli_schedules(sub_argc, sub_argv);
     } else if (strcmp(cmd, "dlq") == 0) {
         code = cli_dlq(sub_argc, sub_argv);
+    } else if (strcmp(cmd, "sagas") == 0) {
+        code = cli_sagas(sub_argc, sub_argv);
     } else {
         fprintf(stderr, "backbone: unknown command '%s'\n\n%s", cmd, USAGE);
         code = CLI_USAGE;

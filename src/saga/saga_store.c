@@ -299,7 +299,7 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
     const struct store_param s[] = {sp_text(in->id),
                                     sp_text(sd->name),
                                     sp_text(compensating ? "compensation" : "action"),
-                                    sp_text(outcome_name(res->outcome)),
+                                    sp_text(outcome_name(outcome)), /* out of retries: failed */
                                     sp_int(in->retries + 1),
                                     error ? sp_text(error) : sp_null(),
                                     sp_int(res->started_at_ms),

@@ -1,0 +1,375 @@
+/*
+ * test_saga_store.c: the saga engine with real workers on both engines, on a
+ * toy definition whose steps do what each test says: steps run in order,
+ * a permanent failure compensates in reverse, retries use the queue's
+ * backoff and then give up, a compensation that keeps failing leaves the
+ * saga STUCK until retried by hand, an in-transaction step that fails
+ * leaves no write behind, and a starting event starts one saga.
+ */
+#include "testsupport.h"
+
+#include "jobs/jobs.h"
+#include "outbox/outbox.h"
+#include "saga/saga.h"
+
+#include <pthread.h>
+#include <string.h>
+
+/* What the toy's steps do, set by each test. */
+static struct {
+    pthread_mutex_t mu;
+    char log[512];               /* "a1 a2 c1 " */
+    enum saga_outcome action[3]; /* each action's verdict */
+    int retries_left[3];         /* RETRY this many times first */
+    enum saga_outcome undo[3];
+} toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static struct store_stmt TOY_WRITE = {.sql = "INSERT INTO toy_writes (saga, step) VALUES ($1, $2)"};
+static struct store_stmt TOY_COUNT = {.sql = "SELECT count(*) FROM toy_writes"};
+static struct store_stmt TOY_TABLE = {.sql = "CREATE TABLE toy_writes (saga TEXT, step TEXT)"};
+
+static enum saga_outcome
+toy_step(struct saga_step_run *run, struct bb_error *e)
+{
+    int i = run->step[1] - '1';
+    pthread_mutex_lock(&toy.mu);
+    size_t n = strlen(toy.log);
+    snprintf(toy.log + n, sizeof toy.log - n, "%c%d ", run->compensating ? 'c' : 'a', i + 1);
+    enum saga_outcome o = run->compensating ? toy.undo[i] : toy.action[i];
+    if (!run->compensating && toy.retries_left[i] > 0) {
+        toy.retries_left[i]--;
+        o = SAGA_STEP_RETRY;
+    }
+    pthread_mutex_unlock(&toy.mu);
+    if (run->c) { /* in the transaction: a write that must vanish if the step fails */
+        const struct store_param p[] = {sp_text(run->saga_id), sp_text(run->step)};
+        if (store_exec(run->c, &TOY_WRITE, p, 2, NULL, e) != ERR_OK)
+            return SAGA_STEP_RETRY;
+    }
+    if (o != SAGA_STEP_OK) {
+        snprintf(run->reason, sizeof run->reason, "step %d said no", i + 1);
+        bb_fail(e, ERR_INTERNAL, "", "%s of %s failed", run->compensating ? "undo" : "action",
+                run->step);
+    }
+    json_object_set_new(run->data, run->step, json_true());
+    return o;
+}
+
+static const struct saga_step_def TOY_STEPS[] = {
+    {.name = "s1", .action = toy_step, .compensate = toy_step, .in_txn = true},
+    {.name = "s2", .action = toy_step, .compensate = toy_step},
+    {.name = "s3", .action = toy_step, .compensate = toy_step, .in_txn = true},
+};
+
+static enum err
+toy_from_event(const json_t *event, const char *aggregate_id, json_t **data, void *ctx,
+               struct bb_error *e)
+{
+    (void)ctx;
+    (void)e;
+    *data = json_pack("{s:s, s:O}", "for", aggregate_id, "event", event);
+    return ERR_OK;
+}
+
+static const struct saga_def TOY = {.type = "toy",
+                                    .steps = TOY_STEPS,
+                                    .n_steps = 3,
+                                    .start_event = "toy.requested.v1",
+                                    .from_event = toy_from_event};
+
+struct fixture {
+    struct test_db *db;
+    struct job_registry *registry;
+    struct saga_engine *engine;
+    struct job_pool *pool;
+};
+
+static enum err
+setup_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    struct job_queue q;
+    enum err rc = job_queue_get(c, "sagas", &q, e);
+    q.max_attempts = 3;
+    q.backoff.base_ms = 5;
+    q.backoff.cap_ms = 20;
+    if (rc == ERR_OK)
+        rc = job_queue_put(c, &q, bb_wall_ms(), e);
+    return rc == ERR_OK ? store_exec(c, &TOY_TABLE, NULL, 0, NULL, e) : rc;
+}
+
+static int
+setup(void **state)
+{
+    pthread_mutex_lock(&toy.mu);
+    memset(toy.log, 0, sizeof toy.log);
+    for (int i = 0; i < 3; i++) {
+        toy.action[i] = toy.undo[i] = SAGA_STEP_OK;
+        toy.retries_left[i] = 0;
+    }
+    pthread_mutex_unlock(&toy.mu);
+    struct fixture *f = xcalloc(1, sizeof *f);
+    f->db = test_db_create();
+    struct bb_error e;
+    struct job_registry_options ro = {0};
+    assert_ok(job_registry_create(&ro, &f->registry, &e), &e);
+    struct saga_engine_options so = {.poll_ms = 50, .run_starter = true};
+    assert_ok(saga_engine_create(f->db->store, f->registry, &so, &f->engine, &e), &e);
+    saga_engine_add(f->engine, &TOY);
+    assert_ok(saga_engine_start(f->engine, &e), &e);
+    assert_ok(store_run(f->db->store, STORE_WRITE, setup_work, NULL, &e), &e);
+    struct job_pool_options po = {.concurrency = 2, .poll_ms = 50};
+    assert_ok(job_pool_start(f->db->store, f->registry, &po, &f->pool, &e), &e);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fixture *f = *state;
+    saga_engine_stop(f->engine);
+    job_pool_stop(f->pool, bb_mono_ms() + 5000);
+    saga_engine_destroy(f->engine);
+    job_registry_destroy(f->registry);
+    test_db_destroy(f->db);
+    free(f);
+    return 0;
+}
+
+struct start_op {
+    const char *correlation;
+    char id[SAGA_ID_LEN + 1];
+    bool created;
+};
+
+static enum err
+start_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct start_op *op = arg;
+    json_t *data = json_object();
+    enum err rc = saga_start(c, &TOY, op->correlation, data, bb_wall_ms(), op->id, &op->created, e);
+    json_decref(data);
+    return rc;
+}
+
+struct get_op {
+    const char *id;
+    json_t *saga;
+};
+
+static enum err
+get_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct get_op *op = arg;
+    json_decref(op->saga);
+    op->saga = NULL;
+    return saga_get_json(c, op->id, &op->saga, e);
+}
+
+/* The saga once it is in `state` (20 s at most). */
+static json_t *
+await_state(struct fixture *f, const char *id, const char *state)
+{
+    struct get_op op = {.id = id};
+    struct bb_error e;
+    for (int64_t deadline = bb_mono_ms() + 20000;; bb_sleep_ms(10)) {
+        assert_ok(store_run(f->db->store, STORE_READ, get_work, &op, &e), &e);
+        const char *now = json_string_value(json_object_get(op.saga, "state"));
+        if (strcmp(now, state) == 0)
+            return op.saga;
+        if (bb_mono_ms() > deadline)
+            fail_msg("saga %s is %s, not %s", id, now, state);
+    }
+}
+
+static const char *
+started(struct fixture *f, struct start_op *op)
+{
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, start_work, op, &e), &e);
+    return op->id;
+}
+
+/* "s1:action:ok s2:action:retry ..." */
+static void
+timeline_is(const json_t *saga, const char *want)
+{
+    char got[1024] = "";
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(saga, "timeline"), i, t)
+    {
+        size_t n = strlen(got);
+        snprintf(got + n, sizeof got - n, "%s%s:%s:%s", i ? " " : "",
+                 json_string_value(json_object_get(t, "step")),
+                 json_string_value(json_object_get(t, "phase")),
+                 json_string_value(json_object_get(t, "outcome")));
+    }
+    assert_string_equal(got, want);
+}
+
+static void
+log_is(const char *want)
+{
+    pthread_mutex_lock(&toy.mu);
+    assert_string_equal(toy.log, want);
+    pthread_mutex_unlock(&toy.mu);
+}
+
+static int64_t
+writes(struct fixture *f)
+{
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(f->db->store, &c, &e), &e);
+    struct store_rows r;
+    assert_ok(store_query(c, &TOY_COUNT, NULL, 0, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    store_conn_close(c);
+    return n;
+}
+
+static void
+steps_run_in_order_and_complete(void **state)
+{
+    struct fixture *f = *state;
+    struct start_op op = {.correlation = "order-1"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    log_is("a1 a2 a3 ");
+    json_t *data = json_object_get(saga, "data");
+    assert_true(json_is_true(json_object_get(data, "s3")));
+    json_decref(saga);
+    /* One per correlation id. */
+    struct start_op again = {.correlation = "order-1"};
+    started(f, &again);
+    assert_false(again.created);
+    assert_string_equal(again.id, op.id);
+    assert_int_equal(writes(f), 2);
+}
+
+static void
+a_permanent_failure_compensates_in_reverse(void **state)
+{
+    struct fixture *f = *state;
+    toy.action[2] = SAGA_STEP_FAIL;
+    struct start_op op = {.correlation = "order-2"};
+    json_t *saga = await_state(f, started(f, &op), "FAILED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:ok "
+                      "s1:compensation:ok");
+    log_is("a1 a2 a3 c2 c1 ");
+    assert_string_equal(json_string_value(json_object_get(saga, "reason")), "step 3 said no");
+    json_decref(saga);
+    /* s3's write went with its failure; s1's and its undo's stayed. */
+    assert_int_equal(writes(f), 2);
+}
+
+static void
+retries_follow_the_queue_then_give_up(void **state)
+{
+    struct fixture *f = *state;
+    toy.retries_left[1] = 1; /* s2: one retry, then fine */
+    struct start_op op = {.correlation = "order-3"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
+    json_decref(saga);
+    toy.retries_left[1] = 100; /* more than the queue's 3 attempts */
+    struct start_op op2 = {.correlation = "order-4"};
+    saga = await_state(f, started(f, &op2), "FAILED");
+    timeline_is(saga, "s1:action:ok s2:action:retry s2:action:retry s2:action:failed "
+                      "s1:compensation:ok");
+    json_decref(saga);
+}
+
+static enum err
+retry_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    json_t *out = NULL;
+    enum err rc = saga_retry(c, arg, bb_wall_ms(), &out, e);
+    json_decref(out);
+    return rc;
+}
+
+static void
+a_failing_compensation_is_stuck_until_retried(void **state)
+{
+    struct fixture *f = *state;
+    toy.action[2] = SAGA_STEP_FAIL;
+    toy.undo[1] = SAGA_STEP_FAIL;
+    struct start_op op = {.correlation = "order-5"};
+    json_t *saga = await_state(f, started(f, &op), "STUCK");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:failed");
+    json_decref(saga);
+    struct bb_error e;
+    toy.undo[1] = SAGA_STEP_OK; /* a person fixed the cause */
+    assert_ok(store_run(f->db->store, STORE_WRITE, retry_work, op.id, &e), &e);
+    saga = await_state(f, op.id, "FAILED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:failed "
+                      "s2:compensation:ok s1:compensation:ok");
+    json_decref(saga);
+    /* Only a STUCK saga is retried by hand. */
+    assert_int_equal(store_run(f->db->store, STORE_WRITE, retry_work, op.id, &e), ERR_CONFLICT);
+}
+
+static enum err
+event_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    json_t *data = json_pack("{s:i}", "n", 1);
+    struct outbox_event ev = {.type = "toy.requested.v1",
+                              .aggregate_type = "toy",
+                              .aggregate_id = "order-6",
+                              .data = data,
+                              .for_consumer = true};
+    enum err rc = outbox_append(c, &ev, bb_wall_ms(), e);
+    json_decref(data);
+    return rc;
+}
+
+static enum err
+list_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct saga_filter f = {.correlation_id = "order-6", .limit = 10};
+    return saga_list_json(c, &f, arg, e);
+}
+
+static void
+a_starting_event_starts_one_saga(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    /* Twice: the second event for the same aggregate finds its saga. */
+    assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
+    assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
+    json_t *list = NULL;
+    for (int64_t deadline = bb_mono_ms() + 20000; bb_mono_ms() < deadline; bb_sleep_ms(10)) {
+        json_decref(list);
+        list = NULL;
+        assert_ok(store_run(f->db->store, STORE_READ, list_work, &list, &e), &e);
+        json_t *first = json_array_get(json_object_get(list, "sagas"), 0);
+        if (first && strcmp(json_string_value(json_object_get(first, "state")), "COMPLETED") == 0)
+            break;
+    }
+    json_t *sagas = json_object_get(list, "sagas");
+    assert_int_equal(json_array_size(sagas), 1);
+    json_t *data = json_object_get(json_array_get(sagas, 0), "data");
+    assert_string_equal(json_string_value(json_object_get(data, "for")), "order-6");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(sagas, 0), "state")),
+                        "COMPLETED");
+    json_decref(list);
+}
+
+#define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+static const struct CMUnitTest tests[] = {
+    SAGA_TEST(steps_run_in_order_and_complete),
+    SAGA_TEST(a_permanent_failure_compensates_in_reverse),
+    SAGA_TEST(retries_follow_the_queue_then_give_up),
+    SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
+    SAGA_TEST(a_starting_event_starts_one_saga),
+};
+
+TEST_MAIN(tests, true)
