@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages Backbone needs, and only those missing.
 # Idempotent: a second run installs nothing and makes no network calls.
-#   scripts/deps.sh run     build and run the server
+#   scripts/deps.sh run     build and run the server (curl and jq: scripts/scenarios/)
 #   scripts/deps.sh test    ... plus PostgreSQL 15, cmocka, pytest (the test suite)
 #   scripts/deps.sh bench   ... plus etcd, Redis, Node.js and Celery (the peers we race)
 set -euo pipefail
 
 profile=${1:-run}
-run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata
+run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata curl jq
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libpq-dev libssl-dev)
 test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
   python3-yaml python3-jsonschema

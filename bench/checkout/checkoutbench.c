@@ -7,14 +7,20 @@
  *   checkoutbench reserve --url U --skus 1 --clients 64 --duration 10s
  *       POST /inventory/reservations of 1 unit of a random one of `skus`
  *       products (created first, with ample stock): reservations/s, p50/p99
+ *   checkoutbench saga --url U --skus 100 --clients 64 --duration 10s [--rate R]
+ *       POST /checkout (closed loop, or R per second in all), then wait for
+ *       every saga to end: completed checkouts/s end to end and p50/p99 of
+ *       202 -> COMPLETED, from the checkouts' own created_at/updated_at
  *
  * Every 202 and 201 is durable (the server commits before answering).
  */
 #include "benchlib.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct config {
     char *url;
@@ -22,6 +28,8 @@ struct config {
     int64_t duration_ms;
     int64_t clients;
     int64_t skus;
+    int64_t rate;
+    char *psp_label;
 };
 
 #define OFF(f) offsetof(struct config, f)
@@ -30,7 +38,10 @@ static const struct bb_opt OPTS[] = {
     {"label", BB_OPT_STRING, OFF(label), 0, 0, "", "name printed with the result", 0},
     {"duration", BB_OPT_DURATION, OFF(duration_ms), 100, 3600000, "10s", "how long", 0},
     {"clients", BB_OPT_INT, OFF(clients), 1, 1024, "64", "concurrent clients", 0},
-    {"skus", BB_OPT_INT, OFF(skus), 1, 1000000, "1", "reserve: products to spread over", 0},
+    {"skus", BB_OPT_INT, OFF(skus), 1, 1000000, "1", "reserve, saga: products to spread over", 0},
+    {"rate", BB_OPT_INT, OFF(rate), 0, 1000000, "0", "saga: checkouts per second (0: closed loop)",
+     0},
+    {"psp-label", BB_OPT_STRING, OFF(psp_label), 0, 0, "", "saga: the PSP latency, printed", 0},
 };
 
 static struct config cfg;
@@ -76,8 +87,9 @@ reserve_one(struct http_client *h, void *ctx, size_t client, uint64_t i)
     return true;
 }
 
+/* Products S0..S(skus-1), each with ample stock. */
 static void
-run_reserve(void)
+make_products(void)
 {
     struct http_client *h = http_client_create(NULL, 60000);
     for (int64_t i = 0; i < cfg.skus; i++) {
@@ -87,11 +99,127 @@ run_reserve(void)
         json_decref(bench_call(h, cfg.url, "POST", "/inventory/products", body, 0));
     }
     http_client_destroy(h);
+}
+
+static void
+run_reserve(void)
+{
+    make_products();
     struct bench_result res;
     bench_run((size_t)cfg.clients, cfg.duration_ms, reserve_one, NULL, &res);
     printf("{\"bench\":\"reserve\",\"label\":\"%s\",\"skus\":%" PRId64 ",\"clients\":%" PRId64
            ",\"reserved\":%zu,\"per_s\":%.0f,\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
            cfg.label, cfg.skus, cfg.clients, res.ok, res.ok_per_s, res.p50_ms, res.p99_ms);
+}
+
+/* ---- saga: 202 -> COMPLETED ------------------------------------------------------------- */
+
+enum { SAGA_IDS_MAX = 1 << 21 };
+
+struct saga_run {
+    pthread_mutex_t mu;
+    char (*ids)[40];
+    size_t n;
+    int64_t start_ns;
+};
+
+static bool
+saga_one(struct http_client *h, void *ctx, size_t client, uint64_t i)
+{
+    struct saga_run *sr = ctx;
+    if (cfg.rate > 0) { /* open loop: client k sends at k/rate + i*clients/rate */
+        int64_t due = sr->start_ns + (int64_t)((double)(client + i * (uint64_t)cfg.clients) /
+                                               (double)cfg.rate * 1e9);
+        int64_t wait = due - bb_mono_ns();
+        if (wait > 0)
+            bb_sleep_ms(wait / 1000000);
+    }
+    char key[64], body[256];
+    snprintf(key, sizeof key, "%s-%zu-%" PRIu64, run_id, client, i);
+    http_client_set_header(h, "Idempotency-Key", key);
+    snprintf(body, sizeof body,
+             "{\"customer_id\":\"bench\",\"currency\":\"EUR\",\"payment\":{\"card\":\"tok\"},"
+             "\"items\":[{\"sku\":\"S%" PRIu64 "\",\"qty\":1,\"unit_price\":1250}]}",
+             bb_rand_below((uint64_t)cfg.skus));
+    json_t *out = bench_call(h, cfg.url, "POST", "/checkout", body, 202);
+    const char *id = json_string_value(json_object_get(out, "checkout_id"));
+    pthread_mutex_lock(&sr->mu);
+    if (id && sr->n < SAGA_IDS_MAX)
+        bb_strlcpy(sr->ids[sr->n++], id, sizeof sr->ids[0]);
+    pthread_mutex_unlock(&sr->mu);
+    json_decref(out);
+    return true;
+}
+
+/* "2026-11-23T17:30:34.048Z" in ms since the epoch. */
+static int64_t
+iso_ms(const char *s)
+{
+    struct tm tm = {0};
+    int ms = 0;
+    if (s == NULL || sscanf(s, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                            &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+static void
+run_saga(void)
+{
+    make_products();
+    struct saga_run sr = {.ids = xcalloc(SAGA_IDS_MAX, 40)};
+    pthread_mutex_init(&sr.mu, NULL);
+    sr.start_ns = bb_mono_ns();
+    struct bench_result res;
+    bench_run((size_t)cfg.clients, cfg.duration_ms, saga_one, &sr, &res);
+    /* Wait for every saga to end; the times are the server's own. */
+    struct http_client *h = http_client_create(NULL, 60000);
+    int64_t *lat_ns = xcalloc(sr.n ? sr.n : 1, sizeof *lat_ns);
+    size_t completed = 0, failed = 0;
+    int64_t first = INT64_MAX, last = 0;
+    int64_t deadline = bb_mono_ms() + 600000;
+    for (size_t i = 0; i < sr.n; i++) {
+        char path[80];
+        snprintf(path, sizeof path, "/checkout/%s", sr.ids[i]);
+        for (;;) {
+            json_t *c = bench_call(h, cfg.url, "GET", path, NULL, 200);
+            const char *status = json_string_value(json_object_get(c, "status"));
+            if (status && strcmp(status, "PENDING") != 0) {
+                int64_t created = iso_ms(json_string_value(json_object_get(c, "created_at")));
+                int64_t updated = iso_ms(json_string_value(json_object_get(c, "updated_at")));
+                if (strcmp(status, "COMPLETED") == 0) {
+                    lat_ns[completed++] = (updated - created) * 1000000;
+                    first = created < first ? created : first;
+                    last = updated > last ? updated : last;
+                } else {
+                    failed++;
+                }
+                json_decref(c);
+                break;
+            }
+            json_decref(c);
+            if (bb_mono_ms() > deadline) {
+                fprintf(stderr, "checkoutbench: checkout %s still PENDING after 10 minutes\n",
+                        sr.ids[i]);
+                exit(1);
+            }
+            bb_sleep_ms(5);
+        }
+    }
+    http_client_destroy(h);
+    double p50 = 0, p99 = 0;
+    bench_percentiles(lat_ns, completed, &p50, &p99);
+    double span_s = last > first ? (double)(last - first) / 1e3 : 1;
+    printf("{\"bench\":\"saga\",\"label\":\"%s\",\"psp\":\"%s\",\"clients\":%" PRId64
+           ",\"rate\":%" PRId64 ",\"accepted\":%zu,\"completed\":%zu,\"failed\":%zu,"
+           "\"per_s\":%.0f,\"accepted_per_s\":%.0f,\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
+           cfg.label, cfg.psp_label, cfg.clients, cfg.rate, sr.n, completed, failed,
+           (double)completed / span_s, res.ok_per_s, p50, p99);
+    free(lat_ns);
+    free(sr.ids);
+    pthread_mutex_destroy(&sr.mu);
 }
 
 int
@@ -103,7 +231,7 @@ main(int argc, char **argv)
     if (bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), &cfg, argc - 1, argv + 1, false, pos, 1, &npos,
                       &e) != ERR_OK ||
         npos != 1) {
-        fprintf(stderr, "usage: checkoutbench checkout|reserve [options]\n%s\n",
+        fprintf(stderr, "usage: checkoutbench checkout|reserve|saga [options]\n%s\n",
                 npos == 1 ? e.detail : "");
         bb_opts_help(stderr, OPTS, BB_ARRAY_LEN(OPTS), false);
         return 2;
@@ -116,6 +244,8 @@ main(int argc, char **argv)
         run_checkout();
     else if (strcmp(pos[0], "reserve") == 0)
         run_reserve();
+    else if (strcmp(pos[0], "saga") == 0)
+        run_saga();
     else {
         fprintf(stderr, "checkoutbench: unknown benchmark %s\n", pos[0]);
         code = 2;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The same Idempotency-Key sent 10 times at once makes one checkout and one saga.
+. "$(dirname "$0")/lib.sh"
+sku=DUP-$RUN
+product "$sku" 5
+say "== 10 concurrent POST /checkout with Idempotency-Key dup-$RUN"
+tmp=$(mktemp -d)
+for i in $(seq 10); do checkout "dup-$RUN" "$sku" 1 100 >"$tmp/$i" & done
+wait
+ids=$(cat "$tmp"/* | sort -u)
+rm -rf "$tmp"
+c=$(settle "$ids")
+say "== reconciliation"
+check "distinct checkouts" 1 "$(wc -l <<<"$ids" | tr -d ' ')"
+check "sagas for it" 1 "$(api GET "/sagas?correlation_id=$ids" | jq '.sagas | length')"
+check "checkout" COMPLETED "$(jq -r .status <<<"$c")"
+check "units sold" 4 "$(stock_of "$sku" | jq .on_hand)"
+done_
