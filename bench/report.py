@@ -77,7 +77,7 @@ def checkout(rows):
     print("|---|---:|---:|---:|---:|")
     for engine in ("sqlite", "postgres"):
         label = f"backbone-{engine}"
-        mine = [r for r in rows if r.get("label") == label]
+        mine = [r for r in rows if r.get("label") == label and r["bench"] != "saga"]
         cell = {}
         for r in mine:
             key = r["bench"] if r["bench"] == "checkout" else f"reserve-{r['skus']}"
@@ -85,10 +85,33 @@ def checkout(rows):
         mem = rss.get(label, 0)
         print(f"| {engine} | {cell.get('checkout', '–')} | {cell.get('reserve-1', '–')} "
               f"| {cell.get('reserve-10000', '–')} | {mem / 1024:.0f} MiB |")
+    print()
+    saga(rows)
+
+
+def saga(rows):
+    """Checkouts end to end (202 -> COMPLETED): the most per second (a burst
+    drained by the saga workers), then p50/p99 at half that rate."""
+    rss = {r["rss"]: r["peak_rss_kb"] for r in rows if "rss" in r}
+    print("| engine | PSP latency | completed checkouts/s | at half that rate: p50 / p99 ms "
+          "| peak RSS |")
+    print("|---|---:|---:|---:|---:|")
+    for engine in ("sqlite", "postgres"):
+        label = f"backbone-{engine}"
+        for psp in ("0ms", "50ms"):
+            mine = [r for r in rows if r.get("bench") == "saga" and r.get("label") == label
+                    and r.get("psp") == psp]
+            peak = [r for r in mine if r["rate"] == 0]
+            half = [r for r in mine if r["rate"] > 0]
+            if not peak:
+                continue
+            lat = f"{fmt(half[0]['p50_ms'])} / {fmt(half[0]['p99_ms'])}" if half else "–"
+            print(f"| {engine} | {psp} | {peak[0]['per_s']:,.0f} | {lat} "
+                  f"| {rss.get(label + '-saga', 0) / 1024:.0f} MiB |")
 
 
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
     with open(path) as f:
         data = [json.loads(line) for line in f if line.strip()]
-    {"locks": locks, "jobs": jobs, "checkout": checkout}[kind](data)
+    {"locks": locks, "jobs": jobs, "checkout": checkout, "saga": saga}[kind](data)

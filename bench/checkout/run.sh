@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Checkout benchmark: checkouts accepted per second (POST /checkout, 202) and
 # inventory reservations per second against one hot SKU and against 10,000
-# SKUs, each with 64 clients over HTTP, on SQLite and PostgreSQL in one run,
-# with the server's peak RSS. Prints JSON lines, then the README's table.
+# SKUs, each with 64 clients over HTTP; then checkouts completed end to end
+# by the saga (202 -> COMPLETED) per second and their completion latency at
+# half that rate, with the PSP mock at 0 and 50 ms; on SQLite and PostgreSQL
+# in one run, with the server's peak RSS. Prints JSON lines, then the
+# README's tables.
 #
-#   bench/checkout/run.sh           (DUR=10 seconds per point, CLIENTS=64)
+#   bench/checkout/run.sh   (DUR=10 s per point, CLIENTS=64, BURST=2 s,
+#                            SAGA_WORKERS=128, SAGA_POOL=32)
 #
 # Every 202 and 201 is committed to disk before it is sent (SQLite WAL with
 # synchronous=FULL; PostgreSQL synchronous_commit=on).
@@ -13,6 +17,9 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-64}
+BURST=${BURST:-2}
+SAGA_WORKERS=${SAGA_WORKERS:-128}
+SAGA_POOL=${SAGA_POOL:-32}
 . bench/lib.sh
 cb() {
   "$root/build-release/bench/checkoutbench" "$@" --url http://127.0.0.1:18190 \
@@ -26,6 +33,20 @@ for engine in sqlite postgres; do
   cb reserve --skus 1 --label "$label"
   cb reserve --skus 10000 --label "$label"
   backbone_down "$label"
+  # End to end through the saga: a burst of BURST seconds of checkouts from
+  # 16 clients, drained by the saga workers (completed/s), then the same at
+  # half that rate for DUR seconds (completion latency p50/p99).
+  backbone_up "$(fresh_db $engine cb2)" --workers "$SAGA_WORKERS" --db-pool "$SAGA_POOL"
+  for psp in 0 50; do
+    curl -sf -XPUT http://127.0.0.1:18190/psp/config -d "{\"latency_ms\":$psp}" >/dev/null
+    sb() {
+      "$root/build-release/bench/checkoutbench" saga --url http://127.0.0.1:18190 --skus 100 \
+        --clients 16 --psp-label "${psp}ms" --label "$label" "$@" | tee -a "$results"
+    }
+    peak=$(sb --duration "${BURST}s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["per_s"])')
+    sb --duration "${DUR}s" --rate "$(((${peak%.*} + 1) / 2))" >/dev/null
+  done
+  backbone_down "$label-saga"
 done
 
 python3 "$root/bench/report.py" checkout "$results"

@@ -93,10 +93,11 @@ int
 cli_sagas(int argc, char **argv)
 {
     struct sagas_args a;
-    const char *pos[2];
+    memset(&a, 0, sizeof a);
+    const char *pos[3];
     size_t npos = 0;
     int code =
-        cli_parse(SAGAS_OPTS, BB_ARRAY_LEN(SAGAS_OPTS), &a, argc, argv, SAGAS_USAGE, pos, 2, &npos);
+        cli_parse(SAGAS_OPTS, BB_ARRAY_LEN(SAGAS_OPTS), &a, argc, argv, SAGAS_USAGE, pos, 3, &npos);
     if (code >= 0) {
         cli_free(SAGAS_OPTS, BB_ARRAY_LEN(SAGAS_OPTS), &a);
         return code;

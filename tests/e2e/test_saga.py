@@ -7,7 +7,7 @@ import concurrent.futures
 import random
 import uuid
 
-from conftest import await_condition, check_events, problem
+from conftest import await_condition, check_events, cli, problem
 
 FAST_RETRIES = {"max_attempts": 3, "backoff": {"base_ms": 20, "factor": 2}}
 
@@ -216,3 +216,23 @@ def test_sagas_api_filters_and_refuses_bad_input(server):
     problem(server.get("/sagas/nope"), 404, "not_found", "saga_id")
     saga = server.get("/sagas").json()["sagas"][0]
     problem(server.post(f"/sagas/{saga['saga_id']}/retry"), 409, "conflict", "saga_id")
+
+
+def test_the_cli_lists_shows_and_refuses_to_retry_a_finished_saga(server):
+    product(server, "A", 1)
+    server.put("/psp/config", {"decline_cards": ["tok_stolen"]})
+    c = settled(server, checkout(server, [{"sku": "A", "qty": 1, "unit_price": 100}],
+                                 card="tok_stolen"))
+    saga_id = saga_of(server, c["checkout_id"])["saga_id"]
+    out = cli("sagas", "list", "--state", "FAILED", server=server)
+    assert out.returncode == 0 and saga_id in out.stdout and "the payment was declined" in out.stdout
+    out = cli("sagas", "get", saga_id, server=server)
+    assert out.returncode == 0
+    assert "authorize_payment    action       failed" in out.stdout
+    assert "create_order         compensation ok" in out.stdout
+    out = cli("sagas", "get", saga_id, "--json", server=server)
+    assert '"state":"FAILED"' in out.stdout
+    out = cli("sagas", "retry", saga_id, server=server)
+    assert out.returncode == 1 and "only a STUCK saga" in out.stderr
+    assert cli("sagas", "list", "--state", "BAD", server=server).returncode == 1
+    assert cli("sagas", "frob", server=server).returncode == 2
