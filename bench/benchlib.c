@@ -109,3 +109,37 @@ bench_run(size_t clients, int64_t duration_ms, bench_op_fn *op, void *ctx, struc
     free(c);
     free(t);
 }
+
+int
+bench_main(const char *tool, const struct bb_opt *opts, size_t n_opts, void *cfg,
+           const struct bench_mode *modes, size_t n_modes, int argc, char **argv)
+{
+    bench_name = tool;
+    const char *pos[1];
+    size_t npos = 0;
+    struct bb_error e;
+    bb_error_clear(&e);
+    const struct bench_mode *mode = NULL;
+    bool parsed =
+        bb_opts_parse(opts, n_opts, cfg, argc - 1, argv + 1, false, pos, 1, &npos, &e) == ERR_OK;
+    for (size_t i = 0; parsed && npos == 1 && i < n_modes; i++)
+        if (strcmp(pos[0], modes[i].name) == 0)
+            mode = &modes[i];
+    if (mode == NULL) {
+        fprintf(stderr, "usage: %s", tool);
+        for (size_t i = 0; i < n_modes; i++)
+            fprintf(stderr, "%s%s", i ? "|" : " ", modes[i].name);
+        fprintf(stderr, " [options]\n%s\n",
+                !parsed     ? e.detail
+                : npos == 1 ? "unknown benchmark"
+                            : "");
+        bb_opts_help(stderr, opts, n_opts, false);
+        bb_opts_free(opts, n_opts, cfg);
+        return 2;
+    }
+    http_client_global_init();
+    mode->run();
+    bb_opts_free(opts, n_opts, cfg);
+    http_client_global_cleanup();
+    return 0;
+}

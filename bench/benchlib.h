@@ -31,4 +31,13 @@ struct bench_result {
 void bench_run(size_t clients, int64_t duration_ms, bench_op_fn *op, void *ctx,
                struct bench_result *out);
 
+/* A tool's benchmarks by name: `tool NAME [options]` parses `opts` into
+ * `cfg`, runs NAME's function and frees `cfg`; 2 on a usage error. */
+struct bench_mode {
+    const char *name;
+    void (*run)(void);
+};
+int bench_main(const char *tool, const struct bb_opt *opts, size_t n_opts, void *cfg,
+               const struct bench_mode *modes, size_t n_modes, int argc, char **argv);
+
 #endif /* BB_BENCHLIB_H */

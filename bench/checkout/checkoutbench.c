@@ -225,32 +225,9 @@ run_saga(void)
 int
 main(int argc, char **argv)
 {
-    const char *pos[1];
-    size_t npos = 0;
-    struct bb_error e;
-    if (bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), &cfg, argc - 1, argv + 1, false, pos, 1, &npos,
-                      &e) != ERR_OK ||
-        npos != 1) {
-        fprintf(stderr, "usage: checkoutbench checkout|reserve|saga [options]\n%s\n",
-                npos == 1 ? e.detail : "");
-        bb_opts_help(stderr, OPTS, BB_ARRAY_LEN(OPTS), false);
-        return 2;
-    }
-    bench_name = "checkoutbench";
+    static const struct bench_mode modes[] = {
+        {"checkout", run_checkout}, {"reserve", run_reserve}, {"saga", run_saga}};
     snprintf(run_id, sizeof run_id, "r%" PRIx64, bb_rand_u64() & 0xffffffff);
-    http_client_global_init();
-    int code = 0;
-    if (strcmp(pos[0], "checkout") == 0)
-        run_checkout();
-    else if (strcmp(pos[0], "reserve") == 0)
-        run_reserve();
-    else if (strcmp(pos[0], "saga") == 0)
-        run_saga();
-    else {
-        fprintf(stderr, "checkoutbench: unknown benchmark %s\n", pos[0]);
-        code = 2;
-    }
-    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &cfg);
-    http_client_global_cleanup();
-    return code;
+    return bench_main("checkoutbench", OPTS, BB_ARRAY_LEN(OPTS), &cfg, modes, BB_ARRAY_LEN(modes),
+                      argc, argv);
 }

@@ -275,37 +275,11 @@ run_deep(void)
 int
 main(int argc, char **argv)
 {
-    const char *pos[1];
-    size_t npos = 0;
-    struct bb_error e;
-    if (bb_opts_parse(OPTS, BB_ARRAY_LEN(OPTS), &cfg, argc - 1, argv + 1, false, pos, 1, &npos,
-                      &e) != ERR_OK ||
-        npos != 1) {
-        fprintf(stderr, "usage: jobbench submit|batch|process|latency|deep [options]\n%s\n",
-                npos == 1 ? e.detail : "");
-        bb_opts_help(stderr, OPTS, BB_ARRAY_LEN(OPTS), false);
-        return 2;
-    }
-    bench_name = "jobbench";
-    http_client_global_init();
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } benches[] = {{"submit", run_submit},
-                   {"batch", run_batch},
-                   {"process", run_process},
-                   {"latency", run_latency},
-                   {"deep", run_deep}};
-    int code = 2;
-    for (size_t i = 0; i < BB_ARRAY_LEN(benches); i++) {
-        if (strcmp(pos[0], benches[i].name) == 0) {
-            benches[i].fn();
-            code = 0;
-        }
-    }
-    if (code)
-        fprintf(stderr, "jobbench: unknown benchmark %s\n", pos[0]);
-    bb_opts_free(OPTS, BB_ARRAY_LEN(OPTS), &cfg);
-    http_client_global_cleanup();
-    return code;
+    static const struct bench_mode modes[] = {{"submit", run_submit},
+                                              {"batch", run_batch},
+                                              {"process", run_process},
+                                              {"latency", run_latency},
+                                              {"deep", run_deep}};
+    return bench_main("jobbench", OPTS, BB_ARRAY_LEN(OPTS), &cfg, modes, BB_ARRAY_LEN(modes), argc,
+                      argv);
 }

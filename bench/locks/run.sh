@@ -14,33 +14,9 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-"1 8 64"}
-work=$(mktemp -d /tmp/backbone-bench.XXXXXX)
-pgdir=$(mktemp -d /tmp/backbone-bench-pg.XXXXXX) # its own: the postgres user must reach it
 peers=${PEERS_DIR:-$root/../shared/peers}
-results=$work/results.jsonl
-pids=()
-
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  scripts/pg-test.sh stop "$pgdir"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-scripts/deps.sh bench >/dev/null
-cmake --preset release >/dev/null
-cmake --build build-release -j"$(nproc)" >/dev/null
-bin=$root/build-release/backbone
-lockbench=$root/build-release/lockbench
-[ -x "$lockbench" ] || lockbench=$root/build-release/bench/lockbench
-
-peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-
-wait_http() {
-  for _ in $(seq 200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "bench: $1 did not come up" >&2; exit 1
-}
+. bench/lib.sh
+lockbench=$root/build-release/bench/lockbench
 
 point() { # target label url clients
   "$lockbench" --target "$1" --label "$2" --url "$3" --clients "$4" --duration "${DUR}s" |
@@ -48,22 +24,15 @@ point() { # target label url clients
 }
 
 rss_line() { # label pid
-  echo "{\"rss\":\"$1\",\"peak_rss_kb\":$(peak_rss_kb "$2")}" | tee -a "$results"
+  echo "{\"rss\":\"$1\",\"peak_rss_kb\":$(awk '/VmHWM/ {print $2}' "/proc/$2/status")}" |
+    tee -a "$results"
 }
 
-backbone() { # label db-url port
-  "$bin" serve --db "$2" --port "$3" --log-level warn &
-  local pid=$!
-  pids+=($pid)
-  wait_http "http://127.0.0.1:$3/readyz"
-  for c in $CLIENTS; do point backbone "$1" "http://127.0.0.1:$3" "$c"; done
-  rss_line "$1" "$pid"
-  kill "$pid"
-  wait "$pid" || true
-}
-
-backbone backbone-sqlite "sqlite:$work/bench.db" 18180
-backbone backbone-postgres "$(scripts/pg-test.sh start "$pgdir")" 18181
+for engine in sqlite postgres; do
+  backbone_up "$(fresh_db $engine lb)"
+  for c in $CLIENTS; do point backbone "backbone-$engine" http://127.0.0.1:18190 "$c"; done
+  backbone_down "backbone-$engine"
+done
 
 # --- etcd 3.4, single node, its v3 JSON gateway ------------------------------------
 etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 \
