@@ -5,17 +5,13 @@ sku=DECL-$RUN
 product "$sku" 5
 api PUT /psp/config '{"decline_cards":["tok_stolen"]}' >/dev/null
 say "== a checkout paid with a card the PSP declines (tok_stolen)"
-c=$(settle "$(checkout "decline-$RUN" "$sku" 2 100 tok_stolen)")
-saga=$(saga_of "$(jq -r .checkout_id <<<"$c")")
-say "  checkout: $(jq -r '"\(.status): \(.reason)"' <<<"$c")"
-timeline "$saga"
-order=$(jq -r .order_id <<<"$c")
+one_checkout "decline-$RUN" "$sku" 2 100 tok_stolen
 say "== reconciliation"
 check "checkout" FAILED "$(jq -r .status <<<"$c")"
 check "reason" "the payment was declined" "$(jq -r .reason <<<"$c")"
-check "authorization attempts (no retries)" 1 "$(jq '[.timeline[] | select(.step=="authorize_payment" and .phase=="action")] | length' <<<"$saga")"
+check "authorization attempts (no retries)" 1 "$(attempts_of "$saga" authorize_payment)"
 check "order" CANCELLED "$(api GET "/orders/$order" | jq -r .status)"
 check "stock available again" 5 "$(stock_of "$sku" | jq .available)"
-check "money captured" 0 "$(api GET "/payments?order_id=$order" | jq '[.payments[].captured_amount] | add // 0')"
+check "money captured" 0 "$(captured_for "$order")"
 api PUT /psp/config '{"decline_cards":[]}' >/dev/null
 done_

@@ -49,6 +49,17 @@ check() { # description expected actual
   fi
 }
 stock_of() { api GET "/inventory/products/$1/availability"; }
+one_checkout() { # key sku qty unit_price [card]: sets c, saga, order; prints how it ended
+  c=$(settle "$(checkout "$@")")
+  saga=$(saga_of "$(jq -r .checkout_id <<<"$c")")
+  order=$(jq -r .order_id <<<"$c")
+  say "  checkout: $(jq -r '"\(.status): \(.reason)"' <<<"$c")"
+  timeline "$saga"
+}
+captured_for() { api GET "/payments?order_id=$1" | jq '[.payments[].captured_amount] | add // 0'; }
+attempts_of() { # saga step -> how many times its action ran
+  jq "[.timeline[] | select(.step == \"$2\" and .phase == \"action\")] | length" <<<"$1"
+}
 done_() {
   if [ "$failures" -gt 0 ]; then say "$failures check(s) failed"; exit 1; fi
   say "all checks passed"

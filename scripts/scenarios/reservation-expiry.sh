@@ -11,12 +11,8 @@ sku=EXP-$RUN
 product "$sku" 1
 api PUT /psp/config "{\"latency_ms\":$LATENCY_MS}" >/dev/null
 say "== one unit of $sku, a checkout, and a PSP that takes $LATENCY_MS ms per call"
-c=$(settle "$(checkout "exp-$RUN" "$sku" 1 900)")
+one_checkout "exp-$RUN" "$sku" 1 900
 api PUT /psp/config '{"latency_ms":0}' >/dev/null
-saga=$(saga_of "$(jq -r .checkout_id <<<"$c")")
-say "  checkout: $(jq -r '"\(.status): \(.reason)"' <<<"$c")"
-timeline "$saga"
-order=$(jq -r .order_id <<<"$c")
 say "== reconciliation"
 check "checkout" FAILED "$(jq -r .status <<<"$c")"
 check "reason" "the reservation expired before the payment completed" "$(jq -r .reason <<<"$c")"

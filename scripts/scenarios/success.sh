@@ -21,7 +21,7 @@ for i in $(seq "$N"); do
   total_amount=$((total_amount + qtys[i] * 250))
   [ "$(jq -r .status <<<"$c")" = COMPLETED ] && completed=$((completed + 1))
   order=$(jq -r .order_id <<<"$c")
-  captured=$((captured + $(api GET "/payments?order_id=$order" | jq '[.payments[].captured_amount] | add // 0')))
+  captured=$((captured + $(captured_for "$order")))
   [ "$(api GET "/orders/$order" | jq -r .status)" = CONFIRMED ] && confirmed=$((confirmed + 1))
 done
 rm -rf "$tmp"
