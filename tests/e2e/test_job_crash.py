@@ -22,9 +22,9 @@ def submit(server, body):
 
 def test_kill9_mid_job_the_job_finishes_later_exactly_once(make_server, database):
     server = make_server()
-    # 2 s of work, a 2 s limit: the lease is 3 s.
-    job_id = submit(server, {"handler": "ledger", "payload": {"ms": 2000},
-                             "max_duration_seconds": 2})
+    # 1 s of work, a 3 s limit (room for a slow sanitized build): the lease is 4 s.
+    job_id = submit(server, {"handler": "ledger", "payload": {"ms": 1000},
+                             "max_duration_seconds": 3})
     wait_job(server, job_id, ("running",))
     server.kill9()
     server.start()

@@ -24,6 +24,14 @@ static struct {
     enum saga_outcome undo[3];
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
+/* The workers read `toy` under its lock. */
+#define TOY_SET(field, value)          \
+    do {                               \
+        pthread_mutex_lock(&toy.mu);   \
+        toy.field = (value);           \
+        pthread_mutex_unlock(&toy.mu); \
+    } while (0)
+
 static struct store_stmt TOY_WRITE = {.sql = "INSERT INTO toy_writes (saga, step) VALUES ($1, $2)"};
 static struct store_stmt TOY_COUNT = {.sql = "SELECT count(*) FROM toy_writes"};
 static struct store_stmt TOY_TABLE = {.sql = "CREATE TABLE toy_writes (saga TEXT, step TEXT)"};
@@ -255,7 +263,7 @@ static void
 a_permanent_failure_compensates_in_reverse(void **state)
 {
     struct fixture *f = *state;
-    toy.action[2] = SAGA_STEP_FAIL;
+    TOY_SET(action[2], SAGA_STEP_FAIL);
     struct start_op op = {.correlation = "order-2"};
     json_t *saga = await_state(f, started(f, &op), "FAILED");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:ok "
@@ -271,12 +279,12 @@ static void
 retries_follow_the_queue_then_give_up(void **state)
 {
     struct fixture *f = *state;
-    toy.retries_left[1] = 1; /* s2: one retry, then fine */
+    TOY_SET(retries_left[1], 1); /* s2: one retry, then fine */
     struct start_op op = {.correlation = "order-3"};
     json_t *saga = await_state(f, started(f, &op), "COMPLETED");
     timeline_is(saga, "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
     json_decref(saga);
-    toy.retries_left[1] = 100; /* more than the queue's 3 attempts */
+    TOY_SET(retries_left[1], 100); /* more than the queue's 3 attempts */
     struct start_op op2 = {.correlation = "order-4"};
     saga = await_state(f, started(f, &op2), "FAILED");
     timeline_is(saga, "s1:action:ok s2:action:retry s2:action:retry s2:action:failed "
@@ -297,14 +305,14 @@ static void
 a_failing_compensation_is_stuck_until_retried(void **state)
 {
     struct fixture *f = *state;
-    toy.action[2] = SAGA_STEP_FAIL;
-    toy.undo[1] = SAGA_STEP_FAIL;
+    TOY_SET(action[2], SAGA_STEP_FAIL);
+    TOY_SET(undo[1], SAGA_STEP_FAIL);
     struct start_op op = {.correlation = "order-5"};
     json_t *saga = await_state(f, started(f, &op), "STUCK");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:failed");
     json_decref(saga);
     struct bb_error e;
-    toy.undo[1] = SAGA_STEP_OK; /* a person fixed the cause */
+    TOY_SET(undo[1], SAGA_STEP_OK); /* a person fixed the cause */
     assert_ok(store_run(f->db->store, STORE_WRITE, retry_work, op.id, &e), &e);
     saga = await_state(f, op.id, "FAILED");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:failed "
