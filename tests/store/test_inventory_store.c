@@ -16,32 +16,6 @@
 
 static const int64_t T0 = 1800000000000;
 
-struct fixture {
-    struct test_db *db;
-    struct store_conn *c;
-};
-
-static int
-setup(void **state)
-{
-    struct fixture *f = xcalloc(1, sizeof *f);
-    f->db = test_db_create();
-    struct bb_error e;
-    assert_ok(store_conn_open(f->db->store, &f->c, &e), &e);
-    *state = f;
-    return 0;
-}
-
-static int
-teardown(void **state)
-{
-    struct fixture *f = *state;
-    store_conn_close(f->c);
-    test_db_destroy(f->db);
-    free(f);
-    return 0;
-}
-
 /* Mutations that may fail run in a transaction, as the executor runs them:
  * begin(), then end() commits on success and rolls back otherwise. */
 static void
@@ -143,7 +117,7 @@ the_lifecycle_table_allows_only_real_transitions(void **state)
 static void
 a_reservation_takes_every_item_or_none(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     product(f->c, "A", 5);
     product(f->c, "B", 1);
     const struct inventory_item too_much[] = {{"A", 2}, {"B", 3}};
@@ -181,7 +155,7 @@ a_reservation_takes_every_item_or_none(void **state)
 static void
 the_same_order_gets_the_same_reservation(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     product(f->c, "A", 5);
     product(f->c, "B", 5);
     const struct inventory_item items[] = {{"A", 2}, {"B", 1}};
@@ -204,7 +178,7 @@ the_same_order_gets_the_same_reservation(void **state)
 static void
 commit_sells_and_release_gives_back_each_once(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     product(f->c, "A", 10);
     const struct inventory_item items[] = {{"A", 4}};
     struct bb_error e;
@@ -233,7 +207,7 @@ commit_sells_and_release_gives_back_each_once(void **state)
 static void
 an_expired_reservation_gives_its_stock_back_and_cannot_be_sold(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     product(f->c, "A", 3);
     const struct inventory_item two[] = {{"A", 2}}, one[] = {{"A", 1}};
     struct bb_error e;
@@ -274,7 +248,7 @@ an_expired_reservation_gives_its_stock_back_and_cannot_be_sold(void **state)
 static void
 stock_and_adjustments_apply_once_per_key(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     product(f->c, "A", 0);
     struct bb_error e;
     json_t *p;
@@ -353,7 +327,7 @@ buyer(void *arg)
 static void
 concurrent_buyers_never_oversell(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     product(f->c, "HOT", UNITS);
     struct race race = {.store = f->db->store};
     pthread_t t[BUYERS];
@@ -370,7 +344,7 @@ concurrent_buyers_never_oversell(void **state)
     assert_int_equal(events(f->c, "inventory.reserved.v1"), UNITS);
 }
 
-#define INV_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define INV_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(the_lifecycle_table_allows_only_real_transitions),

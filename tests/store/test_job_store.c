@@ -16,32 +16,6 @@
 
 static const int64_t T0 = 1800000000000;
 
-struct fixture {
-    struct test_db *db;
-    struct store_conn *c;
-};
-
-static int
-setup(void **state)
-{
-    struct fixture *f = xcalloc(1, sizeof *f);
-    f->db = test_db_create();
-    struct bb_error e;
-    assert_ok(store_conn_open(f->db->store, &f->c, &e), &e);
-    *state = f;
-    return 0;
-}
-
-static int
-teardown(void **state)
-{
-    struct fixture *f = *state;
-    store_conn_close(f->c);
-    test_db_destroy(f->db);
-    free(f);
-    return 0;
-}
-
 static int64_t
 submit(struct store_conn *c, const char *queue, const char *handler, int64_t priority,
        int64_t run_at, int64_t now)
@@ -124,7 +98,7 @@ finish(struct store_conn *c, int64_t id, int64_t token, enum job_outcome outcome
 static void
 submit_and_read_back(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_spec s = {.queue = "default",
                          .handler = "noop",
                          .payload = "{\"a\":[1,2]}",
@@ -159,7 +133,7 @@ submit_and_read_back(void **state)
 static void
 unique_key_returns_the_first_job_until_it_finishes(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_spec s = {.handler = "noop", .unique_key = "order-42"};
     int64_t a, b;
     bool created;
@@ -183,7 +157,7 @@ unique_key_returns_the_first_job_until_it_finishes(void **state)
 static void
 claims_take_ready_jobs_by_priority_then_age(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     int64_t low = submit(f->c, NULL, "noop", 0, T0 - 300, T0 - 300);
     int64_t high = submit(f->c, NULL, "noop", 10, T0 - 100, T0 - 100);
     int64_t old = submit(f->c, NULL, "noop", 0, T0 - 500, T0 - 500);
@@ -218,7 +192,7 @@ claims_take_ready_jobs_by_priority_then_age(void **state)
 static void
 paused_queues_and_concurrency_limits_hold_claims_back(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_queue q;
     job_queue_defaults(&q, "limited");
     q.concurrency = 2;
@@ -260,7 +234,7 @@ paused_queues_and_concurrency_limits_hold_claims_back(void **state)
 static void
 completion_with_a_stale_lease_token_is_refused(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
     struct job_lease first = claim_one(f->c, "default", T0);
     /* The lease runs out: rescued, claimed again with a new token. */
@@ -300,7 +274,7 @@ completion_with_a_stale_lease_token_is_refused(void **state)
 static void
 failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_spec s = {.handler = "noop", .max_attempts = 3};
     int64_t id;
     bool created;
@@ -358,7 +332,7 @@ failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
 static void
 permanent_failure_dies_at_once_and_purge_removes_it(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
     struct job_lease l = claim_one(f->c, "default", T0);
     enum job_state st;
@@ -376,7 +350,7 @@ permanent_failure_dies_at_once_and_purge_removes_it(void **state)
 static void
 cancel_revokes_a_running_lease_and_run_now_brings_it_back(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
     struct job_lease l = claim_one(f->c, "default", T0);
     struct bb_error e;
@@ -400,7 +374,7 @@ cancel_revokes_a_running_lease_and_run_now_brings_it_back(void **state)
 static void
 enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
     int64_t gone = submit(f->c, NULL, "noop", 0, T0, T0);
@@ -417,7 +391,7 @@ enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
 static void
 schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_schedule s = {.interval_ms = 60000};
     bb_strlcpy(s.name, "tick", sizeof s.name);
     s.job = (struct job_spec){.handler = "noop", .payload = "{\"k\":1}"};
@@ -468,7 +442,7 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
 static void
 cron_schedules_use_their_time_zone(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_schedule s = {0};
     bb_strlcpy(s.name, "morning", sizeof s.name);
     bb_strlcpy(s.cron, "0 9 * * *", sizeof s.cron);
@@ -486,7 +460,7 @@ cron_schedules_use_their_time_zone(void **state)
 static void
 list_pages_and_filters(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     int64_t ids[5];
     for (int i = 0; i < 5; i++)
         ids[i] = submit(f->c, NULL, "noop", 0, T0, T0);
@@ -533,7 +507,7 @@ count_attempts(struct store_conn *c, int64_t id)
 static void
 retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     /* Finished long ago: completed (old), cancelled (cancelled), dead. */
     int64_t old = submit(f->c, NULL, "noop", 0, T0, T0);
@@ -581,7 +555,7 @@ retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
 static void
 many_jobs_insert_in_order_across_queues_and_keys(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_queue q;
     job_queue_defaults(&q, "other");
     struct bb_error e;
@@ -622,7 +596,7 @@ many_jobs_insert_in_order_across_queues_and_keys(void **state)
 static void
 a_large_batch_keeps_each_rows_id_and_order(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct job_queue q;
     job_queue_defaults(&q, "other");
     struct bb_error e;
@@ -710,7 +684,7 @@ claimer(void *arg)
 static void
 concurrent_claimers_never_share_a_job(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct claim_race race = {.store = f->db->store};
     int64_t now = bb_wall_ms();
     race.base_id = submit(f->c, NULL, "noop", 0, now, now);
@@ -727,7 +701,7 @@ concurrent_claimers_never_share_a_job(void **state)
         assert_int_equal(race.claimed[i], 1);
 }
 
-#define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
     JOB_TEST(submit_and_read_back),

@@ -14,32 +14,6 @@
 
 static const int64_t T0 = 1700000000000; /* fake wall clock, ms */
 
-struct fixture {
-    struct test_db *db;
-    struct store_conn *c;
-};
-
-static int
-setup(void **state)
-{
-    struct fixture *f = xcalloc(1, sizeof *f);
-    f->db = test_db_create();
-    struct bb_error e;
-    assert_ok(store_conn_open(f->db->store, &f->c, &e), &e);
-    *state = f;
-    return 0;
-}
-
-static int
-teardown(void **state)
-{
-    struct fixture *f = *state;
-    store_conn_close(f->c);
-    test_db_destroy(f->db);
-    free(f);
-    return 0;
-}
-
 static struct lock_grant
 acquire_ok(struct store_conn *c, const char *name, const char *owner, int64_t ttl, int64_t now,
            enum lock_outcome expect)
@@ -57,7 +31,7 @@ acquire_ok(struct store_conn *c, const char *name, const char *owner, int64_t tt
 static void
 tokens_strictly_increase_across_grants_and_takeovers(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     struct lock_grant g1 = acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
     assert_int_equal(g1.token, 1);
@@ -79,7 +53,7 @@ tokens_strictly_increase_across_grants_and_takeovers(void **state)
 static void
 reacquire_by_the_holder_keeps_its_token_and_extends(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct lock_grant g1 = acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
     struct lock_grant g2 = acquire_ok(f->c, "L", "w1", 5000, T0 + 500, LOCK_REENTERED);
     assert_int_equal(g2.token, g1.token);
@@ -90,7 +64,7 @@ reacquire_by_the_holder_keeps_its_token_and_extends(void **state)
 static void
 acquire_while_held_names_the_holder_but_not_its_token(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
     struct lock_grant g;
     enum lock_outcome how;
@@ -104,7 +78,7 @@ acquire_while_held_names_the_holder_but_not_its_token(void **state)
 static void
 renew_extends_and_refuses_stale_or_expired_tokens(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     struct lock_grant g = acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
     struct lock_grant r;
@@ -124,7 +98,7 @@ renew_extends_and_refuses_stale_or_expired_tokens(void **state)
 static void
 release_is_idempotent_and_frees_the_lock(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     struct lock_grant g = acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
     assert_ok(lock_release(f->c, "L", g.token, T0 + 1, &e), &e);
@@ -140,7 +114,7 @@ release_is_idempotent_and_frees_the_lock(void **state)
 static void
 get_reports_a_held_lock_and_forgets_an_expired_one(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
     struct lock_grant got;
@@ -166,7 +140,7 @@ collect(void *arg, const struct lock_grant *g)
 static void
 list_shows_held_locks_in_name_order_with_paging(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     acquire_ok(f->c, "c", "w", 1000, T0, LOCK_GRANTED);
     acquire_ok(f->c, "a", "w", 1000, T0, LOCK_GRANTED);
@@ -191,7 +165,7 @@ list_shows_held_locks_in_name_order_with_paging(void **state)
 static void
 fence_accepts_equal_or_newer_tokens_and_refuses_older(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct bb_error e;
     assert_ok(lock_fenced_put(f->c, "k", 5, "{\"v\":1}", T0, &e), &e);
     assert_ok(lock_fenced_put(f->c, "k", 5, "{\"v\":2}", T0, &e), &e);
@@ -244,7 +218,7 @@ read_row(struct store_conn *c, const char *name)
 static void
 acquire_statement_agrees_with_the_decision_table(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     /* Each scenario leaves lock `name` in some state by T0 + 500, then w1
      * acquires at T0 + 500. */
     static const struct {
@@ -375,7 +349,7 @@ racer(void *arg)
 static void
 concurrent_acquirers_never_overlap_and_tokens_follow_grants(void **state)
 {
-    struct fixture *f = *state;
+    struct test_conn *f = *state;
     struct race r = {.store = f->db->store};
     pthread_mutex_init(&r.mu, NULL);
     pthread_t threads[THREADS];
@@ -397,7 +371,7 @@ concurrent_acquirers_never_overlap_and_tokens_follow_grants(void **state)
         assert_int_equal(r.tokens[i], i + 1);
 }
 
-#define LOCK_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define LOCK_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
     LOCK_TEST(tokens_strictly_increase_across_grants_and_takeovers),

@@ -149,3 +149,24 @@ test_outbox_page(struct store_conn *c, const struct outbox_filter *f)
     assert_ok(store_commit(c, &e), &e);
     return page;
 }
+
+int
+test_conn_setup(void **state)
+{
+    struct test_conn *f = xcalloc(1, sizeof *f);
+    f->db = test_db_create();
+    struct bb_error e;
+    assert_ok(store_conn_open(f->db->store, &f->c, &e), &e);
+    *state = f;
+    return 0;
+}
+
+int
+test_conn_teardown(void **state)
+{
+    struct test_conn *f = *state;
+    store_conn_close(f->c);
+    test_db_destroy(f->db);
+    free(f);
+    return 0;
+}

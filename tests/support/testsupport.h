@@ -48,6 +48,15 @@ void test_db_destroy(struct test_db *db);
 struct outbox_filter;
 json_t *test_outbox_page(struct store_conn *c, const struct outbox_filter *f);
 
+/* A test_db with one connection open on it, and its cmocka setup/teardown
+ * (suites that work on a connection). */
+struct test_conn {
+    struct test_db *db;
+    struct store_conn *c;
+};
+int test_conn_setup(void **state);
+int test_conn_teardown(void **state);
+
 /* cmocka setup/teardown that put a test_db in *state. */
 int test_db_setup(void **state);
 int test_db_teardown(void **state);
