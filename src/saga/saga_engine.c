@@ -134,6 +134,7 @@ struct step_job {
     struct bb_error step_error;
     enum saga_outcome outcome;
     int64_t started_at_ms;
+    bool stale; /* another run of this version moved the saga on */
 };
 
 static enum err
@@ -181,6 +182,7 @@ in_txn_work(struct store_conn *c, void *arg, struct bb_error *e)
         return rc;
     bool current = found && now.version == j->version;
     saga__instance_deinit(&now);
+    j->stale = !current;
     if (!current)
         return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", j->saga_id);
     json_decref(j->sr.data); /* a unit the store retries starts afresh */
@@ -190,7 +192,7 @@ in_txn_work(struct store_conn *c, void *arg, struct bb_error *e)
         return bb_fail(e, ERR_CONFLICT, "", "step failed");
     struct saga_step_result res;
     fill_result(j, &res);
-    return saga__transition(c, j->def, &j->in, &res, bb_wall_ms(), e);
+    return saga__transition(c, j->def, &j->in, &res, bb_wall_ms(), &j->stale, e);
 }
 
 static enum err
@@ -199,7 +201,7 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct step_job *j = arg;
     struct saga_step_result res;
     fill_result(j, &res);
-    return saga__transition(c, j->def, &j->in, &res, bb_wall_ms(), e);
+    return saga__transition(c, j->def, &j->in, &res, bb_wall_ms(), &j->stale, e);
 }
 
 static enum job_verdict
@@ -252,7 +254,7 @@ saga_job(struct job_run *run)
     enum err rc;
     if (sd->in_txn) {
         rc = store_run(j->eng->store, STORE_WRITE, in_txn_work, j, &e);
-        if (rc == ERR_CONFLICT && j->outcome != SAGA_STEP_OK)
+        if (rc == ERR_CONFLICT && !j->stale && j->outcome != SAGA_STEP_OK)
             rc = store_run(j->eng->store, STORE_WRITE, record_work, j, &e);
     } else {
         j->sr.data = json_deep_copy(j->in.data);
@@ -264,7 +266,7 @@ saga_job(struct job_run *run)
         log_info("saga.step_failed", "saga=%s type=%s step=%s phase=%s outcome=%s detail=%s",
                  j->in.id, j->in.type, sd->name, compensating ? "compensation" : "action",
                  j->outcome == SAGA_STEP_RETRY ? "retry" : "failed", j->step_error.detail);
-    if (rc == ERR_CONFLICT && strstr(e.detail, "moved on"))
+    if (rc == ERR_CONFLICT && j->stale)
         rc = ERR_OK; /* another run got there first */
     if (rc != ERR_OK) {
         bb_buf_printf(&run->error, "saga %s step %s: %s", j->in.id, sd->name, e.detail);

@@ -39,10 +39,10 @@ BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_ins
                            bool *found, struct bb_error *e);
 void saga__instance_deinit(struct saga_instance *in);
 /* Record `res` and move the instance on (compare-and-set on its version:
- * ERR_CONFLICT when another run moved it first). */
+ * ERR_CONFLICT with *stale set when another run moved it first). */
 BB_WUR enum err saga__transition(struct store_conn *c, const struct saga_def *def,
                                  const struct saga_instance *in, const struct saga_step_result *res,
-                                 int64_t now_ms, struct bb_error *e);
+                                 int64_t now_ms, bool *stale, struct bb_error *e);
 
 /* The definitions of this process, by type (NULL: none). */
 const struct saga_def *saga__def_find(const char *type);

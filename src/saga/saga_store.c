@@ -224,8 +224,10 @@ outcome_name(enum saga_outcome o)
 
 enum err
 saga__transition(struct store_conn *c, const struct saga_def *def, const struct saga_instance *in,
-                 const struct saga_step_result *res, int64_t now_ms, struct bb_error *e)
+                 const struct saga_step_result *res, int64_t now_ms, bool *stale,
+                 struct bb_error *e)
 {
+    *stale = false;
     const struct saga_step_def *sd = &def->steps[in->step];
     bool compensating = in->state == SAGA_COMPENSATING;
     enum saga_state next_state = in->state;
@@ -294,8 +296,10 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
     if (rc == ERR_OK)
         rc = store_exec(c, &SAGA_UPDATE, p, BB_ARRAY_LEN(p), &changed, e);
     free(data);
-    if (rc == ERR_OK && changed == 0) /* another run moved it on: this one is stale */
+    if (rc == ERR_OK && changed == 0) { /* another run moved it on: this one is stale */
+        *stale = true;
         return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", in->id);
+    }
     const struct store_param s[] = {sp_text(in->id),
                                     sp_text(sd->name),
                                     sp_text(compensating ? "compensation" : "action"),

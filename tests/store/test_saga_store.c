@@ -4,7 +4,8 @@
  * a permanent failure compensates in reverse, retries use the queue's
  * backoff and then give up, a compensation that keeps failing leaves the
  * saga STUCK until retried by hand, an in-transaction step that fails
- * leaves no write behind, and a starting event starts one saga.
+  * leaves no write behind, a starting event starts one saga, and a second
+ * job for the same step (a crash's leftover) moves nothing.
  */
 #include "testsupport.h"
 
@@ -322,6 +323,34 @@ a_failing_compensation_is_stuck_until_retried(void **state)
     assert_int_equal(store_run(f->db->store, STORE_WRITE, retry_work, op.id, &e), ERR_CONFLICT);
 }
 
+/* A second job for the saga's first step, as a crash or a rescued lease
+ * would leave behind. */
+static enum err
+twin_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct start_op *op = arg;
+    enum err rc = start_work(c, op, e);
+    char payload[128];
+    snprintf(payload, sizeof payload, "{\"saga_id\":\"%s\",\"version\":1}", op->id);
+    struct job_spec spec = {.queue = "sagas", .handler = "saga", .payload = payload};
+    int64_t id;
+    bool created;
+    return rc == ERR_OK ? job_submit(c, &spec, bb_wall_ms(), &id, &created, e) : rc;
+}
+
+static void
+two_jobs_for_one_step_move_the_saga_once(void **state)
+{
+    struct fixture *f = *state;
+    struct start_op op = {.correlation = "order-7"};
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, twin_work, &op, &e), &e);
+    json_t *saga = await_state(f, op.id, "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    json_decref(saga);
+    assert_int_equal(writes(f), 2); /* the stale run's s1 write went with it */
+}
+
 static enum err
 event_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -378,6 +407,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
     SAGA_TEST(a_starting_event_starts_one_saga),
+    SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
 };
 
 TEST_MAIN(tests, true)
