@@ -4,7 +4,7 @@
  * a permanent failure compensates in reverse, retries use the queue's
  * backoff and then give up, a compensation that keeps failing leaves the
  * saga STUCK until retried by hand, an in-transaction step that fails
-  * leaves no write behind, a starting event starts one saga, and a second
+ * leaves no write behind, a starting event starts one saga, and a second
  * job for the same step (a crash's leftover) moves nothing.
  */
 #include "testsupport.h"
