@@ -356,6 +356,9 @@ starter_main(void *arg)
                 log_error_limited(1, "saga.start_failed", "detail=%s", e.detail);
                 break;
             }
+            if (b.claimed > 0)
+                log_debug("saga.started", "events=%lld sagas=%lld", (long long)b.claimed,
+                          (long long)b.started);
         } while (b.claimed >= START_BATCH);
         pthread_mutex_lock(&eng->mu);
         if (eng->stopping || eng->wake)
