@@ -236,3 +236,31 @@ def test_the_cli_lists_shows_and_refuses_to_retry_a_finished_saga(server):
     assert out.returncode == 1 and "only a STUCK saga" in out.stderr
     assert cli("sagas", "list", "--state", "BAD", server=server).returncode == 1
     assert cli("sagas", "frob", server=server).returncode == 2
+
+
+def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
+    server = make_server(["--psp-timeout", "100ms"])
+    server.put("/queues/sagas", FAST_RETRIES)
+    product(server, "A", 5)
+    # The PSP hangs for the authorization and for the void that would undo it.
+    server.put("/psp/config", {"hang_next": 100})
+    cid = checkout(server, [{"sku": "A", "qty": 1, "unit_price": 700}])
+    sagas = await_condition(lambda: server.get("/sagas?state=STUCK").json()["sagas"],
+                            what="the saga to be stuck")
+    assert sagas[0]["correlation_id"] == cid
+    assert server.get(f"/checkout/{cid}").json()["status"] == "PENDING"
+    assert stock(server, "A")["reserved"] == 1  # held until the payment is settled
+    assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 1
+    # A person brings the PSP back and retries.
+    server.put("/psp/config", {"hang_next": 0})
+    r = server.post(f"/sagas/{sagas[0]['saga_id']}/retry")
+    assert r.status_code == 200 and r.json()["state"] == "COMPENSATING"
+    c = settled(server, cid)
+    assert c["status"] == "FAILED" and c["reason"] == "the payment service is unavailable"
+    saga = saga_of(server, cid)
+    undo = [o for s, p, o in steps(saga) if s == "authorize_payment" and p == "compensation"]
+    assert undo == ["retry", "retry", "failed", "ok"]
+    assert stock(server, "A")["available"] == 5
+    [pay] = payments_of(server, c["order_id"])
+    assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
+    assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 0
