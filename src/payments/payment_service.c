@@ -58,9 +58,15 @@ static struct store_stmt PAYMENT_MOVE = {
            " captured_amount = captured_amount + $7 WHERE id = $1 AND state = $2",
 };
 
+/* The second transaction of every operation starts here: fenced again (a
+ * holder may have lost the lock while the PSP answered), then the PSP call
+ * is recorded as an attempt. */
 static enum err
-attempt_record(struct store_conn *c, const struct pay_op *op, struct bb_error *e)
+outcome_begin(struct store_conn *c, const struct pay_op *op, struct bb_error *e)
 {
+    enum err rc = fence(c, op, op->row.order_id, e);
+    if (rc != ERR_OK)
+        return rc;
     const struct payments__psp_answer *a = &op->answer;
     const struct store_param p[] = {sp_text(op->row.id),
                                     sp_text(op->op),
@@ -235,9 +241,7 @@ authorize_end(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
     const struct payments__psp_answer *a = &op->answer;
-    enum err rc = fence(c, op, op->row.order_id, e);
-    if (rc == ERR_OK)
-        rc = attempt_record(c, op, e);
+    enum err rc = outcome_begin(c, op, e);
     if (rc != ERR_OK || a->outcome == PSP_ERROR || a->outcome == PSP_TIMEOUT)
         return rc;
     bool approved = a->outcome == PSP_APPROVED, moved;
@@ -319,9 +323,7 @@ static enum err
 settle_end(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
-    enum err rc = fence(c, op, op->row.order_id, e);
-    if (rc == ERR_OK)
-        rc = attempt_record(c, op, e);
+    enum err rc = outcome_begin(c, op, e);
     if (rc != ERR_OK || op->answer.outcome != PSP_APPROVED)
         return rc;
     bool capture = strcmp(op->op, "capture") == 0, moved;
@@ -442,9 +444,7 @@ static enum err
 refund_end(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
-    enum err rc = fence(c, op, op->row.order_id, e);
-    if (rc == ERR_OK)
-        rc = attempt_record(c, op, e);
+    enum err rc = outcome_begin(c, op, e);
     if (rc != ERR_OK || op->answer.outcome != PSP_APPROVED)
         return rc;
     int64_t changed = 0;

@@ -69,7 +69,6 @@ struct saga_step_run {
     void *ctx;           /* the definition's */
     int64_t attempt;     /* 1 on the first run of this step */
     int64_t lease_token; /* the job's lease token (unique per run) */
-    const struct job_run *job;
     /* A failing step says why, for people (`reason`, e.g. "out of stock")
      * and for operators (`e`). */
     char reason[SAGA_REASON_MAX + 1];
@@ -103,9 +102,8 @@ struct saga_def {
 };
 
 struct saga_engine_options {
-    int64_t poll_ms;       /* the starter's fallback poll (default 5000) */
-    bool run_starter;      /* claim starting events in this process */
-    int64_t step_lease_ms; /* a step's job lease (default 30 s) */
+    int64_t poll_ms;  /* the starter's fallback poll (default 5000) */
+    bool run_starter; /* claim starting events in this process */
 };
 struct saga_engine;
 /* Registers the job handler "saga" in `r` (before workers start). */

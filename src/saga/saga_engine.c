@@ -247,8 +247,7 @@ saga_job(struct job_run *run)
                                    .store = j->eng->store,
                                    .ctx = j->def->ctx,
                                    .attempt = j->in.retries + 1,
-                                   .lease_token = run->job->lease_token,
-                                   .job = run};
+                                   .lease_token = run->job->lease_token};
     j->started_at_ms = bb_wall_ms();
     int64_t t0 = bb_mono_ms();
     enum err rc;
