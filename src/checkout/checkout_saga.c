@@ -9,8 +9,9 @@
  * transition transaction, so they and the saga's move commit together;
  * payment steps call the PSP outside any transaction, with the step's key
  * (a retry never charges twice) and the fencing token of the lock
- * payment:{order_id}, taken per run, so a run that lost its job lease is
- * refused by the payments ledger.
+ * payment:{order_id}, taken per run (in the transaction that makes the step
+ * next, given back in the one that records it), so a run that lost its job
+ * lease is refused by the payments ledger.
  */
 #include "checkout/checkout_int.h"
 
@@ -63,16 +64,14 @@ create_order(struct saga_step_run *run, struct bb_error *e)
                               .currency = data_text(run, "currency"),
                               .items = items,
                               .n_items = n};
-    json_t *order = NULL;
+    char id[ORDER_UUID_LEN + 1];
     bool created;
     int64_t now = bb_wall_ms();
-    enum err rc = order_create(run->c, &spec, now, &order, &created, e);
+    enum err rc = order_create(run->c, &spec, now, id, NULL, &created, e);
     if (rc == ERR_OK) {
-        const char *id = json_string_value(json_object_get(order, "order_id"));
         json_object_set_new(run->data, "order_id", json_string(id));
         rc = checkout__set_order(run->c, spec.checkout_id, id, now, e);
     }
-    json_decref(order);
     if (rc == ERR_IDEMPOTENCY_MISMATCH || rc == ERR_INVALID)
         return fail(run, "the order could not be created");
     return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the order could not be created");
@@ -84,11 +83,9 @@ cancel_order(struct saga_step_run *run, struct bb_error *e)
     const char *order_id = data_text(run, "order_id");
     if (order_id == NULL)
         return SAGA_STEP_OK;
-    json_t *order = NULL;
     enum err rc = order_cancel(run->c, order_id,
                                run->failure && *run->failure ? run->failure : "checkout failed",
-                               bb_wall_ms(), &order, e);
-    json_decref(order);
+                               bb_wall_ms(), NULL, e);
     return rc == ERR_OK || rc == ERR_NOT_FOUND ? SAGA_STEP_OK : SAGA_STEP_RETRY;
 }
 
@@ -96,10 +93,8 @@ static enum saga_outcome
 confirm_order(struct saga_step_run *run, struct bb_error *e)
 {
     const char *order_id = data_text(run, "order_id");
-    json_t *order = NULL;
     int64_t now = bb_wall_ms();
-    enum err rc = order_confirm(run->c, order_id, "paid", now, &order, e);
-    json_decref(order);
+    enum err rc = order_confirm(run->c, order_id, "paid", now, NULL, e);
     if (rc == ERR_CONFLICT)
         return fail(run, "the order was cancelled");
     if (rc != ERR_OK)
@@ -145,12 +140,11 @@ reserve_inventory(struct saga_step_run *run, struct bb_error *e)
     const struct checkout_saga *cs = run->ctx;
     struct inventory_item items[INVENTORY_ITEMS_MAX];
     size_t n = basket(run, items);
-    json_t *res = NULL, *short_items = NULL;
+    json_t *short_items = NULL;
     bool created;
     enum err rc =
         inventory_reserve(run->c, data_text(run, "order_id"), items, n, cs->opt.reservation_ttl_ms,
-                          bb_wall_ms(), &res, &created, &short_items, e);
-    json_decref(res);
+                          bb_wall_ms(), NULL, &created, &short_items, e);
     json_decref(short_items);
     if (rc == ERR_INSUFFICIENT_STOCK)
         return fail(run, "out of stock");
@@ -169,8 +163,7 @@ release_inventory(struct saga_step_run *run, struct bb_error *e)
     const char *order_id = data_text(run, "order_id");
     json_t *res = NULL;
     int64_t now = bb_wall_ms();
-    enum err rc = inventory_release(run->c, order_id, now, &res, e);
-    json_decref(res);
+    enum err rc = inventory_release(run->c, order_id, now, NULL, e);
     if (rc == ERR_OK || rc == ERR_NOT_FOUND)
         return SAGA_STEP_OK;
     if (rc != ERR_CONFLICT)
@@ -193,9 +186,7 @@ release_inventory(struct saga_step_run *run, struct bb_error *e)
 static enum saga_outcome
 commit_reservation(struct saga_step_run *run, struct bb_error *e)
 {
-    json_t *res = NULL;
-    enum err rc = inventory_commit(run->c, data_text(run, "order_id"), bb_wall_ms(), &res, e);
-    json_decref(res);
+    enum err rc = inventory_commit(run->c, data_text(run, "order_id"), bb_wall_ms(), NULL, e);
     if (rc == ERR_RESERVATION_EXPIRED)
         return fail(run, "the reservation expired before the payment completed");
     if (rc == ERR_CONFLICT || rc == ERR_NOT_FOUND)
@@ -205,48 +196,57 @@ commit_reservation(struct saga_step_run *run, struct bb_error *e)
 
 /* ---- payment ------------------------------------------------------------------------------- */
 
-struct lock_op {
-    char name[128];
-    char owner[128];
-    int64_t ttl_ms;
+/* payment:{order_id}, owned by this run of the step: the owner names the
+ * job's lease, so a later run is another owner with a larger token. */
+static void
+payment_lock_names(const struct saga_step_run *run, char name[128], char owner[128])
+{
+    snprintf(name, 128, "payment:%s", data_text(run, "order_id"));
+    snprintf(owner, 128, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
+}
+
+/* The engine's hold: in the transaction that makes a payment step next. */
+static enum err
+hold_payment_lock(struct saga_step_run *run, int64_t *token, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    char name[128], owner[128];
+    payment_lock_names(run, name, owner);
     struct lock_grant grant;
     enum lock_outcome how;
-};
+    enum err rc = lock_acquire(run->c, name, owner, cs->opt.payment_lock_ttl_ms, bb_wall_ms(), 0,
+                               &grant, &how, e);
+    *token = rc == ERR_OK ? grant.token : 0;
+    return rc;
+}
+
+/* ...and its unhold, in the transaction that records the step. */
+static void
+unhold_payment_lock(struct saga_step_run *run, int64_t token)
+{
+    char name[128], owner[128];
+    payment_lock_names(run, name, owner);
+    struct bb_error e;
+    if (lock_release(run->c, name, token, bb_wall_ms(), &e) != ERR_OK)
+        log_debug("checkout.unlock_failed", "lock=%s detail=%s", name, e.detail);
+}
 
 static enum err
 lock_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
-    struct lock_op *op = arg;
-    return lock_acquire(c, op->name, op->owner, op->ttl_ms, bb_wall_ms(), 0, &op->grant, &op->how,
-                        e);
+    struct saga_step_run *run = arg;
+    run->c = c;
+    enum err rc = hold_payment_lock(run, &run->held, e);
+    run->c = NULL;
+    return rc;
 }
 
+/* The lock's token for this run: held since the step became next, or
+ * taken now (a rescued run). */
 static enum err
-unlock_work(struct store_conn *c, void *arg, struct bb_error *e)
+payment_lock(struct saga_step_run *run, struct bb_error *e)
 {
-    struct lock_op *op = arg;
-    return lock_release(c, op->name, op->grant.token, bb_wall_ms(), e);
-}
-
-/* Take payment:{order_id} for this run (the owner names the job's lease,
- * so a later run of the step is another owner with a larger token). */
-static enum err
-payment_lock(const struct saga_step_run *run, struct lock_op *op, struct bb_error *e)
-{
-    const struct checkout_saga *cs = run->ctx;
-    memset(op, 0, sizeof *op);
-    snprintf(op->name, sizeof op->name, "payment:%s", data_text(run, "order_id"));
-    snprintf(op->owner, sizeof op->owner, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
-    op->ttl_ms = cs->opt.payment_lock_ttl_ms;
-    return store_run(run->store, STORE_WRITE, lock_work, op, e);
-}
-
-static void
-payment_unlock(const struct saga_step_run *run, struct lock_op *op)
-{
-    struct bb_error e;
-    if (store_run(run->store, STORE_WRITE, unlock_work, op, &e) != ERR_OK)
-        log_debug("checkout.unlock_failed", "lock=%s detail=%s", op->name, e.detail);
+    return run->held != 0 ? ERR_OK : store_run(run->store, STORE_WRITE, lock_work, run, e);
 }
 
 static enum saga_outcome
@@ -273,8 +273,7 @@ static enum saga_outcome
 authorize_payment(struct saga_step_run *run, struct bb_error *e)
 {
     const struct checkout_saga *cs = run->ctx;
-    struct lock_op lk;
-    enum err rc = payment_lock(run, &lk, e);
+    enum err rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return payment_trouble(run, rc);
     struct payment_request req = {
@@ -283,15 +282,12 @@ authorize_payment(struct saga_step_run *run, struct bb_error *e)
         .currency = data_text(run, "currency"),
         .card = data_text(run, "card"),
         .idempotency_key = run->key,
-        .lock_token = lk.grant.token,
+        .lock_token = run->held,
     };
-    json_t *pay = NULL;
-    rc = payment_authorize(cs->opt.payments, &req, &pay, e);
-    const char *id = json_string_value(json_object_get(pay, "authorization_id"));
-    if (id) /* also when it failed: the compensation voids what may be pending */
+    char id[PAYMENT_ID_LEN + 1];
+    rc = payment_authorize(cs->opt.payments, &req, id, NULL, e);
+    if (id[0]) /* also when it failed: the compensation voids what may be pending */
         json_object_set_new(run->data, "authorization_id", json_string(id));
-    json_decref(pay);
-    payment_unlock(run, &lk);
     return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
 }
 
@@ -299,15 +295,11 @@ static enum saga_outcome
 capture_payment(struct saga_step_run *run, struct bb_error *e)
 {
     const struct checkout_saga *cs = run->ctx;
-    struct lock_op lk;
-    enum err rc = payment_lock(run, &lk, e);
+    enum err rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return payment_trouble(run, rc);
-    json_t *pay = NULL;
-    rc = payment_capture(cs->opt.payments, data_text(run, "authorization_id"), 0, lk.grant.token,
-                         &pay, e);
-    json_decref(pay);
-    payment_unlock(run, &lk);
+    rc = payment_capture(cs->opt.payments, data_text(run, "authorization_id"), 0, run->held, NULL,
+                         e);
     return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
 }
 
@@ -347,17 +339,13 @@ undo_payment(struct saga_step_run *run, struct bb_error *e)
     json_decref(pr.payment);
     if (st == PAYMENT_FAILED || st == PAYMENT_VOIDED || st == PAYMENT_REFUNDED)
         return SAGA_STEP_OK;
-    struct lock_op lk;
-    rc = payment_lock(run, &lk, e);
+    rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return SAGA_STEP_RETRY;
-    json_t *pay = NULL;
     if (st == PAYMENT_CAPTURED)
-        rc = payment_refund(cs->opt.payments, pr.id, 0, run->key, lk.grant.token, &pay, e);
+        rc = payment_refund(cs->opt.payments, pr.id, 0, run->key, run->held, NULL, e);
     else
-        rc = payment_void(cs->opt.payments, pr.id, lk.grant.token, &pay, e);
-    json_decref(pay);
-    payment_unlock(run, &lk);
+        rc = payment_void(cs->opt.payments, pr.id, run->held, NULL, e);
     return rc == ERR_OK ? SAGA_STEP_OK : SAGA_STEP_RETRY;
 }
 
@@ -372,11 +360,15 @@ static const struct saga_step_def STEPS[] = {
     {.name = "authorize_payment",
      .action = authorize_payment,
      .compensate = undo_payment,
-     .undo_on_failure = true},
+     .undo_on_failure = true,
+     .hold = hold_payment_lock,
+     .unhold = unhold_payment_lock},
     {.name = "capture_payment",
      .action = capture_payment,
      .compensate = undo_payment,
-     .undo_on_failure = true},
+     .undo_on_failure = true,
+     .hold = hold_payment_lock,
+     .unhold = unhold_payment_lock},
     {.name = "commit_reservation", .action = commit_reservation, .in_txn = true},
     {.name = "confirm_order", .action = confirm_order, .in_txn = true},
 };

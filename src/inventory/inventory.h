@@ -81,7 +81,8 @@ BB_WUR enum err inventory_adjust(struct store_conn *c, const char *key, const ch
  * its state); with other items it is ERR_IDEMPOTENCY_MISMATCH. Items must
  * name distinct SKUs. ERR_INSUFFICIENT_STOCK: *short_items gets
  * [{sku, requested, available}] for every short item (the caller owns it).
- * ERR_NOT_FOUND names the unknown SKU's field (items[i].sku).
+ * ERR_NOT_FOUND names the unknown SKU's field (items[i].sku). The
+ * reservation's JSON into *out (out NULL: not wanted), here and below.
  */
 BB_WUR enum err inventory_reserve(struct store_conn *c, const char *order_id,
                                   const struct inventory_item *items, size_t n, int64_t ttl_ms,

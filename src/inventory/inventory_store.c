@@ -454,48 +454,46 @@ inventory_reserve(struct store_conn *c, const char *order_id, const struct inven
         }
     }
     json_t *wanted = items_json(sorted, n);
-    struct reservation res;
-    enum err rc = reservation_read(c, order_id, &res, e);
-    if (rc == ERR_OK) { /* asked before: the same answer, if the same question */
-        bool same = json_equal(json_object_get(res.json, "items"), wanted);
-        json_decref(wanted);
-        if (!same) {
-            json_decref(res.json);
-            return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "items",
-                           "order %s already has a reservation for other items", order_id);
-        }
-        *out = res.json;
-        return ERR_OK;
-    }
-    if (rc != ERR_NOT_FOUND) {
-        json_decref(wanted);
-        return rc;
-    }
-    bb_error_clear(e);
     /* The stock is taken last: a product's row stays locked from its
      * UPDATE to the commit, so a hot product is held as briefly as can be. */
     char *text = bb_json_dumps(wanted);
     const struct store_param p[] = {sp_text(order_id), sp_text(text), sp_int(now_ms + ttl_ms),
                                     sp_int(now_ms)};
     int64_t inserted = 0;
-    rc = store_exec(c, &RESERVATION_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
+    enum err rc = store_exec(c, &RESERVATION_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
     free(text);
-    if (rc == ERR_OK && inserted == 0) /* the same order, concurrently: answer as it did */
-        rc = bb_fail(e, ERR_RETRY, "", "order %s was reserved concurrently", order_id);
+    if (rc == ERR_OK && inserted == 0) { /* asked before: the same answer, if the same question */
+        struct reservation res;
+        rc = reservation_read(c, order_id, &res, e);
+        bool same = rc == ERR_OK && json_equal(json_object_get(res.json, "items"), wanted);
+        json_decref(wanted);
+        if (rc != ERR_OK)
+            return rc;
+        if (!same) {
+            json_decref(res.json);
+            return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "items",
+                           "order %s already has a reservation for other items", order_id);
+        }
+        if (out)
+            *out = res.json;
+        else
+            json_decref(res.json);
+        return ERR_OK;
+    }
     if (rc == ERR_OK)
         rc = reservation_event(c, "inventory.reserved.v1", order_id, wanted, NULL, now_ms + ttl_ms,
                                now_ms, e);
     if (rc == ERR_OK)
         rc = take_items(c, sorted, order, n, now_ms, short_items, e);
-    if (rc == ERR_OK) {
+    if (rc == ERR_OK && out) {
         char expires[32], created_at[32];
         bb_wall_ms_format(now_ms + ttl_ms, expires);
         bb_wall_ms_format(now_ms, created_at);
         *out = json_pack("{s:s, s:s, s:O, s:s, s:s, s:s}", "order_id", order_id, "state",
                          inventory_state_name(INVENTORY_ACTIVE), "items", wanted, "expires_at",
                          expires, "created_at", created_at, "updated_at", created_at);
-        *created = true;
     }
+    *created = rc == ERR_OK;
     json_decref(wanted);
     return rc;
 }
@@ -558,7 +556,7 @@ reservation_finish(struct store_conn *c, const char *order_id, enum inventory_re
         rc = bb_fail(e, ERR_CONFLICT, "order_id", "the reservation for order %s is %s", order_id,
                      inventory_state_name(res.state));
     json_decref(res.json);
-    if (rc == ERR_OK)
+    if (rc == ERR_OK && out)
         rc = inventory_reservation_get_json(c, order_id, out, e);
     return rc;
 }

@@ -79,7 +79,7 @@ create_work(struct store_conn *c, void *arg, struct http_answer *a, struct bb_er
 {
     struct order_op *op = arg;
     bool created;
-    enum err rc = order_create(c, &op->spec, bb_wall_ms(), &a->body, &created, e);
+    enum err rc = order_create(c, &op->spec, bb_wall_ms(), NULL, &a->body, &created, e);
     a->status = created ? 201 : 200;
     return rc;
 }

@@ -259,8 +259,8 @@ spec_fingerprint(const struct order_spec *spec, char out[65])
 }
 
 enum err
-order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms, json_t **out,
-             bool *created, struct bb_error *e)
+order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms,
+             char id_out[ORDER_UUID_LEN + 1], json_t **out, bool *created, struct bb_error *e)
 {
     *created = false;
     int64_t total = 0;
@@ -271,7 +271,7 @@ order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms
                            BB_AMOUNT_MAX);
         total += it->qty * it->unit_price;
     }
-    char id[37], fingerprint[65];
+    char id[ORDER_UUID_LEN + 1], fingerprint[65];
     bb_uuid7_at(now_ms, id);
     spec_fingerprint(spec, fingerprint);
     const struct store_param p[] = {sp_text(id),
@@ -299,7 +299,9 @@ order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms
             return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "checkout_id",
                            "checkout %s already has an order with other contents",
                            spec->checkout_id);
-        return order_get_json(c, existing_id, out, e);
+        if (id_out)
+            bb_strlcpy(id_out, existing_id, ORDER_UUID_LEN + 1);
+        return out ? order_get_json(c, existing_id, out, e) : ERR_OK;
     }
     json_t *items = json_array();
     for (size_t i = 0; i < spec->n_items && rc == ERR_OK; i++) {
@@ -320,8 +322,10 @@ order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms
                                 spec->currency, "total_amount", (json_int_t)total, "items", items),
                       now_ms, e);
     json_decref(items);
-    if (rc == ERR_OK)
+    if (rc == ERR_OK && out)
         rc = order_get_json(c, id, out, e);
+    if (rc == ERR_OK && id_out)
+        bb_strlcpy(id_out, id, ORDER_UUID_LEN + 1);
     *created = rc == ERR_OK;
     return rc;
 }
@@ -355,7 +359,7 @@ order_move(struct store_conn *c, const char *order_id, enum order_status to, con
                                     "reason", reason),
                           now_ms, e);
     }
-    return rc == ERR_OK ? order_get_json(c, order_id, out, e) : rc;
+    return rc == ERR_OK && out ? order_get_json(c, order_id, out, e) : rc;
 }
 
 enum err

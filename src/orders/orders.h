@@ -21,6 +21,7 @@ enum {
     ORDER_ITEMS_MAX = 100,
     ORDER_QTY_MAX = 1000000,
     ORDER_REASON_MAX = 200,
+    ORDER_UUID_LEN = 36, /* an order's own id: a UUIDv7 */
 };
 
 enum order_status {
@@ -53,12 +54,14 @@ BB_WUR enum err order_items_from_json(const json_t *items, struct order_item *ou
                                       struct bb_error *e);
 
 /*
- * Create the order of a checkout. Again for the same checkout: the existing
- * order (*created false); with other contents: ERR_IDEMPOTENCY_MISMATCH.
- * ERR_INVALID when the total exceeds BB_AMOUNT_MAX.
+ * Create the order of a checkout: its id into `id`, its JSON into *out
+ * (either may be NULL: not wanted). Again for the same checkout: the
+ * existing order (*created false); with other contents:
+ * ERR_IDEMPOTENCY_MISMATCH. ERR_INVALID when the total exceeds BB_AMOUNT_MAX.
  */
 BB_WUR enum err order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms,
-                             json_t **out, bool *created, struct bb_error *e);
+                             char id[ORDER_UUID_LEN + 1], json_t **out, bool *created,
+                             struct bb_error *e);
 /* {order_id, checkout_id, customer_id, currency, total_amount, status,
  * items, timeline, created_at, updated_at}. */
 BB_WUR enum err order_get_json(struct store_conn *c, const char *order_id, json_t **out,
@@ -66,7 +69,8 @@ BB_WUR enum err order_get_json(struct store_conn *c, const char *order_id, json_
 BB_WUR enum err order_find_by_checkout(struct store_conn *c, const char *checkout_id, json_t **out,
                                        struct bb_error *e);
 /* PENDING -> CONFIRMED / CANCELLED with a reason; idempotent once there;
- * ERR_CONFLICT from the other final state. */
+ * ERR_CONFLICT from the other final state. The order's JSON into *out
+ * (out NULL: not wanted). */
 BB_WUR enum err order_confirm(struct store_conn *c, const char *order_id, const char *reason,
                               int64_t now_ms, json_t **out, struct bb_error *e);
 BB_WUR enum err order_cancel(struct store_conn *c, const char *order_id, const char *reason,

@@ -86,7 +86,7 @@ pay_task(void *arg)
     enum err rc;
     bb_log_context_set(http_req_id(pr->req), http_req_traceparent(pr->req));
     if (strcmp(pr->what, "authorize") == 0)
-        rc = payment_authorize(pr->p, &pr->auth, &out, &e);
+        rc = payment_authorize(pr->p, &pr->auth, NULL, &out, &e);
     else if (strcmp(pr->what, "capture") == 0)
         rc = payment_capture(pr->p, pr->payment_id, pr->amount, pr->lock_token, &out, &e);
     else if (strcmp(pr->what, "void") == 0)

@@ -120,13 +120,6 @@ psp_failed(const struct pay_op *op, struct bb_error *e)
                    "%s of payment %s: %s; retry with the same key", op->op, op->row.id, a->reason);
 }
 
-static enum err
-row_work(struct store_conn *c, void *arg, struct bb_error *e)
-{
-    struct pay_op *op = arg;
-    return payments__row_get(c, op->row.id, &op->row, e);
-}
-
 /* Run `step` in a write transaction on the store's executor. */
 static enum err
 run(struct pay_op *op, store_work_fn *step, struct bb_error *e)
@@ -142,18 +135,20 @@ read_work(struct store_conn *c, void *arg, struct bb_error *e)
 }
 
 /* The end of every operation: the payment's JSON into *out (when it
- * exists, whatever the outcome) and the failure counted. */
+ * exists, whatever the outcome; out NULL: not wanted) and the failure
+ * counted. */
 static enum err
 conclude(struct pay_op *op, enum err rc, json_t **out)
 {
     op->out = NULL;
     struct bb_error ignored;
-    if (op->row.id[0] != '\0' &&
+    if (out && op->row.id[0] != '\0' &&
         store_run(op->p->store, STORE_READ, read_work, op, &ignored) != ERR_OK) {
         json_decref(op->out);
         op->out = NULL;
     }
-    *out = op->out;
+    if (out)
+        *out = op->out;
     static const struct {
         enum err rc;
         const char *reason;
@@ -245,10 +240,13 @@ authorize_end(struct store_conn *c, void *arg, struct bb_error *e)
     if (rc != ERR_OK || a->outcome == PSP_ERROR || a->outcome == PSP_TIMEOUT)
         return rc;
     bool approved = a->outcome == PSP_APPROVED, moved;
-    rc = move(c, op, approved ? PAYMENT_AUTHORIZED : PAYMENT_FAILED, approved ? a->reference : NULL,
-              approved ? NULL : a->reason, 0, &moved, e);
-    if (rc != ERR_OK || !moved) /* a concurrent retry recorded it: read below */
+    enum payment_state to = approved ? PAYMENT_AUTHORIZED : PAYMENT_FAILED;
+    rc = move(c, op, to, approved ? a->reference : NULL, approved ? NULL : a->reason, 0, &moved, e);
+    if (rc == ERR_OK && !moved) /* a concurrent retry recorded it: what it says now */
+        return payments__row_get(c, op->row.id, &op->row, e);
+    if (rc != ERR_OK)
         return rc;
+    op->row.state = to;
     json_t *data = json_pack("{s:I}", "amount", (json_int_t)op->row.amount);
     if (approved)
         json_object_set_new(data, "psp_reference", json_string(a->reference));
@@ -258,8 +256,8 @@ authorize_end(struct store_conn *c, void *arg, struct bb_error *e)
 }
 
 enum err
-payment_authorize(struct payments *p, const struct payment_request *req, json_t **out,
-                  struct bb_error *e)
+payment_authorize(struct payments *p, const struct payment_request *req,
+                  char id[PAYMENT_ID_LEN + 1], json_t **out, struct bb_error *e)
 {
     struct pay_op op = {.p = p,
                         .op = "authorize",
@@ -274,9 +272,8 @@ payment_authorize(struct payments *p, const struct payment_request *req, json_t 
             rc = psp_failed(&op, e);
     }
     bool fresh = !op.replay;
-    /* What the ledger says now: a concurrent retry may have recorded it. */
-    if (rc == ERR_OK)
-        rc = store_run(p->store, STORE_READ, row_work, &op, e);
+    if (id)
+        bb_strlcpy(id, op.row.id, PAYMENT_ID_LEN + 1);
     if (rc == ERR_OK && op.row.state == PAYMENT_FAILED)
         rc = bb_fail(e, ERR_PAYMENT_DECLINED, "", "payment %s was declined", op.row.id);
     else if (rc == ERR_OK && op.row.state == PAYMENT_VOIDED && fresh)

@@ -4,13 +4,16 @@
  * A saga definition is an ordered list of steps, each an action and a
  * compensation (C functions, registered by the definition's type). An
  * instance is a row (type, state, current step, data, retry count, next
- * retry time, version) with a timeline of every step's outcome. Each step
- * runs as a job of the "sagas" queue (handler "saga"), so it inherits
- * leases and crash recovery: a worker that dies mid-step leaves its lease to
- * expire and the step runs again. Every transition (the next step, a retry,
- * the turn to compensation, the end) is one transaction that bumps the
- * instance's version, records the outcome and enqueues the next job; a job
- * whose version is no longer the instance's does nothing.
+ * retry time, version, the job that runs it) with a timeline of every
+ * step's outcome. Steps run in jobs of the "sagas" queue (handler "saga"),
+ * so they inherit leases and crash recovery: a worker that dies mid-step
+ * leaves its lease to expire and the step runs again. Every transition (the
+ * next step, a retry, the turn to compensation, the end) is a
+ * compare-and-set on the instance's version that records the outcome, in
+ * the transaction of the step's own writes when it has them; a next step
+ * that may run at once stays with the job that ran this one (its runner goes
+ * straight on while the lease has time left), a retry's backoff gets a new
+ * job. A job that is not the instance's current one does nothing.
  *
  * States: RUNNING -> COMPLETED, or RUNNING -> COMPENSATING -> FAILED, or
  * COMPENSATING -> STUCK when a compensation keeps failing (a person acts:
@@ -69,11 +72,16 @@ struct saga_step_run {
     void *ctx;           /* the definition's */
     int64_t attempt;     /* 1 on the first run of this step */
     int64_t lease_token; /* the job's lease token (unique per run) */
+    int64_t held;        /* what `hold` took for this run (a lock's token); 0: nothing */
     /* A failing step says why, for people (`reason`, e.g. "out of stock")
      * and for operators (`e`). */
     char reason[SAGA_REASON_MAX + 1];
 };
 typedef enum saga_outcome saga_step_fn(struct saga_step_run *run, struct bb_error *e);
+/* Take (into *held) and give back what an outside step holds while it runs
+ * (a lock), in run->c. */
+typedef enum err saga_hold_fn(struct saga_step_run *run, int64_t *held, struct bb_error *e);
+typedef void saga_unhold_fn(struct saga_step_run *run, int64_t held);
 
 struct saga_step_def {
     const char *name;
@@ -81,6 +89,14 @@ struct saga_step_def {
     saga_step_fn *compensate; /* NULL: nothing to undo */
     bool in_txn;              /* action and compensation run in the transition's transaction */
     bool undo_on_failure;     /* a failed action may have left something: compensate it too */
+    /* An outside step that holds something while it runs: `hold` takes it
+     * in the transaction that makes the step next (when the same runner
+     * goes straight on to it), `unhold` gives it back in the one that
+     * records the step; neither needs a transaction of its own. A run that
+     * finds run->held 0 (a rescued job, say) takes it itself and sets
+     * run->held. Both may be NULL. */
+    saga_hold_fn *hold;
+    saga_unhold_fn *unhold;
 };
 
 /* The end of an instance, in the transaction that records it. */

@@ -8,6 +8,7 @@
 #include "metrics/metrics.h"
 #include "outbox/outbox.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,89 +120,294 @@ struct saga_engine {
     bool wake;     /* guarded by mu */
 };
 
-/* ---- one step ------------------------------------------------------------------------------ */
+/* ---- running steps ------------------------------------------------------------------------- */
 
+/*
+ * One job carries an instance as far as it can go at once: a step, its
+ * transition, and on to the next step while that may run now. A retry's
+ * backoff, the end, STUCK, or the job's lease running short hand over to a
+ * new job (or none). A job that is not the instance's current one
+ * (sagas.job_id) does nothing: a crash's leftover, or a run that another
+ * one overtook.
+ *
+ * Consecutive in-transaction steps share one transaction, and so does the
+ * record of an outside step (a payment) before them. When one of them
+ * fails, the unit rolls back and runs again stopping before it, so what
+ * succeeded commits, and the failure is recorded in a unit of its own. What
+ * an outside step holds (its `hold`) is taken in the unit that makes it
+ * next and given back in the one that records it.
+ */
 struct step_job {
     struct saga_engine *eng;
     struct job_run *run;
     const char *saga_id;
-    int64_t version;
-    struct saga_instance in;
-    bool found;
+    struct saga_instance in; /* as last committed */
     const struct saga_def *def;
-    struct saga_step_run sr;
-    char key[SAGA_ID_LEN + 80];
-    struct bb_error step_error;
-    enum saga_outcome outcome;
-    int64_t started_at_ms;
-    bool stale; /* another run of this version moved the saga on */
+    /* A result to record first in the next unit: an outside step's, or an
+     * in-transaction step's failure. */
+    bool pending;
+    enum saga_outcome pending_outcome;
+    json_t *pending_data; /* NULL: unchanged */
+    char pending_reason[SAGA_REASON_MAX + 1];
+    struct bb_error pending_error;
+    int64_t pending_started_ms;
+    /* The unit's working state. */
+    struct saga_instance work;
+    int limit;   /* in-transaction steps a unit may run */
+    int ran;     /* in-transaction steps the unit ran and moved past */
+    bool failed; /* one failed: the unit rolled back */
+    bool stale;  /* another run moved the instance on */
+    bool chain;  /* the next step stays with this job */
+    /* What the next outside step holds (0: nothing), as committed, and as
+     * the unit leaves it. */
+    int64_t held, unit_held;
 };
+
+static bool
+is_current(const struct step_job *j, const struct saga_instance *in)
+{
+    return (in->state == SAGA_RUNNING || in->state == SAGA_COMPENSATING) &&
+           in->job_id == j->run->job->id;
+}
+
+enum { STEP_KEY_MAX = SAGA_ID_LEN + 80 };
+
+/* What the step `in` is at sees (c: its transaction, or NULL). */
+static struct saga_step_run
+step_run(const struct step_job *j, const struct saga_instance *in, struct store_conn *c,
+         json_t *data, char key[STEP_KEY_MAX])
+{
+    const struct saga_step_def *sd = &j->def->steps[in->step];
+    bool compensating = in->state == SAGA_COMPENSATING;
+    snprintf(key, STEP_KEY_MAX, "saga:%s:%s%s", in->id, sd->name, compensating ? ":undo" : "");
+    return (struct saga_step_run){.saga_id = in->id,
+                                  .type = in->type,
+                                  .step = sd->name,
+                                  .compensating = compensating,
+                                  .failure = in->reason,
+                                  .key = key,
+                                  .data = data,
+                                  .c = c,
+                                  .store = j->eng->store,
+                                  .ctx = j->def->ctx,
+                                  .attempt = in->retries + 1,
+                                  .lease_token = j->run->job->lease_token,
+                                  .held = j->held};
+}
+
+/* Run the step `in` is at (c: in its transaction, else outside any, and
+ * j->held is what it holds after). */
+static enum saga_outcome
+run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *c, json_t **data,
+         char reason[SAGA_REASON_MAX + 1], struct bb_error *step_error, int64_t *started_ms)
+{
+    const struct saga_step_def *sd = &j->def->steps[in->step];
+    bool compensating = in->state == SAGA_COMPENSATING;
+    char key[STEP_KEY_MAX];
+    *data = json_deep_copy(in->data);
+    struct saga_step_run sr = step_run(j, in, c, *data, key);
+    saga_step_fn *fn = compensating ? sd->compensate : sd->action;
+    bb_error_clear(step_error);
+    *started_ms = bb_wall_ms();
+    int64_t t0 = bb_mono_ms();
+    enum saga_outcome o = fn ? fn(&sr, step_error) : SAGA_STEP_OK;
+    saga__metric_step(in->type, sd->name, compensating, (double)(bb_mono_ms() - t0) / 1e3);
+    bb_strlcpy(reason, sr.reason, SAGA_REASON_MAX + 1);
+    if (c == NULL)
+        j->held = sr.held;
+    return o;
+}
+
+/* Give back what the unit's step held, in its transaction. */
+static void
+unhold(struct step_job *j, struct store_conn *c)
+{
+    const struct saga_step_def *sd = &j->def->steps[j->work.step];
+    if (j->unit_held != 0 && sd->unhold) {
+        char key[STEP_KEY_MAX];
+        struct saga_step_run sr = step_run(j, &j->work, c, j->work.data, key);
+        sd->unhold(&sr, j->unit_held);
+    }
+    j->unit_held = 0;
+}
+
+/* Take what the unit's next step holds, when this runner goes on to it.
+ * Not getting it is no failure: the step tries itself. */
+static void
+hold(struct step_job *j, struct store_conn *c)
+{
+    const struct saga_step_def *sd = &j->def->steps[j->work.step];
+    if (!is_current(j, &j->work) || sd->in_txn || sd->hold == NULL)
+        return;
+    char key[STEP_KEY_MAX];
+    struct saga_step_run sr = step_run(j, &j->work, c, j->work.data, key);
+    struct bb_error ignored;
+    if (sd->hold(&sr, &j->unit_held, &ignored) != ERR_OK)
+        j->unit_held = 0;
+}
+
+/* Record `res` and make the moved instance the unit's. */
+static enum err
+move_on(struct store_conn *c, struct step_job *j, const struct saga_step_result *res,
+        struct bb_error *e)
+{
+    struct saga_instance next = {0};
+    enum err rc = saga__transition(c, j->def, &j->work, res, j->chain ? j->run->job->id : 0,
+                                   bb_wall_ms(), &next, &j->stale, e);
+    if (rc != ERR_OK)
+        return rc;
+    saga__instance_deinit(&j->work);
+    j->work = next;
+    return ERR_OK;
+}
+
+static enum err
+advance_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct step_job *j = arg;
+    saga__instance_deinit(&j->work); /* a unit the store runs again starts afresh */
+    j->work = j->in;
+    json_incref(j->work.data);
+    j->ran = 0;
+    j->failed = j->stale = false;
+    j->unit_held = j->held;
+    enum err rc = ERR_OK;
+    if (j->pending) {
+        unhold(j, c);
+        struct saga_step_result res = {.outcome = j->pending_outcome,
+                                       .data = j->pending_data,
+                                       .reason = j->pending_reason,
+                                       .error = j->pending_error.detail,
+                                       .started_at_ms = j->pending_started_ms};
+        rc = move_on(c, j, &res, e);
+    }
+    while (rc == ERR_OK && j->ran < j->limit && is_current(j, &j->work) &&
+           j->def->steps[j->work.step].in_txn) {
+        json_t *data;
+        char reason[SAGA_REASON_MAX + 1];
+        struct bb_error step_error;
+        int64_t started;
+        enum saga_outcome o = run_step(j, &j->work, c, &data, reason, &step_error, &started);
+        if (o != SAGA_STEP_OK) {
+            if (!j->pending && j->ran == 0) { /* alone: record the failure next */
+                j->pending_outcome = o;
+                j->pending_data = NULL; /* its writes roll back */
+                bb_strlcpy(j->pending_reason, reason, sizeof j->pending_reason);
+                j->pending_error = step_error;
+                j->pending_started_ms = started;
+            }
+            json_decref(data);
+            j->failed = true;
+            return bb_fail(e, ERR_CONFLICT, "", "step failed");
+        }
+        struct saga_step_result res = {
+            .outcome = o, .data = data, .reason = "", .started_at_ms = started};
+        rc = move_on(c, j, &res, e);
+        json_decref(data);
+        j->ran++;
+    }
+    if (rc == ERR_OK)
+        hold(j, c);
+    return rc;
+}
+
+static void
+clear_pending(struct step_job *j)
+{
+    j->pending = false;
+    json_decref(j->pending_data);
+    j->pending_data = NULL;
+}
+
+/* Log a failed step as it is recorded. */
+static void
+log_failure(const struct step_job *j)
+{
+    if (!j->pending || j->pending_outcome == SAGA_STEP_OK)
+        return;
+    const struct saga_step_def *sd = &j->def->steps[j->in.step];
+    log_info("saga.step_failed", "saga=%s type=%s step=%s phase=%s outcome=%s detail=%s", j->in.id,
+             j->in.type, sd->name, j->in.state == SAGA_COMPENSATING ? "compensation" : "action",
+             j->pending_outcome == SAGA_STEP_RETRY ? "retry" : "failed", j->pending_error.detail);
+}
 
 static enum err
 load_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct step_job *j = arg;
-    saga__instance_deinit(&j->in);
-    return saga__load(c, j->saga_id, &j->in, &j->found, e);
-}
-
-/* Run the step (sr.c is the transaction for in-transaction steps). */
-static void
-run_step(struct step_job *j, struct store_conn *c)
-{
-    const struct saga_step_def *sd = &j->def->steps[j->in.step];
-    saga_step_fn *fn = j->sr.compensating ? sd->compensate : sd->action;
-    j->sr.c = c;
-    j->sr.reason[0] = '\0';
-    bb_error_clear(&j->step_error);
-    j->outcome = fn ? fn(&j->sr, &j->step_error) : SAGA_STEP_OK;
-}
-
-static void
-fill_result(const struct step_job *j, struct saga_step_result *res)
-{
-    *res =
-        (struct saga_step_result){.outcome = j->outcome,
-                                  .data = j->sr.data,
-                                  .reason = j->sr.reason,
-                                  .error = j->outcome == SAGA_STEP_OK ? NULL : j->step_error.detail,
-                                  .started_at_ms = j->started_at_ms};
-}
-
-/* An in-transaction step and, when it succeeds, its transition, in one
- * unit. A step that fails rolls back (ERR_CONFLICT marks it so) and its
- * outcome is recorded by record_work. */
-static enum err
-in_txn_work(struct store_conn *c, void *arg, struct bb_error *e)
-{
-    struct step_job *j = arg;
-    struct saga_instance now;
     bool found;
-    enum err rc = saga__load(c, j->saga_id, &now, &found, e);
-    if (rc != ERR_OK)
-        return rc;
-    bool current = found && now.version == j->version;
-    saga__instance_deinit(&now);
-    j->stale = !current;
-    if (!current)
-        return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", j->saga_id);
-    json_decref(j->sr.data); /* a unit the store retries starts afresh */
-    j->sr.data = json_deep_copy(j->in.data);
-    run_step(j, c);
-    if (j->outcome != SAGA_STEP_OK)
-        return bb_fail(e, ERR_CONFLICT, "", "step failed");
-    struct saga_step_result res;
-    fill_result(j, &res);
-    return saga__transition(c, j->def, &j->in, &res, bb_wall_ms(), &j->stale, e);
+    saga__instance_deinit(&j->in);
+    enum err rc = saga__load(c, j->saga_id, &j->in, &found, e);
+    if (rc == ERR_OK && !found)
+        j->in.state = SAGA_FAILED; /* nothing to run */
+    return rc;
 }
 
-static enum err
-record_work(struct store_conn *c, void *arg, struct bb_error *e)
+/* Steps run while at least this much of the job's lease is left. */
+#define CHAIN_LEASE_LEFT_MS (SAGA_STEP_LEASE_MS / 2)
+
+static enum job_verdict
+carry(struct step_job *j)
 {
+    struct job_run *run = j->run;
+    struct bb_error e;
+    if (store_run(j->eng->store, STORE_READ, load_work, j, &e) != ERR_OK) {
+        bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id, e.detail);
+        return JOB_RETRY;
+    }
+    j->limit = INT_MAX;
+    for (;;) {
+        if (!j->pending) {
+            if (!is_current(j, &j->in))
+                return JOB_DONE; /* it ended, waits, or is another job's now */
+            j->def = saga__def_find(j->in.type);
+            if (j->def == NULL || (size_t)j->in.step >= j->def->n_steps) {
+                bb_buf_printf(&run->error, "no definition of saga type %s here", j->in.type);
+                return JOB_RETRY; /* another process may know it */
+            }
+            if (!j->def->steps[j->in.step].in_txn) {
+                j->pending = true;
+                j->pending_outcome = run_step(j, &j->in, NULL, &j->pending_data, j->pending_reason,
+                                              &j->pending_error, &j->pending_started_ms);
+            }
+        }
+        j->chain =
+            !job_run_should_stop(run) && bb_mono_ms() + CHAIN_LEASE_LEFT_MS < run->deadline_mono_ms;
+        enum err rc = store_run(j->eng->store, STORE_WRITE, advance_work, j, &e);
+        if (rc == ERR_OK) {
+            log_failure(j);
+            clear_pending(j);
+            saga__instance_deinit(&j->in);
+            j->in = j->work;
+            j->work = (struct saga_instance){0};
+            j->held = j->unit_held;
+            j->limit = INT_MAX;
+        } else if (rc == ERR_CONFLICT && j->stale) {
+            return JOB_DONE; /* another run got there first */
+        } else if (rc == ERR_CONFLICT && j->failed) {
+            /* Commit what came before the failure; a failure alone is
+             * recorded next (advance_work kept it). */
+            j->pending = j->pending || j->ran == 0;
+            j->limit = j->ran;
+        } else {
+            bb_buf_printf(&run->error, "saga %s: %s", j->in.id, e.detail);
+            return JOB_RETRY; /* this job runs again */
+        }
+    }
+}
+
+/* Give back what a step still holds as the job stops. */
+static enum err
+release_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)e;
     struct step_job *j = arg;
-    struct saga_step_result res;
-    fill_result(j, &res);
-    return saga__transition(c, j->def, &j->in, &res, bb_wall_ms(), &j->stale, e);
+    saga__instance_deinit(&j->work);
+    j->work = j->in;
+    json_incref(j->work.data);
+    j->unit_held = j->held;
+    unhold(j, c);
+    return ERR_OK;
 }
 
 static enum job_verdict
@@ -212,67 +418,19 @@ saga_job(struct job_run *run)
     j->run = run;
     json_t *payload = json_loads(run->job->payload, 0, NULL);
     j->saga_id = json_string_value(json_object_get(payload, "saga_id"));
-    j->version = json_integer_value(json_object_get(payload, "version"));
-    enum job_verdict verdict = JOB_DONE;
-    struct bb_error e;
+    enum job_verdict verdict;
     if (j->saga_id == NULL) {
         bb_buf_puts(&run->error, "payload has no saga_id");
         verdict = JOB_FAIL_PERMANENTLY;
-        goto out;
-    }
-    if (store_run(j->eng->store, STORE_READ, load_work, j, &e) != ERR_OK) {
-        bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id, e.detail);
-        verdict = JOB_RETRY;
-        goto out;
-    }
-    bool active = j->in.state == SAGA_RUNNING || j->in.state == SAGA_COMPENSATING;
-    if (!j->found || j->in.version != j->version || !active)
-        goto out; /* a run that another one already moved on from */
-    j->def = saga__def_find(j->in.type);
-    if (j->def == NULL || (size_t)j->in.step >= j->def->n_steps) {
-        bb_buf_printf(&run->error, "no definition of saga type %s here", j->in.type);
-        verdict = JOB_RETRY; /* another process may know it */
-        goto out;
-    }
-    const struct saga_step_def *sd = &j->def->steps[j->in.step];
-    bool compensating = j->in.state == SAGA_COMPENSATING;
-    snprintf(j->key, sizeof j->key, "saga:%s:%s%s", j->in.id, sd->name,
-             compensating ? ":undo" : "");
-    j->sr = (struct saga_step_run){.saga_id = j->in.id,
-                                   .type = j->in.type,
-                                   .step = sd->name,
-                                   .compensating = compensating,
-                                   .failure = j->in.reason,
-                                   .key = j->key,
-                                   .store = j->eng->store,
-                                   .ctx = j->def->ctx,
-                                   .attempt = j->in.retries + 1,
-                                   .lease_token = run->job->lease_token};
-    j->started_at_ms = bb_wall_ms();
-    int64_t t0 = bb_mono_ms();
-    enum err rc;
-    if (sd->in_txn) {
-        rc = store_run(j->eng->store, STORE_WRITE, in_txn_work, j, &e);
-        if (rc == ERR_CONFLICT && !j->stale && j->outcome != SAGA_STEP_OK)
-            rc = store_run(j->eng->store, STORE_WRITE, record_work, j, &e);
     } else {
-        j->sr.data = json_deep_copy(j->in.data);
-        run_step(j, NULL);
-        rc = store_run(j->eng->store, STORE_WRITE, record_work, j, &e);
+        verdict = carry(j);
     }
-    saga__metric_step(j->in.type, sd->name, compensating, (double)(bb_mono_ms() - t0) / 1e3);
-    if (j->outcome != SAGA_STEP_OK)
-        log_info("saga.step_failed", "saga=%s type=%s step=%s phase=%s outcome=%s detail=%s",
-                 j->in.id, j->in.type, sd->name, compensating ? "compensation" : "action",
-                 j->outcome == SAGA_STEP_RETRY ? "retry" : "failed", j->step_error.detail);
-    if (rc == ERR_CONFLICT && j->stale)
-        rc = ERR_OK; /* another run got there first */
-    if (rc != ERR_OK) {
-        bb_buf_printf(&run->error, "saga %s step %s: %s", j->in.id, sd->name, e.detail);
-        verdict = JOB_RETRY; /* the same version runs again */
-    }
-out:
-    json_decref(j->sr.data);
+    struct bb_error e;
+    if (j->held != 0 && j->def &&
+        store_run(j->eng->store, STORE_WRITE, release_work, j, &e) != ERR_OK)
+        log_debug("saga.unhold_failed", "saga=%s detail=%s", j->saga_id, e.detail);
+    clear_pending(j);
+    saga__instance_deinit(&j->work);
     saga__instance_deinit(&j->in);
     json_decref(payload);
     free(j);

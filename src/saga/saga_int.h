@@ -24,6 +24,7 @@ struct saga_instance {
     json_t *data;
     int64_t retries;
     char reason[SAGA_REASON_MAX + 1];
+    int64_t job_id; /* the job that runs its next step; 0: none */
 };
 
 /* What one run of a step came to. */
@@ -39,10 +40,13 @@ BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_ins
                            bool *found, struct bb_error *e);
 void saga__instance_deinit(struct saga_instance *in);
 /* Record `res` and move the instance on (compare-and-set on its version:
- * ERR_CONFLICT with *stale set when another run moved it first). */
+ * ERR_CONFLICT with *stale set when another run moved it first). A next
+ * step that may run now stays with job `keep_job` (0: a new job runs it).
+ * *next is the instance as moved (its data a reference of its own). */
 BB_WUR enum err saga__transition(struct store_conn *c, const struct saga_def *def,
                                  const struct saga_instance *in, const struct saga_step_result *res,
-                                 int64_t now_ms, bool *stale, struct bb_error *e);
+                                 int64_t keep_job, int64_t now_ms, struct saga_instance *next,
+                                 bool *stale, struct bb_error *e);
 
 /* The definitions of this process, by type (NULL: none). */
 const struct saga_def *saga__def_find(const char *type);

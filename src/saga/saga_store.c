@@ -170,6 +170,7 @@ instance_from_row(struct store_rows *r, struct saga_instance *out)
     out->retries = store_col_int(r, 7);
     if (!store_col_is_null(r, 9))
         bb_strlcpy(out->reason, store_col_text(r, 9), sizeof out->reason);
+    out->job_id = store_col_is_null(r, 11) ? 0 : store_col_int(r, 11);
 }
 
 enum err
@@ -224,8 +225,8 @@ outcome_name(enum saga_outcome o)
 
 enum err
 saga__transition(struct store_conn *c, const struct saga_def *def, const struct saga_instance *in,
-                 const struct saga_step_result *res, int64_t now_ms, bool *stale,
-                 struct bb_error *e)
+                 const struct saga_step_result *res, int64_t keep_job, int64_t now_ms,
+                 struct saga_instance *next, bool *stale, struct bb_error *e)
 {
     *stale = false;
     const struct saga_step_def *sd = &def->steps[in->step];
@@ -278,7 +279,9 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
     bool waits = ends || next_state == SAGA_STUCK;
     int64_t job_id = 0;
     enum err rc = ERR_OK;
-    if (!waits)
+    if (!waits && run_at == 0 && keep_job != 0)
+        job_id = keep_job; /* its runner goes straight on */
+    else if (!waits)
         rc = enqueue_step(c, in->id, in->version + 1, run_at, now_ms, &job_id, e);
     char *data = bb_json_dumps(res->data ? res->data : in->data);
     const struct store_param p[] = {sp_text(in->id),
@@ -316,9 +319,19 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
             why = reason ? reason : in->reason[0] ? in->reason : "could not be completed";
         rc = def->on_end(c, in->id, next_state, res->data ? res->data : in->data, why, def->ctx, e);
     }
-    if (rc == ERR_OK)
-        saga__metric_transition(def->type, in->state, next_state);
-    return rc;
+    if (rc != ERR_OK)
+        return rc;
+    saga__metric_transition(def->type, in->state, next_state);
+    *next = *in;
+    next->state = next_state;
+    next->step = next_step;
+    next->version = in->version + 1;
+    next->data = json_incref((json_t *)(res->data ? res->data : in->data));
+    next->retries = retries;
+    if (reason)
+        bb_strlcpy(next->reason, reason, sizeof next->reason);
+    next->job_id = job_id;
+    return ERR_OK;
 }
 
 /* ---- the stuck retry --------------------------------------------------------------------- */

@@ -46,17 +46,22 @@ one_order_per_checkout(void **state)
     struct order_spec s = spec("chk-1");
     json_t *first, *again;
     bool created;
-    assert_ok(order_create(c, &s, T0, &first, &created, &e), &e);
+    assert_ok(order_create(c, &s, T0, NULL, &first, &created, &e), &e);
     assert_true(created);
     assert_int_equal(json_integer_value(json_object_get(first, "total_amount")), 1500);
     assert_string_equal(json_string_value(json_object_get(first, "status")), "PENDING");
     assert_int_equal(json_array_size(json_object_get(first, "items")), 2);
-    assert_ok(order_create(c, &s, T0 + 5, &again, &created, &e), &e);
+    assert_ok(order_create(c, &s, T0 + 5, NULL, &again, &created, &e), &e);
     assert_false(created);
     assert_true(json_equal(json_object_get(first, "order_id"), json_object_get(again, "order_id")));
     json_decref(again);
+    /* Only the id, as the saga asks for it. */
+    char id[ORDER_UUID_LEN + 1];
+    assert_ok(order_create(c, &s, T0 + 6, id, NULL, &created, &e), &e);
+    assert_false(created);
+    assert_string_equal(id, json_string_value(json_object_get(first, "order_id")));
     s.customer_id = "cust-2";
-    assert_int_equal(order_create(c, &s, T0, &again, &created, &e), ERR_IDEMPOTENCY_MISMATCH);
+    assert_int_equal(order_create(c, &s, T0, NULL, &again, &created, &e), ERR_IDEMPOTENCY_MISMATCH);
     assert_string_equal(e.field, "checkout_id");
     assert_ok(order_find_by_checkout(c, "chk-1", &again, &e), &e);
     assert_true(json_equal(json_object_get(first, "order_id"), json_object_get(again, "order_id")));
@@ -66,7 +71,7 @@ one_order_per_checkout(void **state)
     struct order_spec big = spec("chk-3");
     big.items = huge;
     big.n_items = 1;
-    assert_int_equal(order_create(c, &big, T0, &again, &created, &e), ERR_INVALID);
+    assert_int_equal(order_create(c, &big, T0, NULL, &again, &created, &e), ERR_INVALID);
     json_decref(first);
     store_conn_close(c);
 }
@@ -81,8 +86,8 @@ confirm_and_cancel_are_idempotent_and_final(void **state)
     json_t *a, *b, *o;
     bool created;
     struct order_spec sa = spec("chk-a"), sb = spec("chk-b");
-    assert_ok(order_create(c, &sa, T0, &a, &created, &e), &e);
-    assert_ok(order_create(c, &sb, T0, &b, &created, &e), &e);
+    assert_ok(order_create(c, &sa, T0, NULL, &a, &created, &e), &e);
+    assert_ok(order_create(c, &sb, T0, NULL, &b, &created, &e), &e);
     const char *ida = json_string_value(json_object_get(a, "order_id"));
     const char *idb = json_string_value(json_object_get(b, "order_id"));
     for (int i = 0; i < 2; i++) {
@@ -99,6 +104,7 @@ confirm_and_cancel_are_idempotent_and_final(void **state)
     assert_int_equal(order_cancel(c, ida, NULL, T0 + 20, &o, &e), ERR_CONFLICT);
     assert_int_equal(order_confirm(c, idb, NULL, T0 + 20, &o, &e), ERR_CONFLICT);
     assert_int_equal(order_confirm(c, "nope", NULL, T0 + 20, &o, &e), ERR_NOT_FOUND);
+    assert_ok(order_confirm(c, ida, NULL, T0 + 30, NULL, &e), &e); /* no JSON wanted */
     /* Events: two created, one change each. */
     struct outbox_filter f = {.limit = 100};
     json_t *page = test_outbox_page(c, &f);

@@ -94,13 +94,16 @@ an_authorization_happens_once_per_key(void **state)
     struct payment_request req = request("o-1", "pay-o-1");
     json_t *a, *b;
     struct bb_error e;
-    assert_ok(payment_authorize(f->p, &req, &a, &e), &e);
+    assert_ok(payment_authorize(f->p, &req, NULL, &a, &e), &e);
     assert_string_equal(str(a, "state"), "AUTHORIZED");
-    assert_ok(payment_authorize(f->p, &req, &b, &e), &e);
+    assert_ok(payment_authorize(f->p, &req, NULL, &b, &e), &e);
     assert_string_equal(str(a, "authorization_id"), str(b, "authorization_id"));
     json_decref(b);
+    char id[PAYMENT_ID_LEN + 1]; /* the id alone, as the saga asks for it */
+    assert_ok(payment_authorize(f->p, &req, id, NULL, &e), &e);
+    assert_string_equal(id, str(a, "authorization_id"));
     req.amount = 1600;
-    assert_int_equal(payment_authorize(f->p, &req, &b, &e), ERR_IDEMPOTENCY_MISMATCH);
+    assert_int_equal(payment_authorize(f->p, &req, NULL, &b, &e), ERR_IDEMPOTENCY_MISMATCH);
     json_decref(b);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 1);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments"), 1);
@@ -119,23 +122,23 @@ declines_fail_for_good_timeouts_and_errors_retry_without_charging_twice(void **s
     struct payments_options o = {.psp_timeout_ms = 200, .threads = 2, .psp = c};
     assert_ok(payments_create(f->db->store, &o, &f->p, &e), &e);
     struct payment_request hang = request("o-hang", "pay-hang");
-    assert_int_equal(payment_authorize(f->p, &hang, &out, &e), ERR_TIMEOUT);
+    assert_int_equal(payment_authorize(f->p, &hang, NULL, &out, &e), ERR_TIMEOUT);
     assert_string_equal(str(out, "state"), "PENDING");
     json_decref(out);
-    assert_int_equal(payment_authorize(f->p, &hang, &out, &e), ERR_UPSTREAM); /* fail_next */
+    assert_int_equal(payment_authorize(f->p, &hang, NULL, &out, &e), ERR_UPSTREAM); /* fail_next */
     assert_string_equal(str(out, "state"), "PENDING");
     json_decref(out);
-    assert_ok(payment_authorize(f->p, &hang, &out, &e), &e); /* the PSP remembers the key */
+    assert_ok(payment_authorize(f->p, &hang, NULL, &out, &e), &e); /* the PSP remembers the key */
     assert_string_equal(str(out, "state"), "AUTHORIZED");
     assert_int_equal(json_array_size(json_object_get(out, "attempts")), 3);
     json_decref(out);
     struct payment_request stolen = request("o-stolen", "pay-stolen");
     stolen.card = "tok_stolen";
-    assert_int_equal(payment_authorize(f->p, &stolen, &out, &e), ERR_PAYMENT_DECLINED);
+    assert_int_equal(payment_authorize(f->p, &stolen, NULL, &out, &e), ERR_PAYMENT_DECLINED);
     assert_string_equal(str(out, "state"), "FAILED");
     assert_string_equal(str(out, "failure_reason"), "card declined");
     json_decref(out);
-    assert_int_equal(payment_authorize(f->p, &stolen, &out, &e), ERR_PAYMENT_DECLINED);
+    assert_int_equal(payment_authorize(f->p, &stolen, NULL, &out, &e), ERR_PAYMENT_DECLINED);
     json_decref(out);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 2);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
@@ -148,8 +151,8 @@ capture_and_void_follow_the_state_table(void **state)
     struct payment_request ra = request("o-a", "pay-a"), rb = request("o-b", "pay-b");
     json_t *a, *b, *out;
     struct bb_error e;
-    assert_ok(payment_authorize(f->p, &ra, &a, &e), &e);
-    assert_ok(payment_authorize(f->p, &rb, &b, &e), &e);
+    assert_ok(payment_authorize(f->p, &ra, NULL, &a, &e), &e);
+    assert_ok(payment_authorize(f->p, &rb, NULL, &b, &e), &e);
     const char *ida = str(a, "authorization_id"), *idb = str(b, "authorization_id");
     assert_int_equal(payment_capture(f->p, ida, 2000, 0, &out, &e), ERR_INVALID);
     json_decref(out);
@@ -180,7 +183,7 @@ refunds_never_exceed_the_capture(void **state)
     struct payment_request r = request("o-r", "pay-r");
     json_t *a, *out;
     struct bb_error e;
-    assert_ok(payment_authorize(f->p, &r, &a, &e), &e);
+    assert_ok(payment_authorize(f->p, &r, NULL, &a, &e), &e);
     const char *id = str(a, "authorization_id");
     assert_int_equal(payment_refund(f->p, id, 100, "ref-0", 0, &out, &e), ERR_CONFLICT);
     json_decref(out);
@@ -221,11 +224,11 @@ a_stale_lock_token_is_refused_before_the_psp(void **state)
     struct payment_request r = request("o-f", "pay-f");
     r.lock_token = 8; /* a holder older than token 9 */
     json_t *out;
-    assert_int_equal(payment_authorize(f->p, &r, &out, &e), ERR_STALE_TOKEN);
+    assert_int_equal(payment_authorize(f->p, &r, NULL, &out, &e), ERR_STALE_TOKEN);
     json_decref(out);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 0);
     r.lock_token = 9;
-    assert_ok(payment_authorize(f->p, &r, &out, &e), &e);
+    assert_ok(payment_authorize(f->p, &r, NULL, &out, &e), &e);
     const char *id = str(out, "authorization_id");
     json_t *cap;
     assert_int_equal(payment_capture(f->p, id, 0, 8, &cap, &e), ERR_STALE_TOKEN);
@@ -249,7 +252,7 @@ outcomes_with_seed(uint64_t seed, char out[21])
         snprintf(key, sizeof key, "k%d", i);
         struct payment_request r = request(key, key);
         json_t *res;
-        enum err rc = payment_authorize(p, &r, &res, &e);
+        enum err rc = payment_authorize(p, &r, NULL, &res, &e);
         json_decref(res);
         out[i] = rc == ERR_OK ? 'a' : rc == ERR_PAYMENT_DECLINED ? 'd' : '?';
     }
@@ -288,7 +291,7 @@ retrier(void *arg)
     struct payment_request req = request("o-c", "pay-c");
     json_t *out;
     struct bb_error e;
-    r->ok = payment_authorize(r->p, &req, &out, &e) == ERR_OK;
+    r->ok = payment_authorize(r->p, &req, NULL, &out, &e) == ERR_OK;
     if (out)
         bb_strlcpy(r->id, str(out, "authorization_id"), sizeof r->id);
     json_decref(out);
