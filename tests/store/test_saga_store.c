@@ -4,8 +4,9 @@
  * a permanent failure compensates in reverse, retries use the queue's
  * backoff and then give up, a compensation that keeps failing leaves the
  * saga STUCK until retried by hand, an in-transaction step that fails
- * leaves no write behind, a starting event starts one saga, and a second
- * job for the same step (a crash's leftover) moves nothing.
+ * leaves no write behind, an outside step holds what the transition into it
+ * took until the one that records it, a starting event starts one saga,
+ * and a second job for the same step (a crash's leftover) moves nothing.
  */
 #include "testsupport.h"
 
@@ -23,6 +24,8 @@ static struct {
     enum saga_outcome action[3]; /* each action's verdict */
     int retries_left[3];         /* RETRY this many times first */
     enum saga_outcome undo[3];
+    int64_t s2_held; /* what s2's action last saw in run->held */
+    int64_t unheld;  /* what unhold last gave back */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The workers read `toy` under its lock. */
@@ -45,6 +48,8 @@ toy_step(struct saga_step_run *run, struct bb_error *e)
     size_t n = strlen(toy.log);
     snprintf(toy.log + n, sizeof toy.log - n, "%c%d ", run->compensating ? 'c' : 'a', i + 1);
     enum saga_outcome o = run->compensating ? toy.undo[i] : toy.action[i];
+    if (i == 1 && !run->compensating)
+        toy.s2_held = run->held;
     if (!run->compensating && toy.retries_left[i] > 0) {
         toy.retries_left[i]--;
         o = SAGA_STEP_RETRY;
@@ -64,9 +69,33 @@ toy_step(struct saga_step_run *run, struct bb_error *e)
     return o;
 }
 
+/* s2 holds "something" (token 42) while it runs, taken and given back in
+ * the transitions around it. */
+static enum err
+toy_hold(struct saga_step_run *run, int64_t *held, struct bb_error *e)
+{
+    (void)e;
+    *held = run->c ? 42 : 0;
+    return ERR_OK;
+}
+
+static void
+toy_unhold(struct saga_step_run *run, int64_t held)
+{
+    if (run->c == NULL)
+        return;
+    pthread_mutex_lock(&toy.mu);
+    toy.unheld = held;
+    pthread_mutex_unlock(&toy.mu);
+}
+
 static const struct saga_step_def TOY_STEPS[] = {
     {.name = "s1", .action = toy_step, .compensate = toy_step, .in_txn = true},
-    {.name = "s2", .action = toy_step, .compensate = toy_step},
+    {.name = "s2",
+     .action = toy_step,
+     .compensate = toy_step,
+     .hold = toy_hold,
+     .unhold = toy_unhold},
     {.name = "s3", .action = toy_step, .compensate = toy_step, .in_txn = true},
 };
 
@@ -116,6 +145,7 @@ setup(void **state)
         toy.action[i] = toy.undo[i] = SAGA_STEP_OK;
         toy.retries_left[i] = 0;
     }
+    toy.s2_held = toy.unheld = 0;
     pthread_mutex_unlock(&toy.mu);
     struct fixture *f = xcalloc(1, sizeof *f);
     f->db = test_db_create();
@@ -249,6 +279,12 @@ steps_run_in_order_and_complete(void **state)
     json_t *saga = await_state(f, started(f, &op), "COMPLETED");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
     log_is("a1 a2 a3 ");
+    /* s2 ran holding what the transition into it took, and the one that
+     * recorded it gave that back. */
+    pthread_mutex_lock(&toy.mu);
+    assert_int_equal(toy.s2_held, 42);
+    assert_int_equal(toy.unheld, 42);
+    pthread_mutex_unlock(&toy.mu);
     json_t *data = json_object_get(saga, "data");
     assert_true(json_is_true(json_object_get(data, "s3")));
     json_decref(saga);
