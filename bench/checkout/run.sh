@@ -8,7 +8,7 @@
 # README's tables.
 #
 #   bench/checkout/run.sh   (DUR=10 s per point, CLIENTS=64, BURST=2 s,
-#                            SAGA_WORKERS=32, SAGA_POOL=8)
+#                            SAGA_WORKERS=128, SAGA_POOL=8)
 #
 # Every 202 and 201 is committed to disk before it is sent (SQLite WAL with
 # synchronous=FULL; PostgreSQL synchronous_commit=on).
@@ -18,7 +18,7 @@ root=$(pwd)
 DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-64}
 BURST=${BURST:-2}
-SAGA_WORKERS=${SAGA_WORKERS:-32}
+SAGA_WORKERS=${SAGA_WORKERS:-128}
 SAGA_POOL=${SAGA_POOL:-8}
 . bench/lib.sh
 cb() {
