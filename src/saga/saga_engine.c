@@ -153,6 +153,7 @@ struct step_job {
     int64_t pending_started_ms;
     /* The unit's working state. */
     struct saga_instance work;
+    struct saga_unit unit;
     int limit;   /* in-transaction steps a unit may run */
     int ran;     /* in-transaction steps the unit ran and moved past */
     bool failed; /* one failed: the unit rolled back */
@@ -253,7 +254,7 @@ move_on(struct store_conn *c, struct step_job *j, const struct saga_step_result 
 {
     struct saga_instance next = {0};
     enum err rc = saga__transition(c, j->def, &j->work, res, j->chain ? j->run->job->id : 0,
-                                   bb_wall_ms(), &next, &j->stale, e);
+                                   bb_wall_ms(), &j->unit, &next, e);
     if (rc != ERR_OK)
         return rc;
     saga__instance_deinit(&j->work);
@@ -268,6 +269,7 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
     saga__instance_deinit(&j->work); /* a unit the store runs again starts afresh */
     j->work = j->in;
     json_incref(j->work.data);
+    saga__unit_begin(&j->unit, &j->in);
     j->ran = 0;
     j->failed = j->stale = false;
     j->unit_held = j->held;
@@ -306,6 +308,8 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
         json_decref(data);
         j->ran++;
     }
+    if (rc == ERR_OK)
+        rc = saga__unit_flush(c, &j->unit, &j->work, &j->stale, e);
     if (rc == ERR_OK)
         hold(j, c);
     return rc;
@@ -430,6 +434,7 @@ saga_job(struct job_run *run)
         store_run(j->eng->store, STORE_WRITE, release_work, j, &e) != ERR_OK)
         log_debug("saga.unhold_failed", "saga=%s detail=%s", j->saga_id, e.detail);
     clear_pending(j);
+    saga__unit_deinit(&j->unit);
     saga__instance_deinit(&j->work);
     saga__instance_deinit(&j->in);
     json_decref(payload);

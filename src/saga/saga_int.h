@@ -39,14 +39,40 @@ struct saga_step_result {
 BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_instance *out,
                            bool *found, struct bb_error *e);
 void saga__instance_deinit(struct saga_instance *in);
-/* Record `res` and move the instance on (compare-and-set on its version:
- * ERR_CONFLICT with *stale set when another run moved it first). A next
- * step that may run now stays with job `keep_job` (0: a new job runs it).
- * *next is the instance as moved (its data a reference of its own). */
+/* The writes of one unit of work, gathered: the instance's move
+ * (compare-and-set on the version the unit found) and its timeline rows,
+ * one UPDATE and one INSERT however many steps the unit ran. A unit records
+ * at most one outside step's outcome and then runs each step once. */
+enum { SAGA_UNIT_ROWS = SAGA_STEPS_MAX + 1 };
+struct saga_unit_row {
+    const char *step, *phase, *outcome;
+    int64_t attempt;
+    char *error;
+    int64_t started_ms, ended_ms;
+};
+struct saga_unit {
+    int64_t from_version;
+    struct saga_unit_row rows[SAGA_UNIT_ROWS];
+    size_t n_rows;
+    int64_t run_at; /* the last move's: its retry's time, its error */
+    char *error;
+    int64_t now_ms;
+};
+void saga__unit_begin(struct saga_unit *u, const struct saga_instance *in);
+/* Write what the unit gathered, `now` being the instance as moved:
+ * ERR_CONFLICT with *stale set when another run moved it first. */
+BB_WUR enum err saga__unit_flush(struct store_conn *c, struct saga_unit *u,
+                                 const struct saga_instance *now, bool *stale, struct bb_error *e);
+void saga__unit_deinit(struct saga_unit *u);
+
+/* Record `res` and move the instance on, in `u` (saga__unit_flush writes
+ * it). A next step that may run now stays with job `keep_job` (0: a new
+ * job runs it). *next is the instance as moved (its data a reference of
+ * its own). */
 BB_WUR enum err saga__transition(struct store_conn *c, const struct saga_def *def,
                                  const struct saga_instance *in, const struct saga_step_result *res,
-                                 int64_t keep_job, int64_t now_ms, struct saga_instance *next,
-                                 bool *stale, struct bb_error *e);
+                                 int64_t keep_job, int64_t now_ms, struct saga_unit *u,
+                                 struct saga_instance *next, struct bb_error *e);
 
 /* The definitions of this process, by type (NULL: none). */
 const struct saga_def *saga__def_find(const char *type);

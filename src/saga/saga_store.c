@@ -8,6 +8,7 @@
 #include "outbox/outbox.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -199,14 +200,105 @@ saga__instance_deinit(struct saga_instance *in)
 /* ---- transitions ------------------------------------------------------------------------- */
 
 static struct store_stmt SAGA_UPDATE = {
-    .sql = "UPDATE sagas SET state = $3, step = $4, version = version + 1, data = $5,"
-           " retries = $6, next_retry_at_ms = $7, reason = COALESCE($8, reason),"
-           " error = $9, job_id = $10, updated_at_ms = $11 WHERE id = $1 AND version = $2",
+    .sql = "UPDATE sagas SET state = $3, step = $4, version = $5, data = $6, retries = $7,"
+           " next_retry_at_ms = $8, reason = $9, error = $10, job_id = $11, updated_at_ms = $12"
+           " WHERE id = $1 AND version = $2",
 };
-static struct store_stmt STEP_INSERT = {
-    .sql = "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt, error,"
-           " started_at_ms, ended_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-};
+
+/* INSERT INTO saga_steps ... VALUES (8 columns) x k, for k = 1..SAGA_UNIT_ROWS. */
+enum { STEP_COLUMNS = 8 };
+static struct store_stmt STEP_INSERT[SAGA_UNIT_ROWS];
+static char step_insert_sql[SAGA_UNIT_ROWS][64 + SAGA_UNIT_ROWS * STEP_COLUMNS * 6];
+static pthread_once_t step_insert_once = PTHREAD_ONCE_INIT;
+
+static void
+step_insert_init(void)
+{
+    for (int k = 1; k <= SAGA_UNIT_ROWS; k++) {
+        char *sql = step_insert_sql[k - 1];
+        size_t cap = sizeof step_insert_sql[0];
+        size_t n =
+            (size_t)snprintf(sql, cap,
+                             "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt,"
+                             " error, started_at_ms, ended_at_ms) VALUES ");
+        for (int r = 0; r < k && n < cap; r++) {
+            for (int col = 0; col < STEP_COLUMNS && n < cap; col++)
+                n += (size_t)snprintf(sql + n, cap - n, "%s$%d%s",
+                                      col ? ", "
+                                      : r ? ", ("
+                                          : "(",
+                                      r * STEP_COLUMNS + col + 1,
+                                      col == STEP_COLUMNS - 1 ? ")" : "");
+        }
+        BB_ASSERT(n < cap);
+        STEP_INSERT[k - 1].sql = sql;
+    }
+}
+
+void
+saga__unit_begin(struct saga_unit *u, const struct saga_instance *in)
+{
+    saga__unit_deinit(u);
+    u->from_version = in->version;
+}
+
+void
+saga__unit_deinit(struct saga_unit *u)
+{
+    for (size_t i = 0; i < u->n_rows; i++)
+        free(u->rows[i].error);
+    free(u->error);
+    *u = (struct saga_unit){0};
+}
+
+enum err
+saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_instance *now,
+                 bool *stale, struct bb_error *e)
+{
+    *stale = false;
+    if (now->version == u->from_version)
+        return ERR_OK; /* nothing moved */
+    char *data = bb_json_dumps(now->data);
+    const struct store_param p[] = {sp_text(now->id),
+                                    sp_int(u->from_version),
+                                    sp_text(saga_state_name(now->state)),
+                                    sp_int(now->step),
+                                    sp_int(now->version),
+                                    sp_text(data),
+                                    sp_int(now->retries),
+                                    u->run_at ? sp_int(u->run_at) : sp_null(),
+                                    now->reason[0] ? sp_text(now->reason) : sp_null(),
+                                    u->error ? sp_text(u->error) : sp_null(),
+                                    now->job_id ? sp_int(now->job_id) : sp_null(),
+                                    sp_int(u->now_ms)};
+    int64_t changed = 0;
+    enum err rc = store_exec(c, &SAGA_UPDATE, p, BB_ARRAY_LEN(p), &changed, e);
+    free(data);
+    if (rc == ERR_OK && changed == 0) { /* another run moved it on: this one is stale */
+        *stale = true;
+        return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", now->id);
+    }
+    if (rc == ERR_OK && u->n_rows > 0) {
+        pthread_once(&step_insert_once, step_insert_init);
+        struct store_param s[SAGA_UNIT_ROWS * STEP_COLUMNS];
+        for (size_t i = 0; i < u->n_rows; i++) {
+            const struct saga_unit_row *r = &u->rows[i];
+            const struct store_param row[STEP_COLUMNS] = {
+                sp_text(now->id),      sp_text(r->step),   sp_text(r->phase),
+                sp_text(r->outcome),   sp_int(r->attempt), r->error ? sp_text(r->error) : sp_null(),
+                sp_int(r->started_ms), sp_int(r->ended_ms)};
+            memcpy(&s[i * STEP_COLUMNS], row, sizeof row);
+        }
+        rc = store_exec(c, &STEP_INSERT[u->n_rows - 1], s, u->n_rows * STEP_COLUMNS, NULL, e);
+    }
+    if (rc != ERR_OK)
+        return rc;
+    for (size_t i = 0; i < u->n_rows; i++)
+        free(u->rows[i].error);
+    u->n_rows = 0;
+    u->from_version = now->version;
+    return ERR_OK;
+}
 
 /* The last step at or before `i` that has a compensation; -1: none. */
 static int
@@ -226,9 +318,8 @@ outcome_name(enum saga_outcome o)
 enum err
 saga__transition(struct store_conn *c, const struct saga_def *def, const struct saga_instance *in,
                  const struct saga_step_result *res, int64_t keep_job, int64_t now_ms,
-                 struct saga_instance *next, bool *stale, struct bb_error *e)
+                 struct saga_unit *u, struct saga_instance *next, struct bb_error *e)
 {
-    *stale = false;
     const struct saga_step_def *sd = &def->steps[in->step];
     bool compensating = in->state == SAGA_COMPENSATING;
     enum saga_state next_state = in->state;
@@ -283,37 +374,22 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
         job_id = keep_job; /* its runner goes straight on */
     else if (!waits)
         rc = enqueue_step(c, in->id, in->version + 1, run_at, now_ms, &job_id, e);
-    char *data = bb_json_dumps(res->data ? res->data : in->data);
-    const struct store_param p[] = {sp_text(in->id),
-                                    sp_int(in->version),
-                                    sp_text(saga_state_name(next_state)),
-                                    sp_int(next_step),
-                                    sp_text(data),
-                                    sp_int(retries),
-                                    run_at ? sp_int(run_at) : sp_null(),
-                                    reason ? sp_text(reason) : sp_null(),
-                                    error ? sp_text(error) : sp_null(),
-                                    job_id ? sp_int(job_id) : sp_null(),
-                                    sp_int(now_ms)};
-    int64_t changed = 0;
-    if (rc == ERR_OK)
-        rc = store_exec(c, &SAGA_UPDATE, p, BB_ARRAY_LEN(p), &changed, e);
-    free(data);
-    if (rc == ERR_OK && changed == 0) { /* another run moved it on: this one is stale */
-        *stale = true;
-        return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", in->id);
-    }
-    const struct store_param s[] = {sp_text(in->id),
-                                    sp_text(sd->name),
-                                    sp_text(compensating ? "compensation" : "action"),
-                                    sp_text(outcome_name(outcome)), /* out of retries: failed */
-                                    sp_int(in->retries + 1),
-                                    error ? sp_text(error) : sp_null(),
-                                    sp_int(res->started_at_ms),
-                                    sp_int(now_ms)};
-    if (rc == ERR_OK)
-        rc = store_exec(c, &STEP_INSERT, s, BB_ARRAY_LEN(s), NULL, e);
-    if (rc == ERR_OK && ends && def->on_end) {
+    if (rc != ERR_OK)
+        return rc;
+    BB_ASSERT(u->n_rows < SAGA_UNIT_ROWS);
+    struct saga_unit_row *row = &u->rows[u->n_rows++];
+    *row = (struct saga_unit_row){.step = sd->name,
+                                  .phase = compensating ? "compensation" : "action",
+                                  .outcome = outcome_name(outcome), /* out of retries: failed */
+                                  .attempt = in->retries + 1,
+                                  .error = error ? xstrdup(error) : NULL,
+                                  .started_ms = res->started_at_ms,
+                                  .ended_ms = now_ms};
+    free(u->error);
+    u->error = error ? xstrdup(error) : NULL;
+    u->run_at = run_at;
+    u->now_ms = now_ms;
+    if (ends && def->on_end) {
         const char *why = NULL;
         if (next_state == SAGA_FAILED)
             why = reason ? reason : in->reason[0] ? in->reason : "could not be completed";
