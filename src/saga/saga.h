@@ -92,7 +92,9 @@ struct saga_step_def {
     /* An outside step that holds something while it runs: `hold` takes it
      * in the transaction that makes the step next (when the same runner
      * goes straight on to it), `unhold` gives it back in the one that
-     * records the step; neither needs a transaction of its own. A run that
+     * records the step; neither needs a transaction of its own. Between
+     * two steps with the same `hold` it is taken again, not given back (a
+     * lock's re-entrant acquire renews it). A run that
      * finds run->held 0 (a rescued job, say) takes it itself and sets
      * run->held. Both may be NULL. */
     saga_hold_fn *hold;

@@ -219,31 +219,46 @@ run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *
     return o;
 }
 
-/* Give back what the unit's step held, in its transaction. */
-static void
-unhold(struct step_job *j, struct store_conn *c)
+/* What the step `in` is at holds while it runs (NULL: nothing). */
+static saga_hold_fn *
+hold_of(const struct step_job *j, const struct saga_instance *in)
 {
-    const struct saga_step_def *sd = &j->def->steps[j->work.step];
-    if (j->unit_held != 0 && sd->unhold) {
-        char key[STEP_KEY_MAX];
-        struct saga_step_run sr = step_run(j, &j->work, c, j->work.data, key);
-        sd->unhold(&sr, j->unit_held);
-    }
-    j->unit_held = 0;
+    const struct saga_step_def *sd = &j->def->steps[in->step];
+    return sd->in_txn ? NULL : sd->hold;
 }
 
-/* Take what the unit's next step holds, when this runner goes on to it.
- * Not getting it is no failure: the step tries itself. */
+/* Give back what the step `in` is at held. */
+static void
+unhold(struct step_job *j, struct store_conn *c, const struct saga_instance *in, int64_t held)
+{
+    const struct saga_step_def *sd = &j->def->steps[in->step];
+    if (held == 0 || sd->unhold == NULL)
+        return;
+    char key[STEP_KEY_MAX];
+    struct saga_step_run sr = step_run(j, in, c, in->data, key);
+    sd->unhold(&sr, held);
+}
+
+/* At the end of a unit: give back what the step it recorded held, and
+ * take what the next step holds when this runner goes on to it. When both
+ * hold the same, it is taken again (a lock's re-entrant acquire renews it)
+ * rather than given back. Not getting it is no failure: the step tries
+ * itself. */
 static void
 hold(struct step_job *j, struct store_conn *c)
 {
-    const struct saga_step_def *sd = &j->def->steps[j->work.step];
-    if (!is_current(j, &j->work) || sd->in_txn || sd->hold == NULL)
+    saga_hold_fn *next = is_current(j, &j->work) ? hold_of(j, &j->work) : NULL;
+    bool same = j->pending && next && next == hold_of(j, &j->in);
+    if (j->pending && !same) {
+        unhold(j, c, &j->in, j->unit_held);
+        j->unit_held = 0;
+    }
+    if (next == NULL)
         return;
     char key[STEP_KEY_MAX];
     struct saga_step_run sr = step_run(j, &j->work, c, j->work.data, key);
     struct bb_error ignored;
-    if (sd->hold(&sr, &j->unit_held, &ignored) != ERR_OK)
+    if (next(&sr, &j->unit_held, &ignored) != ERR_OK)
         j->unit_held = 0;
 }
 
@@ -275,7 +290,6 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
     j->unit_held = j->held;
     enum err rc = ERR_OK;
     if (j->pending) {
-        unhold(j, c);
         struct saga_step_result res = {.outcome = j->pending_outcome,
                                        .data = j->pending_data,
                                        .reason = j->pending_reason,
@@ -406,11 +420,7 @@ release_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     (void)e;
     struct step_job *j = arg;
-    saga__instance_deinit(&j->work);
-    j->work = j->in;
-    json_incref(j->work.data);
-    j->unit_held = j->held;
-    unhold(j, c);
+    unhold(j, c, &j->in, j->held);
     return ERR_OK;
 }
 
