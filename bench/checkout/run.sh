@@ -7,7 +7,7 @@
 # in one run, with the server's peak RSS. Prints JSON lines, then the
 # README's tables.
 #
-#   bench/checkout/run.sh   (DUR=10 s per point, CLIENTS=64, BURST=2 s,
+#   bench/checkout/run.sh   (DUR=10 s per point, CLIENTS=64, BURST=5 s,
 #                            SAGA_WORKERS=128, SAGA_POOL=8)
 #
 # Every 202 and 201 is committed to disk before it is sent (SQLite WAL with
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-64}
-BURST=${BURST:-2}
+BURST=${BURST:-5}
 SAGA_WORKERS=${SAGA_WORKERS:-128}
 SAGA_POOL=${SAGA_POOL:-8}
 . bench/lib.sh
