@@ -95,10 +95,11 @@ size_t payments_routes(struct payments *p, struct http_route *out, size_t max);
  * The operations, synchronous (they wait on the PSP: call them from a
  * worker thread). Each puts the payment's JSON in *out when it exists, also
  * when failing (caller frees; out NULL: not wanted); authorize also puts
- * its id in `id` (when not NULL; "" when no payment was recorded). Errors: ERR_PAYMENT_DECLINED
- * (now FAILED), ERR_UPSTREAM or ERR_TIMEOUT (the PSP failed or did not answer: retry with the same
- * key), ERR_CONFLICT (the state table forbids it), ERR_IDEMPOTENCY_MISMATCH, ERR_STALE_TOKEN,
- * ERR_NOT_FOUND, ERR_INVALID.
+ * its id in `id` (when not NULL; "" when no payment was recorded).
+ * Errors: ERR_PAYMENT_DECLINED (now FAILED), ERR_UPSTREAM or ERR_TIMEOUT
+ * (the PSP failed or did not answer: retry with the same key),
+ * ERR_CONFLICT (the state table forbids it), ERR_IDEMPOTENCY_MISMATCH,
+ * ERR_STALE_TOKEN, ERR_NOT_FOUND, ERR_INVALID.
  */
 BB_WUR enum err payment_authorize(struct payments *p, const struct payment_request *req,
                                   char id[PAYMENT_ID_LEN + 1], json_t **out, struct bb_error *e);

@@ -208,30 +208,23 @@ static struct store_stmt SAGA_UPDATE = {
 /* INSERT INTO saga_steps ... VALUES (8 columns) x k, for k = 1..SAGA_UNIT_ROWS. */
 enum { STEP_COLUMNS = 8 };
 static struct store_stmt STEP_INSERT[SAGA_UNIT_ROWS];
-static char step_insert_sql[SAGA_UNIT_ROWS][64 + SAGA_UNIT_ROWS * STEP_COLUMNS * 6];
 static pthread_once_t step_insert_once = PTHREAD_ONCE_INIT;
 
 static void
 step_insert_init(void)
 {
     for (int k = 1; k <= SAGA_UNIT_ROWS; k++) {
-        char *sql = step_insert_sql[k - 1];
-        size_t cap = sizeof step_insert_sql[0];
-        size_t n =
-            (size_t)snprintf(sql, cap,
-                             "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt,"
-                             " error, started_at_ms, ended_at_ms) VALUES ");
-        for (int r = 0; r < k && n < cap; r++) {
-            for (int col = 0; col < STEP_COLUMNS && n < cap; col++)
-                n += (size_t)snprintf(sql + n, cap - n, "%s$%d%s",
-                                      col ? ", "
-                                      : r ? ", ("
-                                          : "(",
-                                      r * STEP_COLUMNS + col + 1,
-                                      col == STEP_COLUMNS - 1 ? ")" : "");
+        struct bb_buf b;
+        bb_buf_init(&b);
+        bb_buf_puts(&b, "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt, error,"
+                        " started_at_ms, ended_at_ms) VALUES ");
+        for (int r = 0; r < k; r++) {
+            bb_buf_puts(&b, r ? ", (" : "(");
+            for (int col = 0; col < STEP_COLUMNS; col++)
+                bb_buf_printf(&b, "%s$%d", col ? ", " : "", r * STEP_COLUMNS + col + 1);
+            bb_buf_puts(&b, ")");
         }
-        BB_ASSERT(n < cap);
-        STEP_INSERT[k - 1].sql = sql;
+        STEP_INSERT[k - 1].sql = b.data; /* kept for the life of the process */
     }
 }
 
