@@ -54,9 +54,7 @@ struct saga_unit {
     int64_t from_version;
     struct saga_unit_row rows[SAGA_UNIT_ROWS];
     size_t n_rows;
-    int64_t run_at; /* the last move's: its retry's time, its error */
-    char *error;
-    int64_t now_ms;
+    int64_t run_at; /* the last move's retry time (its error and time are its row's) */
 };
 void saga__unit_begin(struct saga_unit *u, const struct saga_instance *in);
 /* Write what the unit gathered, `now` being the instance as moved:

@@ -240,7 +240,6 @@ saga__unit_deinit(struct saga_unit *u)
 {
     for (size_t i = 0; i < u->n_rows; i++)
         free(u->rows[i].error);
-    free(u->error);
     *u = (struct saga_unit){0};
 }
 
@@ -249,8 +248,9 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
                  bool *stale, struct bb_error *e)
 {
     *stale = false;
-    if (now->version == u->from_version)
+    if (u->n_rows == 0)
         return ERR_OK; /* nothing moved */
+    const struct saga_unit_row *last = &u->rows[u->n_rows - 1];
     char *data = bb_json_dumps(now->data);
     const struct store_param p[] = {sp_text(now->id),
                                     sp_int(u->from_version),
@@ -261,9 +261,9 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
                                     sp_int(now->retries),
                                     u->run_at ? sp_int(u->run_at) : sp_null(),
                                     now->reason[0] ? sp_text(now->reason) : sp_null(),
-                                    u->error ? sp_text(u->error) : sp_null(),
+                                    last->error ? sp_text(last->error) : sp_null(),
                                     now->job_id ? sp_int(now->job_id) : sp_null(),
-                                    sp_int(u->now_ms)};
+                                    sp_int(last->ended_ms)};
     int64_t changed = 0;
     enum err rc = store_exec(c, &SAGA_UPDATE, p, BB_ARRAY_LEN(p), &changed, e);
     free(data);
@@ -271,7 +271,7 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
         *stale = true;
         return bb_fail(e, ERR_CONFLICT, "", "saga %s moved on", now->id);
     }
-    if (rc == ERR_OK && u->n_rows > 0) {
+    if (rc == ERR_OK) {
         pthread_once(&step_insert_once, step_insert_init);
         struct store_param s[SAGA_UNIT_ROWS * STEP_COLUMNS];
         for (size_t i = 0; i < u->n_rows; i++) {
@@ -284,13 +284,7 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
         }
         rc = store_exec(c, &STEP_INSERT[u->n_rows - 1], s, u->n_rows * STEP_COLUMNS, NULL, e);
     }
-    if (rc != ERR_OK)
-        return rc;
-    for (size_t i = 0; i < u->n_rows; i++)
-        free(u->rows[i].error);
-    u->n_rows = 0;
-    u->from_version = now->version;
-    return ERR_OK;
+    return rc;
 }
 
 /* The last step at or before `i` that has a compensation; -1: none. */
@@ -378,10 +372,7 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
                                   .error = error ? xstrdup(error) : NULL,
                                   .started_ms = res->started_at_ms,
                                   .ended_ms = now_ms};
-    free(u->error);
-    u->error = error ? xstrdup(error) : NULL;
     u->run_at = run_at;
-    u->now_ms = now_ms;
     if (ends && def->on_end) {
         const char *why = NULL;
         if (next_state == SAGA_FAILED)

@@ -23,7 +23,7 @@ def checkout(server, key, body=BODY, status=202):
 def test_a_checkout_is_accepted_at_once_with_its_event(server):
     c = checkout(server, "k-1")
     assert c["status"] == "PENDING" and c["total_amount"] == 3000 and c["order_id"] is None
-        # Read back as accepted, but for what its saga (already running) moves on.
+    # Read back as accepted, but for what its saga (already running) moves on.
     moves = {"status", "order_id", "reason", "updated_at"}
     got = server.get(f"/checkout/{c['checkout_id']}").json()
     assert {k: v for k, v in got.items() if k not in moves} == \

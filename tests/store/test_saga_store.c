@@ -386,7 +386,7 @@ two_jobs_for_one_step_move_the_saga_once(void **state)
     json_t *saga = await_state(f, op.id, "COMPLETED");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
     json_decref(saga);
-    assert_int_equal(writes(f), 2); /* the stale run's s1 write went with it */
+    assert_int_equal(writes(f), 2); /* the twin, not the saga's job, ran nothing */
 }
 
 static enum err
