@@ -423,7 +423,7 @@ fulfil_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct fulfil_op *op = arg;
     const struct store_param p[] = {sp_text(op->order_id), sp_text(op->checkout_id),
                                     sp_int(op->job_id), sp_int(bb_wall_ms())};
-    return store_exec(c, &FULFILMENT_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+    return store_exec_deferred(c, &FULFILMENT_INSERT, p, BB_ARRAY_LEN(p), e);
 }
 
 /* Records the order for shipping (a later wave ships it), once. */

@@ -196,7 +196,7 @@ checkout__set_order(struct store_conn *c, const char *checkout_id, const char *o
                     int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {sp_text(checkout_id), sp_text(order_id), sp_int(now_ms)};
-    return store_exec(c, &CHECKOUT_SET_ORDER, p, BB_ARRAY_LEN(p), NULL, e);
+    return store_exec_deferred(c, &CHECKOUT_SET_ORDER, p, BB_ARRAY_LEN(p), e);
 }
 
 enum err
@@ -205,5 +205,5 @@ checkout__finish(struct store_conn *c, const char *checkout_id, enum checkout_st
 {
     const struct store_param p[] = {sp_text(checkout_id), sp_text(checkout_status_name(status)),
                                     reason ? sp_text(reason) : sp_null(), sp_int(now_ms)};
-    return store_exec(c, &CHECKOUT_FINISH, p, BB_ARRAY_LEN(p), NULL, e);
+    return store_exec_deferred(c, &CHECKOUT_FINISH, p, BB_ARRAY_LEN(p), e);
 }

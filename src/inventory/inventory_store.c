@@ -522,7 +522,7 @@ reservation_move(struct store_conn *c, const char *order_id, const struct reserv
         const struct store_param q[] = {sp_text(json_string_value(json_object_get(item, "sku"))),
                                         sp_int(json_integer_value(json_object_get(item, "qty"))),
                                         sp_int(now_ms)};
-        rc = store_exec(c, stock, q, BB_ARRAY_LEN(q), NULL, e);
+        rc = store_exec_deferred(c, stock, q, BB_ARRAY_LEN(q), e);
     }
     if (rc == ERR_OK)
         rc = reservation_event(c, event, order_id, items, reason, 0, now_ms, e);

@@ -1156,7 +1156,7 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
     if (rc == ERR_OK && json_array_size(attempts) > 0) {
         char *text = bb_json_dumps(attempts);
         const struct store_param p[] = {sp_text(text)};
-        rc = store_exec(c, &ATTEMPTS_INSERT_MANY, p, 1, NULL, e);
+        rc = store_exec_deferred(c, &ATTEMPTS_INSERT_MANY, p, 1, e);
         free(text);
     }
     json_decref(attempts);

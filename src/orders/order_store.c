@@ -230,7 +230,7 @@ timeline_add(struct store_conn *c, const char *order_id, enum order_status statu
 {
     const struct store_param p[] = {sp_text(order_id), sp_text(order_status_name(status)),
                                     sp_text(reason), sp_int(now_ms)};
-    return store_exec(c, &TIMELINE_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+    return store_exec_deferred(c, &TIMELINE_INSERT, p, BB_ARRAY_LEN(p), e);
 }
 
 static enum err
@@ -308,7 +308,7 @@ order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms
         const struct order_item *it = &spec->items[i];
         const struct store_param q[] = {sp_text(id), sp_int((int64_t)i + 1), sp_text(it->sku),
                                         sp_int(it->qty), sp_int(it->unit_price)};
-        rc = store_exec(c, &ITEM_INSERT, q, BB_ARRAY_LEN(q), NULL, e);
+        rc = store_exec_deferred(c, &ITEM_INSERT, q, BB_ARRAY_LEN(q), e);
         json_array_append_new(items, json_pack("{s:s, s:I, s:I}", "sku", it->sku, "qty",
                                                (json_int_t)it->qty, "unit_price",
                                                (json_int_t)it->unit_price));

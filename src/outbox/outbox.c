@@ -93,7 +93,7 @@ outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_m
                                     sp_text(tp),
                                     sp_int(now_ms),
                                     sp_int(ev->for_consumer ? 1 : 0)};
-    enum err rc = store_exec(c, &APPEND, p, BB_ARRAY_LEN(p), NULL, e);
+    enum err rc = store_exec_deferred(c, &APPEND, p, BB_ARRAY_LEN(p), e);
     free(data);
     return rc;
 }
@@ -249,7 +249,7 @@ enum err
 outbox_mark_handled(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
-    return store_exec(c, &MARK_HANDLED, p, BB_ARRAY_LEN(p), NULL, e);
+    return store_exec_deferred(c, &MARK_HANDLED, p, BB_ARRAY_LEN(p), e);
 }
 
 void

@@ -74,7 +74,7 @@ outcome_begin(struct store_conn *c, const struct pay_op *op, struct bb_error *e)
                                     sp_int(a->latency_ms),
                                     sp_text(a->reason[0] ? a->reason : NULL),
                                     sp_int(bb_wall_ms())};
-    return store_exec(c, &ATTEMPT_INSERT, p, BB_ARRAY_LEN(p), NULL, e);
+    return store_exec_deferred(c, &ATTEMPT_INSERT, p, BB_ARRAY_LEN(p), e);
 }
 
 /* The payment's event: authorized, failed, captured, voided. */

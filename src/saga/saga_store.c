@@ -138,7 +138,7 @@ saga_start(struct store_conn *c, const struct saga_def *def, const char *correla
         rc = enqueue_step(c, id, 1, 0, now_ms, &job_id, e);
     if (rc == ERR_OK) {
         const struct store_param q[] = {sp_text(id), sp_int(job_id)};
-        rc = store_exec(c, &SAGA_SET_JOB, q, BB_ARRAY_LEN(q), NULL, e);
+        rc = store_exec_deferred(c, &SAGA_SET_JOB, q, BB_ARRAY_LEN(q), e);
     }
     if (rc == ERR_OK)
         saga__metric_started(def->type);
@@ -282,7 +282,7 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
                 sp_int(r->started_ms), sp_int(r->ended_ms)};
             memcpy(&s[i * STEP_COLUMNS], row, sizeof row);
         }
-        rc = store_exec(c, &STEP_INSERT[u->n_rows - 1], s, u->n_rows * STEP_COLUMNS, NULL, e);
+        rc = store_exec_deferred(c, &STEP_INSERT[u->n_rows - 1], s, u->n_rows * STEP_COLUMNS, e);
     }
     return rc;
 }

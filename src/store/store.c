@@ -264,6 +264,15 @@ store_exec(struct store_conn *c, struct store_stmt *st, const struct store_param
 }
 
 enum err
+store_exec_deferred(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
+                    size_t n_params, struct bb_error *e)
+{
+    if (c->ops->defer == NULL)
+        return c->ops->query(c, st, params, n_params, NULL, NULL, e);
+    return c->ops->defer(c, st, params, n_params, e);
+}
+
+enum err
 store_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
                 size_t n_params, size_t n_rows, int64_t *first_ints, struct bb_error *e)
 {

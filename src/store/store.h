@@ -113,6 +113,18 @@ BB_WUR enum err store_exec(struct store_conn *c, struct store_stmt *st,
                            const struct store_param *params, size_t n_params, int64_t *changes,
                            struct bb_error *e);
 /*
+ * Run a write the transaction does not branch on: no changes count wanted,
+ * and no constraint it can break but by a bug (an event appended, a
+ * timeline row). PostgreSQL sends it ahead of the transaction's next command
+ * (or its COMMIT) instead of waiting a round trip for it; should it fail,
+ * that command reports the failure as ERR_STORE (ERR_RETRY for a conflict
+ * worth retrying) and the transaction is rolled back. Outside a write
+ * transaction, and on SQLite, it runs at once.
+ */
+BB_WUR enum err store_exec_deferred(struct store_conn *c, struct store_stmt *st,
+                                    const struct store_param *params, size_t n_params,
+                                    struct bb_error *e);
+/*
  * Run `st` once per row of parameters (`params` holds n_rows rows of
  * n_params, row after row), in order, as if by n_rows store_exec calls, but
  * without a round trip each on PostgreSQL (pipelined). If `first_ints` is

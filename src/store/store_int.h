@@ -23,6 +23,9 @@ struct store__ops {
     /* Run a prepared statement; fill `out` if non-NULL, else report changes. */
     enum err (*query)(struct store_conn *c, struct store_stmt *st, const struct store_param *p,
                       size_t n, struct store_rows *out, int64_t *changes, struct bb_error *e);
+    /* store_exec_deferred for this engine; NULL: run at once (query). */
+    enum err (*defer)(struct store_conn *c, struct store_stmt *st, const struct store_param *p,
+                      size_t n, struct bb_error *e);
     /* store_exec_many for this engine. */
     enum err (*exec_many)(struct store_conn *c, struct store_stmt *st, const struct store_param *p,
                           size_t n_params, size_t n_rows, int64_t *first_ints, struct bb_error *e);

@@ -10,8 +10,10 @@
  * Round trips are what a transaction costs here, so the engine saves them
  * with libpq's pipeline mode: BEGIN is sent together with the transaction's
  * first statement (and its PREPARE, on first use), and the notifications a
- * transaction raised are sent together with its COMMIT. A read runs as
- * autocommit statements (READ COMMITTED gives each its own snapshot anyway).
+ * transaction raised are sent together with its COMMIT. A deferred write
+ * (store_exec_deferred) waits, with its parameters copied, to be sent ahead
+ * of the transaction's next command. A read runs as autocommit statements
+ * (READ COMMITTED gives each its own snapshot anyway).
  */
 #include "store/store_int.h"
 
@@ -22,10 +24,27 @@
 
 enum { PG_INT8OID = 20, PG_TEXTOID = 25, PG_MAX_PARAMS = 65535 /* the protocol's limit */ };
 
+/* A deferred write: a prepared statement's name and its own copy of the
+ * parameters (decimal or raw bytes in `blob`). */
+struct pg_deferred {
+    char name[16];
+    int n;
+    char *blob;
+    const char **values;
+    int *lengths;
+    int *formats;
+};
+
+/* Deferred writes a transaction may hold before they are sent on their own
+ * (a bound on how far the pipeline writes ahead of its reads). */
+enum { PG_MAX_DEFERRED = 64 };
+
 struct pg_conn {
     PGconn *pg;
     bool begin_pending; /* a write transaction began; BEGIN goes with the next command */
     bool txn_open;      /* BEGIN was sent */
+    struct pg_deferred deferred[PG_MAX_DEFERRED];
+    int n_deferred;
 };
 
 /* One command of a pipeline. */
@@ -103,6 +122,19 @@ pg_error(struct store_conn *c, const PGresult *res, const char *what, struct bb_
     return bb_fail(e, ERR_STORE, "", "database error %s", state);
 }
 
+static void
+pg_deferred_clear(struct pg_conn *pc)
+{
+    for (int i = 0; i < pc->n_deferred; i++) {
+        struct pg_deferred *d = &pc->deferred[i];
+        free(d->blob);
+        free((void *)d->values);
+        free(d->lengths);
+        free(d->formats);
+    }
+    pc->n_deferred = 0;
+}
+
 static enum err
 pg_connect(struct store *s, struct store_conn *c, struct bb_error *e)
 {
@@ -125,6 +157,7 @@ pg_disconnect(struct store_conn *c)
     /* Prepared statements die with the session; only our markers remain. */
     for (size_t i = 0; i < c->n_prepared; i++)
         c->prepared[i] = NULL;
+    pg_deferred_clear(pc);
     PQfinish(pc->pg);
     free(pc);
     c->impl = NULL;
@@ -209,10 +242,69 @@ pg_pipeline(struct store_conn *c, const struct pg_cmd *cmds, int n, PGresult **r
     return rc;
 }
 
+/* The commands every pipeline of a write transaction starts with: the BEGIN
+ * it still owes and its deferred writes. Returns how many went to `cmds`. */
+static int
+pg_cmds_head(const struct pg_conn *pc, struct pg_cmd *cmds)
+{
+    int k = 0;
+    if (pc->begin_pending)
+        cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
+    for (int i = 0; i < pc->n_deferred; i++) {
+        const struct pg_deferred *d = &pc->deferred[i];
+        cmds[k++] = (struct pg_cmd){.exec_name = d->name,
+                                    .n = d->n,
+                                    .values = d->values,
+                                    .lengths = d->lengths,
+                                    .formats = d->formats};
+    }
+    return k;
+}
+
+/*
+ * After a pipeline that began with `head` commands from pg_cmds_head and
+ * ran `done` commands before failing with `rc` (or succeeding): the
+ * transaction is open once BEGIN went, and the deferred writes are spent. A
+ * deferred write's failure is reported as the store's own, so that no caller
+ * takes it for its statement's (a unique violation it would handle).
+ */
+static enum err
+pg_head_done(struct pg_conn *pc, int head, int done, enum err rc, struct bb_error *e)
+{
+    if (pc->begin_pending && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
+        pc->begin_pending = false;
+        pc->txn_open = true;
+    }
+    pg_deferred_clear(pc);
+    if (rc == ERR_OK || rc == ERR_RETRY || rc == ERR_UNAVAILABLE || done >= head)
+        return rc;
+    char why[sizeof e->detail] = "";
+    if (e)
+        bb_strlcpy(why, e->detail, sizeof why);
+    return bb_fail(e, ERR_STORE, "", "a deferred write failed: %s", why);
+}
+
+/* Send the BEGIN and deferred writes a transaction owes, on their own. */
+static enum err
+pg_flush_head(struct store_conn *c, struct bb_error *e)
+{
+    struct pg_conn *pc = c->impl;
+    if (pc->n_deferred == 0)
+        return ERR_OK;
+    struct pg_cmd cmds[PG_MAX_DEFERRED + 1];
+    int head = pg_cmds_head(pc, cmds);
+    int done = 0;
+    enum err rc = pg_pipeline(c, cmds, head, NULL, &done, e);
+    return pg_head_done(pc, head, done, rc, e);
+}
+
 static enum err
 pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
 {
     struct pg_conn *pc = c->impl;
+    enum err rc = pg_flush_head(c, e);
+    if (rc != ERR_OK)
+        return rc;
     /* The simple protocol takes several statements at once: the pending
      * BEGIN rides along with the first script of the transaction. */
     struct bb_buf text;
@@ -223,7 +315,6 @@ pg_exec_script(struct store_conn *c, const char *sql, struct bb_error *e)
     PGresult *res = PQexec(pc->pg, text.data);
     bb_buf_deinit(&text);
     ExecStatusType st = PQresultStatus(res);
-    enum err rc = ERR_OK;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
         rc = pg_error(c, res, "exec", e);
     PQclear(res);
@@ -298,7 +389,7 @@ pg_args_fill(struct pg_args *a, size_t at, const struct store_param *params, siz
 }
 
 /*
- * Pipeline [BEGIN if pending] [PREPARE on first use] and the executions of
+ * Pipeline [BEGIN if pending] [deferred writes] [PREPARE on first use] and the executions of
  * `st` for `rows` rows of parameters; results of the executions go to
  * `results` (rows entries), the caller PQclear's them.
  */
@@ -311,15 +402,13 @@ pg_run(struct store_conn *c, struct store_stmt *st, const struct store_param *pa
     char name[32];
     snprintf(name, sizeof name, "bb%d", slot);
     store__conn_reserve(c, slot);
-    size_t n_cmds = rows + 2;
+    size_t n_cmds = rows + 2 + (size_t)pc->n_deferred;
     struct pg_cmd *cmds = xcalloc(n_cmds, sizeof *cmds);
     struct pg_args args;
     pg_args_init(&args, rows * n_params);
     PGresult **all = xcalloc(n_cmds, sizeof *all);
-    int k = 0;
-    bool began = pc->begin_pending;
-    if (began)
-        cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
+    int head = pg_cmds_head(pc, cmds);
+    int k = head;
     enum err rc = pg_args_fill(&args, 0, params, n_params, e);
     bool preparing = c->prepared[slot] == NULL;
     if (rc == ERR_OK && preparing) /* parameter types come from the first row */
@@ -339,11 +428,9 @@ pg_run(struct store_conn *c, struct store_stmt *st, const struct store_param *pa
                                     .formats = args.formats + at};
     }
     int done = 0;
-    if (rc == ERR_OK)
+    if (rc == ERR_OK) {
         rc = pg_pipeline(c, cmds, k, all, &done, e);
-    if (began && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
-        pc->begin_pending = false;
-        pc->txn_open = true;
+        rc = pg_head_done(pc, head, done, rc, e);
     }
     /* Prepared statements outlive transactions: remember a PREPARE that
      * succeeded even if a statement after it failed. */
@@ -379,6 +466,61 @@ pg_query(struct store_conn *c, struct store_stmt *st, const struct store_param *
         out->ncols = PQnfields(res);
     } else {
         PQclear(res);
+    }
+    return ERR_OK;
+}
+
+/*
+ * Keep the write for the transaction's next command: its parameters are
+ * copied, as the caller's buffers may be gone by then. A statement not yet
+ * prepared on this connection runs at once (its PREPARE needs a round trip
+ * of its own to be remembered), as does a write outside a transaction.
+ */
+static enum err
+pg_defer(struct store_conn *c, struct store_stmt *st, const struct store_param *params, size_t n,
+         struct bb_error *e)
+{
+    struct pg_conn *pc = c->impl;
+    int slot = store__stmt_slot(st);
+    store__conn_reserve(c, slot);
+    if ((!pc->begin_pending && !pc->txn_open) || c->prepared[slot] == NULL)
+        return pg_query(c, st, params, n, NULL, NULL, e);
+    if (n > PG_MAX_PARAMS)
+        return bb_fail(e, ERR_INTERNAL, "", "too many statement parameters (%zu)", n);
+    if (pc->n_deferred == PG_MAX_DEFERRED) {
+        enum err rc = pg_flush_head(c, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
+    size_t size = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (params[j].type == STORE_T_TEXT && params[j].len > INT32_MAX)
+            return bb_fail(e, ERR_TOO_LARGE, "", "parameter too large");
+        size += params[j].type == STORE_T_TEXT ? params[j].len + 1 : 24;
+    }
+    struct pg_deferred *d = &pc->deferred[pc->n_deferred++];
+    snprintf(d->name, sizeof d->name, "bb%d", slot);
+    d->n = (int)n;
+    d->blob = xmalloc(size ? size : 1);
+    d->values = xcalloc(n ? n : 1, sizeof *d->values);
+    d->lengths = xcalloc(n ? n : 1, sizeof *d->lengths);
+    d->formats = xcalloc(n ? n : 1, sizeof *d->formats);
+    char *at = d->blob;
+    for (size_t j = 0; j < n; j++) {
+        const struct store_param *p = &params[j];
+        if (p->type == STORE_T_INT) {
+            int len = snprintf(at, 24, "%" PRId64, p->i);
+            d->values[j] = at;
+            at += len + 1;
+        } else if (p->type == STORE_T_TEXT) {
+            if (p->len > 0)
+                memcpy(at, p->s, p->len);
+            at[p->len] = '\0';
+            d->values[j] = at;
+            d->lengths[j] = (int)p->len;
+            d->formats[j] = 1; /* as pg_args_fill: raw bytes */
+            at += p->len + 1;
+        }
     }
     return ERR_OK;
 }
@@ -456,16 +598,16 @@ static enum err
 pg_commit(struct store_conn *c, struct bb_error *e)
 {
     struct pg_conn *pc = c->impl;
-    if (!pc->txn_open && c->n_notes == 0) {
+    if (!pc->txn_open && c->n_notes == 0 && pc->n_deferred == 0) {
         pc->begin_pending = false; /* nothing was sent: nothing to commit */
         return ERR_OK;
     }
-    size_t n = c->n_notes + 2;
+    size_t n = c->n_notes + 2 + (size_t)pc->n_deferred;
     struct pg_cmd *cmds = xcalloc(n, sizeof *cmds);
     const char **values = xcalloc(2 * (c->n_notes ? c->n_notes : 1), sizeof *values);
-    int k = 0;
-    if (!pc->txn_open)
-        cmds[k++] = (struct pg_cmd){.sql = "BEGIN"};
+    pc->begin_pending = !pc->txn_open;
+    int head = pg_cmds_head(pc, cmds);
+    int k = head;
     for (size_t i = 0; i < c->n_notes; i++) {
         values[2 * i] = c->notes[i].channel;
         values[2 * i + 1] = c->notes[i].payload;
@@ -473,7 +615,9 @@ pg_commit(struct store_conn *c, struct bb_error *e)
             (struct pg_cmd){.sql = "SELECT pg_notify($1, $2)", .n = 2, .values = &values[2 * i]};
     }
     cmds[k++] = (struct pg_cmd){.sql = "COMMIT"};
-    enum err rc = pg_pipeline(c, cmds, k, NULL, NULL, e);
+    int done = 0;
+    enum err rc = pg_pipeline(c, cmds, k, NULL, &done, e);
+    rc = pg_head_done(pc, head, done, rc, e);
     free(cmds);
     free((void *)values);
     if (rc != ERR_OK && PQtransactionStatus(pc->pg) != PQTRANS_IDLE) {
@@ -494,6 +638,7 @@ pg_rollback(struct store_conn *c)
         PGresult *res = PQexec(pc->pg, "ROLLBACK");
         PQclear(res);
     }
+    pg_deferred_clear(pc); /* never sent: nothing to undo */
     pc->begin_pending = pc->txn_open = false;
 }
 
@@ -510,6 +655,7 @@ const struct store__ops store__pg_ops = {
     .disconnect = pg_disconnect,
     .exec_script = pg_exec_script,
     .query = pg_query,
+    .defer = pg_defer,
     .exec_many = pg_exec_many,
     .rows_free = pg_rows_free,
     .col_is_null = pg_col_is_null,

@@ -184,6 +184,76 @@ rollback_discards_and_commit_keeps(void **state)
 }
 
 static void
+deferred_insert(struct store_conn *c, int64_t id, const char *text, enum err want)
+{
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(id), sp_int(0), sp_text(text)};
+    assert_int_equal(store_exec_deferred(c, &INSERT_T, p, 3, &e), want);
+}
+
+static void
+deferred_writes_commit_roll_back_and_fail_with_their_transaction(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    bool pg = db->engine == STORE_POSTGRES;
+
+    /* Kept: the parameters are the deferred write's own copy. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    deferred_insert(c, 1, "first", ERR_OK); /* prepares INSERT_T: runs at once */
+    char text[] = "second";
+    deferred_insert(c, 2, text, ERR_OK);
+    memcpy(text, "XXXXXX", 6);
+    assert_ok(store_commit(c, &e), &e);
+    struct store_rows r;
+    const struct store_param q[] = {sp_int(2)};
+    assert_ok(store_query(c, &SELECT_T, q, 1, &r, &e), &e);
+    assert_true(store_next(&r));
+    assert_string_equal(store_col_text(&r, 2), "second");
+    store_rows_close(&r);
+
+    /* Rolled back: never written. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    deferred_insert(c, 3, "gone", ERR_OK);
+    store_rollback(c);
+    assert_false(row_exists(c, 3));
+
+    /* A failing deferred write fails its transaction, reported by the next
+     * command as the store's error, not as the conflict a caller might
+     * handle; nothing of the transaction is written. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    const struct store_param p4[] = {sp_int(4), sp_int(0), sp_text("four")};
+    assert_ok(store_exec(c, &INSERT_T, p4, 3, NULL, &e), &e);
+    deferred_insert(c, 1, "duplicate", pg ? ERR_OK : ERR_CONFLICT);
+    if (pg) {
+        assert_int_equal(store_exec(c, &UPDATE_T, q, 1, NULL, &e), ERR_STORE);
+        assert_non_null(strstr(e.detail, "deferred write failed"));
+    }
+    store_rollback(c);
+    assert_false(row_exists(c, 4));
+
+    /* The same at COMMIT. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    assert_ok(store_exec(c, &INSERT_T, p4, 3, NULL, &e), &e);
+    deferred_insert(c, 1, "duplicate", pg ? ERR_OK : ERR_CONFLICT);
+    if (pg)
+        assert_int_equal(store_commit(c, &e), ERR_STORE);
+    else
+        store_rollback(c);
+    assert_false(row_exists(c, 4));
+
+    /* Outside a transaction it runs at once. */
+    deferred_insert(c, 5, "now", ERR_OK);
+    struct store_conn *other = conn(db);
+    assert_true(row_exists(other, 5));
+    assert_int_equal(count_t(other), 3);
+    store_conn_close(other);
+    store_conn_close(c);
+}
+
+static void
 bad_sql_is_a_store_error_not_a_crash(void **state)
 {
     struct test_db *db = *state;
@@ -628,6 +698,8 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(exec_reports_rows_changed),
     DB_TEST(unique_violation_is_a_conflict),
     DB_TEST(rollback_discards_and_commit_keeps),
+    DB_TEST(deferred_writes_commit_roll_back_and_fail_with_their_transaction),
+
     DB_TEST(bad_sql_is_a_store_error_not_a_crash),
     cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
     DB_TEST(transient_conflicts_are_retried_then_succeed),
