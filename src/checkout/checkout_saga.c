@@ -317,35 +317,56 @@ payment_read_work(struct store_conn *c, void *arg, struct bb_error *e)
     return payment_get_json(c, pr->id, &pr->payment, e);
 }
 
-/* Undo the payment, whatever became of it: void what is pending or
- * authorized, refund what was captured, leave the rest. */
-static enum saga_outcome
-undo_payment(struct saga_step_run *run, struct bb_error *e)
+/* The payment's state in the ledger; ERR_NOT_FOUND if it never got there. */
+static enum err
+payment_state_of(struct saga_step_run *run, const char *id, enum payment_state *out,
+                 struct bb_error *e)
 {
-    const struct checkout_saga *cs = run->ctx;
-    struct payment_read pr = {.id = data_text(run, "authorization_id")};
-    if (pr.id == NULL)
-        return SAGA_STEP_OK; /* never reached the ledger */
+    struct payment_read pr = {.id = id};
     enum err rc = store_run(run->store, STORE_READ, payment_read_work, &pr, e);
-    if (rc == ERR_NOT_FOUND)
-        return SAGA_STEP_OK;
-    if (rc != ERR_OK)
-        return SAGA_STEP_RETRY;
+    if (rc != ERR_OK) {
+        json_decref(pr.payment);
+        return rc;
+    }
     enum payment_state st = PAYMENT_PENDING;
     const char *state = json_string_value(json_object_get(pr.payment, "state"));
     for (int s = PAYMENT_PENDING; s <= PAYMENT_REFUNDED; s++)
         if (state && strcmp(state, payment_state_name((enum payment_state)s)) == 0)
             st = (enum payment_state)s;
     json_decref(pr.payment);
-    if (st == PAYMENT_FAILED || st == PAYMENT_VOIDED || st == PAYMENT_REFUNDED)
-        return SAGA_STEP_OK;
-    rc = payment_lock(run, e);
-    if (rc != ERR_OK)
-        return SAGA_STEP_RETRY;
-    if (st == PAYMENT_CAPTURED)
-        rc = payment_refund(cs->opt.payments, pr.id, 0, run->key, run->held, NULL, e);
-    else
-        rc = payment_void(cs->opt.payments, pr.id, run->held, NULL, e);
+    *out = st;
+    return ERR_OK;
+}
+
+/* Undo the payment, whatever became of it: void what is pending or
+ * authorized, refund what was captured, leave the rest. A void the PSP
+ * declines because it had captured the payment (a capture whose answer
+ * was lost) teaches the ledger so, and the capture is refunded. */
+static enum saga_outcome
+undo_payment(struct saga_step_run *run, struct bb_error *e)
+{
+    const struct checkout_saga *cs = run->ctx;
+    const char *id = data_text(run, "authorization_id");
+    if (id == NULL)
+        return SAGA_STEP_OK; /* never reached the ledger */
+    enum err rc = ERR_CONFLICT;
+    for (int round = 0; round < 2 && rc == ERR_CONFLICT; round++) {
+        enum payment_state st;
+        rc = payment_state_of(run, id, &st, e);
+        if (rc == ERR_NOT_FOUND)
+            return SAGA_STEP_OK;
+        if (rc != ERR_OK)
+            return SAGA_STEP_RETRY;
+        if (st == PAYMENT_FAILED || st == PAYMENT_VOIDED || st == PAYMENT_REFUNDED)
+            return SAGA_STEP_OK;
+        rc = payment_lock(run, e);
+        if (rc != ERR_OK)
+            return SAGA_STEP_RETRY;
+        if (st == PAYMENT_CAPTURED)
+            rc = payment_refund(cs->opt.payments, id, 0, run->key, run->held, NULL, e);
+        else
+            rc = payment_void(cs->opt.payments, id, run->held, NULL, e);
+    }
     return rc == ERR_OK ? SAGA_STEP_OK : SAGA_STEP_RETRY;
 }
 

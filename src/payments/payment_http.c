@@ -305,11 +305,12 @@ config_json(const struct psp_config *c)
         json_array_append_new(cards, json_string(c->decline_cards[i]));
     for (size_t i = 0; i < c->n_decline_amounts; i++)
         json_array_append_new(amounts, json_integer(c->decline_amounts[i]));
-    return json_pack("{s:I, s:f, s:f, s:f, s:I, s:o, s:o, s:I, s:I}", "latency_ms",
+    return json_pack("{s:I, s:f, s:f, s:f, s:I, s:o, s:o, s:I, s:I, s:s}", "latency_ms",
                      (json_int_t)c->latency_ms, "failure_rate", c->failure_rate, "timeout_rate",
                      c->timeout_rate, "decline_rate", c->decline_rate, "seed", (json_int_t)c->seed,
                      "decline_cards", cards, "decline_amounts", amounts, "fail_next",
-                     (json_int_t)c->fail_next, "hang_next", (json_int_t)c->hang_next);
+                     (json_int_t)c->fail_next, "hang_next", (json_int_t)c->hang_next, "hang_op",
+                     c->hang_op);
 }
 
 static void
@@ -371,13 +372,31 @@ decline_members(const json_t *body, struct psp_config *c, struct bb_error *e)
     return ERR_OK;
 }
 
+/* hang_op: "" (any call), or the one operation hang_next counts. */
+static enum err
+hang_op_member(const json_t *body, struct psp_config *c, struct bb_error *e)
+{
+    const json_t *v = json_object_get(body, "hang_op");
+    if (v == NULL)
+        return ERR_OK;
+    static const char *const ops[] = {"", "authorize", "capture", "void", "refund"};
+    for (size_t i = 0; json_is_string(v) && i < BB_ARRAY_LEN(ops); i++) {
+        if (strcmp(json_string_value(v), ops[i]) == 0) {
+            bb_strlcpy(c->hang_op, ops[i], sizeof c->hang_op);
+            return ERR_OK;
+        }
+    }
+    return bb_fail(e, ERR_INVALID, "hang_op",
+                   "hang_op must be \"\", \"authorize\", \"capture\", \"void\" or \"refund\"");
+}
+
 /* PUT /psp/config: change what is given, keep the rest. */
 static void
 handle_config_put(struct http_req *r, void *ctx)
 {
     static const char *const allowed[] = {
-        "latency_ms",    "failure_rate",    "timeout_rate", "decline_rate", "seed",
-        "decline_cards", "decline_amounts", "fail_next",    "hang_next",    NULL};
+        "latency_ms",      "failure_rate", "timeout_rate", "decline_rate", "seed", "decline_cards",
+        "decline_amounts", "fail_next",    "hang_next",    "hang_op",      NULL};
     struct payments *p = ctx;
     struct bb_error *e = http_req_error(r);
     struct psp_config c;
@@ -401,6 +420,8 @@ handle_config_put(struct http_req *r, void *ctx)
         rc = bb_json_int(body, "hang_next", false, 0, 1000000, &c.hang_next, e);
     if (rc == ERR_OK)
         rc = decline_members(body, &c, e);
+    if (rc == ERR_OK)
+        rc = hang_op_member(body, &c, e);
     if (rc != ERR_OK) {
         http_reply_problem(r, e, NULL);
         return;

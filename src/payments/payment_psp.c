@@ -9,7 +9,10 @@
  * Like a real PSP it keeps its own record (psp_charges), keyed by the
  * caller's idempotency key: a call repeated with a key it has seen gets the
  * recorded answer and does nothing twice. That record is what the
- * reconciliation checks count charges against.
+ * reconciliation checks count charges against. An authorization is settled
+ * once: a void after an approved capture is declined (the money was taken:
+ * refund it), and so is a capture after an approved void; the answer says
+ * which, so the caller's ledger can learn what a lost answer hid.
  *
  * Locking: `mu` guards `cfg` (changed at run time through PUT /psp/config).
  */
@@ -102,7 +105,7 @@ decide(struct payments__psp *psp, const struct payments__psp_call *call, bool *f
     struct psp_config *c = &psp->cfg;
     *latency_ms = c->latency_ms;
     *hang = *fail = false;
-    if (c->hang_next > 0) {
+    if (c->hang_next > 0 && (c->hang_op[0] == '\0' || strcmp(c->hang_op, call->op) == 0)) {
         c->hang_next--;
         *hang = true;
     } else if (c->fail_next > 0) {
@@ -144,12 +147,55 @@ static struct store_stmt CHARGE_RECORD = {
 static struct store_stmt CHARGE_GET = {
     .sql = "SELECT reference, outcome, reason FROM psp_charges WHERE key = $1",
 };
+/* One settlement of an authorization at a time (SQLite has one writer). */
+static struct store_stmt SETTLE_LOCK = {
+    .sql_pg = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7261))",
+    .sql_sqlite = "SELECT $1",
+};
+static struct store_stmt SETTLED = {
+    .sql = "SELECT op, amount FROM psp_charges WHERE key IN ($1, $2) AND outcome = 'approved'",
+};
 
 struct record_unit {
     const struct payments__psp_call *call;
     struct payments__psp_answer *a;
+    struct payments__psp_answer decided; /* before the record was consulted */
     int64_t now_ms;
 };
+
+/* A capture or void of an authorization settled the other way is declined. */
+static enum err
+settle_check(struct store_conn *c, const struct payments__psp_call *call,
+             struct payments__psp_answer *a, struct bb_error *e)
+{
+    bool capture = strcmp(call->op, "capture") == 0;
+    if ((!capture && strcmp(call->op, "void") != 0) || call->payment_key == NULL)
+        return ERR_OK;
+    char captured_key[STORE_IDEM_KEY_MAX + 16], voided_key[STORE_IDEM_KEY_MAX + 16];
+    snprintf(captured_key, sizeof captured_key, "capture:%s", call->payment_key);
+    snprintf(voided_key, sizeof voided_key, "void:%s", call->payment_key);
+    const struct store_param p[] = {sp_text(captured_key), sp_text(voided_key)};
+    enum err rc = store_exec(c, &SETTLE_LOCK, p, 1, NULL, e);
+    struct store_rows r;
+    if (rc == ERR_OK)
+        rc = store_query(c, &SETTLED, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        if (!capture && strcmp(store_col_text(&r, 0), "capture") == 0)
+            a->captured = store_col_int(&r, 1);
+        if (capture && strcmp(store_col_text(&r, 0), "void") == 0)
+            a->voided = true;
+    }
+    store_rows_close(&r);
+    if (a->captured > 0 || a->voided) {
+        a->outcome = PSP_DECLINED;
+        bb_strlcpy(a->reason,
+                   a->voided ? "the authorization was voided" : "the authorization was captured",
+                   sizeof a->reason);
+    }
+    return ERR_OK;
+}
 
 /* Record the decision, or read the one recorded for this key before. */
 static enum err
@@ -158,6 +204,10 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct record_unit *u = arg;
     const struct payments__psp_call *call = u->call;
     struct payments__psp_answer *a = u->a;
+    *a = u->decided; /* this transaction may be a retry */
+    enum err rc = settle_check(c, call, a, e);
+    if (rc != ERR_OK)
+        return rc;
     const struct store_param p[] = {sp_text(call->key),
                                     sp_text(call->op),
                                     sp_text(a->reference),
@@ -167,7 +217,7 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
                                     sp_text(a->reason[0] ? a->reason : NULL),
                                     sp_int(u->now_ms)};
     int64_t inserted = 0;
-    enum err rc = store_exec(c, &CHARGE_RECORD, p, BB_ARRAY_LEN(p), &inserted, e);
+    rc = store_exec(c, &CHARGE_RECORD, p, BB_ARRAY_LEN(p), &inserted, e);
     if (rc != ERR_OK || inserted == 1)
         return rc;
     struct store_rows r;
@@ -177,6 +227,10 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (store_next(&r)) {
         bb_strlcpy(a->reference, store_col_text(&r, 0), sizeof a->reference);
         a->outcome = strcmp(store_col_text(&r, 1), "declined") == 0 ? PSP_DECLINED : PSP_APPROVED;
+        if (a->outcome == PSP_APPROVED) { /* it was recorded before any settlement */
+            a->captured = 0;
+            a->voided = false;
+        }
         bb_strlcpy(a->reason, store_col_is_null(&r, 2) ? "" : store_col_text(&r, 2),
                    sizeof a->reason);
     }
@@ -199,12 +253,16 @@ payments__psp_call(struct payments__psp *psp, const struct payments__psp_call *c
     if (latency >= timeout_ms)
         hang = true;
     if (!fail) {
-        struct record_unit u = {.call = call, .a = a, .now_ms = bb_wall_ms()};
+        struct record_unit u = {.call = call, .a = a, .decided = *a, .now_ms = bb_wall_ms()};
         struct bb_error e;
         if (store_run(psp->store, STORE_WRITE, record_work, &u, &e) != ERR_OK)
             fail = true; /* the PSP's own database failed: a transient error */
     }
     bb_sleep_ms(hang ? timeout_ms : latency);
+    if (hang || fail) { /* whatever it decided, the caller does not hear it */
+        a->captured = 0;
+        a->voided = false;
+    }
     if (hang) {
         a->outcome = PSP_TIMEOUT;
         snprintf(a->reason, sizeof a->reason, "no answer from the PSP within %" PRId64 " ms",

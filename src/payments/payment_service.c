@@ -168,6 +168,7 @@ psp_ask(struct pay_op *op)
 {
     struct payments__psp_call call = {.op = op->op,
                                       .key = op->psp_key,
+                                      .payment_key = op->row.key,
                                       .amount = op->amount,
                                       .currency = op->row.currency,
                                       .card = op->row.card[0] ? op->row.card : NULL};
@@ -316,23 +317,34 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
     return ERR_OK;
 }
 
+/* The PSP settled the authorization the other way before: a capture or
+ * void whose answer was lost. */
+static bool
+settled_before(const struct payments__psp_answer *a)
+{
+    return a->outcome == PSP_DECLINED && (a->captured > 0 || a->voided);
+}
+
 static enum err
 settle_end(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
+    const struct payments__psp_answer *a = &op->answer;
     enum err rc = outcome_begin(c, op, e);
-    if (rc != ERR_OK || op->answer.outcome != PSP_APPROVED)
+    if (rc != ERR_OK || (a->outcome != PSP_APPROVED && !settled_before(a)))
         return rc;
-    bool capture = strcmp(op->op, "capture") == 0, moved;
-    rc = move(c, op, capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED, NULL, NULL,
-              capture ? op->amount : 0, &moved, e);
+    /* Approved, or the ledger learns the settlement it missed. */
+    bool capture = settled_before(a) ? a->captured > 0 : strcmp(op->op, "capture") == 0, moved;
+    int64_t amount = settled_before(a) ? a->captured : op->amount;
+    rc = move(c, op, capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED, NULL, NULL, capture ? amount : 0,
+              &moved, e);
     if (rc == ERR_OK && !moved)
         return bb_fail(e, ERR_RETRY, "", "payment %s changed concurrently", op->row.id);
     if (rc != ERR_OK)
         return rc;
+    op->row.state = capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED;
     return announce(c, capture ? "payment.captured.v1" : "payment.voided.v1", &op->row,
-                    capture ? json_pack("{s:I}", "amount", (json_int_t)op->amount) : json_object(),
-                    e);
+                    capture ? json_pack("{s:I}", "amount", (json_int_t)amount) : json_object(), e);
 }
 
 static enum err
@@ -348,7 +360,12 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
         rc = run(&op, settle_end, e);
-        if (rc == ERR_OK && op.answer.outcome != PSP_APPROVED)
+        if (rc == ERR_OK && settled_before(&op.answer))
+            rc = bb_fail(e, ERR_CONFLICT, "",
+                         "payment %s was already %s at the PSP (an answer that was lost)%s",
+                         op.row.id, op.answer.voided ? "voided" : "captured",
+                         op.answer.voided ? "" : ": refund it instead");
+        else if (rc == ERR_OK && op.answer.outcome != PSP_APPROVED)
             rc = psp_failed(&op, e);
     }
     return conclude(&op, rc, out);

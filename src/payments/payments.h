@@ -65,6 +65,7 @@ struct psp_config {
     size_t n_decline_amounts;
     int64_t fail_next; /* the next N calls fail */
     int64_t hang_next; /* the next N calls hang */
+    char hang_op[16];  /* set: hang_next counts only this operation's calls */
 };
 
 struct payments_options {

@@ -17,8 +17,9 @@ enum payments__psp_outcome {
 const char *payments__psp_outcome_name(enum payments__psp_outcome o);
 
 struct payments__psp_call {
-    const char *op;  /* authorize, capture, void, refund */
-    const char *key; /* the PSP's idempotency key: same key, same answer */
+    const char *op;          /* authorize, capture, void, refund */
+    const char *key;         /* the PSP's idempotency key: same key, same answer */
+    const char *payment_key; /* the authorization's own key (capture and void settle it) */
     int64_t amount;
     const char *currency;
     const char *card; /* may be NULL */
@@ -29,6 +30,10 @@ struct payments__psp_answer {
     char reference[40];
     char reason[96];
     int64_t latency_ms;
+    /* A capture or void declined because the authorization was settled the
+     * other way before (by a call whose answer was lost): how. */
+    int64_t captured; /* the amount captured */
+    bool voided;
 };
 
 struct payments__psp;

@@ -96,6 +96,37 @@ def test_declines_are_final_and_psp_trouble_is_retried_without_a_second_charge(m
              'op="authorize",outcome="approved"') == 1
 
 
+def test_a_settlement_whose_answer_was_lost_is_learned_not_contradicted(make_server):
+    # A real PSP settles an authorization once: a void after a capture it
+    # made (but whose answer never arrived) is refused, and the ledger learns
+    # the capture from that refusal; the same for a capture after a void.
+    server = make_server(["--psp-timeout", "200ms"])
+    cfg = server.put("/psp/config", {"hang_next": 1, "hang_op": "capture"})
+    assert cfg.json()["hang_op"] == "capture"
+    pid = authorize(server, "pay-lost")["authorization_id"]  # not hung: not a capture
+    assert problem(server.post(f"/payments/capture/{pid}"), 504, "timeout")["state"] == "AUTHORIZED"
+    doc = problem(server.post(f"/payments/void/{pid}"), 409, "conflict")
+    assert "refund it instead" in doc["detail"]
+    p = server.get(f"/payments/{pid}").json()
+    assert p["state"] == "CAPTURED" and p["captured_amount"] == 1500
+    assert [(a["op"], a["outcome"]) for a in p["attempts"]][-2:] == [("capture", "timeout"),
+                                                                     ("void", "declined")]
+    r = server.post(f"/payments/{pid}/refund", {"idempotency_key": "ref-lost"})
+    assert r.status_code == 200 and r.json()["state"] == "REFUNDED", r.text
+    assert len(outbox_events(server, type="payment.captured.v1")) == 1
+
+    server.put("/psp/config", {"hang_next": 1, "hang_op": "void"})
+    pid = authorize(server, "pay-lost-2", order_id="o-2")["authorization_id"]
+    problem(server.post(f"/payments/void/{pid}"), 504, "timeout")
+    doc = problem(server.post(f"/payments/capture/{pid}"), 409, "conflict")
+    assert "already voided" in doc["detail"]
+    assert server.get(f"/payments/{pid}").json()["state"] == "VOIDED"
+    settled = {(c["op"], c["outcome"]) for c in charges(server)}
+    assert settled == {("authorize", "approved"), ("capture", "approved"), ("void", "declined"),
+                       ("refund", "approved"), ("void", "approved"), ("capture", "declined")}
+    problem(server.put("/psp/config", {"hang_op": "charge"}), 400, "invalid_request", "hang_op")
+
+
 def test_the_mock_takes_its_settings_from_flags_and_the_seed_variables(make_server):
     server = make_server(["--psp-seed", "3"], env={"MOCK_LATENCY_MS": "40",
                                                    "MOCK_FAILURE_RATE": "0.25"})

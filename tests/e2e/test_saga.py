@@ -155,6 +155,28 @@ def test_a_psp_that_hangs_is_retried_then_compensated(make_server):
     assert "capture" not in {ch["op"] for ch in psp_charges(server)}
 
 
+def test_a_capture_whose_answers_are_lost_is_refunded_not_voided(make_server):
+    server = make_server(["--psp-timeout", "100ms"])
+    server.put("/queues/sagas", FAST_RETRIES)
+    product(server, "A", 5)
+    # The PSP captures on every attempt, but no answer arrives in time: the
+    # compensation's void is refused (the money was taken), so it refunds.
+    server.put("/psp/config", {"hang_next": FAST_RETRIES["max_attempts"], "hang_op": "capture"})
+    c = settled(server, checkout(server, [{"sku": "A", "qty": 1, "unit_price": 700}]))
+    assert c["status"] == "FAILED" and c["reason"] == "the payment service is unavailable"
+    saga = saga_of(server, c["checkout_id"])
+    tries = [o for s, p, o in steps(saga) if s == "capture_payment" and p == "action"]
+    assert tries == ["retry", "retry", "failed"]
+    assert ("capture_payment", "compensation", "ok") in steps(saga)
+    [pay] = payments_of(server, c["order_id"])
+    assert (pay["state"], pay["captured_amount"], pay["refunded_amount"]) == ("REFUNDED", 700, 700)
+    ops = sorted((ch["op"], ch["outcome"]) for ch in psp_charges(server))
+    assert ops == [("authorize", "approved"), ("capture", "approved"), ("refund", "approved"),
+                   ("void", "declined")]
+    assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CANCELLED"
+    assert stock(server, "A")["available"] == 5
+
+
 def test_a_reservation_that_expires_before_the_payment_is_never_oversold(make_server):
     # The seed's "oversell" scenario, prevented: the payment takes longer than
     # the reservation's TTL, the stock goes back meanwhile, and the commit is
