@@ -120,8 +120,9 @@ struct saga_def {
 };
 
 struct saga_engine_options {
-    int64_t poll_ms;  /* the starter's fallback poll (default 5000) */
-    bool run_starter; /* claim starting events in this process */
+    int64_t poll_ms;      /* the starter's fallback poll (default 5000) */
+    bool run_starter;     /* claim starting events in this process */
+    int64_t retention_ms; /* the starter deletes sagas this long finished (0: never) */
 };
 struct saga_engine;
 /* Registers the job handler "saga" in `r` (before workers start). */
@@ -170,6 +171,15 @@ BB_WUR enum err saga_list_json(struct store_conn *c, const struct saga_filter *f
  * ERR_CONFLICT in any other state. */
 BB_WUR enum err saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out,
                            struct bb_error *e);
+
+/*
+ * Delete up to `limit` COMPLETED or FAILED instances (with their timelines)
+ * created and last moved before `before_ms`, COMPLETED ones first, oldest
+ * first in each; *deleted gets how many. STUCK, RUNNING and COMPENSATING
+ * instances are never deleted.
+ */
+BB_WUR enum err saga_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit,
+                                    int64_t *deleted, struct bb_error *e);
 
 const struct store_migration *saga_migrations(size_t *n);
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { DEFS_MAX = 8, START_BATCH = 100 };
+enum { DEFS_MAX = 8, START_BATCH = 100, PRUNE_BATCH = 1000, PRUNE_BATCHES_MAX = 20 };
 
 /* Definitions are added at start-up, before any thread reads them. */
 static const struct saga_def *g_defs[DEFS_MAX];
@@ -50,6 +50,11 @@ static struct metrics_def M_STUCK = {
     .type = METRICS_GAUGE,
     .labels = {"type"},
 };
+static struct metrics_def M_PRUNED = {
+    .name = "backbone_sagas_pruned_total",
+    .help = "Finished saga instances deleted after the retention period (--saga-retention).",
+    .type = METRICS_COUNTER,
+};
 static struct metrics_def M_STEP = {
     .name = "backbone_saga_step_duration_seconds",
     .help = "Time one run of a saga step took, by type, step and phase.",
@@ -66,6 +71,7 @@ metrics_init(void)
     metrics_register(&M_ENDED);
     metrics_register(&M_STUCK);
     metrics_register(&M_STEP);
+    metrics_register(&M_PRUNED);
 }
 
 void
@@ -116,8 +122,9 @@ struct saga_engine {
     bool started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stopping; /* guarded by mu */
-    bool wake;     /* guarded by mu */
+    bool stopping;          /* guarded by mu */
+    bool wake;              /* guarded by mu */
+    int64_t last_pruned_ms; /* starter thread only */
 };
 
 /* ---- running steps ------------------------------------------------------------------------- */
@@ -512,6 +519,45 @@ on_notify(void *arg, const char *channel, const char *payload)
     pthread_mutex_unlock(&eng->mu);
 }
 
+struct prune_unit {
+    int64_t before_ms;
+    int64_t deleted;
+};
+
+static enum err
+prune_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct prune_unit *u = arg;
+    return saga_prune_finished(c, u->before_ms, PRUNE_BATCH, &u->deleted, e);
+}
+
+/* Delete what finished before the retention period, a batch per transaction
+ * (so no transaction holds many rows), at most once per poll period. */
+static void
+prune(struct saga_engine *eng)
+{
+    int64_t now = bb_mono_ms();
+    if (eng->opt.retention_ms <= 0 || now - eng->last_pruned_ms < eng->opt.poll_ms)
+        return;
+    eng->last_pruned_ms = now;
+    struct prune_unit u = {.before_ms = bb_wall_ms() - eng->opt.retention_ms};
+    int64_t total = 0;
+    for (int i = 0; i < PRUNE_BATCHES_MAX; i++) {
+        struct bb_error e;
+        if (store_run(eng->store, STORE_WRITE, prune_work, &u, &e) != ERR_OK) {
+            log_error_limited(1, "saga.prune_failed", "detail=%s", e.detail);
+            break;
+        }
+        total += u.deleted;
+        if (u.deleted < PRUNE_BATCH)
+            break;
+    }
+    if (total > 0) {
+        metrics_add(&M_PRUNED, (double)total);
+        log_info("saga.pruned", "sagas=%lld", (long long)total);
+    }
+}
+
 static void *
 starter_main(void *arg)
 {
@@ -532,6 +578,7 @@ starter_main(void *arg)
                 log_debug("saga.started", "events=%lld sagas=%lld", (long long)b.claimed,
                           (long long)b.started);
         } while (b.claimed >= START_BATCH);
+        prune(eng);
         pthread_mutex_lock(&eng->mu);
         if (eng->stopping || eng->wake)
             continue;

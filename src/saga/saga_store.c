@@ -541,6 +541,43 @@ static struct store_stmt SAGA_STUCK_COUNT = {
     .sql = "SELECT type, count(*) FROM sagas WHERE state = 'STUCK' GROUP BY type",
 };
 
+/*
+ * Retention. Ids are UUIDv7, so those created before the cutoff sort
+ * before its millisecond prefix ("tttttttt-tttt"): the (state, id) index
+ * walks only old instances, one terminal state at a time.
+ */
+#define PRUNABLE                                                               \
+    "SELECT id FROM sagas WHERE state = $4 AND id < $1 AND updated_at_ms < $2" \
+    " ORDER BY id LIMIT $3"
+static struct store_stmt PRUNE_STEPS = {
+    .sql = "DELETE FROM saga_steps WHERE saga_id IN (" PRUNABLE ")",
+};
+static struct store_stmt PRUNE_SAGAS = {.sql = "DELETE FROM sagas WHERE id IN (" PRUNABLE ")"};
+
+enum err
+saga_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit, int64_t *deleted,
+                    struct bb_error *e)
+{
+    *deleted = 0;
+    char cutoff[16];
+    uint64_t ms = before_ms > 0 ? (uint64_t)before_ms : 0;
+    snprintf(cutoff, sizeof cutoff, "%08x-%04x", (unsigned)((ms >> 16) & 0xffffffffu),
+             (unsigned)(ms & 0xffffu));
+    static const enum saga_state terminal[] = {SAGA_COMPLETED, SAGA_FAILED};
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < BB_ARRAY_LEN(terminal) && rc == ERR_OK && *deleted < limit; i++) {
+        const struct store_param p[] = {sp_text(cutoff), sp_int(before_ms),
+                                        sp_int(limit - *deleted),
+                                        sp_text(saga_state_name(terminal[i]))};
+        int64_t n = 0;
+        rc = store_exec(c, &PRUNE_STEPS, p, BB_ARRAY_LEN(p), NULL, e);
+        if (rc == ERR_OK)
+            rc = store_exec(c, &PRUNE_SAGAS, p, BB_ARRAY_LEN(p), &n, e);
+        *deleted += n;
+    }
+    return rc;
+}
+
 enum err
 saga_metrics_refresh(struct store_conn *c, struct bb_error *e)
 {

@@ -177,6 +177,20 @@ def test_a_capture_whose_answers_are_lost_is_refunded_not_voided(make_server):
     assert stock(server, "A")["available"] == 5
 
 
+def test_finished_sagas_are_deleted_after_the_retention(make_server):
+    server = make_server(["--saga-retention", "1ms", "--saga-poll", "50ms"])
+    product(server, "A", 5)
+    c = settled(server, checkout(server, [{"sku": "A", "qty": 1, "unit_price": 300}]))
+    assert c["status"] == "COMPLETED"
+    await_condition(lambda: server.get(
+        f"/sagas?correlation_id={c['checkout_id']}").json()["sagas"] == [],
+        what="the saga to be deleted")
+    assert server.metric("backbone_sagas_pruned_total") >= 1
+    # The business records stay: only the orchestration's history goes.
+    assert server.get(f"/checkout/{c['checkout_id']}").json()["status"] == "COMPLETED"
+    assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CONFIRMED"
+
+
 def test_a_reservation_that_expires_before_the_payment_is_never_oversold(make_server):
     # The seed's "oversell" scenario, prevented: the payment takes longer than
     # the reservation's TTL, the stock goes back meanwhile, and the commit is

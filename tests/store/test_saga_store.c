@@ -6,7 +6,8 @@
  * saga STUCK until retried by hand, an in-transaction step that fails
  * leaves no write behind, an outside step holds what the transition into it
  * took until the one that records it, a starting event starts one saga,
- * and a second job for the same step (a crash's leftover) moves nothing.
+ * a second job for the same step (a crash's leftover) moves nothing, and
+ * retention deletes finished sagas only.
  */
 #include "testsupport.h"
 
@@ -437,6 +438,81 @@ a_starting_event_starts_one_saga(void **state)
     json_decref(list);
 }
 
+struct prune_op {
+    int64_t before_ms;
+    int64_t limit;
+    int64_t deleted;
+};
+
+static enum err
+prune_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct prune_op *op = arg;
+    return saga_prune_finished(c, op->before_ms, op->limit, &op->deleted, e);
+}
+
+static int64_t
+pruned(struct fixture *f, int64_t before_ms, int64_t limit)
+{
+    struct prune_op op = {.before_ms = before_ms, .limit = limit};
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, prune_work, &op, &e), &e);
+    return op.deleted;
+}
+
+static struct store_stmt STEPS_OF = {.sql = "SELECT count(*) FROM saga_steps WHERE saga_id = $1"};
+
+static int64_t
+steps_of(struct fixture *f, const char *id)
+{
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(f->db->store, &c, &e), &e);
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(id)};
+    assert_ok(store_query(c, &STEPS_OF, p, 1, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    store_conn_close(c);
+    return n;
+}
+
+static void
+finished_sagas_are_deleted_after_the_retention(void **state)
+{
+    struct fixture *f = *state;
+    struct start_op done = {.correlation = "order-done"};
+    json_decref(await_state(f, started(f, &done), "COMPLETED"));
+    TOY_SET(action[2], SAGA_STEP_FAIL);
+    struct start_op failed = {.correlation = "order-failed"};
+    json_decref(await_state(f, started(f, &failed), "FAILED"));
+    TOY_SET(undo[1], SAGA_STEP_FAIL);
+    struct start_op stuck = {.correlation = "order-stuck"};
+    json_decref(await_state(f, started(f, &stuck), "STUCK"));
+    assert_true(steps_of(f, done.id) > 0 && steps_of(f, failed.id) > 0);
+
+    /* Nothing finished an hour ago. */
+    assert_int_equal(pruned(f, bb_wall_ms() - 3600000, 100), 0);
+    /* With everything past the retention: a batch at a time (COMPLETED
+     * first), timelines with them; the STUCK one stays for a person. */
+    int64_t later = bb_wall_ms() + 1000;
+    assert_int_equal(pruned(f, later, 1), 1);
+    assert_int_equal(steps_of(f, done.id), 0);
+    assert_true(steps_of(f, failed.id) > 0);
+    assert_int_equal(pruned(f, later, 100), 1);
+    assert_int_equal(steps_of(f, failed.id), 0);
+    assert_int_equal(pruned(f, later, 100), 0);
+    struct get_op op = {.id = done.id};
+    struct bb_error e;
+    assert_int_equal(store_run(f->db->store, STORE_READ, get_work, &op, &e), ERR_NOT_FOUND);
+    op.id = stuck.id;
+    assert_ok(store_run(f->db->store, STORE_READ, get_work, &op, &e), &e);
+    assert_string_equal(json_string_value(json_object_get(op.saga, "state")), "STUCK");
+    json_decref(op.saga);
+    assert_true(steps_of(f, stuck.id) > 0);
+}
+
 #define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -446,6 +522,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
     SAGA_TEST(a_starting_event_starts_one_saga),
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
+    SAGA_TEST(finished_sagas_are_deleted_after_the_retention),
 };
 
 TEST_MAIN(tests, true)
