@@ -243,7 +243,9 @@ def outbox_events(server, **filters):
     read's sequencing batch)."""
     events, after = [], 0
     query = "&".join(f"{k}={v}" for k, v in filters.items())
+    deadline, page = time.monotonic() + 60, None
     while True:
+        assert time.monotonic() < deadline, f"events still held back after 60 s: {page}"
         page = server.get(f"/outbox?after={after}&limit=1000&{query}").json()
         events += page["events"]
         if page["events"]:
