@@ -25,6 +25,7 @@ bench:
 	bench/locks/run.sh
 	bench/jobs/run.sh
 	bench/checkout/run.sh
+	bench/checkout/unit.sh
 
 format:
 	scripts/format.sh
