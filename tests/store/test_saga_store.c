@@ -257,19 +257,27 @@ log_is(const char *want)
     pthread_mutex_unlock(&toy.mu);
 }
 
+/* The count `st` answers, with `arg` as its one parameter if not NULL. */
 static int64_t
-writes(struct fixture *f)
+count_of(struct fixture *f, struct store_stmt *st, const char *arg)
 {
     struct store_conn *c;
     struct bb_error e;
     assert_ok(store_conn_open(f->db->store, &c, &e), &e);
     struct store_rows r;
-    assert_ok(store_query(c, &TOY_COUNT, NULL, 0, &r, &e), &e);
+    const struct store_param p[] = {sp_text(arg)};
+    assert_ok(store_query(c, st, p, arg ? 1 : 0, &r, &e), &e);
     assert_true(store_next(&r));
     int64_t n = store_col_int(&r, 0);
     store_rows_close(&r);
     store_conn_close(c);
     return n;
+}
+
+static int64_t
+writes(struct fixture *f)
+{
+    return count_of(f, &TOY_COUNT, NULL);
 }
 
 static void
@@ -465,17 +473,7 @@ static struct store_stmt STEPS_OF = {.sql = "SELECT count(*) FROM saga_steps WHE
 static int64_t
 steps_of(struct fixture *f, const char *id)
 {
-    struct store_conn *c;
-    struct bb_error e;
-    assert_ok(store_conn_open(f->db->store, &c, &e), &e);
-    struct store_rows r;
-    const struct store_param p[] = {sp_text(id)};
-    assert_ok(store_query(c, &STEPS_OF, p, 1, &r, &e), &e);
-    assert_true(store_next(&r));
-    int64_t n = store_col_int(&r, 0);
-    store_rows_close(&r);
-    store_conn_close(c);
-    return n;
+    return count_of(f, &STEPS_OF, id);
 }
 
 static void
