@@ -244,11 +244,19 @@ deferred_writes_commit_roll_back_and_fail_with_their_transaction(void **state)
         store_rollback(c);
     assert_false(row_exists(c, 4));
 
+    /* More than a transaction holds back at once: sent on their own, in
+     * order, all of them kept. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    for (int64_t id = 100; id < 200; id++)
+        deferred_insert(c, id, "many", ERR_OK);
+    assert_ok(store_commit(c, &e), &e);
+    assert_int_equal(count_t(c), 102);
+
     /* Outside a transaction it runs at once. */
     deferred_insert(c, 5, "now", ERR_OK);
     struct store_conn *other = conn(db);
     assert_true(row_exists(other, 5));
-    assert_int_equal(count_t(other), 3);
+    assert_int_equal(count_t(other), 103);
     store_conn_close(other);
     store_conn_close(c);
 }
