@@ -7,6 +7,10 @@
 /* The saga's word on a checkout: its order, then how it ended. */
 BB_WUR enum err checkout__set_order(struct store_conn *c, const char *checkout_id,
                                     const char *order_id, int64_t now_ms, struct bb_error *e);
+/* checkout__set_order for n checkouts with one statement. */
+BB_WUR enum err checkout__set_orders(struct store_conn *c, const char *const *checkout_ids,
+                                     const char *const *order_ids, size_t n, int64_t now_ms,
+                                     struct bb_error *e);
 BB_WUR enum err checkout__finish(struct store_conn *c, const char *checkout_id,
                                  enum checkout_status status, const char *reason, int64_t now_ms,
                                  struct bb_error *e);

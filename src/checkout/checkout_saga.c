@@ -77,6 +77,61 @@ create_order(struct saga_step_run *run, struct bb_error *e)
     return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the order could not be created");
 }
 
+/* create_order for a batch of sagas. */
+static enum err
+create_orders(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
+              struct bb_error *errors, struct bb_error *e)
+{
+    struct order_item(*items)[ORDER_ITEMS_MAX] = xcalloc(n, sizeof *items);
+    struct order_spec *specs = xcalloc(n, sizeof *specs);
+    char(*ids)[ORDER_UUID_LEN + 1] = xcalloc(n, sizeof *ids);
+    enum err *oc = xcalloc(n, sizeof *oc);
+    struct bb_error *errs = xcalloc(n, sizeof *errs);
+    size_t *idx = xcalloc(n, sizeof *idx), m = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k;
+        out[i] = SAGA_STEP_OK;
+        if (order_items_from_json(json_object_get(runs[i]->data, "items"), items[m], &k,
+                                  &errors[i]) != ERR_OK) {
+            out[i] = fail(runs[i], "the basket is not valid");
+            continue;
+        }
+        specs[m] = (struct order_spec){.checkout_id = data_text(runs[i], "checkout_id"),
+                                       .customer_id = data_text(runs[i], "customer_id"),
+                                       .currency = data_text(runs[i], "currency"),
+                                       .items = items[m],
+                                       .n_items = k};
+        idx[m++] = i;
+    }
+    int64_t now = bb_wall_ms();
+    enum err rc = order_create_many(runs[0]->c, specs, m, now, ids, oc, errs, e);
+    const char **checkouts = xcalloc(m + 1, sizeof *checkouts);
+    const char **orders = xcalloc(m + 1, sizeof *orders);
+    size_t made = 0;
+    for (size_t k = 0; k < m && rc == ERR_OK; k++) {
+        size_t i = idx[k];
+        if (oc[k] != ERR_OK) {
+            errors[i] = errs[k];
+            out[i] = fail(runs[i], "the order could not be created");
+            continue;
+        }
+        json_object_set_new(runs[i]->data, "order_id", json_string(ids[k]));
+        checkouts[made] = specs[k].checkout_id;
+        orders[made++] = ids[k];
+    }
+    if (rc == ERR_OK && made > 0)
+        rc = checkout__set_orders(runs[0]->c, checkouts, orders, made, now, e);
+    free(checkouts);
+    free(orders);
+    free(idx);
+    free(errs);
+    free(oc);
+    free(ids);
+    free(specs);
+    free(items);
+    return rc;
+}
+
 static enum saga_outcome
 cancel_order(struct saga_step_run *run, struct bb_error *e)
 {
@@ -153,6 +208,36 @@ reserve_inventory(struct saga_step_run *run, struct bb_error *e)
     if (rc == ERR_IDEMPOTENCY_MISMATCH)
         return fail(run, "the stock could not be reserved");
     return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the stock could not be reserved");
+}
+
+/* reserve_inventory for a batch of sagas. */
+static enum err
+reserve_inventories(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
+                    struct bb_error *errors, struct bb_error *e)
+{
+    const struct checkout_saga *cs = runs[0]->ctx;
+    struct inventory_item(*items)[INVENTORY_ITEMS_MAX] = xcalloc(n, sizeof *items);
+    struct inventory_reservation_req *reqs = xcalloc(n, sizeof *reqs);
+    enum err *oc = xcalloc(n, sizeof *oc);
+    for (size_t i = 0; i < n; i++)
+        reqs[i] = (struct inventory_reservation_req){.order_id = data_text(runs[i], "order_id"),
+                                                     .items = items[i],
+                                                     .n_items = basket(runs[i], items[i])};
+    enum err rc = inventory_reserve_many(runs[0]->c, reqs, n, cs->opt.reservation_ttl_ms,
+                                         bb_wall_ms(), oc, errors, e);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = SAGA_STEP_OK;
+        if (oc[i] == ERR_INSUFFICIENT_STOCK)
+            out[i] = fail(runs[i], "out of stock");
+        else if (oc[i] == ERR_NOT_FOUND)
+            out[i] = fail(runs[i], "a product in the basket is not sold here");
+        else if (oc[i] != ERR_OK)
+            out[i] = fail(runs[i], "the stock could not be reserved");
+    }
+    free(oc);
+    free(reqs);
+    free(items);
+    return rc;
 }
 
 /* Give the stock back: release the reservation, or, once it was sold,
@@ -373,11 +458,16 @@ undo_payment(struct saga_step_run *run, struct bb_error *e)
 /* ---- the definition ------------------------------------------------------------------------ */
 
 static const struct saga_step_def STEPS[] = {
-    {.name = "create_order", .action = create_order, .compensate = cancel_order, .in_txn = true},
+    {.name = "create_order",
+     .action = create_order,
+     .compensate = cancel_order,
+     .in_txn = true,
+     .action_batch = create_orders},
     {.name = "reserve_inventory",
      .action = reserve_inventory,
      .compensate = release_inventory,
-     .in_txn = true},
+     .in_txn = true,
+     .action_batch = reserve_inventories},
     {.name = "authorize_payment",
      .action = authorize_payment,
      .compensate = undo_payment,

@@ -199,6 +199,30 @@ checkout__set_order(struct store_conn *c, const char *checkout_id, const char *o
     return store_exec_deferred(c, &CHECKOUT_SET_ORDER, p, BB_ARRAY_LEN(p), e);
 }
 
+static struct store_stmt CHECKOUT_SET_ORDERS = {
+    .sql_pg = "UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $2"
+              " FROM json_to_recordset($1::json) AS x(id text, order_id text) WHERE c.id = x.id",
+    .sql_sqlite = "UPDATE checkouts SET order_id = x.order_id, updated_at_ms = $2"
+                  " FROM (SELECT value ->> 'id' AS id, value ->> 'order_id' AS order_id"
+                  " FROM json_each($1)) AS x WHERE checkouts.id = x.id",
+};
+
+enum err
+checkout__set_orders(struct store_conn *c, const char *const *checkout_ids,
+                     const char *const *order_ids, size_t n, int64_t now_ms, struct bb_error *e)
+{
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(
+            rows, json_pack("{s:s, s:s}", "id", checkout_ids[i], "order_id", order_ids[i]));
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    enum err rc = store_exec_deferred(c, &CHECKOUT_SET_ORDERS, p, BB_ARRAY_LEN(p), e);
+    free(text);
+    return rc;
+}
+
 enum err
 checkout__finish(struct store_conn *c, const char *checkout_id, enum checkout_status status,
                  const char *reason, int64_t now_ms, struct bb_error *e)

@@ -132,6 +132,8 @@ static const struct bb_opt SERVE_OPTS[] = {
      "how long stock and adjustment Idempotency-Keys are remembered (0: forever)", 0},
     {"saga-poll", BB_OPT_DURATION, OFF(saga_poll_ms), 10, 3600000, "5s",
      "how often the saga starter looks for new checkouts when no wake-up arrives", 0},
+    {"saga-batch", BB_OPT_INT, OFF(saga_batch), 1, 64, "32",
+     "saga instances whose units may share one transaction (1: each alone)", 0},
     {"saga-retention", BB_OPT_DURATION, OFF(saga_retention_ms), 0, INT64_C(3153600000000), "30d",
      "how long COMPLETED and FAILED sagas are kept, with their timelines (0: forever)", 0},
     {"checkout-reservation-ttl", BB_OPT_DURATION, OFF(checkout_reservation_ttl_ms), 100, 604800000,

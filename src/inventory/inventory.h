@@ -88,6 +88,23 @@ BB_WUR enum err inventory_reserve(struct store_conn *c, const char *order_id,
                                   const struct inventory_item *items, size_t n, int64_t ttl_ms,
                                   int64_t now_ms, json_t **out, bool *created, json_t **short_items,
                                   struct bb_error *e);
+/*
+ * inventory_reserve for reqs[0..n-1] (distinct order ids) with a statement
+ * per table for all of them, granted in array order: outcomes[i] as
+ * inventory_reserve would answer (ERR_OK, ERR_INSUFFICIENT_STOCK,
+ * ERR_NOT_FOUND, ERR_IDEMPOTENCY_MISMATCH; errors[i] why). A request that
+ * fails writes nothing. The products are locked in SKU order. The return
+ * is the store's trouble (roll back).
+ */
+struct inventory_reservation_req {
+    const char *order_id;
+    const struct inventory_item *items;
+    size_t n_items;
+};
+BB_WUR enum err inventory_reserve_many(struct store_conn *c,
+                                       const struct inventory_reservation_req *reqs, size_t n,
+                                       int64_t ttl_ms, int64_t now_ms, enum err *outcomes,
+                                       struct bb_error *errors, struct bb_error *e);
 /* {order_id, state, items, expires_at, created_at, updated_at}. */
 BB_WUR enum err inventory_reservation_get_json(struct store_conn *c, const char *order_id,
                                                json_t **out, struct bb_error *e);

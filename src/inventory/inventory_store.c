@@ -498,6 +498,239 @@ inventory_reserve(struct store_conn *c, const char *order_id, const struct inven
     return rc;
 }
 
+/* ---- reserving for many orders at once ---------------------------------------------------- */
+
+static struct store_stmt RESERVATIONS_OF = {
+    .sql_pg = "SELECT order_id, items FROM inventory_reservations"
+              " WHERE order_id IN (SELECT json_array_elements_text($1::json))",
+    .sql_sqlite = "SELECT order_id, items FROM inventory_reservations"
+                  " WHERE order_id IN (SELECT value FROM json_each($1))",
+};
+/* The products, locked in SKU order (so batches never wait on each other
+ * in a circle). */
+static struct store_stmt STOCK_LOCK = {
+    .sql_pg = "SELECT sku, on_hand - reserved FROM inventory_products"
+              " WHERE sku IN (SELECT json_array_elements_text($1::json)) ORDER BY sku FOR UPDATE",
+    .sql_sqlite = "SELECT sku, on_hand - reserved FROM inventory_products"
+                  " WHERE sku IN (SELECT value FROM json_each($1)) ORDER BY sku",
+};
+static struct store_stmt RESERVATION_INSERT_MANY = {
+    .sql_pg = "INSERT INTO inventory_reservations (order_id, state, items, expires_at_ms,"
+              " created_at_ms, updated_at_ms) SELECT order_id, 'active', items, $2, $3, $3"
+              " FROM json_to_recordset($1::json) AS x(order_id text, items text)"
+              " ON CONFLICT (order_id) DO NOTHING",
+    .sql_sqlite = "INSERT INTO inventory_reservations (order_id, state, items, expires_at_ms,"
+                  " created_at_ms, updated_at_ms) SELECT value ->> 'order_id', 'active',"
+                  " value ->> 'items', $2, $3, $3 FROM json_each($1) WHERE true"
+                  " ON CONFLICT (order_id) DO NOTHING",
+};
+static struct store_stmt TAKE_MANY = {
+    .sql_pg = "UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $2"
+              " FROM json_to_recordset($1::json) AS x(sku text, qty bigint) WHERE p.sku = x.sku",
+    .sql_sqlite = "UPDATE inventory_products SET reserved = reserved + x.qty, updated_at_ms = $2"
+                  " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
+                  " FROM json_each($1)) AS x WHERE inventory_products.sku = x.sku",
+};
+
+struct stock {
+    const char *sku;
+    int64_t available; /* after what this batch granted so far */
+    int64_t taken;
+};
+
+static int
+stock_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct stock *)a)->sku, ((const struct stock *)b)->sku);
+}
+
+/* Requests asked before: the same answer if the same question. *fresh[i]
+ * says which were not. */
+static enum err
+reservations_known(struct store_conn *c, const struct inventory_reservation_req *reqs, size_t n,
+                   json_t *const *wanted, enum err *outcomes, struct bb_error *errors, bool *fresh,
+                   struct bb_error *e)
+{
+    json_t *ids = json_array();
+    for (size_t i = 0; i < n; i++) {
+        fresh[i] = true;
+        json_array_append_new(ids, json_string(reqs[i].order_id));
+    }
+    char *text = bb_json_dumps(ids);
+    json_decref(ids);
+    const struct store_param p[] = {sp_text(text)};
+    struct store_rows r;
+    enum err rc = store_query(c, &RESERVATIONS_OF, p, 1, &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        const char *order_id = store_col_text(&r, 0);
+        json_t *items = json_loads(store_col_text(&r, 1), 0, NULL);
+        for (size_t i = 0; i < n; i++) {
+            if (!fresh[i] || strcmp(reqs[i].order_id, order_id) != 0)
+                continue;
+            fresh[i] = false;
+            if (!json_equal(items, wanted[i]))
+                outcomes[i] =
+                    bb_fail(&errors[i], ERR_IDEMPOTENCY_MISMATCH, "items",
+                            "order %s already has a reservation for other items", order_id);
+        }
+        json_decref(items);
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+/* Lock the products the fresh requests name; *stock gets them by SKU. */
+static enum err
+stock_lock(struct store_conn *c, const struct inventory_reservation_req *reqs, size_t n,
+           const bool *fresh, struct stock **stock, size_t *n_stock, struct bb_error *e)
+{
+    json_t *skus = json_array();
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; fresh[i] && k < reqs[i].n_items; k++)
+            json_array_append_new(skus, json_string(reqs[i].items[k].sku));
+    *stock = xcalloc(json_array_size(skus) + 1, sizeof **stock);
+    *n_stock = 0;
+    char *text = bb_json_dumps(skus);
+    json_decref(skus);
+    const struct store_param p[] = {sp_text(text)};
+    struct store_rows r;
+    enum err rc = store_query(c, &STOCK_LOCK, p, 1, &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        (*stock)[*n_stock] = (struct stock){.sku = xstrdup(store_col_text(&r, 0)),
+                                            .available = store_col_int(&r, 1)};
+        (*n_stock)++;
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+/* Grant request `req` from `stock`, or say why not (and take nothing). */
+static enum err
+grant(const struct inventory_reservation_req *req, struct stock *stock, size_t n_stock,
+      struct bb_error *e)
+{
+    struct stock *found[INVENTORY_ITEMS_MAX];
+    size_t short_of = 0;
+    for (size_t k = 0; k < req->n_items; k++) {
+        struct stock key = {.sku = req->items[k].sku};
+        found[k] = bsearch(&key, stock, n_stock, sizeof *stock, stock_cmp);
+        if (found[k] == NULL) {
+            char field[32];
+            snprintf(field, sizeof field, "items[%zu].sku", k);
+            return bb_fail(e, ERR_NOT_FOUND, field, "no product with sku %s", req->items[k].sku);
+        }
+        short_of += found[k]->available < req->items[k].qty;
+    }
+    if (short_of > 0)
+        return bb_fail(e, ERR_INSUFFICIENT_STOCK, "items", "%zu of %zu item%s short of stock",
+                       short_of, req->n_items, req->n_items == 1 ? " is" : "s are");
+    for (size_t k = 0; k < req->n_items; k++) {
+        found[k]->available -= req->items[k].qty;
+        found[k]->taken += req->items[k].qty;
+    }
+    return ERR_OK;
+}
+
+/* Write the granted reservations, their stock and their events. */
+static enum err
+reservations_write(struct store_conn *c, const struct inventory_reservation_req *reqs, size_t n,
+                   json_t *const *wanted, const bool *granted, const struct stock *stock,
+                   size_t n_stock, int64_t ttl_ms, int64_t now_ms, struct bb_error *e)
+{
+    json_t *rows = json_array(), *takes = json_array();
+    struct outbox_event *evs = xcalloc(n, sizeof *evs);
+    size_t n_granted = 0;
+    char expires[32];
+    bb_wall_ms_format(now_ms + ttl_ms, expires);
+    for (size_t i = 0; i < n; i++) {
+        if (!granted[i])
+            continue;
+        char *items = bb_json_dumps(wanted[i]);
+        json_array_append_new(
+            rows, json_pack("{s:s, s:s}", "order_id", reqs[i].order_id, "items", items));
+        free(items);
+        evs[n_granted++] =
+            (struct outbox_event){.type = "inventory.reserved.v1",
+                                  .aggregate_type = "reservation",
+                                  .aggregate_id = reqs[i].order_id,
+                                  .data = json_pack("{s:s, s:O, s:s}", "order_id", reqs[i].order_id,
+                                                    "items", wanted[i], "expires_at", expires)};
+    }
+    for (size_t s = 0; s < n_stock; s++)
+        if (stock[s].taken > 0)
+            json_array_append_new(takes, json_pack("{s:s, s:I}", "sku", stock[s].sku, "qty",
+                                                   (json_int_t)stock[s].taken));
+    enum err rc = ERR_OK;
+    if (n_granted > 0) {
+        char *text = bb_json_dumps(rows);
+        const struct store_param p[] = {sp_text(text), sp_int(now_ms + ttl_ms), sp_int(now_ms)};
+        int64_t inserted = 0;
+        rc = store_exec(c, &RESERVATION_INSERT_MANY, p, BB_ARRAY_LEN(p), &inserted, e);
+        free(text);
+        if (rc == ERR_OK && inserted != (int64_t)n_granted)
+            rc = bb_fail(e, ERR_RETRY, "", "reservations were made concurrently");
+    }
+    if (rc == ERR_OK)
+        rc = outbox_append_many(c, evs, n_granted, now_ms, e);
+    if (rc == ERR_OK && n_granted > 0) {
+        char *text = bb_json_dumps(takes);
+        const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+        rc = store_exec_deferred(c, &TAKE_MANY, p, BB_ARRAY_LEN(p), e);
+        free(text);
+    }
+    for (size_t i = 0; i < n_granted; i++)
+        json_decref((json_t *)evs[i].data);
+    free(evs);
+    json_decref(rows);
+    json_decref(takes);
+    return rc;
+}
+
+enum err
+inventory_reserve_many(struct store_conn *c, const struct inventory_reservation_req *reqs, size_t n,
+                       int64_t ttl_ms, int64_t now_ms, enum err *outcomes, struct bb_error *errors,
+                       struct bb_error *e)
+{
+    json_t **wanted = xcalloc(n, sizeof *wanted);
+    bool *fresh = xcalloc(n, sizeof *fresh), *granted = xcalloc(n, sizeof *granted);
+    for (size_t i = 0; i < n; i++) {
+        BB_ASSERT(reqs[i].n_items > 0 && reqs[i].n_items <= INVENTORY_ITEMS_MAX);
+        struct inventory_item sorted[INVENTORY_ITEMS_MAX];
+        memcpy(sorted, reqs[i].items, reqs[i].n_items * sizeof *sorted);
+        qsort(sorted, reqs[i].n_items, sizeof *sorted, item_cmp);
+        wanted[i] = items_json(sorted, reqs[i].n_items);
+        outcomes[i] = ERR_OK;
+        bb_error_clear(&errors[i]);
+    }
+    struct stock *stock = NULL;
+    size_t n_stock = 0;
+    enum err rc = reservations_known(c, reqs, n, wanted, outcomes, errors, fresh, e);
+    if (rc == ERR_OK)
+        rc = stock_lock(c, reqs, n, fresh, &stock, &n_stock, e);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        if (fresh[i])
+            outcomes[i] = grant(&reqs[i], stock, n_stock, &errors[i]);
+        granted[i] = fresh[i] && outcomes[i] == ERR_OK;
+    }
+    if (rc == ERR_OK)
+        rc = reservations_write(c, reqs, n, wanted, granted, stock, n_stock, ttl_ms, now_ms, e);
+    for (size_t s = 0; s < n_stock; s++)
+        free((char *)stock[s].sku);
+    free(stock);
+    for (size_t i = 0; i < n; i++)
+        json_decref(wanted[i]);
+    free(wanted);
+    free(fresh);
+    free(granted);
+    return rc;
+}
+
 /* Move a reservation from `from` to `to` with a compare-and-set, moving its
  * items' stock with `stock` and announcing `event` (with `reason`). */
 static enum err

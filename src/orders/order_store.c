@@ -258,19 +258,76 @@ spec_fingerprint(const struct order_spec *spec, char out[65])
     bb_buf_deinit(&b);
 }
 
+static struct store_stmt ORDER_INSERT_MANY = {
+    .sql_pg = "INSERT INTO orders (id, checkout_id, customer_id, currency, total_amount, status,"
+              " fingerprint, created_at_ms, updated_at_ms)"
+              " SELECT id, checkout_id, customer_id, currency, total_amount, 'PENDING',"
+              " fingerprint, $2, $2 FROM json_to_recordset($1::json) AS x(id text,"
+              " checkout_id text, customer_id text, currency text, total_amount bigint,"
+              " fingerprint text) ON CONFLICT (checkout_id) DO NOTHING RETURNING checkout_id",
+    .sql_sqlite = "INSERT INTO orders (id, checkout_id, customer_id, currency, total_amount,"
+                  " status, fingerprint, created_at_ms, updated_at_ms)"
+                  " SELECT value ->> 'id', value ->> 'checkout_id', value ->> 'customer_id',"
+                  " value ->> 'currency', value ->> 'total_amount', 'PENDING',"
+                  " value ->> 'fingerprint', $2, $2 FROM json_each($1) WHERE true"
+                  " ON CONFLICT (checkout_id) DO NOTHING RETURNING checkout_id",
+};
+static struct store_stmt ITEM_INSERT_MANY = {
+    .sql_pg = "INSERT INTO order_items (order_id, line, sku, qty, unit_price)"
+              " SELECT order_id, line, sku, qty, unit_price FROM json_to_recordset($1::json)"
+              " AS x(order_id text, line int, sku text, qty bigint, unit_price bigint)",
+    .sql_sqlite = "INSERT INTO order_items (order_id, line, sku, qty, unit_price)"
+                  " SELECT value ->> 'order_id', value ->> 'line', value ->> 'sku',"
+                  " value ->> 'qty', value ->> 'unit_price' FROM json_each($1)",
+};
+/* A new order's first timeline entry. */
+static struct store_stmt TIMELINE_FIRST_MANY = {
+    .sql_pg = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
+              " SELECT value, 1, 'PENDING', 'created', $2 FROM json_array_elements_text($1::json)",
+    .sql_sqlite = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
+                  " SELECT value, 1, 'PENDING', 'created', $2 FROM json_each($1)",
+};
+
+/* The total of a spec's items, or ERR_INVALID past BB_AMOUNT_MAX. */
+static enum err
+spec_total(const struct order_spec *spec, int64_t *total, struct bb_error *e)
+{
+    *total = 0;
+    for (size_t i = 0; i < spec->n_items; i++) {
+        const struct order_item *it = &spec->items[i];
+        if (it->unit_price > (BB_AMOUNT_MAX - *total) / it->qty)
+            return bb_fail(e, ERR_INVALID, "items", "the order's total is over %" PRId64,
+                           BB_AMOUNT_MAX);
+        *total += it->qty * it->unit_price;
+    }
+    return ERR_OK;
+}
+
+/* order.created.v1's data. */
+static json_t *
+created_event(const char *id, const struct order_spec *spec, int64_t total)
+{
+    json_t *items = json_array();
+    for (size_t i = 0; i < spec->n_items; i++) {
+        const struct order_item *it = &spec->items[i];
+        json_array_append_new(items, json_pack("{s:s, s:I, s:I}", "sku", it->sku, "qty",
+                                               (json_int_t)it->qty, "unit_price",
+                                               (json_int_t)it->unit_price));
+    }
+    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:o}", "order_id", id, "checkout_id",
+                     spec->checkout_id, "customer_id", spec->customer_id, "currency",
+                     spec->currency, "total_amount", (json_int_t)total, "items", items);
+}
+
 enum err
 order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms,
              char id_out[ORDER_UUID_LEN + 1], json_t **out, bool *created, struct bb_error *e)
 {
     *created = false;
-    int64_t total = 0;
-    for (size_t i = 0; i < spec->n_items; i++) {
-        const struct order_item *it = &spec->items[i];
-        if (it->unit_price > (BB_AMOUNT_MAX - total) / it->qty)
-            return bb_fail(e, ERR_INVALID, "items", "the order's total is over %" PRId64,
-                           BB_AMOUNT_MAX);
-        total += it->qty * it->unit_price;
-    }
+    int64_t total;
+    enum err rc = spec_total(spec, &total, e);
+    if (rc != ERR_OK)
+        return rc;
     char id[ORDER_UUID_LEN + 1], fingerprint[65];
     bb_uuid7_at(now_ms, id);
     spec_fingerprint(spec, fingerprint);
@@ -282,7 +339,7 @@ order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms
                                     sp_text(fingerprint),
                                     sp_int(now_ms)};
     int64_t inserted = 0;
-    enum err rc = store_exec(c, &ORDER_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
+    rc = store_exec(c, &ORDER_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
     if (rc != ERR_OK)
         return rc;
     if (inserted == 0) { /* this checkout's order exists */
@@ -303,30 +360,137 @@ order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms
             bb_strlcpy(id_out, existing_id, ORDER_UUID_LEN + 1);
         return out ? order_get_json(c, existing_id, out, e) : ERR_OK;
     }
-    json_t *items = json_array();
     for (size_t i = 0; i < spec->n_items && rc == ERR_OK; i++) {
         const struct order_item *it = &spec->items[i];
         const struct store_param q[] = {sp_text(id), sp_int((int64_t)i + 1), sp_text(it->sku),
                                         sp_int(it->qty), sp_int(it->unit_price)};
         rc = store_exec_deferred(c, &ITEM_INSERT, q, BB_ARRAY_LEN(q), e);
-        json_array_append_new(items, json_pack("{s:s, s:I, s:I}", "sku", it->sku, "qty",
-                                               (json_int_t)it->qty, "unit_price",
-                                               (json_int_t)it->unit_price));
     }
     if (rc == ERR_OK)
         rc = timeline_add(c, id, ORDER_PENDING, "created", now_ms, e);
     if (rc == ERR_OK)
-        rc = announce(c, "order.created.v1", id,
-                      json_pack("{s:s, s:s, s:s, s:s, s:I, s:O}", "order_id", id, "checkout_id",
-                                spec->checkout_id, "customer_id", spec->customer_id, "currency",
-                                spec->currency, "total_amount", (json_int_t)total, "items", items),
-                      now_ms, e);
-    json_decref(items);
+        rc = announce(c, "order.created.v1", id, created_event(id, spec, total), now_ms, e);
     if (rc == ERR_OK && out)
         rc = order_get_json(c, id, out, e);
     if (rc == ERR_OK && id_out)
         bb_strlcpy(id_out, id, ORDER_UUID_LEN + 1);
     *created = rc == ERR_OK;
+    return rc;
+}
+
+/* Insert the orders; inserted[i] says which were new. */
+static enum err
+insert_orders(struct store_conn *c, const struct order_spec *specs, size_t n, int64_t now_ms,
+              char (*ids)[ORDER_UUID_LEN + 1], const enum err *outcomes, const int64_t *totals,
+              bool *inserted, struct bb_error *e)
+{
+    json_t *orders = json_array();
+    for (size_t i = 0; i < n; i++) {
+        if (outcomes[i] != ERR_OK)
+            continue;
+        char fingerprint[65];
+        spec_fingerprint(&specs[i], fingerprint);
+        json_array_append_new(orders, json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}", "id", ids[i],
+                                                "checkout_id", specs[i].checkout_id, "customer_id",
+                                                specs[i].customer_id, "currency", specs[i].currency,
+                                                "total_amount", (json_int_t)totals[i],
+                                                "fingerprint", fingerprint));
+    }
+    char *text = bb_json_dumps(orders);
+    json_decref(orders);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &ORDER_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        const char *checkout_id = store_col_text(&r, 0);
+        for (size_t i = 0; i < n; i++)
+            if (outcomes[i] == ERR_OK && strcmp(specs[i].checkout_id, checkout_id) == 0)
+                inserted[i] = true;
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+/* The new orders' items, first timeline entries and events. */
+static enum err
+complete_orders(struct store_conn *c, const struct order_spec *specs, size_t n, int64_t now_ms,
+                char (*ids)[ORDER_UUID_LEN + 1], const int64_t *totals, const bool *inserted,
+                struct bb_error *e)
+{
+    json_t *items = json_array(), *fresh = json_array();
+    struct outbox_event *evs = xcalloc(n, sizeof *evs);
+    size_t n_evs = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!inserted[i])
+            continue;
+        for (size_t k = 0; k < specs[i].n_items; k++) {
+            const struct order_item *it = &specs[i].items[k];
+            json_array_append_new(items, json_pack("{s:s, s:I, s:s, s:I, s:I}", "order_id", ids[i],
+                                                   "line", (json_int_t)k + 1, "sku", it->sku, "qty",
+                                                   (json_int_t)it->qty, "unit_price",
+                                                   (json_int_t)it->unit_price));
+        }
+        json_array_append_new(fresh, json_string(ids[i]));
+        evs[n_evs++] = (struct outbox_event){.type = "order.created.v1",
+                                             .aggregate_type = "order",
+                                             .aggregate_id = ids[i],
+                                             .data = created_event(ids[i], &specs[i], totals[i])};
+    }
+    enum err rc = ERR_OK;
+    if (n_evs > 0) {
+        char *t = bb_json_dumps(items);
+        const struct store_param q[] = {sp_text(t)};
+        rc = store_exec_deferred(c, &ITEM_INSERT_MANY, q, 1, e);
+        free(t);
+    }
+    if (rc == ERR_OK && n_evs > 0) {
+        char *t = bb_json_dumps(fresh);
+        const struct store_param q[] = {sp_text(t), sp_int(now_ms)};
+        rc = store_exec_deferred(c, &TIMELINE_FIRST_MANY, q, BB_ARRAY_LEN(q), e);
+        free(t);
+    }
+    if (rc == ERR_OK)
+        rc = outbox_append_many(c, evs, n_evs, now_ms, e);
+    for (size_t i = 0; i < n_evs; i++)
+        json_decref((json_t *)evs[i].data);
+    free(evs);
+    json_decref(items);
+    json_decref(fresh);
+    return rc;
+}
+
+enum err
+order_create_many(struct store_conn *c, const struct order_spec *specs, size_t n, int64_t now_ms,
+                  char (*ids)[ORDER_UUID_LEN + 1], enum err *outcomes, struct bb_error *errors,
+                  struct bb_error *e)
+{
+    int64_t *totals = xcalloc(n, sizeof *totals);
+    bool *inserted = xcalloc(n, sizeof *inserted);
+    for (size_t i = 0; i < n; i++) {
+        bb_error_clear(&errors[i]);
+        bb_uuid7_at(now_ms, ids[i]);
+        outcomes[i] = spec_total(&specs[i], &totals[i], &errors[i]);
+    }
+    enum err rc = insert_orders(c, specs, n, now_ms, ids, outcomes, totals, inserted, e);
+    /* The rest exist already (a run again): the single form answers them. */
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        if (outcomes[i] != ERR_OK || inserted[i])
+            continue;
+        bool created;
+        outcomes[i] = order_create(c, &specs[i], now_ms, ids[i], NULL, &created, &errors[i]);
+        if (outcomes[i] != ERR_OK && outcomes[i] != ERR_INVALID &&
+            outcomes[i] != ERR_IDEMPOTENCY_MISMATCH) {
+            *e = errors[i];
+            rc = outcomes[i];
+        }
+    }
+    if (rc == ERR_OK)
+        rc = complete_orders(c, specs, n, now_ms, ids, totals, inserted, e);
+    free(inserted);
+    free(totals);
     return rc;
 }
 

@@ -62,6 +62,15 @@ BB_WUR enum err order_items_from_json(const json_t *items, struct order_item *ou
 BB_WUR enum err order_create(struct store_conn *c, const struct order_spec *spec, int64_t now_ms,
                              char id[ORDER_UUID_LEN + 1], json_t **out, bool *created,
                              struct bb_error *e);
+/*
+ * order_create for specs[0..n-1] with a statement per table for all of
+ * them: ids[i] and outcomes[i] as order_create would answer (ERR_OK,
+ * ERR_INVALID, ERR_IDEMPOTENCY_MISMATCH, with errors[i]); a spec that fails
+ * writes nothing. The return is the store's trouble (roll back).
+ */
+BB_WUR enum err order_create_many(struct store_conn *c, const struct order_spec *specs, size_t n,
+                                  int64_t now_ms, char (*ids)[ORDER_UUID_LEN + 1],
+                                  enum err *outcomes, struct bb_error *errors, struct bb_error *e);
 /* {order_id, checkout_id, customer_id, currency, total_amount, status,
  * items, timeline, created_at, updated_at}. */
 BB_WUR enum err order_get_json(struct store_conn *c, const char *order_id, json_t **out,

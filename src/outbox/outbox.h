@@ -44,6 +44,9 @@ struct outbox_event {
 /* Append `ev` in the caller's open transaction. */
 BB_WUR enum err outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_ms,
                               struct bb_error *e);
+/* Append evs[0..n-1], in that order, with one statement. */
+BB_WUR enum err outbox_append_many(struct store_conn *c, const struct outbox_event *evs, size_t n,
+                                   int64_t now_ms, struct bb_error *e);
 
 struct outbox_filter {
     int64_t after; /* seq */

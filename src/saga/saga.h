@@ -78,6 +78,17 @@ struct saga_step_run {
     char reason[SAGA_REASON_MAX + 1];
 };
 typedef enum saga_outcome saga_step_fn(struct saga_step_run *run, struct bb_error *e);
+/*
+ * The batch form of an in-transaction action: what `action` does for each
+ * of runs[0..n-1] (every run's c is the one transaction), with as few
+ * statements as it can for all of them together. out[i] is runs[i]'s
+ * verdict, errors[i] its error for operators when not OK. A run it fails
+ * must have written nothing: decide before writing. Returning an error
+ * rolls the whole transaction back, and each instance then runs its unit
+ * alone (the plain `action`).
+ */
+typedef enum err saga_batch_fn(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
+                               struct bb_error *errors, struct bb_error *e);
 /* Take (into *held) and give back what an outside step holds while it runs
  * (a lock), in run->c. */
 typedef enum err saga_hold_fn(struct saga_step_run *run, int64_t *held, struct bb_error *e);
@@ -86,9 +97,10 @@ typedef void saga_unhold_fn(struct saga_step_run *run, int64_t held);
 struct saga_step_def {
     const char *name;
     saga_step_fn *action;
-    saga_step_fn *compensate; /* NULL: nothing to undo */
-    bool in_txn;              /* action and compensation run in the transition's transaction */
-    bool undo_on_failure;     /* a failed action may have left something: compensate it too */
+    saga_step_fn *compensate;    /* NULL: nothing to undo */
+    bool in_txn;                 /* action and compensation run in the transition's transaction */
+    saga_batch_fn *action_batch; /* in_txn only, may be NULL: the action for many instances */
+    bool undo_on_failure;        /* a failed action may have left something: compensate it too */
     /* An outside step that holds something while it runs: `hold` takes it
      * in the transaction that makes the step next (when the same runner
      * goes straight on to it), `unhold` gives it back in the one that
@@ -119,8 +131,19 @@ struct saga_def {
     void *ctx;
 };
 
+/*
+ * Batched units: instances whose next unit of work is the record of an
+ * outside step's success and/or in-transaction actions that all have an
+ * `action_batch` wait for one another briefly, while earlier units hold
+ * the connections, and run together in one transaction: one UPDATE of
+ * their rows, one INSERT of their timelines, one call of each step's batch
+ * form. Up to `unit_batch` instances per transaction (1: every unit alone).
+ */
+enum { SAGA_UNIT_BATCH_MAX = 64 };
+
 struct saga_engine_options {
     int64_t poll_ms;      /* the starter's fallback poll (default 5000) */
+    int64_t unit_batch;   /* instances per batched unit, 1..SAGA_UNIT_BATCH_MAX (0: 32) */
     bool run_starter;     /* claim starting events in this process */
     int64_t retention_ms; /* the starter deletes sagas this long finished (0: never) */
 };

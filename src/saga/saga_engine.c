@@ -14,7 +14,14 @@
 #include <string.h>
 #include <time.h>
 
-enum { DEFS_MAX = 8, START_BATCH = 100, PRUNE_BATCH = 1000, PRUNE_BATCHES_MAX = 20 };
+enum {
+    DEFS_MAX = 8,
+    START_BATCH = 100,
+    PRUNE_BATCH = 1000,
+    PRUNE_BATCHES_MAX = 20,
+    UNIT_LEADERS_MAX = 4,   /* batched units in flight at once */
+    UNIT_WAITING_MAX = 512, /* members waiting for a leader; more run alone */
+};
 
 /* Definitions are added at start-up, before any thread reads them. */
 static const struct saga_def *g_defs[DEFS_MAX];
@@ -55,6 +62,19 @@ static struct metrics_def M_PRUNED = {
     .help = "Finished saga instances deleted after the retention period (--saga-retention).",
     .type = METRICS_COUNTER,
 };
+static const double UNIT_BATCH_BUCKETS[] = {1, 2, 4, 8, 16, 32, 64};
+static struct metrics_def M_UNIT_BATCH = {
+    .name = "backbone_saga_unit_batch_size",
+    .help = "Saga instances whose units ran together in one transaction (--saga-batch).",
+    .type = METRICS_HISTOGRAM,
+    .buckets = UNIT_BATCH_BUCKETS,
+    .n_buckets = BB_ARRAY_LEN(UNIT_BATCH_BUCKETS),
+};
+static struct metrics_def M_UNIT_ALONE = {
+    .name = "backbone_saga_unit_batch_fallbacks_total",
+    .help = "Batched saga units that failed as a whole; each member then ran alone.",
+    .type = METRICS_COUNTER,
+};
 static struct metrics_def M_STEP = {
     .name = "backbone_saga_step_duration_seconds",
     .help = "Time one run of a saga step took, by type, step and phase.",
@@ -72,6 +92,8 @@ metrics_init(void)
     metrics_register(&M_STUCK);
     metrics_register(&M_STEP);
     metrics_register(&M_PRUNED);
+    metrics_register(&M_UNIT_BATCH);
+    metrics_register(&M_UNIT_ALONE);
 }
 
 void
@@ -125,6 +147,13 @@ struct saga_engine {
     bool stopping;          /* guarded by mu */
     bool wake;              /* guarded by mu */
     int64_t last_pruned_ms; /* starter thread only */
+    /* Batched units: members wait in `waiting` (FIFO) until a leader takes
+     * them; at most UNIT_LEADERS_MAX batches run at once. */
+    pthread_mutex_t batch_mu;
+    pthread_cond_t batch_cv;
+    struct step_job *waiting[UNIT_WAITING_MAX]; /* guarded by batch_mu */
+    size_t n_waiting;                           /* guarded by batch_mu */
+    int leaders;                                /* guarded by batch_mu */
 };
 
 /* ---- running steps ------------------------------------------------------------------------- */
@@ -161,11 +190,16 @@ struct step_job {
     /* The unit's working state. */
     struct saga_instance work;
     struct saga_unit unit;
-    int limit;   /* in-transaction steps a unit may run */
-    int ran;     /* in-transaction steps the unit ran and moved past */
-    bool failed; /* one failed: the unit rolled back */
-    bool stale;  /* another run moved the instance on */
-    bool chain;  /* the next step stays with this job */
+    int limit;    /* in-transaction steps a unit may run */
+    int ran;      /* in-transaction steps the unit ran and moved past */
+    bool failed;  /* one failed: the unit rolled back */
+    bool stale;   /* another run moved the instance on */
+    bool stopped; /* a batched unit: a batch form failed this one */
+    /* Guarded by eng->batch_mu while it waits for a batch. */
+    enum { UNIT_WAITING, UNIT_DONE, UNIT_ALONE } batch;
+    enum err batch_rc;
+    struct bb_error batch_error;
+    bool chain; /* the next step stays with this job */
     /* What the next outside step holds (0: nothing), as committed, and as
      * the unit leaves it. */
     int64_t held, unit_held;
@@ -284,26 +318,33 @@ move_on(struct store_conn *c, struct step_job *j, const struct saga_step_result 
     return ERR_OK;
 }
 
+/* Start a unit afresh (a unit the store runs again starts afresh too) and
+ * record the pending result first. */
 static enum err
-advance_work(struct store_conn *c, void *arg, struct bb_error *e)
+unit_start(struct store_conn *c, struct step_job *j, struct bb_error *e)
 {
-    struct step_job *j = arg;
-    saga__instance_deinit(&j->work); /* a unit the store runs again starts afresh */
+    saga__instance_deinit(&j->work);
     j->work = j->in;
     json_incref(j->work.data);
     saga__unit_begin(&j->unit, &j->in);
     j->ran = 0;
-    j->failed = j->stale = false;
+    j->failed = j->stale = j->stopped = false;
     j->unit_held = j->held;
-    enum err rc = ERR_OK;
-    if (j->pending) {
-        struct saga_step_result res = {.outcome = j->pending_outcome,
-                                       .data = j->pending_data,
-                                       .reason = j->pending_reason,
-                                       .error = j->pending_error.detail,
-                                       .started_at_ms = j->pending_started_ms};
-        rc = move_on(c, j, &res, e);
-    }
+    if (!j->pending)
+        return ERR_OK;
+    struct saga_step_result res = {.outcome = j->pending_outcome,
+                                   .data = j->pending_data,
+                                   .reason = j->pending_reason,
+                                   .error = j->pending_error.detail,
+                                   .started_at_ms = j->pending_started_ms};
+    return move_on(c, j, &res, e);
+}
+
+static enum err
+advance_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct step_job *j = arg;
+    enum err rc = unit_start(c, j, e);
     while (rc == ERR_OK && j->ran < j->limit && is_current(j, &j->work) &&
            j->def->steps[j->work.step].in_txn) {
         json_t *data;
@@ -334,6 +375,190 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (rc == ERR_OK)
         hold(j, c);
     return rc;
+}
+
+/* ---- batched units ------------------------------------------------------------------------ */
+
+/*
+ * A unit may join others when all it will do, on the way it is meant to
+ * go, has a batch form: the record of an outside step's success, then the
+ * in-transaction actions that follow, each with an `action_batch`. A member
+ * that a batch form fails stops there (its failure recorded with the
+ * batch); what follows (compensations) runs in units of its own.
+ */
+static bool
+batchable(const struct step_job *j)
+{
+    if (j->limit != INT_MAX || j->in.state != SAGA_RUNNING)
+        return false;
+    int s = j->in.step;
+    if (j->pending) {
+        if (j->pending_outcome != SAGA_STEP_OK)
+            return false;
+        s++;
+    }
+    for (; (size_t)s < j->def->n_steps && j->def->steps[s].in_txn; s++)
+        if (j->def->steps[s].action_batch == NULL)
+            return false;
+    return true;
+}
+
+/* A member still running actions in the batch. */
+static bool
+going(const struct step_job *j)
+{
+    if (j->stopped || j->work.state != SAGA_RUNNING || !is_current(j, &j->work))
+        return false;
+    const struct saga_step_def *sd = &j->def->steps[j->work.step];
+    return sd->in_txn && sd->action_batch != NULL;
+}
+
+struct unit_batch {
+    struct step_job **m;
+    size_t n;
+};
+
+/* One round: every going member at the first going member's step, through
+ * the step's batch form. *ran 0 when none went. */
+static enum err
+batch_round(struct store_conn *c, struct unit_batch *b, size_t *ran, struct bb_error *e)
+{
+    struct step_job *m[SAGA_UNIT_BATCH_MAX];
+    struct saga_step_run runs[SAGA_UNIT_BATCH_MAX], *rp[SAGA_UNIT_BATCH_MAX];
+    json_t *data[SAGA_UNIT_BATCH_MAX];
+    char keys[SAGA_UNIT_BATCH_MAX][STEP_KEY_MAX];
+    enum saga_outcome out[SAGA_UNIT_BATCH_MAX];
+    struct bb_error errors[SAGA_UNIT_BATCH_MAX];
+    size_t k = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        struct step_job *j = b->m[i];
+        if (!going(j) || (k > 0 && (j->def != m[0]->def || j->work.step != m[0]->work.step)))
+            continue;
+        m[k] = j;
+        data[k] = json_deep_copy(j->work.data);
+        runs[k] = step_run(j, &j->work, c, data[k], keys[k]);
+        rp[k] = &runs[k];
+        out[k] = SAGA_STEP_OK;
+        bb_error_clear(&errors[k]);
+        k++;
+    }
+    *ran = k;
+    if (k == 0)
+        return ERR_OK;
+    const struct saga_step_def *sd = &m[0]->def->steps[m[0]->work.step];
+    int64_t started = bb_wall_ms(), t0 = bb_mono_ms();
+    enum err rc = sd->action_batch(rp, k, out, errors, e);
+    double seconds = (double)(bb_mono_ms() - t0) / 1e3;
+    for (size_t i = 0; i < k; i++) {
+        if (rc == ERR_OK) {
+            saga__metric_step(m[i]->work.type, sd->name, false, seconds);
+            struct saga_step_result res = {.outcome = out[i],
+                                           .data = out[i] == SAGA_STEP_OK ? data[i] : NULL,
+                                           .reason = runs[i].reason,
+                                           .error = errors[i].detail,
+                                           .started_at_ms = started};
+            rc = move_on(c, m[i], &res, e);
+            m[i]->ran++;
+            m[i]->stopped = out[i] != SAGA_STEP_OK;
+        }
+        json_decref(data[i]);
+    }
+    return rc;
+}
+
+static enum err
+advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct unit_batch *b = arg;
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
+        rc = unit_start(c, b->m[i], e);
+    for (size_t ran = 1; rc == ERR_OK && ran > 0;)
+        rc = batch_round(c, b, &ran, e);
+    if (rc != ERR_OK)
+        return rc;
+    struct saga_unit *units[SAGA_UNIT_BATCH_MAX];
+    const struct saga_instance *now[SAGA_UNIT_BATCH_MAX];
+    for (size_t i = 0; i < b->n; i++) {
+        units[i] = &b->m[i]->unit;
+        now[i] = &b->m[i]->work;
+    }
+    bool stale;
+    rc = saga__units_flush(c, units, now, b->n, &stale, e);
+    for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
+        hold(b->m[i], c);
+    return rc;
+}
+
+/* Run the members' units, together when there are several. */
+static void
+lead(struct saga_engine *eng, struct step_job **m, size_t n)
+{
+    metrics_observe(&M_UNIT_BATCH, (double)n);
+    struct bb_error e;
+    enum err rc;
+    if (n == 1) {
+        rc = store_run(eng->store, STORE_WRITE, advance_work, m[0], &e);
+    } else {
+        struct unit_batch b = {.m = m, .n = n};
+        rc = store_run(eng->store, STORE_WRITE, advance_batch, &b, &e);
+        if (rc != ERR_OK) {
+            metrics_add(&M_UNIT_ALONE, 1);
+            log_debug("saga.batch_failed", "members=%zu detail=%s", n, e.detail);
+        }
+    }
+    pthread_mutex_lock(&eng->batch_mu);
+    for (size_t i = 0; i < n; i++) {
+        m[i]->batch = n > 1 && rc != ERR_OK ? UNIT_ALONE : UNIT_DONE;
+        m[i]->batch_rc = rc;
+        m[i]->batch_error = e;
+    }
+    pthread_cond_broadcast(&eng->batch_cv);
+    pthread_mutex_unlock(&eng->batch_mu);
+}
+
+/*
+ * Commit j's unit: alone, or with others waiting at the same time. A unit
+ * waits only while UNIT_LEADERS_MAX batches are in flight, so an idle
+ * engine runs each at once; under load, units gather while the
+ * connections are busy, and each transaction carries many.
+ */
+static enum err
+unit_commit(struct step_job *j, struct bb_error *e)
+{
+    struct saga_engine *eng = j->eng;
+    if (eng->opt.unit_batch <= 1 || !batchable(j))
+        return store_run(eng->store, STORE_WRITE, advance_work, j, e);
+    pthread_mutex_lock(&eng->batch_mu);
+    if (eng->n_waiting == UNIT_WAITING_MAX) {
+        pthread_mutex_unlock(&eng->batch_mu);
+        return store_run(eng->store, STORE_WRITE, advance_work, j, e);
+    }
+    j->batch = UNIT_WAITING;
+    eng->waiting[eng->n_waiting++] = j;
+    while (j->batch == UNIT_WAITING) {
+        if (eng->leaders >= UNIT_LEADERS_MAX || eng->n_waiting == 0) {
+            pthread_cond_wait(&eng->batch_cv, &eng->batch_mu);
+            continue;
+        }
+        struct step_job *m[SAGA_UNIT_BATCH_MAX];
+        size_t n = eng->n_waiting < (size_t)eng->opt.unit_batch ? eng->n_waiting
+                                                                : (size_t)eng->opt.unit_batch;
+        memcpy(m, eng->waiting, n * sizeof *m);
+        memmove(eng->waiting, eng->waiting + n, (eng->n_waiting - n) * sizeof *m);
+        eng->n_waiting -= n;
+        eng->leaders++;
+        pthread_mutex_unlock(&eng->batch_mu);
+        lead(eng, m, n);
+        pthread_mutex_lock(&eng->batch_mu);
+        eng->leaders--;
+        pthread_cond_broadcast(&eng->batch_cv);
+    }
+    enum err rc = j->batch_rc;
+    bool alone = j->batch == UNIT_ALONE;
+    *e = j->batch_error;
+    pthread_mutex_unlock(&eng->batch_mu);
+    return alone ? store_run(eng->store, STORE_WRITE, advance_work, j, e) : rc;
 }
 
 static void
@@ -398,7 +623,7 @@ carry(struct step_job *j)
         }
         j->chain =
             !job_run_should_stop(run) && bb_mono_ms() + CHAIN_LEASE_LEFT_MS < run->deadline_mono_ms;
-        enum err rc = store_run(j->eng->store, STORE_WRITE, advance_work, j, &e);
+        enum err rc = unit_commit(j, &e);
         if (rc == ERR_OK) {
             log_failure(j);
             clear_pending(j);
@@ -606,7 +831,13 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
     eng->opt = *o;
     if (eng->opt.poll_ms <= 0)
         eng->opt.poll_ms = 5000;
+    if (eng->opt.unit_batch <= 0)
+        eng->opt.unit_batch = 32;
+    if (eng->opt.unit_batch > SAGA_UNIT_BATCH_MAX)
+        eng->opt.unit_batch = SAGA_UNIT_BATCH_MAX;
     pthread_mutex_init(&eng->mu, NULL);
+    pthread_mutex_init(&eng->batch_mu, NULL);
+    pthread_cond_init(&eng->batch_cv, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -679,6 +910,8 @@ saga_engine_destroy(struct saga_engine *eng)
     saga_engine_stop(eng);
     pthread_mutex_destroy(&eng->mu);
     pthread_cond_destroy(&eng->cv);
+    pthread_mutex_destroy(&eng->batch_mu);
+    pthread_cond_destroy(&eng->batch_cv);
     free(eng);
 }
 

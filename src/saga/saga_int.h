@@ -61,6 +61,11 @@ void saga__unit_begin(struct saga_unit *u, const struct saga_instance *in);
  * ERR_CONFLICT with *stale set when another run moved it first. */
 BB_WUR enum err saga__unit_flush(struct store_conn *c, struct saga_unit *u,
                                  const struct saga_instance *now, bool *stale, struct bb_error *e);
+/* The same for n instances at once (units[i] moved now[i]): one UPDATE and
+ * one INSERT; ERR_CONFLICT with *stale set when any was moved first. */
+BB_WUR enum err saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
+                                  const struct saga_instance *const *now, size_t n, bool *stale,
+                                  struct bb_error *e);
 void saga__unit_deinit(struct saga_unit *u);
 
 /* Record `res` and move the instance on, in `u` (saga__unit_flush writes

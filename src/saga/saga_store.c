@@ -287,6 +287,113 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
     return rc;
 }
 
+/* The batch forms: the rows as a JSON array of objects, one statement each. */
+static struct store_stmt SAGA_UPDATE_MANY = {
+    .sql_pg = "UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
+              " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
+              " reason = x.reason, error = x.error, job_id = x.job_id,"
+              " updated_at_ms = x.updated_at_ms"
+              " FROM json_to_recordset($1::json) AS x(id text, from_version bigint, state text,"
+              " step int, version bigint, data text, retries int, next_retry_at_ms bigint,"
+              " reason text, error text, job_id bigint, updated_at_ms bigint)"
+              " WHERE s.id = x.id AND s.version = x.from_version",
+    .sql_sqlite = "UPDATE sagas SET state = x.state, step = x.step, version = x.version,"
+                  " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
+                  " reason = x.reason, error = x.error, job_id = x.job_id,"
+                  " updated_at_ms = x.updated_at_ms"
+                  " FROM (SELECT value ->> 'id' AS id, value ->> 'from_version' AS from_version,"
+                  " value ->> 'state' AS state, value ->> 'step' AS step,"
+                  " value ->> 'version' AS version, value ->> 'data' AS data,"
+                  " value ->> 'retries' AS retries,"
+                  " value ->> 'next_retry_at_ms' AS next_retry_at_ms,"
+                  " value ->> 'reason' AS reason, value ->> 'error' AS error,"
+                  " value ->> 'job_id' AS job_id, value ->> 'updated_at_ms' AS updated_at_ms"
+                  " FROM json_each($1)) AS x"
+                  " WHERE sagas.id = x.id AND sagas.version = x.from_version",
+};
+static struct store_stmt STEP_INSERT_MANY = {
+    .sql_pg = "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt, error,"
+              " started_at_ms, ended_at_ms) SELECT saga_id, step, phase, outcome, attempt,"
+              " error, started_at_ms, ended_at_ms FROM json_to_recordset($1::json) AS"
+              " x(saga_id text, step text, phase text, outcome text, attempt int, error text,"
+              " started_at_ms bigint, ended_at_ms bigint)",
+    .sql_sqlite = "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt, error,"
+                  " started_at_ms, ended_at_ms) SELECT value ->> 'saga_id', value ->> 'step',"
+                  " value ->> 'phase', value ->> 'outcome', value ->> 'attempt',"
+                  " value ->> 'error', value ->> 'started_at_ms', value ->> 'ended_at_ms'"
+                  " FROM json_each($1) ORDER BY key",
+};
+
+static json_t *
+int_or_null(int64_t v)
+{
+    return v ? json_integer(v) : json_null();
+}
+
+static json_t *
+text_or_null(const char *s)
+{
+    return s && *s ? json_string(s) : json_null();
+}
+
+enum err
+saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
+                  const struct saga_instance *const *now, size_t n, bool *stale, struct bb_error *e)
+{
+    *stale = false;
+    json_t *moves = json_array(), *steps = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const struct saga_unit *u = units[i];
+        const struct saga_instance *in = now[i];
+        if (u->n_rows == 0)
+            continue;
+        const struct saga_unit_row *last = &u->rows[u->n_rows - 1];
+        char *data = bb_json_dumps(in->data);
+        json_array_append_new(
+            moves,
+            json_pack("{s:s, s:I, s:s, s:i, s:I, s:s, s:I, s:o, s:o, s:o, s:o, s:I}", "id", in->id,
+                      "from_version", (json_int_t)u->from_version, "state",
+                      saga_state_name(in->state), "step", in->step, "version",
+                      (json_int_t)in->version, "data", data, "retries", (json_int_t)in->retries,
+                      "next_retry_at_ms", int_or_null(u->run_at), "reason",
+                      text_or_null(in->reason), "error", text_or_null(last->error), "job_id",
+                      int_or_null(in->job_id), "updated_at_ms", (json_int_t)last->ended_ms));
+        free(data);
+        for (size_t k = 0; k < u->n_rows; k++) {
+            const struct saga_unit_row *r = &u->rows[k];
+            json_array_append_new(
+                steps,
+                json_pack("{s:s, s:s, s:s, s:s, s:I, s:o, s:I, s:I}", "saga_id", in->id, "step",
+                          r->step, "phase", r->phase, "outcome", r->outcome, "attempt",
+                          (json_int_t)r->attempt, "error", text_or_null(r->error), "started_at_ms",
+                          (json_int_t)r->started_ms, "ended_at_ms", (json_int_t)r->ended_ms));
+        }
+    }
+    size_t expected = json_array_size(moves);
+    enum err rc = ERR_OK;
+    if (expected > 0) {
+        char *text = bb_json_dumps(moves);
+        const struct store_param p[] = {sp_text(text)};
+        int64_t changed = 0;
+        rc = store_exec(c, &SAGA_UPDATE_MANY, p, 1, &changed, e);
+        free(text);
+        if (rc == ERR_OK && changed != (int64_t)expected) {
+            *stale = true;
+            rc = bb_fail(e, ERR_CONFLICT, "", "%zu of %zu sagas moved on",
+                         expected - (size_t)changed, expected);
+        }
+    }
+    if (rc == ERR_OK && json_array_size(steps) > 0) {
+        char *text = bb_json_dumps(steps);
+        const struct store_param p[] = {sp_text(text)};
+        rc = store_exec_deferred(c, &STEP_INSERT_MANY, p, 1, e);
+        free(text);
+    }
+    json_decref(moves);
+    json_decref(steps);
+    return rc;
+}
+
 /* The last step at or before `i` that has a compensation; -1: none. */
 static int
 compensable_from(const struct saga_def *def, int i)

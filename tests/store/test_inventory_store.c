@@ -347,6 +347,66 @@ concurrent_buyers_never_oversell(void **state)
     assert_int_equal(events(f->c, "inventory.reserved.v1"), UNITS);
 }
 
+/* The batch form: granted in array order, each request all or nothing,
+ * one that fails writes nothing, one asked before answered as before. */
+static void
+many_reservations_at_once_grant_in_order_and_fail_alone(void **state)
+{
+    struct test_conn *f = *state;
+    struct store_conn *c = f->c;
+    struct bb_error e;
+    product(c, "A", 5);
+    product(c, "B", 2);
+    const struct inventory_item before[] = {{"A", 1}};
+    begin(c);
+    assert_ok(end(c, reserve(c, "o-0", before, 1, 60000, T0, NULL, NULL, &e)), &e);
+    const struct inventory_item i1[] = {{"B", 1}, {"A", 2}}, i2[] = {{"B", 2}}, i3[] = {{"A", 1}},
+                                i4[] = {{"A", 1}, {"NOPE", 1}}, i5[] = {{"A", 2}};
+    const struct inventory_reservation_req reqs[] = {
+        {"o-1", i1, 2}, /* granted: B 1, A 2 */
+        {"o-2", i2, 1}, /* B: 1 left of 2, short */
+        {"o-0", i3, 1}, /* asked before with these items: as before */
+        {"o-3", i4, 2}, /* an unknown SKU */
+        {"o-4", i5, 1}, /* granted: A 2 (5 - 1 - 2 - 2 = 0 left) */
+        {"o-5", i3, 1}, /* A: none left */
+    };
+    enum { N = BB_ARRAY_LEN(reqs) };
+    enum err out[N];
+    struct bb_error errors[N];
+    begin(c);
+    assert_ok(end(c, inventory_reserve_many(c, reqs, N, 60000, T0 + 1, out, errors, &e)), &e);
+    const enum err want[N] = {ERR_OK, ERR_INSUFFICIENT_STOCK, ERR_OK, ERR_NOT_FOUND,
+                              ERR_OK, ERR_INSUFFICIENT_STOCK};
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(out[i], want[i]);
+    assert_string_equal(errors[3].field, "items[1].sku");
+    int64_t on_hand, reserved;
+    stock_of(c, "A", &on_hand, &reserved);
+    assert_int_equal(reserved, 5);
+    stock_of(c, "B", &on_hand, &reserved);
+    assert_int_equal(reserved, 1);
+    assert_string_equal(state_of(c, "o-1"), "active");
+    assert_string_equal(state_of(c, "o-4"), "active");
+    json_t *r;
+    assert_int_equal(inventory_reservation_get_json(c, "o-2", &r, &e), ERR_NOT_FOUND);
+    assert_int_equal(inventory_reservation_get_json(c, "o-5", &r, &e), ERR_NOT_FOUND);
+    assert_int_equal(events(c, "inventory.reserved.v1"), 3);
+    /* Again: the same answers, nothing more taken; other items: a mismatch. */
+    const struct inventory_reservation_req again[] = {{"o-1", i1, 2}, {"o-4", i3, 1}};
+    begin(c);
+    assert_ok(end(c, inventory_reserve_many(c, again, 2, 60000, T0 + 2, out, errors, &e)), &e);
+    assert_int_equal(out[0], ERR_OK);
+    assert_int_equal(out[1], ERR_IDEMPOTENCY_MISMATCH);
+    stock_of(c, "A", &on_hand, &reserved);
+    assert_int_equal(reserved, 5);
+    assert_int_equal(events(c, "inventory.reserved.v1"), 3);
+    /* What the batch reserved is released like any reservation. */
+    begin(c);
+    assert_ok(end(c, inventory_release(c, "o-4", T0 + 3, NULL, &e)), &e);
+    stock_of(c, "A", &on_hand, &reserved);
+    assert_int_equal(reserved, 3);
+}
+
 #define INV_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -357,6 +417,7 @@ static const struct CMUnitTest tests[] = {
     INV_TEST(an_expired_reservation_gives_its_stock_back_and_cannot_be_sold),
     INV_TEST(stock_and_adjustments_apply_once_per_key),
     INV_TEST(concurrent_buyers_never_oversell),
+    INV_TEST(many_reservations_at_once_grant_in_order_and_fail_alone),
 };
 
 TEST_MAIN(tests, true)

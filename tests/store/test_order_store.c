@@ -76,6 +76,72 @@ one_order_per_checkout(void **state)
     store_conn_close(c);
 }
 
+/* The batch form: new orders made with their items, timelines and events;
+ * one made before answered as before; a bad one fails alone. */
+static void
+many_orders_at_once(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    json_t *first;
+    bool created;
+    struct order_spec before = spec("chk-0");
+    assert_ok(order_create(c, &before, T0, NULL, &first, &created, &e), &e);
+    const struct order_item huge[] = {{"A", 1000000, BB_AMOUNT_MAX}};
+    struct order_spec specs[] = {spec("chk-1"), spec("chk-0"), spec("chk-2"), spec("chk-3"),
+                                 spec("chk-0")};
+    specs[2].items = huge;
+    specs[2].n_items = 1;
+    specs[4].customer_id = "someone else"; /* chk-0 with other contents */
+    specs[4].checkout_id = "chk-0";
+    enum { N = BB_ARRAY_LEN(specs) };
+    char ids[N][ORDER_UUID_LEN + 1];
+    enum err out[N];
+    struct bb_error errors[N];
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    assert_ok(order_create_many(c, specs, N, T0 + 1, ids, out, errors, &e), &e);
+    assert_ok(store_commit(c, &e), &e);
+    assert_int_equal(out[0], ERR_OK);
+    assert_int_equal(out[1], ERR_OK);
+    assert_string_equal(ids[1], json_string_value(json_object_get(first, "order_id")));
+    assert_int_equal(out[2], ERR_INVALID);
+    assert_int_equal(out[3], ERR_OK);
+    assert_int_equal(out[4], ERR_IDEMPOTENCY_MISMATCH);
+    assert_int_equal(order_find_by_checkout(c, "chk-2", &first, &e), ERR_NOT_FOUND);
+    json_decref(first);
+    for (size_t i = 0; i < N; i += 3) { /* chk-1 and chk-3, made by the batch */
+        json_t *o;
+        assert_ok(order_get_json(c, ids[i], &o, &e), &e);
+        assert_string_equal(json_string_value(json_object_get(o, "checkout_id")),
+                            specs[i].checkout_id);
+        assert_int_equal(json_integer_value(json_object_get(o, "total_amount")), 1500);
+        json_t *items = json_object_get(o, "items");
+        assert_int_equal(json_array_size(items), 2);
+        assert_string_equal(json_string_value(json_object_get(json_array_get(items, 1), "sku")),
+                            "B");
+        json_t *timeline = json_object_get(o, "timeline");
+        assert_int_equal(json_array_size(timeline), 1);
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(timeline, 0), "status")), "PENDING");
+        json_decref(o);
+        /* ...and confirmed like any order. */
+        assert_ok(order_confirm(c, ids[i], NULL, T0 + 2, &o, &e), &e);
+        assert_int_equal(json_array_size(json_object_get(o, "timeline")), 2);
+        json_decref(o);
+    }
+    struct outbox_filter f = {.limit = 100, .type = "order.created.v1"};
+    json_t *page = test_outbox_page(c, &f);
+    json_t *events = json_object_get(page, "events");
+    assert_int_equal(json_array_size(events), 3);
+    json_t *last = json_object_get(json_array_get(events, 2), "data");
+    assert_string_equal(json_string_value(json_object_get(last, "order_id")), ids[3]);
+    assert_int_equal(json_integer_value(json_object_get(last, "total_amount")), 1500);
+    json_decref(page);
+    store_conn_close(c);
+}
+
 static void
 confirm_and_cancel_are_idempotent_and_final(void **state)
 {
@@ -128,6 +194,7 @@ confirm_and_cancel_are_idempotent_and_final(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(the_status_table_allows_only_real_transitions),
     cmocka_unit_test_setup_teardown(one_order_per_checkout, test_db_setup, test_db_teardown),
+    cmocka_unit_test_setup_teardown(many_orders_at_once, test_db_setup, test_db_teardown),
     cmocka_unit_test_setup_teardown(confirm_and_cancel_are_idempotent_and_final, test_db_setup,
                                     test_db_teardown),
 };
