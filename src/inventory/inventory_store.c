@@ -502,7 +502,7 @@ inventory_reserve(struct store_conn *c, const char *order_id, const struct inven
 
 static struct store_stmt RESERVATIONS_OF = {
     .sql_pg = "SELECT order_id, items FROM inventory_reservations"
-              " WHERE order_id IN (SELECT json_array_elements_text($1::json))",
+              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
     .sql_sqlite = "SELECT order_id, items FROM inventory_reservations"
                   " WHERE order_id IN (SELECT value FROM json_each($1))",
 };
@@ -510,7 +510,8 @@ static struct store_stmt RESERVATIONS_OF = {
  * in a circle). */
 static struct store_stmt STOCK_LOCK = {
     .sql_pg = "SELECT sku, on_hand - reserved FROM inventory_products"
-              " WHERE sku IN (SELECT json_array_elements_text($1::json)) ORDER BY sku FOR UPDATE",
+              " WHERE sku = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+              " ORDER BY sku FOR UPDATE",
     .sql_sqlite = "SELECT sku, on_hand - reserved FROM inventory_products"
                   " WHERE sku IN (SELECT value FROM json_each($1)) ORDER BY sku",
 };
@@ -526,7 +527,9 @@ static struct store_stmt RESERVATION_INSERT_MANY = {
 };
 static struct store_stmt TAKE_MANY = {
     .sql_pg = "UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $2"
-              " FROM json_to_recordset($1::json) AS x(sku text, qty bigint) WHERE p.sku = x.sku",
+              " FROM json_to_recordset($1::json) AS x(sku text, qty bigint)"
+              " WHERE p.sku = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'sku'))"
+              " AND p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved + x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
                   " FROM json_each($1)) AS x WHERE inventory_products.sku = x.sku",

@@ -261,7 +261,10 @@ static struct store_stmt CLAIM = {
               " FOR UPDATE SKIP LOCKED",
 };
 static struct store_stmt MARK_HANDLED = {
-    .sql = "UPDATE outbox_events SET handled_at_ms = $2 WHERE id = $1",
+    .sql_pg = "UPDATE outbox_events SET handled_at_ms = $2"
+              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)::bigint))",
+    .sql_sqlite = "UPDATE outbox_events SET handled_at_ms = $2"
+                  " WHERE id IN (SELECT value FROM json_each($1))",
 };
 
 enum err
@@ -290,10 +293,20 @@ outbox_claim(struct store_conn *c, const char *type, int64_t limit, struct outbo
 }
 
 enum err
-outbox_mark_handled(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
+outbox_mark_handled(struct store_conn *c, const int64_t *ids, size_t n, int64_t now_ms,
+                    struct bb_error *e)
 {
-    const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
-    return store_exec_deferred(c, &MARK_HANDLED, p, BB_ARRAY_LEN(p), e);
+    if (n == 0)
+        return ERR_OK;
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    char *text = bb_json_dumps(a);
+    json_decref(a);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    enum err rc = store_exec_deferred(c, &MARK_HANDLED, p, BB_ARRAY_LEN(p), e);
+    free(text);
+    return rc;
 }
 
 void

@@ -77,8 +77,9 @@ struct outbox_claimed {
  */
 BB_WUR enum err outbox_claim(struct store_conn *c, const char *type, int64_t limit,
                              struct outbox_claimed **out, size_t *n, struct bb_error *e);
-BB_WUR enum err outbox_mark_handled(struct store_conn *c, int64_t id, int64_t now_ms,
-                                    struct bb_error *e);
+/* Mark claimed events ids[0..n-1] handled, with one statement. */
+BB_WUR enum err outbox_mark_handled(struct store_conn *c, const int64_t *ids, size_t n,
+                                    int64_t now_ms, struct bb_error *e);
 void outbox_claimed_free(struct outbox_claimed *a, size_t n);
 
 const struct store_migration *outbox_migrations(size_t *n);

@@ -175,6 +175,14 @@ BB_WUR enum err saga_start(struct store_conn *c, const struct saga_def *def,
                            const char *correlation_id, const json_t *data, int64_t now_ms,
                            char id[SAGA_ID_LEN + 1], bool *created, struct bb_error *e);
 
+/* saga_start for n instances of `def` at once, one statement per table:
+ * ids[i] and created[i] as saga_start answers for correlation_ids[i]
+ * (distinct) and data[i]. */
+BB_WUR enum err saga_start_many(struct store_conn *c, const struct saga_def *def,
+                                const char *const *correlation_ids, const json_t *const *data,
+                                size_t n, int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1],
+                                bool *created, struct bb_error *e);
+
 /* {saga_id, type, correlation_id, state, step, steps:[names], data, retries,
  * next_retry_at, reason, created_at, updated_at, timeline:[{step, phase,
  * outcome, attempt, error, started_at, ended_at, duration_ms}]}. */

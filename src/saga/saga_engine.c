@@ -150,7 +150,6 @@ struct saga_engine {
     /* Batched units: members wait in `waiting` (FIFO) until a leader takes
      * them; at most UNIT_LEADERS_MAX batches run at once. */
     pthread_mutex_t batch_mu;
-    pthread_cond_t batch_cv;
     struct step_job *waiting[UNIT_WAITING_MAX]; /* guarded by batch_mu */
     size_t n_waiting;                           /* guarded by batch_mu */
     int leaders;                                /* guarded by batch_mu */
@@ -199,7 +198,8 @@ struct step_job {
     enum { UNIT_WAITING, UNIT_DONE, UNIT_ALONE } batch;
     enum err batch_rc;
     struct bb_error batch_error;
-    bool chain; /* the next step stays with this job */
+    pthread_cond_t batch_cv; /* its batch ran, or it may lead one */
+    bool chain;              /* the next step stays with this job */
     /* What the next outside step holds (0: nothing), as committed, and as
      * the unit leaves it. */
     int64_t held, unit_held;
@@ -512,8 +512,11 @@ lead(struct saga_engine *eng, struct step_job **m, size_t n)
         m[i]->batch = n > 1 && rc != ERR_OK ? UNIT_ALONE : UNIT_DONE;
         m[i]->batch_rc = rc;
         m[i]->batch_error = e;
+        pthread_cond_signal(&m[i]->batch_cv);
     }
-    pthread_cond_broadcast(&eng->batch_cv);
+    eng->leaders--;
+    if (eng->n_waiting > 0) /* the first in line leads the next batch */
+        pthread_cond_signal(&eng->waiting[0]->batch_cv);
     pthread_mutex_unlock(&eng->batch_mu);
 }
 
@@ -538,7 +541,7 @@ unit_commit(struct step_job *j, struct bb_error *e)
     eng->waiting[eng->n_waiting++] = j;
     while (j->batch == UNIT_WAITING) {
         if (eng->leaders >= UNIT_LEADERS_MAX || eng->n_waiting == 0) {
-            pthread_cond_wait(&eng->batch_cv, &eng->batch_mu);
+            pthread_cond_wait(&j->batch_cv, &eng->batch_mu);
             continue;
         }
         struct step_job *m[SAGA_UNIT_BATCH_MAX];
@@ -548,11 +551,11 @@ unit_commit(struct step_job *j, struct bb_error *e)
         memmove(eng->waiting, eng->waiting + n, (eng->n_waiting - n) * sizeof *m);
         eng->n_waiting -= n;
         eng->leaders++;
+        if (eng->n_waiting > 0 && eng->leaders < UNIT_LEADERS_MAX)
+            pthread_cond_signal(&eng->waiting[0]->batch_cv);
         pthread_mutex_unlock(&eng->batch_mu);
         lead(eng, m, n);
         pthread_mutex_lock(&eng->batch_mu);
-        eng->leaders--;
-        pthread_cond_broadcast(&eng->batch_cv);
     }
     enum err rc = j->batch_rc;
     bool alone = j->batch == UNIT_ALONE;
@@ -660,6 +663,7 @@ static enum job_verdict
 saga_job(struct job_run *run)
 {
     struct step_job *j = xcalloc(1, sizeof *j);
+    pthread_cond_init(&j->batch_cv, NULL);
     j->eng = run->ctx;
     j->run = run;
     json_t *payload = json_loads(run->job->payload, 0, NULL);
@@ -680,6 +684,7 @@ saga_job(struct job_run *run)
     saga__instance_deinit(&j->work);
     saga__instance_deinit(&j->in);
     json_decref(payload);
+    pthread_cond_destroy(&j->batch_cv);
     free(j);
     return verdict;
 }
@@ -706,24 +711,36 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
         enum err rc = outbox_claim(c, def->start_event, START_BATCH, &ev, &n, e);
         if (rc != ERR_OK)
             return rc;
-        for (size_t i = 0; i < n && rc == ERR_OK; i++) {
-            json_t *data = NULL;
+        const char *correlation[START_BATCH];
+        json_t *data[START_BATCH];
+        int64_t handled[START_BATCH];
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
             struct bb_error why;
-            if (ev[i].data == NULL ||
-                def->from_event(ev[i].data, ev[i].aggregate_id, &data, def->ctx, &why) != ERR_OK) {
+            handled[i] = ev[i].id;
+            data[k] = NULL;
+            if (ev[i].data == NULL || def->from_event(ev[i].data, ev[i].aggregate_id, &data[k],
+                                                      def->ctx, &why) != ERR_OK) {
                 /* Nothing can start from it; say so once and move on. */
                 log_error("saga.bad_start_event", "type=%s event=%lld detail=%s", def->type,
                           (long long)ev[i].id, ev[i].data ? why.detail : "not JSON");
-            } else {
-                char id[SAGA_ID_LEN + 1];
-                bool created;
-                rc = saga_start(c, def, ev[i].aggregate_id, data, now, id, &created, e);
-                b->started += rc == ERR_OK && created;
+                json_decref(data[k]);
+                continue;
             }
-            json_decref(data);
-            if (rc == ERR_OK)
-                rc = outbox_mark_handled(c, ev[i].id, now, e);
+            correlation[k++] = ev[i].aggregate_id;
         }
+        char(*ids)[SAGA_ID_LEN + 1] = xcalloc(k ? k : 1, sizeof *ids);
+        bool created[START_BATCH];
+        if (k > 0)
+            rc = saga_start_many(c, def, correlation, (const json_t *const *)data, k, now, ids,
+                                 created, e);
+        for (size_t i = 0; i < k; i++) {
+            b->started += rc == ERR_OK && created[i];
+            json_decref(data[i]);
+        }
+        free(ids);
+        if (rc == ERR_OK)
+            rc = outbox_mark_handled(c, handled, n, now, e);
         b->claimed += (int64_t)n;
         outbox_claimed_free(ev, n);
         if (rc != ERR_OK)
@@ -837,7 +854,6 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
         eng->opt.unit_batch = SAGA_UNIT_BATCH_MAX;
     pthread_mutex_init(&eng->mu, NULL);
     pthread_mutex_init(&eng->batch_mu, NULL);
-    pthread_cond_init(&eng->batch_cv, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -911,7 +927,6 @@ saga_engine_destroy(struct saga_engine *eng)
     pthread_mutex_destroy(&eng->mu);
     pthread_cond_destroy(&eng->cv);
     pthread_mutex_destroy(&eng->batch_mu);
-    pthread_cond_destroy(&eng->batch_cv);
     free(eng);
 }
 

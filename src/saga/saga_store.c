@@ -80,68 +80,155 @@ saga_state_from_name(const char *name, enum saga_state *out)
 
 /* ---- a step's job ------------------------------------------------------------------------ */
 
+/* A step's job: `payload` names the instance and the version it runs. */
+static struct job_spec
+step_spec(const char *payload, int64_t run_at_ms)
+{
+    return (struct job_spec){.queue = SAGA_QUEUE,
+                             .handler = SAGA_HANDLER,
+                             .payload = payload,
+                             .run_at_ms = run_at_ms,
+                             .max_attempts = SAGA_JOB_ATTEMPTS,
+                             .max_duration_ms = SAGA_STEP_LEASE_MS};
+}
+
 static enum err
 enqueue_step(struct store_conn *c, const char *id, int64_t version, int64_t run_at_ms,
              int64_t now_ms, int64_t *job_id, struct bb_error *e)
 {
     char payload[128];
     snprintf(payload, sizeof payload, "{\"saga_id\":\"%s\",\"version\":%" PRId64 "}", id, version);
-    struct job_spec spec = {.queue = SAGA_QUEUE,
-                            .handler = SAGA_HANDLER,
-                            .payload = payload,
-                            .run_at_ms = run_at_ms,
-                            .max_attempts = SAGA_JOB_ATTEMPTS,
-                            .max_duration_ms = SAGA_STEP_LEASE_MS};
+    struct job_spec spec = step_spec(payload, run_at_ms);
     bool created;
     return job_submit(c, &spec, now_ms, job_id, &created, e);
 }
 
 /* ---- starting ---------------------------------------------------------------------------- */
 
-static struct store_stmt SAGA_INSERT = {
-    .sql = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
-           " created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'RUNNING', 0, 1, $4, $5, $5)"
-           " ON CONFLICT (type, correlation_id) DO NOTHING",
+static struct store_stmt SAGA_INSERT_MANY = {
+    .sql_pg = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
+              " created_at_ms, updated_at_ms) SELECT id, $2, correlation_id, 'RUNNING', 0, 1,"
+              " data, $3, $3 FROM json_to_recordset($1::json)"
+              " AS x(id text, correlation_id text, data text)"
+              " ON CONFLICT (type, correlation_id) DO NOTHING RETURNING id",
+    .sql_sqlite = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
+                  " created_at_ms, updated_at_ms) SELECT value ->> 'id', $2,"
+                  " value ->> 'correlation_id', 'RUNNING', 0, 1, value ->> 'data', $3, $3"
+                  " FROM json_each($1) WHERE true"
+                  " ON CONFLICT (type, correlation_id) DO NOTHING RETURNING id",
 };
 static struct store_stmt SAGA_BY_CORRELATION = {
     .sql = "SELECT id FROM sagas WHERE type = $1 AND correlation_id = $2",
 };
-static struct store_stmt SAGA_SET_JOB = {
-    .sql = "UPDATE sagas SET job_id = $2 WHERE id = $1",
+/* PostgreSQL estimates a JSON function at 100 rows and would join it to a
+ * scan of the whole table; the keys as an array make it use the index. */
+static struct store_stmt SAGA_SET_JOBS = {
+    .sql_pg = "UPDATE sagas s SET job_id = x.job_id"
+              " FROM json_to_recordset($1::json) AS x(id text, job_id bigint)"
+              " WHERE s.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
+              " AND s.id = x.id",
+    .sql_sqlite = "UPDATE sagas SET job_id = x.job_id"
+                  " FROM (SELECT value ->> 'id' AS id, value ->> 'job_id' AS job_id"
+                  " FROM json_each($1)) AS x WHERE sagas.id = x.id",
 };
+
+/* Insert the instances; created[i] says which were new. */
+static enum err
+insert_instances(struct store_conn *c, const struct saga_def *def,
+                 const char *const *correlation_ids, const json_t *const *data, size_t n,
+                 int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
+{
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n; i++) {
+        bb_uuid7_at(now_ms, ids[i]);
+        created[i] = false;
+        char *text = bb_json_dumps(data[i]);
+        json_array_append_new(rows, json_pack("{s:s, s:s, s:s}", "id", ids[i], "correlation_id",
+                                              correlation_ids[i], "data", text));
+        free(text);
+    }
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_text(def->type), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        const char *id = store_col_text(&r, 0);
+        for (size_t i = 0; i < n; i++)
+            created[i] = created[i] || strcmp(ids[i], id) == 0;
+    }
+    store_rows_close(&r);
+    /* The rest existed: their ids. */
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        if (created[i])
+            continue;
+        const struct store_param q[] = {sp_text(def->type), sp_text(correlation_ids[i])};
+        rc = store_query(c, &SAGA_BY_CORRELATION, q, BB_ARRAY_LEN(q), &r, e);
+        if (rc != ERR_OK)
+            break;
+        if (store_next(&r))
+            bb_strlcpy(ids[i], store_col_text(&r, 0), SAGA_ID_LEN + 1);
+        store_rows_close(&r);
+    }
+    return rc;
+}
+
+enum err
+saga_start_many(struct store_conn *c, const struct saga_def *def,
+                const char *const *correlation_ids, const json_t *const *data, size_t n,
+                int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
+{
+    enum err rc = insert_instances(c, def, correlation_ids, data, n, now_ms, ids, created, e);
+    if (rc != ERR_OK)
+        return rc;
+    /* Each new one's first job, then its job id on its row. */
+    struct job_spec *specs = xcalloc(n ? n : 1, sizeof *specs);
+    char(*payloads)[128] = xcalloc(n ? n : 1, sizeof *payloads);
+    size_t *of = xcalloc(n ? n : 1, sizeof *of), k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!created[i])
+            continue;
+        snprintf(payloads[k], sizeof payloads[k], "{\"saga_id\":\"%s\",\"version\":1}", ids[i]);
+        specs[k] = step_spec(payloads[k], 0);
+        of[k++] = i;
+    }
+    int64_t *job_ids = xcalloc(k ? k : 1, sizeof *job_ids);
+    bool *made = xcalloc(k ? k : 1, sizeof *made);
+    size_t failed_at;
+    if (k > 0)
+        rc = job_submit_many(c, specs, k, now_ms, job_ids, made, &failed_at, e);
+    if (rc == ERR_OK && k > 0) {
+        json_t *rows = json_array();
+        for (size_t q = 0; q < k; q++)
+            json_array_append_new(
+                rows, json_pack("{s:s, s:I}", "id", ids[of[q]], "job_id", (json_int_t)job_ids[q]));
+        char *text = bb_json_dumps(rows);
+        json_decref(rows);
+        const struct store_param p[] = {sp_text(text)};
+        rc = store_exec_deferred(c, &SAGA_SET_JOBS, p, 1, e);
+        free(text);
+    }
+    for (size_t q = 0; q < k && rc == ERR_OK; q++)
+        saga__metric_started(def->type);
+    free(made);
+    free(job_ids);
+    free(of);
+    free(payloads);
+    free(specs);
+    return rc;
+}
 
 enum err
 saga_start(struct store_conn *c, const struct saga_def *def, const char *correlation_id,
            const json_t *data, int64_t now_ms, char id[SAGA_ID_LEN + 1], bool *created,
            struct bb_error *e)
 {
-    bb_uuid7_at(now_ms, id);
-    char *text = bb_json_dumps(data);
-    const struct store_param p[] = {sp_text(id), sp_text(def->type), sp_text(correlation_id),
-                                    sp_text(text), sp_int(now_ms)};
-    int64_t inserted = 0;
-    enum err rc = store_exec(c, &SAGA_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
-    free(text);
-    *created = rc == ERR_OK && inserted == 1;
-    if (rc == ERR_OK && !*created) {
-        struct store_rows r;
-        rc = store_query(c, &SAGA_BY_CORRELATION, p + 1, 2, &r, e);
-        if (rc != ERR_OK)
-            return rc;
-        if (store_next(&r))
-            bb_strlcpy(id, store_col_text(&r, 0), SAGA_ID_LEN + 1);
-        store_rows_close(&r);
-        return ERR_OK;
-    }
-    int64_t job_id = 0;
-    if (rc == ERR_OK)
-        rc = enqueue_step(c, id, 1, 0, now_ms, &job_id, e);
-    if (rc == ERR_OK) {
-        const struct store_param q[] = {sp_text(id), sp_int(job_id)};
-        rc = store_exec_deferred(c, &SAGA_SET_JOB, q, BB_ARRAY_LEN(q), e);
-    }
-    if (rc == ERR_OK)
-        saga__metric_started(def->type);
+    char ids[1][SAGA_ID_LEN + 1];
+    enum err rc = saga_start_many(c, def, &correlation_id, &data, 1, now_ms, ids, created, e);
+    bb_strlcpy(id, ids[0], SAGA_ID_LEN + 1);
     return rc;
 }
 
@@ -296,7 +383,8 @@ static struct store_stmt SAGA_UPDATE_MANY = {
               " FROM json_to_recordset($1::json) AS x(id text, from_version bigint, state text,"
               " step int, version bigint, data text, retries int, next_retry_at_ms bigint,"
               " reason text, error text, job_id bigint, updated_at_ms bigint)"
-              " WHERE s.id = x.id AND s.version = x.from_version",
+              " WHERE s.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
+              " AND s.id = x.id AND s.version = x.from_version",
     .sql_sqlite = "UPDATE sagas SET state = x.state, step = x.step, version = x.version,"
                   " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
                   " reason = x.reason, error = x.error, job_id = x.job_id,"
