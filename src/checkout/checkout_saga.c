@@ -144,6 +144,17 @@ cancel_order(struct saga_step_run *run, struct bb_error *e)
     return rc == ERR_OK || rc == ERR_NOT_FOUND ? SAGA_STEP_OK : SAGA_STEP_RETRY;
 }
 
+/* The fulfilment job of an order confirmed in this transaction. No unique
+ * key: the confirmation commits once per saga (its move is a
+ * compare-and-set), and the job records an order once. */
+static struct job_spec
+fulfilment_job(char payload[256], const char *order_id, const char *checkout_id)
+{
+    snprintf(payload, 256, "{\"order_id\":\"%s\",\"checkout_id\":\"%s\"}", order_id, checkout_id);
+    return (struct job_spec){
+        .queue = "default", .handler = CHECKOUT_FULFILMENT_HANDLER, .payload = payload};
+}
+
 static enum saga_outcome
 confirm_order(struct saga_step_run *run, struct bb_error *e)
 {
@@ -155,18 +166,49 @@ confirm_order(struct saga_step_run *run, struct bb_error *e)
     if (rc != ERR_OK)
         return retry(run, "the order could not be confirmed");
     /* Fulfilment follows, in the same transaction. */
-    char payload[256], unique[160];
-    snprintf(payload, sizeof payload, "{\"order_id\":\"%s\",\"checkout_id\":\"%s\"}", order_id,
-             data_text(run, "checkout_id"));
-    snprintf(unique, sizeof unique, "fulfil:%s", order_id);
-    struct job_spec spec = {.queue = "default",
-                            .handler = CHECKOUT_FULFILMENT_HANDLER,
-                            .payload = payload,
-                            .unique_key = unique};
+    char payload[256];
+    struct job_spec spec = fulfilment_job(payload, order_id, data_text(run, "checkout_id"));
     int64_t job_id;
     bool created;
     rc = job_submit(run->c, &spec, now, &job_id, &created, e);
     return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the order could not be confirmed");
+}
+
+/* confirm_order for a batch of sagas, their fulfilment jobs in one insert. */
+static enum err
+confirm_orders(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
+               struct bb_error *errors, struct bb_error *e)
+{
+    const char **ids = xcalloc(n, sizeof *ids);
+    enum err *oc = xcalloc(n, sizeof *oc);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = data_text(runs[i], "order_id");
+    int64_t now = bb_wall_ms();
+    enum err rc = order_confirm_many(runs[0]->c, ids, n, "paid", now, oc, errors, e);
+    struct job_spec *jobs = xcalloc(n, sizeof *jobs);
+    char(*payloads)[256] = xcalloc(n, sizeof *payloads);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = SAGA_STEP_OK;
+        if (oc[i] == ERR_CONFLICT)
+            out[i] = fail(runs[i], "the order was cancelled");
+        else if (oc[i] != ERR_OK)
+            out[i] = retry(runs[i], "the order could not be confirmed");
+        else
+            jobs[k++] = fulfilment_job(payloads[i], ids[i], data_text(runs[i], "checkout_id"));
+    }
+    int64_t *job_ids = xcalloc(k + 1, sizeof *job_ids);
+    bool *created = xcalloc(k + 1, sizeof *created);
+    size_t failed_at;
+    if (rc == ERR_OK && k > 0)
+        rc = job_submit_many(runs[0]->c, jobs, k, now, job_ids, created, &failed_at, e);
+    free(created);
+    free(job_ids);
+    free(payloads);
+    free(jobs);
+    free(oc);
+    free(ids);
+    return rc;
 }
 
 /* ---- inventory ---------------------------------------------------------------------------- */
@@ -268,15 +310,39 @@ release_inventory(struct saga_step_run *run, struct bb_error *e)
     return SAGA_STEP_OK;
 }
 
+/* What committing a reservation that answered `rc` comes to. */
 static enum saga_outcome
-commit_reservation(struct saga_step_run *run, struct bb_error *e)
+commit_outcome(struct saga_step_run *run, enum err rc)
 {
-    enum err rc = inventory_commit(run->c, data_text(run, "order_id"), bb_wall_ms(), NULL, e);
     if (rc == ERR_RESERVATION_EXPIRED)
         return fail(run, "the reservation expired before the payment completed");
     if (rc == ERR_CONFLICT || rc == ERR_NOT_FOUND)
         return fail(run, "the reserved stock was released");
     return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the stock could not be committed");
+}
+
+static enum saga_outcome
+commit_reservation(struct saga_step_run *run, struct bb_error *e)
+{
+    return commit_outcome(
+        run, inventory_commit(run->c, data_text(run, "order_id"), bb_wall_ms(), NULL, e));
+}
+
+/* commit_reservation for a batch of sagas. */
+static enum err
+commit_reservations(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
+                    struct bb_error *errors, struct bb_error *e)
+{
+    const char **ids = xcalloc(n, sizeof *ids);
+    enum err *oc = xcalloc(n, sizeof *oc);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = data_text(runs[i], "order_id");
+    enum err rc = inventory_commit_many(runs[0]->c, ids, n, bb_wall_ms(), oc, errors, e);
+    for (size_t i = 0; i < n; i++)
+        out[i] = commit_outcome(runs[i], oc[i]);
+    free(oc);
+    free(ids);
+    return rc;
 }
 
 /* ---- payment ------------------------------------------------------------------------------- */
@@ -480,8 +546,14 @@ static const struct saga_step_def STEPS[] = {
      .undo_on_failure = true,
      .hold = hold_payment_lock,
      .unhold = unhold_payment_lock},
-    {.name = "commit_reservation", .action = commit_reservation, .in_txn = true},
-    {.name = "confirm_order", .action = confirm_order, .in_txn = true},
+    {.name = "commit_reservation",
+     .action = commit_reservation,
+     .in_txn = true,
+     .action_batch = commit_reservations},
+    {.name = "confirm_order",
+     .action = confirm_order,
+     .in_txn = true,
+     .action_batch = confirm_orders},
 };
 
 static enum err

@@ -112,6 +112,13 @@ BB_WUR enum err inventory_reservation_get_json(struct store_conn *c, const char 
  * expired one is answered as is. ERR_CONFLICT once committed. */
 BB_WUR enum err inventory_release(struct store_conn *c, const char *order_id, int64_t now_ms,
                                   json_t **out, struct bb_error *e);
+/* inventory_commit for order_ids[0..n-1] (distinct) with a statement per
+ * table for all of them: outcomes[i] as inventory_commit would answer,
+ * errors[i] why; one that fails writes nothing. The return is the
+ * store's trouble (roll back). */
+BB_WUR enum err inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t n,
+                                      int64_t now_ms, enum err *outcomes, struct bb_error *errors,
+                                      struct bb_error *e);
 /* Turn an active reservation into a sale. Idempotent once committed.
  * ERR_RESERVATION_EXPIRED past its TTL (the sweeper gives its stock back),
  * ERR_CONFLICT once released. */

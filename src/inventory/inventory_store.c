@@ -765,6 +765,167 @@ reservation_move(struct store_conn *c, const char *order_id, const struct reserv
     return rc;
 }
 
+/* ---- committing many reservations at once ------------------------------------------------- */
+
+/* The reservations, locked in order id order. */
+static struct store_stmt RESERVATIONS_LOCK = {
+    .sql_pg = "SELECT order_id, state, items, expires_at_ms FROM inventory_reservations"
+              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+              " ORDER BY order_id FOR UPDATE",
+    .sql_sqlite = "SELECT order_id, state, items, expires_at_ms FROM inventory_reservations"
+                  " WHERE order_id IN (SELECT value FROM json_each($1)) ORDER BY order_id",
+};
+static struct store_stmt RESERVATIONS_COMMIT = {
+    .sql_pg = "UPDATE inventory_reservations SET state = 'committed', updated_at_ms = $2"
+              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+              " AND state = 'active'",
+    .sql_sqlite = "UPDATE inventory_reservations SET state = 'committed', updated_at_ms = $2"
+                  " WHERE order_id IN (SELECT value FROM json_each($1)) AND state = 'active'",
+};
+static struct store_stmt PRODUCTS_LOCK = {
+    .sql_pg = "SELECT sku FROM inventory_products"
+              " WHERE sku = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'sku'))"
+              " ORDER BY sku FOR UPDATE",
+    .sql_sqlite = "SELECT sku FROM inventory_products"
+                  " WHERE sku IN (SELECT value ->> 'sku' FROM json_each($1)) ORDER BY sku",
+};
+static struct store_stmt SELL_MANY = {
+    .sql_pg = "UPDATE inventory_products p SET reserved = reserved - x.qty,"
+              " on_hand = on_hand - x.qty, updated_at_ms = $2"
+              " FROM json_to_recordset($1::json) AS x(sku text, qty bigint)"
+              " WHERE p.sku = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'sku'))"
+              " AND p.sku = x.sku",
+    .sql_sqlite = "UPDATE inventory_products SET reserved = reserved - x.qty,"
+                  " on_hand = on_hand - x.qty, updated_at_ms = $2"
+                  " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
+                  " FROM json_each($1)) AS x WHERE inventory_products.sku = x.sku",
+};
+
+/* What committing a reservation found in `state` comes to (ERR_OK with
+ * *sell: sell it now). */
+static enum err
+commit_verdict(const char *order_id, enum inventory_reservation_state state, int64_t expires_at_ms,
+               int64_t now_ms, bool *sell, struct bb_error *e)
+{
+    *sell = false;
+    if (state == INVENTORY_ACTIVE && now_ms >= expires_at_ms)
+        return bb_fail(e, ERR_RESERVATION_EXPIRED, "order_id",
+                       "the reservation for order %s expired before its commit", order_id);
+    if (state == INVENTORY_ACTIVE) {
+        *sell = true;
+        return ERR_OK;
+    }
+    if (state == INVENTORY_COMMITTED)
+        return ERR_OK; /* done before */
+    if (state == INVENTORY_EXPIRED)
+        return bb_fail(e, ERR_RESERVATION_EXPIRED, "order_id",
+                       "the reservation for order %s expired", order_id);
+    return bb_fail(e, ERR_CONFLICT, "order_id", "the reservation for order %s is %s", order_id,
+                   inventory_state_name(state));
+}
+
+/* Add a reservation's items to `sold` ({sku: qty}). */
+static void
+add_items(json_t *sold, const json_t *items)
+{
+    size_t i;
+    const json_t *item;
+    json_array_foreach(items, i, item)
+    {
+        const char *sku = json_string_value(json_object_get(item, "sku"));
+        json_int_t qty = json_integer_value(json_object_get(item, "qty"));
+        if (sku)
+            json_object_set_new(sold, sku,
+                                json_integer(json_integer_value(json_object_get(sold, sku)) + qty));
+    }
+}
+
+/* Sell what `sold` holds, its products locked in SKU order first. */
+static enum err
+sell_many(struct store_conn *c, const json_t *sold, int64_t now_ms, struct bb_error *e)
+{
+    json_t *rows = json_array();
+    const char *sku;
+    json_t *qty;
+    json_object_foreach((json_t *)sold, sku, qty)
+        json_array_append_new(rows, json_pack("{s:s, s:O}", "sku", sku, "qty", qty));
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &PRODUCTS_LOCK, p, 1, &r, e);
+    if (rc == ERR_OK) {
+        while (store_next(&r))
+            ;
+        store_rows_close(&r);
+        rc = store_exec_deferred(c, &SELL_MANY, p, BB_ARRAY_LEN(p), e);
+    }
+    free(text);
+    return rc;
+}
+
+enum err
+inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t n, int64_t now_ms,
+                      enum err *outcomes, struct bb_error *errors, struct bb_error *e)
+{
+    json_t *ids = json_array(), *sold = json_object(), *committed = json_array();
+    struct outbox_event *evs = xcalloc(n ? n : 1, sizeof *evs);
+    size_t n_evs = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(ids, json_string(order_ids[i]));
+        outcomes[i] = bb_fail(&errors[i], ERR_NOT_FOUND, "order_id", "no reservation for order %s",
+                              order_ids[i]);
+    }
+    char *text = bb_json_dumps(ids);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &RESERVATIONS_LOCK, p, 1, &r, e);
+    if (rc == ERR_OK) {
+        while (store_next(&r)) {
+            const char *order_id = store_col_text(&r, 0);
+            size_t i = 0;
+            while (i < n && strcmp(order_ids[i], order_id) != 0)
+                i++;
+            if (i == n || outcomes[i] != ERR_NOT_FOUND)
+                continue;
+            bool sell;
+            bb_error_clear(&errors[i]);
+            outcomes[i] = commit_verdict(order_ids[i], state_parse(store_col_text(&r, 1)),
+                                         store_col_int(&r, 3), now_ms, &sell, &errors[i]);
+            if (!sell)
+                continue;
+            json_t *items = json_loads(store_col_text(&r, 2), 0, NULL);
+            add_items(sold, items);
+            json_array_append_new(committed, json_string(order_ids[i]));
+            evs[n_evs++] =
+                (struct outbox_event){.type = "inventory.committed.v1",
+                                      .aggregate_type = "reservation",
+                                      .aggregate_id = order_ids[i],
+                                      .data = json_pack("{s:s, s:o}", "order_id", order_ids[i],
+                                                        "items", items ? items : json_array())};
+        }
+        store_rows_close(&r);
+    }
+    free(text);
+    if (rc == ERR_OK && n_evs > 0) {
+        char *t = bb_json_dumps(committed);
+        const struct store_param q[] = {sp_text(t), sp_int(now_ms)};
+        rc = store_exec_deferred(c, &RESERVATIONS_COMMIT, q, BB_ARRAY_LEN(q), e);
+        free(t);
+    }
+    if (rc == ERR_OK && n_evs > 0)
+        rc = sell_many(c, sold, now_ms, e);
+    if (rc == ERR_OK)
+        rc = outbox_append_many(c, evs, n_evs, now_ms, e);
+    for (size_t i = 0; i < n_evs; i++)
+        json_decref((json_t *)evs[i].data);
+    free(evs);
+    json_decref(ids);
+    json_decref(sold);
+    json_decref(committed);
+    return rc;
+}
+
 /* Read, apply `to` if the reservation is active, answer its JSON. */
 static enum err
 reservation_finish(struct store_conn *c, const char *order_id, enum inventory_reservation_state to,
@@ -774,13 +935,13 @@ reservation_finish(struct store_conn *c, const char *order_id, enum inventory_re
     enum err rc = reservation_read(c, order_id, &res, e);
     if (rc != ERR_OK)
         return rc;
-    if (res.state == INVENTORY_ACTIVE && to == INVENTORY_COMMITTED && now_ms >= res.expires_at_ms)
-        rc = bb_fail(e, ERR_RESERVATION_EXPIRED, "order_id",
-                     "the reservation for order %s expired before its commit", order_id);
-    else if (res.state == INVENTORY_ACTIVE && to == INVENTORY_COMMITTED)
-        rc = reservation_move(c, order_id, &res, to, &SELL, "inventory.committed.v1", NULL, now_ms,
-                              e);
-    else if (res.state == INVENTORY_ACTIVE)
+    bool sell = false;
+    if (to == INVENTORY_COMMITTED) {
+        rc = commit_verdict(order_id, res.state, res.expires_at_ms, now_ms, &sell, e);
+        if (sell)
+            rc = reservation_move(c, order_id, &res, to, &SELL, "inventory.committed.v1", NULL,
+                                  now_ms, e);
+    } else if (res.state == INVENTORY_ACTIVE)
         rc = reservation_move(c, order_id, &res, to, &GIVE_BACK, "inventory.released.v1",
                               to == INVENTORY_EXPIRED ? "expired" : "released", now_ms, e);
     else if (res.state == to || (to == INVENTORY_RELEASED && res.state == INVENTORY_EXPIRED))

@@ -526,6 +526,101 @@ order_move(struct store_conn *c, const char *order_id, enum order_status to, con
     return rc == ERR_OK && out ? order_get_json(c, order_id, out, e) : rc;
 }
 
+/* ---- confirming many orders at once ------------------------------------------------------- */
+
+static struct store_stmt ORDERS_LOCK = {
+    .sql_pg = "SELECT id, status FROM orders"
+              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+              " ORDER BY id FOR UPDATE",
+    .sql_sqlite = "SELECT id, status FROM orders WHERE id IN (SELECT value FROM json_each($1))"
+                  " ORDER BY id",
+};
+static struct store_stmt ORDERS_CONFIRM = {
+    .sql_pg = "UPDATE orders SET status = 'CONFIRMED', updated_at_ms = $2"
+              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+              " AND status = 'PENDING'",
+    .sql_sqlite = "UPDATE orders SET status = 'CONFIRMED', updated_at_ms = $2"
+                  " WHERE id IN (SELECT value FROM json_each($1)) AND status = 'PENDING'",
+};
+static struct store_stmt TIMELINE_NEXT_MANY = {
+    .sql_pg = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
+              " SELECT x, (SELECT COALESCE(MAX(seq), 0) + 1 FROM order_timeline t"
+              " WHERE t.order_id = x), $2, $3, $4 FROM json_array_elements_text($1::json) AS x",
+    .sql_sqlite = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
+                  " SELECT value, (SELECT COALESCE(MAX(seq), 0) + 1 FROM order_timeline t"
+                  " WHERE t.order_id = value), $2, $3, $4 FROM json_each($1)",
+};
+
+enum err
+order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n, const char *reason,
+                   int64_t now_ms, enum err *outcomes, struct bb_error *errors, struct bb_error *e)
+{
+    reason = reason ? reason : "confirmed";
+    json_t *ids = json_array(), *moved = json_array();
+    struct outbox_event *evs = xcalloc(n ? n : 1, sizeof *evs);
+    size_t n_evs = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(ids, json_string(order_ids[i]));
+        outcomes[i] = bb_fail(&errors[i], ERR_NOT_FOUND, "order_id", "no order with order_id %s",
+                              order_ids[i]);
+    }
+    char *text = bb_json_dumps(ids);
+    const struct store_param p[] = {sp_text(text)};
+    struct store_rows r;
+    enum err rc = store_query(c, &ORDERS_LOCK, p, 1, &r, e);
+    free(text);
+    if (rc == ERR_OK) {
+        while (store_next(&r)) {
+            const char *id = store_col_text(&r, 0);
+            size_t i = 0;
+            while (i < n && strcmp(order_ids[i], id) != 0)
+                i++;
+            if (i == n || outcomes[i] != ERR_NOT_FOUND)
+                continue;
+            bb_error_clear(&errors[i]);
+            outcomes[i] = ERR_OK;
+            enum order_status st;
+            if (!status_parse(store_col_text(&r, 1), &st))
+                bb_panic(__FILE__, __LINE__, "unknown order status in the database");
+            if (st == ORDER_CONFIRMED)
+                continue; /* done before */
+            if (!order_can_transition(st, ORDER_CONFIRMED)) {
+                outcomes[i] = bb_fail(&errors[i], ERR_CONFLICT, "order_id",
+                                      "order %s is %s: it cannot become %s", id,
+                                      order_status_name(st), order_status_name(ORDER_CONFIRMED));
+                continue;
+            }
+            json_array_append_new(moved, json_string(id));
+            evs[n_evs++] = (struct outbox_event){
+                .type = "order.status.changed.v1",
+                .aggregate_type = "order",
+                .aggregate_id = order_ids[i],
+                .data =
+                    json_pack("{s:s, s:s, s:s, s:s}", "order_id", id, "from", order_status_name(st),
+                              "to", order_status_name(ORDER_CONFIRMED), "reason", reason)};
+        }
+        store_rows_close(&r);
+    }
+    if (rc == ERR_OK && n_evs > 0) {
+        char *t = bb_json_dumps(moved);
+        const struct store_param q[] = {sp_text(t), sp_int(now_ms)};
+        rc = store_exec_deferred(c, &ORDERS_CONFIRM, q, BB_ARRAY_LEN(q), e);
+        const struct store_param tl[] = {sp_text(t), sp_text(order_status_name(ORDER_CONFIRMED)),
+                                         sp_text(reason), sp_int(now_ms)};
+        if (rc == ERR_OK)
+            rc = store_exec_deferred(c, &TIMELINE_NEXT_MANY, tl, BB_ARRAY_LEN(tl), e);
+        free(t);
+    }
+    if (rc == ERR_OK)
+        rc = outbox_append_many(c, evs, n_evs, now_ms, e);
+    for (size_t i = 0; i < n_evs; i++)
+        json_decref((json_t *)evs[i].data);
+    free(evs);
+    json_decref(ids);
+    json_decref(moved);
+    return rc;
+}
+
 enum err
 order_confirm(struct store_conn *c, const char *order_id, const char *reason, int64_t now_ms,
               json_t **out, struct bb_error *e)

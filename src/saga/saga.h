@@ -135,9 +135,10 @@ struct saga_def {
  * Batched units: instances whose next unit of work is the record of an
  * outside step's success and/or in-transaction actions that all have an
  * `action_batch` wait for one another briefly, while earlier units hold
- * the connections, and run together in one transaction: one UPDATE of
- * their rows, one INSERT of their timelines, one call of each step's batch
- * form. Up to `unit_batch` instances per transaction (1: every unit alone).
+ * the connections, and run together in one transaction with others of the
+ * same kind (definition, step, state): one UPDATE of their rows, one
+ * INSERT of their timelines, one call of each step's batch form. Up to
+ * `unit_batch` instances per transaction (1: every unit alone).
  */
 enum { SAGA_UNIT_BATCH_MAX = 64 };
 

@@ -520,6 +520,38 @@ lead(struct saga_engine *eng, struct step_job **m, size_t n)
     pthread_mutex_unlock(&eng->batch_mu);
 }
 
+/* Units of one kind: the same definition, step and state, with or without
+ * a result to record first. */
+static bool
+same_kind(const struct step_job *a, const struct step_job *b)
+{
+    return a->def == b->def && a->in.step == b->in.step && a->in.state == b->in.state &&
+           a->pending == b->pending;
+}
+
+/*
+ * Take the first waiting unit and up to unit_batch - 1 more of its kind
+ * (the rest keep their places). A batch of one kind runs the same steps
+ * for all, so it locks the rows its members share once, in one order (the
+ * products in SKU order, say); a batch that mixed kinds would lock them in
+ * two rounds, and two such batches could wait on each other in a circle.
+ */
+static size_t
+take_batch(struct saga_engine *eng, struct step_job **m)
+{
+    const struct step_job *first = eng->waiting[0];
+    size_t n = 0, kept = 0;
+    for (size_t i = 0; i < eng->n_waiting; i++) {
+        struct step_job *j = eng->waiting[i];
+        if (n < (size_t)eng->opt.unit_batch && same_kind(j, first))
+            m[n++] = j;
+        else
+            eng->waiting[kept++] = j;
+    }
+    eng->n_waiting = kept;
+    return n;
+}
+
 /*
  * Commit j's unit: alone, or with others waiting at the same time. A unit
  * waits only while UNIT_LEADERS_MAX batches are in flight, so an idle
@@ -545,11 +577,7 @@ unit_commit(struct step_job *j, struct bb_error *e)
             continue;
         }
         struct step_job *m[SAGA_UNIT_BATCH_MAX];
-        size_t n = eng->n_waiting < (size_t)eng->opt.unit_batch ? eng->n_waiting
-                                                                : (size_t)eng->opt.unit_batch;
-        memcpy(m, eng->waiting, n * sizeof *m);
-        memmove(eng->waiting, eng->waiting + n, (eng->n_waiting - n) * sizeof *m);
-        eng->n_waiting -= n;
+        size_t n = take_batch(eng, m);
         eng->leaders++;
         if (eng->n_waiting > 0 && eng->leaders < UNIT_LEADERS_MAX)
             pthread_cond_signal(&eng->waiting[0]->batch_cv);

@@ -350,7 +350,7 @@ concurrent_buyers_never_oversell(void **state)
 /* The batch form: granted in array order, each request all or nothing,
  * one that fails writes nothing, one asked before answered as before. */
 static void
-many_reservations_at_once_grant_in_order_and_fail_alone(void **state)
+many_reservations_at_once_grant_in_order_fail_alone_and_commit(void **state)
 {
     struct test_conn *f = *state;
     struct store_conn *c = f->c;
@@ -405,6 +405,38 @@ many_reservations_at_once_grant_in_order_and_fail_alone(void **state)
     assert_ok(end(c, inventory_release(c, "o-4", T0 + 3, NULL, &e)), &e);
     stock_of(c, "A", &on_hand, &reserved);
     assert_int_equal(reserved, 3);
+    /* And committed many at once: sold once, a released one refused, an
+     * unknown one not found, one committed before answered as before. */
+    const char *commits[] = {"o-1", "o-4", "o-0", "nope", "o-1"};
+    enum { NC = BB_ARRAY_LEN(commits) };
+    enum err co[NC];
+    struct bb_error ce[NC];
+    begin(c);
+    assert_ok(end(c, inventory_commit_many(c, commits, NC - 1, T0 + 4, co, ce, &e)), &e);
+    assert_int_equal(co[0], ERR_OK);
+    assert_int_equal(co[1], ERR_CONFLICT);
+    assert_int_equal(co[2], ERR_OK);
+    assert_int_equal(co[3], ERR_NOT_FOUND);
+    begin(c);
+    assert_ok(end(c, inventory_commit_many(c, commits + NC - 1, 1, T0 + 5, co, ce, &e)), &e);
+    assert_int_equal(co[0], ERR_OK);
+    assert_string_equal(state_of(c, "o-1"), "committed");
+    assert_string_equal(state_of(c, "o-0"), "committed");
+    stock_of(c, "A", &on_hand, &reserved); /* o-1 took 2, o-0 1: sold */
+    assert_int_equal(on_hand, 2);
+    assert_int_equal(reserved, 0);
+    stock_of(c, "B", &on_hand, &reserved);
+    assert_int_equal(on_hand, 1);
+    assert_int_equal(reserved, 0);
+    assert_int_equal(events(c, "inventory.committed.v1"), 2);
+    /* An expired one is refused, and keeps its stock reserved until swept. */
+    begin(c);
+    assert_ok(end(c, reserve(c, "o-6", i3, 1, 10, T0 + 6, NULL, NULL, &e)), &e);
+    const char *late[] = {"o-6"};
+    begin(c);
+    assert_ok(end(c, inventory_commit_many(c, late, 1, T0 + 100, co, ce, &e)), &e);
+    assert_int_equal(co[0], ERR_RESERVATION_EXPIRED);
+    assert_string_equal(state_of(c, "o-6"), "active");
 }
 
 #define INV_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
@@ -417,7 +449,7 @@ static const struct CMUnitTest tests[] = {
     INV_TEST(an_expired_reservation_gives_its_stock_back_and_cannot_be_sold),
     INV_TEST(stock_and_adjustments_apply_once_per_key),
     INV_TEST(concurrent_buyers_never_oversell),
-    INV_TEST(many_reservations_at_once_grant_in_order_and_fail_alone),
+    INV_TEST(many_reservations_at_once_grant_in_order_fail_alone_and_commit),
 };
 
 TEST_MAIN(tests, true)

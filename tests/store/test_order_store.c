@@ -126,11 +126,39 @@ many_orders_at_once(void **state)
         assert_string_equal(
             json_string_value(json_object_get(json_array_get(timeline, 0), "status")), "PENDING");
         json_decref(o);
-        /* ...and confirmed like any order. */
-        assert_ok(order_confirm(c, ids[i], NULL, T0 + 2, &o, &e), &e);
-        assert_int_equal(json_array_size(json_object_get(o, "timeline")), 2);
+    }
+    /* Confirmed many at once: chk-1's and chk-3's orders move, one
+     * confirmed before is answered as before, a cancelled one refused, an
+     * unknown one not found. */
+    assert_ok(order_cancel(c, ids[1], "changed my mind", T0 + 2, NULL, &e), &e);
+    const char *confirm[] = {ids[0], ids[3], ids[1], "nope"};
+    enum { NC = BB_ARRAY_LEN(confirm) };
+    enum err co[NC];
+    struct bb_error ce[NC];
+    for (int round = 0; round < 2; round++) {
+        assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+        assert_ok(order_confirm_many(c, confirm, NC, "paid", T0 + 3, co, ce, &e), &e);
+        assert_ok(store_commit(c, &e), &e);
+        assert_int_equal(co[0], ERR_OK);
+        assert_int_equal(co[1], ERR_OK);
+        assert_int_equal(co[2], ERR_CONFLICT);
+        assert_int_equal(co[3], ERR_NOT_FOUND);
+    }
+    for (size_t i = 0; i < N; i += 3) {
+        json_t *o;
+        assert_ok(order_get_json(c, ids[i], &o, &e), &e);
+        assert_string_equal(json_string_value(json_object_get(o, "status")), "CONFIRMED");
+        json_t *timeline = json_object_get(o, "timeline");
+        assert_int_equal(json_array_size(timeline), 2);
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(timeline, 1), "reason")), "paid");
         json_decref(o);
     }
+    struct outbox_filter changed = {.limit = 100, .type = "order.status.changed.v1"};
+    json_t *moves = test_outbox_page(c, &changed);
+    assert_int_equal(json_array_size(json_object_get(moves, "events")),
+                     3); /* 1 cancel, 2 confirms */
+    json_decref(moves);
     struct outbox_filter f = {.limit = 100, .type = "order.created.v1"};
     json_t *page = test_outbox_page(c, &f);
     json_t *events = json_object_get(page, "events");
