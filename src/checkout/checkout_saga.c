@@ -382,6 +382,45 @@ unhold_payment_lock(struct saga_step_run *run, int64_t token)
         log_debug("checkout.unlock_failed", "lock=%s detail=%s", name, e.detail);
 }
 
+/* The same for the sagas of a batched unit: one statement. */
+static enum err
+hold_payment_locks(struct saga_step_run **runs, size_t n, int64_t *tokens, struct bb_error *e)
+{
+    const struct checkout_saga *cs = runs[0]->ctx;
+    char(*names)[128] = xcalloc(n, sizeof *names);
+    char(*owners)[128] = xcalloc(n, sizeof *owners);
+    const char **np = xcalloc(n, sizeof *np), **op = xcalloc(n, sizeof *op);
+    for (size_t i = 0; i < n; i++) {
+        payment_lock_names(runs[i], names[i], owners[i]);
+        np[i] = names[i];
+        op[i] = owners[i];
+    }
+    enum err rc = lock_acquire_many(runs[0]->c, np, op, n, cs->opt.payment_lock_ttl_ms,
+                                    bb_wall_ms(), tokens, e);
+    free(op);
+    free(np);
+    free(owners);
+    free(names);
+    return rc;
+}
+
+static void
+unhold_payment_locks(struct saga_step_run **runs, const int64_t *tokens, size_t n)
+{
+    char(*names)[128] = xcalloc(n, sizeof *names);
+    char owner[128];
+    const char **np = xcalloc(n, sizeof *np);
+    for (size_t i = 0; i < n; i++) {
+        payment_lock_names(runs[i], names[i], owner);
+        np[i] = names[i];
+    }
+    struct bb_error e;
+    if (lock_release_many(runs[0]->c, np, tokens, n, bb_wall_ms(), &e) != ERR_OK)
+        log_debug("checkout.unlock_failed", "locks=%zu detail=%s", n, e.detail);
+    free(np);
+    free(names);
+}
+
 static enum err
 lock_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -539,13 +578,17 @@ static const struct saga_step_def STEPS[] = {
      .compensate = undo_payment,
      .undo_on_failure = true,
      .hold = hold_payment_lock,
-     .unhold = unhold_payment_lock},
+     .unhold = unhold_payment_lock,
+     .hold_batch = hold_payment_locks,
+     .unhold_batch = unhold_payment_locks},
     {.name = "capture_payment",
      .action = capture_payment,
      .compensate = undo_payment,
      .undo_on_failure = true,
      .hold = hold_payment_lock,
-     .unhold = unhold_payment_lock},
+     .unhold = unhold_payment_lock,
+     .hold_batch = hold_payment_locks,
+     .unhold_batch = unhold_payment_locks},
     {.name = "commit_reservation",
      .action = commit_reservation,
      .in_txn = true,

@@ -81,24 +81,51 @@ static struct store_stmt LOCK_SELECT = {
 };
 /* $1 name, $2 owner, $3 now, $4 ttl. grant_kind: 0 granted, 1 reentered,
  * 2 takeover (enum lock_outcome). SET expressions see the row as it was. */
+/* What an acquire sets on a lock it may take (`now`: the time's parameter). */
+#define ACQUIRE_SET(now)                                                               \
+    " ON CONFLICT (name) DO UPDATE SET"                                                \
+    " owner = excluded.owner,"                                                         \
+    " token = CASE WHEN locks.owner = excluded.owner AND locks.expires_at_ms > " now   \
+    "   THEN locks.token ELSE locks.token + 1 END,"                                    \
+    " epoch = CASE WHEN locks.owner IS NOT NULL AND locks.expires_at_ms <= " now       \
+    "   THEN locks.epoch + 1 ELSE locks.epoch END,"                                    \
+    " expires_at_ms = excluded.expires_at_ms,"                                         \
+    " acquired_at_ms = CASE WHEN locks.owner = excluded.owner"                         \
+    "   AND locks.expires_at_ms > " now " THEN locks.acquired_at_ms ELSE " now " END," \
+    " updated_at_ms = " now ","                                                        \
+    " grant_kind = CASE WHEN locks.owner IS NULL THEN 0"                               \
+    "   WHEN locks.owner = excluded.owner AND locks.expires_at_ms > " now " THEN 1"    \
+    "   ELSE 2 END"                                                                    \
+    " WHERE locks.owner IS NULL OR locks.expires_at_ms <= " now                        \
+    "   OR locks.owner = excluded.owner"
 static struct store_stmt LOCK_ACQUIRE = {
     .sql = "INSERT INTO locks (name, owner, token, epoch, expires_at_ms, acquired_at_ms,"
-           " updated_at_ms, grant_kind) VALUES ($1, $2, 1, 1, $3 + $4, $3, $3, 0)"
-           " ON CONFLICT (name) DO UPDATE SET"
-           " owner = excluded.owner,"
-           " token = CASE WHEN locks.owner = excluded.owner AND locks.expires_at_ms > $3"
-           "   THEN locks.token ELSE locks.token + 1 END,"
-           " epoch = CASE WHEN locks.owner IS NOT NULL AND locks.expires_at_ms <= $3"
-           "   THEN locks.epoch + 1 ELSE locks.epoch END,"
-           " expires_at_ms = excluded.expires_at_ms,"
-           " acquired_at_ms = CASE WHEN locks.owner = excluded.owner"
-           "   AND locks.expires_at_ms > $3 THEN locks.acquired_at_ms ELSE $3 END,"
-           " updated_at_ms = $3,"
-           " grant_kind = CASE WHEN locks.owner IS NULL THEN 0"
-           "   WHEN locks.owner = excluded.owner AND locks.expires_at_ms > $3 THEN 1 ELSE 2 END"
-           " WHERE locks.owner IS NULL OR locks.expires_at_ms <= $3"
-           "   OR locks.owner = excluded.owner"
-           " RETURNING " LOCK_COLUMNS ", grant_kind",
+           " updated_at_ms, grant_kind) VALUES ($1, $2, 1, 1, $3 + $4, $3, $3, 0)" ACQUIRE_SET(
+               "$3") " RETURNING " LOCK_COLUMNS ", grant_kind",
+};
+/* $1 [{name, owner}], $2 now, $3 ttl; the locks taken in name order. */
+static struct store_stmt LOCK_ACQUIRE_MANY = {
+    .sql_pg = "INSERT INTO locks (name, owner, token, epoch, expires_at_ms, acquired_at_ms,"
+              " updated_at_ms, grant_kind) SELECT name, owner, 1, 1, $2 + $3, $2, $2, 0"
+              " FROM json_to_recordset($1::json) AS x(name text, owner text)"
+              " ORDER BY name" ACQUIRE_SET("$2") " RETURNING name, token",
+    .sql_sqlite = "INSERT INTO locks (name, owner, token, epoch, expires_at_ms, acquired_at_ms,"
+                  " updated_at_ms, grant_kind) SELECT value ->> 'name', value ->> 'owner', 1, 1,"
+                  " $2 + $3, $2, $2, 0 FROM json_each($1) WHERE true"
+                  " ORDER BY 1" ACQUIRE_SET("$2") " RETURNING name, token",
+};
+/* $1 [{name, token}], $2 now */
+static struct store_stmt LOCK_RELEASE_MANY = {
+    .sql_pg = "UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+              " updated_at_ms = $2 FROM json_to_recordset($1::json) AS x(name text, token bigint)"
+              " WHERE l.name = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'name'))"
+              " AND l.name = x.name AND l.token = x.token AND l.owner IS NOT NULL"
+              " RETURNING l.name, l.waiters_until_ms",
+    .sql_sqlite = "UPDATE locks SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+                  " updated_at_ms = $2 FROM (SELECT value ->> 'name' AS name,"
+                  " value ->> 'token' AS token FROM json_each($1)) AS x"
+                  " WHERE locks.name = x.name AND locks.token = x.token"
+                  " AND locks.owner IS NOT NULL RETURNING locks.name, locks.waiters_until_ms",
 };
 /* $1 name, $2 token, $3 now, $4 ttl */
 static struct store_stmt LOCK_RENEW = {
@@ -235,6 +262,66 @@ lock_acquire(struct store_conn *c, const char *name, const char *owner, int64_t 
         return bb_fail(e, ERR_RETRY, "", "lock %s changed concurrently", name);
     grant_from_row(name, &row, false, out);
     return bb_fail(e, ERR_LOCK_HELD, "", "lock %s is held by another owner", name);
+}
+
+enum err
+lock_acquire_many(struct store_conn *c, const char *const *names, const char *const *owners,
+                  size_t n, int64_t ttl_ms, int64_t now_ms, int64_t *tokens, struct bb_error *e)
+{
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n; i++) {
+        tokens[i] = 0;
+        json_array_append_new(rows, json_pack("{s:s, s:s}", "name", names[i], "owner", owners[i]));
+    }
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms), sp_int(ttl_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &LOCK_ACQUIRE_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        const char *name = store_col_text(&r, 0);
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(names[i], name) == 0)
+                tokens[i] = store_col_int(&r, 1);
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+enum err
+lock_release_many(struct store_conn *c, const char *const *names, const int64_t *tokens, size_t n,
+                  int64_t now_ms, struct bb_error *e)
+{
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(
+            rows, json_pack("{s:s, s:I}", "name", names[i], "token", (json_int_t)tokens[i]));
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &LOCK_RELEASE_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    /* Those someone waits for are announced (after the rows are read). */
+    json_t *waited = json_array();
+    while (store_next(&r))
+        if (!store_col_is_null(&r, 1) && store_col_int(&r, 1) > now_ms)
+            json_array_append_new(waited, json_string(store_col_text(&r, 0)));
+    store_rows_close(&r);
+    size_t i;
+    json_t *name;
+    json_array_foreach(waited, i, name)
+    {
+        if (rc == ERR_OK)
+            rc = store_notify(c, LOCKS__CHANNEL, json_string_value(name), e);
+    }
+    json_decref(waited);
+    return rc;
 }
 
 enum err

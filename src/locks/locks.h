@@ -94,6 +94,17 @@ bool lock_name_is_valid(const char *name);
 BB_WUR enum err lock_acquire(struct store_conn *c, const char *name, const char *owner,
                              int64_t ttl_ms, int64_t now_ms, int64_t wait_until_ms,
                              struct lock_grant *out, enum lock_outcome *how, struct bb_error *e);
+/* lock_acquire without waiting for names[0..n-1] (distinct), taken in name
+ * order with one statement: tokens[i] the grant's token, 0 when another
+ * owner holds names[i]. */
+BB_WUR enum err lock_acquire_many(struct store_conn *c, const char *const *names,
+                                  const char *const *owners, size_t n, int64_t ttl_ms,
+                                  int64_t now_ms, int64_t *tokens, struct bb_error *e);
+/* lock_release for names[0..n-1] with one statement; a lock whose token
+ * is no longer the current one is left as it is. */
+BB_WUR enum err lock_release_many(struct store_conn *c, const char *const *names,
+                                  const int64_t *tokens, size_t n, int64_t now_ms,
+                                  struct bb_error *e);
 /* Extend the lease. ERR_STALE_TOKEN (not the current token), ERR_LOCK_EXPIRED
  * (the lease ran out: acquire again), ERR_NOT_HELD (released or never held). */
 BB_WUR enum err lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms,

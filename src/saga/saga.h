@@ -93,6 +93,11 @@ typedef enum err saga_batch_fn(struct saga_step_run **runs, size_t n, enum saga_
  * (a lock), in run->c. */
 typedef enum err saga_hold_fn(struct saga_step_run *run, int64_t *held, struct bb_error *e);
 typedef void saga_unhold_fn(struct saga_step_run *run, int64_t held);
+/* Their batch forms, for the instances of a batched unit: held[i] what
+ * runs[i] took (0: nothing) or gives back. */
+typedef enum err saga_hold_batch_fn(struct saga_step_run **runs, size_t n, int64_t *held,
+                                    struct bb_error *e);
+typedef void saga_unhold_batch_fn(struct saga_step_run **runs, const int64_t *held, size_t n);
 
 struct saga_step_def {
     const char *name;
@@ -111,6 +116,8 @@ struct saga_step_def {
      * run->held. Both may be NULL. */
     saga_hold_fn *hold;
     saga_unhold_fn *unhold;
+    saga_hold_batch_fn *hold_batch; /* may be NULL: `hold` for each */
+    saga_unhold_batch_fn *unhold_batch;
 };
 
 /* The end of an instance, in the transaction that records it. */

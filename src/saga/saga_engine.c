@@ -280,27 +280,98 @@ unhold(struct step_job *j, struct store_conn *c, const struct saga_instance *in,
     sd->unhold(&sr, held);
 }
 
-/* At the end of a unit: give back what the step it recorded held, and
- * take what the next step holds when this runner goes on to it. When both
- * hold the same, it is taken again (a lock's re-entrant acquire renews it)
- * rather than given back. Not getting it is no failure: the step tries
- * itself. */
-static void
-hold(struct step_job *j, struct store_conn *c)
+struct unit_batch {
+    struct step_job **m;
+    size_t n;
+};
+
+/* Do the members share their step (`in` or `work`) and its batch form? */
+static bool
+one_step(struct step_job *const *m, size_t n, bool recorded, bool has_batch)
 {
-    saga_hold_fn *next = is_current(j, &j->work) ? hold_of(j, &j->work) : NULL;
-    bool same = j->pending && next && next == hold_of(j, &j->in);
-    if (j->pending && !same) {
-        unhold(j, c, &j->in, j->unit_held);
-        j->unit_held = 0;
+    for (size_t i = 1; i < n; i++) {
+        const struct saga_instance *a = recorded ? &m[0]->in : &m[0]->work;
+        const struct saga_instance *b = recorded ? &m[i]->in : &m[i]->work;
+        if (m[i]->def != m[0]->def || a->step != b->step)
+            return false;
     }
-    if (next == NULL)
+    return has_batch;
+}
+
+/* Give back what the steps the members recorded held (held[i]). */
+static void
+give_back(struct store_conn *c, struct step_job **m, size_t n)
+{
+    if (n == 0)
         return;
-    char key[STEP_KEY_MAX];
-    struct saga_step_run sr = step_run(j, &j->work, c, j->work.data, key);
+    const struct saga_step_def *sd = &m[0]->def->steps[m[0]->in.step];
+    if (!one_step(m, n, true, sd->unhold_batch != NULL)) {
+        for (size_t i = 0; i < n; i++)
+            unhold(m[i], c, &m[i]->in, m[i]->unit_held);
+        return;
+    }
+    struct saga_step_run runs[SAGA_UNIT_BATCH_MAX], *rp[SAGA_UNIT_BATCH_MAX];
+    char keys[SAGA_UNIT_BATCH_MAX][STEP_KEY_MAX];
+    int64_t held[SAGA_UNIT_BATCH_MAX];
+    for (size_t i = 0; i < n; i++) {
+        runs[i] = step_run(m[i], &m[i]->in, c, m[i]->in.data, keys[i]);
+        rp[i] = &runs[i];
+        held[i] = m[i]->unit_held;
+    }
+    sd->unhold_batch(rp, held, n);
+}
+
+/* Take what the members' next steps hold. Not getting it is no failure:
+ * the step tries itself. */
+static void
+take(struct store_conn *c, struct step_job **m, size_t n)
+{
+    if (n == 0)
+        return;
+    const struct saga_step_def *sd = &m[0]->def->steps[m[0]->work.step];
+    struct saga_step_run runs[SAGA_UNIT_BATCH_MAX], *rp[SAGA_UNIT_BATCH_MAX];
+    char keys[SAGA_UNIT_BATCH_MAX][STEP_KEY_MAX];
+    int64_t held[SAGA_UNIT_BATCH_MAX];
     struct bb_error ignored;
-    if (next(&sr, &j->unit_held, &ignored) != ERR_OK)
-        j->unit_held = 0;
+    bool batch = one_step(m, n, false, sd->hold_batch != NULL);
+    for (size_t i = 0; i < n; i++) {
+        runs[i] = step_run(m[i], &m[i]->work, c, m[i]->work.data, keys[i]);
+        rp[i] = &runs[i];
+        if (!batch && hold_of(m[i], &m[i]->work)(&runs[i], &m[i]->unit_held, &ignored) != ERR_OK)
+            m[i]->unit_held = 0;
+    }
+    if (!batch)
+        return;
+    if (sd->hold_batch(rp, n, held, &ignored) != ERR_OK)
+        memset(held, 0, n * sizeof *held);
+    for (size_t i = 0; i < n; i++)
+        m[i]->unit_held = held[i];
+}
+
+/* At the end of a unit: give back what the step each member recorded
+ * held, and take what its next step holds when its runner goes on to it.
+ * When both hold the same, it is taken again (a lock's re-entrant acquire
+ * renews it) rather than given back. */
+static void
+hold(struct store_conn *c, struct unit_batch *b)
+{
+    struct step_job *giving[SAGA_UNIT_BATCH_MAX], *taking[SAGA_UNIT_BATCH_MAX];
+    size_t n_giving = 0, n_taking = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        struct step_job *j = b->m[i];
+        saga_hold_fn *next = is_current(j, &j->work) ? hold_of(j, &j->work) : NULL;
+        bool same = j->pending && next && next == hold_of(j, &j->in);
+        if (j->pending && !same && j->unit_held != 0 && j->def->steps[j->in.step].unhold)
+            giving[n_giving++] = j;
+        else if (j->pending && !same)
+            j->unit_held = 0;
+        if (next)
+            taking[n_taking++] = j;
+    }
+    give_back(c, giving, n_giving);
+    for (size_t i = 0; i < n_giving; i++)
+        giving[i]->unit_held = 0;
+    take(c, taking, n_taking);
 }
 
 /* Record `res` and make the moved instance the unit's. */
@@ -373,7 +444,7 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (rc == ERR_OK)
         rc = saga__unit_flush(c, &j->unit, &j->work, &j->stale, e);
     if (rc == ERR_OK)
-        hold(j, c);
+        hold(c, &(struct unit_batch){.m = &j, .n = 1});
     return rc;
 }
 
@@ -412,11 +483,6 @@ going(const struct step_job *j)
     const struct saga_step_def *sd = &j->def->steps[j->work.step];
     return sd->in_txn && sd->action_batch != NULL;
 }
-
-struct unit_batch {
-    struct step_job **m;
-    size_t n;
-};
 
 /* One round: every going member at the first going member's step, through
  * the step's batch form. *ran 0 when none went. */
@@ -485,8 +551,8 @@ advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
     }
     bool stale;
     rc = saga__units_flush(c, units, now, b->n, &stale, e);
-    for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
-        hold(b->m[i], c);
+    if (rc == ERR_OK)
+        hold(c, b);
     return rc;
 }
 

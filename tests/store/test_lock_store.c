@@ -371,6 +371,50 @@ concurrent_acquirers_never_overlap_and_tokens_follow_grants(void **state)
         assert_int_equal(r.tokens[i], i + 1);
 }
 
+/* The batch forms: each lock as lock_acquire and lock_release would have
+ * it, one statement for all. */
+static void
+many_locks_at_once_follow_the_single_rules(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    struct lock_grant held = acquire_ok(f->c, "B", "other", 5000, T0, LOCK_GRANTED);
+    struct lock_grant old = acquire_ok(f->c, "C", "gone", 1000, T0, LOCK_GRANTED);
+    const char *names[] = {"D", "B", "A", "C"};
+    const char *owners[] = {"w1", "w2", "w3", "w4"};
+    int64_t tokens[4];
+    /* A fresh, one held by another (refused), a fresh, a takeover. */
+    assert_ok(lock_acquire_many(f->c, names, owners, 4, 500, T0 + 1000, tokens, &e), &e);
+    assert_int_equal(tokens[0], 1);
+    assert_int_equal(tokens[1], 0);
+    assert_int_equal(tokens[2], 1);
+    assert_int_equal(tokens[3], old.token + 1);
+    struct lock_grant g;
+    assert_ok(lock_get(f->c, "B", T0 + 10, &g, &e), &e);
+    assert_string_equal(g.owner, "other");
+    assert_ok(lock_get(f->c, "C", T0 + 1010, &g, &e), &e);
+    assert_string_equal(g.owner, "w4");
+    assert_int_equal(g.epoch, old.epoch + 1);
+    /* Again by the same owners: re-entered, the same tokens. */
+    int64_t again[4];
+    assert_ok(lock_acquire_many(f->c, names, owners, 4, 500, T0 + 1100, again, &e), &e);
+    assert_int_equal(again[0], tokens[0]);
+    assert_int_equal(again[3], tokens[3]);
+    /* Released: the current tokens free theirs; B's holder keeps it (a
+     * token that is not B's current one), and C with a stale token stays. */
+    const int64_t give[] = {tokens[0], held.token + 7, tokens[2], old.token};
+    assert_ok(lock_release_many(f->c, names, give, 4, T0 + 1200, &e), &e);
+    assert_int_equal(lock_get(f->c, "D", T0 + 1200, &g, &e), ERR_NOT_FOUND);
+    assert_int_equal(lock_get(f->c, "A", T0 + 1200, &g, &e), ERR_NOT_FOUND);
+    assert_ok(lock_get(f->c, "B", T0 + 1200, &g, &e), &e);
+    assert_string_equal(g.owner, "other");
+    assert_ok(lock_get(f->c, "C", T0 + 1200, &g, &e), &e);
+    assert_string_equal(g.owner, "w4");
+    /* A later grant of a released name still gets a larger token. */
+    struct lock_grant next = acquire_ok(f->c, "D", "w5", 1000, T0 + 1300, LOCK_GRANTED);
+    assert_int_equal(next.token, tokens[0] + 1);
+}
+
 #define LOCK_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -384,6 +428,7 @@ static const struct CMUnitTest tests[] = {
     LOCK_TEST(fence_accepts_equal_or_newer_tokens_and_refuses_older),
     LOCK_TEST(acquire_statement_agrees_with_the_decision_table),
     LOCK_TEST(concurrent_acquirers_never_overlap_and_tokens_follow_grants),
+    LOCK_TEST(many_locks_at_once_follow_the_single_rules),
 };
 
 TEST_MAIN(tests, true)
