@@ -195,7 +195,7 @@ struct step_job {
     bool stale;   /* another run moved the instance on */
     bool stopped; /* a batched unit: a batch form failed this one */
     /* Guarded by eng->batch_mu while it waits for a batch. */
-    enum { UNIT_WAITING, UNIT_DONE, UNIT_ALONE } batch;
+    enum { UNIT_WAITING, UNIT_TAKEN, UNIT_DONE, UNIT_ALONE } batch;
     enum err batch_rc;
     struct bb_error batch_error;
     pthread_cond_t batch_cv; /* its batch ran, or it may lead one */
@@ -596,25 +596,28 @@ same_kind(const struct step_job *a, const struct step_job *b)
 }
 
 /*
- * Take the first waiting unit and up to unit_batch - 1 more of its kind
- * (the rest keep their places). A batch of one kind runs the same steps
+ * Take the leader's own unit and up to unit_batch - 1 more waiting units of
+ * its kind, oldest first (the rest keep their places): a leader never
+ * waits for more than its own batch. A batch of one kind runs the same steps
  * for all, so it locks the rows its members share once, in one order (the
  * products in SKU order, say); a batch that mixed kinds would lock them in
  * two rounds, and two such batches could wait on each other in a circle.
  */
 static size_t
-take_batch(struct saga_engine *eng, struct step_job **m)
+take_batch(struct saga_engine *eng, struct step_job *leader, struct step_job **m)
 {
-    const struct step_job *first = eng->waiting[0];
-    size_t n = 0, kept = 0;
+    size_t n = 1, kept = 0;
+    m[0] = leader;
     for (size_t i = 0; i < eng->n_waiting; i++) {
         struct step_job *j = eng->waiting[i];
-        if (n < (size_t)eng->opt.unit_batch && same_kind(j, first))
+        if (j != leader && n < (size_t)eng->opt.unit_batch && same_kind(j, leader))
             m[n++] = j;
-        else
+        else if (j != leader)
             eng->waiting[kept++] = j;
     }
     eng->n_waiting = kept;
+    for (size_t i = 0; i < n; i++)
+        m[i]->batch = UNIT_TAKEN;
     return n;
 }
 
@@ -637,13 +640,13 @@ unit_commit(struct step_job *j, struct bb_error *e)
     }
     j->batch = UNIT_WAITING;
     eng->waiting[eng->n_waiting++] = j;
-    while (j->batch == UNIT_WAITING) {
-        if (eng->leaders >= UNIT_LEADERS_MAX || eng->n_waiting == 0) {
+    while (j->batch == UNIT_WAITING || j->batch == UNIT_TAKEN) {
+        if (j->batch == UNIT_TAKEN || eng->leaders >= UNIT_LEADERS_MAX) {
             pthread_cond_wait(&j->batch_cv, &eng->batch_mu);
             continue;
         }
         struct step_job *m[SAGA_UNIT_BATCH_MAX];
-        size_t n = take_batch(eng, m);
+        size_t n = take_batch(eng, j, m);
         eng->leaders++;
         if (eng->n_waiting > 0 && eng->leaders < UNIT_LEADERS_MAX)
             pthread_cond_signal(&eng->waiting[0]->batch_cv);
