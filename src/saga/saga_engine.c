@@ -70,6 +70,11 @@ static struct metrics_def M_UNIT_BATCH = {
     .buckets = UNIT_BATCH_BUCKETS,
     .n_buckets = BB_ARRAY_LEN(UNIT_BATCH_BUCKETS),
 };
+static struct metrics_def M_UNITS_WAITING = {
+    .name = "backbone_saga_units_waiting",
+    .help = "Saga units waiting for a batch to carry them (all four batches in flight).",
+    .type = METRICS_GAUGE,
+};
 static struct metrics_def M_UNIT_ALONE = {
     .name = "backbone_saga_unit_batch_fallbacks_total",
     .help = "Batched saga units that failed as a whole; each member then ran alone.",
@@ -94,6 +99,7 @@ metrics_init(void)
     metrics_register(&M_PRUNED);
     metrics_register(&M_UNIT_BATCH);
     metrics_register(&M_UNIT_ALONE);
+    metrics_register(&M_UNITS_WAITING);
 }
 
 void
@@ -616,6 +622,7 @@ take_batch(struct saga_engine *eng, struct step_job *leader, struct step_job **m
             eng->waiting[kept++] = j;
     }
     eng->n_waiting = kept;
+    metrics_set(&M_UNITS_WAITING, (double)kept);
     for (size_t i = 0; i < n; i++)
         m[i]->batch = UNIT_TAKEN;
     return n;
@@ -640,6 +647,7 @@ unit_commit(struct step_job *j, struct bb_error *e)
     }
     j->batch = UNIT_WAITING;
     eng->waiting[eng->n_waiting++] = j;
+    metrics_set(&M_UNITS_WAITING, (double)eng->n_waiting);
     while (j->batch == UNIT_WAITING || j->batch == UNIT_TAKEN) {
         if (j->batch == UNIT_TAKEN || eng->leaders >= UNIT_LEADERS_MAX) {
             pthread_cond_wait(&j->batch_cv, &eng->batch_mu);

@@ -12,10 +12,12 @@
 #include "testsupport.h"
 
 #include "jobs/jobs.h"
+#include "metrics/metrics.h"
 #include "outbox/outbox.h"
 #include "saga/saga.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* What the toy's steps do, set by each test. */
@@ -116,6 +118,89 @@ static const struct saga_def TOY = {.type = "toy",
                                     .start_event = "toy.requested.v1",
                                     .from_event = toy_from_event};
 
+/*
+ * "toyb": an outside step p0, then two in-transaction steps with batch
+ * forms. Run alone, b1 waits at a gate: while the first units wait there,
+ * the rest queue behind them; then they run as one batch. A saga whose
+ * data says "fail" fails at b2, alone or in a batch.
+ */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;        /* b1 alone may go on */
+    int held;         /* b1 runs alone waiting at the gate */
+    size_t max_batch; /* the most members a batch form saw */
+    int batches;      /* batch form calls */
+} gate = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static enum saga_outcome
+toyb_alone(struct saga_step_run *run, struct bb_error *e)
+{
+    if (strcmp(run->step, "b1") == 0 && !run->compensating) {
+        pthread_mutex_lock(&gate.mu);
+        gate.held++;
+        pthread_cond_broadcast(&gate.cv);
+        while (!gate.open)
+            pthread_cond_wait(&gate.cv, &gate.mu);
+        pthread_mutex_unlock(&gate.mu);
+    }
+    if (strcmp(run->step, "b2") == 0 && json_is_true(json_object_get(run->data, "fail"))) {
+        bb_strlcpy(run->reason, "b2 said no", sizeof run->reason);
+        bb_fail(e, ERR_INTERNAL, "", "b2 of %s failed", run->saga_id);
+        return SAGA_STEP_FAIL;
+    }
+    char step[16];
+    snprintf(step, sizeof step, "%s%s", run->step, run->compensating ? ":undo" : "");
+    const struct store_param p[] = {sp_text(run->saga_id), sp_text(step)};
+    return store_exec(run->c, &TOY_WRITE, p, 2, NULL, e) == ERR_OK ? SAGA_STEP_OK : SAGA_STEP_RETRY;
+}
+
+/* The same for many: writes for every member but those whose data says to
+ * fail at b2. */
+static enum err
+toyb_batch(struct saga_step_run **runs, size_t n, enum saga_outcome *out, struct bb_error *errors,
+           struct bb_error *e)
+{
+    pthread_mutex_lock(&gate.mu);
+    gate.batches++;
+    gate.max_batch = n > gate.max_batch ? n : gate.max_batch;
+    pthread_mutex_unlock(&gate.mu);
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        out[i] = SAGA_STEP_OK;
+        if (strcmp(runs[i]->step, "b2") == 0 &&
+            json_is_true(json_object_get(runs[i]->data, "fail"))) {
+            out[i] = SAGA_STEP_FAIL;
+            bb_strlcpy(runs[i]->reason, "b2 said no", sizeof runs[i]->reason);
+            bb_fail(&errors[i], ERR_INTERNAL, "", "b2 of %s failed", runs[i]->saga_id);
+            continue;
+        }
+        const struct store_param p[] = {sp_text(runs[i]->saga_id), sp_text(runs[i]->step)};
+        rc = store_exec(runs[i]->c, &TOY_WRITE, p, 2, NULL, e);
+    }
+    return rc;
+}
+
+static enum saga_outcome
+toyb_p0(struct saga_step_run *run, struct bb_error *e)
+{
+    (void)run;
+    (void)e;
+    return SAGA_STEP_OK;
+}
+
+static const struct saga_step_def TOYB_STEPS[] = {
+    {.name = "p0", .action = toyb_p0},
+    {.name = "b1",
+     .action = toyb_alone,
+     .compensate = toyb_alone,
+     .in_txn = true,
+     .action_batch = toyb_batch},
+    {.name = "b2", .action = toyb_alone, .in_txn = true, .action_batch = toyb_batch},
+};
+
+static const struct saga_def TOYB = {.type = "toyb", .steps = TOYB_STEPS, .n_steps = 3};
+
 struct fixture {
     struct test_db *db;
     struct job_registry *registry;
@@ -138,7 +223,7 @@ setup_work(struct store_conn *c, void *arg, struct bb_error *e)
 }
 
 static int
-setup(void **state)
+setup_with(void **state, int64_t workers)
 {
     pthread_mutex_lock(&toy.mu);
     memset(toy.log, 0, sizeof toy.log);
@@ -156,12 +241,26 @@ setup(void **state)
     struct saga_engine_options so = {.poll_ms = 50, .run_starter = true};
     assert_ok(saga_engine_create(f->db->store, f->registry, &so, &f->engine, &e), &e);
     saga_engine_add(f->engine, &TOY);
+    saga_engine_add(f->engine, &TOYB);
     assert_ok(saga_engine_start(f->engine, &e), &e);
     assert_ok(store_run(f->db->store, STORE_WRITE, setup_work, NULL, &e), &e);
-    struct job_pool_options po = {.concurrency = 2, .poll_ms = 50};
+    struct job_pool_options po = {.concurrency = workers, .poll_ms = 50};
     assert_ok(job_pool_start(f->db->store, f->registry, &po, &f->pool, &e), &e);
     *state = f;
     return 0;
+}
+
+static int
+setup(void **state)
+{
+    return setup_with(state, 2);
+}
+
+/* Enough workers for every saga of the batch test at once. */
+static int
+setup_wide(void **state)
+{
+    return setup_with(state, 16);
 }
 
 static int
@@ -511,6 +610,98 @@ finished_sagas_are_deleted_after_the_retention(void **state)
     assert_true(steps_of(f, stuck.id) > 0);
 }
 
+/* What the gauge backbone_saga_units_waiting says now. */
+static int64_t
+units_waiting(void)
+{
+    struct bb_buf b;
+    bb_buf_init(&b);
+    metrics_render(&b);
+    const char *line = strstr(b.data, "\nbackbone_saga_units_waiting ");
+    int64_t n = line ? strtoll(line + strlen("\nbackbone_saga_units_waiting "), NULL, 10) : -1;
+    bb_buf_deinit(&b);
+    return n;
+}
+
+struct many_op {
+    char ids[12][SAGA_ID_LEN + 1];
+};
+
+static enum err
+start_many_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct many_op *op = arg;
+    enum err rc = ERR_OK;
+    for (int i = 0; i < 12 && rc == ERR_OK; i++) {
+        char corr[32];
+        snprintf(corr, sizeof corr, "b-%d", i);
+        json_t *data = json_pack("{s:b}", "fail", i == 9);
+        bool created;
+        rc = saga_start(c, &TOYB, corr, data, bb_wall_ms(), op->ids[i], &created, e);
+        json_decref(data);
+    }
+    return rc;
+}
+
+static int64_t
+writes_of(struct fixture *f, const char *saga, const char *step)
+{
+    static struct store_stmt of = {
+        .sql = "SELECT count(*) FROM toy_writes WHERE saga || ':' || step = $1"};
+    char key[128];
+    snprintf(key, sizeof key, "%s:%s", saga, step);
+    return count_of(f, &of, key);
+}
+
+/*
+ * Units that queue while four batches are in flight run together as one:
+ * each member's writes once, its timeline whole, and a member the batch
+ * form fails compensates alone while the others complete.
+ */
+static void
+units_waiting_together_run_as_one_batch(void **state)
+{
+    struct fixture *f = *state;
+    pthread_mutex_lock(&gate.mu);
+    gate.open = false;
+    gate.held = gate.batches = 0;
+    gate.max_batch = 0;
+    pthread_mutex_unlock(&gate.mu);
+    struct many_op op;
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, start_many_work, &op, &e), &e);
+    /* The first four units lead batches of one and wait at the gate (on
+     * SQLite one of them; the others wait for the writer); the other
+     * eight queue behind them. */
+    static struct store_stmt running = {
+        .sql = "SELECT count(*) FROM jobs WHERE queue = 'sagas' AND state = $1"};
+    for (int64_t deadline = bb_mono_ms() + 20000; units_waiting() != 8; bb_sleep_ms(5))
+        if (bb_mono_ms() > deadline)
+            fail_msg("%lld units waiting, not 8 (sagas jobs running %lld, ready %lld; %d at the "
+                     "gate)",
+                     (long long)units_waiting(), (long long)count_of(f, &running, "running"),
+                     (long long)count_of(f, &running, "ready"), gate.held);
+    pthread_mutex_lock(&gate.mu);
+    gate.open = true;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+    for (int i = 0; i < 12; i++) {
+        json_t *saga = await_state(f, op.ids[i], i == 9 ? "FAILED" : "COMPLETED");
+        if (i == 9)
+            timeline_is(saga, "p0:action:ok b1:action:ok b2:action:failed b1:compensation:ok");
+        else
+            timeline_is(saga, "p0:action:ok b1:action:ok b2:action:ok");
+        json_decref(saga);
+        assert_int_equal(writes_of(f, op.ids[i], "b1"), 1);
+        assert_int_equal(writes_of(f, op.ids[i], "b2"), i == 9 ? 0 : 1);
+        assert_int_equal(writes_of(f, op.ids[i], "b1:undo"), i == 9 ? 1 : 0);
+    }
+    pthread_mutex_lock(&gate.mu);
+    assert_int_equal(gate.max_batch, 8); /* the eight that waited, in one batch */
+    assert_int_equal(gate.batches, 2);   /* its b1 and its b2 */
+    pthread_mutex_unlock(&gate.mu);
+}
+
 #define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -521,6 +712,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_starting_event_starts_one_saga),
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
     SAGA_TEST(finished_sagas_are_deleted_after_the_retention),
+    cmocka_unit_test_setup_teardown(units_waiting_together_run_as_one_batch, setup_wide, teardown),
 };
 
 TEST_MAIN(tests, true)
