@@ -687,9 +687,7 @@ reservations_write(struct store_conn *c, const struct inventory_reservation_req 
         rc = store_exec_deferred(c, &TAKE_MANY, p, BB_ARRAY_LEN(p), e);
         free(text);
     }
-    for (size_t i = 0; i < n_granted; i++)
-        json_decref((json_t *)evs[i].data);
-    free(evs);
+    outbox_events_free(evs, n_granted);
     json_decref(rows);
     json_decref(takes);
     return rc;
@@ -917,9 +915,7 @@ inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t
         rc = sell_many(c, sold, now_ms, e);
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_evs, now_ms, e);
-    for (size_t i = 0; i < n_evs; i++)
-        json_decref((json_t *)evs[i].data);
-    free(evs);
+    outbox_events_free(evs, n_evs);
     json_decref(ids);
     json_decref(sold);
     json_decref(committed);

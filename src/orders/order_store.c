@@ -454,9 +454,7 @@ complete_orders(struct store_conn *c, const struct order_spec *specs, size_t n, 
     }
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_evs, now_ms, e);
-    for (size_t i = 0; i < n_evs; i++)
-        json_decref((json_t *)evs[i].data);
-    free(evs);
+    outbox_events_free(evs, n_evs);
     json_decref(items);
     json_decref(fresh);
     return rc;
@@ -613,9 +611,7 @@ order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n,
     }
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_evs, now_ms, e);
-    for (size_t i = 0; i < n_evs; i++)
-        json_decref((json_t *)evs[i].data);
-    free(evs);
+    outbox_events_free(evs, n_evs);
     json_decref(ids);
     json_decref(moved);
     return rc;

@@ -142,6 +142,14 @@ outbox_append_many(struct store_conn *c, const struct outbox_event *evs, size_t 
     return rc;
 }
 
+void
+outbox_events_free(struct outbox_event *evs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        json_decref((json_t *)evs[i].data);
+    free(evs);
+}
+
 /*
  * PostgreSQL: ids are taken when events are inserted, not when they commit,
  * so a reader paging by id could pass an id whose transaction commits later.

@@ -47,6 +47,9 @@ BB_WUR enum err outbox_append(struct store_conn *c, const struct outbox_event *e
 /* Append evs[0..n-1], in that order, with one statement. */
 BB_WUR enum err outbox_append_many(struct store_conn *c, const struct outbox_event *evs, size_t n,
                                    int64_t now_ms, struct bb_error *e);
+/* Release events built for outbox_append_many: each one's data (a
+ * reference the builder owns) and the array (from xcalloc). */
+void outbox_events_free(struct outbox_event *evs, size_t n);
 
 struct outbox_filter {
     int64_t after; /* seq */
