@@ -131,6 +131,7 @@ static struct {
     int held;         /* b1 runs alone waiting at the gate */
     size_t max_batch; /* the most members a batch form saw */
     int batches;      /* batch form calls */
+    bool break_b2;    /* the next batch of b2 fails as a whole, after a write */
 } gate = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static enum saga_outcome
@@ -164,7 +165,15 @@ toyb_batch(struct saga_step_run **runs, size_t n, enum saga_outcome *out, struct
     pthread_mutex_lock(&gate.mu);
     gate.batches++;
     gate.max_batch = n > gate.max_batch ? n : gate.max_batch;
+    bool fail_all = gate.break_b2 && strcmp(runs[0]->step, "b2") == 0;
+    if (fail_all)
+        gate.break_b2 = false;
     pthread_mutex_unlock(&gate.mu);
+    if (fail_all) { /* what it wrote must vanish with the batch */
+        const struct store_param p[] = {sp_text(runs[0]->saga_id), sp_text("b2")};
+        enum err rc = store_exec(runs[0]->c, &TOY_WRITE, p, 2, NULL, e);
+        return rc != ERR_OK ? rc : bb_fail(e, ERR_STORE, "", "the batch broke");
+    }
     enum err rc = ERR_OK;
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         out[i] = SAGA_STEP_OK;
@@ -610,17 +619,25 @@ finished_sagas_are_deleted_after_the_retention(void **state)
     assert_true(steps_of(f, stuck.id) > 0);
 }
 
-/* What the gauge backbone_saga_units_waiting says now. */
+/* What the unlabelled metric `name` says now (-1: not there). */
 static int64_t
-units_waiting(void)
+metric(const char *name)
 {
     struct bb_buf b;
     bb_buf_init(&b);
     metrics_render(&b);
-    const char *line = strstr(b.data, "\nbackbone_saga_units_waiting ");
-    int64_t n = line ? strtoll(line + strlen("\nbackbone_saga_units_waiting "), NULL, 10) : -1;
+    char key[96];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *line = strstr(b.data, key);
+    int64_t n = line ? strtoll(line + strlen(key), NULL, 10) : -1;
     bb_buf_deinit(&b);
     return n;
+}
+
+static int64_t
+units_waiting(void)
+{
+    return metric("backbone_saga_units_waiting");
 }
 
 struct many_op {
@@ -656,16 +673,19 @@ writes_of(struct fixture *f, const char *saga, const char *step)
 /*
  * Units that queue while four batches are in flight run together as one:
  * each member's writes once, its timeline whole, and a member the batch
- * form fails compensates alone while the others complete.
+ * form fails compensates alone while the others complete. With
+ * `break_b2`, the batch fails as a whole at b2: it rolls back, and each
+ * member runs its unit alone, to the same end.
  */
 static void
-units_waiting_together_run_as_one_batch(void **state)
+twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
 {
-    struct fixture *f = *state;
+    int64_t fallbacks = metric("backbone_saga_unit_batch_fallbacks_total");
     pthread_mutex_lock(&gate.mu);
     gate.open = false;
     gate.held = gate.batches = 0;
     gate.max_batch = 0;
+    gate.break_b2 = break_b2;
     pthread_mutex_unlock(&gate.mu);
     struct many_op op;
     struct bb_error e;
@@ -699,7 +719,22 @@ units_waiting_together_run_as_one_batch(void **state)
     pthread_mutex_lock(&gate.mu);
     assert_int_equal(gate.max_batch, 8); /* the eight that waited, in one batch */
     assert_int_equal(gate.batches, 2);   /* its b1 and its b2 */
+    assert_false(gate.break_b2);
     pthread_mutex_unlock(&gate.mu);
+    assert_int_equal(metric("backbone_saga_unit_batch_fallbacks_total"),
+                     fallbacks + (break_b2 ? 1 : 0));
+}
+
+static void
+units_waiting_together_run_as_one_batch(void **state)
+{
+    twelve_sagas_with_a_batch_of_eight(*state, false);
+}
+
+static void
+a_batch_that_fails_whole_runs_each_unit_alone(void **state)
+{
+    twelve_sagas_with_a_batch_of_eight(*state, true);
 }
 
 #define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -713,6 +748,8 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
     SAGA_TEST(finished_sagas_are_deleted_after_the_retention),
     cmocka_unit_test_setup_teardown(units_waiting_together_run_as_one_batch, setup_wide, teardown),
+    cmocka_unit_test_setup_teardown(a_batch_that_fails_whole_runs_each_unit_alone, setup_wide,
+                                    teardown),
 };
 
 TEST_MAIN(tests, true)
