@@ -244,6 +244,34 @@ BB_WUR enum err bb_pool_submit(struct bb_pool *p, bb_task_fn *fn, void *arg);
 void bb_pool_stop(struct bb_pool *p);
 void bb_pool_destroy(struct bb_pool *p);
 
+/*
+ * Combining: callers that hand in work of one kind while earlier batches
+ * are in flight wait and are carried together. At most `leaders` batches
+ * run at once; a caller that finds a free slot leads: it takes its own item
+ * and up to batch_max - 1 waiting items of the same kind (`same`), oldest
+ * first, and runs `run` on them, outside the combiner's lock. So an idle
+ * system runs each item at once, and a busy one carries many per call.
+ * bb_combine returns when `run` has carried the item (its results are in
+ * the item), or false at once when `waiting_max` callers already wait (run
+ * that item alone). `on_waiting` (may be NULL) hears how many wait, with
+ * `waiting_ctx`.
+ */
+struct bb_combiner_options {
+    size_t leaders;     /* batches in flight at once (>= 1) */
+    size_t batch_max;   /* items per batch (>= 1) */
+    size_t waiting_max; /* callers waiting at once (>= 1) */
+    bool (*same)(const void *a, const void *b, void *ctx);
+    void (*run)(void **items, size_t n, void *ctx);
+    void *ctx; /* same's and run's */
+    void (*on_waiting)(size_t n, void *waiting_ctx);
+    void *waiting_ctx;
+};
+struct bb_combiner;
+struct bb_combiner *bb_combiner_create(const struct bb_combiner_options *o);
+bool bb_combine(struct bb_combiner *cb, void *item);
+/* No caller may be inside bb_combine. NULL is fine. */
+void bb_combiner_destroy(struct bb_combiner *cb);
+
 /* Lowercase hex SHA-256 of `data`, and HMAC-SHA256 of `data` under `key`. */
 void bb_sha256_hex(const void *data, size_t len, char out[65]);
 void bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65]);

@@ -41,6 +41,7 @@ struct serve_config {
     int64_t saga_poll_ms;
     int64_t saga_retention_ms;
     int64_t saga_batch;
+    int64_t payment_batch;
     int64_t checkout_reservation_ttl_ms;
     char *psp_latency_ms; /* strings: unset falls back to MOCK_* variables */
     char *psp_failure_rate;

@@ -134,6 +134,10 @@ static const struct bb_opt SERVE_OPTS[] = {
      "how often the saga starter looks for new checkouts when no wake-up arrives", 0},
     {"saga-batch", BB_OPT_INT, OFF(saga_batch), 1, 64, "32",
      "saga instances whose units may share one transaction (1: each alone)", 0},
+    {"payment-batch", BB_OPT_INT, OFF(payment_batch), 1, 64, "32",
+     "payment operations in the same step (and PSP mock records) that may share one "
+     "transaction (1: each alone)",
+     0},
     {"saga-retention", BB_OPT_DURATION, OFF(saga_retention_ms), 0, INT64_C(3153600000000), "30d",
      "how long COMPLETED and FAILED sagas are kept, with their timelines (0: forever)", 0},
     {"checkout-reservation-ttl", BB_OPT_DURATION, OFF(checkout_reservation_ttl_ms), 100, 604800000,

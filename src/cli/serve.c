@@ -312,6 +312,7 @@ payments_options_load(const struct serve_config *cfg, struct payments_options *p
     memset(po, 0, sizeof *po);
     po->psp_timeout_ms = cfg->psp_timeout_ms;
     po->threads = (int)cfg->psp_threads;
+    po->batch = (int)cfg->payment_batch;
     po->psp.seed = (uint64_t)cfg->psp_seed;
     const char *latency = cfg->psp_latency_ms ? cfg->psp_latency_ms : getenv("MOCK_LATENCY_MS");
     if (latency && *latency && bb_duration_parse(latency, &po->psp.latency_ms) != ERR_OK)

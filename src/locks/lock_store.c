@@ -161,6 +161,19 @@ static struct store_stmt FENCE_ADVANCE = {
            " updated_at_ms = excluded.updated_at_ms"
            " WHERE fences.token <= excluded.token RETURNING token",
 };
+/* $1 [{key, token}], $2 now */
+static struct store_stmt FENCE_ADVANCE_MANY = {
+    .sql_pg = "INSERT INTO fences (key, token, value, updated_at_ms) SELECT key, token, NULL, $2"
+              " FROM json_to_recordset($1::json) AS x(key text, token bigint) ORDER BY key"
+              " ON CONFLICT (key) DO UPDATE SET token = excluded.token,"
+              " updated_at_ms = excluded.updated_at_ms"
+              " WHERE fences.token <= excluded.token RETURNING key",
+    .sql_sqlite = "INSERT INTO fences (key, token, value, updated_at_ms) SELECT value ->> 'key',"
+                  " value ->> 'token', NULL, $2 FROM json_each($1) WHERE true ORDER BY 1"
+                  " ON CONFLICT (key) DO UPDATE SET token = excluded.token,"
+                  " updated_at_ms = excluded.updated_at_ms"
+                  " WHERE fences.token <= excluded.token RETURNING key",
+};
 static struct store_stmt FENCE_PUT = {
     .sql = "INSERT INTO fences (key, token, value, updated_at_ms) VALUES ($1, $2, $4, $3)"
            " ON CONFLICT (key) DO UPDATE SET token = excluded.token, value = excluded.value,"
@@ -435,6 +448,22 @@ lock_count_held(struct store_conn *c, int64_t now_ms, int64_t *out, struct bb_er
     return ERR_OK;
 }
 
+/* `token` was refused for `key`: the verdict, naming the highest accepted. */
+static enum err
+fence_refusal(struct store_conn *c, const char *key, int64_t token, struct bb_error *verdict,
+              struct bb_error *e)
+{
+    int64_t highest = 0;
+    enum err rc = lock_fenced_get(c, key, NULL, &highest, e);
+    if (rc != ERR_OK)
+        return rc;
+    locks__metric_fence_refused();
+    bb_fail(verdict, ERR_STALE_TOKEN, "token",
+            "token %lld is older than token %lld already accepted for %s", (long long)token,
+            (long long)highest, key);
+    return ERR_OK;
+}
+
 /* Run an advance/put statement; zero rows back means a higher token won. */
 static enum err
 fence_apply(struct store_conn *c, struct store_stmt *st, const struct store_param *p, size_t n,
@@ -448,14 +477,12 @@ fence_apply(struct store_conn *c, struct store_stmt *st, const struct store_para
     store_rows_close(&r);
     if (accepted)
         return ERR_OK;
-    int64_t highest = 0;
-    rc = lock_fenced_get(c, key, NULL, &highest, e);
+    struct bb_error verdict;
+    rc = fence_refusal(c, key, token, &verdict, e);
     if (rc != ERR_OK)
         return rc;
-    locks__metric_fence_refused();
-    return bb_fail(e, ERR_STALE_TOKEN, "token",
-                   "token %lld is older than token %lld already accepted for %s", (long long)token,
-                   (long long)highest, key);
+    *e = verdict;
+    return ERR_STALE_TOKEN;
 }
 
 enum err
@@ -464,6 +491,38 @@ lock_fence_check(struct store_conn *c, const char *key, int64_t token, int64_t n
 {
     const struct store_param p[] = {sp_text(key), sp_int(token), sp_int(now_ms)};
     return fence_apply(c, &FENCE_ADVANCE, p, BB_ARRAY_LEN(p), key, token, e);
+}
+
+enum err
+lock_fence_check_many(struct store_conn *c, const char *const *keys, const int64_t *tokens,
+                      size_t n, int64_t now_ms, enum err *rc, struct bb_error *errors,
+                      struct bb_error *e)
+{
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n; i++) {
+        rc[i] = ERR_STALE_TOKEN;
+        json_array_append_new(
+            rows, json_pack("{s:s, s:I}", "key", keys[i], "token", (json_int_t)tokens[i]));
+    }
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_rows r;
+    enum err qrc = store_query(c, &FENCE_ADVANCE_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    if (qrc != ERR_OK)
+        return qrc;
+    while (store_next(&r)) {
+        const char *key = store_col_text(&r, 0);
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(keys[i], key) == 0)
+                rc[i] = ERR_OK;
+    }
+    store_rows_close(&r);
+    for (size_t i = 0; i < n && qrc == ERR_OK; i++)
+        if (rc[i] != ERR_OK)
+            qrc = fence_refusal(c, keys[i], tokens[i], &errors[i], e);
+    return qrc;
 }
 
 enum err

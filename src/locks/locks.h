@@ -134,6 +134,12 @@ BB_WUR enum err lock_count_held(struct store_conn *c, int64_t now_ms, int64_t *o
  */
 BB_WUR enum err lock_fence_check(struct store_conn *c, const char *key, int64_t token,
                                  int64_t now_ms, struct bb_error *e);
+/* lock_fence_check for n distinct keys in one statement, taken in key
+ * order: rc[i] and errors[i] are keys[i]'s verdict (ERR_OK or
+ * ERR_STALE_TOKEN); a key refused writes nothing. */
+BB_WUR enum err lock_fence_check_many(struct store_conn *c, const char *const *keys,
+                                      const int64_t *tokens, size_t n, int64_t now_ms, enum err *rc,
+                                      struct bb_error *errors, struct bb_error *e);
 /* lock_fence_check plus storing `value_json` (JSON text) under `key`. */
 BB_WUR enum err lock_fenced_put(struct store_conn *c, const char *key, int64_t token,
                                 const char *value_json, int64_t now_ms, struct bb_error *e);

@@ -32,11 +32,52 @@ static struct metrics_def M_FAILURES = {
     .labels = {"reason"},
 };
 
+static const double BATCH_BUCKETS[] = {1, 2, 4, 8, 16, 32, 64};
+static struct metrics_def M_BATCH = {
+    .name = "backbone_payment_batch_size",
+    .help = "Payment operations (ledger) and PSP mock records (psp) that shared one transaction "
+            "(--payment-batch).",
+    .type = METRICS_HISTOGRAM,
+    .labels = {"what"},
+    .buckets = BATCH_BUCKETS,
+    .n_buckets = BB_ARRAY_LEN(BATCH_BUCKETS),
+};
+static struct metrics_def M_WAITING = {
+    .name = "backbone_payment_batch_waiting",
+    .help = "Payment operations (ledger) and PSP mock records (psp) waiting for a batch to "
+            "carry them.",
+    .type = METRICS_GAUGE,
+    .labels = {"what"},
+};
+static struct metrics_def M_BATCH_ALONE = {
+    .name = "backbone_payment_batch_fallbacks_total",
+    .help = "Payment batches that failed as a whole; each member then ran alone.",
+    .type = METRICS_COUNTER,
+    .labels = {"what"},
+};
+
 void
 payments__metrics_register(void)
 {
     metrics_register(&M_ATTEMPT);
     metrics_register(&M_FAILURES);
+    metrics_register(&M_BATCH);
+    metrics_register(&M_BATCH_ALONE);
+    metrics_register(&M_WAITING);
+}
+
+void
+payments__metric_waiting(size_t n, void *what)
+{
+    metrics_set(&M_WAITING, (double)n, (const char *)what);
+}
+
+void
+payments__metric_batch(const char *what, size_t n, bool ok)
+{
+    metrics_observe(&M_BATCH, (double)n, what);
+    if (!ok)
+        metrics_add(&M_BATCH_ALONE, 1, what);
 }
 
 void
@@ -465,7 +506,9 @@ payments_create(struct store *s, const struct payments_options *o, struct paymen
     struct payments *p = xcalloc(1, sizeof *p);
     p->store = s;
     p->psp_timeout_ms = o->psp_timeout_ms > 0 ? o->psp_timeout_ms : 2000;
-    p->psp = payments__psp_create(s, &o->psp);
+    size_t batch = o->batch == 0 ? 32 : o->batch > 1 ? (size_t)o->batch : 1;
+    p->psp = payments__psp_create(s, &o->psp, batch);
+    payments__batching_start(p, batch);
     size_t threads = o->threads > 0 ? (size_t)o->threads : 32;
     p->pool = bb_pool_create("bb-pay", threads, threads * QUEUE_PER_THREAD);
     *out = p;
@@ -485,6 +528,7 @@ payments_destroy(struct payments *p)
     if (p == NULL)
         return;
     bb_pool_destroy(p->pool);
+    bb_combiner_destroy(p->combiner);
     payments__psp_destroy(p->psp);
     free(p);
 }

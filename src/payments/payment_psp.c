@@ -26,7 +26,8 @@
 struct payments__psp {
     struct store *store;
     pthread_mutex_t mu;
-    struct psp_config cfg; /* guarded by mu */
+    struct psp_config cfg;        /* guarded by mu */
+    struct bb_combiner *combiner; /* records in batches; NULL: each alone */
 };
 
 static const char *const OUTCOMES[] = {
@@ -42,13 +43,27 @@ payments__psp_outcome_name(enum payments__psp_outcome o)
     return (size_t)o < BB_ARRAY_LEN(OUTCOMES) ? OUTCOMES[o] : "unknown";
 }
 
+static bool record_same(const void *a, const void *b, void *ctx);
+static void record_carry(void **items, size_t n, void *ctx);
+
 struct payments__psp *
-payments__psp_create(struct store *s, const struct psp_config *c)
+payments__psp_create(struct store *s, const struct psp_config *c, size_t batch_max)
 {
     struct payments__psp *psp = xcalloc(1, sizeof *psp);
     psp->store = s;
     pthread_mutex_init(&psp->mu, NULL);
     psp->cfg = *c;
+    if (batch_max > 1) {
+        struct bb_combiner_options o = {.leaders = PAYMENTS__BATCH_LEADERS,
+                                        .batch_max = batch_max,
+                                        .waiting_max = PAYMENTS__BATCH_WAITING_MAX,
+                                        .same = record_same,
+                                        .run = record_carry,
+                                        .ctx = psp,
+                                        .on_waiting = payments__metric_waiting,
+                                        .waiting_ctx = (void *)"psp"};
+        psp->combiner = bb_combiner_create(&o);
+    }
     return psp;
 }
 
@@ -57,6 +72,7 @@ payments__psp_destroy(struct payments__psp *psp)
 {
     if (psp == NULL)
         return;
+    bb_combiner_destroy(psp->combiner);
     pthread_mutex_destroy(&psp->mu);
     free(psp);
 }
@@ -156,24 +172,92 @@ static struct store_stmt SETTLED = {
     .sql = "SELECT op, amount FROM psp_charges WHERE key IN ($1, $2) AND outcome = 'approved'",
 };
 
+/* $1 the keys, in any order: their locks are taken in key order. */
+static struct store_stmt SETTLE_LOCK_MANY = {
+    .sql_pg = "SELECT pg_advisory_xact_lock(hashtextextended(k, 7261))"
+              " FROM (SELECT json_array_elements_text($1::json) AS k ORDER BY 1) s",
+    .sql_sqlite = "SELECT $1",
+};
+static struct store_stmt SETTLED_MANY = {
+    .sql_pg = "SELECT key, op, amount FROM psp_charges"
+              " WHERE key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+              " AND outcome = 'approved'",
+    .sql_sqlite = "SELECT key, op, amount FROM psp_charges"
+                  " WHERE key IN (SELECT value FROM json_each($1)) AND outcome = 'approved'",
+};
+/* $1 [{key, op, reference, amount, currency, outcome, reason}], $2 now */
+static struct store_stmt CHARGE_RECORD_MANY = {
+    .sql_pg = "INSERT INTO psp_charges (key, op, reference, amount, currency, outcome, reason,"
+              " created_at_ms) SELECT key, op, reference, amount, currency, outcome, reason, $2"
+              " FROM json_to_recordset($1::json) AS x(key text, op text, reference text,"
+              " amount bigint, currency text, outcome text, reason text)"
+              " ON CONFLICT (key) DO NOTHING RETURNING key",
+    .sql_sqlite = "INSERT INTO psp_charges (key, op, reference, amount, currency, outcome, reason,"
+                  " created_at_ms) SELECT value ->> 'key', value ->> 'op', value ->> 'reference',"
+                  " value ->> 'amount', value ->> 'currency', value ->> 'outcome',"
+                  " value ->> 'reason', $2 FROM json_each($1) WHERE true"
+                  " ON CONFLICT (key) DO NOTHING RETURNING key",
+};
+static struct store_stmt CHARGE_GET_MANY = {
+    .sql_pg = "SELECT key, reference, outcome, reason FROM psp_charges"
+              " WHERE key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+    .sql_sqlite = "SELECT key, reference, outcome, reason FROM psp_charges"
+                  " WHERE key IN (SELECT value FROM json_each($1))",
+};
+
 struct record_unit {
     const struct payments__psp_call *call;
     struct payments__psp_answer *a;
     struct payments__psp_answer decided; /* before the record was consulted */
     int64_t now_ms;
+    enum err rc;
+    bool alone; /* a batch set it aside: record it alone */
 };
+
+static bool
+is_settlement(const struct payments__psp_call *call)
+{
+    return call->payment_key != NULL &&
+           (strcmp(call->op, "capture") == 0 || strcmp(call->op, "void") == 0);
+}
+
+/* The keys under which the authorization's capture and void are recorded. */
+static void
+settlement_keys(const struct payments__psp_call *call, char captured[STORE_IDEM_KEY_MAX + 16],
+                char voided[STORE_IDEM_KEY_MAX + 16])
+{
+    snprintf(captured, STORE_IDEM_KEY_MAX + 16, "capture:%s", call->payment_key);
+    snprintf(voided, STORE_IDEM_KEY_MAX + 16, "void:%s", call->payment_key);
+}
+
+/* An approved settlement (op, amount) of the call's authorization is on
+ * record: a capture declines after a void, a void after a capture. */
+static void
+settled_as(const struct payments__psp_call *call, struct payments__psp_answer *a, const char *op,
+           int64_t amount)
+{
+    bool capture = strcmp(call->op, "capture") == 0;
+    if (!capture && strcmp(op, "capture") == 0)
+        a->captured = amount;
+    if (capture && strcmp(op, "void") == 0)
+        a->voided = true;
+    if (a->captured > 0 || a->voided) {
+        a->outcome = PSP_DECLINED;
+        bb_strlcpy(a->reason,
+                   a->voided ? "the authorization was voided" : "the authorization was captured",
+                   sizeof a->reason);
+    }
+}
 
 /* A capture or void of an authorization settled the other way is declined. */
 static enum err
 settle_check(struct store_conn *c, const struct payments__psp_call *call,
              struct payments__psp_answer *a, struct bb_error *e)
 {
-    bool capture = strcmp(call->op, "capture") == 0;
-    if ((!capture && strcmp(call->op, "void") != 0) || call->payment_key == NULL)
+    if (!is_settlement(call))
         return ERR_OK;
     char captured_key[STORE_IDEM_KEY_MAX + 16], voided_key[STORE_IDEM_KEY_MAX + 16];
-    snprintf(captured_key, sizeof captured_key, "capture:%s", call->payment_key);
-    snprintf(voided_key, sizeof voided_key, "void:%s", call->payment_key);
+    settlement_keys(call, captured_key, voided_key);
     const struct store_param p[] = {sp_text(captured_key), sp_text(voided_key)};
     enum err rc = store_exec(c, &SETTLE_LOCK, p, 1, NULL, e);
     struct store_rows r;
@@ -181,20 +265,25 @@ settle_check(struct store_conn *c, const struct payments__psp_call *call,
         rc = store_query(c, &SETTLED, p, 2, &r, e);
     if (rc != ERR_OK)
         return rc;
-    while (store_next(&r)) {
-        if (!capture && strcmp(store_col_text(&r, 0), "capture") == 0)
-            a->captured = store_col_int(&r, 1);
-        if (capture && strcmp(store_col_text(&r, 0), "void") == 0)
-            a->voided = true;
-    }
+    while (store_next(&r))
+        settled_as(call, a, store_col_text(&r, 0), store_col_int(&r, 1));
     store_rows_close(&r);
-    if (a->captured > 0 || a->voided) {
-        a->outcome = PSP_DECLINED;
-        bb_strlcpy(a->reason,
-                   a->voided ? "the authorization was voided" : "the authorization was captured",
-                   sizeof a->reason);
-    }
     return ERR_OK;
+}
+
+/* The answer recorded for the call's key before (columns reference,
+ * outcome, reason from `col`). */
+static void
+recorded_answer(const struct store_rows *r, int col, struct payments__psp_answer *a)
+{
+    bb_strlcpy(a->reference, store_col_text(r, col), sizeof a->reference);
+    a->outcome = strcmp(store_col_text(r, col + 1), "declined") == 0 ? PSP_DECLINED : PSP_APPROVED;
+    if (a->outcome == PSP_APPROVED) { /* it was recorded before any settlement */
+        a->captured = 0;
+        a->voided = false;
+    }
+    bb_strlcpy(a->reason, store_col_is_null(r, col + 2) ? "" : store_col_text(r, col + 2),
+               sizeof a->reason);
 }
 
 /* Record the decision, or read the one recorded for this key before. */
@@ -224,18 +313,185 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     rc = store_query(c, &CHARGE_GET, p, 1, &r, e);
     if (rc != ERR_OK)
         return rc;
-    if (store_next(&r)) {
-        bb_strlcpy(a->reference, store_col_text(&r, 0), sizeof a->reference);
-        a->outcome = strcmp(store_col_text(&r, 1), "declined") == 0 ? PSP_DECLINED : PSP_APPROVED;
-        if (a->outcome == PSP_APPROVED) { /* it was recorded before any settlement */
-            a->captured = 0;
-            a->voided = false;
-        }
-        bb_strlcpy(a->reason, store_col_is_null(&r, 2) ? "" : store_col_text(&r, 2),
-                   sizeof a->reason);
-    }
+    if (store_next(&r))
+        recorded_answer(&r, 0, a);
     store_rows_close(&r);
     return ERR_OK;
+}
+
+struct record_batch {
+    struct record_unit **m;
+    size_t n;
+};
+
+/* The member whose key (or, with `settled`, one of whose settlement keys)
+ * is `key`; NULL if none. */
+static struct record_unit *
+member_of(const struct record_batch *b, const char *key, bool settled)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        const struct payments__psp_call *call = b->m[i]->call;
+        if (!settled && strcmp(call->key, key) == 0)
+            return b->m[i];
+        if (settled && is_settlement(call)) {
+            char captured[STORE_IDEM_KEY_MAX + 16], voided[STORE_IDEM_KEY_MAX + 16];
+            settlement_keys(call, captured, voided);
+            if (strcmp(captured, key) == 0 || strcmp(voided, key) == 0)
+                return b->m[i];
+        }
+    }
+    return NULL;
+}
+
+static enum err
+query_keys(struct store_conn *c, struct store_stmt *st, json_t *keys, struct store_rows *r,
+           struct bb_error *e)
+{
+    char *text = bb_json_dumps(keys);
+    const struct store_param p[] = {sp_text(text)};
+    enum err rc = store_query(c, st, p, 1, r, e);
+    free(text);
+    return rc;
+}
+
+/* record_work for a batch of calls that concern distinct payments. */
+static enum err
+record_many(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct record_batch *b = arg;
+    json_t *settle = json_array(), *locks = json_array(), *charges = json_array();
+    for (size_t i = 0; i < b->n; i++) {
+        struct record_unit *u = b->m[i];
+        *u->a = u->decided;
+        if (is_settlement(u->call)) {
+            char captured[STORE_IDEM_KEY_MAX + 16], voided[STORE_IDEM_KEY_MAX + 16];
+            settlement_keys(u->call, captured, voided);
+            json_array_append_new(locks, json_string(captured));
+            json_array_append_new(settle, json_string(captured));
+            json_array_append_new(settle, json_string(voided));
+        }
+    }
+    struct store_rows r;
+    enum err rc = ERR_OK;
+    if (json_array_size(settle) > 0) {
+        rc = query_keys(c, &SETTLE_LOCK_MANY, locks, &r, e);
+        if (rc == ERR_OK) {
+            store_rows_close(&r);
+            rc = query_keys(c, &SETTLED_MANY, settle, &r, e);
+        }
+        while (rc == ERR_OK && store_next(&r)) {
+            struct record_unit *u = member_of(b, store_col_text(&r, 0), true);
+            if (u)
+                settled_as(u->call, u->a, store_col_text(&r, 1), store_col_int(&r, 2));
+        }
+        if (rc == ERR_OK)
+            store_rows_close(&r);
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        const struct payments__psp_call *call = b->m[i]->call;
+        const struct payments__psp_answer *a = b->m[i]->a;
+        json_array_append_new(charges,
+                              json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:s?}", "key", call->key,
+                                        "op", call->op, "reference", a->reference, "amount",
+                                        (json_int_t)call->amount, "currency", call->currency,
+                                        "outcome", payments__psp_outcome_name(a->outcome), "reason",
+                                        a->reason[0] ? a->reason : NULL));
+    }
+    char *text = bb_json_dumps(charges);
+    const struct store_param p[] = {sp_text(text), sp_int(b->m[0]->now_ms)};
+    if (rc == ERR_OK)
+        rc = store_query(c, &CHARGE_RECORD_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    /* Keys recorded before answer as then: read them back. */
+    json_t *before = json_array();
+    for (size_t i = 0; i < b->n; i++)
+        json_array_append_new(before, json_string(b->m[i]->call->key));
+    while (rc == ERR_OK && store_next(&r)) {
+        size_t i;
+        json_t *k;
+        json_array_foreach(before, i, k)
+        {
+            if (strcmp(json_string_value(k), store_col_text(&r, 0)) == 0) {
+                json_array_remove(before, i);
+                break;
+            }
+        }
+    }
+    if (rc == ERR_OK)
+        store_rows_close(&r);
+    if (rc == ERR_OK && json_array_size(before) > 0) {
+        rc = query_keys(c, &CHARGE_GET_MANY, before, &r, e);
+        while (rc == ERR_OK && store_next(&r)) {
+            struct record_unit *u = member_of(b, store_col_text(&r, 0), false);
+            if (u)
+                recorded_answer(&r, 1, u->a);
+        }
+        if (rc == ERR_OK)
+            store_rows_close(&r);
+    }
+    json_decref(before);
+    json_decref(charges);
+    json_decref(locks);
+    json_decref(settle);
+    return rc;
+}
+
+/* Every record is of one kind. */
+static bool
+record_same(const void *a, const void *b, void *ctx)
+{
+    (void)a;
+    (void)b;
+    (void)ctx;
+    return true;
+}
+
+/* Two calls about one payment: never in one batch. */
+static bool
+record_conflict(const struct payments__psp_call *a, const struct payments__psp_call *b)
+{
+    return strcmp(a->key, b->key) == 0 ||
+           (a->payment_key && b->payment_key && strcmp(a->payment_key, b->payment_key) == 0);
+}
+
+/* The combiner's run: record the calls it gathered. */
+static void
+record_carry(void **items, size_t n, void *ctx)
+{
+    struct payments__psp *psp = ctx;
+    struct record_unit **m = xcalloc(n, sizeof *m);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct record_unit *u = items[i];
+        u->alone = false;
+        for (size_t j = 0; j < k && !u->alone; j++)
+            u->alone = record_conflict(m[j]->call, u->call);
+        if (!u->alone)
+            m[k++] = u;
+    }
+    struct bb_error e;
+    if (k == 1) {
+        m[0]->rc = store_run(psp->store, STORE_WRITE, record_work, m[0], &e);
+    } else {
+        struct record_batch b = {.m = m, .n = k};
+        enum err rc = store_run(psp->store, STORE_WRITE, record_many, &b, &e);
+        payments__metric_batch("psp", k, rc == ERR_OK);
+        for (size_t i = 0; i < k; i++) {
+            m[i]->rc = rc;
+            m[i]->alone = rc != ERR_OK;
+        }
+    }
+    free(m);
+}
+
+/* Record the call's decision (in a batch when others are at it too). */
+static enum err
+record(struct payments__psp *psp, struct record_unit *u)
+{
+    struct bb_error e;
+    if (psp->combiner && bb_combine(psp->combiner, u) && !u->alone)
+        return u->rc;
+    return store_run(psp->store, STORE_WRITE, record_work, u, &e);
 }
 
 void
@@ -254,8 +510,7 @@ payments__psp_call(struct payments__psp *psp, const struct payments__psp_call *c
         hang = true;
     if (!fail) {
         struct record_unit u = {.call = call, .a = a, .decided = *a, .now_ms = bb_wall_ms()};
-        struct bb_error e;
-        if (store_run(psp->store, STORE_WRITE, record_work, &u, &e) != ERR_OK)
+        if (record(psp, &u) != ERR_OK)
             fail = true; /* the PSP's own database failed: a transient error */
     }
     bb_sleep_ms(hang ? timeout_ms : latency);

@@ -17,6 +17,16 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The transactions of the operations; the hot ones run in batches. */
+enum pay_phase {
+    PH_AUTHORIZE_BEGIN,
+    PH_AUTHORIZE_END,
+    PH_SETTLE_BEGIN, /* capture and void */
+    PH_SETTLE_END,
+    PH_REFUND_BEGIN,
+    PH_REFUND_END,
+};
+
 /* One operation in flight: its inputs, and what the first transaction
  * learned. */
 struct pay_op {
@@ -28,14 +38,26 @@ struct pay_op {
     int64_t amount;
     int64_t lock_token;
     struct payments__row row;
+    char fingerprint[65]; /* authorize */
     char psp_key[STORE_IDEM_KEY_MAX + 16];
     char refund_id[PAYMENT_ID_LEN + 1];
     bool replay; /* answered before: no PSP call */
     struct payments__psp_answer answer;
     json_t *out;
+    /* A phase carried by a batch: its verdict, or `alone` (run it alone). */
+    enum pay_phase phase;
+    enum err rc;
+    struct bb_error err;
+    bool alone;
 };
 
 /* ---- shared steps ---------------------------------------------------------------------- */
+
+static void
+fence_key(const char *order_id, char key[160])
+{
+    snprintf(key, 160, "payment:%s", order_id);
+}
 
 static enum err
 fence(struct store_conn *c, const struct pay_op *op, const char *order_id, struct bb_error *e)
@@ -43,7 +65,7 @@ fence(struct store_conn *c, const struct pay_op *op, const char *order_id, struc
     if (op->lock_token <= 0)
         return ERR_OK;
     char key[160];
-    snprintf(key, sizeof key, "payment:%s", order_id);
+    fence_key(order_id, key);
     return lock_fence_check(c, key, op->lock_token, bb_wall_ms(), e);
 }
 
@@ -77,16 +99,22 @@ outcome_begin(struct store_conn *c, const struct pay_op *op, struct bb_error *e)
     return store_exec_deferred(c, &ATTEMPT_INSERT, p, BB_ARRAY_LEN(p), e);
 }
 
-/* The payment's event: authorized, failed, captured, voided. */
-static enum err
-announce(struct store_conn *c, const char *type, const struct payments__row *row, json_t *data,
-         struct bb_error *e)
+/* The payment's event: authorized, failed, captured, voided, refunded. */
+static struct outbox_event
+payment_event(const char *type, const struct payments__row *row, json_t *data)
 {
     json_object_set_new(data, "payment_id", json_string(row->id));
     json_object_set_new(data, "order_id", json_string(row->order_id));
     json_object_set_new(data, "currency", json_string(row->currency));
-    struct outbox_event ev = {
+    return (struct outbox_event){
         .type = type, .aggregate_type = "payment", .aggregate_id = row->id, .data = data};
+}
+
+static enum err
+announce(struct store_conn *c, const char *type, const struct payments__row *row, json_t *data,
+         struct bb_error *e)
+{
+    struct outbox_event ev = payment_event(type, row, data);
     enum err rc = outbox_append(c, &ev, bb_wall_ms(), e);
     json_decref(data);
     return rc;
@@ -118,13 +146,6 @@ psp_failed(const struct pay_op *op, struct bb_error *e)
     const struct payments__psp_answer *a = &op->answer;
     return bb_fail(e, a->outcome == PSP_TIMEOUT ? ERR_TIMEOUT : ERR_UPSTREAM, "",
                    "%s of payment %s: %s; retry with the same key", op->op, op->row.id, a->reason);
-}
-
-/* Run `step` in a write transaction on the store's executor. */
-static enum err
-run(struct pay_op *op, store_work_fn *step, struct bb_error *e)
-{
-    return store_run(op->p->store, STORE_WRITE, step, op, e);
 }
 
 static enum err
@@ -176,6 +197,86 @@ psp_ask(struct pay_op *op)
     payments__metric_attempt(op->op, op->answer.outcome, op->answer.latency_ms);
 }
 
+/* What the second transaction does to the payment after the PSP answered. */
+struct outcome_plan {
+    bool move;
+    enum payment_state to;
+    const char *reference, *reason;
+    int64_t captured;
+    const char *event;
+    json_t *data; /* the event's (owned) */
+};
+
+/* The PSP settled the authorization the other way before: a capture or
+ * void whose answer was lost. */
+static bool
+settled_before(const struct payments__psp_answer *a)
+{
+    return a->outcome == PSP_DECLINED && (a->captured > 0 || a->voided);
+}
+
+/* Authorize and settle (capture, void) only; nothing moves after a PSP
+ * error or timeout. */
+static struct outcome_plan
+plan_outcome(const struct pay_op *op)
+{
+    const struct payments__psp_answer *a = &op->answer;
+    struct outcome_plan pl = {0};
+    if (strcmp(op->op, "authorize") == 0) {
+        if (a->outcome == PSP_ERROR || a->outcome == PSP_TIMEOUT)
+            return pl;
+        bool approved = a->outcome == PSP_APPROVED;
+        pl = (struct outcome_plan){.move = true,
+                                   .to = approved ? PAYMENT_AUTHORIZED : PAYMENT_FAILED,
+                                   .reference = approved ? a->reference : NULL,
+                                   .reason = approved ? NULL : a->reason,
+                                   .event =
+                                       approved ? "payment.authorized.v1" : "payment.failed.v1"};
+        pl.data = json_pack("{s:I}", "amount", (json_int_t)op->row.amount);
+        json_object_set_new(pl.data, approved ? "psp_reference" : "reason",
+                            json_string(approved ? a->reference : a->reason));
+        return pl;
+    }
+    if (a->outcome != PSP_APPROVED && !settled_before(a))
+        return pl;
+    /* Approved, or the ledger learns the settlement it missed. */
+    bool capture = settled_before(a) ? a->captured > 0 : strcmp(op->op, "capture") == 0;
+    int64_t amount = settled_before(a) ? a->captured : op->amount;
+    return (struct outcome_plan){.move = true,
+                                 .to = capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED,
+                                 .captured = capture ? amount : 0,
+                                 .event = capture ? "payment.captured.v1" : "payment.voided.v1",
+                                 .data = capture ? json_pack("{s:I}", "amount", (json_int_t)amount)
+                                                 : json_object()};
+}
+
+/* The second transaction of authorize, capture and void. */
+static enum err
+outcome_end(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct pay_op *op = arg;
+    enum err rc = outcome_begin(c, op, e);
+    struct outcome_plan pl = plan_outcome(op);
+    if (rc != ERR_OK || !pl.move) {
+        json_decref(pl.data);
+        return rc;
+    }
+    bool moved;
+    rc = move(c, op, pl.to, pl.reference, pl.reason, pl.captured, &moved, e);
+    if (rc == ERR_OK && !moved) {
+        json_decref(pl.data);
+        if (strcmp(op->op, "authorize") == 0) /* a concurrent retry recorded it: what it says now */
+            return payments__row_get(c, op->row.id, &op->row, e);
+        return bb_fail(e, ERR_RETRY, "", "payment %s changed concurrently", op->row.id);
+    }
+    if (rc != ERR_OK) {
+        json_decref(pl.data);
+        return rc;
+    }
+    op->row.state = pl.to;
+    return announce(c, pl.event, &op->row, pl.data, e);
+}
+
 /* ---- authorize -------------------------------------------------------------------------- */
 
 static struct store_stmt PAYMENT_INSERT = {
@@ -194,13 +295,24 @@ request_fingerprint(const struct payment_request *req, char out[65])
     bb_sha256_hex(canon, (size_t)n < sizeof canon ? (size_t)n : sizeof canon - 1, out);
 }
 
+/* The end of the first transaction, once the payment's row is read. */
+static enum err
+authorize_decide(struct pay_op *op, struct bb_error *e)
+{
+    if (strcmp(op->row.fingerprint, op->fingerprint) != 0)
+        return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "idempotency_key",
+                       "idempotency_key %s was already used for another payment",
+                       op->req->idempotency_key);
+    op->replay = op->row.state != PAYMENT_PENDING;
+    snprintf(op->psp_key, sizeof op->psp_key, "authorize:%s", op->row.key);
+    return ERR_OK;
+}
+
 static enum err
 authorize_begin(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
     const struct payment_request *req = op->req;
-    char fingerprint[65];
-    request_fingerprint(req, fingerprint);
     bool found;
     enum err rc = payments__row_by_key(c, req->idempotency_key, &op->row, &found, e);
     if (rc == ERR_OK && !found) {
@@ -211,7 +323,7 @@ authorize_begin(struct store_conn *c, void *arg, struct bb_error *e)
         const struct store_param p[] = {sp_text(id),
                                         sp_text(req->order_id),
                                         sp_text(req->idempotency_key),
-                                        sp_text(fingerprint),
+                                        sp_text(op->fingerprint),
                                         sp_int(req->amount),
                                         sp_text(req->currency),
                                         sp_text(req->card),
@@ -221,40 +333,10 @@ authorize_begin(struct store_conn *c, void *arg, struct bb_error *e)
         if (rc == ERR_OK)
             rc = payments__row_by_key(c, req->idempotency_key, &op->row, &found, e);
     }
-    if (rc != ERR_OK)
-        return rc;
-    if (strcmp(op->row.fingerprint, fingerprint) != 0)
-        return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "idempotency_key",
-                       "idempotency_key %s was already used for another payment",
-                       req->idempotency_key);
-    op->replay = op->row.state != PAYMENT_PENDING;
-    snprintf(op->psp_key, sizeof op->psp_key, "authorize:%s", op->row.key);
-    return ERR_OK;
+    return rc == ERR_OK ? authorize_decide(op, e) : rc;
 }
 
-static enum err
-authorize_end(struct store_conn *c, void *arg, struct bb_error *e)
-{
-    struct pay_op *op = arg;
-    const struct payments__psp_answer *a = &op->answer;
-    enum err rc = outcome_begin(c, op, e);
-    if (rc != ERR_OK || a->outcome == PSP_ERROR || a->outcome == PSP_TIMEOUT)
-        return rc;
-    bool approved = a->outcome == PSP_APPROVED, moved;
-    enum payment_state to = approved ? PAYMENT_AUTHORIZED : PAYMENT_FAILED;
-    rc = move(c, op, to, approved ? a->reference : NULL, approved ? NULL : a->reason, 0, &moved, e);
-    if (rc == ERR_OK && !moved) /* a concurrent retry recorded it: what it says now */
-        return payments__row_get(c, op->row.id, &op->row, e);
-    if (rc != ERR_OK)
-        return rc;
-    op->row.state = to;
-    json_t *data = json_pack("{s:I}", "amount", (json_int_t)op->row.amount);
-    if (approved)
-        json_object_set_new(data, "psp_reference", json_string(a->reference));
-    else
-        json_object_set_new(data, "reason", json_string(a->reason));
-    return announce(c, approved ? "payment.authorized.v1" : "payment.failed.v1", &op->row, data, e);
-}
+static enum err run(struct pay_op *op, enum pay_phase phase, struct bb_error *e);
 
 enum err
 payment_authorize(struct payments *p, const struct payment_request *req,
@@ -265,10 +347,11 @@ payment_authorize(struct payments *p, const struct payment_request *req,
                         .req = req,
                         .lock_token = req->lock_token,
                         .amount = req->amount};
-    enum err rc = run(&op, authorize_begin, e);
+    request_fingerprint(req, op.fingerprint);
+    enum err rc = run(&op, PH_AUTHORIZE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
-        rc = run(&op, authorize_end, e);
+        rc = run(&op, PH_AUTHORIZE_END, e);
         if (rc == ERR_OK && (op.answer.outcome == PSP_ERROR || op.answer.outcome == PSP_TIMEOUT))
             rc = psp_failed(&op, e);
     }
@@ -284,16 +367,11 @@ payment_authorize(struct payments *p, const struct payment_request *req,
 
 /* ---- capture and void ------------------------------------------------------------------- */
 
-/* The first step of capture and void: read, fence, check the table. */
+/* The end of the first step of capture and void, once the row is read and
+ * fenced: check the table. */
 static enum err
-settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
+settle_decide(struct pay_op *op, struct bb_error *e)
 {
-    struct pay_op *op = arg;
-    enum err rc = payments__row_get(c, op->payment_id, &op->row, e);
-    if (rc == ERR_OK)
-        rc = fence(c, op, op->row.order_id, e);
-    if (rc != ERR_OK)
-        return rc;
     bool capture = strcmp(op->op, "capture") == 0;
     enum payment_state s = op->row.state;
     snprintf(op->psp_key, sizeof op->psp_key, "%s:%s", op->op, op->row.key);
@@ -317,34 +395,14 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
     return ERR_OK;
 }
 
-/* The PSP settled the authorization the other way before: a capture or
- * void whose answer was lost. */
-static bool
-settled_before(const struct payments__psp_answer *a)
-{
-    return a->outcome == PSP_DECLINED && (a->captured > 0 || a->voided);
-}
-
 static enum err
-settle_end(struct store_conn *c, void *arg, struct bb_error *e)
+settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
-    const struct payments__psp_answer *a = &op->answer;
-    enum err rc = outcome_begin(c, op, e);
-    if (rc != ERR_OK || (a->outcome != PSP_APPROVED && !settled_before(a)))
-        return rc;
-    /* Approved, or the ledger learns the settlement it missed. */
-    bool capture = settled_before(a) ? a->captured > 0 : strcmp(op->op, "capture") == 0, moved;
-    int64_t amount = settled_before(a) ? a->captured : op->amount;
-    rc = move(c, op, capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED, NULL, NULL, capture ? amount : 0,
-              &moved, e);
-    if (rc == ERR_OK && !moved)
-        return bb_fail(e, ERR_RETRY, "", "payment %s changed concurrently", op->row.id);
-    if (rc != ERR_OK)
-        return rc;
-    op->row.state = capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED;
-    return announce(c, capture ? "payment.captured.v1" : "payment.voided.v1", &op->row,
-                    capture ? json_pack("{s:I}", "amount", (json_int_t)amount) : json_object(), e);
+    enum err rc = payments__row_get(c, op->payment_id, &op->row, e);
+    if (rc == ERR_OK)
+        rc = fence(c, op, op->row.order_id, e);
+    return rc == ERR_OK ? settle_decide(op, e) : rc;
 }
 
 static enum err
@@ -356,10 +414,10 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
                         .payment_id = payment_id,
                         .amount = amount,
                         .lock_token = lock_token};
-    enum err rc = run(&op, settle_begin, e);
+    enum err rc = run(&op, PH_SETTLE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
-        rc = run(&op, settle_end, e);
+        rc = run(&op, PH_SETTLE_END, e);
         if (rc == ERR_OK && settled_before(&op.answer))
             rc = bb_fail(e, ERR_CONFLICT, "",
                          "payment %s was already %s at the PSP (an answer that was lost)%s",
@@ -490,12 +548,446 @@ payment_refund(struct payments *p, const char *payment_id, int64_t amount, const
                         .amount = amount,
                         .key = key,
                         .lock_token = lock_token};
-    enum err rc = run(&op, refund_begin, e);
+    enum err rc = run(&op, PH_REFUND_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
-        rc = run(&op, refund_end, e);
+        rc = run(&op, PH_REFUND_END, e);
         if (rc == ERR_OK && op.answer.outcome != PSP_APPROVED)
             rc = psp_failed(&op, e);
     }
     return conclude(&op, rc, out);
+}
+
+/* ---- batches -----------------------------------------------------------------------------
+ *
+ * Operations in the same phase at the same time share a transaction, with
+ * one statement per table for all of them (the combiner in payments_create
+ * gathers them while earlier batches hold the connections). Members never
+ * share an order in a batch, so each batch writes a row once; the fences
+ * are taken in key order, so batches that overlap wait on one another in
+ * one direction. A member that fails writes nothing; one whose row moved
+ * under it, or whose order another member has, runs its phase alone
+ * afterwards, and so does every member of a batch that fails as a whole.
+ */
+
+struct pay_batch {
+    struct pay_op **m;
+    size_t n;
+};
+
+/* $1 [{id, order_id, key, fingerprint, amount, currency, card}], $2 now */
+static struct store_stmt PAYMENT_INSERT_MANY = {
+    .sql_pg = "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount, currency,"
+              " card, state, created_at_ms, updated_at_ms)"
+              " SELECT id, order_id, key, fingerprint, amount, currency, card, 'PENDING', $2, $2"
+              " FROM json_to_recordset($1::json) AS x(id text, order_id text, key text,"
+              " fingerprint text, amount bigint, currency text, card text)"
+              " ON CONFLICT (idempotency_key) DO NOTHING",
+    .sql_sqlite = "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount,"
+                  " currency, card, state, created_at_ms, updated_at_ms)"
+                  " SELECT value ->> 'id', value ->> 'order_id', value ->> 'key',"
+                  " value ->> 'fingerprint', value ->> 'amount', value ->> 'currency',"
+                  " value ->> 'card', 'PENDING', $2, $2 FROM json_each($1) WHERE true"
+                  " ON CONFLICT (idempotency_key) DO NOTHING",
+};
+/* $1 [{id, from_state, to_state, reference, reason, captured}], $2 now */
+static struct store_stmt PAYMENT_MOVE_MANY = {
+    .sql_pg = "UPDATE payments p SET state = x.to_state, updated_at_ms = $2,"
+              " psp_reference = COALESCE(x.reference, p.psp_reference),"
+              " failure_reason = COALESCE(x.reason, p.failure_reason),"
+              " captured_amount = p.captured_amount + x.captured"
+              " FROM json_to_recordset($1::json) AS x(id text, from_state text, to_state text,"
+              " reference text, reason text, captured bigint)"
+              " WHERE p.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
+              " AND p.id = x.id AND p.state = x.from_state RETURNING p.id",
+    .sql_sqlite = "UPDATE payments SET state = x.to_state, updated_at_ms = $2,"
+                  " psp_reference = COALESCE(x.reference, payments.psp_reference),"
+                  " failure_reason = COALESCE(x.reason, payments.failure_reason),"
+                  " captured_amount = payments.captured_amount + x.captured"
+                  " FROM (SELECT value ->> 'id' AS id, value ->> 'from_state' AS from_state,"
+                  " value ->> 'to_state' AS to_state, value ->> 'reference' AS reference,"
+                  " value ->> 'reason' AS reason, value ->> 'captured' AS captured"
+                  " FROM json_each($1)) AS x"
+                  " WHERE payments.id = x.id AND payments.state = x.from_state"
+                  " RETURNING payments.id",
+};
+/* $1 [{payment_id, op, outcome, latency_ms, detail}], $2 now */
+static struct store_stmt ATTEMPT_INSERT_MANY = {
+    .sql_pg = "INSERT INTO payment_attempts (payment_id, op, outcome, latency_ms, detail, at_ms)"
+              " SELECT payment_id, op, outcome, latency_ms, detail, $2"
+              " FROM json_to_recordset($1::json) AS x(payment_id text, op text, outcome text,"
+              " latency_ms bigint, detail text)",
+    .sql_sqlite = "INSERT INTO payment_attempts (payment_id, op, outcome, latency_ms, detail,"
+                  " at_ms) SELECT value ->> 'payment_id', value ->> 'op', value ->> 'outcome',"
+                  " value ->> 'latency_ms', value ->> 'detail', $2 FROM json_each($1)",
+};
+
+/* A batch's transaction may run more than once (a conflict retried). */
+static void
+batch_reset(struct pay_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        b->m[i]->rc = ERR_OK;
+        bb_error_clear(&b->m[i]->err);
+        b->m[i]->alone = false;
+    }
+}
+
+/* Neither failed nor set aside. */
+static bool
+live(const struct pay_op *op)
+{
+    return op->rc == ERR_OK && !op->alone;
+}
+
+/* Set aside the live members whose row's order an earlier member has. */
+static void
+set_aside_same_order(struct pay_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        for (size_t j = 0; j < i && live(b->m[i]); j++)
+            if (live(b->m[j]) && strcmp(b->m[j]->row.order_id, b->m[i]->row.order_id) == 0)
+                b->m[i]->alone = true;
+}
+
+static char *
+dumps_free(json_t *j)
+{
+    char *text = bb_json_dumps(j);
+    json_decref(j);
+    return text;
+}
+
+/* Fence the live members that carry a token, by order_ids[i] (NULL: not
+ * this one); a member refused fails. */
+static enum err
+fence_many(struct store_conn *c, struct pay_batch *b, const char *const *order_ids,
+           struct bb_error *e)
+{
+    size_t n = b->n, k = 0;
+    char(*keys)[160] = xcalloc(n, sizeof *keys);
+    const char **kp = xcalloc(n, sizeof *kp);
+    int64_t *tokens = xcalloc(n, sizeof *tokens);
+    enum err *verdict = xcalloc(n, sizeof *verdict);
+    struct bb_error *errs = xcalloc(n, sizeof *errs);
+    size_t *idx = xcalloc(n, sizeof *idx);
+    for (size_t i = 0; i < n; i++) {
+        if (order_ids[i] == NULL || !live(b->m[i]) || b->m[i]->lock_token <= 0)
+            continue;
+        fence_key(order_ids[i], keys[k]);
+        kp[k] = keys[k];
+        tokens[k] = b->m[i]->lock_token;
+        idx[k++] = i;
+    }
+    enum err rc =
+        k == 0 ? ERR_OK : lock_fence_check_many(c, kp, tokens, k, bb_wall_ms(), verdict, errs, e);
+    for (size_t j = 0; j < k && rc == ERR_OK; j++) {
+        b->m[idx[j]]->rc = verdict[j];
+        if (verdict[j] != ERR_OK)
+            b->m[idx[j]]->err = errs[j];
+    }
+    free(idx);
+    free(errs);
+    free(verdict);
+    free(tokens);
+    free(kp);
+    free(keys);
+    return rc;
+}
+
+/* Read the members' rows by idempotency key (by_key) or payment id. */
+static enum err
+read_rows(struct store_conn *c, struct pay_batch *b, bool by_key, bool *found, struct bb_error *e)
+{
+    const char **keys = xcalloc(b->n, sizeof *keys);
+    struct payments__row **rows = xcalloc(b->n, sizeof *rows);
+    for (size_t i = 0; i < b->n; i++) {
+        keys[i] = by_key ? b->m[i]->req->idempotency_key : b->m[i]->payment_id;
+        rows[i] = &b->m[i]->row;
+    }
+    enum err rc = payments__rows_read_many(c, by_key, keys, b->n, rows, found, e);
+    free(rows);
+    free(keys);
+    return rc;
+}
+
+static enum err
+authorize_begin_many(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct pay_batch *b = arg;
+    batch_reset(b);
+    bool *found = xcalloc(b->n, sizeof *found);
+    const char **orders = xcalloc(b->n, sizeof *orders);
+    enum err rc = read_rows(c, b, true, found, e);
+    for (size_t i = 0; i < b->n; i++)
+        orders[i] = found[i] ? NULL : b->m[i]->req->order_id;
+    if (rc == ERR_OK)
+        rc = fence_many(c, b, orders, e);
+    json_t *fresh = json_array();
+    int64_t now = bb_wall_ms();
+    for (size_t i = 0; i < b->n && rc == ERR_OK; i++) {
+        const struct payment_request *req = b->m[i]->req;
+        if (found[i] || !live(b->m[i]))
+            continue;
+        char id[37];
+        bb_uuid7_at(now, id);
+        json_array_append_new(
+            fresh,
+            json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id, "order_id", req->order_id,
+                      "key", req->idempotency_key, "fingerprint", b->m[i]->fingerprint, "amount",
+                      (json_int_t)req->amount, "currency", req->currency, "card", req->card));
+    }
+    if (rc == ERR_OK && json_array_size(fresh) > 0) {
+        char *text = dumps_free(json_incref(fresh));
+        const struct store_param p[] = {sp_text(text), sp_int(now)};
+        rc = store_exec(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), NULL, e);
+        free(text);
+        if (rc == ERR_OK)
+            rc = read_rows(c, b, true, found, e);
+    }
+    json_decref(fresh);
+    for (size_t i = 0; i < b->n && rc == ERR_OK; i++) {
+        struct pay_op *op = b->m[i];
+        if (live(op) && !found[i])
+            op->alone = true; /* not there after the insert: let it try alone */
+        else if (live(op))
+            op->rc = authorize_decide(op, &op->err);
+    }
+    free(orders);
+    free(found);
+    return rc;
+}
+
+static enum err
+settle_begin_many(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct pay_batch *b = arg;
+    batch_reset(b);
+    bool *found = xcalloc(b->n, sizeof *found);
+    const char **orders = xcalloc(b->n, sizeof *orders);
+    enum err rc = read_rows(c, b, false, found, e);
+    for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
+        if (!found[i])
+            b->m[i]->rc = bb_fail(&b->m[i]->err, ERR_NOT_FOUND, "authorization_id", "no payment %s",
+                                  b->m[i]->payment_id);
+    set_aside_same_order(b);
+    for (size_t i = 0; i < b->n; i++)
+        orders[i] = b->m[i]->row.order_id;
+    if (rc == ERR_OK)
+        rc = fence_many(c, b, orders, e);
+    for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
+        if (live(b->m[i]))
+            b->m[i]->rc = settle_decide(b->m[i], &b->m[i]->err);
+    free(orders);
+    free(found);
+    return rc;
+}
+
+/* Which members' rows the move changed: moved[i]. */
+static enum err
+move_many(struct store_conn *c, struct pay_batch *b, const struct outcome_plan *plans, bool *moved,
+          struct bb_error *e)
+{
+    json_t *moves = json_array();
+    for (size_t i = 0; i < b->n; i++) {
+        moved[i] = false;
+        const struct pay_op *op = b->m[i];
+        if (!live(op) || !plans[i].move)
+            continue;
+        json_array_append_new(
+            moves, json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:I}", "id", op->row.id, "from_state",
+                             payment_state_name(op->row.state), "to_state",
+                             payment_state_name(plans[i].to), "reference", plans[i].reference,
+                             "reason", plans[i].reason, "captured", (json_int_t)plans[i].captured));
+    }
+    if (json_array_size(moves) == 0) {
+        json_decref(moves);
+        return ERR_OK;
+    }
+    char *text = dumps_free(moves);
+    const struct store_param p[] = {sp_text(text), sp_int(bb_wall_ms())};
+    struct store_rows r;
+    enum err rc = store_query(c, &PAYMENT_MOVE_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r))
+        for (size_t i = 0; i < b->n; i++)
+            if (live(b->m[i]) && strcmp(b->m[i]->row.id, store_col_text(&r, 0)) == 0)
+                moved[i] = true;
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+/* Every live member's PSP call, as an attempt. */
+static enum err
+attempts_many(struct store_conn *c, struct pay_batch *b, struct bb_error *e)
+{
+    json_t *rows = json_array();
+    for (size_t i = 0; i < b->n; i++) {
+        const struct pay_op *op = b->m[i];
+        const struct payments__psp_answer *a = &op->answer;
+        if (live(op))
+            json_array_append_new(rows, json_pack("{s:s, s:s, s:s, s:I, s:s?}", "payment_id",
+                                                  op->row.id, "op", op->op, "outcome",
+                                                  payments__psp_outcome_name(a->outcome),
+                                                  "latency_ms", (json_int_t)a->latency_ms, "detail",
+                                                  a->reason[0] ? a->reason : NULL));
+    }
+    if (json_array_size(rows) == 0) {
+        json_decref(rows);
+        return ERR_OK;
+    }
+    char *text = dumps_free(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(bb_wall_ms())};
+    enum err rc = store_exec_deferred(c, &ATTEMPT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
+    free(text);
+    return rc;
+}
+
+/* outcome_end for a batch: fence, move, attempts, events. */
+static enum err
+outcome_end_many(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct pay_batch *b = arg;
+    size_t n = b->n;
+    batch_reset(b);
+    set_aside_same_order(b);
+    const char **orders = xcalloc(n, sizeof *orders);
+    for (size_t i = 0; i < n; i++)
+        orders[i] = b->m[i]->row.order_id;
+    enum err rc = fence_many(c, b, orders, e);
+    struct outcome_plan *plans = xcalloc(n, sizeof *plans);
+    bool *moved = xcalloc(n, sizeof *moved);
+    for (size_t i = 0; i < n; i++)
+        if (live(b->m[i]))
+            plans[i] = plan_outcome(b->m[i]);
+    if (rc == ERR_OK)
+        rc = move_many(c, b, plans, moved, e);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        struct pay_op *op = b->m[i];
+        if (!live(op) || !plans[i].move || moved[i])
+            continue;
+        if (strcmp(op->op, "authorize") == 0) /* a concurrent retry recorded it */
+            rc = payments__row_get(c, op->row.id, &op->row, e);
+        else
+            op->alone = true; /* changed concurrently: alone, it retries */
+    }
+    if (rc == ERR_OK)
+        rc = attempts_many(c, b, e);
+    struct outbox_event *evs = xcalloc(n, sizeof *evs);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rc == ERR_OK && live(b->m[i]) && moved[i]) {
+            b->m[i]->row.state = plans[i].to;
+            evs[k++] = payment_event(plans[i].event, &b->m[i]->row, plans[i].data);
+        } else {
+            json_decref(plans[i].data);
+        }
+    }
+    if (rc == ERR_OK && k > 0)
+        rc = outbox_append_many(c, evs, k, bb_wall_ms(), e);
+    outbox_events_free(evs, k);
+    free(moved);
+    free(plans);
+    free(orders);
+    return rc;
+}
+
+struct phase_def {
+    store_work_fn *one;  /* one operation's transaction */
+    store_work_fn *many; /* a struct pay_batch's; NULL: always alone */
+};
+static const struct phase_def PHASES[] = {
+    [PH_AUTHORIZE_BEGIN] = {authorize_begin, authorize_begin_many},
+    [PH_AUTHORIZE_END] = {outcome_end, outcome_end_many},
+    [PH_SETTLE_BEGIN] = {settle_begin, settle_begin_many},
+    [PH_SETTLE_END] = {outcome_end, outcome_end_many},
+    [PH_REFUND_BEGIN] = {refund_begin, NULL},
+    [PH_REFUND_END] = {refund_end, NULL},
+};
+
+/* Members that share this never ride in one batch. */
+static const char *
+conflict_key(const struct pay_op *op)
+{
+    switch (op->phase) {
+    case PH_AUTHORIZE_BEGIN:
+        return op->req->order_id;
+    case PH_SETTLE_BEGIN:
+        return op->payment_id;
+    default:
+        return op->row.order_id;
+    }
+}
+
+static bool
+same_phase(const void *a, const void *b, void *ctx)
+{
+    (void)ctx;
+    return ((const struct pay_op *)a)->phase == ((const struct pay_op *)b)->phase;
+}
+
+/* The combiner's run: one phase for the operations it gathered. */
+static void
+carry(void **items, size_t n, void *ctx)
+{
+    struct payments *p = ctx;
+    struct pay_op **m = xcalloc(n, sizeof *m);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct pay_op *op = items[i];
+        op->alone = false;
+        for (size_t j = 0; j < k && !op->alone; j++)
+            op->alone = strcmp(conflict_key(m[j]), conflict_key(op)) == 0;
+        if (!op->alone)
+            m[k++] = op;
+    }
+    const struct phase_def *ph = &PHASES[m[0]->phase];
+    if (k == 1) {
+        m[0]->rc = store_run(p->store, STORE_WRITE, ph->one, m[0], &m[0]->err);
+    } else {
+        struct pay_batch b = {.m = m, .n = k};
+        struct bb_error e;
+        enum err rc = store_run(p->store, STORE_WRITE, ph->many, &b, &e);
+        payments__metric_batch("ledger", k, rc == ERR_OK);
+        if (rc != ERR_OK) {
+            log_debug("payments.batch_failed", "members=%zu detail=%s", k, e.detail);
+            for (size_t i = 0; i < k; i++)
+                m[i]->alone = true;
+        }
+    }
+    free(m);
+}
+
+/* Run a phase's transaction: in a batch when others are at it too, else
+ * (or when the batch sets it aside) alone. */
+static enum err
+run(struct pay_op *op, enum pay_phase phase, struct bb_error *e)
+{
+    const struct phase_def *ph = &PHASES[phase];
+    op->phase = phase;
+    op->alone = false;
+    if (ph->many && op->p->combiner && bb_combine(op->p->combiner, op) && !op->alone) {
+        if (op->rc != ERR_OK)
+            *e = op->err;
+        return op->rc;
+    }
+    return store_run(op->p->store, STORE_WRITE, ph->one, op, e);
+}
+
+void
+payments__batching_start(struct payments *p, size_t batch_max)
+{
+    if (batch_max <= 1)
+        return;
+    struct bb_combiner_options o = {.leaders = PAYMENTS__BATCH_LEADERS,
+                                    .batch_max = batch_max,
+                                    .waiting_max = PAYMENTS__BATCH_WAITING_MAX,
+                                    .same = same_phase,
+                                    .run = carry,
+                                    .ctx = p,
+                                    .on_waiting = payments__metric_waiting,
+                                    .waiting_ctx = (void *)"ledger"};
+    p->combiner = bb_combiner_create(&o);
 }

@@ -4,6 +4,7 @@
  */
 #include "payments/payments_int.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const struct store_migration MIGRATIONS[] = {
@@ -133,6 +134,39 @@ static struct store_stmt REFUNDS_GET = {
            " ORDER BY created_at_ms, id",
 };
 
+/* $1 a JSON array of ids, or of idempotency keys. */
+static struct store_stmt PAYMENTS_GET_MANY = {
+    .sql_pg = "SELECT " PAYMENT_COLUMNS " FROM payments"
+              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+    .sql_sqlite = "SELECT " PAYMENT_COLUMNS " FROM payments"
+                  " WHERE id IN (SELECT value FROM json_each($1))",
+};
+static struct store_stmt PAYMENTS_BY_KEY_MANY = {
+    .sql_pg = "SELECT " PAYMENT_COLUMNS " FROM payments"
+              " WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+    .sql_sqlite = "SELECT " PAYMENT_COLUMNS " FROM payments"
+                  " WHERE idempotency_key IN (SELECT value FROM json_each($1))",
+};
+
+/* The current result row, PAYMENT_COLUMNS. */
+static void
+row_from(const struct store_rows *r, struct payments__row *row)
+{
+    memset(row, 0, sizeof *row);
+    bb_strlcpy(row->id, store_col_text(r, 0), sizeof row->id);
+    bb_strlcpy(row->order_id, store_col_text(r, 1), sizeof row->order_id);
+    bb_strlcpy(row->key, store_col_text(r, 2), sizeof row->key);
+    bb_strlcpy(row->fingerprint, store_col_text(r, 3), sizeof row->fingerprint);
+    row->amount = store_col_int(r, 4);
+    bb_strlcpy(row->currency, store_col_text(r, 5), sizeof row->currency);
+    if (!store_col_is_null(r, 6))
+        bb_strlcpy(row->card, store_col_text(r, 6), sizeof row->card);
+    if (!payments__state_parse(store_col_text(r, 7), &row->state))
+        bb_panic(__FILE__, __LINE__, "unknown payment state in the database");
+    row->captured = store_col_int(r, 8);
+    row->refunded = store_col_int(r, 9);
+}
+
 static enum err
 row_read(struct store_conn *c, struct store_stmt *st, const char *key, struct payments__row *row,
          bool *found, struct bb_error *e)
@@ -143,20 +177,37 @@ row_read(struct store_conn *c, struct store_stmt *st, const char *key, struct pa
     if (rc != ERR_OK)
         return rc;
     *found = store_next(&r);
-    if (*found) {
-        memset(row, 0, sizeof *row);
-        bb_strlcpy(row->id, store_col_text(&r, 0), sizeof row->id);
-        bb_strlcpy(row->order_id, store_col_text(&r, 1), sizeof row->order_id);
-        bb_strlcpy(row->key, store_col_text(&r, 2), sizeof row->key);
-        bb_strlcpy(row->fingerprint, store_col_text(&r, 3), sizeof row->fingerprint);
-        row->amount = store_col_int(&r, 4);
-        bb_strlcpy(row->currency, store_col_text(&r, 5), sizeof row->currency);
-        if (!store_col_is_null(&r, 6))
-            bb_strlcpy(row->card, store_col_text(&r, 6), sizeof row->card);
-        if (!payments__state_parse(store_col_text(&r, 7), &row->state))
-            bb_panic(__FILE__, __LINE__, "unknown payment state in the database");
-        row->captured = store_col_int(&r, 8);
-        row->refunded = store_col_int(&r, 9);
+    if (*found)
+        row_from(&r, row);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+enum err
+payments__rows_read_many(struct store_conn *c, bool by_key, const char *const *keys, size_t n,
+                         struct payments__row **rows, bool *found, struct bb_error *e)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
+        found[i] = false;
+        json_array_append_new(list, json_string(keys[i]));
+    }
+    char *text = bb_json_dumps(list);
+    json_decref(list);
+    const struct store_param p[] = {sp_text(text)};
+    struct store_rows r;
+    enum err rc = store_query(c, by_key ? &PAYMENTS_BY_KEY_MANY : &PAYMENTS_GET_MANY, p, 1, &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        const char *k = store_col_text(&r, by_key ? 2 : 0);
+        for (size_t i = 0; i < n; i++) {
+            if (!found[i] && strcmp(keys[i], k) == 0) {
+                row_from(&r, rows[i]);
+                found[i] = true;
+            }
+        }
     }
     store_rows_close(&r);
     return ERR_OK;

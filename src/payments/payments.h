@@ -72,6 +72,7 @@ struct payments_options {
     struct psp_config psp;
     int64_t psp_timeout_ms; /* the caller's timeout on each PSP call */
     int threads;            /* HTTP requests served at once (each waits on the PSP) */
+    int batch;              /* operations in the same step sharing a transaction (0: 32; 1: none) */
 };
 
 /* An authorization request. */

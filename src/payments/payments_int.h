@@ -6,6 +6,9 @@
 
 #include "payments/payments.h"
 
+/* Batches in flight at once, and callers waiting for one, per combiner. */
+enum { PAYMENTS__BATCH_LEADERS = 4, PAYMENTS__BATCH_WAITING_MAX = 512 };
+
 /* ---- the PSP mock (payment_psp.c) ------------------------------------------------------- */
 
 enum payments__psp_outcome {
@@ -37,7 +40,9 @@ struct payments__psp_answer {
 };
 
 struct payments__psp;
-struct payments__psp *payments__psp_create(struct store *s, const struct psp_config *c);
+/* batch_max > 1: records of concurrent calls share a transaction. */
+struct payments__psp *payments__psp_create(struct store *s, const struct psp_config *c,
+                                           size_t batch_max);
 void payments__psp_destroy(struct payments__psp *psp);
 void payments__psp_config_get(struct payments__psp *psp, struct psp_config *out);
 void payments__psp_config_set(struct payments__psp *psp, const struct psp_config *c);
@@ -69,6 +74,11 @@ enum err payments__row_get(struct store_conn *c, const char *payment_id, struct 
                            struct bb_error *e);
 enum err payments__row_by_key(struct store_conn *c, const char *key, struct payments__row *row,
                               bool *found, struct bb_error *e);
+/* The rows of n payments by id, or by idempotency key (by_key): *rows[i]
+ * and found[i] for keys[i]. */
+enum err payments__rows_read_many(struct store_conn *c, bool by_key, const char *const *keys,
+                                  size_t n, struct payments__row **rows, bool *found,
+                                  struct bb_error *e);
 
 /* ---- the service (payment_service.c) ----------------------------------------------------- */
 
@@ -76,13 +86,22 @@ struct payments {
     struct store *store;
     struct payments__psp *psp;
     int64_t psp_timeout_ms;
-    struct bb_pool *pool; /* HTTP requests waiting on the PSP */
+    struct bb_pool *pool;         /* HTTP requests waiting on the PSP */
+    struct bb_combiner *combiner; /* batches of operations; NULL: each alone */
 };
+/* Let up to batch_max operations in the same phase share a transaction
+ * (<= 1: never). */
+void payments__batching_start(struct payments *p, size_t batch_max);
 
 /* ---- metrics (payment_http.c) ---------------------------------------------------------- */
 
 void payments__metrics_register(void);
 void payments__metric_attempt(const char *op, enum payments__psp_outcome o, int64_t latency_ms);
 void payments__metric_failure(const char *reason);
+/* A batch of n operations' (or PSP records') transaction, and whether it
+ * committed (if not, each member ran alone). */
+void payments__metric_batch(const char *what, size_t n, bool ok);
+/* A combiner's on_waiting: `what` is the label ("ledger", "psp"). */
+void payments__metric_waiting(size_t n, void *what);
 
 #endif /* BB_PAYMENTS_INT_H */

@@ -2,12 +2,14 @@
  * test_payment_store.c: payments through the PSP mock on both engines:
  * idempotent authorizations, declines, timeouts and failures retried
  * without charging twice, the state table for capture and void, refunds,
- * fencing by the payment lock's token, a seed that repeats its answers, and
- * concurrent retries of one request.
+ * fencing by the payment lock's token, a seed that repeats its answers,
+ * concurrent retries of one request, and operations that share a batch
+ * ending as they would alone.
  */
 #include "testsupport.h"
 
 #include "locks/locks.h"
+#include "metrics/metrics.h"
 #include "outbox/outbox.h"
 #include "payments/payments.h"
 
@@ -322,6 +324,305 @@ concurrent_retries_of_one_request_make_one_payment_and_one_charge(void **state)
                      1);
 }
 
+/* ---- batches ------------------------------------------------------------------------------ */
+
+/* A write unit that holds the store's only executor thread until opened:
+ * operations queue up behind it, and their phases gather in batches. */
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool inside, open;
+};
+
+static enum err
+gate_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)c;
+    (void)e;
+    struct gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    g->inside = true;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    return ERR_OK;
+}
+
+static void
+gate_done(void *arg, enum err rc, const struct bb_error *e)
+{
+    (void)arg;
+    (void)rc;
+    (void)e;
+}
+
+static void
+gate_close(struct fixture *f, struct gate *g)
+{
+    *g = (struct gate){.open = false};
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    assert_int_equal(store_submit(f->db->store, STORE_WRITE, gate_work, gate_done, g), ERR_OK);
+    pthread_mutex_lock(&g->mu);
+    while (!g->inside)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void
+gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* A labelled series' value in the metrics text (-1: not there). */
+static int64_t
+series(const char *name_and_labels)
+{
+    struct bb_buf b;
+    bb_buf_init(&b);
+    metrics_render(&b);
+    char key[160];
+    snprintf(key, sizeof key, "\n%s ", name_and_labels);
+    const char *line = strstr(b.data, key);
+    int64_t n = line ? strtoll(line + strlen(key), NULL, 10) : -1;
+    bb_buf_deinit(&b);
+    return n;
+}
+
+/* Wait until `n` ledger operations wait for a batch (four lead meanwhile). */
+static void
+await_waiting(int64_t n)
+{
+    int64_t deadline = bb_mono_ms() + 60000;
+    while (series("backbone_payment_batch_waiting{what=\"ledger\"}") != n) {
+        if (bb_mono_ms() > deadline)
+            fail_msg("%lld operations never waited for a batch", (long long)n);
+        bb_sleep_ms(1);
+    }
+}
+
+/* Ledger batches of more than four operations so far. */
+static int64_t
+big_batches(void)
+{
+    return series("backbone_payment_batch_size_count{what=\"ledger\"}") -
+           series("backbone_payment_batch_size_bucket{what=\"ledger\",le=\"4\"}");
+}
+
+struct wave_op {
+    struct payments *p;
+    const char *what; /* authorize, capture, void */
+    struct payment_request req;
+    char order[32], key[32];
+    const char *payment_id;
+    int64_t token;
+    enum err rc;
+    char id[PAYMENT_ID_LEN + 1];
+};
+
+static void *
+wave_run(void *arg)
+{
+    struct wave_op *w = arg;
+    struct bb_error e;
+    if (strcmp(w->what, "authorize") == 0)
+        w->rc = payment_authorize(w->p, &w->req, w->id, NULL, &e);
+    else if (strcmp(w->what, "capture") == 0)
+        w->rc = payment_capture(w->p, w->payment_id, 0, w->token, NULL, &e);
+    else
+        w->rc = payment_void(w->p, w->payment_id, w->token, NULL, &e);
+    return NULL;
+}
+
+/* Run the operations at once behind the gate: four lead alone, the rest
+ * wait and ride together. */
+static void
+wave(struct fixture *f, struct wave_op *ops, size_t n)
+{
+    struct gate g;
+    gate_close(f, &g);
+    int64_t before = big_batches();
+    pthread_t *t = xcalloc(n, sizeof *t);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, wave_run, &ops[i]), 0);
+    await_waiting((int64_t)n - 4);
+    gate_open(&g);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    free(t);
+    assert_true(big_batches() > before);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+}
+
+static void
+authorize_alone(struct fixture *f, const char *order, const char *key, int64_t amount,
+                int64_t token, char id[PAYMENT_ID_LEN + 1])
+{
+    struct payment_request r = request(order, key);
+    r.amount = amount;
+    r.lock_token = token;
+    struct bb_error e;
+    assert_ok(payment_authorize(f->p, &r, id, NULL, &e), &e);
+}
+
+/* count() of `before` 'value' `after` (values are the test's own). */
+static int64_t
+count_where(struct fixture *f, const char *before, const char *value, const char *after)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "%s'%s'%s", before, value, after);
+    return count(f, sql);
+}
+
+/*
+ * Five of each case (so at least one of each rides in the batch, whichever
+ * four lead alone): authorizations that are new, declined, fenced off by a
+ * newer token, reusing a key for another amount, repeating an earlier one,
+ * and pairs sent twice at once; then captures, voids, stale captures and
+ * captures of declined payments. Each ends as it would alone.
+ */
+static void
+operations_in_a_batch_end_as_they_would_alone(void **state)
+{
+    struct fixture *f = *state;
+    enum { K = 5, N1 = 7 * K, N2 = 4 * K };
+    char earlier[K][PAYMENT_ID_LEN + 1], id[PAYMENT_ID_LEN + 1];
+    for (int i = 0; i < K; i++) {
+        char order[32], key[32];
+        snprintf(order, sizeof order, "o-stale-%d", i);
+        snprintf(key, sizeof key, "k-stale-first-%d", i);
+        authorize_alone(f, order, key, 1500, 10, id); /* the fence stands at 10 */
+        snprintf(order, sizeof order, "o-again-%d", i);
+        snprintf(key, sizeof key, "k-again-%d", i);
+        authorize_alone(f, order, key, 1500, 0, earlier[i]);
+    }
+    struct wave_op ops[N1];
+    for (int i = 0; i < N1; i++) {
+        struct wave_op *w = &ops[i];
+        int c = i / K, k = i % K;
+        static const char *const cases[] = {"new",   "declined", "stale", "mismatch",
+                                            "again", "twice",    "twice"};
+        *w = (struct wave_op){.p = f->p, .what = "authorize"};
+        snprintf(w->order, sizeof w->order, "o-%s-%d", cases[c], k);
+        snprintf(w->key, sizeof w->key, "k-%s-%d", cases[c], k);
+        w->req = request(w->order, w->key);
+        if (c == 1)
+            w->req.card = "card-declined";
+        if (c == 2)
+            w->req.lock_token = 5;
+        if (c == 3) { /* the key of an earlier payment, another amount */
+            snprintf(w->key, sizeof w->key, "k-again-%d", k);
+            w->req.amount = 99;
+        }
+        if (c == 4)
+            snprintf(w->order, sizeof w->order, "o-again-%d", k);
+    }
+    int64_t charges = count(f, "SELECT COUNT(*) FROM psp_charges");
+    wave(f, ops, N1);
+    for (int k = 0; k < K; k++) {
+        assert_int_equal(ops[0 * K + k].rc, ERR_OK);
+        assert_int_equal(ops[1 * K + k].rc, ERR_PAYMENT_DECLINED);
+        assert_int_equal(ops[2 * K + k].rc, ERR_STALE_TOKEN);
+        assert_int_equal(count_where(f, "SELECT COUNT(*) FROM payments WHERE order_id = ",
+                                     ops[2 * K + k].order, ""),
+                         1); /* the first payment only */
+        assert_int_equal(ops[3 * K + k].rc, ERR_IDEMPOTENCY_MISMATCH);
+        assert_int_equal(ops[4 * K + k].rc, ERR_OK);
+        assert_string_equal(ops[4 * K + k].id, earlier[k]);
+        assert_int_equal(ops[5 * K + k].rc, ERR_OK);
+        assert_int_equal(ops[6 * K + k].rc, ERR_OK);
+        assert_string_equal(ops[5 * K + k].id, ops[6 * K + k].id);
+    }
+    /* New: 5 approved, 5 declined, 5 sent twice; nothing else asked the PSP. */
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges") - charges, 3 * K);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"
+                              " AND (order_id LIKE 'o-new-%' OR order_id LIKE 'o-twice-%')"),
+                     2 * K);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'FAILED'"), K);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM outbox_events"
+                              " WHERE type = 'payment.authorized.v1'"),
+                     4 * K); /* 2 earlier, 2 now, K each */
+    assert_int_equal(
+        count(f, "SELECT COUNT(*) FROM outbox_events WHERE type = 'payment.failed.v1'"), K);
+    /* One attempt per call: a pair sent twice may both have found it pending. */
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts a JOIN payments p"
+                              " ON p.id = a.payment_id WHERE p.order_id LIKE 'o-new-%'"
+                              " OR p.order_id LIKE 'o-declined-%'"),
+                     2 * K);
+    int64_t twice = count(f, "SELECT COUNT(*) FROM payment_attempts a JOIN payments p"
+                             " ON p.id = a.payment_id WHERE p.order_id LIKE 'o-twice-%'");
+    assert_in_range(twice, K, 2 * K);
+
+    /* Settlements: captures, voids, stale captures, captures of declines. */
+    struct wave_op settle[N2];
+    for (int i = 0; i < N2; i++) {
+        struct wave_op *w = &settle[i];
+        int c = i / K, k = i % K;
+        static const char *const whats[] = {"capture", "void", "capture", "capture"};
+        const struct wave_op *from = c == 0   ? &ops[k]
+                                     : c == 1 ? &ops[5 * K + k]
+                                     : c == 2 ? &ops[2 * K + k]
+                                              : &ops[1 * K + k];
+        *w = (struct wave_op){.p = f->p, .what = whats[c], .token = c == 2 ? 5 : 0};
+        w->payment_id = from->id;
+        if (c == 2) { /* the first payment of the fenced order */
+            w->payment_id = NULL;
+            char key[32];
+            snprintf(key, sizeof key, "k-stale-first-%d", k);
+            struct payment_request r = request(from->order, key);
+            authorize_alone(f, from->order, key, r.amount, 10, w->id);
+            w->payment_id = w->id;
+        }
+    }
+    wave(f, settle, N2);
+    for (int k = 0; k < K; k++) {
+        assert_int_equal(settle[0 * K + k].rc, ERR_OK);
+        assert_int_equal(settle[1 * K + k].rc, ERR_OK);
+        assert_int_equal(settle[2 * K + k].rc, ERR_STALE_TOKEN);
+        assert_int_equal(settle[3 * K + k].rc, ERR_CONFLICT);
+        assert_int_equal(
+            count_where(f, "SELECT COUNT(*) FROM payments WHERE id = ", settle[k].payment_id,
+                        " AND state = 'CAPTURED' AND captured_amount = 1500"),
+            1);
+        assert_int_equal(count_where(f, "SELECT COUNT(*) FROM payments WHERE id = ",
+                                     settle[K + k].payment_id, " AND state = 'VOIDED'"),
+                         1);
+        assert_int_equal(count_where(f, "SELECT COUNT(*) FROM payments WHERE id = ",
+                                     settle[2 * K + k].payment_id, " AND state = 'AUTHORIZED'"),
+                         1);
+    }
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM outbox_events"
+                              " WHERE type = 'payment.captured.v1'"),
+                     K);
+    assert_int_equal(
+        count(f, "SELECT COUNT(*) FROM outbox_events WHERE type = 'payment.voided.v1'"), K);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges WHERE op IN ('capture', 'void')"),
+                     2 * K);
+}
+
+static int
+setup_one_thread(void **state)
+{
+    struct fixture *f = xcalloc(1, sizeof *f);
+    struct store_options so;
+    store_options_defaults(&so, test_engine() == STORE_POSTGRES ? "postgres://" : "sqlite:x");
+    so.pool_size = 1; /* the gate holds every writer */
+    f->db = test_db_create_with(&so);
+    struct payments_options o = {.psp_timeout_ms = 5000, .threads = 2, .psp = {.seed = 7}};
+    bb_strlcpy(o.psp.decline_cards[0], "card-declined", sizeof o.psp.decline_cards[0]);
+    o.psp.n_decline_cards = 1;
+    struct bb_error e;
+    assert_ok(payments_create(f->db->store, &o, &f->p, &e), &e);
+    *state = f;
+    return 0;
+}
+
 #define PAY_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -333,6 +634,8 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(a_stale_lock_token_is_refused_before_the_psp),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
+    cmocka_unit_test_setup_teardown(operations_in_a_batch_end_as_they_would_alone, setup_one_thread,
+                                    teardown),
 };
 
 TEST_MAIN(tests, true)

@@ -1,8 +1,10 @@
 /*
- * test_base.c: errors, durations, ids, jitter, options, JSON readers, logs.
+ * test_base.c: errors, durations, ids, jitter, options, JSON readers, logs,
+ * the combiner.
  */
 #include "testsupport.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -451,6 +453,188 @@ strlcpy_truncates_and_reports_the_source_length(void **state)
     assert_string_equal(small, "abc");
 }
 
+/* ---- the combiner ---- */
+
+struct cb_item {
+    int kind;
+    int carried;  /* times a batch carried it */
+    int batch_no; /* which batch (1 = the first) */
+};
+
+struct cb_world {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool open;      /* the first batch may finish */
+    size_t waiting; /* as on_waiting last said */
+    int batches;
+    bool mixed; /* a batch held two kinds */
+    size_t sizes[8];
+    struct bb_combiner *cb;
+};
+
+static bool
+cb_same(const void *a, const void *b, void *ctx)
+{
+    (void)ctx;
+    return ((const struct cb_item *)a)->kind == ((const struct cb_item *)b)->kind;
+}
+
+static void
+cb_run(void **items, size_t n, void *ctx)
+{
+    struct cb_world *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    int no = ++w->batches;
+    if (no <= 8)
+        w->sizes[no - 1] = n;
+    for (size_t i = 0; i < n; i++) {
+        struct cb_item *it = items[i];
+        it->carried++;
+        it->batch_no = no;
+        if (it->kind != ((struct cb_item *)items[0])->kind)
+            w->mixed = true;
+    }
+    pthread_cond_broadcast(&w->cv);
+    while (no == 1 && !w->open) /* the first batch holds the only slot */
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void
+cb_waiting(size_t n, void *ctx)
+{
+    struct cb_world *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    w->waiting = n;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+struct cb_caller {
+    struct cb_world *w;
+    struct cb_item item;
+};
+
+static void *
+cb_call(void *arg)
+{
+    struct cb_caller *c = arg;
+    assert_true(bb_combine(c->w->cb, &c->item));
+    return NULL;
+}
+
+static void
+cb_await_batches(struct cb_world *w, int n)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->batches != n)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Wait until on_waiting said n. */
+static void
+cb_await_waiting(struct cb_world *w, size_t n)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->waiting != n)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void
+combiner_carries_waiting_items_of_a_kind_together_each_once(void **state)
+{
+    (void)state;
+    struct cb_world w = {.open = false};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    struct bb_combiner_options o = {.leaders = 1,
+                                    .batch_max = 4,
+                                    .waiting_max = 16,
+                                    .same = cb_same,
+                                    .run = cb_run,
+                                    .ctx = &w,
+                                    .on_waiting = cb_waiting,
+                                    .waiting_ctx = &w};
+    w.cb = bb_combiner_create(&o);
+    /* The first caller leads alone and holds the one slot; then five of
+     * kind 1 and two of kind 2 queue behind it. */
+    enum { N = 8 };
+    struct cb_caller calls[N];
+    pthread_t t[N];
+    for (size_t i = 0; i < N; i++) {
+        calls[i] = (struct cb_caller){.w = &w, .item = {.kind = i == 0 ? 0 : i <= 5 ? 1 : 2}};
+        assert_int_equal(pthread_create(&t[i], NULL, cb_call, &calls[i]), 0);
+        if (i == 0)
+            cb_await_batches(&w, 1);
+        else
+            cb_await_waiting(&w, i); /* in this order: the first in line is known */
+    }
+    pthread_mutex_lock(&w.mu);
+    assert_int_equal(w.batches, 1);
+    w.open = true;
+    pthread_cond_broadcast(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    /* [0], then kind 1 first in line: four (batch_max), then the fifth
+     * and kind 2's two in some order. */
+    assert_false(w.mixed);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(calls[i].item.carried, 1);
+    assert_int_equal(w.batches, 4);
+    assert_int_equal(w.sizes[0], 1);
+    assert_int_equal(w.sizes[1], 4);
+    for (size_t i = 1; i <= 4; i++)
+        assert_int_equal(calls[i].item.batch_no, 2);
+    assert_int_equal(calls[6].item.batch_no, calls[7].item.batch_no);
+    assert_int_not_equal(calls[5].item.batch_no, calls[6].item.batch_no);
+    assert_int_equal(w.waiting, 0);
+    bb_combiner_destroy(w.cb);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+}
+
+static void
+combiner_refuses_callers_beyond_waiting_max(void **state)
+{
+    (void)state;
+    struct cb_world w = {.open = false};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    struct bb_combiner_options o = {.leaders = 1,
+                                    .batch_max = 2,
+                                    .waiting_max = 1,
+                                    .same = cb_same,
+                                    .run = cb_run,
+                                    .ctx = &w,
+                                    .on_waiting = cb_waiting,
+                                    .waiting_ctx = &w};
+    w.cb = bb_combiner_create(&o);
+    struct cb_caller first = {.w = &w, .item = {.kind = 1}};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cb_call, &first), 0);
+    cb_await_batches(&w, 1); /* leading: off the waiting list */
+    struct cb_caller second = {.w = &w, .item = {.kind = 1}};
+    pthread_t t2;
+    assert_int_equal(pthread_create(&t2, NULL, cb_call, &second), 0);
+    cb_await_waiting(&w, 1);
+    struct cb_item third = {.kind = 1};
+    assert_false(bb_combine(w.cb, &third)); /* full: the caller runs it alone */
+    assert_int_equal(third.carried, 0);
+    pthread_mutex_lock(&w.mu);
+    w.open = true;
+    pthread_cond_broadcast(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(pthread_join(t2, NULL), 0);
+    assert_int_equal(first.item.carried + second.item.carried, 2);
+    bb_combiner_destroy(w.cb);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(error_table_codes_are_unique_and_mapped),
     cmocka_unit_test(fail_fills_the_error_and_returns_the_code),
@@ -474,6 +658,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(log_limit_suppresses_and_counts_bursts),
     cmocka_unit_test(arena_allocations_are_aligned_and_survive_growth),
     cmocka_unit_test(strlcpy_truncates_and_reports_the_source_length),
+    cmocka_unit_test(combiner_carries_waiting_items_of_a_kind_together_each_once),
+    cmocka_unit_test(combiner_refuses_callers_beyond_waiting_max),
 };
 
 TEST_MAIN(tests, false)
