@@ -6,7 +6,9 @@
  * payment with a compare-and-set, writing its event. The PSP key of a call
  * comes from the request's idempotency key (authorize:KEY, capture:KEY,
  * void:KEY, refund:REFUND_KEY), so a retry asks the PSP the same question,
- * and the mock's seeded draws repeat with the same requests.
+ * and the mock's seeded draws repeat with the same requests. The
+ * transactions of authorize, capture and void run in batches under load
+ * (see "batches" at the end); refunds run alone.
  */
 #include "payments/payments_int.h"
 

@@ -21,6 +21,11 @@
  * (ERR_STALE_TOKEN) before the PSP is called and again when the outcome is
  * recorded.
  *
+ * Batches: operations that stand at the same transaction at the same time
+ * (authorize's intent, capture's or void's, the outcome of any of them)
+ * share one, with one statement per table, and so do the PSP mock's
+ * records (payments_options.batch); each ends as it would alone.
+ *
  * Events, in the transaction of each change: payment.authorized.v1,
  * payment.failed.v1, payment.captured.v1, payment.voided.v1,
  * payment.refunded.v1.

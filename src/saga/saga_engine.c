@@ -153,12 +153,9 @@ struct saga_engine {
     bool stopping;          /* guarded by mu */
     bool wake;              /* guarded by mu */
     int64_t last_pruned_ms; /* starter thread only */
-    /* Batched units: members wait in `waiting` (FIFO) until a leader takes
-     * them; at most UNIT_LEADERS_MAX batches run at once. */
-    pthread_mutex_t batch_mu;
-    struct step_job *waiting[UNIT_WAITING_MAX]; /* guarded by batch_mu */
-    size_t n_waiting;                           /* guarded by batch_mu */
-    int leaders;                                /* guarded by batch_mu */
+    /* Batched units: at most UNIT_LEADERS_MAX batches run at once; NULL
+     * when every unit runs alone. */
+    struct bb_combiner *combiner;
 };
 
 /* ---- running steps ------------------------------------------------------------------------- */
@@ -200,12 +197,12 @@ struct step_job {
     bool failed;  /* one failed: the unit rolled back */
     bool stale;   /* another run moved the instance on */
     bool stopped; /* a batched unit: a batch form failed this one */
-    /* Guarded by eng->batch_mu while it waits for a batch. */
-    enum { UNIT_WAITING, UNIT_TAKEN, UNIT_DONE, UNIT_ALONE } batch;
+    /* Set by the batch that carried its unit: the outcome, or `alone` (the
+     * batch failed as a whole: run it alone). */
+    bool alone;
     enum err batch_rc;
     struct bb_error batch_error;
-    pthread_cond_t batch_cv; /* its batch ran, or it may lead one */
-    bool chain;              /* the next step stays with this job */
+    bool chain; /* the next step stays with this job */
     /* What the next outside step holds (0: nothing), as committed, and as
      * the unit leaves it. */
     int64_t held, unit_held;
@@ -562,10 +559,15 @@ advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
-/* Run the members' units, together when there are several. */
+/* The combiner's run: the members' units, together when there are
+ * several. */
 static void
-lead(struct saga_engine *eng, struct step_job **m, size_t n)
+lead(void **items, size_t n, void *ctx)
 {
+    struct saga_engine *eng = ctx;
+    struct step_job *m[SAGA_UNIT_BATCH_MAX];
+    for (size_t i = 0; i < n; i++)
+        m[i] = items[i];
     metrics_observe(&M_UNIT_BATCH, (double)n);
     struct bb_error e;
     enum err rc;
@@ -579,53 +581,34 @@ lead(struct saga_engine *eng, struct step_job **m, size_t n)
             log_debug("saga.batch_failed", "members=%zu detail=%s", n, e.detail);
         }
     }
-    pthread_mutex_lock(&eng->batch_mu);
     for (size_t i = 0; i < n; i++) {
-        m[i]->batch = n > 1 && rc != ERR_OK ? UNIT_ALONE : UNIT_DONE;
+        m[i]->alone = n > 1 && rc != ERR_OK;
         m[i]->batch_rc = rc;
         m[i]->batch_error = e;
-        pthread_cond_signal(&m[i]->batch_cv);
     }
-    eng->leaders--;
-    if (eng->n_waiting > 0) /* the first in line leads the next batch */
-        pthread_cond_signal(&eng->waiting[0]->batch_cv);
-    pthread_mutex_unlock(&eng->batch_mu);
 }
 
-/* Units of one kind: the same definition, step and state, with or without
- * a result to record first. */
+/*
+ * Units of one kind: the same definition, step and state, with or without
+ * a result to record first. A batch of one kind runs the same steps for
+ * all, so it locks the rows its members share once, in one order (the
+ * products in SKU order, say); a batch that mixed kinds would lock them in
+ * two rounds, and two such batches could wait on each other in a circle.
+ */
 static bool
-same_kind(const struct step_job *a, const struct step_job *b)
+same_kind(const void *x, const void *y, void *ctx)
 {
+    (void)ctx;
+    const struct step_job *a = x, *b = y;
     return a->def == b->def && a->in.step == b->in.step && a->in.state == b->in.state &&
            a->pending == b->pending;
 }
 
-/*
- * Take the leader's own unit and up to unit_batch - 1 more waiting units of
- * its kind, oldest first (the rest keep their places): a leader never
- * waits for more than its own batch. A batch of one kind runs the same steps
- * for all, so it locks the rows its members share once, in one order (the
- * products in SKU order, say); a batch that mixed kinds would lock them in
- * two rounds, and two such batches could wait on each other in a circle.
- */
-static size_t
-take_batch(struct saga_engine *eng, struct step_job *leader, struct step_job **m)
+static void
+units_waiting(size_t n, void *ctx)
 {
-    size_t n = 1, kept = 0;
-    m[0] = leader;
-    for (size_t i = 0; i < eng->n_waiting; i++) {
-        struct step_job *j = eng->waiting[i];
-        if (j != leader && n < (size_t)eng->opt.unit_batch && same_kind(j, leader))
-            m[n++] = j;
-        else if (j != leader)
-            eng->waiting[kept++] = j;
-    }
-    eng->n_waiting = kept;
-    metrics_set(&M_UNITS_WAITING, (double)kept);
-    for (size_t i = 0; i < n; i++)
-        m[i]->batch = UNIT_TAKEN;
-    return n;
+    (void)ctx;
+    metrics_set(&M_UNITS_WAITING, (double)n);
 }
 
 /*
@@ -638,35 +621,11 @@ static enum err
 unit_commit(struct step_job *j, struct bb_error *e)
 {
     struct saga_engine *eng = j->eng;
-    if (eng->opt.unit_batch <= 1 || !batchable(j))
+    j->alone = false;
+    if (eng->combiner == NULL || !batchable(j) || !bb_combine(eng->combiner, j) || j->alone)
         return store_run(eng->store, STORE_WRITE, advance_work, j, e);
-    pthread_mutex_lock(&eng->batch_mu);
-    if (eng->n_waiting == UNIT_WAITING_MAX) {
-        pthread_mutex_unlock(&eng->batch_mu);
-        return store_run(eng->store, STORE_WRITE, advance_work, j, e);
-    }
-    j->batch = UNIT_WAITING;
-    eng->waiting[eng->n_waiting++] = j;
-    metrics_set(&M_UNITS_WAITING, (double)eng->n_waiting);
-    while (j->batch == UNIT_WAITING || j->batch == UNIT_TAKEN) {
-        if (j->batch == UNIT_TAKEN || eng->leaders >= UNIT_LEADERS_MAX) {
-            pthread_cond_wait(&j->batch_cv, &eng->batch_mu);
-            continue;
-        }
-        struct step_job *m[SAGA_UNIT_BATCH_MAX];
-        size_t n = take_batch(eng, j, m);
-        eng->leaders++;
-        if (eng->n_waiting > 0 && eng->leaders < UNIT_LEADERS_MAX)
-            pthread_cond_signal(&eng->waiting[0]->batch_cv);
-        pthread_mutex_unlock(&eng->batch_mu);
-        lead(eng, m, n);
-        pthread_mutex_lock(&eng->batch_mu);
-    }
-    enum err rc = j->batch_rc;
-    bool alone = j->batch == UNIT_ALONE;
     *e = j->batch_error;
-    pthread_mutex_unlock(&eng->batch_mu);
-    return alone ? store_run(eng->store, STORE_WRITE, advance_work, j, e) : rc;
+    return j->batch_rc;
 }
 
 static void
@@ -768,7 +727,6 @@ static enum job_verdict
 saga_job(struct job_run *run)
 {
     struct step_job *j = xcalloc(1, sizeof *j);
-    pthread_cond_init(&j->batch_cv, NULL);
     j->eng = run->ctx;
     j->run = run;
     json_t *payload = json_loads(run->job->payload, 0, NULL);
@@ -789,7 +747,6 @@ saga_job(struct job_run *run)
     saga__instance_deinit(&j->work);
     saga__instance_deinit(&j->in);
     json_decref(payload);
-    pthread_cond_destroy(&j->batch_cv);
     free(j);
     return verdict;
 }
@@ -958,7 +915,16 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
     if (eng->opt.unit_batch > SAGA_UNIT_BATCH_MAX)
         eng->opt.unit_batch = SAGA_UNIT_BATCH_MAX;
     pthread_mutex_init(&eng->mu, NULL);
-    pthread_mutex_init(&eng->batch_mu, NULL);
+    if (eng->opt.unit_batch > 1) {
+        struct bb_combiner_options co = {.leaders = UNIT_LEADERS_MAX,
+                                         .batch_max = (size_t)eng->opt.unit_batch,
+                                         .waiting_max = UNIT_WAITING_MAX,
+                                         .same = same_kind,
+                                         .run = lead,
+                                         .ctx = eng,
+                                         .on_waiting = units_waiting};
+        eng->combiner = bb_combiner_create(&co);
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1031,7 +997,7 @@ saga_engine_destroy(struct saga_engine *eng)
     saga_engine_stop(eng);
     pthread_mutex_destroy(&eng->mu);
     pthread_cond_destroy(&eng->cv);
-    pthread_mutex_destroy(&eng->batch_mu);
+    bb_combiner_destroy(eng->combiner);
     free(eng);
 }
 

@@ -9,7 +9,6 @@
 #include "testsupport.h"
 
 #include "locks/locks.h"
-#include "metrics/metrics.h"
 #include "outbox/outbox.h"
 #include "payments/payments.h"
 
@@ -379,27 +378,12 @@ gate_open(struct gate *g)
     pthread_mutex_unlock(&g->mu);
 }
 
-/* A labelled series' value in the metrics text (-1: not there). */
-static int64_t
-series(const char *name_and_labels)
-{
-    struct bb_buf b;
-    bb_buf_init(&b);
-    metrics_render(&b);
-    char key[160];
-    snprintf(key, sizeof key, "\n%s ", name_and_labels);
-    const char *line = strstr(b.data, key);
-    int64_t n = line ? strtoll(line + strlen(key), NULL, 10) : -1;
-    bb_buf_deinit(&b);
-    return n;
-}
-
 /* Wait until `n` ledger operations wait for a batch (four lead meanwhile). */
 static void
 await_waiting(int64_t n)
 {
     int64_t deadline = bb_mono_ms() + 60000;
-    while (series("backbone_payment_batch_waiting{what=\"ledger\"}") != n) {
+    while (test_metric("backbone_payment_batch_waiting{what=\"ledger\"}") != n) {
         if (bb_mono_ms() > deadline)
             fail_msg("%lld operations never waited for a batch", (long long)n);
         bb_sleep_ms(1);
@@ -410,8 +394,8 @@ await_waiting(int64_t n)
 static int64_t
 big_batches(void)
 {
-    return series("backbone_payment_batch_size_count{what=\"ledger\"}") -
-           series("backbone_payment_batch_size_bucket{what=\"ledger\",le=\"4\"}");
+    return test_metric("backbone_payment_batch_size_count{what=\"ledger\"}") -
+           test_metric("backbone_payment_batch_size_bucket{what=\"ledger\",le=\"4\"}");
 }
 
 struct wave_op {

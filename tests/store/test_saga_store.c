@@ -12,7 +12,6 @@
 #include "testsupport.h"
 
 #include "jobs/jobs.h"
-#include "metrics/metrics.h"
 #include "outbox/outbox.h"
 #include "saga/saga.h"
 
@@ -619,25 +618,10 @@ finished_sagas_are_deleted_after_the_retention(void **state)
     assert_true(steps_of(f, stuck.id) > 0);
 }
 
-/* What the unlabelled metric `name` says now (-1: not there). */
-static int64_t
-metric(const char *name)
-{
-    struct bb_buf b;
-    bb_buf_init(&b);
-    metrics_render(&b);
-    char key[96];
-    snprintf(key, sizeof key, "\n%s ", name);
-    const char *line = strstr(b.data, key);
-    int64_t n = line ? strtoll(line + strlen(key), NULL, 10) : -1;
-    bb_buf_deinit(&b);
-    return n;
-}
-
 static int64_t
 units_waiting(void)
 {
-    return metric("backbone_saga_units_waiting");
+    return test_metric("backbone_saga_units_waiting");
 }
 
 struct many_op {
@@ -680,7 +664,7 @@ writes_of(struct fixture *f, const char *saga, const char *step)
 static void
 twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
 {
-    int64_t fallbacks = metric("backbone_saga_unit_batch_fallbacks_total");
+    int64_t fallbacks = test_metric("backbone_saga_unit_batch_fallbacks_total");
     pthread_mutex_lock(&gate.mu);
     gate.open = false;
     gate.held = gate.batches = 0;
@@ -721,7 +705,7 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
     assert_int_equal(gate.batches, 2);   /* its b1 and its b2 */
     assert_false(gate.break_b2);
     pthread_mutex_unlock(&gate.mu);
-    assert_int_equal(metric("backbone_saga_unit_batch_fallbacks_total"),
+    assert_int_equal(test_metric("backbone_saga_unit_batch_fallbacks_total"),
                      fallbacks + (break_b2 ? 1 : 0));
 }
 

@@ -1,10 +1,11 @@
 /*
- * testsupport.c: fresh databases per test, and the one-test-per-process
- * cmocka main.
+ * testsupport.c: fresh databases per test, the one-test-per-process
+ * cmocka main, and reading a metric.
  */
 #include "testsupport.h"
 
 #include "cli/cli.h"
+#include "metrics/metrics.h"
 #include "outbox/outbox.h"
 
 #include <stdlib.h>
@@ -169,4 +170,18 @@ test_conn_teardown(void **state)
     test_db_destroy(f->db);
     free(f);
     return 0;
+}
+
+int64_t
+test_metric(const char *series)
+{
+    struct bb_buf b;
+    bb_buf_init(&b);
+    metrics_render(&b);
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *line = strstr(b.data, key);
+    int64_t n = line ? strtoll(line + strlen(key), NULL, 10) : -1;
+    bb_buf_deinit(&b);
+    return n;
 }

@@ -61,6 +61,10 @@ int test_conn_teardown(void **state);
 int test_db_setup(void **state);
 int test_db_teardown(void **state);
 
+/* What a metric series says now, named as /metrics writes it
+ * ("backbone_x" or "backbone_x{label=\"v\"}"); -1 when it is not there. */
+int64_t test_metric(const char *series);
+
 /* Assert rc == ERR_OK, printing the error's detail otherwise. */
 #define assert_ok(rc, e)                                                        \
     do {                                                                        \

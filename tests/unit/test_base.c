@@ -510,6 +510,32 @@ cb_waiting(size_t n, void *ctx)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* One leader at a time: the first batch holds it until w->open. */
+static void
+cb_world_init(struct cb_world *w, size_t batch_max, size_t waiting_max)
+{
+    *w = (struct cb_world){.open = false};
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    struct bb_combiner_options o = {.leaders = 1,
+                                    .batch_max = batch_max,
+                                    .waiting_max = waiting_max,
+                                    .same = cb_same,
+                                    .run = cb_run,
+                                    .ctx = w,
+                                    .on_waiting = cb_waiting,
+                                    .waiting_ctx = w};
+    w->cb = bb_combiner_create(&o);
+}
+
+static void
+cb_world_deinit(struct cb_world *w)
+{
+    bb_combiner_destroy(w->cb);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+}
+
 struct cb_caller {
     struct cb_world *w;
     struct cb_item item;
@@ -546,18 +572,8 @@ static void
 combiner_carries_waiting_items_of_a_kind_together_each_once(void **state)
 {
     (void)state;
-    struct cb_world w = {.open = false};
-    pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
-    struct bb_combiner_options o = {.leaders = 1,
-                                    .batch_max = 4,
-                                    .waiting_max = 16,
-                                    .same = cb_same,
-                                    .run = cb_run,
-                                    .ctx = &w,
-                                    .on_waiting = cb_waiting,
-                                    .waiting_ctx = &w};
-    w.cb = bb_combiner_create(&o);
+    struct cb_world w;
+    cb_world_init(&w, 4, 16);
     /* The first caller leads alone and holds the one slot; then five of
      * kind 1 and two of kind 2 queue behind it. */
     enum { N = 8 };
@@ -591,27 +607,15 @@ combiner_carries_waiting_items_of_a_kind_together_each_once(void **state)
     assert_int_equal(calls[6].item.batch_no, calls[7].item.batch_no);
     assert_int_not_equal(calls[5].item.batch_no, calls[6].item.batch_no);
     assert_int_equal(w.waiting, 0);
-    bb_combiner_destroy(w.cb);
-    pthread_cond_destroy(&w.cv);
-    pthread_mutex_destroy(&w.mu);
+    cb_world_deinit(&w);
 }
 
 static void
 combiner_refuses_callers_beyond_waiting_max(void **state)
 {
     (void)state;
-    struct cb_world w = {.open = false};
-    pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
-    struct bb_combiner_options o = {.leaders = 1,
-                                    .batch_max = 2,
-                                    .waiting_max = 1,
-                                    .same = cb_same,
-                                    .run = cb_run,
-                                    .ctx = &w,
-                                    .on_waiting = cb_waiting,
-                                    .waiting_ctx = &w};
-    w.cb = bb_combiner_create(&o);
+    struct cb_world w;
+    cb_world_init(&w, 2, 1);
     struct cb_caller first = {.w = &w, .item = {.kind = 1}};
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, cb_call, &first), 0);
@@ -630,9 +634,7 @@ combiner_refuses_callers_beyond_waiting_max(void **state)
     assert_int_equal(pthread_join(t, NULL), 0);
     assert_int_equal(pthread_join(t2, NULL), 0);
     assert_int_equal(first.item.carried + second.item.carried, 2);
-    bb_combiner_destroy(w.cb);
-    pthread_cond_destroy(&w.cv);
-    pthread_mutex_destroy(&w.mu);
+    cb_world_deinit(&w);
 }
 
 static const struct CMUnitTest tests[] = {
