@@ -56,15 +56,16 @@ checkout_status_name(enum checkout_status s)
     return (size_t)s < BB_ARRAY_LEN(STATUS_NAMES) ? STATUS_NAMES[s] : "UNKNOWN";
 }
 
+#define CHECKOUT_COLUMNS                                                                    \
+    "id, fingerprint, customer_id, currency, total_amount, body, status, reason, order_id," \
+    " created_at_ms, updated_at_ms"
+/* The new row back (none when the key was taken). */
 static struct store_stmt CHECKOUT_INSERT = {
     .sql = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id, currency,"
            " total_amount, body, status, created_at_ms, updated_at_ms)"
            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8)"
-           " ON CONFLICT (idempotency_key) DO NOTHING",
+           " ON CONFLICT (idempotency_key) DO NOTHING RETURNING " CHECKOUT_COLUMNS,
 };
-#define CHECKOUT_COLUMNS                                                                    \
-    "id, fingerprint, customer_id, currency, total_amount, body, status, reason, order_id," \
-    " created_at_ms, updated_at_ms"
 static struct store_stmt CHECKOUT_GET = {
     .sql = "SELECT " CHECKOUT_COLUMNS " FROM checkouts WHERE id = $1",
 };
@@ -150,10 +151,12 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
                                     sp_int(req->total_amount),
                                     sp_text(text),
                                     sp_int(now_ms)};
-    int64_t inserted = 0;
-    enum err rc = store_exec(c, &CHECKOUT_INSERT, p, BB_ARRAY_LEN(p), &inserted, e);
+    struct store_rows r;
+    enum err rc = store_query(c, &CHECKOUT_INSERT, p, BB_ARRAY_LEN(p), &r, e);
     free(text);
-    if (rc == ERR_OK && inserted == 1) {
+    if (rc == ERR_OK && store_next(&r)) {
+        *out = checkout_json(&r, NULL);
+        store_rows_close(&r);
         json_object_set_new(body, "checkout_id", json_string(id));
         json_object_set_new(body, "total_amount", json_integer(req->total_amount));
         struct outbox_event ev = {.type = "checkout.requested.v1",
@@ -162,12 +165,16 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
                                   .data = body,
                                   .for_consumer = true};
         rc = outbox_append(c, &ev, now_ms, e);
-        if (rc == ERR_OK)
-            rc = checkout_get_json(c, id, out, e);
         *created = rc == ERR_OK;
+        if (rc != ERR_OK) {
+            json_decref(*out);
+            *out = NULL;
+        }
         json_decref(body);
         return rc;
     }
+    if (rc == ERR_OK)
+        store_rows_close(&r);
     json_decref(body);
     if (rc != ERR_OK)
         return rc;

@@ -406,37 +406,47 @@ static struct store_stmt JOB_BY_UNIQUE = {
            " AND state IN ('pending', 'running')",
 };
 
-enum { INSERT_PARAMS = 18, INSERT_CHUNK = 64 };
+enum { INSERT_PARAMS = 18, INSERT_CHUNK = 64, INSERT_CHUNKS = 6 /* 64, 32, ..., 2 rows */ };
 
 /*
- * Batches insert INSERT_CHUNK jobs per statement (one multi-row VALUES),
- * which costs the database far less than a statement per job. Identity
- * values are drawn in VALUES order, so the returned ids, sorted, are the
- * rows' ids in order, whatever order RETURNING lists them in.
+ * Batches insert up to INSERT_CHUNK jobs per statement (one multi-row
+ * VALUES of 64, 32, 16, 8, 4 or 2 rows), which costs the database far less
+ * than a statement per job. Identity values are drawn in VALUES order, so
+ * the returned ids, sorted, are the rows' ids in order, whatever order
+ * RETURNING lists them in.
  */
-static char insert_chunk_sql[256 + INSERT_CHUNK * 160];
-static struct store_stmt JOB_INSERT_CHUNK = {.sql = insert_chunk_sql};
+static char insert_chunk_sql[INSERT_CHUNKS][256 + INSERT_CHUNK * 160];
+static struct store_stmt JOB_INSERT_CHUNK[INSERT_CHUNKS];
 static pthread_once_t insert_chunk_once = PTHREAD_ONCE_INIT;
+
+static size_t
+chunk_rows(size_t i)
+{
+    return (size_t)INSERT_CHUNK >> i;
+}
 
 static void
 insert_chunk_build(void)
 {
-    struct bb_buf b;
-    bb_buf_init(&b);
-    bb_buf_puts(&b, "INSERT INTO jobs " JOB_INSERT_COLUMNS " VALUES ");
-    for (int r = 0; r < INSERT_CHUNK; r++) {
-        int k = r * INSERT_PARAMS;
-        bb_buf_printf(&b,
-                      "%s($%d, $%d, $%d, 'pending', $%d, $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d,"
-                      " $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d)",
-                      r ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8, k + 9,
-                      k + 10, k + 10, k + 11, k + 12, k + 13, k + 14, k + 15, k + 16, k + 17,
-                      k + 18, k + 18);
+    for (size_t i = 0; i < INSERT_CHUNKS; i++) {
+        struct bb_buf b;
+        bb_buf_init(&b);
+        bb_buf_puts(&b, "INSERT INTO jobs " JOB_INSERT_COLUMNS " VALUES ");
+        for (int r = 0; r < (int)chunk_rows(i); r++) {
+            int k = r * INSERT_PARAMS;
+            bb_buf_printf(&b,
+                          "%s($%d, $%d, $%d, 'pending', $%d, $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d,"
+                          " $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d)",
+                          r ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
+                          k + 9, k + 10, k + 10, k + 11, k + 12, k + 13, k + 14, k + 15, k + 16,
+                          k + 17, k + 18, k + 18);
+        }
+        bb_buf_puts(&b, " RETURNING id");
+        BB_ASSERT(b.len < sizeof insert_chunk_sql[i]);
+        memcpy(insert_chunk_sql[i], b.data, b.len + 1);
+        JOB_INSERT_CHUNK[i].sql = insert_chunk_sql[i];
+        bb_buf_deinit(&b);
     }
-    bb_buf_puts(&b, " RETURNING id");
-    BB_ASSERT(b.len < sizeof insert_chunk_sql);
-    memcpy(insert_chunk_sql, b.data, b.len + 1);
-    bb_buf_deinit(&b);
 }
 
 static int
@@ -454,20 +464,25 @@ insert_rows(struct store_conn *c, const struct store_param *params, size_t n_row
     pthread_once(&insert_chunk_once, insert_chunk_build);
     size_t done = 0;
     enum err rc = ERR_OK;
-    for (; n_rows - done >= INSERT_CHUNK && rc == ERR_OK; done += INSERT_CHUNK) {
+    for (size_t i = 0; i < INSERT_CHUNKS && rc == ERR_OK;) {
+        size_t rows = chunk_rows(i);
+        if (n_rows - done < rows) {
+            i++;
+            continue;
+        }
         struct store_rows r;
-        rc = store_query(c, &JOB_INSERT_CHUNK, params + done * INSERT_PARAMS,
-                         INSERT_CHUNK * INSERT_PARAMS, &r, e);
+        rc = store_query(c, &JOB_INSERT_CHUNK[i], params + done * INSERT_PARAMS,
+                         rows * INSERT_PARAMS, &r, e);
         if (rc != ERR_OK)
             break;
         size_t k = 0;
-        while (store_next(&r) && k < INSERT_CHUNK)
+        while (store_next(&r) && k < rows)
             ids[done + k++] = store_col_int(&r, 0);
         store_rows_close(&r);
-        if (k != INSERT_CHUNK)
-            return bb_fail(e, ERR_STORE, "", "batch insert returned %zu ids for %d rows", k,
-                           INSERT_CHUNK);
-        qsort(ids + done, INSERT_CHUNK, sizeof *ids, cmp_id);
+        if (k != rows)
+            return bb_fail(e, ERR_STORE, "", "batch insert returned %zu ids for %zu rows", k, rows);
+        qsort(ids + done, rows, sizeof *ids, cmp_id);
+        done += rows;
     }
     if (rc == ERR_OK && done < n_rows)
         rc = store_exec_many(c, &JOB_INSERT, params + done * INSERT_PARAMS, INSERT_PARAMS,

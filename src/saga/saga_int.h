@@ -38,6 +38,10 @@ struct saga_step_result {
 
 BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_instance *out,
                            bool *found, struct bb_error *e);
+/* saga__load for n instances (distinct ids) in one statement: *out[i] and
+ * found[i] for ids[i]. */
+BB_WUR enum err saga__load_many(struct store_conn *c, const char *const *ids, size_t n,
+                                struct saga_instance *const *out, bool *found, struct bb_error *e);
 void saga__instance_deinit(struct saga_instance *in);
 /* The writes of one unit of work, gathered: the instance's move
  * (compare-and-set on the version the unit found) and its timeline rows,

@@ -241,6 +241,13 @@ static struct store_stmt SAGA_GET = {
     .sql = "SELECT " SAGA_COLUMNS " FROM sagas WHERE id = $1",
 };
 
+static struct store_stmt SAGA_GET_MANY = {
+    .sql_pg = "SELECT " SAGA_COLUMNS " FROM sagas"
+              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+    .sql_sqlite =
+        "SELECT " SAGA_COLUMNS " FROM sagas WHERE id IN (SELECT value FROM json_each($1))",
+};
+
 static void
 instance_from_row(struct store_rows *r, struct saga_instance *out)
 {
@@ -273,6 +280,35 @@ saga__load(struct store_conn *c, const char *id, struct saga_instance *out, bool
     *found = store_next(&r);
     if (*found)
         instance_from_row(&r, out);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+enum err
+saga__load_many(struct store_conn *c, const char *const *ids, size_t n,
+                struct saga_instance *const *out, bool *found, struct bb_error *e)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
+        found[i] = false;
+        json_array_append_new(list, json_string(ids[i]));
+    }
+    char *text = bb_json_dumps(list);
+    json_decref(list);
+    const struct store_param p[] = {sp_text(text)};
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_GET_MANY, p, 1, &r, e);
+    free(text);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        for (size_t i = 0; i < n; i++) {
+            if (!found[i] && strcmp(ids[i], store_col_text(&r, 0)) == 0) {
+                instance_from_row(&r, out[i]);
+                found[i] = true;
+            }
+        }
+    }
     store_rows_close(&r);
     return ERR_OK;
 }

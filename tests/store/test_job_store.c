@@ -601,7 +601,7 @@ a_large_batch_keeps_each_rows_id_and_order(void **state)
     job_queue_defaults(&q, "other");
     struct bb_error e;
     assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
-    enum { N = 150 }; /* two multi-row statements and a remainder */
+    enum { N = 151 }; /* statements of 64, 64, 16, 4 and 2 rows, and one row alone */
     struct job_spec specs[N];
     char payloads[N][16];
     for (int i = 0; i < N; i++) {

@@ -14,6 +14,7 @@
 #include "jobs/jobs.h"
 #include "outbox/outbox.h"
 #include "saga/saga.h"
+#include "saga/saga_int.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -583,6 +584,46 @@ steps_of(struct fixture *f, const char *id)
     return count_of(f, &STEPS_OF, id);
 }
 
+struct load_op {
+    const char *ids[4];
+    struct saga_instance in[4];
+    bool found[4];
+};
+
+static enum err
+load_many_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct load_op *op = arg;
+    struct saga_instance *in[4] = {&op->in[0], &op->in[1], &op->in[2], &op->in[3]};
+    return saga__load_many(c, op->ids, 4, in, op->found, e);
+}
+
+/* What the jobs of many sagas read in one statement: each instance as
+ * saga__load reads it, a missing one not found, one asked twice twice. */
+static void
+instances_are_read_many_at_once(void **state)
+{
+    struct fixture *f = *state;
+    struct start_op a = {.correlation = "order-a"}, b = {.correlation = "order-b"};
+    json_decref(await_state(f, started(f, &a), "COMPLETED"));
+    TOY_SET(action[2], SAGA_STEP_FAIL);
+    json_decref(await_state(f, started(f, &b), "FAILED"));
+    struct load_op op = {.ids = {a.id, "01a00000-0000-7000-8000-000000000000", b.id, a.id}};
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_READ, load_many_work, &op, &e), &e);
+    assert_true(op.found[0] && !op.found[1] && op.found[2] && op.found[3]);
+    assert_string_equal(op.in[0].id, a.id);
+    assert_string_equal(op.in[0].correlation_id, "order-a");
+    assert_int_equal(op.in[0].state, SAGA_COMPLETED);
+    assert_string_equal(op.in[3].id, a.id);
+    assert_string_equal(op.in[2].id, b.id);
+    assert_int_equal(op.in[2].state, SAGA_FAILED);
+    assert_string_equal(op.in[2].reason, "step 3 said no");
+    for (int i = 0; i < 4; i++)
+        if (op.found[i])
+            saga__instance_deinit(&op.in[i]);
+}
+
 static void
 finished_sagas_are_deleted_after_the_retention(void **state)
 {
@@ -731,6 +772,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_starting_event_starts_one_saga),
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
     SAGA_TEST(finished_sagas_are_deleted_after_the_retention),
+    cmocka_unit_test_setup_teardown(instances_are_read_many_at_once, setup, teardown),
     cmocka_unit_test_setup_teardown(units_waiting_together_run_as_one_batch, setup_wide, teardown),
     cmocka_unit_test_setup_teardown(a_batch_that_fails_whole_runs_each_unit_alone, setup_wide,
                                     teardown),
