@@ -47,6 +47,14 @@ struct checkout_request {
  * ERR_IDEMPOTENCY_MISMATCH when the key went with another body. */
 BB_WUR enum err checkout_accept(struct store_conn *c, const struct checkout_request *req,
                                 int64_t now_ms, json_t **out, bool *created, struct bb_error *e);
+/* checkout_accept for n requests at once, one statement per table:
+ * outs[i], created[i] and rcs[i] (errors[i]) for reqs[i]; traceparents[i]
+ * (may be NULL) marks its event. */
+BB_WUR enum err checkout_accept_many(struct store_conn *c,
+                                     const struct checkout_request *const *reqs,
+                                     const char *const *traceparents, size_t n, int64_t now_ms,
+                                     json_t **outs, bool *created, enum err *rcs,
+                                     struct bb_error *errors, struct bb_error *e);
 /* {checkout_id, status, reason, order_id, customer_id, currency,
  * total_amount, items, payment, created_at, updated_at}. */
 BB_WUR enum err checkout_get_json(struct store_conn *c, const char *checkout_id, json_t **out,

@@ -8,9 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { ACCEPT_GROUP_MAX = 32 };
+
 struct checkout_service {
     struct store *store;
     struct saga_announcer *announcer;
+    struct http_json_group accepts; /* POST /checkout: many per transaction */
 };
 
 struct checkout_op {
@@ -18,6 +21,7 @@ struct checkout_op {
     struct checkout_request req;
     char fingerprint[65];
     const char *checkout_id;
+    const char *traceparent;
     bool created;
 };
 
@@ -94,6 +98,35 @@ accept_work(struct store_conn *c, void *arg, struct http_answer *a, struct bb_er
     return checkout_accept(c, &op->req, bb_wall_ms(), &a->body, &op->created, e);
 }
 
+/* accept_work for the requests that wait at the same time. */
+static enum err
+accept_many(struct store_conn *c, void *const *args, struct http_answer *const *answers, size_t n,
+            enum err *rcs, struct bb_error *errors, struct bb_error *e)
+{
+    const struct checkout_request **reqs = xcalloc(n, sizeof *reqs);
+    const char **traceparents = xcalloc(n, sizeof *traceparents);
+    json_t **outs = xcalloc(n, sizeof *outs);
+    bool *created = xcalloc(n, sizeof *created);
+    for (size_t i = 0; i < n; i++) {
+        const struct checkout_op *op = args[i];
+        reqs[i] = &op->req;
+        traceparents[i] = op->traceparent;
+    }
+    enum err rc =
+        checkout_accept_many(c, reqs, traceparents, n, bb_wall_ms(), outs, created, rcs, errors, e);
+    for (size_t i = 0; i < n; i++) {
+        struct checkout_op *op = args[i];
+        op->created = rc == ERR_OK && created[i];
+        answers[i]->status = 202;
+        answers[i]->body = rc == ERR_OK ? outs[i] : NULL;
+    }
+    free(created);
+    free(outs);
+    free(traceparents);
+    free(reqs);
+    return rc;
+}
+
 static void
 accepted(void *arg, enum err rc, const struct http_answer *a)
 {
@@ -116,7 +149,9 @@ handle_checkout(struct http_req *r, void *ctx)
         http_reply_problem(r, e, NULL);
         return;
     }
-    http_req_run_json(r, op->svc->store, STORE_WRITE, accept_work, accepted, op);
+    op->traceparent = http_req_traceparent(r);
+    http_req_run_json_grouped(r, op->svc->store, STORE_WRITE, &op->svc->accepts, accept_work,
+                              accepted, op);
 }
 
 static enum err
@@ -147,6 +182,7 @@ checkout_service_create(struct store *s, struct saga_announcer *a)
     struct checkout_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
     svc->announcer = a;
+    http_json_group_init(&svc->accepts, accept_many, ACCEPT_GROUP_MAX);
     return svc;
 }
 

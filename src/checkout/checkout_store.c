@@ -134,6 +134,32 @@ request_json(const struct checkout_request *req)
                      req->currency, "items", items, "payment", payment);
 }
 
+/* A key taken before this request: its checkout, if the same body. */
+static enum err
+replay(struct store_conn *c, const struct checkout_request *req, json_t **out, struct bb_error *e)
+{
+    char fingerprint[65];
+    enum err rc = checkout_read(c, &CHECKOUT_BY_KEY, req->idempotency_key, out, fingerprint, e);
+    if (rc == ERR_OK && strcmp(fingerprint, req->fingerprint) != 0) {
+        json_decref(*out);
+        *out = NULL;
+        return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "Idempotency-Key",
+                       "Idempotency-Key %s was already used for a different checkout",
+                       req->idempotency_key);
+    }
+    return rc;
+}
+
+/* checkout.requested.v1: the body, its id and total. */
+static json_t *
+requested_data(const struct checkout_request *req, const char *id)
+{
+    json_t *body = request_json(req);
+    json_object_set_new(body, "checkout_id", json_string(id));
+    json_object_set_new(body, "total_amount", json_integer(req->total_amount));
+    return body;
+}
+
 enum err
 checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_t now_ms,
                 json_t **out, bool *created, struct bb_error *e)
@@ -157,8 +183,8 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
     if (rc == ERR_OK && store_next(&r)) {
         *out = checkout_json(&r, NULL);
         store_rows_close(&r);
-        json_object_set_new(body, "checkout_id", json_string(id));
-        json_object_set_new(body, "total_amount", json_integer(req->total_amount));
+        json_decref(body);
+        body = requested_data(req, id);
         struct outbox_event ev = {.type = "checkout.requested.v1",
                                   .aggregate_type = "checkout",
                                   .aggregate_id = id,
@@ -176,17 +202,94 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
     if (rc == ERR_OK)
         store_rows_close(&r);
     json_decref(body);
-    if (rc != ERR_OK)
-        return rc;
-    char fingerprint[65];
-    rc = checkout_read(c, &CHECKOUT_BY_KEY, req->idempotency_key, out, fingerprint, e);
-    if (rc == ERR_OK && strcmp(fingerprint, req->fingerprint) != 0) {
-        json_decref(*out);
-        *out = NULL;
-        return bb_fail(e, ERR_IDEMPOTENCY_MISMATCH, "Idempotency-Key",
-                       "Idempotency-Key %s was already used for a different checkout",
-                       req->idempotency_key);
+    return rc == ERR_OK ? replay(c, req, out, e) : rc;
+}
+
+/* $1 [{id, key, fingerprint, customer_id, currency, total_amount, body}],
+ * $2 now; keys taken in order, so batches that share one wait in one
+ * direction. */
+static struct store_stmt CHECKOUT_INSERT_MANY = {
+    .sql_pg = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id, currency,"
+              " total_amount, body, status, created_at_ms, updated_at_ms)"
+              " SELECT id, key, fingerprint, customer_id, currency, total_amount, body,"
+              " 'PENDING', $2, $2 FROM json_to_recordset($1::json) AS x(id text, key text,"
+              " fingerprint text, customer_id text, currency text, total_amount bigint,"
+              " body text) ORDER BY key"
+              " ON CONFLICT (idempotency_key) DO NOTHING RETURNING " CHECKOUT_COLUMNS,
+    .sql_sqlite = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id,"
+                  " currency, total_amount, body, status, created_at_ms, updated_at_ms)"
+                  " SELECT value ->> 'id', value ->> 'key', value ->> 'fingerprint',"
+                  " value ->> 'customer_id', value ->> 'currency', value ->> 'total_amount',"
+                  " value ->> 'body', 'PENDING', $2, $2 FROM json_each($1) WHERE true"
+                  " ORDER BY value ->> 'key'"
+                  " ON CONFLICT (idempotency_key) DO NOTHING RETURNING " CHECKOUT_COLUMNS,
+};
+
+enum err
+checkout_accept_many(struct store_conn *c, const struct checkout_request *const *reqs,
+                     const char *const *traceparents, size_t n, int64_t now_ms, json_t **outs,
+                     bool *created, enum err *rcs, struct bb_error *errors, struct bb_error *e)
+{
+    char(*ids)[37] = xcalloc(n, sizeof *ids);
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n; i++) {
+        outs[i] = NULL;
+        created[i] = false;
+        rcs[i] = ERR_OK;
+        bb_uuid7_at(now_ms, ids[i]);
+        json_t *body = request_json(reqs[i]);
+        char *text = bb_json_dumps(body);
+        json_decref(body);
+        json_array_append_new(
+            rows, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", ids[i], "key",
+                            reqs[i]->idempotency_key, "fingerprint", reqs[i]->fingerprint,
+                            "customer_id", reqs[i]->customer_id, "currency", reqs[i]->currency,
+                            "total_amount", (json_int_t)reqs[i]->total_amount, "body", text));
+        free(text);
     }
+    char *text = bb_json_dumps(rows);
+    json_decref(rows);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &CHECKOUT_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    free(text);
+    while (rc == ERR_OK && store_next(&r)) {
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(ids[i], store_col_text(&r, 0)) == 0) {
+                outs[i] = checkout_json(&r, NULL);
+                created[i] = true;
+            }
+        }
+    }
+    if (rc == ERR_OK)
+        store_rows_close(&r);
+    struct outbox_event *evs = xcalloc(n, sizeof *evs);
+    size_t k = 0;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        if (created[i])
+            evs[k++] = (struct outbox_event){.type = "checkout.requested.v1",
+                                             .aggregate_type = "checkout",
+                                             .aggregate_id = ids[i],
+                                             .data = requested_data(reqs[i], ids[i]),
+                                             .traceparent = traceparents[i],
+                                             .for_consumer = true};
+        else /* the key was taken, before or by an earlier request here */
+            rcs[i] = replay(c, reqs[i], &outs[i], &errors[i]);
+        if (rcs[i] == ERR_IDEMPOTENCY_MISMATCH)
+            continue;
+        if (rcs[i] != ERR_OK) {
+            rc = rcs[i];
+            *e = errors[i];
+        }
+    }
+    if (rc == ERR_OK)
+        rc = outbox_append_many(c, evs, k, now_ms, e);
+    outbox_events_free(evs, k);
+    for (size_t i = 0; i < n && rc != ERR_OK; i++) {
+        json_decref(outs[i]);
+        outs[i] = NULL;
+    }
+    free(ids);
     return rc;
 }
 

@@ -136,6 +136,24 @@ typedef enum err http_json_work_fn(struct store_conn *c, void *arg, struct http_
 typedef void http_json_after_fn(void *arg, enum err rc, const struct http_answer *a);
 void http_req_run_json(struct http_req *r, struct store *s, enum store_txn mode,
                        http_json_work_fn *work, http_json_after_fn *after, void *arg);
+/*
+ * http_req_run_json for requests that may share a transaction with others
+ * of `g` waiting at the same time (store_submit_grouped): g->many does the
+ * work of n requests at once, setting answers[i] and rcs[i] (errors[i])
+ * per request; a request it fails must have written nothing. When it fails
+ * as a whole, or a request is taken alone, `work` answers it alone.
+ */
+typedef enum err http_json_many_fn(struct store_conn *c, void *const *args,
+                                   struct http_answer *const *answers, size_t n, enum err *rcs,
+                                   struct bb_error *errors, struct bb_error *e);
+struct http_json_group {
+    http_json_many_fn *many;
+    struct store_group store; /* set by http_json_group_init */
+};
+void http_json_group_init(struct http_json_group *g, http_json_many_fn *many, size_t max);
+void http_req_run_json_grouped(struct http_req *r, struct store *s, enum store_txn mode,
+                               const struct http_json_group *g, http_json_work_fn *work,
+                               http_json_after_fn *after, void *arg);
 
 /* Add a response header (before the reply). Strings are copied. */
 void http_req_add_header(struct http_req *r, const char *name, const char *value);

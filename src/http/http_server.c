@@ -374,21 +374,28 @@ run_done(void *arg, enum err code, const struct bb_error *e)
     bb_log_context_clear();
 }
 
-void
-http_req_run(struct http_req *r, struct store *s, enum store_txn mode, store_work_fn *work,
-             http_store_reply_fn *reply, void *arg)
+static void
+req_submit(struct http_req *r, struct store *s, enum store_txn mode, const struct store_group *g,
+           store_work_fn *work, http_store_reply_fn *reply, void *arg)
 {
     struct run_ctx *rc = bb_arena_alloc(&r->arena, sizeof *rc);
     *rc = (struct run_ctx){.req = r, .work = work, .reply = reply, .arg = arg};
     if (!r->suspended)
         http_req_suspend(r);
-    enum err code = store_submit(s, mode, run_work, run_done, rc);
+    enum err code = store_submit_grouped(s, mode, g, run_work, run_done, rc);
     if (code != ERR_OK) {
         bb_fail(&r->err, code, "", "%s",
                 code == ERR_OVERLOADED ? "too many requests waiting for the database"
                                        : "server is shutting down");
         http_reply_problem(r, &r->err, NULL);
     }
+}
+
+void
+http_req_run(struct http_req *r, struct store *s, enum store_txn mode, store_work_fn *work,
+             http_store_reply_fn *reply, void *arg)
+{
+    req_submit(r, s, mode, NULL, work, reply, arg);
 }
 
 /* http_req_run_json's unit: its work, its argument and its answer. */
@@ -434,9 +441,46 @@ void
 http_req_run_json(struct http_req *r, struct store *s, enum store_txn mode, http_json_work_fn *work,
                   http_json_after_fn *after, void *arg)
 {
+    http_req_run_json_grouped(r, s, mode, NULL, work, after, arg);
+}
+
+/* The store's `many` for a group of JSON requests: unwraps each unit to
+ * its argument and answer. */
+static enum err
+json_units_many(struct store_conn *c, void *const *units, size_t n, enum err *rcs,
+                struct bb_error *errors, void *ctx, struct bb_error *e)
+{
+    const struct http_json_group *g = ctx;
+    void **args = xcalloc(n, sizeof *args);
+    struct http_answer **answers = xcalloc(n, sizeof *answers);
+    for (size_t i = 0; i < n; i++) {
+        const struct run_ctx *rc = units[i];
+        struct json_unit *u = rc->arg;
+        answer_clear(&u->answer); /* a retried group starts afresh */
+        args[i] = u->arg;
+        answers[i] = &u->answer;
+    }
+    enum err rc = g->many(c, (void *const *)args, answers, n, rcs, errors, e);
+    free(answers);
+    free(args);
+    return rc;
+}
+
+void
+http_json_group_init(struct http_json_group *g, http_json_many_fn *many, size_t max)
+{
+    *g = (struct http_json_group){.many = many,
+                                  .store = {.many = json_units_many, .ctx = g, .max = max}};
+}
+
+void
+http_req_run_json_grouped(struct http_req *r, struct store *s, enum store_txn mode,
+                          const struct http_json_group *g, http_json_work_fn *work,
+                          http_json_after_fn *after, void *arg)
+{
     struct json_unit *u = bb_arena_alloc(&r->arena, sizeof *u);
     *u = (struct json_unit){.work = work, .after = after, .arg = arg, .answer = {.status = 200}};
-    http_req_run(r, s, mode, json_unit_work, json_unit_reply, u);
+    req_submit(r, s, mode, g ? &g->store : NULL, json_unit_work, json_unit_reply, u);
 }
 
 static void

@@ -177,6 +177,27 @@ typedef void store_done_fn(void *arg, enum err rc, const struct bb_error *e);
  */
 BB_WUR enum err store_submit(struct store *s, enum store_txn mode, store_work_fn *work,
                              store_done_fn *done, void *arg);
+/*
+ * Units of one group may share a transaction, on both engines: an executor
+ * thread that takes one also takes up to `max` - 1 more of the group that
+ * wait in the queue, and runs `many` once for all of their args, with one
+ * statement per table. `many` sets rcs[i] (and errors[i]) per unit; a unit
+ * it fails must have written nothing. If `many` itself fails, the
+ * transaction rolls back and each unit runs alone (its own `work`). A unit
+ * taken alone runs its `work`. For work that touches no row another
+ * unit of the group may hold (so batches cannot wait on one another).
+ */
+typedef enum err store_many_fn(struct store_conn *c, void *const *args, size_t n, enum err *rcs,
+                               struct bb_error *errors, void *ctx, struct bb_error *e);
+struct store_group {
+    store_many_fn *many;
+    void *ctx;
+    size_t max;
+};
+BB_WUR enum err store_submit_grouped(struct store *s, enum store_txn mode,
+                                     const struct store_group *g, store_work_fn *work,
+                                     store_done_fn *done, void *arg);
+
 /* Submit and wait for the outcome (CLI, tests, start-up). */
 BB_WUR enum err store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg,
                           struct bb_error *e);

@@ -31,6 +31,7 @@ enum { RETRY_LIMIT = 20 };
 struct store__item {
     struct store__item *next;
     enum store_txn mode;
+    const struct store_group *group; /* NULL: none */
     store_work_fn *work;
     store_done_fn *done;
     void *arg;
@@ -62,12 +63,13 @@ queue_deinit(struct store__queue *q)
 }
 
 enum err
-store_submit(struct store *s, enum store_txn mode, store_work_fn *work, store_done_fn *done,
-             void *arg)
+store_submit_grouped(struct store *s, enum store_txn mode, const struct store_group *g,
+                     store_work_fn *work, store_done_fn *done, void *arg)
 {
     struct store__queue *q = mode == STORE_WRITE ? s->writeq : s->readq;
     struct store__item *it = xcalloc(1, sizeof *it);
     it->mode = mode;
+    it->group = g;
     it->work = work;
     it->done = done;
     it->arg = arg;
@@ -87,6 +89,13 @@ store_submit(struct store *s, enum store_txn mode, store_work_fn *work, store_do
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
     return ERR_OK;
+}
+
+enum err
+store_submit(struct store *s, enum store_txn mode, store_work_fn *work, store_done_fn *done,
+             void *arg)
+{
+    return store_submit_grouped(s, mode, NULL, work, done, arg);
 }
 
 /* ---- synchronous wrapper ----------------------------------------------------- */
@@ -147,7 +156,36 @@ store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg, 
 
 /* ---- the executor loop --------------------------------------------------------- */
 
-/* Take the next unit and, for writes, up to batch_max-1 more waiting writes.
+/* Unlink up to group->max - 1 more units of first's group from the queue
+ * (under its mutex), wherever they wait, and chain them after `first`. */
+static size_t
+take_group(struct store__queue *q, struct store__item *first)
+{
+    size_t n = 1;
+    struct store__item *last = first, *prev = NULL;
+    for (struct store__item *it = q->head; it && n < first->group->max;) {
+        struct store__item *next = it->next;
+        if (it->group == first->group && it->mode == first->mode) {
+            if (prev)
+                prev->next = next;
+            else
+                q->head = next;
+            if (q->tail == it)
+                q->tail = prev;
+            it->next = NULL;
+            last->next = it;
+            last = it;
+            n++;
+        } else {
+            prev = it;
+        }
+        it = next;
+    }
+    return n;
+}
+
+/* Take the next unit and, for writes, up to batch_max-1 more waiting writes
+ * (or, for a unit of a group, up to the group's max of that group).
  * Returns NULL when the queue is stopping and empty. */
 static struct store__item *
 queue_take(struct store *s, struct store__queue *q, size_t *n_out)
@@ -157,11 +195,19 @@ queue_take(struct store *s, struct store__queue *q, size_t *n_out)
         pthread_cond_wait(&q->cv, &q->mu);
     struct store__item *first = q->head;
     size_t n = 0;
-    if (first) {
+    if (first && first->group) {
+        q->head = first->next;
+        if (q->head == NULL)
+            q->tail = NULL;
+        first->next = NULL;
+        n = take_group(q, first);
+        q->len -= n;
+    } else if (first) {
         struct store__item *last = first;
         n = 1;
         size_t max = first->mode == STORE_WRITE ? (size_t)s->opt.batch_max : 1;
-        while (n < max && last->next && last->next->mode == first->mode) {
+        while (n < max && last->next && last->next->mode == first->mode &&
+               last->next->group == NULL) {
             last = last->next;
             n++;
         }
@@ -235,6 +281,58 @@ fail_all(struct store__item *items, enum err rc, const struct bb_error *e)
     }
 }
 
+/* One transaction for a group's units (n > 1), through its `many`, setting
+ * each unit's rc. False when `many` failed as a whole: each must then run
+ * alone. A commit that fails fails every unit (its outcome is unknown). */
+static bool
+run_group(struct store_conn *c, struct store__item *items, size_t n)
+{
+    struct store *s = c->store;
+    const struct store_group *g = items->group;
+    void **args = xcalloc(n, sizeof *args);
+    enum err *rcs = xcalloc(n, sizeof *rcs);
+    struct bb_error *errors = xcalloc(n, sizeof *errors);
+    size_t i = 0;
+    for (struct store__item *it = items; it; it = it->next)
+        args[i++] = it->arg;
+    enum err rc = ERR_RETRY;
+    bool many_ok = false;
+    struct bb_error e;
+    bb_error_clear(&e);
+    for (int attempt = 1; rc == ERR_RETRY && attempt <= RETRY_LIMIT; attempt++) {
+        if (attempt > 1)
+            backoff_retry(s, attempt - 1);
+        int64_t t0 = bb_mono_ns();
+        for (size_t k = 0; k < n; k++) {
+            rcs[k] = ERR_OK;
+            bb_error_clear(&errors[k]);
+        }
+        many_ok = false;
+        rc = store_begin(c, items->mode, &e);
+        if (rc == ERR_OK) {
+            rc = g->many(c, (void *const *)args, n, rcs, errors, g->ctx, &e);
+            many_ok = rc == ERR_OK;
+            if (many_ok)
+                rc = store_commit(c, &e);
+            else
+                store_rollback(c);
+        }
+        if (items->mode == STORE_WRITE)
+            store__metrics_batch(s->ops->engine, n, bb_mono_ns() - t0, rc == ERR_OK);
+    }
+    i = 0;
+    for (struct store__item *it = items; it; it = it->next, i++) {
+        it->rc = rc == ERR_OK ? rcs[i] : rc == ERR_RETRY ? ERR_RETRY : ERR_UNAVAILABLE;
+        it->err = rc == ERR_OK ? errors[i] : e;
+        if (it->rc != ERR_OK && it->err.code == ERR_OK)
+            bb_fail(&it->err, it->rc, "", "%s", bb_err_title(it->rc));
+    }
+    free(errors);
+    free(rcs);
+    free(args);
+    return many_ok || rc == ERR_OK;
+}
+
 /* One transaction for `items` (n > 0). Sets each item's rc. */
 static void
 run_batch(struct store_conn *c, struct store__item *items, size_t n)
@@ -294,6 +392,15 @@ exec_thread_main(void *arg)
             for (struct store__item *it = items; it; it = it->next)
                 it->rc = ERR_OK;
             fail_all(items, ERR_UNAVAILABLE, &e);
+        } else if (n > 1 && items->group) {
+            if (!run_group(c, items, n)) { /* each alone, in order */
+                for (struct store__item *it = items; it; it = it->next) {
+                    struct store__item *next = it->next;
+                    it->next = NULL;
+                    run_batch(c, it, 1);
+                    it->next = next;
+                }
+            }
         } else {
             run_batch(c, items, n);
         }

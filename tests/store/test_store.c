@@ -452,6 +452,85 @@ failing_unit_in_a_batch_undoes_only_its_own_changes(void **state)
     test_db_destroy(db);
 }
 
+/* A group's `many`: inserts each unit's row, refusing those whose result
+ * says so; fails as a whole when told to (after writing). */
+struct group_ctx {
+    int calls;
+    size_t last_n;
+    bool fail_whole;
+};
+
+static enum err
+group_many(struct store_conn *c, void *const *args, size_t n, enum err *rcs,
+           struct bb_error *errors, void *ctx, struct bb_error *e)
+{
+    struct group_ctx *g = ctx;
+    g->calls++;
+    g->last_n = n;
+    for (size_t i = 0; i < n; i++) {
+        struct unit *u = args[i];
+        if (u->result != ERR_OK) {
+            rcs[i] = bb_fail(&errors[i], u->result, "id", "unit %lld refuses", (long long)u->id);
+            continue;
+        }
+        const struct store_param p[] = {sp_int(u->id), sp_int(0), sp_text("group")};
+        enum err rc = store_exec(c, &INSERT_T, p, 3, NULL, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
+    return g->fail_whole ? bb_fail(e, ERR_STORE, "", "the whole group fails") : ERR_OK;
+}
+
+/* Units of a group queued behind a blocker, among others: one `many` for
+ * all of them; then a group whose `many` fails runs each unit alone. */
+static void
+units_of_a_group_share_one_transaction(void **state)
+{
+    (void)state;
+    struct test_db *db = single_thread_db(1, 1000);
+    create_t(db);
+    struct group_ctx ctx = {0};
+    struct store_group group = {.many = group_many, .ctx = &ctx, .max = 8};
+    for (int round = 0; round < 2; round++) {
+        ctx.fail_whole = round == 1;
+        struct gate g;
+        gate_init(&g);
+        assert_int_equal(store_submit(db->store, STORE_WRITE, blocker_work, nop_done, &g), ERR_OK);
+        gate_wait(&g, &g.started);
+        enum { N = 5 };
+        struct unit units[N];
+        struct gate done_gates[N];
+        for (int i = 0; i < N; i++) {
+            /* 1, 2 and 4 of the group (3 refuses), 5 a plain unit between */
+            units[i] = (struct unit){.id = round * 10 + i + 1,
+                                     .result = i == 2 ? ERR_CONFLICT : ERR_OK,
+                                     .db = db,
+                                     .gate = &done_gates[i]};
+            gate_init(&done_gates[i]);
+            assert_int_equal(store_submit_grouped(db->store, STORE_WRITE, i == 1 ? NULL : &group,
+                                                  unit_work, unit_done, &units[i]),
+                             ERR_OK);
+        }
+        int calls_before = ctx.calls;
+        gate_set(&g, &g.open);
+        for (int i = 0; i < N; i++)
+            gate_wait(&done_gates[i], &units[i].done);
+        assert_int_equal(ctx.calls - calls_before, 1);
+        assert_int_equal(ctx.last_n, N - 1);
+        struct store_conn *c = conn(db);
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(units[i].done_calls, 1);
+            assert_int_equal(units[i].rc, i == 2 ? ERR_CONFLICT : ERR_OK);
+            assert_int_equal(row_exists(c, units[i].id), i != 2);
+            /* Its own work ran only when alone: the plain unit, or all of
+             * a group that failed as a whole. */
+            assert_int_equal(units[i].runs, i == 1 || round == 1 ? 1 : 0);
+        }
+        store_conn_close(c);
+    }
+    test_db_destroy(db);
+}
+
 static void
 transient_conflicts_are_retried_then_succeed(void **state)
 {
@@ -710,6 +789,7 @@ static const struct CMUnitTest tests[] = {
 
     DB_TEST(bad_sql_is_a_store_error_not_a_crash),
     cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
+    cmocka_unit_test(units_of_a_group_share_one_transaction),
     DB_TEST(transient_conflicts_are_retried_then_succeed),
     DB_TEST(store_run_returns_the_units_error),
     cmocka_unit_test(full_queue_refuses_new_units),
