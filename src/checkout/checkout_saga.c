@@ -27,7 +27,6 @@
 struct checkout_saga {
     struct checkout_saga_options opt;
     struct saga_def def;
-    struct bb_combiner *fulfilments; /* records many at once; NULL: each alone */
 };
 
 static const char *
@@ -649,13 +648,9 @@ static struct store_stmt FULFILMENT_INSERT_MANY = {
 };
 
 struct fulfil_op {
-    struct store *store;
     const char *order_id;
     const char *checkout_id;
     int64_t job_id;
-    enum err rc;
-    struct bb_error err;
-    bool alone; /* its batch failed as a whole */
 };
 
 static enum err
@@ -667,18 +662,18 @@ fulfil_work(struct store_conn *c, void *arg, struct bb_error *e)
     return store_exec_deferred(c, &FULFILMENT_INSERT, p, BB_ARRAY_LEN(p), e);
 }
 
-struct fulfil_batch {
-    void **ops;
-    size_t n;
-};
-
+/* The fulfilments recorded at the same time, in one statement. An order
+ * recorded twice (a job run again) is recorded once either way. */
 static enum err
-fulfil_many(struct store_conn *c, void *arg, struct bb_error *e)
+fulfil_many(struct store_conn *c, void *const *ops, size_t n, enum err *rcs,
+            struct bb_error *errors, void *ctx, struct bb_error *e)
 {
-    struct fulfil_batch *b = arg;
+    (void)rcs;
+    (void)errors;
+    (void)ctx;
     json_t *rows = json_array();
-    for (size_t i = 0; i < b->n; i++) {
-        const struct fulfil_op *op = b->ops[i];
+    for (size_t i = 0; i < n; i++) {
+        const struct fulfil_op *op = ops[i];
         json_array_append_new(rows,
                               json_pack("{s:s, s:s, s:I}", "order_id", op->order_id, "checkout_id",
                                         op->checkout_id, "job_id", (json_int_t)op->job_id));
@@ -691,57 +686,25 @@ fulfil_many(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
-static bool
-any_fulfilment(const void *a, const void *b, void *ctx)
-{
-    (void)a;
-    (void)b;
-    (void)ctx;
-    return true;
-}
-
-/* The combiner's run: the fulfilments it gathered, in one statement. An
- * order recorded twice (a job run again) is recorded once either way. */
-static void
-fulfil_carry(void **ops, size_t n, void *ctx)
-{
-    (void)ctx;
-    struct fulfil_op *first = ops[0];
-    if (n == 1) {
-        first->rc = store_run(first->store, STORE_WRITE, fulfil_work, first, &first->err);
-        return;
-    }
-    struct fulfil_batch b = {.ops = ops, .n = n};
-    struct bb_error e;
-    enum err rc = store_run(first->store, STORE_WRITE, fulfil_many, &b, &e);
-    for (size_t i = 0; i < n; i++) {
-        struct fulfil_op *op = ops[i];
-        op->rc = rc;
-        op->alone = rc != ERR_OK;
-    }
-}
+static const struct store_group FULFILMENTS = {.many = fulfil_many, .max = 64};
 
 /* Records the order for shipping (a later wave ships it), once. */
 static enum job_verdict
 fulfil(struct job_run *run)
 {
-    struct checkout_saga *cs = run->ctx;
     json_t *p = json_loads(run->job->payload, 0, NULL);
-    struct fulfil_op op = {.store = run->store,
-                           .order_id = json_string_value(json_object_get(p, "order_id")),
+    struct fulfil_op op = {.order_id = json_string_value(json_object_get(p, "order_id")),
                            .checkout_id = json_string_value(json_object_get(p, "checkout_id")),
                            .job_id = run->job->id};
     enum job_verdict v = JOB_DONE;
+    struct bb_error e;
     if (op.order_id == NULL || op.checkout_id == NULL) {
         bb_buf_puts(&run->error, "payload needs order_id and checkout_id");
         v = JOB_FAIL_PERMANENTLY;
-    } else {
-        if (!cs->fulfilments || !bb_combine(cs->fulfilments, &op) || op.alone)
-            op.rc = store_run(run->store, STORE_WRITE, fulfil_work, &op, &op.err);
-        if (op.rc != ERR_OK) {
-            bb_buf_puts(&run->error, op.err.detail);
-            v = JOB_RETRY;
-        }
+    } else if (store_run_grouped(run->store, STORE_WRITE, &FULFILMENTS, fulfil_work, &op, &e) !=
+               ERR_OK) {
+        bb_buf_puts(&run->error, e.detail);
+        v = JOB_RETRY;
     }
     json_decref(p);
     return v;
@@ -767,16 +730,8 @@ checkout_saga_create(struct saga_engine *eng, struct job_registry *r,
                                 .on_end = on_end,
                                 .ctx = cs};
     saga_engine_add(eng, &cs->def);
-    if (r) {
-        struct bb_combiner_options co = {.leaders = 4,
-                                         .batch_max = 64,
-                                         .waiting_max = 512,
-                                         .same = any_fulfilment,
-                                         .run = fulfil_carry,
-                                         .ctx = cs};
-        cs->fulfilments = bb_combiner_create(&co);
+    if (r)
         job_registry_add(r, CHECKOUT_FULFILMENT_HANDLER, fulfil, cs);
-    }
     *out = cs;
     return ERR_OK;
 }
@@ -784,7 +739,5 @@ checkout_saga_create(struct saga_engine *eng, struct job_registry *r,
 void
 checkout_saga_destroy(struct checkout_saga *cs)
 {
-    if (cs)
-        bb_combiner_destroy(cs->fulfilments);
     free(cs);
 }

@@ -156,7 +156,6 @@ struct saga_engine {
     /* Batched units: at most UNIT_LEADERS_MAX batches run at once; NULL
      * when every unit runs alone. */
     struct bb_combiner *combiner;
-    struct bb_combiner *loads; /* instances read for their jobs, many at once */
 };
 
 /* ---- running steps ------------------------------------------------------------------------- */
@@ -198,8 +197,8 @@ struct step_job {
     bool failed;  /* one failed: the unit rolled back */
     bool stale;   /* another run moved the instance on */
     bool stopped; /* a batched unit: a batch form failed this one */
-    /* Set by the batch that carried its load or its unit: the outcome, or
-     * `alone` (the batch failed as a whole: do it alone). */
+    /* Set by the batch that carried its unit: the outcome, or `alone` (the
+     * batch failed as a whole: run it alone). */
     bool alone;
     enum err batch_rc;
     struct bb_error batch_error;
@@ -661,65 +660,34 @@ load_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
+/* The instances read at the same time, in one statement. */
 static enum err
-load_many_work(struct store_conn *c, void *arg, struct bb_error *e)
+load_many(struct store_conn *c, void *const *jobs, size_t n, enum err *rcs, struct bb_error *errors,
+          void *ctx, struct bb_error *e)
 {
-    struct unit_batch *b = arg;
-    const char *ids[SAGA_UNIT_BATCH_MAX];
-    struct saga_instance *in[SAGA_UNIT_BATCH_MAX];
-    bool found[SAGA_UNIT_BATCH_MAX];
-    for (size_t i = 0; i < b->n; i++) {
-        saga__instance_deinit(&b->m[i]->in);
-        ids[i] = b->m[i]->saga_id;
-        in[i] = &b->m[i]->in;
+    (void)rcs;
+    (void)errors;
+    (void)ctx;
+    const char **ids = xcalloc(n, sizeof *ids);
+    struct saga_instance **in = xcalloc(n, sizeof *in);
+    bool *found = xcalloc(n, sizeof *found);
+    for (size_t i = 0; i < n; i++) {
+        struct step_job *j = jobs[i];
+        saga__instance_deinit(&j->in);
+        ids[i] = j->saga_id;
+        in[i] = &j->in;
     }
-    enum err rc = saga__load_many(c, ids, b->n, in, found, e);
-    for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
+    enum err rc = saga__load_many(c, ids, n, in, found, e);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++)
         if (!found[i])
-            b->m[i]->in.state = SAGA_FAILED; /* nothing to run */
+            in[i]->state = SAGA_FAILED; /* nothing to run */
+    free(found);
+    free(in);
+    free(ids);
     return rc;
 }
 
-/* The combiner's run for loads: the instances it gathered, in one read. */
-static void
-load_carry(void **items, size_t n, void *ctx)
-{
-    struct saga_engine *eng = ctx;
-    struct step_job *m[SAGA_UNIT_BATCH_MAX];
-    for (size_t i = 0; i < n; i++)
-        m[i] = items[i];
-    struct bb_error e;
-    struct unit_batch b = {.m = m, .n = n};
-    enum err rc = n == 1 ? store_run(eng->store, STORE_READ, load_work, m[0], &e)
-                         : store_run(eng->store, STORE_READ, load_many_work, &b, &e);
-    for (size_t i = 0; i < n; i++) {
-        m[i]->alone = n > 1 && rc != ERR_OK;
-        m[i]->batch_rc = rc;
-        m[i]->batch_error = e;
-    }
-}
-
-static bool
-any_load(const void *a, const void *b, void *ctx)
-{
-    (void)a;
-    (void)b;
-    (void)ctx;
-    return true;
-}
-
-/* Read j's instance: with others' when they are read at the same time. */
-static enum err
-load(struct step_job *j, struct bb_error *e)
-{
-    struct saga_engine *eng = j->eng;
-    j->alone = false;
-    if (eng->loads == NULL || !bb_combine(eng->loads, j) || j->alone)
-        return store_run(eng->store, STORE_READ, load_work, j, e);
-    if (j->batch_rc != ERR_OK)
-        *e = j->batch_error;
-    return j->batch_rc;
-}
+static const struct store_group LOADS = {.many = load_many, .max = SAGA_UNIT_BATCH_MAX};
 
 /* Steps run while at least this much of the job's lease is left. */
 #define CHAIN_LEASE_LEFT_MS (SAGA_STEP_LEASE_MS / 2)
@@ -729,7 +697,7 @@ carry(struct step_job *j)
 {
     struct job_run *run = j->run;
     struct bb_error e;
-    if (load(j, &e) != ERR_OK) {
+    if (store_run_grouped(j->eng->store, STORE_READ, &LOADS, load_work, j, &e) != ERR_OK) {
         bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id, e.detail);
         return JOB_RETRY;
     }
@@ -985,10 +953,6 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
                                          .ctx = eng,
                                          .on_waiting = units_waiting};
         eng->combiner = bb_combiner_create(&co);
-        co.same = any_load;
-        co.run = load_carry;
-        co.on_waiting = NULL;
-        eng->loads = bb_combiner_create(&co);
     }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1063,7 +1027,6 @@ saga_engine_destroy(struct saga_engine *eng)
     pthread_mutex_destroy(&eng->mu);
     pthread_cond_destroy(&eng->cv);
     bb_combiner_destroy(eng->combiner);
-    bb_combiner_destroy(eng->loads);
     free(eng);
 }
 

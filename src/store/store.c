@@ -504,6 +504,12 @@ static struct metrics_def M_RETRY = {
     .type = METRICS_COUNTER,
     .labels = {"engine"},
 };
+static struct metrics_def M_GROUP_ALONE = {
+    .name = "backbone_store_group_fallbacks_total",
+    .help = "Groups of units whose shared transaction failed as a whole; each unit then ran alone.",
+    .type = METRICS_COUNTER,
+    .labels = {"engine"},
+};
 static struct metrics_def M_QUEUE = {
     .name = "backbone_store_queue_depth",
     .help = "Units of work waiting for an executor thread.",
@@ -518,6 +524,7 @@ store__metrics_register(void)
     metrics_register(&M_COMMIT);
     metrics_register(&M_RETRY);
     metrics_register(&M_QUEUE);
+    metrics_register(&M_GROUP_ALONE);
 }
 
 void
@@ -533,6 +540,12 @@ void
 store__metrics_retry(enum store_engine engine)
 {
     metrics_add(&M_RETRY, 1, store_engine_name(engine));
+}
+
+void
+store__metrics_group_fallback(enum store_engine engine)
+{
+    metrics_add(&M_GROUP_ALONE, 1, store_engine_name(engine));
 }
 
 void

@@ -186,6 +186,7 @@ BB_WUR enum err store_submit(struct store *s, enum store_txn mode, store_work_fn
  * transaction rolls back and each unit runs alone (its own `work`). A unit
  * taken alone runs its `work`. For work that touches no row another
  * unit of the group may hold (so batches cannot wait on one another).
+ * backbone_store_group_fallbacks_total counts the groups that failed.
  */
 typedef enum err store_many_fn(struct store_conn *c, void *const *args, size_t n, enum err *rcs,
                                struct bb_error *errors, void *ctx, struct bb_error *e);
@@ -197,6 +198,9 @@ struct store_group {
 BB_WUR enum err store_submit_grouped(struct store *s, enum store_txn mode,
                                      const struct store_group *g, store_work_fn *work,
                                      store_done_fn *done, void *arg);
+/* store_run for a unit of a group (`many` gets `arg` for it). */
+BB_WUR enum err store_run_grouped(struct store *s, enum store_txn mode, const struct store_group *g,
+                                  store_work_fn *work, void *arg, struct bb_error *e);
 
 /* Submit and wait for the outcome (CLI, tests, start-up). */
 BB_WUR enum err store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg,

@@ -32,6 +32,7 @@ struct store__item {
     struct store__item *next;
     enum store_txn mode;
     const struct store_group *group; /* NULL: none */
+    void *group_arg;                 /* what the group's `many` gets for it */
     store_work_fn *work;
     store_done_fn *done;
     void *arg;
@@ -62,14 +63,15 @@ queue_deinit(struct store__queue *q)
     pthread_cond_destroy(&q->cv);
 }
 
-enum err
-store_submit_grouped(struct store *s, enum store_txn mode, const struct store_group *g,
-                     store_work_fn *work, store_done_fn *done, void *arg)
+static enum err
+submit(struct store *s, enum store_txn mode, const struct store_group *g, void *group_arg,
+       store_work_fn *work, store_done_fn *done, void *arg)
 {
     struct store__queue *q = mode == STORE_WRITE ? s->writeq : s->readq;
     struct store__item *it = xcalloc(1, sizeof *it);
     it->mode = mode;
     it->group = g;
+    it->group_arg = group_arg;
     it->work = work;
     it->done = done;
     it->arg = arg;
@@ -92,10 +94,17 @@ store_submit_grouped(struct store *s, enum store_txn mode, const struct store_gr
 }
 
 enum err
+store_submit_grouped(struct store *s, enum store_txn mode, const struct store_group *g,
+                     store_work_fn *work, store_done_fn *done, void *arg)
+{
+    return submit(s, mode, g, arg, work, done, arg);
+}
+
+enum err
 store_submit(struct store *s, enum store_txn mode, store_work_fn *work, store_done_fn *done,
              void *arg)
 {
-    return store_submit_grouped(s, mode, NULL, work, done, arg);
+    return submit(s, mode, NULL, NULL, work, done, arg);
 }
 
 /* ---- synchronous wrapper ----------------------------------------------------- */
@@ -131,12 +140,13 @@ run_done(void *arg, enum err rc, const struct bb_error *e)
 }
 
 enum err
-store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg, struct bb_error *e)
+store_run_grouped(struct store *s, enum store_txn mode, const struct store_group *g,
+                  store_work_fn *work, void *arg, struct bb_error *e)
 {
     struct run_wait w = {.work = work, .arg = arg};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
-    enum err rc = store_submit(s, mode, run_work, run_done, &w);
+    enum err rc = submit(s, mode, g, arg, run_work, run_done, &w);
     if (rc != ERR_OK) {
         bb_fail(e, rc, "", "%s",
                 rc == ERR_OVERLOADED ? "database queue is full" : "store is shutting down");
@@ -152,6 +162,12 @@ store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg, 
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
     return rc;
+}
+
+enum err
+store_run(struct store *s, enum store_txn mode, store_work_fn *work, void *arg, struct bb_error *e)
+{
+    return store_run_grouped(s, mode, NULL, work, arg, e);
 }
 
 /* ---- the executor loop --------------------------------------------------------- */
@@ -294,7 +310,7 @@ run_group(struct store_conn *c, struct store__item *items, size_t n)
     struct bb_error *errors = xcalloc(n, sizeof *errors);
     size_t i = 0;
     for (struct store__item *it = items; it; it = it->next)
-        args[i++] = it->arg;
+        args[i++] = it->group_arg;
     enum err rc = ERR_RETRY;
     bool many_ok = false;
     struct bb_error e;
@@ -394,6 +410,7 @@ exec_thread_main(void *arg)
             fail_all(items, ERR_UNAVAILABLE, &e);
         } else if (n > 1 && items->group) {
             if (!run_group(c, items, n)) { /* each alone, in order */
+                store__metrics_group_fallback(s->ops->engine);
                 for (struct store__item *it = items; it; it = it->next) {
                     struct store__item *next = it->next;
                     it->next = NULL;

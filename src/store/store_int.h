@@ -147,6 +147,7 @@ void store__pg_listen_close(void *conn);
 void store__metrics_register(void);
 void store__metrics_batch(enum store_engine engine, size_t n_units, int64_t commit_ns, bool ok);
 void store__metrics_retry(enum store_engine engine);
+void store__metrics_group_fallback(enum store_engine engine);
 void store__metrics_queue_depth(size_t depth);
 
 #endif /* BB_STORE_INT_H */

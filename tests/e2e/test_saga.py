@@ -103,6 +103,13 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
                           "inventory.committed.v1", "order.status.changed.v1"])
     assert server.metric("backbone_sagas_ended_total", 'type="checkout",outcome="completed"') \
         == len(ids)
+    # Every batch that formed (units, payments, accepts, reads, fulfilments)
+    # committed as one: none fell back to running its members alone.
+    fallbacks = [line for line in server.metrics().splitlines()
+                 if line.startswith(("backbone_saga_unit_batch_fallbacks_total",
+                                     "backbone_payment_batch_fallbacks_total",
+                                     "backbone_store_group_fallbacks_total"))]
+    assert all(float(line.split(" ")[1]) == 0 for line in fallbacks), fallbacks
 
 
 def test_a_decline_compensates_at_once_without_retries(server):

@@ -512,11 +512,17 @@ units_of_a_group_share_one_transaction(void **state)
                              ERR_OK);
         }
         int calls_before = ctx.calls;
+        char series[96];
+        snprintf(series, sizeof series, "backbone_store_group_fallbacks_total{engine=\"%s\"}",
+                 store_engine_name(test_engine()));
+        int64_t fallbacks = test_metric(series); /* -1: none yet */
         gate_set(&g, &g.open);
         for (int i = 0; i < N; i++)
             gate_wait(&done_gates[i], &units[i].done);
         assert_int_equal(ctx.calls - calls_before, 1);
         assert_int_equal(ctx.last_n, N - 1);
+        int64_t now = test_metric(series);
+        assert_int_equal((now < 0 ? 0 : now) - (fallbacks < 0 ? 0 : fallbacks), round);
         struct store_conn *c = conn(db);
         for (int i = 0; i < N; i++) {
             assert_int_equal(units[i].done_calls, 1);
