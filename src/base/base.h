@@ -261,6 +261,10 @@ struct bb_combiner_options {
     size_t batch_max;   /* items per batch (>= 1) */
     size_t waiting_max; /* callers waiting at once (>= 1) */
     bool (*same)(const void *a, const void *b, void *ctx);
+    /* May be NULL. Items that conflict never ride in one batch: a waiting
+     * item that conflicts with one already taken keeps its place for a
+     * later batch. */
+    bool (*conflicts)(const void *a, const void *b, void *ctx);
     void (*run)(void **items, size_t n, void *ctx);
     void *ctx; /* same's and run's */
     void (*on_waiting)(size_t n, void *waiting_ctx);
@@ -412,5 +416,7 @@ void bb_error_prefix_field(struct bb_error *e, const char *prefix);
 BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e);
 /* Serialize compactly into a heap string (free()). Aborts on OOM. */
 char *bb_json_dumps(const json_t *v);
+/* The JSON array of `items` (heap; caller frees), as bb_json_dumps. */
+char *bb_json_strings_dumps(const char *const *items, size_t n);
 
 #endif /* BB_BASE_H */

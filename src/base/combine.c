@@ -65,8 +65,21 @@ tell_waiting(struct bb_combiner *cb)
         cb->o.on_waiting(cb->n_waiting, cb->o.waiting_ctx);
 }
 
+/* Whether w may join the batch m[0..n-1]. */
+static bool
+joins(const struct bb_combiner *cb, const struct waiter *w, struct waiter *const *m, size_t n)
+{
+    if (n >= cb->o.batch_max || !cb->o.same(w->item, m[0]->item, cb->o.ctx))
+        return false;
+    for (size_t i = 0; i < n && cb->o.conflicts; i++)
+        if (cb->o.conflicts(w->item, m[i]->item, cb->o.ctx))
+            return false;
+    return true;
+}
+
 /* Take the leader's own item and up to batch_max - 1 more waiting items of
- * its kind, oldest first; the rest keep their places. */
+ * its kind that conflict with none taken, oldest first; the rest keep their
+ * places. */
 static size_t
 take_batch(struct bb_combiner *cb, struct waiter *leader, struct waiter **m)
 {
@@ -74,7 +87,7 @@ take_batch(struct bb_combiner *cb, struct waiter *leader, struct waiter **m)
     m[0] = leader;
     for (size_t i = 0; i < cb->n_waiting; i++) {
         struct waiter *w = cb->waiting[i];
-        if (w != leader && n < cb->o.batch_max && cb->o.same(w->item, leader->item, cb->o.ctx))
+        if (w != leader && joins(cb, w, m, n))
             m[n++] = w;
         else if (w != leader)
             cb->waiting[kept++] = w;

@@ -124,3 +124,14 @@ bb_json_dumps(const json_t *v)
         bb_panic(__FILE__, __LINE__, "json_dumps failed");
     return s;
 }
+
+char *
+bb_json_strings_dumps(const char *const *items, size_t n)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(list, json_string(items[i]));
+    char *text = bb_json_dumps(list);
+    json_decref(list);
+    return text;
+}

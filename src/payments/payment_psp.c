@@ -44,6 +44,7 @@ payments__psp_outcome_name(enum payments__psp_outcome o)
 }
 
 static bool record_same(const void *a, const void *b, void *ctx);
+static bool record_conflict(const void *x, const void *y, void *ctx);
 static void record_carry(void **items, size_t n, void *ctx);
 
 struct payments__psp *
@@ -58,6 +59,7 @@ payments__psp_create(struct store *s, const struct psp_config *c, size_t batch_m
                                         .batch_max = batch_max,
                                         .waiting_max = PAYMENTS__BATCH_WAITING_MAX,
                                         .same = record_same,
+                                        .conflicts = record_conflict,
                                         .run = record_carry,
                                         .ctx = psp,
                                         .on_waiting = payments__metric_waiting,
@@ -448,8 +450,11 @@ record_same(const void *a, const void *b, void *ctx)
 
 /* Two calls about one payment: never in one batch. */
 static bool
-record_conflict(const struct payments__psp_call *a, const struct payments__psp_call *b)
+record_conflict(const void *x, const void *y, void *ctx)
 {
+    (void)ctx;
+    const struct payments__psp_call *a = ((const struct record_unit *)x)->call;
+    const struct payments__psp_call *b = ((const struct record_unit *)y)->call;
     return strcmp(a->key, b->key) == 0 ||
            (a->payment_key && b->payment_key && strcmp(a->payment_key, b->payment_key) == 0);
 }
@@ -460,14 +465,10 @@ record_carry(void **items, size_t n, void *ctx)
 {
     struct payments__psp *psp = ctx;
     struct record_unit **m = xcalloc(n, sizeof *m);
-    size_t k = 0;
+    size_t k = n;
     for (size_t i = 0; i < n; i++) {
-        struct record_unit *u = items[i];
-        u->alone = false;
-        for (size_t j = 0; j < k && !u->alone; j++)
-            u->alone = record_conflict(m[j]->call, u->call);
-        if (!u->alone)
-            m[k++] = u;
+        m[i] = items[i];
+        m[i]->alone = false;
     }
     struct bb_error e;
     if (k == 1) {

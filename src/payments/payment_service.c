@@ -565,11 +565,13 @@ payment_refund(struct payments *p, const char *payment_id, int64_t amount, const
  * Operations in the same phase at the same time share a transaction, with
  * one statement per table for all of them (the combiner in payments_create
  * gathers them while earlier batches hold the connections). Members never
- * share an order in a batch, so each batch writes a row once; the fences
- * are taken in key order, so batches that overlap wait on one another in
- * one direction. A member that fails writes nothing; one whose row moved
- * under it, or whose order another member has, runs its phase alone
- * afterwards, and so does every member of a batch that fails as a whole.
+ * share an order in a batch (the combiner leaves the second for a later
+ * one), so each batch writes a row once; the fences are taken in key order,
+ * so batches that overlap wait on one another in one direction. A member
+ * that fails writes nothing; one whose row moved under it (or, for capture
+ * and void, whose order turns out to be another member's once the rows are
+ * read) runs its phase alone afterwards, and so does every member of a
+ * batch that fails as a whole.
  */
 
 struct pay_batch {
@@ -930,20 +932,23 @@ same_phase(const void *a, const void *b, void *ctx)
     return ((const struct pay_op *)a)->phase == ((const struct pay_op *)b)->phase;
 }
 
+static bool
+same_order(const void *a, const void *b, void *ctx)
+{
+    (void)ctx;
+    return strcmp(conflict_key(a), conflict_key(b)) == 0;
+}
+
 /* The combiner's run: one phase for the operations it gathered. */
 static void
 carry(void **items, size_t n, void *ctx)
 {
     struct payments *p = ctx;
     struct pay_op **m = xcalloc(n, sizeof *m);
-    size_t k = 0;
+    size_t k = n;
     for (size_t i = 0; i < n; i++) {
-        struct pay_op *op = items[i];
-        op->alone = false;
-        for (size_t j = 0; j < k && !op->alone; j++)
-            op->alone = strcmp(conflict_key(m[j]), conflict_key(op)) == 0;
-        if (!op->alone)
-            m[k++] = op;
+        m[i] = items[i];
+        m[i]->alone = false;
     }
     const struct phase_def *ph = &PHASES[m[0]->phase];
     if (k == 1) {
@@ -987,6 +992,7 @@ payments__batching_start(struct payments *p, size_t batch_max)
                                     .batch_max = batch_max,
                                     .waiting_max = PAYMENTS__BATCH_WAITING_MAX,
                                     .same = same_phase,
+                                    .conflicts = same_order,
                                     .run = carry,
                                     .ctx = p,
                                     .on_waiting = payments__metric_waiting,

@@ -187,13 +187,9 @@ enum err
 payments__rows_read_many(struct store_conn *c, bool by_key, const char *const *keys, size_t n,
                          struct payments__row **rows, bool *found, struct bb_error *e)
 {
-    json_t *list = json_array();
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         found[i] = false;
-        json_array_append_new(list, json_string(keys[i]));
-    }
-    char *text = bb_json_dumps(list);
-    json_decref(list);
+    char *text = bb_json_strings_dumps(keys, n);
     const struct store_param p[] = {sp_text(text)};
     struct store_rows r;
     enum err rc = store_query(c, by_key ? &PAYMENTS_BY_KEY_MANY : &PAYMENTS_GET_MANY, p, 1, &r, e);

@@ -288,13 +288,9 @@ enum err
 saga__load_many(struct store_conn *c, const char *const *ids, size_t n,
                 struct saga_instance *const *out, bool *found, struct bb_error *e)
 {
-    json_t *list = json_array();
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         found[i] = false;
-        json_array_append_new(list, json_string(ids[i]));
-    }
-    char *text = bb_json_dumps(list);
-    json_decref(list);
+    char *text = bb_json_strings_dumps(ids, n);
     const struct store_param p[] = {sp_text(text)};
     struct store_rows r;
     enum err rc = store_query(c, &SAGA_GET_MANY, p, 1, &r, e);

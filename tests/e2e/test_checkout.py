@@ -39,7 +39,11 @@ def test_a_checkout_is_accepted_at_once_with_its_event(server):
 def test_one_checkout_per_key(server):
     first = checkout(server, "k-1")
     reordered = {k: BODY[k] for k in reversed(list(BODY))}
-    assert checkout(server, "k-1", reordered) == first
+    # The same checkout, as it stands now: its saga may have moved it on.
+    moves = {"status", "order_id", "reason", "updated_at"}
+    again = checkout(server, "k-1", reordered)
+    assert {k: v for k, v in again.items() if k not in moves} == \
+        {k: v for k, v in first.items() if k not in moves}
     other = {**BODY, "items": [{"sku": "A", "qty": 3, "unit_price": 1250}]}
     problem(server.post("/checkout", other, headers={"Idempotency-Key": "k-1"}), 422,
             "idempotency_key_reused", "Idempotency-Key")
