@@ -457,6 +457,7 @@ strlcpy_truncates_and_reports_the_source_length(void **state)
 
 struct cb_item {
     int kind;
+    int key;      /* items with one key conflict (0: none) */
     int carried;  /* times a batch carried it */
     int batch_no; /* which batch (1 = the first) */
 };
@@ -510,6 +511,14 @@ cb_waiting(size_t n, void *ctx)
     pthread_mutex_unlock(&w->mu);
 }
 
+static bool
+cb_conflicts(const void *a, const void *b, void *ctx)
+{
+    (void)ctx;
+    int x = ((const struct cb_item *)a)->key, y = ((const struct cb_item *)b)->key;
+    return x != 0 && x == y;
+}
+
 /* One leader at a time: the first batch holds it until w->open. */
 static void
 cb_world_init(struct cb_world *w, size_t batch_max, size_t waiting_max)
@@ -521,6 +530,7 @@ cb_world_init(struct cb_world *w, size_t batch_max, size_t waiting_max)
                                     .batch_max = batch_max,
                                     .waiting_max = waiting_max,
                                     .same = cb_same,
+                                    .conflicts = cb_conflicts,
                                     .run = cb_run,
                                     .ctx = w,
                                     .on_waiting = cb_waiting,
@@ -611,6 +621,42 @@ combiner_carries_waiting_items_of_a_kind_together_each_once(void **state)
 }
 
 static void
+combiner_leaves_conflicting_items_for_a_later_batch(void **state)
+{
+    (void)state;
+    struct cb_world w;
+    cb_world_init(&w, 8, 16);
+    /* Behind the first: keys 1, 1, 2, 1 of one kind. */
+    enum { N = 5 };
+    static const int keys[N] = {0, 1, 1, 2, 1};
+    struct cb_caller calls[N];
+    pthread_t t[N];
+    for (size_t i = 0; i < N; i++) {
+        calls[i] = (struct cb_caller){.w = &w, .item = {.kind = 1, .key = keys[i]}};
+        assert_int_equal(pthread_create(&t[i], NULL, cb_call, &calls[i]), 0);
+        if (i == 0)
+            cb_await_batches(&w, 1);
+        else
+            cb_await_waiting(&w, i);
+    }
+    pthread_mutex_lock(&w.mu);
+    w.open = true;
+    pthread_cond_broadcast(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    /* [0]; [key 1, key 2]; [key 1]; [key 1]. */
+    assert_int_equal(w.batches, 4);
+    assert_int_equal(calls[1].item.batch_no, 2);
+    assert_int_equal(calls[3].item.batch_no, 2);
+    assert_int_equal(calls[2].item.batch_no, 3);
+    assert_int_equal(calls[4].item.batch_no, 4);
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(calls[i].item.carried, 1);
+    cb_world_deinit(&w);
+}
+
+static void
 combiner_refuses_callers_beyond_waiting_max(void **state)
 {
     (void)state;
@@ -661,6 +707,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(arena_allocations_are_aligned_and_survive_growth),
     cmocka_unit_test(strlcpy_truncates_and_reports_the_source_length),
     cmocka_unit_test(combiner_carries_waiting_items_of_a_kind_together_each_once),
+    cmocka_unit_test(combiner_leaves_conflicting_items_for_a_later_batch),
     cmocka_unit_test(combiner_refuses_callers_beyond_waiting_max),
 };
 
