@@ -213,7 +213,7 @@ struct record_unit {
     struct payments__psp_answer decided; /* before the record was consulted */
     int64_t now_ms;
     enum err rc;
-    bool alone; /* a batch set it aside: record it alone */
+    bool alone; /* its batch failed as a whole: record it alone */
 };
 
 static bool
