@@ -465,19 +465,16 @@ record_carry(void **items, size_t n, void *ctx)
 {
     struct payments__psp *psp = ctx;
     struct record_unit **m = xcalloc(n, sizeof *m);
-    size_t k = n;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         m[i] = items[i];
-        m[i]->alone = false;
-    }
     struct bb_error e;
-    if (k == 1) {
+    if (n == 1) {
         m[0]->rc = store_run(psp->store, STORE_WRITE, record_work, m[0], &e);
     } else {
-        struct record_batch b = {.m = m, .n = k};
+        struct record_batch b = {.m = m, .n = n};
         enum err rc = store_run(psp->store, STORE_WRITE, record_many, &b, &e);
-        payments__metric_batch("psp", k, rc == ERR_OK);
-        for (size_t i = 0; i < k; i++) {
+        payments__metric_batch("psp", n, rc == ERR_OK);
+        for (size_t i = 0; i < n; i++) {
             m[i]->rc = rc;
             m[i]->alone = rc != ERR_OK;
         }

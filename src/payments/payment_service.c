@@ -585,14 +585,14 @@ static struct store_stmt PAYMENT_INSERT_MANY = {
               " card, state, created_at_ms, updated_at_ms)"
               " SELECT id, order_id, key, fingerprint, amount, currency, card, 'PENDING', $2, $2"
               " FROM json_to_recordset($1::json) AS x(id text, order_id text, key text,"
-              " fingerprint text, amount bigint, currency text, card text)"
+              " fingerprint text, amount bigint, currency text, card text) ORDER BY key"
               " ON CONFLICT (idempotency_key) DO NOTHING",
     .sql_sqlite = "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount,"
                   " currency, card, state, created_at_ms, updated_at_ms)"
                   " SELECT value ->> 'id', value ->> 'order_id', value ->> 'key',"
                   " value ->> 'fingerprint', value ->> 'amount', value ->> 'currency',"
                   " value ->> 'card', 'PENDING', $2, $2 FROM json_each($1) WHERE true"
-                  " ON CONFLICT (idempotency_key) DO NOTHING",
+                  " ORDER BY value ->> 'key' ON CONFLICT (idempotency_key) DO NOTHING",
 };
 /* $1 [{id, from_state, to_state, reference, reason, captured}], $2 now */
 static struct store_stmt PAYMENT_MOVE_MANY = {
@@ -644,7 +644,8 @@ live(const struct pay_op *op)
     return op->rc == ERR_OK && !op->alone;
 }
 
-/* Set aside the live members whose row's order an earlier member has. */
+/* Set aside the live members whose row's order an earlier member has
+ * (capture and void learn the order only from the rows they read). */
 static void
 set_aside_same_order(struct pay_batch *b)
 {
@@ -742,7 +743,7 @@ authorize_begin_many(struct store_conn *c, void *arg, struct bb_error *e)
                       (json_int_t)req->amount, "currency", req->currency, "card", req->card));
     }
     if (rc == ERR_OK && json_array_size(fresh) > 0) {
-        char *text = dumps_free(json_incref(fresh));
+        char *text = bb_json_dumps(fresh);
         const struct store_param p[] = {sp_text(text), sp_int(now)};
         rc = store_exec(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), NULL, e);
         free(text);
@@ -855,8 +856,7 @@ outcome_end_many(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_batch *b = arg;
     size_t n = b->n;
-    batch_reset(b);
-    set_aside_same_order(b);
+    batch_reset(b); /* its members' orders are distinct: the combiner's conflicts */
     const char **orders = xcalloc(n, sizeof *orders);
     for (size_t i = 0; i < n; i++)
         orders[i] = b->m[i]->row.order_id;
@@ -945,22 +945,19 @@ carry(void **items, size_t n, void *ctx)
 {
     struct payments *p = ctx;
     struct pay_op **m = xcalloc(n, sizeof *m);
-    size_t k = n;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         m[i] = items[i];
-        m[i]->alone = false;
-    }
     const struct phase_def *ph = &PHASES[m[0]->phase];
-    if (k == 1) {
+    if (n == 1) {
         m[0]->rc = store_run(p->store, STORE_WRITE, ph->one, m[0], &m[0]->err);
     } else {
-        struct pay_batch b = {.m = m, .n = k};
+        struct pay_batch b = {.m = m, .n = n};
         struct bb_error e;
         enum err rc = store_run(p->store, STORE_WRITE, ph->many, &b, &e);
-        payments__metric_batch("ledger", k, rc == ERR_OK);
+        payments__metric_batch("ledger", n, rc == ERR_OK);
         if (rc != ERR_OK) {
-            log_debug("payments.batch_failed", "members=%zu detail=%s", k, e.detail);
-            for (size_t i = 0; i < k; i++)
+            log_debug("payments.batch_failed", "members=%zu detail=%s", n, e.detail);
+            for (size_t i = 0; i < n; i++)
                 m[i]->alone = true;
         }
     }
