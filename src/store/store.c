@@ -96,6 +96,7 @@ store_options_defaults(struct store_options *o, const char *url)
     o->queue_max = 65536;
     o->busy_timeout_ms = 5000;
     o->exclusive = false;
+    o->replan_first_ms = 1000;
 }
 
 /* Parse the URL into an engine (and, for SQLite, a path). */

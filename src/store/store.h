@@ -34,6 +34,10 @@ struct store_options {
     int queue_max;   /* pending units before store_submit answers ERR_OVERLOADED */
     int64_t busy_timeout_ms;
     bool exclusive; /* SQLite: refuse to open a file another process owns */
+    /* PostgreSQL: a connection drops its cached query plans this long after
+     * it opens, then twice as long after that, and so on up to every 10
+     * minutes, so that no plan outlives the table sizes it was made for. */
+    int64_t replan_first_ms;
 };
 
 /* Defaults suited to the engine the URL names. */

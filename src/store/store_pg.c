@@ -39,12 +39,16 @@ struct pg_deferred {
  * (a bound on how far the pipeline writes ahead of its reads). */
 enum { PG_MAX_DEFERRED = 64 };
 
+enum { PG_REPLAN_MAX_MS = 600000 };
+
 struct pg_conn {
     PGconn *pg;
     bool begin_pending; /* a write transaction began; BEGIN goes with the next command */
     bool txn_open;      /* BEGIN was sent */
     struct pg_deferred deferred[PG_MAX_DEFERRED];
     int n_deferred;
+    int64_t replan_at_ms;    /* when cached plans are dropped next */
+    int64_t replan_every_ms; /* doubles each time, up to PG_REPLAN_MAX_MS */
 };
 
 /* One command of a pipeline. */
@@ -144,6 +148,8 @@ pg_connect(struct store *s, struct store_conn *c, struct bb_error *e)
         return bb_fail(e, ERR_UNAVAILABLE, "db", "cannot connect to PostgreSQL: %s", err);
     struct pg_conn *pc = xcalloc(1, sizeof *pc);
     pc->pg = pg;
+    pc->replan_every_ms = s->opt.replan_first_ms > 0 ? s->opt.replan_first_ms : 1;
+    pc->replan_at_ms = bb_mono_ms() + pc->replan_every_ms;
     c->impl = pc;
     return ERR_OK;
 }
@@ -580,11 +586,37 @@ pg_col_len(const struct store_rows *r, int col)
     return (size_t)PQgetlength(r->impl, r->row, col);
 }
 
+/*
+ * PostgreSQL keeps the generic plan it made for a prepared statement until
+ * something invalidates it (an ANALYZE of a table it reads, by autovacuum
+ * at the earliest a minute later). A plan made while a table was nearly
+ * empty scans it whole, and keeps doing so as the table grows: a batch's
+ * update by key joined by hash to a sequential scan of the jobs, thousands
+ * of rows, for a dozen. So the connection drops its cached plans (not its
+ * prepared statements) 1 s after it opens, then 2 s, 4 s, ... later, then
+ * every 10 minutes: each plan is rebuilt on tables at most about twice the
+ * size they had when it was made (store_options.replan_first_ms), at a
+ * cost of a few re-plans per statement now and then. A failure is not one: the next command reports
+ * a broken connection.
+ */
+static void
+pg_replan_when_due(struct pg_conn *pc)
+{
+    int64_t now = bb_mono_ms();
+    if (now < pc->replan_at_ms || PQtransactionStatus(pc->pg) != PQTRANS_IDLE)
+        return;
+    PQclear(PQexec(pc->pg, "DISCARD PLANS"));
+    pc->replan_every_ms =
+        pc->replan_every_ms < PG_REPLAN_MAX_MS / 2 ? pc->replan_every_ms * 2 : PG_REPLAN_MAX_MS;
+    pc->replan_at_ms = now + pc->replan_every_ms;
+}
+
 static enum err
 pg_begin(struct store_conn *c, enum store_txn mode, struct bb_error *e)
 {
     (void)e;
     struct pg_conn *pc = c->impl;
+    pg_replan_when_due(pc);
     /* Reads: autocommit statements. Writes: BEGIN goes with the first
      * command, saving a round trip. */
     pc->begin_pending = mode == STORE_WRITE;

@@ -783,6 +783,101 @@ sqlite_file_has_one_owning_process(void **state)
     store_close(second);
 }
 
+/* ---- PostgreSQL plans ---------------------------------------------------------- */
+
+static struct store_stmt CREATE_PLANNED = {
+    .sql = "CREATE TABLE planned (id BIGINT PRIMARY KEY, n BIGINT)"
+           " WITH (autovacuum_enabled = false)", /* no ANALYZE replans behind the test */
+};
+static struct store_stmt GROW_PLANNED = {
+    .sql = "INSERT INTO planned (id, n) SELECT g, 0 FROM generate_series(1, $1::bigint) g",
+};
+/* A batch's update by key, as the services write them. */
+static struct store_stmt TOUCH_PLANNED = {
+    .sql = "UPDATE planned SET n = n + 1 FROM json_to_recordset($1::json) AS x(id bigint)"
+           " WHERE planned.id = x.id",
+};
+static struct store_stmt ROWS_READ_PLANNED = {
+    .sql = "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+           " WHERE relid = 'planned'::regclass",
+};
+
+/* Rows of `planned` read by this backend so far (its statistics not yet
+ * sent: a count that only grows within a transaction). */
+static int64_t
+planned_rows_read(struct store_conn *c)
+{
+    struct bb_error e;
+    struct store_rows r;
+    assert_ok(store_query(c, &ROWS_READ_PLANNED, NULL, 0, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    return n;
+}
+
+/* Rows of `planned` the update of one of them read. */
+static int64_t
+touch_planned(struct store_conn *c)
+{
+    struct bb_error e;
+    const struct store_param p[] = {sp_text("[{\"id\":7}]")};
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    int64_t before = planned_rows_read(c);
+    assert_ok(store_exec(c, &TOUCH_PLANNED, p, 1, NULL, &e), &e);
+    int64_t read = planned_rows_read(c) - before;
+    assert_ok(store_commit(c, &e), &e);
+    return read;
+}
+
+static struct store_conn *
+conn_replanning_after(const struct test_db *db, int64_t first_ms, struct store **s)
+{
+    struct store_options o;
+    store_options_defaults(&o, db->url);
+    o.pool_size = 1;
+    o.replan_first_ms = first_ms;
+    struct bb_error e;
+    assert_ok(store_open(&o, s, &e), &e);
+    struct store_conn *c;
+    assert_ok(store_conn_open(*s, &c, &e), &e);
+    return c;
+}
+
+static void
+plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
+{
+    struct test_db *db = *state;
+    if (db->engine != STORE_POSTGRES)
+        return; /* SQLite plans each statement once, by indexes, not by table size */
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    assert_ok(store_exec(c, &CREATE_PLANNED, NULL, 0, NULL, &e), &e);
+    struct store *stale_store, *fresh_store;
+    struct store_conn *stale = conn_replanning_after(db, 3600000, &stale_store);
+    struct store_conn *fresh = conn_replanning_after(db, 1, &fresh_store);
+    for (int i = 0; i < 8; i++) { /* PostgreSQL settles on a generic plan after 5 */
+        touch_planned(stale);
+        touch_planned(fresh);
+    }
+    enum { ROWS = 200000 }; /* big enough that 100 lookups by key beat a scan */
+    const struct store_param grow[] = {sp_int(ROWS)};
+    assert_ok(store_exec(c, &GROW_PLANNED, grow, 1, NULL, &e), &e);
+    /* The plan made on the empty table reads the whole table... */
+    assert_true(touch_planned(stale) >= ROWS);
+    /* ... until the connection drops it and plans for the table as it is. */
+    int64_t deadline = bb_mono_ms() + 30000;
+    int64_t read = touch_planned(fresh);
+    while (read >= ROWS && bb_mono_ms() < deadline)
+        read = touch_planned(fresh);
+    assert_true(read < 10);
+    store_conn_close(stale);
+    store_conn_close(fresh);
+    store_close(stale_store);
+    store_close(fresh_store);
+    store_conn_close(c);
+}
+
 #define DB_TEST(name) cmocka_unit_test_setup_teardown(name, test_db_setup, test_db_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -805,6 +900,7 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(a_newer_schema_is_refused),
     cmocka_unit_test(bad_urls_are_refused_clearly),
     DB_TEST(sqlite_file_has_one_owning_process),
+    DB_TEST(plans_made_on_an_empty_table_do_not_outlive_its_growth),
 };
 
 TEST_MAIN(tests, true)
