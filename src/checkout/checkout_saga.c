@@ -650,7 +650,8 @@ static struct store_stmt FULFILMENT_INSERT_MANY = {
 struct fulfil_op {
     const char *order_id;
     const char *checkout_id;
-    int64_t job_id;
+    struct job_run *run; /* ended with the record (job_runs_complete_in) */
+    enum err end_rc;
 };
 
 static enum err
@@ -658,12 +659,14 @@ fulfil_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct fulfil_op *op = arg;
     const struct store_param p[] = {sp_text(op->order_id), sp_text(op->checkout_id),
-                                    sp_int(op->job_id), sp_int(bb_wall_ms())};
-    return store_exec_deferred(c, &FULFILMENT_INSERT, p, BB_ARRAY_LEN(p), e);
+                                    sp_int(op->run->job->id), sp_int(bb_wall_ms())};
+    enum err rc = store_exec_deferred(c, &FULFILMENT_INSERT, p, BB_ARRAY_LEN(p), e);
+    return rc == ERR_OK ? job_runs_complete_in(c, &op->run, 1, &op->end_rc, e) : rc;
 }
 
-/* The fulfilments recorded at the same time, in one statement. An order
- * recorded twice (a job run again) is recorded once either way. */
+/* The fulfilments recorded at the same time, in one statement, and their
+ * jobs ended with them. An order recorded twice (a job run again) is
+ * recorded once either way. */
 static enum err
 fulfil_many(struct store_conn *c, void *const *ops, size_t n, enum err *rcs,
             struct bb_error *errors, void *ctx, struct bb_error *e)
@@ -672,17 +675,26 @@ fulfil_many(struct store_conn *c, void *const *ops, size_t n, enum err *rcs,
     (void)errors;
     (void)ctx;
     json_t *rows = json_array();
+    struct job_run **runs = xcalloc(n, sizeof *runs);
+    enum err *ends = xcalloc(n, sizeof *ends);
     for (size_t i = 0; i < n; i++) {
         const struct fulfil_op *op = ops[i];
+        runs[i] = op->run;
         json_array_append_new(rows,
                               json_pack("{s:s, s:s, s:I}", "order_id", op->order_id, "checkout_id",
-                                        op->checkout_id, "job_id", (json_int_t)op->job_id));
+                                        op->checkout_id, "job_id", (json_int_t)op->run->job->id));
     }
     char *text = bb_json_dumps(rows);
     json_decref(rows);
     const struct store_param p[] = {sp_text(text), sp_int(bb_wall_ms())};
     enum err rc = store_exec_deferred(c, &FULFILMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
     free(text);
+    if (rc == ERR_OK)
+        rc = job_runs_complete_in(c, runs, n, ends, e);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++)
+        ((struct fulfil_op *)ops[i])->end_rc = ends[i];
+    free(ends);
+    free(runs);
     return rc;
 }
 
@@ -695,7 +707,7 @@ fulfil(struct job_run *run)
     json_t *p = json_loads(run->job->payload, 0, NULL);
     struct fulfil_op op = {.order_id = json_string_value(json_object_get(p, "order_id")),
                            .checkout_id = json_string_value(json_object_get(p, "checkout_id")),
-                           .job_id = run->job->id};
+                           .run = run};
     enum job_verdict v = JOB_DONE;
     struct bb_error e;
     if (op.order_id == NULL || op.checkout_id == NULL) {
@@ -705,6 +717,8 @@ fulfil(struct job_run *run)
                ERR_OK) {
         bb_buf_puts(&run->error, e.detail);
         v = JOB_RETRY;
+    } else {
+        job_run_recorded(run, op.end_rc);
     }
     json_decref(p);
     return v;

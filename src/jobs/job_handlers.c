@@ -33,6 +33,13 @@ job_run_should_stop(const struct job_run *run)
 }
 
 void
+job_run_recorded(struct job_run *run, enum err rc)
+{
+    run->recorded = true;
+    run->recorded_rc = rc;
+}
+
+void
 job_registry_add(struct job_registry *r, const char *name, job_handler_fn *fn, void *ctx)
 {
     BB_ASSERT(job_name_is_valid(name) && !job_handler_is_external(name));

@@ -1017,7 +1017,8 @@ static struct store_stmt JOB_COMPLETE_MANY = {
     .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
               " FROM json_to_recordset($1::json) AS x(id bigint, token bigint)"
-              " WHERE jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
+              " WHERE jobs.id = ANY(ARRAY(SELECT (json_array_elements($1::json) ->> 'id')::bigint))"
+              " AND jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
               " RETURNING jobs.id, jobs.attempt, jobs.leased_by, jobs.started_at_ms",
 };
 /* Attempt rows, many at once. $1: JSON array of {id, attempt, worker,
@@ -1175,6 +1176,22 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
         free(text);
     }
     json_decref(attempts);
+    return rc;
+}
+
+enum err
+job_runs_complete_in(struct store_conn *c, struct job_run *const *runs, size_t n, enum err *rcs,
+                     struct bb_error *e)
+{
+    struct job_finish *items = xcalloc(n ? n : 1, sizeof *items);
+    for (size_t i = 0; i < n; i++)
+        items[i] = (struct job_finish){.id = runs[i]->job->id,
+                                       .token = runs[i]->job->lease_token,
+                                       .outcome = JOB_OUTCOME_COMPLETED};
+    enum err rc = job_finish_batch(c, items, n, bb_wall_ms(), NULL, e);
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = rc == ERR_OK ? items[i].rc : rc;
+    free(items);
     return rc;
 }
 

@@ -53,6 +53,7 @@ struct done {
     char *error;
     char *queue;
     double duration_s;
+    bool recorded; /* the handler ended the job in its own transaction */
 };
 
 struct job_pool {
@@ -320,7 +321,24 @@ outcome_of(enum job_verdict v, const struct job_run *run, bool cancelled)
     return bb_mono_ms() >= run->deadline_mono_ms ? JOB_OUTCOME_TIMEOUT : JOB_OUTCOME_FAILED;
 }
 
-/* Run one job; returns its outcome, to be queued by the caller. */
+/* Count a recorded outcome (f.rc says how it went) and free it. */
+static void
+done_counted(struct done *d)
+{
+    if (d->f.rc == ERR_OK) {
+        jobs__metric_finished(d->queue, d->f.outcome, d->duration_s);
+    } else if (d->f.rc == ERR_STALE_TOKEN) {
+        jobs__metric_stale(d->f.outcome == JOB_OUTCOME_COMPLETED ? "complete" : "fail");
+        log_warn("jobs.stale_outcome", "job=%lld outcome=%s", (long long)d->f.id,
+                 job_outcome_name(d->f.outcome));
+    }
+    free(d->error);
+    free(d->queue);
+    free(d);
+}
+
+/* Run one job; returns its outcome, to be queued by the caller unless the
+ * handler recorded it. */
 static struct done *
 run_one(struct job_pool *p, struct job_lease *lease)
 {
@@ -345,6 +363,10 @@ run_one(struct job_pool *p, struct job_lease *lease)
     double duration = (double)(bb_mono_ns() - t0) / 1e9;
     enum job_outcome outcome = outcome_of(v, &run, p->cancel);
     struct done *d = done_new(lease, outcome, run.error.len ? run.error.data : NULL, duration);
+    if (run.recorded && v == JOB_DONE) {
+        d->recorded = true;
+        d->f.rc = run.recorded_rc;
+    }
     bb_buf_deinit(&run.error);
     return d;
 }
@@ -370,10 +392,15 @@ runner_main(void *arg)
         struct done *d = run_one(p, &r->lease);
         job_lease_deinit(&r->lease);
         free(r);
+        double duration_s = d->duration_s;
+        bool recorded = d->recorded;
+        if (recorded)
+            done_counted(d); /* frees it */
         pthread_mutex_lock(&p->mu);
-        queue_done(p, d);
+        if (!recorded)
+            queue_done(p, d);
         p->running--;
-        adapt_prefetch(p, d->duration_s * 1e6);
+        adapt_prefetch(p, duration_s * 1e6);
         if (fetch_due(p))
             pthread_cond_signal(&p->fetch_cv);
         if (p->stopping)
@@ -430,16 +457,8 @@ record(struct job_pool *p, struct done *list, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct job_finish *f = &u.items[i];
         rescheduled |= f->rc == ERR_OK && f->state == JOB_PENDING;
-        if (f->rc == ERR_OK) {
-            jobs__metric_finished(all[i]->queue, f->outcome, all[i]->duration_s);
-        } else if (f->rc == ERR_STALE_TOKEN) {
-            jobs__metric_stale(f->outcome == JOB_OUTCOME_COMPLETED ? "complete" : "fail");
-            log_warn("jobs.stale_outcome", "job=%lld outcome=%s", (long long)f->id,
-                     job_outcome_name(f->outcome));
-        }
-        free(all[i]->error);
-        free(all[i]->queue);
-        free(all[i]);
+        all[i]->f.rc = f->rc;
+        done_counted(all[i]);
     }
     free(u.items);
     free(all);

@@ -313,9 +313,26 @@ struct job_run {
     _Atomic bool *cancel;     /* set when the worker stops */
     int64_t deadline_mono_ms; /* the attempt's max_duration ends here */
     struct bb_buf error;      /* the handler writes why it failed */
+    /* Set by job_run_recorded: the job's end is in the database already. */
+    bool recorded;
+    enum err recorded_rc;
 };
 /* Should a handler stop now (deadline passed, or the worker is stopping)? */
 bool job_run_should_stop(const struct job_run *run);
+
+/*
+ * A handler whose last act is a write of its own can end its job in that
+ * transaction instead of the worker's next one: job_runs_complete_in
+ * records the runs' jobs as completed in the caller's open write
+ * transaction `c` (rcs[i]: ERR_OK, or ERR_STALE_TOKEN when runs[i]'s lease
+ * was lost and nothing changed). Once, and only once, that transaction has
+ * committed, the handler calls job_run_recorded(run, rcs[i]) and returns
+ * JOB_DONE: the worker then records nothing more. If it does not commit,
+ * the handler says nothing and the worker records its verdict as usual.
+ */
+BB_WUR enum err job_runs_complete_in(struct store_conn *c, struct job_run *const *runs, size_t n,
+                                     enum err *rcs, struct bb_error *e);
+void job_run_recorded(struct job_run *run, enum err rc);
 
 /* A handler's verdict on one attempt. */
 enum job_verdict { JOB_DONE, JOB_RETRY, JOB_FAIL_PERMANENTLY };

@@ -206,6 +206,10 @@ struct step_job {
     /* What the next outside step holds (0: nothing), as committed, and as
      * the unit leaves it. */
     int64_t held, unit_held;
+    /* The unit left the instance to no further step of this job, and ended
+     * the job itself (job_runs_complete_in); end_rc says how. */
+    bool ended;
+    enum err end_rc;
 };
 
 static bool
@@ -402,7 +406,7 @@ unit_start(struct store_conn *c, struct step_job *j, struct bb_error *e)
     json_incref(j->work.data);
     saga__unit_begin(&j->unit, &j->in);
     j->ran = 0;
-    j->failed = j->stale = j->stopped = false;
+    j->failed = j->stale = j->stopped = j->ended = false;
     j->unit_held = j->held;
     if (!j->pending)
         return ERR_OK;
@@ -412,6 +416,35 @@ unit_start(struct store_conn *c, struct step_job *j, struct bb_error *e)
                                    .error = j->pending_error.detail,
                                    .started_at_ms = j->pending_started_ms};
     return move_on(c, j, &res, e);
+}
+
+/*
+ * After a unit's flush: the members whose instance no further step of
+ * theirs will move (it ended, waits for a retry or for another job, or is
+ * STUCK) end their jobs in the unit's transaction, which saves each a
+ * transaction of the job engine's.
+ */
+static enum err
+end_jobs(struct store_conn *c, struct step_job *const *m, size_t n, struct bb_error *e)
+{
+    struct step_job *ending[SAGA_UNIT_BATCH_MAX];
+    struct job_run *runs[SAGA_UNIT_BATCH_MAX];
+    enum err rcs[SAGA_UNIT_BATCH_MAX];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_current(m[i], &m[i]->work)) {
+            ending[k] = m[i];
+            runs[k++] = m[i]->run;
+        }
+    }
+    if (k == 0)
+        return ERR_OK;
+    enum err rc = job_runs_complete_in(c, runs, k, rcs, e);
+    for (size_t i = 0; i < k && rc == ERR_OK; i++) {
+        ending[i]->ended = true;
+        ending[i]->end_rc = rcs[i];
+    }
+    return rc;
 }
 
 static enum err
@@ -448,6 +481,8 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
         rc = saga__unit_flush(c, &j->unit, &j->work, &j->stale, e);
     if (rc == ERR_OK)
         hold(c, &(struct unit_batch){.m = &j, .n = 1});
+    if (rc == ERR_OK)
+        rc = end_jobs(c, &j, 1, e);
     return rc;
 }
 
@@ -556,6 +591,8 @@ advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
     rc = saga__units_flush(c, units, now, b->n, &stale, e);
     if (rc == ERR_OK)
         hold(c, b);
+    if (rc == ERR_OK)
+        rc = end_jobs(c, b->m, b->n, e);
     return rc;
 }
 
@@ -721,6 +758,8 @@ carry(struct step_job *j)
             !job_run_should_stop(run) && bb_mono_ms() + CHAIN_LEASE_LEFT_MS < run->deadline_mono_ms;
         enum err rc = unit_commit(j, &e);
         if (rc == ERR_OK) {
+            if (j->ended)
+                job_run_recorded(run, j->end_rc);
             log_failure(j);
             clear_pending(j);
             saga__instance_deinit(&j->in);

@@ -701,6 +701,122 @@ concurrent_claimers_never_share_a_job(void **state)
         assert_int_equal(race.claimed[i], 1);
 }
 
+/* ---- handlers that end their job in their own transaction -------------------------------- */
+
+static struct store_stmt CREATE_OWN = {
+    .sql = "CREATE TABLE own_writes (job_id BIGINT, attempt BIGINT)",
+};
+static struct store_stmt OWN_WRITE = {
+    .sql = "INSERT INTO own_writes (job_id, attempt) VALUES ($1, $2)",
+};
+static struct store_stmt OWN_COUNT = {
+    .sql = "SELECT COUNT(*), MIN(attempt) FROM own_writes WHERE job_id = $1",
+};
+
+struct own_work {
+    struct job_run *run;
+    bool roll_back; /* fail after ending the job */
+    enum err rc;
+};
+
+static enum err
+own_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct own_work *w = arg;
+    const struct store_param p[] = {sp_int(w->run->job->id), sp_int(w->run->job->attempt)};
+    enum err rc = store_exec(c, &OWN_WRITE, p, 2, NULL, e);
+    if (rc == ERR_OK)
+        rc = job_runs_complete_in(c, &w->run, 1, &w->rc, e);
+    if (rc == ERR_OK && w->roll_back)
+        return bb_fail(e, ERR_CONFLICT, "", "rolled back after ending its job");
+    return rc;
+}
+
+/* Its write and its job's end in one transaction; payload {"roll_back":
+ * true}: the first attempt's transaction rolls back. */
+static enum job_verdict
+own_handler(struct job_run *run)
+{
+    json_t *p = json_loads(run->job->payload, 0, NULL);
+    struct own_work w = {.run = run,
+                         .roll_back = json_is_true(json_object_get(p, "roll_back")) &&
+                                      run->job->attempt == 1};
+    json_decref(p);
+    struct bb_error e;
+    if (store_run(run->store, STORE_WRITE, own_work, &w, &e) != ERR_OK) {
+        bb_buf_puts(&run->error, e.detail);
+        return JOB_RETRY;
+    }
+    job_run_recorded(run, w.rc);
+    return JOB_DONE;
+}
+
+static int64_t
+finished_count(const char *outcome)
+{
+    char series[128];
+    snprintf(series, sizeof series,
+             "backbone_jobs_finished_total{queue=\"default\",outcome=\"%s\"}", outcome);
+    int64_t n = test_metric(series);
+    return n < 0 ? 0 : n;
+}
+
+static void
+a_handler_ends_its_job_in_its_own_transaction_or_not_at_all(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    assert_ok(store_exec(f->c, &CREATE_OWN, NULL, 0, NULL, &e), &e);
+    struct job_spec spec = {.queue = "default",
+                            .handler = "own",
+                            .has_backoff = true,
+                            .backoff = {.base_ms = 10, .factor_milli = 1000, .cap_ms = 10}};
+    int64_t ids[2];
+    bool created;
+    for (int i = 0; i < 2; i++) {
+        spec.payload = i == 0 ? "{}" : "{\"roll_back\":true}";
+        assert_ok(job_submit(f->c, &spec, bb_wall_ms(), &ids[i], &created, &e), &e);
+    }
+    int64_t completed = finished_count("completed"), failed = finished_count("failed");
+    struct job_registry *reg;
+    struct job_registry_options ro = {0};
+    assert_ok(job_registry_create(&ro, &reg, &e), &e);
+    job_registry_add(reg, "own", own_handler, NULL);
+    struct job_pool *pool;
+    struct job_pool_options po = {.concurrency = 2, .poll_ms = 50};
+    assert_ok(job_pool_start(f->db->store, reg, &po, &pool, &e), &e);
+    int64_t deadline = bb_mono_ms() + 30000;
+    while (bb_mono_ms() < deadline && (strcmp(state_of(f->c, ids[0], bb_wall_ms()), "completed") ||
+                                       strcmp(state_of(f->c, ids[1], bb_wall_ms()), "completed")))
+        bb_sleep_ms(10);
+    job_pool_stop(pool, bb_mono_ms() + 5000);
+    job_registry_destroy(reg);
+    /* Each ended once, by its handler's transaction: one write each, the
+     * attempts as they went (the rolled back one recorded by the worker). */
+    const char *outcomes[2][2] = {{"completed", NULL}, {"failed", "completed"}};
+    for (int i = 0; i < 2; i++) {
+        json_t *j = get(f->c, ids[i], bb_wall_ms());
+        assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
+        json_t *attempts = json_object_get(j, "attempts");
+        assert_int_equal(json_array_size(attempts), i + 1);
+        for (size_t k = 0; k < json_array_size(attempts); k++)
+            assert_string_equal(
+                json_string_value(json_object_get(json_array_get(attempts, k), "outcome")),
+                outcomes[i][k]);
+        json_decref(j);
+        struct store_rows r;
+        const struct store_param p[] = {sp_int(ids[i])};
+        assert_ok(store_query(f->c, &OWN_COUNT, p, 1, &r, &e), &e);
+        assert_true(store_next(&r));
+        assert_int_equal(store_col_int(&r, 0), 1);
+        assert_int_equal(store_col_int(&r, 1), i + 1); /* the second's first write rolled back */
+        store_rows_close(&r);
+    }
+    /* The worker counted what the handlers recorded, and recorded nothing twice. */
+    assert_int_equal(finished_count("completed") - completed, 2);
+    assert_int_equal(finished_count("failed") - failed, 1);
+}
+
 #define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -720,6 +836,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(many_jobs_insert_in_order_across_queues_and_keys),
     JOB_TEST(a_large_batch_keeps_each_rows_id_and_order),
     JOB_TEST(concurrent_claimers_never_share_a_job),
+    JOB_TEST(a_handler_ends_its_job_in_its_own_transaction_or_not_at_all),
 };
 
 TEST_MAIN(tests, true)
