@@ -388,12 +388,28 @@ writes(struct fixture *f)
     return count_of(f, &TOY_COUNT, NULL);
 }
 
+static struct store_stmt SAGA_JOBS_NOT_COMPLETED = {
+    .sql = "SELECT count(*) FROM jobs WHERE queue = 'sagas' AND state <> 'completed'",
+};
+
+static int64_t
+stale_completions(void)
+{
+    int64_t n = test_metric("backbone_job_stale_reports_total{report=\"complete\"}");
+    return n < 0 ? 0 : n;
+}
+
 static void
 steps_run_in_order_and_complete(void **state)
 {
     struct fixture *f = *state;
     struct start_op op = {.correlation = "order-1"};
+    int64_t stale = stale_completions();
     json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    /* Its job ended in the transaction that completed it, and the worker
+     * did not record it again. */
+    assert_int_equal(count_of(f, &SAGA_JOBS_NOT_COMPLETED, NULL), 0);
+    assert_int_equal(stale_completions(), stale);
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
     log_is("a1 a2 a3 ");
     /* s2 ran holding what the transition into it took, and the one that
@@ -706,6 +722,7 @@ static void
 twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
 {
     int64_t fallbacks = test_metric("backbone_saga_unit_batch_fallbacks_total");
+    int64_t stale = stale_completions();
     pthread_mutex_lock(&gate.mu);
     gate.open = false;
     gate.held = gate.batches = 0;
@@ -748,6 +765,9 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
     pthread_mutex_unlock(&gate.mu);
     assert_int_equal(test_metric("backbone_saga_unit_batch_fallbacks_total"),
                      fallbacks + (break_b2 ? 1 : 0));
+    /* The batch ended its members' jobs with them, once. */
+    assert_int_equal(count_of(f, &SAGA_JOBS_NOT_COMPLETED, NULL), 0);
+    assert_int_equal(stale_completions(), stale);
 }
 
 static void
