@@ -112,10 +112,33 @@ checkout_read(struct store_conn *c, struct store_stmt *st, const char *key, json
     return rc;
 }
 
+static struct store_stmt FULFILMENT_OF = {
+    .sql = "SELECT recorded_at_ms FROM fulfilments WHERE order_id = $1",
+};
+
 enum err
 checkout_get_json(struct store_conn *c, const char *checkout_id, json_t **out, struct bb_error *e)
 {
-    return checkout_read(c, &CHECKOUT_GET, checkout_id, out, NULL, e);
+    enum err rc = checkout_read(c, &CHECKOUT_GET, checkout_id, out, NULL, e);
+    const char *order_id = json_string_value(json_object_get(*out, "order_id"));
+    if (rc != ERR_OK || order_id == NULL)
+        return rc;
+    /* When its confirmed order was handed to fulfilment (null: not yet). */
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(order_id)};
+    rc = store_query(c, &FULFILMENT_OF, p, 1, &r, e);
+    if (rc != ERR_OK) {
+        json_decref(*out);
+        *out = NULL;
+        return rc;
+    }
+    char at[32];
+    bool recorded = store_next(&r);
+    if (recorded)
+        bb_wall_ms_format(store_col_int(&r, 0), at);
+    store_rows_close(&r);
+    json_object_set_new(*out, "fulfilment_recorded_at", recorded ? json_string(at) : json_null());
+    return ERR_OK;
 }
 
 /* The body as stored and announced: {customer_id, currency, items, payment}. */

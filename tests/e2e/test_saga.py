@@ -94,10 +94,14 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
     ops = [ch["op"] for ch in psp_charges(server)]
     assert sorted(ops) == sorted(["authorize", "capture"] * len(ids))
     assert captured == sum(b[0]["qty"] * 250 for b in baskets)
-    # A fulfilment job per confirmed order.
+    # A fulfilment job per confirmed order, recorded with its job's end, once.
     await_condition(lambda: len([j for j in server.get("/jobs?limit=1000").json()["jobs"]
                                  if j["handler"] == "fulfilment" and j["state"] == "completed"])
                     == len(ids), what="every fulfilment job to run")
+    for c in done:
+        assert server.get(f"/checkout/{c['checkout_id']}").json()["fulfilment_recorded_at"]
+    assert all(float(line.split(" ")[1]) == 0 for line in server.metrics().splitlines()
+               if line.startswith("backbone_job_stale_reports_total"))
     check_events(server, ["checkout.requested.v1", "order.created.v1", "inventory.reserved.v1",
                           "payment.authorized.v1", "payment.captured.v1",
                           "inventory.committed.v1", "order.status.changed.v1"])
