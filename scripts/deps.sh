@@ -8,7 +8,8 @@ set -euo pipefail
 
 profile=${1:-run}
 run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata curl jq
-  libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libpq-dev libssl-dev)
+  libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev libpq-dev libssl-dev
+  libjemalloc-dev)
 test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
   python3-yaml python3-jsonschema
   clang-format curl procps)
