@@ -120,10 +120,14 @@ enum err
 checkout_get_json(struct store_conn *c, const char *checkout_id, json_t **out, struct bb_error *e)
 {
     enum err rc = checkout_read(c, &CHECKOUT_GET, checkout_id, out, NULL, e);
-    const char *order_id = json_string_value(json_object_get(*out, "order_id"));
-    if (rc != ERR_OK || order_id == NULL)
+    if (rc != ERR_OK)
         return rc;
     /* When its confirmed order was handed to fulfilment (null: not yet). */
+    const char *order_id = json_string_value(json_object_get(*out, "order_id"));
+    if (order_id == NULL) {
+        json_object_set_new(*out, "fulfilment_recorded_at", json_null());
+        return ERR_OK;
+    }
     struct store_rows r;
     const struct store_param p[] = {sp_text(order_id)};
     rc = store_query(c, &FULFILMENT_OF, p, 1, &r, e);

@@ -24,8 +24,9 @@ def test_a_checkout_is_accepted_at_once_with_its_event(server):
     c = checkout(server, "k-1")
     assert c["status"] == "PENDING" and c["total_amount"] == 3000 and c["order_id"] is None
     # Read back as accepted, but for what its saga (already running) moves on.
-    moves = {"status", "order_id", "reason", "updated_at"}
+    moves = {"status", "order_id", "reason", "updated_at", "fulfilment_recorded_at"}
     got = server.get(f"/checkout/{c['checkout_id']}").json()
+    assert "fulfilment_recorded_at" in got
     assert {k: v for k, v in got.items() if k not in moves} == \
         {k: v for k, v in c.items() if k not in moves}
 
