@@ -789,6 +789,7 @@ static struct store_stmt CREATE_PLANNED = {
     .sql = "CREATE TABLE planned (id BIGINT PRIMARY KEY, n BIGINT)"
            " WITH (autovacuum_enabled = false)", /* no ANALYZE replans behind the test */
 };
+static struct store_stmt DROP_PLANNED = {.sql = "DROP TABLE IF EXISTS planned"};
 static struct store_stmt GROW_PLANNED = {
     .sql = "INSERT INTO planned (id, n) SELECT g, 0 FROM generate_series(1, $1::bigint) g",
 };
@@ -844,18 +845,19 @@ conn_replanning_after(const struct test_db *db, int64_t first_ms, struct store *
     return c;
 }
 
-static void
-plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
+/*
+ * One round on a fresh table: both connections settle on a generic plan
+ * while it is empty, then it grows. False when the stale connection's plan
+ * did not survive (PostgreSQL drops every cached plan of a backend that
+ * falls behind on catalog invalidations, as other tests' migrations can
+ * make it): the round proves nothing then.
+ */
+static bool
+planned_round(struct store_conn *c, struct store_conn *stale, struct store_conn *fresh)
 {
-    struct test_db *db = *state;
-    if (db->engine != STORE_POSTGRES)
-        return; /* SQLite plans each statement once, by indexes, not by table size */
-    struct store_conn *c = conn(db);
     struct bb_error e;
+    assert_ok(store_exec(c, &DROP_PLANNED, NULL, 0, NULL, &e), &e);
     assert_ok(store_exec(c, &CREATE_PLANNED, NULL, 0, NULL, &e), &e);
-    struct store *stale_store, *fresh_store;
-    struct store_conn *stale = conn_replanning_after(db, 3600000, &stale_store);
-    struct store_conn *fresh = conn_replanning_after(db, 1, &fresh_store);
     for (int i = 0; i < 8; i++) { /* PostgreSQL settles on a generic plan after 5 */
         touch_planned(stale);
         touch_planned(fresh);
@@ -864,13 +866,31 @@ plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
     const struct store_param grow[] = {sp_int(ROWS)};
     assert_ok(store_exec(c, &GROW_PLANNED, grow, 1, NULL, &e), &e);
     /* The plan made on the empty table reads the whole table... */
-    assert_true(touch_planned(stale) >= ROWS);
+    if (touch_planned(stale) < ROWS)
+        return false;
     /* ... until the connection drops it and plans for the table as it is. */
     int64_t deadline = bb_mono_ms() + 30000;
     int64_t read = touch_planned(fresh);
     while (read >= ROWS && bb_mono_ms() < deadline)
         read = touch_planned(fresh);
     assert_true(read < 10);
+    return true;
+}
+
+static void
+plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
+{
+    struct test_db *db = *state;
+    if (db->engine != STORE_POSTGRES)
+        return; /* SQLite plans each statement once, by indexes, not by table size */
+    struct store_conn *c = conn(db);
+    struct store *stale_store, *fresh_store;
+    struct store_conn *stale = conn_replanning_after(db, 3600000, &stale_store);
+    struct store_conn *fresh = conn_replanning_after(db, 1, &fresh_store);
+    bool proved = false;
+    for (int round = 0; round < 5 && !proved; round++)
+        proved = planned_round(c, stale, fresh);
+    assert_true(proved);
     store_conn_close(stale);
     store_conn_close(fresh);
     store_close(stale_store);
