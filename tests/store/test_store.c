@@ -38,16 +38,23 @@ create_t(struct test_db *db)
     store_conn_close(c);
 }
 
+/* The one integer `st` answers. */
 static int64_t
-count_t(struct store_conn *c)
+query_int(struct store_conn *c, struct store_stmt *st)
 {
     struct store_rows r;
     struct bb_error e;
-    assert_ok(store_query(c, &COUNT_T, NULL, 0, &r, &e), &e);
+    assert_ok(store_query(c, st, NULL, 0, &r, &e), &e);
     assert_true(store_next(&r));
     int64_t n = store_col_int(&r, 0);
     store_rows_close(&r);
     return n;
+}
+
+static int64_t
+count_t(struct store_conn *c)
+{
+    return query_int(c, &COUNT_T);
 }
 
 static bool
@@ -803,20 +810,6 @@ static struct store_stmt ROWS_READ_PLANNED = {
            " WHERE relid = 'planned'::regclass",
 };
 
-/* Rows of `planned` read by this backend so far (its statistics not yet
- * sent: a count that only grows within a transaction). */
-static int64_t
-planned_rows_read(struct store_conn *c)
-{
-    struct bb_error e;
-    struct store_rows r;
-    assert_ok(store_query(c, &ROWS_READ_PLANNED, NULL, 0, &r, &e), &e);
-    assert_true(store_next(&r));
-    int64_t n = store_col_int(&r, 0);
-    store_rows_close(&r);
-    return n;
-}
-
 /* Rows of `planned` the update of one of them read. */
 static int64_t
 touch_planned(struct store_conn *c)
@@ -824,9 +817,11 @@ touch_planned(struct store_conn *c)
     struct bb_error e;
     const struct store_param p[] = {sp_text("[{\"id\":7}]")};
     assert_ok(store_begin(c, STORE_WRITE, &e), &e);
-    int64_t before = planned_rows_read(c);
+    /* This backend's statistics not yet sent: a count that only grows
+     * within a transaction. */
+    int64_t before = query_int(c, &ROWS_READ_PLANNED);
     assert_ok(store_exec(c, &TOUCH_PLANNED, p, 1, NULL, &e), &e);
-    int64_t read = planned_rows_read(c) - before;
+    int64_t read = query_int(c, &ROWS_READ_PLANNED) - before;
     assert_ok(store_commit(c, &e), &e);
     return read;
 }
