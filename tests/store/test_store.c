@@ -843,9 +843,10 @@ conn_replanning_after(const struct test_db *db, int64_t first_ms, struct store *
 /*
  * One round on a fresh table: both connections settle on a generic plan
  * while it is empty, then it grows. False when the stale connection's plan
- * did not survive (PostgreSQL drops every cached plan of a backend that
- * falls behind on catalog invalidations, as other tests' migrations can
- * make it): the round proves nothing then.
+ * did not survive: PostgreSQL drops every cached plan of every backend of
+ * a database when a schema is created in it (each test's private schema),
+ * so this test runs alone (RUN_SERIAL in tests/CMakeLists.txt), and a
+ * round that lost its plan anyway proves nothing.
  */
 static bool
 planned_round(struct store_conn *c, struct store_conn *stale, struct store_conn *fresh)
