@@ -248,11 +248,13 @@ fetcher_main(void *arg)
             p->n_ready++;
         }
         bool full = (int64_t)u.n == u.want;
+        /* One runner per job: waking every idle runner for one job cost
+         * more CPU than the job itself (each took the lock to find nothing). */
+        for (size_t i = 0; i < u.n; i++)
+            pthread_cond_signal(&p->run_cv);
         free(u.leases);
         u.leases = NULL;
         u.n = 0;
-        if (u.want > 0)
-            pthread_cond_broadcast(&p->run_cv);
         if (full || p->wake || p->stopping)
             continue; /* there may be more right away */
         int64_t wait = p->poll_ms;
