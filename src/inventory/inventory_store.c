@@ -773,10 +773,12 @@ static struct store_stmt RESERVATIONS_LOCK = {
     .sql_sqlite = "SELECT order_id, state, items, expires_at_ms FROM inventory_reservations"
                   " WHERE order_id IN (SELECT value FROM json_each($1)) ORDER BY order_id",
 };
+/* Those of RESERVATIONS_LOCK's rows found active, so no state check: with
+ * one, PostgreSQL ANDs the active reservations' partial index (every entry
+ * since its last vacuum) with the primary key. */
 static struct store_stmt RESERVATIONS_COMMIT = {
     .sql_pg = "UPDATE inventory_reservations SET state = 'committed', updated_at_ms = $2"
-              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
-              " AND state = 'active'",
+              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
     .sql_sqlite = "UPDATE inventory_reservations SET state = 'committed', updated_at_ms = $2"
                   " WHERE order_id IN (SELECT value FROM json_each($1)) AND state = 'active'",
 };

@@ -122,6 +122,21 @@ static const struct store_migration MIGRATIONS[] = {
               " job_id BIGINT PRIMARY KEY, lease_token BIGINT NOT NULL,"
               " recorded_at_ms BIGINT NOT NULL);",
     },
+    {
+        /* A lease is set exactly while a job runs. Keyed on that rather than
+         * on the state, the index stays out of every statement that finds a
+         * running job by id: PostgreSQL used to AND it with the primary key
+         * in a bitmap scan, reading each entry it had, dead versions of every
+         * job run since the last vacuum included. */
+        .version = 2,
+        .name = "jobs_leases keyed on the lease",
+        .sqlite = "DROP INDEX jobs_leases;"
+                  "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms)"
+                  " WHERE lease_expires_at_ms IS NOT NULL;",
+        .pg = "DROP INDEX jobs_leases;"
+              "CREATE INDEX jobs_leases ON jobs (lease_expires_at_ms)"
+              " WHERE lease_expires_at_ms IS NOT NULL;",
+    },
 };
 
 const struct store_migration *
@@ -211,19 +226,21 @@ static struct store_stmt QUEUE_PAUSE = {
 static struct store_stmt QUEUE_LIST = {
     .sql = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE ($1 = '' OR name = $1) ORDER BY name",
 };
-/* Depth counts only the live states, each through its partial index, so
- * its cost follows the backlog, not the finished jobs kept for retention.
- * $2: one queue, or '' for all. */
+/* Depth counts only the live states, each through its partial index (the
+ * running ones through the lease's: a job has a lease exactly while it
+ * runs), so its cost follows the backlog, not the finished jobs kept for
+ * retention. $2: one queue, or '' for all. */
 static struct store_stmt QUEUE_DEPTH = {
     .sql = "SELECT queue, 'pending', COUNT(*), COUNT(*) FILTER (WHERE run_at_ms > $1) FROM jobs"
            " WHERE state = 'pending' AND ($2 = '' OR queue = $2) GROUP BY queue"
-           " UNION ALL SELECT queue, 'running', COUNT(*), 0 FROM jobs"
-           " WHERE state = 'running' AND ($2 = '' OR queue = $2) GROUP BY queue"
+           " UNION ALL SELECT queue, 'running', COUNT(*), 0 FROM jobs WHERE state = 'running'"
+           " AND lease_expires_at_ms IS NOT NULL AND ($2 = '' OR queue = $2) GROUP BY queue"
            " UNION ALL SELECT queue, 'dead', COUNT(*), 0 FROM jobs"
            " WHERE state = 'dead' AND ($2 = '' OR queue = $2) GROUP BY queue",
 };
 static struct store_stmt QUEUE_RUNNING = {
-    .sql = "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND state = 'running'",
+    .sql = "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND state = 'running'"
+           " AND lease_expires_at_ms IS NOT NULL",
 };
 
 void
