@@ -135,3 +135,95 @@ bb_json_strings_dumps(const char *const *items, size_t n)
     json_decref(list);
     return text;
 }
+
+/* ---- rows written as text --------------------------------------------------------------- */
+
+void
+bb_json_rows_init(struct bb_json_rows *w)
+{
+    bb_buf_init(&w->buf);
+    bb_buf_append(&w->buf, "[", 1);
+    w->n_rows = 0;
+    w->first_field = false;
+}
+
+void
+bb_json_rows_next(struct bb_json_rows *w)
+{
+    if (w->n_rows++ > 0)
+        bb_buf_append(&w->buf, "},{", 3);
+    else
+        bb_buf_append(&w->buf, "{", 1);
+    w->first_field = true;
+}
+
+static void
+rows_key(struct bb_json_rows *w, const char *key)
+{
+    BB_ASSERT(w->n_rows > 0);
+    if (!w->first_field)
+        bb_buf_append(&w->buf, ",", 1);
+    w->first_field = false;
+    bb_buf_append(&w->buf, "\"", 1);
+    bb_buf_puts(&w->buf, key);
+    bb_buf_append(&w->buf, "\":", 2);
+}
+
+void
+bb_json_rows_str(struct bb_json_rows *w, const char *key, const char *v)
+{
+    rows_key(w, key);
+    if (v)
+        bb_buf_json_string(&w->buf, v);
+    else
+        bb_buf_append(&w->buf, "null", 4);
+}
+
+void
+bb_json_rows_int(struct bb_json_rows *w, const char *key, int64_t v)
+{
+    rows_key(w, key);
+    char digits[24], *p = digits + sizeof digits;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    if (v < 0)
+        *--p = '-';
+    bb_buf_append(&w->buf, p, (size_t)(digits + sizeof digits - p));
+}
+
+void
+bb_json_rows_bool(struct bb_json_rows *w, const char *key, bool v)
+{
+    rows_key(w, key);
+    bb_buf_puts(&w->buf, v ? "true" : "false");
+}
+
+static int
+rows_dump(const char *text, size_t n, void *buf)
+{
+    bb_buf_append(buf, text, n);
+    return 0;
+}
+
+void
+bb_json_rows_value(struct bb_json_rows *w, const char *key, const json_t *v)
+{
+    rows_key(w, key);
+    if (v == NULL)
+        bb_buf_append(&w->buf, "null", 4);
+    else if (json_dump_callback(v, rows_dump, &w->buf, JSON_COMPACT | JSON_ENCODE_ANY) != 0)
+        bb_panic(__FILE__, __LINE__, "json_dump_callback failed");
+}
+
+char *
+bb_json_rows_finish(struct bb_json_rows *w)
+{
+    bb_buf_puts(&w->buf, w->n_rows > 0 ? "}]" : "]");
+    char *text = w->buf.data;
+    w->buf.data = NULL;
+    bb_buf_deinit(&w->buf);
+    return text;
+}

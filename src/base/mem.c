@@ -148,6 +148,13 @@ bb_buf_json_string(struct bb_buf *b, const char *s)
     static const char hex[] = "0123456789abcdef";
     bb_buf_append(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        const unsigned char *run = p; /* bytes that need no escape, at once */
+        while (*p >= 0x20 && *p != '"' && *p != '\\')
+            p++;
+        if (p > run)
+            bb_buf_append(b, run, (size_t)(p - run));
+        if (*p == '\0')
+            break;
         switch (*p) {
         case '"':
             bb_buf_append(b, "\\\"", 2);

@@ -238,10 +238,10 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
 static struct store_stmt CHECKOUT_INSERT_MANY = {
     .sql_pg = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id, currency,"
               " total_amount, body, status, created_at_ms, updated_at_ms)"
-              " SELECT id, key, fingerprint, customer_id, currency, total_amount, body,"
+              " SELECT id, key, fingerprint, customer_id, currency, total_amount, body::text,"
               " 'PENDING', $2, $2 FROM json_to_recordset($1::json) AS x(id text, key text,"
               " fingerprint text, customer_id text, currency text, total_amount bigint,"
-              " body text) ORDER BY key"
+              " body json) ORDER BY key"
               " ON CONFLICT (idempotency_key) DO NOTHING RETURNING " CHECKOUT_COLUMNS,
     .sql_sqlite = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id,"
                   " currency, total_amount, body, status, created_at_ms, updated_at_ms)"
@@ -258,24 +258,25 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
                      bool *created, enum err *rcs, struct bb_error *errors, struct bb_error *e)
 {
     char(*ids)[37] = xcalloc(n, sizeof *ids);
-    json_t *rows = json_array();
+    struct bb_json_rows w;
+    bb_json_rows_init(&w);
     for (size_t i = 0; i < n; i++) {
         outs[i] = NULL;
         created[i] = false;
         rcs[i] = ERR_OK;
         bb_uuid7_at(now_ms, ids[i]);
         json_t *body = request_json(reqs[i]);
-        char *text = bb_json_dumps(body);
+        bb_json_rows_next(&w);
+        bb_json_rows_str(&w, "id", ids[i]);
+        bb_json_rows_str(&w, "key", reqs[i]->idempotency_key);
+        bb_json_rows_str(&w, "fingerprint", reqs[i]->fingerprint);
+        bb_json_rows_str(&w, "customer_id", reqs[i]->customer_id);
+        bb_json_rows_str(&w, "currency", reqs[i]->currency);
+        bb_json_rows_int(&w, "total_amount", reqs[i]->total_amount);
+        bb_json_rows_value(&w, "body", body);
         json_decref(body);
-        json_array_append_new(
-            rows, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", ids[i], "key",
-                            reqs[i]->idempotency_key, "fingerprint", reqs[i]->fingerprint,
-                            "customer_id", reqs[i]->customer_id, "currency", reqs[i]->currency,
-                            "total_amount", (json_int_t)reqs[i]->total_amount, "body", text));
-        free(text);
     }
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
+    char *text = bb_json_rows_finish(&w);
     const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &CHECKOUT_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);

@@ -1070,40 +1070,41 @@ static struct store_stmt JOB_FAIL_WRITE = {
 /* Append one attempt record to the JSON array for ATTEMPTS_INSERT_MANY;
  * `worker` and `started_at_ms` come from the job's row. */
 static void
-attempt_row(json_t *rows, const struct job_finish *f, int64_t attempt, const char *worker,
-            int64_t started_at_ms, int64_t now_ms)
+attempt_row(struct bb_json_rows *rows, const struct job_finish *f, int64_t attempt,
+            const char *worker, int64_t started_at_ms, int64_t now_ms)
 {
-    json_t *a = json_pack("{s:I, s:I, s:I, s:I, s:s}", "id", (json_int_t)f->id, "attempt",
-                          (json_int_t)attempt, "started", (json_int_t)started_at_ms, "finished",
-                          (json_int_t)now_ms, "outcome", job_outcome_name(f->outcome));
-    json_t *w = worker ? json_string(worker) : NULL;
-    json_object_set_new(a, "worker", w ? w : json_null());
-    json_t *err = NULL;
-    if (f->error) {
-        char text[JOB_ERROR_MAX + 1];
+    bb_json_rows_next(rows);
+    bb_json_rows_int(rows, "id", f->id);
+    bb_json_rows_int(rows, "attempt", attempt);
+    bb_json_rows_int(rows, "started", started_at_ms);
+    bb_json_rows_int(rows, "finished", now_ms);
+    bb_json_rows_str(rows, "outcome", job_outcome_name(f->outcome));
+    bb_json_rows_str(rows, "worker", worker);
+    char text[JOB_ERROR_MAX + 1];
+    if (f->error)
         bb_utf8_copy(text, sizeof text, f->error);
-        err = json_string(text);
-    }
-    json_object_set_new(a, "error", err ? err : json_null());
-    json_array_append_new(rows, a);
+    bb_json_rows_str(rows, "error", f->error ? text : NULL);
 }
 
 static enum err
 complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t now_ms,
-              json_t *attempts, struct bb_error *e)
+              struct bb_json_rows *attempts, struct bb_error *e)
 {
-    json_t *keys = json_array();
+    struct bb_json_rows keys;
+    bb_json_rows_init(&keys);
     for (size_t i = 0; i < n; i++) {
-        if (items[i].outcome == JOB_OUTCOME_COMPLETED)
-            json_array_append_new(keys, json_pack("{s:I, s:I}", "id", (json_int_t)items[i].id,
-                                                  "token", (json_int_t)items[i].token));
+        if (items[i].outcome == JOB_OUTCOME_COMPLETED) {
+            bb_json_rows_next(&keys);
+            bb_json_rows_int(&keys, "id", items[i].id);
+            bb_json_rows_int(&keys, "token", items[i].token);
+        }
     }
-    if (json_array_size(keys) == 0) {
-        json_decref(keys);
+    bool none = keys.n_rows == 0;
+    char *text = bb_json_rows_finish(&keys);
+    if (none) {
+        free(text);
         return ERR_OK;
     }
-    char *text = bb_json_dumps(keys);
-    json_decref(keys);
     struct store_rows r;
     const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
     enum err rc = store_query(c, &JOB_COMPLETE_MANY, p, 2, &r, e);
@@ -1131,7 +1132,7 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
 
 static enum err
 fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*rand01)(void),
-         json_t *attempts, struct bb_error *e)
+         struct bb_json_rows *attempts, struct bb_error *e)
 {
     struct store_rows r;
     const struct store_param p[] = {sp_int(f->id), sp_int(f->token)};
@@ -1180,19 +1181,20 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
 {
     for (size_t i = 0; i < n; i++)
         items[i].rc = ERR_STALE_TOKEN; /* until the database says otherwise */
-    json_t *attempts = json_array();
-    enum err rc = complete_many(c, items, n, now_ms, attempts, e);
+    struct bb_json_rows attempts;
+    bb_json_rows_init(&attempts);
+    enum err rc = complete_many(c, items, n, now_ms, &attempts, e);
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         if (items[i].outcome != JOB_OUTCOME_COMPLETED)
-            rc = fail_one(c, &items[i], now_ms, rand01, attempts, e);
+            rc = fail_one(c, &items[i], now_ms, rand01, &attempts, e);
     }
-    if (rc == ERR_OK && json_array_size(attempts) > 0) {
-        char *text = bb_json_dumps(attempts);
+    bool any = attempts.n_rows > 0;
+    char *text = bb_json_rows_finish(&attempts);
+    if (rc == ERR_OK && any) {
         const struct store_param p[] = {sp_text(text)};
         rc = store_exec_deferred(c, &ATTEMPTS_INSERT_MANY, p, 1, e);
-        free(text);
     }
-    json_decref(attempts);
+    free(text);
     return rc;
 }
 

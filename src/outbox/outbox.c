@@ -101,10 +101,10 @@ outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_m
 static struct store_stmt APPEND_MANY = {
     .sql_pg = "INSERT INTO outbox_events (event_id, type, aggregate_type, aggregate_id, data,"
               " traceparent, created_at_ms, handled_at_ms)"
-              " SELECT event_id, type, aggregate_type, aggregate_id, data, traceparent, $2,"
+              " SELECT event_id, type, aggregate_type, aggregate_id, data::text, traceparent, $2,"
               " CASE WHEN for_consumer THEN NULL ELSE $2 END"
               " FROM ROWS FROM (json_to_recordset($1::json) AS (event_id text, type text,"
-              " aggregate_type text, aggregate_id text, data text, traceparent text,"
+              " aggregate_type text, aggregate_id text, data json, traceparent text,"
               " for_consumer boolean)) WITH ORDINALITY AS x(event_id, type, aggregate_type,"
               " aggregate_id, data, traceparent, for_consumer, n) ORDER BY n",
     .sql_sqlite = "INSERT INTO outbox_events (event_id, type, aggregate_type, aggregate_id, data,"
@@ -121,21 +121,22 @@ outbox_append_many(struct store_conn *c, const struct outbox_event *evs, size_t 
 {
     if (n == 0)
         return ERR_OK;
-    json_t *rows = json_array();
+    struct bb_json_rows w;
+    bb_json_rows_init(&w);
     for (size_t i = 0; i < n; i++) {
         char id[37];
         bb_uuid7_at(now_ms, id);
-        char *data = bb_json_dumps(evs[i].data);
         const char *tp = evs[i].traceparent ? evs[i].traceparent : bb_log_context_traceparent();
-        json_array_append_new(rows, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s?, s:b}", "event_id",
-                                              id, "type", evs[i].type, "aggregate_type",
-                                              evs[i].aggregate_type, "aggregate_id",
-                                              evs[i].aggregate_id, "data", data, "traceparent", tp,
-                                              "for_consumer", evs[i].for_consumer));
-        free(data);
+        bb_json_rows_next(&w);
+        bb_json_rows_str(&w, "event_id", id);
+        bb_json_rows_str(&w, "type", evs[i].type);
+        bb_json_rows_str(&w, "aggregate_type", evs[i].aggregate_type);
+        bb_json_rows_str(&w, "aggregate_id", evs[i].aggregate_id);
+        bb_json_rows_value(&w, "data", evs[i].data);
+        bb_json_rows_str(&w, "traceparent", tp);
+        bb_json_rows_bool(&w, "for_consumer", evs[i].for_consumer);
     }
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
+    char *text = bb_json_rows_finish(&w);
     const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
     enum err rc = store_exec_deferred(c, &APPEND_MANY, p, BB_ARRAY_LEN(p), e);
     free(text);

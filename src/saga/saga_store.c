@@ -108,8 +108,8 @@ enqueue_step(struct store_conn *c, const char *id, int64_t version, int64_t run_
 static struct store_stmt SAGA_INSERT_MANY = {
     .sql_pg = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
               " created_at_ms, updated_at_ms) SELECT id, $2, correlation_id, 'RUNNING', 0, 1,"
-              " data, $3, $3 FROM json_to_recordset($1::json)"
-              " AS x(id text, correlation_id text, data text)"
+              " data::text, $3, $3 FROM json_to_recordset($1::json)"
+              " AS x(id text, correlation_id text, data json)"
               " ON CONFLICT (type, correlation_id) DO NOTHING RETURNING id",
     .sql_sqlite = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
                   " created_at_ms, updated_at_ms) SELECT value ->> 'id', $2,"
@@ -138,17 +138,17 @@ insert_instances(struct store_conn *c, const struct saga_def *def,
                  const char *const *correlation_ids, const json_t *const *data, size_t n,
                  int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
 {
-    json_t *rows = json_array();
+    struct bb_json_rows w;
+    bb_json_rows_init(&w);
     for (size_t i = 0; i < n; i++) {
         bb_uuid7_at(now_ms, ids[i]);
         created[i] = false;
-        char *text = bb_json_dumps(data[i]);
-        json_array_append_new(rows, json_pack("{s:s, s:s, s:s}", "id", ids[i], "correlation_id",
-                                              correlation_ids[i], "data", text));
-        free(text);
+        bb_json_rows_next(&w);
+        bb_json_rows_str(&w, "id", ids[i]);
+        bb_json_rows_str(&w, "correlation_id", correlation_ids[i]);
+        bb_json_rows_value(&w, "data", data[i]);
     }
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
+    char *text = bb_json_rows_finish(&w);
     const struct store_param p[] = {sp_text(text), sp_text(def->type), sp_int(now_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &SAGA_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
@@ -201,12 +201,14 @@ saga_start_many(struct store_conn *c, const struct saga_def *def,
     if (k > 0)
         rc = job_submit_many(c, specs, k, now_ms, job_ids, made, &failed_at, e);
     if (rc == ERR_OK && k > 0) {
-        json_t *rows = json_array();
-        for (size_t q = 0; q < k; q++)
-            json_array_append_new(
-                rows, json_pack("{s:s, s:I}", "id", ids[of[q]], "job_id", (json_int_t)job_ids[q]));
-        char *text = bb_json_dumps(rows);
-        json_decref(rows);
+        struct bb_json_rows w;
+        bb_json_rows_init(&w);
+        for (size_t q = 0; q < k; q++) {
+            bb_json_rows_next(&w);
+            bb_json_rows_str(&w, "id", ids[of[q]]);
+            bb_json_rows_int(&w, "job_id", job_ids[q]);
+        }
+        char *text = bb_json_rows_finish(&w);
         const struct store_param p[] = {sp_text(text)};
         rc = store_exec_deferred(c, &SAGA_SET_JOBS, p, 1, e);
         free(text);
@@ -409,11 +411,11 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
 /* The batch forms: the rows as a JSON array of objects, one statement each. */
 static struct store_stmt SAGA_UPDATE_MANY = {
     .sql_pg = "UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
-              " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
+              " data = x.data::text, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
               " reason = x.reason, error = x.error, job_id = x.job_id,"
               " updated_at_ms = x.updated_at_ms"
               " FROM json_to_recordset($1::json) AS x(id text, from_version bigint, state text,"
-              " step int, version bigint, data text, retries int, next_retry_at_ms bigint,"
+              " step int, version bigint, data json, retries int, next_retry_at_ms bigint,"
               " reason text, error text, job_id bigint, updated_at_ms bigint)"
               " WHERE s.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
               " AND s.id = x.id AND s.version = x.from_version",
@@ -444,16 +446,20 @@ static struct store_stmt STEP_INSERT_MANY = {
                   " FROM json_each($1) ORDER BY key",
 };
 
-static json_t *
-int_or_null(int64_t v)
+/* 0 and "" are written as null. */
+static void
+rows_int_or_null(struct bb_json_rows *w, const char *key, int64_t v)
 {
-    return v ? json_integer(v) : json_null();
+    if (v)
+        bb_json_rows_int(w, key, v);
+    else
+        bb_json_rows_str(w, key, NULL);
 }
 
-static json_t *
-text_or_null(const char *s)
+static void
+rows_text_or_null(struct bb_json_rows *w, const char *key, const char *s)
 {
-    return s && *s ? json_string(s) : json_null();
+    bb_json_rows_str(w, key, s && *s ? s : NULL);
 }
 
 enum err
@@ -461,56 +467,60 @@ saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
                   const struct saga_instance *const *now, size_t n, bool *stale, struct bb_error *e)
 {
     *stale = false;
-    json_t *moves = json_array(), *steps = json_array();
+    struct bb_json_rows moves, steps;
+    bb_json_rows_init(&moves);
+    bb_json_rows_init(&steps);
     for (size_t i = 0; i < n; i++) {
         const struct saga_unit *u = units[i];
         const struct saga_instance *in = now[i];
         if (u->n_rows == 0)
             continue;
         const struct saga_unit_row *last = &u->rows[u->n_rows - 1];
-        char *data = bb_json_dumps(in->data);
-        json_array_append_new(
-            moves,
-            json_pack("{s:s, s:I, s:s, s:i, s:I, s:s, s:I, s:o, s:o, s:o, s:o, s:I}", "id", in->id,
-                      "from_version", (json_int_t)u->from_version, "state",
-                      saga_state_name(in->state), "step", in->step, "version",
-                      (json_int_t)in->version, "data", data, "retries", (json_int_t)in->retries,
-                      "next_retry_at_ms", int_or_null(u->run_at), "reason",
-                      text_or_null(in->reason), "error", text_or_null(last->error), "job_id",
-                      int_or_null(in->job_id), "updated_at_ms", (json_int_t)last->ended_ms));
-        free(data);
+        bb_json_rows_next(&moves);
+        bb_json_rows_str(&moves, "id", in->id);
+        bb_json_rows_int(&moves, "from_version", u->from_version);
+        bb_json_rows_str(&moves, "state", saga_state_name(in->state));
+        bb_json_rows_int(&moves, "step", in->step);
+        bb_json_rows_int(&moves, "version", in->version);
+        bb_json_rows_value(&moves, "data", in->data);
+        bb_json_rows_int(&moves, "retries", in->retries);
+        rows_int_or_null(&moves, "next_retry_at_ms", u->run_at);
+        rows_text_or_null(&moves, "reason", in->reason);
+        rows_text_or_null(&moves, "error", last->error);
+        rows_int_or_null(&moves, "job_id", in->job_id);
+        bb_json_rows_int(&moves, "updated_at_ms", last->ended_ms);
         for (size_t k = 0; k < u->n_rows; k++) {
             const struct saga_unit_row *r = &u->rows[k];
-            json_array_append_new(
-                steps,
-                json_pack("{s:s, s:s, s:s, s:s, s:I, s:o, s:I, s:I}", "saga_id", in->id, "step",
-                          r->step, "phase", r->phase, "outcome", r->outcome, "attempt",
-                          (json_int_t)r->attempt, "error", text_or_null(r->error), "started_at_ms",
-                          (json_int_t)r->started_ms, "ended_at_ms", (json_int_t)r->ended_ms));
+            bb_json_rows_next(&steps);
+            bb_json_rows_str(&steps, "saga_id", in->id);
+            bb_json_rows_str(&steps, "step", r->step);
+            bb_json_rows_str(&steps, "phase", r->phase);
+            bb_json_rows_str(&steps, "outcome", r->outcome);
+            bb_json_rows_int(&steps, "attempt", r->attempt);
+            rows_text_or_null(&steps, "error", r->error);
+            bb_json_rows_int(&steps, "started_at_ms", r->started_ms);
+            bb_json_rows_int(&steps, "ended_at_ms", r->ended_ms);
         }
     }
-    size_t expected = json_array_size(moves);
+    size_t expected = moves.n_rows, n_steps = steps.n_rows;
+    char *moves_text = bb_json_rows_finish(&moves), *steps_text = bb_json_rows_finish(&steps);
     enum err rc = ERR_OK;
     if (expected > 0) {
-        char *text = bb_json_dumps(moves);
-        const struct store_param p[] = {sp_text(text)};
+        const struct store_param p[] = {sp_text(moves_text)};
         int64_t changed = 0;
         rc = store_exec(c, &SAGA_UPDATE_MANY, p, 1, &changed, e);
-        free(text);
         if (rc == ERR_OK && changed != (int64_t)expected) {
             *stale = true;
             rc = bb_fail(e, ERR_CONFLICT, "", "%zu of %zu sagas moved on",
                          expected - (size_t)changed, expected);
         }
     }
-    if (rc == ERR_OK && json_array_size(steps) > 0) {
-        char *text = bb_json_dumps(steps);
-        const struct store_param p[] = {sp_text(text)};
+    if (rc == ERR_OK && n_steps > 0) {
+        const struct store_param p[] = {sp_text(steps_text)};
         rc = store_exec_deferred(c, &STEP_INSERT_MANY, p, 1, e);
-        free(text);
     }
-    json_decref(moves);
-    json_decref(steps);
+    free(moves_text);
+    free(steps_text);
     return rc;
 }
 
