@@ -338,10 +338,10 @@ checkout__set_order(struct store_conn *c, const char *checkout_id, const char *o
 }
 
 static struct store_stmt CHECKOUT_SET_ORDERS = {
-    .sql_pg = "UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $2"
-              " FROM json_to_recordset($1::json) AS x(id text, order_id text)"
-              " WHERE c.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
-              " AND c.id = x.id",
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(id text, order_id text))"
+              " UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $2 FROM x"
+              " WHERE c.id = ANY(ARRAY(SELECT id FROM x)) AND c.id = x.id",
     .sql_sqlite = "UPDATE checkouts SET order_id = x.order_id, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'order_id' AS order_id"
                   " FROM json_each($1)) AS x WHERE checkouts.id = x.id",

@@ -526,10 +526,10 @@ static struct store_stmt RESERVATION_INSERT_MANY = {
                   " ON CONFLICT (order_id) DO NOTHING",
 };
 static struct store_stmt TAKE_MANY = {
-    .sql_pg = "UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $2"
-              " FROM json_to_recordset($1::json) AS x(sku text, qty bigint)"
-              " WHERE p.sku = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'sku'))"
-              " AND p.sku = x.sku",
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(sku text, qty bigint))"
+              " UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $2"
+              " FROM x WHERE p.sku = ANY(ARRAY(SELECT sku FROM x)) AND p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved + x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
                   " FROM json_each($1)) AS x WHERE inventory_products.sku = x.sku",
@@ -784,17 +784,17 @@ static struct store_stmt RESERVATIONS_COMMIT = {
 };
 static struct store_stmt PRODUCTS_LOCK = {
     .sql_pg = "SELECT sku FROM inventory_products"
-              " WHERE sku = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'sku'))"
+              " WHERE sku = ANY(ARRAY(SELECT sku FROM json_to_recordset($1::json) AS x(sku text)))"
               " ORDER BY sku FOR UPDATE",
     .sql_sqlite = "SELECT sku FROM inventory_products"
                   " WHERE sku IN (SELECT value ->> 'sku' FROM json_each($1)) ORDER BY sku",
 };
 static struct store_stmt SELL_MANY = {
-    .sql_pg = "UPDATE inventory_products p SET reserved = reserved - x.qty,"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(sku text, qty bigint))"
+              " UPDATE inventory_products p SET reserved = reserved - x.qty,"
               " on_hand = on_hand - x.qty, updated_at_ms = $2"
-              " FROM json_to_recordset($1::json) AS x(sku text, qty bigint)"
-              " WHERE p.sku = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'sku'))"
-              " AND p.sku = x.sku",
+              " FROM x WHERE p.sku = ANY(ARRAY(SELECT sku FROM x)) AND p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved - x.qty,"
                   " on_hand = on_hand - x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"

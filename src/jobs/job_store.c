@@ -1031,10 +1031,11 @@ static struct store_stmt JOB_COMPLETE_MANY = {
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
                   " FROM json_each($1)) RETURNING id, attempt, leased_by, started_at_ms",
-    .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(id bigint, token bigint))"
+              " UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
-              " FROM json_to_recordset($1::json) AS x(id bigint, token bigint)"
-              " WHERE jobs.id = ANY(ARRAY(SELECT (json_array_elements($1::json) ->> 'id')::bigint))"
+              " FROM x WHERE jobs.id = ANY(ARRAY(SELECT id FROM x))"
               " AND jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
               " RETURNING jobs.id, jobs.attempt, jobs.leased_by, jobs.started_at_ms",
 };

@@ -116,9 +116,10 @@ static struct store_stmt LOCK_ACQUIRE_MANY = {
 };
 /* $1 [{name, token}], $2 now */
 static struct store_stmt LOCK_RELEASE_MANY = {
-    .sql_pg = "UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
-              " updated_at_ms = $2 FROM json_to_recordset($1::json) AS x(name text, token bigint)"
-              " WHERE l.name = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'name'))"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(name text, token bigint))"
+              " UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+              " updated_at_ms = $2 FROM x WHERE l.name = ANY(ARRAY(SELECT name FROM x))"
               " AND l.name = x.name AND l.token = x.token AND l.owner IS NOT NULL"
               " RETURNING l.name, l.waiters_until_ms",
     .sql_sqlite = "UPDATE locks SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"

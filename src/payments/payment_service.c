@@ -596,13 +596,14 @@ static struct store_stmt PAYMENT_INSERT_MANY = {
 };
 /* $1 [{id, from_state, to_state, reference, reason, captured}], $2 now */
 static struct store_stmt PAYMENT_MOVE_MANY = {
-    .sql_pg = "UPDATE payments p SET state = x.to_state, updated_at_ms = $2,"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(id text, from_state text, to_state text, reference text, reason text,"
+              " captured bigint))"
+              " UPDATE payments p SET state = x.to_state, updated_at_ms = $2,"
               " psp_reference = COALESCE(x.reference, p.psp_reference),"
               " failure_reason = COALESCE(x.reason, p.failure_reason),"
               " captured_amount = p.captured_amount + x.captured"
-              " FROM json_to_recordset($1::json) AS x(id text, from_state text, to_state text,"
-              " reference text, reason text, captured bigint)"
-              " WHERE p.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
+              " FROM x WHERE p.id = ANY(ARRAY(SELECT id FROM x))"
               " AND p.id = x.id AND p.state = x.from_state RETURNING p.id",
     .sql_sqlite = "UPDATE payments SET state = x.to_state, updated_at_ms = $2,"
                   " psp_reference = COALESCE(x.reference, payments.psp_reference),"

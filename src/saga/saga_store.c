@@ -121,12 +121,14 @@ static struct store_stmt SAGA_BY_CORRELATION = {
     .sql = "SELECT id FROM sagas WHERE type = $1 AND correlation_id = $2",
 };
 /* PostgreSQL estimates a JSON function at 100 rows and would join it to a
- * scan of the whole table; the keys as an array make it use the index. */
+ * scan of the whole table; the keys as an array make it use the index. The
+ * rows are parsed once, in a materialized CTE that gives both (so do the
+ * other batch updates by key). */
 static struct store_stmt SAGA_SET_JOBS = {
-    .sql_pg = "UPDATE sagas s SET job_id = x.job_id"
-              " FROM json_to_recordset($1::json) AS x(id text, job_id bigint)"
-              " WHERE s.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
-              " AND s.id = x.id",
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(id text, job_id bigint))"
+              " UPDATE sagas s SET job_id = x.job_id FROM x"
+              " WHERE s.id = ANY(ARRAY(SELECT id FROM x)) AND s.id = x.id",
     .sql_sqlite = "UPDATE sagas SET job_id = x.job_id"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'job_id' AS job_id"
                   " FROM json_each($1)) AS x WHERE sagas.id = x.id",
@@ -410,14 +412,15 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
 
 /* The batch forms: the rows as a JSON array of objects, one statement each. */
 static struct store_stmt SAGA_UPDATE_MANY = {
-    .sql_pg = "UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(id text, from_version bigint, state text, step int, version bigint,"
+              " data json, retries int, next_retry_at_ms bigint, reason text, error text,"
+              " job_id bigint, updated_at_ms bigint))"
+              " UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
               " data = x.data::text, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
               " reason = x.reason, error = x.error, job_id = x.job_id,"
               " updated_at_ms = x.updated_at_ms"
-              " FROM json_to_recordset($1::json) AS x(id text, from_version bigint, state text,"
-              " step int, version bigint, data json, retries int, next_retry_at_ms bigint,"
-              " reason text, error text, job_id bigint, updated_at_ms bigint)"
-              " WHERE s.id = ANY(ARRAY(SELECT json_array_elements($1::json) ->> 'id'))"
+              " FROM x WHERE s.id = ANY(ARRAY(SELECT id FROM x))"
               " AND s.id = x.id AND s.version = x.from_version",
     .sql_sqlite = "UPDATE sagas SET state = x.state, step = x.step, version = x.version,"
                   " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
