@@ -590,6 +590,76 @@ operations_in_a_batch_end_as_they_would_alone(void **state)
                      2 * K);
 }
 
+/* Run one statement of the test's own on the test database. */
+static void
+exec_sql(struct fixture *f, struct store_stmt *st)
+{
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(f->db->store, &c, &e), &e);
+    assert_ok(store_exec(c, st, NULL, 0, NULL, &e), &e);
+    store_conn_close(c);
+}
+
+/*
+ * A ledger batch that fails as a whole (here: the database refuses the
+ * payment of any order named o-poison-*) rolls back, and each of its
+ * members runs alone: the others are authorized once each, the poisoned
+ * ones fail without a charge. Five are poisoned, so at least one waits
+ * with the others for a batch (at most four lead alone).
+ */
+static void
+a_ledger_batch_that_fails_as_a_whole_runs_each_member_alone(void **state)
+{
+    struct fixture *f = *state;
+    static struct store_stmt poison_fn = {
+        .sql_pg = "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$"
+                  " BEGIN IF NEW.order_id LIKE 'o-poison-%' THEN RAISE EXCEPTION 'poisoned';"
+                  " END IF; RETURN NEW; END $$",
+        .sql_sqlite = "SELECT 1",
+    };
+    static struct store_stmt poison_trigger = {
+        .sql_pg = "CREATE TRIGGER poison BEFORE INSERT ON payments FOR EACH ROW"
+                  " EXECUTE FUNCTION poison()",
+        .sql_sqlite = "CREATE TRIGGER poison BEFORE INSERT ON payments"
+                      " WHEN NEW.order_id LIKE 'o-poison-%'"
+                      " BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+    };
+    exec_sql(f, &poison_fn);
+    exec_sql(f, &poison_trigger);
+    enum { POISONED = 5, N = 16 };
+    struct wave_op ops[N];
+    for (int i = 0; i < N; i++) {
+        struct wave_op *w = &ops[i];
+        *w = (struct wave_op){.p = f->p, .what = "authorize"};
+        snprintf(w->order, sizeof w->order, "o-%s-%d", i < POISONED ? "poison" : "fine", i);
+        snprintf(w->key, sizeof w->key, "k-%d", i);
+        w->req = request(w->order, w->key);
+    }
+    int64_t fallbacks = test_metric("backbone_payment_batch_fallbacks_total{what=\"ledger\"}");
+    wave(f, ops, N);
+    assert_true(test_metric("backbone_payment_batch_fallbacks_total{what=\"ledger\"}") >
+                (fallbacks < 0 ? 0 : fallbacks));
+    for (int i = 0; i < N; i++) {
+        int64_t payments =
+            count_where(f, "SELECT COUNT(*) FROM payments WHERE order_id = ", ops[i].order, "");
+        int64_t charges = count_where(
+            f, "SELECT COUNT(*) FROM psp_charges WHERE key = 'authorize:' || ", ops[i].key, "");
+        if (i < POISONED) {
+            assert_int_not_equal(ops[i].rc, ERR_OK);
+            assert_int_equal(payments, 0);
+            assert_int_equal(charges, 0);
+        } else {
+            assert_int_equal(ops[i].rc, ERR_OK);
+            assert_int_equal(count_where(f, "SELECT COUNT(*) FROM payments WHERE order_id = ",
+                                         ops[i].order, " AND state = 'AUTHORIZED'"),
+                             1);
+            assert_int_equal(payments, 1);
+            assert_int_equal(charges, 1);
+        }
+    }
+}
+
 static int
 setup_one_thread(void **state)
 {
@@ -620,6 +690,8 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
     cmocka_unit_test_setup_teardown(operations_in_a_batch_end_as_they_would_alone, setup_one_thread,
                                     teardown),
+    cmocka_unit_test_setup_teardown(a_ledger_batch_that_fails_as_a_whole_runs_each_member_alone,
+                                    setup_one_thread, teardown),
 };
 
 TEST_MAIN(tests, true)
