@@ -444,9 +444,9 @@ void bb_json_rows_str(struct bb_json_rows *w, const char *key, const char *v); /
 void bb_json_rows_int(struct bb_json_rows *w, const char *key, int64_t v);
 void bb_json_rows_bool(struct bb_json_rows *w, const char *key, bool v);
 /* `v`, an object or array, embedded as JSON (compact, as bb_json_dumps);
- * NULL: null. A reader gets
- * its text back with `x.key::text` from a `json` column of json_to_recordset
- * (PostgreSQL) or `value ->> 'key'` (SQLite): both keep it verbatim. */
+ * NULL: null. A reader gets its text back with `x.key::text` from a `json`
+ * column of json_to_recordset (PostgreSQL) or `value ->> 'key'` (SQLite):
+ * both keep it verbatim. */
 void bb_json_rows_value(struct bb_json_rows *w, const char *key, const json_t *v);
 /* The rows' text (heap; caller frees); `w` is spent. */
 char *bb_json_rows_finish(struct bb_json_rows *w);

@@ -52,7 +52,7 @@ static const struct store_migration MIGRATIONS[] = {
          * it. SQLite updates rows in place anyway. */
         .version = 2,
         .name = "sagas leave room for their updates",
-        .sqlite = "",
+        .sqlite = "SELECT 1;",
         .pg = "ALTER TABLE sagas SET (fillfactor = 60);",
     },
 };
