@@ -147,8 +147,10 @@ void bb_buf_vprintf(struct bb_buf *b, const char *fmt, va_list ap);
  * on a character boundary to fit `cap` (> 0) with its NUL. Returns the
  * length written. */
 size_t bb_utf8_copy(char *dst, size_t cap, const char *src);
-/* Append `s` as a quoted JSON string (escapes control characters, " and \). */
+/* Append `s` as a quoted JSON string, escaped as jansson escapes (control
+ * characters, " and \); the n form takes `len` bytes (NULs escaped). */
 void bb_buf_json_string(struct bb_buf *b, const char *s);
+void bb_buf_json_stringn(struct bb_buf *b, const char *s, size_t len);
 
 /* Bump allocator for per-request scratch memory: everything is freed at once
  * by bb_arena_deinit. Not thread-safe; one owner at a time. */
@@ -414,8 +416,12 @@ BB_WUR enum err bb_json_text(const json_t *obj, const char *key, bool required, 
 void bb_error_prefix_field(struct bb_error *e, const char *prefix);
 /* Reject members not named in `allowed` (NULL-terminated). */
 BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e);
-/* Serialize compactly into a heap string (free()). Aborts on OOM. */
+/* Serialize compactly into a heap string (free()); the text is jansson's
+ * (JSON_COMPACT | JSON_ENCODE_ANY) byte for byte, written without its
+ * per-token callbacks and printf. Aborts on OOM. */
 char *bb_json_dumps(const json_t *v);
+/* The same text appended to `b`. */
+void bb_json_write(struct bb_buf *b, const json_t *v);
 /* The JSON array of `items` (heap; caller frees), as bb_json_dumps. */
 char *bb_json_strings_dumps(const char *const *items, size_t n);
 

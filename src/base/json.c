@@ -5,6 +5,7 @@
 #include "base/base.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -116,13 +117,99 @@ bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e)
     return ERR_OK;
 }
 
+/* Decimal digits of v. */
+static void
+buf_int(struct bb_buf *b, int64_t v)
+{
+    char digits[24], *p = digits + sizeof digits;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    if (v < 0)
+        *--p = '-';
+    bb_buf_append(b, p, (size_t)(digits + sizeof digits - p));
+}
+
+enum { JSON_WRITE_DEPTH_MAX = 4096 }; /* jansson parses at most 2048 deep */
+
+static void
+json_write(struct bb_buf *b, const json_t *v, int depth)
+{
+    if (depth > JSON_WRITE_DEPTH_MAX)
+        bb_panic(__FILE__, __LINE__, "JSON nested too deep to write");
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        bb_buf_append(b, "{", 1);
+        bool first = true;
+        for (void *it = json_object_iter((json_t *)v); it;
+             it = json_object_iter_next((json_t *)v, it)) {
+            if (!first)
+                bb_buf_append(b, ",", 1);
+            first = false;
+            bb_buf_json_stringn(b, json_object_iter_key(it), json_object_iter_key_len(it));
+            bb_buf_append(b, ":", 1);
+            json_write(b, json_object_iter_value(it), depth + 1);
+        }
+        bb_buf_append(b, "}", 1);
+        break;
+    }
+    case JSON_ARRAY: {
+        bb_buf_append(b, "[", 1);
+        size_t i;
+        const json_t *item;
+        json_array_foreach(v, i, item)
+        {
+            if (i > 0)
+                bb_buf_append(b, ",", 1);
+            json_write(b, item, depth + 1);
+        }
+        bb_buf_append(b, "]", 1);
+        break;
+    }
+    case JSON_STRING:
+        bb_buf_json_stringn(b, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        buf_int(b, json_integer_value(v));
+        break;
+    case JSON_REAL: { /* jansson's own formatting of doubles */
+        char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text == NULL)
+            bb_panic(__FILE__, __LINE__, "json_dumps failed");
+        bb_buf_puts(b, text);
+        free(text);
+        break;
+    }
+    case JSON_TRUE:
+        bb_buf_append(b, "true", 4);
+        break;
+    case JSON_FALSE:
+        bb_buf_append(b, "false", 5);
+        break;
+    case JSON_NULL:
+        bb_buf_append(b, "null", 4);
+        break;
+    }
+}
+
+void
+bb_json_write(struct bb_buf *b, const json_t *v)
+{
+    json_write(b, v, 0);
+}
+
 char *
 bb_json_dumps(const json_t *v)
 {
-    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (s == NULL)
-        bb_panic(__FILE__, __LINE__, "json_dumps failed");
-    return s;
+    struct bb_buf b;
+    bb_buf_init(&b);
+    json_write(&b, v, 0);
+    char *text = b.data ? b.data : xcalloc(1, 1);
+    b.data = NULL;
+    bb_buf_deinit(&b);
+    return text;
 }
 
 char *
@@ -183,15 +270,7 @@ void
 bb_json_rows_int(struct bb_json_rows *w, const char *key, int64_t v)
 {
     rows_key(w, key);
-    char digits[24], *p = digits + sizeof digits;
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u > 0);
-    if (v < 0)
-        *--p = '-';
-    bb_buf_append(&w->buf, p, (size_t)(digits + sizeof digits - p));
+    buf_int(&w->buf, v);
 }
 
 void
@@ -201,21 +280,14 @@ bb_json_rows_bool(struct bb_json_rows *w, const char *key, bool v)
     bb_buf_puts(&w->buf, v ? "true" : "false");
 }
 
-static int
-rows_dump(const char *text, size_t n, void *buf)
-{
-    bb_buf_append(buf, text, n);
-    return 0;
-}
-
 void
 bb_json_rows_value(struct bb_json_rows *w, const char *key, const json_t *v)
 {
     rows_key(w, key);
     if (v == NULL)
         bb_buf_append(&w->buf, "null", 4);
-    else if (json_dump_callback(v, rows_dump, &w->buf, JSON_COMPACT | JSON_ENCODE_ANY) != 0)
-        bb_panic(__FILE__, __LINE__, "json_dump_callback failed");
+    else
+        json_write(&w->buf, v, 0);
 }
 
 char *

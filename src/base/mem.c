@@ -143,17 +143,18 @@ bb_buf_printf(struct bb_buf *b, const char *fmt, ...)
 }
 
 void
-bb_buf_json_string(struct bb_buf *b, const char *s)
+bb_buf_json_stringn(struct bb_buf *b, const char *s, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
+    static const char hex[] = "0123456789ABCDEF";
     bb_buf_append(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
         const unsigned char *run = p; /* bytes that need no escape, at once */
-        while (*p >= 0x20 && *p != '"' && *p != '\\')
+        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
             p++;
         if (p > run)
             bb_buf_append(b, run, (size_t)(p - run));
-        if (*p == '\0')
+        if (p == end)
             break;
         switch (*p) {
         case '"':
@@ -161,6 +162,12 @@ bb_buf_json_string(struct bb_buf *b, const char *s)
             break;
         case '\\':
             bb_buf_append(b, "\\\\", 2);
+            break;
+        case '\b':
+            bb_buf_append(b, "\\b", 2);
+            break;
+        case '\f':
+            bb_buf_append(b, "\\f", 2);
             break;
         case '\n':
             bb_buf_append(b, "\\n", 2);
@@ -171,16 +178,20 @@ bb_buf_json_string(struct bb_buf *b, const char *s)
         case '\t':
             bb_buf_append(b, "\\t", 2);
             break;
-        default:
-            if (*p < 0x20) {
-                char esc[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
-                bb_buf_append(b, esc, sizeof esc);
-            } else {
-                bb_buf_append(b, p, 1);
-            }
+        default: {
+            char esc[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
+            bb_buf_append(b, esc, sizeof esc);
         }
+        }
+        p++;
     }
     bb_buf_append(b, "\"", 1);
+}
+
+void
+bb_buf_json_string(struct bb_buf *b, const char *s)
+{
+    bb_buf_json_stringn(b, s, strlen(s));
 }
 
 /* Arena: a list of chunks; big requests get a chunk of their own. */

@@ -66,23 +66,27 @@ static struct store_stmt CHECKOUT_INSERT = {
            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8, $8)"
            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING " CHECKOUT_COLUMNS,
 };
+/* With, last, when its confirmed order was handed to fulfilment. */
 static struct store_stmt CHECKOUT_GET = {
-    .sql = "SELECT " CHECKOUT_COLUMNS " FROM checkouts WHERE id = $1",
+    .sql = "SELECT " CHECKOUT_COLUMNS ", (SELECT recorded_at_ms FROM fulfilments f"
+           " WHERE f.order_id = checkouts.order_id) FROM checkouts WHERE id = $1",
 };
 static struct store_stmt CHECKOUT_BY_KEY = {
     .sql = "SELECT " CHECKOUT_COLUMNS " FROM checkouts WHERE idempotency_key = $1",
 };
 
-/* The checkout's JSON from a row; *fingerprint (if non-NULL) gets its hash. */
+/* The checkout's JSON from a row, its body parsed from the row or, when
+ * the caller has it in hand, `known`; *fingerprint (if non-NULL) gets its
+ * hash. */
 static json_t *
-checkout_json(struct store_rows *r, char fingerprint[65])
+checkout_json(struct store_rows *r, const json_t *known, char fingerprint[65])
 {
     if (fingerprint)
         bb_strlcpy(fingerprint, store_col_text(r, 1), 65);
     char created[32], updated[32];
     bb_wall_ms_format(store_col_int(r, 9), created);
     bb_wall_ms_format(store_col_int(r, 10), updated);
-    json_t *body = json_loads(store_col_text(r, 5), 0, NULL);
+    json_t *body = known ? json_incref((json_t *)known) : json_loads(store_col_text(r, 5), 0, NULL);
     json_t *o = json_pack(
         "{s:s, s:s, s:s?, s:s?, s:s, s:s, s:I, s:O, s:O, s:s, s:s}", "checkout_id",
         store_col_text(r, 0), "status", store_col_text(r, 6), "reason",
@@ -105,41 +109,30 @@ checkout_read(struct store_conn *c, struct store_stmt *st, const char *key, json
     if (rc != ERR_OK)
         return rc;
     if (store_next(&r))
-        *out = checkout_json(&r, fingerprint);
+        *out = checkout_json(&r, NULL, fingerprint);
     else
         rc = bb_fail(e, ERR_NOT_FOUND, "checkout_id", "no checkout %s", key);
     store_rows_close(&r);
     return rc;
 }
 
-static struct store_stmt FULFILMENT_OF = {
-    .sql = "SELECT recorded_at_ms FROM fulfilments WHERE order_id = $1",
-};
-
 enum err
 checkout_get_json(struct store_conn *c, const char *checkout_id, json_t **out, struct bb_error *e)
 {
-    enum err rc = checkout_read(c, &CHECKOUT_GET, checkout_id, out, NULL, e);
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(checkout_id)};
+    enum err rc = store_query(c, &CHECKOUT_GET, p, 1, &r, e);
     if (rc != ERR_OK)
         return rc;
-    /* When its confirmed order was handed to fulfilment (null: not yet). */
-    const char *order_id = json_string_value(json_object_get(*out, "order_id"));
-    if (order_id == NULL) {
-        json_object_set_new(*out, "fulfilment_recorded_at", json_null());
-        return ERR_OK;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "checkout_id", "no checkout %s", checkout_id);
     }
-    struct store_rows r;
-    const struct store_param p[] = {sp_text(order_id)};
-    rc = store_query(c, &FULFILMENT_OF, p, 1, &r, e);
-    if (rc != ERR_OK) {
-        json_decref(*out);
-        *out = NULL;
-        return rc;
-    }
+    *out = checkout_json(&r, NULL, NULL);
     char at[32];
-    bool recorded = store_next(&r);
+    bool recorded = !store_col_is_null(&r, 11);
     if (recorded)
-        bb_wall_ms_format(store_col_int(&r, 0), at);
+        bb_wall_ms_format(store_col_int(&r, 11), at);
     store_rows_close(&r);
     json_object_set_new(*out, "fulfilment_recorded_at", recorded ? json_string(at) : json_null());
     return ERR_OK;
@@ -177,14 +170,14 @@ replay(struct store_conn *c, const struct checkout_request *req, json_t **out, s
     return rc;
 }
 
-/* checkout.requested.v1: the body, its id and total. */
+/* checkout.requested.v1: the body (request_json's), its id and total. */
 static json_t *
-requested_data(const struct checkout_request *req, const char *id)
+requested_data(const json_t *body, const char *id, int64_t total_amount)
 {
-    json_t *body = request_json(req);
-    json_object_set_new(body, "checkout_id", json_string(id));
-    json_object_set_new(body, "total_amount", json_integer(req->total_amount));
-    return body;
+    json_t *data = json_copy((json_t *)body); /* shallow: the members are shared */
+    json_object_set_new(data, "checkout_id", json_string(id));
+    json_object_set_new(data, "total_amount", json_integer(total_amount));
+    return data;
 }
 
 enum err
@@ -208,10 +201,11 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
     enum err rc = store_query(c, &CHECKOUT_INSERT, p, BB_ARRAY_LEN(p), &r, e);
     free(text);
     if (rc == ERR_OK && store_next(&r)) {
-        *out = checkout_json(&r, NULL);
+        *out = checkout_json(&r, body, NULL);
         store_rows_close(&r);
+        json_t *data = requested_data(body, id, req->total_amount);
         json_decref(body);
-        body = requested_data(req, id);
+        body = data;
         struct outbox_event ev = {.type = "checkout.requested.v1",
                                   .aggregate_type = "checkout",
                                   .aggregate_id = id,
@@ -258,6 +252,7 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
                      bool *created, enum err *rcs, struct bb_error *errors, struct bb_error *e)
 {
     char(*ids)[37] = xcalloc(n, sizeof *ids);
+    json_t **bodies = xcalloc(n, sizeof *bodies);
     struct bb_json_rows w;
     bb_json_rows_init(&w);
     for (size_t i = 0; i < n; i++) {
@@ -265,7 +260,7 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
         created[i] = false;
         rcs[i] = ERR_OK;
         bb_uuid7_at(now_ms, ids[i]);
-        json_t *body = request_json(reqs[i]);
+        json_t *body = bodies[i] = request_json(reqs[i]);
         bb_json_rows_next(&w);
         bb_json_rows_str(&w, "id", ids[i]);
         bb_json_rows_str(&w, "key", reqs[i]->idempotency_key);
@@ -274,7 +269,6 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
         bb_json_rows_str(&w, "currency", reqs[i]->currency);
         bb_json_rows_int(&w, "total_amount", reqs[i]->total_amount);
         bb_json_rows_value(&w, "body", body);
-        json_decref(body);
     }
     char *text = bb_json_rows_finish(&w);
     const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
@@ -284,7 +278,7 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
     while (rc == ERR_OK && store_next(&r)) {
         for (size_t i = 0; i < n; i++) {
             if (strcmp(ids[i], store_col_text(&r, 0)) == 0) {
-                outs[i] = checkout_json(&r, NULL);
+                outs[i] = checkout_json(&r, bodies[i], NULL);
                 created[i] = true;
             }
         }
@@ -295,12 +289,13 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
     size_t k = 0;
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         if (created[i])
-            evs[k++] = (struct outbox_event){.type = "checkout.requested.v1",
-                                             .aggregate_type = "checkout",
-                                             .aggregate_id = ids[i],
-                                             .data = requested_data(reqs[i], ids[i]),
-                                             .traceparent = traceparents[i],
-                                             .for_consumer = true};
+            evs[k++] = (struct outbox_event){
+                .type = "checkout.requested.v1",
+                .aggregate_type = "checkout",
+                .aggregate_id = ids[i],
+                .data = requested_data(bodies[i], ids[i], reqs[i]->total_amount),
+                .traceparent = traceparents[i],
+                .for_consumer = true};
         else /* the key was taken, before or by an earlier request here */
             rcs[i] = replay(c, reqs[i], &outs[i], &errors[i]);
         if (rcs[i] == ERR_IDEMPOTENCY_MISMATCH)
@@ -317,6 +312,9 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
         json_decref(outs[i]);
         outs[i] = NULL;
     }
+    for (size_t i = 0; i < n; i++)
+        json_decref(bodies[i]);
+    free(bodies);
     free(ids);
     return rc;
 }

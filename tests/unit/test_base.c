@@ -345,6 +345,78 @@ buf_json_string_escapes_controls_and_quotes(void **state)
     bb_buf_deinit(&b);
 }
 
+/* A random JSON value (deterministic from *seed), `depth` levels at most:
+ * strings with control characters, quotes, UTF-8 and NULs, keys too. */
+static json_t *
+random_json(uint64_t *seed, int depth)
+{
+    static const char *const bits[] = {"a",    "\"", "\\",           "\n",
+                                       "\b",   "\f", "\x01",         "\x1f",
+                                       "\x7f", "/",  "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+                                       "key"};
+    *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t r = *seed >> 33;
+    switch (depth > 0 ? r % 8 : r % 5) {
+    case 0:
+        return json_integer((json_int_t)(*seed ^ (r << 7)) >> (r % 64));
+    case 1:
+        return json_real((double)(int64_t)r / 7.0);
+    case 2: {
+        char text[64];
+        size_t n = 0, parts = r % 6;
+        for (size_t i = 0; i < parts; i++) {
+            const char *b = bits[(r >> (i * 4)) % BB_ARRAY_LEN(bits)];
+            memcpy(text + n, b, strlen(b));
+            n += strlen(b);
+        }
+        if (r % 3 == 0)
+            text[n++] = '\0'; /* jansson keeps NULs inside strings */
+        return json_stringn(text, n);
+    }
+    case 3:
+        return r % 2 ? json_true() : json_false();
+    case 4:
+        return json_null();
+    case 5:
+    case 6: {
+        json_t *o = json_object();
+        for (size_t i = 0; i < r % 5; i++) {
+            char key[16];
+            int n = snprintf(key, sizeof key, "%s%zu", bits[(r + i) % BB_ARRAY_LEN(bits)], i);
+            json_object_setn_new(o, key, (size_t)n, random_json(seed, depth - 1));
+        }
+        return o;
+    }
+    default: {
+        json_t *a = json_array();
+        for (size_t i = 0; i < r % 5; i++)
+            json_array_append_new(a, random_json(seed, depth - 1));
+        return a;
+    }
+    }
+}
+
+static void
+json_dumps_writes_what_jansson_writes_byte_for_byte(void **state)
+{
+    (void)state;
+    json_t *fixed =
+        json_pack("{s:I, s:I, s:s, s:[], s:{}, s:n, s:b, s:f}", "min", INT64_MIN, "max", INT64_MAX,
+                  "s", "\x01\x08\x0c\x1f\"\\/\xe2\x82\xac", "a", "o", "null", "t", 1, "r", 0.1);
+    uint64_t seed = 42;
+    for (int i = 0; i < 2000; i++) {
+        json_t *v = i == 0 ? json_incref(fixed) : random_json(&seed, 4);
+        char *want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        char *got = bb_json_dumps(v);
+        assert_non_null(want);
+        assert_string_equal(got, want);
+        free(got);
+        free(want);
+        json_decref(v);
+    }
+    json_decref(fixed);
+}
+
 static void
 json_rows_write_what_jansson_reads_back(void **state)
 {
@@ -756,6 +828,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(json_string_rejects_empty_long_and_nul),
     cmocka_unit_test(json_only_names_the_unknown_field),
     cmocka_unit_test(buf_json_string_escapes_controls_and_quotes),
+    cmocka_unit_test(json_dumps_writes_what_jansson_writes_byte_for_byte),
     cmocka_unit_test(json_rows_write_what_jansson_reads_back),
     cmocka_unit_test(utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters),
     cmocka_unit_test(digests_match_the_published_test_vectors),
