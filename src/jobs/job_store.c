@@ -564,8 +564,8 @@ job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, in
             return bb_fail(e, ERR_RETRY, "", "unique job changed concurrently");
         return rc;
     }
-    int64_t run_at = spec->run_at_ms > 0 ? spec->run_at_ms : now_ms;
-    if (inserted && run_at <= now_ms && !q.paused)
+    /* Workers wake for a job due later too: it sets their next timer. */
+    if (inserted && !q.paused)
         rc = store_notify(c, JOBS__CHANNEL, queue, e);
     return rc;
 }
@@ -605,7 +605,7 @@ job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, in
         }
         insert_params(sp, q, now_ms, params + n_rows * INSERT_PARAMS);
         rows[n_rows++] = i;
-        bool ready = (sp->run_at_ms > 0 ? sp->run_at_ms : now_ms) <= now_ms && !q->paused;
+        bool ready = !q->paused; /* due now, or it sets the workers' next timer */
         bool known = false;
         for (size_t k = 0; k < n_notify && !known; k++)
             known = strcmp(notify_queues[k], queue) == 0;
@@ -1173,7 +1173,8 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     f->rc = ERR_OK;
     f->state = dead ? JOB_DEAD : JOB_PENDING;
     attempt_row(attempts, f, attempt, worker, started, now_ms);
-    return ERR_OK;
+    /* A retry: workers set their next timer by it. */
+    return dead ? ERR_OK : store_notify(c, JOBS__CHANNEL, "", e);
 }
 
 enum err

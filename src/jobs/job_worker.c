@@ -40,7 +40,12 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { FINISH_BATCH_MAX = 1000, STUCK_GRACE_MS = 3000, FAST_JOB_US = 2000 };
+enum {
+    FINISH_BATCH_MAX = 1000,
+    STUCK_GRACE_MS = 3000,
+    FAST_JOB_US = 2000,
+    LIMITED_REFRESH_MS = 1000, /* how long the list of limited queues is trusted */
+};
 
 struct ready {
     struct ready *next;
@@ -88,8 +93,15 @@ struct job_pool {
     int n_done;               /* guarded by mu */
     bool stopping;            /* guarded by mu */
     bool wake;                /* guarded by mu */
-    bool completer_stop;      /* guarded by mu */
-    _Atomic bool cancel;      /* handlers watch it */
+    /* The last claim got fewer jobs than it asked for: nothing more was due.
+     * A job ending then claims again only for a limited queue (a slot of
+     * its own came free); new jobs announce themselves (wake). */
+    bool drained;     /* guarded by mu */
+    char **limited;   /* queues with a concurrency limit, read LIMITED_REFRESH_MS ago at most */
+    size_t n_limited; /* limited, n_limited and limited_at_ms: guarded by mu */
+    int64_t limited_at_ms;
+    bool completer_stop; /* guarded by mu */
+    _Atomic bool cancel; /* handlers watch it */
 };
 
 static double
@@ -151,6 +163,59 @@ serves(const struct job_pool *p, const char *queue)
     return p->queues == NULL;
 }
 
+static char **
+names_dup(char *const *names, size_t n)
+{
+    char **out = xcalloc(n + 1, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = xstrdup(names[i]);
+    return out;
+}
+
+/* The queues with a concurrency limit (a copy: free with jobs__free_names),
+ * read again when the pool's copy is LIMITED_REFRESH_MS old: a limit set
+ * meanwhile is honoured at once (the unlimited claim reads job_queues
+ * itself); only its own claim waits that long. */
+static enum err
+limited_queues(struct store_conn *c, struct job_pool *p, int64_t now_ms, char ***out, size_t *n,
+               struct bb_error *e)
+{
+    pthread_mutex_lock(&p->mu);
+    bool fresh = p->limited_at_ms > 0 && now_ms - p->limited_at_ms < LIMITED_REFRESH_MS;
+    if (fresh) {
+        *out = names_dup(p->limited, p->n_limited);
+        *n = p->n_limited;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (fresh)
+        return ERR_OK;
+    char **names;
+    size_t k;
+    enum err rc = jobs__limited_queues(c, &names, &k, e);
+    if (rc != ERR_OK)
+        return rc;
+    pthread_mutex_lock(&p->mu);
+    jobs__free_names(p->limited, p->n_limited);
+    p->limited = names_dup(names, k);
+    p->n_limited = k;
+    p->limited_at_ms = now_ms;
+    pthread_mutex_unlock(&p->mu);
+    *out = names;
+    *n = k;
+    return ERR_OK;
+}
+
+/* mu held. Whether `queue` has a concurrency limit, as last read. */
+static bool
+is_limited(const struct job_pool *p, const char *queue)
+{
+    for (size_t i = 0; i < p->n_limited; i++) {
+        if (strcmp(p->limited[i], queue) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* One claim: every unlimited queue in one statement, then each queue with a
  * concurrency limit on its own (it counts its running jobs exactly). */
 static enum err
@@ -172,9 +237,9 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (rc == ERR_OK)
         unit_append(u, got, n_got);
     if (rc == ERR_OK && (int64_t)u->n < u->want) {
-        char **limited;
-        size_t n_limited;
-        rc = jobs__limited_queues(c, &limited, &n_limited, e);
+        char **limited = NULL;
+        size_t n_limited = 0;
+        rc = limited_queues(c, p, now, &limited, &n_limited, e);
         for (size_t k = 0; rc == ERR_OK && k < n_limited && (int64_t)u->n < u->want; k++) {
             if (!serves(p, limited[k]))
                 continue;
@@ -183,8 +248,7 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
             if (rc == ERR_OK)
                 unit_append(u, got, n_got);
         }
-        if (rc == ERR_OK)
-            jobs__free_names(limited, n_limited);
+        jobs__free_names(limited, n_limited);
     }
     if (rc == ERR_OK && (int64_t)u->n < u->want)
         rc = jobs__next_due(c, now, &u->next_due_ms, e);
@@ -248,6 +312,7 @@ fetcher_main(void *arg)
             p->n_ready++;
         }
         bool full = (int64_t)u.n == u.want;
+        p->drained = !full && !p->ignore_wakeups;
         /* One runner per job: waking every idle runner for one job cost
          * more CPU than the job itself (each took the lock to find nothing). */
         for (size_t i = 0; i < u.n; i++)
@@ -392,6 +457,9 @@ runner_main(void *arg)
         p->running++;
         pthread_mutex_unlock(&p->mu);
         struct done *d = run_one(p, &r->lease);
+        pthread_mutex_lock(&p->mu);
+        bool claim_again = !p->drained || is_limited(p, r->lease.queue);
+        pthread_mutex_unlock(&p->mu);
         job_lease_deinit(&r->lease);
         free(r);
         double duration_s = d->duration_s;
@@ -403,7 +471,7 @@ runner_main(void *arg)
             queue_done(p, d);
         p->running--;
         adapt_prefetch(p, duration_s * 1e6);
-        if (fetch_due(p))
+        if (claim_again && fetch_due(p))
             pthread_cond_signal(&p->fetch_cv);
         if (p->stopping)
             pthread_cond_broadcast(&p->idle_cv);
@@ -649,6 +717,7 @@ job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
     free(p->queues);
     free(p->queues_json);
     free(p->runners);
+    jobs__free_names(p->limited, p->n_limited);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->fetch_cv);
     pthread_cond_destroy(&p->run_cv);
