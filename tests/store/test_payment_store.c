@@ -4,13 +4,14 @@
  * without charging twice, the state table for capture and void, refunds,
  * fencing by the payment lock's token, a seed that repeats its answers,
  * concurrent retries of one request, and operations that share a batch
- * ending as they would alone.
+ * ending as they would alone (the ledger's and the PSP mock's records).
  */
 #include "testsupport.h"
 
 #include "locks/locks.h"
 #include "outbox/outbox.h"
 #include "payments/payments.h"
+#include "payments/payments_int.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -660,6 +661,87 @@ a_ledger_batch_that_fails_as_a_whole_runs_each_member_alone(void **state)
     }
 }
 
+struct psp_op {
+    struct payments__psp *psp;
+    struct payments__psp_call call;
+    char key[32];
+    struct payments__psp_answer answer;
+};
+
+static void *
+psp_op_run(void *arg)
+{
+    struct psp_op *o = arg;
+    payments__psp_call(o->psp, &o->call, 5000, &o->answer);
+    return NULL;
+}
+
+/*
+ * The PSP mock's own records, the same way: a batch the database refuses as
+ * a whole (a trigger refuses the charges of keys with "poison" in them)
+ * rolls back, and each call is recorded alone. The others are approved and
+ * recorded once each; a poisoned one answers a transient error (its PSP
+ * failed) with nothing recorded, so a retry cannot find a charge that was
+ * never made. Five are poisoned, so at least one waits for a batch.
+ */
+static void
+a_psp_batch_that_fails_as_a_whole_records_each_call_alone(void **state)
+{
+    struct fixture *f = *state;
+    static struct store_stmt poison_fn = {
+        .sql_pg = "CREATE FUNCTION poison_charge() RETURNS trigger LANGUAGE plpgsql AS $$"
+                  " BEGIN IF NEW.key LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned';"
+                  " END IF; RETURN NEW; END $$",
+        .sql_sqlite = "SELECT 1",
+    };
+    static struct store_stmt poison_trigger = {
+        .sql_pg = "CREATE TRIGGER poison_charge BEFORE INSERT ON psp_charges FOR EACH ROW"
+                  " EXECUTE FUNCTION poison_charge()",
+        .sql_sqlite = "CREATE TRIGGER poison_charge BEFORE INSERT ON psp_charges"
+                      " WHEN NEW.key LIKE '%poison%'"
+                      " BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+    };
+    exec_sql(f, &poison_fn);
+    exec_sql(f, &poison_trigger);
+    struct psp_config cfg = {.seed = 7};
+    struct payments__psp *psp = payments__psp_create(f->db->store, &cfg, 32);
+    enum { POISONED = 5, N = 16 };
+    struct psp_op ops[N];
+    for (int i = 0; i < N; i++) {
+        struct psp_op *o = &ops[i];
+        *o = (struct psp_op){.psp = psp};
+        snprintf(o->key, sizeof o->key, "authorize:%s-%d", i < POISONED ? "poison" : "fine", i);
+        o->call = (struct payments__psp_call){
+            .op = "authorize", .key = o->key, .amount = 1500, .currency = "EUR"};
+    }
+    int64_t fallbacks = test_metric("backbone_payment_batch_fallbacks_total{what=\"psp\"}");
+    struct gate g;
+    gate_close(f, &g);
+    pthread_t t[N];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, psp_op_run, &ops[i]), 0);
+    int64_t deadline = bb_mono_ms() + 60000;
+    while (test_metric("backbone_payment_batch_waiting{what=\"psp\"}") != N - 4) {
+        if (bb_mono_ms() > deadline)
+            fail_msg("%d calls never waited for a batch", N - 4);
+        bb_sleep_ms(1);
+    }
+    gate_open(&g);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    assert_true(test_metric("backbone_payment_batch_fallbacks_total{what=\"psp\"}") >
+                (fallbacks < 0 ? 0 : fallbacks));
+    for (int i = 0; i < N; i++) {
+        int64_t charges =
+            count_where(f, "SELECT COUNT(*) FROM psp_charges WHERE key = ", ops[i].key, "");
+        assert_int_equal(ops[i].answer.outcome, i < POISONED ? PSP_ERROR : PSP_APPROVED);
+        assert_int_equal(charges, i < POISONED ? 0 : 1);
+    }
+    payments__psp_destroy(psp);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+}
+
 static int
 setup_one_thread(void **state)
 {
@@ -691,6 +773,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(operations_in_a_batch_end_as_they_would_alone, setup_one_thread,
                                     teardown),
     cmocka_unit_test_setup_teardown(a_ledger_batch_that_fails_as_a_whole_runs_each_member_alone,
+                                    setup_one_thread, teardown),
+    cmocka_unit_test_setup_teardown(a_psp_batch_that_fails_as_a_whole_records_each_call_alone,
                                     setup_one_thread, teardown),
 };
 
