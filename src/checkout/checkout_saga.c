@@ -170,7 +170,8 @@ confirm_order(struct saga_step_run *run, struct bb_error *e)
     struct job_spec spec = fulfilment_job(payload, order_id, data_text(run, "checkout_id"));
     int64_t job_id;
     bool created;
-    rc = job_submit(run->c, &spec, now, &job_id, &created, e);
+    size_t failed_at;
+    rc = job_submit_many_here(run->c, run->pool, &spec, 1, now, &job_id, &created, &failed_at, e);
     return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the order could not be confirmed");
 }
 
@@ -201,7 +202,8 @@ confirm_orders(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
     bool *created = xcalloc(k + 1, sizeof *created);
     size_t failed_at;
     if (rc == ERR_OK && k > 0)
-        rc = job_submit_many(runs[0]->c, jobs, k, now, job_ids, created, &failed_at, e);
+        rc = job_submit_many_here(runs[0]->c, runs[0]->pool, jobs, k, now, job_ids, created,
+                                  &failed_at, e);
     free(created);
     free(job_ids);
     free(payloads);

@@ -435,6 +435,8 @@ app_start(struct app *app, struct bb_error *e)
                                       .poll_ms = app->cfg.job_poll_ms,
                                       .ignore_wakeups = !app->cfg.job_wakeups};
         rc = job_pool_start(app->store, app->registry, &po, &app->pool, e);
+        if (rc == ERR_OK && app->sagas)
+            saga_engine_run_here(app->sagas, app->pool);
     }
     if (rc != ERR_OK || app->cfg.port < 0) /* a worker without --port */
         return rc;
@@ -468,6 +470,8 @@ app_stop(struct app *app)
     job_service_stop_waiting(app->jobs);
     job_scheduler_stop(app->scheduler);
     saga_engine_stop(app->sagas);
+    if (app->sagas)
+        saga_engine_run_here(app->sagas, NULL);
     job_pool_stop(app->pool, deadline);
     payments_stop(app->payments);
     int64_t left = deadline - bb_mono_ms();

@@ -570,18 +570,73 @@ job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, in
     return rc;
 }
 
-enum err
-job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, int64_t now_ms,
-                int64_t *ids, bool *created, size_t *failed_at, struct bb_error *e)
+/* A job handed to a pool at insert: leased to its worker, first attempt. */
+static struct store_stmt JOB_INSERT_HERE = {
+    .sql = "INSERT INTO jobs (queue, handler, external, state, priority, run_at_ms, payload,"
+           " target, tags, unique_key, attempt, max_attempts, attempt_limit, backoff_base_ms,"
+           " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, max_duration_ms,"
+           " lease_token, schedule, scheduled_for_ms, created_at_ms, updated_at_ms, leased_by,"
+           " lease_expires_at_ms, started_at_ms)"
+           " VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13,"
+           " $14, $15, 1, $16, $17, $18, $18, $19, $18 + $15 + 1000, $18) RETURNING id",
+};
+enum { HERE_PARAMS = INSERT_PARAMS + 1 };
+
+/* Jobs inserted for a pool, run there once the transaction commits. */
+struct handover {
+    struct job_pool *pool;
+    struct job_lease *leases;
+    size_t n;
+};
+
+static void
+handover_end(void *arg, bool committed)
+{
+    struct handover *h = arg;
+    if (committed) {
+        jobs__pool_adopt(h->pool, h->leases, h->n, h->n);
+    } else {
+        for (size_t i = 0; i < h->n; i++)
+            job_lease_deinit(&h->leases[i]);
+        free(h->leases);
+        jobs__pool_adopt(h->pool, NULL, 0, h->n);
+    }
+    free(h);
+}
+
+/* The lease JOB_INSERT_HERE gave job `id` of `spec` (its parameters `p`). */
+static struct job_lease
+handover_lease(int64_t id, const struct job_spec *spec, const struct store_param *p, int64_t now_ms)
+{
+    int64_t max_duration = p[14].i;
+    return (struct job_lease){.id = id,
+                              .queue = xstrdup(p[0].s),
+                              .handler = xstrdup(spec->handler),
+                              .payload = xstrdup(p[5].s),
+                              .target = spec->target ? xstrdup(spec->target) : NULL,
+                              .attempt = 1,
+                              .attempt_limit = p[9].i,
+                              .lease_token = 1,
+                              .lease_expires_at_ms = now_ms + max_duration + 1000,
+                              .max_duration_ms = max_duration,
+                              .created_at_ms = now_ms,
+                              .run_at_ms = p[4].i};
+}
+
+static enum err
+submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *specs, size_t n,
+            int64_t now_ms, int64_t *ids, bool *created, size_t *failed_at, struct bb_error *e)
 {
     struct store_param *params = xcalloc(n ? n : 1, INSERT_PARAMS * sizeof *params);
-    size_t *rows = xcalloc(n ? n : 1, sizeof *rows); /* spec index of each plain row */
+    struct store_param *here = xcalloc(n ? n : 1, HERE_PARAMS * sizeof *here);
+    size_t *rows = xcalloc(n ? n : 1, sizeof *rows);   /* spec index of each plain row */
+    size_t *hrows = xcalloc(n ? n : 1, sizeof *hrows); /* and of each handed over */
     int64_t *got = xcalloc(n ? n : 1, sizeof *got);
     /* Each distinct queue's settings, alive for the whole call: the rows'
      * parameters borrow their names. */
     struct job_queue *queues = xcalloc(n ? n : 1, sizeof *queues);
     size_t n_queues = 0;
-    size_t n_rows = 0;
+    size_t n_rows = 0, n_here = 0;
     enum err rc = ERR_OK;
     const char *notify_queues[16];
     size_t n_notify = 0;
@@ -603,6 +658,16 @@ job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, in
                 break;
             n_queues++;
         }
+        const char *worker;
+        if (pool && !q->paused && q->concurrency == 0 && sp->run_at_ms <= now_ms &&
+            !job_handler_is_external(sp->handler) &&
+            jobs__pool_reserve(pool, q->name, 1, &worker) == 1) {
+            struct store_param *hp = here + n_here * HERE_PARAMS;
+            insert_params(sp, q, now_ms, hp);
+            hp[INSERT_PARAMS] = sp_text(worker);
+            hrows[n_here++] = i;
+            continue;
+        }
         insert_params(sp, q, now_ms, params + n_rows * INSERT_PARAMS);
         rows[n_rows++] = i;
         bool ready = !q->paused; /* due now, or it sets the workers' next timer */
@@ -618,13 +683,45 @@ job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, in
         ids[rows[k]] = got[k];
         created[rows[k]] = true;
     }
+    if (rc == ERR_OK && n_here > 0)
+        rc = store_exec_many(c, &JOB_INSERT_HERE, here, HERE_PARAMS, n_here, got, e);
+    if (n_here > 0 && rc != ERR_OK) {
+        jobs__pool_adopt(pool, NULL, 0, n_here); /* nothing to hand over */
+    } else if (n_here > 0) {
+        struct handover *h = xcalloc(1, sizeof *h);
+        *h = (struct handover){
+            .pool = pool, .leases = xcalloc(n_here, sizeof *h->leases), .n = n_here};
+        for (size_t k = 0; k < n_here; k++) {
+            ids[hrows[k]] = got[k];
+            created[hrows[k]] = true;
+            h->leases[k] = handover_lease(got[k], &specs[hrows[k]], here + k * HERE_PARAMS, now_ms);
+        }
+        store_after_commit(c, handover_end, h);
+    }
     for (size_t k = 0; k < n_notify && rc == ERR_OK; k++)
         rc = store_notify(c, JOBS__CHANNEL, notify_queues[k], e);
     free(params);
+    free(here);
     free(rows);
+    free(hrows);
     free(got);
     free(queues);
     return rc;
+}
+
+enum err
+job_submit_many(struct store_conn *c, const struct job_spec *specs, size_t n, int64_t now_ms,
+                int64_t *ids, bool *created, size_t *failed_at, struct bb_error *e)
+{
+    return submit_many(c, NULL, specs, n, now_ms, ids, created, failed_at, e);
+}
+
+enum err
+job_submit_many_here(struct store_conn *c, struct job_pool *pool, const struct job_spec *specs,
+                     size_t n, int64_t now_ms, int64_t *ids, bool *created, size_t *failed_at,
+                     struct bb_error *e)
+{
+    return submit_many(c, pool, specs, n, now_ms, ids, created, failed_at, e);
 }
 
 /* ---- reading ------------------------------------------------------------------------------- */

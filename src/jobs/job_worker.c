@@ -89,6 +89,7 @@ struct job_pool {
     struct ready *ready_tail; /* guarded by mu */
     int n_ready;              /* guarded by mu */
     int running;              /* guarded by mu */
+    int reserved;             /* slots promised to jobs handed over at commit; guarded by mu */
     struct done *done_head;   /* guarded by mu */
     int n_done;               /* guarded by mu */
     bool stopping;            /* guarded by mu */
@@ -96,9 +97,10 @@ struct job_pool {
     /* The last claim got fewer jobs than it asked for: nothing more was due.
      * A job ending then claims again only for a limited queue (a slot of
      * its own came free); new jobs announce themselves (wake). */
-    bool drained;     /* guarded by mu */
-    char **limited;   /* queues with a concurrency limit, read LIMITED_REFRESH_MS ago at most */
-    size_t n_limited; /* limited, n_limited and limited_at_ms: guarded by mu */
+    bool drained;        /* guarded by mu */
+    int64_t next_due_ms; /* the last claim's earliest future run_at (0: none); guarded by mu */
+    char **limited;      /* queues with a concurrency limit, read LIMITED_REFRESH_MS ago at most */
+    size_t n_limited;    /* limited, n_limited and limited_at_ms: guarded by mu */
     int64_t limited_at_ms;
     bool completer_stop; /* guarded by mu */
     _Atomic bool cancel; /* handlers watch it */
@@ -114,8 +116,11 @@ rand01(void)
 static bool
 fetch_due(const struct job_pool *p)
 {
-    int free_slots = p->capacity - p->running - p->n_ready;
-    return free_slots >= p->capacity / 2 || (p->n_ready == 0 && p->running < p->concurrency);
+    int free_slots = p->capacity - p->running - p->n_ready - p->reserved;
+    if (free_slots <= 0) /* a pool of one, busy, would claim nothing over and over */
+        return false;
+    return free_slots >= p->capacity / 2 ||
+           (p->n_ready == 0 && p->running + p->reserved < p->concurrency);
 }
 
 /* mu held. Update the moving average of job durations and the capacity. */
@@ -279,7 +284,7 @@ fetcher_main(void *arg)
     int64_t failures = 0;
     pthread_mutex_lock(&p->mu);
     while (!p->stopping) {
-        int free_slots = p->capacity - p->running - p->n_ready;
+        int free_slots = p->capacity - p->running - p->n_ready - p->reserved;
         if (!fetch_due(p)) {
             pthread_cond_wait(&p->fetch_cv, &p->mu);
             continue;
@@ -312,7 +317,10 @@ fetcher_main(void *arg)
             p->n_ready++;
         }
         bool full = (int64_t)u.n == u.want;
-        p->drained = !full && !p->ignore_wakeups;
+        /* Drained unless work was announced while it claimed (it may have
+         * committed after the claim looked). */
+        p->drained = !full && !p->wake && !p->ignore_wakeups;
+        p->next_due_ms = u.next_due_ms;
         /* One runner per job: waking every idle runner for one job cost
          * more CPU than the job itself (each took the lock to find nothing). */
         for (size_t i = 0; i < u.n; i++)
@@ -346,8 +354,60 @@ on_ready(void *arg, const char *channel, const char *payload)
     }
     pthread_mutex_lock(&p->mu);
     p->wake = true;
+    p->drained = false; /* new work: a job ending may claim it, should the pool be full now */
     pthread_cond_signal(&p->fetch_cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- jobs handed over at insert (job_submit_many_here) ------------------------------------ */
+
+size_t
+jobs__pool_reserve(struct job_pool *p, const char *queue, size_t n, const char **worker)
+{
+    size_t take = 0;
+    pthread_mutex_lock(&p->mu);
+    int free_slots = p->capacity - p->running - p->n_ready - p->reserved;
+    if (!p->stopping && serves(p, queue) && !is_limited(p, queue) && free_slots > 0)
+        take = n < (size_t)free_slots ? n : (size_t)free_slots;
+    p->reserved += (int)take;
+    pthread_mutex_unlock(&p->mu);
+    *worker = p->worker;
+    return take;
+}
+
+static void queue_done(struct job_pool *p, struct done *d);
+static struct done *done_new(struct job_lease *lease, enum job_outcome outcome, const char *error,
+                             double duration_s);
+
+void
+jobs__pool_adopt(struct job_pool *p, struct job_lease *leases, size_t n_leases, size_t reserved)
+{
+    int64_t now = bb_wall_ms();
+    pthread_mutex_lock(&p->mu);
+    p->reserved -= (int)reserved;
+    for (size_t i = 0; i < n_leases; i++) {
+        if (p->stopping) {
+            /* As stop does with the jobs it claimed: straight back (or, with
+             * no one left to record that, when the lease runs out). */
+            if (!p->completer_stop)
+                queue_done(p, done_new(&leases[i], JOB_OUTCOME_INTERRUPTED,
+                                       "worker stopping: handed back before it started", 0));
+            job_lease_deinit(&leases[i]);
+            continue;
+        }
+        struct ready *r = xcalloc(1, sizeof *r);
+        r->lease = leases[i];
+        jobs__metric_started(r->lease.queue, (double)(now - r->lease.run_at_ms) / 1000.0);
+        if (p->ready_tail)
+            p->ready_tail->next = r;
+        else
+            p->ready_head = r;
+        p->ready_tail = r;
+        p->n_ready++;
+        pthread_cond_signal(&p->run_cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(leases);
 }
 
 /* ---- running --------------------------------------------------------------------------- */
@@ -458,7 +518,8 @@ runner_main(void *arg)
         pthread_mutex_unlock(&p->mu);
         struct done *d = run_one(p, &r->lease);
         pthread_mutex_lock(&p->mu);
-        bool claim_again = !p->drained || is_limited(p, r->lease.queue);
+        bool claim_again = !p->drained || is_limited(p, r->lease.queue) ||
+                           (p->next_due_ms > 0 && p->next_due_ms <= bb_wall_ms());
         pthread_mutex_unlock(&p->mu);
         job_lease_deinit(&r->lease);
         free(r);
@@ -536,6 +597,7 @@ record(struct job_pool *p, struct done *list, size_t n)
         /* A retry is due soon: let the fetcher see its run_at. */
         pthread_mutex_lock(&p->mu);
         p->wake = true;
+        p->drained = false;
         pthread_cond_signal(&p->fetch_cv);
         pthread_mutex_unlock(&p->mu);
     }

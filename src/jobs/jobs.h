@@ -160,6 +160,20 @@ BB_WUR enum err job_submit_many(struct store_conn *c, const struct job_spec *spe
                                 int64_t now_ms, int64_t *ids, bool *created, size_t *failed_at,
                                 struct bb_error *e);
 
+struct job_pool;
+/*
+ * job_submit_many, and each job due now in a queue `pool` serves (not
+ * paused, without a concurrency limit) runs in `pool` right after the
+ * commit while the pool has room for it: it is inserted already leased to
+ * the pool's worker (its first attempt), so no claim and no wake-up are
+ * needed. Should this process die first, the lease runs out and the job is
+ * rescued as any claimed job is. pool NULL: job_submit_many.
+ */
+BB_WUR enum err job_submit_many_here(struct store_conn *c, struct job_pool *pool,
+                                     const struct job_spec *specs, size_t n, int64_t now_ms,
+                                     int64_t *ids, bool *created, size_t *failed_at,
+                                     struct bb_error *e);
+
 /* ---- reading ------------------------------------------------------------------------------- */
 
 /* A job as the API shows it (JSON object), with its attempts when asked. */

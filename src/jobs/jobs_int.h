@@ -37,6 +37,15 @@ enum err jobs__claim_unlimited(struct store_conn *c, const char *queues_json, co
                                int64_t max, int64_t now_ms, struct job_lease **leases, size_t *n,
                                struct bb_error *e);
 void jobs__free_names(char **names, size_t n);
+/* Hand-over (job_submit_many_here): room in `p` for up to n jobs of
+ * `queue`, kept until jobs__pool_adopt (0: the pool does not serve the
+ * queue here, is full or is stopping); *worker gets the pool's name. */
+size_t jobs__pool_reserve(struct job_pool *p, const char *queue, size_t n, const char **worker);
+/* After the commit: run `leases` (consumed), giving back the room of the
+ * `reserved` slots; leases NULL: the transaction rolled back, only give
+ * the room back. */
+void jobs__pool_adopt(struct job_pool *p, struct job_lease *leases, size_t n_leases,
+                      size_t reserved);
 /* The earliest run_at of a pending job later than now (0: none). */
 enum err jobs__next_due(struct store_conn *c, int64_t now_ms, int64_t *next_ms, struct bb_error *e);
 

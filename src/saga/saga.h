@@ -73,6 +73,9 @@ struct saga_step_run {
     int64_t attempt;     /* 1 on the first run of this step */
     int64_t lease_token; /* the job's lease token (unique per run) */
     int64_t held;        /* what `hold` took for this run (a lock's token); 0: nothing */
+    /* The worker pool running saga jobs in this process (NULL: none): a
+     * job a step submits may run there at once (job_submit_many_here). */
+    struct job_pool *pool;
     /* A failing step says why, for people (`reason`, e.g. "out of stock")
      * and for operators (`e`). */
     char reason[SAGA_REASON_MAX + 1];
@@ -160,6 +163,11 @@ struct saga_engine;
 BB_WUR enum err saga_engine_create(struct store *s, struct job_registry *r,
                                    const struct saga_engine_options *o, struct saga_engine **out,
                                    struct bb_error *e);
+/* The pool this process runs saga jobs in (NULL: none, or no longer): the
+ * first job of an instance the starter makes, and the jobs steps submit,
+ * are handed to it at commit instead of waiting for its claim. Set it after
+ * the pool starts, and back to NULL before it stops. */
+void saga_engine_run_here(struct saga_engine *eng, struct job_pool *pool);
 /* Add a definition (before saga_engine_start); `def` must outlive the engine. */
 void saga_engine_add(struct saga_engine *eng, const struct saga_def *def);
 /* Create the "sagas" queue if missing and start the starter thread. */

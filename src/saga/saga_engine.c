@@ -10,6 +10,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -156,6 +157,7 @@ struct saga_engine {
     /* Batched units: at most UNIT_LEADERS_MAX batches run at once; NULL
      * when every unit runs alone. */
     struct bb_combiner *combiner;
+    _Atomic(struct job_pool *) pool; /* saga_engine_run_here's */
 };
 
 /* ---- running steps ------------------------------------------------------------------------- */
@@ -241,7 +243,8 @@ step_run(const struct step_job *j, const struct saga_instance *in, struct store_
                                   .ctx = j->def->ctx,
                                   .attempt = in->retries + 1,
                                   .lease_token = j->run->job->lease_token,
-                                  .held = j->held};
+                                  .held = j->held,
+                                  .pool = atomic_load(&j->eng->pool)};
 }
 
 /* Run the step `in` is at (c: in its transaction, else outside any, and
@@ -822,6 +825,7 @@ saga_job(struct job_run *run)
 /* ---- the starter ------------------------------------------------------------------------- */
 
 struct start_batch {
+    struct job_pool *pool; /* the first jobs go there (NULL: to the queue) */
     int64_t claimed;
     int64_t started;
 };
@@ -862,8 +866,8 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
         char(*ids)[SAGA_ID_LEN + 1] = xcalloc(k ? k : 1, sizeof *ids);
         bool created[START_BATCH];
         if (k > 0)
-            rc = saga_start_many(c, def, correlation, (const json_t *const *)data, k, now, ids,
-                                 created, e);
+            rc = saga__start_many(c, def, correlation, (const json_t *const *)data, k, now, b->pool,
+                                  ids, created, e);
         for (size_t i = 0; i < k; i++) {
             b->started += rc == ERR_OK && created[i];
             json_decref(data[i]);
@@ -939,7 +943,7 @@ starter_main(void *arg)
     while (!eng->stopping) {
         eng->wake = false;
         pthread_mutex_unlock(&eng->mu);
-        struct start_batch b = {0};
+        struct start_batch b = {.pool = atomic_load(&eng->pool)};
         struct bb_error e;
         do {
             if (store_run(eng->store, STORE_WRITE, start_work, &b, &e) != ERR_OK) {
@@ -1002,6 +1006,12 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
         job_registry_add(r, SAGA_HANDLER, saga_job, eng);
     *out = eng;
     return ERR_OK;
+}
+
+void
+saga_engine_run_here(struct saga_engine *eng, struct job_pool *pool)
+{
+    atomic_store(&eng->pool, pool);
 }
 
 void

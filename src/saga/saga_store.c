@@ -193,6 +193,15 @@ saga_start_many(struct store_conn *c, const struct saga_def *def,
                 const char *const *correlation_ids, const json_t *const *data, size_t n,
                 int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
 {
+    return saga__start_many(c, def, correlation_ids, data, n, now_ms, NULL, ids, created, e);
+}
+
+enum err
+saga__start_many(struct store_conn *c, const struct saga_def *def,
+                 const char *const *correlation_ids, const json_t *const *data, size_t n,
+                 int64_t now_ms, struct job_pool *pool, char (*ids)[SAGA_ID_LEN + 1], bool *created,
+                 struct bb_error *e)
+{
     enum err rc = insert_instances(c, def, correlation_ids, data, n, now_ms, ids, created, e);
     if (rc != ERR_OK)
         return rc;
@@ -211,7 +220,7 @@ saga_start_many(struct store_conn *c, const struct saga_def *def,
     bool *made = xcalloc(k ? k : 1, sizeof *made);
     size_t failed_at;
     if (k > 0)
-        rc = job_submit_many(c, specs, k, now_ms, job_ids, made, &failed_at, e);
+        rc = job_submit_many_here(c, pool, specs, k, now_ms, job_ids, made, &failed_at, e);
     if (rc == ERR_OK && k > 0) {
         struct bb_json_rows w;
         bb_json_rows_init(&w);

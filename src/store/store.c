@@ -233,6 +233,8 @@ store_conn_close(struct store_conn *c)
     c->ops->disconnect(c); /* frees the prepared handles too */
     store__notes_truncate(c, 0);
     free(c->notes);
+    store__afters_run(c, 0, false);
+    free(c->afters);
     free(c->prepared);
     free(c);
 }
@@ -351,6 +353,7 @@ store_commit(struct store_conn *c, struct bb_error *e)
     enum err rc = c->ops->commit(c, e);
     c->in_txn = false;
     store__notes_truncate(c, 0);
+    store__afters_run(c, 0, rc == ERR_OK);
     return rc;
 }
 
@@ -362,6 +365,7 @@ store_rollback(struct store_conn *c)
     c->ops->rollback(c);
     c->in_txn = false;
     store__notes_truncate(c, 0);
+    store__afters_run(c, 0, false);
 }
 
 enum err
@@ -422,6 +426,30 @@ store__notes_truncate(struct store_conn *c, size_t keep)
         free(c->notes[c->n_notes].channel);
         free(c->notes[c->n_notes].payload);
     }
+}
+
+void
+store_after_commit(struct store_conn *c, store_after_fn *fn, void *arg)
+{
+    if (!c->in_txn) {
+        fn(arg, true);
+        return;
+    }
+    if (c->n_afters == c->cap_afters) {
+        c->cap_afters = c->cap_afters ? c->cap_afters * 2 : 8;
+        c->afters = xrealloc(c->afters, c->cap_afters * sizeof *c->afters);
+    }
+    c->afters[c->n_afters++] = (struct store__after){.fn = fn, .arg = arg};
+}
+
+void
+store__afters_run(struct store_conn *c, size_t keep, bool committed)
+{
+    /* In the order they were added; a callback may not add more. */
+    size_t n = c->n_afters;
+    for (size_t i = keep; i < n; i++)
+        c->afters[i].fn(c->afters[i].arg, committed);
+    c->n_afters = keep;
 }
 
 void

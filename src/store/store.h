@@ -232,6 +232,17 @@ BB_WUR enum err store_listen(struct store *s, const char *channel, store_listen_
  * not running and will not be called again for them. */
 void store_unlisten(struct store *s, store_listen_fn *fn, void *arg);
 
+/*
+ * Call fn(arg, true) on this connection's thread once the open transaction
+ * has committed (before the unit's caller hears of it), or fn(arg, false)
+ * when it or the unit rolls back instead (or the commit fails), exactly
+ * once either way. Outside a transaction: fn(arg, true) at once. For work
+ * that must follow a commit in this process (a job to run here), not for
+ * anything that needs the database.
+ */
+typedef void store_after_fn(void *arg, bool committed);
+void store_after_commit(struct store_conn *c, store_after_fn *fn, void *arg);
+
 /* ---- migrations ------------------------------------------------------------- */
 
 /* One schema step of a module; versions start at 1 and grow by 1. */

@@ -254,7 +254,7 @@ run_unit(struct store_conn *c, struct store__item *it, bool nested)
 {
     struct store *s = c->store;
     for (int attempt = 1;; attempt++) {
-        size_t notes_mark = c->n_notes;
+        size_t notes_mark = c->n_notes, afters_mark = c->n_afters;
         bb_error_clear(&it->err);
         if (nested) {
             it->rc = c->ops->exec_script(c, "SAVEPOINT bb_unit", &it->err);
@@ -272,6 +272,7 @@ run_unit(struct store_conn *c, struct store__item *it, bool nested)
             bb_fail(&it->err, it->rc, "", "%s", bb_err_title(it->rc));
         it->err.code = it->rc;
         store__notes_truncate(c, notes_mark);
+        store__afters_run(c, afters_mark, false);
         if (!nested)
             return; /* the caller rolls the whole transaction back */
         struct bb_error ignored;

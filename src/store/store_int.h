@@ -53,6 +53,11 @@ struct store__note {
     char *payload;
 };
 
+struct store__after {
+    store_after_fn *fn;
+    void *arg;
+};
+
 struct store_conn {
     struct store *store;
     const struct store__ops *ops;
@@ -65,6 +70,10 @@ struct store_conn {
     struct store__note *notes;
     size_t n_notes;
     size_t cap_notes;
+    /* store_after_commit's callbacks, the same way. */
+    struct store__after *afters;
+    size_t n_afters;
+    size_t cap_afters;
 };
 
 struct store__sub {
@@ -127,6 +136,9 @@ enum err store__conn_connect(struct store *s, struct store_conn **out, struct bb
 void store__dispatch(struct store *s, const char *channel, const char *payload);
 /* Drop notes queued after position `keep` (a unit rolled back). */
 void store__notes_truncate(struct store_conn *c, size_t keep);
+/* Call the store_after_commit callbacks after position `keep`, with
+ * `committed`, and drop them. */
+void store__afters_run(struct store_conn *c, size_t keep, bool committed);
 void store__notes_deliver(struct store_conn *c);
 
 /* Executor and listener lifecycle (store_exec.c). */

@@ -817,10 +817,131 @@ a_handler_ends_its_job_in_its_own_transaction_or_not_at_all(void **state)
     assert_int_equal(finished_count("failed") - failed, 1);
 }
 
+static atomic_int g_marks;
+static pthread_mutex_t g_gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_gate_cv = PTHREAD_COND_INITIALIZER;
+static bool g_gate_open; /* guarded by g_gate_mu */
+static int g_blocked;    /* guarded by g_gate_mu */
+
+/* Slow enough that the pool claims no more than it runs (no prefetch). */
+static enum job_verdict
+mark_handler(struct job_run *run)
+{
+    (void)run;
+    bb_sleep_ms(5);
+    atomic_fetch_add(&g_marks, 1);
+    return JOB_DONE;
+}
+
+/* Holds its runner until the gate opens. */
+static enum job_verdict
+block_handler(struct job_run *run)
+{
+    (void)run;
+    pthread_mutex_lock(&g_gate_mu);
+    g_blocked++;
+    pthread_cond_broadcast(&g_gate_cv);
+    while (!g_gate_open)
+        pthread_cond_wait(&g_gate_cv, &g_gate_mu);
+    pthread_mutex_unlock(&g_gate_mu);
+    return JOB_DONE;
+}
+
+struct here_unit {
+    struct job_pool *pool; /* NULL: a plain submit */
+    const char *handler;
+    bool roll_back;
+    int64_t id;
+};
+
+static enum err
+here_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct here_unit *u = arg;
+    struct job_spec spec = {.queue = "default", .handler = u->handler};
+    bool created;
+    size_t at;
+    enum err rc =
+        job_submit_many_here(c, u->pool, &spec, 1, bb_wall_ms(), &u->id, &created, &at, e);
+    if (rc == ERR_OK && u->roll_back)
+        return bb_fail(e, ERR_INVALID, "", "rolled back on purpose");
+    return rc;
+}
+
+static void
+await_marks(int n)
+{
+    int64_t deadline = bb_mono_ms() + 30000;
+    while (atomic_load(&g_marks) < n && bb_mono_ms() < deadline)
+        bb_sleep_ms(5);
+    assert_int_equal(atomic_load(&g_marks), n);
+}
+
+/*
+ * A pool of two that polls once a minute, whose first claim found less than
+ * it had room for: a job handed to it at commit runs at once, as its first
+ * attempt, with no claim; one rolled back runs nothing and keeps no room;
+ * and a job announced while the pool is full (of jobs handed over) runs as
+ * soon as they end, not at the next poll.
+ */
+static void
+jobs_handed_to_the_pool_at_commit_run_at_once(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    atomic_store(&g_marks, 0);
+    g_gate_open = false;
+    g_blocked = 0;
+    struct here_unit before = {.handler = "mark"};
+    assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &before, &e), &e);
+    struct job_registry *reg;
+    struct job_registry_options ro = {0};
+    assert_ok(job_registry_create(&ro, &reg, &e), &e);
+    job_registry_add(reg, "mark", mark_handler, NULL);
+    job_registry_add(reg, "block", block_handler, NULL);
+    struct job_pool *pool;
+    struct job_pool_options po = {.concurrency = 2, .poll_ms = 60000};
+    assert_ok(job_pool_start(f->db->store, reg, &po, &pool, &e), &e);
+    await_marks(1); /* its first claim got one job of the two it could take */
+
+    struct here_unit gone = {.pool = pool, .handler = "mark", .roll_back = true};
+    assert_int_equal(store_run(f->db->store, STORE_WRITE, here_work, &gone, &e), ERR_INVALID);
+    struct here_unit first = {.pool = pool, .handler = "mark"};
+    assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &first, &e), &e);
+    await_marks(2);
+    int64_t deadline = bb_mono_ms() + 30000;
+    while (strcmp(state_of(f->c, first.id, bb_wall_ms()), "completed") != 0 &&
+           bb_mono_ms() < deadline)
+        bb_sleep_ms(5);
+    json_t *j = get(f->c, first.id, bb_wall_ms());
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
+    assert_int_equal(json_integer_value(json_object_get(j, "attempt")), 1);
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 1);
+    json_decref(j);
+
+    struct here_unit blocker = {.pool = pool, .handler = "block"};
+    for (int i = 0; i < 2; i++)
+        assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &blocker, &e), &e);
+    pthread_mutex_lock(&g_gate_mu);
+    while (g_blocked < 2)
+        pthread_cond_wait(&g_gate_cv, &g_gate_mu);
+    pthread_mutex_unlock(&g_gate_mu);
+    struct here_unit waiting = {.handler = "mark"};
+    assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &waiting, &e), &e);
+    pthread_mutex_lock(&g_gate_mu);
+    g_gate_open = true;
+    pthread_cond_broadcast(&g_gate_cv);
+    pthread_mutex_unlock(&g_gate_mu);
+    await_marks(3);
+    job_pool_stop(pool, bb_mono_ms() + 5000);
+    job_registry_destroy(reg);
+}
+
 #define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
     JOB_TEST(submit_and_read_back),
+    JOB_TEST(jobs_handed_to_the_pool_at_commit_run_at_once),
     JOB_TEST(unique_key_returns_the_first_job_until_it_finishes),
     JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),

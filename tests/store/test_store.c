@@ -190,6 +190,64 @@ rollback_discards_and_commit_keeps(void **state)
     store_conn_close(c);
 }
 
+/* store_after_commit's record of its calls: +1 committed, -1 rolled back. */
+struct after_log {
+    int calls[8];
+    int n;
+};
+
+static void
+after_logged(void *arg, bool committed)
+{
+    struct after_log *l = arg;
+    l->calls[l->n++] = committed ? 1 : -1;
+}
+
+struct after_unit {
+    struct after_log *log;
+    enum err rc; /* what the unit returns after registering */
+};
+
+static enum err
+after_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct after_unit *u = arg;
+    store_after_commit(c, after_logged, u->log);
+    return u->rc == ERR_OK ? ERR_OK : bb_fail(e, u->rc, "", "the unit fails");
+}
+
+static void
+after_commit_callbacks_follow_the_transactions_fate(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    struct after_log log = {0};
+    /* Committed: called once, with true, by store_commit. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    store_after_commit(c, after_logged, &log);
+    assert_int_equal(log.n, 0);
+    assert_ok(store_commit(c, &e), &e);
+    /* Rolled back: with false. */
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    store_after_commit(c, after_logged, &log);
+    store_rollback(c);
+    /* Outside a transaction: at once. */
+    store_after_commit(c, after_logged, &log);
+    assert_int_equal(log.n, 3);
+    assert_int_equal(log.calls[0], 1);
+    assert_int_equal(log.calls[1], -1);
+    assert_int_equal(log.calls[2], 1);
+    store_conn_close(c);
+    /* Through the executor: before store_run returns, as the unit ended. */
+    struct after_unit ok = {.log = &log, .rc = ERR_OK}, bad = {.log = &log, .rc = ERR_INVALID};
+    assert_ok(store_run(db->store, STORE_WRITE, after_work, &ok, &e), &e);
+    assert_int_equal(store_run(db->store, STORE_WRITE, after_work, &bad, &e), ERR_INVALID);
+    assert_int_equal(log.n, 5);
+    assert_int_equal(log.calls[3], 1);
+    assert_int_equal(log.calls[4], -1);
+}
+
 static void
 deferred_insert(struct store_conn *c, int64_t id, const char *text, enum err want)
 {
@@ -903,6 +961,7 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(unique_violation_is_a_conflict),
     DB_TEST(rollback_discards_and_commit_keeps),
     DB_TEST(deferred_writes_commit_roll_back_and_fail_with_their_transaction),
+    DB_TEST(after_commit_callbacks_follow_the_transactions_fate),
 
     DB_TEST(bad_sql_is_a_store_error_not_a_crash),
     cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
