@@ -94,9 +94,10 @@ struct job_pool {
     int n_done;               /* guarded by mu */
     bool stopping;            /* guarded by mu */
     bool wake;                /* guarded by mu */
-    /* The last claim got fewer jobs than it asked for: nothing more was due.
-     * A job ending then claims again only for a limited queue (a slot of
-     * its own came free); new jobs announce themselves (wake). */
+    /* The last claim got fewer jobs than it asked for and nothing was
+     * announced meanwhile: nothing more was due. A job ending then claims
+     * again only for a limited queue (a slot of its own came free) or once
+     * next_due_ms has come; new jobs announce themselves (wake undoes it). */
     bool drained;        /* guarded by mu */
     int64_t next_due_ms; /* the last claim's earliest future run_at (0: none); guarded by mu */
     char **limited;      /* queues with a concurrency limit, read LIMITED_REFRESH_MS ago at most */
