@@ -261,6 +261,21 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
+/* mu held. Queue `lease` (moved in) for the runners. */
+static void
+ready_push(struct job_pool *p, struct job_lease *lease, int64_t now_ms)
+{
+    struct ready *r = xcalloc(1, sizeof *r);
+    r->lease = *lease;
+    jobs__metric_started(r->lease.queue, (double)(now_ms - r->lease.run_at_ms) / 1000.0);
+    if (p->ready_tail)
+        p->ready_tail->next = r;
+    else
+        p->ready_head = r;
+    p->ready_tail = r;
+    p->n_ready++;
+}
+
 /* Wait on fetch_cv until `deadline_wall_ms` (mu held). */
 static void
 fetch_wait(struct job_pool *p, int64_t wait_ms)
@@ -306,17 +321,8 @@ fetcher_main(void *arg)
             continue;
         }
         failures = 0;
-        for (size_t i = 0; i < u.n; i++) {
-            struct ready *r = xcalloc(1, sizeof *r);
-            r->lease = u.leases[i];
-            jobs__metric_started(r->lease.queue, (double)(now - r->lease.run_at_ms) / 1000.0);
-            if (p->ready_tail)
-                p->ready_tail->next = r;
-            else
-                p->ready_head = r;
-            p->ready_tail = r;
-            p->n_ready++;
-        }
+        for (size_t i = 0; i < u.n; i++)
+            ready_push(p, &u.leases[i], now);
         bool full = (int64_t)u.n == u.want;
         /* Drained unless work was announced while it claimed (it may have
          * committed after the claim looked). */
@@ -396,15 +402,7 @@ jobs__pool_adopt(struct job_pool *p, struct job_lease *leases, size_t n_leases, 
             job_lease_deinit(&leases[i]);
             continue;
         }
-        struct ready *r = xcalloc(1, sizeof *r);
-        r->lease = leases[i];
-        jobs__metric_started(r->lease.queue, (double)(now - r->lease.run_at_ms) / 1000.0);
-        if (p->ready_tail)
-            p->ready_tail->next = r;
-        else
-            p->ready_head = r;
-        p->ready_tail = r;
-        p->n_ready++;
+        ready_push(p, &leases[i], now);
         pthread_cond_signal(&p->run_cv);
     }
     pthread_mutex_unlock(&p->mu);

@@ -602,6 +602,31 @@ exec_sql(struct fixture *f, struct store_stmt *st)
     store_conn_close(c);
 }
 
+/* Make the database refuse every row inserted into `table` whose `column`
+ * is LIKE `pattern` (a trigger; the names are the test's own). */
+static void
+poison(struct fixture *f, const char *table, const char *column, const char *pattern)
+{
+    char fn_pg[512], trigger_pg[256], trigger_sqlite[512];
+    snprintf(fn_pg, sizeof fn_pg,
+             "CREATE FUNCTION poison_%s() RETURNS trigger LANGUAGE plpgsql AS $$"
+             " BEGIN IF NEW.%s LIKE '%s' THEN RAISE EXCEPTION 'poisoned';"
+             " END IF; RETURN NEW; END $$",
+             table, column, pattern);
+    snprintf(trigger_pg, sizeof trigger_pg,
+             "CREATE TRIGGER poison_%s BEFORE INSERT ON %s FOR EACH ROW"
+             " EXECUTE FUNCTION poison_%s()",
+             table, table, table);
+    snprintf(trigger_sqlite, sizeof trigger_sqlite,
+             "CREATE TRIGGER poison_%s BEFORE INSERT ON %s WHEN NEW.%s LIKE '%s'"
+             " BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+             table, table, column, pattern);
+    struct store_stmt fn = {.sql_pg = fn_pg, .sql_sqlite = "SELECT 1"};
+    struct store_stmt trigger = {.sql_pg = trigger_pg, .sql_sqlite = trigger_sqlite};
+    exec_sql(f, &fn);
+    exec_sql(f, &trigger);
+}
+
 /*
  * A ledger batch that fails as a whole (here: the database refuses the
  * payment of any order named o-poison-*) rolls back, and each of its
@@ -613,21 +638,7 @@ static void
 a_ledger_batch_that_fails_as_a_whole_runs_each_member_alone(void **state)
 {
     struct fixture *f = *state;
-    static struct store_stmt poison_fn = {
-        .sql_pg = "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$"
-                  " BEGIN IF NEW.order_id LIKE 'o-poison-%' THEN RAISE EXCEPTION 'poisoned';"
-                  " END IF; RETURN NEW; END $$",
-        .sql_sqlite = "SELECT 1",
-    };
-    static struct store_stmt poison_trigger = {
-        .sql_pg = "CREATE TRIGGER poison BEFORE INSERT ON payments FOR EACH ROW"
-                  " EXECUTE FUNCTION poison()",
-        .sql_sqlite = "CREATE TRIGGER poison BEFORE INSERT ON payments"
-                      " WHEN NEW.order_id LIKE 'o-poison-%'"
-                      " BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
-    };
-    exec_sql(f, &poison_fn);
-    exec_sql(f, &poison_trigger);
+    poison(f, "payments", "order_id", "o-poison-%");
     enum { POISONED = 5, N = 16 };
     struct wave_op ops[N];
     for (int i = 0; i < N; i++) {
@@ -688,21 +699,7 @@ static void
 a_psp_batch_that_fails_as_a_whole_records_each_call_alone(void **state)
 {
     struct fixture *f = *state;
-    static struct store_stmt poison_fn = {
-        .sql_pg = "CREATE FUNCTION poison_charge() RETURNS trigger LANGUAGE plpgsql AS $$"
-                  " BEGIN IF NEW.key LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned';"
-                  " END IF; RETURN NEW; END $$",
-        .sql_sqlite = "SELECT 1",
-    };
-    static struct store_stmt poison_trigger = {
-        .sql_pg = "CREATE TRIGGER poison_charge BEFORE INSERT ON psp_charges FOR EACH ROW"
-                  " EXECUTE FUNCTION poison_charge()",
-        .sql_sqlite = "CREATE TRIGGER poison_charge BEFORE INSERT ON psp_charges"
-                      " WHEN NEW.key LIKE '%poison%'"
-                      " BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
-    };
-    exec_sql(f, &poison_fn);
-    exec_sql(f, &poison_trigger);
+    poison(f, "psp_charges", "key", "%poison%");
     struct psp_config cfg = {.seed = 7};
     struct payments__psp *psp = payments__psp_create(f->db->store, &cfg, 32);
     enum { POISONED = 5, N = 16 };
