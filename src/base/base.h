@@ -420,8 +420,6 @@ BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, stru
  * (JSON_COMPACT | JSON_ENCODE_ANY) byte for byte, written without its
  * per-token callbacks and printf. Aborts on OOM. */
 char *bb_json_dumps(const json_t *v);
-/* The same text appended to `b`. */
-void bb_json_write(struct bb_buf *b, const json_t *v);
 /* The JSON array of `items` (heap; caller frees), as bb_json_dumps. */
 char *bb_json_strings_dumps(const char *const *items, size_t n);
 

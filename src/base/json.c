@@ -194,12 +194,6 @@ json_write(struct bb_buf *b, const json_t *v, int depth)
     }
 }
 
-void
-bb_json_write(struct bb_buf *b, const json_t *v)
-{
-    json_write(b, v, 0);
-}
-
 char *
 bb_json_dumps(const json_t *v)
 {
