@@ -516,12 +516,6 @@ runner_main(void *arg)
         p->running++;
         pthread_mutex_unlock(&p->mu);
         struct done *d = run_one(p, &r->lease);
-        pthread_mutex_lock(&p->mu);
-        bool claim_again = !p->drained || is_limited(p, r->lease.queue) ||
-                           (p->next_due_ms > 0 && p->next_due_ms <= bb_wall_ms());
-        pthread_mutex_unlock(&p->mu);
-        job_lease_deinit(&r->lease);
-        free(r);
         double duration_s = d->duration_s;
         bool recorded = d->recorded;
         if (recorded)
@@ -531,8 +525,12 @@ runner_main(void *arg)
             queue_done(p, d);
         p->running--;
         adapt_prefetch(p, duration_s * 1e6);
+        bool claim_again = !p->drained || is_limited(p, r->lease.queue) ||
+                           (p->next_due_ms > 0 && p->next_due_ms <= bb_wall_ms());
         if (claim_again && fetch_due(p))
             pthread_cond_signal(&p->fetch_cv);
+        job_lease_deinit(&r->lease);
+        free(r);
         if (p->stopping)
             pthread_cond_broadcast(&p->idle_cv);
     }

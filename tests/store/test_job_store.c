@@ -880,7 +880,7 @@ await_marks(int n)
 /*
  * A pool of two that polls once a minute, whose first claim found less than
  * it had room for: a job handed to it at commit runs at once, as its first
- * attempt, with no claim; one rolled back runs nothing and keeps no room;
+ * attempt, with no claim; one rolled back leaves no job and keeps no room;
  * and a job announced while the pool is full (of jobs handed over) runs as
  * soon as they end, not at the next poll.
  */
@@ -906,6 +906,9 @@ jobs_handed_to_the_pool_at_commit_run_at_once(void **state)
 
     struct here_unit gone = {.pool = pool, .handler = "mark", .roll_back = true};
     assert_int_equal(store_run(f->db->store, STORE_WRITE, here_work, &gone, &e), ERR_INVALID);
+    assert_true(gone.id > 0);
+    json_t *none;
+    assert_int_equal(job_get_json(f->c, gone.id, false, bb_wall_ms(), &none, &e), ERR_NOT_FOUND);
     struct here_unit first = {.pool = pool, .handler = "mark"};
     assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &first, &e), &e);
     await_marks(2);
@@ -922,10 +925,17 @@ jobs_handed_to_the_pool_at_commit_run_at_once(void **state)
     struct here_unit blocker = {.pool = pool, .handler = "block"};
     for (int i = 0; i < 2; i++)
         assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &blocker, &e), &e);
+    /* Both handed over: the room the rolled-back one took came back. */
+    deadline = bb_mono_ms() + 30000;
     pthread_mutex_lock(&g_gate_mu);
-    while (g_blocked < 2)
-        pthread_cond_wait(&g_gate_cv, &g_gate_mu);
+    while (g_blocked < 2 && bb_mono_ms() < deadline) {
+        pthread_mutex_unlock(&g_gate_mu);
+        bb_sleep_ms(5);
+        pthread_mutex_lock(&g_gate_mu);
+    }
+    int blocked = g_blocked;
     pthread_mutex_unlock(&g_gate_mu);
+    assert_int_equal(blocked, 2);
     struct here_unit waiting = {.handler = "mark"};
     assert_ok(store_run(f->db->store, STORE_WRITE, here_work, &waiting, &e), &e);
     pthread_mutex_lock(&g_gate_mu);
