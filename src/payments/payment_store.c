@@ -63,6 +63,16 @@ static const struct store_migration MIGRATIONS[] = {
               " currency TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT,"
               " created_at_ms BIGINT NOT NULL);",
     },
+    {
+        /* PostgreSQL: an attempt goes into one index, its payment's, which
+         * the attempts are read by (SQLite keys the table by its id). */
+        .version = 2,
+        .name = "payment attempts keyed by their payment",
+        .sqlite = "SELECT 1;",
+        .pg = "ALTER TABLE payment_attempts DROP CONSTRAINT payment_attempts_pkey;"
+              "ALTER TABLE payment_attempts ADD PRIMARY KEY (payment_id, id);"
+              "DROP INDEX payment_attempts_by_payment;",
+    },
 };
 
 const struct store_migration *

@@ -55,6 +55,16 @@ static const struct store_migration MIGRATIONS[] = {
         .sqlite = "SELECT 1;",
         .pg = "ALTER TABLE sagas SET (fillfactor = 60);",
     },
+    {
+        /* PostgreSQL: a timeline row goes into one index, its saga's, which
+         * the timeline is read by (SQLite keys the table by its id). */
+        .version = 3,
+        .name = "saga timelines keyed by their saga",
+        .sqlite = "SELECT 1;",
+        .pg = "ALTER TABLE saga_steps DROP CONSTRAINT saga_steps_pkey;"
+              "ALTER TABLE saga_steps ADD PRIMARY KEY (saga_id, id);"
+              "DROP INDEX saga_steps_by_saga;",
+    },
 };
 
 const struct store_migration *
