@@ -11,7 +11,8 @@
  * (a retry never charges twice) and the fencing token of the lock
  * payment:{order_id}, taken per run (in the transaction that makes the step
  * next, given back in the one that records it), so a run that lost its job
- * lease is refused by the payments ledger.
+ * lease is refused by the payments ledger. The PSP's answer goes into the
+ * ledger in the transaction that records the step (saga_record).
  */
 #include "checkout/checkout_int.h"
 
@@ -461,6 +462,32 @@ payment_trouble(struct saga_step_run *run, enum err rc)
     }
 }
 
+static enum err
+record_payments(struct store_conn *c, void *const *args, size_t n, struct bb_error *e)
+{
+    struct payment_outcome **o = xcalloc(n, sizeof *o);
+    for (size_t i = 0; i < n; i++)
+        o[i] = args[i];
+    enum err rc = payment_outcomes_record(c, o, n, e);
+    free(o);
+    return rc;
+}
+
+static void
+drop_payment(void *arg)
+{
+    payment_outcome_free(arg);
+}
+
+/* The PSP's answer goes into the ledger with the saga's record of it. */
+static void
+record_with_step(struct saga_step_run *run, struct payment_outcome *pending)
+{
+    if (pending)
+        run->record =
+            (struct saga_record){.fn = record_payments, .arg = pending, .drop = drop_payment};
+}
+
 static enum saga_outcome
 authorize_payment(struct saga_step_run *run, struct bb_error *e)
 {
@@ -477,7 +504,9 @@ authorize_payment(struct saga_step_run *run, struct bb_error *e)
         .lock_token = run->held,
     };
     char id[PAYMENT_ID_LEN + 1];
-    rc = payment_authorize(cs->opt.payments, &req, id, NULL, e);
+    struct payment_outcome *pending;
+    rc = payment_authorize_deferred(cs->opt.payments, &req, id, &pending, e);
+    record_with_step(run, pending);
     if (id[0]) /* also when it failed: the compensation voids what may be pending */
         json_object_set_new(run->data, "authorization_id", json_string(id));
     return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
@@ -490,8 +519,10 @@ capture_payment(struct saga_step_run *run, struct bb_error *e)
     enum err rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return payment_trouble(run, rc);
-    rc = payment_capture(cs->opt.payments, data_text(run, "authorization_id"), 0, run->held, NULL,
-                         e);
+    struct payment_outcome *pending;
+    rc = payment_capture_deferred(cs->opt.payments, data_text(run, "authorization_id"), 0,
+                                  run->held, &pending, e);
+    record_with_step(run, pending);
     return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
 }
 

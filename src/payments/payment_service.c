@@ -43,7 +43,8 @@ struct pay_op {
     char fingerprint[65]; /* authorize */
     char psp_key[STORE_IDEM_KEY_MAX + 16];
     char refund_id[PAYMENT_ID_LEN + 1];
-    bool replay; /* answered before: no PSP call */
+    bool replay;  /* answered before: no PSP call */
+    bool unmoved; /* the outcome found the payment moved by someone else */
     struct payments__psp_answer answer;
     json_t *out;
     /* A phase carried by a batch: its verdict, or `alone` (run it alone). */
@@ -257,6 +258,7 @@ static enum err
 outcome_end(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
+    op->unmoved = false;
     enum err rc = outcome_begin(c, op, e);
     struct outcome_plan pl = plan_outcome(op);
     if (rc != ERR_OK || !pl.move) {
@@ -267,6 +269,7 @@ outcome_end(struct store_conn *c, void *arg, struct bb_error *e)
     rc = move(c, op, pl.to, pl.reference, pl.reason, pl.captured, &moved, e);
     if (rc == ERR_OK && !moved) {
         json_decref(pl.data);
+        op->unmoved = true;
         if (strcmp(op->op, "authorize") == 0) /* a concurrent retry recorded it: what it says now */
             return payments__row_get(c, op->row.id, &op->row, e);
         return bb_fail(e, ERR_RETRY, "", "payment %s changed concurrently", op->row.id);
@@ -339,10 +342,27 @@ authorize_begin(struct store_conn *c, void *arg, struct bb_error *e)
 }
 
 static enum err run(struct pay_op *op, enum pay_phase phase, struct bb_error *e);
+static struct payment_outcome *outcome_keep(const struct pay_op *op);
 
-enum err
-payment_authorize(struct payments *p, const struct payment_request *req,
-                  char id[PAYMENT_ID_LEN + 1], json_t **out, struct bb_error *e)
+/* The end of an operation: its second transaction, or (pending not NULL)
+ * the outcome kept for the caller's, the row as that would leave it. */
+static enum err
+outcome(struct pay_op *op, enum pay_phase phase, struct payment_outcome **pending,
+        struct bb_error *e)
+{
+    if (pending == NULL)
+        return run(op, phase, e);
+    *pending = outcome_keep(op);
+    struct outcome_plan pl = plan_outcome(op);
+    json_decref(pl.data);
+    if (pl.move)
+        op->row.state = pl.to;
+    return ERR_OK;
+}
+
+static enum err
+authorize(struct payments *p, const struct payment_request *req, char id[PAYMENT_ID_LEN + 1],
+          struct payment_outcome **pending, json_t **out, struct bb_error *e)
 {
     struct pay_op op = {.p = p,
                         .op = "authorize",
@@ -353,7 +373,7 @@ payment_authorize(struct payments *p, const struct payment_request *req,
     enum err rc = run(&op, PH_AUTHORIZE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
-        rc = run(&op, PH_AUTHORIZE_END, e);
+        rc = outcome(&op, PH_AUTHORIZE_END, pending, e);
         if (rc == ERR_OK && (op.answer.outcome == PSP_ERROR || op.answer.outcome == PSP_TIMEOUT))
             rc = psp_failed(&op, e);
     }
@@ -365,6 +385,22 @@ payment_authorize(struct payments *p, const struct payment_request *req,
     else if (rc == ERR_OK && op.row.state == PAYMENT_VOIDED && fresh)
         rc = bb_fail(e, ERR_CONFLICT, "", "payment %s was voided meanwhile", op.row.id);
     return conclude(&op, rc, out);
+}
+
+enum err
+payment_authorize(struct payments *p, const struct payment_request *req,
+                  char id[PAYMENT_ID_LEN + 1], json_t **out, struct bb_error *e)
+{
+    return authorize(p, req, id, NULL, out, e);
+}
+
+enum err
+payment_authorize_deferred(struct payments *p, const struct payment_request *req,
+                           char id[PAYMENT_ID_LEN + 1], struct payment_outcome **pending,
+                           struct bb_error *e)
+{
+    *pending = NULL;
+    return authorize(p, req, id, pending, NULL, e);
 }
 
 /* ---- capture and void ------------------------------------------------------------------- */
@@ -409,7 +445,7 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
 
 static enum err
 settle(struct payments *p, const char *op_name, const char *payment_id, int64_t amount,
-       int64_t lock_token, json_t **out, struct bb_error *e)
+       int64_t lock_token, struct payment_outcome **pending, json_t **out, struct bb_error *e)
 {
     struct pay_op op = {.p = p,
                         .op = op_name,
@@ -419,7 +455,7 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
     enum err rc = run(&op, PH_SETTLE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
-        rc = run(&op, PH_SETTLE_END, e);
+        rc = outcome(&op, PH_SETTLE_END, pending, e);
         if (rc == ERR_OK && settled_before(&op.answer))
             rc = bb_fail(e, ERR_CONFLICT, "",
                          "payment %s was already %s at the PSP (an answer that was lost)%s",
@@ -435,14 +471,22 @@ enum err
 payment_capture(struct payments *p, const char *payment_id, int64_t amount, int64_t lock_token,
                 json_t **out, struct bb_error *e)
 {
-    return settle(p, "capture", payment_id, amount, lock_token, out, e);
+    return settle(p, "capture", payment_id, amount, lock_token, NULL, out, e);
+}
+
+enum err
+payment_capture_deferred(struct payments *p, const char *payment_id, int64_t amount,
+                         int64_t lock_token, struct payment_outcome **pending, struct bb_error *e)
+{
+    *pending = NULL;
+    return settle(p, "capture", payment_id, amount, lock_token, pending, NULL, e);
 }
 
 enum err
 payment_void(struct payments *p, const char *payment_id, int64_t lock_token, json_t **out,
              struct bb_error *e)
 {
-    return settle(p, "void", payment_id, 0, lock_token, out, e);
+    return settle(p, "void", payment_id, 0, lock_token, NULL, out, e);
 }
 
 /* ---- refunds ---------------------------------------------------------------------------- */
@@ -635,6 +679,7 @@ batch_reset(struct pay_batch *b)
         b->m[i]->rc = ERR_OK;
         bb_error_clear(&b->m[i]->err);
         b->m[i]->alone = false;
+        b->m[i]->unmoved = false;
     }
 }
 
@@ -873,6 +918,7 @@ outcome_end_many(struct store_conn *c, void *arg, struct bb_error *e)
         struct pay_op *op = b->m[i];
         if (!live(op) || !plans[i].move || moved[i])
             continue;
+        op->unmoved = true;
         if (strcmp(op->op, "authorize") == 0) /* a concurrent retry recorded it */
             rc = payments__row_get(c, op->row.id, &op->row, e);
         else
@@ -996,4 +1042,62 @@ payments__batching_start(struct payments *p, size_t batch_max)
                                     .on_waiting = payments__metric_waiting,
                                     .waiting_ctx = (void *)"ledger"};
     p->combiner = bb_combiner_create(&o);
+}
+
+/* ---- outcomes written by the caller ------------------------------------------------------ */
+
+struct payment_outcome {
+    struct pay_op op;
+    enum payment_state from; /* the row's state before the outcome */
+};
+
+static struct payment_outcome *
+outcome_keep(const struct pay_op *op)
+{
+    struct payment_outcome *o = xcalloc(1, sizeof *o);
+    o->op = *op;
+    o->op.req = NULL; /* the caller's; the outcome needs only the row and the answer */
+    o->op.payment_id = NULL;
+    o->op.out = NULL;
+    o->from = op->row.state;
+    return o;
+}
+
+enum err
+payment_outcomes_record(struct store_conn *c, struct payment_outcome *const *outcomes, size_t n,
+                        struct bb_error *e)
+{
+    if (n == 0)
+        return ERR_OK;
+    struct pay_op **m = xcalloc(n, sizeof *m);
+    for (size_t i = 0; i < n; i++) {
+        outcomes[i]->op.row.state = outcomes[i]->from; /* a transaction run again starts over */
+        m[i] = &outcomes[i]->op;
+    }
+    enum err rc;
+    if (n == 1)
+        rc = outcome_end(c, m[0], e);
+    else
+        rc = outcome_end_many(c, &(struct pay_batch){.m = m, .n = n}, e);
+    for (size_t i = 0; i < n; i++) {
+        const struct pay_op *op = m[i];
+        if (op->unmoved || op->alone) {
+            rc =
+                bb_fail(e, ERR_CONFLICT, "", "payment %s moved while the PSP answered", op->row.id);
+            break;
+        }
+        if (rc == ERR_OK && n > 1 && op->rc != ERR_OK) {
+            *e = op->err;
+            rc = op->rc;
+            break;
+        }
+    }
+    free(m);
+    return rc;
+}
+
+void
+payment_outcome_free(struct payment_outcome *o)
+{
+    free(o);
 }

@@ -121,6 +121,32 @@ BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64
                                const char *key, int64_t lock_token, json_t **out,
                                struct bb_error *e);
 
+/*
+ * Authorize and capture for a caller that writes the outcome in a
+ * transaction of its own, together with its own writes (a saga's step and
+ * its move): the same checks, intent and PSP call, and the same answer,
+ * as if the outcome were written; *pending is that outcome (NULL when there
+ * is nothing to write: a replay, or a request refused before the PSP).
+ * Until it is written, the ledger shows the payment as it was and a retry
+ * with the same key asks the PSP again (which answers the same).
+ */
+struct payment_outcome;
+BB_WUR enum err payment_authorize_deferred(struct payments *p, const struct payment_request *req,
+                                           char id[PAYMENT_ID_LEN + 1],
+                                           struct payment_outcome **pending, struct bb_error *e);
+BB_WUR enum err payment_capture_deferred(struct payments *p, const char *payment_id, int64_t amount,
+                                         int64_t lock_token, struct payment_outcome **pending,
+                                         struct bb_error *e);
+/* Write outcomes[0..n-1] (of distinct orders) in the caller's transaction:
+ * fenced again, the payments moved, their attempts and events; as often as
+ * the transaction runs. ERR_STALE_TOKEN (a lock lost meanwhile) or
+ * ERR_CONFLICT (the payment moved meanwhile): nothing can be written, ask
+ * again. */
+BB_WUR enum err payment_outcomes_record(struct store_conn *c,
+                                        struct payment_outcome *const *outcomes, size_t n,
+                                        struct bb_error *e);
+void payment_outcome_free(struct payment_outcome *o);
+
 /* {authorization_id, order_id, amount, currency, state, captured_amount,
  * refunded_amount, psp_reference, failure_reason, attempts, refunds,
  * created_at, updated_at}, in the caller's transaction. */

@@ -58,6 +58,23 @@ enum saga_outcome {
     SAGA_STEP_FAIL,  /* permanent: compensate now (a compensation: STUCK) */
 };
 
+/*
+ * What an outside action leaves for the transaction that records its
+ * result, so that both commit together (a payment's outcome with the
+ * saga's move): `fn` writes args[0..n-1] in c, one per instance (several
+ * when the unit is batched; `fn` is the same for all), and again whenever
+ * that transaction runs again; `drop` frees an arg once it is recorded or
+ * given up. When `fn` fails, nothing of the unit commits and the job runs
+ * the step again, after the job engine's backoff.
+ */
+typedef enum err saga_record_fn(struct store_conn *c, void *const *args, size_t n,
+                                struct bb_error *e);
+struct saga_record {
+    saga_record_fn *fn; /* NULL: nothing to write */
+    void *arg;
+    void (*drop)(void *arg);
+};
+
 /* What a step sees. */
 struct saga_step_run {
     const char *saga_id;
@@ -79,6 +96,7 @@ struct saga_step_run {
     /* A failing step says why, for people (`reason`, e.g. "out of stock")
      * and for operators (`e`). */
     char reason[SAGA_REASON_MAX + 1];
+    struct saga_record record; /* an outside action's, whatever its verdict */
 };
 typedef enum saga_outcome saga_step_fn(struct saga_step_run *run, struct bb_error *e);
 /*

@@ -171,7 +171,8 @@ struct saga_engine {
  * one overtook.
  *
  * Consecutive in-transaction steps share one transaction, and so does the
- * record of an outside step (a payment) before them. When one of them
+ * record of an outside step (a payment) before them, with what its action
+ * left to write there (its saga_record: the payment's outcome). When one of them
  * fails, the unit rolls back and runs again stopping before it, so what
  * succeeded commits, and the failure is recorded in a unit of its own. What
  * an outside step holds (its `hold`) is taken in the unit that makes it
@@ -191,6 +192,7 @@ struct step_job {
     char pending_reason[SAGA_REASON_MAX + 1];
     struct bb_error pending_error;
     int64_t pending_started_ms;
+    struct saga_record pending_record; /* written with the result */
     /* The unit's working state. */
     struct saga_instance work;
     struct saga_unit unit;
@@ -265,8 +267,12 @@ run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *
     enum saga_outcome o = fn ? fn(&sr, step_error) : SAGA_STEP_OK;
     saga__metric_step(in->type, sd->name, compensating, (double)(bb_mono_ms() - t0) / 1e3);
     bb_strlcpy(reason, sr.reason, SAGA_REASON_MAX + 1);
-    if (c == NULL)
+    if (c == NULL) {
         j->held = sr.held;
+        j->pending_record = sr.record;
+    } else if (sr.record.drop) {
+        sr.record.drop(sr.record.arg); /* an in-transaction step writes for itself */
+    }
     return o;
 }
 
@@ -421,6 +427,30 @@ unit_start(struct store_conn *c, struct step_job *j, struct bb_error *e)
     return move_on(c, j, &res, e);
 }
 
+/* Write what the members' outside actions left for their results' unit
+ * (saga_record): one call for the members that share a `fn`. */
+static enum err
+record(struct store_conn *c, struct step_job *const *m, size_t n, struct bb_error *e)
+{
+    void *args[SAGA_UNIT_BATCH_MAX];
+    bool done[SAGA_UNIT_BATCH_MAX] = {false};
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        saga_record_fn *fn = m[i]->pending ? m[i]->pending_record.fn : NULL;
+        if (fn == NULL || done[i])
+            continue;
+        size_t k = 0;
+        for (size_t x = i; x < n; x++) {
+            if (m[x]->pending && m[x]->pending_record.fn == fn) {
+                args[k++] = m[x]->pending_record.arg;
+                done[x] = true;
+            }
+        }
+        rc = fn(c, args, k, e);
+    }
+    return rc;
+}
+
 /*
  * After a unit's flush: the members whose instance no further step of
  * theirs will move (it ended, waits for a retry or for another job, or is
@@ -455,6 +485,8 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct step_job *j = arg;
     enum err rc = unit_start(c, j, e);
+    if (rc == ERR_OK)
+        rc = record(c, &j, 1, e);
     while (rc == ERR_OK && j->ran < j->limit && is_current(j, &j->work) &&
            j->def->steps[j->work.step].in_txn) {
         json_t *data;
@@ -580,6 +612,8 @@ advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
     enum err rc = ERR_OK;
     for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
         rc = unit_start(c, b->m[i], e);
+    if (rc == ERR_OK)
+        rc = record(c, b->m, b->n, e);
     for (size_t ran = 1; rc == ERR_OK && ran > 0;)
         rc = batch_round(c, b, &ran, e);
     if (rc != ERR_OK)
@@ -674,6 +708,9 @@ clear_pending(struct step_job *j)
     j->pending = false;
     json_decref(j->pending_data);
     j->pending_data = NULL;
+    if (j->pending_record.drop)
+        j->pending_record.drop(j->pending_record.arg);
+    j->pending_record = (struct saga_record){0};
 }
 
 /* Log a failed step as it is recorded. */

@@ -3,8 +3,9 @@
  * idempotent authorizations, declines, timeouts and failures retried
  * without charging twice, the state table for capture and void, refunds,
  * fencing by the payment lock's token, a seed that repeats its answers,
- * concurrent retries of one request, and operations that share a batch
- * ending as they would alone (the ledger's and the PSP mock's records).
+ * concurrent retries of one request, operations that share a batch
+ * ending as they would alone (the ledger's and the PSP mock's records), and
+ * outcomes written in the caller's transactions.
  */
 #include "testsupport.h"
 
@@ -236,6 +237,89 @@ a_stale_lock_token_is_refused_before_the_psp(void **state)
     assert_int_equal(payment_capture(f->p, id, 0, 8, &cap, &e), ERR_STALE_TOKEN);
     json_decref(cap);
     json_decref(out);
+}
+
+/* Outcomes written in a transaction of the test's, which may raise the
+ * fence of order o-d1 to `fence` first, or roll back after writing. */
+struct record_op {
+    struct payment_outcome *o[2];
+    size_t n;
+    int64_t fence;
+    bool roll_back;
+};
+
+static enum err
+record_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct record_op *op = arg;
+    enum err rc = ERR_OK;
+    if (op->fence > 0)
+        rc = lock_fence_check(c, "payment:o-d1", op->fence, bb_wall_ms(), e);
+    if (rc == ERR_OK)
+        rc = payment_outcomes_record(c, op->o, op->n, e);
+    return rc == ERR_OK && op->roll_back ? bb_fail(e, ERR_INVALID, "", "rolled back") : rc;
+}
+
+static enum err
+record(struct fixture *f, struct record_op op)
+{
+    struct bb_error e;
+    return store_run(f->db->store, STORE_WRITE, record_work, &op, &e);
+}
+
+static void
+outcomes_written_by_the_caller_land_with_its_transaction(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    struct payment_request r = request("o-d1", "pay-d1");
+    r.lock_token = 5;
+    char id[PAYMENT_ID_LEN + 1];
+    struct payment_outcome *first, *again, *capture;
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &first, &e), &e);
+    assert_non_null(first);
+    assert_true(id[0] != '\0');
+    /* Until written, the ledger shows the intent only. */
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 0);
+    /* Not written when the caller's transaction rolls back, nor under a
+     * newer holder's fence. */
+    assert_int_equal(record(f, (struct record_op){.o = {first}, .n = 1, .roll_back = true}),
+                     ERR_INVALID);
+    assert_int_equal(record(f, (struct record_op){.o = {first}, .n = 1, .fence = 6}),
+                     ERR_STALE_TOKEN);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 0);
+    /* Asked again meanwhile: the PSP answers the same without charging
+     * twice; once that is written, the first can no longer be. */
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &again, &e), &e);
+    assert_non_null(again);
+    assert_int_equal(record(f, (struct record_op){.o = {again}, .n = 1}), ERR_OK);
+    assert_int_equal(record(f, (struct record_op){.o = {first}, .n = 1}), ERR_CONFLICT);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 1);
+    assert_int_equal(
+        count(f, "SELECT COUNT(*) FROM outbox_events WHERE type = 'payment.authorized.v1'"), 1);
+    payment_outcome_free(first);
+    payment_outcome_free(again);
+    /* A replay has nothing to write. */
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &again, &e), &e);
+    assert_null(again);
+    /* Capture; then two authorizations written in one call. */
+    assert_ok(payment_capture_deferred(f->p, id, 0, 5, &capture, &e), &e);
+    assert_int_equal(record(f, (struct record_op){.o = {capture}, .n = 1}), ERR_OK);
+    payment_outcome_free(capture);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'CAPTURED'"), 1);
+    struct payment_request r2 = request("o-d2", "pay-d2"), r3 = request("o-d3", "pay-d3");
+    struct record_op two = {.n = 2};
+    assert_ok(payment_authorize_deferred(f->p, &r2, NULL, &two.o[0], &e), &e);
+    assert_ok(payment_authorize_deferred(f->p, &r3, NULL, &two.o[1], &e), &e);
+    assert_int_equal(record(f, two), ERR_OK);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 2);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
+    payment_outcome_free(two.o[0]);
+    payment_outcome_free(two.o[1]);
 }
 
 /* Authorize k0..k19 on a fresh database with a PSP seeded `seed` that
@@ -765,6 +849,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(capture_and_void_follow_the_state_table),
     PAY_TEST(refunds_never_exceed_the_capture),
     PAY_TEST(a_stale_lock_token_is_refused_before_the_psp),
+    PAY_TEST(outcomes_written_by_the_caller_land_with_its_transaction),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
     cmocka_unit_test_setup_teardown(operations_in_a_batch_end_as_they_would_alone, setup_one_thread,

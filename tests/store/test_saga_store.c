@@ -5,7 +5,9 @@
  * backoff and then give up, a compensation that keeps failing leaves the
  * saga STUCK until retried by hand, an in-transaction step that fails
  * leaves no write behind, an outside step holds what the transition into it
- * took until the one that records it, a starting event starts one saga,
+ * took until the one that records it, what an outside action leaves to
+ * write commits with the record of its result or not at all (and then the
+ * step runs again), a starting event starts one saga,
  * a second job for the same step (a crash's leftover) moves nothing, and
  * retention deletes finished sagas only.
  */
@@ -27,8 +29,10 @@ static struct {
     enum saga_outcome action[3]; /* each action's verdict */
     int retries_left[3];         /* RETRY this many times first */
     enum saga_outcome undo[3];
-    int64_t s2_held; /* what s2's action last saw in run->held */
-    int64_t unheld;  /* what unhold last gave back */
+    int64_t s2_held;        /* what s2's action last saw in run->held */
+    int64_t unheld;         /* what unhold last gave back */
+    int record_fails_left;  /* the records that fail (after writing) first */
+    size_t max_record_call; /* the most args a record call had */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The workers read `toy` under its lock. */
@@ -42,6 +46,39 @@ static struct {
 static struct store_stmt TOY_WRITE = {.sql = "INSERT INTO toy_writes (saga, step) VALUES ($1, $2)"};
 static struct store_stmt TOY_COUNT = {.sql = "SELECT count(*) FROM toy_writes"};
 static struct store_stmt TOY_TABLE = {.sql = "CREATE TABLE toy_writes (saga TEXT, step TEXT)"};
+
+/* What an outside step leaves to write with its result: (saga, "STEP:record"). */
+struct toy_record {
+    char saga[SAGA_ID_LEN + 1];
+    char step[16];
+};
+
+static enum err
+toy_record_write(struct store_conn *c, void *const *args, size_t n, struct bb_error *e)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct toy_record *r = args[i];
+        const struct store_param p[] = {sp_text(r->saga), sp_text(r->step)};
+        enum err rc = store_exec(c, &TOY_WRITE, p, 2, NULL, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
+    pthread_mutex_lock(&toy.mu);
+    toy.max_record_call = n > toy.max_record_call ? n : toy.max_record_call;
+    bool fail = toy.record_fails_left > 0;
+    toy.record_fails_left -= fail ? 1 : 0;
+    pthread_mutex_unlock(&toy.mu);
+    return fail ? bb_fail(e, ERR_STALE_TOKEN, "", "the record was refused") : ERR_OK;
+}
+
+static void
+toy_record_leave(struct saga_step_run *run)
+{
+    struct toy_record *r = xcalloc(1, sizeof *r);
+    bb_strlcpy(r->saga, run->saga_id, sizeof r->saga);
+    snprintf(r->step, sizeof r->step, "%s:record", run->step);
+    run->record = (struct saga_record){.fn = toy_record_write, .arg = r, .drop = free};
+}
 
 static enum saga_outcome
 toy_step(struct saga_step_run *run, struct bb_error *e)
@@ -62,6 +99,8 @@ toy_step(struct saga_step_run *run, struct bb_error *e)
         const struct store_param p[] = {sp_text(run->saga_id), sp_text(run->step)};
         if (store_exec(run->c, &TOY_WRITE, p, 2, NULL, e) != ERR_OK)
             return SAGA_STEP_RETRY;
+    } else if (!run->compensating) {
+        toy_record_leave(run);
     }
     if (o != SAGA_STEP_OK) {
         snprintf(run->reason, sizeof run->reason, "step %d said no", i + 1);
@@ -193,8 +232,8 @@ toyb_batch(struct saga_step_run **runs, size_t n, enum saga_outcome *out, struct
 static enum saga_outcome
 toyb_p0(struct saga_step_run *run, struct bb_error *e)
 {
-    (void)run;
     (void)e;
+    toy_record_leave(run);
     return SAGA_STEP_OK;
 }
 
@@ -241,6 +280,8 @@ setup_with(void **state, int64_t workers)
         toy.retries_left[i] = 0;
     }
     toy.s2_held = toy.unheld = 0;
+    toy.record_fails_left = 0;
+    toy.max_record_call = 0;
     pthread_mutex_unlock(&toy.mu);
     struct fixture *f = xcalloc(1, sizeof *f);
     f->db = test_db_create();
@@ -388,6 +429,16 @@ writes(struct fixture *f)
     return count_of(f, &TOY_COUNT, NULL);
 }
 
+static int64_t
+writes_of(struct fixture *f, const char *saga, const char *step)
+{
+    static struct store_stmt of = {
+        .sql = "SELECT count(*) FROM toy_writes WHERE saga || ':' || step = $1"};
+    char key[128];
+    snprintf(key, sizeof key, "%s:%s", saga, step);
+    return count_of(f, &of, key);
+}
+
 static struct store_stmt SAGA_JOBS_NOT_COMPLETED = {
     .sql = "SELECT count(*) FROM jobs WHERE queue = 'sagas' AND state <> 'completed'",
 };
@@ -412,6 +463,8 @@ steps_run_in_order_and_complete(void **state)
     assert_int_equal(stale_completions(), stale);
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
     log_is("a1 a2 a3 ");
+    /* What s2's action left was written with the record of its result. */
+    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
     /* s2 ran holding what the transition into it took, and the one that
      * recorded it gave that back. */
     pthread_mutex_lock(&toy.mu);
@@ -426,7 +479,23 @@ steps_run_in_order_and_complete(void **state)
     started(f, &again);
     assert_false(again.created);
     assert_string_equal(again.id, op.id);
-    assert_int_equal(writes(f), 2);
+    assert_int_equal(writes(f), 3); /* s1, s2's record, s3 */
+}
+
+/* A record that fails takes the unit with it: s2's result and what it left
+ * are not written, and s2 runs again (its job retried), to one record. */
+static void
+an_outside_result_that_cannot_be_written_runs_its_step_again(void **state)
+{
+    struct fixture *f = *state;
+    TOY_SET(record_fails_left, 1);
+    struct start_op op = {.correlation = "order-r"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a2 a3 ");
+    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
+    assert_int_equal(writes_of(f, op.id, "s3"), 1);
 }
 
 static void
@@ -443,8 +512,8 @@ a_permanent_failure_compensates_in_reverse(void **state)
     log_is("a1 a2 a3 a3 c2 c1 ");
     assert_string_equal(json_string_value(json_object_get(saga, "reason")), "step 3 said no");
     json_decref(saga);
-    /* s3's write went with its failure; s1's and its undo's stayed. */
-    assert_int_equal(writes(f), 2);
+    /* s3's write went with its failure; s1's, s2's record and s1's undo's stayed. */
+    assert_int_equal(writes(f), 3);
 }
 
 static void
@@ -519,7 +588,7 @@ two_jobs_for_one_step_move_the_saga_once(void **state)
     json_t *saga = await_state(f, op.id, "COMPLETED");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
     json_decref(saga);
-    assert_int_equal(writes(f), 2); /* the twin, not the saga's job, ran nothing */
+    assert_int_equal(writes(f), 3); /* the twin, not the saga's job, ran nothing */
 }
 
 static enum err
@@ -701,16 +770,6 @@ start_many_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
-static int64_t
-writes_of(struct fixture *f, const char *saga, const char *step)
-{
-    static struct store_stmt of = {
-        .sql = "SELECT count(*) FROM toy_writes WHERE saga || ':' || step = $1"};
-    char key[128];
-    snprintf(key, sizeof key, "%s:%s", saga, step);
-    return count_of(f, &of, key);
-}
-
 /*
  * Units that queue while four batches are in flight run together as one:
  * each member's writes once, its timeline whole, and a member the batch
@@ -754,13 +813,17 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
         else
             timeline_is(saga, "p0:action:ok b1:action:ok b2:action:ok");
         json_decref(saga);
+        assert_int_equal(writes_of(f, op.ids[i], "p0:record"), 1);
         assert_int_equal(writes_of(f, op.ids[i], "b1"), 1);
         assert_int_equal(writes_of(f, op.ids[i], "b2"), i == 9 ? 0 : 1);
         assert_int_equal(writes_of(f, op.ids[i], "b1:undo"), i == 9 ? 1 : 0);
     }
     pthread_mutex_lock(&gate.mu);
     assert_int_equal(gate.max_batch, 8); /* the eight that waited, in one batch */
-    assert_int_equal(gate.batches, 2);   /* its b1 and its b2 */
+    pthread_mutex_lock(&toy.mu);
+    assert_int_equal(toy.max_record_call, 8); /* their p0 records in one call */
+    pthread_mutex_unlock(&toy.mu);
+    assert_int_equal(gate.batches, 2); /* its b1 and its b2 */
     assert_false(gate.break_b2);
     pthread_mutex_unlock(&gate.mu);
     assert_int_equal(test_metric("backbone_saga_unit_batch_fallbacks_total"),
@@ -786,6 +849,7 @@ a_batch_that_fails_whole_runs_each_unit_alone(void **state)
 
 static const struct CMUnitTest tests[] = {
     SAGA_TEST(steps_run_in_order_and_complete),
+    SAGA_TEST(an_outside_result_that_cannot_be_written_runs_its_step_again),
     SAGA_TEST(a_permanent_failure_compensates_in_reverse),
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
