@@ -11,8 +11,10 @@
  * (a retry never charges twice) and the fencing token of the lock
  * payment:{order_id}, taken per run (in the transaction that makes the step
  * next, given back in the one that records it), so a run that lost its job
- * lease is refused by the payments ledger. The PSP's answer goes into the
- * ledger in the transaction that records the step (saga_record).
+ * lease is refused by the payments ledger. The ledger's fence and an
+ * authorization's intent are written with the lock, and the PSP's answer
+ * in the transaction that records the step (saga_record): a payment step
+ * only reads on its own.
  */
 #include "checkout/checkout_int.h"
 
@@ -359,6 +361,37 @@ payment_lock_names(const struct saga_step_run *run, char name[128], char owner[1
     snprintf(owner, 128, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
 }
 
+/* The authorization the step asks for, fenced by `token`. */
+static struct payment_request
+authorization(const struct saga_step_run *run, int64_t token)
+{
+    return (struct payment_request){
+        .order_id = data_text(run, "order_id"),
+        .amount = json_integer_value(json_object_get(run->data, "total_amount")),
+        .currency = data_text(run, "currency"),
+        .card = data_text(run, "card"),
+        .idempotency_key = run->key,
+        .lock_token = token,
+    };
+}
+
+/* With the lock taken (tokens[i] > 0), in its transaction: the ledger's
+ * fence raised to its token, and an authorization's intent recorded, so
+ * that the step only reads before it asks the PSP. */
+static enum err
+prepare_payments(struct saga_step_run **runs, const int64_t *tokens, size_t n, struct bb_error *e)
+{
+    struct payment_request *reqs = xcalloc(n, sizeof *reqs);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] > 0)
+            reqs[k++] = authorization(runs[i], tokens[i]);
+    bool intents = strcmp(runs[0]->step, "authorize_payment") == 0 && !runs[0]->compensating;
+    enum err rc = payment_prepare(runs[0]->c, reqs, k, intents, e);
+    free(reqs);
+    return rc;
+}
+
 /* The engine's hold: in the transaction that makes a payment step next. */
 static enum err
 hold_payment_lock(struct saga_step_run *run, int64_t *token, struct bb_error *e)
@@ -371,7 +404,7 @@ hold_payment_lock(struct saga_step_run *run, int64_t *token, struct bb_error *e)
     enum err rc = lock_acquire(run->c, name, owner, cs->opt.payment_lock_ttl_ms, bb_wall_ms(), 0,
                                &grant, &how, e);
     *token = rc == ERR_OK ? grant.token : 0;
-    return rc;
+    return rc == ERR_OK ? prepare_payments(&run, token, 1, e) : rc;
 }
 
 /* ...and its unhold, in the transaction that records the step. */
@@ -400,6 +433,8 @@ hold_payment_locks(struct saga_step_run **runs, size_t n, int64_t *tokens, struc
     }
     enum err rc = lock_acquire_many(runs[0]->c, np, op, n, cs->opt.payment_lock_ttl_ms,
                                     bb_wall_ms(), tokens, e);
+    if (rc == ERR_OK)
+        rc = prepare_payments(runs, tokens, n, e);
     free(op);
     free(np);
     free(owners);
@@ -495,14 +530,7 @@ authorize_payment(struct saga_step_run *run, struct bb_error *e)
     enum err rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return payment_trouble(run, rc);
-    struct payment_request req = {
-        .order_id = data_text(run, "order_id"),
-        .amount = json_integer_value(json_object_get(run->data, "total_amount")),
-        .currency = data_text(run, "currency"),
-        .card = data_text(run, "card"),
-        .idempotency_key = run->key,
-        .lock_token = run->held,
-    };
+    struct payment_request req = authorization(run, run->held);
     char id[PAYMENT_ID_LEN + 1];
     struct payment_outcome *pending;
     rc = payment_authorize_deferred(cs->opt.payments, &req, id, &pending, e);

@@ -44,6 +44,7 @@ struct pay_op {
     char psp_key[STORE_IDEM_KEY_MAX + 16];
     char refund_id[PAYMENT_ID_LEN + 1];
     bool replay;  /* answered before: no PSP call */
+    bool fenced;  /* the caller raised the fence (payment_prepare): not before the PSP */
     bool unmoved; /* the outcome found the payment moved by someone else */
     struct payments__psp_answer answer;
     json_t *out;
@@ -438,7 +439,7 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct pay_op *op = arg;
     enum err rc = payments__row_get(c, op->payment_id, &op->row, e);
-    if (rc == ERR_OK)
+    if (rc == ERR_OK && !op->fenced)
         rc = fence(c, op, op->row.order_id, e);
     return rc == ERR_OK ? settle_decide(op, e) : rc;
 }
@@ -451,7 +452,8 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
                         .op = op_name,
                         .payment_id = payment_id,
                         .amount = amount,
-                        .lock_token = lock_token};
+                        .lock_token = lock_token,
+                        .fenced = pending != NULL};
     enum err rc = run(&op, PH_SETTLE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
@@ -823,7 +825,7 @@ settle_begin_many(struct store_conn *c, void *arg, struct bb_error *e)
                                   b->m[i]->payment_id);
     set_aside_same_order(b);
     for (size_t i = 0; i < b->n; i++)
-        orders[i] = b->m[i]->row.order_id;
+        orders[i] = b->m[i]->fenced ? NULL : b->m[i]->row.order_id;
     if (rc == ERR_OK)
         rc = fence_many(c, b, orders, e);
     for (size_t i = 0; i < b->n && rc == ERR_OK; i++)
@@ -1100,4 +1102,51 @@ void
 payment_outcome_free(struct payment_outcome *o)
 {
     free(o);
+}
+
+enum err
+payment_prepare(struct store_conn *c, const struct payment_request *reqs, size_t n, bool intents,
+                struct bb_error *e)
+{
+    if (n == 0)
+        return ERR_OK;
+    char(*keys)[160] = xcalloc(n, sizeof *keys);
+    const char **kp = xcalloc(n, sizeof *kp);
+    int64_t *tokens = xcalloc(n, sizeof *tokens);
+    enum err *verdict = xcalloc(n, sizeof *verdict);
+    struct bb_error *errs = xcalloc(n, sizeof *errs);
+    for (size_t i = 0; i < n; i++) {
+        fence_key(reqs[i].order_id, keys[i]);
+        kp[i] = keys[i];
+        tokens[i] = reqs[i].lock_token;
+    }
+    int64_t now = bb_wall_ms();
+    enum err rc = lock_fence_check_many(c, kp, tokens, n, now, verdict, errs, e);
+    json_t *fresh = json_array();
+    for (size_t i = 0; i < n && rc == ERR_OK && intents; i++) {
+        if (verdict[i] != ERR_OK)
+            continue; /* a newer holder's: its deferred call is refused */
+        const struct payment_request *req = &reqs[i];
+        char id[37], fingerprint[65];
+        bb_uuid7_at(now, id);
+        request_fingerprint(req, fingerprint);
+        json_array_append_new(fresh, json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id,
+                                               "order_id", req->order_id, "key",
+                                               req->idempotency_key, "fingerprint", fingerprint,
+                                               "amount", (json_int_t)req->amount, "currency",
+                                               req->currency, "card", req->card));
+    }
+    if (rc == ERR_OK && json_array_size(fresh) > 0) {
+        char *text = dumps_free(json_incref(fresh));
+        const struct store_param p[] = {sp_text(text), sp_int(now)};
+        rc = store_exec_deferred(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
+        free(text);
+    }
+    json_decref(fresh);
+    free(errs);
+    free(verdict);
+    free(tokens);
+    free(kp);
+    free(keys);
+    return rc;
 }

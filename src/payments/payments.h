@@ -122,14 +122,25 @@ BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64
                                struct bb_error *e);
 
 /*
- * Authorize and capture for a caller that writes the outcome in a
- * transaction of its own, together with its own writes (a saga's step and
- * its move): the same checks, intent and PSP call, and the same answer,
- * as if the outcome were written; *pending is that outcome (NULL when there
- * is nothing to write: a replay, or a request refused before the PSP).
- * Until it is written, the ledger shows the payment as it was and a retry
- * with the same key asks the PSP again (which answers the same).
+ * Authorize and capture for a caller that writes the ledger in
+ * transactions of its own, together with its own writes (a saga's units):
+ *
+ * payment_prepare, in the transaction that takes the payment lock: raise
+ * the fence of each request's order to its lock_token (older holders are
+ * refused from then on; a request whose fence is newer is left alone) and,
+ * with `intents`, record each authorization's intent (PENDING).
+ *
+ * payment_*_deferred, with no transaction open: the same checks, intent
+ * (when not prepared) and PSP call, and the same answer, as if the outcome
+ * were written; the fence is not raised again before the PSP (the caller
+ * raised it), only when the outcome is written. *pending is that outcome
+ * (NULL when there is nothing to write: a replay, or a request refused
+ * before the PSP). Until it is written, the ledger shows the payment as it
+ * was, and a retry with the same key asks the PSP again (which answers
+ * the same).
  */
+BB_WUR enum err payment_prepare(struct store_conn *c, const struct payment_request *reqs, size_t n,
+                                bool intents, struct bb_error *e);
 struct payment_outcome;
 BB_WUR enum err payment_authorize_deferred(struct payments *p, const struct payment_request *req,
                                            char id[PAYMENT_ID_LEN + 1],

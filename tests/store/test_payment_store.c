@@ -255,9 +255,29 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     enum err rc = ERR_OK;
     if (op->fence > 0)
         rc = lock_fence_check(c, "payment:o-d1", op->fence, bb_wall_ms(), e);
-    if (rc == ERR_OK)
+    if (rc == ERR_OK && op->n > 0)
         rc = payment_outcomes_record(c, op->o, op->n, e);
     return rc == ERR_OK && op->roll_back ? bb_fail(e, ERR_INVALID, "", "rolled back") : rc;
+}
+
+struct prepare_op {
+    struct payment_request *req;
+    bool intents;
+};
+
+static enum err
+prepare_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct prepare_op *op = arg;
+    return payment_prepare(c, op->req, 1, op->intents, e);
+}
+
+static void
+prepare(struct fixture *f, struct payment_request *req, bool intents)
+{
+    struct prepare_op op = {.req = req, .intents = intents};
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, prepare_work, &op, &e), &e);
 }
 
 static enum err
@@ -274,6 +294,10 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
     struct bb_error e;
     struct payment_request r = request("o-d1", "pay-d1");
     r.lock_token = 5;
+    /* The intent, prepared with the lock (twice: one payment). */
+    prepare(f, &r, true);
+    prepare(f, &r, true);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
     char id[PAYMENT_ID_LEN + 1];
     struct payment_outcome *first, *again, *capture;
     assert_ok(payment_authorize_deferred(f->p, &r, id, &first, &e), &e);
@@ -306,11 +330,25 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
     /* A replay has nothing to write. */
     assert_ok(payment_authorize_deferred(f->p, &r, id, &again, &e), &e);
     assert_null(again);
-    /* Capture; then two authorizations written in one call. */
+    /* Capture: the fence is not raised again before the PSP, so a holder
+     * overtaken meanwhile asks the PSP (the same question as its
+     * successor), but cannot write the answer; its successor can. */
+    assert_int_equal(record(f, (struct record_op){.fence = 6}), ERR_OK);
     assert_ok(payment_capture_deferred(f->p, id, 0, 5, &capture, &e), &e);
+    assert_int_equal(record(f, (struct record_op){.o = {capture}, .n = 1}), ERR_STALE_TOKEN);
+    payment_outcome_free(capture);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 1);
+    assert_ok(payment_capture_deferred(f->p, id, 0, 6, &capture, &e), &e);
     assert_int_equal(record(f, (struct record_op){.o = {capture}, .n = 1}), ERR_OK);
     payment_outcome_free(capture);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'CAPTURED'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges WHERE op = 'capture'"), 1);
+    /* A holder older than the fence prepares nothing. */
+    struct payment_request old = request("o-d1", "pay-d1-old");
+    old.lock_token = 4;
+    prepare(f, &old, true);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments"), 1);
+    /* Two authorizations written in one call. */
     struct payment_request r2 = request("o-d2", "pay-d2"), r3 = request("o-d3", "pay-d3");
     struct record_op two = {.n = 2};
     assert_ok(payment_authorize_deferred(f->p, &r2, NULL, &two.o[0], &e), &e);
