@@ -377,14 +377,15 @@ authorization(const struct saga_step_run *run, int64_t token)
 
 /* With the lock taken (tokens[i] > 0), in its transaction: the ledger's
  * fence raised to its token, and an authorization's intent recorded, so
- * that the step only reads before it asks the PSP. */
+ * that the step only reads before it asks the PSP. A token the previous
+ * step held (the lock renewed) was fenced for that one already. */
 static enum err
 prepare_payments(struct saga_step_run **runs, const int64_t *tokens, size_t n, struct bb_error *e)
 {
     struct payment_request *reqs = xcalloc(n, sizeof *reqs);
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (tokens[i] > 0)
+        if (tokens[i] > 0 && tokens[i] != runs[i]->held)
             reqs[k++] = authorization(runs[i], tokens[i]);
     bool intents = strcmp(runs[0]->step, "authorize_payment") == 0 && !runs[0]->compensating;
     enum err rc = payment_prepare(runs[0]->c, reqs, k, intents, e);
@@ -463,9 +464,11 @@ static enum err
 lock_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct saga_step_run *run = arg;
+    int64_t token = 0; /* run->held stays 0 until then: prepare_payments reads it */
     run->c = c;
-    enum err rc = hold_payment_lock(run, &run->held, e);
+    enum err rc = hold_payment_lock(run, &token, e);
     run->c = NULL;
+    run->held = rc == ERR_OK ? token : 0;
     return rc;
 }
 
