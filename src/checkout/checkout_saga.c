@@ -683,15 +683,22 @@ from_event(const json_t *event, const char *checkout_id, json_t **data, void *ct
 }
 
 static enum err
-on_end(struct store_conn *c, const char *saga_id, enum saga_state end, const json_t *data,
-       const char *reason, void *ctx, struct bb_error *e)
+on_end(struct store_conn *c, const char *const *saga_ids, const enum saga_state *ends,
+       const json_t *const *data, const char *const *reasons, size_t n, void *ctx,
+       struct bb_error *e)
 {
-    (void)saga_id;
+    (void)saga_ids;
     (void)ctx;
-    const char *checkout_id = json_string_value(json_object_get(data, "checkout_id"));
-    return checkout__finish(c, checkout_id,
-                            end == SAGA_COMPLETED ? CHECKOUT_COMPLETED : CHECKOUT_FAILED,
-                            end == SAGA_COMPLETED ? NULL : reason, bb_wall_ms(), e);
+    const char **checkouts = xcalloc(n, sizeof *checkouts);
+    enum checkout_status *statuses = xcalloc(n, sizeof *statuses);
+    for (size_t i = 0; i < n; i++) {
+        checkouts[i] = json_string_value(json_object_get(data[i], "checkout_id"));
+        statuses[i] = ends[i] == SAGA_COMPLETED ? CHECKOUT_COMPLETED : CHECKOUT_FAILED;
+    }
+    enum err rc = checkout__finish(c, checkouts, statuses, reasons, n, bb_wall_ms(), e);
+    free(statuses);
+    free(checkouts);
+    return rc;
 }
 
 /* ---- fulfilment -------------------------------------------------------------------------- */

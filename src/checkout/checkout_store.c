@@ -361,11 +361,41 @@ checkout__set_orders(struct store_conn *c, const char *const *checkout_ids,
     return rc;
 }
 
+/* $1 [{id, status, reason}], $2 now */
+static struct store_stmt CHECKOUT_FINISH_MANY = {
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
+              " AS x(id text, status text, reason text))"
+              " UPDATE checkouts c SET status = x.status, reason = x.reason, updated_at_ms = $2"
+              " FROM x WHERE c.id = ANY(ARRAY(SELECT id FROM x)) AND c.id = x.id"
+              " AND c.status = 'PENDING'",
+    .sql_sqlite = "UPDATE checkouts SET status = x.status, reason = x.reason, updated_at_ms = $2"
+                  " FROM (SELECT value ->> 'id' AS id, value ->> 'status' AS status,"
+                  " value ->> 'reason' AS reason FROM json_each($1)) AS x"
+                  " WHERE checkouts.id = x.id AND checkouts.status = 'PENDING'",
+};
+
 enum err
-checkout__finish(struct store_conn *c, const char *checkout_id, enum checkout_status status,
-                 const char *reason, int64_t now_ms, struct bb_error *e)
+checkout__finish(struct store_conn *c, const char *const *checkout_ids,
+                 const enum checkout_status *statuses, const char *const *reasons, size_t n,
+                 int64_t now_ms, struct bb_error *e)
 {
-    const struct store_param p[] = {sp_text(checkout_id), sp_text(checkout_status_name(status)),
-                                    reason ? sp_text(reason) : sp_null(), sp_int(now_ms)};
-    return store_exec_deferred(c, &CHECKOUT_FINISH, p, BB_ARRAY_LEN(p), e);
+    if (n == 1) {
+        const struct store_param p[] = {
+            sp_text(checkout_ids[0]), sp_text(checkout_status_name(statuses[0])),
+            reasons[0] ? sp_text(reasons[0]) : sp_null(), sp_int(now_ms)};
+        return store_exec_deferred(c, &CHECKOUT_FINISH, p, BB_ARRAY_LEN(p), e);
+    }
+    struct bb_json_rows w;
+    bb_json_rows_init(&w);
+    for (size_t i = 0; i < n; i++) {
+        bb_json_rows_next(&w);
+        bb_json_rows_str(&w, "id", checkout_ids[i]);
+        bb_json_rows_str(&w, "status", checkout_status_name(statuses[i]));
+        bb_json_rows_str(&w, "reason", reasons[i]);
+    }
+    char *text = bb_json_rows_finish(&w);
+    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    enum err rc = store_exec_deferred(c, &CHECKOUT_FINISH_MANY, p, BB_ARRAY_LEN(p), e);
+    free(text);
+    return rc;
 }

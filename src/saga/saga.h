@@ -141,9 +141,12 @@ struct saga_step_def {
     saga_unhold_batch_fn *unhold_batch;
 };
 
-/* The end of an instance, in the transaction that records it. */
-typedef enum err saga_end_fn(struct store_conn *c, const char *saga_id, enum saga_state end,
-                             const json_t *data, const char *reason, void *ctx, struct bb_error *e);
+/* The ends of instances, in the transaction that records them (several
+ * when a batched unit ends several): ends[i] of saga_ids[i], its data, and
+ * reasons[i] (NULL unless it FAILED). */
+typedef enum err saga_end_fn(struct store_conn *c, const char *const *saga_ids,
+                             const enum saga_state *ends, const json_t *const *data,
+                             const char *const *reasons, size_t n, void *ctx, struct bb_error *e);
 /* The instance's data from the starting event's data; the event's
  * aggregate id correlates (one instance per type and aggregate). */
 typedef enum err saga_start_fn(const json_t *event_data, const char *aggregate_id, json_t **data,

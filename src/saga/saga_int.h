@@ -64,6 +64,10 @@ struct saga_unit {
     struct saga_unit_row rows[SAGA_UNIT_ROWS];
     size_t n_rows;
     int64_t run_at; /* the last move's retry time (its error and time are its row's) */
+    /* The instance ended (and its definition has an on_end, called by the
+     * flush, for all the units it flushes at once). */
+    const struct saga_def *ended_def;
+    char *end_reason; /* NULL unless FAILED */
 };
 void saga__unit_begin(struct saga_unit *u, const struct saga_instance *in);
 /* Write what the unit gathered, `now` being the instance as moved:

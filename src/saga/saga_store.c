@@ -392,7 +392,43 @@ saga__unit_deinit(struct saga_unit *u)
 {
     for (size_t i = 0; i < u->n_rows; i++)
         free(u->rows[i].error);
+    free(u->end_reason);
     *u = (struct saga_unit){0};
+}
+
+/* The ends the units recorded, through their definition's on_end: one call
+ * for the units of one definition. */
+static enum err
+ends_flush(struct store_conn *c, struct saga_unit *const *units,
+           const struct saga_instance *const *now, size_t n, struct bb_error *e)
+{
+    const char **ids = xcalloc(n, sizeof *ids), **reasons = xcalloc(n, sizeof *reasons);
+    enum saga_state *ends = xcalloc(n, sizeof *ends);
+    const json_t **data = xcalloc(n, sizeof *data);
+    bool *done = xcalloc(n, sizeof *done);
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        const struct saga_def *def = units[i]->ended_def;
+        if (def == NULL || done[i])
+            continue;
+        size_t k = 0;
+        for (size_t x = i; x < n; x++) {
+            if (units[x]->ended_def != def)
+                continue;
+            ids[k] = now[x]->id;
+            ends[k] = now[x]->state;
+            data[k] = now[x]->data;
+            reasons[k++] = units[x]->end_reason;
+            done[x] = true;
+        }
+        rc = def->on_end(c, ids, ends, data, reasons, k, def->ctx, e);
+    }
+    free(done);
+    free(data);
+    free(ends);
+    free(reasons);
+    free(ids);
+    return rc;
 }
 
 enum err
@@ -436,7 +472,7 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
         }
         rc = store_exec_deferred(c, &STEP_INSERT[u->n_rows - 1], s, u->n_rows * STEP_COLUMNS, e);
     }
-    return rc;
+    return rc == ERR_OK ? ends_flush(c, &u, &now, 1, e) : rc;
 }
 
 /* The batch forms: the rows as a JSON array of objects, one statement each. */
@@ -551,6 +587,8 @@ saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
         const struct store_param p[] = {sp_text(steps_text)};
         rc = store_exec_deferred(c, &STEP_INSERT_MANY, p, 1, e);
     }
+    if (rc == ERR_OK)
+        rc = ends_flush(c, units, now, n, e);
     free(moves_text);
     free(steps_text);
     return rc;
@@ -642,14 +680,13 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
                                   .started_ms = res->started_at_ms,
                                   .ended_ms = now_ms};
     u->run_at = run_at;
-    if (ends && def->on_end) {
-        const char *why = NULL;
+    if (ends && def->on_end) { /* called by the flush */
+        u->ended_def = def;
         if (next_state == SAGA_FAILED)
-            why = reason ? reason : in->reason[0] ? in->reason : "could not be completed";
-        rc = def->on_end(c, in->id, next_state, res->data ? res->data : in->data, why, def->ctx, e);
+            u->end_reason = xstrdup(reason          ? reason
+                                    : in->reason[0] ? in->reason
+                                                    : "could not be completed");
     }
-    if (rc != ERR_OK)
-        return rc;
     saga__metric_transition(def->type, in->state, next_state);
     *next = *in;
     next->state = next_state;

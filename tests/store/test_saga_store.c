@@ -33,6 +33,7 @@ static struct {
     int64_t unheld;         /* what unhold last gave back */
     int record_fails_left;  /* the records that fail (after writing) first */
     size_t max_record_call; /* the most args a record call had */
+    size_t max_end_call;    /* the most ends an on_end call had */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The workers read `toy` under its lock. */
@@ -247,7 +248,32 @@ static const struct saga_step_def TOYB_STEPS[] = {
     {.name = "b2", .action = toyb_alone, .in_txn = true, .action_batch = toyb_batch},
 };
 
-static const struct saga_def TOYB = {.type = "toyb", .steps = TOYB_STEPS, .n_steps = 3};
+/* Each end as a write (saga, "end:COMPLETED"), the most at once noted. */
+static enum err
+toyb_end(struct store_conn *c, const char *const *saga_ids, const enum saga_state *ends,
+         const json_t *const *data, const char *const *reasons, size_t n, void *ctx,
+         struct bb_error *e)
+{
+    (void)data;
+    (void)ctx;
+    for (size_t i = 0; i < n; i++) {
+        char step[32];
+        snprintf(step, sizeof step, "end:%s", saga_state_name(ends[i]));
+        if ((ends[i] == SAGA_FAILED) != (reasons[i] != NULL))
+            return bb_fail(e, ERR_INTERNAL, "", "a reason for FAILED only");
+        const struct store_param p[] = {sp_text(saga_ids[i]), sp_text(step)};
+        enum err rc = store_exec(c, &TOY_WRITE, p, 2, NULL, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
+    pthread_mutex_lock(&toy.mu);
+    toy.max_end_call = n > toy.max_end_call ? n : toy.max_end_call;
+    pthread_mutex_unlock(&toy.mu);
+    return ERR_OK;
+}
+
+static const struct saga_def TOYB = {
+    .type = "toyb", .steps = TOYB_STEPS, .n_steps = 3, .on_end = toyb_end};
 
 struct fixture {
     struct test_db *db;
@@ -281,7 +307,7 @@ setup_with(void **state, int64_t workers)
     }
     toy.s2_held = toy.unheld = 0;
     toy.record_fails_left = 0;
-    toy.max_record_call = 0;
+    toy.max_record_call = toy.max_end_call = 0;
     pthread_mutex_unlock(&toy.mu);
     struct fixture *f = xcalloc(1, sizeof *f);
     f->db = test_db_create();
@@ -814,6 +840,7 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
             timeline_is(saga, "p0:action:ok b1:action:ok b2:action:ok");
         json_decref(saga);
         assert_int_equal(writes_of(f, op.ids[i], "p0:record"), 1);
+        assert_int_equal(writes_of(f, op.ids[i], i == 9 ? "end:FAILED" : "end:COMPLETED"), 1);
         assert_int_equal(writes_of(f, op.ids[i], "b1"), 1);
         assert_int_equal(writes_of(f, op.ids[i], "b2"), i == 9 ? 0 : 1);
         assert_int_equal(writes_of(f, op.ids[i], "b1:undo"), i == 9 ? 1 : 0);
@@ -822,6 +849,8 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
     assert_int_equal(gate.max_batch, 8); /* the eight that waited, in one batch */
     pthread_mutex_lock(&toy.mu);
     assert_int_equal(toy.max_record_call, 8); /* their p0 records in one call */
+    /* The seven that completed in the batch ended in one call (alone, one each). */
+    assert_int_equal(toy.max_end_call, break_b2 ? 1 : 7);
     pthread_mutex_unlock(&toy.mu);
     assert_int_equal(gate.batches, 2); /* its b1 and its b2 */
     assert_false(gate.break_b2);
