@@ -8,7 +8,10 @@
  * void:KEY, refund:REFUND_KEY), so a retry asks the PSP the same question,
  * and the mock's seeded draws repeat with the same requests. The
  * transactions of authorize, capture and void run in batches under load
- * (see "batches" at the end); refunds run alone.
+ * (see "batches"); refunds run alone. A caller that writes the ledger in
+ * transactions of its own (a saga) prepares the first (payment_prepare)
+ * and writes the last (payment_outcomes_record) there: see "outcomes
+ * written by the caller" at the end.
  */
 #include "payments/payments_int.h"
 
