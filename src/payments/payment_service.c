@@ -767,6 +767,35 @@ read_rows(struct store_conn *c, struct pay_batch *b, bool by_key, bool *found, s
     return rc;
 }
 
+/* The intents (PENDING rows) of the live members but those `skip` names,
+ * with one statement (a key used already keeps its row); *n how many. */
+static enum err
+insert_intents(struct store_conn *c, struct pay_batch *b, const bool *skip, size_t *n,
+               struct bb_error *e)
+{
+    json_t *fresh = json_array();
+    int64_t now = bb_wall_ms();
+    for (size_t i = 0; i < b->n; i++) {
+        const struct payment_request *req = b->m[i]->req;
+        if ((skip && skip[i]) || !live(b->m[i]))
+            continue;
+        char id[37];
+        bb_uuid7_at(now, id);
+        json_array_append_new(
+            fresh,
+            json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id, "order_id", req->order_id,
+                      "key", req->idempotency_key, "fingerprint", b->m[i]->fingerprint, "amount",
+                      (json_int_t)req->amount, "currency", req->currency, "card", req->card));
+    }
+    *n = json_array_size(fresh);
+    char *text = dumps_free(fresh);
+    const struct store_param p[] = {sp_text(text), sp_int(now)};
+    enum err rc =
+        *n == 0 ? ERR_OK : store_exec_deferred(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
+    free(text);
+    return rc;
+}
+
 static enum err
 authorize_begin_many(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -779,29 +808,11 @@ authorize_begin_many(struct store_conn *c, void *arg, struct bb_error *e)
         orders[i] = found[i] ? NULL : b->m[i]->req->order_id;
     if (rc == ERR_OK)
         rc = fence_many(c, b, orders, e);
-    json_t *fresh = json_array();
-    int64_t now = bb_wall_ms();
-    for (size_t i = 0; i < b->n && rc == ERR_OK; i++) {
-        const struct payment_request *req = b->m[i]->req;
-        if (found[i] || !live(b->m[i]))
-            continue;
-        char id[37];
-        bb_uuid7_at(now, id);
-        json_array_append_new(
-            fresh,
-            json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id, "order_id", req->order_id,
-                      "key", req->idempotency_key, "fingerprint", b->m[i]->fingerprint, "amount",
-                      (json_int_t)req->amount, "currency", req->currency, "card", req->card));
-    }
-    if (rc == ERR_OK && json_array_size(fresh) > 0) {
-        char *text = bb_json_dumps(fresh);
-        const struct store_param p[] = {sp_text(text), sp_int(now)};
-        rc = store_exec(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), NULL, e);
-        free(text);
-        if (rc == ERR_OK)
-            rc = read_rows(c, b, true, found, e);
-    }
-    json_decref(fresh);
+    size_t inserted = 0;
+    if (rc == ERR_OK)
+        rc = insert_intents(c, b, found, &inserted, e);
+    if (rc == ERR_OK && inserted > 0)
+        rc = read_rows(c, b, true, found, e);
     for (size_t i = 0; i < b->n && rc == ERR_OK; i++) {
         struct pay_op *op = b->m[i];
         if (live(op) && !found[i])
@@ -1113,43 +1124,24 @@ payment_prepare(struct store_conn *c, const struct payment_request *reqs, size_t
 {
     if (n == 0)
         return ERR_OK;
-    char(*keys)[160] = xcalloc(n, sizeof *keys);
-    const char **kp = xcalloc(n, sizeof *kp);
-    int64_t *tokens = xcalloc(n, sizeof *tokens);
-    enum err *verdict = xcalloc(n, sizeof *verdict);
-    struct bb_error *errs = xcalloc(n, sizeof *errs);
+    struct pay_op *ops = xcalloc(n, sizeof *ops);
+    struct pay_op **m = xcalloc(n, sizeof *m);
+    const char **orders = xcalloc(n, sizeof *orders);
     for (size_t i = 0; i < n; i++) {
-        fence_key(reqs[i].order_id, keys[i]);
-        kp[i] = keys[i];
-        tokens[i] = reqs[i].lock_token;
+        ops[i] = (struct pay_op){.req = &reqs[i], .lock_token = reqs[i].lock_token};
+        request_fingerprint(&reqs[i], ops[i].fingerprint);
+        m[i] = &ops[i];
+        orders[i] = reqs[i].order_id;
     }
-    int64_t now = bb_wall_ms();
-    enum err rc = lock_fence_check_many(c, kp, tokens, n, now, verdict, errs, e);
-    json_t *fresh = json_array();
-    for (size_t i = 0; i < n && rc == ERR_OK && intents; i++) {
-        if (verdict[i] != ERR_OK)
-            continue; /* a newer holder's: its deferred call is refused */
-        const struct payment_request *req = &reqs[i];
-        char id[37], fingerprint[65];
-        bb_uuid7_at(now, id);
-        request_fingerprint(req, fingerprint);
-        json_array_append_new(fresh, json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id,
-                                               "order_id", req->order_id, "key",
-                                               req->idempotency_key, "fingerprint", fingerprint,
-                                               "amount", (json_int_t)req->amount, "currency",
-                                               req->currency, "card", req->card));
-    }
-    if (rc == ERR_OK && json_array_size(fresh) > 0) {
-        char *text = dumps_free(json_incref(fresh));
-        const struct store_param p[] = {sp_text(text), sp_int(now)};
-        rc = store_exec_deferred(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
-        free(text);
-    }
-    json_decref(fresh);
-    free(errs);
-    free(verdict);
-    free(tokens);
-    free(kp);
-    free(keys);
+    struct pay_batch b = {.m = m, .n = n};
+    /* A request whose fence is newer is refused (not live): its deferred
+     * call will be too. */
+    enum err rc = fence_many(c, &b, orders, e);
+    size_t inserted;
+    if (rc == ERR_OK && intents)
+        rc = insert_intents(c, &b, NULL, &inserted, e);
+    free(orders);
+    free(m);
+    free(ops);
     return rc;
 }
