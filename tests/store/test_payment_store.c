@@ -240,11 +240,13 @@ a_stale_lock_token_is_refused_before_the_psp(void **state)
 }
 
 /* Outcomes written in a transaction of the test's, which may raise the
- * fence of order o-d1 to `fence` first, or roll back after writing. */
+ * fence of order `fenced` (o-d1 if NULL) to `fence` first, or roll back
+ * after writing. */
 struct record_op {
     struct payment_outcome *o[2];
     size_t n;
     int64_t fence;
+    const char *fenced;
     bool roll_back;
 };
 
@@ -253,8 +255,10 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct record_op *op = arg;
     enum err rc = ERR_OK;
+    char key[64];
+    snprintf(key, sizeof key, "payment:%s", op->fenced ? op->fenced : "o-d1");
     if (op->fence > 0)
-        rc = lock_fence_check(c, "payment:o-d1", op->fence, bb_wall_ms(), e);
+        rc = lock_fence_check(c, key, op->fence, bb_wall_ms(), e);
     if (rc == ERR_OK && op->n > 0)
         rc = payment_outcomes_record(c, op->o, op->n, e);
     return rc == ERR_OK && op->roll_back ? bb_fail(e, ERR_INVALID, "", "rolled back") : rc;
@@ -355,6 +359,17 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
     assert_ok(payment_authorize_deferred(f->p, &r3, NULL, &two.o[1], &e), &e);
     assert_int_equal(record(f, two), ERR_OK);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 2);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
+    payment_outcome_free(two.o[0]);
+    payment_outcome_free(two.o[1]);
+    /* Two in one call, one of them overtaken: neither is written. */
+    struct payment_request r4 = request("o-d4", "pay-d4"), r5 = request("o-d5", "pay-d5");
+    r4.lock_token = r5.lock_token = 1;
+    two = (struct record_op){.n = 2, .fence = 2, .fenced = "o-d5"};
+    assert_ok(payment_authorize_deferred(f->p, &r4, NULL, &two.o[0], &e), &e);
+    assert_ok(payment_authorize_deferred(f->p, &r5, NULL, &two.o[1], &e), &e);
+    assert_int_equal(record(f, two), ERR_STALE_TOKEN);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 2);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
     payment_outcome_free(two.o[0]);
     payment_outcome_free(two.o[1]);
