@@ -291,6 +291,26 @@ record(struct fixture *f, struct record_op op)
     return store_run(f->db->store, STORE_WRITE, record_work, &op, &e);
 }
 
+/* Authorize orders a and b (lock token 1) deferred, and write both
+ * outcomes in one call of `op`'s. */
+static enum err
+record_two(struct fixture *f, const char *a, const char *b, struct record_op op)
+{
+    char ka[32], kb[32];
+    snprintf(ka, sizeof ka, "pay-%s", a);
+    snprintf(kb, sizeof kb, "pay-%s", b);
+    struct payment_request ra = request(a, ka), rb = request(b, kb);
+    ra.lock_token = rb.lock_token = 1;
+    struct bb_error e;
+    assert_ok(payment_authorize_deferred(f->p, &ra, NULL, &op.o[0], &e), &e);
+    assert_ok(payment_authorize_deferred(f->p, &rb, NULL, &op.o[1], &e), &e);
+    op.n = 2;
+    enum err rc = record(f, op);
+    payment_outcome_free(op.o[0]);
+    payment_outcome_free(op.o[1]);
+    return rc;
+}
+
 static void
 outcomes_written_by_the_caller_land_with_its_transaction(void **state)
 {
@@ -353,26 +373,15 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
     prepare(f, &old, true);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments"), 1);
     /* Two authorizations written in one call. */
-    struct payment_request r2 = request("o-d2", "pay-d2"), r3 = request("o-d3", "pay-d3");
-    struct record_op two = {.n = 2};
-    assert_ok(payment_authorize_deferred(f->p, &r2, NULL, &two.o[0], &e), &e);
-    assert_ok(payment_authorize_deferred(f->p, &r3, NULL, &two.o[1], &e), &e);
-    assert_int_equal(record(f, two), ERR_OK);
+    assert_int_equal(record_two(f, "o-d2", "o-d3", (struct record_op){0}), ERR_OK);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 2);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
-    payment_outcome_free(two.o[0]);
-    payment_outcome_free(two.o[1]);
     /* Two in one call, one of them overtaken: neither is written. */
-    struct payment_request r4 = request("o-d4", "pay-d4"), r5 = request("o-d5", "pay-d5");
-    r4.lock_token = r5.lock_token = 1;
-    two = (struct record_op){.n = 2, .fence = 2, .fenced = "o-d5"};
-    assert_ok(payment_authorize_deferred(f->p, &r4, NULL, &two.o[0], &e), &e);
-    assert_ok(payment_authorize_deferred(f->p, &r5, NULL, &two.o[1], &e), &e);
-    assert_int_equal(record(f, two), ERR_STALE_TOKEN);
+    assert_int_equal(
+        record_two(f, "o-d4", "o-d5", (struct record_op){.fence = 2, .fenced = "o-d5"}),
+        ERR_STALE_TOKEN);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 2);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
-    payment_outcome_free(two.o[0]);
-    payment_outcome_free(two.o[1]);
 }
 
 /* Authorize k0..k19 on a fresh database with a PSP seeded `seed` that
