@@ -77,6 +77,17 @@ static const struct store_migration MIGRATIONS[] = {
               "CREATE INDEX outbox_by_aggregate ON outbox_events (aggregate_id, seq)"
               " WHERE seq IS NOT NULL;",
     },
+    {
+        /* No statement looks an event up by its event_id (a UUIDv7, unique
+         * by construction; consumers dedupe on it): on PostgreSQL its
+         * unique index was an entry per event, and per starter's mark, that
+         * nothing read. SQLite keeps its inline constraint (dropping it
+         * would rebuild the table). */
+        .version = 5,
+        .name = "outbox event_id not indexed",
+        .sqlite = "SELECT 1;",
+        .pg = "ALTER TABLE outbox_events DROP CONSTRAINT outbox_events_event_id_key;",
+    },
 };
 
 const struct store_migration *
