@@ -734,9 +734,15 @@ job_submit_many_here(struct store_conn *c, struct job_pool *pool, const struct j
     " backoff_cap_ms, backoff_jitter_pct"
 
 static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
+/* A completed job's last attempt is its own row (completions write no
+ * attempt row); the rows are the attempts before it. */
 static struct store_stmt JOB_ATTEMPTS = {
     .sql = "SELECT attempt, worker, started_at_ms, finished_at_ms, outcome, error"
-           " FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+           " FROM job_attempts WHERE job_id = $1"
+           " UNION ALL SELECT attempt, leased_by, started_at_ms, finished_at_ms, 'completed', NULL"
+           " FROM jobs j WHERE id = $1 AND state = 'completed' AND NOT EXISTS"
+           " (SELECT 1 FROM job_attempts a WHERE a.job_id = j.id AND a.attempt = j.attempt)"
+           " ORDER BY 1",
 };
 /* One statement per filter combination, so each can use its index. */
 static struct store_stmt JOB_LIST_ALL = {
@@ -899,6 +905,13 @@ static struct store_stmt JOB_RUN_PENDING_NOW = {
     .sql = "UPDATE jobs SET run_at_ms = $2, updated_at_ms = $2 WHERE id = $1 AND state = 'pending'",
 };
 /* A finished job again: a fresh set of attempts after those it used. */
+/* Before a completed job runs again: its last attempt as a row. */
+static struct store_stmt JOB_KEEP_COMPLETED_ATTEMPT = {
+    .sql = "INSERT INTO job_attempts (job_id, attempt, worker, started_at_ms, finished_at_ms,"
+           " outcome, error) SELECT id, attempt, leased_by, started_at_ms, finished_at_ms,"
+           " 'completed', NULL FROM jobs WHERE id = $1 AND state = 'completed'"
+           " ON CONFLICT DO NOTHING",
+};
 static struct store_stmt JOB_REENQUEUE = {
     .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $2, attempt_limit = attempt +"
            " max_attempts, finished_at_ms = NULL, lease_expires_at_ms = NULL,"
@@ -953,6 +966,8 @@ job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e
     const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
     int64_t changed;
     enum err rc = store_exec(c, &JOB_RUN_PENDING_NOW, p, 2, &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        rc = store_exec(c, &JOB_KEEP_COMPLETED_ATTEMPT, p, 1, NULL, e);
     if (rc == ERR_OK && changed == 0)
         rc = store_exec(c, &JOB_REENQUEUE, p, 2, &changed, e);
     if (rc == ERR_OK && changed == 0)
@@ -1127,14 +1142,14 @@ static struct store_stmt JOB_COMPLETE_MANY = {
                   " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
-                  " FROM json_each($1)) RETURNING id, attempt, leased_by, started_at_ms",
+                  " FROM json_each($1)) RETURNING id",
     .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
               " AS x(id bigint, token bigint))"
               " UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
               " FROM x WHERE jobs.id = ANY(ARRAY(SELECT id FROM x))"
               " AND jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
-              " RETURNING jobs.id, jobs.attempt, jobs.leased_by, jobs.started_at_ms",
+              " RETURNING jobs.id",
 };
 /* Attempt rows, many at once. $1: JSON array of {id, attempt, worker,
  * started, finished, outcome, error}. */
@@ -1184,9 +1199,11 @@ attempt_row(struct bb_json_rows *rows, const struct job_finish *f, int64_t attem
     bb_json_rows_str(rows, "error", f->error ? text : NULL);
 }
 
+/* Completions write no attempt row: the completed job's row describes its
+ * last attempt (JOB_ATTEMPTS). */
 static enum err
 complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t now_ms,
-              struct bb_json_rows *attempts, struct bb_error *e)
+              struct bb_error *e)
 {
     struct bb_json_rows keys;
     bb_json_rows_init(&keys);
@@ -1218,8 +1235,6 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
                 items[i].rc == ERR_STALE_TOKEN) {
                 items[i].rc = ERR_OK;
                 items[i].state = JOB_COMPLETED;
-                attempt_row(attempts, &items[i], store_col_int(&r, 1), store_col_text(&r, 2),
-                            store_col_int(&r, 3), now_ms);
                 break;
             }
         }
@@ -1282,7 +1297,7 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
         items[i].rc = ERR_STALE_TOKEN; /* until the database says otherwise */
     struct bb_json_rows attempts;
     bb_json_rows_init(&attempts);
-    enum err rc = complete_many(c, items, n, now_ms, &attempts, e);
+    enum err rc = complete_many(c, items, n, now_ms, e);
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         if (items[i].outcome != JOB_OUTCOME_COMPLETED)
             rc = fail_one(c, &items[i], now_ms, rand01, &attempts, e);

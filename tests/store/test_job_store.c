@@ -347,6 +347,39 @@ permanent_failure_dies_at_once_and_purge_removes_it(void **state)
     assert_int_equal(job_get_json(f->c, id, true, T0, &j, &e), ERR_NOT_FOUND);
 }
 
+/* A completion writes no attempt row; running the job again keeps that
+ * attempt in its history. */
+static void
+a_completed_job_run_again_keeps_every_attempt(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    int64_t id = submit(f->c, NULL, "noop", 0, T0, T0);
+    for (int round = 0; round < 2; round++) {
+        struct job_lease l = claim_one(f->c, "default", T0 + 10 * round);
+        assert_int_equal(
+            finish(f->c, id, l.lease_token, JOB_OUTCOME_COMPLETED, T0 + 10 * round + 3, NULL),
+            ERR_OK);
+        job_lease_deinit(&l);
+        if (round == 0) {
+            assert_ok(job_run_now(f->c, id, T0 + 5, &e), &e);
+            assert_string_equal(state_of(f->c, id, T0 + 5), "pending");
+        }
+    }
+    json_t *j;
+    assert_ok(job_get_json(f->c, id, true, T0 + 20, &j, &e), &e);
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *a = json_array_get(attempts, i);
+        assert_int_equal(json_integer_value(json_object_get(a, "attempt")), (int64_t)i + 1);
+        assert_string_equal(json_string_value(json_object_get(a, "outcome")), "completed");
+        assert_string_equal(json_string_value(json_object_get(a, "worker")), "w1");
+        assert_int_equal(json_integer_value(json_object_get(a, "duration_ms")), 3);
+    }
+    json_decref(j);
+}
+
 static void
 cancel_revokes_a_running_lease_and_run_now_brings_it_back(void **state)
 {
@@ -509,10 +542,15 @@ retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
 {
     struct test_conn *f = *state;
     struct bb_error e;
-    /* Finished long ago: completed (old), cancelled (cancelled), dead. */
+    /* Finished long ago: completed at its second attempt (old),
+     * cancelled (cancelled), dead. */
     int64_t old = submit(f->c, NULL, "noop", 0, T0, T0);
     struct job_lease l = claim_one(f->c, "default", T0);
-    assert_int_equal(finish(f->c, old, l.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL), ERR_OK);
+    assert_int_equal(finish(f->c, old, l.lease_token, JOB_OUTCOME_FAILED, T0, NULL), ERR_OK);
+    job_lease_deinit(&l);
+    l = claim_one(f->c, "default", T0 + 2000);
+    assert_int_equal(finish(f->c, old, l.lease_token, JOB_OUTCOME_COMPLETED, T0 + 2000, NULL),
+                     ERR_OK);
     job_lease_deinit(&l);
     int64_t cancelled = submit(f->c, NULL, "noop", 0, T0, T0);
     assert_ok(job_cancel(f->c, cancelled, T0, &e), &e);
@@ -523,6 +561,9 @@ retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
     /* Finished recently, running, pending. */
     int64_t recent = submit(f->c, NULL, "noop", 0, T0, T0);
     l = claim_one(f->c, "default", T0);
+    assert_int_equal(finish(f->c, recent, l.lease_token, JOB_OUTCOME_FAILED, T0, NULL), ERR_OK);
+    job_lease_deinit(&l);
+    l = claim_one(f->c, "default", T0 + 2000);
     assert_int_equal(finish(f->c, recent, l.lease_token, JOB_OUTCOME_COMPLETED, T0 + 9000, NULL),
                      ERR_OK);
     job_lease_deinit(&l);
@@ -549,7 +590,19 @@ retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
     assert_string_equal(state_of(f->c, recent, T0), "completed");
     assert_string_equal(state_of(f->c, running, T0), "running");
     assert_string_equal(state_of(f->c, pending, T0), "pending");
+    /* A completion writes no row: the job's own row is its last attempt. */
     assert_int_equal(count_attempts(f->c, recent), 1);
+    assert_ok(job_get_json(f->c, recent, true, T0, &j, &e), &e);
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    json_t *last = json_array_get(attempts, 1);
+    assert_int_equal(json_integer_value(json_object_get(last, "attempt")), 2);
+    assert_string_equal(json_string_value(json_object_get(last, "outcome")), "completed");
+    assert_string_equal(json_string_value(json_object_get(last, "worker")), "w1");
+    assert_int_equal(json_integer_value(json_object_get(last, "duration_ms")), 7000);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 0), "outcome")),
+                        "failed");
+    json_decref(j);
 }
 
 static void
@@ -964,6 +1017,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(cron_schedules_use_their_time_zone),
     JOB_TEST(list_pages_and_filters),
     JOB_TEST(retention_prunes_old_finished_jobs_and_their_attempts_only),
+    JOB_TEST(a_completed_job_run_again_keeps_every_attempt),
     JOB_TEST(many_jobs_insert_in_order_across_queues_and_keys),
     JOB_TEST(a_large_batch_keeps_each_rows_id_and_order),
     JOB_TEST(concurrent_claimers_never_share_a_job),
