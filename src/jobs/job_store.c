@@ -904,7 +904,6 @@ static struct store_stmt JOB_CANCEL = {
 static struct store_stmt JOB_RUN_PENDING_NOW = {
     .sql = "UPDATE jobs SET run_at_ms = $2, updated_at_ms = $2 WHERE id = $1 AND state = 'pending'",
 };
-/* A finished job again: a fresh set of attempts after those it used. */
 /* Before a completed job runs again: its last attempt as a row. */
 static struct store_stmt JOB_KEEP_COMPLETED_ATTEMPT = {
     .sql = "INSERT INTO job_attempts (job_id, attempt, worker, started_at_ms, finished_at_ms,"
@@ -912,6 +911,7 @@ static struct store_stmt JOB_KEEP_COMPLETED_ATTEMPT = {
            " 'completed', NULL FROM jobs WHERE id = $1 AND state = 'completed'"
            " ON CONFLICT DO NOTHING",
 };
+/* A finished job again: a fresh set of attempts after those it used. */
 static struct store_stmt JOB_REENQUEUE = {
     .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $2, attempt_limit = attempt +"
            " max_attempts, finished_at_ms = NULL, lease_expires_at_ms = NULL,"
