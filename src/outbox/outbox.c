@@ -290,9 +290,9 @@ outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **o
 
 static struct store_stmt CLAIM = {
     .sql_sqlite = "SELECT id, aggregate_id, data FROM outbox_events"
-                  " WHERE type = $1 AND handled_at_ms IS NULL ORDER BY id LIMIT $2",
+                  " WHERE type = $1 AND handled_at_ms IS NULL AND id > $3 ORDER BY id LIMIT $2",
     .sql_pg = "SELECT id, aggregate_id, data FROM outbox_events"
-              " WHERE type = $1 AND handled_at_ms IS NULL ORDER BY id LIMIT $2"
+              " WHERE type = $1 AND handled_at_ms IS NULL AND id > $3 ORDER BY id LIMIT $2"
               " FOR UPDATE SKIP LOCKED",
 };
 static struct store_stmt MARK_HANDLED = {
@@ -303,12 +303,12 @@ static struct store_stmt MARK_HANDLED = {
 };
 
 enum err
-outbox_claim(struct store_conn *c, const char *type, int64_t limit, struct outbox_claimed **out,
-             size_t *n, struct bb_error *e)
+outbox_claim(struct store_conn *c, const char *type, int64_t after_id, int64_t limit,
+             struct outbox_claimed **out, size_t *n, struct bb_error *e)
 {
     *out = NULL;
     *n = 0;
-    const struct store_param p[] = {sp_text(type), sp_int(limit)};
+    const struct store_param p[] = {sp_text(type), sp_int(limit), sp_int(after_id)};
     struct store_rows r;
     enum err rc = store_query(c, &CLAIM, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)

@@ -74,12 +74,21 @@ struct outbox_claimed {
 };
 /*
  * Claim up to `limit` events of `type` appended for_consumer and not yet
- * handled, oldest first, in the caller's write transaction; on PostgreSQL
- * rows other claimers hold are skipped (FOR UPDATE SKIP LOCKED). The
- * consumer does its work and outbox_mark_handled in the same transaction.
+ * handled, with ids above `after_id`, oldest first, in the caller's write
+ * transaction; on PostgreSQL rows other claimers hold are skipped (FOR
+ * UPDATE SKIP LOCKED). The consumer does its work and outbox_mark_handled
+ * in the same transaction.
+ *
+ * after_id 0 reads from the start. A consumer working through a backlog
+ * passes the last id it claimed, so that each claim does not walk again
+ * past the events it handled before (on PostgreSQL their index entries
+ * stay until no snapshot can see them, and under load every claim would
+ * read them all); what it passes over (an event committed late with a
+ * lower id) it finds when it next reads from the start.
  */
-BB_WUR enum err outbox_claim(struct store_conn *c, const char *type, int64_t limit,
-                             struct outbox_claimed **out, size_t *n, struct bb_error *e);
+BB_WUR enum err outbox_claim(struct store_conn *c, const char *type, int64_t after_id,
+                             int64_t limit, struct outbox_claimed **out, size_t *n,
+                             struct bb_error *e);
 /* Mark claimed events ids[0..n-1] handled, with one statement. */
 BB_WUR enum err outbox_mark_handled(struct store_conn *c, const int64_t *ids, size_t n,
                                     int64_t now_ms, struct bb_error *e);

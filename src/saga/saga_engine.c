@@ -863,6 +863,9 @@ saga_job(struct job_run *run)
 
 struct start_batch {
     struct job_pool *pool; /* the first jobs go there (NULL: to the queue) */
+    /* Per definition, the last event claimed this round (committed), and
+     * by the unit in hand. */
+    int64_t after[DEFS_MAX], last[DEFS_MAX];
     int64_t claimed;
     int64_t started;
 };
@@ -879,7 +882,7 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
             continue;
         struct outbox_claimed *ev;
         size_t n;
-        enum err rc = outbox_claim(c, def->start_event, START_BATCH, &ev, &n, e);
+        enum err rc = outbox_claim(c, def->start_event, b->after[d], START_BATCH, &ev, &n, e);
         if (rc != ERR_OK)
             return rc;
         const char *correlation[START_BATCH];
@@ -912,6 +915,7 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
         free(ids);
         if (rc == ERR_OK)
             rc = outbox_mark_handled(c, handled, n, now, e);
+        b->last[d] = n > 0 ? ev[n - 1].id : b->after[d];
         b->claimed += (int64_t)n;
         outbox_claimed_free(ev, n);
         if (rc != ERR_OK)
@@ -987,6 +991,8 @@ starter_main(void *arg)
                 log_error_limited(1, "saga.start_failed", "detail=%s", e.detail);
                 break;
             }
+            /* On through a backlog from there; each round starts over. */
+            memcpy(b.after, b.last, sizeof b.after);
             if (b.claimed > 0)
                 log_debug("saga.started", "events=%lld sagas=%lld", (long long)b.claimed,
                           (long long)b.started);

@@ -2,7 +2,8 @@
  * test_outbox_store.c: the outbox and idempotency records on both engines:
  * events commit or vanish with their transaction, pages follow seq with
  * filters, a reader never sees a gap (PostgreSQL: seqs follow commits, given
- * by the sequencer), and a key's answer is saved once and replayed.
+ * by the sequencer), a key's answer is saved once and replayed, and an
+ * in-process consumer's claims go on from where the last one ended.
  */
 #include "testsupport.h"
 
@@ -204,6 +205,80 @@ an_idempotency_key_answers_once_and_refuses_other_requests(void **state)
     store_conn_close(c);
 }
 
+/* An event for an in-process consumer, committed at once (c outside a
+ * transaction) or in the caller's open one. */
+static void
+append_for_consumer(struct store_conn *c, const char *aggregate)
+{
+    json_t *data = json_object();
+    struct outbox_event ev = {.type = "thing.asked.v1",
+                              .aggregate_type = "thing",
+                              .aggregate_id = aggregate,
+                              .data = data,
+                              .for_consumer = true};
+    struct bb_error e;
+    assert_ok(outbox_append(c, &ev, T0, &e), &e);
+    json_decref(data);
+}
+
+/* Claim (and mark handled) what follows `after`; the aggregate ids, joined. */
+static void
+claim_mark(struct store_conn *c, int64_t after, int64_t limit, char *got, size_t cap, int64_t *last)
+{
+    struct bb_error e;
+    struct outbox_claimed *ev;
+    size_t n;
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    assert_ok(outbox_claim(c, "thing.asked.v1", after, limit, &ev, &n, &e), &e);
+    int64_t ids[16];
+    got[0] = '\0';
+    for (size_t i = 0; i < n && i < 16; i++) {
+        ids[i] = ev[i].id;
+        strncat(got, ev[i].aggregate_id, cap - strlen(got) - 1);
+    }
+    assert_ok(outbox_mark_handled(c, ids, n, T0, &e), &e);
+    assert_ok(store_commit(c, &e), &e);
+    if (n > 0)
+        *last = ev[n - 1].id;
+    outbox_claimed_free(ev, n);
+}
+
+/* A consumer goes on from the last event it claimed; what commits late
+ * with a lower id waits for its next read from the start. */
+static void
+a_claim_goes_on_from_where_the_last_one_ended(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c, *late;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    assert_ok(store_conn_open(db->store, &late, &e), &e);
+    bool pg = store_conn_engine(c) == STORE_POSTGRES;
+    if (pg) { /* an id taken now, committed after the others */
+        assert_ok(store_begin(late, STORE_WRITE, &e), &e);
+        append_for_consumer(late, "x");
+    }
+    const char *names[] = {"a", "b", "c", "d", "e"};
+    for (size_t i = 0; i < 5; i++)
+        append_for_consumer(c, names[i]);
+    char got[32];
+    int64_t last = 0;
+    claim_mark(c, 0, 2, got, sizeof got, &last);
+    assert_string_equal(got, "ab");
+    claim_mark(c, last, 2, got, sizeof got, &last);
+    assert_string_equal(got, "cd");
+    if (pg)
+        assert_ok(store_commit(late, &e), &e);
+    claim_mark(c, last, 16, got, sizeof got, &last);
+    assert_string_equal(got, "e");
+    claim_mark(c, last, 16, got, sizeof got, &last);
+    assert_string_equal(got, "");
+    claim_mark(c, 0, 16, got, sizeof got, &last);
+    assert_string_equal(got, pg ? "x" : "");
+    store_conn_close(late);
+    store_conn_close(c);
+}
+
 #define DB_TEST(name) cmocka_unit_test_setup_teardown(name, test_db_setup, test_db_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -212,6 +287,7 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(a_reader_never_sees_a_gap),
     DB_TEST(a_read_says_how_many_events_wait_for_their_seq),
     DB_TEST(an_idempotency_key_answers_once_and_refuses_other_requests),
+    DB_TEST(a_claim_goes_on_from_where_the_last_one_ended),
 };
 
 TEST_MAIN(tests, true)
