@@ -322,11 +322,6 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
 static struct store_stmt CHECKOUT_SET_ORDER = {
     .sql = "UPDATE checkouts SET order_id = $2, updated_at_ms = $3 WHERE id = $1",
 };
-static struct store_stmt CHECKOUT_FINISH = {
-    .sql = "UPDATE checkouts SET status = $2, reason = $3, updated_at_ms = $4"
-           " WHERE id = $1 AND status = 'PENDING'",
-};
-
 enum err
 checkout__set_order(struct store_conn *c, const char *checkout_id, const char *order_id,
                     int64_t now_ms, struct bb_error *e)
@@ -379,12 +374,6 @@ checkout__finish(struct store_conn *c, const char *const *checkout_ids,
                  const enum checkout_status *statuses, const char *const *reasons, size_t n,
                  int64_t now_ms, struct bb_error *e)
 {
-    if (n == 1) {
-        const struct store_param p[] = {
-            sp_text(checkout_ids[0]), sp_text(checkout_status_name(statuses[0])),
-            reasons[0] ? sp_text(reasons[0]) : sp_null(), sp_int(now_ms)};
-        return store_exec_deferred(c, &CHECKOUT_FINISH, p, BB_ARRAY_LEN(p), e);
-    }
     struct bb_json_rows w;
     bb_json_rows_init(&w);
     for (size_t i = 0; i < n; i++) {
