@@ -49,8 +49,8 @@ BB_WUR enum err saga__start_many(struct store_conn *c, const struct saga_def *de
                                  size_t n, int64_t now_ms, struct job_pool *pool,
                                  char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e);
 /* The writes of one unit of work, gathered: the instance's move
- * (compare-and-set on the version the unit found) and its timeline rows,
- * one UPDATE and one INSERT however many steps the unit ran. A unit records
+ * (compare-and-set on the version the unit found) with its timeline's new
+ * entries, one UPDATE however many steps the unit ran. A unit records
  * at most one outside step's outcome and then runs each step once. */
 enum { SAGA_UNIT_ROWS = SAGA_STEPS_MAX + 1 };
 struct saga_unit_row {

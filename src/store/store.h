@@ -118,8 +118,8 @@ BB_WUR enum err store_exec(struct store_conn *c, struct store_stmt *st,
                            struct bb_error *e);
 /*
  * Run a write the transaction does not branch on: no changes count wanted,
- * and no constraint it can break but by a bug (an event appended, a
- * timeline row). PostgreSQL sends it ahead of the transaction's next command
+ * and no constraint it can break but by a bug (an event appended, an
+ * attempt recorded). PostgreSQL sends it ahead of the transaction's next command
  * (or its COMMIT) instead of waiting a round trip for it; should it fail,
  * that command reports the failure as ERR_STORE (ERR_RETRY for a conflict
  * worth retrying) and the transaction is rolled back. Outside a write

@@ -550,6 +550,19 @@ retries_follow_the_queue_then_give_up(void **state)
     struct start_op op = {.correlation = "order-3"};
     json_t *saga = await_state(f, started(f, &op), "COMPLETED");
     timeline_is(saga, "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
+    /* Each entry: its attempt, the error of one that did not succeed, its times. */
+    json_t *tl = json_object_get(saga, "timeline");
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(tl, 1), "attempt")), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(tl, 2), "attempt")), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(tl, 1), "error")),
+                        "action of s2 failed");
+    assert_true(json_is_null(json_object_get(json_array_get(tl, 2), "error")));
+    for (size_t i = 0; i < json_array_size(tl); i++) {
+        const json_t *t = json_array_get(tl, i);
+        assert_true(json_integer_value(json_object_get(t, "duration_ms")) >= 0);
+        assert_non_null(json_string_value(json_object_get(t, "started_at")));
+        assert_non_null(json_string_value(json_object_get(t, "ended_at")));
+    }
     json_decref(saga);
     TOY_SET(retries_left[1], 100); /* more than the queue's 3 attempts */
     struct start_op op2 = {.correlation = "order-4"};
@@ -687,8 +700,10 @@ pruned(struct fixture *f, int64_t before_ms, int64_t limit)
     return op.deleted;
 }
 
-static struct store_stmt STEPS_OF = {.sql = "SELECT count(*) FROM saga_steps WHERE saga_id = $1"};
+static struct store_stmt STEPS_OF = {
+    .sql = "SELECT count(*) FROM sagas WHERE id = $1 AND timeline <> ''"};
 
+/* 1 while the saga and its timeline are kept, 0 once pruned. */
 static int64_t
 steps_of(struct fixture *f, const char *id)
 {
@@ -879,6 +894,102 @@ a_batch_that_fails_whole_runs_each_unit_alone(void **state)
     twelve_sagas_with_a_batch_of_eight(*state, true);
 }
 
+/* Before version 4 a timeline was rows of saga_steps: the migration moves
+ * each into its saga's row, in the order written, and drops the table. */
+static struct store_stmt LEGACY_SAGA = {
+    .sql = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
+           " created_at_ms, updated_at_ms) VALUES ($1, 'old', $1, 'COMPLETED', 1, 3, '{}', 1, 1)"};
+static struct store_stmt LEGACY_DOWN = {.sql = "ALTER TABLE sagas DROP COLUMN timeline"};
+static struct store_stmt LEGACY_FORGET = {
+    .sql = "DELETE FROM schema_migrations WHERE module = 'sagas' AND version = 4"};
+static struct store_stmt LEGACY_TABLE = {
+    .sql_sqlite = "CREATE TABLE saga_steps (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                  " saga_id TEXT NOT NULL, step TEXT NOT NULL, phase TEXT NOT NULL,"
+                  " outcome TEXT NOT NULL, attempt INTEGER NOT NULL, error TEXT,"
+                  " started_at_ms INTEGER NOT NULL, ended_at_ms INTEGER NOT NULL)",
+    .sql_pg = "CREATE TABLE saga_steps (id BIGINT GENERATED ALWAYS AS IDENTITY,"
+              " saga_id TEXT NOT NULL, step TEXT NOT NULL, phase TEXT NOT NULL,"
+              " outcome TEXT NOT NULL, attempt INTEGER NOT NULL, error TEXT,"
+              " started_at_ms BIGINT NOT NULL, ended_at_ms BIGINT NOT NULL,"
+              " PRIMARY KEY (saga_id, id))"};
+static struct store_stmt LEGACY_STEP = {
+    .sql = "INSERT INTO saga_steps (saga_id, step, phase, outcome, attempt, error,"
+           " started_at_ms, ended_at_ms) VALUES ($1, $2, 'action', $3, $4, $5, $6, $7)"};
+static struct store_stmt LEGACY_GONE = {.sql = "SELECT count(*) FROM saga_steps"};
+
+static enum err
+legacy_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    enum err rc = ERR_OK;
+    const struct store_param a[] = {sp_text("saga-a")}, b[] = {sp_text("saga-b")};
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_SAGA, a, 1, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_SAGA, b, 1, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_DOWN, NULL, 0, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_FORGET, NULL, 0, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_TABLE, NULL, 0, NULL, e);
+    /* Interleaved across the two sagas; times that do not follow the order. */
+    static const struct {
+        const char *saga, *step, *outcome, *error;
+        int64_t attempt, started, ended;
+    } rows[] = {
+        {"saga-a", "s1", "ok", NULL, 1, 5000, 5010},
+        {"saga-b", "s1", "ok", NULL, 1, 100, 120},
+        {"saga-a", "s2", "retry", "a \"quoted\"\nerror", 1, 4000, 4030},
+        {"saga-a", "s2", "ok", NULL, 2, 6000, 6001},
+        {"saga-a", "s3", "ok", NULL, 1, 7000, 7000},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(rows) && rc == ERR_OK; i++) {
+        const struct store_param p[] = {sp_text(rows[i].saga),
+                                        sp_text(rows[i].step),
+                                        sp_text(rows[i].outcome),
+                                        sp_int(rows[i].attempt),
+                                        rows[i].error ? sp_text(rows[i].error) : sp_null(),
+                                        sp_int(rows[i].started),
+                                        sp_int(rows[i].ended)};
+        rc = store_exec(c, &LEGACY_STEP, p, BB_ARRAY_LEN(p), NULL, e);
+    }
+    return rc;
+}
+
+static void
+timelines_written_as_rows_move_into_their_sagas(void **state)
+{
+    struct test_db *db = *state;
+    struct bb_error e;
+    assert_ok(store_run(db->store, STORE_WRITE, legacy_work, NULL, &e), &e);
+    struct store_conn *c;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    size_t n;
+    const struct store_migration *m = saga_migrations(&n);
+    int applied = 0;
+    assert_ok(store_migrate(c, "sagas", m, n, &applied, &e), &e);
+    assert_int_equal(applied, 1);
+
+    struct get_op op = {.id = "saga-a"};
+    assert_ok(store_run(db->store, STORE_READ, get_work, &op, &e), &e);
+    timeline_is(op.saga, "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
+    const json_t *tl = json_object_get(op.saga, "timeline");
+    const json_t *retry = json_array_get(tl, 1);
+    assert_string_equal(json_string_value(json_object_get(retry, "error")), "a \"quoted\"\nerror");
+    assert_int_equal(json_integer_value(json_object_get(retry, "attempt")), 1);
+    assert_int_equal(json_integer_value(json_object_get(retry, "duration_ms")), 30);
+    assert_true(json_is_null(json_object_get(json_array_get(tl, 0), "error")));
+    json_decref(op.saga);
+    op = (struct get_op){.id = "saga-b"};
+    assert_ok(store_run(db->store, STORE_READ, get_work, &op, &e), &e);
+    timeline_is(op.saga, "s1:action:ok");
+    json_decref(op.saga);
+
+    assert_int_equal(store_exec(c, &LEGACY_GONE, NULL, 0, NULL, &e), ERR_STORE);
+    store_conn_close(c);
+}
+
 #define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -894,6 +1005,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(units_waiting_together_run_as_one_batch, setup_wide, teardown),
     cmocka_unit_test_setup_teardown(a_batch_that_fails_whole_runs_each_unit_alone, setup_wide,
                                     teardown),
+    cmocka_unit_test_setup_teardown(timelines_written_as_rows_move_into_their_sagas, test_db_setup,
+                                    test_db_teardown),
 };
 
 TEST_MAIN(tests, true)

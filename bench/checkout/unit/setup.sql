@@ -9,7 +9,11 @@ CREATE TABLE p_inventory_reservations (LIKE inventory_reservations INCLUDING ALL
 CREATE TABLE p_inventory_products (LIKE inventory_products INCLUDING ALL);
 CREATE TABLE p_outbox_events (LIKE outbox_events INCLUDING ALL);
 CREATE TABLE p_sagas (LIKE sagas INCLUDING ALL);
-CREATE TABLE p_saga_steps (LIKE saga_steps INCLUDING ALL);
+-- Timelines were rows of their own when this was measured (saga migration 3).
+CREATE TABLE p_saga_steps (id BIGINT GENERATED ALWAYS AS IDENTITY, saga_id TEXT NOT NULL,
+  step TEXT NOT NULL, phase TEXT NOT NULL, outcome TEXT NOT NULL, attempt INTEGER NOT NULL,
+  error TEXT, started_at_ms BIGINT NOT NULL, ended_at_ms BIGINT NOT NULL,
+  PRIMARY KEY (saga_id, id));
 CREATE TABLE p_locks (LIKE locks INCLUDING ALL);
 INSERT INTO p_inventory_products SELECT 'SKU-' || g, 'p', 1000000000, 0, 1, 1
   FROM generate_series(0, 99) g;
