@@ -901,7 +901,7 @@ static struct store_stmt LEGACY_SAGA = {
            " created_at_ms, updated_at_ms) VALUES ($1, 'old', $1, 'COMPLETED', 1, 3, '{}', 1, 1)"};
 static struct store_stmt LEGACY_DOWN = {.sql = "ALTER TABLE sagas DROP COLUMN timeline"};
 static struct store_stmt LEGACY_FORGET = {
-    .sql = "DELETE FROM schema_migrations WHERE module = 'sagas' AND version = 4"};
+    .sql = "DELETE FROM schema_migrations WHERE module = 'sagas' AND version >= 4"};
 static struct store_stmt LEGACY_TABLE = {
     .sql_sqlite = "CREATE TABLE saga_steps (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                   " saga_id TEXT NOT NULL, step TEXT NOT NULL, phase TEXT NOT NULL,"
@@ -969,7 +969,7 @@ timelines_written_as_rows_move_into_their_sagas(void **state)
     const struct store_migration *m = saga_migrations(&n);
     int applied = 0;
     assert_ok(store_migrate(c, "sagas", m, n, &applied, &e), &e);
-    assert_int_equal(applied, 1);
+    assert_int_equal(applied, (int)n - 3);
 
     struct get_op op = {.id = "saga-a"};
     assert_ok(store_run(db->store, STORE_READ, get_work, &op, &e), &e);
