@@ -787,22 +787,22 @@ timeline_json(const char *text)
         const char *end = strchr(line, '\n');
         size_t len = end ? (size_t)(end - line) : strlen(line);
         json_t *t = json_loadb(line, len, 0, NULL);
+        line += len + (end != NULL);
+        if (t == NULL) /* not a line this code wrote: left out */
+            continue;
         int64_t started = json_integer_value(json_object_get(t, "started_at_ms"));
         int64_t ended = json_integer_value(json_object_get(t, "ended_at_ms"));
         char started_at[32], ended_at[32];
         bb_wall_ms_format(started, started_at);
         bb_wall_ms_format(ended, ended_at);
-        if (t) {
-            json_object_del(t, "started_at_ms");
-            json_object_del(t, "ended_at_ms");
-            json_object_set_new(t, "started_at", json_string(started_at));
-            json_object_set_new(t, "ended_at", json_string(ended_at));
-            json_object_set_new(t, "duration_ms", json_integer(ended - started));
-            if (json_object_get(t, "error") == NULL)
-                json_object_set_new(t, "error", json_null());
-            json_array_append_new(timeline, t);
-        }
-        line += len + (end != NULL);
+        json_object_del(t, "started_at_ms");
+        json_object_del(t, "ended_at_ms");
+        json_object_set_new(t, "started_at", json_string(started_at));
+        json_object_set_new(t, "ended_at", json_string(ended_at));
+        json_object_set_new(t, "duration_ms", json_integer(ended - started));
+        if (json_object_get(t, "error") == NULL)
+            json_object_set_new(t, "error", json_null());
+        json_array_append_new(timeline, t);
     }
     return timeline;
 }
