@@ -1,27 +1,39 @@
 /*
  * combine.c: batches of concurrent callers' work (see base.h, "Combining").
  *
- * Each caller parks a waiter (its item, its state, its own condition
- * variable) in `waiting`, FIFO. A waiter whose item is not taken and who
- * finds fewer than `leaders` batches in flight leads one; when a batch
- * ends, its leader marks every member done and wakes the first in line,
- * who may lead the next. Waking only the waiters concerned keeps a crowd
- * from stampeding the mutex.
+ * Each caller parks a waiter (its item, its state, its own semaphore) in
+ * `waiting`, FIFO. A waiter whose item is not taken and who finds fewer
+ * than `leaders` batches in flight leads one; when a batch ends, its leader
+ * marks every member done and wakes it, and wakes the first in line, who
+ * may lead the next. A member woken done returns without the combiner's
+ * mutex: the crowd a batch ends for does not queue on it (with a condition
+ * variable each woken member had to take the mutex back, most often still
+ * held by the leader waking the others: two more context switches each).
  *
- * Locking: `mu` guards `waiting`, `n_waiting`, `leaders` and every parked
- * waiter's `state`. `run` is called without it.
+ * A waiter lives on its caller's stack, so it must not return while a post
+ * to its semaphore is under way: every post is counted in `posted` before
+ * it is made, a waiter is marked done only after the count of every post it
+ * will get, and it takes them all before it returns.
+ *
+ * Locking: `mu` guards `waiting`, `n_waiting`, `leaders`; a parked waiter's
+ * `state` is written under it and read with or without it. `run` is called
+ * without it.
  */
 #include "base/base.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 enum waiter_state { W_WAITING, W_TAKEN, W_DONE };
 
 struct waiter {
     void *item;
-    enum waiter_state state; /* guarded by the combiner's mu */
-    pthread_cond_t cv;
+    _Atomic int state;  /* an enum waiter_state; written under the combiner's mu */
+    atomic_uint posted; /* posts to sem made or about to be */
+    sem_t sem;
 };
 
 struct bb_combiner {
@@ -56,6 +68,24 @@ bb_combiner_destroy(struct bb_combiner *cb)
     pthread_mutex_destroy(&cb->mu);
     free(cb->waiting);
     free(cb);
+}
+
+/* Under mu. */
+static void
+wake(struct waiter *w)
+{
+    atomic_fetch_add(&w->posted, 1);
+    if (sem_post(&w->sem) != 0)
+        bb_panic(__FILE__, __LINE__, "sem_post failed");
+}
+
+static void
+sleep_once(struct waiter *w, unsigned *taken)
+{
+    while (sem_wait(&w->sem) != 0)
+        if (errno != EINTR)
+            bb_panic(__FILE__, __LINE__, "sem_wait failed");
+    (*taken)++;
 }
 
 static void
@@ -95,7 +125,7 @@ take_batch(struct bb_combiner *cb, struct waiter *leader, struct waiter **m)
     cb->n_waiting = kept;
     tell_waiting(cb);
     for (size_t i = 0; i < n; i++)
-        m[i]->state = W_TAKEN;
+        atomic_store(&m[i]->state, W_TAKEN);
     return n;
 }
 
@@ -105,7 +135,7 @@ lead(struct bb_combiner *cb, struct waiter **m, size_t n)
 {
     cb->leaders++;
     if (cb->n_waiting > 0 && cb->leaders < cb->o.leaders)
-        pthread_cond_signal(&cb->waiting[0]->cv); /* another slot is free */
+        wake(cb->waiting[0]); /* another slot is free */
     pthread_mutex_unlock(&cb->mu);
     void **items = xcalloc(n, sizeof *items);
     for (size_t i = 0; i < n; i++)
@@ -113,38 +143,55 @@ lead(struct bb_combiner *cb, struct waiter **m, size_t n)
     cb->o.run(items, n, cb->o.ctx);
     free(items);
     pthread_mutex_lock(&cb->mu);
-    for (size_t i = 0; i < n; i++) {
-        m[i]->state = W_DONE;
-        pthread_cond_signal(&m[i]->cv);
+    atomic_store(&m[0]->state, W_DONE); /* the leader's own */
+    for (size_t i = 1; i < n; i++) {
+        atomic_fetch_add(&m[i]->posted, 1); /* counted before it is done */
+        atomic_store(&m[i]->state, W_DONE);
+        if (sem_post(&m[i]->sem) != 0)
+            bb_panic(__FILE__, __LINE__, "sem_post failed");
     }
     cb->leaders--;
     if (cb->n_waiting > 0) /* the first in line may lead the next batch */
-        pthread_cond_signal(&cb->waiting[0]->cv);
+        wake(cb->waiting[0]);
 }
 
 bool
 bb_combine(struct bb_combiner *cb, void *item)
 {
-    struct waiter w = {.item = item, .state = W_WAITING};
+    struct waiter w = {.item = item};
+    atomic_init(&w.state, W_WAITING);
+    atomic_init(&w.posted, 0);
+    unsigned taken = 0; /* posts taken */
     pthread_mutex_lock(&cb->mu);
     if (cb->n_waiting == cb->o.waiting_max) {
         pthread_mutex_unlock(&cb->mu);
         return false;
     }
-    pthread_cond_init(&w.cv, NULL);
+    if (sem_init(&w.sem, 0, 0) != 0)
+        bb_panic(__FILE__, __LINE__, "sem_init failed");
     cb->waiting[cb->n_waiting++] = &w;
     tell_waiting(cb);
-    while (w.state != W_DONE) {
-        if (w.state == W_TAKEN || cb->leaders >= cb->o.leaders) {
-            pthread_cond_wait(&w.cv, &cb->mu);
+    for (;;) {
+        int state = atomic_load(&w.state);
+        if (state == W_DONE) {
+            pthread_mutex_unlock(&cb->mu);
+            break;
+        }
+        if (state == W_WAITING && cb->leaders < cb->o.leaders) {
+            struct waiter **m = xcalloc(cb->o.batch_max, sizeof *m);
+            size_t n = take_batch(cb, &w, m);
+            lead(cb, m, n);
+            free(m);
             continue;
         }
-        struct waiter **m = xcalloc(cb->o.batch_max, sizeof *m);
-        size_t n = take_batch(cb, &w, m);
-        lead(cb, m, n);
-        free(m);
+        pthread_mutex_unlock(&cb->mu);
+        sleep_once(&w, &taken);
+        if (atomic_load(&w.state) == W_DONE)
+            break; /* without the mutex */
+        pthread_mutex_lock(&cb->mu);
     }
-    pthread_mutex_unlock(&cb->mu);
-    pthread_cond_destroy(&w.cv);
+    while (taken < atomic_load(&w.posted)) /* posts still on their way */
+        sleep_once(&w, &taken);
+    sem_destroy(&w.sem);
     return true;
 }

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -109,10 +110,11 @@ store_submit(struct store *s, enum store_txn mode, store_work_fn *work, store_do
 
 /* ---- synchronous wrapper ----------------------------------------------------- */
 
+/* The caller sleeps on a semaphore the executor posts once, after writing
+ * rc and err: woken, it takes no lock (a condition variable's mutex, still
+ * held by the executor that signalled, cost two more context switches). */
 struct run_wait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool finished;
+    sem_t done;
     enum err rc;
     struct bb_error err;
     store_work_fn *work;
@@ -130,13 +132,11 @@ static void
 run_done(void *arg, enum err rc, const struct bb_error *e)
 {
     struct run_wait *w = arg;
-    pthread_mutex_lock(&w->mu);
     w->rc = rc;
     if (e)
         w->err = *e;
-    w->finished = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    if (sem_post(&w->done) != 0)
+        bb_panic(__FILE__, __LINE__, "sem_post failed");
 }
 
 enum err
@@ -144,23 +144,21 @@ store_run_grouped(struct store *s, enum store_txn mode, const struct store_group
                   store_work_fn *work, void *arg, struct bb_error *e)
 {
     struct run_wait w = {.work = work, .arg = arg};
-    pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
+    if (sem_init(&w.done, 0, 0) != 0)
+        bb_panic(__FILE__, __LINE__, "sem_init failed");
     enum err rc = submit(s, mode, g, arg, run_work, run_done, &w);
     if (rc != ERR_OK) {
         bb_fail(e, rc, "", "%s",
                 rc == ERR_OVERLOADED ? "database queue is full" : "store is shutting down");
     } else {
-        pthread_mutex_lock(&w.mu);
-        while (!w.finished)
-            pthread_cond_wait(&w.cv, &w.mu);
-        pthread_mutex_unlock(&w.mu);
+        while (sem_wait(&w.done) != 0)
+            if (errno != EINTR)
+                bb_panic(__FILE__, __LINE__, "sem_wait failed");
         rc = w.rc;
         if (rc != ERR_OK && e)
             *e = w.err;
     }
-    pthread_mutex_destroy(&w.mu);
-    pthread_cond_destroy(&w.cv);
+    sem_destroy(&w.done);
     return rc;
 }
 
