@@ -23,9 +23,10 @@ SAGA_WORKERS=${SAGA_WORKERS:-128}
 SAGA_POOL=${SAGA_POOL:-8}
 . bench/lib.sh
 # Each measured point starts from a clean slate on PostgreSQL: a CHECKPOINT
-# first, so that one point's WAL (a second of checkouts writes about 20 MB)
-# does not leave a checkpoint to run, and full-page images to write, during
-# the next (it took 10% off the saga's bursts after the reservation points).
+# first, so that a checkpoint the points before it made due (by the WAL they
+# wrote, about 20 MB per second of checkouts, or by its 5-minute timer) does
+# not run, with its full-page images, during it (it took 10% off the saga's
+# bursts after the reservation points).
 settle() {
   [ "$engine" = postgres ] && psql -q -d "$pg_url" -c CHECKPOINT >/dev/null
   return 0
