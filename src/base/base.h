@@ -15,6 +15,7 @@
 #define BB_BASE_H
 
 #include <jansson.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -277,6 +278,8 @@ struct bb_combiner *bb_combiner_create(const struct bb_combiner_options *o);
 bool bb_combine(struct bb_combiner *cb, void *item);
 /* No caller may be inside bb_combine. NULL is fine. */
 void bb_combiner_destroy(struct bb_combiner *cb);
+/* sem_wait, again when a signal interrupts it; any other failure aborts. */
+void bb_sem_wait(sem_t *s);
 
 /* Lowercase hex SHA-256 of `data`, and HMAC-SHA256 of `data` under `key`. */
 void bb_sha256_hex(const void *data, size_t len, char out[65]);

@@ -70,22 +70,25 @@ bb_combiner_destroy(struct bb_combiner *cb)
     free(cb);
 }
 
-/* Under mu. */
+/* Under mu: post w's semaphore, counted first; with `done`, w's item is
+ * carried (marked between the count and the post, so that a waiter who
+ * sees it done knows of every post it will get). */
 static void
-wake(struct waiter *w)
+wake(struct waiter *w, bool done)
 {
     atomic_fetch_add(&w->posted, 1);
+    if (done)
+        atomic_store(&w->state, W_DONE);
     if (sem_post(&w->sem) != 0)
         bb_panic(__FILE__, __LINE__, "sem_post failed");
 }
 
-static void
-sleep_once(struct waiter *w, unsigned *taken)
+void
+bb_sem_wait(sem_t *s)
 {
-    while (sem_wait(&w->sem) != 0)
+    while (sem_wait(s) != 0)
         if (errno != EINTR)
             bb_panic(__FILE__, __LINE__, "sem_wait failed");
-    (*taken)++;
 }
 
 static void
@@ -135,7 +138,7 @@ lead(struct bb_combiner *cb, struct waiter **m, size_t n)
 {
     cb->leaders++;
     if (cb->n_waiting > 0 && cb->leaders < cb->o.leaders)
-        wake(cb->waiting[0]); /* another slot is free */
+        wake(cb->waiting[0], false); /* another slot is free */
     pthread_mutex_unlock(&cb->mu);
     void **items = xcalloc(n, sizeof *items);
     for (size_t i = 0; i < n; i++)
@@ -144,15 +147,11 @@ lead(struct bb_combiner *cb, struct waiter **m, size_t n)
     free(items);
     pthread_mutex_lock(&cb->mu);
     atomic_store(&m[0]->state, W_DONE); /* the leader's own */
-    for (size_t i = 1; i < n; i++) {
-        atomic_fetch_add(&m[i]->posted, 1); /* counted before it is done */
-        atomic_store(&m[i]->state, W_DONE);
-        if (sem_post(&m[i]->sem) != 0)
-            bb_panic(__FILE__, __LINE__, "sem_post failed");
-    }
+    for (size_t i = 1; i < n; i++)
+        wake(m[i], true);
     cb->leaders--;
     if (cb->n_waiting > 0) /* the first in line may lead the next batch */
-        wake(cb->waiting[0]);
+        wake(cb->waiting[0], false);
 }
 
 bool
@@ -185,13 +184,14 @@ bb_combine(struct bb_combiner *cb, void *item)
             continue;
         }
         pthread_mutex_unlock(&cb->mu);
-        sleep_once(&w, &taken);
+        bb_sem_wait(&w.sem);
+        taken++;
         if (atomic_load(&w.state) == W_DONE)
             break; /* without the mutex */
         pthread_mutex_lock(&cb->mu);
     }
-    while (taken < atomic_load(&w.posted)) /* posts still on their way */
-        sleep_once(&w, &taken);
+    for (; taken < atomic_load(&w.posted); taken++) /* posts still on their way */
+        bb_sem_wait(&w.sem);
     sem_destroy(&w.sem);
     return true;
 }

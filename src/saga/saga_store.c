@@ -820,6 +820,7 @@ saga_get_json(struct store_conn *c, const char *id, json_t **out, struct bb_erro
         return bb_fail(e, ERR_NOT_FOUND, "saga_id", "no saga %s", id);
     }
     json_t *o = saga_row_json(&r);
+    /* timeline comes after SAGA_COLUMNS' 14 */
     json_object_set_new(o, "timeline", timeline_json(store_col_text(&r, 14)));
     store_rows_close(&r);
     *out = o;

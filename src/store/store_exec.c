@@ -151,9 +151,7 @@ store_run_grouped(struct store *s, enum store_txn mode, const struct store_group
         bb_fail(e, rc, "", "%s",
                 rc == ERR_OVERLOADED ? "database queue is full" : "store is shutting down");
     } else {
-        while (sem_wait(&w.done) != 0)
-            if (errno != EINTR)
-                bb_panic(__FILE__, __LINE__, "sem_wait failed");
+        bb_sem_wait(&w.done);
         rc = w.rc;
         if (rc != ERR_OK && e)
             *e = w.err;
