@@ -550,9 +550,12 @@ capture_payment(struct saga_step_run *run, struct bb_error *e)
     enum err rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return payment_trouble(run, rc);
+    /* Run at once after the authorization: its outcome, not written yet. */
+    const struct payment_outcome *authorized =
+        run->before && run->before->fn == record_payments ? run->before->arg : NULL;
     struct payment_outcome *pending;
     rc = payment_capture_deferred(cs->opt.payments, data_text(run, "authorization_id"), 0,
-                                  run->held, &pending, e);
+                                  run->held, authorized, &pending, e);
     record_with_step(run, pending);
     return rc == ERR_OK ? SAGA_STEP_OK : payment_trouble(run, rc);
 }
@@ -649,6 +652,7 @@ static const struct saga_step_def STEPS[] = {
      .action = capture_payment,
      .compensate = undo_payment,
      .undo_on_failure = true,
+     .at_once = true,
      .hold = hold_payment_lock,
      .unhold = unhold_payment_lock,
      .hold_batch = hold_payment_locks,

@@ -447,9 +447,14 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
     return rc == ERR_OK ? settle_decide(op, e) : rc;
 }
 
+static struct payments__row outcome_row(const struct payment_outcome *o);
+
+/* after (not NULL): the payment is as that outcome, not written yet, leaves
+ * it; it is not read (unless the outcome is another payment's). */
 static enum err
 settle(struct payments *p, const char *op_name, const char *payment_id, int64_t amount,
-       int64_t lock_token, struct payment_outcome **pending, json_t **out, struct bb_error *e)
+       int64_t lock_token, const struct payment_outcome *after, struct payment_outcome **pending,
+       json_t **out, struct bb_error *e)
 {
     struct pay_op op = {.p = p,
                         .op = op_name,
@@ -457,7 +462,10 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
                         .amount = amount,
                         .lock_token = lock_token,
                         .fenced = pending != NULL};
-    enum err rc = run(&op, PH_SETTLE_BEGIN, e);
+    if (after)
+        op.row = outcome_row(after);
+    enum err rc = after && strcmp(op.row.id, payment_id) == 0 ? settle_decide(&op, e)
+                                                              : run(&op, PH_SETTLE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
         rc = outcome(&op, PH_SETTLE_END, pending, e);
@@ -476,22 +484,23 @@ enum err
 payment_capture(struct payments *p, const char *payment_id, int64_t amount, int64_t lock_token,
                 json_t **out, struct bb_error *e)
 {
-    return settle(p, "capture", payment_id, amount, lock_token, NULL, out, e);
+    return settle(p, "capture", payment_id, amount, lock_token, NULL, NULL, out, e);
 }
 
 enum err
 payment_capture_deferred(struct payments *p, const char *payment_id, int64_t amount,
-                         int64_t lock_token, struct payment_outcome **pending, struct bb_error *e)
+                         int64_t lock_token, const struct payment_outcome *after,
+                         struct payment_outcome **pending, struct bb_error *e)
 {
     *pending = NULL;
-    return settle(p, "capture", payment_id, amount, lock_token, pending, NULL, e);
+    return settle(p, "capture", payment_id, amount, lock_token, after, pending, NULL, e);
 }
 
 enum err
 payment_void(struct payments *p, const char *payment_id, int64_t lock_token, json_t **out,
              struct bb_error *e)
 {
-    return settle(p, "void", payment_id, 0, lock_token, NULL, out, e);
+    return settle(p, "void", payment_id, 0, lock_token, NULL, NULL, out, e);
 }
 
 /* ---- refunds ---------------------------------------------------------------------------- */
@@ -1077,6 +1086,21 @@ outcome_keep(const struct pay_op *op)
     o->op.out = NULL;
     o->from = op->row.state;
     return o;
+}
+
+/* The payment as o leaves it once written. */
+static struct payments__row
+outcome_row(const struct payment_outcome *o)
+{
+    struct payments__row row = o->op.row;
+    row.state = o->from;
+    struct outcome_plan pl = plan_outcome(&o->op);
+    json_decref(pl.data);
+    if (pl.move) {
+        row.state = pl.to;
+        row.captured += pl.captured;
+    }
+    return row;
 }
 
 enum err

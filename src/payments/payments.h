@@ -137,7 +137,10 @@ BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64
  * (NULL when there is nothing to write: a replay, or a request refused
  * before the PSP). Until it is written, the ledger shows the payment as it
  * was, and a retry with the same key asks the PSP again (which answers
- * the same).
+ * the same). A capture may follow its authorization's outcome before that
+ * is written (`after`, not NULL: the capture starts from the payment as
+ * that outcome leaves it, without reading it, and its own outcome is
+ * written after that one, in the same transaction).
  */
 BB_WUR enum err payment_prepare(struct store_conn *c, const struct payment_request *reqs, size_t n,
                                 bool intents, struct bb_error *e);
@@ -146,8 +149,8 @@ BB_WUR enum err payment_authorize_deferred(struct payments *p, const struct paym
                                            char id[PAYMENT_ID_LEN + 1],
                                            struct payment_outcome **pending, struct bb_error *e);
 BB_WUR enum err payment_capture_deferred(struct payments *p, const char *payment_id, int64_t amount,
-                                         int64_t lock_token, struct payment_outcome **pending,
-                                         struct bb_error *e);
+                                         int64_t lock_token, const struct payment_outcome *after,
+                                         struct payment_outcome **pending, struct bb_error *e);
 /* Write outcomes[0..n-1] (of distinct orders) in the caller's transaction:
  * fenced again, the payments moved, their attempts and events; as often as
  * the transaction runs. ERR_STALE_TOKEN (a lock lost meanwhile) or

@@ -97,6 +97,10 @@ struct saga_step_run {
      * and for operators (`e`). */
     char reason[SAGA_REASON_MAX + 1];
     struct saga_record record; /* an outside action's, whatever its verdict */
+    /* An `at_once` step: what the outside step before it left to record,
+     * which is not in the store yet (NULL: that step was recorded first,
+     * or left nothing). */
+    const struct saga_record *before;
 };
 typedef enum saga_outcome saga_step_fn(struct saga_step_run *run, struct bb_error *e);
 /*
@@ -139,6 +143,13 @@ struct saga_step_def {
     saga_unhold_fn *unhold;
     saga_hold_batch_fn *hold_batch; /* may be NULL: `hold` for each */
     saga_unhold_batch_fn *unhold_batch;
+    /* An outside action that follows an outside action: it runs as soon as
+     * that one succeeded, before that one's result is recorded, and both
+     * results are recorded in one unit (one transaction fewer). It holds
+     * what that one held (`hold` is not taken again in between) and sees
+     * that one's record as run->before, since the store has not got it. A
+     * crash before the unit commits runs both again. */
+    bool at_once;
 };
 
 /* The ends of instances, in the transaction that records them (several

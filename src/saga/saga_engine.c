@@ -176,23 +176,31 @@ struct saga_engine {
  * fails, the unit rolls back and runs again stopping before it, so what
  * succeeded commits, and the failure is recorded in a unit of its own. What
  * an outside step holds (its `hold`) is taken in the unit that makes it
- * next and given back in the one that records it.
+ * next and given back in the one that records it. An `at_once` step runs
+ * right after the outside step before it succeeded; both results (and
+ * records) then wait for the same unit.
  */
+/* A step's result to record first in the next unit. */
+struct pending {
+    enum saga_outcome outcome;
+    json_t *data; /* NULL: unchanged */
+    char reason[SAGA_REASON_MAX + 1];
+    struct bb_error error;
+    int64_t started_ms;
+    struct saga_record record; /* written with the result */
+};
+
 struct step_job {
     struct saga_engine *eng;
     struct job_run *run;
     const char *saga_id;
     struct saga_instance in; /* as last committed */
     const struct saga_def *def;
-    /* A result to record first in the next unit: an outside step's, or an
-     * in-transaction step's failure. */
-    bool pending;
-    enum saga_outcome pending_outcome;
-    json_t *pending_data; /* NULL: unchanged */
-    char pending_reason[SAGA_REASON_MAX + 1];
-    struct bb_error pending_error;
-    int64_t pending_started_ms;
-    struct saga_record pending_record; /* written with the result */
+    /* Results to record first in the next unit, in order: an outside
+     * step's (and the `at_once` step's after it), or an in-transaction
+     * step's failure. */
+    int n_pending;
+    struct pending pending[2];
     /* The unit's working state. */
     struct saga_instance work;
     struct saga_unit unit;
@@ -249,31 +257,30 @@ step_run(const struct step_job *j, const struct saga_instance *in, struct store_
                                   .pool = atomic_load(&j->eng->pool)};
 }
 
-/* Run the step `in` is at (c: in its transaction, else outside any, and
- * j->held is what it holds after). */
-static enum saga_outcome
-run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *c, json_t **data,
-         char reason[SAGA_REASON_MAX + 1], struct bb_error *step_error, int64_t *started_ms)
+/* Run the step `in` is at into *out (c: in its transaction, else outside
+ * any, and j->held is what it holds after; before: what an `at_once`
+ * step sees). */
+static void
+run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *c,
+         const struct saga_record *before, struct pending *out)
 {
     const struct saga_step_def *sd = &j->def->steps[in->step];
     bool compensating = in->state == SAGA_COMPENSATING;
     char key[STEP_KEY_MAX];
-    *data = json_deep_copy(in->data);
-    struct saga_step_run sr = step_run(j, in, c, *data, key);
+    *out = (struct pending){.data = json_deep_copy(in->data), .started_ms = bb_wall_ms()};
+    struct saga_step_run sr = step_run(j, in, c, out->data, key);
+    sr.before = before;
     saga_step_fn *fn = compensating ? sd->compensate : sd->action;
-    bb_error_clear(step_error);
-    *started_ms = bb_wall_ms();
     int64_t t0 = bb_mono_ms();
-    enum saga_outcome o = fn ? fn(&sr, step_error) : SAGA_STEP_OK;
+    out->outcome = fn ? fn(&sr, &out->error) : SAGA_STEP_OK;
     saga__metric_step(in->type, sd->name, compensating, (double)(bb_mono_ms() - t0) / 1e3);
-    bb_strlcpy(reason, sr.reason, SAGA_REASON_MAX + 1);
+    bb_strlcpy(out->reason, sr.reason, sizeof out->reason);
     if (c == NULL) {
         j->held = sr.held;
-        j->pending_record = sr.record;
+        out->record = sr.record;
     } else if (sr.record.drop) {
         sr.record.drop(sr.record.arg); /* an in-transaction step writes for itself */
     }
-    return o;
 }
 
 /* What the step `in` is at holds while it runs (NULL: nothing). */
@@ -376,10 +383,10 @@ hold(struct store_conn *c, struct unit_batch *b)
     for (size_t i = 0; i < b->n; i++) {
         struct step_job *j = b->m[i];
         saga_hold_fn *next = is_current(j, &j->work) ? hold_of(j, &j->work) : NULL;
-        bool same = j->pending && next && next == hold_of(j, &j->in);
-        if (j->pending && !same && j->unit_held != 0 && j->def->steps[j->in.step].unhold)
+        bool same = j->n_pending > 0 && next && next == hold_of(j, &j->in);
+        if (j->n_pending > 0 && !same && j->unit_held != 0 && j->def->steps[j->in.step].unhold)
             giving[n_giving++] = j;
-        else if (j->pending && !same)
+        else if (j->n_pending > 0 && !same)
             j->unit_held = 0;
         if (next)
             taking[n_taking++] = j;
@@ -406,7 +413,7 @@ move_on(struct store_conn *c, struct step_job *j, const struct saga_step_result 
 }
 
 /* Start a unit afresh (a unit the store runs again starts afresh too) and
- * record the pending result first. */
+ * record the pending results first. */
 static enum err
 unit_start(struct store_conn *c, struct step_job *j, struct bb_error *e)
 {
@@ -417,36 +424,50 @@ unit_start(struct store_conn *c, struct step_job *j, struct bb_error *e)
     j->ran = 0;
     j->failed = j->stale = j->stopped = j->ended = false;
     j->unit_held = j->held;
-    if (!j->pending)
-        return ERR_OK;
-    struct saga_step_result res = {.outcome = j->pending_outcome,
-                                   .data = j->pending_data,
-                                   .reason = j->pending_reason,
-                                   .error = j->pending_error.detail,
-                                   .started_at_ms = j->pending_started_ms};
-    return move_on(c, j, &res, e);
+    enum err rc = ERR_OK;
+    for (int r = 0; r < j->n_pending && rc == ERR_OK; r++) {
+        const struct pending *p = &j->pending[r];
+        struct saga_step_result res = {.outcome = p->outcome,
+                                       .data = p->data,
+                                       .reason = p->reason,
+                                       .error = p->error.detail,
+                                       .started_at_ms = p->started_ms};
+        rc = move_on(c, j, &res, e);
+    }
+    return rc;
+}
+
+/* The r-th record of members that have one, or NULL. */
+static const struct saga_record *
+record_of(const struct step_job *j, int r)
+{
+    return r < j->n_pending && j->pending[r].record.fn ? &j->pending[r].record : NULL;
 }
 
 /* Write what the members' outside actions left for their results' unit
- * (saga_record): one call for the members that share a `fn`. */
+ * (saga_record), in the order the actions ran: one call for the members
+ * that share a `fn`. */
 static enum err
 record(struct store_conn *c, struct step_job *const *m, size_t n, struct bb_error *e)
 {
-    void *args[SAGA_UNIT_BATCH_MAX];
-    bool done[SAGA_UNIT_BATCH_MAX] = {false};
     enum err rc = ERR_OK;
-    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
-        saga_record_fn *fn = m[i]->pending ? m[i]->pending_record.fn : NULL;
-        if (fn == NULL || done[i])
-            continue;
-        size_t k = 0;
-        for (size_t x = i; x < n; x++) {
-            if (m[x]->pending && m[x]->pending_record.fn == fn) {
-                args[k++] = m[x]->pending_record.arg;
-                done[x] = true;
+    for (int r = 0; r < 2 && rc == ERR_OK; r++) {
+        void *args[SAGA_UNIT_BATCH_MAX];
+        bool done[SAGA_UNIT_BATCH_MAX] = {false};
+        for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+            const struct saga_record *rec = record_of(m[i], r);
+            if (rec == NULL || done[i])
+                continue;
+            size_t k = 0;
+            for (size_t x = i; x < n; x++) {
+                const struct saga_record *other = record_of(m[x], r);
+                if (other && other->fn == rec->fn) {
+                    args[k++] = other->arg;
+                    done[x] = true;
+                }
             }
+            rc = rec->fn(c, args, k, e);
         }
-        rc = fn(c, args, k, e);
     }
     return rc;
 }
@@ -489,27 +510,21 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
         rc = record(c, &j, 1, e);
     while (rc == ERR_OK && j->ran < j->limit && is_current(j, &j->work) &&
            j->def->steps[j->work.step].in_txn) {
-        json_t *data;
-        char reason[SAGA_REASON_MAX + 1];
-        struct bb_error step_error;
-        int64_t started;
-        enum saga_outcome o = run_step(j, &j->work, c, &data, reason, &step_error, &started);
-        if (o != SAGA_STEP_OK) {
-            if (!j->pending && j->ran == 0) { /* alone: record the failure next */
-                j->pending_outcome = o;
-                j->pending_data = NULL; /* its writes roll back */
-                bb_strlcpy(j->pending_reason, reason, sizeof j->pending_reason);
-                j->pending_error = step_error;
-                j->pending_started_ms = started;
+        struct pending p;
+        run_step(j, &j->work, c, NULL, &p);
+        if (p.outcome != SAGA_STEP_OK) {
+            json_decref(p.data);
+            if (j->n_pending == 0 && j->ran == 0) { /* alone: record the failure next */
+                p.data = NULL;                      /* its writes roll back */
+                j->pending[0] = p;
             }
-            json_decref(data);
             j->failed = true;
             return bb_fail(e, ERR_CONFLICT, "", "step failed");
         }
         struct saga_step_result res = {
-            .outcome = o, .data = data, .reason = "", .started_at_ms = started};
+            .outcome = p.outcome, .data = p.data, .reason = "", .started_at_ms = p.started_ms};
         rc = move_on(c, j, &res, e);
-        json_decref(data);
+        json_decref(p.data);
         j->ran++;
     }
     if (rc == ERR_OK)
@@ -536,11 +551,9 @@ batchable(const struct step_job *j)
     if (j->limit != INT_MAX || j->in.state != SAGA_RUNNING)
         return false;
     int s = j->in.step;
-    if (j->pending) {
-        if (j->pending_outcome != SAGA_STEP_OK)
+    for (int r = 0; r < j->n_pending; r++, s++)
+        if (j->pending[r].outcome != SAGA_STEP_OK)
             return false;
-        s++;
-    }
     for (; (size_t)s < j->def->n_steps && j->def->steps[s].in_txn; s++)
         if (j->def->steps[s].action_batch == NULL)
             return false;
@@ -675,7 +688,7 @@ same_kind(const void *x, const void *y, void *ctx)
     (void)ctx;
     const struct step_job *a = x, *b = y;
     return a->def == b->def && a->in.step == b->in.step && a->in.state == b->in.state &&
-           a->pending == b->pending;
+           a->n_pending == b->n_pending;
 }
 
 static void
@@ -705,24 +718,28 @@ unit_commit(struct step_job *j, struct bb_error *e)
 static void
 clear_pending(struct step_job *j)
 {
-    j->pending = false;
-    json_decref(j->pending_data);
-    j->pending_data = NULL;
-    if (j->pending_record.drop)
-        j->pending_record.drop(j->pending_record.arg);
-    j->pending_record = (struct saga_record){0};
+    for (int r = 0; r < j->n_pending; r++) {
+        json_decref(j->pending[r].data);
+        if (j->pending[r].record.drop)
+            j->pending[r].record.drop(j->pending[r].record.arg);
+    }
+    j->n_pending = 0;
 }
 
-/* Log a failed step as it is recorded. */
+/* Log the failed steps as they are recorded. */
 static void
 log_failure(const struct step_job *j)
 {
-    if (!j->pending || j->pending_outcome == SAGA_STEP_OK)
-        return;
-    const struct saga_step_def *sd = &j->def->steps[j->in.step];
-    log_info("saga.step_failed", "saga=%s type=%s step=%s phase=%s outcome=%s detail=%s", j->in.id,
-             j->in.type, sd->name, j->in.state == SAGA_COMPENSATING ? "compensation" : "action",
-             j->pending_outcome == SAGA_STEP_RETRY ? "retry" : "failed", j->pending_error.detail);
+    for (int r = 0; r < j->n_pending; r++) {
+        const struct pending *p = &j->pending[r];
+        if (p->outcome == SAGA_STEP_OK)
+            continue;
+        const struct saga_step_def *sd = &j->def->steps[j->in.step + r];
+        log_info("saga.step_failed", "saga=%s type=%s step=%s phase=%s outcome=%s detail=%s",
+                 j->in.id, j->in.type, sd->name,
+                 j->in.state == SAGA_COMPENSATING ? "compensation" : "action",
+                 p->outcome == SAGA_STEP_RETRY ? "retry" : "failed", p->error.detail);
+    }
 }
 
 static enum err
@@ -769,6 +786,28 @@ static const struct store_group LOADS = {.many = load_many, .max = SAGA_UNIT_BAT
 /* Steps run while at least this much of the job's lease is left. */
 #define CHAIN_LEASE_LEFT_MS (SAGA_STEP_LEASE_MS / 2)
 
+/* After an outside action that succeeded, run the next step at once when
+ * it is `at_once` and the lease has time for it; both results are then
+ * recorded in the next unit. */
+static void
+run_at_once(struct step_job *j)
+{
+    const struct saga_instance *in = &j->in;
+    size_t next = (size_t)in->step + 1;
+    if (in->state != SAGA_RUNNING || j->pending[0].outcome != SAGA_STEP_OK ||
+        next >= j->def->n_steps || !j->def->steps[next].at_once || j->def->steps[next].in_txn ||
+        job_run_should_stop(j->run) ||
+        bb_mono_ms() + CHAIN_LEASE_LEFT_MS >= j->run->deadline_mono_ms)
+        return;
+    struct saga_instance after = *in; /* as the first result leaves it (not owned) */
+    after.step = (int)next;
+    after.retries = 0;
+    after.data = j->pending[0].data;
+    const struct saga_record *before = j->pending[0].record.fn ? &j->pending[0].record : NULL;
+    run_step(j, &after, NULL, before, &j->pending[1]);
+    j->n_pending = 2;
+}
+
 static enum job_verdict
 carry(struct step_job *j)
 {
@@ -780,7 +819,7 @@ carry(struct step_job *j)
     }
     j->limit = INT_MAX;
     for (;;) {
-        if (!j->pending) {
+        if (j->n_pending == 0) {
             if (!is_current(j, &j->in))
                 return JOB_DONE; /* it ended, waits, or is another job's now */
             j->def = saga__def_find(j->in.type);
@@ -789,9 +828,9 @@ carry(struct step_job *j)
                 return JOB_RETRY; /* another process may know it */
             }
             if (!j->def->steps[j->in.step].in_txn) {
-                j->pending = true;
-                j->pending_outcome = run_step(j, &j->in, NULL, &j->pending_data, j->pending_reason,
-                                              &j->pending_error, &j->pending_started_ms);
+                run_step(j, &j->in, NULL, NULL, &j->pending[0]);
+                j->n_pending = 1;
+                run_at_once(j);
             }
         }
         j->chain =
@@ -812,7 +851,8 @@ carry(struct step_job *j)
         } else if (rc == ERR_CONFLICT && j->failed) {
             /* Commit what came before the failure; a failure alone is
              * recorded next (advance_work kept it). */
-            j->pending = j->pending || j->ran == 0;
+            if (j->n_pending == 0 && j->ran == 0)
+                j->n_pending = 1;
             j->limit = j->ran;
         } else {
             bb_buf_printf(&run->error, "saga %s: %s", j->in.id, e.detail);

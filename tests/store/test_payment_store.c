@@ -239,12 +239,13 @@ a_stale_lock_token_is_refused_before_the_psp(void **state)
     json_decref(out);
 }
 
-/* Outcomes written in a transaction of the test's, which may raise the
- * fence of order `fenced` (o-d1 if NULL) to `fence` first, or roll back
- * after writing. */
+/* Outcomes written in a transaction of the test's (in one call, or one
+ * call each `in_turn`), which may raise the fence of order `fenced` (o-d1
+ * if NULL) to `fence` first, or roll back after writing. */
 struct record_op {
     struct payment_outcome *o[2];
     size_t n;
+    bool in_turn;
     int64_t fence;
     const char *fenced;
     bool roll_back;
@@ -259,7 +260,9 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     snprintf(key, sizeof key, "payment:%s", op->fenced ? op->fenced : "o-d1");
     if (op->fence > 0)
         rc = lock_fence_check(c, key, op->fence, bb_wall_ms(), e);
-    if (rc == ERR_OK && op->n > 0)
+    for (size_t i = 0; rc == ERR_OK && i < op->n && op->in_turn; i++)
+        rc = payment_outcomes_record(c, &op->o[i], 1, e);
+    if (rc == ERR_OK && op->n > 0 && !op->in_turn)
         rc = payment_outcomes_record(c, op->o, op->n, e);
     return rc == ERR_OK && op->roll_back ? bb_fail(e, ERR_INVALID, "", "rolled back") : rc;
 }
@@ -358,11 +361,11 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
      * overtaken meanwhile asks the PSP (the same question as its
      * successor), but cannot write the answer; its successor can. */
     assert_int_equal(record(f, (struct record_op){.fence = 6}), ERR_OK);
-    assert_ok(payment_capture_deferred(f->p, id, 0, 5, &capture, &e), &e);
+    assert_ok(payment_capture_deferred(f->p, id, 0, 5, NULL, &capture, &e), &e);
     assert_int_equal(record(f, (struct record_op){.o = {capture}, .n = 1}), ERR_STALE_TOKEN);
     payment_outcome_free(capture);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 1);
-    assert_ok(payment_capture_deferred(f->p, id, 0, 6, &capture, &e), &e);
+    assert_ok(payment_capture_deferred(f->p, id, 0, 6, NULL, &capture, &e), &e);
     assert_int_equal(record(f, (struct record_op){.o = {capture}, .n = 1}), ERR_OK);
     payment_outcome_free(capture);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'CAPTURED'"), 1);
@@ -382,6 +385,49 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
         ERR_STALE_TOKEN);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 2);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
+}
+
+/* A capture that follows its authorization's outcome before that is
+ * written: it reads nothing, and both outcomes are written in one
+ * transaction, in order (or neither). Another payment's outcome is no
+ * ground for it: the capture reads its own payment. */
+static void
+a_capture_follows_an_authorization_not_yet_written(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    struct payment_request r = request("o-d1", "pay-d1");
+    r.lock_token = 5;
+    prepare(f, &r, true);
+    char id[PAYMENT_ID_LEN + 1];
+    struct payment_outcome *authorized, *captured;
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &authorized, &e), &e);
+    assert_ok(payment_capture_deferred(f->p, id, 0, 5, authorized, &captured, &e), &e);
+    assert_non_null(captured);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges WHERE op = 'capture'"), 1);
+    struct record_op both = {.o = {authorized, captured}, .n = 2, .in_turn = true};
+    both.roll_back = true;
+    assert_int_equal(record(f, both), ERR_INVALID);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM outbox_events"), 0);
+    both.roll_back = false;
+    assert_int_equal(record(f, both), ERR_OK);
+    payment_outcome_free(authorized);
+    payment_outcome_free(captured);
+    assert_int_equal(
+        count(f,
+              "SELECT COUNT(*) FROM payments WHERE state = 'CAPTURED' AND captured_amount = 1500"),
+        1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM outbox_events WHERE type IN"
+                              " ('payment.authorized.v1', 'payment.captured.v1')"),
+                     2);
+    /* An outcome of another payment: this one is read, and is captured. */
+    struct payment_request other = request("o-d2", "pay-d2");
+    assert_ok(payment_authorize_deferred(f->p, &other, NULL, &authorized, &e), &e);
+    assert_int_equal(payment_capture_deferred(f->p, id, 0, 5, authorized, &captured, &e), ERR_OK);
+    assert_null(captured); /* a replay: nothing to write */
+    payment_outcome_free(authorized);
 }
 
 /* Authorize k0..k19 on a fresh database with a PSP seeded `seed` that
@@ -912,6 +958,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(refunds_never_exceed_the_capture),
     PAY_TEST(a_stale_lock_token_is_refused_before_the_psp),
     PAY_TEST(outcomes_written_by_the_caller_land_with_its_transaction),
+    PAY_TEST(a_capture_follows_an_authorization_not_yet_written),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
     cmocka_unit_test_setup_teardown(operations_in_a_batch_end_as_they_would_alone, setup_one_thread,

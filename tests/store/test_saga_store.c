@@ -7,7 +7,9 @@
  * leaves no write behind, an outside step holds what the transition into it
  * took until the one that records it, what an outside action leaves to
  * write commits with the record of its result or not at all (and then the
- * step runs again), a starting event starts one saga,
+ * step runs again), an `at_once` step runs before the outside step before
+ * it is recorded and both are recorded together, a starting event starts
+ * one saga,
  * a second job for the same step (a crash's leftover) moves nothing, and
  * retention deletes finished sagas only.
  */
@@ -34,6 +36,8 @@ static struct {
     int record_fails_left;  /* the records that fail (after writing) first */
     size_t max_record_call; /* the most args a record call had */
     size_t max_end_call;    /* the most ends an on_end call had */
+    int before_seen;        /* runs of q2 that saw q1's record in run->before */
+    int64_t before_found;   /* ...and the records of q1 they found in the store */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The workers read `toy` under its lock. */
@@ -151,6 +155,59 @@ toy_from_event(const json_t *event, const char *aggregate_id, json_t **data, voi
     *data = json_pack("{s:s, s:O}", "for", aggregate_id, "event", event);
     return ERR_OK;
 }
+
+/*
+ * "toyc": two outside steps, the second `at_once`, then an in-transaction
+ * one; the steps do what toy's s1..s3 do. q2 notes whether it saw q1's
+ * record, and how many of q1's records the store had then.
+ */
+struct written_op {
+    const char *key; /* "SAGA:STEP" */
+    int64_t n;
+};
+
+static enum err
+written_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    static struct store_stmt of = {
+        .sql = "SELECT count(*) FROM toy_writes WHERE saga || ':' || step = $1"};
+    struct written_op *op = arg;
+    const struct store_param p[] = {sp_text(op->key)};
+    struct store_rows r;
+    enum err rc = store_query(c, &of, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    op->n = store_next(&r) ? store_col_int(&r, 0) : 0;
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
+static enum saga_outcome
+toyc_q2(struct saga_step_run *run, struct bb_error *e)
+{
+    const struct toy_record *r =
+        run->before && run->before->fn == toy_record_write ? run->before->arg : NULL;
+    if (r && strcmp(r->saga, run->saga_id) == 0 && strcmp(r->step, "q1:record") == 0) {
+        char key[128];
+        snprintf(key, sizeof key, "%s:q1:record", run->saga_id);
+        struct written_op op = {.key = key};
+        if (store_run(run->store, STORE_READ, written_work, &op, e) != ERR_OK)
+            return SAGA_STEP_RETRY;
+        pthread_mutex_lock(&toy.mu);
+        toy.before_seen++;
+        toy.before_found += op.n;
+        pthread_mutex_unlock(&toy.mu);
+    }
+    return toy_step(run, e);
+}
+
+static const struct saga_step_def TOYC_STEPS[] = {
+    {.name = "q1", .action = toy_step, .compensate = toy_step},
+    {.name = "q2", .action = toyc_q2, .compensate = toy_step, .at_once = true},
+    {.name = "q3", .action = toy_step, .compensate = toy_step, .in_txn = true},
+};
+
+static const struct saga_def TOYC = {.type = "toyc", .steps = TOYC_STEPS, .n_steps = 3};
 
 static const struct saga_def TOY = {.type = "toy",
                                     .steps = TOY_STEPS,
@@ -308,6 +365,8 @@ setup_with(void **state, int64_t workers)
     toy.s2_held = toy.unheld = 0;
     toy.record_fails_left = 0;
     toy.max_record_call = toy.max_end_call = 0;
+    toy.before_seen = 0;
+    toy.before_found = 0;
     pthread_mutex_unlock(&toy.mu);
     struct fixture *f = xcalloc(1, sizeof *f);
     f->db = test_db_create();
@@ -318,6 +377,7 @@ setup_with(void **state, int64_t workers)
     assert_ok(saga_engine_create(f->db->store, f->registry, &so, &f->engine, &e), &e);
     saga_engine_add(f->engine, &TOY);
     saga_engine_add(f->engine, &TOYB);
+    saga_engine_add(f->engine, &TOYC);
     assert_ok(saga_engine_start(f->engine, &e), &e);
     assert_ok(store_run(f->db->store, STORE_WRITE, setup_work, NULL, &e), &e);
     struct job_pool_options po = {.concurrency = workers, .poll_ms = 50};
@@ -353,6 +413,7 @@ teardown(void **state)
 }
 
 struct start_op {
+    const struct saga_def *def; /* NULL: toy */
     const char *correlation;
     char id[SAGA_ID_LEN + 1];
     bool created;
@@ -363,7 +424,8 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct start_op *op = arg;
     json_t *data = json_object();
-    enum err rc = saga_start(c, &TOY, op->correlation, data, bb_wall_ms(), op->id, &op->created, e);
+    enum err rc = saga_start(c, op->def ? op->def : &TOY, op->correlation, data, bb_wall_ms(),
+                             op->id, &op->created, e);
     json_decref(data);
     return rc;
 }
@@ -522,6 +584,80 @@ an_outside_result_that_cannot_be_written_runs_its_step_again(void **state)
     log_is("a1 a2 a2 a3 ");
     assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
     assert_int_equal(writes_of(f, op.id, "s3"), 1);
+}
+
+/* Since the last call. */
+static void
+before_is(int seen, int64_t found)
+{
+    pthread_mutex_lock(&toy.mu);
+    assert_int_equal(toy.before_seen, seen);
+    assert_int_equal(toy.before_found, found);
+    toy.before_seen = 0;
+    toy.before_found = 0;
+    pthread_mutex_unlock(&toy.mu);
+}
+
+/* q2 ran before q1's result and record were written, saw that record, and
+ * both were written by the unit that went on to q3. */
+static void
+an_at_once_step_runs_before_the_step_before_is_recorded(void **state)
+{
+    struct fixture *f = *state;
+    struct start_op op = {.def = &TOYC, .correlation = "order-c"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "q1:action:ok q2:action:ok q3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a3 ");
+    before_is(1, 0);
+    assert_int_equal(writes_of(f, op.id, "q1:record"), 1);
+    assert_int_equal(writes_of(f, op.id, "q2:record"), 1);
+    assert_int_equal(writes(f), 3);
+}
+
+/* A q1 that asks for a retry is recorded alone (with its record), and q2
+ * waits for its next run; a q2 that fails is recorded with q1 and
+ * compensation starts from q1. */
+static void
+an_at_once_step_follows_only_a_success(void **state)
+{
+    struct fixture *f = *state;
+    TOY_SET(retries_left[0], 1);
+    struct start_op op = {.def = &TOYC, .correlation = "order-c1"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "q1:action:retry q1:action:ok q2:action:ok q3:action:ok");
+    json_decref(saga);
+    log_is("a1 a1 a2 a3 ");
+    before_is(1, 1); /* the retry's record only */
+    assert_int_equal(writes_of(f, op.id, "q1:record"), 2);
+
+    TOY_SET(log[0], '\0');
+    TOY_SET(action[1], SAGA_STEP_FAIL);
+    struct start_op failing = {.def = &TOYC, .correlation = "order-c2"};
+    saga = await_state(f, started(f, &failing), "FAILED");
+    timeline_is(saga, "q1:action:ok q2:action:failed q1:compensation:ok");
+    json_decref(saga);
+    log_is("a1 a2 c1 ");
+    before_is(1, 0);
+    assert_int_equal(writes_of(f, failing.id, "q1:record"), 1);
+    assert_int_equal(writes_of(f, failing.id, "q2:record"), 1);
+}
+
+/* A record that fails takes both results with it: q1 and q2 run again, and
+ * each record is written once. */
+static void
+records_of_steps_run_at_once_commit_together(void **state)
+{
+    struct fixture *f = *state;
+    TOY_SET(record_fails_left, 1);
+    struct start_op op = {.def = &TOYC, .correlation = "order-c3"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "q1:action:ok q2:action:ok q3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a1 a2 a3 ");
+    before_is(2, 0);
+    assert_int_equal(writes_of(f, op.id, "q1:record"), 1);
+    assert_int_equal(writes_of(f, op.id, "q2:record"), 1);
 }
 
 static void
@@ -1019,6 +1155,9 @@ a_timeline_line_that_cannot_be_read_is_left_out(void **state)
 static const struct CMUnitTest tests[] = {
     SAGA_TEST(steps_run_in_order_and_complete),
     SAGA_TEST(an_outside_result_that_cannot_be_written_runs_its_step_again),
+    SAGA_TEST(an_at_once_step_runs_before_the_step_before_is_recorded),
+    SAGA_TEST(an_at_once_step_follows_only_a_success),
+    SAGA_TEST(records_of_steps_run_at_once_commit_together),
     SAGA_TEST(a_permanent_failure_compensates_in_reverse),
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
