@@ -46,8 +46,12 @@ struct pay_op {
     char fingerprint[65]; /* authorize */
     char psp_key[STORE_IDEM_KEY_MAX + 16];
     char refund_id[PAYMENT_ID_LEN + 1];
-    bool replay;  /* answered before: no PSP call */
-    bool fenced;  /* the caller raised the fence (payment_prepare): not before the PSP */
+    bool replay; /* answered before: no PSP call */
+    bool fenced; /* the caller raised the fence (payment_prepare): not before the PSP */
+    /* Its outcome is written after the one it followed (settle's `after`),
+     * in the same transaction and under the same token: that one's fence
+     * stands for both. */
+    bool fenced_before;
     bool unmoved; /* the outcome found the payment moved by someone else */
     struct payments__psp_answer answer;
     json_t *out;
@@ -93,7 +97,7 @@ static struct store_stmt PAYMENT_MOVE = {
 static enum err
 outcome_begin(struct store_conn *c, const struct pay_op *op, struct bb_error *e)
 {
-    enum err rc = fence(c, op, op->row.order_id, e);
+    enum err rc = op->fenced_before ? ERR_OK : fence(c, op, op->row.order_id, e);
     if (rc != ERR_OK)
         return rc;
     const struct payments__psp_answer *a = &op->answer;
@@ -447,7 +451,26 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
     return rc == ERR_OK ? settle_decide(op, e) : rc;
 }
 
-static struct payments__row outcome_row(const struct payment_outcome *o);
+/* An outcome kept for the caller to write. */
+struct payment_outcome {
+    struct pay_op op;
+    enum payment_state from; /* the row's state before the outcome */
+};
+
+/* The payment as o leaves it once written. */
+static struct payments__row
+outcome_row(const struct payment_outcome *o)
+{
+    struct payments__row row = o->op.row;
+    row.state = o->from;
+    struct outcome_plan pl = plan_outcome(&o->op);
+    json_decref(pl.data);
+    if (pl.move) {
+        row.state = pl.to;
+        row.captured += pl.captured;
+    }
+    return row;
+}
 
 /* after (not NULL): the payment is as that outcome, not written yet, leaves
  * it; it is not read (unless the outcome is another payment's). */
@@ -462,10 +485,13 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
                         .amount = amount,
                         .lock_token = lock_token,
                         .fenced = pending != NULL};
-    if (after)
+    if (after && strcmp(after->op.row.id, payment_id) == 0) {
         op.row = outcome_row(after);
-    enum err rc = after && strcmp(op.row.id, payment_id) == 0 ? settle_decide(&op, e)
-                                                              : run(&op, PH_SETTLE_BEGIN, e);
+        op.fenced_before = after->op.lock_token == lock_token;
+    } else {
+        after = NULL;
+    }
+    enum err rc = after ? settle_decide(&op, e) : run(&op, PH_SETTLE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
         rc = outcome(&op, PH_SETTLE_END, pending, e);
@@ -930,7 +956,7 @@ outcome_end_many(struct store_conn *c, void *arg, struct bb_error *e)
     batch_reset(b); /* its members' orders are distinct: the combiner's conflicts */
     const char **orders = xcalloc(n, sizeof *orders);
     for (size_t i = 0; i < n; i++)
-        orders[i] = b->m[i]->row.order_id;
+        orders[i] = b->m[i]->fenced_before ? NULL : b->m[i]->row.order_id;
     enum err rc = fence_many(c, b, orders, e);
     struct outcome_plan *plans = xcalloc(n, sizeof *plans);
     bool *moved = xcalloc(n, sizeof *moved);
@@ -1071,11 +1097,6 @@ payments__batching_start(struct payments *p, size_t batch_max)
 
 /* ---- outcomes written by the caller ------------------------------------------------------ */
 
-struct payment_outcome {
-    struct pay_op op;
-    enum payment_state from; /* the row's state before the outcome */
-};
-
 static struct payment_outcome *
 outcome_keep(const struct pay_op *op)
 {
@@ -1086,21 +1107,6 @@ outcome_keep(const struct pay_op *op)
     o->op.out = NULL;
     o->from = op->row.state;
     return o;
-}
-
-/* The payment as o leaves it once written. */
-static struct payments__row
-outcome_row(const struct payment_outcome *o)
-{
-    struct payments__row row = o->op.row;
-    row.state = o->from;
-    struct outcome_plan pl = plan_outcome(&o->op);
-    json_decref(pl.data);
-    if (pl.move) {
-        row.state = pl.to;
-        row.captured += pl.captured;
-    }
-    return row;
 }
 
 enum err

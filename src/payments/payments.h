@@ -139,8 +139,10 @@ BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64
  * was, and a retry with the same key asks the PSP again (which answers
  * the same). A capture may follow its authorization's outcome before that
  * is written (`after`, not NULL: the capture starts from the payment as
- * that outcome leaves it, without reading it, and its own outcome is
- * written after that one, in the same transaction).
+ * that outcome leaves it, without reading it, and its own outcome must be
+ * written after that one, in the same transaction: under the same lock
+ * token, that one's fence stands for both and the capture's is not raised
+ * again).
  */
 BB_WUR enum err payment_prepare(struct store_conn *c, const struct payment_request *reqs, size_t n,
                                 bool intents, struct bb_error *e);

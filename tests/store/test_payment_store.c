@@ -407,6 +407,9 @@ a_capture_follows_an_authorization_not_yet_written(void **state)
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges WHERE op = 'capture'"), 1);
     struct record_op both = {.o = {authorized, captured}, .n = 2, .in_turn = true};
+    both.fence = 6; /* a newer holder: the authorization's fence refuses both */
+    assert_int_equal(record(f, both), ERR_STALE_TOKEN);
+    both.fence = 0;
     both.roll_back = true;
     assert_int_equal(record(f, both), ERR_INVALID);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
