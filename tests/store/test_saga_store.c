@@ -598,49 +598,48 @@ before_is(int seen, int64_t found)
     pthread_mutex_unlock(&toy.mu);
 }
 
+/* A toyc saga for `correlation` run to the state `end`: its timeline, the
+ * steps' log (cleared first) and what q2 saw of q1's record (see
+ * before_is) as given, and q1's and q2's records written q1 and q2 times. */
+static void
+toyc_runs(struct fixture *f, const char *correlation, const char *end, const char *timeline,
+          const char *log, int seen, int64_t found, int64_t q1, int64_t q2)
+{
+    TOY_SET(log[0], '\0');
+    struct start_op op = {.def = &TOYC, .correlation = correlation};
+    json_t *saga = await_state(f, started(f, &op), end);
+    timeline_is(saga, timeline);
+    json_decref(saga);
+    log_is(log);
+    before_is(seen, found);
+    assert_int_equal(writes_of(f, op.id, "q1:record"), q1);
+    assert_int_equal(writes_of(f, op.id, "q2:record"), q2);
+}
+
 /* q2 ran before q1's result and record were written, saw that record, and
  * both were written by the unit that went on to q3. */
 static void
 an_at_once_step_runs_before_the_step_before_is_recorded(void **state)
 {
     struct fixture *f = *state;
-    struct start_op op = {.def = &TOYC, .correlation = "order-c"};
-    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
-    timeline_is(saga, "q1:action:ok q2:action:ok q3:action:ok");
-    json_decref(saga);
-    log_is("a1 a2 a3 ");
-    before_is(1, 0);
-    assert_int_equal(writes_of(f, op.id, "q1:record"), 1);
-    assert_int_equal(writes_of(f, op.id, "q2:record"), 1);
+    toyc_runs(f, "order-c", "COMPLETED", "q1:action:ok q2:action:ok q3:action:ok", "a1 a2 a3 ", 1,
+              0, 1, 1);
     assert_int_equal(writes(f), 3);
 }
 
 /* A q1 that asks for a retry is recorded alone (with its record), and q2
- * waits for its next run; a q2 that fails is recorded with q1 and
- * compensation starts from q1. */
+ * waits for its next run (and finds only the retry's record); a q2 that
+ * fails is recorded with q1 and compensation starts from q1. */
 static void
 an_at_once_step_follows_only_a_success(void **state)
 {
     struct fixture *f = *state;
     TOY_SET(retries_left[0], 1);
-    struct start_op op = {.def = &TOYC, .correlation = "order-c1"};
-    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
-    timeline_is(saga, "q1:action:retry q1:action:ok q2:action:ok q3:action:ok");
-    json_decref(saga);
-    log_is("a1 a1 a2 a3 ");
-    before_is(1, 1); /* the retry's record only */
-    assert_int_equal(writes_of(f, op.id, "q1:record"), 2);
-
-    TOY_SET(log[0], '\0');
+    toyc_runs(f, "order-c1", "COMPLETED", "q1:action:retry q1:action:ok q2:action:ok q3:action:ok",
+              "a1 a1 a2 a3 ", 1, 1, 2, 1);
     TOY_SET(action[1], SAGA_STEP_FAIL);
-    struct start_op failing = {.def = &TOYC, .correlation = "order-c2"};
-    saga = await_state(f, started(f, &failing), "FAILED");
-    timeline_is(saga, "q1:action:ok q2:action:failed q1:compensation:ok");
-    json_decref(saga);
-    log_is("a1 a2 c1 ");
-    before_is(1, 0);
-    assert_int_equal(writes_of(f, failing.id, "q1:record"), 1);
-    assert_int_equal(writes_of(f, failing.id, "q2:record"), 1);
+    toyc_runs(f, "order-c2", "FAILED", "q1:action:ok q2:action:failed q1:compensation:ok",
+              "a1 a2 c1 ", 1, 0, 1, 1);
 }
 
 /* A record that fails takes both results with it: q1 and q2 run again, and
@@ -650,14 +649,8 @@ records_of_steps_run_at_once_commit_together(void **state)
 {
     struct fixture *f = *state;
     TOY_SET(record_fails_left, 1);
-    struct start_op op = {.def = &TOYC, .correlation = "order-c3"};
-    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
-    timeline_is(saga, "q1:action:ok q2:action:ok q3:action:ok");
-    json_decref(saga);
-    log_is("a1 a2 a1 a2 a3 ");
-    before_is(2, 0);
-    assert_int_equal(writes_of(f, op.id, "q1:record"), 1);
-    assert_int_equal(writes_of(f, op.id, "q2:record"), 1);
+    toyc_runs(f, "order-c3", "COMPLETED", "q1:action:ok q2:action:ok q3:action:ok",
+              "a1 a2 a1 a2 a3 ", 2, 0, 1, 1);
 }
 
 static void
