@@ -12,9 +12,10 @@
  * payment:{order_id}, taken per run (in the transaction that makes the step
  * next, given back in the one that records it), so a run that lost its job
  * lease is refused by the payments ledger. The ledger's fence and an
- * authorization's intent are written with the lock, and the PSP's answer
- * in the transaction that records the step (saga_record): a payment step
- * only reads on its own.
+ * authorization's intent (with the id the saga's data keeps for it) are
+ * written with the lock, and the PSP's answers in the transaction that
+ * records the step (saga_record): a payment step reads the ledger only
+ * when it had to take the lock itself.
  */
 #include "checkout/checkout_int.h"
 
@@ -376,18 +377,28 @@ authorization(const struct saga_step_run *run, int64_t token)
 }
 
 /* With the lock taken (tokens[i] > 0), in its transaction: the ledger's
- * fence raised to its token, and an authorization's intent recorded, so
- * that the step only reads before it asks the PSP. A token the previous
- * step held (the lock renewed) was fenced for that one already. */
+ * fence raised to its token, and an authorization's intent recorded, with
+ * the id the saga's data keeps for it (chosen the first time; the engine's
+ * hold writes the data with the unit), so that the step need not read it
+ * before it asks the PSP. A token the previous step held (the lock
+ * renewed) was fenced for that one already. */
 static enum err
 prepare_payments(struct saga_step_run **runs, const int64_t *tokens, size_t n, struct bb_error *e)
 {
     struct payment_request *reqs = xcalloc(n, sizeof *reqs);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (tokens[i] > 0 && tokens[i] != runs[i]->held)
-            reqs[k++] = authorization(runs[i], tokens[i]);
     bool intents = strcmp(runs[0]->step, "authorize_payment") == 0 && !runs[0]->compensating;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (tokens[i] <= 0 || tokens[i] == runs[i]->held)
+            continue;
+        reqs[k] = authorization(runs[i], tokens[i]);
+        if (intents && data_text(runs[i], "authorization_id") == NULL) {
+            char id[PAYMENT_ID_LEN + 1];
+            bb_uuid7_at(bb_wall_ms(), id);
+            json_object_set_new(runs[i]->data, "authorization_id", json_string(id));
+        }
+        reqs[k++].intent_id = intents ? data_text(runs[i], "authorization_id") : NULL;
+    }
     enum err rc = payment_prepare(runs[0]->c, reqs, k, intents, e);
     free(reqs);
     return rc;
@@ -530,10 +541,15 @@ static enum saga_outcome
 authorize_payment(struct saga_step_run *run, struct bb_error *e)
 {
     const struct checkout_saga *cs = run->ctx;
+    /* Held already: taken by the unit that made this step next, which
+     * wrote the intent and its id in the data. */
+    bool prepared = run->held != 0;
     enum err rc = payment_lock(run, e);
     if (rc != ERR_OK)
         return payment_trouble(run, rc);
     struct payment_request req = authorization(run, run->held);
+    if (prepared)
+        req.intent_id = data_text(run, "authorization_id");
     char id[PAYMENT_ID_LEN + 1];
     struct payment_outcome *pending;
     rc = payment_authorize_deferred(cs->opt.payments, &req, id, &pending, e);

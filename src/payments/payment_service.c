@@ -349,6 +349,23 @@ authorize_begin(struct store_conn *c, void *arg, struct bb_error *e)
     return rc == ERR_OK ? authorize_decide(op, e) : rc;
 }
 
+/* The first step of authorize for an intent the caller saw committed: the
+ * row as payment_prepare wrote it. */
+static enum err
+intent_as_written(struct pay_op *op, struct bb_error *e)
+{
+    const struct payment_request *req = op->req;
+    struct payments__row *row = &op->row;
+    *row = (struct payments__row){.amount = req->amount, .state = PAYMENT_PENDING};
+    bb_strlcpy(row->id, req->intent_id, sizeof row->id);
+    bb_strlcpy(row->order_id, req->order_id, sizeof row->order_id);
+    bb_strlcpy(row->key, req->idempotency_key, sizeof row->key);
+    bb_strlcpy(row->fingerprint, op->fingerprint, sizeof row->fingerprint);
+    bb_strlcpy(row->currency, req->currency, sizeof row->currency);
+    bb_strlcpy(row->card, req->card ? req->card : "", sizeof row->card);
+    return authorize_decide(op, e);
+}
+
 static enum err run(struct pay_op *op, enum pay_phase phase, struct bb_error *e);
 static struct payment_outcome *outcome_keep(const struct pay_op *op);
 
@@ -378,7 +395,7 @@ authorize(struct payments *p, const struct payment_request *req, char id[PAYMENT
                         .lock_token = req->lock_token,
                         .amount = req->amount};
     request_fingerprint(req, op.fingerprint);
-    enum err rc = run(&op, PH_AUTHORIZE_BEGIN, e);
+    enum err rc = req->intent_id ? intent_as_written(&op, e) : run(&op, PH_AUTHORIZE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
         rc = outcome(&op, PH_AUTHORIZE_END, pending, e);
@@ -815,7 +832,10 @@ insert_intents(struct store_conn *c, struct pay_batch *b, const bool *skip, size
         if ((skip && skip[i]) || !live(b->m[i]))
             continue;
         char id[37];
-        bb_uuid7_at(now, id);
+        if (req->intent_id)
+            bb_strlcpy(id, req->intent_id, sizeof id);
+        else
+            bb_uuid7_at(now, id);
         json_array_append_new(
             fresh,
             json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id, "order_id", req->order_id,

@@ -88,6 +88,11 @@ struct payment_request {
     const char *card; /* opaque card token; may be NULL */
     const char *idempotency_key;
     int64_t lock_token; /* > 0: fenced by the lock payment:{order_id} */
+    /* payment_prepare: the id its intent gets (NULL: a new UUIDv7).
+     * payment_authorize_deferred: the intent payment_prepare recorded with
+     * this id, under this lock_token, in a transaction that committed: the
+     * authorization starts from it (PENDING) without reading it. */
+    const char *intent_id;
 };
 
 struct payments;
@@ -128,12 +133,17 @@ BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64
  * payment_prepare, in the transaction that takes the payment lock: raise
  * the fence of each request's order to its lock_token (older holders are
  * refused from then on; a request whose fence is newer is left alone) and,
- * with `intents`, record each authorization's intent (PENDING).
+ * with `intents`, record each authorization's intent (PENDING; a key used
+ * already keeps its row, and then the intent_id is not that row's).
  *
  * payment_*_deferred, with no transaction open: the same checks, intent
  * (when not prepared) and PSP call, and the same answer, as if the outcome
  * were written; the fence is not raised again before the PSP (the caller
- * raised it), only when the outcome is written. *pending is that outcome
+ * raised it), only when the outcome is written. An authorization given its
+ * intent_id does not read the intent: should the ledger not hold that id
+ * PENDING any more (the key's row is another, or it moved meanwhile),
+ * writing its outcome fails (ERR_NOT_FOUND) or finds what moved it, as a
+ * concurrent retry's. *pending is that outcome
  * (NULL when there is nothing to write: a replay, or a request refused
  * before the PSP). Until it is written, the ledger shows the payment as it
  * was, and a retry with the same key asks the PSP again (which answers

@@ -136,8 +136,9 @@ struct saga_step_def {
      * goes straight on to it), `unhold` gives it back in the one that
      * records the step; neither needs a transaction of its own. Between
      * two steps with the same `hold` it is taken again, not given back (a
-     * lock's re-entrant acquire renews it). A run that
-     * finds run->held 0 (a rescued job, say) takes it itself and sets
+     * lock's re-entrant acquire renews it). What `hold` sets in
+     * run->data is written with the unit that took it. A run that finds
+     * run->held 0 (a rescued job, say) takes it itself and sets
      * run->held. Both may be NULL. */
     saga_hold_fn *hold;
     saga_unhold_fn *unhold;

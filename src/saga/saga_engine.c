@@ -358,6 +358,13 @@ take(struct store_conn *c, struct step_job **m, size_t n)
     struct bb_error ignored;
     bool batch = one_step(m, n, false, sd->hold_batch != NULL);
     for (size_t i = 0; i < n; i++) {
+        /* What the hold sets in the data is written with the unit; the
+         * committed instance may share the object. */
+        json_t *own = json_deep_copy(m[i]->work.data);
+        if (own == NULL)
+            bb_panic(__FILE__, __LINE__, "out of memory");
+        json_decref(m[i]->work.data);
+        m[i]->work.data = own;
         runs[i] = step_run(m[i], &m[i]->work, c, m[i]->work.data, keys[i]);
         rp[i] = &runs[i];
         if (!batch && hold_of(m[i], &m[i]->work)(&runs[i], &m[i]->unit_held, &ignored) != ERR_OK)
@@ -371,8 +378,9 @@ take(struct store_conn *c, struct step_job **m, size_t n)
         m[i]->unit_held = held[i];
 }
 
-/* At the end of a unit: give back what the step each member recorded
- * held, and take what its next step holds when its runner goes on to it.
+/* At the end of a unit, before the instances are written: give back what
+ * the step each member recorded held, and take what its next step holds
+ * when its runner goes on to it.
  * When both hold the same, it is taken again (a lock's re-entrant acquire
  * renews it) rather than given back. */
 static void
@@ -528,9 +536,9 @@ advance_work(struct store_conn *c, void *arg, struct bb_error *e)
         j->ran++;
     }
     if (rc == ERR_OK)
-        rc = saga__unit_flush(c, &j->unit, &j->work, &j->stale, e);
-    if (rc == ERR_OK)
         hold(c, &(struct unit_batch){.m = &j, .n = 1});
+    if (rc == ERR_OK)
+        rc = saga__unit_flush(c, &j->unit, &j->work, &j->stale, e);
     if (rc == ERR_OK)
         rc = end_jobs(c, &j, 1, e);
     return rc;
@@ -631,6 +639,7 @@ advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
         rc = batch_round(c, b, &ran, e);
     if (rc != ERR_OK)
         return rc;
+    hold(c, b);
     struct saga_unit *units[SAGA_UNIT_BATCH_MAX];
     const struct saga_instance *now[SAGA_UNIT_BATCH_MAX];
     for (size_t i = 0; i < b->n; i++) {
@@ -639,8 +648,6 @@ advance_batch(struct store_conn *c, void *arg, struct bb_error *e)
     }
     bool stale;
     rc = saga__units_flush(c, units, now, b->n, &stale, e);
-    if (rc == ERR_OK)
-        hold(c, b);
     if (rc == ERR_OK)
         rc = end_jobs(c, b->m, b->n, e);
     return rc;

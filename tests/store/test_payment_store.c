@@ -387,6 +387,66 @@ outcomes_written_by_the_caller_land_with_its_transaction(void **state)
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 4);
 }
 
+/* count() of `before` 'value' `after` (values are the test's own). */
+static int64_t
+count_where(struct fixture *f, const char *before, const char *value, const char *after)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "%s'%s'%s", before, value, after);
+    return count(f, sql);
+}
+
+/* An authorization given the id its intent was prepared with starts from
+ * that intent without reading it. Given an id the ledger does not hold
+ * (the key's row has another), its outcome cannot be written and nothing
+ * is; asked again without it, it finds the key's row, and the PSP answers
+ * as before (one charge). */
+static void
+an_authorization_starts_from_the_intent_it_was_given(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    char given[PAYMENT_ID_LEN + 1], wrong[PAYMENT_ID_LEN + 1], id[PAYMENT_ID_LEN + 1];
+    bb_uuid7_at(bb_wall_ms(), given);
+    bb_uuid7_at(bb_wall_ms(), wrong);
+    struct payment_request r = request("o-d1", "pay-d1");
+    r.lock_token = 5;
+    r.intent_id = given;
+    prepare(f, &r, true);
+    assert_int_equal(
+        count_where(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING' AND id = ", given,
+                    ""),
+        1);
+    struct payment_outcome *authorized;
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &authorized, &e), &e);
+    assert_string_equal(id, given);
+    assert_int_equal(record(f, (struct record_op){.o = {authorized}, .n = 1}), ERR_OK);
+    payment_outcome_free(authorized);
+    assert_int_equal(
+        count_where(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED' AND id = ", given,
+                    ""),
+        1);
+    struct payment_request s = request("o-d2", "pay-d2");
+    s.lock_token = 5;
+    prepare(f, &s, true); /* an intent of its own id */
+    s.intent_id = wrong;
+    assert_ok(payment_authorize_deferred(f->p, &s, id, &authorized, &e), &e);
+    assert_string_equal(id, wrong);
+    assert_int_not_equal(record(f, (struct record_op){.o = {authorized}, .n = 1}), ERR_OK);
+    payment_outcome_free(authorized);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 1);
+    assert_int_equal(count_where(f, "SELECT COUNT(*) FROM payments WHERE id = ", wrong, ""), 0);
+    s.intent_id = NULL;
+    assert_ok(payment_authorize_deferred(f->p, &s, id, &authorized, &e), &e);
+    assert_string_not_equal(id, wrong);
+    assert_int_equal(record(f, (struct record_op){.o = {authorized}, .n = 1}), ERR_OK);
+    payment_outcome_free(authorized);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 2);
+    assert_int_equal(
+        count_where(f, "SELECT COUNT(*) FROM psp_charges WHERE key = ", "authorize:pay-d2", ""), 1);
+}
+
 /* A capture that follows its authorization's outcome before that is
  * written: it reads nothing, and both outcomes are written in one
  * transaction, in order (or neither). Another payment's outcome is no
@@ -649,15 +709,6 @@ authorize_alone(struct fixture *f, const char *order, const char *key, int64_t a
     r.lock_token = token;
     struct bb_error e;
     assert_ok(payment_authorize(f->p, &r, id, NULL, &e), &e);
-}
-
-/* count() of `before` 'value' `after` (values are the test's own). */
-static int64_t
-count_where(struct fixture *f, const char *before, const char *value, const char *after)
-{
-    char sql[256];
-    snprintf(sql, sizeof sql, "%s'%s'%s", before, value, after);
-    return count(f, sql);
 }
 
 /*
@@ -961,6 +1012,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(refunds_never_exceed_the_capture),
     PAY_TEST(a_stale_lock_token_is_refused_before_the_psp),
     PAY_TEST(outcomes_written_by_the_caller_land_with_its_transaction),
+    PAY_TEST(an_authorization_starts_from_the_intent_it_was_given),
     PAY_TEST(a_capture_follows_an_authorization_not_yet_written),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),

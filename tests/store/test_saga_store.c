@@ -5,7 +5,8 @@
  * backoff and then give up, a compensation that keeps failing leaves the
  * saga STUCK until retried by hand, an in-transaction step that fails
  * leaves no write behind, an outside step holds what the transition into it
- * took until the one that records it, what an outside action leaves to
+ * took (and what the hold set in the data is written with it) until the one
+ * that records it, what an outside action leaves to
  * write commits with the record of its result or not at all (and then the
  * step runs again), an `at_once` step runs before the outside step before
  * it is recorded and both are recorded together, a starting event starts
@@ -32,6 +33,7 @@ static struct {
     int retries_left[3];         /* RETRY this many times first */
     enum saga_outcome undo[3];
     int64_t s2_held;        /* what s2's action last saw in run->held */
+    int64_t s2_saw_hold;    /* ...and in its data's "s2_hold" (the hold's) */
     int64_t unheld;         /* what unhold last gave back */
     int record_fails_left;  /* the records that fail (after writing) first */
     size_t max_record_call; /* the most args a record call had */
@@ -93,8 +95,10 @@ toy_step(struct saga_step_run *run, struct bb_error *e)
     size_t n = strlen(toy.log);
     snprintf(toy.log + n, sizeof toy.log - n, "%c%d ", run->compensating ? 'c' : 'a', i + 1);
     enum saga_outcome o = run->compensating ? toy.undo[i] : toy.action[i];
-    if (i == 1 && !run->compensating)
+    if (i == 1 && !run->compensating) {
         toy.s2_held = run->held;
+        toy.s2_saw_hold = json_integer_value(json_object_get(run->data, "s2_hold"));
+    }
     if (!run->compensating && toy.retries_left[i] > 0) {
         toy.retries_left[i]--;
         o = SAGA_STEP_RETRY;
@@ -123,6 +127,8 @@ toy_hold(struct saga_step_run *run, int64_t *held, struct bb_error *e)
 {
     (void)e;
     *held = run->c ? 42 : 0;
+    if (run->c) /* written with the unit that takes it */
+        json_object_set_new(run->data, "s2_hold", json_integer(42));
     return ERR_OK;
 }
 
@@ -561,6 +567,11 @@ steps_run_in_order_and_complete(void **state)
     pthread_mutex_unlock(&toy.mu);
     json_t *data = json_object_get(saga, "data");
     assert_true(json_is_true(json_object_get(data, "s3")));
+    /* What the hold set in the data was written with its unit, and s2 saw it. */
+    assert_int_equal(json_integer_value(json_object_get(data, "s2_hold")), 42);
+    pthread_mutex_lock(&toy.mu);
+    assert_int_equal(toy.s2_saw_hold, 42);
+    pthread_mutex_unlock(&toy.mu);
     json_decref(saga);
     /* One per correlation id. */
     struct start_op again = {.correlation = "order-1"};
