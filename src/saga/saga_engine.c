@@ -63,6 +63,13 @@ static struct metrics_def M_PRUNED = {
     .help = "Finished saga instances deleted after the retention period (--saga-retention).",
     .type = METRICS_COUNTER,
 };
+static struct metrics_def M_LOADED = {
+    .name = "backbone_saga_job_runs_total",
+    .help = "Runs of saga jobs by where they found their instance: read from the store, or "
+            "carried from the starter that had just written it (nothing read).",
+    .type = METRICS_COUNTER,
+    .labels = {"from"},
+};
 static const double UNIT_BATCH_BUCKETS[] = {1, 2, 4, 8, 16, 32, 64};
 static struct metrics_def M_UNIT_BATCH = {
     .name = "backbone_saga_unit_batch_size",
@@ -98,6 +105,7 @@ metrics_init(void)
     metrics_register(&M_STUCK);
     metrics_register(&M_STEP);
     metrics_register(&M_PRUNED);
+    metrics_register(&M_LOADED);
     metrics_register(&M_UNIT_BATCH);
     metrics_register(&M_UNIT_ALONE);
     metrics_register(&M_UNITS_WAITING);
@@ -158,7 +166,73 @@ struct saga_engine {
      * when every unit runs alone. */
     struct bb_combiner *combiner;
     _Atomic(struct job_pool *) pool; /* saga_engine_run_here's */
+    pthread_mutex_t carried_mu;
+    struct carried *carried; /* CARRIED_SLOTS, guarded by carried_mu */
 };
+
+/* ---- instances carried from the starter ---------------------------------------------------- */
+
+/*
+ * The starter keeps each saga it started, as it committed it, for the
+ * first run of its first job: a run under the job's first lease (token 1),
+ * so no run can have moved the saga before it, and it need not read it
+ * back. A slot per job id (ids grow one by one): a newer job takes an
+ * older one's slot; a run that finds nothing there reads the saga.
+ */
+enum { CARRIED_SLOTS = 1024 };
+struct carried {
+    int64_t job_id; /* 0: empty */
+    struct saga_instance in;
+};
+
+/* What one starter unit started, kept once it commits. */
+struct carry_batch {
+    struct saga_engine *eng;
+    size_t n;
+    struct carried c[];
+};
+
+static void
+carried_end(void *arg, bool committed)
+{
+    struct carry_batch *cb = arg;
+    struct saga_engine *eng = cb->eng;
+    if (committed)
+        pthread_mutex_lock(&eng->carried_mu);
+    for (size_t i = 0; i < cb->n; i++) {
+        if (!committed) {
+            saga__instance_deinit(&cb->c[i].in);
+            continue;
+        }
+        struct carried *slot = &eng->carried[cb->c[i].job_id % CARRIED_SLOTS];
+        if (slot->job_id != 0)
+            saga__instance_deinit(&slot->in);
+        *slot = cb->c[i];
+    }
+    if (committed)
+        pthread_mutex_unlock(&eng->carried_mu);
+    free(cb);
+}
+
+/* The instance carried for the first run of job `job_id`, into *out. */
+static bool
+carried_take(struct saga_engine *eng, const struct job_run *run, const char *saga_id,
+             struct saga_instance *out)
+{
+    if (run->job->lease_token != 1)
+        return false;
+    bool found = false;
+    pthread_mutex_lock(&eng->carried_mu);
+    struct carried *slot = &eng->carried[run->job->id % CARRIED_SLOTS];
+    if (slot->job_id == run->job->id && strcmp(slot->in.id, saga_id) == 0) {
+        saga__instance_deinit(out);
+        *out = slot->in;
+        *slot = (struct carried){0};
+        found = true;
+    }
+    pthread_mutex_unlock(&eng->carried_mu);
+    return found;
+}
 
 /* ---- running steps ------------------------------------------------------------------------- */
 
@@ -820,7 +894,10 @@ carry(struct step_job *j)
 {
     struct job_run *run = j->run;
     struct bb_error e;
-    if (store_run_grouped(j->eng->store, STORE_READ, &LOADS, load_work, j, &e) != ERR_OK) {
+    bool carried = carried_take(j->eng, run, j->saga_id, &j->in);
+    metrics_add(&M_LOADED, 1, carried ? "starter" : "store");
+    if (!carried &&
+        store_run_grouped(j->eng->store, STORE_READ, &LOADS, load_work, j, &e) != ERR_OK) {
         bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id, e.detail);
         return JOB_RETRY;
     }
@@ -909,6 +986,7 @@ saga_job(struct job_run *run)
 /* ---- the starter ------------------------------------------------------------------------- */
 
 struct start_batch {
+    struct saga_engine *eng;
     struct job_pool *pool; /* the first jobs go there (NULL: to the queue) */
     /* Per definition, the last event claimed this round (committed), and
      * by the unit in hand. */
@@ -916,6 +994,22 @@ struct start_batch {
     int64_t claimed;
     int64_t started;
 };
+
+/* A saga as saga__start_many writes it. */
+static struct carried
+started_as(const struct saga_def *def, const char *id, const char *correlation_id,
+           const json_t *data, int64_t job_id)
+{
+    struct carried c = {.job_id = job_id,
+                        .in = {.state = SAGA_RUNNING, .version = 1, .job_id = job_id}};
+    bb_strlcpy(c.in.id, id, sizeof c.in.id);
+    bb_strlcpy(c.in.type, def->type, sizeof c.in.type);
+    bb_strlcpy(c.in.correlation_id, correlation_id, sizeof c.in.correlation_id);
+    c.in.data = json_deep_copy(data);
+    if (c.in.data == NULL)
+        bb_panic(__FILE__, __LINE__, "out of memory");
+    return c;
+}
 
 static enum err
 start_work(struct store_conn *c, void *arg, struct bb_error *e)
@@ -952,11 +1046,22 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
         }
         char(*ids)[SAGA_ID_LEN + 1] = xcalloc(k ? k : 1, sizeof *ids);
         bool created[START_BATCH];
+        int64_t job_ids[START_BATCH];
+        /* Kept for the first jobs' runs here once committed (registered
+         * first: the jobs handed over start after it). */
+        struct carry_batch *cb = NULL;
+        if (k > 0 && b->pool) {
+            cb = xcalloc(1, sizeof *cb + k * sizeof cb->c[0]);
+            cb->eng = b->eng;
+            store_after_commit(c, carried_end, cb);
+        }
         if (k > 0)
             rc = saga__start_many(c, def, correlation, (const json_t *const *)data, k, now, b->pool,
-                                  ids, created, e);
+                                  ids, created, job_ids, e);
         for (size_t i = 0; i < k; i++) {
             b->started += rc == ERR_OK && created[i];
+            if (rc == ERR_OK && created[i] && job_ids[i] > 0 && cb)
+                cb->c[cb->n++] = started_as(def, ids[i], correlation[i], data[i], job_ids[i]);
             json_decref(data[i]);
         }
         free(ids);
@@ -1031,7 +1136,7 @@ starter_main(void *arg)
     while (!eng->stopping) {
         eng->wake = false;
         pthread_mutex_unlock(&eng->mu);
-        struct start_batch b = {.pool = atomic_load(&eng->pool)};
+        struct start_batch b = {.eng = eng, .pool = atomic_load(&eng->pool)};
         struct bb_error e;
         do {
             if (store_run(eng->store, STORE_WRITE, start_work, &b, &e) != ERR_OK) {
@@ -1077,6 +1182,8 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
     if (eng->opt.unit_batch > SAGA_UNIT_BATCH_MAX)
         eng->opt.unit_batch = SAGA_UNIT_BATCH_MAX;
     pthread_mutex_init(&eng->mu, NULL);
+    pthread_mutex_init(&eng->carried_mu, NULL);
+    eng->carried = xcalloc(CARRIED_SLOTS, sizeof *eng->carried);
     if (eng->opt.unit_batch > 1) {
         struct bb_combiner_options co = {.leaders = UNIT_LEADERS_MAX,
                                          .batch_max = (size_t)eng->opt.unit_batch,
@@ -1163,6 +1270,11 @@ saga_engine_destroy(struct saga_engine *eng)
     if (eng == NULL)
         return;
     saga_engine_stop(eng);
+    for (size_t i = 0; i < CARRIED_SLOTS; i++)
+        if (eng->carried[i].job_id != 0)
+            saga__instance_deinit(&eng->carried[i].in);
+    free(eng->carried);
+    pthread_mutex_destroy(&eng->carried_mu);
     pthread_mutex_destroy(&eng->mu);
     pthread_cond_destroy(&eng->cv);
     bb_combiner_destroy(eng->combiner);

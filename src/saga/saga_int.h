@@ -43,11 +43,13 @@ BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_ins
 BB_WUR enum err saga__load_many(struct store_conn *c, const char *const *ids, size_t n,
                                 struct saga_instance *const *out, bool *found, struct bb_error *e);
 void saga__instance_deinit(struct saga_instance *in);
-/* saga_start_many, the first jobs handed to `pool` (job_submit_many_here). */
+/* saga_start_many, the first jobs handed to `pool` (job_submit_many_here),
+ * and each new instance's first job id in job_ids[i] (0: not created). */
 BB_WUR enum err saga__start_many(struct store_conn *c, const struct saga_def *def,
                                  const char *const *correlation_ids, const json_t *const *data,
                                  size_t n, int64_t now_ms, struct job_pool *pool,
-                                 char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e);
+                                 char (*ids)[SAGA_ID_LEN + 1], bool *created, int64_t *job_ids,
+                                 struct bb_error *e);
 /* The writes of one unit of work, gathered: the instance's move
  * (compare-and-set on the version the unit found) with its timeline's new
  * entries, one UPDATE however many steps the unit ran. A unit records

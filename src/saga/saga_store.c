@@ -236,15 +236,20 @@ saga_start_many(struct store_conn *c, const struct saga_def *def,
                 const char *const *correlation_ids, const json_t *const *data, size_t n,
                 int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
 {
-    return saga__start_many(c, def, correlation_ids, data, n, now_ms, NULL, ids, created, e);
+    int64_t *job_ids = xcalloc(n ? n : 1, sizeof *job_ids);
+    enum err rc =
+        saga__start_many(c, def, correlation_ids, data, n, now_ms, NULL, ids, created, job_ids, e);
+    free(job_ids);
+    return rc;
 }
 
 enum err
 saga__start_many(struct store_conn *c, const struct saga_def *def,
                  const char *const *correlation_ids, const json_t *const *data, size_t n,
                  int64_t now_ms, struct job_pool *pool, char (*ids)[SAGA_ID_LEN + 1], bool *created,
-                 struct bb_error *e)
+                 int64_t *first_jobs, struct bb_error *e)
 {
+    memset(first_jobs, 0, n * sizeof *first_jobs);
     enum err rc = insert_instances(c, def, correlation_ids, data, n, now_ms, ids, created, e);
     if (rc != ERR_OK)
         return rc;
@@ -268,6 +273,7 @@ saga__start_many(struct store_conn *c, const struct saga_def *def,
         struct bb_json_rows w;
         bb_json_rows_init(&w);
         for (size_t q = 0; q < k; q++) {
+            first_jobs[of[q]] = job_ids[q];
             bb_json_rows_next(&w);
             bb_json_rows_str(&w, "id", ids[of[q]]);
             bb_json_rows_int(&w, "job_id", job_ids[q]);

@@ -10,7 +10,7 @@
  * write commits with the record of its result or not at all (and then the
  * step runs again), an `at_once` step runs before the outside step before
  * it is recorded and both are recorded together, a starting event starts
- * one saga,
+ * one saga (its first job runs from what the starter wrote, unread),
  * a second job for the same step (a crash's leftover) moves nothing, and
  * retention deletes finished sagas only.
  */
@@ -797,6 +797,11 @@ a_starting_event_starts_one_saga(void **state)
 {
     struct fixture *f = *state;
     struct bb_error e;
+    /* Its first job runs here, handed over with the saga as the starter
+     * wrote it: nothing is read back. */
+    saga_engine_run_here(f->engine, f->pool);
+    int64_t carried = test_metric("backbone_saga_job_runs_total{from=\"starter\"}");
+    int64_t read = test_metric("backbone_saga_job_runs_total{from=\"store\"}");
     /* Twice: the second event for the same aggregate finds its saga. */
     assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
     assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
@@ -816,6 +821,10 @@ a_starting_event_starts_one_saga(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(sagas, 0), "state")),
                         "COMPLETED");
     json_decref(list);
+    saga_engine_run_here(f->engine, NULL);
+    assert_int_equal(test_metric("backbone_saga_job_runs_total{from=\"starter\"}"),
+                     (carried < 0 ? 0 : carried) + 1);
+    assert_int_equal(test_metric("backbone_saga_job_runs_total{from=\"store\"}"), read);
 }
 
 struct prune_op {
