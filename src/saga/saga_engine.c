@@ -214,7 +214,7 @@ carried_end(void *arg, bool committed)
     free(cb);
 }
 
-/* The instance carried for the first run of job `job_id`, into *out. */
+/* The instance carried for `run`, into *out, when it is its job's first. */
 static bool
 carried_take(struct saga_engine *eng, const struct job_run *run, const char *saga_id,
              struct saga_instance *out)

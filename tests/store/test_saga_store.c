@@ -359,8 +359,10 @@ setup_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc == ERR_OK ? store_exec(c, &TOY_TABLE, NULL, 0, NULL, e) : rc;
 }
 
+/* here: the saga engine runs its jobs in the fixture's pool
+ * (saga_engine_run_here) from its start. */
 static int
-setup_with(void **state, int64_t workers)
+setup_with(void **state, int64_t workers, bool here)
 {
     pthread_mutex_lock(&toy.mu);
     memset(toy.log, 0, sizeof toy.log);
@@ -384,10 +386,12 @@ setup_with(void **state, int64_t workers)
     saga_engine_add(f->engine, &TOY);
     saga_engine_add(f->engine, &TOYB);
     saga_engine_add(f->engine, &TOYC);
-    assert_ok(saga_engine_start(f->engine, &e), &e);
-    assert_ok(store_run(f->db->store, STORE_WRITE, setup_work, NULL, &e), &e);
     struct job_pool_options po = {.concurrency = workers, .poll_ms = 50};
     assert_ok(job_pool_start(f->db->store, f->registry, &po, &f->pool, &e), &e);
+    if (here)
+        saga_engine_run_here(f->engine, f->pool);
+    assert_ok(saga_engine_start(f->engine, &e), &e);
+    assert_ok(store_run(f->db->store, STORE_WRITE, setup_work, NULL, &e), &e);
     *state = f;
     return 0;
 }
@@ -395,14 +399,20 @@ setup_with(void **state, int64_t workers)
 static int
 setup(void **state)
 {
-    return setup_with(state, 2);
+    return setup_with(state, 2, false);
+}
+
+static int
+setup_here(void **state)
+{
+    return setup_with(state, 2, true);
 }
 
 /* Enough workers for every saga of the batch test at once. */
 static int
 setup_wide(void **state)
 {
-    return setup_with(state, 16);
+    return setup_with(state, 16, false);
 }
 
 static int
@@ -410,6 +420,7 @@ teardown(void **state)
 {
     struct fixture *f = *state;
     saga_engine_stop(f->engine);
+    saga_engine_run_here(f->engine, NULL);
     job_pool_stop(f->pool, bb_mono_ms() + 5000);
     saga_engine_destroy(f->engine);
     job_registry_destroy(f->registry);
@@ -797,9 +808,8 @@ a_starting_event_starts_one_saga(void **state)
 {
     struct fixture *f = *state;
     struct bb_error e;
-    /* Its first job runs here, handed over with the saga as the starter
-     * wrote it: nothing is read back. */
-    saga_engine_run_here(f->engine, f->pool);
+    /* Its first job runs here (setup_here), handed over with the saga as
+     * the starter wrote it: nothing is read back. */
     int64_t carried = test_metric("backbone_saga_job_runs_total{from=\"starter\"}");
     int64_t read = test_metric("backbone_saga_job_runs_total{from=\"store\"}");
     /* Twice: the second event for the same aggregate finds its saga. */
@@ -821,7 +831,6 @@ a_starting_event_starts_one_saga(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(sagas, 0), "state")),
                         "COMPLETED");
     json_decref(list);
-    saga_engine_run_here(f->engine, NULL);
     assert_int_equal(test_metric("backbone_saga_job_runs_total{from=\"starter\"}"),
                      (carried < 0 ? 0 : carried) + 1);
     assert_int_equal(test_metric("backbone_saga_job_runs_total{from=\"store\"}"), read);
@@ -1174,7 +1183,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_permanent_failure_compensates_in_reverse),
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
-    SAGA_TEST(a_starting_event_starts_one_saga),
+    cmocka_unit_test_setup_teardown(a_starting_event_starts_one_saga, setup_here, teardown),
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
     SAGA_TEST(finished_sagas_are_deleted_after_the_retention),
     SAGA_TEST(a_timeline_line_that_cannot_be_read_is_left_out),
