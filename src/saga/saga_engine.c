@@ -63,7 +63,7 @@ static struct metrics_def M_PRUNED = {
     .help = "Finished saga instances deleted after the retention period (--saga-retention).",
     .type = METRICS_COUNTER,
 };
-static struct metrics_def M_LOADED = {
+static struct metrics_def M_JOB_RUNS = {
     .name = "backbone_saga_job_runs_total",
     .help = "Runs of saga jobs by where they found their instance: read from the store, or "
             "carried from the starter that had just written it (nothing read).",
@@ -105,7 +105,7 @@ metrics_init(void)
     metrics_register(&M_STUCK);
     metrics_register(&M_STEP);
     metrics_register(&M_PRUNED);
-    metrics_register(&M_LOADED);
+    metrics_register(&M_JOB_RUNS);
     metrics_register(&M_UNIT_BATCH);
     metrics_register(&M_UNIT_ALONE);
     metrics_register(&M_UNITS_WAITING);
@@ -197,20 +197,16 @@ carried_end(void *arg, bool committed)
 {
     struct carry_batch *cb = arg;
     struct saga_engine *eng = cb->eng;
-    if (committed)
-        pthread_mutex_lock(&eng->carried_mu);
-    for (size_t i = 0; i < cb->n; i++) {
-        if (!committed) {
-            saga__instance_deinit(&cb->c[i].in);
-            continue;
-        }
+    pthread_mutex_lock(&eng->carried_mu);
+    for (size_t i = 0; i < cb->n && committed; i++) {
         struct carried *slot = &eng->carried[cb->c[i].job_id % CARRIED_SLOTS];
         if (slot->job_id != 0)
             saga__instance_deinit(&slot->in);
         *slot = cb->c[i];
     }
-    if (committed)
-        pthread_mutex_unlock(&eng->carried_mu);
+    pthread_mutex_unlock(&eng->carried_mu);
+    for (size_t i = 0; i < cb->n && !committed; i++)
+        saga__instance_deinit(&cb->c[i].in);
     free(cb);
 }
 
@@ -895,7 +891,7 @@ carry(struct step_job *j)
     struct job_run *run = j->run;
     struct bb_error e;
     bool carried = carried_take(j->eng, run, j->saga_id, &j->in);
-    metrics_add(&M_LOADED, 1, carried ? "starter" : "store");
+    metrics_add(&M_JOB_RUNS, 1, carried ? "starter" : "store");
     if (!carried &&
         store_run_grouped(j->eng->store, STORE_READ, &LOADS, load_work, j, &e) != ERR_OK) {
         bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id, e.detail);
