@@ -152,6 +152,10 @@ size_t bb_utf8_copy(char *dst, size_t cap, const char *src);
  * characters, " and \); the n form takes `len` bytes (NULs escaped). */
 void bb_buf_json_string(struct bb_buf *b, const char *s);
 void bb_buf_json_stringn(struct bb_buf *b, const char *s, size_t len);
+/* Append `v` as compact JSON text, as bb_json_dumps writes it. */
+void bb_buf_json_value(struct bb_buf *b, const json_t *v);
+/* Append the decimal digits of `v`. */
+void bb_buf_int(struct bb_buf *b, int64_t v);
 
 /* Bump allocator for per-request scratch memory: everything is freed at once
  * by bb_arena_deinit. Not thread-safe; one owner at a time. */
@@ -423,39 +427,5 @@ BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, stru
  * (JSON_COMPACT | JSON_ENCODE_ANY) byte for byte, written without its
  * per-token callbacks and printf. Aborts on OOM. */
 char *bb_json_dumps(const json_t *v);
-/* The JSON array of `items` (heap; caller frees), as bb_json_dumps. */
-char *bb_json_strings_dumps(const char *const *items, size_t n);
-
-/*
- * A batch statement's rows as JSON text, written straight into a buffer
- * ([{"id":"a","n":1},...]): no json_t per row and no second pass, which is
- * what building them with json_pack and bb_json_dumps cost the busiest
- * batches. Keys are the caller's literals (written as given); strings are
- * escaped as bb_buf_json_string does and must be UTF-8, as every string that
- * came through jansson or was made here is.
- *
- *     struct bb_json_rows w;
- *     bb_json_rows_init(&w);
- *     for (...) { bb_json_rows_next(&w); bb_json_rows_str(&w, "id", id); ... }
- *     char *text = bb_json_rows_finish(&w);
- */
-struct bb_json_rows {
-    struct bb_buf buf;
-    size_t n_rows;
-    bool first_field; /* the open row has no field yet */
-};
-void bb_json_rows_init(struct bb_json_rows *w);
-/* Start the next row (closing the one before). */
-void bb_json_rows_next(struct bb_json_rows *w);
-void bb_json_rows_str(struct bb_json_rows *w, const char *key, const char *v); /* NULL: null */
-void bb_json_rows_int(struct bb_json_rows *w, const char *key, int64_t v);
-void bb_json_rows_bool(struct bb_json_rows *w, const char *key, bool v);
-/* `v`, an object or array, embedded as JSON (compact, as bb_json_dumps);
- * NULL: null. A reader gets its text back with `x.key::text` from a `json`
- * column of json_to_recordset (PostgreSQL) or `value ->> 'key'` (SQLite):
- * both keep it verbatim. */
-void bb_json_rows_value(struct bb_json_rows *w, const char *key, const json_t *v);
-/* The rows' text (heap; caller frees); `w` is spent. */
-char *bb_json_rows_finish(struct bb_json_rows *w);
 
 #endif /* BB_BASE_H */

@@ -117,9 +117,8 @@ bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e)
     return ERR_OK;
 }
 
-/* Decimal digits of v. */
-static void
-buf_int(struct bb_buf *b, int64_t v)
+void
+bb_buf_int(struct bb_buf *b, int64_t v)
 {
     char digits[24], *p = digits + sizeof digits;
     uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
@@ -172,7 +171,7 @@ json_write(struct bb_buf *b, const json_t *v, int depth)
         bb_buf_json_stringn(b, json_string_value(v), json_string_length(v));
         break;
     case JSON_INTEGER:
-        buf_int(b, json_integer_value(v));
+        bb_buf_int(b, json_integer_value(v));
         break;
     case JSON_REAL: { /* jansson's own formatting of doubles */
         char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -194,6 +193,12 @@ json_write(struct bb_buf *b, const json_t *v, int depth)
     }
 }
 
+void
+bb_buf_json_value(struct bb_buf *b, const json_t *v)
+{
+    json_write(b, v, 0);
+}
+
 char *
 bb_json_dumps(const json_t *v)
 {
@@ -203,93 +208,5 @@ bb_json_dumps(const json_t *v)
     char *text = b.data ? b.data : xcalloc(1, 1);
     b.data = NULL;
     bb_buf_deinit(&b);
-    return text;
-}
-
-char *
-bb_json_strings_dumps(const char *const *items, size_t n)
-{
-    json_t *list = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(list, json_string(items[i]));
-    char *text = bb_json_dumps(list);
-    json_decref(list);
-    return text;
-}
-
-/* ---- rows written as text --------------------------------------------------------------- */
-
-void
-bb_json_rows_init(struct bb_json_rows *w)
-{
-    bb_buf_init(&w->buf);
-    bb_buf_append(&w->buf, "[", 1);
-    w->n_rows = 0;
-    w->first_field = false;
-}
-
-void
-bb_json_rows_next(struct bb_json_rows *w)
-{
-    if (w->n_rows++ > 0)
-        bb_buf_append(&w->buf, "},{", 3);
-    else
-        bb_buf_append(&w->buf, "{", 1);
-    w->first_field = true;
-}
-
-static void
-rows_key(struct bb_json_rows *w, const char *key)
-{
-    BB_ASSERT(w->n_rows > 0);
-    if (!w->first_field)
-        bb_buf_append(&w->buf, ",", 1);
-    w->first_field = false;
-    bb_buf_append(&w->buf, "\"", 1);
-    bb_buf_puts(&w->buf, key);
-    bb_buf_append(&w->buf, "\":", 2);
-}
-
-void
-bb_json_rows_str(struct bb_json_rows *w, const char *key, const char *v)
-{
-    rows_key(w, key);
-    if (v)
-        bb_buf_json_string(&w->buf, v);
-    else
-        bb_buf_append(&w->buf, "null", 4);
-}
-
-void
-bb_json_rows_int(struct bb_json_rows *w, const char *key, int64_t v)
-{
-    rows_key(w, key);
-    buf_int(&w->buf, v);
-}
-
-void
-bb_json_rows_bool(struct bb_json_rows *w, const char *key, bool v)
-{
-    rows_key(w, key);
-    bb_buf_puts(&w->buf, v ? "true" : "false");
-}
-
-void
-bb_json_rows_value(struct bb_json_rows *w, const char *key, const json_t *v)
-{
-    rows_key(w, key);
-    if (v == NULL)
-        bb_buf_append(&w->buf, "null", 4);
-    else
-        json_write(&w->buf, v, 0);
-}
-
-char *
-bb_json_rows_finish(struct bb_json_rows *w)
-{
-    bb_buf_puts(&w->buf, w->n_rows > 0 ? "}]" : "]");
-    char *text = w->buf.data;
-    w->buf.data = NULL;
-    bb_buf_deinit(&w->buf);
     return text;
 }

@@ -727,12 +727,13 @@ static struct store_stmt FULFILMENT_INSERT = {
     .sql = "INSERT INTO fulfilments (order_id, checkout_id, job_id, recorded_at_ms)"
            " VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
 };
-/* $1 [{order_id, checkout_id, job_id}], $2 now */
+/* A batch of (order_id, checkout_id, job_id), then now. */
 static struct store_stmt FULFILMENT_INSERT_MANY = {
-    .sql_pg = "INSERT INTO fulfilments (order_id, checkout_id, job_id, recorded_at_ms)"
-              " SELECT order_id, checkout_id, job_id, $2 FROM json_to_recordset($1::json)"
-              " AS x(order_id text, checkout_id text, job_id bigint)"
-              " ON CONFLICT (order_id) DO NOTHING",
+    .sql_pg =
+        "INSERT INTO fulfilments (order_id, checkout_id, job_id, recorded_at_ms)"
+        " SELECT order_id, checkout_id, job_id, $4"
+        " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(order_id, checkout_id, job_id)"
+        " ON CONFLICT (order_id) DO NOTHING",
     .sql_sqlite = "INSERT INTO fulfilments (order_id, checkout_id, job_id, recorded_at_ms)"
                   " SELECT value ->> 'order_id', value ->> 'checkout_id', value ->> 'job_id', $2"
                   " FROM json_each($1) WHERE true ON CONFLICT (order_id) DO NOTHING",
@@ -765,21 +766,21 @@ fulfil_many(struct store_conn *c, void *const *ops, size_t n, enum err *rcs,
     (void)rcs;
     (void)errors;
     (void)ctx;
-    json_t *rows = json_array();
+    struct store_batch rows;
+    store_batch_init(&rows, c, 3);
     struct job_run **runs = xcalloc(n, sizeof *runs);
     enum err *ends = xcalloc(n, sizeof *ends);
     for (size_t i = 0; i < n; i++) {
         const struct fulfil_op *op = ops[i];
         runs[i] = op->run;
-        json_array_append_new(rows,
-                              json_pack("{s:s, s:s, s:I}", "order_id", op->order_id, "checkout_id",
-                                        op->checkout_id, "job_id", (json_int_t)op->run->job->id));
+        store_batch_row(&rows);
+        store_batch_text(&rows, "order_id", op->order_id);
+        store_batch_text(&rows, "checkout_id", op->checkout_id);
+        store_batch_int(&rows, "job_id", op->run->job->id);
     }
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(bb_wall_ms())};
+    const struct store_param p[] = {sp_batch(&rows), sp_int(bb_wall_ms())};
     enum err rc = store_exec_deferred(c, &FULFILMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&rows);
     if (rc == ERR_OK)
         rc = job_runs_complete_in(c, runs, n, ends, e);
     for (size_t i = 0; i < n && rc == ERR_OK; i++)

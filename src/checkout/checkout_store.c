@@ -237,16 +237,16 @@ checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_
     return rc == ERR_OK ? replay(c, req, out, e) : rc;
 }
 
-/* $1 [{id, key, fingerprint, customer_id, currency, total_amount, body}],
- * $2 now; keys taken in order, so batches that share one wait in one
+/* A batch of (id, key, fingerprint, customer_id, currency, total_amount,
+ * body), then now; keys taken in order, so batches that share one wait in one
  * direction. */
 static struct store_stmt CHECKOUT_INSERT_MANY = {
     .sql_pg = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id, currency,"
               " total_amount, body, status, created_at_ms, updated_at_ms)"
-              " SELECT id, key, fingerprint, customer_id, currency, total_amount, body::text,"
-              " 'PENDING', $2, $2 FROM json_to_recordset($1::json) AS x(id text, key text,"
-              " fingerprint text, customer_id text, currency text, total_amount bigint,"
-              " body json) ORDER BY key"
+              " SELECT id, key, fingerprint, customer_id, currency, total_amount, body,"
+              " 'PENDING', $8, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+              " $5::text[], $6::bigint[], $7::text[]) AS x(id, key, fingerprint, customer_id,"
+              " currency, total_amount, body) ORDER BY key"
               " ON CONFLICT (idempotency_key) DO NOTHING RETURNING " CHECKOUT_COLUMNS,
     .sql_sqlite = "INSERT INTO checkouts (id, idempotency_key, fingerprint, customer_id,"
                   " currency, total_amount, body, status, created_at_ms, updated_at_ms)"
@@ -264,28 +264,27 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
 {
     char(*ids)[37] = xcalloc(n, sizeof *ids);
     json_t **bodies = xcalloc(n, sizeof *bodies);
-    struct bb_json_rows w;
-    bb_json_rows_init(&w);
+    struct store_batch w;
+    store_batch_init(&w, c, 7);
     for (size_t i = 0; i < n; i++) {
         outs[i] = NULL;
         created[i] = false;
         rcs[i] = ERR_OK;
         bb_uuid7_at(now_ms, ids[i]);
         json_t *body = bodies[i] = request_json(reqs[i]);
-        bb_json_rows_next(&w);
-        bb_json_rows_str(&w, "id", ids[i]);
-        bb_json_rows_str(&w, "key", reqs[i]->idempotency_key);
-        bb_json_rows_str(&w, "fingerprint", reqs[i]->fingerprint);
-        bb_json_rows_str(&w, "customer_id", reqs[i]->customer_id);
-        bb_json_rows_str(&w, "currency", reqs[i]->currency);
-        bb_json_rows_int(&w, "total_amount", reqs[i]->total_amount);
-        bb_json_rows_value(&w, "body", body);
+        store_batch_row(&w);
+        store_batch_text(&w, "id", ids[i]);
+        store_batch_text(&w, "key", reqs[i]->idempotency_key);
+        store_batch_text(&w, "fingerprint", reqs[i]->fingerprint);
+        store_batch_text(&w, "customer_id", reqs[i]->customer_id);
+        store_batch_text(&w, "currency", reqs[i]->currency);
+        store_batch_int(&w, "total_amount", reqs[i]->total_amount);
+        store_batch_json(&w, "body", body);
     }
-    char *text = bb_json_rows_finish(&w);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&w), sp_int(now_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &CHECKOUT_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&w);
     while (rc == ERR_OK && store_next(&r)) {
         for (size_t i = 0; i < n; i++) {
             if (strcmp(ids[i], store_col_text(&r, 0)) == 0) {
@@ -342,10 +341,10 @@ checkout__set_order(struct store_conn *c, const char *checkout_id, const char *o
 }
 
 static struct store_stmt CHECKOUT_SET_ORDERS = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(id text, order_id text))"
-              " UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $2 FROM x"
-              " WHERE c.id = ANY(ARRAY(SELECT id FROM x)) AND c.id = x.id",
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[])"
+              " AS x(id, order_id))"
+              " UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $3 FROM x"
+              " WHERE c.id = ANY($1::text[]) AND c.id = x.id",
     .sql_sqlite = "UPDATE checkouts SET order_id = x.order_id, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'order_id' AS order_id"
                   " FROM json_each($1)) AS x WHERE checkouts.id = x.id",
@@ -355,24 +354,25 @@ enum err
 checkout__set_orders(struct store_conn *c, const char *const *checkout_ids,
                      const char *const *order_ids, size_t n, int64_t now_ms, struct bb_error *e)
 {
-    json_t *rows = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(
-            rows, json_pack("{s:s, s:s}", "id", checkout_ids[i], "order_id", order_ids[i]));
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_batch w;
+    store_batch_init(&w, c, 2);
+    for (size_t i = 0; i < n; i++) {
+        store_batch_row(&w);
+        store_batch_text(&w, "id", checkout_ids[i]);
+        store_batch_text(&w, "order_id", order_ids[i]);
+    }
+    const struct store_param p[] = {sp_batch(&w), sp_int(now_ms)};
     enum err rc = store_exec_deferred(c, &CHECKOUT_SET_ORDERS, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&w);
     return rc;
 }
 
-/* $1 [{id, status, reason}], $2 now */
+/* A batch of (id, status, reason), then now. */
 static struct store_stmt CHECKOUT_FINISH_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(id text, status text, reason text))"
-              " UPDATE checkouts c SET status = x.status, reason = x.reason, updated_at_ms = $2"
-              " FROM x WHERE c.id = ANY(ARRAY(SELECT id FROM x)) AND c.id = x.id"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
+              " AS x(id, status, reason))"
+              " UPDATE checkouts c SET status = x.status, reason = x.reason, updated_at_ms = $4"
+              " FROM x WHERE c.id = ANY($1::text[]) AND c.id = x.id"
               " AND c.status = 'PENDING'",
     .sql_sqlite = "UPDATE checkouts SET status = x.status, reason = x.reason, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'status' AS status,"
@@ -385,17 +385,16 @@ checkout__finish(struct store_conn *c, const char *const *checkout_ids,
                  const enum checkout_status *statuses, const char *const *reasons, size_t n,
                  int64_t now_ms, struct bb_error *e)
 {
-    struct bb_json_rows w;
-    bb_json_rows_init(&w);
+    struct store_batch w;
+    store_batch_init(&w, c, 3);
     for (size_t i = 0; i < n; i++) {
-        bb_json_rows_next(&w);
-        bb_json_rows_str(&w, "id", checkout_ids[i]);
-        bb_json_rows_str(&w, "status", checkout_status_name(statuses[i]));
-        bb_json_rows_str(&w, "reason", reasons[i]);
+        store_batch_row(&w);
+        store_batch_text(&w, "id", checkout_ids[i]);
+        store_batch_text(&w, "status", checkout_status_name(statuses[i]));
+        store_batch_text(&w, "reason", reasons[i]);
     }
-    char *text = bb_json_rows_finish(&w);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&w), sp_int(now_ms)};
     enum err rc = store_exec_deferred(c, &CHECKOUT_FINISH_MANY, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&w);
     return rc;
 }

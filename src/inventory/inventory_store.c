@@ -511,7 +511,7 @@ inventory_reserve(struct store_conn *c, const char *order_id, const struct inven
 
 static struct store_stmt RESERVATIONS_OF = {
     .sql_pg = "SELECT order_id, items FROM inventory_reservations"
-              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+              " WHERE order_id = ANY($1::text[])",
     .sql_sqlite = "SELECT order_id, items FROM inventory_reservations"
                   " WHERE order_id IN (SELECT value FROM json_each($1))",
 };
@@ -519,15 +519,14 @@ static struct store_stmt RESERVATIONS_OF = {
  * in a circle). */
 static struct store_stmt STOCK_LOCK = {
     .sql_pg = "SELECT sku, on_hand - reserved FROM inventory_products"
-              " WHERE sku = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
-              " ORDER BY sku FOR UPDATE",
+              " WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
     .sql_sqlite = "SELECT sku, on_hand - reserved FROM inventory_products"
                   " WHERE sku IN (SELECT value FROM json_each($1)) ORDER BY sku",
 };
 static struct store_stmt RESERVATION_INSERT_MANY = {
     .sql_pg = "INSERT INTO inventory_reservations (order_id, state, items, expires_at_ms,"
-              " created_at_ms, updated_at_ms) SELECT order_id, 'active', items, $2, $3, $3"
-              " FROM json_to_recordset($1::json) AS x(order_id text, items text)"
+              " created_at_ms, updated_at_ms) SELECT order_id, 'active', items, $3, $4, $4"
+              " FROM unnest($1::text[], $2::text[]) AS x(order_id, items)"
               " ON CONFLICT (order_id) DO NOTHING",
     .sql_sqlite = "INSERT INTO inventory_reservations (order_id, state, items, expires_at_ms,"
                   " created_at_ms, updated_at_ms) SELECT value ->> 'order_id', 'active',"
@@ -535,10 +534,10 @@ static struct store_stmt RESERVATION_INSERT_MANY = {
                   " ON CONFLICT (order_id) DO NOTHING",
 };
 static struct store_stmt TAKE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(sku text, qty bigint))"
-              " UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $2"
-              " FROM x WHERE p.sku = ANY(ARRAY(SELECT sku FROM x)) AND p.sku = x.sku",
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
+              " AS x(sku, qty))"
+              " UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $3"
+              " FROM x WHERE p.sku = ANY($1::text[]) AND p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved + x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
                   " FROM json_each($1)) AS x WHERE inventory_products.sku = x.sku",
@@ -563,17 +562,17 @@ reservations_known(struct store_conn *c, const struct inventory_reservation_req 
                    json_t *const *wanted, enum err *outcomes, struct bb_error *errors, bool *fresh,
                    struct bb_error *e)
 {
-    json_t *ids = json_array();
+    struct store_batch ids;
+    store_batch_init(&ids, c, 1);
     for (size_t i = 0; i < n; i++) {
         fresh[i] = true;
-        json_array_append_new(ids, json_string(reqs[i].order_id));
+        store_batch_row(&ids);
+        store_batch_text(&ids, NULL, reqs[i].order_id);
     }
-    char *text = bb_json_dumps(ids);
-    json_decref(ids);
-    const struct store_param p[] = {sp_text(text)};
+    const struct store_param p[] = {sp_batch(&ids)};
     struct store_rows r;
     enum err rc = store_query(c, &RESERVATIONS_OF, p, 1, &r, e);
-    free(text);
+    store_batch_deinit(&ids);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {
@@ -599,18 +598,20 @@ static enum err
 stock_lock(struct store_conn *c, const struct inventory_reservation_req *reqs, size_t n,
            const bool *fresh, struct stock **stock, size_t *n_stock, struct bb_error *e)
 {
-    json_t *skus = json_array();
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; fresh[i] && k < reqs[i].n_items; k++)
-            json_array_append_new(skus, json_string(reqs[i].items[k].sku));
-    *stock = xcalloc(json_array_size(skus) + 1, sizeof **stock);
+    struct store_batch skus;
+    store_batch_init(&skus, c, 1);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; fresh[i] && k < reqs[i].n_items; k++) {
+            store_batch_row(&skus);
+            store_batch_text(&skus, NULL, reqs[i].items[k].sku);
+        }
+    }
+    *stock = xcalloc(skus.n_rows + 1, sizeof **stock);
     *n_stock = 0;
-    char *text = bb_json_dumps(skus);
-    json_decref(skus);
-    const struct store_param p[] = {sp_text(text)};
+    const struct store_param p[] = {sp_batch(&skus)};
     struct store_rows r;
     enum err rc = store_query(c, &STOCK_LOCK, p, 1, &r, e);
-    free(text);
+    store_batch_deinit(&skus);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {
@@ -655,7 +656,9 @@ reservations_write(struct store_conn *c, const struct inventory_reservation_req 
                    json_t *const *wanted, const bool *granted, const struct stock *stock,
                    size_t n_stock, int64_t ttl_ms, int64_t now_ms, struct bb_error *e)
 {
-    json_t *rows = json_array(), *takes = json_array();
+    struct store_batch rows, takes;
+    store_batch_init(&rows, c, 2);
+    store_batch_init(&takes, c, 2);
     struct outbox_event *evs = xcalloc(n, sizeof *evs);
     size_t n_granted = 0;
     char expires[32];
@@ -663,10 +666,9 @@ reservations_write(struct store_conn *c, const struct inventory_reservation_req 
     for (size_t i = 0; i < n; i++) {
         if (!granted[i])
             continue;
-        char *items = bb_json_dumps(wanted[i]);
-        json_array_append_new(
-            rows, json_pack("{s:s, s:s}", "order_id", reqs[i].order_id, "items", items));
-        free(items);
+        store_batch_row(&rows);
+        store_batch_text(&rows, "order_id", reqs[i].order_id);
+        store_batch_json(&rows, "items", wanted[i]);
         evs[n_granted++] =
             (struct outbox_event){.type = "inventory.reserved.v1",
                                   .aggregate_type = "reservation",
@@ -674,31 +676,30 @@ reservations_write(struct store_conn *c, const struct inventory_reservation_req 
                                   .data = json_pack("{s:s, s:O, s:s}", "order_id", reqs[i].order_id,
                                                     "items", wanted[i], "expires_at", expires)};
     }
-    for (size_t s = 0; s < n_stock; s++)
-        if (stock[s].taken > 0)
-            json_array_append_new(takes, json_pack("{s:s, s:I}", "sku", stock[s].sku, "qty",
-                                                   (json_int_t)stock[s].taken));
+    for (size_t s = 0; s < n_stock; s++) {
+        if (stock[s].taken > 0) {
+            store_batch_row(&takes);
+            store_batch_text(&takes, "sku", stock[s].sku);
+            store_batch_int(&takes, "qty", stock[s].taken);
+        }
+    }
     enum err rc = ERR_OK;
     if (n_granted > 0) {
-        char *text = bb_json_dumps(rows);
-        const struct store_param p[] = {sp_text(text), sp_int(now_ms + ttl_ms), sp_int(now_ms)};
+        const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms + ttl_ms), sp_int(now_ms)};
         int64_t inserted = 0;
         rc = store_exec(c, &RESERVATION_INSERT_MANY, p, BB_ARRAY_LEN(p), &inserted, e);
-        free(text);
         if (rc == ERR_OK && inserted != (int64_t)n_granted)
             rc = bb_fail(e, ERR_RETRY, "", "reservations were made concurrently");
     }
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_granted, now_ms, e);
     if (rc == ERR_OK && n_granted > 0) {
-        char *text = bb_json_dumps(takes);
-        const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+        const struct store_param p[] = {sp_batch(&takes), sp_int(now_ms)};
         rc = store_exec_deferred(c, &TAKE_MANY, p, BB_ARRAY_LEN(p), e);
-        free(text);
     }
     outbox_events_free(evs, n_granted);
-    json_decref(rows);
-    json_decref(takes);
+    store_batch_deinit(&rows);
+    store_batch_deinit(&takes);
     return rc;
 }
 
@@ -777,8 +778,7 @@ reservation_move(struct store_conn *c, const char *order_id, const struct reserv
 /* The reservations, locked in order id order. */
 static struct store_stmt RESERVATIONS_LOCK = {
     .sql_pg = "SELECT order_id, state, items, expires_at_ms FROM inventory_reservations"
-              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
-              " ORDER BY order_id FOR UPDATE",
+              " WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
     .sql_sqlite = "SELECT order_id, state, items, expires_at_ms FROM inventory_reservations"
                   " WHERE order_id IN (SELECT value FROM json_each($1)) ORDER BY order_id",
 };
@@ -787,23 +787,22 @@ static struct store_stmt RESERVATIONS_LOCK = {
  * since its last vacuum) with the primary key. */
 static struct store_stmt RESERVATIONS_COMMIT = {
     .sql_pg = "UPDATE inventory_reservations SET state = 'committed', updated_at_ms = $2"
-              " WHERE order_id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+              " WHERE order_id = ANY($1::text[])",
     .sql_sqlite = "UPDATE inventory_reservations SET state = 'committed', updated_at_ms = $2"
                   " WHERE order_id IN (SELECT value FROM json_each($1)) AND state = 'active'",
 };
 static struct store_stmt PRODUCTS_LOCK = {
     .sql_pg = "SELECT sku FROM inventory_products"
-              " WHERE sku = ANY(ARRAY(SELECT sku FROM json_to_recordset($1::json) AS x(sku text)))"
-              " ORDER BY sku FOR UPDATE",
+              " WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
     .sql_sqlite = "SELECT sku FROM inventory_products"
-                  " WHERE sku IN (SELECT value ->> 'sku' FROM json_each($1)) ORDER BY sku",
+                  " WHERE sku IN (SELECT value FROM json_each($1)) ORDER BY sku",
 };
 static struct store_stmt SELL_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(sku text, qty bigint))"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
+              " AS x(sku, qty))"
               " UPDATE inventory_products p SET reserved = reserved - x.qty,"
-              " on_hand = on_hand - x.qty, updated_at_ms = $2"
-              " FROM x WHERE p.sku = ANY(ARRAY(SELECT sku FROM x)) AND p.sku = x.sku",
+              " on_hand = on_hand - x.qty, updated_at_ms = $3"
+              " FROM x WHERE p.sku = ANY($1::text[]) AND p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved - x.qty,"
                   " on_hand = on_hand - x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
@@ -853,23 +852,31 @@ add_items(json_t *sold, const json_t *items)
 static enum err
 sell_many(struct store_conn *c, const json_t *sold, int64_t now_ms, struct bb_error *e)
 {
-    json_t *rows = json_array();
+    struct store_batch skus, rows;
+    store_batch_init(&skus, c, 1);
+    store_batch_init(&rows, c, 2);
     const char *sku;
     json_t *qty;
     json_object_foreach((json_t *)sold, sku, qty)
-        json_array_append_new(rows, json_pack("{s:s, s:O}", "sku", sku, "qty", qty));
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    {
+        store_batch_row(&skus);
+        store_batch_text(&skus, NULL, sku);
+        store_batch_row(&rows);
+        store_batch_text(&rows, "sku", sku);
+        store_batch_int(&rows, "qty", json_integer_value(qty));
+    }
+    const struct store_param l[] = {sp_batch(&skus)};
     struct store_rows r;
-    enum err rc = store_query(c, &PRODUCTS_LOCK, p, 1, &r, e);
+    enum err rc = store_query(c, &PRODUCTS_LOCK, l, 1, &r, e);
     if (rc == ERR_OK) {
         while (store_next(&r))
             ;
         store_rows_close(&r);
+        const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms)};
         rc = store_exec_deferred(c, &SELL_MANY, p, BB_ARRAY_LEN(p), e);
     }
-    free(text);
+    store_batch_deinit(&skus);
+    store_batch_deinit(&rows);
     return rc;
 }
 
@@ -877,16 +884,16 @@ enum err
 inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t n, int64_t now_ms,
                       enum err *outcomes, struct bb_error *errors, struct bb_error *e)
 {
-    json_t *ids = json_array(), *sold = json_object(), *committed = json_array();
+    json_t *sold = json_object();
+    struct store_batch ids, committed;
+    store_batch_texts(&ids, c, order_ids, n);
+    store_batch_init(&committed, c, 1);
     struct outbox_event *evs = xcalloc(n ? n : 1, sizeof *evs);
     size_t n_evs = 0;
-    for (size_t i = 0; i < n; i++) {
-        json_array_append_new(ids, json_string(order_ids[i]));
+    for (size_t i = 0; i < n; i++)
         outcomes[i] = bb_fail(&errors[i], ERR_NOT_FOUND, "order_id", "no reservation for order %s",
                               order_ids[i]);
-    }
-    char *text = bb_json_dumps(ids);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&ids)};
     struct store_rows r;
     enum err rc = store_query(c, &RESERVATIONS_LOCK, p, 1, &r, e);
     if (rc == ERR_OK) {
@@ -905,7 +912,8 @@ inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t
                 continue;
             json_t *items = json_loads(store_col_text(&r, 2), 0, NULL);
             add_items(sold, items);
-            json_array_append_new(committed, json_string(order_ids[i]));
+            store_batch_row(&committed);
+            store_batch_text(&committed, NULL, order_ids[i]);
             evs[n_evs++] =
                 (struct outbox_event){.type = "inventory.committed.v1",
                                       .aggregate_type = "reservation",
@@ -915,21 +923,18 @@ inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t
         }
         store_rows_close(&r);
     }
-    free(text);
     if (rc == ERR_OK && n_evs > 0) {
-        char *t = bb_json_dumps(committed);
-        const struct store_param q[] = {sp_text(t), sp_int(now_ms)};
+        const struct store_param q[] = {sp_batch(&committed), sp_int(now_ms)};
         rc = store_exec_deferred(c, &RESERVATIONS_COMMIT, q, BB_ARRAY_LEN(q), e);
-        free(t);
     }
     if (rc == ERR_OK && n_evs > 0)
         rc = sell_many(c, sold, now_ms, e);
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_evs, now_ms, e);
     outbox_events_free(evs, n_evs);
-    json_decref(ids);
+    store_batch_deinit(&ids);
+    store_batch_deinit(&committed);
     json_decref(sold);
-    json_decref(committed);
     return rc;
 }
 

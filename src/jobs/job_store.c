@@ -11,8 +11,7 @@
  *
  * The hot paths are set-based: a claim takes up to N jobs in one statement,
  * and completions of a whole batch are one UPDATE plus one INSERT of their
- * attempt rows, fed a JSON array (json_to_recordset on PostgreSQL, json_each
- * on SQLite).
+ * attempt rows, fed a store batch (arrays on PostgreSQL, JSON on SQLite).
  *
  * Indexes are few and mostly partial (ready jobs, running leases, due times,
  * unique keys, schedule fires, dead letters): PostgreSQL adds an entry to
@@ -1147,23 +1146,23 @@ job_heartbeat(struct store_conn *c, int64_t id, int64_t token, int64_t lease_ms,
 
 /* ---- finishing attempts ---------------------------------------------------------------------- */
 
-/* Completions, many at once. $1: JSON array of {"id","token"}; $2 now. */
+/* Completions, many at once: a batch of (id, token), then now. */
 static struct store_stmt JOB_COMPLETE_MANY = {
     .sql_sqlite = "UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
                   " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
                   " FROM json_each($1)) RETURNING id",
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(id bigint, token bigint))"
-              " UPDATE jobs SET state = 'completed', finished_at_ms = $2,"
-              " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
-              " FROM x WHERE jobs.id = ANY(ARRAY(SELECT id FROM x))"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::bigint[], $2::bigint[])"
+              " AS x(id, token))"
+              " UPDATE jobs SET state = 'completed', finished_at_ms = $3,"
+              " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $3"
+              " FROM x WHERE jobs.id = ANY($1::bigint[])"
               " AND jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
               " RETURNING jobs.id",
 };
-/* Attempt rows, many at once. $1: JSON array of {id, attempt, worker,
- * started, finished, outcome, error}. */
+/* Attempt rows, many at once: a batch of (id, attempt, started, finished,
+ * outcome, worker, error). */
 static struct store_stmt ATTEMPTS_INSERT_MANY = {
     .sql_sqlite = "INSERT INTO job_attempts (job_id, attempt, worker, started_at_ms,"
                   " finished_at_ms, outcome, error) SELECT json_extract(value, '$.id'),"
@@ -1173,8 +1172,9 @@ static struct store_stmt ATTEMPTS_INSERT_MANY = {
                   " FROM json_each($1) WHERE true ON CONFLICT DO NOTHING",
     .sql_pg = "INSERT INTO job_attempts (job_id, attempt, worker, started_at_ms,"
               " finished_at_ms, outcome, error) SELECT id, attempt, worker, started, finished,"
-              " outcome, error FROM json_to_recordset($1::json) AS x(id bigint, attempt bigint,"
-              " worker text, started bigint, finished bigint, outcome text, error text)"
+              " outcome, error FROM unnest($1::bigint[], $2::bigint[], $3::bigint[],"
+              " $4::bigint[], $5::text[], $6::text[], $7::text[])"
+              " AS x(id, attempt, started, finished, outcome, worker, error)"
               " ON CONFLICT DO NOTHING",
 };
 /* One failure: read what the retry decision needs, under the token. */
@@ -1191,23 +1191,23 @@ static struct store_stmt JOB_FAIL_WRITE = {
         " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 
-/* Append one attempt record to the JSON array for ATTEMPTS_INSERT_MANY;
+/* Append one attempt record to the batch for ATTEMPTS_INSERT_MANY;
  * `worker` and `started_at_ms` come from the job's row. */
 static void
-attempt_row(struct bb_json_rows *rows, const struct job_finish *f, int64_t attempt,
+attempt_row(struct store_batch *rows, const struct job_finish *f, int64_t attempt,
             const char *worker, int64_t started_at_ms, int64_t now_ms)
 {
-    bb_json_rows_next(rows);
-    bb_json_rows_int(rows, "id", f->id);
-    bb_json_rows_int(rows, "attempt", attempt);
-    bb_json_rows_int(rows, "started", started_at_ms);
-    bb_json_rows_int(rows, "finished", now_ms);
-    bb_json_rows_str(rows, "outcome", job_outcome_name(f->outcome));
-    bb_json_rows_str(rows, "worker", worker);
+    store_batch_row(rows);
+    store_batch_int(rows, "id", f->id);
+    store_batch_int(rows, "attempt", attempt);
+    store_batch_int(rows, "started", started_at_ms);
+    store_batch_int(rows, "finished", now_ms);
+    store_batch_text(rows, "outcome", job_outcome_name(f->outcome));
+    store_batch_text(rows, "worker", worker);
     char text[JOB_ERROR_MAX + 1];
     if (f->error)
         bb_utf8_copy(text, sizeof text, f->error);
-    bb_json_rows_str(rows, "error", f->error ? text : NULL);
+    store_batch_text(rows, "error", f->error ? text : NULL);
 }
 
 /* Completions write no attempt row: the completed job's row describes its
@@ -1216,25 +1216,23 @@ static enum err
 complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t now_ms,
               struct bb_error *e)
 {
-    struct bb_json_rows keys;
-    bb_json_rows_init(&keys);
+    struct store_batch keys;
+    store_batch_init(&keys, c, 2);
     for (size_t i = 0; i < n; i++) {
         if (items[i].outcome == JOB_OUTCOME_COMPLETED) {
-            bb_json_rows_next(&keys);
-            bb_json_rows_int(&keys, "id", items[i].id);
-            bb_json_rows_int(&keys, "token", items[i].token);
+            store_batch_row(&keys);
+            store_batch_int(&keys, "id", items[i].id);
+            store_batch_int(&keys, "token", items[i].token);
         }
     }
-    bool none = keys.n_rows == 0;
-    char *text = bb_json_rows_finish(&keys);
-    if (none) {
-        free(text);
+    if (keys.n_rows == 0) {
+        store_batch_deinit(&keys);
         return ERR_OK;
     }
     struct store_rows r;
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&keys), sp_int(now_ms)};
     enum err rc = store_query(c, &JOB_COMPLETE_MANY, p, 2, &r, e);
-    free(text);
+    store_batch_deinit(&keys);
     if (rc != ERR_OK)
         return rc;
     /* Items not in the answer had a stale token. ids are few per batch: a
@@ -1256,7 +1254,7 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
 
 static enum err
 fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*rand01)(void),
-         struct bb_json_rows *attempts, struct bb_error *e)
+         struct store_batch *attempts, struct bb_error *e)
 {
     struct store_rows r;
     const struct store_param p[] = {sp_int(f->id), sp_int(f->token)};
@@ -1306,20 +1304,18 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
 {
     for (size_t i = 0; i < n; i++)
         items[i].rc = ERR_STALE_TOKEN; /* until the database says otherwise */
-    struct bb_json_rows attempts;
-    bb_json_rows_init(&attempts);
+    struct store_batch attempts;
+    store_batch_init(&attempts, c, 7);
     enum err rc = complete_many(c, items, n, now_ms, e);
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         if (items[i].outcome != JOB_OUTCOME_COMPLETED)
             rc = fail_one(c, &items[i], now_ms, rand01, &attempts, e);
     }
-    bool any = attempts.n_rows > 0;
-    char *text = bb_json_rows_finish(&attempts);
-    if (rc == ERR_OK && any) {
-        const struct store_param p[] = {sp_text(text)};
+    if (rc == ERR_OK && attempts.n_rows > 0) {
+        const struct store_param p[] = {sp_batch(&attempts)};
         rc = store_exec_deferred(c, &ATTEMPTS_INSERT_MANY, p, 1, e);
     }
-    free(text);
+    store_batch_deinit(&attempts);
     return rc;
 }
 

@@ -113,23 +113,24 @@ static struct store_stmt LOCK_ACQUIRE = {
            " updated_at_ms, grant_kind) VALUES ($1, $2, 1, 1, $3 + $4, $3, $3, 0)" ACQUIRE_SET(
                "$3") " RETURNING " LOCK_COLUMNS ", grant_kind",
 };
-/* $1 [{name, owner}], $2 now, $3 ttl; the locks taken in name order. */
+/* A batch of (name, owner), then now and ttl; the locks taken in name
+ * order. */
 static struct store_stmt LOCK_ACQUIRE_MANY = {
     .sql_pg = "INSERT INTO locks (name, owner, token, epoch, expires_at_ms, acquired_at_ms,"
-              " updated_at_ms, grant_kind) SELECT name, owner, 1, 1, $2 + $3, $2, $2, 0"
-              " FROM json_to_recordset($1::json) AS x(name text, owner text)"
-              " ORDER BY name" ACQUIRE_SET("$2") " RETURNING name, token",
+              " updated_at_ms, grant_kind) SELECT name, owner, 1, 1, $3 + $4, $3, $3, 0"
+              " FROM unnest($1::text[], $2::text[]) AS x(name, owner)"
+              " ORDER BY name" ACQUIRE_SET("$3") " RETURNING name, token",
     .sql_sqlite = "INSERT INTO locks (name, owner, token, epoch, expires_at_ms, acquired_at_ms,"
                   " updated_at_ms, grant_kind) SELECT value ->> 'name', value ->> 'owner', 1, 1,"
                   " $2 + $3, $2, $2, 0 FROM json_each($1) WHERE true"
                   " ORDER BY 1" ACQUIRE_SET("$2") " RETURNING name, token",
 };
-/* $1 [{name, token}], $2 now */
+/* A batch of (name, token), then now. */
 static struct store_stmt LOCK_RELEASE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(name text, token bigint))"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
+              " AS x(name, token))"
               " UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
-              " updated_at_ms = $2 FROM x WHERE l.name = ANY(ARRAY(SELECT name FROM x))"
+              " updated_at_ms = $3 FROM x WHERE l.name = ANY($1::text[])"
               " AND l.name = x.name AND l.token = x.token AND l.owner IS NOT NULL"
               " RETURNING l.name, l.waiters_until_ms",
     .sql_sqlite = "UPDATE locks SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
@@ -172,10 +173,10 @@ static struct store_stmt FENCE_ADVANCE = {
            " updated_at_ms = excluded.updated_at_ms"
            " WHERE fences.token <= excluded.token RETURNING token",
 };
-/* $1 [{key, token}], $2 now */
+/* A batch of (key, token), then now. */
 static struct store_stmt FENCE_ADVANCE_MANY = {
-    .sql_pg = "INSERT INTO fences (key, token, value, updated_at_ms) SELECT key, token, NULL, $2"
-              " FROM json_to_recordset($1::json) AS x(key text, token bigint) ORDER BY key"
+    .sql_pg = "INSERT INTO fences (key, token, value, updated_at_ms) SELECT key, token, NULL, $3"
+              " FROM unnest($1::text[], $2::bigint[]) AS x(key, token) ORDER BY key"
               " ON CONFLICT (key) DO UPDATE SET token = excluded.token,"
               " updated_at_ms = excluded.updated_at_ms"
               " WHERE fences.token <= excluded.token RETURNING key",
@@ -292,17 +293,18 @@ enum err
 lock_acquire_many(struct store_conn *c, const char *const *names, const char *const *owners,
                   size_t n, int64_t ttl_ms, int64_t now_ms, int64_t *tokens, struct bb_error *e)
 {
-    json_t *rows = json_array();
+    struct store_batch rows;
+    store_batch_init(&rows, c, 2);
     for (size_t i = 0; i < n; i++) {
         tokens[i] = 0;
-        json_array_append_new(rows, json_pack("{s:s, s:s}", "name", names[i], "owner", owners[i]));
+        store_batch_row(&rows);
+        store_batch_text(&rows, "name", names[i]);
+        store_batch_text(&rows, "owner", owners[i]);
     }
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms), sp_int(ttl_ms)};
+    const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms), sp_int(ttl_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &LOCK_ACQUIRE_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&rows);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {
@@ -319,16 +321,17 @@ enum err
 lock_release_many(struct store_conn *c, const char *const *names, const int64_t *tokens, size_t n,
                   int64_t now_ms, struct bb_error *e)
 {
-    json_t *rows = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(
-            rows, json_pack("{s:s, s:I}", "name", names[i], "token", (json_int_t)tokens[i]));
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_batch rows;
+    store_batch_init(&rows, c, 2);
+    for (size_t i = 0; i < n; i++) {
+        store_batch_row(&rows);
+        store_batch_text(&rows, "name", names[i]);
+        store_batch_int(&rows, "token", tokens[i]);
+    }
+    const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &LOCK_RELEASE_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&rows);
     if (rc != ERR_OK)
         return rc;
     /* Those someone waits for are announced (after the rows are read). */
@@ -509,18 +512,18 @@ lock_fence_check_many(struct store_conn *c, const char *const *keys, const int64
                       size_t n, int64_t now_ms, enum err *rc, struct bb_error *errors,
                       struct bb_error *e)
 {
-    json_t *rows = json_array();
+    struct store_batch rows;
+    store_batch_init(&rows, c, 2);
     for (size_t i = 0; i < n; i++) {
         rc[i] = ERR_STALE_TOKEN;
-        json_array_append_new(
-            rows, json_pack("{s:s, s:I}", "key", keys[i], "token", (json_int_t)tokens[i]));
+        store_batch_row(&rows);
+        store_batch_text(&rows, "key", keys[i]);
+        store_batch_int(&rows, "token", tokens[i]);
     }
-    char *text = bb_json_dumps(rows);
-    json_decref(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms)};
     struct store_rows r;
     enum err qrc = store_query(c, &FENCE_ADVANCE_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&rows);
     if (qrc != ERR_OK)
         return qrc;
     while (store_next(&r)) {

@@ -270,9 +270,10 @@ static struct store_stmt ORDER_INSERT_MANY = {
     .sql_pg = "INSERT INTO orders (id, checkout_id, customer_id, currency, total_amount, status,"
               " fingerprint, created_at_ms, updated_at_ms)"
               " SELECT id, checkout_id, customer_id, currency, total_amount, 'PENDING',"
-              " fingerprint, $2, $2 FROM json_to_recordset($1::json) AS x(id text,"
-              " checkout_id text, customer_id text, currency text, total_amount bigint,"
-              " fingerprint text) ON CONFLICT (checkout_id) DO NOTHING RETURNING checkout_id",
+              " fingerprint, $7, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+              " $5::bigint[], $6::text[]) AS x(id, checkout_id, customer_id, currency,"
+              " total_amount, fingerprint) ON CONFLICT (checkout_id) DO NOTHING"
+              " RETURNING checkout_id",
     .sql_sqlite = "INSERT INTO orders (id, checkout_id, customer_id, currency, total_amount,"
                   " status, fingerprint, created_at_ms, updated_at_ms)"
                   " SELECT value ->> 'id', value ->> 'checkout_id', value ->> 'customer_id',"
@@ -282,8 +283,8 @@ static struct store_stmt ORDER_INSERT_MANY = {
 };
 static struct store_stmt ITEM_INSERT_MANY = {
     .sql_pg = "INSERT INTO order_items (order_id, line, sku, qty, unit_price)"
-              " SELECT order_id, line, sku, qty, unit_price FROM json_to_recordset($1::json)"
-              " AS x(order_id text, line int, sku text, qty bigint, unit_price bigint)",
+              " SELECT order_id, line, sku, qty, unit_price FROM unnest($1::text[], $2::int[],"
+              " $3::text[], $4::bigint[], $5::bigint[]) AS x(order_id, line, sku, qty, unit_price)",
     .sql_sqlite = "INSERT INTO order_items (order_id, line, sku, qty, unit_price)"
                   " SELECT value ->> 'order_id', value ->> 'line', value ->> 'sku',"
                   " value ->> 'qty', value ->> 'unit_price' FROM json_each($1)",
@@ -291,7 +292,7 @@ static struct store_stmt ITEM_INSERT_MANY = {
 /* A new order's first timeline entry. */
 static struct store_stmt TIMELINE_FIRST_MANY = {
     .sql_pg = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
-              " SELECT value, 1, 'PENDING', 'created', $2 FROM json_array_elements_text($1::json)",
+              " SELECT x, 1, 'PENDING', 'created', $2 FROM unnest($1::text[]) AS x",
     .sql_sqlite = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
                   " SELECT value, 1, 'PENDING', 'created', $2 FROM json_each($1)",
 };
@@ -392,24 +393,25 @@ insert_orders(struct store_conn *c, const struct order_spec *specs, size_t n, in
               char (*ids)[ORDER_UUID_LEN + 1], const enum err *outcomes, const int64_t *totals,
               bool *inserted, struct bb_error *e)
 {
-    json_t *orders = json_array();
+    struct store_batch orders;
+    store_batch_init(&orders, c, 6);
     for (size_t i = 0; i < n; i++) {
         if (outcomes[i] != ERR_OK)
             continue;
         char fingerprint[65];
         spec_fingerprint(&specs[i], fingerprint);
-        json_array_append_new(orders, json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}", "id", ids[i],
-                                                "checkout_id", specs[i].checkout_id, "customer_id",
-                                                specs[i].customer_id, "currency", specs[i].currency,
-                                                "total_amount", (json_int_t)totals[i],
-                                                "fingerprint", fingerprint));
+        store_batch_row(&orders);
+        store_batch_text(&orders, "id", ids[i]);
+        store_batch_text(&orders, "checkout_id", specs[i].checkout_id);
+        store_batch_text(&orders, "customer_id", specs[i].customer_id);
+        store_batch_text(&orders, "currency", specs[i].currency);
+        store_batch_int(&orders, "total_amount", totals[i]);
+        store_batch_text(&orders, "fingerprint", fingerprint);
     }
-    char *text = bb_json_dumps(orders);
-    json_decref(orders);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&orders), sp_int(now_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &ORDER_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&orders);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {
@@ -428,7 +430,9 @@ complete_orders(struct store_conn *c, const struct order_spec *specs, size_t n, 
                 char (*ids)[ORDER_UUID_LEN + 1], const int64_t *totals, const bool *inserted,
                 struct bb_error *e)
 {
-    json_t *items = json_array(), *fresh = json_array();
+    struct store_batch items, fresh;
+    store_batch_init(&items, c, 5);
+    store_batch_init(&fresh, c, 1);
     struct outbox_event *evs = xcalloc(n, sizeof *evs);
     size_t n_evs = 0;
     for (size_t i = 0; i < n; i++) {
@@ -436,12 +440,15 @@ complete_orders(struct store_conn *c, const struct order_spec *specs, size_t n, 
             continue;
         for (size_t k = 0; k < specs[i].n_items; k++) {
             const struct order_item *it = &specs[i].items[k];
-            json_array_append_new(items, json_pack("{s:s, s:I, s:s, s:I, s:I}", "order_id", ids[i],
-                                                   "line", (json_int_t)k + 1, "sku", it->sku, "qty",
-                                                   (json_int_t)it->qty, "unit_price",
-                                                   (json_int_t)it->unit_price));
+            store_batch_row(&items);
+            store_batch_text(&items, "order_id", ids[i]);
+            store_batch_int(&items, "line", (int64_t)k + 1);
+            store_batch_text(&items, "sku", it->sku);
+            store_batch_int(&items, "qty", it->qty);
+            store_batch_int(&items, "unit_price", it->unit_price);
         }
-        json_array_append_new(fresh, json_string(ids[i]));
+        store_batch_row(&fresh);
+        store_batch_text(&fresh, NULL, ids[i]);
         evs[n_evs++] = (struct outbox_event){.type = "order.created.v1",
                                              .aggregate_type = "order",
                                              .aggregate_id = ids[i],
@@ -449,22 +456,18 @@ complete_orders(struct store_conn *c, const struct order_spec *specs, size_t n, 
     }
     enum err rc = ERR_OK;
     if (n_evs > 0) {
-        char *t = bb_json_dumps(items);
-        const struct store_param q[] = {sp_text(t)};
+        const struct store_param q[] = {sp_batch(&items)};
         rc = store_exec_deferred(c, &ITEM_INSERT_MANY, q, 1, e);
-        free(t);
     }
     if (rc == ERR_OK && n_evs > 0) {
-        char *t = bb_json_dumps(fresh);
-        const struct store_param q[] = {sp_text(t), sp_int(now_ms)};
+        const struct store_param q[] = {sp_batch(&fresh), sp_int(now_ms)};
         rc = store_exec_deferred(c, &TIMELINE_FIRST_MANY, q, BB_ARRAY_LEN(q), e);
-        free(t);
     }
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_evs, now_ms, e);
     outbox_events_free(evs, n_evs);
-    json_decref(items);
-    json_decref(fresh);
+    store_batch_deinit(&items);
+    store_batch_deinit(&fresh);
     return rc;
 }
 
@@ -536,22 +539,20 @@ order_move(struct store_conn *c, const char *order_id, enum order_status to, con
 
 static struct store_stmt ORDERS_LOCK = {
     .sql_pg = "SELECT id, status FROM orders"
-              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
-              " ORDER BY id FOR UPDATE",
+              " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
     .sql_sqlite = "SELECT id, status FROM orders WHERE id IN (SELECT value FROM json_each($1))"
                   " ORDER BY id",
 };
 static struct store_stmt ORDERS_CONFIRM = {
     .sql_pg = "UPDATE orders SET status = 'CONFIRMED', updated_at_ms = $2"
-              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
-              " AND status = 'PENDING'",
+              " WHERE id = ANY($1::text[]) AND status = 'PENDING'",
     .sql_sqlite = "UPDATE orders SET status = 'CONFIRMED', updated_at_ms = $2"
                   " WHERE id IN (SELECT value FROM json_each($1)) AND status = 'PENDING'",
 };
 static struct store_stmt TIMELINE_NEXT_MANY = {
     .sql_pg = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
               " SELECT x, (SELECT COALESCE(MAX(seq), 0) + 1 FROM order_timeline t"
-              " WHERE t.order_id = x), $2, $3, $4 FROM json_array_elements_text($1::json) AS x",
+              " WHERE t.order_id = x), $2, $3, $4 FROM unnest($1::text[]) AS x",
     .sql_sqlite = "INSERT INTO order_timeline (order_id, seq, status, reason, at_ms)"
                   " SELECT value, (SELECT COALESCE(MAX(seq), 0) + 1 FROM order_timeline t"
                   " WHERE t.order_id = value), $2, $3, $4 FROM json_each($1)",
@@ -562,19 +563,17 @@ order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n,
                    int64_t now_ms, enum err *outcomes, struct bb_error *errors, struct bb_error *e)
 {
     reason = reason ? reason : "confirmed";
-    json_t *ids = json_array(), *moved = json_array();
+    struct store_batch ids, moved;
+    store_batch_texts(&ids, c, order_ids, n);
+    store_batch_init(&moved, c, 1);
     struct outbox_event *evs = xcalloc(n ? n : 1, sizeof *evs);
     size_t n_evs = 0;
-    for (size_t i = 0; i < n; i++) {
-        json_array_append_new(ids, json_string(order_ids[i]));
+    for (size_t i = 0; i < n; i++)
         outcomes[i] = bb_fail(&errors[i], ERR_NOT_FOUND, "order_id", "no order with order_id %s",
                               order_ids[i]);
-    }
-    char *text = bb_json_dumps(ids);
-    const struct store_param p[] = {sp_text(text)};
+    const struct store_param p[] = {sp_batch(&ids)};
     struct store_rows r;
     enum err rc = store_query(c, &ORDERS_LOCK, p, 1, &r, e);
-    free(text);
     if (rc == ERR_OK) {
         while (store_next(&r)) {
             const char *id = store_col_text(&r, 0);
@@ -596,7 +595,8 @@ order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n,
                                       order_status_name(st), order_status_name(ORDER_CONFIRMED));
                 continue;
             }
-            json_array_append_new(moved, json_string(id));
+            store_batch_row(&moved);
+            store_batch_text(&moved, NULL, id);
             evs[n_evs++] = (struct outbox_event){
                 .type = "order.status.changed.v1",
                 .aggregate_type = "order",
@@ -608,20 +608,19 @@ order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n,
         store_rows_close(&r);
     }
     if (rc == ERR_OK && n_evs > 0) {
-        char *t = bb_json_dumps(moved);
-        const struct store_param q[] = {sp_text(t), sp_int(now_ms)};
+        const struct store_param q[] = {sp_batch(&moved), sp_int(now_ms)};
         rc = store_exec_deferred(c, &ORDERS_CONFIRM, q, BB_ARRAY_LEN(q), e);
-        const struct store_param tl[] = {sp_text(t), sp_text(order_status_name(ORDER_CONFIRMED)),
+        const struct store_param tl[] = {sp_batch(&moved),
+                                         sp_text(order_status_name(ORDER_CONFIRMED)),
                                          sp_text(reason), sp_int(now_ms)};
         if (rc == ERR_OK)
             rc = store_exec_deferred(c, &TIMELINE_NEXT_MANY, tl, BB_ARRAY_LEN(tl), e);
-        free(t);
     }
     if (rc == ERR_OK)
         rc = outbox_append_many(c, evs, n_evs, now_ms, e);
     outbox_events_free(evs, n_evs);
-    json_decref(ids);
-    json_decref(moved);
+    store_batch_deinit(&ids);
+    store_batch_deinit(&moved);
     return rc;
 }
 

@@ -127,11 +127,10 @@ outbox_append(struct store_conn *c, const struct outbox_event *ev, int64_t now_m
 static struct store_stmt APPEND_MANY = {
     .sql_pg = "INSERT INTO outbox_events (event_id, type, aggregate_type, aggregate_id, data,"
               " traceparent, created_at_ms, handled_at_ms)"
-              " SELECT event_id, type, aggregate_type, aggregate_id, data::text, traceparent, $2,"
-              " CASE WHEN for_consumer THEN NULL ELSE $2 END"
-              " FROM ROWS FROM (json_to_recordset($1::json) AS (event_id text, type text,"
-              " aggregate_type text, aggregate_id text, data json, traceparent text,"
-              " for_consumer boolean)) WITH ORDINALITY AS x(event_id, type, aggregate_type,"
+              " SELECT event_id, type, aggregate_type, aggregate_id, data, traceparent, $8,"
+              " CASE WHEN for_consumer THEN NULL ELSE $8 END"
+              " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+              " $6::text[], $7::boolean[]) WITH ORDINALITY AS x(event_id, type, aggregate_type,"
               " aggregate_id, data, traceparent, for_consumer, n) ORDER BY n",
     .sql_sqlite = "INSERT INTO outbox_events (event_id, type, aggregate_type, aggregate_id, data,"
                   " traceparent, created_at_ms, handled_at_ms)"
@@ -147,25 +146,24 @@ outbox_append_many(struct store_conn *c, const struct outbox_event *evs, size_t 
 {
     if (n == 0)
         return ERR_OK;
-    struct bb_json_rows w;
-    bb_json_rows_init(&w);
+    struct store_batch w;
+    store_batch_init(&w, c, 7);
     for (size_t i = 0; i < n; i++) {
         char id[37];
         bb_uuid7_at(now_ms, id);
         const char *tp = evs[i].traceparent ? evs[i].traceparent : bb_log_context_traceparent();
-        bb_json_rows_next(&w);
-        bb_json_rows_str(&w, "event_id", id);
-        bb_json_rows_str(&w, "type", evs[i].type);
-        bb_json_rows_str(&w, "aggregate_type", evs[i].aggregate_type);
-        bb_json_rows_str(&w, "aggregate_id", evs[i].aggregate_id);
-        bb_json_rows_value(&w, "data", evs[i].data);
-        bb_json_rows_str(&w, "traceparent", tp);
-        bb_json_rows_bool(&w, "for_consumer", evs[i].for_consumer);
+        store_batch_row(&w);
+        store_batch_text(&w, "event_id", id);
+        store_batch_text(&w, "type", evs[i].type);
+        store_batch_text(&w, "aggregate_type", evs[i].aggregate_type);
+        store_batch_text(&w, "aggregate_id", evs[i].aggregate_id);
+        store_batch_json(&w, "data", evs[i].data);
+        store_batch_text(&w, "traceparent", tp);
+        store_batch_bool(&w, "for_consumer", evs[i].for_consumer);
     }
-    char *text = bb_json_rows_finish(&w);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&w), sp_int(now_ms)};
     enum err rc = store_exec_deferred(c, &APPEND_MANY, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&w);
     return rc;
 }
 
@@ -297,7 +295,7 @@ static struct store_stmt CLAIM = {
 };
 static struct store_stmt MARK_HANDLED = {
     .sql_pg = "UPDATE outbox_events SET handled_at_ms = $2"
-              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)::bigint))",
+              " WHERE id = ANY($1::bigint[])",
     .sql_sqlite = "UPDATE outbox_events SET handled_at_ms = $2"
                   " WHERE id IN (SELECT value FROM json_each($1))",
 };
@@ -333,14 +331,11 @@ outbox_mark_handled(struct store_conn *c, const int64_t *ids, size_t n, int64_t 
 {
     if (n == 0)
         return ERR_OK;
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(a, json_integer(ids[i]));
-    char *text = bb_json_dumps(a);
-    json_decref(a);
-    const struct store_param p[] = {sp_text(text), sp_int(now_ms)};
+    struct store_batch a;
+    store_batch_ints(&a, c, ids, n);
+    const struct store_param p[] = {sp_batch(&a), sp_int(now_ms)};
     enum err rc = store_exec_deferred(c, &MARK_HANDLED, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&a);
     return rc;
 }
 

@@ -177,22 +177,23 @@ static struct store_stmt SETTLED = {
 /* $1 the keys, in any order: their locks are taken in key order. */
 static struct store_stmt SETTLE_LOCK_MANY = {
     .sql_pg = "SELECT pg_advisory_xact_lock(hashtextextended(k, 7261))"
-              " FROM (SELECT json_array_elements_text($1::json) AS k ORDER BY 1) s",
+              " FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY 1) s",
     .sql_sqlite = "SELECT $1",
 };
 static struct store_stmt SETTLED_MANY = {
     .sql_pg = "SELECT key, op, amount FROM psp_charges"
-              " WHERE key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
-              " AND outcome = 'approved'",
+              " WHERE key = ANY($1::text[]) AND outcome = 'approved'",
     .sql_sqlite = "SELECT key, op, amount FROM psp_charges"
                   " WHERE key IN (SELECT value FROM json_each($1)) AND outcome = 'approved'",
 };
-/* $1 [{key, op, reference, amount, currency, outcome, reason}], $2 now */
+/* A batch of (key, op, reference, amount, currency, outcome, reason), then
+ * now. */
 static struct store_stmt CHARGE_RECORD_MANY = {
     .sql_pg = "INSERT INTO psp_charges (key, op, reference, amount, currency, outcome, reason,"
-              " created_at_ms) SELECT key, op, reference, amount, currency, outcome, reason, $2"
-              " FROM json_to_recordset($1::json) AS x(key text, op text, reference text,"
-              " amount bigint, currency text, outcome text, reason text)"
+              " created_at_ms) SELECT key, op, reference, amount, currency, outcome, reason, $8"
+              " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],"
+              " $6::text[], $7::text[]) AS x(key, op, reference, amount, currency, outcome,"
+              " reason)"
               " ON CONFLICT (key) DO NOTHING RETURNING key",
     .sql_sqlite = "INSERT INTO psp_charges (key, op, reference, amount, currency, outcome, reason,"
                   " created_at_ms) SELECT value ->> 'key', value ->> 'op', value ->> 'reference',"
@@ -202,7 +203,7 @@ static struct store_stmt CHARGE_RECORD_MANY = {
 };
 static struct store_stmt CHARGE_GET_MANY = {
     .sql_pg = "SELECT key, reference, outcome, reason FROM psp_charges"
-              " WHERE key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+              " WHERE key = ANY($1::text[])",
     .sql_sqlite = "SELECT key, reference, outcome, reason FROM psp_charges"
                   " WHERE key IN (SELECT value FROM json_each($1))",
 };
@@ -223,13 +224,15 @@ is_settlement(const struct payments__psp_call *call)
            (strcmp(call->op, "capture") == 0 || strcmp(call->op, "void") == 0);
 }
 
+enum { SETTLEMENT_KEY_MAX = STORE_IDEM_KEY_MAX + 16 };
+
 /* The keys under which the authorization's capture and void are recorded. */
 static void
-settlement_keys(const struct payments__psp_call *call, char captured[STORE_IDEM_KEY_MAX + 16],
-                char voided[STORE_IDEM_KEY_MAX + 16])
+settlement_keys(const struct payments__psp_call *call, char captured[SETTLEMENT_KEY_MAX],
+                char voided[SETTLEMENT_KEY_MAX])
 {
-    snprintf(captured, STORE_IDEM_KEY_MAX + 16, "capture:%s", call->payment_key);
-    snprintf(voided, STORE_IDEM_KEY_MAX + 16, "void:%s", call->payment_key);
+    snprintf(captured, SETTLEMENT_KEY_MAX, "capture:%s", call->payment_key);
+    snprintf(voided, SETTLEMENT_KEY_MAX, "void:%s", call->payment_key);
 }
 
 /* An approved settlement (op, amount) of the call's authorization is on
@@ -258,7 +261,7 @@ settle_check(struct store_conn *c, const struct payments__psp_call *call,
 {
     if (!is_settlement(call))
         return ERR_OK;
-    char captured_key[STORE_IDEM_KEY_MAX + 16], voided_key[STORE_IDEM_KEY_MAX + 16];
+    char captured_key[SETTLEMENT_KEY_MAX], voided_key[SETTLEMENT_KEY_MAX];
     settlement_keys(call, captured_key, voided_key);
     const struct store_param p[] = {sp_text(captured_key), sp_text(voided_key)};
     enum err rc = store_exec(c, &SETTLE_LOCK, p, 1, NULL, e);
@@ -336,7 +339,7 @@ member_of(const struct record_batch *b, const char *key, bool settled)
         if (!settled && strcmp(call->key, key) == 0)
             return b->m[i];
         if (settled && is_settlement(call)) {
-            char captured[STORE_IDEM_KEY_MAX + 16], voided[STORE_IDEM_KEY_MAX + 16];
+            char captured[SETTLEMENT_KEY_MAX], voided[SETTLEMENT_KEY_MAX];
             settlement_keys(call, captured, voided);
             if (strcmp(captured, key) == 0 || strcmp(voided, key) == 0)
                 return b->m[i];
@@ -346,13 +349,14 @@ member_of(const struct record_batch *b, const char *key, bool settled)
 }
 
 static enum err
-query_keys(struct store_conn *c, struct store_stmt *st, json_t *keys, struct store_rows *r,
-           struct bb_error *e)
+query_keys(struct store_conn *c, struct store_stmt *st, const char *const *keys, size_t n,
+           struct store_rows *r, struct bb_error *e)
 {
-    char *text = bb_json_dumps(keys);
-    const struct store_param p[] = {sp_text(text)};
+    struct store_batch b;
+    store_batch_texts(&b, c, keys, n);
+    const struct store_param p[] = {sp_batch(&b)};
     enum err rc = store_query(c, st, p, 1, r, e);
-    free(text);
+    store_batch_deinit(&b);
     return rc;
 }
 
@@ -361,25 +365,28 @@ static enum err
 record_many(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct record_batch *b = arg;
-    json_t *settle = json_array(), *locks = json_array(), *charges = json_array();
+    char(*settle)[SETTLEMENT_KEY_MAX] = xcalloc(2 * b->n, sizeof *settle);
+    const char **keys = xcalloc(2 * b->n, sizeof *keys);
+    size_t n_settle = 0;
     for (size_t i = 0; i < b->n; i++) {
         struct record_unit *u = b->m[i];
         *u->a = u->decided;
-        if (is_settlement(u->call)) {
-            char captured[STORE_IDEM_KEY_MAX + 16], voided[STORE_IDEM_KEY_MAX + 16];
-            settlement_keys(u->call, captured, voided);
-            json_array_append_new(locks, json_string(captured));
-            json_array_append_new(settle, json_string(captured));
-            json_array_append_new(settle, json_string(voided));
+        if (is_settlement(u->call)) { /* captured, voided */
+            settlement_keys(u->call, settle[n_settle], settle[n_settle + 1]);
+            n_settle += 2;
         }
     }
     struct store_rows r;
     enum err rc = ERR_OK;
-    if (json_array_size(settle) > 0) {
-        rc = query_keys(c, &SETTLE_LOCK_MANY, locks, &r, e);
+    if (n_settle > 0) {
+        for (size_t k = 0; k < n_settle / 2; k++) /* the captured keys lock */
+            keys[k] = settle[2 * k];
+        rc = query_keys(c, &SETTLE_LOCK_MANY, keys, n_settle / 2, &r, e);
         if (rc == ERR_OK) {
             store_rows_close(&r);
-            rc = query_keys(c, &SETTLED_MANY, settle, &r, e);
+            for (size_t k = 0; k < n_settle; k++)
+                keys[k] = settle[k];
+            rc = query_keys(c, &SETTLED_MANY, keys, n_settle, &r, e);
         }
         while (rc == ERR_OK && store_next(&r)) {
             struct record_unit *u = member_of(b, store_col_text(&r, 0), true);
@@ -389,40 +396,42 @@ record_many(struct store_conn *c, void *arg, struct bb_error *e)
         if (rc == ERR_OK)
             store_rows_close(&r);
     }
+    struct store_batch charges;
+    store_batch_init(&charges, c, 7);
     for (size_t i = 0; i < b->n; i++) {
         const struct payments__psp_call *call = b->m[i]->call;
         const struct payments__psp_answer *a = b->m[i]->a;
-        json_array_append_new(charges,
-                              json_pack("{s:s, s:s, s:s, s:I, s:s, s:s, s:s?}", "key", call->key,
-                                        "op", call->op, "reference", a->reference, "amount",
-                                        (json_int_t)call->amount, "currency", call->currency,
-                                        "outcome", payments__psp_outcome_name(a->outcome), "reason",
-                                        a->reason[0] ? a->reason : NULL));
+        store_batch_row(&charges);
+        store_batch_text(&charges, "key", call->key);
+        store_batch_text(&charges, "op", call->op);
+        store_batch_text(&charges, "reference", a->reference);
+        store_batch_int(&charges, "amount", call->amount);
+        store_batch_text(&charges, "currency", call->currency);
+        store_batch_text(&charges, "outcome", payments__psp_outcome_name(a->outcome));
+        store_batch_text(&charges, "reason", a->reason[0] ? a->reason : NULL);
     }
-    char *text = bb_json_dumps(charges);
-    const struct store_param p[] = {sp_text(text), sp_int(b->m[0]->now_ms)};
+    const struct store_param p[] = {sp_batch(&charges), sp_int(b->m[0]->now_ms)};
     if (rc == ERR_OK)
         rc = store_query(c, &CHARGE_RECORD_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&charges);
     /* Keys recorded before answer as then: read them back. */
-    json_t *before = json_array();
-    for (size_t i = 0; i < b->n; i++)
-        json_array_append_new(before, json_string(b->m[i]->call->key));
+    bool *fresh = xcalloc(b->n, sizeof *fresh);
     while (rc == ERR_OK && store_next(&r)) {
-        size_t i;
-        json_t *k;
-        json_array_foreach(before, i, k)
-        {
-            if (strcmp(json_string_value(k), store_col_text(&r, 0)) == 0) {
-                json_array_remove(before, i);
+        for (size_t i = 0; i < b->n; i++) {
+            if (!fresh[i] && strcmp(b->m[i]->call->key, store_col_text(&r, 0)) == 0) {
+                fresh[i] = true;
                 break;
             }
         }
     }
     if (rc == ERR_OK)
         store_rows_close(&r);
-    if (rc == ERR_OK && json_array_size(before) > 0) {
-        rc = query_keys(c, &CHARGE_GET_MANY, before, &r, e);
+    size_t n_before = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (!fresh[i])
+            keys[n_before++] = b->m[i]->call->key;
+    if (rc == ERR_OK && n_before > 0) {
+        rc = query_keys(c, &CHARGE_GET_MANY, keys, n_before, &r, e);
         while (rc == ERR_OK && store_next(&r)) {
             struct record_unit *u = member_of(b, store_col_text(&r, 0), false);
             if (u)
@@ -431,10 +440,9 @@ record_many(struct store_conn *c, void *arg, struct bb_error *e)
         if (rc == ERR_OK)
             store_rows_close(&r);
     }
-    json_decref(before);
-    json_decref(charges);
-    json_decref(locks);
-    json_decref(settle);
+    free(fresh);
+    free(keys);
+    free(settle);
     return rc;
 }
 

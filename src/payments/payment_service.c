@@ -680,13 +680,15 @@ struct pay_batch {
     size_t n;
 };
 
-/* $1 [{id, order_id, key, fingerprint, amount, currency, card}], $2 now */
+/* A batch of (id, order_id, key, fingerprint, amount, currency, card), then
+ * now. */
 static struct store_stmt PAYMENT_INSERT_MANY = {
     .sql_pg = "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount, currency,"
               " card, state, created_at_ms, updated_at_ms)"
-              " SELECT id, order_id, key, fingerprint, amount, currency, card, 'PENDING', $2, $2"
-              " FROM json_to_recordset($1::json) AS x(id text, order_id text, key text,"
-              " fingerprint text, amount bigint, currency text, card text) ORDER BY key"
+              " SELECT id, order_id, key, fingerprint, amount, currency, card, 'PENDING', $8, $8"
+              " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],"
+              " $6::text[], $7::text[]) AS x(id, order_id, key, fingerprint, amount, currency,"
+              " card) ORDER BY key"
               " ON CONFLICT (idempotency_key) DO NOTHING",
     .sql_sqlite = "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount,"
                   " currency, card, state, created_at_ms, updated_at_ms)"
@@ -695,16 +697,17 @@ static struct store_stmt PAYMENT_INSERT_MANY = {
                   " value ->> 'card', 'PENDING', $2, $2 FROM json_each($1) WHERE true"
                   " ORDER BY value ->> 'key' ON CONFLICT (idempotency_key) DO NOTHING",
 };
-/* $1 [{id, from_state, to_state, reference, reason, captured}], $2 now */
+/* A batch of (id, from_state, to_state, reference, reason, captured), then
+ * now. */
 static struct store_stmt PAYMENT_MOVE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(id text, from_state text, to_state text, reference text, reason text,"
-              " captured bigint))"
-              " UPDATE payments p SET state = x.to_state, updated_at_ms = $2,"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+              " $4::text[], $5::text[], $6::bigint[])"
+              " AS x(id, from_state, to_state, reference, reason, captured))"
+              " UPDATE payments p SET state = x.to_state, updated_at_ms = $7,"
               " psp_reference = COALESCE(x.reference, p.psp_reference),"
               " failure_reason = COALESCE(x.reason, p.failure_reason),"
               " captured_amount = p.captured_amount + x.captured"
-              " FROM x WHERE p.id = ANY(ARRAY(SELECT id FROM x))"
+              " FROM x WHERE p.id = ANY($1::text[])"
               " AND p.id = x.id AND p.state = x.from_state RETURNING p.id",
     .sql_sqlite = "UPDATE payments SET state = x.to_state, updated_at_ms = $2,"
                   " psp_reference = COALESCE(x.reference, payments.psp_reference),"
@@ -717,12 +720,12 @@ static struct store_stmt PAYMENT_MOVE_MANY = {
                   " WHERE payments.id = x.id AND payments.state = x.from_state"
                   " RETURNING payments.id",
 };
-/* $1 [{payment_id, op, outcome, latency_ms, detail}], $2 now */
+/* A batch of (payment_id, op, outcome, latency_ms, detail), then now. */
 static struct store_stmt ATTEMPT_INSERT_MANY = {
     .sql_pg = "INSERT INTO payment_attempts (payment_id, op, outcome, latency_ms, detail, at_ms)"
-              " SELECT payment_id, op, outcome, latency_ms, detail, $2"
-              " FROM json_to_recordset($1::json) AS x(payment_id text, op text, outcome text,"
-              " latency_ms bigint, detail text)",
+              " SELECT payment_id, op, outcome, latency_ms, detail, $6"
+              " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])"
+              " AS x(payment_id, op, outcome, latency_ms, detail)",
     .sql_sqlite = "INSERT INTO payment_attempts (payment_id, op, outcome, latency_ms, detail,"
                   " at_ms) SELECT value ->> 'payment_id', value ->> 'op', value ->> 'outcome',"
                   " value ->> 'latency_ms', value ->> 'detail', $2 FROM json_each($1)",
@@ -756,14 +759,6 @@ set_aside_same_order(struct pay_batch *b)
         for (size_t j = 0; j < i && live(b->m[i]); j++)
             if (live(b->m[j]) && strcmp(b->m[j]->row.order_id, b->m[i]->row.order_id) == 0)
                 b->m[i]->alone = true;
-}
-
-static char *
-dumps_free(json_t *j)
-{
-    char *text = bb_json_dumps(j);
-    json_decref(j);
-    return text;
 }
 
 /* Fence the live members that carry a token, by order_ids[i] (NULL: not
@@ -825,7 +820,8 @@ static enum err
 insert_intents(struct store_conn *c, struct pay_batch *b, const bool *skip, size_t *n,
                struct bb_error *e)
 {
-    json_t *fresh = json_array();
+    struct store_batch fresh;
+    store_batch_init(&fresh, c, 7);
     int64_t now = bb_wall_ms();
     for (size_t i = 0; i < b->n; i++) {
         const struct payment_request *req = b->m[i]->req;
@@ -836,18 +832,20 @@ insert_intents(struct store_conn *c, struct pay_batch *b, const bool *skip, size
             bb_strlcpy(id, req->intent_id, sizeof id);
         else
             bb_uuid7_at(now, id);
-        json_array_append_new(
-            fresh,
-            json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s?}", "id", id, "order_id", req->order_id,
-                      "key", req->idempotency_key, "fingerprint", b->m[i]->fingerprint, "amount",
-                      (json_int_t)req->amount, "currency", req->currency, "card", req->card));
+        store_batch_row(&fresh);
+        store_batch_text(&fresh, "id", id);
+        store_batch_text(&fresh, "order_id", req->order_id);
+        store_batch_text(&fresh, "key", req->idempotency_key);
+        store_batch_text(&fresh, "fingerprint", b->m[i]->fingerprint);
+        store_batch_int(&fresh, "amount", req->amount);
+        store_batch_text(&fresh, "currency", req->currency);
+        store_batch_text(&fresh, "card", req->card);
     }
-    *n = json_array_size(fresh);
-    char *text = dumps_free(fresh);
-    const struct store_param p[] = {sp_text(text), sp_int(now)};
+    *n = fresh.n_rows;
+    const struct store_param p[] = {sp_batch(&fresh), sp_int(now)};
     enum err rc =
         *n == 0 ? ERR_OK : store_exec_deferred(c, &PAYMENT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&fresh);
     return rc;
 }
 
@@ -910,27 +908,29 @@ static enum err
 move_many(struct store_conn *c, struct pay_batch *b, const struct outcome_plan *plans, bool *moved,
           struct bb_error *e)
 {
-    json_t *moves = json_array();
+    struct store_batch moves;
+    store_batch_init(&moves, c, 6);
     for (size_t i = 0; i < b->n; i++) {
         moved[i] = false;
         const struct pay_op *op = b->m[i];
         if (!live(op) || !plans[i].move)
             continue;
-        json_array_append_new(
-            moves, json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:I}", "id", op->row.id, "from_state",
-                             payment_state_name(op->row.state), "to_state",
-                             payment_state_name(plans[i].to), "reference", plans[i].reference,
-                             "reason", plans[i].reason, "captured", (json_int_t)plans[i].captured));
+        store_batch_row(&moves);
+        store_batch_text(&moves, "id", op->row.id);
+        store_batch_text(&moves, "from_state", payment_state_name(op->row.state));
+        store_batch_text(&moves, "to_state", payment_state_name(plans[i].to));
+        store_batch_text(&moves, "reference", plans[i].reference);
+        store_batch_text(&moves, "reason", plans[i].reason);
+        store_batch_int(&moves, "captured", plans[i].captured);
     }
-    if (json_array_size(moves) == 0) {
-        json_decref(moves);
+    if (moves.n_rows == 0) {
+        store_batch_deinit(&moves);
         return ERR_OK;
     }
-    char *text = dumps_free(moves);
-    const struct store_param p[] = {sp_text(text), sp_int(bb_wall_ms())};
+    const struct store_param p[] = {sp_batch(&moves), sp_int(bb_wall_ms())};
     struct store_rows r;
     enum err rc = store_query(c, &PAYMENT_MOVE_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&moves);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r))
@@ -945,25 +945,26 @@ move_many(struct store_conn *c, struct pay_batch *b, const struct outcome_plan *
 static enum err
 attempts_many(struct store_conn *c, struct pay_batch *b, struct bb_error *e)
 {
-    json_t *rows = json_array();
+    struct store_batch rows;
+    store_batch_init(&rows, c, 5);
     for (size_t i = 0; i < b->n; i++) {
         const struct pay_op *op = b->m[i];
         const struct payments__psp_answer *a = &op->answer;
-        if (live(op))
-            json_array_append_new(rows, json_pack("{s:s, s:s, s:s, s:I, s:s?}", "payment_id",
-                                                  op->row.id, "op", op->op, "outcome",
-                                                  payments__psp_outcome_name(a->outcome),
-                                                  "latency_ms", (json_int_t)a->latency_ms, "detail",
-                                                  a->reason[0] ? a->reason : NULL));
+        if (!live(op))
+            continue;
+        store_batch_row(&rows);
+        store_batch_text(&rows, "payment_id", op->row.id);
+        store_batch_text(&rows, "op", op->op);
+        store_batch_text(&rows, "outcome", payments__psp_outcome_name(a->outcome));
+        store_batch_int(&rows, "latency_ms", a->latency_ms);
+        store_batch_text(&rows, "detail", a->reason[0] ? a->reason : NULL);
     }
-    if (json_array_size(rows) == 0) {
-        json_decref(rows);
-        return ERR_OK;
+    enum err rc = ERR_OK;
+    if (rows.n_rows > 0) {
+        const struct store_param p[] = {sp_batch(&rows), sp_int(bb_wall_ms())};
+        rc = store_exec_deferred(c, &ATTEMPT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
     }
-    char *text = dumps_free(rows);
-    const struct store_param p[] = {sp_text(text), sp_int(bb_wall_ms())};
-    enum err rc = store_exec_deferred(c, &ATTEMPT_INSERT_MANY, p, BB_ARRAY_LEN(p), e);
-    free(text);
+    store_batch_deinit(&rows);
     return rc;
 }
 

@@ -153,16 +153,16 @@ static struct store_stmt REFUNDS_GET = {
            " ORDER BY created_at_ms, id",
 };
 
-/* $1 a JSON array of ids, or of idempotency keys. */
+/* $1 a list of ids, or of idempotency keys. */
 static struct store_stmt PAYMENTS_GET_MANY = {
     .sql_pg = "SELECT " PAYMENT_COLUMNS " FROM payments"
-              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+              " WHERE id = ANY($1::text[])",
     .sql_sqlite = "SELECT " PAYMENT_COLUMNS " FROM payments"
                   " WHERE id IN (SELECT value FROM json_each($1))",
 };
 static struct store_stmt PAYMENTS_BY_KEY_MANY = {
     .sql_pg = "SELECT " PAYMENT_COLUMNS " FROM payments"
-              " WHERE idempotency_key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+              " WHERE idempotency_key = ANY($1::text[])",
     .sql_sqlite = "SELECT " PAYMENT_COLUMNS " FROM payments"
                   " WHERE idempotency_key IN (SELECT value FROM json_each($1))",
 };
@@ -208,11 +208,12 @@ payments__rows_read_many(struct store_conn *c, bool by_key, const char *const *k
 {
     for (size_t i = 0; i < n; i++)
         found[i] = false;
-    char *text = bb_json_strings_dumps(keys, n);
-    const struct store_param p[] = {sp_text(text)};
+    struct store_batch b;
+    store_batch_texts(&b, c, keys, n);
+    const struct store_param p[] = {sp_batch(&b)};
     struct store_rows r;
     enum err rc = store_query(c, by_key ? &PAYMENTS_BY_KEY_MANY : &PAYMENTS_GET_MANY, p, 1, &r, e);
-    free(text);
+    store_batch_deinit(&b);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {

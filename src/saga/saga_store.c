@@ -160,9 +160,9 @@ enqueue_step(struct store_conn *c, const char *id, int64_t version, int64_t run_
 
 static struct store_stmt SAGA_INSERT_MANY = {
     .sql_pg = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
-              " created_at_ms, updated_at_ms) SELECT id, $2, correlation_id, 'RUNNING', 0, 1,"
-              " data::text, $3, $3 FROM json_to_recordset($1::json)"
-              " AS x(id text, correlation_id text, data json)"
+              " created_at_ms, updated_at_ms) SELECT id, $4, correlation_id, 'RUNNING', 0, 1,"
+              " data, $5, $5 FROM unnest($1::text[], $2::text[], $3::text[])"
+              " AS x(id, correlation_id, data)"
               " ON CONFLICT (type, correlation_id) DO NOTHING RETURNING id",
     .sql_sqlite = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
                   " created_at_ms, updated_at_ms) SELECT value ->> 'id', $2,"
@@ -173,15 +173,15 @@ static struct store_stmt SAGA_INSERT_MANY = {
 static struct store_stmt SAGA_BY_CORRELATION = {
     .sql = "SELECT id FROM sagas WHERE type = $1 AND correlation_id = $2",
 };
-/* PostgreSQL estimates a JSON function at 100 rows and would join it to a
- * scan of the whole table; the keys as an array make it use the index. The
- * rows are parsed once, in a materialized CTE that gives both (so do the
- * other batch updates by key). */
+/* A generic plan cannot know how many rows a batch has, and would join
+ * them to a scan of the whole table; the keys as `= ANY` of their array
+ * make it use the index, each batch update by key rows of a materialized
+ * CTE (so do the other batch updates by key). */
 static struct store_stmt SAGA_SET_JOBS = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(id text, job_id bigint))"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
+              " AS x(id, job_id))"
               " UPDATE sagas s SET job_id = x.job_id FROM x"
-              " WHERE s.id = ANY(ARRAY(SELECT id FROM x)) AND s.id = x.id",
+              " WHERE s.id = ANY($1::text[]) AND s.id = x.id",
     .sql_sqlite = "UPDATE sagas SET job_id = x.job_id"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'job_id' AS job_id"
                   " FROM json_each($1)) AS x WHERE sagas.id = x.id",
@@ -193,21 +193,20 @@ insert_instances(struct store_conn *c, const struct saga_def *def,
                  const char *const *correlation_ids, const json_t *const *data, size_t n,
                  int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
 {
-    struct bb_json_rows w;
-    bb_json_rows_init(&w);
+    struct store_batch w;
+    store_batch_init(&w, c, 3);
     for (size_t i = 0; i < n; i++) {
         bb_uuid7_at(now_ms, ids[i]);
         created[i] = false;
-        bb_json_rows_next(&w);
-        bb_json_rows_str(&w, "id", ids[i]);
-        bb_json_rows_str(&w, "correlation_id", correlation_ids[i]);
-        bb_json_rows_value(&w, "data", data[i]);
+        store_batch_row(&w);
+        store_batch_text(&w, "id", ids[i]);
+        store_batch_text(&w, "correlation_id", correlation_ids[i]);
+        store_batch_json(&w, "data", data[i]);
     }
-    char *text = bb_json_rows_finish(&w);
-    const struct store_param p[] = {sp_text(text), sp_text(def->type), sp_int(now_ms)};
+    const struct store_param p[] = {sp_batch(&w), sp_text(def->type), sp_int(now_ms)};
     struct store_rows r;
     enum err rc = store_query(c, &SAGA_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
-    free(text);
+    store_batch_deinit(&w);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {
@@ -270,18 +269,17 @@ saga__start_many(struct store_conn *c, const struct saga_def *def,
     if (k > 0)
         rc = job_submit_many_here(c, pool, specs, k, now_ms, job_ids, made, &failed_at, e);
     if (rc == ERR_OK && k > 0) {
-        struct bb_json_rows w;
-        bb_json_rows_init(&w);
+        struct store_batch w;
+        store_batch_init(&w, c, 2);
         for (size_t q = 0; q < k; q++) {
             first_jobs[of[q]] = job_ids[q];
-            bb_json_rows_next(&w);
-            bb_json_rows_str(&w, "id", ids[of[q]]);
-            bb_json_rows_int(&w, "job_id", job_ids[q]);
+            store_batch_row(&w);
+            store_batch_text(&w, "id", ids[of[q]]);
+            store_batch_int(&w, "job_id", job_ids[q]);
         }
-        char *text = bb_json_rows_finish(&w);
-        const struct store_param p[] = {sp_text(text)};
+        const struct store_param p[] = {sp_batch(&w)};
         rc = store_exec_deferred(c, &SAGA_SET_JOBS, p, 1, e);
-        free(text);
+        store_batch_deinit(&w);
     }
     for (size_t q = 0; q < k && rc == ERR_OK; q++)
         saga__metric_started(def->type);
@@ -315,7 +313,7 @@ static struct store_stmt SAGA_GET = {
 
 static struct store_stmt SAGA_GET_MANY = {
     .sql_pg = "SELECT " SAGA_COLUMNS " FROM sagas"
-              " WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))",
+              " WHERE id = ANY($1::text[])",
     .sql_sqlite =
         "SELECT " SAGA_COLUMNS " FROM sagas WHERE id IN (SELECT value FROM json_each($1))",
 };
@@ -362,11 +360,12 @@ saga__load_many(struct store_conn *c, const char *const *ids, size_t n,
 {
     for (size_t i = 0; i < n; i++)
         found[i] = false;
-    char *text = bb_json_strings_dumps(ids, n);
-    const struct store_param p[] = {sp_text(text)};
+    struct store_batch b;
+    store_batch_texts(&b, c, ids, n);
+    const struct store_param p[] = {sp_batch(&b)};
     struct store_rows r;
     enum err rc = store_query(c, &SAGA_GET_MANY, p, 1, &r, e);
-    free(text);
+    store_batch_deinit(&b);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r)) {
@@ -508,17 +507,18 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
     return rc == ERR_OK ? ends_flush(c, &u, &now, 1, e) : rc;
 }
 
-/* The batch forms: the rows as a JSON array of objects, one statement each. */
+/* The batch forms: the rows as a store batch, one statement each. */
 static struct store_stmt SAGA_UPDATE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json)"
-              " AS x(id text, from_version bigint, state text, step int, version bigint,"
-              " data json, retries int, next_retry_at_ms bigint, reason text, error text,"
-              " job_id bigint, updated_at_ms bigint, timeline text))"
+    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[],"
+              " $3::text[], $4::int[], $5::bigint[], $6::text[], $7::int[], $8::bigint[],"
+              " $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[])"
+              " AS x(id, from_version, state, step, version, data, retries, next_retry_at_ms,"
+              " reason, error, job_id, updated_at_ms, timeline))"
               " UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
-              " data = x.data::text, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
+              " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
               " reason = x.reason, error = x.error, job_id = x.job_id,"
               " updated_at_ms = x.updated_at_ms, timeline = s.timeline || x.timeline"
-              " FROM x WHERE s.id = ANY(ARRAY(SELECT id FROM x))"
+              " FROM x WHERE s.id = ANY($1::text[])"
               " AND s.id = x.id AND s.version = x.from_version",
     .sql_sqlite = "UPDATE sagas SET state = x.state, step = x.step, version = x.version,"
                   " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
@@ -537,18 +537,18 @@ static struct store_stmt SAGA_UPDATE_MANY = {
 
 /* 0 and "" are written as null. */
 static void
-rows_int_or_null(struct bb_json_rows *w, const char *key, int64_t v)
+rows_int_or_null(struct store_batch *w, const char *key, int64_t v)
 {
     if (v)
-        bb_json_rows_int(w, key, v);
+        store_batch_int(w, key, v);
     else
-        bb_json_rows_str(w, key, NULL);
+        store_batch_text(w, key, NULL);
 }
 
 static void
-rows_text_or_null(struct bb_json_rows *w, const char *key, const char *s)
+rows_text_or_null(struct store_batch *w, const char *key, const char *s)
 {
-    bb_json_rows_str(w, key, s && *s ? s : NULL);
+    store_batch_text(w, key, s && *s ? s : NULL);
 }
 
 enum err
@@ -556,8 +556,8 @@ saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
                   const struct saga_instance *const *now, size_t n, bool *stale, struct bb_error *e)
 {
     *stale = false;
-    struct bb_json_rows moves;
-    bb_json_rows_init(&moves);
+    struct store_batch moves;
+    store_batch_init(&moves, c, 13);
     struct bb_buf lines;
     bb_buf_init(&lines);
     for (size_t i = 0; i < n; i++) {
@@ -566,29 +566,28 @@ saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
         if (u->n_rows == 0)
             continue;
         const struct saga_unit_row *last = &u->rows[u->n_rows - 1];
-        bb_json_rows_next(&moves);
-        bb_json_rows_str(&moves, "id", in->id);
-        bb_json_rows_int(&moves, "from_version", u->from_version);
-        bb_json_rows_str(&moves, "state", saga_state_name(in->state));
-        bb_json_rows_int(&moves, "step", in->step);
-        bb_json_rows_int(&moves, "version", in->version);
-        bb_json_rows_value(&moves, "data", in->data);
-        bb_json_rows_int(&moves, "retries", in->retries);
+        store_batch_row(&moves);
+        store_batch_text(&moves, "id", in->id);
+        store_batch_int(&moves, "from_version", u->from_version);
+        store_batch_text(&moves, "state", saga_state_name(in->state));
+        store_batch_int(&moves, "step", in->step);
+        store_batch_int(&moves, "version", in->version);
+        store_batch_json(&moves, "data", in->data);
+        store_batch_int(&moves, "retries", in->retries);
         rows_int_or_null(&moves, "next_retry_at_ms", u->run_at);
         rows_text_or_null(&moves, "reason", in->reason);
         rows_text_or_null(&moves, "error", last->error);
         rows_int_or_null(&moves, "job_id", in->job_id);
-        bb_json_rows_int(&moves, "updated_at_ms", last->ended_ms);
+        store_batch_int(&moves, "updated_at_ms", last->ended_ms);
         bb_buf_reset(&lines);
         unit_lines(u, &lines);
-        bb_json_rows_str(&moves, "timeline", lines.data);
+        store_batch_text(&moves, "timeline", lines.data);
     }
     bb_buf_deinit(&lines);
     size_t expected = moves.n_rows;
-    char *moves_text = bb_json_rows_finish(&moves);
     enum err rc = ERR_OK;
     if (expected > 0) {
-        const struct store_param p[] = {sp_text(moves_text)};
+        const struct store_param p[] = {sp_batch(&moves)};
         int64_t changed = 0;
         rc = store_exec(c, &SAGA_UPDATE_MANY, p, 1, &changed, e);
         if (rc == ERR_OK && changed != (int64_t)expected) {
@@ -597,9 +596,9 @@ saga__units_flush(struct store_conn *c, struct saga_unit *const *units,
                          expected - (size_t)changed, expected);
         }
     }
+    store_batch_deinit(&moves);
     if (rc == ERR_OK)
         rc = ends_flush(c, units, now, n, e);
-    free(moves_text);
     return rc;
 }
 

@@ -35,6 +35,211 @@ sp_textn(const char *s, size_t len)
     return (struct store_param){.type = STORE_T_TEXT, .s = s, .len = len};
 }
 
+/* ---- batches --------------------------------------------------------------------------- */
+
+void
+store_batch_init(struct store_batch *b, const struct store_conn *c, size_t n_cols)
+{
+    BB_ASSERT(n_cols > 0);
+    memset(b, 0, sizeof *b);
+    b->engine = store_conn_engine(c);
+    b->n_cols = n_cols;
+    bb_buf_init(&b->json);
+    if (b->engine == STORE_POSTGRES) {
+        b->arrays = xcalloc(n_cols, sizeof *b->arrays);
+        for (size_t i = 0; i < n_cols; i++) {
+            bb_buf_init(&b->arrays[i]);
+            bb_buf_append(&b->arrays[i], "{", 1);
+        }
+    } else {
+        bb_buf_append(&b->json, "[", 1);
+    }
+}
+
+void
+store_batch_deinit(struct store_batch *b)
+{
+    bb_buf_deinit(&b->json);
+    if (b->arrays) {
+        for (size_t i = 0; i < b->n_cols; i++)
+            bb_buf_deinit(&b->arrays[i]);
+        free(b->arrays);
+    }
+    memset(b, 0, sizeof *b);
+}
+
+void
+store_batch_row(struct store_batch *b)
+{
+    BB_ASSERT(!b->finished && (b->n_rows == 0 || b->col == b->n_cols));
+    if (b->engine == STORE_SQLITE && b->n_rows > 0)
+        bb_buf_puts(&b->json, b->list ? "," : "},");
+    b->n_rows++;
+    b->col = 0;
+}
+
+/* Where the next column's value goes: its array's separator written
+ * (PostgreSQL), or its key (SQLite). */
+static struct bb_buf *
+batch_column(struct store_batch *b, const char *name)
+{
+    BB_ASSERT(!b->finished && b->n_rows > 0 && b->col < b->n_cols);
+    BB_ASSERT(name != NULL || b->n_cols == 1);
+    size_t col = b->col++;
+    if (b->engine == STORE_POSTGRES) {
+        struct bb_buf *a = &b->arrays[col];
+        if (b->n_rows > 1)
+            bb_buf_append(a, ",", 1);
+        return a;
+    }
+    if (name == NULL) {
+        b->list = true;
+        return &b->json;
+    }
+    bb_buf_append(&b->json, col == 0 ? "{" : ",", 1);
+    bb_buf_json_string(&b->json, name);
+    bb_buf_append(&b->json, ":", 1);
+    return &b->json;
+}
+
+/* An array element: quoted, with " and \ escaped (unquoted, an element
+ * would be read as NULL or split at a comma or brace). */
+static void
+array_text(struct bb_buf *a, const char *s, size_t len)
+{
+    bb_buf_append(a, "\"", 1);
+    size_t from = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] != '"' && s[i] != '\\')
+            continue;
+        bb_buf_append(a, s + from, i - from);
+        bb_buf_append(a, "\\", 1);
+        from = i;
+    }
+    bb_buf_append(a, s + from, len - from);
+    bb_buf_append(a, "\"", 1);
+}
+
+void
+store_batch_text(struct store_batch *b, const char *name, const char *v)
+{
+    struct bb_buf *out = batch_column(b, name);
+    if (v == NULL)
+        bb_buf_puts(out, b->engine == STORE_POSTGRES ? "NULL" : "null");
+    else if (b->engine == STORE_POSTGRES)
+        array_text(out, v, strlen(v));
+    else
+        bb_buf_json_string(out, v);
+}
+
+void
+store_batch_int(struct store_batch *b, const char *name, int64_t v)
+{
+    bb_buf_int(batch_column(b, name), v);
+}
+
+void
+store_batch_bool(struct store_batch *b, const char *name, bool v)
+{
+    struct bb_buf *out = batch_column(b, name);
+    if (b->engine == STORE_POSTGRES)
+        bb_buf_puts(out, v ? "t" : "f");
+    else
+        bb_buf_puts(out, v ? "true" : "false");
+}
+
+void
+store_batch_json(struct store_batch *b, const char *name, const json_t *v)
+{
+    if (b->engine == STORE_SQLITE || v == NULL) {
+        struct bb_buf *out = batch_column(b, name);
+        if (v == NULL)
+            bb_buf_puts(out, b->engine == STORE_POSTGRES ? "NULL" : "null");
+        else
+            bb_buf_json_value(out, v);
+        return;
+    }
+    struct bb_buf text;
+    bb_buf_init(&text);
+    bb_buf_json_value(&text, v);
+    array_text(batch_column(b, name), text.data, text.len);
+    bb_buf_deinit(&text);
+}
+
+void
+store_batch_ints(struct store_batch *b, const struct store_conn *c, const int64_t *v, size_t n)
+{
+    store_batch_init(b, c, 1);
+    for (size_t i = 0; i < n; i++) {
+        store_batch_row(b);
+        store_batch_int(b, NULL, v[i]);
+    }
+}
+
+void
+store_batch_texts(struct store_batch *b, const struct store_conn *c, const char *const *v, size_t n)
+{
+    store_batch_init(b, c, 1);
+    for (size_t i = 0; i < n; i++) {
+        store_batch_row(b);
+        store_batch_text(b, NULL, v[i]);
+    }
+}
+
+struct store_param
+sp_batch(struct store_batch *b)
+{
+    BB_ASSERT(b->n_rows == 0 || b->col == b->n_cols);
+    if (!b->finished) {
+        b->finished = true;
+        if (b->engine == STORE_POSTGRES) {
+            for (size_t i = 0; i < b->n_cols; i++)
+                bb_buf_append(&b->arrays[i], "}", 1);
+        } else {
+            bool objects = b->n_rows > 0 && !b->list;
+            bb_buf_puts(&b->json, objects ? "}]" : "]");
+        }
+    }
+    return (struct store_param){.type = STORE_T_BATCH, .batch = b};
+}
+
+enum { PARAMS_MAX = 64 };
+
+/* `params` with each batch spread into what its engine binds (see struct
+ * store_batch): into `out` (PARAMS_MAX), or `params` itself when there is
+ * no batch. */
+static const struct store_param *
+params_bound(const struct store_conn *c, const struct store_param *params, size_t *n,
+             struct store_param *out)
+{
+    bool any = false;
+    for (size_t i = 0; i < *n && !any; i++)
+        any = params[i].type == STORE_T_BATCH;
+    if (!any)
+        return params;
+    size_t m = 0;
+    for (size_t i = 0; i < *n; i++) {
+        const struct store_batch *b = params[i].batch;
+        if (params[i].type != STORE_T_BATCH) {
+            BB_ASSERT(m < PARAMS_MAX);
+            out[m++] = params[i];
+            continue;
+        }
+        BB_ASSERT(b->finished && b->engine == store_conn_engine(c));
+        if (b->engine == STORE_SQLITE) {
+            BB_ASSERT(m < PARAMS_MAX);
+            out[m++] = sp_textn(b->json.data, b->json.len);
+            continue;
+        }
+        for (size_t k = 0; k < b->n_cols; k++) {
+            BB_ASSERT(m < PARAMS_MAX);
+            out[m++] = sp_textn(b->arrays[k].data, b->arrays[k].len);
+        }
+    }
+    *n = m;
+    return out;
+}
+
 int
 store__stmt_slot(struct store_stmt *st)
 {
@@ -252,6 +457,8 @@ store_query(struct store_conn *c, struct store_stmt *st, const struct store_para
     memset(out, 0, sizeof *out);
     out->engine = c->ops->engine;
     out->row = -1;
+    struct store_param bound[PARAMS_MAX];
+    params = params_bound(c, params, &n_params, bound);
     return c->ops->query(c, st, params, n_params, out, NULL, e);
 }
 
@@ -260,6 +467,8 @@ store_exec(struct store_conn *c, struct store_stmt *st, const struct store_param
            size_t n_params, int64_t *changes, struct bb_error *e)
 {
     int64_t n = 0;
+    struct store_param bound[PARAMS_MAX];
+    params = params_bound(c, params, &n_params, bound);
     enum err rc = c->ops->query(c, st, params, n_params, NULL, &n, e);
     if (rc == ERR_OK && changes)
         *changes = n;
@@ -270,6 +479,8 @@ enum err
 store_exec_deferred(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
                     size_t n_params, struct bb_error *e)
 {
+    struct store_param bound[PARAMS_MAX];
+    params = params_bound(c, params, &n_params, bound);
     if (c->ops->defer == NULL)
         return c->ops->query(c, st, params, n_params, NULL, NULL, e);
     return c->ops->defer(c, st, params, n_params, e);
@@ -281,6 +492,8 @@ store_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_
 {
     if (n_rows == 0)
         return ERR_OK;
+    for (size_t i = 0; i < n_params * n_rows; i++)
+        BB_ASSERT(params[i].type != STORE_T_BATCH);
     return c->ops->exec_many(c, st, params, n_params, n_rows, first_ints, e);
 }
 

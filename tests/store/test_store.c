@@ -256,6 +256,95 @@ deferred_insert(struct store_conn *c, int64_t id, const char *text, enum err wan
     assert_int_equal(store_exec_deferred(c, &INSERT_T, p, 3, &e), want);
 }
 
+/* A batch's rows, in order, with the parameter after it. */
+static struct store_stmt BATCH_ROWS = {
+    .sql_pg = "SELECT id, n, s, flag::int, j, $6 FROM unnest($1::bigint[], $2::bigint[],"
+              " $3::text[], $4::boolean[], $5::text[]) WITH ORDINALITY AS x(id, n, s, flag, j, o)"
+              " ORDER BY o",
+    .sql_sqlite = "SELECT value ->> 'id', value ->> 'n', value ->> 's', value ->> 'flag',"
+                  " value ->> 'j', $2 FROM json_each($1) ORDER BY key",
+};
+static struct store_stmt BATCH_LIST = {
+    .sql_pg = "SELECT x, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(x, o) ORDER BY o",
+    .sql_sqlite = "SELECT value, $2 FROM json_each($1) ORDER BY key",
+};
+
+static void
+batches_carry_every_value_exactly(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    static const char *const texts[] = {
+        "plain",
+        "caf\xc3\xa9 \xe2\x9c\x93 \"quotes\" 'single' \\ back\\",
+        "{braces}, commas, \"NULL\"",
+        "NULL",
+        "",
+        " spaced \t\n\r ",
+        NULL,
+    };
+    static const int64_t ints[] = {INT64_MAX, INT64_MIN, 0, -1, 42, 7, 1};
+    json_t *values[BB_ARRAY_LEN(texts)];
+    for (size_t i = 0; i < BB_ARRAY_LEN(texts); i++)
+        values[i] = i % 3 == 2 ? NULL
+                               : json_pack("{s:s?, s:I, s:[b, n, f]}", "t", texts[i], "n",
+                                           (json_int_t)ints[i], "l", i % 2, 0.5);
+
+    struct store_batch b;
+    store_batch_init(&b, c, 5);
+    for (size_t i = 0; i < BB_ARRAY_LEN(texts); i++) {
+        store_batch_row(&b);
+        store_batch_int(&b, "id", (int64_t)i);
+        store_batch_int(&b, "n", ints[i]);
+        store_batch_text(&b, "s", texts[i]);
+        store_batch_bool(&b, "flag", i % 2 == 1);
+        store_batch_json(&b, "j", values[i]);
+    }
+    const struct store_param p[] = {sp_batch(&b), sp_text("after")};
+    struct store_rows r;
+    assert_ok(store_query(c, &BATCH_ROWS, p, 2, &r, &e), &e);
+    store_batch_deinit(&b);
+    assert_int_equal(r.nrows, BB_ARRAY_LEN(texts));
+    for (size_t i = 0; store_next(&r); i++) {
+        assert_int_equal(store_col_int(&r, 0), (int64_t)i);
+        assert_true(store_col_int(&r, 1) == ints[i]);
+        assert_int_equal(store_col_is_null(&r, 2), texts[i] == NULL);
+        assert_string_equal(store_col_text(&r, 2), texts[i] ? texts[i] : "");
+        assert_int_equal(store_col_int(&r, 3), i % 2);
+        if (values[i] == NULL) {
+            assert_true(store_col_is_null(&r, 4));
+        } else { /* verbatim: the text one row alone would store */
+            char *want = bb_json_dumps(values[i]);
+            assert_string_equal(store_col_text(&r, 4), want);
+            free(want);
+        }
+        assert_string_equal(store_col_text(&r, 5), "after");
+    }
+    store_rows_close(&r);
+
+    /* A list, and an empty batch. */
+    store_batch_texts(&b, c, texts, BB_ARRAY_LEN(texts) - 1);
+    const struct store_param l[] = {sp_batch(&b), sp_int(9)};
+    assert_ok(store_query(c, &BATCH_LIST, l, 2, &r, &e), &e);
+    store_batch_deinit(&b);
+    assert_int_equal(r.nrows, BB_ARRAY_LEN(texts) - 1);
+    for (size_t i = 0; store_next(&r); i++) {
+        assert_string_equal(store_col_text(&r, 0), texts[i]);
+        assert_int_equal(store_col_int(&r, 1), 9);
+    }
+    store_rows_close(&r);
+    store_batch_init(&b, c, 5);
+    const struct store_param none[] = {sp_batch(&b), sp_text("after")};
+    assert_ok(store_query(c, &BATCH_ROWS, none, 2, &r, &e), &e);
+    store_batch_deinit(&b);
+    assert_int_equal(r.nrows, 0);
+    store_rows_close(&r);
+    for (size_t i = 0; i < BB_ARRAY_LEN(texts); i++)
+        json_decref(values[i]);
+    store_conn_close(c);
+}
+
 static void
 deferred_writes_commit_roll_back_and_fail_with_their_transaction(void **state)
 {
@@ -957,6 +1046,7 @@ plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
 static const struct CMUnitTest tests[] = {
     DB_TEST(parameters_round_trip_exactly),
     DB_TEST(text_parameters_with_length_need_no_terminator),
+    DB_TEST(batches_carry_every_value_exactly),
     DB_TEST(exec_reports_rows_changed),
     DB_TEST(unique_violation_is_a_conflict),
     DB_TEST(rollback_discards_and_commit_keeps),

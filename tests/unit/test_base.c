@@ -418,62 +418,6 @@ json_dumps_writes_what_jansson_writes_byte_for_byte(void **state)
 }
 
 static void
-json_rows_write_what_jansson_reads_back(void **state)
-{
-    (void)state;
-    struct bb_json_rows w;
-    bb_json_rows_init(&w);
-    char *text = bb_json_rows_finish(&w);
-    assert_string_equal(text, "[]");
-    free(text);
-
-    json_t *embedded = json_pack("{s:s, s:[i, f], s:n}", "q\"", "caf\xc3\xa9\n", "l", 1, 2.5, "z");
-    bb_json_rows_init(&w);
-    bb_json_rows_next(&w);
-    bb_json_rows_str(&w, "s", "plain \xe2\x82\xac \"quoted\" back\\slash \x01\t");
-    bb_json_rows_int(&w, "min", INT64_MIN);
-    bb_json_rows_int(&w, "max", INT64_MAX);
-    bb_json_rows_int(&w, "zero", 0);
-    bb_json_rows_int(&w, "neg", -42);
-    bb_json_rows_bool(&w, "yes", true);
-    bb_json_rows_str(&w, "none", NULL);
-    bb_json_rows_value(&w, "data", embedded);
-    bb_json_rows_next(&w);
-    bb_json_rows_bool(&w, "no", false);
-    bb_json_rows_value(&w, "nothing", NULL);
-    bb_json_rows_next(&w);
-    text = bb_json_rows_finish(&w);
-
-    json_error_t err;
-    json_t *rows = json_loads(text, 0, &err);
-    assert_non_null(rows);
-    assert_int_equal(json_array_size(rows), 3);
-    json_t *r = json_array_get(rows, 0);
-    assert_string_equal(json_string_value(json_object_get(r, "s")),
-                        "plain \xe2\x82\xac \"quoted\" back\\slash \x01\t");
-    assert_true(json_integer_value(json_object_get(r, "min")) == INT64_MIN);
-    assert_true(json_integer_value(json_object_get(r, "max")) == INT64_MAX);
-    assert_int_equal(json_integer_value(json_object_get(r, "zero")), 0);
-    assert_int_equal(json_integer_value(json_object_get(r, "neg")), -42);
-    assert_true(json_is_true(json_object_get(r, "yes")));
-    assert_true(json_is_null(json_object_get(r, "none")));
-    assert_true(json_equal(json_object_get(r, "data"), embedded));
-    assert_int_equal(json_object_size(r), 8);
-    r = json_array_get(rows, 1);
-    assert_true(json_is_false(json_object_get(r, "no")));
-    assert_true(json_is_null(json_object_get(r, "nothing")));
-    assert_int_equal(json_object_size(json_array_get(rows, 2)), 0);
-    /* The embedded value is written as bb_json_dumps writes it alone, so a
-     * reader that takes its text back stores what the one-row path stores. */
-    char *alone = bb_json_dumps(embedded);
-    assert_non_null(strstr(text, alone));
-    free(alone);
-    json_decref(rows);
-    json_decref(embedded);
-    free(text);
-}
-
-static void
 utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters(void **state)
 {
     (void)state;
@@ -829,7 +773,6 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(json_only_names_the_unknown_field),
     cmocka_unit_test(buf_json_string_escapes_controls_and_quotes),
     cmocka_unit_test(json_dumps_writes_what_jansson_writes_byte_for_byte),
-    cmocka_unit_test(json_rows_write_what_jansson_reads_back),
     cmocka_unit_test(utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters),
     cmocka_unit_test(digests_match_the_published_test_vectors),
     cmocka_unit_test(log_lines_are_json_with_typed_fields_and_context),
