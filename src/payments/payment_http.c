@@ -168,6 +168,11 @@ lock_token_member(const json_t *body, int64_t *out, struct bb_error *e)
     return bb_json_int(body, "lock_token", false, 1, INT64_MAX, out, e);
 }
 
+/* Keys the saga engine derives for its steps ("saga:{id}:{step}"): a
+ * client that took one first, with another body, would make that step fail
+ * as a reused key. */
+#define RESERVED_KEY_PREFIX "saga:"
+
 static enum err
 key_member(const json_t *body, const char **out, struct bb_error *e)
 {
@@ -176,6 +181,10 @@ key_member(const json_t *body, const char **out, struct bb_error *e)
         return bb_fail(e, ERR_INVALID, "idempotency_key",
                        "idempotency_key must be 1 to %d visible ASCII characters",
                        STORE_IDEM_KEY_MAX);
+    if (rc == ERR_OK && strncmp(*out, RESERVED_KEY_PREFIX, strlen(RESERVED_KEY_PREFIX)) == 0)
+        return bb_fail(e, ERR_INVALID, "idempotency_key",
+                       "idempotency_key may not start with \"" RESERVED_KEY_PREFIX
+                       "\": such keys are the checkout saga's own");
     return rc;
 }
 

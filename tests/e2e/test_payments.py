@@ -159,6 +159,8 @@ BAD = [
     ({"order_id": "o", "amount": 5, "currency": "EUR"}, "idempotency_key"),
     ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "a b"},
      "idempotency_key"),
+    ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "saga:x:authorize"},
+     "idempotency_key"),  # the saga's own keys are reserved
     ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "k", "tip": 1}, "tip"),
     ({"order_id": "o", "amount": 5, "currency": "EUR", "idempotency_key": "k", "lock_token": 0},
      "lock_token"),
@@ -181,6 +183,8 @@ def test_bad_settle_requests_and_bad_psp_settings(server):
             "amount")
     problem(server.post(f"/payments/{pid}/refund", {"amount": 5}), 400, "invalid_request",
             "idempotency_key")
+    problem(server.post(f"/payments/{pid}/refund", {"idempotency_key": "saga:x:refund"}), 400,
+            "invalid_request", "idempotency_key")
     problem(server.post("/payments/capture/not-a-payment"), 404, "not_found", "authorization_id")
     problem(server.put("/psp/config", {"failure_rate": 2}), 400, "invalid_request", "failure_rate")
     problem(server.put("/psp/config", {"decline_cards": [""]}), 400, "invalid_request",
