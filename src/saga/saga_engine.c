@@ -58,6 +58,11 @@ static struct metrics_def M_STUCK = {
     .type = METRICS_GAUGE,
     .labels = {"type"},
 };
+static struct metrics_def M_START_FAILED = {
+    .name = "backbone_saga_start_failures_total",
+    .help = "Rounds of the starter that failed and rolled back (their events are claimed again).",
+    .type = METRICS_COUNTER,
+};
 static struct metrics_def M_PRUNED = {
     .name = "backbone_sagas_pruned_total",
     .help = "Finished saga instances deleted after the retention period (--saga-retention).",
@@ -106,28 +111,60 @@ metrics_init(void)
     metrics_register(&M_STEP);
     metrics_register(&M_PRUNED);
     metrics_register(&M_JOB_RUNS);
+    metrics_register(&M_START_FAILED);
     metrics_register(&M_UNIT_BATCH);
     metrics_register(&M_UNIT_ALONE);
     metrics_register(&M_UNITS_WAITING);
 }
 
-void
-saga__metric_started(const char *type)
+/* A count made once its transaction commits (a unit rolled back and run
+ * again counts once). */
+struct count_later {
+    struct metrics_def *def;
+    const char *type;    /* a definition's: lives as long as the process */
+    const char *outcome; /* NULL: M_STARTED */
+    double n;
+};
+
+static void
+count_end(void *arg, bool committed)
 {
-    metrics_add(&M_STARTED, 1, type);
+    struct count_later *x = arg;
+    if (committed && x->outcome)
+        metrics_add(x->def, x->n, x->type, x->outcome);
+    else if (committed)
+        metrics_add(x->def, x->n, x->type);
+    free(x);
+}
+
+static void
+count_at_commit(struct store_conn *c, struct metrics_def *def, const char *type,
+                const char *outcome, double n)
+{
+    struct count_later *x = xmalloc(sizeof *x);
+    *x = (struct count_later){.def = def, .type = type, .outcome = outcome, .n = n};
+    store_after_commit(c, count_end, x);
 }
 
 void
-saga__metric_transition(const char *type, enum saga_state from, enum saga_state to)
+saga__count_started(struct store_conn *c, const char *type, size_t n)
+{
+    if (n > 0)
+        count_at_commit(c, &M_STARTED, type, NULL, (double)n);
+}
+
+void
+saga__count_transition(struct store_conn *c, const char *type, enum saga_state from,
+                       enum saga_state to)
 {
     if (from == to)
         return;
     if (to == SAGA_COMPLETED)
-        metrics_add(&M_ENDED, 1, type, "completed");
+        count_at_commit(c, &M_ENDED, type, "completed", 1);
     else if (to == SAGA_FAILED)
-        metrics_add(&M_ENDED, 1, type, "compensated");
+        count_at_commit(c, &M_ENDED, type, "compensated", 1);
     else if (to == SAGA_STUCK)
-        metrics_add(&M_ENDED, 1, type, "stuck");
+        count_at_commit(c, &M_ENDED, type, "stuck", 1);
 }
 
 void
@@ -1137,6 +1174,7 @@ starter_main(void *arg)
         do {
             if (store_run(eng->store, STORE_WRITE, start_work, &b, &e) != ERR_OK) {
                 log_error_limited(1, "saga.start_failed", "detail=%s", e.detail);
+                metrics_add(&M_START_FAILED, 1);
                 break;
             }
             /* On through a backlog from there; each round starts over. */

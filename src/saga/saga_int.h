@@ -95,8 +95,10 @@ BB_WUR enum err saga__transition(struct store_conn *c, const struct saga_def *de
 /* The definitions of this process, by type (NULL: none). */
 const struct saga_def *saga__def_find(const char *type);
 
-void saga__metric_started(const char *type);
-void saga__metric_transition(const char *type, enum saga_state from, enum saga_state to);
+/* Counted when `c`'s open transaction commits. */
+void saga__count_started(struct store_conn *c, const char *type, size_t n);
+void saga__count_transition(struct store_conn *c, const char *type, enum saga_state from,
+                            enum saga_state to);
 void saga__metric_step(const char *type, const char *step, bool compensating, double seconds);
 void saga__metric_stuck_reset(void);
 void saga__metric_stuck(const char *type, int64_t n);

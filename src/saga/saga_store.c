@@ -281,8 +281,8 @@ saga__start_many(struct store_conn *c, const struct saga_def *def,
         rc = store_exec_deferred(c, &SAGA_SET_JOBS, p, 1, e);
         store_batch_deinit(&w);
     }
-    for (size_t q = 0; q < k && rc == ERR_OK; q++)
-        saga__metric_started(def->type);
+    if (rc == ERR_OK)
+        saga__count_started(c, def->type, k);
     free(made);
     free(job_ids);
     free(of);
@@ -695,7 +695,7 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
                                     : in->reason[0] ? in->reason
                                                     : "could not be completed");
     }
-    saga__metric_transition(def->type, in->state, next_state);
+    saga__count_transition(c, def->type, in->state, next_state);
     *next = *in;
     next->state = next_state;
     next->step = next_step;

@@ -803,6 +803,24 @@ list_work(struct store_conn *c, void *arg, struct bb_error *e)
     return saga_list_json(c, &f, arg, e);
 }
 
+/* The sagas of order-6, once `want` is their first one's state (or after
+ * 20 s). */
+static json_t *
+order6_sagas_when(struct fixture *f, const char *want)
+{
+    struct bb_error e;
+    json_t *list = NULL;
+    for (int64_t deadline = bb_mono_ms() + 20000; bb_mono_ms() < deadline; bb_sleep_ms(10)) {
+        json_decref(list);
+        list = NULL;
+        assert_ok(store_run(f->db->store, STORE_READ, list_work, &list, &e), &e);
+        json_t *first = json_array_get(json_object_get(list, "sagas"), 0);
+        if (first && strcmp(json_string_value(json_object_get(first, "state")), want) == 0)
+            break;
+    }
+    return list;
+}
+
 static void
 a_starting_event_starts_one_saga(void **state)
 {
@@ -815,15 +833,7 @@ a_starting_event_starts_one_saga(void **state)
     /* Twice: the second event for the same aggregate finds its saga. */
     assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
     assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
-    json_t *list = NULL;
-    for (int64_t deadline = bb_mono_ms() + 20000; bb_mono_ms() < deadline; bb_sleep_ms(10)) {
-        json_decref(list);
-        list = NULL;
-        assert_ok(store_run(f->db->store, STORE_READ, list_work, &list, &e), &e);
-        json_t *first = json_array_get(json_object_get(list, "sagas"), 0);
-        if (first && strcmp(json_string_value(json_object_get(first, "state")), "COMPLETED") == 0)
-            break;
-    }
+    json_t *list = order6_sagas_when(f, "COMPLETED");
     json_t *sagas = json_object_get(list, "sagas");
     assert_int_equal(json_array_size(sagas), 1);
     json_t *data = json_object_get(json_array_get(sagas, 0), "data");
@@ -834,6 +844,80 @@ a_starting_event_starts_one_saga(void **state)
     assert_int_equal(test_metric("backbone_saga_job_runs_total{from=\"starter\"}"),
                      (carried < 0 ? 0 : carried) + 1);
     assert_int_equal(test_metric("backbone_saga_job_runs_total{from=\"store\"}"), read);
+}
+
+/* Makes every mark of a handled event fail, as a broken disk or a lost
+ * connection would at the end of the starter's transaction. */
+static struct store_stmt REFUSE_FN = {
+    .sql_pg = "CREATE FUNCTION refuse_handled() RETURNS trigger LANGUAGE plpgsql"
+              " AS 'BEGIN RAISE EXCEPTION ''refused for the test''; END'",
+    .sql_sqlite = "SELECT 1",
+};
+static struct store_stmt REFUSE_ON = {
+    .sql_pg = "CREATE TRIGGER refuse_handled BEFORE UPDATE ON outbox_events"
+              " FOR EACH ROW EXECUTE FUNCTION refuse_handled()",
+    .sql_sqlite = "CREATE TRIGGER refuse_handled BEFORE UPDATE ON outbox_events"
+                  " BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+};
+static struct store_stmt REFUSE_OFF = {
+    .sql_pg = "DROP TRIGGER refuse_handled ON outbox_events",
+    .sql_sqlite = "DROP TRIGGER refuse_handled",
+};
+
+static bool refuse = true;
+
+/* Sets the refusal on (arg &refuse) or off (NULL). */
+static enum err
+refuse_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    bool on = arg != NULL;
+    enum err rc = on ? store_exec(c, &REFUSE_FN, NULL, 0, NULL, e) : ERR_OK;
+    return rc == ERR_OK ? store_exec(c, on ? &REFUSE_ON : &REFUSE_OFF, NULL, 0, NULL, e) : rc;
+}
+
+static int64_t
+metric_or_zero(const char *series)
+{
+    int64_t n = test_metric(series);
+    return n < 0 ? 0 : n;
+}
+
+static void
+a_start_that_rolls_back_leaves_nothing_behind(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    int64_t failures = metric_or_zero("backbone_saga_start_failures_total");
+    int64_t started = metric_or_zero("backbone_sagas_started_total{type=\"toy\"}");
+    int64_t carried = metric_or_zero("backbone_saga_job_runs_total{from=\"starter\"}");
+    int64_t read = metric_or_zero("backbone_saga_job_runs_total{from=\"store\"}");
+    assert_ok(store_run(f->db->store, STORE_WRITE, refuse_work, &refuse, &e), &e);
+    assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
+    for (int64_t deadline = bb_mono_ms() + 20000;
+         metric_or_zero("backbone_saga_start_failures_total") == failures &&
+         bb_mono_ms() < deadline;
+         bb_sleep_ms(10))
+        ;
+    assert_true(metric_or_zero("backbone_saga_start_failures_total") > failures);
+    /* The starter's saga and job rolled back with the mark: nothing started,
+     * counted or kept for a run. */
+    json_t *list = NULL;
+    assert_ok(store_run(f->db->store, STORE_READ, list_work, &list, &e), &e);
+    assert_int_equal(json_array_size(json_object_get(list, "sagas")), 0);
+    json_decref(list);
+    assert_int_equal(metric_or_zero("backbone_sagas_started_total{type=\"toy\"}"), started);
+
+    /* Mended, the event starts its saga once, carried to its first run. */
+    assert_ok(store_run(f->db->store, STORE_WRITE, refuse_work, NULL, &e), &e);
+    list = order6_sagas_when(f, "COMPLETED");
+    json_t *sagas = json_object_get(list, "sagas");
+    assert_int_equal(json_array_size(sagas), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(sagas, 0), "state")),
+                        "COMPLETED");
+    json_decref(list);
+    assert_int_equal(metric_or_zero("backbone_sagas_started_total{type=\"toy\"}"), started + 1);
+    assert_int_equal(metric_or_zero("backbone_saga_job_runs_total{from=\"starter\"}"), carried + 1);
+    assert_int_equal(metric_or_zero("backbone_saga_job_runs_total{from=\"store\"}"), read);
 }
 
 struct prune_op {
@@ -1184,6 +1268,8 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
     cmocka_unit_test_setup_teardown(a_starting_event_starts_one_saga, setup_here, teardown),
+    cmocka_unit_test_setup_teardown(a_start_that_rolls_back_leaves_nothing_behind, setup_here,
+                                    teardown),
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
     SAGA_TEST(finished_sagas_are_deleted_after_the_retention),
     SAGA_TEST(a_timeline_line_that_cannot_be_read_is_left_out),
