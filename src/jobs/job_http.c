@@ -440,22 +440,12 @@ submit_work(struct store_conn *c, void *arg, struct bb_error *e)
                        op->spec.queue, op->spec.queue);
     if (rc != ERR_OK)
         return rc;
-    op->flag = created;
     json_t *out = json_pack("{s:I, s:s, s:o}", "job_id", (json_int_t)id, "state", "pending",
                             "run_at", time_value(op->spec.run_at_ms ? op->spec.run_at_ms : now));
     if (!created)
         json_object_set_new(out, "duplicate", json_true());
     jop_answer(op, created ? 201 : 200, out);
     return ERR_OK;
-}
-
-static void
-submit_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
-{
-    struct jop *op = arg;
-    if (rc == ERR_OK && op->flag && !op->recurring.present)
-        jobs__metric_submitted(op->spec.queue ? op->spec.queue : "default", 1);
-    jop_reply(r, arg, rc, e);
 }
 
 static void
@@ -474,7 +464,7 @@ handle_submit(struct http_req *r, void *ctx)
     char id[37];
     bb_uuid7(id);
     op->name = bb_arena_strdup(http_req_arena(r), id);
-    http_req_run(r, svc->store, STORE_WRITE, submit_work, submit_reply, op);
+    http_req_run(r, svc->store, STORE_WRITE, submit_work, jop_reply, op);
 }
 
 static enum err
@@ -505,17 +495,6 @@ batch_work(struct store_conn *c, void *arg, struct bb_error *e)
     free(created);
     jop_answer(op, 201, json_pack("{s:o}", "jobs", list));
     return ERR_OK;
-}
-
-static void
-batch_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
-{
-    struct jop *op = arg;
-    if (rc == ERR_OK) {
-        for (size_t i = 0; i < op->n_specs; i++)
-            jobs__metric_submitted(op->specs[i].queue ? op->specs[i].queue : "default", 1);
-    }
-    jop_reply(r, arg, rc, e);
 }
 
 static void
@@ -555,7 +534,7 @@ handle_batch(struct http_req *r, void *ctx)
             return;
         }
     }
-    http_req_run(r, svc->store, STORE_WRITE, batch_work, batch_reply, op);
+    http_req_run(r, svc->store, STORE_WRITE, batch_work, jop_reply, op);
 }
 
 /* ---- reading ------------------------------------------------------------------------------- */

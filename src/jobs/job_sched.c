@@ -90,8 +90,6 @@ tick(struct job_scheduler *s)
     }
     if (store_run(s->store, STORE_WRITE, fire_work, &u, &e) != ERR_OK)
         log_error_limited(1, "jobs.schedule_failed", "detail=%s", e.detail);
-    else if (u.fired > 0)
-        jobs__metric_submitted("scheduled", u.fired);
     if (s->retention_ms > 0)
         prune(s);
 }

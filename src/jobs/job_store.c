@@ -547,6 +547,30 @@ insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t no
     memcpy(p, values, sizeof values);
 }
 
+/* Jobs submitted to a queue, counted once their transaction commits. */
+struct submitted {
+    char queue[JOB_NAME_MAX + 1];
+    int64_t n;
+};
+
+static void
+submitted_end(void *arg, bool committed)
+{
+    struct submitted *x = arg;
+    if (committed)
+        jobs__metric_submitted(x->queue, x->n);
+    free(x);
+}
+
+static void
+count_submitted(struct store_conn *c, const char *queue, int64_t n)
+{
+    struct submitted *x = xcalloc(1, sizeof *x);
+    bb_strlcpy(x->queue, queue, sizeof x->queue);
+    x->n = n;
+    store_after_commit(c, submitted_end, x);
+}
+
 enum err
 job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, int64_t *id,
            bool *created, struct bb_error *e)
@@ -574,8 +598,11 @@ job_submit(struct store_conn *c, const struct job_spec *spec, int64_t now_ms, in
             return bb_fail(e, ERR_RETRY, "", "unique job changed concurrently");
         return rc;
     }
+    if (!inserted)
+        return ERR_OK;
+    count_submitted(c, q.name, 1);
     /* Workers wake for a job due later too: it sets their next timer. */
-    if (inserted && !q.paused)
+    if (!q.paused)
         rc = store_notify(c, JOBS__CHANNEL, queue, e);
     return rc;
 }
@@ -710,6 +737,15 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
     }
     for (size_t k = 0; k < n_notify && rc == ERR_OK; k++)
         rc = store_notify(c, JOBS__CHANNEL, notify_queues[k], e);
+    for (size_t k = 0; k < n_queues && rc == ERR_OK; k++) { /* job_submit counted its own */
+        int64_t made = 0;
+        for (size_t r = 0; r < n_rows; r++)
+            made += strcmp(params[r * INSERT_PARAMS].s, queues[k].name) == 0;
+        for (size_t r = 0; r < n_here; r++)
+            made += strcmp(here[r * HERE_PARAMS].s, queues[k].name) == 0;
+        if (made > 0)
+            count_submitted(c, queues[k].name, made);
+    }
     free(params);
     free(here);
     free(rows);

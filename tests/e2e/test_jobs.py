@@ -172,6 +172,10 @@ def test_schedules_fire_on_their_interval_and_can_be_paused(server):
     assert server.post("/schedules/tick/pause").json()["paused"] is True
     assert server.request("DELETE", "/schedules/tick").json()["deleted"] is True
     problem(server.get("/schedules/tick"), 404, "not_found")
+    # Each fire is counted as a submission to its job's queue.
+    fired = [j for j in server.get("/jobs?limit=100").json()["jobs"] if j["schedule"] == "tick"]
+    await_condition(lambda: server.metric("backbone_jobs_submitted_total", 'queue="default"')
+                    == len(fired), what="every fire counted")
     r = server.post("/jobs", {"handler": "noop", "cron": "0 9 * * MON-FRI",
                               "timezone": "Europe/Paris", "name": "standup"})
     assert r.status_code == 201 and r.json()["schedule"] == "standup"

@@ -107,6 +107,10 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
                           "inventory.committed.v1", "order.status.changed.v1"])
     assert server.metric("backbone_sagas_ended_total", 'type="checkout",outcome="completed"') \
         == len(ids)
+    # Jobs submitted inside Backbone count too: a fulfilment per order, and at
+    # least the first step's job per saga.
+    assert server.metric("backbone_jobs_submitted_total", 'queue="default"') == len(ids)
+    assert server.metric("backbone_jobs_submitted_total", 'queue="sagas"') >= len(ids)
     # Every batch that formed (units, payments, accepts, reads, fulfilments)
     # committed as one: none fell back to running its members alone.
     fallbacks = [line for line in server.metrics().splitlines()
