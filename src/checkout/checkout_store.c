@@ -341,10 +341,8 @@ checkout__set_order(struct store_conn *c, const char *checkout_id, const char *o
 }
 
 static struct store_stmt CHECKOUT_SET_ORDERS = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[])"
-              " AS x(id, order_id))"
-              " UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $3 FROM x"
-              " WHERE c.id = ANY($1::text[]) AND c.id = x.id",
+    .sql_pg = "UPDATE checkouts c SET order_id = x.order_id, updated_at_ms = $3"
+              " FROM unnest($1::text[], $2::text[]) AS x(id, order_id) WHERE c.id = x.id",
     .sql_sqlite = "UPDATE checkouts SET order_id = x.order_id, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'order_id' AS order_id"
                   " FROM json_each($1)) AS x WHERE checkouts.id = x.id",
@@ -369,10 +367,9 @@ checkout__set_orders(struct store_conn *c, const char *const *checkout_ids,
 
 /* A batch of (id, status, reason), then now. */
 static struct store_stmt CHECKOUT_FINISH_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
-              " AS x(id, status, reason))"
-              " UPDATE checkouts c SET status = x.status, reason = x.reason, updated_at_ms = $4"
-              " FROM x WHERE c.id = ANY($1::text[]) AND c.id = x.id"
+    .sql_pg = "UPDATE checkouts c SET status = x.status, reason = x.reason, updated_at_ms = $4"
+              " FROM unnest($1::text[], $2::text[], $3::text[]) AS x(id, status, reason)"
+              " WHERE c.id = x.id"
               " AND c.status = 'PENDING'",
     .sql_sqlite = "UPDATE checkouts SET status = x.status, reason = x.reason, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'status' AS status,"

@@ -534,10 +534,8 @@ static struct store_stmt RESERVATION_INSERT_MANY = {
                   " ON CONFLICT (order_id) DO NOTHING",
 };
 static struct store_stmt TAKE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
-              " AS x(sku, qty))"
-              " UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $3"
-              " FROM x WHERE p.sku = ANY($1::text[]) AND p.sku = x.sku",
+    .sql_pg = "UPDATE inventory_products p SET reserved = reserved + x.qty, updated_at_ms = $3"
+              " FROM unnest($1::text[], $2::bigint[]) AS x(sku, qty) WHERE p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved + x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"
                   " FROM json_each($1)) AS x WHERE inventory_products.sku = x.sku",
@@ -798,11 +796,9 @@ static struct store_stmt PRODUCTS_LOCK = {
                   " WHERE sku IN (SELECT value FROM json_each($1)) ORDER BY sku",
 };
 static struct store_stmt SELL_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
-              " AS x(sku, qty))"
-              " UPDATE inventory_products p SET reserved = reserved - x.qty,"
+    .sql_pg = "UPDATE inventory_products p SET reserved = reserved - x.qty,"
               " on_hand = on_hand - x.qty, updated_at_ms = $3"
-              " FROM x WHERE p.sku = ANY($1::text[]) AND p.sku = x.sku",
+              " FROM unnest($1::text[], $2::bigint[]) AS x(sku, qty) WHERE p.sku = x.sku",
     .sql_sqlite = "UPDATE inventory_products SET reserved = reserved - x.qty,"
                   " on_hand = on_hand - x.qty, updated_at_ms = $2"
                   " FROM (SELECT value ->> 'sku' AS sku, value ->> 'qty' AS qty"

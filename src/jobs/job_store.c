@@ -1189,12 +1189,10 @@ static struct store_stmt JOB_COMPLETE_MANY = {
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
                   " FROM json_each($1)) RETURNING id",
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::bigint[], $2::bigint[])"
-              " AS x(id, token))"
-              " UPDATE jobs SET state = 'completed', finished_at_ms = $3,"
+    .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $3,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $3"
-              " FROM x WHERE jobs.id = ANY($1::bigint[])"
-              " AND jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
+              " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, token)"
+              " WHERE jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
               " RETURNING jobs.id",
 };
 /* Attempt rows, many at once: a batch of (id, attempt, started, finished,

@@ -127,11 +127,9 @@ static struct store_stmt LOCK_ACQUIRE_MANY = {
 };
 /* A batch of (name, token), then now. */
 static struct store_stmt LOCK_RELEASE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
-              " AS x(name, token))"
-              " UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
-              " updated_at_ms = $3 FROM x WHERE l.name = ANY($1::text[])"
-              " AND l.name = x.name AND l.token = x.token AND l.owner IS NOT NULL"
+    .sql_pg = "UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+              " updated_at_ms = $3 FROM unnest($1::text[], $2::bigint[]) AS x(name, token)"
+              " WHERE l.name = x.name AND l.token = x.token AND l.owner IS NOT NULL"
               " RETURNING l.name, l.waiters_until_ms",
     .sql_sqlite = "UPDATE locks SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
                   " updated_at_ms = $2 FROM (SELECT value ->> 'name' AS name,"

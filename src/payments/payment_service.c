@@ -700,15 +700,13 @@ static struct store_stmt PAYMENT_INSERT_MANY = {
 /* A batch of (id, from_state, to_state, reference, reason, captured), then
  * now. */
 static struct store_stmt PAYMENT_MOVE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-              " $4::text[], $5::text[], $6::bigint[])"
-              " AS x(id, from_state, to_state, reference, reason, captured))"
-              " UPDATE payments p SET state = x.to_state, updated_at_ms = $7,"
+    .sql_pg = "UPDATE payments p SET state = x.to_state, updated_at_ms = $7,"
               " psp_reference = COALESCE(x.reference, p.psp_reference),"
               " failure_reason = COALESCE(x.reason, p.failure_reason),"
               " captured_amount = p.captured_amount + x.captured"
-              " FROM x WHERE p.id = ANY($1::text[])"
-              " AND p.id = x.id AND p.state = x.from_state RETURNING p.id",
+              " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+              " $6::bigint[]) AS x(id, from_state, to_state, reference, reason, captured)"
+              " WHERE p.id = x.id AND p.state = x.from_state RETURNING p.id",
     .sql_sqlite = "UPDATE payments SET state = x.to_state, updated_at_ms = $2,"
                   " psp_reference = COALESCE(x.reference, payments.psp_reference),"
                   " failure_reason = COALESCE(x.reason, payments.failure_reason),"

@@ -173,15 +173,12 @@ static struct store_stmt SAGA_INSERT_MANY = {
 static struct store_stmt SAGA_BY_CORRELATION = {
     .sql = "SELECT id FROM sagas WHERE type = $1 AND correlation_id = $2",
 };
-/* A generic plan cannot know how many rows a batch has, and would join
- * them to a scan of the whole table; the keys as `= ANY` of their array
- * make it use the index, each batch update by key rows of a materialized
- * CTE (so do the other batch updates by key). */
+/* A batch update by key joins its rows to the table: PostgreSQL takes
+ * `unnest` for ten rows and looks each up in the index (so do the other
+ * batch updates by key). */
 static struct store_stmt SAGA_SET_JOBS = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[])"
-              " AS x(id, job_id))"
-              " UPDATE sagas s SET job_id = x.job_id FROM x"
-              " WHERE s.id = ANY($1::text[]) AND s.id = x.id",
+    .sql_pg = "UPDATE sagas s SET job_id = x.job_id"
+              " FROM unnest($1::text[], $2::bigint[]) AS x(id, job_id) WHERE s.id = x.id",
     .sql_sqlite = "UPDATE sagas SET job_id = x.job_id"
                   " FROM (SELECT value ->> 'id' AS id, value ->> 'job_id' AS job_id"
                   " FROM json_each($1)) AS x WHERE sagas.id = x.id",
@@ -509,17 +506,15 @@ saga__unit_flush(struct store_conn *c, struct saga_unit *u, const struct saga_in
 
 /* The batch forms: the rows as a store batch, one statement each. */
 static struct store_stmt SAGA_UPDATE_MANY = {
-    .sql_pg = "WITH x AS MATERIALIZED (SELECT * FROM unnest($1::text[], $2::bigint[],"
-              " $3::text[], $4::int[], $5::bigint[], $6::text[], $7::int[], $8::bigint[],"
-              " $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[])"
-              " AS x(id, from_version, state, step, version, data, retries, next_retry_at_ms,"
-              " reason, error, job_id, updated_at_ms, timeline))"
-              " UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
+    .sql_pg = "UPDATE sagas s SET state = x.state, step = x.step, version = x.version,"
               " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
               " reason = x.reason, error = x.error, job_id = x.job_id,"
               " updated_at_ms = x.updated_at_ms, timeline = s.timeline || x.timeline"
-              " FROM x WHERE s.id = ANY($1::text[])"
-              " AND s.id = x.id AND s.version = x.from_version",
+              " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::int[], $5::bigint[],"
+              " $6::text[], $7::int[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],"
+              " $12::bigint[], $13::text[]) AS x(id, from_version, state, step, version, data,"
+              " retries, next_retry_at_ms, reason, error, job_id, updated_at_ms, timeline)"
+              " WHERE s.id = x.id AND s.version = x.from_version",
     .sql_sqlite = "UPDATE sagas SET state = x.state, step = x.step, version = x.version,"
                   " data = x.data, retries = x.retries, next_retry_at_ms = x.next_retry_at_ms,"
                   " reason = x.reason, error = x.error, job_id = x.job_id,"
