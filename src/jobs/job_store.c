@@ -672,6 +672,7 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
     /* Each distinct queue's settings, alive for the whole call: the rows'
      * parameters borrow their names. */
     struct job_queue *queues = xcalloc(n ? n : 1, sizeof *queues);
+    int64_t *made = xcalloc(n ? n : 1, sizeof *made); /* rows per queue, to count */
     size_t n_queues = 0;
     size_t n_rows = 0, n_here = 0;
     enum err rc = ERR_OK;
@@ -695,6 +696,7 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
                 break;
             n_queues++;
         }
+        made[q - queues]++;
         const char *worker;
         if (pool && !q->paused && q->concurrency == 0 && sp->run_at_ms <= now_ms &&
             !job_handler_is_external(sp->handler) &&
@@ -737,15 +739,9 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
     }
     for (size_t k = 0; k < n_notify && rc == ERR_OK; k++)
         rc = store_notify(c, JOBS__CHANNEL, notify_queues[k], e);
-    for (size_t k = 0; k < n_queues && rc == ERR_OK; k++) { /* job_submit counted its own */
-        int64_t made = 0;
-        for (size_t r = 0; r < n_rows; r++)
-            made += strcmp(params[r * INSERT_PARAMS].s, queues[k].name) == 0;
-        for (size_t r = 0; r < n_here; r++)
-            made += strcmp(here[r * HERE_PARAMS].s, queues[k].name) == 0;
-        if (made > 0)
-            count_submitted(c, queues[k].name, made);
-    }
+    for (size_t k = 0; k < n_queues && rc == ERR_OK; k++) /* job_submit counted its own */
+        count_submitted(c, queues[k].name, made[k]);
+    free(made);
     free(params);
     free(here);
     free(rows);
