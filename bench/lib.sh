@@ -27,13 +27,17 @@ wait_http() {
   echo "bench: $1 did not come up" >&2; exit 1
 }
 
-fresh_db() { # engine name -> URL of an empty database
+fresh_db() { # engine name [socket] -> URL of an empty database
   if [ "$1" = sqlite ]; then
     rm -f "$work/$2.db"*
     echo "sqlite:$work/$2.db"
   else
     psql -q -d "$pg_url" -c "DROP DATABASE IF EXISTS $2" -c "CREATE DATABASE $2" >/dev/null 2>&1
-    echo "postgres://postgres@127.0.0.1:$pg_port/$2"
+    if [ "${3:-}" = socket ]; then # the server's Unix socket, as a co-located one is reached
+      echo "postgres://postgres@/$2?host=$pgdir&port=$pg_port"
+    else
+      echo "postgres://postgres@127.0.0.1:$pg_port/$2"
+    fi
   fi
 }
 
