@@ -15,6 +15,7 @@
 #define BB_BASE_H
 
 #include <jansson.h>
+#include <pthread.h>
 #include <semaphore.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -183,6 +184,12 @@ int64_t bb_mono_ns(void); /* CLOCK_MONOTONIC, ns (latency measurement) */
 void bb_wall_ms_format(int64_t wall_ms, char out[32]);
 /* Sleep for `ms` (loops and back-off only; never as synchronisation). */
 void bb_sleep_ms(int64_t ms);
+/* A condition variable whose timed waits run on CLOCK_MONOTONIC (a step of
+ * the wall clock neither stretches nor cuts them). */
+void bb_cond_init_mono(pthread_cond_t *cv);
+/* Wait on `cv`, `mu` held, for at most `ms` (a wake-up may come early or
+ * spuriously: callers re-check what they wait for). */
+void bb_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t ms);
 
 /*
  * Time zones (tzdata). glibc converts local time only through the

@@ -40,6 +40,7 @@ struct serve_config {
     int64_t idempotency_retention_ms;
     int64_t saga_poll_ms;
     int64_t saga_retention_ms;
+    int64_t outbox_retention_ms;
     int64_t saga_batch;
     int64_t payment_batch;
     int64_t checkout_reservation_ttl_ms;

@@ -140,6 +140,10 @@ static const struct bb_opt SERVE_OPTS[] = {
      0},
     {"saga-retention", BB_OPT_DURATION, OFF(saga_retention_ms), 0, INT64_C(3153600000000), "30d",
      "how long COMPLETED and FAILED sagas are kept, with their timelines (0: forever)", 0},
+    {"outbox-retention", BB_OPT_DURATION, OFF(outbox_retention_ms), 0, INT64_C(3153600000000), "7d",
+     "how long outbox events are kept for GET /outbox readers (0: forever; events an "
+     "in-process consumer has not handled stay)",
+     0},
     {"checkout-reservation-ttl", BB_OPT_DURATION, OFF(checkout_reservation_ttl_ms), 100, 604800000,
      "10m", "how long a checkout's stock stays reserved waiting for its payment", 0},
     {"psp-latency-ms", BB_OPT_STRING, OFF(psp_latency_ms), 0, 0, NULL,

@@ -389,8 +389,10 @@ app_start(struct app *app, struct bb_error *e)
         struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
         rc = job_service_create(app->store, app->registry, &jo, &app->jobs, e);
     }
-    if (rc == ERR_OK && (roles & ROLE_OUTBOX))
-        app->outbox = outbox_service_create(app->store);
+    if (rc == ERR_OK && (roles & ROLE_OUTBOX)) {
+        struct outbox_options oo = {.retention_ms = app->cfg.outbox_retention_ms};
+        rc = outbox_service_create(app->store, &oo, &app->outbox, e);
+    }
     if (rc == ERR_OK && (roles & ROLE_ORDERS))
         app->orders = order_service_create(app->store);
     if (rc == ERR_OK && (roles & ROLE_CHECKOUT)) {

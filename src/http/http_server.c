@@ -815,11 +815,7 @@ http_server_start(const struct http_server_options *o, const struct http_route *
     srv->api_token = o->api_token && *o->api_token ? xstrdup(o->api_token) : NULL;
     srv->opt.api_token = srv->api_token;
     pthread_mutex_init(&srv->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&srv->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    bb_cond_init_mono(&srv->cv);
     enum err rc = http__router_init(&srv->router, routes, n_routes, e);
     if (rc != ERR_OK)
         goto fail;

@@ -19,7 +19,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 struct parked {
     struct parked *next;
@@ -76,15 +75,7 @@ wait_until(struct http_waitlist *w, int64_t mono_ms)
     int64_t delta = mono_ms - bb_mono_ms();
     if (delta <= 0)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += delta / 1000;
-    ts.tv_nsec += (delta % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    bb_cond_wait_ms(&w->cv, &w->mu, delta);
 }
 
 static void *
@@ -129,11 +120,7 @@ http_waitlist_create(const char *thread_name, void (*on_count)(int64_t))
     bb_strlcpy(w->name, thread_name, sizeof w->name);
     w->on_count = on_count;
     pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    bb_cond_init_mono(&w->cv);
     if (pthread_create(&w->thread, NULL, waitlist_main, w) != 0)
         bb_panic(__FILE__, __LINE__, "cannot start %s thread", thread_name);
     return w;

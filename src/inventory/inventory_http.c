@@ -13,7 +13,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 enum { SWEEP_BATCH = 500, PRUNE_EVERY_MS = 60000 };
 
@@ -453,12 +452,7 @@ sweeper_main(void *arg)
         pthread_mutex_lock(&svc->mu);
         if (svc->stopping)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t ns = ts.tv_nsec + (svc->opt.sweep_ms % 1000) * 1000000;
-        ts.tv_sec += svc->opt.sweep_ms / 1000 + ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
-        pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
+        bb_cond_wait_ms(&svc->cv, &svc->mu, svc->opt.sweep_ms);
     }
     pthread_mutex_unlock(&svc->mu);
     return NULL;
@@ -476,11 +470,7 @@ inventory_service_create(struct store *s, const struct inventory_options *o,
         svc->opt.sweep_ms = 1000;
     svc->pruned_at_ms = bb_mono_ms() - PRUNE_EVERY_MS; /* a first pass at start */
     pthread_mutex_init(&svc->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&svc->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    bb_cond_init_mono(&svc->cv);
     if (pthread_create(&svc->sweeper, NULL, sweeper_main, svc) != 0) {
         pthread_mutex_destroy(&svc->mu);
         pthread_cond_destroy(&svc->cv);

@@ -12,7 +12,6 @@
 
 #include <pthread.h>
 #include <stdlib.h>
-#include <time.h>
 
 enum { RESCUE_BATCH = 1000, PRUNE_WINDOW = 5000, PRUNE_WINDOWS_MAX = 20 };
 
@@ -106,15 +105,7 @@ scheduler_main(void *arg)
         pthread_mutex_lock(&s->mu);
         if (s->stopping)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += s->tick_ms / 1000;
-        ts.tv_nsec += (s->tick_ms % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        bb_cond_wait_ms(&s->cv, &s->mu, s->tick_ms);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -130,11 +121,7 @@ job_scheduler_start(struct store *st, const struct job_scheduler_options *o,
     s->tick_ms = o->tick_ms > 0 ? o->tick_ms : 500;
     s->retention_ms = o->retention_ms;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    bb_cond_init_mono(&s->cv);
     if (pthread_create(&s->thread, NULL, scheduler_main, s) != 0) {
         free(s);
         return bb_fail(e, ERR_INTERNAL, "", "cannot start the job scheduler thread");

@@ -37,7 +37,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 enum {
@@ -280,15 +279,7 @@ ready_push(struct job_pool *p, struct job_lease *lease, int64_t now_ms)
 static void
 fetch_wait(struct job_pool *p, int64_t wait_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += wait_ms / 1000;
-    ts.tv_nsec += (wait_ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    pthread_cond_timedwait(&p->fetch_cv, &p->mu, &ts);
+    bb_cond_wait_ms(&p->fetch_cv, &p->mu, wait_ms);
 }
 
 static void *
@@ -672,12 +663,8 @@ job_pool_start(struct store *s, const struct job_registry *r, const struct job_p
     }
     split_queues(p, o->queues);
     pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->fetch_cv, &ca);
-    pthread_cond_init(&p->idle_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    bb_cond_init_mono(&p->fetch_cv);
+    bb_cond_init_mono(&p->idle_cv);
     pthread_cond_init(&p->run_cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
     if (!p->ignore_wakeups) {
@@ -708,16 +695,7 @@ static void
 wait_idle(struct job_pool *p, int64_t deadline)
 {
     while (p->running > 0 && bb_mono_ms() < deadline) {
-        int64_t left = deadline - bb_mono_ms();
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&p->idle_cv, &p->mu, &ts);
+        bb_cond_wait_ms(&p->idle_cv, &p->mu, deadline - bb_mono_ms());
     }
 }
 

@@ -1,9 +1,13 @@
 /*
- * outbox.c: the outbox table, appends, ordered gapless reads, GET /outbox.
+ * outbox.c: the outbox table, appends, ordered gapless reads, retention,
+ * GET /outbox.
  */
 #include "outbox/outbox.h"
 
+#include "metrics/metrics.h"
+
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -349,11 +353,124 @@ outbox_claimed_free(struct outbox_claimed *a, size_t n)
     free(a);
 }
 
-/* ---- GET /outbox ------------------------------------------------------------------------- */
+/* ---- retention ---------------------------------------------------------------------------- */
+
+static struct store_stmt PRUNE_WINDOW = {
+    .sql = "SELECT max(id), max(created_at_ms) FROM"
+           " (SELECT id, created_at_ms FROM outbox_events WHERE id > $1 ORDER BY id LIMIT $2) w",
+};
+static struct store_stmt PRUNE = {
+    .sql_sqlite = "DELETE FROM outbox_events WHERE id > $1 AND id <= $2"
+                  " AND handled_at_ms IS NOT NULL AND created_at_ms < $3",
+    .sql_pg = "DELETE FROM outbox_events WHERE id > $1 AND id <= $2"
+              " AND handled_at_ms IS NOT NULL AND created_at_ms < $3"
+              " AND (seq IS NULL OR seq < (SELECT max(seq) FROM outbox_events))",
+};
+
+enum err
+outbox_prune(struct store_conn *c, int64_t before_ms, int64_t limit, int64_t *cursor,
+             int64_t *deleted, struct bb_error *e)
+{
+    *deleted = 0;
+    struct store_rows r;
+    const struct store_param w[] = {sp_int(*cursor), sp_int(limit)};
+    enum err rc = store_query(c, &PRUNE_WINDOW, w, BB_ARRAY_LEN(w), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool any = store_next(&r) && !store_col_is_null(&r, 0);
+    int64_t end = any ? store_col_int(&r, 0) : 0;
+    bool young = any && store_col_int(&r, 1) >= before_ms;
+    store_rows_close(&r);
+    if (!any) {
+        *cursor = 0;
+        return ERR_OK;
+    }
+    const struct store_param p[] = {sp_int(*cursor), sp_int(end), sp_int(before_ms)};
+    rc = store_exec(c, &PRUNE, p, BB_ARRAY_LEN(p), deleted, e);
+    if (rc == ERR_OK)
+        *cursor = young ? 0 : end;
+    return rc;
+}
+
+/* ---- the service: GET /outbox and the pruner ------------------------------------------------ */
+
+enum { PRUNE_LIMIT = 1000, PRUNE_EVERY_MS = 60000 };
+
+static struct metrics_def M_PRUNED = {
+    .name = "backbone_outbox_events_pruned_total",
+    .help = "Outbox events deleted after the retention period (--outbox-retention).",
+    .type = METRICS_COUNTER,
+};
 
 struct outbox_service {
     struct store *store;
+    struct outbox_options opt;
+    bool pruning; /* the pruner thread runs */
+    bool stopping;
+    pthread_t pruner;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 };
+
+struct prune_op {
+    int64_t before_ms;
+    int64_t cursor;
+    int64_t deleted;
+};
+
+static enum err
+prune_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct prune_op *op = arg;
+    return outbox_prune(c, op->before_ms, PRUNE_LIMIT, &op->cursor, &op->deleted, e);
+}
+
+static bool
+stopping(struct outbox_service *svc)
+{
+    pthread_mutex_lock(&svc->mu);
+    bool stop = svc->stopping;
+    pthread_mutex_unlock(&svc->mu);
+    return stop;
+}
+
+/* One pass from the oldest event to the first young window, a window per
+ * transaction. */
+static void
+prune(struct outbox_service *svc)
+{
+    struct prune_op op = {.before_ms = bb_wall_ms() - svc->opt.retention_ms};
+    int64_t total = 0;
+    do {
+        struct bb_error e;
+        if (store_run(svc->store, STORE_WRITE, prune_work, &op, &e) != ERR_OK) {
+            log_error_limited(1, "outbox.prune_failed", "detail=%s", e.detail);
+            break;
+        }
+        total += op.deleted;
+    } while (op.cursor != 0 && !stopping(svc));
+    if (total > 0) {
+        metrics_add(&M_PRUNED, (double)total);
+        log_info("outbox.pruned", "events=%lld", (long long)total);
+    }
+}
+
+static void *
+pruner_main(void *arg)
+{
+    struct outbox_service *svc = arg;
+    pthread_setname_np(pthread_self(), "bb-outbox-prune");
+    pthread_mutex_lock(&svc->mu);
+    while (!svc->stopping) {
+        pthread_mutex_unlock(&svc->mu);
+        prune(svc);
+        pthread_mutex_lock(&svc->mu);
+        if (!svc->stopping)
+            bb_cond_wait_ms(&svc->cv, &svc->mu, svc->opt.prune_every_ms);
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return NULL;
+}
 
 struct list_op {
     struct outbox_filter filter;
@@ -414,12 +531,32 @@ handle_list(struct http_req *r, void *ctx)
     http_req_run(r, svc->store, mode, list_work, list_reply, op);
 }
 
-struct outbox_service *
-outbox_service_create(struct store *s)
+enum err
+outbox_service_create(struct store *s, const struct outbox_options *o, struct outbox_service **out,
+                      struct bb_error *e)
 {
+    metrics_register(&M_PRUNED);
     struct outbox_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
-    return svc;
+    svc->opt = *o;
+    if (svc->opt.prune_every_ms <= 0) /* a minute, or a retention if shorter */
+        svc->opt.prune_every_ms =
+            svc->opt.retention_ms > 0 && svc->opt.retention_ms < PRUNE_EVERY_MS
+                ? svc->opt.retention_ms
+                : PRUNE_EVERY_MS;
+    pthread_mutex_init(&svc->mu, NULL);
+    bb_cond_init_mono(&svc->cv);
+    if (svc->opt.retention_ms > 0) {
+        if (pthread_create(&svc->pruner, NULL, pruner_main, svc) != 0) {
+            pthread_mutex_destroy(&svc->mu);
+            pthread_cond_destroy(&svc->cv);
+            free(svc);
+            return bb_fail(e, ERR_INTERNAL, "", "cannot start the outbox pruner");
+        }
+        svc->pruning = true;
+    }
+    *out = svc;
+    return ERR_OK;
 }
 
 size_t
@@ -436,5 +573,16 @@ outbox_service_routes(struct outbox_service *svc, struct http_route *out, size_t
 void
 outbox_service_destroy(struct outbox_service *svc)
 {
+    if (svc == NULL)
+        return;
+    if (svc->pruning) {
+        pthread_mutex_lock(&svc->mu);
+        svc->stopping = true;
+        pthread_cond_signal(&svc->cv);
+        pthread_mutex_unlock(&svc->mu);
+        pthread_join(svc->pruner, NULL);
+    }
+    pthread_mutex_destroy(&svc->mu);
+    pthread_cond_destroy(&svc->cv);
     free(svc);
 }

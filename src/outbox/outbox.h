@@ -94,11 +94,31 @@ BB_WUR enum err outbox_mark_handled(struct store_conn *c, const int64_t *ids, si
                                     int64_t now_ms, struct bb_error *e);
 void outbox_claimed_free(struct outbox_claimed *a, size_t n);
 
+/*
+ * Retention: delete the events created before `before_ms` that no
+ * in-process consumer still waits for, among the `limit` ids after *cursor,
+ * in the caller's write transaction; *deleted says how many. *cursor moves
+ * to the window's last id, or back to 0 when the window reached events
+ * created since `before_ms` (ids follow time, so the rest are younger) or
+ * the end. Ids and seqs are never given twice: SQLite's ids are
+ * AUTOINCREMENT, and on PostgreSQL the event with the highest seq stays, as
+ * the sequencer counts on from it. Safe in any number of processes at once.
+ */
+BB_WUR enum err outbox_prune(struct store_conn *c, int64_t before_ms, int64_t limit,
+                             int64_t *cursor, int64_t *deleted, struct bb_error *e);
+
 const struct store_migration *outbox_migrations(size_t *n);
 
-/* GET /outbox. */
+struct outbox_options {
+    int64_t retention_ms; /* events kept this long, then deleted; 0: forever */
+    int64_t
+        prune_every_ms; /* how often the pruner looks (0: a minute, or a retention if shorter) */
+};
+
+/* GET /outbox, and with a retention the pruner thread ("bb-outbox-prune"). */
 struct outbox_service;
-struct outbox_service *outbox_service_create(struct store *s);
+BB_WUR enum err outbox_service_create(struct store *s, const struct outbox_options *o,
+                                      struct outbox_service **out, struct bb_error *e);
 size_t outbox_service_routes(struct outbox_service *svc, struct http_route *out, size_t max);
 void outbox_service_destroy(struct outbox_service *svc);
 

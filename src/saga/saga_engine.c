@@ -1228,11 +1228,7 @@ saga_engine_create(struct store *s, struct job_registry *r, const struct saga_en
                                          .on_waiting = units_waiting};
         eng->combiner = bb_combiner_create(&co);
     }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&eng->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    bb_cond_init_mono(&eng->cv);
     if (r)
         job_registry_add(r, SAGA_HANDLER, saga_job, eng);
     *out = eng;

@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from conftest import await_condition, check_events, outbox_events, problem
+from conftest import ENGINE, await_condition, check_events, outbox_events, problem
 
 
 def product(server, sku, stock=0, name=None):
@@ -216,3 +216,21 @@ def test_every_change_writes_an_event_that_matches_its_schema(make_server):
         "inventory.reserved.v1", "inventory.committed.v1"]
     # The request's trace goes with its event.
     assert [e["traceparent"] for e in events if e["aggregate_id"] == "o-2"][0] == trace
+
+
+def test_events_past_the_outbox_retention_are_pruned(make_server):
+    server = make_server(["--outbox-retention", "4s"])  # room to read them first
+    for i in range(3):
+        reserve(server, f"r-{i}", [{"sku": "A", "qty": 1}], status=404)  # no event
+        product(server, f"P-{i}", 5)  # one inventory.adjusted.v1 each
+    events = outbox_events(server)  # on PostgreSQL, gives them their seqs
+    assert len(events) == 3
+    # PostgreSQL keeps the event with the highest seq: the next seqs count on
+    # from it.
+    kept = 0 if ENGINE == "sqlite" else 1
+    await_condition(lambda: server.metric("backbone_outbox_events_pruned_total") == 3 - kept,
+                    what="old events to be pruned")
+    assert [e["seq"] for e in outbox_events(server)] == [e["seq"] for e in events[3 - kept:]]
+    product(server, "P-new", 5)
+    fresh = server.get(f"/outbox?after={events[-1]['seq']}").json()["events"]
+    assert [e["aggregate_id"] for e in fresh] == ["P-new"]

@@ -3,7 +3,8 @@
  * events commit or vanish with their transaction, pages follow seq with
  * filters, a reader never sees a gap (PostgreSQL: seqs follow commits, given
  * by the sequencer), a key's answer is saved once and replayed, and an
- * in-process consumer's claims go on from where the last one ended.
+ * in-process consumer's claims go on from where the last one ended, and
+ * retention deletes old events without giving a seq twice.
  */
 #include "testsupport.h"
 
@@ -279,6 +280,80 @@ a_claim_goes_on_from_where_the_last_one_ended(void **state)
     store_conn_close(c);
 }
 
+/* The aggregate ids of every event, in seq order, joined. */
+static void
+aggregates(struct store_conn *c, char *out, size_t cap)
+{
+    struct outbox_filter f = {.limit = 100};
+    json_t *page = test_outbox_page(c, &f);
+    out[0] = '\0';
+    size_t i;
+    json_t *ev;
+    json_array_foreach(json_object_get(page, "events"), i, ev)
+    {
+        strncat(out, json_string_value(json_object_get(ev, "aggregate_id")), cap - strlen(out) - 1);
+    }
+    json_decref(page);
+}
+
+/* Prune, two ids a window, until the cursor is back at the start. */
+static int64_t
+prune_all(struct store_conn *c, int64_t before_ms)
+{
+    struct bb_error e;
+    int64_t cursor = 0, total = 0, windows = 0;
+    do {
+        int64_t n;
+        assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+        assert_ok(outbox_prune(c, before_ms, 2, &cursor, &n, &e), &e);
+        assert_ok(store_commit(c, &e), &e);
+        total += n;
+        assert_true(++windows < 100);
+    } while (cursor != 0);
+    return total;
+}
+
+/* Retention deletes old events a window at a time and keeps the young
+ * ones, those a consumer still waits for and (PostgreSQL) the one with the
+ * highest seq; what is appended afterwards still reads after every seq
+ * read before. */
+static void
+retention_keeps_the_young_the_waiting_and_the_order(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c;
+    struct bb_error e;
+    assert_ok(store_conn_open(db->store, &c, &e), &e);
+    bool pg = store_conn_engine(c) == STORE_POSTGRES;
+    append_for_consumer(c, "w"); /* at T0, not handled */
+    const char *old[] = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < 5; i++)
+        append(c, "thing.made.v1", old[i], i); /* at T0 + i */
+    struct outbox_filter f = {.limit = 100};
+    json_t *page = test_outbox_page(c, &f); /* PostgreSQL: gives them seqs */
+    int64_t last = seq_at(page, 5);
+    json_decref(page);
+    append(c, "thing.made.v1", "y", 1000); /* young */
+    char got[32];
+    assert_int_equal(prune_all(c, T0 + 500), pg ? 4 : 5);
+    aggregates(c, got, sizeof got);
+    assert_string_equal(got, pg ? "wey" : "wy");
+    f.after = last;
+    page = test_outbox_page(c, &f);
+    assert_int_equal(json_array_size(json_object_get(page, "events")), 1);
+    assert_true(seq_at(page, 0) > last);
+    json_decref(page);
+    /* Once handled, the waiting event goes too (and on PostgreSQL "e",
+     * no longer the highest seq). */
+    int64_t claimed = 0;
+    claim_mark(c, 0, 16, got, sizeof got, &claimed);
+    assert_string_equal(got, "w");
+    assert_int_equal(prune_all(c, T0 + 500), pg ? 2 : 1);
+    aggregates(c, got, sizeof got);
+    assert_string_equal(got, "y");
+    store_conn_close(c);
+}
+
 #define DB_TEST(name) cmocka_unit_test_setup_teardown(name, test_db_setup, test_db_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -288,6 +363,7 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(a_read_says_how_many_events_wait_for_their_seq),
     DB_TEST(an_idempotency_key_answers_once_and_refuses_other_requests),
     DB_TEST(a_claim_goes_on_from_where_the_last_one_ended),
+    DB_TEST(retention_keeps_the_young_the_waiting_and_the_order),
 };
 
 TEST_MAIN(tests, true)
