@@ -258,6 +258,17 @@ BB_WUR enum err bb_pool_submit(struct bb_pool *p, bb_task_fn *fn, void *arg);
 void bb_pool_stop(struct bb_pool *p);
 void bb_pool_destroy(struct bb_pool *p);
 
+/* A thread named `name` that runs fn(arg) at once and then again `every_ms`
+ * after each run ends, until stopped. *out is set before the thread starts
+ * (fn may read it where the caller keeps it). A long run may end early when
+ * bb_ticker_stopping; stop waits for the run in progress, joins the thread
+ * and frees (NULL: nothing). */
+struct bb_ticker;
+BB_WUR enum err bb_ticker_start(const char *name, int64_t every_ms, bb_task_fn *fn, void *arg,
+                                struct bb_ticker **out, struct bb_error *e);
+bool bb_ticker_stopping(struct bb_ticker *t);
+void bb_ticker_stop(struct bb_ticker *t);
+
 /*
  * Combining: callers that hand in work of one kind while earlier batches
  * are in flight wait and are carried together. At most `leaders` batches

@@ -10,7 +10,6 @@
 
 #include "metrics/metrics.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,10 +19,7 @@ struct inventory_service {
     struct store *store;
     struct inventory_options opt;
     int64_t pruned_at_ms; /* monotonic; the sweeper's own */
-    pthread_t sweeper;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stopping; /* guarded by mu */
+    struct bb_ticker *sweeper;
 };
 
 struct inv_op {
@@ -428,34 +424,23 @@ prune_keys(struct inventory_service *svc)
     } while (op.n == SWEEP_BATCH);
 }
 
-static void *
-sweeper_main(void *arg)
+static void
+sweep(void *arg)
 {
     struct inventory_service *svc = arg;
-    pthread_setname_np(pthread_self(), "bb-inv-sweep");
-    pthread_mutex_lock(&svc->mu);
-    while (!svc->stopping) {
-        pthread_mutex_unlock(&svc->mu);
-        int64_t n = 0;
-        struct bb_error e;
-        do { /* a full batch: more may be due */
-            if (store_run(svc->store, STORE_WRITE, sweep_work, &n, &e) != ERR_OK) {
-                log_error_limited(1, "inventory.sweep_failed", "detail=%s", e.detail);
-                break;
-            }
-            if (n > 0) {
-                metrics_add(&M_RELEASES, (double)n, "expired");
-                log_info("inventory.expired", "reservations=%lld", (long long)n);
-            }
-        } while (n == SWEEP_BATCH);
-        prune_keys(svc);
-        pthread_mutex_lock(&svc->mu);
-        if (svc->stopping)
+    int64_t n = 0;
+    struct bb_error e;
+    do { /* a full batch: more may be due */
+        if (store_run(svc->store, STORE_WRITE, sweep_work, &n, &e) != ERR_OK) {
+            log_error_limited(1, "inventory.sweep_failed", "detail=%s", e.detail);
             break;
-        bb_cond_wait_ms(&svc->cv, &svc->mu, svc->opt.sweep_ms);
-    }
-    pthread_mutex_unlock(&svc->mu);
-    return NULL;
+        }
+        if (n > 0) {
+            metrics_add(&M_RELEASES, (double)n, "expired");
+            log_info("inventory.expired", "reservations=%lld", (long long)n);
+        }
+    } while (n == SWEEP_BATCH);
+    prune_keys(svc);
 }
 
 enum err
@@ -469,13 +454,10 @@ inventory_service_create(struct store *s, const struct inventory_options *o,
     if (svc->opt.sweep_ms <= 0)
         svc->opt.sweep_ms = 1000;
     svc->pruned_at_ms = bb_mono_ms() - PRUNE_EVERY_MS; /* a first pass at start */
-    pthread_mutex_init(&svc->mu, NULL);
-    bb_cond_init_mono(&svc->cv);
-    if (pthread_create(&svc->sweeper, NULL, sweeper_main, svc) != 0) {
-        pthread_mutex_destroy(&svc->mu);
-        pthread_cond_destroy(&svc->cv);
+    if (bb_ticker_start("bb-inv-sweep", svc->opt.sweep_ms, sweep, svc, &svc->sweeper, e) !=
+        ERR_OK) {
         free(svc);
-        return bb_fail(e, ERR_INTERNAL, "", "cannot start the reservation sweeper");
+        return e->code;
     }
     *out = svc;
     return ERR_OK;
@@ -505,12 +487,6 @@ inventory_service_destroy(struct inventory_service *svc)
 {
     if (svc == NULL)
         return;
-    pthread_mutex_lock(&svc->mu);
-    svc->stopping = true;
-    pthread_cond_signal(&svc->cv);
-    pthread_mutex_unlock(&svc->mu);
-    pthread_join(svc->sweeper, NULL);
-    pthread_mutex_destroy(&svc->mu);
-    pthread_cond_destroy(&svc->cv);
+    bb_ticker_stop(svc->sweeper);
     free(svc);
 }

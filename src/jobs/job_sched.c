@@ -10,7 +10,6 @@
  */
 #include "jobs/jobs_int.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 
 enum { RESCUE_BATCH = 1000, PRUNE_WINDOW = 5000, PRUNE_WINDOWS_MAX = 20 };
@@ -20,10 +19,7 @@ struct job_scheduler {
     int64_t tick_ms;
     int64_t retention_ms;
     int64_t prune_cursor; /* the sweep's last id; scheduler thread only */
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stopping; /* guarded by mu */
+    struct bb_ticker *ticker;
 };
 
 struct tick_unit {
@@ -77,8 +73,9 @@ prune(struct job_scheduler *s)
 }
 
 static void
-tick(struct job_scheduler *s)
+tick(void *arg)
 {
+    struct job_scheduler *s = arg;
     struct tick_unit u = {.sch = s};
     struct bb_error e;
     if (store_run(s->store, STORE_WRITE, rescue_work, &u, &e) != ERR_OK)
@@ -93,24 +90,6 @@ tick(struct job_scheduler *s)
         prune(s);
 }
 
-static void *
-scheduler_main(void *arg)
-{
-    struct job_scheduler *s = arg;
-    pthread_setname_np(pthread_self(), "bb-job-sched");
-    pthread_mutex_lock(&s->mu);
-    while (!s->stopping) {
-        pthread_mutex_unlock(&s->mu);
-        tick(s);
-        pthread_mutex_lock(&s->mu);
-        if (s->stopping)
-            break;
-        bb_cond_wait_ms(&s->cv, &s->mu, s->tick_ms);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
 enum err
 job_scheduler_start(struct store *st, const struct job_scheduler_options *o,
                     struct job_scheduler **out, struct bb_error *e)
@@ -120,11 +99,9 @@ job_scheduler_start(struct store *st, const struct job_scheduler_options *o,
     s->store = st;
     s->tick_ms = o->tick_ms > 0 ? o->tick_ms : 500;
     s->retention_ms = o->retention_ms;
-    pthread_mutex_init(&s->mu, NULL);
-    bb_cond_init_mono(&s->cv);
-    if (pthread_create(&s->thread, NULL, scheduler_main, s) != 0) {
+    if (bb_ticker_start("bb-job-sched", s->tick_ms, tick, s, &s->ticker, e) != ERR_OK) {
         free(s);
-        return bb_fail(e, ERR_INTERNAL, "", "cannot start the job scheduler thread");
+        return e->code;
     }
     *out = s;
     return ERR_OK;
@@ -135,12 +112,6 @@ job_scheduler_stop(struct job_scheduler *s)
 {
     if (s == NULL)
         return;
-    pthread_mutex_lock(&s->mu);
-    s->stopping = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cv);
+    bb_ticker_stop(s->ticker);
     free(s);
 }

@@ -7,7 +7,6 @@
 #include "metrics/metrics.h"
 
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -405,11 +404,7 @@ static struct metrics_def M_PRUNED = {
 struct outbox_service {
     struct store *store;
     struct outbox_options opt;
-    bool pruning; /* the pruner thread runs */
-    bool stopping;
-    pthread_t pruner;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    struct bb_ticker *pruner; /* NULL: events kept forever */
 };
 
 struct prune_op {
@@ -425,20 +420,12 @@ prune_work(struct store_conn *c, void *arg, struct bb_error *e)
     return outbox_prune(c, op->before_ms, PRUNE_LIMIT, &op->cursor, &op->deleted, e);
 }
 
-static bool
-stopping(struct outbox_service *svc)
-{
-    pthread_mutex_lock(&svc->mu);
-    bool stop = svc->stopping;
-    pthread_mutex_unlock(&svc->mu);
-    return stop;
-}
-
 /* One pass from the oldest event to the first young window, a window per
  * transaction. */
 static void
-prune(struct outbox_service *svc)
+prune(void *arg)
 {
+    struct outbox_service *svc = arg;
     struct prune_op op = {.before_ms = bb_wall_ms() - svc->opt.retention_ms};
     int64_t total = 0;
     do {
@@ -448,28 +435,11 @@ prune(struct outbox_service *svc)
             break;
         }
         total += op.deleted;
-    } while (op.cursor != 0 && !stopping(svc));
+    } while (op.cursor != 0 && !bb_ticker_stopping(svc->pruner));
     if (total > 0) {
         metrics_add(&M_PRUNED, (double)total);
         log_info("outbox.pruned", "events=%lld", (long long)total);
     }
-}
-
-static void *
-pruner_main(void *arg)
-{
-    struct outbox_service *svc = arg;
-    pthread_setname_np(pthread_self(), "bb-outbox-prune");
-    pthread_mutex_lock(&svc->mu);
-    while (!svc->stopping) {
-        pthread_mutex_unlock(&svc->mu);
-        prune(svc);
-        pthread_mutex_lock(&svc->mu);
-        if (!svc->stopping)
-            bb_cond_wait_ms(&svc->cv, &svc->mu, svc->opt.prune_every_ms);
-    }
-    pthread_mutex_unlock(&svc->mu);
-    return NULL;
 }
 
 struct list_op {
@@ -544,16 +514,10 @@ outbox_service_create(struct store *s, const struct outbox_options *o, struct ou
             svc->opt.retention_ms > 0 && svc->opt.retention_ms < PRUNE_EVERY_MS
                 ? svc->opt.retention_ms
                 : PRUNE_EVERY_MS;
-    pthread_mutex_init(&svc->mu, NULL);
-    bb_cond_init_mono(&svc->cv);
-    if (svc->opt.retention_ms > 0) {
-        if (pthread_create(&svc->pruner, NULL, pruner_main, svc) != 0) {
-            pthread_mutex_destroy(&svc->mu);
-            pthread_cond_destroy(&svc->cv);
-            free(svc);
-            return bb_fail(e, ERR_INTERNAL, "", "cannot start the outbox pruner");
-        }
-        svc->pruning = true;
+    if (svc->opt.retention_ms > 0 && bb_ticker_start("bb-outbox-prune", svc->opt.prune_every_ms,
+                                                     prune, svc, &svc->pruner, e) != ERR_OK) {
+        free(svc);
+        return e->code;
     }
     *out = svc;
     return ERR_OK;
@@ -575,14 +539,6 @@ outbox_service_destroy(struct outbox_service *svc)
 {
     if (svc == NULL)
         return;
-    if (svc->pruning) {
-        pthread_mutex_lock(&svc->mu);
-        svc->stopping = true;
-        pthread_cond_signal(&svc->cv);
-        pthread_mutex_unlock(&svc->mu);
-        pthread_join(svc->pruner, NULL);
-    }
-    pthread_mutex_destroy(&svc->mu);
-    pthread_cond_destroy(&svc->cv);
+    bb_ticker_stop(svc->pruner);
     free(svc);
 }

@@ -755,6 +755,48 @@ combiner_refuses_callers_beyond_waiting_max(void **state)
     cb_world_deinit(&w);
 }
 
+struct ticks {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int runs;
+    bool hold; /* the second run keeps going until stop */
+    struct bb_ticker *t;
+};
+
+static void
+count_tick(void *arg)
+{
+    struct ticks *k = arg;
+    pthread_mutex_lock(&k->mu);
+    int run = ++k->runs;
+    pthread_cond_broadcast(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+    while (run == 2 && k->hold && !bb_ticker_stopping(k->t))
+        bb_sleep_ms(1);
+}
+
+/* A run, another an interval later; stop ends a run that waits for it,
+ * and nothing runs after. */
+static void
+ticker_runs_again_each_interval_and_stop_ends_the_run_in_progress(void **state)
+{
+    (void)state;
+    struct ticks k = {.hold = true};
+    pthread_mutex_init(&k.mu, NULL);
+    pthread_cond_init(&k.cv, NULL);
+    struct bb_error e;
+    assert_ok(bb_ticker_start("bb-test-tick", 10, count_tick, &k, &k.t, &e), &e);
+    pthread_mutex_lock(&k.mu);
+    while (k.runs < 2)
+        pthread_cond_wait(&k.cv, &k.mu);
+    pthread_mutex_unlock(&k.mu);
+    bb_ticker_stop(k.t); /* returns only once run 2 saw it */
+    assert_int_equal(k.runs, 2);
+    bb_ticker_stop(NULL);
+    pthread_mutex_destroy(&k.mu);
+    pthread_cond_destroy(&k.cv);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(error_table_codes_are_unique_and_mapped),
     cmocka_unit_test(fail_fills_the_error_and_returns_the_code),
@@ -782,6 +824,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(combiner_carries_waiting_items_of_a_kind_together_each_once),
     cmocka_unit_test(combiner_leaves_conflicting_items_for_a_later_batch),
     cmocka_unit_test(combiner_refuses_callers_beyond_waiting_max),
+    cmocka_unit_test(ticker_runs_again_each_interval_and_stop_ends_the_run_in_progress),
 };
 
 TEST_MAIN(tests, false)
