@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` and CI run it: install what is missing,
-# build a normal and an ASan+UBSan build, start a throwaway PostgreSQL, run
+# build a normal, an ASan+UBSan and a TSan build, start a throwaway PostgreSQL, run
 # every test on both engines in both builds, run the concurrency tests again
 # under ThreadSanitizer, check formatting, and stop PostgreSQL even when a
 # test fails.
