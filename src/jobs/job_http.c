@@ -28,11 +28,14 @@ enum {
     MAX_DURATION_S_MAX = 86400,
 };
 
+enum { SUBMIT_GROUP_MAX = 64 };
+
 struct job_service {
     struct store *store;
     const struct job_registry *reg;
     int64_t payload_limit;
     struct http_waitlist *claims;
+    struct http_json_group submits; /* POST /jobs: many per transaction */
 };
 
 /* One request's operation. */
@@ -411,6 +414,24 @@ jobs__spec_from_json(const json_t *body, const struct job_registry *reg, int64_t
 /* ---- submitting ---------------------------------------------------------------------------- */
 
 static enum err
+unknown_queue(struct bb_error *e, const char *queue)
+{
+    return bb_fail(e, ERR_INVALID, "queue", "unknown queue '%s' (create it: PUT /queues/%s)", queue,
+                   queue);
+}
+
+/* The answer to a submit: the job (or the one its unique key found). */
+static json_t *
+submitted_json(const struct job_spec *spec, int64_t id, bool created, int64_t now_ms)
+{
+    json_t *out = json_pack("{s:I, s:s, s:o}", "job_id", (json_int_t)id, "state", "pending",
+                            "run_at", time_value(spec->run_at_ms ? spec->run_at_ms : now_ms));
+    if (!created)
+        json_object_set_new(out, "duplicate", json_true());
+    return out;
+}
+
+static enum err
 submit_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
@@ -436,16 +457,77 @@ submit_work(struct store_conn *c, void *arg, struct bb_error *e)
     bool created;
     enum err rc = job_submit(c, &op->spec, now, &id, &created, e);
     if (rc == ERR_NOT_FOUND && strcmp(e->field, "queue") == 0)
-        return bb_fail(e, ERR_INVALID, "queue", "unknown queue '%s' (create it: PUT /queues/%s)",
-                       op->spec.queue, op->spec.queue);
+        return unknown_queue(e, op->spec.queue);
     if (rc != ERR_OK)
         return rc;
-    json_t *out = json_pack("{s:I, s:s, s:o}", "job_id", (json_int_t)id, "state", "pending",
-                            "run_at", time_value(op->spec.run_at_ms ? op->spec.run_at_ms : now));
-    if (!created)
-        json_object_set_new(out, "duplicate", json_true());
-    jop_answer(op, created ? 201 : 200, out);
+    jop_answer(op, created ? 201 : 200, submitted_json(&op->spec, id, created, now));
     return ERR_OK;
+}
+
+/* A plain submit (no schedule, no unique key) taken alone. */
+static enum err
+submit_alone(struct store_conn *c, void *arg, struct http_answer *a, struct bb_error *e)
+{
+    struct jop *op = arg;
+    enum err rc = submit_work(c, op, e);
+    if (rc == ERR_OK) {
+        a->status = op->status;
+        a->body = op->out;
+        op->out = NULL;
+    }
+    return rc;
+}
+
+/* Plain submits waiting together: each queue read once, one insert per
+ * queue; a request naming an unknown queue fails alone. */
+static enum err
+submit_many_json(struct store_conn *c, void *const *args, struct http_answer *const *answers,
+                 size_t n, enum err *rcs, struct bb_error *errors, struct bb_error *e)
+{
+    struct job_spec *specs = xcalloc(n, sizeof *specs);
+    size_t *of = xcalloc(n, sizeof *of), k = 0;
+    const char **names = xcalloc(n, sizeof *names);
+    bool *known = xcalloc(n, sizeof *known);
+    size_t n_names = 0;
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        const struct jop *op = args[i];
+        const char *queue = op->spec.queue ? op->spec.queue : "default";
+        size_t q = 0;
+        while (q < n_names && strcmp(names[q], queue) != 0)
+            q++;
+        if (q == n_names) {
+            struct job_queue found;
+            rc = job_queue_get(c, queue, &found, e);
+            known[q] = rc == ERR_OK;
+            if (rc == ERR_NOT_FOUND)
+                rc = ERR_OK;
+            names[n_names++] = queue;
+        }
+        if (!known[q]) {
+            rcs[i] = unknown_queue(&errors[i], queue);
+            continue;
+        }
+        specs[k] = op->spec;
+        of[k++] = i;
+    }
+    int64_t *ids = xcalloc(k ? k : 1, sizeof *ids);
+    bool *created = xcalloc(k ? k : 1, sizeof *created);
+    int64_t now = bb_wall_ms();
+    size_t at;
+    if (rc == ERR_OK && k > 0)
+        rc = job_submit_many(c, specs, k, now, ids, created, &at, e);
+    for (size_t q = 0; q < k && rc == ERR_OK; q++) {
+        answers[of[q]]->status = 201;
+        answers[of[q]]->body = submitted_json(&specs[q], ids[q], true, now);
+    }
+    free(created);
+    free(ids);
+    free(known);
+    free(names);
+    free(of);
+    free(specs);
+    return rc;
 }
 
 static void
@@ -464,7 +546,11 @@ handle_submit(struct http_req *r, void *ctx)
     char id[37];
     bb_uuid7(id);
     op->name = bb_arena_strdup(http_req_arena(r), id);
-    http_req_run(r, svc->store, STORE_WRITE, submit_work, jop_reply, op);
+    if (op->recurring.present || op->spec.unique_key || op->spec.schedule)
+        http_req_run(r, svc->store, STORE_WRITE, submit_work, jop_reply, op);
+    else /* may share its transaction with others waiting */
+        http_req_run_json_grouped(r, svc->store, STORE_WRITE, &svc->submits, submit_alone, NULL,
+                                  op);
 }
 
 static enum err
@@ -1258,6 +1344,7 @@ job_service_create(struct store *s, const struct job_registry *r,
     svc->reg = r;
     svc->payload_limit = o->payload_limit_bytes > 0 ? o->payload_limit_bytes : 256 * 1024;
     svc->claims = http_waitlist_create("bb-job-claims", claim_waiters);
+    http_json_group_init(&svc->submits, submit_many_json, SUBMIT_GROUP_MAX);
     enum err rc = store_listen(s, JOBS__CHANNEL, on_ready, svc);
     if (rc != ERR_OK) {
         job_service_destroy(svc);

@@ -1,6 +1,7 @@
 """The jobs API end to end: the seed worker API, scheduling, retries and dead
 letters, unique keys, cancellation, batches, queues, schedules, the pull API,
 HTTP push handlers, wake-ups and their polling fallback, and bad input."""
+import concurrent.futures
 import datetime
 import hashlib
 import hmac
@@ -113,6 +114,32 @@ def test_batch_submit_is_one_transaction(server):
     bad = jobs[:3] + [{"handler": "noop", "priority": "high"}]
     problem(server.post("/jobs/batch", {"jobs": bad}), 400, "invalid_request", "jobs[3].priority")
     assert len(server.get("/jobs?limit=1000").json()["jobs"]) == len(before)  # nothing written
+
+
+def test_concurrent_submits_each_get_their_own_answer(server):
+    """Single submits that wait together may share a transaction: each still
+    gets its own job, and one naming an unknown queue fails alone."""
+    assert server.put("/queues/held", {"paused": True}).status_code in (200, 201)
+
+    def one(i):
+        queue = "nope" if i % 8 == 7 else "held"
+        return i, server.post("/jobs", {"queue": queue, "handler": "noop", "payload": {"i": i}})
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(256)))
+    ids = {}
+    for i, r in answers:
+        if i % 8 == 7:
+            problem(r, 400, "invalid_request", "queue")
+        else:
+            assert r.status_code == 201, r.text
+            ids[r.json()["job_id"]] = i
+    assert len(ids) == 224  # distinct jobs, one per request
+    for job_id, i in list(ids.items())[::16]:
+        job = server.get(f"/jobs/{job_id}").json()
+        assert job["queue"] == "held" and job["payload"] == {"i": i}, job
+    depth = server.get("/queues/held").json()
+    assert depth["depth"]["ready"] == 224, depth
 
 
 def test_list_filters_and_pages(server):
