@@ -77,10 +77,10 @@ jobs__metrics_register(void)
         metrics_register(all[i]);
 }
 
-void
-jobs__metric_submitted(const char *queue, int64_t n)
+struct metrics_def *
+jobs__metric_submitted_def(void)
 {
-    metrics_add(&M_SUBMITTED, (double)n, queue);
+    return &M_SUBMITTED;
 }
 
 void

@@ -548,27 +548,10 @@ insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t no
 }
 
 /* Jobs submitted to a queue, counted once their transaction commits. */
-struct submitted {
-    char queue[JOB_NAME_MAX + 1];
-    int64_t n;
-};
-
-static void
-submitted_end(void *arg, bool committed)
-{
-    struct submitted *x = arg;
-    if (committed)
-        jobs__metric_submitted(x->queue, x->n);
-    free(x);
-}
-
 static void
 count_submitted(struct store_conn *c, const char *queue, int64_t n)
 {
-    struct submitted *x = xcalloc(1, sizeof *x);
-    bb_strlcpy(x->queue, queue, sizeof x->queue);
-    x->n = n;
-    store_after_commit(c, submitted_end, x);
+    store_count_at_commit(c, jobs__metric_submitted_def(), (double)n, (const char *const[]){queue});
 }
 
 enum err

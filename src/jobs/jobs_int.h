@@ -66,7 +66,8 @@ enum job_verdict jobs__exec_handle(struct job_run *run);
 
 /* Metrics, counted by callers after their transaction commits. */
 void jobs__metrics_register(void);
-void jobs__metric_submitted(const char *queue, int64_t n);
+/* The submitted-jobs counter (by queue), counted at commit by the store. */
+struct metrics_def *jobs__metric_submitted_def(void);
 void jobs__metric_started(const char *queue, double queue_latency_s);
 void jobs__metric_finished(const char *queue, enum job_outcome outcome, double duration_s);
 void jobs__metric_stale(const char *what);

@@ -509,13 +509,10 @@ outbox_service_create(struct store *s, const struct outbox_options *o, struct ou
     struct outbox_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
     svc->opt = *o;
-    if (svc->opt.prune_every_ms <= 0) /* a minute, or a retention if shorter */
-        svc->opt.prune_every_ms =
-            svc->opt.retention_ms > 0 && svc->opt.retention_ms < PRUNE_EVERY_MS
-                ? svc->opt.retention_ms
-                : PRUNE_EVERY_MS;
-    if (svc->opt.retention_ms > 0 && bb_ticker_start("bb-outbox-prune", svc->opt.prune_every_ms,
-                                                     prune, svc, &svc->pruner, e) != ERR_OK) {
+    /* It looks once a minute, or once a retention if that is shorter. */
+    int64_t every = o->retention_ms < PRUNE_EVERY_MS ? o->retention_ms : PRUNE_EVERY_MS;
+    if (o->retention_ms > 0 &&
+        bb_ticker_start("bb-outbox-prune", every, prune, svc, &svc->pruner, e) != ERR_OK) {
         free(svc);
         return e->code;
     }

@@ -111,8 +111,6 @@ const struct store_migration *outbox_migrations(size_t *n);
 
 struct outbox_options {
     int64_t retention_ms; /* events kept this long, then deleted; 0: forever */
-    int64_t
-        prune_every_ms; /* how often the pruner looks (0: a minute, or a retention if shorter) */
 };
 
 /* GET /outbox, and with a retention the pruner thread ("bb-outbox-prune"). */

@@ -117,54 +117,23 @@ metrics_init(void)
     metrics_register(&M_UNITS_WAITING);
 }
 
-/* A count made once its transaction commits (a unit rolled back and run
- * again counts once). */
-struct count_later {
-    struct metrics_def *def;
-    const char *type;    /* a definition's: lives as long as the process */
-    const char *outcome; /* NULL: M_STARTED */
-    double n;
-};
-
-static void
-count_end(void *arg, bool committed)
-{
-    struct count_later *x = arg;
-    if (committed && x->outcome)
-        metrics_add(x->def, x->n, x->type, x->outcome);
-    else if (committed)
-        metrics_add(x->def, x->n, x->type);
-    free(x);
-}
-
-static void
-count_at_commit(struct store_conn *c, struct metrics_def *def, const char *type,
-                const char *outcome, double n)
-{
-    struct count_later *x = xmalloc(sizeof *x);
-    *x = (struct count_later){.def = def, .type = type, .outcome = outcome, .n = n};
-    store_after_commit(c, count_end, x);
-}
-
 void
 saga__count_started(struct store_conn *c, const char *type, size_t n)
 {
     if (n > 0)
-        count_at_commit(c, &M_STARTED, type, NULL, (double)n);
+        store_count_at_commit(c, &M_STARTED, (double)n, (const char *const[]){type});
 }
 
 void
 saga__count_transition(struct store_conn *c, const char *type, enum saga_state from,
                        enum saga_state to)
 {
-    if (from == to)
-        return;
-    if (to == SAGA_COMPLETED)
-        count_at_commit(c, &M_ENDED, type, "completed", 1);
-    else if (to == SAGA_FAILED)
-        count_at_commit(c, &M_ENDED, type, "compensated", 1);
-    else if (to == SAGA_STUCK)
-        count_at_commit(c, &M_ENDED, type, "stuck", 1);
+    const char *how = to == SAGA_COMPLETED ? "completed"
+                      : to == SAGA_FAILED  ? "compensated"
+                      : to == SAGA_STUCK   ? "stuck"
+                                           : NULL;
+    if (from != to && how != NULL)
+        store_count_at_commit(c, &M_ENDED, 1, (const char *const[]){type, how});
 }
 
 void

@@ -655,6 +655,35 @@ store_after_commit(struct store_conn *c, store_after_fn *fn, void *arg)
     c->afters[c->n_afters++] = (struct store__after){.fn = fn, .arg = arg};
 }
 
+struct count_later {
+    struct metrics_def *def;
+    double n;
+    char *labels[METRICS_MAX_LABELS];
+};
+
+static void
+count_end(void *arg, bool committed)
+{
+    struct count_later *x = arg;
+    if (committed)
+        metrics_series_add(metrics_series_get(x->def, (const char *const *)x->labels), x->n);
+    for (size_t i = 0; i < METRICS_MAX_LABELS; i++)
+        free(x->labels[i]);
+    free(x);
+}
+
+void
+store_count_at_commit(struct store_conn *c, struct metrics_def *def, double n,
+                      const char *const *labels)
+{
+    struct count_later *x = xcalloc(1, sizeof *x);
+    x->def = def;
+    x->n = n;
+    for (size_t i = 0; i < METRICS_MAX_LABELS && def->labels[i]; i++)
+        x->labels[i] = xstrdup(labels[i]);
+    store_after_commit(c, count_end, x);
+}
+
 void
 store__afters_run(struct store_conn *c, size_t keep, bool committed)
 {

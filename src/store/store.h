@@ -304,6 +304,12 @@ void store_unlisten(struct store *s, store_listen_fn *fn, void *arg);
  */
 typedef void store_after_fn(void *arg, bool committed);
 void store_after_commit(struct store_conn *c, store_after_fn *fn, void *arg);
+/* Add `n` to the series of counter `def` named by `labels` (one per label
+ * of `def`, copied) once the open transaction commits, and not at all when
+ * it rolls back: what a unit did counts once, however often it ran. */
+struct metrics_def;
+void store_count_at_commit(struct store_conn *c, struct metrics_def *def, double n,
+                           const char *const *labels);
 
 /* ---- migrations ------------------------------------------------------------- */
 

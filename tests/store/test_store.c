@@ -248,6 +248,39 @@ after_commit_callbacks_follow_the_transactions_fate(void **state)
     assert_int_equal(log.calls[4], -1);
 }
 
+static struct metrics_def M_TEST_COUNTED = {
+    .name = "backbone_test_counted_total",
+    .help = "Counted at commit by the store's test.",
+    .type = METRICS_COUNTER,
+    .labels = {"kind", "how"},
+};
+
+/* A count at commit lands once its transaction commits, with its labels
+ * (copied), and never for one that rolled back. */
+static void
+counts_land_at_commit_and_never_after_rollback(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    char kind[8] = "a";
+    const char *series = "backbone_test_counted_total{kind=\"a\",how=\"x\"}";
+    int64_t before = test_metric(series);
+    if (before < 0)
+        before = 0;
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    store_count_at_commit(c, &M_TEST_COUNTED, 2, (const char *const[]){kind, "x"});
+    bb_strlcpy(kind, "b", sizeof kind); /* the label was copied */
+    assert_true(test_metric(series) <= before);
+    assert_ok(store_commit(c, &e), &e);
+    assert_int_equal(test_metric(series), before + 2);
+    assert_ok(store_begin(c, STORE_WRITE, &e), &e);
+    store_count_at_commit(c, &M_TEST_COUNTED, 5, (const char *const[]){"a", "x"});
+    store_rollback(c);
+    assert_int_equal(test_metric(series), before + 2);
+    store_conn_close(c);
+}
+
 static void
 deferred_insert(struct store_conn *c, int64_t id, const char *text, enum err want)
 {
@@ -1052,6 +1085,7 @@ static const struct CMUnitTest tests[] = {
     DB_TEST(rollback_discards_and_commit_keeps),
     DB_TEST(deferred_writes_commit_roll_back_and_fail_with_their_transaction),
     DB_TEST(after_commit_callbacks_follow_the_transactions_fate),
+    DB_TEST(counts_land_at_commit_and_never_after_rollback),
 
     DB_TEST(bad_sql_is_a_store_error_not_a_crash),
     cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
