@@ -30,6 +30,7 @@ struct jobs_args {
     char *target_url;
     char *target;
     char *state;
+    char *fingerprint;
     int64_t limit;
     int64_t after;
     int64_t concurrency;
@@ -61,6 +62,8 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"target", BB_OPT_STRING, OFF(target), 0, 0, NULL,
      "the handler's target as JSON (exec: {\"argv\":[...]})", NO_ENV},
     {"state", BB_OPT_STRING, OFF(state), 0, 0, NULL, "filter: pending, running, ..., dead", NO_ENV},
+    {"fingerprint", BB_OPT_STRING, OFF(fingerprint), 0, 0, NULL,
+     "dlq: only the dead jobs of this error fingerprint (dlq groups)", NO_ENV},
     {"limit", BB_OPT_INT, OFF(limit), 1, 1000, "100", "most items to list", NO_ENV},
     {"after", BB_OPT_INT, OFF(after), 0, INT64_MAX, "0", "list after this job id", NO_ENV},
     {"concurrency", BB_OPT_INT, OFF(concurrency), -1, 100000, "-1",
@@ -79,8 +82,9 @@ static const char JOBS_USAGE[] =
     "       backbone queues put Q [--concurrency N] [--max-attempts N] [--paused true|false]\n"
     "       backbone schedules list | show N | pause N | resume N | delete N\n"
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
-    "       backbone dlq list [--queue Q] | show ID | redrive ID | redrive-all [--queue Q] |\n"
-    "                    purge [--queue Q]";
+    "       backbone dlq groups [--queue Q] [--limit N]\n"
+    "       backbone dlq list|redrive-all|purge [--queue Q] [--fingerprint F]\n"
+    "       backbone dlq show ID | redrive ID";
 
 static int
 usage_error(const char *msg)
@@ -149,6 +153,32 @@ human_jobs(const json_t *page)
     const json_t *next = json_object_get(page, "next_after");
     if (json_is_integer(next))
         printf("more: --after %" JSON_INTEGER_FORMAT "\n", json_integer_value(next));
+}
+
+/* "&name=value" (escaped) when `value` is set. */
+static void
+query_param(struct bb_buf *path, const char *name, const char *value)
+{
+    if (value) {
+        bb_buf_printf(path, "&%s=", name);
+        http_client_escape(value, path);
+    }
+}
+
+static void
+human_groups(const json_t *o)
+{
+    const json_t *groups = json_object_get(o, "groups");
+    size_t i;
+    const json_t *g;
+    if (json_array_size(groups) == 0)
+        printf("no dead jobs\n");
+    json_array_foreach(groups, i, g)
+    {
+        printf("%s  %6" JSON_INTEGER_FORMAT " dead  %-12s %-20s last %s\n  %s\n",
+               str(g, "fingerprint"), json_integer_value(json_object_get(g, "count")),
+               str(g, "queue"), str(g, "handler"), str(g, "last_dead_at"), str(g, "error"));
+    }
 }
 
 static void
@@ -346,14 +376,8 @@ jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     }
     if (strcmp(cmd, "list") == 0) {
         bb_buf_printf(&path, "/jobs?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
-        if (a->queue) {
-            bb_buf_puts(&path, "&queue=");
-            http_client_escape(a->queue, &path);
-        }
-        if (a->state) {
-            bb_buf_puts(&path, "&state=");
-            http_client_escape(a->state, &path);
-        }
+        query_param(&path, "queue", a->queue);
+        query_param(&path, "state", a->state);
         code = call(a, "GET", path.data, NULL, human_jobs);
     } else if (arg == NULL) {
         return usage_error("expected a job id");
@@ -453,13 +477,15 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     if (bulk) {
         bb_buf_puts(&path, strcmp(cmd, "redrive-all") == 0 ? "/dlq/redrive" : "/dlq");
         bb_buf_printf(&path, "?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
-        if (a->queue) {
-            bb_buf_puts(&path, "&queue=");
-            http_client_escape(a->queue, &path);
-        }
+        query_param(&path, "queue", a->queue);
+        query_param(&path, "fingerprint", a->fingerprint);
         code = strcmp(cmd, "list") == 0    ? call(a, "GET", path.data, NULL, human_jobs)
                : strcmp(cmd, "purge") == 0 ? call(a, "DELETE", path.data, NULL, human_done)
                                            : call(a, "POST", path.data, json_object(), human_done);
+    } else if (strcmp(cmd, "groups") == 0) {
+        bb_buf_printf(&path, "/dlq/groups?limit=%" PRId64, a->limit);
+        query_param(&path, "queue", a->queue);
+        code = call(a, "GET", path.data, NULL, human_groups);
     } else if (arg == NULL) {
         code = usage_error("expected a job id");
     } else if (strcmp(cmd, "show") == 0) {

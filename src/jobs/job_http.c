@@ -717,8 +717,16 @@ list_jobs(struct http_req *r, void *ctx, bool dead_only)
         fail_now(r, e);
         return;
     }
+    const char *fingerprint = dead_only ? http_req_query(r, "fingerprint") : NULL;
+    if (fingerprint && !job_fingerprint_is_valid(fingerprint)) {
+        bb_fail(e, ERR_INVALID, "fingerprint",
+                "fingerprint must be 16 hex digits (GET /dlq/groups)");
+        fail_now(r, e);
+        return;
+    }
     op->filter.has_state = state != NULL;
     op->filter.queue = queue ? bb_arena_strdup(http_req_arena(r), queue) : NULL;
+    op->filter.fingerprint = fingerprint ? bb_arena_strdup(http_req_arena(r), fingerprint) : NULL;
     run_read(op, list_work);
 }
 
@@ -802,10 +810,62 @@ handle_dlq_redrive_one(struct http_req *r, void *ctx)
 }
 
 static enum err
+groups_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct jop *op = arg;
+    json_t *groups;
+    enum err rc = job_dead_groups_json(c, op->name, op->filter.limit, &groups, e);
+    if (rc == ERR_OK)
+        jop_answer(op, 200, groups);
+    return rc;
+}
+
+/* ?queue=NAME (and, but for the groups, &fingerprint=F) for the
+ * dead-letter operations on many jobs. */
+static struct jop *
+dlq_many(struct http_req *r, void *ctx, bool by_fingerprint)
+{
+    struct bb_error *e = http_req_error(r);
+    struct jop *op = jop_new(r, ctx);
+    const char *queue = http_req_query(r, "queue");
+    const char *fingerprint = by_fingerprint ? http_req_query(r, "fingerprint") : NULL;
+    if (queue && !job_name_is_valid(queue)) {
+        bb_fail(e, ERR_INVALID, "queue", "queue must be a queue name");
+        fail_now(r, e);
+        return NULL;
+    }
+    if (fingerprint && !job_fingerprint_is_valid(fingerprint)) {
+        bb_fail(e, ERR_INVALID, "fingerprint",
+                "fingerprint must be 16 hex digits (GET /dlq/groups)");
+        fail_now(r, e);
+        return NULL;
+    }
+    op->name = queue ? bb_arena_strdup(http_req_arena(r), queue) : NULL;
+    op->filter.fingerprint = fingerprint ? bb_arena_strdup(http_req_arena(r), fingerprint) : NULL;
+    return op;
+}
+
+static void
+handle_dlq_groups(struct http_req *r, void *ctx)
+{
+    struct jop *op = dlq_many(r, ctx, false);
+    if (op == NULL)
+        return;
+    op->filter.limit = LIST_LIMIT_DEFAULT;
+    if (http_req_query_int(r, "limit", 1, LIST_LIMIT_MAX, &op->filter.limit, http_req_error(r)) !=
+        ERR_OK) {
+        fail_now(r, http_req_error(r));
+        return;
+    }
+    run_read(op, groups_work);
+}
+
+static enum err
 redrive_all_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
-    enum err rc = job_redrive_dead(c, op->name, bb_wall_ms(), &op->n, e);
+    const struct job_dead_match m = {op->name, op->filter.fingerprint};
+    enum err rc = job_redrive_dead(c, &m, bb_wall_ms(), &op->n, e);
     if (rc == ERR_OK)
         jop_answer(op, 200, json_pack("{s:I}", "redriven", (json_int_t)op->n));
     return rc;
@@ -815,26 +875,19 @@ static enum err
 purge_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
-    enum err rc = job_purge_dead(c, op->name, &op->n, e);
+    const struct job_dead_match m = {op->name, op->filter.fingerprint};
+    enum err rc = job_purge_dead(c, &m, &op->n, e);
     if (rc == ERR_OK)
         jop_answer(op, 200, json_pack("{s:I}", "purged", (json_int_t)op->n));
     return rc;
 }
 
-/* ?queue=NAME for the dead-letter bulk operations. */
 static void
 dlq_bulk(struct http_req *r, void *ctx, store_work_fn *work)
 {
-    struct bb_error *e = http_req_error(r);
-    struct jop *op = jop_new(r, ctx);
-    const char *queue = http_req_query(r, "queue");
-    if (queue && !job_name_is_valid(queue)) {
-        bb_fail(e, ERR_INVALID, "queue", "queue must be a queue name");
-        fail_now(r, e);
-        return;
-    }
-    op->name = queue ? bb_arena_strdup(http_req_arena(r), queue) : NULL;
-    run_write(op, work);
+    struct jop *op = dlq_many(r, ctx, true);
+    if (op)
+        run_write(op, work);
 }
 
 static void
@@ -1382,6 +1435,7 @@ job_service_routes(struct job_service *svc, struct http_route *out, size_t max)
         {"POST", "/schedules/{name}/resume", handle_schedule_resume, svc, false},
         {"DELETE", "/schedules/{name}", handle_schedule_delete, svc, false},
         {"GET", "/dlq", handle_dlq_list, svc, false},
+        {"GET", "/dlq/groups", handle_dlq_groups, svc, false}, /* before /dlq/{id} */
         {"GET", "/dlq/{id}", handle_dlq_get, svc, false},
         {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, svc, false},
         {"POST", "/dlq/redrive", handle_dlq_redrive_all, svc, false},

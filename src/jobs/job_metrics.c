@@ -8,6 +8,9 @@
 
 #include "metrics/metrics.h"
 
+#include <pthread.h>
+#include <string.h>
+
 static struct metrics_def M_SUBMITTED = {
     .name = "backbone_jobs_submitted_total",
     .help = "Jobs submitted, by queue.",
@@ -49,6 +52,15 @@ static struct metrics_def M_DEPTH = {
             "the dead-letter queue).",
     .type = METRICS_GAUGE,
     .labels = {"queue", "state"},
+};
+static struct metrics_def M_DEAD_GROUPS = {
+    .name = "backbone_dead_jobs_by_error",
+    .help = "Dead jobs of the largest dead-letter groups (at most 20), by queue, handler, error "
+            "fingerprint and error pattern: the hint an alert carries (GET /dlq/groups lists "
+            "them all).",
+    .type = METRICS_GAUGE,
+    .labels = {"queue", "handler", "fingerprint", "error"},
+    .omit_zero = true,
 };
 static struct metrics_def M_RESCUES = {
     .name = "backbone_job_lease_rescues_total",
@@ -119,4 +131,54 @@ void
 jobs__metric_depth(const char *queue, const char *state, int64_t n)
 {
     metrics_set(&M_DEPTH, (double)n, queue, state);
+}
+
+/* The series the last refresh set, so those gone from the top are zeroed
+ * (and so left out of the exposition). */
+static pthread_mutex_t g_shown_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct metrics_series *g_shown[JOBS__DEAD_GROUPS_SHOWN]; /* guarded by g_shown_mu */
+static size_t g_n_shown;                                        /* guarded by g_shown_mu */
+
+/* A label value from a group's field ("" when absent), at most `cap` - 1
+ * bytes of whole characters. */
+static const char *
+group_label(const json_t *g, const char *key, char *buf, size_t cap)
+{
+    const char *v = json_string_value(json_object_get(g, key));
+    bb_utf8_copy(buf, cap, v ? v : "");
+    return buf;
+}
+
+void
+jobs__metric_dead_groups(const json_t *groups)
+{
+    struct metrics_series *now[JOBS__DEAD_GROUPS_SHOWN];
+    size_t n = 0;
+    size_t i;
+    const json_t *g;
+    pthread_mutex_lock(&g_shown_mu);
+    json_array_foreach(groups, i, g)
+    {
+        if (n == JOBS__DEAD_GROUPS_SHOWN)
+            break;
+        char queue[JOB_NAME_MAX + 1], handler[JOB_NAME_MAX + 1], fp[JOB_FINGERPRINT_LEN + 1];
+        char error[121];
+        const char *values[] = {group_label(g, "queue", queue, sizeof queue),
+                                group_label(g, "handler", handler, sizeof handler),
+                                group_label(g, "fingerprint", fp, sizeof fp),
+                                group_label(g, "error", error, sizeof error)};
+        now[n] = metrics_series_get(&M_DEAD_GROUPS, values);
+        metrics_series_set(now[n], (double)json_integer_value(json_object_get(g, "count")));
+        n++;
+    }
+    for (size_t k = 0; k < g_n_shown; k++) {
+        bool kept = false;
+        for (size_t j = 0; j < n && !kept; j++)
+            kept = now[j] == g_shown[k];
+        if (!kept)
+            metrics_series_set(g_shown[k], 0);
+    }
+    memcpy(g_shown, now, n * sizeof now[0]);
+    g_n_shown = n;
+    pthread_mutex_unlock(&g_shown_mu);
 }

@@ -4,6 +4,7 @@
  */
 #include "jobs/jobs.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <string.h>
 
@@ -103,4 +104,135 @@ bool
 job_handler_is_external(const char *handler)
 {
     return strcmp(handler, "external") == 0 || strncmp(handler, "external:", 9) == 0;
+}
+
+static bool
+is_hex(char c)
+{
+    return isxdigit((unsigned char)c) != 0;
+}
+
+static bool
+is_word(char c)
+{
+    return isalnum((unsigned char)c) || c == '_';
+}
+
+/* Length of a UUID (8-4-4-4-12 hex digits) at `s`, or 0. */
+static size_t
+uuid_at(const char *s)
+{
+    static const char SHAPE[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+    for (size_t i = 0; SHAPE[i]; i++) {
+        if (SHAPE[i] == '-' ? s[i] != '-' : !is_hex(s[i]))
+            return 0;
+    }
+    return is_word(s[sizeof SHAPE - 1]) ? 0 : sizeof SHAPE - 1;
+}
+
+/* Length of a run of 16 or more hex digits holding a digit, at `s`, or 0. */
+static size_t
+hex_at(const char *s)
+{
+    size_t n = 0;
+    bool digit = false;
+    while (is_hex(s[n])) {
+        digit |= isdigit((unsigned char)s[n]) != 0;
+        n++;
+    }
+    return n >= 16 && digit && !is_word(s[n]) ? n : 0;
+}
+
+/* Length of the number at `s` to mask, or 0 to keep it (*keep: its
+ * digits). A decimal (one dot) is masked, and a run of four digits or
+ * more; dotted groups (addresses, versions) mask only their long groups,
+ * met one by one (`in_group`: `s` follows a group's dot). */
+static size_t
+number_at(const char *s, bool in_group, size_t *keep)
+{
+    size_t n = 0, dots = 0;
+    while (isdigit((unsigned char)s[n]) || (s[n] == '.' && isdigit((unsigned char)s[n + 1]))) {
+        dots += s[n] == '.';
+        n++;
+    }
+    size_t digits = strspn(s, "0123456789");
+    *keep = digits;
+    if (dots == 1 && !in_group)
+        return n;
+    return digits >= 4 ? digits : 0;
+}
+
+/* Bytes of the UTF-8 character at `s` (a stray byte counts as one). */
+static size_t
+utf8_len(const char *s)
+{
+    unsigned char c = (unsigned char)*s;
+    size_t want = c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    size_t n = 1;
+    while (n < want && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n++;
+    return n;
+}
+
+void
+job_error_pattern(const char *error, char *out, size_t cap)
+{
+    BB_ASSERT(cap > 0);
+    size_t o = 0;
+    bool space = false;
+    const char *s = error ? error : "";
+    while (*s) {
+        if (isspace((unsigned char)*s)) {
+            space = o > 0;
+            s++;
+            continue;
+        }
+        const char *piece = s;
+        size_t len, skip = 0, keep = 0;
+        bool start = s == error || !is_word(s[-1]);
+        if (start && (skip = uuid_at(s)) > 0)
+            piece = "<uuid>";
+        else if (start && (skip = hex_at(s)) > 0)
+            piece = "<hex>";
+        else if (start && isdigit((unsigned char)*s) &&
+                 (skip = number_at(s, s > error && s[-1] == '.', &keep)) > 0)
+            piece = "<n>";
+        if (skip > 0) {
+            len = strlen(piece);
+        } else if (keep > 0) {
+            len = skip = keep; /* a short number (or one inside a word) stays */
+        } else {
+            len = skip = utf8_len(s); /* one character, whole */
+        }
+        if (o + space + len >= cap)
+            break;
+        if (space)
+            out[o++] = ' ';
+        space = false;
+        memcpy(out + o, piece, len);
+        o += len;
+        s += skip;
+    }
+    out[o] = '\0';
+}
+
+void
+job_error_fingerprint(const char *handler, const char *error, char out[JOB_FINGERPRINT_LEN + 1])
+{
+    char pattern[JOB_ERROR_PATTERN_MAX + 1];
+    job_error_pattern(error, pattern, sizeof pattern);
+    struct bb_buf b;
+    bb_buf_init(&b);
+    bb_buf_printf(&b, "%s\n%s", handler, pattern);
+    char hex[65];
+    bb_sha256_hex(b.data, b.len, hex);
+    bb_buf_deinit(&b);
+    bb_strlcpy(out, hex, JOB_FINGERPRINT_LEN + 1);
+}
+
+bool
+job_fingerprint_is_valid(const char *text)
+{
+    return text && strlen(text) == JOB_FINGERPRINT_LEN &&
+           strspn(text, "0123456789abcdef") == JOB_FINGERPRINT_LEN;
 }

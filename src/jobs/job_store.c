@@ -32,6 +32,8 @@
     " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, lease_ms, created_at_ms," \
     " updated_at_ms) VALUES ('default', 0, 0, 5, 1000, 4000, 3600000, 10, 60000, 0, 0);"
 
+static enum err fingerprint_dead_jobs(struct store_conn *c, struct bb_error *e);
+
 static const struct store_migration MIGRATIONS[] = {
     {
         .version = 1,
@@ -147,7 +149,60 @@ static const struct store_migration MIGRATIONS[] = {
         .sqlite = "SELECT 1;",
         .pg = "ALTER TABLE jobs SET (fillfactor = 50);",
     },
+    {
+        /* Dead letters group by the fingerprint of their last error. */
+        .version = 4,
+        .name = "dead letters carry their error's fingerprint",
+        .sqlite = "ALTER TABLE jobs ADD COLUMN error_fingerprint TEXT;"
+                  "CREATE INDEX jobs_dead_groups ON jobs (queue, error_fingerprint)"
+                  " WHERE state = 'dead';",
+        .pg = "ALTER TABLE jobs ADD COLUMN error_fingerprint TEXT;"
+              "CREATE INDEX jobs_dead_groups ON jobs (queue, error_fingerprint)"
+              " WHERE state = 'dead';",
+        .after = fingerprint_dead_jobs,
+    },
 };
+
+static struct store_stmt DEAD_UNPRINTED = {
+    .sql = "SELECT id, handler, last_error FROM jobs"
+           " WHERE state = 'dead' AND error_fingerprint IS NULL ORDER BY id LIMIT 500",
+};
+static struct store_stmt SET_FINGERPRINT = {
+    .sql = "UPDATE jobs SET error_fingerprint = $2 WHERE id = $1",
+};
+
+/* Jobs that died before fingerprints were kept get theirs, 500 at a time
+ * (each page read whole before it is written). */
+static enum err
+fingerprint_dead_jobs(struct store_conn *c, struct bb_error *e)
+{
+    enum { PAGE = 500 };
+    struct {
+        int64_t id;
+        char fp[JOB_FINGERPRINT_LEN + 1];
+    } page[PAGE];
+    for (;;) {
+        struct store_rows r;
+        enum err rc = store_query(c, &DEAD_UNPRINTED, NULL, 0, &r, e);
+        if (rc != ERR_OK)
+            return rc;
+        size_t n = 0;
+        while (n < PAGE && store_next(&r)) {
+            page[n].id = store_col_int(&r, 0);
+            job_error_fingerprint(store_col_text(&r, 1), store_col_text(&r, 2), page[n].fp);
+            n++;
+        }
+        store_rows_close(&r);
+        for (size_t i = 0; i < n; i++) {
+            const struct store_param p[] = {sp_int(page[i].id), sp_text(page[i].fp)};
+            rc = store_exec(c, &SET_FINGERPRINT, p, 2, NULL, e);
+            if (rc != ERR_OK)
+                return rc;
+        }
+        if (n < PAGE)
+            return ERR_OK;
+    }
+}
 
 const struct store_migration *
 job_migrations(size_t *n)
@@ -756,7 +811,7 @@ job_submit_many_here(struct store_conn *c, struct job_pool *pool, const struct j
     " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"         \
     " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"              \
     " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct"
+    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint"
 
 static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
 /* A completed job's last attempt is its own row (completions write no
@@ -782,6 +837,10 @@ static struct store_stmt JOB_LIST_STATE = {
 static struct store_stmt JOB_LIST_BOTH = {
     .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE state = $3 AND queue = $4 AND id > $1"
            " ORDER BY id LIMIT $2",
+};
+static struct store_stmt JOB_LIST_DEAD_GROUP = {
+    .sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE state = 'dead' AND error_fingerprint = $3"
+           " AND ($4 = '' OR queue = $4) AND id > $1 ORDER BY id LIMIT $2",
 };
 
 static json_t *
@@ -816,6 +875,8 @@ job_row_json(const struct store_rows *r, int64_t now_ms)
     json_object_set_new(o, "started_at", time_json(r, 17));
     json_object_set_new(o, "finished_at", time_json(r, 18));
     json_object_set_new(o, "last_error", text_json(r, 19));
+    if (strcmp(state, "dead") == 0)
+        json_object_set_new(o, "error_fingerprint", text_json(r, 28));
     json_object_set_new(o, "schedule", text_json(r, 20));
     json_object_set_new(o, "created_at", time_json(r, 22));
     json_object_set_new(o, "updated_at", time_json(r, 23));
@@ -893,7 +954,12 @@ job_list_json(struct store_conn *c, const struct job_filter *f, int64_t now_ms, 
         p[n++] = sp_text(job_state_name(f->state));
     if (f->queue)
         p[n++] = sp_text(f->queue);
-    if (f->has_state && f->queue)
+    if (f->fingerprint) {
+        p[2] = sp_text(f->fingerprint);
+        p[3] = sp_text(f->queue ? f->queue : "");
+        n = 4;
+        st = &JOB_LIST_DEAD_GROUP;
+    } else if (f->has_state && f->queue)
         st = &JOB_LIST_BOTH;
     else if (f->has_state)
         st = &JOB_LIST_STATE;
@@ -940,19 +1006,23 @@ static struct store_stmt JOB_KEEP_COMPLETED_ATTEMPT = {
 static struct store_stmt JOB_REENQUEUE = {
     .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $2, attempt_limit = attempt +"
            " max_attempts, finished_at_ms = NULL, lease_expires_at_ms = NULL,"
-           " updated_at_ms = $2 WHERE id = $1 AND state IN ('completed', 'cancelled', 'dead')",
+           " error_fingerprint = NULL, updated_at_ms = $2"
+           " WHERE id = $1 AND state IN ('completed', 'cancelled', 'dead')",
 };
+/* The dead letters of a queue ('': all) and fingerprint ('': all). */
+#define DEAD_MATCH                               \
+    "state = 'dead' AND ($1 = '' OR queue = $1)" \
+    " AND ($2 = '' OR error_fingerprint = $2)"
 static struct store_stmt JOB_REDRIVE_DEAD = {
-    .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $2, attempt_limit = attempt +"
-           " max_attempts, finished_at_ms = NULL, updated_at_ms = $2"
-           " WHERE state = 'dead' AND ($1 = '' OR queue = $1)",
+    .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $3, attempt_limit = attempt +"
+           " max_attempts, finished_at_ms = NULL, error_fingerprint = NULL, updated_at_ms = $3"
+           " WHERE " DEAD_MATCH,
 };
 static struct store_stmt JOB_PURGE_DEAD = {
-    .sql = "DELETE FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1)",
+    .sql = "DELETE FROM jobs WHERE " DEAD_MATCH,
 };
 static struct store_stmt JOB_PURGE_DEAD_ATTEMPTS = {
-    .sql = "DELETE FROM job_attempts WHERE job_id IN"
-           " (SELECT id FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1))",
+    .sql = "DELETE FROM job_attempts WHERE job_id IN (SELECT id FROM jobs WHERE " DEAD_MATCH ")",
 };
 
 /* The job's state, for an error that says why a change did not apply. */
@@ -1010,24 +1080,82 @@ job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e
 }
 
 enum err
-job_redrive_dead(struct store_conn *c, const char *queue, int64_t now_ms, int64_t *n,
+job_redrive_dead(struct store_conn *c, const struct job_dead_match *m, int64_t now_ms, int64_t *n,
                  struct bb_error *e)
 {
-    const struct store_param p[] = {sp_text(queue ? queue : ""), sp_int(now_ms)};
-    enum err rc = store_exec(c, &JOB_REDRIVE_DEAD, p, 2, n, e);
+    const struct store_param p[] = {sp_text(m->queue ? m->queue : ""),
+                                    sp_text(m->fingerprint ? m->fingerprint : ""), sp_int(now_ms)};
+    enum err rc = store_exec(c, &JOB_REDRIVE_DEAD, p, 3, n, e);
     if (rc == ERR_OK && *n > 0)
-        rc = store_notify(c, JOBS__CHANNEL, queue ? queue : "", e);
+        rc = store_notify(c, JOBS__CHANNEL, m->queue ? m->queue : "", e);
     return rc;
 }
 
 enum err
-job_purge_dead(struct store_conn *c, const char *queue, int64_t *n, struct bb_error *e)
+job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n, struct bb_error *e)
 {
-    const struct store_param p[] = {sp_text(queue ? queue : "")};
-    enum err rc = store_exec(c, &JOB_PURGE_DEAD_ATTEMPTS, p, 1, NULL, e);
+    const struct store_param p[] = {sp_text(m->queue ? m->queue : ""),
+                                    sp_text(m->fingerprint ? m->fingerprint : "")};
+    enum err rc = store_exec(c, &JOB_PURGE_DEAD_ATTEMPTS, p, 2, NULL, e);
     if (rc == ERR_OK)
-        rc = store_exec(c, &JOB_PURGE_DEAD, p, 1, n, e);
+        rc = store_exec(c, &JOB_PURGE_DEAD, p, 2, n, e);
     return rc;
+}
+
+static struct store_stmt DEAD_GROUPS = {
+    .sql = "SELECT queue, error_fingerprint, COUNT(*), MIN(finished_at_ms), MAX(finished_at_ms),"
+           " MAX(id) FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1)"
+           " GROUP BY queue, error_fingerprint ORDER BY 3 DESC, 5 DESC, 1, 2 LIMIT $2",
+};
+static struct store_stmt DEAD_SAMPLE = {
+    .sql = "SELECT handler, last_error FROM jobs WHERE id = $1",
+};
+
+enum err
+job_dead_groups_json(struct store_conn *c, const char *queue, int64_t limit, json_t **out,
+                     struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(queue ? queue : ""), sp_int(limit)};
+    enum err rc = store_query(c, &DEAD_GROUPS, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *groups = json_array();
+    while (store_next(&r)) {
+        json_t *g = json_object();
+        json_object_set_new(g, "queue", text_json(&r, 0));
+        json_object_set_new(g, "fingerprint", text_json(&r, 1));
+        json_object_set_new(g, "count", json_integer(store_col_int(&r, 2)));
+        json_object_set_new(g, "first_dead_at", time_json(&r, 3));
+        json_object_set_new(g, "last_dead_at", time_json(&r, 4));
+        json_object_set_new(g, "sample_job_id", json_integer(store_col_int(&r, 5)));
+        json_array_append_new(groups, g);
+    }
+    store_rows_close(&r);
+    /* Each group's newest job tells its handler and error (a second pass:
+     * one statement open at a time). */
+    size_t i;
+    json_t *g;
+    json_array_foreach(groups, i, g)
+    {
+        const struct store_param q[] = {
+            sp_int(json_integer_value(json_object_get(g, "sample_job_id")))};
+        rc = store_query(c, &DEAD_SAMPLE, q, 1, &r, e);
+        if (rc != ERR_OK) {
+            json_decref(groups);
+            return rc;
+        }
+        if (store_next(&r)) {
+            char pattern[JOB_ERROR_PATTERN_MAX + 1];
+            job_error_pattern(store_col_text(&r, 1), pattern, sizeof pattern);
+            json_object_set_new(g, "handler", text_json(&r, 0));
+            json_object_set_new(g, "error", json_string(pattern));
+            json_object_set_new(g, "sample_error", text_json(&r, 1));
+        }
+        store_rows_close(&r);
+    }
+    *out = json_pack("{s:o}", "groups", groups);
+    return ERR_OK;
 }
 
 /* ---- leases -------------------------------------------------------------------------------------
@@ -1193,14 +1321,14 @@ static struct store_stmt ATTEMPTS_INSERT_MANY = {
 /* One failure: read what the retry decision needs, under the token. */
 static struct store_stmt JOB_FAIL_READ = {
     .sql = "SELECT attempt, attempt_limit, backoff_base_ms, backoff_factor_milli,"
-           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms FROM jobs"
+           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms, handler FROM jobs"
            " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 static struct store_stmt JOB_FAIL_WRITE = {
     .sql =
         "UPDATE jobs SET state = $3, run_at_ms = $4, last_error = $5, lease_expires_at_ms = NULL,"
         " finished_at_ms = CASE WHEN $3 = 'dead' THEN $6 ELSE NULL END, updated_at_ms = $6,"
-        " attempt_limit = attempt_limit + $7"
+        " attempt_limit = attempt_limit + $7, error_fingerprint = $8"
         " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 
@@ -1285,6 +1413,8 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     char worker[128];
     bb_strlcpy(worker, store_col_text(&r, 6), sizeof worker);
     int64_t started = store_col_int(&r, 7);
+    char handler[JOB_NAME_MAX + 1];
+    bb_strlcpy(handler, store_col_text(&r, 8), sizeof handler);
     store_rows_close(&r);
     /* An interrupted attempt (its worker stopped) does not count. */
     bool interrupted = f->outcome == JOB_OUTCOME_INTERRUPTED;
@@ -1295,10 +1425,18 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
         run_at += job_backoff_delay_ms(&b, (int)attempt, rand01());
     char cut[JOB_ERROR_MAX + 1];
     bb_utf8_copy(cut, sizeof cut, f->error ? f->error : job_outcome_name(f->outcome));
+    char fp[JOB_FINGERPRINT_LEN + 1];
+    if (dead)
+        job_error_fingerprint(handler, cut, fp);
     const struct store_param w[] = {
-        sp_int(f->id),       sp_int(f->token), sp_text(dead ? "dead" : "pending"),
-        sp_int(run_at),      sp_text(cut),     sp_int(now_ms),
+        sp_int(f->id),
+        sp_int(f->token),
+        sp_text(dead ? "dead" : "pending"),
+        sp_int(run_at),
+        sp_text(cut),
+        sp_int(now_ms),
         sp_int(interrupted),
+        dead ? sp_text(fp) : sp_null(),
     };
     int64_t changed;
     rc = store_exec(c, &JOB_FAIL_WRITE, w, BB_ARRAY_LEN(w), &changed, e);
@@ -1819,5 +1957,11 @@ job_metrics_refresh(struct store_conn *c, int64_t now_ms, struct bb_error *e)
             jobs__metric_depth(name, state, json_integer_value(count));
     }
     json_decref(queues);
+    json_t *dead;
+    rc = job_dead_groups_json(c, NULL, JOBS__DEAD_GROUPS_SHOWN, &dead, e);
+    if (rc != ERR_OK)
+        return rc;
+    jobs__metric_dead_groups(json_object_get(dead, "groups"));
+    json_decref(dead);
     return ERR_OK;
 }

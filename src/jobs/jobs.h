@@ -67,6 +67,18 @@ bool job_name_is_valid(const char *name);
  * Backbone, which claim them over HTTP (the pull API). */
 bool job_handler_is_external(const char *handler);
 
+/* Dead letters group by their error: the pattern is the error with what
+ * varies between occurrences masked (UUIDs as <uuid>, long hex strings as
+ * <hex>, decimals and numbers of four digits or more as <n>; short numbers
+ * such as HTTP statuses and exit codes stay), whitespace collapsed, at most
+ * JOB_ERROR_PATTERN_MAX bytes. The fingerprint is 16 hex digits of the
+ * SHA-256 of the handler and the pattern. */
+enum { JOB_ERROR_PATTERN_MAX = 200, JOB_FINGERPRINT_LEN = 16 };
+void job_error_pattern(const char *error, char *out, size_t cap);
+void job_error_fingerprint(const char *handler, const char *error,
+                           char out[JOB_FINGERPRINT_LEN + 1]);
+bool job_fingerprint_is_valid(const char *text);
+
 /* ---- cron ---------------------------------------------------------------------- */
 
 /* A parsed cron expression: 5 fields (minute hour day-of-month month
@@ -181,7 +193,8 @@ BB_WUR enum err job_get_json(struct store_conn *c, int64_t id, bool with_attempt
                              json_t **out, struct bb_error *e);
 
 struct job_filter {
-    const char *queue; /* NULL: all */
+    const char *queue;       /* NULL: all */
+    const char *fingerprint; /* dead jobs of this error fingerprint (NULL: all) */
     bool has_state;
     enum job_state state;
     int64_t after_id; /* page after this id (0: from the start) */
@@ -200,12 +213,21 @@ BB_WUR enum err job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, str
  * job is enqueued again with a fresh set of attempts. ERR_CONFLICT while
  * running. */
 BB_WUR enum err job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e);
-/* Dead letters: redrive every dead job of `queue` (NULL: all queues), or
- * delete them. *n gets how many. */
-BB_WUR enum err job_redrive_dead(struct store_conn *c, const char *queue, int64_t now_ms,
-                                 int64_t *n, struct bb_error *e);
-BB_WUR enum err job_purge_dead(struct store_conn *c, const char *queue, int64_t *n,
+/* Dead letters: redrive every dead job that `m` matches, or delete them.
+ * *n gets how many. */
+struct job_dead_match {
+    const char *queue;       /* NULL: all queues */
+    const char *fingerprint; /* NULL: every error */
+};
+BB_WUR enum err job_redrive_dead(struct store_conn *c, const struct job_dead_match *m,
+                                 int64_t now_ms, int64_t *n, struct bb_error *e);
+BB_WUR enum err job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
                                struct bb_error *e);
+/* The dead letters grouped by queue and error fingerprint, largest first:
+ * {"groups":[{"queue","fingerprint","handler","error" (the pattern),
+ * "sample_error","sample_job_id","count","first_dead_at","last_dead_at"}]}. */
+BB_WUR enum err job_dead_groups_json(struct store_conn *c, const char *queue, int64_t limit,
+                                     json_t **out, struct bb_error *e);
 
 /* ---- leases ------------------------------------------------------------------------------------
  */

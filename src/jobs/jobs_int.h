@@ -74,5 +74,9 @@ void jobs__metric_stale(const char *what);
 void jobs__metric_rescued(int64_t n);
 void jobs__metric_pruned(int64_t n);
 void jobs__metric_depth(const char *queue, const char *state, int64_t n);
+/* The largest dead-letter groups (job_dead_groups_json's "groups") as a
+ * gauge; those no longer among them drop out. */
+enum { JOBS__DEAD_GROUPS_SHOWN = 20 };
+void jobs__metric_dead_groups(const json_t *groups);
 
 #endif /* BB_JOBS_INT_H */

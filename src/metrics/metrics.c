@@ -291,6 +291,8 @@ render_series(struct bb_buf *out, const struct metrics_family *f, const struct m
 {
     const struct metrics_def *def = f->def;
     if (def->type != METRICS_HISTOGRAM) {
+        if (def->omit_zero && bits_to_double(s->value_bits) == 0)
+            return;
         bb_buf_puts(out, def->name);
         put_labels(out, f, s, NULL, NULL);
         bb_buf_puts(out, " ");

@@ -31,6 +31,8 @@ struct metrics_def {
     const char *labels[METRICS_MAX_LABELS + 1]; /* NULL-terminated label names */
     const double *buckets;                      /* histograms: upper bounds, ascending */
     size_t n_buckets;
+    /* Gauges whose label values come and go: series at 0 are left out. */
+    bool omit_zero;
     _Atomic(struct metrics_family *) family; /* set on registration */
 };
 

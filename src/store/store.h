@@ -319,6 +319,8 @@ struct store_migration {
     const char *name;
     const char *sqlite;
     const char *pg;
+    /* A data step run after the SQL, in the same transaction (NULL: none). */
+    enum err (*after)(struct store_conn *c, struct bb_error *e);
 };
 
 /*

@@ -76,6 +76,8 @@ apply_step(struct store_conn *c, const char *module, const struct store_migratio
     if (rc == ERR_OK && have == m[i].version - 1) {
         const char *sql = c->ops->engine == STORE_POSTGRES ? m[i].pg : m[i].sqlite;
         rc = c->ops->exec_script(c, sql, e);
+        if (rc == ERR_OK && m[i].after)
+            rc = m[i].after(c, e);
         if (rc == ERR_OK) {
             const struct store_param p[] = {sp_text(module), sp_int(m[i].version),
                                             sp_text(m[i].name), sp_int(bb_wall_ms())};

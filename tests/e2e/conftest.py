@@ -194,7 +194,7 @@ class Server:
         wanted = name + (("{" + labels + "}") if labels else "")
         for line in self.metrics().splitlines():
             if line.startswith(wanted + " "):
-                return float(line.split(" ")[1])
+                return float(line[len(wanted) + 1:])
         return None
 
 

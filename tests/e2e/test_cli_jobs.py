@@ -100,8 +100,15 @@ def test_dead_letters(server):
     assert ok("dlq", "redrive-all", server=server) == "redriven 3\n"
     for job_id in ids:
         wait_job(server, job_id, ("dead",))
-    assert ok("dlq", "purge", server=server) == "purged 3\n"
+    groups = ok("dlq", "groups", server=server).splitlines()
+    assert re.match(r"[0-9a-f]{16}\s+3 dead\s+default\s+fail_permanently\s+last \S+Z$",
+                    groups[0]), groups
+    assert groups[1].strip() == "failed on purpose, permanently"
+    fp = groups[0].split()[0]
+    assert len(ok("dlq", "list", "--fingerprint", fp, server=server).splitlines()) == 3
+    assert ok("dlq", "purge", "--fingerprint", fp, server=server) == "purged 3\n"
     assert ok("dlq", "list", server=server) == "no jobs\n"
+    assert ok("dlq", "groups", server=server) == "no dead jobs\n"
 
 
 def test_jobs_usage_errors_exit_2():

@@ -69,6 +69,52 @@ def test_retries_back_off_then_the_job_is_dead_with_every_error(server):
     problem(server.get(f"/jobs/{job_id}"), 404, "not_found")
 
 
+def dead_by_hand(server, handler, error):
+    """An external job claimed and failed for good with `error`; its id."""
+    job_id = submit(server, {"handler": handler, "queue": "default"})["job_id"]
+    got = server.post("/queues/default/claim", {"worker": "py", "max": 1}).json()["jobs"]
+    assert [j["job_id"] for j in got] == [job_id]
+    r = server.post(f"/jobs/{job_id}/fail",
+                    {"token": got[0]["lease_token"], "error": error, "retry": False})
+    assert r.json()["state"] == "dead", r.text
+    return job_id
+
+
+def test_dead_letters_group_by_error_with_a_hint_in_the_metrics(server):
+    timeouts = [dead_by_hand(server, "external:mail", f"smtp.example.com:25 timed out after {ms} ms")
+                for ms in (30000, 30001, 29950)]
+    refused = dead_by_hand(server, "external:mail", "550 mailbox 8812345 unavailable")
+    groups = server.get("/dlq/groups").json()["groups"]
+    assert [(g["count"], g["error"]) for g in groups] == [
+        (3, "smtp.example.com:25 timed out after <n> ms"),
+        (1, "550 mailbox <n> unavailable")]
+    top = groups[0]
+    assert top["queue"] == "default" and top["handler"] == "external:mail"
+    assert top["sample_job_id"] == timeouts[-1]
+    assert top["sample_error"] == "smtp.example.com:25 timed out after 29950 ms"
+    assert top["first_dead_at"] <= top["last_dead_at"]
+    fp = top["fingerprint"]
+    listed = server.get(f"/dlq?fingerprint={fp}").json()["jobs"]
+    assert [j["job_id"] for j in listed] == timeouts
+    assert {j["error_fingerprint"] for j in listed} == {fp}
+    # The alert's hint: the largest groups as a gauge, by error.
+    hint = (f'queue="default",handler="external:mail",fingerprint="{fp}",'
+            'error="smtp.example.com:25 timed out after <n> ms"')
+    assert server.metric("backbone_dead_jobs_by_error", hint) == 3
+    # Fixed the cause: redrive that group only, and it leaves the gauge.
+    assert server.post(f"/dlq/redrive?fingerprint={fp}").json() == {"redriven": 3}
+    assert [g["count"] for g in server.get("/dlq/groups").json()["groups"]] == [1]
+    assert server.metric("backbone_dead_jobs_by_error", hint) is None
+    other = server.get("/dlq/groups?queue=default&limit=1").json()["groups"][0]["fingerprint"]
+    assert server.request("DELETE", f"/dlq?fingerprint={other}").json() == {"purged": 1}
+    problem(server.get(f"/jobs/{refused}"), 404, "not_found")
+    assert server.get("/dlq/groups").json() == {"groups": []}
+    for path in ("/dlq?fingerprint=XYZ", "/dlq/groups?limit=0"):
+        problem(server.get(path), 400, "invalid_request",
+                "fingerprint" if "fingerprint" in path else "limit")
+    problem(server.post("/dlq/redrive?fingerprint=0123"), 400, "invalid_request", "fingerprint")
+
+
 def test_permanent_failure_skips_the_retries(server):
     job_id = submit(server, {"handler": "fail_permanently", "max_attempts": 5})["job_id"]
     job = wait_job(server, job_id, ("dead",))

@@ -321,7 +321,8 @@ failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
     json_decref(j);
     /* Redrive: pending again, with a fresh set of three attempts. */
     int64_t n;
-    assert_ok(job_redrive_dead(f->c, "default", now, &n, &e), &e);
+    const struct job_dead_match all = {.queue = "default"};
+    assert_ok(job_redrive_dead(f->c, &all, now, &n, &e), &e);
     assert_int_equal(n, 1);
     struct job_lease l = claim_one(f->c, "default", now);
     assert_int_equal(l.attempt, 4);
@@ -341,7 +342,8 @@ permanent_failure_dies_at_once_and_purge_removes_it(void **state)
     job_lease_deinit(&l);
     int64_t n;
     struct bb_error e;
-    assert_ok(job_purge_dead(f->c, NULL, &n, &e), &e);
+    const struct job_dead_match all = {0};
+    assert_ok(job_purge_dead(f->c, &all, &n, &e), &e);
     assert_int_equal(n, 1);
     json_t *j;
     assert_int_equal(job_get_json(f->c, id, true, T0, &j, &e), ERR_NOT_FOUND);
@@ -1000,6 +1002,123 @@ jobs_handed_to_the_pool_at_commit_run_at_once(void **state)
     job_registry_destroy(reg);
 }
 
+/* A job claimed and failed for good with `error`; its id. */
+static int64_t
+dead_with(struct store_conn *c, const char *handler, const char *error)
+{
+    int64_t id = submit(c, NULL, handler, 0, T0, T0);
+    struct job_lease l = claim_one(c, "default", T0);
+    assert_int_equal(l.id, id);
+    struct job_finish f = {
+        .id = id, .token = l.lease_token, .outcome = JOB_OUTCOME_PERMANENT, .error = error};
+    struct bb_error e;
+    assert_ok(job_finish_batch(c, &f, 1, T0 + id, mid, &e), &e);
+    assert_int_equal(f.state, JOB_DEAD);
+    job_lease_deinit(&l);
+    return id;
+}
+
+/* "count:handler:error" of each dead-letter group, largest first. */
+static void
+groups_are(struct store_conn *c, const char *want)
+{
+    json_t *out;
+    struct bb_error e;
+    assert_ok(job_dead_groups_json(c, "default", 100, &out, &e), &e);
+    struct bb_buf b;
+    bb_buf_init(&b);
+    size_t i;
+    json_t *g;
+    json_array_foreach(json_object_get(out, "groups"), i, g)
+    {
+        bb_buf_printf(&b, "%s%lld:%s:%s", i ? " | " : "",
+                      (long long)json_integer_value(json_object_get(g, "count")),
+                      json_string_value(json_object_get(g, "handler")),
+                      json_string_value(json_object_get(g, "error")));
+    }
+    assert_string_equal(b.data ? b.data : "", want);
+    bb_buf_deinit(&b);
+    json_decref(out);
+}
+
+static void
+dead_letters_group_by_error_and_redrive_or_purge_by_group(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    int64_t a = dead_with(f->c, "noop", "timed out after 30000 ms");
+    int64_t b = dead_with(f->c, "noop", "HTTP 503");
+    int64_t c = dead_with(f->c, "noop", "timed out after 29871 ms");
+    dead_with(f->c, "other", "timed out after 30000 ms");
+    groups_are(f->c, "2:noop:timed out after <n> ms | 1:other:timed out after <n> ms"
+                     " | 1:noop:HTTP 503");
+
+    json_t *out;
+    assert_ok(job_dead_groups_json(f->c, NULL, 1, &out, &e), &e);
+    json_t *top = json_array_get(json_object_get(out, "groups"), 0);
+    assert_int_equal(json_array_size(json_object_get(out, "groups")), 1);
+    assert_int_equal(json_integer_value(json_object_get(top, "sample_job_id")), c);
+    assert_string_equal(json_string_value(json_object_get(top, "sample_error")),
+                        "timed out after 29871 ms");
+    char fp[JOB_FINGERPRINT_LEN + 1];
+    bb_strlcpy(fp, json_string_value(json_object_get(top, "fingerprint")), sizeof fp);
+    json_decref(out);
+
+    /* The group's jobs, and only them, carry its fingerprint. */
+    struct job_filter filter = {.fingerprint = fp, .limit = 10};
+    assert_ok(job_list_json(f->c, &filter, T0, &out, &e), &e);
+    json_t *jobs = json_object_get(out, "jobs");
+    assert_int_equal(json_array_size(jobs), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(jobs, 0), "job_id")), a);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(jobs, 1), "error_fingerprint")), fp);
+    json_decref(out);
+
+    int64_t n;
+    const struct job_dead_match group = {.queue = "default", .fingerprint = fp};
+    assert_ok(job_redrive_dead(f->c, &group, T0, &n, &e), &e);
+    assert_int_equal(n, 2);
+    assert_string_equal(state_of(f->c, a, T0), "pending");
+    json_t *j = get(f->c, a, T0);
+    assert_null(json_object_get(j, "error_fingerprint")); /* only dead jobs have one */
+    json_decref(j);
+    groups_are(f->c, "1:other:timed out after <n> ms | 1:noop:HTTP 503");
+
+    char http[JOB_FINGERPRINT_LEN + 1];
+    job_error_fingerprint("noop", "HTTP 503", http);
+    const struct job_dead_match purge = {.fingerprint = http};
+    assert_ok(job_purge_dead(f->c, &purge, &n, &e), &e);
+    assert_int_equal(n, 1);
+    assert_int_equal(job_get_json(f->c, b, false, T0, &j, &e), ERR_NOT_FOUND);
+    groups_are(f->c, "1:other:timed out after <n> ms");
+}
+
+/* Before version 4 dead jobs had no fingerprint: the upgrade gives them theirs. */
+static struct store_stmt UNPRINT_INDEX = {.sql = "DROP INDEX jobs_dead_groups"};
+static struct store_stmt UNPRINT_COLUMN = {.sql = "ALTER TABLE jobs DROP COLUMN error_fingerprint"};
+static struct store_stmt UNPRINT_FORGET = {
+    .sql = "DELETE FROM schema_migrations WHERE module = 'jobs' AND version >= 4"};
+
+static void
+dead_letters_from_before_fingerprints_get_theirs_at_upgrade(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    for (int i = 0; i < 600; i++) /* more than one page of the backfill */
+        dead_with(f->c, "noop", i % 2 ? "HTTP 503" : "timed out after 30000 ms");
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    assert_ok(store_exec(f->c, &UNPRINT_INDEX, NULL, 0, NULL, &e), &e);
+    assert_ok(store_exec(f->c, &UNPRINT_COLUMN, NULL, 0, NULL, &e), &e);
+    assert_ok(store_exec(f->c, &UNPRINT_FORGET, NULL, 0, NULL, &e), &e);
+    assert_ok(store_commit(f->c, &e), &e);
+    size_t n;
+    const struct store_migration *m = job_migrations(&n);
+    int applied = 0;
+    assert_ok(store_migrate(f->c, "jobs", m, n, &applied, &e), &e);
+    assert_int_equal(applied, 1);
+    groups_are(f->c, "300:noop:HTTP 503 | 300:noop:timed out after <n> ms"); /* newest first */
+}
+
 #define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1011,6 +1130,8 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
+    JOB_TEST(dead_letters_group_by_error_and_redrive_or_purge_by_group),
+    JOB_TEST(dead_letters_from_before_fingerprints_get_theirs_at_upgrade),
     JOB_TEST(cancel_revokes_a_running_lease_and_run_now_brings_it_back),
     JOB_TEST(enqueue_commits_or_rolls_back_with_the_callers_transaction),
     JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),

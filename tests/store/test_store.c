@@ -871,12 +871,44 @@ notifications_arrive_after_commit_and_never_after_rollback(void **state)
 
 /* ---- migrations ------------------------------------------------------------------------ */
 
+static struct store_stmt M2_FILL = {.sql = "INSERT INTO m2 (x) VALUES (7)"};
+static struct store_stmt M2_COUNT = {.sql = "SELECT COUNT(*) FROM m2"};
+
+/* A data step: runs once, after its step's SQL. */
+static enum err
+fill_m2(struct store_conn *c, struct bb_error *e)
+{
+    return store_exec(c, &M2_FILL, NULL, 0, NULL, e);
+}
+
+static enum err
+refuse(struct store_conn *c, struct bb_error *e)
+{
+    (void)c;
+    return bb_fail(e, ERR_STORE, "db", "the data step failed");
+}
+
 static const struct store_migration M[] = {
-    {1, "one", "CREATE TABLE m1 (x INTEGER)", "CREATE TABLE m1 (x INTEGER)"},
-    {2, "two", "CREATE TABLE m2 (x INTEGER)", "CREATE TABLE m2 (x INTEGER)"},
+    {1, "one", "CREATE TABLE m1 (x INTEGER)", "CREATE TABLE m1 (x INTEGER)", NULL},
+    {2, "two", "CREATE TABLE m2 (x INTEGER)", "CREATE TABLE m2 (x INTEGER)", fill_m2},
     {3, "broken", "CREATE TABLE m3 (x INTEGER); SELEC oops",
-     "CREATE TABLE m3 (x INTEGER); SELEC oops"},
+     "CREATE TABLE m3 (x INTEGER); SELEC oops", NULL},
 };
+static const struct store_migration M_DATA_FAILS[] = {
+    {1, "one", "CREATE TABLE d1 (x INTEGER)", "CREATE TABLE d1 (x INTEGER)", refuse},
+};
+
+static int64_t
+count_m2(struct store_conn *c)
+{
+    struct store_rows r;
+    struct bb_error e;
+    assert_ok(store_query(c, &M2_COUNT, NULL, 0, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    return n;
+}
 
 static void
 migrations_apply_once(void **state)
@@ -891,6 +923,7 @@ migrations_apply_once(void **state)
     assert_int_equal(applied, 0);
     struct store_stmt q = {.sql = "SELECT COUNT(*) FROM m1"};
     assert_ok(store_exec(c, &q, NULL, 0, NULL, &e), &e);
+    assert_int_equal(count_m2(c), 1);
     store_conn_close(c);
 }
 
@@ -908,6 +941,11 @@ failed_migration_leaves_no_trace(void **state)
     assert_int_equal(store_exec(c, &q, NULL, 0, NULL, &e), ERR_STORE);
     assert_ok(store_migrate(c, "demo", M, 2, &applied, &e), &e);
     assert_int_equal(applied, 0);
+    /* A failing data step takes its step's SQL back with it. */
+    assert_int_equal(store_migrate(c, "data", M_DATA_FAILS, 1, &applied, &e), ERR_STORE);
+    assert_non_null(strstr(e.detail, "the data step failed"));
+    struct store_stmt d = {.sql = "SELECT COUNT(*) FROM d1"};
+    assert_int_equal(store_exec(c, &d, NULL, 0, NULL, &e), ERR_STORE);
     store_conn_close(c);
 }
 

@@ -197,6 +197,58 @@ time_zones_come_from_tzdata(void **state)
     assert_false(job_tz_is_valid(""));
 }
 
+static void
+error_patterns_mask_what_varies_and_keep_what_explains(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *error, *pattern;
+    } cases[] = {
+        {"POST http://127.0.0.1:41234/hook: HTTP 503", "POST http://127.0.0.1:<n>/hook: HTTP 503"},
+        {"timed out after 30000 ms", "timed out after <n> ms"},
+        {"took 1.5s, limit 0.25s", "took <n>s, limit <n>s"},
+        {"order 01a2096f-157c-73f5-89f8-6e98844dc857 not found", "order <uuid> not found"},
+        {"token 9f86d081884c7d659a2feaa0c55ad015 refused", "token <hex> refused"},
+        {"exit status 3: sha256 mismatch in v1.2.10", "exit status 3: sha256 mismatch in v1.2.10"},
+        {"  spread\n over\t lines  ", "spread over lines"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        char out[JOB_ERROR_PATTERN_MAX + 1];
+        job_error_pattern(cases[i].error, out, sizeof out);
+        assert_string_equal(out, cases[i].pattern);
+    }
+    /* Bounded, and never cuts a character in two. */
+    char small[5];
+    job_error_pattern("caf\xc3\xa9", small, sizeof small);
+    assert_string_equal(small, "caf");
+    char longer[JOB_ERROR_PATTERN_MAX + 1];
+    char big[1000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    job_error_pattern(big, longer, sizeof longer);
+    assert_int_equal(strlen(longer), JOB_ERROR_PATTERN_MAX);
+}
+
+static void
+fingerprints_group_errors_that_differ_only_in_what_varies(void **state)
+{
+    (void)state;
+    char a[JOB_FINGERPRINT_LEN + 1], b[JOB_FINGERPRINT_LEN + 1], c[JOB_FINGERPRINT_LEN + 1],
+        d[JOB_FINGERPRINT_LEN + 1];
+    job_error_fingerprint("http", "timed out after 30000 ms", a);
+    job_error_fingerprint("http", "timed out  after 29871 ms", b);
+    job_error_fingerprint("http", "HTTP 503", c);
+    job_error_fingerprint("exec", "timed out after 30000 ms", d);
+    assert_true(job_fingerprint_is_valid(a));
+    assert_string_equal(a, b);
+    assert_string_not_equal(a, c);
+    assert_string_not_equal(a, d); /* the handler is part of it */
+    assert_false(job_fingerprint_is_valid("0123456789ABCDEF"));
+    assert_false(job_fingerprint_is_valid("0123456789abcde"));
+    assert_false(job_fingerprint_is_valid(NULL));
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(lifecycle_table_allows_only_real_transitions),
     cmocka_unit_test(default_backoff_is_1_4_16_64_seconds_with_bounded_jitter),
@@ -206,6 +258,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cron_honours_time_zones_and_daylight_saving),
     cmocka_unit_test(bad_cron_expressions_name_their_fault),
     cmocka_unit_test(time_zones_come_from_tzdata),
+    cmocka_unit_test(error_patterns_mask_what_varies_and_keep_what_explains),
+    cmocka_unit_test(fingerprints_group_errors_that_differ_only_in_what_varies),
 };
 
 TEST_MAIN(tests, false)

@@ -121,12 +121,40 @@ series_beyond_the_cap_land_in_overflow(void **state)
     metrics_shutdown();
 }
 
+static struct metrics_def COMING_AND_GOING = {
+    .name = "test_groups",
+    .help = "Groups now.",
+    .type = METRICS_GAUGE,
+    .labels = {"group"},
+    .omit_zero = true,
+};
+
+static void
+gauges_may_leave_out_their_series_at_zero(void **state)
+{
+    (void)state;
+    metrics_set(&COMING_AND_GOING, 3, "a");
+    metrics_set(&COMING_AND_GOING, 0, "b");
+    struct bb_buf out;
+    bb_buf_init(&out);
+    metrics_render(&out);
+    assert_contains(out.data, "# TYPE test_groups gauge\ntest_groups{group=\"a\"} 3\n");
+    assert_null(strstr(out.data, "group=\"b\""));
+    metrics_set(&COMING_AND_GOING, 0, "a");
+    bb_buf_reset(&out);
+    metrics_render(&out);
+    assert_null(strstr(out.data, "test_groups{"));
+    bb_buf_deinit(&out);
+    metrics_shutdown();
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(counters_render_one_line_per_label_set),
     cmocka_unit_test(unlabelled_gauge_shows_zero_from_registration),
     cmocka_unit_test(histograms_are_cumulative_with_sum_and_count),
     cmocka_unit_test(label_values_are_escaped),
     cmocka_unit_test(series_beyond_the_cap_land_in_overflow),
+    cmocka_unit_test(gauges_may_leave_out_their_series_at_zero),
 };
 
 TEST_MAIN(tests, false)
