@@ -7,6 +7,7 @@
 
 #include "http/http.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ struct jobs_args {
     int64_t after;
     int64_t concurrency;
     char *paused;
+    char *rate;
 };
 
 #define OFF(f) offsetof(struct jobs_args, f)
@@ -69,6 +71,8 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"concurrency", BB_OPT_INT, OFF(concurrency), -1, 100000, "-1",
      "queues put: most running jobs (0: no limit)", NO_ENV},
     {"paused", BB_OPT_STRING, OFF(paused), 0, 0, NULL, "queues put: true or false", NO_ENV},
+    {"rate", BB_OPT_STRING, OFF(rate), 0, 0, NULL,
+     "queues put: most starts per interval across all workers (100/1s, 5/1m; off)", NO_ENV},
 };
 
 static const char JOBS_USAGE[] =
@@ -80,6 +84,7 @@ static const char JOBS_USAGE[] =
     "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
     "       backbone queues list | show Q | pause Q | resume Q\n"
     "       backbone queues put Q [--concurrency N] [--max-attempts N] [--paused true|false]\n"
+    "                             [--rate N/INTERVAL | --rate off]\n"
     "       backbone schedules list | show N | pause N | resume N | delete N\n"
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
     "       backbone dlq groups [--queue Q] [--limit N]\n"
@@ -205,13 +210,19 @@ human_queues(const json_t *o)
         const json_t *d = json_object_get(q, "depth");
         printf("%-20s %s ready %" JSON_INTEGER_FORMAT " scheduled %" JSON_INTEGER_FORMAT
                " running %" JSON_INTEGER_FORMAT " dead %" JSON_INTEGER_FORMAT
-               " concurrency %" JSON_INTEGER_FORMAT "\n",
+               " concurrency %" JSON_INTEGER_FORMAT,
                str(q, "name"), json_is_true(json_object_get(q, "paused")) ? "paused " : "active ",
                json_integer_value(json_object_get(d, "ready")),
                json_integer_value(json_object_get(d, "scheduled")),
                json_integer_value(json_object_get(d, "running")),
                json_integer_value(json_object_get(d, "dead")),
                json_integer_value(json_object_get(q, "concurrency")));
+        const json_t *rate = json_object_get(q, "rate_limit");
+        if (json_is_object(rate))
+            printf(" rate %" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT "ms",
+                   json_integer_value(json_object_get(rate, "max")),
+                   json_integer_value(json_object_get(rate, "per_ms")));
+        printf("\n");
     }
 }
 
@@ -399,6 +410,26 @@ jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     return code;
 }
 
+/* --rate N/INTERVAL ("100/1s") as {"max": N, "per_ms": ms}; "off" as null. */
+static int
+rate_json(const char *text, json_t **out)
+{
+    if (strcmp(text, "off") == 0) {
+        *out = json_null();
+        return CLI_OK;
+    }
+    const char *slash = strchr(text, '/');
+    char *end;
+    errno = 0;
+    long long max = strtoll(text, &end, 10);
+    int64_t per_ms;
+    if (slash == NULL || end != slash || errno != 0 || max < 1 ||
+        bb_duration_parse(slash + 1, &per_ms) != ERR_OK || per_ms < 1)
+        return usage_error("--rate must be N/INTERVAL (100/1s, 5/1m) or off");
+    *out = json_pack("{s:I, s:I}", "max", (json_int_t)max, "per_ms", (json_int_t)per_ms);
+    return CLI_OK;
+}
+
 static int
 queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
 {
@@ -423,6 +454,15 @@ queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
             json_object_set_new(body, "max_attempts", json_integer(a->max_attempts));
         if (a->paused)
             json_object_set_new(body, "paused", json_boolean(strcmp(a->paused, "true") == 0));
+        if (a->rate) {
+            json_t *rate;
+            if ((code = rate_json(a->rate, &rate)) != CLI_OK) {
+                json_decref(body);
+                bb_buf_deinit(&path);
+                return code;
+            }
+            json_object_set_new(body, "rate_limit", rate);
+        }
         path_for(&path, "/queues/", arg, "");
         code = call(a, "PUT", path.data, body, human_queue);
     } else {

@@ -58,6 +58,7 @@ static const char *const RESERVED_ENV[] = {
     "BACKBONE_JOB_MAX_ATTEMPTS",
     "BACKBONE_JOB_QUEUE",
     "BACKBONE_JOB_TIMEOUT_MS",
+    "TRACEPARENT",
     NULL,
 };
 
@@ -262,6 +263,8 @@ exec_args_init(struct exec_args *a, const json_t *target, const struct job_run *
     int64_t left = run->deadline_mono_ms - bb_mono_ms();
     snprintf(num, sizeof num, "%" PRId64, left > 0 ? left : 0);
     exec_env_add(a, "BACKBONE_JOB_TIMEOUT_MS", num);
+    if (run->job->traceparent)
+        exec_env_add(a, "TRACEPARENT", run->job->traceparent);
     const char *key;
     const json_t *v;
     json_object_foreach((json_t *)json_object_get(target, "env"), key, v)

@@ -228,6 +228,8 @@ handle_http(struct job_run *run)
     snprintf(attempt, sizeof attempt, "%" PRId64, run->job->attempt);
     http_client_add_header(client, "X-Backbone-Job-Id", id);
     http_client_add_header(client, "X-Backbone-Attempt", attempt);
+    if (run->job->traceparent)
+        http_client_add_header(client, "traceparent", run->job->traceparent);
     if (reg->http_secret) {
         char mac[65], value[80];
         bb_hmac_sha256_hex(reg->http_secret, run->job->payload, strlen(run->job->payload), mac);

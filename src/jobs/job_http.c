@@ -52,6 +52,7 @@ struct jop {
     int64_t lease_ms;
     int64_t deadline_mono_ms;
     uint64_t seen_seq;
+    int64_t throttled_ms; /* claims: how long the rate limit holds the next start back */
     struct job_spec spec;
     struct jobs__recurring recurring;
     struct job_spec *specs; /* batch */
@@ -543,6 +544,7 @@ handle_submit(struct http_req *r, void *ctx)
         fail_now(r, e);
         return;
     }
+    op->spec.traceparent = http_req_traceparent(r);
     char id[37];
     bb_uuid7(id);
     op->name = bb_arena_strdup(http_req_arena(r), id);
@@ -619,6 +621,7 @@ handle_batch(struct http_req *r, void *ctx)
             fail_now(r, e);
             return;
         }
+        op->specs[i].traceparent = http_req_traceparent(r);
     }
     http_req_run(r, svc->store, STORE_WRITE, batch_work, jop_reply, op);
 }
@@ -915,6 +918,8 @@ lease_json(const struct job_lease *l)
                           time_value(l->lease_expires_at_ms));
     json_t *payload = json_loads(l->payload, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     json_object_set_new(o, "payload", payload ? payload : json_null());
+    json_object_set_new(o, "traceparent",
+                        l->traceparent ? json_string(l->traceparent) : json_null());
     return o;
 }
 
@@ -924,9 +929,10 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct jop *op = arg;
     struct job_lease *leases;
     size_t n;
-    int64_t now = bb_wall_ms();
+    int64_t now = bb_wall_ms(), until;
     enum err rc =
-        job_claim(c, op->name, op->worker, true, op->n, op->lease_ms, now, &leases, &n, e);
+        job_claim(c, op->name, op->worker, true, op->n, op->lease_ms, now, &leases, &n, &until, e);
+    op->throttled_ms = until > 0 ? until - now : 0;
     if (rc == ERR_NOT_FOUND)
         rc = bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", op->name);
     if (rc != ERR_OK)
@@ -977,7 +983,11 @@ claim_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e
     struct jop *op = arg;
     if (rc == ERR_OK && json_array_size(json_object_get(op->out, "jobs")) == 0 &&
         bb_mono_ms() < op->deadline_mono_ms) {
-        int64_t retry_at = bb_mono_ms() + CLAIM_RECHECK_MS;
+        /* Look again in a while, or when the rate limit lets the next go. */
+        int64_t wait = op->throttled_ms > 0 && op->throttled_ms < CLAIM_RECHECK_MS
+                           ? op->throttled_ms
+                           : CLAIM_RECHECK_MS;
+        int64_t retry_at = bb_mono_ms() + wait;
         if (http_waitlist_park(op->svc->claims, op->name, retry_at, op->deadline_mono_ms,
                                op->seen_seq, claim_retry, claim_give_up, op))
             return;
@@ -1156,6 +1166,34 @@ handle_queue_get(struct http_req *r, void *ctx)
 }
 
 /* PUT: create, or update the settings given (others keep their value). */
+/* "rate_limit": {"max": N, "per_ms": W} sets it, null removes it. */
+static enum err
+rate_limit_member(const json_t *body, struct job_queue *q, struct bb_error *e)
+{
+    static const char *const allowed[] = {"max", "per_ms", NULL};
+    const json_t *rl = json_object_get(body, "rate_limit");
+    if (rl == NULL)
+        return ERR_OK;
+    if (json_is_null(rl)) {
+        q->rate_max = q->rate_per_ms = 0;
+        return ERR_OK;
+    }
+    if (!json_is_object(rl))
+        return bb_fail(e, ERR_INVALID, "rate_limit",
+                       "rate_limit must be {\"max\": N, \"per_ms\": W} or null");
+    enum err rc = bb_json_only(rl, allowed, e);
+    if (rc == ERR_OK)
+        rc = bb_json_int(rl, "max", true, 1, JOB_RATE_MAX, &q->rate_max, e);
+    if (rc == ERR_OK)
+        rc = bb_json_int(rl, "per_ms", true, 1, JOB_RATE_WINDOW_MAX, &q->rate_per_ms, e);
+    if (rc != ERR_OK) { /* name the member inside rate_limit */
+        char field[sizeof e->field + 16];
+        snprintf(field, sizeof field, "rate_limit.%s", e->field);
+        bb_strlcpy(e->field, field, sizeof e->field);
+    }
+    return rc;
+}
+
 static enum err
 queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -1187,6 +1225,8 @@ queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
             return rc;
         q.backoff = tmp.backoff;
     }
+    if ((rc = rate_limit_member(body, &q, e)) != ERR_OK)
+        return rc;
     if ((rc = job_queue_put(c, &q, bb_wall_ms(), e)) != ERR_OK)
         return rc;
     json_t *list;
@@ -1200,8 +1240,8 @@ queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
 static void
 handle_queue_put(struct http_req *r, void *ctx)
 {
-    static const char *const allowed[] = {"paused",  "concurrency", "max_attempts",
-                                          "backoff", "lease_ms",    NULL};
+    static const char *const allowed[] = {
+        "paused", "concurrency", "max_attempts", "backoff", "lease_ms", "rate_limit", NULL};
     struct bb_error *e = http_req_error(r);
     struct jop *op = jop_new(r, ctx);
     json_t *body;

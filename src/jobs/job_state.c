@@ -94,6 +94,26 @@ job_backoff_delay_ms(const struct job_backoff *b, int retry, double rand01)
     return delay < 0 ? 0 : (int64_t)delay;
 }
 
+int64_t
+job_rate_level_milli(int64_t max, int64_t per_ms, int64_t milli, int64_t at_ms, int64_t now_ms)
+{
+    int64_t full = max * 1000;
+    int64_t elapsed = now_ms - at_ms;
+    if (elapsed < 0)
+        elapsed = 0; /* a clock that stepped back refills nothing */
+    if (elapsed > per_ms)
+        elapsed = per_ms; /* a whole window refills the bucket */
+    int64_t level = milli + elapsed * full / per_ms;
+    return level > full ? full : level;
+}
+
+int64_t
+job_rate_wait_ms(int64_t max, int64_t per_ms, int64_t milli)
+{
+    int64_t missing = milli >= 1000 ? 0 : 1000 - milli;
+    return (missing * per_ms + max * 1000 - 1) / (max * 1000); /* rounded up */
+}
+
 bool
 job_name_is_valid(const char *name)
 {

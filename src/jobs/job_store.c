@@ -32,8 +32,6 @@
     " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, lease_ms, created_at_ms," \
     " updated_at_ms) VALUES ('default', 0, 0, 5, 1000, 4000, 3600000, 10, 60000, 0, 0);"
 
-static enum err fingerprint_dead_jobs(struct store_conn *c, struct bb_error *e);
-
 static const struct store_migration MIGRATIONS[] = {
     {
         .version = 1,
@@ -159,7 +157,26 @@ static const struct store_migration MIGRATIONS[] = {
         .pg = "ALTER TABLE jobs ADD COLUMN error_fingerprint TEXT;"
               "CREATE INDEX jobs_dead_groups ON jobs (queue, error_fingerprint)"
               " WHERE state = 'dead';",
-        .after = fingerprint_dead_jobs,
+        .after = jobs__fingerprint_dead_jobs,
+    },
+    {
+        .version = 5,
+        .name = "jobs carry their submitter's traceparent",
+        .sqlite = "ALTER TABLE jobs ADD COLUMN traceparent TEXT;",
+        .pg = "ALTER TABLE jobs ADD COLUMN traceparent TEXT;",
+    },
+    {
+        /* The bucket: its level in thousandths of a start, as of rate_at_ms. */
+        .version = 6,
+        .name = "queues' rate limits",
+        .sqlite = "ALTER TABLE job_queues ADD COLUMN rate_max INTEGER NOT NULL DEFAULT 0;"
+                  "ALTER TABLE job_queues ADD COLUMN rate_per_ms INTEGER NOT NULL DEFAULT 0;"
+                  "ALTER TABLE job_queues ADD COLUMN rate_milli INTEGER NOT NULL DEFAULT 0;"
+                  "ALTER TABLE job_queues ADD COLUMN rate_at_ms INTEGER NOT NULL DEFAULT 0;",
+        .pg = "ALTER TABLE job_queues ADD COLUMN rate_max BIGINT NOT NULL DEFAULT 0,"
+              " ADD COLUMN rate_per_ms BIGINT NOT NULL DEFAULT 0,"
+              " ADD COLUMN rate_milli BIGINT NOT NULL DEFAULT 0,"
+              " ADD COLUMN rate_at_ms BIGINT NOT NULL DEFAULT 0;",
     },
 };
 
@@ -171,10 +188,9 @@ static struct store_stmt SET_FINGERPRINT = {
     .sql = "UPDATE jobs SET error_fingerprint = $2 WHERE id = $1",
 };
 
-/* Jobs that died before fingerprints were kept get theirs, 500 at a time
- * (each page read whole before it is written). */
-static enum err
-fingerprint_dead_jobs(struct store_conn *c, struct bb_error *e)
+/* Each page read whole before it is written. */
+enum err
+jobs__fingerprint_dead_jobs(struct store_conn *c, struct bb_error *e)
 {
     enum { PAGE = 500 };
     struct {
@@ -262,18 +278,34 @@ text_json(const struct store_rows *r, int col)
 
 #define QUEUE_COLUMNS                                                                 \
     "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct, lease_ms"
+    " backoff_cap_ms, backoff_jitter_pct, lease_ms, rate_max, rate_per_ms"
 
+/* A new or changed rate limit starts with a full bucket. */
 static struct store_stmt QUEUE_PUT = {
-    .sql = "INSERT INTO job_queues (" QUEUE_COLUMNS ", created_at_ms, updated_at_ms)"
-           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+    .sql = "INSERT INTO job_queues (" QUEUE_COLUMNS ", rate_milli, rate_at_ms, created_at_ms,"
+           " updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10 * 1000,"
+           " $12, $12, $12)"
            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
            " concurrency = excluded.concurrency, max_attempts = excluded.max_attempts,"
            " backoff_base_ms = excluded.backoff_base_ms,"
            " backoff_factor_milli = excluded.backoff_factor_milli,"
            " backoff_cap_ms = excluded.backoff_cap_ms,"
            " backoff_jitter_pct = excluded.backoff_jitter_pct, lease_ms = excluded.lease_ms,"
+           " rate_milli = CASE WHEN job_queues.rate_max = excluded.rate_max"
+           " AND job_queues.rate_per_ms = excluded.rate_per_ms THEN job_queues.rate_milli"
+           " ELSE excluded.rate_milli END,"
+           " rate_at_ms = CASE WHEN job_queues.rate_max = excluded.rate_max"
+           " AND job_queues.rate_per_ms = excluded.rate_per_ms THEN job_queues.rate_at_ms"
+           " ELSE excluded.rate_at_ms END,"
+           " rate_max = excluded.rate_max, rate_per_ms = excluded.rate_per_ms,"
            " updated_at_ms = excluded.updated_at_ms",
+};
+/* The rate limit's bucket (its row locked by QUEUE_GET_LOCKED first). */
+static struct store_stmt QUEUE_RATE_GET = {
+    .sql = "SELECT rate_milli, rate_at_ms FROM job_queues WHERE name = $1",
+};
+static struct store_stmt QUEUE_RATE_SET = {
+    .sql = "UPDATE job_queues SET rate_milli = $2, rate_at_ms = $3 WHERE name = $1",
 };
 static struct store_stmt QUEUE_GET = {
     .sql = "SELECT " QUEUE_COLUMNS " FROM job_queues WHERE name = $1",
@@ -331,6 +363,8 @@ queue_from_row(const struct store_rows *r, struct job_queue *q)
     q->backoff.cap_ms = store_col_int(r, 6);
     q->backoff.jitter_pct = store_col_int(r, 7);
     q->lease_ms = store_col_int(r, 8);
+    q->rate_max = store_col_int(r, 9);
+    q->rate_per_ms = store_col_int(r, 10);
 }
 
 enum err
@@ -341,8 +375,10 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
         sp_int(q->concurrency),     sp_int(q->max_attempts),
         sp_int(q->backoff.base_ms), sp_int(q->backoff.factor_milli),
         sp_int(q->backoff.cap_ms),  sp_int(q->backoff.jitter_pct),
-        sp_int(q->lease_ms),        sp_int(now_ms),
+        sp_int(q->lease_ms),        sp_int(q->rate_max),
+        sp_int(q->rate_per_ms),     sp_int(now_ms),
     };
+    BB_ASSERT((q->rate_max > 0) == (q->rate_per_ms > 0));
     return store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
 }
 
@@ -400,6 +436,10 @@ queue_json(const struct job_queue *q)
     json_object_set_new(o, "max_attempts", json_integer(q->max_attempts));
     json_object_set_new(o, "backoff", backoff_json(&q->backoff));
     json_object_set_new(o, "lease_ms", json_integer(q->lease_ms));
+    json_object_set_new(o, "rate_limit",
+                        q->rate_max > 0 ? json_pack("{s:I, s:I}", "max", (json_int_t)q->rate_max,
+                                                    "per_ms", (json_int_t)q->rate_per_ms)
+                                        : json_null());
     json_t *depth = json_object();
     static const char *const keys[] = {"ready", "scheduled", "running", "dead"};
     for (size_t i = 0; i < BB_ARRAY_LEN(keys); i++)
@@ -465,10 +505,10 @@ job_queue_list_json(struct store_conn *c, const char *only, int64_t now_ms, json
     "(queue, handler, external, state, priority, run_at_ms, payload, target, tags, unique_key," \
     " attempt, max_attempts, attempt_limit, backoff_base_ms, backoff_factor_milli,"             \
     " backoff_cap_ms, backoff_jitter_pct, max_duration_ms, lease_token, schedule,"              \
-    " scheduled_for_ms, created_at_ms, updated_at_ms)"
+    " scheduled_for_ms, created_at_ms, updated_at_ms, traceparent)"
 #define JOB_INSERT_VALUES                                                                      \
     " VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13, $14," \
-    " $15, 0, $16, $17, $18, $18)"
+    " $15, 0, $16, $17, $18, $18, $19)"
 
 static struct store_stmt JOB_INSERT = {
     .sql = "INSERT INTO jobs " JOB_INSERT_COLUMNS JOB_INSERT_VALUES " RETURNING id",
@@ -488,7 +528,7 @@ static struct store_stmt JOB_BY_UNIQUE = {
            " AND state IN ('pending', 'running')",
 };
 
-enum { INSERT_PARAMS = 18, INSERT_CHUNK = 64, INSERT_CHUNKS = 6 /* 64, 32, ..., 2 rows */ };
+enum { INSERT_PARAMS = 19, INSERT_CHUNK = 64, INSERT_CHUNKS = 6 /* 64, 32, ..., 2 rows */ };
 
 /*
  * Batches insert up to INSERT_CHUNK jobs per statement (one multi-row
@@ -518,10 +558,10 @@ insert_chunk_build(void)
             int k = r * INSERT_PARAMS;
             bb_buf_printf(&b,
                           "%s($%d, $%d, $%d, 'pending', $%d, $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d,"
-                          " $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d)",
+                          " $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d, $%d)",
                           r ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
                           k + 9, k + 10, k + 10, k + 11, k + 12, k + 13, k + 14, k + 15, k + 16,
-                          k + 17, k + 18, k + 18);
+                          k + 17, k + 18, k + 18, k + 19);
         }
         bb_buf_puts(&b, " RETURNING id");
         BB_ASSERT(b.len < sizeof insert_chunk_sql[i]);
@@ -598,6 +638,7 @@ insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t no
         sp_text(spec->schedule),
         spec->schedule ? sp_int(spec->scheduled_for_ms) : sp_null(),
         sp_int(now_ms),
+        sp_text(spec->traceparent),
     };
     memcpy(p, values, sizeof values);
 }
@@ -650,10 +691,10 @@ static struct store_stmt JOB_INSERT_HERE = {
     .sql = "INSERT INTO jobs (queue, handler, external, state, priority, run_at_ms, payload,"
            " target, tags, unique_key, attempt, max_attempts, attempt_limit, backoff_base_ms,"
            " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, max_duration_ms,"
-           " lease_token, schedule, scheduled_for_ms, created_at_ms, updated_at_ms, leased_by,"
-           " lease_expires_at_ms, started_at_ms)"
+           " lease_token, schedule, scheduled_for_ms, created_at_ms, updated_at_ms, traceparent,"
+           " leased_by, lease_expires_at_ms, started_at_ms)"
            " VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13,"
-           " $14, $15, 1, $16, $17, $18, $18, $19, $18 + $15 + 1000, $18) RETURNING id",
+           " $14, $15, 1, $16, $17, $18, $18, $19, $20, $18 + $15 + 1000, $18) RETURNING id",
 };
 enum { HERE_PARAMS = INSERT_PARAMS + 1 };
 
@@ -695,7 +736,8 @@ handover_lease(int64_t id, const struct job_spec *spec, const struct store_param
                               .lease_expires_at_ms = now_ms + max_duration + 1000,
                               .max_duration_ms = max_duration,
                               .created_at_ms = now_ms,
-                              .run_at_ms = p[4].i};
+                              .run_at_ms = p[4].i,
+                              .traceparent = spec->traceparent ? xstrdup(spec->traceparent) : NULL};
 }
 
 static enum err
@@ -736,8 +778,8 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
         }
         made[q - queues]++;
         const char *worker;
-        if (pool && !q->paused && q->concurrency == 0 && sp->run_at_ms <= now_ms &&
-            !job_handler_is_external(sp->handler) &&
+        if (pool && !q->paused && q->concurrency == 0 && q->rate_max == 0 &&
+            sp->run_at_ms <= now_ms && !job_handler_is_external(sp->handler) &&
             jobs__pool_reserve(pool, q->name, 1, &worker) == 1) {
             struct store_param *hp = here + n_here * HERE_PARAMS;
             insert_params(sp, q, now_ms, hp);
@@ -811,7 +853,7 @@ job_submit_many_here(struct store_conn *c, struct job_pool *pool, const struct j
     " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"         \
     " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"              \
     " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint"
+    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint, traceparent"
 
 static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
 /* A completed job's last attempt is its own row (completions write no
@@ -878,6 +920,7 @@ job_row_json(const struct store_rows *r, int64_t now_ms)
     if (strcmp(state, "dead") == 0)
         json_object_set_new(o, "error_fingerprint", text_json(r, 28));
     json_object_set_new(o, "schedule", text_json(r, 20));
+    json_object_set_new(o, "traceparent", text_json(r, 29));
     json_object_set_new(o, "created_at", time_json(r, 22));
     json_object_set_new(o, "updated_at", time_json(r, 23));
     struct job_backoff b = {store_col_int(r, 24), store_col_int(r, 25), store_col_int(r, 26),
@@ -1163,7 +1206,7 @@ job_dead_groups_json(struct store_conn *c, const char *queue, int64_t limit, jso
 
 #define LEASE_COLUMNS                                                           \
     "id, queue, handler, payload, target, attempt, attempt_limit, lease_token," \
-    " lease_expires_at_ms, max_duration_ms, created_at_ms, run_at_ms"
+    " lease_expires_at_ms, max_duration_ms, created_at_ms, run_at_ms, traceparent"
 
 /* $1 queue, $2 external, $3 now, $4 max, $5 worker, $6 lease_ms */
 static struct store_stmt JOB_CLAIM = {
@@ -1197,6 +1240,7 @@ job_lease_deinit(struct job_lease *l)
     free(l->handler);
     free(l->payload);
     free(l->target);
+    free(l->traceparent);
     memset(l, 0, sizeof *l);
 }
 
@@ -1227,30 +1271,59 @@ leases_from(struct store_rows *r, struct job_lease **leases, size_t *n)
             l->max_duration_ms = store_col_int(r, 9);
             l->created_at_ms = store_col_int(r, 10);
             l->run_at_ms = store_col_int(r, 11);
+            l->traceparent = store_col_is_null(r, 12) ? NULL : xstrdup(store_col_text(r, 12));
         }
         qsort(*leases, *n, sizeof **leases, lease_order);
     }
     store_rows_close(r);
 }
 
+/* The level of queue `q`'s rate bucket now, in thousandths of a start. */
+static enum err
+rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int64_t *milli,
+           struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(q->name)};
+    enum err rc = store_query(c, &QUEUE_RATE_GET, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", q->name);
+    }
+    *milli = job_rate_level_milli(q->rate_max, q->rate_per_ms, store_col_int(&r, 0),
+                                  store_col_int(&r, 1), now_ms);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
 enum err
 job_claim(struct store_conn *c, const char *queue, const char *worker, bool external, int64_t max,
           int64_t lease_ms, int64_t now_ms, struct job_lease **leases, size_t *n,
-          struct bb_error *e)
+          int64_t *throttled_until_ms, struct bb_error *e)
 {
     *leases = NULL;
     *n = 0;
+    int64_t milli = 0;
+    bool paced = false; /* the rate limit, not the backlog, bounds this claim */
+    if (throttled_until_ms)
+        *throttled_until_ms = 0;
     struct job_queue q;
     enum err rc = queue_read(c, &QUEUE_GET, queue, &q, e);
     if (rc != ERR_OK || q.paused || max <= 0)
         return rc;
-    if (q.concurrency > 0) {
-        /* Serialise this queue's claimers to count running jobs exactly. */
+    if (q.concurrency > 0 || q.rate_max > 0) {
+        /* Serialise this queue's claimers, to count running jobs exactly
+         * and take from the bucket one at a time. */
         rc = queue_read(c, &QUEUE_GET_LOCKED, queue, &q, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
+    if (q.concurrency > 0) {
         int64_t running = 0;
         const struct store_param p[] = {sp_text(queue)};
-        if (rc == ERR_OK)
-            rc = query_int(c, &QUEUE_RUNNING, p, 1, &running, NULL, e);
+        rc = query_int(c, &QUEUE_RUNNING, p, 1, &running, NULL, e);
         if (rc != ERR_OK)
             return rc;
         if (running >= q.concurrency)
@@ -1258,14 +1331,41 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
         if (max > q.concurrency - running)
             max = q.concurrency - running;
     }
-    const struct store_param p[] = {sp_text(queue), sp_int(external), sp_int(now_ms),
-                                    sp_int(max),    sp_text(worker),  sp_int(lease_ms)};
-    struct store_rows r;
-    rc = store_query(c, &JOB_CLAIM, p, BB_ARRAY_LEN(p), &r, e);
-    if (rc != ERR_OK)
-        return rc;
-    leases_from(&r, leases, n);
-    return ERR_OK;
+    if (q.rate_max > 0) {
+        rc = rate_level(c, &q, now_ms, &milli, e);
+        if (rc != ERR_OK)
+            return rc;
+        paced = milli / 1000 < max;
+        max = paced ? milli / 1000 : max;
+    }
+    if (max > 0) {
+        const struct store_param p[] = {sp_text(queue), sp_int(external), sp_int(now_ms),
+                                        sp_int(max),    sp_text(worker),  sp_int(lease_ms)};
+        struct store_rows r;
+        rc = store_query(c, &JOB_CLAIM, p, BB_ARRAY_LEN(p), &r, e);
+        if (rc != ERR_OK)
+            return rc;
+        leases_from(&r, leases, n);
+    }
+    /* Held back by the rate (every start it allowed taken): when it lets
+     * the next one go. */
+    if (paced && (int64_t)*n == max && throttled_until_ms)
+        *throttled_until_ms =
+            now_ms + job_rate_wait_ms(q.rate_max, q.rate_per_ms, milli - (int64_t)*n * 1000);
+    if (q.rate_max > 0 && *n > 0) {
+        /* Nothing claimed takes nothing: the level follows from the time. */
+        const struct store_param w[] = {sp_text(queue), sp_int(milli - (int64_t)*n * 1000),
+                                        sp_int(now_ms)};
+        rc = store_exec(c, &QUEUE_RATE_SET, w, BB_ARRAY_LEN(w), NULL, e);
+    }
+    if (rc != ERR_OK) {
+        for (size_t i = 0; i < *n; i++)
+            job_lease_deinit(&(*leases)[i]);
+        free(*leases);
+        *leases = NULL;
+        *n = 0;
+    }
+    return rc;
 }
 
 enum err
@@ -1855,7 +1955,8 @@ job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct b
  * -------------------------------------------------------------------------------- */
 
 static struct store_stmt LIMITED_QUEUES = {
-    .sql = "SELECT name FROM job_queues WHERE paused = 0 AND concurrency > 0 ORDER BY name",
+    .sql = "SELECT name FROM job_queues WHERE paused = 0 AND (concurrency > 0 OR rate_max > 0)"
+           " ORDER BY name",
 };
 #define CLAIM_SET                                                                              \
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1," \
@@ -1869,22 +1970,24 @@ static struct store_stmt LIMITED_QUEUES = {
  * scanned. $1 now, $2 max, $3 worker.
  */
 static struct store_stmt CLAIM_UNLIMITED = {
-    .sql_pg = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q CROSS JOIN LATERAL"
-                        " (SELECT id, priority, run_at_ms FROM jobs WHERE queue = q.name"
-                        " AND state = 'pending' AND external = 0 AND run_at_ms <= $1"
-                        " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
-                        " WHERE q.paused = 0 AND q.concurrency = 0 AND (json_array_length($4::json)"
-                        " = 0 OR q.name IN (SELECT json_array_elements_text($4::json)))"
-                        " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
-                        " RETURNING " LEASE_COLUMNS,
-    .sql_sqlite = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q JOIN jobs j ON j.id IN"
-                            " (SELECT id FROM jobs WHERE queue = q.name AND state = 'pending'"
-                            " AND external = 0 AND run_at_ms <= $1"
-                            " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
-                            " WHERE q.paused = 0 AND q.concurrency = 0 AND (json_array_length($4)"
-                            " = 0 OR q.name IN (SELECT value FROM json_each($4)))"
-                            " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
-                            " RETURNING " LEASE_COLUMNS,
+    .sql_pg = CLAIM_SET
+    " WHERE id IN (SELECT j.id FROM job_queues q CROSS JOIN LATERAL"
+    " (SELECT id, priority, run_at_ms FROM jobs WHERE queue = q.name"
+    " AND state = 'pending' AND external = 0 AND run_at_ms <= $1"
+    " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
+    " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0 AND (json_array_length($4::json)"
+    " = 0 OR q.name IN (SELECT json_array_elements_text($4::json)))"
+    " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
+    " RETURNING " LEASE_COLUMNS,
+    .sql_sqlite = CLAIM_SET
+    " WHERE id IN (SELECT j.id FROM job_queues q JOIN jobs j ON j.id IN"
+    " (SELECT id FROM jobs WHERE queue = q.name AND state = 'pending'"
+    " AND external = 0 AND run_at_ms <= $1"
+    " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
+    " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0 AND (json_array_length($4)"
+    " = 0 OR q.name IN (SELECT value FROM json_each($4)))"
+    " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
+    " RETURNING " LEASE_COLUMNS,
 };
 static struct store_stmt NEXT_DUE = {
     .sql = "SELECT MIN(run_at_ms) FROM jobs WHERE state = 'pending' AND run_at_ms > $1",

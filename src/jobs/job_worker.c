@@ -234,7 +234,7 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     u->leases = NULL;
     u->n = 0;
     u->next_due_ms = 0;
-    int64_t now = bb_wall_ms();
+    int64_t now = bb_wall_ms(), throttled = 0;
     struct job_lease *got;
     size_t n_got;
     enum err rc =
@@ -248,15 +248,21 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
         for (size_t k = 0; rc == ERR_OK && k < n_limited && (int64_t)u->n < u->want; k++) {
             if (!serves(p, limited[k]))
                 continue;
+            int64_t until;
             rc = job_claim(c, limited[k], p->worker, false, u->want - (int64_t)u->n, 0, now, &got,
-                           &n_got, e);
+                           &n_got, &until, e);
             if (rc == ERR_OK)
                 unit_append(u, got, n_got);
+            if (until > 0 && (throttled == 0 || until < throttled))
+                throttled = until;
         }
         jobs__free_names(limited, n_limited);
     }
     if (rc == ERR_OK && (int64_t)u->n < u->want)
         rc = jobs__next_due(c, now, &u->next_due_ms, e);
+    /* A rate limit held jobs back: look again when it lets the next go. */
+    if (throttled > 0 && (u->next_due_ms == 0 || throttled < u->next_due_ms))
+        u->next_due_ms = throttled;
     return rc;
 }
 
@@ -474,8 +480,9 @@ run_one(struct job_pool *p, struct job_lease *lease)
         bb_buf_printf(&run.error, "no handler named %s in worker %s", lease->handler, p->worker);
         v = JOB_RETRY; /* another worker may have it */
     } else {
-        bb_log_context_set(NULL, NULL);
+        bb_log_context_set(NULL, lease->traceparent); /* its logs and events carry it on */
         v = fn(&run);
+        bb_log_context_clear();
     }
     double duration = (double)(bb_mono_ns() - t0) / 1e9;
     enum job_outcome outcome = outcome_of(v, &run, p->cancel);

@@ -37,6 +37,8 @@ enum {
     JOB_LEASE_MIN_MS = 100,
     JOB_LEASE_MAX_MS = 86400000,
     JOB_TAGS_MAX = 20,
+    JOB_RATE_MAX = 1000000,         /* starts per window */
+    JOB_RATE_WINDOW_MAX = 86400000, /* ms */
 };
 
 enum job_state { JOB_PENDING, JOB_RUNNING, JOB_COMPLETED, JOB_CANCELLED, JOB_DEAD };
@@ -121,6 +123,10 @@ struct job_queue {
     int64_t max_attempts;
     struct job_backoff backoff;
     int64_t lease_ms; /* default lease for embedded workers */
+    /* A rate limit on starts across all workers: a token bucket holding up
+     * to rate_max starts, refilled at rate_max per rate_per_ms (0: none). */
+    int64_t rate_max;
+    int64_t rate_per_ms;
 };
 
 void job_queue_defaults(struct job_queue *q, const char *name);
@@ -154,6 +160,7 @@ struct job_spec {
     const char *tags;         /* JSON array text; NULL: [] */
     const char *schedule;     /* the schedule that fired it, or NULL */
     int64_t scheduled_for_ms; /* that fire's time */
+    const char *traceparent;  /* W3C trace context its runs carry on, or NULL */
 };
 
 /*
@@ -246,6 +253,7 @@ struct job_lease {
     int64_t max_duration_ms;
     int64_t created_at_ms;
     int64_t run_at_ms;
+    char *traceparent; /* the submitter's W3C trace context, or NULL */
 };
 void job_lease_deinit(struct job_lease *l);
 
@@ -253,14 +261,23 @@ void job_lease_deinit(struct job_lease *l);
  * Claim up to `max` ready jobs of `queue` for `worker`, highest priority
  * first, then oldest run_at. The lease lasts `lease_ms`, or (0) each job's
  * max_duration plus a second. `external` picks the pull API's jobs (handler
- * "external...") or the embedded workers'. Honours the queue's pause and
- * concurrency limit. On PostgreSQL concurrent claimers skip each other's rows
- * (FOR UPDATE SKIP LOCKED). *leases is a heap array (free each with
+ * "external...") or the embedded workers'. Honours the queue's pause,
+ * concurrency limit and rate limit; when the rate limit held jobs back,
+ * *throttled_until_ms (if non-NULL; else 0) is when the next start is
+ * allowed. On PostgreSQL concurrent claimers skip each other's rows (FOR
+ * UPDATE SKIP LOCKED). *leases is a heap array (free each with
  * job_lease_deinit, then free()).
  */
 BB_WUR enum err job_claim(struct store_conn *c, const char *queue, const char *worker,
                           bool external, int64_t max, int64_t lease_ms, int64_t now_ms,
-                          struct job_lease **leases, size_t *n, struct bb_error *e);
+                          struct job_lease **leases, size_t *n, int64_t *throttled_until_ms,
+                          struct bb_error *e);
+/* The level, in thousandths of a start, at `now_ms` of a token bucket of
+ * `max` starts per `per_ms` that was at `milli` at `at_ms` (never above
+ * max); and how long from a level until it allows one start (0: now). */
+int64_t job_rate_level_milli(int64_t max, int64_t per_ms, int64_t milli, int64_t at_ms,
+                             int64_t now_ms);
+int64_t job_rate_wait_ms(int64_t max, int64_t per_ms, int64_t milli);
 /* Extend a live lease. ERR_STALE_TOKEN when `token` no longer holds it. */
 BB_WUR enum err job_heartbeat(struct store_conn *c, int64_t id, int64_t token, int64_t lease_ms,
                               int64_t now_ms, int64_t *expires_at_ms, struct bb_error *e);

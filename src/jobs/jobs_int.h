@@ -74,6 +74,9 @@ void jobs__metric_stale(const char *what);
 void jobs__metric_rescued(int64_t n);
 void jobs__metric_pruned(int64_t n);
 void jobs__metric_depth(const char *queue, const char *state, int64_t n);
+/* Dead jobs without a fingerprint (they died before version 4 kept them)
+ * get theirs, 500 at a time: the data step of that migration. */
+BB_WUR enum err jobs__fingerprint_dead_jobs(struct store_conn *c, struct bb_error *e);
 /* The largest dead-letter groups (job_dead_groups_json's "groups") as a
  * gauge; those no longer among them drop out. */
 enum { JOBS__DEAD_GROUPS_SHOWN = 20 };

@@ -63,6 +63,11 @@ def test_queues(server):
     assert ok("queues", "resume", "mail", server=server) == "name mail, paused false\n"
     q = json.loads(ok("queues", "show", "mail", "--json", server=server))
     assert q["concurrency"] == 2 and q["paused"] is False
+    assert ok("queues", "put", "mail", "--rate", "100/1m", server=server).endswith(
+        "concurrency 2 rate 100/60000ms\n")
+    assert json.loads(ok("queues", "show", "mail", "--json", server=server))["rate_limit"] == {
+        "max": 100, "per_ms": 60000}
+    assert ok("queues", "put", "mail", "--rate", "off", server=server).endswith("concurrency 2\n")
     r = cli("queues", "show", "nope", server=server)
     assert r.returncode == 1 and "404" in r.stderr
 
@@ -122,6 +127,9 @@ def test_jobs_usage_errors_exit_2():
         (["jobs", "get"], "expected a job id"),
         (["jobs", "frob", "1"], "unknown jobs command"),
         (["queues", "show"], "expected a queue name"),
+        (["queues", "put", "q", "--rate", "100"], "--rate must be N/INTERVAL"),
+        (["queues", "put", "q", "--rate", "0/1s"], "--rate must be N/INTERVAL"),
+        (["queues", "put", "q", "--rate", "5/soon"], "--rate must be N/INTERVAL"),
         (["schedules", "create", "x"], "needs --handler"),
         (["dlq", "frob", "1"], "unknown dlq command"),
     ]:

@@ -50,12 +50,15 @@ def test_the_command_gets_the_payload_on_stdin_and_the_job_in_its_environment(
     small = {"order": 42, "note": "caf\u00e9"}
     assert exec_server.put("/queues/exec", {}).status_code == 201
     ids = []
-    for payload in (small, big):
-        ids.append(submit(exec_server, {
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    for payload, headers in ((small, {"traceparent": trace}), (big, {})):
+        r = exec_server.post("/jobs", {
             "queue": "exec", "handler": "exec", "payload": payload,
             "target": {"argv": [cmd, "one", "two words"], "env": {"OUT": str(out)}},
-            "max_attempts": 1})["job_id"])
-    
+            "max_attempts": 1}, headers=headers)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["job_id"])
+
     for job_id, payload in zip(ids, (small, big)):
         wait_job(exec_server, job_id)
         assert json.loads((out / f"{job_id}.stdin").read_text()) == payload
@@ -66,6 +69,8 @@ def test_the_command_gets_the_payload_on_stdin_and_the_job_in_its_environment(
     assert env["BACKBONE_JOB_QUEUE"] == "exec"
     assert 0 < int(env["BACKBONE_JOB_TIMEOUT_MS"])
     assert env["OUT"] == str(out)
+    assert env["TRACEPARENT"] == trace  # the submitter's trace context, carried on
+    assert "TRACEPARENT=" not in (out / f"{ids[1]}.env").read_text()
     assert "do-not-leak" not in (out / f"{ids[0]}.env").read_text()
     assert (out / f"{ids[0]}.argv").read_text() == "one\ntwo words\n"
 

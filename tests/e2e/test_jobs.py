@@ -199,6 +199,33 @@ def test_list_filters_and_pages(server):
     problem(server.get("/jobs?limit=0"), 400, "invalid_request", "limit")
 
 
+def ms_of(t):
+    return datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def test_a_rate_limit_paces_starts_and_never_exceeds_its_bucket(server):
+    r = server.put("/queues/paced", {"rate_limit": {"max": 4, "per_ms": 400}})
+    assert r.status_code == 201 and r.json()["rate_limit"] == {"max": 4, "per_ms": 400}
+    r = server.post("/jobs/batch", {"jobs": [{"queue": "paced", "handler": "noop"}] * 20})
+    ids = [j["job_id"] for j in r.json()["jobs"]]
+    for job_id in ids:
+        wait_job(server, job_id)
+    # A bucket of 4 refilled at 4 per 400 ms: from any start to any later
+    # one, at most 4 + (elapsed / 100 ms) starts. (Each start is stamped
+    # with the time the claim took from the bucket.)
+    starts = sorted(ms_of(server.get(f"/jobs/{i}").json()["started_at"]) for i in ids)
+    for i, first in enumerate(starts):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= 4 + (starts[j] - first) / 100 + 1e-6, starts
+    assert server.put("/queues/paced", {"rate_limit": None}).json()["rate_limit"] is None
+    for body, field in [({"rate_limit": {"max": 0, "per_ms": 10}}, "rate_limit.max"),
+                        ({"rate_limit": {"max": 5}}, "rate_limit.per_ms"),
+                        ({"rate_limit": {"max": 5, "per_ms": 86400001}}, "rate_limit.per_ms"),
+                        ({"rate_limit": {"max": 5, "per_ms": 10, "burst": 1}}, "rate_limit.burst"),
+                        ({"rate_limit": "100/s"}, "rate_limit")]:
+        problem(server.put("/queues/paced", body), 400, "invalid_request", field)
+
+
 def test_queues_pause_resume_and_limit_concurrency(server):
     r = server.put("/queues/emails", {"concurrency": 1, "max_attempts": 2})
     assert r.status_code == 201
@@ -221,9 +248,7 @@ def test_queues_pause_resume_and_limit_concurrency(server):
     # ended. (A claim stamps its start when its transaction begins, before it
     # counts running jobs under the queue's lock, so stamps may cross by a few
     # ms; an overlap would be about a whole job.)
-    def ms(t):
-        return datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000
-    runs = sorted((ms(j["started_at"]), ms(j["finished_at"]))
+    runs = sorted((ms_of(j["started_at"]), ms_of(j["finished_at"]))
                   for j in (server.get(f"/jobs/{i}").json() for i in ids))
     for (s1, f1), (s2, _) in zip(runs, runs[1:]):
         assert s2 >= f1 - 50, runs
@@ -316,6 +341,30 @@ def sink():
     t.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}", Sink.received
     srv.shutdown()
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_jobs_runs_carry_its_submitters_traceparent(server, sink):
+    url, received = sink
+    pushed = server.post("/jobs", {"handler": "http", "target": {"url": url + "/200"}},
+                         headers={"traceparent": TRACE}).json()["job_id"]
+    assert wait_job(server, pushed)["traceparent"] == TRACE
+    assert [h.get("traceparent") for _, h, _ in received] == [TRACE]
+    # The pull API hands it to workers in other languages, batch or single.
+    r = server.post("/jobs/batch", {"jobs": [{"handler": "external:a"}] * 3},
+                    headers={"traceparent": TRACE})
+    assert r.status_code == 201, r.text
+    plain = submit(server, {"handler": "external:a"})["job_id"]
+    got = server.post("/queues/default/claim", {"worker": "py", "max": 10}).json()["jobs"]
+    assert [(j["job_id"] == plain, j["traceparent"]) for j in got] == [(False, TRACE)] * 3 + [
+        (True, None)]
+    assert server.get(f"/jobs/{plain}").json()["traceparent"] is None
+    # A malformed one is not carried on.
+    bad = server.post("/jobs", {"handler": "external:a"},
+                      headers={"traceparent": "00-nope"}).json()["job_id"]
+    assert server.get(f"/jobs/{bad}").json()["traceparent"] is None
 
 
 def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):

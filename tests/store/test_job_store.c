@@ -8,6 +8,7 @@
 #include "testsupport.h"
 
 #include "jobs/jobs.h"
+#include "jobs/jobs_int.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -66,7 +67,7 @@ claim_one(struct store_conn *c, const char *queue, int64_t now)
     struct job_lease *l;
     size_t n;
     struct bb_error e;
-    assert_ok(job_claim(c, queue, "w1", false, 1, 30000, now, &l, &n, &e), &e);
+    assert_ok(job_claim(c, queue, "w1", false, 1, 30000, now, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 1);
     struct job_lease one = l[0];
     free(l);
@@ -166,7 +167,7 @@ claims_take_ready_jobs_by_priority_then_age(void **state)
     struct job_lease *l;
     size_t n;
     struct bb_error e;
-    assert_ok(job_claim(f->c, "default", "w1", false, 2, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "default", "w1", false, 2, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 2);
     /* The two best: priority 10, then the oldest of priority 0. */
     bool got_high = l[0].id == high || l[1].id == high;
@@ -179,11 +180,11 @@ claims_take_ready_jobs_by_priority_then_age(void **state)
         assert_string_equal(l[i].handler, "noop");
     }
     free_leases(l, n);
-    assert_ok(job_claim(f->c, "default", "w1", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "default", "w1", false, 10, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 1);
     assert_int_equal(l[0].id, low);
     free_leases(l, n);
-    assert_ok(job_claim(f->c, "default", "w1", true, 10, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "default", "w1", true, 10, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 1);
     assert_string_equal(l[0].handler, "external:mail");
     free_leases(l, n);
@@ -202,23 +203,23 @@ paused_queues_and_concurrency_limits_hold_claims_back(void **state)
         submit(f->c, "limited", "noop", 0, T0, T0);
     struct job_lease *l;
     size_t n;
-    assert_ok(job_claim(f->c, "limited", "w1", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "limited", "w1", false, 10, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 2);
     struct job_lease keep = l[0];
     job_lease_deinit(&l[1]);
     free(l);
-    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 0);
     free(l);
     assert_int_equal(finish(f->c, keep.id, keep.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL),
                      ERR_OK);
     job_lease_deinit(&keep);
     assert_ok(job_queue_set_paused(f->c, "limited", true, T0, &e), &e);
-    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 0);
     free(l);
     assert_ok(job_queue_set_paused(f->c, "limited", false, T0, &e), &e);
-    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, &e), &e);
+    assert_ok(job_claim(f->c, "limited", "w2", false, 10, 30000, T0, &l, &n, NULL, &e), &e);
     assert_int_equal(n, 1);
     free_leases(l, n);
     json_t *queues;
@@ -300,7 +301,8 @@ failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
             /* Not claimable before its backoff ends. */
             struct job_lease *none;
             size_t n;
-            assert_ok(job_claim(f->c, "default", "w1", false, 1, 1000, now + 1, &none, &n, &e), &e);
+            assert_ok(
+                job_claim(f->c, "default", "w1", false, 1, 1000, now + 1, &none, &n, NULL, &e), &e);
             assert_int_equal(n, 0);
             free(none);
             now += backoff[attempt - 1];
@@ -707,7 +709,8 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     for (size_t i = 0; i < op->n; i++)
         job_lease_deinit(&op->leases[i]);
     free(op->leases);
-    return job_claim(c, "default", "racer", false, 3, 60000, bb_wall_ms(), &op->leases, &op->n, e);
+    return job_claim(c, "default", "racer", false, 3, 60000, bb_wall_ms(), &op->leases, &op->n,
+                     NULL, e);
 }
 
 static void *
@@ -1093,11 +1096,8 @@ dead_letters_group_by_error_and_redrive_or_purge_by_group(void **state)
     groups_are(f->c, "1:other:timed out after <n> ms");
 }
 
-/* Before version 4 dead jobs had no fingerprint: the upgrade gives them theirs. */
-static struct store_stmt UNPRINT_INDEX = {.sql = "DROP INDEX jobs_dead_groups"};
-static struct store_stmt UNPRINT_COLUMN = {.sql = "ALTER TABLE jobs DROP COLUMN error_fingerprint"};
-static struct store_stmt UNPRINT_FORGET = {
-    .sql = "DELETE FROM schema_migrations WHERE module = 'jobs' AND version >= 4"};
+/* Before version 4 dead jobs had no fingerprint: its data step gives them theirs. */
+static struct store_stmt UNPRINT = {.sql = "UPDATE jobs SET error_fingerprint = NULL"};
 
 static void
 dead_letters_from_before_fingerprints_get_theirs_at_upgrade(void **state)
@@ -1107,16 +1107,72 @@ dead_letters_from_before_fingerprints_get_theirs_at_upgrade(void **state)
     for (int i = 0; i < 600; i++) /* more than one page of the backfill */
         dead_with(f->c, "noop", i % 2 ? "HTTP 503" : "timed out after 30000 ms");
     assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
-    assert_ok(store_exec(f->c, &UNPRINT_INDEX, NULL, 0, NULL, &e), &e);
-    assert_ok(store_exec(f->c, &UNPRINT_COLUMN, NULL, 0, NULL, &e), &e);
-    assert_ok(store_exec(f->c, &UNPRINT_FORGET, NULL, 0, NULL, &e), &e);
+    assert_ok(store_exec(f->c, &UNPRINT, NULL, 0, NULL, &e), &e);
+    groups_are(f->c, "600:noop:HTTP 503"); /* one group: no fingerprint */
+    assert_ok(jobs__fingerprint_dead_jobs(f->c, &e), &e);
     assert_ok(store_commit(f->c, &e), &e);
     size_t n;
     const struct store_migration *m = job_migrations(&n);
-    int applied = 0;
-    assert_ok(store_migrate(f->c, "jobs", m, n, &applied, &e), &e);
-    assert_int_equal(applied, 1);
+    assert_ptr_equal(m[3].after, jobs__fingerprint_dead_jobs);
     groups_are(f->c, "300:noop:HTTP 503 | 300:noop:timed out after <n> ms"); /* newest first */
+}
+
+/* Claims of `queue` at `now`: how many, and until when the rate held back. */
+static size_t
+claim_paced(struct store_conn *c, int64_t now, int64_t *until)
+{
+    struct job_lease *l;
+    size_t n;
+    struct bb_error e;
+    assert_ok(job_claim(c, "paced", "w1", false, 10, 30000, now, &l, &n, until, &e), &e);
+    free_leases(l, n);
+    return n;
+}
+
+static void
+a_rate_limit_lets_bursts_of_its_max_then_its_pace(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "paced");
+    q.rate_max = 3;
+    q.rate_per_ms = 1000; /* one start every 333.3 ms, three at once at most */
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    for (int i = 0; i < 12; i++)
+        submit(f->c, "paced", "noop", 0, T0, T0);
+    int64_t until;
+    assert_int_equal(claim_paced(f->c, T0, &until), 3); /* a full bucket */
+    assert_int_equal(until, T0 + 334);
+    assert_int_equal(claim_paced(f->c, T0 + 100, &until), 0);
+    assert_int_equal(until, T0 + 334);
+    assert_int_equal(claim_paced(f->c, T0 + 334, &until), 1);
+    assert_int_equal(until, T0 + 334 + 333); /* 2 thousandths were left over */
+    /* A long pause refills it to its max, no more. */
+    assert_int_equal(claim_paced(f->c, T0 + 60000, &until), 3);
+    /* The embedded workers' claim of every other queue leaves it alone. */
+    struct job_lease *l;
+    size_t n;
+    assert_ok(jobs__claim_unlimited(f->c, "[]", "w1", 10, T0 + 120000, &l, &n, &e), &e);
+    assert_int_equal(n, 0);
+    free(l);
+    /* Putting the same limit keeps the level; a new one starts full. */
+    assert_ok(job_queue_put(f->c, &q, T0 + 60000, &e), &e);
+    assert_int_equal(claim_paced(f->c, T0 + 60000, &until), 0);
+    q.rate_max = 2;
+    assert_ok(job_queue_put(f->c, &q, T0 + 60000, &e), &e);
+    assert_int_equal(claim_paced(f->c, T0 + 60000, &until), 2);
+    json_t *queues;
+    assert_ok(job_queue_list_json(f->c, "paced", T0, &queues, &e), &e);
+    json_t *rl = json_object_get(json_array_get(queues, 0), "rate_limit");
+    assert_int_equal(json_integer_value(json_object_get(rl, "max")), 2);
+    assert_int_equal(json_integer_value(json_object_get(rl, "per_ms")), 1000);
+    json_decref(queues);
+    /* Removed: the rest go at once. */
+    q.rate_max = q.rate_per_ms = 0;
+    assert_ok(job_queue_put(f->c, &q, T0 + 60000, &e), &e);
+    assert_int_equal(claim_paced(f->c, T0 + 60000, &until), 3);
+    assert_int_equal(until, 0);
 }
 
 #define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
@@ -1127,6 +1183,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(unique_key_returns_the_first_job_until_it_finishes),
     JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
+    JOB_TEST(a_rate_limit_lets_bursts_of_its_max_then_its_pace),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),

@@ -249,6 +249,26 @@ fingerprints_group_errors_that_differ_only_in_what_varies(void **state)
     assert_false(job_fingerprint_is_valid(NULL));
 }
 
+static void
+rate_buckets_refill_at_their_pace_up_to_their_max(void **state)
+{
+    (void)state;
+    /* 3 per 1000 ms, empty at t=0. */
+    assert_int_equal(job_rate_level_milli(3, 1000, 0, 0, 0), 0);
+    assert_int_equal(job_rate_wait_ms(3, 1000, 0), 334);
+    assert_int_equal(job_rate_level_milli(3, 1000, 0, 0, 334), 1002);
+    assert_int_equal(job_rate_wait_ms(3, 1000, 1002), 0);
+    assert_int_equal(job_rate_level_milli(3, 1000, 0, 0, 999999), 3000); /* capped */
+    assert_int_equal(job_rate_level_milli(3, 1000, 2500, 0, 100), 2800);
+    /* A clock that stepped back refills nothing. */
+    assert_int_equal(job_rate_level_milli(3, 1000, 500, 1000, 0), 500);
+    assert_int_equal(job_rate_wait_ms(3, 1000, 500), 167);
+    /* The largest limits stay exact (no overflow). */
+    assert_int_equal(job_rate_level_milli(JOB_RATE_MAX, JOB_RATE_WINDOW_MAX, 0, 0, INT64_MAX / 2),
+                     (int64_t)JOB_RATE_MAX * 1000);
+    assert_int_equal(job_rate_wait_ms(JOB_RATE_MAX, JOB_RATE_WINDOW_MAX, 0), 87);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(lifecycle_table_allows_only_real_transitions),
     cmocka_unit_test(default_backoff_is_1_4_16_64_seconds_with_bounded_jitter),
@@ -258,6 +278,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cron_honours_time_zones_and_daylight_saving),
     cmocka_unit_test(bad_cron_expressions_name_their_fault),
     cmocka_unit_test(time_zones_come_from_tzdata),
+    cmocka_unit_test(rate_buckets_refill_at_their_pace_up_to_their_max),
     cmocka_unit_test(error_patterns_mask_what_varies_and_keep_what_explains),
     cmocka_unit_test(fingerprints_group_errors_that_differ_only_in_what_varies),
 };
