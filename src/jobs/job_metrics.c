@@ -64,8 +64,10 @@ static struct metrics_def M_DEAD_GROUPS = {
 };
 static struct metrics_def M_RESCUES = {
     .name = "backbone_job_lease_rescues_total",
-    .help = "Jobs whose lease ran out and were taken back for a retry.",
+    .help = "Jobs whose lease ran out and were taken back for a retry, by queue and kind of "
+            "worker that lost it (embedded: a Backbone worker; external: a pull-API worker).",
     .type = METRICS_COUNTER,
+    .labels = {"queue", "kind"},
 };
 static struct metrics_def M_PRUNED = {
     .name = "backbone_jobs_pruned_total",
@@ -115,10 +117,10 @@ jobs__metric_stale(const char *what)
     metrics_add(&M_STALE, 1, what);
 }
 
-void
-jobs__metric_rescued(int64_t n)
+struct metrics_def *
+jobs__metric_rescued_def(void)
 {
-    metrics_add(&M_RESCUES, (double)n);
+    return &M_RESCUES;
 }
 
 void

@@ -80,10 +80,8 @@ tick(void *arg)
     struct bb_error e;
     if (store_run(s->store, STORE_WRITE, rescue_work, &u, &e) != ERR_OK)
         log_error_limited(1, "jobs.rescue_failed", "detail=%s", e.detail);
-    else if (u.rescued > 0) {
-        jobs__metric_rescued(u.rescued);
+    else if (u.rescued > 0)
         log_warn("jobs.rescued", "jobs=%lld", (long long)u.rescued);
-    }
     if (store_run(s->store, STORE_WRITE, fire_work, &u, &e) != ERR_OK)
         log_error_limited(1, "jobs.schedule_failed", "detail=%s", e.detail);
     if (s->retention_ms > 0)

@@ -1587,10 +1587,10 @@ job_runs_complete_in(struct store_conn *c, struct job_run *const *runs, size_t n
 }
 
 static struct store_stmt JOB_EXPIRED = {
-    .sql = "SELECT id, lease_token FROM jobs"
+    .sql = "SELECT id, lease_token, queue, external FROM jobs"
            " WHERE state = 'running' AND lease_expires_at_ms <= $1"
            " ORDER BY lease_expires_at_ms LIMIT $2",
-    .sql_pg = "SELECT id, lease_token FROM jobs"
+    .sql_pg = "SELECT id, lease_token, queue, external FROM jobs"
               " WHERE state = 'running' AND lease_expires_at_ms <= $1"
               " ORDER BY lease_expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
 };
@@ -1611,18 +1611,33 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
     enum err rc = store_query(c, &JOB_EXPIRED, p, 2, &r, e);
     if (rc != ERR_OK)
         return rc;
-    struct job_finish *items = xcalloc((size_t)(r.nrows ? r.nrows : 1), sizeof *items);
+    size_t rows = (size_t)(r.nrows ? r.nrows : 1);
+    struct job_finish *items = xcalloc(rows, sizeof *items);
+    struct {
+        char queue[JOB_NAME_MAX + 1];
+        bool external;
+    } *whose = xcalloc(rows, sizeof *whose);
     size_t k = 0;
-    while (store_next(&r))
+    while (store_next(&r)) {
+        bb_strlcpy(whose[k].queue, store_col_text(&r, 2), sizeof whose[k].queue);
+        whose[k].external = store_col_int(&r, 3) != 0;
         items[k++] = (struct job_finish){.id = store_col_int(&r, 0),
                                          .token = store_col_int(&r, 1),
                                          .outcome = JOB_OUTCOME_EXPIRED,
                                          .error = "lease expired before the attempt finished"};
+    }
     store_rows_close(&r);
     if (k > 0)
         rc = job_finish_batch(c, items, k, now_ms, half, e);
-    for (size_t i = 0; i < k && rc == ERR_OK; i++)
-        *n += items[i].rc == ERR_OK;
+    for (size_t i = 0; i < k && rc == ERR_OK; i++) {
+        if (items[i].rc != ERR_OK)
+            continue;
+        (*n)++;
+        store_count_at_commit(
+            c, jobs__metric_rescued_def(), 1,
+            (const char *const[]){whose[i].queue, whose[i].external ? "external" : "embedded"});
+    }
+    free(whose);
     free(items);
     if (rc == ERR_OK && *n > 0)
         rc = store_notify(c, JOBS__CHANNEL, "", e);

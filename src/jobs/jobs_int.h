@@ -71,7 +71,8 @@ struct metrics_def *jobs__metric_submitted_def(void);
 void jobs__metric_started(const char *queue, double queue_latency_s);
 void jobs__metric_finished(const char *queue, enum job_outcome outcome, double duration_s);
 void jobs__metric_stale(const char *what);
-void jobs__metric_rescued(int64_t n);
+/* Rescues, by queue and kind; counted at commit by job_rescue_expired. */
+struct metrics_def *jobs__metric_rescued_def(void);
 void jobs__metric_pruned(int64_t n);
 void jobs__metric_depth(const char *queue, const char *state, int64_t n);
 /* Dead jobs without a fingerprint (they died before version 4 kept them)

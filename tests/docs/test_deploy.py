@@ -37,8 +37,12 @@ def test_every_alert_is_shown_to_fire():
     assert fired == set(alerts), set(alerts) ^ fired
 
 
-def test_the_dashboard_is_well_formed():
-    dash = json.loads((ROOT / "deploy/grafana/backbone.json").read_text())
+def test_the_dashboard_is_well_formed_and_what_its_script_makes():
+    text = (ROOT / "deploy/grafana/backbone.json").read_text()
+    made = subprocess.run(["python3", ROOT / "deploy/grafana/make-dashboard.py"],
+                          capture_output=True, text=True, check=True).stdout
+    assert made == text, "run deploy/grafana/make-dashboard.py > deploy/grafana/backbone.json"
+    dash = json.loads(text)
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:

@@ -243,6 +243,9 @@ completion_with_a_stale_lease_token_is_refused(void **state)
     struct bb_error e;
     assert_ok(job_rescue_expired(f->c, T0 + 30000, 100, &rescued, &e), &e);
     assert_int_equal(rescued, 1);
+    assert_int_equal(test_metric("backbone_job_lease_rescues_total{queue=\"default\","
+                                 "kind=\"embedded\"}"),
+                     1);
     assert_string_equal(state_of(f->c, id, T0 + 30000), "pending");
     struct job_lease second = claim_one(f->c, "default", T0 + 30001);
     assert_int_equal(second.lease_token, first.lease_token + 1);
