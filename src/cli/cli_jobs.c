@@ -26,6 +26,8 @@ struct jobs_args {
     char *name;
     int64_t priority;
     char *unique_key;
+    char *concurrency_key;
+    int64_t key_concurrency;
     int64_t max_attempts;
     int64_t timeout_ms;
     char *target_url;
@@ -55,6 +57,10 @@ static const struct bb_opt JOBS_OPTS[] = {
      "run every interval (recurring)", NO_ENV},
     {"name", BB_OPT_STRING, OFF(name), 0, 0, NULL, "name of a recurring job", NO_ENV},
     {"priority", BB_OPT_INT, OFF(priority), -1000, 1000, "0", "higher runs first", NO_ENV},
+    {"concurrency-key", BB_OPT_STRING, OFF(concurrency_key), 0, 0, NULL,
+     "jobs of one key run at most the queue's --key-concurrency at once", NO_ENV},
+    {"key-concurrency", BB_OPT_INT, OFF(key_concurrency), -1, 100000, "-1",
+     "queues put: most running jobs per concurrency key (0: no limit)", NO_ENV},
     {"unique-key", BB_OPT_STRING, OFF(unique_key), 0, 0, NULL,
      "at most one pending or running job per key", NO_ENV},
     {"max-attempts", BB_OPT_INT, OFF(max_attempts), 0, 1000, "0", "attempts before dead", NO_ENV},
@@ -78,13 +84,14 @@ static const struct bb_opt JOBS_OPTS[] = {
 static const char JOBS_USAGE[] =
     "backbone jobs submit --handler H [--queue Q] [--payload JSON] [--run-at T | --delay 5s |\n"
     "                     --cron EXPR [--tz ZONE] [--name N] | --every 30s] [--priority N]\n"
-    "                     [--unique-key K] [--max-attempts N] [--max-duration 60s]\n"
+    "                     [--unique-key K] [--concurrency-key K] [--max-attempts N]\n"
+    "                     [--max-duration 60s]\n"
     "                     [--target-url U | --target JSON]\n"
     "       backbone jobs get|history|cancel|retry|run ID\n"
     "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
     "       backbone queues list | show Q | pause Q | resume Q\n"
-    "       backbone queues put Q [--concurrency N] [--max-attempts N] [--paused true|false]\n"
-    "                             [--rate N/INTERVAL | --rate off]\n"
+    "       backbone queues put Q [--concurrency N] [--key-concurrency N] [--max-attempts N]\n"
+    "                             [--paused true|false] [--rate N/INTERVAL | --rate off]\n"
     "       backbone schedules list | show N | pause N | resume N | delete N\n"
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
     "       backbone dlq groups [--queue Q] [--limit N]\n"
@@ -217,6 +224,9 @@ human_queues(const json_t *o)
                json_integer_value(json_object_get(d, "running")),
                json_integer_value(json_object_get(d, "dead")),
                json_integer_value(json_object_get(q, "concurrency")));
+        json_int_t per_key = json_integer_value(json_object_get(q, "key_concurrency"));
+        if (per_key > 0)
+            printf(" per key %" JSON_INTEGER_FORMAT, per_key);
         const json_t *rate = json_object_get(q, "rate_limit");
         if (json_is_object(rate))
             printf(" rate %" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT "ms",
@@ -333,6 +343,8 @@ job_body(const struct jobs_args *a, json_t **out)
         json_object_set_new(b, "priority", json_integer(a->priority));
     if (a->unique_key)
         json_object_set_new(b, "unique_key", json_string(a->unique_key));
+    if (a->concurrency_key)
+        json_object_set_new(b, "concurrency_key", json_string(a->concurrency_key));
     if (a->max_attempts)
         json_object_set_new(b, "max_attempts", json_integer(a->max_attempts));
     if (a->timeout_ms)
@@ -450,6 +462,8 @@ queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         json_t *body = json_object();
         if (a->concurrency >= 0)
             json_object_set_new(body, "concurrency", json_integer(a->concurrency));
+        if (a->key_concurrency >= 0)
+            json_object_set_new(body, "key_concurrency", json_integer(a->key_concurrency));
         if (a->max_attempts)
             json_object_set_new(body, "max_attempts", json_integer(a->max_attempts));
         if (a->paused)

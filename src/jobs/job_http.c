@@ -306,11 +306,11 @@ unknown_handler(const struct job_registry *reg, const char *handler, struct bb_e
 }
 
 static const char *const SPEC_FIELDS[] = {
-    "queue",      "handler",      "payload",  "target",
-    "schedule",   "run_at",       "delay_ms", "cron",
-    "timezone",   "every_ms",     "name",     "priority",
-    "unique_key", "max_attempts", "backoff",  "max_duration_seconds",
-    "tags",       NULL,
+    "queue",      "handler",         "payload",  "target",
+    "schedule",   "run_at",          "delay_ms", "cron",
+    "timezone",   "every_ms",        "name",     "priority",
+    "unique_key", "max_attempts",    "backoff",  "max_duration_seconds",
+    "tags",       "concurrency_key", NULL,
 };
 
 /* When it runs: now, run_at, delay_ms; or recurring: cron (+timezone), every_ms. */
@@ -400,6 +400,9 @@ jobs__spec_from_json(const json_t *body, const struct job_registry *reg, int64_t
                          &spec->priority, e);
     if (rc == ERR_OK)
         rc = bb_json_string(body, "unique_key", false, JOB_UNIQUE_KEY_MAX, &spec->unique_key, e);
+    if (rc == ERR_OK)
+        rc = bb_json_string(body, "concurrency_key", false, JOB_CONCURRENCY_KEY_MAX,
+                            &spec->concurrency_key, e);
     if (rc == ERR_OK)
         rc = bb_json_int(body, "max_attempts", false, 1, JOB_ATTEMPTS_MAX, &spec->max_attempts, e);
     if (rc == ERR_OK)
@@ -1214,6 +1217,8 @@ queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (paused)
         q.paused = json_is_true(paused);
     if ((rc = bb_json_int(body, "concurrency", false, 0, 100000, &q.concurrency, e)) != ERR_OK ||
+        (rc = bb_json_int(body, "key_concurrency", false, 0, 100000, &q.key_concurrency, e)) !=
+            ERR_OK ||
         (rc = bb_json_int(body, "max_attempts", false, 1, JOB_ATTEMPTS_MAX, &q.max_attempts, e)) !=
             ERR_OK ||
         (rc = bb_json_int(body, "lease_ms", false, JOB_LEASE_MIN_MS, JOB_LEASE_MAX_MS, &q.lease_ms,
@@ -1240,8 +1245,9 @@ queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
 static void
 handle_queue_put(struct http_req *r, void *ctx)
 {
-    static const char *const allowed[] = {
-        "paused", "concurrency", "max_attempts", "backoff", "lease_ms", "rate_limit", NULL};
+    static const char *const allowed[] = {"paused",       "concurrency", "key_concurrency",
+                                          "max_attempts", "backoff",     "lease_ms",
+                                          "rate_limit",   NULL};
     struct bb_error *e = http_req_error(r);
     struct jop *op = jop_new(r, ctx);
     json_t *body;

@@ -178,6 +178,19 @@ static const struct store_migration MIGRATIONS[] = {
               " ADD COLUMN rate_milli BIGINT NOT NULL DEFAULT 0,"
               " ADD COLUMN rate_at_ms BIGINT NOT NULL DEFAULT 0;",
     },
+    {
+        /* Running jobs by key, for the claims of queues that limit them. */
+        .version = 7,
+        .name = "per-key concurrency",
+        .sqlite = "ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;"
+                  "ALTER TABLE job_queues ADD COLUMN key_concurrency INTEGER NOT NULL DEFAULT 0;"
+                  "CREATE INDEX jobs_running_keys ON jobs (queue, concurrency_key)"
+                  " WHERE state = 'running' AND concurrency_key IS NOT NULL;",
+        .pg = "ALTER TABLE jobs ADD COLUMN concurrency_key TEXT;"
+              "ALTER TABLE job_queues ADD COLUMN key_concurrency BIGINT NOT NULL DEFAULT 0;"
+              "CREATE INDEX jobs_running_keys ON jobs (queue, concurrency_key)"
+              " WHERE state = 'running' AND concurrency_key IS NOT NULL;",
+    },
 };
 
 static struct store_stmt DEAD_UNPRINTED = {
@@ -278,13 +291,13 @@ text_json(const struct store_rows *r, int col)
 
 #define QUEUE_COLUMNS                                                                 \
     "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct, lease_ms, rate_max, rate_per_ms"
+    " backoff_cap_ms, backoff_jitter_pct, lease_ms, rate_max, rate_per_ms, key_concurrency"
 
 /* A new or changed rate limit starts with a full bucket. */
 static struct store_stmt QUEUE_PUT = {
     .sql = "INSERT INTO job_queues (" QUEUE_COLUMNS ", rate_milli, rate_at_ms, created_at_ms,"
-           " updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10 * 1000,"
-           " $12, $12, $12)"
+           " updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+           " $10 * 1000, $13, $13, $13)"
            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
            " concurrency = excluded.concurrency, max_attempts = excluded.max_attempts,"
            " backoff_base_ms = excluded.backoff_base_ms,"
@@ -298,6 +311,7 @@ static struct store_stmt QUEUE_PUT = {
            " AND job_queues.rate_per_ms = excluded.rate_per_ms THEN job_queues.rate_at_ms"
            " ELSE excluded.rate_at_ms END,"
            " rate_max = excluded.rate_max, rate_per_ms = excluded.rate_per_ms,"
+           " key_concurrency = excluded.key_concurrency,"
            " updated_at_ms = excluded.updated_at_ms",
 };
 /* The rate limit's bucket (its row locked by QUEUE_GET_LOCKED first). */
@@ -365,18 +379,26 @@ queue_from_row(const struct store_rows *r, struct job_queue *q)
     q->lease_ms = store_col_int(r, 8);
     q->rate_max = store_col_int(r, 9);
     q->rate_per_ms = store_col_int(r, 10);
+    q->key_concurrency = store_col_int(r, 11);
 }
 
 enum err
 job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {
-        sp_text(q->name),           sp_int(q->paused),
-        sp_int(q->concurrency),     sp_int(q->max_attempts),
-        sp_int(q->backoff.base_ms), sp_int(q->backoff.factor_milli),
-        sp_int(q->backoff.cap_ms),  sp_int(q->backoff.jitter_pct),
-        sp_int(q->lease_ms),        sp_int(q->rate_max),
-        sp_int(q->rate_per_ms),     sp_int(now_ms),
+        sp_text(q->name),
+        sp_int(q->paused),
+        sp_int(q->concurrency),
+        sp_int(q->max_attempts),
+        sp_int(q->backoff.base_ms),
+        sp_int(q->backoff.factor_milli),
+        sp_int(q->backoff.cap_ms),
+        sp_int(q->backoff.jitter_pct),
+        sp_int(q->lease_ms),
+        sp_int(q->rate_max),
+        sp_int(q->rate_per_ms),
+        sp_int(q->key_concurrency),
+        sp_int(now_ms),
     };
     BB_ASSERT((q->rate_max > 0) == (q->rate_per_ms > 0));
     return store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
@@ -433,6 +455,7 @@ queue_json(const struct job_queue *q)
     json_object_set_new(o, "name", json_string(q->name));
     json_object_set_new(o, "paused", json_boolean(q->paused));
     json_object_set_new(o, "concurrency", json_integer(q->concurrency));
+    json_object_set_new(o, "key_concurrency", json_integer(q->key_concurrency));
     json_object_set_new(o, "max_attempts", json_integer(q->max_attempts));
     json_object_set_new(o, "backoff", backoff_json(&q->backoff));
     json_object_set_new(o, "lease_ms", json_integer(q->lease_ms));
@@ -505,10 +528,10 @@ job_queue_list_json(struct store_conn *c, const char *only, int64_t now_ms, json
     "(queue, handler, external, state, priority, run_at_ms, payload, target, tags, unique_key," \
     " attempt, max_attempts, attempt_limit, backoff_base_ms, backoff_factor_milli,"             \
     " backoff_cap_ms, backoff_jitter_pct, max_duration_ms, lease_token, schedule,"              \
-    " scheduled_for_ms, created_at_ms, updated_at_ms, traceparent)"
+    " scheduled_for_ms, created_at_ms, updated_at_ms, traceparent, concurrency_key)"
 #define JOB_INSERT_VALUES                                                                      \
     " VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, 0, $10, $10, $11, $12, $13, $14," \
-    " $15, 0, $16, $17, $18, $18, $19)"
+    " $15, 0, $16, $17, $18, $18, $19, $20)"
 
 static struct store_stmt JOB_INSERT = {
     .sql = "INSERT INTO jobs " JOB_INSERT_COLUMNS JOB_INSERT_VALUES " RETURNING id",
@@ -528,7 +551,7 @@ static struct store_stmt JOB_BY_UNIQUE = {
            " AND state IN ('pending', 'running')",
 };
 
-enum { INSERT_PARAMS = 19, INSERT_CHUNK = 64, INSERT_CHUNKS = 6 /* 64, 32, ..., 2 rows */ };
+enum { INSERT_PARAMS = 20, INSERT_CHUNK = 64, INSERT_CHUNKS = 6 /* 64, 32, ..., 2 rows */ };
 
 /*
  * Batches insert up to INSERT_CHUNK jobs per statement (one multi-row
@@ -558,10 +581,10 @@ insert_chunk_build(void)
             int k = r * INSERT_PARAMS;
             bb_buf_printf(&b,
                           "%s($%d, $%d, $%d, 'pending', $%d, $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d,"
-                          " $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d, $%d)",
+                          " $%d, $%d, $%d, $%d, $%d, 0, $%d, $%d, $%d, $%d, $%d, $%d)",
                           r ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
                           k + 9, k + 10, k + 10, k + 11, k + 12, k + 13, k + 14, k + 15, k + 16,
-                          k + 17, k + 18, k + 18, k + 19);
+                          k + 17, k + 18, k + 18, k + 19, k + 20);
         }
         bb_buf_puts(&b, " RETURNING id");
         BB_ASSERT(b.len < sizeof insert_chunk_sql[i]);
@@ -639,6 +662,7 @@ insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t no
         spec->schedule ? sp_int(spec->scheduled_for_ms) : sp_null(),
         sp_int(now_ms),
         sp_text(spec->traceparent),
+        sp_text(spec->concurrency_key),
     };
     memcpy(p, values, sizeof values);
 }
@@ -692,9 +716,9 @@ static struct store_stmt JOB_INSERT_HERE = {
            " target, tags, unique_key, attempt, max_attempts, attempt_limit, backoff_base_ms,"
            " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, max_duration_ms,"
            " lease_token, schedule, scheduled_for_ms, created_at_ms, updated_at_ms, traceparent,"
-           " leased_by, lease_expires_at_ms, started_at_ms)"
+           " concurrency_key, leased_by, lease_expires_at_ms, started_at_ms)"
            " VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, 1, $10, $10, $11, $12, $13,"
-           " $14, $15, 1, $16, $17, $18, $18, $19, $20, $18 + $15 + 1000, $18) RETURNING id",
+           " $14, $15, 1, $16, $17, $18, $18, $19, $20, $21, $18 + $15 + 1000, $18) RETURNING id",
 };
 enum { HERE_PARAMS = INSERT_PARAMS + 1 };
 
@@ -779,7 +803,8 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
         made[q - queues]++;
         const char *worker;
         if (pool && !q->paused && q->concurrency == 0 && q->rate_max == 0 &&
-            sp->run_at_ms <= now_ms && !job_handler_is_external(sp->handler) &&
+            q->key_concurrency == 0 && sp->run_at_ms <= now_ms &&
+            !job_handler_is_external(sp->handler) &&
             jobs__pool_reserve(pool, q->name, 1, &worker) == 1) {
             struct store_param *hp = here + n_here * HERE_PARAMS;
             insert_params(sp, q, now_ms, hp);
@@ -853,7 +878,7 @@ job_submit_many_here(struct store_conn *c, struct job_pool *pool, const struct j
     " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"         \
     " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"              \
     " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint, traceparent"
+    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint, traceparent, concurrency_key"
 
 static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
 /* A completed job's last attempt is its own row (completions write no
@@ -921,6 +946,7 @@ job_row_json(const struct store_rows *r, int64_t now_ms)
         json_object_set_new(o, "error_fingerprint", text_json(r, 28));
     json_object_set_new(o, "schedule", text_json(r, 20));
     json_object_set_new(o, "traceparent", text_json(r, 29));
+    json_object_set_new(o, "concurrency_key", text_json(r, 30));
     json_object_set_new(o, "created_at", time_json(r, 22));
     json_object_set_new(o, "updated_at", time_json(r, 23));
     struct job_backoff b = {store_col_int(r, 24), store_col_int(r, 25), store_col_int(r, 26),
@@ -1227,6 +1253,28 @@ static struct store_stmt JOB_CLAIM = {
               " ORDER BY priority DESC, run_at_ms, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
               " RETURNING " LEASE_COLUMNS,
 };
+/*
+ * The claim of a queue with a per-key limit ($7 running jobs per
+ * concurrency_key), its claimers serialised by the queue's row lock: among
+ * the first $8 ready jobs, those whose key has room, counting the running
+ * ones (through jobs_running_keys) and those ahead of it in this claim.
+ */
+static struct store_stmt JOB_CLAIM_KEYED = {
+    .sql = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
+           " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
+           " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
+           " started_at_ms = $3, updated_at_ms = $3"
+           " WHERE id IN (SELECT c.id FROM (SELECT w.id, w.priority, w.run_at_ms,"
+           " w.concurrency_key, ROW_NUMBER() OVER (PARTITION BY w.concurrency_key"
+           " ORDER BY w.priority DESC, w.run_at_ms, w.id) AS ahead"
+           " FROM (SELECT id, priority, run_at_ms, concurrency_key FROM jobs"
+           " WHERE queue = $1 AND state = 'pending' AND external = $2 AND run_at_ms <= $3"
+           " ORDER BY priority DESC, run_at_ms, id LIMIT $8) w) c"
+           " WHERE c.concurrency_key IS NULL OR c.ahead + (SELECT COUNT(*) FROM jobs r"
+           " WHERE r.queue = $1 AND r.state = 'running' AND r.concurrency_key = c.concurrency_key)"
+           " <= $7 ORDER BY c.priority DESC, c.run_at_ms, c.id LIMIT $4)"
+           " RETURNING " LEASE_COLUMNS,
+};
 static struct store_stmt JOB_HEARTBEAT = {
     .sql = "UPDATE jobs SET lease_expires_at_ms = $4, updated_at_ms = $3"
            " WHERE id = $1 AND lease_token = $2 AND state = 'running'"
@@ -1278,10 +1326,14 @@ leases_from(struct store_rows *r, struct job_lease **leases, size_t *n)
     store_rows_close(r);
 }
 
-/* The level of queue `q`'s rate bucket now, in thousandths of a start. */
+/* The level of queue `q`'s rate bucket now, in thousandths of a start, and
+ * the time to record with what a claim takes from it: now, or the time of
+ * the claim before when that one's clock read later (claimers serialised
+ * on the queue's row may each have read the time before waiting their
+ * turn; the refill between the two is not counted twice). */
 static enum err
 rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int64_t *milli,
-           struct bb_error *e)
+           int64_t *at_ms, struct bb_error *e)
 {
     struct store_rows r;
     const struct store_param p[] = {sp_text(q->name)};
@@ -1292,8 +1344,9 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
         store_rows_close(&r);
         return bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", q->name);
     }
-    *milli = job_rate_level_milli(q->rate_max, q->rate_per_ms, store_col_int(&r, 0),
-                                  store_col_int(&r, 1), now_ms);
+    int64_t at = store_col_int(&r, 1);
+    *milli = job_rate_level_milli(q->rate_max, q->rate_per_ms, store_col_int(&r, 0), at, now_ms);
+    *at_ms = at > now_ms ? at : now_ms;
     store_rows_close(&r);
     return ERR_OK;
 }
@@ -1305,7 +1358,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
 {
     *leases = NULL;
     *n = 0;
-    int64_t milli = 0;
+    int64_t milli = 0, at = now_ms;
     bool paced = false; /* the rate limit, not the backlog, bounds this claim */
     if (throttled_until_ms)
         *throttled_until_ms = 0;
@@ -1313,7 +1366,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
     enum err rc = queue_read(c, &QUEUE_GET, queue, &q, e);
     if (rc != ERR_OK || q.paused || max <= 0)
         return rc;
-    if (q.concurrency > 0 || q.rate_max > 0) {
+    if (q.concurrency > 0 || q.rate_max > 0 || q.key_concurrency > 0) {
         /* Serialise this queue's claimers, to count running jobs exactly
          * and take from the bucket one at a time. */
         rc = queue_read(c, &QUEUE_GET_LOCKED, queue, &q, e);
@@ -1332,17 +1385,26 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
             max = q.concurrency - running;
     }
     if (q.rate_max > 0) {
-        rc = rate_level(c, &q, now_ms, &milli, e);
+        rc = rate_level(c, &q, now_ms, &milli, &at, e);
         if (rc != ERR_OK)
             return rc;
         paced = milli / 1000 < max;
         max = paced ? milli / 1000 : max;
     }
     if (max > 0) {
-        const struct store_param p[] = {sp_text(queue), sp_int(external), sp_int(now_ms),
-                                        sp_int(max),    sp_text(worker),  sp_int(lease_ms)};
+        const struct store_param p[] = {
+            sp_text(queue),
+            sp_int(external),
+            sp_int(now_ms),
+            sp_int(max),
+            sp_text(worker),
+            sp_int(lease_ms),
+            sp_int(q.key_concurrency),
+            sp_int(JOB_KEYED_SCAN),
+        };
         struct store_rows r;
-        rc = store_query(c, &JOB_CLAIM, p, BB_ARRAY_LEN(p), &r, e);
+        rc = q.key_concurrency > 0 ? store_query(c, &JOB_CLAIM_KEYED, p, BB_ARRAY_LEN(p), &r, e)
+                                   : store_query(c, &JOB_CLAIM, p, 6, &r, e);
         if (rc != ERR_OK)
             return rc;
         leases_from(&r, leases, n);
@@ -1355,7 +1417,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
     if (q.rate_max > 0 && *n > 0) {
         /* Nothing claimed takes nothing: the level follows from the time. */
         const struct store_param w[] = {sp_text(queue), sp_int(milli - (int64_t)*n * 1000),
-                                        sp_int(now_ms)};
+                                        sp_int(at)};
         rc = store_exec(c, &QUEUE_RATE_SET, w, BB_ARRAY_LEN(w), NULL, e);
     }
     if (rc != ERR_OK) {
@@ -1748,6 +1810,8 @@ spec_json(const struct job_spec *s)
     json_object_set_new(o, "max_duration_ms", json_integer(s->max_duration_ms));
     if (s->unique_key)
         json_object_set_new(o, "unique_key", json_string(s->unique_key));
+    if (s->concurrency_key)
+        json_object_set_new(o, "concurrency_key", json_string(s->concurrency_key));
     if (s->tags)
         json_object_set_new(o, "tags", json_loads(s->tags, JSON_DECODE_ANY, NULL));
     if (s->has_backoff)
@@ -1880,6 +1944,7 @@ spec_from_json(const json_t *spec, struct job_spec *s, char **payload, char **ta
     s->max_attempts = json_integer_value(json_object_get(spec, "max_attempts"));
     s->max_duration_ms = json_integer_value(json_object_get(spec, "max_duration_ms"));
     s->unique_key = json_string_value(json_object_get(spec, "unique_key"));
+    s->concurrency_key = json_string_value(json_object_get(spec, "concurrency_key"));
     const json_t *b = json_object_get(spec, "backoff");
     if (json_is_object(b)) {
         s->has_backoff = true;
@@ -1970,8 +2035,8 @@ job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct b
  * -------------------------------------------------------------------------------- */
 
 static struct store_stmt LIMITED_QUEUES = {
-    .sql = "SELECT name FROM job_queues WHERE paused = 0 AND (concurrency > 0 OR rate_max > 0)"
-           " ORDER BY name",
+    .sql = "SELECT name FROM job_queues WHERE paused = 0"
+           " AND (concurrency > 0 OR rate_max > 0 OR key_concurrency > 0) ORDER BY name",
 };
 #define CLAIM_SET                                                                              \
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1," \
@@ -1985,24 +2050,24 @@ static struct store_stmt LIMITED_QUEUES = {
  * scanned. $1 now, $2 max, $3 worker.
  */
 static struct store_stmt CLAIM_UNLIMITED = {
-    .sql_pg = CLAIM_SET
-    " WHERE id IN (SELECT j.id FROM job_queues q CROSS JOIN LATERAL"
-    " (SELECT id, priority, run_at_ms FROM jobs WHERE queue = q.name"
-    " AND state = 'pending' AND external = 0 AND run_at_ms <= $1"
-    " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
-    " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0 AND (json_array_length($4::json)"
-    " = 0 OR q.name IN (SELECT json_array_elements_text($4::json)))"
-    " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
-    " RETURNING " LEASE_COLUMNS,
-    .sql_sqlite = CLAIM_SET
-    " WHERE id IN (SELECT j.id FROM job_queues q JOIN jobs j ON j.id IN"
-    " (SELECT id FROM jobs WHERE queue = q.name AND state = 'pending'"
-    " AND external = 0 AND run_at_ms <= $1"
-    " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
-    " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0 AND (json_array_length($4)"
-    " = 0 OR q.name IN (SELECT value FROM json_each($4)))"
-    " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
-    " RETURNING " LEASE_COLUMNS,
+    .sql_pg = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q CROSS JOIN LATERAL"
+                        " (SELECT id, priority, run_at_ms FROM jobs WHERE queue = q.name"
+                        " AND state = 'pending' AND external = 0 AND run_at_ms <= $1"
+                        " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
+                        " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0"
+                        " AND q.key_concurrency = 0 AND (json_array_length($4::json)"
+                        " = 0 OR q.name IN (SELECT json_array_elements_text($4::json)))"
+                        " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
+                        " RETURNING " LEASE_COLUMNS,
+    .sql_sqlite = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q JOIN jobs j ON j.id IN"
+                            " (SELECT id FROM jobs WHERE queue = q.name AND state = 'pending'"
+                            " AND external = 0 AND run_at_ms <= $1"
+                            " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
+                            " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0"
+                            " AND q.key_concurrency = 0 AND (json_array_length($4)"
+                            " = 0 OR q.name IN (SELECT value FROM json_each($4)))"
+                            " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
+                            " RETURNING " LEASE_COLUMNS,
 };
 static struct store_stmt NEXT_DUE = {
     .sql = "SELECT MIN(run_at_ms) FROM jobs WHERE state = 'pending' AND run_at_ms > $1",

@@ -30,7 +30,9 @@
 enum {
     JOB_NAME_MAX = 100, /* queue, handler and schedule names */
     JOB_UNIQUE_KEY_MAX = 200,
-    JOB_ERROR_MAX = 2000, /* bytes of an attempt's error kept */
+    JOB_CONCURRENCY_KEY_MAX = 200,
+    JOB_KEYED_SCAN = 1000, /* ready jobs a claim of a keyed queue looks at */
+    JOB_ERROR_MAX = 2000,  /* bytes of an attempt's error kept */
     JOB_PRIORITY_MIN = -1000,
     JOB_PRIORITY_MAX = 1000,
     JOB_ATTEMPTS_MAX = 1000,
@@ -119,7 +121,8 @@ BB_WUR enum err job_cron_next(const struct job_cron *cron, const char *tz, int64
 struct job_queue {
     char name[JOB_NAME_MAX + 1];
     bool paused;
-    int64_t concurrency; /* most running jobs across all workers; 0: no limit */
+    int64_t concurrency;     /* most running jobs across all workers; 0: no limit */
+    int64_t key_concurrency; /* most running jobs per concurrency_key; 0: no limit */
     int64_t max_attempts;
     struct job_backoff backoff;
     int64_t lease_ms; /* default lease for embedded workers */
@@ -155,8 +158,11 @@ struct job_spec {
     int64_t max_attempts; /* 0: the queue's */
     bool has_backoff;     /* else the queue's */
     struct job_backoff backoff;
-    int64_t max_duration_ms;  /* 0: the queue's lease */
-    const char *unique_key;   /* NULL: none */
+    int64_t max_duration_ms; /* 0: the queue's lease */
+    const char *unique_key;  /* NULL: none */
+    /* Jobs of one key run at most the queue's key_concurrency at once (a
+     * customer, a tenant, an API account); NULL: none. */
+    const char *concurrency_key;
     const char *tags;         /* JSON array text; NULL: [] */
     const char *schedule;     /* the schedule that fired it, or NULL */
     int64_t scheduled_for_ms; /* that fire's time */
@@ -262,7 +268,9 @@ void job_lease_deinit(struct job_lease *l);
  * first, then oldest run_at. The lease lasts `lease_ms`, or (0) each job's
  * max_duration plus a second. `external` picks the pull API's jobs (handler
  * "external...") or the embedded workers'. Honours the queue's pause,
- * concurrency limit and rate limit; when the rate limit held jobs back,
+ * concurrency limits (all jobs, and per concurrency_key: then among the
+ * JOB_KEYED_SCAN first ready jobs) and rate limit; when the rate limit held
+ * jobs back,
  * *throttled_until_ms (if non-NULL; else 0) is when the next start is
  * allowed. On PostgreSQL concurrent claimers skip each other's rows (FOR
  * UPDATE SKIP LOCKED). *leases is a heap array (free each with

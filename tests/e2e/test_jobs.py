@@ -226,6 +226,33 @@ def test_a_rate_limit_paces_starts_and_never_exceeds_its_bucket(server):
         problem(server.put("/queues/paced", body), 400, "invalid_request", field)
 
 
+def test_a_per_key_limit_hands_out_each_keys_jobs_a_few_at_a_time(server):
+    assert server.put("/queues/tenants", {"key_concurrency": 1}).json()["key_concurrency"] == 1
+    jobs = [{"queue": "tenants", "handler": "external:sync", "concurrency_key": key}
+            for key in ("acme", "acme", "bolt", "acme", "bolt")] + [
+        {"queue": "tenants", "handler": "external:sync"}]
+    r = server.post("/jobs/batch", {"jobs": jobs})
+    assert r.status_code == 201, r.text
+    ids = [j["job_id"] for j in r.json()["jobs"]]
+    assert server.get(f"/jobs/{ids[0]}").json()["concurrency_key"] == "acme"
+
+    def claim():
+        got = server.post("/queues/tenants/claim", {"worker": "py", "max": 10}).json()["jobs"]
+        return {j["job_id"]: j["lease_token"] for j in got}
+    first = claim()
+    assert sorted(first) == [ids[0], ids[2], ids[5]]  # one per key, and the keyless one
+    assert claim() == {}
+    r = server.post(f"/jobs/{ids[0]}/complete", {"token": first[ids[0]]})
+    assert r.status_code == 200, r.text
+    assert sorted(claim()) == [ids[1]]  # acme's next; bolt's waits for its first
+    problem(server.post("/jobs", {"queue": "tenants", "concurrency_key": 7}), 400,
+            "invalid_request", "concurrency_key")
+    problem(server.post("/jobs", {"queue": "tenants", "concurrency_key": "k" * 201}), 400,
+            "invalid_request", "concurrency_key")
+    problem(server.put("/queues/tenants", {"key_concurrency": -1}), 400, "invalid_request",
+            "key_concurrency")
+
+
 def test_queues_pause_resume_and_limit_concurrency(server):
     r = server.put("/queues/emails", {"concurrency": 1, "max_attempts": 2})
     assert r.status_code == 201

@@ -1178,6 +1178,78 @@ a_rate_limit_lets_bursts_of_its_max_then_its_pace(void **state)
     assert_int_equal(until, 0);
 }
 
+/* A job of queue "keyed" under `key` (NULL: none); its id. */
+static int64_t
+submit_keyed(struct store_conn *c, const char *key)
+{
+    struct job_spec s = {
+        .queue = "keyed", .handler = "noop", .run_at_ms = T0, .concurrency_key = key};
+    int64_t id;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(c, &s, T0, &id, &created, &e), &e);
+    return id;
+}
+
+/* A claim of up to 10 jobs of "keyed" (the leases in *out, id order). */
+static size_t
+claim_keyed(struct store_conn *c, struct job_lease **out)
+{
+    size_t n;
+    struct bb_error e;
+    assert_ok(job_claim(c, "keyed", "w1", false, 10, 30000, T0, out, &n, NULL, &e), &e);
+    return n;
+}
+
+static void
+a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "keyed");
+    q.key_concurrency = 1;
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    int64_t a1 = submit_keyed(f->c, "acme"), a2 = submit_keyed(f->c, "acme");
+    int64_t b1 = submit_keyed(f->c, "bolt");
+    int64_t free1 = submit_keyed(f->c, NULL), free2 = submit_keyed(f->c, NULL);
+    int64_t a3 = submit_keyed(f->c, "acme"), b2 = submit_keyed(f->c, "bolt");
+    (void)a3;
+    struct job_lease *l;
+    size_t n = claim_keyed(f->c, &l);
+    /* One of each key, and every job without one. */
+    assert_int_equal(n, 4);
+    int64_t want[] = {a1, b1, free1, free2};
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(l[i].id, want[i]);
+    /* Nothing more while acme and bolt each run one. */
+    struct job_lease *none;
+    assert_int_equal(claim_keyed(f->c, &none), 0);
+    free(none);
+    /* acme's finishes: its next one, and only it. */
+    assert_int_equal(finish(f->c, a1, l[0].lease_token, JOB_OUTCOME_COMPLETED, T0, NULL), ERR_OK);
+    struct job_lease *next;
+    assert_int_equal(claim_keyed(f->c, &next), 1);
+    assert_int_equal(next[0].id, a2);
+    free_leases(next, 1);
+    /* Two per key: bolt's second runs beside its first, acme's third beside its second. */
+    q.key_concurrency = 2;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    assert_int_equal(claim_keyed(f->c, &next), 2);
+    assert_int_equal(next[0].id, a3);
+    assert_int_equal(next[1].id, b2);
+    free_leases(next, 2);
+    free_leases(l, n);
+    json_t *j = get(f->c, b2, T0);
+    assert_string_equal(json_string_value(json_object_get(j, "concurrency_key")), "bolt");
+    json_decref(j);
+    json_t *queues;
+    assert_ok(job_queue_list_json(f->c, "keyed", T0, &queues, &e), &e);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_array_get(queues, 0), "key_concurrency")), 2);
+    json_decref(queues);
+}
+
 #define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1187,6 +1259,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
     JOB_TEST(a_rate_limit_lets_bursts_of_its_max_then_its_pace),
+    JOB_TEST(a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
