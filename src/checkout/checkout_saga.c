@@ -104,7 +104,8 @@ create_orders(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
                                        .customer_id = data_text(runs[i], "customer_id"),
                                        .currency = data_text(runs[i], "currency"),
                                        .items = items[m],
-                                       .n_items = k};
+                                       .n_items = k,
+                                       .traceparent = runs[i]->traceparent};
         idx[m++] = i;
     }
     int64_t now = bb_wall_ms();
@@ -152,11 +153,14 @@ cancel_order(struct saga_step_run *run, struct bb_error *e)
  * key: the confirmation commits once per saga (its move is a
  * compare-and-set), and the job records an order once. */
 static struct job_spec
-fulfilment_job(char payload[256], const char *order_id, const char *checkout_id)
+fulfilment_job(char payload[256], const char *order_id, const struct saga_step_run *run)
 {
-    snprintf(payload, 256, "{\"order_id\":\"%s\",\"checkout_id\":\"%s\"}", order_id, checkout_id);
-    return (struct job_spec){
-        .queue = "default", .handler = CHECKOUT_FULFILMENT_HANDLER, .payload = payload};
+    snprintf(payload, 256, "{\"order_id\":\"%s\",\"checkout_id\":\"%s\"}", order_id,
+             data_text(run, "checkout_id"));
+    return (struct job_spec){.queue = "default",
+                             .handler = CHECKOUT_FULFILMENT_HANDLER,
+                             .payload = payload,
+                             .traceparent = run->traceparent};
 }
 
 static enum saga_outcome
@@ -171,7 +175,7 @@ confirm_order(struct saga_step_run *run, struct bb_error *e)
         return retry(run, "the order could not be confirmed");
     /* Fulfilment follows, in the same transaction. */
     char payload[256];
-    struct job_spec spec = fulfilment_job(payload, order_id, data_text(run, "checkout_id"));
+    struct job_spec spec = fulfilment_job(payload, order_id, run);
     int64_t job_id;
     bool created;
     size_t failed_at;
@@ -184,12 +188,15 @@ static enum err
 confirm_orders(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
                struct bb_error *errors, struct bb_error *e)
 {
-    const char **ids = xcalloc(n, sizeof *ids);
+    const char **ids = xcalloc(n, sizeof *ids), **traces = xcalloc(n, sizeof *traces);
     enum err *oc = xcalloc(n, sizeof *oc);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         ids[i] = data_text(runs[i], "order_id");
+        traces[i] = runs[i]->traceparent;
+    }
     int64_t now = bb_wall_ms();
-    enum err rc = order_confirm_many(runs[0]->c, ids, n, "paid", now, oc, errors, e);
+    enum err rc = order_confirm_many(runs[0]->c, ids, traces, n, "paid", now, oc, errors, e);
+    free(traces);
     struct job_spec *jobs = xcalloc(n, sizeof *jobs);
     char(*payloads)[256] = xcalloc(n, sizeof *payloads);
     size_t k = 0;
@@ -200,7 +207,7 @@ confirm_orders(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
         else if (oc[i] != ERR_OK)
             out[i] = retry(runs[i], "the order could not be confirmed");
         else
-            jobs[k++] = fulfilment_job(payloads[i], ids[i], data_text(runs[i], "checkout_id"));
+            jobs[k++] = fulfilment_job(payloads[i], ids[i], runs[i]);
     }
     int64_t *job_ids = xcalloc(k + 1, sizeof *job_ids);
     bool *created = xcalloc(k + 1, sizeof *created);
@@ -270,7 +277,8 @@ reserve_inventories(struct saga_step_run **runs, size_t n, enum saga_outcome *ou
     for (size_t i = 0; i < n; i++)
         reqs[i] = (struct inventory_reservation_req){.order_id = data_text(runs[i], "order_id"),
                                                      .items = items[i],
-                                                     .n_items = basket(runs[i], items[i])};
+                                                     .n_items = basket(runs[i], items[i]),
+                                                     .traceparent = runs[i]->traceparent};
     enum err rc = inventory_reserve_many(runs[0]->c, reqs, n, cs->opt.reservation_ttl_ms,
                                          bb_wall_ms(), oc, errors, e);
     for (size_t i = 0; i < n; i++) {
@@ -339,11 +347,14 @@ static enum err
 commit_reservations(struct saga_step_run **runs, size_t n, enum saga_outcome *out,
                     struct bb_error *errors, struct bb_error *e)
 {
-    const char **ids = xcalloc(n, sizeof *ids);
+    const char **ids = xcalloc(n, sizeof *ids), **traces = xcalloc(n, sizeof *traces);
     enum err *oc = xcalloc(n, sizeof *oc);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         ids[i] = data_text(runs[i], "order_id");
-    enum err rc = inventory_commit_many(runs[0]->c, ids, n, bb_wall_ms(), oc, errors, e);
+        traces[i] = runs[i]->traceparent;
+    }
+    enum err rc = inventory_commit_many(runs[0]->c, ids, traces, n, bb_wall_ms(), oc, errors, e);
+    free(traces);
     for (size_t i = 0; i < n; i++)
         out[i] = commit_outcome(runs[i], oc[i]);
     free(oc);

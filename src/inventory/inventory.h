@@ -100,6 +100,7 @@ struct inventory_reservation_req {
     const char *order_id;
     const struct inventory_item *items;
     size_t n_items;
+    const char *traceparent; /* its event's (NULL: the thread's log context) */
 };
 BB_WUR enum err inventory_reserve_many(struct store_conn *c,
                                        const struct inventory_reservation_req *reqs, size_t n,
@@ -114,10 +115,12 @@ BB_WUR enum err inventory_release(struct store_conn *c, const char *order_id, in
                                   json_t **out, struct bb_error *e);
 /* inventory_commit for order_ids[0..n-1] (distinct) with a statement per
  * table for all of them: outcomes[i] as inventory_commit would answer,
- * errors[i] why; one that fails writes nothing. The return is the
- * store's trouble (roll back). */
-BB_WUR enum err inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t n,
-                                      int64_t now_ms, enum err *outcomes, struct bb_error *errors,
+ * errors[i] why; one that fails writes nothing; traceparents[i] (the
+ * array may be NULL) is its event's. The return is the store's trouble
+ * (roll back). */
+BB_WUR enum err inventory_commit_many(struct store_conn *c, const char *const *order_ids,
+                                      const char *const *traceparents, size_t n, int64_t now_ms,
+                                      enum err *outcomes, struct bb_error *errors,
                                       struct bb_error *e);
 /* Turn an active reservation into a sale. Idempotent once committed.
  * ERR_RESERVATION_EXPIRED past its TTL (the sweeper gives its stock back),

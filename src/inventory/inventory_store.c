@@ -672,7 +672,8 @@ reservations_write(struct store_conn *c, const struct inventory_reservation_req 
                                   .aggregate_type = "reservation",
                                   .aggregate_id = reqs[i].order_id,
                                   .data = json_pack("{s:s, s:O, s:s}", "order_id", reqs[i].order_id,
-                                                    "items", wanted[i], "expires_at", expires)};
+                                                    "items", wanted[i], "expires_at", expires),
+                                  .traceparent = reqs[i].traceparent};
     }
     for (size_t s = 0; s < n_stock; s++) {
         if (stock[s].taken > 0) {
@@ -877,8 +878,9 @@ sell_many(struct store_conn *c, const json_t *sold, int64_t now_ms, struct bb_er
 }
 
 enum err
-inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t n, int64_t now_ms,
-                      enum err *outcomes, struct bb_error *errors, struct bb_error *e)
+inventory_commit_many(struct store_conn *c, const char *const *order_ids,
+                      const char *const *traceparents, size_t n, int64_t now_ms, enum err *outcomes,
+                      struct bb_error *errors, struct bb_error *e)
 {
     json_t *sold = json_object();
     struct store_batch ids, committed;
@@ -915,7 +917,8 @@ inventory_commit_many(struct store_conn *c, const char *const *order_ids, size_t
                                       .aggregate_type = "reservation",
                                       .aggregate_id = order_ids[i],
                                       .data = json_pack("{s:s, s:o}", "order_id", order_ids[i],
-                                                        "items", items ? items : json_array())};
+                                                        "items", items ? items : json_array()),
+                                      .traceparent = traceparents ? traceparents[i] : NULL};
         }
         store_rows_close(&r);
     }

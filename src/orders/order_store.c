@@ -452,7 +452,8 @@ complete_orders(struct store_conn *c, const struct order_spec *specs, size_t n, 
         evs[n_evs++] = (struct outbox_event){.type = "order.created.v1",
                                              .aggregate_type = "order",
                                              .aggregate_id = ids[i],
-                                             .data = created_event(ids[i], &specs[i], totals[i])};
+                                             .data = created_event(ids[i], &specs[i], totals[i]),
+                                             .traceparent = specs[i].traceparent};
     }
     enum err rc = ERR_OK;
     if (n_evs > 0) {
@@ -559,8 +560,9 @@ static struct store_stmt TIMELINE_NEXT_MANY = {
 };
 
 enum err
-order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n, const char *reason,
-                   int64_t now_ms, enum err *outcomes, struct bb_error *errors, struct bb_error *e)
+order_confirm_many(struct store_conn *c, const char *const *order_ids,
+                   const char *const *traceparents, size_t n, const char *reason, int64_t now_ms,
+                   enum err *outcomes, struct bb_error *errors, struct bb_error *e)
 {
     reason = reason ? reason : "confirmed";
     struct store_batch ids, moved;
@@ -603,7 +605,8 @@ order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n,
                 .aggregate_id = order_ids[i],
                 .data =
                     json_pack("{s:s, s:s, s:s, s:s}", "order_id", id, "from", order_status_name(st),
-                              "to", order_status_name(ORDER_CONFIRMED), "reason", reason)};
+                              "to", order_status_name(ORDER_CONFIRMED), "reason", reason),
+                .traceparent = traceparents ? traceparents[i] : NULL};
         }
         store_rows_close(&r);
     }

@@ -45,6 +45,7 @@ struct order_spec {
     const char *currency;
     const struct order_item *items;
     size_t n_items;
+    const char *traceparent; /* its events' (NULL: the thread's log context) */
 };
 
 /* Parse items [{sku, qty, unit_price}] (1..ORDER_ITEMS_MAX, distinct SKUs)
@@ -79,11 +80,13 @@ BB_WUR enum err order_find_by_checkout(struct store_conn *c, const char *checkou
                                        struct bb_error *e);
 /* order_confirm for order_ids[0..n-1] (distinct) with a statement per
  * table for all of them: outcomes[i] as order_confirm would answer,
- * errors[i] why; one that fails writes nothing. The return is the store's
- * trouble (roll back). */
-BB_WUR enum err order_confirm_many(struct store_conn *c, const char *const *order_ids, size_t n,
-                                   const char *reason, int64_t now_ms, enum err *outcomes,
-                                   struct bb_error *errors, struct bb_error *e);
+ * errors[i] why; one that fails writes nothing; traceparents[i] (the
+ * array may be NULL) is its event's. The return is the store's trouble
+ * (roll back). */
+BB_WUR enum err order_confirm_many(struct store_conn *c, const char *const *order_ids,
+                                   const char *const *traceparents, size_t n, const char *reason,
+                                   int64_t now_ms, enum err *outcomes, struct bb_error *errors,
+                                   struct bb_error *e);
 /* PENDING -> CONFIRMED / CANCELLED with a reason; idempotent once there;
  * ERR_CONFLICT from the other final state. The order's JSON into *out
  * (out NULL: not wanted). */

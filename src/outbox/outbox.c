@@ -290,9 +290,9 @@ outbox_list_json(struct store_conn *c, const struct outbox_filter *f, json_t **o
 /* ---- in-process consumers ------------------------------------------------------------------ */
 
 static struct store_stmt CLAIM = {
-    .sql_sqlite = "SELECT id, aggregate_id, data FROM outbox_events"
+    .sql_sqlite = "SELECT id, aggregate_id, data, traceparent FROM outbox_events"
                   " WHERE type = $1 AND handled_at_ms IS NULL AND id > $3 ORDER BY id LIMIT $2",
-    .sql_pg = "SELECT id, aggregate_id, data FROM outbox_events"
+    .sql_pg = "SELECT id, aggregate_id, data, traceparent FROM outbox_events"
               " WHERE type = $1 AND handled_at_ms IS NULL AND id > $3 ORDER BY id LIMIT $2"
               " FOR UPDATE SKIP LOCKED",
 };
@@ -320,6 +320,7 @@ outbox_claim(struct store_conn *c, const char *type, int64_t after_id, int64_t l
         a[k].id = store_col_int(&r, 0);
         a[k].aggregate_id = xstrdup(store_col_text(&r, 1));
         a[k].data = json_loads(store_col_text(&r, 2), JSON_DECODE_ANY, NULL);
+        a[k].traceparent = store_col_is_null(&r, 3) ? NULL : xstrdup(store_col_text(&r, 3));
         k++;
     }
     store_rows_close(&r);
@@ -347,6 +348,7 @@ outbox_claimed_free(struct outbox_claimed *a, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(a[i].aggregate_id);
+        free(a[i].traceparent);
         json_decref(a[i].data);
     }
     free(a);

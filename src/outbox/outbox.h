@@ -71,6 +71,7 @@ struct outbox_claimed {
     int64_t id;
     char *aggregate_id;
     json_t *data;
+    char *traceparent; /* the writer's, or NULL */
 };
 /*
  * Claim up to `limit` events of `type` appended for_consumer and not yet

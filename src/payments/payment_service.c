@@ -54,6 +54,9 @@ struct pay_op {
     bool fenced_before;
     bool unmoved; /* the outcome found the payment moved by someone else */
     struct payments__psp_answer answer;
+    /* The caller's trace (its thread's log context when it asked), which
+     * the payment's event carries whichever thread writes it. */
+    char traceparent[64];
     json_t *out;
     /* A phase carried by a batch: its verdict, or `alone` (run it alone). */
     enum pay_phase phase;
@@ -110,22 +113,34 @@ outcome_begin(struct store_conn *c, const struct pay_op *op, struct bb_error *e)
     return store_exec_deferred(c, &ATTEMPT_INSERT, p, BB_ARRAY_LEN(p), e);
 }
 
+/* The caller's trace into op (at its start, on the caller's thread). */
+static void
+op_traced(struct pay_op *op)
+{
+    const char *tp = bb_log_context_traceparent();
+    bb_strlcpy(op->traceparent, tp ? tp : "", sizeof op->traceparent);
+}
+
 /* The payment's event: authorized, failed, captured, voided, refunded. */
 static struct outbox_event
-payment_event(const char *type, const struct payments__row *row, json_t *data)
+payment_event(const char *type, const struct pay_op *op, json_t *data)
 {
+    const struct payments__row *row = &op->row;
     json_object_set_new(data, "payment_id", json_string(row->id));
     json_object_set_new(data, "order_id", json_string(row->order_id));
     json_object_set_new(data, "currency", json_string(row->currency));
-    return (struct outbox_event){
-        .type = type, .aggregate_type = "payment", .aggregate_id = row->id, .data = data};
+    return (struct outbox_event){.type = type,
+                                 .aggregate_type = "payment",
+                                 .aggregate_id = row->id,
+                                 .data = data,
+                                 .traceparent = op->traceparent[0] ? op->traceparent : NULL};
 }
 
 static enum err
-announce(struct store_conn *c, const char *type, const struct payments__row *row, json_t *data,
+announce(struct store_conn *c, const char *type, const struct pay_op *op, json_t *data,
          struct bb_error *e)
 {
-    struct outbox_event ev = payment_event(type, row, data);
+    struct outbox_event ev = payment_event(type, op, data);
     enum err rc = outbox_append(c, &ev, bb_wall_ms(), e);
     json_decref(data);
     return rc;
@@ -287,7 +302,7 @@ outcome_end(struct store_conn *c, void *arg, struct bb_error *e)
         return rc;
     }
     op->row.state = pl.to;
-    return announce(c, pl.event, &op->row, pl.data, e);
+    return announce(c, pl.event, op, pl.data, e);
 }
 
 /* ---- authorize -------------------------------------------------------------------------- */
@@ -394,6 +409,7 @@ authorize(struct payments *p, const struct payment_request *req, char id[PAYMENT
                         .req = req,
                         .lock_token = req->lock_token,
                         .amount = req->amount};
+    op_traced(&op);
     request_fingerprint(req, op.fingerprint);
     enum err rc = req->intent_id ? intent_as_written(&op, e) : run(&op, PH_AUTHORIZE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
@@ -502,6 +518,7 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
                         .amount = amount,
                         .lock_token = lock_token,
                         .fenced = pending != NULL};
+    op_traced(&op);
     if (after && strcmp(after->op.row.id, payment_id) == 0) {
         op.row = outcome_row(after);
         op.fenced_before = after->op.lock_token == lock_token;
@@ -634,7 +651,7 @@ refund_end(struct store_conn *c, void *arg, struct bb_error *e)
     }
     if (rc != ERR_OK)
         return rc;
-    return announce(c, "payment.refunded.v1", &op->row,
+    return announce(c, "payment.refunded.v1", op,
                     json_pack("{s:s, s:I, s:I}", "refund_id", op->refund_id, "amount",
                               (json_int_t)op->amount, "refunded_total",
                               (json_int_t)op->row.refunded),
@@ -651,6 +668,7 @@ payment_refund(struct payments *p, const char *payment_id, int64_t amount, const
                         .amount = amount,
                         .key = key,
                         .lock_token = lock_token};
+    op_traced(&op);
     enum err rc = run(&op, PH_REFUND_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
@@ -1001,7 +1019,7 @@ outcome_end_many(struct store_conn *c, void *arg, struct bb_error *e)
     for (size_t i = 0; i < n; i++) {
         if (rc == ERR_OK && live(b->m[i]) && moved[i]) {
             b->m[i]->row.state = plans[i].to;
-            evs[k++] = payment_event(plans[i].event, &b->m[i]->row, plans[i].data);
+            evs[k++] = payment_event(plans[i].event, b->m[i], plans[i].data);
         } else {
             json_decref(plans[i].data);
         }

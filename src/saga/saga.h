@@ -90,6 +90,10 @@ struct saga_step_run {
     int64_t attempt;     /* 1 on the first run of this step */
     int64_t lease_token; /* the job's lease token (unique per run) */
     int64_t held;        /* what `hold` took for this run (a lock's token); 0: nothing */
+    /* The trace the saga carries on (its start event's); NULL: none. A step
+     * runs with it as its thread's log context, so what it writes alone
+     * carries it; a batch action gives each run's to what it writes. */
+    const char *traceparent;
     /* The worker pool running saga jobs in this process (NULL: none): a
      * job a step submits may run there at once (job_submit_many_here). */
     struct job_pool *pool;

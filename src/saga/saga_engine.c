@@ -330,7 +330,28 @@ step_run(const struct step_job *j, const struct saga_instance *in, struct store_
                                   .attempt = in->retries + 1,
                                   .lease_token = j->run->job->lease_token,
                                   .held = j->held,
+                                  .traceparent = j->run->job->traceparent,
                                   .pool = atomic_load(&j->eng->pool)};
+}
+
+/* The thread's trace for the length of a step (units of many sagas run on
+ * one thread), and the one it had before. */
+struct trace_scope {
+    char prev[128];
+};
+
+static void
+trace_enter(struct trace_scope *s, const char *traceparent)
+{
+    const char *prev = bb_log_context_traceparent();
+    bb_strlcpy(s->prev, prev ? prev : "", sizeof s->prev);
+    bb_log_context_set(NULL, traceparent);
+}
+
+static void
+trace_leave(const struct trace_scope *s)
+{
+    bb_log_context_set(NULL, s->prev[0] ? s->prev : NULL);
 }
 
 /* Run the step `in` is at into *out (c: in its transaction, else outside
@@ -348,7 +369,10 @@ run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *
     sr.before = before;
     saga_step_fn *fn = compensating ? sd->compensate : sd->action;
     int64_t t0 = bb_mono_ms();
+    struct trace_scope ts;
+    trace_enter(&ts, sr.traceparent);
     out->outcome = fn ? fn(&sr, &out->error) : SAGA_STEP_OK;
+    trace_leave(&ts);
     saga__metric_step(in->type, sd->name, compensating, (double)(bb_mono_ms() - t0) / 1e3);
     bb_strlcpy(out->reason, sr.reason, sizeof out->reason);
     if (c == NULL) {
@@ -487,7 +511,9 @@ move_on(struct store_conn *c, struct step_job *j, const struct saga_step_result 
         struct bb_error *e)
 {
     struct saga_instance next = {0};
-    enum err rc = saga__transition(c, j->def, &j->work, res, j->chain ? j->run->job->id : 0,
+    struct saga_step_result traced = *res;
+    traced.traceparent = j->run->job->traceparent; /* the next step's job carries it on */
+    enum err rc = saga__transition(c, j->def, &j->work, &traced, j->chain ? j->run->job->id : 0,
                                    bb_wall_ms(), &j->unit, &next, e);
     if (rc != ERR_OK)
         return rc;
@@ -683,7 +709,10 @@ batch_round(struct store_conn *c, struct unit_batch *b, size_t *ran, struct bb_e
         return ERR_OK;
     const struct saga_step_def *sd = &m[0]->def->steps[m[0]->work.step];
     int64_t started = bb_wall_ms(), t0 = bb_mono_ms();
+    struct trace_scope ts;
+    trace_enter(&ts, NULL); /* each run's trace is its own (runs[i].traceparent) */
     enum err rc = sd->action_batch(rp, k, out, errors, e);
+    trace_leave(&ts);
     double seconds = (double)(bb_mono_ms() - t0) / 1e3;
     for (size_t i = 0; i < k; i++) {
         if (rc == ERR_OK) {
@@ -1028,7 +1057,7 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
         enum err rc = outbox_claim(c, def->start_event, b->after[d], START_BATCH, &ev, &n, e);
         if (rc != ERR_OK)
             return rc;
-        const char *correlation[START_BATCH];
+        const char *correlation[START_BATCH], *traces[START_BATCH];
         json_t *data[START_BATCH];
         int64_t handled[START_BATCH];
         size_t k = 0;
@@ -1044,6 +1073,7 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
                 json_decref(data[k]);
                 continue;
             }
+            traces[k] = ev[i].traceparent; /* the checkout request's trace, carried on */
             correlation[k++] = ev[i].aggregate_id;
         }
         char(*ids)[SAGA_ID_LEN + 1] = xcalloc(k ? k : 1, sizeof *ids);
@@ -1058,8 +1088,8 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
             store_after_commit(c, carried_end, cb);
         }
         if (k > 0)
-            rc = saga__start_many(c, def, correlation, (const json_t *const *)data, k, now, b->pool,
-                                  ids, created, job_ids, e);
+            rc = saga__start_many(c, def, correlation, (const json_t *const *)data, traces, k, now,
+                                  b->pool, ids, created, job_ids, e);
         for (size_t i = 0; i < k; i++) {
             b->started += rc == ERR_OK && created[i];
             if (rc == ERR_OK && created[i] && job_ids[i] > 0 && cb)

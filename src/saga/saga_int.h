@@ -34,6 +34,7 @@ struct saga_step_result {
     const char *reason; /* for people; "" when none */
     const char *error;  /* for operators; NULL when none */
     int64_t started_at_ms;
+    const char *traceparent; /* the step job's: the next step's job carries it on */
 };
 
 BB_WUR enum err saga__load(struct store_conn *c, const char *id, struct saga_instance *out,
@@ -44,12 +45,14 @@ BB_WUR enum err saga__load_many(struct store_conn *c, const char *const *ids, si
                                 struct saga_instance *const *out, bool *found, struct bb_error *e);
 void saga__instance_deinit(struct saga_instance *in);
 /* saga_start_many, the first jobs handed to `pool` (job_submit_many_here),
- * and each new instance's first job id in job_ids[i] (0: not created). */
+ * and each new instance's first job id in job_ids[i] (0: not created);
+ * traceparents[i] (the array or an entry may be NULL) is the trace its
+ * step jobs carry on. */
 BB_WUR enum err saga__start_many(struct store_conn *c, const struct saga_def *def,
                                  const char *const *correlation_ids, const json_t *const *data,
-                                 size_t n, int64_t now_ms, struct job_pool *pool,
-                                 char (*ids)[SAGA_ID_LEN + 1], bool *created, int64_t *job_ids,
-                                 struct bb_error *e);
+                                 const char *const *traceparents, size_t n, int64_t now_ms,
+                                 struct job_pool *pool, char (*ids)[SAGA_ID_LEN + 1], bool *created,
+                                 int64_t *job_ids, struct bb_error *e);
 /* The writes of one unit of work, gathered: the instance's move
  * (compare-and-set on the version the unit found) with its timeline's new
  * entries, one UPDATE however many steps the unit ran. A unit records

@@ -147,11 +147,12 @@ step_spec(const char *payload, int64_t run_at_ms)
 
 static enum err
 enqueue_step(struct store_conn *c, const char *id, int64_t version, int64_t run_at_ms,
-             int64_t now_ms, int64_t *job_id, struct bb_error *e)
+             int64_t now_ms, const char *traceparent, int64_t *job_id, struct bb_error *e)
 {
     char payload[128];
     snprintf(payload, sizeof payload, "{\"saga_id\":\"%s\",\"version\":%" PRId64 "}", id, version);
     struct job_spec spec = step_spec(payload, run_at_ms);
+    spec.traceparent = traceparent;
     bool created;
     return job_submit(c, &spec, now_ms, job_id, &created, e);
 }
@@ -233,17 +234,18 @@ saga_start_many(struct store_conn *c, const struct saga_def *def,
                 int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
 {
     int64_t *job_ids = xcalloc(n ? n : 1, sizeof *job_ids);
-    enum err rc =
-        saga__start_many(c, def, correlation_ids, data, n, now_ms, NULL, ids, created, job_ids, e);
+    enum err rc = saga__start_many(c, def, correlation_ids, data, NULL, n, now_ms, NULL, ids,
+                                   created, job_ids, e);
     free(job_ids);
     return rc;
 }
 
 enum err
 saga__start_many(struct store_conn *c, const struct saga_def *def,
-                 const char *const *correlation_ids, const json_t *const *data, size_t n,
-                 int64_t now_ms, struct job_pool *pool, char (*ids)[SAGA_ID_LEN + 1], bool *created,
-                 int64_t *first_jobs, struct bb_error *e)
+                 const char *const *correlation_ids, const json_t *const *data,
+                 const char *const *traceparents, size_t n, int64_t now_ms, struct job_pool *pool,
+                 char (*ids)[SAGA_ID_LEN + 1], bool *created, int64_t *first_jobs,
+                 struct bb_error *e)
 {
     memset(first_jobs, 0, n * sizeof *first_jobs);
     enum err rc = insert_instances(c, def, correlation_ids, data, n, now_ms, ids, created, e);
@@ -258,6 +260,7 @@ saga__start_many(struct store_conn *c, const struct saga_def *def,
             continue;
         snprintf(payloads[k], sizeof payloads[k], "{\"saga_id\":\"%s\",\"version\":1}", ids[i]);
         specs[k] = step_spec(payloads[k], 0);
+        specs[k].traceparent = traceparents ? traceparents[i] : NULL;
         of[k++] = i;
     }
     int64_t *job_ids = xcalloc(k ? k : 1, sizeof *job_ids);
@@ -670,7 +673,7 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
     if (!waits && run_at == 0 && keep_job != 0)
         job_id = keep_job; /* its runner goes straight on */
     else if (!waits)
-        rc = enqueue_step(c, in->id, in->version + 1, run_at, now_ms, &job_id, e);
+        rc = enqueue_step(c, in->id, in->version + 1, run_at, now_ms, res->traceparent, &job_id, e);
     if (rc != ERR_OK)
         return rc;
     BB_ASSERT(u->n_rows < SAGA_UNIT_ROWS);
@@ -729,7 +732,8 @@ saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, s
         return rc;
     }
     int64_t job_id = 0;
-    rc = enqueue_step(c, id, in.version + 1, 0, now_ms, &job_id, e);
+    /* The retry carries on the trace of the request that asked for it. */
+    rc = enqueue_step(c, id, in.version + 1, 0, now_ms, bb_log_context_traceparent(), &job_id, e);
     const struct store_param p[] = {sp_text(id), sp_int(in.version), sp_int(job_id),
                                     sp_int(now_ms)};
     int64_t changed = 0;

@@ -7,7 +7,7 @@ import concurrent.futures
 import random
 import uuid
 
-from conftest import await_condition, check_events, cli, problem
+from conftest import await_condition, check_events, cli, outbox_events, problem
 
 FAST_RETRIES = {"max_attempts": 3, "backoff": {"base_ms": 20, "factor": 2}}
 
@@ -64,6 +64,46 @@ def psp_charges(server):
 COMPENSATED = [("authorize_payment", "compensation", "ok"),
                ("reserve_inventory", "compensation", "ok"),
                ("create_order", "compensation", "ok")]
+
+
+def test_a_checkouts_trace_runs_through_its_saga_to_every_event(server):
+    product(server, "T", 10)
+    traces = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01" for _ in range(6)]
+    body = {"customer_id": "cust-1", "currency": "EUR",
+            "items": [{"sku": "T", "qty": 1, "unit_price": 300}],
+            "payment": {"method": "card", "card": "tok_visa"}}
+
+    def go(trace):
+        r = server.post("/checkout", body, headers={"Idempotency-Key": uuid.uuid4().hex,
+                                                    "traceparent": trace})
+        assert r.status_code == 202, r.text
+        return r.json()["checkout_id"]
+    # At once, so that the steps of several sagas share their batches.
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        ids = list(pool.map(go, traces))
+    orders = {}
+    for cid, trace in zip(ids, traces):
+        c = settled(server, cid)
+        assert c["status"] == "COMPLETED", c
+        orders[c["order_id"]] = trace
+    # Every event of an order (its own, its reservation's, its payment's)
+    # carries the trace of the request that made it.
+    by_order = {}
+    for ev in outbox_events(server):
+        order_id = ev["data"].get("order_id") or (
+            ev["aggregate_id"] if ev["aggregate_type"] == "order" else None)
+        if order_id in orders:
+            by_order.setdefault(order_id, []).append((ev["type"], ev["traceparent"]))
+    for order_id, trace in orders.items():
+        types = {t for t, _ in by_order[order_id]}
+        assert {"order.created.v1", "inventory.reserved.v1", "payment.authorized.v1",
+                "inventory.committed.v1", "order.status.changed.v1"} <= types, types
+        assert {tp for _, tp in by_order[order_id]} == {trace}, by_order[order_id]
+    # And its fulfilment job.
+    jobs = server.get("/jobs?queue=default&limit=1000").json()["jobs"]
+    fulfil = {j["payload"]["order_id"]: j["traceparent"] for j in jobs
+              if j["handler"] == "fulfilment"}
+    assert fulfil == orders
 
 
 def test_concurrent_checkouts_all_complete_and_everything_agrees(server):

@@ -363,12 +363,12 @@ many_reservations_at_once_grant_in_order_fail_alone_and_commit(void **state)
     const struct inventory_item i1[] = {{"B", 1}, {"A", 2}}, i2[] = {{"B", 2}}, i3[] = {{"A", 1}},
                                 i4[] = {{"A", 1}, {"NOPE", 1}}, i5[] = {{"A", 2}};
     const struct inventory_reservation_req reqs[] = {
-        {"o-1", i1, 2}, /* granted: B 1, A 2 */
-        {"o-2", i2, 1}, /* B: 1 left of 2, short */
-        {"o-0", i3, 1}, /* asked before with these items: as before */
-        {"o-3", i4, 2}, /* an unknown SKU */
-        {"o-4", i5, 1}, /* granted: A 2 (5 - 1 - 2 - 2 = 0 left) */
-        {"o-5", i3, 1}, /* A: none left */
+        {"o-1", i1, 2, NULL}, /* granted: B 1, A 2 */
+        {"o-2", i2, 1, NULL}, /* B: 1 left of 2, short */
+        {"o-0", i3, 1, NULL}, /* asked before with these items: as before */
+        {"o-3", i4, 2, NULL}, /* an unknown SKU */
+        {"o-4", i5, 1, NULL}, /* granted: A 2 (5 - 1 - 2 - 2 = 0 left) */
+        {"o-5", i3, 1, NULL}, /* A: none left */
     };
     enum { N = BB_ARRAY_LEN(reqs) };
     enum err out[N];
@@ -392,7 +392,7 @@ many_reservations_at_once_grant_in_order_fail_alone_and_commit(void **state)
     assert_int_equal(inventory_reservation_get_json(c, "o-5", &r, &e), ERR_NOT_FOUND);
     assert_int_equal(events(c, "inventory.reserved.v1"), 3);
     /* Again: the same answers, nothing more taken; other items: a mismatch. */
-    const struct inventory_reservation_req again[] = {{"o-1", i1, 2}, {"o-4", i3, 1}};
+    const struct inventory_reservation_req again[] = {{"o-1", i1, 2, NULL}, {"o-4", i3, 1, NULL}};
     begin(c);
     assert_ok(end(c, inventory_reserve_many(c, again, 2, 60000, T0 + 2, out, errors, &e)), &e);
     assert_int_equal(out[0], ERR_OK);
@@ -412,13 +412,13 @@ many_reservations_at_once_grant_in_order_fail_alone_and_commit(void **state)
     enum err co[NC];
     struct bb_error ce[NC];
     begin(c);
-    assert_ok(end(c, inventory_commit_many(c, commits, NC - 1, T0 + 4, co, ce, &e)), &e);
+    assert_ok(end(c, inventory_commit_many(c, commits, NULL, NC - 1, T0 + 4, co, ce, &e)), &e);
     assert_int_equal(co[0], ERR_OK);
     assert_int_equal(co[1], ERR_CONFLICT);
     assert_int_equal(co[2], ERR_OK);
     assert_int_equal(co[3], ERR_NOT_FOUND);
     begin(c);
-    assert_ok(end(c, inventory_commit_many(c, commits + NC - 1, 1, T0 + 5, co, ce, &e)), &e);
+    assert_ok(end(c, inventory_commit_many(c, commits + NC - 1, NULL, 1, T0 + 5, co, ce, &e)), &e);
     assert_int_equal(co[0], ERR_OK);
     assert_string_equal(state_of(c, "o-1"), "committed");
     assert_string_equal(state_of(c, "o-0"), "committed");
@@ -434,7 +434,7 @@ many_reservations_at_once_grant_in_order_fail_alone_and_commit(void **state)
     assert_ok(end(c, reserve(c, "o-6", i3, 1, 10, T0 + 6, NULL, NULL, &e)), &e);
     const char *late[] = {"o-6"};
     begin(c);
-    assert_ok(end(c, inventory_commit_many(c, late, 1, T0 + 100, co, ce, &e)), &e);
+    assert_ok(end(c, inventory_commit_many(c, late, NULL, 1, T0 + 100, co, ce, &e)), &e);
     assert_int_equal(co[0], ERR_RESERVATION_EXPIRED);
     assert_string_equal(state_of(c, "o-6"), "active");
 }

@@ -137,7 +137,7 @@ many_orders_at_once(void **state)
     struct bb_error ce[NC];
     for (int round = 0; round < 2; round++) {
         assert_ok(store_begin(c, STORE_WRITE, &e), &e);
-        assert_ok(order_confirm_many(c, confirm, NC, "paid", T0 + 3, co, ce, &e), &e);
+        assert_ok(order_confirm_many(c, confirm, NULL, NC, "paid", T0 + 3, co, ce, &e), &e);
         assert_ok(store_commit(c, &e), &e);
         assert_int_equal(co[0], ERR_OK);
         assert_int_equal(co[1], ERR_OK);
