@@ -1168,7 +1168,6 @@ handle_queue_get(struct http_req *r, void *ctx)
     run_read(op, queues_work);
 }
 
-/* PUT: create, or update the settings given (others keep their value). */
 /* "rate_limit": {"max": N, "per_ms": W} sets it, null removes it. */
 static enum err
 rate_limit_member(const json_t *body, struct job_queue *q, struct bb_error *e)
@@ -1197,6 +1196,7 @@ rate_limit_member(const json_t *body, struct job_queue *q, struct bb_error *e)
     return rc;
 }
 
+/* PUT: create, or update the settings given (others keep their value). */
 static enum err
 queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
