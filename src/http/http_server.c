@@ -39,7 +39,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Bodies beyond the limit are read and discarded (so the client can read
@@ -868,19 +867,10 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
     if (s == NULL)
         return;
     http_server_drain(s);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
+    int64_t deadline = bb_mono_ms() + timeout_ms;
     pthread_mutex_lock(&s->mu);
-    while (s->n_active > 0) {
-        if (pthread_cond_timedwait(&s->cv, &s->mu, &deadline) != 0)
-            break;
-    }
+    while (s->n_active > 0 && bb_mono_ms() < deadline)
+        bb_cond_wait_ms(&s->cv, &s->mu, deadline - bb_mono_ms());
     int suspended = s->n_suspended, active = s->n_active;
     pthread_mutex_unlock(&s->mu);
     if (suspended > 0) {

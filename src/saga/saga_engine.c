@@ -13,7 +13,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 enum {
     DEFS_MAX = 8,
@@ -1186,14 +1185,9 @@ starter_main(void *arg)
         pthread_mutex_lock(&eng->mu);
         if (eng->stopping || eng->wake)
             continue;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t ns = ts.tv_nsec + (eng->opt.poll_ms % 1000) * 1000000;
-        ts.tv_sec += eng->opt.poll_ms / 1000 + ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
-        while (!eng->stopping && !eng->wake)
-            if (pthread_cond_timedwait(&eng->cv, &eng->mu, &ts) != 0)
-                break;
+        int64_t deadline = bb_mono_ms() + eng->opt.poll_ms;
+        while (!eng->stopping && !eng->wake && bb_mono_ms() < deadline)
+            bb_cond_wait_ms(&eng->cv, &eng->mu, deadline - bb_mono_ms());
     }
     pthread_mutex_unlock(&eng->mu);
     return NULL;
