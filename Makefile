@@ -4,9 +4,11 @@
 #   make test   build normal + ASan/UBSan, start a private PostgreSQL, run all tests
 .PHONY: run test build asan bench format clean
 
+# run needs only the run packages, so it configures without the test suite
+# (cmocka, pytest); test and build turn it back on.
 run:
 	scripts/deps.sh run
-	cmake --preset dev >/dev/null
+	cmake --preset dev -DBB_TESTS=OFF >/dev/null
 	cmake --build build -j$$(nproc)
 	./build/backbone serve
 
@@ -14,7 +16,7 @@ test:
 	scripts/test.sh
 
 build:
-	cmake --preset dev >/dev/null
+	cmake --preset dev -DBB_TESTS=ON >/dev/null
 	cmake --build build -j$$(nproc)
 
 asan:

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh test
 jobs=$(nproc)
 
-cmake --preset dev >/dev/null
+cmake --preset dev -DBB_TESTS=ON >/dev/null
 cmake --build build -j"$jobs"
 cmake --preset asan >/dev/null
 cmake --build build-asan -j"$jobs"
