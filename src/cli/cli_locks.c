@@ -129,7 +129,11 @@ locks_run(const char *cmd, const char *name, const struct locks_args *a)
         if (body == NULL)
             return usage_error("--owner must be valid UTF-8");
         lock_path(&path, "/locks/", name, "/acquire");
-        return call_and_print(a, "POST", &path, body, "acquired");
+        /* The server parks the request up to --wait: the client's own
+         * timeout starts counting after it. */
+        struct locks_args waiting = *a;
+        waiting.client.timeout_ms += a->wait_ms;
+        return call_and_print(&waiting, "POST", &path, body, "acquired");
     }
     if (strcmp(cmd, "renew") == 0 || strcmp(cmd, "release") == 0) {
         if (a->token <= 0)

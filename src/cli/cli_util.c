@@ -27,7 +27,7 @@ static const struct bb_opt CLIENT_OPTS[] = {
     {"json", BB_OPT_BOOL, CLIENT_OFF(json), 0, 0, "false",
      "print the server's JSON answer instead of text", 0},
     {"timeout", BB_OPT_DURATION, CLIENT_OFF(timeout_ms), 1, 3600000, "30s",
-     "give up on the server after this long", 0},
+     "give up on the server after this long (beyond any --wait)", 0},
 };
 
 enum { MAX_OPTS = 32 };

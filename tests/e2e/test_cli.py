@@ -15,6 +15,10 @@ def test_lock_cycle_with_human_output(server):
     assert r.returncode == 1 and "held by another owner" in r.stderr and "409" in r.stderr
     r = cli("locks", "acquire", "orders", "--owner", "w2", "--wait", "200ms", server=server)
     assert r.returncode == 1 and "still held after waiting" in r.stderr
+    # --timeout bounds the request beyond the wait, not the wait itself.
+    r = cli("locks", "acquire", "orders", "--owner", "w2", "--wait", "1500ms", "--timeout", "300ms",
+            server=server)
+    assert r.returncode == 1 and "still held after waiting" in r.stderr, r.stderr
     r = cli("locks", "show", "orders", server=server)
     assert r.returncode == 0 and r.stdout.startswith("held orders: owner w1, epoch 1")
     r = cli("locks", "list", server=server)
