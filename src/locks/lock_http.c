@@ -64,7 +64,7 @@ static struct metrics_def M_ACQUIRED = {
 };
 static struct metrics_def M_CONTENTIONS = {
     .name = "backbone_lock_contentions_total",
-    .help = "Acquire attempts that found the lock held by another owner.",
+    .help = "Acquire requests that found the lock held by another owner (once per request).",
     .type = METRICS_COUNTER,
 };
 static struct metrics_def M_TAKEOVERS = {
@@ -330,7 +330,8 @@ acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error 
         http_reply_problem(r, e, NULL);
         return;
     }
-    locks__metric_contention();
+    if (!op->parked_before) /* once per request, however often a waiter retries */
+        locks__metric_contention();
     if (now_mono < op->deadline_mono_ms) {
         /* Retry when the holder's lease runs out, or sooner on a release. */
         int64_t lease_left = op->grant.expires_at_ms - bb_wall_ms();
