@@ -369,7 +369,7 @@ commit_reservations(struct saga_step_run **runs, size_t n, enum saga_outcome *ou
 static void
 payment_lock_names(const struct saga_step_run *run, char name[128], char owner[128])
 {
-    snprintf(name, 128, "payment:%s", data_text(run, "order_id"));
+    snprintf(name, 128, PAYMENT_FENCE_PREFIX "%s", data_text(run, "order_id"));
     snprintf(owner, 128, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
 }
 

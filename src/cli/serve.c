@@ -383,8 +383,11 @@ app_start(struct app *app, struct bb_error *e)
     if (rc != ERR_OK)
         return rc;
     unsigned roles = app->roles;
-    if (roles & ROLE_LOCKS)
+    if (roles & ROLE_LOCKS) {
         rc = lock_service_create(app->store, &app->locks, e);
+        if (rc == ERR_OK)
+            lock_service_reserve(app->locks, PAYMENT_FENCE_PREFIX);
+    }
     if (rc == ERR_OK && (roles & ROLE_JOBS)) {
         struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
         rc = job_service_create(app->store, app->registry, &jo, &app->jobs, e);

@@ -27,6 +27,8 @@ enum { LIST_LIMIT_DEFAULT = 100, LIST_LIMIT_MAX = 1000, RECHECK_MS = 1000 };
 struct lock_service {
     struct store *store;
     struct http_waitlist *waiters;
+    const char *reserved[LOCK_RESERVED_MAX]; /* name prefixes other modules own */
+    size_t n_reserved;
 };
 
 struct locks__op {
@@ -243,6 +245,12 @@ op_body(struct http_req *r, const char *param, const char *const *allowed, struc
         json_t **body, struct bb_error *e)
 {
     enum err rc = path_name(r, param, &op->name, e);
+    for (size_t i = 0; rc == ERR_OK && i < op->svc->n_reserved; i++) {
+        const char *prefix = op->svc->reserved[i];
+        if (strncmp(op->name, prefix, strlen(prefix)) == 0)
+            rc = bb_fail(e, ERR_INVALID, param,
+                         "%s: names starting with %s are reserved for Backbone", param, prefix);
+    }
     if (rc == ERR_OK)
         rc = http_req_json_object(r, body, e);
     if (rc == ERR_OK)
@@ -670,6 +678,13 @@ lock_service_create(struct store *s, struct lock_service **out, struct bb_error 
     }
     *out = svc;
     return ERR_OK;
+}
+
+void
+lock_service_reserve(struct lock_service *svc, const char *prefix)
+{
+    BB_ASSERT(svc->n_reserved < LOCK_RESERVED_MAX);
+    svc->reserved[svc->n_reserved++] = prefix;
 }
 
 size_t

@@ -156,6 +156,12 @@ struct lock_service;
 
 /* Registers metrics and subscribes to release notifications. */
 BB_WUR enum err lock_service_create(struct store *s, struct lock_service **out, struct bb_error *e);
+/* Refuse, over HTTP, to acquire, renew or release locks or to write fences
+ * whose names start with `prefix` (a static string): another module owns
+ * them (the payment steps' "payment:{order_id}"). Reading them stays open.
+ * Up to LOCK_RESERVED_MAX prefixes; call before serving. */
+enum { LOCK_RESERVED_MAX = 4 };
+void lock_service_reserve(struct lock_service *svc, const char *prefix);
 /* Copy the service's routes into `out` (room for `max`, which must be
  * enough); returns how many. */
 size_t lock_service_routes(struct lock_service *svc, struct http_route *out, size_t max);

@@ -70,7 +70,7 @@ struct pay_op {
 static void
 fence_key(const char *order_id, char key[160])
 {
-    snprintf(key, 160, "payment:%s", order_id);
+    snprintf(key, 160, PAYMENT_FENCE_PREFIX "%s", order_id);
 }
 
 static enum err

@@ -44,6 +44,10 @@ enum {
     PSP_DECLINE_LIST_MAX = 16,
 };
 
+/* The payment lock and fence of an order: PAYMENT_FENCE_PREFIX "{order_id}".
+ * Reserved: the lock API refuses to take or write these names. */
+#define PAYMENT_FENCE_PREFIX "payment:"
+
 enum payment_state {
     PAYMENT_PENDING,    /* recorded; the PSP's answer is not known yet */
     PAYMENT_AUTHORIZED, /* funds held */

@@ -215,6 +215,11 @@ BAD_INPUT = [
     ("PUT", "/fenced/k", {"value": 1}, 400, "invalid_request", "token"),
     ("PUT", "/fenced/" + "k" * 300, {"token": 1, "value": 1}, 400, "invalid_request", "key"),
     ("GET", "/locks/" + "n" * 300, None, 400, "invalid_request", "name"),
+    # The payment steps' locks and fences are Backbone's own.
+    ("POST", "/locks/payment:o1/acquire", {"owner": "w"}, 400, "invalid_request", "name"),
+    ("POST", "/locks/payment:o1/renew", {"token": 1}, 400, "invalid_request", "name"),
+    ("POST", "/locks/payment:o1/release", {"token": 1}, 400, "invalid_request", "name"),
+    ("PUT", "/fenced/payment:o1", {"token": 2**62, "value": 1}, 400, "invalid_request", "key"),
     ("PATCH", "/locks/a/acquire", {"owner": "w"}, 405, "method_not_allowed", None),
     ("POST", "/locks/a/steal", {"owner": "w"}, 404, "not_found", None),
 ]
