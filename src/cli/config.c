@@ -77,7 +77,7 @@
          0,                                                                                         \
          0,                                                                                         \
          "true",                                                                                    \
-         "wake idle workers when jobs are submitted (false: polling alone, for testing it)",        \
+         "wake idle workers and saga starters on submit (false: polling alone, for testing it)",    \
          0},                                                                                        \
         {"webhook-secret",                                                                          \
          BB_OPT_STRING,                                                                             \

@@ -417,6 +417,7 @@ app_start(struct app *app, struct bb_error *e)
     if (rc == ERR_OK && (roles & (ROLE_WORKERS | ROLE_SAGAS))) {
         struct saga_engine_options so = {.poll_ms = app->cfg.saga_poll_ms,
                                          .run_starter = (roles & ROLE_SAGAS) != 0,
+                                         .ignore_wakeups = !app->cfg.job_wakeups,
                                          .retention_ms = app->cfg.saga_retention_ms,
                                          .unit_batch = app->cfg.saga_batch};
         rc = saga_engine_create(app->store, app->registry, &so, &app->sagas, e);

@@ -193,6 +193,7 @@ struct saga_engine_options {
     int64_t poll_ms;      /* the starter's fallback poll (default 5000) */
     int64_t unit_batch;   /* instances per batched unit, 1..SAGA_UNIT_BATCH_MAX (0: 32) */
     bool run_starter;     /* claim starting events in this process */
+    bool ignore_wakeups;  /* the starter finds events by its poll alone (tests the fallback) */
     int64_t retention_ms; /* the starter deletes sagas this long finished (0: never) */
 };
 struct saga_engine;

@@ -1262,7 +1262,8 @@ saga_engine_start(struct saga_engine *eng, struct bb_error *e)
     enum err rc = store_run(eng->store, STORE_WRITE, queue_work, NULL, e);
     if (rc != ERR_OK || !eng->opt.run_starter)
         return rc;
-    rc = store_listen(eng->store, SAGA_CHANNEL, on_notify, eng);
+    if (!eng->opt.ignore_wakeups)
+        rc = store_listen(eng->store, SAGA_CHANNEL, on_notify, eng);
     if (rc != ERR_OK)
         return rc;
     if (pthread_create(&eng->starter, NULL, starter_main, eng) != 0) {

@@ -1,8 +1,14 @@
 """--roles: a process serves only the services it is given; on PostgreSQL the
-services run as separate processes on one database and share its outbox."""
+services run as separate processes on one database and share its outbox,
+and checkouts accepted by one process run their sagas in others."""
+import concurrent.futures
+import signal
+import subprocess
+import uuid
+
 import pytest
 
-from conftest import ENGINE, cli, outbox_events, problem
+from conftest import BIN, ENGINE, await_condition, cli, outbox_events, problem
 
 PRODUCT = {"sku": "TEA-1", "name": "Tea", "stock": 5}
 ORDER = {"checkout_id": "co-1", "customer_id": "c-1", "currency": "EUR",
@@ -56,3 +62,59 @@ def test_an_unknown_role_is_refused_by_name(database):
 def test_bad_input_to_a_role_still_gets_a_problem(make_server):
     inv = make_server(["--roles", "inventory"])
     problem(inv.post("/inventory/products", {"sku": "TEA-1"}), 400, "invalid_request", "name")
+
+
+def checkout(server, sku, qty):
+    body = {"customer_id": "c-1", "currency": "EUR",
+            "items": [{"sku": sku, "qty": qty, "unit_price": 100}],
+            "payment": {"method": "card", "card": "tok_visa"}}
+    r = server.post("/checkout", body, headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert r.status_code == 202, r.text
+    return r.json()["checkout_id"]
+
+
+def completed(server, ids):
+    """Every checkout of `ids` once none is PENDING (their documents)."""
+    def done():
+        docs = [server.get(f"/checkout/{i}").json() for i in ids]
+        return docs if all(d["status"] != "PENDING" for d in docs) else None
+    return await_condition(done, 120, "every checkout to settle")
+
+
+@pytest.mark.skipif(ENGINE != "pg", reason="one SQLite file has one owner process")
+def test_checkouts_accepted_in_one_process_run_their_sagas_in_others(make_server, database,
+                                                                     tmp_path):
+    # The edge accepts checkouts and answers reads; it starts and runs no saga.
+    edge = make_server(["--roles", "checkout,inventory,orders,payments", "--workers", "0"])
+    assert edge.post("/inventory/products", {"sku": "MUG", "name": "Mug", "stock": 500}) \
+        .status_code == 201
+    # First a starter that hears no notification: its poll alone starts them.
+    make_server(["--roles", "sagas,workers", "--job-wakeups", "false", "--saga-poll", "200ms",
+                 "--job-poll", "200ms"])
+    first = [checkout(edge, "MUG", 1) for _ in range(5)]
+    assert {d["status"] for d in completed(edge, first)} == {"COMPLETED"}
+    # Then a `backbone worker` joins, woken by LISTEN/NOTIFY: two starters
+    # claim the same stream of checkouts.
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([BIN, "worker", "--db", database.url, "--concurrency", "8"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            rest = list(pool.map(lambda q: checkout(edge, "MUG", q), [1, 2, 3] * 20))
+        docs = completed(edge, rest)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+        log.close()
+    assert code == 0, (tmp_path / "worker.log").read_text()[-4000:]
+    assert {d["status"] for d in docs} == {"COMPLETED"}
+    ids = first + rest
+    # One saga per checkout, whichever starter claimed it; one authorization
+    # and one capture per order at the PSP; the stock agrees.
+    assert database.scalar("SELECT count(*) FROM sagas") == len(ids)
+    assert database.scalar("SELECT count(DISTINCT correlation_id) FROM sagas") == len(ids)
+    assert database.scalar("SELECT count(*) FROM psp_charges WHERE op = 'authorize'") == len(ids)
+    assert database.scalar("SELECT count(*) FROM psp_charges WHERE op = 'capture'") == len(ids)
+    sold = 5 + sum([1, 2, 3] * 20)
+    assert edge.get("/inventory/products/MUG/availability").json() == \
+        {"sku": "MUG", "on_hand": 500 - sold, "reserved": 0, "available": 500 - sold}
