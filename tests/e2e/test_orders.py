@@ -71,6 +71,14 @@ def test_bad_orders_get_a_precise_problem_and_write_nothing(server, body, field)
     assert server.get("/orders?checkout_id=chk-1").json() == {"orders": []}
 
 
+def test_malformed_json_writes_nothing(server):
+    for raw in (b'{"checkout_id":', b'[1]', b'{"checkout_id":"a","checkout_id":"b"}'):
+        r = server.request("POST", "/orders", raw=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.headers["Content-Type"].startswith(
+            "application/problem+json"), r.text
+    assert outbox_events(server) == []
+
+
 def test_bad_moves(server):
     problem(server.put("/orders/x/confirm", {"reason": 5}), 400, "invalid_request", "reason")
     problem(server.put("/orders/x/cancel", {"why": "no"}), 400, "invalid_request", "why")
