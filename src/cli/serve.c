@@ -459,9 +459,13 @@ app_start(struct app *app, struct bb_error *e)
     rc = http_server_start(&ho, routes, n, &app->http, e);
     if (rc != ERR_OK)
         return rc;
-    log_info("server.listening", "host=%s port=%d engine=%s version=%s pid=%d", app->cfg.host,
-             http_server_port(app->http), store_engine_name(store_engine_of(app->store)),
-             BB_VERSION, (int)getpid());
+    /* auth=off says so when --api-token is unset or empty (an empty
+     * BACKBONE_API_TOKEN= turns it off too). */
+    bool auth = app->cfg.api_token != NULL && app->cfg.api_token[0] != '\0';
+    log_info("server.listening", "host=%s port=%d engine=%s version=%s pid=%d auth=%s",
+             app->cfg.host, http_server_port(app->http),
+             store_engine_name(store_engine_of(app->store)), BB_VERSION, (int)getpid(),
+             auth ? "bearer" : "off");
     return ERR_OK;
 }
 

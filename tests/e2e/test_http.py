@@ -143,6 +143,14 @@ def test_api_token_guards_everything_but_healthz(make_server):
     ok = {"Authorization": "Bearer s3cret"}
     assert s.get("/locks", headers=ok).status_code == 200
     assert s.get("/metrics", headers=ok).status_code == 200
+    # The start line says whether requests need the token; an empty one is none.
+    [up] = [ln for ln in s.lines() if ln.get("event") == "server.listening"]
+    assert up["auth"] == "bearer"
+    s.stop()  # one process per SQLite file
+    open_ = make_server(env={"BACKBONE_API_TOKEN": ""})
+    assert open_.get("/locks").status_code == 200
+    [up] = [ln for ln in open_.lines() if ln.get("event") == "server.listening"]
+    assert up["auth"] == "off"
 
 
 def run_backbone(*args, env=None):
