@@ -2,10 +2,13 @@
 in a confirmed order or a compensated failure. The scenarios of
 scripts/scenarios/ as tests: success under concurrency, a PSP that hangs,
 a decline, a shortage, a reservation that expires before the payment, a
-crash in the middle, and one key sent ten times."""
+crash in the middle, one key sent ten times, and an order or reservation
+moved by hand while its saga waits."""
 import concurrent.futures
 import random
 import uuid
+
+import pytest
 
 from conftest import await_condition, check_events, cli, outbox_events, problem
 
@@ -355,3 +358,52 @@ def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 0
+
+
+def waiting_for_a_retry(server):
+    """Fail the authorization once with retries an hour apart: the saga waits
+    at authorize_payment with its order created and its stock reserved until
+    the test runs its job by hand. Returns (checkout, the saga's job id)."""
+    server.put("/queues/sagas", {"max_attempts": 5, "backoff": {"base_ms": 3600000}})
+    server.put("/psp/config", {"fail_next": 1})
+    cid = checkout(server, [{"sku": "A", "qty": 2, "unit_price": 400}])
+
+    def failed_once():
+        if not server.get(f"/sagas?correlation_id={cid}").json()["sagas"]:
+            return False  # not started yet
+        return ("authorize_payment", "action", "retry") in steps(saga_of(server, cid))
+    await_condition(failed_once, what="the first authorization to fail")
+    [job] = server.get("/jobs?queue=sagas&state=pending").json()["jobs"]
+    return server.get(f"/checkout/{cid}").json(), job["job_id"]
+
+
+# Someone moves the order or the stock by hand while the saga waits: the
+# saga finds it at commit or at confirmation, after the capture, and undoes
+# what it did (the sale returned as an adjustment, the capture refunded).
+HAND_MOVES = [
+    ("order cancelled", lambda s, c: s.put(f"/orders/{c['order_id']}/cancel", {"reason": "by hand"}),
+     "confirm_order", "the order was cancelled"),
+    ("reservation released", lambda s, c: s.request("DELETE",
+                                                    f"/inventory/reservations/{c['order_id']}"),
+     "commit_reservation", "the reserved stock was released"),
+]
+
+
+@pytest.mark.parametrize("move,step,reason", [m[1:] for m in HAND_MOVES],
+                         ids=[m[0] for m in HAND_MOVES])
+def test_a_hand_move_while_the_saga_waits_is_found_and_compensated(server, move, step, reason):
+    product(server, "A", 5)
+    c, job_id = waiting_for_a_retry(server)
+    assert move(server, c).status_code == 200
+    assert server.post(f"/jobs/{job_id}/run").status_code == 200
+    done = settled(server, c["checkout_id"])
+    assert done["status"] == "FAILED" and done["reason"] == reason
+    saga = saga_of(server, c["checkout_id"])
+    assert (step, "action", "failed") in steps(saga)
+    assert ("capture_payment", "compensation", "ok") in steps(saga)
+    assert steps(saga)[-2:] == [("reserve_inventory", "compensation", "ok"),
+                                ("create_order", "compensation", "ok")]
+    [pay] = payments_of(server, c["order_id"])
+    assert (pay["state"], pay["captured_amount"], pay["refunded_amount"]) == ("REFUNDED", 800, 800)
+    assert stock(server, "A") == {"sku": "A", "on_hand": 5, "reserved": 0, "available": 5}
+    assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CANCELLED"
