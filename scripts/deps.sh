@@ -12,7 +12,7 @@ run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata curl jq
   libjemalloc-dev)
 test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
   python3-yaml python3-jsonschema
-  clang-format curl procps prometheus)
+  clang-format clang-tidy curl procps prometheus)
 bench_pkgs=(etcd-server etcd-client redis-server redis-tools nodejs npm curl python3-celery python3-redis)
 
 case "$profile" in

@@ -2,8 +2,8 @@
 # The whole test suite, as `make test` and CI run it: install what is missing,
 # build a normal, an ASan+UBSan and a TSan build, start a throwaway PostgreSQL, run
 # every test on both engines in both builds, run the concurrency tests again
-# under ThreadSanitizer, check formatting, and stop PostgreSQL even when a
-# test fails.
+# under ThreadSanitizer, check formatting and clang-tidy's checks (.clang-tidy),
+# and stop PostgreSQL even when a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +35,6 @@ ctest --test-dir build-tsan --output-on-failure -j2 --timeout 600 \
   -R 'unit\.base\.|store\.|e2e_.*(lock|job|saga|checkout)' || status=1
 echo "== clang-format"
 scripts/format.sh --check || status=1
+echo "== clang-tidy"
+scripts/tidy.sh build || status=1
 exit $status

@@ -76,7 +76,7 @@ BB_NORETURN BB_PRINTF(3, 4) void bb_panic(const char *file, int line, const char
     X(RESERVATION_EXPIRED, 25, 409, "reservation_expired", "Reservation expired")
 
 enum err {
-#define BB_ERR_ENUM(name, num, status, slug, title) ERR_##name = num,
+#define BB_ERR_ENUM(name, num, status, slug, title) ERR_##name = (num),
     BB_ERR_TABLE(BB_ERR_ENUM)
 #undef BB_ERR_ENUM
 };
@@ -105,6 +105,10 @@ struct bb_error {
  * `return bb_fail(e, ERR_INVALID, "ttl_ms", "must be positive");`. */
 BB_PRINTF(4, 5)
 enum err bb_fail(struct bb_error *e, enum err code, const char *field, const char *fmt, ...);
+#ifdef __clang_analyzer__
+/* Tell the static analyzer (clang-tidy) that bb_fail returns its code. */
+#define bb_fail(e, code, ...) ((void)(bb_fail)(e, code, __VA_ARGS__), (code))
+#endif
 void bb_error_clear(struct bb_error *e);
 
 /* ------------------------------------------------------------------------ */

@@ -13,7 +13,7 @@ static void
 hex(const unsigned char *mac, unsigned len, char out[65])
 {
     static const char digits[] = "0123456789abcdef";
-    for (unsigned i = 0; i < len && i < 32; i++) {
+    for (size_t i = 0; i < len && i < 32; i++) {
         out[2 * i] = digits[mac[i] >> 4];
         out[2 * i + 1] = digits[mac[i] & 15];
     }

@@ -58,6 +58,7 @@ bb_err_http_status(enum err code)
     return r ? r->status : 500;
 }
 
+#undef bb_fail /* the analyzer's macro (base.h) */
 enum err
 bb_fail(struct bb_error *e, enum err code, const char *field, const char *fmt, ...)
 {

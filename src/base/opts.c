@@ -115,7 +115,7 @@ env_name(const char *opt_name, char *out, size_t out_size)
 {
     size_t n = bb_strlcpy(out, "BACKBONE_", out_size);
     for (const char *p = opt_name; *p && n + 1 < out_size; p++, n++)
-        out[n] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+        out[n] = (char)(*p == '-' ? '_' : toupper((unsigned char)*p));
     out[n < out_size ? n : out_size - 1] = '\0';
 }
 

@@ -583,7 +583,7 @@ req_record(struct http_req *r)
         char path[201];
         size_t n = 0;
         for (const char *p = r->path; *p && n < sizeof path - 1; p++)
-            path[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+            path[n++] = (char)((*p >= 0x20 && *p < 0x7f) ? *p : '?');
         path[n] = '\0';
         bb_log_context_set(r->id, r->traceparent);
         log_info("http.request", "method=%s route=%s path=%s status=%d duration_us=%lld", method,

@@ -94,6 +94,7 @@ parse_field(const char *text, const struct field_spec *f, uint64_t *bits, struct
         if (lo < f->min || hi > f->max || lo > hi)
             return bb_fail(e, ERR_INVALID, "cron", "cron %s: %.*s is out of range %d-%d", f->name,
                            (int)(p - item), item, f->min, f->max);
+        BB_ASSERT(lo >= 0 && hi < 64); /* the field specs' ranges */
         for (int v = lo; v <= hi; v += step)
             *bits |= 1ULL << v;
         if (*p == '\0')
@@ -178,6 +179,7 @@ static int
 days_in_month(int y, int m)
 {
     static const int d[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    BB_ASSERT(m >= 1 && m <= 12);
     return m == 2 && is_leap(y) ? 29 : d[m - 1];
 }
 

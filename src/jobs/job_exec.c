@@ -276,7 +276,7 @@ static void
 exec_output_keep(struct bb_buf *tail, const char *data, size_t n)
 {
     bb_buf_append(tail, data, n);
-    if (tail->len > 2 * OUTPUT_TAIL_BYTES) {
+    if (tail->len > 2 * (size_t)OUTPUT_TAIL_BYTES) {
         size_t drop = tail->len - OUTPUT_TAIL_BYTES;
         memmove(tail->data, tail->data + drop, tail->len - drop + 1);
         tail->len -= drop;

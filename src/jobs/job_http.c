@@ -1441,7 +1441,7 @@ job_service_create(struct store *s, const struct job_registry *r,
     struct job_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
     svc->reg = r;
-    svc->payload_limit = o->payload_limit_bytes > 0 ? o->payload_limit_bytes : 256 * 1024;
+    svc->payload_limit = o->payload_limit_bytes > 0 ? o->payload_limit_bytes : (int64_t)256 * 1024;
     svc->claims = http_waitlist_create("bb-job-claims", claim_waiters);
     http_json_group_init(&svc->submits, submit_many_json, SUBMIT_GROUP_MAX);
     enum err rc = store_listen(s, JOBS__CHANNEL, on_ready, svc);

@@ -73,7 +73,8 @@ hash_values(const char *const *values, size_t n)
 {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) {
-        for (const unsigned char *p = (const unsigned char *)values[i]; *p; p++)
+        /* A NULL value is "", as series_new and the lookup read it. */
+        for (const unsigned char *p = (const unsigned char *)(values[i] ? values[i] : ""); *p; p++)
             h = (h ^ *p) * 1099511628211ULL;
         h = (h ^ 0xff) * 1099511628211ULL;
     }

@@ -314,9 +314,10 @@ outbox_claim(struct store_conn *c, const char *type, int64_t after_id, int64_t l
     enum err rc = store_query(c, &CLAIM, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)
         return rc;
-    struct outbox_claimed *a = r.nrows > 0 ? xcalloc((size_t)r.nrows, sizeof *a) : NULL;
+    size_t rows = r.nrows > 0 ? (size_t)r.nrows : 0;
+    struct outbox_claimed *a = rows > 0 ? xcalloc(rows, sizeof *a) : NULL;
     size_t k = 0;
-    while (store_next(&r)) {
+    while (k < rows && store_next(&r)) {
         a[k].id = store_col_int(&r, 0);
         a[k].aggregate_id = xstrdup(store_col_text(&r, 1));
         a[k].data = json_loads(store_col_text(&r, 2), JSON_DECODE_ANY, NULL);
