@@ -18,7 +18,10 @@
  *              frees up, the next delayed job falls due, or poll_ms passes
  *              (the fallback when a notification is lost);
  *   runners    (concurrency of them) run one handler each, outside any
- *              transaction, and hand the outcome to the completer;
+ *              transaction, and hand the outcome to the completer. A job
+ *              claimed ahead waited with its lease running: before it
+ *              starts, its lease must outlast the handler's deadline, or
+ *              be extended to, or the job is handed back (lease_fit);
  *   completer  records every outcome waiting, in one transaction (group
  *              commit: one fsync for many jobs), retrying while the database
  *              is away. A refused outcome (stale lease) is counted and
@@ -44,6 +47,10 @@ enum {
     STUCK_GRACE_MS = 3000,
     FAST_JOB_US = 2000,
     LIMITED_REFRESH_MS = 1000, /* how long the list of limited queues is trusted */
+    /* A handler's deadline ends at least this long before its lease, and a
+     * lease with less than this left is not worth extending (lease_fit). */
+    LEASE_MARGIN_MS = 500,
+    LEASE_SLACK_MS = 1000, /* a lease is max_duration plus this, as a claim gives */
 };
 
 struct ready {
@@ -460,10 +467,78 @@ done_counted(struct done *d)
     free(d);
 }
 
-/* Run one job; returns its outcome, to be queued by the caller unless the
- * handler recorded it. */
+struct extend_unit {
+    struct job_lease *lease;
+    int64_t now_ms;
+};
+
+static enum err
+extend_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct extend_unit *u = arg;
+    return job_heartbeat(c, u->lease->id, u->lease->lease_token,
+                         u->lease->max_duration_ms + LEASE_SLACK_MS, u->now_ms,
+                         &u->lease->lease_expires_at_ms, e);
+}
+
+/*
+ * Before a job starts: make its lease outlast the handler's deadline. A
+ * job claimed ahead (the prefetch, or handed over at commit) waits in
+ * `ready` while its lease, taken at the claim, runs; the handler's
+ * deadline (max_duration) starts only now. Left as it was, a job that
+ * waited past its lease could be rescued and claimed elsewhere, and then
+ * run here too. So:
+ *  - room for the whole max_duration and LEASE_MARGIN_MS: run it;
+ *  - live but shorter (it waited): extend it as a heartbeat does, to
+ *    max_duration and LEASE_SLACK_MS from now, and run it (one write, only
+ *    for jobs that waited; the handler keeps its whole max_duration, so a
+ *    job is never failed for time it spent in our buffer);
+ *  - expired, or within LEASE_MARGIN_MS of it, or the extension failed for
+ *    want of the database: do not run it; hand it back ("interrupted":
+ *    pending again at once, and the attempt does not count against its
+ *    max_attempts: it never ran, and waiting in a worker's buffer is no
+ *    fault of the job's; a rescue would have counted it, and killed a job
+ *    on its last attempt without running it). A hand-back carries the
+ *    lease token, so if the job was rescued meanwhile it is refused as
+ *    stale and changes nothing;
+ *  - the extension refused (the token no longer holds it: rescued,
+ *    cancelled): someone else owns it; record nothing.
+ * Returns true to run it (with *deadline_mono_ms), false not to; *back is
+ * then the hand-back to record, or NULL.
+ */
+static bool
+lease_fit(struct job_pool *p, struct job_lease *lease, int64_t *deadline_mono_ms,
+          struct done **back)
+{
+    *back = NULL;
+    int64_t now = bb_wall_ms(), mono = bb_mono_ms();
+    int64_t left = lease->lease_expires_at_ms - now;
+    *deadline_mono_ms = mono + lease->max_duration_ms;
+    if (left >= lease->max_duration_ms + LEASE_MARGIN_MS)
+        return true;
+    const char *why = "lease ran out while it waited to start: handed back";
+    if (left > LEASE_MARGIN_MS) {
+        struct extend_unit u = {.lease = lease, .now_ms = now};
+        struct bb_error e;
+        enum err rc = store_run(p->store, STORE_WRITE, extend_work, &u, &e);
+        if (rc == ERR_OK)
+            return true;
+        if (rc == ERR_STALE_TOKEN) {
+            log_warn("jobs.lease_lost_before_start", "job=%lld", (long long)lease->id);
+            return false;
+        }
+        log_error_limited(1, "jobs.lease_extend_failed", "job=%lld detail=%s", (long long)lease->id,
+                          e.detail);
+        why = "lease could not be extended before it started: handed back";
+    }
+    *back = done_new(lease, JOB_OUTCOME_INTERRUPTED, why, 0);
+    return false;
+}
+
+/* Run one job until `deadline_mono_ms`; returns its outcome, to be queued
+ * by the caller unless the handler recorded it. */
 static struct done *
-run_one(struct job_pool *p, struct job_lease *lease)
+run_one(struct job_pool *p, struct job_lease *lease, int64_t deadline_mono_ms)
 {
     void *ctx = NULL;
     job_handler_fn *fn = jobs__registry_find(p->reg, lease->handler, &ctx);
@@ -472,7 +547,7 @@ run_one(struct job_pool *p, struct job_lease *lease)
                           .worker = p->worker,
                           .ctx = ctx,
                           .cancel = &p->cancel,
-                          .deadline_mono_ms = bb_mono_ms() + lease->max_duration_ms};
+                          .deadline_mono_ms = deadline_mono_ms};
     bb_buf_init(&run.error);
     int64_t t0 = bb_mono_ns();
     enum job_verdict v;
@@ -513,16 +588,21 @@ runner_main(void *arg)
         p->n_ready--;
         p->running++;
         pthread_mutex_unlock(&p->mu);
-        struct done *d = run_one(p, &r->lease);
-        double duration_s = d->duration_s;
-        bool recorded = d->recorded;
+        int64_t deadline;
+        struct done *d = NULL;
+        bool ran = lease_fit(p, &r->lease, &deadline, &d);
+        if (ran)
+            d = run_one(p, &r->lease, deadline);
+        double duration_s = d ? d->duration_s : 0;
+        bool recorded = d && d->recorded;
         if (recorded)
             done_counted(d); /* frees it */
         pthread_mutex_lock(&p->mu);
-        if (!recorded)
+        if (d && !recorded)
             queue_done(p, d);
         p->running--;
-        adapt_prefetch(p, duration_s * 1e6);
+        if (ran) /* a job not run says nothing about how long jobs take */
+            adapt_prefetch(p, duration_s * 1e6);
         bool claim_again = !p->drained || is_limited(p, r->lease.queue) ||
                            (p->next_due_ms > 0 && p->next_due_ms <= bb_wall_ms());
         if (claim_again && fetch_due(p))

@@ -1009,6 +1009,282 @@ jobs_handed_to_the_pool_at_commit_run_at_once(void **state)
 }
 
 /* A job claimed and failed for good with `error`; its id. */
+/* ---- a job claimed ahead never runs under a lease that ran out -------------------------- */
+
+struct probe {
+    int64_t id;
+    int64_t attempt;
+    int64_t lease_expires_at_ms;
+    int64_t lease_left_ms;    /* at its start */
+    int64_t deadline_left_ms; /* at its start */
+};
+enum { PROBES_MAX = 16 };
+static pthread_mutex_t g_probe_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct probe g_probes[PROBES_MAX]; /* guarded by g_probe_mu */
+static int g_n_probes;                    /* guarded by g_probe_mu */
+
+/* Fast; notes the lease and the deadline each run starts with. */
+static enum job_verdict
+probe_handler(struct job_run *run)
+{
+    int64_t wall = bb_wall_ms(), mono = bb_mono_ms();
+    pthread_mutex_lock(&g_probe_mu);
+    if (g_n_probes < PROBES_MAX)
+        g_probes[g_n_probes++] =
+            (struct probe){.id = run->job->id,
+                           .attempt = run->job->attempt,
+                           .lease_expires_at_ms = run->job->lease_expires_at_ms,
+                           .lease_left_ms = run->job->lease_expires_at_ms - wall,
+                           .deadline_left_ms = run->deadline_mono_ms - mono};
+    pthread_mutex_unlock(&g_probe_mu);
+    return JOB_DONE;
+}
+
+static int
+probes_seen(void)
+{
+    pthread_mutex_lock(&g_probe_mu);
+    int n = g_n_probes;
+    pthread_mutex_unlock(&g_probe_mu);
+    return n;
+}
+
+static void
+await_probes(int n)
+{
+    int64_t deadline = bb_mono_ms() + 30000;
+    while (probes_seen() < n && bb_mono_ms() < deadline)
+        bb_sleep_ms(5);
+    assert_int_equal(probes_seen(), n);
+}
+
+/* The runs of job `id` the probe saw (the last into *last). */
+static int
+probes_of(int64_t id, struct probe *last)
+{
+    int n = 0;
+    pthread_mutex_lock(&g_probe_mu);
+    for (int i = 0; i < g_n_probes; i++) {
+        if (g_probes[i].id == id) {
+            *last = g_probes[i];
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&g_probe_mu);
+    return n;
+}
+
+static void
+gate_set(bool open)
+{
+    pthread_mutex_lock(&g_gate_mu);
+    g_gate_open = open;
+    if (!open)
+        g_blocked = 0;
+    pthread_cond_broadcast(&g_gate_cv);
+    pthread_mutex_unlock(&g_gate_mu);
+}
+
+static void
+await_blocked(int n)
+{
+    int64_t deadline = bb_mono_ms() + 30000;
+    pthread_mutex_lock(&g_gate_mu);
+    while (g_blocked < n && bb_mono_ms() < deadline) {
+        pthread_mutex_unlock(&g_gate_mu);
+        bb_sleep_ms(5);
+        pthread_mutex_lock(&g_gate_mu);
+    }
+    int blocked = g_blocked;
+    pthread_mutex_unlock(&g_gate_mu);
+    assert_int_equal(blocked, n);
+}
+
+static struct store_stmt LEASE_OF = {
+    .sql = "SELECT lease_expires_at_ms, leased_by FROM jobs WHERE id = $1 AND state = 'running'",
+};
+
+/* Job `id`'s lease expiry (it must be running, leased to `worker`). */
+static int64_t
+lease_of(struct store_conn *c, int64_t id, const char *worker)
+{
+    struct store_rows r;
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(id)};
+    assert_ok(store_query(c, &LEASE_OF, p, 1, &r, &e), &e);
+    assert_true(store_next(&r));
+    int64_t at = store_col_int(&r, 0);
+    assert_string_equal(store_col_text(&r, 1), worker);
+    store_rows_close(&r);
+    return at;
+}
+
+/* Every run started with its deadline inside its lease, with room to spare. */
+static void
+assert_deadlines_within_leases(void)
+{
+    pthread_mutex_lock(&g_probe_mu);
+    for (int i = 0; i < g_n_probes; i++)
+        assert_true(g_probes[i].deadline_left_ms + 400 <= g_probes[i].lease_left_ms);
+    pthread_mutex_unlock(&g_probe_mu);
+}
+
+struct waiting {
+    struct job_registry *reg;
+    struct job_pool *pool;
+    int64_t late_attempts;           /* late's max_attempts */
+    int64_t blocker, late, long_job; /* late: 100 ms max_duration */
+    int64_t long_expiry;             /* long_job's lease as claimed */
+};
+
+/*
+ * A pool of one, prefetching (its first job was fast), claims three jobs at
+ * once: `blocker` holds its runner until the gate opens while `late` (a
+ * lease of 1.1 s) and `long_job` (61 s) wait behind it in its buffer.
+ */
+static void
+waiting_start(struct test_conn *f, struct waiting *w)
+{
+    struct bb_error e;
+    gate_set(false);
+    pthread_mutex_lock(&g_probe_mu);
+    g_n_probes = 0;
+    pthread_mutex_unlock(&g_probe_mu);
+    struct job_registry_options ro = {0};
+    assert_ok(job_registry_create(&ro, &w->reg, &e), &e);
+    job_registry_add(w->reg, "probe", probe_handler, NULL);
+    job_registry_add(w->reg, "block", block_handler, NULL);
+    struct job_pool_options po = {.concurrency = 1, .poll_ms = 50, .worker_name = "pool"};
+    assert_ok(job_pool_start(f->db->store, w->reg, &po, &w->pool, &e), &e);
+    submit(f->c, NULL, "probe", 0, 0, bb_wall_ms());
+    await_probes(1);
+    struct job_spec specs[3] = {
+        {.handler = "block"},
+        {.handler = "probe", .max_duration_ms = 100, .max_attempts = w->late_attempts},
+        {.handler = "probe", .max_duration_ms = 60000},
+    };
+    int64_t ids[3];
+    bool created[3];
+    size_t at;
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    assert_ok(job_submit_many(f->c, specs, 3, bb_wall_ms(), ids, created, &at, &e), &e);
+    assert_ok(store_commit(f->c, &e), &e);
+    w->blocker = ids[0];
+    w->late = ids[1];
+    w->long_job = ids[2];
+    await_blocked(1);
+    /* Claimed together: the other two wait in the pool's buffer. */
+    lease_of(f->c, w->late, "pool");
+    w->long_expiry = lease_of(f->c, w->long_job, "pool");
+}
+
+/* Open the gate; once long_job (behind late) has run, stop the pool. */
+static void
+waiting_finish(struct waiting *w, int runs)
+{
+    gate_set(true);
+    await_probes(runs);
+    job_pool_stop(w->pool, bb_mono_ms() + 5000);
+    job_registry_destroy(w->reg);
+    struct probe p;
+    assert_int_equal(probes_of(w->long_job, &p), 1);
+    /* It waited out more than a second of its lease: extended before it started. */
+    assert_true(p.lease_expires_at_ms > w->long_expiry);
+    assert_deadlines_within_leases();
+}
+
+struct rescue_unit {
+    int64_t id;
+    struct job_lease *leases;
+    size_t n;
+};
+
+/* The scheduler's rescue and another worker's claim, in one transaction
+ * (the pool never sees the job pending). */
+static enum err
+rescue_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct rescue_unit *u = arg;
+    int64_t rescued;
+    enum err rc = job_rescue_expired(c, bb_wall_ms(), 10, &rescued, e);
+    if (rc != ERR_OK || rescued == 0)
+        return rc;
+    rc =
+        job_claim(c, "default", "other", false, 1, 60000, bb_wall_ms(), &u->leases, &u->n, NULL, e);
+    if (rc == ERR_OK && (u->n != 1 || u->leases[0].id != u->id))
+        return bb_fail(e, ERR_INTERNAL, "", "claimed something else");
+    return rc;
+}
+
+/*
+ * A job whose lease ran out while it waited in a pool's buffer, rescued
+ * and claimed by another worker, is not run by the pool too: the other
+ * worker's lease holds, and its completion is accepted.
+ */
+static void
+a_prefetched_job_rescued_while_it_waited_is_not_run_by_its_first_worker(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    struct waiting w = {.late_attempts = 2}; /* the rescue counts one */
+    waiting_start(f, &w);
+    struct rescue_unit u = {.id = w.late};
+    int64_t deadline = bb_mono_ms() + 30000;
+    while (u.n == 0 && bb_mono_ms() < deadline) {
+        assert_ok(store_run(f->db->store, STORE_WRITE, rescue_work, &u, &e), &e);
+        if (u.n == 0)
+            bb_sleep_ms(20); /* its lease (1.1 s) has not run out yet */
+    }
+    assert_int_equal(u.n, 1);
+    waiting_finish(&w, 2); /* the first job and long_job */
+    struct probe p;
+    assert_int_equal(probes_of(w.late, &p), 0);
+    assert_string_equal(state_of(f->c, w.late, bb_wall_ms()), "running");
+    lease_of(f->c, w.late, "other");
+    enum job_state st;
+    assert_int_equal(
+        finish(f->c, w.late, u.leases[0].lease_token, JOB_OUTCOME_COMPLETED, bb_wall_ms(), &st),
+        ERR_OK);
+    assert_int_equal(st, JOB_COMPLETED);
+    free_leases(u.leases, u.n);
+}
+
+/*
+ * A job whose lease ran out while it waited, not yet rescued, is handed
+ * back rather than run: pending again without losing an attempt (it had
+ * one), then claimed and run afresh under a new lease.
+ */
+static void
+a_prefetched_job_whose_lease_ran_out_is_handed_back_not_run(void **state)
+{
+    struct test_conn *f = *state;
+    struct waiting w = {.late_attempts = 1}; /* a rescue would kill it */
+    waiting_start(f, &w);
+    int64_t expiry = lease_of(f->c, w.late, "pool");
+    while (bb_wall_ms() <= expiry)
+        bb_sleep_ms(20);
+    waiting_finish(&w, 3); /* the first job, long_job and late's second attempt */
+    struct probe p;
+    assert_int_equal(probes_of(w.late, &p), 1);
+    assert_int_equal(p.attempt, 2);
+    json_t *j = get(f->c, w.late, bb_wall_ms());
+    int64_t until = bb_mono_ms() + 30000;
+    while (strcmp(json_string_value(json_object_get(j, "state")), "completed") != 0 &&
+           bb_mono_ms() < until) {
+        json_decref(j);
+        bb_sleep_ms(10);
+        j = get(f->c, w.late, bb_wall_ms());
+    }
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 0), "outcome")),
+                        "interrupted");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 1), "outcome")),
+                        "completed");
+    json_decref(j);
+}
+
 static int64_t
 dead_with(struct store_conn *c, const char *handler, const char *error)
 {
@@ -1255,6 +1531,8 @@ a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
 static const struct CMUnitTest tests[] = {
     JOB_TEST(submit_and_read_back),
     JOB_TEST(jobs_handed_to_the_pool_at_commit_run_at_once),
+    JOB_TEST(a_prefetched_job_rescued_while_it_waited_is_not_run_by_its_first_worker),
+    JOB_TEST(a_prefetched_job_whose_lease_ran_out_is_handed_back_not_run),
     JOB_TEST(unique_key_returns_the_first_job_until_it_finishes),
     JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
