@@ -1258,13 +1258,20 @@ static struct store_stmt JOB_CLAIM = {
  * concurrency_key), its claimers serialised by the queue's row lock: among
  * the first $8 ready jobs, those whose key has room, counting the running
  * ones (through jobs_running_keys) and those ahead of it in this claim.
+ * The queue's lock does not hold off a cancel (or any other change to a
+ * job), and the window function rules out FOR UPDATE in the subquery: so
+ * the outer WHERE checks the state again. On PostgreSQL a row changed by a
+ * transaction that commits while this one waits for it is checked afresh
+ * against the outer WHERE only (not the subquery, whose answer stands): a
+ * job cancelled meanwhile is skipped, not made running again.
  */
 static struct store_stmt JOB_CLAIM_KEYED = {
     .sql = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
            " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
            " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
            " started_at_ms = $3, updated_at_ms = $3"
-           " WHERE id IN (SELECT c.id FROM (SELECT w.id, w.priority, w.run_at_ms,"
+           " WHERE state = 'pending' AND id IN (SELECT c.id FROM (SELECT w.id, w.priority, "
+           "w.run_at_ms,"
            " w.concurrency_key, ROW_NUMBER() OVER (PARTITION BY w.concurrency_key"
            " ORDER BY w.priority DESC, w.run_at_ms, w.id) AS ahead"
            " FROM (SELECT id, priority, run_at_ms, concurrency_key FROM jobs"

@@ -1526,6 +1526,98 @@ a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
     json_decref(queues);
 }
 
+struct keyed_claim {
+    struct store *store;
+    size_t n;
+    enum err rc;
+};
+
+static enum err
+keyed_claim_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct keyed_claim *k = arg;
+    struct job_lease *l;
+    enum err rc = job_claim(c, "keyed", "w2", false, 10, 30000, T0, &l, &k->n, NULL, e);
+    if (rc == ERR_OK)
+        free_leases(l, k->n);
+    return rc;
+}
+
+static void *
+keyed_claimer(void *arg)
+{
+    struct keyed_claim *k = arg;
+    struct bb_error e;
+    k->rc = store_run(k->store, STORE_WRITE, keyed_claim_work, k, &e);
+    return NULL;
+}
+
+static struct store_stmt BACKEND_PID = {.sql = "SELECT pg_backend_pid()"};
+static struct store_stmt BLOCKED_BY = {
+    .sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))",
+};
+
+/* Sessions waiting for a lock `pid` holds (PostgreSQL). */
+static int64_t
+blocked_by(struct store_conn *c, int64_t pid)
+{
+    int64_t n;
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(pid)};
+    struct store_rows r;
+    assert_ok(store_query(c, &BLOCKED_BY, p, 1, &r, &e), &e);
+    assert_true(store_next(&r));
+    n = store_col_int(&r, 0);
+    store_rows_close(&r);
+    return n;
+}
+
+/*
+ * A cancel that commits while a claim of a keyed queue waits for the job's
+ * row (PostgreSQL: the claim read the job as pending, then blocked on the
+ * cancel's lock) stands: the claim skips the job. SQLite serialises writers,
+ * so there the claim simply comes after the cancel.
+ */
+static void
+a_cancel_committed_during_a_keyed_claim_stands(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "keyed");
+    q.key_concurrency = 1;
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    int64_t id = submit_keyed(f->c, "acme");
+    bool pg = store_conn_engine(f->c) == STORE_POSTGRES;
+    struct keyed_claim k = {.store = f->db->store};
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    assert_ok(job_cancel(f->c, id, T0 + 1, &e), &e);
+    pthread_t claimer;
+    if (pg) {
+        struct store_rows r;
+        assert_ok(store_query(f->c, &BACKEND_PID, NULL, 0, &r, &e), &e);
+        assert_true(store_next(&r));
+        int64_t pid = store_col_int(&r, 0);
+        store_rows_close(&r);
+        assert_int_equal(pthread_create(&claimer, NULL, keyed_claimer, &k), 0);
+        struct store_conn *watch;
+        assert_ok(store_conn_open(f->db->store, &watch, &e), &e);
+        int64_t deadline = bb_mono_ms() + 30000;
+        while (blocked_by(watch, pid) == 0 && bb_mono_ms() < deadline)
+            bb_sleep_ms(5);
+        assert_int_equal(blocked_by(watch, pid), 1); /* the claim waits for the job's row */
+        store_conn_close(watch);
+    }
+    assert_ok(store_commit(f->c, &e), &e);
+    if (pg)
+        pthread_join(claimer, NULL);
+    else
+        keyed_claimer(&k);
+    assert_ok(k.rc, &e);
+    assert_int_equal(k.n, 0);
+    assert_string_equal(state_of(f->c, id, T0 + 2), "cancelled");
+}
+
 #define JOB_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1538,6 +1630,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
     JOB_TEST(a_rate_limit_lets_bursts_of_its_max_then_its_pace),
     JOB_TEST(a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time),
+    JOB_TEST(a_cancel_committed_during_a_keyed_claim_stands),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
