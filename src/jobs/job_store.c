@@ -1591,7 +1591,8 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     int64_t run_at = now_ms;
     /* A lost lease already made the job wait a whole lease: retry at once. */
     if (!dead && f->outcome != JOB_OUTCOME_EXPIRED && !interrupted)
-        run_at += job_backoff_delay_ms(&b, (int)attempt, rand01());
+        run_at += job_backoff_delay_ms(
+            &b, (int)attempt, rand01 ? rand01() : (double)bb_rand_below(1000000) / 1000000.0);
     char cut[JOB_ERROR_MAX + 1];
     bb_utf8_copy(cut, sizeof cut, f->error ? f->error : job_outcome_name(f->outcome));
     char fp[JOB_FINGERPRINT_LEN + 1];

@@ -315,7 +315,8 @@ struct job_finish {
  * Record the end of attempts: completed, or failed (back to pending after
  * the backoff, or dead after the last attempt). Each entry whose token is
  * stale gets rc = ERR_STALE_TOKEN and changes nothing. One transaction for
- * many jobs (the workers' group commit). `rand01` draws jitter.
+ * many jobs (the workers' group commit). `rand01` draws jitter (NULL: a
+ * random draw).
  */
 BB_WUR enum err job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n,
                                  int64_t now_ms, double (*rand01)(void), struct bb_error *e);

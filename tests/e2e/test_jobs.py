@@ -340,6 +340,14 @@ def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     r = server.post(f"/jobs/{other}/fail", {"token": 1, "error": "bad number", "retry": False})
     assert r.json()["state"] == "dead"
     assert server.get(f"/jobs/{other}").json()["attempts"][0]["error"] == "bad number"
+    # A failure that may be retried waits out its backoff, pending.
+    again = submit(server, {"handler": "external:sms"})["job_id"]
+    got = server.post("/queues/default/claim", {"worker": "py-2"}).json()["jobs"]
+    assert [j["job_id"] for j in got] == [again]
+    r = server.post(f"/jobs/{again}/fail", {"token": 1, "error": "try later"})
+    assert r.status_code == 200 and r.json()["state"] == "pending", r.text
+    job = server.get(f"/jobs/{again}").json()
+    assert job["attempts"][0]["outcome"] == "failed" and not job["ready"]
     assert server.metric("backbone_job_stale_reports_total", 'report="complete"') == 2
 
 
