@@ -943,6 +943,9 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_array_append_new(list, lease_json(&leases[i]));
+        /* Queue latency: from when it was due to this claim. */
+        jobs__metric_started_at_commit(c, leases[i].queue,
+                                       (double)(now - leases[i].run_at_ms) / 1000.0);
         job_lease_deinit(&leases[i]);
     }
     free(leases);
@@ -997,11 +1000,6 @@ claim_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e
         claim_give_up(op, ERR_UNAVAILABLE);
         return;
     }
-    if (rc == ERR_OK) {
-        size_t n = json_array_size(json_object_get(op->out, "jobs"));
-        for (size_t i = 0; i < n; i++)
-            jobs__metric_started(op->name, 0);
-    }
     jop_reply(r, arg, rc, e);
 }
 
@@ -1050,7 +1048,8 @@ report_work(struct store_conn *c, void *arg, struct bb_error *e)
     f.outcome = op->error == NULL ? JOB_OUTCOME_COMPLETED
                 : op->flag        ? JOB_OUTCOME_FAILED
                                   : JOB_OUTCOME_PERMANENT;
-    enum err rc = job_finish_batch(c, &f, 1, bb_wall_ms(), NULL, e);
+    int64_t now = bb_wall_ms();
+    enum err rc = job_finish_batch(c, &f, 1, now, NULL, e);
     if (rc != ERR_OK)
         return rc;
     if (f.rc != ERR_OK)
@@ -1058,6 +1057,9 @@ report_work(struct store_conn *c, void *arg, struct bb_error *e)
                        "lease token %" PRId64 " no longer holds job %" PRId64
                        " (its lease ran out and it was rescued, or it was cancelled)",
                        op->token, op->id);
+    /* The attempt ran from its claim to this report. */
+    jobs__metric_finished_at_commit(c, f.queue, f.outcome,
+                                    (double)(now - f.started_at_ms) / 1000.0);
     op->n = f.outcome;
     jop_answer(
         op, 200,

@@ -1,14 +1,16 @@
 /*
  * job_metrics.c: the job engine's metrics, declared once. Counters move
- * after the transaction that did the work has committed (the callers in
- * job_http.c and job_worker.c); gauges of depth come from the database at
- * scrape time (job_metrics_refresh).
+ * after the transaction that did the work has committed (the embedded
+ * workers once their unit returns, the pull API and the store through
+ * store_after_commit); gauges of depth come from the database at scrape
+ * time (job_metrics_refresh).
  */
 #include "jobs/jobs_int.h"
 
 #include "metrics/metrics.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 static struct metrics_def M_SUBMITTED = {
@@ -109,6 +111,50 @@ jobs__metric_finished(const char *queue, enum job_outcome outcome, double durati
 {
     metrics_add(&M_FINISHED, 1, queue, job_outcome_name(outcome));
     metrics_observe(&M_DURATION, duration_s < 0 ? 0 : duration_s, queue);
+}
+
+/* A started or finished attempt, to count once its transaction commits. */
+struct attempt_later {
+    bool finished; /* else started */
+    enum job_outcome outcome;
+    double seconds; /* queue latency, or duration */
+    char queue[JOB_NAME_MAX + 1];
+};
+
+static void
+attempt_counted(void *arg, bool committed)
+{
+    struct attempt_later *a = arg;
+    if (committed && a->finished)
+        jobs__metric_finished(a->queue, a->outcome, a->seconds);
+    else if (committed)
+        jobs__metric_started(a->queue, a->seconds);
+    free(a);
+}
+
+static void
+attempt_at_commit(struct store_conn *c, const char *queue, bool finished, enum job_outcome outcome,
+                  double seconds)
+{
+    struct attempt_later *a = xcalloc(1, sizeof *a);
+    a->finished = finished;
+    a->outcome = outcome;
+    a->seconds = seconds;
+    bb_strlcpy(a->queue, queue, sizeof a->queue);
+    store_after_commit(c, attempt_counted, a);
+}
+
+void
+jobs__metric_started_at_commit(struct store_conn *c, const char *queue, double queue_latency_s)
+{
+    attempt_at_commit(c, queue, false, JOB_OUTCOME_COMPLETED, queue_latency_s);
+}
+
+void
+jobs__metric_finished_at_commit(struct store_conn *c, const char *queue, enum job_outcome outcome,
+                                double duration_s)
+{
+    attempt_at_commit(c, queue, true, outcome, duration_s);
 }
 
 void

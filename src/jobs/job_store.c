@@ -1464,12 +1464,12 @@ static struct store_stmt JOB_COMPLETE_MANY = {
                   " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
-                  " FROM json_each($1)) RETURNING id",
+                  " FROM json_each($1)) RETURNING id, queue, started_at_ms",
     .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $3,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $3"
               " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, token)"
               " WHERE jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
-              " RETURNING jobs.id",
+              " RETURNING jobs.id, jobs.queue, jobs.started_at_ms",
 };
 /* Attempt rows, many at once: a batch of (id, attempt, started, finished,
  * outcome, worker, error). */
@@ -1490,8 +1490,8 @@ static struct store_stmt ATTEMPTS_INSERT_MANY = {
 /* One failure: read what the retry decision needs, under the token. */
 static struct store_stmt JOB_FAIL_READ = {
     .sql = "SELECT attempt, attempt_limit, backoff_base_ms, backoff_factor_milli,"
-           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms, handler FROM jobs"
-           " WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms, handler, queue"
+           " FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 static struct store_stmt JOB_FAIL_WRITE = {
     .sql =
@@ -1554,6 +1554,8 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
                 items[i].rc == ERR_STALE_TOKEN) {
                 items[i].rc = ERR_OK;
                 items[i].state = JOB_COMPLETED;
+                bb_strlcpy(items[i].queue, store_col_text(&r, 1), sizeof items[i].queue);
+                items[i].started_at_ms = store_col_int(&r, 2);
                 break;
             }
         }
@@ -1584,6 +1586,8 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     int64_t started = store_col_int(&r, 7);
     char handler[JOB_NAME_MAX + 1];
     bb_strlcpy(handler, store_col_text(&r, 8), sizeof handler);
+    char queue[JOB_NAME_MAX + 1];
+    bb_strlcpy(queue, store_col_text(&r, 9), sizeof queue);
     store_rows_close(&r);
     /* An interrupted attempt (its worker stopped) does not count. */
     bool interrupted = f->outcome == JOB_OUTCOME_INTERRUPTED;
@@ -1614,6 +1618,8 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
         return rc;
     f->rc = ERR_OK;
     f->state = dead ? JOB_DEAD : JOB_PENDING;
+    memcpy(f->queue, queue, sizeof f->queue);
+    f->started_at_ms = started;
     attempt_row(attempts, f, attempt, worker, started, now_ms);
     /* A retry: workers set their next timer by it. */
     return dead ? ERR_OK : store_notify(c, JOBS__CHANNEL, "", e);

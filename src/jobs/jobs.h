@@ -310,6 +310,10 @@ struct job_finish {
     /* result */
     enum err rc;          /* ERR_OK, or ERR_STALE_TOKEN when the lease was lost */
     enum job_state state; /* where the job went */
+    /* With rc ERR_OK: the job's queue, and when the attempt started (its
+     * claim), for the metrics of those who did not time it themselves. */
+    char queue[JOB_NAME_MAX + 1];
+    int64_t started_at_ms;
 };
 /*
  * Record the end of attempts: completed, or failed (back to pending after

@@ -71,6 +71,13 @@ struct metrics_def *jobs__metric_submitted_def(void);
 void jobs__metric_started(const char *queue, double queue_latency_s);
 void jobs__metric_finished(const char *queue, enum job_outcome outcome, double duration_s);
 void jobs__metric_stale(const char *what);
+/* The same two, counted when `c`'s open transaction commits (not at all
+ * if it rolls back): for the pull API, whose claims and reports are the
+ * transaction's own work. */
+void jobs__metric_started_at_commit(struct store_conn *c, const char *queue,
+                                    double queue_latency_s);
+void jobs__metric_finished_at_commit(struct store_conn *c, const char *queue,
+                                     enum job_outcome outcome, double duration_s);
 /* Rescues, by queue and kind; counted at commit by job_rescue_expired. */
 struct metrics_def *jobs__metric_rescued_def(void);
 void jobs__metric_pruned(int64_t n);

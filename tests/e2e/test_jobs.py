@@ -465,6 +465,34 @@ def test_job_metrics(server):
     assert m("backbone_jobs", 'queue="default",state="dead"') == 1
     assert m("backbone_job_duration_seconds_count", 'queue="default"') == 2
     assert m("backbone_job_queue_latency_seconds_count", 'queue="default"') == 2
+    # Pull-API jobs count the same: started at their claim (their queue
+    # latency from run_at), finished at their report, by outcome.
+    assert server.put("/queues/pull", {}).status_code == 201
+    due_long_ago = "2020-01-01T00:00:00Z"
+    ids = []
+    for report in [None, {"error": "try later"}, {"error": "bad input", "retry": False}]:
+        job_id = submit(server, {"queue": "pull", "handler": "external:x", "max_attempts": 2,
+                                 "run_at": due_long_ago})["job_id"]
+        got = server.post("/queues/pull/claim", {"worker": "py"}).json()["jobs"]
+        assert [j["job_id"] for j in got] == [job_id]
+        ids.append(job_id)
+        token = got[0]["lease_token"]
+        if report is None:
+            r = server.post(f"/jobs/{job_id}/complete", {"token": token})
+        else:
+            r = server.post(f"/jobs/{job_id}/fail", dict(report, token=token))
+        assert r.status_code == 200, r.text
+    assert [server.get(f"/jobs/{i}").json()["state"] for i in ids] == [
+        "completed", "pending", "dead"]
+    # A report refused as stale counts as that, not as a finished attempt.
+    problem(server.post(f"/jobs/{ids[0]}/complete", {"token": 1}), 409, "stale_token")
+    assert m("backbone_jobs_started_total", 'queue="pull"') == 3
+    for outcome in ("completed", "failed", "failed_permanently"):
+        assert m("backbone_jobs_finished_total", f'queue="pull",outcome="{outcome}"') == 1
+    assert m("backbone_job_duration_seconds_count", 'queue="pull"') == 3
+    assert m("backbone_job_queue_latency_seconds_count", 'queue="pull"') == 3
+    # Each waited since 2020: years, not the 0 s a claim used to report.
+    assert m("backbone_job_queue_latency_seconds_sum", 'queue="pull"') > 3 * 5 * 365 * 86400
 
 
 BAD_JOBS = [
