@@ -106,22 +106,34 @@ def test_three_processes_share_the_work_and_fire_cron_once(make_server, database
     try:
         r = server.post("/schedules", {"name": "tick", "every_ms": 1000, "handler": "ledger"})
         assert r.status_code == 201
+        # And a cron schedule at every second (6 fields, seconds first).
+        r = server.post("/schedules", {"name": "sec", "cron": "* * * * * *", "handler": "ledger"})
+        assert r.status_code == 201
         jobs = [{"handler": "ledger", "payload": {"ms": 20}} for _ in range(300)]
         assert server.post("/jobs/batch", {"jobs": jobs}).status_code == 201
         await_condition(lambda: database.scalar(
             "SELECT COUNT(*) FROM jobs WHERE schedule = 'tick' AND state = 'completed'") >= 4,
             timeout_s=120, what="four fires")
         await_condition(lambda: database.scalar(
+            "SELECT COUNT(*) FROM jobs WHERE schedule = 'sec' AND state = 'completed'") >= 4,
+            timeout_s=120, what="four cron fires")
+        await_condition(lambda: database.scalar(
             "SELECT COUNT(*) FROM jobs WHERE schedule IS NULL AND state = 'completed'") == 300,
             timeout_s=120, what="300 jobs")
     finally:
         for proc, log in workers:
             stop_worker(proc, log)
-    assert server.post("/schedules/tick/pause").status_code == 200
+    for name in ("tick", "sec"):
+        assert server.post(f"/schedules/{name}/pause").status_code == 200
     # Each fire time made one job, and every job was claimed once: attempt 1,
     # one ledger entry.
-    assert database.scalar("SELECT COUNT(*) FROM jobs WHERE schedule = 'tick'") == \
-        database.scalar("SELECT COUNT(DISTINCT scheduled_for_ms) FROM jobs WHERE schedule = 'tick'")
+    for name in ("tick", "sec"):
+        assert database.scalar(f"SELECT COUNT(*) FROM jobs WHERE schedule = '{name}'") == \
+            database.scalar("SELECT COUNT(DISTINCT scheduled_for_ms) FROM jobs"
+                            f" WHERE schedule = '{name}'")
+    # The cron schedule fired on whole seconds only.
+    assert database.scalar("SELECT COUNT(*) FROM jobs WHERE schedule = 'sec'"
+                           " AND scheduled_for_ms % 1000 <> 0") == 0
     assert database.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'completed' AND attempt <> 1") == 0
     assert database.scalar("SELECT COUNT(*) FROM job_attempts WHERE outcome <> 'completed'") == 0
     assert database.scalar(

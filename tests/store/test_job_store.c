@@ -479,6 +479,77 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     assert_int_equal(job_schedule_delete(f->c, "tick", &e), ERR_NOT_FOUND);
 }
 
+static struct store_stmt FIRES_OF = {
+    .sql = "SELECT scheduled_for_ms, run_at_ms FROM jobs WHERE schedule = $1 ORDER BY id",
+};
+
+/*
+ * A per-second cron schedule (6 fields, seconds first) driven by a clock
+ * the test moves: each fire time makes exactly one job, however often it
+ * is looked at, and fires missed meanwhile collapse into one job for the
+ * latest of them.
+ */
+static void
+per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_schedule s = {0};
+    bb_strlcpy(s.name, "five", sizeof s.name);
+    bb_strlcpy(s.cron, "*/5 * * * * *", sizeof s.cron);
+    s.job = (struct job_spec){.handler = "noop"};
+    int64_t next, n;
+    struct bb_error e;
+    /* T0 is a whole minute: fires at :00, :05, :10, ... */
+    assert_ok(job_schedule_put(f->c, &s, T0 + 1, &next, &e), &e);
+    assert_int_equal(next, T0 + 5000);
+    /* Ticks of two schedulers (the second on a connection of its own, as
+     * another process would be) and the jobs each fires. */
+    struct store_conn *other;
+    assert_ok(store_conn_open(f->db->store, &other, &e), &e);
+    const struct {
+        bool other;
+        int64_t now, jobs;
+    } ticks[] = {
+        {false, T0 + 4999, 0},
+        {false, T0 + 5000, 1}, /* due */
+        {true, T0 + 5000, 0},  /* the other scheduler, same instant */
+        {true, T0 + 9999, 0},  /* later, still before the next */
+        {true, T0 + 10250, 1}, /* the next, a tick late */
+        {false, T0 + 10250, 0},
+        /* Down from :10 to 1:00.007: nine fires missed, one job (for 1:00). */
+        {false, T0 + 60007, 1},
+        {true, T0 + 60007, 0},
+        {true, T0 + 64999, 0},
+        {false, T0 + 65000, 1},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(ticks); i++) {
+        assert_ok(job_schedule_fire_due(ticks[i].other ? other : f->c, ticks[i].now, &n, &e), &e);
+        assert_int_equal(n, ticks[i].jobs);
+    }
+    store_conn_close(other);
+    /* One job per fire time, for that time, run at once. */
+    const int64_t fired_for[] = {T0 + 5000, T0 + 10000, T0 + 60000, T0 + 65000};
+    const int64_t run_at[] = {T0 + 5000, T0 + 10250, T0 + 60007, T0 + 65000};
+    struct store_rows r;
+    const struct store_param p[] = {sp_text("five")};
+    assert_ok(store_query(f->c, &FIRES_OF, p, 1, &r, &e), &e);
+    assert_int_equal(r.nrows, BB_ARRAY_LEN(fired_for));
+    for (size_t i = 0; store_next(&r); i++) {
+        assert_int_equal(store_col_int(&r, 0), fired_for[i]);
+        assert_int_equal(store_col_int(&r, 1), run_at[i]);
+    }
+    store_rows_close(&r);
+    json_t *list;
+    assert_ok(job_schedule_list_json(f->c, "five", 2, &list, &e), &e);
+    json_t *up = json_object_get(json_array_get(list, 0), "upcoming");
+    int64_t t0, t1;
+    assert_ok(bb_rfc3339_parse(json_string_value(json_array_get(up, 0)), &t0), &e);
+    assert_ok(bb_rfc3339_parse(json_string_value(json_array_get(up, 1)), &t1), &e);
+    assert_int_equal(t0, T0 + 70000);
+    assert_int_equal(t1, T0 + 75000);
+    json_decref(list);
+}
+
 static void
 cron_schedules_use_their_time_zone(void **state)
 {
@@ -1639,6 +1710,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(cancel_revokes_a_running_lease_and_run_now_brings_it_back),
     JOB_TEST(enqueue_commits_or_rolls_back_with_the_callers_transaction),
     JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),
+    JOB_TEST(per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires),
     JOB_TEST(cron_schedules_use_their_time_zone),
     JOB_TEST(list_pages_and_filters),
     JOB_TEST(retention_prunes_old_finished_jobs_and_their_attempts_only),
