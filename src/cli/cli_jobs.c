@@ -39,6 +39,8 @@ struct jobs_args {
     int64_t concurrency;
     char *paused;
     char *rate;
+    char *backoff;
+    char *tags;
 };
 
 #define OFF(f) offsetof(struct jobs_args, f)
@@ -66,6 +68,11 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"max-attempts", BB_OPT_INT, OFF(max_attempts), 0, 1000, "0", "attempts before dead", NO_ENV},
     {"max-duration", BB_OPT_DURATION, OFF(timeout_ms), 0, 86400000, "0",
      "how long an attempt may run", NO_ENV},
+    {"backoff", BB_OPT_STRING, OFF(backoff), 0, 0, NULL,
+     "delay before the first retry (2s), or the whole policy as JSON"
+     " ({\"base_ms\":500,\"factor\":2,\"cap_ms\":60000,\"jitter_pct\":10})",
+     NO_ENV},
+    {"tags", BB_OPT_STRING, OFF(tags), 0, 0, NULL, "comma-separated tags (a,b)", NO_ENV},
     {"target-url", BB_OPT_STRING, OFF(target_url), 0, 0, NULL, "URL for the http handler", NO_ENV},
     {"target", BB_OPT_STRING, OFF(target), 0, 0, NULL,
      "the handler's target as JSON (exec: {\"argv\":[...]})", NO_ENV},
@@ -85,7 +92,7 @@ static const char JOBS_USAGE[] =
     "backbone jobs submit --handler H [--queue Q] [--payload JSON] [--run-at T | --delay 5s |\n"
     "                     --cron EXPR [--tz ZONE] [--name N] | --every 30s] [--priority N]\n"
     "                     [--unique-key K] [--concurrency-key K] [--max-attempts N]\n"
-    "                     [--max-duration 60s]\n"
+    "                     [--max-duration 60s] [--backoff 2s | --backoff JSON] [--tags a,b]\n"
     "                     [--target-url U | --target JSON]\n"
     "       backbone jobs get|history|cancel|retry|run ID\n"
     "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
@@ -304,6 +311,37 @@ human_history(const json_t *o)
     }
 }
 
+/* --backoff: a duration is the first retry's delay (the rest default, as
+ * the API has it); a JSON object is the API's backoff, which the server
+ * checks. NULL when it is neither. */
+static json_t *
+backoff_json(const char *text)
+{
+    if (text[0] == '{')
+        return json_loads(text, 0, NULL);
+    int64_t ms;
+    if (bb_duration_parse(text, &ms) != ERR_OK || ms <= 0)
+        return NULL;
+    return json_pack("{s:I}", "base_ms", (json_int_t)ms);
+}
+
+/* --tags a,b as ["a","b"]; an empty tag stays, for the server to refuse
+ * with the tag it is. */
+static json_t *
+tags_json(const char *text)
+{
+    json_t *tags = json_array();
+    for (const char *p = text;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        json_array_append_new(tags, json_stringn(p, len));
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    return tags;
+}
+
 /* The body of a submit or a schedule, from the flags. */
 static int
 job_body(const struct jobs_args *a, json_t **out)
@@ -349,6 +387,16 @@ job_body(const struct jobs_args *a, json_t **out)
         json_object_set_new(b, "max_attempts", json_integer(a->max_attempts));
     if (a->timeout_ms)
         json_object_set_new(b, "max_duration_seconds", json_integer((a->timeout_ms + 999) / 1000));
+    if (a->backoff) {
+        json_t *bo = backoff_json(a->backoff);
+        if (bo == NULL) {
+            json_decref(b);
+            return usage_error("--backoff: expected a duration (2s) or a JSON object");
+        }
+        json_object_set_new(b, "backoff", bo);
+    }
+    if (a->tags)
+        json_object_set_new(b, "tags", tags_json(a->tags));
     if (a->target_url && a->target) {
         json_decref(b);
         return usage_error("--target-url and --target exclude each other");

@@ -54,6 +54,31 @@ def test_unique_keys_and_targets(server):
                                           server=server))
 
 
+def test_jobs_submit_with_a_backoff_and_tags(server):
+    def submitted(*flags):
+        out = ok("jobs", "submit", "--handler", "noop", "--delay", "1h", *flags, server=server)
+        job_id = re.match(r"job (\d+) queued", out).group(1)
+        return json.loads(ok("jobs", "get", job_id, "--json", server=server))
+
+    job = submitted("--backoff", "2s", "--tags", "billing,eu")
+    assert job["tags"] == ["billing", "eu"]
+    # A duration is the first retry's delay; the rest keep the API's defaults.
+    assert job["backoff"] == {"base_ms": 2000, "factor": 4, "cap_ms": 3600000, "jitter_pct": 10}
+    job = submitted("--backoff", '{"base_ms": 500, "factor": 2, "cap_ms": 60000, "jitter_pct": 0}')
+    assert job["backoff"] == {"base_ms": 500, "factor": 2, "cap_ms": 60000, "jitter_pct": 0}
+    assert job["tags"] == []
+    # The server checks them, and says what is wrong.
+    r = cli("jobs", "submit", "--handler", "noop", "--backoff", '{"base_ms": 0}', server=server)
+    assert r.returncode == 1 and "base_ms must be" in r.stderr and "400" in r.stderr
+    r = cli("jobs", "submit", "--handler", "noop", "--tags", "a,,b", server=server)
+    assert r.returncode == 1 and "tags[1]" in r.stderr and "400" in r.stderr
+    # Schedules take them too, for every job they fire.
+    ok("schedules", "create", "tagged", "--every", "1h", "--handler", "noop", "--tags", "cron",
+       "--backoff", "5s", server=server)
+    spec = json.loads(ok("schedules", "show", "tagged", "--json", server=server))
+    assert spec["job"]["tags"] == ["cron"] and spec["job"]["backoff"]["base_ms"] == 5000, spec
+
+
 def test_queues(server):
     assert ok("queues", "put", "mail", "--concurrency", "2", server=server).startswith(
         "mail                 active  ready 0 scheduled 0 running 0 dead 0 concurrency 2")
@@ -129,6 +154,8 @@ def test_jobs_usage_errors_exit_2():
         (["jobs", "submit", "--handler", "http", "--target", "{}", "--target-url", "http://x"],
          "exclude each other"),
         (["jobs", "submit", "--handler", "noop", "--delay", "soon"], "--delay"),
+        (["jobs", "submit", "--handler", "noop", "--backoff", "soon"], "--backoff"),
+        (["jobs", "submit", "--handler", "noop", "--backoff", "{nope"], "--backoff"),
         (["jobs", "get"], "expected a job id"),
         (["jobs", "frob", "1"], "unknown jobs command"),
         (["queues", "show"], "expected a queue name"),
