@@ -569,10 +569,13 @@ static struct store_stmt REFUND_BY_KEY = {
     .sql = "SELECT id, payment_id, amount, state FROM payment_refunds WHERE idempotency_key = $1",
 };
 /* Reserve the amount on the payment first: two refunds cannot both take
- * what remains (refunded_amount counts refunds still being asked for). */
+ * what remains. The reservation stays until the PSP approves the refund (a
+ * refund that failed or timed out is retried with its key, and the PSP may
+ * have made it already); only then does it count as refunded. */
 static struct store_stmt REFUND_RESERVE = {
-    .sql = "UPDATE payments SET refunded_amount = refunded_amount + $2, updated_at_ms = $3"
-           " WHERE id = $1 AND state = 'CAPTURED' AND refunded_amount + $2 <= captured_amount",
+    .sql = "UPDATE payments SET refund_pending_amount = refund_pending_amount + $2,"
+           " updated_at_ms = $3 WHERE id = $1 AND state = 'CAPTURED'"
+           " AND refunded_amount + refund_pending_amount + $2 <= captured_amount",
 };
 static struct store_stmt REFUND_INSERT = {
     .sql = "INSERT INTO payment_refunds (id, payment_id, idempotency_key, amount, state,"
@@ -580,6 +583,12 @@ static struct store_stmt REFUND_INSERT = {
 };
 static struct store_stmt REFUND_DONE = {
     .sql = "UPDATE payment_refunds SET state = 'succeeded' WHERE id = $1 AND state = 'pending'",
+};
+/* The refund approved: its reservation becomes refunded. */
+static struct store_stmt REFUND_SETTLE = {
+    .sql = "UPDATE payments SET refunded_amount = refunded_amount + $2,"
+           " refund_pending_amount = refund_pending_amount - $2, updated_at_ms = $3"
+           " WHERE id = $1 AND refund_pending_amount >= $2",
 };
 
 static enum err
@@ -610,13 +619,14 @@ refund_begin(struct store_conn *c, void *arg, struct bb_error *e)
         if (op->row.state != PAYMENT_CAPTURED)
             return bb_fail(e, ERR_CONFLICT, "", "payment %s is %s: only a capture is refunded",
                            op->row.id, payment_state_name(op->row.state));
-        int64_t left = op->row.captured - op->row.refunded;
+        int64_t left = op->row.captured - op->row.refunded - op->row.refund_pending;
         if (op->amount == 0)
             op->amount = left;
         if (op->amount > left || op->amount <= 0)
             return bb_fail(e, ERR_INVALID, "amount",
-                           "amount %" PRId64 " is more than the %" PRId64 " left to refund",
-                           op->amount, left);
+                           "amount %" PRId64 " is more than the %" PRId64
+                           " left to refund (%" PRId64 " is held by refunds still pending)",
+                           op->amount, left, op->row.refund_pending);
         int64_t now = bb_wall_ms(), changed = 0;
         bb_uuid7_at(now, op->refund_id);
         const struct store_param p[] = {sp_text(op->row.id), sp_int(op->amount), sp_int(now)};
@@ -644,7 +654,13 @@ refund_end(struct store_conn *c, void *arg, struct bb_error *e)
     rc = store_exec(c, &REFUND_DONE, p, 1, &changed, e);
     if (rc != ERR_OK || changed == 0) /* a concurrent retry finished it */
         return rc;
-    rc = payments__row_get(c, op->row.id, &op->row, e);
+    const struct store_param q[] = {sp_text(op->row.id), sp_int(op->amount), sp_int(bb_wall_ms())};
+    rc = store_exec(c, &REFUND_SETTLE, q, BB_ARRAY_LEN(q), &changed, e);
+    if (rc == ERR_OK && changed != 1)
+        return bb_fail(e, ERR_INTERNAL, "", "refund %s of payment %s had no reservation",
+                       op->refund_id, op->row.id);
+    if (rc == ERR_OK)
+        rc = payments__row_get(c, op->row.id, &op->row, e);
     if (rc == ERR_OK && op->row.refunded == op->row.captured) {
         bool moved;
         rc = move(c, op, PAYMENT_REFUNDED, NULL, NULL, 0, &moved, e);

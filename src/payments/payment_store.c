@@ -82,6 +82,29 @@ static const struct store_migration MIGRATIONS[] = {
         .sqlite = "SELECT 1;",
         .pg = "ALTER TABLE payments SET (fillfactor = 70);",
     },
+    {
+        /* refunded_amount counted refunds still being asked for (a PSP
+         * error or timeout leaves one pending until retried), so a payment
+         * could read REFUNDED with less given back. What is reserved for
+         * pending refunds gets its own column; refunded_amount is what the
+         * PSP approved, and a payment it does not cover is CAPTURED again. */
+        .version = 4,
+        .name = "refunds pending reserved apart from refunds made",
+        .sqlite = "ALTER TABLE payments ADD COLUMN refund_pending_amount INTEGER NOT NULL"
+                  " DEFAULT 0;"
+                  "UPDATE payments SET refund_pending_amount = (SELECT COALESCE(SUM(amount), 0)"
+                  " FROM payment_refunds WHERE payment_id = payments.id AND state = 'pending');"
+                  "UPDATE payments SET refunded_amount = refunded_amount - refund_pending_amount;"
+                  "UPDATE payments SET state = 'CAPTURED' WHERE state = 'REFUNDED'"
+                  " AND refunded_amount < captured_amount;",
+        .pg = "ALTER TABLE payments ADD COLUMN refund_pending_amount BIGINT NOT NULL DEFAULT 0;"
+              "UPDATE payments p SET refund_pending_amount = r.pending,"
+              " refunded_amount = p.refunded_amount - r.pending"
+              " FROM (SELECT payment_id, SUM(amount) AS pending FROM payment_refunds"
+              " WHERE state = 'pending' GROUP BY payment_id) r WHERE p.id = r.payment_id;"
+              "UPDATE payments SET state = 'CAPTURED' WHERE state = 'REFUNDED'"
+              " AND refunded_amount < captured_amount;",
+    },
 };
 
 const struct store_migration *
@@ -137,7 +160,7 @@ payments__state_parse(const char *name, enum payment_state *out)
 #define PAYMENT_COLUMNS                                                                \
     "id, order_id, idempotency_key, fingerprint, amount, currency, card, state,"       \
     " captured_amount, refunded_amount, psp_reference, failure_reason, created_at_ms," \
-    " updated_at_ms"
+    " updated_at_ms, refund_pending_amount"
 static struct store_stmt PAYMENT_GET = {
     .sql = "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = $1",
 };
@@ -184,6 +207,7 @@ row_from(const struct store_rows *r, struct payments__row *row)
         bb_panic(__FILE__, __LINE__, "unknown payment state in the database");
     row->captured = store_col_int(r, 8);
     row->refunded = store_col_int(r, 9);
+    row->refund_pending = store_col_int(r, 14);
 }
 
 static enum err
@@ -271,6 +295,7 @@ payment_get_json(struct store_conn *c, const char *payment_id, json_t **out, str
                   store_col_is_null(&r, 10) ? NULL : store_col_text(&r, 10), "failure_reason",
                   store_col_is_null(&r, 11) ? NULL : store_col_text(&r, 11), "created_at", created,
                   "updated_at", updated);
+    json_object_set_new(o, "refund_pending_amount", json_integer(store_col_int(&r, 14)));
     store_rows_close(&r);
     rc = store_query(c, &ATTEMPTS_GET, p, 1, &r, e);
     json_t *attempts = json_array();

@@ -12,8 +12,9 @@
  * the same idempotency key gets the same payment back.
  *
  * State table: PENDING -> AUTHORIZED | FAILED (declined) | VOIDED;
- * AUTHORIZED -> CAPTURED | VOIDED; CAPTURED -> REFUNDED (when refunds reach
- * the captured amount; partial refunds keep it CAPTURED). Amounts are
+ * AUTHORIZED -> CAPTURED | VOIDED; CAPTURED -> REFUNDED (when approved
+ * refunds reach the captured amount; partial refunds keep it CAPTURED, and
+ * so do refunds still pending, which only hold their amount). Amounts are
  * integer minor units with an ISO 4217 currency.
  *
  * Fencing: a request may carry a lock token for "payment:{order_id}" (the
@@ -178,8 +179,8 @@ BB_WUR enum err payment_outcomes_record(struct store_conn *c,
 void payment_outcome_free(struct payment_outcome *o);
 
 /* {authorization_id, order_id, amount, currency, state, captured_amount,
- * refunded_amount, psp_reference, failure_reason, attempts, refunds,
- * created_at, updated_at}, in the caller's transaction. */
+ * refunded_amount, refund_pending_amount, psp_reference, failure_reason,
+ * attempts, refunds, created_at, updated_at}, in the caller's transaction. */
 BB_WUR enum err payment_get_json(struct store_conn *c, const char *payment_id, json_t **out,
                                  struct bb_error *e);
 

@@ -66,7 +66,8 @@ struct payments__row {
     char card[PAYMENT_CARD_MAX + 1];
     enum payment_state state;
     int64_t captured;
-    int64_t refunded; /* refunds approved or still being asked for */
+    int64_t refunded;       /* refunds the PSP approved */
+    int64_t refund_pending; /* reserved by refunds still being asked for */
 };
 bool payments__state_parse(const char *name, enum payment_state *out);
 /* ERR_NOT_FOUND naming authorization_id. */

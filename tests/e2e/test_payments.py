@@ -50,6 +50,40 @@ def test_authorize_capture_refund_with_idempotency(server):
     assert server.get("/payments?order_id=o-1").json() == {"payments": [rest]}
 
 
+def test_a_refund_the_psp_failed_holds_its_amount_but_is_not_counted_refunded(server):
+    # Refund A fails at the PSP (5xx) and stays pending; refund B takes the
+    # rest. Only B went back: the payment stays CAPTURED with 1000 refunded,
+    # A's 500 held so that nothing more can be refunded, until A's retry.
+    pid = authorize(server, "pay-rf")["authorization_id"]
+    assert server.post(f"/payments/capture/{pid}").status_code == 200
+    assert server.put("/psp/config", {"fail_next": 1}).status_code == 200
+    problem(server.post(f"/payments/{pid}/refund", {"amount": 500, "idempotency_key": "ref-a"}),
+            502, "upstream_error")
+    a = server.get(f"/payments/{pid}").json()
+    assert (a["state"], a["refunded_amount"], a["refund_pending_amount"]) == ("CAPTURED", 0, 500)
+    assert [r["state"] for r in a["refunds"]] == ["pending"]
+    b = server.post(f"/payments/{pid}/refund", {"idempotency_key": "ref-b"})
+    assert b.status_code == 200, b.text
+    b = b.json()
+    assert (b["state"], b["refunded_amount"], b["refund_pending_amount"]) == ("CAPTURED", 1000, 500)
+    assert [(r["amount"], r["state"]) for r in b["refunds"]] == [(500, "pending"),
+                                                               (1000, "succeeded")]
+    problem(server.post(f"/payments/{pid}/refund", {"amount": 1, "idempotency_key": "ref-c"}),
+            400, "invalid_request", "amount")
+    totals = [ev["data"]["refunded_total"]
+              for ev in outbox_events(server) if ev["type"] == "payment.refunded.v1"]
+    assert totals == [1000]
+    done = server.post(f"/payments/{pid}/refund", {"amount": 500, "idempotency_key": "ref-a"})
+    assert done.status_code == 200, done.text
+    done = done.json()
+    assert (done["state"], done["refunded_amount"], done["refund_pending_amount"]) == \
+        ("REFUNDED", 1500, 0)
+    totals = [ev["data"]["refunded_total"]
+              for ev in check_events(server) if ev["type"] == "payment.refunded.v1"]
+    assert totals == [1000, 1500]
+    assert len([c for c in charges(server) if c["op"] == "refund"]) == 2
+
+
 def test_void_releases_and_then_nothing_can_be_captured(server):
     pid = authorize(server, "pay-v")["authorization_id"]
     for _ in range(2):

@@ -211,6 +211,91 @@ refunds_never_exceed_the_capture(void **state)
     json_decref(a);
 }
 
+/* Before version 4 refunded_amount also counted refunds still pending: the
+ * migration moves those into refund_pending_amount, and a payment that read
+ * REFUNDED only by counting them is CAPTURED again. */
+static struct store_stmt LEGACY_DOWN = {
+    .sql = "ALTER TABLE payments DROP COLUMN refund_pending_amount"};
+static struct store_stmt LEGACY_FORGET = {
+    .sql = "DELETE FROM schema_migrations WHERE module = 'payments' AND version >= 4"};
+static struct store_stmt LEGACY_PAYMENT = {
+    .sql = "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount, currency,"
+           " state, captured_amount, refunded_amount, created_at_ms, updated_at_ms)"
+           " VALUES ($1, $1, $1, 'f', 1500, 'EUR', $2, 1500, $3, 1, 1)"};
+static struct store_stmt LEGACY_REFUND = {
+    .sql = "INSERT INTO payment_refunds (id, payment_id, idempotency_key, amount, state,"
+           " created_at_ms) VALUES ($1, $2, $1, $3, $4, 1)"};
+
+static enum err
+legacy_refunds_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    enum err rc = store_exec(c, &LEGACY_DOWN, NULL, 0, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_FORGET, NULL, 0, NULL, e);
+    /* p-full: 500 made and 1000 pending (read REFUNDED); p-part: 200 made
+     * and 300 pending; p-none: no refunds. */
+    static const struct {
+        const char *id, *state;
+        int64_t refunded;
+    } pays[] = {
+        {"p-full", "REFUNDED", 1500}, {"p-part", "CAPTURED", 500}, {"p-none", "CAPTURED", 0}};
+    static const struct {
+        const char *id, *payment_id, *state;
+        int64_t amount;
+    } refunds[] = {{"r-1", "p-full", "succeeded", 500},
+                   {"r-2", "p-full", "pending", 1000},
+                   {"r-3", "p-part", "succeeded", 200},
+                   {"r-4", "p-part", "pending", 100},
+                   {"r-5", "p-part", "pending", 200}};
+    for (size_t i = 0; i < BB_ARRAY_LEN(pays) && rc == ERR_OK; i++) {
+        const struct store_param p[] = {sp_text(pays[i].id), sp_text(pays[i].state),
+                                        sp_int(pays[i].refunded)};
+        rc = store_exec(c, &LEGACY_PAYMENT, p, BB_ARRAY_LEN(p), NULL, e);
+    }
+    for (size_t i = 0; i < BB_ARRAY_LEN(refunds) && rc == ERR_OK; i++) {
+        const struct store_param p[] = {sp_text(refunds[i].id), sp_text(refunds[i].payment_id),
+                                        sp_int(refunds[i].amount), sp_text(refunds[i].state)};
+        rc = store_exec(c, &LEGACY_REFUND, p, BB_ARRAY_LEN(p), NULL, e);
+    }
+    return rc;
+}
+
+static void
+pending_refunds_counted_as_refunded_move_apart(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, legacy_refunds_work, NULL, &e), &e);
+    struct store_conn *c;
+    assert_ok(store_conn_open(f->db->store, &c, &e), &e);
+    size_t n;
+    const struct store_migration *m = payment_migrations(&n);
+    int applied = 0;
+    assert_ok(store_migrate(c, "payments", m, n, &applied, &e), &e);
+    store_conn_close(c);
+    assert_int_equal(applied, (int)n - 3);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE id = 'p-full'"
+                              " AND state = 'CAPTURED' AND refunded_amount = 500"
+                              " AND refund_pending_amount = 1000"),
+                     1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE id = 'p-part'"
+                              " AND state = 'CAPTURED' AND refunded_amount = 200"
+                              " AND refund_pending_amount = 300"),
+                     1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE id = 'p-none'"
+                              " AND state = 'CAPTURED' AND refunded_amount = 0"
+                              " AND refund_pending_amount = 0"),
+                     1);
+    /* The pending refund, retried with its key, ends what it reserved. */
+    json_t *out;
+    assert_ok(payment_refund(f->p, "p-full", 0, "r-2", 0, &out, &e), &e);
+    assert_string_equal(str(out, "state"), "REFUNDED");
+    assert_int_equal(json_integer_value(json_object_get(out, "refunded_amount")), 1500);
+    assert_int_equal(json_integer_value(json_object_get(out, "refund_pending_amount")), 0);
+    json_decref(out);
+}
+
 static enum err
 fence_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -1010,6 +1095,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(declines_fail_for_good_timeouts_and_errors_retry_without_charging_twice),
     PAY_TEST(capture_and_void_follow_the_state_table),
     PAY_TEST(refunds_never_exceed_the_capture),
+    PAY_TEST(pending_refunds_counted_as_refunded_move_apart),
     PAY_TEST(a_stale_lock_token_is_refused_before_the_psp),
     PAY_TEST(outcomes_written_by_the_caller_land_with_its_transaction),
     PAY_TEST(an_authorization_starts_from_the_intent_it_was_given),
