@@ -79,6 +79,10 @@ request_parse(struct http_req *r, struct checkout_op *op, struct bb_error *e)
         else
             req->total_amount += it->qty * it->unit_price;
     }
+    /* Free items may be in a basket, but a payment is of 1 unit or more. */
+    if (rc == ERR_OK && req->total_amount < 1)
+        rc = bb_fail(e, ERR_INVALID, "items",
+                     "the basket's total is 0: at least one item must have a unit_price");
     if (rc != ERR_OK)
         return rc;
     char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);

@@ -410,6 +410,14 @@ authorize(struct payments *p, const struct payment_request *req, char id[PAYMENT
                         .lock_token = req->lock_token,
                         .amount = req->amount};
     op_traced(&op);
+    if (req->amount < 1) { /* the HTTP layer's rule, for callers in process too */
+        if (id)
+            id[0] = '\0';
+        if (out)
+            *out = NULL;
+        return bb_fail(e, ERR_INVALID, "amount", "amount %" PRId64 " must be at least 1",
+                       req->amount);
+    }
     request_fingerprint(req, op.fingerprint);
     enum err rc = req->intent_id ? intent_as_written(&op, e) : run(&op, PH_AUTHORIZE_BEGIN, e);
     if (rc == ERR_OK && !op.replay) {
@@ -1212,6 +1220,9 @@ payment_prepare(struct store_conn *c, const struct payment_request *reqs, size_t
     const char **orders = xcalloc(n, sizeof *orders);
     for (size_t i = 0; i < n; i++) {
         ops[i] = (struct pay_op){.req = &reqs[i], .lock_token = reqs[i].lock_token};
+        /* No intent for an amount authorize refuses (not live). */
+        if (reqs[i].amount < 1)
+            ops[i].rc = ERR_INVALID;
         request_fingerprint(&reqs[i], ops[i].fingerprint);
         m[i] = &ops[i];
         orders[i] = reqs[i].order_id;

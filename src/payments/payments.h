@@ -116,7 +116,9 @@ size_t payments_routes(struct payments *p, struct http_route *out, size_t max);
  * Errors: ERR_PAYMENT_DECLINED (now FAILED), ERR_UPSTREAM or ERR_TIMEOUT
  * (the PSP failed or did not answer: retry with the same key),
  * ERR_CONFLICT (the state table forbids it), ERR_IDEMPOTENCY_MISMATCH,
- * ERR_STALE_TOKEN, ERR_NOT_FOUND, ERR_INVALID.
+ * ERR_STALE_TOKEN, ERR_NOT_FOUND, ERR_INVALID (an authorization's amount
+ * below 1 among others: refused before anything is recorded, naming
+ * "amount").
  */
 BB_WUR enum err payment_authorize(struct payments *p, const struct payment_request *req,
                                   char id[PAYMENT_ID_LEN + 1], json_t **out, struct bb_error *e);
@@ -139,7 +141,8 @@ BB_WUR enum err payment_refund(struct payments *p, const char *payment_id, int64
  * the fence of each request's order to its lock_token (older holders are
  * refused from then on; a request whose fence is newer is left alone) and,
  * with `intents`, record each authorization's intent (PENDING; a key used
- * already keeps its row, and then the intent_id is not that row's).
+ * already keeps its row, and then the intent_id is not that row's; an
+ * amount below 1 gets none, its authorization being refused).
  *
  * payment_*_deferred, with no transaction open: the same checks, intent
  * (when not prepared) and PSP call, and the same answer, as if the outcome

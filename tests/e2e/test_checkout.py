@@ -80,6 +80,10 @@ BAD = [
     ({**BODY, "coupon": "FREE"}, "coupon"),
     ({k: v for k, v in BODY.items() if k != "customer_id"}, "customer_id"),
     ({**BODY, "items": [{"sku": "A", "qty": 1000000, "unit_price": 10**15}]}, "items"),
+    # Free items are fine, a basket of nothing but free items is not: a
+    # payment is of 1 unit or more.
+    ({**BODY, "items": [{"sku": "A", "qty": 2, "unit_price": 0},
+                        {"sku": "B", "qty": 1, "unit_price": 0}]}, "items"),
 ]
 
 

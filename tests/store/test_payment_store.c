@@ -379,6 +379,38 @@ record(struct fixture *f, struct record_op op)
     return store_run(f->db->store, STORE_WRITE, record_work, &op, &e);
 }
 
+/* amount >= 1 is the HTTP API's rule, and the ledger's own for callers in
+ * process (the saga): nothing recorded, the PSP never asked. */
+static void
+an_authorization_below_one_unit_is_refused(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    char id[PAYMENT_ID_LEN + 1] = "x";
+    json_t *out = json_object();
+    struct payment_request r = request("o-z", "pay-z");
+    r.amount = 0;
+    assert_int_equal(payment_authorize(f->p, &r, id, &out, &e), ERR_INVALID);
+    assert_string_equal(e.field, "amount");
+    assert_string_equal(id, "");
+    assert_null(out);
+    r.amount = -5;
+    assert_int_equal(payment_authorize(f->p, &r, NULL, NULL, &e), ERR_INVALID);
+    char given[PAYMENT_ID_LEN + 1];
+    bb_uuid7_at(bb_wall_ms(), given);
+    r = request("o-z2", "pay-z2");
+    r.amount = 0;
+    r.lock_token = 3;
+    prepare(f, &r, true); /* no intent */
+    r.intent_id = given;
+    struct payment_outcome *pending = (struct payment_outcome *)&r; /* must be reset */
+    assert_int_equal(payment_authorize_deferred(f->p, &r, id, &pending, &e), ERR_INVALID);
+    assert_string_equal(e.field, "amount");
+    assert_null(pending);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments"), 0);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 0);
+}
+
 /* Authorize orders a and b (lock token 1) deferred, and write both
  * outcomes in one call of `op`'s. */
 static enum err
@@ -1099,6 +1131,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(a_stale_lock_token_is_refused_before_the_psp),
     PAY_TEST(outcomes_written_by_the_caller_land_with_its_transaction),
     PAY_TEST(an_authorization_starts_from_the_intent_it_was_given),
+    PAY_TEST(an_authorization_below_one_unit_is_refused),
     PAY_TEST(a_capture_follows_an_authorization_not_yet_written),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
