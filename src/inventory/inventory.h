@@ -70,7 +70,9 @@ BB_WUR enum err inventory_stock_add(struct store_conn *c, const char *sku, int64
                                     struct bb_error *e);
 /* Change on_hand by `delta` (returns +, corrections either way) with a
  * reason, once per key. ERR_INSUFFICIENT_STOCK when it would drop on_hand
- * below what is reserved or below zero. */
+ * below what is reserved or below zero, ERR_INVALID when it would raise it
+ * past INVENTORY_STOCK_MAX (both naming "delta"); ERR_IDEMPOTENCY_MISMATCH
+ * naming "key" (the request's member) for the key with another change. */
 BB_WUR enum err inventory_adjust(struct store_conn *c, const char *key, const char *sku,
                                  int64_t delta, const char *reason, int64_t now_ms, json_t **out,
                                  struct bb_error *e);

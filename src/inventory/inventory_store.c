@@ -227,11 +227,22 @@ idem_save(struct store_conn *c, const char *scope, const char *key, const json_t
     return rc;
 }
 
-/* Change on_hand by `delta` under an idempotency key in `scope`. */
+/* A change of stock as its endpoint takes it: the idempotency scope, and
+ * the request's names for the key and the amount, which errors name. */
+struct stock_change {
+    const char *scope;
+    const char *key_field;   /* a header (Idempotency-Key) or a body member */
+    const char *delta_field; /* qty, delta */
+};
+static const struct stock_change STOCK_ADD = {"inventory.stock", "Idempotency-Key", "qty"};
+static const struct stock_change STOCK_ADJUST = {"inventory.adjust", "key", "delta"};
+
+/* Change on_hand by `delta` under an idempotency key. */
 static enum err
-change_stock(struct store_conn *c, const char *scope, const char *key, const char *sku,
+change_stock(struct store_conn *c, const struct stock_change *how, const char *key, const char *sku,
              int64_t delta, const char *reason, int64_t now_ms, json_t **out, struct bb_error *e)
 {
+    const char *scope = how->scope;
     struct bb_buf canon;
     bb_buf_init(&canon);
     bb_buf_printf(&canon, "%s\n%" PRId64 "\n%s", sku, delta, reason);
@@ -239,6 +250,12 @@ change_stock(struct store_conn *c, const char *scope, const char *key, const cha
     bb_sha256_hex(canon.data, canon.len, fingerprint);
     bb_buf_deinit(&canon);
     enum err rc = idem_claim(c, scope, key, fingerprint, now_ms, out, e);
+    if (rc == ERR_IDEMPOTENCY_MISMATCH) /* store_idem names the header */
+        return bb_fail(e, rc, how->key_field, "%s %s was already used for a different request",
+                       how->key_field, key);
+    if (rc == ERR_INVALID)
+        return bb_fail(e, rc, how->key_field, "%s must be 1 to %d visible ASCII characters",
+                       how->key_field, STORE_IDEM_KEY_MAX);
     if (rc != ERR_OK || *out != NULL)
         return rc;
     const struct store_param p[] = {sp_text(sku), sp_int(delta), sp_int(now_ms),
@@ -256,8 +273,8 @@ change_stock(struct store_conn *c, const char *scope, const char *key, const cha
         int64_t reserved = json_integer_value(json_object_get(product, "reserved"));
         json_decref(product);
         if (delta > 0)
-            return bb_fail(e, ERR_INVALID, "qty", "%s would hold more than %" PRId64 " units", sku,
-                           INVENTORY_STOCK_MAX);
+            return bb_fail(e, ERR_INVALID, how->delta_field,
+                           "%s would hold more than %" PRId64 " units", sku, INVENTORY_STOCK_MAX);
         return bb_fail(e, ERR_INSUFFICIENT_STOCK, "delta",
                        "%s has %" PRId64 " on hand, %" PRId64
                        " of them reserved: cannot remove %" PRId64,
@@ -277,14 +294,14 @@ enum err
 inventory_stock_add(struct store_conn *c, const char *sku, int64_t qty, const char *key,
                     int64_t now_ms, json_t **out, struct bb_error *e)
 {
-    return change_stock(c, "inventory.stock", key, sku, qty, "restock", now_ms, out, e);
+    return change_stock(c, &STOCK_ADD, key, sku, qty, "restock", now_ms, out, e);
 }
 
 enum err
 inventory_adjust(struct store_conn *c, const char *key, const char *sku, int64_t delta,
                  const char *reason, int64_t now_ms, json_t **out, struct bb_error *e)
 {
-    return change_stock(c, "inventory.adjust", key, sku, delta, reason, now_ms, out, e);
+    return change_stock(c, &STOCK_ADJUST, key, sku, delta, reason, now_ms, out, e);
 }
 
 /* ---- reservations ---------------------------------------------------------------------- */

@@ -108,8 +108,9 @@ def test_adjustments_apply_once_and_never_below_reserved(server):
     first = server.post("/inventory/adjust", body)
     assert first.status_code == 200 and first.json()["on_hand"] == 4
     assert server.post("/inventory/adjust", body).json() == first.json()
+    # This endpoint's key is the body's "key", not a header.
     problem(server.post("/inventory/adjust", {**body, "delta": -1, "reason": "other"}), 422,
-            "idempotency_key_reused")
+            "idempotency_key_reused", "key")
     ret = server.post("/inventory/adjust", {"key": "rma-1", "sku": "A", "delta": 2,
                                             "reason": "customer return"})
     assert ret.json()["available"] == 2
@@ -176,6 +177,9 @@ BAD = [
      "invalid_request", "delta"),
     ("POST", "/inventory/adjust", {"key": "k", "sku": "P", "delta": 1, "reason": "a\nb"}, {},
      400, "invalid_request", "reason"),
+    # Within delta's bounds, but more than a product may hold once added.
+    ("POST", "/inventory/adjust", {"key": "k", "sku": "P", "delta": 10**12, "reason": "r"}, {},
+     400, "invalid_request", "delta"),
 ]
 
 
