@@ -56,7 +56,9 @@ struct inventory_item {
 };
 
 /* Create a product with `stock` units. *created false: it existed with the
- * same name (answered as is); another name is ERR_CONFLICT. */
+ * same name and initial stock (answered as is, with its stock now);
+ * another name is ERR_CONFLICT naming "sku", another initial stock
+ * ERR_CONFLICT naming "stock". */
 BB_WUR enum err inventory_product_create(struct store_conn *c, const char *sku, const char *name,
                                          int64_t stock, int64_t now_ms, json_t **out, bool *created,
                                          struct bb_error *e);

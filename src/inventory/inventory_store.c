@@ -181,6 +181,35 @@ adjusted(struct store_conn *c, const char *sku, int64_t delta, const char *reaso
     return rc;
 }
 
+/* A product's initial stock: its creation's adjustment, the only one made
+ * without a key (restocks and adjustments always have one); none for 0. */
+static struct store_stmt PRODUCT_INITIAL_STOCK = {
+    .sql = "SELECT COALESCE(SUM(delta), 0) FROM inventory_adjustments"
+           " WHERE sku = $1 AND key IS NULL",
+};
+
+/* The same creation asked again, or another one for a sku that exists. */
+static enum err
+product_same(struct store_conn *c, const char *sku, const char *name, int64_t stock,
+             const json_t *product, struct bb_error *e)
+{
+    if (strcmp(json_string_value(json_object_get(product, "name")), name) != 0)
+        return bb_fail(e, ERR_CONFLICT, "sku", "product %s exists with another name", sku);
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(sku)};
+    enum err rc = store_query(c, &PRODUCT_INITIAL_STOCK, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    int64_t initial = store_next(&r) ? store_col_int(&r, 0) : 0;
+    store_rows_close(&r);
+    if (initial != stock)
+        return bb_fail(e, ERR_CONFLICT, "stock",
+                       "product %s exists with an initial stock of %" PRId64 ", not %" PRId64
+                       " (add stock with POST /inventory/products/%s/stock)",
+                       sku, initial, stock, sku);
+    return ERR_OK;
+}
+
 enum err
 inventory_product_create(struct store_conn *c, const char *sku, const char *name, int64_t stock,
                          int64_t now_ms, json_t **out, bool *created, struct bb_error *e)
@@ -194,11 +223,12 @@ inventory_product_create(struct store_conn *c, const char *sku, const char *name
     if (*created && stock > 0)
         return adjusted(c, sku, stock, "initial stock", NULL, now_ms, out, e);
     rc = inventory_product_get_json(c, sku, out, e);
-    if (rc == ERR_OK && !*created &&
-        strcmp(json_string_value(json_object_get(*out, "name")), name) != 0) {
-        json_decref(*out);
-        *out = NULL;
-        return bb_fail(e, ERR_CONFLICT, "sku", "product %s exists with another name", sku);
+    if (rc == ERR_OK && !*created) {
+        rc = product_same(c, sku, name, stock, *out, e);
+        if (rc != ERR_OK) {
+            json_decref(*out);
+            *out = NULL;
+        }
     }
     return rc;
 }

@@ -33,6 +33,12 @@ def test_products_and_stock_by_idempotency_key(server):
     assert again.status_code == 200 and again.json()["on_hand"] == 5
     problem(server.post("/inventory/products", {"sku": "SKU-1", "name": "Red mug"}), 409,
             "conflict", "sku")
+    # Another initial stock is another product too, not the old one's 200.
+    for other in (6, 0):
+        problem(server.post("/inventory/products", {"sku": "SKU-1", "name": "Blue mug",
+                                                    "stock": other}), 409, "conflict", "stock")
+    problem(server.post("/inventory/products", {"sku": "SKU-1", "name": "Blue mug"}), 409,
+            "conflict", "stock")  # stock defaults to 0
     key = {"Idempotency-Key": "delivery-42"}
     first = server.post("/inventory/products/SKU-1/stock", {"qty": 10}, headers=key)
     assert first.status_code == 200 and first.json()["on_hand"] == 15
@@ -46,6 +52,14 @@ def test_products_and_stock_by_idempotency_key(server):
                         headers={"Idempotency-Key": "x"}), 404, "not_found", "sku")
     assert stock(server, "SKU-1") == {"sku": "SKU-1", "on_hand": 15, "reserved": 0,
                                       "available": 15}
+    # The same creation, retried after a restock: its initial stock, not on_hand.
+    retried = server.post("/inventory/products", {"sku": "SKU-1", "name": "Blue mug", "stock": 5})
+    assert retried.status_code == 200 and retried.json()["on_hand"] == 15
+    none = product(server, "SKU-0", 0, "Empty")
+    assert none["on_hand"] == 0
+    assert server.post("/inventory/products", {"sku": "SKU-0", "name": "Empty"}).status_code == 200
+    problem(server.post("/inventory/products", {"sku": "SKU-0", "name": "Empty", "stock": 1}), 409,
+            "conflict", "stock")
     problem(server.get("/inventory/products/NOPE"), 404, "not_found", "sku")
 
 
