@@ -466,6 +466,11 @@ settle_decide(struct pay_op *op, struct bb_error *e)
         op->replay = s == PAYMENT_CAPTURED || s == PAYMENT_REFUNDED;
         if (op->amount == 0)
             op->amount = op->row.amount;
+        /* A repeat is answered as is only when it asks what was done. */
+        if (op->replay && op->amount != op->row.captured)
+            return bb_fail(e, ERR_CONFLICT, "amount",
+                           "payment %s was captured for %" PRId64 ", not %" PRId64, op->row.id,
+                           op->row.captured, op->amount);
         if (!op->replay && s == PAYMENT_AUTHORIZED && op->amount > op->row.amount)
             return bb_fail(e, ERR_INVALID, "amount",
                            "amount %" PRId64 " is more than the %" PRId64 " authorized", op->amount,

@@ -122,7 +122,8 @@ size_t payments_routes(struct payments *p, struct http_route *out, size_t max);
  */
 BB_WUR enum err payment_authorize(struct payments *p, const struct payment_request *req,
                                   char id[PAYMENT_ID_LEN + 1], json_t **out, struct bb_error *e);
-/* Capture `amount` (0: all) of an authorization; idempotent once captured. */
+/* Capture `amount` (0: all) of an authorization; idempotent once captured
+ * for the same amount (another is ERR_CONFLICT naming "amount"). */
 BB_WUR enum err payment_capture(struct payments *p, const char *payment_id, int64_t amount,
                                 int64_t lock_token, json_t **out, struct bb_error *e);
 /* Release an authorization (or a pending one); idempotent once voided. */

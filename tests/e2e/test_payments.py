@@ -84,6 +84,28 @@ def test_a_refund_the_psp_failed_holds_its_amount_but_is_not_counted_refunded(se
     assert len([c for c in charges(server) if c["op"] == "refund"]) == 2
 
 
+def test_a_capture_repeated_with_another_amount_is_refused(server):
+    part = authorize(server, "pay-part")["authorization_id"]
+    first = server.post(f"/payments/capture/{part}", {"amount": 1000})
+    assert first.status_code == 200 and first.json()["captured_amount"] == 1000, first.text
+    again = server.post(f"/payments/capture/{part}", {"amount": 1000})
+    assert again.status_code == 200 and again.json() == first.json()
+    for body in ({"amount": 1200}, {"amount": 500}, None):  # None: all, 1500
+        doc = problem(server.post(f"/payments/capture/{part}", body), 409, "conflict", "amount")
+        assert doc["state"] == "CAPTURED"
+    whole = authorize(server, "pay-whole", order_id="o-2")["authorization_id"]
+    assert server.post(f"/payments/capture/{whole}").status_code == 200
+    assert server.post(f"/payments/capture/{whole}", {"amount": 1500}).status_code == 200
+    problem(server.post(f"/payments/capture/{whole}", {"amount": 1}), 409, "conflict", "amount")
+    # Refunded, it was still captured for 1500.
+    assert server.post(f"/payments/{whole}/refund", {"idempotency_key": "r-w"}).status_code == 200
+    refunded = server.post(f"/payments/capture/{whole}")
+    assert refunded.status_code == 200 and refunded.json()["state"] == "REFUNDED"
+    problem(server.post(f"/payments/capture/{whole}", {"amount": 1499}), 409, "conflict", "amount")
+    assert sorted(c["op"] for c in charges(server) if c["op"] == "capture") == ["capture"] * 2
+    assert server.get(f"/payments/{part}").json()["captured_amount"] == 1000
+
+
 def test_void_releases_and_then_nothing_can_be_captured(server):
     pid = authorize(server, "pay-v")["authorization_id"]
     for _ in range(2):
