@@ -379,6 +379,44 @@ record(struct fixture *f, struct record_op op)
     return store_run(f->db->store, STORE_WRITE, record_work, &op, &e);
 }
 
+/* The deferred operations are fenced before the PSP by payment_prepare
+ * only (payments.h): a holder overtaken after it asks the PSP the same
+ * question as its successor, but its answer is refused; nothing is charged
+ * twice and the successor's answer is the one written. */
+static void
+a_holder_overtaken_after_prepare_asks_the_psp_but_cannot_write(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    char given[PAYMENT_ID_LEN + 1], id[PAYMENT_ID_LEN + 1];
+    bb_uuid7_at(bb_wall_ms(), given);
+    struct payment_request r = request("o-d1", "pay-d1");
+    r.lock_token = 5;
+    r.intent_id = given;
+    prepare(f, &r, true);
+    assert_int_equal(record(f, (struct record_op){.fence = 6}), ERR_OK); /* overtaken */
+    struct payment_outcome *stale, *fresh;
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &stale, &e), &e);
+    assert_non_null(stale);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 1);
+    assert_int_equal(record(f, (struct record_op){.o = {stale}, .n = 1}), ERR_STALE_TOKEN);
+    payment_outcome_free(stale);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 0);
+    /* Not deferred, its capture is refused before the PSP. */
+    json_t *out;
+    assert_int_equal(payment_capture(f->p, given, 0, 5, &out, &e), ERR_STALE_TOKEN);
+    json_decref(out);
+    /* The successor: prepared under its token, the same PSP answer, written. */
+    r.lock_token = 6;
+    prepare(f, &r, true);
+    assert_ok(payment_authorize_deferred(f->p, &r, id, &fresh, &e), &e);
+    assert_int_equal(record(f, (struct record_op){.o = {fresh}, .n = 1}), ERR_OK);
+    payment_outcome_free(fresh);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 1);
+    assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 1);
+}
+
 /* amount >= 1 is the HTTP API's rule, and the ledger's own for callers in
  * process (the saga): nothing recorded, the PSP never asked. */
 static void
@@ -1132,6 +1170,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(outcomes_written_by_the_caller_land_with_its_transaction),
     PAY_TEST(an_authorization_starts_from_the_intent_it_was_given),
     PAY_TEST(an_authorization_below_one_unit_is_refused),
+    PAY_TEST(a_holder_overtaken_after_prepare_asks_the_psp_but_cannot_write),
     PAY_TEST(a_capture_follows_an_authorization_not_yet_written),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
