@@ -10,6 +10,13 @@
 
 #define OFF(field) offsetof(struct serve_config, field)
 
+/* A saga's payment step holds the payment lock (30 s) and its job's lease
+ * (30 s) across its PSP call, and a capture runs straight after its
+ * authorization when 15 s of the lease are left (the saga engine's
+ * CHAIN_LEASE_LEFT_MS): two calls must end inside the lock's TTL with room
+ * to record them, so one waits at most 10 s. */
+#define PSP_TIMEOUT_MAX_MS 10000
+
 /* Rows `backbone serve` and `backbone worker` share. */
 #define COMMON_OPTS                                                                                 \
     {"db",                                                                                          \
@@ -156,8 +163,10 @@ static const struct bb_opt SERVE_OPTS[] = {
      "share of authorizations the PSP mock declines, 0 to 1 (default 0)", 0},
     {"psp-seed", BB_OPT_INT, OFF(psp_seed), 0, INT64_MAX, "1",
      "seed of the PSP mock's draws (the same seed, the same answers)", 0},
-    {"psp-timeout", BB_OPT_DURATION, OFF(psp_timeout_ms), 10, 600000, "2s",
-     "how long a payment waits for the PSP before giving up (retry with the same key)", 0},
+    {"psp-timeout", BB_OPT_DURATION, OFF(psp_timeout_ms), 10, PSP_TIMEOUT_MAX_MS, "2s",
+     "how long a payment waits for the PSP before giving up (retry with the same key); at "
+     "most 10s, well inside the saga's 30 s payment lock and step lease",
+     0},
     {"psp-threads", BB_OPT_INT, OFF(psp_threads), 1, 1024, "32",
      "payment requests waiting on the PSP at once", 0},
 };

@@ -166,12 +166,23 @@ def test_configuration_errors_name_the_option(database):
     assert r.returncode == 2 and "BACKBONE_PORT" in r.stderr
     r = run_backbone("serve", "--db", database.url, "--log-level", "loud")
     assert r.returncode == 2 and "--log-level" in r.stderr
+    # A PSP call must end well inside the payment lock and the step lease
+    # (30 s): --psp-timeout stops at 10 s, by flag or variable.
+    r = run_backbone("serve", "--db", database.url, "--psp-timeout", "11s")
+    assert r.returncode == 2 and "--psp-timeout" in r.stderr and "out of range" in r.stderr
+    r = run_backbone("serve", "--db", database.url, env={"BACKBONE_PSP_TIMEOUT": "600s"})
+    assert r.returncode == 2 and "BACKBONE_PSP_TIMEOUT" in r.stderr and "out of range" in r.stderr
     r = run_backbone("serve", "--bogus")
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
     r = run_backbone("serve", "--db", "mysql://nope", "--port", "0")
     assert r.returncode == 3 and "unsupported database URL" in r.stderr
     r = run_backbone("serve", "--help")
     assert r.returncode == 0 and "BACKBONE_DB" in r.stdout
+
+
+def test_the_longest_psp_timeout_is_accepted(make_server):
+    server = make_server(["--psp-timeout", "10s"])
+    assert server.get("/healthz").status_code == 200
 
 
 def test_migrate_applies_the_schema_and_is_idempotent(database):
