@@ -19,13 +19,14 @@
  *
  * Fencing: a request may carry a lock token for "payment:{order_id}" (the
  * saga's payment lock); a token older than one already used is refused
- * (ERR_STALE_TOKEN) when the outcome is recorded, and, by payment_authorize,
- * _capture, _void and _refund, before the PSP is called too. The deferred
- * operations (the saga's) are fenced before the PSP only by the caller's
- * payment_prepare, in the transaction that took the lock: a holder
- * overtaken after that still asks the PSP, the same question under the
- * same key as its successor (answered the same, never charged twice), but
- * cannot write the answer.
+ * (ERR_STALE_TOKEN) when the outcome is recorded, and, by payment_capture,
+ * _void, _refund and payment_authorize (when it records the intent; a
+ * retry of a key it recorded already is not), before the PSP is called
+ * too. The deferred operations (the saga's) are fenced before the PSP only
+ * by the caller's payment_prepare, in the transaction that took the lock:
+ * a holder overtaken after that still asks the PSP, the same question
+ * under the same key as its successor (answered the same, never charged
+ * twice), but cannot write the answer.
  *
  * Batches: operations that stand at the same transaction at the same time
  * (authorize's intent, capture's or void's, the outcome of any of them)
