@@ -31,7 +31,7 @@ static const struct bb_opt SAGAS_OPTS[] = {
 
 static const char SAGAS_USAGE[] =
     "backbone sagas list [--type T] [--state S] [--limit N] [--after ID]\n"
-    "       backbone sagas get ID | retry ID      (retry: a STUCK saga compensates again)";
+    "       backbone sagas get ID | retry ID      (retry: a STUCK saga goes on again)";
 
 static const char *
 str(const json_t *o, const char *key)

@@ -138,7 +138,9 @@ static const struct bb_opt SERVE_OPTS[] = {
      INT64_C(315360000000), "24h",
      "how long stock and adjustment Idempotency-Keys are remembered (0: forever)", 0},
     {"saga-poll", BB_OPT_DURATION, OFF(saga_poll_ms), 10, 3600000, "5s",
-     "how often the saga starter looks for new checkouts when no wake-up arrives", 0},
+     "how often the saga starter looks for new checkouts when no wake-up arrives, and for "
+     "sagas no job drives any more (they become STUCK)",
+     0},
     {"saga-batch", BB_OPT_INT, OFF(saga_batch), 1, 64, "32",
      "saga instances whose units may share one transaction (1: each alone)", 0},
     {"payment-batch", BB_OPT_INT, OFF(payment_batch), 1, 64, "32",

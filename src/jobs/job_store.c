@@ -1053,6 +1053,43 @@ job_list_json(struct store_conn *c, const struct job_filter *f, int64_t now_ms, 
     return ERR_OK;
 }
 
+static struct store_stmt JOB_STATES_MANY = {
+    .sql_pg = "SELECT id, state FROM jobs WHERE id = ANY($1::bigint[])",
+    .sql_sqlite = "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each($1))",
+};
+
+enum err
+job_states_many(struct store_conn *c, const int64_t *ids, size_t n, enum job_state *states,
+                bool *found, struct bb_error *e)
+{
+    for (size_t i = 0; i < n; i++)
+        found[i] = false;
+    if (n == 0)
+        return ERR_OK;
+    struct store_batch b;
+    store_batch_ints(&b, c, ids, n);
+    const struct store_param p[] = {sp_batch(&b)};
+    struct store_rows r;
+    enum err rc = store_query(c, &JOB_STATES_MANY, p, 1, &r, e);
+    store_batch_deinit(&b);
+    if (rc != ERR_OK)
+        return rc;
+    while (store_next(&r)) {
+        int64_t id = store_col_int(&r, 0);
+        enum job_state st;
+        if (!job_state_parse(store_col_text(&r, 1), &st))
+            continue; /* not a state this code writes: as good as gone */
+        for (size_t i = 0; i < n; i++) {
+            if (ids[i] == id) {
+                states[i] = st;
+                found[i] = true;
+            }
+        }
+    }
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
 /* ---- changing jobs by hand ------------------------------------------------------------------ */
 
 static struct store_stmt JOB_STATE = {.sql = "SELECT state, queue FROM jobs WHERE id = $1"};

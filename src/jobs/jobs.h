@@ -217,6 +217,12 @@ struct job_filter {
 BB_WUR enum err job_list_json(struct store_conn *c, const struct job_filter *f, int64_t now_ms,
                               json_t **out, struct bb_error *e);
 
+/* The states of jobs ids[0..n-1] (repeats allowed), in one statement:
+ * states[i] when found[i]; found[i] false for an id with no job (never
+ * made, or deleted by retention or a purge). */
+BB_WUR enum err job_states_many(struct store_conn *c, const int64_t *ids, size_t n,
+                                enum job_state *states, bool *found, struct bb_error *e);
+
 /* ---- changing jobs by hand ------------------------------------------------------------------- */
 
 /* Cancel a pending or running job (a running one's lease is revoked: its

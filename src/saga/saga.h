@@ -16,13 +16,15 @@
  * job. A job that is not the instance's current one does nothing.
  *
  * States: RUNNING -> COMPLETED, or RUNNING -> COMPENSATING -> FAILED, or
- * COMPENSATING -> STUCK when a compensation keeps failing (a person acts:
- * POST /sagas/{id}/retry). A step that asks for a retry runs again after the
- * "sagas" queue's backoff (defaults 1 s, 4 s, 16 s, 64 s) until the queue's
- * max_attempts (5); after the last, or on a permanent failure, the
- * compensations run in reverse order from the last step that succeeded (or
- * from the failed step itself when its definition says it may have left
- * something behind).
+ * COMPENSATING -> STUCK when a compensation keeps failing, or RUNNING or
+ * COMPENSATING -> STUCK when no job drives it any more (its job dead after
+ * SAGA_JOB_ATTEMPTS, cancelled or purged: the starter's sweep finds it).
+ * A person acts: POST /sagas/{id}/retry goes on from where it stopped. A
+ * step that asks for a retry runs again after the "sagas" queue's backoff
+ * (defaults 1 s, 4 s, 16 s, 64 s) until the queue's max_attempts (5);
+ * after the last, or on a permanent failure, the compensations run in
+ * reverse order from the last step that succeeded (or from the failed step
+ * itself when its definition says it may have left something behind).
  *
  * Steps must be idempotent: an action may run again after a crash. The
  * engine hands each a key derived from the instance and the step.
@@ -252,10 +254,26 @@ struct saga_filter {
 /* {"sagas":[...without timeline], "next_after": id|null}, id order. */
 BB_WUR enum err saga_list_json(struct store_conn *c, const struct saga_filter *f, json_t **out,
                                struct bb_error *e);
-/* A STUCK instance compensates again from where it stopped (new job).
- * ERR_CONFLICT in any other state. */
+/* A STUCK instance goes on from where it stopped (new job): it
+ * compensates again, or, when it never failed (it was stranded while
+ * RUNNING: it has no reason), runs its step again. ERR_CONFLICT in any
+ * other state. */
 BB_WUR enum err saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out,
                            struct bb_error *e);
+
+/*
+ * Sagas stranded out of sight: among up to `limit` RUNNING or COMPENSATING
+ * instances after id `after` ("": from the first), in id order, each whose
+ * job no longer drives it (dead after its last attempt, cancelled,
+ * completed, or deleted by a purge) becomes STUCK, with the reason in its
+ * error, so that it is listed, counted and retried by hand (saga_retry).
+ * A saga whose step ends meanwhile is left alone: its move changed its
+ * version, which the change to STUCK compares. *last gets the id to go on
+ * after ("" when the page was the last), *stuck how many became STUCK.
+ */
+BB_WUR enum err saga_sweep_stranded(struct store_conn *c, const char *after, int64_t limit,
+                                    int64_t now_ms, char last[SAGA_ID_LEN + 1], int64_t *stuck,
+                                    struct bb_error *e);
 
 /*
  * Delete up to `limit` COMPLETED or FAILED instances (with their timelines)

@@ -19,6 +19,8 @@ enum {
     START_BATCH = 100,
     PRUNE_BATCH = 1000,
     PRUNE_BATCHES_MAX = 20,
+    SWEEP_PAGE = 500,       /* in-flight sagas looked at per transaction */
+    SWEEP_PAGES_MAX = 20,   /* per round; the next round goes on from there */
     UNIT_LEADERS_MAX = 4,   /* batched units in flight at once */
     UNIT_WAITING_MAX = 512, /* members waiting for a leader; more run alone */
 };
@@ -47,7 +49,8 @@ static struct metrics_def M_STARTED = {
 static struct metrics_def M_ENDED = {
     .name = "backbone_sagas_ended_total",
     .help = "Saga instances that ended, by type and outcome (completed, compensated: FAILED "
-            "after its compensations, stuck: a compensation kept failing).",
+            "after its compensations, stuck: a compensation kept failing, or no job drove "
+            "it any more).",
     .type = METRICS_COUNTER,
     .labels = {"type", "outcome"},
 };
@@ -164,9 +167,11 @@ struct saga_engine {
     bool started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stopping;          /* guarded by mu */
-    bool wake;              /* guarded by mu */
-    int64_t last_pruned_ms; /* starter thread only */
+    bool stopping;                     /* guarded by mu */
+    bool wake;                         /* guarded by mu */
+    int64_t last_pruned_ms;            /* starter thread only */
+    int64_t last_swept_ms;             /* starter thread only */
+    char sweep_after[SAGA_ID_LEN + 1]; /* starter thread only: where the sweep goes on */
     /* Batched units: at most UNIT_LEADERS_MAX batches run at once; NULL
      * when every unit runs alone. */
     struct bb_combiner *combiner;
@@ -1158,6 +1163,52 @@ prune(struct saga_engine *eng)
     }
 }
 
+struct sweep_unit {
+    const char *after;
+    char last[SAGA_ID_LEN + 1];
+    int64_t stuck;
+};
+
+static enum err
+sweep_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct sweep_unit *u = arg;
+    return saga_sweep_stranded(c, u->after, SWEEP_PAGE, bb_wall_ms(), u->last, &u->stuck, e);
+}
+
+/*
+ * Make STUCK the sagas no job drives any more (a job dead after its last
+ * attempt, cancelled or purged by hand): a page per transaction, every
+ * round, in every process that runs a starter. Each saga's move ends its
+ * step and hands over to the next job in one transaction, so a saga between
+ * two steps always has a pending or running job; saga_sweep_stranded's
+ * compare-and-set covers a step that ends while it looks. At most once per
+ * poll period, however often the starter wakes.
+ */
+static void
+sweep(struct saga_engine *eng)
+{
+    int64_t now = bb_mono_ms();
+    if (eng->last_swept_ms != 0 && now - eng->last_swept_ms < eng->opt.poll_ms)
+        return;
+    eng->last_swept_ms = now;
+    int64_t total = 0;
+    for (int i = 0; i < SWEEP_PAGES_MAX; i++) {
+        struct sweep_unit u = {.after = eng->sweep_after};
+        struct bb_error e;
+        if (store_run(eng->store, STORE_WRITE, sweep_work, &u, &e) != ERR_OK) {
+            log_error_limited(1, "saga.sweep_failed", "detail=%s", e.detail);
+            break;
+        }
+        total += u.stuck;
+        bb_strlcpy(eng->sweep_after, u.last, sizeof eng->sweep_after);
+        if (u.last[0] == '\0')
+            break;
+    }
+    if (total > 0)
+        log_info("saga.swept", "stranded=%lld", (long long)total);
+}
+
 static void *
 starter_main(void *arg)
 {
@@ -1182,6 +1233,7 @@ starter_main(void *arg)
                           (long long)b.started);
         } while (b.claimed >= START_BATCH);
         prune(eng);
+        sweep(eng);
         pthread_mutex_lock(&eng->mu);
         if (eng->stopping || eng->wake)
             continue;

@@ -95,6 +95,22 @@ BB_WUR enum err saga__transition(struct store_conn *c, const struct saga_def *de
                                  int64_t keep_job, int64_t now_ms, struct saga_unit *u,
                                  struct saga_instance *next, struct bb_error *e);
 
+/* A RUNNING or COMPENSATING instance as saga_sweep_stranded reads it. */
+struct saga_in_flight {
+    char id[SAGA_ID_LEN + 1];
+    char type[SAGA_TYPE_MAX + 1];
+    int64_t version, job_id;
+    enum saga_state state;
+};
+/* saga_sweep_stranded in its two steps: read up to `limit` in-flight
+ * instances after `after` (*out a heap array of *n, free() it; NULL when
+ * it fails), then make STUCK those of them whose job no longer drives
+ * them, each only if still at the version read (*stuck: how many). */
+BB_WUR enum err saga__in_flight(struct store_conn *c, const char *after, int64_t limit,
+                                struct saga_in_flight **out, size_t *n, struct bb_error *e);
+BB_WUR enum err saga__strand(struct store_conn *c, const struct saga_in_flight *f, size_t n,
+                             int64_t now_ms, int64_t *stuck, struct bb_error *e);
+
 /* The definitions of this process, by type (NULL: none). */
 const struct saga_def *saga__def_find(const char *type);
 

@@ -709,7 +709,7 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
 /* ---- the stuck retry --------------------------------------------------------------------- */
 
 static struct store_stmt SAGA_UNSTICK = {
-    .sql = "UPDATE sagas SET state = 'COMPENSATING', version = version + 1, retries = 0,"
+    .sql = "UPDATE sagas SET state = $5, version = version + 1, retries = 0,"
            " job_id = $3, updated_at_ms = $4 WHERE id = $1 AND version = $2"
            " AND state = 'STUCK'",
 };
@@ -734,8 +734,11 @@ saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, s
     int64_t job_id = 0;
     /* The retry carries on the trace of the request that asked for it. */
     rc = enqueue_step(c, id, in.version + 1, 0, now_ms, bb_log_context_traceparent(), &job_id, e);
-    const struct store_param p[] = {sp_text(id), sp_int(in.version), sp_int(job_id),
-                                    sp_int(now_ms)};
+    /* A saga gets its reason when it fails and turns to compensation; one
+     * without was stranded while RUNNING (saga_sweep_stranded) and runs on. */
+    enum saga_state resume = in.reason[0] ? SAGA_COMPENSATING : SAGA_RUNNING;
+    const struct store_param p[] = {sp_text(id), sp_int(in.version), sp_int(job_id), sp_int(now_ms),
+                                    sp_text(saga_state_name(resume))};
     int64_t changed = 0;
     if (rc == ERR_OK)
         rc = store_exec(c, &SAGA_UNSTICK, p, BB_ARRAY_LEN(p), &changed, e);
@@ -743,6 +746,116 @@ saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, s
         rc = bb_fail(e, ERR_RETRY, "", "saga %s changed concurrently", id);
     saga__instance_deinit(&in);
     return rc == ERR_OK ? saga_get_json(c, id, out, e) : rc;
+}
+
+/* ---- stranded instances ------------------------------------------------------------------ */
+
+static struct store_stmt SAGA_IN_FLIGHT = {
+    .sql = "SELECT id, version, state, type, job_id FROM sagas"
+           " WHERE state IN ('RUNNING', 'COMPENSATING') AND id > $1 ORDER BY id LIMIT $2",
+};
+/* Compare-and-set on the version read before the job's state: a saga
+ * moved since (its step ended and the next job took over) is left alone. */
+static struct store_stmt SAGA_STRAND = {
+    .sql = "UPDATE sagas SET state = 'STUCK', version = version + 1, next_retry_at_ms = NULL,"
+           " error = $3, job_id = NULL, updated_at_ms = $4 WHERE id = $1 AND version = $2"
+           " AND state IN ('RUNNING', 'COMPENSATING')",
+};
+
+enum err
+saga__in_flight(struct store_conn *c, const char *after, int64_t limit, struct saga_in_flight **out,
+                size_t *n, struct bb_error *e)
+{
+    *out = NULL;
+    *n = 0;
+    const struct store_param p[] = {sp_text(after), sp_int(limit)};
+    struct store_rows r;
+    enum err rc = store_query(c, &SAGA_IN_FLIGHT, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    struct saga_in_flight *f = xcalloc(limit > 0 ? (size_t)limit : 1, sizeof *f);
+    size_t k = 0;
+    while (store_next(&r) && k < (size_t)limit) {
+        bb_strlcpy(f[k].id, store_col_text(&r, 0), sizeof f[k].id);
+        f[k].version = store_col_int(&r, 1);
+        bool compensating = strcmp(store_col_text(&r, 2), "COMPENSATING") == 0;
+        f[k].state = compensating ? SAGA_COMPENSATING : SAGA_RUNNING;
+        bb_strlcpy(f[k].type, store_col_text(&r, 3), sizeof f[k].type);
+        f[k].job_id = store_col_is_null(&r, 4) ? 0 : store_col_int(&r, 4);
+        k++;
+    }
+    store_rows_close(&r);
+    *out = f;
+    *n = k;
+    return ERR_OK;
+}
+
+/* Why `f`'s job no longer drives it, into `why` (NULL: it does). */
+static const char *
+stranded_why(const struct saga_in_flight *f, bool found, enum job_state st, char *why, size_t size)
+{
+    if (f->job_id == 0)
+        snprintf(why, size, "it has no job");
+    else if (!found)
+        snprintf(why, size, "its job %" PRId64 " is gone", f->job_id);
+    else if (st != JOB_PENDING && st != JOB_RUNNING)
+        snprintf(why, size, "its job %" PRId64 " is %s", f->job_id, job_state_name(st));
+    else
+        return NULL;
+    return why;
+}
+
+enum err
+saga__strand(struct store_conn *c, const struct saga_in_flight *f, size_t n, int64_t now_ms,
+             int64_t *stuck, struct bb_error *e)
+{
+    *stuck = 0;
+    int64_t *jobs = xcalloc(n ? n : 1, sizeof *jobs);
+    enum job_state *states = xcalloc(n ? n : 1, sizeof *states);
+    bool *found = xcalloc(n ? n : 1, sizeof *found);
+    for (size_t i = 0; i < n; i++)
+        jobs[i] = f[i].job_id;
+    enum err rc = job_states_many(c, jobs, n, states, found, e);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        char why[96], error[256];
+        if (stranded_why(&f[i], found[i], states[i], why, sizeof why) == NULL)
+            continue;
+        snprintf(error, sizeof error, "stranded: %s; POST /sagas/%s/retry drives it again", why,
+                 f[i].id);
+        const struct store_param q[] = {sp_text(f[i].id), sp_int(f[i].version), sp_text(error),
+                                        sp_int(now_ms)};
+        int64_t changed = 0;
+        rc = store_exec(c, &SAGA_STRAND, q, BB_ARRAY_LEN(q), &changed, e);
+        if (rc == ERR_OK && changed == 1) {
+            saga__count_transition(c, f[i].type, f[i].state, SAGA_STUCK);
+            log_error("saga.stranded", "saga=%s type=%s state=%s detail=%s", f[i].id, f[i].type,
+                      saga_state_name(f[i].state), why);
+            (*stuck)++;
+        }
+    }
+    free(found);
+    free(states);
+    free(jobs);
+    return rc;
+}
+
+enum err
+saga_sweep_stranded(struct store_conn *c, const char *after, int64_t limit, int64_t now_ms,
+                    char last[SAGA_ID_LEN + 1], int64_t *stuck, struct bb_error *e)
+{
+    *stuck = 0;
+    last[0] = '\0';
+    struct saga_in_flight *f;
+    size_t n;
+    /* The jobs' states are read after the sagas: a saga whose step ends in
+     * between shows its old job finished, but its version moved on. */
+    enum err rc = saga__in_flight(c, after, limit, &f, &n, e);
+    if (rc == ERR_OK)
+        rc = saga__strand(c, f, n, now_ms, stuck, e);
+    if (rc == ERR_OK && n > 0 && n == (size_t)limit)
+        bb_strlcpy(last, f[n - 1].id, SAGA_ID_LEN + 1);
+    free(f);
+    return rc;
 }
 
 /* ---- JSON ---------------------------------------------------------------------------------- */

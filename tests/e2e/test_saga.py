@@ -407,3 +407,35 @@ def test_a_hand_move_while_the_saga_waits_is_found_and_compensated(server, move,
     assert (pay["state"], pay["captured_amount"], pay["refunded_amount"]) == ("REFUNDED", 800, 800)
     assert stock(server, "A") == {"sku": "A", "on_hand": 5, "reserved": 0, "available": 5}
     assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CANCELLED"
+
+
+def test_a_saga_whose_job_is_cancelled_is_stuck_until_retried(make_server):
+    # The job that would retry the authorization is cancelled by hand while
+    # the saga waits for it: the sweep makes the saga STUCK (in sight: listed,
+    # counted, its error naming the job), and the retry drives it on.
+    server = make_server(["--psp-timeout", "100ms", "--saga-poll", "50ms"])
+    server.put("/queues/sagas", {"max_attempts": 3, "backoff": {"base_ms": 3600000}})
+    product(server, "A", 5)
+    server.put("/psp/config", {"hang_next": 1, "hang_op": "authorize"})
+    cid = checkout(server, [{"sku": "A", "qty": 1, "unit_price": 700}])
+    waiting = await_condition(
+        lambda: [s for s in server.get(f"/sagas?correlation_id={cid}").json()["sagas"]
+                 if s["retries"] == 1], what="the authorization to wait for its retry")[0]
+    job_id = waiting["job_id"]
+    assert server.post(f"/jobs/{job_id}/cancel").status_code == 200
+    [stuck] = await_condition(lambda: server.get("/sagas?state=STUCK").json()["sagas"],
+                              what="the saga to be stuck")
+    assert stuck["saga_id"] == waiting["saga_id"] and stuck["job_id"] is None
+    assert f"its job {job_id} is cancelled" in stuck["error"]
+    assert server.get(f"/checkout/{cid}").json()["status"] == "PENDING"
+    assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 1
+    server.put("/queues/sagas", {"backoff": {"base_ms": 20}})
+    r = server.post(f"/sagas/{stuck['saga_id']}/retry")
+    assert r.status_code == 200 and r.json()["state"] == "RUNNING"
+    c = settled(server, cid)
+    assert c["status"] == "COMPLETED"
+    assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CONFIRMED"
+    [pay] = payments_of(server, c["order_id"])
+    assert pay["state"] == "CAPTURED" and pay["captured_amount"] == 700
+    assert stock(server, "A") == {"sku": "A", "on_hand": 4, "reserved": 0, "available": 4}
+    assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 0

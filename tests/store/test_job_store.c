@@ -411,6 +411,34 @@ cancel_revokes_a_running_lease_and_run_now_brings_it_back(void **state)
     job_lease_deinit(&l);
 }
 
+/* The states of many jobs at once: each id's (a repeat too), and none for
+ * an id with no job. */
+static void
+states_of_many_jobs_are_read_at_once(void **state)
+{
+    struct test_conn *f = *state;
+    int64_t pending = submit(f->c, NULL, "noop", 0, T0, T0);
+    int64_t running = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct job_lease l = claim_one(f->c, "default", T0);
+    assert_int_equal(l.id, pending); /* the older goes first */
+    int64_t cancelled = submit(f->c, NULL, "noop", 0, T0, T0);
+    struct bb_error e;
+    assert_ok(job_cancel(f->c, cancelled, T0, &e), &e);
+    const int64_t ids[] = {running, pending, 999999, cancelled, pending};
+    enum job_state states[5];
+    bool found[5];
+    assert_ok(job_states_many(f->c, ids, 5, states, found, &e), &e);
+    const bool want_found[] = {true, true, false, true, true};
+    const enum job_state want[] = {JOB_PENDING, JOB_RUNNING, 0, JOB_CANCELLED, JOB_RUNNING};
+    for (size_t i = 0; i < 5; i++) {
+        assert_int_equal(found[i], want_found[i]);
+        if (found[i])
+            assert_int_equal(states[i], want[i]);
+    }
+    assert_ok(job_states_many(f->c, NULL, 0, states, found, &e), &e);
+    job_lease_deinit(&l);
+}
+
 static void
 enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
 {
@@ -1693,6 +1721,7 @@ a_cancel_committed_during_a_keyed_claim_stands(void **state)
 
 static const struct CMUnitTest tests[] = {
     JOB_TEST(submit_and_read_back),
+    JOB_TEST(states_of_many_jobs_are_read_at_once),
     JOB_TEST(jobs_handed_to_the_pool_at_commit_run_at_once),
     JOB_TEST(a_prefetched_job_rescued_while_it_waited_is_not_run_by_its_first_worker),
     JOB_TEST(a_prefetched_job_whose_lease_ran_out_is_handed_back_not_run),

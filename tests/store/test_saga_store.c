@@ -732,6 +732,23 @@ retry_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
+struct retried_op {
+    const char *id;
+    char state[16]; /* the state the retry left it in */
+};
+
+static enum err
+retried_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct retried_op *op = arg;
+    json_t *out = NULL;
+    enum err rc = saga_retry(c, op->id, bb_wall_ms(), &out, e);
+    if (rc == ERR_OK)
+        bb_strlcpy(op->state, json_string_value(json_object_get(out, "state")), sizeof op->state);
+    json_decref(out);
+    return rc;
+}
+
 static void
 a_failing_compensation_is_stuck_until_retried(void **state)
 {
@@ -1255,6 +1272,282 @@ a_timeline_line_that_cannot_be_read_is_left_out(void **state)
     json_decref(get.saga);
 }
 
+/* The sagas queue's first retry waits `base_ms`. */
+static enum err
+backoff_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct job_queue q;
+    enum err rc = job_queue_get(c, "sagas", &q, e);
+    q.backoff.base_ms = *(const int64_t *)arg;
+    q.backoff.cap_ms = q.backoff.base_ms * 4;
+    return rc == ERR_OK ? job_queue_put(c, &q, bb_wall_ms(), e) : rc;
+}
+
+static void
+set_backoff_ms(struct fixture *f, int64_t base_ms)
+{
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, backoff_work, &base_ms, &e), &e);
+}
+
+static enum err
+cancel_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    return job_cancel(c, *(const int64_t *)arg, bb_wall_ms(), e);
+}
+
+static enum err
+metrics_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    return saga_metrics_refresh(c, e);
+}
+
+static int64_t
+stuck_gauge(struct fixture *f, const char *type)
+{
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_READ, metrics_work, NULL, &e), &e);
+    char series[96];
+    snprintf(series, sizeof series, "backbone_sagas_stuck{type=\"%s\"}", type);
+    return metric_or_zero(series);
+}
+
+/* The saga once it waits in `state` for its step's retry (a job due an
+ * hour from now). */
+static json_t *
+await_waiting(struct fixture *f, const char *id, const char *state)
+{
+    struct get_op op = {.id = id};
+    struct bb_error e;
+    for (int64_t deadline = bb_mono_ms() + 20000;; bb_sleep_ms(10)) {
+        assert_ok(store_run(f->db->store, STORE_READ, get_work, &op, &e), &e);
+        const char *now = json_string_value(json_object_get(op.saga, "state"));
+        if (strcmp(now, state) == 0 && json_integer_value(json_object_get(op.saga, "retries")) > 0)
+            return op.saga;
+        if (bb_mono_ms() > deadline)
+            fail_msg("saga %s is %s, not waiting in %s", id, now, state);
+    }
+}
+
+/*
+ * A saga whose job is cancelled while it waits in `state` for a retry:
+ * the sweep makes it STUCK (listed, counted, its error saying why), and
+ * the retry by hand drives it again from where it stopped, to `end` with
+ * `timeline`.
+ */
+static void
+a_cancelled_job_leaves_its_saga_stuck(struct fixture *f, const char *correlation, const char *state,
+                                      const char *end, const char *timeline)
+{
+    struct start_op op = {.correlation = correlation};
+    json_t *saga = await_waiting(f, started(f, &op), state);
+    int64_t job = json_integer_value(json_object_get(saga, "job_id"));
+    json_decref(saga);
+    assert_true(job > 0);
+    int64_t stuck_before =
+        metric_or_zero("backbone_sagas_ended_total{type=\"toy\",outcome=\"stuck\"}");
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, cancel_work, &job, &e), &e);
+    saga = await_state(f, op.id, "STUCK");
+    char want[128];
+    snprintf(want, sizeof want, "stranded: its job %lld is cancelled", (long long)job);
+    const char *error = json_string_value(json_object_get(saga, "error"));
+    assert_non_null(error);
+    assert_non_null(strstr(error, want));
+    assert_true(json_is_null(json_object_get(saga, "job_id")));
+    json_decref(saga);
+    assert_int_equal(stuck_gauge(f, "toy"), 1);
+    assert_int_equal(metric_or_zero("backbone_sagas_ended_total{type=\"toy\",outcome=\"stuck\"}"),
+                     stuck_before + 1);
+    /* A person retries it once the cause is fixed: it goes on as it was. */
+    set_backoff_ms(f, 5);
+    TOY_SET(retries_left[1], 0);
+    TOY_SET(undo[1], SAGA_STEP_OK);
+    struct retried_op r = {.id = op.id};
+    assert_ok(store_run(f->db->store, STORE_WRITE, retried_work, &r, &e), &e);
+    assert_string_equal(r.state, state);
+    saga = await_state(f, op.id, end);
+    timeline_is(saga, timeline);
+    json_decref(saga);
+    assert_int_equal(stuck_gauge(f, "toy"), 0);
+}
+
+static void
+a_saga_whose_job_is_cancelled_running_is_stuck_then_runs_on(void **state)
+{
+    struct fixture *f = *state;
+    set_backoff_ms(f, 3600000);
+    TOY_SET(retries_left[1], 1);
+    a_cancelled_job_leaves_its_saga_stuck(f, "order-cancelled", "RUNNING", "COMPLETED",
+                                          "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
+}
+
+static void
+a_saga_whose_job_is_cancelled_compensating_is_stuck_then_compensates(void **state)
+{
+    struct fixture *f = *state;
+    set_backoff_ms(f, 3600000);
+    TOY_SET(action[2], SAGA_STEP_FAIL);
+    TOY_SET(undo[1], SAGA_STEP_RETRY);
+    a_cancelled_job_leaves_its_saga_stuck(
+        f, "order-cancelled-undo", "COMPENSATING", "FAILED",
+        "s1:action:ok s2:action:ok s3:action:failed s2:compensation:retry s2:compensation:ok "
+        "s1:compensation:ok");
+}
+
+/* A saga of a type no process knows: its job fails every attempt and goes
+ * to the dead letters; the sweep makes the saga STUCK. */
+static const struct saga_def GHOST = {.type = "ghost", .steps = TOY_STEPS, .n_steps = 3};
+
+static struct store_stmt JOB_IS_DEAD = {
+    .sql = "SELECT count(*) FROM jobs WHERE queue = 'sagas' AND state = 'dead'"
+           " AND payload LIKE '%' || $1 || '%'",
+};
+
+static void
+a_saga_whose_job_dies_is_stuck(void **state)
+{
+    struct fixture *f = *state;
+    struct start_op op = {.def = &GHOST, .correlation = "order-ghost"};
+    json_t *saga = await_state(f, started(f, &op), "STUCK");
+    assert_int_equal(count_of(f, &JOB_IS_DEAD, op.id), 1);
+    const char *error = json_string_value(json_object_get(saga, "error"));
+    assert_non_null(error);
+    assert_non_null(strstr(error, " is dead"));
+    json_decref(saga);
+    /* The retry runs it on (no reason: it never failed), with a new job. */
+    struct retried_op r = {.id = op.id};
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, retried_work, &r, &e), &e);
+    assert_string_equal(r.state, "RUNNING");
+}
+
+struct sweep_op {
+    int64_t stuck;
+};
+
+/* One sweep over every in-flight saga, as another process's would be. */
+static enum err
+sweep_all_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct sweep_op *op = arg;
+    char after[SAGA_ID_LEN + 1] = "", last[SAGA_ID_LEN + 1];
+    enum err rc;
+    do {
+        int64_t n = 0;
+        rc = saga_sweep_stranded(c, after, 7, bb_wall_ms(), last, &n, e);
+        op->stuck += n;
+        bb_strlcpy(after, last, sizeof after);
+    } while (rc == ERR_OK && last[0]);
+    return rc;
+}
+
+static struct store_stmt SAGAS_IN_FLIGHT = {
+    .sql = "SELECT count(*) FROM sagas WHERE state IN ('RUNNING', 'COMPENSATING')",
+};
+static struct store_stmt SAGAS_STUCK = {.sql = "SELECT count(*) FROM sagas WHERE state = 'STUCK'"};
+
+/* Sweeps again and again while sagas move from step to step (retries hand
+ * over to new jobs, compensations follow failures): none is ever taken for
+ * stranded, since each move ends a step and hands over in one transaction. */
+static void
+a_sweep_never_strands_a_saga_between_steps(void **state)
+{
+    struct fixture *f = *state;
+    TOY_SET(retries_left[1], 30); /* some retry, some give up and compensate */
+    enum { N = 40 };
+    for (int i = 0; i < N; i++) {
+        char correlation[32];
+        snprintf(correlation, sizeof correlation, "order-busy-%d", i);
+        struct start_op op = {.correlation = correlation};
+        started(f, &op);
+    }
+    struct sweep_op op = {0};
+    struct bb_error e;
+    int rounds = 0;
+    for (int64_t deadline = bb_mono_ms() + 60000; count_of(f, &SAGAS_IN_FLIGHT, NULL) > 0;
+         rounds++) {
+        assert_ok(store_run(f->db->store, STORE_WRITE, sweep_all_work, &op, &e), &e);
+        assert_int_equal(op.stuck, 0);
+        if (bb_mono_ms() > deadline)
+            fail_msg("sagas still in flight after 60 s");
+    }
+    assert_true(rounds > 0);
+    assert_int_equal(count_of(f, &SAGAS_STUCK, NULL), 0);
+}
+
+struct in_flight_op {
+    struct saga_in_flight *f;
+    size_t n;
+    int64_t stuck;
+};
+
+static enum err
+in_flight_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct in_flight_op *op = arg;
+    free(op->f);
+    return saga__in_flight(c, "", 10, &op->f, &op->n, e);
+}
+
+static enum err
+strand_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct in_flight_op *op = arg;
+    return saga__strand(c, op->f, op->n, bb_wall_ms(), &op->stuck, e);
+}
+
+static enum err
+run_now_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    return job_run_now(c, *(const int64_t *)arg, bb_wall_ms(), e);
+}
+
+/*
+ * What a sweep in another process sees when a step ends while it looks:
+ * the saga as it waited for job J (read first), then J finished (read
+ * second), since the step's end handed over to a new job in between. The
+ * saga is not stranded: its version moved on, and the sweep leaves it.
+ */
+static void
+a_sweep_that_read_a_saga_before_its_step_ended_leaves_it_alone(void **state)
+{
+    struct fixture *f = *state;
+    set_backoff_ms(f, 3600000);
+    TOY_SET(retries_left[1], 2);
+    struct start_op start = {.correlation = "order-moving"};
+    json_t *saga = await_waiting(f, started(f, &start), "RUNNING");
+    int64_t job = json_integer_value(json_object_get(saga, "job_id"));
+    json_decref(saga);
+    struct in_flight_op op = {0};
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_READ, in_flight_work, &op, &e), &e);
+    assert_int_equal(op.n, 1);
+    assert_int_equal(op.f[0].job_id, job);
+    /* The step runs now and asks for its second retry: a new job waits. */
+    assert_ok(store_run(f->db->store, STORE_WRITE, run_now_work, &job, &e), &e);
+    struct get_op get = {.id = start.id};
+    for (int64_t deadline = bb_mono_ms() + 20000;; bb_sleep_ms(10)) {
+        assert_ok(store_run(f->db->store, STORE_READ, get_work, &get, &e), &e);
+        if (json_integer_value(json_object_get(get.saga, "retries")) == 2)
+            break;
+        if (bb_mono_ms() > deadline)
+            fail_msg("the step did not run again");
+    }
+    assert_int_not_equal(json_integer_value(json_object_get(get.saga, "job_id")), job);
+    json_decref(get.saga);
+    assert_ok(store_run(f->db->store, STORE_WRITE, strand_work, &op, &e), &e);
+    assert_int_equal(op.stuck, 0);
+    saga = await_waiting(f, start.id, "RUNNING");
+    json_decref(saga);
+    /* The same sweep, read afresh, finds nothing stranded either. */
+    assert_ok(store_run(f->db->store, STORE_READ, in_flight_work, &op, &e), &e);
+    assert_ok(store_run(f->db->store, STORE_WRITE, strand_work, &op, &e), &e);
+    assert_int_equal(op.stuck, 0);
+    free(op.f);
+}
+
 #define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1266,6 +1559,11 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_permanent_failure_compensates_in_reverse),
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
+    SAGA_TEST(a_saga_whose_job_is_cancelled_running_is_stuck_then_runs_on),
+    SAGA_TEST(a_saga_whose_job_is_cancelled_compensating_is_stuck_then_compensates),
+    SAGA_TEST(a_saga_whose_job_dies_is_stuck),
+    SAGA_TEST(a_sweep_that_read_a_saga_before_its_step_ended_leaves_it_alone),
+    SAGA_TEST(a_sweep_never_strands_a_saga_between_steps),
     cmocka_unit_test_setup_teardown(a_starting_event_starts_one_saga, setup_here, teardown),
     cmocka_unit_test_setup_teardown(a_start_that_rolls_back_leaves_nothing_behind, setup_here,
                                     teardown),
