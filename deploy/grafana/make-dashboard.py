@@ -81,7 +81,8 @@ endrow()
 row("Checkout")
 panel("Checkouts per second by outcome", [(f"sum by (outcome) (rate(backbone_checkouts_total{I}[$__rate_interval]))", "{{outcome}}")], "ops")
 panel("Sagas started and ended", [(f"sum by (type) (rate(backbone_sagas_started_total{I}[$__rate_interval]))", "{{type}} started"),
-                                  (f"sum by (type, outcome) (rate(backbone_sagas_ended_total{I}[$__rate_interval]))", "{{type}} {{outcome}}")], "ops")
+                                  (f"sum by (type, outcome) (rate(backbone_sagas_ended_total{I}[$__rate_interval]))", "{{type}} {{outcome}}"),
+                                  (f"sum by (type) (rate(backbone_sagas_stuck_total{I}[$__rate_interval]))", "{{type}} became STUCK")], "ops")
 panel("Sagas STUCK", [("max by (type) (backbone_sagas_stuck{instance=~\"$instance\"})", "{{type}}")])
 panel("Saga step p99", [(f"histogram_quantile(0.99, sum by (step, phase, le) (rate(backbone_saga_step_duration_seconds_bucket{I}[$__rate_interval])))", "{{step}} {{phase}}")], "s")
 panel("PSP call latency p99", [(f"histogram_quantile(0.99, sum by (op, le) (rate(backbone_payment_attempt_latency_seconds_bucket{I}[$__rate_interval])))", "{{op}}")], "s")

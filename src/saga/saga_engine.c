@@ -48,11 +48,18 @@ static struct metrics_def M_STARTED = {
 };
 static struct metrics_def M_ENDED = {
     .name = "backbone_sagas_ended_total",
-    .help = "Saga instances that ended, by type and outcome (completed, compensated: FAILED "
-            "after its compensations, stuck: a compensation kept failing, or no job drove "
-            "it any more).",
+    .help = "Saga instances that ended, each once, by type and outcome (completed; "
+            "compensated: FAILED after its compensations; failed: FAILED with nothing to "
+            "compensate). STUCK is no end: backbone_sagas_stuck_total.",
     .type = METRICS_COUNTER,
     .labels = {"type", "outcome"},
+};
+static struct metrics_def M_STUCK_TOTAL = {
+    .name = "backbone_sagas_stuck_total",
+    .help = "Times saga instances became STUCK, by type (a compensation kept failing, or no job "
+            "drove it any more); a saga retried by hand that sticks again counts again.",
+    .type = METRICS_COUNTER,
+    .labels = {"type"},
 };
 static struct metrics_def M_STUCK = {
     .name = "backbone_sagas_stuck",
@@ -110,6 +117,7 @@ metrics_init(void)
     metrics_register(&M_STARTED);
     metrics_register(&M_ENDED);
     metrics_register(&M_STUCK);
+    metrics_register(&M_STUCK_TOTAL);
     metrics_register(&M_STEP);
     metrics_register(&M_PRUNED);
     metrics_register(&M_JOB_RUNS);
@@ -126,15 +134,24 @@ saga__count_started(struct store_conn *c, const char *type, size_t n)
         store_count_at_commit(c, &M_STARTED, (double)n, (const char *const[]){type});
 }
 
+/* COMPLETED and FAILED are final (nothing moves a saga out of them), so each
+ * saga ends, and is counted here, once; STUCK waits for a person, who may
+ * send it on to an end, counted then. */
 void
 saga__count_transition(struct store_conn *c, const char *type, enum saga_state from,
                        enum saga_state to)
 {
-    const char *how = to == SAGA_COMPLETED ? "completed"
-                      : to == SAGA_FAILED  ? "compensated"
-                      : to == SAGA_STUCK   ? "stuck"
-                                           : NULL;
-    if (from != to && how != NULL)
+    if (from == to)
+        return;
+    if (to == SAGA_STUCK) {
+        store_count_at_commit(c, &M_STUCK_TOTAL, 1, (const char *const[]){type});
+        return;
+    }
+    const char *how = to == SAGA_COMPLETED                             ? "completed"
+                      : to == SAGA_FAILED && from == SAGA_COMPENSATING ? "compensated"
+                      : to == SAGA_FAILED                              ? "failed"
+                                                                       : NULL;
+    if (how != NULL)
         store_count_at_commit(c, &M_ENDED, 1, (const char *const[]){type, how});
 }
 

@@ -358,6 +358,15 @@ def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 0
+    # It stuck once and ended once, compensated (counted just after its
+    # commit, which the checkout's status shows first).
+    await_condition(lambda: server.metric("backbone_sagas_ended_total",
+                                          'type="checkout",outcome="compensated"') == 1,
+                    what="the end to be counted")
+    assert server.metric("backbone_sagas_stuck_total", 'type="checkout"') == 1
+    ended = [line for line in server.metrics().splitlines()
+             if line.startswith("backbone_sagas_ended_total{")]
+    assert ended == ['backbone_sagas_ended_total{type="checkout",outcome="compensated"} 1'], ended
 
 
 def waiting_for_a_retry(server):

@@ -1313,6 +1313,19 @@ stuck_gauge(struct fixture *f, const char *type)
     return metric_or_zero(series);
 }
 
+#define STUCK_TOTAL "backbone_sagas_stuck_total{type=\"toy\"}"
+
+/* Until `series` is `want` (20 s at most): a unit's counts are added just
+ * after its commit, which another connection may see first. */
+static void
+await_metric(const char *series, int64_t want)
+{
+    for (int64_t deadline = bb_mono_ms() + 20000; metric_or_zero(series) != want; bb_sleep_ms(10))
+        if (bb_mono_ms() > deadline)
+            fail_msg("%s is %lld, not %lld", series, (long long)metric_or_zero(series),
+                     (long long)want);
+}
+
 /* The saga once it waits in `state` for its step's retry (a job due an
  * hour from now). */
 static json_t *
@@ -1345,8 +1358,7 @@ a_cancelled_job_leaves_its_saga_stuck(struct fixture *f, const char *correlation
     int64_t job = json_integer_value(json_object_get(saga, "job_id"));
     json_decref(saga);
     assert_true(job > 0);
-    int64_t stuck_before =
-        metric_or_zero("backbone_sagas_ended_total{type=\"toy\",outcome=\"stuck\"}");
+    int64_t stuck_before = metric_or_zero(STUCK_TOTAL);
     struct bb_error e;
     assert_ok(store_run(f->db->store, STORE_WRITE, cancel_work, &job, &e), &e);
     saga = await_state(f, op.id, "STUCK");
@@ -1358,8 +1370,7 @@ a_cancelled_job_leaves_its_saga_stuck(struct fixture *f, const char *correlation
     assert_true(json_is_null(json_object_get(saga, "job_id")));
     json_decref(saga);
     assert_int_equal(stuck_gauge(f, "toy"), 1);
-    assert_int_equal(metric_or_zero("backbone_sagas_ended_total{type=\"toy\",outcome=\"stuck\"}"),
-                     stuck_before + 1);
+    await_metric(STUCK_TOTAL, stuck_before + 1);
     /* A person retries it once the cause is fixed: it goes on as it was. */
     set_backoff_ms(f, 5);
     TOY_SET(retries_left[1], 0);
@@ -1548,6 +1559,61 @@ a_sweep_that_read_a_saga_before_its_step_ended_leaves_it_alone(void **state)
     free(op.f);
 }
 
+/* How each way to the end counts: every saga ends once, in the outcome
+ * that names how, and a STUCK saga counts as stuck when it sticks and as
+ * its end when a retry takes it there. */
+static void
+each_saga_ends_once_in_the_count_of_its_outcome(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const SERIES[] = {
+        "backbone_sagas_ended_total{type=\"toy\",outcome=\"completed\"}",
+        "backbone_sagas_ended_total{type=\"toy\",outcome=\"compensated\"}",
+        "backbone_sagas_ended_total{type=\"toy\",outcome=\"failed\"}",
+        STUCK_TOTAL,
+    };
+    enum { N_SERIES = BB_ARRAY_LEN(SERIES) };
+    static const struct {
+        const char *correlation;
+        int fail_action, fail_undo; /* 1-based step that fails; 0: none */
+        const char *end;
+        int64_t counts[N_SERIES]; /* what each series gains */
+    } cases[] = {
+        {"order-m-ok", 0, 0, "COMPLETED", {1, 0, 0, 0}},
+        /* s1 fails: nothing before it to compensate. */
+        {"order-m-first", 1, 0, "FAILED", {0, 0, 1, 0}},
+        {"order-m-last", 3, 0, "FAILED", {0, 1, 0, 0}},
+        /* s2's compensation fails: STUCK, then retried to FAILED. */
+        {"order-m-stuck", 3, 2, "STUCK", {0, 0, 0, 1}},
+    };
+    int64_t before[N_SERIES];
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        for (size_t s = 0; s < N_SERIES; s++)
+            before[s] = metric_or_zero(SERIES[s]);
+        for (int k = 0; k < 3; k++) {
+            TOY_SET(action[k], k + 1 == cases[i].fail_action ? SAGA_STEP_FAIL : SAGA_STEP_OK);
+            TOY_SET(undo[k], k + 1 == cases[i].fail_undo ? SAGA_STEP_FAIL : SAGA_STEP_OK);
+        }
+        struct start_op op = {.correlation = cases[i].correlation};
+        json_decref(await_state(f, started(f, &op), cases[i].end));
+        for (size_t s = 0; s < N_SERIES; s++)
+            if (cases[i].counts[s] > 0)
+                await_metric(SERIES[s], before[s] + cases[i].counts[s]);
+        for (size_t s = 0; s < N_SERIES; s++)
+            assert_int_equal(metric_or_zero(SERIES[s]), before[s] + cases[i].counts[s]);
+        if (strcmp(cases[i].end, "STUCK") != 0)
+            continue;
+        TOY_SET(undo[cases[i].fail_undo - 1], SAGA_STEP_OK);
+        struct bb_error e;
+        assert_ok(store_run(f->db->store, STORE_WRITE, retry_work, (void *)op.id, &e), &e);
+        json_decref(await_state(f, op.id, "FAILED"));
+        /* Ended once, compensated; stuck once. */
+        await_metric(SERIES[1], before[1] + 1);
+        for (size_t s = 0; s < N_SERIES; s++)
+            assert_int_equal(metric_or_zero(SERIES[s]), before[s] + (s == 1 || s == 3));
+    }
+}
+
 #define SAGA_TEST(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1559,6 +1625,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_permanent_failure_compensates_in_reverse),
     SAGA_TEST(retries_follow_the_queue_then_give_up),
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
+    SAGA_TEST(each_saga_ends_once_in_the_count_of_its_outcome),
     SAGA_TEST(a_saga_whose_job_is_cancelled_running_is_stuck_then_runs_on),
     SAGA_TEST(a_saga_whose_job_is_cancelled_compensating_is_stuck_then_compensates),
     SAGA_TEST(a_saga_whose_job_dies_is_stuck),
