@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A decline is permanent: the saga compensates at once, without retries.
+# (The PSP is put back as it was when the script exits.)
 . "$(dirname "$0")/lib.sh"
+keep_settings
 sku=DECL-$RUN
 product "$sku" 5
 api PUT /psp/config '{"decline_cards":["tok_stolen"]}' >/dev/null
@@ -13,5 +15,4 @@ check "authorization attempts (no retries)" 1 "$(attempts_of "$saga" authorize_p
 check "order" CANCELLED "$(api GET "/orders/$order" | jq -r .status)"
 check "stock available again" 5 "$(stock_of "$sku" | jq .available)"
 check "money captured" 0 "$(captured_for "$order")"
-api PUT /psp/config '{"decline_cards":[]}' >/dev/null
 done_

@@ -60,6 +60,46 @@ captured_for() { api GET "/payments?order_id=$1" | jq '[.payments[].captured_amo
 attempts_of() { # saga step -> how many times its action ran
   jq "[.timeline[] | select(.step == \"$2\" and .phase == \"action\")] | length" <<<"$1"
 }
+# A scenario that changes the live server's settings (the "sagas" queue's,
+# the PSP mock's) calls keep_settings first: what it read then is put back
+# when the script exits, however it exits (a check that fails, an error, ^C),
+# and the exit fails if that cannot be done. Only what changed is written
+# back, so a setting the scenario did not touch is left as it is now. It
+# takes the EXIT trap.
+QUEUE_SETTINGS='["concurrency","key_concurrency","max_attempts","backoff","lease_ms","rate_limit"]'
+keep_settings() {
+  saved_queue=$(api GET /queues/sagas)
+  saved_psp=$(api GET /psp/config)
+  if ! jq -e '.name == "sagas"' <<<"$saved_queue" >/dev/null ||
+     ! jq -e 'has("hang_next")' <<<"$saved_psp" >/dev/null; then
+    echo "cannot read the settings to put back: $saved_queue $saved_psp" >&2
+    exit 1
+  fi
+  trap restore_settings EXIT
+}
+changed_settings() { # saved now keys -> {key: saved value} for each key whose value changed
+  jq -cn --argjson a "$1" --argjson b "$2" --argjson keys "$3" \
+    '[$keys[] as $k | select($a[$k] != $b[$k]) | {($k): $a[$k]}] | add // {}'
+}
+restore_one() { # path saved keys: put back what changed; fails if it still differs
+  local now body
+  now=$(api GET "$1") || return 1
+  body=$(changed_settings "$2" "$now" "$3") || return 1
+  [ "$body" = "{}" ] && return 0
+  api PUT "$1" "$body" >/dev/null || return 1
+  now=$(api GET "$1") || return 1
+  [ "$(changed_settings "$2" "$now" "$3")" = "{}" ] && say "  (put back $1: $body)"
+}
+restore_settings() {
+  local rc=$?
+  trap - EXIT
+  set +e
+  restore_one /queues/sagas "$saved_queue" "$QUEUE_SETTINGS" || {
+    echo "could not put back the sagas queue's settings: $saved_queue" >&2; rc=1; }
+  restore_one /psp/config "$saved_psp" "$(jq -c keys <<<"$saved_psp")" || {
+    echo "could not put back the PSP's config: $saved_psp" >&2; rc=1; }
+  exit "$rc"
+}
 done_() {
   if [ "$failures" -gt 0 ]; then say "$failures check(s) failed"; exit 1; fi
   say "all checks passed"

@@ -5,8 +5,10 @@
 # captured. Then the captures hang: the PSP takes the money each time but no
 # answer arrives, so the compensation's void is refused (a PSP settles an
 # authorization once) and the capture is refunded instead. (Sets the
-# "sagas" queue to 3 attempts, 200 ms apart, for the demonstration.)
+# "sagas" queue to 3 attempts, 200 ms apart, for the demonstration; the
+# queue and the PSP are put back as they were when it exits.)
 . "$(dirname "$0")/lib.sh"
+keep_settings
 sku=HANG-$RUN
 product "$sku" 5
 api PUT /queues/sagas '{"max_attempts":3,"backoff":{"base_ms":200,"factor":1}}' >/dev/null

@@ -11,14 +11,37 @@ from conftest import BIN
 SCENARIOS = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "scenarios"
 
 
-def run(script, server=None, **env):
+# Settings a person may have given the server before running a scenario
+# (none of them changes what the scenarios show).
+OPERATOR_QUEUE = {"max_attempts": 6, "backoff": {"base_ms": 900, "factor": 3}}
+OPERATOR_PSP = {"seed": 7, "decline_cards": ["tok_lost"]}
+
+
+def settings(server):
+    """The sagas queue's settings (without its depth) and the PSP's config."""
+    queue = server.get("/queues/sagas").json()
+    del queue["depth"]
+    return queue, server.get("/psp/config").json()
+
+
+def run(script, server=None, ok=True, **env):
+    """Run a scenario; against `server`, the settings it changes are the same
+    afterwards as before, whether its checks passed (ok) or not."""
     e = dict(os.environ, **{k: str(v) for k, v in env.items()})
     if server:
         e["BACKBONE_URL"] = server.url
+        assert server.put("/queues/sagas", OPERATOR_QUEUE).status_code == 200
+        assert server.put("/psp/config", OPERATOR_PSP).status_code == 200
+        before = settings(server)
     out = subprocess.run([str(SCENARIOS / script)], capture_output=True, text=True, env=e,
                          timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "all checks passed" in out.stdout
+    if ok:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "all checks passed" in out.stdout
+    else:
+        assert out.returncode != 0 and "FAIL" in out.stdout, out.stdout + out.stderr
+    if server:
+        assert settings(server) == before, out.stdout + out.stderr
     return out.stdout
 
 
@@ -36,6 +59,14 @@ def test_psp_timeout_scenario(make_server):
 def test_reservation_expiry_scenario(make_server):
     server = make_server(["--checkout-reservation-ttl", "300ms", "--reservation-sweep", "20ms"])
     run("reservation-expiry.sh", server, LATENCY_MS=400)
+
+
+def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
+    # The reservation outlives the slow payment (the default TTL is 10 min),
+    # so the checkout completes and the checks fail; the PSP's latency is
+    # still put back.
+    out = run("reservation-expiry.sh", server, ok=False, LATENCY_MS=50)
+    assert "put back /psp/config" in out
 
 
 def test_crash_scenario(database, tmp_path):
