@@ -70,6 +70,18 @@ def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
 
 
 def test_crash_scenario(database, tmp_path):
+    # A person runs it with its default of 1,000 checkouts; the test with 60.
+    assert "N=${N:-1000}" in (SCENARIOS / "crash.sh").read_text()
     out = run("crash.sh", N=60, KILLS=3, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
               PORT=18400 + os.getpid() % 1000)
     assert out.count("kill -9 #") == 3
+    # The reconciliation counts sagas against checkouts, orders against how
+    # their checkouts ended, and the PSP's own record against the ledger.
+    for line in ("ok    checkouts accepted, one per key: 60", "ok    sagas, one per checkout: 60",
+                 "ok    orders of FAILED checkouts CANCELLED",
+                 "ok    AUTHORIZED payments of FAILED checkouts: 0",
+                 "ok    money kept by the PSP (captures - refunds)",
+                 "ok    PSP authorizations the ledger does not know, or the reverse: 0",
+                 "ok    PSP captures = payments the ledger captured",
+                 "ok    authorizations the PSP still holds open (neither captured nor voided): 0"):
+        assert line in out, out
