@@ -782,6 +782,7 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
     enum err rc = ERR_OK;
     const char *notify_queues[16];
     size_t n_notify = 0;
+    bool notify_all = false; /* more queues than notify_queues holds: wake every worker */
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         const struct job_spec *sp = &specs[i];
         *failed_at = i;
@@ -820,6 +821,8 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
             known = strcmp(notify_queues[k], queue) == 0;
         if (ready && !known && n_notify < BB_ARRAY_LEN(notify_queues))
             notify_queues[n_notify++] = q->name;
+        else if (ready && !known)
+            notify_all = true;
     }
     if (rc == ERR_OK)
         rc = insert_rows(c, params, n_rows, got, e);
@@ -842,7 +845,9 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
         }
         store_after_commit(c, handover_end, h);
     }
-    for (size_t k = 0; k < n_notify && rc == ERR_OK; k++)
+    if (notify_all && rc == ERR_OK)
+        rc = store_notify(c, JOBS__CHANNEL, "", e);
+    for (size_t k = 0; k < n_notify && !notify_all && rc == ERR_OK; k++)
         rc = store_notify(c, JOBS__CHANNEL, notify_queues[k], e);
     for (size_t k = 0; k < n_queues && rc == ERR_OK; k++) /* job_submit counted its own */
         count_submitted(c, queues[k].name, made[k]);

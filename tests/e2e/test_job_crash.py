@@ -145,6 +145,27 @@ def test_three_processes_share_the_work_and_fire_cron_once(make_server, database
 
 
 @pg_only
+def test_a_batch_across_many_queues_wakes_a_worker_in_another_process(make_server, database,
+                                                                      tmp_path):
+    # One batch names more queues (20) than a submit announces one by one;
+    # the worker serves only the last and polls once a minute, so only a
+    # notification it takes for its queue runs that job within the wait.
+    server = make_server(["--workers", "0"])
+    queues = [f"q{i}" for i in range(20)]
+    for q in queues:
+        assert server.put(f"/queues/{q}", {}).status_code == 201
+    worker = start_worker(database, tmp_path, "w", ["--queues", "q19", "--job-poll", "60s"])
+    try:
+        # The worker is up and idle once it ran a first job.
+        wait_job(server, submit(server, {"queue": "q19", "handler": "noop"}), timeout_s=30)
+        r = server.post("/jobs/batch", {"jobs": [{"queue": q, "handler": "noop"} for q in queues]})
+        assert r.status_code == 201, r.text
+        wait_job(server, r.json()["jobs"][-1]["job_id"], timeout_s=30)
+    finally:
+        stop_worker(*worker)
+
+
+@pg_only
 def test_a_killed_workers_jobs_go_to_the_others_after_its_lease(make_server, database, tmp_path):
     server = make_server(["--workers", "0"])
     server.put("/queues/slow", {})
