@@ -451,6 +451,8 @@ submit_work(struct store_conn *c, void *arg, struct bb_error *e)
         bb_strlcpy(s.tz, op->recurring.tz ? op->recurring.tz : "UTC", sizeof s.tz);
         int64_t next;
         enum err rc = job_schedule_put(c, &s, now, &next, e);
+        if (rc == ERR_NOT_FOUND && strcmp(e->field, "queue") == 0)
+            return unknown_queue(e, op->spec.queue); /* 400, as a one-off submit */
         if (rc == ERR_OK)
             jop_answer(
                 op, 201,

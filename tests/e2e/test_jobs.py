@@ -510,6 +510,8 @@ BAD_JOBS = [
     ({"handler": "noop", "payload": {"blob": "x" * 300000}}, 413, "payload_too_large", "payload"),
     ({"handler": "nope"}, 400, "invalid_request", "handler"),
     ({"handler": "noop", "queue": "ghost"}, 400, "invalid_request", "queue"),
+    ({"handler": "noop", "queue": "ghost", "cron": "* * * * *"}, 400, "invalid_request", "queue"),
+    ({"handler": "noop", "queue": "ghost", "every_ms": 60000}, 400, "invalid_request", "queue"),
     ({"handler": "noop", "queue": "a b"}, 400, "invalid_request", "queue"),
     ({"handler": "noop", "priority": 5000}, 400, "invalid_request", "priority"),
     ({"handler": "noop", "max_attempts": 0}, 400, "invalid_request", "max_attempts"),
