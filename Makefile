@@ -33,4 +33,4 @@ format:
 	scripts/format.sh
 
 clean:
-	rm -rf build build-asan build-tsan build-release
+	rm -rf build build-asan build-tsan build-release build-fuzz

@@ -2,7 +2,8 @@
 # Install the Debian packages Backbone needs, and only those missing.
 # Idempotent: a second run installs nothing and makes no network calls.
 #   scripts/deps.sh run     build and run the server (curl and jq: scripts/scenarios/)
-#   scripts/deps.sh test    ... plus PostgreSQL 15, cmocka, pytest, promtool (the test suite)
+#   scripts/deps.sh test    ... plus PostgreSQL 15, cmocka, pytest, promtool, clang
+#                           (tidy, libFuzzer) (the test suite)
 #   scripts/deps.sh bench   ... plus etcd, Redis, Node.js and Celery (the peers we race)
 set -euo pipefail
 
@@ -12,7 +13,7 @@ run_pkgs=(build-essential cmake pkg-config ca-certificates tzdata curl jq
   libjemalloc-dev)
 test_pkgs=(postgresql-15 postgresql-client-15 libcmocka-dev python3 python3-pytest python3-requests
   python3-yaml python3-jsonschema
-  clang-format clang-tidy curl procps prometheus)
+  clang-format clang-tidy clang libclang-rt-14-dev curl procps prometheus)
 bench_pkgs=(etcd-server etcd-client redis-server redis-tools nodejs npm curl python3-celery python3-redis)
 
 case "$profile" in

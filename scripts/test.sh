@@ -3,7 +3,8 @@
 # build a normal, an ASan+UBSan and a TSan build, start a throwaway PostgreSQL, run
 # every test on both engines in both builds, run the concurrency tests again
 # under ThreadSanitizer, check formatting and clang-tidy's checks (.clang-tidy),
-# and stop PostgreSQL even when a test fails.
+# fuzz the request decoders for a while, and stop PostgreSQL even when a test
+# fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,6 @@ echo "== clang-format"
 scripts/format.sh --check || status=1
 echo "== clang-tidy"
 scripts/tidy.sh build || status=1
+echo "== fuzz (libFuzzer, 20 s per harness)"
+scripts/fuzz.sh 20 || status=1
 exit $status

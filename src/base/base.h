@@ -147,7 +147,7 @@ void bb_buf_reset(struct bb_buf *b);
 void bb_buf_append(struct bb_buf *b, const void *p, size_t n);
 void bb_buf_puts(struct bb_buf *b, const char *s);
 BB_PRINTF(2, 3) void bb_buf_printf(struct bb_buf *b, const char *fmt, ...);
-void bb_buf_vprintf(struct bb_buf *b, const char *fmt, va_list ap);
+BB_PRINTF(2, 0) void bb_buf_vprintf(struct bb_buf *b, const char *fmt, va_list ap);
 /* Copy `src` as text safe to store and show on one line: each byte of an
  * invalid UTF-8 sequence becomes '?', each control character a space; cut
  * on a character boundary to fit `cap` (> 0) with its NUL. Returns the

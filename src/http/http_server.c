@@ -771,8 +771,7 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&srv->mu);
 }
 
-static void
-on_mhd_log(void *cls, const char *fmt, va_list ap)
+BB_PRINTF(2, 0) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[256];

@@ -1,0 +1,19 @@
+/*
+ * fuzz.h: the request decoders' fuzz harnesses (STYLE.md section 9). Each
+ * fuzz_*.c defines LLVMFuzzerTestOneInput. Built with clang and
+ * -fsanitize=fuzzer (the fuzz preset, scripts/fuzz.sh) they are libFuzzer
+ * targets; built otherwise, driver.c runs them over their seed corpus
+ * (tests/fuzz/corpus/NAME/) as a CTest test, under ASan in CI.
+ */
+#ifndef BB_FUZZ_H
+#define BB_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* A NUL-terminated copy of the input (heap; free it). */
+char *fuzz_text(const uint8_t *data, size_t size);
+
+#endif /* BB_FUZZ_H */
