@@ -1566,6 +1566,17 @@ submit_keyed(struct store_conn *c, const char *key)
     return id;
 }
 
+/* The queue "keyed": `per_key` running jobs per concurrency key. */
+static void
+put_keyed_queue(struct store_conn *c, int64_t per_key)
+{
+    struct job_queue q;
+    job_queue_defaults(&q, "keyed");
+    q.key_concurrency = per_key;
+    struct bb_error e;
+    assert_ok(job_queue_put(c, &q, T0, &e), &e);
+}
+
 /* A claim of up to 10 jobs of "keyed" (the leases in *out, id order). */
 static size_t
 claim_keyed(struct store_conn *c, struct job_lease **out)
@@ -1580,11 +1591,8 @@ static void
 a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
 {
     struct test_conn *f = *state;
-    struct job_queue q;
-    job_queue_defaults(&q, "keyed");
-    q.key_concurrency = 1;
+    put_keyed_queue(f->c, 1);
     struct bb_error e;
-    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
     int64_t a1 = submit_keyed(f->c, "acme"), a2 = submit_keyed(f->c, "acme");
     int64_t b1 = submit_keyed(f->c, "bolt");
     int64_t free1 = submit_keyed(f->c, NULL), free2 = submit_keyed(f->c, NULL);
@@ -1608,8 +1616,7 @@ a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
     assert_int_equal(next[0].id, a2);
     free_leases(next, 1);
     /* Two per key: bolt's second runs beside its first, acme's third beside its second. */
-    q.key_concurrency = 2;
-    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    put_keyed_queue(f->c, 2);
     assert_int_equal(claim_keyed(f->c, &next), 2);
     assert_int_equal(next[0].id, a3);
     assert_int_equal(next[1].id, b2);
@@ -1681,11 +1688,8 @@ static void
 a_cancel_committed_during_a_keyed_claim_stands(void **state)
 {
     struct test_conn *f = *state;
-    struct job_queue q;
-    job_queue_defaults(&q, "keyed");
-    q.key_concurrency = 1;
+    put_keyed_queue(f->c, 1);
     struct bb_error e;
-    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
     int64_t id = submit_keyed(f->c, "acme");
     bool pg = store_conn_engine(f->c) == STORE_POSTGRES;
     struct keyed_claim k = {.store = f->db->store};
