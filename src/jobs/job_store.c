@@ -1705,10 +1705,10 @@ job_runs_complete_in(struct store_conn *c, struct job_run *const *runs, size_t n
 }
 
 static struct store_stmt JOB_EXPIRED = {
-    .sql = "SELECT id, lease_token, queue, external FROM jobs"
+    .sql = "SELECT id, lease_token, queue, external, started_at_ms FROM jobs"
            " WHERE state = 'running' AND lease_expires_at_ms <= $1"
            " ORDER BY lease_expires_at_ms LIMIT $2",
-    .sql_pg = "SELECT id, lease_token, queue, external FROM jobs"
+    .sql_pg = "SELECT id, lease_token, queue, external, started_at_ms FROM jobs"
               " WHERE state = 'running' AND lease_expires_at_ms <= $1"
               " ORDER BY lease_expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
 };
@@ -1734,11 +1734,13 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
     struct {
         char queue[JOB_NAME_MAX + 1];
         bool external;
+        int64_t started_at_ms;
     } *whose = xcalloc(rows, sizeof *whose);
     size_t k = 0;
     while (store_next(&r)) {
         bb_strlcpy(whose[k].queue, store_col_text(&r, 2), sizeof whose[k].queue);
         whose[k].external = store_col_int(&r, 3) != 0;
+        whose[k].started_at_ms = store_col_is_null(&r, 4) ? now_ms : store_col_int(&r, 4);
         items[k++] = (struct job_finish){.id = store_col_int(&r, 0),
                                          .token = store_col_int(&r, 1),
                                          .outcome = JOB_OUTCOME_EXPIRED,
@@ -1754,6 +1756,9 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
         store_count_at_commit(
             c, jobs__metric_rescued_def(), 1,
             (const char *const[]){whose[i].queue, whose[i].external ? "external" : "embedded"});
+        /* The attempt ended here: it lasted until its lease ran out. */
+        jobs__metric_finished_at_commit(c, whose[i].queue, JOB_OUTCOME_EXPIRED,
+                                        (double)(now_ms - whose[i].started_at_ms) / 1000.0);
     }
     free(whose);
     free(items);

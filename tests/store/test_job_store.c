@@ -246,6 +246,9 @@ completion_with_a_stale_lease_token_is_refused(void **state)
     assert_int_equal(test_metric("backbone_job_lease_rescues_total{queue=\"default\","
                                  "kind=\"embedded\"}"),
                      1);
+    assert_int_equal(test_metric("backbone_jobs_finished_total{queue=\"default\","
+                                 "outcome=\"lease_expired\"}"),
+                     1);
     assert_string_equal(state_of(f->c, id, T0 + 30000), "pending");
     struct job_lease second = claim_one(f->c, "default", T0 + 30001);
     assert_int_equal(second.lease_token, first.lease_token + 1);
