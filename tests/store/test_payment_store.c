@@ -425,13 +425,15 @@ an_authorization_below_one_unit_is_refused(void **state)
     struct fixture *f = *state;
     struct bb_error e;
     char id[PAYMENT_ID_LEN + 1] = "x";
-    json_t *out = json_object();
+    json_t *sentinel = json_object(); /* *out must be reset, not freed */
+    json_t *out = sentinel;
     struct payment_request r = request("o-z", "pay-z");
     r.amount = 0;
     assert_int_equal(payment_authorize(f->p, &r, id, &out, &e), ERR_INVALID);
     assert_string_equal(e.field, "amount");
     assert_string_equal(id, "");
     assert_null(out);
+    json_decref(sentinel);
     r.amount = -5;
     assert_int_equal(payment_authorize(f->p, &r, NULL, NULL, &e), ERR_INVALID);
     char given[PAYMENT_ID_LEN + 1];
