@@ -16,4 +16,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* A NUL-terminated copy of the input (heap; free it). */
 char *fuzz_text(const uint8_t *data, size_t size);
 
+/* The input parsed as the HTTP layer parses a body (any JSON value,
+ * duplicate names refused, \u0000 allowed); NULL when it is not JSON. */
+struct json_t;
+struct json_t *fuzz_json(const uint8_t *data, size_t size);
+
 #endif /* BB_FUZZ_H */

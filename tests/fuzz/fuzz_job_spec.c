@@ -28,9 +28,7 @@ registry(void)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    json_error_t jerr;
-    json_t *body = json_loadb((const char *)data, size,
-                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    json_t *body = fuzz_json(data, size);
     if (body == NULL)
         return 0;
     struct bb_arena arena;

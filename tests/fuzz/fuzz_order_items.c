@@ -14,9 +14,7 @@
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    json_error_t jerr;
-    json_t *items = json_loadb((const char *)data, size,
-                               JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    json_t *items = fuzz_json(data, size);
     if (items == NULL)
         return 0;
     struct order_item out[ORDER_ITEMS_MAX];

@@ -5,6 +5,7 @@
 
 #include "base/base.h"
 
+#include <jansson.h>
 #include <string.h>
 
 char *
@@ -15,4 +16,12 @@ fuzz_text(const uint8_t *data, size_t size)
         memcpy(s, data, size);
     s[size] = '\0';
     return s;
+}
+
+json_t *
+fuzz_json(const uint8_t *data, size_t size)
+{
+    json_error_t jerr;
+    return json_loadb((const char *)data, size,
+                      JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
 }
