@@ -21,7 +21,8 @@ static struct metrics_def M_SUBMITTED = {
 };
 static struct metrics_def M_STARTED = {
     .name = "backbone_jobs_started_total",
-    .help = "Attempts started (jobs claimed by a worker), by queue.",
+    .help = "Attempts started (an embedded worker's handler began; a pull worker's claim), "
+            "by queue.",
     .type = METRICS_COUNTER,
     .labels = {"queue"},
 };

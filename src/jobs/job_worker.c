@@ -275,11 +275,10 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
 
 /* mu held. Queue `lease` (moved in) for the runners. */
 static void
-ready_push(struct job_pool *p, struct job_lease *lease, int64_t now_ms)
+ready_push(struct job_pool *p, struct job_lease *lease)
 {
     struct ready *r = xcalloc(1, sizeof *r);
     r->lease = *lease;
-    jobs__metric_started(r->lease.queue, (double)(now_ms - r->lease.run_at_ms) / 1000.0);
     if (p->ready_tail)
         p->ready_tail->next = r;
     else
@@ -326,7 +325,7 @@ fetcher_main(void *arg)
         }
         failures = 0;
         for (size_t i = 0; i < u.n; i++)
-            ready_push(p, &u.leases[i], now);
+            ready_push(p, &u.leases[i]);
         bool full = (int64_t)u.n == u.want;
         /* Drained unless work was announced while it claimed (it may have
          * committed after the claim looked). */
@@ -393,7 +392,6 @@ static struct done *done_new(struct job_lease *lease, enum job_outcome outcome, 
 void
 jobs__pool_adopt(struct job_pool *p, struct job_lease *leases, size_t n_leases, size_t reserved)
 {
-    int64_t now = bb_wall_ms();
     pthread_mutex_lock(&p->mu);
     p->reserved -= (int)reserved;
     for (size_t i = 0; i < n_leases; i++) {
@@ -406,7 +404,7 @@ jobs__pool_adopt(struct job_pool *p, struct job_lease *leases, size_t n_leases, 
             job_lease_deinit(&leases[i]);
             continue;
         }
-        ready_push(p, &leases[i], now);
+        ready_push(p, &leases[i]);
         pthread_cond_signal(&p->run_cv);
     }
     pthread_mutex_unlock(&p->mu);
@@ -591,8 +589,13 @@ runner_main(void *arg)
         int64_t deadline;
         struct done *d = NULL;
         bool ran = lease_fit(p, &r->lease, &deadline, &d);
-        if (ran)
+        if (ran) {
+            /* Started now, not at the claim: a job handed back unrun is not
+             * counted, and its queue latency includes the wait here. */
+            jobs__metric_started(r->lease.queue,
+                                 (double)(bb_wall_ms() - r->lease.run_at_ms) / 1000.0);
             d = run_one(p, &r->lease, deadline);
+        }
         double duration_s = d ? d->duration_s : 0;
         bool recorded = d && d->recorded;
         if (recorded)
