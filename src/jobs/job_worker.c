@@ -621,16 +621,45 @@ runner_main(void *arg)
 
 /* ---- recording outcomes ------------------------------------------------------------------ */
 
+enum { FINISH_NOTIFY_MAX = 8 };
+
 struct finish_unit {
     struct job_finish *items;
     size_t n;
+    /* Limited queues with a job ending here: a slot comes free, which
+     * idle workers of other processes hear of (they would wait for their
+     * poll otherwise; this pool claims again by itself). */
+    const char *notify[FINISH_NOTIFY_MAX];
+    size_t n_notify;
+    bool notify_all; /* more than FINISH_NOTIFY_MAX of them */
 };
 
 static enum err
 finish_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct finish_unit *u = arg;
-    return job_finish_batch(c, u->items, u->n, bb_wall_ms(), rand01, e);
+    enum err rc = job_finish_batch(c, u->items, u->n, bb_wall_ms(), rand01, e);
+    if (rc == ERR_OK && u->notify_all)
+        return store_notify(c, JOBS__CHANNEL, "", e);
+    for (size_t i = 0; i < u->n_notify && rc == ERR_OK; i++)
+        rc = store_notify(c, JOBS__CHANNEL, u->notify[i], e);
+    return rc;
+}
+
+/* mu held. Note `queue` in `u` if it has a concurrency limit. */
+static void
+notify_if_limited(struct job_pool *p, struct finish_unit *u, const char *queue)
+{
+    if (queue == NULL || !is_limited(p, queue))
+        return;
+    for (size_t i = 0; i < u->n_notify; i++) {
+        if (strcmp(u->notify[i], queue) == 0)
+            return;
+    }
+    if (u->n_notify < FINISH_NOTIFY_MAX)
+        u->notify[u->n_notify++] = queue;
+    else
+        u->notify_all = true;
 }
 
 /* Record `list` (consumed); retries while the store is away unless told to
@@ -641,10 +670,13 @@ record(struct job_pool *p, struct done *list, size_t n)
     struct done **all = xcalloc(n, sizeof *all);
     struct finish_unit u = {.items = xcalloc(n, sizeof *u.items), .n = n};
     size_t k = 0;
+    pthread_mutex_lock(&p->mu);
     for (struct done *d = list; d; d = d->next) {
         all[k] = d;
         u.items[k++] = d->f;
+        notify_if_limited(p, &u, d->queue);
     }
+    pthread_mutex_unlock(&p->mu);
     for (int attempt = 0;; attempt++) {
         struct bb_error e;
         enum err rc = store_run(p->store, STORE_WRITE, finish_work, &u, &e);

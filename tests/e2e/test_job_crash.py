@@ -166,6 +166,37 @@ def test_a_batch_across_many_queues_wakes_a_worker_in_another_process(make_serve
 
 
 @pg_only
+def test_a_slot_freed_in_one_process_wakes_a_worker_in_another(make_server, database, tmp_path):
+    # Queue "one" runs one job at a time. Two workers poll once a minute; the
+    # one running the first job is stopped (it finishes that job and claims
+    # no more), so only the notification its completion sends can start the
+    # second job on the other within the wait.
+    server = make_server(["--workers", "0"])
+    assert server.put("/queues/one", {"concurrency": 1}).status_code == 201
+    args = ["--queues", "one", "--job-poll", "60s", "--shutdown-timeout", "30s"]
+    workers = [start_worker(database, tmp_path, f"w{i}", args) for i in range(2)]
+    try:
+        first = submit(server, {"queue": "one", "handler": "sleep", "payload": {"ms": 1500}})
+
+        def running_on():
+            job = server.get(f"/jobs/{first}").json()
+            return job["lease"]["worker"] if job["state"] == "running" else None
+
+        holder = await_condition(running_on, what="the first job to run")
+        second = submit(server, {"queue": "one", "handler": "noop"})
+        assert server.get(f"/jobs/{second}").json()["state"] == "pending"  # the queue is full
+        [busy] = [w for w in workers if holder.endswith(f":{w[0].pid}")]
+        stop_worker(*busy)
+        assert server.get(f"/jobs/{first}").json()["state"] == "completed"
+        [idle] = [w for w in workers if w is not busy]
+        job = wait_job(server, second, timeout_s=30)
+        assert job["attempts"][0]["worker"].endswith(f":{idle[0].pid}")
+    finally:
+        for w in workers:
+            stop_worker(*w)
+
+
+@pg_only
 def test_a_killed_workers_jobs_go_to_the_others_after_its_lease(make_server, database, tmp_path):
     server = make_server(["--workers", "0"])
     server.put("/queues/slow", {})
