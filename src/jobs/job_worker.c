@@ -51,6 +51,7 @@ enum {
      * lease with less than this left is not worth extending (lease_fit). */
     LEASE_MARGIN_MS = 500,
     LEASE_SLACK_MS = 1000, /* a lease is max_duration plus this, as a claim gives */
+    LEASE_KEEP_PCT = 90,   /* a job that would keep less of its max_duration gets a new lease */
 };
 
 struct ready {
@@ -485,12 +486,16 @@ extend_work(struct store_conn *c, void *arg, struct bb_error *e)
  * `ready` while its lease, taken at the claim, runs; the handler's
  * deadline (max_duration) starts only now. Left as it was, a job that
  * waited past its lease could be rescued and claimed elsewhere, and then
- * run here too. So:
- *  - room for the whole max_duration and LEASE_MARGIN_MS: run it;
- *  - live but shorter (it waited): extend it as a heartbeat does, to
- *    max_duration and LEASE_SLACK_MS from now, and run it (one write, only
- *    for jobs that waited; the handler keeps its whole max_duration, so a
- *    job is never failed for time it spent in our buffer);
+ * run here too. So the handler's deadline never passes the lease less
+ * LEASE_MARGIN_MS, and:
+ *  - room for at least LEASE_KEEP_PCT% of max_duration before that (it
+ *    waited a little, or not at all): run it, its deadline at the lease's
+ *    (no write: under load, when jobs wait here, a write per job is the
+ *    last thing the database needs);
+ *  - live but shorter (it waited long): extend it as a heartbeat does, to
+ *    max_duration and LEASE_SLACK_MS from now, and run it with its whole
+ *    max_duration (one write, so that a job never loses more than a tenth
+ *    of its time to our buffer);
  *  - expired, or within LEASE_MARGIN_MS of it, or the extension failed for
  *    want of the database: do not run it; hand it back ("interrupted":
  *    pending again at once, and the attempt does not count against its
@@ -511,9 +516,11 @@ lease_fit(struct job_pool *p, struct job_lease *lease, int64_t *deadline_mono_ms
     *back = NULL;
     int64_t now = bb_wall_ms(), mono = bb_mono_ms();
     int64_t left = lease->lease_expires_at_ms - now;
-    *deadline_mono_ms = mono + lease->max_duration_ms;
-    if (left >= lease->max_duration_ms + LEASE_MARGIN_MS)
+    int64_t room = left - LEASE_MARGIN_MS; /* the handler's time within the lease */
+    *deadline_mono_ms = mono + (room < lease->max_duration_ms ? room : lease->max_duration_ms);
+    if (room > 0 && room >= lease->max_duration_ms * LEASE_KEEP_PCT / 100)
         return true;
+    *deadline_mono_ms = mono + lease->max_duration_ms;
     const char *why = "lease ran out while it waited to start: handed back";
     if (left > LEASE_MARGIN_MS) {
         struct extend_unit u = {.lease = lease, .now_ms = now};

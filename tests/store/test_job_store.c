@@ -1242,7 +1242,7 @@ struct waiting {
 /*
  * A pool of one, prefetching (its first job was fast), claims three jobs at
  * once: `blocker` holds its runner until the gate opens while `late` (a
- * lease of 1.1 s) and `long_job` (61 s) wait behind it in its buffer.
+ * lease of 1.1 s) and `long_job` (6 s) wait behind it in its buffer.
  */
 static void
 waiting_start(struct test_conn *f, struct waiting *w)
@@ -1263,7 +1263,7 @@ waiting_start(struct test_conn *f, struct waiting *w)
     struct job_spec specs[3] = {
         {.handler = "block"},
         {.handler = "probe", .max_duration_ms = 100, .max_attempts = w->late_attempts},
-        {.handler = "probe", .max_duration_ms = 60000},
+        {.handler = "probe", .max_duration_ms = 5000},
     };
     int64_t ids[3];
     bool created[3];
@@ -1290,7 +1290,8 @@ waiting_finish(struct waiting *w, int runs)
     job_registry_destroy(w->reg);
     struct probe p;
     assert_int_equal(probes_of(w->long_job, &p), 1);
-    /* It waited out more than a second of its lease: extended before it started. */
+    /* It waited out more than a second of its 6 s lease, which would have
+     * left it less than 90% of its 5 s: extended before it started. */
     assert_true(p.lease_expires_at_ms > w->long_expiry);
     assert_deadlines_within_leases();
 }
