@@ -1095,16 +1095,22 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
      * eight queue behind them. */
     static struct store_stmt running = {
         .sql = "SELECT count(*) FROM jobs WHERE queue = 'sagas' AND state = $1"};
-    for (int64_t deadline = bb_mono_ms() + 20000; units_waiting() != 8; bb_sleep_ms(5))
-        if (bb_mono_ms() > deadline)
-            fail_msg("%lld units waiting, not 8 (sagas jobs running %lld, ready %lld; %d at the "
-                     "gate)",
-                     (long long)units_waiting(), (long long)count_of(f, &running, "running"),
-                     (long long)count_of(f, &running, "ready"), gate.held);
+    int64_t deadline = bb_mono_ms() + 20000;
+    while (units_waiting() != 8 && bb_mono_ms() <= deadline)
+        bb_sleep_ms(5);
+    int64_t waiting = units_waiting();
+    /* Open the gate either way: a failure with units held there would
+     * leave the teardown waiting for them. */
     pthread_mutex_lock(&gate.mu);
+    int held = gate.held;
     gate.open = true;
     pthread_cond_broadcast(&gate.cv);
     pthread_mutex_unlock(&gate.mu);
+    if (waiting != 8)
+        fail_msg("%lld units waiting, not 8 (sagas jobs running %lld, pending %lld; %d at the "
+                 "gate)",
+                 (long long)waiting, (long long)count_of(f, &running, "running"),
+                 (long long)count_of(f, &running, "pending"), held);
     for (int i = 0; i < 12; i++) {
         json_t *saga = await_state(f, op.ids[i], i == 9 ? "FAILED" : "COMPLETED");
         if (i == 9)
