@@ -365,12 +365,46 @@ commit_reservations(struct saga_step_run **runs, size_t n, enum saga_outcome *ou
 /* ---- payment ------------------------------------------------------------------------------- */
 
 /* payment:{order_id}, owned by this run of the step: the owner names the
- * job's lease, so a later run is another owner with a larger token. */
+ * job's lease (saga:{id}:{lease}), so a later run is another owner with a
+ * larger token. */
 static void
 payment_lock_names(const struct saga_step_run *run, char name[128], char owner[128])
 {
     snprintf(name, 128, PAYMENT_FENCE_PREFIX "%s", data_text(run, "order_id"));
     snprintf(owner, 128, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
+}
+
+/* Refused: an earlier run of this saga may hold the lock, one whose grant
+ * committed though its transaction's answer was lost (so it retried), or
+ * one that was rescued. That run is over (a saga runs one step at a time,
+ * and a run that is not the saga's current one does nothing); the lock is
+ * freed for this one instead of waiting out its TTL, and the larger token
+ * this run gets fences the earlier one out. *freed: how many of the n
+ * (refused) locks were. */
+static enum err
+free_superseded_payment_locks(struct saga_step_run *const *runs, size_t n, int64_t *freed,
+                              struct bb_error *e)
+{
+    char(*names)[128] = xcalloc(n, sizeof *names);
+    char(*owners)[128] = xcalloc(n, sizeof *owners);
+    char(*prefixes)[128] = xcalloc(n, sizeof *prefixes);
+    const char **np = xcalloc(n, sizeof *np), **op = xcalloc(n, sizeof *op),
+               **pp = xcalloc(n, sizeof *pp);
+    for (size_t i = 0; i < n; i++) {
+        payment_lock_names(runs[i], names[i], owners[i]);
+        snprintf(prefixes[i], 128, "saga:%s:", runs[i]->saga_id);
+        np[i] = names[i];
+        op[i] = owners[i];
+        pp[i] = prefixes[i];
+    }
+    enum err rc = lock_release_superseded_many(runs[0]->c, np, pp, op, n, bb_wall_ms(), freed, e);
+    free(pp);
+    free(op);
+    free(np);
+    free(prefixes);
+    free(owners);
+    free(names);
+    return rc;
 }
 
 /* The authorization the step asks for, fenced by `token`. */
@@ -426,6 +460,18 @@ hold_payment_lock(struct saga_step_run *run, int64_t *token, struct bb_error *e)
     enum lock_outcome how;
     enum err rc = lock_acquire(run->c, name, owner, cs->opt.payment_lock_ttl_ms, bb_wall_ms(), 0,
                                &grant, &how, e);
+    if (rc == ERR_LOCK_HELD) {
+        struct bb_error held = *e;
+        int64_t freed = 0;
+        rc = free_superseded_payment_locks(&run, 1, &freed, e);
+        if (rc == ERR_OK && freed == 1)
+            rc = lock_acquire(run->c, name, owner, cs->opt.payment_lock_ttl_ms, bb_wall_ms(), 0,
+                              &grant, &how, e);
+        else if (rc == ERR_OK) {
+            rc = ERR_LOCK_HELD;
+            *e = held;
+        }
+    }
     *token = rc == ERR_OK ? grant.token : 0;
     return rc == ERR_OK ? prepare_payments(&run, token, 1, e) : rc;
 }
@@ -456,6 +502,31 @@ hold_payment_locks(struct saga_step_run **runs, size_t n, int64_t *tokens, struc
     }
     enum err rc = lock_acquire_many(runs[0]->c, np, op, n, cs->opt.payment_lock_ttl_ms,
                                     bb_wall_ms(), tokens, e);
+    /* The refused, once an earlier run of their saga no longer holds them. */
+    struct saga_step_run **refused = xcalloc(n, sizeof *refused);
+    const char **rnp = xcalloc(n, sizeof *rnp), **rop = xcalloc(n, sizeof *rop);
+    int64_t *rtokens = xcalloc(n, sizeof *rtokens);
+    size_t nr = 0;
+    for (size_t i = 0; rc == ERR_OK && i < n; i++) {
+        if (tokens[i] == 0) {
+            refused[nr] = runs[i];
+            rnp[nr] = np[i];
+            rop[nr++] = op[i];
+        }
+    }
+    int64_t freed = 0;
+    if (nr > 0)
+        rc = free_superseded_payment_locks(refused, nr, &freed, e);
+    if (rc == ERR_OK && freed > 0)
+        rc = lock_acquire_many(runs[0]->c, rnp, rop, nr, cs->opt.payment_lock_ttl_ms, bb_wall_ms(),
+                               rtokens, e);
+    for (size_t i = 0, k = 0; rc == ERR_OK && freed > 0 && i < n; i++)
+        if (tokens[i] == 0)
+            tokens[i] = rtokens[k++];
+    free(rtokens);
+    free(rop);
+    free(rnp);
+    free(refused);
     if (rc == ERR_OK)
         rc = prepare_payments(runs, tokens, n, e);
     free(op);

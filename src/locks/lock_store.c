@@ -137,6 +137,22 @@ static struct store_stmt LOCK_RELEASE_MANY = {
                   " WHERE locks.name = x.name AND locks.token = x.token"
                   " AND locks.owner IS NOT NULL RETURNING locks.name, locks.waiters_until_ms",
 };
+/* A batch of (name, prefix, owner), then now: a holder named prefix...
+ * other than owner lets go. */
+static struct store_stmt LOCK_RELEASE_SUPERSEDED_MANY = {
+    .sql_pg = "UPDATE locks l SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+              " updated_at_ms = $4 FROM unnest($1::text[], $2::text[], $3::text[])"
+              " AS x(name, prefix, owner) WHERE l.name = x.name AND l.owner IS NOT NULL"
+              " AND substr(l.owner, 1, length(x.prefix)) = x.prefix AND l.owner <> x.owner"
+              " RETURNING l.name, l.waiters_until_ms",
+    .sql_sqlite = "UPDATE locks SET owner = NULL, expires_at_ms = NULL, acquired_at_ms = NULL,"
+                  " updated_at_ms = $2 FROM (SELECT value ->> 'name' AS name,"
+                  " value ->> 'prefix' AS prefix, value ->> 'owner' AS owner"
+                  " FROM json_each($1)) AS x WHERE locks.name = x.name"
+                  " AND locks.owner IS NOT NULL"
+                  " AND substr(locks.owner, 1, length(x.prefix)) = x.prefix"
+                  " AND locks.owner <> x.owner RETURNING locks.name, locks.waiters_until_ms",
+};
 /* $1 name, $2 token, $3 now, $4 ttl */
 static struct store_stmt LOCK_RENEW = {
     .sql = "UPDATE locks SET expires_at_ms = $3 + $4, updated_at_ms = $3"
@@ -315,6 +331,32 @@ lock_acquire_many(struct store_conn *c, const char *const *names, const char *co
     return ERR_OK;
 }
 
+/* Announce the locks of `r` (name, waiters_until_ms: those a release freed)
+ * that someone waits for, after reading every row; closes `r`. */
+static enum err
+announce_released(struct store_conn *c, struct store_rows *r, int64_t now_ms, int64_t *freed,
+                  struct bb_error *e)
+{
+    json_t *waited = json_array();
+    int64_t n = 0;
+    for (; store_next(r); n++)
+        if (!store_col_is_null(r, 1) && store_col_int(r, 1) > now_ms)
+            json_array_append_new(waited, json_string(store_col_text(r, 0)));
+    store_rows_close(r);
+    if (freed)
+        *freed = n;
+    enum err rc = ERR_OK;
+    size_t i;
+    json_t *name;
+    json_array_foreach(waited, i, name)
+    {
+        if (rc == ERR_OK)
+            rc = store_notify(c, LOCKS__CHANNEL, json_string_value(name), e);
+    }
+    json_decref(waited);
+    return rc;
+}
+
 enum err
 lock_release_many(struct store_conn *c, const char *const *names, const int64_t *tokens, size_t n,
                   int64_t now_ms, struct bb_error *e)
@@ -330,23 +372,27 @@ lock_release_many(struct store_conn *c, const char *const *names, const int64_t 
     struct store_rows r;
     enum err rc = store_query(c, &LOCK_RELEASE_MANY, p, BB_ARRAY_LEN(p), &r, e);
     store_batch_deinit(&rows);
-    if (rc != ERR_OK)
-        return rc;
-    /* Those someone waits for are announced (after the rows are read). */
-    json_t *waited = json_array();
-    while (store_next(&r))
-        if (!store_col_is_null(&r, 1) && store_col_int(&r, 1) > now_ms)
-            json_array_append_new(waited, json_string(store_col_text(&r, 0)));
-    store_rows_close(&r);
-    size_t i;
-    json_t *name;
-    json_array_foreach(waited, i, name)
-    {
-        if (rc == ERR_OK)
-            rc = store_notify(c, LOCKS__CHANNEL, json_string_value(name), e);
+    return rc == ERR_OK ? announce_released(c, &r, now_ms, NULL, e) : rc;
+}
+
+enum err
+lock_release_superseded_many(struct store_conn *c, const char *const *names,
+                             const char *const *prefixes, const char *const *owners, size_t n,
+                             int64_t now_ms, int64_t *freed, struct bb_error *e)
+{
+    struct store_batch rows;
+    store_batch_init(&rows, c, 3);
+    for (size_t i = 0; i < n; i++) {
+        store_batch_row(&rows);
+        store_batch_text(&rows, "name", names[i]);
+        store_batch_text(&rows, "prefix", prefixes[i]);
+        store_batch_text(&rows, "owner", owners[i]);
     }
-    json_decref(waited);
-    return rc;
+    const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &LOCK_RELEASE_SUPERSEDED_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    store_batch_deinit(&rows);
+    return rc == ERR_OK ? announce_released(c, &r, now_ms, freed, e) : rc;
 }
 
 enum err

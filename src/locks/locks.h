@@ -105,6 +105,19 @@ BB_WUR enum err lock_acquire_many(struct store_conn *c, const char *const *names
 BB_WUR enum err lock_release_many(struct store_conn *c, const char *const *names,
                                   const int64_t *tokens, size_t n, int64_t now_ms,
                                   struct bb_error *e);
+/*
+ * Free names[i] where another run of the caller's work holds it: an owner
+ * that starts with prefixes[i] but is not owners[i]. For callers that know
+ * no other run of that work goes on (one run of a saga's steps at a time:
+ * an earlier run is over, though its process may not know it yet). The
+ * grant that follows gets a larger token, which fences that run's writes
+ * out; so a retry need not wait out the TTL of a run whose grant committed
+ * though its answer was lost. *freed (may be NULL) gets how many were.
+ */
+BB_WUR enum err lock_release_superseded_many(struct store_conn *c, const char *const *names,
+                                             const char *const *prefixes, const char *const *owners,
+                                             size_t n, int64_t now_ms, int64_t *freed,
+                                             struct bb_error *e);
 /* Extend the lease. ERR_STALE_TOKEN (not the current token), ERR_LOCK_EXPIRED
  * (the lease ran out: acquire again), ERR_NOT_HELD (released or never held). */
 BB_WUR enum err lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms,

@@ -415,6 +415,37 @@ many_locks_at_once_follow_the_single_rules(void **state)
     assert_int_equal(next.token, tokens[0] + 1);
 }
 
+static void
+a_lock_another_run_of_the_same_work_holds_is_freed_for_a_larger_token(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    struct lock_grant earlier = acquire_ok(f->c, "P1", "saga:s1:3", 30000, T0, LOCK_GRANTED);
+    acquire_ok(f->c, "P2", "saga:s2:1", 30000, T0, LOCK_GRANTED);
+    acquire_ok(f->c, "P3", "saga:s3:1", 30000, T0, LOCK_GRANTED);
+    /* P1: another run of saga s1 holds it: freed. P2: held by this very
+     * run: kept. P3: another saga's: kept. P4: never held. */
+    const char *names[] = {"P1", "P2", "P3", "P4"};
+    const char *prefixes[] = {"saga:s1:", "saga:s2:", "saga:s9:", "saga:s4:"};
+    const char *owners[] = {"saga:s1:1", "saga:s2:1", "saga:s9:1", "saga:s4:1"};
+    int64_t freed = -1;
+    assert_ok(lock_release_superseded_many(f->c, names, prefixes, owners, 4, T0 + 100, &freed, &e),
+              &e);
+    assert_int_equal(freed, 1);
+    struct lock_grant g;
+    assert_int_equal(lock_get(f->c, "P1", T0 + 100, &g, &e), ERR_NOT_FOUND);
+    assert_ok(lock_get(f->c, "P2", T0 + 100, &g, &e), &e);
+    assert_string_equal(g.owner, "saga:s2:1");
+    assert_ok(lock_get(f->c, "P3", T0 + 100, &g, &e), &e);
+    assert_string_equal(g.owner, "saga:s3:1");
+    /* The run that follows gets a larger token, which fences the earlier
+     * run's writes out. */
+    struct lock_grant next = acquire_ok(f->c, "P1", "saga:s1:1", 30000, T0 + 200, LOCK_GRANTED);
+    assert_true(next.token > earlier.token);
+    assert_ok(lock_fence_check(f->c, "P1", next.token, T0 + 200, &e), &e);
+    assert_int_equal(lock_fence_check(f->c, "P1", earlier.token, T0 + 300, &e), ERR_STALE_TOKEN);
+}
+
 #define LOCK_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -429,6 +460,7 @@ static const struct CMUnitTest tests[] = {
     LOCK_TEST(acquire_statement_agrees_with_the_decision_table),
     LOCK_TEST(concurrent_acquirers_never_overlap_and_tokens_follow_grants),
     LOCK_TEST(many_locks_at_once_follow_the_single_rules),
+    LOCK_TEST(a_lock_another_run_of_the_same_work_holds_is_freed_for_a_larger_token),
 };
 
 TEST_MAIN(tests, true)
