@@ -171,7 +171,8 @@ static struct store_stmt SETTLE_LOCK = {
     .sql_sqlite = "SELECT $1",
 };
 static struct store_stmt SETTLED = {
-    .sql = "SELECT op, amount FROM psp_charges WHERE key IN ($1, $2) AND outcome = 'approved'",
+    .sql = "SELECT op, amount, reference FROM psp_charges WHERE key IN ($1, $2, $3)"
+           " AND outcome = 'approved'",
 };
 
 /* $1 the keys, in any order: their locks are taken in key order. */
@@ -181,9 +182,9 @@ static struct store_stmt SETTLE_LOCK_MANY = {
     .sql_sqlite = "SELECT $1",
 };
 static struct store_stmt SETTLED_MANY = {
-    .sql_pg = "SELECT key, op, amount FROM psp_charges"
+    .sql_pg = "SELECT key, op, amount, reference FROM psp_charges"
               " WHERE key = ANY($1::text[]) AND outcome = 'approved'",
-    .sql_sqlite = "SELECT key, op, amount FROM psp_charges"
+    .sql_sqlite = "SELECT key, op, amount, reference FROM psp_charges"
                   " WHERE key IN (SELECT value FROM json_each($1)) AND outcome = 'approved'",
 };
 /* A batch of (key, op, reference, amount, currency, outcome, reason), then
@@ -226,21 +227,29 @@ is_settlement(const struct payments__psp_call *call)
 
 enum { SETTLEMENT_KEY_MAX = STORE_IDEM_KEY_MAX + 16 };
 
-/* The keys under which the authorization's capture and void are recorded. */
+/* The keys under which the authorization itself, its capture and its void
+ * are recorded. */
+enum { SETTLEMENT_KEYS = 3 };
 static void
-settlement_keys(const struct payments__psp_call *call, char captured[SETTLEMENT_KEY_MAX],
-                char voided[SETTLEMENT_KEY_MAX])
+settlement_keys(const struct payments__psp_call *call,
+                char keys[SETTLEMENT_KEYS][SETTLEMENT_KEY_MAX])
 {
-    snprintf(captured, SETTLEMENT_KEY_MAX, "capture:%s", call->payment_key);
-    snprintf(voided, SETTLEMENT_KEY_MAX, "void:%s", call->payment_key);
+    snprintf(keys[0], SETTLEMENT_KEY_MAX, "capture:%s", call->payment_key);
+    snprintf(keys[1], SETTLEMENT_KEY_MAX, "void:%s", call->payment_key);
+    snprintf(keys[2], SETTLEMENT_KEY_MAX, "authorize:%s", call->payment_key);
 }
 
-/* An approved settlement (op, amount) of the call's authorization is on
- * record: a capture declines after a void, a void after a capture. */
+/* An approved call (op, amount, reference) about the call's authorization
+ * is on record: the authorization (named in the answer), or a settlement:
+ * a capture declines after a void, a void after a capture. */
 static void
 settled_as(const struct payments__psp_call *call, struct payments__psp_answer *a, const char *op,
-           int64_t amount)
+           int64_t amount, const char *reference)
 {
+    if (strcmp(op, "authorize") == 0) {
+        bb_strlcpy(a->authorization, reference, sizeof a->authorization);
+        return;
+    }
     bool capture = strcmp(call->op, "capture") == 0;
     if (!capture && strcmp(op, "capture") == 0)
         a->captured = amount;
@@ -261,17 +270,17 @@ settle_check(struct store_conn *c, const struct payments__psp_call *call,
 {
     if (!is_settlement(call))
         return ERR_OK;
-    char captured_key[SETTLEMENT_KEY_MAX], voided_key[SETTLEMENT_KEY_MAX];
-    settlement_keys(call, captured_key, voided_key);
-    const struct store_param p[] = {sp_text(captured_key), sp_text(voided_key)};
+    char keys[SETTLEMENT_KEYS][SETTLEMENT_KEY_MAX];
+    settlement_keys(call, keys);
+    const struct store_param p[] = {sp_text(keys[0]), sp_text(keys[1]), sp_text(keys[2])};
     enum err rc = store_exec(c, &SETTLE_LOCK, p, 1, NULL, e);
     struct store_rows r;
     if (rc == ERR_OK)
-        rc = store_query(c, &SETTLED, p, 2, &r, e);
+        rc = store_query(c, &SETTLED, p, SETTLEMENT_KEYS, &r, e);
     if (rc != ERR_OK)
         return rc;
     while (store_next(&r))
-        settled_as(call, a, store_col_text(&r, 0), store_col_int(&r, 1));
+        settled_as(call, a, store_col_text(&r, 0), store_col_int(&r, 1), store_col_text(&r, 2));
     store_rows_close(&r);
     return ERR_OK;
 }
@@ -339,10 +348,11 @@ member_of(const struct record_batch *b, const char *key, bool settled)
         if (!settled && strcmp(call->key, key) == 0)
             return b->m[i];
         if (settled && is_settlement(call)) {
-            char captured[SETTLEMENT_KEY_MAX], voided[SETTLEMENT_KEY_MAX];
-            settlement_keys(call, captured, voided);
-            if (strcmp(captured, key) == 0 || strcmp(voided, key) == 0)
-                return b->m[i];
+            char keys[SETTLEMENT_KEYS][SETTLEMENT_KEY_MAX];
+            settlement_keys(call, keys);
+            for (size_t k = 0; k < SETTLEMENT_KEYS; k++)
+                if (strcmp(keys[k], key) == 0)
+                    return b->m[i];
         }
     }
     return NULL;
@@ -365,33 +375,33 @@ static enum err
 record_many(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct record_batch *b = arg;
-    char(*settle)[SETTLEMENT_KEY_MAX] = xcalloc(2 * b->n, sizeof *settle);
-    const char **keys = xcalloc(2 * b->n, sizeof *keys);
+    /* Per settlement: its keys (settlement_keys), the first (captured) the lock's. */
+    char(*settle)[SETTLEMENT_KEYS][SETTLEMENT_KEY_MAX] = xcalloc(b->n, sizeof *settle);
+    const char **keys = xcalloc(SETTLEMENT_KEYS * b->n, sizeof *keys);
     size_t n_settle = 0;
     for (size_t i = 0; i < b->n; i++) {
         struct record_unit *u = b->m[i];
         *u->a = u->decided;
-        if (is_settlement(u->call)) { /* captured, voided */
-            settlement_keys(u->call, settle[n_settle], settle[n_settle + 1]);
-            n_settle += 2;
-        }
+        if (is_settlement(u->call))
+            settlement_keys(u->call, settle[n_settle++]);
     }
     struct store_rows r;
     enum err rc = ERR_OK;
     if (n_settle > 0) {
-        for (size_t k = 0; k < n_settle / 2; k++) /* the captured keys lock */
-            keys[k] = settle[2 * k];
-        rc = query_keys(c, &SETTLE_LOCK_MANY, keys, n_settle / 2, &r, e);
+        for (size_t k = 0; k < n_settle; k++)
+            keys[k] = settle[k][0];
+        rc = query_keys(c, &SETTLE_LOCK_MANY, keys, n_settle, &r, e);
         if (rc == ERR_OK) {
             store_rows_close(&r);
-            for (size_t k = 0; k < n_settle; k++)
-                keys[k] = settle[k];
-            rc = query_keys(c, &SETTLED_MANY, keys, n_settle, &r, e);
+            for (size_t k = 0; k < SETTLEMENT_KEYS * n_settle; k++)
+                keys[k] = settle[k / SETTLEMENT_KEYS][k % SETTLEMENT_KEYS];
+            rc = query_keys(c, &SETTLED_MANY, keys, SETTLEMENT_KEYS * n_settle, &r, e);
         }
         while (rc == ERR_OK && store_next(&r)) {
             struct record_unit *u = member_of(b, store_col_text(&r, 0), true);
             if (u)
-                settled_as(u->call, u->a, store_col_text(&r, 1), store_col_int(&r, 2));
+                settled_as(u->call, u->a, store_col_text(&r, 1), store_col_int(&r, 2),
+                           store_col_text(&r, 3));
         }
         if (rc == ERR_OK)
             store_rows_close(&r);

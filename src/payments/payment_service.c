@@ -265,11 +265,14 @@ plan_outcome(const struct pay_op *op)
     }
     if (a->outcome != PSP_APPROVED && !settled_before(a))
         return pl;
-    /* Approved, or the ledger learns the settlement it missed. */
+    /* Approved, or the ledger learns the settlement it missed; and the
+     * authorization's reference, when its own answer was lost (a void of
+     * a PENDING payment). */
     bool capture = settled_before(a) ? a->captured > 0 : strcmp(op->op, "capture") == 0;
     int64_t amount = settled_before(a) ? a->captured : op->amount;
     return (struct outcome_plan){.move = true,
                                  .to = capture ? PAYMENT_CAPTURED : PAYMENT_VOIDED,
+                                 .reference = a->authorization[0] ? a->authorization : NULL,
                                  .captured = capture ? amount : 0,
                                  .event = capture ? "payment.captured.v1" : "payment.voided.v1",
                                  .data = capture ? json_pack("{s:I}", "amount", (json_int_t)amount)

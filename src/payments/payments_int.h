@@ -37,6 +37,11 @@ struct payments__psp_answer {
      * other way before (by a call whose answer was lost): how. */
     int64_t captured; /* the amount captured */
     bool voided;
+    /* A capture's or void's answer names the authorization it settles (its
+     * reference, "" when the PSP approved none), as a PSP's settlement
+     * answers name the payment: a ledger that lost the authorization's
+     * answer learns it there. */
+    char authorization[40];
 };
 
 struct payments__psp;

@@ -183,6 +183,24 @@ def test_a_settlement_whose_answer_was_lost_is_learned_not_contradicted(make_ser
     problem(server.put("/psp/config", {"hang_op": "charge"}), 400, "invalid_request", "hang_op")
 
 
+def test_a_void_learns_the_reference_of_an_authorization_whose_answer_was_lost(make_server):
+    # The PSP authorized but its answer never came (the payment stays
+    # PENDING); voiding it (a saga's compensation does) settles the
+    # authorization, and the void's answer names it: the ledger keeps the
+    # reference it would otherwise never learn.
+    server = make_server(["--psp-timeout", "200ms"])
+    server.put("/psp/config", {"hang_next": 1, "hang_op": "authorize"})
+    hung = problem(server.post("/payments/authorize", {
+        "order_id": "o-hv", "amount": 100, "currency": "EUR", "idempotency_key": "pay-hv"}),
+        504, "timeout")
+    assert hung["state"] == "PENDING"
+    v = server.post(f"/payments/void/{hung['authorization_id']}")
+    assert v.status_code == 200 and v.json()["state"] == "VOIDED", v.text
+    [approved] = [c["reference"] for c in charges(server)
+                  if c["key"] == "authorize:pay-hv" and c["outcome"] == "approved"]
+    assert v.json()["psp_reference"] == approved
+
+
 def test_the_mock_takes_its_settings_from_flags_and_the_seed_variables(make_server):
     server = make_server(["--psp-seed", "3"], env={"MOCK_LATENCY_MS": "40",
                                                    "MOCK_FAILURE_RATE": "0.25"})
