@@ -450,4 +450,39 @@ BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, stru
  * per-token callbacks and printf. Aborts on OOM. */
 char *bb_json_dumps(const json_t *v);
 
+/* ------------------------------------------------------------------------ */
+/* Fault points (STYLE.md section 9)                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Compiled into test builds (BB_TESTS defines BB_FAULTS): a named point's
+ * Nth call, or a share of its calls, reports a failure, so that tests can
+ * prove that a commit or a statement failing anywhere loses and doubles
+ * nothing. `spec` is a comma-separated list of NAME=SPEC, SPEC being
+ *   N     the Nth call fails, once
+ *   N+    every call from the Nth on fails
+ *   1/K   each call fails with probability 1/K (from `seed`: the same
+ *         sequence of calls fails the same way)
+ * with an optional xM after it: M failures at most in all. Example:
+ * "store.commit=1/20x30,store.statement=7". Arming replaces what was armed
+ * and starts every count at 0. In other builds bb_fault is constant false
+ * and arming answers ERR_USAGE. The points are listed in docs/testing.md.
+ */
+#define BB_FAULT_NAME_MAX   31
+#define BB_FAULT_POINTS_MAX 8
+#ifdef BB_FAULTS
+bool bb_fault(const char *point);
+#else
+static inline bool
+bb_fault(const char *point)
+{
+    (void)point;
+    return false;
+}
+#endif
+BB_WUR enum err bb_faults_arm(const char *spec, uint64_t seed, struct bb_error *e);
+void bb_faults_disarm(void);
+/* Failures injected at `point` since it was armed. */
+int64_t bb_faults_injected(const char *point);
+
 #endif /* BB_BASE_H */

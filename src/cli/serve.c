@@ -503,6 +503,26 @@ app_stop(struct app *app)
     log_info("server.stopped", "duration_ms=%lld", (long long)(bb_mono_ms() - t0));
 }
 
+/* Test builds: BACKBONE_FAULTS arms fault points (bb_faults_arm; seeded by
+ * BACKBONE_FAULTS_SEED) once everything has started, so that start-up
+ * itself does not fail. Not an option of --help: a test knob, refused by
+ * builds without fault points. */
+static enum err
+faults_arm(bool started, struct bb_error *e)
+{
+    const char *spec = getenv("BACKBONE_FAULTS");
+    if (spec == NULL || spec[0] == '\0')
+        return ERR_OK;
+    const char *seed_text = getenv("BACKBONE_FAULTS_SEED");
+    uint64_t seed = seed_text ? strtoull(seed_text, NULL, 10) : 1;
+    enum err rc = bb_faults_arm(spec, seed, e);
+    if (rc == ERR_OK && !started)
+        bb_faults_disarm(); /* checked: armed once started */
+    else if (rc == ERR_OK)
+        log_warn("faults.armed", "faults=%s seed=%llu", spec, (unsigned long long)seed);
+    return rc;
+}
+
 /* serve and worker: run until SIGTERM/SIGINT. */
 static int
 run(int argc, char **argv, const char *command, bool with_api)
@@ -532,7 +552,9 @@ run(int argc, char **argv, const char *command, bool with_api)
         rc = roles_parse(app.cfg.roles, &app.roles, &e);
     else
         app.roles = ROLE_WORKERS | ROLE_SCHEDULER | ROLE_SAGAS;
-    if (rc != ERR_OK || app_start(&app, &e) != ERR_OK) {
+    if (rc == ERR_OK)
+        rc = faults_arm(false, &e);
+    if (rc != ERR_OK || app_start(&app, &e) != ERR_OK || faults_arm(true, &e) != ERR_OK) {
         log_error("server.start_failed", "field=%s detail=%s", e.field, e.detail);
         fprintf(stderr, "backbone %s: %s\n", command, e.detail);
         code = e.code == ERR_USAGE ? CLI_USAGE : CLI_UNAVAILABLE;

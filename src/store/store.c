@@ -450,6 +450,13 @@ store_conn_engine(const struct store_conn *c)
     return c->ops->engine;
 }
 
+/* A statement failing as one the database refused would (fault points). */
+static enum err
+statement_fault(struct bb_error *e)
+{
+    return bb_fail(e, ERR_STORE, "", "injected fault: the statement failed");
+}
+
 enum err
 store_query(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
             size_t n_params, struct store_rows *out, struct bb_error *e)
@@ -457,6 +464,8 @@ store_query(struct store_conn *c, struct store_stmt *st, const struct store_para
     memset(out, 0, sizeof *out);
     out->engine = c->ops->engine;
     out->row = -1;
+    if (store__fault("store.statement"))
+        return statement_fault(e);
     struct store_param bound[PARAMS_MAX];
     params = params_bound(c, params, &n_params, bound);
     return c->ops->query(c, st, params, n_params, out, NULL, e);
@@ -466,6 +475,8 @@ enum err
 store_exec(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
            size_t n_params, int64_t *changes, struct bb_error *e)
 {
+    if (store__fault("store.statement"))
+        return statement_fault(e);
     int64_t n = 0;
     struct store_param bound[PARAMS_MAX];
     params = params_bound(c, params, &n_params, bound);
@@ -479,6 +490,8 @@ enum err
 store_exec_deferred(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
                     size_t n_params, struct bb_error *e)
 {
+    if (store__fault("store.statement"))
+        return statement_fault(e);
     struct store_param bound[PARAMS_MAX];
     params = params_bound(c, params, &n_params, bound);
     if (c->ops->defer == NULL)
@@ -492,6 +505,8 @@ store_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_
 {
     if (n_rows == 0)
         return ERR_OK;
+    if (store__fault("store.statement"))
+        return statement_fault(e);
     for (size_t i = 0; i < n_params * n_rows; i++)
         BB_ASSERT(params[i].type != STORE_T_BATCH);
     return c->ops->exec_many(c, st, params, n_params, n_rows, first_ints, e);
@@ -563,7 +578,16 @@ enum err
 store_commit(struct store_conn *c, struct bb_error *e)
 {
     BB_ASSERT(c->in_txn);
-    enum err rc = c->ops->commit(c, e);
+    enum err rc;
+    if (store__fault("store.commit")) {
+        c->ops->rollback(c);
+        rc = bb_fail(e, ERR_STORE, "", "injected fault: the commit failed");
+    } else {
+        rc = c->ops->commit(c, e);
+        /* The commit's answer lost on the way: the caller cannot tell. */
+        if (rc == ERR_OK && store__fault("store.commit_lost"))
+            rc = bb_fail(e, ERR_STORE, "", "injected fault: the commit's answer was lost");
+    }
     c->in_txn = false;
     store__notes_truncate(c, 0);
     store__afters_run(c, 0, rc == ERR_OK);
@@ -781,6 +805,23 @@ static struct metrics_def M_GROUP_ALONE = {
     .type = METRICS_COUNTER,
     .labels = {"engine"},
 };
+#ifdef BB_FAULTS
+static struct metrics_def M_FAULTS = {
+    .name = "backbone_faults_injected_total",
+    .help = "Failures injected at each fault point (test builds only).",
+    .type = METRICS_COUNTER,
+    .labels = {"point"},
+};
+
+bool
+store__fault(const char *point)
+{
+    if (!bb_fault(point))
+        return false;
+    metrics_add(&M_FAULTS, 1, point);
+    return true;
+}
+#endif
 static struct metrics_def M_QUEUE = {
     .name = "backbone_store_queue_depth",
     .help = "Units of work waiting for an executor thread.",
@@ -796,6 +837,9 @@ store__metrics_register(void)
     metrics_register(&M_RETRY);
     metrics_register(&M_QUEUE);
     metrics_register(&M_GROUP_ALONE);
+#ifdef BB_FAULTS
+    metrics_register(&M_FAULTS);
+#endif
 }
 
 void

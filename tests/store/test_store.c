@@ -1112,6 +1112,98 @@ plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
     store_conn_close(c);
 }
 
+/* ---- fault points (STYLE.md section 9) ------------------------------------------ */
+
+struct fault_unit {
+    int64_t id;
+    struct after_log *log;
+};
+
+/* Insert row `id`, and hear the transaction's fate. */
+static enum err
+insert_heard(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct fault_unit *u = arg;
+    store_after_commit(c, after_logged, u->log);
+    const struct store_param p[] = {sp_int(u->id), sp_int(0), sp_text("fault")};
+    return store_exec(c, &INSERT_T, p, 3, NULL, e);
+}
+
+static void
+a_failed_commit_writes_nothing_and_a_lost_answer_hides_a_commit(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct bb_error e;
+    struct after_log log = {0};
+    struct fault_unit u1 = {.id = 1, .log = &log}, u2 = {.id = 2, .log = &log};
+    /* The commit fails: nothing written, the unit and its hooks told so. */
+    assert_ok(bb_faults_arm("store.commit=1", 1, &e), &e);
+    assert_int_equal(store_run(db->store, STORE_WRITE, insert_heard, &u1, &e), ERR_UNAVAILABLE);
+    assert_non_null(strstr(e.detail, "injected fault"));
+    assert_int_equal(bb_faults_injected("store.commit"), 1);
+    struct store_conn *c = conn(db);
+    assert_false(row_exists(c, 1));
+    /* The next commit (the fault fired once) goes through. */
+    assert_ok(store_run(db->store, STORE_WRITE, insert_heard, &u1, &e), &e);
+    assert_true(row_exists(c, 1));
+    /* The answer is lost: the row is there, though the unit heard of a
+     * failure (as when a connection drops after COMMIT was sent). */
+    assert_ok(bb_faults_arm("store.commit_lost=1", 1, &e), &e);
+    assert_int_equal(store_run(db->store, STORE_WRITE, insert_heard, &u2, &e), ERR_UNAVAILABLE);
+    assert_true(row_exists(c, 2));
+    assert_int_equal(count_t(c), 2);
+    bb_faults_disarm();
+    assert_int_equal(log.n, 3);
+    assert_int_equal(log.calls[0], -1);
+    assert_int_equal(log.calls[1], 1);
+    assert_int_equal(log.calls[2], -1);
+    store_conn_close(c);
+}
+
+/* A statement failing in a group's shared transaction: the group rolls
+ * back and each unit runs alone, so every unit's row is written once. */
+static void
+a_failed_statement_in_a_group_loses_no_unit(void **state)
+{
+    (void)state;
+    struct test_db *db = single_thread_db(1, 1000);
+    create_t(db);
+    struct group_ctx ctx = {0};
+    struct store_group group = {.many = group_many, .ctx = &ctx, .max = 8};
+    struct gate g;
+    gate_init(&g);
+    assert_int_equal(store_submit(db->store, STORE_WRITE, blocker_work, nop_done, &g), ERR_OK);
+    gate_wait(&g, &g.started);
+    enum { N = 4 };
+    struct unit units[N];
+    struct gate done_gates[N];
+    for (int i = 0; i < N; i++) {
+        units[i] = (struct unit){.id = i + 1, .db = db, .gate = &done_gates[i]};
+        gate_init(&done_gates[i]);
+        assert_int_equal(
+            store_submit_grouped(db->store, STORE_WRITE, &group, unit_work, unit_done, &units[i]),
+            ERR_OK);
+    }
+    struct bb_error e;
+    assert_ok(bb_faults_arm("store.statement=2", 1, &e), &e); /* the group's second insert */
+    gate_set(&g, &g.open);
+    for (int i = 0; i < N; i++)
+        gate_wait(&done_gates[i], &units[i].done);
+    assert_int_equal(bb_faults_injected("store.statement"), 1);
+    bb_faults_disarm();
+    assert_int_equal(ctx.calls, 1);
+    struct store_conn *c = conn(db);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(units[i].rc, ERR_OK);
+        assert_int_equal(units[i].runs, 1); /* alone, after the group failed */
+        assert_true(row_exists(c, units[i].id));
+    }
+    assert_int_equal(count_t(c), N);
+    store_conn_close(c);
+    test_db_destroy(db);
+}
+
 #define DB_TEST(name) cmocka_unit_test_setup_teardown(name, test_db_setup, test_db_teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1138,6 +1230,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(bad_urls_are_refused_clearly),
     DB_TEST(sqlite_file_has_one_owning_process),
     DB_TEST(plans_made_on_an_empty_table_do_not_outlive_its_growth),
+    DB_TEST(a_failed_commit_writes_nothing_and_a_lost_answer_hides_a_commit),
+    cmocka_unit_test(a_failed_statement_in_a_group_loses_no_unit),
 };
 
 TEST_MAIN(tests, true)

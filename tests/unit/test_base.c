@@ -797,6 +797,78 @@ ticker_runs_again_each_interval_and_stop_ends_the_run_in_progress(void **state)
     pthread_cond_destroy(&k.cv);
 }
 
+/* ---- fault points ------------------------------------------------------------------- */
+
+/* Which of the first n calls of `point` fail, as a bit string. */
+static void
+fault_calls(const char *point, int n, char *out)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = bb_fault(point) ? '1' : '0';
+    out[n] = '\0';
+}
+
+static void
+fault_points_fail_the_calls_their_spec_names(void **state)
+{
+    (void)state;
+    struct bb_error e;
+    char got[64];
+    assert_ok(bb_faults_arm("a=3,b=2+,c=1/1x2", 9, &e), &e);
+    fault_calls("a", 6, got);
+    assert_string_equal(got, "001000"); /* the 3rd, once */
+    fault_calls("b", 5, got);
+    assert_string_equal(got, "01111"); /* from the 2nd on */
+    fault_calls("c", 4, got);
+    assert_string_equal(got, "1100"); /* every call, 2 at most */
+    assert_int_equal(bb_faults_injected("c"), 2);
+    assert_false(bb_fault("unarmed"));
+    /* 1 in 4, from the seed: the same seed fails the same calls. */
+    char first[64];
+    assert_ok(bb_faults_arm("p=1/4", 7, &e), &e);
+    fault_calls("p", 63, first);
+    int hits = 0;
+    for (int i = 0; i < 63; i++)
+        hits += first[i] == '1';
+    assert_in_range(hits, 4, 30);
+    assert_ok(bb_faults_arm("p=1/4", 7, &e), &e);
+    fault_calls("p", 63, got);
+    assert_string_equal(got, first);
+    assert_ok(bb_faults_arm("p=1/4", 8, &e), &e);
+    fault_calls("p", 63, got);
+    assert_string_not_equal(got, first);
+    bb_faults_disarm();
+    assert_false(bb_fault("p"));
+    assert_int_equal(bb_faults_injected("p"), 0);
+}
+
+static void
+fault_specs_that_make_no_sense_are_refused(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"p",
+                                      "=3",
+                                      "p=",
+                                      "p=0",
+                                      "p=x",
+                                      "p=1/0",
+                                      "p=3x0",
+                                      "p=3xq",
+                                      "p=3++",
+                                      "p=-1",
+                                      "p=1/2/3",
+                                      "p=a/3",
+                                      "a=1,b=1,c=1,d=1,e=1,f=1,g=1,h=1,i=1",
+                                      "this.point.name.is.far.too.long.to.keep=1"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++) {
+        struct bb_error e;
+        bb_error_clear(&e);
+        if (bb_faults_arm(bad[i], 1, &e) != ERR_USAGE)
+            fail_msg("'%s' was accepted", bad[i]);
+        assert_string_equal(e.field, "faults");
+    }
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(error_table_codes_are_unique_and_mapped),
     cmocka_unit_test(fail_fills_the_error_and_returns_the_code),
@@ -825,6 +897,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(combiner_leaves_conflicting_items_for_a_later_batch),
     cmocka_unit_test(combiner_refuses_callers_beyond_waiting_max),
     cmocka_unit_test(ticker_runs_again_each_interval_and_stop_ends_the_run_in_progress),
+    cmocka_unit_test(fault_points_fail_the_calls_their_spec_names),
+    cmocka_unit_test(fault_specs_that_make_no_sense_are_refused),
 };
 
 TEST_MAIN(tests, false)
