@@ -10,8 +10,19 @@ AUTH=()
 failures=0
 
 say() { printf '%s\n' "$*"; }
-api() { # method path [json] -> body
-  curl -sS -X "$1" "${AUTH[@]}" -H 'Content-Type: application/json' "$URL$2" ${3:+-d "$3"}
+api() { # method path [json] -> body; a GET answered 5xx is asked again (up to 5 s)
+  local out
+  for _ in $(seq 100); do
+    out=$(curl -sS -X "$1" "${AUTH[@]}" -H 'Content-Type: application/json' -w '\n%{http_code}' \
+      "$URL$2" ${3:+-d "$3"})
+    if [ "$1" != GET ] || [ "${out##*$'\n'}" -lt 500 ]; then
+      printf '%s\n' "${out%$'\n'*}"
+      return 0 # explicit: a bare return in a trap handler returns the status before the trap
+    fi
+    sleep 0.05
+  done
+  echo "GET $2 kept failing: $out" >&2
+  exit 1
 }
 product() { # sku stock
   api POST /inventory/products "{\"sku\":\"$1\",\"name\":\"$1\",\"stock\":$2}" >/dev/null
@@ -100,6 +111,117 @@ restore_settings() {
     echo "could not put back the PSP's config: $saved_psp" >&2; rc=1; }
   exit "$rc"
 }
+# ---- scenarios that start their own server (crash, faults) ------------------------
+# They set BIN, DB, DECLINE_RATE and call own_server NAME first; up [ENV=V...]
+# starts the server (again), accept_all runs the checkouts of N units of $sku
+# in the background (load=its pid), reconcile checks the end.
+own_server() { # name: a work directory and the server's settings
+  BIN=${BACKBONE_BIN:-./build/backbone}
+  work=$(mktemp -d "/tmp/backbone-$1.XXXXXX")
+  DB=${BACKBONE_DB:-sqlite:$work/$1.db}
+  pid=
+  trap 'cleanup_server' EXIT
+}
+cleanup_server() { # keeps the work directory (database, logs, pages read) of a failed run
+  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+  if [ "$failures" -gt 0 ]; then say "kept for a look: $work"; else rm -rf "$work"; fi
+}
+up() { # [NAME=VALUE...]: environment of the server
+  env "$@" "$BIN" serve --db "$DB" --port "${PORT:-18400}" --log-level warn --psp-latency-ms 2 \
+    --psp-decline-rate "$DECLINE_RATE" 2>>"$work/server.log" &
+  pid=$!
+  for _ in $(seq 600); do curl -sf "$URL/readyz" >/dev/null 2>&1 && return; sleep 0.05; done
+  say "the server did not come up"; exit 1
+}
+accept_all() { # key-prefix: N checkouts of one unit of $sku, each retried with its key until its 202
+  (
+    for i in $(seq "$N"); do
+      until id=$(checkout "$1-$RUN-$i" "$sku" 1 100 2>/dev/null) && [ -n "$id" ] && [ "$id" != null ]; do
+        sleep 0.05
+      done
+      echo "$id" >>"$work/accepted"
+    done
+  ) &
+  load=$!
+}
+accepted() { if [ -f "$work/accepted" ]; then wc -l <"$work/accepted"; else echo 0; fi; }
+# Every accepted checkout settled; then the server's own account (every
+# saga, also of checkouts whose 202 was lost, and the PSP's record) against
+# the checkouts: one saga each, money, stock ($sku started with 100000) and
+# orders agree exactly.
+reconcile() {
+  say "== waiting for every accepted checkout to settle"
+  while read -r id; do settle "$id" >/dev/null; done <"$work/accepted"
+  pages() { # path -> every item of its pages (field $2) as one JSON array
+    local out=$work/pages.json after='' page
+    echo '[]' >"$out"
+    while :; do
+      page=$(api GET "$1${after:+&after=$after}")
+      jq -s --arg f "$2" '.[0] + .[1][$f]' "$out" <(echo "$page") >"$out.new" && mv "$out.new" "$out"
+      after=$(jq -r '.next_after // empty' <<<"$page")
+      [ -z "$after" ] && break
+    done
+    cat "$out"
+  }
+  # The server's own account: every saga (also of checkouts whose 202 was lost
+  # in a crash), and the PSP's.
+  sagas=$work/sagas.json
+  pages "/sagas?type=checkout&limit=1000" sagas >"$sagas"
+  pages "/psp/charges?limit=1000" charges >"$work/charges.json"
+  # Each saga with its order and its payments, as the services record them.
+  facts=$work/facts.jsonl
+  jq -r '.[] | "\(.state) \(.data.order_id // "-")"' "$sagas" | while read -r state order; do
+    if [ "$order" = - ]; then
+      printf '{"state":"%s","order":null,"payments":{"payments":[]}}\n' "$state"
+    else
+      printf '{"state":"%s","order":%s,"payments":%s}\n' "$state" "$(api GET "/orders/$order")" \
+        "$(api GET "/payments?order_id=$order")"
+    fi
+  done >"$facts"
+  of() { jq -s "$1" "$facts"; }                     # a number from the sagas' facts
+  psp() { jq "$1" "$work/charges.json"; }           # a number from the PSP's record
+  running=$(jq '[.[] | select(.state != "COMPLETED" and .state != "FAILED")] | length' "$sagas")
+  completed=$(jq '[.[] | select(.state == "COMPLETED")] | length' "$sagas")
+  failed=$(jq '[.[] | select(.state == "FAILED")] | length' "$sagas")
+  total=$(jq length "$sagas")
+  sold=$(jq '[.[] | select(.state == "COMPLETED") | .data.items[].qty] | add // 0' "$sagas")
+  stock=$(stock_of "$sku")
+  captured=$(of '[.[].payments.payments[] | .captured_amount - .refunded_amount] | add // 0')
+  say "== reconciliation ($(wc -l <"$work/accepted") accepted with a 202, $total sagas, $completed completed, $failed failed)"
+  check "checkouts accepted, one per key" "$N" "$(sort -u "$work/accepted" | wc -l | tr -d ' ')"
+  check "sagas, one per checkout" "$N" "$total"
+  check "checkouts with more than one saga" 0 "$(jq '[group_by(.correlation_id)[] | select(length > 1)] | length' "$sagas")"
+  check "every accepted checkout has its saga" 0 "$(comm -23 <(sort "$work/accepted") <(jq -r '.[].correlation_id' "$sagas" | sort) | wc -l | tr -d ' ')"
+  check "sagas still running" 0 "$running"
+  check "units on hand (100000 - sold)" "$((100000 - sold))" "$(jq .on_hand <<<"$stock")"
+  check "units reserved" 0 "$(jq .reserved <<<"$stock")"
+  check "money kept = 100 per completed checkout" "$((completed * 100))" "$captured"
+  check "orders with more than one payment" 0 "$(of '[.[] | select((.payments.payments | length) > 1)] | length')"
+  check "orders of COMPLETED checkouts CONFIRMED" "$completed" "$(of '[.[] | select(.state == "COMPLETED" and .order.status == "CONFIRMED")] | length')"
+  check "orders of FAILED checkouts CANCELLED" "$failed" "$(of '[.[] | select(.state == "FAILED" and .order.status == "CANCELLED")] | length')"
+  check "payments whose outcome is not known (PENDING)" 0 "$(of '[.[].payments.payments[] | select(.state == "PENDING")] | length')"
+  check "AUTHORIZED payments of FAILED checkouts" 0 "$(of '[.[] | select(.state == "FAILED") | .payments.payments[] | select(.state == "AUTHORIZED")] | length')"
+  # The PSP's own record (psp_charges: one row per call key, authorize:K,
+  # capture:K and void:K for the payment of key K) against the ledger.
+  approved='[.[] | select(.outcome == "approved")]'
+  check "money kept by the PSP (captures - refunds)" "$((completed * 100))" \
+    "$(psp "$approved | (map(select(.op == \"capture\") | .amount) | add // 0) - (map(select(.op == \"refund\") | .amount) | add // 0)")"
+  check "PSP authorizations the ledger does not know, or the reverse" 0 \
+    "$(jq -n --slurpfile f "$facts" --slurpfile c "$work/charges.json" \
+        '([$c[0][] | select(.op == "authorize" and .outcome == "approved") | .reference] | sort) as $psp
+         | ([$f[].payments.payments[] | select(.state != "PENDING" and .state != "FAILED")
+             | .psp_reference] | sort) as $ledger
+         | ($psp - $ledger | length) + ($ledger - $psp | length)')"
+  check "PSP captures = payments the ledger captured" \
+    "$(of '[.[].payments.payments[] | select(.captured_amount > 0)] | length')" \
+    "$(psp "$approved | map(select(.op == \"capture\")) | length")"
+  check "authorizations the PSP still holds open (neither captured nor voided)" 0 \
+    "$(psp "$approved | map(select(.op == \"authorize\" or .op == \"capture\" or .op == \"void\")
+       | {op, k: (.key | sub(\"^[a-z]+:\"; \"\"))}) | group_by(.k)
+       | map(select(any(.op == \"authorize\") and (any(.op == \"capture\" or .op == \"void\") | not)))
+       | length")"
+}
+
 done_() {
   if [ "$failures" -gt 0 ]; then say "$failures check(s) failed"; exit 1; fi
   say "all checks passed"

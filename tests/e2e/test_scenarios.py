@@ -85,3 +85,20 @@ def test_crash_scenario(database, tmp_path):
                  "ok    PSP captures = payments the ledger captured",
                  "ok    authorizations the PSP still holds open (neither captured nor voided): 0"):
         assert line in out, out
+
+
+def test_faults_scenario(database):
+    # Failed commits, commits whose answer is lost and failed statements,
+    # injected at random while the server keeps running (a person runs it
+    # with its default of 300 checkouts; the test with 100).
+    assert "N=${N:-300}" in (SCENARIOS / "faults.sh").read_text()
+    out = run("faults.sh", N=100, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
+              PORT=18400 + os.getpid() % 1000)
+    for line in ("ok    checkouts accepted, one per key: 100", "ok    sagas, one per checkout: 100",
+                 "ok    money kept by the PSP (captures - refunds)",
+                 "ok    PSP authorizations the ledger does not know, or the reverse: 0",
+                 "ok    exit code after SIGTERM: 0"):
+        assert line in out, out
+    for point in ("store.commit", "store.commit_lost", "store.statement"):
+        injected = int(out.split(f"faults injected at {point}: ")[1].split()[0])
+        assert injected > 0, out
