@@ -9,6 +9,7 @@
 # it):
 #   BACKBONE_BIN  the binary (default ./build/backbone)
 #   BACKBONE_DB   its database (default a fresh SQLite file under /tmp)
+#   KEEP=1        keep the work directory (a failed run keeps it anyway)
 #   N=1000 KILLS=5 DECLINE_RATE=0.1 scripts/scenarios/crash.sh
 BACKBONE_URL=http://127.0.0.1:${PORT:-18400}
 . "$(dirname "$0")/lib.sh"

@@ -12,6 +12,8 @@
 # server, which must be a test build (build/, not build-release/):
 #   BACKBONE_BIN  the binary (default ./build/backbone)
 #   BACKBONE_DB   its database (default a fresh SQLite file under /tmp)
+#   KEEP=1        keep the work directory (database, server log, pages read);
+#                 a failed run keeps it anyway
 #   N=300 FAULTS=... SEED=1 DECLINE_RATE=0.1 scripts/scenarios/faults.sh
 BACKBONE_URL=http://127.0.0.1:${PORT:-18400}
 . "$(dirname "$0")/lib.sh"

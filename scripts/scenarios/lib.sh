@@ -122,9 +122,9 @@ own_server() { # name: a work directory and the server's settings
   pid=
   trap 'cleanup_server' EXIT
 }
-cleanup_server() { # keeps the work directory (database, logs, pages read) of a failed run
+cleanup_server() { # keeps the work directory (database, logs, pages read) of a failed run, or with KEEP=1
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-  if [ "$failures" -gt 0 ]; then say "kept for a look: $work"; else rm -rf "$work"; fi
+  if [ "$failures" -gt 0 ] || [ -n "${KEEP:-}" ]; then say "kept for a look: $work"; else rm -rf "$work"; fi
 }
 up() { # [NAME=VALUE...]: environment of the server
   env "$@" "$BIN" serve --db "$DB" --port "${PORT:-18400}" --log-level warn --psp-latency-ms 2 \
