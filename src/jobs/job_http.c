@@ -1062,6 +1062,15 @@ report_work(struct store_conn *c, void *arg, struct bb_error *e)
     /* The attempt ran from its claim to this report. */
     jobs__metric_finished_at_commit(c, f.queue, f.outcome,
                                     (double)(now - f.started_at_ms) / 1000.0);
+    /* A slot of a queue with a concurrency limit came free: wake the
+     * workers and parked claims waiting for one, in every process (an
+     * embedded worker's completion does the same). */
+    struct job_queue q;
+    rc = job_queue_get(c, f.queue, &q, e);
+    if (rc == ERR_OK && (q.concurrency > 0 || q.key_concurrency > 0))
+        rc = store_notify(c, JOBS__CHANNEL, f.queue, e);
+    if (rc != ERR_OK && rc != ERR_NOT_FOUND) /* no settings: no limit */
+        return rc;
     op->n = f.outcome;
     jop_answer(
         op, 200,

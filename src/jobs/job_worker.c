@@ -188,20 +188,23 @@ names_dup(char *const *names, size_t n)
 /* The queues with a concurrency limit (a copy: free with jobs__free_names),
  * read again when the pool's copy is LIMITED_REFRESH_MS old: a limit set
  * meanwhile is honoured at once (the unlimited claim reads job_queues
- * itself); only its own claim waits that long. */
+ * itself); only its own claim waits that long. *stale_at: when the copy
+ * used runs out (0: read just now). */
 static enum err
 limited_queues(struct store_conn *c, struct job_pool *p, int64_t now_ms, char ***out, size_t *n,
-               struct bb_error *e)
+               int64_t *stale_at, struct bb_error *e)
 {
     pthread_mutex_lock(&p->mu);
     bool fresh = p->limited_at_ms > 0 && now_ms - p->limited_at_ms < LIMITED_REFRESH_MS;
     if (fresh) {
         *out = names_dup(p->limited, p->n_limited);
         *n = p->n_limited;
+        *stale_at = p->limited_at_ms + LIMITED_REFRESH_MS;
     }
     pthread_mutex_unlock(&p->mu);
     if (fresh)
         return ERR_OK;
+    *stale_at = 0;
     char **names;
     size_t k;
     enum err rc = jobs__limited_queues(c, &names, &k, e);
@@ -249,10 +252,11 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
         jobs__claim_unlimited(c, p->queues_json, p->worker, u->want, now, &got, &n_got, e);
     if (rc == ERR_OK)
         unit_append(u, got, n_got);
+    int64_t stale_at = 0;
     if (rc == ERR_OK && (int64_t)u->n < u->want) {
         char **limited = NULL;
         size_t n_limited = 0;
-        rc = limited_queues(c, p, now, &limited, &n_limited, e);
+        rc = limited_queues(c, p, now, &limited, &n_limited, &stale_at, e);
         for (size_t k = 0; rc == ERR_OK && k < n_limited && (int64_t)u->n < u->want; k++) {
             if (!serves(p, limited[k]))
                 continue;
@@ -271,6 +275,12 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     /* A rate limit held jobs back: look again when it lets the next go. */
     if (throttled > 0 && (u->next_due_ms == 0 || throttled < u->next_due_ms))
         u->next_due_ms = throttled;
+    /* Short, with the limited queues as read a moment ago: a queue limited
+     * since then (its jobs the unlimited claim left alone) is claimed once
+     * the copy runs out, not at the next poll. */
+    if ((int64_t)u->n < u->want && stale_at > 0 &&
+        (u->next_due_ms == 0 || stale_at < u->next_due_ms))
+        u->next_due_ms = stale_at;
     return rc;
 }
 

@@ -431,6 +431,26 @@ def test_idle_workers_are_woken_without_polling(make_server):
     wait_job(server, job_id, timeout_s=20)
 
 
+def test_a_job_queued_behind_a_pull_workers_slot_starts_when_it_frees(make_server):
+    # Queue "one" runs one job at a time; the embedded workers poll once a
+    # minute. A pull worker holds the slot; the job queued behind it can
+    # start within the wait only through a wake-up: the one the pull
+    # worker's completion sends (a slot of a limited queue came free), or
+    # the pool's second look once its copy of which queues are limited runs
+    # out (one second; "one" was limited a moment before its first claim).
+    server = make_server(["--job-poll", "60s"])
+    assert server.put("/queues/one", {"concurrency": 1}).status_code == 201
+    held = submit(server, {"queue": "one", "handler": "external"})["job_id"]
+    r = server.post("/queues/one/claim", {"worker": "py-1", "max": 1, "wait_ms": 10000})
+    [lease] = r.json()["jobs"]
+    assert lease["job_id"] == held
+    behind = submit(server, {"queue": "one", "handler": "noop"})["job_id"]
+    assert server.get(f"/jobs/{behind}").json()["state"] == "pending"  # the queue is full
+    done = server.post(f"/jobs/{held}/complete", {"token": lease["lease_token"]})
+    assert done.status_code == 200, done.text
+    wait_job(server, behind, timeout_s=30)
+
+
 def test_polling_finds_jobs_when_wakeups_are_lost(make_server):
     # Wake-ups dropped: the poll (200 ms) still finds the job.
     server = make_server(["--job-wakeups", "false", "--job-poll", "200ms"])
