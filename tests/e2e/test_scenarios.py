@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, ENGINE
 
 SCENARIOS = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "scenarios"
 
@@ -102,3 +102,17 @@ def test_faults_scenario(database):
     for point in ("store.commit", "store.commit_lost", "store.statement"):
         injected = int(out.split(f"faults injected at {point}: ")[1].split()[0])
         assert injected > 0, out
+
+
+@pytest.mark.skipif(ENGINE != "pg", reason="SQLite has no connections to cut")
+def test_disconnect_scenario(database):
+    # Every connection of the server to PostgreSQL terminated 3 times while
+    # 60 checkouts run (a person runs it with 300 and 5).
+    assert "N=${N:-300} KILLS=${KILLS:-5}" in (SCENARIOS / "disconnect.sh").read_text()
+    out = run("disconnect.sh", N=60, KILLS=3, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
+              PORT=18400 + os.getpid() % 1000)
+    assert out.count("  cut #") == 3
+    for line in ("ok    checkouts accepted, one per key: 60", "ok    sagas, one per checkout: 60",
+                 "ok    money kept by the PSP (captures - refunds)",
+                 "ok    the LISTEN connection is back: 1", "ok    exit code after SIGTERM: 0"):
+        assert line in out, out
