@@ -4,7 +4,11 @@ fail, commits whose answer is lost though they committed, statements that
 fail. Where kill -9 wipes a process's memory, here it lives on and must not
 trust what it did not see committed. (The checkout sagas under faults are
 scripts/scenarios/faults.sh, run by test_scenarios.py.)"""
+import threading
+import time
+
 import pytest
+import requests
 
 from conftest import await_condition
 
@@ -13,15 +17,15 @@ FAULTS = "store.commit=1/15x60,store.commit_lost=1/30x30,store.statement=1/300x6
 
 def retried(call, what):
     """`call` until it is not answered 5xx (a client's retry of a failure it
-    cannot tell from a lost answer); its response."""
+    cannot tell from a lost answer); its response, and how many calls it took."""
     last = []
 
     def answered():
         r = call()
-        last[:] = [r]
-        return r if r.status_code < 500 else None
+        last.append(r)
+        return r.status_code < 500
     await_condition(answered, 60, what)
-    return last[0]
+    return last[-1], len(last)
 
 
 def injected(server, point):
@@ -39,7 +43,7 @@ def test_jobs_under_store_faults_each_run_to_done_exactly_once(make_server, data
     for start in range(0, total, 20):
         jobs = [{"handler": "ledger", "max_duration_seconds": 2, "unique_key": f"j{start + i}"}
                 for i in range(20)]
-        r = retried(lambda: server.post("/jobs/batch", {"jobs": jobs}), "a batch accepted")
+        r, _ = retried(lambda: server.post("/jobs/batch", {"jobs": jobs}), "a batch accepted")
         assert r.status_code in (200, 201), r.text
         ids.update(j["job_id"] for j in r.json()["jobs"])
     assert len(ids) == total
@@ -65,3 +69,61 @@ def test_a_fault_spec_that_makes_no_sense_stops_the_start(make_server):
         server.start()
     server.log.close()  # it exited: nothing to stop
     assert "'0' is not N, N+ or 1/K" in server.output()
+
+
+def test_locks_under_store_faults_still_exclude_and_fence(make_server, tmp_path):
+    # Threads take one lock in turn, each retrying an answer it did not get
+    # (a 503 may hide a grant or a release that committed: the owner's
+    # retry re-enters its grant, a release repeats harmlessly), and, while
+    # holding it, do a fenced write and a read-modify-write of a shared
+    # counter that a second holder would corrupt.
+    server = make_server(env={"BACKBONE_FAULTS": FAULTS, "BACKBONE_FAULTS_SEED": "5"})
+    threads_n, rounds = 6, 15
+    counter = {"n": 0}
+    records, errors = [], []
+    guard = threading.Lock()
+
+    def run(tid):
+        s = requests.Session()
+        owner = f"t{tid}"
+
+        def call(path, body):
+            return retried(lambda: s.post(f"{server.url}{path}", json=body, timeout=180),
+                           f"{owner} {path}")
+        for i in range(rounds):
+            r, _ = call("/locks/hot/acquire", {"owner": owner, "ttl_ms": 60000,
+                                               "wait_ms": 120000})
+            if r.status_code != 200:
+                errors.append(f"acquire {r.status_code} {r.text}")
+                return
+            token = r.json()["token"]
+            start = time.monotonic_ns()
+            w, _ = retried(lambda: s.put(f"{server.url}/fenced/hot-resource",
+                                         json={"token": token, "value": i}, timeout=60),
+                           "a write")
+            value = counter["n"]
+            time.sleep(0.001)  # widen the window a second holder would hit
+            counter["n"] = value + 1
+            end = time.monotonic_ns()
+            rel, calls = call("/locks/hot/release", {"token": token})
+            # A 409 only for a release retried after a lost answer: it had
+            # released, and another owner holds the lock now.
+            released = rel.status_code == 200 or (rel.status_code == 409 and calls > 1)
+            with guard:
+                records.append({"token": token, "start": start, "end": end,
+                                "write": w.status_code, "released": released})
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert len(records) == threads_n * rounds
+    assert all(r["write"] == 200 and r["released"] for r in records), records
+    assert counter["n"] == threads_n * rounds
+    records.sort(key=lambda r: r["start"])
+    for prev, cur in zip(records, records[1:]):
+        assert cur["start"] > prev["end"], (prev, cur)
+        assert cur["token"] > prev["token"], (prev, cur)
+    assert injected(server, "store.commit") + injected(server, "store.commit_lost") > 0
