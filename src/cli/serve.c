@@ -29,6 +29,7 @@
 #include "saga/saga.h"
 #include "store/store.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -514,7 +515,15 @@ faults_arm(bool started, struct bb_error *e)
     if (spec == NULL || spec[0] == '\0')
         return ERR_OK;
     const char *seed_text = getenv("BACKBONE_FAULTS_SEED");
-    uint64_t seed = seed_text ? strtoull(seed_text, NULL, 10) : 1;
+    uint64_t seed = 1;
+    if (seed_text && seed_text[0]) {
+        char *end;
+        errno = 0;
+        seed = strtoull(seed_text, &end, 10);
+        if (errno != 0 || *end != '\0' || seed_text[0] == '-')
+            return bb_fail(e, ERR_USAGE, "faults", "BACKBONE_FAULTS_SEED '%s' is not a number",
+                           seed_text);
+    }
     enum err rc = bb_faults_arm(spec, seed, e);
     if (rc == ERR_OK && !started)
         bb_faults_disarm(); /* checked: armed once started */
