@@ -198,6 +198,7 @@ void http_waitlist_destroy(struct http_waitlist *w);
 struct http_client_response {
     long status;
     struct bb_buf body;
+    char content_type[128]; /* the Content-Type header ("" if none; cut if longer) */
 };
 
 /* A client that keeps its connection alive between requests. One thread at

@@ -59,6 +59,9 @@ perform(CURL *h, struct http_client_response *resp, struct bb_error *e, bool *re
     *retry = false;
     if (cc == CURLE_OK) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+        const char *type = NULL;
+        curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &type);
+        snprintf(resp->content_type, sizeof resp->content_type, "%s", type ? type : "");
         return ERR_OK;
     }
     const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
@@ -158,6 +161,7 @@ http_client_do(struct http_client *c, const char *method, const char *url, const
 {
     CURL *h = c->h;
     resp->status = 0;
+    resp->content_type[0] = '\0';
     bb_buf_init(&resp->body);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
