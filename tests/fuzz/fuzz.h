@@ -4,6 +4,14 @@
  * -fsanitize=fuzzer (the fuzz preset, scripts/fuzz.sh) they are libFuzzer
  * targets; built otherwise, driver.c runs them over their seed corpus
  * (tests/fuzz/corpus/NAME/) as a CTest test, under ASan in CI.
+ *
+ * job_spec, cron, order_items and text call one decoder each. api sends
+ * each input to the real server, started in process (cli_serve): any route
+ * that takes a body, a query string or a path parameter (every lock, job,
+ * queue, schedule, dead-letter, outbox, inventory, order, payment, PSP,
+ * saga and checkout route), with or without an Idempotency-Key, and checks
+ * that it answers without a 5xx and that every 4xx is a problem document
+ * (fuzz_api.c says how an input is read).
  */
 #ifndef BB_FUZZ_H
 #define BB_FUZZ_H

@@ -1,0 +1,654 @@
+/*
+ * fuzz_api.c: every route that takes a body, a query string or a path
+ * parameter, sent to the real server. On first use the harness starts
+ * `backbone serve` (cli_serve) in a thread of this process, on a fresh
+ * SQLite database in a temporary directory, with no embedded workers (no
+ * job ever runs, so no handler calls out) and a well-behaved PSP mock; it
+ * creates a few objects (a lock, jobs pending, running and dead, a
+ * schedule, a product, a reservation, an order, a payment, a checkout and
+ * its saga) whose names fill path parameters. At exit it stops the server
+ * with SIGTERM, as a terminal would, and removes the directory.
+ *
+ * An input is:
+ *   byte 0   the route (ROUTES[b % N])
+ *   byte 1   its path parameter: < 128 one of the objects above, else a
+ *            bad one (empty, long, %-escapes, unknown)
+ *   byte 2   bits 0-2 the Idempotency-Key header (none, a few keys, bad
+ *            ones); bit 3: an empty body is sent as no body at all
+ *   the rest the body, or the query string of a GET (up to a NUL byte:
+ *            the client sends C strings)
+ * BB_FUZZ_VERBOSE=1 in the environment prints each request and its answer.
+ *
+ * What must hold for every input (abort() otherwise, so libFuzzer keeps it):
+ * the server answers; never with a 5xx (one client sending one request at
+ * a time cannot overload it, the PSP mock is kept from failing, and the
+ * waits that could end in a timeout are bounded, see fits_in_time); a 4xx
+ * is application/problem+json with string type (urn:backbone:problem:...),
+ * title and detail and an integer status equal to the HTTP status, as
+ * tests/e2e's problem() checks; a JSON answer parses.
+ */
+#include "fuzz.h"
+
+#include "base/base.h"
+#include "cli/cli.h"
+#include "http/http.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Longer than any answer takes, shorter than libFuzzer's -timeout=10. */
+#define CLIENT_TIMEOUT_MS 8000
+/* A blocking acquire or a long-poll claim may wait this long (see fits_in_time). */
+#define WAIT_MAX_MS 1000
+
+/* Which objects fill a route's {param}. */
+enum param {
+    P_NONE,
+    P_LOCK,
+    P_FENCED,
+    P_JOB,
+    P_QUEUE,
+    P_SCHEDULE,
+    P_DLQ,
+    P_SKU,
+    P_RESERVATION,
+    P_ORDER,
+    P_PAYMENT,
+    P_SAGA,
+    P_CHECKOUT,
+    P_COUNT
+};
+
+enum rest { BODY, QUERY };
+
+struct route {
+    const char *method;
+    const char *before; /* the path up to the parameter, or all of it */
+    enum param param;
+    const char *after; /* the path after the parameter */
+    enum rest rest;
+    bool waits; /* takes wait_ms (see fits_in_time) */
+};
+
+/* Every POST, PUT and DELETE, and every GET with a query string or a path
+ * parameter, of src/ * /_http.c, saga_engine.c and outbox.c (the route
+ * tables, grep `_routes(`). Appending keeps the corpus's meaning. */
+static const struct route ROUTES[] = {
+    /* locks */
+    {"POST", "/locks/", P_LOCK, "/acquire", BODY, true},
+    {"POST", "/locks/", P_LOCK, "/renew", BODY, false},
+    {"POST", "/locks/", P_LOCK, "/release", BODY, false},
+    {"GET", "/locks/", P_LOCK, "", QUERY, false},
+    {"GET", "/locks", P_NONE, "", QUERY, false},
+    {"PUT", "/fenced/", P_FENCED, "", BODY, false},
+    {"GET", "/fenced/", P_FENCED, "", QUERY, false},
+    /* jobs */
+    {"POST", "/jobs", P_NONE, "", BODY, false},
+    {"POST", "/jobs/batch", P_NONE, "", BODY, false},
+    {"GET", "/jobs", P_NONE, "", QUERY, false},
+    {"GET", "/jobs/", P_JOB, "", QUERY, false},
+    {"GET", "/jobs/", P_JOB, "/history", QUERY, false},
+    {"POST", "/jobs/", P_JOB, "/run", BODY, false},
+    {"POST", "/jobs/", P_JOB, "/retry", BODY, false},
+    {"POST", "/jobs/", P_JOB, "/cancel", BODY, false},
+    {"POST", "/jobs/", P_JOB, "/heartbeat", BODY, false},
+    {"POST", "/jobs/", P_JOB, "/complete", BODY, false},
+    {"POST", "/jobs/", P_JOB, "/fail", BODY, false},
+    {"GET", "/queues", P_NONE, "", QUERY, false},
+    {"GET", "/queues/", P_QUEUE, "", QUERY, false},
+    {"PUT", "/queues/", P_QUEUE, "", BODY, false},
+    {"POST", "/queues/", P_QUEUE, "/pause", BODY, false},
+    {"POST", "/queues/", P_QUEUE, "/resume", BODY, false},
+    {"POST", "/queues/", P_QUEUE, "/claim", BODY, true},
+    {"GET", "/schedules", P_NONE, "", QUERY, false},
+    {"POST", "/schedules", P_NONE, "", BODY, false},
+    {"GET", "/schedules/", P_SCHEDULE, "", QUERY, false},
+    {"POST", "/schedules/", P_SCHEDULE, "/pause", BODY, false},
+    {"POST", "/schedules/", P_SCHEDULE, "/resume", BODY, false},
+    {"DELETE", "/schedules/", P_SCHEDULE, "", BODY, false},
+    {"GET", "/dlq", P_NONE, "", QUERY, false},
+    {"GET", "/dlq/groups", P_NONE, "", QUERY, false},
+    {"GET", "/dlq/", P_DLQ, "", QUERY, false},
+    {"POST", "/dlq/", P_DLQ, "/redrive", BODY, false},
+    {"POST", "/dlq/redrive", P_NONE, "", QUERY, false},
+    {"DELETE", "/dlq", P_NONE, "", QUERY, false},
+    /* outbox */
+    {"GET", "/outbox", P_NONE, "", QUERY, false},
+    /* inventory */
+    {"POST", "/inventory/products", P_NONE, "", BODY, false},
+    {"GET", "/inventory/products/", P_SKU, "", QUERY, false},
+    {"POST", "/inventory/products/", P_SKU, "/stock", BODY, false},
+    {"GET", "/inventory/products/", P_SKU, "/availability", QUERY, false},
+    {"POST", "/inventory/reservations", P_NONE, "", BODY, false},
+    {"GET", "/inventory/reservations/", P_RESERVATION, "", QUERY, false},
+    {"DELETE", "/inventory/reservations/", P_RESERVATION, "", BODY, false},
+    {"POST", "/inventory/reservations/", P_RESERVATION, "/commit", BODY, false},
+    {"POST", "/inventory/adjust", P_NONE, "", BODY, false},
+    /* orders */
+    {"POST", "/orders", P_NONE, "", BODY, false},
+    {"GET", "/orders", P_NONE, "", QUERY, false},
+    {"GET", "/orders/", P_ORDER, "", QUERY, false},
+    {"PUT", "/orders/", P_ORDER, "/confirm", BODY, false},
+    {"PUT", "/orders/", P_ORDER, "/cancel", BODY, false},
+    /* payments */
+    {"POST", "/payments/authorize", P_NONE, "", BODY, false},
+    {"POST", "/payments/capture/", P_PAYMENT, "", BODY, false},
+    {"POST", "/payments/void/", P_PAYMENT, "", BODY, false},
+    {"POST", "/payments/", P_PAYMENT, "/refund", BODY, false},
+    {"GET", "/payments/", P_PAYMENT, "", QUERY, false},
+    {"GET", "/payments", P_NONE, "", QUERY, false},
+    {"PUT", "/psp/config", P_NONE, "", BODY, false},
+    {"GET", "/psp/charges", P_NONE, "", QUERY, false},
+    /* sagas */
+    {"GET", "/sagas", P_NONE, "", QUERY, false},
+    {"GET", "/sagas/", P_SAGA, "", QUERY, false},
+    {"POST", "/sagas/", P_SAGA, "/retry", BODY, false},
+    /* checkout */
+    {"POST", "/checkout", P_NONE, "", BODY, false},
+    {"GET", "/checkout/", P_CHECKOUT, "", QUERY, false},
+};
+
+/* Path parameters no object has: the router and the identifier checks. */
+static const char *const BAD_PARAMS[] = {
+    "nope",
+    "",
+    "%2e%2e",
+    "a%2Fb",
+    "%00",
+    "%ZZ",
+    "%C3%28",
+    "%F0%9F%92%A9",
+    "a%20b",
+    "-1",
+    "0",
+    "18446744073709551616",
+    "01a24b23-63f9-7799-9036-29f6f38237a8",
+    NULL, /* LONG_PARAM */
+    NULL, /* HUGE_PARAM */
+};
+#define N_BAD_PARAMS BB_ARRAY_LEN(BAD_PARAMS)
+
+/* Idempotency-Key headers, by bits 0-2 of byte 2 (NULL: none). */
+static const char *const KEYS[] = {NULL,    NULL,        NULL,       "fz-k1",
+                                   "fz-k2", "has space", "\xc3\xa9", NULL /* LONG_PARAM */};
+
+#define MAX_VALUES 4
+struct harness {
+    pthread_t server;
+    atomic_bool server_done;
+    int server_code;
+    char dir[64];
+    char port[16];
+    char base[64];
+    char *argv[32];
+    int argc;
+    struct http_client *plain;
+    struct http_client *keyed;
+    char *values[P_COUNT][MAX_VALUES]; /* the objects' names, by param */
+    size_t n_values[P_COUNT];
+    char long_param[301];
+    char huge_param[5001];
+};
+static struct harness H;
+
+/* ---- the server ------------------------------------------------------------------------ */
+
+static void *
+serve_thread(void *arg)
+{
+    (void)arg;
+    H.server_code = cli_serve(H.argc, H.argv);
+    atomic_store(&H.server_done, true);
+    return NULL;
+}
+
+/* A port nobody listens on now (the kernel's pick for port 0). */
+static int
+free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        perror("fuzz_api: free port");
+        abort();
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static void
+remove_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *ent;
+    while (d != NULL && (ent = readdir(d)) != NULL) {
+        if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0)
+            continue;
+        char child[512];
+        snprintf(child, sizeof child, "%s/%s", path, ent->d_name);
+        unlink(child);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(path);
+}
+
+static void
+harness_stop(void)
+{
+    pthread_kill(H.server, SIGTERM);
+    pthread_join(H.server, NULL);
+    http_client_destroy(H.plain);
+    http_client_destroy(H.keyed);
+    for (int p = 0; p < P_COUNT; p++)
+        for (size_t i = 0; i < H.n_values[p]; i++)
+            free(H.values[p][i]);
+    http_client_global_cleanup();
+    remove_dir(H.dir);
+}
+
+static void
+add_arg(const char *a)
+{
+    BB_ASSERT((size_t)H.argc < BB_ARRAY_LEN(H.argv) - 1);
+    H.argv[H.argc++] = (char *)a;
+}
+
+static void
+server_start(void)
+{
+    static char db[128];
+    snprintf(H.dir, sizeof H.dir, "/tmp/bb-fuzz-api-XXXXXX");
+    if (mkdtemp(H.dir) == NULL) {
+        perror("fuzz_api: mkdtemp");
+        abort();
+    }
+    snprintf(db, sizeof db, "sqlite:%s/api.db", H.dir);
+    snprintf(H.port, sizeof H.port, "%d", free_port());
+    snprintf(H.base, sizeof H.base, "http://127.0.0.1:%s", H.port);
+    const char *args[] = {"--db",
+                          db,
+                          "--host",
+                          "127.0.0.1",
+                          "--port",
+                          H.port,
+                          "--workers",
+                          "0",
+                          "--log-level",
+                          "error",
+                          "--api-token",
+                          "",
+                          "--psp-latency-ms",
+                          "0",
+                          "--psp-failure-rate",
+                          "0",
+                          "--psp-timeout-rate",
+                          "0",
+                          "--psp-decline-rate",
+                          "0",
+                          "--shutdown-timeout",
+                          "5s"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(args); i++)
+        add_arg(args[i]);
+    if (pthread_create(&H.server, NULL, serve_thread, NULL) != 0)
+        abort();
+    /* Ready when /healthz answers 200; cli_serve returning means it failed. */
+    char url[128];
+    snprintf(url, sizeof url, "%s/healthz", H.base);
+    for (int i = 0;; i++) {
+        struct http_client_response resp;
+        struct bb_error e;
+        if (http_client_do(H.plain, "GET", url, NULL, &resp, &e) == ERR_OK) {
+            long status = resp.status;
+            bb_buf_deinit(&resp.body);
+            if (status == 200)
+                return;
+        }
+        if (atomic_load(&H.server_done) || i == 300) {
+            fprintf(stderr, "fuzz_api: the server did not start (exit %d)\n", H.server_code);
+            abort();
+        }
+        bb_sleep_ms(50);
+    }
+}
+
+/* ---- the objects whose names fill path parameters ------------------------------------- */
+
+/* Send one request; the parsed answer when its status is 2xx, else NULL. */
+static json_t *
+setup(const char *method, const char *path, const char *body, const char *key)
+{
+    struct http_client *c = H.plain;
+    if (key != NULL) {
+        c = H.keyed;
+        http_client_set_header(c, "Idempotency-Key", key);
+    }
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", H.base, path);
+    struct http_client_response resp;
+    struct bb_error e;
+    if (http_client_do(c, method, url, body, &resp, &e) != ERR_OK) {
+        fprintf(stderr, "fuzz_api: setup %s %s: %s\n", method, path, e.detail);
+        abort();
+    }
+    json_t *doc = NULL;
+    if (resp.status / 100 == 2)
+        doc = json_loadb(resp.body.data ? resp.body.data : "", resp.body.len, 0, NULL);
+    else
+        fprintf(stderr, "fuzz_api: setup %s %s: %ld %.*s\n", method, path, resp.status,
+                (int)resp.body.len, resp.body.data ? resp.body.data : "");
+    bb_buf_deinit(&resp.body);
+    return doc;
+}
+
+/* Record doc[member] (a string or an integer) as a value of `p`. */
+static void
+keep(enum param p, const json_t *doc, const char *member)
+{
+    const json_t *v = doc ? json_object_get(doc, member) : NULL;
+    char text[64];
+    if (json_is_string(v))
+        snprintf(text, sizeof text, "%s", json_string_value(v));
+    else if (json_is_integer(v))
+        snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
+    else {
+        fprintf(stderr, "fuzz_api: setup: no %s in the answer\n", member);
+        abort();
+    }
+    BB_ASSERT(H.n_values[p] < MAX_VALUES);
+    H.values[p][H.n_values[p]++] = xstrdup(text);
+}
+
+static void
+keep_name(enum param p, const char *name)
+{
+    BB_ASSERT(H.n_values[p] < MAX_VALUES);
+    H.values[p][H.n_values[p]++] = xstrdup(name);
+}
+
+/* The first job of a claim's answer. */
+static const json_t *
+claimed(const json_t *doc)
+{
+    return json_array_get(json_object_get(doc, "jobs"), 0);
+}
+
+static void
+fixtures_create(void)
+{
+    json_t *d;
+    json_decref(
+        setup("POST", "/locks/fz-lock/acquire", "{\"owner\":\"fuzz\",\"ttl_ms\":86400000}", NULL));
+    keep_name(P_LOCK, "fz-lock");
+    keep_name(P_LOCK, "fz-free");
+    keep_name(P_FENCED, "fz-key");
+    /* Jobs of an external handler (no worker here runs them): one pending,
+     * one running under a lease, one dead. */
+    json_decref(setup("PUT", "/queues/fz", "{\"max_attempts\":2}", NULL));
+    keep_name(P_QUEUE, "fz");
+    keep_name(P_QUEUE, "default");
+    const char *job = "{\"queue\":\"fz\",\"handler\":\"external:fz\"}";
+    json_decref(setup("POST", "/jobs", job, NULL));
+    json_decref(setup("POST", "/jobs", job, NULL));
+    d = setup("POST", "/queues/fz/claim", "{\"worker\":\"fz\",\"max\":2}", NULL);
+    keep(P_JOB, claimed(d), "job_id");
+    char path[128], body[512];
+    snprintf(path, sizeof path, "/jobs/%s/fail", H.values[P_JOB][0]);
+    snprintf(body, sizeof body, "{\"token\":%lld,\"error\":\"fz\",\"retry\":false}",
+             (long long)json_integer_value(json_object_get(claimed(d), "lease_token")));
+    json_decref(setup("POST", path, body, NULL));
+    keep(P_DLQ, claimed(d), "job_id");
+    keep(P_JOB, json_array_get(json_object_get(d, "jobs"), 1), "job_id");
+    json_decref(d);
+    d = setup("POST", "/jobs", job, NULL);
+    keep(P_JOB, d, "job_id");
+    json_decref(d);
+    json_decref(setup("POST", "/schedules",
+                      "{\"name\":\"fz-sched\",\"every_ms\":3600000,\"handler\":\"external:fz\","
+                      "\"queue\":\"fz\"}",
+                      NULL));
+    keep_name(P_SCHEDULE, "fz-sched");
+    json_decref(setup("POST", "/inventory/products",
+                      "{\"sku\":\"FZ-1\",\"name\":\"fz\",\"stock\":1000000}", NULL));
+    keep_name(P_SKU, "FZ-1");
+    json_decref(setup("POST", "/inventory/reservations",
+                      "{\"order_id\":\"fz-order\",\"items\":[{\"sku\":\"FZ-1\",\"qty\":1}]}",
+                      NULL));
+    keep_name(P_RESERVATION, "fz-order");
+    const char *items = "[{\"sku\":\"FZ-1\",\"qty\":1,\"unit_price\":100}]";
+    snprintf(body, sizeof body,
+             "{\"checkout_id\":\"fz-co\",\"customer_id\":\"fz\",\"currency\":\"EUR\",\"items\":%s}",
+             items);
+    d = setup("POST", "/orders", body, NULL);
+    keep(P_ORDER, d, "order_id");
+    json_decref(d);
+    d = setup("POST", "/payments/authorize",
+              "{\"order_id\":\"fz-order\",\"amount\":100,\"currency\":\"EUR\","
+              "\"idempotency_key\":\"fz-pay\"}",
+              NULL);
+    keep(P_PAYMENT, d, "authorization_id");
+    json_decref(d);
+    snprintf(body, sizeof body,
+             "{\"customer_id\":\"fz\",\"currency\":\"EUR\",\"items\":%s,"
+             "\"payment\":{\"method\":\"card\",\"card\":\"tok_visa\"}}",
+             items);
+    d = setup("POST", "/checkout", body, "fz-checkout");
+    keep(P_CHECKOUT, d, "checkout_id");
+    json_decref(d);
+    /* The checkout's saga, which the saga starter creates soon after. */
+    for (int i = 0;; i++) {
+        d = setup("GET", "/sagas?limit=1", NULL, NULL);
+        const json_t *saga = json_array_get(json_object_get(d, "sagas"), 0);
+        if (saga != NULL || i == 200) {
+            keep(P_SAGA, saga, "saga_id");
+            json_decref(d);
+            break;
+        }
+        json_decref(d);
+        bb_sleep_ms(50);
+    }
+}
+
+/* PUT /psp/config can make the PSP mock slow, fail or hang: put it back
+ * after each such input, so that a 5xx from the payments is never the
+ * mock's doing. */
+static void
+psp_reset(void)
+{
+    json_t *d = setup("PUT", "/psp/config",
+                      "{\"latency_ms\":0,\"failure_rate\":0,\"timeout_rate\":0,"
+                      "\"decline_rate\":0,\"fail_next\":0,\"hang_next\":0,\"hang_op\":\"\","
+                      "\"decline_cards\":[],\"decline_amounts\":[]}",
+                      NULL);
+    if (d == NULL)
+        abort();
+    json_decref(d);
+}
+
+static void
+harness_init(void)
+{
+    bb_tz_init();
+    http_client_global_init();
+    memset(H.long_param, 'a', sizeof H.long_param - 1);
+    memset(H.huge_param, 'b', sizeof H.huge_param - 1);
+    H.plain = http_client_create(NULL, CLIENT_TIMEOUT_MS);
+    H.keyed = http_client_create(NULL, CLIENT_TIMEOUT_MS);
+    server_start();
+    atexit(harness_stop);
+    fixtures_create();
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    harness_init();
+    return 0;
+}
+
+/* ---- one input ------------------------------------------------------------------------- */
+
+static const char *
+param_value(enum param p, uint8_t b)
+{
+    if (b < 128 && H.n_values[p] > 0)
+        return H.values[p][b % H.n_values[p]];
+    size_t i = b % N_BAD_PARAMS;
+    if (BAD_PARAMS[i] != NULL)
+        return BAD_PARAMS[i];
+    return i == N_BAD_PARAMS - 2 ? H.long_param : H.huge_param;
+}
+
+/* The query string as a URL carries it: bytes a URL cannot hold are
+ * escaped; '%' is not, so malformed escapes reach the server. */
+static void
+append_query(struct bb_buf *url, const char *q)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)q; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~!$&'()*+,;=:@/?%", *p) != NULL) {
+            bb_buf_append(url, p, 1);
+        } else {
+            char esc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+            bb_buf_append(url, esc, 3);
+        }
+    }
+}
+
+/* A blocking acquire or a claim waits up to wait_ms (at most 5 min, 1 min),
+ * legitimately; such inputs are not sent when they would wait longer than
+ * WAIT_MAX_MS (bounds beyond the maxima are still tried: they are refused
+ * at once). */
+static bool
+fits_in_time(const struct route *rt, const char *body)
+{
+    if (!rt->waits || body == NULL)
+        return true;
+    json_t *doc = json_loads(body, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
+    const json_t *wait = json_object_get(doc, "wait_ms");
+    double ms = json_is_number(wait) ? json_number_value(wait) : 0;
+    json_decref(doc);
+    double max = strcmp(rt->after, "/acquire") == 0 ? 300000 : 60000;
+    return !(ms > WAIT_MAX_MS && ms <= max);
+}
+
+static void
+violation(const char *what, const char *method, const char *url, const char *body,
+          const struct http_client_response *resp)
+{
+    fprintf(stderr, "fuzz_api: %s\n  %s %s\n  body: %s\n  answer: %ld %s %.*s\n", what, method, url,
+            body ? body : "(none)", resp ? resp->status : 0L, resp ? resp->content_type : "",
+            resp ? (int)resp->body.len : 0, resp && resp->body.data ? resp->body.data : "");
+    abort();
+}
+
+static bool
+nonempty_string(const json_t *doc, const char *member)
+{
+    const json_t *v = json_object_get(doc, member);
+    return json_is_string(v) && json_string_length(v) > 0;
+}
+
+static void
+check_answer(const char *method, const char *url, const char *body,
+             const struct http_client_response *resp)
+{
+    long status = resp->status;
+    const char *type = resp->content_type;
+    if (status < 200 || status >= 500)
+        violation("a status that is neither a success nor a client error", method, url, body, resp);
+    json_t *doc = NULL;
+    bool is_json = strncmp(type, "application/json", 16) == 0 ||
+                   strncmp(type, "application/problem+json", 24) == 0;
+    if (is_json) {
+        json_error_t jerr;
+        doc = json_loadb(resp->body.data ? resp->body.data : "", resp->body.len, JSON_DECODE_ANY,
+                         &jerr);
+        if (doc == NULL)
+            violation("an answer that says JSON and is not", method, url, body, resp);
+    }
+    if (status >= 400) {
+        const json_t *type_member = json_object_get(doc, "type");
+        if (strncmp(type, "application/problem+json", 24) != 0 || !json_is_object(doc) ||
+            !json_is_string(type_member) ||
+            strncmp(json_string_value(type_member), "urn:backbone:problem:", 21) != 0 ||
+            !nonempty_string(doc, "title") || !nonempty_string(doc, "detail") ||
+            !json_is_integer(json_object_get(doc, "status")) ||
+            json_integer_value(json_object_get(doc, "status")) != status)
+            violation("a client error that is not a problem document", method, url, body, resp);
+    }
+    json_decref(doc);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (H.plain == NULL) /* driver.c does not call LLVMFuzzerInitialize */
+        harness_init();
+    if (size < 3)
+        return 0;
+    const struct route *rt = &ROUTES[data[0] % BB_ARRAY_LEN(ROUTES)];
+    const char *key = KEYS[data[2] & 7];
+    if ((data[2] & 7) == 7)
+        key = H.long_param;
+    bool empty_is_none = (data[2] & 8) != 0;
+    char *rest = fuzz_text(data + 3, size - 3);
+
+    struct bb_buf url;
+    bb_buf_init(&url);
+    bb_buf_printf(&url, "%s%s", H.base, rt->before);
+    if (rt->param != P_NONE)
+        bb_buf_printf(&url, "%s", param_value(rt->param, data[1]));
+    bb_buf_printf(&url, "%s", rt->after);
+    const char *body = NULL;
+    if (rt->rest == QUERY && rest[0] != '\0') {
+        bb_buf_append(&url, "?", 1);
+        append_query(&url, rest);
+    } else if (rt->rest == BODY && !(rest[0] == '\0' && empty_is_none)) {
+        body = rest;
+    }
+    bb_buf_append(&url, "", 1); /* NUL-terminates */
+    if (fits_in_time(rt, body)) {
+        struct http_client *c = H.plain;
+        if (key != NULL) {
+            c = H.keyed;
+            http_client_set_header(c, "Idempotency-Key", key);
+        }
+        struct http_client_response resp;
+        struct bb_error e;
+        if (http_client_do(c, rt->method, url.data, body, &resp, &e) != ERR_OK) {
+            fprintf(stderr, "fuzz_api: no answer: %s\n", e.detail);
+            violation("no answer", rt->method, url.data, body, NULL);
+        }
+        if (getenv("BB_FUZZ_VERBOSE") != NULL) /* to see what a corpus file does */
+            fprintf(stderr, "%s %s -> %ld %.*s\n", rt->method, url.data, resp.status,
+                    (int)(resp.body.len < 200 ? resp.body.len : 200),
+                    resp.body.data ? resp.body.data : "");
+        check_answer(rt->method, url.data, body, &resp);
+        bb_buf_deinit(&resp.body);
+        if (strcmp(rt->before, "/psp/config") == 0)
+            psp_reset();
+    }
+    bb_buf_deinit(&url);
+    free(rest);
+    return 0;
+}
