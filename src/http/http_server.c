@@ -695,6 +695,45 @@ check_announced_length(struct http_req *r)
         r->body_too_large = true;
 }
 
+static int
+hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * libmicrohttpd's unescaping of the path and of the query's names and
+ * values (%XX; a '%' without two hex digits stays as it is), but for %00,
+ * which stays escaped: decoded, its NUL would end the C string early, so
+ * "/jobs/%00/cancel" would reach POST /jobs and "?queue=fz%00x" would read
+ * "fz". Escaped, it is refused like any other character no name allows.
+ */
+static size_t
+unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    char *out = s;
+    for (const char *p = s; *p != '\0'; p++) {
+        int hi = p[0] == '%' ? hex_digit(p[1]) : -1;
+        int lo = hi >= 0 ? hex_digit(p[2]) : -1;
+        if (lo >= 0 && (hi | lo) != 0) {
+            *out++ = (char)(hi * 16 + lo);
+            p += 2;
+        } else {
+            *out++ = *p;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
 static enum MHD_Result
 on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
            const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
@@ -823,7 +862,8 @@ http_server_start(const struct http_server_options *o, const struct http_route *
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)((o->idle_timeout_ms + 999) / 1000), MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)o->max_connections, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv, MHD_OPTION_END);
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+        MHD_OPTION_END);
     if (srv->daemon == NULL) {
         rc = bb_fail(e, ERR_UNAVAILABLE, "port", "cannot listen on %s:%d (in use?)", o->host,
                      o->port);

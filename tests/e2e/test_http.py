@@ -49,6 +49,20 @@ def test_unknown_route_is_404_and_wrong_method_405_with_allow(server):
     assert r.headers["Allow"] == "GET"
 
 
+def test_an_escaped_nul_in_the_path_or_query_is_refused_not_cut_short(server):
+    # Decoded, %00 would end the path: "/jobs/%00/cancel" would reach
+    # POST /jobs and submit a job, "/jobs/%00" list the jobs.
+    doc = problem(server.post("/jobs/%00/cancel", {"queue": "default", "handler": "noop"}),
+                  400, "invalid_request", "job_id")
+    assert doc["instance"] == "/jobs/%00/cancel"
+    problem(server.get("/jobs/%00"), 400, "invalid_request", "job_id")
+    problem(server.post("/locks/a%00b/acquire", {"owner": "w"}), 400, "invalid_request", "name")
+    # ... and "?queue=default%00x" would read "default".
+    problem(server.get("/jobs?queue=default%00x"), 400, "invalid_request", "queue")
+    assert server.get("/jobs").json()["jobs"] == []
+    # Other escapes still decode: %41 is "A".
+    assert server.post("/locks/%41/acquire", {"owner": "w"}).json()["name"] == "A"
+
 def raw_http(port, head, body=b""):
     """Send raw bytes; return the status line and the response."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:

@@ -20,7 +20,8 @@
  * BB_FUZZ_VERBOSE=1 in the environment prints each request and its answer.
  *
  * What must hold for every input (abort() otherwise, so libFuzzer keeps it):
- * the server answers; never with a 5xx (one client sending one request at
+ * the server answers; a path parameter that cannot be a name is not
+ * accepted; never with a 5xx (one client sending one request at
  * a time cannot overload it, the PSP mock is kept from failing, and the
  * waits that could end in a timeout are bounded, see fits_in_time); a 4xx
  * is application/problem+json with string type (urn:backbone:problem:...),
@@ -158,23 +159,31 @@ static const struct route ROUTES[] = {
     {"GET", "/checkout/", P_CHECKOUT, "", QUERY, false},
 };
 
-/* Path parameters no object has: the router and the identifier checks. */
-static const char *const BAD_PARAMS[] = {
-    "nope",
-    "",
-    "%2e%2e",
-    "a%2Fb",
-    "%00",
-    "%ZZ",
-    "%C3%28",
-    "%F0%9F%92%A9",
-    "a%20b",
-    "-1",
-    "0",
-    "18446744073709551616",
-    "01a24b23-63f9-7799-9036-29f6f38237a8",
-    NULL, /* LONG_PARAM */
-    NULL, /* HUGE_PARAM */
+/* Path parameters no object has: the router and the identifier checks.
+ * `impossible` ones are no name at all (a NUL, a space, a slash, bytes
+ * outside every identifier's alphabet, or far too long): a success for
+ * one means the request was taken for another route or another name. */
+struct bad_param {
+    const char *text; /* NULL: LONG_PARAM, HUGE_PARAM */
+    bool impossible;
+};
+static const struct bad_param BAD_PARAMS[] = {
+    {"nope", false},
+    {"", false}, /* "/jobs/" is "/jobs": a trailing slash is tolerated */
+    {"%2e%2e", false},
+    {"a%2Fb", true},
+    {"%00", true},
+    {"x%00", true},
+    {"%ZZ", true},
+    {"%C3%28", true},
+    {"%F0%9F%92%A9", true},
+    {"a%20b", true},
+    {"-1", false},
+    {"0", false},
+    {"18446744073709551616", false},
+    {"01a24b23-63f9-7799-9036-29f6f38237a8", false},
+    {NULL, false}, /* LONG_PARAM: 300 characters */
+    {NULL, true},  /* HUGE_PARAM: 5000 */
 };
 #define N_BAD_PARAMS BB_ARRAY_LEN(BAD_PARAMS)
 
@@ -507,14 +516,16 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 /* ---- one input ------------------------------------------------------------------------- */
 
 static const char *
-param_value(enum param p, uint8_t b)
+param_value(enum param p, uint8_t b, bool *impossible)
 {
+    *impossible = false;
     if (b < 128 && H.n_values[p] > 0)
         return H.values[p][b % H.n_values[p]];
-    size_t i = b % N_BAD_PARAMS;
-    if (BAD_PARAMS[i] != NULL)
-        return BAD_PARAMS[i];
-    return i == N_BAD_PARAMS - 2 ? H.long_param : H.huge_param;
+    const struct bad_param *bad = &BAD_PARAMS[b % N_BAD_PARAMS];
+    *impossible = bad->impossible;
+    if (bad->text != NULL)
+        return bad->text;
+    return bad == &BAD_PARAMS[N_BAD_PARAMS - 2] ? H.long_param : H.huge_param;
 }
 
 /* The query string as a URL carries it: bytes a URL cannot hold are
@@ -616,8 +627,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct bb_buf url;
     bb_buf_init(&url);
     bb_buf_printf(&url, "%s%s", H.base, rt->before);
+    bool impossible = false;
     if (rt->param != P_NONE)
-        bb_buf_printf(&url, "%s", param_value(rt->param, data[1]));
+        bb_buf_printf(&url, "%s", param_value(rt->param, data[1], &impossible));
     bb_buf_printf(&url, "%s", rt->after);
     const char *body = NULL;
     if (rt->rest == QUERY && rest[0] != '\0') {
@@ -644,6 +656,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     (int)(resp.body.len < 200 ? resp.body.len : 200),
                     resp.body.data ? resp.body.data : "");
         check_answer(rt->method, url.data, body, &resp);
+        if (impossible && resp.status / 100 == 2)
+            violation("a path parameter that names nothing was accepted", rt->method, url.data,
+                      body, &resp);
         bb_buf_deinit(&resp.body);
         if (strcmp(rt->before, "/psp/config") == 0)
             psp_reset();
