@@ -14,6 +14,7 @@
 
 #include "metrics/metrics.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,9 +133,12 @@ static enum err
 path_id(struct http_req *r, int64_t *out, struct bb_error *e)
 {
     const char *v = http_req_param(r, "id");
-    char *end;
-    long long id = v ? strtoll(v, &end, 10) : 0;
-    if (v == NULL || *v == '\0' || *end != '\0' || id <= 0)
+    char *end = NULL;
+    errno = 0;
+    /* Digits only: strtoll alone would take " 1" and "+1" for job 1, and
+     * an id past INT64_MAX for INT64_MAX. */
+    long long id = v && *v >= '0' && *v <= '9' ? strtoll(v, &end, 10) : 0;
+    if (id <= 0 || *end != '\0' || errno != 0)
         return bb_fail(e, ERR_INVALID, "job_id", "job id must be a positive integer");
     *out = id;
     return ERR_OK;

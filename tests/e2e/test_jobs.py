@@ -556,6 +556,18 @@ def test_bad_jobs_get_a_precise_problem_and_write_nothing(server, body, status, 
     assert server.get("/schedules").json()["schedules"] == []
 
 
+def test_a_job_id_in_a_path_is_digits_that_fit(server):
+    job_id = submit(server, {"handler": "external:t"})["job_id"]  # no worker here runs it
+    assert server.get(f"/jobs/{job_id}").status_code == 200
+    assert server.get(f"/dlq/{job_id}").status_code == 404  # pending: not dead
+    # " 1" and "+1" were job 1, and an id past 2^63-1 was 2^63-1 ("no job
+    # 9223372036854775807").
+    for bad in (f"%20{job_id}", f"+{job_id}", "18446744073709551617", "-1", "0"):
+        problem(server.get(f"/jobs/{bad}"), 400, "invalid_request", "job_id")
+        problem(server.post(f"/jobs/{bad}/cancel"), 400, "invalid_request", "job_id")
+        problem(server.get(f"/dlq/{bad}"), 400, "invalid_request", "job_id")
+    assert server.get(f"/jobs/{job_id}").json()["state"] == "pending"
+
 def test_bad_requests_elsewhere(server):
     problem(server.get("/jobs/abc"), 400, "invalid_request", "job_id")
     problem(server.get("/jobs/999"), 404, "not_found", "job_id")

@@ -14,14 +14,17 @@
  *   byte 1   its path parameter: < 128 one of the objects above, else a
  *            bad one (empty, long, %-escapes, unknown)
  *   byte 2   bits 0-2 the Idempotency-Key header (none, a few keys, bad
- *            ones); bit 3: an empty body is sent as no body at all
+ *            ones); bit 3: an empty body is sent as no body at all; bit 4:
+ *            the path parameter is the input's, not byte 1's (below)
  *   the rest the body, or the query string of a GET (up to a NUL byte:
- *            the client sends C strings)
+ *            the client sends C strings); with bit 4, what comes before
+ *            its first newline is the path parameter (bytes a URL cannot
+ *            hold escaped, '%' kept)
  * BB_FUZZ_VERBOSE=1 in the environment prints each request and its answer.
  *
  * What must hold for every input (abort() otherwise, so libFuzzer keeps it):
- * the server answers; a path parameter that cannot be a name is not
- * accepted; never with a 5xx (one client sending one request at
+ * the server answers; a path parameter that cannot be a name (see
+ * param_is_possible) is not accepted; never with a 5xx (one client sending one request at
  * a time cannot overload it, the PSP mock is kept from failing, and the
  * waits that could end in a timeout are bounded, see fits_in_time); a 4xx
  * is application/problem+json with string type (urn:backbone:problem:...),
@@ -160,8 +163,8 @@ static const struct route ROUTES[] = {
 };
 
 /* Path parameters no object has: the router and the identifier checks.
- * `impossible` ones are no name at all (a NUL, a space, a slash, bytes
- * outside every identifier's alphabet, or far too long): a success for
+ * `impossible` ones are no name at all (a NUL, a space, bytes outside
+ * every identifier's alphabet, or far too long): a success for
  * one means the request was taken for another route or another name. */
 struct bad_param {
     const char *text; /* NULL: LONG_PARAM, HUGE_PARAM */
@@ -171,7 +174,7 @@ static const struct bad_param BAD_PARAMS[] = {
     {"nope", false},
     {"", false}, /* "/jobs/" is "/jobs": a trailing slash is tolerated */
     {"%2e%2e", false},
-    {"a%2Fb", true},
+    {"a%2Fb", false}, /* "a/b": another path (see param_is_possible) */
     {"%00", true},
     {"x%00", true},
     {"%ZZ", true},
@@ -528,21 +531,65 @@ param_value(enum param p, uint8_t b, bool *impossible)
     return bad == &BAD_PARAMS[N_BAD_PARAMS - 2] ? H.long_param : H.huge_param;
 }
 
-/* The query string as a URL carries it: bytes a URL cannot hold are
- * escaped; '%' is not, so malformed escapes reach the server. */
+/* Text as a URL carries it: bytes a URL cannot hold, and those of `also`,
+ * are escaped; '%' is not, so malformed escapes reach the server. */
 static void
-append_query(struct bb_buf *url, const char *q)
+append_escaped(struct bb_buf *url, const char *text, size_t len, const char *also)
 {
     static const char hex[] = "0123456789ABCDEF";
-    for (const unsigned char *p = (const unsigned char *)q; *p; p++) {
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~!$&'()*+,;=:@/?%", *p) != NULL) {
+    for (const unsigned char *p = (const unsigned char *)text;
+         p < (const unsigned char *)text + len; p++) {
+        if (((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             strchr("-._~!$&'()*+,;=:@/?%", *p) != NULL) &&
+            strchr(also, *p) == NULL) {
             bb_buf_append(url, p, 1);
         } else {
             char esc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
             bb_buf_append(url, esc, 3);
         }
     }
+}
+
+static int
+hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Could the server take this path parameter (as sent, escaped) for a
+ * name? Every route's parameter is an identifier (A-Z a-z 0-9 . _ : @ -,
+ * at most 255) once unescaped as the server does (%00 stays escaped), a
+ * job's a number. Empty is possible: "/jobs/" is "/jobs". So is anything
+ * with a slash, escaped or not: libmicrohttpd unescapes the path before
+ * it is routed, so "/jobs/1%2Fhistory" is "/jobs/1/history", another
+ * route, as for most servers. */
+static bool
+param_is_possible(enum param p, const char *sent)
+{
+    size_t n = 0;
+    bool digits = true;
+    for (const char *c = sent; *c != '\0'; c++, n++) {
+        int hi = c[0] == '%' ? hex_digit(c[1]) : -1;
+        int lo = hi >= 0 ? hex_digit(c[2]) : -1;
+        char ch = *c;
+        if (lo >= 0 && (hi | lo) != 0) {
+            ch = (char)(hi * 16 + lo);
+            c += 2;
+        }
+        if (ch == '/')
+            return true;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              (ch != '\0' && strchr("._:@-", ch) != NULL)))
+            return false;
+        digits = digits && ch >= '0' && ch <= '9';
+    }
+    return n <= 255 && (digits || (p != P_JOB && p != P_DLQ));
 }
 
 /* A blocking acquire or a claim waits up to wait_ms (at most 5 min, 1 min),
@@ -623,20 +670,33 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         key = H.long_param;
     bool empty_is_none = (data[2] & 8) != 0;
     char *rest = fuzz_text(data + 3, size - 3);
+    const char *text = rest; /* the body or the query */
 
     struct bb_buf url;
     bb_buf_init(&url);
     bb_buf_printf(&url, "%s%s", H.base, rt->before);
-    bool impossible = false;
-    if (rt->param != P_NONE)
+    bool possible = true;
+    if (rt->param != P_NONE && (data[2] & 16) != 0) {
+        const char *nl = strchr(rest, '\n');
+        size_t len = nl ? (size_t)(nl - rest) : strlen(rest);
+        size_t at = url.len;
+        append_escaped(&url, rest, len, "/?#");
+        bb_buf_append(&url, "", 1);
+        possible = param_is_possible(rt->param, url.data + at);
+        url.len--;
+        text = nl ? nl + 1 : rest + len;
+    } else if (rt->param != P_NONE) {
+        bool impossible;
         bb_buf_printf(&url, "%s", param_value(rt->param, data[1], &impossible));
+        possible = !impossible;
+    }
     bb_buf_printf(&url, "%s", rt->after);
     const char *body = NULL;
-    if (rt->rest == QUERY && rest[0] != '\0') {
+    if (rt->rest == QUERY && text[0] != '\0') {
         bb_buf_append(&url, "?", 1);
-        append_query(&url, rest);
-    } else if (rt->rest == BODY && !(rest[0] == '\0' && empty_is_none)) {
-        body = rest;
+        append_escaped(&url, text, strlen(text), "");
+    } else if (rt->rest == BODY && !(text[0] == '\0' && empty_is_none)) {
+        body = text;
     }
     bb_buf_append(&url, "", 1); /* NUL-terminates */
     if (fits_in_time(rt, body)) {
@@ -656,7 +716,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     (int)(resp.body.len < 200 ? resp.body.len : 200),
                     resp.body.data ? resp.body.data : "");
         check_answer(rt->method, url.data, body, &resp);
-        if (impossible && resp.status / 100 == 2)
+        if (!possible && resp.status / 100 == 2)
             violation("a path parameter that names nothing was accepted", rt->method, url.data,
                       body, &resp);
         bb_buf_deinit(&resp.body);
