@@ -568,10 +568,14 @@ hex_digit(char c)
  * job's a number. Empty is possible: "/jobs/" is "/jobs". So is anything
  * with a slash, escaped or not: libmicrohttpd unescapes the path before
  * it is routed, so "/jobs/1%2Fhistory" is "/jobs/1/history", another
- * route, as for most servers. */
+ * route, as for most servers. And so are "." and "..", which the client
+ * resolves before it sends the path (RFC 3986 5.2.4): "/dlq/./redrive"
+ * is "/dlq/redrive". */
 static bool
 param_is_possible(enum param p, const char *sent)
 {
+    if (strcmp(sent, ".") == 0 || strcmp(sent, "..") == 0)
+        return true;
     size_t n = 0;
     bool digits = true;
     for (const char *c = sent; *c != '\0'; c++, n++) {
