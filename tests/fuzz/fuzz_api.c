@@ -23,13 +23,16 @@
  * BB_FUZZ_VERBOSE=1 in the environment prints each request and its answer.
  *
  * What must hold for every input (abort() otherwise, so libFuzzer keeps it):
- * the server answers; a path parameter that cannot be a name (see
- * param_is_possible) is not accepted; never with a 5xx (one client sending one request at
- * a time cannot overload it, the PSP mock is kept from failing, and the
- * waits that could end in a timeout are bounded, see fits_in_time); a 4xx
- * is application/problem+json with string type (urn:backbone:problem:...),
- * title and detail and an integer status equal to the HTTP status, as
- * tests/e2e's problem() checks; a JSON answer parses.
+ * - the server answers, never with a 5xx: one client sending one request
+ *   at a time cannot overload it, the PSP mock is kept from failing
+ *   (psp_reset), and the waits that could end in a timeout are bounded
+ *   (fits_in_time), so no 502, 503 or 504 is legitimate here;
+ * - a 4xx is application/problem+json with string type
+ *   (urn:backbone:problem:...), title and detail and an integer status
+ *   equal to the HTTP status, as tests/e2e's problem() checks;
+ * - an answer that says it is JSON parses;
+ * - a path parameter that cannot be a name (param_is_possible) is not
+ *   accepted (a 2xx would mean the request reached another route).
  */
 #include "fuzz.h"
 
