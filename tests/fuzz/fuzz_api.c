@@ -32,7 +32,9 @@
  *   equal to the HTTP status, as tests/e2e's problem() checks;
  * - an answer that says it is JSON parses;
  * - a path parameter that cannot be a name (param_is_possible) is not
- *   accepted (a 2xx would mean the request reached another route).
+ *   accepted (a 2xx would mean the request reached another route);
+ * - a request idempotent on a key, sent twice, is answered the same
+ *   (check_replay).
  */
 #include "fuzz.h"
 
@@ -78,13 +80,18 @@ enum param {
 
 enum rest { BODY, QUERY };
 
+enum route_flag {
+    WAITS = 1,  /* takes wait_ms (see fits_in_time) */
+    REPLAYS = 2 /* idempotent on a key: sent twice, answered the same */
+};
+
 struct route {
     const char *method;
     const char *before; /* the path up to the parameter, or all of it */
     enum param param;
     const char *after; /* the path after the parameter */
     enum rest rest;
-    bool waits; /* takes wait_ms (see fits_in_time) */
+    unsigned flags; /* enum route_flag */
 };
 
 /* Every POST, PUT and DELETE, and every GET with a query string or a path
@@ -92,77 +99,77 @@ struct route {
  * tables, grep `_routes(`). Appending keeps the corpus's meaning. */
 static const struct route ROUTES[] = {
     /* locks */
-    {"POST", "/locks/", P_LOCK, "/acquire", BODY, true},
-    {"POST", "/locks/", P_LOCK, "/renew", BODY, false},
-    {"POST", "/locks/", P_LOCK, "/release", BODY, false},
-    {"GET", "/locks/", P_LOCK, "", QUERY, false},
-    {"GET", "/locks", P_NONE, "", QUERY, false},
-    {"PUT", "/fenced/", P_FENCED, "", BODY, false},
-    {"GET", "/fenced/", P_FENCED, "", QUERY, false},
+    {"POST", "/locks/", P_LOCK, "/acquire", BODY, WAITS},
+    {"POST", "/locks/", P_LOCK, "/renew", BODY, 0},
+    {"POST", "/locks/", P_LOCK, "/release", BODY, 0},
+    {"GET", "/locks/", P_LOCK, "", QUERY, 0},
+    {"GET", "/locks", P_NONE, "", QUERY, 0},
+    {"PUT", "/fenced/", P_FENCED, "", BODY, 0},
+    {"GET", "/fenced/", P_FENCED, "", QUERY, 0},
     /* jobs */
-    {"POST", "/jobs", P_NONE, "", BODY, false},
-    {"POST", "/jobs/batch", P_NONE, "", BODY, false},
-    {"GET", "/jobs", P_NONE, "", QUERY, false},
-    {"GET", "/jobs/", P_JOB, "", QUERY, false},
-    {"GET", "/jobs/", P_JOB, "/history", QUERY, false},
-    {"POST", "/jobs/", P_JOB, "/run", BODY, false},
-    {"POST", "/jobs/", P_JOB, "/retry", BODY, false},
-    {"POST", "/jobs/", P_JOB, "/cancel", BODY, false},
-    {"POST", "/jobs/", P_JOB, "/heartbeat", BODY, false},
-    {"POST", "/jobs/", P_JOB, "/complete", BODY, false},
-    {"POST", "/jobs/", P_JOB, "/fail", BODY, false},
-    {"GET", "/queues", P_NONE, "", QUERY, false},
-    {"GET", "/queues/", P_QUEUE, "", QUERY, false},
-    {"PUT", "/queues/", P_QUEUE, "", BODY, false},
-    {"POST", "/queues/", P_QUEUE, "/pause", BODY, false},
-    {"POST", "/queues/", P_QUEUE, "/resume", BODY, false},
-    {"POST", "/queues/", P_QUEUE, "/claim", BODY, true},
-    {"GET", "/schedules", P_NONE, "", QUERY, false},
-    {"POST", "/schedules", P_NONE, "", BODY, false},
-    {"GET", "/schedules/", P_SCHEDULE, "", QUERY, false},
-    {"POST", "/schedules/", P_SCHEDULE, "/pause", BODY, false},
-    {"POST", "/schedules/", P_SCHEDULE, "/resume", BODY, false},
-    {"DELETE", "/schedules/", P_SCHEDULE, "", BODY, false},
-    {"GET", "/dlq", P_NONE, "", QUERY, false},
-    {"GET", "/dlq/groups", P_NONE, "", QUERY, false},
-    {"GET", "/dlq/", P_DLQ, "", QUERY, false},
-    {"POST", "/dlq/", P_DLQ, "/redrive", BODY, false},
-    {"POST", "/dlq/redrive", P_NONE, "", QUERY, false},
-    {"DELETE", "/dlq", P_NONE, "", QUERY, false},
+    {"POST", "/jobs", P_NONE, "", BODY, 0},
+    {"POST", "/jobs/batch", P_NONE, "", BODY, 0},
+    {"GET", "/jobs", P_NONE, "", QUERY, 0},
+    {"GET", "/jobs/", P_JOB, "", QUERY, 0},
+    {"GET", "/jobs/", P_JOB, "/history", QUERY, 0},
+    {"POST", "/jobs/", P_JOB, "/run", BODY, 0},
+    {"POST", "/jobs/", P_JOB, "/retry", BODY, 0},
+    {"POST", "/jobs/", P_JOB, "/cancel", BODY, 0},
+    {"POST", "/jobs/", P_JOB, "/heartbeat", BODY, 0},
+    {"POST", "/jobs/", P_JOB, "/complete", BODY, 0},
+    {"POST", "/jobs/", P_JOB, "/fail", BODY, 0},
+    {"GET", "/queues", P_NONE, "", QUERY, 0},
+    {"GET", "/queues/", P_QUEUE, "", QUERY, 0},
+    {"PUT", "/queues/", P_QUEUE, "", BODY, 0},
+    {"POST", "/queues/", P_QUEUE, "/pause", BODY, 0},
+    {"POST", "/queues/", P_QUEUE, "/resume", BODY, 0},
+    {"POST", "/queues/", P_QUEUE, "/claim", BODY, WAITS},
+    {"GET", "/schedules", P_NONE, "", QUERY, 0},
+    {"POST", "/schedules", P_NONE, "", BODY, 0},
+    {"GET", "/schedules/", P_SCHEDULE, "", QUERY, 0},
+    {"POST", "/schedules/", P_SCHEDULE, "/pause", BODY, 0},
+    {"POST", "/schedules/", P_SCHEDULE, "/resume", BODY, 0},
+    {"DELETE", "/schedules/", P_SCHEDULE, "", BODY, 0},
+    {"GET", "/dlq", P_NONE, "", QUERY, 0},
+    {"GET", "/dlq/groups", P_NONE, "", QUERY, 0},
+    {"GET", "/dlq/", P_DLQ, "", QUERY, 0},
+    {"POST", "/dlq/", P_DLQ, "/redrive", BODY, 0},
+    {"POST", "/dlq/redrive", P_NONE, "", QUERY, 0},
+    {"DELETE", "/dlq", P_NONE, "", QUERY, 0},
     /* outbox */
-    {"GET", "/outbox", P_NONE, "", QUERY, false},
+    {"GET", "/outbox", P_NONE, "", QUERY, 0},
     /* inventory */
-    {"POST", "/inventory/products", P_NONE, "", BODY, false},
-    {"GET", "/inventory/products/", P_SKU, "", QUERY, false},
-    {"POST", "/inventory/products/", P_SKU, "/stock", BODY, false},
-    {"GET", "/inventory/products/", P_SKU, "/availability", QUERY, false},
-    {"POST", "/inventory/reservations", P_NONE, "", BODY, false},
-    {"GET", "/inventory/reservations/", P_RESERVATION, "", QUERY, false},
-    {"DELETE", "/inventory/reservations/", P_RESERVATION, "", BODY, false},
-    {"POST", "/inventory/reservations/", P_RESERVATION, "/commit", BODY, false},
-    {"POST", "/inventory/adjust", P_NONE, "", BODY, false},
+    {"POST", "/inventory/products", P_NONE, "", BODY, 0},
+    {"GET", "/inventory/products/", P_SKU, "", QUERY, 0},
+    {"POST", "/inventory/products/", P_SKU, "/stock", BODY, REPLAYS},
+    {"GET", "/inventory/products/", P_SKU, "/availability", QUERY, 0},
+    {"POST", "/inventory/reservations", P_NONE, "", BODY, 0},
+    {"GET", "/inventory/reservations/", P_RESERVATION, "", QUERY, 0},
+    {"DELETE", "/inventory/reservations/", P_RESERVATION, "", BODY, 0},
+    {"POST", "/inventory/reservations/", P_RESERVATION, "/commit", BODY, 0},
+    {"POST", "/inventory/adjust", P_NONE, "", BODY, REPLAYS},
     /* orders */
-    {"POST", "/orders", P_NONE, "", BODY, false},
-    {"GET", "/orders", P_NONE, "", QUERY, false},
-    {"GET", "/orders/", P_ORDER, "", QUERY, false},
-    {"PUT", "/orders/", P_ORDER, "/confirm", BODY, false},
-    {"PUT", "/orders/", P_ORDER, "/cancel", BODY, false},
+    {"POST", "/orders", P_NONE, "", BODY, 0},
+    {"GET", "/orders", P_NONE, "", QUERY, 0},
+    {"GET", "/orders/", P_ORDER, "", QUERY, 0},
+    {"PUT", "/orders/", P_ORDER, "/confirm", BODY, 0},
+    {"PUT", "/orders/", P_ORDER, "/cancel", BODY, 0},
     /* payments */
-    {"POST", "/payments/authorize", P_NONE, "", BODY, false},
-    {"POST", "/payments/capture/", P_PAYMENT, "", BODY, false},
-    {"POST", "/payments/void/", P_PAYMENT, "", BODY, false},
-    {"POST", "/payments/", P_PAYMENT, "/refund", BODY, false},
-    {"GET", "/payments/", P_PAYMENT, "", QUERY, false},
-    {"GET", "/payments", P_NONE, "", QUERY, false},
-    {"PUT", "/psp/config", P_NONE, "", BODY, false},
-    {"GET", "/psp/charges", P_NONE, "", QUERY, false},
+    {"POST", "/payments/authorize", P_NONE, "", BODY, REPLAYS},
+    {"POST", "/payments/capture/", P_PAYMENT, "", BODY, 0},
+    {"POST", "/payments/void/", P_PAYMENT, "", BODY, 0},
+    {"POST", "/payments/", P_PAYMENT, "/refund", BODY, REPLAYS},
+    {"GET", "/payments/", P_PAYMENT, "", QUERY, 0},
+    {"GET", "/payments", P_NONE, "", QUERY, 0},
+    {"PUT", "/psp/config", P_NONE, "", BODY, 0},
+    {"GET", "/psp/charges", P_NONE, "", QUERY, 0},
     /* sagas */
-    {"GET", "/sagas", P_NONE, "", QUERY, false},
-    {"GET", "/sagas/", P_SAGA, "", QUERY, false},
-    {"POST", "/sagas/", P_SAGA, "/retry", BODY, false},
+    {"GET", "/sagas", P_NONE, "", QUERY, 0},
+    {"GET", "/sagas/", P_SAGA, "", QUERY, 0},
+    {"POST", "/sagas/", P_SAGA, "/retry", BODY, 0},
     /* checkout */
-    {"POST", "/checkout", P_NONE, "", BODY, false},
-    {"GET", "/checkout/", P_CHECKOUT, "", QUERY, false},
+    {"POST", "/checkout", P_NONE, "", BODY, REPLAYS},
+    {"GET", "/checkout/", P_CHECKOUT, "", QUERY, 0},
 };
 
 /* Path parameters no object has: the router and the identifier checks.
@@ -606,7 +613,7 @@ param_is_possible(enum param p, const char *sent)
 static bool
 fits_in_time(const struct route *rt, const char *body)
 {
-    if (!rt->waits || body == NULL)
+    if (!(rt->flags & WAITS) || body == NULL)
         return true;
     json_t *doc = json_loads(body, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
     const json_t *wait = json_object_get(doc, "wait_ms");
@@ -617,12 +624,19 @@ fits_in_time(const struct route *rt, const char *body)
 }
 
 static void
-violation(const char *what, const char *method, const char *url, const char *body,
-          const struct http_client_response *resp)
+report(const char *what, const char *method, const char *url, const char *body,
+       const struct http_client_response *resp)
 {
     fprintf(stderr, "fuzz_api: %s\n  %s %s\n  body: %s\n  answer: %ld %s %.*s\n", what, method, url,
             body ? body : "(none)", resp ? resp->status : 0L, resp ? resp->content_type : "",
             resp ? (int)resp->body.len : 0, resp && resp->body.data ? resp->body.data : "");
+}
+
+static void
+violation(const char *what, const char *method, const char *url, const char *body,
+          const struct http_client_response *resp)
+{
+    report(what, method, url, body, resp);
     abort();
 }
 
@@ -662,6 +676,27 @@ check_answer(const char *method, const char *url, const char *body,
             violation("a client error that is not a problem document", method, url, body, resp);
     }
     json_decref(doc);
+}
+
+/* A request idempotent on a key (Idempotency-Key, or idempotency_key or
+ * key in the body: stock added, adjustments, checkouts, authorizations,
+ * refunds) sent again at once is answered as the first time, byte for
+ * byte: its stored answer, or the same refusal. */
+static void
+check_replay(struct http_client *c, const char *method, const char *url, const char *body,
+             const struct http_client_response *first)
+{
+    struct http_client_response again;
+    struct bb_error e;
+    if (http_client_do(c, method, url, body, &again, &e) != ERR_OK)
+        violation("no answer to a repeated request", method, url, body, NULL);
+    if (again.status != first->status || strcmp(again.content_type, first->content_type) != 0 ||
+        again.body.len != first->body.len ||
+        (again.body.len > 0 && memcmp(again.body.data, first->body.data, again.body.len) != 0)) {
+        report("the first answer to a request idempotent on a key", method, url, body, first);
+        violation("is not the answer to the same request repeated", method, url, body, &again);
+    }
+    bb_buf_deinit(&again.body);
 }
 
 int
@@ -726,6 +761,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!possible && resp.status / 100 == 2)
             violation("a path parameter that names nothing was accepted", rt->method, url.data,
                       body, &resp);
+        if (rt->flags & REPLAYS)
+            check_replay(c, rt->method, url.data, body, &resp);
         bb_buf_deinit(&resp.body);
         if (strcmp(rt->before, "/psp/config") == 0)
             psp_reset();
