@@ -11,8 +11,9 @@
  *
  * An input is:
  *   byte 0   the route (ROUTES[b % N])
- *   byte 1   its path parameter: < 128 one of the objects above, else a
- *            bad one (empty, long, %-escapes, unknown)
+ *   byte 1   its path parameter: < 64 one of the objects above, < 128 an
+ *            object made for this input (fresh_object), else a bad one
+ *            (empty, long, %-escapes, unknown)
  *   byte 2   bits 0-2 the Idempotency-Key header (none, a few keys, bad
  *            ones); bit 3: an empty body is sent as no body at all; bit 4:
  *            the path parameter is the input's, not byte 1's (below)
@@ -220,6 +221,8 @@ struct harness {
     size_t n_values[P_COUNT];
     char long_param[301];
     char huge_param[5001];
+    bool quiet;     /* setup() keeps refusals to itself (fresh objects) */
+    unsigned fresh; /* objects made for inputs so far (their names' suffix) */
 };
 static struct harness H;
 
@@ -371,29 +374,38 @@ setup(const char *method, const char *path, const char *body, const char *key)
     json_t *doc = NULL;
     if (resp.status / 100 == 2)
         doc = json_loadb(resp.body.data ? resp.body.data : "", resp.body.len, 0, NULL);
-    else
+    else if (!H.quiet)
         fprintf(stderr, "fuzz_api: setup %s %s: %ld %.*s\n", method, path, resp.status,
                 (int)resp.body.len, resp.body.data ? resp.body.data : "");
     bb_buf_deinit(&resp.body);
     return doc;
 }
 
-/* Record doc[member] (a string or an integer) as a value of `p`. */
-static void
-keep(enum param p, const json_t *doc, const char *member)
+/* Member `member` of `doc` as text (a string or an integer; heap), or NULL. */
+static char *
+member_text(const json_t *doc, const char *member)
 {
     const json_t *v = doc ? json_object_get(doc, member) : NULL;
     char text[64];
     if (json_is_string(v))
-        snprintf(text, sizeof text, "%s", json_string_value(v));
-    else if (json_is_integer(v))
-        snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
-    else {
+        return xstrdup(json_string_value(v));
+    if (!json_is_integer(v))
+        return NULL;
+    snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
+    return xstrdup(text);
+}
+
+/* Record doc[member] (a string or an integer) as a value of `p`. */
+static void
+keep(enum param p, const json_t *doc, const char *member)
+{
+    char *text = member_text(doc, member);
+    if (text == NULL) {
         fprintf(stderr, "fuzz_api: setup: no %s in the answer\n", member);
         abort();
     }
     BB_ASSERT(H.n_values[p] < MAX_VALUES);
-    H.values[p][H.n_values[p]++] = xstrdup(text);
+    H.values[p][H.n_values[p]++] = text;
 }
 
 static void
@@ -422,6 +434,7 @@ fixtures_create(void)
     /* Jobs of an external handler (no worker here runs them): one pending,
      * one running under a lease, one dead. */
     json_decref(setup("PUT", "/queues/fz", "{\"max_attempts\":2}", NULL));
+    json_decref(setup("PUT", "/queues/fz-fresh", "{\"max_attempts\":2}", NULL));
     keep_name(P_QUEUE, "fz");
     keep_name(P_QUEUE, "default");
     const char *job = "{\"queue\":\"fz\",\"handler\":\"external:fz\"}";
@@ -528,10 +541,144 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ---- one input ------------------------------------------------------------------------- */
 
+/* A job of queue fz-fresh: claimed (running under lease token 1 of its
+ * attempt) unless `pending`, failed for good when `dead`. Its id (heap),
+ * or NULL. It goes first (priority 1000); jobs of earlier inputs that are
+ * ready again may share that, so the claim takes a few and finds it. */
+static char *
+fresh_job(bool pending, bool dead)
+{
+    json_t *d =
+        setup("POST", "/jobs",
+              "{\"queue\":\"fz-fresh\",\"handler\":\"external:fz\",\"priority\":1000}", NULL);
+    char *id = member_text(d, "job_id");
+    json_decref(d);
+    if (id == NULL || pending)
+        return id;
+    d = setup("POST", "/queues/fz-fresh/claim", "{\"worker\":\"fz\",\"max\":10}", NULL);
+    const json_t *job = NULL;
+    for (size_t i = 0; i < json_array_size(json_object_get(d, "jobs")); i++) {
+        const json_t *j = json_array_get(json_object_get(d, "jobs"), i);
+        if (json_integer_value(json_object_get(j, "job_id")) == strtoll(id, NULL, 10))
+            job = j;
+    }
+    char path[64], body[128];
+    if (job != NULL && dead) {
+        snprintf(path, sizeof path, "/jobs/%s/fail", id);
+        snprintf(body, sizeof body, "{\"token\":%lld,\"error\":\"fz\",\"retry\":false}",
+                 (long long)json_integer_value(json_object_get(job, "lease_token")));
+        json_decref(setup("POST", path, body, NULL));
+    }
+    json_decref(d);
+    if (job == NULL) {
+        free(id);
+        id = NULL;
+    }
+    return id;
+}
+
+/* A new object for one input, so that its request meets an object in a
+ * known state however earlier inputs left the fixtures: `b` picks a
+ * variant where there are two. Its name (heap), or NULL when making it
+ * failed (an earlier input may have paused fz-fresh, say). */
+static char *
+fresh_object(enum param p, uint8_t b)
+{
+    char name[32], body[512], path[128];
+    snprintf(name, sizeof name, "fz-%u", ++H.fresh);
+    const char *items = "[{\"sku\":\"FZ-1\",\"qty\":1,\"unit_price\":100}]";
+    char *out = NULL;
+    json_t *d = NULL;
+    H.quiet = true;
+    switch (p) {
+    case P_LOCK:
+        snprintf(path, sizeof path, "/locks/%s/acquire", name);
+        d = setup("POST", path, "{\"owner\":\"fuzz\",\"ttl_ms\":60000}", NULL);
+        out = member_text(d, "name");
+        break;
+    case P_FENCED: /* a key no write has fenced yet */
+        out = xstrdup(name);
+        break;
+    case P_JOB:
+        out = fresh_job(b & 1, false);
+        break;
+    case P_DLQ:
+        out = fresh_job(false, true);
+        break;
+    case P_QUEUE:
+        snprintf(path, sizeof path, "/queues/%s", name);
+        d = setup("PUT", path, "{}", NULL);
+        out = member_text(d, "name");
+        break;
+    case P_SCHEDULE:
+        snprintf(body, sizeof body,
+                 "{\"name\":\"%s\",\"every_ms\":3600000,\"handler\":\"external:fz\","
+                 "\"queue\":\"fz-fresh\"}",
+                 name);
+        d = setup("POST", "/schedules", body, NULL);
+        out = member_text(d, "schedule");
+        break;
+    case P_SKU:
+    case P_RESERVATION:
+        snprintf(body, sizeof body, "{\"sku\":\"%s\",\"name\":\"fz\",\"stock\":100}", name);
+        d = setup("POST", "/inventory/products", body, NULL);
+        out = member_text(d, "sku");
+        if (out != NULL && p == P_RESERVATION) {
+            json_decref(d);
+            snprintf(body, sizeof body,
+                     "{\"order_id\":\"%s\",\"items\":[{\"sku\":\"%s\",\"qty\":2}]}", name, name);
+            free(out);
+            d = setup("POST", "/inventory/reservations", body, NULL);
+            out = member_text(d, "order_id");
+        }
+        break;
+    case P_ORDER:
+        snprintf(body, sizeof body,
+                 "{\"checkout_id\":\"%s\",\"customer_id\":\"fz\",\"currency\":\"EUR\","
+                 "\"items\":%s}",
+                 name, items);
+        d = setup("POST", "/orders", body, NULL);
+        out = member_text(d, "order_id");
+        break;
+    case P_PAYMENT: /* authorized, or captured when b is odd */
+        snprintf(body, sizeof body,
+                 "{\"order_id\":\"%s\",\"amount\":1000,\"currency\":\"EUR\","
+                 "\"idempotency_key\":\"%s\"}",
+                 name, name);
+        d = setup("POST", "/payments/authorize", body, NULL);
+        out = member_text(d, "authorization_id");
+        if (out != NULL && (b & 1)) {
+            snprintf(path, sizeof path, "/payments/capture/%s", out);
+            json_decref(setup("POST", path, "{}", NULL));
+        }
+        break;
+    case P_CHECKOUT:
+        snprintf(body, sizeof body,
+                 "{\"customer_id\":\"fz\",\"currency\":\"EUR\",\"items\":%s,"
+                 "\"payment\":{\"method\":\"card\",\"card\":\"tok_visa\"}}",
+                 items);
+        d = setup("POST", "/checkout", body, name);
+        out = member_text(d, "checkout_id");
+        break;
+    case P_SAGA: /* sagas start from checkouts, soon after: the fixture's */
+    case P_NONE:
+    case P_COUNT:
+        break;
+    }
+    H.quiet = false;
+    json_decref(d);
+    return out;
+}
+
 static const char *
-param_value(enum param p, uint8_t b, bool *impossible)
+param_value(enum param p, uint8_t b, bool *impossible, char **fresh)
 {
     *impossible = false;
+    *fresh = NULL;
+    if (b >= 64 && b < 128)
+        *fresh = fresh_object(p, b);
+    if (*fresh != NULL)
+        return *fresh;
     if (b < 128 && H.n_values[p] > 0)
         return H.values[p][b % H.n_values[p]];
     const struct bad_param *bad = &BAD_PARAMS[b % N_BAD_PARAMS];
@@ -718,6 +865,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bb_buf_init(&url);
     bb_buf_printf(&url, "%s%s", H.base, rt->before);
     bool possible = true;
+    char *fresh = NULL;
     if (rt->param != P_NONE && (data[2] & 16) != 0) {
         const char *nl = strchr(rest, '\n');
         size_t len = nl ? (size_t)(nl - rest) : strlen(rest);
@@ -729,7 +877,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         text = nl ? nl + 1 : rest + len;
     } else if (rt->param != P_NONE) {
         bool impossible;
-        bb_buf_printf(&url, "%s", param_value(rt->param, data[1], &impossible));
+        bb_buf_printf(&url, "%s", param_value(rt->param, data[1], &impossible, &fresh));
         possible = !impossible;
     }
     bb_buf_printf(&url, "%s", rt->after);
@@ -768,6 +916,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             psp_reset();
     }
     bb_buf_deinit(&url);
+    free(fresh);
     free(rest);
     return 0;
 }
