@@ -21,7 +21,9 @@
  *            the client sends C strings); with bit 4, what comes before
  *            its first newline is the path parameter (bytes a URL cannot
  *            hold escaped, '%' kept)
- * BB_FUZZ_VERBOSE=1 in the environment prints each request and its answer.
+ * BB_FUZZ_VERBOSE=1 in the environment prints each request and its answer;
+ * BB_FUZZ_API_DB=URL runs the server on that database instead (an empty
+ * one: PostgreSQL's store code is fuzzed so).
  *
  * What must hold for every input (abort() otherwise, so libFuzzer keeps it):
  * - the server answers, never with a 5xx: one client sending one request
@@ -297,13 +299,17 @@ add_arg(const char *a)
 static void
 server_start(void)
 {
-    static char db[128];
+    static char db[512];
     snprintf(H.dir, sizeof H.dir, "/tmp/bb-fuzz-api-XXXXXX");
     if (mkdtemp(H.dir) == NULL) {
         perror("fuzz_api: mkdtemp");
         abort();
     }
-    snprintf(db, sizeof db, "sqlite:%s/api.db", H.dir);
+    /* BB_FUZZ_API_DB: another database (an empty PostgreSQL one, say). */
+    const char *other = getenv("BB_FUZZ_API_DB");
+    snprintf(db, sizeof db, "%s", other ? other : "");
+    if (other == NULL)
+        snprintf(db, sizeof db, "sqlite:%s/api.db", H.dir);
     snprintf(H.port, sizeof H.port, "%d", free_port());
     snprintf(H.base, sizeof H.base, "http://127.0.0.1:%s", H.port);
     const char *args[] = {"--db",
