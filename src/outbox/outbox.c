@@ -467,7 +467,8 @@ list_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
         http_reply_json(r, 200, op->out);
 }
 
-/* Event types and aggregate ids as query arguments: printable, bounded. */
+/* Event types and aggregate ids as query arguments: printable UTF-8
+ * (PostgreSQL refuses other bytes in a text parameter), bounded. */
 static enum err
 query_text(struct http_req *r, const char *key, const char **out, struct bb_error *e)
 {
@@ -478,8 +479,12 @@ query_text(struct http_req *r, const char *key, const char **out, struct bb_erro
     bool ok = n > 0 && n <= 200;
     for (size_t i = 0; i < n && ok; i++)
         ok = (unsigned char)v[i] >= 0x20 && v[i] != 0x7f;
+    /* Valid UTF-8 is copied unchanged; in anything else a byte becomes '?'. */
+    char copy[201];
+    if (ok && (bb_utf8_copy(copy, sizeof copy, v) != n || memcmp(copy, v, n) != 0))
+        ok = false;
     if (!ok)
-        return bb_fail(e, ERR_INVALID, key, "%s must be 1 to 200 printable characters", key);
+        return bb_fail(e, ERR_INVALID, key, "%s must be 1 to 200 printable UTF-8 characters", key);
     *out = bb_arena_strdup(http_req_arena(r), v);
     return ERR_OK;
 }

@@ -59,6 +59,9 @@ BAD = [
     ("type=", "type"),
     ("type=" + "t" * 201, "type"),
     ("aggregate_id=a%01b", "aggregate_id"),
+    # Not UTF-8: PostgreSQL refused it as a parameter, a 500.
+    ("type=%B9%A9e", "type"),
+    ("aggregate_id=%C3%28", "aggregate_id"),
 ]
 
 
