@@ -9,9 +9,12 @@
  * each input to the real server, started in process (cli_serve): any route
  * that takes a body, a query string or a path parameter (every lock, job,
  * queue, schedule, dead-letter, outbox, inventory, order, payment, PSP,
- * saga and checkout route), with or without an Idempotency-Key, and checks
- * that it answers without a 5xx and that every 4xx is a problem document
- * (fuzz_api.c says how an input is read).
+ * saga and checkout route), with or without an Idempotency-Key, to a
+ * fixture or to an object made for the input, and checks that it answers
+ * without a 5xx, that every 4xx is a problem document, that a path
+ * parameter that cannot be a name is refused and that a request
+ * idempotent on a key is answered the same twice (fuzz_api.c says how an
+ * input is read).
  */
 #ifndef BB_FUZZ_H
 #define BB_FUZZ_H
