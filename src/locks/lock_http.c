@@ -630,7 +630,9 @@ fenced_get_reply(struct http_req *r, void *arg, enum err rc, const struct bb_err
         http_reply_problem(r, e, NULL);
         return;
     }
-    json_t *value = text ? json_loads(text, JSON_DECODE_ANY, NULL) : json_null();
+    /* As the value was taken (JSON_ALLOW_NUL): a string with \u0000 in it
+     * reads back, instead of as null. */
+    json_t *value = text ? json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL) : json_null();
     free(text);
     json_t *body = json_object();
     json_object_set_new(body, "key", json_string(op->name));

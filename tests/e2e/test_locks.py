@@ -163,6 +163,14 @@ def test_fenced_writes_keep_the_highest_token(server):
     problem(server.put("/fenced/acct", {"token": 7}), 400, "invalid_request", "value")
 
 
+
+def test_a_fenced_value_with_a_nul_character_reads_back_as_written(server):
+    # It was accepted ("\u0000" in JSON), then read back as null.
+    for key, value in (("s", "a\x00b"), ("o", {"x": ["\x00"]})):
+        assert server.put(f"/fenced/{key}", {"token": 1, "value": value}).status_code == 200
+        assert server.get(f"/fenced/{key}").json()["value"] == value
+
+
 def test_lock_metrics_follow_events(server):
     g = acquire(server, "L", "w1", ttl_ms=100).json()
     acquire(server, "L", "w2")                                  # contention
