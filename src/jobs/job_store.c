@@ -1862,10 +1862,14 @@ spec_json(const struct job_spec *s)
     json_t *o = json_object();
     json_object_set_new(o, "queue", json_string(s->queue ? s->queue : "default"));
     json_object_set_new(o, "handler", json_string(s->handler));
-    json_t *payload = json_loads(s->payload ? s->payload : "{}", JSON_DECODE_ANY, NULL);
+    /* JSON_ALLOW_NUL, as the request's body was parsed: a payload with
+     * \u0000 in a string is kept, not replaced by {} (nor tags dropped). */
+    json_t *payload =
+        json_loads(s->payload ? s->payload : "{}", JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     json_object_set_new(o, "payload", payload ? payload : json_object());
     if (s->target)
-        json_object_set_new(o, "target", json_loads(s->target, JSON_DECODE_ANY, NULL));
+        json_object_set_new(o, "target",
+                            json_loads(s->target, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL));
     json_object_set_new(o, "priority", json_integer(s->priority));
     json_object_set_new(o, "max_attempts", json_integer(s->max_attempts));
     json_object_set_new(o, "max_duration_ms", json_integer(s->max_duration_ms));
@@ -1874,7 +1878,7 @@ spec_json(const struct job_spec *s)
     if (s->concurrency_key)
         json_object_set_new(o, "concurrency_key", json_string(s->concurrency_key));
     if (s->tags)
-        json_object_set_new(o, "tags", json_loads(s->tags, JSON_DECODE_ANY, NULL));
+        json_object_set_new(o, "tags", json_loads(s->tags, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL));
     if (s->has_backoff)
         json_object_set_new(o, "backoff",
                             json_pack("{s:I, s:I, s:I, s:I}", "base_ms",
@@ -2043,7 +2047,7 @@ fire_one(struct store_conn *c, const struct store_rows *r, int64_t now_ms, int64
     enum err rc = store_exec(c, &SCHEDULE_ADVANCE, p, BB_ARRAY_LEN(p), &changed, e);
     if (rc != ERR_OK || changed == 0)
         return rc; /* another process fired it */
-    json_t *spec_doc = json_loadb(store_col_text(r, 4), store_col_len(r, 4), 0, NULL);
+    json_t *spec_doc = json_loadb(store_col_text(r, 4), store_col_len(r, 4), JSON_ALLOW_NUL, NULL);
     if (spec_doc == NULL)
         return bb_fail(e, ERR_STORE, "", "schedule %s has an unreadable job", name);
     struct job_spec s;

@@ -309,6 +309,20 @@ def test_schedules_fire_on_their_interval_and_can_be_paused(server):
     assert listed[0]["timezone"] == "Europe/Paris"
 
 
+
+def test_a_schedule_keeps_a_payload_and_tags_with_a_nul_character(server):
+    # "\u0000" in a string: the schedule kept {} and no tags, so every
+    # fire ran with an empty payload.
+    payload, tags = {"k": "a\x00b"}, ["t\x00"]
+    r = server.post("/schedules", {"name": "nul", "every_ms": 1000, "handler": "noop",
+                                   "payload": payload, "tags": tags})
+    assert r.status_code == 201, r.text
+    assert server.get("/schedules/nul").json()["job"]["payload"] == payload
+    fired = await_condition(
+        lambda: [j for j in server.get("/jobs?limit=100").json()["jobs"]
+                 if j["schedule"] == "nul"], what="a fire")
+    assert fired[0]["payload"] == payload and fired[0]["tags"] == tags
+
 def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     # A long-poll claim waits, and is answered when a job arrives.
     result = {}
