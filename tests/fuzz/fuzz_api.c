@@ -37,7 +37,9 @@
  * - a path parameter that cannot be a name (param_is_possible) is not
  *   accepted (a 2xx would mean the request reached another route);
  * - a request idempotent on a key, sent twice, is answered the same
- *   (check_replay).
+ *   (check_replay);
+ * - a fenced write that was accepted reads back as written
+ *   (check_fenced_read).
  */
 #include "fuzz.h"
 
@@ -852,6 +854,35 @@ check_replay(struct http_client *c, const char *method, const char *url, const c
     bb_buf_deinit(&again.body);
 }
 
+/* A fenced write that was accepted reads back as written: GET
+ * /fenced/{key} answers the body's value (parsed as the server parses
+ * bodies; json_equal compares numbers by value and type). */
+static void
+check_fenced_read(const char *url, const char *body, const struct http_client_response *put)
+{
+    json_t *answer = json_loadb(put->body.data ? put->body.data : "", put->body.len, 0, NULL);
+    bool accepted = json_is_true(json_object_get(answer, "accepted"));
+    json_decref(answer);
+    json_t *sent = json_loads(body ? body : "",
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    struct http_client_response got;
+    struct bb_error e;
+    if (accepted && json_object_get(sent, "value") != NULL) {
+        if (http_client_do(H.plain, "GET", url, NULL, &got, &e) != ERR_OK)
+            violation("no answer to reading a fenced value", "GET", url, NULL, NULL);
+        json_t *doc = json_loadb(got.body.data ? got.body.data : "", got.body.len,
+                                 JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        if (got.status != 200 ||
+            !json_equal(json_object_get(doc, "value"), json_object_get(sent, "value"))) {
+            report("a fenced value accepted", "PUT", url, body, put);
+            violation("does not read back as written", "GET", url, NULL, &got);
+        }
+        json_decref(doc);
+        bb_buf_deinit(&got.body);
+    }
+    json_decref(sent);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -917,6 +948,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                       body, &resp);
         if (rt->flags & REPLAYS)
             check_replay(c, rt->method, url.data, body, &resp);
+        if (rt->param == P_FENCED && strcmp(rt->method, "PUT") == 0 && resp.status == 200)
+            check_fenced_read(url.data, body, &resp);
         bb_buf_deinit(&resp.body);
         if (strcmp(rt->before, "/psp/config") == 0)
             psp_reset();
