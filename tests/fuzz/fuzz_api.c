@@ -46,6 +46,7 @@
 #include "base/base.h"
 #include "cli/cli.h"
 #include "http/http.h"
+#include "locks/locks.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -100,8 +101,8 @@ struct route {
 };
 
 /* Every POST, PUT and DELETE, and every GET with a query string or a path
- * parameter, of src/ * /_http.c, saga_engine.c and outbox.c (the route
- * tables, grep `_routes(`). Appending keeps the corpus's meaning. */
+ * parameter, of the route tables (src/MODULE/MODULE_http.c, saga_engine.c,
+ * outbox.c: grep `_routes(`). Appending keeps the corpus's meaning. */
 static const struct route ROUTES[] = {
     /* locks */
     {"POST", "/locks/", P_LOCK, "/acquire", BODY, WAITS},
@@ -770,11 +771,12 @@ fits_in_time(const struct route *rt, const char *body)
 {
     if (!(rt->flags & WAITS) || body == NULL)
         return true;
-    json_t *doc = json_loads(body, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
+    json_t *doc = json_loads(body, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     const json_t *wait = json_object_get(doc, "wait_ms");
     double ms = json_is_number(wait) ? json_number_value(wait) : 0;
     json_decref(doc);
-    double max = strcmp(rt->after, "/acquire") == 0 ? 300000 : 60000;
+    /* job_http.c's CLAIM_WAIT_MAX_MS is 60 s */
+    double max = strcmp(rt->after, "/acquire") == 0 ? LOCK_WAIT_MAX_MS : 60000;
     return !(ms > WAIT_MAX_MS && ms <= max);
 }
 
