@@ -38,8 +38,8 @@
  *   accepted (a 2xx would mean the request reached another route);
  * - a request idempotent on a key, sent twice, is answered the same
  *   (check_replay);
- * - a fenced write that was accepted reads back as written
- *   (check_fenced_read).
+ * - a fenced write that was accepted, or a job submitted, reads back as
+ *   written (check_fenced_read, check_job_read).
  */
 #include "fuzz.h"
 
@@ -885,6 +885,44 @@ check_fenced_read(const char *url, const char *body, const struct http_client_re
     json_decref(sent);
 }
 
+/* A job submitted reads back with the payload and tags it was given (an
+ * object or array payload: a string one is JSON text, parsed first). A
+ * unique_key may have named an older job: not checked then. */
+static void
+check_job_read(const char *body, const struct http_client_response *post)
+{
+    json_t *answer = json_loadb(post->body.data ? post->body.data : "", post->body.len, 0, NULL);
+    json_t *sent = json_loads(body ? body : "",
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    const json_t *payload = json_object_get(sent, "payload");
+    const json_t *tags = json_object_get(sent, "tags");
+    const json_t *id = json_object_get(answer, "job_id");
+    if (json_is_integer(id) && json_object_get(sent, "unique_key") == NULL &&
+        (json_is_object(payload) || json_is_array(payload) || json_is_array(tags))) {
+        char url[128];
+        snprintf(url, sizeof url, "%s/jobs/%lld", H.base, (long long)json_integer_value(id));
+        struct http_client_response got;
+        struct bb_error e;
+        if (http_client_do(H.plain, "GET", url, NULL, &got, &e) != ERR_OK)
+            violation("no answer to reading a job", "GET", url, NULL, NULL);
+        json_t *doc =
+            json_loadb(got.body.data ? got.body.data : "", got.body.len, JSON_ALLOW_NUL, NULL);
+        bool same = got.status == 200;
+        if (json_is_object(payload) || json_is_array(payload))
+            same = same && json_equal(json_object_get(doc, "payload"), payload);
+        if (json_is_array(tags))
+            same = same && json_equal(json_object_get(doc, "tags"), tags);
+        if (!same) {
+            report("a job submitted", "POST", "/jobs", body, post);
+            violation("does not read back with its payload and tags", "GET", url, NULL, &got);
+        }
+        json_decref(doc);
+        bb_buf_deinit(&got.body);
+    }
+    json_decref(sent);
+    json_decref(answer);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -952,6 +990,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_replay(c, rt->method, url.data, body, &resp);
         if (rt->param == P_FENCED && strcmp(rt->method, "PUT") == 0 && resp.status == 200)
             check_fenced_read(url.data, body, &resp);
+        if (strcmp(rt->before, "/jobs") == 0 && strcmp(rt->method, "POST") == 0 &&
+            resp.status == 201)
+            check_job_read(body, &resp);
         bb_buf_deinit(&resp.body);
         if (strcmp(rt->before, "/psp/config") == 0)
             psp_reset();
