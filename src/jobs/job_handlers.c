@@ -145,7 +145,7 @@ pause_ms(struct job_run *run, int64_t ms)
 static int64_t
 payload_int(const struct job_run *run, const char *key)
 {
-    json_t *p = json_loads(run->job->payload, JSON_DECODE_ANY, NULL);
+    json_t *p = json_loads(run->job->payload, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     int64_t v = json_integer_value(json_object_get(p, key));
     json_decref(p);
     return v;
