@@ -69,36 +69,40 @@ def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
     assert "put back /psp/config" in out
 
 
-def test_crash_scenario(database, tmp_path):
-    # A person runs it with its default of 1,000 checkouts; the test with 60.
-    assert "N=${N:-1000}" in (SCENARIOS / "crash.sh").read_text()
-    out = run("crash.sh", N=60, KILLS=3, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
-              PORT=18400 + os.getpid() % 1000)
-    assert out.count("kill -9 #") == 3
-    # The reconciliation counts sagas against checkouts, orders against how
-    # their checkouts ended, and the PSP's own record against the ledger.
-    for line in ("ok    checkouts accepted, one per key: 60", "ok    sagas, one per checkout: 60",
-                 "ok    orders of FAILED checkouts CANCELLED",
-                 "ok    AUTHORIZED payments of FAILED checkouts: 0",
-                 "ok    money kept by the PSP (captures - refunds)",
-                 "ok    PSP authorizations the ledger does not know, or the reverse: 0",
-                 "ok    PSP captures = payments the ledger captured",
-                 "ok    authorizations the PSP still holds open (neither captured nor voided): 0"):
+# Lines of the reconciliation every scenario that starts its own server
+# ends with: sagas against checkouts, orders against how their checkouts
+# ended, the PSP's own record against the ledger.
+RECONCILED = ("ok    orders of FAILED checkouts CANCELLED",
+              "ok    AUTHORIZED payments of FAILED checkouts: 0",
+              "ok    money kept by the PSP (captures - refunds)",
+              "ok    PSP authorizations the ledger does not know, or the reverse: 0",
+              "ok    PSP captures = payments the ledger captured",
+              "ok    authorizations the PSP still holds open (neither captured nor voided): 0")
+
+
+def run_own_server(script, database, n, defaults, *lines, **env):
+    """Run a scenario that starts its own server, with N=n checkouts (a
+    person runs it with the `defaults` its text shows); its output, once
+    every reconciliation line and `lines` are in it."""
+    assert defaults in (SCENARIOS / script).read_text()
+    out = run(script, N=n, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
+              PORT=18400 + os.getpid() % 1000, **env)
+    for line in (f"ok    checkouts accepted, one per key: {n}",
+                 f"ok    sagas, one per checkout: {n}") + RECONCILED + lines:
         assert line in out, out
+    return out
+
+
+def test_crash_scenario(database):
+    out = run_own_server("crash.sh", database, 60, "N=${N:-1000}", KILLS=3)
+    assert out.count("kill -9 #") == 3
 
 
 def test_faults_scenario(database):
     # Failed commits, commits whose answer is lost and failed statements,
-    # injected at random while the server keeps running (a person runs it
-    # with its default of 300 checkouts; the test with 100).
-    assert "N=${N:-300}" in (SCENARIOS / "faults.sh").read_text()
-    out = run("faults.sh", N=100, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
-              PORT=18400 + os.getpid() % 1000)
-    for line in ("ok    checkouts accepted, one per key: 100", "ok    sagas, one per checkout: 100",
-                 "ok    money kept by the PSP (captures - refunds)",
-                 "ok    PSP authorizations the ledger does not know, or the reverse: 0",
-                 "ok    exit code after SIGTERM: 0"):
-        assert line in out, out
+    # injected at random while the server keeps running.
+    out = run_own_server("faults.sh", database, 100, "N=${N:-300}",
+                         "ok    exit code after SIGTERM: 0")
     for point in ("store.commit", "store.commit_lost", "store.statement"):
         injected = int(out.split(f"faults injected at {point}: ")[1].split()[0])
         assert injected > 0, out
@@ -106,13 +110,8 @@ def test_faults_scenario(database):
 
 @pytest.mark.skipif(ENGINE != "pg", reason="SQLite has no connections to cut")
 def test_disconnect_scenario(database):
-    # Every connection of the server to PostgreSQL terminated 3 times while
-    # 60 checkouts run (a person runs it with 300 and 5).
-    assert "N=${N:-300} KILLS=${KILLS:-5}" in (SCENARIOS / "disconnect.sh").read_text()
-    out = run("disconnect.sh", N=60, KILLS=3, BACKBONE_BIN=BIN, BACKBONE_DB=database.url,
-              PORT=18400 + os.getpid() % 1000)
+    # Every connection of the server to PostgreSQL terminated 3 times.
+    out = run_own_server("disconnect.sh", database, 60, "N=${N:-300} KILLS=${KILLS:-5}",
+                         "ok    the LISTEN connection is back: 1",
+                         "ok    exit code after SIGTERM: 0", KILLS=3)
     assert out.count("  cut #") == 3
-    for line in ("ok    checkouts accepted, one per key: 60", "ok    sagas, one per checkout: 60",
-                 "ok    money kept by the PSP (captures - refunds)",
-                 "ok    the LISTEN connection is back: 1", "ok    exit code after SIGTERM: 0"):
-        assert line in out, out
