@@ -6,19 +6,22 @@
  * compare-and-set on the lease token; a schedule fire advances next_fire_at
  * with a compare-and-set, so each fire happens once. With a retention set it
  * also sweeps finished jobs out, a window of ids per tick, more windows
- * while they are mostly prunable (old jobs have low ids).
+ * while they are mostly prunable (old jobs have low ids); a sweep that has
+ * reached the jobs too young to prune rests a while (at most a minute)
+ * before it starts over.
  */
 #include "jobs/jobs_int.h"
 
 #include <stdlib.h>
 
-enum { RESCUE_BATCH = 1000, PRUNE_WINDOW = 5000, PRUNE_WINDOWS_MAX = 20 };
+enum { RESCUE_BATCH = 1000, PRUNE_WINDOW = 5000, PRUNE_WINDOWS_MAX = 20, PRUNE_REST_MS = 60000 };
 
 struct job_scheduler {
     struct store *store;
     int64_t tick_ms;
     int64_t retention_ms;
-    int64_t prune_cursor; /* the sweep's last id; scheduler thread only */
+    int64_t prune_cursor;     /* the sweep's last id; scheduler thread only */
+    int64_t prune_resting_to; /* monotonic ms; scheduler thread only */
     struct bb_ticker *ticker;
 };
 
@@ -54,6 +57,8 @@ prune_work(struct store_conn *c, void *arg, struct bb_error *e)
 static void
 prune(struct job_scheduler *s)
 {
+    if (bb_mono_ms() < s->prune_resting_to)
+        return;
     struct tick_unit u = {.sch = s};
     int64_t total = 0;
     for (int i = 0; i < PRUNE_WINDOWS_MAX; i++) {
@@ -63,7 +68,12 @@ prune(struct job_scheduler *s)
             break;
         }
         total += u.pruned;
-        if (s->prune_cursor == 0 || u.pruned < PRUNE_WINDOW / 2)
+        if (s->prune_cursor == 0) { /* caught up: what ages meanwhile waits */
+            int64_t rest = s->retention_ms < PRUNE_REST_MS ? s->retention_ms : PRUNE_REST_MS;
+            s->prune_resting_to = bb_mono_ms() + rest;
+            break;
+        }
+        if (u.pruned < PRUNE_WINDOW / 2)
             break;
     }
     if (total > 0) {

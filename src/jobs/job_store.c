@@ -1767,6 +1767,9 @@ job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t 
     return rc;
 }
 
+static struct store_stmt PRUNE_FRONT = {
+    .sql = "SELECT created_at_ms FROM jobs WHERE id > $1 ORDER BY id LIMIT 1",
+};
 static struct store_stmt PRUNE_WINDOW = {
     .sql = "SELECT max(id) FROM (SELECT id FROM jobs WHERE id > $1 ORDER BY id LIMIT $2) w",
 };
@@ -1783,14 +1786,25 @@ job_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit, int64
                    int64_t *deleted, struct bb_error *e)
 {
     *deleted = 0;
+    /* A look at the first job ahead, one index entry and its row, before a
+     * window's worth: a sweep that has caught up pays only that. */
     struct store_rows r;
     const struct store_param w[] = {sp_int(*cursor), sp_int(limit)};
-    enum err rc = store_query(c, &PRUNE_WINDOW, w, 2, &r, e);
+    enum err rc = store_query(c, &PRUNE_FRONT, w, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool old = store_next(&r) && store_col_int(&r, 0) < before_ms;
+    store_rows_close(&r);
+    if (!old) { /* past the last job, or at the young ones: start over */
+        *cursor = 0;
+        return ERR_OK;
+    }
+    rc = store_query(c, &PRUNE_WINDOW, w, 2, &r, e);
     if (rc != ERR_OK)
         return rc;
     int64_t end = store_next(&r) && !store_col_is_null(&r, 0) ? store_col_int(&r, 0) : 0;
     store_rows_close(&r);
-    if (end == 0) { /* past the last job: start over */
+    if (end == 0) {
         *cursor = 0;
         return ERR_OK;
     }

@@ -336,8 +336,9 @@ BB_WUR enum err job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t
 /* Retention, a sweep in id order that needs no index of its own: among the
  * `limit` jobs after id *cursor, delete the completed and cancelled ones
  * that finished before `before_ms`, with their attempts (dead jobs stay
- * until purged). *cursor moves past them, or back to 0 at the table's end;
- * *deleted gets how many went. */
+ * until purged). *cursor moves past them, or back to 0 at the table's end
+ * or at a job created since `before_ms` (ids follow creation, so none
+ * after it can have finished before then); *deleted gets how many went. */
 BB_WUR enum err job_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit,
                                    int64_t *cursor, int64_t *deleted, struct bb_error *e);
 

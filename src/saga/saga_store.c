@@ -98,6 +98,21 @@ static const struct store_migration MIGRATIONS[] = {
         .sqlite = "SELECT 1;",
         .pg = "ALTER TABLE sagas SET (fillfactor = 50);",
     },
+    {
+        /* The sweep for stranded sagas reads the in-flight ones in id order.
+         * Through (state, id), PostgreSQL took a bitmap scan, which reads
+         * every entry a saga ever had while RUNNING (dead ones too, until a
+         * vacuum) and every heap page they point to: 66,000 entries and
+         * 10,000 pages, 30 to 80 ms, every poll period, after a minute of
+         * checkouts. An index of the in-flight ones alone is read in order,
+         * and that scan marks the dead entries it meets so the next skips
+         * them. SQLite leaves no dead entries behind. */
+        .version = 6,
+        .name = "in-flight sagas by id",
+        .sqlite = "SELECT 1;",
+        .pg = "CREATE INDEX sagas_in_flight ON sagas (id)"
+              " WHERE state IN ('RUNNING', 'COMPENSATING');",
+    },
 };
 
 const struct store_migration *
