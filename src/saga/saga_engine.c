@@ -166,13 +166,19 @@ saga__metric_stuck_reset(void)
 {
     for (size_t i = 0; i < g_n_defs; i++)
         metrics_set(&M_STUCK, 0, g_defs[i]->type);
+    metrics_set(&M_STUCK, 0, SAGA_TYPE_UNREGISTERED);
 }
 
+/* Types this binary has no definition for (retired, or another version's)
+ * count together: the labels stay the registered ones, and no stuck saga
+ * goes unseen. */
 void
 saga__metric_stuck(const char *type, int64_t n)
 {
     if (saga__def_find(type))
         metrics_set(&M_STUCK, (double)n, type);
+    else
+        metrics_add(&M_STUCK, (double)n, SAGA_TYPE_UNREGISTERED);
 }
 
 /* ---- the engine -------------------------------------------------------------------------- */

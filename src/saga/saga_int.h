@@ -119,6 +119,9 @@ void saga__count_started(struct store_conn *c, const char *type, size_t n);
 void saga__count_transition(struct store_conn *c, const char *type, enum saga_state from,
                             enum saga_state to);
 void saga__metric_step(const char *type, const char *step, bool compensating, double seconds);
+/* The backbone_sagas_stuck gauge, refreshed from a count by type; types with
+ * no definition here count under SAGA_TYPE_UNREGISTERED. */
+#define SAGA_TYPE_UNREGISTERED "unregistered"
 void saga__metric_stuck_reset(void);
 void saga__metric_stuck(const char *type, int64_t n);
 

@@ -1394,6 +1394,37 @@ a_cancelled_job_leaves_its_saga_stuck(struct fixture *f, const char *correlation
     assert_int_equal(stuck_gauge(f, "toy"), 0);
 }
 
+static struct store_stmt RETIRED_STUCK = {
+    .sql = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
+           " created_at_ms, updated_at_ms) VALUES ($1, $1, $1, 'STUCK', 1, 3, '{}', 1, 1)"};
+
+static enum err
+retired_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    enum err rc = ERR_OK;
+    static const char *const types[] = {"retired-a", "retired-b"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(types) && rc == ERR_OK; i++) {
+        const struct store_param p[] = {sp_text(types[i])};
+        rc = store_exec(c, &RETIRED_STUCK, p, 1, NULL, e);
+    }
+    return rc;
+}
+
+/* STUCK sagas of types this binary does not know (retired since) are
+ * counted together, under their own label. */
+static void
+stuck_sagas_of_unregistered_types_are_counted_together(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(stuck_gauge(f, SAGA_TYPE_UNREGISTERED), 0);
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, retired_work, NULL, &e), &e);
+    assert_int_equal(stuck_gauge(f, SAGA_TYPE_UNREGISTERED), 2);
+    assert_int_equal(stuck_gauge(f, "toy"), 0);
+    assert_int_equal(metric_or_zero("backbone_sagas_stuck{type=\"retired-a\"}"), 0);
+}
+
 static void
 a_saga_whose_job_is_cancelled_running_is_stuck_then_runs_on(void **state)
 {
@@ -1637,6 +1668,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_failing_compensation_is_stuck_until_retried),
     SAGA_TEST(each_saga_ends_once_in_the_count_of_its_outcome),
     SAGA_TEST(a_saga_whose_job_is_cancelled_running_is_stuck_then_runs_on),
+    SAGA_TEST(stuck_sagas_of_unregistered_types_are_counted_together),
     SAGA_TEST(a_saga_whose_job_is_cancelled_compensating_is_stuck_then_compensates),
     SAGA_TEST(a_saga_whose_job_dies_is_stuck),
     SAGA_TEST(a_sweep_that_read_a_saga_before_its_step_ended_leaves_it_alone),
