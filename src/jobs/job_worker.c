@@ -535,7 +535,9 @@ lease_fit(struct job_pool *p, struct job_lease *lease, int64_t *deadline_mono_ms
     if (left > LEASE_MARGIN_MS) {
         struct extend_unit u = {.lease = lease, .now_ms = now};
         struct bb_error e;
-        enum err rc = store_run(p->store, STORE_WRITE, extend_work, &u, &e);
+        enum err rc = bb_fault("jobs.lease_extend")
+                          ? bb_fail(&e, ERR_UNAVAILABLE, "", "injected fault: the extension failed")
+                          : store_run(p->store, STORE_WRITE, extend_work, &u, &e);
         if (rc == ERR_OK)
             return true;
         if (rc == ERR_STALE_TOKEN) {

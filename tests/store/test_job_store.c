@@ -1393,6 +1393,49 @@ a_prefetched_job_whose_lease_ran_out_is_handed_back_not_run(void **state)
     json_decref(j);
 }
 
+/*
+ * A job that waited in the buffer long enough to need its lease extended
+ * before it starts, whose extension fails for want of the database, is
+ * handed back rather than run on a lease that may not hold: pending again
+ * without losing an attempt, then run afresh.
+ */
+static void
+a_prefetched_job_whose_lease_cannot_be_extended_is_handed_back_not_run(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    struct waiting w = {.late_attempts = 2};
+    waiting_start(f, &w);
+    int64_t expiry = lease_of(f->c, w.late, "pool");
+    while (bb_wall_ms() <= expiry) /* long_job has waited past 10% of its 5 s */
+        bb_sleep_ms(20);
+    assert_ok(bb_faults_arm("jobs.lease_extend=1", 1, &e), &e);
+    waiting_finish(&w, 3); /* the first job, late, and long_job's second attempt */
+    assert_int_equal(bb_faults_injected("jobs.lease_extend"), 1);
+    bb_faults_disarm();
+    struct probe p;
+    assert_int_equal(probes_of(w.long_job, &p), 1);
+    assert_int_equal(p.attempt, 2);
+    json_t *j = get(f->c, w.long_job, bb_wall_ms());
+    int64_t until = bb_mono_ms() + 30000;
+    while (strcmp(json_string_value(json_object_get(j, "state")), "completed") != 0 &&
+           bb_mono_ms() < until) {
+        json_decref(j);
+        bb_sleep_ms(10);
+        j = get(f->c, w.long_job, bb_wall_ms());
+    }
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    const json_t *first = json_array_get(attempts, 0);
+    assert_string_equal(json_string_value(json_object_get(first, "outcome")), "interrupted");
+    assert_non_null(
+        strstr(json_string_value(json_object_get(first, "error")), "could not be extended"));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 1), "outcome")),
+                        "completed");
+    json_decref(j);
+}
+
 static int64_t
 dead_with(struct store_conn *c, const char *handler, const char *error)
 {
@@ -1738,6 +1781,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(jobs_handed_to_the_pool_at_commit_run_at_once),
     JOB_TEST(a_prefetched_job_rescued_while_it_waited_is_not_run_by_its_first_worker),
     JOB_TEST(a_prefetched_job_whose_lease_ran_out_is_handed_back_not_run),
+    JOB_TEST(a_prefetched_job_whose_lease_cannot_be_extended_is_handed_back_not_run),
     JOB_TEST(unique_key_returns_the_first_job_until_it_finishes),
     JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
