@@ -1357,6 +1357,41 @@ a_prefetched_job_rescued_while_it_waited_is_not_run_by_its_first_worker(void **s
     free_leases(u.leases, u.n);
 }
 
+/* The job once it is completed (30 s at most), with its attempts. */
+static json_t *
+await_completed(struct store_conn *c, int64_t id)
+{
+    json_t *j = get(c, id, bb_wall_ms());
+    int64_t until = bb_mono_ms() + 30000;
+    while (strcmp(json_string_value(json_object_get(j, "state")), "completed") != 0 &&
+           bb_mono_ms() < until) {
+        json_decref(j);
+        bb_sleep_ms(10);
+        j = get(c, id, bb_wall_ms());
+    }
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
+    return j;
+}
+
+/* Job `id` was handed back once (`why`), then ran and completed: two
+ * attempts, the second its only run. */
+static void
+handed_back_then_completed(struct store_conn *c, int64_t id, const char *why)
+{
+    struct probe p;
+    assert_int_equal(probes_of(id, &p), 1);
+    assert_int_equal(p.attempt, 2);
+    json_t *j = await_completed(c, id);
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    const json_t *first = json_array_get(attempts, 0);
+    assert_string_equal(json_string_value(json_object_get(first, "outcome")), "interrupted");
+    assert_non_null(strstr(json_string_value(json_object_get(first, "error")), why));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 1), "outcome")),
+                        "completed");
+    json_decref(j);
+}
+
 /*
  * A job whose lease ran out while it waited, not yet rescued, is handed
  * back rather than run: pending again without losing an attempt (it had
@@ -1372,25 +1407,7 @@ a_prefetched_job_whose_lease_ran_out_is_handed_back_not_run(void **state)
     while (bb_wall_ms() <= expiry)
         bb_sleep_ms(20);
     waiting_finish(&w, 3); /* the first job, long_job and late's second attempt */
-    struct probe p;
-    assert_int_equal(probes_of(w.late, &p), 1);
-    assert_int_equal(p.attempt, 2);
-    json_t *j = get(f->c, w.late, bb_wall_ms());
-    int64_t until = bb_mono_ms() + 30000;
-    while (strcmp(json_string_value(json_object_get(j, "state")), "completed") != 0 &&
-           bb_mono_ms() < until) {
-        json_decref(j);
-        bb_sleep_ms(10);
-        j = get(f->c, w.late, bb_wall_ms());
-    }
-    assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
-    json_t *attempts = json_object_get(j, "attempts");
-    assert_int_equal(json_array_size(attempts), 2);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 0), "outcome")),
-                        "interrupted");
-    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 1), "outcome")),
-                        "completed");
-    json_decref(j);
+    handed_back_then_completed(f->c, w.late, "lease ran out");
 }
 
 /*
@@ -1413,27 +1430,7 @@ a_prefetched_job_whose_lease_cannot_be_extended_is_handed_back_not_run(void **st
     waiting_finish(&w, 3); /* the first job, late, and long_job's second attempt */
     assert_int_equal(bb_faults_injected("jobs.lease_extend"), 1);
     bb_faults_disarm();
-    struct probe p;
-    assert_int_equal(probes_of(w.long_job, &p), 1);
-    assert_int_equal(p.attempt, 2);
-    json_t *j = get(f->c, w.long_job, bb_wall_ms());
-    int64_t until = bb_mono_ms() + 30000;
-    while (strcmp(json_string_value(json_object_get(j, "state")), "completed") != 0 &&
-           bb_mono_ms() < until) {
-        json_decref(j);
-        bb_sleep_ms(10);
-        j = get(f->c, w.long_job, bb_wall_ms());
-    }
-    assert_string_equal(json_string_value(json_object_get(j, "state")), "completed");
-    json_t *attempts = json_object_get(j, "attempts");
-    assert_int_equal(json_array_size(attempts), 2);
-    const json_t *first = json_array_get(attempts, 0);
-    assert_string_equal(json_string_value(json_object_get(first, "outcome")), "interrupted");
-    assert_non_null(
-        strstr(json_string_value(json_object_get(first, "error")), "could not be extended"));
-    assert_string_equal(json_string_value(json_object_get(json_array_get(attempts, 1), "outcome")),
-                        "completed");
-    json_decref(j);
+    handed_back_then_completed(f->c, w.long_job, "could not be extended");
 }
 
 static int64_t
