@@ -38,6 +38,6 @@ echo "== clang-format"
 scripts/format.sh --check || status=1
 echo "== clang-tidy"
 scripts/tidy.sh build || status=1
-echo "== fuzz (libFuzzer, 20 s per harness)"
+echo "== fuzz (libFuzzer, 20 s per harness; the API also on PostgreSQL)"
 scripts/fuzz.sh 20 || status=1
 exit $status
