@@ -307,6 +307,8 @@ void bb_combiner_destroy(struct bb_combiner *cb);
 /* sem_wait, again when a signal interrupts it; any other failure aborts. */
 void bb_sem_wait(sem_t *s);
 
+/* The value of hex digit `c` (either case), or -1. */
+int bb_hex_digit(char c);
 /* Lowercase hex SHA-256 of `data`, and HMAC-SHA256 of `data` under `key`. */
 void bb_sha256_hex(const void *data, size_t len, char out[65]);
 void bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65]);

@@ -1,7 +1,7 @@
 /*
  * digest.c: SHA-256 and HMAC-SHA256 in hex (the one file that includes
  * OpenSSL's headers): request fingerprints for idempotency keys, webhook
- * signatures.
+ * signatures; and reading a hex digit.
  */
 #include "base/base.h"
 
@@ -18,6 +18,18 @@ hex(const unsigned char *mac, unsigned len, char out[65])
         out[2 * i + 1] = digits[mac[i] & 15];
     }
     out[64] = '\0';
+}
+
+int
+bb_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
 void

@@ -695,18 +695,6 @@ check_announced_length(struct http_req *r)
         r->body_too_large = true;
 }
 
-static int
-hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /*
  * libmicrohttpd's unescaping of the path and of the query's names and
  * values (%XX; a '%' without two hex digits stays as it is), but for %00,
@@ -721,8 +709,8 @@ unescape(void *cls, struct MHD_Connection *conn, char *s)
     (void)conn;
     char *out = s;
     for (const char *p = s; *p != '\0'; p++) {
-        int hi = p[0] == '%' ? hex_digit(p[1]) : -1;
-        int lo = hi >= 0 ? hex_digit(p[2]) : -1;
+        int hi = p[0] == '%' ? bb_hex_digit(p[1]) : -1;
+        int lo = hi >= 0 ? bb_hex_digit(p[2]) : -1;
         if (lo >= 0 && (hi | lo) != 0) {
             *out++ = (char)(hi * 16 + lo);
             p += 2;

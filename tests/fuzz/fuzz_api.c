@@ -716,18 +716,6 @@ append_escaped(struct bb_buf *url, const char *text, size_t len, const char *als
     }
 }
 
-static int
-hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Could the server take this path parameter (as sent, escaped) for a
  * name? Every route's parameter is an identifier (A-Z a-z 0-9 . _ : @ -,
  * at most 255) once unescaped as the server does (%00 stays escaped), a
@@ -745,8 +733,8 @@ param_is_possible(enum param p, const char *sent)
     size_t n = 0;
     bool digits = true;
     for (const char *c = sent; *c != '\0'; c++, n++) {
-        int hi = c[0] == '%' ? hex_digit(c[1]) : -1;
-        int lo = hi >= 0 ? hex_digit(c[2]) : -1;
+        int hi = c[0] == '%' ? bb_hex_digit(c[1]) : -1;
+        int lo = hi >= 0 ? bb_hex_digit(c[2]) : -1;
         char ch = *c;
         if (lo >= 0 && (hi | lo) != 0) {
             ch = (char)(hi * 16 + lo);

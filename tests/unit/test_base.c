@@ -449,6 +449,20 @@ digests_match_the_published_test_vectors(void **state)
 }
 
 static void
+hex_digits_read_in_either_case(void **state)
+{
+    (void)state;
+    static const char digits[] = "0123456789abcdef", upper[] = "0123456789ABCDEF";
+    for (int i = 0; i < 16; i++) {
+        assert_int_equal(bb_hex_digit(digits[i]), i);
+        assert_int_equal(bb_hex_digit(upper[i]), i);
+    }
+    for (const char *c = "gG%/:@` "; *c; c++)
+        assert_int_equal(bb_hex_digit(*c), -1);
+    assert_int_equal(bb_hex_digit('\0'), -1);
+}
+
+static void
 log_lines_are_json_with_typed_fields_and_context(void **state)
 {
     (void)state;
@@ -889,6 +903,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(json_dumps_writes_what_jansson_writes_byte_for_byte),
     cmocka_unit_test(utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters),
     cmocka_unit_test(digests_match_the_published_test_vectors),
+    cmocka_unit_test(hex_digits_read_in_either_case),
     cmocka_unit_test(log_lines_are_json_with_typed_fields_and_context),
     cmocka_unit_test(log_limit_suppresses_and_counts_bursts),
     cmocka_unit_test(arena_allocations_are_aligned_and_survive_growth),
