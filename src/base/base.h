@@ -484,6 +484,9 @@ bb_fault(const char *point)
 #endif
 BB_WUR enum err bb_faults_arm(const char *spec, uint64_t seed, struct bb_error *e);
 void bb_faults_disarm(void);
+/* Call fn(point) at each failure injected from now on, at any point (the
+ * metric that counts them; NULL: none). Test builds only; a no-op else. */
+void bb_faults_on_inject(void (*fn)(const char *point));
 /* Failures injected at `point` since it was armed. */
 int64_t bb_faults_injected(const char *point);
 

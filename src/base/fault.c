@@ -32,6 +32,7 @@ struct fault_table {
 };
 
 static _Atomic(struct fault_table *) armed;
+static void (*_Atomic on_inject)(const char *point);
 static struct fault_table *retired; /* guarded by arm_mu */
 static pthread_mutex_t arm_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -145,6 +146,12 @@ bb_faults_disarm(void)
     publish(NULL);
 }
 
+void
+bb_faults_on_inject(void (*fn)(const char *point))
+{
+    atomic_store_explicit(&on_inject, fn, memory_order_release);
+}
+
 static struct fault_point *
 find(struct fault_table *t, const char *point)
 {
@@ -183,6 +190,9 @@ bb_fault(const char *point)
         if (p->max > 0 && done >= p->max)
             return false;
     } while (!atomic_compare_exchange_weak(&p->injected, &done, done + 1));
+    void (*fn)(const char *) = atomic_load_explicit(&on_inject, memory_order_acquire);
+    if (fn)
+        fn(point);
     return true;
 }
 #endif

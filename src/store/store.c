@@ -464,7 +464,7 @@ store_query(struct store_conn *c, struct store_stmt *st, const struct store_para
     memset(out, 0, sizeof *out);
     out->engine = c->ops->engine;
     out->row = -1;
-    if (store__fault("store.statement"))
+    if (bb_fault("store.statement"))
         return statement_fault(e);
     struct store_param bound[PARAMS_MAX];
     params = params_bound(c, params, &n_params, bound);
@@ -475,7 +475,7 @@ enum err
 store_exec(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
            size_t n_params, int64_t *changes, struct bb_error *e)
 {
-    if (store__fault("store.statement"))
+    if (bb_fault("store.statement"))
         return statement_fault(e);
     int64_t n = 0;
     struct store_param bound[PARAMS_MAX];
@@ -490,7 +490,7 @@ enum err
 store_exec_deferred(struct store_conn *c, struct store_stmt *st, const struct store_param *params,
                     size_t n_params, struct bb_error *e)
 {
-    if (store__fault("store.statement"))
+    if (bb_fault("store.statement"))
         return statement_fault(e);
     struct store_param bound[PARAMS_MAX];
     params = params_bound(c, params, &n_params, bound);
@@ -505,7 +505,7 @@ store_exec_many(struct store_conn *c, struct store_stmt *st, const struct store_
 {
     if (n_rows == 0)
         return ERR_OK;
-    if (store__fault("store.statement"))
+    if (bb_fault("store.statement"))
         return statement_fault(e);
     for (size_t i = 0; i < n_params * n_rows; i++)
         BB_ASSERT(params[i].type != STORE_T_BATCH);
@@ -579,13 +579,13 @@ store_commit(struct store_conn *c, struct bb_error *e)
 {
     BB_ASSERT(c->in_txn);
     enum err rc;
-    if (store__fault("store.commit")) {
+    if (bb_fault("store.commit")) {
         c->ops->rollback(c);
         rc = bb_fail(e, ERR_STORE, "", "injected fault: the commit failed");
     } else {
         rc = c->ops->commit(c, e);
         /* The commit's answer lost on the way: the caller cannot tell. */
-        if (rc == ERR_OK && store__fault("store.commit_lost"))
+        if (rc == ERR_OK && bb_fault("store.commit_lost"))
             rc = bb_fail(e, ERR_STORE, "", "injected fault: the commit's answer was lost");
     }
     c->in_txn = false;
@@ -813,13 +813,10 @@ static struct metrics_def M_FAULTS = {
     .labels = {"point"},
 };
 
-bool
-store__fault(const char *point)
+static void
+count_fault(const char *point)
 {
-    if (!bb_fault(point))
-        return false;
     metrics_add(&M_FAULTS, 1, point);
-    return true;
 }
 #endif
 static struct metrics_def M_QUEUE = {
@@ -839,6 +836,7 @@ store__metrics_register(void)
     metrics_register(&M_GROUP_ALONE);
 #ifdef BB_FAULTS
     metrics_register(&M_FAULTS);
+    bb_faults_on_inject(count_fault); /* every point's, the store's and others' */
 #endif
 }
 

@@ -161,11 +161,5 @@ void store__metrics_batch(enum store_engine engine, size_t n_units, int64_t comm
 void store__metrics_retry(enum store_engine engine);
 void store__metrics_group_fallback(enum store_engine engine);
 void store__metrics_queue_depth(size_t depth);
-/* bb_fault(point), counted in backbone_faults_injected_total when it fires. */
-#ifdef BB_FAULTS
-bool store__fault(const char *point);
-#else
-#define store__fault(point) bb_fault(point)
-#endif
 
 #endif /* BB_STORE_INT_H */

@@ -1426,9 +1426,12 @@ a_prefetched_job_whose_lease_cannot_be_extended_is_handed_back_not_run(void **st
     int64_t expiry = lease_of(f->c, w.late, "pool");
     while (bb_wall_ms() <= expiry) /* long_job has waited past 10% of its 5 s */
         bb_sleep_ms(20);
+    static const char series[] = "backbone_faults_injected_total{point=\"jobs.lease_extend\"}";
+    int64_t counted = test_metric(series) < 0 ? 0 : test_metric(series);
     assert_ok(bb_faults_arm("jobs.lease_extend=1", 1, &e), &e);
     waiting_finish(&w, 3); /* the first job, late, and long_job's second attempt */
     assert_int_equal(bb_faults_injected("jobs.lease_extend"), 1);
+    assert_int_equal(test_metric(series), counted + 1); /* every point counts there */
     bb_faults_disarm();
     handed_back_then_completed(f->c, w.long_job, "could not be extended");
 }
