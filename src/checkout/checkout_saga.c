@@ -407,6 +407,40 @@ free_superseded_payment_locks(struct saga_step_run *const *runs, size_t n, int64
     return rc;
 }
 
+/* Take again the locks lock_acquire_many refused (tokens[i] == 0; `nr` of
+ * the n) that an earlier run of their saga held: freed, they are this
+ * run's, with a larger token. */
+static enum err
+retake_refused_payment_locks(struct saga_step_run **runs, const char *const *np,
+                             const char *const *op, size_t n, size_t nr, int64_t *tokens,
+                             struct bb_error *e)
+{
+    const struct checkout_saga *cs = runs[0]->ctx;
+    struct saga_step_run **refused = xcalloc(nr, sizeof *refused);
+    const char **rnp = xcalloc(nr, sizeof *rnp), **rop = xcalloc(nr, sizeof *rop);
+    int64_t *rtokens = xcalloc(nr, sizeof *rtokens);
+    for (size_t i = 0, k = 0; i < n; i++) {
+        if (tokens[i] == 0) {
+            refused[k] = runs[i];
+            rnp[k] = np[i];
+            rop[k++] = op[i];
+        }
+    }
+    int64_t freed = 0;
+    enum err rc = free_superseded_payment_locks(refused, nr, &freed, e);
+    if (rc == ERR_OK && freed > 0)
+        rc = lock_acquire_many(runs[0]->c, rnp, rop, nr, cs->opt.payment_lock_ttl_ms, bb_wall_ms(),
+                               rtokens, e);
+    for (size_t i = 0, k = 0; rc == ERR_OK && freed > 0 && i < n; i++)
+        if (tokens[i] == 0)
+            tokens[i] = rtokens[k++];
+    free(rtokens);
+    free(rop);
+    free(rnp);
+    free(refused);
+    return rc;
+}
+
 /* The authorization the step asks for, fenced by `token`. */
 static struct payment_request
 authorization(const struct saga_step_run *run, int64_t token)
@@ -502,31 +536,11 @@ hold_payment_locks(struct saga_step_run **runs, size_t n, int64_t *tokens, struc
     }
     enum err rc = lock_acquire_many(runs[0]->c, np, op, n, cs->opt.payment_lock_ttl_ms,
                                     bb_wall_ms(), tokens, e);
-    /* The refused, once an earlier run of their saga no longer holds them. */
-    struct saga_step_run **refused = xcalloc(n, sizeof *refused);
-    const char **rnp = xcalloc(n, sizeof *rnp), **rop = xcalloc(n, sizeof *rop);
-    int64_t *rtokens = xcalloc(n, sizeof *rtokens);
-    size_t nr = 0;
-    for (size_t i = 0; rc == ERR_OK && i < n; i++) {
-        if (tokens[i] == 0) {
-            refused[nr] = runs[i];
-            rnp[nr] = np[i];
-            rop[nr++] = op[i];
-        }
-    }
-    int64_t freed = 0;
-    if (nr > 0)
-        rc = free_superseded_payment_locks(refused, nr, &freed, e);
-    if (rc == ERR_OK && freed > 0)
-        rc = lock_acquire_many(runs[0]->c, rnp, rop, nr, cs->opt.payment_lock_ttl_ms, bb_wall_ms(),
-                               rtokens, e);
-    for (size_t i = 0, k = 0; rc == ERR_OK && freed > 0 && i < n; i++)
-        if (tokens[i] == 0)
-            tokens[i] = rtokens[k++];
-    free(rtokens);
-    free(rop);
-    free(rnp);
-    free(refused);
+    size_t refused = 0;
+    for (size_t i = 0; rc == ERR_OK && i < n; i++)
+        refused += tokens[i] == 0;
+    if (refused > 0)
+        rc = retake_refused_payment_locks(runs, np, op, n, refused, tokens, e);
     if (rc == ERR_OK)
         rc = prepare_payments(runs, tokens, n, e);
     free(op);
