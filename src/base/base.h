@@ -445,6 +445,11 @@ BB_WUR enum err bb_json_text(const json_t *obj, const char *key, bool required, 
 /* Put `prefix` ("items[3].") before the failed field ("qty"); an error
  * without a field gets the prefix alone ("items[3]"). */
 void bb_error_prefix_field(struct bb_error *e, const char *prefix);
+/* jansson refuses an integer beyond int64 as malformed, its error's
+ * position `end` just past the literal; this names where the literal is
+ * ("items[2].qty", "" for the whole body). False when the text has no
+ * literal there or does not parse even without it. */
+bool bb_json_wide_integer_field(const char *text, size_t len, size_t end, char *field, size_t cap);
 /* Reject members not named in `allowed` (NULL-terminated). */
 BB_WUR enum err bb_json_only(const json_t *obj, const char *const *allowed, struct bb_error *e);
 /* Serialize compactly into a heap string (free()); the text is jansson's

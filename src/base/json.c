@@ -84,6 +84,76 @@ bb_json_text(const json_t *obj, const char *key, bool required, size_t max_len, 
     return ERR_OK;
 }
 
+/* What stands in for the wide literal: a string no request means. */
+static const char WIDE_MARK_JSON[] = "\"\\u0000wide integer\\u0000\"";
+static const char WIDE_MARK[] = "\0wide integer\0";
+
+/* Where a path of `at` bytes ends after snprintf wrote n more (truncated
+ * at the buffer's end). */
+static size_t
+path_end(int n, size_t at, size_t cap)
+{
+    if (n < 0 || (size_t)n >= cap - at)
+        return cap - 1;
+    return at + (size_t)n;
+}
+
+/* Depth-first: `path` holds the way down to v, `at` its length. */
+static bool
+find_wide_mark(const json_t *v, char *path, size_t cap, size_t at)
+{
+    if (json_is_string(v))
+        return json_string_length(v) == sizeof WIDE_MARK - 1 &&
+               memcmp(json_string_value(v), WIDE_MARK, sizeof WIDE_MARK - 1) == 0;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            int n = snprintf(path + at, cap - at, "[%zu]", i);
+            if (find_wide_mark(json_array_get(v, i), path, cap, path_end(n, at, cap)))
+                return true;
+        }
+    } else if (json_is_object(v)) {
+        const char *key;
+        const json_t *member;
+        json_object_foreach((json_t *)v, key, member)
+        {
+            int n = snprintf(path + at, cap - at, "%s%s", at > 0 ? "." : "", key);
+            if (find_wide_mark(member, path, cap, path_end(n, at, cap)))
+                return true;
+        }
+    }
+    path[at] = '\0';
+    return false;
+}
+
+bool
+bb_json_wide_integer_field(const char *text, size_t len, size_t end, char *field, size_t cap)
+{
+    if (cap == 0 || end > len)
+        return false;
+    field[0] = '\0';
+    size_t start = end;
+    while (start > 0 &&
+           (text[start - 1] == '-' || (text[start - 1] >= '0' && text[start - 1] <= '9')))
+        start--;
+    if (start == end)
+        return false;
+    /* The text again with a marker string where the literal was; later
+     * wide literals decode as reals. */
+    struct bb_buf b;
+    bb_buf_init(&b);
+    bb_buf_append(&b, text, start);
+    bb_buf_append(&b, WIDE_MARK_JSON, sizeof WIDE_MARK_JSON - 1);
+    bb_buf_append(&b, text + end, len - end);
+    json_t *doc =
+        json_loadb(b.data, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
+    bb_buf_deinit(&b);
+    if (doc == NULL)
+        return false;
+    bool found = find_wide_mark(doc, field, cap, 0);
+    json_decref(doc);
+    return found;
+}
+
 void
 bb_error_prefix_field(struct bb_error *e, const char *prefix)
 {

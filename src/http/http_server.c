@@ -223,9 +223,16 @@ http_req_json_object(struct http_req *r, json_t **out, struct bb_error *e)
          * member names are refused, being ambiguous. */
         r->json = json_loadb(r->body.data, r->body.len,
                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        if (r->json == NULL)
+        if (r->json == NULL) {
+            char field[sizeof e->field];
+            if (json_error_code(&jerr) == json_error_numeric_overflow &&
+                bb_json_wide_integer_field(r->body.data, r->body.len, (size_t)jerr.position, field,
+                                           sizeof field))
+                return bb_fail(e, ERR_INVALID, field, "%s must be an integer within 64 bits",
+                               field[0] ? field : "the body");
             return bb_fail(e, ERR_MALFORMED, "", "malformed JSON at line %d, column %d: %s",
                            jerr.line, jerr.column, jerr.text);
+        }
     }
     if (!json_is_object(r->json))
         return bb_fail(e, ERR_INVALID, "", "request body must be a JSON object");

@@ -123,6 +123,21 @@ def test_json_test_suite_bodies_get_4xx_and_never_harm_the_server(server, kind):
     assert server.get("/locks").json()["locks"] == []
 
 
+def test_an_integer_beyond_64_bits_is_refused_naming_its_field(server):
+    # jansson cannot hold it, so it never reaches a field's own check; the
+    # error still says where it is, and nothing is written.
+    raw = b'{"owner":"w1","ttl_ms":99999999999999999999}'
+    doc = problem(server.post("/locks/wide/acquire", raw=raw,
+                              headers={"Content-Type": "application/json"}), 400, "invalid_request",
+                  "ttl_ms")
+    assert "64 bits" in doc["detail"]
+    raw = b'{"items":[{"sku":"a","qty":1},{"sku":"b","qty":-18446744073709551616}]}'
+    problem(server.post("/inventory/reservations", raw=raw,
+                        headers={"Content-Type": "application/json"}), 400, "invalid_request",
+            "items[1].qty")
+    assert server.get("/locks/wide").status_code == 404
+
+
 def test_non_json_content_type_is_415(server):
     problem(server.post("/locks/a/acquire", raw=b"owner=x",
                         headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type",

@@ -331,6 +331,43 @@ json_only_names_the_unknown_field(void **state)
 }
 
 static void
+json_wide_integer_field_names_the_path_to_it(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text, *field;
+    } cases[] = {
+        {"{\"ttl_ms\":99999999999999999999}", "ttl_ms"},
+        {"{\"a\":1.5e300,\"items\":[{\"qty\":1},{\"qty\":-9223372036854775809}]}", "items[1].qty"},
+        {"[1,[2,18446744073709551616]]", "[1][1]"},
+        {"123456789012345678901234567890", ""},
+        {"{\"a\":{\"b\":[99999999999999999999]},\"c\":99999999999999999999}", "a.b[0]"},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        char field[96] = "x";
+        json_error_t jerr;
+        assert_null(json_loads(cases[i].text, JSON_DECODE_ANY, &jerr));
+        assert_int_equal(json_error_code(&jerr), json_error_numeric_overflow);
+        assert_true(bb_json_wide_integer_field(cases[i].text, strlen(cases[i].text),
+                                               (size_t)jerr.position, field, sizeof field));
+        assert_string_equal(field, cases[i].field);
+    }
+    /* No literal ends there, or the text is broken elsewhere too. */
+    char field[96];
+    const char *broken = "{\"n\":99999999999999999999,}";
+    size_t past = (size_t)(strchr(broken, ',') - broken);
+    assert_false(bb_json_wide_integer_field(broken, strlen(broken), past, field, sizeof field));
+    assert_false(bb_json_wide_integer_field(broken, strlen(broken), past + 1, field, sizeof field));
+    assert_false(bb_json_wide_integer_field(broken, strlen(broken), 99, field, sizeof field));
+    /* A path longer than the buffer is cut, never overrun. */
+    char small[8];
+    const char *deep = "{\"abcdefghij\":{\"k\":99999999999999999999}}";
+    size_t deep_end = (size_t)(strchr(deep, '}') - deep);
+    assert_true(bb_json_wide_integer_field(deep, strlen(deep), deep_end, small, sizeof small));
+    assert_string_equal(small, "abcdefg");
+}
+
+static void
 buf_json_string_escapes_controls_and_quotes(void **state)
 {
     (void)state;
@@ -899,6 +936,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(json_int_accepts_only_integers_in_range),
     cmocka_unit_test(json_string_rejects_empty_long_and_nul),
     cmocka_unit_test(json_only_names_the_unknown_field),
+    cmocka_unit_test(json_wide_integer_field_names_the_path_to_it),
     cmocka_unit_test(buf_json_string_escapes_controls_and_quotes),
     cmocka_unit_test(json_dumps_writes_what_jansson_writes_byte_for_byte),
     cmocka_unit_test(utf8_copy_replaces_invalid_bytes_and_controls_and_cuts_whole_characters),
