@@ -205,7 +205,7 @@ BAD_INPUT = [
     ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": -1}, 400, "invalid_request", "ttl_ms"),
     ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": 0}, 400, "invalid_request", "ttl_ms"),
     ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": 10**15}, 400, "invalid_request", "ttl_ms"),
-    ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": 2**70}, 400, "malformed_json", None),
+    ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": 2**70}, 400, "invalid_request", "ttl_ms"),
     ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": "30"}, 400, "invalid_request", "ttl_ms"),
     ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": 1.5}, 400, "invalid_request", "ttl_ms"),
     ("POST", "/locks/a/acquire", {"owner": "w", "ttl_ms": None}, 400, "invalid_request", "ttl_ms"),
