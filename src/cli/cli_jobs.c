@@ -233,7 +233,8 @@ human_queues(const json_t *o)
                json_integer_value(json_object_get(q, "concurrency")));
         json_int_t per_key = json_integer_value(json_object_get(q, "key_concurrency"));
         if (per_key > 0)
-            printf(" per key %" JSON_INTEGER_FORMAT, per_key);
+            printf(" per key %" JSON_INTEGER_FORMAT " (parked %" JSON_INTEGER_FORMAT ")", per_key,
+                   json_integer_value(json_object_get(d, "parked")));
         const json_t *rate = json_object_get(q, "rate_limit");
         if (json_is_object(rate))
             printf(" rate %" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT "ms",

@@ -51,8 +51,9 @@ static struct metrics_def M_LATENCY = {
 };
 static struct metrics_def M_DEPTH = {
     .name = "backbone_jobs",
-    .help = "Jobs waiting or running, by queue and state (ready, scheduled, running, dead: "
-            "the dead-letter queue).",
+    .help = "Jobs waiting or running, by queue and state (ready, scheduled, parked: ready but "
+            "waiting for their concurrency key to have room, running, dead: the dead-letter "
+            "queue).",
     .type = METRICS_GAUGE,
     .labels = {"queue", "state"},
 };

@@ -32,6 +32,19 @@
     " backoff_factor_milli, backoff_cap_ms, backoff_jitter_pct, lease_ms, created_at_ms," \
     " updated_at_ms) VALUES ('default', 0, 0, 5, 1000, 4000, 3600000, 10, 60000, 0, 0);"
 
+/* The claims' index: pending jobs, but for those parked (migration 8). */
+#define JOBS_READY_INDEX                                                              \
+    "CREATE INDEX jobs_ready ON jobs (queue, external, priority DESC, run_at_ms, id)" \
+    " WHERE state = 'pending' AND parked = 0;"
+#define JOBS_PARKED_INDEX                                                                     \
+    "CREATE INDEX jobs_parked ON jobs (queue, concurrency_key, priority DESC, run_at_ms, id)" \
+    " WHERE state = 'pending' AND parked = 1;"
+/* Only a queue with a per-key limit parks jobs, so only its notes are read. */
+#define JOBS_NOTE_FREED_KEY                                  \
+    "INSERT INTO job_keys_freed (queue, concurrency_key)"    \
+    " SELECT OLD.queue, OLD.concurrency_key FROM job_queues" \
+    " WHERE name = OLD.queue AND key_concurrency > 0"
+
 static const struct store_migration MIGRATIONS[] = {
     {
         .version = 1,
@@ -191,6 +204,36 @@ static const struct store_migration MIGRATIONS[] = {
               "CREATE INDEX jobs_running_keys ON jobs (queue, concurrency_key)"
               " WHERE state = 'running' AND concurrency_key IS NOT NULL;",
     },
+    {
+        /* Jobs whose key was full when a claim saw them step out of the
+         * ready index (parked) until a job of their key stops running: the
+         * trigger notes the key, and the queue's next claim, serialised
+         * with the others, takes the note and unparks the key's first jobs.
+         * The note is written whoever ends the run (completion, failure,
+         * cancel, rescue, hand-back), and read only by claims: a claim that
+         * parks a job while its key's running job ends leaves the note for
+         * the claim after it. */
+        .version = 8,
+        .name = "jobs of a full concurrency key wait aside",
+        .sqlite = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
+                  "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
+                  "CREATE TABLE job_keys_freed (id INTEGER PRIMARY KEY,"
+                  " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
+                  "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);"
+                  "CREATE TRIGGER jobs_key_freed AFTER UPDATE OF state ON jobs"
+                  " WHEN OLD.state = 'running' AND NEW.state <> 'running'"
+                  " AND OLD.concurrency_key IS NOT NULL BEGIN " JOBS_NOTE_FREED_KEY "; END;",
+        .pg = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
+              "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
+              "CREATE TABLE job_keys_freed (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+              " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
+              "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);"
+              "CREATE FUNCTION jobs_key_freed() RETURNS trigger LANGUAGE plpgsql AS $$"
+              " BEGIN " JOBS_NOTE_FREED_KEY "; RETURN NULL; END $$;"
+              "CREATE TRIGGER jobs_key_freed AFTER UPDATE OF state ON jobs FOR EACH ROW"
+              " WHEN (OLD.state = 'running' AND NEW.state <> 'running'"
+              " AND OLD.concurrency_key IS NOT NULL) EXECUTE FUNCTION jobs_key_freed();",
+    },
 };
 
 static struct store_stmt DEAD_UNPRINTED = {
@@ -314,6 +357,14 @@ static struct store_stmt QUEUE_PUT = {
            " key_concurrency = excluded.key_concurrency,"
            " updated_at_ms = excluded.updated_at_ms",
 };
+/* A queue's limit changed (or went): every parked job is ready again, its
+ * notes moot. */
+static struct store_stmt UNPARK_QUEUE = {
+    .sql = "UPDATE jobs SET parked = 0 WHERE queue = $1 AND state = 'pending' AND parked = 1",
+};
+static struct store_stmt FREED_KEYS_DROP = {
+    .sql = "DELETE FROM job_keys_freed WHERE queue = $1",
+};
 /* The rate limit's bucket (its row locked by QUEUE_GET_LOCKED first). */
 static struct store_stmt QUEUE_RATE_GET = {
     .sql = "SELECT rate_milli, rate_at_ms FROM job_queues WHERE name = $1",
@@ -343,7 +394,9 @@ static struct store_stmt QUEUE_LIST = {
  * retention. $2: one queue, or '' for all. */
 static struct store_stmt QUEUE_DEPTH = {
     .sql = "SELECT queue, 'pending', COUNT(*), COUNT(*) FILTER (WHERE run_at_ms > $1) FROM jobs"
-           " WHERE state = 'pending' AND ($2 = '' OR queue = $2) GROUP BY queue"
+           " WHERE state = 'pending' AND parked = 0 AND ($2 = '' OR queue = $2) GROUP BY queue"
+           " UNION ALL SELECT queue, 'parked', COUNT(*), 0 FROM jobs"
+           " WHERE state = 'pending' AND parked = 1 AND ($2 = '' OR queue = $2) GROUP BY queue"
            " UNION ALL SELECT queue, 'running', COUNT(*), 0 FROM jobs WHERE state = 'running'"
            " AND lease_expires_at_ms IS NOT NULL AND ($2 = '' OR queue = $2) GROUP BY queue"
            " UNION ALL SELECT queue, 'dead', COUNT(*), 0 FROM jobs"
@@ -382,6 +435,22 @@ queue_from_row(const struct store_rows *r, struct job_queue *q)
     q->key_concurrency = store_col_int(r, 11);
 }
 
+static enum err
+queue_read(struct store_conn *c, struct store_stmt *st, const char *name, struct job_queue *out,
+           struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_text(name)};
+    enum err rc = store_query(c, st, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool found = store_next(&r);
+    if (found)
+        queue_from_row(&r, out);
+    store_rows_close(&r);
+    return found ? ERR_OK : bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", name);
+}
+
 enum err
 job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, struct bb_error *e)
 {
@@ -401,23 +470,20 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
         sp_int(now_ms),
     };
     BB_ASSERT((q->rate_max > 0) == (q->rate_per_ms > 0));
-    return store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
-}
-
-static enum err
-queue_read(struct store_conn *c, struct store_stmt *st, const char *name, struct job_queue *out,
-           struct bb_error *e)
-{
-    struct store_rows r;
-    const struct store_param p[] = {sp_text(name)};
-    enum err rc = store_query(c, st, p, 1, &r, e);
-    if (rc != ERR_OK)
+    struct job_queue was;
+    enum err rc = queue_read(c, &QUEUE_GET, q->name, &was, e);
+    if (rc == ERR_NOT_FOUND)
+        was.key_concurrency = q->key_concurrency;
+    else if (rc != ERR_OK)
         return rc;
-    bool found = store_next(&r);
-    if (found)
-        queue_from_row(&r, out);
-    store_rows_close(&r);
-    return found ? ERR_OK : bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", name);
+    rc = store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+    if (rc != ERR_OK || was.key_concurrency == q->key_concurrency)
+        return rc;
+    /* Jobs parked under the old per-key limit are judged by the new one
+     * (or by none) at the next claim. */
+    const struct store_param name[] = {sp_text(q->name)};
+    rc = store_exec(c, &UNPARK_QUEUE, name, 1, NULL, e);
+    return rc == ERR_OK ? store_exec(c, &FREED_KEYS_DROP, name, 1, NULL, e) : rc;
 }
 
 enum err
@@ -464,7 +530,7 @@ queue_json(const struct job_queue *q)
                                                     "per_ms", (json_int_t)q->rate_per_ms)
                                         : json_null());
     json_t *depth = json_object();
-    static const char *const keys[] = {"ready", "scheduled", "running", "dead"};
+    static const char *const keys[] = {"ready", "scheduled", "parked", "running", "dead"};
     for (size_t i = 0; i < BB_ARRAY_LEN(keys); i++)
         json_object_set_new(depth, keys[i], json_integer(0));
     json_object_set_new(o, "depth", depth);
@@ -883,7 +949,7 @@ job_submit_many_here(struct store_conn *c, struct job_pool *pool, const struct j
     " attempt, max_attempts, attempt_limit, max_duration_ms, lease_token, leased_by,"         \
     " lease_expires_at_ms, started_at_ms, finished_at_ms, last_error, schedule,"              \
     " scheduled_for_ms, created_at_ms, updated_at_ms, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint, traceparent, concurrency_key"
+    " backoff_cap_ms, backoff_jitter_pct, error_fingerprint, traceparent, concurrency_key, parked"
 
 static struct store_stmt JOB_GET = {.sql = "SELECT " JOB_COLUMNS " FROM jobs WHERE id = $1"};
 /* A completed job's last attempt is its own row (completions write no
@@ -952,6 +1018,8 @@ job_row_json(const struct store_rows *r, int64_t now_ms)
     json_object_set_new(o, "schedule", text_json(r, 20));
     json_object_set_new(o, "traceparent", text_json(r, 29));
     json_object_set_new(o, "concurrency_key", text_json(r, 30));
+    if (strcmp(state, "pending") == 0)
+        json_object_set_new(o, "parked", json_boolean(store_col_int(r, 31) != 0));
     json_object_set_new(o, "created_at", time_json(r, 22));
     json_object_set_new(o, "updated_at", time_json(r, 23));
     struct job_backoff b = {store_col_int(r, 24), store_col_int(r, 25), store_col_int(r, 26),
@@ -1099,7 +1167,7 @@ job_states_many(struct store_conn *c, const int64_t *ids, size_t n, enum job_sta
 
 static struct store_stmt JOB_STATE = {.sql = "SELECT state, queue FROM jobs WHERE id = $1"};
 static struct store_stmt JOB_CANCEL = {
-    .sql = "UPDATE jobs SET state = 'cancelled', lease_token = lease_token + 1,"
+    .sql = "UPDATE jobs SET state = 'cancelled', lease_token = lease_token + 1, parked = 0,"
            " lease_expires_at_ms = NULL, finished_at_ms = $2, updated_at_ms = $2"
            " WHERE id = $1 AND state IN ('pending', 'running')",
 };
@@ -1283,7 +1351,7 @@ static struct store_stmt JOB_CLAIM = {
            " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
            " started_at_ms = $3, updated_at_ms = $3"
            " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
-           " AND external = $2 AND run_at_ms <= $3"
+           " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
            " ORDER BY priority DESC, run_at_ms, id LIMIT $4)"
            " RETURNING " LEASE_COLUMNS,
     .sql_pg = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
@@ -1291,7 +1359,7 @@ static struct store_stmt JOB_CLAIM = {
               " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
               " started_at_ms = $3, updated_at_ms = $3"
               " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
-              " AND external = $2 AND run_at_ms <= $3"
+              " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
               " ORDER BY priority DESC, run_at_ms, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
               " RETURNING " LEASE_COLUMNS,
 };
@@ -1317,12 +1385,39 @@ static struct store_stmt JOB_CLAIM_KEYED = {
            " w.concurrency_key, ROW_NUMBER() OVER (PARTITION BY w.concurrency_key"
            " ORDER BY w.priority DESC, w.run_at_ms, w.id) AS ahead"
            " FROM (SELECT id, priority, run_at_ms, concurrency_key FROM jobs"
-           " WHERE queue = $1 AND state = 'pending' AND external = $2 AND run_at_ms <= $3"
-           " ORDER BY priority DESC, run_at_ms, id LIMIT $8) w) c"
+           " WHERE queue = $1 AND state = 'pending' AND parked = 0 AND external = $2"
+           " AND run_at_ms <= $3 ORDER BY priority DESC, run_at_ms, id LIMIT $8) w) c"
            " WHERE c.concurrency_key IS NULL OR c.ahead + (SELECT COUNT(*) FROM jobs r"
            " WHERE r.queue = $1 AND r.state = 'running' AND r.concurrency_key = c.concurrency_key)"
            " <= $7 ORDER BY c.priority DESC, c.run_at_ms, c.id LIMIT $4)"
            " RETURNING " LEASE_COLUMNS,
+};
+/* The keys whose running jobs ended since the queue's last claim. */
+static struct store_stmt FREED_KEYS_TAKE = {
+    .sql = "DELETE FROM job_keys_freed WHERE queue = $1 RETURNING concurrency_key",
+};
+/* Back into the ready index: the first $3 parked jobs of each key in $2 (a
+ * JSON array); those the claim after this finds still held back are parked
+ * again. */
+static struct store_stmt UNPARK_KEYS = {
+    .sql_pg = "UPDATE jobs SET parked = 0 WHERE id IN (SELECT j.id FROM"
+              " (SELECT DISTINCT k FROM json_array_elements_text($2::json) k) ks CROSS JOIN LATERAL"
+              " (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND parked = 1"
+              " AND concurrency_key = ks.k ORDER BY priority DESC, run_at_ms, id LIMIT $3) j)",
+    .sql_sqlite = "UPDATE jobs SET parked = 0 WHERE id IN (SELECT j.id FROM"
+                  " (SELECT DISTINCT value AS k FROM json_each($2)) ks JOIN jobs j ON j.id IN"
+                  " (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND parked = 1"
+                  " AND concurrency_key = ks.k ORDER BY priority DESC, run_at_ms, id LIMIT $3))",
+};
+/* Aside: among the first $5 ready jobs, those whose key runs $4 already. */
+static struct store_stmt PARK_FULL_KEYS = {
+    .sql = "UPDATE jobs SET parked = 1 WHERE state = 'pending' AND id IN (SELECT w.id FROM"
+           " (SELECT id, concurrency_key FROM jobs WHERE queue = $1 AND state = 'pending'"
+           " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
+           " ORDER BY priority DESC, run_at_ms, id LIMIT $5) w"
+           " WHERE w.concurrency_key IS NOT NULL AND (SELECT COUNT(*) FROM jobs r"
+           " WHERE r.queue = $1 AND r.state = 'running' AND r.concurrency_key = w.concurrency_key)"
+           " >= $4)",
 };
 static struct store_stmt JOB_HEARTBEAT = {
     .sql = "UPDATE jobs SET lease_expires_at_ms = $4, updated_at_ms = $3"
@@ -1400,6 +1495,30 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
     return ERR_OK;
 }
 
+/* The notes of keys whose running jobs ended, taken: their first parked
+ * jobs go back to the ready index, before the claim looks at it. */
+static enum err
+unpark_freed_keys(struct store_conn *c, const char *queue, int64_t per_key, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(queue)};
+    struct store_rows r;
+    enum err rc = store_query(c, &FREED_KEYS_TAKE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    json_t *keys = json_array();
+    while (store_next(&r))
+        json_array_append_new(keys, json_string(store_col_text(&r, 0)));
+    store_rows_close(&r);
+    if (json_array_size(keys) > 0) {
+        char *text = bb_json_dumps(keys);
+        const struct store_param u[] = {sp_text(queue), sp_text(text), sp_int(per_key)};
+        rc = store_exec(c, &UNPARK_KEYS, u, BB_ARRAY_LEN(u), NULL, e);
+        free(text);
+    }
+    json_decref(keys);
+    return rc;
+}
+
 enum err
 job_claim(struct store_conn *c, const char *queue, const char *worker, bool external, int64_t max,
           int64_t lease_ms, int64_t now_ms, struct job_lease **leases, size_t *n,
@@ -1440,7 +1559,9 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
         paced = milli / 1000 < max;
         max = paced ? milli / 1000 : max;
     }
-    if (max > 0) {
+    if (max > 0 && q.key_concurrency > 0)
+        rc = unpark_freed_keys(c, queue, q.key_concurrency, e);
+    if (rc == ERR_OK && max > 0) {
         const struct store_param p[] = {
             sp_text(queue),
             sp_int(external),
@@ -1457,6 +1578,13 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
         if (rc != ERR_OK)
             return rc;
         leases_from(&r, leases, n);
+        /* Short of what it wanted: what it passed over waits aside, so the
+         * next claim's window reaches past a full key's backlog. */
+        if (q.key_concurrency > 0 && (int64_t)*n < max) {
+            const struct store_param w[] = {sp_text(queue), sp_int(external), sp_int(now_ms),
+                                            sp_int(q.key_concurrency), sp_int(JOB_KEYED_SCAN)};
+            rc = store_exec(c, &PARK_FULL_KEYS, w, BB_ARRAY_LEN(w), NULL, e);
+        }
     }
     /* Held back by the rate (every start it allowed taken): when it lets
      * the next one go. */
@@ -2131,7 +2259,7 @@ static struct store_stmt LIMITED_QUEUES = {
 static struct store_stmt CLAIM_UNLIMITED = {
     .sql_pg = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q CROSS JOIN LATERAL"
                         " (SELECT id, priority, run_at_ms FROM jobs WHERE queue = q.name"
-                        " AND state = 'pending' AND external = 0 AND run_at_ms <= $1"
+                        " AND state = 'pending' AND parked = 0 AND external = 0 AND run_at_ms <= $1"
                         " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
                         " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0"
                         " AND q.key_concurrency = 0 AND (json_array_length($4::json)"
@@ -2140,7 +2268,7 @@ static struct store_stmt CLAIM_UNLIMITED = {
                         " RETURNING " LEASE_COLUMNS,
     .sql_sqlite = CLAIM_SET " WHERE id IN (SELECT j.id FROM job_queues q JOIN jobs j ON j.id IN"
                             " (SELECT id FROM jobs WHERE queue = q.name AND state = 'pending'"
-                            " AND external = 0 AND run_at_ms <= $1"
+                            " AND parked = 0 AND external = 0 AND run_at_ms <= $1"
                             " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
                             " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0"
                             " AND q.key_concurrency = 0 AND (json_array_length($4)"

@@ -275,10 +275,10 @@ void job_lease_deinit(struct job_lease *l);
  * max_duration plus a second. `external` picks the pull API's jobs (handler
  * "external...") or the embedded workers'. Honours the queue's pause,
  * concurrency limits (all jobs, and per concurrency_key: then among the
- * JOB_KEYED_SCAN first ready jobs) and rate limit; when the rate limit held
- * jobs back,
- * *throttled_until_ms (if non-NULL; else 0) is when the next start is
- * allowed. On PostgreSQL concurrent claimers skip each other's rows (FOR
+ * JOB_KEYED_SCAN first ready jobs, and a claim left short parks those of
+ * full keys until a job of their key stops running) and rate limit; when
+ * the rate limit held jobs back, *throttled_until_ms (if non-NULL; else 0)
+ * is when the next start is allowed. On PostgreSQL concurrent claimers skip each other's rows (FOR
  * UPDATE SKIP LOCKED). *leases is a heap array (free each with
  * job_lease_deinit, then free()).
  */

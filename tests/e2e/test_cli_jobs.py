@@ -94,7 +94,7 @@ def test_queues(server):
         "max": 100, "per_ms": 60000}
     assert ok("queues", "put", "mail", "--rate", "off", server=server).endswith("concurrency 2\n")
     assert ok("queues", "put", "mail", "--key-concurrency", "1", server=server).endswith(
-        "concurrency 2 per key 1\n")
+        "concurrency 2 per key 1 (parked 0)\n")
     job = re.match(r"job (\d+)", ok("jobs", "submit", "--queue", "mail", "--handler", "noop",
                                     "--concurrency-key", "acme", server=server)).group(1)
     assert json.loads(ok("jobs", "get", job, "--json", server=server))["concurrency_key"] == "acme"

@@ -253,6 +253,37 @@ def test_a_per_key_limit_hands_out_each_keys_jobs_a_few_at_a_time(server):
             "key_concurrency")
 
 
+def test_a_full_keys_backlog_is_parked_and_holds_no_other_key_back(server):
+    # More of one tenant's jobs than a claim looks at (1,000), then another's.
+    server.put("/queues/bulk", {"key_concurrency": 1})
+    big = []
+    for _ in range(3):
+        r = server.post("/jobs/batch", {"jobs": [
+            {"queue": "bulk", "handler": "external:sync", "concurrency_key": "big"}] * 400})
+        assert r.status_code == 201, r.text
+        big += [j["job_id"] for j in r.json()["jobs"]]
+    small = submit(server, {"queue": "bulk", "handler": "external:sync",
+                            "concurrency_key": "small"})["job_id"]
+
+    def claim():
+        got = server.post("/queues/bulk/claim", {"worker": "py", "max": 10}).json()["jobs"]
+        return {j["job_id"]: j["lease_token"] for j in got}
+    first = claim()
+    assert list(first) == [big[0]]
+    assert list(claim()) == [small]  # reached past the parked backlog
+    depth = server.get("/queues/bulk").json()["depth"]
+    assert depth["parked"] == len(big) - 1 and depth["ready"] == 0 and depth["running"] == 2
+    assert server.get(f"/jobs/{big[1]}").json()["parked"] is True
+    r = server.post(f"/jobs/{big[0]}/complete", {"token": first[big[0]]})
+    assert r.status_code == 200, r.text
+    assert list(claim()) == [big[1]]  # the key's next, in order
+    assert server.get(f"/jobs/{big[2]}").json()["parked"] is True
+    # Lifting the limit makes the whole backlog ready.
+    server.put("/queues/bulk", {"key_concurrency": 0})
+    depth = server.get("/queues/bulk").json()["depth"]
+    assert depth["parked"] == 0 and depth["ready"] == len(big) - 2
+
+
 def test_queues_pause_resume_and_limit_concurrency(server):
     r = server.put("/queues/emails", {"concurrency": 1, "max_attempts": 2})
     assert r.status_code == 201

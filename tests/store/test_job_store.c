@@ -1684,6 +1684,137 @@ a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
     json_decref(queues);
 }
 
+static bool
+is_parked(struct store_conn *c, int64_t id)
+{
+    json_t *j = get(c, id, T0);
+    bool parked = json_is_true(json_object_get(j, "parked"));
+    json_decref(j);
+    return parked;
+}
+
+/* The one job a claim of "keyed" takes; asserts there is exactly one. */
+static struct job_lease
+claim_keyed_one(struct store_conn *c)
+{
+    struct job_lease *l;
+    assert_int_equal(claim_keyed(c, &l), 1);
+    struct job_lease one = l[0];
+    free(l);
+    return one;
+}
+
+/*
+ * A key with more ready jobs than a claim looks at (JOB_KEYED_SCAN) holds
+ * nobody back: a claim that passes over a full key's jobs sets them aside,
+ * and they come back, first first, as the key's running jobs end, however
+ * they end. A change of the limit puts every one back.
+ */
+static void
+a_full_keys_backlog_waits_aside_and_holds_no_other_key_back(void **state)
+{
+    struct test_conn *f = *state;
+    put_keyed_queue(f->c, 1);
+    struct bb_error e;
+    enum { BACKLOG = JOB_KEYED_SCAN + 200 };
+    static int64_t acme[BACKLOG];
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    for (size_t i = 0; i < BACKLOG; i++)
+        acme[i] = submit_keyed(f->c, "acme");
+    int64_t bolt = submit_keyed(f->c, "bolt");
+    assert_ok(store_commit(f->c, &e), &e);
+
+    /* The first claim runs acme's first and sets a window of acme aside;
+     * the next reaches past the rest to bolt. */
+    struct job_lease a0 = claim_keyed_one(f->c);
+    assert_int_equal(a0.id, acme[0]);
+    assert_true(is_parked(f->c, acme[1]));
+    struct job_lease b = claim_keyed_one(f->c);
+    assert_int_equal(b.id, bolt);
+    assert_true(is_parked(f->c, acme[BACKLOG - 1]));
+    struct job_lease *none;
+    assert_int_equal(claim_keyed(f->c, &none), 0);
+    free(none);
+
+    /* acme's running job completes: its next, in order. */
+    assert_int_equal(finish(f->c, a0.id, a0.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL), ERR_OK);
+    struct job_lease a1 = claim_keyed_one(f->c);
+    assert_int_equal(a1.id, acme[1]);
+    /* ... is cancelled: the one after. */
+    assert_ok(job_cancel(f->c, a1.id, T0, &e), &e);
+    struct job_lease a2 = claim_keyed_one(f->c);
+    assert_int_equal(a2.id, acme[2]);
+    /* ... fails, to be retried later: the one after that. */
+    struct job_finish fail = {
+        .id = a2.id, .token = a2.lease_token, .outcome = JOB_OUTCOME_FAILED, .error = "boom"};
+    assert_ok(job_finish_batch(f->c, &fail, 1, T0, mid, &e), &e);
+    struct job_lease a3 = claim_keyed_one(f->c);
+    assert_int_equal(a3.id, acme[3]);
+    assert_false(is_parked(f->c, acme[2])); /* waiting for its retry, not for the key */
+
+    /* Two per key: one more acme job runs beside a3. */
+    put_keyed_queue(f->c, 2);
+    assert_false(is_parked(f->c, acme[BACKLOG - 1]));
+    struct job_lease a4 = claim_keyed_one(f->c);
+    assert_int_equal(a4.id, acme[4]);
+    /* No per-key limit: acme's backlog is ready like any other. */
+    put_keyed_queue(f->c, 0);
+    struct job_lease *l;
+    assert_int_equal(claim_keyed(f->c, &l), 10);
+    assert_int_equal(l[0].id, acme[5]);
+    free_leases(l, 10);
+    job_lease_deinit(&a0);
+    job_lease_deinit(&b);
+    job_lease_deinit(&a1);
+    job_lease_deinit(&a2);
+    job_lease_deinit(&a3);
+    job_lease_deinit(&a4);
+}
+
+/*
+ * A claim that sets a job aside while its key's running job ends in a
+ * transaction the claim cannot see yet (PostgreSQL) leaves that ending's
+ * note standing, so the claim after it unparks the job. SQLite serialises
+ * the two: there the claim comes after the ending and takes the job.
+ */
+static void
+a_key_freed_while_a_claim_parks_its_jobs_is_seen_by_the_next_claim(void **state)
+{
+    struct test_conn *f = *state;
+    bool pg = store_conn_engine(f->c) == STORE_POSTGRES;
+    put_keyed_queue(f->c, 1);
+    struct bb_error e;
+    int64_t first = submit_keyed(f->c, "acme"), second = submit_keyed(f->c, "acme");
+    struct job_lease run = claim_keyed_one(f->c);
+    assert_int_equal(run.id, first);
+
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    assert_int_equal(finish(f->c, run.id, run.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL),
+                     ERR_OK);
+    if (!pg)
+        assert_ok(store_commit(f->c, &e), &e);
+    struct store_conn *other;
+    assert_ok(store_conn_open(f->db->store, &other, &e), &e);
+    assert_ok(store_begin(other, STORE_WRITE, &e), &e);
+    struct job_lease *l;
+    size_t n = claim_keyed(other, &l);
+    assert_ok(store_commit(other, &e), &e);
+    store_conn_close(other);
+    if (pg) {
+        assert_int_equal(n, 0);
+        assert_true(is_parked(f->c, second));
+        assert_ok(store_commit(f->c, &e), &e);
+        struct job_lease next = claim_keyed_one(f->c);
+        assert_int_equal(next.id, second);
+        job_lease_deinit(&next);
+    } else {
+        assert_int_equal(n, 1);
+        assert_int_equal(l[0].id, second);
+    }
+    free_leases(l, n);
+    job_lease_deinit(&run);
+}
+
 struct keyed_claim {
     struct store *store;
     size_t n;
@@ -1788,6 +1919,8 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(a_rate_limit_lets_bursts_of_its_max_then_its_pace),
     JOB_TEST(a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time),
     JOB_TEST(a_cancel_committed_during_a_keyed_claim_stands),
+    JOB_TEST(a_full_keys_backlog_waits_aside_and_holds_no_other_key_back),
+    JOB_TEST(a_key_freed_while_a_claim_parks_its_jobs_is_seen_by_the_next_claim),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
