@@ -39,6 +39,11 @@
 #define JOBS_PARKED_INDEX                                                                     \
     "CREATE INDEX jobs_parked ON jobs (queue, concurrency_key, priority DESC, run_at_ms, id)" \
     " WHERE state = 'pending' AND parked = 1;"
+/* A keyed job stopped running, or was cancelled before it ran (a job
+ * unparked for a slot and then cancelled would leave the slot unused). */
+#define JOBS_KEY_FREED                                                        \
+    "OLD.concurrency_key IS NOT NULL AND OLD.state IN ('running', 'pending')" \
+    " AND NEW.state NOT IN ('running', OLD.state)"
 /* Only a queue with a per-key limit parks jobs, so only its notes are read. */
 #define JOBS_NOTE_FREED_KEY                                  \
     "INSERT INTO job_keys_freed (queue, concurrency_key)"    \
@@ -208,7 +213,7 @@ static const struct store_migration MIGRATIONS[] = {
         /* Jobs whose key was full when a claim saw them step out of the
          * ready index (parked) until a job of their key stops running: the
          * trigger notes the key, and the queue's next claim, serialised
-         * with the others, takes the note and unparks the key's first jobs.
+         * with the others, takes the note and unparks the key's first job.
          * The note is written whoever ends the run (completion, failure,
          * cancel, rescue, hand-back), and read only by claims: a claim that
          * parks a job while its key's running job ends leaves the note for
@@ -221,8 +226,7 @@ static const struct store_migration MIGRATIONS[] = {
                   " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
                   "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);"
                   "CREATE TRIGGER jobs_key_freed AFTER UPDATE OF state ON jobs"
-                  " WHEN OLD.state = 'running' AND NEW.state <> 'running'"
-                  " AND OLD.concurrency_key IS NOT NULL BEGIN " JOBS_NOTE_FREED_KEY "; END;",
+                  " WHEN " JOBS_KEY_FREED " BEGIN " JOBS_NOTE_FREED_KEY "; END;",
         .pg = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
               "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
               "CREATE TABLE job_keys_freed (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
@@ -231,8 +235,7 @@ static const struct store_migration MIGRATIONS[] = {
               "CREATE FUNCTION jobs_key_freed() RETURNS trigger LANGUAGE plpgsql AS $$"
               " BEGIN " JOBS_NOTE_FREED_KEY "; RETURN NULL; END $$;"
               "CREATE TRIGGER jobs_key_freed AFTER UPDATE OF state ON jobs FOR EACH ROW"
-              " WHEN (OLD.state = 'running' AND NEW.state <> 'running'"
-              " AND OLD.concurrency_key IS NOT NULL) EXECUTE FUNCTION jobs_key_freed();",
+              " WHEN (" JOBS_KEY_FREED ") EXECUTE FUNCTION jobs_key_freed();",
     },
 };
 
@@ -1392,22 +1395,29 @@ static struct store_stmt JOB_CLAIM_KEYED = {
            " <= $7 ORDER BY c.priority DESC, c.run_at_ms, c.id LIMIT $4)"
            " RETURNING " LEASE_COLUMNS,
 };
-/* The keys whose running jobs ended since the queue's last claim. */
+/*
+ * The notes of the queue's keys whose jobs stopped running (or were
+ * cancelled) since its last claim, taken, and as many of each key's first
+ * parked jobs as it has notes (at most $2, the per-key limit) back in the
+ * ready index; the claim parks again those it finds still held back.
+ * PostgreSQL does it in one statement; SQLite takes the notes, then
+ * unparks key by key (its LIMIT cannot follow a joined row).
+ */
+static struct store_stmt UNPARK_FREED_PG = {
+    .sql = "WITH taken AS (DELETE FROM job_keys_freed WHERE queue = $1 RETURNING concurrency_key)"
+           " UPDATE jobs SET parked = 0 WHERE id IN (SELECT j.id FROM"
+           " (SELECT concurrency_key AS k, COUNT(*) AS n FROM taken GROUP BY concurrency_key) ks"
+           " CROSS JOIN LATERAL (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
+           " AND parked = 1 AND concurrency_key = ks.k ORDER BY priority DESC, run_at_ms, id"
+           " LIMIT LEAST($2, ks.n)) j)",
+};
 static struct store_stmt FREED_KEYS_TAKE = {
     .sql = "DELETE FROM job_keys_freed WHERE queue = $1 RETURNING concurrency_key",
 };
-/* Back into the ready index: the first $3 parked jobs of each key in $2 (a
- * JSON array); those the claim after this finds still held back are parked
- * again. */
-static struct store_stmt UNPARK_KEYS = {
-    .sql_pg = "UPDATE jobs SET parked = 0 WHERE id IN (SELECT j.id FROM"
-              " (SELECT DISTINCT k FROM json_array_elements_text($2::json) k) ks CROSS JOIN LATERAL"
-              " (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND parked = 1"
-              " AND concurrency_key = ks.k ORDER BY priority DESC, run_at_ms, id LIMIT $3) j)",
-    .sql_sqlite = "UPDATE jobs SET parked = 0 WHERE id IN (SELECT j.id FROM"
-                  " (SELECT DISTINCT value AS k FROM json_each($2)) ks JOIN jobs j ON j.id IN"
-                  " (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending' AND parked = 1"
-                  " AND concurrency_key = ks.k ORDER BY priority DESC, run_at_ms, id LIMIT $3))",
+static struct store_stmt UNPARK_KEY = {
+    .sql = "UPDATE jobs SET parked = 0 WHERE id IN (SELECT id FROM jobs WHERE queue = $1"
+           " AND state = 'pending' AND parked = 1 AND concurrency_key = $2"
+           " ORDER BY priority DESC, run_at_ms, id LIMIT $3)",
 };
 /* Aside: among the first $5 ready jobs, those whose key runs $4 already. */
 static struct store_stmt PARK_FULL_KEYS = {
@@ -1495,27 +1505,38 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
     return ERR_OK;
 }
 
-/* The notes of keys whose running jobs ended, taken: their first parked
- * jobs go back to the ready index, before the claim looks at it. */
+/* UNPARK_FREED_PG's work on SQLite. */
 static enum err
 unpark_freed_keys(struct store_conn *c, const char *queue, int64_t per_key, struct bb_error *e)
 {
+    if (store_conn_engine(c) == STORE_POSTGRES) {
+        const struct store_param p[] = {sp_text(queue), sp_int(per_key)};
+        return store_exec(c, &UNPARK_FREED_PG, p, BB_ARRAY_LEN(p), NULL, e);
+    }
     const struct store_param p[] = {sp_text(queue)};
     struct store_rows r;
     enum err rc = store_query(c, &FREED_KEYS_TAKE, p, 1, &r, e);
     if (rc != ERR_OK)
         return rc;
-    json_t *keys = json_array();
-    while (store_next(&r))
-        json_array_append_new(keys, json_string(store_col_text(&r, 0)));
-    store_rows_close(&r);
-    if (json_array_size(keys) > 0) {
-        char *text = bb_json_dumps(keys);
-        const struct store_param u[] = {sp_text(queue), sp_text(text), sp_int(per_key)};
-        rc = store_exec(c, &UNPARK_KEYS, u, BB_ARRAY_LEN(u), NULL, e);
-        free(text);
+    json_t *notes = json_object(); /* key -> its notes */
+    while (store_next(&r)) {
+        const char *key = store_col_text(&r, 0);
+        json_int_t had = json_integer_value(json_object_get(notes, key));
+        json_object_set_new(notes, key, json_integer(had + 1));
     }
-    json_decref(keys);
+    store_rows_close(&r);
+    const char *key;
+    json_t *count;
+    json_object_foreach(notes, key, count)
+    {
+        int64_t n = json_integer_value(count);
+        const struct store_param u[] = {sp_text(queue), sp_text(key),
+                                        sp_int(n < per_key ? n : per_key)};
+        rc = store_exec(c, &UNPARK_KEY, u, BB_ARRAY_LEN(u), NULL, e);
+        if (rc != ERR_OK)
+            break;
+    }
+    json_decref(notes);
     return rc;
 }
 

@@ -1771,6 +1771,41 @@ a_full_keys_backlog_waits_aside_and_holds_no_other_key_back(void **state)
     job_lease_deinit(&a4);
 }
 
+/* A job unparked for its key's free slot but cancelled before a claim took
+ * it hands the slot to the key's next parked job. */
+static void
+a_job_unparked_then_cancelled_hands_its_slot_on(void **state)
+{
+    struct test_conn *f = *state;
+    put_keyed_queue(f->c, 1);
+    struct bb_error e;
+    int64_t a[3];
+    for (size_t i = 0; i < 3; i++)
+        a[i] = submit_keyed(f->c, "acme");
+    struct job_lease run = claim_keyed_one(f->c); /* a[0]; a[1] and a[2] parked */
+    assert_int_equal(run.id, a[0]);
+    assert_true(is_parked(f->c, a[1]) && is_parked(f->c, a[2]));
+    struct job_spec urgent = {.queue = "keyed", .handler = "noop", .run_at_ms = T0, .priority = 9};
+    int64_t urgent_id;
+    bool created;
+    assert_ok(job_submit(f->c, &urgent, T0, &urgent_id, &created, &e), &e);
+    assert_int_equal(finish(f->c, run.id, run.lease_token, JOB_OUTCOME_COMPLETED, T0, NULL),
+                     ERR_OK);
+    /* A claim of one: a[1] is unparked, but the urgent job takes the claim. */
+    struct job_lease *l;
+    size_t n;
+    assert_ok(job_claim(f->c, "keyed", "w1", false, 1, 30000, T0, &l, &n, NULL, &e), &e);
+    assert_int_equal(n, 1);
+    assert_int_equal(l[0].id, urgent_id);
+    free_leases(l, n);
+    assert_false(is_parked(f->c, a[1]));
+    assert_ok(job_cancel(f->c, a[1], T0, &e), &e);
+    struct job_lease next = claim_keyed_one(f->c);
+    assert_int_equal(next.id, a[2]);
+    job_lease_deinit(&next);
+    job_lease_deinit(&run);
+}
+
 /*
  * A claim that sets a job aside while its key's running job ends in a
  * transaction the claim cannot see yet (PostgreSQL) leaves that ending's
@@ -1920,6 +1955,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time),
     JOB_TEST(a_cancel_committed_during_a_keyed_claim_stands),
     JOB_TEST(a_full_keys_backlog_waits_aside_and_holds_no_other_key_back),
+    JOB_TEST(a_job_unparked_then_cancelled_hands_its_slot_on),
     JOB_TEST(a_key_freed_while_a_claim_parks_its_jobs_is_seen_by_the_next_claim),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
