@@ -39,17 +39,6 @@
 #define JOBS_PARKED_INDEX                                                                     \
     "CREATE INDEX jobs_parked ON jobs (queue, concurrency_key, priority DESC, run_at_ms, id)" \
     " WHERE state = 'pending' AND parked = 1;"
-/* A keyed job stopped running, or was cancelled before it ran (a job
- * unparked for a slot and then cancelled would leave the slot unused). */
-#define JOBS_KEY_FREED                                                        \
-    "OLD.concurrency_key IS NOT NULL AND OLD.state IN ('running', 'pending')" \
-    " AND NEW.state NOT IN ('running', OLD.state)"
-/* Only a queue with a per-key limit parks jobs, so only its notes are read. */
-#define JOBS_NOTE_FREED_KEY                                  \
-    "INSERT INTO job_keys_freed (queue, concurrency_key)"    \
-    " SELECT OLD.queue, OLD.concurrency_key FROM job_queues" \
-    " WHERE name = OLD.queue AND key_concurrency > 0"
-
 static const struct store_migration MIGRATIONS[] = {
     {
         .version = 1,
@@ -211,31 +200,24 @@ static const struct store_migration MIGRATIONS[] = {
     },
     {
         /* Jobs whose key was full when a claim saw them step out of the
-         * ready index (parked) until a job of their key stops running: the
-         * trigger notes the key, and the queue's next claim, serialised
-         * with the others, takes the note and unparks the key's first job.
-         * The note is written whoever ends the run (completion, failure,
-         * cancel, rescue, hand-back), and read only by claims: a claim that
-         * parks a job while its key's running job ends leaves the note for
-         * the claim after it. */
+         * ready index (parked) until a job of their key stops running: what
+         * ends the run notes the key (note_freed_keys), and the queue's next
+         * claim, serialised with the others, takes the note and unparks the
+         * key's first job. Notes are only added by enders and only taken by
+         * claims: a claim that parks a job while its key's running job ends
+         * leaves the note for the claim after it. */
         .version = 8,
         .name = "jobs of a full concurrency key wait aside",
         .sqlite = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
                   "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
                   "CREATE TABLE job_keys_freed (id INTEGER PRIMARY KEY,"
                   " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
-                  "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);"
-                  "CREATE TRIGGER jobs_key_freed AFTER UPDATE OF state ON jobs"
-                  " WHEN " JOBS_KEY_FREED " BEGIN " JOBS_NOTE_FREED_KEY "; END;",
+                  "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);",
         .pg = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
               "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
               "CREATE TABLE job_keys_freed (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
               " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
-              "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);"
-              "CREATE FUNCTION jobs_key_freed() RETURNS trigger LANGUAGE plpgsql AS $$"
-              " BEGIN " JOBS_NOTE_FREED_KEY "; RETURN NULL; END $$;"
-              "CREATE TRIGGER jobs_key_freed AFTER UPDATE OF state ON jobs FOR EACH ROW"
-              " WHEN (" JOBS_KEY_FREED ") EXECUTE FUNCTION jobs_key_freed();",
+              "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);",
     },
 };
 
@@ -1166,13 +1148,55 @@ job_states_many(struct store_conn *c, const int64_t *ids, size_t n, enum job_sta
     return ERR_OK;
 }
 
+/* ---- notes of keys with a free slot (migration 8) ---------------------------------------- */
+
+/* A batch of (queue, key): jobs of those keys stopped running, or were
+ * cancelled before they ran (a job unparked for a slot, then cancelled,
+ * would leave the slot unused). Only a queue with a per-key limit parks
+ * jobs, so only its notes are kept. */
+static struct store_stmt NOTES_INSERT_MANY = {
+    .sql_sqlite = "INSERT INTO job_keys_freed (queue, concurrency_key)"
+                  " SELECT json_extract(value, '$.queue'), json_extract(value, '$.key')"
+                  " FROM json_each($1) WHERE EXISTS (SELECT 1 FROM job_queues q"
+                  " WHERE q.name = json_extract(value, '$.queue') AND q.key_concurrency > 0)",
+    .sql_pg = "INSERT INTO job_keys_freed (queue, concurrency_key) SELECT x.queue, x.key"
+              " FROM unnest($1::text[], $2::text[]) AS x(queue, key)"
+              " JOIN job_queues q ON q.name = x.queue AND q.key_concurrency > 0",
+};
+
+/* Add (queue, key) to `notes` when the job had a key (not NULL). */
+static void
+note_key(struct store_batch *notes, const char *queue, const char *key)
+{
+    if (key == NULL)
+        return;
+    store_batch_row(notes);
+    store_batch_text(notes, "queue", queue);
+    store_batch_text(notes, "key", key);
+}
+
+static const char *
+text_or_null(const struct store_rows *r, int col)
+{
+    return store_col_is_null(r, col) ? NULL : store_col_text(r, col);
+}
+
+static enum err
+note_freed_keys(struct store_conn *c, struct store_batch *notes, struct bb_error *e)
+{
+    if (notes->n_rows == 0)
+        return ERR_OK;
+    const struct store_param p[] = {sp_batch(notes)};
+    return store_exec_deferred(c, &NOTES_INSERT_MANY, p, 1, e);
+}
+
 /* ---- changing jobs by hand ------------------------------------------------------------------ */
 
 static struct store_stmt JOB_STATE = {.sql = "SELECT state, queue FROM jobs WHERE id = $1"};
 static struct store_stmt JOB_CANCEL = {
     .sql = "UPDATE jobs SET state = 'cancelled', lease_token = lease_token + 1, parked = 0,"
            " lease_expires_at_ms = NULL, finished_at_ms = $2, updated_at_ms = $2"
-           " WHERE id = $1 AND state IN ('pending', 'running')",
+           " WHERE id = $1 AND state IN ('pending', 'running') RETURNING queue, concurrency_key",
 };
 static struct store_stmt JOB_RUN_PENDING_NOW = {
     .sql = "UPDATE jobs SET run_at_ms = $2, updated_at_ms = $2 WHERE id = $1 AND state = 'pending'",
@@ -1230,10 +1254,20 @@ enum err
 job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
-    int64_t changed;
-    enum err rc = store_exec(c, &JOB_CANCEL, p, 2, &changed, e);
-    if (rc == ERR_OK && changed == 0)
+    struct store_rows r;
+    enum err rc = store_query(c, &JOB_CANCEL, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
         return state_conflict(c, id, "cancel", e);
+    }
+    struct store_batch notes;
+    store_batch_init(&notes, c, 2);
+    note_key(&notes, store_col_text(&r, 0), text_or_null(&r, 1));
+    store_rows_close(&r);
+    rc = note_freed_keys(c, &notes, e);
+    store_batch_deinit(&notes);
     return rc;
 }
 
@@ -1655,12 +1689,12 @@ static struct store_stmt JOB_COMPLETE_MANY = {
                   " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $2"
                   " WHERE state = 'running' AND (id, lease_token) IN"
                   " (SELECT json_extract(value, '$.id'), json_extract(value, '$.token')"
-                  " FROM json_each($1)) RETURNING id, queue, started_at_ms",
+                  " FROM json_each($1)) RETURNING id, queue, started_at_ms, concurrency_key",
     .sql_pg = "UPDATE jobs SET state = 'completed', finished_at_ms = $3,"
               " lease_expires_at_ms = NULL, last_error = NULL, updated_at_ms = $3"
               " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, token)"
               " WHERE jobs.state = 'running' AND jobs.id = x.id AND jobs.lease_token = x.token"
-              " RETURNING jobs.id, jobs.queue, jobs.started_at_ms",
+              " RETURNING jobs.id, jobs.queue, jobs.started_at_ms, jobs.concurrency_key",
 };
 /* Attempt rows, many at once: a batch of (id, attempt, started, finished,
  * outcome, worker, error). */
@@ -1681,8 +1715,8 @@ static struct store_stmt ATTEMPTS_INSERT_MANY = {
 /* One failure: read what the retry decision needs, under the token. */
 static struct store_stmt JOB_FAIL_READ = {
     .sql = "SELECT attempt, attempt_limit, backoff_base_ms, backoff_factor_milli,"
-           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms, handler, queue"
-           " FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+           " backoff_cap_ms, backoff_jitter_pct, leased_by, started_at_ms, handler, queue,"
+           " concurrency_key FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'",
 };
 static struct store_stmt JOB_FAIL_WRITE = {
     .sql =
@@ -1715,7 +1749,7 @@ attempt_row(struct store_batch *rows, const struct job_finish *f, int64_t attemp
  * last attempt (JOB_ATTEMPTS). */
 static enum err
 complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t now_ms,
-              struct bb_error *e)
+              struct store_batch *notes, struct bb_error *e)
 {
     struct store_batch keys;
     store_batch_init(&keys, c, 2);
@@ -1747,6 +1781,7 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
                 items[i].state = JOB_COMPLETED;
                 bb_strlcpy(items[i].queue, store_col_text(&r, 1), sizeof items[i].queue);
                 items[i].started_at_ms = store_col_int(&r, 2);
+                note_key(notes, items[i].queue, text_or_null(&r, 3));
                 break;
             }
         }
@@ -1757,7 +1792,7 @@ complete_many(struct store_conn *c, struct job_finish *items, size_t n, int64_t 
 
 static enum err
 fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*rand01)(void),
-         struct store_batch *attempts, struct bb_error *e)
+         struct store_batch *attempts, struct store_batch *notes, struct bb_error *e)
 {
     struct store_rows r;
     const struct store_param p[] = {sp_int(f->id), sp_int(f->token)};
@@ -1779,6 +1814,9 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     bb_strlcpy(handler, store_col_text(&r, 8), sizeof handler);
     char queue[JOB_NAME_MAX + 1];
     bb_strlcpy(queue, store_col_text(&r, 9), sizeof queue);
+    bool keyed = !store_col_is_null(&r, 10);
+    char key[JOB_CONCURRENCY_KEY_MAX + 1];
+    bb_strlcpy(key, keyed ? store_col_text(&r, 10) : "", sizeof key);
     store_rows_close(&r);
     /* An interrupted attempt (its worker stopped) does not count. */
     bool interrupted = f->outcome == JOB_OUTCOME_INTERRUPTED;
@@ -1812,6 +1850,7 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     memcpy(f->queue, queue, sizeof f->queue);
     f->started_at_ms = started;
     attempt_row(attempts, f, attempt, worker, started, now_ms);
+    note_key(notes, queue, keyed ? key : NULL);
     /* A retry: workers set their next timer by it. */
     return dead ? ERR_OK : store_notify(c, JOBS__CHANNEL, "", e);
 }
@@ -1822,18 +1861,22 @@ job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n, int64
 {
     for (size_t i = 0; i < n; i++)
         items[i].rc = ERR_STALE_TOKEN; /* until the database says otherwise */
-    struct store_batch attempts;
+    struct store_batch attempts, notes;
     store_batch_init(&attempts, c, 7);
-    enum err rc = complete_many(c, items, n, now_ms, e);
+    store_batch_init(&notes, c, 2);
+    enum err rc = complete_many(c, items, n, now_ms, &notes, e);
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         if (items[i].outcome != JOB_OUTCOME_COMPLETED)
-            rc = fail_one(c, &items[i], now_ms, rand01, &attempts, e);
+            rc = fail_one(c, &items[i], now_ms, rand01, &attempts, &notes, e);
     }
     if (rc == ERR_OK && attempts.n_rows > 0) {
         const struct store_param p[] = {sp_batch(&attempts)};
         rc = store_exec_deferred(c, &ATTEMPTS_INSERT_MANY, p, 1, e);
     }
+    if (rc == ERR_OK)
+        rc = note_freed_keys(c, &notes, e);
     store_batch_deinit(&attempts);
+    store_batch_deinit(&notes);
     return rc;
 }
 
