@@ -203,20 +203,23 @@ static const struct store_migration MIGRATIONS[] = {
          * ready index (parked) until a job of their key stops running: what
          * ends the run notes the key (note_freed_keys), and the queue's next
          * claim, serialised with the others, takes the note and unparks the
-         * key's first job. Notes are only added by enders and only taken by
-         * claims: a claim that parks a job while its key's running job ends
-         * leaves the note for the claim after it. */
+         * key's first job (a raised limit notes each parked key with the
+         * slots it gained). Notes are only added by enders and only taken
+         * by claims: a claim that parks a job while its key's running job
+         * ends leaves the note for the claim after it. */
         .version = 8,
         .name = "jobs of a full concurrency key wait aside",
         .sqlite = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
                   "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
                   "CREATE TABLE job_keys_freed (id INTEGER PRIMARY KEY,"
-                  " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
+                  " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
+                  " slots INTEGER NOT NULL DEFAULT 1);"
                   "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);",
         .pg = "ALTER TABLE jobs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;"
               "DROP INDEX jobs_ready;" JOBS_READY_INDEX JOBS_PARKED_INDEX
               "CREATE TABLE job_keys_freed (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-              " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL);"
+              " queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
+              " slots BIGINT NOT NULL DEFAULT 1);"
               "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);",
     },
 };
@@ -342,8 +345,15 @@ static struct store_stmt QUEUE_PUT = {
            " key_concurrency = excluded.key_concurrency,"
            " updated_at_ms = excluded.updated_at_ms",
 };
-/* A queue's limit changed (or went): every parked job is ready again, its
- * notes moot. */
+/* A queue's per-key limit went up by $2: a note of that many slots for
+ * each key with parked jobs (one pass over jobs_parked's keys). */
+static struct store_stmt NOTE_RAISED_LIMIT = {
+    .sql = "INSERT INTO job_keys_freed (queue, concurrency_key, slots)"
+           " SELECT $1, concurrency_key, $2 FROM jobs WHERE queue = $1 AND state = 'pending'"
+           " AND parked = 1 GROUP BY concurrency_key",
+};
+/* A queue's per-key limit went: every parked job is ready again (the
+ * claims without one do not look aside), its notes moot. */
 static struct store_stmt UNPARK_QUEUE = {
     .sql = "UPDATE jobs SET parked = 0 WHERE queue = $1 AND state = 'pending' AND parked = 1",
 };
@@ -462,11 +472,18 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
     else if (rc != ERR_OK)
         return rc;
     rc = store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
-    if (rc != ERR_OK || was.key_concurrency == q->key_concurrency)
+    if (rc != ERR_OK || was.key_concurrency == 0 || was.key_concurrency == q->key_concurrency)
         return rc;
-    /* Jobs parked under the old per-key limit are judged by the new one
-     * (or by none) at the next claim. */
+    /* Parked jobs under a raised limit: their keys' next jobs get the new
+     * slots at the next claim. (A lowered one parks more as claims go.) */
     const struct store_param name[] = {sp_text(q->name)};
+    if (q->key_concurrency > was.key_concurrency) {
+        const struct store_param n[] = {sp_text(q->name),
+                                        sp_int(q->key_concurrency - was.key_concurrency)};
+        return store_exec(c, &NOTE_RAISED_LIMIT, n, BB_ARRAY_LEN(n), NULL, e);
+    }
+    if (q->key_concurrency > 0)
+        return ERR_OK;
     rc = store_exec(c, &UNPARK_QUEUE, name, 1, NULL, e);
     return rc == ERR_OK ? store_exec(c, &FREED_KEYS_DROP, name, 1, NULL, e) : rc;
 }
@@ -1432,21 +1449,22 @@ static struct store_stmt JOB_CLAIM_KEYED = {
 /*
  * The notes of the queue's keys whose jobs stopped running (or were
  * cancelled) since its last claim, taken, and as many of each key's first
- * parked jobs as it has notes (at most $2, the per-key limit) back in the
- * ready index; the claim parks again those it finds still held back.
+ * parked jobs as its notes have slots (at most $2, the per-key limit) back
+ * in the ready index; the claim parks again those it finds still held back.
  * PostgreSQL does it in one statement; SQLite takes the notes, then
  * unparks key by key (its LIMIT cannot follow a joined row).
  */
 static struct store_stmt UNPARK_FREED_PG = {
-    .sql = "WITH taken AS (DELETE FROM job_keys_freed WHERE queue = $1 RETURNING concurrency_key)"
-           " UPDATE jobs SET parked = 0 WHERE id IN (SELECT j.id FROM"
-           " (SELECT concurrency_key AS k, COUNT(*) AS n FROM taken GROUP BY concurrency_key) ks"
+    .sql = "WITH taken AS (DELETE FROM job_keys_freed WHERE queue = $1"
+           " RETURNING concurrency_key, slots) UPDATE jobs SET parked = 0 WHERE id IN"
+           " (SELECT j.id FROM (SELECT concurrency_key AS k, SUM(slots)::bigint AS n FROM taken"
+           " GROUP BY concurrency_key) ks"
            " CROSS JOIN LATERAL (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
            " AND parked = 1 AND concurrency_key = ks.k ORDER BY priority DESC, run_at_ms, id"
            " LIMIT LEAST($2, ks.n)) j)",
 };
 static struct store_stmt FREED_KEYS_TAKE = {
-    .sql = "DELETE FROM job_keys_freed WHERE queue = $1 RETURNING concurrency_key",
+    .sql = "DELETE FROM job_keys_freed WHERE queue = $1 RETURNING concurrency_key, slots",
 };
 static struct store_stmt UNPARK_KEY = {
     .sql = "UPDATE jobs SET parked = 0 WHERE id IN (SELECT id FROM jobs WHERE queue = $1"
@@ -1556,7 +1574,7 @@ unpark_freed_keys(struct store_conn *c, const char *queue, int64_t per_key, stru
     while (store_next(&r)) {
         const char *key = store_col_text(&r, 0);
         json_int_t had = json_integer_value(json_object_get(notes, key));
-        json_object_set_new_nocheck(notes, key, json_integer(had + 1)); /* any key text */
+        json_object_set_new_nocheck(notes, key, json_integer(had + store_col_int(&r, 1)));
     }
     store_rows_close(&r);
     const char *key;

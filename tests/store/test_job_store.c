@@ -1708,7 +1708,8 @@ claim_keyed_one(struct store_conn *c)
  * A key with more ready jobs than a claim looks at (JOB_KEYED_SCAN) holds
  * nobody back: a claim that passes over a full key's jobs sets them aside,
  * and they come back, first first, as the key's running jobs end, however
- * they end. A change of the limit puts every one back.
+ * they end. A raised limit hands its new slots to the first of them; a
+ * lifted one puts every one back.
  */
 static void
 a_full_keys_backlog_waits_aside_and_holds_no_other_key_back(void **state)
@@ -1752,11 +1753,16 @@ a_full_keys_backlog_waits_aside_and_holds_no_other_key_back(void **state)
     assert_int_equal(a3.id, acme[3]);
     assert_false(is_parked(f->c, acme[2])); /* waiting for its retry, not for the key */
 
-    /* Two per key: one more acme job runs beside a3. */
+    /* Two per key: one more acme job runs beside a3; the rest stay aside. */
     put_keyed_queue(f->c, 2);
-    assert_false(is_parked(f->c, acme[BACKLOG - 1]));
     struct job_lease a4 = claim_keyed_one(f->c);
     assert_int_equal(a4.id, acme[4]);
+    assert_true(is_parked(f->c, acme[5]) && is_parked(f->c, acme[BACKLOG - 1]));
+    /* Back to one: nothing more while a3 and a4 run. */
+    put_keyed_queue(f->c, 1);
+    struct job_lease *none2;
+    assert_int_equal(claim_keyed(f->c, &none2), 0);
+    free(none2);
     /* No per-key limit: acme's backlog is ready like any other. */
     put_keyed_queue(f->c, 0);
     struct job_lease *l;
