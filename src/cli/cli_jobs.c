@@ -131,11 +131,13 @@ str(const json_t *o, const char *key)
 static void
 print_job_line(const json_t *j)
 {
+    bool parked = json_is_true(json_object_get(j, "parked"));
     printf("%" JSON_INTEGER_FORMAT "  %-10s %-16s %-20s attempt %" JSON_INTEGER_FORMAT
-           "/%" JSON_INTEGER_FORMAT "  run_at %s%s%s\n",
+           "/%" JSON_INTEGER_FORMAT "  run_at %s%s%s%s%s\n",
            json_integer_value(json_object_get(j, "job_id")), str(j, "state"), str(j, "queue"),
            str(j, "handler"), json_integer_value(json_object_get(j, "attempt")),
            json_integer_value(json_object_get(j, "attempt_limit")), str(j, "run_at"),
+           parked ? "  parked: key " : "", parked ? str(j, "concurrency_key") : "",
            json_is_string(json_object_get(j, "last_error")) ? "  error: " : "",
            json_is_string(json_object_get(j, "last_error")) ? str(j, "last_error") : "");
 }

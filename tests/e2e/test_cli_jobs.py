@@ -98,6 +98,16 @@ def test_queues(server):
     job = re.match(r"job (\d+)", ok("jobs", "submit", "--queue", "mail", "--handler", "noop",
                                     "--concurrency-key", "acme", server=server)).group(1)
     assert json.loads(ok("jobs", "get", job, "--json", server=server))["concurrency_key"] == "acme"
+    # A pull-API job of a full key, passed over by a claim, shows as parked.
+    ok("queues", "put", "held", "--key-concurrency", "1", server=server)
+    held = [re.match(r"job (\d+)", ok("jobs", "submit", "--queue", "held", "--handler", "external:x",
+                                      "--concurrency-key", "acme", server=server)).group(1)
+            for _ in range(2)]
+    claimed = server.post("/queues/held/claim", {"worker": "py", "max": 10}).json()["jobs"]
+    assert [str(j["job_id"]) for j in claimed] == held[:1]
+    assert re.search(rf"^{held[1]}  pending .* parked: key acme$",
+                     ok("jobs", "list", "--queue", "held", server=server), re.M)
+    assert ok("queues", "show", "held", server=server).endswith("per key 1 (parked 1)\n")
     r = cli("queues", "show", "nope", server=server)
     assert r.returncode == 1 and "404" in r.stderr
 
