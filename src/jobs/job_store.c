@@ -1281,9 +1281,14 @@ job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
     }
     struct store_batch notes;
     store_batch_init(&notes, c, 2);
-    note_key(&notes, store_col_text(&r, 0), text_or_null(&r, 1));
+    char queue[JOB_NAME_MAX + 1];
+    bb_strlcpy(queue, store_col_text(&r, 0), sizeof queue);
+    note_key(&notes, queue, text_or_null(&r, 1));
     store_rows_close(&r);
     rc = note_freed_keys(c, &notes, e);
+    /* A keyed job's slot may have come free: wake its queue's claimers. */
+    if (rc == ERR_OK && notes.n_rows > 0)
+        rc = store_notify(c, JOBS__CHANNEL, queue, e);
     store_batch_deinit(&notes);
     return rc;
 }
