@@ -26,6 +26,7 @@ asan:
 bench:
 	bench/locks/run.sh
 	bench/jobs/run.sh
+	bench/jobs/keyed.sh
 	bench/checkout/run.sh
 	bench/checkout/unit.sh
 
