@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# How long one key's backlog holds another key back on a queue with a per-key
-# limit (key_concurrency 1): BACKLOG jobs of key "big", one of them running,
-# then one job of key "small"; claims of up to 10 over the pull API, one
-# after another, until "small" is handed out. Each claim left short sets
-# aside (parks) up to 1,000 of "big"'s ready jobs.
+# Queues with a per-key limit (key_concurrency 1), on SQLite and PostgreSQL:
+#  - backlog: BACKLOG jobs of key "big", one of them running, then one job of
+#    key "small"; claims of up to 10 over the pull API, one after another,
+#    until "small" is handed out (each claim left short sets aside up to
+#    1,000 of "big"'s ready jobs);
+#  - throughput: N no-op jobs spread over 1,000 keys, then over 5, run by 10
+#    embedded workers, from the queue's resume to its last completion.
 #
-#   bench/jobs/keyed.sh        (BACKLOG=100000)
+#   bench/jobs/keyed.sh        (BACKLOG=100000 N=20000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 BACKLOG=${BACKLOG:-100000}
+N=${N:-20000}
 . bench/lib.sh
 
 for engine in sqlite postgres; do
@@ -40,4 +43,28 @@ print(f"{engine:8} backlog {backlog}: 'small' handed out by claim {len(lat)}, af
       f" parked {depth['parked']}")
 PY
   backbone_down "backbone-$engine" >/dev/null
+  for keys in 1000 5; do
+    backbone_up "$(fresh_db $engine keyed$keys)" --workers 10
+    /usr/bin/python3 - "$engine" "$N" "$keys" <<'PY'
+import sys, time
+import requests
+engine, n, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+url = "http://127.0.0.1:18190"
+s = requests.Session()
+s.put(f"{url}/queues/k", json={"key_concurrency": 1, "paused": True}).raise_for_status()
+for b in range(0, n, 1000):
+    jobs = [{"queue": "k", "handler": "noop", "concurrency_key": f"t{(b + i) % keys}"}
+            for i in range(min(1000, n - b))]
+    s.post(f"{url}/jobs/batch", json={"jobs": jobs}).raise_for_status()
+start = time.monotonic()
+s.post(f"{url}/queues/k/resume").raise_for_status()
+while True:
+    d = s.get(f"{url}/queues/k").json()["depth"]
+    if d["ready"] + d["parked"] + d["running"] + d["scheduled"] == 0:
+        break
+    time.sleep(0.02)
+print(f"{engine:8} {n} no-op jobs over {keys} keys, 10 workers: {n / (time.monotonic() - start):,.0f}/s")
+PY
+    backbone_down "backbone-$engine-$keys" >/dev/null
+  done
 done
