@@ -476,7 +476,6 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
         return rc;
     /* Parked jobs under a raised limit: their keys' next jobs get the new
      * slots at the next claim. (A lowered one parks more as claims go.) */
-    const struct store_param name[] = {sp_text(q->name)};
     if (q->key_concurrency > was.key_concurrency) {
         const struct store_param n[] = {sp_text(q->name),
                                         sp_int(q->key_concurrency - was.key_concurrency)};
@@ -484,6 +483,7 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
     }
     if (q->key_concurrency > 0)
         return ERR_OK;
+    const struct store_param name[] = {sp_text(q->name)};
     rc = store_exec(c, &UNPARK_QUEUE, name, 1, NULL, e);
     return rc == ERR_OK ? store_exec(c, &FREED_KEYS_DROP, name, 1, NULL, e) : rc;
 }
