@@ -1562,7 +1562,9 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
     return ERR_OK;
 }
 
-/* UNPARK_FREED_PG's work on SQLite. */
+/* Take the queue's notes and unpark their keys' first parked jobs: one
+ * statement on PostgreSQL (UNPARK_FREED_PG), the notes then key by key on
+ * SQLite. */
 static enum err
 unpark_freed_keys(struct store_conn *c, const char *queue, int64_t per_key, struct bb_error *e)
 {
@@ -2185,7 +2187,7 @@ job_schedule_list_json(struct store_conn *c, const char *only, int upcoming, jso
     json_t *list = json_array();
     while (store_next(&r)) {
         json_t *o = json_object();
-        const char *cron = store_col_is_null(&r, 1) ? NULL : store_col_text(&r, 1);
+        const char *cron = text_or_null(&r, 1);
         const char *tz = store_col_text(&r, 2);
         int64_t interval = store_col_int(&r, 3);
         json_object_set_new(o, "name", text_json(&r, 0));
@@ -2255,7 +2257,7 @@ fire_one(struct store_conn *c, const struct store_rows *r, int64_t now_ms, int64
          struct bb_error *e)
 {
     const char *name = store_col_text(r, 0);
-    const char *cron = store_col_is_null(r, 1) ? NULL : store_col_text(r, 1);
+    const char *cron = text_or_null(r, 1);
     const char *tz = store_col_text(r, 2);
     int64_t interval = store_col_int(r, 3);
     int64_t due = store_col_int(r, 8);
