@@ -58,8 +58,11 @@ int http_server_port(const struct http_server *s);
  * connection, is answered 503 with Connection: close. Requests in flight go on. */
 void http_server_drain(struct http_server *s);
 /* Wait (up to timeout_ms) for every request in flight to be answered and its
- * answer sent, then close every connection and free the server. NULL is fine. */
-void http_server_stop(struct http_server *s, int64_t timeout_ms);
+ * answer sent, then close every connection and free the server. False when
+ * requests were still suspended at the timeout: the server is left to the
+ * exiting process, and so must be everything their handlers may use. NULL
+ * is fine (true). */
+bool http_server_stop(struct http_server *s, int64_t timeout_ms);
 
 /* ---- reading a request (valid until it is answered) ------------------------- */
 
@@ -182,8 +185,9 @@ typedef void http_giveup_fn(void *arg, enum err why);
 struct http_waitlist;
 /* `on_count` (may be NULL) hears how many entries are parked (a gauge). */
 struct http_waitlist *http_waitlist_create(const char *thread_name, void (*on_count)(int64_t));
-/* The wake counter: read it before an attempt, pass it to park. */
-uint64_t http_waitlist_seq(struct http_waitlist *w);
+/* The wake counter of `key`: read it before an attempt, pass it to park
+ * with the same key. */
+uint64_t http_waitlist_seq(struct http_waitlist *w, const char *key);
 /* Park; false when the list is stopping (the caller answers itself). */
 bool http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mono_ms,
                         int64_t deadline_mono_ms, uint64_t seen_seq, http_wait_fn *retry,

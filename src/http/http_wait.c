@@ -8,9 +8,11 @@
  * Due entries get their retry callback (which re-parks them if they still
  * have to wait); entries past their deadline get give_up.
  *
- * Lost wake-ups: an entry notes the list's wake counter before its attempt
- * (http_waitlist_seq); if a wake came between the attempt and the parking,
- * the entry is due at once.
+ * Lost wake-ups: an entry notes its key's wake counter before its attempt
+ * (http_waitlist_seq); if a wake of that key came between the attempt and
+ * the parking, the entry is due at once. Keys share WAKE_BUCKETS counters by
+ * hash, so a wake of another key makes an entry retry early only when the
+ * two keys share a counter, not on every wake anywhere.
  *
  * Locking: `mu` guards the list and `stopping`; callbacks run without it.
  */
@@ -31,15 +33,17 @@ struct parked {
     void *arg;
 };
 
+enum { WAKE_BUCKETS = 64 };
+
 struct http_waitlist {
     char name[16];
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct parked *head; /* guarded by mu */
-    int64_t count;       /* guarded by mu */
-    bool stopping;       /* guarded by mu */
-    _Atomic uint64_t wakes;
+    struct parked *head;          /* guarded by mu */
+    int64_t count;                /* guarded by mu */
+    bool stopping;                /* guarded by mu */
+    uint64_t wakes[WAKE_BUCKETS]; /* guarded by mu */
     void (*on_count)(int64_t);
 };
 
@@ -126,10 +130,23 @@ http_waitlist_create(const char *thread_name, void (*on_count)(int64_t))
     return w;
 }
 
-uint64_t
-http_waitlist_seq(struct http_waitlist *w)
+/* FNV-1a, folded onto the buckets. */
+static size_t
+bucket_of(const char *key)
 {
-    return w->wakes;
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return (size_t)(h % WAKE_BUCKETS);
+}
+
+uint64_t
+http_waitlist_seq(struct http_waitlist *w, const char *key)
+{
+    pthread_mutex_lock(&w->mu);
+    uint64_t seq = w->wakes[bucket_of(key)];
+    pthread_mutex_unlock(&w->mu);
+    return seq;
 }
 
 bool
@@ -151,7 +168,7 @@ http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mo
         free(p);
         return false;
     }
-    p->due = w->wakes != seen_seq;
+    p->due = w->wakes[bucket_of(key)] != seen_seq;
     p->next = w->head;
     w->head = p;
     w->count++;
@@ -166,7 +183,12 @@ void
 http_waitlist_wake(struct http_waitlist *w, const char *key)
 {
     pthread_mutex_lock(&w->mu);
-    w->wakes++;
+    if (key == NULL) {
+        for (size_t i = 0; i < WAKE_BUCKETS; i++)
+            w->wakes[i]++;
+    } else {
+        w->wakes[bucket_of(key)]++;
+    }
     bool any = false;
     for (struct parked *p = w->head; p; p = p->next) {
         if (key == NULL || strcmp(p->key, key) == 0) {

@@ -964,7 +964,7 @@ static void claim_reply(struct http_req *r, void *arg, enum err rc, const struct
 static void
 claim_submit(struct jop *op)
 {
-    op->seen_seq = http_waitlist_seq(op->svc->claims);
+    op->seen_seq = http_waitlist_seq(op->svc->claims, op->name);
     http_req_run(op->req, op->svc->store, STORE_WRITE, claim_work, claim_reply, op);
 }
 

@@ -289,7 +289,7 @@ static void acquire_reply(struct http_req *r, void *arg, enum err rc, const stru
 static void
 acquire_submit(struct locks__op *op)
 {
-    op->seen_seq = http_waitlist_seq(op->svc->waiters);
+    op->seen_seq = http_waitlist_seq(op->svc->waiters, op->name);
     http_req_run(op->req, op->svc->store, STORE_WRITE, acquire_work, acquire_reply, op);
 }
 

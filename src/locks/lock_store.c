@@ -175,13 +175,13 @@ static struct store_stmt LOCK_RELEASE = {
            " updated_at_ms = $3 WHERE name = $1 AND token = $2 AND owner IS NOT NULL"
            " RETURNING waiters_until_ms",
 };
-/* A refused acquire that will wait: note until when, and read the holder.
+/* A refused acquire that will wait: note until when, and read the holder;
+ * nothing written (and no row) when the mark already covers the deadline,
+ * as it does on every retry of a waiting acquire after its first.
  * $1 name, $2 wait deadline (wall ms) */
 static struct store_stmt LOCK_MARK_WAITING = {
-    .sql_pg = "UPDATE locks SET waiters_until_ms = GREATEST(waiters_until_ms, $2)"
-              " WHERE name = $1 RETURNING " LOCK_COLUMNS,
-    .sql_sqlite = "UPDATE locks SET waiters_until_ms = MAX(waiters_until_ms, $2)"
-                  " WHERE name = $1 RETURNING " LOCK_COLUMNS,
+    .sql = "UPDATE locks SET waiters_until_ms = $2 WHERE name = $1 AND waiters_until_ms < $2"
+           " RETURNING " LOCK_COLUMNS,
 };
 static struct store_stmt LOCK_LIST = {
     .sql = "SELECT name, owner, token, epoch, expires_at_ms, acquired_at_ms FROM locks"
@@ -303,8 +303,12 @@ lock_acquire(struct store_conn *c, const char *name, const char *owner, int64_t 
     store_rows_close(&r);
     /* Nothing written: someone else holds it. Say who, and if the caller
      * will wait, mark the lock so that its release is announced. */
-    bool waits = wait_until_ms > now_ms;
-    rc = row_read(c, waits ? &LOCK_MARK_WAITING : &LOCK_SELECT, name, wait_until_ms, &row, e);
+    rc = ERR_OK;
+    row.exists = false;
+    if (wait_until_ms > now_ms)
+        rc = row_read(c, &LOCK_MARK_WAITING, name, wait_until_ms, &row, e);
+    if (rc == ERR_OK && !row.exists)
+        rc = row_read(c, &LOCK_SELECT, name, 0, &row, e);
     if (rc != ERR_OK)
         return rc;
     if (locks__decide_acquire(&row, owner, now_ms) != LOCKS__DENY)
