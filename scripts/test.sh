@@ -20,7 +20,8 @@ cmake --build build-tsan -j"$jobs"
 
 pgdir=$(mktemp -d /tmp/backbone-pg.XXXXXX)
 trap 'scripts/pg-test.sh stop "$pgdir"' EXIT
-export BACKBONE_TEST_PG_URL=$(scripts/pg-test.sh start "$pgdir")
+pg_url=$(scripts/pg-test.sh start "$pgdir") # not in `export`: that would hide a failed start
+export BACKBONE_TEST_PG_URL=$pg_url
 export BACKBONE_TEST_REQUIRE_PG=1
 echo "test PostgreSQL: $BACKBONE_TEST_PG_URL"
 

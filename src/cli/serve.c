@@ -386,8 +386,10 @@ app_start(struct app *app, struct bb_error *e)
     unsigned roles = app->roles;
     if (roles & ROLE_LOCKS) {
         rc = lock_service_create(app->store, &app->locks, e);
-        if (rc == ERR_OK)
+        if (rc == ERR_OK) {
             lock_service_reserve(app->locks, PAYMENT_FENCE_PREFIX);
+            lock_service_reserve(app->locks, JOB_FENCE_PREFIX);
+        }
     }
     if (rc == ERR_OK && (roles & ROLE_JOBS)) {
         struct job_service_options jo = {.payload_limit_bytes = app->cfg.payload_limit_bytes};
@@ -470,8 +472,11 @@ app_start(struct app *app, struct bb_error *e)
     return ERR_OK;
 }
 
-/* Take everything down in order (also after a failed start: NULLs are fine). */
-static void
+/* Take everything down in order (also after a failed start: NULLs are fine).
+ * False when something still runs (a handler that ignored cancellation, a
+ * request still suspended): then nothing is freed, for the process to exit
+ * with. */
+static bool
 app_stop(struct app *app)
 {
     int64_t t0 = bb_mono_ms();
@@ -483,10 +488,16 @@ app_stop(struct app *app)
     saga_engine_stop(app->sagas);
     if (app->sagas)
         saga_engine_run_here(app->sagas, NULL);
-    job_pool_stop(app->pool, deadline);
+    bool clean = job_pool_stop(app->pool, deadline);
     payments_stop(app->payments);
     int64_t left = deadline - bb_mono_ms();
-    http_server_stop(app->http, left > 1000 ? left : 1000);
+    clean = http_server_stop(app->http, left > 1000 ? left : 1000) && clean;
+    if (!clean) {
+        /* A handler or a request still runs: what it may use stays, and the
+         * process exits with it. Every accepted write is already durable. */
+        log_info("server.stopped", "duration_ms=%lld clean=false", (long long)(bb_mono_ms() - t0));
+        return false;
+    }
     lock_service_destroy(app->locks);
     job_service_destroy(app->jobs);
     inventory_service_destroy(app->inventory);
@@ -502,6 +513,7 @@ app_stop(struct app *app)
     free_list(app->worker_queues);
     free_list(app->exec_allow);
     log_info("server.stopped", "duration_ms=%lld", (long long)(bb_mono_ms() - t0));
+    return true;
 }
 
 /* Test builds: BACKBONE_FAULTS arms fault points (bb_faults_arm; seeded by
@@ -576,9 +588,10 @@ run(int argc, char **argv, const char *command, bool with_api)
         sigwait(&signals, &sig);
         log_info("server.stopping", "signal=%d", sig);
     }
-    app_stop(&app);
-    serve_config_free(&app.cfg);
-    metrics_shutdown();
+    if (app_stop(&app)) {
+        serve_config_free(&app.cfg);
+        metrics_shutdown();
+    }
     return code;
 }
 

@@ -895,11 +895,11 @@ http_server_drain(struct http_server *s)
     s->draining = true;
 }
 
-void
+bool
 http_server_stop(struct http_server *s, int64_t timeout_ms)
 {
     if (s == NULL)
-        return;
+        return true;
     http_server_drain(s);
     int64_t deadline = bb_mono_ms() + timeout_ms;
     pthread_mutex_lock(&s->mu);
@@ -910,7 +910,7 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
     if (suspended > 0) {
         /* Stopping now would violate libmicrohttpd's contract; leak instead. */
         log_error("http.stop_timeout", "suspended=%d", suspended);
-        return;
+        return false;
     }
     if (active > 0)
         log_warn("http.stop_timeout", "unfinished=%d", active);
@@ -920,4 +920,5 @@ http_server_stop(struct http_server *s, int64_t timeout_ms)
     pthread_cond_destroy(&s->cv);
     free(s->api_token);
     free(s);
+    return true;
 }

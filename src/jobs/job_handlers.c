@@ -171,7 +171,7 @@ ledger_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     const struct job_lease *job = arg;
     char key[48];
-    snprintf(key, sizeof key, "job:%" PRId64, job->id);
+    snprintf(key, sizeof key, JOB_FENCE_PREFIX "%" PRId64, job->id);
     /* Fenced by the lease: a worker whose lease was rescued cannot write. */
     enum err rc = lock_fence_check(c, key, job->lease_token, bb_wall_ms(), e);
     if (rc != ERR_OK)

@@ -840,11 +840,11 @@ wait_idle(struct job_pool *p, int64_t deadline)
     }
 }
 
-void
+bool
 job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
 {
     if (p == NULL)
-        return;
+        return true;
     if (!p->ignore_wakeups)
         store_unlisten(p->store, on_ready, p);
     pthread_mutex_lock(&p->mu);
@@ -875,20 +875,24 @@ job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
         stuck = p->running;
     }
     pthread_mutex_unlock(&p->mu);
-    if (stuck > 0) {
-        /* A handler ignores cancellation: its lease will run out and the
-         * job will be rescued. Leave the pool to the exiting process. */
-        log_error("jobs.pool_stuck", "running=%d", stuck);
-        return;
+    if (stuck == 0) {
+        for (int i = 0; i < p->n_runners; i++)
+            pthread_join(p->runners[i], NULL);
     }
-    for (int i = 0; i < p->n_runners; i++)
-        pthread_join(p->runners[i], NULL);
+    /* Record what has finished (a stuck handler's outcome, if it comes
+     * later, is not: its lease runs out and the job is rescued). */
     pthread_mutex_lock(&p->mu);
     p->completer_stop = true;
     pthread_cond_signal(&p->done_cv);
     pthread_mutex_unlock(&p->mu);
     if (p->started)
         pthread_join(p->completer, NULL);
+    if (stuck > 0) {
+        /* A handler ignores cancellation: leave the pool to the exiting
+         * process. */
+        log_error("jobs.pool_stuck", "running=%d", stuck);
+        return false;
+    }
     log_info("jobs.pool_stopped", "worker=%s", p->worker);
     for (size_t i = 0; i < p->n_queues; i++)
         free(p->queues[i]);
@@ -902,4 +906,5 @@ job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
     pthread_cond_destroy(&p->done_cv);
     pthread_cond_destroy(&p->idle_cv);
     free(p);
+    return true;
 }

@@ -411,6 +411,11 @@ void job_run_recorded(struct job_run *run, enum err rc);
 enum job_verdict { JOB_DONE, JOB_RETRY, JOB_FAIL_PERMANENTLY };
 typedef enum job_verdict job_handler_fn(struct job_run *run);
 
+/* The fence of the "ledger" handler's writes: JOB_FENCE_PREFIX "{job_id}",
+ * checked against the lease token. Reserved: the lock API refuses to take
+ * or write these names. */
+#define JOB_FENCE_PREFIX "job:"
+
 /* The handlers this process can run, by name. Built in: "noop",
  * "fail" (always retryable failure), "fail_permanently", "sleep" (payload
  * {"ms":N}, honours cancel), "ledger" (records the job once in job_ledger,
@@ -449,8 +454,12 @@ BB_WUR enum err job_pool_start(struct store *s, const struct job_registry *r,
                                const struct job_pool_options *o, struct job_pool **out,
                                struct bb_error *e);
 /* Stop claiming; let running jobs finish until `deadline_ms` (monotonic),
- * then cancel them and hand their leases back (they run again elsewhere). */
-void job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms);
+ * then cancel them and hand their leases back (they run again elsewhere).
+ * Outcomes already reached are recorded before it returns. False when a
+ * handler ignored cancellation: its thread still runs, so the pool is left
+ * to the exiting process, and so must be everything the handler may use
+ * (the registry, the store). NULL is fine (true). */
+bool job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms);
 
 /* The scheduler: rescues expired leases, fires schedules and deletes
  * finished jobs past their retention, in every process that runs it (safe

@@ -512,8 +512,11 @@ listener_main(void *arg)
     while (!s->listener_stop) {
         if (conn == NULL) {
             struct bb_error e;
+            bb_error_clear(&e);
             conn = store__pg_listen_connect(s, &e);
-            if (conn == NULL || listener_subscribe_all(s, conn) != ERR_OK) {
+            if (conn != NULL && listener_subscribe_all(s, conn) != ERR_OK)
+                bb_fail(&e, ERR_UNAVAILABLE, "", "LISTEN failed");
+            if (conn == NULL || e.code != ERR_OK) {
                 log_warn("store.listener_down", "detail=%s retry_ms=%lld", e.detail,
                          (long long)backoff_ms);
                 if (conn)

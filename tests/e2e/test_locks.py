@@ -228,6 +228,8 @@ BAD_INPUT = [
     ("POST", "/locks/payment:o1/renew", {"token": 1}, 400, "invalid_request", "name"),
     ("POST", "/locks/payment:o1/release", {"token": 1}, 400, "invalid_request", "name"),
     ("PUT", "/fenced/payment:o1", {"token": 2**62, "value": 1}, 400, "invalid_request", "key"),
+    ("PUT", "/fenced/job:1", {"token": 2**62, "value": 1}, 400, "invalid_request", "key"),
+    ("POST", "/locks/job:1/acquire", {"owner": "w"}, 400, "invalid_request", "name"),
     ("PATCH", "/locks/a/acquire", {"owner": "w"}, 405, "method_not_allowed", None),
     ("POST", "/locks/a/steal", {"owner": "w"}, 404, "not_found", None),
 ]
