@@ -365,13 +365,15 @@ commit_reservations(struct saga_step_run **runs, size_t n, enum saga_outcome *ou
 /* ---- payment ------------------------------------------------------------------------------- */
 
 /* payment:{order_id}, owned by this run of the step: the owner names the
- * job's lease (saga:{id}:{lease}), so a later run is another owner with a
- * larger token. */
+ * job and its lease (saga:{id}:{job}:{lease}; a saga's retries and a
+ * person's retry are new jobs whose leases count from 1 again), so a later
+ * run is another owner with a larger token. */
 static void
 payment_lock_names(const struct saga_step_run *run, char name[128], char owner[128])
 {
     snprintf(name, 128, PAYMENT_FENCE_PREFIX "%s", data_text(run, "order_id"));
-    snprintf(owner, 128, "saga:%s:%" PRId64, run->saga_id, run->lease_token);
+    snprintf(owner, 128, "saga:%s:%" PRId64 ":%" PRId64, run->saga_id, run->job_id,
+             run->lease_token);
 }
 
 /* Refused: an earlier run of this saga may hold the lock, one whose grant
@@ -798,6 +800,19 @@ from_event(const json_t *event, const char *checkout_id, json_t **data, void *ct
     return *data ? ERR_OK : bb_fail(e, ERR_INVALID, "", "checkout %s: bad event", checkout_id);
 }
 
+/* No saga can run for it (its event is not what this code writes: a bug,
+ * or a newer writer): the checkout fails now rather than stay PENDING. */
+static enum err
+on_reject(struct store_conn *c, const char *checkout_id, const char *why, void *ctx,
+          struct bb_error *e)
+{
+    (void)why;
+    (void)ctx;
+    enum checkout_status failed = CHECKOUT_FAILED;
+    const char *reason = "the checkout could not be processed";
+    return checkout__finish(c, &checkout_id, &failed, &reason, 1, bb_wall_ms(), e);
+}
+
 static enum err
 on_end(struct store_conn *c, const char *const *saga_ids, const enum saga_state *ends,
        const json_t *const *data, const char *const *reasons, size_t n, void *ctx,
@@ -929,6 +944,7 @@ checkout_saga_create(struct saga_engine *eng, struct job_registry *r,
                                 .n_steps = BB_ARRAY_LEN(STEPS),
                                 .start_event = "checkout.requested.v1",
                                 .from_event = from_event,
+                                .on_reject = on_reject,
                                 .on_end = on_end,
                                 .ctx = cs};
     saga_engine_add(eng, &cs->def);

@@ -708,7 +708,9 @@ static void
 insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t now_ms,
               struct store_param p[INSERT_PARAMS])
 {
-    const struct job_backoff *b = spec->has_backoff ? &spec->backoff : &q->backoff;
+    struct job_backoff b = spec->has_backoff ? spec->backoff : q->backoff;
+    if (spec->backoff_cap_ms > 0 && b.cap_ms > spec->backoff_cap_ms)
+        b.cap_ms = spec->backoff_cap_ms;
     int64_t attempts = spec->max_attempts > 0 ? spec->max_attempts : q->max_attempts;
     const struct store_param values[INSERT_PARAMS] = {
         sp_text(q->name),
@@ -721,10 +723,10 @@ insert_params(const struct job_spec *spec, const struct job_queue *q, int64_t no
         sp_text(spec->tags ? spec->tags : "[]"),
         sp_text(spec->unique_key),
         sp_int(attempts),
-        sp_int(b->base_ms),
-        sp_int(b->factor_milli),
-        sp_int(b->cap_ms),
-        sp_int(b->jitter_pct),
+        sp_int(b.base_ms),
+        sp_int(b.factor_milli),
+        sp_int(b.cap_ms),
+        sp_int(b.jitter_pct),
         sp_int(spec->max_duration_ms > 0 ? spec->max_duration_ms : q->lease_ms),
         sp_text(spec->schedule),
         spec->schedule ? sp_int(spec->scheduled_for_ms) : sp_null(),

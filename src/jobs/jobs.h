@@ -158,6 +158,7 @@ struct job_spec {
     int64_t max_attempts; /* 0: the queue's */
     bool has_backoff;     /* else the queue's */
     struct job_backoff backoff;
+    int64_t backoff_cap_ms;  /* > 0: the backoff's cap is at most this (a queue's too) */
     int64_t max_duration_ms; /* 0: the queue's lease */
     const char *unique_key;  /* NULL: none */
     /* Jobs of one key run at most the queue's key_concurrency at once (a

@@ -90,7 +90,8 @@ struct saga_step_run {
     struct store *store;
     void *ctx;           /* the definition's */
     int64_t attempt;     /* 1 on the first run of this step */
-    int64_t lease_token; /* the job's lease token (unique per run) */
+    int64_t job_id;      /* the job running the step */
+    int64_t lease_token; /* the job's lease token: (job_id, lease_token) names the run */
     int64_t held;        /* what `hold` took for this run (a lock's token); 0: nothing */
     /* The trace the saga carries on (its start event's); NULL: none. A step
      * runs with it as its thread's log context, so what it writes alone
@@ -169,6 +170,11 @@ typedef enum err saga_end_fn(struct store_conn *c, const char *const *saga_ids,
  * aggregate id correlates (one instance per type and aggregate). */
 typedef enum err saga_start_fn(const json_t *event_data, const char *aggregate_id, json_t **data,
                                void *ctx, struct bb_error *e);
+/* A starting event nothing can start from (saga_start_fn refused it, or
+ * its data is not JSON), in the transaction that marks it handled: end
+ * what waited for the saga (`why` says what was wrong, for operators). */
+typedef enum err saga_reject_fn(struct store_conn *c, const char *aggregate_id, const char *why,
+                                void *ctx, struct bb_error *e);
 
 struct saga_def {
     const char *type; /* "checkout" */
@@ -176,7 +182,8 @@ struct saga_def {
     size_t n_steps;
     const char *start_event; /* outbox event type that starts one; NULL: none */
     saga_start_fn *from_event;
-    saga_end_fn *on_end; /* may be NULL */
+    saga_reject_fn *on_reject; /* may be NULL */
+    saga_end_fn *on_end;       /* may be NULL */
     void *ctx;
 };
 

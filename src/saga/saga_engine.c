@@ -72,6 +72,13 @@ static struct metrics_def M_START_FAILED = {
     .help = "Rounds of the starter that failed and rolled back (their events are claimed again).",
     .type = METRICS_COUNTER,
 };
+static struct metrics_def M_BAD_START = {
+    .name = "backbone_saga_bad_start_events_total",
+    .help = "Starting events nothing could start from (not the data a saga of the type needs), "
+            "by type; each was ended by its type's reject (a checkout: FAILED) and logged.",
+    .type = METRICS_COUNTER,
+    .labels = {"type"},
+};
 static struct metrics_def M_PRUNED = {
     .name = "backbone_sagas_pruned_total",
     .help = "Finished saga instances deleted after the retention period (--saga-retention).",
@@ -122,6 +129,7 @@ metrics_init(void)
     metrics_register(&M_PRUNED);
     metrics_register(&M_JOB_RUNS);
     metrics_register(&M_START_FAILED);
+    metrics_register(&M_BAD_START);
     metrics_register(&M_UNIT_BATCH);
     metrics_register(&M_UNIT_ALONE);
     metrics_register(&M_UNITS_WAITING);
@@ -355,6 +363,7 @@ step_run(const struct step_job *j, const struct saga_instance *in, struct store_
                                   .store = j->eng->store,
                                   .ctx = j->def->ctx,
                                   .attempt = in->retries + 1,
+                                  .job_id = j->run->job->id,
                                   .lease_token = j->run->job->lease_token,
                                   .held = j->held,
                                   .traceparent = j->run->job->traceparent,
@@ -1051,6 +1060,7 @@ struct start_batch {
     int64_t after[DEFS_MAX], last[DEFS_MAX];
     int64_t claimed;
     int64_t started;
+    int64_t rejected[DEFS_MAX]; /* bad starting events, by the unit in hand */
 };
 
 /* A saga as saga__start_many writes it. */
@@ -1074,6 +1084,7 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct start_batch *b = arg;
     b->claimed = b->started = 0;
+    memset(b->rejected, 0, sizeof b->rejected);
     int64_t now = bb_wall_ms();
     for (size_t d = 0; d < g_n_defs; d++) {
         const struct saga_def *def = g_defs[d];
@@ -1094,10 +1105,22 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
             data[k] = NULL;
             if (ev[i].data == NULL || def->from_event(ev[i].data, ev[i].aggregate_id, &data[k],
                                                       def->ctx, &why) != ERR_OK) {
-                /* Nothing can start from it; say so once and move on. */
+                /* Nothing can start from it: end what waited for it, say so
+                 * once and move on. */
+                const char *detail = ev[i].data ? why.detail : "the event's data is not JSON";
                 log_error("saga.bad_start_event", "type=%s event=%lld detail=%s", def->type,
-                          (long long)ev[i].id, ev[i].data ? why.detail : "not JSON");
+                          (long long)ev[i].id, detail);
                 json_decref(data[k]);
+                data[k] = NULL;
+                b->rejected[d]++;
+                if (def->on_reject)
+                    rc = def->on_reject(c, ev[i].aggregate_id, detail, def->ctx, e);
+                if (rc != ERR_OK) {
+                    for (size_t j = 0; j < k; j++)
+                        json_decref(data[j]);
+                    outbox_claimed_free(ev, n);
+                    return rc;
+                }
                 continue;
             }
             traces[k] = ev[i].traceparent; /* the checkout request's trace, carried on */
@@ -1248,6 +1271,10 @@ starter_main(void *arg)
                 log_error_limited(1, "saga.start_failed", "detail=%s", e.detail);
                 metrics_add(&M_START_FAILED, 1);
                 break;
+            }
+            for (size_t d = 0; d < g_n_defs; d++) {
+                if (b.rejected[d] > 0)
+                    metrics_add(&M_BAD_START, (double)b.rejected[d], g_defs[d]->type);
             }
             /* On through a backlog from there; each round starts over. */
             memcpy(b.after, b.last, sizeof b.after);

@@ -101,6 +101,8 @@ struct saga_in_flight {
     char type[SAGA_TYPE_MAX + 1];
     int64_t version, job_id;
     enum saga_state state;
+    int step;
+    int64_t retries;
 };
 /* saga_sweep_stranded in its two steps: read up to `limit` in-flight
  * instances after `after` (*out a heap array of *n, free() it; NULL when

@@ -148,7 +148,12 @@ saga_state_from_name(const char *name, enum saga_state *out)
 
 /* ---- a step's job ------------------------------------------------------------------------ */
 
-/* A step's job: `payload` names the instance and the version it runs. */
+/* A step's job: `payload` names the instance and the version it runs.
+ * Its own attempts are crashes and database errors, not the step's
+ * failures (those are the saga's retries): they retry on the queue's
+ * backoff capped at a minute, so a saga whose job keeps failing is dead,
+ * and so STUCK for a person to see, within about 20 minutes rather than
+ * the queue's hours. */
 static struct job_spec
 step_spec(const char *payload, int64_t run_at_ms)
 {
@@ -157,6 +162,7 @@ step_spec(const char *payload, int64_t run_at_ms)
                              .payload = payload,
                              .run_at_ms = run_at_ms,
                              .max_attempts = SAGA_JOB_ATTEMPTS,
+                             .backoff_cap_ms = 60000,
                              .max_duration_ms = SAGA_STEP_LEASE_MS};
 }
 
@@ -410,29 +416,52 @@ static struct store_stmt SAGA_UPDATE = {
            " timeline = timeline || $13 WHERE id = $1 AND version = $2",
 };
 
-/* The unit's timeline entries, a line each, as the timeline column holds
- * them. */
+/* One timeline entry, a line, as the timeline column holds them. */
+static void
+timeline_line(struct bb_buf *b, const struct saga_unit_row *r)
+{
+    bb_buf_puts(b, "{\"step\":");
+    bb_buf_json_string(b, r->step);
+    bb_buf_puts(b, ",\"phase\":");
+    bb_buf_json_string(b, r->phase);
+    bb_buf_puts(b, ",\"outcome\":");
+    bb_buf_json_string(b, r->outcome);
+    bb_buf_printf(b, ",\"attempt\":%" PRId64, r->attempt);
+    if (r->error) {
+        char error[512]; /* a bb_error's detail */
+        bb_utf8_copy(error, sizeof error, r->error);
+        bb_buf_puts(b, ",\"error\":");
+        bb_buf_json_string(b, error);
+    }
+    bb_buf_printf(b, ",\"started_at_ms\":%" PRId64 ",\"ended_at_ms\":%" PRId64 "}\n", r->started_ms,
+                  r->ended_ms);
+}
+
+/* The unit's timeline entries. */
 static void
 unit_lines(const struct saga_unit *u, struct bb_buf *b)
 {
-    for (size_t i = 0; i < u->n_rows; i++) {
-        const struct saga_unit_row *r = &u->rows[i];
-        bb_buf_puts(b, "{\"step\":");
-        bb_buf_json_string(b, r->step);
-        bb_buf_puts(b, ",\"phase\":");
-        bb_buf_json_string(b, r->phase);
-        bb_buf_puts(b, ",\"outcome\":");
-        bb_buf_json_string(b, r->outcome);
-        bb_buf_printf(b, ",\"attempt\":%" PRId64, r->attempt);
-        if (r->error) {
-            char error[512]; /* a bb_error's detail */
-            bb_utf8_copy(error, sizeof error, r->error);
-            bb_buf_puts(b, ",\"error\":");
-            bb_buf_json_string(b, error);
-        }
-        bb_buf_printf(b, ",\"started_at_ms\":%" PRId64 ",\"ended_at_ms\":%" PRId64 "}\n",
-                      r->started_ms, r->ended_ms);
-    }
+    for (size_t i = 0; i < u->n_rows; i++)
+        timeline_line(b, &u->rows[i]);
+}
+
+/* The timeline entry of what happened to a saga between its steps (it was
+ * found stranded, a person retried it): `outcome` at `step` of `type`. */
+static void
+event_line(struct bb_buf *b, const char *type, int step, enum saga_state state, const char *outcome,
+           int64_t attempt, const char *error, int64_t now_ms)
+{
+    const struct saga_def *def = saga__def_find(type);
+    struct saga_unit_row r = {
+        .step = def && step >= 0 && (size_t)step < def->n_steps ? def->steps[step].name : "",
+        .phase = state == SAGA_COMPENSATING ? "compensation" : "action",
+        .outcome = outcome,
+        .attempt = attempt,
+        .error = (char *)error,
+        .started_ms = now_ms,
+        .ended_ms = now_ms,
+    };
+    timeline_line(b, &r);
 }
 
 void
@@ -723,10 +752,12 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
 
 /* ---- the stuck retry --------------------------------------------------------------------- */
 
+/* The retry starts afresh: its old error and retry time go, and the
+ * timeline says a person retried it. */
 static struct store_stmt SAGA_UNSTICK = {
     .sql = "UPDATE sagas SET state = $5, version = version + 1, retries = 0,"
-           " job_id = $3, updated_at_ms = $4 WHERE id = $1 AND version = $2"
-           " AND state = 'STUCK'",
+           " job_id = $3, updated_at_ms = $4, error = NULL, next_retry_at_ms = NULL,"
+           " timeline = timeline || $6 WHERE id = $1 AND version = $2 AND state = 'STUCK'",
 };
 
 enum err
@@ -752,11 +783,19 @@ saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, s
     /* A saga gets its reason when it fails and turns to compensation; one
      * without was stranded while RUNNING (saga_sweep_stranded) and runs on. */
     enum saga_state resume = in.reason[0] ? SAGA_COMPENSATING : SAGA_RUNNING;
-    const struct store_param p[] = {sp_text(id), sp_int(in.version), sp_int(job_id), sp_int(now_ms),
-                                    sp_text(saga_state_name(resume))};
+    struct bb_buf line;
+    bb_buf_init(&line);
+    event_line(&line, in.type, in.step, resume, "retried", in.retries + 1, NULL, now_ms);
+    const struct store_param p[] = {sp_text(id),
+                                    sp_int(in.version),
+                                    sp_int(job_id),
+                                    sp_int(now_ms),
+                                    sp_text(saga_state_name(resume)),
+                                    sp_text(line.data)};
     int64_t changed = 0;
     if (rc == ERR_OK)
         rc = store_exec(c, &SAGA_UNSTICK, p, BB_ARRAY_LEN(p), &changed, e);
+    bb_buf_deinit(&line);
     if (rc == ERR_OK && changed == 0)
         rc = bb_fail(e, ERR_RETRY, "", "saga %s changed concurrently", id);
     saga__instance_deinit(&in);
@@ -766,15 +805,15 @@ saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, s
 /* ---- stranded instances ------------------------------------------------------------------ */
 
 static struct store_stmt SAGA_IN_FLIGHT = {
-    .sql = "SELECT id, version, state, type, job_id FROM sagas"
+    .sql = "SELECT id, version, state, type, job_id, step, retries FROM sagas"
            " WHERE state IN ('RUNNING', 'COMPENSATING') AND id > $1 ORDER BY id LIMIT $2",
 };
 /* Compare-and-set on the version read before the job's state: a saga
  * moved since (its step ended and the next job took over) is left alone. */
 static struct store_stmt SAGA_STRAND = {
     .sql = "UPDATE sagas SET state = 'STUCK', version = version + 1, next_retry_at_ms = NULL,"
-           " error = $3, job_id = NULL, updated_at_ms = $4 WHERE id = $1 AND version = $2"
-           " AND state IN ('RUNNING', 'COMPENSATING')",
+           " error = $3, job_id = NULL, updated_at_ms = $4, timeline = timeline || $5"
+           " WHERE id = $1 AND version = $2 AND state IN ('RUNNING', 'COMPENSATING')",
 };
 
 enum err
@@ -797,6 +836,8 @@ saga__in_flight(struct store_conn *c, const char *after, int64_t limit, struct s
         f[k].state = compensating ? SAGA_COMPENSATING : SAGA_RUNNING;
         bb_strlcpy(f[k].type, store_col_text(&r, 3), sizeof f[k].type);
         f[k].job_id = store_col_is_null(&r, 4) ? 0 : store_col_int(&r, 4);
+        f[k].step = (int)store_col_int(&r, 5);
+        f[k].retries = store_col_int(&r, 6);
         k++;
     }
     store_rows_close(&r);
@@ -837,10 +878,14 @@ saga__strand(struct store_conn *c, const struct saga_in_flight *f, size_t n, int
             continue;
         snprintf(error, sizeof error, "stranded: %s; POST /sagas/%s/retry drives it again", why,
                  f[i].id);
+        struct bb_buf line;
+        bb_buf_init(&line);
+        event_line(&line, f[i].type, f[i].step, f[i].state, "stuck", f[i].retries + 1, why, now_ms);
         const struct store_param q[] = {sp_text(f[i].id), sp_int(f[i].version), sp_text(error),
-                                        sp_int(now_ms)};
+                                        sp_int(now_ms), sp_text(line.data)};
         int64_t changed = 0;
         rc = store_exec(c, &SAGA_STRAND, q, BB_ARRAY_LEN(q), &changed, e);
+        bb_buf_deinit(&line);
         if (rc == ERR_OK && changed == 1) {
             saga__count_transition(c, f[i].type, f[i].state, SAGA_STUCK);
             log_error("saga.stranded", "saga=%s type=%s state=%s detail=%s", f[i].id, f[i].type,

@@ -349,11 +349,13 @@ def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
     server.put("/psp/config", {"hang_next": 0})
     r = server.post(f"/sagas/{sagas[0]['saga_id']}/retry")
     assert r.status_code == 200 and r.json()["state"] == "COMPENSATING"
+    assert r.json()["error"] is None  # the stuck compensation's error went with it
+    assert ("authorize_payment", "compensation", "retried") in steps(r.json())
     c = settled(server, cid)
     assert c["status"] == "FAILED" and c["reason"] == "the payment service is unavailable"
     saga = saga_of(server, cid)
     undo = [o for s, p, o in steps(saga) if s == "authorize_payment" and p == "compensation"]
-    assert undo == ["retry", "retry", "failed", "ok"]
+    assert undo == ["retry", "retry", "failed", "retried", "ok"]
     assert stock(server, "A")["available"] == 5
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
@@ -440,7 +442,13 @@ def test_a_saga_whose_job_is_cancelled_is_stuck_until_retried(make_server):
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 1
     server.put("/queues/sagas", {"backoff": {"base_ms": 20}})
     r = server.post(f"/sagas/{stuck['saga_id']}/retry")
-    assert r.status_code == 200 and r.json()["state"] == "RUNNING"
+    assert r.status_code == 200 and r.json()["state"] == "RUNNING" and r.json()["error"] is None
+    # The timeline says why it stopped, and that a person drove it on.
+    [found] = [t for t in r.json()["timeline"] if t["outcome"] == "stuck"]
+    assert found["step"] == "authorize_payment" and found["phase"] == "action"
+    assert f"its job {job_id} is cancelled" in found["error"]
+    assert steps(r.json())[-2:] == [("authorize_payment", "action", "stuck"),
+                                    ("authorize_payment", "action", "retried")]
     c = settled(server, cid)
     assert c["status"] == "COMPLETED"
     assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CONFIRMED"

@@ -157,8 +157,33 @@ toy_from_event(const json_t *event, const char *aggregate_id, json_t **data, voi
                struct bb_error *e)
 {
     (void)ctx;
-    (void)e;
+    if (json_object_get(event, "bad"))
+        return bb_fail(e, ERR_INVALID, "", "%s: a bad toy event", aggregate_id);
     *data = json_pack("{s:s, s:O}", "for", aggregate_id, "event", event);
+    return ERR_OK;
+}
+
+/* The aggregates whose events toy_from_event refused, as on_reject heard
+ * them. */
+static struct {
+    pthread_mutex_t mu;
+    char last[64];
+    char why[128];
+    int n;
+} rejected = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static enum err
+toy_on_reject(struct store_conn *c, const char *aggregate_id, const char *why, void *ctx,
+              struct bb_error *e)
+{
+    (void)c;
+    (void)ctx;
+    (void)e;
+    pthread_mutex_lock(&rejected.mu);
+    bb_strlcpy(rejected.last, aggregate_id, sizeof rejected.last);
+    bb_strlcpy(rejected.why, why, sizeof rejected.why);
+    rejected.n++;
+    pthread_mutex_unlock(&rejected.mu);
     return ERR_OK;
 }
 
@@ -219,7 +244,8 @@ static const struct saga_def TOY = {.type = "toy",
                                     .steps = TOY_STEPS,
                                     .n_steps = 3,
                                     .start_event = "toy.requested.v1",
-                                    .from_event = toy_from_event};
+                                    .from_event = toy_from_event,
+                                    .on_reject = toy_on_reject};
 
 /*
  * "toyb": an outside step p0, then two in-transaction steps with batch
@@ -764,7 +790,7 @@ a_failing_compensation_is_stuck_until_retried(void **state)
     assert_ok(store_run(f->db->store, STORE_WRITE, retry_work, op.id, &e), &e);
     saga = await_state(f, op.id, "FAILED");
     timeline_is(saga, "s1:action:ok s2:action:ok s3:action:failed s2:compensation:failed "
-                      "s2:compensation:ok s1:compensation:ok");
+                      "s2:compensation:retried s2:compensation:ok s1:compensation:ok");
     json_decref(saga);
     /* Only a STUCK saga is retried by hand. */
     assert_int_equal(store_run(f->db->store, STORE_WRITE, retry_work, op.id, &e), ERR_CONFLICT);
@@ -798,14 +824,14 @@ two_jobs_for_one_step_move_the_saga_once(void **state)
     assert_int_equal(writes(f), 3); /* the twin, not the saga's job, ran nothing */
 }
 
+/* A starting event for order-6 (arg NULL), or a bad one for `arg`. */
 static enum err
 event_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
-    (void)arg;
-    json_t *data = json_pack("{s:i}", "n", 1);
+    json_t *data = arg ? json_pack("{s:b}", "bad", 1) : json_pack("{s:i}", "n", 1);
     struct outbox_event ev = {.type = "toy.requested.v1",
                               .aggregate_type = "toy",
-                              .aggregate_id = "order-6",
+                              .aggregate_id = arg ? arg : "order-6",
                               .data = data,
                               .for_consumer = true};
     enum err rc = outbox_append(c, &ev, bb_wall_ms(), e);
@@ -817,6 +843,13 @@ static enum err
 list_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct saga_filter f = {.correlation_id = "order-6", .limit = 10};
+    return saga_list_json(c, &f, arg, e);
+}
+
+static enum err
+order7_list_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct saga_filter f = {.correlation_id = "order-7", .limit = 10};
     return saga_list_json(c, &f, arg, e);
 }
 
@@ -867,6 +900,37 @@ a_starting_event_starts_one_saga(void **state)
     json_decref(list);
     assert_int_equal(metric_or_zero("backbone_saga_job_runs_total{from=\"starter\"}"), carried + 1);
     assert_int_equal(metric_or_zero("backbone_saga_job_runs_total{from=\"store\"}"), read);
+}
+
+static void
+a_bad_starting_event_is_rejected_and_counted(void **state)
+{
+    struct fixture *f = *state;
+    struct bb_error e;
+    pthread_mutex_lock(&rejected.mu);
+    int before = rejected.n;
+    pthread_mutex_unlock(&rejected.mu);
+    int64_t counted = metric_or_zero("backbone_saga_bad_start_events_total{type=\"toy\"}");
+    char bad_for[] = "order-7";
+    assert_ok(store_run(f->db->store, STORE_WRITE, event_work, bad_for, &e), &e);
+    /* Then a good one: the starter went on past the bad one. */
+    assert_ok(store_run(f->db->store, STORE_WRITE, event_work, NULL, &e), &e);
+    json_decref(order6_sagas_when(f, "COMPLETED"));
+    pthread_mutex_lock(&rejected.mu);
+    assert_int_equal(rejected.n, before + 1);
+    assert_string_equal(rejected.last, "order-7");
+    assert_non_null(strstr(rejected.why, "a bad toy event"));
+    pthread_mutex_unlock(&rejected.mu);
+    for (int64_t deadline = bb_mono_ms() + 20000;
+         metric_or_zero("backbone_saga_bad_start_events_total{type=\"toy\"}") == counted &&
+         bb_mono_ms() < deadline;)
+        bb_sleep_ms(10);
+    assert_int_equal(metric_or_zero("backbone_saga_bad_start_events_total{type=\"toy\"}"),
+                     counted + 1);
+    json_t *list = NULL;
+    assert_ok(store_run(f->db->store, STORE_READ, order7_list_work, &list, &e), &e);
+    assert_int_equal(json_array_size(json_object_get(list, "sagas")), 0);
+    json_decref(list);
 }
 
 /* Makes every mark of a handled event fail, as a broken disk or a lost
@@ -1432,7 +1496,8 @@ a_saga_whose_job_is_cancelled_running_is_stuck_then_runs_on(void **state)
     set_backoff_ms(f, 3600000);
     TOY_SET(retries_left[1], 1);
     a_cancelled_job_leaves_its_saga_stuck(f, "order-cancelled", "RUNNING", "COMPLETED",
-                                          "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
+                                          "s1:action:ok s2:action:retry s2:action:stuck "
+                                          "s2:action:retried s2:action:ok s3:action:ok");
 }
 
 static void
@@ -1444,8 +1509,8 @@ a_saga_whose_job_is_cancelled_compensating_is_stuck_then_compensates(void **stat
     TOY_SET(undo[1], SAGA_STEP_RETRY);
     a_cancelled_job_leaves_its_saga_stuck(
         f, "order-cancelled-undo", "COMPENSATING", "FAILED",
-        "s1:action:ok s2:action:ok s3:action:failed s2:compensation:retry s2:compensation:ok "
-        "s1:compensation:ok");
+        "s1:action:ok s2:action:ok s3:action:failed s2:compensation:retry s2:compensation:stuck "
+        "s2:compensation:retried s2:compensation:ok s1:compensation:ok");
 }
 
 /* A saga of a type no process knows: its job fails every attempt and goes
@@ -1674,6 +1739,8 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_sweep_that_read_a_saga_before_its_step_ended_leaves_it_alone),
     SAGA_TEST(a_sweep_never_strands_a_saga_between_steps),
     cmocka_unit_test_setup_teardown(a_starting_event_starts_one_saga, setup_here, teardown),
+    cmocka_unit_test_setup_teardown(a_bad_starting_event_is_rejected_and_counted, setup_here,
+                                    teardown),
     cmocka_unit_test_setup_teardown(a_start_that_rolls_back_leaves_nothing_behind, setup_here,
                                     teardown),
     SAGA_TEST(two_jobs_for_one_step_move_the_saga_once),
