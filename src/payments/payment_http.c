@@ -26,8 +26,8 @@ static struct metrics_def M_ATTEMPT = {
 };
 static struct metrics_def M_FAILURES = {
     .name = "backbone_payment_failures_total",
-    .help = "Payment operations that failed, by reason (declined, psp_error, timeout, "
-            "stale_token).",
+    .help = "Payment operations that failed, by reason (declined, psp_error, timeout: "
+            "fresh PSP answers only, a replay is not counted again; stale_token).",
     .type = METRICS_COUNTER,
     .labels = {"reason"},
 };

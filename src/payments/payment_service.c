@@ -47,6 +47,7 @@ struct pay_op {
     char psp_key[STORE_IDEM_KEY_MAX + 16];
     char refund_id[PAYMENT_ID_LEN + 1];
     bool replay; /* answered before: no PSP call */
+    bool asked;  /* the PSP was called by this operation (its answer is fresh) */
     bool fenced; /* the caller raised the fence (payment_prepare): not before the PSP */
     /* Its outcome is written after the one it followed (settle's `after`),
      * in the same transaction and under the same token: that one's fence
@@ -183,7 +184,8 @@ read_work(struct store_conn *c, void *arg, struct bb_error *e)
 
 /* The end of every operation: the payment's JSON into *out (when it
  * exists, whatever the outcome; out NULL: not wanted) and the failure
- * counted. */
+ * counted. A PSP failure counts once, when the PSP answered it to this
+ * operation: a replay of a declined key is the same decline, not another. */
 static enum err
 conclude(struct pay_op *op, enum err rc, json_t **out)
 {
@@ -199,12 +201,13 @@ conclude(struct pay_op *op, enum err rc, json_t **out)
     static const struct {
         enum err rc;
         const char *reason;
-    } reasons[] = {{ERR_PAYMENT_DECLINED, "declined"},
-                   {ERR_UPSTREAM, "psp_error"},
-                   {ERR_TIMEOUT, "timeout"},
-                   {ERR_STALE_TOKEN, "stale_token"}};
+        bool psp; /* the PSP's answer: counted only when fresh */
+    } reasons[] = {{ERR_PAYMENT_DECLINED, "declined", true},
+                   {ERR_UPSTREAM, "psp_error", true},
+                   {ERR_TIMEOUT, "timeout", true},
+                   {ERR_STALE_TOKEN, "stale_token", false}};
     for (size_t i = 0; i < BB_ARRAY_LEN(reasons); i++) {
-        if (reasons[i].rc == rc)
+        if (reasons[i].rc == rc && (op->asked || !reasons[i].psp))
             payments__metric_failure(reasons[i].reason);
     }
     return rc;
@@ -220,6 +223,7 @@ psp_ask(struct pay_op *op)
                                       .currency = op->row.currency,
                                       .card = op->row.card[0] ? op->row.card : NULL};
     payments__psp_call(op->p->psp, &call, op->p->psp_timeout_ms, &op->answer);
+    op->asked = true;
     payments__metric_attempt(op->op, op->answer.outcome, op->answer.latency_ms);
 }
 
