@@ -597,9 +597,12 @@ static struct store_stmt REFUND_RESERVE = {
            " updated_at_ms = $3 WHERE id = $1 AND state = 'CAPTURED'"
            " AND refunded_amount + refund_pending_amount + $2 <= captured_amount",
 };
+/* A concurrent refund with the same key may have inserted it since the
+ * key was looked up: nothing is inserted then (see refund_begin). */
 static struct store_stmt REFUND_INSERT = {
     .sql = "INSERT INTO payment_refunds (id, payment_id, idempotency_key, amount, state,"
-           " created_at_ms) VALUES ($1, $2, $3, $4, 'pending', $5)",
+           " created_at_ms) VALUES ($1, $2, $3, $4, 'pending', $5)"
+           " ON CONFLICT (idempotency_key) DO NOTHING",
 };
 static struct store_stmt REFUND_DONE = {
     .sql = "UPDATE payment_refunds SET state = 'succeeded' WHERE id = $1 AND state = 'pending'",
@@ -656,7 +659,12 @@ refund_begin(struct store_conn *c, void *arg, struct bb_error *e)
         const struct store_param q[] = {sp_text(op->refund_id), sp_text(op->row.id),
                                         sp_text(op->key), sp_int(op->amount), sp_int(now)};
         if (rc == ERR_OK)
-            rc = store_exec(c, &REFUND_INSERT, q, BB_ARRAY_LEN(q), NULL, e);
+            rc = store_exec(c, &REFUND_INSERT, q, BB_ARRAY_LEN(q), &changed, e);
+        /* The key was taken by a refund that committed after the lookup (on
+         * PostgreSQL, concurrent transactions do not see each other): run
+         * again, rolling the reservation back, and answer as that one. */
+        if (rc == ERR_OK && changed != 1)
+            return bb_fail(e, ERR_RETRY, "", "refund key %s was used concurrently", op->key);
     }
     snprintf(op->psp_key, sizeof op->psp_key, "refund:%s", op->key);
     return rc;

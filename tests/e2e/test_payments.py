@@ -4,8 +4,10 @@ hangs past the caller's timeout, retried without charging twice; the mock's
 settings from flags, the seed's MOCK_* variables and PUT /psp/config; bad
 input; metrics and events."""
 import concurrent.futures
+import json
 
 import pytest
+import requests
 
 from conftest import check_events, outbox_events, problem
 
@@ -224,6 +226,33 @@ def test_concurrent_retries_of_one_authorization_charge_once(server):
     assert len(ids) == 1
     assert len(charges(server)) == 1
     assert len(outbox_events(server, type="payment.authorized.v1")) == 1
+
+
+def test_concurrent_refunds_with_one_key_all_get_the_first_answer(server):
+    # Requests racing with one key: on PostgreSQL the late ones used to look
+    # the key up before the first committed and hit the unique constraint.
+    pid = authorize(server, "pay-rc", amount=1000)["authorization_id"]
+    assert server.post(f"/payments/capture/{pid}").status_code == 200
+
+    def go(key):
+        with requests.Session() as s:
+            r = s.post(f"{server.url}/payments/{pid}/refund",
+                       json={"amount": 100, "idempotency_key": key}, timeout=60)
+            return r.status_code, r.text
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        for round_ in range(5):
+            answers = list(pool.map(go, [f"ref-{round_}"] * 8))
+            assert {status for status, _ in answers} == {200}, answers
+            # One refund more per round, the same one in every answer.
+            seen = {json.dumps([(r["refund_id"], r["amount"], r["state"])
+                                for r in json.loads(text)["refunds"]]) for _, text in answers}
+            assert len(seen) == 1, seen
+            assert len(json.loads(seen.pop())) == round_ + 1
+    p = server.get(f"/payments/{pid}").json()
+    assert (p["refunded_amount"], p["refund_pending_amount"], len(p["refunds"])) == (500, 0, 5)
+    assert len([c for c in charges(server) if c["op"] == "refund"]) == 5
+    assert len(outbox_events(server, type="payment.refunded.v1")) == 5
 
 
 BAD = [
