@@ -8,7 +8,8 @@
  *
  * Like a real PSP it keeps its own record (psp_charges), keyed by the
  * caller's idempotency key: a call repeated with a key it has seen gets the
- * recorded answer and does nothing twice. That record is what the
+ * recorded answer and does nothing twice; repeated with another amount, it
+ * is refused (declined, naming the amount on record) and does nothing. That record is what the
  * reconciliation checks count charges against. An authorization is settled
  * once: a void after an approved capture is declined (the money was taken:
  * refund it), and so is a capture after an approved void; the answer says
@@ -163,7 +164,7 @@ static struct store_stmt CHARGE_RECORD = {
            " ON CONFLICT (key) DO NOTHING",
 };
 static struct store_stmt CHARGE_GET = {
-    .sql = "SELECT reference, outcome, reason FROM psp_charges WHERE key = $1",
+    .sql = "SELECT reference, outcome, reason, amount FROM psp_charges WHERE key = $1",
 };
 /* One settlement of an authorization at a time (SQLite has one writer). */
 static struct store_stmt SETTLE_LOCK = {
@@ -203,9 +204,9 @@ static struct store_stmt CHARGE_RECORD_MANY = {
                   " ON CONFLICT (key) DO NOTHING RETURNING key",
 };
 static struct store_stmt CHARGE_GET_MANY = {
-    .sql_pg = "SELECT key, reference, outcome, reason FROM psp_charges"
+    .sql_pg = "SELECT key, reference, outcome, reason, amount FROM psp_charges"
               " WHERE key = ANY($1::text[])",
-    .sql_sqlite = "SELECT key, reference, outcome, reason FROM psp_charges"
+    .sql_sqlite = "SELECT key, reference, outcome, reason, amount FROM psp_charges"
                   " WHERE key IN (SELECT value FROM json_each($1))",
 };
 
@@ -286,9 +287,12 @@ settle_check(struct store_conn *c, const struct payments__psp_call *call,
 }
 
 /* The answer recorded for the call's key before (columns reference,
- * outcome, reason from `col`). */
+ * outcome, reason, amount from `col`); a call with another amount than the
+ * recorded one is refused instead: replaying the answer would let the
+ * caller book an amount the PSP never charged. */
 static void
-recorded_answer(const struct store_rows *r, int col, struct payments__psp_answer *a)
+recorded_answer(const struct store_rows *r, int col, const struct payments__psp_call *call,
+                struct payments__psp_answer *a)
 {
     bb_strlcpy(a->reference, store_col_text(r, col), sizeof a->reference);
     a->outcome = strcmp(store_col_text(r, col + 1), "declined") == 0 ? PSP_DECLINED : PSP_APPROVED;
@@ -298,6 +302,17 @@ recorded_answer(const struct store_rows *r, int col, struct payments__psp_answer
     }
     bb_strlcpy(a->reason, store_col_is_null(r, col + 2) ? "" : store_col_text(r, col + 2),
                sizeof a->reason);
+    int64_t amount = store_col_int(r, col + 3);
+    if (amount == call->amount)
+        return;
+    /* A capture made under this key settled the authorization: say so, as
+     * a void after it would learn it. */
+    if (a->outcome == PSP_APPROVED && strcmp(call->op, "capture") == 0)
+        a->captured = amount;
+    a->outcome = PSP_DECLINED;
+    a->other_amount = true;
+    a->recorded_amount = amount;
+    snprintf(a->reason, sizeof a->reason, "the key was used for amount %" PRId64, amount);
 }
 
 /* Record the decision, or read the one recorded for this key before. */
@@ -328,7 +343,7 @@ record_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (rc != ERR_OK)
         return rc;
     if (store_next(&r))
-        recorded_answer(&r, 0, a);
+        recorded_answer(&r, 0, call, a);
     store_rows_close(&r);
     return ERR_OK;
 }
@@ -445,7 +460,7 @@ record_many(struct store_conn *c, void *arg, struct bb_error *e)
         while (rc == ERR_OK && store_next(&r)) {
             struct record_unit *u = member_of(b, store_col_text(&r, 0), false);
             if (u)
-                recorded_answer(&r, 1, u->a);
+                recorded_answer(&r, 1, u->call, u->a);
         }
         if (rc == ERR_OK)
             store_rows_close(&r);
@@ -533,6 +548,8 @@ payments__psp_call(struct payments__psp *psp, const struct payments__psp_call *c
     if (hang || fail) { /* whatever it decided, the caller does not hear it */
         a->captured = 0;
         a->voided = false;
+        a->other_amount = false;
+        a->recorded_amount = 0;
     }
     if (hang) {
         a->outcome = PSP_TIMEOUT;

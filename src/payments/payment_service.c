@@ -166,6 +166,20 @@ move(struct store_conn *c, const struct pay_op *op, enum payment_state to, const
     return rc;
 }
 
+/* The PSP refused the call: its key is on record for another amount (a
+ * capture's, when a capture of the authorization was asked for before with
+ * another amount; the ledger learned it if the PSP made it). */
+static enum err
+psp_refused_amount(const struct pay_op *op, struct bb_error *e)
+{
+    const struct payments__psp_answer *a = &op->answer;
+    return bb_fail(e, ERR_CONFLICT, "amount",
+                   "%s of payment %s for %" PRId64 " is refused: the PSP was asked the same for"
+                   " %" PRId64 " before%s",
+                   op->op, op->row.id, op->amount, a->recorded_amount,
+                   a->captured > 0 ? ", and captured that" : "; retry with that amount");
+}
+
 /* After a PSP error or timeout: the payment stays as it was. */
 static enum err
 psp_failed(const struct pay_op *op, struct bb_error *e)
@@ -253,7 +267,7 @@ plan_outcome(const struct pay_op *op)
     const struct payments__psp_answer *a = &op->answer;
     struct outcome_plan pl = {0};
     if (strcmp(op->op, "authorize") == 0) {
-        if (a->outcome == PSP_ERROR || a->outcome == PSP_TIMEOUT)
+        if (a->outcome == PSP_ERROR || a->outcome == PSP_TIMEOUT || a->other_amount)
             return pl;
         bool approved = a->outcome == PSP_APPROVED;
         pl = (struct outcome_plan){.move = true,
@@ -299,10 +313,11 @@ outcome_end(struct store_conn *c, void *arg, struct bb_error *e)
     rc = move(c, op, pl.to, pl.reference, pl.reason, pl.captured, &moved, e);
     if (rc == ERR_OK && !moved) {
         json_decref(pl.data);
+        /* A concurrent call recorded it (the same answer, or the PSP's
+         * refusal of this one that names it): what it says now. Another
+         * try would find the same state moved again. */
         op->unmoved = true;
-        if (strcmp(op->op, "authorize") == 0) /* a concurrent retry recorded it: what it says now */
-            return payments__row_get(c, op->row.id, &op->row, e);
-        return bb_fail(e, ERR_RETRY, "", "payment %s changed concurrently", op->row.id);
+        return payments__row_get(c, op->row.id, &op->row, e);
     }
     if (rc != ERR_OK) {
         json_decref(pl.data);
@@ -432,6 +447,8 @@ authorize(struct payments *p, const struct payment_request *req, char id[PAYMENT
         rc = outcome(&op, PH_AUTHORIZE_END, pending, e);
         if (rc == ERR_OK && (op.answer.outcome == PSP_ERROR || op.answer.outcome == PSP_TIMEOUT))
             rc = psp_failed(&op, e);
+        else if (rc == ERR_OK && op.answer.other_amount)
+            rc = psp_refused_amount(&op, e);
     }
     bool fresh = !op.replay;
     if (id)
@@ -549,7 +566,9 @@ settle(struct payments *p, const char *op_name, const char *payment_id, int64_t 
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
         rc = outcome(&op, PH_SETTLE_END, pending, e);
-        if (rc == ERR_OK && settled_before(&op.answer))
+        if (rc == ERR_OK && op.answer.other_amount && !op.answer.voided)
+            rc = psp_refused_amount(&op, e);
+        else if (rc == ERR_OK && settled_before(&op.answer))
             rc = bb_fail(e, ERR_CONFLICT, "",
                          "payment %s was already %s at the PSP (an answer that was lost)%s",
                          op.row.id, op.answer.voided ? "voided" : "captured",
@@ -717,7 +736,9 @@ payment_refund(struct payments *p, const char *payment_id, int64_t amount, const
     if (rc == ERR_OK && !op.replay) {
         psp_ask(&op);
         rc = run(&op, PH_REFUND_END, e);
-        if (rc == ERR_OK && op.answer.outcome != PSP_APPROVED)
+        if (rc == ERR_OK && op.answer.other_amount)
+            rc = psp_refused_amount(&op, e);
+        else if (rc == ERR_OK && op.answer.outcome != PSP_APPROVED)
             rc = psp_failed(&op, e);
     }
     return conclude(&op, rc, out);
@@ -1054,7 +1075,7 @@ outcome_end_many(struct store_conn *c, void *arg, struct bb_error *e)
         if (strcmp(op->op, "authorize") == 0) /* a concurrent retry recorded it */
             rc = payments__row_get(c, op->row.id, &op->row, e);
         else
-            op->alone = true; /* changed concurrently: alone, it retries */
+            op->alone = true; /* changed concurrently: alone, it reads what moved it */
     }
     if (rc == ERR_OK)
         rc = attempts_many(c, b, e);

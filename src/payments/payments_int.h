@@ -37,6 +37,12 @@ struct payments__psp_answer {
      * other way before (by a call whose answer was lost): how. */
     int64_t captured; /* the amount captured */
     bool voided;
+    /* The call's key is on record for another amount: refused (declined),
+     * nothing done, as a PSP refuses an idempotency key reused with other
+     * parameters; recorded_amount is the amount on record. A capture on
+     * record as approved is named as above (captured): the caller learns it. */
+    bool other_amount;
+    int64_t recorded_amount;
     /* A capture's or void's answer names the authorization it settles (its
      * reference, "" when the PSP approved none), as a PSP's settlement
      * answers name the payment: a ledger that lost the authorization's

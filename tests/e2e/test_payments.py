@@ -108,6 +108,58 @@ def test_a_capture_repeated_with_another_amount_is_refused(server):
     assert server.get(f"/payments/{part}").json()["captured_amount"] == 1000
 
 
+def test_a_capture_retried_with_another_amount_is_refused_and_books_what_the_psp_did(make_server):
+    # The PSP captured 1000 but its answer never came. A retry for another
+    # amount (or for all, 2000) under the same PSP key used to get the
+    # recorded approval and book its own amount: the ledger said 1500 while
+    # the PSP had charged 1000. The PSP refuses it now, naming the capture,
+    # and the ledger learns the 1000.
+    server = make_server(["--psp-timeout", "200ms"])
+    server.put("/psp/config", {"hang_next": 1, "hang_op": "capture"})
+    pid = authorize(server, "pay-lc", amount=2000)["authorization_id"]
+    hung = problem(server.post(f"/payments/capture/{pid}", {"amount": 1000}), 504, "timeout")
+    assert hung["state"] == "AUTHORIZED"
+    for body in ({"amount": 1500}, None):
+        doc = problem(server.post(f"/payments/capture/{pid}", body), 409, "conflict", "amount")
+        assert doc["state"] == "CAPTURED" and "1000" in doc["detail"], doc
+    p = server.get(f"/payments/{pid}").json()
+    assert p["captured_amount"] == 1000
+    assert [(a["op"], a["outcome"]) for a in p["attempts"]] == \
+        [("authorize", "approved"), ("capture", "timeout"), ("capture", "declined")]
+    ok = server.post(f"/payments/capture/{pid}", {"amount": 1000})
+    assert ok.status_code == 200 and ok.json()["captured_amount"] == 1000, ok.text
+    assert [(c["amount"], c["outcome"]) for c in charges(server) if c["op"] == "capture"] == \
+        [(1000, "approved")]
+    assert [ev["data"]["amount"] for ev in check_events(server)
+            if ev["type"] == "payment.captured.v1"] == [1000]
+
+
+def test_concurrent_captures_for_other_amounts_book_what_the_psp_captured(server):
+    def go(arg):
+        pid, amount = arg
+        with requests.Session() as s:
+            r = s.post(f"{server.url}/payments/capture/{pid}", json={"amount": amount},
+                       timeout=60)
+            return amount, r.status_code, r.json()
+
+    for round_ in range(4):
+        pid = authorize(server, f"pay-cc-{round_}", order_id=f"o-cc-{round_}",
+                        amount=2000)["authorization_id"]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(go, [(pid, 1000 + 500 * (i % 2)) for i in range(8)]))
+        [charge] = [c for c in charges(server)
+                    if c["op"] == "capture" and c["key"].endswith(f"pay-cc-{round_}")]
+        assert charge["outcome"] == "approved"
+        for amount, status, doc in answers:
+            assert doc["state"] == "CAPTURED", answers
+            if amount == charge["amount"]:
+                assert (status, doc["captured_amount"]) == (200, amount), answers
+            else:
+                assert (status, doc["field"]) == (409, "amount"), answers
+        assert server.get(f"/payments/{pid}").json()["captured_amount"] == charge["amount"]
+    assert len(outbox_events(server, type="payment.captured.v1")) == 4
+
+
 def test_void_releases_and_then_nothing_can_be_captured(server):
     pid = authorize(server, "pay-v")["authorization_id"]
     for _ in range(2):
