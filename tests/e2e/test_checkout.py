@@ -3,6 +3,7 @@ checkout per Idempotency-Key (replays, another body, ten concurrent
 requests), bad input, and kill -9 during a burst losing or doubling
 nothing."""
 import concurrent.futures
+import json
 
 import pytest
 import requests
@@ -50,6 +51,26 @@ def test_one_checkout_per_key(server):
             "idempotency_key_reused", "Idempotency-Key")
     assert checkout(server, "k-2")["checkout_id"] != first["checkout_id"]
     assert len(outbox_events(server, type="checkout.requested.v1")) == 2
+
+
+def test_the_same_body_serialised_otherwise_is_the_same_checkout(server):
+    # The fingerprint is the parsed body's canonical form (keys sorted,
+    # compact), not its bytes: nested keys in another order and other
+    # whitespace are the same request; the order of items is not.
+    headers = {"Idempotency-Key": "k-raw", "Content-Type": "application/json"}
+    first = server.post("/checkout", raw=json.dumps(BODY), headers=headers)
+    assert first.status_code == 202, first.text
+    reordered = {k: BODY[k] for k in reversed(list(BODY))}
+    reordered["items"] = [{k: it[k] for k in reversed(list(it))} for it in BODY["items"]]
+    for raw in (json.dumps(reordered, indent=4), json.dumps(BODY, separators=(",", ":")),
+                "\n\t " + json.dumps(reordered, separators=(" , ", " :  ")) + "\n"):
+        again = server.post("/checkout", raw=raw, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.json()["checkout_id"] == first.json()["checkout_id"]
+    swapped = {**BODY, "items": list(reversed(BODY["items"]))}
+    problem(server.post("/checkout", raw=json.dumps(swapped), headers=headers), 422,
+            "idempotency_key_reused", "Idempotency-Key")
+    assert len(outbox_events(server, type="checkout.requested.v1")) == 1
 
 
 def test_ten_concurrent_requests_with_one_key_make_one_checkout(server):
