@@ -1021,7 +1021,7 @@ handle_claim(struct http_req *r, void *ctx)
     op->lease_ms = 30000;
     if (path_name(r, "queue", &op->name, e) != ERR_OK ||
         http_req_json_object(r, &body, e) != ERR_OK || bb_json_only(body, allowed, e) != ERR_OK ||
-        bb_json_string(body, "worker", true, 200, &op->worker, e) != ERR_OK ||
+        bb_json_string(body, "worker", true, JOB_WORKER_MAX, &op->worker, e) != ERR_OK ||
         bb_json_int(body, "max", false, 1, CLAIM_MAX, &op->n, e) != ERR_OK ||
         bb_json_int(body, "lease_ms", false, JOB_LEASE_MIN_MS, JOB_LEASE_MAX_MS, &op->lease_ms,
                     e) != ERR_OK ||

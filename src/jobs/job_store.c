@@ -1834,8 +1834,10 @@ fail_one(struct store_conn *c, struct job_finish *f, int64_t now_ms, double (*ra
     int64_t limit = store_col_int(&r, 1);
     struct job_backoff b = {store_col_int(&r, 2), store_col_int(&r, 3), store_col_int(&r, 4),
                             store_col_int(&r, 5)};
-    char worker[128];
-    bb_strlcpy(worker, store_col_text(&r, 6), sizeof worker);
+    /* Whole, as the claim stored it (JOB_WORKER_MAX); cut, if ever, on a
+     * character boundary: PostgreSQL refuses text that is not UTF-8. */
+    char worker[JOB_WORKER_MAX + 1];
+    bb_utf8_copy(worker, sizeof worker, store_col_text(&r, 6));
     int64_t started = store_col_int(&r, 7);
     char handler[JOB_NAME_MAX + 1];
     bb_strlcpy(handler, store_col_text(&r, 8), sizeof handler);

@@ -76,7 +76,7 @@ struct job_pool {
     double avg_duration_us; /* moving average of recent jobs; guarded by mu */
     int64_t poll_ms;
     bool ignore_wakeups;
-    char worker[128];
+    char worker[JOB_WORKER_MAX + 1];
     char **queues; /* NULL: every queue */
     size_t n_queues;
     char *queues_json; /* the same as a JSON array, for the claim; NULL: every queue */
@@ -796,7 +796,7 @@ job_pool_start(struct store *s, const struct job_registry *r, const struct job_p
     p->poll_ms = o->poll_ms > 0 ? o->poll_ms : 1000;
     p->ignore_wakeups = o->ignore_wakeups;
     if (o->worker_name && *o->worker_name) {
-        bb_strlcpy(p->worker, o->worker_name, sizeof p->worker);
+        bb_utf8_copy(p->worker, sizeof p->worker, o->worker_name);
     } else {
         char host[64] = "host";
         gethostname(host, sizeof host - 1);

@@ -31,6 +31,7 @@ enum {
     JOB_NAME_MAX = 100, /* queue, handler and schedule names */
     JOB_UNIQUE_KEY_MAX = 200,
     JOB_CONCURRENCY_KEY_MAX = 200,
+    JOB_WORKER_MAX = 200,  /* bytes of a worker's name (a claim's "worker") */
     JOB_KEYED_SCAN = 1000, /* ready jobs a claim of a keyed queue looks at */
     JOB_ERROR_MAX = 2000,  /* bytes of an attempt's error kept */
     JOB_PRIORITY_MIN = -1000,

@@ -396,6 +396,29 @@ def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     assert server.metric("backbone_job_stale_reports_total", 'report="complete"') == 2
 
 
+def test_a_long_multibyte_worker_name_is_rescued_and_failed_whole(server):
+    # 200 bytes (the most a claim takes), a three-byte character across
+    # byte 127: a cut there once made PostgreSQL refuse every rescue batch.
+    worker = "\u20ac" * 66 + "ab"
+    assert len(worker.encode()) == 200
+    job_id = submit(server, {"handler": "external"})["job_id"]
+    got = server.post("/queues/default/claim", {"worker": worker, "lease_ms": 100}).json()["jobs"]
+    assert [j["job_id"] for j in got] == [job_id]
+    job = await_condition(lambda: (lambda j: j if j["state"] == "pending" else None)(
+        server.get(f"/jobs/{job_id}").json()), what="the lease to be rescued")
+    assert [(a["outcome"], a["worker"]) for a in job["attempts"]] == [("lease_expired", worker)]
+    got = server.post("/queues/default/claim", {"worker": worker}).json()["jobs"]
+    assert [j["job_id"] for j in got] == [job_id]
+    error = "\u00e9" * 1000  # 2,000 bytes: the most a failure keeps
+    r = server.post(f"/jobs/{job_id}/fail",
+                    {"token": got[0]["lease_token"], "error": error, "retry": False})
+    assert r.status_code == 200 and r.json()["state"] == "dead", r.text
+    attempts = server.get(f"/jobs/{job_id}/history").json()["attempts"]
+    assert [(a["outcome"], a["worker"]) for a in attempts] == [
+        ("lease_expired", worker), ("failed_permanently", worker)]
+    assert attempts[1]["error"] == error
+
+
 class Sink(http.server.BaseHTTPRequestHandler):
     """Receives webhook pushes; answers with the status the path asks for."""
     received = []

@@ -416,6 +416,59 @@ cancel_revokes_a_running_lease_and_run_now_brings_it_back(void **state)
 
 /* The states of many jobs at once: each id's (a repeat too), and none for
  * an id with no job. */
+/*
+ * A pull-API worker's name of the longest accepted length, with a
+ * three-byte character across byte 127 (where a 128-byte buffer used to cut
+ * it, leaving text PostgreSQL refuses): its lease is rescued, and its
+ * failure recorded, with the name whole in every attempt; an error longer
+ * than is kept is cut between characters.
+ */
+static void
+a_long_multibyte_worker_name_survives_rescue_and_failure(void **state)
+{
+    struct test_conn *f = *state;
+    char worker[JOB_WORKER_MAX + 1] = "";
+    for (int i = 0; i < 66; i++)
+        strcat(worker, "\xe2\x82\xac"); /* U+20AC: bytes 126-128 are one character */
+    strcat(worker, "ab");
+    assert_int_equal(strlen(worker), JOB_WORKER_MAX);
+    char error[JOB_ERROR_MAX + 200] = "";
+    for (int i = 0; i < 700; i++)
+        strcat(error, "\xe2\x82\xac"); /* 2,100 bytes: byte 2,000 is inside one */
+    int64_t id = submit(f->c, "default", "external", 0, 0, T0);
+    struct job_lease *l;
+    size_t n;
+    struct bb_error e;
+    assert_ok(job_claim(f->c, "default", worker, true, 1, 1000, T0, &l, &n, NULL, &e), &e);
+    assert_int_equal(n, 1);
+    free_leases(l, n);
+    int64_t rescued;
+    assert_ok(job_rescue_expired(f->c, T0 + 1000, 1000, &rescued, &e), &e);
+    assert_int_equal(rescued, 1);
+    assert_ok(job_claim(f->c, "default", worker, true, 1, 1000, T0 + 2000, &l, &n, NULL, &e), &e);
+    assert_int_equal(n, 1);
+    struct job_finish fin = {
+        .id = id, .token = l[0].lease_token, .outcome = JOB_OUTCOME_PERMANENT, .error = error};
+    free_leases(l, n);
+    assert_ok(job_finish_batch(f->c, &fin, 1, T0 + 2500, mid, &e), &e);
+    assert_ok(fin.rc, &e);
+    json_t *j = get(f->c, id, T0 + 3000);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "dead");
+    json_t *attempts = json_object_get(j, "attempts");
+    assert_int_equal(json_array_size(attempts), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *a = json_array_get(attempts, i);
+        assert_string_equal(json_string_value(json_object_get(a, "outcome")),
+                            i == 0 ? "lease_expired" : "failed_permanently");
+        assert_string_equal(json_string_value(json_object_get(a, "worker")), worker);
+    }
+    const char *kept = json_string_value(json_object_get(json_array_get(attempts, 1), "error"));
+    assert_non_null(kept);
+    assert_int_equal(strlen(kept), 1998); /* 666 whole characters */
+    assert_memory_equal(kept, error, 1998);
+    json_decref(j);
+}
+
 static void
 states_of_many_jobs_are_read_at_once(void **state)
 {
@@ -1964,6 +2017,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(a_job_unparked_then_cancelled_hands_its_slot_on),
     JOB_TEST(a_key_freed_while_a_claim_parks_its_jobs_is_seen_by_the_next_claim),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
+    JOB_TEST(a_long_multibyte_worker_name_survives_rescue_and_failure),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
     JOB_TEST(dead_letters_group_by_error_and_redrive_or_purge_by_group),
