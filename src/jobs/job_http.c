@@ -877,9 +877,12 @@ redrive_all_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
     const struct job_dead_match m = {op->name, op->filter.fingerprint};
-    enum err rc = job_redrive_dead(c, &m, bb_wall_ms(), &op->n, e);
+    int64_t skipped;
+    enum err rc = job_redrive_dead(c, &m, bb_wall_ms(), &op->n, &skipped, e);
     if (rc == ERR_OK)
-        jop_answer(op, 200, json_pack("{s:I}", "redriven", (json_int_t)op->n));
+        jop_answer(
+            op, 200,
+            json_pack("{s:I, s:I}", "redriven", (json_int_t)op->n, "skipped", (json_int_t)skipped));
     return rc;
 }
 

@@ -1238,10 +1238,28 @@ static struct store_stmt JOB_REENQUEUE = {
 #define DEAD_MATCH                               \
     "state = 'dead' AND ($1 = '' OR queue = $1)" \
     " AND ($2 = '' OR error_fingerprint = $2)"
+/* The live job holding finished job $1's unique key: it cannot be queued
+ * again while one does (jobs_unique). */
+static struct store_stmt JOB_UNIQUE_HOLDER = {
+    .sql = "SELECT l.id, l.state, j.unique_key, j.queue FROM jobs j JOIN jobs l"
+           " ON l.queue = j.queue AND l.unique_key = j.unique_key"
+           " AND l.state IN ('pending', 'running')"
+           " WHERE j.id = $1 AND j.state IN ('completed', 'cancelled', 'dead')",
+};
+/* The dead letters that may be queued again: those without a unique key,
+ * and of those sharing one the newest, unless a live job holds it. */
 static struct store_stmt JOB_REDRIVE_DEAD = {
     .sql = "UPDATE jobs SET state = 'pending', run_at_ms = $3, attempt_limit = attempt +"
            " max_attempts, finished_at_ms = NULL, error_fingerprint = NULL, updated_at_ms = $3"
-           " WHERE " DEAD_MATCH,
+           " WHERE id IN (SELECT d.id FROM (SELECT id, queue, unique_key, row_number()"
+           " OVER (PARTITION BY queue, unique_key ORDER BY id DESC) AS nth FROM jobs"
+           " WHERE " DEAD_MATCH ") d WHERE d.unique_key IS NULL"
+           " OR (d.nth = 1 AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.queue = d.queue"
+           " AND l.unique_key = d.unique_key AND l.state IN ('pending', 'running'))))",
+};
+/* After the redrive: the dead letters it left for their unique key. */
+static struct store_stmt JOB_DEAD_KEYED_COUNT = {
+    .sql = "SELECT COUNT(*) FROM jobs WHERE " DEAD_MATCH " AND unique_key IS NOT NULL",
 };
 static struct store_stmt JOB_PURGE_DEAD = {
     .sql = "DELETE FROM jobs WHERE " DEAD_MATCH,
@@ -1295,12 +1313,34 @@ job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
     return rc;
 }
 
+/* ERR_CONFLICT naming the live job that holds finished job `id`'s unique
+ * key, if one does. */
+static enum err
+unique_key_held(struct store_conn *c, int64_t id, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(id)};
+    enum err rc = store_query(c, &JOB_UNIQUE_HOLDER, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (store_next(&r))
+        rc = bb_fail(e, ERR_CONFLICT, "unique_key",
+                     "job %" PRId64 " (%s) holds unique_key '%s' in queue %s: job %" PRId64
+                     " can run again once it has finished",
+                     store_col_int(&r, 0), store_col_text(&r, 1), store_col_text(&r, 2),
+                     store_col_text(&r, 3), id);
+    store_rows_close(&r);
+    return rc;
+}
+
 enum err
 job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
     int64_t changed;
     enum err rc = store_exec(c, &JOB_RUN_PENDING_NOW, p, 2, &changed, e);
+    if (rc == ERR_OK && changed == 0)
+        rc = unique_key_held(c, id, e);
     if (rc == ERR_OK && changed == 0)
         rc = store_exec(c, &JOB_KEEP_COMPLETED_ATTEMPT, p, 1, NULL, e);
     if (rc == ERR_OK && changed == 0)
@@ -1321,11 +1361,13 @@ job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e
 
 enum err
 job_redrive_dead(struct store_conn *c, const struct job_dead_match *m, int64_t now_ms, int64_t *n,
-                 struct bb_error *e)
+                 int64_t *skipped, struct bb_error *e)
 {
     const struct store_param p[] = {sp_text(m->queue ? m->queue : ""),
                                     sp_text(m->fingerprint ? m->fingerprint : ""), sp_int(now_ms)};
     enum err rc = store_exec(c, &JOB_REDRIVE_DEAD, p, 3, n, e);
+    if (rc == ERR_OK)
+        rc = query_int(c, &JOB_DEAD_KEYED_COUNT, p, 2, skipped, NULL, e);
     if (rc == ERR_OK && *n > 0)
         rc = store_notify(c, JOBS__CHANNEL, m->queue ? m->queue : "", e);
     return rc;

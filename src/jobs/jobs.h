@@ -232,16 +232,19 @@ BB_WUR enum err job_states_many(struct store_conn *c, const int64_t *ids, size_t
 BB_WUR enum err job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e);
 /* Run now: a pending job's run_at becomes now; a dead, cancelled or completed
  * job is enqueued again with a fresh set of attempts. ERR_CONFLICT while
- * running. */
+ * running, or (field "unique_key", naming the holder) while a pending or
+ * running job holds its unique_key. */
 BB_WUR enum err job_run_now(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e);
 /* Dead letters: redrive every dead job that `m` matches, or delete them.
- * *n gets how many. */
+ * *n gets how many. A redrive leaves dead the jobs whose unique_key a
+ * pending or running job holds, and of those sharing a key all but the
+ * newest; *skipped gets how many it left. */
 struct job_dead_match {
     const char *queue;       /* NULL: all queues */
     const char *fingerprint; /* NULL: every error */
 };
 BB_WUR enum err job_redrive_dead(struct store_conn *c, const struct job_dead_match *m,
-                                 int64_t now_ms, int64_t *n, struct bb_error *e);
+                                 int64_t now_ms, int64_t *n, int64_t *skipped, struct bb_error *e);
 BB_WUR enum err job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
                                struct bb_error *e);
 /* The dead letters grouped by queue and error fingerprint, largest first:

@@ -142,7 +142,7 @@ def test_dead_letters(server):
     assert ok("dlq", "redrive", str(ids[0]), server=server) == \
         f"job_id {ids[0]}, state pending\n"
     wait_job(server, ids[0], ("dead",))
-    assert ok("dlq", "redrive-all", server=server) == "redriven 3\n"
+    assert ok("dlq", "redrive-all", server=server) == "redriven 3, skipped 0\n"
     for job_id in ids:
         wait_job(server, job_id, ("dead",))
     groups = ok("dlq", "groups", server=server).splitlines()

@@ -102,7 +102,7 @@ def test_dead_letters_group_by_error_with_a_hint_in_the_metrics(server):
             'error="smtp.example.com:25 timed out after <n> ms"')
     assert server.metric("backbone_dead_jobs_by_error", hint) == 3
     # Fixed the cause: redrive that group only, and it leaves the gauge.
-    assert server.post(f"/dlq/redrive?fingerprint={fp}").json() == {"redriven": 3}
+    assert server.post(f"/dlq/redrive?fingerprint={fp}").json() == {"redriven": 3, "skipped": 0}
     assert [g["count"] for g in server.get("/dlq/groups").json()["groups"]] == [1]
     assert server.metric("backbone_dead_jobs_by_error", hint) is None
     other = server.get("/dlq/groups?queue=default&limit=1").json()["groups"][0]["fingerprint"]
@@ -113,6 +113,24 @@ def test_dead_letters_group_by_error_with_a_hint_in_the_metrics(server):
         problem(server.get(path), 400, "invalid_request",
                 "fingerprint" if "fingerprint" in path else "limit")
     problem(server.post("/dlq/redrive?fingerprint=0123"), 400, "invalid_request", "fingerprint")
+
+
+def test_a_dead_job_whose_unique_key_is_held_again_is_skipped_by_a_redrive(server):
+    job_id = dead_by_hand(server, "external", "gave up")
+    first = submit(server, {"handler": "external", "unique_key": "order-9"})["job_id"]
+    got = server.post("/queues/default/claim", {"worker": "py"}).json()["jobs"]
+    r = server.post(f"/jobs/{first}/fail",
+                    {"token": got[0]["lease_token"], "error": "gave up", "retry": False})
+    assert r.json()["state"] == "dead", r.text
+    live = submit(server, {"handler": "external", "unique_key": "order-9",
+                           "delay_ms": 3600000})["job_id"]
+    for path in (f"/jobs/{first}/retry", f"/dlq/{first}/redrive"):
+        doc = problem(server.post(path), 409, "conflict", "unique_key")
+        assert f"job {live} " in doc["detail"] and "order-9" in doc["detail"], doc
+    # One held key does not hold the others back: the rest are redriven.
+    assert server.post("/dlq/redrive").json() == {"redriven": 1, "skipped": 1}
+    assert server.get(f"/jobs/{job_id}").json()["state"] == "pending"
+    assert server.get(f"/jobs/{first}").json()["state"] == "dead"
 
 
 def test_permanent_failure_skips_the_retries(server):

@@ -10,6 +10,7 @@
 #include "jobs/jobs.h"
 #include "jobs/jobs_int.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -330,8 +331,10 @@ failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
     /* Redrive: pending again, with a fresh set of three attempts. */
     int64_t n;
     const struct job_dead_match all = {.queue = "default"};
-    assert_ok(job_redrive_dead(f->c, &all, now, &n, &e), &e);
+    int64_t skipped;
+    assert_ok(job_redrive_dead(f->c, &all, now, &n, &skipped, &e), &e);
     assert_int_equal(n, 1);
+    assert_int_equal(skipped, 0);
     struct job_lease l = claim_one(f->c, "default", now);
     assert_int_equal(l.attempt, 4);
     assert_int_equal(l.attempt_limit, 6);
@@ -1562,8 +1565,10 @@ dead_letters_group_by_error_and_redrive_or_purge_by_group(void **state)
 
     int64_t n;
     const struct job_dead_match group = {.queue = "default", .fingerprint = fp};
-    assert_ok(job_redrive_dead(f->c, &group, T0, &n, &e), &e);
+    int64_t skipped;
+    assert_ok(job_redrive_dead(f->c, &group, T0, &n, &skipped, &e), &e);
     assert_int_equal(n, 2);
+    assert_int_equal(skipped, 0);
     assert_string_equal(state_of(f->c, a, T0), "pending");
     json_t *j = get(f->c, a, T0);
     assert_null(json_object_get(j, "error_fingerprint")); /* only dead jobs have one */
@@ -1581,6 +1586,67 @@ dead_letters_group_by_error_and_redrive_or_purge_by_group(void **state)
 
 /* Before version 4 dead jobs had no fingerprint: its data step gives them theirs. */
 static struct store_stmt UNPRINT = {.sql = "UPDATE jobs SET error_fingerprint = NULL"};
+
+/* A job submitted with `unique_key` (NULL: none), run once and dead. */
+static int64_t
+dead_job(struct store_conn *c, const char *unique_key, int64_t now)
+{
+    struct job_spec s = {.handler = "noop", .unique_key = unique_key};
+    int64_t id;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(c, &s, now, &id, &created, &e), &e);
+    assert_true(created);
+    struct job_lease l = claim_one(c, "default", now);
+    assert_int_equal(l.id, id);
+    assert_int_equal(finish(c, id, l.lease_token, JOB_OUTCOME_PERMANENT, now, NULL), ERR_OK);
+    job_lease_deinit(&l);
+    return id;
+}
+
+/*
+ * A dead job whose unique_key a live job holds stays dead: its own retry
+ * is refused naming the key and the holder, and a bulk redrive skips it
+ * (and, of dead jobs sharing a free key, redrives the newest), redriving
+ * the rest and saying how many it skipped.
+ */
+static void
+a_redrive_skips_dead_jobs_whose_unique_key_is_held(void **state)
+{
+    struct test_conn *f = *state;
+    int64_t held = dead_job(f->c, "order-1", T0);
+    int64_t older = dead_job(f->c, "order-2", T0);
+    int64_t newer = dead_job(f->c, "order-2", T0);
+    int64_t plain = dead_job(f->c, NULL, T0);
+    struct job_spec s = {.handler = "noop", .unique_key = "order-1", .run_at_ms = T0 + 60000};
+    int64_t live;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(f->c, &s, T0, &live, &created, &e), &e);
+    assert_true(created);
+
+    assert_int_equal(job_run_now(f->c, held, T0 + 1, &e), ERR_CONFLICT);
+    assert_string_equal(e.field, "unique_key");
+    char holder[32];
+    snprintf(holder, sizeof holder, "job %" PRId64 " ", live);
+    assert_non_null(strstr(e.detail, holder));
+    assert_string_equal(state_of(f->c, held, T0 + 1), "dead");
+
+    int64_t n, skipped;
+    const struct job_dead_match all = {0};
+    assert_ok(job_redrive_dead(f->c, &all, T0 + 2, &n, &skipped, &e), &e);
+    assert_int_equal(n, 2);
+    assert_int_equal(skipped, 2);
+    assert_string_equal(state_of(f->c, held, T0 + 2), "dead");
+    assert_string_equal(state_of(f->c, older, T0 + 2), "dead");
+    assert_string_equal(state_of(f->c, newer, T0 + 2), "pending");
+    assert_string_equal(state_of(f->c, plain, T0 + 2), "pending");
+    assert_string_equal(state_of(f->c, live, T0 + 2), "pending");
+    /* Once the holder has finished, the key is free again. */
+    assert_ok(job_cancel(f->c, live, T0 + 3, &e), &e);
+    assert_ok(job_run_now(f->c, held, T0 + 4, &e), &e);
+    assert_string_equal(state_of(f->c, held, T0 + 4), "pending");
+}
 
 static void
 dead_letters_from_before_fingerprints_get_theirs_at_upgrade(void **state)
@@ -2022,6 +2088,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
     JOB_TEST(dead_letters_group_by_error_and_redrive_or_purge_by_group),
     JOB_TEST(dead_letters_from_before_fingerprints_get_theirs_at_upgrade),
+    JOB_TEST(a_redrive_skips_dead_jobs_whose_unique_key_is_held),
     JOB_TEST(cancel_revokes_a_running_lease_and_run_now_brings_it_back),
     JOB_TEST(enqueue_commits_or_rolls_back_with_the_callers_transaction),
     JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),
