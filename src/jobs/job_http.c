@@ -428,15 +428,12 @@ unknown_queue(struct bb_error *e, const char *queue)
                    queue);
 }
 
-/* The answer to a submit: the job (or the one its unique key found). */
+/* The answer to a submit that created its job. */
 static json_t *
-submitted_json(const struct job_spec *spec, int64_t id, bool created, int64_t now_ms)
+submitted_json(const struct job_spec *spec, int64_t id, int64_t now_ms)
 {
-    json_t *out = json_pack("{s:I, s:s, s:o}", "job_id", (json_int_t)id, "state", "pending",
-                            "run_at", time_value(spec->run_at_ms ? spec->run_at_ms : now_ms));
-    if (!created)
-        json_object_set_new(out, "duplicate", json_true());
-    return out;
+    return json_pack("{s:I, s:s, s:o}", "job_id", (json_int_t)id, "state", "pending", "run_at",
+                     time_value(spec->run_at_ms ? spec->run_at_ms : now_ms));
 }
 
 static enum err
@@ -470,7 +467,22 @@ submit_work(struct store_conn *c, void *arg, struct bb_error *e)
         return unknown_queue(e, op->spec.queue);
     if (rc != ERR_OK)
         return rc;
-    jop_answer(op, created ? 201 : 200, submitted_json(&op->spec, id, created, now));
+    if (created) {
+        jop_answer(op, 201, submitted_json(&op->spec, id, now));
+        return ERR_OK;
+    }
+    /* Its unique key found a job: that job as it is, not as asked. */
+    json_t *job;
+    rc = job_get_json(c, id, false, now, &job, e);
+    if (rc == ERR_NOT_FOUND) /* gone since (PostgreSQL): look again */
+        return bb_fail(e, ERR_RETRY, "", "unique job changed concurrently");
+    if (rc != ERR_OK)
+        return rc;
+    jop_answer(op, 200,
+               json_pack("{s:I, s:O, s:O, s:b}", "job_id", (json_int_t)id, "state",
+                         json_object_get(job, "state"), "run_at", json_object_get(job, "run_at"),
+                         "duplicate", true));
+    json_decref(job);
     return ERR_OK;
 }
 
@@ -529,7 +541,7 @@ submit_many_json(struct store_conn *c, void *const *args, struct http_answer *co
         rc = job_submit_many(c, specs, k, now, ids, created, &at, e);
     for (size_t q = 0; q < k && rc == ERR_OK; q++) {
         answers[of[q]]->status = 201;
-        answers[of[q]]->body = submitted_json(&specs[q], ids[q], true, now);
+        answers[of[q]]->body = submitted_json(&specs[q], ids[q], now);
     }
     free(created);
     free(ids);

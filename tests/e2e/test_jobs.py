@@ -150,6 +150,23 @@ def test_unique_key_returns_the_first_job_while_it_is_pending(server):
     assert other["job_id"] != a["job_id"]
 
 
+def test_a_duplicate_submit_answers_with_the_jobs_state_and_run_at(server):
+    body = {"handler": "external", "unique_key": "order-5"}
+    later = submit(server, {**body, "delay_ms": 3600000})
+    r = server.post("/jobs", body)  # asks for now: the job found runs later
+    assert r.status_code == 200, r.text
+    assert r.json() == {"job_id": later["job_id"], "state": "pending",
+                        "run_at": later["run_at"], "duplicate": True}
+    assert server.post(f"/jobs/{later['job_id']}/run").status_code == 200
+    got = server.post("/queues/default/claim", {"worker": "py"}).json()["jobs"]
+    assert [j["job_id"] for j in got] == [later["job_id"]]
+    job = server.get(f"/jobs/{later['job_id']}").json()
+    r = server.post("/jobs", {**body, "delay_ms": 5000})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"job_id": later["job_id"], "state": "running", "run_at": job["run_at"],
+                        "duplicate": True}
+
+
 def test_cancel_stops_a_pending_and_a_running_job(server):
     server.put("/queues/held", {"paused": True})
     pending = submit(server, {"queue": "held", "handler": "noop"})["job_id"]
