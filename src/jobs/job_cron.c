@@ -245,6 +245,52 @@ next_second(struct bb_civil *c)
         next_minute(c);
 }
 
+/* The same steps backwards: each lands on the last second of the unit
+ * before. */
+static void
+prev_day(struct bb_civil *c)
+{
+    c->hour = 23;
+    c->minute = c->second = 59;
+    if (--c->day < 1) {
+        if (--c->month < 1) {
+            c->month = 12;
+            c->year--;
+        }
+        c->day = days_in_month(c->year, c->month);
+    }
+}
+
+static void
+prev_month(struct bb_civil *c)
+{
+    c->day = 1; /* prev_day rolls into the previous month */
+    prev_day(c);
+}
+
+static void
+prev_hour(struct bb_civil *c)
+{
+    c->minute = c->second = 59;
+    if (--c->hour < 0)
+        prev_day(c);
+}
+
+static void
+prev_minute(struct bb_civil *c)
+{
+    c->second = 59;
+    if (--c->minute < 0)
+        prev_hour(c);
+}
+
+static void
+prev_second(struct bb_civil *c)
+{
+    if (--c->second < 0)
+        prev_minute(c);
+}
+
 static bool
 day_matches(const struct job_cron *cron, const struct bb_civil *c)
 {
@@ -292,4 +338,44 @@ job_cron_next(const struct job_cron *cron, const char *tz, int64_t after_ms, int
         }
     }
     return bb_fail(e, ERR_INVALID, "cron", "the cron expression never fires in the next 5 years");
+}
+
+enum err
+job_cron_prev(const struct job_cron *cron, const char *tz, int64_t at_ms, int64_t floor_ms,
+              int64_t *prev_ms, struct bb_error *e)
+{
+    int64_t at_s = at_ms >= 0 ? at_ms / 1000 : (at_ms - 999) / 1000;
+    int64_t floor_s = floor_ms >= 0 ? (floor_ms + 999) / 1000 : floor_ms / 1000;
+    struct bb_civil c, low;
+    bb_tz_epoch_to_civil(tz, at_s, &c);
+    bb_tz_epoch_to_civil(tz, floor_s, &low);
+    /* A year before `floor` (local times shift), and no further back than
+     * job_cron_next ever looks ahead. */
+    int first_year = low.year - 1 > c.year - 6 ? low.year - 1 : c.year - 6;
+    while (c.year >= first_year) {
+        if (!(cron->month & (1u << c.month))) {
+            prev_month(&c);
+        } else if (!day_matches(cron, &c)) {
+            prev_day(&c);
+        } else if (!(cron->hour & (1u << c.hour))) {
+            prev_hour(&c);
+        } else if (!(cron->minute & (1ULL << c.minute))) {
+            prev_minute(&c);
+        } else if (!(cron->second & (1ULL << c.second))) {
+            prev_second(&c);
+        } else {
+            /* A time that occurs twice fires at its first instant, as
+             * job_cron_next has it; one in a gap never. */
+            int64_t instants[2];
+            int n = bb_tz_civil_to_epoch(tz, &c, instants);
+            if (n > 0 && instants[0] <= at_s) {
+                if (instants[0] < floor_s)
+                    break;
+                *prev_ms = instants[0] * 1000;
+                return ERR_OK;
+            }
+            prev_second(&c);
+        }
+    }
+    return bb_fail(e, ERR_NOT_FOUND, "cron", "the cron expression did not fire in that time");
 }

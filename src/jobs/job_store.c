@@ -2132,6 +2132,43 @@ schedule_next(const char *cron, const char *tz, int64_t interval_ms, int64_t aft
     return rc;
 }
 
+/*
+ * A due schedule (due_ms <= now_ms) fires once, however many of its fire
+ * times have passed: *fire gets the latest at or before now (due_ms at
+ * least), *next the first after now. Both computed, not stepped through,
+ * so a schedule stopped for years costs what one stopped for a minute.
+ */
+static enum err
+schedule_catch_up(const char *cron, const char *tz, int64_t interval_ms, int64_t due_ms,
+                  int64_t now_ms, int64_t *fire, int64_t *next, struct bb_error *e)
+{
+    if (interval_ms > 0) {
+        *fire = due_ms + (now_ms - due_ms) / interval_ms * interval_ms;
+        *next = *fire + interval_ms;
+        return ERR_OK;
+    }
+    struct job_cron parsed;
+    enum err rc = job_cron_parse(cron, &parsed, e);
+    if (rc != ERR_OK)
+        return rc;
+    rc = job_cron_prev(&parsed, tz, now_ms, due_ms, fire, e);
+    if (rc == ERR_NOT_FOUND) { /* no cron time since due_ms (tzdata changed?): due_ms it is */
+        *fire = due_ms;
+        rc = ERR_OK;
+    }
+    /* Past fires after *fire exist only in an hour that occurs twice (see
+     * job_cron_prev): at most one per second of it. */
+    for (int guard = 0; rc == ERR_OK; guard++) {
+        rc = job_cron_next(&parsed, tz, *fire, next, e);
+        if (rc != ERR_OK || *next > now_ms)
+            break;
+        if (guard == 7200)
+            return job_cron_next(&parsed, tz, now_ms, next, e);
+        *fire = *next;
+    }
+    return rc;
+}
+
 /* The job part of a schedule, stored as JSON so each fire rebuilds it. */
 static json_t *
 spec_json(const struct job_spec *s)
@@ -2307,21 +2344,13 @@ fire_one(struct store_conn *c, const struct store_rows *r, int64_t now_ms, int64
     const char *tz = store_col_text(r, 2);
     int64_t interval = store_col_int(r, 3);
     int64_t due = store_col_int(r, 8);
-    /* The latest fire time not after now: missed fires collapse into it. */
-    int64_t fire = due, next = due;
-    for (int guard = 0; guard < 100000; guard++) {
-        enum err rc = schedule_next(cron, tz, interval, fire, &next, e);
-        if (rc != ERR_OK)
-            return rc;
-        if (next > now_ms)
-            break;
-        fire = next;
-    }
-    if (next <= now_ms && interval > 0) /* very long outage: jump ahead */
-        next = now_ms + interval - (now_ms - fire) % interval;
+    int64_t fire, next;
+    enum err rc = schedule_catch_up(cron, tz, interval, due, now_ms, &fire, &next, e);
+    if (rc != ERR_OK)
+        return rc;
     const struct store_param p[] = {sp_text(name), sp_int(due), sp_int(next), sp_int(now_ms)};
     int64_t changed;
-    enum err rc = store_exec(c, &SCHEDULE_ADVANCE, p, BB_ARRAY_LEN(p), &changed, e);
+    rc = store_exec(c, &SCHEDULE_ADVANCE, p, BB_ARRAY_LEN(p), &changed, e);
     if (rc != ERR_OK || changed == 0)
         return rc; /* another process fired it */
     json_t *spec_doc = json_loadb(store_col_text(r, 4), store_col_len(r, 4), JSON_ALLOW_NUL, NULL);

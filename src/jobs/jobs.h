@@ -114,6 +114,16 @@ bool job_tz_is_valid(const char *tz);
  */
 BB_WUR enum err job_cron_next(const struct job_cron *cron, const char *tz, int64_t after_ms,
                               int64_t *next_ms, struct bb_error *e);
+/*
+ * The latest fire time at or before `at_ms` and not before `floor_ms`, by
+ * the same rules (a time that occurs twice fires at its first instant),
+ * found by walking the calendar back, not by stepping through fires. While
+ * clocks show an hour for the second time, fires of that hour later than
+ * the clock shows but already past (their first instant) are not seen:
+ * job_cron_next from the answer finds them. ERR_NOT_FOUND when none.
+ */
+BB_WUR enum err job_cron_prev(const struct job_cron *cron, const char *tz, int64_t at_ms,
+                              int64_t floor_ms, int64_t *prev_ms, struct bb_error *e);
 
 /* ---- queues ------------------------------------------------------------------------ */
 

@@ -637,6 +637,85 @@ per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires(void **st
     json_decref(list);
 }
 
+static int64_t
+ms_at(const char *rfc3339)
+{
+    int64_t ms;
+    assert_int_equal(bb_rfc3339_parse(rfc3339, &ms), ERR_OK);
+    return ms;
+}
+
+/* The schedule's next fire, as the store has it. */
+static int64_t
+next_fire_of(struct store_conn *c, const char *name)
+{
+    json_t *list;
+    struct bb_error e;
+    assert_ok(job_schedule_list_json(c, name, 1, &list, &e), &e);
+    int64_t t;
+    assert_ok(bb_rfc3339_parse(
+                  json_string_value(json_object_get(json_array_get(list, 0), "next_fire_at")), &t),
+              &e);
+    json_decref(list);
+    return t;
+}
+
+/*
+ * Schedules whose next fire is years in the past (a cron one per minute and
+ * per second, an interval one) fire once, for their latest time at or
+ * before now, and next at their first time after now: a second look at the
+ * same instant fires nothing. So does a daily cron time that clocks show
+ * twice, looked at while they show that hour for the second time.
+ */
+static void
+schedules_years_behind_fire_once_and_catch_up_at_once(void **state)
+{
+    struct test_conn *f = *state;
+    const int64_t year_ms = 365LL * 86400000;
+    const struct {
+        const char *name, *cron, *tz;
+        int64_t interval_ms, put_at, now, fired_for, next;
+    } cases[] = {
+        {"minutely", "* * * * *", "UTC", 0, T0 - 3 * year_ms, T0 + 30500, T0, T0 + 60000},
+        {"secondly", "* * * * * *", "UTC", 0, T0 - 3 * year_ms, T0 + 2500, T0 + 2000, T0 + 3000},
+        {"every7s", NULL, NULL, 7000, T0 - 3 * year_ms, T0,
+         T0 - 3 * year_ms + 7000 * (3 * year_ms / 7000),
+         T0 - 3 * year_ms + 7000 * (3 * year_ms / 7000 + 1)},
+        /* 02:30 in Paris happens twice on 2026-10-25; at 02:10 the second
+         * time, the first 02:30 has passed. */
+        {"paris", "30 2 * * *", "Europe/Paris", 0, ms_at("2026-10-20T12:00:00Z"),
+         ms_at("2026-10-25T01:10:00Z"), ms_at("2026-10-25T00:30:00Z"),
+         ms_at("2026-10-26T01:30:00Z")},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        struct job_schedule s = {.interval_ms = cases[i].interval_ms};
+        bb_strlcpy(s.name, cases[i].name, sizeof s.name);
+        if (cases[i].cron) {
+            bb_strlcpy(s.cron, cases[i].cron, sizeof s.cron);
+            bb_strlcpy(s.tz, cases[i].tz, sizeof s.tz);
+        }
+        s.job = (struct job_spec){.handler = "noop"};
+        int64_t next, n;
+        struct bb_error e;
+        assert_ok(job_schedule_put(f->c, &s, cases[i].put_at, &next, &e), &e);
+        assert_true(next < cases[i].now);
+        assert_ok(job_schedule_fire_due(f->c, cases[i].now, &n, &e), &e);
+        assert_int_equal(n, 1);
+        assert_int_equal(next_fire_of(f->c, cases[i].name), cases[i].next);
+        assert_ok(job_schedule_fire_due(f->c, cases[i].now, &n, &e), &e);
+        assert_int_equal(n, 0);
+        struct store_rows r;
+        const struct store_param p[] = {sp_text(cases[i].name)};
+        assert_ok(store_query(f->c, &FIRES_OF, p, 1, &r, &e), &e);
+        assert_int_equal(r.nrows, 1);
+        assert_true(store_next(&r));
+        assert_int_equal(store_col_int(&r, 0), cases[i].fired_for);
+        assert_int_equal(store_col_int(&r, 1), cases[i].now);
+        store_rows_close(&r);
+        assert_ok(job_schedule_delete(f->c, cases[i].name, &e), &e);
+    }
+}
+
 static void
 cron_schedules_use_their_time_zone(void **state)
 {
@@ -2093,6 +2172,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(enqueue_commits_or_rolls_back_with_the_callers_transaction),
     JOB_TEST(schedules_fire_once_per_time_and_collapse_missed_fires),
     JOB_TEST(per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires),
+    JOB_TEST(schedules_years_behind_fire_once_and_catch_up_at_once),
     JOB_TEST(cron_schedules_use_their_time_zone),
     JOB_TEST(list_pages_and_filters),
     JOB_TEST(retention_prunes_old_finished_jobs_and_their_attempts_only),

@@ -146,6 +146,51 @@ cron_honours_time_zones_and_daylight_saving(void **state)
     assert_next("0 0 * * *", "America/New_York", "2026-11-23T12:00:00Z", "2026-11-24T05:00:00Z");
 }
 
+/* The latest fire at or before `at` and not before `floor` (want NULL:
+ * none). */
+static void
+assert_prev(const char *expr, const char *tz, const char *at_time, const char *floor,
+            const char *want)
+{
+    struct job_cron c;
+    struct bb_error e;
+    assert_ok(job_cron_parse(expr, &c, &e), &e);
+    int64_t prev = 0;
+    enum err rc = job_cron_prev(&c, tz, at(at_time), at(floor), &prev, &e);
+    if (want == NULL) {
+        assert_int_equal(rc, ERR_NOT_FOUND);
+        return;
+    }
+    assert_ok(rc, &e);
+    if (prev != at(want)) {
+        char got[32];
+        bb_wall_ms_format(prev, got);
+        fail_msg("%s in %s at %s: got %s, want %s", expr, tz, at_time, got, want);
+    }
+}
+
+static void
+cron_prev_fire_times_walk_back_the_calendar(void **state)
+{
+    (void)state;
+    const char *ago = "2000-01-01T00:00:00Z";
+    assert_prev("*/5 * * * *", "UTC", "2026-11-23T10:07:30Z", ago, "2026-11-23T10:05:00Z");
+    assert_prev("*/5 * * * *", "UTC", "2026-11-23T10:05:00Z", ago, "2026-11-23T10:05:00Z");
+    assert_prev("*/5 * * * *", "UTC", "2026-11-23T10:07:30Z", "2026-11-23T10:06:00Z", NULL);
+    assert_prev("0 9 * * MON-FRI", "UTC", "2026-11-30T08:00:00Z", ago, "2026-11-27T09:00:00Z");
+    assert_prev("0 0 29 2 *", "UTC", "2027-06-01T00:00:00Z", ago, "2024-02-29T00:00:00Z");
+    assert_prev("*/10 * * * * *", "UTC", "2026-11-23T10:00:05.500Z", ago, "2026-11-23T10:00:00Z");
+    assert_prev("0 0 1 1 *", "UTC", "2026-01-01T00:00:00.999Z", ago, "2026-01-01T00:00:00Z");
+    assert_prev("0 12 * JAN,jul SUN", "UTC", "2026-11-23T00:00:00Z", ago, "2026-07-26T12:00:00Z");
+    /* 2026-03-29 02:30 does not exist in Paris: the day before's. */
+    assert_prev("30 2 * * *", "Europe/Paris", "2026-03-29T12:00:00Z", ago, "2026-03-28T01:30:00Z");
+    /* 2026-10-25 02:30 happens twice in Paris: its first instant, once passed;
+     * at 02:10 the second time the clock has not reached 02:30 again. */
+    assert_prev("30 2 * * *", "Europe/Paris", "2026-10-25T01:40:00Z", ago, "2026-10-25T00:30:00Z");
+    assert_prev("30 2 * * *", "Europe/Paris", "2026-10-25T00:40:00Z", ago, "2026-10-25T00:30:00Z");
+    assert_prev("30 2 * * *", "Europe/Paris", "2026-10-25T01:10:00Z", ago, "2026-10-24T00:30:00Z");
+}
+
 static void
 bad_cron_expressions_name_their_fault(void **state)
 {
@@ -276,6 +321,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(rfc3339_times_parse_with_offsets_and_fractions),
     cmocka_unit_test(cron_next_fire_times_in_utc),
     cmocka_unit_test(cron_honours_time_zones_and_daylight_saving),
+    cmocka_unit_test(cron_prev_fire_times_walk_back_the_calendar),
     cmocka_unit_test(bad_cron_expressions_name_their_fault),
     cmocka_unit_test(time_zones_come_from_tzdata),
     cmocka_unit_test(rate_buckets_refill_at_their_pace_up_to_their_max),
