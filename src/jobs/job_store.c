@@ -1212,6 +1212,14 @@ note_freed_keys(struct store_conn *c, struct store_batch *notes, struct bb_error
 /* ---- changing jobs by hand ------------------------------------------------------------------ */
 
 static struct store_stmt JOB_STATE = {.sql = "SELECT state, queue FROM jobs WHERE id = $1"};
+/* Before a cancel: was the job running where a limit counted it? Locked
+ * on PostgreSQL, so the answer holds until the cancel. */
+static struct store_stmt JOB_CANCEL_READ = {
+    .sql = "SELECT j.state, COALESCE(q.concurrency, 0) FROM jobs j"
+           " LEFT JOIN job_queues q ON q.name = j.queue WHERE j.id = $1",
+    .sql_pg = "SELECT j.state, COALESCE(q.concurrency, 0) FROM jobs j"
+              " LEFT JOIN job_queues q ON q.name = j.queue WHERE j.id = $1 FOR UPDATE OF j",
+};
 static struct store_stmt JOB_CANCEL = {
     .sql = "UPDATE jobs SET state = 'cancelled', lease_token = lease_token + 1, parked = 0,"
            " lease_expires_at_ms = NULL, finished_at_ms = $2, updated_at_ms = $2"
@@ -1292,7 +1300,13 @@ job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
 {
     const struct store_param p[] = {sp_int(id), sp_int(now_ms)};
     struct store_rows r;
-    enum err rc = store_query(c, &JOB_CANCEL, p, 2, &r, e);
+    enum err rc = store_query(c, &JOB_CANCEL_READ, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    bool held_a_slot =
+        store_next(&r) && strcmp(store_col_text(&r, 0), "running") == 0 && store_col_int(&r, 1) > 0;
+    store_rows_close(&r);
+    rc = store_query(c, &JOB_CANCEL, p, 2, &r, e);
     if (rc != ERR_OK)
         return rc;
     if (!store_next(&r)) {
@@ -1306,8 +1320,9 @@ job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
     note_key(&notes, queue, text_or_null(&r, 1));
     store_rows_close(&r);
     rc = note_freed_keys(c, &notes, e);
-    /* A keyed job's slot may have come free: wake its queue's claimers. */
-    if (rc == ERR_OK && notes.n_rows > 0)
+    /* A slot of the queue's limit, or of its key's, may have come free:
+     * wake the queue's claimers. */
+    if (rc == ERR_OK && (held_a_slot || notes.n_rows > 0))
         rc = store_notify(c, JOBS__CHANNEL, queue, e);
     store_batch_deinit(&notes);
     return rc;

@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const int64_t T0 = 1800000000000;
 
@@ -470,6 +471,90 @@ a_long_multibyte_worker_name_survives_rescue_and_failure(void **state)
     assert_int_equal(strlen(kept), 1998); /* 666 whole characters */
     assert_memory_equal(kept, error, 1998);
     json_decref(j);
+}
+
+/* The wake-ups (JOBS__CHANNEL) a listener heard: their queue names. */
+struct wakeups {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char got[16][JOB_NAME_MAX + 1];
+    int n;
+};
+
+static void
+on_wakeup(void *arg, const char *channel, const char *payload)
+{
+    (void)channel;
+    struct wakeups *w = arg;
+    if (payload == NULL)
+        return; /* a resync hint */
+    pthread_mutex_lock(&w->mu);
+    if (w->n < 16)
+        bb_strlcpy(w->got[w->n++], payload, sizeof w->got[0]);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Has a wake-up for `queue` come, waiting at most `wait_ms` for one? */
+static bool
+await_wakeup(struct wakeups *w, const char *queue, int64_t wait_ms)
+{
+    int64_t deadline = bb_mono_ms() + wait_ms;
+    bool heard = false;
+    pthread_mutex_lock(&w->mu);
+    while (!heard) {
+        for (int i = 0; i < w->n && !heard; i++)
+            heard = strcmp(w->got[i], queue) == 0;
+        int64_t left = deadline - bb_mono_ms();
+        if (heard || left <= 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + (left < 50 ? left : 50) * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    w->n = 0;
+    pthread_mutex_unlock(&w->mu);
+    return heard;
+}
+
+/*
+ * Cancelling a running job of a queue with a concurrency limit frees a
+ * slot of that limit: the queue's claimers are woken, as when it ends.
+ */
+static void
+cancelling_a_running_job_of_a_limited_queue_wakes_its_claimers(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "one");
+    q.concurrency = 1;
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    int64_t running = submit(f->c, "one", "noop", 0, T0, T0);
+    struct job_lease l = claim_one(f->c, "one", T0);
+    assert_int_equal(l.id, running);
+    job_lease_deinit(&l);
+    submit(f->c, "one", "noop", 0, T0, T0); /* waits for the slot */
+    struct wakeups w = {.n = 0};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    assert_ok(store_listen(f->db->store, JOBS__CHANNEL, on_wakeup, &w), &e);
+    /* The listener may still be connecting: announce until it hears. */
+    bool listening = false;
+    for (int i = 0; i < 300 && !listening; i++) {
+        assert_ok(store_notify(f->c, JOBS__CHANNEL, "probe", &e), &e);
+        listening = await_wakeup(&w, "probe", 100);
+    }
+    assert_true(listening);
+    assert_ok(job_cancel(f->c, running, T0 + 1, &e), &e);
+    bool woken = await_wakeup(&w, "one", 10000);
+    store_unlisten(f->db->store, on_wakeup, &w);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    assert_true(woken);
 }
 
 static void
@@ -2155,6 +2240,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(unique_key_returns_the_first_job_until_it_finishes),
     JOB_TEST(claims_take_ready_jobs_by_priority_then_age),
     JOB_TEST(paused_queues_and_concurrency_limits_hold_claims_back),
+    JOB_TEST(cancelling_a_running_job_of_a_limited_queue_wakes_its_claimers),
     JOB_TEST(a_rate_limit_lets_bursts_of_its_max_then_its_pace),
     JOB_TEST(a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time),
     JOB_TEST(a_cancel_committed_during_a_keyed_claim_stands),
