@@ -67,9 +67,9 @@ static const struct bb_opt JOBS_OPTS[] = {
      "at most one pending or running job per key", NO_ENV},
     {"max-attempts", BB_OPT_INT, OFF(max_attempts), 0, 1000, "0", "attempts before dead", NO_ENV},
     {"max-duration", BB_OPT_DURATION, OFF(timeout_ms), 0, 86400000, "0",
-     "how long an attempt may run", NO_ENV},
+     "how long an attempt may run (queues put: its jobs' default)", NO_ENV},
     {"backoff", BB_OPT_STRING, OFF(backoff), 0, 0, NULL,
-     "delay before the first retry (2s), or the whole policy as JSON"
+     "delay before the first retry (2s), or the whole policy as JSON (submit, queues put)"
      " ({\"base_ms\":500,\"factor\":2,\"cap_ms\":60000,\"jitter_pct\":10})",
      NO_ENV},
     {"tags", BB_OPT_STRING, OFF(tags), 0, 0, NULL, "comma-separated tags (a,b)", NO_ENV},
@@ -98,6 +98,7 @@ static const char JOBS_USAGE[] =
     "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
     "       backbone queues list | show Q | pause Q | resume Q\n"
     "       backbone queues put Q [--concurrency N] [--key-concurrency N] [--max-attempts N]\n"
+    "                             [--backoff 2s | --backoff JSON] [--max-duration 60s]\n"
     "                             [--paused true|false] [--rate N/INTERVAL | --rate off]\n"
     "       backbone schedules list | show N | pause N | resume N | delete N\n"
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
@@ -493,6 +494,48 @@ rate_json(const char *text, json_t **out)
     return CLI_OK;
 }
 
+/* PUT /queues/Q's body: the settings given, each as the API takes it. */
+static int
+queue_body(const struct jobs_args *a, json_t **out)
+{
+    json_t *body = json_object();
+    int code = CLI_OK;
+    if (a->concurrency >= 0)
+        json_object_set_new(body, "concurrency", json_integer(a->concurrency));
+    if (a->key_concurrency >= 0)
+        json_object_set_new(body, "key_concurrency", json_integer(a->key_concurrency));
+    if (a->max_attempts)
+        json_object_set_new(body, "max_attempts", json_integer(a->max_attempts));
+    if (a->timeout_ms && a->timeout_ms < 100)
+        code = usage_error("--max-duration: a queue's is at least 100ms");
+    else if (a->timeout_ms)
+        json_object_set_new(body, "lease_ms", json_integer(a->timeout_ms));
+    if (code == CLI_OK && a->paused) {
+        if (strcmp(a->paused, "true") != 0 && strcmp(a->paused, "false") != 0)
+            code = usage_error("--paused must be true or false");
+        else
+            json_object_set_new(body, "paused", json_boolean(strcmp(a->paused, "true") == 0));
+    }
+    if (code == CLI_OK && a->backoff) {
+        json_t *bo = backoff_json(a->backoff);
+        if (bo == NULL)
+            code = usage_error("--backoff: expected a duration (2s) or a JSON object");
+        else
+            json_object_set_new(body, "backoff", bo);
+    }
+    if (code == CLI_OK && a->rate) {
+        json_t *rate;
+        if ((code = rate_json(a->rate, &rate)) == CLI_OK)
+            json_object_set_new(body, "rate_limit", rate);
+    }
+    if (code != CLI_OK) {
+        json_decref(body);
+        return code;
+    }
+    *out = body;
+    return CLI_OK;
+}
+
 static int
 queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
 {
@@ -510,26 +553,11 @@ queues_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         path_for(&path, "/queues/", arg, strcmp(cmd, "pause") == 0 ? "/pause" : "/resume");
         code = call(a, "POST", path.data, json_object(), human_done);
     } else if (strcmp(cmd, "put") == 0) {
-        json_t *body = json_object();
-        if (a->concurrency >= 0)
-            json_object_set_new(body, "concurrency", json_integer(a->concurrency));
-        if (a->key_concurrency >= 0)
-            json_object_set_new(body, "key_concurrency", json_integer(a->key_concurrency));
-        if (a->max_attempts)
-            json_object_set_new(body, "max_attempts", json_integer(a->max_attempts));
-        if (a->paused)
-            json_object_set_new(body, "paused", json_boolean(strcmp(a->paused, "true") == 0));
-        if (a->rate) {
-            json_t *rate;
-            if ((code = rate_json(a->rate, &rate)) != CLI_OK) {
-                json_decref(body);
-                bb_buf_deinit(&path);
-                return code;
-            }
-            json_object_set_new(body, "rate_limit", rate);
+        json_t *body;
+        if ((code = queue_body(a, &body)) == CLI_OK) {
+            path_for(&path, "/queues/", arg, "");
+            code = call(a, "PUT", path.data, body, human_queue);
         }
-        path_for(&path, "/queues/", arg, "");
-        code = call(a, "PUT", path.data, body, human_queue);
     } else {
         code = usage_error("unknown queues command");
     }

@@ -112,6 +112,35 @@ def test_queues(server):
     assert r.returncode == 1 and "404" in r.stderr
 
 
+def test_queues_put_takes_every_setting_the_api_takes(server):
+    def show(name):
+        return json.loads(ok("queues", "show", name, "--json", server=server))
+
+    ok("queues", "put", "bills", "--backoff", "2s", "--max-duration", "45s", "--max-attempts", "3",
+       "--paused", "true", server=server)
+    q = show("bills")
+    assert q["backoff"] == {"base_ms": 2000, "factor": 4, "cap_ms": 3600000, "jitter_pct": 10}
+    assert q["lease_ms"] == 45000 and q["max_attempts"] == 3 and q["paused"] is True
+    ok("queues", "put", "bills", "--paused", "false", "--backoff",
+       '{"base_ms": 500, "factor": 2, "cap_ms": 60000, "jitter_pct": 0}', server=server)
+    q = show("bills")
+    assert q["backoff"] == {"base_ms": 500, "factor": 2, "cap_ms": 60000, "jitter_pct": 0}
+    assert q["paused"] is False and q["lease_ms"] == 45000  # the others keep their value
+    # Bad values are refused before anything is sent (2), or by the server (1).
+    for args, needle in [
+        (["--paused", "yes"], "--paused must be true or false"),
+        (["--paused", "TRUE"], "--paused must be true or false"),
+        (["--backoff", "soon"], "--backoff"),
+        (["--backoff", "{nope"], "--backoff"),
+        (["--max-duration", "50ms"], "at least 100ms"),
+    ]:
+        r = cli("queues", "put", "bills", *args, server=server)
+        assert r.returncode == 2 and needle in r.stderr, (args, r.stderr)
+    r = cli("queues", "put", "bills", "--backoff", '{"base_ms": 0}', server=server)
+    assert r.returncode == 1 and "base_ms must be" in r.stderr and "400" in r.stderr, r.stderr
+    assert show("bills") == q
+
+
 def test_schedules(server):
     out = ok("schedules", "create", "nightly", "--cron", "0 3 * * *", "--tz", "Europe/Paris",
              "--handler", "noop", server=server)
