@@ -152,7 +152,7 @@ BB_WUR enum err job_queue_get(struct store_conn *c, const char *name, struct job
 BB_WUR enum err job_queue_set_paused(struct store_conn *c, const char *name, bool paused,
                                      int64_t now_ms, struct bb_error *e);
 /* Every queue (or `only` that one) as JSON ({name, paused, concurrency,
- * ..., depth:{ready, scheduled, running, dead}}), name order. */
+ * ..., depth:{ready, scheduled, parked, running, dead}}), name order. */
 BB_WUR enum err job_queue_list_json(struct store_conn *c, const char *only, int64_t now_ms,
                                     json_t **out, struct bb_error *e);
 
