@@ -69,8 +69,8 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"max-duration", BB_OPT_DURATION, OFF(timeout_ms), 0, 86400000, "0",
      "how long an attempt may run (queues put: its jobs' default)", NO_ENV},
     {"backoff", BB_OPT_STRING, OFF(backoff), 0, 0, NULL,
-     "delay before the first retry (2s), or the whole policy as JSON (submit, queues put)"
-     " ({\"base_ms\":500,\"factor\":2,\"cap_ms\":60000,\"jitter_pct\":10})",
+     "delay before the first retry (2s), or the whole policy as JSON"
+     " ({\"base_ms\":500,\"factor\":2,\"cap_ms\":60000,\"jitter_pct\":10}); submit, queues put",
      NO_ENV},
     {"tags", BB_OPT_STRING, OFF(tags), 0, 0, NULL, "comma-separated tags (a,b)", NO_ENV},
     {"target-url", BB_OPT_STRING, OFF(target_url), 0, 0, NULL, "URL for the http handler", NO_ENV},
