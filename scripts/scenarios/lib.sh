@@ -133,14 +133,17 @@ up() { # [NAME=VALUE...]: environment of the server
   for _ in $(seq 600); do curl -sf "$URL/readyz" >/dev/null 2>&1 && return; sleep 0.05; done
   say "the server did not come up"; exit 1
 }
-accept_all() { # key-prefix: N checkouts of one unit of $sku, each retried with its key until its 202
+accept_all() { # key-prefix: N checkouts of one unit of $sku, each retried with its key until its 202, from CLIENTS (4) clients
   (
-    for i in $(seq "$N"); do
-      until id=$(checkout "$1-$RUN-$i" "$sku" 1 100 2>/dev/null) && [ -n "$id" ] && [ "$id" != null ]; do
-        sleep 0.05
-      done
-      echo "$id" >>"$work/accepted"
+    for k in $(seq "${CLIENTS:-4}"); do
+      for i in $(seq "$k" "${CLIENTS:-4}" "$N"); do
+        until id=$(checkout "$1-$RUN-$i" "$sku" 1 100 2>/dev/null) && [ -n "$id" ] && [ "$id" != null ]; do
+          sleep 0.05
+        done
+        echo "$id" >>"$work/accepted" # one short line: appended whole
+      done &
     done
+    wait
   ) &
   load=$!
 }
@@ -149,35 +152,51 @@ accepted() { if [ -f "$work/accepted" ]; then wc -l <"$work/accepted"; else echo
 # saga, also of checkouts whose 202 was lost, and the PSP's record) against
 # the checkouts: one saga each, money, stock ($sku started with 100000) and
 # orders agree exactly.
+pages() { # path -> every item of its pages (field $2) as one JSON array
+  local out=$work/pages.json after='' page
+  echo '[]' >"$out"
+  while :; do
+    page=$(api GET "$1${after:+&after=$after}")
+    jq -s --arg f "$2" '.[0] + .[1][$f]' "$out" <(echo "$page") >"$out.new" && mv "$out.new" "$out"
+    after=$(jq -r '.next_after // empty' <<<"$page")
+    [ -z "$after" ] && break
+  done
+  cat "$out"
+}
 reconcile() {
   say "== waiting for every accepted checkout to settle"
-  while read -r id; do settle "$id" >/dev/null; done <"$work/accepted"
-  pages() { # path -> every item of its pages (field $2) as one JSON array
-    local out=$work/pages.json after='' page
-    echo '[]' >"$out"
-    while :; do
-      page=$(api GET "$1${after:+&after=$after}")
-      jq -s --arg f "$2" '.[0] + .[1][$f]' "$out" <(echo "$page") >"$out.new" && mv "$out.new" "$out"
-      after=$(jq -r '.next_after // empty' <<<"$page")
-      [ -z "$after" ] && break
-    done
-    cat "$out"
-  }
-  # The server's own account: every saga (also of checkouts whose 202 was lost
-  # in a crash), and the PSP's.
+  # Read back from the server's account of every saga (also of checkouts
+  # whose 202 was lost in a crash) until each accepted checkout's has ended.
   sagas=$work/sagas.json
-  pages "/sagas?type=checkout&limit=1000" sagas >"$sagas"
+  for _ in $(seq 600); do
+    pages "/sagas?type=checkout&limit=1000" sagas >"$sagas"
+    comm -23 <(sort "$work/accepted") \
+      <(jq -r '.[] | select(.state == "COMPLETED" or .state == "FAILED") | .correlation_id' "$sagas" | sort) \
+      >"$work/unsettled"
+    [ -s "$work/unsettled" ] || break
+    sleep 0.2
+  done
+  [ -s "$work/unsettled" ] && say "  still not settled after 120 s: $(wc -l <"$work/unsettled") checkouts"
   pages "/psp/charges?limit=1000" charges >"$work/charges.json"
-  # Each saga with its order and its payments, as the services record them.
+  # Each saga with its order and its payments, as the services record them
+  # (read by 4 clients at once).
   facts=$work/facts.jsonl
-  jq -r '.[] | "\(.state) \(.data.order_id // "-")"' "$sagas" | while read -r state order; do
-    if [ "$order" = - ]; then
-      printf '{"state":"%s","order":null,"payments":{"payments":[]}}\n' "$state"
-    else
-      printf '{"state":"%s","order":%s,"payments":%s}\n' "$state" "$(api GET "/orders/$order")" \
-        "$(api GET "/payments?order_id=$order")"
-    fi
-  done >"$facts"
+  jq -r '.[] | "\(.state) \(.data.order_id // "-")"' "$sagas" >"$work/orders"
+  split -n l/4 -d "$work/orders" "$work/orders."
+  local readers=()
+  for part in "$work"/orders.0?; do
+    while read -r state order; do
+      if [ "$order" = - ]; then
+        printf '{"state":"%s","order":null,"payments":{"payments":[]}}\n' "$state"
+      else
+        printf '{"state":"%s","order":%s,"payments":%s}\n' "$state" "$(api GET "/orders/$order")" \
+          "$(api GET "/payments?order_id=$order")"
+      fi
+    done <"$part" >"$part.facts" &
+    readers+=($!)
+  done
+  wait "${readers[@]}" # not a bare wait: the server runs in the background too
+  cat "$work"/orders.0?.facts >"$facts"
   of() { jq -s "$1" "$facts"; }                     # a number from the sagas' facts
   psp() { jq "$1" "$work/charges.json"; }           # a number from the PSP's record
   running=$(jq '[.[] | select(.state != "COMPLETED" and .state != "FAILED")] | length' "$sagas")
