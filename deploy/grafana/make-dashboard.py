@@ -35,12 +35,12 @@ def sel(extra=""):
     return '{instance=~"$instance"' + ("," + extra if extra else "") + "}"
 
 row("Overview")
-panel("Requests per second by route", [(f"sum by (route, method) (rate(backbone_http_requests_total{I}[$__rate_interval]))", "{{method}} {{route}}")], "reqps")
+panel("Requests per second by route", [(f"sum by (route, method) (rate(http_requests_total{I}[$__rate_interval]))", "{{method}} {{route}}")], "reqps")
 S5 = sel('status=~"5.."')
-panel("Share of 5xx answers", [(f"sum(rate(backbone_http_requests_total{S5}[$__rate_interval])) / sum(rate(backbone_http_requests_total{I}[$__rate_interval]))", "5xx")], "percentunit")
+panel("Share of 5xx answers", [(f"sum(rate(http_requests_total{S5}[$__rate_interval])) / sum(rate(http_requests_total{I}[$__rate_interval]))", "5xx")], "percentunit")
 panel("Request latency p50 / p99", [
-    (f"histogram_quantile(0.5, sum by (le) (rate(backbone_http_request_duration_seconds_bucket{I}[$__rate_interval])))", "p50"),
-    (f"histogram_quantile(0.99, sum by (le) (rate(backbone_http_request_duration_seconds_bucket{I}[$__rate_interval])))", "p99")], "s")
+    (f"histogram_quantile(0.5, sum by (le) (rate(http_request_duration_seconds_bucket{I}[$__rate_interval])))", "p50"),
+    (f"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{I}[$__rate_interval])))", "p99")], "s")
 panel("Resident memory", [(f"backbone_process_resident_memory_bytes{I}", "{{instance}}")], "bytes")
 panel("Uptime", [(f"time() - backbone_process_start_time_seconds{I}", "{{instance}}")], "s")
 panel("Requests waiting for the database or a lock", [(f"backbone_http_requests_suspended{I}", "{{instance}}")])

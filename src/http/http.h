@@ -6,8 +6,8 @@
  * gathered up to a hard limit (413 beyond it, checked before anything is
  * allocated); JSON bodies parsed strictly; every error answered as
  * application/problem+json; optional bearer-token auth; one log line and
- * metrics per request (backbone_http_requests_total{route,method,status},
- * backbone_http_request_duration_seconds{route,method}).
+ * metrics per request (http_requests_total{route,method,status},
+ * http_request_duration_seconds{route,method}).
  *
  * A handler answers either before it returns (http_reply_*), or later from
  * any thread: it calls http_req_suspend() first, hands the request to someone

@@ -89,13 +89,13 @@ struct http_req {
 };
 
 static struct metrics_def M_REQUESTS = {
-    .name = "backbone_http_requests_total",
+    .name = "http_requests_total",
     .help = "HTTP requests answered, by route pattern, method and status.",
     .type = METRICS_COUNTER,
     .labels = {"route", "method", "status"},
 };
 static struct metrics_def M_DURATION = {
-    .name = "backbone_http_request_duration_seconds",
+    .name = "http_request_duration_seconds",
     .help = "Time from the request's headers to its response being queued.",
     .type = METRICS_HISTOGRAM,
     .labels = {"route", "method"},

@@ -30,11 +30,11 @@ def test_metrics_are_prometheus_text_with_http_families(server):
     server.get("/nope")
     text = server.metrics()
     assert server.get("/metrics").headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert '# TYPE backbone_http_requests_total counter' in text
-    assert 'backbone_http_requests_total{route="/healthz",method="GET",status="200"} 1' in text
-    assert 'backbone_http_requests_total{route="unmatched",method="GET",status="404"} 1' in text
-    assert '# TYPE backbone_http_request_duration_seconds histogram' in text
-    assert 'backbone_http_request_duration_seconds_bucket{route="/healthz",method="GET",le="+Inf"} 1' in text
+    assert '# TYPE http_requests_total counter' in text
+    assert 'http_requests_total{route="/healthz",method="GET",status="200"} 1' in text
+    assert 'http_requests_total{route="unmatched",method="GET",status="404"} 1' in text
+    assert '# TYPE http_request_duration_seconds histogram' in text
+    assert 'http_request_duration_seconds_bucket{route="/healthz",method="GET",le="+Inf"} 1' in text
     for family in ("backbone_lock_acquisitions_total", "backbone_lock_contentions_total",
                    "backbone_lock_takeovers_total", "backbone_lock_renew_failures_total",
                    "backbone_lock_release_failures_total", "backbone_locks_held",

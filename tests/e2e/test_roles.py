@@ -34,7 +34,7 @@ def test_a_process_serves_only_its_roles(make_server):
     # Health, readiness and metrics belong to every process.
     assert inv.get("/healthz").status_code == 200
     assert inv.get("/readyz").status_code == 200
-    assert "backbone_http_requests_total" in inv.metrics()
+    assert "http_requests_total" in inv.metrics()
 
 
 @pytest.mark.skipif(ENGINE != "pg", reason="one SQLite file has one owner process")
