@@ -511,19 +511,26 @@ id_is_sane(const char *s)
     return n > 0;
 }
 
-/* W3C traceparent: "00-<32 hex>-<16 hex>-<2 hex>". */
+/* W3C traceparent, version 00: "00-<32 hex>-<16 hex>-<2 hex>", lower
+ * case, neither id all zeros (the spec's invalid values). Anything else is
+ * ignored, as the spec asks, rather than carried on. */
 static bool
 traceparent_is_valid(const char *s)
 {
-    if (strlen(s) != 55)
+    if (strlen(s) != 55 || s[0] != '0' || s[1] != '0')
         return false;
+    bool trace_zero = true, parent_zero = true;
     for (int i = 0; i < 55; i++) {
         char c = s[i];
         bool dash = i == 2 || i == 35 || i == 52;
         if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
             return false;
+        if (i > 2 && i < 35 && c != '0')
+            trace_zero = false;
+        if (i > 35 && i < 52 && c != '0')
+            parent_zero = false;
     }
-    return true;
+    return !trace_zero && !parent_zero;
 }
 
 static struct http_req *

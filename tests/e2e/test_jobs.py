@@ -499,10 +499,13 @@ def test_a_jobs_runs_carry_its_submitters_traceparent(server, sink):
     assert [(j["job_id"] == plain, j["traceparent"]) for j in got] == [(False, TRACE)] * 3 + [
         (True, None)]
     assert server.get(f"/jobs/{plain}").json()["traceparent"] is None
-    # A malformed one is not carried on.
-    bad = server.post("/jobs", {"handler": "external:a"},
-                      headers={"traceparent": "00-nope"}).json()["job_id"]
-    assert server.get(f"/jobs/{bad}").json()["traceparent"] is None
+    # A malformed one, another version, or the spec's invalid all-zero ids
+    # are not carried on.
+    for bad_tp in ("00-nope", "ff" + TRACE[2:], "01" + TRACE[2:], TRACE.upper(),
+                   "00-" + "0" * 32 + TRACE[35:], TRACE[:36] + "0" * 16 + TRACE[52:]):
+        bad = server.post("/jobs", {"handler": "external:a"},
+                          headers={"traceparent": bad_tp}).json()["job_id"]
+        assert server.get(f"/jobs/{bad}").json()["traceparent"] is None, bad_tp
 
 
 def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):
