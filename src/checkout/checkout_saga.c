@@ -244,6 +244,26 @@ basket(const struct saga_step_run *run, struct inventory_item *out)
     return n;
 }
 
+/* What a reservation's verdict means for its saga, alone or batched: a
+ * shortage, an unknown product or another basket under the order's id fail
+ * for good; anything else (the database) is retried. */
+static enum saga_outcome
+reserve_outcome(struct saga_step_run *run, enum err rc)
+{
+    switch (rc) {
+    case ERR_OK:
+        return SAGA_STEP_OK;
+    case ERR_INSUFFICIENT_STOCK:
+        return fail(run, "out of stock");
+    case ERR_NOT_FOUND:
+        return fail(run, "a product in the basket is not sold here");
+    case ERR_IDEMPOTENCY_MISMATCH:
+        return fail(run, "the stock could not be reserved");
+    default:
+        return retry(run, "the stock could not be reserved");
+    }
+}
+
 static enum saga_outcome
 reserve_inventory(struct saga_step_run *run, struct bb_error *e)
 {
@@ -256,13 +276,7 @@ reserve_inventory(struct saga_step_run *run, struct bb_error *e)
         inventory_reserve(run->c, data_text(run, "order_id"), items, n, cs->opt.reservation_ttl_ms,
                           bb_wall_ms(), NULL, &created, &short_items, e);
     json_decref(short_items);
-    if (rc == ERR_INSUFFICIENT_STOCK)
-        return fail(run, "out of stock");
-    if (rc == ERR_NOT_FOUND)
-        return fail(run, "a product in the basket is not sold here");
-    if (rc == ERR_IDEMPOTENCY_MISMATCH)
-        return fail(run, "the stock could not be reserved");
-    return rc == ERR_OK ? SAGA_STEP_OK : retry(run, "the stock could not be reserved");
+    return reserve_outcome(run, rc);
 }
 
 /* reserve_inventory for a batch of sagas. */
@@ -281,15 +295,8 @@ reserve_inventories(struct saga_step_run **runs, size_t n, enum saga_outcome *ou
                                                      .traceparent = runs[i]->traceparent};
     enum err rc = inventory_reserve_many(runs[0]->c, reqs, n, cs->opt.reservation_ttl_ms,
                                          bb_wall_ms(), oc, errors, e);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = SAGA_STEP_OK;
-        if (oc[i] == ERR_INSUFFICIENT_STOCK)
-            out[i] = fail(runs[i], "out of stock");
-        else if (oc[i] == ERR_NOT_FOUND)
-            out[i] = fail(runs[i], "a product in the basket is not sold here");
-        else if (oc[i] != ERR_OK)
-            out[i] = fail(runs[i], "the stock could not be reserved");
-    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = reserve_outcome(runs[i], oc[i]);
     free(oc);
     free(reqs);
     free(items);
