@@ -212,7 +212,10 @@ def make_server(database, tmp_path):
     servers = []
 
     def make(args=(), env=None, start=True):
-        s = Server(database, tmp_path, args, env)
+        # Each server after the first logs in a directory of its own.
+        workdir = tmp_path / f"server{len(servers)}" if servers else tmp_path
+        workdir.mkdir(exist_ok=True)
+        s = Server(database, workdir, args, env)
         servers.append(s)
         return s.start() if start else s
 

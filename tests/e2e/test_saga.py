@@ -2,15 +2,17 @@
 in a confirmed order or a compensated failure. The scenarios of
 scripts/scenarios/ as tests: success under concurrency, a PSP that hangs,
 a decline, a shortage, a reservation that expires before the payment, a
-crash in the middle, one key sent ten times, and an order or reservation
-moved by hand while its saga waits."""
+crash in the middle, one key sent ten times, an order or reservation
+moved by hand while its saga waits, and (PostgreSQL) a payment run paused
+past its takeover by another process."""
 import concurrent.futures
 import random
+import signal
 import uuid
 
 import pytest
 
-from conftest import await_condition, check_events, cli, outbox_events, problem
+from conftest import ENGINE, await_condition, check_events, cli, outbox_events, problem
 
 FAST_RETRIES = {"max_attempts": 3, "backoff": {"base_ms": 20, "factor": 2}}
 
@@ -456,3 +458,52 @@ def test_a_saga_whose_job_is_cancelled_is_stuck_until_retried(make_server):
     assert pay["state"] == "CAPTURED" and pay["captured_amount"] == 700
     assert stock(server, "A") == {"sku": "A", "on_hand": 4, "reserved": 0, "available": 4}
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 0
+
+
+@pytest.mark.skipif(ENGINE != "pg", reason="two processes on one database")
+def test_a_paused_payment_run_is_fenced_out_by_the_run_that_overtook_it(make_server, database):
+    # Kleppmann's paused lease holder, in the saga: process A authorizes a
+    # payment and is stopped (SIGSTOP) while the PSP answers; its step is
+    # taken over by process B (the job cancelled by hand, the STUCK saga
+    # retried), which completes the checkout with a larger payment token.
+    # When A resumes, the answer it carries is refused: the customer is
+    # charged once, the ledger moved once, the fence never went back.
+    a = make_server(["--psp-timeout", "10s"])
+    product(a, "A", 5)
+    assert a.put("/psp/config", {"latency_ms": 8000}).status_code == 200
+    cid = checkout(a, [{"sku": "A", "qty": 1, "unit_price": 700}])
+    await_condition(lambda: database.scalar(
+        "SELECT count(*) FROM psp_charges WHERE op = 'authorize'") == 1,
+        what="A's authorization to reach the PSP")
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        a_token = database.scalar("SELECT token FROM locks WHERE name LIKE 'payment:%'")
+        b = make_server(["--saga-poll", "50ms"])
+        saga = b.get(f"/sagas?correlation_id={cid}").json()["sagas"][0]
+        assert saga["step"] == "authorize_payment"
+        assert b.post(f"/jobs/{saga['job_id']}/cancel").status_code == 200
+        await_condition(lambda: b.get(f"/sagas/{saga['saga_id']}").json()["state"] == "STUCK",
+                        what="the saga to be stuck")
+        assert b.post(f"/sagas/{saga['saga_id']}/retry").status_code == 200
+        done = settled(b, cid)
+        assert done["status"] == "COMPLETED"
+        fence = database.scalar(
+            f"SELECT token FROM fences WHERE key = 'payment:{done['order_id']}'")
+        assert fence > a_token  # B's run took the lock over with a larger token
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    # A's run wakes up with the PSP's answer, under a lease and a payment
+    # token both overtaken: what it would record is refused (the lease's
+    # fence refuses the whole transaction, the ledger's write in it too).
+    await_condition(lambda: [line for line in a.lines()
+                             if line.get("event") == "jobs.stale_outcome"
+                             and line.get("job") == saga["job_id"]],
+                    what="A's late outcome to be refused")
+    [pay] = payments_of(b, done["order_id"])
+    assert (pay["state"], pay["captured_amount"]) == ("CAPTURED", 700)
+    assert [att["op"] for att in pay["attempts"]].count("authorize") == 1
+    assert database.scalar("SELECT count(*) FROM psp_charges WHERE op = 'authorize'") == 1
+    assert database.scalar("SELECT count(*) FROM psp_charges WHERE op = 'capture'") == 1
+    assert database.scalar("SELECT token FROM fences WHERE key = "
+                           f"'payment:{done['order_id']}'") == fence
+    assert b.get(f"/checkout/{cid}").json()["status"] == "COMPLETED"
