@@ -489,8 +489,10 @@ jobs__exec_handle(struct job_run *run)
     enum job_verdict verdict = JOB_RETRY;
     if (res.stopped) {
         bb_buf_printf(&run->error, "exec %s: stopped (%s)%s%s", path,
-                      *run->cancel ? "the worker is stopping" : "timed out", *output ? ": " : "",
-                      output);
+                      *run->cancel   ? "the worker is stopping"
+                      : run->revoked ? "the job was cancelled"
+                                     : "timed out",
+                      *output ? ": " : "", output);
     } else if (WIFEXITED(res.status) && WEXITSTATUS(res.status) == 0) {
         verdict = JOB_DONE;
     } else if (WIFEXITED(res.status)) {

@@ -3,7 +3,7 @@
  *
  * Handlers run on a worker thread, outside any transaction. They must watch
  * job_run_should_stop() in anything long: it turns true when the attempt's
- * max_duration passes or the worker is stopping.
+ * max_duration passes, the job is cancelled or the worker is stopping.
  */
 #include "jobs/jobs_int.h"
 
@@ -29,7 +29,7 @@ struct job_registry {
 bool
 job_run_should_stop(const struct job_run *run)
 {
-    return *run->cancel || bb_mono_ms() >= run->deadline_mono_ms;
+    return *run->cancel || run->revoked || bb_mono_ms() >= run->deadline_mono_ms;
 }
 
 void

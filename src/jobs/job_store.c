@@ -1303,8 +1303,8 @@ job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
     enum err rc = store_query(c, &JOB_CANCEL_READ, p, 1, &r, e);
     if (rc != ERR_OK)
         return rc;
-    bool held_a_slot =
-        store_next(&r) && strcmp(store_col_text(&r, 0), "running") == 0 && store_col_int(&r, 1) > 0;
+    bool running = store_next(&r) && strcmp(store_col_text(&r, 0), "running") == 0;
+    bool held_a_slot = running && store_col_int(&r, 1) > 0;
     store_rows_close(&r);
     rc = store_query(c, &JOB_CANCEL, p, 2, &r, e);
     if (rc != ERR_OK)
@@ -1325,6 +1325,11 @@ job_cancel(struct store_conn *c, int64_t id, int64_t now_ms, struct bb_error *e)
     if (rc == ERR_OK && (held_a_slot || notes.n_rows > 0))
         rc = store_notify(c, JOBS__CHANNEL, queue, e);
     store_batch_deinit(&notes);
+    if (rc == ERR_OK && running) { /* stop it where it runs */
+        char idtext[24];
+        snprintf(idtext, sizeof idtext, "%" PRId64, id);
+        rc = store_notify(c, JOBS__CANCEL_CHANNEL, idtext, e);
+    }
     return rc;
 }
 

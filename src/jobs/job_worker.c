@@ -68,6 +68,12 @@ struct done {
     bool recorded; /* the handler ended the job in its own transaction */
 };
 
+/* A job running in this pool, findable by its id (a cancel stops it). */
+struct live_run {
+    struct live_run *next;
+    struct job_run *run;
+};
+
 struct job_pool {
     struct store *store;
     const struct job_registry *reg;
@@ -110,8 +116,9 @@ struct job_pool {
     char **limited;      /* queues with a concurrency limit, read LIMITED_REFRESH_MS ago at most */
     size_t n_limited;    /* limited, n_limited and limited_at_ms: guarded by mu */
     int64_t limited_at_ms;
-    bool completer_stop; /* guarded by mu */
-    _Atomic bool cancel; /* handlers watch it */
+    bool completer_stop;   /* guarded by mu */
+    struct live_run *live; /* the runs under way; guarded by mu */
+    _Atomic bool cancel;   /* handlers watch it */
 };
 
 static double
@@ -380,6 +387,29 @@ on_ready(void *arg, const char *channel, const char *payload)
     pthread_mutex_unlock(&p->mu);
 }
 
+/* A running job was cancelled (payload: its id; NULL: notifications may
+ * have been lost, and nothing says which): if it runs here, it stops. Its
+ * outcome will be refused anyway (the cancel revoked its lease); this stops
+ * the work, so that a retry does not run beside it for long. */
+static void
+on_cancel(void *arg, const char *channel, const char *payload)
+{
+    (void)channel;
+    struct job_pool *p = arg;
+    char *end;
+    if (payload == NULL || payload[0] == '\0')
+        return;
+    long long id = strtoll(payload, &end, 10);
+    if (*end != '\0')
+        return;
+    pthread_mutex_lock(&p->mu);
+    for (struct live_run *l = p->live; l; l = l->next) {
+        if (l->run->job->id == id)
+            l->run->revoked = true;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* ---- jobs handed over at insert (job_submit_many_here) ------------------------------------ */
 
 size_t
@@ -566,6 +596,11 @@ run_one(struct job_pool *p, struct job_lease *lease, int64_t deadline_mono_ms)
                           .cancel = &p->cancel,
                           .deadline_mono_ms = deadline_mono_ms};
     bb_buf_init(&run.error);
+    struct live_run live = {.run = &run};
+    pthread_mutex_lock(&p->mu);
+    live.next = p->live;
+    p->live = &live;
+    pthread_mutex_unlock(&p->mu);
     int64_t t0 = bb_mono_ns();
     enum job_verdict v;
     if (fn == NULL) {
@@ -577,7 +612,15 @@ run_one(struct job_pool *p, struct job_lease *lease, int64_t deadline_mono_ms)
         bb_log_context_clear();
     }
     double duration = (double)(bb_mono_ns() - t0) / 1e9;
-    enum job_outcome outcome = outcome_of(v, &run, p->cancel);
+    pthread_mutex_lock(&p->mu);
+    for (struct live_run **lp = &p->live; *lp; lp = &(*lp)->next) {
+        if (*lp == &live) {
+            *lp = live.next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    enum job_outcome outcome = outcome_of(v, &run, p->cancel || run.revoked);
     struct done *d = done_new(lease, outcome, run.error.len ? run.error.data : NULL, duration);
     if (run.recorded && v == JOB_DONE) {
         d->recorded = true;
@@ -808,12 +851,12 @@ job_pool_start(struct store *s, const struct job_registry *r, const struct job_p
     bb_cond_init_mono(&p->idle_cv);
     pthread_cond_init(&p->run_cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
-    if (!p->ignore_wakeups) {
-        enum err rc = store_listen(s, JOBS__CHANNEL, on_ready, p);
-        if (rc != ERR_OK) {
-            job_pool_stop(p, 0);
-            return bb_fail(e, rc, "", "cannot listen for new jobs");
-        }
+    enum err rc = p->ignore_wakeups ? ERR_OK : store_listen(s, JOBS__CHANNEL, on_ready, p);
+    if (rc == ERR_OK)
+        rc = store_listen(s, JOBS__CANCEL_CHANNEL, on_cancel, p);
+    if (rc != ERR_OK) {
+        job_pool_stop(p, 0);
+        return bb_fail(e, rc, "", "cannot listen for new or cancelled jobs");
     }
     p->runners = xcalloc((size_t)p->concurrency, sizeof *p->runners);
     for (int i = 0; i < p->concurrency; i++) {
@@ -847,6 +890,7 @@ job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
         return true;
     if (!p->ignore_wakeups)
         store_unlisten(p->store, on_ready, p);
+    store_unlisten(p->store, on_cancel, p);
     pthread_mutex_lock(&p->mu);
     p->stopping = true;
     pthread_cond_broadcast(&p->fetch_cv);

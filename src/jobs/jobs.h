@@ -399,13 +399,15 @@ struct job_run {
     const char *worker;
     void *ctx;                /* the handler's registration context */
     _Atomic bool *cancel;     /* set when the worker stops */
+    _Atomic bool revoked;     /* set when the job is cancelled while it runs */
     int64_t deadline_mono_ms; /* the attempt's max_duration ends here */
     struct bb_buf error;      /* the handler writes why it failed */
     /* Set by job_run_recorded: the job's end is in the database already. */
     bool recorded;
     enum err recorded_rc;
 };
-/* Should a handler stop now (deadline passed, or the worker is stopping)? */
+/* Should a handler stop now (deadline passed, the job cancelled, or the
+ * worker stopping)? */
 bool job_run_should_stop(const struct job_run *run);
 
 /*

@@ -8,6 +8,8 @@
 
 /* Channel announcing new ready work; payload: the queue name. */
 #define JOBS__CHANNEL "bb_job_ready"
+/* A running job was cancelled (payload: its id): whoever runs it stops. */
+#define JOBS__CANCEL_CHANNEL "bb_job_cancel"
 
 /* Parse a job spec from a JSON request body (POST /jobs, batch items, the
  * job part of a schedule). `prefix` ("", "jobs[3].") goes before field

@@ -172,13 +172,19 @@ def test_cancel_stops_a_pending_and_a_running_job(server):
     pending = submit(server, {"queue": "held", "handler": "noop"})["job_id"]
     assert server.post(f"/jobs/{pending}/cancel").json()["state"] == "cancelled"
     problem(server.post(f"/jobs/{pending}/cancel"), 409, "conflict", "job_id")
-    running = submit(server, {"handler": "sleep", "payload": {"ms": 60000}})["job_id"]
+    running = submit(server, {"handler": "sleep", "payload": {"ms": 120000}})["job_id"]
     wait_job(server, running, ("running",))
     assert server.post(f"/jobs/{running}/cancel").status_code == 200
-    # The worker's outcome comes with a revoked lease: refused, stays cancelled.
-    job = wait_job(server, running, ("cancelled",))
-    assert job["state"] == "cancelled"
+    # The handler stops (long before its 2 minutes' sleep is over) and its
+    # outcome, under a revoked lease, is refused: the job stays cancelled.
+    await_condition(lambda: [line for line in server.lines()
+                             if line.get("event") == "jobs.stale_outcome"
+                             and line.get("job") == running], 60, "the cancelled run to stop")
+    assert server.get(f"/jobs/{running}").json()["state"] == "cancelled"
+    # So a retry does not run beside the cancelled run.
     assert server.post(f"/jobs/{running}/retry").json()["state"] == "pending"
+    wait_job(server, running, ("running",))
+    assert server.post(f"/jobs/{running}/cancel").status_code == 200  # and it stops again
 
 
 def test_batch_submit_is_one_transaction(server):
