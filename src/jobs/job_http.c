@@ -1053,7 +1053,8 @@ heartbeat_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
     int64_t expires;
-    enum err rc = job_heartbeat(c, op->id, op->token, op->lease_ms, bb_wall_ms(), &expires, e);
+    enum err rc =
+        job_heartbeat(c, op->id, op->token, op->lease_ms, true, bb_wall_ms(), &expires, e);
     if (rc == ERR_OK)
         jop_answer(op, 200,
                    json_pack("{s:I, s:o}", "job_id", (json_int_t)op->id, "lease_expires_at",

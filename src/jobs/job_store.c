@@ -1471,7 +1471,7 @@ job_dead_groups_json(struct store_conn *c, const char *queue, int64_t limit, jso
 static struct store_stmt JOB_CLAIM = {
     .sql = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
            " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
-           " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
+           " CASE WHEN $6 > 0 AND $6 < max_duration_ms THEN $6 ELSE max_duration_ms + 1000 END,"
            " started_at_ms = $3, updated_at_ms = $3"
            " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
            " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
@@ -1479,7 +1479,7 @@ static struct store_stmt JOB_CLAIM = {
            " RETURNING " LEASE_COLUMNS,
     .sql_pg = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
               " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
-              " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
+              " CASE WHEN $6 > 0 AND $6 < max_duration_ms THEN $6 ELSE max_duration_ms + 1000 END,"
               " started_at_ms = $3, updated_at_ms = $3"
               " WHERE id IN (SELECT id FROM jobs WHERE queue = $1 AND state = 'pending'"
               " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
@@ -1501,7 +1501,7 @@ static struct store_stmt JOB_CLAIM = {
 static struct store_stmt JOB_CLAIM_KEYED = {
     .sql = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
            " lease_token = lease_token + 1, leased_by = $5, lease_expires_at_ms = $3 +"
-           " CASE WHEN $6 > 0 THEN $6 ELSE max_duration_ms + 1000 END,"
+           " CASE WHEN $6 > 0 AND $6 < max_duration_ms THEN $6 ELSE max_duration_ms + 1000 END,"
            " started_at_ms = $3, updated_at_ms = $3"
            " WHERE state = 'pending' AND id IN (SELECT c.id FROM (SELECT w.id, w.priority, "
            "w.run_at_ms,"
@@ -1550,10 +1550,15 @@ static struct store_stmt PARK_FULL_KEYS = {
            " WHERE r.queue = $1 AND r.state = 'running' AND r.concurrency_key = w.concurrency_key)"
            " >= $4)",
 };
+/* $1 id, $2 token, $3 now, $4 the lease asked for, $5 1: bounded by the
+ * attempt's max_duration from its start (a second's grace, as claims give) */
 static struct store_stmt JOB_HEARTBEAT = {
-    .sql = "UPDATE jobs SET lease_expires_at_ms = $4, updated_at_ms = $3"
+    .sql = "UPDATE jobs SET lease_expires_at_ms = CASE WHEN $5 = 1"
+           " AND started_at_ms + max_duration_ms + 1000 < $4"
+           " THEN started_at_ms + max_duration_ms + 1000 ELSE $4 END, updated_at_ms = $3"
            " WHERE id = $1 AND lease_token = $2 AND state = 'running'"
-           " AND lease_expires_at_ms > $3",
+           " AND lease_expires_at_ms > $3 AND ($5 = 0 OR started_at_ms + max_duration_ms > $3)"
+           " RETURNING lease_expires_at_ms",
 };
 
 void
@@ -1752,21 +1757,25 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
 }
 
 enum err
-job_heartbeat(struct store_conn *c, int64_t id, int64_t token, int64_t lease_ms, int64_t now_ms,
-              int64_t *expires_at_ms, struct bb_error *e)
+job_heartbeat(struct store_conn *c, int64_t id, int64_t token, int64_t lease_ms, bool bounded,
+              int64_t now_ms, int64_t *expires_at_ms, struct bb_error *e)
 {
     const struct store_param p[] = {sp_int(id), sp_int(token), sp_int(now_ms),
-                                    sp_int(now_ms + lease_ms)};
-    int64_t changed;
-    enum err rc = store_exec(c, &JOB_HEARTBEAT, p, BB_ARRAY_LEN(p), &changed, e);
+                                    sp_int(now_ms + lease_ms), sp_int(bounded)};
+    struct store_rows r;
+    enum err rc = store_query(c, &JOB_HEARTBEAT, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)
         return rc;
-    if (changed == 0)
+    bool held = store_next(&r);
+    if (held)
+        *expires_at_ms = store_col_int(&r, 0);
+    store_rows_close(&r);
+    if (!held)
         return bb_fail(e, ERR_STALE_TOKEN, "token",
                        "lease token %" PRId64 " no longer holds job %" PRId64
-                       " (it ran out, was rescued, finished or was cancelled)",
+                       " (it ran out, reached its max_duration, was rescued, finished or was"
+                       " cancelled)",
                        token, id);
-    *expires_at_ms = now_ms + lease_ms;
     return ERR_OK;
 }
 

@@ -516,7 +516,7 @@ extend_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct extend_unit *u = arg;
     return job_heartbeat(c, u->lease->id, u->lease->lease_token,
-                         u->lease->max_duration_ms + LEASE_SLACK_MS, u->now_ms,
+                         u->lease->max_duration_ms + LEASE_SLACK_MS, false, u->now_ms,
                          &u->lease->lease_expires_at_ms, e);
 }
 

@@ -286,8 +286,9 @@ void job_lease_deinit(struct job_lease *l);
 
 /*
  * Claim up to `max` ready jobs of `queue` for `worker`, highest priority
- * first, then oldest run_at. The lease lasts `lease_ms`, or (0) each job's
- * max_duration plus a second. `external` picks the pull API's jobs (handler
+ * first, then oldest run_at. The lease lasts `lease_ms` if that is shorter
+ * than each job's max_duration, else (and when it is 0) the max_duration
+ * plus a second. `external` picks the pull API's jobs (handler
  * "external...") or the embedded workers'. Honours the queue's pause,
  * concurrency limits (all jobs, and per concurrency_key: then among the
  * JOB_KEYED_SCAN first ready jobs, and a claim left short parks those of
@@ -307,9 +308,14 @@ BB_WUR enum err job_claim(struct store_conn *c, const char *queue, const char *w
 int64_t job_rate_level_milli(int64_t max, int64_t per_ms, int64_t milli, int64_t at_ms,
                              int64_t now_ms);
 int64_t job_rate_wait_ms(int64_t max, int64_t per_ms, int64_t milli);
-/* Extend a live lease. ERR_STALE_TOKEN when `token` no longer holds it. */
+/* Extend a live lease to now + lease_ms (*expires_at_ms: to when it was).
+ * `bounded` (the pull API's heartbeats): not past the attempt's
+ * max_duration from its start, and refused once that is over, so a job's
+ * timeout holds for workers Backbone cannot stop. ERR_STALE_TOKEN when
+ * `token` no longer holds the lease. */
 BB_WUR enum err job_heartbeat(struct store_conn *c, int64_t id, int64_t token, int64_t lease_ms,
-                              int64_t now_ms, int64_t *expires_at_ms, struct bb_error *e);
+                              bool bounded, int64_t now_ms, int64_t *expires_at_ms,
+                              struct bb_error *e);
 
 /* How an attempt ended. */
 enum job_outcome {

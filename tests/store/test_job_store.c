@@ -234,6 +234,36 @@ paused_queues_and_concurrency_limits_hold_claims_back(void **state)
     assert_int_equal(job_queue_set_paused(f->c, "nope", true, T0, &e), ERR_NOT_FOUND);
 }
 
+/* A pull-API worker's lease never outlasts the attempt's max_duration:
+ * not at the claim, not by heartbeats, which are refused once it is over. */
+static void
+a_pull_workers_lease_ends_with_its_max_duration(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_spec s = {.handler = "external", .max_duration_ms = 5000};
+    int64_t id, exp;
+    bool created;
+    struct bb_error e;
+    assert_ok(job_submit(f->c, &s, T0, &id, &created, &e), &e);
+    struct job_lease *l;
+    size_t n;
+    assert_ok(job_claim(f->c, "default", "w1", true, 1, 60000, T0, &l, &n, NULL, &e), &e);
+    assert_int_equal(n, 1);
+    assert_int_equal(l[0].lease_expires_at_ms, T0 + 6000); /* max_duration and a second */
+    int64_t token = l[0].lease_token;
+    free_leases(l, n);
+    assert_ok(job_heartbeat(f->c, id, token, 2000, true, T0 + 1000, &exp, &e), &e);
+    assert_int_equal(exp, T0 + 3000); /* within it: as asked */
+    assert_ok(job_heartbeat(f->c, id, token, 60000, true, T0 + 2000, &exp, &e), &e);
+    assert_int_equal(exp, T0 + 6000); /* not past it */
+    assert_int_equal(job_heartbeat(f->c, id, token, 60000, true, T0 + 5000, &exp, &e),
+                     ERR_STALE_TOKEN);
+    assert_non_null(strstr(e.detail, "max_duration"));
+    /* The embedded workers' extension before a start is not bounded. */
+    assert_ok(job_heartbeat(f->c, id, token, 60000, false, T0 + 5500, &exp, &e), &e);
+    assert_int_equal(exp, T0 + 65500);
+}
+
 static void
 completion_with_a_stale_lease_token_is_refused(void **state)
 {
@@ -256,13 +286,13 @@ completion_with_a_stale_lease_token_is_refused(void **state)
     assert_int_equal(second.lease_token, first.lease_token + 1);
     assert_int_equal(second.attempt, 2);
     int64_t exp;
-    assert_int_equal(job_heartbeat(f->c, id, first.lease_token, 1000, T0 + 30002, &exp, &e),
+    assert_int_equal(job_heartbeat(f->c, id, first.lease_token, 1000, true, T0 + 30002, &exp, &e),
                      ERR_STALE_TOKEN);
     assert_int_equal(finish(f->c, id, first.lease_token, JOB_OUTCOME_COMPLETED, T0 + 30003, NULL),
                      ERR_STALE_TOKEN);
     assert_int_equal(finish(f->c, id, first.lease_token, JOB_OUTCOME_FAILED, T0 + 30003, NULL),
                      ERR_STALE_TOKEN);
-    assert_ok(job_heartbeat(f->c, id, second.lease_token, 1000, T0 + 30004, &exp, &e), &e);
+    assert_ok(job_heartbeat(f->c, id, second.lease_token, 1000, true, T0 + 30004, &exp, &e), &e);
     assert_int_equal(exp, T0 + 31004);
     enum job_state st;
     assert_int_equal(finish(f->c, id, second.lease_token, JOB_OUTCOME_COMPLETED, T0 + 30005, &st),
@@ -2248,6 +2278,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(a_job_unparked_then_cancelled_hands_its_slot_on),
     JOB_TEST(a_key_freed_while_a_claim_parks_its_jobs_is_seen_by_the_next_claim),
     JOB_TEST(completion_with_a_stale_lease_token_is_refused),
+    JOB_TEST(a_pull_workers_lease_ends_with_its_max_duration),
     JOB_TEST(a_long_multibyte_worker_name_survives_rescue_and_failure),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
