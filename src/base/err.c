@@ -65,11 +65,14 @@ bb_fail(struct bb_error *e, enum err code, const char *field, const char *fmt, .
     if (e == NULL)
         return code;
     e->code = code;
-    bb_strlcpy(e->field, field ? field : "", sizeof e->field);
+    /* Cut on a character boundary: an error's text ends up in JSON. */
+    bb_utf8_copy(e->field, sizeof e->field, field ? field : "");
+    char detail[sizeof e->detail];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->detail, sizeof e->detail, fmt, ap);
+    vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
+    bb_utf8_copy(e->detail, sizeof e->detail, detail);
     return code;
 }
 

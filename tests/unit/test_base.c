@@ -42,6 +42,29 @@ fail_fills_the_error_and_returns_the_code(void **state)
     assert_int_equal(bb_fail(NULL, ERR_IO, NULL, "x"), ERR_IO);
 }
 
+/* Texts too long for the error are cut on a character boundary (they end
+ * up in JSON, which refuses a broken one). */
+static void
+fail_cuts_long_texts_between_characters(void **state)
+{
+    (void)state;
+    char euros[1200] = "", field[300] = "";
+    for (size_t i = 0; i + 3 < sizeof euros; i += 3)
+        strcat(euros, "\xe2\x82\xac"); /* U+20AC, 3 bytes: 512 cuts one */
+    for (size_t i = 0; i + 2 < sizeof field; i += 2)
+        strcat(field, "\xc3\xa9"); /* U+00E9, 2 bytes: 96 cuts one */
+    strcat(field, "x");
+    struct bb_error e;
+    bb_fail(&e, ERR_INVALID, field, "xy%s", euros);
+    json_t *detail = json_string(e.detail), *name = json_string(e.field);
+    assert_non_null(detail); /* valid UTF-8 */
+    assert_non_null(name);
+    assert_true(strlen(e.detail) >= sizeof e.detail - 4);
+    assert_true(strlen(e.field) >= sizeof e.field - 3);
+    json_decref(detail);
+    json_decref(name);
+}
+
 static void
 duration_parse_accepts_units(void **state)
 {
@@ -923,6 +946,7 @@ fault_specs_that_make_no_sense_are_refused(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(error_table_codes_are_unique_and_mapped),
     cmocka_unit_test(fail_fills_the_error_and_returns_the_code),
+    cmocka_unit_test(fail_cuts_long_texts_between_characters),
     cmocka_unit_test(duration_parse_accepts_units),
     cmocka_unit_test(duration_parse_rejects_garbage),
     cmocka_unit_test(size_parse_accepts_binary_units),
