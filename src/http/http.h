@@ -108,6 +108,10 @@ BB_WUR enum err http_req_json_optional(struct http_req *r, json_t **out, struct 
 
 /* Answer later, from any thread. Call before handing the request away. */
 void http_req_suspend(struct http_req *r);
+/* Has the client of a suspended request closed its connection (hung up)?
+ * A waiter checks before it takes something on the client's behalf that
+ * the answer would no longer reach (a lock, a job's lease). */
+bool http_req_client_gone(const struct http_req *r);
 
 /*
  * Run `work` on the store's executor for this request, then call `reply` (on

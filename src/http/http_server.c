@@ -33,6 +33,7 @@
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -282,6 +283,19 @@ http_req_json_optional(struct http_req *r, json_t **out, struct bb_error *e)
 }
 
 /* ---- answering ----------------------------------------------------------------------- */
+
+bool
+http_req_client_gone(const struct http_req *r)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (info == NULL)
+        return false;
+    /* A suspended connection is not read: its peer's FIN (or RST) waits in
+     * the socket, which poll reports without taking anything from it. */
+    struct pollfd pfd = {.fd = info->connect_fd, .events = POLLRDHUP};
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
 
 void
 http_req_suspend(struct http_req *r)

@@ -986,7 +986,15 @@ claim_submit(struct jop *op)
 static void
 claim_retry(void *arg)
 {
-    claim_submit(arg);
+    struct jop *op = arg;
+    if (http_req_client_gone(op->req)) {
+        /* Jobs claimed now would wait out their leases unseen. */
+        json_decref(op->out);
+        op->out = NULL;
+        http_reply_json(op->req, 200, json_pack("{s:[]}", "jobs"));
+        return;
+    }
+    claim_submit(op);
 }
 
 static void

@@ -296,7 +296,17 @@ acquire_submit(struct locks__op *op)
 static void
 acquire_retry(void *arg)
 {
-    acquire_submit(arg);
+    struct locks__op *op = arg;
+    if (http_req_client_gone(op->req)) {
+        /* Nobody would hear of a grant, and the lock would stay taken
+         * until its lease ran out: give up instead. */
+        locks__metric_wait((double)(bb_mono_ms() - op->started_mono_ms) / 1000.0, false);
+        struct bb_error e;
+        bb_fail(&e, ERR_UNAVAILABLE, "", "the client hung up while waiting for lock %s", op->name);
+        http_reply_problem(op->req, &e, NULL);
+        return;
+    }
+    acquire_submit(op);
 }
 
 static void

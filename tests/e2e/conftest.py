@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -235,6 +236,24 @@ def cli(*args, server=None, env=None):
     e.update(env or {})
     cmd = [BIN, *args] + (["--server", server.url] if server else [])
     return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
+
+
+def post_and_hang_up(server, path, body, gauge):
+    """POST `body` to `path` on a connection of its own, wait until the
+    server has parked the request (`gauge` reads 1), then hang up."""
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    await_condition(lambda: server.metric(gauge) == 1, what="the request to be parked")
+    s.close()
+
+
+def request_logged(server, path):
+    """The log line of the last request to `path` the server has finished."""
+    done = [line for line in server.lines()
+            if line.get("event") == "http.request" and line.get("path") == path]
+    return done[-1] if done else None
 
 
 EVENTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "docs" / "events"

@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from conftest import await_condition, problem, wait_job
+from conftest import await_condition, post_and_hang_up, problem, request_logged, wait_job
 
 
 def submit(server, body, status=201):
@@ -708,3 +708,16 @@ def test_the_payload_limit_is_configurable_and_checked_in_batches(make_server):
             "jobs[1].payload")
     # Nothing half-written: the first job is still the only one.
     assert [j["job_id"] for j in server.get("/jobs").json()["jobs"]] == [1]
+
+
+def test_a_long_poll_whose_client_hung_up_claims_nothing(server):
+    post_and_hang_up(server, "/queues/default/claim", {"worker": "gone", "wait_ms": 60000},
+                     "backbone_job_claim_waiters")
+    job_id = submit(server, {"handler": "external"})["job_id"]
+    # Woken by the job, the long poll finds its client gone and claims nothing.
+    line = await_condition(lambda: request_logged(server, "/queues/default/claim"),
+                           what="the long poll to end")
+    assert line["status"] == 200
+    assert server.get(f"/jobs/{job_id}").json()["state"] == "pending"
+    [claimed] = server.post("/queues/default/claim", {"worker": "here"}).json()["jobs"]
+    assert claimed["job_id"] == job_id

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from conftest import await_condition, problem
+from conftest import await_condition, post_and_hang_up, problem, request_logged
 
 
 def acquire(s, name, owner, ttl_ms=30000, wait_ms=0):
@@ -247,3 +247,16 @@ def test_bad_input_gets_a_precise_problem_and_writes_nothing(server, method, pat
     assert server.get("/healthz").status_code == 200
     assert server.get("/locks").json()["locks"] == []
     assert server.get("/fenced/k").status_code == 404
+
+
+def test_a_waiter_that_hung_up_is_not_granted_the_lock(server):
+    held = server.post("/locks/hup/acquire", {"owner": "a", "ttl_ms": 30000}).json()
+    post_and_hang_up(server, "/locks/hup/acquire", {"owner": "gone", "wait_ms": 60000},
+                     "backbone_lock_waiters")
+    assert server.post("/locks/hup/release", {"token": held["token"]}).status_code == 200
+    # Woken by the release, the waiter finds its client gone and gives up.
+    line = await_condition(lambda: (request_logged(server, "/locks/hup/acquire") or {})
+                           .get("status") != 200 and request_logged(server, "/locks/hup/acquire"),
+                           what="the waiter to give up")
+    assert line["status"] == 503, line
+    assert server.get("/locks/hup").status_code == 404  # free, not held by "gone"
