@@ -116,9 +116,10 @@ struct job_pool {
     char **limited;      /* queues with a concurrency limit, read LIMITED_REFRESH_MS ago at most */
     size_t n_limited;    /* limited, n_limited and limited_at_ms: guarded by mu */
     int64_t limited_at_ms;
-    bool completer_stop;   /* guarded by mu */
-    struct live_run *live; /* the runs under way; guarded by mu */
-    _Atomic bool cancel;   /* handlers watch it */
+    bool completer_stop;     /* guarded by mu */
+    pthread_mutex_t live_mu; /* apart from mu: taken twice a job, by runners only */
+    struct live_run *live;   /* the runs under way; guarded by live_mu */
+    _Atomic bool cancel;     /* handlers watch it */
 };
 
 static double
@@ -402,12 +403,12 @@ on_cancel(void *arg, const char *channel, const char *payload)
     long long id = strtoll(payload, &end, 10);
     if (*end != '\0')
         return;
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->live_mu);
     for (struct live_run *l = p->live; l; l = l->next) {
         if (l->run->job->id == id)
             l->run->revoked = true;
     }
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->live_mu);
 }
 
 /* ---- jobs handed over at insert (job_submit_many_here) ------------------------------------ */
@@ -597,10 +598,10 @@ run_one(struct job_pool *p, struct job_lease *lease, int64_t deadline_mono_ms)
                           .deadline_mono_ms = deadline_mono_ms};
     bb_buf_init(&run.error);
     struct live_run live = {.run = &run};
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->live_mu);
     live.next = p->live;
     p->live = &live;
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->live_mu);
     int64_t t0 = bb_mono_ns();
     enum job_verdict v;
     if (fn == NULL) {
@@ -612,14 +613,14 @@ run_one(struct job_pool *p, struct job_lease *lease, int64_t deadline_mono_ms)
         bb_log_context_clear();
     }
     double duration = (double)(bb_mono_ns() - t0) / 1e9;
-    pthread_mutex_lock(&p->mu);
+    pthread_mutex_lock(&p->live_mu);
     for (struct live_run **lp = &p->live; *lp; lp = &(*lp)->next) {
         if (*lp == &live) {
             *lp = live.next;
             break;
         }
     }
-    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->live_mu);
     enum job_outcome outcome = outcome_of(v, &run, p->cancel || run.revoked);
     struct done *d = done_new(lease, outcome, run.error.len ? run.error.data : NULL, duration);
     if (run.recorded && v == JOB_DONE) {
@@ -847,6 +848,7 @@ job_pool_start(struct store *s, const struct job_registry *r, const struct job_p
     }
     split_queues(p, o->queues);
     pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->live_mu, NULL);
     bb_cond_init_mono(&p->fetch_cv);
     bb_cond_init_mono(&p->idle_cv);
     pthread_cond_init(&p->run_cv, NULL);
@@ -945,6 +947,7 @@ job_pool_stop(struct job_pool *p, int64_t deadline_mono_ms)
     free(p->runners);
     jobs__free_names(p->limited, p->n_limited);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->live_mu);
     pthread_cond_destroy(&p->fetch_cv);
     pthread_cond_destroy(&p->run_cv);
     pthread_cond_destroy(&p->done_cv);
