@@ -9,8 +9,8 @@
  * Like a real PSP it keeps its own record (psp_charges), keyed by the
  * caller's idempotency key: a call repeated with a key it has seen gets the
  * recorded answer and does nothing twice; repeated with another amount, it
- * is refused (declined, naming the amount on record) and does nothing. That record is what the
- * reconciliation checks count charges against. An authorization is settled
+ * is refused (declined, naming the amount on record) and does nothing.
+ * That record is what the reconciliation checks count charges against. An authorization is settled
  * once: a void after an approved capture is declined (the money was taken:
  * refund it), and so is a capture after an approved void; the answer says
  * which, so the caller's ledger can learn what a lost answer hid.
