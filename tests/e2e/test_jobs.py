@@ -721,3 +721,28 @@ def test_a_long_poll_whose_client_hung_up_claims_nothing(server):
     assert server.get(f"/jobs/{job_id}").json()["state"] == "pending"
     [claimed] = server.post("/queues/default/claim", {"worker": "here"}).json()["jobs"]
     assert claimed["job_id"] == job_id
+
+
+def test_defaults_retry_after_1_4_16_64_seconds_and_give_up_after_5_attempts(server):
+    # A job submitted with no retry options: the defaults, end to end. Each
+    # failure is reported by a pull-API worker; the retry's run_at, which the
+    # server computes from the failure's time, is 1, 4, 16 and 64 s later
+    # (10% jitter); the fifth failure makes it dead.
+    job_id = submit(server, {"handler": "external"})["job_id"]
+    job = server.get(f"/jobs/{job_id}").json()
+    assert (job["max_attempts"], job["backoff"]) == \
+        (5, {"base_ms": 1000, "factor": 4.0, "cap_ms": 3600000, "jitter_pct": 10})
+    for attempt, delay_s in enumerate((1, 4, 16, 64, None), start=1):
+        [claimed] = server.post("/queues/default/claim", {"worker": "w"}).json()["jobs"]
+        assert (claimed["job_id"], claimed["attempt"]) == (job_id, attempt)
+        r = server.post(f"/jobs/{job_id}/fail", {"token": claimed["lease_token"],
+                                                 "error": f"failure {attempt}"})
+        assert r.status_code == 200, r.text
+        job = server.get(f"/jobs/{job_id}").json()
+        if delay_s is None:
+            break
+        waited = (ms_of(job["run_at"]) - ms_of(job["attempts"][-1]["finished_at"])) / 1000
+        assert job["state"] == "pending" and 0.9 * delay_s <= waited <= 1.1 * delay_s, job
+        assert server.post(f"/jobs/{job_id}/run").status_code == 200  # now, not in delay_s
+    assert job["state"] == "dead"
+    assert [a["error"] for a in job["attempts"]] == [f"failure {i}" for i in range(1, 6)]
