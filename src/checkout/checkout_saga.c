@@ -807,6 +807,29 @@ from_event(const json_t *event, const char *checkout_id, json_t **data, void *ct
     return *data ? ERR_OK : bb_fail(e, ERR_INVALID, "", "checkout %s: bad event", checkout_id);
 }
 
+/* Sagas deleted after the retention: their orders' payment locks and
+ * fences go with them (no run of those sagas takes them again). */
+static enum err
+on_prune(struct store_conn *c, const json_t *const *data, size_t n, void *ctx, struct bb_error *e)
+{
+    (void)ctx;
+    char(*names)[128] = xcalloc(n ? n : 1, sizeof *names);
+    const char **np = xcalloc(n ? n : 1, sizeof *np);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *order = json_string_value(json_object_get(data[i], "order_id"));
+        if (order == NULL) /* ended before it made its order */
+            continue;
+        snprintf(names[k], sizeof names[k], PAYMENT_FENCE_PREFIX "%s", order);
+        np[k] = names[k];
+        k++;
+    }
+    enum err rc = lock_forget_many(c, np, k, bb_wall_ms(), NULL, e);
+    free(np);
+    free(names);
+    return rc;
+}
+
 /* No saga can run for it (its event is not what this code writes: a bug,
  * or a newer writer): the checkout fails now rather than stay PENDING. */
 static enum err
@@ -953,6 +976,7 @@ checkout_saga_create(struct saga_engine *eng, struct job_registry *r,
                                 .from_event = from_event,
                                 .on_reject = on_reject,
                                 .on_end = on_end,
+                                .on_prune = on_prune,
                                 .ctx = cs};
     saga_engine_add(eng, &cs->def);
     if (r)

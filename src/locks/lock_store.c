@@ -147,6 +147,20 @@ static struct store_stmt LOCK_RELEASE_MANY = {
                   " WHERE locks.name = x.name AND locks.token = x.token"
                   " AND locks.owner IS NOT NULL RETURNING locks.name, locks.waiters_until_ms",
 };
+/* A batch of (name), then now: the rows of names not held. */
+static struct store_stmt LOCK_FORGET_MANY = {
+    .sql_pg = "DELETE FROM locks l USING unnest($1::text[]) AS x(name)"
+              " WHERE l.name = x.name AND (l.owner IS NULL OR l.expires_at_ms <= $2)",
+    .sql_sqlite = "DELETE FROM locks WHERE name IN (SELECT value ->> 'name' FROM json_each($1))"
+                  " AND (owner IS NULL OR expires_at_ms <= $2)",
+};
+/* The same batch: the fences of names that have no lock row (any more). */
+static struct store_stmt FENCE_FORGET_MANY = {
+    .sql_pg = "DELETE FROM fences f USING unnest($1::text[]) AS x(name) WHERE f.key = x.name"
+              " AND NOT EXISTS (SELECT 1 FROM locks l WHERE l.name = f.key)",
+    .sql_sqlite = "DELETE FROM fences WHERE key IN (SELECT value ->> 'name' FROM json_each($1))"
+                  " AND NOT EXISTS (SELECT 1 FROM locks l WHERE l.name = fences.key)",
+};
 /* A batch of (name, prefix, owner), then now: a holder named prefix...
  * other than owner lets go. */
 static struct store_stmt LOCK_RELEASE_SUPERSEDED_MANY = {
@@ -387,6 +401,28 @@ lock_release_many(struct store_conn *c, const char *const *names, const int64_t 
     enum err rc = store_query(c, &LOCK_RELEASE_MANY, p, BB_ARRAY_LEN(p), &r, e);
     store_batch_deinit(&rows);
     return rc == ERR_OK ? announce_released(c, &r, now_ms, NULL, e) : rc;
+}
+
+enum err
+lock_forget_many(struct store_conn *c, const char *const *names, size_t n, int64_t now_ms,
+                 int64_t *forgotten, struct bb_error *e)
+{
+    if (forgotten)
+        *forgotten = 0;
+    if (n == 0)
+        return ERR_OK;
+    struct store_batch rows;
+    store_batch_init(&rows, c, 1);
+    for (size_t i = 0; i < n; i++) {
+        store_batch_row(&rows);
+        store_batch_text(&rows, "name", names[i]);
+    }
+    const struct store_param p[] = {sp_batch(&rows), sp_int(now_ms)};
+    enum err rc = store_exec(c, &LOCK_FORGET_MANY, p, BB_ARRAY_LEN(p), forgotten, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &FENCE_FORGET_MANY, p, 1, NULL, e);
+    store_batch_deinit(&rows);
+    return rc;
 }
 
 enum err

@@ -2,7 +2,8 @@
  * locks: fenced distributed locks, on a compare-and-set in the store (the
  * seed's Cassandra LWT design).
  *
- * A lock row keeps its name forever; `token` grows by one on every grant
+ * A lock row keeps its name (unless its owner module forgets it, see
+ * lock_forget_many); `token` grows by one on every grant
  * (first acquire, acquire after a release, takeover of an expired holder), so
  * fencing tokens strictly increase for a name across every grant, crashes and
  * restarts included. `epoch` starts at 1 and grows by one on each takeover
@@ -118,6 +119,15 @@ BB_WUR enum err lock_release_superseded_many(struct store_conn *c, const char *c
                                              const char *const *prefixes, const char *const *owners,
                                              size_t n, int64_t now_ms, int64_t *freed,
                                              struct bb_error *e);
+/*
+ * Forget names[0..n-1]: delete their lock rows, unless held, and the fences
+ * of those names. A forgotten name's tokens start over at 1, so only for
+ * names nothing will take or fence again (the payment lock of an order
+ * whose saga ended long ago): kept forever, they would grow the tables by
+ * two rows per order. *forgotten (may be NULL): how many lock rows went.
+ */
+BB_WUR enum err lock_forget_many(struct store_conn *c, const char *const *names, size_t n,
+                                 int64_t now_ms, int64_t *forgotten, struct bb_error *e);
 /* Extend the lease. ERR_STALE_TOKEN (not the current token), ERR_LOCK_EXPIRED
  * (the lease ran out: acquire again), ERR_NOT_HELD (released or never held). */
 BB_WUR enum err lock_renew(struct store_conn *c, const char *name, int64_t token, int64_t ttl_ms,

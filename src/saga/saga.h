@@ -170,6 +170,10 @@ typedef enum err saga_end_fn(struct store_conn *c, const char *const *saga_ids,
  * aggregate id correlates (one instance per type and aggregate). */
 typedef enum err saga_start_fn(const json_t *event_data, const char *aggregate_id, json_t **data,
                                void *ctx, struct bb_error *e);
+/* Instances deleted after the retention (their data), in the transaction
+ * that deletes them: delete what they kept outside their rows. */
+typedef enum err saga_prune_fn(struct store_conn *c, const json_t *const *data, size_t n, void *ctx,
+                               struct bb_error *e);
 /* A starting event nothing can start from (saga_start_fn refused it, or
  * its data is not JSON), in the transaction that marks it handled: end
  * what waited for the saga (`why` says what was wrong, for operators). */
@@ -184,6 +188,7 @@ struct saga_def {
     saga_start_fn *from_event;
     saga_reject_fn *on_reject; /* may be NULL */
     saga_end_fn *on_end;       /* may be NULL */
+    saga_prune_fn *on_prune;   /* may be NULL */
     void *ctx;
 };
 

@@ -1045,7 +1045,56 @@ static struct store_stmt SAGA_STUCK_COUNT = {
 #define PRUNABLE                                                               \
     "SELECT id FROM sagas WHERE state = $4 AND id < $1 AND updated_at_ms < $2" \
     " ORDER BY id LIMIT $3"
-static struct store_stmt PRUNE_SAGAS = {.sql = "DELETE FROM sagas WHERE id IN (" PRUNABLE ")"};
+static struct store_stmt PRUNE_SAGAS = {.sql = "DELETE FROM sagas WHERE id IN (" PRUNABLE
+                                               ") RETURNING type, data"};
+
+/* The deleted instances (rows type, data) handed, type by type, to the
+ * definitions that keep something outside their rows. *n: how many went. */
+static enum err
+pruned(struct store_conn *c, struct store_rows *r, int64_t *n, struct bb_error *e)
+{
+    struct kept {
+        const struct saga_def *def;
+        json_t *data;
+    } *rows = NULL;
+    size_t k = 0, cap = 0;
+    *n = 0;
+    while (store_next(r)) {
+        (*n)++;
+        const struct saga_def *def = saga__def_find(store_col_text(r, 0));
+        json_t *data = def && def->on_prune ? json_loads(store_col_text(r, 1), 0, NULL) : NULL;
+        if (data == NULL)
+            continue;
+        if (k == cap) {
+            cap = cap ? cap * 2 : 64;
+            rows = xrealloc(rows, cap * sizeof *rows);
+        }
+        rows[k++] = (struct kept){def, data};
+    }
+    store_rows_close(r);
+    const json_t **data = xcalloc(k ? k : 1, sizeof *data);
+    bool *handed = xcalloc(k ? k : 1, sizeof *handed);
+    enum err rc = ERR_OK;
+    for (size_t i = 0; i < k && rc == ERR_OK; i++) {
+        if (handed[i])
+            continue;
+        const struct saga_def *def = rows[i].def;
+        size_t m = 0;
+        for (size_t j = i; j < k; j++) {
+            if (rows[j].def == def) {
+                data[m++] = rows[j].data;
+                handed[j] = true;
+            }
+        }
+        rc = def->on_prune(c, data, m, def->ctx, e);
+    }
+    for (size_t i = 0; i < k; i++)
+        json_decref(rows[i].data);
+    free(handed);
+    free(rows);
+    free(data);
+    return rc;
+}
 
 enum err
 saga_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit, int64_t *deleted,
@@ -1063,7 +1112,10 @@ saga_prune_finished(struct store_conn *c, int64_t before_ms, int64_t limit, int6
                                         sp_int(limit - *deleted),
                                         sp_text(saga_state_name(terminal[i]))};
         int64_t n = 0;
-        rc = store_exec(c, &PRUNE_SAGAS, p, BB_ARRAY_LEN(p), &n, e);
+        struct store_rows r;
+        rc = store_query(c, &PRUNE_SAGAS, p, BB_ARRAY_LEN(p), &r, e);
+        if (rc == ERR_OK)
+            rc = pruned(c, &r, &n, e);
         *deleted += n;
     }
     return rc;

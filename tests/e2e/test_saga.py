@@ -242,11 +242,16 @@ def test_finished_sagas_are_deleted_after_the_retention(make_server):
     product(server, "A", 5)
     c = settled(server, checkout(server, [{"sku": "A", "qty": 1, "unit_price": 300}]))
     assert c["status"] == "COMPLETED"
+    payment_lock = f"payment:{c['order_id']}"
+    assert server.get(f"/fenced/{payment_lock}").status_code == 200
     await_condition(lambda: server.get(
         f"/sagas?correlation_id={c['checkout_id']}").json()["sagas"] == [],
         what="the saga to be deleted")
     assert server.metric("backbone_sagas_pruned_total") >= 1
-    # The business records stay: only the orchestration's history goes.
+    # Its payment lock and fence went with it (two rows per order, else)...
+    problem(server.get(f"/locks/{payment_lock}"), 404, "not_found", None)
+    problem(server.get(f"/fenced/{payment_lock}"), 404, "not_found", None)
+    # ...but the business records stay: only the orchestration's history goes.
     assert server.get(f"/checkout/{c['checkout_id']}").json()["status"] == "COMPLETED"
     assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CONFIRMED"
 

@@ -448,6 +448,34 @@ a_lock_another_run_of_the_same_work_holds_is_freed_for_a_larger_token(void **sta
 
 #define LOCK_TEST(name) cmocka_unit_test_setup_teardown(name, test_conn_setup, test_conn_teardown)
 
+/* Forgotten: a free lock's row and fence go; a held one's stay. */
+static void
+forgotten_names_lose_their_rows_and_fences_unless_held(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    struct lock_grant held = acquire_ok(f->c, "F1", "a", 30000, T0, LOCK_GRANTED);
+    struct lock_grant free_ = acquire_ok(f->c, "F2", "a", 30000, T0, LOCK_GRANTED);
+    assert_ok(lock_release(f->c, "F2", free_.token, T0 + 1, &e), &e);
+    assert_ok(lock_fence_check(f->c, "F1", held.token, T0 + 2, &e), &e);
+    assert_ok(lock_fence_check(f->c, "F2", free_.token, T0 + 2, &e), &e);
+    const char *names[] = {"F1", "F2", "F9"};
+    int64_t forgotten = -1;
+    assert_ok(lock_forget_many(f->c, names, 3, T0 + 3, &forgotten, &e), &e);
+    assert_int_equal(forgotten, 1);
+    struct lock_grant g;
+    assert_ok(lock_get(f->c, "F1", T0 + 3, &g, &e), &e);
+    char *value;
+    int64_t token;
+    assert_ok(lock_fenced_get(f->c, "F1", &value, &token, &e), &e);
+    free(value);
+    assert_int_equal(lock_fenced_get(f->c, "F2", &value, &token, &e), ERR_NOT_FOUND);
+    /* Its tokens start over: a name is forgotten only when nothing takes it again. */
+    assert_int_equal(acquire_ok(f->c, "F2", "b", 30000, T0 + 4, LOCK_GRANTED).token, 1);
+    assert_ok(lock_forget_many(f->c, NULL, 0, T0 + 5, &forgotten, &e), &e);
+    assert_int_equal(forgotten, 0);
+}
+
 static const struct CMUnitTest tests[] = {
     LOCK_TEST(tokens_strictly_increase_across_grants_and_takeovers),
     LOCK_TEST(reacquire_by_the_holder_keeps_its_token_and_extends),
@@ -461,6 +489,7 @@ static const struct CMUnitTest tests[] = {
     LOCK_TEST(concurrent_acquirers_never_overlap_and_tokens_follow_grants),
     LOCK_TEST(many_locks_at_once_follow_the_single_rules),
     LOCK_TEST(a_lock_another_run_of_the_same_work_holds_is_freed_for_a_larger_token),
+    LOCK_TEST(forgotten_names_lose_their_rows_and_fences_unless_held),
 };
 
 TEST_MAIN(tests, true)
