@@ -983,18 +983,16 @@ claim_submit(struct jop *op)
     http_req_run(op->req, op->svc->store, STORE_WRITE, claim_work, claim_reply, op);
 }
 
+static void claim_give_up(void *arg, enum err why);
+
 static void
 claim_retry(void *arg)
 {
     struct jop *op = arg;
-    if (http_req_client_gone(op->req)) {
-        /* Jobs claimed now would wait out their leases unseen. */
-        json_decref(op->out);
-        op->out = NULL;
-        http_reply_json(op->req, 200, json_pack("{s:[]}", "jobs"));
-        return;
-    }
-    claim_submit(op);
+    if (http_req_client_gone(op->req))  /* jobs claimed now would wait out their leases unseen */
+        claim_give_up(op, ERR_TIMEOUT); /* the empty answer of a long poll that ran out */
+    else
+        claim_submit(op);
 }
 
 static void
