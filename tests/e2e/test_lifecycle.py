@@ -3,12 +3,14 @@ survives restarts."""
 import signal
 import threading
 
+import pytest
 import requests
 
 from conftest import await_condition, problem
 
 
-def test_sigterm_answers_parked_waiters_and_exits_cleanly(server):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_answers_parked_waiters_and_exits_cleanly(server, sig):
     server.post("/locks/L/acquire", {"owner": "w1", "ttl_ms": 120000})
     result = {}
 
@@ -19,7 +21,7 @@ def test_sigterm_answers_parked_waiters_and_exits_cleanly(server):
     t = threading.Thread(target=wait)
     t.start()
     await_condition(lambda: server.metric("backbone_lock_waiters") == 1, what="a parked acquire")
-    server.proc.send_signal(signal.SIGTERM)
+    server.proc.send_signal(sig)
     t.join(timeout=60)
     problem(result["r"], 503, "unavailable")
     server.stop()  # checks exit code 0 and no sanitizer report
