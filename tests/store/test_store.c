@@ -742,6 +742,85 @@ transient_conflicts_are_retried_then_succeed(void **state)
     store_conn_close(c);
 }
 
+/* Two units that take two rows in opposite orders, each waiting (on its
+ * first run) until the other holds its first row: a real deadlock. */
+struct crossing {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int arrived;
+    int runs;
+};
+struct crosser {
+    struct test_db *db;
+    struct crossing *x;
+    int64_t first, second;
+    enum err rc;
+};
+
+static struct store_stmt UPDATE_ONE = {.sql = "UPDATE t SET n = n + 1 WHERE id = $1"};
+
+static enum err
+crossing_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct crosser *w = arg;
+    const struct store_param first[] = {sp_int(w->first)}, second[] = {sp_int(w->second)};
+    enum err rc = store_exec(c, &UPDATE_ONE, first, 1, NULL, e);
+    pthread_mutex_lock(&w->x->mu);
+    bool first_run = w->x->runs++ < 2;
+    if (first_run && ++w->x->arrived == 2)
+        pthread_cond_broadcast(&w->x->cv);
+    /* Bounded, so that a store that ran both on one connection fails the
+     * test instead of hanging it. */
+    for (int64_t until = bb_mono_ms() + 10000;
+         first_run && w->x->arrived < 2 && bb_mono_ms() < until;)
+        bb_cond_wait_ms(&w->x->cv, &w->x->mu, until - bb_mono_ms());
+    pthread_mutex_unlock(&w->x->mu);
+    return rc == ERR_OK ? store_exec(c, &UPDATE_ONE, second, 1, NULL, e) : rc;
+}
+
+static void *
+crosser_main(void *arg)
+{
+    struct crosser *w = arg;
+    struct bb_error e;
+    w->rc = store_run(w->db->store, STORE_WRITE, crossing_work, w, &e);
+    return NULL;
+}
+
+static void
+a_real_deadlock_is_retried_and_both_units_commit(void **state)
+{
+    struct test_db *db = *state;
+    if (db->engine != STORE_POSTGRES)
+        return; /* SQLite has one writer at a time: no two transactions can cross */
+    create_t(db);
+    struct store_conn *c = conn(db);
+    struct bb_error e;
+    for (int64_t id = 1; id <= 2; id++) {
+        const struct store_param p[] = {sp_int(id), sp_int(0), sp_text("x")};
+        assert_ok(store_exec(c, &INSERT_T, p, 3, NULL, &e), &e);
+    }
+    int64_t retries = test_metric("backbone_store_conflict_retries_total{engine=\"postgres\"}");
+    struct crossing x = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    bb_cond_init_mono(&x.cv);
+    struct crosser a = {db, &x, 1, 2, ERR_INTERNAL}, b = {db, &x, 2, 1, ERR_INTERNAL};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, crosser_main, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, crosser_main, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    /* PostgreSQL broke the deadlock by failing one; the store ran it again. */
+    assert_int_equal(a.rc, ERR_OK);
+    assert_int_equal(b.rc, ERR_OK);
+    assert_int_equal(x.runs, 3);
+    assert_true(test_metric("backbone_store_conflict_retries_total{engine=\"postgres\"}") >
+                (retries < 0 ? 0 : retries));
+    static struct store_stmt SUM = {.sql = "SELECT SUM(n) FROM t"};
+    assert_int_equal(query_int(c, &SUM), 4); /* each unit's two updates, once */
+    store_conn_close(c);
+    pthread_cond_destroy(&x.cv);
+}
+
 static enum err
 failing_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -1221,6 +1300,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
     cmocka_unit_test(units_of_a_group_share_one_transaction),
     DB_TEST(transient_conflicts_are_retried_then_succeed),
+    DB_TEST(a_real_deadlock_is_retried_and_both_units_commit),
     DB_TEST(store_run_returns_the_units_error),
     cmocka_unit_test(full_queue_refuses_new_units),
     cmocka_unit_test(notifications_arrive_after_commit_and_never_after_rollback),
