@@ -495,7 +495,8 @@ app_stop(struct app *app)
     if (!clean) {
         /* A handler or a request still runs: what it may use stays, and the
          * process exits with it. Every accepted write is already durable. */
-        log_info("server.stopped", "duration_ms=%lld clean=false", (long long)(bb_mono_ms() - t0));
+        log_info("server.stopped", "duration_ms=%lld clean=%s", (long long)(bb_mono_ms() - t0),
+                 "false");
         return false;
     }
     lock_service_destroy(app->locks);

@@ -818,9 +818,17 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         req_record(r);
     else
         log_debug("http.aborted", "path=%s code=%d", r->path, (int)toe);
+    /* Resumed on a connection its client had closed: libmicrohttpd ends it
+     * here without calling the handler again, where it would have stopped
+     * counting as suspended. */
+    bool suspended = r->suspended;
     req_destroy(r);
     *con_cls = NULL;
     pthread_mutex_lock(&srv->mu);
+    if (suspended) {
+        srv->n_suspended--;
+        metrics_set(&M_IN_FLIGHT, srv->n_suspended);
+    }
     srv->n_active--;
     pthread_cond_broadcast(&srv->cv);
     pthread_mutex_unlock(&srv->mu);
