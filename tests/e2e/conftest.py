@@ -249,6 +249,14 @@ def post_and_hang_up(server, path, body, gauge):
     s.close()
 
 
+def stops_cleanly(server):
+    """Stop `server` and check it had nothing left running (no request still
+    counted as suspended, no handler ignoring cancellation)."""
+    server.stop()
+    [stopped] = [line for line in server.lines() if line.get("event") == "server.stopped"][-1:]
+    assert stopped.get("clean") != "false", stopped
+
+
 def request_logged(server, path):
     """The log line of the last request to `path` the server has finished."""
     done = [line for line in server.lines()

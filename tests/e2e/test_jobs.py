@@ -12,7 +12,8 @@ import threading
 import pytest
 import requests
 
-from conftest import await_condition, post_and_hang_up, problem, request_logged, wait_job
+from conftest import (await_condition, post_and_hang_up, problem, request_logged, stops_cleanly,
+                      wait_job)
 
 
 def submit(server, body, status=201):
@@ -721,6 +722,7 @@ def test_a_long_poll_whose_client_hung_up_claims_nothing(server):
     assert server.get(f"/jobs/{job_id}").json()["state"] == "pending"
     [claimed] = server.post("/queues/default/claim", {"worker": "here"}).json()["jobs"]
     assert claimed["job_id"] == job_id
+    stops_cleanly(server)  # the long poll that gave up is not left counted as parked
 
 
 def test_defaults_retry_after_1_4_16_64_seconds_and_give_up_after_5_attempts(server):

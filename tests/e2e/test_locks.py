@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from conftest import await_condition, post_and_hang_up, problem, request_logged
+from conftest import (await_condition, post_and_hang_up, problem, request_logged,
+                      stops_cleanly)
 
 
 def acquire(s, name, owner, ttl_ms=30000, wait_ms=0):
@@ -260,3 +261,4 @@ def test_a_waiter_that_hung_up_is_not_granted_the_lock(server):
                            what="the waiter to give up")
     assert line["status"] == 503, line
     assert server.get("/locks/hup").status_code == 404  # free, not held by "gone"
+    stops_cleanly(server)  # the request that gave up is not left counted as parked
