@@ -752,14 +752,6 @@ per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires(void **st
     json_decref(list);
 }
 
-static int64_t
-ms_at(const char *rfc3339)
-{
-    int64_t ms;
-    assert_int_equal(bb_rfc3339_parse(rfc3339, &ms), ERR_OK);
-    return ms;
-}
-
 /* The schedule's next fire, as the store has it. */
 static int64_t
 next_fire_of(struct store_conn *c, const char *name)
@@ -798,9 +790,9 @@ schedules_years_behind_fire_once_and_catch_up_at_once(void **state)
          T0 - 3 * year_ms + 7000 * (3 * year_ms / 7000 + 1)},
         /* 02:30 in Paris happens twice on 2026-10-25; at 02:10 the second
          * time, the first 02:30 has passed. */
-        {"paris", "30 2 * * *", "Europe/Paris", 0, ms_at("2026-10-20T12:00:00Z"),
-         ms_at("2026-10-25T01:10:00Z"), ms_at("2026-10-25T00:30:00Z"),
-         ms_at("2026-10-26T01:30:00Z")},
+        {"paris", "30 2 * * *", "Europe/Paris", 0, test_ms_at("2026-10-20T12:00:00Z"),
+         test_ms_at("2026-10-25T01:10:00Z"), test_ms_at("2026-10-25T00:30:00Z"),
+         test_ms_at("2026-10-26T01:30:00Z")},
     };
     for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
         struct job_schedule s = {.interval_ms = cases[i].interval_ms};

@@ -185,3 +185,11 @@ test_metric(const char *series)
     bb_buf_deinit(&b);
     return n;
 }
+
+int64_t
+test_ms_at(const char *rfc3339)
+{
+    int64_t ms;
+    assert_int_equal(bb_rfc3339_parse(rfc3339, &ms), ERR_OK);
+    return ms;
+}

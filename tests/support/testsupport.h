@@ -65,6 +65,9 @@ int test_db_teardown(void **state);
  * ("backbone_x" or "backbone_x{label=\"v\"}"); -1 when it is not there. */
 int64_t test_metric(const char *series);
 
+/* An RFC 3339 time in epoch ms, asserted to parse. */
+int64_t test_ms_at(const char *rfc3339);
+
 /* Assert rc == ERR_OK, printing the error's detail otherwise. */
 #define assert_ok(rc, e)                                                        \
     do {                                                                        \

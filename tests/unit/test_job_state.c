@@ -91,14 +91,6 @@ rfc3339_times_parse_with_offsets_and_fractions(void **state)
         assert_int_equal(bb_rfc3339_parse(bad[i], &ms), ERR_INVALID);
 }
 
-static int64_t
-at(const char *rfc3339)
-{
-    int64_t ms;
-    assert_int_equal(bb_rfc3339_parse(rfc3339, &ms), ERR_OK);
-    return ms;
-}
-
 static void
 assert_next(const char *expr, const char *tz, const char *after, const char *want)
 {
@@ -106,8 +98,8 @@ assert_next(const char *expr, const char *tz, const char *after, const char *wan
     struct bb_error e;
     assert_ok(job_cron_parse(expr, &c, &e), &e);
     int64_t next;
-    assert_ok(job_cron_next(&c, tz, at(after), &next, &e), &e);
-    if (next != at(want)) {
+    assert_ok(job_cron_next(&c, tz, test_ms_at(after), &next, &e), &e);
+    if (next != test_ms_at(want)) {
         char got[32];
         bb_wall_ms_format(next, got);
         fail_msg("%s in %s after %s: got %s, want %s", expr, tz, after, got, want);
@@ -156,13 +148,13 @@ assert_prev(const char *expr, const char *tz, const char *at_time, const char *f
     struct bb_error e;
     assert_ok(job_cron_parse(expr, &c, &e), &e);
     int64_t prev = 0;
-    enum err rc = job_cron_prev(&c, tz, at(at_time), at(floor), &prev, &e);
+    enum err rc = job_cron_prev(&c, tz, test_ms_at(at_time), test_ms_at(floor), &prev, &e);
     if (want == NULL) {
         assert_int_equal(rc, ERR_NOT_FOUND);
         return;
     }
     assert_ok(rc, &e);
-    if (prev != at(want)) {
+    if (prev != test_ms_at(want)) {
         char got[32];
         bb_wall_ms_format(prev, got);
         fail_msg("%s in %s at %s: got %s, want %s", expr, tz, at_time, got, want);
