@@ -250,6 +250,15 @@ void bb_uuid7(char out[37]);
 void bb_uuid7_at(int64_t wall_ms, char out[37]);
 bool bb_uuid_is_valid(const char *text);
 
+/* W3C Trace Context: "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>". */
+enum { BB_TRACEPARENT_LEN = 55 };
+/* Version 00, lower-case hex, neither id all zeros (the spec's invalid
+ * values); anything else is to be ignored, not carried on. */
+bool bb_traceparent_is_valid(const char *text);
+/* A new trace (random ids, sampled), for work that starts one: a request
+ * that came without a trace, a schedule's fire. */
+void bb_traceparent_new(char out[BB_TRACEPARENT_LEN + 1]);
+
 /* A pool of `threads` threads named `name` running tasks from a queue of
  * at most `queue_max`. Submit answers ERR_OVERLOADED when the queue is full
  * and ERR_UNAVAILABLE once stop began; a task accepted always runs. Stop

@@ -8,7 +8,9 @@
  */
 #include "base/base.h"
 
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -149,4 +151,32 @@ bb_uuid_is_valid(const char *text)
         }
     }
     return true;
+}
+
+bool
+bb_traceparent_is_valid(const char *text)
+{
+    if (text == NULL || strlen(text) != BB_TRACEPARENT_LEN || text[0] != '0' || text[1] != '0')
+        return false;
+    bool trace_zero = true, parent_zero = true;
+    for (int i = 0; i < BB_TRACEPARENT_LEN; i++) {
+        char c = text[i];
+        bool dash = i == 2 || i == 35 || i == 52;
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+        if (i > 2 && i < 35 && c != '0')
+            trace_zero = false;
+        if (i > 35 && i < 52 && c != '0')
+            parent_zero = false;
+    }
+    return !trace_zero && !parent_zero;
+}
+
+void
+bb_traceparent_new(char out[BB_TRACEPARENT_LEN + 1])
+{
+    uint64_t hi = bb_rand_u64(), lo = bb_rand_u64(), parent = bb_rand_u64();
+    /* All zeros is invalid; a 2^-64 draw becomes 1. */
+    snprintf(out, BB_TRACEPARENT_LEN + 1, "00-%016" PRIx64 "%016" PRIx64 "-%016" PRIx64 "-01", hi,
+             lo | (hi == 0 && lo == 0), parent | (parent == 0));
 }

@@ -84,7 +84,8 @@ const char *http_req_header(struct http_req *r, const char *name);
 /* The Idempotency-Key header, required and valid (a copy in the arena). */
 BB_WUR enum err http_req_idempotency_key(struct http_req *r, const char **out, struct bb_error *e);
 /* The request id (X-Request-Id if the client sent a sane one, else a UUIDv7)
- * and W3C traceparent (NULL if absent or malformed). */
+ * and W3C traceparent (the client's if valid, else a new trace's: never
+ * NULL, so that what the request causes can be found together). */
 const char *http_req_id(const struct http_req *r);
 const char *http_req_traceparent(const struct http_req *r);
 /* Scratch memory freed with the request. */

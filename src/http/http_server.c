@@ -80,7 +80,7 @@ struct http_req {
     bool suspended; /* HTTP thread only */
     json_t *json;
     char id[65];
-    char traceparent[56];
+    char traceparent[BB_TRACEPARENT_LEN + 1];
     struct bb_error err;
     int64_t start_ns;
     struct header headers[MAX_EXTRA_HEADERS];
@@ -191,7 +191,7 @@ http_req_id(const struct http_req *r)
 const char *
 http_req_traceparent(const struct http_req *r)
 {
-    return r->traceparent[0] ? r->traceparent : NULL;
+    return r->traceparent;
 }
 
 struct bb_arena *
@@ -525,28 +525,6 @@ id_is_sane(const char *s)
     return n > 0;
 }
 
-/* W3C traceparent, version 00: "00-<32 hex>-<16 hex>-<2 hex>", lower
- * case, neither id all zeros (the spec's invalid values). Anything else is
- * ignored, as the spec asks, rather than carried on. */
-static bool
-traceparent_is_valid(const char *s)
-{
-    if (strlen(s) != 55 || s[0] != '0' || s[1] != '0')
-        return false;
-    bool trace_zero = true, parent_zero = true;
-    for (int i = 0; i < 55; i++) {
-        char c = s[i];
-        bool dash = i == 2 || i == 35 || i == 52;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return false;
-        if (i > 2 && i < 35 && c != '0')
-            trace_zero = false;
-        if (i > 35 && i < 52 && c != '0')
-            parent_zero = false;
-    }
-    return !trace_zero && !parent_zero;
-}
-
 static struct http_req *
 req_create(struct http_server *srv, struct MHD_Connection *conn, const char *url,
            const char *method)
@@ -568,8 +546,10 @@ req_create(struct http_server *srv, struct MHD_Connection *conn, const char *url
     else
         bb_uuid7(r->id);
     const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
-    if (tp && traceparent_is_valid(tp))
+    if (tp && bb_traceparent_is_valid(tp))
         bb_strlcpy(r->traceparent, tp, sizeof r->traceparent);
+    else
+        bb_traceparent_new(r->traceparent); /* the request starts a trace */
     return r;
 }
 

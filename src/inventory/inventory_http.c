@@ -389,7 +389,12 @@ handle_commit(struct http_req *r, void *ctx)
 static enum err
 sweep_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
-    return inventory_expire_due(c, bb_wall_ms(), SWEEP_BATCH, arg, e);
+    char trace[BB_TRACEPARENT_LEN + 1];
+    bb_traceparent_new(trace); /* a sweep starts a trace: its events carry it */
+    bb_log_context_set(NULL, trace);
+    enum err rc = inventory_expire_due(c, bb_wall_ms(), SWEEP_BATCH, arg, e);
+    bb_log_context_clear();
+    return rc;
 }
 
 struct prune_op {

@@ -2391,6 +2391,9 @@ fire_one(struct store_conn *c, const struct store_rows *r, int64_t now_ms, int64
     s.schedule = name;
     s.scheduled_for_ms = fire;
     s.run_at_ms = now_ms;
+    char trace[BB_TRACEPARENT_LEN + 1];
+    bb_traceparent_new(trace); /* each fire starts a trace of its own */
+    s.traceparent = trace;
     int64_t id;
     bool created = false;
     if (s.unique_key) {

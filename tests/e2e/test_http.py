@@ -2,6 +2,7 @@
 JSON, auth, request ids, configuration errors."""
 import os
 import pathlib
+import re
 import socket
 import subprocess
 
@@ -157,6 +158,13 @@ def test_request_ids_are_echoed_or_generated(server):
         what="the request's log line")
     assert logged[-1]["traceparent"] == tp
     assert logged[-1]["event"] == "http.request" and logged[-1]["status"] == 200
+    # Without a trace (or with one that is not valid) the request starts one.
+    for headers in ({}, {"traceparent": "00-nope"}):
+        server.get("/locks", headers={**headers, "X-Request-Id": f"untraced-{len(headers)}"})
+        logged = await_condition(
+            lambda: [l for l in server.lines() if l.get("request_id") == f"untraced-{len(headers)}"],
+            what="the request's log line")
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", logged[-1]["traceparent"])
 
 
 def test_api_token_guards_everything_but_healthz(make_server):

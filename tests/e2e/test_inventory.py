@@ -3,6 +3,7 @@ all-or-none reservations, commit, release, expiry by TTL, adjustments, 200
 buyers racing for the last 10 units, bad input, and the events."""
 import concurrent.futures
 import json
+import re
 
 import pytest
 import requests
@@ -232,8 +233,14 @@ def test_every_change_writes_an_event_that_matches_its_schema(make_server):
                                    "inventory.committed.v1", "inventory.released.v1"])
     assert [e["type"] for e in events if e["aggregate_id"] == "o-1"] == [
         "inventory.reserved.v1", "inventory.committed.v1"]
-    # The request's trace goes with its event.
+    # The request's trace goes with its event; a request without one starts
+    # a trace of its own, and so does the sweep that expires o-3.
     assert [e["traceparent"] for e in events if e["aggregate_id"] == "o-2"][0] == trace
+    assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", e["traceparent"])
+               for e in events), events
+    o3 = [(e["type"], e["traceparent"][3:35]) for e in events if e["aggregate_id"] == "o-3"]
+    assert [t for t, _ in o3] == ["inventory.reserved.v1", "inventory.released.v1"]
+    assert len({trace_id for _, trace_id in o3} | {trace[3:35]}) == 3, o3
 
 
 def test_events_past_the_outbox_retention_are_pruned(make_server):

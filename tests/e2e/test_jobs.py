@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import re
 import threading
 
 import pytest
@@ -503,16 +504,23 @@ def test_a_jobs_runs_carry_its_submitters_traceparent(server, sink):
     assert r.status_code == 201, r.text
     plain = submit(server, {"handler": "external:a"})["job_id"]
     got = server.post("/queues/default/claim", {"worker": "py", "max": 10}).json()["jobs"]
-    assert [(j["job_id"] == plain, j["traceparent"]) for j in got] == [(False, TRACE)] * 3 + [
-        (True, None)]
-    assert server.get(f"/jobs/{plain}").json()["traceparent"] is None
+    assert [(j["job_id"] == plain, j["traceparent"] == TRACE) for j in got] == [
+        (False, True)] * 3 + [(True, False)]
+    # A request without a trace starts one, and its job carries that on.
+    assert is_new_trace(server.get(f"/jobs/{plain}").json()["traceparent"])
     # A malformed one, another version, or the spec's invalid all-zero ids
-    # are not carried on.
+    # are not carried on: the request starts a trace of its own instead.
     for bad_tp in ("00-nope", "ff" + TRACE[2:], "01" + TRACE[2:], TRACE.upper(),
                    "00-" + "0" * 32 + TRACE[35:], TRACE[:36] + "0" * 16 + TRACE[52:]):
         bad = server.post("/jobs", {"handler": "external:a"},
                           headers={"traceparent": bad_tp}).json()["job_id"]
-        assert server.get(f"/jobs/{bad}").json()["traceparent"] is None, bad_tp
+        assert is_new_trace(server.get(f"/jobs/{bad}").json()["traceparent"]), bad_tp
+
+
+def is_new_trace(tp):
+    """A W3C traceparent that Backbone started: version 00, sampled, not TRACE's."""
+    return (re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", tp or "") is not None
+            and tp[3:35] != TRACE[3:35])
 
 
 def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):

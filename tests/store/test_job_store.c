@@ -673,6 +673,12 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     assert_int_equal(json_integer_value(
                          json_object_get(json_object_get(json_array_get(jobs, 1), "payload"), "k")),
                      1);
+    /* Each fire starts a trace of its own, which its runs carry on. */
+    const char *tp0 = json_string_value(json_object_get(json_array_get(jobs, 0), "traceparent"));
+    const char *tp1 = json_string_value(json_object_get(json_array_get(jobs, 1), "traceparent"));
+    assert_true(bb_traceparent_is_valid(tp0));
+    assert_true(bb_traceparent_is_valid(tp1));
+    assert_memory_not_equal(tp0 + 3, tp1 + 3, 32);
     json_decref(page);
     assert_ok(job_schedule_set_paused(f->c, "tick", true, T0, &e), &e);
     assert_ok(job_schedule_fire_due(f->c, T0 + 10000000, &n, &e), &e);

@@ -154,6 +154,37 @@ uuid7_starts_with_its_timestamp(void **state)
 }
 
 static void
+traceparents_are_new_traces_and_checked_as_the_spec_says(void **state)
+{
+    (void)state;
+    char a[BB_TRACEPARENT_LEN + 1], b[BB_TRACEPARENT_LEN + 1];
+    bb_traceparent_new(a);
+    bb_traceparent_new(b);
+    assert_true(bb_traceparent_is_valid(a));
+    assert_true(bb_traceparent_is_valid(b));
+    assert_int_equal(strlen(a), BB_TRACEPARENT_LEN);
+    assert_memory_equal(a, "00-", 3);
+    assert_string_equal(a + 52, "-01");        /* sampled */
+    assert_memory_not_equal(a + 3, b + 3, 32); /* a trace id each */
+    const char *ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_true(bb_traceparent_is_valid(ok));
+    const char *bad[] = {
+        NULL,
+        "",
+        "00-nope",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", /* version */
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", /* upper case */
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01", /* zero trace */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", /* zero parent */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", /* too long */
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++)
+        assert_false(bb_traceparent_is_valid(bad[i]));
+}
+
+static void
 jitter_stays_within_its_fraction(void **state)
 {
     (void)state;
@@ -952,6 +983,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(size_parse_accepts_binary_units),
     cmocka_unit_test(uuid7_is_well_formed_and_increasing),
     cmocka_unit_test(uuid7_starts_with_its_timestamp),
+    cmocka_unit_test(traceparents_are_new_traces_and_checked_as_the_spec_says),
     cmocka_unit_test(jitter_stays_within_its_fraction),
     cmocka_unit_test(rand_below_stays_in_range),
     cmocka_unit_test(options_apply_defaults_then_env_then_flags),
