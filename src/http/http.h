@@ -219,13 +219,17 @@ void http_client_destroy(struct http_client *c);
 void http_client_add_header(struct http_client *c, const char *name, const char *value);
 /* The same, replacing any earlier value of that header (per-request keys). */
 void http_client_set_header(struct http_client *c, const char *name, const char *value);
+/* Give up a request in flight once stop(arg) turns true (asked about once
+ * a second, and as data moves): http_client_do then fails with ERR_IO. */
+typedef bool http_client_stop_fn(void *arg);
+void http_client_set_stop(struct http_client *c, http_client_stop_fn *stop, void *arg);
 
 /*
  * One request; `body` (JSON text) may be NULL. A connection refused before
  * anything was sent is retried twice (the request never reached a server);
  * nothing else is. On ERR_OK the caller owns resp->body (bb_buf_deinit).
- * Errors: ERR_UNAVAILABLE (cannot connect), ERR_TIMEOUT, ERR_IO, ERR_USAGE
- * (bad URL).
+ * Errors: ERR_UNAVAILABLE (cannot connect), ERR_TIMEOUT, ERR_IO (failed, or
+ * stopped), ERR_USAGE (bad URL).
  */
 BB_WUR enum err http_client_do(struct http_client *c, const char *method, const char *url,
                                const char *body, struct http_client_response *resp,

@@ -69,6 +69,8 @@ perform(CURL *h, struct http_client_response *resp, struct bb_error *e, bool *re
         *retry = true;
         return bb_fail(e, ERR_UNAVAILABLE, "server", "cannot connect: %s", why);
     }
+    if (cc == CURLE_ABORTED_BY_CALLBACK)
+        return bb_fail(e, ERR_IO, "", "stopped before the answer came");
     if (cc == CURLE_OPERATION_TIMEDOUT)
         return bb_fail(e, ERR_TIMEOUT, "", "request timed out: %s", why);
     if (cc == CURLE_URL_MALFORMAT || cc == CURLE_UNSUPPORTED_PROTOCOL)
@@ -81,7 +83,31 @@ struct http_client {
     struct curl_slist *headers;
     struct curl_slist *json_headers;
     int64_t timeout_ms;
+    http_client_stop_fn *stop; /* NULL: never stopped */
+    void *stop_arg;
 };
+
+/* libcurl's progress callback: non-zero aborts the transfer. */
+static int
+on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    const struct http_client *c = arg;
+    return c->stop(c->stop_arg) ? 1 : 0;
+}
+
+void
+http_client_set_stop(struct http_client *c, http_client_stop_fn *stop, void *arg)
+{
+    c->stop = stop;
+    c->stop_arg = arg;
+    curl_easy_setopt(c->h, CURLOPT_XFERINFOFUNCTION, stop ? on_progress : NULL);
+    curl_easy_setopt(c->h, CURLOPT_XFERINFODATA, c);
+    curl_easy_setopt(c->h, CURLOPT_NOPROGRESS, stop ? 0L : 1L);
+}
 
 struct http_client *
 http_client_create(const char *token, int64_t timeout_ms)

@@ -203,11 +203,18 @@ handle_ledger(struct job_run *run)
 
 /* ---- HTTP push --------------------------------------------------------------------------- */
 
+static bool
+push_should_stop(void *arg)
+{
+    return job_run_should_stop(arg);
+}
+
 /*
  * POST the payload to target.url. 2xx: done. 408, 429, 5xx, a timeout or a
  * connection failure: retried. Other 4xx: a permanent failure, unless the
  * target says {"retry_4xx": true}. With a secret configured, the body is
- * signed: X-Backbone-Signature: sha256=<hex HMAC-SHA256 of the body>.
+ * signed: X-Backbone-Signature: sha256=<hex HMAC-SHA256 of the body>. A
+ * cancel (or the worker's stop) gives the request up in flight.
  */
 static enum job_verdict
 handle_http(struct job_run *run)
@@ -223,6 +230,7 @@ handle_http(struct job_run *run)
     }
     int64_t left = run->deadline_mono_ms - bb_mono_ms();
     struct http_client *client = http_client_create(NULL, left > 1 ? left : 1);
+    http_client_set_stop(client, push_should_stop, run); /* cancelled, or the worker stops */
     char id[32], attempt[32];
     snprintf(id, sizeof id, "%" PRId64, run->job->id);
     snprintf(attempt, sizeof attempt, "%" PRId64, run->job->attempt);

@@ -189,6 +189,18 @@ def test_cancel_stops_a_pending_and_a_running_job(server):
     assert server.post(f"/jobs/{running}/cancel").status_code == 200  # and it stops again
 
 
+def test_cancel_gives_up_a_push_in_flight(server, sink):
+    url, received = sink
+    job_id = submit(server, {"handler": "http", "target": {"url": url + "/hang"},
+                             "max_duration_seconds": 300})["job_id"]
+    await_condition(lambda: received, what="the push to arrive")
+    assert server.post(f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+    # The request is given up in flight, not left open until the 5 minutes
+    # of its max_duration are over.
+    assert Sink.hung_up.wait(60), "the push was not given up"
+    assert server.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+
+
 def test_batch_submit_is_one_transaction(server):
     jobs = [{"handler": "noop", "payload": {"i": i}} for i in range(50)]
     r = server.post("/jobs/batch", {"jobs": jobs})
@@ -463,12 +475,19 @@ def test_a_long_multibyte_worker_name_is_rescued_and_failed_whole(server):
 
 
 class Sink(http.server.BaseHTTPRequestHandler):
-    """Receives webhook pushes; answers with the status the path asks for."""
+    """Receives webhook pushes; answers with the status the path asks for,
+    or, for /hang, never, noting when the pusher gives the request up."""
     received = []
+    hung_up = threading.Event()
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Sink.received.append((self.path, dict(self.headers), body))
+        if self.path == "/hang":
+            self.connection.settimeout(120)
+            if self.rfile.read(1) == b"":  # the pusher closed the connection
+                Sink.hung_up.set()
+            return
         status = int(self.path.strip("/") or 200)
         self.send_response(status)
         self.send_header("Content-Length", "2")
@@ -482,6 +501,7 @@ class Sink(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def sink():
     Sink.received = []
+    Sink.hung_up = threading.Event()
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
