@@ -833,10 +833,11 @@ on_prune(struct store_conn *c, const json_t *const *data, size_t n, void *ctx, s
 /* No saga can run for it (its event is not what this code writes: a bug,
  * or a newer writer): the checkout fails now rather than stay PENDING. */
 static enum err
-on_reject(struct store_conn *c, const char *checkout_id, const char *why, void *ctx,
-          struct bb_error *e)
+on_reject(struct store_conn *c, const char *checkout_id, const char *why, const char *traceparent,
+          void *ctx, struct bb_error *e)
 {
     (void)why;
+    (void)traceparent;
     (void)ctx;
     enum checkout_status failed = CHECKOUT_FAILED;
     const char *reason = "the checkout could not be processed";
@@ -845,10 +846,11 @@ on_reject(struct store_conn *c, const char *checkout_id, const char *why, void *
 
 static enum err
 on_end(struct store_conn *c, const char *const *saga_ids, const enum saga_state *ends,
-       const json_t *const *data, const char *const *reasons, size_t n, void *ctx,
-       struct bb_error *e)
+       const json_t *const *data, const char *const *reasons, const char *const *traceparents,
+       size_t n, void *ctx, struct bb_error *e)
 {
     (void)saga_ids;
+    (void)traceparents;
     (void)ctx;
     const char **checkouts = xcalloc(n, sizeof *checkouts);
     enum checkout_status *statuses = xcalloc(n, sizeof *statuses);

@@ -161,11 +161,19 @@ struct saga_step_def {
 };
 
 /* The ends of instances, in the transaction that records them (several
- * when a batched unit ends several): ends[i] of saga_ids[i], its data, and
- * reasons[i] (NULL unless it FAILED). */
+ * when a batched unit ends several): ends[i] of saga_ids[i], its data,
+ * reasons[i] (NULL unless it FAILED) and traceparents[i], the trace of the
+ * job that ended it, carried on from the instance's start (NULL: none).
+ * It runs, like all store work, on a store thread, which carries no trace
+ * of its own (and a batch's instances came from different requests): what
+ * it writes for an instance carries that one's trace if it says so. What
+ * it writes commits once per instance: COMPLETED and FAILED are never
+ * left, and every move is a compare-and-set on the instance's version in
+ * the transaction that calls this. */
 typedef enum err saga_end_fn(struct store_conn *c, const char *const *saga_ids,
                              const enum saga_state *ends, const json_t *const *data,
-                             const char *const *reasons, size_t n, void *ctx, struct bb_error *e);
+                             const char *const *reasons, const char *const *traceparents, size_t n,
+                             void *ctx, struct bb_error *e);
 /* The instance's data from the starting event's data; the event's
  * aggregate id correlates (one instance per type and aggregate). */
 typedef enum err saga_start_fn(const json_t *event_data, const char *aggregate_id, json_t **data,
@@ -176,9 +184,11 @@ typedef enum err saga_prune_fn(struct store_conn *c, const json_t *const *data, 
                                struct bb_error *e);
 /* A starting event nothing can start from (saga_start_fn refused it, or
  * its data is not JSON), in the transaction that marks it handled: end
- * what waited for the saga (`why` says what was wrong, for operators). */
+ * what waited for the saga (`why` says what was wrong, for operators;
+ * `traceparent` is the event's, NULL: none). What it writes commits
+ * with the mark, so once per event. */
 typedef enum err saga_reject_fn(struct store_conn *c, const char *aggregate_id, const char *why,
-                                void *ctx, struct bb_error *e);
+                                const char *traceparent, void *ctx, struct bb_error *e);
 
 struct saga_def {
     const char *type; /* "checkout" */

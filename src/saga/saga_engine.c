@@ -1114,7 +1114,8 @@ start_work(struct store_conn *c, void *arg, struct bb_error *e)
                 data[k] = NULL;
                 b->rejected[d]++;
                 if (def->on_reject)
-                    rc = def->on_reject(c, ev[i].aggregate_id, detail, def->ctx, e);
+                    rc = def->on_reject(c, ev[i].aggregate_id, detail, ev[i].traceparent, def->ctx,
+                                        e);
                 if (rc != ERR_OK) {
                     for (size_t j = 0; j < k; j++)
                         json_decref(data[j]);

@@ -72,7 +72,8 @@ struct saga_unit {
     /* The instance ended (and its definition has an on_end, called by the
      * flush, for all the units it flushes at once). */
     const struct saga_def *ended_def;
-    char *end_reason; /* NULL unless FAILED */
+    char *end_reason;      /* NULL unless FAILED */
+    char *end_traceparent; /* the trace of the job that ended it (NULL: none) */
 };
 void saga__unit_begin(struct saga_unit *u, const struct saga_instance *in);
 /* Write what the unit gathered, `now` being the instance as moved:

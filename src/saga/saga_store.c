@@ -477,6 +477,7 @@ saga__unit_deinit(struct saga_unit *u)
     for (size_t i = 0; i < u->n_rows; i++)
         free(u->rows[i].error);
     free(u->end_reason);
+    free(u->end_traceparent);
     *u = (struct saga_unit){0};
 }
 
@@ -487,6 +488,7 @@ ends_flush(struct store_conn *c, struct saga_unit *const *units,
            const struct saga_instance *const *now, size_t n, struct bb_error *e)
 {
     const char **ids = xcalloc(n, sizeof *ids), **reasons = xcalloc(n, sizeof *reasons);
+    const char **traces = xcalloc(n, sizeof *traces);
     enum saga_state *ends = xcalloc(n, sizeof *ends);
     const json_t **data = xcalloc(n, sizeof *data);
     bool *done = xcalloc(n, sizeof *done);
@@ -502,14 +504,16 @@ ends_flush(struct store_conn *c, struct saga_unit *const *units,
             ids[k] = now[x]->id;
             ends[k] = now[x]->state;
             data[k] = now[x]->data;
-            reasons[k++] = units[x]->end_reason;
+            reasons[k] = units[x]->end_reason;
+            traces[k++] = units[x]->end_traceparent;
             done[x] = true;
         }
-        rc = def->on_end(c, ids, ends, data, reasons, k, def->ctx, e);
+        rc = def->on_end(c, ids, ends, data, reasons, traces, k, def->ctx, e);
     }
     free(done);
     free(data);
     free(ends);
+    free(traces);
     free(reasons);
     free(ids);
     return rc;
@@ -736,6 +740,8 @@ saga__transition(struct store_conn *c, const struct saga_def *def, const struct 
             u->end_reason = xstrdup(reason          ? reason
                                     : in->reason[0] ? in->reason
                                                     : "could not be completed");
+        if (res->traceparent)
+            u->end_traceparent = xstrdup(res->traceparent);
     }
     saga__count_transition(c, def->type, in->state, next_state);
     *next = *in;

@@ -38,6 +38,7 @@ static struct {
     int record_fails_left;  /* the records that fail (after writing) first */
     size_t max_record_call; /* the most args a record call had */
     size_t max_end_call;    /* the most ends an on_end call had */
+    int thread_traced_ends; /* on_end calls that found a trace on their thread */
     int before_seen;        /* runs of q2 that saw q1's record in run->before */
     int64_t before_found;   /* ...and the records of q1 they found in the store */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -169,12 +170,13 @@ static struct {
     pthread_mutex_t mu;
     char last[64];
     char why[128];
+    char traceparent[64]; /* "": none */
     int n;
 } rejected = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static enum err
-toy_on_reject(struct store_conn *c, const char *aggregate_id, const char *why, void *ctx,
-              struct bb_error *e)
+toy_on_reject(struct store_conn *c, const char *aggregate_id, const char *why,
+              const char *traceparent, void *ctx, struct bb_error *e)
 {
     (void)c;
     (void)ctx;
@@ -182,6 +184,7 @@ toy_on_reject(struct store_conn *c, const char *aggregate_id, const char *why, v
     pthread_mutex_lock(&rejected.mu);
     bb_strlcpy(rejected.last, aggregate_id, sizeof rejected.last);
     bb_strlcpy(rejected.why, why, sizeof rejected.why);
+    bb_strlcpy(rejected.traceparent, traceparent ? traceparent : "", sizeof rejected.traceparent);
     rejected.n++;
     pthread_mutex_unlock(&rejected.mu);
     return ERR_OK;
@@ -337,26 +340,34 @@ static const struct saga_step_def TOYB_STEPS[] = {
     {.name = "b2", .action = toyb_alone, .in_txn = true, .action_batch = toyb_batch},
 };
 
-/* Each end as a write (saga, "end:COMPLETED"), the most at once noted. */
+/* Each end as a write (saga, "end:COMPLETED") and its trace as another
+ * (saga, "trace:TRACEPARENT", "trace:none" without), the most at once
+ * noted. The thread has no trace of its own meanwhile. */
 static enum err
 toyb_end(struct store_conn *c, const char *const *saga_ids, const enum saga_state *ends,
-         const json_t *const *data, const char *const *reasons, size_t n, void *ctx,
-         struct bb_error *e)
+         const json_t *const *data, const char *const *reasons, const char *const *traceparents,
+         size_t n, void *ctx, struct bb_error *e)
 {
     (void)data;
     (void)ctx;
+    bool thread_traced = bb_log_context_traceparent() != NULL;
     for (size_t i = 0; i < n; i++) {
-        char step[32];
+        char step[32], trace[80];
         snprintf(step, sizeof step, "end:%s", saga_state_name(ends[i]));
+        snprintf(trace, sizeof trace, "trace:%s", traceparents[i] ? traceparents[i] : "none");
         if ((ends[i] == SAGA_FAILED) != (reasons[i] != NULL))
             return bb_fail(e, ERR_INTERNAL, "", "a reason for FAILED only");
         const struct store_param p[] = {sp_text(saga_ids[i]), sp_text(step)};
+        const struct store_param q[] = {sp_text(saga_ids[i]), sp_text(trace)};
         enum err rc = store_exec(c, &TOY_WRITE, p, 2, NULL, e);
+        if (rc == ERR_OK)
+            rc = store_exec(c, &TOY_WRITE, q, 2, NULL, e);
         if (rc != ERR_OK)
             return rc;
     }
     pthread_mutex_lock(&toy.mu);
     toy.max_end_call = n > toy.max_end_call ? n : toy.max_end_call;
+    toy.thread_traced_ends += thread_traced;
     pthread_mutex_unlock(&toy.mu);
     return ERR_OK;
 }
@@ -399,6 +410,7 @@ setup_with(void **state, int64_t workers, bool here)
     toy.s2_held = toy.unheld = 0;
     toy.record_fails_left = 0;
     toy.max_record_call = toy.max_end_call = 0;
+    toy.thread_traced_ends = 0;
     toy.before_seen = 0;
     toy.before_found = 0;
     pthread_mutex_unlock(&toy.mu);
@@ -565,7 +577,7 @@ writes_of(struct fixture *f, const char *saga, const char *step)
 {
     static struct store_stmt of = {
         .sql = "SELECT count(*) FROM toy_writes WHERE saga || ':' || step = $1"};
-    char key[128];
+    char key[256];
     snprintf(key, sizeof key, "%s:%s", saga, step);
     return count_of(f, &of, key);
 }
@@ -824,7 +836,10 @@ two_jobs_for_one_step_move_the_saga_once(void **state)
     assert_int_equal(writes(f), 3); /* the twin, not the saga's job, ran nothing */
 }
 
-/* A starting event for order-6 (arg NULL), or a bad one for `arg`. */
+#define BAD_EVENT_TRACE "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+/* A starting event for order-6 (arg NULL), or a bad one for `arg` (with
+ * the trace BAD_EVENT_TRACE). */
 static enum err
 event_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -833,6 +848,7 @@ event_work(struct store_conn *c, void *arg, struct bb_error *e)
                               .aggregate_type = "toy",
                               .aggregate_id = arg ? arg : "order-6",
                               .data = data,
+                              .traceparent = arg ? BAD_EVENT_TRACE : NULL,
                               .for_consumer = true};
     enum err rc = outbox_append(c, &ev, bb_wall_ms(), e);
     json_decref(data);
@@ -920,6 +936,7 @@ a_bad_starting_event_is_rejected_and_counted(void **state)
     assert_int_equal(rejected.n, before + 1);
     assert_string_equal(rejected.last, "order-7");
     assert_non_null(strstr(rejected.why, "a bad toy event"));
+    assert_string_equal(rejected.traceparent, BAD_EVENT_TRACE); /* the event's */
     pthread_mutex_unlock(&rejected.mu);
     for (int64_t deadline = bb_mono_ms() + 20000;
          metric_or_zero("backbone_saga_bad_start_events_total{type=\"toy\"}") == counted &&
@@ -1117,19 +1134,37 @@ struct many_op {
     char ids[12][SAGA_ID_LEN + 1];
 };
 
+/* The trace saga i of the batch test starts with; NULL for saga 4. */
+static const char *
+trace_of(int i, char buf[56])
+{
+    if (i == 4)
+        return NULL;
+    snprintf(buf, 56, "00-%032x-%016x-01", (unsigned)(0x7a00 + i), (unsigned)(0xb0 + i));
+    return buf;
+}
+
+/* Twelve toyb sagas, each (but saga 4) with a trace of its own, as
+ * starting events would give them. */
 static enum err
 start_many_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct many_op *op = arg;
-    enum err rc = ERR_OK;
-    for (int i = 0; i < 12 && rc == ERR_OK; i++) {
-        char corr[32];
-        snprintf(corr, sizeof corr, "b-%d", i);
-        json_t *data = json_pack("{s:b}", "fail", i == 9);
-        bool created;
-        rc = saga_start(c, &TOYB, corr, data, bb_wall_ms(), op->ids[i], &created, e);
-        json_decref(data);
+    char corrs[12][32], bufs[12][56];
+    const char *corr[12], *traces[12];
+    json_t *data[12];
+    bool created[12];
+    int64_t jobs[12];
+    for (int i = 0; i < 12; i++) {
+        snprintf(corrs[i], sizeof corrs[i], "b-%d", i);
+        corr[i] = corrs[i];
+        traces[i] = trace_of(i, bufs[i]);
+        data[i] = json_pack("{s:b}", "fail", i == 9);
     }
+    enum err rc = saga__start_many(c, &TOYB, corr, (const json_t *const *)data, traces, 12,
+                                   bb_wall_ms(), NULL, op->ids, created, jobs, e);
+    for (int i = 0; i < 12; i++)
+        json_decref(data[i]);
     return rc;
 }
 
@@ -1184,6 +1219,11 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
         json_decref(saga);
         assert_int_equal(writes_of(f, op.ids[i], "p0:record"), 1);
         assert_int_equal(writes_of(f, op.ids[i], i == 9 ? "end:FAILED" : "end:COMPLETED"), 1);
+        /* Its end got its own trace, whatever batch it ended in. */
+        char buf[56], trace[80];
+        const char *tp = trace_of(i, buf);
+        snprintf(trace, sizeof trace, "trace:%s", tp ? tp : "none");
+        assert_int_equal(writes_of(f, op.ids[i], trace), 1);
         assert_int_equal(writes_of(f, op.ids[i], "b1"), 1);
         assert_int_equal(writes_of(f, op.ids[i], "b2"), i == 9 ? 0 : 1);
         assert_int_equal(writes_of(f, op.ids[i], "b1:undo"), i == 9 ? 1 : 0);
@@ -1199,6 +1239,7 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
         assert_int_equal(toy.max_end_call, 1);
     else
         assert_in_range(toy.max_end_call, 7, 8);
+    assert_int_equal(toy.thread_traced_ends, 0); /* not the leader's, nor a member's */
     pthread_mutex_unlock(&toy.mu);
     assert_int_equal(gate.batches, 2); /* its b1 and its b2 */
     assert_false(gate.break_b2);
