@@ -235,6 +235,8 @@ void saga_engine_add(struct saga_engine *eng, const struct saga_def *def);
 /* Create the "sagas" queue if missing and start the starter thread. */
 BB_WUR enum err saga_engine_start(struct saga_engine *eng, struct bb_error *e);
 void saga_engine_stop(struct saga_engine *eng);
+/* Stop and free it; the definitions added to it are forgotten (one engine
+ * at a time in a process), so they may be freed after it. */
 void saga_engine_destroy(struct saga_engine *eng);
 
 /*

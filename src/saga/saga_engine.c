@@ -25,7 +25,8 @@ enum {
     UNIT_WAITING_MAX = 512, /* members waiting for a leader; more run alone */
 };
 
-/* Definitions are added at start-up, before any thread reads them. */
+/* Definitions are added at start-up, before any thread reads them, and
+ * forgotten with their engine (one engine at a time in a process). */
 static const struct saga_def *g_defs[DEFS_MAX];
 static size_t g_n_defs;
 
@@ -1406,6 +1407,9 @@ saga_engine_destroy(struct saga_engine *eng)
     pthread_cond_destroy(&eng->cv);
     bb_combiner_destroy(eng->combiner);
     free(eng);
+    /* Its definitions may go with it (a checkout saga's is freed with it):
+     * an engine made later, a test's, adds its own. */
+    g_n_defs = 0;
 }
 
 /* ---- the announcer ----------------------------------------------------------------------- */
