@@ -831,35 +831,63 @@ on_prune(struct store_conn *c, const json_t *const *data, size_t n, void *ctx, s
 }
 
 /* No saga can run for it (its event is not what this code writes: a bug,
- * or a newer writer): the checkout fails now rather than stay PENDING. */
+ * or a newer writer): the checkout fails now rather than stay PENDING.
+ * Rare, so it reads whether the checkout moved (a checkout that is not
+ * PENDING, or that is not there, gets no event); a saga's end cannot tell
+ * without a round trip, and need not (on_end). */
 static enum err
 on_reject(struct store_conn *c, const char *checkout_id, const char *why, const char *traceparent,
           void *ctx, struct bb_error *e)
 {
     (void)why;
-    (void)traceparent;
     (void)ctx;
-    enum checkout_status failed = CHECKOUT_FAILED;
-    const char *reason = "the checkout could not be processed";
-    return checkout__finish(c, &checkout_id, &failed, &reason, 1, bb_wall_ms(), e);
+    bool failed;
+    return checkout__fail_pending(c, checkout_id, "the checkout could not be processed",
+                                  traceparent, bb_wall_ms(), &failed, e);
 }
 
+/*
+ * The checkouts of ended sagas end with them, each with its
+ * checkout.status.changed.v1 carrying its own saga's trace, in the
+ * transaction that ends them: one statement for the rows, one for the
+ * events, however many ended. Each checkout gets one event: its saga ends
+ * once (the engine's compare-and-set on its version; COMPLETED and FAILED
+ * are never left, a STUCK saga that is retried has not ended), only one
+ * saga runs per checkout (one per type and correlation id, started from
+ * the checkout's one checkout.requested.v1, which is marked handled as it
+ * starts it), and a checkout whose event is rejected gets no saga.
+ */
 static enum err
 on_end(struct store_conn *c, const char *const *saga_ids, const enum saga_state *ends,
        const json_t *const *data, const char *const *reasons, const char *const *traceparents,
        size_t n, void *ctx, struct bb_error *e)
 {
     (void)saga_ids;
-    (void)traceparents;
     (void)ctx;
     const char **checkouts = xcalloc(n, sizeof *checkouts);
+    const char **orders = xcalloc(n, sizeof *orders);
+    const char **why = xcalloc(n, sizeof *why);
+    const char **traces = xcalloc(n, sizeof *traces);
     enum checkout_status *statuses = xcalloc(n, sizeof *statuses);
+    size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        checkouts[i] = json_string_value(json_object_get(data[i], "checkout_id"));
-        statuses[i] = ends[i] == SAGA_COMPLETED ? CHECKOUT_COMPLETED : CHECKOUT_FAILED;
+        const char *checkout = json_string_value(json_object_get(data[i], "checkout_id"));
+        if (checkout == NULL) /* not data from_event made: no checkout to end */
+            continue;
+        checkouts[k] = checkout;
+        /* NULL when it ended before it made its order */
+        orders[k] = json_string_value(json_object_get(data[i], "order_id"));
+        why[k] = reasons[i];
+        traces[k] = traceparents[i];
+        statuses[k++] = ends[i] == SAGA_COMPLETED ? CHECKOUT_COMPLETED : CHECKOUT_FAILED;
     }
-    enum err rc = checkout__finish(c, checkouts, statuses, reasons, n, bb_wall_ms(), e);
+    enum err rc =
+        k > 0 ? checkout__finish(c, checkouts, orders, statuses, why, traces, k, bb_wall_ms(), e)
+              : ERR_OK;
     free(statuses);
+    free(traces);
+    free(why);
+    free(orders);
     free(checkouts);
     return rc;
 }

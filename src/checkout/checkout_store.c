@@ -1,6 +1,8 @@
 /*
  * checkout_store.c: the checkouts table; accepting a checkout with its
- * checkout.requested.v1 event in one transaction; reading one back.
+ * checkout.requested.v1 event in one transaction; reading one back; its
+ * end (PENDING -> COMPLETED or FAILED) with its checkout.status.changed.v1
+ * event in one transaction.
  */
 #include "checkout/checkout_int.h"
 
@@ -365,6 +367,34 @@ checkout__set_orders(struct store_conn *c, const char *const *checkout_ids,
     return rc;
 }
 
+/* checkout.status.changed.v1 of checkouts ids[i] that left PENDING for
+ * statuses[i], one statement for all. */
+static enum err
+status_events_append(struct store_conn *c, const char *const *ids, const char *const *order_ids,
+                     const enum checkout_status *statuses, const char *const *reasons,
+                     const char *const *traceparents, size_t n, int64_t now_ms, struct bb_error *e)
+{
+    struct outbox_event *evs = xcalloc(n ? n : 1, sizeof *evs);
+    for (size_t i = 0; i < n; i++) {
+        BB_ASSERT(statuses[i] != CHECKOUT_PENDING);
+        bool failed = statuses[i] == CHECKOUT_FAILED;
+        json_t *data =
+            json_pack("{s:s, s:s?, s:s, s:s, s:s?}", "checkout_id", ids[i], "order_id",
+                      order_ids[i], "from", checkout_status_name(CHECKOUT_PENDING), "to",
+                      checkout_status_name(statuses[i]), "reason", failed ? reasons[i] : NULL);
+        if (data == NULL)
+            bb_panic(__FILE__, __LINE__, "out of memory");
+        evs[i] = (struct outbox_event){.type = "checkout.status.changed.v1",
+                                       .aggregate_type = "checkout",
+                                       .aggregate_id = ids[i],
+                                       .data = data,
+                                       .traceparent = traceparents[i]};
+    }
+    enum err rc = outbox_append_many(c, evs, n, now_ms, e);
+    outbox_events_free(evs, n);
+    return rc;
+}
+
 /* A batch of (id, status, reason), then now. */
 static struct store_stmt CHECKOUT_FINISH_MANY = {
     .sql_pg = "UPDATE checkouts c SET status = x.status, reason = x.reason, updated_at_ms = $4"
@@ -377,21 +407,65 @@ static struct store_stmt CHECKOUT_FINISH_MANY = {
                   " WHERE checkouts.id = x.id AND checkouts.status = 'PENDING'",
 };
 
+/* A failure's reason, as the row and the event say it. */
+static const char *
+reason_of(enum checkout_status status, const char *reason)
+{
+    if (status != CHECKOUT_FAILED)
+        return NULL;
+    return reason ? reason : "the checkout could not be completed";
+}
+
 enum err
 checkout__finish(struct store_conn *c, const char *const *checkout_ids,
-                 const enum checkout_status *statuses, const char *const *reasons, size_t n,
+                 const char *const *order_ids, const enum checkout_status *statuses,
+                 const char *const *reasons, const char *const *traceparents, size_t n,
                  int64_t now_ms, struct bb_error *e)
 {
+    const char **why = xcalloc(n ? n : 1, sizeof *why);
     struct store_batch w;
     store_batch_init(&w, c, 3);
     for (size_t i = 0; i < n; i++) {
+        why[i] = reason_of(statuses[i], reasons[i]);
         store_batch_row(&w);
         store_batch_text(&w, "id", checkout_ids[i]);
         store_batch_text(&w, "status", checkout_status_name(statuses[i]));
-        store_batch_text(&w, "reason", reasons[i]);
+        store_batch_text(&w, "reason", why[i]);
     }
     const struct store_param p[] = {sp_batch(&w), sp_int(now_ms)};
     enum err rc = store_exec_deferred(c, &CHECKOUT_FINISH_MANY, p, BB_ARRAY_LEN(p), e);
     store_batch_deinit(&w);
+    if (rc == ERR_OK)
+        rc = status_events_append(c, checkout_ids, order_ids, statuses, why, traceparents, n,
+                                  now_ms, e);
+    free(why);
+    return rc;
+}
+
+/* Its order back, to name it in the event; no row when it was not PENDING. */
+static struct store_stmt CHECKOUT_FAIL_PENDING = {
+    .sql = "UPDATE checkouts SET status = 'FAILED', reason = $2, updated_at_ms = $3"
+           " WHERE id = $1 AND status = 'PENDING' RETURNING order_id",
+};
+
+enum err
+checkout__fail_pending(struct store_conn *c, const char *checkout_id, const char *reason,
+                       const char *traceparent, int64_t now_ms, bool *failed, struct bb_error *e)
+{
+    *failed = false;
+    enum checkout_status status = CHECKOUT_FAILED;
+    const char *why = reason_of(status, reason);
+    const struct store_param p[] = {sp_text(checkout_id), sp_text(why), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &CHECKOUT_FAIL_PENDING, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    *failed = store_next(&r);
+    char *order_id = *failed && !store_col_is_null(&r, 0) ? xstrdup(store_col_text(&r, 0)) : NULL;
+    store_rows_close(&r);
+    if (*failed)
+        rc = status_events_append(c, &checkout_id, (const char *const *)&order_id, &status, &why,
+                                  &traceparent, 1, now_ms, e);
+    free(order_id);
     return rc;
 }
