@@ -2,7 +2,8 @@
  * checkout: the edge of the checkout flow. POST /checkout validates a
  * basket, writes the checkout and its checkout.requested.v1 event in one
  * transaction and answers 202 at once; the checkout saga (checkout_saga.c,
- * on src/saga) starts from that event and drives it to COMPLETED or FAILED.
+ * on src/saga) starts from that event and drives it to COMPLETED or FAILED,
+ * announced by checkout.status.changed.v1 in the transaction that ends it.
  *
  * Idempotency: a checkout is keyed by its Idempotency-Key. The same key
  * with the same body answers the same checkout (however many times, however
