@@ -66,6 +66,33 @@ def psp_charges(server):
         after = page["next_after"]
 
 
+STATUS_CHANGED = "checkout.status.changed.v1"
+
+
+def status_events(server, checkout_id=None):
+    """The checkout.status.changed.v1 events (of one checkout)."""
+    filters = {"type": STATUS_CHANGED}
+    if checkout_id:
+        filters["aggregate_id"] = checkout_id
+    return outbox_events(server, **filters)
+
+
+def announced_once(c, events, trace=None):
+    """Settled checkout `c` has one status event among `events` (others'
+    too, maybe), which says how it ended and carries `trace`."""
+    mine = [ev for ev in events if ev["aggregate_id"] == c["checkout_id"]]
+    assert len(mine) == 1, mine
+    [ev] = mine
+    assert ev["aggregate_type"] == "checkout" and ev["traceparent"] == trace, ev
+    assert ev["data"] == {"checkout_id": c["checkout_id"], "order_id": c["order_id"],
+                          "from": "PENDING", "to": c["status"], "reason": c["reason"]}, ev
+
+
+def ended_once(server, c, trace=None):
+    """Settled checkout `c` has one status event, asked for by its id."""
+    announced_once(c, status_events(server, c["checkout_id"]), trace)
+
+
 COMPENSATED = [("authorize_payment", "compensation", "ok"),
                ("reserve_inventory", "compensation", "ok"),
                ("create_order", "compensation", "ok")]
@@ -91,6 +118,8 @@ def test_a_checkouts_trace_runs_through_its_saga_to_every_event(server):
         c = settled(server, cid)
         assert c["status"] == "COMPLETED", c
         orders[c["order_id"]] = trace
+        # Its end too, though the sagas ended in batches: its own trace.
+        ended_once(server, c, trace)
     # Every event of an order (its own, its reservation's, its payment's)
     # carries the trace of the request that made it.
     by_order = {}
@@ -149,7 +178,11 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
                if line.startswith("backbone_job_stale_reports_total"))
     check_events(server, ["checkout.requested.v1", "order.created.v1", "inventory.reserved.v1",
                           "payment.authorized.v1", "payment.captured.v1",
-                          "inventory.committed.v1", "order.status.changed.v1"])
+                          "inventory.committed.v1", "order.status.changed.v1", STATUS_CHANGED])
+    ends = status_events(server)
+    assert len(ends) == len(ids)
+    for c in done:
+        announced_once(c, ends)
     assert server.metric("backbone_sagas_ended_total", 'type="checkout",outcome="completed"') \
         == len(ids)
     # Jobs submitted inside Backbone count too: a fulfilment per order, and at
@@ -179,6 +212,7 @@ def test_a_decline_compensates_at_once_without_retries(server):
     assert stock(server, "A")["available"] == 5
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "FAILED" and pay["captured_amount"] == 0
+    ended_once(server, c)  # FAILED, "the payment was declined", its order
 
 
 def test_more_buyers_than_stock_the_excess_fail_out_of_stock(server):
@@ -193,6 +227,10 @@ def test_more_buyers_than_stock_the_excess_fail_out_of_stock(server):
     for c in done:
         if c["status"] == "FAILED":  # nothing was charged for them
             assert payments_of(server, c["order_id"]) == []
+    ends = status_events(server)
+    assert len(ends) == len(ids)
+    for c in done:
+        announced_once(c, ends)
 
 
 def test_a_psp_that_hangs_is_retried_then_compensated(make_server):
@@ -305,6 +343,10 @@ def test_kill_9_in_the_middle_of_checkouts_loses_nothing_and_charges_once(make_s
         assert pay["state"] == "CAPTURED" and pay["captured_amount"] == 100
     ops = [ch["op"] for ch in psp_charges(server)]
     assert sorted(ops) == sorted(["authorize", "capture"] * len(accepted))
+    ends = status_events(server)  # one per checkout, crashes or not
+    assert len(ends) == len(accepted)
+    for c in done:
+        announced_once(c, ends)
 
 
 def test_sagas_api_filters_and_refuses_bad_input(server):
@@ -363,6 +405,7 @@ def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
     saga = saga_of(server, cid)
     undo = [o for s, p, o in steps(saga) if s == "authorize_payment" and p == "compensation"]
     assert undo == ["retry", "retry", "failed", "retried", "ok"]
+    ended_once(server, c)  # stuck, then retried: it ended once
     assert stock(server, "A")["available"] == 5
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
@@ -458,6 +501,7 @@ def test_a_saga_whose_job_is_cancelled_is_stuck_until_retried(make_server):
                                     ("authorize_payment", "action", "retried")]
     c = settled(server, cid)
     assert c["status"] == "COMPLETED"
+    ended_once(server, c)
     assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CONFIRMED"
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "CAPTURED" and pay["captured_amount"] == 700
