@@ -150,8 +150,8 @@ accept_all() { # key-prefix: N checkouts of one unit of $sku, each retried with 
 accepted() { if [ -f "$work/accepted" ]; then wc -l <"$work/accepted"; else echo 0; fi; }
 # Every accepted checkout settled; then the server's own account (every
 # saga, also of checkouts whose 202 was lost, and the PSP's record) against
-# the checkouts: one saga each, money, stock ($sku started with 100000) and
-# orders agree exactly.
+# the checkouts: one saga each, money, stock ($sku started with 100000),
+# orders and the checkouts' status events agree exactly.
 pages() { # path -> every item of its pages (field $2) as one JSON array
   local out=$work/pages.json after='' page
   echo '[]' >"$out"
@@ -160,6 +160,18 @@ pages() { # path -> every item of its pages (field $2) as one JSON array
     jq -s --arg f "$2" '.[0] + .[1][$f]' "$out" <(echo "$page") >"$out.new" && mv "$out.new" "$out"
     after=$(jq -r '.next_after // empty' <<<"$page")
     [ -z "$after" ] && break
+  done
+  cat "$out"
+}
+events_of() { # event type -> every such event as one JSON array (read on while the
+  # outbox holds some back: on PostgreSQL a read gives seqs to 10,000 events at most)
+  local out=$work/events.json after=0 page
+  echo '[]' >"$out"
+  while :; do
+    page=$(api GET "/outbox?type=$1&limit=1000&after=$after")
+    jq -s '.[0] + .[1].events' "$out" <(echo "$page") >"$out.new" && mv "$out.new" "$out"
+    after=$(jq -r --argjson a "$after" '.events[-1].seq // $a' <<<"$page")
+    [ "$(jq '.next_after == null and .held_back == 0' <<<"$page")" = true ] && break
   done
   cat "$out"
 }
@@ -220,6 +232,15 @@ reconcile() {
   check "orders of FAILED checkouts CANCELLED" "$failed" "$(of '[.[] | select(.state == "FAILED" and .order.status == "CANCELLED")] | length')"
   check "payments whose outcome is not known (PENDING)" 0 "$(of '[.[].payments.payments[] | select(.state == "PENDING")] | length')"
   check "AUTHORIZED payments of FAILED checkouts" 0 "$(of '[.[] | select(.state == "FAILED") | .payments.payments[] | select(.state == "AUTHORIZED")] | length')"
+  # Each checkout's end announced once, as it ended (checkout.status.changed.v1).
+  events_of checkout.status.changed.v1 >"$work/ends.json"
+  check "checkout status events, one per ended checkout" "$((completed + failed))" "$(jq length "$work/ends.json")"
+  check "ended checkouts without exactly one status event saying how" 0 \
+    "$(jq -n --slurpfile s "$sagas" --slurpfile v "$work/ends.json" \
+        '($v[0] | group_by(.aggregate_id) | map({key: .[0].aggregate_id, value: map(.data.to)})
+          | from_entries) as $to
+         | [$s[0][] | select(.state == "COMPLETED" or .state == "FAILED")
+            | select($to[.correlation_id] != [.state])] | length')"
   # The PSP's own record (psp_charges: one row per call key, authorize:K,
   # capture:K and void:K for the payment of key K) against the ledger.
   approved='[.[] | select(.outcome == "approved")]'
