@@ -11,8 +11,9 @@
  * step runs again), an `at_once` step runs before the outside step before
  * it is recorded and both are recorded together, a starting event starts
  * one saga (its first job runs from what the starter wrote, unread),
- * a second job for the same step (a crash's leftover) moves nothing, and
- * retention deletes finished sagas only.
+ * a second job for the same step (a crash's leftover) moves nothing,
+ * retention deletes finished sagas only, and on_end and on_reject get each
+ * saga's or event's own trace (those of a batch each theirs).
  */
 #include "testsupport.h"
 
