@@ -77,7 +77,14 @@ def status_events(server, checkout_id=None):
     return outbox_events(server, **filters)
 
 
-def announced_once(c, events, trace=None):
+def started_traces(server):
+    """Each checkout's trace, as its checkout.requested.v1 carries it: the
+    request's, or the one the request started without one."""
+    return {ev["aggregate_id"]: ev["traceparent"]
+            for ev in outbox_events(server, type="checkout.requested.v1")}
+
+
+def announced_once(c, events, trace):
     """Settled checkout `c` has one status event among `events` (others'
     too, maybe), which says how it ended and carries `trace`."""
     mine = [ev for ev in events if ev["aggregate_id"] == c["checkout_id"]]
@@ -89,7 +96,11 @@ def announced_once(c, events, trace=None):
 
 
 def ended_once(server, c, trace=None):
-    """Settled checkout `c` has one status event, asked for by its id."""
+    """Settled checkout `c` has one status event, asked for by its id, with
+    `trace` (None: the checkout's own)."""
+    if trace is None:
+        trace = started_traces(server)[c["checkout_id"]]
+        assert trace, c  # a request without a trace started one
     announced_once(c, status_events(server, c["checkout_id"]), trace)
 
 
@@ -179,10 +190,10 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
     check_events(server, ["checkout.requested.v1", "order.created.v1", "inventory.reserved.v1",
                           "payment.authorized.v1", "payment.captured.v1",
                           "inventory.committed.v1", "order.status.changed.v1", STATUS_CHANGED])
-    ends = status_events(server)
+    ends, traces = status_events(server), started_traces(server)
     assert len(ends) == len(ids)
     for c in done:
-        announced_once(c, ends)
+        announced_once(c, ends, traces[c["checkout_id"]])
     assert server.metric("backbone_sagas_ended_total", 'type="checkout",outcome="completed"') \
         == len(ids)
     # Jobs submitted inside Backbone count too: a fulfilment per order, and at
@@ -227,10 +238,10 @@ def test_more_buyers_than_stock_the_excess_fail_out_of_stock(server):
     for c in done:
         if c["status"] == "FAILED":  # nothing was charged for them
             assert payments_of(server, c["order_id"]) == []
-    ends = status_events(server)
+    ends, traces = status_events(server), started_traces(server)
     assert len(ends) == len(ids)
     for c in done:
-        announced_once(c, ends)
+        announced_once(c, ends, traces[c["checkout_id"]])
 
 
 def test_a_psp_that_hangs_is_retried_then_compensated(make_server):
@@ -343,10 +354,10 @@ def test_kill_9_in_the_middle_of_checkouts_loses_nothing_and_charges_once(make_s
         assert pay["state"] == "CAPTURED" and pay["captured_amount"] == 100
     ops = [ch["op"] for ch in psp_charges(server)]
     assert sorted(ops) == sorted(["authorize", "capture"] * len(accepted))
-    ends = status_events(server)  # one per checkout, crashes or not
+    ends, traces = status_events(server), started_traces(server)  # one per checkout, crashes or not
     assert len(ends) == len(accepted)
     for c in done:
-        announced_once(c, ends)
+        announced_once(c, ends, traces[c["checkout_id"]])
 
 
 def test_sagas_api_filters_and_refuses_bad_input(server):
@@ -396,7 +407,8 @@ def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 1
     # A person brings the PSP back and retries.
     server.put("/psp/config", {"hang_next": 0})
-    r = server.post(f"/sagas/{sagas[0]['saga_id']}/retry")
+    retry_trace = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    r = server.post(f"/sagas/{sagas[0]['saga_id']}/retry", headers={"traceparent": retry_trace})
     assert r.status_code == 200 and r.json()["state"] == "COMPENSATING"
     assert r.json()["error"] is None  # the stuck compensation's error went with it
     assert ("authorize_payment", "compensation", "retried") in steps(r.json())
@@ -405,7 +417,9 @@ def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
     saga = saga_of(server, cid)
     undo = [o for s, p, o in steps(saga) if s == "authorize_payment" and p == "compensation"]
     assert undo == ["retry", "retry", "failed", "retried", "ok"]
-    ended_once(server, c)  # stuck, then retried: it ended once
+    # Stuck, then retried: it ended once, on the trace of the retry that
+    # drove it on.
+    ended_once(server, c, retry_trace)
     assert stock(server, "A")["available"] == 5
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
@@ -491,7 +505,7 @@ def test_a_saga_whose_job_is_cancelled_is_stuck_until_retried(make_server):
     assert server.get(f"/checkout/{cid}").json()["status"] == "PENDING"
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 1
     server.put("/queues/sagas", {"backoff": {"base_ms": 20}})
-    r = server.post(f"/sagas/{stuck['saga_id']}/retry")
+    r = server.post(f"/sagas/{stuck['saga_id']}/retry")  # untraced: the retry starts a trace
     assert r.status_code == 200 and r.json()["state"] == "RUNNING" and r.json()["error"] is None
     # The timeline says why it stopped, and that a person drove it on.
     [found] = [t for t in r.json()["timeline"] if t["outcome"] == "stuck"]
@@ -501,7 +515,9 @@ def test_a_saga_whose_job_is_cancelled_is_stuck_until_retried(make_server):
                                     ("authorize_payment", "action", "retried")]
     c = settled(server, cid)
     assert c["status"] == "COMPLETED"
-    ended_once(server, c)
+    [end] = status_events(server, cid)
+    assert end["traceparent"] != started_traces(server)[cid]
+    ended_once(server, c, end["traceparent"])
     assert server.get(f"/orders/{c['order_id']}").json()["status"] == "CONFIRMED"
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "CAPTURED" and pay["captured_amount"] == 700
