@@ -113,6 +113,14 @@ static const struct store_migration MIGRATIONS[] = {
         .pg = "CREATE INDEX sagas_in_flight ON sagas (id)"
               " WHERE state IN ('RUNNING', 'COMPENSATING');",
     },
+    {
+        /* The trace it started on (its starting event's), which a retry by
+         * hand carries on, as its steps' jobs do. */
+        .version = 7,
+        .name = "sagas keep their trace",
+        .sqlite = "ALTER TABLE sagas ADD COLUMN traceparent TEXT;",
+        .pg = "ALTER TABLE sagas ADD COLUMN traceparent TEXT;",
+    },
 };
 
 const struct store_migration *
@@ -182,15 +190,19 @@ enqueue_step(struct store_conn *c, const char *id, int64_t version, int64_t run_
 
 static struct store_stmt SAGA_INSERT_MANY = {
     .sql_pg = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
-              " created_at_ms, updated_at_ms) SELECT id, $4, correlation_id, 'RUNNING', 0, 1,"
-              " data, $5, $5 FROM unnest($1::text[], $2::text[], $3::text[])"
-              " AS x(id, correlation_id, data)"
+              " traceparent, created_at_ms, updated_at_ms) SELECT id, $5, correlation_id,"
+              " 'RUNNING', 0, 1, data, traceparent, $6, $6"
+              " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+              " AS x(id, correlation_id, data, traceparent)"
               " ON CONFLICT (type, correlation_id) DO NOTHING RETURNING id",
     .sql_sqlite = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
-                  " created_at_ms, updated_at_ms) SELECT value ->> 'id', $2,"
-                  " value ->> 'correlation_id', 'RUNNING', 0, 1, value ->> 'data', $3, $3"
-                  " FROM json_each($1) WHERE true"
+                  " traceparent, created_at_ms, updated_at_ms) SELECT value ->> 'id', $2,"
+                  " value ->> 'correlation_id', 'RUNNING', 0, 1, value ->> 'data',"
+                  " value ->> 'traceparent', $3, $3 FROM json_each($1) WHERE true"
                   " ON CONFLICT (type, correlation_id) DO NOTHING RETURNING id",
+};
+static struct store_stmt SAGA_TRACE = {
+    .sql = "SELECT traceparent FROM sagas WHERE id = $1",
 };
 static struct store_stmt SAGA_BY_CORRELATION = {
     .sql = "SELECT id FROM sagas WHERE type = $1 AND correlation_id = $2",
@@ -206,14 +218,16 @@ static struct store_stmt SAGA_SET_JOBS = {
                   " FROM json_each($1)) AS x WHERE sagas.id = x.id",
 };
 
-/* Insert the instances; created[i] says which were new. */
+/* Insert the instances (traceparents: NULL, or an entry may be);
+ * created[i] says which were new. */
 static enum err
 insert_instances(struct store_conn *c, const struct saga_def *def,
-                 const char *const *correlation_ids, const json_t *const *data, size_t n,
-                 int64_t now_ms, char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
+                 const char *const *correlation_ids, const json_t *const *data,
+                 const char *const *traceparents, size_t n, int64_t now_ms,
+                 char (*ids)[SAGA_ID_LEN + 1], bool *created, struct bb_error *e)
 {
     struct store_batch w;
-    store_batch_init(&w, c, 3);
+    store_batch_init(&w, c, 4);
     for (size_t i = 0; i < n; i++) {
         bb_uuid7_at(now_ms, ids[i]);
         created[i] = false;
@@ -221,6 +235,7 @@ insert_instances(struct store_conn *c, const struct saga_def *def,
         store_batch_text(&w, "id", ids[i]);
         store_batch_text(&w, "correlation_id", correlation_ids[i]);
         store_batch_json(&w, "data", data[i]);
+        store_batch_text(&w, "traceparent", traceparents ? traceparents[i] : NULL);
     }
     const struct store_param p[] = {sp_batch(&w), sp_text(def->type), sp_int(now_ms)};
     struct store_rows r;
@@ -269,7 +284,8 @@ saga__start_many(struct store_conn *c, const struct saga_def *def,
                  struct bb_error *e)
 {
     memset(first_jobs, 0, n * sizeof *first_jobs);
-    enum err rc = insert_instances(c, def, correlation_ids, data, n, now_ms, ids, created, e);
+    enum err rc =
+        insert_instances(c, def, correlation_ids, data, traceparents, n, now_ms, ids, created, e);
     if (rc != ERR_OK)
         return rc;
     /* Each new one's first job, then its job id on its row. */
@@ -783,9 +799,23 @@ saga_retry(struct store_conn *c, const char *id, int64_t now_ms, json_t **out, s
         saga__instance_deinit(&in);
         return rc;
     }
+    /* The retry carries on the saga's trace (a checkout's, say), so that
+     * what it does from here on is found with the rest of it; one that
+     * started without a trace, on the request's. */
+    struct store_rows r;
+    const struct store_param t[] = {sp_text(id)};
+    rc = store_query(c, &SAGA_TRACE, t, 1, &r, e);
+    if (rc != ERR_OK) {
+        saga__instance_deinit(&in);
+        return rc;
+    }
+    char *trace =
+        store_next(&r) && !store_col_is_null(&r, 0) ? xstrdup(store_col_text(&r, 0)) : NULL;
+    store_rows_close(&r);
     int64_t job_id = 0;
-    /* The retry carries on the trace of the request that asked for it. */
-    rc = enqueue_step(c, id, in.version + 1, 0, now_ms, bb_log_context_traceparent(), &job_id, e);
+    rc = enqueue_step(c, id, in.version + 1, 0, now_ms,
+                      trace ? trace : bb_log_context_traceparent(), &job_id, e);
+    free(trace);
     /* A saga gets its reason when it fails and turns to compensation; one
      * without was stranded while RUNNING (saga_sweep_stranded) and runs on. */
     enum saga_state resume = in.reason[0] ? SAGA_COMPENSATING : SAGA_RUNNING;

@@ -1270,6 +1270,7 @@ static struct store_stmt LEGACY_SAGA = {
     .sql = "INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
            " created_at_ms, updated_at_ms) VALUES ($1, 'old', $1, 'COMPLETED', 1, 3, '{}', 1, 1)"};
 static struct store_stmt LEGACY_DOWN = {.sql = "ALTER TABLE sagas DROP COLUMN timeline"};
+static struct store_stmt LEGACY_UNTRACE = {.sql = "ALTER TABLE sagas DROP COLUMN traceparent"};
 static struct store_stmt LEGACY_UNINDEX = {.sql_sqlite = "SELECT 1",
                                            .sql_pg = "DROP INDEX sagas_in_flight"};
 static struct store_stmt LEGACY_FORGET = {
@@ -1299,6 +1300,8 @@ legacy_work(struct store_conn *c, void *arg, struct bb_error *e)
         rc = store_exec(c, &LEGACY_SAGA, b, 1, NULL, e);
     if (rc == ERR_OK)
         rc = store_exec(c, &LEGACY_DOWN, NULL, 0, NULL, e);
+    if (rc == ERR_OK)
+        rc = store_exec(c, &LEGACY_UNTRACE, NULL, 0, NULL, e);
     if (rc == ERR_OK)
         rc = store_exec(c, &LEGACY_UNINDEX, NULL, 0, NULL, e);
     if (rc == ERR_OK)
