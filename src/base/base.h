@@ -497,6 +497,9 @@ bb_fault(const char *point)
 }
 #endif
 BB_WUR enum err bb_faults_arm(const char *spec, uint64_t seed, struct bb_error *e);
+/* The same, but only the calling thread's calls count and fail: a test
+ * fails the transaction it is in (its commit, say) and no other thread's. */
+BB_WUR enum err bb_faults_arm_here(const char *spec, uint64_t seed, struct bb_error *e);
 void bb_faults_disarm(void);
 /* Call fn(point) at each failure injected from now on, at any point (the
  * metric that counts them; NULL: none). Test builds only; a no-op else. */

@@ -27,6 +27,8 @@ struct fault_point {
 
 struct fault_table {
     struct fault_table *older;
+    bool here; /* only `owner`'s calls count (bb_faults_arm_here) */
+    pthread_t owner;
     size_t n;
     struct fault_point points[BB_FAULT_POINTS_MAX];
 };
@@ -110,10 +112,12 @@ publish(struct fault_table *t)
     pthread_mutex_unlock(&arm_mu);
 }
 
-enum err
-bb_faults_arm(const char *spec, uint64_t seed, struct bb_error *e)
+static enum err
+arm(const char *spec, uint64_t seed, bool here, struct bb_error *e)
 {
     struct fault_table *t = xcalloc(1, sizeof *t);
+    t->here = here;
+    t->owner = pthread_self();
     const char *p = spec;
     while (*p) {
         size_t len = strcspn(p, ",");
@@ -138,6 +142,18 @@ bb_faults_arm(const char *spec, uint64_t seed, struct bb_error *e)
     publish(t);
     return ERR_OK;
 #endif
+}
+
+enum err
+bb_faults_arm(const char *spec, uint64_t seed, struct bb_error *e)
+{
+    return arm(spec, seed, false, e);
+}
+
+enum err
+bb_faults_arm_here(const char *spec, uint64_t seed, struct bb_error *e)
+{
+    return arm(spec, seed, true, e);
 }
 
 void
@@ -174,7 +190,7 @@ bool
 bb_fault(const char *point)
 {
     struct fault_table *t = atomic_load_explicit(&armed, memory_order_acquire);
-    if (t == NULL)
+    if (t == NULL || (t->here && !pthread_equal(t->owner, pthread_self())))
         return false;
     struct fault_point *p = find(t, point);
     if (p == NULL)

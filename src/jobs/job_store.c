@@ -1561,6 +1561,23 @@ static struct store_stmt JOB_HEARTBEAT = {
            " RETURNING lease_expires_at_ms",
 };
 
+static struct store_stmt JOB_LEASE_HELD = {
+    .sql = "SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2 AND state = 'running'",
+};
+
+enum err
+job_lease_held(struct store_conn *c, int64_t id, int64_t token, bool *held, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id), sp_int(token)};
+    struct store_rows r;
+    enum err rc = store_query(c, &JOB_LEASE_HELD, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    *held = store_next(&r);
+    store_rows_close(&r);
+    return ERR_OK;
+}
+
 void
 job_lease_deinit(struct job_lease *l)
 {

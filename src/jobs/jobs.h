@@ -317,6 +317,12 @@ BB_WUR enum err job_heartbeat(struct store_conn *c, int64_t id, int64_t token, i
                               bool bounded, int64_t now_ms, int64_t *expires_at_ms,
                               struct bb_error *e);
 
+/* Does `token` still hold job id's lease: is the job running under it? A
+ * lease run out but not yet rescued still does (the job's report under it
+ * would be taken). A read: nothing changes. */
+BB_WUR enum err job_lease_held(struct store_conn *c, int64_t id, int64_t token, bool *held,
+                               struct bb_error *e);
+
 /* How an attempt ended. */
 enum job_outcome {
     JOB_OUTCOME_COMPLETED,

@@ -110,6 +110,14 @@ static struct metrics_def M_UNIT_ALONE = {
     .help = "Batched saga units that failed as a whole; each member then ran alone.",
     .type = METRICS_COUNTER,
 };
+static struct metrics_def M_UNIT_RELOADS = {
+    .name = "backbone_saga_unit_reloads_total",
+    .help = "Saga units that failed in the store or found their instance moved, whose run read"
+            " the instance again and found them committed (it goes on from there, or ends with"
+            " it) or nothing committed (the same unit runs again).",
+    .type = METRICS_COUNTER,
+    .labels = {"found"},
+};
 static struct metrics_def M_STEP = {
     .name = "backbone_saga_step_duration_seconds",
     .help = "Time one run of a saga step took, by type, step and phase.",
@@ -133,6 +141,7 @@ metrics_init(void)
     metrics_register(&M_BAD_START);
     metrics_register(&M_UNIT_BATCH);
     metrics_register(&M_UNIT_ALONE);
+    metrics_register(&M_UNIT_RELOADS);
     metrics_register(&M_UNITS_WAITING);
 }
 
@@ -334,6 +343,7 @@ struct step_job {
      * the job itself (job_runs_complete_in); end_rc says how. */
     bool ended;
     enum err end_rc;
+    int tries; /* reads of the instance since a unit last committed (recover) */
 };
 
 static bool
@@ -957,6 +967,100 @@ run_at_once(struct step_job *j)
     j->n_pending = 2;
 }
 
+/*
+ * A unit that failed in the store (its commit, say, whose outcome is then
+ * unknown), or that found the instance moved, is decided by what the store
+ * holds now, read again in process after a short pause, a few times in a
+ * row before the job's own retry takes over: a chained job's failures
+ * would otherwise add up across its steps, and its backoff (1 s, 4 s,
+ * 16 s, a minute) keep a checkout waiting on a database that failed once
+ * a step. The read also checks the run's lease: only the job's live run
+ * goes on.
+ */
+static const int64_t RELOAD_PAUSE_MS[] = {0, 25, 100, 400, 1600};
+
+struct reload {
+    struct step_job *j;
+    struct saga_instance in;
+    bool held; /* the run still holds its job's lease */
+};
+
+static enum err
+reload_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct reload *r = arg;
+    const struct job_lease *job = r->j->run->job;
+    saga__instance_deinit(&r->in);
+    bool found;
+    enum err rc = saga__load(c, r->j->saga_id, &r->in, &found, e);
+    if (rc == ERR_OK && !found)
+        r->in.state = SAGA_FAILED; /* nothing to run */
+    return rc == ERR_OK ? job_lease_held(c, job->id, job->lease_token, &r->held, e) : rc;
+}
+
+/* The instance as committed now, into r->in (owned), pausing first unless
+ * `at_once`; false once the run's tries in a row are spent (e says why). */
+static bool
+reload(struct step_job *j, bool at_once, struct reload *r, struct bb_error *e)
+{
+    *r = (struct reload){.j = j};
+    if (!at_once && j->tries == 0)
+        j->tries = 1;
+    while (j->tries < (int)BB_ARRAY_LEN(RELOAD_PAUSE_MS) && !job_run_should_stop(j->run)) {
+        bb_sleep_ms(RELOAD_PAUSE_MS[j->tries++]);
+        if (store_run(j->eng->store, STORE_READ, reload_work, r, e) == ERR_OK)
+            return true;
+    }
+    saga__instance_deinit(&r->in);
+    return false;
+}
+
+enum recovery { GO_ON, LEAVE_TO_JOB, LEAVE_DONE };
+
+/* After a unit failed with `rc` (stale: it found the instance moved): go
+ * on from the committed instance if it moved, or with the same results if
+ * nothing committed and the store's trouble may pass (a step's own refusal,
+ * a record's, would only come again: the job runs the step again). */
+static enum recovery
+recover(struct step_job *j, enum err rc, bool stale, struct bb_error *e)
+{
+    bool trouble = rc == ERR_STORE || rc == ERR_UNAVAILABLE;
+    struct bb_error why = *e;
+    struct reload r;
+    if (!reload(j, stale, &r, e)) {
+        bb_buf_printf(&j->run->error, "saga %s: %s", j->saga_id, why.detail);
+        return LEAVE_TO_JOB;
+    }
+    bool same = r.in.version == j->in.version;
+    /* Its commit's answer was lost, or another unit of this run committed
+     * (a batch's, before this one ran alone): the unit's own commit is the
+     * one that left exactly its work, and what it held and ended are so. */
+    bool own = !same && r.in.version == j->work.version && r.in.state == j->work.state &&
+               r.in.step == j->work.step && r.in.job_id == j->work.job_id;
+    if (own) {
+        log_failure(j);
+        if (!is_current(j, &j->work)) /* end_jobs ended the job with it */
+            job_run_recorded(j->run, j->ended ? j->end_rc : ERR_OK);
+    }
+    if (!same || trouble)
+        metrics_add(&M_UNIT_RELOADS, 1, same ? "nothing" : "committed");
+    if (!r.held || (same && !trouble)) {
+        saga__instance_deinit(&r.in);
+        bb_buf_printf(&j->run->error, "saga %s: %s", j->saga_id, why.detail);
+        return r.held ? LEAVE_TO_JOB : LEAVE_DONE; /* LEAVE_DONE: its report would be refused */
+    }
+    if (same) { /* the same unit again, as far as it went */
+        saga__instance_deinit(&r.in);
+        return GO_ON;
+    }
+    j->limit = INT_MAX;
+    j->held = own ? j->unit_held : 0; /* a step holding nothing takes it itself */
+    clear_pending(j);
+    saga__instance_deinit(&j->in);
+    j->in = r.in;
+    return GO_ON;
+}
+
 static enum job_verdict
 carry(struct step_job *j)
 {
@@ -966,8 +1070,16 @@ carry(struct step_job *j)
     metrics_add(&M_JOB_RUNS, 1, carried ? "starter" : "store");
     if (!carried &&
         store_run_grouped(j->eng->store, STORE_READ, &LOADS, load_work, j, &e) != ERR_OK) {
-        bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id, e.detail);
-        return JOB_RETRY;
+        struct reload r;
+        bool loaded = reload(j, false, &r, &e);
+        if (!loaded || !r.held) {
+            saga__instance_deinit(&r.in);
+            bb_buf_printf(&run->error, "loading saga %s: %s", j->saga_id,
+                          loaded ? "the run lost its lease" : e.detail);
+            return JOB_RETRY;
+        }
+        saga__instance_deinit(&j->in);
+        j->in = r.in;
     }
     j->limit = INT_MAX;
     for (;;) {
@@ -998,8 +1110,7 @@ carry(struct step_job *j)
             j->work = (struct saga_instance){0};
             j->held = j->unit_held;
             j->limit = INT_MAX;
-        } else if (rc == ERR_CONFLICT && j->stale) {
-            return JOB_DONE; /* another run got there first */
+            j->tries = 0;
         } else if (rc == ERR_CONFLICT && j->failed) {
             /* Commit what came before the failure; a failure alone is
              * recorded next (advance_work kept it). */
@@ -1007,8 +1118,9 @@ carry(struct step_job *j)
                 j->n_pending = 1;
             j->limit = j->ran;
         } else {
-            bb_buf_printf(&run->error, "saga %s: %s", j->in.id, e.detail);
-            return JOB_RETRY; /* this job runs again */
+            enum recovery how = recover(j, rc, rc == ERR_CONFLICT && j->stale, &e);
+            if (how != GO_ON)
+                return how == LEAVE_DONE ? JOB_DONE : JOB_RETRY; /* JOB_RETRY: it runs again */
         }
     }
 }

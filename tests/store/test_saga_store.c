@@ -33,15 +33,17 @@ static struct {
     enum saga_outcome action[3]; /* each action's verdict */
     int retries_left[3];         /* RETRY this many times first */
     enum saga_outcome undo[3];
-    int64_t s2_held;        /* what s2's action last saw in run->held */
-    int64_t s2_saw_hold;    /* ...and in its data's "s2_hold" (the hold's) */
-    int64_t unheld;         /* what unhold last gave back */
-    int record_fails_left;  /* the records that fail (after writing) first */
-    size_t max_record_call; /* the most args a record call had */
-    size_t max_end_call;    /* the most ends an on_end call had */
-    int thread_traced_ends; /* on_end calls that found a trace on their thread */
-    int before_seen;        /* runs of q2 that saw q1's record in run->before */
-    int64_t before_found;   /* ...and the records of q1 they found in the store */
+    int64_t s2_held;         /* what s2's action last saw in run->held */
+    int64_t s2_saw_hold;     /* ...and in its data's "s2_hold" (the hold's) */
+    int64_t unheld;          /* what unhold last gave back */
+    int record_fails_left;   /* the records that fail (after writing) first */
+    enum err record_fail_rc; /* ...with this (0: ERR_STALE_TOKEN, a refusal) */
+    bool lose_s1_commit;     /* the commit of the unit that runs s1 loses its answer */
+    size_t max_record_call;  /* the most args a record call had */
+    size_t max_end_call;     /* the most ends an on_end call had */
+    int thread_traced_ends;  /* on_end calls that found a trace on their thread */
+    int before_seen;         /* runs of q2 that saw q1's record in run->before */
+    int64_t before_found;    /* ...and the records of q1 they found in the store */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The workers read `toy` under its lock. */
@@ -76,8 +78,9 @@ toy_record_write(struct store_conn *c, void *const *args, size_t n, struct bb_er
     toy.max_record_call = n > toy.max_record_call ? n : toy.max_record_call;
     bool fail = toy.record_fails_left > 0;
     toy.record_fails_left -= fail ? 1 : 0;
+    enum err rc = toy.record_fail_rc ? toy.record_fail_rc : ERR_STALE_TOKEN;
     pthread_mutex_unlock(&toy.mu);
-    return fail ? bb_fail(e, ERR_STALE_TOKEN, "", "the record was refused") : ERR_OK;
+    return fail ? bb_fail(e, rc, "", "the record failed") : ERR_OK;
 }
 
 static void
@@ -105,7 +108,12 @@ toy_step(struct saga_step_run *run, struct bb_error *e)
         toy.retries_left[i]--;
         o = SAGA_STEP_RETRY;
     }
+    bool lose = i == 0 && run->c && !run->compensating && toy.lose_s1_commit;
+    toy.lose_s1_commit = toy.lose_s1_commit && !lose;
     pthread_mutex_unlock(&toy.mu);
+    struct bb_error armed;
+    if (lose && bb_faults_arm_here("store.commit_lost=1", 1, &armed) != ERR_OK)
+        return SAGA_STEP_FAIL;
     if (run->c) { /* in the transaction: a write that must vanish if the step fails */
         const struct store_param p[] = {sp_text(run->saga_id), sp_text(run->step)};
         if (store_exec(run->c, &TOY_WRITE, p, 2, NULL, e) != ERR_OK)
@@ -265,6 +273,7 @@ static struct {
     size_t max_batch; /* the most members a batch form saw */
     int batches;      /* batch form calls */
     bool break_b2;    /* the next batch of b2 fails as a whole, after a write */
+    bool lose_b2;     /* the next batch of b2 commits, but its answer is lost */
 } gate = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static enum saga_outcome
@@ -299,9 +308,15 @@ toyb_batch(struct saga_step_run **runs, size_t n, enum saga_outcome *out, struct
     gate.batches++;
     gate.max_batch = n > gate.max_batch ? n : gate.max_batch;
     bool fail_all = gate.break_b2 && strcmp(runs[0]->step, "b2") == 0;
+    bool lose = gate.lose_b2 && strcmp(runs[0]->step, "b2") == 0;
     if (fail_all)
         gate.break_b2 = false;
+    if (lose)
+        gate.lose_b2 = false;
     pthread_mutex_unlock(&gate.mu);
+    enum err armed = lose ? bb_faults_arm_here("store.commit_lost=1", 1, e) : ERR_OK;
+    if (armed != ERR_OK)
+        return armed;
     if (fail_all) { /* what it wrote must vanish with the batch */
         const struct store_param p[] = {sp_text(runs[0]->saga_id), sp_text("b2")};
         enum err rc = store_exec(runs[0]->c, &TOY_WRITE, p, 2, NULL, e);
@@ -410,6 +425,8 @@ setup_with(void **state, int64_t workers, bool here)
     }
     toy.s2_held = toy.unheld = 0;
     toy.record_fails_left = 0;
+    toy.record_fail_rc = ERR_OK;
+    toy.lose_s1_commit = false;
     toy.max_record_call = toy.max_end_call = 0;
     toy.thread_traced_ends = 0;
     toy.before_seen = 0;
@@ -458,6 +475,7 @@ static int
 teardown(void **state)
 {
     struct fixture *f = *state;
+    bb_faults_disarm(); /* what a test armed, even if it failed */
     saga_engine_stop(f->engine);
     saga_engine_run_here(f->engine, NULL);
     job_pool_stop(f->pool, bb_mono_ms() + 5000);
@@ -594,6 +612,20 @@ stale_completions(void)
     return n < 0 ? 0 : n;
 }
 
+static struct store_stmt SAGA_JOBS_RETRIED = {
+    .sql = "SELECT count(*) FROM jobs WHERE queue = 'sagas' AND attempt > 1",
+};
+
+/* Units read again after they failed, by what the read found. */
+static int64_t
+reloads(const char *found)
+{
+    char name[128];
+    snprintf(name, sizeof name, "backbone_saga_unit_reloads_total{found=\"%s\"}", found);
+    int64_t n = test_metric(name);
+    return n < 0 ? 0 : n;
+}
+
 static void
 steps_run_in_order_and_complete(void **state)
 {
@@ -645,6 +677,52 @@ an_outside_result_that_cannot_be_written_runs_its_step_again(void **state)
     log_is("a1 a2 a2 a3 ");
     assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
     assert_int_equal(writes_of(f, op.id, "s3"), 1);
+}
+
+/* The store fails the unit that records s2 (after the record was written):
+ * nothing committed, and the same run commits the same results again, so
+ * s2 does not run again and its job is not retried. */
+static void
+a_unit_the_store_fails_commits_the_same_results_again(void **state)
+{
+    struct fixture *f = *state;
+    int64_t before = reloads("nothing");
+    pthread_mutex_lock(&toy.mu);
+    toy.record_fails_left = 1;
+    toy.record_fail_rc = ERR_STORE;
+    pthread_mutex_unlock(&toy.mu);
+    struct start_op op = {.correlation = "order-sf"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a3 ");
+    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
+    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 0);
+    assert_int_equal(reloads("nothing"), before + 1);
+}
+
+/* The commit of the unit that ran s1 (and took s2's hold) loses its
+ * answer: the run reads the saga, finds its unit committed, and goes on to
+ * s2 holding what the unit took, without a retry of its job. */
+static void
+a_unit_whose_commit_answer_is_lost_goes_on_from_what_it_committed(void **state)
+{
+    struct fixture *f = *state;
+    int64_t before = reloads("committed");
+    TOY_SET(lose_s1_commit, true);
+    struct start_op op = {.correlation = "order-lost"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    assert_int_equal(bb_faults_injected("store.commit_lost"), 1);
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a3 ");
+    pthread_mutex_lock(&toy.mu);
+    assert_int_equal(toy.s2_held, 42);
+    assert_int_equal(toy.unheld, 42);
+    pthread_mutex_unlock(&toy.mu);
+    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 0);
+    assert_int_equal(count_of(f, &SAGA_JOBS_NOT_COMPLETED, NULL), 0);
+    assert_int_equal(reloads("committed"), before + 1);
 }
 
 /* Since the last call. */
@@ -1169,23 +1247,29 @@ start_many_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
+enum batch_trouble { BATCH_FINE, BATCH_BREAKS, BATCH_ANSWER_LOST };
+
 /*
  * Units that queue while four batches are in flight run together as one:
  * each member's writes once, its timeline whole, and a member the batch
- * form fails compensates alone while the others complete. With
- * `break_b2`, the batch fails as a whole at b2: it rolls back, and each
- * member runs its unit alone, to the same end.
+ * form fails compensates alone while the others complete. When the batch
+ * BREAKS at b2 (fails as a whole), it rolls back, and each member runs its
+ * unit alone, to the same end. When its commit's ANSWER is LOST, each
+ * member's unit alone finds its saga moved on, reads it, and goes on from
+ * what the batch committed (its job ended with it, or compensating).
  */
 static void
-twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
+twelve_sagas_with_a_batch_of_eight(struct fixture *f, enum batch_trouble trouble)
 {
     int64_t fallbacks = test_metric("backbone_saga_unit_batch_fallbacks_total");
     int64_t stale = stale_completions();
+    int64_t reloaded = reloads("committed");
     pthread_mutex_lock(&gate.mu);
     gate.open = false;
     gate.held = gate.batches = 0;
     gate.max_batch = 0;
-    gate.break_b2 = break_b2;
+    gate.break_b2 = trouble == BATCH_BREAKS;
+    gate.lose_b2 = trouble == BATCH_ANSWER_LOST;
     pthread_mutex_unlock(&gate.mu);
     struct many_op op;
     struct bb_error e;
@@ -1236,7 +1320,7 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
     /* Those that completed in the batch (seven, or eight when the one that
      * fails at b2 was among the four that went first) ended in one call;
      * alone, one each. */
-    if (break_b2)
+    if (trouble == BATCH_BREAKS)
         assert_int_equal(toy.max_end_call, 1);
     else
         assert_in_range(toy.max_end_call, 7, 8);
@@ -1244,24 +1328,39 @@ twelve_sagas_with_a_batch_of_eight(struct fixture *f, bool break_b2)
     pthread_mutex_unlock(&toy.mu);
     assert_int_equal(gate.batches, 2); /* its b1 and its b2 */
     assert_false(gate.break_b2);
+    assert_false(gate.lose_b2);
     pthread_mutex_unlock(&gate.mu);
     assert_int_equal(test_metric("backbone_saga_unit_batch_fallbacks_total"),
-                     fallbacks + (break_b2 ? 1 : 0));
-    /* The batch ended its members' jobs with them, once. */
+                     fallbacks + (trouble != BATCH_FINE ? 1 : 0));
+    /* Each member of the batch read its saga back (and so did any unit
+     * that shared the batch's transaction in the store). */
+    if (trouble == BATCH_ANSWER_LOST)
+        assert_in_range(reloads("committed") - reloaded, 8, 12);
+    else
+        assert_int_equal(reloads("committed"), reloaded);
+    /* The batch ended its members' jobs with them, once, and none was
+     * retried. */
     assert_int_equal(count_of(f, &SAGA_JOBS_NOT_COMPLETED, NULL), 0);
+    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 0);
     assert_int_equal(stale_completions(), stale);
 }
 
 static void
 units_waiting_together_run_as_one_batch(void **state)
 {
-    twelve_sagas_with_a_batch_of_eight(*state, false);
+    twelve_sagas_with_a_batch_of_eight(*state, BATCH_FINE);
 }
 
 static void
 a_batch_that_fails_whole_runs_each_unit_alone(void **state)
 {
-    twelve_sagas_with_a_batch_of_eight(*state, true);
+    twelve_sagas_with_a_batch_of_eight(*state, BATCH_BREAKS);
+}
+
+static void
+a_batch_commit_whose_answer_is_lost_goes_on_from_it(void **state)
+{
+    twelve_sagas_with_a_batch_of_eight(*state, BATCH_ANSWER_LOST);
 }
 
 /* Before version 4 a timeline was rows of saga_steps: the migration moves
@@ -1770,6 +1869,8 @@ each_saga_ends_once_in_the_count_of_its_outcome(void **state)
 static const struct CMUnitTest tests[] = {
     SAGA_TEST(steps_run_in_order_and_complete),
     SAGA_TEST(an_outside_result_that_cannot_be_written_runs_its_step_again),
+    SAGA_TEST(a_unit_the_store_fails_commits_the_same_results_again),
+    SAGA_TEST(a_unit_whose_commit_answer_is_lost_goes_on_from_what_it_committed),
     SAGA_TEST(an_at_once_step_runs_before_the_step_before_is_recorded),
     SAGA_TEST(an_at_once_step_follows_only_a_success),
     SAGA_TEST(records_of_steps_run_at_once_commit_together),
@@ -1794,6 +1895,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(instances_are_read_many_at_once, setup, teardown),
     cmocka_unit_test_setup_teardown(units_waiting_together_run_as_one_batch, setup_wide, teardown),
     cmocka_unit_test_setup_teardown(a_batch_that_fails_whole_runs_each_unit_alone, setup_wide,
+                                    teardown),
+    cmocka_unit_test_setup_teardown(a_batch_commit_whose_answer_is_lost_goes_on_from_it, setup_wide,
                                     teardown),
     cmocka_unit_test_setup_teardown(timelines_written_as_rows_move_into_their_sagas, test_db_setup,
                                     test_db_teardown),

@@ -947,6 +947,31 @@ fault_points_fail_the_calls_their_spec_names(void **state)
     assert_int_equal(bb_faults_injected("p"), 0);
 }
 
+static void *
+fault_elsewhere(void *arg)
+{
+    fault_calls("p", 3, arg);
+    return NULL;
+}
+
+/* Armed here: another thread's calls neither fail nor count. */
+static void
+fault_points_armed_here_fail_only_this_threads_calls(void **state)
+{
+    (void)state;
+    struct bb_error e;
+    char there[8], here[8];
+    assert_ok(bb_faults_arm_here("p=2", 1, &e), &e);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, fault_elsewhere, there), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    fault_calls("p", 3, here);
+    assert_string_equal(there, "000");
+    assert_string_equal(here, "010");
+    assert_int_equal(bb_faults_injected("p"), 1);
+    bb_faults_disarm();
+}
+
 static void
 fault_specs_that_make_no_sense_are_refused(void **state)
 {
@@ -1007,6 +1032,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(combiner_refuses_callers_beyond_waiting_max),
     cmocka_unit_test(ticker_runs_again_each_interval_and_stop_ends_the_run_in_progress),
     cmocka_unit_test(fault_points_fail_the_calls_their_spec_names),
+    cmocka_unit_test(fault_points_armed_here_fail_only_this_threads_calls),
     cmocka_unit_test(fault_specs_that_make_no_sense_are_refused),
 };
 
