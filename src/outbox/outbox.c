@@ -454,6 +454,8 @@ static enum err
 list_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct list_op *op = arg;
+    json_decref(op->out); /* a retried unit starts over */
+    op->out = NULL;
     return outbox_list_json(c, &op->filter, &op->out, e);
 }
 
@@ -461,10 +463,14 @@ static void
 list_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
 {
     struct list_op *op = arg;
-    if (rc != ERR_OK)
+    json_t *out = op->out;
+    op->out = NULL;
+    if (rc != ERR_OK) {
+        json_decref(out); /* read, but its commit failed */
         http_reply_problem(r, e, NULL);
-    else
-        http_reply_json(r, 200, op->out);
+    } else {
+        http_reply_json(r, 200, out);
+    }
 }
 
 /* Event types and aggregate ids as query arguments: printable UTF-8

@@ -290,6 +290,7 @@ fail_all(struct store__item *items, enum err rc, const struct bb_error *e)
         if (it->rc == ERR_OK) {
             it->rc = rc;
             it->err = *e;
+            it->err.code = rc; /* the reply is by the code: a commit's trouble is 503 */
         }
     }
 }
@@ -337,6 +338,8 @@ run_group(struct store_conn *c, struct store__item *items, size_t n)
     for (struct store__item *it = items; it; it = it->next, i++) {
         it->rc = rc == ERR_OK ? rcs[i] : rc == ERR_RETRY ? ERR_RETRY : ERR_UNAVAILABLE;
         it->err = rc == ERR_OK ? errors[i] : e;
+        if (rc != ERR_OK)
+            it->err.code = it->rc;
         if (it->rc != ERR_OK && it->err.code == ERR_OK)
             bb_fail(&it->err, it->rc, "", "%s", bb_err_title(it->rc));
     }

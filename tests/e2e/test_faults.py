@@ -126,3 +126,21 @@ def test_locks_under_store_faults_still_exclude_and_fence(make_server, tmp_path)
         assert cur["start"] > prev["end"], (prev, cur)
         assert cur["token"] > prev["token"], (prev, cur)
     assert injected(server, "store.commit") + injected(server, "store.commit_lost") > 0
+
+
+# Reads that find what they look for (their units succeed, then commit).
+READS = ["/outbox", "/locks", "/jobs", "/queues", "/queues/sagas", "/schedules", "/dlq",
+         "/sagas", "/psp/charges"]
+
+
+def test_reads_whose_commit_fails_answer_503_and_keep_nothing(make_server):
+    # Every commit fails from the start, reads' too: each read is answered
+    # 503, and what it had read for its answer is freed (the server's
+    # clean stop checks that, under the sanitizers, no allocation is left).
+    server = make_server(env={"BACKBONE_FAULTS": "store.commit=1+"})
+    for path in READS:
+        r = server.get(path)
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        assert r.headers["Content-Type"] == "application/problem+json", path
+        assert r.json()["status"] == 503, path
+    assert injected(server, "store.commit") >= len(READS)

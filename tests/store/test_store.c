@@ -1220,6 +1220,7 @@ a_failed_commit_writes_nothing_and_a_lost_answer_hides_a_commit(void **state)
     assert_ok(bb_faults_arm("store.commit=1", 1, &e), &e);
     assert_int_equal(store_run(db->store, STORE_WRITE, insert_heard, &u1, &e), ERR_UNAVAILABLE);
     assert_non_null(strstr(e.detail, "injected fault"));
+    assert_int_equal(e.code, ERR_UNAVAILABLE); /* what an HTTP answer goes by: 503 */
     assert_int_equal(bb_faults_injected("store.commit"), 1);
     struct store_conn *c = conn(db);
     assert_false(row_exists(c, 1));
