@@ -11,7 +11,9 @@
  * step runs again), an `at_once` step runs before the outside step before
  * it is recorded and both are recorded together, a starting event starts
  * one saga (its first job runs from what the starter wrote, unread),
- * a second job for the same step (a crash's leftover) moves nothing,
+ * a second job for the same step (a crash's leftover) moves nothing, a
+ * unit the store fails runs again in the same run (and one whose commit's
+ * answer was lost, alone or in a batch, goes on from what it committed),
  * retention deletes finished sagas only, and on_end and on_reject get each
  * saga's or event's own trace (those of a batch each theirs).
  */
@@ -699,6 +701,27 @@ a_unit_the_store_fails_commits_the_same_results_again(void **state)
     assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
     assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 0);
     assert_int_equal(reloads("nothing"), before + 1);
+}
+
+/* ...but one it keeps failing, past the run's reads in a row (four), is
+ * left to its job: the retry runs s2 again, and its result commits. */
+static void
+a_unit_the_store_keeps_failing_is_left_to_its_job(void **state)
+{
+    struct fixture *f = *state;
+    int64_t before = reloads("nothing");
+    pthread_mutex_lock(&toy.mu);
+    toy.record_fails_left = 5;
+    toy.record_fail_rc = ERR_STORE;
+    pthread_mutex_unlock(&toy.mu);
+    struct start_op op = {.correlation = "order-sf5"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a2 a3 ");
+    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
+    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 1);
+    assert_int_equal(reloads("nothing"), before + 4);
 }
 
 /* The commit of the unit that ran s1 (and took s2's hold) loses its
@@ -1870,6 +1893,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(steps_run_in_order_and_complete),
     SAGA_TEST(an_outside_result_that_cannot_be_written_runs_its_step_again),
     SAGA_TEST(a_unit_the_store_fails_commits_the_same_results_again),
+    SAGA_TEST(a_unit_the_store_keeps_failing_is_left_to_its_job),
     SAGA_TEST(a_unit_whose_commit_answer_is_lost_goes_on_from_what_it_committed),
     SAGA_TEST(an_at_once_step_runs_before_the_step_before_is_recorded),
     SAGA_TEST(an_at_once_step_follows_only_a_success),
