@@ -1022,15 +1022,13 @@ enum recovery { GO_ON, LEAVE_TO_JOB, LEAVE_DONE };
  * nothing committed and the store's trouble may pass (a step's own refusal,
  * a record's, would only come again: the job runs the step again). */
 static enum recovery
-recover(struct step_job *j, enum err rc, bool stale, struct bb_error *e)
+recover(struct step_job *j, enum err rc, bool stale)
 {
     bool trouble = rc == ERR_STORE || rc == ERR_UNAVAILABLE;
-    struct bb_error why = *e;
     struct reload r;
-    if (!reload(j, stale, &r, e)) {
-        bb_buf_printf(&j->run->error, "saga %s: %s", j->saga_id, why.detail);
+    struct bb_error unread;
+    if (!reload(j, stale, &r, &unread))
         return LEAVE_TO_JOB;
-    }
     bool same = r.in.version == j->in.version;
     /* Its commit's answer was lost, or another unit of this run committed
      * (a batch's, before this one ran alone): the unit's own commit is the
@@ -1046,7 +1044,6 @@ recover(struct step_job *j, enum err rc, bool stale, struct bb_error *e)
         metrics_add(&M_UNIT_RELOADS, 1, same ? "nothing" : "committed");
     if (!r.held || (same && !trouble)) {
         saga__instance_deinit(&r.in);
-        bb_buf_printf(&j->run->error, "saga %s: %s", j->saga_id, why.detail);
         return r.held ? LEAVE_TO_JOB : LEAVE_DONE; /* LEAVE_DONE: its report would be refused */
     }
     if (same) { /* the same unit again, as far as it went */
@@ -1118,9 +1115,11 @@ carry(struct step_job *j)
                 j->n_pending = 1;
             j->limit = j->ran;
         } else {
-            enum recovery how = recover(j, rc, rc == ERR_CONFLICT && j->stale, &e);
-            if (how != GO_ON)
+            enum recovery how = recover(j, rc, rc == ERR_CONFLICT && j->stale);
+            if (how != GO_ON) {
+                bb_buf_printf(&run->error, "saga %s: %s", j->saga_id, e.detail);
                 return how == LEAVE_DONE ? JOB_DONE : JOB_RETRY; /* JOB_RETRY: it runs again */
+            }
         }
     }
 }

@@ -681,26 +681,35 @@ an_outside_result_that_cannot_be_written_runs_its_step_again(void **state)
     assert_int_equal(writes_of(f, op.id, "s3"), 1);
 }
 
-/* The store fails the unit that records s2 (after the record was written):
- * nothing committed, and the same run commits the same results again, so
+/* A toy saga whose unit that records s2 the store fails `fails` times
+ * (after the record was written) ends COMPLETED with s2's record written
+ * once, the steps having run as `log` says, its job retried `retried`
+ * times, and `reads` reads of the saga that found nothing committed. */
+static void
+store_fails_the_record(struct fixture *f, const char *correlation, int fails, const char *log,
+                       int64_t retried, int64_t reads)
+{
+    int64_t before = reloads("nothing");
+    pthread_mutex_lock(&toy.mu);
+    toy.record_fails_left = fails;
+    toy.record_fail_rc = ERR_STORE;
+    pthread_mutex_unlock(&toy.mu);
+    struct start_op op = {.correlation = correlation};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
+    json_decref(saga);
+    log_is(log);
+    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
+    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), retried);
+    assert_int_equal(reloads("nothing"), before + reads);
+}
+
+/* Nothing committed, and the same run commits the same results again, so
  * s2 does not run again and its job is not retried. */
 static void
 a_unit_the_store_fails_commits_the_same_results_again(void **state)
 {
-    struct fixture *f = *state;
-    int64_t before = reloads("nothing");
-    pthread_mutex_lock(&toy.mu);
-    toy.record_fails_left = 1;
-    toy.record_fail_rc = ERR_STORE;
-    pthread_mutex_unlock(&toy.mu);
-    struct start_op op = {.correlation = "order-sf"};
-    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
-    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
-    json_decref(saga);
-    log_is("a1 a2 a3 ");
-    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
-    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 0);
-    assert_int_equal(reloads("nothing"), before + 1);
+    store_fails_the_record(*state, "order-sf", 1, "a1 a2 a3 ", 0, 1);
 }
 
 /* ...but one it keeps failing, past the run's reads in a row (four), is
@@ -708,20 +717,7 @@ a_unit_the_store_fails_commits_the_same_results_again(void **state)
 static void
 a_unit_the_store_keeps_failing_is_left_to_its_job(void **state)
 {
-    struct fixture *f = *state;
-    int64_t before = reloads("nothing");
-    pthread_mutex_lock(&toy.mu);
-    toy.record_fails_left = 5;
-    toy.record_fail_rc = ERR_STORE;
-    pthread_mutex_unlock(&toy.mu);
-    struct start_op op = {.correlation = "order-sf5"};
-    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
-    timeline_is(saga, "s1:action:ok s2:action:ok s3:action:ok");
-    json_decref(saga);
-    log_is("a1 a2 a2 a3 ");
-    assert_int_equal(writes_of(f, op.id, "s2:record"), 1);
-    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 1);
-    assert_int_equal(reloads("nothing"), before + 4);
+    store_fails_the_record(*state, "order-sf5", 5, "a1 a2 a2 a3 ", 1, 4);
 }
 
 /* The commit of the unit that ran s1 (and took s2's hold) loses its
