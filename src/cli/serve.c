@@ -327,6 +327,9 @@ payments_options_load(const struct serve_config *cfg, struct payments_options *p
     if (rc == ERR_OK)
         rc = rate_option(cfg->psp_decline_rate, "MOCK_DECLINE_RATE", "psp-decline-rate",
                          &po->psp.decline_rate, e);
+    if (rc == ERR_OK && po->psp.failure_rate + po->psp.timeout_rate > 1)
+        rc = bb_fail(e, ERR_USAGE, "psp-timeout-rate",
+                     "--psp-failure-rate and --psp-timeout-rate add up to more than 1");
     return rc;
 }
 
@@ -376,7 +379,10 @@ app_start(struct app *app, struct bb_error *e)
     app->exec_allow = split_list(app->cfg.exec_allow);
     struct job_registry_options ro = {.http_secret = app->cfg.webhook_secret,
                                       .exec_allow = (const char *const *)app->exec_allow};
-    enum err rc = job_registry_create(&ro, &app->registry, e);
+    struct payments_options pay; /* checked before the store is touched */
+    enum err rc = payments_options_load(&app->cfg, &pay, e);
+    if (rc == ERR_OK)
+        rc = job_registry_create(&ro, &app->registry, e);
     if (rc == ERR_OK)
         rc = open_store(&app->cfg, &app->store, e);
     if (rc == ERR_OK)
@@ -407,10 +413,7 @@ app_start(struct app *app, struct bb_error *e)
     }
     /* Workers run the checkout saga's payment steps in process. */
     if (rc == ERR_OK && (roles & (ROLE_PAYMENTS | ROLE_WORKERS))) {
-        struct payments_options po;
-        rc = payments_options_load(&app->cfg, &po, e);
-        if (rc == ERR_OK)
-            rc = payments_create(app->store, &po, &app->payments, e);
+        rc = payments_create(app->store, &pay, &app->payments, e);
     }
     if (rc == ERR_OK && (roles & ROLE_INVENTORY)) {
         struct inventory_options inv = {.sweep_ms = app->cfg.reservation_sweep_ms,

@@ -472,6 +472,10 @@ handle_config_put(struct http_req *r, void *ctx)
         rc = decline_members(body, &c, e);
     if (rc == ERR_OK)
         rc = hang_op_member(body, &c, e);
+    if (rc == ERR_OK && c.failure_rate + c.timeout_rate > 1)
+        rc = bb_fail(e, ERR_INVALID,
+                     json_object_get(body, "timeout_rate") ? "timeout_rate" : "failure_rate",
+                     "failure_rate and timeout_rate add up to more than 1");
     if (rc != ERR_OK) {
         http_reply_problem(r, e, NULL);
         return;

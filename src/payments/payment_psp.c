@@ -4,7 +4,10 @@
  * rate, fail_next), sometimes does the work but never answers in time
  * (timeout rate, hang_next), and declines some authorizations (decline
  * rate, listed cards and amounts). Draws are deterministic: a hash of the
- * seed, the operation and its idempotency key.
+ * seed, the operation and its idempotency key, and for failures and hangs
+ * also of how often this process has been called with that key, so that a
+ * transient failure passes when the call is repeated, as a real PSP's
+ * would (a decline does not: it is the same for the key every time).
  *
  * Like a real PSP it keeps its own record (psp_charges), keyed by the
  * caller's idempotency key: a call repeated with a key it has seen gets the
@@ -15,7 +18,8 @@
  * refund it), and so is a capture after an approved void; the answer says
  * which, so the caller's ledger can learn what a lost answer hid.
  *
- * Locking: `mu` guards `cfg` (changed at run time through PUT /psp/config).
+ * Locking: `mu` guards `cfg` (changed at run time through PUT /psp/config)
+ * and `calls`.
  */
 #include "payments/payments_int.h"
 
@@ -24,10 +28,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { PSP_CALL_SLOTS = 1 << 14 };
+
 struct payments__psp {
     struct store *store;
     pthread_mutex_t mu;
-    struct psp_config cfg;        /* guarded by mu */
+    struct psp_config cfg; /* guarded by mu */
+    /* Calls seen by a hash of their key (keys that share a slot share a
+     * count: still deterministic for the same calls); guarded by mu. */
+    uint32_t calls[PSP_CALL_SLOTS];
     struct bb_combiner *combiner; /* records in batches; NULL: each alone */
 };
 
@@ -96,16 +105,21 @@ payments__psp_config_set(struct payments__psp *psp, const struct psp_config *c)
     pthread_mutex_unlock(&psp->mu);
 }
 
-/* A uniform draw in [0, 1) from the seed, a salt and the key (FNV-1a, then
- * a splitmix64 finaliser). */
-static double
-draw(uint64_t seed, const char *salt, const char *key)
+static uint64_t
+fnv1a(uint64_t h, const char *s)
 {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (const char *s = salt; *s; s++)
+    for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    for (const char *s = key; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* A uniform draw in [0, 1) from the seed, a salt, the key and the how
+ * manieth call with it this is (FNV-1a, then a splitmix64 finaliser). */
+static double
+draw(uint64_t seed, const char *salt, const char *key, uint64_t nth)
+{
+    uint64_t h = fnv1a(fnv1a(1469598103934665603ull ^ seed, salt), key);
+    h = (h ^ nth) * 1099511628211ull;
     h ^= h >> 30;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 27;
@@ -131,7 +145,8 @@ decide(struct payments__psp *psp, const struct payments__psp_call *call, bool *f
         c->fail_next--;
         *fail = true;
     } else {
-        double r = draw(c->seed, call->op, call->key);
+        uint32_t *seen = &psp->calls[fnv1a(1469598103934665603ull, call->key) % PSP_CALL_SLOTS];
+        double r = draw(c->seed, call->op, call->key, (*seen)++);
         *hang = r < c->timeout_rate;
         *fail = !*hang && r < c->timeout_rate + c->failure_rate;
     }
@@ -150,7 +165,7 @@ decide(struct payments__psp *psp, const struct payments__psp_call *call, bool *f
         }
     }
     if (authorize && a->outcome == PSP_APPROVED &&
-        draw(c->seed, "decline", call->key) < c->decline_rate) {
+        draw(c->seed, "decline", call->key, 0) < c->decline_rate) {
         a->outcome = PSP_DECLINED;
         bb_strlcpy(a->reason, "insufficient funds", sizeof a->reason);
     }

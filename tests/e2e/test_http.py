@@ -196,7 +196,7 @@ def run_backbone(*args, env=None):
     return subprocess.run([BIN, *args], capture_output=True, text=True, env=e, timeout=60)
 
 
-def test_configuration_errors_name_the_option(database):
+def test_configuration_errors_name_the_option(database, tmp_path):
     r = run_backbone("serve", "--db", database.url, "--port", "99999")
     assert r.returncode == 2 and "--port" in r.stderr and "out of range" in r.stderr
     r = run_backbone("serve", "--db", database.url, env={"BACKBONE_PORT": "abc"})
@@ -211,6 +211,13 @@ def test_configuration_errors_name_the_option(database):
     assert r.returncode == 2 and "BACKBONE_PSP_TIMEOUT" in r.stderr and "out of range" in r.stderr
     r = run_backbone("serve", "--bogus")
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
+    # The PSP's settings are checked before the database is opened.
+    path = tmp_path / "never.db"
+    r = run_backbone("serve", "--db", f"sqlite:{path}", "--psp-latency-ms", "abc")
+    assert r.returncode == 2 and "--psp-latency-ms" in r.stderr and not path.exists()
+    r = run_backbone("serve", "--db", f"sqlite:{path}", "--psp-failure-rate", "0.6",
+                     "--psp-timeout-rate", "0.6")
+    assert r.returncode == 2 and "add up to more than 1" in r.stderr and not path.exists()
     r = run_backbone("serve", "--db", "mysql://nope", "--port", "0")
     assert r.returncode == 3 and "unsupported database URL" in r.stderr
     r = run_backbone("serve", "--help")

@@ -344,6 +344,8 @@ def test_bad_settle_requests_and_bad_psp_settings(server):
             "invalid_request", "idempotency_key")
     problem(server.post("/payments/capture/not-a-payment"), 404, "not_found", "authorization_id")
     problem(server.put("/psp/config", {"failure_rate": 2}), 400, "invalid_request", "failure_rate")
+    problem(server.put("/psp/config", {"failure_rate": 0.5, "timeout_rate": 0.6}), 400,
+            "invalid_request", "timeout_rate")
     problem(server.put("/psp/config", {"decline_cards": [""]}), 400, "invalid_request",
             "decline_cards")
     problem(server.put("/psp/config", {"latency": 5}), 400, "invalid_request", "latency")

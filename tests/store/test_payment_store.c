@@ -690,6 +690,56 @@ the_same_seed_gives_the_same_answers(void **state)
     assert_string_not_equal(first, other); /* equal by chance: 1 in 2^20 */
 }
 
+/* Authorize k0..k9 on a fresh database with a PSP seeded `seed` that fails
+ * 40% of its calls and hangs on 30% (after doing the work), each retried
+ * with its key until approved: each key's tries, as '0' + n, into `tries`. */
+static void
+retries_with_seed(uint64_t seed, char tries[11])
+{
+    struct test_db *db = test_db_create();
+    struct payments_options o = {.psp_timeout_ms = 20,
+                                 .threads = 2,
+                                 .psp = {.seed = seed, .failure_rate = 0.4, .timeout_rate = 0.3}};
+    struct payments *p;
+    struct bb_error e;
+    assert_ok(payments_create(db->store, &o, &p, &e), &e);
+    for (int i = 0; i < 10; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "k%d", i);
+        struct payment_request r = request(key, key);
+        enum err rc = ERR_UNAVAILABLE;
+        int n = 0;
+        while (rc != ERR_OK && n < 20) {
+            json_t *res;
+            rc = payment_authorize(p, &r, NULL, &res, &e);
+            json_decref(res);
+            n++;
+            assert_true(rc == ERR_OK || rc == ERR_UPSTREAM || rc == ERR_TIMEOUT);
+        }
+        assert_int_equal(rc, ERR_OK); /* 20 failures in a row: 0.7^20, 1 in 1,250 */
+        tries[i] = (char)('0' + n);
+    }
+    tries[10] = '\0';
+    struct fixture f = {.db = db};
+    assert_int_equal(count(&f, "SELECT COUNT(*) FROM psp_charges"), 10); /* once each */
+    assert_int_equal(count(&f, "SELECT COUNT(*) FROM payments WHERE state = 'AUTHORIZED'"), 10);
+    payments_destroy(p);
+    test_db_destroy(db);
+}
+
+/* A failure or a hang is transient, as a real PSP's: the same call again
+ * draws anew, and the seed still repeats the whole sequence. */
+static void
+a_psp_that_fails_lets_the_same_call_through_later(void **state)
+{
+    (void)state;
+    char first[11], again[11];
+    retries_with_seed(5, first);
+    retries_with_seed(5, again);
+    assert_string_equal(first, again);
+    assert_true(strspn(first, "1") < strlen(first)); /* some key needed a retry */
+}
+
 /* ---- concurrent retries -------------------------------------------------------------------- */
 
 struct retry {
@@ -1175,6 +1225,7 @@ static const struct CMUnitTest tests[] = {
     PAY_TEST(a_holder_overtaken_after_prepare_asks_the_psp_but_cannot_write),
     PAY_TEST(a_capture_follows_an_authorization_not_yet_written),
     cmocka_unit_test(the_same_seed_gives_the_same_answers),
+    cmocka_unit_test(a_psp_that_fails_lets_the_same_call_through_later),
     PAY_TEST(concurrent_retries_of_one_request_make_one_payment_and_one_charge),
     cmocka_unit_test_setup_teardown(operations_in_a_batch_end_as_they_would_alone, setup_one_thread,
                                     teardown),
