@@ -67,9 +67,15 @@ checkout_one(struct http_client *h, void *ctx, size_t client, uint64_t i)
     return true;
 }
 
+static void make_product(struct http_client *h, const char *sku);
+
 static void
 run_checkout(void)
 {
+    struct http_client *h = http_client_create(NULL, 60000);
+    make_product(h, "SKU-1"); /* the edge accepts baskets of products it sells */
+    make_product(h, "SKU-2");
+    http_client_destroy(h);
     struct bench_result res;
     bench_run((size_t)cfg.clients, cfg.duration_ms, checkout_one, NULL, &res);
     printf("{\"bench\":\"checkout\",\"label\":\"%s\",\"clients\":%" PRId64 ",\"accepted\":%zu,"
@@ -91,16 +97,24 @@ reserve_one(struct http_client *h, void *ctx, size_t client, uint64_t i)
     return true;
 }
 
-/* Products S0..S(skus-1), each with ample stock. */
+/* A product with ample stock. */
+static void
+make_product(struct http_client *h, const char *sku)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"sku\":\"%s\",\"name\":\"%s\",\"stock\":1000000000}", sku, sku);
+    json_decref(bench_call(h, cfg.url, "POST", "/inventory/products", body, 0));
+}
+
+/* Products S0..S(skus-1). */
 static void
 make_products(void)
 {
     struct http_client *h = http_client_create(NULL, 60000);
     for (int64_t i = 0; i < cfg.skus; i++) {
-        char body[128];
-        snprintf(body, sizeof body,
-                 "{\"sku\":\"S%" PRId64 "\",\"name\":\"S%" PRId64 "\",\"stock\":1000000000}", i, i);
-        json_decref(bench_call(h, cfg.url, "POST", "/inventory/products", body, 0));
+        char sku[32];
+        snprintf(sku, sizeof sku, "S%" PRId64, i);
+        make_product(h, sku);
     }
     http_client_destroy(h);
 }

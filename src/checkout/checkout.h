@@ -37,7 +37,7 @@ struct checkout_request {
     const char *fingerprint; /* SHA-256 hex of the canonical body */
     const char *customer_id;
     const char *currency;
-    const char *card; /* may be NULL */
+    const char *card; /* the card token the PSP charges */
     struct order_item items[ORDER_ITEMS_MAX];
     size_t n_items;
     int64_t total_amount;

@@ -46,7 +46,7 @@ payment_member(const json_t *body, struct checkout_request *req, struct bb_error
     if (rc == ERR_OK && method && strcmp(method, "card") != 0)
         rc = bb_fail(e, ERR_INVALID, "method", "method must be \"card\"");
     if (rc == ERR_OK)
-        rc = bb_json_text(payment, "card", false, 64, &req->card, e);
+        rc = bb_json_text(payment, "card", true, 64, &req->card, e); /* what the PSP charges */
     if (rc != ERR_OK)
         bb_error_prefix_field(e, "payment.");
     return rc;

@@ -6,6 +6,7 @@
  */
 #include "checkout/checkout_int.h"
 
+#include "inventory/inventory.h"
 #include "outbox/outbox.h"
 
 #include <stdlib.h>
@@ -193,11 +194,53 @@ requested_data(const json_t *body, const char *id, int64_t total_amount)
     return data;
 }
 
+/* Every item of reqs[0..n) names a product; rcs[i] (errors[i]) fails a
+ * request with an item that does not, naming it (rcs NULL: fail with it). */
+static enum err
+skus_check(struct store_conn *c, const struct checkout_request *const *reqs, size_t n,
+           enum err *rcs, struct bb_error *errors, struct bb_error *e)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += reqs[i]->n_items;
+    const char **skus = xcalloc(total, sizeof *skus);
+    bool *known = xcalloc(total, sizeof *known);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < reqs[i]->n_items; j++)
+            skus[k++] = reqs[i]->items[j].sku;
+    enum err rc = inventory_skus_known(c, skus, total, known, e);
+    k = 0;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        for (size_t j = 0; j < reqs[i]->n_items; j++, k++) {
+            if (known[k])
+                continue;
+            char field[32];
+            snprintf(field, sizeof field, "items[%zu].sku", j);
+            enum err bad = bb_fail(rcs ? &errors[i] : e, ERR_INVALID, field,
+                                   "no product with sku %s is sold here", skus[k]);
+            if (rcs == NULL)
+                rc = bad;
+            else
+                rcs[i] = bad;
+            k += reqs[i]->n_items - j;
+            break;
+        }
+    }
+    free(known);
+    free(skus);
+    return rc;
+}
+
 enum err
 checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_t now_ms,
                 json_t **out, bool *created, struct bb_error *e)
 {
     *created = false;
+    *out = NULL;
+    enum err checked = skus_check(c, &req, 1, NULL, NULL, e);
+    if (checked != ERR_OK)
+        return checked;
     char id[37];
     bb_uuid7_at(now_ms, id);
     json_t *body = request_json(req);
@@ -264,14 +307,21 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
                      const char *const *traceparents, size_t n, int64_t now_ms, json_t **outs,
                      bool *created, enum err *rcs, struct bb_error *errors, struct bb_error *e)
 {
+    for (size_t i = 0; i < n; i++) {
+        outs[i] = NULL;
+        created[i] = false;
+        rcs[i] = ERR_OK;
+    }
+    enum err rc = skus_check(c, reqs, n, rcs, errors, e);
+    if (rc != ERR_OK)
+        return rc;
     char(*ids)[37] = xcalloc(n, sizeof *ids);
     json_t **bodies = xcalloc(n, sizeof *bodies);
     struct store_batch w;
     store_batch_init(&w, c, 7);
     for (size_t i = 0; i < n; i++) {
-        outs[i] = NULL;
-        created[i] = false;
-        rcs[i] = ERR_OK;
+        if (rcs[i] != ERR_OK) /* refused: nothing of it is written */
+            continue;
         bb_uuid7_at(now_ms, ids[i]);
         json_t *body = bodies[i] = request_json(reqs[i]);
         store_batch_row(&w);
@@ -285,11 +335,11 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
     }
     const struct store_param p[] = {sp_batch(&w), sp_int(now_ms)};
     struct store_rows r;
-    enum err rc = store_query(c, &CHECKOUT_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
+    rc = store_query(c, &CHECKOUT_INSERT_MANY, p, BB_ARRAY_LEN(p), &r, e);
     store_batch_deinit(&w);
     while (rc == ERR_OK && store_next(&r)) {
         for (size_t i = 0; i < n; i++) {
-            if (strcmp(ids[i], store_col_text(&r, 0)) == 0) {
+            if (rcs[i] == ERR_OK && strcmp(ids[i], store_col_text(&r, 0)) == 0) {
                 outs[i] = checkout_json(&r, bodies[i], NULL);
                 created[i] = true;
             }
@@ -300,6 +350,8 @@ checkout_accept_many(struct store_conn *c, const struct checkout_request *const 
     struct outbox_event *evs = xcalloc(n, sizeof *evs);
     size_t k = 0;
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        if (rcs[i] != ERR_OK)
+            continue;
         if (created[i])
             evs[k++] = (struct outbox_event){
                 .type = "checkout.requested.v1",

@@ -62,6 +62,9 @@ struct inventory_item {
 BB_WUR enum err inventory_product_create(struct store_conn *c, const char *sku, const char *name,
                                          int64_t stock, int64_t now_ms, json_t **out, bool *created,
                                          struct bb_error *e);
+/* known[i]: whether skus[i] names a product (one statement for all n). */
+BB_WUR enum err inventory_skus_known(struct store_conn *c, const char *const *skus, size_t n,
+                                     bool *known, struct bb_error *e);
 /* {sku, name, on_hand, reserved, available, created_at, updated_at}. */
 BB_WUR enum err inventory_product_get_json(struct store_conn *c, const char *sku, json_t **out,
                                            struct bb_error *e);

@@ -153,6 +153,53 @@ inventory_product_get_json(struct store_conn *c, const char *sku, json_t **out, 
     return ERR_OK;
 }
 
+static int
+text_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static struct store_stmt PRODUCTS_KNOWN = {
+    .sql_pg = "SELECT sku FROM inventory_products WHERE sku = ANY($1::text[])",
+    .sql_sqlite = "SELECT sku FROM inventory_products"
+                  " WHERE sku IN (SELECT value FROM json_each($1))",
+};
+
+enum err
+inventory_skus_known(struct store_conn *c, const char *const *skus, size_t n, bool *known,
+                     struct bb_error *e)
+{
+    for (size_t i = 0; i < n; i++)
+        known[i] = false;
+    if (n == 0)
+        return ERR_OK;
+    struct store_batch list;
+    store_batch_texts(&list, c, skus, n);
+    const struct store_param p[] = {sp_batch(&list)};
+    struct store_rows r;
+    enum err rc = store_query(c, &PRODUCTS_KNOWN, p, 1, &r, e);
+    store_batch_deinit(&list);
+    if (rc != ERR_OK)
+        return rc;
+    /* The rows by sku, each sku once: a batch of checkouts may name
+     * thousands. */
+    size_t k = 0;
+    char **found = NULL;
+    while (store_next(&r)) {
+        found = xrealloc(found, (k + 1) * sizeof *found);
+        found[k++] = xstrdup(store_col_text(&r, 0));
+    }
+    store_rows_close(&r);
+    if (k > 0)
+        qsort(found, k, sizeof *found, text_cmp);
+    for (size_t i = 0; i < n && k > 0; i++)
+        known[i] = bsearch(&skus[i], found, k, sizeof *found, text_cmp) != NULL;
+    for (size_t i = 0; i < k; i++)
+        free(found[i]);
+    free(found);
+    return ERR_OK;
+}
+
 /* Record an on_hand change and announce it. */
 static enum err
 adjusted(struct store_conn *c, const char *sku, int64_t delta, const char *reason, const char *key,

@@ -15,6 +15,21 @@ BODY = {"customer_id": "cust-1", "currency": "EUR", "payment": {"card": "tok_vis
                                                                "unit_price": 500}]}
 
 
+def sell_a_and_b(server):
+    """The basket's products (without stock: the saga's end is not the
+    point here), so that the edge accepts it."""
+    for sku in ("A", "B"):
+        r = server.post("/inventory/products", {"sku": sku, "name": sku})
+        assert r.status_code in (200, 201), r.text
+
+
+@pytest.fixture
+def server(make_server):
+    s = make_server()
+    sell_a_and_b(s)
+    return s
+
+
 def checkout(server, key, body=BODY, status=202):
     r = server.post("/checkout", body, headers={"Idempotency-Key": key})
     assert r.status_code == status, r.text
@@ -91,6 +106,12 @@ BAD = [
     ({**BODY, "items": [{"sku": "A", "qty": -1, "unit_price": 1}]}, "items[0].qty"),
     ({**BODY, "items": [{"sku": "A", "qty": 1, "unit_price": 0.5}]}, "items[0].unit_price"),
     ({**BODY, "items": [{"sku": "no sku", "qty": 1, "unit_price": 1}]}, "items[0].sku"),
+    # Every sku names a product sold here (checked in the transaction that
+    # would write the checkout).
+    ({**BODY, "items": [{"sku": "A", "qty": 1, "unit_price": 1},
+                        {"sku": "NOSUCH", "qty": 1, "unit_price": 1}]}, "items[1].sku"),
+    ({**BODY, "payment": {}}, "payment.card"),
+    ({**BODY, "payment": {"method": "card"}}, "payment.card"),
     ({**BODY, "items": [{"sku": "A", "qty": 1, "unit_price": 1}] * 10000}, "items"),
     ({**BODY, "items": []}, "items"),
     ({**BODY, "currency": "EURO"}, "currency"),
@@ -126,6 +147,7 @@ def test_malformed_and_keyless_requests(server):
 
 def test_kill9_during_a_burst_loses_no_accepted_checkout_and_doubles_none(make_server):
     server = make_server(["--http-threads", "4"])
+    sell_a_and_b(server)
     keys = [f"burst-{i}" for i in range(400)]
     accepted = {}
 

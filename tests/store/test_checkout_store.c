@@ -329,10 +329,78 @@ a_checkout_no_saga_starts_for_fails_with_one_event_and_no_order(void **state)
     json_decref(done);
 }
 
+/* Accepting [good, unknown sku, good] in one statement, and the unknown
+ * one alone: what each got, and how many checkouts there are after. */
+struct unknown_op {
+    enum err rcs[3];
+    struct bb_error errors[3];
+    bool created[3];
+    enum err alone;
+    struct bb_error alone_error;
+    int64_t checkouts;
+};
+
+static struct store_stmt COUNT_CHECKOUTS = {.sql = "SELECT COUNT(*) FROM checkouts"};
+
+static enum err
+unknown_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct unknown_op *op = arg;
+    struct checkout_request good1 = mug("key-good-1", "tok_visa"), bad = mug("key-bad", "tok_visa"),
+                            good2 = mug("key-good-2", "tok_visa");
+    bad.items[1] = bad.items[0];
+    bad.items[1].sku = "NOSUCH";
+    bad.n_items = 2;
+    const struct checkout_request *reqs[] = {&good1, &bad, &good2};
+    const char *traces[] = {NULL, NULL, NULL};
+    json_t *outs[3];
+    enum err rc = checkout_accept_many(c, reqs, traces, 3, bb_wall_ms(), outs, op->created, op->rcs,
+                                       op->errors, e);
+    for (size_t i = 0; i < 3 && rc == ERR_OK; i++)
+        json_decref(outs[i]);
+    json_t *out = NULL;
+    bool created = false;
+    if (rc == ERR_OK)
+        op->alone = checkout_accept(c, &bad, bb_wall_ms(), &out, &created, &op->alone_error);
+    json_decref(out);
+    struct store_rows r;
+    if (rc == ERR_OK)
+        rc = store_query(c, &COUNT_CHECKOUTS, NULL, 0, &r, e);
+    if (rc == ERR_OK) {
+        op->checkouts = store_next(&r) ? store_col_int(&r, 0) : -1;
+        store_rows_close(&r);
+    }
+    return rc;
+}
+
+/* A basket with a sku no product has is refused, naming the item, and
+ * writes nothing; the requests beside it in its batch are accepted. */
+static void
+a_basket_with_an_unknown_sku_is_refused_and_writes_nothing(void **state)
+{
+    struct fixture *f = *state;
+    struct unknown_op op;
+    memset(&op, 0, sizeof op);
+    struct bb_error e;
+    assert_ok(store_run(f->db->store, STORE_WRITE, unknown_work, &op, &e), &e);
+    assert_int_equal(op.rcs[0], ERR_OK);
+    assert_true(op.created[0]);
+    assert_int_equal(op.rcs[2], ERR_OK);
+    assert_true(op.created[2]);
+    assert_int_equal(op.rcs[1], ERR_INVALID);
+    assert_false(op.created[1]);
+    assert_string_equal(op.errors[1].field, "items[1].sku");
+    assert_int_equal(op.alone, ERR_INVALID);
+    assert_string_equal(op.alone_error.field, "items[1].sku");
+    assert_int_equal(op.checkouts, 2);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(each_ended_checkout_announces_its_end_once_with_its_own_trace,
                                     setup, teardown),
     cmocka_unit_test_setup_teardown(a_checkout_no_saga_starts_for_fails_with_one_event_and_no_order,
+                                    setup, teardown),
+    cmocka_unit_test_setup_teardown(a_basket_with_an_unknown_sku_is_refused_and_writes_nothing,
                                     setup, teardown),
 };
 
