@@ -267,6 +267,18 @@ inventory_product_create(struct store_conn *c, const char *sku, const char *name
     if (rc != ERR_OK)
         return rc;
     *created = inserted == 1;
+    if (*created) { /* announced with its name and stock, even none */
+        json_t *data =
+            json_pack("{s:s, s:s, s:I}", "sku", sku, "name", name, "on_hand", (json_int_t)stock);
+        struct outbox_event ev = {.type = "inventory.product.created.v1",
+                                  .aggregate_type = "product",
+                                  .aggregate_id = sku,
+                                  .data = data};
+        rc = outbox_append(c, &ev, now_ms, e);
+        json_decref(data);
+        if (rc != ERR_OK)
+            return rc;
+    }
     if (*created && stock > 0)
         return adjusted(c, sku, stock, "initial stock", NULL, now_ms, out, e);
     rc = inventory_product_get_json(c, sku, out, e);

@@ -62,6 +62,11 @@ def test_products_and_stock_by_idempotency_key(server):
     problem(server.post("/inventory/products", {"sku": "SKU-0", "name": "Empty", "stock": 1}), 409,
             "conflict", "stock")
     problem(server.get("/inventory/products/NOPE"), 404, "not_found", "sku")
+    # Each creation is announced once, with its stock, even none; a
+    # replayed creation announces nothing.
+    created = [(e["aggregate_id"], e["data"]["name"], e["data"]["on_hand"])
+               for e in outbox_events(server, type="inventory.product.created.v1")]
+    assert created == [("SKU-1", "Blue mug", 5), ("SKU-0", "Empty", 0)]
 
 
 def test_reservations_take_all_or_nothing_and_answer_once_per_order(server):
@@ -229,8 +234,11 @@ def test_every_change_writes_an_event_that_matches_its_schema(make_server):
     server.post("/inventory/adjust", {"key": "r", "sku": "A", "delta": 1, "reason": "return"})
     await_condition(lambda: server.get("/inventory/reservations/o-3").json()["state"]
                     == "expired", what="o-3 to expire")
-    events = check_events(server, ["inventory.adjusted.v1", "inventory.reserved.v1",
-                                   "inventory.committed.v1", "inventory.released.v1"])
+    events = check_events(server, ["inventory.product.created.v1", "inventory.adjusted.v1",
+                                   "inventory.reserved.v1", "inventory.committed.v1",
+                                   "inventory.released.v1"])
+    assert [(e["type"], e["data"].get("on_hand")) for e in events if e["aggregate_id"] == "A"][:2] \
+        == [("inventory.product.created.v1", 10), ("inventory.adjusted.v1", 10)]
     assert [e["type"] for e in events if e["aggregate_id"] == "o-1"] == [
         "inventory.reserved.v1", "inventory.committed.v1"]
     # The request's trace goes with its event; a request without one starts
@@ -247,15 +255,15 @@ def test_events_past_the_outbox_retention_are_pruned(make_server):
     server = make_server(["--outbox-retention", "4s"])  # room to read them first
     for i in range(3):
         reserve(server, f"r-{i}", [{"sku": "A", "qty": 1}], status=404)  # no event
-        product(server, f"P-{i}", 5)  # one inventory.adjusted.v1 each
+        product(server, f"P-{i}", 5)  # created and adjusted: two events each
     events = outbox_events(server)  # on PostgreSQL, gives them their seqs
-    assert len(events) == 3
+    assert len(events) == 6
     # PostgreSQL keeps the event with the highest seq: the next seqs count on
     # from it.
     kept = 0 if ENGINE == "sqlite" else 1
-    await_condition(lambda: server.metric("backbone_outbox_events_pruned_total") == 3 - kept,
+    await_condition(lambda: server.metric("backbone_outbox_events_pruned_total") == 6 - kept,
                     what="old events to be pruned")
-    assert [e["seq"] for e in outbox_events(server)] == [e["seq"] for e in events[3 - kept:]]
+    assert [e["seq"] for e in outbox_events(server)] == [e["seq"] for e in events[6 - kept:]]
     product(server, "P-new", 5)
     fresh = server.get(f"/outbox?after={events[-1]['seq']}").json()["events"]
-    assert [e["aggregate_id"] for e in fresh] == ["P-new"]
+    assert [e["aggregate_id"] for e in fresh] == ["P-new", "P-new"]

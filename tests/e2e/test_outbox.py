@@ -7,7 +7,8 @@ from conftest import outbox_events, problem
 
 
 def make_events(server):
-    """Five events: three products' initial stock, one order, one adjust."""
+    """Eight events: three products' creation and initial stock, one order,
+    one adjust."""
     for sku in ("A", "B", "C"):
         r = server.post("/inventory/products", {"sku": sku, "name": sku, "stock": 5})
         assert r.status_code == 201, r.text
@@ -22,7 +23,8 @@ def make_events(server):
 def test_pages_follow_next_after_to_the_end(server):
     make_events(server)
     every = outbox_events(server)
-    assert [e["type"] for e in every] == ["inventory.adjusted.v1"] * 3 + [
+    assert [e["type"] for e in every] == [
+        "inventory.product.created.v1", "inventory.adjusted.v1"] * 3 + [
         "order.created.v1", "inventory.adjusted.v1"]
     seen, after = [], 0
     while True:
@@ -44,7 +46,7 @@ def test_filters_by_type_and_aggregate(server):
     assert [e["aggregate_id"] for e in outbox_events(server, type="inventory.adjusted.v1")] == \
         ["A", "B", "C", "B"]
     assert [e["type"] for e in outbox_events(server, aggregate_id="B")] == \
-        ["inventory.adjusted.v1", "inventory.adjusted.v1"]
+        ["inventory.product.created.v1", "inventory.adjusted.v1", "inventory.adjusted.v1"]
     both = outbox_events(server, type="inventory.adjusted.v1", aggregate_id="C")
     assert [(e["type"], e["aggregate_id"]) for e in both] == [("inventory.adjusted.v1", "C")]
     assert outbox_events(server, type="payment.refunded.v1") == []

@@ -281,6 +281,7 @@ stock_and_adjustments_apply_once_per_key(void **state)
     assert_int_equal(json_integer_value(json_object_get(p, "available")), 1);
     json_decref(p);
     assert_int_equal(events(f->c, "inventory.adjusted.v1"), 3);
+    assert_int_equal(events(f->c, "inventory.product.created.v1"), 1); /* with no stock */
 }
 
 /* ---- concurrent buyers ---------------------------------------------------------------------- */
@@ -343,6 +344,7 @@ concurrent_buyers_never_oversell(void **state)
     assert_int_equal(race.short_, BUYERS * TRIES - UNITS);
     int64_t on_hand, reserved;
     stock_of(f->c, "HOT", &on_hand, &reserved);
+    assert_int_equal(on_hand, UNITS);
     assert_int_equal(reserved, UNITS);
     assert_int_equal(events(f->c, "inventory.reserved.v1"), UNITS);
 }
