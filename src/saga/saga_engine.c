@@ -907,6 +907,9 @@ load_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct step_job *j = arg;
     bool found;
     saga__instance_deinit(&j->in);
+    if (bb_fault("saga.load"))
+        return bb_fail(e, ERR_STORE, "", "saga %s: its first read failed (fault point)",
+                       j->saga_id);
     enum err rc = saga__load(c, j->saga_id, &j->in, &found, e);
     if (rc == ERR_OK && !found)
         j->in.state = SAGA_FAILED; /* nothing to run */

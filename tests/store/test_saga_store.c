@@ -744,6 +744,24 @@ a_unit_whose_commit_answer_is_lost_goes_on_from_what_it_committed(void **state)
     assert_int_equal(reloads("committed"), before + 1);
 }
 
+/* A run's first read of its saga fails (once): the run reads it again in
+ * process and goes on, its job not retried. */
+static void
+a_run_whose_first_read_fails_reads_it_again(void **state)
+{
+    struct fixture *f = *state;
+    TOY_SET(retries_left[1], 1); /* s2's retry runs from the store, not the starter */
+    struct bb_error e;
+    assert_ok(bb_faults_arm("saga.load=1", 1, &e), &e);
+    struct start_op op = {.correlation = "order-load"};
+    json_t *saga = await_state(f, started(f, &op), "COMPLETED");
+    assert_int_equal(bb_faults_injected("saga.load"), 1);
+    timeline_is(saga, "s1:action:ok s2:action:retry s2:action:ok s3:action:ok");
+    json_decref(saga);
+    log_is("a1 a2 a2 a3 ");
+    assert_int_equal(count_of(f, &SAGA_JOBS_RETRIED, NULL), 0); /* a step's retry is a new job */
+}
+
 /* Since the last call. */
 static void
 before_is(int seen, int64_t found)
@@ -1891,6 +1909,7 @@ static const struct CMUnitTest tests[] = {
     SAGA_TEST(a_unit_the_store_fails_commits_the_same_results_again),
     SAGA_TEST(a_unit_the_store_keeps_failing_is_left_to_its_job),
     SAGA_TEST(a_unit_whose_commit_answer_is_lost_goes_on_from_what_it_committed),
+    SAGA_TEST(a_run_whose_first_read_fails_reads_it_again),
     SAGA_TEST(an_at_once_step_runs_before_the_step_before_is_recorded),
     SAGA_TEST(an_at_once_step_follows_only_a_success),
     SAGA_TEST(records_of_steps_run_at_once_commit_together),
