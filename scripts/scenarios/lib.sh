@@ -111,6 +111,27 @@ restore_settings() {
     echo "could not put back the PSP's config: $saved_psp" >&2; rc=1; }
   exit "$rc"
 }
+# A scenario against a live server does not trust the PSP mock's config as
+# it finds it (a hang_op, a latency or a decline list left set by someone
+# else would change what it shows): after keep_settings it calls set_psp
+# with what its demonstration needs, and every other field the mock's
+# behaviour depends on is set to its neutral value (no latency, no random
+# failures, timeouts or declines, no declined cards or amounts, no pending
+# fail_next/hang_next, hang_op ""). The seed is left as it is: with every
+# rate 0 nothing is drawn. Exits if the PSP does not take it.
+PSP_NEUTRAL='{"latency_ms":0,"failure_rate":0,"timeout_rate":0,"decline_rate":0,
+  "decline_cards":[],"decline_amounts":[],"fail_next":0,"hang_next":0,"hang_op":""}'
+set_psp() { # [json]: the PSP's config for the demonstration, the rest neutral
+  local over='{}' want now
+  [ $# -gt 0 ] && over=$1
+  [ -n "${saved_psp:-}" ] || { echo "set_psp before keep_settings" >&2; exit 1; }
+  want=$(jq -cn --argjson n "$PSP_NEUTRAL" --argjson w "$over" '$n + $w')
+  now=$(api PUT /psp/config "$want")
+  if ! jq -e --argjson w "$want" '. as $c | all($w | keys[]; $c[.] == $w[.])' <<<"$now" >/dev/null; then
+    echo "the PSP did not take the config $want: $now" >&2
+    exit 1
+  fi
+}
 # ---- scenarios that start their own server (crash, faults) ------------------------
 # They set BIN, DB, DECLINE_RATE and call own_server NAME first; up [ENV=V...]
 # starts the server (again), accept_all runs the checkouts of N units of $sku
