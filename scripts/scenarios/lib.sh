@@ -262,6 +262,25 @@ reconcile() {
           | from_entries) as $to
          | [$s[0][] | select(.state == "COMPLETED" or .state == "FAILED")
             | select($to[.correlation_id] != [.state])] | length')"
+  # Fulfilment (the "fulfilment" jobs of queue "default", one submitted with
+  # each order's confirmation, in its transaction): one per COMPLETED
+  # checkout's order, naming that checkout, none for a FAILED one.
+  pages "/jobs?queue=default&limit=1000" jobs |
+    jq '[.[] | select(.handler == "fulfilment") | .payload]' >"$work/fulfilments.json"
+  fulfil() { # jq over the sagas ($sagas, the COMPLETED ones $done) and the jobs' payloads ($f)
+    jq -n --slurpfile s "$sagas" --slurpfile f "$work/fulfilments.json" \
+      '$s[0] as $sagas | [$sagas[] | select(.state == "COMPLETED")] as $done | $f[0] as $f | '"$1"
+  }
+  check "fulfilment jobs, one per COMPLETED checkout" "$completed" "$(jq length "$work/fulfilments.json")"
+  check "orders with more than one fulfilment job" 0 \
+    "$(fulfil '$f | group_by(.order_id) | map(select(length > 1)) | length')"
+  check "COMPLETED checkouts without their order's fulfilment job" 0 \
+    "$(fulfil '($f | map({key: .order_id, value: .checkout_id}) | from_entries) as $of
+       | [$done[] | select($of[.data.order_id] != .correlation_id)] | length')"
+  check "fulfilment jobs of FAILED checkouts' orders" 0 \
+    "$(fulfil '($sagas | map(select(.state == "FAILED" and .data.order_id)
+                          | {key: .data.order_id, value: true}) | from_entries) as $failed
+       | [$f[] | select($failed[.order_id])] | length')"
   # The PSP's own record (psp_charges: one row per call key, authorize:K,
   # capture:K and void:K for the payment of key K) against the ledger.
   approved='[.[] | select(.outcome == "approved")]'

@@ -66,6 +66,17 @@ def psp_charges(server):
         after = page["next_after"]
 
 
+def fulfilment_jobs(server):
+    """The payloads of every fulfilment job ({order_id, checkout_id})."""
+    jobs, after = [], 0
+    while True:
+        page = server.get(f"/jobs?queue=default&after={after}&limit=1000").json()
+        jobs += [j["payload"] for j in page["jobs"] if j["handler"] == "fulfilment"]
+        if page["next_after"] is None:
+            return jobs
+        after = page["next_after"]
+
+
 STATUS_CHANGED = "checkout.status.changed.v1"
 
 
@@ -304,6 +315,7 @@ def test_a_decline_compensates_at_once_without_retries(server):
     assert stock(server, "A")["available"] == 5
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "FAILED" and pay["captured_amount"] == 0
+    assert fulfilment_jobs(server) == []  # nothing to fulfil
     ended_once(server, c)  # FAILED, "the payment was declined", its order
 
 
@@ -439,6 +451,9 @@ def test_kill_9_in_the_middle_of_checkouts_loses_nothing_and_charges_once(make_s
     assert len(ends) == len(accepted)
     for c in done:
         announced_once(c, ends, traces[c["checkout_id"]])
+    # One fulfilment job per order, naming its checkout, crashes or not.
+    assert sorted((j["order_id"], j["checkout_id"]) for j in fulfilment_jobs(server)) \
+        == sorted((c["order_id"], c["checkout_id"]) for c in done)
 
 
 def test_sagas_api_filters_and_refuses_bad_input(server):

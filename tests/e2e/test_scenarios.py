@@ -101,12 +101,17 @@ def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
 
 
 # Lines of the reconciliation every scenario that starts its own server
-# ends with: sagas against checkouts, orders and status events against how
-# their checkouts ended, the PSP's own record against the ledger.
+# ends with: sagas against checkouts, orders, status events and fulfilment
+# jobs against how their checkouts ended, the PSP's own record against the
+# ledger.
 RECONCILED = ("ok    orders of FAILED checkouts CANCELLED",
               "ok    AUTHORIZED payments of FAILED checkouts: 0",
               "ok    checkout status events, one per ended checkout",
               "ok    ended checkouts without exactly one status event saying how: 0",
+              "ok    fulfilment jobs, one per COMPLETED checkout",
+              "ok    orders with more than one fulfilment job: 0",
+              "ok    COMPLETED checkouts without their order's fulfilment job: 0",
+              "ok    fulfilment jobs of FAILED checkouts' orders: 0",
               "ok    money kept by the PSP (captures - refunds)",
               "ok    PSP authorizations the ledger does not know, or the reverse: 0",
               "ok    PSP captures = payments the ledger captured",
