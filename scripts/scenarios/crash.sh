@@ -4,9 +4,9 @@
 # key until it is accepted; the PSP declines a share of the payments
 # (DECLINE_RATE, 0.1), so failures and their compensations are crashed into
 # too. At the end there is one saga per checkout, every one COMPLETED or
-# FAILED, and money (the ledger's and the PSP's own record), stock and
-# orders reconcile exactly. This one starts its own server (it has to kill
-# it):
+# FAILED, and money (the ledger's and the PSP's own record), stock, orders
+# and fulfilment jobs reconcile exactly. This one starts its own server (it
+# has to kill it):
 #   BACKBONE_BIN  the binary (default ./build/backbone)
 #   BACKBONE_DB   its database (default a fresh SQLite file under /tmp)
 #   KEEP=1        keep the work directory (a failed run keeps it anyway)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A decline is permanent: the saga compensates at once, without retries.
-# (The PSP is put back as it was when the script exits.)
+# (The PSP's other settings are made neutral for it, and the PSP is put
+# back as it was when the script exits.)
 . "$(dirname "$0")/lib.sh"
 keep_settings
 sku=DECL-$RUN
 product "$sku" 5
-api PUT /psp/config '{"decline_cards":["tok_stolen"]}' >/dev/null
+set_psp '{"decline_cards":["tok_stolen"]}'
 say "== a checkout paid with a card the PSP declines (tok_stolen)"
 one_checkout "decline-$RUN" "$sku" 2 100 tok_stolen
 say "== reconciliation"

@@ -7,9 +7,9 @@
 # COMMIT leaves its outcome unknown to the server, which must not guess. A
 # client retries each checkout with its key until it gets its 202; the PSP
 # declines a share of the payments (DECLINE_RATE, 0.1). At the end there is
-# one saga per checkout, every one COMPLETED or FAILED, money, stock and
-# orders reconcile exactly, and the server stops cleanly. Starts its own
-# server, on PostgreSQL only:
+# one saga per checkout, every one COMPLETED or FAILED, money, stock,
+# orders and fulfilment jobs reconcile exactly, and the server stops
+# cleanly. Starts its own server, on PostgreSQL only:
 #   BACKBONE_DB   the database, postgres://... (its connections are the ones cut)
 #   BACKBONE_BIN  the binary (default ./build/backbone)
 #   KEEP=1        keep the work directory (a failed run keeps it anyway)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The same Idempotency-Key sent 10 times at once makes one checkout and one saga.
+# (The PSP's settings are made neutral for it and put back when it exits.)
 . "$(dirname "$0")/lib.sh"
+keep_settings
+set_psp # no declines, failures or hangs: a checkout that gets its stock completes
 sku=DUP-$RUN
 product "$sku" 5
 say "== 10 concurrent POST /checkout with Idempotency-Key dup-$RUN"

@@ -8,8 +8,9 @@
 # meet the faults too. Where kill -9 (crash.sh) wipes the process's memory,
 # here the process lives on and must not trust what it did not see
 # committed. At the end there is one saga per checkout, every one COMPLETED
-# or FAILED, and money, stock and orders reconcile exactly. Starts its own
-# server, which must be a test build (build/, not build-release/):
+# or FAILED, and money, stock, orders and fulfilment jobs reconcile
+# exactly. Starts its own server, which must be a test build (build/, not
+# build-release/):
 #   BACKBONE_BIN  the binary (default ./build/backbone)
 #   BACKBONE_DB   its database (default a fresh SQLite file under /tmp)
 #   KEEP=1        keep the work directory (database, server log, pages read);

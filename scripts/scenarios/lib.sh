@@ -111,6 +111,27 @@ restore_settings() {
     echo "could not put back the PSP's config: $saved_psp" >&2; rc=1; }
   exit "$rc"
 }
+# A scenario against a live server does not trust the PSP mock's config as
+# it finds it (a hang_op, a latency or a decline list left set by someone
+# else would change what it shows): after keep_settings it calls set_psp
+# with what its demonstration needs, and every other field the mock's
+# behaviour depends on is set to its neutral value (no latency, no random
+# failures, timeouts or declines, no declined cards or amounts, no pending
+# fail_next/hang_next, hang_op ""). The seed is left as it is: with every
+# rate 0 nothing is drawn. Exits if the PSP does not take it.
+PSP_NEUTRAL='{"latency_ms":0,"failure_rate":0,"timeout_rate":0,"decline_rate":0,
+  "decline_cards":[],"decline_amounts":[],"fail_next":0,"hang_next":0,"hang_op":""}'
+set_psp() { # [json]: the PSP's config for the demonstration, the rest neutral
+  local over='{}' want now
+  [ $# -gt 0 ] && over=$1
+  [ -n "${saved_psp:-}" ] || { echo "set_psp before keep_settings" >&2; exit 1; }
+  want=$(jq -cn --argjson n "$PSP_NEUTRAL" --argjson w "$over" '$n + $w')
+  now=$(api PUT /psp/config "$want")
+  if ! jq -e --argjson w "$want" '. as $c | all($w | keys[]; $c[.] == $w[.])' <<<"$now" >/dev/null; then
+    echo "the PSP did not take the config $want: $now" >&2
+    exit 1
+  fi
+}
 # ---- scenarios that start their own server (crash, faults) ------------------------
 # They set BIN, DB, DECLINE_RATE and call own_server NAME first; up [ENV=V...]
 # starts the server (again), accept_all runs the checkouts of N units of $sku
@@ -241,6 +262,25 @@ reconcile() {
           | from_entries) as $to
          | [$s[0][] | select(.state == "COMPLETED" or .state == "FAILED")
             | select($to[.correlation_id] != [.state])] | length')"
+  # Fulfilment (the "fulfilment" jobs of queue "default", one submitted with
+  # each order's confirmation, in its transaction): one per COMPLETED
+  # checkout's order, naming that checkout, none for a FAILED one.
+  pages "/jobs?queue=default&limit=1000" jobs |
+    jq '[.[] | select(.handler == "fulfilment") | .payload]' >"$work/fulfilments.json"
+  fulfil() { # jq over the sagas ($sagas, the COMPLETED ones $done) and the jobs' payloads ($f)
+    jq -n --slurpfile s "$sagas" --slurpfile f "$work/fulfilments.json" \
+      '$s[0] as $sagas | [$sagas[] | select(.state == "COMPLETED")] as $done | $f[0] as $f | '"$1"
+  }
+  check "fulfilment jobs, one per COMPLETED checkout" "$completed" "$(jq length "$work/fulfilments.json")"
+  check "orders with more than one fulfilment job" 0 \
+    "$(fulfil '$f | group_by(.order_id) | map(select(length > 1)) | length')"
+  check "COMPLETED checkouts without their order's fulfilment job" 0 \
+    "$(fulfil '($f | map({key: .order_id, value: .checkout_id}) | from_entries) as $of
+       | [$done[] | select($of[.data.order_id] != .correlation_id)] | length')"
+  check "fulfilment jobs of FAILED checkouts' orders" 0 \
+    "$(fulfil '($sagas | map(select(.state == "FAILED" and .data.order_id)
+                          | {key: .data.order_id, value: true}) | from_entries) as $failed
+       | [$f[] | select($failed[.order_id])] | length')"
   # The PSP's own record (psp_charges: one row per call key, authorize:K,
   # capture:K and void:K for the payment of key K) against the ledger.
   approved='[.[] | select(.outcome == "approved")]'

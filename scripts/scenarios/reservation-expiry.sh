@@ -4,14 +4,15 @@
 # the sale; the commit is refused, the payment refunded, nothing oversold.
 # Needs a server started with a short TTL, e.g.
 #   backbone serve --checkout-reservation-ttl 1s
-# (the script makes each PSP call take LATENCY_MS, 1500 by default, and puts
-# the PSP back as it was when it exits).
+# (the script makes each PSP call take LATENCY_MS, 1500 by default, with
+# the PSP's other settings neutral, and puts the PSP back as it was when it
+# exits).
 . "$(dirname "$0")/lib.sh"
 keep_settings
 LATENCY_MS=${LATENCY_MS:-1500}
 sku=EXP-$RUN
 product "$sku" 1
-api PUT /psp/config "{\"latency_ms\":$LATENCY_MS}" >/dev/null
+set_psp "{\"latency_ms\":$LATENCY_MS}"
 say "== one unit of $sku, a checkout, and a PSP that takes $LATENCY_MS ms per call"
 one_checkout "exp-$RUN" "$sku" 1 900
 say "== reconciliation"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # More buyers than stock: the excess fail "out of stock", nothing oversold.
+# (The PSP's settings are made neutral for it and put back when it exits.)
 . "$(dirname "$0")/lib.sh"
+keep_settings
+set_psp # no declines, failures or hangs: a checkout that gets its stock completes
 BUYERS=${BUYERS:-20} STOCK=${STOCK:-5}
 sku=SHORT-$RUN
 product "$sku" "$STOCK"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Many concurrent checkouts all end COMPLETED; stock, payments and orders
 # agree exactly.   N=50 scripts/scenarios/success.sh
+# (The PSP's settings are made neutral for it and put back when it exits.)
 . "$(dirname "$0")/lib.sh"
+keep_settings
+set_psp # no declines, failures or hangs: a checkout that gets its stock completes
 N=${N:-50}
 sku=OK-$RUN
 product "$sku" 1000

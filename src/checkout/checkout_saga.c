@@ -151,7 +151,11 @@ cancel_order(struct saga_step_run *run, struct bb_error *e)
 
 /* The fulfilment job of an order confirmed in this transaction. No unique
  * key: the confirmation commits once per saga (its move is a
- * compare-and-set), and the job records an order once. */
+ * compare-and-set; a unit whose commit answer was lost reads the saga back
+ * and goes on from what committed, so it is not confirmed twice), and the
+ * job records an order once. A unique key would not say more: it holds
+ * only while its job is pending or running. The scenarios' reconciliation
+ * counts these jobs against the checkouts (scripts/scenarios/lib.sh). */
 static struct job_spec
 fulfilment_job(char payload[256], const char *order_id, const struct saga_step_run *run)
 {

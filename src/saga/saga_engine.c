@@ -120,7 +120,8 @@ static struct metrics_def M_UNIT_RELOADS = {
 };
 static struct metrics_def M_STEP = {
     .name = "backbone_saga_step_duration_seconds",
-    .help = "Time one run of a saga step took, by type, step and phase.",
+    .help = "Time one run of a saga step took, by type, step and phase (a step run for "
+            "several sagas at once in a batch: the batch's time, for each of them).",
     .type = METRICS_HISTOGRAM,
     .labels = {"type", "step", "phase"},
     .buckets = METRICS_LATENCY_BUCKETS,
@@ -415,12 +416,12 @@ run_step(struct step_job *j, const struct saga_instance *in, struct store_conn *
     struct saga_step_run sr = step_run(j, in, c, out->data, key);
     sr.before = before;
     saga_step_fn *fn = compensating ? sd->compensate : sd->action;
-    int64_t t0 = bb_mono_ms();
+    int64_t t0_ns = bb_mono_ns();
     struct trace_scope ts;
     trace_enter(&ts, sr.traceparent);
     out->outcome = fn ? fn(&sr, &out->error) : SAGA_STEP_OK;
     trace_leave(&ts);
-    saga__metric_step(in->type, sd->name, compensating, (double)(bb_mono_ms() - t0) / 1e3);
+    saga__metric_step(in->type, sd->name, compensating, (double)(bb_mono_ns() - t0_ns) / 1e9);
     bb_strlcpy(out->reason, sr.reason, sizeof out->reason);
     if (c == NULL) {
         j->held = sr.held;
@@ -755,12 +756,16 @@ batch_round(struct store_conn *c, struct unit_batch *b, size_t *ran, struct bb_e
     if (k == 0)
         return ERR_OK;
     const struct saga_step_def *sd = &m[0]->def->steps[m[0]->work.step];
-    int64_t started = bb_wall_ms(), t0 = bb_mono_ms();
+    int64_t started = bb_wall_ms(), t0_ns = bb_mono_ns();
     struct trace_scope ts;
     trace_enter(&ts, NULL); /* each run's trace is its own (runs[i].traceparent) */
     enum err rc = sd->action_batch(rp, k, out, errors, e);
     trace_leave(&ts);
-    double seconds = (double)(bb_mono_ms() - t0) / 1e3;
+    /* Each member waited the whole batch for its step: that is its step's
+     * latency (not the batch's time shared out, which no member saw). A
+     * batch that fails records nothing: its members run again alone and
+     * record those runs. */
+    double seconds = (double)(bb_mono_ns() - t0_ns) / 1e9;
     for (size_t i = 0; i < k; i++) {
         if (rc == ERR_OK) {
             saga__metric_step(m[i]->work.type, sd->name, false, seconds);

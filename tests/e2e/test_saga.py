@@ -66,6 +66,17 @@ def psp_charges(server):
         after = page["next_after"]
 
 
+def fulfilment_jobs(server):
+    """The payloads of every fulfilment job ({order_id, checkout_id})."""
+    jobs, after = [], 0
+    while True:
+        page = server.get(f"/jobs?queue=default&after={after}&limit=1000").json()
+        jobs += [j["payload"] for j in page["jobs"] if j["handler"] == "fulfilment"]
+        if page["next_after"] is None:
+            return jobs
+        after = page["next_after"]
+
+
 STATUS_CHANGED = "checkout.status.changed.v1"
 
 
@@ -164,7 +175,7 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
     for sku in "ABC":
         assert stock(server, sku) == {"sku": sku, "on_hand": 100 - sold[sku], "reserved": 0,
                                       "available": 100 - sold[sku]}
-    captured = 0
+    captured, sagas = 0, []
     for c, basket in zip(done, baskets):
         order = server.get(f"/orders/{c['order_id']}").json()
         assert order["status"] == "CONFIRMED"
@@ -175,6 +186,7 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
         saga = saga_of(server, c["checkout_id"])
         assert saga["state"] == "COMPLETED"
         assert [s for s, _, _ in steps(saga)] == saga["steps"]
+        sagas.append(saga)
     # The PSP saw one authorization and one capture per order, nothing else.
     ops = [ch["op"] for ch in psp_charges(server)]
     assert sorted(ops) == sorted(["authorize", "capture"] * len(ids))
@@ -194,8 +206,15 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
     assert len(ends) == len(ids)
     for c in done:
         announced_once(c, ends, traces[c["checkout_id"]])
+    assert server.metric("backbone_sagas_started_total", 'type="checkout"') == len(ids)
     assert server.metric("backbone_sagas_ended_total", 'type="checkout",outcome="completed"') \
         == len(ids)
+    # Each run of a step in every saga's timeline timed, under its step (a
+    # batch's member too: once each); more only for a unit the store ran
+    # again after a conflict, whose first runs rolled back.
+    timed = samples(server)
+    for (step, phase), k in step_runs(sagas).items():
+        assert timed[step_series(step, phase)] >= k, (step, phase)
     # Jobs submitted inside Backbone count too: a fulfilment per order, and at
     # least the first step's job per saga.
     assert server.metric("backbone_jobs_submitted_total", 'queue="default"') == len(ids)
@@ -207,6 +226,79 @@ def test_concurrent_checkouts_all_complete_and_everything_agrees(server):
                                      "backbone_payment_batch_fallbacks_total",
                                      "backbone_store_group_fallbacks_total"))]
     assert all(float(line.split(" ")[1]) == 0 for line in fallbacks), fallbacks
+
+
+STEP_SECONDS = "backbone_saga_step_duration_seconds"
+
+
+def samples(server):
+    """Every sample /metrics gives now, by its name and labels as written."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in server.metrics().splitlines() if line and not line.startswith("#")}
+
+
+def grew(before, after, series):
+    return after.get(series, 0) - before.get(series, 0)
+
+
+def step_runs(sagas):
+    """How many times each (step, phase) ran, as the sagas' timelines say."""
+    runs = {}
+    for saga in sagas:
+        for step, phase, _ in steps(saga):
+            runs[step, phase] = runs.get((step, phase), 0) + 1
+    return runs
+
+
+def step_series(step, phase, part="count"):
+    return f'{STEP_SECONDS}_{part}{{type="checkout",step="{step}",phase="{phase}"}}'
+
+
+def test_saga_metrics_count_the_sagas_and_every_step_run(server):
+    # Checkouts one after another (no unit runs twice for a conflict): the
+    # step histogram counts exactly the runs the timelines show, each step
+    # and phase under its own labels; every PSP call takes at least 2 ms.
+    product(server, "M", 10)
+    server.put("/psp/config", {"latency_ms": 2, "decline_cards": ["tok_stolen"]})
+    before = samples(server)
+    n = 3
+    done = [settled(server, checkout(server, [{"sku": "M", "qty": 1, "unit_price": 100}]))
+            for _ in range(n)]
+    assert {c["status"] for c in done} == {"COMPLETED"}
+    sagas = [saga_of(server, c["checkout_id"]) for c in done]
+    mid = samples(server)
+    assert grew(before, mid, 'backbone_sagas_started_total{type="checkout"}') == n
+    assert grew(before, mid, 'backbone_sagas_ended_total{type="checkout",outcome="completed"}') \
+        == n
+    runs = step_runs(sagas)
+    assert {step for step, _ in runs} == set(sagas[0]["steps"])  # all six, actions only
+    assert {phase for _, phase in runs} == {"action"}
+    for (step, phase), k in runs.items():
+        assert grew(before, mid, step_series(step, phase)) == k, (step, phase)
+        assert grew(before, mid, step_series(step, phase, "bucket").replace(
+            "}", ',le="+Inf"}')) == k
+    for step in ("authorize_payment", "capture_payment"):  # a PSP call each, >= 2 ms
+        assert grew(before, mid, step_series(step, "action", "sum")) >= n * 0.002
+    assert all(grew(before, mid, step_series(step, "compensation")) == 0 for step in runs)
+
+    # A declined checkout: its actions up to the payment, then the
+    # compensations, each counted under its step and phase "compensation".
+    c = settled(server, checkout(server, [{"sku": "M", "qty": 1, "unit_price": 100}],
+                                 card="tok_stolen"))
+    assert c["status"] == "FAILED"
+    saga = saga_of(server, c["checkout_id"])
+    after = samples(server)
+    assert grew(mid, after, 'backbone_sagas_started_total{type="checkout"}') == 1
+    assert grew(mid, after,
+                'backbone_sagas_ended_total{type="checkout",outcome="compensated"}') == 1
+    assert grew(mid, after, 'backbone_sagas_ended_total{type="checkout",outcome="completed"}') \
+        == 0
+    runs = step_runs([saga])
+    assert [(s, p) for s, p, _ in COMPENSATED] == [k for k in runs if k[1] == "compensation"]
+    for step in sagas[0]["steps"]:
+        for phase in ("action", "compensation"):
+            assert grew(mid, after, step_series(step, phase)) == runs.get((step, phase), 0), \
+                (step, phase)
 
 
 def test_a_decline_compensates_at_once_without_retries(server):
@@ -223,6 +315,7 @@ def test_a_decline_compensates_at_once_without_retries(server):
     assert stock(server, "A")["available"] == 5
     [pay] = payments_of(server, c["order_id"])
     assert pay["state"] == "FAILED" and pay["captured_amount"] == 0
+    assert fulfilment_jobs(server) == []  # nothing to fulfil
     ended_once(server, c)  # FAILED, "the payment was declined", its order
 
 
@@ -358,6 +451,9 @@ def test_kill_9_in_the_middle_of_checkouts_loses_nothing_and_charges_once(make_s
     assert len(ends) == len(accepted)
     for c in done:
         announced_once(c, ends, traces[c["checkout_id"]])
+    # One fulfilment job per order, naming its checkout, crashes or not.
+    assert sorted((j["order_id"], j["checkout_id"]) for j in fulfilment_jobs(server)) \
+        == sorted((c["order_id"], c["checkout_id"]) for c in done)
 
 
 def test_sagas_api_filters_and_refuses_bad_input(server):

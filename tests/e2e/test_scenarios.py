@@ -24,14 +24,25 @@ def settings(server):
     return queue, server.get("/psp/config").json()
 
 
-def run(script, server=None, ok=True, **env):
-    """Run a scenario; against `server`, the settings it changes are the same
+# Settings left on the PSP mock by someone else, each of which would change
+# what some scenario shows if it were taken as found: a hang on the voids
+# (the compensation of psp-timeout.sh's first checkout), a hang and a
+# failure pending, random failures, timeouts and declines, a latency, and
+# the scenarios' card and amounts declined.
+STRAY_PSP = {"hang_op": "void", "hang_next": 2, "fail_next": 1, "failure_rate": 0.3,
+             "timeout_rate": 0.2, "decline_rate": 0.2, "latency_ms": 30,
+             "decline_cards": ["tok_visa"], "decline_amounts": [100, 250, 700, 900]}
+
+
+def run(script, server=None, ok=True, psp=None, **env):
+    """Run a scenario; against `server` (whose PSP is given `psp` first, or
+    the operator's settings), the settings it changes are the same
     afterwards as before, whether its checks passed (ok) or not."""
     e = dict(os.environ, **{k: str(v) for k, v in env.items()})
     if server:
         e["BACKBONE_URL"] = server.url
         assert server.put("/queues/sagas", OPERATOR_QUEUE).status_code == 200
-        assert server.put("/psp/config", OPERATOR_PSP).status_code == 200
+        assert server.put("/psp/config", psp or OPERATOR_PSP).status_code == 200
         before = settings(server)
     out = subprocess.run([str(SCENARIOS / script)], capture_output=True, text=True, env=e,
                          timeout=300)
@@ -61,6 +72,26 @@ def test_reservation_expiry_scenario(make_server):
     run("reservation-expiry.sh", server, LATENCY_MS=400)
 
 
+# Every scenario run against a live server, with the server's options it
+# needs and the environment the tests above give it.
+LIVE = [("success.sh", [], {"N": 5}), ("decline.sh", [], {}),
+        ("shortage.sh", [], {"BUYERS": 4, "STOCK": 2}), ("duplicate.sh", [], {}),
+        ("psp-timeout.sh", ["--psp-timeout", "100ms"], {}),
+        ("reservation-expiry.sh", ["--checkout-reservation-ttl", "300ms",
+                                   "--reservation-sweep", "20ms"], {"LATENCY_MS": 400})]
+
+
+@pytest.mark.parametrize("script,options,env", LIVE, ids=[s for s, _, _ in LIVE])
+def test_a_scenario_is_not_misled_by_a_psp_setting_left_on_the_server(make_server, script,
+                                                                      options, env):
+    server = make_server(options)
+    out = run(script, server, psp=STRAY_PSP, **env)
+    # What it set for itself is undone: the stray settings are back.
+    assert "put back /psp/config" in out
+    config = server.get("/psp/config").json()
+    assert {k: config[k] for k in STRAY_PSP} == STRAY_PSP
+
+
 def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
     # The reservation outlives the slow payment (the default TTL is 10 min),
     # so the checkout completes and the checks fail; the PSP's latency is
@@ -70,12 +101,17 @@ def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
 
 
 # Lines of the reconciliation every scenario that starts its own server
-# ends with: sagas against checkouts, orders and status events against how
-# their checkouts ended, the PSP's own record against the ledger.
+# ends with: sagas against checkouts, orders, status events and fulfilment
+# jobs against how their checkouts ended, the PSP's own record against the
+# ledger.
 RECONCILED = ("ok    orders of FAILED checkouts CANCELLED",
               "ok    AUTHORIZED payments of FAILED checkouts: 0",
               "ok    checkout status events, one per ended checkout",
               "ok    ended checkouts without exactly one status event saying how: 0",
+              "ok    fulfilment jobs, one per COMPLETED checkout",
+              "ok    orders with more than one fulfilment job: 0",
+              "ok    COMPLETED checkouts without their order's fulfilment job: 0",
+              "ok    fulfilment jobs of FAILED checkouts' orders: 0",
               "ok    money kept by the PSP (captures - refunds)",
               "ok    PSP authorizations the ledger does not know, or the reverse: 0",
               "ok    PSP captures = payments the ledger captured",

@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* What the toy's steps do, set by each test. */
 static struct {
@@ -46,6 +47,7 @@ static struct {
     int thread_traced_ends;  /* on_end calls that found a trace on their thread */
     int before_seen;         /* runs of q2 that saw q1's record in run->before */
     int64_t before_found;    /* ...and the records of q1 they found in the store */
+    long s3_sleep_ns;        /* s3's action takes at least this long */
 } toy = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* The workers read `toy` under its lock. */
@@ -112,7 +114,10 @@ toy_step(struct saga_step_run *run, struct bb_error *e)
     }
     bool lose = i == 0 && run->c && !run->compensating && toy.lose_s1_commit;
     toy.lose_s1_commit = toy.lose_s1_commit && !lose;
+    struct timespec nap = {.tv_nsec = i == 2 && !run->compensating ? toy.s3_sleep_ns : 0};
     pthread_mutex_unlock(&toy.mu);
+    while (nap.tv_nsec > 0 && nanosleep(&nap, &nap) != 0) /* at least that long */
+        ;
     struct bb_error armed;
     if (lose && bb_faults_arm_here("store.commit_lost=1", 1, &armed) != ERR_OK)
         return SAGA_STEP_FAIL;
@@ -433,6 +438,7 @@ setup_with(void **state, int64_t workers, bool here)
     toy.thread_traced_ends = 0;
     toy.before_seen = 0;
     toy.before_found = 0;
+    toy.s3_sleep_ns = 0;
     pthread_mutex_unlock(&toy.mu);
     struct fixture *f = xcalloc(1, sizeof *f);
     f->db = test_db_create();
@@ -663,6 +669,26 @@ steps_run_in_order_and_complete(void **state)
     assert_false(again.created);
     assert_string_equal(again.id, op.id);
     assert_int_equal(writes(f), 3); /* s1, s2's record, s3 */
+}
+
+/* A step shorter than a millisecond is timed to its length, not to 0 ms
+ * (the histogram's buckets start at 0.1 ms): s3's action takes at least
+ * 0.3 ms, and its run counts once with at least that. */
+static void
+a_step_shorter_than_a_millisecond_is_timed(void **state)
+{
+    struct fixture *f = *state;
+    const char *count = "backbone_saga_step_duration_seconds_count{type=\"toy\",step=\"s3\","
+                        "phase=\"action\"}";
+    const char *sum = "backbone_saga_step_duration_seconds_sum{type=\"toy\",step=\"s3\","
+                      "phase=\"action\"}";
+    int64_t count_before = test_metric(count) < 0 ? 0 : test_metric(count);
+    double sum_before = test_metric_value(sum) < 0 ? 0 : test_metric_value(sum);
+    TOY_SET(s3_sleep_ns, 300000);
+    struct start_op op = {.correlation = "order-ns"};
+    json_decref(await_state(f, started(f, &op), "COMPLETED"));
+    assert_int_equal(test_metric(count), count_before + 1);
+    assert_true(test_metric_value(sum) - sum_before >= 0.0003);
 }
 
 /* A record that fails takes the unit with it: s2's result and what it left
@@ -1905,6 +1931,7 @@ each_saga_ends_once_in_the_count_of_its_outcome(void **state)
 
 static const struct CMUnitTest tests[] = {
     SAGA_TEST(steps_run_in_order_and_complete),
+    SAGA_TEST(a_step_shorter_than_a_millisecond_is_timed),
     SAGA_TEST(an_outside_result_that_cannot_be_written_runs_its_step_again),
     SAGA_TEST(a_unit_the_store_fails_commits_the_same_results_again),
     SAGA_TEST(a_unit_the_store_keeps_failing_is_left_to_its_job),

@@ -186,6 +186,20 @@ test_metric(const char *series)
     return n;
 }
 
+double
+test_metric_value(const char *series)
+{
+    struct bb_buf b;
+    bb_buf_init(&b);
+    metrics_render(&b);
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *line = strstr(b.data, key);
+    double v = line ? strtod(line + strlen(key), NULL) : -1;
+    bb_buf_deinit(&b);
+    return v;
+}
+
 int64_t
 test_ms_at(const char *rfc3339)
 {

@@ -64,6 +64,8 @@ int test_db_teardown(void **state);
 /* What a metric series says now, named as /metrics writes it
  * ("backbone_x" or "backbone_x{label=\"v\"}"); -1 when it is not there. */
 int64_t test_metric(const char *series);
+/* The same as a double (a histogram's _sum); -1 when it is not there. */
+double test_metric_value(const char *series);
 
 /* An RFC 3339 time in epoch ms, asserted to parse. */
 int64_t test_ms_at(const char *rfc3339);
