@@ -34,8 +34,18 @@ enum err http__router_init(struct http__router *rt, const struct http_route *rou
                            struct bb_error *e);
 void http__router_deinit(struct http__router *rt);
 /*
- * Match method + path. On HTTP__MATCHED, *route is set and params (values
- * copied into `arena`) are filled. HEAD matches GET routes.
+ * Percent-decode `s` in place (%XX; a '%' without two hex digits stays as it
+ * is), but for %00, which stays escaped: decoded, its NUL would end the C
+ * string early ("?queue=fz%00x" would read "fz"); escaped, it is refused
+ * like any other character no name allows. Returns the new length.
+ */
+size_t http__unescape(char *s);
+/*
+ * Match method + path. `path` is the raw (still percent-encoded) path of the
+ * request: it is split on '/' first, and each segment decoded after
+ * (http__unescape), so an encoded slash never separates segments. On
+ * HTTP__MATCHED, *route is set and params (decoded values copied into
+ * `arena`) are filled. HEAD matches GET routes.
  */
 enum http__match http__router_match(const struct http__router *rt, const char *method,
                                     const char *path, struct bb_arena *arena,

@@ -64,6 +64,27 @@ def test_an_escaped_nul_in_the_path_or_query_is_refused_not_cut_short(server):
     # Other escapes still decode: %41 is "A".
     assert server.post("/locks/%41/acquire", {"owner": "w"}).json()["name"] == "A"
 
+
+def test_an_escaped_slash_is_part_of_a_name_never_a_separator(server):
+    # Routing splits the raw path on '/' and decodes each segment after:
+    # "zz%2Facquire" is one segment (the name "zz/acquire"), so neither of
+    # these reaches lock zz, whatever a proxy in front allowed by path.
+    r = server.post("/locks/zz%2Facquire", {"owner": "w"})
+    problem(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == "GET"
+    doc = problem(server.get("/locks/zz%2Facquire"), 400, "invalid_request", "name")
+    assert doc["instance"] == "/locks/zz%2Facquire"
+    problem(server.get("/locks%2Fzz"), 404, "not_found")
+    # A name with a slash is addressable, and refused like any name with a
+    # character names do not allow.
+    problem(server.post("/locks/a%2Fb/acquire", {"owner": "w"}), 400, "invalid_request", "name")
+    problem(server.put("/fenced/a%2fb", {"token": 1, "value": 1}), 400, "invalid_request", "key")
+    problem(server.get("/jobs/1%2F2"), 400, "invalid_request", "job_id")
+    problem(server.get("/locks/zz"), 404, "not_found")
+    assert server.get("/locks").json()["locks"] == []
+    # Decoded once: "%252F" is the name "%2F", refused too, not "/".
+    problem(server.post("/locks/a%252Fb/acquire", {"owner": "w"}), 400, "invalid_request", "name")
+
 def raw_http(port, head, body=b""):
     """Send raw bytes; return the status line and the response."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
