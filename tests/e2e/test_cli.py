@@ -26,7 +26,7 @@ def test_lock_cycle_with_human_output(server):
     r = cli("locks", "renew", "orders", "--token", "1", "--ttl", "1m", server=server)
     assert r.returncode == 0 and r.stdout.startswith("renewed orders: owner w1, token 1")
     r = cli("locks", "release", "orders", "--token", "7", server=server)
-    assert r.returncode == 1 and "not the current token" in r.stderr
+    assert r.returncode == 1 and "token 7 was never granted for lock orders" in r.stderr
     r = cli("locks", "release", "orders", "--token", "1", server=server)
     assert r.returncode == 0 and r.stdout == "released orders (token 1)\n"
     r = cli("locks", "show", "orders", server=server)
