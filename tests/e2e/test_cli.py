@@ -35,6 +35,31 @@ def test_lock_cycle_with_human_output(server):
     assert r.returncode == 0 and r.stdout == "no locks held\n"
 
 
+def test_a_refused_acquire_names_the_holder_and_its_expiry(server):
+    r = cli("locks", "acquire", "cli1", "--owner", "o1", "--ttl", "1m", "--json", server=server)
+    assert r.returncode == 0, r.stderr
+    expires = json.loads(r.stdout)["expires_at"]
+    r = cli("locks", "acquire", "cli1", "--owner", "o2", "--wait", "1s", server=server)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        r.stderr.splitlines()[0],
+        f"backbone: held by o1, lease expires {expires}",
+    ], r.stderr
+    assert "still held after waiting" in r.stderr and "(HTTP 409)" in r.stderr
+    r = cli("locks", "acquire", "cli1", "--owner", "o2", server=server)
+    assert r.returncode == 1
+    assert r.stderr == ("backbone: lock cli1 is held by another owner (HTTP 409)\n"
+                        f"backbone: held by o1, lease expires {expires}\n"), r.stderr
+    # --json prints the server's problem as it is, holder included.
+    r = cli("locks", "acquire", "cli1", "--owner", "o2", "--json", server=server)
+    assert r.returncode == 1 and r.stderr == ""
+    doc = json.loads(r.stdout)
+    assert doc["holder"] == "o1" and doc["expires_at"] == expires and doc["status"] == 409
+    # Other refusals have no holder to name.
+    r = cli("locks", "release", "cli1", "--token", "9", server=server)
+    assert r.returncode == 1 and "held by" not in r.stderr and len(r.stderr.splitlines()) == 1
+
+
 def test_json_output_is_the_servers_answer(server):
     r = cli("locks", "acquire", "L", "--owner", "w1", "--json", server=server)
     assert r.returncode == 0
