@@ -53,4 +53,22 @@ enum http__match http__router_match(const struct http__router *rt, const char *m
                                     struct http__param params[HTTP__MAX_PARAMS], size_t *n_params,
                                     char *allow, size_t allow_len);
 
+/*
+ * A waiting list without a thread of its own, for tests: nothing happens
+ * until http__waitlist_run, which makes one pass at the time it is given
+ * (a fake clock). http_waitlist_stop gives its entries up itself, on the
+ * caller's thread. Everything else is as for http_waitlist_create.
+ */
+struct http_waitlist *http__waitlist_create_manual(void (*on_count)(int64_t));
+/*
+ * Run the callbacks of the entries ready at `now_mono_ms`: woken (even past
+ * their deadline: retry), at their retry time (retry), or past their
+ * deadline (give_up, ERR_TIMEOUT); every one when stopping (ERR_UNAVAILABLE).
+ * Each ready entry runs once; entries parked by the callbacks wait for the
+ * next pass. Returns how many ran; *next_mono_ms is the earliest retry or
+ * deadline among the entries not ready (now + 60 s when none), before the
+ * callbacks ran. Only for a list made by http__waitlist_create_manual.
+ */
+size_t http__waitlist_run(struct http_waitlist *w, int64_t now_mono_ms, int64_t *next_mono_ms);
+
 #endif /* BB_HTTP_INT_H */
