@@ -201,6 +201,52 @@ bb_buf_int(struct bb_buf *b, int64_t v)
     bb_buf_append(b, p, (size_t)(digits + sizeof digits - p));
 }
 
+/*
+ * A double in the shortest form that reads back as the same double: 0.1 as
+ * "0.1", not jansson's 17 digits ("0.10000000000000001"). The fewest
+ * significant digits that round-trip, found by trying 1, 2, ... 17 (17
+ * always does): a value sent as a short decimal is found in a few tries,
+ * and reals are rare in this API. The form keeps a '.' or an exponent so
+ * that it reads back as a real, and writes exponents without '+' or
+ * leading zeros ("1e20", "1e-7"), as jansson does. Only finite values reach
+ * here (jansson refuses the others). The program never calls setlocale,
+ * so the decimal point is '.'.
+ */
+static void
+buf_real(struct bb_buf *b, double d)
+{
+    char text[40];
+    for (int precision = 1; precision <= 17; precision++) {
+        snprintf(text, sizeof text, "%.*g", precision, d);
+        if (strtod(text, NULL) == d)
+            break;
+    }
+    char out[48];
+    size_t n = 0;
+    bool real_form = false;
+    for (const char *p = text; *p; p++) {
+        out[n++] = *p;
+        if (*p == '.')
+            real_form = true;
+        if (*p == 'e') {
+            real_form = true;
+            p++;
+            if (*p == '-')
+                out[n++] = *p++;
+            else if (*p == '+')
+                p++;
+            while (*p == '0' && p[1] != '\0')
+                p++;
+            p--; /* the loop's p++ lands on the first digit kept */
+        }
+    }
+    if (!real_form) {
+        out[n++] = '.';
+        out[n++] = '0';
+    }
+    bb_buf_append(b, out, n);
+}
+
 enum { JSON_WRITE_DEPTH_MAX = 4096 }; /* jansson parses at most 2048 deep */
 
 static void
@@ -243,14 +289,9 @@ json_write(struct bb_buf *b, const json_t *v, int depth)
     case JSON_INTEGER:
         bb_buf_int(b, json_integer_value(v));
         break;
-    case JSON_REAL: { /* jansson's own formatting of doubles */
-        char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (text == NULL)
-            bb_panic(__FILE__, __LINE__, "json_dumps failed");
-        bb_buf_puts(b, text);
-        free(text);
+    case JSON_REAL:
+        buf_real(b, json_real_value(v));
         break;
-    }
     case JSON_TRUE:
         bb_buf_append(b, "true", 4);
         break;

@@ -24,6 +24,12 @@ struct cli_client {
  */
 int cli_call(const struct cli_client *c, const char *method, const char *path, json_t *body,
              json_t **out);
+/* cli_call that also hands back, in human mode, the problem document of a
+ * refusal (4xx/5xx with a JSON body) in *problem (caller json_decref's;
+ * NULL otherwise), after its detail has been printed, so that the caller
+ * can print what its own problems carry (a lock's holder). */
+int cli_call_problem(const struct cli_client *c, const char *method, const char *path, json_t *body,
+                     json_t **out, json_t **problem);
 /* Print `v` as one line of JSON (the --json output). */
 void cli_print_json(const json_t *v);
 /* Parse options for a subcommand (its table plus the client options),

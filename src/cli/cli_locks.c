@@ -70,17 +70,35 @@ print_grant(const char *verb, const json_t *g)
            json_integer_value(json_object_get(g, "expires_in_ms")));
 }
 
+/* A refusal because someone else holds the lock (409 lock_held) names the
+ * holder and when its lease runs out: say so after the detail. */
+static void
+print_holder(const json_t *problem)
+{
+    const char *holder = json_string_value(json_object_get(problem, "holder"));
+    const char *expires = json_string_value(json_object_get(problem, "expires_at"));
+    if (holder == NULL)
+        return;
+    fprintf(stderr, "backbone: held by %s", holder);
+    if (expires)
+        fprintf(stderr, ", lease expires %s", expires);
+    fputc('\n', stderr);
+}
+
 /* Run one call and print its answer; `verb` NULL prints nothing but JSON. */
 static int
 call_and_print(const struct locks_args *a, const char *method, struct bb_buf *path, json_t *body,
                const char *verb)
 {
-    json_t *out;
-    int code = cli_call(&a->client, method, path->data, body, &out);
+    json_t *out, *problem;
+    int code = cli_call_problem(&a->client, method, path->data, body, &out, &problem);
     json_decref(body);
     bb_buf_deinit(path);
-    if (code != CLI_OK)
+    if (code != CLI_OK) {
+        print_holder(problem);
+        json_decref(problem);
         return code;
+    }
     if (a->client.json) {
         cli_print_json(out);
     } else if (strcmp(verb, "released") == 0) {

@@ -78,7 +78,16 @@ int
 cli_call(const struct cli_client *c, const char *method, const char *path, json_t *body,
          json_t **out)
 {
+    return cli_call_problem(c, method, path, body, out, NULL);
+}
+
+int
+cli_call_problem(const struct cli_client *c, const char *method, const char *path, json_t *body,
+                 json_t **out, json_t **problem)
+{
     *out = NULL;
+    if (problem)
+        *problem = NULL;
     struct bb_buf url;
     bb_buf_init(&url);
     size_t n = strlen(c->server);
@@ -116,6 +125,10 @@ cli_call(const struct cli_client *c, const char *method, const char *path, json_
                     : title ? title
                             : "request failed",
                     resp.status);
+            if (problem) {
+                *problem = doc;
+                doc = NULL;
+            }
         }
         json_decref(doc);
         doc = NULL;

@@ -2,17 +2,43 @@
  * http_route.c: the routing table. Patterns are split into segments once;
  * a request path is split the same way and compared segment by segment.
  * Tables are small (tens of routes), so a linear scan is the fastest thing.
+ *
+ * A request path arrives as the client sent it (still percent-encoded): it
+ * is split on its own '/' first and each segment decoded after, so "%2F"
+ * is a character of a segment, never a separator ("/locks/a%2Fb" names the
+ * lock "a/b", which the lock module then refuses as a name). Decoding the
+ * whole path first would let "/locks/zz%2Facquire" reach POST
+ * /locks/{name}/acquire, past a proxy that filters on paths.
  */
 #include "http/http_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-/* Split "/a/b/c" into segments (copies into `arena`, or xstrdup when NULL).
- * Returns the count, or -1 when there are too many or a segment is empty
- * (a trailing slash is tolerated). */
+size_t
+http__unescape(char *s)
+{
+    char *out = s;
+    for (const char *p = s; *p != '\0'; p++) {
+        int hi = p[0] == '%' ? bb_hex_digit(p[1]) : -1;
+        int lo = hi >= 0 ? bb_hex_digit(p[2]) : -1;
+        if (lo >= 0 && (hi | lo) != 0) {
+            *out++ = (char)(hi * 16 + lo);
+            p += 2;
+        } else {
+            *out++ = *p;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
+}
+
+/* Split "/a/b/c" into segments (copies into `arena`, or xmalloc when NULL),
+ * each percent-decoded after the split when `decode` is set. Returns the
+ * count, or -1 when there are too many or a segment is empty (a trailing
+ * slash is tolerated). */
 static int
-split_path(const char *path, struct bb_arena *arena, char **out)
+split_path(const char *path, struct bb_arena *arena, bool decode, char **out)
 {
     if (path[0] != '/')
         return -1;
@@ -28,6 +54,8 @@ split_path(const char *path, struct bb_arena *arena, char **out)
         char *seg = arena ? bb_arena_alloc(arena, len + 1) : xmalloc(len + 1);
         memcpy(seg, p, len);
         seg[len] = '\0';
+        if (decode)
+            http__unescape(seg);
         out[n++] = seg;
         if (!slash)
             break;
@@ -52,7 +80,7 @@ http__router_init(struct http__router *rt, const struct http_route *routes, size
     for (size_t i = 0; i < n; i++) {
         struct http__route *r = &rt->routes[i];
         r->pub = routes[i];
-        int count = split_path(routes[i].pattern, NULL, r->segments);
+        int count = split_path(routes[i].pattern, NULL, false, r->segments);
         if (count < 0) {
             http__router_deinit(rt);
             return bb_fail(e, ERR_INTERNAL, "", "bad route pattern %s", routes[i].pattern);
@@ -94,7 +122,7 @@ http__router_match(const struct http__router *rt, const char *method, const char
                    size_t allow_len)
 {
     char *segs[HTTP__MAX_SEGMENTS];
-    int n = split_path(path, arena, segs);
+    int n = split_path(path, arena, true, segs);
     *n_params = 0;
     allow[0] = '\0';
     if (n < 0)

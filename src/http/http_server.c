@@ -2,12 +2,12 @@
  * http_server.c: the libmicrohttpd adapter (the one file that includes
  * <microhttpd.h>).
  *
- * libmicrohttpd calls on_request several times per request: once with the
- * headers, once per body chunk, once more when the body is complete, and once
- * again after a suspended request is resumed. We never answer on the first
- * call (libmicrohttpd 0.9.75 would then send Connection: close) except to
- * refuse an oversized body announced with Expect: 100-continue, where closing
- * is the point.
+ * libmicrohttpd calls on_uri once per request with its raw target (the
+ * request object begins there, see on_uri), then on_request several times
+ * per request: once with the headers, once per body chunk, once more when the body is complete, and
+ * once again after a suspended request is resumed. We never answer on the first call (libmicrohttpd
+ * 0.9.75 would then send Connection: close) except to refuse an oversized body announced with
+ * Expect: 100-continue, where closing is the point.
  *
  * Cross-thread protocol for suspended requests: the HTTP thread sets
  * `suspended` and calls MHD_suspend_connection before the handler hands the
@@ -525,9 +525,9 @@ id_is_sane(const char *s)
     return n > 0;
 }
 
+/* A request begins: `uri` is its target as sent (the query is cut off). */
 static struct http_req *
-req_create(struct http_server *srv, struct MHD_Connection *conn, const char *url,
-           const char *method)
+req_create(struct http_server *srv, struct MHD_Connection *conn, const char *uri)
 {
     struct http_req *r = xcalloc(1, sizeof *r);
     pthread_mutex_lock(&srv->mu);
@@ -538,19 +538,29 @@ req_create(struct http_server *srv, struct MHD_Connection *conn, const char *url
     r->start_ns = bb_mono_ns();
     bb_arena_init(&r->arena);
     bb_buf_init(&r->body);
+    size_t path_len = strcspn(uri, "?#");
+    char *path = bb_arena_alloc(&r->arena, path_len + 1);
+    memcpy(path, uri, path_len);
+    path[path_len] = '\0';
+    r->path = path;
+    return r;
+}
+
+/* Its headers are in: method, request id, trace. */
+static void
+req_begin(struct http_req *r, const char *method)
+{
     r->method = bb_arena_strdup(&r->arena, method);
-    r->path = bb_arena_strdup(&r->arena, url);
-    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    const char *rid = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Request-Id");
     if (rid && id_is_sane(rid))
         bb_strlcpy(r->id, rid, sizeof r->id);
     else
         bb_uuid7(r->id);
-    const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+    const char *tp = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent");
     if (tp && bb_traceparent_is_valid(tp))
         bb_strlcpy(r->traceparent, tp, sizeof r->traceparent);
     else
         bb_traceparent_new(r->traceparent); /* the request starts a trace */
-    return r;
 }
 
 static void
@@ -703,31 +713,28 @@ check_announced_length(struct http_req *r)
         r->body_too_large = true;
 }
 
-/*
- * libmicrohttpd's unescaping of the path and of the query's names and
- * values (%XX; a '%' without two hex digits stays as it is), but for %00,
- * which stays escaped: decoded, its NUL would end the C string early, so
- * "/jobs/%00/cancel" would reach POST /jobs and "?queue=fz%00x" would read
- * "fz". Escaped, it is refused like any other character no name allows.
- */
+/* libmicrohttpd's unescaping of the query's names and values (and of the
+ * path, whose decoded form we never use: routing works on the raw path). */
 static size_t
 unescape(void *cls, struct MHD_Connection *conn, char *s)
 {
     (void)cls;
     (void)conn;
-    char *out = s;
-    for (const char *p = s; *p != '\0'; p++) {
-        int hi = p[0] == '%' ? bb_hex_digit(p[1]) : -1;
-        int lo = hi >= 0 ? bb_hex_digit(p[2]) : -1;
-        if (lo >= 0 && (hi | lo) != 0) {
-            *out++ = (char)(hi * 16 + lo);
-            p += 2;
-        } else {
-            *out++ = *p;
-        }
-    }
-    *out = '\0';
-    return (size_t)(out - s);
+    return http__unescape(s);
+}
+
+/*
+ * Called once per request with its target as the client sent it, before
+ * libmicrohttpd decodes anything: the request object begins here, so that
+ * it keeps the raw path (routing splits it on '/' before decoding; see
+ * http_route.c). What we return is the request's *con_cls, which
+ * on_completed frees even when libmicrohttpd refuses the request itself
+ * (headers too large, bad chunking) and on_request never sees it.
+ */
+static void *
+on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    return req_create(cls, conn, uri);
 }
 
 static enum MHD_Result
@@ -738,8 +745,13 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
     struct http_server *srv = cls;
     struct http_req *r = *con_cls;
     if (r == NULL) {
-        r = req_create(srv, conn, url, method);
+        /* on_uri always runs first; should it not, the decoded path is
+         * all there is. */
+        r = req_create(srv, conn, url);
         *con_cls = r;
+    }
+    if (r->method == NULL) {
+        req_begin(r, method);
         check_announced_length(r);
         const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
         if (r->body_too_large && expect && strcasecmp(expect, "100-continue") == 0) {
@@ -867,7 +879,7 @@ http_server_start(const struct http_server_options *o, const struct http_route *
         (unsigned)((o->idle_timeout_ms + 999) / 1000), MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)o->max_connections, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
-        MHD_OPTION_END);
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv, MHD_OPTION_END);
     if (srv->daemon == NULL) {
         rc = bb_fail(e, ERR_UNAVAILABLE, "port", "cannot listen on %s:%d (in use?)", o->host,
                      o->port);

@@ -14,9 +14,13 @@
  * hash, so a wake of another key makes an entry retry early only when the
  * two keys share a counter, not on every wake anywhere.
  *
+ * The thread only reads the clock and sleeps; what is due at a given time
+ * is decided by run_ready(now), which tests drive with a fake clock through
+ * a list without a thread (http__waitlist_create_manual).
+ *
  * Locking: `mu` guards the list and `stopping`; callbacks run without it.
  */
-#include "http/http.h"
+#include "http/http_int.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -45,6 +49,7 @@ struct http_waitlist {
     bool stopping;                /* guarded by mu */
     uint64_t wakes[WAKE_BUCKETS]; /* guarded by mu */
     void (*on_count)(int64_t);
+    bool threaded; /* false: driven by http__waitlist_run (tests) */
 };
 
 /* Detach entries that are due, past their deadline, or (stopping) all. */
@@ -73,6 +78,42 @@ take_ready(struct http_waitlist *w, int64_t now, int64_t *next_wake)
     return ready;
 }
 
+/*
+ * One pass at `now`, with mu held (released while callbacks run): the entries
+ * ready at `now` get their callback, each once. Returns how many ran; sets
+ * *next_wake to the earliest retry or deadline among the entries left
+ * (now + 60 s when none), as they were before the callbacks, which may have
+ * parked or woken entries: after any ran, the caller passes again.
+ */
+static size_t
+run_ready(struct http_waitlist *w, int64_t now, int64_t *next_wake)
+{
+    struct parked *ready = take_ready(w, now, next_wake);
+    bool stopping = w->stopping;
+    if (ready == NULL)
+        return 0;
+    pthread_mutex_unlock(&w->mu);
+    size_t n = 0;
+    while (ready) {
+        struct parked *next = ready->next;
+        /* A woken entry gets its attempt even past its deadline: what woke
+         * it may be what it waited for, and the attempt ends the wait
+         * either way. */
+        if (stopping)
+            ready->give_up(ready->arg, ERR_UNAVAILABLE);
+        else if (ready->deadline_mono_ms <= now && !ready->due)
+            ready->give_up(ready->arg, ERR_TIMEOUT);
+        else
+            ready->retry(ready->arg);
+        free(ready->key);
+        free(ready);
+        ready = next;
+        n++;
+    }
+    pthread_mutex_lock(&w->mu);
+    return n;
+}
+
 static void
 wait_until(struct http_waitlist *w, int64_t mono_ms)
 {
@@ -89,27 +130,10 @@ waitlist_main(void *arg)
     pthread_setname_np(pthread_self(), w->name);
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        int64_t now = bb_mono_ms(), next_wake;
-        struct parked *ready = take_ready(w, now, &next_wake);
-        bool stopping = w->stopping;
-        if (ready) {
-            pthread_mutex_unlock(&w->mu);
-            while (ready) {
-                struct parked *next = ready->next;
-                if (stopping)
-                    ready->give_up(ready->arg, ERR_UNAVAILABLE);
-                else if (ready->deadline_mono_ms <= now && !ready->due)
-                    ready->give_up(ready->arg, ERR_TIMEOUT);
-                else
-                    ready->retry(ready->arg);
-                free(ready->key);
-                free(ready);
-                ready = next;
-            }
-            pthread_mutex_lock(&w->mu);
+        int64_t next_wake;
+        if (run_ready(w, bb_mono_ms(), &next_wake) > 0)
             continue;
-        }
-        if (stopping)
+        if (w->stopping)
             break;
         wait_until(w, next_wake);
     }
@@ -117,17 +141,41 @@ waitlist_main(void *arg)
     return NULL;
 }
 
-struct http_waitlist *
-http_waitlist_create(const char *thread_name, void (*on_count)(int64_t))
+static struct http_waitlist *
+waitlist_new(const char *thread_name, void (*on_count)(int64_t))
 {
     struct http_waitlist *w = xcalloc(1, sizeof *w);
     bb_strlcpy(w->name, thread_name, sizeof w->name);
     w->on_count = on_count;
     pthread_mutex_init(&w->mu, NULL);
     bb_cond_init_mono(&w->cv);
+    return w;
+}
+
+struct http_waitlist *
+http_waitlist_create(const char *thread_name, void (*on_count)(int64_t))
+{
+    struct http_waitlist *w = waitlist_new(thread_name, on_count);
     if (pthread_create(&w->thread, NULL, waitlist_main, w) != 0)
         bb_panic(__FILE__, __LINE__, "cannot start %s thread", thread_name);
+    w->threaded = true;
     return w;
+}
+
+struct http_waitlist *
+http__waitlist_create_manual(void (*on_count)(int64_t))
+{
+    return waitlist_new("manual", on_count);
+}
+
+size_t
+http__waitlist_run(struct http_waitlist *w, int64_t now_mono_ms, int64_t *next_mono_ms)
+{
+    BB_ASSERT(!w->threaded);
+    pthread_mutex_lock(&w->mu);
+    size_t n = run_ready(w, now_mono_ms, next_mono_ms);
+    pthread_mutex_unlock(&w->mu);
+    return n;
 }
 
 /* FNV-1a, folded onto the buckets. */
@@ -208,8 +256,15 @@ http_waitlist_stop(struct http_waitlist *w)
     bool already = w->stopping;
     w->stopping = true;
     pthread_cond_signal(&w->cv);
+    if (!already && !w->threaded) {
+        /* No thread to give the entries up: do it here (any time will do,
+         * stopping gives every entry up). */
+        int64_t unused;
+        while (run_ready(w, 0, &unused) > 0) {
+        }
+    }
     pthread_mutex_unlock(&w->mu);
-    if (!already)
+    if (!already && w->threaded)
         pthread_join(w->thread, NULL);
 }
 

@@ -285,6 +285,12 @@ refusal(struct bb_error *e, enum err why, const char *name, const struct lock_ro
 {
     switch (why) {
     case ERR_STALE_TOKEN:
+        /* A lock's tokens count its grants from 1: one above the stored
+         * token was never handed out (a mistake, or a token of another
+         * lock), one below it was and has been superseded. */
+        if (token > row->token)
+            return bb_fail(e, why, "token", "token %lld was never granted for lock %s",
+                           (long long)token, name);
         return bb_fail(e, why, "token",
                        "token %lld is not the current token of lock %s (a newer grant exists)",
                        (long long)token, name);

@@ -26,13 +26,38 @@ def test_lock_cycle_with_human_output(server):
     r = cli("locks", "renew", "orders", "--token", "1", "--ttl", "1m", server=server)
     assert r.returncode == 0 and r.stdout.startswith("renewed orders: owner w1, token 1")
     r = cli("locks", "release", "orders", "--token", "7", server=server)
-    assert r.returncode == 1 and "not the current token" in r.stderr
+    assert r.returncode == 1 and "token 7 was never granted for lock orders" in r.stderr
     r = cli("locks", "release", "orders", "--token", "1", server=server)
     assert r.returncode == 0 and r.stdout == "released orders (token 1)\n"
     r = cli("locks", "show", "orders", server=server)
     assert r.returncode == 1 and "not held" in r.stderr
     r = cli("locks", "list", server=server)
     assert r.returncode == 0 and r.stdout == "no locks held\n"
+
+
+def test_a_refused_acquire_names_the_holder_and_its_expiry(server):
+    r = cli("locks", "acquire", "cli1", "--owner", "o1", "--ttl", "1m", "--json", server=server)
+    assert r.returncode == 0, r.stderr
+    expires = json.loads(r.stdout)["expires_at"]
+    r = cli("locks", "acquire", "cli1", "--owner", "o2", "--wait", "1s", server=server)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        r.stderr.splitlines()[0],
+        f"backbone: held by o1, lease expires {expires}",
+    ], r.stderr
+    assert "still held after waiting" in r.stderr and "(HTTP 409)" in r.stderr
+    r = cli("locks", "acquire", "cli1", "--owner", "o2", server=server)
+    assert r.returncode == 1
+    assert r.stderr == ("backbone: lock cli1 is held by another owner (HTTP 409)\n"
+                        f"backbone: held by o1, lease expires {expires}\n"), r.stderr
+    # --json prints the server's problem as it is, holder included.
+    r = cli("locks", "acquire", "cli1", "--owner", "o2", "--json", server=server)
+    assert r.returncode == 1 and r.stderr == ""
+    doc = json.loads(r.stdout)
+    assert doc["holder"] == "o1" and doc["expires_at"] == expires and doc["status"] == 409
+    # Other refusals have no holder to name.
+    r = cli("locks", "release", "cli1", "--token", "9", server=server)
+    assert r.returncode == 1 and "held by" not in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_json_output_is_the_servers_answer(server):

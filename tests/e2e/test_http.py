@@ -64,6 +64,28 @@ def test_an_escaped_nul_in_the_path_or_query_is_refused_not_cut_short(server):
     # Other escapes still decode: %41 is "A".
     assert server.post("/locks/%41/acquire", {"owner": "w"}).json()["name"] == "A"
 
+
+def test_an_escaped_slash_is_part_of_a_name_never_a_separator(server):
+    # Routing splits the raw path on '/' and decodes each segment after:
+    # "zz%2Facquire" is one segment (the name "zz/acquire"), so neither of
+    # these reaches lock zz, whatever a proxy in front allowed by path.
+    r = server.post("/locks/zz%2Facquire", {"owner": "w"})
+    problem(r, 405, "method_not_allowed")
+    assert r.headers["Allow"] == "GET"
+    doc = problem(server.get("/locks/zz%2Facquire"), 400, "invalid_request", "name")
+    assert doc["instance"] == "/locks/zz%2Facquire"
+    problem(server.get("/locks%2Fzz"), 404, "not_found")
+    # A name with a slash is addressable, and refused like any name with a
+    # character names do not allow.
+    problem(server.post("/locks/a%2Fb/acquire", {"owner": "w"}), 400, "invalid_request", "name")
+    problem(server.put("/fenced/a%2fb", {"token": 1, "value": 1}), 400, "invalid_request", "key")
+    problem(server.get("/jobs/1%2F2"), 400, "invalid_request", "job_id")
+    problem(server.get("/locks/zz"), 404, "not_found")
+    assert server.get("/locks").json()["locks"] == []
+    # Decoded once: "%252F" is the name "%2F", refused too, not "/".
+    problem(server.post("/locks/a%252Fb/acquire", {"owner": "w"}), 400, "invalid_request", "name")
+
+
 def raw_http(port, head, body=b""):
     """Send raw bytes; return the status line and the response."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
@@ -89,6 +111,29 @@ def test_oversized_body_is_413_and_the_server_stays_healthy(server):
     assert raw_http(server.port, head).startswith(b"HTTP/1.1 413")
     assert server.get("/healthz").status_code == 200
     assert server.get("/locks").json()["locks"] == []
+
+
+def test_what_libmicrohttpd_refuses_itself_is_plain_html_and_harms_nothing(server):
+    # Refused before Backbone sees the request: libmicrohttpd's own HTML
+    # answers, with Connection: close (README, "Errors"; docs/openapi.yaml).
+    for head, status in (
+        (b"GET /locks/" + b"a" * 40960 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET /locks HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40960 + b"\r\n\r\n", b"431"),
+        (b"POST /locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"400"),
+        (b"POST /locks/a/acquire HTTP/1.1\r\nHost: x\r\n"
+         b"Content-Length: 99999999999999999999999\r\n\r\n", b"413"),
+    ):
+        answer = raw_http(server.port, head)
+        assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
+        assert b"Connection: close" in answer.split(b"\r\n\r\n")[0]
+    # The server is unharmed, and none of them reached a handler (nor the
+    # request metrics).
+    text = server.metrics()
+    for status in ("400", "413", "414", "431"):
+        assert f'status="{status}"' not in text
+    assert server.get("/healthz").status_code == 200
+    assert server.get("/locks").json()["locks"] == []
+    assert server.post("/locks/a/acquire", {"owner": "w"}).status_code == 200
 
 
 def test_body_limit_is_configurable(make_server):

@@ -172,6 +172,21 @@ def test_a_fenced_value_with_a_nul_character_reads_back_as_written(server):
         assert server.get(f"/fenced/{key}").json()["value"] == value
 
 
+def test_fenced_numbers_read_back_as_the_same_numbers_in_their_shortest_form(server):
+    body = (b'{"token":1,"value":{"a":0.1,"b":1.50,"c":3.0,"d":1e-7,"e":-0.0,'
+            b'"f":0.30000000000000004,"g":9007199254740993,"h":-9223372036854775808}}')
+    r = server.put("/fenced/n", raw=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    # Decimals are doubles, written back in the fewest digits that read as
+    # the same double (not 0.10000000000000001); integers are exact 64-bit.
+    assert server.get("/fenced/n").text == (
+        '{"key":"n","token":1,"value":{"a":0.1,"b":1.5,"c":3.0,"d":1e-7,"e":-0.0,'
+        '"f":0.30000000000000004,"g":9007199254740993,"h":-9223372036854775808}}')
+    problem(server.put("/fenced/n", raw=b'{"token":2,"value":[18446744073709551616]}',
+                       headers={"Content-Type": "application/json"}), 400, "invalid_request",
+            "value[0]")
+
+
 def test_lock_metrics_follow_events(server):
     g = acquire(server, "L", "w1", ttl_ms=100).json()
     acquire(server, "L", "w2")                                  # contention

@@ -96,6 +96,34 @@ renew_extends_and_refuses_stale_or_expired_tokens(void **state)
 }
 
 static void
+a_token_above_the_current_one_was_never_granted(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    struct lock_grant g = acquire_ok(f->c, "L", "w1", 1000, T0, LOCK_GRANTED);
+    struct lock_grant r;
+    /* Above the current token: no grant of this lock ever carried it. */
+    assert_int_equal(lock_renew(f->c, "L", g.token + 1, 3000, T0 + 1, &r, &e), ERR_STALE_TOKEN);
+    assert_string_equal(e.field, "token");
+    assert_non_null(strstr(e.detail, "was never granted for lock L"));
+    assert_null(strstr(e.detail, "newer grant"));
+    assert_int_equal(lock_release(f->c, "L", g.token + 5, T0 + 1, &e), ERR_STALE_TOKEN);
+    assert_non_null(strstr(e.detail, "was never granted for lock L"));
+    /* Released, the lock keeps its token: still never granted. */
+    assert_ok(lock_release(f->c, "L", g.token, T0 + 2, &e), &e);
+    assert_int_equal(lock_release(f->c, "L", g.token + 1, T0 + 3, &e), ERR_STALE_TOKEN);
+    assert_non_null(strstr(e.detail, "was never granted for lock L"));
+    /* Below it, after a new grant: superseded, which is what a newer grant
+     * means. */
+    struct lock_grant g2 = acquire_ok(f->c, "L", "w2", 1000, T0 + 4, LOCK_GRANTED);
+    assert_true(g2.token > g.token);
+    assert_int_equal(lock_renew(f->c, "L", g.token, 3000, T0 + 5, &r, &e), ERR_STALE_TOKEN);
+    assert_non_null(strstr(e.detail, "a newer grant exists"));
+    assert_int_equal(lock_release(f->c, "L", g.token, T0 + 5, &e), ERR_STALE_TOKEN);
+    assert_non_null(strstr(e.detail, "a newer grant exists"));
+}
+
+static void
 release_is_idempotent_and_frees_the_lock(void **state)
 {
     struct test_conn *f = *state;
@@ -481,6 +509,7 @@ static const struct CMUnitTest tests[] = {
     LOCK_TEST(reacquire_by_the_holder_keeps_its_token_and_extends),
     LOCK_TEST(acquire_while_held_names_the_holder_but_not_its_token),
     LOCK_TEST(renew_extends_and_refuses_stale_or_expired_tokens),
+    LOCK_TEST(a_token_above_the_current_one_was_never_granted),
     LOCK_TEST(release_is_idempotent_and_frees_the_lock),
     LOCK_TEST(get_reports_a_held_lock_and_forgets_an_expired_one),
     LOCK_TEST(list_shows_held_locks_in_name_order_with_paging),

@@ -119,6 +119,77 @@ too_many_segments_do_not_overflow(void **state)
 }
 
 static void
+encoded_slash_is_part_of_a_segment(void **state)
+{
+    struct fixture *f = *state;
+    const struct http__route *route = NULL;
+    struct http__param params[HTTP__MAX_PARAMS];
+    size_t n;
+    char allow[64];
+    /* Split first, decode after: %2F never separates segments. */
+    assert_int_equal(match(f, "POST", "/locks/a%2Fb/acquire", &route, params, &n, allow),
+                     HTTP__MATCHED);
+    assert_string_equal(route->pub.pattern, "/locks/{name}/acquire");
+    assert_int_equal(n, 1);
+    assert_string_equal(params[0].value, "a/b");
+    assert_int_equal(match(f, "GET", "/locks/a%2fb", &route, params, &n, allow), HTTP__MATCHED);
+    assert_string_equal(route->pub.pattern, "/locks/{name}");
+    assert_string_equal(params[0].value, "a/b");
+    /* Decoded first, these would reach POST /locks/zz/acquire and
+     * GET /locks/zz. */
+    assert_int_equal(match(f, "POST", "/locks/zz%2Facquire", &route, params, &n, allow),
+                     HTTP__NO_METHOD);
+    assert_string_equal(allow, "GET");
+    assert_int_equal(match(f, "GET", "/locks%2Fzz", &route, params, &n, allow), HTTP__NO_PATH);
+    assert_int_equal(match(f, "GET", "%2Flocks", &route, params, &n, allow), HTTP__NO_PATH);
+}
+
+static void
+segments_are_decoded_once_after_the_split(void **state)
+{
+    struct fixture *f = *state;
+    const struct http__route *route = NULL;
+    struct http__param params[HTTP__MAX_PARAMS];
+    size_t n;
+    char allow[64];
+    /* Any character may be escaped, in a fixed segment too. */
+    assert_int_equal(match(f, "POST", "/%6Cocks/o%72ders-1/acquire", &route, params, &n, allow),
+                     HTTP__MATCHED);
+    assert_string_equal(params[0].value, "orders-1");
+    /* Decoded once: %252F is the three characters "%2F". */
+    assert_int_equal(match(f, "GET", "/fenced/a%252Fb", &route, params, &n, allow), HTTP__MATCHED);
+    assert_string_equal(params[0].value, "a%2Fb");
+    /* %00 stays escaped; a '%' without two hex digits stays as it is. */
+    assert_int_equal(match(f, "GET", "/fenced/a%00b", &route, params, &n, allow), HTTP__MATCHED);
+    assert_string_equal(params[0].value, "a%00b");
+    assert_int_equal(match(f, "GET", "/fenced/100%", &route, params, &n, allow), HTTP__MATCHED);
+    assert_string_equal(params[0].value, "100%");
+    assert_int_equal(match(f, "GET", "/fenced/%zz%4", &route, params, &n, allow), HTTP__MATCHED);
+    assert_string_equal(params[0].value, "%zz%4");
+}
+
+static void
+unescape_decodes_in_place_but_keeps_nul_escaped(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"plain", "plain"}, {"a%20b", "a b"},   {"a%2Fb%2f", "a/b/"},
+        {"%41%7e", "A~"},   {"x%00y", "x%00y"}, {"%", "%"},
+        {"%4", "%4"},       {"%g1", "%g1"},     {"%e2%82%ac", "\xe2\x82\xac"},
+        {"%2525", "%25"},   {"", ""},
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        char buf[32];
+        bb_strlcpy(buf, cases[i].in, sizeof buf);
+        size_t len = http__unescape(buf);
+        assert_string_equal(buf, cases[i].out);
+        assert_int_equal(len, strlen(cases[i].out));
+    }
+}
+
+static void
 problem_document_names_type_status_and_field(void **state)
 {
     (void)state;
@@ -147,6 +218,9 @@ static const struct CMUnitTest tests[] = {
                                     teardown),
     cmocka_unit_test_setup_teardown(head_is_served_by_get_routes, setup, teardown),
     cmocka_unit_test_setup_teardown(too_many_segments_do_not_overflow, setup, teardown),
+    cmocka_unit_test_setup_teardown(encoded_slash_is_part_of_a_segment, setup, teardown),
+    cmocka_unit_test_setup_teardown(segments_are_decoded_once_after_the_split, setup, teardown),
+    cmocka_unit_test(unescape_decodes_in_place_but_keeps_nul_escaped),
     cmocka_unit_test(problem_document_names_type_status_and_field),
 };
 
