@@ -177,12 +177,12 @@ human_jobs(const json_t *page)
         printf("more: --after %" JSON_INTEGER_FORMAT "\n", json_integer_value(next));
 }
 
-/* "&name=value" (escaped) when `value` is set. */
+/* "?name=value" or "&name=value" (escaped) when `value` is set. */
 static void
 query_param(struct bb_buf *path, const char *name, const char *value)
 {
     if (value) {
-        bb_buf_printf(path, "&%s=", name);
+        bb_buf_printf(path, "%c%s=", strchr(path->data, '?') ? '&' : '?', name);
         http_client_escape(value, path);
     }
 }
@@ -609,7 +609,10 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 || strcmp(cmd, "purge") == 0;
     if (bulk) {
         bb_buf_puts(&path, strcmp(cmd, "redrive-all") == 0 ? "/dlq/redrive" : "/dlq");
-        bb_buf_printf(&path, "?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
+        /* Paging is for the list; the bulk operations take no such filter
+         * (the server refuses a parameter it does not take). */
+        if (strcmp(cmd, "list") == 0)
+            bb_buf_printf(&path, "?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
         query_param(&path, "queue", a->queue);
         query_param(&path, "fingerprint", a->fingerprint);
         code = strcmp(cmd, "list") == 0    ? call(a, "GET", path.data, NULL, human_jobs)

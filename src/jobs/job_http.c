@@ -29,7 +29,14 @@ enum {
     MAX_DURATION_S_MAX = 86400,
 };
 
-enum { SUBMIT_GROUP_MAX = 64 };
+enum { SUBMIT_GROUP_MAX = 64, ROUTES_N = 29 };
+
+struct route_def;
+/* A route's context: the service and what the route is. */
+struct route_ctx {
+    struct job_service *svc;
+    const struct route_def *def;
+};
 
 struct job_service {
     struct store *store;
@@ -37,6 +44,7 @@ struct job_service {
     int64_t payload_limit;
     struct http_waitlist *claims;
     struct http_json_group submits; /* POST /jobs: many per transaction */
+    struct route_ctx routes[ROUTES_N];
 };
 
 /* One request's operation. */
@@ -1492,43 +1500,77 @@ job_service_create(struct store *s, const struct job_registry *r,
     return ERR_OK;
 }
 
+/* The query parameters each route takes. Every jobs route refuses the
+ * others: a typo in a filter (?job_id=8, ?queues=ext) must be an error, not
+ * a bulk operation on every job the filter was meant to narrow. */
+static const char *const Q_NONE[] = {NULL};
+static const char *const Q_LIST[] = {"queue", "state", "limit", "after", NULL};
+static const char *const Q_DLQ_LIST[] = {"queue", "fingerprint", "limit", "after", NULL};
+static const char *const Q_DLQ_GROUPS[] = {"queue", "limit", NULL};
+static const char *const Q_DLQ_BULK[] = {"queue", "fingerprint", NULL};
+
+static const struct route_def {
+    const char *method;
+    const char *pattern;
+    http_handler_fn *fn;
+    const char *const *query;
+} ROUTES[] = {
+    {"POST", "/jobs", handle_submit, Q_NONE},
+    {"POST", "/jobs/batch", handle_batch, Q_NONE},
+    {"GET", "/jobs", handle_list, Q_LIST},
+    {"GET", "/jobs/{id}", handle_get, Q_NONE},
+    {"GET", "/jobs/{id}/history", handle_history, Q_NONE},
+    {"POST", "/jobs/{id}/run", handle_run, Q_NONE},
+    {"POST", "/jobs/{id}/retry", handle_run, Q_NONE},
+    {"POST", "/jobs/{id}/cancel", handle_cancel, Q_NONE},
+    {"POST", "/jobs/{id}/heartbeat", handle_heartbeat, Q_NONE},
+    {"POST", "/jobs/{id}/complete", handle_complete, Q_NONE},
+    {"POST", "/jobs/{id}/fail", handle_fail, Q_NONE},
+    {"GET", "/queues", handle_queues, Q_NONE},
+    {"GET", "/queues/{queue}", handle_queue_get, Q_NONE},
+    {"PUT", "/queues/{queue}", handle_queue_put, Q_NONE},
+    {"POST", "/queues/{queue}/pause", handle_queue_pause, Q_NONE},
+    {"POST", "/queues/{queue}/resume", handle_queue_resume, Q_NONE},
+    {"POST", "/queues/{queue}/claim", handle_claim, Q_NONE},
+    {"GET", "/schedules", handle_schedules, Q_NONE},
+    {"POST", "/schedules", handle_schedule_create, Q_NONE},
+    {"GET", "/schedules/{name}", handle_schedule_get, Q_NONE},
+    {"POST", "/schedules/{name}/pause", handle_schedule_pause, Q_NONE},
+    {"POST", "/schedules/{name}/resume", handle_schedule_resume, Q_NONE},
+    {"DELETE", "/schedules/{name}", handle_schedule_delete, Q_NONE},
+    {"GET", "/dlq", handle_dlq_list, Q_DLQ_LIST},
+    {"GET", "/dlq/groups", handle_dlq_groups, Q_DLQ_GROUPS}, /* before /dlq/{id} */
+    {"GET", "/dlq/{id}", handle_dlq_get, Q_NONE},
+    {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, Q_NONE},
+    {"POST", "/dlq/redrive", handle_dlq_redrive_all, Q_DLQ_BULK},
+    {"DELETE", "/dlq", handle_dlq_purge, Q_DLQ_BULK},
+};
+
+_Static_assert(BB_ARRAY_LEN(ROUTES) == ROUTES_N, "ROUTES_N counts the jobs routes");
+
+/* Every jobs route: its query checked, then its handler. */
+static void
+handle_checked(struct http_req *r, void *ctx)
+{
+    const struct route_ctx *route = ctx;
+    struct bb_error *e = http_req_error(r);
+    if (http_req_query_only(r, route->def->query, e) != ERR_OK) {
+        fail_now(r, e);
+        return;
+    }
+    route->def->fn(r, route->svc);
+}
+
 size_t
 job_service_routes(struct job_service *svc, struct http_route *out, size_t max)
 {
-    const struct http_route routes[] = {
-        {"POST", "/jobs", handle_submit, svc, false},
-        {"POST", "/jobs/batch", handle_batch, svc, false},
-        {"GET", "/jobs", handle_list, svc, false},
-        {"GET", "/jobs/{id}", handle_get, svc, false},
-        {"GET", "/jobs/{id}/history", handle_history, svc, false},
-        {"POST", "/jobs/{id}/run", handle_run, svc, false},
-        {"POST", "/jobs/{id}/retry", handle_run, svc, false},
-        {"POST", "/jobs/{id}/cancel", handle_cancel, svc, false},
-        {"POST", "/jobs/{id}/heartbeat", handle_heartbeat, svc, false},
-        {"POST", "/jobs/{id}/complete", handle_complete, svc, false},
-        {"POST", "/jobs/{id}/fail", handle_fail, svc, false},
-        {"GET", "/queues", handle_queues, svc, false},
-        {"GET", "/queues/{queue}", handle_queue_get, svc, false},
-        {"PUT", "/queues/{queue}", handle_queue_put, svc, false},
-        {"POST", "/queues/{queue}/pause", handle_queue_pause, svc, false},
-        {"POST", "/queues/{queue}/resume", handle_queue_resume, svc, false},
-        {"POST", "/queues/{queue}/claim", handle_claim, svc, false},
-        {"GET", "/schedules", handle_schedules, svc, false},
-        {"POST", "/schedules", handle_schedule_create, svc, false},
-        {"GET", "/schedules/{name}", handle_schedule_get, svc, false},
-        {"POST", "/schedules/{name}/pause", handle_schedule_pause, svc, false},
-        {"POST", "/schedules/{name}/resume", handle_schedule_resume, svc, false},
-        {"DELETE", "/schedules/{name}", handle_schedule_delete, svc, false},
-        {"GET", "/dlq", handle_dlq_list, svc, false},
-        {"GET", "/dlq/groups", handle_dlq_groups, svc, false}, /* before /dlq/{id} */
-        {"GET", "/dlq/{id}", handle_dlq_get, svc, false},
-        {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, svc, false},
-        {"POST", "/dlq/redrive", handle_dlq_redrive_all, svc, false},
-        {"DELETE", "/dlq", handle_dlq_purge, svc, false},
-    };
-    BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
-    memcpy(out, routes, sizeof routes);
-    return BB_ARRAY_LEN(routes);
+    BB_ASSERT(BB_ARRAY_LEN(ROUTES) <= max);
+    for (size_t i = 0; i < BB_ARRAY_LEN(ROUTES); i++) {
+        svc->routes[i] = (struct route_ctx){.svc = svc, .def = &ROUTES[i]};
+        out[i] = (struct http_route){ROUTES[i].method, ROUTES[i].pattern, handle_checked,
+                                     &svc->routes[i], false};
+    }
+    return BB_ARRAY_LEN(ROUTES);
 }
 
 void

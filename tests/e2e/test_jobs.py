@@ -117,6 +117,46 @@ def test_dead_letters_group_by_error_with_a_hint_in_the_metrics(server):
     problem(server.post("/dlq/redrive?fingerprint=0123"), 400, "invalid_request", "fingerprint")
 
 
+def dead_in(server, queue, error="gave up"):
+    """A job of `queue` claimed and failed for good; its id."""
+    job_id = submit(server, {"handler": "external", "queue": queue})["job_id"]
+    [got] = server.post(f"/queues/{queue}/claim", {"worker": "py"}).json()["jobs"]
+    r = server.post(f"/jobs/{job_id}/fail",
+                    {"token": got["lease_token"], "error": error, "retry": False})
+    assert r.json()["state"] == "dead", r.text
+    return job_id
+
+
+def test_a_typo_in_a_query_parameter_is_refused_and_changes_nothing(server):
+    # A filter the server did not know was ignored: DELETE /dlq?job_id=8
+    # purged every dead job, ?queues=ext those of every queue.
+    assert server.put("/queues/ext", {}).status_code == 201
+    dead = [dead_in(server, "default"), dead_in(server, "default"), dead_in(server, "ext")]
+    pending = submit(server, {"handler": "external", "delay_ms": 3600000})["job_id"]
+    for method, path, field in [
+            ("DELETE", f"/dlq?job_id={dead[0]}", "job_id"),
+            ("DELETE", "/dlq?queues=ext", "queues"),
+            ("DELETE", "/dlq?queue=ext&Queue=ext", "Queue"),
+            ("DELETE", "/dlq?queue=ext&queue=default", "queue"),  # which one?
+            ("DELETE", "/dlq?limit=1", "limit"),
+            ("POST", f"/dlq/redrive?job_id={dead[0]}", "job_id"),
+            ("POST", "/dlq/redrive?fingerprnt=0123456789abcdef", "fingerprnt"),
+            ("GET", "/dlq?queues=ext", "queues"),
+            ("GET", "/dlq/groups?fingerprint=0123456789abcdef", "fingerprint"),
+            ("GET", "/jobs?status=dead", "status"),
+            ("POST", f"/jobs/{pending}/cancel?force=true", "force"),
+            ("POST", f"/jobs/{pending}/run?at=now", "at"),
+            ("DELETE", "/schedules/nightly?all=1", "all")]:
+        doc = problem(server.request(method, path), 400, "invalid_request", field)
+        assert f"'{field}'" in doc["detail"], doc
+    assert "takes queue, fingerprint" in problem(server.request("DELETE", "/dlq?x=1"), 400)["detail"]
+    assert [j["job_id"] for j in server.get("/dlq").json()["jobs"]] == dead
+    assert server.get(f"/jobs/{pending}").json()["state"] == "pending"
+    # The parameters each takes still work.
+    assert server.request("DELETE", "/dlq?queue=ext").json() == {"purged": 1}
+    assert server.post("/dlq/redrive?queue=default").json() == {"redriven": 2, "skipped": 0}
+
+
 def test_a_dead_job_whose_unique_key_is_held_again_is_skipped_by_a_redrive(server):
     job_id = dead_by_hand(server, "external", "gave up")
     first = submit(server, {"handler": "external", "unique_key": "order-9"})["job_id"]
