@@ -104,7 +104,7 @@ static const char JOBS_USAGE[] =
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
     "       backbone dlq groups [--queue Q] [--limit N]\n"
     "       backbone dlq list|redrive-all|purge [--queue Q] [--fingerprint F]\n"
-    "       backbone dlq show ID | redrive ID";
+    "       backbone dlq show ID | redrive ID | purge ID";
 
 static int
 usage_error(const char *msg)
@@ -605,9 +605,17 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     struct bb_buf path;
     bb_buf_init(&path);
     int code;
-    bool bulk =
-        strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 || strcmp(cmd, "purge") == 0;
-    if (bulk) {
+    /* "purge ID" purges that job; "purge" alone, every dead job its
+     * filters (--queue, --fingerprint) match. */
+    bool bulk = strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 ||
+                (strcmp(cmd, "purge") == 0 && arg == NULL);
+    if (bulk && arg != NULL) {
+        /* An id after a bulk command must not be dropped: the command
+         * would then act on every dead job. */
+        code = usage_error(strcmp(cmd, "redrive-all") == 0
+                               ? "redrive-all takes no id: redrive ID redrives one job"
+                               : "list takes no id: show ID shows one job");
+    } else if (bulk) {
         bb_buf_puts(&path, strcmp(cmd, "redrive-all") == 0 ? "/dlq/redrive" : "/dlq");
         /* Paging is for the list; the bulk operations take no such filter
          * (the server refuses a parameter it does not take). */
@@ -630,6 +638,13 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     } else if (strcmp(cmd, "redrive") == 0) {
         path_for(&path, "/dlq/", arg, "/redrive");
         code = call(a, "POST", path.data, json_object(), human_done);
+    } else if (strcmp(cmd, "purge") == 0) {
+        if (a->queue || a->fingerprint)
+            code = usage_error("purge ID takes no --queue or --fingerprint");
+        else {
+            path_for(&path, "/dlq/", arg, "");
+            code = call(a, "DELETE", path.data, NULL, human_done);
+        }
     } else {
         code = usage_error("unknown dlq command");
     }

@@ -29,7 +29,7 @@ enum {
     MAX_DURATION_S_MAX = 86400,
 };
 
-enum { SUBMIT_GROUP_MAX = 64, ROUTES_N = 29 };
+enum { SUBMIT_GROUP_MAX = 64, ROUTES_N = 30 };
 
 struct route_def;
 /* A route's context: the service and what the route is. */
@@ -917,6 +917,22 @@ purge_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
+static enum err
+purge_one_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct jop *op = arg;
+    enum err rc = job_purge_dead_one(c, op->id, e);
+    if (rc == ERR_OK)
+        jop_answer(op, 200, json_pack("{s:I, s:i}", "job_id", (json_int_t)op->id, "purged", 1));
+    return rc;
+}
+
+static void
+handle_dlq_purge_one(struct http_req *r, void *ctx)
+{
+    job_action(r, ctx, purge_one_work, false);
+}
+
 static void
 dlq_bulk(struct http_req *r, void *ctx, store_work_fn *work)
 {
@@ -1544,6 +1560,7 @@ static const struct route_def {
     {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, Q_NONE},
     {"POST", "/dlq/redrive", handle_dlq_redrive_all, Q_DLQ_BULK},
     {"DELETE", "/dlq", handle_dlq_purge, Q_DLQ_BULK},
+    {"DELETE", "/dlq/{id}", handle_dlq_purge_one, Q_NONE},
 };
 
 _Static_assert(BB_ARRAY_LEN(ROUTES) == ROUTES_N, "ROUTES_N counts the jobs routes");

@@ -1404,6 +1404,41 @@ job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
     return rc;
 }
 
+/* The job first: on PostgreSQL its row stays locked until commit, so a
+ * redrive racing with the purge cannot keep the job and lose its history. */
+static struct store_stmt JOB_PURGE_ONE = {
+    .sql = "DELETE FROM jobs WHERE id = $1 AND state = 'dead'",
+};
+static struct store_stmt JOB_PURGE_ONE_ATTEMPTS = {
+    .sql = "DELETE FROM job_attempts WHERE job_id = $1",
+};
+
+enum err
+job_purge_dead_one(struct store_conn *c, int64_t id, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id)};
+    int64_t n = 0;
+    enum err rc = store_exec(c, &JOB_PURGE_ONE, p, 1, &n, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (n == 1)
+        return store_exec(c, &JOB_PURGE_ONE_ATTEMPTS, p, 1, NULL, e);
+    /* Say why: gone (purged before, or never was), or not dead. */
+    struct store_rows r;
+    rc = store_query(c, &JOB_STATE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r))
+        rc = bb_fail(e, ERR_NOT_FOUND, "job_id",
+                     "no job %" PRId64 " (purged already, pruned, or never submitted)", id);
+    else
+        rc = bb_fail(e, ERR_NOT_FOUND, "job_id",
+                     "job %" PRId64 " is not in the dead-letter queue (it is %s)", id,
+                     store_col_text(&r, 0));
+    store_rows_close(&r);
+    return rc;
+}
+
 static struct store_stmt DEAD_GROUPS = {
     .sql = "SELECT queue, error_fingerprint, COUNT(*), MIN(finished_at_ms), MAX(finished_at_ms),"
            " MAX(id) FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1)"

@@ -257,6 +257,9 @@ BB_WUR enum err job_redrive_dead(struct store_conn *c, const struct job_dead_mat
                                  int64_t now_ms, int64_t *n, int64_t *skipped, struct bb_error *e);
 BB_WUR enum err job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
                                struct bb_error *e);
+/* Purge dead job `id` with its attempts. ERR_NOT_FOUND when there is no
+ * such job, or it is not dead (the detail says which). */
+BB_WUR enum err job_purge_dead_one(struct store_conn *c, int64_t id, struct bb_error *e);
 /* The dead letters grouped by queue and error fingerprint, largest first:
  * {"groups":[{"queue","fingerprint","handler","error" (the pattern),
  * "sample_error","sample_job_id","count","first_dead_at","last_dead_at"}]}. */

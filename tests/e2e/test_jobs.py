@@ -157,6 +157,23 @@ def test_a_typo_in_a_query_parameter_is_refused_and_changes_nothing(server):
     assert server.post("/dlq/redrive?queue=default").json() == {"redriven": 2, "skipped": 0}
 
 
+def test_one_dead_job_is_purged_by_its_id(server):
+    dead = [dead_in(server, "default"), dead_in(server, "default")]
+    pending = submit(server, {"handler": "external", "delay_ms": 3600000})["job_id"]
+    r = server.request("DELETE", f"/dlq/{dead[0]}")
+    assert r.status_code == 200 and r.json() == {"job_id": dead[0], "purged": 1}, r.text
+    problem(server.get(f"/jobs/{dead[0]}"), 404, "not_found")
+    assert [j["job_id"] for j in server.get("/dlq").json()["jobs"]] == [dead[1]]
+    # Again: gone, and the detail says so; a job that is not dead stays.
+    doc = problem(server.request("DELETE", f"/dlq/{dead[0]}"), 404, "not_found", "job_id")
+    assert f"no job {dead[0]}" in doc["detail"], doc
+    doc = problem(server.request("DELETE", f"/dlq/{pending}"), 404, "not_found", "job_id")
+    assert "not in the dead-letter queue" in doc["detail"] and "pending" in doc["detail"], doc
+    assert server.get(f"/jobs/{pending}").json()["state"] == "pending"
+    problem(server.request("DELETE", "/dlq/abc"), 400, "invalid_request", "job_id")
+    assert server.get(f"/dlq/{dead[1]}").json()["state"] == "dead"
+
+
 def test_a_dead_job_whose_unique_key_is_held_again_is_skipped_by_a_redrive(server):
     job_id = dead_by_hand(server, "external", "gave up")
     first = submit(server, {"handler": "external", "unique_key": "order-9"})["job_id"]

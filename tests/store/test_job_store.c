@@ -894,6 +894,41 @@ count_attempts(struct store_conn *c, int64_t id)
     return n;
 }
 
+/* Purging one dead job takes its attempts and nothing else; a job that is
+ * not dead, or gone, is not found, and the detail says which. */
+static void
+purge_one_takes_that_dead_job_only(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    int64_t dead[2];
+    for (int i = 0; i < 2; i++) {
+        dead[i] = submit(f->c, NULL, "noop", 0, T0, T0);
+        struct job_lease l = claim_one(f->c, "default", T0);
+        enum job_state st;
+        assert_int_equal(finish(f->c, dead[i], l.lease_token, JOB_OUTCOME_FAILED, T0, &st), ERR_OK);
+        job_lease_deinit(&l);
+        l = claim_one(f->c, "default", T0 + 3600000);
+        assert_int_equal(finish(f->c, dead[i], l.lease_token, JOB_OUTCOME_PERMANENT, T0, &st),
+                         ERR_OK);
+        assert_int_equal(st, JOB_DEAD);
+        job_lease_deinit(&l);
+    }
+    int64_t pending = submit(f->c, NULL, "noop", 0, T0 + 3600000, T0);
+    assert_ok(job_purge_dead_one(f->c, dead[0], &e), &e);
+    json_t *j;
+    assert_int_equal(job_get_json(f->c, dead[0], true, T0, &j, &e), ERR_NOT_FOUND);
+    assert_int_equal(job_purge_dead_one(f->c, dead[0], &e), ERR_NOT_FOUND);
+    assert_non_null(strstr(e.detail, "no job"));
+    assert_int_equal(job_purge_dead_one(f->c, pending, &e), ERR_NOT_FOUND);
+    assert_non_null(strstr(e.detail, "is pending"));
+    j = get(f->c, dead[1], T0);
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 2);
+    json_decref(j);
+    assert_int_equal(count_attempts(f->c, dead[0]), 0); /* its history went with it */
+    assert_int_equal(count_attempts(f->c, dead[1]), 2);
+}
+
 static void
 retention_prunes_old_finished_jobs_and_their_attempts_only(void **state)
 {
@@ -2280,6 +2315,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(a_long_multibyte_worker_name_survives_rescue_and_failure),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
+    JOB_TEST(purge_one_takes_that_dead_job_only),
     JOB_TEST(dead_letters_group_by_error_and_redrive_or_purge_by_group),
     JOB_TEST(dead_letters_from_before_fingerprints_get_theirs_at_upgrade),
     JOB_TEST(a_redrive_skips_dead_jobs_whose_unique_key_is_held),
