@@ -1104,11 +1104,17 @@ report_work(struct store_conn *c, void *arg, struct bb_error *e)
     enum err rc = job_finish_batch(c, &f, 1, now, NULL, e);
     if (rc != ERR_OK)
         return rc;
-    if (f.rc != ERR_OK)
-        return bb_fail(e, ERR_STALE_TOKEN, "token",
-                       "lease token %" PRId64 " no longer holds job %" PRId64
-                       " (its lease ran out and it was rescued, or it was cancelled)",
-                       op->token, op->id);
+    if (f.rc != ERR_OK) {
+        /* A worker that lost our answer sends its report again: the same
+         * answer, nothing recorded twice. Anything else is refused with
+         * what became of the lease. */
+        rc = job_finish_replay(c, &f, e);
+        if (rc == ERR_OK)
+            jop_answer(op, 200,
+                       json_pack("{s:I, s:s}", "job_id", (json_int_t)op->id, "state",
+                                 job_state_name(f.state)));
+        return rc;
+    }
     /* The attempt ran from its claim to this report. */
     jobs__metric_finished_at_commit(c, f.queue, f.outcome,
                                     (double)(now - f.started_at_ms) / 1000.0);

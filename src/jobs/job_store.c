@@ -2048,6 +2048,126 @@ job_runs_complete_in(struct store_conn *c, struct job_run *const *runs, size_t n
     return rc;
 }
 
+/* A refused report's job, and the attempt its last claim began. */
+static struct store_stmt JOB_REPORT_FATE = {
+    .sql = "SELECT j.state, j.lease_token, j.attempt, j.updated_at_ms, a.outcome, a.error,"
+           " a.finished_at_ms FROM jobs j LEFT JOIN job_attempts a"
+           " ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.id = $1",
+};
+
+/* The refusal of `f`, its detail saying what became of its lease. */
+BB_PRINTF(3, 4)
+static enum err
+stale(struct bb_error *e, const struct job_finish *f, const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    return bb_fail(e, ERR_STALE_TOKEN, "token",
+                   "lease token %" PRId64 " no longer holds job %" PRId64 ": %s", f->token, f->id,
+                   why);
+}
+
+/* Is the attempt row (outcome, error) the record of report `f`? */
+static bool
+attempt_is_report(const struct store_rows *r, const struct job_finish *f)
+{
+    if (store_col_is_null(r, 4) || strcmp(store_col_text(r, 4), job_outcome_name(f->outcome)))
+        return false;
+    char cut[JOB_ERROR_MAX + 1];
+    bb_utf8_copy(cut, sizeof cut, f->error ? f->error : job_outcome_name(f->outcome));
+    return !store_col_is_null(r, 5) && strcmp(store_col_text(r, 5), cut) == 0;
+}
+
+static struct store_stmt JOB_ATTEMPT_OUTCOME = {
+    .sql = "SELECT outcome FROM job_attempts WHERE job_id = $1 AND attempt = $2",
+};
+
+/* `f`'s lease was attempt `attempt`, and the job has been claimed again
+ * since: say how that attempt ended. */
+static enum err
+claimed_since(struct store_conn *c, const struct job_finish *f, int64_t attempt, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(f->id), sp_int(attempt)};
+    enum err rc = store_query(c, &JOB_ATTEMPT_OUTCOME, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r))
+        rc = stale(e, f, "the job has been claimed again since");
+    else if (strcmp(store_col_text(&r, 0), job_outcome_name(JOB_OUTCOME_EXPIRED)) == 0)
+        rc = stale(e, f, "its lease ran out, the job was rescued and has been claimed again");
+    else
+        rc = stale(e, f, "its attempt ended (%s) and the job has been claimed again",
+                   store_col_text(&r, 0));
+    store_rows_close(&r);
+    return rc;
+}
+
+enum err
+job_finish_replay(struct store_conn *c, struct job_finish *f, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(f->id)};
+    enum err rc = store_query(c, &JOB_REPORT_FATE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return stale(e, f, "there is no such job (purged, pruned, or never submitted)");
+    }
+    /* Read it all first: one statement open at a time. */
+    enum job_state state = JOB_PENDING;
+    bool known = job_state_parse(store_col_text(&r, 0), &state);
+    int64_t token = store_col_int(&r, 1), attempt = store_col_int(&r, 2);
+    bool ended = !store_col_is_null(&r, 4); /* the last claim's attempt has its row */
+    char outcome[32];
+    bb_strlcpy(outcome, ended ? store_col_text(&r, 4) : "", sizeof outcome);
+    bool same_report = attempt_is_report(&r, f);
+    /* Nothing changed the job after the attempt's row was written. */
+    bool untouched = ended && store_col_int(&r, 3) == store_col_int(&r, 6);
+    store_rows_close(&r);
+    bool completed = f->outcome == JOB_OUTCOME_COMPLETED;
+    if (!known)
+        rc = stale(e, f, "the job is in an unknown state");
+    else if (token < f->token)
+        rc = stale(e, f, "no claim of the job was ever given that token");
+    else if (token == f->token + 1 && state == JOB_CANCELLED) /* no claim since this one */
+        rc = ended ? stale(e, f, "its attempt ended (%s), and the job was cancelled after", outcome)
+                   : stale(e, f, "the job was cancelled while this lease held it");
+    else if (token == f->token + 1 && state == JOB_RUNNING) /* one claim since, this one */
+        rc = claimed_since(c, f, attempt - 1, e);
+    else if (token > f->token)
+        rc = stale(e, f, "the job has been claimed again, or cancelled, since (it is %s)",
+                   job_state_name(state));
+    else if (state == JOB_COMPLETED && completed) /* this very lease completed it */
+        rc = ERR_OK;
+    else if (state == JOB_COMPLETED)
+        rc = stale(e, f, "this lease already completed the job");
+    else if (state == JOB_RUNNING || !ended) /* the same token, no record: only a race */
+        rc = stale(e, f, "the job changed while the report was recorded (it is %s)",
+                   job_state_name(state));
+    else if (strcmp(outcome, job_outcome_name(JOB_OUTCOME_EXPIRED)) == 0)
+        rc = stale(e, f, "its lease ran out and the job was rescued (it is %s)",
+                   job_state_name(state));
+    else if (strcmp(outcome, job_outcome_name(JOB_OUTCOME_COMPLETED)) == 0)
+        rc = stale(e, f, "this lease completed the job, and it has been queued again since");
+    else if (completed)
+        rc = stale(e, f, "this lease already reported the attempt %s", outcome);
+    else if (!same_report)
+        rc = stale(e, f, "this lease already reported the attempt %s, with another error", outcome);
+    else if (!untouched)
+        rc = stale(e, f, "this failure was recorded, and the job has been changed since (it is %s)",
+                   job_state_name(state));
+    else /* this very report, the job as it left it */
+        rc = ERR_OK;
+    if (rc == ERR_OK)
+        f->state = state;
+    return rc;
+}
+
 static struct store_stmt JOB_EXPIRED = {
     .sql = "SELECT id, lease_token, queue, external, started_at_ms FROM jobs"
            " WHERE state = 'running' AND lease_expires_at_ms <= $1"

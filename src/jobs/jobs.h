@@ -360,6 +360,16 @@ struct job_finish {
  */
 BB_WUR enum err job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n,
                                  int64_t now_ms, double (*rand01)(void), struct bb_error *e);
+/*
+ * For a report job_finish_batch refused as stale: is it a repeat of the
+ * report that ended this very lease (a worker that resent it after losing
+ * the answer), the job left as that report left it? Then ERR_OK, with
+ * f->state the state the report led to (the answer the first one got), and
+ * nothing written. Otherwise ERR_STALE_TOKEN (field "token") whose detail
+ * says what became of the lease: completed or failed by it already, run out
+ * and rescued, cancelled, claimed again, no such job.
+ */
+BB_WUR enum err job_finish_replay(struct store_conn *c, struct job_finish *f, struct bb_error *e);
 /* Rescue jobs whose lease ran out (at most `limit`). *n gets how many. */
 BB_WUR enum err job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t *n,
                                    struct bb_error *e);

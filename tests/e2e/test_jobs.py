@@ -486,7 +486,7 @@ def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     assert hb.status_code == 200 and hb.json()["lease_expires_at"]
     problem(server.post(f"/jobs/{job_id}/complete", {"token": 2}), 409, "stale_token", "token")
     assert server.post(f"/jobs/{job_id}/complete", {"token": 1}).json()["state"] == "completed"
-    problem(server.post(f"/jobs/{job_id}/complete", {"token": 1}), 409, "stale_token")
+    problem(server.post(f"/jobs/{job_id}/complete", {"token": 2}), 409, "stale_token")
     # Nothing to claim: an empty answer after the wait.
     r = server.post("/queues/default/claim", {"worker": "py-1", "wait_ms": 100})
     assert r.json() == {"jobs": []}
@@ -506,6 +506,74 @@ def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     job = server.get(f"/jobs/{again}").json()
     assert job["attempts"][0]["outcome"] == "failed" and not job["ready"]
     assert server.metric("backbone_job_stale_reports_total", 'report="complete"') == 2
+
+
+def claim_it(server, job_id, **kw):
+    """Claim the only ready external job of the default queue; its lease token."""
+    [got] = server.post("/queues/default/claim", dict({"worker": "py"}, **kw)).json()["jobs"]
+    assert got["job_id"] == job_id
+    return got["lease_token"]
+
+
+def test_a_report_sent_again_gets_the_first_answer_and_is_recorded_once(server):
+    """A pull worker whose answer was lost sends its report again: the same
+    answer, nothing recorded or counted twice."""
+    done = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, done)
+    first = server.post(f"/jobs/{done}/complete", {"token": token})
+    assert first.status_code == 200, first.text
+    again = server.post(f"/jobs/{done}/complete", {"token": token})
+    assert (again.status_code, again.json()) == (200, first.json()) == \
+        (200, {"job_id": done, "state": "completed"})
+    retried = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, retried)
+    report = {"token": token, "error": "try later"}
+    first = server.post(f"/jobs/{retried}/fail", report)
+    assert first.json() == {"job_id": retried, "state": "pending"}, first.text
+    again = server.post(f"/jobs/{retried}/fail", report)
+    assert (again.status_code, again.json()) == (200, first.json())
+    dead = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, dead)
+    report = {"token": token, "error": "bad input", "retry": False}
+    assert server.post(f"/jobs/{dead}/fail", report).json()["state"] == "dead"
+    again = server.post(f"/jobs/{dead}/fail", report)
+    assert (again.status_code, again.json()) == (200, {"job_id": dead, "state": "dead"})
+    assert len(server.get(f"/jobs/{retried}").json()["attempts"]) == 1
+    assert len(server.get(f"/jobs/{dead}").json()["attempts"]) == 1
+    m = server.metric
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="completed"') == 1
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="failed"') == 1
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="failed_permanently"') == 1
+    assert m("backbone_job_stale_reports_total", 'report="complete"') is None
+
+    # Another report under the same token is refused, and says what happened.
+    def refused(job_id, verb, body, words):
+        doc = problem(server.post(f"/jobs/{job_id}/{verb}", body), 409, "stale_token", "token")
+        assert words in doc["detail"], doc
+    refused(done, "fail", {"token": 1, "error": "x"}, "this lease already completed the job")
+    refused(done, "complete", {"token": 7}, "no claim of the job was ever given that token")
+    refused(retried, "complete", {"token": 1}, "already reported the attempt failed")
+    refused(retried, "fail", {"token": 1, "error": "other"}, "with another error")
+    refused(dead, "fail", {"token": 1, "error": "bad input"}, "already reported the attempt "
+            "failed_permanently")  # the same error, another outcome (retry true)
+    # Redriven since: the job is not as the report left it.
+    assert server.post(f"/dlq/{dead}/redrive").status_code == 200
+    refused(dead, "fail", report, "has been changed since (it is pending)")
+    # Rescued after its lease ran out, then claimed again.
+    for job_id in (retried, dead):  # out of the next claims' way
+        assert server.post(f"/jobs/{job_id}/cancel").status_code == 200
+    lost = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, lost, lease_ms=100)
+    await_condition(lambda: server.get(f"/jobs/{lost}").json()["state"] == "pending",
+                    what="the lease to be rescued")
+    refused(lost, "complete", {"token": token}, "its lease ran out and the job was rescued")
+    claim_it(server, lost)
+    refused(lost, "complete", {"token": token}, "ran out, the job was rescued and has been "
+            "claimed again")
+    # Cancelled while the lease held it.
+    assert server.post(f"/jobs/{lost}/cancel").status_code == 200
+    refused(lost, "complete", {"token": token + 1}, "cancelled while this lease held it")
+    refused(12345, "complete", {"token": 1}, "no such job")
 
 
 def test_a_long_multibyte_worker_name_is_rescued_and_failed_whole(server):
@@ -702,8 +770,11 @@ def test_job_metrics(server):
         assert r.status_code == 200, r.text
     assert [server.get(f"/jobs/{i}").json()["state"] for i in ids] == [
         "completed", "pending", "dead"]
-    # A report refused as stale counts as that, not as a finished attempt.
-    problem(server.post(f"/jobs/{ids[0]}/complete", {"token": 1}), 409, "stale_token")
+    # A report refused as stale counts as that, not as a finished attempt;
+    # and a report sent again (its answer lost) as neither.
+    problem(server.post(f"/jobs/{ids[0]}/complete", {"token": 2}), 409, "stale_token")
+    assert server.post(f"/jobs/{ids[0]}/complete", {"token": 1}).status_code == 200
+    assert m("backbone_job_stale_reports_total", 'report="complete"') == 1
     assert m("backbone_jobs_started_total", 'queue="pull"') == 3
     for outcome in ("completed", "failed", "failed_permanently"):
         assert m("backbone_jobs_finished_total", f'queue="pull",outcome="{outcome}"') == 1
