@@ -988,9 +988,8 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_array_append_new(list, lease_json(&leases[i]));
-        /* Queue latency: from when it was due to this claim. */
-        jobs__metric_started_at_commit(c, leases[i].queue,
-                                       (double)(now - leases[i].run_at_ms) / 1000.0);
+        /* Queue latency: from when it became ready to this claim. */
+        jobs__metric_started_at_commit(c, leases[i].queue, jobs__queue_latency_s(&leases[i], now));
         job_lease_deinit(&leases[i]);
     }
     free(leases);
