@@ -207,7 +207,10 @@ static void
 human_submitted(const json_t *o)
 {
     if (json_object_get(o, "schedule"))
-        printf("schedule %s, next fire %s\n", str(o, "schedule"), str(o, "next_fire_at"));
+        printf("schedule %s%s, next fire %s%s\n", str(o, "schedule"),
+               json_is_false(json_object_get(o, "created")) ? " replaced" : "",
+               str(o, "next_fire_at"),
+               json_is_true(json_object_get(o, "paused")) ? " (paused: resume to fire)" : "");
     else
         printf("job %" JSON_INTEGER_FORMAT " %s, runs at %s\n",
                json_integer_value(json_object_get(o, "job_id")),

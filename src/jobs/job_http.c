@@ -458,14 +458,15 @@ submit_work(struct store_conn *c, void *arg, struct bb_error *e)
         if (op->recurring.cron)
             bb_strlcpy(s.cron, op->recurring.cron, sizeof s.cron);
         bb_strlcpy(s.tz, op->recurring.tz ? op->recurring.tz : "UTC", sizeof s.tz);
-        int64_t next;
-        enum err rc = job_schedule_put(c, &s, now, &next, e);
+        struct job_schedule_put_result put;
+        enum err rc = job_schedule_put(c, &s, now, &put, e);
         if (rc == ERR_NOT_FOUND && strcmp(e->field, "queue") == 0)
             return unknown_queue(e, op->spec.queue); /* 400, as a one-off submit */
         if (rc == ERR_OK)
-            jop_answer(
-                op, 201,
-                json_pack("{s:s, s:o}", "schedule", s.name, "next_fire_at", time_value(next)));
+            jop_answer(op, put.created ? 201 : 200,
+                       json_pack("{s:s, s:o, s:b, s:b}", "schedule", s.name, "next_fire_at",
+                                 time_value(put.next_fire_ms), "created", put.created, "paused",
+                                 put.paused));
         return rc;
     }
     int64_t id;

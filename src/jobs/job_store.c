@@ -2290,8 +2290,14 @@ static struct store_stmt SCHEDULE_PUT = {
            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
            " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz,"
            " interval_ms = excluded.interval_ms, spec = excluded.spec, queue = excluded.queue,"
-           " handler = excluded.handler, paused = excluded.paused,"
+           " handler = excluded.handler,"
            " next_fire_at_ms = excluded.next_fire_at_ms, updated_at_ms = excluded.updated_at_ms",
+};
+/* Before a put: is it a replace, and is the schedule paused? Locked on
+ * PostgreSQL, so a pause cannot slip in between. */
+static struct store_stmt SCHEDULE_PAUSED = {
+    .sql = "SELECT paused FROM job_schedules WHERE name = $1",
+    .sql_pg = "SELECT paused FROM job_schedules WHERE name = $1 FOR UPDATE",
 };
 static struct store_stmt SCHEDULE_DELETE = {.sql = "DELETE FROM job_schedules WHERE name = $1"};
 static struct store_stmt SCHEDULE_PAUSE = {
@@ -2406,14 +2412,23 @@ spec_json(const struct job_spec *s)
 
 enum err
 job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now_ms,
-                 int64_t *next_fire_ms, struct bb_error *e)
+                 struct job_schedule_put_result *out, struct bb_error *e)
 {
     struct job_queue q;
     enum err rc = job_queue_get(c, s->job.queue ? s->job.queue : "default", &q, e);
     if (rc != ERR_OK)
         return rc;
+    struct store_rows r;
+    const struct store_param n[] = {sp_text(s->name)};
+    if ((rc = store_query(c, &SCHEDULE_PAUSED, n, 1, &r, e)) != ERR_OK)
+        return rc;
+    out->created = !store_next(&r);
+    /* A replace changes what the schedule does, not whether an operator
+     * paused it: the row keeps its paused flag. */
+    out->paused = out->created ? s->paused : store_col_int(&r, 0) != 0;
+    store_rows_close(&r);
     const char *tz = s->tz[0] ? s->tz : "UTC";
-    rc = schedule_next(s->cron, tz, s->interval_ms, now_ms, next_fire_ms, e);
+    rc = schedule_next(s->cron, tz, s->interval_ms, now_ms, &out->next_fire_ms, e);
     if (rc != ERR_OK)
         return rc;
     json_t *spec = spec_json(&s->job);
@@ -2428,7 +2443,7 @@ job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now
         sp_text(q.name),
         sp_text(s->job.handler),
         sp_int(s->paused),
-        sp_int(*next_fire_ms),
+        sp_int(out->next_fire_ms),
         sp_int(now_ms),
     };
     rc = store_exec(c, &SCHEDULE_PUT, p, BB_ARRAY_LEN(p), NULL, e);

@@ -394,9 +394,15 @@ struct job_schedule {
     bool paused;
 };
 
-/* Create or replace; computes the next fire time after now. */
+/* Create or replace; computes the next fire time after now. A replace
+ * keeps the schedule's paused flag (s->paused sets a new one's). */
+struct job_schedule_put_result {
+    int64_t next_fire_ms;
+    bool created; /* false: it replaced one of that name */
+    bool paused;  /* as it is now */
+};
 BB_WUR enum err job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now_ms,
-                                 int64_t *next_fire_ms, struct bb_error *e);
+                                 struct job_schedule_put_result *out, struct bb_error *e);
 BB_WUR enum err job_schedule_delete(struct store_conn *c, const char *name, struct bb_error *e);
 BB_WUR enum err job_schedule_set_paused(struct store_conn *c, const char *name, bool paused,
                                         int64_t now_ms, struct bb_error *e);

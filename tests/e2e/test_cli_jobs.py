@@ -151,6 +151,10 @@ def test_schedules(server):
     assert len(shown["upcoming"]) == 5
     assert ok("schedules", "pause", "nightly", server=server) == "name nightly, paused true\n"
     assert "(paused)" in ok("schedules", "list", server=server)
+    out = ok("schedules", "create", "nightly", "--cron", "0 4 * * *", "--handler", "noop",
+             server=server)
+    assert re.fullmatch(r"schedule nightly replaced, next fire \S+T04:00:00.000Z "
+                        r"\(paused: resume to fire\)\n", out), out
     assert ok("schedules", "resume", "nightly", server=server) == "name nightly, paused false\n"
     assert ok("schedules", "delete", "nightly", server=server) == "name nightly, deleted true\n"
     assert ok("schedules", "list", server=server) == "no schedules\n"

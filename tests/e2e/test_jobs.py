@@ -453,6 +453,28 @@ def test_schedules_fire_on_their_interval_and_can_be_paused(server):
 
 
 
+def test_replacing_a_schedule_answers_200_and_keeps_it_paused(server):
+    body = {"name": "nightly", "cron": "0 2 * * *", "handler": "noop"}
+    r = server.post("/schedules", body)
+    assert r.status_code == 201 and r.json()["created"] is True, r.text
+    assert r.json()["paused"] is False
+    assert server.post("/schedules/nightly/pause").json()["paused"] is True
+    # A replace changes what it does, not whether an operator paused it.
+    r = server.post("/schedules", dict(body, cron="0 3 * * *", payload={"v": 2}))
+    assert r.status_code == 200, r.text
+    assert (r.json()["created"], r.json()["paused"]) == (False, True)
+    sch = server.get("/schedules/nightly").json()
+    assert sch["paused"] is True and sch["cron"] == "0 3 * * *"
+    assert sch["job"]["payload"] == {"v": 2}
+    assert server.post("/schedules/nightly/resume").json()["paused"] is False
+    # The same through POST /jobs, and a resumed one stays resumed.
+    r = server.post("/jobs", dict(body, cron="0 4 * * *"))
+    assert r.status_code == 200 and r.json()["paused"] is False, r.text
+    assert [s["name"] for s in server.get("/schedules").json()["schedules"]] == ["nightly"]
+    r = server.post("/jobs", {"name": "other", "every_ms": 60000, "handler": "noop"})
+    assert r.status_code == 201 and r.json()["created"] is True, r.text
+
+
 def test_a_schedule_keeps_a_payload_and_tags_with_a_nul_character(server):
     # "\u0000" in a string: the schedule kept {} and no tags, so every
     # fire ran with an empty payload.

@@ -630,6 +630,16 @@ enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
     json_decref(j);
 }
 
+/* Put schedule `s` at `now`; its next fire time. */
+static int64_t
+put_schedule(struct store_conn *c, const struct job_schedule *s, int64_t now)
+{
+    struct job_schedule_put_result put;
+    struct bb_error e;
+    assert_ok(job_schedule_put(c, s, now, &put, &e), &e);
+    return put.next_fire_ms;
+}
+
 static void
 schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
 {
@@ -639,7 +649,7 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     s.job = (struct job_spec){.handler = "noop", .payload = "{\"k\":1}"};
     int64_t next;
     struct bb_error e;
-    assert_ok(job_schedule_put(f->c, &s, T0, &next, &e), &e);
+    next = put_schedule(f->c, &s, T0);
     assert_int_equal(next, T0 + 60000);
     int64_t n;
     assert_ok(job_schedule_fire_due(f->c, T0 + 59999, &n, &e), &e);
@@ -683,6 +693,19 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     assert_ok(job_schedule_set_paused(f->c, "tick", true, T0, &e), &e);
     assert_ok(job_schedule_fire_due(f->c, T0 + 10000000, &n, &e), &e);
     assert_int_equal(n, 0);
+    /* A replace changes what it does, and says so; paused it stays. */
+    struct job_schedule_put_result put;
+    s.interval_ms = 120000;
+    assert_ok(job_schedule_put(f->c, &s, T0 + 10000000, &put, &e), &e);
+    assert_false(put.created);
+    assert_true(put.paused);
+    assert_ok(job_schedule_fire_due(f->c, T0 + 20000000, &n, &e), &e);
+    assert_int_equal(n, 0);
+    assert_ok(job_schedule_list_json(f->c, "tick", 1, &list, &e), &e);
+    sch = json_array_get(list, 0);
+    assert_true(json_is_true(json_object_get(sch, "paused")));
+    assert_int_equal(json_integer_value(json_object_get(sch, "every_ms")), 120000);
+    json_decref(list);
     assert_ok(job_schedule_delete(f->c, "tick", &e), &e);
     assert_int_equal(job_schedule_delete(f->c, "tick", &e), ERR_NOT_FOUND);
 }
@@ -708,7 +731,7 @@ per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires(void **st
     int64_t next, n;
     struct bb_error e;
     /* T0 is a whole minute: fires at :00, :05, :10, ... */
-    assert_ok(job_schedule_put(f->c, &s, T0 + 1, &next, &e), &e);
+    next = put_schedule(f->c, &s, T0 + 1);
     assert_int_equal(next, T0 + 5000);
     /* Ticks of two schedulers (the second on a connection of its own, as
      * another process would be) and the jobs each fires. */
@@ -810,7 +833,7 @@ schedules_years_behind_fire_once_and_catch_up_at_once(void **state)
         s.job = (struct job_spec){.handler = "noop"};
         int64_t next, n;
         struct bb_error e;
-        assert_ok(job_schedule_put(f->c, &s, cases[i].put_at, &next, &e), &e);
+        next = put_schedule(f->c, &s, cases[i].put_at);
         assert_true(next < cases[i].now);
         assert_ok(job_schedule_fire_due(f->c, cases[i].now, &n, &e), &e);
         assert_int_equal(n, 1);
@@ -843,7 +866,7 @@ cron_schedules_use_their_time_zone(void **state)
     assert_ok(bb_rfc3339_parse("2026-11-24T08:00:00Z", &want), &e);
     int64_t now;
     assert_ok(bb_rfc3339_parse("2026-11-23T12:00:00Z", &now), &e);
-    assert_ok(job_schedule_put(f->c, &s, now, &next, &e), &e);
+    next = put_schedule(f->c, &s, now);
     assert_int_equal(next, want);
 }
 
