@@ -28,6 +28,8 @@ enum {
     CLAIM_RECHECK_MS = 1000,
     MAX_DURATION_S_MAX = 86400,
 };
+/* The furthest a job may be put off: delay_ms, run_at, every_ms. */
+#define DELAY_MAX_MS (366LL * 86400000)
 
 enum { SUBMIT_GROUP_MAX = 64, ROUTES_N = 30 };
 
@@ -339,9 +341,9 @@ timing_members(const json_t *body, int64_t now_ms, struct job_spec *spec,
     if (rc == ERR_OK)
         rc = bb_json_string(body, "run_at", false, 64, &run_at, e);
     if (rc == ERR_OK)
-        rc = bb_json_int(body, "delay_ms", false, 0, 366LL * 86400000, &delay, e);
+        rc = bb_json_int(body, "delay_ms", false, 0, DELAY_MAX_MS, &delay, e);
     if (rc == ERR_OK)
-        rc = bb_json_int(body, "every_ms", false, 1000, 366LL * 86400000, &every, e);
+        rc = bb_json_int(body, "every_ms", false, 1000, DELAY_MAX_MS, &every, e);
     if (rc == ERR_OK)
         rc = bb_json_string(body, "cron", false, 127, &rec->cron, e);
     if (rc == ERR_OK)
@@ -354,9 +356,23 @@ timing_members(const json_t *body, int64_t now_ms, struct job_spec *spec,
     if (kinds > 1)
         return bb_fail(e, ERR_INVALID, "schedule",
                        "give at most one of run_at, delay_ms, cron and every_ms");
+    /* "now" (the seed API's word) is a time of its own: with another, one
+     * of the two would be silently dropped. */
+    if (schedule && kinds > 0) {
+        const char *other = run_at       ? "run_at"
+                            : delay >= 0 ? "delay_ms"
+                            : rec->cron  ? "cron"
+                                         : "every_ms";
+        return bb_fail(e, ERR_INVALID, other,
+                       "schedule \"now\" and %s exclude each other: give one of them", other);
+    }
     if (run_at && bb_rfc3339_parse(run_at, &spec->run_at_ms) != ERR_OK)
         return bb_fail(e, ERR_INVALID, "run_at",
                        "run_at must be an RFC 3339 time such as 2026-11-23T10:00:00Z");
+    if (run_at && spec->run_at_ms > now_ms + DELAY_MAX_MS)
+        return bb_fail(e, ERR_INVALID, "run_at",
+                       "run_at must be at most 366 days from now, as delay_ms (use a schedule, "
+                       "or submit it later)");
     if (delay >= 0)
         spec->run_at_ms = now_ms + delay;
     if (rec->tz && !rec->cron)

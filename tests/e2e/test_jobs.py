@@ -825,6 +825,16 @@ BAD_JOBS = [
     ({"handler": "noop", "run_at": "2026-01-01T00:00:00Z", "delay_ms": 5}, 400,
      "invalid_request", "schedule"),
     ({"handler": "noop", "schedule": "later"}, 400, "invalid_request", "schedule"),
+    # "now" and another time: one would be dropped (it was run_at's 2030).
+    ({"handler": "noop", "schedule": "now", "run_at": "2030-01-01T00:00:00Z"}, 400,
+     "invalid_request", "run_at"),
+    ({"handler": "noop", "schedule": "now", "delay_ms": 5}, 400, "invalid_request", "delay_ms"),
+    ({"handler": "noop", "schedule": "now", "cron": "* * * * *"}, 400, "invalid_request", "cron"),
+    ({"handler": "noop", "schedule": "now", "every_ms": 60000, "name": "n"}, 400,
+     "invalid_request", "every_ms"),
+    # As far off as delay_ms may put it, at most (366 days).
+    ({"handler": "noop", "run_at": "9999-12-31T00:00:00Z"}, 400, "invalid_request", "run_at"),
+    ({"handler": "noop", "delay_ms": 366 * 86400000 + 1}, 400, "invalid_request", "delay_ms"),
     ({"handler": "noop", "payload": "{not json"}, 400, "invalid_request", "payload"),
     ({"handler": "noop", "payload": {"blob": "x" * 300000}}, 413, "payload_too_large", "payload"),
     ({"handler": "nope"}, 400, "invalid_request", "handler"),
@@ -853,6 +863,22 @@ def test_bad_jobs_get_a_precise_problem_and_write_nothing(server, body, status, 
     problem(server.post("/jobs", body), status, kind, field)
     assert server.get("/jobs").json()["jobs"] == []
     assert server.get("/schedules").json()["schedules"] == []
+
+
+def test_run_at_reaches_as_far_as_delay_ms_and_no_further(server):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    def at(days):
+        return (now + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert submit(server, {"handler": "noop", "run_at": at(365)})["run_at"].startswith(at(365)[:10])
+    doc = problem(server.post("/jobs", {"handler": "noop", "run_at": at(367)}), 400,
+                  "invalid_request", "run_at")
+    assert "366 days" in doc["detail"], doc
+    problem(server.post("/jobs/batch", {"jobs": [{"handler": "noop"},
+                                                 {"handler": "noop", "run_at": at(400)}]}),
+            400, "invalid_request", "jobs[1].run_at")
+    # A time in the past is due now, as it was.
+    assert submit(server, {"handler": "noop", "run_at": "2020-01-01T00:00:00Z"})["job_id"]
+    assert len(server.get("/jobs").json()["jobs"]) == 2
 
 
 def test_a_job_id_in_a_path_is_digits_that_fit(server):
