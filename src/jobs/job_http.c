@@ -627,7 +627,9 @@ batch_work(struct store_conn *c, void *arg, struct bb_error *e)
     }
     free(ids);
     free(created);
-    jop_answer(op, 201, json_pack("{s:o}", "jobs", list));
+    /* 201 when the batch created a job; 200 when every job's unique key
+     * was held, as a single submit's duplicate answers. */
+    jop_answer(op, op->n > 0 ? 201 : 200, json_pack("{s:o}", "jobs", list));
     return ERR_OK;
 }
 

@@ -274,6 +274,20 @@ def test_batch_submit_is_one_transaction(server):
     assert len(server.get("/jobs?limit=1000").json()["jobs"]) == len(before)  # nothing written
 
 
+def test_a_batch_that_creates_nothing_answers_200(server):
+    held = [{"handler": "external", "unique_key": f"order-{i}"} for i in range(2)]
+    r = server.post("/jobs/batch", {"jobs": held})
+    assert r.status_code == 201 and [j["created"] for j in r.json()["jobs"]] == [True, True]
+    first = [j["job_id"] for j in r.json()["jobs"]]
+    r = server.post("/jobs/batch", {"jobs": held})
+    assert r.status_code == 200, r.text
+    assert r.json()["jobs"] == [{"job_id": i, "created": False} for i in first]
+    # One new among the held: created, 201.
+    r = server.post("/jobs/batch", {"jobs": held + [{"handler": "external", "unique_key": "new"}]})
+    assert r.status_code == 201 and [j["created"] for j in r.json()["jobs"]] == [False, False, True]
+    assert len(server.get("/jobs").json()["jobs"]) == 3
+
+
 def test_concurrent_submits_each_get_their_own_answer(server):
     """Single submits that wait together may share a transaction: each still
     gets its own job, and one naming an unknown queue fails alone."""
