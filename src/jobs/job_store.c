@@ -2074,7 +2074,7 @@ stale(struct bb_error *e, const struct job_finish *f, const char *fmt, ...)
 static bool
 attempt_is_report(const struct store_rows *r, const struct job_finish *f)
 {
-    if (store_col_is_null(r, 4) || strcmp(store_col_text(r, 4), job_outcome_name(f->outcome)))
+    if (store_col_is_null(r, 4) || strcmp(store_col_text(r, 4), job_outcome_name(f->outcome)) != 0)
         return false;
     char cut[JOB_ERROR_MAX + 1];
     bb_utf8_copy(cut, sizeof cut, f->error ? f->error : job_outcome_name(f->outcome));
@@ -2142,10 +2142,8 @@ job_finish_replay(struct store_conn *c, struct job_finish *f, struct bb_error *e
     else if (token > f->token)
         rc = stale(e, f, "the job has been claimed again, or cancelled, since (it is %s)",
                    job_state_name(state));
-    else if (state == JOB_COMPLETED && completed) /* this very lease completed it */
-        rc = ERR_OK;
-    else if (state == JOB_COMPLETED)
-        rc = stale(e, f, "this lease already completed the job");
+    else if (state == JOB_COMPLETED) /* this very lease completed it */
+        rc = completed ? ERR_OK : stale(e, f, "this lease already completed the job");
     else if (state == JOB_RUNNING || !ended) /* the same token, no record: only a race */
         rc = stale(e, f, "the job changed while the report was recorded (it is %s)",
                    job_state_name(state));
