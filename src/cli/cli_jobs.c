@@ -104,7 +104,7 @@ static const char JOBS_USAGE[] =
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
     "       backbone dlq groups [--queue Q] [--limit N]\n"
     "       backbone dlq list|redrive-all|purge [--queue Q] [--fingerprint F]\n"
-    "       backbone dlq show ID | redrive ID";
+    "       backbone dlq show ID | redrive ID | purge ID";
 
 static int
 usage_error(const char *msg)
@@ -177,12 +177,12 @@ human_jobs(const json_t *page)
         printf("more: --after %" JSON_INTEGER_FORMAT "\n", json_integer_value(next));
 }
 
-/* "&name=value" (escaped) when `value` is set. */
+/* "?name=value" or "&name=value" (escaped) when `value` is set. */
 static void
 query_param(struct bb_buf *path, const char *name, const char *value)
 {
     if (value) {
-        bb_buf_printf(path, "&%s=", name);
+        bb_buf_printf(path, "%c%s=", strchr(path->data, '?') ? '&' : '?', name);
         http_client_escape(value, path);
     }
 }
@@ -207,7 +207,10 @@ static void
 human_submitted(const json_t *o)
 {
     if (json_object_get(o, "schedule"))
-        printf("schedule %s, next fire %s\n", str(o, "schedule"), str(o, "next_fire_at"));
+        printf("schedule %s%s, next fire %s%s\n", str(o, "schedule"),
+               json_is_false(json_object_get(o, "created")) ? " replaced" : "",
+               str(o, "next_fire_at"),
+               json_is_true(json_object_get(o, "paused")) ? " (paused: resume to fire)" : "");
     else
         printf("job %" JSON_INTEGER_FORMAT " %s, runs at %s\n",
                json_integer_value(json_object_get(o, "job_id")),
@@ -605,11 +608,22 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     struct bb_buf path;
     bb_buf_init(&path);
     int code;
-    bool bulk =
-        strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 || strcmp(cmd, "purge") == 0;
-    if (bulk) {
+    /* "purge ID" purges that job; "purge" alone, every dead job its
+     * filters (--queue, --fingerprint) match. */
+    bool bulk = strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 ||
+                (strcmp(cmd, "purge") == 0 && arg == NULL);
+    if (bulk && arg != NULL) {
+        /* An id after a bulk command must not be dropped: the command
+         * would then act on every dead job. */
+        code = usage_error(strcmp(cmd, "redrive-all") == 0
+                               ? "redrive-all takes no id: redrive ID redrives one job"
+                               : "list takes no id: show ID shows one job");
+    } else if (bulk) {
         bb_buf_puts(&path, strcmp(cmd, "redrive-all") == 0 ? "/dlq/redrive" : "/dlq");
-        bb_buf_printf(&path, "?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
+        /* Paging is for the list; the bulk operations take no such filter
+         * (the server refuses a parameter it does not take). */
+        if (strcmp(cmd, "list") == 0)
+            bb_buf_printf(&path, "?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
         query_param(&path, "queue", a->queue);
         query_param(&path, "fingerprint", a->fingerprint);
         code = strcmp(cmd, "list") == 0    ? call(a, "GET", path.data, NULL, human_jobs)
@@ -627,6 +641,13 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     } else if (strcmp(cmd, "redrive") == 0) {
         path_for(&path, "/dlq/", arg, "/redrive");
         code = call(a, "POST", path.data, json_object(), human_done);
+    } else if (strcmp(cmd, "purge") == 0) {
+        if (a->queue || a->fingerprint)
+            code = usage_error("purge ID takes no --queue or --fingerprint");
+        else {
+            path_for(&path, "/dlq/", arg, "");
+            code = call(a, "DELETE", path.data, NULL, human_done);
+        }
     } else {
         code = usage_error("unknown dlq command");
     }

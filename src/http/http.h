@@ -80,6 +80,12 @@ const char *http_req_query(struct http_req *r, const char *key);
 /* ?key=N as an integer in [min, max]; *out untouched when absent. */
 BB_WUR enum err http_req_query_int(struct http_req *r, const char *key, int64_t min, int64_t max,
                                    int64_t *out, struct bb_error *e);
+/* Refuse a query-string parameter that is not one of `allowed` (NULL-
+ * terminated, at most 16), or one given twice: ERR_INVALID naming it. A
+ * handler that takes query parameters calls it first, so that a typo
+ * (?job_id=8 for a filter) is an error, not a request for everything. */
+BB_WUR enum err http_req_query_only(struct http_req *r, const char *const *allowed,
+                                    struct bb_error *e);
 const char *http_req_header(struct http_req *r, const char *name);
 /* The Idempotency-Key header, required and valid (a copy in the arena). */
 BB_WUR enum err http_req_idempotency_key(struct http_req *r, const char **out, struct bb_error *e);

@@ -44,7 +44,7 @@
 
 /* Bodies beyond the limit are read and discarded (so the client can read
  * our 413) up to this much; past it the connection is simply closed. */
-enum { DISCARD_LIMIT_BYTES = 64 << 20, MAX_EXTRA_HEADERS = 8 };
+enum { DISCARD_LIMIT_BYTES = 64 << 20, MAX_EXTRA_HEADERS = 8, QUERY_KEYS_MAX = 16 };
 
 struct http_server {
     struct MHD_Daemon *daemon;
@@ -156,6 +156,72 @@ http_req_query(struct http_req *r, const char *key)
 {
     BB_ASSERT(!r->suspended);
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+/* What http_req_query_only's iterator carries: the allowed keys, the keys
+ * seen so far (to find one given twice), and the first offender. */
+struct query_check {
+    const char *const *allowed;
+    const char *seen[QUERY_KEYS_MAX];
+    size_t n_seen;
+    const char *bad;
+    bool repeated;
+};
+
+static enum MHD_Result
+query_key_check(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    (void)value;
+    struct query_check *q = cls;
+    const char *const *a = q->allowed;
+    while (*a && strcmp(*a, key) != 0)
+        a++;
+    if (*a == NULL) {
+        q->bad = key;
+        return MHD_NO;
+    }
+    for (size_t i = 0; i < q->n_seen; i++) {
+        if (q->seen[i] == *a) {
+            q->bad = key;
+            q->repeated = true;
+            return MHD_NO;
+        }
+    }
+    q->seen[q->n_seen++] = *a; /* once per allowed key at most: there is room */
+    return MHD_YES;
+}
+
+enum err
+http_req_query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
+{
+    BB_ASSERT(!r->suspended);
+    struct query_check q = {.allowed = allowed};
+    size_t n_allowed = 0;
+    while (allowed[n_allowed])
+        n_allowed++;
+    BB_ASSERT(n_allowed <= QUERY_KEYS_MAX);
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_key_check, &q);
+    if (q.bad == NULL)
+        return ERR_OK;
+    if (q.repeated)
+        return bb_fail(e, ERR_INVALID, q.bad, "query parameter '%.64s' is given more than once",
+                       q.bad);
+    struct bb_buf names;
+    bb_buf_init(&names);
+    for (const char *const *a = allowed; *a; a++) {
+        if (a != allowed)
+            bb_buf_append(&names, ", ", 2);
+        bb_buf_append(&names, *a, strlen(*a));
+    }
+    if (names.len == 0)
+        bb_fail(e, ERR_INVALID, q.bad, "unknown query parameter '%.64s': %s %s takes none", q.bad,
+                r->method, http_req_route(r));
+    else
+        bb_fail(e, ERR_INVALID, q.bad, "unknown query parameter '%.64s': %s %s takes %s", q.bad,
+                r->method, http_req_route(r), names.data);
+    bb_buf_deinit(&names);
+    return ERR_INVALID;
 }
 
 enum err

@@ -28,8 +28,17 @@ enum {
     CLAIM_RECHECK_MS = 1000,
     MAX_DURATION_S_MAX = 86400,
 };
+/* The furthest a job may be put off: delay_ms, run_at, every_ms. */
+#define DELAY_MAX_MS (366LL * 86400000)
 
-enum { SUBMIT_GROUP_MAX = 64 };
+enum { SUBMIT_GROUP_MAX = 64, ROUTES_N = 30 };
+
+struct route_def;
+/* A route's context: the service and what the route is. */
+struct route_ctx {
+    struct job_service *svc;
+    const struct route_def *def;
+};
 
 struct job_service {
     struct store *store;
@@ -37,6 +46,7 @@ struct job_service {
     int64_t payload_limit;
     struct http_waitlist *claims;
     struct http_json_group submits; /* POST /jobs: many per transaction */
+    struct route_ctx routes[ROUTES_N];
 };
 
 /* One request's operation. */
@@ -331,9 +341,9 @@ timing_members(const json_t *body, int64_t now_ms, struct job_spec *spec,
     if (rc == ERR_OK)
         rc = bb_json_string(body, "run_at", false, 64, &run_at, e);
     if (rc == ERR_OK)
-        rc = bb_json_int(body, "delay_ms", false, 0, 366LL * 86400000, &delay, e);
+        rc = bb_json_int(body, "delay_ms", false, 0, DELAY_MAX_MS, &delay, e);
     if (rc == ERR_OK)
-        rc = bb_json_int(body, "every_ms", false, 1000, 366LL * 86400000, &every, e);
+        rc = bb_json_int(body, "every_ms", false, 1000, DELAY_MAX_MS, &every, e);
     if (rc == ERR_OK)
         rc = bb_json_string(body, "cron", false, 127, &rec->cron, e);
     if (rc == ERR_OK)
@@ -346,9 +356,23 @@ timing_members(const json_t *body, int64_t now_ms, struct job_spec *spec,
     if (kinds > 1)
         return bb_fail(e, ERR_INVALID, "schedule",
                        "give at most one of run_at, delay_ms, cron and every_ms");
+    /* "now" (the seed API's word) is a time of its own: with another, one
+     * of the two would be silently dropped. */
+    if (schedule && kinds > 0) {
+        const char *other = run_at       ? "run_at"
+                            : delay >= 0 ? "delay_ms"
+                            : rec->cron  ? "cron"
+                                         : "every_ms";
+        return bb_fail(e, ERR_INVALID, other,
+                       "schedule \"now\" and %s exclude each other: give one of them", other);
+    }
     if (run_at && bb_rfc3339_parse(run_at, &spec->run_at_ms) != ERR_OK)
         return bb_fail(e, ERR_INVALID, "run_at",
                        "run_at must be an RFC 3339 time such as 2026-11-23T10:00:00Z");
+    if (run_at && spec->run_at_ms > now_ms + DELAY_MAX_MS)
+        return bb_fail(e, ERR_INVALID, "run_at",
+                       "run_at must be at most 366 days from now, as delay_ms (use a schedule, "
+                       "or submit it later)");
     if (delay >= 0)
         spec->run_at_ms = now_ms + delay;
     if (rec->tz && !rec->cron)
@@ -450,14 +474,15 @@ submit_work(struct store_conn *c, void *arg, struct bb_error *e)
         if (op->recurring.cron)
             bb_strlcpy(s.cron, op->recurring.cron, sizeof s.cron);
         bb_strlcpy(s.tz, op->recurring.tz ? op->recurring.tz : "UTC", sizeof s.tz);
-        int64_t next;
-        enum err rc = job_schedule_put(c, &s, now, &next, e);
+        struct job_schedule_put_result put;
+        enum err rc = job_schedule_put(c, &s, now, &put, e);
         if (rc == ERR_NOT_FOUND && strcmp(e->field, "queue") == 0)
             return unknown_queue(e, op->spec.queue); /* 400, as a one-off submit */
         if (rc == ERR_OK)
-            jop_answer(
-                op, 201,
-                json_pack("{s:s, s:o}", "schedule", s.name, "next_fire_at", time_value(next)));
+            jop_answer(op, put.created ? 201 : 200,
+                       json_pack("{s:s, s:o, s:b, s:b}", "schedule", s.name, "next_fire_at",
+                                 time_value(put.next_fire_ms), "created", put.created, "paused",
+                                 put.paused));
         return rc;
     }
     int64_t id;
@@ -602,7 +627,9 @@ batch_work(struct store_conn *c, void *arg, struct bb_error *e)
     }
     free(ids);
     free(created);
-    jop_answer(op, 201, json_pack("{s:o}", "jobs", list));
+    /* 201 when the batch created a job; 200 when every job's unique key
+     * was held, as a single submit's duplicate answers. */
+    jop_answer(op, op->n > 0 ? 201 : 200, json_pack("{s:o}", "jobs", list));
     return ERR_OK;
 }
 
@@ -909,6 +936,22 @@ purge_work(struct store_conn *c, void *arg, struct bb_error *e)
     return rc;
 }
 
+static enum err
+purge_one_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct jop *op = arg;
+    enum err rc = job_purge_dead_one(c, op->id, e);
+    if (rc == ERR_OK)
+        jop_answer(op, 200, json_pack("{s:I, s:i}", "job_id", (json_int_t)op->id, "purged", 1));
+    return rc;
+}
+
+static void
+handle_dlq_purge_one(struct http_req *r, void *ctx)
+{
+    job_action(r, ctx, purge_one_work, false);
+}
+
 static void
 dlq_bulk(struct http_req *r, void *ctx, store_work_fn *work)
 {
@@ -964,9 +1007,8 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_array_append_new(list, lease_json(&leases[i]));
-        /* Queue latency: from when it was due to this claim. */
-        jobs__metric_started_at_commit(c, leases[i].queue,
-                                       (double)(now - leases[i].run_at_ms) / 1000.0);
+        /* Queue latency: from when it became ready to this claim. */
+        jobs__metric_started_at_commit(c, leases[i].queue, jobs__queue_latency_s(&leases[i], now));
         job_lease_deinit(&leases[i]);
     }
     free(leases);
@@ -1080,11 +1122,17 @@ report_work(struct store_conn *c, void *arg, struct bb_error *e)
     enum err rc = job_finish_batch(c, &f, 1, now, NULL, e);
     if (rc != ERR_OK)
         return rc;
-    if (f.rc != ERR_OK)
-        return bb_fail(e, ERR_STALE_TOKEN, "token",
-                       "lease token %" PRId64 " no longer holds job %" PRId64
-                       " (its lease ran out and it was rescued, or it was cancelled)",
-                       op->token, op->id);
+    if (f.rc != ERR_OK) {
+        /* A worker that lost our answer sends its report again: the same
+         * answer, nothing recorded twice. Anything else is refused with
+         * what became of the lease. */
+        rc = job_finish_replay(c, &f, e);
+        if (rc == ERR_OK)
+            jop_answer(op, 200,
+                       json_pack("{s:I, s:s}", "job_id", (json_int_t)op->id, "state",
+                                 job_state_name(f.state)));
+        return rc;
+    }
     /* The attempt ran from its claim to this report. */
     jobs__metric_finished_at_commit(c, f.queue, f.outcome,
                                     (double)(now - f.started_at_ms) / 1000.0);
@@ -1492,43 +1540,78 @@ job_service_create(struct store *s, const struct job_registry *r,
     return ERR_OK;
 }
 
+/* The query parameters each route takes. Every jobs route refuses the
+ * others: a typo in a filter (?job_id=8, ?queues=ext) must be an error, not
+ * a bulk operation on every job the filter was meant to narrow. */
+static const char *const Q_NONE[] = {NULL};
+static const char *const Q_LIST[] = {"queue", "state", "limit", "after", NULL};
+static const char *const Q_DLQ_LIST[] = {"queue", "fingerprint", "limit", "after", NULL};
+static const char *const Q_DLQ_GROUPS[] = {"queue", "limit", NULL};
+static const char *const Q_DLQ_BULK[] = {"queue", "fingerprint", NULL};
+
+static const struct route_def {
+    const char *method;
+    const char *pattern;
+    http_handler_fn *fn;
+    const char *const *query;
+} ROUTES[] = {
+    {"POST", "/jobs", handle_submit, Q_NONE},
+    {"POST", "/jobs/batch", handle_batch, Q_NONE},
+    {"GET", "/jobs", handle_list, Q_LIST},
+    {"GET", "/jobs/{id}", handle_get, Q_NONE},
+    {"GET", "/jobs/{id}/history", handle_history, Q_NONE},
+    {"POST", "/jobs/{id}/run", handle_run, Q_NONE},
+    {"POST", "/jobs/{id}/retry", handle_run, Q_NONE},
+    {"POST", "/jobs/{id}/cancel", handle_cancel, Q_NONE},
+    {"POST", "/jobs/{id}/heartbeat", handle_heartbeat, Q_NONE},
+    {"POST", "/jobs/{id}/complete", handle_complete, Q_NONE},
+    {"POST", "/jobs/{id}/fail", handle_fail, Q_NONE},
+    {"GET", "/queues", handle_queues, Q_NONE},
+    {"GET", "/queues/{queue}", handle_queue_get, Q_NONE},
+    {"PUT", "/queues/{queue}", handle_queue_put, Q_NONE},
+    {"POST", "/queues/{queue}/pause", handle_queue_pause, Q_NONE},
+    {"POST", "/queues/{queue}/resume", handle_queue_resume, Q_NONE},
+    {"POST", "/queues/{queue}/claim", handle_claim, Q_NONE},
+    {"GET", "/schedules", handle_schedules, Q_NONE},
+    {"POST", "/schedules", handle_schedule_create, Q_NONE},
+    {"GET", "/schedules/{name}", handle_schedule_get, Q_NONE},
+    {"POST", "/schedules/{name}/pause", handle_schedule_pause, Q_NONE},
+    {"POST", "/schedules/{name}/resume", handle_schedule_resume, Q_NONE},
+    {"DELETE", "/schedules/{name}", handle_schedule_delete, Q_NONE},
+    {"GET", "/dlq", handle_dlq_list, Q_DLQ_LIST},
+    {"GET", "/dlq/groups", handle_dlq_groups, Q_DLQ_GROUPS}, /* before /dlq/{id} */
+    {"GET", "/dlq/{id}", handle_dlq_get, Q_NONE},
+    {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, Q_NONE},
+    {"POST", "/dlq/redrive", handle_dlq_redrive_all, Q_DLQ_BULK},
+    {"DELETE", "/dlq", handle_dlq_purge, Q_DLQ_BULK},
+    {"DELETE", "/dlq/{id}", handle_dlq_purge_one, Q_NONE},
+};
+
+_Static_assert(BB_ARRAY_LEN(ROUTES) == ROUTES_N, "ROUTES_N counts the jobs routes");
+
+/* Every jobs route: its query checked, then its handler. */
+static void
+handle_checked(struct http_req *r, void *ctx)
+{
+    const struct route_ctx *route = ctx;
+    struct bb_error *e = http_req_error(r);
+    if (http_req_query_only(r, route->def->query, e) != ERR_OK) {
+        fail_now(r, e);
+        return;
+    }
+    route->def->fn(r, route->svc);
+}
+
 size_t
 job_service_routes(struct job_service *svc, struct http_route *out, size_t max)
 {
-    const struct http_route routes[] = {
-        {"POST", "/jobs", handle_submit, svc, false},
-        {"POST", "/jobs/batch", handle_batch, svc, false},
-        {"GET", "/jobs", handle_list, svc, false},
-        {"GET", "/jobs/{id}", handle_get, svc, false},
-        {"GET", "/jobs/{id}/history", handle_history, svc, false},
-        {"POST", "/jobs/{id}/run", handle_run, svc, false},
-        {"POST", "/jobs/{id}/retry", handle_run, svc, false},
-        {"POST", "/jobs/{id}/cancel", handle_cancel, svc, false},
-        {"POST", "/jobs/{id}/heartbeat", handle_heartbeat, svc, false},
-        {"POST", "/jobs/{id}/complete", handle_complete, svc, false},
-        {"POST", "/jobs/{id}/fail", handle_fail, svc, false},
-        {"GET", "/queues", handle_queues, svc, false},
-        {"GET", "/queues/{queue}", handle_queue_get, svc, false},
-        {"PUT", "/queues/{queue}", handle_queue_put, svc, false},
-        {"POST", "/queues/{queue}/pause", handle_queue_pause, svc, false},
-        {"POST", "/queues/{queue}/resume", handle_queue_resume, svc, false},
-        {"POST", "/queues/{queue}/claim", handle_claim, svc, false},
-        {"GET", "/schedules", handle_schedules, svc, false},
-        {"POST", "/schedules", handle_schedule_create, svc, false},
-        {"GET", "/schedules/{name}", handle_schedule_get, svc, false},
-        {"POST", "/schedules/{name}/pause", handle_schedule_pause, svc, false},
-        {"POST", "/schedules/{name}/resume", handle_schedule_resume, svc, false},
-        {"DELETE", "/schedules/{name}", handle_schedule_delete, svc, false},
-        {"GET", "/dlq", handle_dlq_list, svc, false},
-        {"GET", "/dlq/groups", handle_dlq_groups, svc, false}, /* before /dlq/{id} */
-        {"GET", "/dlq/{id}", handle_dlq_get, svc, false},
-        {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, svc, false},
-        {"POST", "/dlq/redrive", handle_dlq_redrive_all, svc, false},
-        {"DELETE", "/dlq", handle_dlq_purge, svc, false},
-    };
-    BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
-    memcpy(out, routes, sizeof routes);
-    return BB_ARRAY_LEN(routes);
+    BB_ASSERT(BB_ARRAY_LEN(ROUTES) <= max);
+    for (size_t i = 0; i < BB_ARRAY_LEN(ROUTES); i++) {
+        svc->routes[i] = (struct route_ctx){.svc = svc, .def = &ROUTES[i]};
+        out[i] = (struct http_route){ROUTES[i].method, ROUTES[i].pattern, handle_checked,
+                                     &svc->routes[i], false};
+    }
+    return BB_ARRAY_LEN(ROUTES);
 }
 
 void

@@ -43,7 +43,8 @@ static struct metrics_def M_DURATION = {
 };
 static struct metrics_def M_LATENCY = {
     .name = "backbone_job_queue_latency_seconds",
-    .help = "Time from a job being ready (run_at) to an attempt starting, by queue.",
+    .help = "Time from a job being ready (its run_at, or its submission if later) to an attempt "
+            "starting, by queue.",
     .type = METRICS_HISTOGRAM,
     .labels = {"queue"},
     .buckets = METRICS_LATENCY_BUCKETS,
@@ -99,6 +100,13 @@ struct metrics_def *
 jobs__metric_submitted_def(void)
 {
     return &M_SUBMITTED;
+}
+
+double
+jobs__queue_latency_s(const struct job_lease *l, int64_t now_ms)
+{
+    int64_t ready_ms = l->run_at_ms > l->created_at_ms ? l->run_at_ms : l->created_at_ms;
+    return now_ms > ready_ms ? (double)(now_ms - ready_ms) / 1000.0 : 0.0;
 }
 
 void

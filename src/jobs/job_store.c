@@ -1404,6 +1404,41 @@ job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
     return rc;
 }
 
+/* The job first: on PostgreSQL its row stays locked until commit, so a
+ * redrive racing with the purge cannot keep the job and lose its history. */
+static struct store_stmt JOB_PURGE_ONE = {
+    .sql = "DELETE FROM jobs WHERE id = $1 AND state = 'dead'",
+};
+static struct store_stmt JOB_PURGE_ONE_ATTEMPTS = {
+    .sql = "DELETE FROM job_attempts WHERE job_id = $1",
+};
+
+enum err
+job_purge_dead_one(struct store_conn *c, int64_t id, struct bb_error *e)
+{
+    const struct store_param p[] = {sp_int(id)};
+    int64_t n = 0;
+    enum err rc = store_exec(c, &JOB_PURGE_ONE, p, 1, &n, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (n == 1)
+        return store_exec(c, &JOB_PURGE_ONE_ATTEMPTS, p, 1, NULL, e);
+    /* Say why: gone (purged before, or never was), or not dead. */
+    struct store_rows r;
+    rc = store_query(c, &JOB_STATE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r))
+        rc = bb_fail(e, ERR_NOT_FOUND, "job_id",
+                     "no job %" PRId64 " (purged already, pruned, or never submitted)", id);
+    else
+        rc = bb_fail(e, ERR_NOT_FOUND, "job_id",
+                     "job %" PRId64 " is not in the dead-letter queue (it is %s)", id,
+                     store_col_text(&r, 0));
+    store_rows_close(&r);
+    return rc;
+}
+
 static struct store_stmt DEAD_GROUPS = {
     .sql = "SELECT queue, error_fingerprint, COUNT(*), MIN(finished_at_ms), MAX(finished_at_ms),"
            " MAX(id) FROM jobs WHERE state = 'dead' AND ($1 = '' OR queue = $1)"
@@ -2013,6 +2048,124 @@ job_runs_complete_in(struct store_conn *c, struct job_run *const *runs, size_t n
     return rc;
 }
 
+/* A refused report's job, and the attempt its last claim began. */
+static struct store_stmt JOB_REPORT_FATE = {
+    .sql = "SELECT j.state, j.lease_token, j.attempt, j.updated_at_ms, a.outcome, a.error,"
+           " a.finished_at_ms FROM jobs j LEFT JOIN job_attempts a"
+           " ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.id = $1",
+};
+
+/* The refusal of `f`, its detail saying what became of its lease. */
+BB_PRINTF(3, 4)
+static enum err
+stale(struct bb_error *e, const struct job_finish *f, const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    return bb_fail(e, ERR_STALE_TOKEN, "token",
+                   "lease token %" PRId64 " no longer holds job %" PRId64 ": %s", f->token, f->id,
+                   why);
+}
+
+/* Is the attempt row (outcome, error) the record of report `f`? */
+static bool
+attempt_is_report(const struct store_rows *r, const struct job_finish *f)
+{
+    if (store_col_is_null(r, 4) || strcmp(store_col_text(r, 4), job_outcome_name(f->outcome)) != 0)
+        return false;
+    char cut[JOB_ERROR_MAX + 1];
+    bb_utf8_copy(cut, sizeof cut, f->error ? f->error : job_outcome_name(f->outcome));
+    return !store_col_is_null(r, 5) && strcmp(store_col_text(r, 5), cut) == 0;
+}
+
+static struct store_stmt JOB_ATTEMPT_OUTCOME = {
+    .sql = "SELECT outcome FROM job_attempts WHERE job_id = $1 AND attempt = $2",
+};
+
+/* `f`'s lease was attempt `attempt`, and the job has been claimed again
+ * since: say how that attempt ended. */
+static enum err
+claimed_since(struct store_conn *c, const struct job_finish *f, int64_t attempt, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(f->id), sp_int(attempt)};
+    enum err rc = store_query(c, &JOB_ATTEMPT_OUTCOME, p, 2, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r))
+        rc = stale(e, f, "the job has been claimed again since");
+    else if (strcmp(store_col_text(&r, 0), job_outcome_name(JOB_OUTCOME_EXPIRED)) == 0)
+        rc = stale(e, f, "its lease ran out, the job was rescued and has been claimed again");
+    else
+        rc = stale(e, f, "its attempt ended (%s) and the job has been claimed again",
+                   store_col_text(&r, 0));
+    store_rows_close(&r);
+    return rc;
+}
+
+enum err
+job_finish_replay(struct store_conn *c, struct job_finish *f, struct bb_error *e)
+{
+    struct store_rows r;
+    const struct store_param p[] = {sp_int(f->id)};
+    enum err rc = store_query(c, &JOB_REPORT_FATE, p, 1, &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!store_next(&r)) {
+        store_rows_close(&r);
+        return stale(e, f, "there is no such job (purged, pruned, or never submitted)");
+    }
+    /* Read it all first: one statement open at a time. */
+    enum job_state state = JOB_PENDING;
+    bool known = job_state_parse(store_col_text(&r, 0), &state);
+    int64_t token = store_col_int(&r, 1), attempt = store_col_int(&r, 2);
+    bool ended = !store_col_is_null(&r, 4); /* the last claim's attempt has its row */
+    char outcome[32];
+    bb_strlcpy(outcome, ended ? store_col_text(&r, 4) : "", sizeof outcome);
+    bool same_report = attempt_is_report(&r, f);
+    /* Nothing changed the job after the attempt's row was written. */
+    bool untouched = ended && store_col_int(&r, 3) == store_col_int(&r, 6);
+    store_rows_close(&r);
+    bool completed = f->outcome == JOB_OUTCOME_COMPLETED;
+    if (!known)
+        rc = stale(e, f, "the job is in an unknown state");
+    else if (token < f->token)
+        rc = stale(e, f, "no claim of the job was ever given that token");
+    else if (token == f->token + 1 && state == JOB_CANCELLED) /* no claim since this one */
+        rc = ended ? stale(e, f, "its attempt ended (%s), and the job was cancelled after", outcome)
+                   : stale(e, f, "the job was cancelled while this lease held it");
+    else if (token == f->token + 1 && state == JOB_RUNNING) /* one claim since, this one */
+        rc = claimed_since(c, f, attempt - 1, e);
+    else if (token > f->token)
+        rc = stale(e, f, "the job has been claimed again, or cancelled, since (it is %s)",
+                   job_state_name(state));
+    else if (state == JOB_COMPLETED) /* this very lease completed it */
+        rc = completed ? ERR_OK : stale(e, f, "this lease already completed the job");
+    else if (state == JOB_RUNNING || !ended) /* the same token, no record: only a race */
+        rc = stale(e, f, "the job changed while the report was recorded (it is %s)",
+                   job_state_name(state));
+    else if (strcmp(outcome, job_outcome_name(JOB_OUTCOME_EXPIRED)) == 0)
+        rc = stale(e, f, "its lease ran out and the job was rescued (it is %s)",
+                   job_state_name(state));
+    else if (strcmp(outcome, job_outcome_name(JOB_OUTCOME_COMPLETED)) == 0)
+        rc = stale(e, f, "this lease completed the job, and it has been queued again since");
+    else if (completed)
+        rc = stale(e, f, "this lease already reported the attempt %s", outcome);
+    else if (!same_report)
+        rc = stale(e, f, "this lease already reported the attempt %s, with another error", outcome);
+    else if (!untouched)
+        rc = stale(e, f, "this failure was recorded, and the job has been changed since (it is %s)",
+                   job_state_name(state));
+    else /* this very report, the job as it left it */
+        rc = ERR_OK;
+    if (rc == ERR_OK)
+        f->state = state;
+    return rc;
+}
+
 static struct store_stmt JOB_EXPIRED = {
     .sql = "SELECT id, lease_token, queue, external, started_at_ms FROM jobs"
            " WHERE state = 'running' AND lease_expires_at_ms <= $1"
@@ -2135,8 +2288,14 @@ static struct store_stmt SCHEDULE_PUT = {
            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
            " ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz,"
            " interval_ms = excluded.interval_ms, spec = excluded.spec, queue = excluded.queue,"
-           " handler = excluded.handler, paused = excluded.paused,"
+           " handler = excluded.handler,"
            " next_fire_at_ms = excluded.next_fire_at_ms, updated_at_ms = excluded.updated_at_ms",
+};
+/* Before a put: is it a replace, and is the schedule paused? Locked on
+ * PostgreSQL, so a pause cannot slip in between. */
+static struct store_stmt SCHEDULE_PAUSED = {
+    .sql = "SELECT paused FROM job_schedules WHERE name = $1",
+    .sql_pg = "SELECT paused FROM job_schedules WHERE name = $1 FOR UPDATE",
 };
 static struct store_stmt SCHEDULE_DELETE = {.sql = "DELETE FROM job_schedules WHERE name = $1"};
 static struct store_stmt SCHEDULE_PAUSE = {
@@ -2251,14 +2410,23 @@ spec_json(const struct job_spec *s)
 
 enum err
 job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now_ms,
-                 int64_t *next_fire_ms, struct bb_error *e)
+                 struct job_schedule_put_result *out, struct bb_error *e)
 {
     struct job_queue q;
     enum err rc = job_queue_get(c, s->job.queue ? s->job.queue : "default", &q, e);
     if (rc != ERR_OK)
         return rc;
+    struct store_rows r;
+    const struct store_param n[] = {sp_text(s->name)};
+    if ((rc = store_query(c, &SCHEDULE_PAUSED, n, 1, &r, e)) != ERR_OK)
+        return rc;
+    out->created = !store_next(&r);
+    /* A replace changes what the schedule does, not whether an operator
+     * paused it: the row keeps its paused flag. */
+    out->paused = out->created ? s->paused : store_col_int(&r, 0) != 0;
+    store_rows_close(&r);
     const char *tz = s->tz[0] ? s->tz : "UTC";
-    rc = schedule_next(s->cron, tz, s->interval_ms, now_ms, next_fire_ms, e);
+    rc = schedule_next(s->cron, tz, s->interval_ms, now_ms, &out->next_fire_ms, e);
     if (rc != ERR_OK)
         return rc;
     json_t *spec = spec_json(&s->job);
@@ -2273,7 +2441,7 @@ job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now
         sp_text(q.name),
         sp_text(s->job.handler),
         sp_int(s->paused),
-        sp_int(*next_fire_ms),
+        sp_int(out->next_fire_ms),
         sp_int(now_ms),
     };
     rc = store_exec(c, &SCHEDULE_PUT, p, BB_ARRAY_LEN(p), NULL, e);

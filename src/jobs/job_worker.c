@@ -655,8 +655,7 @@ runner_main(void *arg)
         if (ran) {
             /* Started now, not at the claim: a job handed back unrun is not
              * counted, and its queue latency includes the wait here. */
-            jobs__metric_started(r->lease.queue,
-                                 (double)(bb_wall_ms() - r->lease.run_at_ms) / 1000.0);
+            jobs__metric_started(r->lease.queue, jobs__queue_latency_s(&r->lease, bb_wall_ms()));
             d = run_one(p, &r->lease, deadline);
         }
         double duration_s = d ? d->duration_s : 0;

@@ -257,6 +257,9 @@ BB_WUR enum err job_redrive_dead(struct store_conn *c, const struct job_dead_mat
                                  int64_t now_ms, int64_t *n, int64_t *skipped, struct bb_error *e);
 BB_WUR enum err job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
                                struct bb_error *e);
+/* Purge dead job `id` with its attempts. ERR_NOT_FOUND when there is no
+ * such job, or it is not dead (the detail says which). */
+BB_WUR enum err job_purge_dead_one(struct store_conn *c, int64_t id, struct bb_error *e);
 /* The dead letters grouped by queue and error fingerprint, largest first:
  * {"groups":[{"queue","fingerprint","handler","error" (the pattern),
  * "sample_error","sample_job_id","count","first_dead_at","last_dead_at"}]}. */
@@ -357,6 +360,16 @@ struct job_finish {
  */
 BB_WUR enum err job_finish_batch(struct store_conn *c, struct job_finish *items, size_t n,
                                  int64_t now_ms, double (*rand01)(void), struct bb_error *e);
+/*
+ * For a report job_finish_batch refused as stale: is it a repeat of the
+ * report that ended this very lease (a worker that resent it after losing
+ * the answer), the job left as that report left it? Then ERR_OK, with
+ * f->state the state the report led to (the answer the first one got), and
+ * nothing written. Otherwise ERR_STALE_TOKEN (field "token") whose detail
+ * says what became of the lease: completed or failed by it already, run out
+ * and rescued, cancelled, claimed again, no such job.
+ */
+BB_WUR enum err job_finish_replay(struct store_conn *c, struct job_finish *f, struct bb_error *e);
 /* Rescue jobs whose lease ran out (at most `limit`). *n gets how many. */
 BB_WUR enum err job_rescue_expired(struct store_conn *c, int64_t now_ms, int64_t limit, int64_t *n,
                                    struct bb_error *e);
@@ -381,9 +394,15 @@ struct job_schedule {
     bool paused;
 };
 
-/* Create or replace; computes the next fire time after now. */
+/* Create or replace; computes the next fire time after now. A replace
+ * keeps the schedule's paused flag (s->paused sets a new one's). */
+struct job_schedule_put_result {
+    int64_t next_fire_ms;
+    bool created; /* false: it replaced one of that name */
+    bool paused;  /* as it is now */
+};
 BB_WUR enum err job_schedule_put(struct store_conn *c, const struct job_schedule *s, int64_t now_ms,
-                                 int64_t *next_fire_ms, struct bb_error *e);
+                                 struct job_schedule_put_result *out, struct bb_error *e);
 BB_WUR enum err job_schedule_delete(struct store_conn *c, const char *name, struct bb_error *e);
 BB_WUR enum err job_schedule_set_paused(struct store_conn *c, const char *name, bool paused,
                                         int64_t now_ms, struct bb_error *e);

@@ -70,6 +70,11 @@ enum job_verdict jobs__exec_handle(struct job_run *run);
 void jobs__metrics_register(void);
 /* The submitted-jobs counter (by queue), counted at commit by the store. */
 struct metrics_def *jobs__metric_submitted_def(void);
+/* A started job's queue latency: from when it became ready to `now_ms`.
+ * Ready is its run_at (a retry's or a redrive's sets it anew), or its
+ * submission when that came later: a run_at in the past, or a schedule's
+ * fire made late, does not count the time before the job existed. */
+double jobs__queue_latency_s(const struct job_lease *l, int64_t now_ms);
 void jobs__metric_started(const char *queue, double queue_latency_s);
 void jobs__metric_finished(const char *queue, enum job_outcome outcome, double duration_s);
 void jobs__metric_stale(const char *what);

@@ -151,6 +151,10 @@ def test_schedules(server):
     assert len(shown["upcoming"]) == 5
     assert ok("schedules", "pause", "nightly", server=server) == "name nightly, paused true\n"
     assert "(paused)" in ok("schedules", "list", server=server)
+    out = ok("schedules", "create", "nightly", "--cron", "0 4 * * *", "--handler", "noop",
+             server=server)
+    assert re.fullmatch(r"schedule nightly replaced, next fire \S+T04:00:00.000Z "
+                        r"\(paused: resume to fire\)\n", out), out
     assert ok("schedules", "resume", "nightly", server=server) == "name nightly, paused false\n"
     assert ok("schedules", "delete", "nightly", server=server) == "name nightly, deleted true\n"
     assert ok("schedules", "list", server=server) == "no schedules\n"
@@ -180,7 +184,13 @@ def test_dead_letters(server):
     assert groups[1].strip() == "failed on purpose, permanently"
     fp = groups[0].split()[0]
     assert len(ok("dlq", "list", "--fingerprint", fp, server=server).splitlines()) == 3
-    assert ok("dlq", "purge", "--fingerprint", fp, server=server) == "purged 3\n"
+    # One job by its id; a second purge of it is refused, and names why.
+    assert ok("dlq", "purge", str(ids[1]), server=server) == f"job_id {ids[1]}, purged 1\n"
+    r = cli("dlq", "purge", str(ids[1]), server=server)
+    assert r.returncode == 1 and f"no job {ids[1]}" in r.stderr, r.stderr
+    assert [int(line.split()[0]) for line in ok("dlq", "list", server=server).splitlines()] == \
+        [ids[0], ids[2]]
+    assert ok("dlq", "purge", "--fingerprint", fp, server=server) == "purged 2\n"
     assert ok("dlq", "list", server=server) == "no jobs\n"
     assert ok("dlq", "groups", server=server) == "no dead jobs\n"
 
@@ -203,6 +213,10 @@ def test_jobs_usage_errors_exit_2():
         (["queues", "put", "q", "--rate", "5/soon"], "--rate must be N/INTERVAL"),
         (["schedules", "create", "x"], "needs --handler"),
         (["dlq", "frob", "1"], "unknown dlq command"),
+        # An id after a bulk command was dropped: it then acted on every dead job.
+        (["dlq", "redrive-all", "7"], "redrive-all takes no id"),
+        (["dlq", "list", "7"], "list takes no id"),
+        (["dlq", "purge", "7", "--queue", "q"], "purge ID takes no --queue"),
     ]:
         r = cli(*args)
         assert r.returncode == 2, (args, r.stderr)

@@ -117,6 +117,63 @@ def test_dead_letters_group_by_error_with_a_hint_in_the_metrics(server):
     problem(server.post("/dlq/redrive?fingerprint=0123"), 400, "invalid_request", "fingerprint")
 
 
+def dead_in(server, queue, error="gave up"):
+    """A job of `queue` claimed and failed for good; its id."""
+    job_id = submit(server, {"handler": "external", "queue": queue})["job_id"]
+    [got] = server.post(f"/queues/{queue}/claim", {"worker": "py"}).json()["jobs"]
+    r = server.post(f"/jobs/{job_id}/fail",
+                    {"token": got["lease_token"], "error": error, "retry": False})
+    assert r.json()["state"] == "dead", r.text
+    return job_id
+
+
+def test_a_typo_in_a_query_parameter_is_refused_and_changes_nothing(server):
+    # A filter the server did not know was ignored: DELETE /dlq?job_id=8
+    # purged every dead job, ?queues=ext those of every queue.
+    assert server.put("/queues/ext", {}).status_code == 201
+    dead = [dead_in(server, "default"), dead_in(server, "default"), dead_in(server, "ext")]
+    pending = submit(server, {"handler": "external", "delay_ms": 3600000})["job_id"]
+    for method, path, field in [
+            ("DELETE", f"/dlq?job_id={dead[0]}", "job_id"),
+            ("DELETE", "/dlq?queues=ext", "queues"),
+            ("DELETE", "/dlq?queue=ext&Queue=ext", "Queue"),
+            ("DELETE", "/dlq?queue=ext&queue=default", "queue"),  # which one?
+            ("DELETE", "/dlq?limit=1", "limit"),
+            ("POST", f"/dlq/redrive?job_id={dead[0]}", "job_id"),
+            ("POST", "/dlq/redrive?fingerprnt=0123456789abcdef", "fingerprnt"),
+            ("GET", "/dlq?queues=ext", "queues"),
+            ("GET", "/dlq/groups?fingerprint=0123456789abcdef", "fingerprint"),
+            ("GET", "/jobs?status=dead", "status"),
+            ("POST", f"/jobs/{pending}/cancel?force=true", "force"),
+            ("POST", f"/jobs/{pending}/run?at=now", "at"),
+            ("DELETE", "/schedules/nightly?all=1", "all")]:
+        doc = problem(server.request(method, path), 400, "invalid_request", field)
+        assert f"'{field}'" in doc["detail"], doc
+    assert "takes queue, fingerprint" in problem(server.request("DELETE", "/dlq?x=1"), 400)["detail"]
+    assert [j["job_id"] for j in server.get("/dlq").json()["jobs"]] == dead
+    assert server.get(f"/jobs/{pending}").json()["state"] == "pending"
+    # The parameters each takes still work.
+    assert server.request("DELETE", "/dlq?queue=ext").json() == {"purged": 1}
+    assert server.post("/dlq/redrive?queue=default").json() == {"redriven": 2, "skipped": 0}
+
+
+def test_one_dead_job_is_purged_by_its_id(server):
+    dead = [dead_in(server, "default"), dead_in(server, "default")]
+    pending = submit(server, {"handler": "external", "delay_ms": 3600000})["job_id"]
+    r = server.request("DELETE", f"/dlq/{dead[0]}")
+    assert r.status_code == 200 and r.json() == {"job_id": dead[0], "purged": 1}, r.text
+    problem(server.get(f"/jobs/{dead[0]}"), 404, "not_found")
+    assert [j["job_id"] for j in server.get("/dlq").json()["jobs"]] == [dead[1]]
+    # Again: gone, and the detail says so; a job that is not dead stays.
+    doc = problem(server.request("DELETE", f"/dlq/{dead[0]}"), 404, "not_found", "job_id")
+    assert f"no job {dead[0]}" in doc["detail"], doc
+    doc = problem(server.request("DELETE", f"/dlq/{pending}"), 404, "not_found", "job_id")
+    assert "not in the dead-letter queue" in doc["detail"] and "pending" in doc["detail"], doc
+    assert server.get(f"/jobs/{pending}").json()["state"] == "pending"
+    problem(server.request("DELETE", "/dlq/abc"), 400, "invalid_request", "job_id")
+    assert server.get(f"/dlq/{dead[1]}").json()["state"] == "dead"
+
+
 def test_a_dead_job_whose_unique_key_is_held_again_is_skipped_by_a_redrive(server):
     job_id = dead_by_hand(server, "external", "gave up")
     first = submit(server, {"handler": "external", "unique_key": "order-9"})["job_id"]
@@ -215,6 +272,20 @@ def test_batch_submit_is_one_transaction(server):
     bad = jobs[:3] + [{"handler": "noop", "priority": "high"}]
     problem(server.post("/jobs/batch", {"jobs": bad}), 400, "invalid_request", "jobs[3].priority")
     assert len(server.get("/jobs?limit=1000").json()["jobs"]) == len(before)  # nothing written
+
+
+def test_a_batch_that_creates_nothing_answers_200(server):
+    held = [{"handler": "external", "unique_key": f"order-{i}"} for i in range(2)]
+    r = server.post("/jobs/batch", {"jobs": held})
+    assert r.status_code == 201 and [j["created"] for j in r.json()["jobs"]] == [True, True]
+    first = [j["job_id"] for j in r.json()["jobs"]]
+    r = server.post("/jobs/batch", {"jobs": held})
+    assert r.status_code == 200, r.text
+    assert r.json()["jobs"] == [{"job_id": i, "created": False} for i in first]
+    # One new among the held: created, 201.
+    r = server.post("/jobs/batch", {"jobs": held + [{"handler": "external", "unique_key": "new"}]})
+    assert r.status_code == 201 and [j["created"] for j in r.json()["jobs"]] == [False, False, True]
+    assert len(server.get("/jobs").json()["jobs"]) == 3
 
 
 def test_concurrent_submits_each_get_their_own_answer(server):
@@ -396,6 +467,28 @@ def test_schedules_fire_on_their_interval_and_can_be_paused(server):
 
 
 
+def test_replacing_a_schedule_answers_200_and_keeps_it_paused(server):
+    body = {"name": "nightly", "cron": "0 2 * * *", "handler": "noop"}
+    r = server.post("/schedules", body)
+    assert r.status_code == 201 and r.json()["created"] is True, r.text
+    assert r.json()["paused"] is False
+    assert server.post("/schedules/nightly/pause").json()["paused"] is True
+    # A replace changes what it does, not whether an operator paused it.
+    r = server.post("/schedules", dict(body, cron="0 3 * * *", payload={"v": 2}))
+    assert r.status_code == 200, r.text
+    assert (r.json()["created"], r.json()["paused"]) == (False, True)
+    sch = server.get("/schedules/nightly").json()
+    assert sch["paused"] is True and sch["cron"] == "0 3 * * *"
+    assert sch["job"]["payload"] == {"v": 2}
+    assert server.post("/schedules/nightly/resume").json()["paused"] is False
+    # The same through POST /jobs, and a resumed one stays resumed.
+    r = server.post("/jobs", dict(body, cron="0 4 * * *"))
+    assert r.status_code == 200 and r.json()["paused"] is False, r.text
+    assert [s["name"] for s in server.get("/schedules").json()["schedules"]] == ["nightly"]
+    r = server.post("/jobs", {"name": "other", "every_ms": 60000, "handler": "noop"})
+    assert r.status_code == 201 and r.json()["created"] is True, r.text
+
+
 def test_a_schedule_keeps_a_payload_and_tags_with_a_nul_character(server):
     # "\u0000" in a string: the schedule kept {} and no tags, so every
     # fire ran with an empty payload.
@@ -429,7 +522,7 @@ def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     assert hb.status_code == 200 and hb.json()["lease_expires_at"]
     problem(server.post(f"/jobs/{job_id}/complete", {"token": 2}), 409, "stale_token", "token")
     assert server.post(f"/jobs/{job_id}/complete", {"token": 1}).json()["state"] == "completed"
-    problem(server.post(f"/jobs/{job_id}/complete", {"token": 1}), 409, "stale_token")
+    problem(server.post(f"/jobs/{job_id}/complete", {"token": 2}), 409, "stale_token")
     # Nothing to claim: an empty answer after the wait.
     r = server.post("/queues/default/claim", {"worker": "py-1", "wait_ms": 100})
     assert r.json() == {"jobs": []}
@@ -449,6 +542,74 @@ def test_pull_api_claims_heartbeats_and_completes_with_fenced_tokens(server):
     job = server.get(f"/jobs/{again}").json()
     assert job["attempts"][0]["outcome"] == "failed" and not job["ready"]
     assert server.metric("backbone_job_stale_reports_total", 'report="complete"') == 2
+
+
+def claim_it(server, job_id, **kw):
+    """Claim the only ready external job of the default queue; its lease token."""
+    [got] = server.post("/queues/default/claim", dict({"worker": "py"}, **kw)).json()["jobs"]
+    assert got["job_id"] == job_id
+    return got["lease_token"]
+
+
+def test_a_report_sent_again_gets_the_first_answer_and_is_recorded_once(server):
+    """A pull worker whose answer was lost sends its report again: the same
+    answer, nothing recorded or counted twice."""
+    done = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, done)
+    first = server.post(f"/jobs/{done}/complete", {"token": token})
+    assert first.status_code == 200, first.text
+    again = server.post(f"/jobs/{done}/complete", {"token": token})
+    assert (again.status_code, again.json()) == (200, first.json()) == \
+        (200, {"job_id": done, "state": "completed"})
+    retried = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, retried)
+    report = {"token": token, "error": "try later"}
+    first = server.post(f"/jobs/{retried}/fail", report)
+    assert first.json() == {"job_id": retried, "state": "pending"}, first.text
+    again = server.post(f"/jobs/{retried}/fail", report)
+    assert (again.status_code, again.json()) == (200, first.json())
+    dead = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, dead)
+    report = {"token": token, "error": "bad input", "retry": False}
+    assert server.post(f"/jobs/{dead}/fail", report).json()["state"] == "dead"
+    again = server.post(f"/jobs/{dead}/fail", report)
+    assert (again.status_code, again.json()) == (200, {"job_id": dead, "state": "dead"})
+    assert len(server.get(f"/jobs/{retried}").json()["attempts"]) == 1
+    assert len(server.get(f"/jobs/{dead}").json()["attempts"]) == 1
+    m = server.metric
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="completed"') == 1
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="failed"') == 1
+    assert m("backbone_jobs_finished_total", 'queue="default",outcome="failed_permanently"') == 1
+    assert m("backbone_job_stale_reports_total", 'report="complete"') is None
+
+    # Another report under the same token is refused, and says what happened.
+    def refused(job_id, verb, body, words):
+        doc = problem(server.post(f"/jobs/{job_id}/{verb}", body), 409, "stale_token", "token")
+        assert words in doc["detail"], doc
+    refused(done, "fail", {"token": 1, "error": "x"}, "this lease already completed the job")
+    refused(done, "complete", {"token": 7}, "no claim of the job was ever given that token")
+    refused(retried, "complete", {"token": 1}, "already reported the attempt failed")
+    refused(retried, "fail", {"token": 1, "error": "other"}, "with another error")
+    refused(dead, "fail", {"token": 1, "error": "bad input"}, "already reported the attempt "
+            "failed_permanently")  # the same error, another outcome (retry true)
+    # Redriven since: the job is not as the report left it.
+    assert server.post(f"/dlq/{dead}/redrive").status_code == 200
+    refused(dead, "fail", report, "has been changed since (it is pending)")
+    # Rescued after its lease ran out, then claimed again.
+    for job_id in (retried, dead):  # out of the next claims' way
+        assert server.post(f"/jobs/{job_id}/cancel").status_code == 200
+    lost = submit(server, {"handler": "external"})["job_id"]
+    token = claim_it(server, lost, lease_ms=100)
+    await_condition(lambda: server.get(f"/jobs/{lost}").json()["state"] == "pending",
+                    what="the lease to be rescued")
+    refused(lost, "complete", {"token": token}, "its lease ran out and the job was rescued")
+    claim_it(server, lost)
+    refused(lost, "complete", {"token": token}, "ran out, the job was rescued and has been "
+            "claimed again")
+    # Cancelled while the lease held it.
+    assert server.post(f"/jobs/{lost}/cancel").status_code == 200
+    refused(lost, "complete", {"token": token + 1}, "cancelled while this lease held it")
+    refused(12345, "complete", {"token": 1}, "no such job")
 
 
 def test_a_long_multibyte_worker_name_is_rescued_and_failed_whole(server):
@@ -626,8 +787,14 @@ def test_job_metrics(server):
     assert m("backbone_jobs", 'queue="default",state="dead"') == 1
     assert m("backbone_job_duration_seconds_count", 'queue="default"') == 2
     assert m("backbone_job_queue_latency_seconds_count", 'queue="default"') == 2
+    # An embedded worker's job due long before it was submitted.
+    late = submit(server, {"handler": "noop", "run_at": "2020-01-01T00:00:00Z"})["job_id"]
+    wait_job(server, late)
+    assert m("backbone_job_queue_latency_seconds_count", 'queue="default"') == 3
+    assert m("backbone_job_queue_latency_seconds_sum", 'queue="default"') < 3 * 3600
     # Pull-API jobs count the same: started at their claim (their queue
-    # latency from run_at), finished at their report, by outcome.
+    # latency from when they became ready), finished at their report, by
+    # outcome.
     assert server.put("/queues/pull", {}).status_code == 201
     due_long_ago = "2020-01-01T00:00:00Z"
     ids = []
@@ -645,15 +812,20 @@ def test_job_metrics(server):
         assert r.status_code == 200, r.text
     assert [server.get(f"/jobs/{i}").json()["state"] for i in ids] == [
         "completed", "pending", "dead"]
-    # A report refused as stale counts as that, not as a finished attempt.
-    problem(server.post(f"/jobs/{ids[0]}/complete", {"token": 1}), 409, "stale_token")
+    # A report refused as stale counts as that, not as a finished attempt;
+    # and a report sent again (its answer lost) as neither.
+    problem(server.post(f"/jobs/{ids[0]}/complete", {"token": 2}), 409, "stale_token")
+    assert server.post(f"/jobs/{ids[0]}/complete", {"token": 1}).status_code == 200
+    assert m("backbone_job_stale_reports_total", 'report="complete"') == 1
     assert m("backbone_jobs_started_total", 'queue="pull"') == 3
     for outcome in ("completed", "failed", "failed_permanently"):
         assert m("backbone_jobs_finished_total", f'queue="pull",outcome="{outcome}"') == 1
     assert m("backbone_job_duration_seconds_count", 'queue="pull"') == 3
     assert m("backbone_job_queue_latency_seconds_count", 'queue="pull"') == 3
-    # Each waited since 2020: years, not the 0 s a claim used to report.
-    assert m("backbone_job_queue_latency_seconds_sum", 'queue="pull"') > 3 * 5 * 365 * 86400
+    # Due since 2020, but ready only once submitted: each was claimed right
+    # after its submit, not after years of waiting (218 million seconds
+    # each, as latency once counted from run_at).
+    assert m("backbone_job_queue_latency_seconds_sum", 'queue="pull"') < 3 * 3600
 
 
 BAD_JOBS = [
@@ -667,6 +839,16 @@ BAD_JOBS = [
     ({"handler": "noop", "run_at": "2026-01-01T00:00:00Z", "delay_ms": 5}, 400,
      "invalid_request", "schedule"),
     ({"handler": "noop", "schedule": "later"}, 400, "invalid_request", "schedule"),
+    # "now" and another time: one would be dropped (it was run_at's 2030).
+    ({"handler": "noop", "schedule": "now", "run_at": "2030-01-01T00:00:00Z"}, 400,
+     "invalid_request", "run_at"),
+    ({"handler": "noop", "schedule": "now", "delay_ms": 5}, 400, "invalid_request", "delay_ms"),
+    ({"handler": "noop", "schedule": "now", "cron": "* * * * *"}, 400, "invalid_request", "cron"),
+    ({"handler": "noop", "schedule": "now", "every_ms": 60000, "name": "n"}, 400,
+     "invalid_request", "every_ms"),
+    # As far off as delay_ms may put it, at most (366 days).
+    ({"handler": "noop", "run_at": "9999-12-31T00:00:00Z"}, 400, "invalid_request", "run_at"),
+    ({"handler": "noop", "delay_ms": 366 * 86400000 + 1}, 400, "invalid_request", "delay_ms"),
     ({"handler": "noop", "payload": "{not json"}, 400, "invalid_request", "payload"),
     ({"handler": "noop", "payload": {"blob": "x" * 300000}}, 413, "payload_too_large", "payload"),
     ({"handler": "nope"}, 400, "invalid_request", "handler"),
@@ -695,6 +877,22 @@ def test_bad_jobs_get_a_precise_problem_and_write_nothing(server, body, status, 
     problem(server.post("/jobs", body), status, kind, field)
     assert server.get("/jobs").json()["jobs"] == []
     assert server.get("/schedules").json()["schedules"] == []
+
+
+def test_run_at_reaches_as_far_as_delay_ms_and_no_further(server):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    def at(days):
+        return (now + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert submit(server, {"handler": "noop", "run_at": at(365)})["run_at"].startswith(at(365)[:10])
+    doc = problem(server.post("/jobs", {"handler": "noop", "run_at": at(367)}), 400,
+                  "invalid_request", "run_at")
+    assert "366 days" in doc["detail"], doc
+    problem(server.post("/jobs/batch", {"jobs": [{"handler": "noop"},
+                                                 {"handler": "noop", "run_at": at(400)}]}),
+            400, "invalid_request", "jobs[1].run_at")
+    # A time in the past is due now, as it was.
+    assert submit(server, {"handler": "noop", "run_at": "2020-01-01T00:00:00Z"})["job_id"]
+    assert len(server.get("/jobs").json()["jobs"]) == 2
 
 
 def test_a_job_id_in_a_path_is_digits_that_fit(server):

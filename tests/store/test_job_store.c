@@ -630,6 +630,16 @@ enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
     json_decref(j);
 }
 
+/* Put schedule `s` at `now`; its next fire time. */
+static int64_t
+put_schedule(struct store_conn *c, const struct job_schedule *s, int64_t now)
+{
+    struct job_schedule_put_result put;
+    struct bb_error e;
+    assert_ok(job_schedule_put(c, s, now, &put, &e), &e);
+    return put.next_fire_ms;
+}
+
 static void
 schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
 {
@@ -639,7 +649,7 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     s.job = (struct job_spec){.handler = "noop", .payload = "{\"k\":1}"};
     int64_t next;
     struct bb_error e;
-    assert_ok(job_schedule_put(f->c, &s, T0, &next, &e), &e);
+    next = put_schedule(f->c, &s, T0);
     assert_int_equal(next, T0 + 60000);
     int64_t n;
     assert_ok(job_schedule_fire_due(f->c, T0 + 59999, &n, &e), &e);
@@ -683,6 +693,19 @@ schedules_fire_once_per_time_and_collapse_missed_fires(void **state)
     assert_ok(job_schedule_set_paused(f->c, "tick", true, T0, &e), &e);
     assert_ok(job_schedule_fire_due(f->c, T0 + 10000000, &n, &e), &e);
     assert_int_equal(n, 0);
+    /* A replace changes what it does, and says so; paused it stays. */
+    struct job_schedule_put_result put;
+    s.interval_ms = 120000;
+    assert_ok(job_schedule_put(f->c, &s, T0 + 10000000, &put, &e), &e);
+    assert_false(put.created);
+    assert_true(put.paused);
+    assert_ok(job_schedule_fire_due(f->c, T0 + 20000000, &n, &e), &e);
+    assert_int_equal(n, 0);
+    assert_ok(job_schedule_list_json(f->c, "tick", 1, &list, &e), &e);
+    sch = json_array_get(list, 0);
+    assert_true(json_is_true(json_object_get(sch, "paused")));
+    assert_int_equal(json_integer_value(json_object_get(sch, "every_ms")), 120000);
+    json_decref(list);
     assert_ok(job_schedule_delete(f->c, "tick", &e), &e);
     assert_int_equal(job_schedule_delete(f->c, "tick", &e), ERR_NOT_FOUND);
 }
@@ -708,7 +731,7 @@ per_second_cron_schedules_fire_once_per_time_and_collapse_missed_fires(void **st
     int64_t next, n;
     struct bb_error e;
     /* T0 is a whole minute: fires at :00, :05, :10, ... */
-    assert_ok(job_schedule_put(f->c, &s, T0 + 1, &next, &e), &e);
+    next = put_schedule(f->c, &s, T0 + 1);
     assert_int_equal(next, T0 + 5000);
     /* Ticks of two schedulers (the second on a connection of its own, as
      * another process would be) and the jobs each fires. */
@@ -810,7 +833,7 @@ schedules_years_behind_fire_once_and_catch_up_at_once(void **state)
         s.job = (struct job_spec){.handler = "noop"};
         int64_t next, n;
         struct bb_error e;
-        assert_ok(job_schedule_put(f->c, &s, cases[i].put_at, &next, &e), &e);
+        next = put_schedule(f->c, &s, cases[i].put_at);
         assert_true(next < cases[i].now);
         assert_ok(job_schedule_fire_due(f->c, cases[i].now, &n, &e), &e);
         assert_int_equal(n, 1);
@@ -843,7 +866,7 @@ cron_schedules_use_their_time_zone(void **state)
     assert_ok(bb_rfc3339_parse("2026-11-24T08:00:00Z", &want), &e);
     int64_t now;
     assert_ok(bb_rfc3339_parse("2026-11-23T12:00:00Z", &now), &e);
-    assert_ok(job_schedule_put(f->c, &s, now, &next, &e), &e);
+    next = put_schedule(f->c, &s, now);
     assert_int_equal(next, want);
 }
 
@@ -892,6 +915,41 @@ count_attempts(struct store_conn *c, int64_t id)
     int64_t n = store_col_int(&r, 0);
     store_rows_close(&r);
     return n;
+}
+
+/* Purging one dead job takes its attempts and nothing else; a job that is
+ * not dead, or gone, is not found, and the detail says which. */
+static void
+purge_one_takes_that_dead_job_only(void **state)
+{
+    struct test_conn *f = *state;
+    struct bb_error e;
+    int64_t dead[2];
+    for (int i = 0; i < 2; i++) {
+        dead[i] = submit(f->c, NULL, "noop", 0, T0, T0);
+        struct job_lease l = claim_one(f->c, "default", T0);
+        enum job_state st;
+        assert_int_equal(finish(f->c, dead[i], l.lease_token, JOB_OUTCOME_FAILED, T0, &st), ERR_OK);
+        job_lease_deinit(&l);
+        l = claim_one(f->c, "default", T0 + 3600000);
+        assert_int_equal(finish(f->c, dead[i], l.lease_token, JOB_OUTCOME_PERMANENT, T0, &st),
+                         ERR_OK);
+        assert_int_equal(st, JOB_DEAD);
+        job_lease_deinit(&l);
+    }
+    int64_t pending = submit(f->c, NULL, "noop", 0, T0 + 3600000, T0);
+    assert_ok(job_purge_dead_one(f->c, dead[0], &e), &e);
+    json_t *j;
+    assert_int_equal(job_get_json(f->c, dead[0], true, T0, &j, &e), ERR_NOT_FOUND);
+    assert_int_equal(job_purge_dead_one(f->c, dead[0], &e), ERR_NOT_FOUND);
+    assert_non_null(strstr(e.detail, "no job"));
+    assert_int_equal(job_purge_dead_one(f->c, pending, &e), ERR_NOT_FOUND);
+    assert_non_null(strstr(e.detail, "is pending"));
+    j = get(f->c, dead[1], T0);
+    assert_int_equal(json_array_size(json_object_get(j, "attempts")), 2);
+    json_decref(j);
+    assert_int_equal(count_attempts(f->c, dead[0]), 0); /* its history went with it */
+    assert_int_equal(count_attempts(f->c, dead[1]), 2);
 }
 
 static void
@@ -2280,6 +2338,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(a_long_multibyte_worker_name_survives_rescue_and_failure),
     JOB_TEST(failures_retry_with_backoff_then_die_with_every_error_kept),
     JOB_TEST(permanent_failure_dies_at_once_and_purge_removes_it),
+    JOB_TEST(purge_one_takes_that_dead_job_only),
     JOB_TEST(dead_letters_group_by_error_and_redrive_or_purge_by_group),
     JOB_TEST(dead_letters_from_before_fingerprints_get_theirs_at_upgrade),
     JOB_TEST(a_redrive_skips_dead_jobs_whose_unique_key_is_held),

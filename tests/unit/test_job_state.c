@@ -5,8 +5,31 @@
 #include "testsupport.h"
 
 #include "jobs/jobs.h"
+#include "jobs/jobs_int.h"
 
 #include <string.h>
+
+/* Queue latency runs from when the job became ready: its run_at, or its
+ * submission when that came later (a run_at in the past). */
+static void
+queue_latency_counts_from_when_the_job_became_ready(void **state)
+{
+    (void)state;
+    static const struct {
+        int64_t created, run_at, now;
+        double latency_s;
+    } cases[] = {
+        {10000, 10000, 12500, 2.5}, /* now */
+        {10000, 20000, 21000, 1.0}, /* delayed: from its run_at */
+        {10000, 1000, 10250, 0.25}, /* run_at long past: from its submission */
+        {10000, 0, 10000, 0.0},     /* started at once */
+        {10000, 30000, 29000, 0.0}, /* clocks apart: never negative */
+    };
+    for (size_t i = 0; i < BB_ARRAY_LEN(cases); i++) {
+        struct job_lease l = {.created_at_ms = cases[i].created, .run_at_ms = cases[i].run_at};
+        assert_float_equal(jobs__queue_latency_s(&l, cases[i].now), cases[i].latency_s, 1e-9);
+    }
+}
 
 static void
 lifecycle_table_allows_only_real_transitions(void **state)
@@ -319,6 +342,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(rate_buckets_refill_at_their_pace_up_to_their_max),
     cmocka_unit_test(error_patterns_mask_what_varies_and_keep_what_explains),
     cmocka_unit_test(fingerprints_group_errors_that_differ_only_in_what_varies),
+    cmocka_unit_test(queue_latency_counts_from_when_the_job_became_ready),
 };
 
 TEST_MAIN(tests, false)
