@@ -212,9 +212,13 @@ push_should_stop(void *arg)
 /*
  * POST the payload to target.url. 2xx: done. 408, 429, 5xx, a timeout or a
  * connection failure: retried. Other 4xx: a permanent failure, unless the
- * target says {"retry_4xx": true}. With a secret configured, the body is
- * signed: X-Backbone-Signature: sha256=<hex HMAC-SHA256 of the body>. A
- * cancel (or the worker's stop) gives the request up in flight.
+ * target says {"retry_4xx": true}; so is a 3xx (redirects are not followed:
+ * the job is to name the final URL). With a secret configured, the request
+ * is signed: X-Backbone-Timestamp: <unix seconds>, and
+ * X-Backbone-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<job id>.<body>">,
+ * so that a receiver can refuse an old request replayed, and trust the job
+ * id it deduplicates by. A cancel (or the worker's stop) gives the request
+ * up in flight.
  */
 static enum job_verdict
 handle_http(struct job_run *run)
@@ -239,9 +243,15 @@ handle_http(struct job_run *run)
     if (run->job->traceparent)
         http_client_add_header(client, "traceparent", run->job->traceparent);
     if (reg->http_secret) {
-        char mac[65], value[80];
-        bb_hmac_sha256_hex(reg->http_secret, run->job->payload, strlen(run->job->payload), mac);
+        char stamp[32], mac[65], value[80];
+        snprintf(stamp, sizeof stamp, "%" PRId64, bb_wall_ms() / 1000);
+        struct bb_buf signed_text;
+        bb_buf_init(&signed_text);
+        bb_buf_printf(&signed_text, "%s.%s.%s", stamp, id, run->job->payload);
+        bb_hmac_sha256_hex(reg->http_secret, signed_text.data, signed_text.len, mac);
+        bb_buf_deinit(&signed_text);
         snprintf(value, sizeof value, "sha256=%s", mac);
+        http_client_add_header(client, "X-Backbone-Timestamp", stamp);
         http_client_add_header(client, "X-Backbone-Signature", value);
     }
     struct http_client_response resp;
@@ -261,6 +271,10 @@ handle_http(struct job_run *run)
     bb_buf_deinit(&resp.body);
     if (status >= 200 && status < 300)
         return JOB_DONE;
+    if (status >= 300 && status < 400) {
+        bb_buf_puts(&run->error, " (redirects are not followed: give the job the final URL)");
+        return JOB_FAIL_PERMANENTLY;
+    }
     if (status >= 400 && status < 500 && status != 408 && status != 429 && !retry_4xx)
         return JOB_FAIL_PERMANENTLY;
     return JOB_RETRY;

@@ -9,6 +9,7 @@ import http.server
 import json
 import re
 import threading
+import time
 
 import pytest
 import requests
@@ -707,13 +708,19 @@ def is_new_trace(tp):
 def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):
     url, received = sink
     server = make_server(["--webhook-secret", "hush"])
+    before = int(time.time())
     ok = submit(server, {"handler": "http", "target": {"url": url + "/200"},
                          "payload": {"order": 42}})["job_id"]
     wait_job(server, ok)
     path, headers, body = received[0]
     assert json.loads(body) == {"order": 42}
     assert headers["X-Backbone-Job-Id"] == str(ok) and headers["X-Backbone-Attempt"] == "1"
-    want = "sha256=" + hmac.new(b"hush", body, hashlib.sha256).hexdigest()
+    # Signed with the time it was sent and the job's id, so that a receiver
+    # can refuse a replay and trust the id it deduplicates by.
+    stamp = headers["X-Backbone-Timestamp"]
+    assert before - 1 <= int(stamp) <= time.time() + 1
+    signed = f"{stamp}.{ok}.".encode() + body
+    want = "sha256=" + hmac.new(b"hush", signed, hashlib.sha256).hexdigest()
     assert headers["X-Backbone-Signature"] == want
     flaky = submit(server, {"handler": "http", "target": {"url": url + "/503"},
                             "max_attempts": 2, "backoff": {"base_ms": 10}})["job_id"]
@@ -723,6 +730,11 @@ def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):
                               "max_attempts": 5})["job_id"]
     job = wait_job(server, refused, ("dead",))
     assert job["attempt"] == 1 and job["attempts"][0]["outcome"] == "failed_permanently"
+    # A redirect is not followed, nor tried again: the job is to name the final URL.
+    moved = submit(server, {"handler": "http", "target": {"url": url + "/301"},
+                            "max_attempts": 5})["job_id"]
+    job = wait_job(server, moved, ("dead",))
+    assert job["attempt"] == 1 and "redirects are not followed" in job["last_error"]
 
 
 def test_idle_workers_are_woken_without_polling(make_server):

@@ -47,7 +47,7 @@ def test_services_in_separate_processes_share_one_database(make_server):
     assert not serves(inv, "GET", "/orders?checkout_id=co-1")
     # Both services' events are in the one outbox, read from either role.
     types = [ev["type"] for ev in outbox_events(inv)]
-    assert types == ["inventory.adjusted.v1", "order.created.v1"]
+    assert types == ["inventory.product.created.v1", "inventory.adjusted.v1", "order.created.v1"]
 
 
 def test_an_unknown_role_is_refused_by_name(database):
