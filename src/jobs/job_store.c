@@ -1269,6 +1269,15 @@ static struct store_stmt JOB_REDRIVE_DEAD = {
 static struct store_stmt JOB_DEAD_KEYED_COUNT = {
     .sql = "SELECT COUNT(*) FROM jobs WHERE " DEAD_MATCH " AND unique_key IS NOT NULL",
 };
+/* PostgreSQL: the jobs first, then the attempts of those very jobs, so
+ * that a job redriven between a read of the dead letters and their delete
+ * keeps its history. SQLite's writer holds the whole database: the
+ * attempts, then the jobs. */
+static struct store_stmt JOB_PURGE_DEAD_PG = {
+    .sql = "WITH gone AS (DELETE FROM jobs WHERE " DEAD_MATCH " RETURNING id),"
+           " attempts AS (DELETE FROM job_attempts WHERE job_id IN (SELECT id FROM gone))"
+           " SELECT COUNT(*) FROM gone",
+};
 static struct store_stmt JOB_PURGE_DEAD = {
     .sql = "DELETE FROM jobs WHERE " DEAD_MATCH,
 };
@@ -1398,6 +1407,15 @@ job_purge_dead(struct store_conn *c, const struct job_dead_match *m, int64_t *n,
 {
     const struct store_param p[] = {sp_text(m->queue ? m->queue : ""),
                                     sp_text(m->fingerprint ? m->fingerprint : "")};
+    if (store_conn_engine(c) == STORE_POSTGRES) {
+        struct store_rows r;
+        enum err rc = store_query(c, &JOB_PURGE_DEAD_PG, p, 2, &r, e);
+        if (rc != ERR_OK)
+            return rc;
+        *n = store_next(&r) ? store_col_int(&r, 0) : 0;
+        store_rows_close(&r);
+        return ERR_OK;
+    }
     enum err rc = store_exec(c, &JOB_PURGE_DEAD_ATTEMPTS, p, 2, NULL, e);
     if (rc == ERR_OK)
         rc = store_exec(c, &JOB_PURGE_DEAD, p, 2, n, e);

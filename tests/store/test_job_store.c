@@ -372,6 +372,8 @@ failures_retry_with_backoff_then_die_with_every_error_kept(void **state)
     job_lease_deinit(&l);
 }
 
+static int64_t count_attempts(struct store_conn *c, int64_t id);
+
 static void
 permanent_failure_dies_at_once_and_purge_removes_it(void **state)
 {
@@ -382,11 +384,13 @@ permanent_failure_dies_at_once_and_purge_removes_it(void **state)
     assert_int_equal(finish(f->c, id, l.lease_token, JOB_OUTCOME_PERMANENT, T0, &st), ERR_OK);
     assert_int_equal(st, JOB_DEAD);
     job_lease_deinit(&l);
+    assert_int_equal(count_attempts(f->c, id), 1);
     int64_t n;
     struct bb_error e;
     const struct job_dead_match all = {0};
     assert_ok(job_purge_dead(f->c, &all, &n, &e), &e);
     assert_int_equal(n, 1);
+    assert_int_equal(count_attempts(f->c, id), 0); /* its history with it */
     json_t *j;
     assert_int_equal(job_get_json(f->c, id, true, T0, &j, &e), ERR_NOT_FOUND);
 }
