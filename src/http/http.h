@@ -36,10 +36,11 @@ struct http_route {
     void *ctx;
     bool public_route; /* reachable without the API token (liveness probes) */
     /* The query parameters the route takes: a NULL-terminated list (at most
-     * 16) that outlives the server, or NULL for none. The server refuses any
-     * other, or one given twice, with a 400 naming it before the handler
-     * runs (http_req_query_only): a typo in a filter (?typ=, ?stat=) is an
-     * error, never a request for everything, nor a write done anyway. */
+     * 16; http_server_start fails beyond) that outlives the server, or NULL
+     * for none. The server refuses any other, one given twice, or one
+     * without a value (?state), with a 400 naming it before the handler
+     * runs: a typo in a filter (?typ=, ?stat=) is an error, never a request
+     * for everything, nor a write done anyway. */
     const char *const *query;
 };
 
@@ -87,12 +88,6 @@ const char *http_req_query(struct http_req *r, const char *key);
 /* ?key=N as an integer in [min, max]; *out untouched when absent. */
 BB_WUR enum err http_req_query_int(struct http_req *r, const char *key, int64_t min, int64_t max,
                                    int64_t *out, struct bb_error *e);
-/* Refuse a query-string parameter that is not one of `allowed` (NULL-
- * terminated, at most 16), or one given twice: ERR_INVALID naming it. The
- * server does this for every route with its `query` list before the
- * handler runs; handlers need not call it. */
-BB_WUR enum err http_req_query_only(struct http_req *r, const char *const *allowed,
-                                    struct bb_error *e);
 const char *http_req_header(struct http_req *r, const char *name);
 /* The Idempotency-Key header, required and valid (a copy in the arena). */
 BB_WUR enum err http_req_idempotency_key(struct http_req *r, const char **out, struct bb_error *e);

@@ -158,10 +158,10 @@ http_req_query(struct http_req *r, const char *key)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
-/* Why http_req_query_only refuses a parameter. */
+/* Why query_only refuses a parameter. */
 enum query_fault { QUERY_OK, QUERY_UNKNOWN, QUERY_REPEATED, QUERY_NO_VALUE, QUERY_NO_NAME };
 
-/* What http_req_query_only's iterator carries: the allowed keys, the keys
+/* What query_only's iterator carries: the allowed keys, the keys
  * seen so far (to find one given twice), and the first offender. */
 struct query_check {
     const char *const *allowed;
@@ -208,8 +208,11 @@ query_key_check(void *cls, enum MHD_ValueKind kind, const char *key, const char 
     return MHD_YES;
 }
 
-enum err
-http_req_query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
+/* Refuse a query-string parameter that is not one of `allowed` (NULL-
+ * terminated, at most HTTP__MAX_QUERY_KEYS; NULL for none), one given twice,
+ * or one of them without a value: ERR_INVALID naming it. */
+static enum err
+query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
 {
     BB_ASSERT(!r->suspended);
     static const char *const none[] = {NULL};
@@ -781,7 +784,7 @@ dispatch(struct http_req *r)
     }
     /* Before the handler: a parameter the route does not take is a typo,
      * and a write must not go ahead on one. */
-    if (http_req_query_only(r, r->route->pub.query, &r->err) != ERR_OK) {
+    if (query_only(r, r->route->pub.query, &r->err) != ERR_OK) {
         http_reply_problem(r, &r->err, NULL);
         return;
     }
