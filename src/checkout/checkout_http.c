@@ -194,8 +194,8 @@ size_t
 checkout_service_routes(struct checkout_service *svc, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"POST", "/checkout", handle_checkout, svc, false},
-        {"GET", "/checkout/{checkout_id}", handle_get, svc, false},
+        {"POST", "/checkout", handle_checkout, svc, false, NULL},
+        {"GET", "/checkout/{checkout_id}", handle_get, svc, false, NULL},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

@@ -233,9 +233,9 @@ static size_t
 app_routes(struct app *app, struct http_route *routes, size_t max)
 {
     size_t n = 0;
-    routes[n++] = (struct http_route){"GET", "/healthz", handle_healthz, app, true};
-    routes[n++] = (struct http_route){"GET", "/readyz", handle_readyz, app, false};
-    routes[n++] = (struct http_route){"GET", "/metrics", handle_metrics, app, false};
+    routes[n++] = (struct http_route){"GET", "/healthz", handle_healthz, app, true, NULL};
+    routes[n++] = (struct http_route){"GET", "/readyz", handle_readyz, app, false, NULL};
+    routes[n++] = (struct http_route){"GET", "/metrics", handle_metrics, app, false, NULL};
     if (app->locks != NULL)
         n += lock_service_routes(app->locks, routes + n, max - n);
     if (app->jobs != NULL)

@@ -4,7 +4,8 @@
  *
  * Server: a routing table of `METHOD /path/{param}` patterns; request bodies
  * gathered up to a hard limit (413 beyond it, checked before anything is
- * allocated); JSON bodies parsed strictly; every error answered as
+ * allocated); JSON bodies parsed strictly; query parameters limited to
+ * those each route declares (400 for any other); every error answered as
  * application/problem+json; optional bearer-token auth; one log line and
  * metrics per request (http_requests_total{route,method,status},
  * http_request_duration_seconds{route,method}).
@@ -34,6 +35,13 @@ struct http_route {
     http_handler_fn *fn;
     void *ctx;
     bool public_route; /* reachable without the API token (liveness probes) */
+    /* The query parameters the route takes: a NULL-terminated list (at most
+     * 16; http_server_start fails beyond) that outlives the server, or NULL
+     * for none. The server refuses any other, one given twice, or one
+     * without a value (?state), with a 400 naming it before the handler
+     * runs: a typo in a filter (?typ=, ?stat=) is an error, never a request
+     * for everything, nor a write done anyway. */
+    const char *const *query;
 };
 
 struct http_server_options {
@@ -80,12 +88,6 @@ const char *http_req_query(struct http_req *r, const char *key);
 /* ?key=N as an integer in [min, max]; *out untouched when absent. */
 BB_WUR enum err http_req_query_int(struct http_req *r, const char *key, int64_t min, int64_t max,
                                    int64_t *out, struct bb_error *e);
-/* Refuse a query-string parameter that is not one of `allowed` (NULL-
- * terminated, at most 16), or one given twice: ERR_INVALID naming it. A
- * handler that takes query parameters calls it first, so that a typo
- * (?job_id=8 for a filter) is an error, not a request for everything. */
-BB_WUR enum err http_req_query_only(struct http_req *r, const char *const *allowed,
-                                    struct bb_error *e);
 const char *http_req_header(struct http_req *r, const char *name);
 /* The Idempotency-Key header, required and valid (a copy in the arena). */
 BB_WUR enum err http_req_idempotency_key(struct http_req *r, const char **out, struct bb_error *e);

@@ -6,7 +6,7 @@
 
 #include "http/http.h"
 
-enum { HTTP__MAX_PARAMS = 8, HTTP__MAX_SEGMENTS = 16 };
+enum { HTTP__MAX_PARAMS = 8, HTTP__MAX_SEGMENTS = 16, HTTP__MAX_QUERY_KEYS = 16 };
 
 struct http__param {
     const char *name;

@@ -87,6 +87,14 @@ http__router_init(struct http__router *rt, const struct http_route *routes, size
         }
         r->n_segments = (size_t)count;
         rt->n_routes++;
+        size_t n_query = 0;
+        while (routes[i].query && routes[i].query[n_query])
+            n_query++;
+        if (n_query > HTTP__MAX_QUERY_KEYS) {
+            http__router_deinit(rt);
+            return bb_fail(e, ERR_INTERNAL, "", "route %s %s takes more than %d query parameters",
+                           routes[i].method, routes[i].pattern, HTTP__MAX_QUERY_KEYS);
+        }
     }
     return ERR_OK;
 }

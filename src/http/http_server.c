@@ -44,7 +44,7 @@
 
 /* Bodies beyond the limit are read and discarded (so the client can read
  * our 413) up to this much; past it the connection is simply closed. */
-enum { DISCARD_LIMIT_BYTES = 64 << 20, MAX_EXTRA_HEADERS = 8, QUERY_KEYS_MAX = 16 };
+enum { DISCARD_LIMIT_BYTES = 64 << 20, MAX_EXTRA_HEADERS = 8 };
 
 struct http_server {
     struct MHD_Daemon *daemon;
@@ -158,33 +158,49 @@ http_req_query(struct http_req *r, const char *key)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
-/* What http_req_query_only's iterator carries: the allowed keys, the keys
+/* Why query_only refuses a parameter. */
+enum query_fault { QUERY_OK, QUERY_UNKNOWN, QUERY_REPEATED, QUERY_NO_VALUE, QUERY_NO_NAME };
+
+/* What query_only's iterator carries: the allowed keys, the keys
  * seen so far (to find one given twice), and the first offender. */
 struct query_check {
     const char *const *allowed;
-    const char *seen[QUERY_KEYS_MAX];
+    const char *seen[HTTP__MAX_QUERY_KEYS];
     size_t n_seen;
     const char *bad;
-    bool repeated;
+    enum query_fault fault;
 };
 
 static enum MHD_Result
 query_key_check(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
     (void)kind;
-    (void)value;
     struct query_check *q = cls;
+    q->bad = key;
+    if (key[0] == '\0') {
+        /* An empty piece ("?&limit=1") says nothing, as a trailing '&'
+         * (which libmicrohttpd drops) says nothing; "?=5" is a value for
+         * no parameter at all. */
+        if (value == NULL || value[0] == '\0')
+            return MHD_YES;
+        q->fault = QUERY_NO_NAME;
+        return MHD_NO;
+    }
     const char *const *a = q->allowed;
     while (*a && strcmp(*a, key) != 0)
         a++;
     if (*a == NULL) {
-        q->bad = key;
+        q->fault = QUERY_UNKNOWN;
+        return MHD_NO;
+    }
+    /* "?state" without '=' would read as no filter at all. */
+    if (value == NULL) {
+        q->fault = QUERY_NO_VALUE;
         return MHD_NO;
     }
     for (size_t i = 0; i < q->n_seen; i++) {
         if (q->seen[i] == *a) {
-            q->bad = key;
-            q->repeated = true;
+            q->fault = QUERY_REPEATED;
             return MHD_NO;
         }
     }
@@ -192,21 +208,35 @@ query_key_check(void *cls, enum MHD_ValueKind kind, const char *key, const char 
     return MHD_YES;
 }
 
-enum err
-http_req_query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
+/* Refuse a query-string parameter that is not one of `allowed` (NULL-
+ * terminated, at most HTTP__MAX_QUERY_KEYS; NULL for none), one given twice,
+ * or one of them without a value: ERR_INVALID naming it. */
+static enum err
+query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
 {
     BB_ASSERT(!r->suspended);
+    static const char *const none[] = {NULL};
+    if (allowed == NULL)
+        allowed = none;
     struct query_check q = {.allowed = allowed};
     size_t n_allowed = 0;
     while (allowed[n_allowed])
         n_allowed++;
-    BB_ASSERT(n_allowed <= QUERY_KEYS_MAX);
+    BB_ASSERT(n_allowed <= HTTP__MAX_QUERY_KEYS);
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_key_check, &q);
-    if (q.bad == NULL)
+    switch (q.fault) {
+    case QUERY_OK:
         return ERR_OK;
-    if (q.repeated)
+    case QUERY_REPEATED:
         return bb_fail(e, ERR_INVALID, q.bad, "query parameter '%.64s' is given more than once",
                        q.bad);
+    case QUERY_NO_VALUE:
+        return bb_fail(e, ERR_INVALID, q.bad, "query parameter '%.64s' needs a value (%.64s=...)",
+                       q.bad, q.bad);
+    case QUERY_NO_NAME:
+    case QUERY_UNKNOWN:
+        break;
+    }
     struct bb_buf names;
     bb_buf_init(&names);
     for (const char *const *a = allowed; *a; a++) {
@@ -214,12 +244,13 @@ http_req_query_only(struct http_req *r, const char *const *allowed, struct bb_er
             bb_buf_append(&names, ", ", 2);
         bb_buf_append(&names, *a, strlen(*a));
     }
-    if (names.len == 0)
-        bb_fail(e, ERR_INVALID, q.bad, "unknown query parameter '%.64s': %s %s takes none", q.bad,
-                r->method, http_req_route(r));
+    const char *takes = names.len ? names.data : "none";
+    if (q.fault == QUERY_NO_NAME)
+        bb_fail(e, ERR_INVALID, "", "a query parameter without a name: %s %s takes %s", r->method,
+                http_req_route(r), takes);
     else
         bb_fail(e, ERR_INVALID, q.bad, "unknown query parameter '%.64s': %s %s takes %s", q.bad,
-                r->method, http_req_route(r), names.data);
+                r->method, http_req_route(r), takes);
     bb_buf_deinit(&names);
     return ERR_INVALID;
 }
@@ -749,6 +780,12 @@ dispatch(struct http_req *r)
     }
     if (!content_type_ok(r)) {
         reply_error(r, ERR_MEDIA_TYPE, "Content-Type", "request body must be application/json");
+        return;
+    }
+    /* Before the handler: a parameter the route does not take is a typo,
+     * and a write must not go ahead on one. */
+    if (query_only(r, r->route->pub.query, &r->err) != ERR_OK) {
+        http_reply_problem(r, &r->err, NULL);
         return;
     }
     bb_log_context_set(r->id, r->traceparent);

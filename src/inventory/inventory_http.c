@@ -472,15 +472,15 @@ size_t
 inventory_service_routes(struct inventory_service *svc, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"POST", "/inventory/products", handle_create, svc, false},
-        {"GET", "/inventory/products/{sku}", handle_product, svc, false},
-        {"POST", "/inventory/products/{sku}/stock", handle_stock, svc, false},
-        {"GET", "/inventory/products/{sku}/availability", handle_availability, svc, false},
-        {"POST", "/inventory/reservations", handle_reserve, svc, false},
-        {"GET", "/inventory/reservations/{order_id}", handle_reservation, svc, false},
-        {"DELETE", "/inventory/reservations/{order_id}", handle_release, svc, false},
-        {"POST", "/inventory/reservations/{order_id}/commit", handle_commit, svc, false},
-        {"POST", "/inventory/adjust", handle_adjust, svc, false},
+        {"POST", "/inventory/products", handle_create, svc, false, NULL},
+        {"GET", "/inventory/products/{sku}", handle_product, svc, false, NULL},
+        {"POST", "/inventory/products/{sku}/stock", handle_stock, svc, false, NULL},
+        {"GET", "/inventory/products/{sku}/availability", handle_availability, svc, false, NULL},
+        {"POST", "/inventory/reservations", handle_reserve, svc, false, NULL},
+        {"GET", "/inventory/reservations/{order_id}", handle_reservation, svc, false, NULL},
+        {"DELETE", "/inventory/reservations/{order_id}", handle_release, svc, false, NULL},
+        {"POST", "/inventory/reservations/{order_id}/commit", handle_commit, svc, false, NULL},
+        {"POST", "/inventory/adjust", handle_adjust, svc, false, NULL},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

@@ -31,14 +31,7 @@ enum {
 /* The furthest a job may be put off: delay_ms, run_at, every_ms. */
 #define DELAY_MAX_MS (366LL * 86400000)
 
-enum { SUBMIT_GROUP_MAX = 64, ROUTES_N = 30 };
-
-struct route_def;
-/* A route's context: the service and what the route is. */
-struct route_ctx {
-    struct job_service *svc;
-    const struct route_def *def;
-};
+enum { SUBMIT_GROUP_MAX = 64 };
 
 struct job_service {
     struct store *store;
@@ -46,7 +39,6 @@ struct job_service {
     int64_t payload_limit;
     struct http_waitlist *claims;
     struct http_json_group submits; /* POST /jobs: many per transaction */
-    struct route_ctx routes[ROUTES_N];
 };
 
 /* One request's operation. */
@@ -1540,76 +1532,54 @@ job_service_create(struct store *s, const struct job_registry *r,
     return ERR_OK;
 }
 
-/* The query parameters each route takes. Every jobs route refuses the
- * others: a typo in a filter (?job_id=8, ?queues=ext) must be an error, not
- * a bulk operation on every job the filter was meant to narrow. */
-static const char *const Q_NONE[] = {NULL};
+/* The query parameters each route takes (NULL: none). The server refuses
+ * the others: a typo in a filter (?job_id=8, ?queues=ext) must be an error,
+ * not a bulk operation on every job the filter was meant to narrow. */
 static const char *const Q_LIST[] = {"queue", "state", "limit", "after", NULL};
 static const char *const Q_DLQ_LIST[] = {"queue", "fingerprint", "limit", "after", NULL};
 static const char *const Q_DLQ_GROUPS[] = {"queue", "limit", NULL};
 static const char *const Q_DLQ_BULK[] = {"queue", "fingerprint", NULL};
 
-static const struct route_def {
-    const char *method;
-    const char *pattern;
-    http_handler_fn *fn;
-    const char *const *query;
-} ROUTES[] = {
-    {"POST", "/jobs", handle_submit, Q_NONE},
-    {"POST", "/jobs/batch", handle_batch, Q_NONE},
-    {"GET", "/jobs", handle_list, Q_LIST},
-    {"GET", "/jobs/{id}", handle_get, Q_NONE},
-    {"GET", "/jobs/{id}/history", handle_history, Q_NONE},
-    {"POST", "/jobs/{id}/run", handle_run, Q_NONE},
-    {"POST", "/jobs/{id}/retry", handle_run, Q_NONE},
-    {"POST", "/jobs/{id}/cancel", handle_cancel, Q_NONE},
-    {"POST", "/jobs/{id}/heartbeat", handle_heartbeat, Q_NONE},
-    {"POST", "/jobs/{id}/complete", handle_complete, Q_NONE},
-    {"POST", "/jobs/{id}/fail", handle_fail, Q_NONE},
-    {"GET", "/queues", handle_queues, Q_NONE},
-    {"GET", "/queues/{queue}", handle_queue_get, Q_NONE},
-    {"PUT", "/queues/{queue}", handle_queue_put, Q_NONE},
-    {"POST", "/queues/{queue}/pause", handle_queue_pause, Q_NONE},
-    {"POST", "/queues/{queue}/resume", handle_queue_resume, Q_NONE},
-    {"POST", "/queues/{queue}/claim", handle_claim, Q_NONE},
-    {"GET", "/schedules", handle_schedules, Q_NONE},
-    {"POST", "/schedules", handle_schedule_create, Q_NONE},
-    {"GET", "/schedules/{name}", handle_schedule_get, Q_NONE},
-    {"POST", "/schedules/{name}/pause", handle_schedule_pause, Q_NONE},
-    {"POST", "/schedules/{name}/resume", handle_schedule_resume, Q_NONE},
-    {"DELETE", "/schedules/{name}", handle_schedule_delete, Q_NONE},
-    {"GET", "/dlq", handle_dlq_list, Q_DLQ_LIST},
-    {"GET", "/dlq/groups", handle_dlq_groups, Q_DLQ_GROUPS}, /* before /dlq/{id} */
-    {"GET", "/dlq/{id}", handle_dlq_get, Q_NONE},
-    {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, Q_NONE},
-    {"POST", "/dlq/redrive", handle_dlq_redrive_all, Q_DLQ_BULK},
-    {"DELETE", "/dlq", handle_dlq_purge, Q_DLQ_BULK},
-    {"DELETE", "/dlq/{id}", handle_dlq_purge_one, Q_NONE},
+static const struct http_route ROUTES[] = {
+    {"POST", "/jobs", handle_submit, NULL, false, NULL},
+    {"POST", "/jobs/batch", handle_batch, NULL, false, NULL},
+    {"GET", "/jobs", handle_list, NULL, false, Q_LIST},
+    {"GET", "/jobs/{id}", handle_get, NULL, false, NULL},
+    {"GET", "/jobs/{id}/history", handle_history, NULL, false, NULL},
+    {"POST", "/jobs/{id}/run", handle_run, NULL, false, NULL},
+    {"POST", "/jobs/{id}/retry", handle_run, NULL, false, NULL},
+    {"POST", "/jobs/{id}/cancel", handle_cancel, NULL, false, NULL},
+    {"POST", "/jobs/{id}/heartbeat", handle_heartbeat, NULL, false, NULL},
+    {"POST", "/jobs/{id}/complete", handle_complete, NULL, false, NULL},
+    {"POST", "/jobs/{id}/fail", handle_fail, NULL, false, NULL},
+    {"GET", "/queues", handle_queues, NULL, false, NULL},
+    {"GET", "/queues/{queue}", handle_queue_get, NULL, false, NULL},
+    {"PUT", "/queues/{queue}", handle_queue_put, NULL, false, NULL},
+    {"POST", "/queues/{queue}/pause", handle_queue_pause, NULL, false, NULL},
+    {"POST", "/queues/{queue}/resume", handle_queue_resume, NULL, false, NULL},
+    {"POST", "/queues/{queue}/claim", handle_claim, NULL, false, NULL},
+    {"GET", "/schedules", handle_schedules, NULL, false, NULL},
+    {"POST", "/schedules", handle_schedule_create, NULL, false, NULL},
+    {"GET", "/schedules/{name}", handle_schedule_get, NULL, false, NULL},
+    {"POST", "/schedules/{name}/pause", handle_schedule_pause, NULL, false, NULL},
+    {"POST", "/schedules/{name}/resume", handle_schedule_resume, NULL, false, NULL},
+    {"DELETE", "/schedules/{name}", handle_schedule_delete, NULL, false, NULL},
+    {"GET", "/dlq", handle_dlq_list, NULL, false, Q_DLQ_LIST},
+    {"GET", "/dlq/groups", handle_dlq_groups, NULL, false, Q_DLQ_GROUPS}, /* before /dlq/{id} */
+    {"GET", "/dlq/{id}", handle_dlq_get, NULL, false, NULL},
+    {"POST", "/dlq/{id}/redrive", handle_dlq_redrive_one, NULL, false, NULL},
+    {"POST", "/dlq/redrive", handle_dlq_redrive_all, NULL, false, Q_DLQ_BULK},
+    {"DELETE", "/dlq", handle_dlq_purge, NULL, false, Q_DLQ_BULK},
+    {"DELETE", "/dlq/{id}", handle_dlq_purge_one, NULL, false, NULL},
 };
-
-_Static_assert(BB_ARRAY_LEN(ROUTES) == ROUTES_N, "ROUTES_N counts the jobs routes");
-
-/* Every jobs route: its query checked, then its handler. */
-static void
-handle_checked(struct http_req *r, void *ctx)
-{
-    const struct route_ctx *route = ctx;
-    struct bb_error *e = http_req_error(r);
-    if (http_req_query_only(r, route->def->query, e) != ERR_OK) {
-        fail_now(r, e);
-        return;
-    }
-    route->def->fn(r, route->svc);
-}
 
 size_t
 job_service_routes(struct job_service *svc, struct http_route *out, size_t max)
 {
     BB_ASSERT(BB_ARRAY_LEN(ROUTES) <= max);
     for (size_t i = 0; i < BB_ARRAY_LEN(ROUTES); i++) {
-        svc->routes[i] = (struct route_ctx){.svc = svc, .def = &ROUTES[i]};
-        out[i] = (struct http_route){ROUTES[i].method, ROUTES[i].pattern, handle_checked,
-                                     &svc->routes[i], false};
+        out[i] = ROUTES[i];
+        out[i].ctx = svc;
     }
     return BB_ARRAY_LEN(ROUTES);
 }

@@ -699,17 +699,21 @@ lock_service_reserve(struct lock_service *svc, const char *prefix)
     svc->reserved[svc->n_reserved++] = prefix;
 }
 
+/* The query parameters each route takes (NULL: none; the server refuses
+ * any other, see struct http_route). */
+static const char *const LIST_QUERY[] = {"limit", "after", NULL}; /* GET /locks */
+
 size_t
 lock_service_routes(struct lock_service *svc, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"POST", "/locks/{name}/acquire", handle_acquire, svc, false},
-        {"POST", "/locks/{name}/renew", handle_renew, svc, false},
-        {"POST", "/locks/{name}/release", handle_release, svc, false},
-        {"GET", "/locks/{name}", handle_get, svc, false},
-        {"GET", "/locks", handle_list, svc, false},
-        {"PUT", "/fenced/{key}", handle_fenced_put, svc, false},
-        {"GET", "/fenced/{key}", handle_fenced_get, svc, false},
+        {"POST", "/locks/{name}/acquire", handle_acquire, svc, false, NULL},
+        {"POST", "/locks/{name}/renew", handle_renew, svc, false, NULL},
+        {"POST", "/locks/{name}/release", handle_release, svc, false, NULL},
+        {"GET", "/locks/{name}", handle_get, svc, false, NULL},
+        {"GET", "/locks", handle_list, svc, false, LIST_QUERY},
+        {"PUT", "/fenced/{key}", handle_fenced_put, svc, false, NULL},
+        {"GET", "/fenced/{key}", handle_fenced_get, svc, false, NULL},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

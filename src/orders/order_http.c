@@ -207,15 +207,19 @@ order_service_create(struct store *s)
     return svc;
 }
 
+/* The query parameters each route takes (NULL: none; the server refuses
+ * any other, see struct http_route). */
+static const char *const FIND_QUERY[] = {"checkout_id", NULL}; /* GET /orders */
+
 size_t
 order_service_routes(struct order_service *svc, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"POST", "/orders", handle_create, svc, false},
-        {"GET", "/orders", handle_find, svc, false},
-        {"GET", "/orders/{order_id}", handle_get, svc, false},
-        {"PUT", "/orders/{order_id}/confirm", handle_confirm, svc, false},
-        {"PUT", "/orders/{order_id}/cancel", handle_cancel, svc, false},
+        {"POST", "/orders", handle_create, svc, false, NULL},
+        {"GET", "/orders", handle_find, svc, false, FIND_QUERY},
+        {"GET", "/orders/{order_id}", handle_get, svc, false, NULL},
+        {"PUT", "/orders/{order_id}/confirm", handle_confirm, svc, false, NULL},
+        {"PUT", "/orders/{order_id}/cancel", handle_cancel, svc, false, NULL},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

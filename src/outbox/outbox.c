@@ -534,11 +534,16 @@ outbox_service_create(struct store *s, const struct outbox_options *o, struct ou
     return ERR_OK;
 }
 
+/* The query parameters each route takes (NULL: none; the server refuses
+ * any other, see struct http_route). */
+static const char *const LIST_QUERY[] = {"after", "limit", "type", "aggregate_id",
+                                         NULL}; /* GET /outbox */
+
 size_t
 outbox_service_routes(struct outbox_service *svc, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"GET", "/outbox", handle_list, svc, false},
+        {"GET", "/outbox", handle_list, svc, false, LIST_QUERY},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

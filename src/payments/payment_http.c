@@ -546,19 +546,24 @@ payments_destroy(struct payments *p)
     free(p);
 }
 
+/* The query parameters each route takes (NULL: none; the server refuses
+ * any other, see struct http_route). */
+static const char *const BY_ORDER_QUERY[] = {"order_id", NULL};      /* GET /payments */
+static const char *const CHARGES_QUERY[] = {"after", "limit", NULL}; /* GET /psp/charges */
+
 size_t
 payments_routes(struct payments *p, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"POST", "/payments/authorize", handle_authorize, p, false},
-        {"POST", "/payments/capture/{authorization_id}", handle_capture, p, false},
-        {"POST", "/payments/void/{authorization_id}", handle_void, p, false},
-        {"POST", "/payments/{authorization_id}/refund", handle_refund, p, false},
-        {"GET", "/payments/{authorization_id}", handle_get, p, false},
-        {"GET", "/payments", handle_by_order, p, false},
-        {"GET", "/psp/config", handle_config_get, p, false},
-        {"PUT", "/psp/config", handle_config_put, p, false},
-        {"GET", "/psp/charges", handle_charges, p, false},
+        {"POST", "/payments/authorize", handle_authorize, p, false, NULL},
+        {"POST", "/payments/capture/{authorization_id}", handle_capture, p, false, NULL},
+        {"POST", "/payments/void/{authorization_id}", handle_void, p, false, NULL},
+        {"POST", "/payments/{authorization_id}/refund", handle_refund, p, false, NULL},
+        {"GET", "/payments/{authorization_id}", handle_get, p, false, NULL},
+        {"GET", "/payments", handle_by_order, p, false, BY_ORDER_QUERY},
+        {"GET", "/psp/config", handle_config_get, p, false, NULL},
+        {"PUT", "/psp/config", handle_config_put, p, false, NULL},
+        {"GET", "/psp/charges", handle_charges, p, false, CHARGES_QUERY},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

@@ -1700,13 +1700,18 @@ handle_list(struct http_req *r, void *ctx)
     http_req_run_json(r, eng->store, STORE_READ, list_work, NULL, op);
 }
 
+/* The query parameters each route takes (NULL: none; the server refuses
+ * any other, see struct http_route). */
+static const char *const LIST_QUERY[] = {"type",  "state", "correlation_id",
+                                         "after", "limit", NULL}; /* GET /sagas */
+
 size_t
 saga_routes(struct saga_engine *eng, struct http_route *out, size_t max)
 {
     const struct http_route routes[] = {
-        {"GET", "/sagas", handle_list, eng, false},
-        {"GET", "/sagas/{saga_id}", handle_get, eng, false},
-        {"POST", "/sagas/{saga_id}/retry", handle_retry, eng, false},
+        {"GET", "/sagas", handle_list, eng, false, LIST_QUERY},
+        {"GET", "/sagas/{saga_id}", handle_get, eng, false, NULL},
+        {"POST", "/sagas/{saga_id}/retry", handle_retry, eng, false, NULL},
     };
     BB_ASSERT(BB_ARRAY_LEN(routes) <= max);
     memcpy(out, routes, sizeof routes);

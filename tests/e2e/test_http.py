@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, ENGINE, await_condition, problem
+from conftest import BIN, ENGINE, await_condition, outbox_events, problem
 
 # JSONTestSuite (MIT) sits beside the project in ../shared/testdata.
 JSON_SUITE = pathlib.Path(os.environ.get(
@@ -97,6 +97,98 @@ def raw_http(port, head, body=b""):
                 break
             data += chunk
         return data
+
+
+ORDER = {"checkout_id": "chk-q", "customer_id": "cust-q", "currency": "EUR",
+         "items": [{"sku": "A", "qty": 1, "unit_price": 100}]}
+CHECKOUT = {"customer_id": "cust-q", "currency": "EUR", "payment": {"card": "tok_visa"},
+            "items": [{"sku": "A", "qty": 1, "unit_price": 100}]}
+KEY = {"Idempotency-Key": "typo-1"}
+
+# (method, path, body, headers, the parameter named): on every module's
+# routes, a list's filter misspelt, or given twice, and a write that would
+# succeed without its stray parameter.
+QUERY_TYPOS = [
+    ("GET", "/healthz?verbose=1", None, None, "verbose"),
+    ("GET", "/readyz?full", None, None, "full"),
+    ("GET", "/metrics?name=http_requests_total", None, None, "name"),
+    ("GET", "/locks?limt=1", None, None, "limt"),
+    ("GET", "/locks?after=a&after=b", None, None, "after"),
+    ("GET", "/locks/held?owner=w", None, None, "owner"),
+    ("POST", "/locks/free/acquire?ttl=1000", {"owner": "w"}, None, "ttl"),
+    ("POST", "/locks/held/release?force=1", {"token": "TOKEN"}, None, "force"),
+    ("PUT", "/fenced/k?tokn=1", {"token": "TOKEN", "value": 1}, None, "tokn"),
+    ("GET", "/outbox?typ=order.created.v1", None, None, "typ"),
+    ("GET", "/outbox?limit=1&limit=2", None, None, "limit"),
+    ("GET", "/sagas?stat=STUCK", None, None, "stat"),
+    ("GET", "/sagas?state=STUCK&state=FAILED", None, None, "state"),
+    ("GET", "/sagas?state", None, None, "state"),  # no value: no filter at all
+    ("POST", "/sagas/s-1/retry?force=1", {}, None, "force"),
+    ("POST", "/inventory/products?dry_run=1", {"sku": "Z", "name": "Z", "stock": 5}, None,
+     "dry_run"),
+    ("POST", "/inventory/products/A/stock?qty=1", {"qty": 10}, {"Idempotency-Key": "d-1"}, "qty"),
+    ("GET", "/inventory/products/A/availability?warehouse=1", None, None, "warehouse"),
+    ("POST", "/inventory/reservations?ttl_ms=1", {"order_id": "o-q", "items": [{"sku": "A",
+                                                                              "qty": 1}]},
+     None, "ttl_ms"),
+    ("POST", "/inventory/adjust?sku=A", {"sku": "A", "delta": -1, "reason": "count",
+                                         "key": "adj-1"}, None, "sku"),
+    ("GET", "/orders?checkout=chk-q", None, None, "checkout"),
+    ("GET", "/orders?checkout_id=chk-q&limit=5", None, None, "limit"),
+    ("POST", "/orders?checkout_id=chk-q", ORDER, None, "checkout_id"),
+    ("POST", "/payments/authorize?amount=1", {"order_id": "o-q", "amount": 1500,
+                                              "currency": "EUR", "idempotency_key": "p-1",
+                                              "card": "tok_visa"}, None, "amount"),
+    ("GET", "/payments?order=o-q", None, None, "order"),
+    ("PUT", "/psp/config?fail_next=1", {"fail_next": 1}, None, "fail_next"),
+    ("GET", "/psp/charges?afer=0", None, None, "afer"),
+    ("POST", "/checkout?dry_run=1", CHECKOUT, KEY, "dry_run"),
+    ("GET", "/checkout/c-1?verbose=1", None, None, "verbose"),
+]
+
+
+def settled_state(server):
+    """What a write anywhere would change: every event (each module's writes
+    emit some), the locks, the fenced value, the PSP mock, the sagas."""
+    locks = [{k: v for k, v in lock.items() if k != "expires_in_ms"}  # a countdown
+             for lock in server.get("/locks").json()["locks"]]
+    return {"events": outbox_events(server), "locks": locks,
+            "fenced": server.get("/fenced/k").status_code,
+            "psp": server.get("/psp/config").json(),
+            "charges": server.get("/psp/charges").json(),
+            "sagas": server.get("/sagas").json()}
+
+
+def test_a_query_parameter_a_route_does_not_take_is_refused_and_changes_nothing(server):
+    # A parameter a route did not know was ignored: GET /outbox?typ= listed
+    # every event, and a write given a stray parameter went ahead.
+    assert server.post("/inventory/products", {"sku": "A", "name": "A", "stock": 5}) \
+        .status_code == 201
+    token = server.post("/locks/held/acquire", {"owner": "w", "ttl_ms": 60000}).json()["token"]
+    before = settled_state(server)
+    for method, path, body, headers, name in QUERY_TYPOS:
+        if isinstance(body, dict):
+            body = {k: token if v == "TOKEN" else v for k, v in body.items()}
+        r = server.request(method, path, body, headers=headers)
+        doc = problem(r, 400, "invalid_request", name)
+        assert f"'{name}'" in doc["detail"], (path, doc)
+    assert settled_state(server) == before
+    assert server.get("/inventory/products/Z").status_code == 404
+    assert server.get("/orders?checkout_id=chk-q").json() == {"orders": []}
+    # The detail says what the route takes.
+    assert problem(server.get("/locks?x=1"), 400)["detail"] == \
+        "unknown query parameter 'x': GET /locks takes limit, after"
+    assert problem(server.get("/healthz?x=1"), 400)["detail"] == \
+        "unknown query parameter 'x': GET /healthz takes none"
+    assert problem(server.get("/outbox?=5"), 400)["detail"].startswith(
+        "a query parameter without a name: GET /outbox takes after, limit")
+    # An empty piece says nothing, like the trailing '&' a URL builder leaves.
+    assert server.get("/locks?&limit=1&&").json()["locks"][0]["name"] == "held"
+    # The parameters each route takes still work.
+    assert server.get("/locks?limit=1&after=a").json()["locks"][0]["name"] == "held"
+    assert server.get("/outbox?type=inventory.product.created.v1&limit=1").json()["events"]
+    assert server.get("/sagas?state=STUCK&limit=1").json()["sagas"] == []
+    assert server.post("/locks/held/release", {"token": token}).status_code == 200
 
 
 def test_oversized_body_is_413_and_the_server_stays_healthy(server):

@@ -16,11 +16,11 @@ noop(struct http_req *r, void *ctx)
 }
 
 static const struct http_route ROUTES[] = {
-    {"POST", "/locks/{name}/acquire", noop, NULL, false},
-    {"GET", "/locks/{name}", noop, NULL, false},
-    {"GET", "/locks", noop, NULL, false},
-    {"PUT", "/fenced/{key}", noop, NULL, false},
-    {"GET", "/fenced/{key}", noop, NULL, false},
+    {"POST", "/locks/{name}/acquire", noop, NULL, false, NULL},
+    {"GET", "/locks/{name}", noop, NULL, false, NULL},
+    {"GET", "/locks", noop, NULL, false, NULL},
+    {"PUT", "/fenced/{key}", noop, NULL, false, NULL},
+    {"GET", "/fenced/{key}", noop, NULL, false, NULL},
 };
 
 struct fixture {
@@ -212,6 +212,27 @@ problem_document_names_type_status_and_field(void **state)
     json_decref(doc);
 }
 
+/* A route's query list is checked with every request against a fixed-size
+ * table: a longer list is a programming error found at start, not later. */
+static void
+too_long_a_query_list_is_refused(void **state)
+{
+    (void)state;
+    static const char *const q17[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i",
+                                      "j", "k", "l", "m", "n", "o", "p", "q", NULL};
+    static const char *const q16[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i",
+                                      "j", "k", "l", "m", "n", "o", "p", NULL};
+    struct http_route route = {"GET", "/things", noop, NULL, false, q16};
+    struct http__router rt;
+    struct bb_error e;
+    assert_ok(http__router_init(&rt, &route, 1, &e), &e);
+    assert_ptr_equal(rt.routes[0].pub.query, q16);
+    http__router_deinit(&rt);
+    route.query = q17;
+    assert_int_equal(http__router_init(&rt, &route, 1, &e), ERR_INTERNAL);
+    assert_non_null(strstr(e.detail, "GET /things"));
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(path_parameters_are_extracted, setup, teardown),
     cmocka_unit_test_setup_teardown(unknown_paths_are_404_and_wrong_methods_405_with_allow, setup,
@@ -222,6 +243,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(segments_are_decoded_once_after_the_split, setup, teardown),
     cmocka_unit_test(unescape_decodes_in_place_but_keeps_nul_escaped),
     cmocka_unit_test(problem_document_names_type_status_and_field),
+    cmocka_unit_test(too_long_a_query_list_is_refused),
 };
 
 TEST_MAIN(tests, false)
