@@ -41,6 +41,7 @@ struct jobs_args {
     char *rate;
     char *backoff;
     char *tags;
+    bool all;
 };
 
 #define OFF(f) offsetof(struct jobs_args, f)
@@ -79,6 +80,8 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"state", BB_OPT_STRING, OFF(state), 0, 0, NULL, "filter: pending, running, ..., dead", NO_ENV},
     {"fingerprint", BB_OPT_STRING, OFF(fingerprint), 0, 0, NULL,
      "dlq: only the dead jobs of this error fingerprint (dlq groups)", NO_ENV},
+    {"all", BB_OPT_BOOL, OFF(all), 0, 0, "false",
+     "dlq purge: every dead job (purge without an id or a filter asks for it)", NO_ENV},
     {"limit", BB_OPT_INT, OFF(limit), 1, 1000, "100", "most items to list", NO_ENV},
     {"after", BB_OPT_INT, OFF(after), 0, INT64_MAX, "0", "list after this job id", NO_ENV},
     {"concurrency", BB_OPT_INT, OFF(concurrency), -1, 100000, "-1",
@@ -103,7 +106,8 @@ static const char JOBS_USAGE[] =
     "       backbone schedules list | show N | pause N | resume N | delete N\n"
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
     "       backbone dlq groups [--queue Q] [--limit N]\n"
-    "       backbone dlq list|redrive-all|purge [--queue Q] [--fingerprint F]\n"
+    "       backbone dlq list|redrive-all [--queue Q] [--fingerprint F]\n"
+    "       backbone dlq purge --queue Q | --fingerprint F | --all\n"
     "       backbone dlq show ID | redrive ID | purge ID";
 
 static int
@@ -612,7 +616,11 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
      * filters (--queue, --fingerprint) match. */
     bool bulk = strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 ||
                 (strcmp(cmd, "purge") == 0 && arg == NULL);
-    if (bulk && arg != NULL) {
+    bool purge_all = strcmp(cmd, "purge") == 0 && arg == NULL;
+    if (purge_all && !a->all && a->queue == NULL && a->fingerprint == NULL) {
+        code = usage_error("purge deletes dead jobs for good: name one (purge ID), filter them"
+                           " (--queue, --fingerprint), or say --all");
+    } else if (bulk && arg != NULL) {
         /* An id after a bulk command must not be dropped: the command
          * would then act on every dead job. */
         code = usage_error(strcmp(cmd, "redrive-all") == 0
@@ -642,8 +650,8 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
         path_for(&path, "/dlq/", arg, "/redrive");
         code = call(a, "POST", path.data, json_object(), human_done);
     } else if (strcmp(cmd, "purge") == 0) {
-        if (a->queue || a->fingerprint)
-            code = usage_error("purge ID takes no --queue or --fingerprint");
+        if (a->queue || a->fingerprint || a->all)
+            code = usage_error("purge ID takes no --queue, --fingerprint or --all");
         else {
             path_for(&path, "/dlq/", arg, "");
             code = call(a, "DELETE", path.data, NULL, human_done);

@@ -190,7 +190,12 @@ def test_dead_letters(server):
     assert r.returncode == 1 and f"no job {ids[1]}" in r.stderr, r.stderr
     assert [int(line.split()[0]) for line in ok("dlq", "list", server=server).splitlines()] == \
         [ids[0], ids[2]]
+    # Every dead job at once only when asked for by name.
+    r = cli("dlq", "purge", server=server)
+    assert r.returncode == 2 and "--all" in r.stderr, r.stderr
+    assert len(ok("dlq", "list", server=server).splitlines()) == 2
     assert ok("dlq", "purge", "--fingerprint", fp, server=server) == "purged 2\n"
+    assert ok("dlq", "purge", "--all", server=server) == "purged 0\n"
     assert ok("dlq", "list", server=server) == "no jobs\n"
     assert ok("dlq", "groups", server=server) == "no dead jobs\n"
 
@@ -217,6 +222,8 @@ def test_jobs_usage_errors_exit_2():
         (["dlq", "redrive-all", "7"], "redrive-all takes no id"),
         (["dlq", "list", "7"], "list takes no id"),
         (["dlq", "purge", "7", "--queue", "q"], "purge ID takes no --queue"),
+        (["dlq", "purge", "7", "--all"], "purge ID takes no --queue, --fingerprint or --all"),
+        (["dlq", "purge"], "or say --all"),
     ]:
         r = cli(*args)
         assert r.returncode == 2, (args, r.stderr)
