@@ -43,15 +43,25 @@ struct checkout_request {
     int64_t total_amount;
 };
 
+/* SKUs seen to name a product, so that they need not be looked up again:
+ * products are never deleted, so a SKU once known stays known. One per
+ * service (and database); thread-safe. */
+struct checkout_skus;
+struct checkout_skus *checkout_skus_create(void);
+void checkout_skus_destroy(struct checkout_skus *k);
+
 /* Accept a checkout (or answer the key's checkout): *out gets
  * {checkout_id, status, ...}; *created says whether this call made it.
- * ERR_IDEMPOTENCY_MISMATCH when the key went with another body. */
-BB_WUR enum err checkout_accept(struct store_conn *c, const struct checkout_request *req,
-                                int64_t now_ms, json_t **out, bool *created, struct bb_error *e);
+ * ERR_IDEMPOTENCY_MISMATCH when the key went with another body;
+ * ERR_INVALID naming items[i].sku when an item names no product (looked
+ * up unless `known` has it; known may be NULL). */
+BB_WUR enum err checkout_accept(struct store_conn *c, struct checkout_skus *known,
+                                const struct checkout_request *req, int64_t now_ms, json_t **out,
+                                bool *created, struct bb_error *e);
 /* checkout_accept for n requests at once, one statement per table:
  * outs[i], created[i] and rcs[i] (errors[i]) for reqs[i]; traceparents[i]
  * (may be NULL) marks its event. */
-BB_WUR enum err checkout_accept_many(struct store_conn *c,
+BB_WUR enum err checkout_accept_many(struct store_conn *c, struct checkout_skus *known,
                                      const struct checkout_request *const *reqs,
                                      const char *const *traceparents, size_t n, int64_t now_ms,
                                      json_t **outs, bool *created, enum err *rcs,

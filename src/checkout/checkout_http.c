@@ -13,6 +13,7 @@ enum { ACCEPT_GROUP_MAX = 32 };
 struct checkout_service {
     struct store *store;
     struct saga_announcer *announcer;
+    struct checkout_skus *known;    /* SKUs found to name a product */
     struct http_json_group accepts; /* POST /checkout: many per transaction */
 };
 
@@ -99,7 +100,7 @@ accept_work(struct store_conn *c, void *arg, struct http_answer *a, struct bb_er
 {
     struct checkout_op *op = arg;
     a->status = 202;
-    return checkout_accept(c, &op->req, bb_wall_ms(), &a->body, &op->created, e);
+    return checkout_accept(c, op->svc->known, &op->req, bb_wall_ms(), &a->body, &op->created, e);
 }
 
 /* accept_work for the requests that wait at the same time. */
@@ -116,8 +117,9 @@ accept_many(struct store_conn *c, void *const *args, struct http_answer *const *
         reqs[i] = &op->req;
         traceparents[i] = op->traceparent;
     }
-    enum err rc =
-        checkout_accept_many(c, reqs, traceparents, n, bb_wall_ms(), outs, created, rcs, errors, e);
+    struct checkout_skus *known = ((const struct checkout_op *)args[0])->svc->known;
+    enum err rc = checkout_accept_many(c, known, reqs, traceparents, n, bb_wall_ms(), outs, created,
+                                       rcs, errors, e);
     for (size_t i = 0; i < n; i++) {
         struct checkout_op *op = args[i];
         op->created = rc == ERR_OK && created[i];
@@ -186,6 +188,7 @@ checkout_service_create(struct store *s, struct saga_announcer *a)
     struct checkout_service *svc = xcalloc(1, sizeof *svc);
     svc->store = s;
     svc->announcer = a;
+    svc->known = checkout_skus_create();
     http_json_group_init(&svc->accepts, accept_many, ACCEPT_GROUP_MAX);
     return svc;
 }
@@ -205,5 +208,7 @@ checkout_service_routes(struct checkout_service *svc, struct http_route *out, si
 void
 checkout_service_destroy(struct checkout_service *svc)
 {
+    if (svc)
+        checkout_skus_destroy(svc->known);
     free(svc);
 }

@@ -9,6 +9,7 @@
 #include "inventory/inventory.h"
 #include "outbox/outbox.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,22 +195,108 @@ requested_data(const json_t *body, const char *id, int64_t total_amount)
     return data;
 }
 
+/* ---- SKUs known to name a product ------------------------------------------------------ */
+
+/* An open-addressing set of strings; once it is 3/4 full, SKUs not in it
+ * are looked up every time. */
+enum { KNOWN_SLOTS = 1 << 16, KNOWN_MAX = KNOWN_SLOTS / 4 * 3 };
+
+struct checkout_skus {
+    pthread_mutex_t mu;
+    size_t n;                /* guarded by mu */
+    char *slot[KNOWN_SLOTS]; /* guarded by mu; NULL: empty */
+};
+
+struct checkout_skus *
+checkout_skus_create(void)
+{
+    struct checkout_skus *k = xcalloc(1, sizeof *k);
+    pthread_mutex_init(&k->mu, NULL);
+    return k;
+}
+
+void
+checkout_skus_destroy(struct checkout_skus *k)
+{
+    if (k == NULL)
+        return;
+    for (size_t i = 0; i < KNOWN_SLOTS; i++)
+        free(k->slot[i]);
+    pthread_mutex_destroy(&k->mu);
+    free(k);
+}
+
+/* The slot holding `sku`, or the empty one where it would go (mu held). */
+static char **
+known_slot(struct checkout_skus *k, const char *sku)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = sku; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    for (size_t i = (size_t)h % KNOWN_SLOTS;; i = (i + 1) % KNOWN_SLOTS) {
+        if (k->slot[i] == NULL || strcmp(k->slot[i], sku) == 0)
+            return &k->slot[i];
+    }
+}
+
+static bool
+known_has(struct checkout_skus *k, const char *sku)
+{
+    pthread_mutex_lock(&k->mu);
+    bool has = *known_slot(k, sku) != NULL;
+    pthread_mutex_unlock(&k->mu);
+    return has;
+}
+
+static void
+known_add(struct checkout_skus *k, const char *sku)
+{
+    pthread_mutex_lock(&k->mu);
+    char **slot = known_slot(k, sku);
+    if (*slot == NULL && k->n < KNOWN_MAX) {
+        *slot = xstrdup(sku);
+        k->n++;
+    }
+    pthread_mutex_unlock(&k->mu);
+}
+
 /* Every item of reqs[0..n) names a product; rcs[i] (errors[i]) fails a
- * request with an item that does not, naming it (rcs NULL: fail with it). */
+ * request with an item that does not, naming it (rcs NULL: fail with it).
+ * Only SKUs `known` does not have are looked up (in one statement); what
+ * the lookup finds, it learns. */
 static enum err
-skus_check(struct store_conn *c, const struct checkout_request *const *reqs, size_t n,
-           enum err *rcs, struct bb_error *errors, struct bb_error *e)
+skus_check(struct store_conn *c, struct checkout_skus *known_skus,
+           const struct checkout_request *const *reqs, size_t n, enum err *rcs,
+           struct bb_error *errors, struct bb_error *e)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += reqs[i]->n_items;
     const char **skus = xcalloc(total, sizeof *skus);
     bool *known = xcalloc(total, sizeof *known);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < reqs[i]->n_items; j++)
-            skus[k++] = reqs[i]->items[j].sku;
-    enum err rc = inventory_skus_known(c, skus, total, known, e);
+    const char **unseen = xcalloc(total, sizeof *unseen);
+    size_t *unseen_at = xcalloc(total, sizeof *unseen_at);
+    bool *found = xcalloc(total, sizeof *found);
+    size_t k = 0, u = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < reqs[i]->n_items; j++, k++) {
+            skus[k] = reqs[i]->items[j].sku;
+            known[k] = known_skus && known_has(known_skus, skus[k]);
+            if (!known[k]) {
+                unseen_at[u] = k;
+                unseen[u++] = skus[k];
+            }
+        }
+    }
+    enum err rc = u == 0 ? ERR_OK : inventory_skus_known(c, unseen, u, found, e);
+    for (size_t x = 0; x < u && rc == ERR_OK; x++) {
+        known[unseen_at[x]] = found[x];
+        if (found[x] && known_skus)
+            known_add(known_skus, unseen[x]);
+    }
+    free(found);
+    free(unseen_at);
+    free(unseen);
     k = 0;
     for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         for (size_t j = 0; j < reqs[i]->n_items; j++, k++) {
@@ -233,12 +320,13 @@ skus_check(struct store_conn *c, const struct checkout_request *const *reqs, siz
 }
 
 enum err
-checkout_accept(struct store_conn *c, const struct checkout_request *req, int64_t now_ms,
-                json_t **out, bool *created, struct bb_error *e)
+checkout_accept(struct store_conn *c, struct checkout_skus *known,
+                const struct checkout_request *req, int64_t now_ms, json_t **out, bool *created,
+                struct bb_error *e)
 {
     *created = false;
     *out = NULL;
-    enum err checked = skus_check(c, &req, 1, NULL, NULL, e);
+    enum err checked = skus_check(c, known, &req, 1, NULL, NULL, e);
     if (checked != ERR_OK)
         return checked;
     char id[37];
@@ -303,16 +391,17 @@ static struct store_stmt CHECKOUT_INSERT_MANY = {
 };
 
 enum err
-checkout_accept_many(struct store_conn *c, const struct checkout_request *const *reqs,
-                     const char *const *traceparents, size_t n, int64_t now_ms, json_t **outs,
-                     bool *created, enum err *rcs, struct bb_error *errors, struct bb_error *e)
+checkout_accept_many(struct store_conn *c, struct checkout_skus *known,
+                     const struct checkout_request *const *reqs, const char *const *traceparents,
+                     size_t n, int64_t now_ms, json_t **outs, bool *created, enum err *rcs,
+                     struct bb_error *errors, struct bb_error *e)
 {
     for (size_t i = 0; i < n; i++) {
         outs[i] = NULL;
         created[i] = false;
         rcs[i] = ERR_OK;
     }
-    enum err rc = skus_check(c, reqs, n, rcs, errors, e);
+    enum err rc = skus_check(c, known, reqs, n, rcs, errors, e);
     if (rc != ERR_OK)
         return rc;
     char(*ids)[37] = xcalloc(n, sizeof *ids);

@@ -123,8 +123,8 @@ accept_work(struct store_conn *c, void *arg, struct bb_error *e)
     bool created[4];
     enum err rcs[4];
     struct bb_error errors[4];
-    enum err rc = checkout_accept_many(c, op->reqs, op->traces, op->n, bb_wall_ms(), outs, created,
-                                       rcs, errors, e);
+    enum err rc = checkout_accept_many(c, NULL, op->reqs, op->traces, op->n, bb_wall_ms(), outs,
+                                       created, rcs, errors, e);
     for (size_t i = 0; i < op->n && rc == ERR_OK; i++) {
         assert_true(created[i]);
         bb_strlcpy(op->ids[i], json_string_value(json_object_get(outs[i], "checkout_id")),
@@ -332,6 +332,7 @@ a_checkout_no_saga_starts_for_fails_with_one_event_and_no_order(void **state)
 /* Accepting [good, unknown sku, good] in one statement, and the unknown
  * one alone: what each got, and how many checkouts there are after. */
 struct unknown_op {
+    struct checkout_skus *known;
     enum err rcs[3];
     struct bb_error errors[3];
     bool created[3];
@@ -354,14 +355,15 @@ unknown_work(struct store_conn *c, void *arg, struct bb_error *e)
     const struct checkout_request *reqs[] = {&good1, &bad, &good2};
     const char *traces[] = {NULL, NULL, NULL};
     json_t *outs[3];
-    enum err rc = checkout_accept_many(c, reqs, traces, 3, bb_wall_ms(), outs, op->created, op->rcs,
-                                       op->errors, e);
+    enum err rc = checkout_accept_many(c, op->known, reqs, traces, 3, bb_wall_ms(), outs,
+                                       op->created, op->rcs, op->errors, e);
     for (size_t i = 0; i < 3 && rc == ERR_OK; i++)
         json_decref(outs[i]);
     json_t *out = NULL;
     bool created = false;
     if (rc == ERR_OK)
-        op->alone = checkout_accept(c, &bad, bb_wall_ms(), &out, &created, &op->alone_error);
+        op->alone =
+            checkout_accept(c, op->known, &bad, bb_wall_ms(), &out, &created, &op->alone_error);
     json_decref(out);
     struct store_rows r;
     if (rc == ERR_OK)
@@ -381,8 +383,10 @@ a_basket_with_an_unknown_sku_is_refused_and_writes_nothing(void **state)
     struct fixture *f = *state;
     struct unknown_op op;
     memset(&op, 0, sizeof op);
+    op.known = checkout_skus_create(); /* MUG-1 is learnt, NOSUCH never */
     struct bb_error e;
     assert_ok(store_run(f->db->store, STORE_WRITE, unknown_work, &op, &e), &e);
+    checkout_skus_destroy(op.known);
     assert_int_equal(op.rcs[0], ERR_OK);
     assert_true(op.created[0]);
     assert_int_equal(op.rcs[2], ERR_OK);
@@ -395,6 +399,54 @@ a_basket_with_an_unknown_sku_is_refused_and_writes_nothing(void **state)
     assert_int_equal(op.checkouts, 2);
 }
 
+/* One checkout of a mug keyed `key`, its SKU checked against `known`. */
+struct mug_op {
+    struct checkout_skus *known;
+    const char *key;
+    enum err rc;
+    struct bb_error error;
+};
+
+static struct store_stmt UNSELL_MUG = {.sql = "DELETE FROM inventory_products WHERE sku = 'MUG-1'"};
+
+static enum err
+mug_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct mug_op *op = arg;
+    if (op->key == NULL) /* no checkout: take the mug off the shelves (by hand) */
+        return store_exec(c, &UNSELL_MUG, NULL, 0, NULL, e);
+    struct checkout_request r = mug(op->key, "tok_visa");
+    json_t *out = NULL;
+    bool created;
+    op->rc = checkout_accept(c, op->known, &r, bb_wall_ms(), &out, &created, &op->error);
+    json_decref(out);
+    return ERR_OK;
+}
+
+/* A SKU found once is not looked up again (products are never deleted, so
+ * it still names one): a product row removed by hand goes unnoticed by a
+ * service that knew it, and is refused by one that did not. */
+static void
+a_sku_found_once_is_not_looked_up_again(void **state)
+{
+    struct fixture *f = *state;
+    struct checkout_skus *known = checkout_skus_create();
+    struct bb_error e;
+    struct mug_op first = {.known = known, .key = "key-known-1"};
+    assert_ok(store_run(f->db->store, STORE_WRITE, mug_work, &first, &e), &e);
+    assert_int_equal(first.rc, ERR_OK);
+    struct mug_op unsell = {0};
+    assert_ok(store_run(f->db->store, STORE_WRITE, mug_work, &unsell, &e), &e);
+    struct mug_op again = {.known = known, .key = "key-known-2"};
+    assert_ok(store_run(f->db->store, STORE_WRITE, mug_work, &again, &e), &e);
+    assert_int_equal(again.rc, ERR_OK);
+    struct mug_op fresh = {.known = NULL, .key = "key-known-3"};
+    assert_ok(store_run(f->db->store, STORE_WRITE, mug_work, &fresh, &e), &e);
+    assert_int_equal(fresh.rc, ERR_INVALID);
+    assert_string_equal(fresh.error.field, "items[0].sku");
+    checkout_skus_destroy(known);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(each_ended_checkout_announces_its_end_once_with_its_own_trace,
                                     setup, teardown),
@@ -402,6 +454,7 @@ static const struct CMUnitTest tests[] = {
                                     setup, teardown),
     cmocka_unit_test_setup_teardown(a_basket_with_an_unknown_sku_is_refused_and_writes_nothing,
                                     setup, teardown),
+    cmocka_unit_test_setup_teardown(a_sku_found_once_is_not_looked_up_again, setup, teardown),
 };
 
 TEST_MAIN(tests, true)
