@@ -92,7 +92,8 @@
          0,                                                                                         \
          0,                                                                                         \
          NULL,                                                                                      \
-         "signs the http handler's requests: X-Backbone-Signature: sha256=HMAC(body)",              \
+         "signs the http handler's requests: sha256=HMAC(\"<X-Backbone-Timestamp>.<job "            \
+         "id>.<body>\")",                                                                           \
          0},                                                                                        \
         {"exec-allow",                                                                              \
          BB_OPT_STRING,                                                                             \
