@@ -426,6 +426,9 @@ http_reply_raw(struct http_req *r, int status, const char *content_type, char *b
     if (content_type)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    /* The trace the request runs in (W3C Trace Context Level 2): a client
+     * that sent none learns the one its request started. */
+    MHD_add_response_header(resp, "traceresponse", r->traceparent);
     for (int i = 0; i < r->n_headers; i++)
         MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
     if (r->srv->draining)

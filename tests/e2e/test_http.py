@@ -288,7 +288,8 @@ def test_request_ids_are_echoed_or_generated(server):
     r = server.get("/healthz", headers={"X-Request-Id": "bad id with spaces"})
     assert len(r.headers["X-Request-Id"]) == 36
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    server.get("/locks", headers={"traceparent": tp, "X-Request-Id": "trace-me"})
+    r = server.get("/locks", headers={"traceparent": tp, "X-Request-Id": "trace-me"})
+    assert r.headers["traceresponse"] == tp
     # The request's log line is written once its answer has gone out.
     logged = await_condition(
         lambda: [l for l in server.lines() if l.get("request_id") == "trace-me"],
@@ -297,11 +298,13 @@ def test_request_ids_are_echoed_or_generated(server):
     assert logged[-1]["event"] == "http.request" and logged[-1]["status"] == 200
     # Without a trace (or with one that is not valid) the request starts one.
     for headers in ({}, {"traceparent": "00-nope"}):
-        server.get("/locks", headers={**headers, "X-Request-Id": f"untraced-{len(headers)}"})
+        r = server.get("/locks", headers={**headers, "X-Request-Id": f"untraced-{len(headers)}"})
         logged = await_condition(
             lambda: [l for l in server.lines() if l.get("request_id") == f"untraced-{len(headers)}"],
             what="the request's log line")
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", logged[-1]["traceparent"])
+        # The answer names the trace the request started.
+        assert r.headers["traceresponse"] == logged[-1]["traceparent"]
 
 
 def test_api_token_guards_everything_but_healthz(make_server):
