@@ -33,10 +33,19 @@ http__unescape(char *s)
     return (size_t)(out - s);
 }
 
+/* -1, after freeing the n segments split_path made with xmalloc. */
+static int
+split_failed(struct bb_arena *arena, char **out, int n)
+{
+    for (int i = 0; !arena && i < n; i++)
+        free(out[i]);
+    return -1;
+}
+
 /* Split "/a/b/c" into segments (copies into `arena`, or xmalloc when NULL),
  * each percent-decoded after the split when `decode` is set. Returns the
- * count, or -1 when there are too many or a segment is empty (a trailing
- * slash is tolerated). */
+ * count, or -1 (nothing left allocated) when there are too many or a
+ * segment is empty (a trailing slash is tolerated). */
 static int
 split_path(const char *path, struct bb_arena *arena, bool decode, char **out)
 {
@@ -48,9 +57,9 @@ split_path(const char *path, struct bb_arena *arena, bool decode, char **out)
         const char *slash = strchr(p, '/');
         size_t len = slash ? (size_t)(slash - p) : strlen(p);
         if (len == 0)
-            return slash && slash[1] == '\0' ? n : -1;
+            return slash && slash[1] == '\0' ? n : split_failed(arena, out, n);
         if (n == HTTP__MAX_SEGMENTS)
-            return -1;
+            return split_failed(arena, out, n);
         char *seg = arena ? bb_arena_alloc(arena, len + 1) : xmalloc(len + 1);
         memcpy(seg, p, len);
         seg[len] = '\0';

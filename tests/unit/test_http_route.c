@@ -233,6 +233,24 @@ too_long_a_query_list_is_refused(void **state)
     assert_non_null(strstr(e.detail, "GET /things"));
 }
 
+/* A bad pattern is a programming error found at start; what was split of
+ * it and of the routes before it is freed (the ASan build's leak check). */
+static void
+bad_route_pattern_is_refused(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"/things//x", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q", "things"};
+    for (size_t i = 0; i < BB_ARRAY_LEN(bad); i++) {
+        struct http_route routes[] = {{"GET", "/things/{id}", noop, NULL, false, NULL},
+                                      {"GET", bad[i], noop, NULL, false, NULL}};
+        struct http__router rt;
+        struct bb_error e;
+        assert_int_equal(http__router_init(&rt, routes, 2, &e), ERR_INTERNAL);
+        assert_non_null(strstr(e.detail, bad[i]));
+        assert_null(rt.routes);
+    }
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(path_parameters_are_extracted, setup, teardown),
     cmocka_unit_test_setup_teardown(unknown_paths_are_404_and_wrong_methods_405_with_allow, setup,
@@ -241,6 +259,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(too_many_segments_do_not_overflow, setup, teardown),
     cmocka_unit_test_setup_teardown(encoded_slash_is_part_of_a_segment, setup, teardown),
     cmocka_unit_test_setup_teardown(segments_are_decoded_once_after_the_split, setup, teardown),
+    cmocka_unit_test(bad_route_pattern_is_refused),
     cmocka_unit_test(unescape_decodes_in_place_but_keeps_nul_escaped),
     cmocka_unit_test(problem_document_names_type_status_and_field),
     cmocka_unit_test(too_long_a_query_list_is_refused),
