@@ -194,9 +194,11 @@ def test_a_woken_waiter_that_hung_up_hands_the_lock_to_the_next(server):
     assert r.json()["owner"] == "next" and r.json()["token"] == held["token"] + 1
     # The first in line was woken by the release, found its client gone and
     # left without the lock (503), handing the release on.
-    gave_up = [line for line in server.lines() if line.get("event") == "http.request"
-               and line.get("path") == "/locks/L/acquire" and line.get("status") == 503]
-    assert len(gave_up) == 1, gave_up
+    def gave_up():
+        return [line for line in server.lines() if line.get("event") == "http.request"
+                and line.get("path") == "/locks/L/acquire" and line.get("status") == 503]
+    await_condition(gave_up, what="the request that hung up to be logged")
+    assert len(gave_up()) == 1, gave_up()
     assert waiter_count(server) == 0
 
 
