@@ -189,7 +189,8 @@ json_t *http_problem_json(const struct bb_error *e, const char *instance);
 /*
  * A list of parked waiters (blocking acquires, long-poll claims) served by
  * one thread. Each entry has a key; waking a key (or all, with NULL) makes
- * its entries retry at once. Entries also retry at `retry_at` and give up at
+ * its entries retry at once, or only the one that came first
+ * (http_waitlist_wake_one). Entries also retry at `retry_at` and give up at
  * their deadline (give_up with ERR_TIMEOUT) or when the list stops
  * (ERR_UNAVAILABLE). Callbacks run on the list's thread.
  */
@@ -205,7 +206,47 @@ uint64_t http_waitlist_seq(struct http_waitlist *w, const char *key);
 bool http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mono_ms,
                         int64_t deadline_mono_ms, uint64_t seen_seq, http_wait_fn *retry,
                         http_giveup_fn *give_up, void *arg);
-void http_waitlist_wake(struct http_waitlist *w, const char *key);
+/* Make every entry of `key` (of all keys: NULL) due at once. Returns how
+ * many parked entries it made due. */
+size_t http_waitlist_wake(struct http_waitlist *w, const char *key);
+
+/*
+ * Waiting in line, for what one waiter at a time can have (a lock): a
+ * waiter keeps a turn, zeroed before its first park, in its own storage
+ * for as long as it waits; the list writes it only while the entry is
+ * parked or being taken to run, under its mutex.
+ *   order: its place, taken at its first park and kept when it parks again
+ *          (a waiter that lost a race for the lock stays first in line);
+ *   woken: set when its callback runs, if it runs because of a wake (of its
+ *          key, of all keys, or one that came between its http_waitlist_seq
+ *          and its park) rather than its retry time. It then holds the
+ *          wake: if it ends up neither holding what it waited for nor parked
+ *          again (it answers a timeout, its client is gone, the store
+ *          failed, it is given up), it must call http_waitlist_pass, or the
+ *          other waiters of its key sleep until their retry time.
+ */
+struct http_wait_turn {
+    uint64_t order;
+    bool woken;
+};
+/* http_waitlist_park for a waiter in line; parking clears turn->woken. */
+bool http_waitlist_park_in_line(struct http_waitlist *w, const char *key, int64_t retry_at_mono_ms,
+                                int64_t deadline_mono_ms, uint64_t seen_seq,
+                                struct http_wait_turn *turn, http_wait_fn *retry,
+                                http_giveup_fn *give_up, void *arg);
+/*
+ * Make due the parked entry of `key` that came first (lowest order), and
+ * move the key's wake counter as http_waitlist_wake does, so that an entry
+ * between its attempt and its park parks due. `key` NULL (notifications may
+ * have been lost) wakes every entry. Returns how many parked entries it
+ * made due (0 or 1 for a key).
+ */
+size_t http_waitlist_wake_one(struct http_waitlist *w, const char *key);
+/* A waiter leaving without what it waited for: if turn->woken, clears it
+ * and wakes the next entry of `key` (http_waitlist_wake_one). Returns how
+ * many entries that made due. Call it from the waiter's own flow (the list
+ * does not write a turn that is not parked). */
+size_t http_waitlist_pass(struct http_waitlist *w, const char *key, struct http_wait_turn *turn);
 /* Give every entry up (ERR_UNAVAILABLE) and park no more. */
 void http_waitlist_stop(struct http_waitlist *w);
 void http_waitlist_destroy(struct http_waitlist *w);

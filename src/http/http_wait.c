@@ -14,6 +14,18 @@
  * hash, so a wake of another key makes an entry retry early only when the
  * two keys share a counter, not on every wake anywhere.
  *
+ * Waking one (locks: a release frees the lock for one waiter, and waking
+ * every waiter of it would cost each of them a transaction to learn that
+ * one won): http_waitlist_wake_one makes due the entry of the key that came
+ * first (`order`: taken at its first park and kept across re-parks through
+ * its struct http_wait_turn). A wake is a baton: the entry that had it is
+ * told (turn->woken) and must, if it neither takes what it waited for nor
+ * parks again, hand it on (http_waitlist_pass), which wakes the next one.
+ * A wake-one still moves the key's counter, so an entry between its attempt
+ * and its park (not parked: not a candidate) parks due, and with the baton:
+ * it may be the only waiter, or the one to which a pass comes too early.
+ * That can make one more entry than needed retry, never one fewer.
+ *
  * The thread only reads the clock and sleeps; what is due at a given time
  * is decided by run_ready(now), which tests drive with a fake clock through
  * a list without a thread (http__waitlist_create_manual).
@@ -31,7 +43,9 @@ struct parked {
     char *key;
     int64_t retry_at_mono_ms;
     int64_t deadline_mono_ms;
-    bool due;
+    uint64_t order;              /* first come, first woken by wake_one */
+    bool due;                    /* woken: by a wake, or by one between its attempt and park */
+    struct http_wait_turn *turn; /* the caller's, may be NULL; told `due` when run */
     http_wait_fn *retry;
     http_giveup_fn *give_up;
     void *arg;
@@ -48,6 +62,7 @@ struct http_waitlist {
     int64_t count;                /* guarded by mu */
     bool stopping;                /* guarded by mu */
     uint64_t wakes[WAKE_BUCKETS]; /* guarded by mu */
+    uint64_t last_order;          /* guarded by mu */
     void (*on_count)(int64_t);
     bool threaded; /* false: driven by http__waitlist_run (tests) */
 };
@@ -65,6 +80,8 @@ take_ready(struct http_waitlist *w, int64_t now, int64_t *next_wake)
             p->next = ready;
             ready = p;
             w->count--;
+            if (p->turn)
+                p->turn->woken = p->due;
             continue;
         }
         if (p->retry_at_mono_ms < *next_wake)
@@ -202,6 +219,15 @@ http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mo
                    int64_t deadline_mono_ms, uint64_t seen_seq, http_wait_fn *retry,
                    http_giveup_fn *give_up, void *arg)
 {
+    return http_waitlist_park_in_line(w, key, retry_at_mono_ms, deadline_mono_ms, seen_seq, NULL,
+                                      retry, give_up, arg);
+}
+
+bool
+http_waitlist_park_in_line(struct http_waitlist *w, const char *key, int64_t retry_at_mono_ms,
+                           int64_t deadline_mono_ms, uint64_t seen_seq, struct http_wait_turn *turn,
+                           http_wait_fn *retry, http_giveup_fn *give_up, void *arg)
+{
     struct parked *p = xcalloc(1, sizeof *p);
     p->key = xstrdup(key);
     p->retry_at_mono_ms = retry_at_mono_ms;
@@ -217,6 +243,16 @@ http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mo
         return false;
     }
     p->due = w->wakes[bucket_of(key)] != seen_seq;
+    p->turn = turn;
+    if (turn && turn->order != 0) {
+        p->order = turn->order; /* parked again: keeps its place */
+    } else {
+        p->order = ++w->last_order;
+        if (turn)
+            turn->order = p->order;
+    }
+    if (turn)
+        turn->woken = false; /* parked again: the baton, if it had it, is spent */
     p->next = w->head;
     w->head = p;
     w->count++;
@@ -227,7 +263,7 @@ http_waitlist_park(struct http_waitlist *w, const char *key, int64_t retry_at_mo
     return true;
 }
 
-void
+size_t
 http_waitlist_wake(struct http_waitlist *w, const char *key)
 {
     pthread_mutex_lock(&w->mu);
@@ -237,16 +273,48 @@ http_waitlist_wake(struct http_waitlist *w, const char *key)
     } else {
         w->wakes[bucket_of(key)]++;
     }
-    bool any = false;
+    size_t n = 0;
     for (struct parked *p = w->head; p; p = p->next) {
         if (key == NULL || strcmp(p->key, key) == 0) {
             p->due = true;
-            any = true;
+            n++;
         }
     }
-    if (any)
+    if (n > 0)
         pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+size_t
+http_waitlist_wake_one(struct http_waitlist *w, const char *key)
+{
+    if (key == NULL)
+        return http_waitlist_wake(w, NULL);
+    pthread_mutex_lock(&w->mu);
+    w->wakes[bucket_of(key)]++;
+    struct parked *first = NULL;
+    for (struct parked *p = w->head; p; p = p->next) {
+        if (strcmp(p->key, key) == 0 && (first == NULL || p->order < first->order))
+            first = p;
+    }
+    /* Already due, the first entry still runs after this wake: one attempt
+     * answers both. */
+    if (first) {
+        first->due = true;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return first ? 1 : 0;
+}
+
+size_t
+http_waitlist_pass(struct http_waitlist *w, const char *key, struct http_wait_turn *turn)
+{
+    if (!turn->woken)
+        return 0;
+    turn->woken = false;
+    return http_waitlist_wake_one(w, key);
 }
 
 void

@@ -14,6 +14,16 @@
  * LISTEN/NOTIFY from any process on PostgreSQL; payload NULL after a
  * listener reconnect wakes everyone), when the holder's lease runs out, and
  * at least every RECHECK_MS as a backstop against a lost notification.
+ *
+ * A release wakes one waiter of its lock, the one waiting longest
+ * (http_waitlist_wake_one): it is the only one that could take it, and
+ * waking all would cost each of them a transaction to learn that. The
+ * woken waiter holds the wake (op->turn.woken) and hands it on
+ * (acquire_leave) if it leaves without the lock: its wait ran out, its
+ * client hung up, the store failed, the list stopped. One that finds the
+ * lock taken again parks again in its place: the holder's release will be
+ * announced, as its attempt raised the lock's waiter mark. On PostgreSQL
+ * every process hears a release and wakes one waiter of its own.
  */
 #include "locks/locks_int.h"
 
@@ -44,6 +54,7 @@ struct locks__op {
     int64_t started_mono_ms;
     int64_t deadline_mono_ms;
     uint64_t seen_seq;
+    struct http_wait_turn turn; /* place in line, and whether a wake is ours */
     bool parked_before;
     /* results */
     struct lock_grant grant; /* the grant, or the holder when refused */
@@ -101,6 +112,13 @@ static struct metrics_def M_WAITERS = {
     .help = "Blocking acquires parked in this process, waiting for a lock.",
     .type = METRICS_GAUGE,
 };
+static struct metrics_def M_WOKEN = {
+    .name = "backbone_lock_waiters_woken_total",
+    .help = "Parked blocking acquires woken by a release of their lock: one per release heard by "
+            "this process (and one more each time a woken waiter leaves without the lock), "
+            "every waiter after a lost notification.",
+    .type = METRICS_COUNTER,
+};
 static struct metrics_def M_WAIT = {
     .name = "backbone_lock_wait_seconds",
     .help = "Time blocking acquires waited, by result (granted, timeout).",
@@ -113,9 +131,9 @@ static struct metrics_def M_WAIT = {
 void
 locks__metrics_register(void)
 {
-    struct metrics_def *all[] = {&M_ACQUIRED,     &M_CONTENTIONS,    &M_TAKEOVERS,
-                                 &M_RENEW_FAILED, &M_RELEASE_FAILED, &M_FENCE_REFUSED,
-                                 &M_HELD,         &M_WAITERS,        &M_WAIT};
+    struct metrics_def *all[] = {&M_ACQUIRED,       &M_CONTENTIONS,   &M_TAKEOVERS, &M_RENEW_FAILED,
+                                 &M_RELEASE_FAILED, &M_FENCE_REFUSED, &M_HELD,      &M_WAITERS,
+                                 &M_WOKEN,          &M_WAIT};
     for (size_t i = 0; i < BB_ARRAY_LEN(all); i++)
         metrics_register(all[i]);
 }
@@ -156,6 +174,13 @@ void
 locks__metric_wait(double seconds, bool granted)
 {
     metrics_observe(&M_WAIT, seconds, granted ? "granted" : "timeout");
+}
+
+static void
+metric_woken(size_t n)
+{
+    if (n > 0)
+        metrics_add(&M_WOKEN, (double)n);
 }
 
 void
@@ -286,6 +311,14 @@ acquire_work(struct store_conn *c, void *arg, struct bb_error *e)
 
 static void acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e);
 
+/* The waiter leaves without the lock: a release that woke it wakes the next
+ * waiter instead. */
+static void
+acquire_leave(struct locks__op *op)
+{
+    metric_woken(http_waitlist_pass(op->svc->waiters, op->name, &op->turn));
+}
+
 static void
 acquire_submit(struct locks__op *op)
 {
@@ -300,6 +333,7 @@ acquire_retry(void *arg)
     if (http_req_client_gone(op->req)) {
         /* Nobody would hear of a grant, and the lock would stay taken
          * until its lease ran out: give up instead. */
+        acquire_leave(op);
         locks__metric_wait((double)(bb_mono_ms() - op->started_mono_ms) / 1000.0, false);
         struct bb_error e;
         bb_fail(&e, ERR_UNAVAILABLE, "", "the client hung up while waiting for lock %s", op->name);
@@ -314,6 +348,7 @@ acquire_give_up(void *arg, enum err why)
 {
     struct locks__op *op = arg;
     struct bb_error e;
+    acquire_leave(op);
     if (why == ERR_TIMEOUT) {
         locks__metric_wait((double)(bb_mono_ms() - op->started_mono_ms) / 1000.0, false);
         bb_fail(&e, ERR_LOCK_HELD, "", "lock %s is still held after waiting %lld ms", op->name,
@@ -345,6 +380,7 @@ acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error 
         return;
     }
     if (rc != ERR_LOCK_HELD) {
+        acquire_leave(op);
         http_reply_problem(r, e, NULL);
         return;
     }
@@ -357,12 +393,13 @@ acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error 
         if (retry_at > now_mono + RECHECK_MS)
             retry_at = now_mono + RECHECK_MS;
         op->parked_before = true;
-        if (http_waitlist_park(op->svc->waiters, op->name, retry_at, op->deadline_mono_ms,
-                               op->seen_seq, acquire_retry, acquire_give_up, op))
+        if (http_waitlist_park_in_line(op->svc->waiters, op->name, retry_at, op->deadline_mono_ms,
+                                       op->seen_seq, &op->turn, acquire_retry, acquire_give_up, op))
             return;
         acquire_give_up(op, ERR_UNAVAILABLE);
         return;
     }
+    acquire_leave(op);
     if (op->parked_before)
         locks__metric_wait(waited, false);
     http_reply_problem(r, e, holder_json(&op->grant));
@@ -666,14 +703,15 @@ handle_fenced_get(struct http_req *r, void *ctx)
 /* ---- the service ------------------------------------------------------------------------------
  */
 
-/* A release was announced (payload: the lock), or notifications may have
- * been lost (payload NULL): wake whoever waits. */
+/* A release was announced (payload: the lock): wake the waiter of it that
+ * came first. Notifications may have been lost (payload NULL): wake every
+ * waiter. */
 static void
 on_release(void *arg, const char *channel, const char *payload)
 {
     (void)channel;
     struct lock_service *svc = arg;
-    http_waitlist_wake(svc->waiters, payload);
+    metric_woken(http_waitlist_wake_one(svc->waiters, payload));
 }
 
 enum err

@@ -1,5 +1,6 @@
 """The lock API: grants, renewals, releases, takeovers, blocking acquires,
 fenced writes, listings, metrics, and every kind of bad input."""
+import queue
 import threading
 
 import pytest
@@ -133,6 +134,72 @@ def test_many_waiters_each_get_the_lock_in_turn(server):
         t.join(timeout=120)
     assert sorted(r.status_code for r in results) == [200] * 5
     assert sorted(r.json()["token"] for r in results) == [2, 3, 4, 5, 6]
+
+
+def woken(server):
+    return server.metric("backbone_lock_waiters_woken_total") or 0
+
+
+def test_a_release_wakes_one_waiter_and_each_waiter_gets_the_lock(server):
+    first = acquire(server, "L", "w0", ttl_ms=120000).json()
+    granted = queue.Queue()
+
+    def waiter(i):
+        granted.put(acquire(_client(server), "L", f"w{i}", ttl_ms=120000, wait_ms=120000))
+
+    threads = []
+    for i in range(1, 6):  # parked one after another, so they wait in that order
+        threads.append(threading.Thread(target=waiter, args=(i,)))
+        threads[-1].start()
+        await_condition(lambda: waiter_count(server) == i, what=f"acquire {i} to park")
+    before = woken(server)
+    token = first["token"]
+    owners = []
+    server.post("/locks/L/release", {"token": token})
+    for _ in range(5):
+        # Each release hands the lock to one waiter; the next release is
+        # the new holder's, once it has the lock.
+        r = granted.get(timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["token"] == token + 1
+        token = r.json()["token"]
+        owners.append(r.json()["owner"])
+        assert server.post("/locks/L/release", {"token": token}).status_code == 200
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(owners) == [f"w{i}" for i in range(1, 6)]
+    assert granted.empty()
+    # Six releases, each heard once by this server: each woke one waiter at
+    # most (waking every waiter, the five releases with waiters would have
+    # woken 5 + 4 + 3 + 2 + 1). Waiters that retried on their own (the
+    # once-a-second backstop) are not counted: no release woke them.
+    assert 1 <= woken(server) - before <= 6
+    assert waiter_count(server) == 0
+
+
+def test_a_woken_waiter_that_hung_up_hands_the_lock_to_the_next(server):
+    held = acquire(server, "L", "a", ttl_ms=120000).json()
+    # The first in line hangs up; the second waits on.
+    post_and_hang_up(server, "/locks/L/acquire", {"owner": "gone", "wait_ms": 60000},
+                     "backbone_lock_waiters")
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.update(r=acquire(_client(server), "L", "next", 120000, 60000)))
+    t.start()
+    await_condition(lambda: waiter_count(server) == 2, what="the second acquire to park")
+    assert server.post("/locks/L/release", {"token": held["token"]}).status_code == 200
+    t.join(timeout=90)
+    r = result["r"]
+    assert r.status_code == 200, r.text
+    assert r.json()["owner"] == "next" and r.json()["token"] == held["token"] + 1
+    # The first in line was woken by the release, found its client gone and
+    # left without the lock (503), handing the release on.
+    def gave_up():
+        return [line for line in server.lines() if line.get("event") == "http.request"
+                and line.get("path") == "/locks/L/acquire" and line.get("status") == 503]
+    await_condition(gave_up, what="the request that hung up to be logged")
+    assert len(gave_up()) == 1, gave_up()
+    assert waiter_count(server) == 0
 
 
 def test_list_pages_through_held_locks(server):

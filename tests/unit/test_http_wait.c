@@ -12,6 +12,9 @@
 #include <string.h>
 
 enum { T0 = 1000000 };
+/* The retry time and deadline of waiters in line: reached only by the
+ * tests that run the list at FAR (and under the 60 s a pass looks ahead). */
+#define FAR (T0 + 50000)
 
 /* What happened to one parked entry. Guarded by `mu` (the threaded tests
  * read it from the test thread while the list's thread writes it). */
@@ -26,6 +29,9 @@ struct entry {
     struct http_waitlist *repark_on;
     const char *key;
     int64_t retry_at, deadline;
+    /* A waiter in line (http_waitlist_park_in_line), as lock acquires are. */
+    bool in_line;
+    struct http_wait_turn turn;
 };
 
 static void
@@ -55,7 +61,11 @@ on_retry(void *arg)
     e->repark_on = NULL;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    if (w) {
+    if (w && e->in_line) {
+        uint64_t seq = http_waitlist_seq(w, e->key);
+        assert_true(http_waitlist_park_in_line(w, e->key, e->retry_at, e->deadline, seq, &e->turn,
+                                               on_retry, on_give_up, e));
+    } else if (w) {
         uint64_t seq = http_waitlist_seq(w, e->key);
         assert_true(
             http_waitlist_park(w, e->key, e->retry_at, e->deadline, seq, on_retry, on_give_up, e));
@@ -89,6 +99,17 @@ park_now(struct http_waitlist *w, const char *key, int64_t retry_at, int64_t dea
 {
     uint64_t seq = http_waitlist_seq(w, key);
     assert_true(http_waitlist_park(w, key, retry_at, deadline, seq, on_retry, on_give_up, e));
+}
+
+/* The same for a waiter in line. */
+static void
+park_in_line_now(struct http_waitlist *w, const char *key, int64_t retry_at, int64_t deadline,
+                 struct entry *e)
+{
+    e->in_line = true;
+    uint64_t seq = http_waitlist_seq(w, key);
+    assert_true(http_waitlist_park_in_line(w, key, retry_at, deadline, seq, &e->turn, on_retry,
+                                           on_give_up, e));
 }
 
 static size_t
@@ -319,6 +340,185 @@ stop_gives_every_entry_up_and_parks_no_more(void **state)
     entry_deinit(&c);
 }
 
+/* ---- waking one waiter in line ------------------------------------------------------------- */
+
+/* Three waiters of A parked in this order, one of B, with their retry
+ * time and deadline at FAR. */
+struct line {
+    struct http_waitlist *w;
+    struct entry a[3], b;
+};
+
+static void
+line_setup(struct line *l)
+{
+    l->w = http__waitlist_create_manual(on_count);
+    for (size_t i = 0; i < 3; i++) {
+        entry_init(&l->a[i]);
+        park_in_line_now(l->w, "A", FAR, FAR, &l->a[i]);
+    }
+    entry_init(&l->b);
+    park_in_line_now(l->w, "B", FAR, FAR, &l->b);
+    assert_int_equal(parked_gauge, 4);
+}
+
+static void
+line_teardown(struct line *l)
+{
+    http_waitlist_destroy(l->w);
+    for (size_t i = 0; i < 3; i++)
+        entry_deinit(&l->a[i]);
+    entry_deinit(&l->b);
+}
+
+static void
+wake_one_runs_the_oldest_of_its_key(void **state)
+{
+    (void)state;
+    struct line l;
+    line_setup(&l);
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(l.a[0].retries, 1);
+    assert_true(l.a[0].turn.woken);
+    assert_int_equal(l.a[1].retries + l.a[2].retries + l.b.retries, 0);
+    assert_int_equal(parked_gauge, 3);
+    /* Two releases before the list runs: the first waiter's one attempt,
+     * made after both, answers both (only one can take the lock). */
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(l.a[1].retries, 1);
+    assert_int_equal(l.a[2].retries + l.b.retries, 0);
+    assert_int_equal(http_waitlist_wake_one(l.w, "B"), 1);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(l.b.retries, 1);
+    assert_int_equal(l.a[2].retries, 0);
+    line_teardown(&l);
+}
+
+static void
+a_woken_waiter_that_leaves_passes_the_wake_on(void **state)
+{
+    (void)state;
+    struct line l;
+    line_setup(&l);
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(l.a[0].retries, 1);
+    /* a[0] leaves without the lock (timed out, client gone, store failed):
+     * the wake goes to the next in line, once. */
+    assert_int_equal(http_waitlist_pass(l.w, "A", &l.a[0].turn), 1);
+    assert_false(l.a[0].turn.woken);
+    assert_int_equal(http_waitlist_pass(l.w, "A", &l.a[0].turn), 0);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(l.a[1].retries, 1);
+    assert_int_equal(l.a[2].retries + l.b.retries, 0);
+    /* a[1] takes the lock (no pass): a[2] waits on. */
+    int64_t next;
+    assert_int_equal(run_at(l.w, T0, &next), 0);
+    assert_int_equal(next, FAR);
+    /* Run by its retry time, not a wake, a waiter that leaves has no wake
+     * to pass on. */
+    assert_int_equal(run_at(l.w, FAR, NULL), 2);
+    assert_false(l.a[2].turn.woken);
+    assert_int_equal(l.a[2].give_ups, 1);
+    assert_int_equal(http_waitlist_pass(l.w, "A", &l.a[2].turn), 0);
+    line_teardown(&l);
+}
+
+static void
+a_woken_waiter_that_parks_again_keeps_its_place(void **state)
+{
+    (void)state;
+    struct line l;
+    line_setup(&l);
+    /* a[0] finds the lock taken again (by an acquire that did not wait)
+     * and parks again: the next release is still its. */
+    l.a[0].repark_on = l.w;
+    l.a[0].key = "A";
+    l.a[0].retry_at = FAR;
+    l.a[0].deadline = FAR;
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(parked_gauge, 4);
+    assert_false(l.a[0].turn.woken); /* parking again spent the wake */
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(l.a[0].retries, 2);
+    assert_int_equal(l.a[1].retries + l.a[2].retries, 0);
+    line_teardown(&l);
+}
+
+static void
+a_wake_one_before_parking_makes_it_due(void **state)
+{
+    (void)state;
+    struct line l;
+    line_setup(&l);
+    struct entry late, alone;
+    entry_init(&late);
+    entry_init(&alone);
+    /* `late` made its attempt; the release comes before it parks. The
+     * wake goes to a[0], the first parked, and `late` parks due, holding
+     * a wake too: it may be older than a[0], or a[0] may leave. */
+    uint64_t seq = http_waitlist_seq(l.w, "A");
+    assert_int_equal(http_waitlist_wake_one(l.w, "A"), 1);
+    late.in_line = true;
+    assert_true(http_waitlist_park_in_line(l.w, "A", FAR, FAR, seq, &late.turn, on_retry,
+                                           on_give_up, &late));
+    assert_int_equal(run_at(l.w, T0, NULL), 2);
+    assert_int_equal(l.a[0].retries, 1);
+    assert_int_equal(late.retries, 1);
+    assert_true(late.turn.woken);
+    assert_int_equal(l.a[1].retries + l.a[2].retries, 0);
+    /* The only waiter of C, between its attempt and its park: nobody is
+     * parked to hear the release, so its park must. */
+    seq = http_waitlist_seq(l.w, "C");
+    assert_int_equal(http_waitlist_wake_one(l.w, "C"), 0);
+    alone.in_line = true;
+    assert_true(http_waitlist_park_in_line(l.w, "C", FAR, FAR, seq, &alone.turn, on_retry,
+                                           on_give_up, &alone));
+    assert_int_equal(run_at(l.w, T0, NULL), 1);
+    assert_int_equal(alone.retries, 1);
+    assert_true(alone.turn.woken);
+    line_teardown(&l);
+    entry_deinit(&late);
+    entry_deinit(&alone);
+}
+
+static void
+wake_one_of_null_runs_every_waiter(void **state)
+{
+    (void)state;
+    struct line l;
+    line_setup(&l);
+    /* After a listener reconnect, releases may have gone unheard. */
+    assert_int_equal(http_waitlist_wake_one(l.w, NULL), 4);
+    assert_int_equal(run_at(l.w, T0, NULL), 4);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(l.a[i].retries, 1);
+        assert_true(l.a[i].turn.woken);
+    }
+    assert_int_equal(l.b.retries, 1);
+    line_teardown(&l);
+}
+
+static void
+wake_of_a_key_still_runs_all_its_entries(void **state)
+{
+    (void)state;
+    struct line l;
+    line_setup(&l);
+    /* What long-poll claims use: a submit of many jobs serves many. */
+    assert_int_equal(http_waitlist_wake(l.w, "A"), 3);
+    assert_int_equal(run_at(l.w, T0, NULL), 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(l.a[i].retries, 1);
+    assert_int_equal(l.b.retries, 0);
+    line_teardown(&l);
+}
+
 /* ---- the list's own thread ------------------------------------------------------------- */
 
 /* Wait (30 s at most, a safety net) until `e` has had `n` callbacks. */
@@ -389,6 +589,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(the_deadline_gives_up_unless_the_entry_was_woken),
     cmocka_unit_test(a_retry_that_parks_again_waits_for_the_next_pass),
     cmocka_unit_test(stop_gives_every_entry_up_and_parks_no_more),
+    cmocka_unit_test(wake_one_runs_the_oldest_of_its_key),
+    cmocka_unit_test(a_woken_waiter_that_leaves_passes_the_wake_on),
+    cmocka_unit_test(a_woken_waiter_that_parks_again_keeps_its_place),
+    cmocka_unit_test(a_wake_one_before_parking_makes_it_due),
+    cmocka_unit_test(wake_one_of_null_runs_every_waiter),
+    cmocka_unit_test(wake_of_a_key_still_runs_all_its_entries),
     cmocka_unit_test(the_thread_retries_a_woken_entry_and_gives_up_on_stop),
     cmocka_unit_test(the_thread_gives_up_at_the_deadline),
 };
