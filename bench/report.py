@@ -16,6 +16,8 @@ def locks(rows):
     points = [r for r in rows if "pairs_per_s" in r]
     etcd8 = next((r["pairs_per_s"] for r in points if r["target"] == "etcd" and r["clients"] == 8),
                  None)
+    queued = [r for r in points if r.get("wait_ms")]
+    points = [r for r in points if not r.get("wait_ms")]
     print("| system | clients | pairs/s | p50 ms | p99 ms | vs etcd @8 | peak RSS |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in points:
@@ -25,6 +27,13 @@ def locks(rows):
         mem_s = f"{mem / 1024:.0f} MiB" if mem else ""
         print(f"| {label} | {r['clients']} | {r['pairs_per_s']:,.0f} | {fmt(r.get('p50_ms'))} "
               f"| {fmt(r.get('p99_ms'))} | {ratio} | {mem_s} |")
+    if queued:
+        print()
+        print("| system | clients blocking on one lock | hand-overs/s | p50 ms | p99 ms |")
+        print("|---|---:|---:|---:|---:|")
+        for r in queued:
+            print(f"| {r['label'] or r['target']} | {r['clients']} | {r['pairs_per_s']:,.0f} "
+                  f"| {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} |")
 
 
 def jobs(rows):

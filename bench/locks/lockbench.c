@@ -12,6 +12,9 @@
  * transaction (the same three calls as ../shared/peers/node/bench_locks.js).
  * Keys come from a space of --keys names, walked so that clients rarely
  * collide; an acquire that finds its key held counts as "busy" and moves on.
+ * With --wait D (Backbone only) an acquire blocks up to D for a held key
+ * instead: with --keys 1 every client queues on one lock, and pairs/s is
+ * how fast it passes from holder to waiter.
  * Prints one JSON line.
  */
 #include "http/http.h"
@@ -29,6 +32,7 @@ struct config {
     int64_t clients;
     int64_t duration_ms;
     int64_t keys;
+    int64_t wait_ms;
 };
 
 #define OFF(f) offsetof(struct config, f)
@@ -39,6 +43,8 @@ static const struct bb_opt OPTS[] = {
     {"clients", BB_OPT_INT, OFF(clients), 1, 1024, "8", "concurrent clients", 0},
     {"duration", BB_OPT_DURATION, OFF(duration_ms), 100, 3600000, "10s", "how long to run", 0},
     {"keys", BB_OPT_INT, OFF(keys), 1, 1000000, "1000", "size of the lock name space", 0},
+    {"wait", BB_OPT_DURATION, OFF(wait_ms), 0, 20000, "0s",
+     "backbone: block this long for a held key", 0},
 };
 
 struct client {
@@ -91,7 +97,8 @@ pair_backbone(struct client *c, struct http_client *h, const char *key)
     char url[512], body[128];
     long status = 0;
     snprintf(url, sizeof url, "%s/locks/%s/acquire", c->cfg->url, key);
-    snprintf(body, sizeof body, "{\"owner\":\"c%d\",\"ttl_ms\":30000}", c->id);
+    snprintf(body, sizeof body, "{\"owner\":\"c%d\",\"ttl_ms\":30000,\"wait_ms\":%" PRId64 "}",
+             c->id, c->cfg->wait_ms);
     json_t *g = post(c, h, url, body, &status);
     if (g == NULL)
         return false;
@@ -250,10 +257,12 @@ main(int argc, char **argv)
     qsort(all, total, sizeof *all, cmp_i64);
     double p50 = total ? (double)all[total / 2] / 1e6 : 0;
     double p99 = total ? (double)all[(size_t)((double)total * 0.99)] / 1e6 : 0;
-    printf("{\"target\":\"%s\",\"label\":\"%s\",\"clients\":%zu,\"seconds\":%.1f,\"pairs\":%zu,"
+    printf("{\"target\":\"%s\",\"label\":\"%s\",\"clients\":%zu,\"keys\":%" PRId64
+           ",\"wait_ms\":%" PRId64 ",\"seconds\":%.1f,\"pairs\":%zu,"
            "\"pairs_per_s\":%.0f,\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"busy\":%" PRId64
            ",\"errors\":%" PRId64 "}\n",
-           cfg.target, cfg.label, n, secs, total, (double)total / secs, p50, p99, busy, errors);
+           cfg.target, cfg.label, n, cfg.keys, cfg.wait_ms, secs, total, (double)total / secs, p50,
+           p99, busy, errors);
     if (errors)
         fprintf(stderr, "lockbench: %" PRId64 " errors, last: %s\n", errors, last_error);
     for (size_t i = 0; i < n; i++)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lock benchmark: acquire+release pairs/s and p50/p99 per pair over HTTP with
 # 1, 8 and 64 clients, on Backbone (SQLite and PostgreSQL), etcd 3.4 and Redis,
-# all in one run on this machine, plus each server's peak RSS. Prints JSON
+# all in one run on this machine, plus each server's peak RSS; then, on
+# Backbone, QUEUED (32) clients blocking on one lock (hand-overs/s). Prints JSON
 # lines as it goes, then a Markdown table (the README's).
 #
 #   bench/locks/run.sh            (or `make bench`; DUR=10 seconds per point)
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-"1 8 64"}
+QUEUED=${QUEUED:-32}
 peers=${PEERS_DIR:-$root/../shared/peers}
 . bench/lib.sh
 lockbench=$root/build-release/bench/lockbench
@@ -31,6 +33,10 @@ rss_line() { # label pid
 for engine in sqlite postgres; do
   backbone_up "$(fresh_db $engine lb)"
   for c in $CLIENTS; do point backbone "backbone-$engine" http://127.0.0.1:18190 "$c"; done
+  # One lock, QUEUED clients blocking on it (wait_ms 10 s): how fast a
+  # release hands it to the next waiter.
+  "$lockbench" --label "backbone-$engine" --url http://127.0.0.1:18190 --clients "$QUEUED" \
+    --keys 1 --wait 10s --duration "${DUR}s" | tee -a "$results"
   backbone_down "backbone-$engine"
 done
 
