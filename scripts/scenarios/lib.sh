@@ -86,6 +86,13 @@ keep_settings() {
     echo "cannot read the settings to put back: $saved_queue $saved_psp" >&2
     exit 1
   fi
+  # A paused queue runs no saga step: every checkout would stay PENDING.
+  # Resuming it is the operator's call, not a demonstration's.
+  if jq -e '.paused == true' <<<"$saved_queue" >/dev/null; then
+    echo "the sagas queue is paused, so no checkout would end: resume it first" \
+      "(backbone queues resume sagas, or POST /queues/sagas/resume)" >&2
+    exit 1
+  fi
   trap restore_settings EXIT
 }
 changed_settings() { # saved now keys -> {key: saved value} for each key whose value changed

@@ -100,6 +100,18 @@ def test_a_scenario_whose_checks_fail_still_puts_the_settings_back(server):
     assert "put back /psp/config" in out
 
 
+def test_a_scenario_refuses_a_paused_sagas_queue_and_leaves_it_paused(server):
+    assert server.post("/queues/sagas/pause").status_code == 200
+    e = dict(os.environ, BACKBONE_URL=server.url)
+    out = subprocess.run([str(SCENARIOS / "success.sh")], capture_output=True, text=True, env=e,
+                         timeout=300)
+    assert out.returncode != 0
+    assert "the sagas queue is paused" in out.stderr, out.stdout + out.stderr
+    assert server.get("/queues/sagas").json()["paused"] is True
+    # It stopped before doing anything: no product, no checkout, no event.
+    assert server.get("/outbox").json()["events"] == []
+
+
 # Lines of the reconciliation every scenario that starts its own server
 # ends with: sagas against checkouts, orders, status events and fulfilment
 # jobs against how their checkouts ended, the PSP's own record against the
