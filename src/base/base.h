@@ -321,6 +321,11 @@ int bb_hex_digit(char c);
 /* Lowercase hex SHA-256 of `data`, and HMAC-SHA256 of `data` under `key`. */
 void bb_sha256_hex(const void *data, size_t len, char out[65]);
 void bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65]);
+/* FNV-1a: bb_fnv1a(BB_FNV1A_BASIS, s) hashes s; passing a hash on as `h`
+ * hashes what follows it. For tables and draws, not against an adversary. */
+#define BB_FNV1A_BASIS 1469598103934665603ULL
+#define BB_FNV1A_PRIME 1099511628211ULL
+uint64_t bb_fnv1a(uint64_t h, const char *s);
 
 /* ------------------------------------------------------------------------ */
 /* Logging                                                                  */

@@ -1,7 +1,7 @@
 /*
  * digest.c: SHA-256 and HMAC-SHA256 in hex (the one file that includes
  * OpenSSL's headers): request fingerprints for idempotency keys, webhook
- * signatures; and reading a hex digit.
+ * signatures; FNV-1a; and reading a hex digit.
  */
 #include "base/base.h"
 
@@ -50,4 +50,12 @@ bb_hmac_sha256_hex(const char *key, const void *data, size_t len, char out[65])
     if (HMAC(EVP_sha256(), key, (int)strlen(key), data, len, mac, &n) == NULL)
         bb_panic(__FILE__, __LINE__, "HMAC-SHA256 failed");
     hex(mac, n, out);
+}
+
+uint64_t
+bb_fnv1a(uint64_t h, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        h = (h ^ *p) * BB_FNV1A_PRIME;
+    return h;
 }

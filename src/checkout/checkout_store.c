@@ -230,10 +230,8 @@ checkout_skus_destroy(struct checkout_skus *k)
 static char **
 known_slot(struct checkout_skus *k, const char *sku)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = sku; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    for (size_t i = (size_t)h % KNOWN_SLOTS;; i = (i + 1) % KNOWN_SLOTS) {
+    for (size_t i = (size_t)(bb_fnv1a(BB_FNV1A_BASIS, sku) % KNOWN_SLOTS);;
+         i = (i + 1) % KNOWN_SLOTS) {
         if (k->slot[i] == NULL || strcmp(k->slot[i], sku) == 0)
             return &k->slot[i];
     }

@@ -614,9 +614,8 @@ dlq_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     int code;
     /* "purge ID" purges that job; "purge" alone, every dead job its
      * filters (--queue, --fingerprint) match. */
-    bool bulk = strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 ||
-                (strcmp(cmd, "purge") == 0 && arg == NULL);
     bool purge_all = strcmp(cmd, "purge") == 0 && arg == NULL;
+    bool bulk = strcmp(cmd, "list") == 0 || strcmp(cmd, "redrive-all") == 0 || purge_all;
     if (purge_all && !a->all && a->queue == NULL && a->fingerprint == NULL) {
         code = usage_error("purge deletes dead jobs for good: name one (purge ID), filter them"
                            " (--queue, --fingerprint), or say --all");

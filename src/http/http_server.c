@@ -209,8 +209,9 @@ query_key_check(void *cls, enum MHD_ValueKind kind, const char *key, const char 
 }
 
 /* Refuse a query-string parameter that is not one of `allowed` (NULL-
- * terminated, at most HTTP__MAX_QUERY_KEYS; NULL for none), one given twice,
- * or one of them without a value: ERR_INVALID naming it. */
+ * terminated, at most HTTP__MAX_QUERY_KEYS as the router checked at start;
+ * NULL for none), one given twice, or one of them without a value:
+ * ERR_INVALID naming it. */
 static enum err
 query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
 {
@@ -219,10 +220,6 @@ query_only(struct http_req *r, const char *const *allowed, struct bb_error *e)
     if (allowed == NULL)
         allowed = none;
     struct query_check q = {.allowed = allowed};
-    size_t n_allowed = 0;
-    while (allowed[n_allowed])
-        n_allowed++;
-    BB_ASSERT(n_allowed <= HTTP__MAX_QUERY_KEYS);
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_key_check, &q);
     switch (q.fault) {
     case QUERY_OK:

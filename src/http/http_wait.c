@@ -199,10 +199,7 @@ http__waitlist_run(struct http_waitlist *w, int64_t now_mono_ms, int64_t *next_m
 static size_t
 bucket_of(const char *key)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return (size_t)(h % WAKE_BUCKETS);
+    return (size_t)(bb_fnv1a(BB_FNV1A_BASIS, key) % WAKE_BUCKETS);
 }
 
 uint64_t

@@ -181,14 +181,12 @@ inventory_skus_known(struct store_conn *c, const char *const *skus, size_t n, bo
     store_batch_deinit(&list);
     if (rc != ERR_OK)
         return rc;
-    /* The rows by sku, each sku once: a batch of checkouts may name
-     * thousands. */
+    /* The rows by sku, each sku once (so at most n): a batch of checkouts
+     * may name thousands. */
     size_t k = 0;
-    char **found = NULL;
-    while (store_next(&r)) {
-        found = xrealloc(found, (k + 1) * sizeof *found);
+    char **found = xcalloc(n, sizeof *found);
+    while (k < n && store_next(&r))
         found[k++] = xstrdup(store_col_text(&r, 0));
-    }
     store_rows_close(&r);
     if (k > 0)
         qsort(found, k, sizeof *found, text_cmp);

@@ -71,12 +71,11 @@ atomic_add_double(_Atomic uint64_t *bits, double v)
 static uint64_t
 hash_values(const char *const *values, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = BB_FNV1A_BASIS;
     for (size_t i = 0; i < n; i++) {
         /* A NULL value is "", as series_new and the lookup read it. */
-        for (const unsigned char *p = (const unsigned char *)(values[i] ? values[i] : ""); *p; p++)
-            h = (h ^ *p) * 1099511628211ULL;
-        h = (h ^ 0xff) * 1099511628211ULL;
+        h = bb_fnv1a(h, values[i] ? values[i] : "");
+        h = (h ^ 0xff) * BB_FNV1A_PRIME; /* a separator no value holds */
     }
     return h;
 }

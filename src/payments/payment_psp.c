@@ -105,21 +105,13 @@ payments__psp_config_set(struct payments__psp *psp, const struct psp_config *c)
     pthread_mutex_unlock(&psp->mu);
 }
 
-static uint64_t
-fnv1a(uint64_t h, const char *s)
-{
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 /* A uniform draw in [0, 1) from the seed, a salt, the key and the how
  * manieth call with it this is (FNV-1a, then a splitmix64 finaliser). */
 static double
 draw(uint64_t seed, const char *salt, const char *key, uint64_t nth)
 {
-    uint64_t h = fnv1a(fnv1a(1469598103934665603ull ^ seed, salt), key);
-    h = (h ^ nth) * 1099511628211ull;
+    uint64_t h = bb_fnv1a(bb_fnv1a(BB_FNV1A_BASIS ^ seed, salt), key);
+    h = (h ^ nth) * BB_FNV1A_PRIME;
     h ^= h >> 30;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 27;
@@ -145,7 +137,7 @@ decide(struct payments__psp *psp, const struct payments__psp_call *call, bool *f
         c->fail_next--;
         *fail = true;
     } else {
-        uint32_t *seen = &psp->calls[fnv1a(1469598103934665603ull, call->key) % PSP_CALL_SLOTS];
+        uint32_t *seen = &psp->calls[bb_fnv1a(BB_FNV1A_BASIS, call->key) % PSP_CALL_SLOTS];
         double r = draw(c->seed, call->op, call->key, (*seen)++);
         *hang = r < c->timeout_rate;
         *fail = !*hang && r < c->timeout_rate + c->failure_rate;
