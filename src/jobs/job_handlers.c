@@ -198,7 +198,10 @@ handle_ledger(struct job_run *run)
     if (rc == ERR_OK)
         return JOB_DONE;
     bb_buf_printf(&run->error, "ledger: %s", e.detail);
-    return rc == ERR_STALE_TOKEN ? JOB_FAIL_PERMANENTLY : JOB_RETRY;
+    if (rc != ERR_STALE_TOKEN)
+        return JOB_RETRY;
+    lock_metric_fence_refused();
+    return JOB_FAIL_PERMANENTLY;
 }
 
 /* ---- HTTP push --------------------------------------------------------------------------- */

@@ -165,7 +165,7 @@ locks__metric_release_failed(enum err why)
 }
 
 void
-locks__metric_fence_refused(void)
+lock_metric_fence_refused(void)
 {
     metrics_add(&M_FENCE_REFUSED, 1);
 }
@@ -623,6 +623,8 @@ fenced_put_reply(struct http_req *r, void *arg, enum err rc, const struct bb_err
 {
     struct locks__op *op = arg;
     if (rc != ERR_OK) {
+        if (rc == ERR_STALE_TOKEN)
+            lock_metric_fence_refused();
         http_reply_problem(r, e, NULL);
         return;
     }

@@ -571,7 +571,6 @@ fence_refusal(struct store_conn *c, const char *key, int64_t token, struct bb_er
     enum err rc = lock_fenced_get(c, key, NULL, &highest, e);
     if (rc != ERR_OK)
         return rc;
-    locks__metric_fence_refused();
     bb_fail(verdict, ERR_STALE_TOKEN, "token",
             "token %lld is older than token %lld already accepted for %s", (long long)token,
             (long long)highest, key);

@@ -163,6 +163,10 @@ BB_WUR enum err lock_fence_check(struct store_conn *c, const char *key, int64_t 
 BB_WUR enum err lock_fence_check_many(struct store_conn *c, const char *const *keys,
                                       const int64_t *tokens, size_t n, int64_t now_ms, enum err *rc,
                                       struct bb_error *errors, struct bb_error *e);
+/* Count a fenced write refused (backbone_fenced_writes_refused_total).
+ * The checks above do not count, since a transaction rolled back and run
+ * again checks again: each caller counts once, at its final outcome. */
+void lock_metric_fence_refused(void);
 /* lock_fence_check plus storing `value_json` (JSON text) under `key`. */
 BB_WUR enum err lock_fenced_put(struct store_conn *c, const char *key, int64_t token,
                                 const char *value_json, int64_t now_ms, struct bb_error *e);

@@ -33,7 +33,6 @@ void locks__metric_acquired(enum lock_outcome how);
 void locks__metric_contention(void);
 void locks__metric_renew_failed(enum err why);
 void locks__metric_release_failed(enum err why);
-void locks__metric_fence_refused(void);
 void locks__metric_wait(double seconds, bool granted);
 void locks__metric_waiters(int64_t n);
 void locks__metrics_held(int64_t n);

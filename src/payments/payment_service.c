@@ -224,6 +224,8 @@ conclude(struct pay_op *op, enum err rc, json_t **out)
         if (reasons[i].rc == rc && (op->asked || !reasons[i].psp))
             payments__metric_failure(reasons[i].reason);
     }
+    if (rc == ERR_STALE_TOKEN)
+        lock_metric_fence_refused();
     return rc;
 }
 
@@ -525,6 +527,7 @@ settle_begin(struct store_conn *c, void *arg, struct bb_error *e)
 struct payment_outcome {
     struct pay_op op;
     enum payment_state from; /* the row's state before the outcome */
+    bool refusal_counted;    /* its fence refused it: counted once, however often it ran */
 };
 
 /* The payment as o leaves it once written. */
@@ -1227,6 +1230,13 @@ payment_outcomes_record(struct store_conn *c, struct payment_outcome *const *out
         rc = outcome_end(c, m[0], e);
     else
         rc = outcome_end_many(c, &(struct pay_batch){.m = m, .n = n}, e);
+    for (size_t i = 0; i < n; i++) {
+        enum err verdict = n == 1 ? rc : rc == ERR_OK ? m[i]->rc : ERR_OK;
+        if (verdict == ERR_STALE_TOKEN && !outcomes[i]->refusal_counted) {
+            outcomes[i]->refusal_counted = true;
+            lock_metric_fence_refused();
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         const struct pay_op *op = m[i];
         if (op->unmoved || op->alone) {

@@ -303,6 +303,14 @@ fence_work(struct store_conn *c, void *arg, struct bb_error *e)
     return lock_fence_check(c, "payment:o-f", 9, bb_wall_ms(), e);
 }
 
+/* backbone_fenced_writes_refused_total (0 before its first count). */
+static int64_t
+fence_refusals(void)
+{
+    int64_t n = test_metric("backbone_fenced_writes_refused_total");
+    return n < 0 ? 0 : n;
+}
+
 static void
 a_stale_lock_token_is_refused_before_the_psp(void **state)
 {
@@ -312,7 +320,9 @@ a_stale_lock_token_is_refused_before_the_psp(void **state)
     struct payment_request r = request("o-f", "pay-f");
     r.lock_token = 8; /* a holder older than token 9 */
     json_t *out;
+    int64_t refused = fence_refusals();
     assert_int_equal(payment_authorize(f->p, &r, NULL, &out, &e), ERR_STALE_TOKEN);
+    assert_int_equal(fence_refusals(), refused + 1);
     json_decref(out);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 0);
     r.lock_token = 9;
@@ -320,6 +330,7 @@ a_stale_lock_token_is_refused_before_the_psp(void **state)
     const char *id = str(out, "authorization_id");
     json_t *cap;
     assert_int_equal(payment_capture(f->p, id, 0, 8, &cap, &e), ERR_STALE_TOKEN);
+    assert_int_equal(fence_refusals(), refused + 2);
     json_decref(cap);
     json_decref(out);
 }
@@ -399,7 +410,12 @@ a_holder_overtaken_after_prepare_asks_the_psp_but_cannot_write(void **state)
     assert_ok(payment_authorize_deferred(f->p, &r, id, &stale, &e), &e);
     assert_non_null(stale);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM psp_charges"), 1);
+    int64_t refused = fence_refusals();
     assert_int_equal(record(f, (struct record_op){.o = {stale}, .n = 1}), ERR_STALE_TOKEN);
+    /* A caller's transaction run again (a batch's, then alone) writes the
+     * same outcome again: one refused write, counted once. */
+    assert_int_equal(record(f, (struct record_op){.o = {stale}, .n = 1}), ERR_STALE_TOKEN);
+    assert_int_equal(fence_refusals(), refused + 1);
     payment_outcome_free(stale);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payments WHERE state = 'PENDING'"), 1);
     assert_int_equal(count(f, "SELECT COUNT(*) FROM payment_attempts"), 0);
