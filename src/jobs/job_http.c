@@ -55,7 +55,9 @@ struct jop {
     int64_t lease_ms;
     int64_t deadline_mono_ms;
     uint64_t seen_seq;
-    int64_t throttled_ms; /* claims: how long the rate limit holds the next start back */
+    int64_t throttled_ms;       /* claims: how long the rate limit holds the next start back */
+    struct job_finish *claimed; /* claims: the leases the last attempt took (arena) */
+    size_t n_claimed;
     struct job_spec spec;
     struct jobs__recurring recurring;
     struct job_spec *specs; /* batch */
@@ -989,6 +991,7 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct job_lease *leases;
     size_t n;
     int64_t now = bb_wall_ms(), until;
+    op->n_claimed = 0;
     enum err rc =
         job_claim(c, op->name, op->worker, true, op->n, op->lease_ms, now, &leases, &n, &until, e);
     op->throttled_ms = until > 0 ? until - now : 0;
@@ -997,7 +1000,14 @@ claim_work(struct store_conn *c, void *arg, struct bb_error *e)
     if (rc != ERR_OK)
         return rc;
     json_t *list = json_array();
+    op->claimed = n ? bb_arena_alloc(http_req_arena(op->req), n * sizeof *op->claimed) : NULL;
+    op->n_claimed = n;
     for (size_t i = 0; i < n; i++) {
+        op->claimed[i] =
+            (struct job_finish){.id = leases[i].id,
+                                .token = leases[i].lease_token,
+                                .outcome = JOB_OUTCOME_INTERRUPTED,
+                                .error = "the worker hung up before it heard of its claim"};
         json_array_append_new(list, lease_json(&leases[i]));
         /* Queue latency: from when it became ready to this claim. */
         jobs__metric_started_at_commit(c, leases[i].queue, jobs__queue_latency_s(&leases[i], now));
@@ -1044,10 +1054,49 @@ claim_give_up(void *arg, enum err why)
     http_reply_problem(op->req, &e, NULL);
 }
 
+static enum err
+hand_back_work(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    struct jop *op = arg;
+    int64_t now = bb_wall_ms();
+    enum err rc = job_finish_batch(c, op->claimed, op->n_claimed, now, NULL, e);
+    for (size_t i = 0; i < op->n_claimed && rc == ERR_OK; i++) {
+        const struct job_finish *f = &op->claimed[i];
+        if (f->rc == ERR_OK)
+            jobs__metric_finished_at_commit(c, f->queue, f->outcome,
+                                            (double)(now - f->started_at_ms) / 1000.0);
+    }
+    /* Ready again: other workers waiting on the queue hear of them. */
+    return rc == ERR_OK ? store_notify(c, JOBS__CHANNEL, op->name, e) : rc;
+}
+
+static void
+hand_back_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
+{
+    struct jop *op = arg;
+    if (rc != ERR_OK)
+        log_warn("jobs.hand_back_failed", "queue=%s jobs=%zu detail=%s", op->name, op->n_claimed,
+                 e->detail);
+    else
+        log_info("jobs.claim_handed_back", "queue=%s worker=%s jobs=%zu", op->name, op->worker,
+                 op->n_claimed);
+    struct bb_error gone;
+    bb_fail(&gone, ERR_UNAVAILABLE, "", "the worker hung up before it heard of its claim");
+    http_reply_problem(r, &gone, NULL);
+}
+
 static void
 claim_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
 {
     struct jop *op = arg;
+    if (rc == ERR_OK && op->n_claimed > 0 && http_req_client_gone(r)) {
+        /* Claimed while its worker hung up: the jobs would wait out their
+         * leases unseen; they go back at once (an interrupted attempt). */
+        json_decref(op->out);
+        op->out = NULL;
+        http_req_run(r, op->svc->store, STORE_WRITE, hand_back_work, hand_back_reply, op);
+        return;
+    }
     if (rc == ERR_OK && json_array_size(json_object_get(op->out, "jobs")) == 0 &&
         bb_mono_ms() < op->deadline_mono_ms) {
         /* Look again in a while, or when the rate limit lets the next go. */

@@ -29,6 +29,7 @@
 
 #include "metrics/metrics.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,6 +103,11 @@ static struct metrics_def M_FENCE_REFUSED = {
     .help = "Fenced writes refused because a newer token had been accepted (zombie holders).",
     .type = METRICS_COUNTER,
 };
+static struct metrics_def M_ABANDONED = {
+    .name = "backbone_lock_grants_abandoned_total",
+    .help = "Grants released at once because their client had hung up before hearing of them.",
+    .type = METRICS_COUNTER,
+};
 static struct metrics_def M_HELD = {
     .name = "backbone_locks_held",
     .help = "Locks currently held (leases not yet run out), across all processes.",
@@ -133,7 +139,7 @@ locks__metrics_register(void)
 {
     struct metrics_def *all[] = {&M_ACQUIRED,       &M_CONTENTIONS,   &M_TAKEOVERS, &M_RENEW_FAILED,
                                  &M_RELEASE_FAILED, &M_FENCE_REFUSED, &M_HELD,      &M_WAITERS,
-                                 &M_WOKEN,          &M_WAIT};
+                                 &M_WOKEN,          &M_WAIT,          &M_ABANDONED};
     for (size_t i = 0; i < BB_ARRAY_LEN(all); i++)
         metrics_register(all[i]);
 }
@@ -310,6 +316,31 @@ acquire_work(struct store_conn *c, void *arg, struct bb_error *e)
 }
 
 static void acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e);
+static enum err release_work(struct store_conn *c, void *arg, struct bb_error *e);
+
+static void
+abandon_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error *e)
+{
+    struct locks__op *op = arg;
+    if (rc == ERR_OK)
+        metrics_add(&M_ABANDONED, 1);
+    else
+        log_warn("locks.abandon_failed", "lock=%s token=%" PRId64 " detail=%s", op->name, op->token,
+                 e->detail);
+    struct bb_error gone;
+    bb_fail(&gone, ERR_UNAVAILABLE, "",
+            "the client hung up before it heard of its grant of lock %s", op->name);
+    http_reply_problem(r, &gone, NULL);
+}
+
+/* A grant whose client hung up while it was being made: nobody would
+ * release it, and the lock would stay taken until its lease ran out. */
+static void
+acquire_abandon(struct locks__op *op)
+{
+    op->token = op->grant.token;
+    http_req_run(op->req, op->svc->store, STORE_WRITE, release_work, abandon_reply, op);
+}
 
 /* The waiter leaves without the lock: a release that woke it wakes the next
  * waiter instead. */
@@ -374,6 +405,10 @@ acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error 
         locks__metric_acquired(op->how);
         if (op->parked_before)
             locks__metric_wait(waited, true);
+        if (http_req_client_gone(r)) {
+            acquire_abandon(op);
+            return;
+        }
         json_t *body = grant_json(&op->grant, true, bb_wall_ms());
         json_object_set_new(body, "outcome", json_string(lock_outcome_name(op->how)));
         http_reply_json(r, 200, body);

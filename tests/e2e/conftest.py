@@ -8,6 +8,7 @@ Environment (set by CTest, see tests/CMakeLists.txt):
   BACKBONE_TEST_PG_URL   a PostgreSQL to create databases in (pg only)
   BB_TEST_SANITIZED      the binary has ASan/UBSan: check its exit for reports
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -238,15 +239,43 @@ def cli(*args, server=None, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
 
 
-def post_and_hang_up(server, path, body, gauge):
+def post_and_hang_up(server, path, body, gauge, parked=1):
     """POST `body` to `path` on a connection of its own, wait until the
-    server has parked the request (`gauge` reads 1), then hang up."""
+    server has parked the request (`gauge` reads `parked`), then hang up."""
     data = json.dumps(body).encode()
     s = socket.create_connection(("127.0.0.1", server.port))
     s.sendall(b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
-    await_condition(lambda: server.metric(gauge) == 1, what="the request to be parked")
+    await_condition(lambda: server.metric(gauge) == parked, what="the request to be parked")
     s.close()
+
+
+@contextlib.contextmanager
+def writes_blocked(database, table):
+    """Keep Backbone's writes to `table` waiting while the block lasts: a
+    transaction of the test's holds PostgreSQL's EXCLUSIVE lock on it (reads
+    go on), or SQLite's write lock on the whole file."""
+    if database.name is None:
+        import sqlite3
+        c = sqlite3.connect(database.url[len("sqlite:"):], timeout=30, isolation_level=None)
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            c.execute("ROLLBACK")
+            c.close()
+        return
+    p = subprocess.Popen(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", "-d", database.url],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        p.stdin.write(f"BEGIN; LOCK TABLE {table} IN EXCLUSIVE MODE; SELECT 'held';\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "held"
+        yield
+    finally:
+        p.stdin.write("COMMIT;\n")
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
 
 
 def stops_cleanly(server):

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import (await_condition, post_and_hang_up, problem, request_logged, stops_cleanly,
-                      wait_job)
+                      wait_job, writes_blocked)
 
 
 def submit(server, body, status=201):
@@ -961,6 +961,28 @@ def test_a_long_poll_whose_client_hung_up_claims_nothing(server):
     [claimed] = server.post("/queues/default/claim", {"worker": "here"}).json()["jobs"]
     assert claimed["job_id"] == job_id
     stops_cleanly(server)  # the long poll that gave up is not left counted as parked
+
+
+def test_jobs_claimed_while_their_worker_hung_up_go_back_at_once(server, database):
+    # The worker hangs up while its claim waits for the database; the jobs
+    # the claim then takes would wait out a 10-minute lease unseen: they go
+    # back at once, as an interrupted attempt (which does not count).
+    job_id = submit(server, {"handler": "external", "max_attempts": 1})["job_id"]
+    with writes_blocked(database, "jobs"):
+        # Suspended: the claim, and the /metrics request that reads it.
+        post_and_hang_up(server, "/queues/default/claim", {"worker": "gone", "lease_ms": 600000},
+                         "backbone_http_requests_suspended", parked=2)
+    line = await_condition(lambda: request_logged(server, "/queues/default/claim"),
+                           what="the claim to end")
+    assert line["status"] == 503, line
+    job = server.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "pending", job
+    assert [(a["worker"], a["outcome"]) for a in job["attempts"]] == [("gone", "interrupted")]
+    [claimed] = server.post("/queues/default/claim", {"worker": "here"}).json()["jobs"]
+    assert claimed["job_id"] == job_id
+    r = server.post(f"/jobs/{job_id}/complete", {"token": claimed["lease_token"]})
+    assert r.status_code == 200 and r.json()["state"] == "completed", r.text
+    stops_cleanly(server)
 
 
 def test_defaults_retry_after_1_4_16_64_seconds_and_give_up_after_5_attempts(server):

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from conftest import (await_condition, post_and_hang_up, problem, request_logged,
-                      stops_cleanly)
+                      stops_cleanly, writes_blocked)
 
 
 def acquire(s, name, owner, ttl_ms=30000, wait_ms=0):
@@ -200,6 +200,24 @@ def test_a_woken_waiter_that_hung_up_hands_the_lock_to_the_next(server):
     await_condition(gave_up, what="the request that hung up to be logged")
     assert len(gave_up()) == 1, gave_up()
     assert waiter_count(server) == 0
+
+
+def test_a_grant_whose_client_hung_up_meanwhile_is_released_at_once(server, database):
+    # The client hangs up while its acquire waits for the database; the
+    # grant that then commits would stay taken, unheard of, for its whole
+    # lease: it is released at once instead.
+    with writes_blocked(database, "locks"):
+        # Suspended: the acquire, and the /metrics request that reads it.
+        post_and_hang_up(server, "/locks/gone/acquire", {"owner": "gone", "ttl_ms": 600000},
+                         "backbone_http_requests_suspended", parked=2)
+    line = await_condition(lambda: request_logged(server, "/locks/gone/acquire"),
+                           what="the acquire to end")
+    assert line["status"] == 503, line
+    assert server.metric("backbone_lock_grants_abandoned_total") == 1
+    assert server.get("/locks/gone").status_code == 404
+    g = acquire(server, "gone", "next").json()
+    assert (g["owner"], g["token"]) == ("next", 2)  # the abandoned grant had token 1
+    stops_cleanly(server)
 
 
 def test_list_pages_through_held_locks(server):
