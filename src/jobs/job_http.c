@@ -1261,21 +1261,41 @@ handle_fail(struct http_req *r, void *ctx)
 /* ---- queues
  * ----------------------------------------------------------------------------------------- */
 
+/* A listing's answer: the one named (op->name), or all as {member: [...]}.
+ * Steals `list`. */
+static void
+answer_listing(struct jop *op, json_t *list, const char *member)
+{
+    if (op->name) {
+        jop_answer(op, 200, json_incref(json_array_get(list, 0)));
+        json_decref(list);
+    } else {
+        jop_answer(op, 200, json_pack("{s:o}", member, list));
+    }
+}
+
+/* GET of one named thing: the name from path parameter `param`. */
+static void
+read_named(struct http_req *r, void *ctx, const char *param, store_work_fn *work)
+{
+    struct bb_error *e = http_req_error(r);
+    struct jop *op = jop_new(r, ctx);
+    if (path_name(r, param, &op->name, e) != ERR_OK) {
+        fail_now(r, e);
+        return;
+    }
+    run_read(op, work);
+}
+
 static enum err
 queues_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
     json_t *list;
     enum err rc = job_queue_list_json(c, op->name, bb_wall_ms(), &list, e);
-    if (rc != ERR_OK)
-        return rc;
-    if (op->name) {
-        jop_answer(op, 200, json_incref(json_array_get(list, 0)));
-        json_decref(list);
-    } else {
-        jop_answer(op, 200, json_pack("{s:o}", "queues", list));
-    }
-    return ERR_OK;
+    if (rc == ERR_OK)
+        answer_listing(op, list, "queues");
+    return rc;
 }
 
 static void
@@ -1287,13 +1307,7 @@ handle_queues(struct http_req *r, void *ctx)
 static void
 handle_queue_get(struct http_req *r, void *ctx)
 {
-    struct bb_error *e = http_req_error(r);
-    struct jop *op = jop_new(r, ctx);
-    if (path_name(r, "queue", &op->name, e) != ERR_OK) {
-        fail_now(r, e);
-        return;
-    }
-    run_read(op, queues_work);
+    read_named(r, ctx, "queue", queues_work);
 }
 
 /* "rate_limit": {"max": N, "per_ms": W} sets it, null removes it. */
@@ -1432,15 +1446,9 @@ schedules_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct jop *op = arg;
     json_t *list;
     enum err rc = job_schedule_list_json(c, op->name, op->name ? 5 : 1, &list, e);
-    if (rc != ERR_OK)
-        return rc;
-    if (op->name) {
-        jop_answer(op, 200, json_incref(json_array_get(list, 0)));
-        json_decref(list);
-    } else {
-        jop_answer(op, 200, json_pack("{s:o}", "schedules", list));
-    }
-    return ERR_OK;
+    if (rc == ERR_OK)
+        answer_listing(op, list, "schedules");
+    return rc;
 }
 
 static void
@@ -1452,13 +1460,7 @@ handle_schedules(struct http_req *r, void *ctx)
 static void
 handle_schedule_get(struct http_req *r, void *ctx)
 {
-    struct bb_error *e = http_req_error(r);
-    struct jop *op = jop_new(r, ctx);
-    if (path_name(r, "name", &op->name, e) != ERR_OK) {
-        fail_now(r, e);
-        return;
-    }
-    run_read(op, schedules_work);
+    read_named(r, ctx, "name", schedules_work);
 }
 
 static void
