@@ -405,7 +405,8 @@ acquire_reply(struct http_req *r, void *arg, enum err rc, const struct bb_error 
         locks__metric_acquired(op->how);
         if (op->parked_before)
             locks__metric_wait(waited, true);
-        if (http_req_client_gone(r)) {
+        /* (A re-entry leaves alone what its owner held before.) */
+        if (op->how != LOCK_REENTERED && http_req_client_gone(r)) {
             acquire_abandon(op);
             return;
         }

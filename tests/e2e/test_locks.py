@@ -217,6 +217,20 @@ def test_a_grant_whose_client_hung_up_meanwhile_is_released_at_once(server, data
     assert server.get("/locks/gone").status_code == 404
     g = acquire(server, "gone", "next").json()
     assert (g["owner"], g["token"]) == ("next", 2)  # the abandoned grant had token 1
+    server.post("/locks/gone/release", {"token": 2})
+    # A re-entry whose client hung up leaves alone what its owner held.
+    kept = acquire(server, "kept", "w").json()
+    with writes_blocked(database, "locks"):
+        post_and_hang_up(server, "/locks/kept/acquire", {"owner": "w"},
+                         "backbone_http_requests_suspended", parked=2)
+    await_condition(lambda: len([line for line in server.lines()
+                                 if line.get("event") == "http.request"
+                                 and line.get("path") == "/locks/kept/acquire"]) == 2,
+                    what="the re-entry to end")
+    held = server.get("/locks/kept").json()
+    assert (held["owner"], held["epoch"]) == ("w", kept["epoch"])
+    assert server.metric("backbone_lock_grants_abandoned_total") == 1
+    assert server.post("/locks/kept/release", {"token": kept["token"]}).status_code == 200
     stops_cleanly(server)
 
 
