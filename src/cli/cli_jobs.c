@@ -39,6 +39,7 @@ struct jobs_args {
     int64_t concurrency;
     char *paused;
     char *rate;
+    char *key_rate;
     char *backoff;
     char *tags;
     bool all;
@@ -89,6 +90,8 @@ static const struct bb_opt JOBS_OPTS[] = {
     {"paused", BB_OPT_STRING, OFF(paused), 0, 0, NULL, "queues put: true or false", NO_ENV},
     {"rate", BB_OPT_STRING, OFF(rate), 0, 0, NULL,
      "queues put: most starts per interval across all workers (100/1s, 5/1m; off)", NO_ENV},
+    {"key-rate", BB_OPT_STRING, OFF(key_rate), 0, 0, NULL,
+     "queues put: most starts per interval of each concurrency key (10/1m; off)", NO_ENV},
 };
 
 static const char JOBS_USAGE[] =
@@ -103,6 +106,7 @@ static const char JOBS_USAGE[] =
     "       backbone queues put Q [--concurrency N] [--key-concurrency N] [--max-attempts N]\n"
     "                             [--backoff 2s | --backoff JSON] [--max-duration 60s]\n"
     "                             [--paused true|false] [--rate N/INTERVAL | --rate off]\n"
+    "                             [--key-rate N/INTERVAL | --key-rate off]\n"
     "       backbone schedules list | show N | pause N | resume N | delete N\n"
     "       backbone schedules create N (--cron EXPR [--tz ZONE] | --every 30s) --handler H ...\n"
     "       backbone dlq groups [--queue Q] [--limit N]\n"
@@ -248,6 +252,11 @@ human_queues(const json_t *o)
         const json_t *rate = json_object_get(q, "rate_limit");
         if (json_is_object(rate))
             printf(" rate %" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT "ms",
+                   json_integer_value(json_object_get(rate, "max")),
+                   json_integer_value(json_object_get(rate, "per_ms")));
+        rate = json_object_get(q, "key_rate_limit");
+        if (json_is_object(rate))
+            printf(" per key rate %" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT "ms",
                    json_integer_value(json_object_get(rate, "max")),
                    json_integer_value(json_object_get(rate, "per_ms")));
         printf("\n");
@@ -481,9 +490,10 @@ jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
     return code;
 }
 
-/* --rate N/INTERVAL ("100/1s") as {"max": N, "per_ms": ms}; "off" as null. */
+/* --rate or --key-rate (`flag`) N/INTERVAL ("100/1s") as {"max": N,
+ * "per_ms": ms}; "off" as null. */
 static int
-rate_json(const char *text, json_t **out)
+rate_json(const char *flag, const char *text, json_t **out)
 {
     if (strcmp(text, "off") == 0) {
         *out = json_null();
@@ -495,8 +505,11 @@ rate_json(const char *text, json_t **out)
     long long max = strtoll(text, &end, 10);
     int64_t per_ms;
     if (slash == NULL || end != slash || errno != 0 || max < 1 ||
-        bb_duration_parse(slash + 1, &per_ms) != ERR_OK || per_ms < 1)
-        return usage_error("--rate must be N/INTERVAL (100/1s, 5/1m) or off");
+        bb_duration_parse(slash + 1, &per_ms) != ERR_OK || per_ms < 1) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s must be N/INTERVAL (100/1s, 5/1m) or off", flag);
+        return usage_error(msg);
+    }
     *out = json_pack("{s:I, s:I}", "max", (json_int_t)max, "per_ms", (json_int_t)per_ms);
     return CLI_OK;
 }
@@ -532,8 +545,13 @@ queue_body(const struct jobs_args *a, json_t **out)
     }
     if (code == CLI_OK && a->rate) {
         json_t *rate;
-        if ((code = rate_json(a->rate, &rate)) == CLI_OK)
+        if ((code = rate_json("--rate", a->rate, &rate)) == CLI_OK)
             json_object_set_new(body, "rate_limit", rate);
+    }
+    if (code == CLI_OK && a->key_rate) {
+        json_t *rate;
+        if ((code = rate_json("--key-rate", a->key_rate, &rate)) == CLI_OK)
+            json_object_set_new(body, "key_rate_limit", rate);
     }
     if (code != CLI_OK) {
         json_decref(body);

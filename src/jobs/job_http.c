@@ -1310,29 +1310,31 @@ handle_queue_get(struct http_req *r, void *ctx)
     read_named(r, ctx, "queue", queues_work);
 }
 
-/* "rate_limit": {"max": N, "per_ms": W} sets it, null removes it. */
+/* `member` ("rate_limit", "key_rate_limit"): {"max": N, "per_ms": W} sets
+ * it, null removes it. */
 static enum err
-rate_limit_member(const json_t *body, struct job_queue *q, struct bb_error *e)
+rate_limit_member(const json_t *body, const char *member, int64_t *max, int64_t *per_ms,
+                  struct bb_error *e)
 {
     static const char *const allowed[] = {"max", "per_ms", NULL};
-    const json_t *rl = json_object_get(body, "rate_limit");
+    const json_t *rl = json_object_get(body, member);
     if (rl == NULL)
         return ERR_OK;
     if (json_is_null(rl)) {
-        q->rate_max = q->rate_per_ms = 0;
+        *max = *per_ms = 0;
         return ERR_OK;
     }
     if (!json_is_object(rl))
-        return bb_fail(e, ERR_INVALID, "rate_limit",
-                       "rate_limit must be {\"max\": N, \"per_ms\": W} or null");
+        return bb_fail(e, ERR_INVALID, member, "%s must be {\"max\": N, \"per_ms\": W} or null",
+                       member);
     enum err rc = bb_json_only(rl, allowed, e);
     if (rc == ERR_OK)
-        rc = bb_json_int(rl, "max", true, 1, JOB_RATE_MAX, &q->rate_max, e);
+        rc = bb_json_int(rl, "max", true, 1, JOB_RATE_MAX, max, e);
     if (rc == ERR_OK)
-        rc = bb_json_int(rl, "per_ms", true, 1, JOB_RATE_WINDOW_MAX, &q->rate_per_ms, e);
-    if (rc != ERR_OK) { /* name the member inside rate_limit */
-        char field[sizeof e->field + 16];
-        snprintf(field, sizeof field, "rate_limit.%s", e->field);
+        rc = bb_json_int(rl, "per_ms", true, 1, JOB_RATE_WINDOW_MAX, per_ms, e);
+    if (rc != ERR_OK) { /* name the member inside */
+        char field[sizeof e->field + 32];
+        snprintf(field, sizeof field, "%s.%s", member, e->field);
         bb_strlcpy(e->field, field, sizeof e->field);
     }
     return rc;
@@ -1372,7 +1374,9 @@ queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
             return rc;
         q.backoff = tmp.backoff;
     }
-    if ((rc = rate_limit_member(body, &q, e)) != ERR_OK)
+    if ((rc = rate_limit_member(body, "rate_limit", &q.rate_max, &q.rate_per_ms, e)) != ERR_OK ||
+        (rc = rate_limit_member(body, "key_rate_limit", &q.key_rate_max, &q.key_rate_per_ms, e)) !=
+            ERR_OK)
         return rc;
     if ((rc = job_queue_put(c, &q, bb_wall_ms(), e)) != ERR_OK)
         return rc;
@@ -1387,9 +1391,9 @@ queue_put_work(struct store_conn *c, void *arg, struct bb_error *e)
 static void
 handle_queue_put(struct http_req *r, void *ctx)
 {
-    static const char *const allowed[] = {"paused",       "concurrency", "key_concurrency",
-                                          "max_attempts", "backoff",     "lease_ms",
-                                          "rate_limit",   NULL};
+    static const char *const allowed[] = {"paused",       "concurrency",    "key_concurrency",
+                                          "max_attempts", "backoff",        "lease_ms",
+                                          "rate_limit",   "key_rate_limit", NULL};
     struct bb_error *e = http_req_error(r);
     struct jop *op = jop_new(r, ctx);
     json_t *body;

@@ -74,6 +74,13 @@ static struct metrics_def M_RESCUES = {
     .type = METRICS_COUNTER,
     .labels = {"queue", "kind"},
 };
+static struct metrics_def M_KEY_DEFERRED = {
+    .name = "backbone_job_key_rate_deferrals_total",
+    .help = "Ready jobs a claim put off to their concurrency key's next start, the key having used "
+            "up its per-key rate limit, by queue.",
+    .type = METRICS_COUNTER,
+    .labels = {"queue"},
+};
 static struct metrics_def M_PRUNED = {
     .name = "backbone_jobs_pruned_total",
     .help = "Completed and cancelled jobs deleted after the retention period (--job-retention).",
@@ -90,8 +97,9 @@ static struct metrics_def M_STALE = {
 void
 jobs__metrics_register(void)
 {
-    struct metrics_def *all[] = {&M_SUBMITTED, &M_STARTED, &M_FINISHED, &M_DURATION, &M_LATENCY,
-                                 &M_DEPTH,     &M_RESCUES, &M_STALE,    &M_PRUNED};
+    struct metrics_def *all[] = {&M_SUBMITTED, &M_STARTED,     &M_FINISHED, &M_DURATION,
+                                 &M_LATENCY,   &M_DEPTH,       &M_RESCUES,  &M_STALE,
+                                 &M_PRUNED,    &M_KEY_DEFERRED};
     for (size_t i = 0; i < BB_ARRAY_LEN(all); i++)
         metrics_register(all[i]);
 }
@@ -177,6 +185,12 @@ struct metrics_def *
 jobs__metric_rescued_def(void)
 {
     return &M_RESCUES;
+}
+
+struct metrics_def *
+jobs__metric_key_deferred_def(void)
+{
+    return &M_KEY_DEFERRED;
 }
 
 void

@@ -107,6 +107,12 @@ job_rate_level_milli(int64_t max, int64_t per_ms, int64_t milli, int64_t at_ms, 
     return level > full ? full : level;
 }
 
+bool
+job_queue_is_limited(const struct job_queue *q)
+{
+    return q->concurrency > 0 || q->rate_max > 0 || q->key_concurrency > 0 || q->key_rate_max > 0;
+}
+
 int64_t
 job_rate_wait_ms(int64_t max, int64_t per_ms, int64_t milli)
 {

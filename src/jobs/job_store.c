@@ -222,6 +222,24 @@ static const struct store_migration MIGRATIONS[] = {
               " slots BIGINT NOT NULL DEFAULT 1);"
               "CREATE INDEX job_keys_freed_queue ON job_keys_freed (queue);",
     },
+    {
+        /* Each key's bucket, as the queue's (rate_milli, rate_at_ms); no row:
+         * full. A row untouched for a whole window is full again, and goes. */
+        .version = 9,
+        .name = "per-key rate limits",
+        .sqlite = "ALTER TABLE job_queues ADD COLUMN key_rate_max INTEGER NOT NULL DEFAULT 0;"
+                  "ALTER TABLE job_queues ADD COLUMN key_rate_per_ms INTEGER NOT NULL DEFAULT 0;"
+                  "CREATE TABLE job_key_rates (queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
+                  " milli INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
+                  " PRIMARY KEY (queue, concurrency_key));"
+                  "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);",
+        .pg = "ALTER TABLE job_queues ADD COLUMN key_rate_max BIGINT NOT NULL DEFAULT 0,"
+              " ADD COLUMN key_rate_per_ms BIGINT NOT NULL DEFAULT 0;"
+              "CREATE TABLE job_key_rates (queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
+              " milli BIGINT NOT NULL, at_ms BIGINT NOT NULL,"
+              " PRIMARY KEY (queue, concurrency_key));"
+              "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);",
+    },
 };
 
 static struct store_stmt DEAD_UNPRINTED = {
@@ -320,15 +338,16 @@ text_json(const struct store_rows *r, int col)
 
 /* ---- queues ---------------------------------------------------------------------- */
 
-#define QUEUE_COLUMNS                                                                 \
-    "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli," \
-    " backoff_cap_ms, backoff_jitter_pct, lease_ms, rate_max, rate_per_ms, key_concurrency"
+#define QUEUE_COLUMNS                                                                        \
+    "name, paused, concurrency, max_attempts, backoff_base_ms, backoff_factor_milli,"        \
+    " backoff_cap_ms, backoff_jitter_pct, lease_ms, rate_max, rate_per_ms, key_concurrency," \
+    " key_rate_max, key_rate_per_ms"
 
 /* A new or changed rate limit starts with a full bucket. */
 static struct store_stmt QUEUE_PUT = {
     .sql = "INSERT INTO job_queues (" QUEUE_COLUMNS ", rate_milli, rate_at_ms, created_at_ms,"
-           " updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-           " $10 * 1000, $13, $13, $13)"
+           " updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
+           " $10 * 1000, $15, $15, $15)"
            " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
            " concurrency = excluded.concurrency, max_attempts = excluded.max_attempts,"
            " backoff_base_ms = excluded.backoff_base_ms,"
@@ -343,6 +362,7 @@ static struct store_stmt QUEUE_PUT = {
            " ELSE excluded.rate_at_ms END,"
            " rate_max = excluded.rate_max, rate_per_ms = excluded.rate_per_ms,"
            " key_concurrency = excluded.key_concurrency,"
+           " key_rate_max = excluded.key_rate_max, key_rate_per_ms = excluded.key_rate_per_ms,"
            " updated_at_ms = excluded.updated_at_ms",
 };
 /* A queue's per-key limit went up by $2: a note of that many slots for
@@ -359,6 +379,10 @@ static struct store_stmt UNPARK_QUEUE = {
 };
 static struct store_stmt FREED_KEYS_DROP = {
     .sql = "DELETE FROM job_keys_freed WHERE queue = $1",
+};
+/* A new, changed or lifted per-key rate limit: every key's bucket full. */
+static struct store_stmt KEY_RATES_DROP = {
+    .sql = "DELETE FROM job_key_rates WHERE queue = $1",
 };
 /* The rate limit's bucket (its row locked by QUEUE_GET_LOCKED first). */
 static struct store_stmt QUEUE_RATE_GET = {
@@ -428,6 +452,8 @@ queue_from_row(const struct store_rows *r, struct job_queue *q)
     q->rate_max = store_col_int(r, 9);
     q->rate_per_ms = store_col_int(r, 10);
     q->key_concurrency = store_col_int(r, 11);
+    q->key_rate_max = store_col_int(r, 12);
+    q->key_rate_per_ms = store_col_int(r, 13);
 }
 
 static enum err
@@ -462,16 +488,24 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
         sp_int(q->rate_max),
         sp_int(q->rate_per_ms),
         sp_int(q->key_concurrency),
+        sp_int(q->key_rate_max),
+        sp_int(q->key_rate_per_ms),
         sp_int(now_ms),
     };
     BB_ASSERT((q->rate_max > 0) == (q->rate_per_ms > 0));
+    BB_ASSERT((q->key_rate_max > 0) == (q->key_rate_per_ms > 0));
     struct job_queue was;
     enum err rc = queue_read(c, &QUEUE_GET, q->name, &was, e);
-    if (rc == ERR_NOT_FOUND)
-        was.key_concurrency = q->key_concurrency;
-    else if (rc != ERR_OK)
-        return rc;
-    rc = store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+    if (rc == ERR_NOT_FOUND) {
+        was = *q;
+        rc = ERR_OK;
+    }
+    if (rc == ERR_OK)
+        rc = store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+    const struct store_param name[] = {sp_text(q->name)};
+    if (rc == ERR_OK &&
+        (was.key_rate_max != q->key_rate_max || was.key_rate_per_ms != q->key_rate_per_ms))
+        rc = store_exec(c, &KEY_RATES_DROP, name, 1, NULL, e);
     if (rc != ERR_OK || was.key_concurrency == 0 || was.key_concurrency == q->key_concurrency)
         return rc;
     /* Parked jobs under a raised limit: their keys' next jobs get the new
@@ -483,7 +517,6 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
     }
     if (q->key_concurrency > 0)
         return ERR_OK;
-    const struct store_param name[] = {sp_text(q->name)};
     rc = store_exec(c, &UNPARK_QUEUE, name, 1, NULL, e);
     return rc == ERR_OK ? store_exec(c, &FREED_KEYS_DROP, name, 1, NULL, e) : rc;
 }
@@ -531,6 +564,11 @@ queue_json(const struct job_queue *q)
                         q->rate_max > 0 ? json_pack("{s:I, s:I}", "max", (json_int_t)q->rate_max,
                                                     "per_ms", (json_int_t)q->rate_per_ms)
                                         : json_null());
+    json_object_set_new(o, "key_rate_limit",
+                        q->key_rate_max > 0
+                            ? json_pack("{s:I, s:I}", "max", (json_int_t)q->key_rate_max, "per_ms",
+                                        (json_int_t)q->key_rate_per_ms)
+                            : json_null());
     json_t *depth = json_object();
     static const char *const keys[] = {"ready", "scheduled", "parked", "running", "dead"};
     for (size_t i = 0; i < BB_ARRAY_LEN(keys); i++)
@@ -873,8 +911,7 @@ submit_many(struct store_conn *c, struct job_pool *pool, const struct job_spec *
         }
         made[q - queues]++;
         const char *worker;
-        if (pool && !q->paused && q->concurrency == 0 && q->rate_max == 0 &&
-            q->key_concurrency == 0 && sp->run_at_ms <= now_ms &&
+        if (pool && !q->paused && !job_queue_is_limited(q) && sp->run_at_ms <= now_ms &&
             !job_handler_is_external(sp->handler) &&
             jobs__pool_reserve(pool, q->name, 1, &worker) == 1) {
             struct store_param *hp = here + n_here * HERE_PARAMS;
@@ -1603,6 +1640,71 @@ static struct store_stmt PARK_FULL_KEYS = {
            " WHERE r.queue = $1 AND r.state = 'running' AND r.concurrency_key = w.concurrency_key)"
            " >= $4)",
 };
+/*
+ * A queue with a per-key rate limit claims in C (claim_key_rated), over
+ * the ready jobs a keyed claim looks at, its claimers serialised by the
+ * queue's row lock: the candidates, their keys' buckets and running jobs,
+ * then the claim of those chosen, the run_at of those put off, and the
+ * buckets drawn from.
+ */
+static struct store_stmt KEYED_CANDIDATES = {
+    .sql = "SELECT id, concurrency_key FROM jobs WHERE queue = $1 AND state = 'pending'"
+           " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
+           " ORDER BY priority DESC, run_at_ms, id LIMIT $4",
+};
+static struct store_stmt KEY_RATES_GET = {
+    .sql_pg = "SELECT concurrency_key, milli, at_ms FROM job_key_rates WHERE queue = $2"
+              " AND concurrency_key = ANY($1::text[])",
+    .sql_sqlite = "SELECT concurrency_key, milli, at_ms FROM job_key_rates WHERE queue = $2"
+                  " AND concurrency_key IN (SELECT value FROM json_each($1))",
+};
+static struct store_stmt KEYS_RUNNING = {
+    .sql_pg = "SELECT concurrency_key, COUNT(*) FROM jobs WHERE queue = $2 AND state = 'running'"
+              " AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key",
+    .sql_sqlite = "SELECT concurrency_key, COUNT(*) FROM jobs WHERE queue = $2"
+                  " AND state = 'running' AND concurrency_key IN (SELECT value FROM json_each($1))"
+                  " GROUP BY concurrency_key",
+};
+/* $1 the ids, $2 now, $3 worker, $4 lease_ms (as JOB_CLAIM's). */
+static struct store_stmt CLAIM_IDS = {
+    .sql_pg = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
+              " lease_token = lease_token + 1, leased_by = $3, lease_expires_at_ms = $2 +"
+              " CASE WHEN $4 > 0 AND $4 < max_duration_ms THEN $4 ELSE max_duration_ms + 1000 END,"
+              " started_at_ms = $2, updated_at_ms = $2"
+              " WHERE state = 'pending' AND id = ANY($1::bigint[]) RETURNING " LEASE_COLUMNS,
+    .sql_sqlite = "UPDATE jobs SET state = 'running', attempt = attempt + 1,"
+                  " lease_token = lease_token + 1, leased_by = $3, lease_expires_at_ms = $2 +"
+                  " CASE WHEN $4 > 0 AND $4 < max_duration_ms THEN $4"
+                  " ELSE max_duration_ms + 1000 END, started_at_ms = $2, updated_at_ms = $2"
+                  " WHERE state = 'pending' AND id IN (SELECT value FROM json_each($1))"
+                  " RETURNING " LEASE_COLUMNS,
+};
+/* Put off: (id, t) rows, then now. */
+static struct store_stmt KEY_RATE_DEFER = {
+    .sql_pg = "UPDATE jobs SET run_at_ms = x.t, updated_at_ms = $3"
+              " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, t)"
+              " WHERE jobs.id = x.id AND jobs.state = 'pending'",
+    .sql_sqlite = "UPDATE jobs SET run_at_ms = x.t, updated_at_ms = $2"
+                  " FROM (SELECT value ->> 'id' AS id, value ->> 't' AS t FROM json_each($1)) AS x"
+                  " WHERE jobs.id = x.id AND jobs.state = 'pending'",
+};
+/* (key, milli, at) rows, then the queue. */
+static struct store_stmt KEY_RATES_PUT = {
+    .sql_pg =
+        "INSERT INTO job_key_rates (queue, concurrency_key, milli, at_ms)"
+        " SELECT $4, k, m, a FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS x(k, m, a)"
+        " ON CONFLICT (queue, concurrency_key) DO UPDATE SET milli = excluded.milli,"
+        " at_ms = excluded.at_ms",
+    .sql_sqlite = "INSERT INTO job_key_rates (queue, concurrency_key, milli, at_ms)"
+                  " SELECT $2, value ->> 'k', value ->> 'm', value ->> 'a' FROM json_each($1)"
+                  " WHERE true ON CONFLICT (queue, concurrency_key) DO UPDATE"
+                  " SET milli = excluded.milli, at_ms = excluded.at_ms",
+};
+/* Buckets untouched for a whole window: full again, as no row says. */
+static struct store_stmt KEY_RATES_PRUNE = {
+    .sql = "DELETE FROM job_key_rates WHERE queue = $1 AND at_ms < $2",
+};
+
 /* $1 id, $2 token, $3 now, $4 the lease asked for, $5 1: bounded by the
  * attempt's max_duration from its start (a second's grace, as claims give) */
 static struct store_stmt JOB_HEARTBEAT = {
@@ -1701,6 +1803,194 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
     return ERR_OK;
 }
 
+/* A key among a keyed claim's candidates. */
+struct claim_key {
+    char *name;
+    int64_t milli;   /* its bucket now, in thousandths of a start */
+    int64_t at_ms;   /* the time to record with what this claim draws */
+    int64_t running; /* its running jobs (per-key concurrency) */
+    int64_t taken;   /* by this claim */
+    int64_t next_ms; /* when its next start is allowed, once the bucket ran dry */
+};
+
+/* The candidates' keys' buckets and (per-key concurrency) running jobs. */
+static enum err
+claim_keys_read(struct store_conn *c, const struct job_queue *q, json_t *map,
+                struct claim_key *keys, size_t n_keys, int64_t now_ms, struct bb_error *e)
+{
+    const char **names = xcalloc(n_keys, sizeof *names);
+    for (size_t k = 0; k < n_keys; k++) {
+        names[k] = keys[k].name;
+        keys[k].milli = q->key_rate_max * 1000; /* no row: full */
+        keys[k].at_ms = now_ms;
+    }
+    struct store_batch list;
+    store_batch_texts(&list, c, names, n_keys);
+    free(names);
+    const struct store_param p[] = {sp_batch(&list), sp_text(q->name)};
+    struct store_rows r;
+    enum err rc = store_query(c, &KEY_RATES_GET, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc == ERR_OK) {
+        while (store_next(&r)) {
+            struct claim_key *k =
+                &keys[json_integer_value(json_object_get(map, store_col_text(&r, 0)))];
+            int64_t at = store_col_int(&r, 2);
+            k->milli = job_rate_level_milli(q->key_rate_max, q->key_rate_per_ms,
+                                            store_col_int(&r, 1), at, now_ms);
+            k->at_ms = at > now_ms ? at : now_ms;
+        }
+        store_rows_close(&r);
+    }
+    if (rc == ERR_OK && q->key_concurrency > 0) {
+        const struct store_param p2[] = {sp_batch(&list), sp_text(q->name)};
+        rc = store_query(c, &KEYS_RUNNING, p2, BB_ARRAY_LEN(p2), &r, e);
+        if (rc == ERR_OK) {
+            while (store_next(&r))
+                keys[json_integer_value(json_object_get(map, store_col_text(&r, 0)))].running =
+                    store_col_int(&r, 1);
+            store_rows_close(&r);
+        }
+    }
+    store_batch_deinit(&list);
+    return rc;
+}
+
+/* After the choice: the run_at of the jobs put off, the buckets drawn from
+ * (and those full again dropped). */
+static enum err
+claim_keys_write(struct store_conn *c, const struct job_queue *q, const struct claim_key *keys,
+                 size_t n_keys, const int64_t *put_off, const size_t *put_off_key, size_t n_off,
+                 int64_t now_ms, struct bb_error *e)
+{
+    enum err rc = ERR_OK;
+    if (n_off > 0) {
+        struct store_batch b;
+        store_batch_init(&b, c, 2);
+        for (size_t i = 0; i < n_off; i++) {
+            store_batch_row(&b);
+            store_batch_int(&b, "id", put_off[i]);
+            store_batch_int(&b, "t", keys[put_off_key[i]].next_ms);
+        }
+        const struct store_param p[] = {sp_batch(&b), sp_int(now_ms)};
+        rc = store_exec(c, &KEY_RATE_DEFER, p, BB_ARRAY_LEN(p), NULL, e);
+        store_batch_deinit(&b);
+        if (rc == ERR_OK)
+            store_count_at_commit(c, jobs__metric_key_deferred_def(), (double)n_off,
+                                  (const char *const[]){q->name});
+    }
+    struct store_batch b;
+    store_batch_init(&b, c, 3);
+    for (size_t k = 0; k < n_keys; k++) {
+        if (keys[k].taken == 0)
+            continue;
+        store_batch_row(&b);
+        store_batch_text(&b, "k", keys[k].name);
+        store_batch_int(&b, "m", keys[k].milli);
+        store_batch_int(&b, "a", keys[k].at_ms);
+    }
+    if (rc == ERR_OK && b.n_rows > 0) {
+        const struct store_param p[] = {sp_batch(&b), sp_text(q->name)};
+        rc = store_exec(c, &KEY_RATES_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+        const struct store_param w[] = {sp_text(q->name), sp_int(now_ms - q->key_rate_per_ms)};
+        if (rc == ERR_OK)
+            rc = store_exec(c, &KEY_RATES_PRUNE, w, BB_ARRAY_LEN(w), NULL, e);
+    }
+    store_batch_deinit(&b);
+    return rc;
+}
+
+/*
+ * The claim of a queue with a per-key rate limit (and maybe a per-key
+ * concurrency limit), decided in C over the first JOB_KEYED_SCAN ready
+ * jobs, in claim order: a keyless job is taken; a keyed one is taken while
+ * its key has room (running jobs) and a start in its bucket; a key out of
+ * room is passed over (left to PARK_FULL_KEYS); a key out of starts has
+ * its candidates put off to its next start (their run_at), which
+ * *next_ms (0: none) reports, the earliest of them.
+ */
+static enum err
+claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, int64_t max,
+                const char *worker, int64_t lease_ms, int64_t now_ms, struct job_lease **leases,
+                size_t *n, int64_t *next_ms, struct bb_error *e)
+{
+    *next_ms = 0;
+    const struct store_param p[] = {sp_text(q->name), sp_int(external), sp_int(now_ms),
+                                    sp_int(JOB_KEYED_SCAN)};
+    struct store_rows r;
+    enum err rc = store_query(c, &KEYED_CANDIDATES, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    size_t n_cand = 0, n_keys = 0;
+    int64_t *ids = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *ids);
+    int64_t *key_of = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *key_of);
+    struct claim_key *keys = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *keys);
+    json_t *map = json_object(); /* key -> its index in keys */
+    while (store_next(&r)) {
+        ids[n_cand] = store_col_int(&r, 0);
+        key_of[n_cand] = -1;
+        if (!store_col_is_null(&r, 1)) {
+            const char *name = store_col_text(&r, 1);
+            json_t *at = json_object_get(map, name);
+            if (at == NULL) {
+                at = json_integer((json_int_t)n_keys);
+                json_object_set_new_nocheck(map, name, at);
+                keys[n_keys++].name = xstrdup(name);
+            }
+            key_of[n_cand] = json_integer_value(at);
+        }
+        n_cand++;
+    }
+    store_rows_close(&r);
+    rc = n_keys > 0 ? claim_keys_read(c, q, map, keys, n_keys, now_ms, e) : ERR_OK;
+    int64_t *chosen = xcalloc(n_cand ? n_cand : 1, sizeof *chosen);
+    int64_t *put_off = xcalloc(n_cand ? n_cand : 1, sizeof *put_off);
+    size_t *put_off_key = xcalloc(n_cand ? n_cand : 1, sizeof *put_off_key);
+    size_t n_chosen = 0, n_off = 0;
+    for (size_t i = 0; rc == ERR_OK && i < n_cand && (int64_t)n_chosen < max; i++) {
+        if (key_of[i] < 0) {
+            chosen[n_chosen++] = ids[i];
+            continue;
+        }
+        struct claim_key *k = &keys[key_of[i]];
+        if (q->key_concurrency > 0 && k->running + k->taken >= q->key_concurrency)
+            continue;
+        if (k->milli >= 1000) {
+            k->milli -= 1000;
+            k->taken++;
+            chosen[n_chosen++] = ids[i];
+            continue;
+        }
+        if (k->next_ms == 0)
+            k->next_ms = now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms, k->milli);
+        if (*next_ms == 0 || k->next_ms < *next_ms)
+            *next_ms = k->next_ms;
+        put_off_key[n_off] = (size_t)key_of[i];
+        put_off[n_off++] = ids[i];
+    }
+    if (rc == ERR_OK && n_chosen > 0) {
+        struct store_batch list;
+        store_batch_ints(&list, c, chosen, n_chosen);
+        const struct store_param cp[] = {sp_batch(&list), sp_int(now_ms), sp_text(worker),
+                                         sp_int(lease_ms)};
+        rc = store_query(c, &CLAIM_IDS, cp, BB_ARRAY_LEN(cp), &r, e);
+        store_batch_deinit(&list);
+        if (rc == ERR_OK)
+            leases_from(&r, leases, n);
+    }
+    if (rc == ERR_OK)
+        rc = claim_keys_write(c, q, keys, n_keys, put_off, put_off_key, n_off, now_ms, e);
+    json_decref(map);
+    for (size_t k = 0; k < n_keys; k++)
+        free(keys[k].name);
+    free(put_off_key);
+    free(put_off);
+    free(chosen);
+    free(keys);
+    free(key_of);
+    free(ids);
+    return rc;
+}
+
 /* Take the queue's notes and unpark their keys' first parked jobs: one
  * statement on PostgreSQL (UNPARK_FREED_PG), the notes then key by key on
  * SQLite. */
@@ -1745,7 +2035,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
 {
     *leases = NULL;
     *n = 0;
-    int64_t milli = 0, at = now_ms;
+    int64_t milli = 0, at = now_ms, put_off_until = 0;
     bool paced = false; /* the rate limit, not the backlog, bounds this claim */
     if (throttled_until_ms)
         *throttled_until_ms = 0;
@@ -1753,7 +2043,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
     enum err rc = queue_read(c, &QUEUE_GET, queue, &q, e);
     if (rc != ERR_OK || q.paused || max <= 0)
         return rc;
-    if (q.concurrency > 0 || q.rate_max > 0 || q.key_concurrency > 0) {
+    if (job_queue_is_limited(&q)) {
         /* Serialise this queue's claimers, to count running jobs exactly
          * and take from the bucket one at a time. */
         rc = queue_read(c, &QUEUE_GET_LOCKED, queue, &q, e);
@@ -1792,11 +2082,17 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
             sp_int(JOB_KEYED_SCAN),
         };
         struct store_rows r;
-        rc = q.key_concurrency > 0 ? store_query(c, &JOB_CLAIM_KEYED, p, BB_ARRAY_LEN(p), &r, e)
-                                   : store_query(c, &JOB_CLAIM, p, 6, &r, e);
+        if (q.key_rate_max > 0) {
+            rc = claim_key_rated(c, &q, external, max, worker, lease_ms, now_ms, leases, n,
+                                 &put_off_until, e);
+        } else {
+            rc = q.key_concurrency > 0 ? store_query(c, &JOB_CLAIM_KEYED, p, BB_ARRAY_LEN(p), &r, e)
+                                       : store_query(c, &JOB_CLAIM, p, 6, &r, e);
+            if (rc == ERR_OK)
+                leases_from(&r, leases, n);
+        }
         if (rc != ERR_OK)
-            return rc;
-        leases_from(&r, leases, n);
+            goto out;
         /* Short of what it wanted: what it passed over waits aside, so the
          * next claim's window reaches past a full key's backlog. */
         if (q.key_concurrency > 0 && (int64_t)*n < max) {
@@ -1806,16 +2102,20 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
         }
     }
     /* Held back by the rate (every start it allowed taken): when it lets
-     * the next one go. */
+     * the next one go; or by a key's, when the first key put off may. */
     if (paced && (int64_t)*n == max && throttled_until_ms)
         *throttled_until_ms =
             now_ms + job_rate_wait_ms(q.rate_max, q.rate_per_ms, milli - (int64_t)*n * 1000);
+    if (put_off_until > 0 && (int64_t)*n < max && throttled_until_ms &&
+        (*throttled_until_ms == 0 || put_off_until < *throttled_until_ms))
+        *throttled_until_ms = put_off_until;
     if (q.rate_max > 0 && *n > 0) {
         /* Nothing claimed takes nothing: the level follows from the time. */
         const struct store_param w[] = {sp_text(queue), sp_int(milli - (int64_t)*n * 1000),
                                         sp_int(at)};
         rc = store_exec(c, &QUEUE_RATE_SET, w, BB_ARRAY_LEN(w), NULL, e);
     }
+out:
     if (rc != ERR_OK) {
         for (size_t i = 0; i < *n; i++)
             job_lease_deinit(&(*leases)[i]);
@@ -2642,7 +2942,8 @@ job_schedule_fire_due(struct store_conn *c, int64_t now_ms, int64_t *n, struct b
 
 static struct store_stmt LIMITED_QUEUES = {
     .sql = "SELECT name FROM job_queues WHERE paused = 0"
-           " AND (concurrency > 0 OR rate_max > 0 OR key_concurrency > 0) ORDER BY name",
+           " AND (concurrency > 0 OR rate_max > 0 OR key_concurrency > 0 OR key_rate_max > 0)"
+           " ORDER BY name",
 };
 #define CLAIM_SET                                                                              \
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1," \
@@ -2661,7 +2962,8 @@ static struct store_stmt CLAIM_UNLIMITED = {
                         " AND state = 'pending' AND parked = 0 AND external = 0 AND run_at_ms <= $1"
                         " ORDER BY priority DESC, run_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED) j"
                         " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0"
-                        " AND q.key_concurrency = 0 AND (json_array_length($4::json)"
+                        " AND q.key_concurrency = 0 AND q.key_rate_max = 0"
+                        " AND (json_array_length($4::json)"
                         " = 0 OR q.name IN (SELECT json_array_elements_text($4::json)))"
                         " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
                         " RETURNING " LEASE_COLUMNS,
@@ -2670,7 +2972,8 @@ static struct store_stmt CLAIM_UNLIMITED = {
                             " AND parked = 0 AND external = 0 AND run_at_ms <= $1"
                             " ORDER BY priority DESC, run_at_ms, id LIMIT $2)"
                             " WHERE q.paused = 0 AND q.concurrency = 0 AND q.rate_max = 0"
-                            " AND q.key_concurrency = 0 AND (json_array_length($4)"
+                            " AND q.key_concurrency = 0 AND q.key_rate_max = 0"
+                            " AND (json_array_length($4)"
                             " = 0 OR q.name IN (SELECT value FROM json_each($4)))"
                             " ORDER BY j.priority DESC, j.run_at_ms, j.id LIMIT $2)"
                             " RETURNING " LEASE_COLUMNS,

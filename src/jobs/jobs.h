@@ -141,9 +141,16 @@ struct job_queue {
      * to rate_max starts, refilled at rate_max per rate_per_ms (0: none). */
     int64_t rate_max;
     int64_t rate_per_ms;
+    /* The same per concurrency_key: each key's own bucket of key_rate_max
+     * starts, refilled at key_rate_max per key_rate_per_ms (0: none). */
+    int64_t key_rate_max;
+    int64_t key_rate_per_ms;
 };
 
 void job_queue_defaults(struct job_queue *q, const char *name);
+/* Has it a limit its claims must honour one claimer at a time (concurrency,
+ * rate, per key)? */
+bool job_queue_is_limited(const struct job_queue *q);
 /* Create or update (idempotent). */
 BB_WUR enum err job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms,
                               struct bb_error *e);
@@ -295,11 +302,13 @@ void job_lease_deinit(struct job_lease *l);
  * "external...") or the embedded workers'. Honours the queue's pause,
  * concurrency limits (all jobs, and per concurrency_key: then among the
  * JOB_KEYED_SCAN first ready jobs, and a claim left short parks those of
- * full keys until a job of their key stops running) and rate limit; when
- * the rate limit held jobs back, *throttled_until_ms (if non-NULL; else 0)
- * is when the next start is allowed. On PostgreSQL concurrent claimers skip each other's rows (FOR
- * UPDATE SKIP LOCKED). *leases is a heap array (free each with
- * job_lease_deinit, then free()).
+ * full keys until a job of their key stops running), rate limit and
+ * per-key rate limit (among the JOB_KEYED_SCAN first ready jobs too: the
+ * ready jobs of a key whose bucket is empty get the run_at of its next
+ * start); when a rate limit held jobs back, *throttled_until_ms (if
+ * non-NULL; else 0) is when the next start is allowed. On PostgreSQL concurrent claimers skip each
+ * other's rows (FOR UPDATE SKIP LOCKED). *leases is a heap array (free each with job_lease_deinit,
+ * then free()).
  */
 BB_WUR enum err job_claim(struct store_conn *c, const char *queue, const char *worker,
                           bool external, int64_t max, int64_t lease_ms, int64_t now_ms,

@@ -95,6 +95,12 @@ def test_queues(server):
     assert ok("queues", "put", "mail", "--rate", "off", server=server).endswith("concurrency 2\n")
     assert ok("queues", "put", "mail", "--key-concurrency", "1", server=server).endswith(
         "concurrency 2 per key 1 (parked 0)\n")
+    assert ok("queues", "put", "mail", "--key-rate", "10/1m", server=server).endswith(
+        "concurrency 2 per key 1 (parked 0) per key rate 10/60000ms\n")
+    assert json.loads(ok("queues", "show", "mail", "--json", server=server))[
+        "key_rate_limit"] == {"max": 10, "per_ms": 60000}
+    assert ok("queues", "put", "mail", "--key-rate", "off", server=server).endswith(
+        "concurrency 2 per key 1 (parked 0)\n")
     job = re.match(r"job (\d+)", ok("jobs", "submit", "--queue", "mail", "--handler", "noop",
                                     "--concurrency-key", "acme", server=server)).group(1)
     assert json.loads(ok("jobs", "get", job, "--json", server=server))["concurrency_key"] == "acme"
@@ -216,6 +222,7 @@ def test_jobs_usage_errors_exit_2():
         (["queues", "put", "q", "--rate", "100"], "--rate must be N/INTERVAL"),
         (["queues", "put", "q", "--rate", "0/1s"], "--rate must be N/INTERVAL"),
         (["queues", "put", "q", "--rate", "5/soon"], "--rate must be N/INTERVAL"),
+        (["queues", "put", "q", "--key-rate", "5"], "--key-rate must be N/INTERVAL"),
         (["schedules", "create", "x"], "needs --handler"),
         (["dlq", "frob", "1"], "unknown dlq command"),
         # An id after a bulk command was dropped: it then acted on every dead job.

@@ -411,6 +411,65 @@ def test_a_full_keys_backlog_is_parked_and_holds_no_other_key_back(server):
     assert depth["parked"] == 0 and depth["ready"] == len(big) - 2
 
 
+def test_a_per_key_rate_limit_puts_off_a_keys_jobs_past_its_bucket(server):
+    r = server.put("/queues/api", {"key_rate_limit": {"max": 2, "per_ms": 60000}})
+    assert r.status_code == 201 and r.json()["key_rate_limit"] == {"max": 2, "per_ms": 60000}
+    jobs = [{"queue": "api", "handler": "external:call", "concurrency_key": key}
+            for key in ("acme", "acme", "acme", "bolt", "acme")] + [
+        {"queue": "api", "handler": "external:call"}]
+    ids = [j["job_id"] for j in server.post("/jobs/batch", {"jobs": jobs}).json()["jobs"]]
+
+    def claim():
+        got = server.post("/queues/api/claim", {"worker": "py", "max": 10}).json()["jobs"]
+        return sorted(j["job_id"] for j in got)
+    before = time.time() * 1000
+    # Two starts in each key's bucket; the keyless job is not limited.
+    assert claim() == [ids[0], ids[1], ids[3], ids[5]]
+    # acme's others wait for its next start: one every 30 s (2 per minute).
+    for job_id in (ids[2], ids[4]):
+        job = server.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "pending", job
+        assert before < ms_of(job["run_at"]) <= time.time() * 1000 + 30000, job
+    assert claim() == []
+    assert server.get("/queues/api").json()["depth"]["scheduled"] == 2
+    assert server.metric("backbone_job_key_rate_deferrals_total", 'queue="api"') == 2
+    # Another key is not held back by acme's.
+    other = submit(server, {"queue": "api", "handler": "external:call",
+                            "concurrency_key": "corp"})["job_id"]
+    assert claim() == [other]
+    assert server.put("/queues/api", {"key_rate_limit": None}).json()["key_rate_limit"] is None
+    for body, field in [({"key_rate_limit": {"max": 0, "per_ms": 10}}, "key_rate_limit.max"),
+                        ({"key_rate_limit": {"max": 5}}, "key_rate_limit.per_ms"),
+                        ({"key_rate_limit": {"max": 5, "per_ms": 0}}, "key_rate_limit.per_ms"),
+                        ({"key_rate_limit": {"max": 5, "per_ms": 10, "x": 1}}, "key_rate_limit.x"),
+                        ({"key_rate_limit": "5/s"}, "key_rate_limit")]:
+        problem(server.put("/queues/api", body), 400, "invalid_request", field)
+
+
+def test_a_per_key_rate_paces_each_keys_starts_beside_its_concurrency_limit(server):
+    # Embedded workers, two keys, a bucket of 2 refilled at 2 per 400 ms and
+    # at most one job of a key running at once: from any start of a key to
+    # any later one, at most 2 + (elapsed / 200 ms) starts; never two of a
+    # key running together.
+    server.put("/queues/paced", {"key_rate_limit": {"max": 2, "per_ms": 400},
+                                 "key_concurrency": 1})
+    jobs = [{"queue": "paced", "handler": "sleep", "payload": {"ms": 20},
+             "concurrency_key": key} for key in ("a", "b") * 5]
+    ids = [j["job_id"] for j in server.post("/jobs/batch", {"jobs": jobs}).json()["jobs"]]
+    for job_id in ids:
+        wait_job(server, job_id)
+    for key in ("a", "b"):
+        runs = sorted((ms_of(j["started_at"]), ms_of(j["attempts"][-1]["finished_at"]))
+                      for j in (server.get(f"/jobs/{i}").json() for i in ids)
+                      if j["concurrency_key"] == key)
+        starts = [start for start, _ in runs]
+        for i, first in enumerate(starts):
+            for j in range(i, len(starts)):
+                assert j - i + 1 <= 2 + (starts[j] - first) / 200 + 1e-6, (key, starts)
+        for (_, end), (start, _) in zip(runs, runs[1:]):
+            assert start >= end, (key, runs)  # one at a time
+
+
 def test_queues_pause_resume_and_limit_concurrency(server):
     r = server.put("/queues/emails", {"concurrency": 1, "max_attempts": 2})
     assert r.status_code == 201
