@@ -278,6 +278,14 @@ def writes_blocked(database, table):
         assert p.wait(timeout=60) == 0
 
 
+def hang_up_in_the_database(server, database, table, path, body):
+    """POST `body` to `path` and hang up while the request waits for the
+    database, its writes to `table` held up until then."""
+    with writes_blocked(database, table):
+        # Suspended: the request, and the /metrics request that reads it.
+        post_and_hang_up(server, path, body, "backbone_http_requests_suspended", parked=2)
+
+
 def stops_cleanly(server):
     """Stop `server` and check it had nothing left running (no request still
     counted as suspended, no handler ignoring cancellation)."""

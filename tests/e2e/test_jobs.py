@@ -14,8 +14,8 @@ import time
 import pytest
 import requests
 
-from conftest import (await_condition, post_and_hang_up, problem, request_logged, stops_cleanly,
-                      wait_job, writes_blocked)
+from conftest import (await_condition, hang_up_in_the_database, post_and_hang_up, problem,
+                      request_logged, stops_cleanly, wait_job)
 
 
 def submit(server, body, status=201):
@@ -1027,10 +1027,8 @@ def test_jobs_claimed_while_their_worker_hung_up_go_back_at_once(server, databas
     # the claim then takes would wait out a 10-minute lease unseen: they go
     # back at once, as an interrupted attempt (which does not count).
     job_id = submit(server, {"handler": "external", "max_attempts": 1})["job_id"]
-    with writes_blocked(database, "jobs"):
-        # Suspended: the claim, and the /metrics request that reads it.
-        post_and_hang_up(server, "/queues/default/claim", {"worker": "gone", "lease_ms": 600000},
-                         "backbone_http_requests_suspended", parked=2)
+    hang_up_in_the_database(server, database, "jobs", "/queues/default/claim",
+                            {"worker": "gone", "lease_ms": 600000})
     line = await_condition(lambda: request_logged(server, "/queues/default/claim"),
                            what="the claim to end")
     assert line["status"] == 503, line

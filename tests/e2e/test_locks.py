@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from conftest import (await_condition, post_and_hang_up, problem, request_logged,
-                      stops_cleanly, writes_blocked)
+from conftest import (await_condition, hang_up_in_the_database, post_and_hang_up, problem,
+                      request_logged, stops_cleanly)
 
 
 def acquire(s, name, owner, ttl_ms=30000, wait_ms=0):
@@ -206,10 +206,8 @@ def test_a_grant_whose_client_hung_up_meanwhile_is_released_at_once(server, data
     # The client hangs up while its acquire waits for the database; the
     # grant that then commits would stay taken, unheard of, for its whole
     # lease: it is released at once instead.
-    with writes_blocked(database, "locks"):
-        # Suspended: the acquire, and the /metrics request that reads it.
-        post_and_hang_up(server, "/locks/gone/acquire", {"owner": "gone", "ttl_ms": 600000},
-                         "backbone_http_requests_suspended", parked=2)
+    hang_up_in_the_database(server, database, "locks", "/locks/gone/acquire",
+                            {"owner": "gone", "ttl_ms": 600000})
     line = await_condition(lambda: request_logged(server, "/locks/gone/acquire"),
                            what="the acquire to end")
     assert line["status"] == 503, line
@@ -220,9 +218,7 @@ def test_a_grant_whose_client_hung_up_meanwhile_is_released_at_once(server, data
     server.post("/locks/gone/release", {"token": 2})
     # A re-entry whose client hung up leaves alone what its owner held.
     kept = acquire(server, "kept", "w").json()
-    with writes_blocked(database, "locks"):
-        post_and_hang_up(server, "/locks/kept/acquire", {"owner": "w"},
-                         "backbone_http_requests_suspended", parked=2)
+    hang_up_in_the_database(server, database, "locks", "/locks/kept/acquire", {"owner": "w"})
     await_condition(lambda: len([line for line in server.lines()
                                  if line.get("event") == "http.request"
                                  and line.get("path") == "/locks/kept/acquire"]) == 2,
