@@ -53,8 +53,8 @@ static struct metrics_def M_LATENCY = {
 static struct metrics_def M_DEPTH = {
     .name = "backbone_jobs",
     .help = "Jobs waiting or running, by queue and state (ready, scheduled, parked: ready but "
-            "waiting for their concurrency key to have room, running, dead: the dead-letter "
-            "queue).",
+            "waiting for their concurrency key to have room or a start, running, dead: the "
+            "dead-letter queue).",
     .type = METRICS_GAUGE,
     .labels = {"queue", "state"},
 };
@@ -74,10 +74,10 @@ static struct metrics_def M_RESCUES = {
     .type = METRICS_COUNTER,
     .labels = {"queue", "kind"},
 };
-static struct metrics_def M_KEY_DEFERRED = {
-    .name = "backbone_job_key_rate_deferrals_total",
-    .help = "Ready jobs a claim put off to their concurrency key's next start, the key having used "
-            "up its per-key rate limit, by queue.",
+static struct metrics_def M_KEY_RATE_PARKED = {
+    .name = "backbone_job_key_rate_parked_total",
+    .help = "Ready jobs a claim set aside (parked) until their concurrency key's next start, the "
+            "key having used up its per-key rate limit, by queue.",
     .type = METRICS_COUNTER,
     .labels = {"queue"},
 };
@@ -97,9 +97,9 @@ static struct metrics_def M_STALE = {
 void
 jobs__metrics_register(void)
 {
-    struct metrics_def *all[] = {&M_SUBMITTED, &M_STARTED,     &M_FINISHED, &M_DURATION,
-                                 &M_LATENCY,   &M_DEPTH,       &M_RESCUES,  &M_STALE,
-                                 &M_PRUNED,    &M_KEY_DEFERRED};
+    struct metrics_def *all[] = {&M_SUBMITTED, &M_STARTED,        &M_FINISHED, &M_DURATION,
+                                 &M_LATENCY,   &M_DEPTH,          &M_RESCUES,  &M_STALE,
+                                 &M_PRUNED,    &M_KEY_RATE_PARKED};
     for (size_t i = 0; i < BB_ARRAY_LEN(all); i++)
         metrics_register(all[i]);
 }
@@ -188,9 +188,9 @@ jobs__metric_rescued_def(void)
 }
 
 struct metrics_def *
-jobs__metric_key_deferred_def(void)
+jobs__metric_key_rate_parked_def(void)
 {
-    return &M_KEY_DEFERRED;
+    return &M_KEY_RATE_PARKED;
 }
 
 void

@@ -224,21 +224,27 @@ static const struct store_migration MIGRATIONS[] = {
     },
     {
         /* Each key's bucket, as the queue's (rate_milli, rate_at_ms); no row:
-         * full. A row untouched for a whole window is full again, and goes. */
+         * full. A row untouched for a whole window is full again, and goes,
+         * unless jobs of the key wait parked for its next start (wake_at_ms,
+         * when a claim unparks them; 0: none). */
         .version = 9,
         .name = "per-key rate limits",
         .sqlite = "ALTER TABLE job_queues ADD COLUMN key_rate_max INTEGER NOT NULL DEFAULT 0;"
                   "ALTER TABLE job_queues ADD COLUMN key_rate_per_ms INTEGER NOT NULL DEFAULT 0;"
                   "CREATE TABLE job_key_rates (queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
                   " milli INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
-                  " PRIMARY KEY (queue, concurrency_key));"
-                  "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);",
+                  " wake_at_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (queue, concurrency_key));"
+                  "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);"
+                  "CREATE INDEX job_key_rates_wake ON job_key_rates (queue, wake_at_ms)"
+                  " WHERE wake_at_ms > 0;",
         .pg = "ALTER TABLE job_queues ADD COLUMN key_rate_max BIGINT NOT NULL DEFAULT 0,"
               " ADD COLUMN key_rate_per_ms BIGINT NOT NULL DEFAULT 0;"
               "CREATE TABLE job_key_rates (queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
               " milli BIGINT NOT NULL, at_ms BIGINT NOT NULL,"
-              " PRIMARY KEY (queue, concurrency_key));"
-              "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);",
+              " wake_at_ms BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (queue, concurrency_key));"
+              "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);"
+              "CREATE INDEX job_key_rates_wake ON job_key_rates (queue, wake_at_ms)"
+              " WHERE wake_at_ms > 0;",
     },
 };
 
@@ -380,7 +386,9 @@ static struct store_stmt UNPARK_QUEUE = {
 static struct store_stmt FREED_KEYS_DROP = {
     .sql = "DELETE FROM job_keys_freed WHERE queue = $1",
 };
-/* A new, changed or lifted per-key rate limit: every key's bucket full. */
+/* A new, changed or lifted per-key rate limit: every key's bucket full
+ * (and every parked job ready: claims park again what a key's room still
+ * holds back). */
 static struct store_stmt KEY_RATES_DROP = {
     .sql = "DELETE FROM job_key_rates WHERE queue = $1",
 };
@@ -504,8 +512,11 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
         rc = store_exec(c, &QUEUE_PUT, p, BB_ARRAY_LEN(p), NULL, e);
     const struct store_param name[] = {sp_text(q->name)};
     if (rc == ERR_OK &&
-        (was.key_rate_max != q->key_rate_max || was.key_rate_per_ms != q->key_rate_per_ms))
+        (was.key_rate_max != q->key_rate_max || was.key_rate_per_ms != q->key_rate_per_ms)) {
         rc = store_exec(c, &KEY_RATES_DROP, name, 1, NULL, e);
+        if (rc == ERR_OK && was.key_rate_max > 0)
+            rc = store_exec(c, &UNPARK_QUEUE, name, 1, NULL, e);
+    }
     if (rc != ERR_OK || was.key_concurrency == 0 || was.key_concurrency == q->key_concurrency)
         return rc;
     /* Parked jobs under a raised limit: their keys' next jobs get the new
@@ -1643,20 +1654,32 @@ static struct store_stmt PARK_FULL_KEYS = {
 /*
  * A queue with a per-key rate limit claims in C (claim_key_rated), over
  * the ready jobs a keyed claim looks at, its claimers serialised by the
- * queue's row lock: the candidates, their keys' buckets and running jobs,
- * then the claim of those chosen, the run_at of those put off, and the
+ * queue's row lock: the keys whose wake-up is due first, then the
+ * candidates, their keys' buckets and running jobs, the claim of those
+ * chosen, the parking of those whose key has no start left, and the
  * buckets drawn from.
  */
+static struct store_stmt KEY_RATES_DUE = {
+    .sql = "SELECT concurrency_key, milli, at_ms FROM job_key_rates WHERE queue = $1"
+           " AND wake_at_ms > 0 AND wake_at_ms <= $2",
+};
+static struct store_stmt KEY_RATE_WAKE_SET = {
+    .sql = "UPDATE job_key_rates SET wake_at_ms = $3 WHERE queue = $1 AND concurrency_key = $2",
+};
+static struct store_stmt KEY_RATES_NEXT_WAKE = {
+    .sql = "SELECT COALESCE(MIN(wake_at_ms), 0) FROM job_key_rates WHERE queue = $1"
+           " AND wake_at_ms > 0",
+};
 static struct store_stmt KEYED_CANDIDATES = {
     .sql = "SELECT id, concurrency_key FROM jobs WHERE queue = $1 AND state = 'pending'"
            " AND parked = 0 AND external = $2 AND run_at_ms <= $3"
            " ORDER BY priority DESC, run_at_ms, id LIMIT $4",
 };
 static struct store_stmt KEY_RATES_GET = {
-    .sql_pg = "SELECT concurrency_key, milli, at_ms FROM job_key_rates WHERE queue = $2"
-              " AND concurrency_key = ANY($1::text[])",
-    .sql_sqlite = "SELECT concurrency_key, milli, at_ms FROM job_key_rates WHERE queue = $2"
-                  " AND concurrency_key IN (SELECT value FROM json_each($1))",
+    .sql_pg = "SELECT concurrency_key, milli, at_ms, wake_at_ms FROM job_key_rates"
+              " WHERE queue = $2 AND concurrency_key = ANY($1::text[])",
+    .sql_sqlite = "SELECT concurrency_key, milli, at_ms, wake_at_ms FROM job_key_rates"
+                  " WHERE queue = $2 AND concurrency_key IN (SELECT value FROM json_each($1))",
 };
 static struct store_stmt KEYS_RUNNING = {
     .sql_pg = "SELECT concurrency_key, COUNT(*) FROM jobs WHERE queue = $2 AND state = 'running'"
@@ -1679,30 +1702,28 @@ static struct store_stmt CLAIM_IDS = {
                   " WHERE state = 'pending' AND id IN (SELECT value FROM json_each($1))"
                   " RETURNING " LEASE_COLUMNS,
 };
-/* Put off: (id, t) rows, then now. */
-static struct store_stmt KEY_RATE_DEFER = {
-    .sql_pg = "UPDATE jobs SET run_at_ms = x.t, updated_at_ms = $3"
-              " FROM unnest($1::bigint[], $2::bigint[]) AS x(id, t)"
-              " WHERE jobs.id = x.id AND jobs.state = 'pending'",
-    .sql_sqlite = "UPDATE jobs SET run_at_ms = x.t, updated_at_ms = $2"
-                  " FROM (SELECT value ->> 'id' AS id, value ->> 't' AS t FROM json_each($1)) AS x"
-                  " WHERE jobs.id = x.id AND jobs.state = 'pending'",
+static struct store_stmt PARK_IDS = {
+    .sql_pg = "UPDATE jobs SET parked = 1 WHERE state = 'pending' AND id = ANY($1::bigint[])",
+    .sql_sqlite = "UPDATE jobs SET parked = 1 WHERE state = 'pending'"
+                  " AND id IN (SELECT value FROM json_each($1))",
 };
-/* (key, milli, at) rows, then the queue. */
+/* (key, milli, at, wake) rows, then the queue. */
 static struct store_stmt KEY_RATES_PUT = {
     .sql_pg =
-        "INSERT INTO job_key_rates (queue, concurrency_key, milli, at_ms)"
-        " SELECT $4, k, m, a FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS x(k, m, a)"
-        " ON CONFLICT (queue, concurrency_key) DO UPDATE SET milli = excluded.milli,"
-        " at_ms = excluded.at_ms",
-    .sql_sqlite = "INSERT INTO job_key_rates (queue, concurrency_key, milli, at_ms)"
-                  " SELECT $2, value ->> 'k', value ->> 'm', value ->> 'a' FROM json_each($1)"
-                  " WHERE true ON CONFLICT (queue, concurrency_key) DO UPDATE"
-                  " SET milli = excluded.milli, at_ms = excluded.at_ms",
+        "INSERT INTO job_key_rates (queue, concurrency_key, milli, at_ms, wake_at_ms)"
+        " SELECT $5, k, m, a, w FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
+        " $4::bigint[]) AS x(k, m, a, w) ON CONFLICT (queue, concurrency_key) DO UPDATE"
+        " SET milli = excluded.milli, at_ms = excluded.at_ms, wake_at_ms = excluded.wake_at_ms",
+    .sql_sqlite = "INSERT INTO job_key_rates (queue, concurrency_key, milli, at_ms, wake_at_ms)"
+                  " SELECT $2, value ->> 'k', value ->> 'm', value ->> 'a', value ->> 'w'"
+                  " FROM json_each($1) WHERE true ON CONFLICT (queue, concurrency_key) DO UPDATE"
+                  " SET milli = excluded.milli, at_ms = excluded.at_ms,"
+                  " wake_at_ms = excluded.wake_at_ms",
 };
-/* Buckets untouched for a whole window: full again, as no row says. */
+/* Buckets untouched for a whole window with no jobs waiting on them: full
+ * again, as no row says. */
 static struct store_stmt KEY_RATES_PRUNE = {
-    .sql = "DELETE FROM job_key_rates WHERE queue = $1 AND at_ms < $2",
+    .sql = "DELETE FROM job_key_rates WHERE queue = $1 AND at_ms < $2 AND wake_at_ms = 0",
 };
 
 /* $1 id, $2 token, $3 now, $4 the lease asked for, $5 1: bounded by the
@@ -1803,14 +1824,73 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
     return ERR_OK;
 }
 
+/* The level of a key's bucket at `now_ms` from its row (milli, at_ms at
+ * columns col, col + 1), and the time to record with what a claim draws
+ * (as rate_level's). */
+static void
+key_bucket(const struct job_queue *q, const struct store_rows *r, int col, int64_t now_ms,
+           int64_t *milli, int64_t *at_ms)
+{
+    int64_t at = store_col_int(r, col + 1);
+    *milli = job_rate_level_milli(q->key_rate_max, q->key_rate_per_ms, store_col_int(r, col), at,
+                                  now_ms);
+    *at_ms = at > now_ms ? at : now_ms;
+}
+
+/*
+ * The keys whose parked jobs' wake-up is due: as many of each key's first
+ * parked jobs as its bucket has starts go back among the ready ones (the
+ * claim draws on the bucket as it takes them), and the key's next wake-up
+ * is when the start after those comes, unless that took its last parked
+ * job.
+ */
+static enum err
+wake_rate_parked(struct store_conn *c, const struct job_queue *q, int64_t now_ms,
+                 struct bb_error *e)
+{
+    const struct store_param p[] = {sp_text(q->name), sp_int(now_ms)};
+    struct store_rows r;
+    enum err rc = store_query(c, &KEY_RATES_DUE, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    size_t n = 0;
+    char **keys = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *keys);
+    int64_t *levels = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *levels);
+    while (store_next(&r)) {
+        int64_t at;
+        keys[n] = xstrdup(store_col_text(&r, 0));
+        key_bucket(q, &r, 1, now_ms, &levels[n++], &at);
+    }
+    store_rows_close(&r);
+    for (size_t i = 0; i < n; i++) {
+        int64_t starts = levels[i] / 1000, woken = 0;
+        if (rc == ERR_OK && starts > 0) {
+            const struct store_param u[] = {sp_text(q->name), sp_text(keys[i]), sp_int(starts)};
+            rc = store_exec(c, &UNPARK_KEY, u, BB_ARRAY_LEN(u), &woken, e);
+        }
+        int64_t wake = woken < starts
+                           ? 0 /* none left parked */
+                           : now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms,
+                                                       levels[i] - starts * 1000);
+        const struct store_param w[] = {sp_text(q->name), sp_text(keys[i]), sp_int(wake)};
+        if (rc == ERR_OK)
+            rc = store_exec(c, &KEY_RATE_WAKE_SET, w, BB_ARRAY_LEN(w), NULL, e);
+        free(keys[i]);
+    }
+    free(levels);
+    free(keys);
+    return rc;
+}
+
 /* A key among a keyed claim's candidates. */
 struct claim_key {
     char *name;
     int64_t milli;   /* its bucket now, in thousandths of a start */
     int64_t at_ms;   /* the time to record with what this claim draws */
+    int64_t wake_ms; /* when its parked jobs are to be woken (0: none parked) */
     int64_t running; /* its running jobs (per-key concurrency) */
     int64_t taken;   /* by this claim */
-    int64_t next_ms; /* when its next start is allowed, once the bucket ran dry */
+    int64_t parked;  /* by this claim */
 };
 
 /* The candidates' keys' buckets and (per-key concurrency) running jobs. */
@@ -1834,16 +1914,13 @@ claim_keys_read(struct store_conn *c, const struct job_queue *q, json_t *map,
         while (store_next(&r)) {
             struct claim_key *k =
                 &keys[json_integer_value(json_object_get(map, store_col_text(&r, 0)))];
-            int64_t at = store_col_int(&r, 2);
-            k->milli = job_rate_level_milli(q->key_rate_max, q->key_rate_per_ms,
-                                            store_col_int(&r, 1), at, now_ms);
-            k->at_ms = at > now_ms ? at : now_ms;
+            key_bucket(q, &r, 1, now_ms, &k->milli, &k->at_ms);
+            k->wake_ms = store_col_int(&r, 3);
         }
         store_rows_close(&r);
     }
     if (rc == ERR_OK && q->key_concurrency > 0) {
-        const struct store_param p2[] = {sp_batch(&list), sp_text(q->name)};
-        rc = store_query(c, &KEYS_RUNNING, p2, BB_ARRAY_LEN(p2), &r, e);
+        rc = store_query(c, &KEYS_RUNNING, p, BB_ARRAY_LEN(p), &r, e);
         if (rc == ERR_OK) {
             while (store_next(&r))
                 keys[json_integer_value(json_object_get(map, store_col_text(&r, 0)))].running =
@@ -1855,38 +1932,34 @@ claim_keys_read(struct store_conn *c, const struct job_queue *q, json_t *map,
     return rc;
 }
 
-/* After the choice: the run_at of the jobs put off, the buckets drawn from
- * (and those full again dropped). */
+/* After the choice: the jobs parked, and the buckets drawn from or waited
+ * on (and those full again with nothing parked dropped). */
 static enum err
 claim_keys_write(struct store_conn *c, const struct job_queue *q, const struct claim_key *keys,
-                 size_t n_keys, const int64_t *put_off, const size_t *put_off_key, size_t n_off,
-                 int64_t now_ms, struct bb_error *e)
+                 size_t n_keys, const int64_t *parked, size_t n_parked, int64_t now_ms,
+                 struct bb_error *e)
 {
     enum err rc = ERR_OK;
-    if (n_off > 0) {
-        struct store_batch b;
-        store_batch_init(&b, c, 2);
-        for (size_t i = 0; i < n_off; i++) {
-            store_batch_row(&b);
-            store_batch_int(&b, "id", put_off[i]);
-            store_batch_int(&b, "t", keys[put_off_key[i]].next_ms);
-        }
-        const struct store_param p[] = {sp_batch(&b), sp_int(now_ms)};
-        rc = store_exec(c, &KEY_RATE_DEFER, p, BB_ARRAY_LEN(p), NULL, e);
-        store_batch_deinit(&b);
+    if (n_parked > 0) {
+        struct store_batch list;
+        store_batch_ints(&list, c, parked, n_parked);
+        const struct store_param p[] = {sp_batch(&list)};
+        rc = store_exec(c, &PARK_IDS, p, 1, NULL, e);
+        store_batch_deinit(&list);
         if (rc == ERR_OK)
-            store_count_at_commit(c, jobs__metric_key_deferred_def(), (double)n_off,
+            store_count_at_commit(c, jobs__metric_key_rate_parked_def(), (double)n_parked,
                                   (const char *const[]){q->name});
     }
     struct store_batch b;
-    store_batch_init(&b, c, 3);
+    store_batch_init(&b, c, 4);
     for (size_t k = 0; k < n_keys; k++) {
-        if (keys[k].taken == 0)
+        if (keys[k].taken == 0 && keys[k].parked == 0)
             continue;
         store_batch_row(&b);
         store_batch_text(&b, "k", keys[k].name);
         store_batch_int(&b, "m", keys[k].milli);
         store_batch_int(&b, "a", keys[k].at_ms);
+        store_batch_int(&b, "w", keys[k].wake_ms);
     }
     if (rc == ERR_OK && b.n_rows > 0) {
         const struct store_param p[] = {sp_batch(&b), sp_text(q->name)};
@@ -1902,11 +1975,12 @@ claim_keys_write(struct store_conn *c, const struct job_queue *q, const struct c
 /*
  * The claim of a queue with a per-key rate limit (and maybe a per-key
  * concurrency limit), decided in C over the first JOB_KEYED_SCAN ready
- * jobs, in claim order: a keyless job is taken; a keyed one is taken while
- * its key has room (running jobs) and a start in its bucket; a key out of
- * room is passed over (left to PARK_FULL_KEYS); a key out of starts has
- * its candidates put off to its next start (their run_at), which
- * *next_ms (0: none) reports, the earliest of them.
+ * jobs, in claim order, once the keys whose wake-up is due have their
+ * parked jobs back: a keyless job is taken; a keyed one is taken while its
+ * key has room (running jobs) and a start in its bucket; a key out of room
+ * is passed over (left to PARK_FULL_KEYS); a key out of starts has its
+ * candidates parked until its next start (the key's wake-up). *next_ms
+ * (0: none) is the queue's next wake-up.
  */
 static enum err
 claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, int64_t max,
@@ -1914,16 +1988,19 @@ claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, 
                 size_t *n, int64_t *next_ms, struct bb_error *e)
 {
     *next_ms = 0;
+    enum err rc = wake_rate_parked(c, q, now_ms, e);
+    if (rc != ERR_OK)
+        return rc;
     const struct store_param p[] = {sp_text(q->name), sp_int(external), sp_int(now_ms),
                                     sp_int(JOB_KEYED_SCAN)};
     struct store_rows r;
-    enum err rc = store_query(c, &KEYED_CANDIDATES, p, BB_ARRAY_LEN(p), &r, e);
+    rc = store_query(c, &KEYED_CANDIDATES, p, BB_ARRAY_LEN(p), &r, e);
     if (rc != ERR_OK)
         return rc;
-    size_t n_cand = 0, n_keys = 0;
-    int64_t *ids = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *ids);
-    int64_t *key_of = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *key_of);
-    struct claim_key *keys = xcalloc(r.nrows ? (size_t)r.nrows : 1, sizeof *keys);
+    size_t n_cand = 0, n_keys = 0, room = r.nrows ? (size_t)r.nrows : 1;
+    int64_t *ids = xcalloc(room, sizeof *ids);
+    int64_t *key_of = xcalloc(room, sizeof *key_of);
+    struct claim_key *keys = xcalloc(room, sizeof *keys);
     json_t *map = json_object(); /* key -> its index in keys */
     while (store_next(&r)) {
         ids[n_cand] = store_col_int(&r, 0);
@@ -1942,30 +2019,26 @@ claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, 
     }
     store_rows_close(&r);
     rc = n_keys > 0 ? claim_keys_read(c, q, map, keys, n_keys, now_ms, e) : ERR_OK;
-    int64_t *chosen = xcalloc(n_cand ? n_cand : 1, sizeof *chosen);
-    int64_t *put_off = xcalloc(n_cand ? n_cand : 1, sizeof *put_off);
-    size_t *put_off_key = xcalloc(n_cand ? n_cand : 1, sizeof *put_off_key);
-    size_t n_chosen = 0, n_off = 0;
+    int64_t *chosen = xcalloc(room, sizeof *chosen);
+    int64_t *parked = xcalloc(room, sizeof *parked);
+    size_t n_chosen = 0, n_parked = 0;
     for (size_t i = 0; rc == ERR_OK && i < n_cand && (int64_t)n_chosen < max; i++) {
-        if (key_of[i] < 0) {
-            chosen[n_chosen++] = ids[i];
+        struct claim_key *k = key_of[i] < 0 ? NULL : &keys[key_of[i]];
+        if (k && q->key_concurrency > 0 && k->running + k->taken >= q->key_concurrency)
+            continue;
+        if (k && k->milli < 1000) {
+            int64_t wake = now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms, k->milli);
+            if (k->wake_ms == 0 || wake < k->wake_ms)
+                k->wake_ms = wake;
+            k->parked++;
+            parked[n_parked++] = ids[i];
             continue;
         }
-        struct claim_key *k = &keys[key_of[i]];
-        if (q->key_concurrency > 0 && k->running + k->taken >= q->key_concurrency)
-            continue;
-        if (k->milli >= 1000) {
+        if (k) {
             k->milli -= 1000;
             k->taken++;
-            chosen[n_chosen++] = ids[i];
-            continue;
         }
-        if (k->next_ms == 0)
-            k->next_ms = now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms, k->milli);
-        if (*next_ms == 0 || k->next_ms < *next_ms)
-            *next_ms = k->next_ms;
-        put_off_key[n_off] = (size_t)key_of[i];
-        put_off[n_off++] = ids[i];
+        chosen[n_chosen++] = ids[i];
     }
     if (rc == ERR_OK && n_chosen > 0) {
         struct store_batch list;
@@ -1978,12 +2051,14 @@ claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, 
             leases_from(&r, leases, n);
     }
     if (rc == ERR_OK)
-        rc = claim_keys_write(c, q, keys, n_keys, put_off, put_off_key, n_off, now_ms, e);
+        rc = claim_keys_write(c, q, keys, n_keys, parked, n_parked, now_ms, e);
+    const struct store_param np[] = {sp_text(q->name)};
+    if (rc == ERR_OK)
+        rc = query_int(c, &KEY_RATES_NEXT_WAKE, np, 1, next_ms, NULL, e);
     json_decref(map);
     for (size_t k = 0; k < n_keys; k++)
         free(keys[k].name);
-    free(put_off_key);
-    free(put_off);
+    free(parked);
     free(chosen);
     free(keys);
     free(key_of);
@@ -2035,7 +2110,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
 {
     *leases = NULL;
     *n = 0;
-    int64_t milli = 0, at = now_ms, put_off_until = 0;
+    int64_t milli = 0, at = now_ms, key_wake = 0;
     bool paced = false; /* the rate limit, not the backlog, bounds this claim */
     if (throttled_until_ms)
         *throttled_until_ms = 0;
@@ -2084,7 +2159,7 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
         struct store_rows r;
         if (q.key_rate_max > 0) {
             rc = claim_key_rated(c, &q, external, max, worker, lease_ms, now_ms, leases, n,
-                                 &put_off_until, e);
+                                 &key_wake, e);
         } else {
             rc = q.key_concurrency > 0 ? store_query(c, &JOB_CLAIM_KEYED, p, BB_ARRAY_LEN(p), &r, e)
                                        : store_query(c, &JOB_CLAIM, p, 6, &r, e);
@@ -2102,13 +2177,13 @@ job_claim(struct store_conn *c, const char *queue, const char *worker, bool exte
         }
     }
     /* Held back by the rate (every start it allowed taken): when it lets
-     * the next one go; or by a key's, when the first key put off may. */
+     * the next one go; or by a key's, when the first parked key's may. */
     if (paced && (int64_t)*n == max && throttled_until_ms)
         *throttled_until_ms =
             now_ms + job_rate_wait_ms(q.rate_max, q.rate_per_ms, milli - (int64_t)*n * 1000);
-    if (put_off_until > 0 && (int64_t)*n < max && throttled_until_ms &&
-        (*throttled_until_ms == 0 || put_off_until < *throttled_until_ms))
-        *throttled_until_ms = put_off_until;
+    if (key_wake > 0 && (int64_t)*n < max && throttled_until_ms &&
+        (*throttled_until_ms == 0 || key_wake < *throttled_until_ms))
+        *throttled_until_ms = key_wake;
     if (q.rate_max > 0 && *n > 0) {
         /* Nothing claimed takes nothing: the level follows from the time. */
         const struct store_param w[] = {sp_text(queue), sp_int(milli - (int64_t)*n * 1000),

@@ -303,10 +303,10 @@ void job_lease_deinit(struct job_lease *l);
  * concurrency limits (all jobs, and per concurrency_key: then among the
  * JOB_KEYED_SCAN first ready jobs, and a claim left short parks those of
  * full keys until a job of their key stops running), rate limit and
- * per-key rate limit (among the JOB_KEYED_SCAN first ready jobs too: the
- * ready jobs of a key whose bucket is empty get the run_at of its next
- * start); when a rate limit held jobs back, *throttled_until_ms (if
- * non-NULL; else 0) is when the next start is allowed. On PostgreSQL concurrent claimers skip each
+ * per-key rate limit (among the JOB_KEYED_SCAN first ready jobs too: those
+ * of a key whose bucket is empty are parked until its next start); when a
+ * rate limit held jobs back, *throttled_until_ms (if non-NULL; else 0) is
+ * when the next start is allowed. On PostgreSQL concurrent claimers skip each
  * other's rows (FOR UPDATE SKIP LOCKED). *leases is a heap array (free each with job_lease_deinit,
  * then free()).
  */

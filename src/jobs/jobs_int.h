@@ -87,7 +87,7 @@ void jobs__metric_finished_at_commit(struct store_conn *c, const char *queue,
                                      enum job_outcome outcome, double duration_s);
 /* Rescues, by queue and kind; counted at commit by job_rescue_expired. */
 struct metrics_def *jobs__metric_rescued_def(void);
-struct metrics_def *jobs__metric_key_deferred_def(void);
+struct metrics_def *jobs__metric_key_rate_parked_def(void);
 void jobs__metric_pruned(int64_t n);
 void jobs__metric_depth(const char *queue, const char *state, int64_t n);
 /* Dead jobs without a fingerprint (they died before version 4 kept them)

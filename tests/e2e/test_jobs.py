@@ -411,7 +411,7 @@ def test_a_full_keys_backlog_is_parked_and_holds_no_other_key_back(server):
     assert depth["parked"] == 0 and depth["ready"] == len(big) - 2
 
 
-def test_a_per_key_rate_limit_puts_off_a_keys_jobs_past_its_bucket(server):
+def test_a_per_key_rate_limit_parks_a_keys_jobs_past_its_bucket(server):
     r = server.put("/queues/api", {"key_rate_limit": {"max": 2, "per_ms": 60000}})
     assert r.status_code == 201 and r.json()["key_rate_limit"] == {"max": 2, "per_ms": 60000}
     jobs = [{"queue": "api", "handler": "external:call", "concurrency_key": key}
@@ -422,28 +422,58 @@ def test_a_per_key_rate_limit_puts_off_a_keys_jobs_past_its_bucket(server):
     def claim():
         got = server.post("/queues/api/claim", {"worker": "py", "max": 10}).json()["jobs"]
         return sorted(j["job_id"] for j in got)
-    before = time.time() * 1000
     # Two starts in each key's bucket; the keyless job is not limited.
     assert claim() == [ids[0], ids[1], ids[3], ids[5]]
-    # acme's others wait for its next start: one every 30 s (2 per minute).
+    # acme's others wait aside for its next start (one every 30 s), their
+    # run_at as it was.
     for job_id in (ids[2], ids[4]):
         job = server.get(f"/jobs/{job_id}").json()
-        assert job["state"] == "pending", job
-        assert before < ms_of(job["run_at"]) <= time.time() * 1000 + 30000, job
+        assert (job["state"], job["parked"]) == ("pending", True), job
+        assert ms_of(job["run_at"]) <= ms_of(job["created_at"]) + 1, job
     assert claim() == []
-    assert server.get("/queues/api").json()["depth"]["scheduled"] == 2
-    assert server.metric("backbone_job_key_rate_deferrals_total", 'queue="api"') == 2
+    depth = server.get("/queues/api").json()["depth"]
+    assert (depth["parked"], depth["ready"]) == (2, 0), depth
+    assert server.metric("backbone_job_key_rate_parked_total", 'queue="api"') == 2
     # Another key is not held back by acme's.
     other = submit(server, {"queue": "api", "handler": "external:call",
                             "concurrency_key": "corp"})["job_id"]
     assert claim() == [other]
+    # Lifting the limit makes the parked jobs ready at once.
     assert server.put("/queues/api", {"key_rate_limit": None}).json()["key_rate_limit"] is None
+    assert claim() == [ids[2], ids[4]]
     for body, field in [({"key_rate_limit": {"max": 0, "per_ms": 10}}, "key_rate_limit.max"),
                         ({"key_rate_limit": {"max": 5}}, "key_rate_limit.per_ms"),
                         ({"key_rate_limit": {"max": 5, "per_ms": 0}}, "key_rate_limit.per_ms"),
                         ({"key_rate_limit": {"max": 5, "per_ms": 10, "x": 1}}, "key_rate_limit.x"),
                         ({"key_rate_limit": "5/s"}, "key_rate_limit")]:
         problem(server.put("/queues/api", body), 400, "invalid_request", field)
+
+
+def test_a_rate_limited_keys_backlog_is_parked_and_woken_a_start_at_a_time(server):
+    # More of one tenant's jobs than a claim looks at (1,000), then another's.
+    server.put("/queues/bulk", {"key_rate_limit": {"max": 1, "per_ms": 1000}})
+    big = []
+    for _ in range(3):
+        r = server.post("/jobs/batch", {"jobs": [
+            {"queue": "bulk", "handler": "external:sync", "concurrency_key": "big"}] * 400})
+        assert r.status_code == 201, r.text
+        big += [j["job_id"] for j in r.json()["jobs"]]
+    small = submit(server, {"queue": "bulk", "handler": "external:sync",
+                            "concurrency_key": "small"})["job_id"]
+
+    def claim():
+        got = server.post("/queues/bulk/claim", {"worker": "py", "max": 10}).json()["jobs"]
+        return [j["job_id"] for j in got]
+    assert claim() == [big[0]]
+    assert claim() == [small]  # reached past the parked backlog
+    depth = server.get("/queues/bulk").json()["depth"]
+    assert depth["parked"] == len(big) - 1 and depth["ready"] == 0, depth
+    # Each of big's next starts wakes its next job, in order, and only it.
+    for nth in (1, 2):
+        got = await_condition(claim, what=f"big's start {nth + 1}")
+        assert got == [big[nth]]
+        depth = server.get("/queues/bulk").json()["depth"]
+        assert depth["parked"] == len(big) - 1 - nth and depth["ready"] == 0, depth
 
 
 def test_a_per_key_rate_paces_each_keys_starts_beside_its_concurrency_limit(server):
