@@ -226,7 +226,9 @@ static const struct store_migration MIGRATIONS[] = {
         /* Each key's bucket, as the queue's (rate_milli, rate_at_ms); no row:
          * full. A row untouched for a whole window is full again, and goes,
          * unless jobs of the key wait parked for its next start (wake_at_ms,
-         * when a claim unparks them; 0: none). */
+         * when a claim unparks them; 0: none). No index on at_ms, and room
+         * on PostgreSQL's pages: a claim's draw updates its keys' rows in
+         * place (HOT). */
         .version = 9,
         .name = "per-key rate limits",
         .sqlite = "ALTER TABLE job_queues ADD COLUMN key_rate_max INTEGER NOT NULL DEFAULT 0;"
@@ -234,15 +236,14 @@ static const struct store_migration MIGRATIONS[] = {
                   "CREATE TABLE job_key_rates (queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
                   " milli INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
                   " wake_at_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (queue, concurrency_key));"
-                  "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);"
                   "CREATE INDEX job_key_rates_wake ON job_key_rates (queue, wake_at_ms)"
                   " WHERE wake_at_ms > 0;",
         .pg = "ALTER TABLE job_queues ADD COLUMN key_rate_max BIGINT NOT NULL DEFAULT 0,"
               " ADD COLUMN key_rate_per_ms BIGINT NOT NULL DEFAULT 0;"
               "CREATE TABLE job_key_rates (queue TEXT NOT NULL, concurrency_key TEXT NOT NULL,"
               " milli BIGINT NOT NULL, at_ms BIGINT NOT NULL,"
-              " wake_at_ms BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (queue, concurrency_key));"
-              "CREATE INDEX job_key_rates_at ON job_key_rates (queue, at_ms);"
+              " wake_at_ms BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (queue, concurrency_key))"
+              " WITH (fillfactor = 70);"
               "CREATE INDEX job_key_rates_wake ON job_key_rates (queue, wake_at_ms)"
               " WHERE wake_at_ms > 0;",
     },
@@ -1676,14 +1677,16 @@ static struct store_stmt KEYED_CANDIDATES = {
            " ORDER BY priority DESC, run_at_ms, id LIMIT $4",
 };
 static struct store_stmt KEY_RATES_GET = {
-    .sql_pg = "SELECT concurrency_key, milli, at_ms, wake_at_ms FROM job_key_rates"
-              " WHERE queue = $2 AND concurrency_key = ANY($1::text[])",
+    .sql_pg = "SELECT r.concurrency_key, r.milli, r.at_ms, r.wake_at_ms"
+              " FROM unnest($1::text[]) AS k(key) JOIN job_key_rates r"
+              " ON r.queue = $2 AND r.concurrency_key = k.key",
     .sql_sqlite = "SELECT concurrency_key, milli, at_ms, wake_at_ms FROM job_key_rates"
                   " WHERE queue = $2 AND concurrency_key IN (SELECT value FROM json_each($1))",
 };
 static struct store_stmt KEYS_RUNNING = {
-    .sql_pg = "SELECT concurrency_key, COUNT(*) FROM jobs WHERE queue = $2 AND state = 'running'"
-              " AND concurrency_key = ANY($1::text[]) GROUP BY concurrency_key",
+    .sql_pg = "SELECT j.concurrency_key, COUNT(*) FROM unnest($1::text[]) AS k(key) JOIN jobs j"
+              " ON j.queue = $2 AND j.state = 'running' AND j.concurrency_key = k.key"
+              " GROUP BY j.concurrency_key",
     .sql_sqlite = "SELECT concurrency_key, COUNT(*) FROM jobs WHERE queue = $2"
                   " AND state = 'running' AND concurrency_key IN (SELECT value FROM json_each($1))"
                   " GROUP BY concurrency_key",
@@ -1722,6 +1725,7 @@ static struct store_stmt KEY_RATES_PUT = {
 };
 /* Buckets untouched for a whole window with no jobs waiting on them: full
  * again, as no row says. */
+enum { KEY_RATES_PRUNE_EVERY = 32 };
 static struct store_stmt KEY_RATES_PRUNE = {
     .sql = "DELETE FROM job_key_rates WHERE queue = $1 AND at_ms < $2 AND wake_at_ms = 0",
 };
@@ -1964,23 +1968,108 @@ claim_keys_write(struct store_conn *c, const struct job_queue *q, const struct c
     if (rc == ERR_OK && b.n_rows > 0) {
         const struct store_param p[] = {sp_batch(&b), sp_text(q->name)};
         rc = store_exec(c, &KEY_RATES_PUT, p, BB_ARRAY_LEN(p), NULL, e);
+        /* One claim in KEY_RATES_PRUNE_EVERY that writes buckets drops the
+         * full ones, which keeps the table to about the keys of a window. */
         const struct store_param w[] = {sp_text(q->name), sp_int(now_ms - q->key_rate_per_ms)};
-        if (rc == ERR_OK)
+        if (rc == ERR_OK && bb_rand_below(KEY_RATES_PRUNE_EVERY) == 0)
             rc = store_exec(c, &KEY_RATES_PRUNE, w, BB_ARRAY_LEN(w), NULL, e);
     }
     store_batch_deinit(&b);
     return rc;
 }
 
+/* A keyed claim's decision over its window of candidates. */
+struct key_choice {
+    size_t n_cand, n_keys, n_chosen, n_parked;
+    struct claim_key *keys;
+    int64_t *chosen, *parked;
+};
+
+static void
+key_choice_free(struct key_choice *ch)
+{
+    for (size_t k = 0; k < ch->n_keys; k++)
+        free(ch->keys[k].name);
+    free(ch->keys);
+    free(ch->chosen);
+    free(ch->parked);
+    memset(ch, 0, sizeof *ch);
+}
+
+/*
+ * Over the first `window` ready jobs, in claim order: a keyless job is
+ * taken; a keyed one is taken while its key has room (running jobs) and a
+ * start in its bucket; a key out of room is passed over (left to
+ * PARK_FULL_KEYS); a key out of starts has its candidates parked until its
+ * next start (the key's wake-up).
+ */
+static enum err
+key_choose(struct store_conn *c, const struct job_queue *q, bool external, int64_t max,
+           int64_t window, int64_t now_ms, struct key_choice *ch, struct bb_error *e)
+{
+    memset(ch, 0, sizeof *ch);
+    const struct store_param p[] = {sp_text(q->name), sp_int(external), sp_int(now_ms),
+                                    sp_int(window)};
+    struct store_rows r;
+    enum err rc = store_query(c, &KEYED_CANDIDATES, p, BB_ARRAY_LEN(p), &r, e);
+    if (rc != ERR_OK)
+        return rc;
+    size_t room = r.nrows ? (size_t)r.nrows : 1;
+    int64_t *ids = xcalloc(room, sizeof *ids);
+    int64_t *key_of = xcalloc(room, sizeof *key_of);
+    ch->keys = xcalloc(room, sizeof *ch->keys);
+    ch->chosen = xcalloc(room, sizeof *ch->chosen);
+    ch->parked = xcalloc(room, sizeof *ch->parked);
+    json_t *map = json_object(); /* key -> its index in keys */
+    while (store_next(&r)) {
+        ids[ch->n_cand] = store_col_int(&r, 0);
+        key_of[ch->n_cand] = -1;
+        if (!store_col_is_null(&r, 1)) {
+            const char *name = store_col_text(&r, 1);
+            json_t *at = json_object_get(map, name);
+            if (at == NULL) {
+                at = json_integer((json_int_t)ch->n_keys);
+                json_object_set_new_nocheck(map, name, at);
+                ch->keys[ch->n_keys++].name = xstrdup(name);
+            }
+            key_of[ch->n_cand] = json_integer_value(at);
+        }
+        ch->n_cand++;
+    }
+    store_rows_close(&r);
+    if (ch->n_keys > 0)
+        rc = claim_keys_read(c, q, map, ch->keys, ch->n_keys, now_ms, e);
+    for (size_t i = 0; rc == ERR_OK && i < ch->n_cand && (int64_t)ch->n_chosen < max; i++) {
+        struct claim_key *k = key_of[i] < 0 ? NULL : &ch->keys[key_of[i]];
+        if (k && q->key_concurrency > 0 && k->running + k->taken >= q->key_concurrency)
+            continue;
+        if (k && k->milli < 1000) {
+            int64_t wake = now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms, k->milli);
+            if (k->wake_ms == 0 || wake < k->wake_ms)
+                k->wake_ms = wake;
+            k->parked++;
+            ch->parked[ch->n_parked++] = ids[i];
+            continue;
+        }
+        if (k) {
+            k->milli -= 1000;
+            k->taken++;
+        }
+        ch->chosen[ch->n_chosen++] = ids[i];
+    }
+    json_decref(map);
+    free(key_of);
+    free(ids);
+    return rc;
+}
+
 /*
  * The claim of a queue with a per-key rate limit (and maybe a per-key
- * concurrency limit), decided in C over the first JOB_KEYED_SCAN ready
- * jobs, in claim order, once the keys whose wake-up is due have their
- * parked jobs back: a keyless job is taken; a keyed one is taken while its
- * key has room (running jobs) and a start in its bucket; a key out of room
- * is passed over (left to PARK_FULL_KEYS); a key out of starts has its
- * candidates parked until its next start (the key's wake-up). *next_ms
- * (0: none) is the queue's next wake-up.
+ * concurrency limit), decided in C, once the keys whose wake-up is due
+ * have their parked jobs back: over a window a few times what it wants,
+ * and over the first JOB_KEYED_SCAN ready jobs when that leaves it short.
+ * *next_ms (0: none, or the claim got all it wanted) is the queue's next
+ * wake-up.
  */
 static enum err
 claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, int64_t max,
@@ -1989,80 +2078,34 @@ claim_key_rated(struct store_conn *c, const struct job_queue *q, bool external, 
 {
     *next_ms = 0;
     enum err rc = wake_rate_parked(c, q, now_ms, e);
-    if (rc != ERR_OK)
-        return rc;
-    const struct store_param p[] = {sp_text(q->name), sp_int(external), sp_int(now_ms),
-                                    sp_int(JOB_KEYED_SCAN)};
-    struct store_rows r;
-    rc = store_query(c, &KEYED_CANDIDATES, p, BB_ARRAY_LEN(p), &r, e);
-    if (rc != ERR_OK)
-        return rc;
-    size_t n_cand = 0, n_keys = 0, room = r.nrows ? (size_t)r.nrows : 1;
-    int64_t *ids = xcalloc(room, sizeof *ids);
-    int64_t *key_of = xcalloc(room, sizeof *key_of);
-    struct claim_key *keys = xcalloc(room, sizeof *keys);
-    json_t *map = json_object(); /* key -> its index in keys */
-    while (store_next(&r)) {
-        ids[n_cand] = store_col_int(&r, 0);
-        key_of[n_cand] = -1;
-        if (!store_col_is_null(&r, 1)) {
-            const char *name = store_col_text(&r, 1);
-            json_t *at = json_object_get(map, name);
-            if (at == NULL) {
-                at = json_integer((json_int_t)n_keys);
-                json_object_set_new_nocheck(map, name, at);
-                keys[n_keys++].name = xstrdup(name);
-            }
-            key_of[n_cand] = json_integer_value(at);
-        }
-        n_cand++;
+    int64_t window = max * 8 < 64 ? 64 : max * 8;
+    struct key_choice ch = {0};
+    while (rc == ERR_OK) {
+        window = window < JOB_KEYED_SCAN ? window : JOB_KEYED_SCAN;
+        rc = key_choose(c, q, external, max, window, now_ms, &ch, e);
+        if (rc != ERR_OK || (int64_t)ch.n_chosen >= max || (int64_t)ch.n_cand < window ||
+            window == JOB_KEYED_SCAN)
+            break;
+        key_choice_free(&ch); /* short, with more to look at: all of them */
+        window = JOB_KEYED_SCAN;
     }
-    store_rows_close(&r);
-    rc = n_keys > 0 ? claim_keys_read(c, q, map, keys, n_keys, now_ms, e) : ERR_OK;
-    int64_t *chosen = xcalloc(room, sizeof *chosen);
-    int64_t *parked = xcalloc(room, sizeof *parked);
-    size_t n_chosen = 0, n_parked = 0;
-    for (size_t i = 0; rc == ERR_OK && i < n_cand && (int64_t)n_chosen < max; i++) {
-        struct claim_key *k = key_of[i] < 0 ? NULL : &keys[key_of[i]];
-        if (k && q->key_concurrency > 0 && k->running + k->taken >= q->key_concurrency)
-            continue;
-        if (k && k->milli < 1000) {
-            int64_t wake = now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms, k->milli);
-            if (k->wake_ms == 0 || wake < k->wake_ms)
-                k->wake_ms = wake;
-            k->parked++;
-            parked[n_parked++] = ids[i];
-            continue;
-        }
-        if (k) {
-            k->milli -= 1000;
-            k->taken++;
-        }
-        chosen[n_chosen++] = ids[i];
-    }
-    if (rc == ERR_OK && n_chosen > 0) {
+    if (rc == ERR_OK && ch.n_chosen > 0) {
         struct store_batch list;
-        store_batch_ints(&list, c, chosen, n_chosen);
+        store_batch_ints(&list, c, ch.chosen, ch.n_chosen);
         const struct store_param cp[] = {sp_batch(&list), sp_int(now_ms), sp_text(worker),
                                          sp_int(lease_ms)};
+        struct store_rows r;
         rc = store_query(c, &CLAIM_IDS, cp, BB_ARRAY_LEN(cp), &r, e);
         store_batch_deinit(&list);
         if (rc == ERR_OK)
             leases_from(&r, leases, n);
     }
     if (rc == ERR_OK)
-        rc = claim_keys_write(c, q, keys, n_keys, parked, n_parked, now_ms, e);
+        rc = claim_keys_write(c, q, ch.keys, ch.n_keys, ch.parked, ch.n_parked, now_ms, e);
     const struct store_param np[] = {sp_text(q->name)};
-    if (rc == ERR_OK)
+    if (rc == ERR_OK && (int64_t)*n < max) /* short: when to look again */
         rc = query_int(c, &KEY_RATES_NEXT_WAKE, np, 1, next_ms, NULL, e);
-    json_decref(map);
-    for (size_t k = 0; k < n_keys; k++)
-        free(keys[k].name);
-    free(parked);
-    free(chosen);
-    free(keys);
-    free(key_of);
-    free(ids);
+    key_choice_free(&ch);
     return rc;
 }
 
