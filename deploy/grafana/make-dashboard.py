@@ -56,7 +56,8 @@ panel("Units waiting for a database thread", [(f"backbone_store_queue_depth{I}",
 endrow()
 
 row("Jobs")
-panel("Submitted per second by queue", [(f"sum by (queue) (rate(backbone_jobs_submitted_total{I}[$__rate_interval]))", "{{queue}}")], "ops")
+panel("Submitted per second by queue", [(f"sum by (queue) (rate(backbone_jobs_submitted_total{I}[$__rate_interval]))", "{{queue}}"),
+                                        (f"sum by (queue) (rate(backbone_job_key_rate_parked_total{I}[$__rate_interval]))", "{{queue}} parked by a key's rate")], "ops")
 panel("Attempts finished per second by outcome", [(f"sum by (outcome) (rate(backbone_jobs_finished_total{I}[$__rate_interval]))", "{{outcome}}")], "ops")
 panel("Jobs by queue and state", [("max by (queue, state) (backbone_jobs{instance=~\"$instance\"})", "{{queue}} {{state}}")])
 panel("Ready to started, p50 / p99", [
@@ -71,7 +72,8 @@ endrow()
 
 row("Locks")
 panel("Grants per second by outcome", [(f"sum by (outcome) (rate(backbone_lock_acquisitions_total{I}[$__rate_interval]))", "{{outcome}}"),
-                                        (f"sum(rate(backbone_lock_contentions_total{I}[$__rate_interval]))", "contended")], "ops")
+                                        (f"sum(rate(backbone_lock_contentions_total{I}[$__rate_interval]))", "contended"),
+                                        (f"sum(rate(backbone_lock_grants_abandoned_total{I}[$__rate_interval]))", "abandoned (client gone)")], "ops")
 panel("Locks held, waiters", [("max(backbone_locks_held{instance=~\"$instance\"})", "held"), (f"sum(backbone_lock_waiters{I})", "waiting")])
 panel("Refusals", [(f"sum by (reason) (rate(backbone_lock_renew_failures_total{I}[$__rate_interval]))", "renew {{reason}}"),
                    (f"sum by (reason) (rate(backbone_lock_release_failures_total{I}[$__rate_interval]))", "release {{reason}}"),
