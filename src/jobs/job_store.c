@@ -1664,6 +1664,10 @@ static struct store_stmt KEY_RATES_DUE = {
     .sql = "SELECT concurrency_key, milli, at_ms FROM job_key_rates WHERE queue = $1"
            " AND wake_at_ms > 0 AND wake_at_ms <= $2",
 };
+static struct store_stmt KEY_PARKED_LEFT = {
+    .sql = "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'pending'"
+           " AND parked = 1 AND concurrency_key = $2 LIMIT 1) x",
+};
 static struct store_stmt KEY_RATE_WAKE_SET = {
     .sql = "UPDATE job_key_rates SET wake_at_ms = $3 WHERE queue = $1 AND concurrency_key = $2",
 };
@@ -1845,8 +1849,7 @@ key_bucket(const struct job_queue *q, const struct store_rows *r, int col, int64
  * The keys whose parked jobs' wake-up is due: as many of each key's first
  * parked jobs as its bucket has starts go back among the ready ones (the
  * claim draws on the bucket as it takes them), and the key's next wake-up
- * is when the start after those comes, unless that took its last parked
- * job.
+ * is when the start after those comes, unless none is left parked.
  */
 static enum err
 wake_rate_parked(struct store_conn *c, const struct job_queue *q, int64_t now_ms,
@@ -1867,12 +1870,13 @@ wake_rate_parked(struct store_conn *c, const struct job_queue *q, int64_t now_ms
     }
     store_rows_close(&r);
     for (size_t i = 0; i < n; i++) {
-        int64_t starts = levels[i] / 1000, woken = 0;
-        if (rc == ERR_OK && starts > 0) {
-            const struct store_param u[] = {sp_text(q->name), sp_text(keys[i]), sp_int(starts)};
+        int64_t starts = levels[i] / 1000, woken = 0, left = 1;
+        const struct store_param u[] = {sp_text(q->name), sp_text(keys[i]), sp_int(starts)};
+        if (rc == ERR_OK && starts > 0)
             rc = store_exec(c, &UNPARK_KEY, u, BB_ARRAY_LEN(u), &woken, e);
-        }
-        int64_t wake = woken < starts
+        if (rc == ERR_OK && starts > 0)
+            rc = woken < starts ? ERR_OK : query_int(c, &KEY_PARKED_LEFT, u, 2, &left, NULL, e);
+        int64_t wake = woken < starts || left == 0
                            ? 0 /* none left parked */
                            : now_ms + job_rate_wait_ms(q->key_rate_max, q->key_rate_per_ms,
                                                        levels[i] - starts * 1000);

@@ -2012,6 +2012,84 @@ claim_keyed(struct store_conn *c, struct job_lease **out)
     return n;
 }
 
+/* A claim of up to 10 jobs of "keyed" at `now`: their ids in order (at
+ * most 8) and the first one's lease token, how many, and *until (when a
+ * key's next start wakes its jobs). */
+static size_t
+claim_keyed_at(struct store_conn *c, int64_t now, int64_t ids[8], int64_t *token, int64_t *until)
+{
+    struct job_lease *l;
+    size_t n;
+    struct bb_error e;
+    assert_ok(job_claim(c, "keyed", "w1", false, 10, 30000, now, &l, &n, until, &e), &e);
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = l[i].id;
+    *token = n > 0 ? l[0].lease_token : 0;
+    free_leases(l, n);
+    return n;
+}
+
+static void
+a_per_key_rate_parks_a_dry_keys_jobs_and_wakes_them_a_start_at_a_time(void **state)
+{
+    struct test_conn *f = *state;
+    struct job_queue q;
+    job_queue_defaults(&q, "keyed");
+    q.key_rate_max = 2;
+    q.key_rate_per_ms = 1000; /* a start every 500 ms per key, two at once at most */
+    struct bb_error e;
+    assert_ok(job_queue_put(f->c, &q, T0, &e), &e);
+    int64_t a[5];
+    for (int i = 0; i < 5; i++)
+        a[i] = submit_keyed(f->c, "acme");
+    int64_t b1 = submit_keyed(f->c, "bolt"), free1 = submit_keyed(f->c, NULL);
+    int64_t got[8], token, until;
+    /* acme's bucket lets two go; bolt's and the keyless job are not held. */
+    assert_int_equal(claim_keyed_at(f->c, T0, got, &token, &until), 4);
+    int64_t first[] = {a[0], a[1], b1, free1};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(got[i], first[i]);
+    assert_int_equal(until, T0 + 500); /* acme's next start */
+    json_t *j = get(f->c, a[2], T0);
+    assert_true(json_is_true(json_object_get(j, "parked")));
+    assert_int_equal(test_metric("backbone_job_key_rate_parked_total{queue=\"keyed\"}"), 3);
+    json_decref(j);
+    /* Before it: nothing; at it: acme's next job, and only it. */
+    assert_int_equal(claim_keyed_at(f->c, T0 + 499, got, &token, &until), 0);
+    assert_int_equal(until, T0 + 500);
+    assert_int_equal(claim_keyed_at(f->c, T0 + 500, got, &token, &until), 1);
+    assert_int_equal(got[0], a[2]);
+    assert_int_equal(until, T0 + 1000);
+    /* After a long pause the bucket holds two, no more. */
+    assert_int_equal(claim_keyed_at(f->c, T0 + 60000, got, &token, &until), 2);
+    assert_int_equal(got[0], a[3]);
+    assert_int_equal(got[1], a[4]);
+    assert_int_equal(until, 0); /* nothing left parked */
+    /* With a per-key concurrency of 1 too: a key whose job runs waits for
+     * it (not parked by its rate), then for its bucket. */
+    int64_t c1 = submit_keyed(f->c, "corp"), c2 = submit_keyed(f->c, "corp");
+    int64_t c3 = submit_keyed(f->c, "corp");
+    q.key_concurrency = 1;
+    assert_ok(job_queue_put(f->c, &q, T0 + 60000, &e), &e); /* buckets full again */
+    assert_int_equal(claim_keyed_at(f->c, T0 + 60000, got, &token, &until), 1);
+    assert_int_equal(got[0], c1);
+    assert_int_equal(until, 0); /* the others wait for c1, not for a start */
+    assert_int_equal(finish(f->c, c1, token, JOB_OUTCOME_COMPLETED, T0 + 60000, NULL), ERR_OK);
+    assert_int_equal(claim_keyed_at(f->c, T0 + 60000, got, &token, &until), 1);
+    assert_int_equal(got[0], c2); /* the bucket's second start */
+    assert_int_equal(finish(f->c, c2, token, JOB_OUTCOME_COMPLETED, T0 + 60000, NULL), ERR_OK);
+    /* c3 has room now, but no start left: parked until the next. */
+    assert_int_equal(claim_keyed_at(f->c, T0 + 60000, got, &token, &until), 0);
+    assert_int_equal(until, T0 + 60500);
+    /* Lifting the limits makes every parked job ready. */
+    q.key_rate_max = q.key_rate_per_ms = q.key_concurrency = 0;
+    assert_ok(job_queue_put(f->c, &q, T0 + 60000, &e), &e);
+    assert_int_equal(claim_keyed_at(f->c, T0 + 60000, got, &token, &until), 1);
+    assert_int_equal(got[0], c3);
+    assert_int_equal(until, 0);
+}
+
 static void
 a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time(void **state)
 {
@@ -2333,6 +2411,7 @@ static const struct CMUnitTest tests[] = {
     JOB_TEST(cancelling_a_running_job_of_a_limited_queue_wakes_its_claimers),
     JOB_TEST(a_rate_limit_lets_bursts_of_its_max_then_its_pace),
     JOB_TEST(a_per_key_limit_runs_each_keys_jobs_a_few_at_a_time),
+    JOB_TEST(a_per_key_rate_parks_a_dry_keys_jobs_and_wakes_them_a_start_at_a_time),
     JOB_TEST(a_cancel_committed_during_a_keyed_claim_stands),
     JOB_TEST(a_full_keys_backlog_waits_aside_and_holds_no_other_key_back),
     JOB_TEST(a_job_unparked_then_cancelled_hands_its_slot_on),
