@@ -263,7 +263,8 @@ def test_a_worker_serves_health_and_metrics_and_nothing_else(make_server, databa
 def test_rate_and_per_key_limits_hold_across_processes(make_server, database, tmp_path):
     server = make_server(["--workers", "4"])
     r = server.put("/queues/metered", {"key_concurrency": 1,
-                                       "rate_limit": {"max": 5, "per_ms": 500}})
+                                       "rate_limit": {"max": 5, "per_ms": 500},
+                                       "key_rate_limit": {"max": 2, "per_ms": 600}})
     assert r.status_code == 201, r.text
     workers = [start_worker(database, tmp_path, f"m{i}", ["--concurrency", "4"])
                for i in range(2)]
@@ -287,7 +288,13 @@ def test_rate_and_per_key_limits_hold_across_processes(make_server, database, tm
         mine = [(s, f) for key, s, f in runs if key == tenant]
         for (_, f1), (s2, _) in zip(mine, mine[1:]):
             assert s2 >= f1 - 50, mine
-    # Never faster than the bucket: 5 at once, then one per 100 ms.
+    # Never faster than a tenant's bucket: 2 at once, then one per 300 ms.
+    for tenant in {key for key, _, _ in runs}:
+        mine = [s for key, s, _ in runs if key == tenant]
+        for i, first in enumerate(mine):
+            for j in range(i, len(mine)):
+                assert j - i + 1 <= 2 + (mine[j] - first + 50) / 300, mine
+    # Never faster than the queue's bucket: 5 at once, then one per 100 ms.
     starts = [s for _, s, _ in runs]
     for i, first in enumerate(starts):
         for j in range(i, len(starts)):
