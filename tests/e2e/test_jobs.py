@@ -380,9 +380,11 @@ def test_a_per_key_limit_hands_out_each_keys_jobs_a_few_at_a_time(server):
             "key_concurrency")
 
 
-def test_a_full_keys_backlog_is_parked_and_holds_no_other_key_back(server):
-    # More of one tenant's jobs than a claim looks at (1,000), then another's.
-    server.put("/queues/bulk", {"key_concurrency": 1})
+def big_backlog(server, settings):
+    """Queue "bulk" with `settings`: more of one tenant's jobs than a claim
+    looks at (1,000), then another's. Their ids, and a claim of up to 10
+    ({job_id: lease_token})."""
+    server.put("/queues/bulk", settings)
     big = []
     for _ in range(3):
         r = server.post("/jobs/batch", {"jobs": [
@@ -395,6 +397,11 @@ def test_a_full_keys_backlog_is_parked_and_holds_no_other_key_back(server):
     def claim():
         got = server.post("/queues/bulk/claim", {"worker": "py", "max": 10}).json()["jobs"]
         return {j["job_id"]: j["lease_token"] for j in got}
+    return big, small, claim
+
+
+def test_a_full_keys_backlog_is_parked_and_holds_no_other_key_back(server):
+    big, small, claim = big_backlog(server, {"key_concurrency": 1})
     first = claim()
     assert list(first) == [big[0]]
     assert list(claim()) == [small]  # reached past the parked backlog
@@ -450,28 +457,15 @@ def test_a_per_key_rate_limit_parks_a_keys_jobs_past_its_bucket(server):
 
 
 def test_a_rate_limited_keys_backlog_is_parked_and_woken_a_start_at_a_time(server):
-    # More of one tenant's jobs than a claim looks at (1,000), then another's.
-    server.put("/queues/bulk", {"key_rate_limit": {"max": 1, "per_ms": 1000}})
-    big = []
-    for _ in range(3):
-        r = server.post("/jobs/batch", {"jobs": [
-            {"queue": "bulk", "handler": "external:sync", "concurrency_key": "big"}] * 400})
-        assert r.status_code == 201, r.text
-        big += [j["job_id"] for j in r.json()["jobs"]]
-    small = submit(server, {"queue": "bulk", "handler": "external:sync",
-                            "concurrency_key": "small"})["job_id"]
-
-    def claim():
-        got = server.post("/queues/bulk/claim", {"worker": "py", "max": 10}).json()["jobs"]
-        return [j["job_id"] for j in got]
-    assert claim() == [big[0]]
-    assert claim() == [small]  # reached past the parked backlog
+    big, small, claim = big_backlog(server, {"key_rate_limit": {"max": 1, "per_ms": 1000}})
+    assert list(claim()) == [big[0]]
+    assert list(claim()) == [small]  # reached past the parked backlog
     depth = server.get("/queues/bulk").json()["depth"]
     assert depth["parked"] == len(big) - 1 and depth["ready"] == 0, depth
     # Each of big's next starts wakes its next job, in order, and only it.
     for nth in (1, 2):
         got = await_condition(claim, what=f"big's start {nth + 1}")
-        assert got == [big[nth]]
+        assert list(got) == [big[nth]]
         depth = server.get("/queues/bulk").json()["depth"]
         assert depth["parked"] == len(big) - 1 - nth and depth["ready"] == 0, depth
 
