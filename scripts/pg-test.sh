@@ -15,6 +15,11 @@ as_owner() {
 
 case "$cmd" in
 start)
+  # A cluster still running there would lose its files under it.
+  if [ -f "$dir/data/postmaster.pid" ] && kill -0 "$(head -1 "$dir/data/postmaster.pid")" 2>/dev/null; then
+    echo "pg-test: a PostgreSQL is running in $dir (stop it first: $0 stop $dir)" >&2
+    exit 1
+  fi
   rm -rf "$dir"
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
