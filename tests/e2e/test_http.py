@@ -43,6 +43,29 @@ def test_metrics_are_prometheus_text_with_http_families(server):
         assert f"# TYPE {family} " in text, family
 
 
+def server_side_timer(server, client):
+    """The kernel's timer kind on the server's end of `client`'s connection
+    (/proc/net/tcp: 0 none, 1 retransmit, 2 keepalive, ...)."""
+    mine = client.getsockname()[1]
+    for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        remote_port = int(fields[2].split(":")[1], 16)
+        if (local_port, remote_port, fields[3]) == (server.port, mine, "01"):  # ESTABLISHED
+            return int(fields[5].split(":")[0], 16)
+    return None
+
+
+def test_connections_carry_tcp_keepalive(server):
+    # So that a client gone without closing (its host down) is found, and
+    # a request suspended for it gives up instead of taking a lock for no one.
+    with socket.create_connection(("127.0.0.1", server.port)) as c:
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        assert await_condition(lambda: server_side_timer(server, c) == 2,
+                               what="the keepalive timer") is True
+
+
 def test_unknown_route_is_404_and_wrong_method_405_with_allow(server):
     problem(server.get("/no/such/thing"), 404, "not_found")
     r = server.request("DELETE", "/locks")
