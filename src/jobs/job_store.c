@@ -387,9 +387,7 @@ static struct store_stmt UNPARK_QUEUE = {
 static struct store_stmt FREED_KEYS_DROP = {
     .sql = "DELETE FROM job_keys_freed WHERE queue = $1",
 };
-/* A new, changed or lifted per-key rate limit: every key's bucket full
- * (and every parked job ready: claims park again what a key's room still
- * holds back). */
+/* A new, changed or lifted per-key rate limit: every key's bucket full. */
 static struct store_stmt KEY_RATES_DROP = {
     .sql = "DELETE FROM job_key_rates WHERE queue = $1",
 };
@@ -515,6 +513,8 @@ job_queue_put(struct store_conn *c, const struct job_queue *q, int64_t now_ms, s
     if (rc == ERR_OK &&
         (was.key_rate_max != q->key_rate_max || was.key_rate_per_ms != q->key_rate_per_ms)) {
         rc = store_exec(c, &KEY_RATES_DROP, name, 1, NULL, e);
+        /* Every parked job ready, their wake-ups gone with the buckets:
+         * claims park again what a key's room or new rate holds back. */
         if (rc == ERR_OK && was.key_rate_max > 0)
             rc = store_exec(c, &UNPARK_QUEUE, name, 1, NULL, e);
     }
