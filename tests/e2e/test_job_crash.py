@@ -269,7 +269,7 @@ def test_rate_and_per_key_limits_hold_across_processes(make_server, database, tm
     workers = [start_worker(database, tmp_path, f"m{i}", ["--concurrency", "4"])
                for i in range(2)]
     try:
-        jobs = [{"queue": "metered", "handler": "ledger", "payload": {"ms": 30},
+        jobs = [{"queue": "metered", "handler": "ledger", "payload": {"ms": 100},
                  "concurrency_key": f"tenant-{i % 3}"} for i in range(30)]
         assert server.post("/jobs/batch", {"jobs": jobs}).status_code == 201
         await_condition(lambda: database.scalar(
@@ -283,7 +283,8 @@ def test_rate_and_per_key_limits_hold_across_processes(make_server, database, tm
         " ',' ORDER BY started_at_ms) FROM jobs WHERE queue = 'metered'").split(",")]
     runs = [(key, int(start), int(end)) for key, start, end in rows]
     # Never two of one tenant at once. (A claim stamps its start before it
-    # waits for the queue's lock, so stamps may cross by a few ms.)
+    # waits for the queue's lock, so stamps may cross by a few ms; an overlap
+    # would be about a whole 100 ms job.)
     for tenant in {key for key, _, _ in runs}:
         mine = [(s, f) for key, s, f in runs if key == tenant]
         for (_, f1), (s2, _) in zip(mine, mine[1:]):

@@ -477,7 +477,7 @@ def test_a_per_key_rate_paces_each_keys_starts_beside_its_concurrency_limit(serv
     # key running together.
     server.put("/queues/paced", {"key_rate_limit": {"max": 2, "per_ms": 400},
                                  "key_concurrency": 1})
-    jobs = [{"queue": "paced", "handler": "sleep", "payload": {"ms": 20},
+    jobs = [{"queue": "paced", "handler": "sleep", "payload": {"ms": 100},
              "concurrency_key": key} for key in ("a", "b") * 5]
     ids = [j["job_id"] for j in server.post("/jobs/batch", {"jobs": jobs}).json()["jobs"]]
     for job_id in ids:
@@ -490,8 +490,12 @@ def test_a_per_key_rate_paces_each_keys_starts_beside_its_concurrency_limit(serv
         for i, first in enumerate(starts):
             for j in range(i, len(starts)):
                 assert j - i + 1 <= 2 + (starts[j] - first) / 200 + 1e-6, (key, starts)
+        # One at a time. A claim stamps its start when its transaction
+        # begins, before it counts the key's running jobs under the queue's
+        # lock, so a start may precede the previous end by a few ms; an
+        # overlap would be about a whole 100 ms job.
         for (_, end), (start, _) in zip(runs, runs[1:]):
-            assert start >= end, (key, runs)  # one at a time
+            assert start >= end - 50, (key, runs)
 
 
 def test_queues_pause_resume_and_limit_concurrency(server):
