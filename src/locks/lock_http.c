@@ -303,6 +303,8 @@ acquire_work(struct store_conn *c, void *arg, struct bb_error *e)
     struct locks__op *op = arg;
     int64_t now = bb_wall_ms();
     int64_t wait_left = op->deadline_mono_ms - bb_mono_ms();
+    if (wait_left <= 0) /* see lock_store.c */
+        store_each_statement_commits(c);
     enum err rc = lock_acquire(c, op->name, op->owner, op->ttl_ms, now,
                                wait_left > 0 ? now + wait_left : 0, &op->grant, &op->how, e);
     op->held = rc == ERR_LOCK_HELD;
@@ -470,6 +472,7 @@ static enum err
 renew_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct locks__op *op = arg;
+    store_each_statement_commits(c);
     return lock_renew(c, op->name, op->token, op->ttl_ms, bb_wall_ms(), &op->grant, e);
 }
 
@@ -508,6 +511,7 @@ static enum err
 release_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct locks__op *op = arg;
+    store_each_statement_commits(c);
     return lock_release(c, op->name, op->token, bb_wall_ms(), e);
 }
 
@@ -651,6 +655,7 @@ static enum err
 fenced_put_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct locks__op *op = arg;
+    store_each_statement_commits(c);
     return lock_fenced_put(c, op->name, op->token, op->value_json, bb_wall_ms(), e);
 }
 

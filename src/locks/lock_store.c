@@ -18,6 +18,13 @@
  * lock_state.c; if the row turns out to allow the transition after all (it
  * changed between the two statements), the unit answers ERR_RETRY and the
  * executor runs it again.
+ * So each statement stands on its own, and the HTTP units of renewals,
+ * releases, fenced writes and acquires that do not wait let each commit by
+ * itself (store_each_statement_commits): on PostgreSQL such a grant or
+ * release is one round trip. An acquire that will wait keeps its refused
+ * upsert and its mark in one transaction: split, the waiters of a busy lock
+ * were served less in turn (p99 of a hand-over 65 -> 175 ms). Callers inside
+ * a larger transaction keep it whole.
  */
 #include "locks/locks_int.h"
 

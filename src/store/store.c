@@ -595,6 +595,14 @@ store_commit(struct store_conn *c, struct bb_error *e)
 }
 
 void
+store_each_statement_commits(struct store_conn *c)
+{
+    BB_ASSERT(c->in_txn);
+    if (c->ops->each_statement_commits)
+        c->ops->each_statement_commits(c);
+}
+
+void
 store_rollback(struct store_conn *c)
 {
     if (!c->in_txn)

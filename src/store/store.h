@@ -222,6 +222,22 @@ BB_WUR enum err store_commit(struct store_conn *c, struct bb_error *e);
 void store_rollback(struct store_conn *c);
 /* SELECT 1: the database answers. */
 BB_WUR enum err store_ping(struct store_conn *c, struct bb_error *e);
+/*
+ * Called by a unit of work before its first statement: let each statement
+ * of the unit commit by itself where that saves a round trip. On PostgreSQL,
+ * for a unit alone in its transaction, its statements then run as
+ * autocommit statements (each on disk before it answers) and the
+ * notifications it queued go out after them, in a transaction of their own:
+ * a one-statement write costs one round trip instead of two. Elsewhere
+ * (SQLite, whose writes share one commit anyway; a unit batched with others)
+ * nothing changes. Only for a unit whose every statement stands on its own:
+ * stopped or failed after any statement, it must leave the data correct (a
+ * failure no longer undoes the writes before it), and running it again
+ * after any of them must be harmless. The store.commit fault point then
+ * fails a commit that has nothing left to undo: the unit's answer is lost,
+ * as with store.commit_lost.
+ */
+void store_each_statement_commits(struct store_conn *c);
 
 /* ---- the executor ---------------------------------------------------------- */
 

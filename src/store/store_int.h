@@ -41,6 +41,8 @@ struct store__ops {
     enum err (*begin)(struct store_conn *c, enum store_txn mode, struct bb_error *e);
     enum err (*commit)(struct store_conn *c, struct bb_error *e);
     void (*rollback)(struct store_conn *c);
+    /* store_each_statement_commits for this engine; NULL: nothing to do. */
+    void (*each_statement_commits)(struct store_conn *c);
     /* Connection unusable (server gone): drop and reconnect before reuse. */
     bool (*is_broken)(const struct store_conn *c);
 };

@@ -13,7 +13,9 @@
  * transaction raised are sent together with its COMMIT. A deferred write
  * (store_exec_deferred) waits, with its parameters copied, to be sent ahead
  * of the transaction's next command. A read runs as autocommit statements
- * (READ COMMITTED gives each its own snapshot anyway).
+ * (READ COMMITTED gives each its own snapshot anyway), and so does a write
+ * whose unit said that each of its statements stands on its own
+ * (store_each_statement_commits): one round trip, no BEGIN or COMMIT.
  */
 #include "store/store_int.h"
 
@@ -660,6 +662,16 @@ pg_commit(struct store_conn *c, struct bb_error *e)
     return rc;
 }
 
+/* Autocommit from here, if the transaction has sent nothing and owes
+ * nothing yet (a unit batched with others finds its savepoint's BEGIN sent). */
+static void
+pg_each_statement_commits(struct store_conn *c)
+{
+    struct pg_conn *pc = c->impl;
+    if (!pc->txn_open && pc->n_deferred == 0 && c->n_notes == 0)
+        pc->begin_pending = false;
+}
+
 static void
 pg_rollback(struct store_conn *c)
 {
@@ -697,6 +709,7 @@ const struct store__ops store__pg_ops = {
     .begin = pg_begin,
     .commit = pg_commit,
     .rollback = pg_rollback,
+    .each_statement_commits = pg_each_statement_commits,
     .is_broken = pg_is_broken,
 };
 

@@ -523,6 +523,7 @@ blocker_work(struct store_conn *c, void *arg, struct bb_error *e)
 
 struct unit {
     int64_t id;
+    bool each;       /* store_each_statement_commits first */
     enum err result; /* what the work returns after inserting */
     int retries_left;
     int runs;
@@ -540,6 +541,8 @@ unit_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct unit *u = arg;
     u->runs++;
+    if (u->each)
+        store_each_statement_commits(c);
     const struct store_param p[] = {sp_int(u->id), sp_int(0), sp_text("unit")};
     enum err rc = store_exec(c, &INSERT_T, p, 3, NULL, e);
     if (rc != ERR_OK)
@@ -637,6 +640,59 @@ failing_unit_in_a_batch_undoes_only_its_own_changes(void **state)
     assert_true(row_exists(c, 3));
     store_conn_close(c);
     test_db_destroy(db);
+}
+
+/* A unit whose statements commit each by itself keeps its write when it then
+ * fails, on PostgreSQL, where it runs alone in its transaction; on SQLite, or
+ * batched with others (its savepoint opened the transaction), the failure
+ * undoes it as it undoes any unit's. */
+static void
+a_unit_whose_statements_commit_each_keeps_them_when_it_runs_alone(void **state)
+{
+    struct test_db *db = *state;
+    create_t(db);
+    struct bb_error e;
+    struct unit alone = {.id = 1, .each = true, .result = ERR_CONFLICT};
+    assert_int_equal(store_run(db->store, STORE_WRITE, unit_work, &alone, &e), ERR_CONFLICT);
+    struct unit whole = {.id = 2, .result = ERR_CONFLICT};
+    assert_int_equal(store_run(db->store, STORE_WRITE, unit_work, &whole, &e), ERR_CONFLICT);
+    struct store_conn *c = conn(db);
+    assert_int_equal(row_exists(c, 1), test_engine() == STORE_POSTGRES);
+    assert_false(row_exists(c, 2));
+    store_conn_close(c);
+    /* Retried, it runs again from the start: its own write conflicts. */
+    struct unit again = {.id = 3, .each = true, .retries_left = 1};
+    assert_int_equal(store_run(db->store, STORE_WRITE, unit_work, &again, &e),
+                     test_engine() == STORE_POSTGRES ? ERR_CONFLICT : ERR_OK);
+    assert_int_equal(again.runs, 2);
+
+    struct test_db *batched = single_thread_db(16, 1000);
+    create_t(batched);
+    struct gate g;
+    gate_init(&g);
+    assert_int_equal(store_submit(batched->store, STORE_WRITE, blocker_work, nop_done, &g), ERR_OK);
+    gate_wait(&g, &g.started);
+    struct unit units[2] = {{.id = 1, .each = true, .result = ERR_CONFLICT},
+                            {.id = 2, .each = true}};
+    struct gate done_gates[2];
+    for (int i = 0; i < 2; i++) {
+        gate_init(&done_gates[i]);
+        units[i].db = batched;
+        units[i].gate = &done_gates[i];
+        assert_int_equal(store_submit(batched->store, STORE_WRITE, unit_work, unit_done, &units[i]),
+                         ERR_OK);
+    }
+    gate_set(&g, &g.open);
+    for (int i = 0; i < 2; i++)
+        gate_wait(&done_gates[i], &units[i].done);
+    assert_int_equal(units[0].rc, ERR_CONFLICT);
+    assert_int_equal(units[1].rc, ERR_OK);
+    assert_true(units[1].visible_in_done);
+    c = conn(batched);
+    assert_false(row_exists(c, 1));
+    assert_true(row_exists(c, 2));
+    store_conn_close(c);
+    test_db_destroy(batched);
 }
 
 /* A group's `many`: inserts each unit's row, refusing those whose result
@@ -896,33 +952,38 @@ struct note_unit {
     const char *channel;
     const char *payload;
     bool fail;
+    bool each; /* store_each_statement_commits first, and write a row */
 };
 
 static enum err
 notify_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct note_unit *u = arg;
-    enum err rc = store_notify(c, u->channel, u->payload, e);
+    enum err rc = ERR_OK;
+    if (u->each) {
+        store_each_statement_commits(c);
+        rc = store_exec(c, &UPDATE_T, (const struct store_param[]){sp_int(1)}, 1, NULL, e);
+    }
+    if (rc == ERR_OK)
+        rc = store_notify(c, u->channel, u->payload, e);
     if (rc == ERR_OK && u->fail)
         rc = bb_fail(e, ERR_CONFLICT, "", "changed my mind");
     return rc;
 }
 
+/* Send a failing and a succeeding unit's notification, in turn, until one
+ * arrives (the LISTEN connection may still be starting); only the second's
+ * ever does. */
 static void
-notifications_arrive_after_commit_and_never_after_rollback(void **state)
+notify_until_one_arrives(struct test_db *db, const char *channel, bool each)
 {
-    (void)state;
-    struct test_db *db = single_thread_db(1, 100);
-    char channel[64];
-    snprintf(channel, sizeof channel, "t_note_%d", (int)getpid());
     struct inbox in;
     memset(&in, 0, sizeof in);
     gate_init(&in.g);
     assert_int_equal(store_listen(db->store, channel, on_note, &in), ERR_OK);
     struct bb_error e;
-    struct note_unit bad = {channel, "rolled-back", true};
-    struct note_unit good = {channel, "committed", false};
-    /* The LISTEN connection may still be starting: send until one arrives. */
+    struct note_unit bad = {channel, "rolled-back", true, each};
+    struct note_unit good = {channel, "committed", false, each};
     for (int i = 0; i < 600; i++) {
         assert_int_equal(store_run(db->store, STORE_WRITE, notify_work, &bad, &e), ERR_CONFLICT);
         assert_ok(store_run(db->store, STORE_WRITE, notify_work, &good, &e), &e);
@@ -945,6 +1006,20 @@ notifications_arrive_after_commit_and_never_after_rollback(void **state)
     assert_true(in.n >= 1);
     for (int i = 0; i < in.n; i++)
         assert_string_equal(in.got[i], "committed");
+}
+
+static void
+notifications_arrive_after_commit_and_never_after_rollback(void **state)
+{
+    (void)state;
+    struct test_db *db = single_thread_db(1, 100);
+    create_t(db);
+    char channel[64];
+    snprintf(channel, sizeof channel, "t_note_%d", (int)getpid());
+    notify_until_one_arrives(db, channel, false);
+    /* From a unit whose statements commit each by itself (on PostgreSQL
+     * they go after its write, in a transaction of their own). */
+    notify_until_one_arrives(db, channel, true);
     test_db_destroy(db);
 }
 
@@ -1299,6 +1374,7 @@ static const struct CMUnitTest tests[] = {
 
     DB_TEST(bad_sql_is_a_store_error_not_a_crash),
     cmocka_unit_test(failing_unit_in_a_batch_undoes_only_its_own_changes),
+    DB_TEST(a_unit_whose_statements_commit_each_keeps_them_when_it_runs_alone),
     cmocka_unit_test(units_of_a_group_share_one_transaction),
     DB_TEST(transient_conflicts_are_retried_then_succeed),
     DB_TEST(a_real_deadlock_is_retried_and_both_units_commit),
