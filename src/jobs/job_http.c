@@ -1142,6 +1142,7 @@ heartbeat_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
     struct jop *op = arg;
     int64_t expires;
+    store_each_statement_commits(c); /* one statement: on PostgreSQL, one round trip */
     enum err rc =
         job_heartbeat(c, op->id, op->token, op->lease_ms, true, bb_wall_ms(), &expires, e);
     if (rc == ERR_OK)
