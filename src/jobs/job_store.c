@@ -1807,11 +1807,22 @@ leases_from(struct store_rows *r, struct job_lease **leases, size_t *n)
     store_rows_close(r);
 }
 
-/* The level of queue `q`'s rate bucket now, in thousandths of a start, and
+/* The level at `now_ms`, in thousandths of a start, of a bucket of `max`
+ * per `per_ms` whose row holds (milli, at_ms) at columns col, col + 1, and
  * the time to record with what a claim takes from it: now, or the time of
  * the claim before when that one's clock read later (claimers serialised
  * on the queue's row may each have read the time before waiting their
  * turn; the refill between the two is not counted twice). */
+static void
+bucket_level(int64_t max, int64_t per_ms, const struct store_rows *r, int col, int64_t now_ms,
+             int64_t *milli, int64_t *at_ms)
+{
+    int64_t at = store_col_int(r, col + 1);
+    *milli = job_rate_level_milli(max, per_ms, store_col_int(r, col), at, now_ms);
+    *at_ms = at > now_ms ? at : now_ms;
+}
+
+/* Queue `q`'s rate bucket now (bucket_level). */
 static enum err
 rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int64_t *milli,
            int64_t *at_ms, struct bb_error *e)
@@ -1825,24 +1836,9 @@ rate_level(struct store_conn *c, const struct job_queue *q, int64_t now_ms, int6
         store_rows_close(&r);
         return bb_fail(e, ERR_NOT_FOUND, "queue", "no queue named %s", q->name);
     }
-    int64_t at = store_col_int(&r, 1);
-    *milli = job_rate_level_milli(q->rate_max, q->rate_per_ms, store_col_int(&r, 0), at, now_ms);
-    *at_ms = at > now_ms ? at : now_ms;
+    bucket_level(q->rate_max, q->rate_per_ms, &r, 0, now_ms, milli, at_ms);
     store_rows_close(&r);
     return ERR_OK;
-}
-
-/* The level of a key's bucket at `now_ms` from its row (milli, at_ms at
- * columns col, col + 1), and the time to record with what a claim draws
- * (as rate_level's). */
-static void
-key_bucket(const struct job_queue *q, const struct store_rows *r, int col, int64_t now_ms,
-           int64_t *milli, int64_t *at_ms)
-{
-    int64_t at = store_col_int(r, col + 1);
-    *milli = job_rate_level_milli(q->key_rate_max, q->key_rate_per_ms, store_col_int(r, col), at,
-                                  now_ms);
-    *at_ms = at > now_ms ? at : now_ms;
 }
 
 /*
@@ -1866,7 +1862,7 @@ wake_rate_parked(struct store_conn *c, const struct job_queue *q, int64_t now_ms
     while (store_next(&r)) {
         int64_t at;
         keys[n] = xstrdup(store_col_text(&r, 0));
-        key_bucket(q, &r, 1, now_ms, &levels[n++], &at);
+        bucket_level(q->key_rate_max, q->key_rate_per_ms, &r, 1, now_ms, &levels[n++], &at);
     }
     store_rows_close(&r);
     for (size_t i = 0; i < n; i++) {
@@ -1922,7 +1918,7 @@ claim_keys_read(struct store_conn *c, const struct job_queue *q, json_t *map,
         while (store_next(&r)) {
             struct claim_key *k =
                 &keys[json_integer_value(json_object_get(map, store_col_text(&r, 0)))];
-            key_bucket(q, &r, 1, now_ms, &k->milli, &k->at_ms);
+            bucket_level(q->key_rate_max, q->key_rate_per_ms, &r, 1, now_ms, &k->milli, &k->at_ms);
             k->wake_ms = store_col_int(&r, 3);
         }
         store_rows_close(&r);

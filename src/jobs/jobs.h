@@ -306,9 +306,9 @@ void job_lease_deinit(struct job_lease *l);
  * per-key rate limit (among the JOB_KEYED_SCAN first ready jobs too: those
  * of a key whose bucket is empty are parked until its next start); when a
  * rate limit held jobs back, *throttled_until_ms (if non-NULL; else 0) is
- * when the next start is allowed. On PostgreSQL concurrent claimers skip each
- * other's rows (FOR UPDATE SKIP LOCKED). *leases is a heap array (free each with job_lease_deinit,
- * then free()).
+ * when the next start is allowed. On PostgreSQL concurrent claimers skip
+ * each other's rows (FOR UPDATE SKIP LOCKED). *leases is a heap array (free
+ * each with job_lease_deinit, then free()).
  */
 BB_WUR enum err job_claim(struct store_conn *c, const char *queue, const char *worker,
                           bool external, int64_t max, int64_t lease_ms, int64_t now_ms,
