@@ -8,6 +8,7 @@ Environment (set by CTest, see tests/CMakeLists.txt):
   BACKBONE_TEST_PG_URL   a PostgreSQL to create databases in (pg only)
   BB_TEST_SANITIZED      the binary has ASan/UBSan: check its exit for reports
 """
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -237,6 +238,21 @@ def cli(*args, server=None, env=None):
     e.update(env or {})
     cmd = [BIN, *args] + (["--server", server.url] if server else [])
     return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
+
+
+def at_once(server, path, body, headers=None, n=10):
+    """POST `body` to `path` from `n` threads together, each on its own
+    connection; the (status, answer) of each."""
+    start = threading.Barrier(n)
+
+    def go(_):
+        with requests.Session() as s:
+            start.wait(timeout=60)
+            r = s.post(server.url + path, json=body, headers=headers or {}, timeout=120)
+            return r.status_code, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(go, range(n)))
 
 
 def post_and_hang_up(server, path, body, gauge, parked=1):

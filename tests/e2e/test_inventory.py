@@ -2,13 +2,13 @@
 all-or-none reservations, commit, release, expiry by TTL, adjustments, 200
 buyers racing for the last 10 units, bad input, and the events."""
 import concurrent.futures
-import json
+import datetime
 import re
 
 import pytest
 import requests
 
-from conftest import ENGINE, await_condition, check_events, outbox_events, problem
+from conftest import ENGINE, at_once, await_condition, check_events, outbox_events, problem
 
 
 def product(server, sku, stock=0, name=None):
@@ -25,6 +25,30 @@ def reserve(server, order_id, items, status=201, **extra):
     r = server.post("/inventory/reservations", {"order_id": order_id, "items": items, **extra})
     assert r.status_code == status, r.text
     return r.json()
+
+
+def wall_ms(stamp):
+    """An API time ("2024-05-01T12:00:00.123Z") in milliseconds."""
+    at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return round(at.timestamp() * 1000)
+
+
+def test_a_product_reads_back_with_its_fields(server):
+    created = product(server, "SKU-R", 7, "Green mug")
+    got = server.get("/inventory/products/SKU-R")
+    assert got.status_code == 200, got.text
+    assert got.json() == created
+    p = got.json()
+    assert set(p) == {"sku", "name", "on_hand", "reserved", "available", "created_at",
+                      "updated_at"}
+    assert (p["sku"], p["name"], p["on_hand"], p["reserved"], p["available"]) == \
+        ("SKU-R", "Green mug", 7, 0, 7)
+    assert p["created_at"] == p["updated_at"]
+    reserve(server, "o-r", [{"sku": "SKU-R", "qty": 3}])
+    after = server.get("/inventory/products/SKU-R").json()
+    assert (after["on_hand"], after["reserved"], after["available"]) == (7, 3, 4)
+    assert after["created_at"] == p["created_at"]
+    assert wall_ms(after["updated_at"]) >= wall_ms(p["updated_at"])
 
 
 def test_products_and_stock_by_idempotency_key(server):
@@ -88,6 +112,32 @@ def test_reservations_take_all_or_nothing_and_answer_once_per_order(server):
     assert server.get("/inventory/reservations/o-1").json() == r
 
 
+def test_ten_concurrent_reservations_for_one_order_reserve_once(server):
+    product(server, "A", 50)
+    body = {"order_id": "o-race", "items": [{"sku": "A", "qty": 3}]}
+    answers = at_once(server, "/inventory/reservations", body)
+    assert sorted(status for status, _ in answers) == [200] * 9 + [201], answers
+    first = answers[0][1]
+    assert first["state"] == "active" and first["items"] == body["items"]
+    assert all(doc == first for _, doc in answers), answers
+    assert server.get("/inventory/reservations/o-race").json() == first
+    assert stock(server, "A") == {"sku": "A", "on_hand": 50, "reserved": 3, "available": 47}
+    assert [e["aggregate_id"] for e in outbox_events(server, type="inventory.reserved.v1")] == \
+        ["o-race"]
+
+
+def test_a_reservation_without_a_ttl_expires_after_10_minutes(server):
+    product(server, "A", 5)
+    r = reserve(server, "o-ttl", [{"sku": "A", "qty": 1}])
+    assert r["created_at"] == r["updated_at"]
+    assert wall_ms(r["expires_at"]) - wall_ms(r["created_at"]) == 600000, r
+    stored = server.get("/inventory/reservations/o-ttl").json()
+    assert stored == r
+    # An explicit TTL counts from the same creation time.
+    short = reserve(server, "o-ttl-1s", [{"sku": "A", "qty": 1}], ttl_ms=1000)
+    assert wall_ms(short["expires_at"]) - wall_ms(short["created_at"]) == 1000, short
+
+
 def test_commit_sells_release_gives_back_each_once(server):
     product(server, "A", 10)
     reserve(server, "sold", [{"sku": "A", "qty": 4}])
@@ -134,6 +184,51 @@ def test_adjustments_apply_once_and_never_below_reserved(server):
     ret = server.post("/inventory/adjust", {"key": "rma-1", "sku": "A", "delta": 2,
                                             "reason": "customer return"})
     assert ret.json()["available"] == 2
+
+
+def test_ten_concurrent_restocks_with_one_key_add_once(server):
+    product(server, "A", 5)
+    answers = at_once(server, "/inventory/products/A/stock", {"qty": 10},
+                      headers={"Idempotency-Key": "delivery-race"})
+    assert [status for status, _ in answers] == [200] * 10, answers
+    first = answers[0][1]
+    assert first["on_hand"] == 15
+    assert all(doc == first for _, doc in answers), answers
+    assert stock(server, "A") == {"sku": "A", "on_hand": 15, "reserved": 0, "available": 15}
+    restocks = [e["data"] for e in outbox_events(server, type="inventory.adjusted.v1")
+                if e["data"].get("key") == "delivery-race"]
+    assert [(d["delta"], d["on_hand"]) for d in restocks] == [(10, 15)]
+
+
+def test_ten_concurrent_adjustments_with_one_key_adjust_once(server):
+    product(server, "A", 5)
+    body = {"key": "count-race", "sku": "A", "delta": -2, "reason": "stock count"}
+    answers = at_once(server, "/inventory/adjust", body)
+    assert [status for status, _ in answers] == [200] * 10, answers
+    first = answers[0][1]
+    assert first["on_hand"] == 3
+    assert all(doc == first for _, doc in answers), answers
+    assert stock(server, "A") == {"sku": "A", "on_hand": 3, "reserved": 0, "available": 3}
+    adjusted = [e["data"] for e in outbox_events(server, type="inventory.adjusted.v1")
+                if e["data"].get("key") == "count-race"]
+    assert [(d["delta"], d["on_hand"], d["reason"]) for d in adjusted] == [(-2, 3, "stock count")]
+
+
+def test_adjusting_an_unknown_sku_is_not_found_and_writes_nothing(server):
+    product(server, "A", 5)
+    before = outbox_events(server)
+    body = {"key": "ghost-1", "sku": "GHOST", "delta": 2, "reason": "customer return"}
+    problem(server.post("/inventory/adjust", body), 404, "not_found", "sku")
+    after = outbox_events(server)
+    assert after == before
+    assert not [e for e in after if e["aggregate_id"] == "GHOST"]  # no inventory.adjusted.v1
+    problem(server.get("/inventory/products/GHOST"), 404, "not_found", "sku")
+    # Nor was the key kept: once the product exists, the same request applies.
+    product(server, "GHOST", 1)
+    done = server.post("/inventory/adjust", body)
+    assert done.status_code == 200 and done.json()["on_hand"] == 3, done.text
+    assert [e["data"]["key"] for e in outbox_events(server, type="inventory.adjusted.v1")
+            if e["aggregate_id"] == "GHOST" and e["data"].get("key")] == ["ghost-1"]
 
 
 def test_idempotency_keys_are_forgotten_after_their_retention(make_server):

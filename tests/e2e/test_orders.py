@@ -2,7 +2,7 @@
 bad input, and the events."""
 import pytest
 
-from conftest import check_events, outbox_events, problem
+from conftest import at_once, check_events, outbox_events, problem
 
 BODY = {"checkout_id": "chk-1", "customer_id": "cust-9", "currency": "EUR",
         "items": [{"sku": "A", "qty": 2, "unit_price": 1250}, {"sku": "B", "qty": 1,
@@ -27,6 +27,17 @@ def test_one_order_per_checkout(server):
     assert server.get("/orders?checkout_id=chk-1").json() == {"orders": [order]}
     assert server.get("/orders?checkout_id=chk-2").json() == {"orders": []}
     problem(server.get("/orders/nope"), 404, "not_found", "order_id")
+
+
+def test_ten_concurrent_creations_for_one_checkout_make_one_order(server):
+    answers = at_once(server, "/orders", BODY)
+    assert sorted(status for status, _ in answers) == [200] * 9 + [201], answers
+    order = answers[0][1]
+    assert all(doc == order for _, doc in answers), answers  # one order id, one answer
+    assert server.get("/orders?checkout_id=chk-1").json() == {"orders": [order]}
+    assert server.get(f"/orders/{order['order_id']}").json() == order
+    assert [e["aggregate_id"] for e in outbox_events(server, type="order.created.v1")] == [
+        order["order_id"]]
 
 
 def test_confirm_and_cancel_follow_the_status_table(server):

@@ -331,6 +331,30 @@ def test_bad_payments_get_a_precise_problem_and_charge_nothing(server, body, fie
     assert charges(server) == [] and outbox_events(server) == []
 
 
+MALFORMED = b'{"order_id":'
+
+
+def test_malformed_json_on_authorize_charges_nothing(server):
+    r = server.post("/payments/authorize", raw=MALFORMED,
+                    headers={"Content-Type": "application/json"})
+    problem(r, 400, "malformed_json")
+    assert server.get("/payments?order_id=o-1").json() == {"payments": []}
+    assert charges(server) == [] and outbox_events(server) == []
+
+
+@pytest.mark.parametrize("route", ["capture/{id}", "void/{id}", "{id}/refund"])
+def test_malformed_json_on_a_settlement_changes_nothing(server, route):
+    pid = authorize(server, "pay-m")["authorization_id"]
+    if route == "{id}/refund":  # something to refund
+        assert server.post(f"/payments/capture/{pid}").status_code == 200
+    before = (server.get(f"/payments/{pid}").json(), charges(server), outbox_events(server))
+    r = server.post("/payments/" + route.format(id=pid), raw=MALFORMED,
+                    headers={"Content-Type": "application/json"})
+    problem(r, 400, "malformed_json")
+    assert (server.get(f"/payments/{pid}").json(), charges(server), outbox_events(server)) == \
+        before
+
+
 def test_bad_settle_requests_and_bad_psp_settings(server):
     pid = authorize(server, "pay-b")["authorization_id"]
     problem(server.post(f"/payments/void/{pid}", {"amount": 5}), 400, "invalid_request", "amount")
