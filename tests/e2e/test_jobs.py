@@ -200,6 +200,23 @@ def test_permanent_failure_skips_the_retries(server):
     assert job["attempts"][0]["outcome"] == "failed_permanently"
 
 
+def test_a_built_in_handler_past_its_max_duration_times_out_and_is_retried(server):
+    # A 2-minute sleep under a 1 s max_duration: stopped at the deadline each
+    # time, recorded as a timeout (not a plain failure), retried, then dead.
+    job_id = submit(server, {"handler": "sleep", "payload": {"ms": 120000},
+                             "max_duration_seconds": 1, "max_attempts": 2,
+                             "backoff": {"base_ms": 10}})["job_id"]
+    job = wait_job(server, job_id, ("dead",))
+    assert job["attempt"] == 2 and job["max_duration_seconds"] == 1
+    assert [(a["attempt"], a["outcome"], a["error"]) for a in job["attempts"]] == [
+        (n, "timeout", "stopped before the sleep ended") for n in (1, 2)]
+    assert job["last_error"] == "stopped before the sleep ended"
+    assert [j["job_id"] for j in server.get("/dlq").json()["jobs"]] == [job_id]
+    await_condition(lambda: server.metric("backbone_jobs_finished_total",
+                                          'queue="default",outcome="timeout"') == 2,
+                    what="both timeouts to be counted")
+
+
 def test_unique_key_returns_the_first_job_while_it_is_pending(server):
     server.put("/queues/held", {"paused": True})
     a = submit(server, {"queue": "held", "handler": "noop", "unique_key": "order-7"})
@@ -822,6 +839,60 @@ def test_http_push_signs_retries_5xx_and_gives_up_on_4xx(make_server, sink):
                             "max_attempts": 5})["job_id"]
     job = wait_job(server, moved, ("dead",))
     assert job["attempt"] == 1 and "redirects are not followed" in job["last_error"]
+
+
+def test_a_push_that_hangs_past_max_duration_times_out_and_is_retried_until_dead(server, sink):
+    url, received = sink
+    job_id = submit(server, {"handler": "http", "target": {"url": url + "/hang"},
+                             "max_duration_seconds": 1, "max_attempts": 2,
+                             "backoff": {"base_ms": 10}})["job_id"]
+    job = wait_job(server, job_id, ("dead",))
+    assert job["attempt"] == 2
+    assert [(a["attempt"], a["outcome"]) for a in job["attempts"]] == [(1, "timeout"),
+                                                                      (2, "timeout")]
+    # Given up at the deadline: by libcurl's timeout, or by the stop check
+    # (the worker's deadline) if that fires first.
+    given_up = re.compile(rf"POST {re.escape(url)}/hang: "
+                          r"(request timed out|stopped before the answer came)")
+    for a in job["attempts"]:
+        assert given_up.match(a["error"]), a
+    assert job["last_error"] == job["attempts"][1]["error"]
+    # Both attempts reached the endpoint, and the pusher hung up on it.
+    pushes = await_condition(lambda: len(received) == 2 and received, what="both pushes")
+    assert [(path, h["X-Backbone-Job-Id"], h["X-Backbone-Attempt"])
+            for path, h, _ in pushes] == [("/hang", str(job_id), "1"), ("/hang", str(job_id), "2")]
+    assert Sink.hung_up.wait(60), "the push was not given up"
+    assert [j["job_id"] for j in server.get("/dlq").json()["jobs"]] == [job_id]
+
+
+def test_http_push_retries_408_and_429_and_other_4xx_only_when_told(server, sink):
+    url, received = sink
+
+    def push(status, **target):
+        return submit(server, {"handler": "http",
+                               "target": {"url": f"{url}/{status}", **target},
+                               "max_attempts": 3, "backoff": {"base_ms": 10}})["job_id"]
+
+    timeout, too_many, missing = push(408), push(429), push(404)
+    missing_retried = push(404, retry_4xx=True)
+    for job_id, status in ((timeout, 408), (too_many, 429), (missing_retried, 404)):
+        job = wait_job(server, job_id, ("dead",))
+        assert job["attempt"] == 3, (status, job)
+        assert [a["outcome"] for a in job["attempts"]] == ["failed"] * 3, (status, job)
+        assert all(f"answered {status}" in a["error"] for a in job["attempts"]), job
+    job = wait_job(server, missing, ("dead",))
+    assert job["attempt"] == 1
+    assert [a["outcome"] for a in job["attempts"]] == ["failed_permanently"]
+    assert "answered 404" in job["last_error"]
+    # The endpoint saw each attempt once: three of each retried job, one of the 404.
+    sent = {}
+    for path, headers, _ in received:
+        sent.setdefault(int(headers["X-Backbone-Job-Id"]), []).append(
+            (path, headers["X-Backbone-Attempt"]))
+    assert sent == {timeout: [("/408", "1"), ("/408", "2"), ("/408", "3")],
+                    too_many: [("/429", "1"), ("/429", "2"), ("/429", "3")],
+                    missing: [("/404", "1")],
+                    missing_retried: [("/404", "1"), ("/404", "2"), ("/404", "3")]}
 
 
 def test_idle_workers_are_woken_without_polling(make_server):
