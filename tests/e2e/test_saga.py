@@ -6,13 +6,16 @@ crash in the middle, one key sent ten times, an order or reservation
 moved by hand while its saga waits, and (PostgreSQL) a payment run paused
 past its takeover by another process."""
 import concurrent.futures
+import datetime
+import json
 import random
 import signal
+import sqlite3
 import uuid
 
 import pytest
 
-from conftest import ENGINE, await_condition, check_events, cli, outbox_events, problem
+from conftest import ENGINE, await_condition, check_events, cli, outbox_events, problem, psql
 
 FAST_RETRIES = {"max_attempts": 3, "backoff": {"base_ms": 20, "factor": 2}}
 
@@ -466,6 +469,175 @@ def test_sagas_api_filters_and_refuses_bad_input(server):
     problem(server.get("/sagas/nope"), 404, "not_found", "saga_id")
     saga = server.get("/sagas").json()["sagas"][0]
     problem(server.post(f"/sagas/{saga['saga_id']}/retry"), 409, "conflict", "saga_id")
+
+
+def test_a_checkout_wakes_its_saga_and_its_steps_without_waiting_for_a_poll(make_server):
+    # Pollers a minute apart: the saga starter (for new checkouts) and the
+    # idle workers (for step jobs). Each checkout still ends well inside
+    # half a minute, so the starter and the workers were woken: in process
+    # on SQLite, by LISTEN/NOTIFY on PostgreSQL. One after another, so that
+    # each needs a wake-up of its own (not the starter's first look).
+    server = make_server(["--saga-poll", "60s", "--job-poll", "60s"])
+    product(server, "W", 5)
+    for _ in range(3):
+        c = settled(server, checkout(server, [{"sku": "W", "qty": 1, "unit_price": 100}]),
+                    timeout_s=30)
+        assert c["status"] == "COMPLETED", c
+        saga = saga_of(server, c["checkout_id"])
+        assert saga["state"] == "COMPLETED"
+        assert [s for s, _, o in steps(saga) if o == "ok"] == saga["steps"]
+    assert stock(server, "W") == {"sku": "W", "on_hand": 2, "reserved": 0, "available": 2}
+
+
+def add_finished_saga(database, saga_type):
+    """A COMPLETED saga of another type, written straight into the database
+    (the server defines only "checkout"): what a second saga type's rows
+    look like to GET /sagas. Returns its id."""
+    saga_id = str(uuid.uuid4())
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
+    sql = ("INSERT INTO sagas (id, type, correlation_id, state, step, version, data,"
+           " retries, created_at_ms, updated_at_ms)"
+           f" VALUES ('{saga_id}', '{saga_type}', 'corr-{saga_id}', 'COMPLETED', 0, 2, '{{}}',"
+           f" 0, {now}, {now})")
+    if database.name is None:
+        with sqlite3.connect(database.url[len("sqlite:"):], timeout=30) as c:
+            c.execute(sql)
+    else:
+        psql(sql, database.url)
+    return saga_id
+
+
+def test_sagas_are_listed_by_type(server, database):
+    product(server, "A", 5)
+    done = [settled(server, checkout(server, [{"sku": "A", "qty": 1, "unit_price": 100}]))
+            for _ in range(2)]
+    mine = sorted(saga_of(server, c["checkout_id"])["saga_id"] for c in done)
+    other = add_finished_saga(database, "refund")
+
+    def listed(query):
+        page = server.get(f"/sagas?{query}").json()
+        return [(s["saga_id"], s["type"]) for s in page["sagas"]], page["next_after"]
+    assert sorted(listed("")[0]) == sorted([(i, "checkout") for i in mine] + [(other, "refund")])
+    assert listed("type=checkout") == ([(i, "checkout") for i in mine], None)
+    assert listed("type=refund") == ([(other, "refund")], None)
+    assert listed("type=checkout&state=COMPLETED") == ([(i, "checkout") for i in mine], None)
+    assert listed("type=refund&state=COMPLETED") == ([(other, "refund")], None)
+    assert listed("type=checkout&state=FAILED") == ([], None)
+    # A type nothing has: no sagas, not an error.
+    assert server.get("/sagas?type=nosuchtype").json() == {"sagas": [], "next_after": None}
+    assert server.get("/sagas?type=nosuchtype&state=COMPLETED").json() == \
+        {"sagas": [], "next_after": None}
+    # Pages of one, the filter applied on every page.
+    first, after = listed("type=checkout&limit=1")
+    assert first == [(mine[0], "checkout")] and after == mine[0]
+    second, after = listed(f"type=checkout&limit=1&after={after}")
+    assert second == [(mine[1], "checkout")] and after == mine[1]
+    assert listed(f"type=checkout&limit=1&after={after}") == ([], None)
+    problem(server.get("/sagas?type=no%20spaces"), 400, "invalid_request", "type")
+
+
+def test_the_cli_lists_by_type_and_retries_a_stuck_saga(make_server):
+    # The stuck compensation of test_a_compensation_that_keeps_failing_is_
+    # stuck_until_retried, found and retried with `backbone sagas`.
+    server = make_server(["--psp-timeout", "100ms"])
+    server.put("/queues/sagas", FAST_RETRIES)
+    product(server, "A", 5)
+    server.put("/psp/config", {"hang_next": 100})
+    cid = checkout(server, [{"sku": "A", "qty": 1, "unit_price": 700}])
+    [stuck] = await_condition(lambda: server.get("/sagas?state=STUCK").json()["sagas"],
+                              what="the saga to be stuck")
+    saga_id = stuck["saga_id"]
+    assert stuck["correlation_id"] == cid
+
+    out = cli("sagas", "list", "--type", "checkout", server=server)
+    assert out.returncode == 0, out.stderr
+    [line] = out.stdout.splitlines()
+    assert line.split()[:3] == [saga_id, "STUCK", "checkout"], line
+    out = cli("sagas", "list", "--type", "checkout", "--json", server=server)
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert [(s["saga_id"], s["type"], s["state"]) for s in listed["sagas"]] == \
+        [(saga_id, "checkout", "STUCK")]
+    out = cli("sagas", "list", "--type", "checkout", "--state", "STUCK", "--json", server=server)
+    assert [s["saga_id"] for s in json.loads(out.stdout)["sagas"]] == [saga_id]
+    out = cli("sagas", "list", "--type", "nosuchtype", "--json", server=server)
+    assert out.returncode == 0 and json.loads(out.stdout) == {"sagas": [], "next_after": None}
+    out = cli("sagas", "list", "--type", "nosuchtype", server=server)
+    assert out.returncode == 0 and out.stdout == ""
+
+    # A person brings the PSP back and retries from the command line.
+    server.put("/psp/config", {"hang_next": 0})
+    out = cli("sagas", "retry", saga_id, "--json", server=server)
+    assert out.returncode == 0, out.stderr
+    retried = json.loads(out.stdout)
+    assert retried["saga_id"] == saga_id and retried["state"] == "COMPENSATING"
+    assert retried["error"] is None
+    assert steps(retried)[-1] == ("authorize_payment", "compensation", "retried")
+    c = settled(server, cid)
+    assert c["status"] == "FAILED" and c["reason"] == "the payment service is unavailable"
+    saga = saga_of(server, cid)
+    assert saga["state"] == "FAILED"
+    assert steps(saga)[-3:] == COMPENSATED
+    [pay] = payments_of(server, c["order_id"])
+    assert pay["state"] == "VOIDED" and pay["captured_amount"] == 0
+    assert stock(server, "A")["available"] == 5
+    assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 0
+    out = cli("sagas", "list", "--type", "checkout", "--state", "STUCK", "--json", server=server)
+    assert json.loads(out.stdout)["sagas"] == []
+    # Not stuck any more: a second retry is refused.
+    out = cli("sagas", "retry", saga_id, server=server)
+    assert out.returncode == 1 and "only a STUCK saga" in out.stderr
+
+
+def wall(text):
+    """A time as the API writes it (2024-01-02T03:04:05.678Z)."""
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_saga_waiting_for_a_retry_says_when(server):
+    # The authorization fails once, transiently; the retry is ten minutes
+    # away (no jitter, so the server's backoff is exact). Meanwhile the saga
+    # says when it will try again: its step outcome's time plus the backoff,
+    # the time its job is due.
+    backoff_ms = 600000
+    assert server.put("/queues/sagas", {"max_attempts": 5, "backoff": {
+        "base_ms": backoff_ms, "factor": 2, "cap_ms": 3600000, "jitter_pct": 0}}).status_code \
+        in (200, 201)
+    product(server, "A", 5)
+    server.put("/psp/config", {"fail_next": 1})
+    cid = checkout(server, [{"sku": "A", "qty": 1, "unit_price": 400}])
+
+    def waiting():
+        sagas = server.get(f"/sagas?correlation_id={cid}").json()["sagas"]
+        if not sagas:
+            return None  # not started yet
+        saga = server.get(f"/sagas/{sagas[0]['saga_id']}").json()
+        return saga if saga["timeline"] and saga["timeline"][-1]["outcome"] == "retry" else None
+    saga = await_condition(waiting, what="the first authorization to fail")
+    last = saga["timeline"][-1]
+    assert (last["step"], last["phase"], last["attempt"]) == ("authorize_payment", "action", 1)
+    assert last["error"]
+    assert (saga["state"], saga["step"], saga["retries"]) == ("RUNNING", "authorize_payment", 1)
+    assert saga["next_retry_at"] is not None
+    assert wall(saga["next_retry_at"]) > wall(last["ended_at"])
+    assert wall(saga["next_retry_at"]) - wall(last["ended_at"]) == \
+        datetime.timedelta(milliseconds=backoff_ms)
+    assert saga["updated_at"] == last["ended_at"]
+    # The list says the same, and the job that will retry is due then.
+    [listed] = server.get(f"/sagas?correlation_id={cid}").json()["sagas"]
+    assert listed["next_retry_at"] == saga["next_retry_at"] and listed["retries"] == 1
+    job = server.get(f"/jobs/{saga['job_id']}").json()
+    assert job["state"] == "pending" and job["run_at"] == saga["next_retry_at"]
+    out = cli("sagas", "get", saga["saga_id"], server=server)
+    assert out.returncode == 0 and f"retries 1, next retry at {saga['next_retry_at']}" in out.stdout
+    # Run now, it succeeds: nothing waits for a retry any more.
+    assert server.post(f"/jobs/{saga['job_id']}/run").status_code == 200
+    assert settled(server, cid)["status"] == "COMPLETED"
+    done = saga_of(server, cid)
+    assert done["state"] == "COMPLETED" and done["next_retry_at"] is None
+    tries = [(t["outcome"], t["attempt"]) for t in done["timeline"]
+             if t["step"] == "authorize_payment"]
+    assert tries == [("retry", 1), ("ok", 2)]
 
 
 def test_the_cli_lists_shows_and_refuses_to_retry_a_finished_saga(server):
