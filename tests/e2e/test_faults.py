@@ -129,7 +129,7 @@ def test_locks_under_store_faults_still_exclude_and_fence(make_server, tmp_path)
 
 
 # Reads that find what they look for (their units succeed, then commit).
-READS = ["/outbox", "/locks", "/jobs", "/queues", "/queues/sagas", "/schedules", "/dlq",
+READS = ["/readyz", "/outbox", "/locks", "/jobs", "/queues", "/queues/sagas", "/schedules", "/dlq",
          "/sagas", "/psp/charges"]
 
 
@@ -144,3 +144,48 @@ def test_reads_whose_commit_fails_answer_503_and_keep_nothing(make_server):
         assert r.headers["Content-Type"] == "application/problem+json", path
         assert r.json()["status"] == 503, path
     assert injected(server, "store.commit") >= len(READS)
+
+
+def test_dropped_notifications_are_made_up_by_polling(make_server):
+    # Every notification is lost on its way to the listeners (on PostgreSQL
+    # after LISTEN/NOTIFY carried it): the polls behind every wake-up find
+    # what they announced -- an embedded worker's job, a saga's start, a
+    # parked lock waiter's release, a long-poll claim's job.
+    server = make_server(["--job-poll", "200ms", "--saga-poll", "200ms"],
+                         env={"BACKBONE_FAULTS": "store.notification=1+"})
+    job = server.post("/jobs", {"handler": "noop"}).json()["job_id"]
+    await_condition(lambda: server.get(f"/jobs/{job}").json()["state"] == "completed",
+                    what="the job run by a worker that heard nothing")
+
+    assert server.post("/inventory/products",
+                       {"sku": "N-1", "name": "n", "stock": 1}).status_code == 201
+    r = server.post("/checkout", {"customer_id": "c", "currency": "EUR",
+                                  "items": [{"sku": "N-1", "qty": 1, "unit_price": 100}],
+                                  "payment": {"method": "card", "card": "tok_visa"}},
+                    headers={"Idempotency-Key": "n-1"})
+    assert r.status_code == 202, r.text
+    checkout = r.json()["checkout_id"]
+    await_condition(lambda: server.get(f"/checkout/{checkout}").json()["status"] == "COMPLETED",
+                    what="the checkout's saga started by the poll")
+
+    token = server.post("/locks/n/acquire", {"owner": "a", "ttl_ms": 60000}).json()["token"]
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(r=requests.post(
+        f"{server.url}/locks/n/acquire", json={"owner": "b", "ttl_ms": 60000, "wait_ms": 30000},
+        timeout=60)))
+    waiter.start()
+    await_condition(lambda: server.metric("backbone_lock_waiters") == 1, what="b to wait")
+    assert server.post("/locks/n/release", {"token": token}).status_code == 200
+    waiter.join()
+    assert got["r"].status_code == 200 and got["r"].json()["owner"] == "b", got["r"].text
+
+    got = {}
+    claimer = threading.Thread(target=lambda: got.update(r=requests.post(
+        f"{server.url}/queues/default/claim", json={"worker": "w", "wait_ms": 30000}, timeout=60)))
+    claimer.start()
+    await_condition(lambda: server.metric("backbone_job_claim_waiters") == 1,
+                    what="the claim to wait")
+    pulled = server.post("/jobs", {"handler": "external:x"}).json()["job_id"]
+    claimer.join()
+    assert [j["job_id"] for j in got["r"].json()["jobs"]] == [pulled], got["r"].text
+    assert injected(server, "store.notification") > 0

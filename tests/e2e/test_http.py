@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, ENGINE, await_condition, outbox_events, problem
+from conftest import BIN, ENGINE, await_condition, outbox_events, problem, psql
 
 # JSONTestSuite (MIT) sits beside the project in ../shared/testdata.
 JSON_SUITE = pathlib.Path(os.environ.get(
@@ -24,6 +24,24 @@ def test_liveness_readiness_and_version(server):
     assert r.json() == {"status": "ready", "engine": "sqlite" if ENGINE == "sqlite" else "postgres"}
     out = subprocess.run([BIN, "version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("backbone ")
+
+
+@pytest.mark.skipif(ENGINE != "pg", reason="a SQLite file cannot stop answering its one owner "
+                    "(test_faults.py fails its reads instead)")
+def test_readiness_fails_while_the_database_refuses_connections(server, database):
+    # The server's connections are cut and new ones refused: not ready,
+    # though alive; ready again once the database lets it back in.
+    psql(f"ALTER DATABASE {database.name} ALLOW_CONNECTIONS false")
+    try:
+        psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+             f"WHERE datname = '{database.name}'")
+        await_condition(lambda: server.get("/readyz").status_code != 200,
+                        what="readiness to fail")
+        problem(server.get("/readyz"), 503, "unavailable")
+        assert server.get("/healthz").status_code == 200
+    finally:
+        psql(f"ALTER DATABASE {database.name} ALLOW_CONNECTIONS true")
+    await_condition(lambda: server.get("/readyz").status_code == 200, what="readiness back")
 
 
 def test_metrics_are_prometheus_text_with_http_families(server):
