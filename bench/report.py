@@ -42,23 +42,28 @@ def jobs(rows):
     for r in rows:
         if r.get("bench"):
             ours[(r["bench"], r["label"])] = r
-    print("| system | process, 10 workers | process, 100 workers | submit one by one, 1 client "
+    print("| system | process, 10 workers | process, 100 workers | submitted → done, 10 workers "
+          "| submitted → done, 100 workers | submit one by one, 1 client "
           "(p50/p99 ms) | submit one by one, 64 clients | submit in batches of 1000 "
-          "| ready-to-start p50/p99 ms | claim with 1M queued p50/p99 ms | peak RSS |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ready-to-start p50/p99 ms: pull / embedded | claim with 1M queued p50/p99 ms "
+          "| peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for engine in ("sqlite", "postgres"):
         b = f"backbone-{engine}"
         g = lambda k, l: ours.get((k, l), {})
-        sub, bat, lat = g("submit", b), g("batch", b), g("latency", b)
+        sub, bat, lat, start = g("submit", b), g("batch", b), g("latency", b), g("start", b)
         sub64 = g("submit", b + "-c64")
         deep = g("deep", b)
         mem = max(v for k, v in rss.items() if k.startswith(b)) if rss else 0
         print(f"| Backbone, {engine} | {g('process', b + '-w10').get('jobs_per_s', 0):,.0f} "
               f"| {g('process', b + '-w100').get('jobs_per_s', 0):,.0f} "
+              f"| {g('flow', b + '-w10').get('jobs_per_s', 0):,.0f} "
+              f"| {g('flow', b + '-w100').get('jobs_per_s', 0):,.0f} "
               f"| {sub.get('jobs_per_s', 0):,.0f} ({fmt(sub.get('p50_ms'))}/{fmt(sub.get('p99_ms'))}) "
               f"| {sub64.get('jobs_per_s', 0):,.0f} "
               f"| {bat.get('jobs_per_s', 0):,.0f} "
-              f"| {fmt(lat.get('p50_ms'))}/{fmt(lat.get('p99_ms'))} "
+              f"| {fmt(lat.get('p50_ms'))}/{fmt(lat.get('p99_ms'))} / "
+              f"{start.get('p50_ms', 0):.0f}/{start.get('p99_ms', 0):.0f} "
               f"| {fmt(deep.get('claim_p50_ms'))}/{fmt(deep.get('claim_p99_ms'))} "
               f"| {mem / 1024:.0f} MiB |")
     peers = {}
@@ -70,7 +75,8 @@ def jobs(rows):
     for peer, by_conc in peers.items():
         r10, r100 = by_conc.get(10, {}), by_conc.get(100, {})
         print(f"| {names.get(peer, peer)} | {r10.get('process_per_s', 0):,.0f} "
-              f"| {r100.get('process_per_s', 0):,.0f} | {r10.get('enqueue_single_per_s', 0):,.0f} "
+              f"| {r100.get('process_per_s', 0):,.0f} | – | – "
+              f"| {r10.get('enqueue_single_per_s', 0):,.0f} "
               f"| – | {r10.get('enqueue_batch_per_s', 0):,.0f} | – | – | – |")
     print()
     for engine in ("sqlite", "postgres"):

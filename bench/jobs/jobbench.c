@@ -7,8 +7,12 @@
  *   jobbench batch   --url U --jobs 20000    batches of 1000 in one request each
  *   jobbench process --url U --jobs 20000    submit into a paused queue, resume it,
  *                                             time first start to last completion
+ *   jobbench flow    --url U --jobs 20000    submit in batches while the workers run:
+ *                                             time first submit sent to last completion
  *   jobbench latency --url U --samples 200   idle system: a waiting pull claim vs
  *                                             a submit; time submit sent -> job claimed
+ *   jobbench start   --url U --samples 200   idle embedded workers vs a submit: the job's
+ *                                             created_at -> started_at (server clock, ms)
  *   jobbench deep    --url U --jobs 1000000  queue N jobs, then time single claims and a
  *                                            /metrics scrape
  *
@@ -135,6 +139,15 @@ any_job(struct http_client *h, const char *queue, const char *state)
     return any;
 }
 
+/* Wait until `queue` has no job pending or running; the time it ended. */
+static int64_t
+drained(struct http_client *h, const char *queue)
+{
+    while (any_job(h, queue, "pending") || any_job(h, queue, "running"))
+        bb_sleep_ms(2);
+    return bb_mono_ns();
+}
+
 static void
 run_process(void)
 {
@@ -143,10 +156,21 @@ run_process(void)
     submit_batches(h, "work", "noop", cfg.jobs);
     int64_t t0 = bb_mono_ns();
     json_decref(call(h, "POST", "/queues/work/resume", "{}", 200));
-    while (any_job(h, "work", "pending") || any_job(h, "work", "running"))
-        bb_sleep_ms(2);
-    double secs = (double)(bb_mono_ns() - t0) / 1e9;
+    double secs = (double)(drained(h, "work") - t0) / 1e9;
     printf("{\"bench\":\"process\",\"label\":\"%s\",\"jobs\":%" PRId64 ",\"jobs_per_s\":%.0f}\n",
+           cfg.label, cfg.jobs, (double)cfg.jobs / secs);
+    http_client_destroy(h);
+}
+
+static void
+run_flow(void)
+{
+    struct http_client *h = http_client_create(NULL, 120000);
+    json_decref(call(h, "PUT", "/queues/flow", "{}", 0));
+    int64_t t0 = bb_mono_ns();
+    submit_batches(h, "flow", "noop", cfg.jobs);
+    double secs = (double)(drained(h, "flow") - t0) / 1e9;
+    printf("{\"bench\":\"flow\",\"label\":\"%s\",\"jobs\":%" PRId64 ",\"jobs_per_s\":%.0f}\n",
            cfg.label, cfg.jobs, (double)cfg.jobs / secs);
     http_client_destroy(h);
 }
@@ -237,6 +261,54 @@ run_latency(void)
     http_client_destroy(h);
 }
 
+/* A time the server wrote, in ms; exits on anything else. */
+static int64_t
+stamp_ms(json_t *job, const char *field)
+{
+    int64_t ms;
+    const char *text = json_string_value(json_object_get(job, field));
+    if (text == NULL || bb_rfc3339_parse(text, &ms) != ERR_OK) {
+        fprintf(stderr, "jobbench: job without %s\n", field);
+        exit(1);
+    }
+    return ms;
+}
+
+/* The embedded workers' side of ready-to-start: each job submitted to idle
+ * workers, its start read back from the server's own stamps (ms). */
+static void
+run_start(void)
+{
+    struct http_client *h = http_client_create(NULL, 30000);
+    json_decref(call(h, "PUT", "/queues/start", "{}", 0));
+    int64_t *lat = xcalloc((size_t)cfg.samples, sizeof *lat);
+    for (int64_t i = 0; i < cfg.samples; i++) {
+        json_t *r = call(h, "POST", "/jobs", "{\"queue\":\"start\",\"handler\":\"noop\"}", 201);
+        char path[64];
+        snprintf(path, sizeof path, "/jobs/%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(r, "job_id")));
+        json_decref(r);
+        json_t *job = NULL;
+        for (;;) {
+            job = call(h, "GET", path, NULL, 200);
+            const char *state = json_string_value(json_object_get(job, "state"));
+            if (state != NULL && strcmp(state, "completed") == 0)
+                break;
+            json_decref(job);
+            bb_sleep_ms(5);
+        }
+        lat[i] = (stamp_ms(job, "started_at") - stamp_ms(job, "created_at")) * 1000000;
+        json_decref(job);
+    }
+    double p50, p99;
+    bench_percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    printf("{\"bench\":\"start\",\"label\":\"%s\",\"samples\":%" PRId64
+           ",\"p50_ms\":%.0f,\"p99_ms\":%.0f}\n",
+           cfg.label, cfg.samples, p50, p99);
+    free(lat);
+    http_client_destroy(h);
+}
+
 static void
 run_deep(void)
 {
@@ -275,10 +347,9 @@ run_deep(void)
 int
 main(int argc, char **argv)
 {
-    static const struct bench_mode modes[] = {{"submit", run_submit},
-                                              {"batch", run_batch},
-                                              {"process", run_process},
-                                              {"latency", run_latency},
+    static const struct bench_mode modes[] = {{"submit", run_submit},   {"batch", run_batch},
+                                              {"process", run_process}, {"flow", run_flow},
+                                              {"latency", run_latency}, {"start", run_start},
                                               {"deep", run_deep}};
     return bench_main("jobbench", OPTS, BB_ARRAY_LEN(OPTS), &cfg, modes, BB_ARRAY_LEN(modes), argc,
                       argv);

@@ -27,10 +27,13 @@ for engine in sqlite postgres; do
   jb submit --duration 5s --clients 64 --label "$label-c64"
   jb batch --jobs "$N" --label "$label"
   jb latency --samples 200 --label "$label"
+  jb start --samples 200 --label "$label"
   jb process --jobs "$N" --label "$label-w10"
+  jb flow --jobs "$N" --label "$label-w10"
   backbone_down "$label"
   backbone_up "$(fresh_db $engine jb2)" --workers 100
   jb process --jobs "$N" --label "$label-w100"
+  jb flow --jobs "$N" --label "$label-w100"
   backbone_down "$label-w100"
   backbone_up "$(fresh_db $engine jb3)" --workers 10
   jb deep --jobs "$DEEP" --samples 500 --label "$label"
