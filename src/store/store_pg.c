@@ -98,6 +98,22 @@ pg_connect_url(const char *url, char *err, size_t err_len)
         return NULL;
     }
     PQsetNoticeProcessor(pg, pg_notice, NULL);
+    /* Every answer Backbone gives relies on its commit being on disk: a
+     * session that a role's, database's or URL's setting left without
+     * synchronous_commit gets it back (a stronger setting is kept). */
+    PGresult *res = PQexec(pg, "SELECT set_config('synchronous_commit', 'on', false) "
+                               "WHERE current_setting('synchronous_commit') = 'off'");
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok)
+        bb_strlcpy(err, PQresultErrorMessage(res), err_len);
+    else if (PQntuples(res) > 0)
+        log_warn("store.pg_synchronous_commit", "detail=%s",
+                 "synchronous_commit was off for this connection: set on");
+    PQclear(res);
+    if (!ok) {
+        PQfinish(pg);
+        return NULL;
+    }
     return pg;
 }
 

@@ -1240,6 +1240,54 @@ plans_made_on_an_empty_table_do_not_outlive_its_growth(void **state)
     store_conn_close(c);
 }
 
+/* ---- durability ----------------------------------------------------------------- */
+
+static struct store_stmt SQLITE_JOURNAL = {.sql = "PRAGMA journal_mode"};
+static struct store_stmt SQLITE_SYNC = {.sql = "PRAGMA synchronous"};
+static struct store_stmt PG_SYNC = {.sql = "SHOW synchronous_commit"};
+
+/* The one text `st` answers on `c`. */
+static void
+assert_answers(struct store_conn *c, struct store_stmt *st, const char *want)
+{
+    struct store_rows r;
+    struct bb_error e;
+    assert_ok(store_query(c, st, NULL, 0, &r, &e), &e);
+    assert_true(store_next(&r));
+    assert_string_equal(store_col_text(&r, 0), want);
+    store_rows_close(&r);
+}
+
+/* Every commit is on disk before the unit hears of it: SQLite in WAL mode
+ * with synchronous=FULL; PostgreSQL with synchronous_commit on, even for a
+ * session whose settings (here the URL's) turned it off. */
+static void
+every_commit_is_on_disk_before_it_is_answered(void **state)
+{
+    struct test_db *db = *state;
+    struct store_conn *c = conn(db);
+    if (db->engine == STORE_SQLITE) {
+        assert_answers(c, &SQLITE_JOURNAL, "wal");
+        assert_answers(c, &SQLITE_SYNC, "2"); /* FULL */
+        store_conn_close(c);
+        return;
+    }
+    assert_answers(c, &PG_SYNC, "on");
+    store_conn_close(c);
+    char url[1200];
+    snprintf(url, sizeof url, "%s%%20-csynchronous_commit%%3Doff", db->url);
+    struct store_options o;
+    store_options_defaults(&o, url);
+    o.pool_size = 1;
+    struct store *s;
+    struct bb_error e;
+    assert_ok(store_open(&o, &s, &e), &e);
+    assert_ok(store_conn_open(s, &c, &e), &e);
+    assert_answers(c, &PG_SYNC, "on");
+    store_conn_close(c);
+    store_close(s);
+}
+
 /* ---- fault points (STYLE.md section 9) ------------------------------------------ */
 
 struct fault_unit {
@@ -1361,6 +1409,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(bad_urls_are_refused_clearly),
     DB_TEST(sqlite_file_has_one_owning_process),
     DB_TEST(plans_made_on_an_empty_table_do_not_outlive_its_growth),
+    DB_TEST(every_commit_is_on_disk_before_it_is_answered),
     DB_TEST(a_failed_commit_writes_nothing_and_a_lost_answer_hides_a_commit),
     cmocka_unit_test(a_failed_statement_in_a_group_loses_no_unit),
 };
