@@ -617,21 +617,77 @@ states_of_many_jobs_are_read_at_once(void **state)
     job_lease_deinit(&l);
 }
 
+static struct store_stmt CREATE_INVOICES = {
+    .sql = "CREATE TABLE invoices (id BIGINT PRIMARY KEY, job_id BIGINT NOT NULL)",
+};
+static struct store_stmt INSERT_INVOICE = {
+    .sql = "INSERT INTO invoices (id, job_id) VALUES ($1, $2)",
+};
+static struct store_stmt INVOICE_JOB = {.sql = "SELECT job_id FROM invoices WHERE id = $1"};
+
+/* A caller's business row (an invoice) and the job that mails it, in the
+ * caller's transaction: `job` is enqueued before the invoice is written. */
+static enum err
+invoice_with_job(struct store_conn *c, int64_t invoice, int64_t *job, struct bb_error *e)
+{
+    *job = submit(c, NULL, "noop", 0, T0, T0);
+    const struct store_param p[] = {sp_int(invoice), sp_int(*job)};
+    return store_exec(c, &INSERT_INVOICE, p, 2, NULL, e);
+}
+
+static bool
+job_exists(struct store_conn *c, int64_t id)
+{
+    json_t *j;
+    struct bb_error e;
+    enum err rc = job_get_json(c, id, false, T0, &j, &e);
+    assert_true(rc == ERR_OK || rc == ERR_NOT_FOUND);
+    if (rc == ERR_OK)
+        json_decref(j);
+    return rc == ERR_OK;
+}
+
+/* The invoice's job id, or 0 when there is no such invoice. */
+static int64_t
+invoice_job(struct store_conn *c, int64_t invoice)
+{
+    struct store_rows r;
+    struct bb_error e;
+    const struct store_param p[] = {sp_int(invoice)};
+    assert_ok(store_query(c, &INVOICE_JOB, p, 1, &r, &e), &e);
+    int64_t job = store_next(&r) ? store_col_int(&r, 0) : 0;
+    store_rows_close(&r);
+    return job;
+}
+
 static void
 enqueue_commits_or_rolls_back_with_the_callers_transaction(void **state)
 {
     struct test_conn *f = *state;
     struct bb_error e;
+    assert_ok(store_exec(f->c, &CREATE_INVOICES, NULL, 0, NULL, &e), &e);
+    /* Rolled back: neither the invoice nor its job. */
+    int64_t gone;
     assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
-    int64_t gone = submit(f->c, NULL, "noop", 0, T0, T0);
+    assert_ok(invoice_with_job(f->c, 1, &gone, &e), &e);
     store_rollback(f->c);
-    json_t *j;
-    assert_int_equal(job_get_json(f->c, gone, false, T0, &j, &e), ERR_NOT_FOUND);
+    assert_int_equal(invoice_job(f->c, 1), 0);
+    assert_false(job_exists(f->c, gone));
+    /* Committed: both, the invoice naming its job. */
+    int64_t kept;
     assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
-    int64_t kept = submit(f->c, NULL, "noop", 0, T0, T0);
+    assert_ok(invoice_with_job(f->c, 1, &kept, &e), &e);
     assert_ok(store_commit(f->c, &e), &e);
-    assert_ok(job_get_json(f->c, kept, false, T0, &j, &e), &e);
-    json_decref(j);
+    assert_int_equal(invoice_job(f->c, 1), kept);
+    assert_true(job_exists(f->c, kept));
+    /* The business write fails after the enqueue (invoice 1 exists): the
+     * caller rolls back, and the job enqueued before the failure goes too. */
+    int64_t orphan;
+    assert_ok(store_begin(f->c, STORE_WRITE, &e), &e);
+    assert_int_equal(invoice_with_job(f->c, 1, &orphan, &e), ERR_CONFLICT);
+    store_rollback(f->c);
+    assert_false(job_exists(f->c, orphan));
+    assert_int_equal(invoice_job(f->c, 1), kept);
 }
 
 /* Put schedule `s` at `now`; its next fire time. */
