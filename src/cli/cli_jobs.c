@@ -51,7 +51,8 @@ struct jobs_args {
 static const struct bb_opt JOBS_OPTS[] = {
     {"handler", BB_OPT_STRING, OFF(handler), 0, 0, NULL, "handler (submit, schedules create)",
      NO_ENV},
-    {"queue", BB_OPT_STRING, OFF(queue), 0, 0, NULL, "queue (submit, list, dlq)", NO_ENV},
+    {"queue", BB_OPT_STRING, OFF(queue), 0, 0, NULL,
+     "queue (submit, list, dlq; submit-batch: of the jobs that name none)", NO_ENV},
     {"payload", BB_OPT_STRING, OFF(payload), 0, 0, NULL, "JSON payload", NO_ENV},
     {"run-at", BB_OPT_STRING, OFF(run_at), 0, 0, NULL, "RFC 3339 time to run at", NO_ENV},
     {"delay", BB_OPT_STRING, OFF(delay), 0, 0, NULL, "run after a delay (30s, 5m)", NO_ENV},
@@ -100,6 +101,7 @@ static const char JOBS_USAGE[] =
     "                     [--unique-key K] [--concurrency-key K] [--max-attempts N]\n"
     "                     [--max-duration 60s] [--backoff 2s | --backoff JSON] [--tags a,b]\n"
     "                     [--target-url U | --target JSON]\n"
+    "       backbone jobs submit-batch FILE|- [--queue Q]   (a JSON array of jobs, or JSON lines)\n"
     "       backbone jobs get|history|cancel|retry|run ID\n"
     "       backbone jobs list [--queue Q] [--state S] [--limit N] [--after ID]\n"
     "       backbone queues list | show Q | pause Q | resume Q\n"
@@ -225,6 +227,28 @@ human_submitted(const json_t *o)
                json_is_true(json_object_get(o, "duplicate")) ? "(already queued under that key)"
                                                              : "queued",
                str(o, "run_at"));
+}
+
+static void
+human_batch(const json_t *o)
+{
+    const json_t *jobs = json_object_get(o, "jobs");
+    size_t i, created = 0;
+    const json_t *j;
+    json_array_foreach(jobs, i, j) created += json_is_true(json_object_get(j, "created"));
+    printf("%zu jobs queued in one transaction", created);
+    if (created < json_array_size(jobs))
+        printf(", %zu already queued under their unique keys", json_array_size(jobs) - created);
+    if (json_array_size(jobs) > 20) {
+        printf(" (--json lists their ids)\n");
+        return;
+    }
+    json_array_foreach(jobs, i, j)
+    {
+        printf("%s%" JSON_INTEGER_FORMAT, i ? ", " : ": ids ",
+               json_integer_value(json_object_get(j, "job_id")));
+    }
+    printf("\n");
 }
 
 static void
@@ -451,6 +475,84 @@ path_for(struct bb_buf *b, const char *prefix, const char *item, const char *suf
     bb_buf_puts(b, suffix);
 }
 
+/* The jobs of a batch file's text: a JSON array of jobs, the body of
+ * POST /jobs/batch ({"jobs":[...]}), or JSON lines (one job per line). */
+static json_t *
+batch_jobs(const char *text, size_t len)
+{
+    json_error_t err;
+    json_t *all = json_loadb(text, len, 0, &err);
+    if (json_is_object(all) && json_is_array(json_object_get(all, "jobs"))) {
+        json_t *jobs = json_incref(json_object_get(all, "jobs"));
+        json_decref(all);
+        return jobs;
+    }
+    if (json_is_array(all))
+        return all;
+    json_decref(all); /* one line of JSON lines, or not JSON at all */
+    json_t *jobs = json_array();
+    size_t line = 0;
+    for (const char *at = text, *end = text + len; at < end; line++) {
+        const char *nl = memchr(at, '\n', (size_t)(end - at));
+        size_t n = nl ? (size_t)(nl - at) : (size_t)(end - at);
+        size_t blank = 0;
+        while (blank < n && strchr(" \t\r", at[blank]) != NULL)
+            blank++;
+        if (blank < n) {
+            json_t *job = json_loadb(at, n, 0, &err);
+            if (!json_is_object(job)) {
+                fprintf(stderr, "backbone: line %zu: %s\n", line + 1,
+                        job ? "a job must be a JSON object" : err.text);
+                json_decref(job);
+                json_decref(jobs);
+                return NULL;
+            }
+            json_array_append_new(jobs, job);
+        }
+        at += n + 1;
+    }
+    return jobs;
+}
+
+/* `backbone jobs submit-batch FILE`: every job in one request, one
+ * transaction (all are queued or none); --queue fills in jobs without one. */
+static int
+submit_batch(struct jobs_args *a, const char *file)
+{
+    FILE *f = strcmp(file, "-") == 0 ? stdin : fopen(file, "r");
+    if (f == NULL) {
+        fprintf(stderr, "backbone: cannot open %s: %s\n", file, strerror(errno));
+        return CLI_USAGE;
+    }
+    struct bb_buf text;
+    bb_buf_init(&text);
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        bb_buf_append(&text, chunk, n);
+    bool failed = ferror(f) != 0;
+    if (f != stdin)
+        fclose(f);
+    json_t *jobs = failed ? NULL : batch_jobs(text.data ? text.data : "", text.len);
+    bb_buf_deinit(&text);
+    if (failed)
+        fprintf(stderr, "backbone: cannot read %s\n", file);
+    if (jobs == NULL)
+        return CLI_USAGE;
+    size_t i;
+    json_t *job;
+    json_array_foreach(jobs, i, job)
+    {
+        if (a->queue != NULL && json_is_object(job) && json_object_get(job, "queue") == NULL)
+            json_object_set_new(job, "queue", json_string(a->queue));
+    }
+    if (json_array_size(jobs) == 0) {
+        json_decref(jobs);
+        return usage_error("the batch has no jobs");
+    }
+    return call(a, "POST", "/jobs/batch", json_pack("{s:o}", "jobs", jobs), human_batch);
+}
+
 static int
 jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
 {
@@ -465,6 +567,8 @@ jobs_cmd(struct jobs_args *a, const char *cmd, const char *arg)
             return code;
         return call(a, "POST", "/jobs", body, human_submitted);
     }
+    if (strcmp(cmd, "submit-batch") == 0)
+        return arg ? submit_batch(a, arg) : usage_error("submit-batch needs a file (or -)");
     if (strcmp(cmd, "list") == 0) {
         bb_buf_printf(&path, "/jobs?limit=%" PRId64 "&after=%" PRId64, a->limit, a->after);
         query_param(&path, "queue", a->queue);

@@ -232,12 +232,13 @@ def server(make_server):
     return make_server()
 
 
-def cli(*args, server=None, env=None):
-    """Run the backbone CLI (against `server` when given); the CompletedProcess."""
+def cli(*args, server=None, env=None, stdin=None):
+    """Run the backbone CLI (against `server` when given, `stdin` its input);
+    the CompletedProcess."""
     e = dict(os.environ)
     e.update(env or {})
     cmd = [BIN, *args] + (["--server", server.url] if server else [])
-    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60)
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60, input=stdin)
 
 
 def at_once(server, path, body, headers=None, n=10):

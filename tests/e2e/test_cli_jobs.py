@@ -39,6 +39,47 @@ def test_jobs_submit_get_list_history_cancel_retry(server):
     assert r.returncode == 1 and "no job 999999" in r.stderr
 
 
+def test_jobs_submit_batch_queues_a_file_of_jobs_in_one_transaction(server, tmp_path):
+    server.put("/queues/held", {"paused": True})
+    server.put("/queues/other", {"paused": True})
+    # JSON lines from stdin; --queue fills in the jobs that name none.
+    lines = ('{"handler": "noop", "payload": {"n": 1}}\n\n'
+             '{"handler": "noop", "queue": "other", "unique_key": "u1"}\n')
+    r = cli("jobs", "submit-batch", "-", "--queue", "held", server=server, stdin=lines)
+    assert r.returncode == 0, r.stderr
+    m = re.fullmatch(r"2 jobs queued in one transaction: ids (\d+), (\d+)\n", r.stdout)
+    assert m, r.stdout
+    first, second = (server.get(f"/jobs/{i}").json() for i in m.groups())
+    assert (first["queue"], first["payload"]) == ("held", {"n": 1})
+    assert (second["queue"], second["unique_key"]) == ("other", "u1")
+    # A file holding a JSON array (or POST /jobs/batch's body); a unique key
+    # already queued answers its job.
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps({"jobs": [{"handler": "noop", "queue": "other",
+                                           "unique_key": "u1"}]}))
+    out = json.loads(ok("jobs", "submit-batch", str(batch), "--json", server=server))
+    assert out == {"jobs": [{"job_id": second["job_id"], "created": False}]}
+    batch.write_text(json.dumps([{"handler": "noop", "queue": "held"}] * 25))
+    assert ok("jobs", "submit-batch", str(batch), server=server) == \
+        "25 jobs queued in one transaction (--json lists their ids)\n"
+    assert len(server.get("/jobs?queue=held").json()["jobs"]) == 26
+    # All or none: one bad job refuses the batch, naming it; nothing queued.
+    batch.write_text(json.dumps([{"handler": "noop", "queue": "held"}, {"handler": "nope"}]))
+    r = cli("jobs", "submit-batch", str(batch), server=server)
+    assert r.returncode == 1 and "unknown handler 'nope'" in r.stderr and "400" in r.stderr
+    assert len(server.get("/jobs?queue=held").json()["jobs"]) == 26
+    # What is not a batch is a usage error, and nothing is sent.
+    for stdin, why in (('{"handler": "noop"}\n{bad\n', "line 2: "), ("[]", "no jobs"),
+                       ("7\n", "line 1: ")):
+        r = cli("jobs", "submit-batch", "-", server=server, stdin=stdin)
+        assert r.returncode == 2 and why in r.stderr, (stdin, r.stderr)
+    r = cli("jobs", "submit-batch", str(tmp_path / "missing.json"), server=server)
+    assert r.returncode == 2 and "cannot open" in r.stderr
+    r = cli("jobs", "submit-batch", server=server)
+    assert r.returncode == 2 and "needs a file" in r.stderr
+    assert len(server.get("/jobs").json()["jobs"]) == 27
+
+
 def test_unique_keys_and_targets(server):
     first = ok("jobs", "submit", "--handler", "noop", "--delay", "1h", "--unique-key", "k1",
                server=server)
