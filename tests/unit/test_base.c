@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void
 error_table_codes_are_unique_and_mapped(void **state)
@@ -1073,6 +1074,45 @@ fault_specs_that_make_no_sense_are_refused(void **state)
     }
 }
 
+/* The clocks: wall time is the system's (epoch ms, written as RFC 3339
+ * UTC with ms and read back exactly), monotonic time never goes back and
+ * its ms and ns agree. */
+static void
+clocks_read_the_system_and_format_exactly(void **state)
+{
+    (void)state;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t before = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t wall = bb_wall_ms();
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t after = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    assert_true(before <= wall && wall <= after);
+
+    int64_t ms = bb_mono_ms(), ns = bb_mono_ns();
+    assert_true(ns / 1000000 >= ms);
+    int64_t last = ns;
+    for (int i = 0; i < 1000; i++) {
+        int64_t now = bb_mono_ns();
+        assert_true(now >= last);
+        last = now;
+    }
+    assert_true(bb_mono_ms() >= last / 1000000);
+
+    char out[32];
+    bb_wall_ms_format(0, out);
+    assert_string_equal(out, "1970-01-01T00:00:00.000Z");
+    bb_wall_ms_format(1795428000123, out); /* 2026-11-23T10:00:00.123Z */
+    assert_string_equal(out, "2026-11-23T10:00:00.123Z");
+    bb_wall_ms_format(951868799999, out); /* the last ms of a leap day */
+    assert_string_equal(out, "2000-02-29T23:59:59.999Z");
+    int64_t back;
+    bb_wall_ms_format(wall, out);
+    assert_int_equal(strlen(out), 24);
+    assert_int_equal(bb_rfc3339_parse(out, &back), ERR_OK);
+    assert_int_equal(back, wall);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(error_table_codes_are_unique_and_mapped),
     cmocka_unit_test(fail_fills_the_error_and_returns_the_code),
@@ -1080,6 +1120,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(duration_parse_accepts_units),
     cmocka_unit_test(duration_parse_rejects_garbage),
     cmocka_unit_test(size_parse_accepts_binary_units),
+    cmocka_unit_test(clocks_read_the_system_and_format_exactly),
     cmocka_unit_test(uuid7_is_well_formed_and_increasing),
     cmocka_unit_test(uuid7_starts_with_its_timestamp),
     cmocka_unit_test(traceparents_are_new_traces_and_checked_as_the_spec_says),
