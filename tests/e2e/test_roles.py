@@ -41,13 +41,25 @@ def test_a_process_serves_only_its_roles(make_server):
 def test_services_in_separate_processes_share_one_database(make_server):
     inv = make_server(["--roles", "inventory,outbox", "--workers", "0"])
     orders = make_server(["--roles", "orders,checkout", "--workers", "0"])
+    payments = make_server(["--roles", "payments", "--workers", "0"])
     assert inv.post("/inventory/products", PRODUCT).status_code == 201
-    assert orders.post("/orders", ORDER).status_code == 201
+    order = orders.post("/orders", ORDER)
+    assert order.status_code == 201
+    pay = {"order_id": order.json()["order_id"], "amount": 300, "currency": "EUR",
+           "idempotency_key": "pay-co-1"}
+    auth = payments.post("/payments/authorize", pay)
+    assert auth.status_code == 200 and auth.json()["state"] == "AUTHORIZED", auth.text
+    assert payments.post(f"/payments/capture/{auth.json()['authorization_id']}").status_code == 200
+    assert payments.post("/payments/authorize", pay).json()["state"] == "CAPTURED"  # once
     assert not serves(orders, "GET", "/inventory/products/TEA-1")
     assert not serves(inv, "GET", "/orders?checkout_id=co-1")
-    # Both services' events are in the one outbox, read from either role.
+    for path in ("/orders/x", "/inventory/products/TEA-1", "/outbox"):
+        assert not serves(payments, "GET", path), path
+    assert not serves(inv, "POST", "/payments/authorize", pay)
+    # Every service's events are in the one outbox, read from the role that serves it.
     types = [ev["type"] for ev in outbox_events(inv)]
-    assert types == ["inventory.product.created.v1", "inventory.adjusted.v1", "order.created.v1"]
+    assert types == ["inventory.product.created.v1", "inventory.adjusted.v1", "order.created.v1",
+                     "payment.authorized.v1", "payment.captured.v1"]
 
 
 def test_an_unknown_role_is_refused_by_name(database):
