@@ -707,6 +707,10 @@ def test_a_report_sent_again_gets_the_first_answer_and_is_recorded_once(server):
     token = claim_it(server, lost, lease_ms=100)
     await_condition(lambda: server.get(f"/jobs/{lost}").json()["state"] == "pending",
                     what="the lease to be rescued")
+    assert server.metric("backbone_job_lease_rescues_total",
+                         'queue="default",kind="external"') == 1
+    problem(server.post(f"/jobs/{lost}/heartbeat", {"token": token, "lease_ms": 30000}), 409,
+            "stale_token", "token")
     refused(lost, "complete", {"token": token}, "its lease ran out and the job was rescued")
     claim_it(server, lost)
     refused(lost, "complete", {"token": token}, "ran out, the job was rescued and has been "
@@ -1045,6 +1049,16 @@ BAD_JOBS = [
                          ids=[f"{i}-{c[3]}" for i, c in enumerate(BAD_JOBS)])
 def test_bad_jobs_get_a_precise_problem_and_write_nothing(server, body, status, kind, field):
     problem(server.post("/jobs", body), status, kind, field)
+    assert server.get("/jobs").json()["jobs"] == []
+    assert server.get("/schedules").json()["schedules"] == []
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/batch", "/schedules"])
+def test_a_malformed_body_is_refused_and_writes_nothing(server, path):
+    for raw in (b'{"handler": "noop"', b'{"handler": "noop"} x', b'[1, 2]', b'\xff{}'):
+        r = server.post(path, raw=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (raw, r.text)
+        assert r.headers["Content-Type"].startswith("application/problem+json")
     assert server.get("/jobs").json()["jobs"] == []
     assert server.get("/schedules").json()["schedules"] == []
 

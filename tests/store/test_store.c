@@ -7,6 +7,7 @@
 #include "metrics/metrics.h"
 
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -851,6 +852,64 @@ a_real_deadlock_is_retried_and_both_units_commit(void **state)
     pthread_cond_destroy(&x.cv);
 }
 
+struct locked_insert {
+    struct test_db *db;
+    enum err rc;
+};
+
+static enum err
+insert_one(struct store_conn *c, void *arg, struct bb_error *e)
+{
+    (void)arg;
+    const struct store_param p[] = {sp_int(7), sp_int(0), sp_text("after the lock")};
+    return store_exec(c, &INSERT_T, p, 3, NULL, e);
+}
+
+static void *
+locked_insert_main(void *arg)
+{
+    struct locked_insert *w = arg;
+    struct bb_error e;
+    w->rc = store_run(w->db->store, STORE_WRITE, insert_one, NULL, &e);
+    return NULL;
+}
+
+/* SQLite: another connection to the file (the sqlite3 shell, a backup)
+ * holds its write lock past the busy timeout: the unit is retried, not
+ * failed, and commits once the lock is let go. */
+static void
+a_file_another_connection_has_locked_is_retried_until_it_is_free(void **state)
+{
+    (void)state;
+    if (test_engine() != STORE_SQLITE)
+        return; /* PostgreSQL's real conflict: a_real_deadlock_is_retried_... */
+    struct store_options o;
+    store_options_defaults(&o, "sqlite:x");
+    o.busy_timeout_ms = 20;
+    struct test_db *db = test_db_create_with(&o);
+    create_t(db);
+    sqlite3 *other;
+    assert_int_equal(sqlite3_open(db->url + strlen("sqlite:"), &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    const char *series = "backbone_store_conflict_retries_total{engine=\"sqlite\"}";
+    int64_t retries = test_metric(series);
+    struct locked_insert w = {db, ERR_INTERNAL};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, locked_insert_main, &w), 0);
+    for (int64_t until = bb_mono_ms() + 10000;
+         test_metric(series) <= (retries < 0 ? 0 : retries) && bb_mono_ms() < until;)
+        bb_sleep_ms(1);
+    assert_true(test_metric(series) > (retries < 0 ? 0 : retries)); /* busy, and retried */
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    pthread_join(t, NULL);
+    assert_int_equal(w.rc, ERR_OK);
+    struct store_conn *c = conn(db);
+    assert_true(row_exists(c, 7));
+    store_conn_close(c);
+    sqlite3_close(other);
+    test_db_destroy(db);
+}
+
 static enum err
 failing_work(struct store_conn *c, void *arg, struct bb_error *e)
 {
@@ -1400,6 +1459,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(units_of_a_group_share_one_transaction),
     DB_TEST(transient_conflicts_are_retried_then_succeed),
     DB_TEST(a_real_deadlock_is_retried_and_both_units_commit),
+    cmocka_unit_test(a_file_another_connection_has_locked_is_retried_until_it_is_free),
     DB_TEST(store_run_returns_the_units_error),
     cmocka_unit_test(full_queue_refuses_new_units),
     cmocka_unit_test(notifications_arrive_after_commit_and_never_after_rollback),
