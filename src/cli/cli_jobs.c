@@ -509,7 +509,7 @@ batch_jobs(const char *text, size_t len)
             }
             json_array_append_new(jobs, job);
         }
-        at += n + 1;
+        at = nl ? nl + 1 : end;
     }
     return jobs;
 }

@@ -79,6 +79,16 @@ pg_notice(void *arg, const char *message)
     log_debug("store.pg_notice", "message=%s", text);
 }
 
+/* libpq's message, without its trailing newline. */
+static void
+pg_message(const char *msg, char *err, size_t err_len)
+{
+    bb_strlcpy(err, msg, err_len);
+    size_t n = strlen(err);
+    while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
+        err[--n] = '\0';
+}
+
 static PGconn *
 pg_connect_url(const char *url, char *err, size_t err_len)
 {
@@ -90,10 +100,7 @@ pg_connect_url(const char *url, char *err, size_t err_len)
         return NULL;
     }
     if (PQstatus(pg) != CONNECTION_OK) {
-        bb_strlcpy(err, PQerrorMessage(pg), err_len);
-        size_t n = strlen(err);
-        while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '))
-            err[--n] = '\0';
+        pg_message(PQerrorMessage(pg), err, err_len);
         PQfinish(pg);
         return NULL;
     }
@@ -105,7 +112,7 @@ pg_connect_url(const char *url, char *err, size_t err_len)
                                "WHERE current_setting('synchronous_commit') = 'off'");
     bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
     if (!ok)
-        bb_strlcpy(err, PQresultErrorMessage(res), err_len);
+        pg_message(PQresultErrorMessage(res), err, err_len);
     else if (PQntuples(res) > 0)
         log_warn("store.pg_synchronous_commit", "detail=%s",
                  "synchronous_commit was off for this connection: set on");
