@@ -186,32 +186,25 @@ def test_adjustments_apply_once_and_never_below_reserved(server):
     assert ret.json()["available"] == 2
 
 
-def test_ten_concurrent_restocks_with_one_key_add_once(server):
+@pytest.mark.parametrize("path,body,headers,on_hand,delta", [
+    ("/inventory/products/A/stock", {"qty": 10}, {"Idempotency-Key": "race"}, 15, 10),
+    ("/inventory/adjust", {"key": "race", "sku": "A", "delta": -2, "reason": "stock count"},
+     None, 3, -2),
+], ids=["restock", "adjust"])
+def test_ten_concurrent_stock_changes_with_one_key_apply_once(server, path, body, headers,
+                                                              on_hand, delta):
     product(server, "A", 5)
-    answers = at_once(server, "/inventory/products/A/stock", {"qty": 10},
-                      headers={"Idempotency-Key": "delivery-race"})
+    answers = at_once(server, path, body, headers=headers)
     assert [status for status, _ in answers] == [200] * 10, answers
     first = answers[0][1]
-    assert first["on_hand"] == 15
+    assert first["on_hand"] == on_hand
     assert all(doc == first for _, doc in answers), answers
-    assert stock(server, "A") == {"sku": "A", "on_hand": 15, "reserved": 0, "available": 15}
-    restocks = [e["data"] for e in outbox_events(server, type="inventory.adjusted.v1")
-                if e["data"].get("key") == "delivery-race"]
-    assert [(d["delta"], d["on_hand"]) for d in restocks] == [(10, 15)]
-
-
-def test_ten_concurrent_adjustments_with_one_key_adjust_once(server):
-    product(server, "A", 5)
-    body = {"key": "count-race", "sku": "A", "delta": -2, "reason": "stock count"}
-    answers = at_once(server, "/inventory/adjust", body)
-    assert [status for status, _ in answers] == [200] * 10, answers
-    first = answers[0][1]
-    assert first["on_hand"] == 3
-    assert all(doc == first for _, doc in answers), answers
-    assert stock(server, "A") == {"sku": "A", "on_hand": 3, "reserved": 0, "available": 3}
-    adjusted = [e["data"] for e in outbox_events(server, type="inventory.adjusted.v1")
-                if e["data"].get("key") == "count-race"]
-    assert [(d["delta"], d["on_hand"], d["reason"]) for d in adjusted] == [(-2, 3, "stock count")]
+    assert stock(server, "A") == {"sku": "A", "on_hand": on_hand, "reserved": 0,
+                                  "available": on_hand}
+    applied = [(e["data"]["delta"], e["data"]["on_hand"])
+               for e in outbox_events(server, type="inventory.adjusted.v1")
+               if e["data"].get("key") == "race"]
+    assert applied == [(delta, on_hand)]
 
 
 def test_adjusting_an_unknown_sku_is_not_found_and_writes_nothing(server):

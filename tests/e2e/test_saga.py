@@ -536,9 +536,10 @@ def test_sagas_are_listed_by_type(server, database):
     problem(server.get("/sagas?type=no%20spaces"), 400, "invalid_request", "type")
 
 
-def test_the_cli_lists_by_type_and_retries_a_stuck_saga(make_server):
-    # The stuck compensation of test_a_compensation_that_keeps_failing_is_
-    # stuck_until_retried, found and retried with `backbone sagas`.
+def stuck_checkout(make_server):
+    """A server whose one checkout's saga is STUCK: the PSP hangs past its
+    timeout for the authorization and for the void that would undo it. The
+    server, the checkout's id and the saga as GET /sagas lists it."""
     server = make_server(["--psp-timeout", "100ms"])
     server.put("/queues/sagas", FAST_RETRIES)
     product(server, "A", 5)
@@ -546,8 +547,15 @@ def test_the_cli_lists_by_type_and_retries_a_stuck_saga(make_server):
     cid = checkout(server, [{"sku": "A", "qty": 1, "unit_price": 700}])
     [stuck] = await_condition(lambda: server.get("/sagas?state=STUCK").json()["sagas"],
                               what="the saga to be stuck")
-    saga_id = stuck["saga_id"]
     assert stuck["correlation_id"] == cid
+    return server, cid, stuck
+
+
+def test_the_cli_lists_by_type_and_retries_a_stuck_saga(make_server):
+    # The stuck compensation of test_a_compensation_that_keeps_failing_is_
+    # stuck_until_retried, found and retried with `backbone sagas`.
+    server, cid, stuck = stuck_checkout(make_server)
+    saga_id = stuck["saga_id"]
 
     out = cli("sagas", "list", "--type", "checkout", server=server)
     assert out.returncode == 0, out.stderr
@@ -661,22 +669,14 @@ def test_the_cli_lists_shows_and_refuses_to_retry_a_finished_saga(server):
 
 
 def test_a_compensation_that_keeps_failing_is_stuck_until_retried(make_server):
-    server = make_server(["--psp-timeout", "100ms"])
-    server.put("/queues/sagas", FAST_RETRIES)
-    product(server, "A", 5)
-    # The PSP hangs for the authorization and for the void that would undo it.
-    server.put("/psp/config", {"hang_next": 100})
-    cid = checkout(server, [{"sku": "A", "qty": 1, "unit_price": 700}])
-    sagas = await_condition(lambda: server.get("/sagas?state=STUCK").json()["sagas"],
-                            what="the saga to be stuck")
-    assert sagas[0]["correlation_id"] == cid
+    server, cid, stuck = stuck_checkout(make_server)
     assert server.get(f"/checkout/{cid}").json()["status"] == "PENDING"
     assert stock(server, "A")["reserved"] == 1  # held until the payment is settled
     assert server.metric("backbone_sagas_stuck", 'type="checkout"') == 1
     # A person brings the PSP back and retries.
     server.put("/psp/config", {"hang_next": 0})
     retry_trace = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
-    r = server.post(f"/sagas/{sagas[0]['saga_id']}/retry", headers={"traceparent": retry_trace})
+    r = server.post(f"/sagas/{stuck['saga_id']}/retry", headers={"traceparent": retry_trace})
     assert r.status_code == 200 and r.json()["state"] == "COMPENSATING"
     assert r.json()["error"] is None  # the stuck compensation's error went with it
     assert ("authorize_payment", "compensation", "retried") in steps(r.json())
