@@ -177,6 +177,18 @@ run_flow(void)
 
 /* ---- latency ------------------------------------------------------------------------------ */
 
+/* Print the samples' p50/p99 as `bench`'s result line, and free them. */
+static void
+print_latencies(const char *bench, int64_t *lat)
+{
+    double p50, p99;
+    bench_percentiles(lat, (size_t)cfg.samples, &p50, &p99);
+    printf("{\"bench\":\"%s\",\"label\":\"%s\",\"samples\":%" PRId64
+           ",\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
+           bench, cfg.label, cfg.samples, p50, p99);
+    free(lat);
+}
+
 struct claimer {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -252,12 +264,7 @@ run_latency(void)
         lat[i] = c.claimed_ns - t0;
         pthread_mutex_destroy(&c.mu);
     }
-    double p50, p99;
-    bench_percentiles(lat, (size_t)cfg.samples, &p50, &p99);
-    printf("{\"bench\":\"latency\",\"label\":\"%s\",\"samples\":%" PRId64
-           ",\"p50_ms\":%.2f,\"p99_ms\":%.2f}\n",
-           cfg.label, cfg.samples, p50, p99);
-    free(lat);
+    print_latencies("latency", lat);
     http_client_destroy(h);
 }
 
@@ -300,12 +307,7 @@ run_start(void)
         lat[i] = (stamp_ms(job, "started_at") - stamp_ms(job, "created_at")) * 1000000;
         json_decref(job);
     }
-    double p50, p99;
-    bench_percentiles(lat, (size_t)cfg.samples, &p50, &p99);
-    printf("{\"bench\":\"start\",\"label\":\"%s\",\"samples\":%" PRId64
-           ",\"p50_ms\":%.0f,\"p99_ms\":%.0f}\n",
-           cfg.label, cfg.samples, p50, p99);
-    free(lat);
+    print_latencies("start", lat);
     http_client_destroy(h);
 }
 
