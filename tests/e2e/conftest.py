@@ -10,6 +10,7 @@ Environment (set by CTest, see tests/CMakeLists.txt):
 """
 import concurrent.futures
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -239,6 +240,11 @@ def cli(*args, server=None, env=None, stdin=None):
     e.update(env or {})
     cmd = [BIN, *args] + (["--server", server.url] if server else [])
     return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=60, input=stdin)
+
+
+def api_ms(stamp):
+    """A time as the API writes it ("2026-11-23T10:00:00.123Z"), in epoch ms."""
+    return round(datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def at_once(server, path, body, headers=None, n=10):

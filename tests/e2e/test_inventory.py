@@ -2,13 +2,12 @@
 all-or-none reservations, commit, release, expiry by TTL, adjustments, 200
 buyers racing for the last 10 units, bad input, and the events."""
 import concurrent.futures
-import datetime
 import re
 
 import pytest
 import requests
 
-from conftest import ENGINE, at_once, await_condition, check_events, outbox_events, problem
+from conftest import ENGINE, api_ms, at_once, await_condition, check_events, outbox_events, problem
 
 
 def product(server, sku, stock=0, name=None):
@@ -27,12 +26,6 @@ def reserve(server, order_id, items, status=201, **extra):
     return r.json()
 
 
-def wall_ms(stamp):
-    """An API time ("2024-05-01T12:00:00.123Z") in milliseconds."""
-    at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return round(at.timestamp() * 1000)
-
-
 def test_a_product_reads_back_with_its_fields(server):
     created = product(server, "SKU-R", 7, "Green mug")
     got = server.get("/inventory/products/SKU-R")
@@ -48,7 +41,7 @@ def test_a_product_reads_back_with_its_fields(server):
     after = server.get("/inventory/products/SKU-R").json()
     assert (after["on_hand"], after["reserved"], after["available"]) == (7, 3, 4)
     assert after["created_at"] == p["created_at"]
-    assert wall_ms(after["updated_at"]) >= wall_ms(p["updated_at"])
+    assert api_ms(after["updated_at"]) >= api_ms(p["updated_at"])
 
 
 def test_products_and_stock_by_idempotency_key(server):
@@ -130,12 +123,12 @@ def test_a_reservation_without_a_ttl_expires_after_10_minutes(server):
     product(server, "A", 5)
     r = reserve(server, "o-ttl", [{"sku": "A", "qty": 1}])
     assert r["created_at"] == r["updated_at"]
-    assert wall_ms(r["expires_at"]) - wall_ms(r["created_at"]) == 600000, r
+    assert api_ms(r["expires_at"]) - api_ms(r["created_at"]) == 600000, r
     stored = server.get("/inventory/reservations/o-ttl").json()
     assert stored == r
     # An explicit TTL counts from the same creation time.
     short = reserve(server, "o-ttl-1s", [{"sku": "A", "qty": 1}], ttl_ms=1000)
-    assert wall_ms(short["expires_at"]) - wall_ms(short["created_at"]) == 1000, short
+    assert api_ms(short["expires_at"]) - api_ms(short["created_at"]) == 1000, short
 
 
 def test_commit_sells_release_gives_back_each_once(server):

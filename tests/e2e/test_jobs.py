@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import (await_condition, hang_up_in_the_database, post_and_hang_up, problem,
+from conftest import (api_ms, await_condition, hang_up_in_the_database, post_and_hang_up, problem,
                       request_logged, stops_cleanly, wait_job)
 
 
@@ -343,10 +343,6 @@ def test_list_filters_and_pages(server):
     problem(server.get("/jobs?limit=0"), 400, "invalid_request", "limit")
 
 
-def ms_of(t):
-    return datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000
-
-
 def test_a_rate_limit_paces_starts_and_never_exceeds_its_bucket(server):
     r = server.put("/queues/paced", {"rate_limit": {"max": 4, "per_ms": 400}})
     assert r.status_code == 201 and r.json()["rate_limit"] == {"max": 4, "per_ms": 400}
@@ -357,7 +353,7 @@ def test_a_rate_limit_paces_starts_and_never_exceeds_its_bucket(server):
     # A bucket of 4 refilled at 4 per 400 ms: from any start to any later
     # one, at most 4 + (elapsed / 100 ms) starts. (Each start is stamped
     # with the time the claim took from the bucket.)
-    starts = sorted(ms_of(server.get(f"/jobs/{i}").json()["started_at"]) for i in ids)
+    starts = sorted(api_ms(server.get(f"/jobs/{i}").json()["started_at"]) for i in ids)
     for i, first in enumerate(starts):
         for j in range(i, len(starts)):
             assert j - i + 1 <= 4 + (starts[j] - first) / 100 + 1e-6, starts
@@ -453,7 +449,7 @@ def test_a_per_key_rate_limit_parks_a_keys_jobs_past_its_bucket(server):
     for job_id in (ids[2], ids[4]):
         job = server.get(f"/jobs/{job_id}").json()
         assert (job["state"], job["parked"]) == ("pending", True), job
-        assert ms_of(job["run_at"]) <= ms_of(job["created_at"]) + 1, job
+        assert api_ms(job["run_at"]) <= api_ms(job["created_at"]) + 1, job
     assert claim() == []
     depth = server.get("/queues/api").json()["depth"]
     assert (depth["parked"], depth["ready"]) == (2, 0), depth
@@ -500,7 +496,7 @@ def test_a_per_key_rate_paces_each_keys_starts_beside_its_concurrency_limit(serv
     for job_id in ids:
         wait_job(server, job_id)
     for key in ("a", "b"):
-        runs = sorted((ms_of(j["started_at"]), ms_of(j["attempts"][-1]["finished_at"]))
+        runs = sorted((api_ms(j["started_at"]), api_ms(j["attempts"][-1]["finished_at"]))
                       for j in (server.get(f"/jobs/{i}").json() for i in ids)
                       if j["concurrency_key"] == key)
         starts = [start for start, _ in runs]
@@ -537,7 +533,7 @@ def test_queues_pause_resume_and_limit_concurrency(server):
     # ended. (A claim stamps its start when its transaction begins, before it
     # counts running jobs under the queue's lock, so stamps may cross by a few
     # ms; an overlap would be about a whole job.)
-    runs = sorted((ms_of(j["started_at"]), ms_of(j["finished_at"]))
+    runs = sorted((api_ms(j["started_at"]), api_ms(j["finished_at"]))
                   for j in (server.get(f"/jobs/{i}").json() for i in ids))
     for (s1, f1), (s2, _) in zip(runs, runs[1:]):
         assert s2 >= f1 - 50, runs
@@ -1173,7 +1169,7 @@ def test_defaults_retry_after_1_4_16_64_seconds_and_give_up_after_5_attempts(ser
         job = server.get(f"/jobs/{job_id}").json()
         if delay_s is None:
             break
-        waited = (ms_of(job["run_at"]) - ms_of(job["attempts"][-1]["finished_at"])) / 1000
+        waited = (api_ms(job["run_at"]) - api_ms(job["attempts"][-1]["finished_at"])) / 1000
         assert job["state"] == "pending" and 0.9 * delay_s <= waited <= 1.1 * delay_s, job
         assert server.post(f"/jobs/{job_id}/run").status_code == 200  # now, not in delay_s
     assert job["state"] == "dead"
